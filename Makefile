@@ -1,0 +1,39 @@
+# The two commands a new user needs:
+#   make run   generate sample data, train, register in MLflow, serve over gRPC and make real calls
+#   make test  install everything the tests need (incl. a real redis-server) and run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: run test venv protos lint typecheck pytest load bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/recsvc demo
+
+test: $(STAMP)
+	$(BIN)/python proto/generate.py --check
+	$(BIN)/ruff check proto recsvc training pipelines load tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+protos: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+load: $(STAMP)
+	$(BIN)/recsvc load run
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,64 @@
+"""What every sub-command shares: settings from the root options, logging, and turning typed
+errors into a one-line message and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from recsvc.errors import RecsvcError
+from recsvc.settings import Settings, load_settings
+
+console = Console(stderr=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class AppState:
+    config_file: Path | None = None
+    log_level: str = "INFO"
+    _settings: Settings | None = None
+
+    def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        if overrides:
+            return load_settings(self.config_file, overrides)
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+
+def state(ctx: typer.Context) -> AppState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, AppState):
+        obj = AppState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except RecsvcError as exc:
+            console.print(f"[bold red]error[/] {exc}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper

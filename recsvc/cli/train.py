@@ -1,0 +1,13 @@
+"""`recsvc train`."""
+
+from __future__ import annotations
+
+import typer
+
+from recsvc.cli.common import friendly_errors
+
+
+@friendly_errors
+def train(ctx: typer.Context) -> None:
+    """Not implemented yet."""
+    raise typer.Exit(code=1)

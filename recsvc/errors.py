@@ -1,0 +1,77 @@
+"""Typed errors. Each knows its gRPC status code; one interceptor (recsvc.server.interceptors)
+turns them into ``context.abort``. Servicers never choose status codes themselves."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RecsvcError(Exception):
+    """Base for every error recsvc raises on purpose. ``reason`` is a stable, named code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class ConfigError(RecsvcError):
+    """Settings or a policy file are invalid."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "INVALID_CONFIG"
+
+
+class InvalidArgument(RecsvcError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(RecsvcError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class ModelUnavailable(RecsvcError):
+    """No model bundle is loaded yet (or the requested variant has none)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "MODEL_UNAVAILABLE"
+
+
+class StoreUnavailable(RecsvcError):
+    """Redis did not answer in time."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "STORE_UNAVAILABLE"
+
+
+class BundleError(RecsvcError):
+    """A model bundle is missing files, corrupt, or of another schema version."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "BAD_BUNDLE"
+
+
+class DataContractError(RecsvcError):
+    """An input file breaks the data contract as a whole (wrong columns, unreadable)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "DATA_CONTRACT"
+
+
+class Unauthenticated(RecsvcError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RecsvcError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"

@@ -1,0 +1,254 @@
+"""The one validated settings object.
+
+Read only at entry points (CLI commands, server start-up) and passed down. Values come from, in
+order of precedence: explicit overrides, ``RECSVC_*`` environment variables (nested with ``__``,
+e.g. ``RECSVC_REDIS__URL``), an optional TOML file (``--config`` or ``RECSVC_CONFIG``), defaults.
+Unknown keys are rejected everywhere, including misspelt ``RECSVC_`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from recsvc.errors import ConfigError
+
+ENV_PREFIX = "RECSVC_"
+CONFIG_ENV = "RECSVC_CONFIG"
+
+EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")
+EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    """Where data lives and how strictly it is checked (see docs/data.md)."""
+
+    data_dir: Path = Path("var/data/sample")
+    max_id_length: int = Field(64, ge=8, le=256)
+    # Events later than now + this many seconds are quarantined as future timestamps.
+    future_tolerance_s: int = Field(300, ge=0)
+
+
+class TrainingSettings(_Section):
+    """ALS hyper-parameters, confidence construction, holdout and segments (docs/training.md)."""
+
+    factors: int = Field(64, ge=2, le=1024)
+    regularization: float = Field(0.05, gt=0)
+    alpha: float = Field(2.0, gt=0, description="confidence scaling: C = 1 + alpha * weight")
+    iterations: int = Field(15, ge=1, le=200)
+    random_state: int = 42
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "purchase": 4.0,
+            "add_to_cart": 2.0,
+            "favorite": 1.5,
+            "share": 1.5,
+            "live_watch": 1.0,
+            "content_view": 1.0,
+            "click": 0.75,
+            "view": 0.5,
+        }
+    )
+    half_life_days: float = Field(60.0, gt=0)
+    holdout_days: int = Field(14, ge=1)
+    validation_days: int = Field(14, ge=1)
+    gate_tolerance: float = Field(
+        0.02, ge=0, description="champion NDCG@10 may drop by at most this (absolute)"
+    )
+    # Lifecycle thresholds in days since last purchase / registration.
+    new_member_days: int = Field(30, ge=1)
+    at_risk_days: int = Field(60, ge=1)
+    dormant_days: int = Field(120, ge=1)
+    churned_days: int = Field(240, ge=1)
+    popular_per_table: int = Field(200, ge=10)
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=16)
+    hnsw_ef_search: int = Field(128, ge=16)
+    exact_index_below: int = Field(5000, ge=0, description="item counts below this use an exact index")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_event_types(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types in event_weights: {unknown}; known: {list(EVENT_TYPES)}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("event weights must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered_lifecycle(self) -> TrainingSettings:
+        if not (self.at_risk_days < self.dormant_days < self.churned_days):
+            raise ValueError("lifecycle thresholds must satisfy at_risk_days < dormant_days < churned_days")
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = "sqlite:///var/mlflow/mlflow.db"
+    registry_uri: str | None = None
+    artifact_location: str = "var/mlflow/artifacts"
+    experiment: str = "recsvc"
+    model_name: str = "recsvc"
+    champion_alias: str = "champion"
+
+
+class Variant(_Section):
+    """An A/B variant: members whose stable hash falls in its share get the model under ``alias``."""
+
+    name: str = Field(min_length=1, max_length=32)
+    alias: str = Field(min_length=1, max_length=64)
+    share: float = Field(gt=0, le=1)
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    workers: int = Field(2, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
+    threads_per_worker: int = Field(8, ge=1, le=256)
+    # "models:/<name>@<alias>" (MLflow registry) or a local bundle directory.
+    model_uri: str = "models:/recsvc@champion"
+    poll_interval_s: float = Field(30.0, ge=0, description="0 disables polling")
+    bundle_cache_dir: Path = Path("var/bundles")
+    default_k: int = Field(20, ge=1, le=200)
+    max_k: int = Field(200, ge=1, le=1000)
+    max_batch_members: int = Field(10_000, ge=1)
+    default_diversity: float = Field(0.3, ge=0, le=1)
+    max_per_category: int = Field(0, ge=0, description="0 = no hard per-category cap")
+    ann_candidates: int = Field(400, ge=10)
+    variants: list[Variant] = Field(default_factory=list)
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("variants")
+    @classmethod
+    def _shares_sum(cls, v: list[Variant]) -> list[Variant]:
+        if v and abs(sum(x.share for x in v) - 1.0) > 1e-6:
+            raise ValueError(f"variant shares must sum to 1, got {sum(x.share for x in v):.4f}")
+        names = [x.name for x in v]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        return v
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "recsvc"
+    socket_timeout_ms: int = Field(50, ge=1)
+    recent_events_max: int = Field(200, ge=1)
+    recent_events_ttl_s: int = Field(7 * 86400, ge=60)
+
+
+class OutreachSettings(_Section):
+    policy_file: Path | None = None
+    policy_reload_s: float = Field(5.0, ge=0)
+    transactional_when_unavailable: Literal["allow", "deny"] = "allow"
+    plan_pipeline_size: int = Field(500, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything recsvc can be told. See README 'Configuration' for the environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data: DataSettings = DataSettings()
+    training: TrainingSettings = TrainingSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    serving: ServingSettings = ServingSettings()
+    redis: RedisSettings = RedisSettings()
+    outreach: OutreachSettings = OutreachSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() layers file and environment itself (so it can reject unknown names);
+        # the class only validates what it is given.
+        return (init_settings,)
+
+
+def _check_env_names(environ: dict[str, str]) -> None:
+    sections = Settings.model_fields
+    for key in environ:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        section = sections.get(parts[0])
+        if section is None or (len(parts) > 1 and parts[1] not in section.annotation.model_fields):  # type: ignore[union-attr]
+            raise ConfigError(f"unknown setting in environment: {key}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build and validate the settings; raise ConfigError naming every problem.
+
+    Precedence: ``overrides`` > ``RECSVC_*`` environment > TOML file > defaults.
+    """
+    _check_env_names(dict(os.environ))
+    env_file = os.environ.get(CONFIG_ENV)
+    path = config_file or (Path(env_file) if env_file else None)
+    values = _read_toml(path) if path else {}
+    values = _merge(values, _env_values())
+    values = _merge(values, overrides or {})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+def _env_values() -> dict[str, Any]:
+    """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, raw in os.environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        try:
+            value: Any = json.loads(raw) if raw[:1] in "[{" else raw
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key} is not valid JSON: {exc}") from exc
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsvc.errors import ConfigError
+from recsvc.settings import load_settings
+
+
+def test_defaults_validate() -> None:
+    s = load_settings()
+    assert s.serving.max_k == 200
+    assert s.training.event_weights["purchase"] > s.training.event_weights["add_to_cart"]
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[serving]\nport = 1111\nworkers = 3\n")
+    monkeypatch.setenv("RECSVC_SERVING__PORT", "2222")
+    s = load_settings(cfg)
+    assert (s.serving.port, s.serving.workers) == (2222, 3)
+
+
+def test_unknown_env_key_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_SERVING__PROT", "1")
+    with pytest.raises(ConfigError, match="RECSVC_SERVING__PROT"):
+        load_settings()
+
+
+def test_unknown_file_key_rejected(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\nfactorz = 3\n")
+    with pytest.raises(ConfigError, match="factorz"):
+        load_settings(cfg)
+
+
+def test_bad_values_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\nevent_weights = { purchase = 1.0, teleport = 2.0 }\n")
+    with pytest.raises(ConfigError, match="teleport"):
+        load_settings(cfg)
+
+
+def test_variant_shares_must_sum_to_one() -> None:
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_settings(overrides={"serving": {"variants": [{"name": "a", "alias": "champion", "share": 0.5}]}})
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[serving\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(cfg)
