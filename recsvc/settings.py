@@ -153,6 +153,22 @@ class OutreachSettings(_Section):
     plan_pipeline_size: int = Field(500, ge=1)
 
 
+class SecuritySettings(_Section):
+    """Caller authentication, TLS, audit trail and privacy (docs/security.md, docs/privacy.md)."""
+
+    # TOML file of callers: [[caller]] name, roles, key_sha256. Unset = no keys configured.
+    api_keys_file: Path | None = None
+    # Plaintext without API keys is allowed only on loopback and only when this is true.
+    allow_insecure_dev: bool = True
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None  # set = mutual TLS (client certificates required)
+    audit_log: Path = Path("var/audit/audit.log")
+    erasure_list: Path = Path("var/privacy/erasures.txt")
+    # Key for member-id pseudonyms in logs, metrics and MLflow artifacts (HMAC-SHA256).
+    pseudonym_key: str = "dev-only-change-me"
+
+
 class Settings(BaseSettings):
     """Everything recsvc can be told. See README 'Configuration' for the environment variables."""
 
@@ -169,6 +185,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     redis: RedisSettings = RedisSettings()
     outreach: OutreachSettings = OutreachSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(
