@@ -1,0 +1,3 @@
+from recsvc.cli import main
+
+main()
