@@ -40,21 +40,23 @@ class DataSettings(_Section):
 class TrainingSettings(_Section):
     """ALS hyper-parameters, confidence construction, holdout and segments (docs/training.md)."""
 
-    factors: int = Field(64, ge=2, le=1024)
-    regularization: float = Field(0.05, gt=0)
+    # Defaults chosen from --tune runs on three generated data sets of different shapes
+    # (docs/training.md, "How the defaults were chosen").
+    factors: int = Field(32, ge=2, le=1024)
+    regularization: float = Field(0.1, gt=0)
     alpha: float = Field(2.0, gt=0, description="confidence scaling: C = 1 + alpha * weight")
     iterations: int = Field(15, ge=1, le=200)
     random_state: int = 42
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "purchase": 4.0,
-            "add_to_cart": 2.0,
-            "favorite": 1.5,
-            "share": 1.5,
+            "purchase": 2.0,
+            "add_to_cart": 1.4,
+            "favorite": 1.2,
+            "share": 1.2,
             "live_watch": 1.0,
             "content_view": 1.0,
-            "click": 0.75,
-            "view": 0.5,
+            "click": 0.85,
+            "view": 0.7,
         }
     )
     half_life_days: float = Field(60.0, gt=0)
@@ -73,6 +75,14 @@ class TrainingSettings(_Section):
     hnsw_ef_construction: int = Field(200, ge=16)
     hnsw_ef_search: int = Field(128, ge=16)
     exact_index_below: int = Field(5000, ge=0, description="item counts below this use an exact index")
+    ann_target_recall: float = Field(0.95, gt=0, le=1, description="HNSW efSearch grows until reached")
+    ann_max_ef_search: int = Field(2048, ge=16)
+    ann_queries: int = Field(2000, ge=10, description="member vectors used to measure ANN recall")
+    eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")
+    popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
+    num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
+    track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
+    tune_trials: int = Field(20, ge=1)
 
     @field_validator("event_weights")
     @classmethod
@@ -126,6 +136,8 @@ class ServingSettings(_Section):
     variants: list[Variant] = Field(default_factory=list)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_filter_values: int = Field(100, ge=1, description="max values in one filter list")
+    grace_period_s: float = Field(5.0, ge=0, description="in-flight calls get this long on SIGTERM")
 
     @field_validator("variants")
     @classmethod
@@ -151,6 +163,18 @@ class OutreachSettings(_Section):
     policy_reload_s: float = Field(5.0, ge=0)
     transactional_when_unavailable: Literal["allow", "deny"] = "allow"
     plan_pipeline_size: int = Field(500, ge=1)
+    # Redis slower than this fails marketing closed (THROTTLE_UNAVAILABLE).
+    redis_timeout_ms: int = Field(50, ge=1)
+    max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
+    next_best_candidates: int = Field(50, ge=1, le=1000)
+
+
+class CallerKey(_Section):
+    """One calling backend: its name, roles and the SHA-256 (hex) of its API key (never the key)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    roles: list[Literal["recommend", "events", "outreach", "admin"]] = Field(min_length=1)
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class SecuritySettings(_Section):
@@ -158,6 +182,8 @@ class SecuritySettings(_Section):
 
     # TOML file of callers: [[caller]] name, roles, key_sha256. Unset = no keys configured.
     api_keys_file: Path | None = None
+    # Callers given in settings/environment (RECSVC_SECURITY__API_KEYS='[{"name":..}]'), added to the file's.
+    api_keys: list[CallerKey] = Field(default_factory=list)
     # Plaintext without API keys is allowed only on loopback and only when this is true.
     allow_insecure_dev: bool = True
     tls_cert_file: Path | None = None

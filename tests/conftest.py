@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,11 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(autouse=True)
+def _state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default state paths point into the test's tmp folder, never into the work tree."""
+    monkeypatch.setenv("RECSVC_SECURITY__AUDIT_LOG", str(tmp_path / "state" / "audit.log"))
+    monkeypatch.setenv("RECSVC_SECURITY__ERASURE_LIST", str(tmp_path / "state" / "erasures.txt"))
+    monkeypatch.setenv("RECSVC_SERVING__BUNDLE_CACHE_DIR", str(tmp_path / "state" / "bundles"))

@@ -1,7 +1,386 @@
-"""`recsvc load ...` commands."""
+"""`recsvc load ...`: load tests (Locust, in its own process) and benchmarks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
-app = typer.Typer(help="load commands.", no_args_is_help=True)
+from recsvc.cli.common import console, friendly_errors, setup_logging, state
+
+app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.md.", no_args_is_help=True)
+
+
+def _shape_overrides(
+    shape: str | None,
+    users: int | None,
+    spawn_rate: float | None,
+    duration: float | None,
+    rate_per_user: float | None,
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if shape:
+        overrides.setdefault("shape", {})["kind"] = shape
+    steady: dict[str, Any] = {}
+    if users is not None:
+        steady["users"] = users
+    if spawn_rate is not None:
+        steady["spawn_rate"] = spawn_rate
+    if duration is not None:
+        steady["duration_s"] = duration
+    if steady:
+        overrides.setdefault("shape", {})["steady"] = steady
+    if rate_per_user is not None:
+        overrides["think"] = {"mode": "constant_throughput", "per_user_rate": rate_per_user}
+    return overrides
+
+
+@app.command("run")
+@friendly_errors
+def run(
+    ctx: typer.Context,
+    load_config: Path | None = typer.Option(
+        None, "--load-config", help="Load config TOML (default: load/config.toml)."
+    ),
+    host: str | None = typer.Option(
+        None, "--host", help="HOST:PORT of a running server; then nothing is started (needs --bundle)."
+    ),
+    bundle: Path | None = typer.Option(
+        None, "--bundle", help="Bundle folder: serve it (or, with --host, the one the server serves)."
+    ),
+    shape: str | None = typer.Option(None, "--shape", help="steady, ramp or spike (default: config)."),
+    users: int | None = typer.Option(None, "--users", "-u", min=1, help="Steady shape: simulated callers."),
+    spawn_rate: float | None = typer.Option(None, "--spawn-rate", min=0.1, help="Steady: users started/s."),
+    duration: float | None = typer.Option(None, "--duration", "-t", min=1, help="Steady: seconds to run."),
+    rate_per_user: float | None = typer.Option(
+        None, "--rate-per-user", min=0.01, help="Calls per second per user (constant throughput)."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Server processes to start."),
+    members: int = typer.Option(5_000, "--members", min=100, help="Members in the generated sample."),
+    seed: int = typer.Option(7, "--seed", help="Sample data seed."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Locust processes (one core each)."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Report folders go here."),
+    workdir: Path = typer.Option(Path("var/load"), "--workdir", help="Cached sample data and model."),
+    fresh: bool = typer.Option(False, "--fresh", help="Regenerate sample data and retrain."),
+    startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds to wait for SERVING."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="LOAD_API_KEY",
+        help="API key sent as x-api-key (when the server wants keys).",
+    ),
+) -> None:
+    """Start Redis, a trained sample model and the server (unless --host), run Locust headless for
+    a bounded time, and write CSV stats, the HTML report and summary.md into
+    load/results/<timestamp>/. Stops everything it started, also on Ctrl-C."""
+    from recsvc.bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    app_state.settings()  # a bad settings file fails here, before anything starts
+    if shape is not None and shape not in ("steady", "ramp", "spike"):
+        raise typer.BadParameter("--shape must be steady, ramp or spike")
+    overrides = _shape_overrides(shape, users, spawn_rate, duration, rate_per_user)
+    if api_key:
+        overrides["metadata"] = {"x-api-key": api_key}
+    opts = LoadRunOptions(
+        config_file=load_config if load_config is not None else DEFAULT_CONFIG,
+        overrides=overrides,
+        host=host,
+        bundle=bundle,
+        results_root=results,
+        workdir=workdir,
+        members=members,
+        seed=seed,
+        workers=workers,
+        fresh=fresh,
+        processes=processes,
+        startup_timeout_s=startup_timeout,
+        settings_file=app_state.config_file,
+    )
+    result = run_load(opts, say=lambda msg: console.print(msg, markup=False, highlight=False))
+    typer.echo((result.results_dir / "summary.md").read_text())
+    console.print(f"report folder: {result.results_dir}", markup=False, highlight=False)
+
+
+bench = typer.Typer(
+    help="Benchmarks behind the load-test numbers (docs/benchmarks.md). Heavy: run on a quiet machine.",
+    no_args_is_help=True,
+)
+app.add_typer(bench, name="bench")
+
+
+def _bench_dir(results: Path, kind: str) -> Path:
+    from recsvc.bench.loadrun import new_results_dir
+
+    out = new_results_dir(results / "bench")
+    console.print(f"{kind}: results in {out}", markup=False, highlight=False)
+    return out
+
+
+def _write(out: Path, name: str, payload: Any, markdown: str) -> None:
+    import json
+
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / f"{name}.md").write_text(markdown + "\n")
+    typer.echo(markdown)
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    load1, load5, _ = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1m_at_start": load1,
+        "loadavg_5m_at_start": load5,
+    }
+
+
+@bench.command("inproc")
+@friendly_errors
+def bench_inproc(
+    ctx: typer.Context,
+    bundle: Path = typer.Option(..., "--bundle", exists=True, file_okay=False, help="Bundle folder to load."),
+    calls: int = typer.Option(5000, "--calls", min=10, help="Timed calls per RPC."),
+    warmup: int = typer.Option(500, "--warmup", min=0, help="Untimed calls first."),
+    redis_url: str | None = typer.Option(None, "--redis-url", help="Redis to use (default: start one)."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+) -> None:
+    """In-process cost of RecommendProducts, SimilarItems, RecommendContent and CheckOutreach:
+    the real servicers and engine on a real Redis, called directly (no gRPC transport)."""
+    import tempfile
+    from contextlib import ExitStack
+
+    from recsvc.bench.inproc import servicer_costs
+    from recsvc.bench.timing import MARKDOWN_HEADER
+    from recsvc.localstack import LocalRedis
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    out = _bench_dir(results, "in-process costs")
+    machine = _machine()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
+        url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
+        settings = app_state.settings(
+            {
+                "serving": {"model_uri": str(bundle.resolve()), "bundle_cache_dir": str(tmp / "bundles")},
+                "redis": {"url": url},
+                "security": {"audit_log": str(tmp / "audit.log")},
+            }
+        )
+        stats = servicer_costs(settings, calls=calls, warmup=warmup)
+    md = "\n".join([MARKDOWN_HEADER, *(s.markdown_row() for s in stats)])
+    _write(
+        out, "inproc", {"machine": machine, "bundle": str(bundle), "stats": [s.as_dict() for s in stats]}, md
+    )
+
+
+@bench.command("throttle")
+@friendly_errors
+def bench_throttle(
+    ctx: typer.Context,
+    decisions: int = typer.Option(50_000, "--decisions", min=100, help="Pipelined decisions per mode."),
+    batch: int = typer.Option(500, "--batch", min=1, help="Decisions per pipeline round trip."),
+    members: int = typer.Option(2000, "--members", min=1, help="Distinct members asked about."),
+    single_calls: int = typer.Option(5000, "--single-calls", min=10, help="Timed single decisions."),
+    redis_url: str | None = typer.Option(None, "--redis-url", help="Redis to use (default: start one)."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+) -> None:
+    """Throttle decisions per second pipelined from one client, and single-decision latency."""
+    import tempfile
+    from contextlib import ExitStack
+
+    import redis
+
+    from recsvc.bench.inproc import throttle_rates
+    from recsvc.bench.timing import MARKDOWN_HEADER
+    from recsvc.localstack import LocalRedis
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    out = _bench_dir(results, "throttle")
+    machine = _machine()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
+        url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
+        settings = app_state.settings({"redis": {"url": url}})
+        client = redis.Redis.from_url(url)
+        stack.callback(client.close)
+        rates = throttle_rates(
+            settings, client, members=members, decisions=decisions, batch=batch, single_calls=single_calls
+        )
+    md = "\n".join(
+        [
+            MARKDOWN_HEADER,
+            rates.single.markdown_row(),
+            "",
+            f"pipelined from one client, {rates.batch} per round trip: "
+            f"{rates.pipelined_check_per_s:,.0f} check decisions/s, "
+            f"{rates.pipelined_reserve_per_s:,.0f} reserve decisions/s ({rates.decisions} each)",
+        ]
+    )
+    payload = {
+        "machine": machine,
+        "single": rates.single.as_dict(),
+        "pipelined_check_per_s": rates.pipelined_check_per_s,
+        "pipelined_reserve_per_s": rates.pipelined_reserve_per_s,
+        "batch": rates.batch,
+        "decisions": rates.decisions,
+    }
+    _write(out, "throttle", payload, md)
+
+
+@bench.command("service")
+@friendly_errors
+def bench_service(
+    ctx: typer.Context,
+    rates: str = typer.Option("250,500,1000", "--rates", help="Offered req/s, comma-separated."),
+    duration: float = typer.Option(30.0, "--duration", min=1, help="Measured seconds per rate."),
+    warmup: float = typer.Option(5.0, "--warmup", min=0, help="Unmeasured seconds before each rate."),
+    rpc: str = typer.Option("RecommendProducts", "--rpc", help="One RPC name, or 'mixed' (config weights)."),
+    connections: int = typer.Option(4, "--connections", min=1, help="gRPC connections (aio channels)."),
+    deadline: float = typer.Option(1.0, "--deadline", min=0.01, help="Per-call deadline, seconds."),
+    host: str | None = typer.Option(None, "--host", help="A running server (needs --bundle)."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Bundle served (ids are drawn from it)."),
+    load_config: Path | None = typer.Option(None, "--load-config", help="Traffic mix (load config TOML)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Server processes, when started here."),
+    members: int = typer.Option(5_000, "--members", min=100, help="Sample size when training here."),
+    seed: int = typer.Option(7, "--seed"),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+    workdir: Path = typer.Option(Path("var/load"), "--workdir", help="Cached sample data and model."),
+) -> None:
+    """Service throughput and latency at fixed offered rates (open loop, grpc.aio client). Starts
+    Redis and the server like `load run` unless --host is given; reports server memory too."""
+    import os
+    from contextlib import ExitStack
+
+    from recsvc.bench.loadconfig import load_config as read_load_config
+    from recsvc.bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from recsvc.bench.memory import to_markdown as memory_markdown
+    from recsvc.bench.memory import tree_memory
+    from recsvc.bench.ratebench import MARKDOWN_HEADER, markdown_row, run_fixed_rates
+    from recsvc.bench.traffic import ServedIds, Traffic
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    app_state.settings()
+    offered = [float(r) for r in rates.split(",") if r.strip()]
+    if host and bundle is None:
+        raise LoadRunError("--bundle is required with --host: ids are drawn from the served bundle")
+    out = _bench_dir(results, "service throughput")
+    machine = _machine()
+    config = read_load_config(load_config)
+    context: dict[str, str] = {}
+    with ExitStack() as stack, sigterm_as_interrupt():
+        if host:
+            target, served = host, bundle
+        else:
+            opts = LoadRunOptions(
+                bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
+                settings_file=app_state.config_file,
+            )  # fmt: skip
+            env = dict(os.environ)
+            env.setdefault("OPENBLAS_NUM_THREADS", "1")
+            target, served = start_local_stack(
+                opts, env, out, out / "setup.log", stack,
+                lambda m: console.print(m, markup=False, highlight=False), context,
+            )  # fmt: skip
+        assert served is not None
+        traffic = Traffic(ServedIds.from_bundle(served), config)
+        metadata = tuple(config.metadata.items())
+        runs = run_fixed_rates(
+            target, traffic, rpc, offered, duration,
+            connections=connections, deadline_s=deadline, warmup_s=warmup, metadata=metadata,
+        )  # fmt: skip
+        memory = tree_memory(int(context["server pid"])) if "server pid" in context else []
+    md = "\n".join([MARKDOWN_HEADER, *(markdown_row(r) for r in runs)])
+    if memory:
+        md += "\n\nServer memory after the runs:\n\n" + memory_markdown(memory)
+    payload = {
+        "machine": machine,
+        "target": target,
+        "bundle": str(served),
+        "context": context,
+        "runs": [r.as_dict() for r in runs],
+        "server_memory": [m.as_dict() for m in memory],
+    }
+    _write(out, "service", payload, md)
+
+
+@bench.command("memory")
+@friendly_errors
+def bench_memory(
+    pid: int = typer.Option(..., "--pid", help="Process id of `recsvc serve` (its workers are included)."),
+) -> None:
+    """RSS and PSS of a server process and its workers (PSS splits the shared bundle pages)."""
+    from recsvc.bench.memory import to_markdown, tree_memory
+
+    typer.echo(to_markdown(tree_memory(pid)))
+
+
+@bench.command("pipeline")
+@friendly_errors
+def bench_pipeline(
+    ctx: typer.Context,
+    members: int = typer.Option(1_000_000, "--members", min=100, help="Members to generate."),
+    products: int | None = typer.Option(None, "--products", help="Products (generator default if unset)."),
+    seed: int = typer.Option(7, "--seed"),
+    workdir: Path = typer.Option(Path("var/bench-pipeline"), "--workdir", help="Data and MLflow store."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+    extra_generate: str = typer.Option("", "--generate-args", help="Extra `data generate` options."),
+) -> None:
+    """Generate data and train at scale, timing each command and sampling its peak memory."""
+    import os
+    import shlex
+
+    from recsvc.bench.loadrun import LoadRunError
+    from recsvc.bench.pipeline import markdown, run_measured
+    from recsvc.localstack import recsvc_command
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    out = _bench_dir(results, "pipeline")
+    machine = _machine()
+    work = workdir.resolve()
+    (work / "mlflow").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.update(
+        {
+            "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
+            "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(work / "mlflow" / "artifacts"),
+        }
+    )
+    if app_state.config_file is not None:
+        env["RECSVC_CONFIG"] = str(app_state.config_file)
+    rc = recsvc_command()
+    gen = [
+        *rc,
+        "data",
+        "generate",
+        "--out",
+        str(work / "data"),
+        "--members",
+        str(members),
+        "--seed",
+        str(seed),
+    ]
+    if products is not None:
+        gen += ["--products", str(products)]
+    gen += shlex.split(extra_generate)
+    steps = [run_measured("data generate", gen, env, out / "generate.log")]
+    if steps[0].exit_code == 0:
+        train = [*rc, "train", "--data", str(work / "data")]
+        steps.append(run_measured("train (ingest -> ... -> register)", train, env, out / "train.log"))
+    _write(out, "pipeline", {"machine": machine, "steps": [s.as_dict() for s in steps]}, markdown(steps))
+    failed = [s for s in steps if s.exit_code != 0]
+    if failed:
+        raise LoadRunError(
+            f"{failed[0].name} failed with exit code {failed[0].exit_code}; see {failed[0].log}"
+        )

@@ -1,7 +1,228 @@
-"""`recsvc outreach ...` commands."""
+"""`recsvc outreach ...` commands: validate a policy file, import members' time zones and consent,
+and ask the throttle one question.
+
+``import DIR`` reads ``members.{csv,parquet}`` (member_id, timezone) and
+``consent.{csv,parquet}`` (member_id, channel, granted, updated_at) and writes them to Redis,
+pipelined; rows that break the contract are left out with a reason (``--quarantine FILE`` writes
+them as CSV) and never stop the good rows.
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
+from typing import Any
 
-app = typer.Typer(help="outreach commands.", no_args_is_help=True)
+import typer
+from rich.console import Console
+
+from recsvc.cli.common import friendly_errors, state
+from recsvc.errors import DataContractError
+
+app = typer.Typer(help="Outreach throttle: policy, member profiles, decisions.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+@app.command("validate-policy")
+@friendly_errors
+def validate_policy(path: Path = typer.Argument(..., help="policy file (.toml, .yaml or .yml)")) -> None:
+    """Check a policy file; exit 2 with every problem named when it is invalid."""
+    from recsvc.outreach.policy import load_policy
+
+    policy = load_policy(path)
+    m = policy.marketing
+    out.print(
+        f"policy ok: {len(policy.channels)} channels; marketing {m.per_channel_per_day}/channel/day, "
+        f"{m.per_day}/day, {m.per_week}/week, gap {m.min_gap_hours}h; quiet "
+        f"{policy.quiet_hours.start}-{policy.quiet_hours.end} ({policy.default_timezone}); "
+        f"{len(policy.fatigue.levels)} fatigue levels"
+    )
+
+
+def _read_table(folder: Path, stem: str, columns: list[str]) -> Any:
+    import pandas as pd
+
+    for suffix in (".parquet", ".csv"):
+        path = folder / f"{stem}{suffix}"
+        if path.exists():
+            try:
+                if suffix == ".csv":
+                    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+                else:
+                    frame = pd.read_parquet(path).astype(str)
+            except Exception as exc:  # any reader failure means the file breaks the contract
+                raise DataContractError(f"{path} cannot be read: {exc}") from exc
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise DataContractError(f"{path} lacks columns {missing}; needs {columns}")
+            return frame[columns] if columns else frame
+    return None
+
+
+def _members_consent(folder: Path) -> Any:
+    """Consent as the data contract ships it: ``consent_<channel>`` columns of the members file
+    (empty = never answered, which stays "no consent"), as long rows stamped with registered_at."""
+    frame = _read_table(folder, "members", ["member_id"])
+    if frame is None:
+        return None
+    import pandas as pd
+
+    full = _read_table(folder, "members", [])
+    cols = [c for c in full.columns if c.startswith("consent_")]
+    if not cols:
+        return None
+    stamp = (
+        full["registered_at"]
+        if "registered_at" in full.columns
+        else pd.Series("1970-01-01", index=full.index)
+    )
+    long = full.assign(updated_at=stamp).melt(
+        id_vars=["member_id", "updated_at"], value_vars=cols, var_name="channel", value_name="granted"
+    )
+    long["channel"] = long["channel"].str.removeprefix("consent_")
+    answered = long["granted"].str.strip().str.lower().isin(_TRUE | _FALSE)
+    return long.loc[answered, ["member_id", "channel", "granted", "updated_at"]]
+
+
+def _why(exc: Exception) -> str:
+    return str(getattr(exc, "message", exc))
+
+
+def _timestamp_ms(value: str) -> int:
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    if ts is pd.NaT:
+        raise ValueError("empty")
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value // 1_000_000)
+
+
+@app.command("import")
+@friendly_errors
+def import_profiles(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(..., help="folder with members.{csv,parquet} and/or consent.{csv,parquet}"),
+    quarantine: Path | None = typer.Option(None, help="write refused rows with reasons here (CSV)"),
+) -> None:
+    """Load members' time zones and consent records into Redis."""
+    import redis
+
+    from recsvc.errors import InvalidArgument
+    from recsvc.outreach.policy import check_timezone
+    from recsvc.outreach.service import build_throttle
+    from recsvc.outreach.validation import check_id
+
+    settings = state(ctx).settings()
+    if not folder.is_dir():
+        raise DataContractError(f"{folder} is not a folder")
+    members = _read_table(folder, "members", ["member_id", "timezone"])
+    consent = _read_table(folder, "consent", ["member_id", "channel", "granted", "updated_at"])
+    from_members = _members_consent(folder)
+    if from_members is not None:
+        import pandas as pd
+
+        consent = from_members if consent is None else pd.concat([consent, from_members], ignore_index=True)
+    if members is None and consent is None:
+        raise DataContractError(f"{folder} holds neither members.(csv|parquet) nor consent.(csv|parquet)")
+    # bulk writes: a generous timeout instead of the decision path's fail-fast one
+    throttle = build_throttle(settings, redis.Redis.from_url(settings.redis.url), timeout_s=10.0)
+    policy = throttle.policies.current()
+    max_id = settings.data.max_id_length
+    refused: list[dict[str, str]] = []
+
+    zones: list[tuple[str, str]] = []
+    if members is not None:
+        for row in members.itertuples(index=False):
+            try:
+                check_id(row.member_id, "member_id", max_id)
+                check_timezone(row.timezone)
+                zones.append((row.member_id, row.timezone))
+            except (InvalidArgument, ValueError) as exc:
+                refused.append({"file": "members", "member_id": row.member_id[:max_id], "reason": _why(exc)})
+    records: list[tuple[str, str, bool, int]] = []
+    if consent is not None:
+        for row in consent.itertuples(index=False):
+            try:
+                check_id(row.member_id, "member_id", max_id)
+                if row.channel not in policy.channels:
+                    raise ValueError(f"unknown channel {row.channel[:40]!r}")
+                flag = row.granted.strip().lower()
+                if flag not in _TRUE | _FALSE:
+                    raise ValueError(f"granted must be true/false, got {row.granted[:20]!r}")
+                try:
+                    at = _timestamp_ms(row.updated_at)
+                except ValueError as exc:
+                    raise ValueError(f"updated_at is not a timestamp: {row.updated_at[:40]!r}") from exc
+                records.append((row.member_id, row.channel, flag in _TRUE, at))
+            except (InvalidArgument, ValueError) as exc:
+                refused.append({"file": "consent", "member_id": row.member_id[:max_id], "reason": _why(exc)})
+    try:
+        n_tz, n_consent = throttle.import_profiles(zones, records, chunk=settings.outreach.plan_pipeline_size)
+    except redis.RedisError as exc:
+        from recsvc.errors import StoreUnavailable
+
+        raise StoreUnavailable(f"Redis at {settings.redis.url} did not answer: {exc}") from exc
+    out.print(
+        f"imported {n_tz} time zones and {n_consent} consent records "
+        f"({len(records) - n_consent} older than stored, kept); {len(refused)} rows refused"
+    )
+    for r in refused[:10]:
+        out.print(f"  refused {r['file']} member={r['member_id']}: {r['reason']}")
+    if quarantine is not None and refused:
+        import csv
+
+        quarantine.parent.mkdir(parents=True, exist_ok=True)
+        with quarantine.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["file", "member_id", "reason"])
+            writer.writeheader()
+            writer.writerows(refused)
+
+
+@app.command("check")
+@friendly_errors
+def check(
+    ctx: typer.Context,
+    member: str = typer.Option(..., "--member", help="member id"),
+    channel: str = typer.Option(..., "--channel", help="e.g. app_push, wecom, sms"),
+    campaign: str = typer.Option("", "--campaign", help="campaign id (once per member)"),
+    message_class: str = typer.Option("marketing", "--class", help="marketing or transactional"),
+    priority: int = typer.Option(0, "--priority", help="0..9"),
+    reserve: bool = typer.Option(False, "--reserve", help="record the send instead of a dry run"),
+) -> None:
+    """Ask the throttle whether a message may go out now; prints the decision as JSON."""
+    import redis
+
+    from recsvc.errors import InvalidArgument
+    from recsvc.outreach import validation as v
+    from recsvc.outreach.service import build_throttle
+    from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, OutreachAsk
+
+    settings = state(ctx).settings()
+    throttle = build_throttle(settings, redis.Redis.from_url(settings.redis.url))
+    if message_class not in (MARKETING, TRANSACTIONAL):
+        raise InvalidArgument(f"--class must be marketing or transactional, got {message_class!r}")
+    max_id = settings.data.max_id_length
+    ask = OutreachAsk(
+        member_id=v.check_id(member, "member", max_id),
+        channel=v.check_channel(channel, throttle.policies.current()),
+        campaign_id=v.check_id(campaign, "campaign", max_id, required=False),
+        message_class=message_class,
+        priority=v.check_priority(priority),
+    )
+    d = throttle.reserve(ask) if reserve else throttle.check(ask)
+    out.print_json(
+        json.dumps(
+            {
+                "allowed": d.allowed,
+                "reason": d.reason,
+                "detail": d.detail,
+                "next_allowed_ms": d.next_allowed_ms or None,
+                "reservation_id": d.reservation_id or None,
+            }
+        )
+    )

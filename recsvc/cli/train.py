@@ -1,13 +1,126 @@
-"""`recsvc train`."""
+"""`recsvc train`: history -> evaluated ALS + FAISS bundle, registered in MLflow (docs/training.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from recsvc.cli.common import friendly_errors
+from recsvc.cli.common import console, friendly_errors, setup_logging, state
 
 
 @friendly_errors
-def train(ctx: typer.Context) -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=1)
+def train(
+    ctx: typer.Context,
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Data folder with events, catalog and members files (default: settings data.data_dir).",
+        file_okay=False,
+    ),
+    tune: bool = typer.Option(
+        False,
+        "--tune",
+        help="Search factors, regularization, alpha, event-weight contrast and iterations on a "
+        "validation split carved from the training period (never the holdout) before training; "
+        "each trial is a nested MLflow run.",
+    ),
+    trials: int | None = typer.Option(
+        None, "--trials", min=1, help="Tuning trials (default: training.tune_trials). Only with --tune."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Move the champion alias to this model even if it fails the NDCG@10 gate (logged as forced).",
+    ),
+    no_refit: bool = typer.Option(
+        False,
+        "--no-refit",
+        help="Ship the model fitted on the training split instead of refitting on all data up to the "
+        "cutoff (faster; the bundle then lacks the holdout period).",
+    ),
+    no_register: bool = typer.Option(
+        False,
+        "--no-register",
+        help="Log the run and bundle to MLflow but create no model version and move no alias.",
+    ),
+    bundle_out: Path | None = typer.Option(
+        None,
+        "--bundle-out",
+        "-o",
+        help="Also keep the bundle in this folder (must be empty or absent).",
+        file_okay=False,
+    ),
+    factors: int | None = typer.Option(None, "--factors", help="Override training.factors for this run."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="Override training.iterations for this run."
+    ),
+    regularization: float | None = typer.Option(
+        None, "--regularization", help="Override training.regularization for this run."
+    ),
+    alpha: float | None = typer.Option(None, "--alpha", help="Override training.alpha for this run."),
+) -> None:
+    """Train the recommender from purchase and browse history.
+
+    Steps: ingest and validate -> confidence matrix (event weights, recency decay) -> time-based
+    holdout -> (tuning, with --tune) -> ALS -> evaluate against popularity (products and content, k=10/20) ->
+    gate against the champion on the same holdout -> refit on all data -> segments, popularity
+    tables, FAISS indexes -> bundle -> MLflow run, model version, champion alias.
+    Exit code 2 with one line on bad input or settings.
+    """
+    import os
+
+    st = state(ctx)
+    setup_logging(st.log_level)
+    # our rich progress bars already show each step; MLflow's own tqdm bars would interleave
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    overrides = {
+        k: v
+        for k, v in {
+            "factors": factors,
+            "iterations": iterations,
+            "regularization": regularization,
+            "alpha": alpha,
+        }.items()
+        if v is not None
+    }
+    settings = st.settings({"training": overrides} if overrides else None)
+    if trials is not None and not tune:
+        raise typer.BadParameter("--trials needs --tune", param_hint="--trials")
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from training.pipeline import TrainOptions, run
+    from training.summary import summary_tables
+
+    options = TrainOptions(
+        data_dir=data or settings.data.data_dir,
+        tune=tune,
+        trials=trials,
+        force=force,
+        refit=not no_refit,
+        register=not no_register,
+        bundle_out=bundle_out,
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        report = run(settings, options, progress=progress)
+    for table in summary_tables(report):
+        console.print(table)
+    if not report.decision.promote and options.register:
+        console.print(f"[yellow]not promoted[/]: {report.decision.reason}")

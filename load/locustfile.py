@@ -1,0 +1,284 @@
+"""Locust scenarios for recsvc: realistic gRPC traffic against the Recommender and Outreach services.
+
+Run it through ``recsvc load run`` (starts Redis, data, model and server for you), or by hand
+against a running server::
+
+    .venv/bin/locust -f load/locustfile.py --headless --host 127.0.0.1:50051 \\
+        --load-config load/config.toml --bundle PATH/TO/BUNDLE --run-time 5m \\
+        --csv load/results/manual/stats --csv-full-history --html load/results/manual/report.html
+
+What one simulated caller (``RecsvcUser``) does, with weights and think times from the config:
+RecommendProducts for members drawn from the served bundle by a Zipf long tail plus a share of
+unknown members, SimilarItems on product pages, RecommendContent feeds, RecordEvent, CheckOutreach
+and ReserveOutreach. Every call fires a Locust request event named after the RPC; a failed call
+carries its real gRPC status code name (UNAVAILABLE, DEADLINE_EXCEEDED, ...) as the error, so
+Locust's failure table counts failures by code. Business refusals (an outreach decision of
+"not allowed") are answers, not failures.
+
+The load shape (steady, ramp to the knee, live-stream spike) comes from the config's ``[shape]``
+or ``--shape``; see ``recsvc/bench/shapes.py``. Everything that is not Locust glue lives in
+``recsvc.bench`` so it is unit-tested without Locust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Locust has already monkey-patched the standard library through gevent when it imports this
+# file; gRPC's C core must be told to cooperate with gevent before any channel exists.
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+from locust import LoadTestShape, User, between, constant, constant_throughput, events
+
+from recsvc.bench import shapes
+from recsvc.bench.loadconfig import LoadConfig, load_config
+from recsvc.bench.timeline import SHAPE_START_FILE, Timeline
+from recsvc.bench.traffic import ServedIds, Traffic
+from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
+
+grpc_gevent.init_gevent()
+
+log = logging.getLogger("recsvc.load")
+
+# Independent connections: a server with several processes on one port (SO_REUSEPORT) balances
+# by connection, so one shared connection would load a single process.
+CHANNELS_PER_PROCESS = 8
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    parser.add_argument(
+        "--load-config", default="", help="recsvc load config (TOML); defaults apply when empty"
+    )
+    parser.add_argument(
+        "--load-overrides",
+        default="",
+        env_var="LOCUST_LOAD_OVERRIDES",  # recsvc load run passes it here: it may hold an API key
+        help="JSON object of config values overriding the file",
+    )
+    parser.add_argument(
+        "--bundle", default="", help="served model bundle folder: member and item ids are drawn from it"
+    )
+    parser.add_argument(
+        "--shape", default="", choices=["", "steady", "ramp", "spike"], help="load shape (config default)"
+    )
+    parser.add_argument(
+        "--timeline-dir",
+        default="",
+        help="write every call's end time, RPC, latency and status here (exact percentiles per second)",
+    )
+
+
+@dataclass
+class _Context:
+    config: LoadConfig
+    traffic: Traffic | None = None
+    channels: list[grpc.Channel] | None = None
+    next_channel: int = 0
+    timeline: Timeline | None = None
+
+
+_contexts: dict[int, _Context] = {}
+
+
+def _context(environment: Any) -> _Context:
+    """Config (and lazily the traffic model) of this Locust process, built once."""
+    ctx = _contexts.get(id(environment))
+    if ctx is None:
+        opts = environment.parsed_options
+        overrides: dict[str, Any] = json.loads(opts.load_overrides) if opts.load_overrides else {}
+        if opts.shape:
+            overrides.setdefault("shape", {})["kind"] = opts.shape
+        config = load_config(Path(opts.load_config) if opts.load_config else None, overrides)
+        ctx = _Context(config=config)
+        _contexts[id(environment)] = ctx
+    return ctx
+
+
+def _traffic(environment: Any) -> Traffic:
+    ctx = _context(environment)
+    if ctx.traffic is None:
+        bundle = environment.parsed_options.bundle
+        if not bundle:
+            raise SystemExit("--bundle is required: the load test draws members and items from it")
+        worker = getattr(environment.runner, "worker_index", 0) or 0
+        ctx.traffic = Traffic(
+            ServedIds.from_bundle(Path(bundle)), ctx.config, seed=ctx.config.members.seed + 1000 * worker
+        )
+    return ctx.traffic
+
+
+def _channel(environment: Any, host: str) -> grpc.Channel:
+    ctx = _context(environment)
+    if ctx.channels is None:
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ]
+        ctx.channels = [grpc.insecure_channel(host, options=options) for _ in range(CHANNELS_PER_PROCESS)]
+    channel = ctx.channels[ctx.next_channel % len(ctx.channels)]
+    ctx.next_channel += 1
+    return channel
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    if environment.parsed_options is None:
+        return
+    weights = _context(environment).config.weights
+    tasks: list[Any] = []
+    for fn, w in (
+        (RecsvcUser.recommend_products, weights.recommend_products),
+        (RecsvcUser.similar_items, weights.similar_items),
+        (RecsvcUser.recommend_content, weights.recommend_content),
+        (RecsvcUser.record_event, weights.record_event),
+        (RecsvcUser.check_outreach, weights.check_outreach),
+        (RecsvcUser.reserve_outreach, weights.reserve_outreach),
+    ):
+        tasks.extend([fn] * w)
+    RecsvcUser.tasks = tasks
+    if environment.parsed_options.timeline_dir:
+        timeline = Timeline()
+        _context(environment).timeline = timeline
+
+        def _record(name: str, response_time: float, exception: Exception | None, **_: Any) -> None:
+            timeline.add(name, response_time, exception)
+
+        environment.events.request.add_listener(_record)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Any, **_: Any) -> None:
+    ctx = _contexts.get(id(environment))
+    if ctx is not None and ctx.timeline is not None:
+        ctx.timeline.started_at = time.time()
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Any, **_: Any) -> None:
+    ctx = _contexts.get(id(environment))
+    if ctx is not None and ctx.timeline is not None and len(ctx.timeline):
+        ctx.timeline.save(Path(environment.parsed_options.timeline_dir), f"{os.getpid()}")
+
+
+@events.quitting.add_listener
+def _on_quit(environment: Any, **_: Any) -> None:
+    ctx = _contexts.pop(id(environment), None)
+    for channel in (ctx.channels or []) if ctx else []:
+        channel.close()
+
+
+class GrpcStatusError(Exception):
+    """A failed call, shown in Locust's failure table by its status code name only, so failures
+    group by code; the details go to the log once per RPC and code."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.details = details
+
+    def __repr__(self) -> str:
+        return self.code
+
+    __str__ = __repr__
+
+
+class RecsvcUser(User):
+    """One calling backend session: mini-program and app pages, event tracking, outreach checks."""
+
+    abstract = False
+    tasks: list[Any] = []
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        ctx = _context(environment)
+        self.config = ctx.config
+        self.traffic = _traffic(environment)
+        host = self.host or ctx.config.host
+        channel = _channel(environment, host.removeprefix("grpc://").removeprefix("http://"))
+        self.recommender = recommender_pb2_grpc.RecommenderStub(channel)
+        self.outreach = outreach_pb2_grpc.OutreachStub(channel)
+        self.metadata = tuple(ctx.config.metadata.items())
+        think = ctx.config.think
+        if think.mode == "constant_throughput":
+            self._wait = constant_throughput(think.per_user_rate)
+        elif think.mode == "between":
+            self._wait = between(think.min_s, think.max_s)
+        else:
+            self._wait = constant(0)
+        self._seen_errors: set[tuple[str, str]] = set()
+
+    def wait_time(self) -> float:  # type: ignore[override]
+        return float(self._wait(self))
+
+    def _call(self, name: str, method: Any, request: Any) -> Any:
+        start = time.perf_counter()
+        response = None
+        exception: Exception | None = None
+        length = 0
+        try:
+            response = method(request, timeout=self.config.deadline_s, metadata=self.metadata)
+            length = response.ByteSize()
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            exception = GrpcStatusError(code, exc.details() or "")
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        if exception is not None and (name, code) not in self._seen_errors:
+            self._seen_errors.add((name, code))
+            log.warning("first %s failure of %s in pid %d: %s", code, name, os.getpid(), exception.details)
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=elapsed_ms,
+            response_length=length,
+            response=response,
+            exception=exception,
+            context={"code": code},
+        )
+        return response
+
+    def recommend_products(self) -> None:
+        self._call("RecommendProducts", self.recommender.RecommendProducts, self.traffic.recommend_products())
+
+    def similar_items(self) -> None:
+        self._call("SimilarItems", self.recommender.SimilarItems, self.traffic.similar_items())
+
+    def recommend_content(self) -> None:
+        self._call("RecommendContent", self.recommender.RecommendContent, self.traffic.recommend_content())
+
+    def record_event(self) -> None:
+        self._call("RecordEvent", self.recommender.RecordEvent, self.traffic.record_event())
+
+    def check_outreach(self) -> None:
+        self._call("CheckOutreach", self.outreach.CheckOutreach, self.traffic.check_outreach())
+
+    def reserve_outreach(self) -> None:
+        self._call("ReserveOutreach", self.outreach.ReserveOutreach, self.traffic.reserve_outreach())
+
+
+class ConfiguredShape(LoadTestShape):
+    """The config's shape (steady / ramp / spike) as Locust ticks; ends the run when it is over.
+
+    Records the wall-clock time the shape started (``shape-start.txt`` in the timeline folder) so
+    the report cuts the per-call timeline into the same phases the shape ran."""
+
+    _started_at: float | None = None
+
+    def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None
+        environment = self.runner.environment
+        elapsed = self.get_run_time()
+        if self._started_at is None:
+            self._started_at = time.time() - elapsed
+            out = environment.parsed_options.timeline_dir
+            if out:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                (Path(out) / SHAPE_START_FILE).write_text(f"{self._started_at:.6f}\n")
+        return shapes.target(_context(environment).config.shape, elapsed)

@@ -1,0 +1,103 @@
+"""Ingest: a data folder in, clean tables plus everything that was set aside, for later steps.
+
+Reads: ``<dir>/{catalog,members,events}.{parquet,csv,csv.gz}`` through ``pipelines.validate``.
+Writes: a :class:`Dataset` in memory and, when asked, the quarantine files and summary
+(``pipelines.validate.ValidationResult.write``). Training starts here (``training.prepare``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.contract import CONSENT_CHANNELS
+from pipelines.validate import ValidationResult, validate_dir
+from recsvc.settings import DataSettings
+
+log = logging.getLogger(__name__)
+
+# The quarantine handed to training keeps ids and reasons only; the full rows stay in the files.
+QUARANTINE_COLUMNS = ("table", "source_row", "reason", "detail", "member_id", "item_id")
+
+
+@dataclass
+class Dataset:
+    events: pd.DataFrame
+    catalog: pd.DataFrame
+    members: pd.DataFrame
+    # Long form of the members' consent columns: member_id, channel, granted; answered only.
+    consent: pd.DataFrame
+    # Every quarantined row of every table: QUARANTINE_COLUMNS ("" where a table has no such id).
+    quarantine: pd.DataFrame
+    # "<table>.rows_read", "<table>.rows_clean", "<table>.rows_quarantined" per table.
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def load_dataset(
+    data_dir: Path,
+    settings: DataSettings,
+    now: datetime | None = None,
+    quarantine_dir: Path | None = None,
+) -> Dataset:
+    """Validate ``data_dir`` and return its clean tables; raise DataContractError if unusable."""
+    result = validate_dir(data_dir, settings, now)
+    if quarantine_dir is not None:
+        result.write(quarantine_dir)
+    return dataset_from(result)
+
+
+def dataset_from(result: ValidationResult) -> Dataset:
+    counts: dict[str, Any] = {}
+    parts = []
+    for name, table in result.tables.items():
+        counts[f"{name}.rows_read"] = table.rows_read
+        counts[f"{name}.rows_clean"] = len(table.clean)
+        counts[f"{name}.rows_quarantined"] = len(table.quarantine)
+        q = table.quarantine
+        parts.append(
+            pd.DataFrame(
+                {
+                    "table": name,
+                    "source_row": q["source_row"].to_numpy(),
+                    "reason": q["reason"].astype(str).to_numpy(),
+                    "detail": q["detail"].fillna("").astype(str).to_numpy(),
+                    "member_id": q["member_id"].to_numpy() if "member_id" in q else "",
+                    "item_id": q["item_id"].to_numpy() if "item_id" in q else "",
+                },
+                columns=list(QUARANTINE_COLUMNS),
+            )
+        )
+    quarantine = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
+    )
+    return Dataset(
+        events=result.events,
+        catalog=result.catalog,
+        members=result.members,
+        consent=consent_long(result.members),
+        quarantine=quarantine,
+        counts=counts,
+    )
+
+
+def consent_long(members: pd.DataFrame) -> pd.DataFrame:
+    """member_id, channel, granted for every answered consent column (unanswered = no row)."""
+    frames = []
+    for channel in CONSENT_CHANNELS:
+        col = members[f"consent_{channel}"]
+        answered = col.notna().to_numpy(dtype=bool)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "member_id": members["member_id"].to_numpy()[answered],
+                    "channel": channel,
+                    "granted": col.to_numpy(dtype=object)[answered].astype(bool),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,461 @@
+"""Row-level checks of the data contract: clean, typed tables plus quarantined rows with reasons.
+
+Reads a data folder through ``pipelines.read`` (catalog, then members, then events, because
+events are checked against the other two). Every row either comes out in a clean table or goes
+to that table's quarantine with exactly one reason code (the first check it fails, in the order
+listed in docs/data.md) and a short detail. Nothing is dropped silently: ``rows_read ==
+len(clean) + len(quarantine)`` for every table. ``ValidationResult.write`` writes
+``<out>/<table>.csv`` quarantine files and ``<out>/summary.json``.
+
+Clean tables (the types later steps rely on):
+
+- events: member_id, item_id (str), event_type, channel (category), ts (datetime64[us, UTC]),
+  quantity (int32, empty means 1), amount (float64, empty means 0 except for purchases)
+- catalog: item_id, title, category, brand (str), kind (category), price (float64), in_stock
+  (bool), published_at (datetime64[us, UTC], NaT = unknown), featured_item_ids (tuple of str)
+- members: member_id, tier, timezone (str), registered_at (datetime64[us, UTC]),
+  consent_<channel> (nullable boolean; <NA> = never asked, which outreach treats as no)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.contract import (
+    CATALOG,
+    CONSENT_COLUMNS,
+    EVENT_CHANNELS,
+    EVENT_TYPES,
+    EVENTS,
+    FEATURED_SEPARATOR,
+    ID_PATTERN,
+    ITEM_KINDS,
+    MAX_LABEL_LENGTH,
+    MAX_QUANTITY,
+    MAX_TITLE_LENGTH,
+    MEMBERS,
+    Reason,
+    TableSpec,
+)
+from pipelines.read import REPLACEMENT_CHAR, find_table_file, read_table
+from recsvc.settings import DataSettings
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_DIRNAME = "quarantine"
+SUMMARY_FILE = "summary.json"
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
+_DETAIL_MAX = 80
+
+
+@dataclass
+class TableResult:
+    """One table after validation."""
+
+    name: str
+    source: Path
+    rows_read: int
+    clean: pd.DataFrame
+    # source_row (0-based data row in the file), reason, detail, then the row's values as text.
+    quarantine: pd.DataFrame
+
+    @property
+    def reason_counts(self) -> dict[str, int]:
+        if self.quarantine.empty:
+            return {}
+        counts = self.quarantine["reason"].value_counts()
+        return {str(k): int(v) for k, v in sorted(counts.items())}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "file": str(self.source),
+            "rows_read": self.rows_read,
+            "rows_clean": len(self.clean),
+            "rows_quarantined": len(self.quarantine),
+            "reasons": self.reason_counts,
+        }
+
+
+@dataclass
+class ValidationResult:
+    data_dir: Path
+    checked_at: datetime
+    tables: dict[str, TableResult] = field(default_factory=dict)
+
+    @property
+    def events(self) -> pd.DataFrame:
+        return self.tables[EVENTS.name].clean
+
+    @property
+    def catalog(self) -> pd.DataFrame:
+        return self.tables[CATALOG.name].clean
+
+    @property
+    def members(self) -> pd.DataFrame:
+        return self.tables[MEMBERS.name].clean
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(len(t.quarantine) for t in self.tables.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir),
+            "checked_at": self.checked_at.isoformat(),
+            "rows_quarantined": self.rows_quarantined,
+            "tables": {name: t.summary() for name, t in self.tables.items()},
+        }
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Write one quarantine CSV per table (header only when nothing was quarantined, so a
+        stale file from an earlier run never survives) and summary.json."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, table in self.tables.items():
+            path = out_dir / f"{name}.csv"
+            table.quarantine.to_csv(path, index=False)
+            written.append(path)
+        summary = out_dir / SUMMARY_FILE
+        summary.write_text(json.dumps(self.summary(), indent=2) + "\n")
+        written.append(summary)
+        return written
+
+
+def validate_dir(data_dir: Path, settings: DataSettings, now: datetime | None = None) -> ValidationResult:
+    """Read and check every table in ``data_dir``. Raises DataContractError for unusable files."""
+    now = now or datetime.now(UTC)
+    result = ValidationResult(data_dir=data_dir, checked_at=now)
+    paths = {spec.name: find_table_file(data_dir, spec) for spec in (CATALOG, MEMBERS, EVENTS)}
+    catalog = validate_catalog(read_table(paths["catalog"], CATALOG), paths["catalog"], settings)
+    members = validate_members(read_table(paths["members"], MEMBERS), paths["members"], settings, now)
+    events = validate_events(
+        read_table(paths["events"], EVENTS),
+        paths["events"],
+        settings,
+        now,
+        item_ids=catalog.clean["item_id"],
+        member_ids=members.clean["member_id"],
+    )
+    for table in (catalog, members, events):
+        result.tables[table.name] = table
+        log.info(
+            "validated table=%s rows=%d clean=%d quarantined=%d",
+            table.name,
+            table.rows_read,
+            len(table.clean),
+            len(table.quarantine),
+        )
+    return result
+
+
+class _Verdicts:
+    """The first failing check per row. Later checks never overwrite an earlier reason."""
+
+    def __init__(self, raw: pd.DataFrame) -> None:
+        self.raw = raw
+        n = len(raw)
+        self.reason = np.full(n, None, dtype=object)
+        self.detail = np.full(n, None, dtype=object)
+        self.ok = np.ones(n, dtype=bool)
+
+    def flag(
+        self, bad: pd.Series | np.ndarray, code: str, column: str | None = None, detail: str | None = None
+    ) -> None:
+        mask = np.asarray(bad, dtype=bool) & self.ok
+        if not mask.any():
+            return
+        self.reason[mask] = code
+        if detail is not None:
+            self.detail[mask] = detail
+        elif column is not None:
+            values = _text(self.raw[column]).to_numpy()[mask]
+            self.detail[mask] = [f"{column}={_clip(v)!r}" for v in values]
+        self.ok &= ~mask
+
+    def flag_detail(self, bad: np.ndarray, code: str, details: np.ndarray) -> None:
+        mask = np.asarray(bad, dtype=bool) & self.ok
+        self.reason[mask] = code
+        self.detail[mask] = details[mask]
+        self.ok &= ~mask
+
+    def result(self, spec: TableSpec, source: Path, clean: pd.DataFrame) -> TableResult:
+        bad = ~self.ok
+        quarantine = self.raw.loc[bad].copy()
+        for col in quarantine.columns:
+            quarantine[col] = _text(quarantine[col])
+        quarantine.insert(0, "detail", self.detail[bad])
+        quarantine.insert(0, "reason", self.reason[bad])
+        quarantine.insert(0, "source_row", np.flatnonzero(bad))
+        return TableResult(
+            name=spec.name,
+            source=source,
+            rows_read=len(self.raw),
+            clean=clean.loc[self.ok].reset_index(drop=True),
+            quarantine=quarantine.reset_index(drop=True),
+        )
+
+
+def _clip(value: str) -> str:
+    return value if len(value) <= _DETAIL_MAX else value[: _DETAIL_MAX - 1] + "…"
+
+
+def _text(s: pd.Series) -> pd.Series:
+    """Any column as text: NA becomes "", CSV columns are already text."""
+    if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype):
+        return s.fillna("")
+    if pd.api.types.is_object_dtype(s.dtype):
+        return s.map(_cell_text).astype("str")
+    return s.astype("str").where(s.notna(), "")
+
+
+def _cell_text(v: object) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, list | tuple | np.ndarray):
+        return FEATURED_SEPARATOR.join(str(x) for x in v)
+    return str(v)
+
+
+def _check_utf8(v: _Verdicts, columns: tuple[str, ...]) -> None:
+    for col in columns:
+        s = v.raw[col]
+        if pd.api.types.is_string_dtype(s.dtype):
+            bad = _text(s).str.contains(REPLACEMENT_CHAR, regex=False).to_numpy(dtype=bool)
+            v.flag(bad, Reason.INVALID_UTF8, col)
+
+
+def _check_id(v: _Verdicts, column: str, missing: str, max_len: int) -> pd.Series:
+    ids = _text(v.raw[column]).str.strip()
+    v.flag(ids == "", missing, column)
+    v.flag(ids.str.len() > max_len, Reason.ID_TOO_LONG, column)
+    v.flag(~ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).astype(bool), Reason.BAD_ID_CHARS, column)
+    return ids
+
+
+def _timestamps(s: pd.Series) -> pd.Series:
+    """UTC timestamps; NaT where missing or unparsable. Naive values are taken to be UTC."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        out = s.dt.tz_convert("UTC")
+    elif pd.api.types.is_datetime64_dtype(s.dtype):
+        out = s.dt.tz_localize("UTC")
+    else:
+        out = pd.to_datetime(_text(s).str.strip(), format="ISO8601", utc=True, errors="coerce")
+    return out.dt.as_unit("us")
+
+
+def _numbers(s: pd.Series) -> pd.Series:
+    """float64 with NaN for empty cells and +-inf kept (so they can be rejected)."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return s.astype("float64")
+    # "" and anything unparsable become NaN; _unparsable tells the two apart.
+    return pd.Series(pd.to_numeric(_text(s).str.strip(), errors="coerce"), index=s.index).astype("float64")
+
+
+def _unparsable(s: pd.Series, parsed: pd.Series) -> np.ndarray:
+    """Non-empty cells that did not parse."""
+    return (parsed.isna() & (_text(s).str.strip() != "")).to_numpy(dtype=bool)
+
+
+def _booleans(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Nullable booleans (<NA> for empty) and a mask of cells that are not a boolean word."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return s.astype("boolean"), np.zeros(len(s), dtype=bool)
+    words = _text(s).str.strip().str.lower()
+    is_true = words.isin(_TRUE).to_numpy(dtype=bool)
+    is_false = words.isin(_FALSE).to_numpy(dtype=bool)
+    empty = (words == "").to_numpy(dtype=bool)
+    out = pd.Series(pd.array(np.where(is_true, True, False), dtype="boolean"), index=s.index)
+    out[empty | ~(is_true | is_false)] = pd.NA
+    return out, ~(is_true | is_false | empty)
+
+
+def _check_label(v: _Verdicts, column: str, missing_code: str | None, required: np.ndarray) -> pd.Series:
+    labels = _text(v.raw[column]).str.strip()
+    if missing_code is not None:
+        v.flag(required & (labels == "").to_numpy(dtype=bool), missing_code, column)
+    v.flag(labels.str.len() > MAX_LABEL_LENGTH, Reason.LABEL_TOO_LONG, column)
+    return labels
+
+
+def _featured_lists(s: pd.Series) -> pd.Series:
+    """Each cell as a tuple of ids: list<string> Parquet cells or "a|b|c" text."""
+
+    def split(cell: object) -> tuple[str, ...]:
+        if isinstance(cell, list | tuple | np.ndarray):
+            return tuple(str(x).strip() for x in cell if str(x).strip())
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            return ()
+        return tuple(p.strip() for p in str(cell).split(FEATURED_SEPARATOR) if p.strip())
+
+    return s.map(split).astype(object)
+
+
+def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) -> TableResult:
+    v = _Verdicts(raw)
+    _check_utf8(v, CATALOG.columns)
+    item_id = _check_id(v, "item_id", Reason.MISSING_ITEM_ID, settings.max_id_length)
+    kind = _text(raw["kind"]).str.strip()
+    v.flag(~kind.isin(ITEM_KINDS), Reason.UNKNOWN_KIND, "kind")
+    is_product = (kind == "product").to_numpy(dtype=bool)
+    is_content = (kind == "content").to_numpy(dtype=bool)
+    title = _text(raw["title"]).str.strip()
+    v.flag(title == "", Reason.MISSING_TITLE, "title")
+    v.flag(title.str.len() > MAX_TITLE_LENGTH, Reason.TITLE_TOO_LONG, "title")
+    category = _check_label(v, "category", Reason.MISSING_CATEGORY, np.ones(len(raw), dtype=bool))
+    # Editorial content may belong to no brand; a product always has one.
+    brand = _check_label(v, "brand", Reason.MISSING_BRAND, is_product)
+    price = _numbers(raw["price"])
+    v.flag(price.isna() | ~np.isfinite(price.fillna(0)), Reason.BAD_PRICE, "price")
+    v.flag(price < 0, Reason.NEGATIVE_PRICE, "price")
+    in_stock, bad_bool = _booleans(raw["in_stock"])
+    # Content is never out of stock; a product must say whether it is.
+    v.flag(bad_bool | (is_product & in_stock.isna().to_numpy(dtype=bool)), Reason.BAD_IN_STOCK, "in_stock")
+    published_at = _timestamps(raw["published_at"])
+    v.flag(_unparsable(raw["published_at"], published_at), Reason.BAD_TIMESTAMP, "published_at")
+    v.flag(is_content & published_at.isna().to_numpy(dtype=bool), Reason.MISSING_PUBLISHED_AT, "published_at")
+    featured = _featured_lists(raw["featured_item_ids"])
+    has_featured = featured.map(len).to_numpy() > 0
+    v.flag(is_product & has_featured, Reason.FEATURED_ON_PRODUCT, "featured_item_ids")
+    bad_ref = featured.map(
+        lambda ids: any(len(i) > settings.max_id_length or not ID_PATTERN.fullmatch(i) for i in ids)
+    )
+    v.flag(bad_ref.to_numpy(dtype=bool), Reason.BAD_FEATURED_ID, "featured_item_ids")
+    # Duplicates are judged among rows that passed, so a bad first copy does not hide a good one.
+    v.flag(_dup_of_ok(item_id, v.ok), Reason.DUPLICATE_ITEM, "item_id")
+    products = set(item_id[v.ok & is_product])
+    missing_refs = featured.map(lambda ids: [i for i in ids if i not in products])
+    has_missing = missing_refs.map(len).to_numpy() > 0
+    details = np.array(
+        [f"featured_item_ids not products in the catalog: {_clip(', '.join(m))}" for m in missing_refs],
+        dtype=object,
+    )
+    v.flag_detail(is_content & has_missing, Reason.UNKNOWN_FEATURED_ITEM, details)
+    clean = pd.DataFrame(
+        {
+            "item_id": item_id,
+            "kind": pd.Categorical(kind.where(kind.isin(ITEM_KINDS), None), categories=list(ITEM_KINDS)),
+            "title": title,
+            "category": category,
+            "brand": brand,
+            "price": price,
+            "in_stock": in_stock.fillna(True).astype(bool),
+            "published_at": published_at,
+            "featured_item_ids": featured,
+        }
+    )
+    return v.result(CATALOG, source, clean)
+
+
+def _dup_of_ok(keys: pd.Series | pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """Rows still ok whose key already appeared in an earlier ok row."""
+    dup = np.zeros(len(ok), dtype=bool)
+    idx = np.flatnonzero(ok)
+    subset = keys if idx.size == len(ok) else keys.iloc[idx]
+    # A 64-bit hash per row finds the few candidates cheaply (memory and time matter at 50M
+    # events); the exact comparison then runs on those candidates only.
+    hashes = pd.util.hash_pandas_object(subset, index=False)
+    candidates = np.flatnonzero(hashes.duplicated(keep=False).to_numpy(dtype=bool))
+    if candidates.size:
+        exact = subset.iloc[candidates].duplicated(keep="first").to_numpy(dtype=bool)
+        dup[idx[candidates[exact]]] = True
+    return dup
+
+
+def validate_members(raw: pd.DataFrame, source: Path, settings: DataSettings, now: datetime) -> TableResult:
+    v = _Verdicts(raw)
+    _check_utf8(v, MEMBERS.columns)
+    member_id = _check_id(v, "member_id", Reason.MISSING_MEMBER_ID, settings.max_id_length)
+    registered_at = _timestamps(raw["registered_at"])
+    v.flag(registered_at.isna(), Reason.BAD_TIMESTAMP, "registered_at")
+    v.flag(registered_at > _latest(now, settings), Reason.FUTURE_TIMESTAMP, "registered_at")
+    tier = _check_label(v, "tier", Reason.MISSING_TIER, np.ones(len(raw), dtype=bool))
+    timezone = _text(raw["timezone"]).str.strip()
+    v.flag(~timezone.isin(_timezones()), Reason.UNKNOWN_TIMEZONE, "timezone")
+    consents = {}
+    for col in CONSENT_COLUMNS:
+        consents[col], bad = _booleans(raw[col])
+        v.flag(bad, Reason.BAD_CONSENT, col)
+    v.flag(_dup_of_ok(member_id, v.ok), Reason.DUPLICATE_MEMBER, "member_id")
+    clean = pd.DataFrame(
+        {
+            "member_id": member_id,
+            "registered_at": registered_at,
+            "tier": tier,
+            "timezone": timezone,
+            **consents,
+        }
+    )
+    return v.result(MEMBERS, source, clean)
+
+
+def _timezones() -> list[str]:
+    return sorted(zoneinfo.available_timezones())
+
+
+def _latest(now: datetime, settings: DataSettings) -> pd.Timestamp:
+    return pd.Timestamp(now + timedelta(seconds=settings.future_tolerance_s)).tz_convert("UTC")
+
+
+def validate_events(
+    raw: pd.DataFrame,
+    source: Path,
+    settings: DataSettings,
+    now: datetime,
+    item_ids: pd.Series,
+    member_ids: pd.Series,
+) -> TableResult:
+    """Check events; ``item_ids`` and ``member_ids`` are the clean catalog's and members'."""
+    v = _Verdicts(raw)
+    _check_utf8(v, EVENTS.columns)
+    member_id = _check_id(v, "member_id", Reason.MISSING_MEMBER_ID, settings.max_id_length)
+    item_id = _check_id(v, "item_id", Reason.MISSING_ITEM_ID, settings.max_id_length)
+    event_type = _text(raw["event_type"]).str.strip()
+    v.flag(~event_type.isin(EVENT_TYPES), Reason.UNKNOWN_EVENT_TYPE, "event_type")
+    channel = _text(raw["channel"]).str.strip()
+    v.flag(~channel.isin(EVENT_CHANNELS), Reason.UNKNOWN_CHANNEL, "channel")
+    ts = _timestamps(raw["ts"])
+    v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
+    v.flag(ts > _latest(now, settings), Reason.FUTURE_TIMESTAMP, "ts")
+    quantity = _numbers(raw["quantity"])
+    q_unparsable = _unparsable(raw["quantity"], quantity)
+    q = quantity.fillna(1.0)
+    v.flag(
+        q_unparsable | ~np.isfinite(q) | (q != np.floor(q)) | (q < 1) | (q > MAX_QUANTITY),
+        Reason.BAD_QUANTITY,
+        "quantity",
+    )
+    amount = _numbers(raw["amount"])
+    v.flag(_unparsable(raw["amount"], amount) | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
+    v.flag(amount < 0, Reason.NEGATIVE_AMOUNT, "amount")
+    v.flag(amount.isna() & (event_type == "purchase"), Reason.MISSING_AMOUNT, "amount")
+    v.flag(~member_id.isin(member_ids), Reason.UNKNOWN_MEMBER, "member_id")
+    v.flag(~item_id.isin(item_ids), Reason.UNKNOWN_ITEM, "item_id")
+    clean = pd.DataFrame(
+        {
+            "member_id": member_id,
+            "item_id": item_id,
+            "event_type": pd.Categorical(
+                event_type.where(event_type.isin(EVENT_TYPES), None), categories=list(EVENT_TYPES)
+            ),
+            "ts": ts,
+            "channel": pd.Categorical(
+                channel.where(channel.isin(EVENT_CHANNELS), None), categories=list(EVENT_CHANNELS)
+            ),
+            "quantity": q.where(v.ok, 1).astype("int32"),
+            "amount": amount.fillna(0.0),
+        }
+    )
+    # Exact repeats of an accepted event (same member, item, type, time, channel, quantity,
+    # amount) are double-sent; the first copy is kept.
+    v.flag(_dup_of_ok(clean, v.ok), Reason.DUPLICATE_EVENT, detail="repeats an earlier accepted event")
+    return v.result(EVENTS, source, clean)

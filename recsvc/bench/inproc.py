@@ -1,0 +1,181 @@
+"""In-process call costs: what one call costs without gRPC transport, and the throttle's rates.
+
+- ``servicer_costs``: builds the real server dependencies (``recsvc.server.app.build_deps``: model
+  registry, engine, real-time store on a real Redis, metrics, outreach) and calls the servicer
+  methods directly, so validation, filters, diversity, reasons, Redis look-ups and metrics are all
+  in the figure; only the network and gRPC framing are not. The service-vs-in-process ratio in
+  docs/benchmarks.md compares this with ``ratebench`` in the same session.
+- ``throttle_rates``: single-decision latency (one Redis round trip per decision) and decisions
+  per second pipelined from one client (``Throttle.decide_many``), dry-run and reserving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from recsvc.bench.loadconfig import LoadConfig, load_config
+from recsvc.bench.timing import LatencyStats, measure
+from recsvc.bench.traffic import ServedIds, Traffic
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
+from recsvc.settings import Settings
+
+
+class BenchContext:
+    """The parts of ``grpc.ServicerContext`` a servicer touches on the happy path."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:0"
+
+    def is_active(self) -> bool:
+        return True
+
+    def code(self) -> None:
+        return None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        pass
+
+    def set_details(self, details: str) -> None:
+        pass
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise RuntimeError(f"benchmark call failed: {code.name}: {details}")
+
+
+def _cycle(items: list[Any]) -> Callable[[], Any]:
+    it: Iterator[Any] = iter(())
+
+    def nxt() -> Any:
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(items)
+            return next(it)
+
+    return nxt
+
+
+def _caller(call: Callable[[Any, Any], Any], build: Callable[[], Any], n: int, ctx: Any) -> Callable[[], Any]:
+    """``call`` on pre-built requests, so building requests is not in the timing."""
+    nxt = _cycle([build() for _ in range(n)])
+    return lambda: call(nxt(), ctx)
+
+
+def served_ids(model: Any) -> ServedIds:
+    kind = np.asarray(model.item_kind)
+    items = model.items.array
+    return ServedIds(
+        members=model.members.array, products=items[kind == KIND_PRODUCT], content=items[kind == KIND_CONTENT]
+    )
+
+
+def servicer_costs(
+    settings: Settings, calls: int = 5000, warmup: int = 500, config: LoadConfig | None = None
+) -> list[LatencyStats]:
+    """Per-call cost of RecommendProducts, SimilarItems, RecommendContent and one throttle
+    decision, calling the servicers in this process with the served bundle's members."""
+    from recsvc.server.app import build_deps
+    from recsvc.server.recommender_servicer import RecommenderServicer
+
+    deps = build_deps(settings, with_outreach=True)
+    try:
+        deps.models.reload()
+        servicer = RecommenderServicer(settings, deps.engine, deps.models, deps.realtime, deps.metrics)
+        _, model = deps.models.default()
+        cfg = config or load_config(None, {"members": {"unknown_share": 0.0}})
+        traffic = Traffic(served_ids(model), cfg)
+        ctx = BenchContext()
+        n = calls + warmup
+        out = []
+        for name, build, call in (
+            ("RecommendProducts", traffic.recommend_products, servicer.RecommendProducts),
+            ("SimilarItems", traffic.similar_items, servicer.SimilarItems),
+            ("RecommendContent", traffic.recommend_content, servicer.RecommendContent),
+        ):
+            caller = _caller(call, build, n, ctx)  # type: ignore[arg-type]
+            out.append(measure(f"{name} (servicer, in-process)", caller, calls, warmup))
+        if deps.outreach_servicer is not None:
+            nxt = _cycle([traffic.check_outreach() for _ in range(n)])
+            check = deps.outreach_servicer.CheckOutreach
+            out.append(
+                measure("CheckOutreach (servicer, in-process)", lambda: check(nxt(), ctx), calls, warmup)
+            )
+        return out
+    finally:
+        for close in deps.on_close:
+            close()
+
+
+@dataclass(frozen=True)
+class ThrottleRates:
+    single: LatencyStats  # one decision, one Redis round trip
+    pipelined_check_per_s: float
+    pipelined_reserve_per_s: float
+    batch: int
+    decisions: int
+
+
+def throttle_rates(
+    settings: Settings,
+    redis_client: Any,
+    members: int = 2000,
+    decisions: int = 50_000,
+    batch: int = 500,
+    single_calls: int = 5000,
+) -> ThrottleRates:
+    """Decisions per second from one client against the Redis behind ``redis_client``. Members
+    get consent on every channel first, so decisions run the whole policy, not the cheap refusal."""
+    from recsvc.outreach.service import build_throttle
+    from recsvc.outreach.throttle import OutreachAsk
+
+    throttle = build_throttle(settings, redis_client)
+    channels = ("app_push", "mini_program_subscribe", "wecom", "official_account", "sms")
+    ids = [f"BENCH-{i:07d}" for i in range(members)]
+    for m in ids:
+        for ch in channels:
+            throttle.set_consent(m, ch, True)
+    rng = np.random.default_rng(0)
+
+    def asks(n: int, prefix: str) -> list[OutreachAsk]:
+        pick = rng.integers(members, size=n)
+        chans = rng.integers(len(channels), size=n)
+        return [
+            OutreachAsk(
+                member_id=ids[int(p)],
+                channel=channels[int(c)],
+                campaign_id=f"bench-{int(p) % 50}",
+                idempotency_key=f"{prefix}-{i}",
+            )
+            for i, (p, c) in enumerate(zip(pick, chans, strict=True))
+        ]
+
+    nxt = _cycle(asks(single_calls + 200, "single"))
+    single = measure("throttle decision (one round trip)", lambda: throttle.check(nxt()), single_calls, 200)
+
+    def pipelined(reserve: bool) -> float:
+        work = asks(decisions, "reserve" if reserve else "check")
+        t0 = time.perf_counter()
+        for i in range(0, len(work), batch):
+            throttle.decide_many(work[i : i + batch], reserve=reserve)
+        return len(work) / (time.perf_counter() - t0)
+
+    return ThrottleRates(
+        single=single,
+        pipelined_check_per_s=pipelined(False),
+        pipelined_reserve_per_s=pipelined(True),
+        batch=batch,
+        decisions=decisions,
+    )

@@ -1,0 +1,30 @@
+"""`recsvc audit verify [PATH]`: check the tamper-evident audit log's hash chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from recsvc.cli.common import friendly_errors, state
+
+app = typer.Typer(help="Audit log commands.", no_args_is_help=True)
+
+
+@app.command("verify")
+@friendly_errors
+def verify(
+    ctx: typer.Context,
+    path: Path | None = typer.Argument(None, help="Audit log to check (default: security.audit_log)."),
+) -> None:
+    """Report every edited, reordered, inserted or removed entry; exit 1 if any."""
+    from recsvc.security.audit import verify as verify_log
+
+    target = path or state(ctx).settings().security.audit_log
+    result = verify_log(target)
+    if result.ok:
+        typer.echo(f"ok: {result.entries} entries, hash chain intact ({target})")
+        return
+    for problem in result.problems:
+        typer.secho(f"tampered {target}: {problem}", fg="red", err=True)  # one line, never wrapped
+    raise typer.Exit(code=1)

@@ -1,0 +1,66 @@
+"""Diversity: MMR re-ranking on item vectors, an optional per-category cap, and the intra-list
+diversity measure used to choose the default trade-off (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def mmr(
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    diversity: float,
+    categories: np.ndarray | None = None,
+    max_per_category: int = 0,
+) -> np.ndarray:
+    """Maximal marginal relevance: positions (into ``relevance``) of ``k`` picks.
+
+    Each step picks ``argmax (1 - d) * rel_i - d * max_j cos(i, j)`` over picked ``j``; relevance
+    is rescaled to 0..1 over the candidates so ``d`` means the same for every member. ``d = 0``
+    (and no cap) is plain top-k by relevance.
+    """
+    n = relevance.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if diversity <= 0 and max_per_category <= 0:
+        return np.argsort(-relevance, kind="stable")[:k]
+    lo, hi = float(relevance.min()), float(relevance.max())
+    rel = (relevance - lo) / (hi - lo) if hi > lo else np.ones(n, dtype=np.float32)
+    unit = unit_rows(np.asarray(vectors, dtype=np.float32))
+    sims = np.maximum(unit @ unit.T, 0.0)  # one small matmul instead of one per step
+    base = ((1.0 - diversity) * rel).astype(np.float64)  # picked / capped items become -inf
+    penalty = np.zeros(n, dtype=np.float64)
+    counts: dict[int, int] = {}
+    picks: list[int] = []
+    for _ in range(k):
+        gain = base - diversity * penalty
+        best = int(np.argmax(gain))
+        if not np.isfinite(gain[best]):
+            break
+        picks.append(best)
+        base[best] = -np.inf
+        np.maximum(penalty, sims[best], out=penalty)
+        if categories is not None and max_per_category > 0:
+            cat = int(categories[best])
+            counts[cat] = counts.get(cat, 0) + 1
+            if counts[cat] >= max_per_category:
+                base[categories == cat] = -np.inf
+    return np.asarray(picks, dtype=np.int64)
+
+
+def intra_list_diversity(vectors: np.ndarray) -> float:
+    """Mean pairwise cosine distance (1 - cos) of a list's item vectors; 0 for fewer than 2."""
+    n = vectors.shape[0]
+    if n < 2:
+        return 0.0
+    unit = unit_rows(np.asarray(vectors, dtype=np.float64))
+    sims = unit @ unit.T
+    off = sims[~np.eye(n, dtype=bool)]
+    return float(np.mean(1.0 - off))

@@ -1,0 +1,145 @@
+"""Recommendation filters: validated once from the request, applied vectorised over candidates.
+
+``FilterSpec.from_proto`` checks the request (raising ``InvalidArgument`` with a named reason)
+and applies the documented defaults: ``in_stock_only`` and ``exclude_purchased`` are on when
+unset, ``diversity`` comes from settings. ``FilterSpec.mask`` works on a candidate row array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsvc.bundle import KIND_PRODUCT
+from recsvc.engine.served_model import ServedModel
+from recsvc.errors import InvalidArgument
+from recsvc.idmap import ID_PATTERN
+from recsvc.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    include_categories: frozenset[str] = frozenset()
+    exclude_categories: frozenset[str] = frozenset()
+    include_brands: frozenset[str] = frozenset()
+    exclude_brands: frozenset[str] = frozenset()
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock_only: bool = True
+    exclude_item_ids: frozenset[str] = frozenset()
+    exclude_purchased: bool = True
+    diversity: float = 0.3
+    # (model, include-category codes, include-brand codes) for the last model seen
+    _cache: list[tuple[ServedModel, np.ndarray | None, np.ndarray | None]] = field(
+        default_factory=list, compare=False, hash=False, repr=False
+    )
+
+    @classmethod
+    def from_proto(
+        cls,
+        f: common_pb2.RecommendationFilters | None,
+        *,
+        default_diversity: float,
+        max_values: int,
+        max_id_length: int,
+    ) -> FilterSpec:
+        if f is None:
+            return cls(diversity=default_diversity)
+        lists = {
+            "include_categories": f.include_categories,
+            "exclude_categories": f.exclude_categories,
+            "include_brands": f.include_brands,
+            "exclude_brands": f.exclude_brands,
+            "exclude_item_ids": f.exclude_item_ids,
+        }
+        for name, values in lists.items():
+            if len(values) > max_values:
+                raise InvalidArgument(
+                    f"filters.{name} has {len(values)} values; at most {max_values} are allowed",
+                    reason="TOO_MANY_FILTER_VALUES",
+                )
+        for iid in f.exclude_item_ids:
+            if not iid or len(iid) > max_id_length or not ID_PATTERN.match(iid):
+                raise InvalidArgument(
+                    f"filters.exclude_item_ids has an invalid item id {iid[:80]!r}", reason="INVALID_ITEM_ID"
+                )
+        min_price = f.min_price if f.HasField("min_price") else None
+        max_price = f.max_price if f.HasField("max_price") else None
+        for name, price in (("min_price", min_price), ("max_price", max_price)):
+            if price is not None and (math.isnan(price) or price < 0):
+                raise InvalidArgument(f"filters.{name} must be a number >= 0", reason="INVALID_PRICE_RANGE")
+        if min_price is not None and max_price is not None and min_price > max_price:
+            raise InvalidArgument(
+                f"filters.min_price {min_price} is above max_price {max_price}", reason="INVALID_PRICE_RANGE"
+            )
+        diversity = f.diversity if f.HasField("diversity") else default_diversity
+        if math.isnan(diversity) or not 0.0 <= diversity <= 1.0:
+            raise InvalidArgument(
+                f"filters.diversity must be between 0 and 1, got {diversity}", reason="INVALID_DIVERSITY"
+            )
+        return cls(
+            include_categories=frozenset(f.include_categories),
+            exclude_categories=frozenset(f.exclude_categories),
+            include_brands=frozenset(f.include_brands),
+            exclude_brands=frozenset(f.exclude_brands),
+            min_price=min_price,
+            max_price=max_price,
+            in_stock_only=f.in_stock_only if f.HasField("in_stock_only") else True,
+            exclude_item_ids=frozenset(f.exclude_item_ids),
+            exclude_purchased=f.exclude_purchased if f.HasField("exclude_purchased") else True,
+            diversity=diversity,
+        )
+
+    def _codes(self, model: ServedModel) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Category/brand codes allowed (include) as arrays; None = no include filter."""
+        if self._cache and self._cache[0][0] is model:
+            return self._cache[0][1], self._cache[0][2]
+        inc_cat = (
+            np.array([model.category_code[c] for c in self.include_categories if c in model.category_code])
+            if self.include_categories
+            else None
+        )
+        inc_brand = (
+            np.array([model.brand_code[b] for b in self.include_brands if b in model.brand_code])
+            if self.include_brands
+            else None
+        )
+        self._cache[:] = [(model, inc_cat, inc_brand)]
+        return inc_cat, inc_brand
+
+    def mask(self, model: ServedModel, rows: np.ndarray, excluded_rows: np.ndarray | None) -> np.ndarray:
+        """Boolean mask over ``rows``: True = the item passes every filter."""
+        keep = np.ones(rows.shape[0], dtype=bool)
+        if rows.shape[0] == 0:
+            return keep
+        inc_cat, inc_brand = self._codes(model)
+        if inc_cat is not None or self.exclude_categories:
+            cats = model.item_category[rows]
+            if inc_cat is not None:
+                keep &= np.isin(cats, inc_cat)
+            if self.exclude_categories:
+                exc = [model.category_code[c] for c in self.exclude_categories if c in model.category_code]
+                if exc:
+                    keep &= ~np.isin(cats, exc)
+        if inc_brand is not None or self.exclude_brands:
+            brands = model.item_brand[rows]
+            if inc_brand is not None:
+                keep &= np.isin(brands, inc_brand)
+            if self.exclude_brands:
+                exc = [model.brand_code[b] for b in self.exclude_brands if b in model.brand_code]
+                if exc:
+                    keep &= ~np.isin(brands, exc)
+        if self.min_price is not None or self.max_price is not None:
+            prices = model.item_price[rows]
+            if self.min_price is not None:
+                keep &= prices >= self.min_price
+            if self.max_price is not None:
+                keep &= prices <= self.max_price
+        if self.in_stock_only:
+            # Stock is a product notion: content has no stock and is never left out by it.
+            keep &= model.item_in_stock[rows] | (model.item_kind[rows] != KIND_PRODUCT)
+        if excluded_rows is not None and excluded_rows.shape[0]:
+            keep &= ~np.isin(rows, excluded_rows)
+        return keep

@@ -1,0 +1,332 @@
+"""Recommendations for one member or one item, on whichever model the member's variant serves.
+
+Flow for a member: recent events from Redis (if it answers) -> member vector (bundle row, or
+recomputed from trained history + recent events, or none: cold start) -> candidates from the
+FAISS index of the requested kind -> vectorised filters, widening the candidate set when filters
+remove too many -> MMR -> reasons from the history item that contributed most. Cold start uses
+the bundle's popular lists for the member's segment and channel.
+
+Also implements ``RecommendationPort`` for in-process callers (outreach).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Container, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
+from recsvc.engine.diversity import mmr
+from recsvc.engine.filters import FilterSpec
+from recsvc.engine.served_model import KIND_CODES, ServedModel
+from recsvc.errors import InvalidArgument, NotFound
+from recsvc.realtime import RealtimeStore, event_weights_by_item, recalculate_member
+from recsvc.settings import ServingSettings
+from recsvc.v1 import common_pb2, recommender_pb2
+
+SOURCE_PERSONALIZED = "personalized"
+SOURCE_REALTIME = "realtime"
+SOURCE_POPULAR = "popular"
+SOURCE_SIMILAR = "similar"
+
+_PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+_REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
+_BUY_EVENTS = frozenset({"purchase"})
+
+
+class ModelProvider(Protocol):
+    """Which model serves a member (A/B variant) and which serves item-to-item calls."""
+
+    def for_member(self, member_id: str) -> tuple[str, ServedModel]: ...
+
+    def default(self) -> tuple[str, ServedModel]: ...
+
+
+class RecommendationPort(Protocol):
+    def top_items(
+        self, member_id: str, kind: str, k: int, exclude_item_ids: Collection[str]
+    ) -> list[common_pb2.RecommendedItem]: ...
+
+    def segment_members(self, segment: str) -> Iterator[str]: ...
+
+
+@dataclass
+class Recommendation:
+    response: recommender_pb2.RecommendResponse
+    source: str  # the source of the list as a whole, for metrics
+
+
+class RecommendationEngine:
+    """Stateless per call; holds the model provider, the real-time store and serving settings."""
+
+    def __init__(
+        self,
+        models: ModelProvider,
+        realtime: RealtimeStore | None,
+        settings: ServingSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._models = models
+        self._realtime = realtime
+        self._settings = settings
+        self._clock = clock
+        # Members erased since the bundle was trained (recsvc.security.erasure.ForgottenMembers):
+        # served like unknown members, never from their trained vector or history.
+        self.forgotten: Container[str] = frozenset()
+
+    # ---- members ---------------------------------------------------------------------------
+    def recommend(
+        self, member_id: str, kind: int, k: int, channel: str, filters: FilterSpec
+    ) -> Recommendation:
+        variant, model = self._models.for_member(member_id)
+        row = None if member_id in self.forgotten else model.member_row(member_id)
+        activity = self._realtime.recent(member_id) if self._realtime is not None else None
+        segment = model.segment_of(row)
+
+        if row is not None:
+            hist_rows, hist_w = model.history(row)
+        else:
+            hist_rows, hist_w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ev_rows, ev_w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if activity is not None and activity.events:
+            ev_rows, ev_w = event_weights_by_item(
+                activity.events, model.items.rows, model.event_weights, model.half_life_days, self._clock()
+            )
+
+        vector: np.ndarray | None = None
+        source = SOURCE_POPULAR
+        if ev_rows.shape[0]:
+            # Trained weights were decayed to the training cutoff; decay them on to now, as a
+            # retrain now would, so recent events weigh what they should next to old history.
+            now = self._clock()
+            age_days = max(0.0, now - model.cutoff_ts) / 86400.0 if model.cutoff_ts is not None else 0.0
+            decay = np.float32(0.5 ** (age_days / model.half_life_days))
+            rows_all = np.concatenate([hist_rows.astype(np.int64), ev_rows])
+            w_all = np.concatenate([hist_w.astype(np.float32) * decay, ev_w])
+            uniq, inv = np.unique(rows_all, return_inverse=True)
+            w_sum = np.bincount(inv, weights=w_all).astype(np.float32)
+            vector = recalculate_member(
+                model.item_factors, model.yty, uniq, w_sum, model.alpha, model.regularization
+            )
+            source = SOURCE_REALTIME
+        elif row is not None:
+            v = model.member_vector(row)
+            if np.any(v):
+                vector = v
+                source = SOURCE_PERSONALIZED
+
+        bought_rows = np.zeros(0, dtype=np.int64)
+        if row is not None:
+            bought_rows = model.purchased_rows(row).astype(np.int64)
+        if activity is not None and activity.purchased:
+            recent_bought = model.items.rows(sorted(activity.purchased))
+            bought_rows = np.concatenate([bought_rows, recent_bought[recent_bought >= 0]])
+        excluded = self._excluded_rows(model, filters, bought_rows)
+
+        if vector is None or not np.any(vector):
+            items = self._popular(model, segment, channel, kind, k, filters, excluded)
+            source = SOURCE_POPULAR
+        else:
+            picks, scores = self._retrieve(model, vector, kind, k, filters, excluded)
+            reasons = self._reasons(model, picks, hist_rows, hist_w, ev_rows, ev_w, bought_rows)
+            items = [
+                self._item(model, r, s, reason, source)
+                for r, s, reason in zip(picks, scores, reasons, strict=True)
+            ]
+        resp = recommender_pb2.RecommendResponse(
+            items=items,
+            model_version=model.version,
+            variant=variant,
+            realtime=activity is not None,
+            member_segment=segment,
+        )
+        return Recommendation(response=resp, source=source)
+
+    def _excluded_rows(self, model: ServedModel, filters: FilterSpec, bought_rows: np.ndarray) -> np.ndarray:
+        parts = []
+        if filters.exclude_item_ids:
+            r = model.items.rows(sorted(filters.exclude_item_ids))
+            parts.append(r[r >= 0])
+        if filters.exclude_purchased and bought_rows.shape[0]:
+            parts.append(bought_rows)
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def _retrieve(
+        self,
+        model: ServedModel,
+        vector: np.ndarray,
+        kind: int,
+        k: int,
+        filters: FilterSpec,
+        excluded: np.ndarray,
+        drop_row: int | None = None,
+        relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows after filters and MMR; widens the candidate set when filters remove too many."""
+        total = len(model.kind_rows[kind])
+        pool_size = max(4 * k, 50)
+        n = (
+            max(self._settings.ann_candidates, 2 * pool_size)
+            + excluded.shape[0]
+            + (1 if drop_row is not None else 0)
+        )
+        while True:
+            if n >= total:
+                rows, scores = model.exact_search(vector, kind, total)
+            else:
+                rows, scores = model.search(vector, kind, n)
+            keep = filters.mask(model, rows, excluded)
+            if drop_row is not None:
+                keep &= rows != drop_row
+            if keep.sum() >= pool_size or n >= total:
+                break
+            n *= 4
+        rows, scores = rows[keep][:pool_size], scores[keep][:pool_size]
+        if relevance is not None:
+            scores = relevance(rows, scores)
+            order = np.argsort(-scores, kind="stable")
+            rows, scores = rows[order], scores[order]
+        picks = mmr(
+            scores,
+            model.item_factors[rows],
+            k,
+            filters.diversity,
+            categories=model.item_category[rows],
+            max_per_category=self._settings.max_per_category,
+        )
+        return rows[picks], scores[picks]
+
+    def _popular(
+        self,
+        model: ServedModel,
+        segment: str,
+        channel: str,
+        kind: int,
+        k: int,
+        filters: FilterSpec,
+        excluded: np.ndarray,
+    ) -> list[common_pb2.RecommendedItem]:
+        out: list[common_pb2.RecommendedItem] = []
+        taken: set[int] = set()
+        for plist in model.popular_for(segment, channel or "all", kind):
+            keep = filters.mask(model, plist.rows, excluded)
+            for r, s in zip(plist.rows[keep], plist.scores[keep], strict=True):
+                ri = int(r)
+                if ri in taken:
+                    continue
+                taken.add(ri)
+                where = f"{segment} members" if segment != "all" else "members"
+                out.append(self._item(model, ri, float(s), f"popular with {where}", SOURCE_POPULAR))
+                if len(out) >= k:
+                    return out
+        return out
+
+    def _reasons(
+        self,
+        model: ServedModel,
+        picks: np.ndarray,
+        hist_rows: np.ndarray,
+        hist_w: np.ndarray,
+        ev_rows: np.ndarray,
+        ev_w: np.ndarray,
+        bought_rows: np.ndarray,
+    ) -> list[str]:
+        """ "because you bought/viewed <title>": the history item whose vector has the largest dot
+        product with the recommended item's vector."""
+        if picks.shape[0] == 0:
+            return []
+        rows = np.concatenate([hist_rows.astype(np.int64), ev_rows])
+        weights = np.concatenate([hist_w.astype(np.float32), ev_w])
+        if rows.shape[0] == 0:
+            return ["recommended for you"] * picks.shape[0]
+        if rows.shape[0] > _REASON_HISTORY_MAX:
+            top = np.argsort(-weights)[:_REASON_HISTORY_MAX]
+            rows = rows[top]
+        rows = np.unique(rows)
+        contrib = np.asarray(model.item_factors[rows]) @ np.asarray(model.item_factors[picks]).T
+        best = rows[np.argmax(contrib, axis=0)]
+        bought = set(bought_rows.tolist())
+        return [
+            f"because you {'bought' if int(b) in bought else 'viewed'} {model.titles[int(b)]}" for b in best
+        ]
+
+    def _item(
+        self, model: ServedModel, row: int, score: float, reason: str, source: str
+    ) -> common_pb2.RecommendedItem:
+        row = int(row)
+        cat = int(model.item_category[row])
+        brand = int(model.item_brand[row])
+        return common_pb2.RecommendedItem(
+            item_id=model.items.id(row),
+            score=float(score),
+            reason=reason,
+            source=source,
+            kind=_PB_KIND.get(model.kind_of(row), common_pb2.ITEM_KIND_UNSPECIFIED),
+            category=model.categories[cat] if 0 <= cat < len(model.categories) else "",
+            brand=model.brands[brand] if 0 <= brand < len(model.brands) else "",
+            title=model.titles[row],
+        )
+
+    # ---- items -----------------------------------------------------------------------------
+    def similar(self, item_id: str, kind: int | None, k: int, filters: FilterSpec) -> Recommendation:
+        variant, model = self._models.default()
+        row = model.items.row(item_id)
+        if row is None:
+            raise NotFound(f"item {item_id!r} is not in model {model.version}", reason="ITEM_NOT_FOUND")
+        target_kind = kind or model.kind_of(row)
+        vector = np.asarray(model.item_factors[row], dtype=np.float32)
+        if not np.any(vector):
+            resp = recommender_pb2.RecommendResponse(model_version=model.version, variant=variant)
+            return Recommendation(response=resp, source=SOURCE_SIMILAR)
+        norm = float(model.item_norms[row])
+        excluded = self._excluded_rows(model, filters, np.zeros(0, dtype=np.int64))
+
+        def cosine(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            return (scores / (model.item_norms[rows] * norm)).astype(np.float32)
+
+        picks, scores = self._retrieve(
+            model, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
+        )
+        reason = f"similar to {model.titles[row]}"
+        items = [self._item(model, r, s, reason, SOURCE_SIMILAR) for r, s in zip(picks, scores, strict=True)]
+        resp = recommender_pb2.RecommendResponse(items=items, model_version=model.version, variant=variant)
+        return Recommendation(response=resp, source=SOURCE_SIMILAR)
+
+
+class EnginePort:
+    """``RecommendationPort`` over the engine, for in-process callers (outreach)."""
+
+    def __init__(self, engine: RecommendationEngine, models: ModelProvider, default_diversity: float) -> None:
+        self._engine = engine
+        self._models = models
+        self._diversity = default_diversity
+
+    def top_items(
+        self, member_id: str, kind: str, k: int, exclude_item_ids: Collection[str]
+    ) -> list[common_pb2.RecommendedItem]:
+        code = KIND_CODES.get(kind)
+        if code is None:
+            raise InvalidArgument(f"kind must be 'product' or 'content', got {kind!r}", reason="INVALID_KIND")
+        if k < 1:
+            raise InvalidArgument(f"k must be >= 1, got {k}", reason="INVALID_K")
+        filters = FilterSpec(exclude_item_ids=frozenset(exclude_item_ids), diversity=self._diversity)
+        return list(self._engine.recommend(member_id, code, k, "", filters).response.items)
+
+    def segment_members(self, segment: str) -> Iterator[str]:
+        _, model = self._models.default()
+        code = model.segment_code.get(segment)
+        if code is None:
+            raise NotFound(
+                f"unknown segment {segment!r}; the model has {model.segments}", reason="SEGMENT_NOT_FOUND"
+            )
+        rows = np.flatnonzero(np.asarray(model.member_segment) == code)
+        forgotten = self._engine.forgotten
+        for start in range(0, rows.shape[0], 1024):
+            for member_id in model.members.ids(rows[start : start + 1024].tolist()):
+                if member_id not in forgotten:
+                    yield member_id

@@ -1,0 +1,205 @@
+"""A bundle prepared for serving.
+
+Reads a ``LoadedBundle`` (arrays stay memory-mapped) and precomputes, once per process and
+bundle, the small lookups every request needs: rows per item kind, category/brand name -> code,
+popular lists per (segment, channel, kind) as row arrays, ``YtY`` for member-vector recomputation.
+Nothing here runs per request over all items.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsvc.bundle import ALL, KIND_CONTENT, KIND_NAMES, KIND_PRODUCT, LoadedBundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class PopularList:
+    rows: np.ndarray  # item rows, best first
+    scores: np.ndarray
+
+
+class ServedModel:
+    """One loaded bundle plus per-process lookups. Immutable once built; swapped as a whole."""
+
+    def __init__(
+        self, bundle: LoadedBundle, version: str, source_uri: str, hnsw_ef_search: int = 128
+    ) -> None:
+        self.bundle = bundle
+        self.version = version
+        self.source_uri = source_uri
+        self.manifest = bundle.manifest
+        self.members = bundle.members
+        self.items = bundle.items
+        a = bundle.arrays
+        self.member_factors: np.ndarray = a["member_factors"]
+        self.member_segment: np.ndarray = a["member_segment"]
+        self.item_factors: np.ndarray = a["item_factors"]
+        self.item_kind: np.ndarray = a["item_kind"]
+        self.item_category: np.ndarray = a["item_category"]
+        self.item_brand: np.ndarray = a["item_brand"]
+        self.item_price: np.ndarray = a["item_price"]
+        self.item_in_stock: np.ndarray = a["item_in_stock"]
+        self.history_indptr: np.ndarray = a["history_indptr"]
+        self.history_indices: np.ndarray = a["history_indices"]
+        self.history_data: np.ndarray = a["history_data"]
+        self.purchased_indptr: np.ndarray = a["purchased_indptr"]
+        self.purchased_indices: np.ndarray = a["purchased_indices"]
+        self.titles = bundle.item_titles
+        self.categories = bundle.categories
+        self.brands = bundle.brands
+        self.category_code = {name: i for i, name in enumerate(self.categories)}
+        self.brand_code = {name: i for i, name in enumerate(self.brands)}
+        self.segments: list[str] = list(bundle.manifest.segments)
+        self.segment_code = {name: i for i, name in enumerate(self.segments)}
+        params = bundle.manifest.params
+        self.regularization = float(params.get("regularization", 0.05))
+        self.alpha = float(params.get("alpha", 1.0))
+        self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
+        self.half_life_days = float(params.get("half_life_days", 60.0))
+        self.factors = int(bundle.manifest.factors)
+        self.cutoff_ts = _epoch_seconds(bundle.manifest.training_cutoff)
+        self.kind_rows = {
+            code: np.flatnonzero(self.item_kind == code) for code in (KIND_PRODUCT, KIND_CONTENT)
+        }
+        # Normalised item vectors for cosine similarity (MMR, similar items, diversity metric).
+        norms = np.linalg.norm(self.item_factors, axis=1)
+        self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        # YtY as implicit's ALS caches it; used to recompute member vectors from events.
+        y = np.asarray(self.item_factors, dtype=np.float32)
+        self.yty: np.ndarray = y.T.dot(y)
+        self.indexes: dict[int, Any] = {}
+        for name, index in bundle.indexes.items():
+            code = KIND_CODES.get(name)
+            if code is None:
+                continue
+            _tune_index(index, hnsw_ef_search)
+            self.indexes[code] = index
+        self.popular = _popular_lists(bundle, self.items)
+
+    @classmethod
+    def load(cls, path: Path, version: str, source_uri: str, hnsw_ef_search: int = 128) -> ServedModel:
+        return cls(load_bundle(path), version=version, source_uri=source_uri, hnsw_ef_search=hnsw_ef_search)
+
+    # ---- members -------------------------------------------------------------------------
+    def member_row(self, member_id: str) -> int | None:
+        return self.members.row(member_id)
+
+    def member_vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.member_factors[row], dtype=np.float32)
+
+    def segment_of(self, row: int | None) -> str:
+        if row is None:
+            return "new"
+        idx = int(self.member_segment[row])
+        return self.segments[idx] if idx < len(self.segments) else "new"
+
+    def history(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
+        return np.asarray(self.history_indices[lo:hi]), np.asarray(self.history_data[lo:hi])
+
+    def purchased_rows(self, row: int) -> np.ndarray:
+        lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
+        return np.asarray(self.purchased_indices[lo:hi])
+
+    # ---- items ---------------------------------------------------------------------------
+    def kind_of(self, row: int) -> int:
+        return int(self.item_kind[row])
+
+    def search(self, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` item rows of ``kind`` by inner product: FAISS index, else exact."""
+        n = min(n, len(self.kind_rows[kind]))
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        index = self.indexes.get(kind)
+        if index is not None:
+            scores, ids = index.search(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32), n)
+            keep = ids[0] >= 0
+            return ids[0][keep].astype(np.int64), scores[0][keep]
+        return self.exact_search(vector, kind, n)
+
+    def exact_search(self, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reference: score every item of ``kind`` (used to widen after filters, and in tests)."""
+        rows = self.kind_rows[kind]
+        n = min(n, len(rows))
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        scores = self.item_factors.dot(vector.astype(np.float32))[rows]
+        if n < len(rows):
+            top = np.argpartition(-scores, n - 1)[:n]
+        else:
+            top = np.arange(len(rows))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return rows[top].astype(np.int64), scores[top].astype(np.float32)
+
+    def popular_for(self, segment: str, channel: str, kind: int) -> list[PopularList]:
+        """Popular lists to try in order: (segment, channel), (segment, all), (all, channel), (all, all)."""
+        kind_name = KIND_NAMES[kind]
+        order = [(segment, channel), (segment, ALL), (ALL, channel), (ALL, ALL)]
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for key in order:
+            if key in seen:
+                continue
+            seen.add(key)
+            found = self.popular.get((key[0], key[1], kind_name))
+            if found is not None:
+                out.append(found)
+        return out
+
+    def info_counts(self) -> dict[str, int]:
+        return {
+            "members": len(self.members),
+            "products": len(self.kind_rows[KIND_PRODUCT]),
+            "content": len(self.kind_rows[KIND_CONTENT]),
+        }
+
+
+def _tune_index(index: Any, ef_search: int) -> None:
+    import faiss
+
+    try:
+        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+        if hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = max(int(inner.hnsw.efSearch), ef_search)
+    except (AttributeError, RuntimeError):  # not an HNSW index: nothing to tune
+        pass
+
+
+def _popular_lists(bundle: LoadedBundle, items: Any) -> dict[tuple[str, str, str], PopularList]:
+    df = bundle.popular
+    out: dict[tuple[str, str, str], PopularList] = {}
+    if df.empty:
+        return out
+    rows_all = items.rows(df["item_id"].astype(str).to_numpy())
+    df = df.assign(_row=rows_all)
+    df = df[df["_row"] >= 0]
+    for (segment, channel, kind), group in df.groupby(["segment", "channel", "kind"], sort=False):
+        group = group.sort_values("rank", kind="stable")
+        out[(str(segment), str(channel), str(kind))] = PopularList(
+            rows=group["_row"].to_numpy(dtype=np.int64),
+            scores=group["score"].to_numpy(dtype=np.float32),
+        )
+    return out
+
+
+def _epoch_seconds(iso: str) -> float | None:
+    from datetime import UTC, datetime
+
+    try:
+        ts = datetime.fromisoformat(iso)
+    except ValueError:
+        log.warning("event=bad_training_cutoff value=%r history is not decayed to now", iso)
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()

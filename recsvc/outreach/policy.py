@@ -1,0 +1,291 @@
+"""The outreach policy: a validated TOML or YAML file, re-read without a restart.
+
+Reads the file named by ``settings.outreach.policy_file`` (or the shipped
+``default_policy.toml`` beside this module). ``PolicyStore`` keeps the policy in force; when the
+file changes and the new one is bad, it logs a clear error and keeps the old policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsvc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY_FILE = Path(__file__).with_name("default_policy.toml")
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+WEEK_MS = 7 * DAY_MS
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MarketingCaps(_Part):
+    per_channel_per_day: int = Field(1, ge=1, le=100)
+    per_day: int = Field(2, ge=1, le=100)
+    per_week: int = Field(3, ge=1, le=500)
+    min_gap_hours: float = Field(4.0, ge=0, le=24 * 30)
+    campaign_memory_days: int = Field(90, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MarketingCaps:
+        if not (self.per_channel_per_day <= self.per_day <= self.per_week):
+            raise ValueError("marketing caps must satisfy per_channel_per_day <= per_day <= per_week")
+        return self
+
+
+class QuietHours(_Part):
+    start: str = "21:00"
+    end: str = "09:00"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM_RE.match(v):
+            raise ValueError(f"quiet hours take HH:MM (00:00 to 23:59), got {v!r}")
+        return v
+
+    def minutes(self) -> tuple[int, int]:
+        """(start, end) as minutes after local midnight."""
+        sh, sm = self.start.split(":")
+        eh, em = self.end.split(":")
+        return int(sh) * 60 + int(sm), int(eh) * 60 + int(em)
+
+
+class TransactionalRules(_Part):
+    per_day: int = Field(10, ge=1, le=1000)
+    exempt_from_quiet_hours: bool = True
+    requires_consent: bool = False
+
+
+class FatigueLevel(_Part):
+    after_ignored: int = Field(ge=1, le=1000)
+    per_day: int = Field(ge=1, le=100)
+    per_week: int = Field(ge=1, le=500)
+    min_gap_hours: float = Field(ge=0, le=24 * 60)
+
+
+class Fatigue(_Part):
+    levels: list[FatigueLevel] = Field(default_factory=list, max_length=8)
+
+    @field_validator("levels")
+    @classmethod
+    def _ascending(cls, v: list[FatigueLevel]) -> list[FatigueLevel]:
+        thresholds = [lv.after_ignored for lv in v]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError("fatigue levels must have strictly increasing after_ignored")
+        return v
+
+
+class Blocks(_Part):
+    unsubscribe_days: int = Field(90, ge=1, le=3650)
+    complaint_days: int = Field(180, ge=1, le=3650)
+
+
+class PriorityRule(_Part):
+    high_from: int = Field(7, ge=0, le=9)
+    high_min_gap_hours: float = Field(2.0, ge=0, le=24 * 30)
+
+
+class Retention(_Part):
+    margin_hours: float = Field(24.0, ge=0, le=24 * 30)
+    idempotency_hours: float = Field(24.0, gt=0, le=24 * 30)
+    recently_pushed_days: int = Field(30, ge=1, le=365)
+    profile_days: int = Field(400, ge=1, le=3650)
+
+
+class Policy(_Part):
+    """Everything the throttle decides by. See docs/outreach.md for each field."""
+
+    version: int = Field(1, ge=1, le=1)
+    default_timezone: str = "Asia/Shanghai"
+    channels: list[str] = Field(
+        default_factory=lambda: ["app_push", "mini_program_subscribe", "wecom", "official_account", "sms"],
+        min_length=1,
+        max_length=64,
+    )
+    marketing: MarketingCaps = MarketingCaps()
+    quiet_hours: QuietHours = QuietHours()
+    transactional: TransactionalRules = TransactionalRules()
+    fatigue: Fatigue = Fatigue()
+    blocks: Blocks = Blocks()
+    priority: PriorityRule = PriorityRule()
+    retention: Retention = Retention()
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        check_timezone(v)
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not CHANNEL_RE.match(c)]
+        if bad:
+            raise ValueError(f"channel names must be lower_snake_case (max 32 chars): {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("channels must be unique")
+        return v
+
+    # Derived values the throttle passes to its Lua scripts (milliseconds).
+    def min_gap_ms(self, priority: int) -> int:
+        hours = self.marketing.min_gap_hours
+        if priority >= self.priority.high_from:
+            hours = min(hours, self.priority.high_min_gap_hours)
+        return int(hours * HOUR_MS)
+
+    @property
+    def margin_ms(self) -> int:
+        return int(self.retention.margin_hours * HOUR_MS)
+
+    @property
+    def campaign_memory_ms(self) -> int:
+        return self.marketing.campaign_memory_days * DAY_MS
+
+    @property
+    def block_ms_unsubscribe(self) -> int:
+        return self.blocks.unsubscribe_days * DAY_MS
+
+    @property
+    def block_ms_complaint(self) -> int:
+        return self.blocks.complaint_days * DAY_MS
+
+    @property
+    def sends_ttl_ms(self) -> int:
+        longest_gap = max([self.marketing.min_gap_hours] + [lv.min_gap_hours for lv in self.fatigue.levels])
+        return max(WEEK_MS, int(longest_gap * HOUR_MS)) + self.margin_ms
+
+    @property
+    def state_ttl_ms(self) -> int:
+        return max(self.block_ms_unsubscribe, self.block_ms_complaint) + self.margin_ms
+
+    @property
+    def idempotency_ms(self) -> int:
+        return int(self.retention.idempotency_hours * HOUR_MS)
+
+    @property
+    def recently_pushed_ms(self) -> int:
+        return self.retention.recently_pushed_days * DAY_MS
+
+    @property
+    def profile_ttl_ms(self) -> int:
+        return self.retention.profile_days * DAY_MS
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)") from exc
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"policy file {path} cannot be read: {exc.strerror or exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text.decode("utf-8"))
+        elif suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"policy file {path} must end in .toml, .yaml or .yml")
+    except ConfigError:
+        raise
+    except Exception as exc:  # tomllib/yaml/unicode errors all mean "not a readable policy"
+        raise ConfigError(f"policy file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"policy file {path} must hold a table/mapping at the top level")
+    return data
+
+
+def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"policy {source} is invalid: {problems}") from exc
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Read and validate one policy file; raise ConfigError naming every problem."""
+    path = path or DEFAULT_POLICY_FILE
+    return parse_policy(_read_mapping(path), str(path))
+
+
+class PolicyStore:
+    """The policy in force. ``current()`` re-reads the file when it changed (checked at most every
+    ``reload_s`` seconds); a bad new file is logged and refused, and the old policy stays."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        reload_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path or DEFAULT_POLICY_FILE
+        self._reload_s = reload_s
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._policy = load_policy(self.path)  # a bad file at start-up is fatal
+        self._stamp = self._file_stamp()
+        self._checked_at = monotonic()
+        self.last_error: str | None = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> Policy:
+        if self._reload_s > 0 and self._monotonic() - self._checked_at >= self._reload_s:
+            with self._lock:
+                if self._monotonic() - self._checked_at >= self._reload_s:
+                    self._checked_at = self._monotonic()
+                    if self._file_stamp() != self._stamp:
+                        # reload() logs a bad file; the old policy stays in force
+                        with contextlib.suppress(ConfigError):
+                            self.reload()
+        return self._policy
+
+    def reload(self) -> Policy:
+        """Re-read the file now. A bad file raises ConfigError and leaves the old policy in force."""
+        stamp = self._file_stamp()
+        try:
+            policy = load_policy(self.path)
+        except ConfigError as exc:
+            self._stamp = stamp  # do not re-parse the same bad file on every call
+            self.last_error = str(exc)
+            logger.error("outreach policy refused, keeping the previous one: %s", exc)
+            raise
+        self._policy = policy
+        self._stamp = stamp
+        self.last_error = None
+        logger.info("outreach policy loaded path=%s", self.path)
+        return policy

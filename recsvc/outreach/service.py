@@ -1,0 +1,232 @@
+"""The ``recsvc.v1.Outreach`` gRPC servicer: validates requests, asks the throttle, explains.
+
+Errors are ``recsvc.errors`` types; the server's interceptor maps them to status codes. A store
+outage is not an error for decisions (they answer THROTTLE_UNAVAILABLE); for writes (cancel,
+feedback, consent) it is ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import redis
+
+from recsvc.errors import InvalidArgument
+from recsvc.outreach import validation as v
+from recsvc.outreach.next_best import next_best_outreach
+from recsvc.outreach.planning import plan_campaign
+from recsvc.outreach.policy import PolicyStore
+from recsvc.outreach.ports import RecommendationPort
+from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle
+from recsvc.security.privacy import Pseudonymizer
+from recsvc.settings import Settings
+from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+def decision_message(d: Decision) -> outreach_pb2.OutreachDecision:
+    msg = outreach_pb2.OutreachDecision(
+        allowed=d.allowed,
+        reason=outreach_pb2.ReasonCode.Value(d.reason),
+        detail=d.detail,
+        reservation_id=d.reservation_id,
+        replayed=d.replayed,
+    )
+    if d.next_allowed_ms > 0:
+        msg.next_allowed_at.FromMilliseconds(d.next_allowed_ms)
+    return msg
+
+
+class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
+    def __init__(
+        self,
+        throttle: Throttle,
+        recommendations: RecommendationPort,
+        *,
+        max_id_length: int = 64,
+        plan_chunk_size: int = 500,
+        max_plan_members: int = 100_000,
+        next_best_candidates: int = 50,
+    ) -> None:
+        self.throttle = throttle
+        self._recs = recommendations
+        self._max_id = max_id_length
+        self._chunk = plan_chunk_size
+        self._max_plan = max_plan_members
+        self._candidates = next_best_candidates
+
+    # ---------------------------------------------------------------- helpers
+    def _ask(self, req: Any, idempotency_key: str = "") -> OutreachAsk:
+        policy = self.throttle.policies.current()
+        return OutreachAsk(
+            member_id=v.check_id(req.member_id, "member_id", self._max_id),
+            channel=v.check_channel(req.channel, policy),
+            campaign_id=v.check_id(req.campaign_id, "campaign_id", self._max_id, required=False),
+            message_class=v.message_class(req.message_class),
+            priority=v.check_priority(req.priority),
+            idempotency_key=v.check_idempotency_key(idempotency_key),
+        )
+
+    # ---------------------------------------------------------------- RPCs
+    def CheckOutreach(
+        self, request: outreach_pb2.OutreachRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.OutreachDecision:
+        return decision_message(self.throttle.check(self._ask(request)))
+
+    def ReserveOutreach(
+        self, request: outreach_pb2.ReserveOutreachRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.OutreachDecision:
+        return decision_message(self.throttle.reserve(self._ask(request, request.idempotency_key)))
+
+    def CancelOutreach(
+        self, request: outreach_pb2.CancelOutreachRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.CancelOutreachResponse:
+        v.check_reservation_id(request.reservation_id, self._max_id)
+        return outreach_pb2.CancelOutreachResponse(cancelled=self.throttle.cancel(request.reservation_id))
+
+    def RecordOutreachFeedback(
+        self, request: outreach_pb2.OutreachFeedbackRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.OutreachFeedbackResponse:
+        member_id = request.member_id
+        if request.reservation_id:
+            _, rid_member = v.check_reservation_id(request.reservation_id, self._max_id)
+            if member_id and member_id != rid_member:
+                raise InvalidArgument("member_id does not match the reservation_id")
+            member_id = rid_member
+        v.check_id(member_id, "member_id", self._max_id)
+        channel = v.check_channel(request.channel, self.throttle.policies.current())
+        kind = v.feedback_kind(request.feedback)
+        at_ms = request.ts.ToMilliseconds() if request.HasField("ts") else None
+        self.throttle.feedback(member_id, channel, kind, at_ms)
+        return outreach_pb2.OutreachFeedbackResponse()
+
+    def UpdateConsent(
+        self, request: outreach_pb2.UpdateConsentRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.UpdateConsentResponse:
+        member_id = v.check_id(request.member_id, "member_id", self._max_id)
+        channel = v.check_channel(request.channel, self.throttle.policies.current())
+        v.check_id(request.source, "source", self._max_id, required=False)
+        self.throttle.set_consent(member_id, channel, request.granted)
+        logger.info(
+            "consent updated channel=%s granted=%s source=%s", channel, request.granted, request.source
+        )
+        return outreach_pb2.UpdateConsentResponse()
+
+    def PlanCampaign(
+        self, request: outreach_pb2.PlanCampaignRequest, context: grpc.ServicerContext
+    ) -> Iterator[outreach_pb2.PlanCampaignDecision]:
+        policy = self.throttle.policies.current()
+        channel = v.check_channel(request.channel, policy)
+        campaign = v.check_id(request.campaign_id, "campaign_id", self._max_id)
+        template = OutreachAsk(
+            member_id="",
+            channel=channel,
+            campaign_id=campaign,
+            message_class=v.message_class(request.message_class),
+            priority=v.check_priority(request.priority),
+        )
+        if request.limit < 0:
+            raise InvalidArgument("limit must be >= 0")
+        if request.member_ids and request.segment:
+            raise InvalidArgument("give member_ids or segment, not both")
+        members: Iterator[str]
+        if request.member_ids:
+            if len(request.member_ids) > self._max_plan:
+                raise InvalidArgument(
+                    f"{len(request.member_ids)} member_ids is more than {self._max_plan}; "
+                    "use a segment or split the audience"
+                )
+            ids = [v.check_id(m, "member_ids[]", self._max_id) for m in request.member_ids]
+            members = iter(ids)
+        elif request.segment:
+            v.check_id(request.segment, "segment", self._max_id)
+            members = self._recs.segment_members(request.segment)
+        else:
+            raise InvalidArgument("member_ids or segment is required")
+        for planned in plan_campaign(
+            self.throttle,
+            members,
+            template,
+            reserve=request.reserve,
+            chunk_size=self._chunk,
+            limit=request.limit,
+        ):
+            yield outreach_pb2.PlanCampaignDecision(
+                member_id=planned.member_id, decision=decision_message(planned.decision)
+            )
+
+    def NextBestOutreach(
+        self, request: outreach_pb2.NextBestOutreachRequest, context: grpc.ServicerContext
+    ) -> outreach_pb2.NextBestOutreachResponse:
+        policy = self.throttle.policies.current()
+        ask = OutreachAsk(
+            member_id=v.check_id(request.member_id, "member_id", self._max_id),
+            channel=v.check_channel(request.channel, policy),
+            campaign_id=v.check_id(request.campaign_id, "campaign_id", self._max_id, required=False),
+            idempotency_key=v.check_idempotency_key(request.idempotency_key),
+        )
+        kind = v.item_kind(request.kind)
+        found = next_best_outreach(self.throttle, self._recs, ask, kind, self._candidates)
+        resp = outreach_pb2.NextBestOutreachResponse(decision=decision_message(found.decision))
+        if found.item is not None:
+            resp.has_item = True
+            resp.item.CopyFrom(found.item)
+        return resp
+
+
+def throttle_client(client: redis.Redis, timeout_s: float) -> redis.Redis:
+    """A client on the same server whose socket timeouts are the throttle's and which does not
+    retry, so a slow Redis fails a decision closed within ``timeout_s`` instead of stalling it."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=None)
+    kwargs.pop("retry_on_error", None)
+    try:
+        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    except TypeError:  # an unusual pool; keep the caller's client and its timeouts
+        logger.warning("outreach uses the shared Redis client's own timeouts")
+        return client
+    return redis.Redis(connection_pool=new_pool)
+
+
+def build_throttle(
+    settings: Settings,
+    redis_client: redis.Redis,
+    clock: Clock | None = None,
+    timeout_s: float | None = None,
+) -> Throttle:
+    """``timeout_s`` overrides ``outreach.redis_timeout_ms`` (e.g. for bulk imports from the CLI)."""
+    o = settings.outreach
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return Throttle(
+        throttle_client(redis_client, timeout_s if timeout_s is not None else o.redis_timeout_ms / 1000),
+        PolicyStore(o.policy_file, o.policy_reload_s),
+        key_prefix=settings.redis.key_prefix,
+        transactional_when_unavailable=o.transactional_when_unavailable,
+        # The same keyed pseudonym as the audit log and the rest of recsvc's logs.
+        pseudonymize=Pseudonymizer(settings.security.pseudonym_key),
+        **extra,
+    )
+
+
+def build_outreach_servicer(
+    settings: Settings,
+    redis_client: redis.Redis,
+    recommendations: RecommendationPort,
+    clock: Clock | None = None,
+) -> OutreachServicer:
+    """Register with ``recsvc.v1.outreach_pb2_grpc.add_OutreachServicer_to_server``.
+    Raises ConfigError when the policy file is bad at start-up."""
+    o = settings.outreach
+    return OutreachServicer(
+        build_throttle(settings, redis_client, clock),
+        recommendations,
+        max_id_length=settings.data.max_id_length,
+        plan_chunk_size=o.plan_pipeline_size,
+        max_plan_members=o.max_plan_members,
+        next_best_candidates=o.next_best_candidates,
+    )

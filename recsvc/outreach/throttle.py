@@ -1,0 +1,405 @@
+"""The outreach throttle: decide, record and explain, one Redis round trip per decision.
+
+Reads and writes the per-member keys of ``recsvc.outreach.keys`` through the Lua scripts in
+``scripts/`` (loaded once with ``register_script``, then called by EVALSHA). Quiet hours are
+decided here in Python (zoneinfo) and passed into the script. Redis errors and timeouts never
+escape a decision: marketing fails closed with THROTTLE_UNAVAILABLE, transactional follows
+``transactional_when_unavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import redis
+
+from recsvc.errors import StoreUnavailable
+from recsvc.outreach import metrics
+from recsvc.outreach.keys import MemberKeys
+from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
+from recsvc.outreach.quiet_hours import first_allowed_ms, quiet_until_ms
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS_DIR = Path(__file__).with_name("scripts")
+MARKETING = "marketing"
+TRANSACTIONAL = "transactional"
+UNAVAILABLE = "THROTTLE_UNAVAILABLE"
+FEEDBACK_KINDS = ("delivered", "opened", "clicked", "ignored", "unsubscribed", "complained")
+
+Clock = Callable[[], float]  # epoch seconds
+
+
+@dataclass(frozen=True)
+class OutreachAsk:
+    """One question to the throttle. Ids are validated by the caller (recsvc.outreach.validation)."""
+
+    member_id: str
+    channel: str
+    campaign_id: str = ""
+    message_class: str = MARKETING  # MARKETING or TRANSACTIONAL
+    priority: int = 0
+    idempotency_key: str = ""
+    item_id: str = ""  # NextBestOutreach: the item this send pushes
+    extra: str = ""  # kept with the idempotency record and returned on replay
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    detail: str = ""
+    next_allowed_ms: int = 0  # 0 = waiting would not help (or nothing to wait for)
+    reservation_id: str = ""
+    replayed: bool = False
+    extra: str = ""
+
+
+def reservation_id(token: str, member_id: str) -> str:
+    """The id embeds the member so CancelOutreach finds the member's keys without a global index."""
+    return f"{token}.{member_id}"
+
+
+def split_reservation_id(rid: str) -> tuple[str, str]:
+    token, _, member_id = rid.partition(".")
+    return token, member_id
+
+
+def default_pseudonym(member_id: str) -> str:
+    return hashlib.sha256(member_id.encode()).hexdigest()[:16]
+
+
+class _ZoneCache:
+    """Members whose stored time zone differs from the policy default, so the first guess is right
+    and a decision stays one round trip. Bounded; a stale entry only costs one retry."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, member_id: str) -> str | None:
+        with self._lock:
+            tz = self._data.get(member_id)
+            if tz is not None:
+                self._data.move_to_end(member_id)
+            return tz
+
+    def put(self, member_id: str, tz: str | None) -> None:
+        with self._lock:
+            if tz is None:
+                self._data.pop(member_id, None)
+                return
+            self._data[member_id] = tz
+            self._data.move_to_end(member_id)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+class Throttle:
+    def __init__(
+        self,
+        client: redis.Redis,
+        policies: PolicyStore,
+        *,
+        key_prefix: str = "recsvc",
+        clock: Clock = time.time,
+        transactional_when_unavailable: Literal["allow", "deny"] = "allow",
+        pseudonymize: Callable[[str], str] = default_pseudonym,
+        zone_cache_size: int = 100_000,
+    ) -> None:
+        self._redis = client
+        self.policies = policies
+        self._prefix = key_prefix
+        self._clock = clock
+        self._tx_when_unavailable = transactional_when_unavailable
+        self._pseudonym = pseudonymize
+        self._zones = _ZoneCache(zone_cache_size)
+        self._decide = client.register_script((SCRIPTS_DIR / "decide.lua").read_text())
+        self._cancel = client.register_script((SCRIPTS_DIR / "cancel.lua").read_text())
+        self._feedback = client.register_script((SCRIPTS_DIR / "feedback.lua").read_text())
+        self._consent = client.register_script((SCRIPTS_DIR / "consent.lua").read_text())
+
+    # ----------------------------------------------------------------- decisions
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def keys(self, member_id: str) -> MemberKeys:
+        return MemberKeys.of(self._prefix, member_id)
+
+    def check(self, ask: OutreachAsk) -> Decision:
+        """Dry run: what would happen now. Records nothing."""
+        return self._single(ask, "check")
+
+    def reserve(self, ask: OutreachAsk) -> Decision:
+        """Check and record atomically. The same idempotency key returns the first decision."""
+        return self._single(ask, "reserve")
+
+    def _single(self, ask: OutreachAsk, mode: str) -> Decision:
+        started = time.perf_counter()
+        policy = self.policies.current()
+        now = self.now_ms()
+        token = secrets.token_hex(8)
+        tz = self._zones.get(ask.member_id) or policy.default_timezone
+        try:
+            for _ in range(3):
+                keys, args = self._script_call(ask, mode, policy, now, tz, token)
+                raw = self._decide(keys=keys, args=args)
+                found = self._interpret(raw, ask, policy, tz)
+                if isinstance(found, Decision):
+                    metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+                    return self._finish(ask, found)
+                tz = self._learn_zone(ask.member_id, found, policy)
+            raise redis.RedisError("member time zone kept changing during the decision")
+        except redis.RedisError as exc:
+            return self._finish(ask, self._unavailable(ask, exc))
+
+    def decide_many(self, asks: Sequence[OutreachAsk], *, reserve: bool) -> list[Decision]:
+        """Many decisions in one pipelined round trip (plus one retry round for members whose time
+        zone was not known here). Results are in the order of ``asks``."""
+        mode = "reserve" if reserve else "check"
+        policy = self.policies.current()
+        now = self.now_ms()
+        results: list[Decision | None] = [None] * len(asks)
+        zones = [self._zones.get(a.member_id) or policy.default_timezone for a in asks]
+        pending = list(range(len(asks)))
+        for _ in range(2):
+            if not pending:
+                break
+            pipe = self._redis.pipeline(transaction=False)
+            for i in pending:
+                keys, args = self._script_call(asks[i], mode, policy, now, zones[i], secrets.token_hex(8))
+                self._decide(keys=keys, args=args, client=pipe)
+            try:
+                raws = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                for i in pending:
+                    results[i] = self._unavailable(asks[i], exc)
+                pending = []
+                break
+            retry: list[int] = []
+            for i, raw in zip(pending, raws, strict=True):
+                if isinstance(raw, Exception):
+                    results[i] = self._unavailable(asks[i], raw)
+                    continue
+                found = self._interpret(raw, asks[i], policy, zones[i])
+                if isinstance(found, Decision):
+                    results[i] = found
+                else:
+                    zones[i] = self._learn_zone(asks[i].member_id, found, policy)
+                    retry.append(i)
+            pending = retry
+        for i in pending:
+            results[i] = self._unavailable(asks[i], redis.RedisError("time zone changed during planning"))
+        return [self._finish(a, d) for a, d in zip(asks, results, strict=True) if d is not None]
+
+    def _script_call(
+        self, ask: OutreachAsk, mode: str, policy: Policy, now: int, tz: str, token: str
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys(ask.member_id)
+        marketing = ask.message_class == MARKETING
+        quiet_applies = marketing or not policy.transactional.exempt_from_quiet_hours
+        quiet_until = quiet_until_ms(now, self._zone(tz, policy), policy.quiet_hours) if quiet_applies else 0
+        m = policy.marketing
+        args: list[Any] = [
+            mode,
+            now,
+            ask.channel,
+            ask.campaign_id,
+            ask.message_class,
+            token,
+            policy.default_timezone,
+            tz,
+            quiet_until,
+            1 if marketing or policy.transactional.requires_consent else 0,
+            m.per_channel_per_day,
+            m.per_day,
+            m.per_week,
+            policy.min_gap_ms(ask.priority),
+            policy.transactional.per_day,
+            policy.sends_ttl_ms,
+            policy.campaign_memory_ms,
+            policy.margin_ms,
+            policy.idempotency_ms,
+            ask.idempotency_key,
+            ask.item_id,
+            policy.recently_pushed_ms,
+            ask.extra,
+            len(policy.fatigue.levels),
+        ]
+        for lv in policy.fatigue.levels:
+            args += [lv.after_ignored, lv.per_day, lv.per_week, int(lv.min_gap_hours * 3_600_000)]
+        keys = [
+            k.sends,
+            k.tx,
+            k.camps,
+            k.state,
+            k.profile,
+            k.idem(ask.idempotency_key),
+            k.pushed,
+            k.suppressed,
+        ]
+        return keys, args
+
+    def _interpret(self, raw: list[Any], ask: OutreachAsk, policy: Policy, tz: str) -> Decision | str:
+        tag = _text(raw[0])
+        if tag == "TZ":
+            return _text(raw[1])
+        allowed = int(raw[1]) == 1
+        next_ms = int(raw[3])
+        quiet_applies = ask.message_class == MARKETING or not policy.transactional.exempt_from_quiet_hours
+        if not allowed and next_ms > 0 and quiet_applies:
+            # A cap that frees up at 23:00 local really frees up when quiet hours end.
+            next_ms = first_allowed_ms(next_ms, self._zone(tz, policy), policy.quiet_hours)
+        token = _text(raw[4])
+        return Decision(
+            allowed=allowed,
+            reason=_text(raw[2]),
+            detail=_text(raw[5]),
+            next_allowed_ms=next_ms,
+            reservation_id=reservation_id(token, ask.member_id) if token else "",
+            replayed=int(raw[6]) == 1,
+            extra=_text(raw[7]),
+        )
+
+    def _learn_zone(self, member_id: str, tz: str, policy: Policy) -> str:
+        self._zones.put(member_id, None if tz == policy.default_timezone else tz)
+        return tz
+
+    @staticmethod
+    def _zone(tz: str, policy: Policy) -> ZoneInfo:
+        try:
+            return check_timezone(tz)
+        except ValueError:
+            logger.warning("stored member time zone %r is unknown; using %s", tz, policy.default_timezone)
+            return ZoneInfo(policy.default_timezone)
+
+    def _unavailable(self, ask: OutreachAsk, exc: BaseException) -> Decision:
+        logger.warning("outreach throttle store unavailable: %s", exc.__class__.__name__)
+        if ask.message_class == TRANSACTIONAL and self._tx_when_unavailable == "allow":
+            return Decision(
+                True, UNAVAILABLE, "throttle store unavailable; transactional allowed by settings"
+            )
+        return Decision(False, UNAVAILABLE, "throttle store unavailable; failing closed")
+
+    def _finish(self, ask: OutreachAsk, decision: Decision) -> Decision:
+        metrics.DECISIONS.labels(ask.channel, ask.message_class, decision.reason).inc()
+        if ask.message_class == TRANSACTIONAL:
+            # Transactional messages skip marketing rules, so every one leaves a trace.
+            logger.info(
+                "transactional outreach member=%s channel=%s campaign=%s allowed=%s reason=%s reservation=%s",
+                self._pseudonym(ask.member_id),
+                ask.channel,
+                ask.campaign_id,
+                decision.allowed,
+                decision.reason,
+                decision.reservation_id.partition(".")[0],
+            )
+        return decision
+
+    # ----------------------------------------------------------------- other writes
+    def cancel(self, rid: str) -> bool:
+        """Give the slot back (the send failed). False when no such live reservation exists."""
+        token, member_id = split_reservation_id(rid)
+        k = self.keys(member_id)
+        try:
+            return int(self._cancel(keys=[k.sends, k.tx, k.camps, k.pushed], args=[token])) == 1
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+
+    def feedback(self, member_id: str, channel: str, kind: str, at_ms: int | None = None) -> None:
+        """``kind`` in FEEDBACK_KINDS. ignored -> streak+1; opened/clicked -> streak 0;
+        unsubscribed/complained -> block marketing on the channel; delivered -> counted only."""
+        if kind not in FEEDBACK_KINDS:
+            raise ValueError(f"unknown feedback kind {kind!r}")
+        metrics.FEEDBACK.labels(channel, kind).inc()
+        if kind == "delivered":
+            return
+        policy = self.policies.current()
+        at = at_ms if at_ms is not None else self.now_ms()
+        until = 0
+        if kind == "unsubscribed":
+            until = at + policy.block_ms_unsubscribe
+        elif kind == "complained":
+            until = at + policy.block_ms_complaint
+        script_kind = "engaged" if kind in {"opened", "clicked"} else kind
+        k = self.keys(member_id)
+        try:
+            self._feedback(keys=[k.state], args=[script_kind, channel, until, policy.state_ttl_ms])
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+
+    def set_consent(self, member_id: str, channel: str, granted: bool, at_ms: int | None = None) -> bool:
+        """Record consent; a withdrawal counts from the next decision on. False when the store
+        already holds a newer record for this channel (kept)."""
+        at = at_ms if at_ms is not None else self.now_ms()
+        policy = self.policies.current()
+        k = self.keys(member_id)
+        try:
+            done = self._consent(
+                keys=[k.profile], args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms]
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        return int(done) == 1
+
+    def import_profiles(
+        self,
+        timezones: Iterable[tuple[str, str]] = (),
+        consents: Iterable[tuple[str, str, bool, int]] = (),
+        chunk: int = 500,
+    ) -> tuple[int, int]:
+        """Bulk-load (member, tz) and (member, channel, granted, updated_at_ms), pipelined in chunks.
+        Returns (time zones written, consent records written; older than stored ones are kept)."""
+        policy = self.policies.current()
+        ttl = policy.profile_ttl_ms
+        n_tz = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for member_id, tz in timezones:
+            profile = self.keys(member_id).profile
+            pipe.hset(profile, "tz", tz)
+            pipe.pexpire(profile, ttl)
+            self._zones.put(member_id, None if tz == policy.default_timezone else tz)
+            n_tz += 1
+            if len(pipe) >= 2 * chunk:
+                pipe.execute()
+        pipe.execute()
+        n_consent = 0
+        for member_id, channel, granted, at in consents:
+            self._consent(
+                keys=[self.keys(member_id).profile],
+                args=[channel, "1" if granted else "0", at, ttl],
+                client=pipe,
+            )
+            if len(pipe) >= chunk:
+                n_consent += sum(int(x) for x in pipe.execute())
+        n_consent += sum(int(x) for x in pipe.execute())
+        return n_tz, n_consent
+
+    def set_timezone(self, member_id: str, tz: str) -> None:
+        self.import_profiles(timezones=[(member_id, tz)])
+
+    def recently_pushed(self, member_id: str) -> list[str]:
+        policy = self.policies.current()
+        since = self.now_ms() - policy.recently_pushed_ms
+        try:
+            raw = self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        return [_text(x) for x in raw]  # type: ignore[union-attr]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)

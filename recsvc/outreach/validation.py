@@ -1,0 +1,97 @@
+"""Request checks for the outreach API. Every problem is an ``InvalidArgument`` naming the field.
+
+Member, campaign and segment ids use the project's id charset (recsvc.idmap.ID_PATTERN), which
+also keeps braces (the ``{m:<id>}`` hash tag) and ``|`` (the send record separator) out.
+"""
+
+from __future__ import annotations
+
+import re
+
+from recsvc.errors import InvalidArgument
+from recsvc.idmap import ID_CHARSET_DOC, ID_PATTERN
+from recsvc.outreach.policy import Policy
+from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, split_reservation_id
+from recsvc.v1 import common_pb2, outreach_pb2
+
+_KEY_RE = re.compile(r"^[!-z~]+$")  # printable ASCII without space, '{', '|', '}'
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_KEY_LENGTH = 128
+
+FEEDBACK_NAMES = {
+    outreach_pb2.DELIVERED: "delivered",
+    outreach_pb2.OPENED: "opened",
+    outreach_pb2.CLICKED: "clicked",
+    outreach_pb2.IGNORED: "ignored",
+    outreach_pb2.UNSUBSCRIBED: "unsubscribed",
+    outreach_pb2.COMPLAINED: "complained",
+}
+
+
+def check_id(value: str, field: str, max_length: int, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return value
+    if len(value) > max_length:
+        raise InvalidArgument(f"{field} is longer than {max_length} characters")
+    if not ID_PATTERN.match(value):
+        raise InvalidArgument(f"{field} may contain only {ID_CHARSET_DOC}")
+    return value
+
+
+def check_idempotency_key(value: str) -> str:
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidArgument(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
+    if value and not _KEY_RE.match(value):
+        raise InvalidArgument(
+            "idempotency_key may hold printable ASCII only, without spaces, '{', '}' or '|'"
+        )
+    return value
+
+
+def check_channel(channel: str, policy: Policy) -> str:
+    if not channel:
+        raise InvalidArgument("channel is required")
+    if channel not in policy.channels:
+        raise InvalidArgument(f"unknown channel {channel[:40]!r}; known: {', '.join(policy.channels)}")
+    return channel
+
+
+def message_class(value: int) -> str:
+    if value in (outreach_pb2.MESSAGE_CLASS_UNSPECIFIED, outreach_pb2.MARKETING):
+        return MARKETING
+    if value == outreach_pb2.TRANSACTIONAL:
+        return TRANSACTIONAL
+    raise InvalidArgument(f"unknown message_class {value}; use MARKETING or TRANSACTIONAL")
+
+
+def check_priority(value: int) -> int:
+    if not 0 <= value <= 9:
+        raise InvalidArgument(f"priority must be 0..9, got {value}")
+    return value
+
+
+def item_kind(value: int) -> str:
+    if value in (common_pb2.ITEM_KIND_UNSPECIFIED, common_pb2.PRODUCT):
+        return "product"
+    if value == common_pb2.CONTENT:
+        return "content"
+    raise InvalidArgument(f"unknown kind {value}; use PRODUCT or CONTENT")
+
+
+def feedback_kind(value: int) -> str:
+    name = FEEDBACK_NAMES.get(value)  # type: ignore[call-overload]
+    if name is None:
+        raise InvalidArgument(f"feedback must be one of {sorted(FEEDBACK_NAMES.values())}, got {value}")
+    return name
+
+
+def check_reservation_id(rid: str, max_id_length: int) -> tuple[str, str]:
+    if not rid:
+        raise InvalidArgument("reservation_id is required")
+    token, member_id = split_reservation_id(rid)
+    if not _TOKEN_RE.match(token) or not member_id:
+        raise InvalidArgument("reservation_id is not one this service issued")
+    check_id(member_id, "reservation_id member part", max_id_length)
+    return token, member_id

@@ -1,0 +1,217 @@
+"""Real-time member state: recent events in Redis and member vectors recomputed from them.
+
+Writes, per member (keys from ``recsvc.keys.member_key``, so one member's keys share a cluster
+slot): ``<prefix>:{m:<id>}:rt:events`` a capped list of recent events (JSON, newest first) and
+``<prefix>:{m:<id>}:rt:purchased`` the set of items bought recently; both expire after
+``recent_events_ttl_s``. Every server process and replica reads the same keys, so an event
+recorded through any of them shows in the next recommendation from all of them.
+
+Redis being down never fails a recommendation: after a failed call the store stays "degraded"
+for a back-off period (1 s doubling to 30 s) and answers at once with "no real-time data",
+instead of waiting on a dead Redis for every call. The state is reported to metrics and logged
+on each transition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from recsvc.keys import member_key
+from recsvc.settings import RedisSettings
+
+log = logging.getLogger(__name__)
+
+EVENTS_SUFFIX = "rt:events"
+PURCHASED_SUFFIX = "rt:purchased"
+_BACKOFF_START_S = 1.0
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    item_id: str
+    event_type: str
+    ts: float  # epoch seconds
+    channel: str
+
+
+@dataclass(frozen=True)
+class RecentActivity:
+    events: list[RecentEvent]
+    purchased: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return not self.events and not self.purchased
+
+
+def make_redis_client(settings: RedisSettings) -> redis.Redis:
+    """The one Redis client of a server process (created at the composition root)."""
+    timeout = settings.socket_timeout_ms / 1000.0
+    return redis.Redis.from_url(
+        settings.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+class RealtimeStore:
+    """Recent events per member in Redis, with a circuit breaker for when Redis is down."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: RedisSettings,
+        on_state_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._prefix = settings.key_prefix
+        self._max = settings.recent_events_max
+        self._ttl = settings.recent_events_ttl_s
+        self._on_state_change = on_state_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._backoff = _BACKOFF_START_S
+        self._degraded = False
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    def _available(self) -> bool:
+        return not self._degraded or self._clock() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        with self._lock:
+            was = self._degraded
+            self._degraded = True
+            self._down_until = self._clock() + self._backoff
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
+        if not was:
+            log.warning("event=realtime_degraded error=%s serving from the bundle only", type(exc).__name__)
+            if self._on_state_change:
+                self._on_state_change(True)
+
+    def _succeeded(self) -> None:
+        if not self._degraded:
+            return
+        with self._lock:
+            self._degraded = False
+            self._backoff = _BACKOFF_START_S
+        log.info("event=realtime_recovered")
+        if self._on_state_change:
+            self._on_state_change(False)
+
+    def record(self, member_id: str, item_id: str, event_type: str, ts: float, channel: str) -> bool:
+        """Store one event; False when Redis is unavailable (the event is not kept)."""
+        if not self._available():
+            return False
+        ev_key = member_key(self._prefix, member_id, EVENTS_SUFFIX)
+        pu_key = member_key(self._prefix, member_id, PURCHASED_SUFFIX)
+        payload = json.dumps({"i": item_id, "t": event_type, "ts": ts, "c": channel}, separators=(",", ":"))
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.lpush(ev_key, payload)
+            pipe.ltrim(ev_key, 0, self._max - 1)
+            pipe.expire(ev_key, self._ttl)
+            if event_type == "purchase":
+                pipe.sadd(pu_key, item_id)
+                pipe.expire(pu_key, self._ttl)
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._failed(exc)
+            return False
+        self._succeeded()
+        return True
+
+    def recent(self, member_id: str) -> RecentActivity | None:
+        """The member's recent events; None when Redis is unavailable (degraded)."""
+        if not self._available():
+            return None
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.lrange(member_key(self._prefix, member_id, EVENTS_SUFFIX), 0, self._max - 1)
+            pipe.smembers(member_key(self._prefix, member_id, PURCHASED_SUFFIX))
+            raw_events, raw_purchased = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        events = []
+        for raw in raw_events:
+            try:
+                d = json.loads(raw)
+                events.append(RecentEvent(str(d["i"]), str(d["t"]), float(d["ts"]), str(d.get("c", ""))))
+            except (ValueError, KeyError, TypeError):
+                log.warning(
+                    "event=bad_realtime_entry member_key=%s", member_key(self._prefix, "?", EVENTS_SUFFIX)
+                )
+        purchased = frozenset(p.decode() if isinstance(p, bytes) else str(p) for p in raw_purchased)
+        return RecentActivity(events=events, purchased=purchased)
+
+    def forget(self, member_id: str) -> None:
+        """Delete a member's real-time state (erasure)."""
+        self._client.delete(
+            member_key(self._prefix, member_id, EVENTS_SUFFIX),
+            member_key(self._prefix, member_id, PURCHASED_SUFFIX),
+        )
+
+
+def event_weights_by_item(
+    events: Sequence[RecentEvent],
+    item_rows: Callable[[list[str]], np.ndarray],
+    event_weights: dict[str, float],
+    half_life_days: float,
+    now: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence weights of recent events per item row (time-decayed like training does)."""
+    if not events:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    rows = item_rows([e.item_id for e in events])
+    age_days = np.array([max(0.0, now - e.ts) / 86400.0 for e in events])
+    w = np.array([event_weights.get(e.event_type, 0.0) for e in events]) * np.power(
+        0.5, age_days / half_life_days
+    )
+    keep = (rows >= 0) & (w > 0)
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    uniq, inv = np.unique(rows[keep], return_inverse=True)
+    summed = np.bincount(inv, weights=w[keep]).astype(np.float32)
+    return uniq.astype(np.int64), summed
+
+
+def recalculate_member(
+    item_factors: np.ndarray,
+    yty: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    alpha: float,
+    regularization: float,
+) -> np.ndarray:
+    """A member vector from their item weights, exactly as implicit's ``recalculate_user``.
+
+    implicit solves ``(YtY + reg*I + Yt(Cu - I)Y) x = Yt Cu p`` with ``Cu = alpha * weights``
+    (its CPU ALS scales ``user_items`` by alpha). Written with numpy because implicit's Cython
+    solver needs writable factors, and ours are read-only memory maps shared between processes.
+    """
+    f = yty.shape[0]
+    a = yty.astype(np.float64) + regularization * np.eye(f)
+    if rows.shape[0] == 0:
+        return np.zeros(f, dtype=np.float32)
+    y = np.asarray(item_factors[rows], dtype=np.float64)
+    conf = alpha * np.asarray(weights, dtype=np.float64)
+    b = y.T @ np.where(conf > 0, conf, 0.0)
+    a += (y * (np.abs(conf) - 1.0)[:, None]).T @ y
+    return np.linalg.solve(a, b).astype(np.float32)

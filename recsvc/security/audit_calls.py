@@ -1,0 +1,73 @@
+"""The audit interceptor: successful calls that change personal data or the served model are
+appended to the audit log, with the caller and a pseudonymised member (never the raw id).
+
+Audited: ``Outreach/UpdateConsent`` (consent changes) and ``Recommender/ReloadModel`` (a model
+switched by an operator). ``Admin/ForgetMember`` audits itself (it knows what it deleted) and
+role-denied calls are audited by the auth interceptor. Runs after the auth interceptor, so
+``current_caller`` is known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from recsvc.security.auth import current_caller
+
+log = logging.getLogger(__name__)
+
+
+def _consent(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
+    return "consent_change", {
+        "member_id": request.member_id,
+        "channel": request.channel,
+        "granted": bool(request.granted),
+        "source": request.source[:64],
+    }
+
+
+def _reload(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
+    return "model_reload", {
+        "requested_uri": request.model_uri[:256],
+        "model_version": response.model_version,
+        "changed": bool(response.changed),
+    }
+
+
+AUDITED: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
+    "/recsvc.v1.Outreach/UpdateConsent": _consent,
+    "/recsvc.v1.Recommender/ReloadModel": _reload,
+}
+
+
+class AuditInterceptor(grpc.ServerInterceptor):
+    def __init__(self, append: Callable[..., Any]) -> None:
+        self._append = append
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        describe = AUDITED.get(handler_call_details.method)
+        if handler is None or describe is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        def audited(request: Any, context: grpc.ServicerContext) -> Any:
+            response = inner(request, context)  # raises on any failure: nothing to audit then
+            event, fields = describe(request, response)
+            caller = current_caller.get()
+            try:
+                self._append(event, caller=caller.name if caller else "", method=method, **fields)
+            except OSError:
+                # The change happened; failing the call now would make the caller retry it.
+                log.exception("event=audit_write_failed method=%s", method)
+            return response
+
+        return handler._replace(unary_unary=audited)  # type: ignore[attr-defined]

@@ -1,0 +1,207 @@
+"""Forget a member: Redis state, every server process's memory, future training, marketing.
+
+Reads/writes Redis (``<prefix>:{m:<id>}:*`` keys, found with SCAN per node so it works on Cluster),
+publishes on ``<prefix>:global:erasures``, writes ``<prefix>:{m:<id>}:suppressed`` (kept forever: the
+one record that stops marketing), appends to the erasure list and the audit log.
+
+Order matters: the erasure list is written first so that a crash half-way still keeps the member
+out of the next training run, and the request can simply be repeated (every step is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsvc.errors import InvalidArgument, StoreUnavailable
+from recsvc.idmap import ID_PATTERN
+from recsvc.keys import global_key, member_key, member_tag
+from recsvc.security.audit import AuditLog
+from recsvc.security.privacy import ErasureList
+
+log = logging.getLogger(__name__)
+
+SUPPRESSED_SUFFIX = "suppressed"
+ERASURE_CHANNEL_SUFFIX = "erasures"
+
+
+def suppression_key(prefix: str, member_id: str) -> str:
+    return member_key(prefix, member_id, SUPPRESSED_SUFFIX)
+
+
+def erasure_channel(prefix: str) -> str:
+    return global_key(prefix, ERASURE_CHANNEL_SUFFIX)
+
+
+def is_suppressed(redis: Any, prefix: str, member_id: str) -> bool:
+    """True when the member was erased (or suppressed): no marketing may reach them."""
+    return bool(redis.exists(suppression_key(prefix, member_id)))
+
+
+def check_member_id(member_id: str, max_length: int) -> str:
+    if not member_id:
+        raise InvalidArgument("member_id is required")
+    if len(member_id) > max_length:
+        raise InvalidArgument(f"member_id is longer than {max_length} characters")
+    if not ID_PATTERN.match(member_id):
+        raise InvalidArgument("member_id may contain only letters, digits and _ . : @ -")
+    return member_id
+
+
+def _glob_escape(text: str) -> str:
+    # ID_PATTERN already excludes glob characters; escaping keeps MATCH exact should it ever widen.
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+@dataclass
+class ForgetResult:
+    deleted_keys: dict[str, int] = field(default_factory=dict)
+    suppressed: bool = False
+    added_to_erasure_list: bool = False
+    processes_notified: int = 0
+
+    @property
+    def deleted_total(self) -> int:
+        return sum(self.deleted_keys.values())
+
+
+def forget_member(
+    member_id: str,
+    *,
+    redis: Any,
+    prefix: str,
+    erasures: ErasureList,
+    audit: AuditLog,
+    reason: str = "",
+    requested_by: str = "",
+) -> ForgetResult:
+    """Erase ``member_id`` everywhere recsvc keeps it (see the module docstring)."""
+    import redis as redis_lib
+
+    result = ForgetResult()
+    result.added_to_erasure_list = erasures.add(member_id)
+    keep = suppression_key(prefix, member_id)
+    head = f"{prefix}:{member_tag(member_id)}:"
+    kinds: Counter[str] = Counter()
+    try:
+        batch: list[str] = []
+        for raw in redis.scan_iter(match=_glob_escape(head) + "*", count=500):
+            key = _text(raw)
+            if key == keep:
+                continue
+            batch.append(key)
+            kinds[key[len(head) :].split(":", 1)[0]] += 1
+            if len(batch) >= 500:
+                redis.delete(*batch)
+                batch.clear()
+        if batch:
+            redis.delete(*batch)
+        redis.set(keep, "1")
+        result.suppressed = True
+        result.processes_notified = int(redis.publish(erasure_channel(prefix), member_id))
+    except redis_lib.RedisError as exc:
+        # The member is on the erasure list already; repeating the request finishes the job.
+        raise StoreUnavailable(f"Redis failed during erasure ({exc}); repeat ForgetMember") from exc
+    result.deleted_keys = dict(kinds)
+    audit.append(
+        "erasure",
+        member_id=member_id,
+        requested_by=requested_by,
+        reason=reason,
+        deleted_keys=result.deleted_total,
+        processes_notified=result.processes_notified,
+    )
+    log.info("erased member (%d redis keys)", result.deleted_total)
+    return result
+
+
+class ForgottenMembers:
+    """Members erased in this process's lifetime plus those on the erasure list at start-up.
+
+    The served bundle still holds a forgotten member's trained vector until the next training run;
+    serving treats anyone in here as an unknown member (popularity only, nothing personal).
+    """
+
+    def __init__(self, initial: frozenset[str] = frozenset()) -> None:
+        self._ids: set[str] = set(initial)
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[str], None]] = []
+
+    def on_forget(self, callback: Callable[[str], None]) -> None:
+        """Also call ``callback(member_id)`` for each erasure (to drop other in-process state)."""
+        self._callbacks.append(callback)
+
+    def add(self, member_id: str) -> None:
+        with self._lock:
+            self._ids.add(member_id)
+        for callback in self._callbacks:
+            try:
+                callback(member_id)
+            except Exception:
+                log.exception("in-process erasure callback failed")
+
+    def __contains__(self, member_id: object) -> bool:
+        return member_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class ErasureListener:
+    """Calls ``on_forget(member_id)`` in this process for every erasure published on Redis.
+
+    The server starts one per process so in-process caches (loaded member vectors, recent-event
+    caches) drop the member at once. ``stop()`` ends the thread.
+    """
+
+    def __init__(self, redis: Any, prefix: str, on_forget: Callable[[str], None]) -> None:
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(**{erasure_channel(prefix): self._handle})
+        self._on_forget = on_forget
+        self._thread: Any = None
+        self._lock = threading.Lock()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        try:
+            self._on_forget(_text(message["data"]))
+        except Exception:
+            log.exception("in-process erasure handler failed")
+
+    def start(self) -> ErasureListener:
+        with self._lock:
+            if self._thread is None:
+                self._thread = self._pubsub.run_in_thread(
+                    sleep_time=0.2, daemon=True, exception_handler=self._on_error
+                )
+        return self
+
+    @staticmethod
+    def _on_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
+        import redis as redis_lib
+
+        if isinstance(exc, redis_lib.ConnectionError | redis_lib.TimeoutError):
+            # Keep listening through Redis outages: redis-py resubscribes on the next get_message.
+            log.warning("event=erasure_listener_error error=%s retrying", type(exc).__name__)
+            time.sleep(1.0)
+            return
+        # The client was closed (server shutting down) or something unexpected: stop listening.
+        log.info("event=erasure_listener_stopped error=%s", type(exc).__name__)
+        thread.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread.join(timeout=2)
+                self._thread = None
+        self._pubsub.close()

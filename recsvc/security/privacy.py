@@ -1,0 +1,151 @@
+"""Keyed pseudonyms of member ids and the erasure list.
+
+Reads/writes: ``settings.security.erasure_list`` (default ``var/privacy/erasures.txt``), one erased
+member id per line, appended under an exclusive ``flock``. The list keeps the raw id because every
+later import and training run must recognise the member to leave them out (docs/privacy.md).
+
+``Pseudonymizer`` turns a member id into ``p_<32 hex>`` with HMAC-SHA256 under
+``settings.security.pseudonym_key``: stable for one key (joins across logs and metrics still
+work), not reversible or guessable without the key. Use it wherever a member is named in logs,
+metric labels, audit entries and MLflow artifacts.
+
+``apply_erasures(dataset, erased_ids)`` is the one call the training pipeline makes before fitting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from recsvc.errors import ConfigError, InvalidArgument
+
+DEV_PSEUDONYM_KEY = "dev-only-change-me"
+MEMBER_COLUMN = "member_id"
+
+T = TypeVar("T")
+
+
+class Pseudonymizer:
+    def __init__(self, key: str) -> None:
+        if len(key) < 16:
+            raise ConfigError("security.pseudonym_key must be at least 16 characters")
+        self._key = key.encode("utf-8")
+
+    @property
+    def is_dev_key(self) -> bool:
+        return hmac.compare_digest(self._key, DEV_PSEUDONYM_KEY.encode())
+
+    def __call__(self, member_id: str) -> str:
+        return self.pseudonym(member_id)
+
+    def pseudonym(self, member_id: str) -> str:
+        digest = hmac.new(self._key, member_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        return "p_" + digest[:32]
+
+
+class ErasureList:
+    """Append-only list of erased member ids; ``read()`` returns them as a set."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def add(self, member_id: str) -> bool:
+        """Append ``member_id`` unless already listed; return True when it was added."""
+        if not member_id or any(c in member_id for c in "\r\n"):
+            raise InvalidArgument("member_id must be non-empty and on one line")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                if member_id in {line.rstrip("\n") for line in fh}:
+                    return False
+                fh.seek(0, os.SEEK_END)
+                fh.write(member_id + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                return True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> frozenset[str]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+                try:
+                    return frozenset(s for line in fh if (s := line.strip()))
+                finally:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except FileNotFoundError:
+            return frozenset()
+
+    def __contains__(self, member_id: object) -> bool:
+        return member_id in self.read()
+
+
+def _drop_members(frame: Any, erased: frozenset[str]) -> Any:
+    mask = frame[MEMBER_COLUMN].astype("string").isin(list(erased))
+    return frame.loc[~mask].reset_index(drop=True) if bool(mask.any()) else frame
+
+
+def apply_erasures(dataset: T, erased_ids: Iterable[str]) -> T:
+    """Remove every row of an erased member from ``dataset`` before anything is fitted.
+
+    ``dataset`` is a pandas DataFrame, a mapping of name -> DataFrame, or a dataclass or other
+    object whose DataFrame attributes are filtered (e.g. ``pipelines.ingest.Dataset``). Any frame
+    with a ``member_id`` column loses the erased members' rows (members, events, quarantine alike);
+    frames without the column (the catalog) are returned unchanged. Returns a new object of the
+    same shape; the input is not modified.
+    """
+    import dataclasses
+
+    import pandas as pd
+
+    known = isinstance(dataset, pd.DataFrame | Mapping) or (
+        not isinstance(dataset, type) and (dataclasses.is_dataclass(dataset) or _frame_attrs(dataset))
+    )
+    if not known:
+        # Silently passing an unknown shape through would train on erased members.
+        raise TypeError(f"apply_erasures cannot filter a {type(dataset).__name__}")
+    return _apply(dataset, frozenset(erased_ids))
+
+
+def _apply(dataset: T, erased: frozenset[str]) -> T:
+    import dataclasses
+
+    import pandas as pd
+
+    if not erased:
+        return dataset
+    if isinstance(dataset, pd.DataFrame):
+        return _drop_members(dataset, erased) if MEMBER_COLUMN in dataset.columns else dataset  # type: ignore[return-value]
+    if isinstance(dataset, Mapping):
+        return type(dataset)({k: _apply(v, erased) for k, v in dataset.items()})  # type: ignore[call-arg]
+    if dataclasses.is_dataclass(dataset) and not isinstance(dataset, type):
+        changes = {
+            f.name: _apply(getattr(dataset, f.name), erased)
+            for f in dataclasses.fields(dataset)
+            if isinstance(getattr(dataset, f.name), pd.DataFrame | Mapping)
+        }
+        return dataclasses.replace(dataset, **changes)  # type: ignore[type-var]
+    names = _frame_attrs(dataset)
+    if names:
+        import copy
+
+        out = copy.copy(dataset)
+        for name in names:
+            setattr(out, name, _apply(getattr(dataset, name), erased))
+        return out
+    return dataset
+
+
+def _frame_attrs(obj: Any) -> list[str]:
+    """Names of an object's DataFrame attributes (for dataset classes that are not dataclasses)."""
+    import pandas as pd
+
+    return [k for k, v in getattr(obj, "__dict__", {}).items() if isinstance(v, pd.DataFrame)]

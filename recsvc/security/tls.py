@@ -1,0 +1,65 @@
+"""TLS credentials for the gRPC server and its clients, from PEM certificate files.
+
+Reads: ``settings.security.tls_cert_file`` / ``tls_key_file`` (server certificate chain and key)
+and ``tls_client_ca_file`` (when set: mutual TLS, clients must present a certificate signed by
+that CA). Nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from recsvc.errors import ConfigError
+from recsvc.settings import Settings
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{what} {path} is not a PEM file")
+    return data
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Server credentials, or None for plaintext (auth.check_transport decides if that is allowed)."""
+    sec = settings.security
+    if sec.tls_cert_file is None and sec.tls_key_file is None:
+        if sec.tls_client_ca_file is not None:
+            raise ConfigError("security.tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return None
+    if sec.tls_cert_file is None or sec.tls_key_file is None:
+        raise ConfigError("security.tls_cert_file and security.tls_key_file must be set together")
+    cert = _read(sec.tls_cert_file, "TLS certificate")
+    key = _read(sec.tls_key_file, "TLS private key")
+    if sec.tls_client_ca_file is None:
+        return grpc.ssl_server_credentials([(key, cert)])
+    client_ca = _read(sec.tls_client_ca_file, "TLS client CA")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
+def channel_credentials(
+    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    """Client credentials: trust ``ca_file`` (else the system roots); present a client cert for mTLS."""
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("a client certificate and its key must be given together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file, "CA certificate") if ca_file else None,
+        private_key=_read(key_file, "client private key") if key_file else None,
+        certificate_chain=_read(cert_file, "client certificate") if cert_file else None,
+    )
+
+
+def add_port(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind ``address`` with TLS when credentials are given; return the bound port."""
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise ConfigError(f"could not bind {address}")
+    return port

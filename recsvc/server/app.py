@@ -1,0 +1,174 @@
+"""Composition root: ``build_deps`` builds what a server process needs (one Redis client, the
+real-time store, the model registry, the engine, metrics); ``build_server`` turns them into a
+``grpc.Server`` with the Recommender (and Outreach, when given) services, gRPC health, server
+reflection and interceptors. Nothing else in recsvc creates clients or reads settings.
+
+Hooks for other parts of recsvc (see docs/operations.md):
+
+- ``ServerDeps.outreach_servicer``: registered as ``recsvc.v1.Outreach`` when set
+  (``build_deps`` builds it with ``recsvc.outreach.service.build_outreach_servicer`` when that
+  module exists, handing it the shared Redis client and the in-process ``RecommendationPort``).
+- ``ServerDeps.extra_interceptors``: run after the error interceptor (so a ``RecsvcError`` they
+  raise inside a handler becomes its gRPC status), in the given order.
+- ``ServerDeps.extra_services``: callables ``(server) -> service_name`` that add a servicer and
+  return its full name for health and reflection (e.g. an Admin service).
+- ``ServerDeps.server_credentials``: TLS credentials; plaintext when None.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recsvc.engine.recommender import EnginePort, RecommendationEngine
+from recsvc.metrics import ServingMetrics
+from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
+from recsvc.realtime import RealtimeStore, make_redis_client
+from recsvc.security.wiring import secure_deps
+from recsvc.server.interceptors import ErrorInterceptor
+from recsvc.server.recommender_servicer import RecommenderServicer
+from recsvc.settings import Settings
+from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RECOMMENDER_SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+OUTREACH_SERVICE = outreach_pb2.DESCRIPTOR.services_by_name["Outreach"].full_name
+
+
+@dataclass
+class ServerDeps:
+    models: ModelRegistry
+    realtime: RealtimeStore | None
+    metrics: ServingMetrics
+    engine: RecommendationEngine
+    redis_client: redis.Redis | None = None
+    outreach_servicer: Any | None = None
+    extra_interceptors: Sequence[grpc.ServerInterceptor] = ()
+    extra_services: Sequence[Callable[[grpc.Server], str]] = ()
+    server_credentials: grpc.ServerCredentials | None = None
+    # ReloadModel fan-out to the other processes/replicas (Redis pub/sub); None = this process only.
+    reload_broadcast: ReloadBroadcast | None = None
+    # Called by ``shutdown`` after the server stopped (e.g. to stop listener threads).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+    # Set by build_server: the port actually bound (useful with port 0).
+    bound_port: int = 0
+    health: health.HealthServicer | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> EnginePort:
+        """The in-process ``RecommendationPort`` (for outreach)."""
+        return EnginePort(self.engine, self.models, self.engine_default_diversity)
+
+    engine_default_diversity: float = 0.3
+
+
+def build_deps(
+    settings: Settings, *, with_outreach: bool = True, metrics: ServingMetrics | None = None
+) -> ServerDeps:
+    """Everything one server process needs, built once at start-up (after fork)."""
+    import faiss
+
+    # One search thread per process: concurrency comes from gRPC threads and worker processes,
+    # and OpenMP threads spinning against each other on a small machine cost 10-50x in latency.
+    faiss.omp_set_num_threads(1)
+    metrics = metrics or ServingMetrics()
+    client = make_redis_client(settings.redis)
+    realtime = RealtimeStore(client, settings.redis, on_state_change=metrics.set_realtime_degraded)
+    models = ModelRegistry(settings, ModelResolver(settings), metrics)
+    engine = RecommendationEngine(models, realtime, settings.serving)
+    deps = ServerDeps(
+        models=models,
+        realtime=realtime,
+        metrics=metrics,
+        engine=engine,
+        redis_client=client,
+        engine_default_diversity=settings.serving.default_diversity,
+    )
+    deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
+    deps.reload_broadcast.start()
+    deps.on_close.append(deps.reload_broadcast.stop)
+    if with_outreach and importlib.util.find_spec("recsvc.outreach.service") is not None:
+        from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
+
+        deps.outreach_servicer = build_outreach_servicer(settings, client, deps.port)
+    # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
+    security = secure_deps(settings, deps)
+    # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.
+    engine.forgotten = security.forgotten
+    return deps
+
+
+def build_server(settings: Settings, deps: ServerDeps) -> grpc.Server:
+    """A bound, not yet started ``grpc.Server``; ``deps.bound_port`` holds its port."""
+    s = settings.serving
+    options = [
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=s.threads_per_worker, thread_name_prefix="recsvc-rpc"),
+        interceptors=[ErrorInterceptor(), *deps.extra_interceptors],
+        options=options,
+        maximum_concurrent_rpcs=s.threads_per_worker * 64,
+    )
+    recommender_pb2_grpc.add_RecommenderServicer_to_server(
+        RecommenderServicer(
+            settings, deps.engine, deps.models, deps.realtime, deps.metrics, deps.reload_broadcast
+        ),
+        server,
+    )
+    names = [RECOMMENDER_SERVICE]
+    if deps.outreach_servicer is not None:
+        outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, server)
+        names.append(OUTREACH_SERVICE)
+    for add in deps.extra_services:
+        names.append(add(server))
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    deps.health = health_servicer
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *names):
+        health_servicer.set(name, not_serving)
+
+    def on_loaded() -> None:
+        # SERVING only once a model can answer; every service shares the process's model.
+        for name in ("", *names):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    deps.models.set_on_loaded(on_loaded)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"{s.host}:{s.port}"
+    if deps.server_credentials is not None:
+        deps.bound_port = server.add_secure_port(address, deps.server_credentials)
+    else:
+        deps.bound_port = server.add_insecure_port(address)
+    log.info("event=server_built address=%s:%d services=%s", s.host, deps.bound_port, ",".join(names))
+    return server
+
+
+def shutdown(server: grpc.Server, deps: ServerDeps, grace_s: float) -> None:
+    """Stop taking calls (health NOT_SERVING first), let in-flight ones finish, close clients."""
+    if deps.health is not None:
+        deps.health.enter_graceful_shutdown()
+    deps.models.stop()
+    server.stop(grace=grace_s).wait()
+    for close in deps.on_close:
+        try:
+            close()
+        except Exception:  # one failing closer must not keep the others from running
+            log.exception("event=close_hook_failed")
+    if deps.redis_client is not None:
+        deps.redis_client.close()

@@ -1,0 +1,205 @@
+"""``recsvc.v1.Recommender``: checks requests, calls the engine, records metrics.
+
+Gets everything in ``__init__``; never picks a status code (errors are typed, the interceptor
+maps them)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
+from recsvc.engine.filters import FilterSpec
+from recsvc.engine.recommender import RecommendationEngine
+from recsvc.errors import InvalidArgument, RecsvcError
+from recsvc.metrics import ServingMetrics
+from recsvc.model_source import ModelRegistry, ReloadBroadcast
+from recsvc.realtime import RealtimeStore
+from recsvc.server.interceptors import check_deadline
+from recsvc.server.validation import check_channel, check_event_type, check_id, check_k
+from recsvc.settings import Settings
+from recsvc.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_KIND = {
+    common_pb2.ITEM_KIND_UNSPECIFIED: None,
+    common_pb2.PRODUCT: KIND_PRODUCT,
+    common_pb2.CONTENT: KIND_CONTENT,
+}
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        engine: RecommendationEngine,
+        models: ModelRegistry,
+        realtime: RealtimeStore | None,
+        metrics: ServingMetrics,
+        reload_broadcast: ReloadBroadcast | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._models = models
+        self._realtime = realtime
+        self._metrics = metrics
+        self._broadcast = reload_broadcast
+
+    def _filters(self, f: common_pb2.RecommendationFilters | None) -> FilterSpec:
+        s = self._settings
+        return FilterSpec.from_proto(
+            f,
+            default_diversity=s.serving.default_diversity,
+            max_values=s.serving.max_filter_values,
+            max_id_length=s.data.max_id_length,
+        )
+
+    def _observe(self, method: str, t0: float, source: str, variant: str, code: str = "OK") -> None:
+        self._metrics.observe(method, source, variant, code, time.perf_counter() - t0)
+
+    def _member_call(
+        self,
+        method: str,
+        kind: int,
+        request: recommender_pb2.RecommendProductsRequest | recommender_pb2.RecommendContentRequest,
+        context: grpc.ServicerContext,
+    ) -> recommender_pb2.RecommendResponse:
+        t0 = time.perf_counter()
+        try:
+            member_id = check_id(request.member_id, "member_id", self._settings.data)
+            k = check_k(request.k, self._settings.serving)
+            channel = check_channel(request.channel)
+            filters = self._filters(request.filters if request.HasField("filters") else None)
+            check_deadline(context)
+            rec = self._engine.recommend(member_id, kind, k, channel, filters)
+        except RecsvcError as exc:
+            self._observe(method, t0, "none", "none", exc.code.name)
+            raise
+        self._observe(method, t0, rec.source, rec.response.variant)
+        self._metrics.observe_scene(method, request.scene or "none")
+        return rec.response
+
+    def RecommendProducts(
+        self, request: recommender_pb2.RecommendProductsRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        return self._member_call("RecommendProducts", KIND_PRODUCT, request, context)
+
+    def RecommendContent(
+        self, request: recommender_pb2.RecommendContentRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        return self._member_call("RecommendContent", KIND_CONTENT, request, context)
+
+    def SimilarItems(
+        self, request: recommender_pb2.SimilarItemsRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        t0 = time.perf_counter()
+        try:
+            item_id = check_id(request.item_id, "item_id", self._settings.data)
+            k = check_k(request.k, self._settings.serving)
+            if request.kind not in _KIND:
+                raise InvalidArgument(f"unknown kind {request.kind}", reason="INVALID_KIND")
+            filters = self._filters(request.filters if request.HasField("filters") else None)
+            check_deadline(context)
+            rec = self._engine.similar(item_id, _KIND[request.kind], k, filters)
+        except RecsvcError as exc:
+            self._observe("SimilarItems", t0, "none", "none", exc.code.name)
+            raise
+        self._observe("SimilarItems", t0, rec.source, rec.response.variant)
+        return rec.response
+
+    def BatchRecommend(
+        self, request: recommender_pb2.BatchRecommendRequest, context: grpc.ServicerContext
+    ) -> Iterator[recommender_pb2.BatchRecommendResult]:
+        s = self._settings
+        if len(request.member_ids) > s.serving.max_batch_members:
+            raise InvalidArgument(
+                f"{len(request.member_ids)} members in one batch; at most {s.serving.max_batch_members}",
+                reason="TOO_MANY_MEMBERS",
+            )
+        k = check_k(request.k, s.serving)
+        channel = check_channel(request.channel)
+        if request.kind not in _KIND:
+            raise InvalidArgument(f"unknown kind {request.kind}", reason="INVALID_KIND")
+        kind = _KIND[request.kind] or KIND_PRODUCT
+        filters = self._filters(request.filters if request.HasField("filters") else None)
+        self._models.default()  # UNAVAILABLE before the first member when no model is loaded
+        for member_id in request.member_ids:
+            check_deadline(context)
+            t0 = time.perf_counter()
+            try:
+                check_id(member_id, "member_id", s.data)
+                rec = self._engine.recommend(member_id, kind, k, channel, filters)
+            except InvalidArgument as exc:
+                self._observe("BatchRecommend", t0, "none", "none", exc.code.name)
+                yield recommender_pb2.BatchRecommendResult(member_id=member_id, error=str(exc))
+                continue
+            self._observe("BatchRecommend", t0, rec.source, rec.response.variant)
+            yield recommender_pb2.BatchRecommendResult(member_id=member_id, response=rec.response)
+
+    def RecordEvent(
+        self, request: recommender_pb2.RecordEventRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecordEventResponse:
+        t0 = time.perf_counter()
+        s = self._settings
+        try:
+            member_id = check_id(request.member_id, "member_id", s.data)
+            item_id = check_id(request.item_id, "item_id", s.data)
+            event_type = check_event_type(request.event_type)
+            channel = check_channel(request.channel)
+            if request.quantity < 0 or request.amount < 0:
+                raise InvalidArgument("quantity and amount must be >= 0", reason="INVALID_AMOUNT")
+            now = time.time()
+            ts = request.ts.ToSeconds() + request.ts.nanos / 1e9 if request.HasField("ts") else now
+            if ts > now + s.data.future_tolerance_s:
+                raise InvalidArgument("event ts is in the future", reason="FUTURE_TIMESTAMP")
+        except RecsvcError as exc:
+            self._observe("RecordEvent", t0, "none", "none", exc.code.name)
+            raise
+        stored = (
+            self._realtime.record(member_id, item_id, event_type, ts, channel) if self._realtime else False
+        )
+        self._metrics.events.labels(event_type, str(stored).lower()).inc()
+        self._observe("RecordEvent", t0, "event", self._models.variant_of(member_id))
+        return recommender_pb2.RecordEventResponse(stored=stored)
+
+    def ReloadModel(
+        self, request: recommender_pb2.ReloadModelRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.ReloadModelResponse:
+        t0 = time.perf_counter()
+        results = self._models.reload(request.model_uri or None)
+        if self._broadcast is not None:
+            # The other worker processes and replicas reload too (they ignore our own notice).
+            self._broadcast.publish(request.model_uri or None)
+        changed = any(c for _, _, c in results)
+        _, model = self._models.default()
+        log.info(
+            "event=reload_rpc uri=%s changed=%s version=%s",
+            request.model_uri or "(configured)",
+            changed,
+            model.version,
+        )
+        self._observe("ReloadModel", t0, "admin", "all")
+        return recommender_pb2.ReloadModelResponse(model_version=model.version, changed=changed)
+
+    def GetModelInfo(
+        self, request: recommender_pb2.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.ModelInfo:
+        _variant, model = self._models.default()
+        m = model.manifest
+        counts = model.info_counts()
+        return recommender_pb2.ModelInfo(
+            model_version=model.version,
+            schema_version=m.schema_version,
+            training_cutoff=m.training_cutoff,
+            data_fingerprint=m.data_fingerprint,
+            loaded_at=model.bundle.loaded_at,
+            metrics={k: float(v) for k, v in m.metrics.items()},
+            members=counts["members"],
+            products=counts["products"],
+            content=counts["content"],
+            variants={name: sm.version for name, sm in self._models.snapshot().items()},
+        )

@@ -1,0 +1,141 @@
+"""Running server processes: one worker (build deps, build server, load the model, poll, wait for
+SIGTERM/SIGINT, shut down gracefully) and a supervisor that starts N workers on one port.
+
+Workers are started with the ``spawn`` method, so each creates its gRPC server, Redis client and
+FAISS indexes after the process starts (gRPC must not cross a fork) and memory-maps the bundle
+itself: the page cache shares the arrays between workers. The port is shared through
+SO_REUSEPORT (``grpc.so_reuseport``); the kernel spreads connections across workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from recsvc.errors import RecsvcError
+from recsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RESTART_LIMIT = 5
+
+
+def _limit_threads() -> None:
+    # Two cores for many processes: one BLAS/OpenMP thread each, concurrency comes from processes.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
+def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = True) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks."""
+    _limit_threads()
+    from recsvc.metrics import serve_metrics
+    from recsvc.server.app import build_deps, build_server, shutdown
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("event=signal worker=%d signal=%s", worker, signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    deps = build_deps(settings)
+    server = build_server(settings, deps)
+    server.start()
+    log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
+    if serve_own_metrics and settings.serving.metrics_port:
+        serve_metrics(settings.serving.metrics_port, deps.metrics.registry, settings.serving.host)
+    try:
+        deps.models.reload()
+    except RecsvcError as exc:
+        # Health stays NOT_SERVING; the poller (or ReloadModel) loads the model later.
+        log.warning("event=initial_model_load_failed worker=%d error=%s", worker, exc)
+    deps.models.start_polling(settings.serving.poll_interval_s)
+    stop.wait()
+    log.info("event=worker_stopping worker=%d grace_s=%s", worker, settings.serving.grace_period_s)
+    shutdown(server, deps, settings.serving.grace_period_s)
+    log.info("event=worker_stopped worker=%d", worker)
+
+
+def _worker_main(settings_json: str, worker: int, log_level: str) -> None:
+    from recsvc.cli.common import setup_logging
+
+    setup_logging(log_level)
+    run_worker(Settings.model_validate_json(settings_json), worker, serve_own_metrics=False)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
+    """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
+    s = settings.serving
+    if s.workers == 1:
+        run_worker(settings)
+        return
+    if s.port == 0:
+        # Every worker must bind the same port: choose it here.
+        settings = settings.model_copy(update={"serving": s.model_copy(update={"port": _free_port(s.host)})})
+        s = settings.serving
+    registry = None
+    if s.metrics_port:
+        # Must be set before any worker imports prometheus_client.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsvc-metrics-")
+        from recsvc.metrics import multiprocess_registry, serve_metrics
+
+        registry = multiprocess_registry()
+        serve_metrics(s.metrics_port, registry, s.host)
+    ctx = mp.get_context("spawn")
+    payload = settings.model_dump_json()
+    stopping = threading.Event()
+
+    def start(i: int) -> BaseProcess:
+        p = ctx.Process(target=_worker_main, args=(payload, i, log_level), name=f"recsvc-worker-{i}")
+        p.start()
+        return p
+
+    procs = {i: start(i) for i in range(s.workers)}
+    restarts = 0
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log.info("event=serving host=%s port=%d workers=%d", s.host, s.port, s.workers)
+    while not stopping.wait(0.5):
+        for i, p in list(procs.items()):
+            if p.is_alive():
+                continue
+            log.error("event=worker_died worker=%d exitcode=%s", i, p.exitcode)
+            if restarts >= _RESTART_LIMIT:
+                log.error("event=too_many_restarts stopping")
+                stopping.set()
+                break
+            restarts += 1
+            procs[i] = start(i)
+    for p in procs.values():
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + s.grace_period_s + 10
+    for p in procs.values():
+        p.join(timeout=max(0.1, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    log.info("event=stopped")

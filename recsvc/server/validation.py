@@ -1,0 +1,52 @@
+"""Request checks shared by the servicers. Each failure is an ``InvalidArgument`` with a named
+reason (the part before the colon in the gRPC status message)."""
+
+from __future__ import annotations
+
+from recsvc.errors import InvalidArgument
+from recsvc.idmap import ID_CHARSET_DOC, ID_PATTERN
+from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES, DataSettings, ServingSettings
+
+
+def check_id(value: str, what: str, data: DataSettings) -> str:
+    """``what`` is "member_id" or "item_id"; reasons EMPTY_<WHAT>, <WHAT>_TOO_LONG, INVALID_<WHAT>."""
+    tag = what.upper()
+    if not value:
+        raise InvalidArgument(f"{what} is empty", reason=f"EMPTY_{tag}")
+    if len(value) > data.max_id_length:
+        raise InvalidArgument(
+            f"{what} is {len(value)} characters; at most {data.max_id_length} are allowed",
+            reason=f"{tag}_TOO_LONG",
+        )
+    if not ID_PATTERN.match(value):
+        raise InvalidArgument(
+            f"{what} {value[:80]!r} may only hold {ID_CHARSET_DOC}", reason=f"INVALID_{tag}"
+        )
+    return value
+
+
+def check_k(k: int, serving: ServingSettings) -> int:
+    if k == 0:
+        return serving.default_k
+    if k < 1 or k > serving.max_k:
+        raise InvalidArgument(
+            f"k must be 1..{serving.max_k} (0 = default {serving.default_k}), got {k}", reason="INVALID_K"
+        )
+    return k
+
+
+def check_channel(channel: str) -> str:
+    if channel and channel not in EVENT_CHANNELS:
+        raise InvalidArgument(
+            f"unknown channel {channel[:40]!r}; known: {', '.join(EVENT_CHANNELS)}", reason="UNKNOWN_CHANNEL"
+        )
+    return channel
+
+
+def check_event_type(event_type: str) -> str:
+    if event_type not in EVENT_TYPES:
+        raise InvalidArgument(
+            f"unknown event_type {event_type[:40]!r}; known: {', '.join(EVENT_TYPES)}",
+            reason="UNKNOWN_EVENT_TYPE",
+        )
+    return event_type

@@ -1,0 +1,86 @@
+"""`recsvc outreach validate-policy | import | check` against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from recsvc.cli import app
+from recsvc.keys import member_key
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Output without the line breaks rich adds to fit the terminal."""
+    return " ".join(text.split())
+
+
+def test_validate_policy_ok_and_bad(tmp_path: Path) -> None:
+    from recsvc.outreach.policy import DEFAULT_POLICY_FILE
+
+    ok = runner.invoke(app, ["outreach", "validate-policy", str(DEFAULT_POLICY_FILE)])
+    assert ok.exit_code == 0 and "policy ok" in ok.output
+    bad = tmp_path / "p.toml"
+    bad.write_text('[quiet_hours]\nstart = "9pm"\n')
+    res = runner.invoke(app, ["outreach", "validate-policy", str(bad)])
+    assert res.exit_code == 2
+    assert "INVALID_CONFIG" in res.output and "quiet_hours.start" in flat(res.output)
+
+
+def test_import_profiles_and_check(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame(
+        {"member_id": ["M1", "M2", "bad id"], "timezone": ["Europe/Berlin", "Nowhere/Land", "Asia/Shanghai"]}
+    ).to_csv(data / "members.csv", index=False)
+    pd.DataFrame(
+        {
+            "member_id": ["M1", "M1", "M2", "M3"],
+            "channel": ["wecom", "fax", "sms", "sms"],
+            "granted": ["true", "true", "maybe", "0"],
+            "updated_at": ["2026-05-01T10:00:00Z", "2026-05-01", "2026-05-01", "2026-05-01"],
+        }
+    ).to_parquet(data / "consent.parquet")
+    quarantine = tmp_path / "q.csv"
+    res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
+    assert res.exit_code == 0, res.output
+    assert "imported 1 time zones and 2 consent records" in flat(res.output)
+    assert "4 rows refused" in flat(res.output)
+    refused = pd.read_csv(quarantine)
+    assert sorted(refused["reason"].str.slice(0, 12)) == sorted(
+        ["member_id ma", "unknown time", "unknown chan", "granted must"]
+    )
+    r = redis.Redis.from_url(redis_url)
+    profile = member_key("recsvc", "M1", "out:profile")
+    assert r.hget(profile, "tz") == b"Europe/Berlin" and r.hget(profile, "c:wecom").startswith(b"1|")
+    assert r.pttl(profile) > 0
+
+    res = runner.invoke(
+        app, ["outreach", "check", "--member", "M1", "--channel", "wecom", "--campaign", "c1"]
+    )
+    assert res.exit_code == 0, res.output
+    decision = json.loads(res.stdout)
+    assert decision["reason"] in {"ALLOWED", "QUIET_HOURS"}  # depends on the wall clock in Berlin
+    res = runner.invoke(app, ["outreach", "check", "--member", "M3", "--channel", "sms"])
+    assert json.loads(res.stdout)["reason"] == "NO_CONSENT"
+    res = runner.invoke(app, ["outreach", "check", "--member", "M3", "--channel", "fax"])
+    assert res.exit_code == 2 and "unknown channel" in flat(res.output)
+
+
+def test_import_refuses_a_folder_without_the_files(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    res = runner.invoke(app, ["outreach", "import", str(tmp_path)])
+    assert res.exit_code == 2 and "DATA_CONTRACT" in res.output
+    (tmp_path / "members.csv").write_text("member,zone\nM1,UTC\n")
+    res = runner.invoke(app, ["outreach", "import", str(tmp_path)])
+    assert res.exit_code == 2 and "lacks columns" in flat(res.output)

@@ -1,0 +1,95 @@
+"""Pseudonyms (stable, keyed) and the erasure list / apply_erasures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsvc.errors import ConfigError, InvalidArgument
+from recsvc.security.privacy import ErasureList, Pseudonymizer, apply_erasures
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-0123456789abcdef"
+
+
+def test_pseudonym_stable_and_keyed() -> None:
+    a1, a2, b = Pseudonymizer(KEY_A), Pseudonymizer(KEY_A), Pseudonymizer(KEY_B)
+    assert a1("M0001") == a2("M0001")
+    assert a1("M0001") != a1("M0002")
+    assert a1("M0001") != b("M0001")
+    assert "M0001" not in a1("M0001")
+    assert a1("M0001").startswith("p_") and len(a1("M0001")) == 34
+
+
+def test_short_key_refused() -> None:
+    with pytest.raises(ConfigError, match="16 characters"):
+        Pseudonymizer("short")
+
+
+def test_dev_key_detected() -> None:
+    assert Pseudonymizer("dev-only-change-me").is_dev_key
+    assert not Pseudonymizer(KEY_A).is_dev_key
+
+
+def test_erasure_list_appends_once_and_reads_as_set(tmp_path: Path) -> None:
+    el = ErasureList(tmp_path / "privacy" / "erasures.txt")
+    assert el.read() == frozenset()
+    assert el.add("M1") is True
+    assert el.add("M2") is True
+    assert el.add("M1") is False
+    assert el.read() == {"M1", "M2"}
+    assert "M2" in el and "M3" not in el
+    assert el.path.read_text() == "M1\nM2\n"
+
+
+def test_erasure_list_refuses_multiline_ids(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        ErasureList(tmp_path / "e.txt").add("M1\nM2")
+
+
+def _events() -> pd.DataFrame:
+    return pd.DataFrame({"member_id": ["M1", "M2", "M1", "M3"], "item_id": ["A", "B", "C", "D"]})
+
+
+def test_apply_erasures_dataframe() -> None:
+    out = apply_erasures(_events(), {"M1"})
+    assert list(out["member_id"]) == ["M2", "M3"]
+    assert list(out["item_id"]) == ["B", "D"]
+
+
+def test_apply_erasures_mapping_and_frames_without_members() -> None:
+    catalog = pd.DataFrame({"item_id": ["A"]})
+    out = apply_erasures({"events": _events(), "catalog": catalog}, ["M3", "M2"])
+    assert set(out["events"]["member_id"]) == {"M1"}
+    assert out["catalog"] is catalog
+
+
+def test_apply_erasures_dataclass_does_not_modify_input() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Dataset:
+        events: pd.DataFrame
+        members: pd.DataFrame
+        name: str
+
+    ds = Dataset(_events(), pd.DataFrame({"member_id": ["M1", "M2"]}), "x")
+    out = apply_erasures(ds, {"M2"})
+    assert list(out.members["member_id"]) == ["M1"]
+    assert "M2" not in set(out.events["member_id"])
+    assert len(ds.events) == 4 and out.name == "x"
+
+
+def test_apply_erasures_unknown_shape_refused() -> None:
+    with pytest.raises(TypeError, match="cannot filter"):
+        apply_erasures([1, 2], {"M1"})
+
+
+def test_apply_erasures_plain_object_with_frames() -> None:
+    import types
+
+    ds = types.SimpleNamespace(events=_events(), counts={"events": 4})
+    out = apply_erasures(ds, {"M1", "M3"})
+    assert list(out.events["member_id"]) == ["M2"]
+    assert len(ds.events) == 4 and out.counts == {"events": 4}

@@ -1,0 +1,223 @@
+"""Security wired into the real server (``build_deps`` + ``build_server``): keys and roles on the
+Recommender, Outreach and Admin services, audit of consent changes, erasure through the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from bundle_factory import PlantedBundle, make_bundle
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_harness import serving_settings
+
+from recsvc.errors import ConfigError
+from recsvc.keys import member_key
+from recsvc.security.audit import verify
+from recsvc.security.auth import caller_toml, new_key
+from recsvc.security.privacy import Pseudonymizer
+from recsvc.server.app import build_deps, build_server
+from recsvc.settings import Settings, load_settings
+from recsvc.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    outreach_pb2,
+    outreach_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PSEUDONYM_KEY = "server-test-pseudonym-key"
+ROLES = {"shop": ["recommend"], "tracker": ["events"], "crm": ["outreach"], "ops": ["admin"]}
+
+
+@dataclass
+class Secured:
+    channel: grpc.Channel
+    keys: dict[str, str]
+    settings: Settings
+    redis: redis.Redis
+
+    def md(self, who: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.keys[who]}")]
+
+
+def secured_settings(
+    bundle: Path, redis_url: str, tmp: Path, **security: Any
+) -> tuple[Settings, dict[str, str]]:
+    keys = {name: new_key() for name in ROLES}
+    keys_file = tmp / "callers.toml"
+    keys_file.write_text("\n".join(caller_toml(n, r, keys[n]) for n, r in ROLES.items()))
+    base = serving_settings(str(bundle), redis_url, tmp)
+    raw = base.model_dump(mode="json")
+    raw["security"] = {
+        "api_keys_file": str(keys_file),
+        "audit_log": str(tmp / "audit.log"),
+        "erasure_list": str(tmp / "erasures.txt"),
+        "pseudonym_key": PSEUDONYM_KEY,
+        **security,
+    }
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "art")}
+    return load_settings(overrides=raw), keys
+
+
+@contextmanager
+def secured_server(settings: Settings, keys: dict[str, str]) -> Iterator[Secured]:
+    deps = build_deps(settings, with_outreach=True)
+    server = build_server(settings, deps)
+    server.start()
+    deps.models.reload()
+    channel = grpc.insecure_channel(f"127.0.0.1:{deps.bound_port}")
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    try:
+        yield Secured(channel, keys, settings, client)
+    finally:
+        client.close()
+        channel.close()
+        deps.models.stop()
+        server.stop(grace=0)
+        if deps.redis_client is not None:
+            deps.redis_client.close()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
+
+
+@pytest.fixture
+def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[Secured]:
+    settings, keys = secured_settings(planted.path, redis_url, tmp_path)
+    with secured_server(settings, keys) as s:
+        yield s
+
+
+def _code(fn: Any, *args: Any, **kwargs: Any) -> grpc.StatusCode:
+    try:
+        result = fn(*args, timeout=5, **kwargs)
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_recommender_roles(srv: Secured, planted: PlantedBundle) -> None:
+    stub = recommender_pb2_grpc.RecommenderStub(srv.channel)
+    member = planted.warm_members()[0]
+    req = recommender_pb2.RecommendProductsRequest(member_id=member, k=5)
+    assert _code(stub.RecommendProducts, req, metadata=srv.md("shop")) == grpc.StatusCode.OK
+    assert _code(stub.RecommendProducts, req) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(stub.RecommendProducts, req, metadata=srv.md("tracker")) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(stub.RecommendProducts, req, metadata=srv.md("ops")) == grpc.StatusCode.PERMISSION_DENIED
+    event = recommender_pb2.RecordEventRequest(
+        member_id=member, item_id=planted.products()[0], event_type="view"
+    )
+    assert _code(stub.RecordEvent, event, metadata=srv.md("tracker")) == grpc.StatusCode.OK
+    assert _code(stub.RecordEvent, event, metadata=srv.md("shop")) == grpc.StatusCode.PERMISSION_DENIED
+    reload = recommender_pb2.ReloadModelRequest()
+    assert _code(stub.ReloadModel, reload, metadata=srv.md("shop")) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(stub.ReloadModel, reload, metadata=srv.md("ops")) == grpc.StatusCode.OK
+    batch = recommender_pb2.BatchRecommendRequest(member_ids=[member], k=3)
+    assert _code(stub.BatchRecommend, batch, metadata=srv.md("crm")) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(stub.BatchRecommend, batch, metadata=srv.md("shop")) == grpc.StatusCode.OK
+
+
+def test_outreach_roles_and_consent_audit(srv: Secured, planted: PlantedBundle) -> None:
+    stub = outreach_pb2_grpc.OutreachStub(srv.channel)
+    member = planted.warm_members()[1]
+    ask = outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c1")
+    assert _code(stub.CheckOutreach, ask, metadata=srv.md("crm")) == grpc.StatusCode.OK
+    assert _code(stub.CheckOutreach, ask, metadata=srv.md("shop")) == grpc.StatusCode.PERMISSION_DENIED
+    consent = outreach_pb2.UpdateConsentRequest(member_id=member, channel="sms", granted=False, source="app")
+    assert _code(stub.UpdateConsent, consent, metadata=srv.md("crm")) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(stub.UpdateConsent, consent, metadata=srv.md("ops")) == grpc.StatusCode.OK
+    audit_path = srv.settings.security.audit_log
+    text = audit_path.read_text()
+    assert '"consent_change"' in text and '"caller": "ops"' in text
+    assert Pseudonymizer(PSEUDONYM_KEY)(member) in text and f'"{member}"' not in text
+    assert '"access_denied"' in text and '"crm"' in text
+    assert verify(audit_path).ok
+
+
+def test_health_and_reflection_need_no_key(srv: Secured) -> None:
+    health = health_pb2_grpc.HealthStub(srv.channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service="recsvc.v1.Admin"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_forget_member_through_the_server(srv: Secured, planted: PlantedBundle) -> None:
+    member = planted.warm_members()[2]
+    rec = recommender_pb2_grpc.RecommenderStub(srv.channel)
+    for item in planted.products()[:3]:
+        rec.RecordEvent(
+            recommender_pb2.RecordEventRequest(member_id=member, item_id=item, event_type="purchase"),
+            metadata=srv.md("tracker"),
+            timeout=5,
+        )
+    assert srv.redis.exists(member_key(srv.settings.redis.key_prefix, member, "rt:events"))
+    admin = admin_pb2_grpc.AdminStub(srv.channel)
+    req = admin_pb2.ForgetMemberRequest(member_id=member, reason="PIPL-1")
+    assert _code(admin.ForgetMember, req, metadata=srv.md("shop")) == grpc.StatusCode.PERMISSION_DENIED
+    reply = admin.ForgetMember(req, metadata=srv.md("ops"), timeout=5)
+    assert reply.deleted_keys["rt"] == 2 and reply.suppressed and reply.added_to_erasure_list
+    assert reply.processes_notified >= 1  # this server process's erasure listener
+    left = list(srv.redis.scan_iter(match=f"*{{m:{member}}}*"))
+    assert left == [member_key(srv.settings.redis.key_prefix, member, "suppressed")]
+    bad = admin_pb2.ForgetMemberRequest(member_id="x{y}")
+    assert _code(admin.ForgetMember, bad, metadata=srv.md("ops")) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_forgotten_member_gets_no_marketing(srv: Secured, planted: PlantedBundle) -> None:
+    member = planted.warm_members()[3]
+    outreach = outreach_pb2_grpc.OutreachStub(srv.channel)
+    ask = outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c1")
+    before = outreach.CheckOutreach(ask, metadata=srv.md("crm"), timeout=5)
+    assert before.reason != outreach_pb2.SUPPRESSED
+    admin_pb2_grpc.AdminStub(srv.channel).ForgetMember(
+        admin_pb2.ForgetMemberRequest(member_id=member), metadata=srv.md("ops"), timeout=5
+    )
+    after = outreach.CheckOutreach(ask, metadata=srv.md("crm"), timeout=5)
+    assert not after.allowed and after.reason == outreach_pb2.SUPPRESSED
+
+
+def test_non_loopback_plaintext_refused_at_start(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    settings, _ = secured_settings(planted.path, redis_url, tmp_path)
+    raw = settings.model_dump(mode="json")
+    raw["serving"]["host"] = "0.0.0.0"
+    with pytest.raises(ConfigError, match="plaintext on non-loopback"):
+        build_deps(load_settings(overrides=raw), with_outreach=False)
+
+
+def test_hostile_input_bounds(srv: Secured, planted: PlantedBundle) -> None:
+    """The limits docs/security.md promises, each answered with a named status, not a crash."""
+    stub = recommender_pb2_grpc.RecommenderStub(srv.channel)
+    md = srv.md("shop")
+    s = srv.settings
+    member = planted.warm_members()[0]
+    bad = [
+        recommender_pb2.RecommendProductsRequest(member_id=member, k=s.serving.max_k + 1),
+        recommender_pb2.RecommendProductsRequest(member_id=member, k=-1),
+        recommender_pb2.RecommendProductsRequest(member_id="M" * (s.data.max_id_length + 1), k=5),
+        recommender_pb2.RecommendProductsRequest(member_id="M 1; DROP", k=5),
+    ]
+    too_many = recommender_pb2.RecommendProductsRequest(member_id=member, k=5)
+    too_many.filters.exclude_item_ids.extend(f"P{i}" for i in range(s.serving.max_filter_values + 1))
+    bad.append(too_many)
+    for req in bad:
+        assert _code(stub.RecommendProducts, req, metadata=md) == grpc.StatusCode.INVALID_ARGUMENT, req
+    batch = recommender_pb2.BatchRecommendRequest(
+        member_ids=[member] * (s.serving.max_batch_members + 1), k=3
+    )
+    assert _code(stub.BatchRecommend, batch, metadata=md) == grpc.StatusCode.INVALID_ARGUMENT
+    huge = recommender_pb2.BatchRecommendRequest(member_ids=["M" * 60] * 100_000, k=3)
+    assert huge.ByteSize() > s.serving.max_message_bytes
+    assert _code(stub.BatchRecommend, huge, metadata=md) == grpc.StatusCode.RESOURCE_EXHAUSTED

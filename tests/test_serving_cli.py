@@ -1,0 +1,70 @@
+"""`recsvc query ...` against a real server: tables, --json, and errors as one line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bundle_factory import PlantedBundle, make_bundle
+from serving_harness import RunningServer, running_server, serving_settings
+from typer.testing import CliRunner
+
+from recsvc.cli import app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
+
+
+@pytest.fixture
+def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    with running_server(serving_settings(str(planted.path), redis_url, tmp_path)) as s:
+        yield s
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["query", *args], env={"COLUMNS": "250"})
+    return result.exit_code, result.output
+
+
+def test_products_json_and_table(srv: RunningServer, planted: PlantedBundle) -> None:
+    member = planted.warm_members(cluster=1)[0]
+    code, out = run("products", member, "-k", "4", "--category", "cat1", "--target", srv.target, "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert len(data["items"]) == 4 and all(it["category"] == "cat1" for it in data["items"])
+    assert data["variant"] == "default"
+    code, out = run("products", member, "-k", "3", "--target", srv.target)
+    assert code == 0 and "item_id" in out and "because you" in out
+
+
+def test_every_command_reaches_its_rpc(srv: RunningServer, planted: PlantedBundle) -> None:
+    member = planted.warm_members(cluster=0)[0]
+    code, out = run(
+        "event", member, "P0-005", "purchase", "--channel", "app", "--target", srv.target, "--json"
+    )
+    assert code == 0 and json.loads(out) == {"stored": True}
+    code, out = run("products", member, "-k", "30", "--target", srv.target, "--json")
+    assert "P0-005" not in {it["item_id"] for it in json.loads(out)["items"]}
+    code, out = run("content", member, "-k", "2", "--target", srv.target, "--json")
+    assert code == 0 and all(it["kind"] == "CONTENT" for it in json.loads(out)["items"])
+    code, out = run("similar", "P0-004", "-k", "2", "--target", srv.target, "--json")
+    assert code == 0 and len(json.loads(out)["items"]) == 2
+    code, out = run("batch", member, planted.cold_members[0], "-k", "2", "--target", srv.target, "--json")
+    assert code == 0 and out.count('"member_id"') == 2
+    code, out = run("info", "--target", srv.target, "--json")
+    assert code == 0 and json.loads(out)["model_version"] == planted.bundle_id
+    code, out = run("reload", "--target", srv.target, "--json")
+    assert code == 0 and json.loads(out)["model_version"] == planted.bundle_id
+
+
+def test_errors_are_one_line_with_the_status(srv: RunningServer) -> None:
+    code, out = run("products", "M0-000", "-k", "999", "--target", srv.target)
+    assert code == 2 and "INVALID_ARGUMENT: INVALID_K" in out and "Traceback" not in out
+    code, out = run("similar", "NOPE-1", "--target", srv.target)
+    assert code == 2 and "NOT_FOUND" in out

@@ -1,0 +1,117 @@
+"""`recsvc train` end to end: real generator, real loader, real MLflow sqlite store in tmp, and the
+champion loaded exactly the way the server loads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recsvc.bundle import load_bundle
+from recsvc.cli import app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {
+        "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(tmp / "artifacts"),
+        "RECSVC_TRAINING__FACTORS": "16",
+        "RECSVC_TRAINING__ITERATIONS": "8",
+        "RECSVC_TRAINING__EVAL_MEMBERS": "500",
+    }
+
+
+def test_train_on_generated_data_registers_a_loadable_champion(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    runner = CliRunner()
+    data = tmp_path / "data"
+    gen = runner.invoke(
+        app,
+        [
+            "data",
+            "generate",
+            "--out",
+            str(data),
+            "--members",
+            "600",
+            "--seed",
+            "3",
+            "--bad-event-share",
+            "0.02",
+        ],
+    )
+    assert gen.exit_code == 0, gen.output
+    env = _env(tmp_path)
+    result = runner.invoke(app, ["train", "--data", str(data), "--bundle-out", str(tmp_path / "b")], env=env)
+    assert result.exit_code == 0, result.output
+    assert "PROMOTED" in result.output and "Holdout metrics" in result.output
+
+    uri = env["RECSVC_MLFLOW__TRACKING_URI"]
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("recsvc", "champion")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "dl"))
+    bundle = load_bundle(Path(local))
+    assert bundle.manifest.bundle_id == mv.tags["bundle_id"]
+    assert len(bundle.members) >= 600 and bundle.member_segment.shape == (len(bundle.members),)
+    assert (
+        bundle.manifest.metrics["product.ndcg_at_10"] > bundle.manifest.metrics["baseline.product.ndcg_at_10"]
+    )
+    assert set(bundle.segments["lifecycle"]) <= {"new", "active", "at_risk", "dormant", "churned"}
+    # quarantined rows are counted in the manifest and in MLflow
+    assert bundle.manifest.counts["quarantined_rows"] > 0
+    run = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(mv.run_id)
+    assert run.data.metrics["count.quarantined_rows"] == bundle.manifest.counts["quarantined_rows"]
+
+    # a deliberately worse configuration is refused by the gate and says so
+    worse = runner.invoke(
+        app,
+        ["train", "--data", str(data), "--factors", "2", "--regularization", "500", "--iterations", "2"],
+        env=env,
+    )
+    assert worse.exit_code == 0, worse.output
+    assert "NOT PROMOTED" in worse.output and "refused" in worse.output
+    again = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("recsvc", "champion")
+    assert again.version == mv.version
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing")], env=_env(tmp_path))
+    assert result.exit_code == 2
+    assert "data folder not found" in result.output
+    assert "Traceback" not in result.output
+    bad = runner.invoke(app, ["train", "--data", str(tmp_path), "--trials", "3"], env=_env(tmp_path))
+    assert bad.exit_code == 2
+    bad_setting = runner.invoke(
+        app, ["train", "--data", str(tmp_path)], env={**_env(tmp_path), "RECSVC_TRAINING__ALPHA": "-1"}
+    )
+    assert bad_setting.exit_code == 2 and "alpha" in bad_setting.output
+
+
+def test_help_explains_every_option() -> None:
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--data", "--tune", "--trials", "--force", "--no-refit", "--no-register", "--bundle-out"):
+        assert option in result.output
+
+
+def test_benchmark_times_bare_and_pipeline_fit_of_the_same_matrix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from training import benchmark
+
+    runner = CliRunner()
+    data = tmp_path / "data"
+    gen = runner.invoke(app, ["data", "generate", "--out", str(data), "--members", "200", "--seed", "5"])
+    assert gen.exit_code == 0, gen.output
+    assert benchmark.main(["--data", str(data)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["members"] >= 200 and result["nnz"] > 0
+    assert result["bare_fit_seconds"] > 0 and result["pipeline_fit_seconds"] > 0
+    assert result["ratio"] > 0 and result["peak_rss_gib"] > 0

@@ -1,0 +1,217 @@
+"""The whole pipeline against a real MLflow sqlite tracking + registry store in a tmp folder:
+the serving contract, the gate both ways, --force, re-measuring a champion on new data, --tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsvc.bundle import load_bundle
+from recsvc.errors import BundleError, DataContractError
+from recsvc.settings import Settings, load_settings
+from training import pipeline
+from training.synthetic import SyntheticDataset, make_dataset
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp: Path, model: str = "recsvc", **training: Any) -> Settings:
+    # one sqlite store per module (creating one costs seconds); tests that need a registry
+    # without a champion use their own model name in it
+    return load_settings(
+        overrides={
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                "artifact_location": str(tmp / "artifacts"),
+                "model_name": model,
+            },
+            "training": {"factors": 16, "iterations": 8, "eval_members": 500, **training},
+        }
+    )
+
+
+def _client(s: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=s.mlflow.tracking_uri, registry_uri=s.mlflow.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def data() -> SyntheticDataset:
+    return make_dataset(members=400, products=120, content=30, events_per_member=30, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="module")
+def first(store: Path, data: SyntheticDataset) -> pipeline.TrainingReport:
+    return pipeline.run(
+        _settings(store),
+        pipeline.TrainOptions(data_dir=store, bundle_out=store / "bundle1"),
+        dataset=data,
+    )
+
+
+def test_first_model_is_promoted_and_loads_through_the_serving_contract(
+    first: pipeline.TrainingReport, store: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    s = _settings(store)
+    assert first.decision.promote and first.decision.method == "first_model"
+    assert first.metrics["product.ndcg_at_10"] > first.metrics["baseline.product.ndcg_at_10"]
+    assert first.metrics["content.ndcg_at_10"] > first.metrics["baseline.content.ndcg_at_10"]
+    # exactly what the server does
+    mv = _client(s).get_model_version_by_alias(s.mlflow.model_name, "champion")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path))
+    bundle = load_bundle(Path(local))
+    assert (Path(local) / "manifest.json").is_file()
+    assert bundle.manifest.bundle_id == first.bundle_id == mv.tags["bundle_id"]
+    assert first.bundle_id in mv.description
+    assert bundle.manifest.metrics["all.ndcg_at_10"] == pytest.approx(first.metrics["all.ndcg_at_10"])
+    assert bundle.manifest.counts["quarantined_rows"] == 0
+    assert set(bundle.indexes) == {"product", "content"}
+    assert bundle.manifest.index["product"]["recall_at_k"] >= 0.95
+    run = _client(s).get_run(first.run_id)
+    assert run.data.params["data_fingerprint"] == bundle.manifest.data_fingerprint
+    assert "count.quarantined_rows" in run.data.metrics and "train_loss" in run.data.metrics
+    assert (store / "bundle1" / "manifest.json").is_file()
+
+
+def test_no_member_id_leaves_the_bundle(
+    first: pipeline.TrainingReport, store: Path, data: SyntheticDataset
+) -> None:
+    import mlflow
+
+    s = _settings(store)
+    root = Path(mlflow.artifacts.download_artifacts(run_id=first.run_id, tracking_uri=s.mlflow.tracking_uri))
+    files = [p for p in root.rglob("*") if p.is_file() and "bundle" not in p.relative_to(root).parts]
+    names = {p.relative_to(root).as_posix() for p in files}
+    assert {"plots/long_tail_popularity.png", "plots/metrics_vs_baseline.png", "gate.json"} <= names
+    assert "plots/loss_per_iteration.png" in names
+    member_ids = set(data.members["member_id"])
+    for p in files:
+        text = p.read_bytes().decode("latin-1")
+        assert not any(m in text for m in list(member_ids)[:50]), p
+    run = _client(s).get_run(first.run_id)
+    logged = json.dumps([run.data.params, run.data.tags, list(run.data.metrics)])
+    assert not any(m in logged for m in member_ids)
+
+
+def test_worse_config_is_refused_then_force_promotes(
+    first: pipeline.TrainingReport, store: Path, data: SyntheticDataset
+) -> None:
+    worse = _settings(store, factors=2, regularization=500.0, iterations=2)
+    refused = pipeline.run(worse, pipeline.TrainOptions(data_dir=store), dataset=data)
+    assert not refused.decision.promote
+    assert refused.decision.method == "same_holdout_logged"
+    assert refused.decision.champion == pytest.approx(first.metrics["all.ndcg_at_10"])
+    client = _client(worse)
+    champion = client.get_model_version_by_alias(worse.mlflow.model_name, "champion")
+    assert str(champion.version) == first.model_version
+    assert (
+        client.get_model_version(worse.mlflow.model_name, refused.model_version).tags["gate.promote"]
+        == "false"
+    )
+    run = client.get_run(refused.run_id)
+    assert run.data.metrics["gate.promoted"] == 0.0
+    assert "refused" in run.data.tags["gate.decision"]
+
+    forced = pipeline.run(worse, pipeline.TrainOptions(data_dir=store, force=True), dataset=data)
+    assert forced.decision.promote and forced.decision.forced and "FORCED" in forced.decision.reason
+    champion = client.get_model_version_by_alias(worse.mlflow.model_name, "champion")
+    assert str(champion.version) == forced.model_version
+    assert champion.tags["gate.forced"] == "true"
+
+
+def test_champion_from_other_data_is_refit_on_this_holdout(store: Path, tmp_path: Path) -> None:
+    s = _settings(store, model="recsvc-refit")
+    old = make_dataset(members=300, products=100, content=20, events_per_member=20, seed=1)
+    new = make_dataset(members=300, products=100, content=20, events_per_member=20, seed=2)
+    pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, refit=False), dataset=old)
+    report = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, refit=False), dataset=new)
+    assert report.decision.method == "champion_refit"
+    assert report.decision.champion is not None
+    # same params, same data now: the re-measured champion scores what the candidate scores
+    assert report.decision.champion == pytest.approx(report.decision.candidate, abs=1e-6)
+    assert report.decision.promote
+
+
+def test_no_register_logs_but_does_not_register(store: Path, tmp_path: Path) -> None:
+    s = _settings(store, model="recsvc-unregistered")
+    data = make_dataset(members=200, products=60, content=10, events_per_member=15, seed=4)
+    report = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, register=False), dataset=data)
+    assert report.model_version is None and report.run_id
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        _client(s).get_model_version_by_alias(s.mlflow.model_name, "champion")
+
+
+def test_holdout_without_interactions_is_a_clear_error(tmp_path: Path) -> None:
+    data = make_dataset(members=50, products=20, content=5, events_per_member=5, days=10, seed=1)
+    s = _settings(tmp_path, holdout_days=30)
+    with pytest.raises(DataContractError, match="holdout"):
+        pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path), dataset=data)
+
+
+def test_non_empty_bundle_out_fails_before_training(tmp_path: Path, data: SyntheticDataset) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "file").write_text("x")
+    with pytest.raises(BundleError, match="not empty"):
+        pipeline.run(
+            _settings(tmp_path),
+            pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "out"),
+            dataset=data,
+        )
+
+
+def test_tune_logs_nested_trials_and_reports_the_chosen_config(store: Path, data: SyntheticDataset) -> None:
+    s = _settings(store, model="recsvc-tune", validation_days=14)
+    report = pipeline.run(s, pipeline.TrainOptions(data_dir=store, tune=True, trials=3), dataset=data)
+    assert len(report.trials) == 3
+    # trial 0 is the untuned configuration itself
+    assert report.trials[0]["factors"] == 16 and report.trials[0]["weight_sharpness"] == 1.0
+    best = max(report.trials, key=lambda r: r["val_ndcg_at_10"])
+    assert report.params.factors == best["factors"]
+    client = _client(s)
+    children = client.search_runs(
+        [client.get_run(report.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{report.run_id}'",
+    )
+    assert len(children) == 3
+    assert all("val.all.ndcg_at_10" in c.data.metrics for c in children)
+    # the holdout metrics reported are those of the chosen config only (one set, on the parent run)
+    parent = client.get_run(report.run_id)
+    assert parent.data.metrics["all.ndcg_at_10"] == pytest.approx(report.metrics["all.ndcg_at_10"])
+    assert not any(k.startswith("all.") for c in children for k in c.data.metrics)
+
+
+def test_champion_of_another_schema_is_only_replaced_with_force(store: Path, data: SyntheticDataset) -> None:
+    from urllib.parse import urlparse
+
+    s = _settings(store, model="recsvc-schema")
+    first = pipeline.run(s, pipeline.TrainOptions(data_dir=store, refit=False), dataset=data)
+    mv = _client(s).get_model_version_by_alias(s.mlflow.model_name, "champion")
+    manifest_path = Path(urlparse(mv.source).path) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["schema_version"] = 999
+    manifest_path.write_text(json.dumps(manifest))
+
+    refused = pipeline.run(s, pipeline.TrainOptions(data_dir=store, refit=False), dataset=data)
+    assert not refused.decision.promote and refused.decision.method == "champion_uncomparable"
+    assert "--force" in refused.decision.reason
+    assert str(_client(s).get_model_version_by_alias(s.mlflow.model_name, "champion").version) == (
+        first.model_version
+    )
+    forced = pipeline.run(s, pipeline.TrainOptions(data_dir=store, refit=False, force=True), dataset=data)
+    assert forced.decision.promote and forced.decision.forced
+    assert str(_client(s).get_model_version_by_alias(s.mlflow.model_name, "champion").version) == (
+        forced.model_version
+    )

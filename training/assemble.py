@@ -1,0 +1,104 @@
+"""Step 7: put the pieces together as ``recsvc.bundle.BundleContents`` and write the bundle.
+
+Reads: :class:`training.prepare.Prepared` (id maps, catalog attributes), the bundle's member and
+item factors, its confidence (history) and purchases matrices, segments, popularity tables,
+FAISS indexes and everything the manifest records.
+Writes: a bundle folder through ``recsvc.bundle.write_bundle`` (format: docs/bundle.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsvc.bundle import LIFECYCLE_STAGES, SCHEMA_VERSION, BundleContents, Manifest, write_bundle
+from training.fit import AlsParams
+from training.prepare import Prepared
+
+
+def new_bundle_id(prepared: Prepared) -> str:
+    cutoff = datetime.fromtimestamp(prepared.cutoff, UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{cutoff}-{prepared.fingerprint[:8]}-{uuid.uuid4().hex[:8]}"
+
+
+def manifest_params(params: AlsParams) -> dict[str, Any]:
+    """What serving needs to recompute a member vector like ``recalculate_user``: the
+    confidence formula (event_weights, half_life_days, decay measured from the cutoff) and the
+    ALS solve (regularization, alpha, factors, iterations)."""
+    return {
+        "factors": params.factors,
+        "regularization": params.regularization,
+        "alpha": params.alpha,
+        "iterations": params.iterations,
+        "event_weights": dict(params.event_weights),
+        "half_life_days": params.half_life_days,
+        "random_state": params.random_state,
+        "confidence": "C = 1 + alpha * sum(event_weight[type] * 0.5 ** (age_days / half_life_days))",
+        "decay_reference": "training_cutoff",
+    }
+
+
+def assemble(
+    prepared: Prepared,
+    *,
+    bundle_id: str,
+    params: AlsParams,
+    member_factors: np.ndarray,
+    item_factors: np.ndarray,
+    history: sp.csr_matrix,
+    purchased: sp.csr_matrix,
+    member_segment: np.ndarray,
+    segments: pd.DataFrame,
+    popular: pd.DataFrame,
+    indexes: dict[str, Any],
+    index_info: dict[str, Any],
+    metrics: dict[str, float],
+    counts: dict[str, int],
+    extra: dict[str, Any],
+) -> BundleContents:
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        bundle_id=bundle_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        training_cutoff=prepared.cutoff_iso,
+        data_fingerprint=prepared.fingerprint,
+        factors=params.factors,
+        params=manifest_params(params),
+        metrics={k: float(v) for k, v in metrics.items() if np.isfinite(v)},
+        counts=counts,
+        segments=list(LIFECYCLE_STAGES),
+        index=index_info,
+        **extra,
+    )
+    return BundleContents(
+        manifest=manifest,
+        members=prepared.members,
+        member_factors=member_factors,
+        member_segment=member_segment,
+        items=prepared.items,
+        item_factors=item_factors,
+        item_kind=prepared.item_kind,
+        item_category=prepared.item_category,
+        item_brand=prepared.item_brand,
+        item_price=prepared.item_price,
+        item_in_stock=prepared.item_in_stock,
+        item_published_at=prepared.item_published_at,
+        item_titles=prepared.item_titles,
+        categories=prepared.categories,
+        brands=prepared.brands,
+        history=history,
+        purchased=purchased,
+        segments=segments,
+        popular=popular,
+        indexes=indexes,
+    )
+
+
+def write(out_dir: Path, contents: BundleContents) -> Path:
+    return write_bundle(out_dir, contents)

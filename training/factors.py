@@ -1,0 +1,57 @@
+"""Steps 2+4 together: events -> confidence matrix -> ALS -> serving-ready factors.
+
+Reads: events (a split's training events or all events), the reference time for recency decay,
+:class:`training.fit.AlsParams`, and the catalog's kinds and featured products.
+Writes: a :class:`TrainedFactors`: the r_ui matrix it was fitted on, the fit result, member
+factors with all-zero rows for members without events (serving falls back to popularity), and
+item factors with untrained rows zeroed and fresh content filled by :mod:`training.coldstart`.
+Used for the candidate, the champion's re-measurement, every tuning trial and the final refit,
+so all of them are built exactly alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.coldstart import fill_fresh_content
+from training.confidence import confidence_matrix
+from training.fit import AlsParams, FitResult, fit_als
+from training.prepare import EventArrays, Prepared
+
+
+@dataclass
+class TrainedFactors:
+    matrix: sp.csr_matrix
+    fit: FitResult
+    member_factors: np.ndarray
+    item_factors: np.ndarray
+    fresh_content_filled: int
+
+
+def train_factors(
+    prepared: Prepared,
+    events: EventArrays,
+    as_of: int,
+    params: AlsParams,
+    *,
+    num_threads: int = 0,
+    track_loss: bool = False,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> TrainedFactors:
+    shape = (len(prepared.members), len(prepared.items))
+    matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
+    fit = fit_als(matrix, params, num_threads=num_threads, track_loss=track_loss, on_iteration=on_iteration)
+    members_trained = np.diff(matrix.indptr) > 0
+    items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0
+    member_factors = fit.user_factors
+    member_factors[~members_trained] = 0.0
+    item_factors = fit.item_factors
+    item_factors[~items_trained] = 0.0
+    item_factors, filled = fill_fresh_content(
+        item_factors, items_trained, prepared.item_kind, prepared.featured
+    )
+    return TrainedFactors(matrix, fit, member_factors, item_factors, filled)

@@ -1,0 +1,62 @@
+"""The end-of-run summary: rich tables built from a :class:`training.pipeline.TrainingReport`.
+
+Reads: the report. Writes: nothing (returns tables for the CLI to print).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def summary_tables(report: Any) -> list[Table]:
+    m = report.metrics
+    metrics = Table(title="Holdout metrics: ALS vs popularity baseline")
+    metrics.add_column("kind")
+    metrics.add_column("metric")
+    for k in (10, 20):
+        metrics.add_column(f"ALS @{k}", justify="right")
+        metrics.add_column(f"popular @{k}", justify="right")
+    for kind in ("all", "product", "content"):
+        if f"{kind}.ndcg_at_10" not in m:
+            continue
+        for i, name in enumerate(("ndcg", "precision", "recall", "map", "hit_rate", "coverage")):
+            cells = []
+            for k in (10, 20):
+                cells.append(f"{m[f'{kind}.{name}_at_{k}']:.4f}")
+                cells.append(f"{m.get(f'baseline.{kind}.{name}_at_{k}', float('nan')):.4f}")
+            label = f"{kind} ({int(m.get(f'{kind}.members', 0))} members)" if i == 0 else ""
+            metrics.add_row(label, name, *cells, end_section=name == "coverage")
+
+    run = Table(title="Training run", show_header=False)
+    run.add_column("what")
+    run.add_column("value")
+    d = report.decision
+    run.add_row("bundle", report.bundle_id)
+    run.add_row("bundle folder", str(report.bundle_dir) if report.bundle_dir else "(MLflow only)")
+    run.add_row("MLflow run", str(report.run_id))
+    run.add_row("model version", str(report.model_version) if report.model_version else "(not registered)")
+    run.add_row("gate", ("PROMOTED" if d.promote else "NOT PROMOTED") + f": {d.reason}")
+    p = report.params
+    run.add_row(
+        "params",
+        f"factors={p.factors} regularization={p.regularization:.4g} alpha={p.alpha:.4g} "
+        f"iterations={p.iterations} half_life_days={p.half_life_days:g}",
+    )
+    c = report.counts
+    run.add_row(
+        "data",
+        f"events={c.get('events', 0)} members={c.get('members', 0)} products={c.get('products', 0)} "
+        f"content={c.get('content', 0)} quarantined_rows={c.get('quarantined_rows', 0)}",
+    )
+    for kind in ("product", "content"):
+        info = report.index_info.get(kind)
+        if isinstance(info, dict):
+            run.add_row(
+                f"index {kind}",
+                f"{info['type']} size={info['size']} recall@{info['k']}={info['recall_at_k']:.3f}"
+                + (f" efSearch={info['ef_search']}" if "ef_search" in info else ""),
+            )
+    run.add_row("time", " ".join(f"{k}={v:.1f}s" for k, v in report.timings.items()))
+    return [metrics, run]
