@@ -43,9 +43,21 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Default state paths point into a tmp folder, never into the work tree (session-wide, so
+    module-scoped fixtures that train or serve are covered too)."""
+    state = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECSVC_SECURITY__AUDIT_LOG", str(state / "audit.log"))
+        mp.setenv("RECSVC_SECURITY__ERASURE_LIST", str(state / "erasures.txt"))
+        mp.setenv("RECSVC_SERVING__BUNDLE_CACHE_DIR", str(state / "bundles"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default state paths point into the test's tmp folder, never into the work tree."""
+def _fresh_privacy_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own erasure list and audit log, so one test's ForgetMember cannot
+    change what another test trains or serves."""
     monkeypatch.setenv("RECSVC_SECURITY__AUDIT_LOG", str(tmp_path / "state" / "audit.log"))
     monkeypatch.setenv("RECSVC_SECURITY__ERASURE_LIST", str(tmp_path / "state" / "erasures.txt"))
-    monkeypatch.setenv("RECSVC_SERVING__BUNDLE_CACHE_DIR", str(tmp_path / "state" / "bundles"))

@@ -21,7 +21,7 @@ from training.synthetic import make_dataset
 
 @pytest.fixture(scope="module")
 def contents() -> BundleContents:
-    t = TrainingSettings(factors=8, iterations=3, popular_per_table=10)
+    t = TrainingSettings(factors=8, iterations=8, popular_per_table=10)
     p = prepare.prepare(make_dataset(members=80, products=30, content=8, events_per_member=8, seed=5))
     params = AlsParams.from_settings(t)
     trained = train_factors(p, p.events, p.cutoff, params)
@@ -117,9 +117,9 @@ def test_manifest_params_recompute_member_vectors_like_recalculate_user(
     recomputed = model.recalculate_user(rows, b.history[rows])
     trained = np.asarray(b.member_factors)[rows]
     cos = (recomputed * trained).sum(1) / np.linalg.norm(recomputed, axis=1) / np.linalg.norm(trained, axis=1)
-    assert cos.mean() > 0.99
+    assert cos.mean() > 0.99, cos.mean()
     # with the wrong alpha the same solve drifts away: the parameters matter
     model.alpha = p["alpha"] * 50
     drifted = model.recalculate_user(rows, b.history[rows])
     cos_wrong = (drifted * trained).sum(1) / np.linalg.norm(drifted, axis=1) / np.linalg.norm(trained, axis=1)
-    assert cos_wrong.mean() < cos.mean()
+    assert cos_wrong.mean() < cos.mean() - 0.01, (cos_wrong.mean(), cos.mean())

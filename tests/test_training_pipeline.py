@@ -215,3 +215,25 @@ def test_champion_of_another_schema_is_only_replaced_with_force(store: Path, dat
     assert str(_client(s).get_model_version_by_alias(s.mlflow.model_name, "champion").version) == (
         forced.model_version
     )
+
+
+def test_promotion_is_written_to_the_audit_trail(tmp_path: Path, data: SyntheticDataset) -> None:
+    from recsvc.security.audit import verify
+
+    audit = tmp_path / "audit" / "audit.log"
+    s = load_settings(
+        overrides={
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                "artifact_location": str(tmp_path / "artifacts"),
+            },
+            "training": {"factors": 8, "iterations": 4, "eval_members": 200},
+            "security": {"audit_log": str(audit)},
+        }
+    )
+    report = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path), dataset=data)
+    assert report.decision.promote
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [e["event"] for e in entries] == ["model_promotion"]
+    assert entries[0]["version"] == report.model_version and entries[0]["alias"] == "champion"
+    assert verify(audit).ok

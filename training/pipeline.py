@@ -30,6 +30,7 @@ import numpy as np
 
 from recsvc.bundle import LIFECYCLE_STAGES
 from recsvc.errors import BundleError, DataContractError
+from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList, apply_erasures
 from recsvc.settings import Settings
 from training import ann, assemble, evaluate, gate, plots, prepare, segments, split, tracking
@@ -383,6 +384,17 @@ def run(
                         promote=decision.promote,
                     )
                     mlflow.set_tag("model_version", version)
+                    if decision.promote:
+                        # Promotions are part of the tamper-evident audit trail (docs/security.md).
+                        AuditLog(settings.security.audit_log).append(
+                            "model_promotion",
+                            model=settings.mlflow.model_name,
+                            version=version,
+                            alias=settings.mlflow.champion_alias,
+                            bundle_id=bundle_id,
+                            forced=decision.forced,
+                            gate=decision.reason,
+                        )
         timings = dict(steps.timings)
         timings["fit_seconds.final"] = final.fit.seconds
         return TrainingReport(

@@ -24,16 +24,16 @@ class DemoStepFailed(RecsvcError):
     reason = "DEMO_STEP_FAILED"
 
 
-def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
+def _run(cmd: list[str], env: dict[str, str], what: str, capture: bool = False) -> str:
+    """Run one CLI step with its output shown live; ``capture`` also returns its stdout."""
     out.print(Rule(f"[bold]{what}"))
     out.print(f"[dim]$ {shlex.join(['recsvc', *cmd[3:]] if cmd[:3] == _recsvc()[:3] else cmd)}[/]")
-    proc = subprocess.run(cmd, env=env, text=True, capture_output=True, check=False)
-    if proc.stdout:
+    proc = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE if capture else None, check=False)
+    if capture and proc.stdout:
         out.print(proc.stdout.rstrip(), markup=False, highlight=False)
     if proc.returncode != 0:
-        out.print(proc.stderr.rstrip()[-4000:], markup=False, highlight=False)
         raise DemoStepFailed(f"step '{what}' failed with exit code {proc.returncode}")
-    return proc.stdout
+    return proc.stdout or ""
 
 
 def _recsvc() -> list[str]:
@@ -74,6 +74,8 @@ def demo(
     env.update(
         {
             "OPENBLAS_NUM_THREADS": "1",
+            "COLUMNS": env.get("COLUMNS", "150"),  # sub-commands print tables; not a TTY here
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}",
             "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(workdir / "mlflow" / "artifacts"),
             "RECSVC_SERVING__BUNDLE_CACHE_DIR": str(workdir / "bundles"),
@@ -85,7 +87,7 @@ def demo(
     (workdir / "mlflow").mkdir(parents=True, exist_ok=True)
     rc = _recsvc()
     started = time.monotonic()
-    if not (data_dir / "_truth").exists():
+    if not (data_dir / "generation.json").exists():
         _run(
             [*rc, "data", "generate", "--out", str(data_dir), "--members", str(members), "--seed", str(seed)],
             env,
@@ -123,6 +125,7 @@ def demo(
                     [*rc, "query", "products", member, "-k", "1", "--json"],
                     env,
                     "11. top product before a purchase",
+                    capture=True,
                 )
             )
             _run([*rc, "query", "event", member, first, "purchase"], env, f"12. member buys {first}")
@@ -130,11 +133,22 @@ def demo(
                 [*rc, "query", "products", member, "-k", "5"],
                 env,
                 "13. recommendations a moment later: the purchased item is gone",
+                capture=True,
             )
             if first in after:
                 raise DemoStepFailed(f"{first} still recommended after purchase")
             _run(
-                [*rc, "outreach", "check", member, "--channel", "wecom", "--campaign", "demo-winback"],
+                [
+                    *rc,
+                    "outreach",
+                    "check",
+                    "--member",
+                    member,
+                    "--channel",
+                    "wecom",
+                    "--campaign",
+                    "demo-winback",
+                ],
                 env,
                 "14. may we send this member a WeCom marketing message?",
             )
