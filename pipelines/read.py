@@ -5,11 +5,16 @@ rows as read (CSV: every column as text, empty cells as ""; Parquet: its own col
 raises ``DataContractError`` when the file as a whole is unusable: absent, ambiguous, empty
 (no header), unreadable, or with missing or unexpected columns. Row-level problems, including
 bytes that are not UTF-8, are left to ``pipelines.validate`` so they are quarantined per row.
+
+``read_table`` returns a whole table (catalog, members); ``read_chunks`` streams one in chunks
+of at most N rows (events: 50M rows never sit in memory as text at once), with the text columns
+named in ``dictionary`` as categoricals, so each distinct value is held and checked once per chunk.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -57,18 +62,94 @@ def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
     return df[list(spec.columns)].reset_index(drop=True)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_chunks(
+    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...] = ()
+) -> Iterator[pd.DataFrame]:
+    """The table's rows in chunks of at most ``chunk_rows``, contract columns in contract order.
+
+    Columns are checked now, before the first chunk; a malformed CSV line or corrupt Parquet page
+    raises ``DataContractError`` when its chunk is reached. Text columns named in ``dictionary``
+    come as categoricals (Parquet: straight from the file's dictionary pages). At least one chunk
+    is always produced (an empty frame for a table without rows).
+    """
+    if path.name.endswith(".parquet"):
+        return _parquet_chunks(path, spec, chunk_rows, dictionary)
+    return _csv_chunks(path, spec, chunk_rows, dictionary)
+
+
+def _parquet_chunks(
+    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _parquet_schema(path)
+    _check_columns(path, spec, list(schema.names))
+    columns = [c for c in spec.columns if c in schema.names]
+    as_dict = [c for c in dictionary if c in columns and pa.types.is_string(schema.field(c).type)]
+    try:
+        file = pq.ParquetFile(path, read_dictionary=as_dict)
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise DataContractError(f"cannot read {path}: {exc}") from exc
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        mapper = {pa.bool_(): pd.BooleanDtype()}.get
+        yielded = False
+        try:
+            for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
+                yielded = True
+                yield _in_contract_order(batch.to_pandas(types_mapper=mapper), spec)
+            if not yielded:
+                empty = file.schema_arrow.empty_table().select(columns)
+                yield _in_contract_order(empty.to_pandas(types_mapper=mapper), spec)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataContractError(f"cannot read {path}: {exc}") from exc
+
+    return chunks()
+
+
+def _csv_chunks(
+    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    header = list(_read_csv(path, nrows=0).columns)
+    _check_columns(path, spec, header)
+    dtypes = {c: ("category" if c in dictionary else "str") for c in header}
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        yielded = False
+        try:
+            with pd.read_csv(path, dtype=dtypes, chunksize=chunk_rows, **_CSV_OPTIONS) as reader:
+                for df in reader:
+                    yielded = True
+                    yield _in_contract_order(df, spec)
+        except (pd.errors.ParserError, OSError, EOFError) as exc:
+            raise DataContractError(f"cannot parse {path} as CSV: {exc}") from exc
+        if not yielded:
+            yield _in_contract_order(pd.DataFrame({c: pd.Series([], dtype="str") for c in header}), spec)
+
+    return chunks()
+
+
+def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    for col in spec.optional:
+        if col not in df.columns:
+            df[col] = ""
+    return df[list(spec.columns)]
+
+
+_CSV_OPTIONS: dict[str, object] = {
+    "keep_default_na": False,  # an empty cell is "", never guessed to be NaN
+    "encoding": "utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
+    "encoding_errors": "replace",
+    "skipinitialspace": False,
+}
+
+
+def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns")
     try:
-        return pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,  # an empty cell is "", never guessed to be NaN
-            encoding="utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
-            encoding_errors="replace",
-            skipinitialspace=False,
-        )
+        return pd.read_csv(path, dtype=str, nrows=nrows, **_CSV_OPTIONS)  # type: ignore[call-overload]
     except pd.errors.EmptyDataError as exc:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns") from exc
     except (pd.errors.ParserError, OSError, EOFError) as exc:
@@ -88,10 +169,14 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def _parquet_columns(path: Path) -> list[str]:
+    return list(_parquet_schema(path).names)
+
+
+def _parquet_schema(path: Path) -> pa.Schema:
     import pyarrow.parquet as pq
 
     try:
-        return list(pq.read_schema(path).names)
+        return pq.read_schema(path)
     except Exception as exc:
         raise DataContractError(f"cannot read {path} as Parquet: {exc}") from exc
 

@@ -238,23 +238,30 @@ def _check_env_names(environ: dict[str, str]) -> None:
             raise ConfigError(f"unknown setting in environment: {key}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it is missing or malformed."""
     import tomllib
 
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        raise ConfigError(f"{what} not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge: tables merge key by key, anything else in ``over`` replaces ``base``."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Every problem pydantic found, as ``dotted.path: message`` joined by '; '."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
 
 
 def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -265,16 +272,13 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     _check_env_names(dict(os.environ))
     env_file = os.environ.get(CONFIG_ENV)
     path = config_file or (Path(env_file) if env_file else None)
-    values = _read_toml(path) if path else {}
-    values = _merge(values, _env_values())
-    values = _merge(values, overrides or {})
+    values = read_toml(path) if path else {}
+    values = merge_tables(values, _env_values())
+    values = merge_tables(values, overrides or {})
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {describe_validation_error(exc)}") from exc
 
 
 def _env_values() -> dict[str, Any]:

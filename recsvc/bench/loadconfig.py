@@ -8,13 +8,13 @@ process starts.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsvc.errors import ConfigError
+from recsvc.settings import describe_validation_error, merge_tables, read_toml
 
 RECOMMENDER_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
 OUTREACH_CHANNELS = ("app_push", "mini_program_subscribe", "wecom", "official_account", "sms")
@@ -231,33 +231,15 @@ class LoadConfig(_Section):
         return v
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LoadConfig:
     """Read ``path`` (TOML; None = defaults), apply nested ``overrides``, validate.
 
     Raises ConfigError naming the file and every invalid key.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                values = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"load config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"load config {path} is not valid TOML: {exc}") from exc
-    values = _merge(values, overrides or {})
+    values = read_toml(path, "load config") if path is not None else {}
+    values = merge_tables(values, overrides or {})
     try:
         return LoadConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        )
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid load config{where}: {problems}") from exc
+        raise ConfigError(f"invalid load config{where}: {describe_validation_error(exc)}") from exc

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsvc.errors import ConfigError
+from recsvc.settings import describe_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +226,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"policy {source} is invalid: {problems}") from exc
+        raise ConfigError(f"policy {source} is invalid: {describe_validation_error(exc)}") from exc
 
 
 def load_policy(path: Path | None = None) -> Policy:
