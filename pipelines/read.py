@@ -66,6 +66,18 @@ def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
     return df[list(spec.columns)].reset_index(drop=True)
 
 
+def count_rows(path: Path) -> int | None:
+    """The table's row count if the file says it without being read (Parquet), else None."""
+    if not path.name.endswith(".parquet"):
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise DataContractError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
 def read_chunks(
     path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...] = ()
 ) -> Iterator[pd.DataFrame]:
@@ -90,7 +102,7 @@ def _parquet_chunks(
     schema = _parquet_schema(path)
     _check_columns(path, spec, list(schema.names))
     columns = [c for c in spec.columns if c in schema.names]
-    as_dict = [c for c in dictionary if c in columns and pa.types.is_string(schema.field(c).type)]
+    as_dict = [c for c in dictionary if c in columns and _is_text_type(schema.field(c).type)]
     try:
         file = pq.ParquetFile(path, read_dictionary=as_dict)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
@@ -100,9 +112,12 @@ def _parquet_chunks(
         mapper = {pa.bool_(): pd.BooleanDtype()}.get
         yielded = False
         try:
-            for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-                yielded = True
-                yield _in_contract_order(batch.to_pandas(types_mapper=mapper), spec)
+            # One row group at a time: one iterator over the whole file keeps growing its buffers
+            # (measured: arrow memory 100 MB -> 245 MB over 20M events; flat this way).
+            for group in range(file.num_row_groups):
+                for batch in file.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns):
+                    yielded = True
+                    yield _in_contract_order(batch.to_pandas(types_mapper=mapper), spec)
             if not yielded:
                 empty = file.schema_arrow.empty_table().select(columns)
                 yield _in_contract_order(empty.to_pandas(types_mapper=mapper), spec)
@@ -116,15 +131,26 @@ def _csv_chunks(
     path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
     header = list(_read_csv(path, nrows=0).columns)
+    # The same reading options as _read_csv, chunk by chunk.
     _check_columns(path, spec, header)
-    dtypes = {c: ("category" if c in dictionary else "str") for c in header}
+    as_categories = [c for c in header if c in dictionary]
 
     def chunks() -> Iterator[pd.DataFrame]:
         yielded = False
         try:
-            with pd.read_csv(path, dtype=dtypes, chunksize=chunk_rows, **_CSV_OPTIONS) as reader:
+            with pd.read_csv(
+                path,
+                dtype=str,
+                chunksize=chunk_rows,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                encoding_errors="replace",
+            ) as reader:
                 for df in reader:
                     yielded = True
+                    # Not read_csv's dtype="category": it turns "12.50" into 12.5 and "007" into 7.
+                    for col in as_categories:
+                        df[col] = df[col].astype("category")
                     yield _in_contract_order(df, spec)
         except (pd.errors.ParserError, OSError, EOFError) as exc:
             raise DataContractError(f"cannot parse {path} as CSV: {exc}") from exc
@@ -141,19 +167,19 @@ def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return df[list(spec.columns)]
 
 
-_CSV_OPTIONS: dict[str, object] = {
-    "keep_default_na": False,  # an empty cell is "", never guessed to be NaN
-    "encoding": "utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
-    "encoding_errors": "replace",
-    "skipinitialspace": False,
-}
-
-
 def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns")
     try:
-        return pd.read_csv(path, dtype=str, nrows=nrows, **_CSV_OPTIONS)  # type: ignore[call-overload]
+        return pd.read_csv(
+            path,
+            dtype=str,
+            nrows=nrows,
+            keep_default_na=False,  # an empty cell is "", never guessed to be NaN
+            encoding="utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
+            encoding_errors="replace",  # bad bytes become U+FFFD: quarantined per row, not per file
+            skipinitialspace=False,
+        )
     except pd.errors.EmptyDataError as exc:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns") from exc
     except (pd.errors.ParserError, OSError, EOFError) as exc:
@@ -203,3 +229,9 @@ def _check_columns(path: Path, spec: TableSpec, columns: list[str]) -> None:
         f"{path} has the wrong columns for the {spec.name} table; {'; '.join(parts)}. "
         f"Expected: {', '.join(spec.columns)} (see docs/data.md)"
     )
+
+
+def _is_text_type(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type))

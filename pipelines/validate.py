@@ -53,7 +53,7 @@ from pipelines.contract import (
     Reason,
     TableSpec,
 )
-from pipelines.read import REPLACEMENT_CHAR, find_table_file, read_chunks, read_table
+from pipelines.read import REPLACEMENT_CHAR, count_rows, find_table_file, read_chunks, read_table
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def validate_dir(data_dir: Path, settings: DataSettings, now: datetime | None = 
         now,
         item_ids=catalog.clean["item_id"],
         member_ids=members.clean["member_id"],
+        rows_hint=count_rows(events_path),
     )
     for table in (catalog, members, events):
         result.tables[table.name] = table
@@ -202,7 +203,9 @@ class _Verdicts:
     def quarantine(self, offset: int = 0) -> pd.DataFrame:
         """The failed rows: source_row (``offset`` = rows before this chunk), reason, detail, values."""
         bad = ~self.ok
-        return _quarantine_rows(self.raw.loc[bad], np.flatnonzero(bad) + offset, self.reason[bad], self.detail[bad])
+        return _quarantine_rows(
+            self.raw.loc[bad], np.flatnonzero(bad) + offset, self.reason[bad], self.detail[bad]
+        )
 
     def result(self, spec: TableSpec, source: Path, clean: pd.DataFrame) -> TableResult:
         return TableResult(
@@ -296,12 +299,16 @@ def _numbers(s: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         return s.astype("float64")
     # "" and anything unparsable become NaN; _unparsable tells the two apart.
-    parsed = _per_value(s, lambda t: pd.to_numeric(t.str.strip(), errors="coerce").astype("float64").to_numpy())
+    parsed = _per_value(
+        s, lambda t: pd.to_numeric(t.str.strip(), errors="coerce").astype("float64").to_numpy()
+    )
     return pd.Series(parsed, index=s.index, dtype="float64")
 
 
 def _unparsable(s: pd.Series, parsed: pd.Series) -> np.ndarray:
     """Non-empty cells that did not parse."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return np.zeros(len(s), dtype=bool)  # a typed number always parses; NaN is an empty cell
     nonempty = _per_value(s, lambda t: (t.str.strip() != "").to_numpy(dtype=bool))
     return parsed.isna().to_numpy(dtype=bool) & nonempty
 
@@ -446,3 +453,251 @@ def _latest(now: datetime, settings: DataSettings) -> pd.Timestamp:
     return pd.Timestamp(now + timedelta(seconds=settings.future_tolerance_s)).tz_convert("UTC")
 
 
+def validate_events(
+    read: Callable[[], Iterator[pd.DataFrame]],
+    source: Path,
+    settings: DataSettings,
+    now: datetime,
+    item_ids: pd.Series,
+    member_ids: pd.Series,
+    rows_hint: int | None = None,
+) -> TableResult:
+    """Check events chunk by chunk; ``read()`` yields the raw chunks in file order (it is called
+    a second time only to fetch the raw values of duplicates). ``item_ids`` and ``member_ids``
+    are the clean catalog's and members' (unique); ``rows_hint`` is the row count when known."""
+    refs = _EventRefs(
+        members=pd.Index(member_ids.astype(str), dtype="str"),
+        items=pd.Index(item_ids.astype(str), dtype="str"),
+        latest=_latest(now, settings),
+        max_id_length=settings.max_id_length,
+    )
+    kept = _KeptEvents(capacity=rows_hint or settings.validate_chunk_rows)
+    quarantines = []
+    rows_read = 0
+    for raw in read():
+        v, compact = _check_event_chunk(raw, refs)
+        if not v.ok.all():
+            quarantines.append(v.quarantine(offset=rows_read))
+        kept.add(compact, v.ok, rows_read)
+        rows_read += len(raw)
+        log.debug("validated events rows=%d", rows_read)
+    repeats = kept.later_copies()
+    if repeats.size:
+        quarantines.append(_duplicate_rows(read, kept.source_rows(repeats)))
+    clean = kept.assemble(repeats, refs)
+    if quarantines:
+        quarantine = pd.concat(quarantines, ignore_index=True)
+        quarantine = quarantine.sort_values("source_row", kind="stable").reset_index(drop=True)
+    else:
+        empty = np.zeros(0, dtype=object)
+        no_rows = pd.DataFrame({c: pd.Series([], dtype="str") for c in EVENTS.columns})
+        quarantine = _quarantine_rows(no_rows, np.zeros(0, dtype=np.int64), empty, empty)
+    return TableResult(EVENTS.name, source, rows_read, clean, quarantine)
+
+
+@dataclass(frozen=True)
+class _EventRefs:
+    members: pd.Index  # clean member ids: events' member_id codes index these
+    items: pd.Index
+    latest: pd.Timestamp
+    max_id_length: int
+
+
+# Accepted events are kept as these arrays until the end (28 bytes a row).
+_COMPACT: dict[str, type[np.generic]] = {
+    "member_id": np.int32,
+    "item_id": np.int32,
+    "event_type": np.int8,
+    "ts": np.int64,  # microseconds since the epoch, UTC
+    "channel": np.int8,
+    "quantity": np.int16,
+    "amount": np.float64,
+}
+
+
+def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, dict[str, np.ndarray]]:
+    """Every check but the duplicate one, in docs/data.md order; compact values of all rows."""
+    v = _Verdicts(raw)
+    _check_utf8(v, EVENTS.columns)
+    member = _check_id_codes(v, "member_id", Reason.MISSING_MEMBER_ID, refs.max_id_length, refs.members)
+    item = _check_id_codes(v, "item_id", Reason.MISSING_ITEM_ID, refs.max_id_length, refs.items)
+    event_type = _vocabulary_codes(raw["event_type"], EVENT_TYPES)
+    v.flag(event_type < 0, Reason.UNKNOWN_EVENT_TYPE, "event_type")
+    channel = _vocabulary_codes(raw["channel"], EVENT_CHANNELS)
+    v.flag(channel < 0, Reason.UNKNOWN_CHANNEL, "channel")
+    ts = _timestamps(raw["ts"])
+    v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
+    v.flag(ts > refs.latest, Reason.FUTURE_TIMESTAMP, "ts")
+    quantity = _numbers(raw["quantity"])
+    q_unparsable = _unparsable(raw["quantity"], quantity)
+    q = quantity.fillna(1.0).to_numpy()
+    with np.errstate(invalid="ignore"):
+        bad_q = q_unparsable | ~np.isfinite(q) | (q != np.floor(q)) | (q < 1) | (q > MAX_QUANTITY)
+    v.flag(bad_q, Reason.BAD_QUANTITY, "quantity")
+    amount = _numbers(raw["amount"])
+    v.flag(_unparsable(raw["amount"], amount) | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
+    v.flag(amount < 0, Reason.NEGATIVE_AMOUNT, "amount")
+    v.flag(amount.isna().to_numpy(dtype=bool) & (event_type == _PURCHASE), Reason.MISSING_AMOUNT, "amount")
+    v.flag(member < 0, Reason.UNKNOWN_MEMBER, "member_id")
+    v.flag(item < 0, Reason.UNKNOWN_ITEM, "item_id")
+    ok = v.ok
+    compact = {
+        "member_id": member,
+        "item_id": item,
+        "event_type": event_type,
+        "ts": ts.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view(np.int64),
+        "channel": channel,
+        "quantity": np.where(ok, q, 1),
+        # + 0.0 turns -0.0 into 0.0, so the two count as the same amount in the duplicate check
+        "amount": amount.fillna(0.0).to_numpy() + 0.0,
+    }
+    return v, {name: compact[name].astype(dtype) for name, dtype in _COMPACT.items()}
+
+
+# _check_id_codes statuses below 0; 0 and up is the row in the reference ids.
+_UNKNOWN, _MISSING, _TOO_LONG, _BAD_CHARS = -1, -2, -3, -4
+
+
+def _check_id_codes(v: _Verdicts, column: str, missing: str, max_len: int, known: pd.Index) -> np.ndarray:
+    """Flag missing, too long and malformed ids; return each row's index in ``known`` (-1: not
+    there, flagged later in check order by the caller; other negatives: already flagged)."""
+
+    def status(text: pd.Series) -> np.ndarray:
+        ids = text.str.strip()
+        out = known.get_indexer(pd.Index(ids)).astype(np.int32)
+        out[~ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)] = _BAD_CHARS
+        out[(ids.str.len() > max_len).to_numpy(dtype=bool)] = _TOO_LONG
+        out[(ids == "").to_numpy(dtype=bool)] = _MISSING
+        return out
+
+    codes = _per_value(v.raw[column], status)
+    v.flag(codes == _MISSING, missing, column)
+    v.flag(codes == _TOO_LONG, Reason.ID_TOO_LONG, column)
+    v.flag(codes == _BAD_CHARS, Reason.BAD_ID_CHARS, column)
+    return codes
+
+
+def _vocabulary_codes(s: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Index of each (trimmed) value in ``vocabulary``; -1 where it is not one of them."""
+    index = pd.Index(list(vocabulary), dtype="str")
+    return _per_value(s, lambda t: index.get_indexer(pd.Index(t.str.strip())).astype(np.int8))
+
+
+class _KeptEvents:
+    """The accepted rows of all chunks as compact columns, their hashes, and where they came from.
+
+    Columns live in buffers of ``capacity`` rows that double when full (``np.empty``: pages are
+    only touched as rows arrive), so collecting 50M rows takes few large allocations instead of
+    many chunk-sized ones that fragment the heap, and the end result needs no concatenation.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.size = 0
+        self.columns = {name: np.empty(max(capacity, 1), dtype=dtype) for name, dtype in _COMPACT.items()}
+        self.hashes = np.empty(max(capacity, 1), dtype=np.uint64)
+        self.ok_bits: list[np.ndarray] = []  # np.packbits of each chunk's accepted-rows mask
+        self.offsets: list[int] = []  # source row of each chunk's first row
+        self.kept_offsets = [0]  # index of each chunk's first accepted row among all accepted
+
+    def add(self, compact: dict[str, np.ndarray], ok: np.ndarray, offset: int) -> None:
+        n = int(ok.sum())
+        stop = self.size + n
+        if stop > len(self.hashes):
+            self._grow(max(stop, 2 * len(self.hashes)))
+        chunk = {name: a[ok] for name, a in compact.items()}
+        for name, a in chunk.items():
+            self.columns[name][self.size : stop] = a
+        self.hashes[self.size : stop] = pd.util.hash_pandas_object(
+            pd.DataFrame(chunk), index=False
+        ).to_numpy()
+        self.size = stop
+        self.ok_bits.append(np.packbits(ok))
+        self.offsets.append(offset)
+        self.kept_offsets.append(stop)
+
+    def _grow(self, capacity: int) -> None:
+        # One column at a time, so growing costs one column's copy at most.
+        for name, old in list(self.columns.items()):
+            new = np.empty(capacity, dtype=old.dtype)
+            new[: self.size] = old[: self.size]
+            self.columns[name] = new
+            del old
+        hashes = np.empty(capacity, dtype=np.uint64)
+        hashes[: self.size] = self.hashes[: self.size]
+        self.hashes = hashes
+
+    def later_copies(self) -> np.ndarray:
+        """Indices (among accepted rows, file order) of exact repeats of an earlier accepted row."""
+        hashes = self.hashes[: self.size]
+        ordered = np.sort(hashes)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if not repeated.size:
+            return np.zeros(0, dtype=np.int64)
+        # Rows sharing a hash are candidates; the exact comparison of all seven values decides.
+        candidates = np.flatnonzero(pd.Series(hashes, copy=False).isin(repeated).to_numpy(dtype=bool))
+        values = pd.DataFrame({name: col[candidates] for name, col in self.columns.items()})
+        return candidates[values.duplicated(keep="first").to_numpy(dtype=bool)]
+
+    def source_rows(self, kept: np.ndarray) -> np.ndarray:
+        """Source rows of accepted rows ``kept``."""
+        chunk = np.searchsorted(np.asarray(self.kept_offsets), kept, side="right") - 1
+        local = kept - np.asarray(self.kept_offsets)[chunk]
+        out = np.empty(kept.size, dtype=np.int64)
+        for c in np.unique(chunk):
+            in_chunk = chunk == c
+            rows = np.flatnonzero(np.unpackbits(self.ok_bits[c]).astype(bool))
+            out[in_chunk] = self.offsets[c] + rows[local[in_chunk]]
+        return out
+
+    def assemble(self, drop: np.ndarray, refs: _EventRefs) -> pd.DataFrame:
+        """The clean events frame: all accepted rows except ``drop``; hands over the buffers."""
+        self.hashes = np.zeros(0, dtype=np.uint64)
+        keep = None
+        if drop.size:
+            keep = np.ones(self.size, dtype=bool)
+            keep[drop] = False
+        columns = {}
+        for name in _COMPACT:
+            col = self.columns.pop(name)[: self.size]
+            columns[name] = col if keep is None else col[keep]
+            del col
+        event_types = pd.Index(list(EVENT_TYPES), dtype="str")
+        channels = pd.Index(list(EVENT_CHANNELS), dtype="str")
+        return pd.DataFrame(
+            {
+                "member_id": _observed_categorical(columns.pop("member_id"), refs.members),
+                "item_id": _observed_categorical(columns.pop("item_id"), refs.items),
+                "event_type": pd.Categorical.from_codes(columns.pop("event_type"), categories=event_types),
+                "ts": pd.Series(columns.pop("ts").view("datetime64[us]"), copy=False).dt.tz_localize("UTC"),
+                "channel": pd.Categorical.from_codes(columns.pop("channel"), categories=channels),
+                "quantity": columns.pop("quantity"),
+                "amount": columns.pop("amount"),
+            },
+            copy=False,
+        )
+
+
+def _observed_categorical(codes: np.ndarray, ids: pd.Index) -> pd.Categorical:
+    """Categorical over the ids that occur (in ``ids`` order), like ``unique()`` of a text column."""
+    used = np.bincount(codes, minlength=len(ids)) > 0
+    recode = (np.cumsum(used) - 1).astype(codes.dtype)
+    return pd.Categorical.from_codes(recode[codes], categories=ids[used])
+
+
+def _duplicate_rows(read: Callable[[], Iterator[pd.DataFrame]], source_rows: np.ndarray) -> pd.DataFrame:
+    """Quarantine rows for the repeats at ``source_rows``, with their values as sent (read again)."""
+    wanted = np.sort(source_rows)
+    parts = []
+    offset = 0
+    for raw in read():
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(raw)])
+        if hi > lo:
+            rows = wanted[lo:hi]
+            parts.append(
+                _quarantine_rows(
+                    raw.iloc[rows - offset], rows, Reason.DUPLICATE_EVENT, "repeats an earlier accepted event"
+                )
+            )
+        offset += len(raw)
+    return pd.concat(parts, ignore_index=True)

@@ -36,7 +36,7 @@ class DataSettings(_Section):
     # Events later than now + this many seconds are quarantined as future timestamps.
     future_tolerance_s: int = Field(300, ge=0)
     # Events are validated this many rows at a time (memory stays flat from 1k to 50M events).
-    validate_chunk_rows: int = Field(1_000_000, ge=1)
+    validate_chunk_rows: int = Field(1_048_576, ge=1)  # pyarrow's default Parquet row group
 
 
 class TrainingSettings(_Section):

@@ -166,7 +166,8 @@ def prepare(dataset: DatasetLike) -> Prepared:
     member_ids = np.concatenate(
         [
             members["member_id"].astype(str).unique() if len(members) else np.array([], dtype=str),
-            events["member_id"].astype(str).unique(),
+            # unique first, then str: converting 50M categorical ids to str first costs GBs
+            np.asarray(pd.unique(events["member_id"]), dtype=object).astype(str),
         ]
     )
     member_map = IdMap.from_values(member_ids.astype(str))

@@ -89,7 +89,8 @@ class ErasureList:
 
 
 def _drop_members(frame: Any, erased: frozenset[str]) -> Any:
-    mask = frame[MEMBER_COLUMN].astype("string").isin(list(erased))
+    # isin works on categorical ids directly; casting 50M ids to strings first would cost GBs
+    mask = frame[MEMBER_COLUMN].isin(list(erased))
     return frame.loc[~mask].reset_index(drop=True) if bool(mask.any()) else frame
 
 
