@@ -22,6 +22,7 @@ or ``--shape``; see ``recsvc/bench/shapes.py``. Everything that is not Locust gl
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ from typing import Any
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import LoadTestShape, User, between, constant, constant_throughput, events
+from locust.runners import WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from recsvc.bench import shapes
 from recsvc.bench.loadconfig import LoadConfig, load_config
@@ -165,6 +168,32 @@ def _on_test_stop(environment: Any, **_: Any) -> None:
     ctx = _contexts.get(id(environment))
     if ctx is not None and ctx.timeline is not None and len(ctx.timeline):
         ctx.timeline.save(Path(environment.parsed_options.timeline_dir), f"{os.getpid()}")
+
+
+@events.test_stop.add_listener
+@events.quitting.add_listener
+def _write_final_stats(environment: Any, **_: Any) -> None:
+    """Rewrite Locust's ``--csv`` stats, failures and exceptions files from its final statistics.
+
+    Locust writes those files only from a greenlet that wakes every second and never again at
+    shutdown, so calls that end after its last wake-up (an in-flight call finishing during the
+    ``--stop-timeout`` grace period) are in the printed summary, the HTML report and the timeline
+    but not in the CSVs. test_stop comes after every user has stopped (the moment the timeline is
+    saved); quitting comes after a master has received its workers' final reports. Locust's
+    writer may still wake up afterwards: it then writes the same final figures into the same files.
+    """
+    opts = environment.parsed_options
+    prefix = getattr(opts, "csv_prefix", None) if opts is not None else None
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return  # workers send their figures to the master, which writes the files
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("_stats.csv", writer.requests_csv),
+        ("_failures.csv", writer.failures_csv),
+        ("_exceptions.csv", writer.exceptions_csv),
+    ):
+        with open(f"{prefix}{suffix}", "w") as fh:  # opened as Locust opens them: same bytes
+            write(csv.writer(fh))
 
 
 @events.quitting.add_listener

@@ -58,7 +58,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except RecsvcError as exc:
-            console.print(f"[bold red]error[/] {exc}")
+            console.print(f"[bold red]error[/] {exc}", soft_wrap=True)  # one line: scripts grep it
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -36,7 +36,7 @@ def _call(fn: Any, request: Any, timeout: float) -> Any:
     try:
         return fn(request, timeout=timeout)
     except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}")
+        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -228,7 +228,7 @@ def batch(
                 console.print(f"[bold]{result.member_id}[/]")
                 _print(result.response, as_json)
     except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}")
+        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
