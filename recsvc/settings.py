@@ -186,8 +186,9 @@ class SecuritySettings(_Section):
     api_keys_file: Path | None = None
     # Callers given in settings/environment (RECSVC_SECURITY__API_KEYS='[{"name":..}]'), added to the file's.
     api_keys: list[CallerKey] = Field(default_factory=list)
-    # Plaintext without API keys is allowed only on loopback and only when this is true.
-    allow_insecure_dev: bool = True
+    # Plaintext without API keys is allowed only on loopback and only when this is explicitly set
+    # (RECSVC_SECURITY__ALLOW_INSECURE_DEV=true; `recsvc demo` and `recsvc load run` set it).
+    allow_insecure_dev: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None  # set = mutual TLS (client certificates required)

@@ -391,6 +391,8 @@ def start_local_stack(
             "RECSVC_SECURITY__AUDIT_LOG": str(run_dir / "audit.log"),
         }
     )
+    # The local stack binds loopback; without configured API keys that needs the explicit dev switch.
+    env.setdefault("RECSVC_SECURITY__ALLOW_INSECURE_DEV", "true")
     say(f"starting redis-server ({redis.url}) and recsvc serve --workers {opts.workers} on {host}")
     server_log = (results / "server.log").open("w")
     stack.callback(server_log.close)

@@ -76,6 +76,8 @@ def demo(
             "OPENBLAS_NUM_THREADS": "1",
             "COLUMNS": env.get("COLUMNS", "150"),  # sub-commands print tables; not a TTY here
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            # The demo server has no API keys: allowed on loopback only, and only when said so.
+            "RECSVC_SECURITY__ALLOW_INSECURE_DEV": env.get("RECSVC_SECURITY__ALLOW_INSECURE_DEV", "true"),
             "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}",
             "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(workdir / "mlflow" / "artifacts"),
             "RECSVC_SERVING__BUNDLE_CACHE_DIR": str(workdir / "bundles"),

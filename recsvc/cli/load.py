@@ -171,7 +171,8 @@ def bench_inproc(
             {
                 "serving": {"model_uri": str(bundle.resolve()), "bundle_cache_dir": str(tmp / "bundles")},
                 "redis": {"url": url},
-                "security": {"audit_log": str(tmp / "audit.log")},
+                # in-process servicers on loopback, no callers but this one
+                "security": {"audit_log": str(tmp / "audit.log"), "allow_insecure_dev": True},
             }
         )
         stats = servicer_costs(settings, calls=calls, warmup=warmup)
@@ -223,6 +224,12 @@ def bench_throttle(
             f"pipelined from one client, {rates.batch} per round trip: "
             f"{rates.pipelined_check_per_s:,.0f} check decisions/s, "
             f"{rates.pipelined_reserve_per_s:,.0f} reserve decisions/s ({rates.decisions} each)",
+            "",
+            f"members' time zone {rates.timezone}; decisions by reason: "
+            + "; ".join(
+                f"{mode}: " + ", ".join(f"{r} {n}" for r, n in sorted(c.items()))
+                for mode, c in rates.reasons.items()
+            ),
         ]
     )
     payload = {
@@ -232,6 +239,8 @@ def bench_throttle(
         "pipelined_reserve_per_s": rates.pipelined_reserve_per_s,
         "batch": rates.batch,
         "decisions": rates.decisions,
+        "timezone": rates.timezone,
+        "reasons": rates.reasons,
     }
     _write(out, "throttle", payload, md)
 
@@ -384,3 +393,104 @@ def bench_pipeline(
         raise LoadRunError(
             f"{failed[0].name} failed with exit code {failed[0].exit_code}; see {failed[0].log}"
         )
+
+
+@bench.command("diversity")
+@friendly_errors
+def bench_diversity(
+    ctx: typer.Context,
+    bundle: Path = typer.Option(
+        ..., "--bundle", exists=True, file_okay=False, help="A bundle trained with --no-refit."
+    ),
+    data: Path = typer.Option(..., "--data", exists=True, file_okay=False, help="Its training data folder."),
+    diversities: str = typer.Option(
+        "0,0.1,0.3,0.5,0.8", "--diversities", help="MMR settings, comma-separated."
+    ),
+    k: int = typer.Option(10, "--k", min=1, max=200, help="List length (NDCG@k)."),
+    max_members: int = typer.Option(5000, "--max-members", min=1, help="Holdout members sampled."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+) -> None:
+    """NDCG@k against intra-list diversity and distinct categories per diversity setting, on the
+    holdout (last training.holdout_days) of the data a --no-refit bundle was trained on."""
+    from recsvc.bench.diversity import diversity_table, markdown
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    settings = app_state.settings()
+    values = [float(d) for d in diversities.split(",") if d.strip()]
+    if any(not 0 <= d <= 1 for d in values):
+        raise typer.BadParameter("--diversities must be between 0 and 1")
+    out = _bench_dir(results, "diversity trade-off")
+    machine = _machine()
+    rows, context = diversity_table(settings, bundle, data, values, k=k, max_members=max_members)
+    payload = {"machine": machine, "context": context, "rows": [r.as_dict() for r in rows]}
+    _write(out, "diversity", payload, markdown(rows))
+
+
+@bench.command("campaign")
+@friendly_errors
+def bench_campaign(
+    ctx: typer.Context,
+    bundle: Path = typer.Option(..., "--bundle", exists=True, file_okay=False, help="Bundle to serve."),
+    members: int = typer.Option(1_000_000, "--members", min=1, help="Audience size (synthetic ids)."),
+    channel: str = typer.Option("app_push", "--channel", help="Campaign channel."),
+    mode: str = typer.Option("dry-run,reserve", "--modes", help="dry-run and/or reserve, comma-separated."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Server processes."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+    workdir: Path = typer.Option(Path("var/load"), "--workdir", help="Run folders (Redis data, logs)."),
+) -> None:
+    """PlanCampaign over a large audience through gRPC: starts Redis and the server, gives every
+    member consent and a daytime time zone, then plans (dry run) and/or reserves, reading every
+    decision; reports decisions/s, server memory (RSS/PSS) and Redis memory."""
+    import os
+    from contextlib import ExitStack
+
+    import redis
+
+    from recsvc.bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
+    from recsvc.bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from recsvc.outreach.service import build_throttle
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    settings = app_state.settings()
+    modes = [m.strip() for m in mode.split(",") if m.strip()]
+    if not modes or any(m not in ("dry-run", "reserve") for m in modes):
+        raise typer.BadParameter("--modes takes dry-run and/or reserve")
+    out = _bench_dir(results, "PlanCampaign")
+    machine = _machine()
+    context: dict[str, str] = {}
+    runs = []
+    with ExitStack() as stack, sigterm_as_interrupt():
+        opts = LoadRunOptions(
+            bundle=bundle, workdir=workdir, workers=workers, settings_file=app_state.config_file
+        )
+        env = dict(os.environ)
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+        target, _ = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        url = env["RECSVC_REDIS__URL"]
+        client = redis.Redis.from_url(url)
+        stack.callback(client.close)
+        throttle = build_throttle(settings.model_copy(update={}), client, timeout_s=30.0)
+        tz = daytime_timezone()
+        say(f"giving {members:,} members consent on {channel} and time zone {tz}")
+        seeded = seed_profiles(throttle, members, channel, tz)
+        say(f"seeded in {seeded:.1f}s; planning")
+        for m in modes:
+            run = plan_campaign_over_grpc(
+                target, members, channel,
+                reserve=m == "reserve",
+                request_size=settings.outreach.max_plan_members,
+                redis_client=client,
+                server_pid=int(context["server pid"]),
+                seed_seconds=seeded,
+                timezone=tz,
+                campaign_id=f"bench-{m}",
+                metadata=tuple(),
+            )  # fmt: skip
+            say(f"{m}: {run.decisions:,} decisions in {run.seconds:.1f}s")
+            runs.append(run)
+            # after every mode, so a run stopped part-way keeps what it measured
+            payload = {"machine": machine, "context": context, "runs": [r.as_dict() for r in runs]}
+            _write(out, "campaign", payload, markdown(runs))

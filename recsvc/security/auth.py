@@ -188,7 +188,8 @@ def check_transport(settings: Settings, keys: KeyStore) -> None:
         if not sec.allow_insecure_dev:
             raise ConfigError(
                 "no API keys configured and security.allow_insecure_dev is false: set "
-                "security.api_keys_file (create keys with `recsvc keys create`)"
+                "security.api_keys_file (create keys with `recsvc keys create`), or for local "
+                "development on loopback only set RECSVC_SECURITY__ALLOW_INSECURE_DEV=true"
             )
         log.warning("no API keys configured: every caller is trusted (development only, loopback %s)", host)
 
