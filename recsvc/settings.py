@@ -73,11 +73,15 @@ class TrainingSettings(_Section):
     dormant_days: int = Field(120, ge=1)
     churned_days: int = Field(240, ge=1)
     popular_per_table: int = Field(200, ge=10)
+    # IVF (inverted lists over k-means cells, nprobe tuned to the target recall) is the default:
+    # on ALS factors, whose item norms span orders of magnitude, HNSW with inner product stayed
+    # below 0.95 recall even at efSearch 2048 (docs/benchmarks.md) and cost more than exact search.
+    ann_index: Literal["ivf", "hnsw"] = "ivf"
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(200, ge=16)
     hnsw_ef_search: int = Field(128, ge=16)
     exact_index_below: int = Field(5000, ge=0, description="item counts below this use an exact index")
-    ann_target_recall: float = Field(0.95, gt=0, le=1, description="HNSW efSearch grows until reached")
+    ann_target_recall: float = Field(0.95, gt=0, le=1, description="nprobe / efSearch grow until reached")
     ann_max_ef_search: int = Field(2048, ge=16)
     ann_queries: int = Field(2000, ge=10, description="member vectors used to measure ANN recall")
     eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")

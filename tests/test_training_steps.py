@@ -203,12 +203,36 @@ def test_ann_reaches_target_recall_and_small_kinds_are_exact() -> None:
     indexes, info = ann.build_indexes(
         vectors, kind, queries, exact_below=200, m=16, ef_construction=64, ef_search=16, k=10
     )
-    assert info["product"]["type"] == "hnsw_ip" and info["product"]["recall_at_k"] >= 0.95
+    assert info["product"]["type"] == "ivf_flat_ip" and info["product"]["recall_at_k"] >= 0.95
     assert info["content"]["type"] == "flat_ip"
     _, ids = indexes["content"].search(queries[:3], 5)
     assert (ids >= 500).all()  # ids are item rows, not positions in the kind
     _, ids = indexes["product"].search(queries[:3], 5)
     assert (ids < 500).all()
+
+
+def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import faiss
+
+    rng = np.random.default_rng(1)
+    # ALS-like: item norms spread over orders of magnitude
+    vectors = (rng.normal(size=(3000, 16)) * rng.lognormal(0, 1.0, size=(3000, 1))).astype(np.float32)
+    queries = rng.normal(size=(200, 16)).astype(np.float32)
+    kind = np.ones(3000, dtype=np.uint8)
+    indexes, info = ann.build_indexes(
+        vectors, kind, queries, exact_below=100, m=16, ef_construction=64, ef_search=16, k=20
+    )
+    assert info["product"]["recall_at_k"] >= 0.95 and info["product"]["nprobe"] <= info["product"]["nlist"]
+    faiss.write_index(indexes["product"], str(tmp_path / "ivf.faiss"))
+    loaded = faiss.read_index(str(tmp_path / "ivf.faiss"))  # serving reads it like this
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :20]
+    _, found = loaded.search(queries, 20)
+    hits = sum(np.intersect1d(f, e).size for f, e in zip(found, exact, strict=True))
+    assert hits / exact.size == pytest.approx(info["product"]["recall_at_k"])  # nprobe was saved
+    _, hinfo = ann.build_indexes(
+        vectors, kind, queries, exact_below=100, m=16, ef_construction=64, ef_search=16, k=20, method="hnsw"
+    )
+    assert hinfo["product"]["type"] == "hnsw_ip" and "ef_search" in hinfo["product"]
 
 
 def test_segments_on_hand_made_members() -> None:

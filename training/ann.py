@@ -1,5 +1,11 @@
 """Step 6: one FAISS inner-product index per item kind, and its recall against exact search.
 
+Default index: IVF-Flat with inner product, ``nprobe`` doubled until the measured recall@k against
+exact search reaches ``target_recall``. ALS item norms span orders of magnitude, and on such
+factors an inner-product HNSW graph stayed below 0.95 recall even at efSearch 2048 while costing
+more per query than exact search (measured on 95k products; docs/benchmarks.md); HNSW remains
+available with ``training.ann_index = "hnsw"``.
+
 Reads: item factors, item kinds, query vectors (a sample of trained member factors: what serving
 searches with) and the HNSW settings.
 Writes: ``{"product": index, "content": index}`` whose ids are item rows (``IndexIDMap``), plus
@@ -13,6 +19,7 @@ stored in the index file and the manifest.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +39,30 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
+def _tune(
+    search: Callable[[], np.ndarray],
+    set_param: Callable[[int], None],
+    start: int,
+    stop: int,
+    truth: np.ndarray,
+    target_recall: float,
+    what: str,
+    size: int,
+) -> tuple[int, float]:
+    """Double the search-effort parameter from ``start`` until recall reaches the target or ``stop``."""
+    value = start
+    while True:
+        set_param(value)
+        recall = _recall(search(), truth)
+        log.info("ann recall size=%d %s=%d recall=%.4f", size, what, value, recall)
+        if recall >= target_recall or value >= stop:
+            break
+        value = min(value * 2, stop)
+    if recall < target_recall:
+        log.warning("ann recall %.3f below target %.2f at %s=%d", recall, target_recall, what, value)
+    return value, recall
+
+
 def build_index(
     vectors: np.ndarray,
     rows: np.ndarray,
@@ -44,41 +75,67 @@ def build_index(
     k: int,
     target_recall: float,
     max_ef_search: int,
+    method: str = "ivf",
 ) -> tuple[Any, dict[str, Any]]:
     import faiss
 
     d = int(vectors.shape[1])
     xb = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = rows.astype(np.int64)
+    index: Any
     if rows.size < exact_below:
         index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         index.add_with_ids(xb, ids)
         return index, {"type": "flat_ip", "size": int(rows.size), "recall_at_k": 1.0, "k": k}
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    kk = min(k, rows.size)
+    truth = np.zeros((0, kk), dtype=np.int64)
+    if q.shape[0]:
+        exact = faiss.IndexIDMap(faiss.IndexFlatIP(d))
+        exact.add_with_ids(xb, ids)
+        _, truth = exact.search(q, kk)
+
+    def search_ids() -> np.ndarray:
+        return np.asarray(index.search(q, kk)[1])
+
+    info: dict[str, Any] = {"size": int(rows.size), "k": k}
+    if method == "ivf":
+        # sqrt(n) cells: the usual balance between cell scan and list scan cost.
+        nlist = int(max(16, min(65536, round(np.sqrt(rows.size)))))
+        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(xb)
+        index.add_with_ids(xb, ids)
+        ivf = faiss.extract_index_ivf(index)
+        info.update(type="ivf_flat_ip", nlist=nlist)
+
+        def set_nprobe(v: int) -> None:
+            ivf.nprobe = v
+
+        if q.shape[0] == 0:
+            set_nprobe(min(nlist, 32))
+            info.update(nprobe=ivf.nprobe, recall_at_k=float("nan"))
+            return index, info
+        nprobe, recall = _tune(
+            search_ids, set_nprobe, min(8, nlist), nlist, truth, target_recall, "nprobe", rows.size
+        )
+        info.update(nprobe=nprobe, recall_at_k=float(recall))
+        return index, info
     hnsw = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = ef_construction
     index = faiss.IndexIDMap(hnsw)
     index.add_with_ids(xb, ids)
-    info: dict[str, Any] = {"type": "hnsw_ip", "size": int(rows.size), "m": m, "k": k}
-    if queries.shape[0] == 0:
-        hnsw.hnsw.efSearch = ef_search
+    info.update(type="hnsw_ip", m=m)
+
+    def set_ef(v: int) -> None:
+        hnsw.hnsw.efSearch = v
+
+    if q.shape[0] == 0:
+        set_ef(ef_search)
         info.update(ef_search=ef_search, recall_at_k=float("nan"))
         return index, info
-    exact = faiss.IndexIDMap(faiss.IndexFlatIP(d))
-    exact.add_with_ids(xb, ids)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    kk = min(k, rows.size)
-    _, truth = exact.search(q, kk)
-    ef = ef_search
-    while True:
-        hnsw.hnsw.efSearch = ef
-        _, found = index.search(q, kk)
-        recall = _recall(found, truth)
-        log.info("ann recall size=%d ef_search=%d recall_at_%d=%.4f", rows.size, ef, kk, recall)
-        if recall >= target_recall or ef >= max_ef_search:
-            break
-        ef = min(ef * 2, max_ef_search)
-    if recall < target_recall:
-        log.warning("ann recall %.3f below target %.2f at ef_search=%d", recall, target_recall, ef)
+    ef, recall = _tune(
+        search_ids, set_ef, ef_search, max_ef_search, truth, target_recall, "ef_search", rows.size
+    )
     info.update(ef_search=ef, recall_at_k=float(recall))
     return index, info
 
@@ -95,6 +152,7 @@ def build_indexes(
     k: int = 20,
     target_recall: float = 0.95,
     max_ef_search: int = 2048,
+    method: str = "ivf",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Indexes by kind name over the item rows that have a non-zero vector."""
     indexes: dict[str, Any] = {}
@@ -116,6 +174,7 @@ def build_indexes(
             k=k,
             target_recall=target_recall,
             max_ef_search=max_ef_search,
+            method=method,
         )
     return indexes, info
 

@@ -298,6 +298,7 @@ def run(
                     ef_search=t.hnsw_ef_search,
                     target_recall=t.ann_target_recall,
                     max_ef_search=t.ann_max_ef_search,
+                    method=t.ann_index,
                 )
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)
@@ -338,9 +339,10 @@ def run(
                     if isinstance(info, dict) and np.isfinite(info.get("recall_at_k", np.nan))
                 }
                 ann_metrics |= {
-                    f"ann.{kind}.ef_search": info["ef_search"]
+                    f"ann.{kind}.{param}": info[param]
                     for kind, info in index_info.items()
-                    if isinstance(info, dict) and "ef_search" in info
+                    for param in ("ef_search", "nprobe", "nlist")
+                    if isinstance(info, dict) and param in info
                 }
                 mlflow.log_metrics(
                     {k: v for k, v in metrics.items() if np.isfinite(v)}

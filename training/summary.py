@@ -56,7 +56,8 @@ def summary_tables(report: Any) -> list[Table]:
             run.add_row(
                 f"index {kind}",
                 f"{info['type']} size={info['size']} recall@{info['k']}={info['recall_at_k']:.3f}"
-                + (f" efSearch={info['ef_search']}" if "ef_search" in info else ""),
+                + (f" efSearch={info['ef_search']}" if "ef_search" in info else "")
+                + (f" nlist={info['nlist']} nprobe={info['nprobe']}" if "nprobe" in info else ""),
             )
     run.add_row("time", " ".join(f"{k}={v:.1f}s" for k, v in report.timings.items()))
     return [metrics, run]
