@@ -340,3 +340,23 @@ def test_measure_times_every_call() -> None:
     assert len(calls) == 220 and stats.calls == 200
     assert 0 < stats.p50_us <= stats.p99_us <= stats.max_us
     assert stats.calls_per_s > 1000
+
+
+def test_daytime_timezone_is_outside_default_quiet_hours() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from recsvc.bench.campaign import daytime_timezone
+
+    for hour in range(24):
+        now = datetime(2026, 11, 23, hour, 30, tzinfo=UTC)
+        local = now.astimezone(ZoneInfo(daytime_timezone(now)))
+        assert 10 <= local.hour < 19, (hour, local)
+
+
+def test_campaign_audience_ids_are_distinct_and_bounded() -> None:
+    from recsvc.bench.campaign import audience
+
+    ids = list(audience(1234))
+    assert len(ids) == len(set(ids)) == 1234
+    assert ids[0] == "BENCH-C0000000"

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -126,6 +127,8 @@ class ThrottleRates:
     pipelined_reserve_per_s: float
     batch: int
     decisions: int
+    timezone: str = ""
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # mode -> reason -> count
 
 
 def throttle_rates(
@@ -137,16 +140,22 @@ def throttle_rates(
     single_calls: int = 5000,
 ) -> ThrottleRates:
     """Decisions per second from one client against the Redis behind ``redis_client``. Members
-    get consent on every channel first, so decisions run the whole policy, not the cheap refusal."""
+    get consent on every channel and a time zone where it is daytime now first, so decisions run the
+    whole policy, not the cheap NO_CONSENT or QUIET_HOURS refusal; the reasons are counted."""
+    from recsvc.bench.campaign import daytime_timezone
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.throttle import OutreachAsk
 
     throttle = build_throttle(settings, redis_client)
     channels = ("app_push", "mini_program_subscribe", "wecom", "official_account", "sms")
     ids = [f"BENCH-{i:07d}" for i in range(members)]
-    for m in ids:
-        for ch in channels:
-            throttle.set_consent(m, ch, True)
+    tz = daytime_timezone()
+    at = int(time.time() * 1000) - 60_000
+    throttle.import_profiles(
+        timezones=((m, tz) for m in ids),
+        consents=((m, ch, True, at) for m in ids for ch in channels),
+        chunk=2000,
+    )
     rng = np.random.default_rng(0)
 
     def asks(n: int, prefix: str) -> list[OutreachAsk]:
@@ -162,14 +171,21 @@ def throttle_rates(
             for i, (p, c) in enumerate(zip(pick, chans, strict=True))
         ]
 
+    reasons: dict[str, Counter[str]] = {"single": Counter(), "check": Counter(), "reserve": Counter()}
     nxt = _cycle(asks(single_calls + 200, "single"))
-    single = measure("throttle decision (one round trip)", lambda: throttle.check(nxt()), single_calls, 200)
+
+    def one() -> None:
+        reasons["single"][throttle.check(nxt()).reason] += 1
+
+    single = measure("throttle decision (one round trip)", one, single_calls, 200)
 
     def pipelined(reserve: bool) -> float:
-        work = asks(decisions, "reserve" if reserve else "check")
+        mode = "reserve" if reserve else "check"
+        work = asks(decisions, mode)
         t0 = time.perf_counter()
         for i in range(0, len(work), batch):
-            throttle.decide_many(work[i : i + batch], reserve=reserve)
+            for d in throttle.decide_many(work[i : i + batch], reserve=reserve):
+                reasons[mode][d.reason] += 1
         return len(work) / (time.perf_counter() - t0)
 
     return ThrottleRates(
@@ -178,4 +194,6 @@ def throttle_rates(
         pipelined_reserve_per_s=pipelined(True),
         batch=batch,
         decisions=decisions,
+        timezone=tz,
+        reasons={mode: dict(c) for mode, c in reasons.items()},
     )
