@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.localstack import LocalRedis, free_port, redis_server_binary
-
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+from recsvc.localstack import LocalRedis
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -20,20 +18,16 @@ for _key in [k for k in os.environ if k.startswith("RECSVC_")]:
     del os.environ[_key]
 
 
-class RedisServer(LocalRedis):
-    """Kept as a name for tests that start and kill their own server."""
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
+def redis_url(redis_server: LocalRedis) -> Iterator[str]:
     """A clean database on the shared real server for each test."""
     import redis
 

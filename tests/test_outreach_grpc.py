@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from conftest import RedisServer
 from test_outreach_support import CONSENTED, FakeRecommendations, WalkClock, local
 
+from recsvc.localstack import LocalRedis as RedisServer
 from recsvc.outreach.service import OutreachServicer, build_outreach_servicer
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.settings import load_settings

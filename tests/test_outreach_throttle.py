@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from conftest import RedisServer
 from test_outreach_support import CONSENTED, WalkClock, local, make_throttle, policy_text, utc_ms
 
 from recsvc.errors import StoreUnavailable
+from recsvc.localstack import LocalRedis as RedisServer
 from recsvc.outreach.planning import plan_campaign
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.service import throttle_client

@@ -83,7 +83,7 @@ def test_forget_is_idempotent(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_redis_down_still_lists_member_and_says_repeat(tmp_path: Path) -> None:
-    from conftest import free_port
+    from recsvc.localstack import free_port
 
     r = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
     erasures, audit = _deps(tmp_path)

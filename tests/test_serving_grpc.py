@@ -359,7 +359,7 @@ def test_metrics_split_by_method_source_and_variant(srv: RunningServer, planted:
 
 
 def test_redis_down_still_serves_from_the_bundle(planted: PlantedBundle, tmp_path: Path) -> None:
-    from conftest import RedisServer
+    from recsvc.localstack import LocalRedis as RedisServer
 
     redis = RedisServer(tmp_path)
     redis.start()

@@ -10,10 +10,10 @@ import grpc
 import psutil
 import pytest
 from bundle_factory import make_bundle
-from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from serving_harness import serve_subprocess, stop_subprocess, wait_serving
 
+from recsvc.localstack import free_port
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
