@@ -234,17 +234,6 @@ class Settings(BaseSettings):
         return (init_settings,)
 
 
-def _check_env_names(environ: dict[str, str]) -> None:
-    sections = Settings.model_fields
-    for key in environ:
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
-            continue
-        parts = key[len(ENV_PREFIX) :].lower().split("__")
-        section = sections.get(parts[0])
-        if section is None or (len(parts) > 1 and parts[1] not in section.annotation.model_fields):  # type: ignore[union-attr]
-            raise ConfigError(f"unknown setting in environment: {key}")
-
-
 def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     """A TOML file as a dict; ConfigError naming the file when it is missing or malformed."""
     import tomllib
@@ -276,11 +265,11 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
 
     Precedence: ``overrides`` > ``RECSVC_*`` environment > TOML file > defaults.
     """
-    _check_env_names(dict(os.environ))
+    env_values = _env_values()  # first: a misspelt RECSVC_ name is reported before file problems
     env_file = os.environ.get(CONFIG_ENV)
     path = config_file or (Path(env_file) if env_file else None)
     values = read_toml(path) if path else {}
-    values = merge_tables(values, _env_values())
+    values = merge_tables(values, env_values)
     values = merge_tables(values, overrides or {})
     try:
         return Settings(**values)
@@ -289,14 +278,20 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
 
 
 def _env_values() -> dict[str, Any]:
-    """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables."""
+    """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables.
+
+    Raises ConfigError for a name that is no setting (unknown section or field)."""
     import json
 
+    sections = Settings.model_fields
     out: dict[str, Any] = {}
     for key, raw in os.environ.items():
         if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
+        section = sections.get(parts[0])
+        if section is None or (len(parts) > 1 and parts[1] not in section.annotation.model_fields):  # type: ignore[union-attr]
+            raise ConfigError(f"unknown setting in environment: {key}")
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
