@@ -34,7 +34,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recsvc.errors import BundleError
 from recsvc.idmap import IdMap
+from recsvc.mapped import load_array
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -252,9 +253,8 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    mode: Literal["r"] | None = "r" if mmap else None
     try:
-        arrays = {name: np.load(bundle_dir / f"{name}.npy", mmap_mode=mode) for name in _ARRAYS}
+        arrays = {name: load_array(bundle_dir / f"{name}.npy", mmap=mmap) for name in _ARRAYS}
         members = IdMap.load(bundle_dir / "member_ids.npy", mmap=mmap)
         items = IdMap.load(bundle_dir / "item_ids.npy", mmap=mmap)
         titles = json.loads((bundle_dir / "item_titles.json").read_text())

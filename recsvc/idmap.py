@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recsvc.mapped import load_array
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
 ID_CHARSET_DOC = "letters, digits and _ . : @ -"
 
@@ -36,7 +38,7 @@ class IdMap:
 
     @classmethod
     def load(cls, path: Path, mmap: bool = True) -> IdMap:
-        return cls(np.load(path, mmap_mode="r" if mmap else None))
+        return cls(load_array(path, mmap=mmap))
 
     def save(self, path: Path) -> None:
         np.save(path, np.ascontiguousarray(self._ids))

@@ -72,7 +72,9 @@ def test_round_trip_keeps_every_array_and_table(tmp_path: Path, contents: Bundle
     q = np.ascontiguousarray(contents.member_factors[np.abs(contents.member_factors).sum(1) > 0][:2])
     _, ids = b.indexes["product"].search(q, 3)
     assert (contents.item_kind[ids[ids >= 0]] == 1).all()
-    assert isinstance(b.arrays["member_factors"], np.memmap)
+    # A plain ndarray view over a read-only memory map: pages shared between processes.
+    mf = b.arrays["member_factors"]
+    assert type(mf) is np.ndarray and isinstance(mf.base, np.memmap) and not mf.flags.writeable
 
 
 def test_other_schema_version_is_refused_by_name(tmp_path: Path, contents: BundleContents) -> None:

@@ -21,7 +21,7 @@ def test_save_load_mmap(tmp_path) -> None:  # type: ignore[no-untyped-def]
     m = IdMap.from_values([f"item{i}" for i in range(100)])
     m.save(tmp_path / "ids.npy")
     loaded = IdMap.load(tmp_path / "ids.npy")
-    assert isinstance(loaded.array, np.memmap)
+    assert isinstance(loaded.array.base, np.memmap)  # a view over a memory map
     assert loaded.row("item42") == m.row("item42")
 
 

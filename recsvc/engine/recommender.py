@@ -12,7 +12,7 @@ Also implements ``RecommendationPort`` for in-process callers (outreach).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Container, Iterator
+from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,10 +132,7 @@ class RecommendationEngine:
         else:
             picks, scores = self._retrieve(model, vector, kind, k, filters, excluded)
             reasons = self._reasons(model, picks, hist_rows, hist_w, ev_rows, ev_w, bought_rows)
-            items = [
-                self._item(model, r, s, reason, source)
-                for r, s, reason in zip(picks, scores, reasons, strict=True)
-            ]
+            items = self._items(model, picks, scores, reasons, source)
         resp = recommender_pb2.RecommendResponse(
             items=items,
             model_version=model.version,
@@ -193,11 +190,12 @@ class RecommendationEngine:
             rows, scores = rows[order], scores[order]
         picks = mmr(
             scores,
-            model.item_factors[rows],
+            model.item_factors[rows] / model.item_norms[rows, None],
             k,
             filters.diversity,
             categories=model.item_category[rows],
             max_per_category=self._settings.max_per_category,
+            unit=True,
         )
         return rows[picks], scores[picks]
 
@@ -211,20 +209,26 @@ class RecommendationEngine:
         filters: FilterSpec,
         excluded: np.ndarray,
     ) -> list[common_pb2.RecommendedItem]:
-        out: list[common_pb2.RecommendedItem] = []
+        rows: list[int] = []
+        scores: list[float] = []
         taken: set[int] = set()
         for plist in model.popular_for(segment, channel or "all", kind):
             keep = filters.mask(model, plist.rows, excluded)
-            for r, s in zip(plist.rows[keep], plist.scores[keep], strict=True):
-                ri = int(r)
-                if ri in taken:
+            for r, sc in zip(plist.rows[keep].tolist(), plist.scores[keep].tolist(), strict=True):
+                if r in taken:
                     continue
-                taken.add(ri)
-                where = f"{segment} members" if segment != "all" else "members"
-                out.append(self._item(model, ri, float(s), f"popular with {where}", SOURCE_POPULAR))
-                if len(out) >= k:
-                    return out
-        return out
+                taken.add(r)
+                rows.append(r)
+                scores.append(sc)
+                if len(rows) >= k:
+                    break
+            if len(rows) >= k:
+                break
+        where = f"{segment} members" if segment != "all" else "members"
+        reason = f"popular with {where}"
+        return self._items(
+            model, np.asarray(rows, dtype=np.int64), np.asarray(scores), [reason] * len(rows), SOURCE_POPULAR
+        )
 
     def _reasons(
         self,
@@ -249,28 +253,48 @@ class RecommendationEngine:
             rows = rows[top]
         rows = np.unique(rows)
         contrib = np.asarray(model.item_factors[rows]) @ np.asarray(model.item_factors[picks]).T
-        best = rows[np.argmax(contrib, axis=0)]
+        best = rows[contrib.argmax(axis=0)].tolist()
         bought = set(bought_rows.tolist())
-        return [
-            f"because you {'bought' if int(b) in bought else 'viewed'} {model.titles[int(b)]}" for b in best
-        ]
+        titles = model.titles
+        return [f"because you {'bought' if b in bought else 'viewed'} {titles[b]}" for b in best]
 
-    def _item(
-        self, model: ServedModel, row: int, score: float, reason: str, source: str
-    ) -> common_pb2.RecommendedItem:
-        row = int(row)
-        cat = int(model.item_category[row])
-        brand = int(model.item_brand[row])
-        return common_pb2.RecommendedItem(
-            item_id=model.items.id(row),
-            score=float(score),
-            reason=reason,
-            source=source,
-            kind=_PB_KIND.get(model.kind_of(row), common_pb2.ITEM_KIND_UNSPECIFIED),
-            category=model.categories[cat] if 0 <= cat < len(model.categories) else "",
-            brand=model.brands[brand] if 0 <= brand < len(model.brands) else "",
-            title=model.titles[row],
-        )
+    def _items(
+        self,
+        model: ServedModel,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        reasons: Sequence[str],
+        source: str,
+    ) -> list[common_pb2.RecommendedItem]:
+        """Response items for ``rows``: attributes looked up once for the whole list."""
+        rows_l = np.asarray(rows, dtype=np.int64).tolist()
+        if not rows_l:
+            return []
+        idx = np.asarray(rows_l, dtype=np.int64)
+        cats, brands, titles = model.categories, model.brands, model.titles
+        n_cat, n_brand = len(cats), len(brands)
+        return [
+            common_pb2.RecommendedItem(
+                item_id=item_id,
+                score=score,
+                reason=reason,
+                source=source,
+                kind=_PB_KIND.get(kind, common_pb2.ITEM_KIND_UNSPECIFIED),
+                category=cats[cat] if 0 <= cat < n_cat else "",
+                brand=brands[brand] if 0 <= brand < n_brand else "",
+                title=titles[row],
+            )
+            for row, item_id, score, reason, kind, cat, brand in zip(
+                rows_l,
+                model.items.ids(rows_l),
+                np.asarray(scores, dtype=np.float64).tolist(),
+                reasons,
+                model.item_kind[idx].tolist(),
+                model.item_category[idx].tolist(),
+                model.item_brand[idx].tolist(),
+                strict=True,
+            )
+        ]
 
     # ---- items -----------------------------------------------------------------------------
     def similar(self, item_id: str, kind: int | None, k: int, filters: FilterSpec) -> Recommendation:
@@ -293,7 +317,7 @@ class RecommendationEngine:
             model, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
         )
         reason = f"similar to {model.titles[row]}"
-        items = [self._item(model, r, s, reason, SOURCE_SIMILAR) for r, s in zip(picks, scores, strict=True)]
+        items = self._items(model, picks, scores, [reason] * picks.shape[0], SOURCE_SIMILAR)
         resp = recommender_pb2.RecommendResponse(items=items, model_version=model.version, variant=variant)
         return Recommendation(response=resp, source=SOURCE_SIMILAR)
 
