@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 
-from recsvc.server.app import ServerDeps, build_deps, build_server
+from recsvc.server.aio_host import AioServerHost
+from recsvc.server.app import ServerDeps, build_deps, build_server, shutdown
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -40,7 +41,7 @@ def serving_settings(model_uri: str, redis_url: str, tmp: Path, **serving: Any) 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: AioServerHost
     deps: ServerDeps
     channel: grpc.Channel
 
@@ -67,12 +68,7 @@ def running_server(
         yield RunningServer(server, deps, channel)
     finally:
         channel.close()
-        deps.models.stop()
-        server.stop(grace=0)
-        for close in deps.on_close:
-            close()
-        if deps.redis_client is not None:
-            deps.redis_client.close()
+        shutdown(server, deps, grace_s=0)
 
 
 def serve_subprocess(env_overrides: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

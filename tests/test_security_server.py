@@ -21,7 +21,7 @@ from recsvc.keys import member_key
 from recsvc.security.audit import verify
 from recsvc.security.auth import caller_toml, new_key
 from recsvc.security.privacy import Pseudonymizer
-from recsvc.server.app import build_deps, build_server
+from recsvc.server.app import build_deps, build_server, shutdown
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import (
     admin_pb2,
@@ -80,10 +80,7 @@ def secured_server(settings: Settings, keys: dict[str, str]) -> Iterator[Secured
     finally:
         client.close()
         channel.close()
-        deps.models.stop()
-        server.stop(grace=0)
-        if deps.redis_client is not None:
-            deps.redis_client.close()
+        shutdown(server, deps, grace_s=0)
 
 
 @pytest.fixture(scope="module")

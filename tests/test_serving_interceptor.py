@@ -1,9 +1,11 @@
 """The error interceptor on a real gRPC server: typed errors keep their code, anything unexpected
-becomes INTERNAL (never UNKNOWN), for unary and server-streaming handlers alike."""
+becomes INTERNAL (never UNKNOWN), for unary and server-streaming handlers alike, on a thread-pool
+server and on the aio server recsvc serves with (plain handlers in its thread pool, ``async def``
+handlers on its loop)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -11,6 +13,8 @@ import grpc
 import pytest
 
 from recsvc.errors import NotFound
+from recsvc.server.aio_host import AioServerHost
+from recsvc.server.handlers import SyncInterceptorAdapter
 from recsvc.server.interceptors import ErrorInterceptor
 
 SERVICE = "test.Boom"
@@ -35,20 +39,50 @@ def _stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
     raise KeyError("boom")
 
 
-@pytest.fixture
-def channel() -> Iterator[grpc.Channel]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorInterceptor()])
+async def _async_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return _unary(request, context)  # type: ignore[arg-type]
+
+
+async def _async_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    for item in _stream(request, context):  # type: ignore[arg-type]
+        yield item
+
+
+def _handlers(asynchronous: bool) -> Any:
+    unary, stream = (_async_unary, _async_stream) if asynchronous else (_unary, _stream)
     handlers: dict[str, Any] = {
-        "Unary": grpc.unary_unary_rpc_method_handler(_unary, _identity, _identity),
-        "Stream": grpc.unary_stream_rpc_method_handler(_stream, _identity, _identity),
+        "Unary": grpc.unary_unary_rpc_method_handler(unary, _identity, _identity),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream, _identity, _identity),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    return (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+
+
+@pytest.fixture(params=["thread-pool", "aio-sync-handlers", "aio-async-handlers"])
+def channel(request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
+    server: Any
+    if request.param == "thread-pool":
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorInterceptor()])
+        server.add_generic_rpc_handlers(_handlers(False))
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        ports: list[int] = []
+
+        def build() -> grpc.aio.Server:
+            aio = grpc.aio.server(
+                migration_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
+                interceptors=[SyncInterceptorAdapter(ErrorInterceptor())],
+            )
+            aio.add_generic_rpc_handlers(_handlers(request.param == "aio-async-handlers"))
+            ports.append(aio.add_insecure_port("127.0.0.1:0"))
+            return aio
+
+        server = AioServerHost(build)
+        port = ports[0]
     server.start()
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield ch
     ch.close()
-    server.stop(grace=0)
+    assert server.stop(grace=0).wait(10)
 
 
 def test_unary(channel: grpc.Channel) -> None:

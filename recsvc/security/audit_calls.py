@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from recsvc.security.auth import current_caller
+from recsvc.server.handlers import is_async
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ class AuditInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
         method = handler_call_details.method
 
-        def audited(request: Any, context: grpc.ServicerContext) -> Any:
-            response = inner(request, context)  # raises on any failure: nothing to audit then
+        def record(request: Any, response: Any) -> Any:
             event, fields = describe(request, response)
             caller = current_caller.get()
             try:
@@ -70,4 +70,13 @@ class AuditInterceptor(grpc.ServerInterceptor):
                 log.exception("event=audit_write_failed method=%s", method)
             return response
 
-        return handler._replace(unary_unary=audited)  # type: ignore[attr-defined]
+        # The handler raises on any failure: nothing to audit then.
+        def audited(request: Any, context: grpc.ServicerContext) -> Any:
+            return record(request, inner(request, context))
+
+        async def audited_async(request: Any, context: Any) -> Any:
+            return record(request, await inner(request, context))
+
+        return handler._replace(  # type: ignore[attr-defined]
+            unary_unary=audited_async if is_async(inner) else audited
+        )

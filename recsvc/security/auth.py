@@ -30,6 +30,7 @@ import grpc
 from pydantic import ValidationError
 
 from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated
+from recsvc.server.handlers import is_async
 from recsvc.settings import CallerKey, Settings
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,22 @@ def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMeth
     def wrap(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
         if fn is None:
             return None
+        if is_async(fn):
+            # aio handlers run as their own task: setting the caller in it is enough.
+            if handler.response_streaming:
+
+                async def arun_stream(request: Any, context: Any) -> Any:
+                    current_caller.set(caller)
+                    async for item in fn(request, context):
+                        yield item
+
+                return arun_stream
+
+            async def arun(request: Any, context: Any) -> Any:
+                current_caller.set(caller)
+                return await fn(request, context)
+
+            return arun
 
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             token = current_caller.set(caller)

@@ -1,7 +1,8 @@
 """Composition root: ``build_deps`` builds what a server process needs (one Redis client, the
 real-time store, the model registry, the engine, metrics); ``build_server`` turns them into a
-``grpc.Server`` with the Recommender (and Outreach, when given) services, gRPC health, server
-reflection and interceptors. Nothing else in recsvc creates clients or reads settings.
+server (``grpc.aio``, see ``aio_host``) with the Recommender (and Outreach, when given)
+services, gRPC health, server reflection and interceptors. Nothing else in recsvc creates
+clients or reads settings.
 
 Hooks for other parts of recsvc (see docs/operations.md):
 
@@ -34,6 +35,8 @@ from recsvc.metrics import ServingMetrics
 from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
 from recsvc.realtime import RealtimeStore, make_redis_client
 from recsvc.security.wiring import secure_deps
+from recsvc.server.aio_host import AioServerHost
+from recsvc.server.handlers import SyncInterceptorAdapter
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.settings import Settings
@@ -54,7 +57,7 @@ class ServerDeps:
     redis_client: redis.Redis | None = None
     outreach_servicer: Any | None = None
     extra_interceptors: Sequence[grpc.ServerInterceptor] = ()
-    extra_services: Sequence[Callable[[grpc.Server], str]] = ()
+    extra_services: Sequence[Callable[[grpc.aio.Server], str]] = ()
     server_credentials: grpc.ServerCredentials | None = None
     # ReloadModel fan-out to the other processes/replicas (Redis pub/sub); None = this process only.
     reload_broadcast: ReloadBroadcast | None = None
@@ -108,20 +111,41 @@ def build_deps(
     return deps
 
 
-def build_server(settings: Settings, deps: ServerDeps) -> grpc.Server:
-    """A bound, not yet started ``grpc.Server``; ``deps.bound_port`` holds its port."""
+def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
+    """A bound, not yet started server (``grpc.aio`` on its own loop thread, see
+    ``recsvc.server.aio_host``); ``deps.bound_port`` holds its port."""
     s = settings.serving
-    options = [
-        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=s.threads_per_worker, thread_name_prefix="recsvc-rpc"),
-        interceptors=[ErrorInterceptor(), *deps.extra_interceptors],
-        options=options,
-        maximum_concurrent_rpcs=s.threads_per_worker * 64,
-    )
+
+    def build() -> grpc.aio.Server:
+        options = [
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+        interceptors = [ErrorInterceptor(), *deps.extra_interceptors]
+        server = grpc.aio.server(
+            # Runs the synchronous handlers (outreach, admin, health, streams, ReloadModel).
+            migration_thread_pool=futures.ThreadPoolExecutor(
+                max_workers=s.threads_per_worker, thread_name_prefix="recsvc-rpc"
+            ),
+            interceptors=[SyncInterceptorAdapter(i) for i in interceptors],
+            options=options,
+            maximum_concurrent_rpcs=s.threads_per_worker * 64,
+        )
+        _add_services(settings, deps, server)
+        address = f"{s.host}:{s.port}"
+        if deps.server_credentials is not None:
+            deps.bound_port = server.add_secure_port(address, deps.server_credentials)
+        else:
+            deps.bound_port = server.add_insecure_port(address)
+        return server
+
+    host = AioServerHost(build)
+    log.info("event=server_built address=%s:%d", s.host, deps.bound_port)
+    return host
+
+
+def _add_services(settings: Settings, deps: ServerDeps, server: grpc.aio.Server) -> None:
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(
             settings, deps.engine, deps.models, deps.realtime, deps.metrics, deps.reload_broadcast
@@ -135,6 +159,7 @@ def build_server(settings: Settings, deps: ServerDeps) -> grpc.Server:
     for add in deps.extra_services:
         names.append(add(server))
 
+    # The thread-safe (synchronous) health servicer: model loads flip it from other threads.
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     deps.health = health_servicer
@@ -149,17 +174,10 @@ def build_server(settings: Settings, deps: ServerDeps) -> grpc.Server:
 
     deps.models.set_on_loaded(on_loaded)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-
-    address = f"{s.host}:{s.port}"
-    if deps.server_credentials is not None:
-        deps.bound_port = server.add_secure_port(address, deps.server_credentials)
-    else:
-        deps.bound_port = server.add_insecure_port(address)
-    log.info("event=server_built address=%s:%d services=%s", s.host, deps.bound_port, ",".join(names))
-    return server
+    log.info("event=services_added services=%s", ",".join(names))
 
 
-def shutdown(server: grpc.Server, deps: ServerDeps, grace_s: float) -> None:
+def shutdown(server: AioServerHost, deps: ServerDeps, grace_s: float) -> None:
     """Stop taking calls (health NOT_SERVING first), let in-flight ones finish, close clients."""
     if deps.health is not None:
         deps.health.enter_graceful_shutdown()

@@ -1,15 +1,19 @@
 """The one error-mapping interceptor: ``RecsvcError`` -> ``context.abort(code, message)``;
-anything unexpected -> INTERNAL with a log line (never UNKNOWN, never a traceback to callers)."""
+anything unexpected -> INTERNAL with a log line (never UNKNOWN, never a traceback to callers).
+
+Wraps plain handlers (thread pool) and ``async def`` handlers (the aio server's event loop) alike;
+on the aio server it runs through ``recsvc.server.handlers.SyncInterceptorAdapter``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
 from recsvc.errors import RecsvcError
+from recsvc.server.handlers import is_async
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +25,7 @@ class DeadlineExceeded(RecsvcError):
     reason = "DEADLINE_EXCEEDED"
 
 
-def check_deadline(context: grpc.ServicerContext) -> None:
+def check_deadline(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> None:
     """Stop work the caller will never read."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -29,17 +33,31 @@ def check_deadline(context: grpc.ServicerContext) -> None:
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    context.abort(*_status_of(method, exc))
+
+
+def _status_of(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RecsvcError):
         if exc.code == grpc.StatusCode.INTERNAL:
             log.error("event=rpc_error method=%s reason=%s message=%s", method, exc.reason, exc.message)
-        context.abort(exc.code, str(exc))
-    log.exception("event=rpc_unexpected_error method=%s", method, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, f"INTERNAL: unexpected {type(exc).__name__}; see server logs")
+        return exc.code, str(exc)
+    log.error("event=rpc_unexpected_error method=%s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"INTERNAL: unexpected {type(exc).__name__}; see server logs"
 
 
 def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
-    # context.abort() raises an exception of grpc's own; let it through untouched.
-    return not isinstance(exc, RecsvcError) and context.code() is not None
+    """context.abort() raises an exception of grpc's own; let it through untouched. (A plain
+    handler on the aio server gets a context without ``code()``; its abort raises AbortError.)"""
+    if isinstance(exc, grpc.aio.AbortError):
+        return True
+    if isinstance(exc, RecsvcError):
+        return False
+    code = getattr(context, "code", None)
+    return code is not None and code() is not None
+
+
+def _is_aio_abort(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AbortError)
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -53,6 +71,33 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method  # type: ignore[attr-defined]
 
+        if handler.unary_unary is not None and is_async(handler.unary_unary):
+            inner_auu = handler.unary_unary
+
+            async def async_unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_auu(request, context)
+                except Exception as exc:
+                    if _is_aio_abort(exc):
+                        raise
+                    await context.abort(*_status_of(method, exc))
+
+            return handler._replace(unary_unary=async_unary_unary)  # type: ignore[attr-defined]
+        if handler.unary_stream is not None and is_async(handler.unary_stream):
+            inner_aus = handler.unary_stream
+
+            async def async_unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_aus(request, context):
+                        yield item
+                except Exception as exc:
+                    if _is_aio_abort(exc):
+                        raise
+                    await context.abort(*_status_of(method, exc))
+
+            return handler._replace(unary_stream=async_unary_stream)  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -78,7 +123,12 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 except Exception as exc:
                     if _is_abort(exc, context):
                         raise
-                    _abort(context, method, exc)
+                    # End the stream with the status rather than abort() from inside the
+                    # generator: on the aio server a plain generator runs step by step in the
+                    # thread pool, and aborting from there could leave the call hanging.
+                    code, details = _status_of(method, exc)
+                    context.set_code(code)
+                    context.set_details(details)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,

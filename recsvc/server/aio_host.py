@@ -1,0 +1,79 @@
+"""A ``grpc.aio`` server on its own event-loop thread, driven through a blocking API.
+
+The serving hot path (``RecommendProducts``, ``RecommendContent``, ``SimilarItems``,
+``RecordEvent``) is made of ``async def`` handlers that run on the event loop: no thread hand-off
+per call, which the thread-pool server pays (and its GIL switches show up in p99). Every other
+handler (outreach, admin, health, batch streams, ``ReloadModel``) stays synchronous and runs in the
+server's ``migration_thread_pool``, which ``grpc.aio`` provides for exactly that.
+
+Start-up, model polling, signal handling and shutdown are threads around the server, as before, so
+``AioServerHost`` offers the parts of ``grpc.Server`` they use: ``start``, ``stop(grace)`` (an
+event to ``wait()`` on) and ``wait_for_termination``. The loop thread creates the server, since
+grpc.aio objects belong to the thread whose loop created them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+T = TypeVar("T")
+
+
+class AioServerHost:
+    def __init__(self, build: Callable[[], grpc.aio.Server], name: str = "recsvc-aio") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread.start()
+        self._stopped = threading.Event()
+
+        async def _build() -> grpc.aio.Server:
+            return build()
+
+        try:
+            self.server: grpc.aio.Server = self._call(_build())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _close_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def start(self) -> None:
+        self._call(self.server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking calls, give in-flight ones ``grace`` seconds, then close the loop. The
+        returned event is set once all of that is done (``grpc.Server.stop`` semantics)."""
+        if self._stopped.is_set() or self._loop.is_closed():
+            return self._stopped
+
+        def _finish(_: Any) -> None:
+            threading.Thread(target=self._after_stop, name="recsvc-aio-close", daemon=True).start()
+
+        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop)
+        fut.add_done_callback(_finish)
+        return self._stopped
+
+    def _after_stop(self) -> None:
+        self._close_loop()
+        self._stopped.set()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """True when the server stopped within ``timeout``."""
+        return self._stopped.wait(timeout)
