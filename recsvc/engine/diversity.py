@@ -36,29 +36,28 @@ def mmr(
     rel = (relevance - lo) / (hi - lo) if hi > lo else np.ones(n, dtype=np.float32)
     u = np.asarray(vectors, dtype=np.float32) if unit else unit_rows(np.asarray(vectors, dtype=np.float32))
     sims = np.maximum(u @ u.T, 0.0)  # one small matmul instead of one per step
-    sims *= diversity  # the penalty is only ever used scaled by d
-    base = ((1.0 - diversity) * rel).astype(np.float32)  # picked / capped items become -inf
-    penalty = np.zeros(n, dtype=np.float32)
-    gain = np.empty(n, dtype=np.float32)
+    base = ((1.0 - diversity) * rel).astype(np.float32)
+    # gain_i = base_i - d * max_{j picked} sim_ij. Picking b turns that into
+    # min(gain_i, base_i - d * sim_ib): one row of ``drop`` per step, so each step is an argmax
+    # and an elementwise minimum. Picked and capped items are set to -inf and stay there.
+    drop = base[None, :] - diversity * sims
+    gain = base.copy()
     capped = categories is not None and max_per_category > 0
     cats = categories.tolist() if capped and categories is not None else []
     counts: dict[int, int] = {}
     picks: list[int] = []
-    # A few ufunc calls with preallocated outputs per step: at k=20 over 80 candidates this
-    # loop is a few tens of microseconds, so it stays in numpy rather than a compiled kernel.
     for _ in range(k):
-        np.subtract(base, penalty, out=gain)
         best = int(gain.argmax())
         if gain[best] == -np.inf:
             break
         picks.append(best)
-        base[best] = -np.inf
-        np.maximum(penalty, sims[best], out=penalty)
+        np.minimum(gain, drop[best], out=gain)
+        gain[best] = -np.inf
         if capped:
             cat = cats[best]
             counts[cat] = counts.get(cat, 0) + 1
             if counts[cat] >= max_per_category:
-                base[categories == cat] = -np.inf
+                gain[categories == cat] = -np.inf
     return np.asarray(picks, dtype=np.int64)
 
 

@@ -97,6 +97,7 @@ def build_deps(
         redis_client=client,
         engine_default_diversity=settings.serving.default_diversity,
     )
+    deps.on_close.append(realtime.close)
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()
     deps.on_close.append(deps.reload_broadcast.stop)
