@@ -171,7 +171,9 @@ class OutreachSettings(_Section):
     policy_file: Path | None = None
     policy_reload_s: float = Field(5.0, ge=0)
     transactional_when_unavailable: Literal["allow", "deny"] = "allow"
-    plan_pipeline_size: int = Field(500, ge=1)
+    # Also the decisions per PlanCampaignBatch message: 10,000 of at most ~270 bytes stay under
+    # gRPC's default 4 MiB message limit on the caller's side.
+    plan_pipeline_size: int = Field(500, ge=1, le=10_000)
     # Redis slower than this fails marketing closed (THROTTLE_UNAVAILABLE).
     redis_timeout_ms: int = Field(50, ge=1)
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")

@@ -30,6 +30,8 @@ class Harness:
     clock: WalkClock
     recs: FakeRecommendations
     servicer: OutreachServicer
+    target: str
+    redis_url: str
 
     def consent(self, member: str) -> None:
         for ch in CONSENTED:
@@ -58,7 +60,9 @@ def serve(redis_url: str) -> Iterator[Harness]:
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Harness(outreach_pb2_grpc.OutreachStub(channel), clock, recs, servicer)
+        yield Harness(
+            outreach_pb2_grpc.OutreachStub(channel), clock, recs, servicer, f"127.0.0.1:{port}", redis_url
+        )
     finally:
         channel.close()
         server.stop(grace=0)
@@ -213,6 +217,10 @@ def test_bad_plans_are_refused_with_named_status(
     assert needle in err.value.details()  # type: ignore[attr-defined]
 
 
+def _decisions(batches: Iterator[pb.PlanCampaignBatch]) -> list[pb.PlanCampaignDecision]:
+    return [d for batch in batches for d in batch.decisions]
+
+
 def test_plan_campaign_streams_a_segment(harness: Harness) -> None:
     s = harness.stub
     for n in range(0, 1000, 3):
@@ -220,24 +228,32 @@ def test_plan_campaign_streams_a_segment(harness: Harness) -> None:
     stream = s.PlanCampaign(
         pb.PlanCampaignRequest(segment="at_risk", channel="wecom", campaign_id="winback", reserve=True)
     )
-    first = next(stream)
-    assert first.member_id == "at_risk-0000000" and first.decision.allowed
-    rest = list(stream)
-    assert len(rest) == 999
-    allowed = [p.member_id for p in [first, *rest] if p.decision.allowed]
+    batches = list(stream)
+    # one stream message per pipelined chunk (plan_pipeline_size 64), in audience order
+    assert [len(b.decisions) for b in batches] == [64] * 15 + [40]
+    decided = _decisions(iter(batches))
+    assert [p.member_id for p in decided] == [f"at_risk-{n:07d}" for n in range(1000)]
+    first = decided[0]
+    assert first.decision.allowed and first.decision.reservation_id.endswith(".at_risk-0000000")
+    allowed = [p.member_id for p in decided if p.decision.allowed]
     assert len(allowed) == 334 and all(int(m.split("-")[1]) % 3 == 0 for m in allowed)
-    assert {p.decision.reason for p in rest if not p.decision.allowed} == {pb.NO_CONSENT}
+    refused = [p.decision for p in decided if not p.decision.allowed]
+    assert {d.reason for d in refused} == {pb.NO_CONSENT}
+    assert all(d.detail == "no recorded consent for wecom" for d in refused)
     # a dry run afterwards sees every reserved member as already reached
-    dry = list(
+    dry = _decisions(
         s.PlanCampaign(pb.PlanCampaignRequest(member_ids=allowed[:5], channel="wecom", campaign_id="winback"))
     )
     assert [p.decision.reason for p in dry] == [pb.DUPLICATE_CAMPAIGN] * 5
-    limited = list(
+    assert all(not p.decision.reservation_id for p in dry)
+    limited = _decisions(
         s.PlanCampaign(pb.PlanCampaignRequest(segment="at_risk", channel="wecom", campaign_id="w2", limit=3))
     )
-    assert sum(p.decision.allowed for p in limited) == 0  # the min gap after "winback" applies
+    assert sum(p.decision.allowed for p in limited) == 0  # the day cap after "winback" applies
+    capped = [p.decision for p in limited if p.decision.reason == pb.CAP_CHANNEL_DAY]
+    assert capped and all(d.HasField("next_allowed_at") for d in capped)  # waiting helps: when is sent
     harness.clock.advance(days=1, minutes=1)
-    limited = list(
+    limited = _decisions(
         s.PlanCampaign(
             pb.PlanCampaignRequest(
                 segment="at_risk", channel="wecom", campaign_id="w2", limit=3, reserve=True
@@ -245,6 +261,28 @@ def test_plan_campaign_streams_a_segment(harness: Harness) -> None:
         )
     )
     assert sum(p.decision.allowed for p in limited) == 3 and limited[-1].decision.allowed
+
+
+def test_the_campaign_bench_client_reads_every_batch(harness: Harness) -> None:
+    from recsvc.bench.campaign import audience, plan_campaign_over_grpc
+
+    ids = list(audience(150))
+    for m in ids[:60]:
+        harness.stub.UpdateConsent(pb.UpdateConsentRequest(member_id=m, channel="sms", granted=True))
+    run = plan_campaign_over_grpc(
+        harness.target,
+        150,
+        "sms",
+        reserve=True,
+        request_size=100,  # the harness allows 100 ids per call: two calls
+        redis_client=redis.Redis.from_url(harness.redis_url),
+        server_pid=None,
+        seed_seconds=0.0,
+        timezone="Asia/Shanghai",
+    )
+    assert (run.decisions, run.errors) == (150, {})
+    assert run.reasons == {"ALLOWED": 60, "NO_CONSENT": 90}
+    assert run.first_decision_ms > 0
 
 
 def test_next_best_outreach_never_repeats_bought_or_recent_items(harness: Harness) -> None:

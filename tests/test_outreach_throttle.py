@@ -315,23 +315,33 @@ def test_plan_campaign_pipelines_in_chunks_and_streams(redis_url: str) -> None:
 
     stream = plan_campaign(fresh, audience(), ask("", "wecom", "spring"), reserve=True, chunk_size=40)
     first = next(stream)
-    assert pulled == 40  # only one chunk was read before the first decision came out
+    assert pulled == 40  # only one chunk was read before the first batch came out
+    assert [p.member_id for p in first] == members[:40]
     rest = list(stream)
-    decided = {p.member_id: p.decision for p in [first, *rest]}
+    assert [len(b) for b in rest] == [40] * 5 + [10]  # one batch per pipelined chunk
+    decided = {p.member_id: p.decision for b in [first, *rest] for p in b}
     assert list(decided) == members
     reasons = Counter(d.reason for d in decided.values())
     assert reasons == {"ALLOWED": 124, "NO_CONSENT": 125, "QUIET_HOURS": 1}
     assert decided["P0000"].reason == "QUIET_HOURS"
     # reserved: a second plan finds the campaign already sent
-    again = list(
-        plan_campaign(t, iter(members[2:4]), ask("", "wecom", "spring"), reserve=False, chunk_size=40)
-    )
+    again = [
+        p
+        for b in plan_campaign(
+            t, iter(members[2:4]), ask("", "wecom", "spring"), reserve=False, chunk_size=40
+        )
+        for p in b
+    ]
     assert [p.decision.reason for p in again] == ["DUPLICATE_CAMPAIGN", "NO_CONSENT"]
     # a limit on reservations is never overshot
     clock.set(local(2026, 6, 2, 10, 1))
-    limited = list(
-        plan_campaign(t, iter(members), ask("", "wecom", "autumn"), reserve=True, chunk_size=40, limit=7)
-    )
+    limited = [
+        p
+        for b in plan_campaign(
+            t, iter(members), ask("", "wecom", "autumn"), reserve=True, chunk_size=40, limit=7
+        )
+        for p in b
+    ]
     assert sum(p.decision.allowed for p in limited) == 7
 
 

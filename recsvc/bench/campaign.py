@@ -6,9 +6,9 @@ which it is daytime now (``daytime_timezone``), so each decision runs the whole 
 the cheap NO_CONSENT / QUIET_HOURS refusals; both are bulk-loaded with ``Throttle.import_profiles``
 (pipelined). The client sends the audience as ``PlanCampaign`` calls of at most
 ``outreach.max_plan_members`` explicit ids (the server's limit) and reads each decision stream to
-the end. Meanwhile a thread samples the server's process tree (RSS, PSS) once a second; Redis's
-``used_memory`` is read before and after. Writes nothing itself; ``recsvc load bench campaign``
-writes the figures.
+the end (one stream message per pipelined chunk of decisions). Meanwhile a thread samples the
+server's process tree (RSS, PSS) once a second; Redis's ``used_memory`` is read before and after.
+Writes nothing itself; ``recsvc load bench campaign`` writes the figures.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class CampaignRun:
     decisions: int
     decisions_per_s: float
     reasons: dict[str, int]
-    first_decision_ms: float  # time to the first decision of the first call
+    first_decision_ms: float  # time to the first batch of decisions of the first call
     peak_server_rss_mib: float  # sum over the server's process tree
     peak_server_pss_mib: float
     redis_used_before_mib: float
@@ -133,6 +133,7 @@ def plan_campaign_over_grpc(
 ) -> CampaignRun:
     """Plan (or reserve) ``campaign_id`` on ``channel`` for ``members`` bench members."""
     reasons: Counter[str] = Counter()
+    codes: Counter[outreach_pb2.ReasonCode.ValueType] = Counter()  # named once at the end
     errors: Counter[str] = Counter()
     options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 64 * 2**20)]
     decisions = 0
@@ -154,14 +155,16 @@ def plan_campaign_over_grpc(
                 reserve=reserve,
             )
             try:
-                for d in stub.PlanCampaign(req, timeout=deadline_s, metadata=metadata):
+                for batch in stub.PlanCampaign(req, timeout=deadline_s, metadata=metadata):
                     if decisions == 0:
                         first_ms = (time.perf_counter() - t0) * 1000
-                    decisions += 1
-                    reasons[outreach_pb2.ReasonCode.Name(d.decision.reason)] += 1
+                    decisions += len(batch.decisions)
+                    codes.update(d.decision.reason for d in batch.decisions)
             except grpc.RpcError as exc:
                 errors[exc.code().name] += 1  # type: ignore[attr-defined]
         seconds = time.perf_counter() - t0
+    for code, n in codes.items():
+        reasons[outreach_pb2.ReasonCode.Name(code)] += n
     after = _redis_used_mib(redis_client)
     return CampaignRun(
         members=members,

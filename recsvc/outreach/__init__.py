@@ -3,6 +3,7 @@ Redis, campaign planning and next-best-outreach. See docs/outreach.md.
 
 Modules: ``policy`` (the validated, hot-reloaded policy file), ``quiet_hours`` (zoneinfo),
 ``keys`` (Redis key layout), ``throttle`` (decisions via the Lua scripts in ``scripts/``),
+``evalsha`` (pipelined script calls without redis-py's Pipeline),
 ``validation`` (request checks), ``planning`` (PlanCampaign), ``next_best`` (NextBestOutreach),
 ``ports`` (what we need from the recommender), ``service`` (the gRPC servicer).
 """

@@ -1,15 +1,16 @@
-"""PlanCampaign: decide (or reserve) for an audience, streaming decisions as they are made.
+"""PlanCampaign: decide (or reserve) for an audience, streaming one batch of decisions per chunk.
 
 Members come from an iterator (explicit ids or the recommender's segment), are taken in chunks of
 ``chunk_size`` and decided in one pipelined Redis round trip per chunk, so memory stays bounded
-by one chunk whatever the audience size.
+by one chunk whatever the audience size. Each chunk's decisions come out together (the gRPC
+servicer sends them as one stream message).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle
 
@@ -28,12 +29,14 @@ def plan_campaign(
     reserve: bool,
     chunk_size: int,
     limit: int = 0,
-) -> Iterator[PlannedDecision]:
-    """Yield one decision per member. ``limit`` > 0 stops after that many allowed decisions; when
-    reserving, a chunk never asks for more than the allowed decisions still wanted, so the limit
-    is never overshot."""
+) -> Iterator[list[PlannedDecision]]:
+    """Yield the decisions of each chunk, in audience order; no chunk is pulled from ``members``
+    before the previous one was taken by the caller. ``limit`` > 0 stops after that many allowed
+    decisions (the last batch ends with the last allowed one); when reserving, a chunk never asks
+    for more than the allowed decisions still wanted, so the limit is never overshot."""
     it = iter(members)
     allowed = 0
+    t = template
     while True:
         size = chunk_size
         if limit and reserve:
@@ -41,10 +44,26 @@ def plan_campaign(
         batch = list(itertools.islice(it, size)) if size > 0 else []
         if not batch:
             return
-        asks = [replace(template, member_id=m) for m in batch]
+        # the constructor, not dataclasses.replace: this runs once per member of the audience
+        asks = [
+            OutreachAsk(
+                member_id=m,
+                channel=t.channel,
+                campaign_id=t.campaign_id,
+                message_class=t.message_class,
+                priority=t.priority,
+                idempotency_key=t.idempotency_key,
+                item_id=t.item_id,
+                extra=t.extra,
+            )
+            for m in batch
+        ]
+        out: list[PlannedDecision] = []
         for ask, decision in zip(asks, throttle.decide_many(asks, reserve=reserve), strict=True):
-            yield PlannedDecision(ask.member_id, decision)
+            out.append(PlannedDecision(ask.member_id, decision))
             if decision.allowed:
                 allowed += 1
                 if limit and allowed >= limit:
+                    yield out
                     return
+        yield out

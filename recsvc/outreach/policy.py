@@ -188,6 +188,34 @@ class Policy(_Part):
     def profile_ttl_ms(self) -> int:
         return self.retention.profile_days * DAY_MS
 
+    def decide_script_args(self) -> tuple[bytes, ...]:
+        """The part of ``decide.lua``'s ARGV that every decision shares (ARGV[13] on; the layout is
+        at the top of the script), as bytes ready for the wire. The throttle builds it once per
+        policy object and appends the same tuple to every decision: building these values per
+        decision was ~17 % of a pipeline's client time. Separate arguments, not one JSON string:
+        Redis takes ~0.1 µs per argument but ~5 µs to ``cjson.decode`` the policy in every script
+        (measured on redis 6.2). A reloaded file is a new ``Policy``, hence new arguments. Not
+        cached on the model: ``model_copy(update=...)`` would carry a cached value to a changed copy."""
+        values: list[str | int] = [
+            self.default_timezone,
+            1 if self.transactional.requires_consent else 0,
+            self.marketing.per_channel_per_day,
+            self.marketing.per_day,
+            self.marketing.per_week,
+            self.transactional.per_day,
+            self.sends_ttl_ms,
+            self.campaign_memory_ms,
+            self.idempotency_ms,
+            self.recently_pushed_ms,
+            DAY_MS + self.margin_ms,  # key TTLs: window + margin
+            self.campaign_memory_ms + self.margin_ms,
+            self.recently_pushed_ms + self.margin_ms,
+            len(self.fatigue.levels),
+        ]
+        for lv in self.fatigue.levels:
+            values += [lv.after_ignored, lv.per_day, lv.per_week, int(lv.min_gap_hours * HOUR_MS)]
+        return tuple(str(v).encode() for v in values)
+
 
 def check_timezone(name: str) -> ZoneInfo:
     try:

@@ -1,7 +1,9 @@
 """The outreach throttle: decide, record and explain, one Redis round trip per decision.
 
 Reads and writes the per-member keys of ``recsvc.outreach.keys`` through the Lua scripts in
-``scripts/`` (loaded once with ``register_script``, then called by EVALSHA). Quiet hours are
+``scripts/`` (called by EVALSHA; decisions through ``recsvc.outreach.evalsha.ScriptRunner``, which
+pipelines without redis-py's ``Pipeline``). The policy's constant arguments are encoded once per
+policy object (``Policy.decide_script_args``) and appended to every decision. Quiet hours are
 decided here in Python (zoneinfo) and passed into the script. Redis errors and timeouts never
 escape a decision: marketing fails closed with THROTTLE_UNAVAILABLE, transactional follows
 ``transactional_when_unavailable``.
@@ -11,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
+import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,8 @@ import redis
 
 from recsvc.errors import StoreUnavailable
 from recsvc.outreach import metrics
-from recsvc.outreach.keys import MemberKeys
+from recsvc.outreach.evalsha import ScriptRunner
+from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import first_allowed_ms, quiet_until_ms
 
@@ -125,7 +128,8 @@ class Throttle:
         self._tx_when_unavailable = transactional_when_unavailable
         self._pseudonym = pseudonymize
         self._zones = _ZoneCache(zone_cache_size)
-        self._decide = client.register_script((SCRIPTS_DIR / "decide.lua").read_text())
+        self._decide = ScriptRunner(client, (SCRIPTS_DIR / "decide.lua").read_text())
+        self._encoded: tuple[Policy, tuple[bytes, ...]] | None = None  # (policy, decide_script_args)
         self._cancel = client.register_script((SCRIPTS_DIR / "cancel.lua").read_text())
         self._feedback = client.register_script((SCRIPTS_DIR / "feedback.lua").read_text())
         self._consent = client.register_script((SCRIPTS_DIR / "consent.lua").read_text())
@@ -148,13 +152,15 @@ class Throttle:
     def _single(self, ask: OutreachAsk, mode: str) -> Decision:
         started = time.perf_counter()
         policy = self.policies.current()
+        shared = self._policy_args(policy)
         now = self.now_ms()
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         tz = self._zones.get(ask.member_id) or policy.default_timezone
         try:
             for _ in range(3):
-                keys, args = self._script_call(ask, mode, policy, now, tz, token)
-                raw = self._decide(keys=keys, args=args)
+                quiet = self._quiet_until(ask, policy, now, tz)
+                keys, args = self._script_call(ask, mode, policy, now, tz, quiet, token)
+                raw = self._decide.call(keys, args, shared)
                 found = self._interpret(raw, ask, policy, tz)
                 if isinstance(found, Decision):
                     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
@@ -169,30 +175,45 @@ class Throttle:
         zone was not known here). Results are in the order of ``asks``."""
         mode = "reserve" if reserve else "check"
         policy = self.policies.current()
+        shared = self._policy_args(policy)
         now = self.now_ms()
         results: list[Decision | None] = [None] * len(asks)
         zones = [self._zones.get(a.member_id) or policy.default_timezone for a in asks]
+        # one urandom call for the chunk: the same 8 random bytes per token as secrets.token_hex(8)
+        tokens = os.urandom(8 * len(asks)).hex()
+        quiet_by_zone: dict[tuple[str, bool], int] = {}  # one `now` for the chunk: same verdict per zone
+
+        def calls(indexes: list[int]) -> Iterator[tuple[list[str], list[Any]]]:
+            for i in indexes:
+                a, tz = asks[i], zones[i]
+                key = (tz, a.message_class == MARKETING)
+                quiet = quiet_by_zone.get(key)
+                if quiet is None:
+                    quiet = quiet_by_zone[key] = self._quiet_until(a, policy, now, tz)
+                yield self._script_call(a, mode, policy, now, tz, quiet, tokens[16 * i : 16 * i + 16])
+
         pending = list(range(len(asks)))
         for _ in range(2):
             if not pending:
                 break
-            pipe = self._redis.pipeline(transaction=False)
-            for i in pending:
-                keys, args = self._script_call(asks[i], mode, policy, now, zones[i], secrets.token_hex(8))
-                self._decide(keys=keys, args=args, client=pipe)
+            asked = pending
+
+            def interpret(position: int, raw: Any, asked: list[int] = asked) -> Decision | str:
+                i = asked[position]
+                return self._interpret(raw, asks[i], policy, zones[i])
+
             try:
-                raws = pipe.execute(raise_on_error=False)
+                found_all = self._decide.call_many(calls(asked), shared, interpret)
             except redis.RedisError as exc:
-                for i in pending:
+                for i in asked:
                     results[i] = self._unavailable(asks[i], exc)
                 pending = []
                 break
             retry: list[int] = []
-            for i, raw in zip(pending, raws, strict=True):
-                if isinstance(raw, Exception):
-                    results[i] = self._unavailable(asks[i], raw)
+            for i, found in zip(asked, found_all, strict=True):
+                if isinstance(found, Exception):
+                    results[i] = self._unavailable(asks[i], found)
                     continue
-                found = self._interpret(raw, asks[i], policy, zones[i])
                 if isinstance(found, Decision):
                     results[i] = found
                 else:
@@ -201,16 +222,36 @@ class Throttle:
             pending = retry
         for i in pending:
             results[i] = self._unavailable(asks[i], redis.RedisError("time zone changed during planning"))
-        return [self._finish(a, d) for a, d in zip(asks, results, strict=True) if d is not None]
+        decided = [d for d in results if d is not None]
+        self._finish_many(asks, decided)
+        return decided
+
+    def _policy_args(self, policy: Policy) -> tuple[bytes, ...]:
+        """``policy.decide_script_args()``, built once per policy object (a reload makes a new one)."""
+        cached = self._encoded
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        encoded = policy.decide_script_args()
+        self._encoded = (policy, encoded)
+        return encoded
+
+    def _quiet_until(self, ask: OutreachAsk, policy: Policy, now: int, tz: str) -> int:
+        quiet_applies = ask.message_class == MARKETING or not policy.transactional.exempt_from_quiet_hours
+        return quiet_until_ms(now, self._zone(tz, policy), policy.quiet_hours) if quiet_applies else 0
 
     def _script_call(
-        self, ask: OutreachAsk, mode: str, policy: Policy, now: int, tz: str, token: str
+        self,
+        ask: OutreachAsk,
+        mode: str,
+        policy: Policy,
+        now: int,
+        tz: str,
+        quiet_until: int,
+        token: str,
     ) -> tuple[list[str], list[Any]]:
-        k = self.keys(ask.member_id)
-        marketing = ask.message_class == MARKETING
-        quiet_applies = marketing or not policy.transactional.exempt_from_quiet_hours
-        quiet_until = quiet_until_ms(now, self._zone(tz, policy), policy.quiet_hours) if quiet_applies else 0
-        m = policy.marketing
+        """KEYS and the decision's own ARGV of decide.lua (the policy's arguments follow them; the
+        layout is documented at the top of the script)."""
+        keys = decide_keys(self._prefix, ask.member_id, ask.idempotency_key)
         args: list[Any] = [
             mode,
             now,
@@ -218,36 +259,12 @@ class Throttle:
             ask.campaign_id,
             ask.message_class,
             token,
-            policy.default_timezone,
             tz,
             quiet_until,
-            1 if marketing or policy.transactional.requires_consent else 0,
-            m.per_channel_per_day,
-            m.per_day,
-            m.per_week,
             policy.min_gap_ms(ask.priority),
-            policy.transactional.per_day,
-            policy.sends_ttl_ms,
-            policy.campaign_memory_ms,
-            policy.margin_ms,
-            policy.idempotency_ms,
             ask.idempotency_key,
             ask.item_id,
-            policy.recently_pushed_ms,
             ask.extra,
-            len(policy.fatigue.levels),
-        ]
-        for lv in policy.fatigue.levels:
-            args += [lv.after_ignored, lv.per_day, lv.per_week, int(lv.min_gap_hours * 3_600_000)]
-        keys = [
-            k.sends,
-            k.tx,
-            k.camps,
-            k.state,
-            k.profile,
-            k.idem(ask.idempotency_key),
-            k.pushed,
-            k.suppressed,
         ]
         return keys, args
 
@@ -294,6 +311,18 @@ class Throttle:
 
     def _finish(self, ask: OutreachAsk, decision: Decision) -> Decision:
         metrics.DECISIONS.labels(ask.channel, ask.message_class, decision.reason).inc()
+        self._log_transactional(ask, decision)
+        return decision
+
+    def _finish_many(self, asks: Sequence[OutreachAsk], decisions: Sequence[Decision]) -> None:
+        # one counter update per (channel, class, reason) in the chunk, not one per decision
+        counts = Counter((a.channel, a.message_class, d.reason) for a, d in zip(asks, decisions, strict=True))
+        for labels, n in counts.items():
+            metrics.DECISIONS.labels(*labels).inc(n)
+        for a, d in zip(asks, decisions, strict=True):
+            self._log_transactional(a, d)
+
+    def _log_transactional(self, ask: OutreachAsk, decision: Decision) -> None:
         if ask.message_class == TRANSACTIONAL:
             # Transactional messages skip marketing rules, so every one leaves a trace.
             logger.info(
@@ -305,7 +334,6 @@ class Throttle:
                 decision.reason,
                 decision.reservation_id.partition(".")[0],
             )
-        return decision
 
     # ----------------------------------------------------------------- other writes
     def cancel(self, rid: str) -> bool:

@@ -418,6 +418,31 @@ class PlanCampaignDecision(_message.Message):
 Global___PlanCampaignDecision: _TypeAlias = PlanCampaignDecision  # noqa: Y015
 
 @_typing.final
+class PlanCampaignBatch(_message.Message):
+    """One stream message per pipelined chunk of decisions (at most outreach.plan_pipeline_size, in
+    audience order), not one per member: a message per decision cost a gRPC write each and was
+    a large part of planning time on both sides.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanCampaignDecision]: ...
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___PlanCampaignDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanCampaignBatch: _TypeAlias = PlanCampaignBatch  # noqa: Y015
+
+@_typing.final
 class NextBestOutreachRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

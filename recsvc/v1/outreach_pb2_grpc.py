@@ -63,7 +63,7 @@ class OutreachStub:
         self.PlanCampaign = channel.unary_stream(
                 '/recsvc.v1.Outreach/PlanCampaign',
                 request_serializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignRequest.SerializeToString,
-                response_deserializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignDecision.FromString,
+                response_deserializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignBatch.FromString,
                 _registered_method=True)
         self.NextBestOutreach = channel.unary_unary(
                 '/recsvc.v1.Outreach/NextBestOutreach',
@@ -149,7 +149,7 @@ def add_OutreachServicer_to_server(servicer, server):
             'PlanCampaign': grpc.unary_stream_rpc_method_handler(
                     servicer.PlanCampaign,
                     request_deserializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignRequest.FromString,
-                    response_serializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignDecision.SerializeToString,
+                    response_serializer=recsvc_dot_v1_dot_outreach__pb2.PlanCampaignBatch.SerializeToString,
             ),
             'NextBestOutreach': grpc.unary_unary_rpc_method_handler(
                     servicer.NextBestOutreach,
@@ -319,7 +319,7 @@ class Outreach:
             target,
             '/recsvc.v1.Outreach/PlanCampaign',
             recsvc_dot_v1_dot_outreach__pb2.PlanCampaignRequest.SerializeToString,
-            recsvc_dot_v1_dot_outreach__pb2.PlanCampaignDecision.FromString,
+            recsvc_dot_v1_dot_outreach__pb2.PlanCampaignBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,7 @@ class OutreachStub:
     CancelOutreach: _grpc.UnaryUnaryMultiCallable[_outreach_pb2.CancelOutreachRequest, _outreach_pb2.CancelOutreachResponse]
     RecordOutreachFeedback: _grpc.UnaryUnaryMultiCallable[_outreach_pb2.OutreachFeedbackRequest, _outreach_pb2.OutreachFeedbackResponse]
     UpdateConsent: _grpc.UnaryUnaryMultiCallable[_outreach_pb2.UpdateConsentRequest, _outreach_pb2.UpdateConsentResponse]
-    PlanCampaign: _grpc.UnaryStreamMultiCallable[_outreach_pb2.PlanCampaignRequest, _outreach_pb2.PlanCampaignDecision]
+    PlanCampaign: _grpc.UnaryStreamMultiCallable[_outreach_pb2.PlanCampaignRequest, _outreach_pb2.PlanCampaignBatch]
     NextBestOutreach: _grpc.UnaryUnaryMultiCallable[_outreach_pb2.NextBestOutreachRequest, _outreach_pb2.NextBestOutreachResponse]
 
 @_typing.type_check_only
@@ -51,7 +51,7 @@ class OutreachAsyncStub(OutreachStub):
     CancelOutreach: _aio.UnaryUnaryMultiCallable[_outreach_pb2.CancelOutreachRequest, _outreach_pb2.CancelOutreachResponse]  # type: ignore[assignment]
     RecordOutreachFeedback: _aio.UnaryUnaryMultiCallable[_outreach_pb2.OutreachFeedbackRequest, _outreach_pb2.OutreachFeedbackResponse]  # type: ignore[assignment]
     UpdateConsent: _aio.UnaryUnaryMultiCallable[_outreach_pb2.UpdateConsentRequest, _outreach_pb2.UpdateConsentResponse]  # type: ignore[assignment]
-    PlanCampaign: _aio.UnaryStreamMultiCallable[_outreach_pb2.PlanCampaignRequest, _outreach_pb2.PlanCampaignDecision]  # type: ignore[assignment]
+    PlanCampaign: _aio.UnaryStreamMultiCallable[_outreach_pb2.PlanCampaignRequest, _outreach_pb2.PlanCampaignBatch]  # type: ignore[assignment]
     NextBestOutreach: _aio.UnaryUnaryMultiCallable[_outreach_pb2.NextBestOutreachRequest, _outreach_pb2.NextBestOutreachResponse]  # type: ignore[assignment]
 
 class OutreachServicer(metaclass=_abc_1.ABCMeta):
@@ -97,7 +97,7 @@ class OutreachServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _outreach_pb2.PlanCampaignRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_outreach_pb2.PlanCampaignDecision], _abc.AsyncIterator[_outreach_pb2.PlanCampaignDecision]]: ...
+    ) -> _typing.Union[_abc.Iterator[_outreach_pb2.PlanCampaignBatch], _abc.AsyncIterator[_outreach_pb2.PlanCampaignBatch]]: ...
 
     @_abc_1.abstractmethod
     def NextBestOutreach(

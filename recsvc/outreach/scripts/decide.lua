@@ -4,10 +4,22 @@
 --       4 state (hash: streak, b:<channel> blocks), 5 profile (hash: tz, c:<channel> consent),
 --       6 idempotency record (string), 7 recently pushed items (zset),
 --       8 the erasure suppression mark (recsvc.security.erasure; its existence stops marketing)
+-- ARGV: 1 mode ("check" | "reserve" | "policy"), 2 now (epoch ms), 3 channel, 4 campaign,
+--       5 message class, 6 reservation token, 7 the time zone Python assumed, 8 quiet hours end
+--       (epoch ms, 0 = not quiet now), 9 minimum gap (ms, after the priority rule),
+--       10 idempotency key, 11 item, 12 extra;
+--       13.. the policy's constant part (recsvc.outreach.policy.Policy.decide_script_args, built
+--       once per policy version): 13 default time zone, 14 transactional needs consent (1/0),
+--       15 marketing per channel per day, 16 per day, 17 per week, 18 transactional per day,
+--       19 sends TTL ms, 20 campaign memory ms, 21 idempotency TTL ms, 22 recently-pushed
+--       window ms, then key TTLs (window + margin, summed in Python so they go to PEXPIRE as
+--       they came): 23 transactional sends, 24 campaigns, 25 pushed items;
+--       26 number of fatigue levels, then per level after_ignored, per day, per week, min gap ms.
 -- A send is the zset member "token|channel|campaign|item" scored by epoch ms (short, so small
 -- zsets keep the compact ziplist encoding).
 -- Returns {"TZ", zone} when Python assumed another time zone than the member's (nothing written),
 -- else {"D", allowed, reason, next_allowed_ms, token, detail, replayed, extra}.
+-- Mode "policy" returns the policy as decoded here (tests prove the encoding round trip with it).
 local sends, tx, camps, state, profile, idem, pushed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local suppressed = KEYS[8]
 local mode = ARGV[1]
@@ -16,24 +28,25 @@ local channel = ARGV[3]
 local campaign = ARGV[4]
 local class = ARGV[5]
 local token = ARGV[6]
-local default_tz = ARGV[7]
-local assumed_tz = ARGV[8]
-local quiet_until = tonumber(ARGV[9])
-local requires_consent = ARGV[10] == '1'
-local cap_ch_day = tonumber(ARGV[11])
-local cap_day = tonumber(ARGV[12])
-local cap_week = tonumber(ARGV[13])
-local min_gap = tonumber(ARGV[14])
-local tx_cap = tonumber(ARGV[15])
-local sends_ttl = tonumber(ARGV[16])
-local camp_mem = tonumber(ARGV[17])
-local margin = tonumber(ARGV[18])
-local idem_ttl = tonumber(ARGV[19])
-local idem_text = ARGV[20]
-local item = ARGV[21]
-local pushed_window = tonumber(ARGV[22])
-local extra = ARGV[23]
-local n_levels = tonumber(ARGV[24])
+local assumed_tz = ARGV[7]
+local quiet_until = tonumber(ARGV[8])
+local min_gap = tonumber(ARGV[9])
+local idem_text = ARGV[10]
+local item = ARGV[11]
+local extra = ARGV[12]
+local default_tz = ARGV[13]
+local requires_consent = ARGV[14] == '1'  -- transactional only; marketing always needs consent
+local cap_ch_day, cap_day, cap_week = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local tx_cap = tonumber(ARGV[18])
+local sends_ttl, camp_mem = tonumber(ARGV[19]), tonumber(ARGV[20])
+local idem_ttl, pushed_window = ARGV[21], tonumber(ARGV[22])
+local LEVELS = 26  -- fatigue level i: ARGV[LEVELS + 4(i-1) + 1 .. 4], read when needed
+local n_levels = tonumber(ARGV[LEVELS])
+if mode == 'policy' then
+  local out = {default_tz, ARGV[14]}
+  for i = 15, LEVELS + 4 * n_levels do out[#out + 1] = string.format('%d', tonumber(ARGV[i])) end
+  return out
+end
 local DAY, WEEK = 86400000, 604800000
 local reserve = mode == 'reserve'
 local use_idem = reserve and idem_text ~= ''
@@ -57,23 +70,39 @@ if use_idem then
   end
 end
 
-local tz = redis.call('HGET', profile, 'tz')
+-- one read for the time zone and this channel's consent
+local prof = redis.call('HMGET', profile, 'tz', 'c:' .. channel)
+local tz = prof[1]
 if not tz then tz = default_tz end
 if tz ~= assumed_tz then return {'TZ', tz} end
 
 local reason, wait, detail = nil, 0, ''
-local function consider(r, t, d)
+local sends_stale, tx_stale = false, false  -- set by window(): entries a reservation trims
+-- The detail is formatted only for the rule that names the reason (most rules pass).
+local function consider(r, t, f, ...)
   if t > now then
-    if not reason then reason, detail = r, d end
+    if not reason then reason, detail = r, string.format(f, ...) end
     if t > wait then wait = t end
   end
 end
 
-local function window(key, span)
-  local raw = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - span), '+inf', 'WITHSCORES')
-  local out = {}
-  for i = 1, #raw, 2 do out[#out + 1] = {raw[i], tonumber(raw[i + 1])} end
-  return out
+-- A sends zset read whole (it is small: trimmed to its TTL at every reservation, and capped):
+-- the entries in the window (now - span, +inf] in score order, the latest score (nil when
+-- empty), and whether any entry is old enough (<= now - keep) that a reservation must trim it.
+-- One read instead of a window read, a latest-send read and a trim on every reservation.
+local function window(key, span, keep)
+  local raw = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local out, stale, latest = {}, false, nil
+  for i = 1, #raw, 2 do
+    local at = tonumber(raw[i + 1])
+    if at > now - span then
+      out[#out + 1] = {raw[i], at}
+    elseif at <= now - keep then
+      stale = true
+    end
+    latest = at
+  end
+  return out, latest, stale
 end
 
 -- 0 while under the cap, else when the oldest entry that must leave the window leaves it
@@ -90,7 +119,7 @@ local function channel_of(m)
 end
 
 local function has_consent()
-  local c = redis.call('HGET', profile, 'c:' .. channel)
+  local c = prof[2]
   return c and string.sub(c, 1, 1) == '1'
 end
 
@@ -98,13 +127,15 @@ if class == 'transactional' then
   if requires_consent and not has_consent() then
     reason, detail = 'NO_CONSENT', 'no recorded consent for ' .. channel
   else
-    local day = window(tx, DAY)
+    local day, _, stale = window(tx, DAY, DAY)
+    tx_stale = stale
     consider('CAP_TRANSACTIONAL', wait_for(day, tx_cap, DAY),
-      string.format('%d of %d transactional messages in the last 24h', #day, tx_cap))
+      '%d of %d transactional messages in the last 24h', #day, tx_cap)
     consider('QUIET_HOURS', quiet_until, 'quiet hours in the member time zone')
   end
 else
-  local blocked = redis.call('HGET', state, 'b:' .. channel)
+  local st = redis.call('HMGET', state, 'b:' .. channel, 'streak')
+  local blocked = st[1]
   local block_until = 0
   if blocked then block_until = tonumber(string.sub(blocked, 3)) end
   if redis.call('EXISTS', suppressed) == 1 then
@@ -121,7 +152,8 @@ else
   elseif campaign ~= '' and tonumber(redis.call('ZSCORE', camps, campaign) or '0') > now - camp_mem then
     reason, detail = 'DUPLICATE_CAMPAIGN', 'campaign ' .. campaign .. ' already reached this member'
   else
-    local week = window(sends, WEEK)
+    local week, latest, stale = window(sends, WEEK, sends_ttl)
+    sends_stale = stale
     local day, chday = {}, {}
     for _, e in ipairs(week) do
       if e[2] > now - DAY then
@@ -129,32 +161,29 @@ else
         if channel_of(e[1]) == channel then chday[#chday + 1] = e end
       end
     end
-    local last = redis.call('ZREVRANGE', sends, 0, 0, 'WITHSCORES')
-    local last_at = nil
-    if last[2] then last_at = tonumber(last[2]) end
+    local last_at = latest  -- the latest send, even older than a week (a gap may be longer)
     consider('CAP_CHANNEL_DAY', wait_for(chday, cap_ch_day, DAY),
-      string.format('%d of %d %s marketing messages in the last 24h', #chday, cap_ch_day, channel))
+      '%d of %d %s marketing messages in the last 24h', #chday, cap_ch_day, channel)
     consider('CAP_DAY', wait_for(day, cap_day, DAY),
-      string.format('%d of %d marketing messages in the last 24h', #day, cap_day))
+      '%d of %d marketing messages in the last 24h', #day, cap_day)
     consider('CAP_WEEK', wait_for(week, cap_week, WEEK),
-      string.format('%d of %d marketing messages in the last 7 days', #week, cap_week))
+      '%d of %d marketing messages in the last 7 days', #week, cap_week)
     if last_at then
       consider('MIN_GAP', last_at + min_gap,
-        string.format('last marketing message %d min ago; gap is %d min', (now - last_at) / 60000, min_gap / 60000))
+        'last marketing message %d min ago; gap is %d min', (now - last_at) / 60000, min_gap / 60000)
     end
-    local streak = tonumber(redis.call('HGET', state, 'streak') or '0')
+    local streak = tonumber(st[2] or '0')
     local lv = nil
     for i = 1, n_levels do
-      local base = 24 + (i - 1) * 4
+      local base = LEVELS + (i - 1) * 4
       if streak >= tonumber(ARGV[base + 1]) then lv = base end
     end
     if lv then
       local lday, lweek, lgap = tonumber(ARGV[lv + 2]), tonumber(ARGV[lv + 3]), tonumber(ARGV[lv + 4])
-      local why = string.format('%d ignored in a row: at most %d a day, %d a week, %d min apart',
-        streak, lday, lweek, lgap / 60000)
-      consider('FATIGUE', wait_for(day, lday, DAY), why)
-      consider('FATIGUE', wait_for(week, lweek, WEEK), why)
-      if last_at then consider('FATIGUE', last_at + lgap, why) end
+      local why = '%d ignored in a row: at most %d a day, %d a week, %d min apart'
+      consider('FATIGUE', wait_for(day, lday, DAY), why, streak, lday, lweek, lgap / 60000)
+      consider('FATIGUE', wait_for(week, lweek, WEEK), why, streak, lday, lweek, lgap / 60000)
+      if last_at then consider('FATIGUE', last_at + lgap, why, streak, lday, lweek, lgap / 60000) end
     end
     consider('QUIET_HOURS', quiet_until, 'quiet hours in the member time zone')
   end
@@ -168,23 +197,23 @@ if reserve and allowed == 1 then
   out_token = token
   entry = token .. '|' .. channel .. '|' .. campaign .. '|' .. item
   if class == 'transactional' then
-    redis.call('ZADD', tx, now, entry)
-    redis.call('ZREMRANGEBYSCORE', tx, '-inf', fmt(now - DAY))
-    redis.call('PEXPIRE', tx, DAY + margin)
+    redis.call('ZADD', tx, ARGV[2], entry)
+    if tx_stale then redis.call('ZREMRANGEBYSCORE', tx, '-inf', fmt(now - DAY)) end
+    redis.call('PEXPIRE', tx, ARGV[23])
   else
-    redis.call('ZADD', sends, now, entry)
-    redis.call('ZREMRANGEBYSCORE', sends, '-inf', fmt(now - sends_ttl))
-    redis.call('PEXPIRE', sends, sends_ttl)
+    redis.call('ZADD', sends, ARGV[2], entry)
+    if sends_stale then redis.call('ZREMRANGEBYSCORE', sends, '-inf', fmt(now - sends_ttl)) end
+    redis.call('PEXPIRE', sends, ARGV[19])
     if campaign ~= '' then
-      redis.call('ZADD', camps, now, campaign)
+      redis.call('ZADD', camps, ARGV[2], campaign)
       redis.call('ZREMRANGEBYSCORE', camps, '-inf', fmt(now - camp_mem))
-      redis.call('PEXPIRE', camps, camp_mem + margin)
+      redis.call('PEXPIRE', camps, ARGV[24])
     end
   end
   if item ~= '' then
-    redis.call('ZADD', pushed, now, item)
+    redis.call('ZADD', pushed, ARGV[2], item)
     redis.call('ZREMRANGEBYSCORE', pushed, '-inf', fmt(now - pushed_window))
-    redis.call('PEXPIRE', pushed, pushed_window + margin)
+    redis.call('PEXPIRE', pushed, ARGV[25])
   end
 end
 if use_idem then
