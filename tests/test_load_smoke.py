@@ -224,6 +224,7 @@ def test_host_without_bundle_is_refused_with_a_clear_message(tmp_path: Path) -> 
 def test_fixed_rate_client_sends_on_schedule_and_counts_codes(scripted_server: str, tmp_path: Path) -> None:
     import asyncio
 
+    from recsvc.bench.cpu import cpu_probe
     from recsvc.bench.loadconfig import LoadConfig
     from recsvc.bench.ratebench import fixed_rate, request_maker
     from recsvc.bench.traffic import ServedIds, Traffic
@@ -243,10 +244,17 @@ def test_fixed_rate_client_sends_on_schedule_and_counts_codes(scripted_server: s
     assert result.codes == {"NOT_FOUND": 50} and result.completed_ok == 0 and result.error_pct == 100.0
     ok = asyncio.run(
         fixed_rate(
-            scripted_server, request_maker(traffic, "RecommendProducts"), 40, 1.0, label="RP", warmup_s=0.2
+            scripted_server,
+            request_maker(traffic, "RecommendProducts"),
+            40,
+            1.0,
+            label="RP",
+            warmup_s=0.2,
+            cpu_probe=cpu_probe(None, None),
         )
     )
     assert ok.sent == 40 and ok.completed_ok == 40 and ok.codes == {}
+    assert ok.cpu_ms_per_call["client"] > 0  # this process's CPU over the measured window, per call
     assert ok.p50_ms is not None and ok.p99_ms is not None and 0 < ok.p50_ms <= ok.p99_ms
 
 

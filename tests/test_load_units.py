@@ -360,3 +360,65 @@ def test_campaign_audience_ids_are_distinct_and_bounded() -> None:
     ids = list(audience(1234))
     assert len(ids) == len(set(ids)) == 1234
     assert ids[0] == "BENCH-C0000000"
+
+
+def test_cpu_accounting_reads_proc_and_divides_per_call() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from recsvc.bench.cpu import cpu_ms_per_call, cpu_probe, cpu_seconds
+    from recsvc.bench.ratebench import cpu_cell
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"]
+    )
+    try:
+        probe = cpu_probe(os.getpid(), None)  # this process as the "server", the child as its worker
+        before = probe()
+        busy.wait(timeout=10)
+    finally:
+        busy.kill()
+    assert cpu_seconds(busy.pid) == 0.0  # gone: no error
+    after = {**probe(), f"worker {busy.pid}": before.get(f"worker {busy.pid}", 0.0) + 0.5}
+    per_call = cpu_ms_per_call(before, after, calls=100)
+    assert per_call[f"worker {busy.pid}"] == pytest.approx(5.0) and per_call["workers"] == pytest.approx(5.0)
+    assert per_call["client"] >= 0 and cpu_ms_per_call(before, after, calls=0) == {}
+    assert cpu_cell({"client": 0.7, "worker 1": 0.8, "worker 2": 0.6, "workers": 1.4, "redis": 0.05}) == (
+        "client 0.70 · workers 1.40 (0.80 + 0.60) · redis 0.05"
+    )
+
+
+def test_echo_server_answers_the_fixed_response_over_grpc() -> None:
+    import asyncio
+    import contextlib
+    import threading
+
+    import grpc
+
+    from recsvc.bench.echo import serve_echo
+    from recsvc.localstack import free_port
+    from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(serve_echo("127.0.0.1", port, k=7))
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            resp = stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id="M1"), timeout=5)
+            assert len(resp.items) == 7 and resp.model_version == "echo"
+            with pytest.raises(grpc.RpcError) as err:
+                stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id="P1"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=10)

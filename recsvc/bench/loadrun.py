@@ -409,6 +409,8 @@ def start_local_stack(
         )
     )
     context["server pid"] = str(server.pid)
+    if redis.proc is not None:
+        context["redis pid"] = str(redis.proc.pid)
     try:
         wait_for_serving(host, timeout_s=opts.startup_timeout_s, proc=server)
     except RecsvcError as exc:

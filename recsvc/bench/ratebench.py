@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from recsvc.bench.cpu import cpu_ms_per_call
 from recsvc.bench.traffic import Traffic
 from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
 
@@ -45,6 +46,8 @@ class RateResult:
     max_send_lag_ms: float  # how far behind schedule the client itself fell
     error_pct: float
     codes: dict[str, int] = field(default_factory=dict)
+    # CPU ms per measured call by role (client, redis, server, worker <pid>, workers): see bench/cpu.py
+    cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,8 +55,24 @@ class RateResult:
 
 MARKDOWN_HEADER = (
     "| rpc | offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | "
-    "errors % | codes | client lag ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    "errors % | codes | client lag ms | CPU ms per call |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
 )
+
+
+def cpu_cell(cpu: dict[str, float]) -> str:
+    """``client 0.71 · workers 1.52 (0.80 + 0.72) · redis 0.05``; empty when not measured."""
+    if not cpu:
+        return ""
+    parts = [f"client {cpu['client']:.2f}"] if "client" in cpu else []
+    split = [f"{v:.2f}" for k, v in sorted(cpu.items()) if k.startswith("worker ")]
+    if "workers" in cpu:
+        parts.append(f"workers {cpu['workers']:.2f} ({' + '.join(split)})")
+    elif "server" in cpu:  # a single-process server
+        parts.append(f"server {cpu['server']:.2f}")
+    if "redis" in cpu:
+        parts.append(f"redis {cpu['redis']:.2f}")
+    return " · ".join(parts)
 
 
 def _f(v: float | None) -> str:
@@ -65,7 +84,7 @@ def markdown_row(r: RateResult) -> str:
     return (
         f"| {r.rpc} | {r.offered_rps:.0f} | {r.achieved_rps:.0f} | {_f(r.p50_ms)} | {_f(r.p95_ms)} | "
         f"{_f(r.p99_ms)} | {_f(r.p999_ms)} | {_f(r.max_ms)} | {r.error_pct:.3f} | {codes} | "
-        f"{r.max_send_lag_ms:.1f} |"
+        f"{r.max_send_lag_ms:.1f} | {cpu_cell(r.cpu_ms_per_call)} |"
     )
 
 
@@ -114,6 +133,7 @@ async def fixed_rate(
     deadline_s: float = 1.0,
     warmup_s: float = 2.0,
     metadata: tuple[tuple[str, str], ...] = (),
+    cpu_probe: Callable[[], dict[str, float]] | None = None,
 ) -> RateResult:
     """Offer ``rate`` calls/s for ``warmup_s + duration_s``; report on the last ``duration_s``."""
     if rate <= 0 or duration_s <= 0:
@@ -149,8 +169,13 @@ async def fixed_rate(
 
     t0 = loop.time() + 0.05
     i = 0
+    warm_n = round(rate * warmup_s)
+    cpu_before: dict[str, float] = {}
+    cpu_after: dict[str, float] = {}
     try:
         while i < total:
+            if cpu_probe is not None and not cpu_before and i >= warm_n:
+                cpu_before = cpu_probe()
             due = min(total, int((loop.time() - t0) * rate) + 1)
             while i < due:
                 scheduled = t0 + i / rate
@@ -160,12 +185,14 @@ async def fixed_rate(
                 task.add_done_callback(pending.discard)
                 i += 1
             await asyncio.sleep(0.0005)
+        if cpu_probe is not None and cpu_before:
+            cpu_after = cpu_probe()
         if pending:
             await asyncio.gather(*pending)
     finally:
         for c in channels:
             await c.close()
-    window = np.arange(total) >= round(rate * warmup_s)
+    window = np.arange(total) >= warm_n
     lat = latency[window]
     svc = service[window]
     code_arr = np.array(codes, dtype=object)[window]
@@ -189,6 +216,7 @@ async def fixed_rate(
         max_send_lag_ms=lag_max * 1000,
         error_pct=100.0 * (sent_n - int(ok.sum())) / sent_n if sent_n else 0.0,
         codes={k: v for k, v in counts.items() if k != "OK"},
+        cpu_ms_per_call=cpu_ms_per_call(cpu_before, cpu_after, sent_n),
     )
 
 

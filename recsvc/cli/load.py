@@ -253,9 +253,18 @@ def bench_service(
     duration: float = typer.Option(30.0, "--duration", min=1, help="Measured seconds per rate."),
     warmup: float = typer.Option(5.0, "--warmup", min=0, help="Unmeasured seconds before each rate."),
     rpc: str = typer.Option("RecommendProducts", "--rpc", help="One RPC name, or 'mixed' (config weights)."),
-    connections: int = typer.Option(4, "--connections", min=1, help="gRPC connections (aio channels)."),
+    connections: int = typer.Option(
+        32,
+        "--connections",
+        min=1,
+        help="gRPC connections (aio channels). SO_REUSEPORT spreads connections, not calls, over the "
+        "workers: with few connections one worker can get most of them (the CPU column shows the split).",
+    ),
     deadline: float = typer.Option(1.0, "--deadline", min=0.01, help="Per-call deadline, seconds."),
     host: str | None = typer.Option(None, "--host", help="A running server (needs --bundle)."),
+    server_pid: int | None = typer.Option(
+        None, "--server-pid", help="With --host: the server's process id, to report its CPU per call."
+    ),
     bundle: Path | None = typer.Option(None, "--bundle", help="Bundle served (ids are drawn from it)."),
     load_config: Path | None = typer.Option(None, "--load-config", help="Traffic mix (load config TOML)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Server processes, when started here."),
@@ -269,6 +278,7 @@ def bench_service(
     import os
     from contextlib import ExitStack
 
+    from recsvc.bench.cpu import cpu_probe
     from recsvc.bench.loadconfig import load_config as read_load_config
     from recsvc.bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from recsvc.bench.memory import to_markdown as memory_markdown
@@ -289,6 +299,8 @@ def bench_service(
     with ExitStack() as stack, sigterm_as_interrupt():
         if host:
             target, served = host, bundle
+            if server_pid:
+                context["server pid"] = str(server_pid)
         else:
             opts = LoadRunOptions(
                 bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
@@ -303,9 +315,11 @@ def bench_service(
         assert served is not None
         traffic = Traffic(ServedIds.from_bundle(served), config)
         metadata = tuple(config.metadata.items())
+        pids = {k: int(v) for k, v in context.items() if k in ("server pid", "redis pid")}
         runs = run_fixed_rates(
             target, traffic, rpc, offered, duration,
             connections=connections, deadline_s=deadline, warmup_s=warmup, metadata=metadata,
+            cpu_probe=cpu_probe(pids.get("server pid"), pids.get("redis pid")),
         )  # fmt: skip
         memory = tree_memory(int(context["server pid"])) if "server pid" in context else []
     md = "\n".join([MARKDOWN_HEADER, *(markdown_row(r) for r in runs)])
@@ -320,6 +334,20 @@ def bench_service(
         "server_memory": [m.as_dict() for m in memory],
     }
     _write(out, "service", payload, md)
+
+
+@bench.command("echo")
+@friendly_errors
+def bench_echo(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(0, "--port", min=0, help="0 = a free port (printed)."),
+    k: int = typer.Option(20, "--k", min=0, max=200, help="Items in the fixed response."),
+) -> None:
+    """The transport floor: a gRPC server answering RecommendProducts with a fixed response and no
+    work. Load it with `bench service --host HOST:PORT --server-pid PID --bundle ...`."""
+    from recsvc.bench.echo import run_echo
+
+    run_echo(host, port, k)
 
 
 @bench.command("memory")
