@@ -65,7 +65,8 @@ def cpu_cell(cpu: dict[str, float]) -> str:
     if not cpu:
         return ""
     parts = [f"client {cpu['client']:.2f}"] if "client" in cpu else []
-    split = [f"{v:.2f}" for k, v in sorted(cpu.items()) if k.startswith("worker ")]
+    # Children that did no work (multiprocessing's resource tracker) are left out of the split.
+    split = [f"{v:.2f}" for k, v in sorted(cpu.items()) if k.startswith("worker ") and v >= 0.005]
     if "workers" in cpu:
         parts.append(f"workers {cpu['workers']:.2f} ({' + '.join(split)})")
     elif "server" in cpu:  # a single-process server
