@@ -193,6 +193,21 @@ def test_tune_logs_nested_trials_and_reports_the_chosen_config(store: Path, data
     assert not any(k.startswith("all.") for c in children for k in c.data.metrics)
 
 
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_bundle_only_knows_purchases_its_model_was_trained_on(
+    store: Path, data: SyntheticDataset, refit: bool
+) -> None:
+    out = store / f"bundle-refit-{refit}"
+    s = _settings(store, model=f"recsvc-purchases-{refit}")
+    pipeline.run(s, pipeline.TrainOptions(data_dir=store, bundle_out=out, refit=refit), dataset=data)
+    b = load_bundle(out)
+    bought, history = b.purchased.tocoo(), b.history.tocsr()
+    assert bought.nnz > 0
+    # every (member, item) the bundle says was bought is in the history the model was fitted on;
+    # a --no-refit bundle used to include the holdout's purchases here
+    assert all(history[m, i] > 0 for m, i in zip(bought.row, bought.col, strict=True))
+
+
 def test_champion_of_another_schema_is_only_replaced_with_force(store: Path, data: SyntheticDataset) -> None:
     from urllib.parse import urlparse
 

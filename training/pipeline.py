@@ -272,6 +272,7 @@ def run(
             if options.refit:
                 # the split and the candidate are done with: free them before the second fit
                 del candidate, data_split
+                served_events = prepared.events
                 with steps.step("refit on all data up to the cutoff", total=params.iterations) as adv:
                     final = train_factors(
                         prepared,
@@ -283,6 +284,10 @@ def run(
                     )
             else:
                 final = candidate
+                # The bundle is the model as of the split: it must not know the holdout's purchases
+                # either (else "exclude purchased" hides exactly the items the holdout looks for).
+                served_events = data_split.train
+                del data_split
             with steps.step("segments and popularity tables"):
                 seg_table, member_segment = segments.member_segments(prepared, t)
                 popular = segments.popularity_tables(prepared, member_segment, t, t.popular_window_days)
@@ -314,7 +319,7 @@ def run(
                     member_factors=final.member_factors,
                     item_factors=final.item_factors,
                     history=final.matrix,
-                    purchased=purchased_matrix(prepared.events, shape),
+                    purchased=purchased_matrix(served_events, shape),
                     member_segment=member_segment,
                     segments=seg_table,
                     popular=popular,

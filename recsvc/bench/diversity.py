@@ -10,8 +10,8 @@ diversity`` puts the table in ``load/results/bench/<timestamp>/``.
 Each setting runs the real engine (retrieval, filters, MMR) without a real-time store, with
 ``recsvc.engine.tradeoff.ndcg_at_k`` and ``recsvc.engine.diversity.intra_list_diversity``, plus one
 measure a member sees directly: distinct categories among the top k. It does not call
-``tradeoff.diversity_tradeoff`` because that keeps ``exclude_purchased`` on, and a --no-refit
-bundle's purchased table includes the holdout's purchases (so relevant items would be hidden).
+``tradeoff.diversity_tradeoff``: that excludes only purchases, while training's evaluation
+excludes every training-period item, which is what this bench mirrors.
 """
 
 from __future__ import annotations
@@ -139,8 +139,7 @@ def diversity_table(
         ndcgs, ilds, cats = [], [], []
         for member, relevant in holdout.items():
             # Rank what training's evaluation ranks: everything but the member's training-period
-            # items. Not ``exclude_purchased``: a --no-refit bundle's purchased table also holds
-            # the holdout's purchases, which would hide the very items being looked for.
+            # items (a superset of their purchases in a --no-refit bundle).
             row = model.member_row(member)
             seen_rows, _ = model.history(row) if row is not None else (np.zeros(0, np.int64), None)
             seen = frozenset(_item_ids(model, seen_rows))
