@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server on a free port, free ports, BLAS on one thread."""
+"""Shared fixtures: a real redis-server on a free port, free ports, BLAS on one thread, and a
+planted bundle served by a real gRPC server (``planted``, ``srv``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bundle_factory import PlantedBundle, make_bundle
+from serving_harness import RunningServer, running_server, serving_settings
 
 from recsvc.localstack import LocalRedis
 
@@ -57,3 +60,16 @@ def _fresh_privacy_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     change what another test trains or serves."""
     monkeypatch.setenv("RECSVC_SECURITY__AUDIT_LOG", str(tmp_path / "state" / "audit.log"))
     monkeypatch.setenv("RECSVC_SECURITY__ERASURE_LIST", str(tmp_path / "state" / "erasures.txt"))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    """A small bundle whose recommendations are known in advance (tests/bundle_factory.py)."""
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
+
+
+@pytest.fixture
+def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A real server (aio, free port) on ``planted`` and a real Redis; health SERVING."""
+    with running_server(serving_settings(str(planted.path), redis_url, tmp_path)) as s:
+        yield s

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from bundle_factory import PlantedBundle, make_bundle
+from bundle_factory import PlantedBundle
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import serving_settings
 
@@ -81,11 +81,6 @@ def secured_server(settings: Settings, keys: dict[str, str]) -> Iterator[Secured
         client.close()
         channel.close()
         shutdown(server, deps, grace_s=0)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
 
 
 @pytest.fixture

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from bundle_factory import PlantedBundle, make_bundle
-from serving_harness import RunningServer, running_server, serving_settings
+from bundle_factory import PlantedBundle
+from serving_harness import RunningServer
 from typer.testing import CliRunner
 
 from recsvc.cli import app
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
-
-
-@pytest.fixture
-def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(serving_settings(str(planted.path), redis_url, tmp_path)) as s:
-        yield s
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -4,29 +4,17 @@ bundle: every RPC, filters, cold start, real-time events, errors, health."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from bundle_factory import PlantedBundle, make_bundle
+from bundle_factory import PlantedBundle
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import RunningServer, running_server, serving_settings
 
 from recsvc.v1 import common_pb2, recommender_pb2
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
-
-
-@pytest.fixture
-def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    with running_server(serving_settings(str(planted.path), redis_url, tmp_path)) as s:
-        yield s
 
 
 def products(srv: RunningServer, member: str, k: int = 10, **kw: object) -> recommender_pb2.RecommendResponse:
