@@ -46,6 +46,12 @@ def test_every_command_reaches_its_rpc(srv: RunningServer, planted: PlantedBundl
     assert code == 0 and out.count('"member_id"') == 2
     code, out = run("info", "--target", srv.target, "--json")
     assert code == 0 and json.loads(out)["model_version"] == planted.bundle_id
+    metrics = json.loads(out)["metrics"]
+    assert metrics  # the planted bundle carries holdout metrics
+    code, out = run("info", "--target", srv.target)  # for humans: metrics as a table, one per line
+    assert code == 0 and f"model_version: {planted.bundle_id}" in out and "{" not in out
+    for name in metrics:
+        assert any(line.split("│")[1].strip() == name for line in out.splitlines() if line.count("│") >= 3)
     code, out = run("reload", "--target", srv.target, "--json")
     assert code == 0 and json.loads(out)["model_version"] == planted.bundle_id
 

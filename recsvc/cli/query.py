@@ -52,8 +52,17 @@ def _print(message: Any, as_json: bool) -> None:
         return
     items = data.get("items")
     if items is None:
+        tables = {k: v for k, v in data.items() if isinstance(v, dict)}
         for key, value in data.items():
-            out.print(f"[bold]{key}[/]: {value}")
+            if key not in tables:
+                out.print(f"[bold]{key}[/]: {value}")
+        for key, values in tables.items():
+            # e.g. GetModelInfo's metrics (holdout NDCG, recall, ...) and variants (name -> version)
+            sub = Table(key, "value", title=None, show_header=True)
+            for name in sorted(values):
+                v = values[name]
+                sub.add_row(name, f"{v:.4f}" if isinstance(v, float) else str(v))
+            out.print(sub)
         return
     header = {k: v for k, v in data.items() if k != "items"}
     out.print(" ".join(f"{k}={v}" for k, v in header.items()))
