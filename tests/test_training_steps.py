@@ -211,6 +211,25 @@ def test_ann_reaches_target_recall_and_small_kinds_are_exact() -> None:
     assert (ids < 500).all()
 
 
+def test_ann_tuning_finds_the_smallest_value_that_meets_the_target() -> None:
+    state = {"v": 0}
+    truth = np.arange(100)[None, :]
+
+    def set_param(v: int) -> None:
+        state["v"] = v
+
+    def search() -> np.ndarray:  # recall grows with the value: min(1, v / 80)
+        good = min(100, int(100 * state["v"] / 80))
+        return np.concatenate([np.arange(good), np.arange(1000, 1100 - good)])[None, :]
+
+    value, recall = ann._tune(search, set_param, 8, 1024, truth, 0.95, "nprobe", 100)
+    # doubling alone would stop at 128; the smallest value meeting 0.95 is 76
+    assert recall >= 0.95 and 76 <= value <= 80
+    assert state["v"] == value  # the index is left at the chosen value (it is saved with it)
+    value, recall = ann._tune(search, set_param, 8, 40, truth, 0.95, "nprobe", 100)
+    assert value == 40 and recall == pytest.approx(0.5)  # capped: the best it can do
+
+
 def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import faiss
 

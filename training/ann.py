@@ -49,15 +49,34 @@ def _tune(
     what: str,
     size: int,
 ) -> tuple[int, float]:
-    """Double the search-effort parameter from ``start`` until recall reaches the target or ``stop``."""
-    value = start
-    while True:
-        set_param(value)
-        recall = _recall(search(), truth)
-        log.info("ann recall size=%d %s=%d recall=%.4f", size, what, value, recall)
-        if recall >= target_recall or value >= stop:
-            break
-        value = min(value * 2, stop)
+    """The smallest search-effort value (nprobe / efSearch) whose recall reaches the target.
+
+    Doubles from ``start`` until the target or ``stop`` is reached, then bisects between the last
+    value that missed and the first that met it: search cost grows with the value, and doubling
+    alone can overshoot by up to 2x (at 1M members x 64 factors, nprobe 32 gave 0.9475 and 64
+    gave 0.979). Recall grows with the value, so the bisection keeps the target met.
+    """
+    measured: dict[int, float] = {}
+
+    def recall_at(v: int) -> float:
+        if v not in measured:
+            set_param(v)
+            measured[v] = _recall(search(), truth)
+            log.info("ann recall size=%d %s=%d recall=%.4f", size, what, v, measured[v])
+        return measured[v]
+
+    low, value = 0, start  # low: the largest value known to miss the target (0 = none)
+    while recall_at(value) < target_recall and value < stop:
+        low, value = value, min(value * 2, stop)
+    if recall_at(value) >= target_recall:
+        while value - low > max(1, value // 16):  # to within ~6 % of the smallest value
+            mid = (low + value) // 2
+            if recall_at(mid) >= target_recall:
+                value = mid
+            else:
+                low = mid
+    recall = recall_at(value)
+    set_param(value)
     if recall < target_recall:
         log.warning("ann recall %.3f below target %.2f at %s=%d", recall, target_recall, what, value)
     return value, recall

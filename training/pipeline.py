@@ -301,7 +301,7 @@ def run(
                     m=t.hnsw_m,
                     ef_construction=t.hnsw_ef_construction,
                     ef_search=t.hnsw_ef_search,
-                    target_recall=t.ann_target_recall,
+                    target_recall=min(1.0, t.ann_target_recall + t.ann_recall_margin),
                     max_ef_search=t.ann_max_ef_search,
                     method=t.ann_index,
                 )
