@@ -352,3 +352,19 @@ def test_ndcg_and_map_agree_with_implicits_ranking_metrics() -> None:
         ref = ranking_metrics_at_k(model, train[keep], test[keep], K=k, show_progress=False)
         assert ours[f"all.ndcg_at_{k}"] == pytest.approx(ref["ndcg"], rel=1e-9)
         assert ours[f"all.map_at_{k}"] == pytest.approx(ref["map"], rel=1e-9)
+
+
+def test_reindex_rebuilds_the_indexes_of_a_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bundle_factory import make_bundle
+
+    from recsvc.bundle import load_bundle
+    from recsvc.settings import load_settings
+    from training.reindex import main, reindex
+
+    src = make_bundle(tmp_path / "src").path
+    t = load_settings(overrides={"training": {"exact_index_below": 10}}).training
+    info = reindex(src, tmp_path / "dst", t)
+    copy = load_bundle(tmp_path / "dst")
+    assert copy.manifest.bundle_id == load_bundle(src).manifest.bundle_id + "-reindexed"
+    assert copy.manifest.index == info and set(copy.indexes) == {"product", "content"}
+    assert main([str(src), str(tmp_path / "dst")]) == 2  # never overwrites

@@ -1,0 +1,68 @@
+"""Rebuild a bundle's FAISS indexes on its own factors with the current ANN code and settings,
+into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``.
+
+For measuring an index change without a new training run (docs/benchmarks.md: the 1M x 64-factor
+bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed`` and the new
+``Manifest.index``; factors, tables and everything else are the source's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recsvc.bundle import load_bundle
+from recsvc.settings import TrainingSettings, load_settings
+from training import ann
+
+
+def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
+    import faiss
+
+    load_bundle(src)  # refuses anything that is not a readable bundle
+    shutil.copytree(src, dst)
+    item_factors = np.load(dst / "item_factors.npy")
+    member_factors = np.load(dst / "member_factors.npy", mmap_mode="r")
+    queries = ann.query_sample(member_factors, t.ann_queries, t.random_state)
+    indexes, info = ann.build_indexes(
+        item_factors,
+        np.load(dst / "item_kind.npy"),
+        queries,
+        exact_below=t.exact_index_below,
+        m=t.hnsw_m,
+        ef_construction=t.hnsw_ef_construction,
+        ef_search=t.hnsw_ef_search,
+        target_recall=min(1.0, t.ann_target_recall + t.ann_recall_margin),
+        max_ef_search=t.ann_max_ef_search,
+        method=t.ann_index,
+    )
+    for old in dst.glob("index_*.faiss"):
+        old.unlink()
+    for kind, index in indexes.items():
+        faiss.write_index(index, str(dst / f"index_{kind}.faiss"))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["index"] = info
+    manifest["bundle_id"] = f"{manifest['bundle_id']}-reindexed"
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    load_bundle(dst)  # the copy still loads
+    return info
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m training.reindex SRC_BUNDLE DST_BUNDLE", file=sys.stderr)
+        return 2
+    src, dst = Path(argv[0]), Path(argv[1])
+    if dst.exists():
+        print(f"{dst} exists; choose a new folder", file=sys.stderr)
+        return 2
+    print(json.dumps(reindex(src, dst, load_settings().training), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
