@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from recsvc.bundle import KIND_NAMES
+from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +204,22 @@ def query_sample(member_factors: np.ndarray, n: int, seed: int) -> np.ndarray:
     if trained.size > n:
         trained = np.random.default_rng(seed).choice(trained, size=n, replace=False)
     return member_factors[trained]
+
+
+def indexes_for(
+    item_factors: np.ndarray, item_kind: np.ndarray, member_factors: np.ndarray, t: TrainingSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``build_indexes`` as training settings ask: queries sampled from the trained members,
+    tuned to ``ann_target_recall`` + ``ann_recall_margin``."""
+    return build_indexes(
+        item_factors,
+        item_kind,
+        query_sample(member_factors, t.ann_queries, t.random_state),
+        exact_below=t.exact_index_below,
+        m=t.hnsw_m,
+        ef_construction=t.hnsw_ef_construction,
+        ef_search=t.hnsw_ef_search,
+        target_recall=min(1.0, t.ann_target_recall + t.ann_recall_margin),
+        max_ef_search=t.ann_max_ef_search,
+        method=t.ann_index,
+    )

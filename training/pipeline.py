@@ -292,18 +292,8 @@ def run(
                 seg_table, member_segment = segments.member_segments(prepared, t)
                 popular = segments.popularity_tables(prepared, member_segment, t, t.popular_window_days)
             with steps.step("FAISS indexes"):
-                queries = ann.query_sample(final.member_factors, t.ann_queries, t.random_state)
-                indexes, index_info = ann.build_indexes(
-                    final.item_factors,
-                    prepared.item_kind,
-                    queries,
-                    exact_below=t.exact_index_below,
-                    m=t.hnsw_m,
-                    ef_construction=t.hnsw_ef_construction,
-                    ef_search=t.hnsw_ef_search,
-                    target_recall=min(1.0, t.ann_target_recall + t.ann_recall_margin),
-                    max_ef_search=t.ann_max_ef_search,
-                    method=t.ann_index,
+                indexes, index_info = ann.indexes_for(
+                    final.item_factors, prepared.item_kind, final.member_factors, t
                 )
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)

@@ -27,19 +27,7 @@ def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
     shutil.copytree(src, dst)
     item_factors = np.load(dst / "item_factors.npy")
     member_factors = np.load(dst / "member_factors.npy", mmap_mode="r")
-    queries = ann.query_sample(member_factors, t.ann_queries, t.random_state)
-    indexes, info = ann.build_indexes(
-        item_factors,
-        np.load(dst / "item_kind.npy"),
-        queries,
-        exact_below=t.exact_index_below,
-        m=t.hnsw_m,
-        ef_construction=t.hnsw_ef_construction,
-        ef_search=t.hnsw_ef_search,
-        target_recall=min(1.0, t.ann_target_recall + t.ann_recall_margin),
-        max_ef_search=t.ann_max_ef_search,
-        method=t.ann_index,
-    )
+    indexes, info = ann.indexes_for(item_factors, np.load(dst / "item_kind.npy"), member_factors, t)
     for old in dst.glob("index_*.faiss"):
         old.unlink()
     for kind, index in indexes.items():
