@@ -56,10 +56,6 @@ def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
     return code is not None and code() is not None
 
 
-def _is_aio_abort(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AbortError)
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
@@ -78,7 +74,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 try:
                     return await inner_auu(request, context)
                 except Exception as exc:
-                    if _is_aio_abort(exc):
+                    if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await context.abort(*_status_of(method, exc))
 
@@ -93,7 +89,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     async for item in inner_aus(request, context):
                         yield item
                 except Exception as exc:
-                    if _is_aio_abort(exc):
+                    if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await context.abort(*_status_of(method, exc))
 
