@@ -38,6 +38,7 @@ _READ_SCRIPT = """
 return {redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1), redis.call('SMEMBERS', KEYS[2])}
 """
 _BACKOFF_START_S = 1.0
+_BACKOFF_MAX_S = 30.0
 
 
 class ThreadConnections:
@@ -74,9 +75,6 @@ class ThreadConnections:
             for conn in self._all:
                 conn.disconnect()
             self._all.clear()
-
-
-_BACKOFF_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
