@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from bundle_factory import PlantedBundle, make_bundle
-from serving_harness import RunningServer, running_server, serving_settings
 
 from recsvc.localstack import LocalRedis
+
+if TYPE_CHECKING:  # imported in the fixtures: numpy must not load before BLAS is set to one thread
+    from bundle_factory import PlantedBundle
+    from serving_harness import RunningServer
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -65,11 +68,15 @@ def _fresh_privacy_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
     """A small bundle whose recommendations are known in advance (tests/bundle_factory.py)."""
+    from bundle_factory import make_bundle
+
     return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
 
 
 @pytest.fixture
 def srv(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
     """A real server (aio, free port) on ``planted`` and a real Redis; health SERVING."""
+    from serving_harness import running_server, serving_settings
+
     with running_server(serving_settings(str(planted.path), redis_url, tmp_path)) as s:
         yield s
