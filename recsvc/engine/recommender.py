@@ -226,9 +226,7 @@ class RecommendationEngine:
                 break
         where = f"{segment} members" if segment != "all" else "members"
         reason = f"popular with {where}"
-        return self._items(
-            model, np.asarray(rows, dtype=np.int64), np.asarray(scores), [reason] * len(rows), SOURCE_POPULAR
-        )
+        return self._items(model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
 
     def _reasons(
         self,
@@ -261,16 +259,16 @@ class RecommendationEngine:
     def _items(
         self,
         model: ServedModel,
-        rows: np.ndarray,
-        scores: np.ndarray,
+        rows: np.ndarray | Sequence[int],
+        scores: np.ndarray | Sequence[float],
         reasons: Sequence[str],
         source: str,
     ) -> list[common_pb2.RecommendedItem]:
         """Response items for ``rows``: attributes looked up once for the whole list."""
-        rows_l = np.asarray(rows, dtype=np.int64).tolist()
-        if not rows_l:
+        idx = np.asarray(rows, dtype=np.int64)
+        if idx.shape[0] == 0:
             return []
-        idx = np.asarray(rows_l, dtype=np.int64)
+        rows_l = idx.tolist()
         cats, brands, titles = model.categories, model.brands, model.titles
         n_cat, n_brand = len(cats), len(brands)
         return [
