@@ -24,7 +24,7 @@ Layout (schema 1)::
     purchased_{indptr,indices}.npy       CSR [members x items] items the member bought
     segments.parquet         member_id, lifecycle, recency_days, frequency, monetary, r, f, m, rfm_score
     popular.parquet          segment, channel, kind, rank, item_id, score   ("all" = any)
-    index_product.faiss      FAISS inner-product index over product rows (ids = item rows)
+    index_product.faiss      FAISS index ranking product rows by inner product (ids = item rows)
     index_content.faiss      the same over content rows
 """
 
@@ -50,6 +50,8 @@ MANIFEST = "manifest.json"
 KIND_PRODUCT = 1
 KIND_CONTENT = 2
 KIND_NAMES = {KIND_PRODUCT: "product", KIND_CONTENT: "content"}
+# Manifest index type of the norm-augmented (MIPS-to-L2) IVF index, training/ann.py.
+INDEX_L2_AUGMENTED = "ivf_flat_l2_augmented"
 LIFECYCLE_STAGES = ("new", "active", "at_risk", "dormant", "churned")
 ALL = "all"
 

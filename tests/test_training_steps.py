@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,7 +205,7 @@ def test_ann_reaches_target_recall_and_small_kinds_are_exact() -> None:
     indexes, info = ann.build_indexes(
         vectors, kind, queries, exact_below=200, m=16, ef_construction=64, ef_search=16, k=10
     )
-    assert info["product"]["type"] == "ivf_flat_ip" and info["product"]["recall_at_k"] >= 0.95
+    assert info["product"]["type"] == "ivf_flat_l2_augmented" and info["product"]["recall_at_k"] >= 0.95
     assert info["content"]["type"] == "flat_ip"
     _, ids = indexes["content"].search(queries[:3], 5)
     assert (ids >= 500).all()  # ids are item rows, not positions in the kind
@@ -230,7 +232,12 @@ def test_ann_tuning_finds_the_smallest_value_that_meets_the_target() -> None:
     assert value == 40 and recall == pytest.approx(0.5)  # capped: the best it can do
 
 
-def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("method", "index_type"), [("ivf_mips", "ivf_flat_l2_augmented"), ("ivf", "ivf_flat_ip")]
+)
+def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(
+    tmp_path: Path, method: str, index_type: str
+) -> None:
     import faiss
 
     rng = np.random.default_rng(1)
@@ -239,8 +246,9 @@ def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(tmp_pat
     queries = rng.normal(size=(200, 16)).astype(np.float32)
     kind = np.ones(3000, dtype=np.uint8)
     indexes, info = ann.build_indexes(
-        vectors, kind, queries, exact_below=100, m=16, ef_construction=64, ef_search=16, k=20
+        vectors, kind, queries, exact_below=100, m=16, ef_construction=64, ef_search=16, k=20, method=method
     )
+    assert info["product"]["type"] == index_type
     assert info["product"]["recall_at_k"] >= 0.95 and info["product"]["nprobe"] <= info["product"]["nlist"]
     faiss.write_index(indexes["product"], str(tmp_path / "ivf.faiss"))
     loaded = faiss.read_index(str(tmp_path / "ivf.faiss"))  # serving reads it like this

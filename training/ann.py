@@ -1,19 +1,33 @@
-"""Step 6: one FAISS inner-product index per item kind, and its recall against exact search.
+"""Step 6: one FAISS index per item kind that ranks items by inner product, and its recall
+against exact search.
 
-Default index: IVF-Flat with inner product, ``nprobe`` doubled until the measured recall@k against
-exact search reaches ``target_recall``. ALS item norms span orders of magnitude, and on such
-factors an inner-product HNSW graph stayed below 0.95 recall even at efSearch 2048 while costing
-more per query than exact search (measured on 95k products; docs/benchmarks.md); HNSW remains
-available with ``training.ann_index = "hnsw"``.
+Default index (``training.ann_index = "ivf_mips"``): IVF-Flat with L2 distance over
+norm-augmented item vectors. ALS item norms span orders of magnitude, so maximum-inner-product
+search (MIPS) is not a nearest-neighbour problem: the best items for a query are long vectors far
+from it, and k-means cells built for inner product need many probes (IVF-IP needed nprobe 36 of
+315 cells at 1M members x 64 factors). The augmentation reduces MIPS to nearest-neighbour search
+(Bachrach et al. 2014, "Speeding up the Xbox recommender system using a Euclidean transformation
+for inner-product spaces"): every item vector x gets the extra coordinate sqrt(M^2 - ||x||^2),
+M the largest item norm of its kind, so all items lie on a sphere of radius M; queries get 0.
+Then ||q - x'||^2 = ||q||^2 + M^2 - 2 q.x, and L2 order equals inner-product order exactly. At
+1M x 64 factors this halved the search time at the same recall (docs/benchmarks.md). The index
+is stored self-describing: ``IndexPreTransform(RemapDimensionsTransform(d, d + 1), IVF-L2)``
+appends the 0 to plain d-dimensional queries, so callers search it like any other index. It
+returns L2 distances, not inner products: serving recomputes the scores
+(``ServedModel.search``).
+
+``"ivf"`` selects IVF-Flat with inner product directly (the previous default); ``"hnsw"`` an
+inner-product HNSW graph, which on ALS factors stayed below 0.95 recall even at efSearch 2048
+while costing more per query than exact search (measured on 95k products; docs/benchmarks.md).
 
 Reads: item factors, item kinds, query vectors (a sample of trained member factors: what serving
 searches with) and the HNSW settings.
-Writes: ``{"product": index, "content": index}`` whose ids are item rows (``IndexIDMap``), plus
-an info dict for ``Manifest.index``: per kind the index type, size, efSearch and measured
-recall@k against exact search. Kinds with fewer than ``exact_index_below`` items get an exact
-``IndexFlatIP`` (recall 1 by construction). For HNSW, efSearch starts at the configured value
-and doubles until recall reaches ``target_recall`` (or ``max_ef_search``); the chosen efSearch is
-stored in the index file and the manifest.
+Writes: ``{"product": index, "content": index}`` whose ids are item rows, plus an info dict for
+``Manifest.index``: per kind the index type, size, nlist/nprobe (or efSearch), the max norm of the
+augmentation, and the measured recall@k against exact search. Kinds with fewer than
+``exact_index_below`` items get an exact ``IndexFlatIP`` (recall 1 by construction). nprobe
+(efSearch for HNSW) is tuned by ``_tune`` until recall reaches ``target_recall``; the chosen value
+is stored in the index file and the manifest.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bundle import KIND_NAMES
+from recsvc.bundle import INDEX_L2_AUGMENTED, KIND_NAMES
 from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -83,6 +97,27 @@ def _tune(
     return value, recall
 
 
+def mips_nlist(n: int) -> int:
+    """Cells for the norm-augmented IVF: 4 sqrt(n) (at 100k products, 4 sqrt(n) = 1260 cells beat
+    2 sqrt(n) and matched 8 sqrt(n); docs/benchmarks.md), at least 16, but at most n / 39 so that
+    k-means has the 39 points per centroid FAISS asks for (small kinds get fewer cells)."""
+    return int(max(1, min(max(16, int(4 * np.sqrt(n))), n // 39, 65536)))
+
+
+def augment(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    """``vectors`` with the coordinate sqrt(M^2 - ||x||^2) appended (M: the largest norm), and M.
+
+    All augmented vectors have norm M, so for a query q with 0 appended,
+    ||q - x'||^2 = ||q||^2 + M^2 - 2 q.x: L2 order is inner-product order.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    max_sq = float(sq.max()) if sq.size else 0.0
+    extra = np.sqrt(np.maximum(max_sq - sq, 0.0))
+    out = np.ascontiguousarray(np.hstack([x, extra[:, None]]), dtype=np.float32)
+    return out, float(np.sqrt(max_sq))
+
+
 def build_index(
     vectors: np.ndarray,
     rows: np.ndarray,
@@ -95,7 +130,7 @@ def build_index(
     k: int,
     target_recall: float,
     max_ef_search: int,
-    method: str = "ivf",
+    method: str = "ivf_mips",
 ) -> tuple[Any, dict[str, Any]]:
     import faiss
 
@@ -119,14 +154,26 @@ def build_index(
         return np.asarray(index.search(q, kk)[1])
 
     info: dict[str, Any] = {"size": int(rows.size), "k": k}
-    if method == "ivf":
-        # sqrt(n) cells: the usual balance between cell scan and list scan cost.
-        nlist = int(max(16, min(65536, round(np.sqrt(rows.size)))))
-        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(xb)
-        index.add_with_ids(xb, ids)
+    if method in ("ivf", "ivf_mips"):
+        if method == "ivf":
+            # sqrt(n) cells: the usual balance between cell scan and list scan cost.
+            nlist = int(max(16, min(65536, round(np.sqrt(rows.size)))))
+            index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            index.train(xb)
+            index.add_with_ids(xb, ids)
+            info.update(type="ivf_flat_ip", nlist=nlist)
+        else:
+            nlist = mips_nlist(rows.size)
+            xa, max_norm = augment(xb)
+            inner = faiss.index_factory(d + 1, f"IVF{nlist},Flat", faiss.METRIC_L2)
+            inner.train(xa)
+            inner.add_with_ids(xa, ids)  # the IVF keeps the ids: item rows
+            # Queries are d-dimensional: the transform appends the 0 coordinate (uniform=False maps
+            # input dimension i to output i; the stub only knows the explicit-map signature).
+            remap = faiss.RemapDimensionsTransform(d, d + 1, False)  # type: ignore[arg-type]
+            index = faiss.IndexPreTransform(remap, inner)
+            info.update(type=INDEX_L2_AUGMENTED, nlist=nlist, max_norm=max_norm)
         ivf = faiss.extract_index_ivf(index)
-        info.update(type="ivf_flat_ip", nlist=nlist)
 
         def set_nprobe(v: int) -> None:
             ivf.nprobe = v
@@ -140,6 +187,8 @@ def build_index(
         )
         info.update(nprobe=nprobe, recall_at_k=float(recall))
         return index, info
+    if method != "hnsw":
+        raise ValueError(f"unknown ANN index method {method!r}: ivf_mips, ivf or hnsw")
     hnsw = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = ef_construction
     index = faiss.IndexIDMap(hnsw)
@@ -172,7 +221,7 @@ def build_indexes(
     k: int = 20,
     target_recall: float = 0.95,
     max_ef_search: int = 2048,
-    method: str = "ivf",
+    method: str = "ivf_mips",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Indexes by kind name over the item rows that have a non-zero vector."""
     indexes: dict[str, Any] = {}

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bundle import ALL, KIND_CONTENT, KIND_NAMES, KIND_PRODUCT, LoadedBundle, load_bundle
+from recsvc.bundle import (
+    ALL,
+    INDEX_L2_AUGMENTED,
+    KIND_CONTENT,
+    KIND_NAMES,
+    KIND_PRODUCT,
+    LoadedBundle,
+    load_bundle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,11 @@ class ServedModel:
         self.item_brand: np.ndarray = a["item_brand"]
         self.item_price: np.ndarray = a["item_price"]
         self.item_in_stock: np.ndarray = a["item_in_stock"]
+        # What ``in_stock_only`` keeps, in one look-up: stock is a product notion, so content
+        # is never left out by it.
+        self.item_stock_ok: np.ndarray = np.asarray(self.item_in_stock, dtype=bool) | (
+            np.asarray(self.item_kind) != KIND_PRODUCT
+        )
         self.history_indptr: np.ndarray = a["history_indptr"]
         self.history_indices: np.ndarray = a["history_indices"]
         self.history_data: np.ndarray = a["history_data"]
@@ -78,12 +91,19 @@ class ServedModel:
         y = np.asarray(self.item_factors, dtype=np.float32)
         self.yty: np.ndarray = y.T.dot(y)
         self.indexes: dict[int, Any] = {}
+        # Norm-augmented (MIPS-to-L2) indexes answer squared L2 distances d on the augmented
+        # vectors; d = |q|^2 + M^2 - 2 q.x, so the inner product is (|q|^2 + M^2 - d) / 2.
+        self._l2_max_norm_sq: dict[int, float] = {}
+        index_info = bundle.manifest.index or {}
         for name, index in bundle.indexes.items():
             code = KIND_CODES.get(name)
             if code is None:
                 continue
             _tune_index(index, hnsw_ef_search)
             self.indexes[code] = index
+            info = index_info.get(name) or {}
+            if info.get("type") == INDEX_L2_AUGMENTED:
+                self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
 
     @classmethod
@@ -116,16 +136,27 @@ class ServedModel:
         return int(self.item_kind[row])
 
     def search(self, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` item rows of ``kind`` by inner product: FAISS index, else exact."""
+        """Top ``n`` item rows of ``kind`` by inner product, best first: FAISS index, else exact.
+
+        Scores are inner products for every index type: an inner-product index returns them; a
+        norm-augmented IVF index (training/ann.py) returns L2 distances on the augmented
+        vectors, turned back into inner products here (exact up to float32 rounding of the
+        distance, about 1e-7 x (|q|^2 + M^2); the order is the index's, already best first).
+        """
         n = min(n, len(self.kind_rows[kind]))
         if n <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         index = self.indexes.get(kind)
-        if index is not None:
-            scores, ids = index.search(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32), n)
-            keep = ids[0] >= 0
-            return ids[0][keep].astype(np.int64), scores[0][keep]
-        return self.exact_search(vector, kind, n)
+        if index is None:
+            return self.exact_search(vector, kind, n)
+        q = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        found, ids = index.search(q, n)
+        keep = ids[0] >= 0
+        rows, scores = ids[0][keep].astype(np.int64), found[0][keep]
+        max_norm_sq = self._l2_max_norm_sq.get(kind)
+        if max_norm_sq is not None:
+            scores = ((float(q[0] @ q[0]) + max_norm_sq - scores) * 0.5).astype(np.float32)
+        return rows, scores
 
     def exact_search(self, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference: score every item of ``kind`` (used to widen after filters, and in tests)."""
