@@ -48,6 +48,10 @@ class ThreadConnections:
     that thread needs none of the pool's locking and bookkeeping (about a third of redis-py's
     per-call cost here). Threads of the synchronous handlers get their own. Connections take the
     client's settings (address, timeouts, TLS); a failed one is dropped and made again next call.
+
+    A command can be sent and its reply read later (``send`` then ``read``), so the caller can
+    work while Redis answers. A reply left unread (the caller failed in between) is never taken
+    for the next command's: the connection is dropped and made again.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -57,18 +61,36 @@ class ThreadConnections:
         self._all: list[redis.connection.AbstractConnection] = []
         self._lock = threading.Lock()
 
-    def call(self, *args: str | int) -> object:
-        conn = getattr(self._local, "conn", None)
+    def send(self, *args: str | int) -> redis.connection.AbstractConnection:
+        """Send one command on this thread's connection; ``read`` its reply next."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.unread:
+            conn.disconnect()  # a reply nobody read: start clean rather than read it by mistake
         if conn is None:
-            conn = self._local.conn = self._make()
+            conn = local.conn = self._make()
             with self._lock:
                 self._all.append(conn)
+        local.unread = True
         try:
             conn.send_command(*args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            local.unread = False
+            conn.disconnect()
+            raise
+        return conn
+
+    def read(self, conn: redis.connection.AbstractConnection) -> object:
+        """The reply to the command ``send`` just sent on ``conn`` (this thread's)."""
+        self._local.unread = False
+        try:
             return conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
             raise
+
+    def call(self, *args: str | int) -> object:
+        return self.read(self.send(*args))
 
     def close(self) -> None:
         with self._lock:
@@ -93,6 +115,30 @@ class RecentActivity:
     @property
     def empty(self) -> bool:
         return not self.events and not self.purchased
+
+
+class PendingRecent:
+    """A recent-events read in flight (``RealtimeStore.start_recent``); ``result()`` once."""
+
+    __slots__ = ("_conn", "_keys", "_store")
+
+    def __init__(
+        self,
+        store: RealtimeStore,
+        conn: redis.connection.AbstractConnection | None,
+        keys: tuple[str, str] | None,
+    ) -> None:
+        self._store = store
+        self._conn = conn
+        self._keys = keys
+
+    def result(self) -> RecentActivity | None:
+        """The member's recent activity; None when Redis is unavailable (degraded)."""
+        conn, keys = self._conn, self._keys
+        if conn is None or keys is None:
+            return None
+        self._conn = None
+        return self._store._finish_read(conn, keys)
 
 
 def make_redis_client(settings: RedisSettings) -> redis.Redis:
@@ -182,10 +228,32 @@ class RealtimeStore:
 
     def recent(self, member_id: str) -> RecentActivity | None:
         """The member's recent events; None when Redis is unavailable (degraded)."""
+        return self.start_recent(member_id).result()
+
+    def start_recent(self, member_id: str) -> PendingRecent:
+        """Ask Redis for the member's recent events and return at once: ``result()`` on the
+        returned handle reads the answer (None when Redis is unavailable). The caller can do
+        work in between that does not depend on it (the engine searches with the trained
+        vector), so the round trip costs no waiting. Call ``result()`` on the same thread,
+        before this thread's next read."""
         if not self._available():
-            return None
+            return PendingRecent(self, None, None)
+        keys = (
+            member_key(self._prefix, member_id, EVENTS_SUFFIX),
+            member_key(self._prefix, member_id, PURCHASED_SUFFIX),
+        )
         try:
-            raw_events, raw_purchased = self._read_recent(member_id)
+            conn = self._conns.send("EVALSHA", self._read_sha, 2, *keys, self._max)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._failed(exc)
+            return PendingRecent(self, None, None)
+        return PendingRecent(self, conn, keys)
+
+    def _finish_read(
+        self, conn: redis.connection.AbstractConnection, keys: tuple[str, str]
+    ) -> RecentActivity | None:
+        try:
+            raw_events, raw_purchased = self._read_reply(conn, keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._failed(exc)
             return None
@@ -202,13 +270,11 @@ class RealtimeStore:
         purchased = frozenset(p.decode() if isinstance(p, bytes) else str(p) for p in raw_purchased)
         return RecentActivity(events=events, purchased=purchased)
 
-    def _read_recent(self, member_id: str) -> tuple[list[bytes], list[bytes]]:
-        keys = (
-            member_key(self._prefix, member_id, EVENTS_SUFFIX),
-            member_key(self._prefix, member_id, PURCHASED_SUFFIX),
-        )
+    def _read_reply(
+        self, conn: redis.connection.AbstractConnection, keys: tuple[str, str]
+    ) -> tuple[list[bytes], list[bytes]]:
         try:
-            reply = self._conns.call("EVALSHA", self._read_sha, 2, *keys, self._max)
+            reply = self._conns.read(conn)
         except redis.exceptions.NoScriptError:
             # First call on this Redis (or after its restart / SCRIPT FLUSH): load, then ask again.
             self._conns.call("SCRIPT", "LOAD", _READ_SCRIPT)

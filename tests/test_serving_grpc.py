@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from bundle_factory import PlantedBundle
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -243,6 +244,41 @@ def test_purchase_leaves_the_list_and_events_recompute_the_vector(
     assert top not in ids(after)
     assert after.realtime and {it.source for it in after.items} == {"realtime"}
     assert any(it.reason == f"because you bought Product {top}" for it in after.items) or after.items
+
+
+def test_the_search_overlaps_the_redis_read_and_yields_to_recent_events(
+    srv: RunningServer, planted: PlantedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine searches with the trained vector while Redis answers. Without recent events that
+    search is the one served; with them, the vector is recomputed and searched again, and the
+    early result must not leak into the list."""
+    from recsvc.bundle import KIND_PRODUCT
+    from recsvc.engine.filters import FilterSpec
+
+    engine = srv.deps.engine
+    _, model = srv.deps.models.default()
+    planted_rows = model.items.rows(planted.products(cluster=2)[:6])  # not this member's cluster
+    marker = np.asarray(planted_rows, dtype=np.int64)
+    early_calls: list[str] = []
+
+    def first_search(*args: object) -> tuple[np.ndarray, np.ndarray, int]:
+        early_calls.append("searched")
+        return marker, np.linspace(9.0, 8.0, marker.shape[0]).astype(np.float32), 10**9
+
+    monkeypatch.setattr(engine, "_first_search", first_search)
+    member = planted.warm_members(cluster=0)[1]
+    spec = FilterSpec(diversity=0.0)
+    quiet = engine.recommend(member, KIND_PRODUCT, 5, "", spec).response
+    assert early_calls and quiet.items[0].source == "personalized"
+    assert set(ids(quiet)) <= set(planted.products(cluster=2)[:6])  # the early search was served
+
+    for item in planted.products(cluster=3)[:3]:
+        assert _event(srv, member, item, "view")
+    early_calls.clear()
+    busy = engine.recommend(member, KIND_PRODUCT, 5, "", spec).response
+    assert early_calls and busy.realtime
+    assert {it.source for it in busy.items} == {"realtime"}
+    assert not set(ids(busy)) & set(planted.products(cluster=2)[:6])  # searched again
 
 
 def test_unknown_member_is_personalised_from_first_events(srv: RunningServer, planted: PlantedBundle) -> None:

@@ -88,3 +88,47 @@ def test_redis_down_degrades_at_once_then_recovers_after_backoff(tmp_path: Path)
         store.close()
         client.close()
         server.stop()
+
+
+def test_a_read_started_early_is_answered_after_other_commands(redis_url: str) -> None:
+    """``start_recent`` sends, ``result`` reads: the engine searches in between."""
+    store, client = _store(redis_url)
+    try:
+        store.record("M4", "P1", "purchase", 1_700_000_000.0, "app")
+        pending = store.start_recent("M4")
+        client.set("unrelated", "1")  # other work (another connection) while Redis answers
+        got = pending.result()
+        assert got is not None and got.purchased == frozenset({"P1"})
+        assert pending.result() is None  # read once; a second result() does not read again
+    finally:
+        store.close()
+        client.close()
+
+
+def test_an_abandoned_read_never_answers_the_next_one(redis_url: str) -> None:
+    """A caller that failed between ``start_recent`` and ``result`` leaves a reply unread on its
+    connection; the next read must get its own member's answer, not that one."""
+    store, client = _store(redis_url)
+    try:
+        store.record("M5", "P5", "purchase", 1_700_000_000.0, "app")
+        store.record("M6", "P6", "purchase", 1_700_000_000.0, "app")
+        store.start_recent("M5")  # never read
+        got = store.recent("M6")
+        assert got is not None and got.purchased == frozenset({"P6"})
+        assert not store.degraded
+    finally:
+        store.close()
+        client.close()
+
+
+def test_a_script_flush_between_send_and_read_is_recovered(redis_url: str) -> None:
+    store, client = _store(redis_url)
+    try:
+        store.record("M7", "P7", "purchase", 1_700_000_000.0, "app")
+        client.script_flush()
+        pending = store.start_recent("M7")  # NOSCRIPT comes back with the reply
+        got = pending.result()
+        assert got is not None and got.purchased == frozenset({"P7"})
+    finally:
+        store.close()
+        client.close()

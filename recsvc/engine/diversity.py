@@ -39,25 +39,31 @@ def mmr(
     base = ((1.0 - diversity) * rel).astype(np.float32)
     # gain_i = base_i - d * max_{j picked} sim_ij. Picking b turns that into
     # min(gain_i, base_i - d * sim_ib): one row of ``drop`` per step, so each step is an argmax
-    # and an elementwise minimum. Picked and capped items are set to -inf and stay there.
+    # and an elementwise minimum. ``drop``'s diagonal is -inf, so that minimum also takes the
+    # picked item out; capped items are set to -inf too, and stay there.
     drop = base[None, :] - diversity * sims
+    np.fill_diagonal(drop, -np.inf)
     gain = base.copy()
-    capped = categories is not None and max_per_category > 0
-    cats = categories.tolist() if capped and categories is not None else []
-    counts: dict[int, int] = {}
+    minimum = np.minimum
     picks: list[int] = []
+    if categories is None or max_per_category <= 0:
+        for _ in range(k):  # n >= k items, each picked once: never out of candidates
+            best = int(gain.argmax())
+            picks.append(best)
+            minimum(gain, drop[best], out=gain)
+        return np.asarray(picks, dtype=np.int64)
+    cats = categories.tolist()
+    counts: dict[int, int] = {}
     for _ in range(k):
         best = int(gain.argmax())
-        if gain[best] == -np.inf:
+        if gain[best] == -np.inf:  # everything left is capped
             break
         picks.append(best)
-        np.minimum(gain, drop[best], out=gain)
-        gain[best] = -np.inf
-        if capped:
-            cat = cats[best]
-            counts[cat] = counts.get(cat, 0) + 1
-            if counts[cat] >= max_per_category:
-                gain[categories == cat] = -np.inf
+        minimum(gain, drop[best], out=gain)
+        cat = cats[best]
+        counts[cat] = counts.get(cat, 0) + 1
+        if counts[cat] >= max_per_category:
+            gain[categories == cat] = -np.inf
     return np.asarray(picks, dtype=np.int64)
 
 

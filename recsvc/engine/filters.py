@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsvc.bundle import KIND_PRODUCT
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import ID_PATTERN
@@ -110,7 +109,8 @@ class FilterSpec:
         return inc_cat, inc_brand
 
     def mask(self, model: ServedModel, rows: np.ndarray, excluded_rows: np.ndarray | None) -> np.ndarray:
-        """Boolean mask over ``rows``: True = the item passes every filter."""
+        """Boolean mask over ``rows``: True = the item passes every filter and is not in
+        ``excluded_rows`` (sorted, as ``np.unique`` returns them)."""
         keep = np.ones(rows.shape[0], dtype=bool)
         if rows.shape[0] == 0:
             return keep
@@ -138,8 +138,15 @@ class FilterSpec:
             if self.max_price is not None:
                 keep &= prices <= self.max_price
         if self.in_stock_only:
-            # Stock is a product notion: content has no stock and is never left out by it.
-            keep &= model.item_in_stock[rows] | (model.item_kind[rows] != KIND_PRODUCT)
+            keep &= model.item_stock_ok[rows]
         if excluded_rows is not None and excluded_rows.shape[0]:
-            keep &= ~np.isin(rows, excluded_rows)
+            keep &= ~sorted_contains(excluded_rows, rows)
         return keep
+
+
+def sorted_contains(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_values)`` for sorted ``sorted_values``: one binary search per element
+    (several times faster than ``isin`` on the few hundred candidates of a request)."""
+    pos = np.searchsorted(sorted_values, x)
+    pos[pos == sorted_values.shape[0]] = 0
+    return sorted_values[pos] == x

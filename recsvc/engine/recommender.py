@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,10 @@ SOURCE_SIMILAR = "similar"
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
 _BUY_EVENTS = frozenset({"purchase"})
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+_NO_ROWS.flags.writeable = False
+_NO_WEIGHTS.flags.writeable = False
 
 
 class ModelProvider(Protocol):
@@ -83,21 +87,34 @@ class RecommendationEngine:
     ) -> Recommendation:
         variant, model = self._models.for_member(member_id)
         row = None if member_id in self.forgotten else model.member_row(member_id)
-        activity = self._realtime.recent(member_id) if self._realtime is not None else None
-        segment = model.segment_of(row)
+        # Ask Redis for the member's recent events first and read the answer only after the
+        # search with the trained vector: the round trip overlaps the search. Recent events
+        # (rare next to page views) recompute the vector, and the search runs again with it.
+        pending = self._realtime.start_recent(member_id) if self._realtime is not None else None
+        try:
+            segment = model.segment_of(row)
+            trained: np.ndarray | None = None
+            if row is not None:
+                hist_rows, hist_w = model.history(row)
+                trained_bought = model.purchased_rows(row)
+                v = model.member_vector(row)
+                trained = v if v.any() else None
+            else:
+                hist_rows, hist_w = _NO_ROWS, _NO_WEIGHTS
+                trained_bought = _NO_ROWS
+            early = None
+            if trained is not None:
+                early = self._first_search(model, trained, kind, k, filters, trained_bought.shape[0])
+        finally:
+            activity = pending.result() if pending is not None else None
 
-        if row is not None:
-            hist_rows, hist_w = model.history(row)
-        else:
-            hist_rows, hist_w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ev_rows, ev_w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        vector: np.ndarray | None = trained
+        source = SOURCE_PERSONALIZED if trained is not None else SOURCE_POPULAR
+        ev_rows, ev_w = _NO_ROWS, _NO_WEIGHTS
         if activity is not None and activity.events:
             ev_rows, ev_w = event_weights_by_item(
                 activity.events, model.items.rows, model.event_weights, model.half_life_days, self._clock()
             )
-
-        vector: np.ndarray | None = None
-        source = SOURCE_POPULAR
         if ev_rows.shape[0]:
             # Trained weights were decayed to the training cutoff; decay them on to now, as a
             # retrain now would, so recent events weigh what they should next to old history.
@@ -112,35 +129,49 @@ class RecommendationEngine:
                 model.item_factors, model.yty, uniq, w_sum, model.alpha, model.regularization
             )
             source = SOURCE_REALTIME
-        elif row is not None:
-            v = model.member_vector(row)
-            if np.any(v):
-                vector = v
-                source = SOURCE_PERSONALIZED
+            early = None  # searched with the trained vector: not this member's vector any more
 
-        bought_rows = np.zeros(0, dtype=np.int64)
-        if row is not None:
-            bought_rows = model.purchased_rows(row).astype(np.int64)
+        bought_rows = trained_bought.astype(np.int64)
         if activity is not None and activity.purchased:
             recent_bought = model.items.rows(sorted(activity.purchased))
             bought_rows = np.concatenate([bought_rows, recent_bought[recent_bought >= 0]])
         excluded = self._excluded_rows(model, filters, bought_rows)
 
-        if vector is None or not np.any(vector):
-            items = self._popular(model, segment, channel, kind, k, filters, excluded)
-            source = SOURCE_POPULAR
-        else:
-            picks, scores = self._retrieve(model, vector, kind, k, filters, excluded)
-            reasons = self._reasons(model, picks, hist_rows, hist_w, ev_rows, ev_w, bought_rows)
-            items = self._items(model, picks, scores, reasons, source)
         resp = recommender_pb2.RecommendResponse(
-            items=items,
             model_version=model.version,
             variant=variant,
             realtime=activity is not None,
             member_segment=segment,
         )
+        if vector is None or not vector.any():
+            self._popular(resp.items, model, segment, channel, kind, k, filters, excluded)
+            source = SOURCE_POPULAR
+        else:
+            picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=early)
+            reasons = self._reasons(model, picks, hist_rows, hist_w, ev_rows, ev_w, bought_rows)
+            self._items(resp.items, model, picks, scores, reasons, source)
         return Recommendation(response=resp, source=source)
+
+    def _candidates(self, k: int, excluded: int, drop_row: bool = False) -> tuple[int, int]:
+        """(MMR pool size, first ANN request size) for a list of ``k`` with ``excluded`` rows."""
+        pool_size = max(4 * k, 50)
+        n = max(self._settings.ann_candidates, 2 * pool_size) + excluded + (1 if drop_row else 0)
+        return pool_size, n
+
+    def _first_search(
+        self, model: ServedModel, vector: np.ndarray, kind: int, k: int, filters: FilterSpec, bought: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The first candidate search, before the member's recent events are known."""
+        excluded = bought + len(filters.exclude_item_ids)
+        _, n = self._candidates(k, excluded)
+        rows, scores = self._search(model, vector, kind, n)
+        return rows, scores, n
+
+    @staticmethod
+    def _search(model: ServedModel, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n >= len(model.kind_rows[kind]):
+            return model.exact_search(vector, kind, n)
+        return model.search(vector, kind, n)
 
     def _excluded_rows(self, model: ServedModel, filters: FilterSpec, bought_rows: np.ndarray) -> np.ndarray:
         parts = []
@@ -163,26 +194,24 @@ class RecommendationEngine:
         excluded: np.ndarray,
         drop_row: int | None = None,
         relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        first: tuple[np.ndarray, np.ndarray, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k rows after filters and MMR; widens the candidate set when filters remove too many."""
+        """Top-k rows after filters and MMR; widens the candidate set when filters remove too
+        many. ``first``: the result of a search already made with ``vector`` (rows, scores, n)."""
         total = len(model.kind_rows[kind])
-        pool_size = max(4 * k, 50)
-        n = (
-            max(self._settings.ann_candidates, 2 * pool_size)
-            + excluded.shape[0]
-            + (1 if drop_row is not None else 0)
-        )
+        pool_size, n = self._candidates(k, excluded.shape[0], drop_row is not None)
+        if first is not None:
+            rows, scores, n = first
+        else:
+            rows, scores = self._search(model, vector, kind, n)
         while True:
-            if n >= total:
-                rows, scores = model.exact_search(vector, kind, total)
-            else:
-                rows, scores = model.search(vector, kind, n)
             keep = filters.mask(model, rows, excluded)
             if drop_row is not None:
                 keep &= rows != drop_row
-            if keep.sum() >= pool_size or n >= total:
+            if n >= total or int(np.count_nonzero(keep)) >= pool_size:
                 break
             n *= 4
+            rows, scores = self._search(model, vector, kind, n)
         rows, scores = rows[keep][:pool_size], scores[keep][:pool_size]
         if relevance is not None:
             scores = relevance(rows, scores)
@@ -201,6 +230,7 @@ class RecommendationEngine:
 
     def _popular(
         self,
+        into: Any,
         model: ServedModel,
         segment: str,
         channel: str,
@@ -208,7 +238,8 @@ class RecommendationEngine:
         k: int,
         filters: FilterSpec,
         excluded: np.ndarray,
-    ) -> list[common_pb2.RecommendedItem]:
+    ) -> None:
+        """The popular lists' items into ``into`` (a response's ``items``)."""
         rows: list[int] = []
         scores: list[float] = []
         taken: set[int] = set()
@@ -226,7 +257,7 @@ class RecommendationEngine:
                 break
         where = f"{segment} members" if segment != "all" else "members"
         reason = f"popular with {where}"
-        return self._items(model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
+        self._items(into, model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
 
     def _reasons(
         self,
@@ -258,21 +289,34 @@ class RecommendationEngine:
 
     def _items(
         self,
+        into: Any,
         model: ServedModel,
         rows: np.ndarray | Sequence[int],
         scores: np.ndarray | Sequence[float],
         reasons: Sequence[str],
         source: str,
-    ) -> list[common_pb2.RecommendedItem]:
-        """Response items for ``rows``: attributes looked up once for the whole list."""
+    ) -> None:
+        """Response items for ``rows``, added to ``into`` (a response's ``items``: adding in place
+        costs half of building the messages and copying them in). Attributes are looked up
+        once for the whole list."""
         idx = np.asarray(rows, dtype=np.int64)
         if idx.shape[0] == 0:
-            return []
+            return
         rows_l = idx.tolist()
         cats, brands, titles = model.categories, model.brands, model.titles
         n_cat, n_brand = len(cats), len(brands)
-        return [
-            common_pb2.RecommendedItem(
+        add = into.add
+        for row, item_id, score, reason, kind, cat, brand in zip(
+            rows_l,
+            model.items.ids(rows_l),
+            np.asarray(scores, dtype=np.float64).tolist(),
+            reasons,
+            model.item_kind[idx].tolist(),
+            model.item_category[idx].tolist(),
+            model.item_brand[idx].tolist(),
+            strict=True,
+        ):
+            add(
                 item_id=item_id,
                 score=score,
                 reason=reason,
@@ -282,17 +326,6 @@ class RecommendationEngine:
                 brand=brands[brand] if 0 <= brand < n_brand else "",
                 title=titles[row],
             )
-            for row, item_id, score, reason, kind, cat, brand in zip(
-                rows_l,
-                model.items.ids(rows_l),
-                np.asarray(scores, dtype=np.float64).tolist(),
-                reasons,
-                model.item_kind[idx].tolist(),
-                model.item_category[idx].tolist(),
-                model.item_brand[idx].tolist(),
-                strict=True,
-            )
-        ]
 
     # ---- items -----------------------------------------------------------------------------
     def similar(self, item_id: str, kind: int | None, k: int, filters: FilterSpec) -> Recommendation:
@@ -315,8 +348,8 @@ class RecommendationEngine:
             model, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
         )
         reason = f"similar to {model.titles[row]}"
-        items = self._items(model, picks, scores, [reason] * picks.shape[0], SOURCE_SIMILAR)
-        resp = recommender_pb2.RecommendResponse(items=items, model_version=model.version, variant=variant)
+        resp = recommender_pb2.RecommendResponse(model_version=model.version, variant=variant)
+        self._items(resp.items, model, picks, scores, [reason] * picks.shape[0], SOURCE_SIMILAR)
         return Recommendation(response=resp, source=SOURCE_SIMILAR)
 
 
