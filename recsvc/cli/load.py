@@ -182,6 +182,44 @@ def bench_inproc(
     )
 
 
+@bench.command("ann")
+@friendly_errors
+def bench_ann(
+    ctx: typer.Context,
+    bundle: list[Path] = typer.Option(
+        ..., "--bundle", exists=True, file_okay=False, help="Bundle folder; repeat to compare bundles."
+    ),
+    queries: int = typer.Option(3000, "--queries", min=10, help="Trained members outside the tuning sample."),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+) -> None:
+    """Per bundle and item kind: the FAISS index's type and nprobe/efSearch, its recall@20 against
+    exact inner-product search, and ms per single-vector search of 100 results (1 OMP thread),
+    bare and through ServedModel.search (the serving call, scores included)."""
+    from recsvc.bench.ann import ann_costs, markdown
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    t = app_state.settings().training
+    out = _bench_dir(results, "ANN index costs")
+    machine = _machine()
+    rows = []
+    for b in bundle:
+        rows += ann_costs(
+            b,
+            queries=queries,
+            tuning_queries=t.ann_queries,
+            tuning_seed=t.random_state,
+            hnsw_ef_search=t.hnsw_ef_search,
+        )
+    payload = {
+        "machine": machine,
+        "bundles": [str(b) for b in bundle],
+        "queries": queries,
+        "rows": [r.as_dict() for r in rows],
+    }
+    _write(out, "ann", payload, markdown(rows))
+
+
 @bench.command("throttle")
 @friendly_errors
 def bench_throttle(
