@@ -246,6 +246,26 @@ def test_purchase_leaves_the_list_and_events_recompute_the_vector(
     assert any(it.reason == f"because you bought Product {top}" for it in after.items) or after.items
 
 
+def test_response_items_carry_the_items_own_fields(srv: RunningServer, planted: PlantedBundle) -> None:
+    """Items are built from per-item bytes serialized once per process: every field must still be
+    the item's own, on the first call and on later calls served from those bytes."""
+    _, model = srv.deps.models.default()
+    member = planted.warm_members(cluster=1)[0]
+    for _ in range(2):
+        resp = products(srv, member, k=8)
+        assert len(resp.items) == 8
+        for it in resp.items:
+            row = model.items.row(it.item_id)
+            assert row is not None
+            assert it.kind == common_pb2.PRODUCT
+            assert it.category == model.categories[int(model.item_category[row])]
+            assert it.brand == planted.item_brand[it.item_id]
+            assert it.title == model.titles[row] and it.title
+            assert it.source == "personalized" and it.reason.startswith("because you")
+            assert it.score > 0
+        assert [it.score for it in resp.items] != [resp.items[0].score] * 8  # per-call scores differ
+
+
 def test_the_search_overlaps_the_redis_read_and_yields_to_recent_events(
     srv: RunningServer, planted: PlantedBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:

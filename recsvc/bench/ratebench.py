@@ -185,7 +185,9 @@ async def fixed_rate(
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 i += 1
-            await asyncio.sleep(0.0005)
+            # Sleep until the next call is due (not a fixed tick: waking the loop thousands of
+            # times a second costs the client CPU it needs for sending).
+            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
         if cpu_probe is not None and cpu_before:
             cpu_after = cpu_probe()
         if pending:

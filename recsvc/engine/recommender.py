@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.diversity import mmr
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.served_model import KIND_CODES, ServedModel
@@ -32,7 +31,6 @@ SOURCE_REALTIME = "realtime"
 SOURCE_POPULAR = "popular"
 SOURCE_SIMILAR = "similar"
 
-_PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
 _BUY_EVENTS = frozenset({"purchase"})
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -273,14 +271,16 @@ class RecommendationEngine:
         product with the recommended item's vector."""
         if picks.shape[0] == 0:
             return []
-        rows = np.concatenate([hist_rows.astype(np.int64), ev_rows])
-        weights = np.concatenate([hist_w.astype(np.float32), ev_w])
+        if ev_rows.shape[0]:
+            rows = np.concatenate([hist_rows.astype(np.int64), ev_rows])
+            weights = np.concatenate([hist_w.astype(np.float32), ev_w])
+        else:
+            rows, weights = hist_rows, hist_w
         if rows.shape[0] == 0:
             return ["recommended for you"] * picks.shape[0]
         if rows.shape[0] > _REASON_HISTORY_MAX:
-            top = np.argsort(-weights)[:_REASON_HISTORY_MAX]
-            rows = rows[top]
-        rows = np.unique(rows)
+            rows = rows[np.argpartition(-weights, _REASON_HISTORY_MAX - 1)[:_REASON_HISTORY_MAX]]
+        # An item both in the history and in recent events appears twice: harmless for argmax.
         contrib = np.asarray(model.item_factors[rows]) @ np.asarray(model.item_factors[picks]).T
         best = rows[contrib.argmax(axis=0)].tolist()
         bought = set(bought_rows.tolist())
@@ -296,36 +296,17 @@ class RecommendationEngine:
         reasons: Sequence[str],
         source: str,
     ) -> None:
-        """Response items for ``rows``, added to ``into`` (a response's ``items``: adding in place
-        costs half of building the messages and copying them in). Attributes are looked up
-        once for the whole list."""
-        idx = np.asarray(rows, dtype=np.int64)
-        if idx.shape[0] == 0:
-            return
-        rows_l = idx.tolist()
-        cats, brands, titles = model.categories, model.brands, model.titles
-        n_cat, n_brand = len(cats), len(brands)
-        add = into.add
-        for row, item_id, score, reason, kind, cat, brand in zip(
-            rows_l,
-            model.items.ids(rows_l),
+        """Response items for ``rows``, added to ``into`` (a response's ``items``). Each item is
+        added with its per-call fields and merged with the item's own, serialized once per
+        process (``ServedModel.item_fields``): a third of building every field each call."""
+        add, fields = into.add, model.item_fields
+        for row, score, reason in zip(
+            np.asarray(rows, dtype=np.int64).tolist(),
             np.asarray(scores, dtype=np.float64).tolist(),
             reasons,
-            model.item_kind[idx].tolist(),
-            model.item_category[idx].tolist(),
-            model.item_brand[idx].tolist(),
             strict=True,
         ):
-            add(
-                item_id=item_id,
-                score=score,
-                reason=reason,
-                source=source,
-                kind=_PB_KIND.get(kind, common_pb2.ITEM_KIND_UNSPECIFIED),
-                category=cats[cat] if 0 <= cat < n_cat else "",
-                brand=brands[brand] if 0 <= brand < n_brand else "",
-                title=titles[row],
-            )
+            add(score=score, reason=reason, source=source).MergeFromString(fields(row))
 
     # ---- items -----------------------------------------------------------------------------
     def similar(self, item_id: str, kind: int | None, k: int, filters: FilterSpec) -> Recommendation:

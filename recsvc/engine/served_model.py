@@ -24,10 +24,12 @@ from recsvc.bundle import (
     LoadedBundle,
     load_bundle,
 )
+from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+_PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class ServedModel:
             if info.get("type") == INDEX_L2_AUGMENTED:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
+        self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
 
     @classmethod
     def load(cls, path: Path, version: str, source_uri: str, hnsw_ef_search: int = 128) -> ServedModel:
@@ -171,6 +174,23 @@ class ServedModel:
             top = np.arange(len(rows))
         top = top[np.argsort(-scores[top], kind="stable")]
         return rows[top].astype(np.int64), scores[top].astype(np.float32)
+
+    def item_fields(self, row: int) -> bytes:
+        """The fields of a response item that depend on the item alone (id, kind, category,
+        brand, title), serialized once per process and item: a response adds the per-call fields
+        and merges these bytes, instead of looking up and setting five fields per item."""
+        fields = self._item_fields.get(row)
+        if fields is None:
+            cat, brand = int(self.item_category[row]), int(self.item_brand[row])
+            fields = common_pb2.RecommendedItem(
+                item_id=self.items.id(row),
+                kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
+                category=self.categories[cat] if 0 <= cat < len(self.categories) else "",
+                brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
+                title=self.titles[row],
+            ).SerializeToString()
+            self._item_fields[row] = fields  # a race only builds the same bytes twice
+        return fields
 
     def popular_for(self, segment: str, channel: str, kind: int) -> list[PopularList]:
         """Popular lists to try in order: (segment, channel), (segment, all), (all, channel), (all, all)."""
