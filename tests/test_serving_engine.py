@@ -167,3 +167,29 @@ def test_diversity_tradeoff_on_planted_clusters(tmp_path: Path) -> None:
     assert by_d[0.9].intra_list_diversity > by_d[0.0].intra_list_diversity
     assert by_d[0.9].ndcg < by_d[0.0].ndcg
     assert all(p.members == len(holdout) for p in points)
+
+
+def test_history_decays_from_data_as_of_when_the_bundle_has_it(planted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A --no-refit bundle's history weights were decayed to the holdout start (``data_as_of``),
+    not to the data's cutoff: serving must decay them on from there."""
+    import json
+    import shutil
+    from datetime import datetime
+
+    from recsvc.engine.served_model import ServedModel
+
+    plain = ServedModel.load(planted.path, version="1", source_uri="t")
+    copy = tmp_path / "b"
+    shutil.copytree(planted.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["data_as_of"] = "2026-01-15T00:00:00+00:00"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    dated = ServedModel.load(copy, version="1", source_uri="t")
+    assert dated.cutoff_ts == datetime.fromisoformat("2026-01-15T00:00:00+00:00").timestamp()
+    assert plain.cutoff_ts == datetime.fromisoformat(planted_cutoff(planted.path)).timestamp()
+
+
+def planted_cutoff(path: Path) -> str:
+    import json
+
+    return str(json.loads((path / "manifest.json").read_text())["training_cutoff"])

@@ -252,3 +252,67 @@ def test_promotion_is_written_to_the_audit_trail(tmp_path: Path, data: Synthetic
     assert [e["event"] for e in entries] == ["model_promotion"]
     assert entries[0]["version"] == report.model_version and entries[0]["alias"] == "champion"
     assert verify(audit).ok
+
+
+LATE_PRODUCT = "p90000"
+
+
+def _with_a_holdout_only_best_seller(data: SyntheticDataset, holdout_days: int) -> SyntheticDataset:
+    """``data`` plus one product that 150 members buy, all inside the holdout window (the last
+    ``holdout_days``) and before the last event (the cutoff stays put)."""
+    import numpy as np
+    import pandas as pd
+
+    end = data.events["ts"].max()
+    buyers = data.events["member_id"].drop_duplicates().to_numpy()[:150]
+    offsets = np.linspace(holdout_days - 1, 0.5, len(buyers))
+    late = pd.DataFrame(
+        {
+            "member_id": buyers,
+            "item_id": LATE_PRODUCT,
+            "event_type": "purchase",
+            "ts": [end - pd.Timedelta(days=float(d)) for d in offsets],
+            "channel": "app",
+            "quantity": 1,
+            "amount": 50.0,
+        }
+    )
+    late_item = data.catalog[data.catalog["kind"] == "product"].iloc[[0]].assign(item_id=LATE_PRODUCT)
+    return SyntheticDataset(
+        events=pd.concat([data.events, late], ignore_index=True).sort_values("ts", ignore_index=True),
+        catalog=pd.concat([data.catalog, late_item], ignore_index=True),
+        members=data.members,
+        counts=dict(data.counts),
+    )
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_no_refit_segments_and_popular_lists_do_not_know_the_holdout(
+    store: Path, data: SyntheticDataset, refit: bool
+) -> None:
+    import numpy as np
+    import pandas as pd
+
+    s = _settings(store, model=f"recsvc-tables-{refit}")
+    late = _with_a_holdout_only_best_seller(data, s.training.holdout_days)
+    out = store / f"bundle-tables-refit-{refit}"
+    pipeline.run(s, pipeline.TrainOptions(data_dir=store, bundle_out=out, refit=refit), dataset=late)
+    b = load_bundle(out)
+    manifest = b.manifest.model_dump()
+    as_of = pd.Timestamp(manifest["data_as_of"])
+    if refit:
+        assert as_of == late.events["ts"].max().floor("s")
+        # a bundle that saw everything lists the holdout's best seller for cold start
+        assert LATE_PRODUCT in set(b.popular.item_id)
+    else:
+        assert as_of == pd.Timestamp(manifest["holdout"]["start"])
+        # no popular list of a --no-refit bundle may know an item only the holdout has events for
+        assert LATE_PRODUCT not in set(b.popular.item_id)
+    # segments are those of the members as of data_as_of: purchases up to then only
+    ev = late.events.assign(ts=late.events["ts"].dt.floor("s"))
+    known = ev[(ev["ts"] <= as_of) if refit else (ev["ts"] < as_of)]
+    bought = known[known["event_type"] == "purchase"].groupby("member_id")["ts"].agg(["size", "max"])
+    seg = b.segments.set_index("member_id").loc[bought.index]
+    assert (seg["frequency"].to_numpy() == bought["size"].to_numpy()).all()
+    recency = (as_of - bought["max"]).dt.total_seconds().to_numpy() / 86400.0
+    np.testing.assert_allclose(seg["recency_days"].to_numpy(), recency, atol=1e-3)

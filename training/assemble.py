@@ -40,7 +40,7 @@ def manifest_params(params: AlsParams) -> dict[str, Any]:
         "half_life_days": params.half_life_days,
         "random_state": params.random_state,
         "confidence": "C = 1 + alpha * sum(event_weight[type] * 0.5 ** (age_days / half_life_days))",
-        "decay_reference": "training_cutoff",
+        "decay_reference": "data_as_of",  # the training cutoff, or the holdout start without refit
     }
 
 

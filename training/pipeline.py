@@ -272,7 +272,7 @@ def run(
             if options.refit:
                 # the split and the candidate are done with: free them before the second fit
                 del candidate, data_split
-                served_events = prepared.events
+                served_events, served_as_of = prepared.events, prepared.cutoff
                 with steps.step("refit on all data up to the cutoff", total=params.iterations) as adv:
                     final = train_factors(
                         prepared,
@@ -285,12 +285,23 @@ def run(
             else:
                 final = candidate
                 # The bundle is the model as of the split: it must not know the holdout's purchases
-                # either (else "exclude purchased" hides exactly the items the holdout looks for).
-                served_events = data_split.train
+                # either (else "exclude purchased" hides exactly the items the holdout looks for),
+                # nor its events through segments and popular lists (cold start would be served
+                # what the holdout bought), so those tables are computed as of the holdout start.
+                served_events, served_as_of = data_split.train, data_split.start
                 del data_split
             with steps.step("segments and popularity tables"):
-                seg_table, member_segment = segments.member_segments(prepared, t)
-                popular = segments.popularity_tables(prepared, member_segment, t, t.popular_window_days)
+                seg_table, member_segment = segments.member_segments(
+                    prepared, t, events=served_events, as_of=served_as_of
+                )
+                popular = segments.popularity_tables(
+                    prepared,
+                    member_segment,
+                    t,
+                    t.popular_window_days,
+                    events=served_events,
+                    as_of=served_as_of,
+                )
             with steps.step("FAISS indexes"):
                 indexes, index_info = ann.indexes_for(
                     final.item_factors, prepared.item_kind, final.member_factors, t
@@ -321,6 +332,10 @@ def run(
                         "holdout": window,
                         "gate_metric": gate.GATE_METRIC,
                         "refit": options.refit,
+                        # the time the bundle's factors, history, purchases, segments and popular
+                        # lists are as of: the cutoff, or without refit the holdout start (they
+                        # know no event from there on); training_cutoff stays the data's cutoff
+                        "data_as_of": prepared.cutoff_iso if options.refit else window["start"],
                         "run_id": run_id,
                     },
                 )

@@ -1,13 +1,15 @@
 """Member segments (RFM scores, lifecycle stage) and popularity tables for cold start.
 
-Reads: all clean events up to the training cutoff (:class:`training.prepare.Prepared`), members'
-registration times, lifecycle thresholds and event weights from TrainingSettings.
+Reads: the clean events the bundle is built from and their reference time (by default all events
+up to the training cutoff of :class:`training.prepare.Prepared`; for a ``--no-refit`` bundle the
+training split's events, as of the holdout start), members' registration times, lifecycle
+thresholds and event weights from TrainingSettings.
 Writes: the bundle's ``segments`` table (member_id, lifecycle, recency_days, frequency, monetary,
 r, f, m, rfm_score), ``member_segment`` (lifecycle stage index per member row, into
 ``recsvc.bundle.LIFECYCLE_STAGES``) and the ``popular`` table (segment, channel, kind, rank,
 item_id, score) with ``recsvc.bundle.ALL`` rows for "any segment" and "any channel".
 
-Lifecycle, at the cutoff, for every known member:
+Lifecycle, at the reference time (``as_of``), for every known member:
 - ``new``: registered within ``new_member_days`` and no purchase yet;
 - otherwise by days since the reference date (last purchase, else last activity, else
   registration): ``active`` below ``at_risk_days``, ``at_risk`` below ``dormant_days``,
@@ -24,7 +26,7 @@ import pandas as pd
 from recsvc.bundle import ALL, KIND_NAMES, LIFECYCLE_STAGES
 from recsvc.settings import EVENT_CHANNELS, TrainingSettings
 from training.confidence import event_confidence
-from training.prepare import DAY_S, PURCHASE_CODE, Prepared
+from training.prepare import DAY_S, PURCHASE_CODE, EventArrays, Prepared
 
 
 def _quintile(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -50,10 +52,18 @@ def lifecycle_stage(
     return np.where(is_new, 0, stage).astype(np.uint8)
 
 
-def member_segments(prepared: Prepared, t: TrainingSettings) -> tuple[pd.DataFrame, np.ndarray]:
-    ev = prepared.events
+def member_segments(
+    prepared: Prepared,
+    t: TrainingSettings,
+    *,
+    events: EventArrays | None = None,
+    as_of: int | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Segments from ``events`` (default: all of ``prepared``) as of ``as_of`` (epoch seconds,
+    default: the cutoff). Pass both to see members as they were at an earlier time."""
+    ev = prepared.events if events is None else events
     n = len(prepared.members)
-    cutoff = prepared.cutoff
+    cutoff = prepared.cutoff if as_of is None else as_of
     bought = ev.etype == PURCHASE_CODE
     last_any = np.full(n, -1, dtype=np.int64)
     np.maximum.at(last_any, ev.member, ev.ts)
@@ -91,13 +101,23 @@ def member_segments(prepared: Prepared, t: TrainingSettings) -> tuple[pd.DataFra
 
 
 def popularity_tables(
-    prepared: Prepared, member_segment: np.ndarray, t: TrainingSettings, window_days: int
+    prepared: Prepared,
+    member_segment: np.ndarray,
+    t: TrainingSettings,
+    window_days: int,
+    *,
+    events: EventArrays | None = None,
+    as_of: int | None = None,
 ) -> pd.DataFrame:
-    """Top ``t.popular_per_table`` items per (segment, channel, kind), "all" meaning any."""
-    ev = prepared.events
-    recent = ev.ts >= prepared.cutoff - window_days * DAY_S
+    """Top ``t.popular_per_table`` items per (segment, channel, kind), "all" meaning any.
+
+    Counts ``events`` (default: all of ``prepared``) in the ``window_days`` before ``as_of``
+    (default: the cutoff), decayed to ``as_of``."""
+    ev = prepared.events if events is None else events
+    as_of = prepared.cutoff if as_of is None else as_of
+    recent = ev.ts >= as_of - window_days * DAY_S
     ev = ev.select(recent)
-    score = event_confidence(ev, t.event_weights, t.half_life_days, prepared.cutoff)
+    score = event_confidence(ev, t.event_weights, t.half_life_days, as_of)
     fine = (
         pd.DataFrame(
             {

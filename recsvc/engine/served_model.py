@@ -82,7 +82,11 @@ class ServedModel:
         self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
         self.half_life_days = float(params.get("half_life_days", 60.0))
         self.factors = int(bundle.manifest.factors)
-        self.cutoff_ts = _epoch_seconds(bundle.manifest.training_cutoff)
+        # The time the trained history weights were decayed to: the holdout start for a bundle
+        # trained without refit (``data_as_of``), else the training cutoff. Serving decays them
+        # on from there to now before adding recent events.
+        as_of = getattr(bundle.manifest, "data_as_of", None)
+        self.cutoff_ts = _epoch_seconds(str(as_of) if as_of else bundle.manifest.training_cutoff)
         self.kind_rows = {
             code: np.flatnonzero(self.item_kind == code) for code in (KIND_PRODUCT, KIND_CONTENT)
         }
