@@ -422,3 +422,13 @@ def test_echo_server_answers_the_fixed_response_over_grpc() -> None:
     finally:
         loop.call_soon_threadsafe(task.cancel)
         thread.join(timeout=10)
+
+
+def test_speed_probe_reports_three_positive_figures_and_a_line() -> None:
+    from recsvc.bench.probe import probe_line, speed_probe
+
+    p = speed_probe()
+    assert set(p) == {"python_us", "numpy_us", "switch_us"}
+    assert all(v > 0 for v in p.values())
+    line = probe_line(p)
+    assert line.startswith("machine probe:") and f"{p['python_us']:.0f} µs" in line

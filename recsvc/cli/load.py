@@ -131,13 +131,18 @@ def _machine() -> dict[str, Any]:
     import os
     import platform
 
+    from recsvc.bench.probe import probe_line, speed_probe
+
     load1, load5, _ = os.getloadavg()
+    probe = speed_probe()
+    console.print(probe_line(probe), markup=False, highlight=False)
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_1m_at_start": load1,
         "loadavg_5m_at_start": load5,
+        "speed_probe": probe,  # recsvc/bench/probe.py: compare runs on a noisy machine
     }
 
 
