@@ -431,4 +431,4 @@ def test_speed_probe_reports_three_positive_figures_and_a_line() -> None:
     assert set(p) == {"python_us", "numpy_us", "switch_us"}
     assert all(v > 0 for v in p.values())
     line = probe_line(p)
-    assert line.startswith("machine probe:") and f"{p['python_us']:.0f} µs" in line
+    assert line.startswith("machine probe, µs:") and f"python {p['python_us']:.0f}" in line

@@ -77,6 +77,6 @@ def speed_probe() -> dict[str, float]:
 
 def probe_line(p: dict[str, float]) -> str:
     return (
-        f"machine probe: python loop {p['python_us']:.0f} µs · numpy calls {p['numpy_us']:.0f} µs"
-        f" · thread round trip {p['switch_us']:.0f} µs"
+        f"machine probe, µs: python {p['python_us']:.0f} · numpy {p['numpy_us']:.0f}"
+        f" · thread round trip {p['switch_us']:.0f}"
     )
