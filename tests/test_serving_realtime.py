@@ -4,6 +4,8 @@ recommendation reads, from any thread, through a Redis that lost its scripts or 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -21,15 +23,20 @@ class StepClock:
         return self.now
 
 
-def _store(url: str, clock: StepClock | None = None) -> tuple[RealtimeStore, redis.Redis]:
+@contextmanager
+def open_store(url: str, clock: StepClock | None = None) -> Iterator[tuple[RealtimeStore, redis.Redis]]:
     settings = RedisSettings(url=url, key_prefix="t", recent_events_max=3, socket_timeout_ms=200)
     client = make_redis_client(settings)
-    return RealtimeStore(client, settings, clock=clock or StepClock()), client
+    store = RealtimeStore(client, settings, clock=clock or StepClock())
+    try:
+        yield store, client
+    finally:
+        store.close()
+        client.close()
 
 
 def test_recent_reads_what_record_wrote_newest_first_capped(redis_url: str) -> None:
-    store, client = _store(redis_url)
-    try:
+    with open_store(redis_url) as (store, _client):
         for i, kind in enumerate(["view", "purchase", "view", "click"]):
             assert store.record("M1", f"P{i}", kind, 1_700_000_000.0 + i, "app")
         got = store.recent("M1")
@@ -39,14 +46,10 @@ def test_recent_reads_what_record_wrote_newest_first_capped(redis_url: str) -> N
         assert got.purchased == frozenset({"P1"})
         empty = store.recent("nobody")
         assert empty is not None and empty.empty
-    finally:
-        store.close()
-        client.close()
 
 
 def test_recent_survives_a_script_flush_and_works_from_many_threads(redis_url: str) -> None:
-    store, client = _store(redis_url)
-    try:
+    with open_store(redis_url) as (store, client):
         store.record("M2", "P9", "purchase", 1_700_000_000.0, "app")
         assert store.recent("M2") is not None
         client.script_flush()  # e.g. a Redis restart or failover: the read script is gone
@@ -62,73 +65,56 @@ def test_recent_survives_a_script_flush_and_works_from_many_threads(redis_url: s
         for t in threads:
             t.join()
         assert results == [frozenset({"P9"})] * 8
-    finally:
-        store.close()
-        client.close()
 
 
 def test_redis_down_degrades_at_once_then_recovers_after_backoff(tmp_path: Path) -> None:
     clock = StepClock()
     server = LocalRedis(tmp_path / "r").start()
-    store, client = _store(server.url, clock)
     try:
-        assert store.record("M3", "P1", "purchase", 1_700_000_000.0, "app")
-        server.stop()
-        assert store.recent("M3") is None
-        assert store.degraded
-        # While backing off, no call waits on the dead Redis.
-        assert store.recent("M3") is None
-        server = LocalRedis(tmp_path / "r", port=server.port).start()
-        assert store.recent("M3") is None  # still inside the back-off window
-        clock.now += 1.5
-        got = store.recent("M3")
-        assert got is not None and not store.degraded  # the new Redis is empty, but answers
-        assert got.empty
+        with open_store(server.url, clock) as (store, _client):
+            assert store.record("M3", "P1", "purchase", 1_700_000_000.0, "app")
+            server.stop()
+            assert store.recent("M3") is None
+            assert store.degraded
+            # While backing off, no call waits on the dead Redis.
+            assert store.recent("M3") is None
+            server = LocalRedis(tmp_path / "r", port=server.port).start()
+            assert store.recent("M3") is None  # still inside the back-off window
+            clock.now += 1.5
+            got = store.recent("M3")
+            assert got is not None and not store.degraded  # the new Redis is empty, but answers
+            assert got.empty
     finally:
-        store.close()
-        client.close()
         server.stop()
 
 
 def test_a_read_started_early_is_answered_after_other_commands(redis_url: str) -> None:
     """``start_recent`` sends, ``result`` reads: the engine searches in between."""
-    store, client = _store(redis_url)
-    try:
+    with open_store(redis_url) as (store, client):
         store.record("M4", "P1", "purchase", 1_700_000_000.0, "app")
         pending = store.start_recent("M4")
         client.set("unrelated", "1")  # other work (another connection) while Redis answers
         got = pending.result()
         assert got is not None and got.purchased == frozenset({"P1"})
         assert pending.result() is None  # read once; a second result() does not read again
-    finally:
-        store.close()
-        client.close()
 
 
 def test_an_abandoned_read_never_answers_the_next_one(redis_url: str) -> None:
     """A caller that failed between ``start_recent`` and ``result`` leaves a reply unread on its
     connection; the next read must get its own member's answer, not that one."""
-    store, client = _store(redis_url)
-    try:
+    with open_store(redis_url) as (store, _client):
         store.record("M5", "P5", "purchase", 1_700_000_000.0, "app")
         store.record("M6", "P6", "purchase", 1_700_000_000.0, "app")
         store.start_recent("M5")  # never read
         got = store.recent("M6")
         assert got is not None and got.purchased == frozenset({"P6"})
         assert not store.degraded
-    finally:
-        store.close()
-        client.close()
 
 
 def test_a_script_flush_between_send_and_read_is_recovered(redis_url: str) -> None:
-    store, client = _store(redis_url)
-    try:
+    with open_store(redis_url) as (store, client):
         store.record("M7", "P7", "purchase", 1_700_000_000.0, "app")
         client.script_flush()
         pending = store.start_recent("M7")  # NOSCRIPT comes back with the reply
         got = pending.result()
         assert got is not None and got.purchased == frozenset({"P7"})
-    finally:
-        store.close()
-        client.close()
