@@ -32,7 +32,6 @@ SOURCE_POPULAR = "popular"
 SOURCE_SIMILAR = "similar"
 
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
-_BUY_EVENTS = frozenset({"purchase"})
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 _NO_ROWS.flags.writeable = False
@@ -114,7 +113,7 @@ class RecommendationEngine:
                 activity.events, model.items.rows, model.event_weights, model.half_life_days, self._clock()
             )
         if ev_rows.shape[0]:
-            # Trained weights were decayed to the training cutoff; decay them on to now, as a
+            # Trained weights were decayed to the bundle's data_as_of; decay them on to now, as a
             # retrain now would, so recent events weigh what they should next to old history.
             now = self._clock()
             age_days = max(0.0, now - model.cutoff_ts) / 86400.0 if model.cutoff_ts is not None else 0.0
