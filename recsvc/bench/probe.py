@@ -17,15 +17,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
-def _best(fn: object, tries: int) -> float:
+def _best(fn: Callable[[], None], tries: int) -> float:
     best = float("inf")
     for _ in range(tries):
         t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         best = min(best, time.perf_counter() - t0)
     return best * 1e6
 
