@@ -1,9 +1,12 @@
 """Diversity: MMR re-ranking on item vectors, an optional per-category cap, and the intra-list
-diversity measure used to choose the default trade-off (docs/benchmarks.md)."""
+diversity measure used to choose the default trade-off (docs/benchmarks.md). The MMR loop itself
+is compiled (``recsvc.engine.kernels``)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from recsvc.engine.kernels import mmr_rows
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -25,46 +28,46 @@ def mmr(
     Each step picks ``argmax (1 - d) * rel_i - d * max_j cos(i, j)`` over picked ``j``; relevance
     is rescaled to 0..1 over the candidates so ``d`` means the same for every member. ``d = 0``
     (and no cap) is plain top-k by relevance. ``unit=True``: ``vectors`` are already unit length.
+    With ``max_per_category``, an item whose category already has that many picks is skipped.
     """
-    n = relevance.shape[0]
-    k = min(k, n)
-    if k <= 0:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.ones(vectors.shape[0], dtype=np.float32) if unit else _norms(vectors)
+    rows = np.arange(vectors.shape[0], dtype=np.int64)
+    cats = np.zeros(vectors.shape[0], dtype=np.int64) if categories is None else categories
+    return mmr_by_rows(relevance, rows, vectors, norms, k, diversity, cats, max_per_category)
+
+
+def mmr_by_rows(
+    relevance: np.ndarray,
+    rows: np.ndarray,
+    factors: np.ndarray,
+    norms: np.ndarray,
+    k: int,
+    diversity: float,
+    categories: np.ndarray,
+    max_per_category: int = 0,
+) -> np.ndarray:
+    """``mmr`` for candidates given as rows of ``factors`` (a bundle's item factors, with their
+    ``norms`` and ``categories`` by row): no per-call copy of the candidates' vectors."""
+    if k <= 0 or relevance.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     if diversity <= 0 and max_per_category <= 0:
         return np.argsort(-relevance, kind="stable")[:k]
-    lo, hi = float(relevance.min()), float(relevance.max())
-    rel = (relevance - lo) / (hi - lo) if hi > lo else np.ones(n, dtype=np.float32)
-    u = np.asarray(vectors, dtype=np.float32) if unit else unit_rows(np.asarray(vectors, dtype=np.float32))
-    sims = np.maximum(u @ u.T, 0.0)  # one small matmul instead of one per step
-    base = ((1.0 - diversity) * rel).astype(np.float32)
-    # gain_i = base_i - d * max_{j picked} sim_ij. Picking b turns that into
-    # min(gain_i, base_i - d * sim_ib): one row of ``drop`` per step, so each step is an argmax
-    # and an elementwise minimum. ``drop``'s diagonal is -inf, so that minimum also takes the
-    # picked item out; capped items are set to -inf too, and stay there.
-    drop = base[None, :] - diversity * sims
-    np.fill_diagonal(drop, -np.inf)
-    gain = base.copy()
-    minimum = np.minimum
-    picks: list[int] = []
-    if categories is None or max_per_category <= 0:
-        for _ in range(k):  # n >= k items, each picked once: never out of candidates
-            best = int(gain.argmax())
-            picks.append(best)
-            minimum(gain, drop[best], out=gain)
-        return np.asarray(picks, dtype=np.int64)
-    cats = categories.tolist()
-    counts: dict[int, int] = {}
-    for _ in range(k):
-        best = int(gain.argmax())
-        if gain[best] == -np.inf:  # everything left is capped
-            break
-        picks.append(best)
-        minimum(gain, drop[best], out=gain)
-        cat = cats[best]
-        counts[cat] = counts.get(cat, 0) + 1
-        if counts[cat] >= max_per_category:
-            gain[categories == cat] = -np.inf
-    return np.asarray(picks, dtype=np.int64)
+    return mmr_rows(
+        np.asarray(relevance, dtype=np.float32),
+        np.asarray(rows, dtype=np.int64),
+        factors,
+        norms,
+        k,
+        float(diversity),
+        categories,
+        max_per_category,
+    )
+
+
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
+    return np.where(norms > 0, norms, np.float32(1.0))
 
 
 def intra_list_diversity(vectors: np.ndarray) -> float:

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recsvc.engine.diversity import mmr
+from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
+from recsvc.engine.kernels import best_history_rows
 from recsvc.engine.served_model import KIND_CODES, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.realtime import RealtimeStore, event_weights_by_item, recalculate_member
@@ -214,14 +215,15 @@ class RecommendationEngine:
             scores = relevance(rows, scores)
             order = np.argsort(-scores, kind="stable")
             rows, scores = rows[order], scores[order]
-        picks = mmr(
+        picks = mmr_by_rows(
             scores,
-            model.item_factors[rows] / model.item_norms[rows, None],
+            rows,
+            model.item_factors,
+            model.item_norms,
             k,
             filters.diversity,
-            categories=model.item_category[rows],
-            max_per_category=self._settings.max_per_category,
-            unit=True,
+            model.item_category,
+            self._settings.max_per_category,
         )
         return rows[picks], scores[picks]
 
@@ -280,8 +282,7 @@ class RecommendationEngine:
         if rows.shape[0] > _REASON_HISTORY_MAX:
             rows = rows[np.argpartition(-weights, _REASON_HISTORY_MAX - 1)[:_REASON_HISTORY_MAX]]
         # An item both in the history and in recent events appears twice: harmless for argmax.
-        contrib = np.asarray(model.item_factors[rows]) @ np.asarray(model.item_factors[picks]).T
-        best = rows[contrib.argmax(axis=0)].tolist()
+        best = best_history_rows(model.item_factors, rows.astype(np.int64), picks.astype(np.int64)).tolist()
         bought = set(bought_rows.tolist())
         titles = model.titles
         return [f"because you {'bought' if b in bought else 'viewed'} {titles[b]}" for b in best]

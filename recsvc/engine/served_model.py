@@ -24,6 +24,7 @@ from recsvc.bundle import (
     LoadedBundle,
     load_bundle,
 )
+from recsvc.engine import kernels
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class ServedModel:
         # Normalised item vectors for cosine similarity (MMR, similar items, diversity metric).
         norms = np.linalg.norm(self.item_factors, axis=1)
         self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        kernels.warm_up(self.item_factors, self.item_norms, self.item_category, self.item_stock_ok)
         # YtY as implicit's ALS caches it; used to recompute member vectors from events.
         y = np.asarray(self.item_factors, dtype=np.float32)
         self.yty: np.ndarray = y.T.dot(y)
