@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -98,20 +99,34 @@ class ServingMetrics:
             registry=r,
         )
         self._scenes_seen: set[str] = set()
+        # Label children by label values: ``labels()`` costs more than the update itself, and
+        # every call would look the same few combinations up again. Bounded like the labels.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._scene_children: dict[tuple[str, str], Any] = {}
 
     def observe_scene(self, method: str, scene: str) -> None:
-        # Scene is free-form caller input: bound the label's cardinality.
-        label = scene if _SCENE_RE.match(scene) else "other"
-        if label not in self._scenes_seen:
-            if len(self._scenes_seen) >= MAX_SCENES:
-                label = "other"
-            else:
-                self._scenes_seen.add(label)
-        self.scenes.labels(method, label).inc()
+        child = self._scene_children.get((method, scene))
+        if child is None:
+            # Scene is free-form caller input: bound the label's cardinality.
+            label = scene if _SCENE_RE.match(scene) else "other"
+            if label not in self._scenes_seen:
+                if len(self._scenes_seen) >= MAX_SCENES:
+                    label = "other"
+                else:
+                    self._scenes_seen.add(label)
+            child = self.scenes.labels(method, label)
+            if label == scene:  # only names that are their own label are remembered: bounded
+                self._scene_children[(method, scene)] = child
+        child.inc()
 
     def observe(self, method: str, source: str, variant: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, source, variant, code).inc()
-        self.latency.labels(method, source, variant).observe(seconds)
+        key = (method, source, variant, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(method, source, variant))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_model(self, variant: str, version: str, previous: str | None) -> None:
         if previous is not None and previous != version:

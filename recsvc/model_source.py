@@ -261,6 +261,7 @@ class ModelRegistry:
                         version=resolved.version,
                         source_uri=target,
                         hnsw_ef_search=self._settings.training.hnsw_ef_search,
+                        prefault=self._settings.serving.prefault_bundle,
                     )
                 except RecsvcError as exc:
                     log.warning("event=model_reload_failed variant=%s uri=%s error=%s", v.name, target, exc)

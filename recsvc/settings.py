@@ -147,6 +147,11 @@ class ServingSettings(_Section):
     # widens 4x when filters leave too few. Search cost grows with it (IVF: 0.16 ms at 20, 0.32 ms
     # at 400 on 95k products), so the default only asks for what the MMR pool needs.
     ann_candidates: int = Field(100, ge=10)
+    prefault_bundle: bool = Field(
+        True,
+        description="touch every page of the bundle's arrays at load, so no request waits on a page "
+        "fault; the pages are the page cache's, shared by every process serving the bundle",
+    )
     variants: list[Variant] = Field(default_factory=list)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -7,6 +7,7 @@ unset, ``diversity`` comes from settings. ``FilterSpec.mask`` works on a candida
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ class FilterSpec:
         max_id_length: int,
     ) -> FilterSpec:
         if f is None:
-            return cls(diversity=default_diversity)
+            return _defaults(default_diversity)
         lists = {
             "include_categories": f.include_categories,
             "exclude_categories": f.exclude_categories,
@@ -143,6 +144,12 @@ class FilterSpec:
             if self.max_price is not None:
                 keep &= prices <= self.max_price
         return keep
+
+
+@functools.lru_cache(maxsize=8)
+def _defaults(diversity: float) -> FilterSpec:
+    """The filters of a request that sets none (most requests): one shared, immutable spec."""
+    return FilterSpec(diversity=diversity)
 
 
 _NONE_EXCLUDED = np.zeros(0, dtype=np.int64)

@@ -129,11 +129,12 @@ class RecommendationEngine:
             source = SOURCE_REALTIME
             early = None  # searched with the trained vector: not this member's vector any more
 
-        bought_rows = trained_bought.astype(np.int64)
+        bought_rows = trained_bought
         if activity is not None and activity.purchased:
             recent_bought = model.items.rows(sorted(activity.purchased))
-            bought_rows = np.concatenate([bought_rows, recent_bought[recent_bought >= 0]])
-        excluded = self._excluded_rows(model, filters, bought_rows)
+            bought_rows = np.concatenate([bought_rows.astype(np.int64), recent_bought[recent_bought >= 0]])
+        as_stored = bought_rows is trained_bought and model.purchased_sorted
+        excluded = self._excluded_rows(model, filters, bought_rows, bought_sorted=as_stored)
 
         resp = recommender_pb2.RecommendResponse(
             model_version=model.version,
@@ -141,7 +142,7 @@ class RecommendationEngine:
             realtime=activity is not None,
             member_segment=segment,
         )
-        if vector is None or not vector.any():
+        if vector is None or (source == SOURCE_REALTIME and not vector.any()):
             self._popular(resp.items, model, segment, channel, kind, k, filters, excluded)
             source = SOURCE_POPULAR
         else:
@@ -171,7 +172,13 @@ class RecommendationEngine:
             return model.exact_search(vector, kind, n)
         return model.search(vector, kind, n)
 
-    def _excluded_rows(self, model: ServedModel, filters: FilterSpec, bought_rows: np.ndarray) -> np.ndarray:
+    def _excluded_rows(
+        self, model: ServedModel, filters: FilterSpec, bought_rows: np.ndarray, bought_sorted: bool = False
+    ) -> np.ndarray:
+        """Rows no list may hold, ascending and unique. ``bought_sorted``: ``bought_rows`` already
+        are (a member's trained purchases, when the bundle stores them so)."""
+        if not filters.exclude_item_ids and bought_sorted:
+            return bought_rows if filters.exclude_purchased else _NO_ROWS
         parts = []
         if filters.exclude_item_ids:
             r = model.items.rows(sorted(filters.exclude_item_ids))
@@ -179,7 +186,7 @@ class RecommendationEngine:
         if filters.exclude_purchased and bought_rows.shape[0]:
             parts.append(bought_rows)
         if not parts:
-            return np.zeros(0, dtype=np.int64)
+            return _NO_ROWS
         return np.unique(np.concatenate(parts).astype(np.int64))
 
     def _retrieve(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from recsvc import mapped
 from recsvc.bundle import (
     ALL,
     INDEX_L2_AUGMENTED,
@@ -43,7 +44,12 @@ class ServedModel:
     """One loaded bundle plus per-process lookups. Immutable once built; swapped as a whole."""
 
     def __init__(
-        self, bundle: LoadedBundle, version: str, source_uri: str, hnsw_ef_search: int = 128
+        self,
+        bundle: LoadedBundle,
+        version: str,
+        source_uri: str,
+        hnsw_ef_search: int = 128,
+        prefault: bool = False,
     ) -> None:
         self.bundle = bundle
         self.version = version
@@ -52,6 +58,9 @@ class ServedModel:
         self.members = bundle.members
         self.items = bundle.items
         a = bundle.arrays
+        if prefault:  # settings.serving.prefault_bundle
+            for arr in (*a.values(), bundle.members.array, bundle.items.array):
+                mapped.prefault(arr)
         self.member_factors: np.ndarray = a["member_factors"]
         self.member_segment: np.ndarray = a["member_segment"]
         self.item_factors: np.ndarray = a["item_factors"]
@@ -70,6 +79,9 @@ class ServedModel:
         self.history_data: np.ndarray = a["history_data"]
         self.purchased_indptr: np.ndarray = a["purchased_indptr"]
         self.purchased_indices: np.ndarray = a["purchased_indices"]
+        # Whether every member's purchased rows are ascending and unique (training writes them
+        # so): then they are the member's exclusions as they are, with no sort per request.
+        self.purchased_sorted = _rows_ascending(self.purchased_indptr, self.purchased_indices)
         self.titles = bundle.item_titles
         self.categories = bundle.categories
         self.brands = bundle.brands
@@ -116,8 +128,16 @@ class ServedModel:
         self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
 
     @classmethod
-    def load(cls, path: Path, version: str, source_uri: str, hnsw_ef_search: int = 128) -> ServedModel:
-        return cls(load_bundle(path), version=version, source_uri=source_uri, hnsw_ef_search=hnsw_ef_search)
+    def load(
+        cls, path: Path, version: str, source_uri: str, hnsw_ef_search: int = 128, prefault: bool = False
+    ) -> ServedModel:
+        return cls(
+            load_bundle(path),
+            version=version,
+            source_uri=source_uri,
+            hnsw_ef_search=hnsw_ef_search,
+            prefault=prefault,
+        )
 
     # ---- members -------------------------------------------------------------------------
     def member_row(self, member_id: str) -> int | None:
@@ -219,6 +239,18 @@ class ServedModel:
             "products": len(self.kind_rows[KIND_PRODUCT]),
             "content": len(self.kind_rows[KIND_CONTENT]),
         }
+
+
+def _rows_ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """True when the indices of every CSR row are strictly ascending."""
+    if indices.shape[0] < 2:
+        return True
+    rising = np.diff(np.asarray(indices, dtype=np.int64)) > 0
+    # A fall is allowed only where a new row starts (between the last of one and the first of the next).
+    row_starts = np.asarray(indptr[1:-1], dtype=np.int64)
+    row_starts = row_starts[(row_starts > 0) & (row_starts < indices.shape[0])]
+    rising[row_starts - 1] = True
+    return bool(rising.all())
 
 
 def _tune_index(index: Any, ef_search: int) -> None:

@@ -1,0 +1,74 @@
+"""Pieces of the recommendation hot path that are fast by construction: cached metric children,
+the purchased-rows invariant, and a bundle's pages mapped at load (prefault)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recsvc.engine.served_model import _rows_ascending
+from recsvc.mapped import load_array, prefault
+from recsvc.metrics import MAX_SCENES, ServingMetrics
+
+
+def _value(m: ServingMetrics, name: str, labels: dict[str, str]) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_cached_metric_children_count_every_call_under_their_own_labels() -> None:
+    m = ServingMetrics()
+    for _ in range(3):
+        m.observe("RecommendProducts", "personalized", "control", "OK", 0.001)
+    m.observe("RecommendProducts", "popular", "control", "OK", 0.002)
+    m.observe("RecommendProducts", "personalized", "control", "NOT_FOUND", 0.001)
+    req = "recsvc_rec_requests_total"
+    base = {"method": "RecommendProducts", "variant": "control"}
+    assert _value(m, req, {**base, "source": "personalized", "code": "OK"}) == 3
+    assert _value(m, req, {**base, "source": "popular", "code": "OK"}) == 1
+    assert _value(m, req, {**base, "source": "personalized", "code": "NOT_FOUND"}) == 1
+    lat = "recsvc_rec_request_latency_seconds_count"
+    assert _value(m, lat, {**base, "source": "personalized"}) == 4
+
+
+def test_scene_labels_stay_bounded_with_cached_children() -> None:
+    m = ServingMetrics()
+    for i in range(MAX_SCENES + 5):
+        m.observe_scene("RecommendProducts", f"page_{i}")
+        m.observe_scene("RecommendProducts", f"page_{i}")  # second time: the cached child
+    m.observe_scene("RecommendProducts", "Not A Scene!")
+    name = "recsvc_rec_scene_requests_total"
+    assert _value(m, name, {"method": "RecommendProducts", "scene": "page_0"}) == 2
+    assert _value(m, name, {"method": "RecommendProducts", "scene": f"page_{MAX_SCENES}"}) is None
+    assert _value(m, name, {"method": "RecommendProducts", "scene": "other"}) == 2 * 5 + 1
+
+
+def test_rows_ascending_checks_each_csr_row() -> None:
+    indptr = np.array([0, 2, 2, 4])
+    assert _rows_ascending(indptr, np.array([1, 5, 0, 3]))  # falls only between rows
+    assert not _rows_ascending(indptr, np.array([5, 1, 0, 3]))  # unsorted within a row
+    assert not _rows_ascending(indptr, np.array([1, 1, 0, 3]))  # a repeat within a row
+    assert _rows_ascending(np.array([0, 0]), np.zeros(0, dtype=np.int32))
+
+
+def _mapped_resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+def test_prefault_maps_every_page_of_the_array_into_the_process(tmp_path: Path) -> None:
+    path = tmp_path / "factors.npy"
+    np.save(path, np.arange(8 * 1024 * 1024, dtype=np.float32).reshape(-1, 64))  # 32 MiB
+    arr = load_array(path)
+    assert _mapped_resident_kib(path) < 8 * 1024  # mapped, not yet touched
+    prefault(arr)
+    assert _mapped_resident_kib(path) >= 32 * 1024  # every page is now this process's
+    assert float(arr[-1, -1]) == 8 * 1024 * 1024 - 1  # and the contents are untouched
+    prefault(np.zeros((0, 4), dtype=np.float32))  # empty arrays are fine
