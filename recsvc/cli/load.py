@@ -111,6 +111,13 @@ bench = typer.Typer(
 app.add_typer(bench, name="bench")
 
 
+# `bench service --client`: who sends the calls (recorded with the results).
+LOAD_CLIENTS = {
+    "python": "python (grpc.aio, in the benchmark process)",
+    "native": "native (load/grpcload, C++ grpc++ async)",
+}
+
+
 def _bench_dir(results: Path, kind: str) -> Path:
     from recsvc.bench.loadrun import new_results_dir
 
@@ -304,6 +311,12 @@ def bench_service(
         "workers: with few connections one worker can get most of them (the CPU column shows the split).",
     ),
     deadline: float = typer.Option(1.0, "--deadline", min=0.01, help="Per-call deadline, seconds."),
+    client: str = typer.Option(
+        "python",
+        "--client",
+        help="Load client: python (grpc.aio, in this process) or native (load/grpcload, C++; build "
+        "it with `make -C load/grpcload`): far less client CPU on cores shared with the server.",
+    ),
     host: str | None = typer.Option(None, "--host", help="A running server (needs --bundle)."),
     server_pid: int | None = typer.Option(
         None, "--server-pid", help="With --host: the server's process id, to report its CPU per call."
@@ -316,8 +329,9 @@ def bench_service(
     results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
     workdir: Path = typer.Option(Path("var/load"), "--workdir", help="Cached sample data and model."),
 ) -> None:
-    """Service throughput and latency at fixed offered rates (open loop, grpc.aio client). Starts
-    Redis and the server like `load run` unless --host is given; reports server memory too."""
+    """Service throughput and latency at fixed offered rates (open loop; grpc.aio client, or the
+    native one with --client native). Starts Redis and the server like `load run` unless --host is
+    given; reports server memory too."""
     import os
     from contextlib import ExitStack
 
@@ -326,7 +340,7 @@ def bench_service(
     from recsvc.bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from recsvc.bench.memory import to_markdown as memory_markdown
     from recsvc.bench.memory import tree_memory
-    from recsvc.bench.ratebench import MARKDOWN_HEADER, markdown_row, run_fixed_rates
+    from recsvc.bench.ratebench import MARKDOWN_HEADER, find_native_client, markdown_row, run_fixed_rates
     from recsvc.bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
@@ -335,10 +349,14 @@ def bench_service(
     offered = [float(r) for r in rates.split(",") if r.strip()]
     if host and bundle is None:
         raise LoadRunError("--bundle is required with --host: ids are drawn from the served bundle")
+    if client not in LOAD_CLIENTS:
+        raise typer.BadParameter("--client must be python or native")
+    if client == "native":
+        find_native_client()  # not built: say so before anything starts
     out = _bench_dir(results, "service throughput")
     machine = _machine()
     config = read_load_config(load_config)
-    context: dict[str, str] = {}
+    context: dict[str, str] = {"load client": LOAD_CLIENTS[client]}
     with ExitStack() as stack, sigterm_as_interrupt():
         if host:
             target, served = host, bundle
@@ -362,16 +380,18 @@ def bench_service(
         runs = run_fixed_rates(
             target, traffic, rpc, offered, duration,
             connections=connections, deadline_s=deadline, warmup_s=warmup, metadata=metadata,
-            cpu_probe=cpu_probe(pids.get("server pid"), pids.get("redis pid")),
+            cpu_probe=cpu_probe(pids.get("server pid"), pids.get("redis pid")), client=client,
         )  # fmt: skip
         memory = tree_memory(int(context["server pid"])) if "server pid" in context else []
     md = "\n".join([MARKDOWN_HEADER, *(markdown_row(r) for r in runs)])
+    md += f"\n\nLoad client: {LOAD_CLIENTS[client]}, {connections} connections; its CPU is the client column."
     if memory:
         md += "\n\nServer memory after the runs:\n\n" + memory_markdown(memory)
     payload = {
         "machine": machine,
         "target": target,
         "bundle": str(served),
+        "client": client,
         "context": context,
         "runs": [r.as_dict() for r in runs],
         "server_memory": [m.as_dict() for m in memory],
