@@ -80,6 +80,15 @@ class ServingMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.active_members_synced = Gauge(
+            "active_members_synced",
+            "1 while this process knows which members have recent events (reads for the others "
+            "are skipped); 0 while it reads Redis for every member.",
+            namespace=NAMESPACE,
+            subsystem=SUBSYSTEM,
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.events = Counter(
             "events_total",
             "RecordEvent calls by event type and whether Redis stored them.",
@@ -136,6 +145,9 @@ class ServingMetrics:
 
     def set_realtime_degraded(self, degraded: bool) -> None:
         self.realtime_degraded.set(1 if degraded else 0)
+
+    def set_active_members_synced(self, synced: bool) -> None:
+        self.active_members_synced.set(1 if synced else 0)
 
 
 def multiprocess_registry() -> CollectorRegistry:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from recsvc.active_members import ActiveMembers, active_channel
 from recsvc.keys import member_key
 from recsvc.settings import RedisSettings
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_SUFFIX = "rt:events"
 PURCHASED_SUFFIX = "rt:purchased"
+REALTIME_SUFFIXES = (EVENTS_SUFFIX, PURCHASED_SUFFIX)
 # Both reads in one command (one round trip, no pipeline bookkeeping on the hot path); the two keys
 # share the member's hash tag, so this runs unchanged on Redis Cluster.
 _READ_SCRIPT = """
@@ -120,25 +122,30 @@ class RecentActivity:
 class PendingRecent:
     """A recent-events read in flight (``RealtimeStore.start_recent``); ``result()`` once."""
 
-    __slots__ = ("_conn", "_keys", "_store")
+    __slots__ = ("_conn", "_keys", "_known", "_store")
 
     def __init__(
         self,
         store: RealtimeStore,
         conn: redis.connection.AbstractConnection | None,
         keys: tuple[str, str] | None,
+        known: RecentActivity | None = None,
     ) -> None:
         self._store = store
         self._conn = conn
         self._keys = keys
+        self._known = known  # the answer without a read (no read in flight)
 
     def result(self) -> RecentActivity | None:
         """The member's recent activity; None when Redis is unavailable (degraded)."""
         conn, keys = self._conn, self._keys
         if conn is None or keys is None:
-            return None
+            return self._known
         self._conn = None
         return self._store._finish_read(conn, keys)
+
+
+_NO_ACTIVITY = RecentActivity(events=[], purchased=frozenset())
 
 
 def make_redis_client(settings: RedisSettings) -> redis.Redis:
@@ -162,8 +169,12 @@ class RealtimeStore:
         settings: RedisSettings,
         on_state_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        active: ActiveMembers | None = None,
     ) -> None:
         self._client = client
+        # Members known to have no state are not read (recsvc.active_members); None: read all.
+        self._active = active
+        self._channel = active_channel(settings.key_prefix)
         self._prefix = settings.key_prefix
         self._max = settings.recent_events_max
         self._ttl = settings.recent_events_ttl_s
@@ -219,11 +230,14 @@ class RealtimeStore:
             if event_type == "purchase":
                 pipe.sadd(pu_key, item_id)
                 pipe.expire(pu_key, self._ttl)
+            pipe.publish(self._channel, member_id)  # every process's ActiveMembers hears it
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._failed(exc)
             return False
         self._succeeded()
+        if self._active is not None:
+            self._active.heard(member_id)  # this process knows at once, before the notice
         return True
 
     def recent(self, member_id: str) -> RecentActivity | None:
@@ -238,6 +252,8 @@ class RealtimeStore:
         before this thread's next read."""
         if not self._available():
             return PendingRecent(self, None, None)
+        if self._active is not None and not self._active.may_have(member_id):
+            return PendingRecent(self, None, None, known=_NO_ACTIVITY)
         keys = (
             member_key(self._prefix, member_id, EVENTS_SUFFIX),
             member_key(self._prefix, member_id, PURCHASED_SUFFIX),

@@ -175,6 +175,11 @@ class RedisSettings(_Section):
     socket_timeout_ms: int = Field(50, ge=1)
     recent_events_max: int = Field(200, ge=1)
     recent_events_ttl_s: int = Field(7 * 86400, ge=60)
+    active_members: bool = Field(
+        True,
+        description="keep, per process, the members that have recent events (pub/sub fed, see "
+        "recsvc/active_members.py) and skip the Redis read for the others",
+    )
 
 
 class OutreachSettings(_Section):

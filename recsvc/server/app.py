@@ -30,10 +30,11 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.active_members import ActiveMembers
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
 from recsvc.metrics import ServingMetrics
 from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
-from recsvc.realtime import RealtimeStore, make_redis_client
+from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
 from recsvc.server.handlers import SyncInterceptorAdapter
@@ -86,7 +87,18 @@ def build_deps(
     faiss.omp_set_num_threads(1)
     metrics = metrics or ServingMetrics()
     client = make_redis_client(settings.redis)
-    realtime = RealtimeStore(client, settings.redis, on_state_change=metrics.set_realtime_degraded)
+    active = None
+    if settings.redis.active_members:
+        active = ActiveMembers(
+            client,
+            settings.redis.key_prefix,
+            settings.redis.recent_events_ttl_s,
+            REALTIME_SUFFIXES,
+            on_sync_change=metrics.set_active_members_synced,
+        ).start()
+    realtime = RealtimeStore(
+        client, settings.redis, on_state_change=metrics.set_realtime_degraded, active=active
+    )
     models = ModelRegistry(settings, ModelResolver(settings), metrics)
     engine = RecommendationEngine(models, realtime, settings.serving)
     deps = ServerDeps(
@@ -97,6 +109,8 @@ def build_deps(
         redis_client=client,
         engine_default_diversity=settings.serving.default_diversity,
     )
+    if active is not None:
+        deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()

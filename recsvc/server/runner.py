@@ -53,16 +53,19 @@ def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = Tr
     signal.signal(signal.SIGINT, _on_signal)
 
     deps = build_deps(settings)
-    server = build_server(settings, deps)
-    server.start()
-    log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
-    if serve_own_metrics and settings.serving.metrics_port:
-        serve_metrics(settings.serving.metrics_port, deps.metrics.registry, settings.serving.host)
+    # Load before binding the port: workers share it (SO_REUSEPORT) and the kernel hands new
+    # connections to any worker listening, so a worker still loading would answer them
+    # UNAVAILABLE while its siblings could serve. Without a model it starts anyway.
     try:
         deps.models.reload()
     except RecsvcError as exc:
         # Health stays NOT_SERVING; the poller (or ReloadModel) loads the model later.
         log.warning("event=initial_model_load_failed worker=%d error=%s", worker, exc)
+    server = build_server(settings, deps)
+    server.start()
+    log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
+    if serve_own_metrics and settings.serving.metrics_port:
+        serve_metrics(settings.serving.metrics_port, deps.metrics.registry, settings.serving.host)
     deps.models.start_polling(settings.serving.poll_interval_s)
     stop.wait()
     log.info("event=worker_stopping worker=%d grace_s=%s", worker, settings.serving.grace_period_s)

@@ -1,0 +1,144 @@
+"""The per-process directory of members with real-time state, against a real redis-server: it
+says "no state" only when sure, hears events recorded by any process, finds state that existed
+before it started, and falls back to reading every member while its subscription is broken."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from recsvc.active_members import ActiveMembers
+from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
+from recsvc.settings import RedisSettings
+
+PREFIX = "am"
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextmanager
+def directory(
+    url: str, ttl_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+) -> Iterator[tuple[ActiveMembers, list[bool]]]:
+    client = make_redis_client(RedisSettings(url=url, key_prefix=PREFIX, socket_timeout_ms=500))
+    changes: list[bool] = []
+    active = ActiveMembers(
+        client, PREFIX, ttl_s, REALTIME_SUFFIXES, on_sync_change=changes.append, clock=clock
+    )
+    try:
+        yield active, changes
+    finally:
+        active.stop()
+        client.close()
+
+
+@contextmanager
+def store(url: str, active: ActiveMembers | None = None) -> Iterator[RealtimeStore]:
+    settings = RedisSettings(url=url, key_prefix=PREFIX, socket_timeout_ms=500)
+    client = make_redis_client(settings)
+    s = RealtimeStore(client, settings, active=active)
+    try:
+        yield s
+    finally:
+        s.close()
+        client.close()
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_unsynced_directory_answers_maybe_for_everyone(redis_url: str) -> None:
+    with directory(redis_url) as (active, _):
+        assert not active.synced
+        assert active.may_have("anyone")  # never "no" before it knows
+
+
+def test_synced_directory_knows_state_from_before_and_after_it_started(redis_url: str) -> None:
+    with store(redis_url) as writer:
+        assert writer.record("EARLY", "P1", "view", time.time(), "app")
+        with directory(redis_url) as (active, changes):
+            active.start()
+            assert _wait(lambda: active.synced)
+            assert changes == [True]
+            assert active.may_have("EARLY")  # found by the start-up scan
+            assert not active.may_have("QUIET")
+            assert writer.record("LATE", "P2", "purchase", time.time(), "app")  # another process
+            assert _wait(lambda: active.may_have("LATE"), timeout=1.0)  # the promise: within 1 s
+            assert not active.may_have("QUIET")
+
+
+def test_entries_end_with_the_state_ttl(redis_url: str) -> None:
+    clock = Clock()
+    with directory(redis_url, ttl_s=60.0, clock=clock) as (active, _):
+        active.start()
+        assert _wait(lambda: active.synced)
+        active.heard("M1")
+        clock.now += 59.0
+        assert active.may_have("M1")
+        clock.now += 2.0
+        assert not active.may_have("M1")
+        active._sweep()
+        assert "M1" not in active._until  # and is dropped from memory
+
+
+def test_broken_subscription_reads_everyone_until_resynced(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    with store(redis_url) as writer, directory(redis_url) as (active, changes):
+        active.start()
+        assert _wait(lambda: active.synced)
+        admin.client_kill_filter(_type="pubsub")  # the listener's connection dies
+        assert _wait(lambda: False in changes)  # unsynced: every member is read from Redis again
+        # An event recorded while the directory was deaf is found by the re-scan.
+        writer.record("DURING", "P3", "view", time.time(), "app")
+        assert _wait(lambda: changes[-1] is True and active.synced, timeout=10.0)
+        assert active.may_have("DURING")
+        assert changes[:2] == [True, False]
+    admin.close()
+
+
+def test_store_skips_the_read_only_for_members_without_state(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    with directory(redis_url) as (active, _), store(redis_url, active) as s:
+        active.start()
+        assert _wait(lambda: active.synced)
+        s.record("WARMUP", "P0", "view", time.time(), "app")
+        s.recent("WARMUP")  # a member with state: read, which loads the read script
+        before = _evalsha_calls(admin)
+        quiet = s.recent("QUIET")
+        assert quiet is not None and quiet.empty  # "no recent events", not "Redis unavailable"
+        assert _evalsha_calls(admin) == before  # and Redis was not asked
+        assert s.record("BUYER", "P7", "purchase", time.time(), "app")
+        got = s.recent("BUYER")  # known at once in the writing process, without the notice
+        assert got is not None and got.purchased == frozenset({"P7"})
+        assert _evalsha_calls(admin) == before + 1
+    admin.close()
+
+
+def test_without_a_directory_every_member_is_read(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    with store(redis_url) as s:
+        s.recent("WARMUP")
+        before = _evalsha_calls(admin)
+        assert s.recent("QUIET") is not None
+        assert _evalsha_calls(admin) == before + 1
+    admin.close()
