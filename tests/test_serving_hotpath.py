@@ -72,3 +72,17 @@ def test_prefault_maps_every_page_of_the_array_into_the_process(tmp_path: Path) 
     assert _mapped_resident_kib(path) >= 32 * 1024  # every page is now this process's
     assert float(arr[-1, -1]) == 8 * 1024 * 1024 - 1  # and the contents are untouched
     prefault(np.zeros((0, 4), dtype=np.float32))  # empty arrays are fine
+
+
+def test_settle_heap_moves_live_objects_out_of_the_collector() -> None:
+    import gc
+
+    from recsvc.server.app import settle_heap
+
+    keep = [[i] for i in range(1000)]  # container objects the cyclic GC would track
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= len(keep)
+        assert not any(gc.is_tracked(x) and x in gc.get_objects(generation=2) for x in keep[:3])
+    finally:
+        gc.unfreeze()

@@ -103,12 +103,13 @@ def servicer_costs(
 ) -> list[LatencyStats]:
     """Per-call cost of RecommendProducts, SimilarItems, RecommendContent and one throttle
     decision, calling the servicers in this process with the served bundle's members."""
-    from recsvc.server.app import build_deps
+    from recsvc.server.app import build_deps, settle_heap
     from recsvc.server.recommender_servicer import RecommenderServicer
 
     deps = build_deps(settings, with_outreach=True)
     try:
         deps.models.reload()
+        settle_heap()  # as a worker does before serving
         servicer = RecommenderServicer(settings, deps.engine, deps.models, deps.realtime, deps.metrics)
         _, model = deps.models.default()
         cfg = config or load_config(None, {"members": {"unknown_share": 0.0}})

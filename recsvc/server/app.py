@@ -18,6 +18,7 @@ Hooks for other parts of recsvc (see docs/operations.md):
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
@@ -190,6 +191,15 @@ def _add_services(settings: Settings, deps: ServerDeps, server: grpc.aio.Server)
     deps.models.set_on_loaded(on_loaded)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     log.info("event=services_added services=%s", ",".join(names))
+
+
+def settle_heap() -> None:
+    """Move everything alive now (modules, the loaded model's lookups) out of the cyclic GC's
+    reach: a process's full collections then walk only what requests create. At 1M × 100k a
+    full collection over the ~200k objects of a loaded worker took ~130 ms here, a stall of the
+    serving loop. Called once, after the first model load and before serving."""
+    gc.collect()
+    gc.freeze()
 
 
 def shutdown(server: AioServerHost, deps: ServerDeps, grace_s: float) -> None:

@@ -41,7 +41,7 @@ def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = Tr
     """Serve until SIGTERM/SIGINT. Blocks."""
     _limit_threads()
     from recsvc.metrics import serve_metrics
-    from recsvc.server.app import build_deps, build_server, shutdown
+    from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
 
     stop = threading.Event()
 
@@ -61,6 +61,7 @@ def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = Tr
     except RecsvcError as exc:
         # Health stays NOT_SERVING; the poller (or ReloadModel) loads the model later.
         log.warning("event=initial_model_load_failed worker=%d error=%s", worker, exc)
+    settle_heap()
     server = build_server(settings, deps)
     server.start()
     log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
