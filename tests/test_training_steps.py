@@ -306,6 +306,12 @@ def test_segments_on_hand_made_members() -> None:
     assert row.loc["newbuyer", "r"] == 5 and row.loc["gone", "r"] == 1
     r, m = int(row.loc["active", "r"]), int(row.loc["active", "m"])
     assert int(row.loc["active", "rfm_score"]) == r * 100 + 50 + m
+    # Seen as of 4 days before the cutoff, "fresh" (registered 3 days before it) did not exist
+    # yet: new, with recency 0 rather than a negative age.
+    earlier, _ = segments.member_segments(p, t, as_of=int(p.cutoff) - 4 * 86400)
+    before = earlier.set_index("member_id")
+    assert (earlier["recency_days"] >= 0).all()
+    assert before.loc["fresh", "lifecycle"] == "new" and before.loc["fresh", "recency_days"] == 0
 
 
 def test_popularity_tables_have_all_fallbacks_and_ranks() -> None:

@@ -74,8 +74,10 @@ def member_segments(
     registered = prepared.member_registered_at
     reference = np.where(last_buy >= 0, last_buy, np.where(last_any >= 0, last_any, registered))
     known = (reference > 0) | (last_any >= 0)
-    recency_days = np.where(known, (cutoff - reference) / DAY_S, 0.0)
-    registered_ago = np.where(registered > 0, (cutoff - registered) / DAY_S, 0.0)
+    # Never negative: seen as of an earlier time (``as_of``), a member who registered or acted
+    # after it has recency and age 0, i.e. new, not "-3 days".
+    recency_days = np.maximum(np.where(known, (cutoff - reference) / DAY_S, 0.0), 0.0)
+    registered_ago = np.maximum(np.where(registered > 0, (cutoff - registered) / DAY_S, 0.0), 0.0)
     has_purchase = frequency > 0
     stage = lifecycle_stage(recency_days, registered_ago, has_purchase, t)
 
