@@ -1,0 +1,94 @@
+"""The transport floor in several server set-ups: what a gRPC server that does no work costs per
+call on this machine, to set the service's figures against (docs/benchmarks.md, session 4).
+
+Every variant answers RecommendProducts with the same 20-item response
+(``recsvc.bench.echo.echo_handler``). Modes:
+
+- ``aio``: ``grpc.aio`` with default options (as ``recsvc serve`` runs);
+- ``nobdp``: ``grpc.aio`` with HTTP/2 BDP probing off;
+- ``syncN``: the thread-pool server with N threads (``sync1``, ``sync4``).
+
+``--processes 2`` starts two servers on the same port (SO_REUSEPORT, as ``recsvc serve --workers
+2``) under this process, so ``--server-pid`` below sees them as workers. Usage:
+
+    .venv/bin/python load/experiments/transport_floor.py aio --port 50091 --processes 2 &
+    .venv/bin/recsvc load bench service --host 127.0.0.1:50091 --server-pid $! \\
+        --bundle var/bench/bundle1m64-l2 --rates 750,1000,1250 --duration 20 --client native
+    kill %1
+
+A one-off experiment, not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from concurrent import futures
+
+import grpc
+
+from recsvc.bench.echo import echo_handler, fixed_response
+
+AIO_OPTIONS: dict[str, list[tuple[str, int]]] = {
+    "aio": [],
+    "nobdp": [("grpc.http2.bdp_probe", 0)],
+}
+
+
+def serve_one(mode: str, port: int) -> None:
+    handler = echo_handler(fixed_response(20))
+    if mode.startswith("sync"):
+        threads = int(mode[4:] or 1)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        server.wait_for_termination()
+        return
+    if mode not in AIO_OPTIONS:
+        raise SystemExit(f"unknown mode {mode!r}: aio, nobdp or syncN")
+
+    async def main() -> None:
+        aio_server = grpc.aio.server(options=AIO_OPTIONS[mode])
+        aio_server.add_generic_rpc_handlers((handler,))
+        aio_server.add_insecure_port(f"127.0.0.1:{port}")
+        await aio_server.start()
+        await aio_server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", help="aio, nobdp, sync1, sync4, ...")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child or args.processes == 1:
+        serve_one(args.mode, args.port)
+        return
+    cmd = [sys.executable, __file__, args.mode, "--port", str(args.port), "--child"]
+    children = [subprocess.Popen(cmd) for _ in range(args.processes)]
+
+    def stop(*_: object) -> None:
+        for child in children:
+            child.terminate()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"{args.processes} x {args.mode} on 127.0.0.1:{args.port}", flush=True)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop()
+
+
+if __name__ == "__main__":
+    main()
