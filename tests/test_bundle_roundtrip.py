@@ -54,6 +54,7 @@ def test_round_trip_keeps_every_array_and_table(tmp_path: Path, contents: Bundle
     out = assemble.write(tmp_path / "bundle", contents)
     b = load_bundle(out)
     assert b.manifest.bundle_id == "test-bundle" and b.manifest.schema_version == SCHEMA_VERSION
+    assert b.manifest.model_extra is not None
     assert b.manifest.model_extra["holdout"] == {"start": "a", "end": "b"}
     for key in ("regularization", "alpha", "event_weights", "half_life_days", "iterations", "factors"):
         assert key in b.manifest.params

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -72,6 +73,13 @@ def _write(folder: Path, catalog=None, members=None, events=None, fmt: str = "cs
         else:
             df.to_parquet(folder / f"{name}.parquet", index=False)
     return folder
+
+
+def _source_row(q: pd.DataFrame) -> int:
+    """The first quarantined row's source_row (pandas types ``.loc[row, col]`` as any scalar)."""
+    cell = q.loc[0, "source_row"]
+    assert isinstance(cell, int | np.integer), cell
+    return int(cell)
 
 
 def _only_reason(tmp_path: Path, table: str, expected: str, **tables) -> pd.DataFrame:
@@ -139,7 +147,7 @@ def test_each_bad_event_kind_is_quarantined_with_its_reason(
     tmp_path: Path, changes: dict[str, str], reason: str
 ) -> None:
     q = _only_reason(tmp_path, "events", reason, events=_event(**changes))
-    assert int(q.loc[0, "source_row"]) == len(_events())
+    assert _source_row(q) == len(_events())
     # The quarantined row keeps what was sent, so it can be fixed and replayed.
     for col, value in changes.items():
         assert q.loc[0, col] == value
@@ -216,7 +224,7 @@ def test_each_bad_catalog_kind_is_quarantined(
 ) -> None:
     # No events, so a quarantined item does not also quarantine events.
     q = _only_reason(tmp_path, "catalog", reason, catalog=_catalog_with(index, **changes), events=[])
-    assert int(q.loc[0, "source_row"]) == index
+    assert _source_row(q) == index
 
 
 @pytest.mark.parametrize(
@@ -290,7 +298,8 @@ def test_non_utf8_bytes_quarantine_only_their_row(tmp_path: Path) -> None:
     result = validate_dir(folder, DATA, now=NOW)
     q = result.tables["events"].quarantine
     assert list(q["reason"]) == [Reason.INVALID_UTF8]
-    assert q.loc[0, "detail"].startswith("member_id=")
+    detail = q.loc[0, "detail"]
+    assert isinstance(detail, str) and detail.startswith("member_id="), detail
     assert len(result.events) == len(_events())
 
 

@@ -152,7 +152,9 @@ class _ScriptedOutreach(outreach_pb2_grpc.OutreachServicer):
         context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
 
 
-SCRIPTED = _ScriptedRecommender()
+# The generated stubs declare every RPC abstract, but at runtime the base servicer answers the ones
+# not scripted here with UNIMPLEMENTED, which is all these servers need.
+SCRIPTED = _ScriptedRecommender()  # type: ignore[abstract]
 
 
 @pytest.fixture
@@ -161,7 +163,7 @@ def scripted_server() -> Iterator[str]:
     SCRIPTED.api_keys.clear()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     recommender_pb2_grpc.add_RecommenderServicer_to_server(SCRIPTED, server)
-    outreach_pb2_grpc.add_OutreachServicer_to_server(_ScriptedOutreach(), server)
+    outreach_pb2_grpc.add_OutreachServicer_to_server(_ScriptedOutreach(), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}"

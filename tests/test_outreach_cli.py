@@ -60,7 +60,8 @@ def test_import_profiles_and_check(tmp_path: Path, redis_url: str, monkeypatch: 
     )
     r = redis.Redis.from_url(redis_url)
     profile = member_key("recsvc", "M1", "out:profile")
-    assert r.hget(profile, "tz") == b"Europe/Berlin" and r.hget(profile, "c:wecom").startswith(b"1|")
+    wecom = r.hget(profile, "c:wecom")
+    assert r.hget(profile, "tz") == b"Europe/Berlin" and isinstance(wecom, bytes) and wecom.startswith(b"1|")
     assert r.pttl(profile) > 0
 
     res = runner.invoke(

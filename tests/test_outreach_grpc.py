@@ -136,7 +136,7 @@ def _code(call: object) -> grpc.StatusCode:
         ("CheckOutreach", pb.OutreachRequest(member_id="M}1", channel="sms"), "may contain only letters"),
         (
             "CheckOutreach",
-            pb.OutreachRequest(member_id="M1", channel="sms", message_class=7),
+            pb.OutreachRequest(member_id="M1", channel="sms", message_class=pb.MessageClass.ValueType(7)),
             "message_class",
         ),
         ("CheckOutreach", pb.OutreachRequest(member_id="M1", channel="sms", priority=10), "priority"),
@@ -159,7 +159,7 @@ def _code(call: object) -> grpc.StatusCode:
         ),
         (
             "NextBestOutreach",
-            pb.NextBestOutreachRequest(member_id="M1", channel="sms", kind=9),
+            pb.NextBestOutreachRequest(member_id="M1", channel="sms", kind=common_pb2.ItemKind.ValueType(9)),
             "unknown kind",
         ),
     ],

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_outreach_support import CONSENTED, WalkClock, local, make_throttle, policy_text
+from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text
 
-from recsvc.outreach.evalsha import ScriptRunner
+from recsvc.outreach.evalsha import Arg, Call, ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import HOUR_MS, load_policy, parse_policy
 from recsvc.outreach.service import throttle_client
@@ -31,7 +31,7 @@ def consent_all(t: Throttle, member: str) -> None:
 def policy_as_the_script_reads_it(url: str, args: tuple[bytes, ...]) -> list[str]:
     runner = ScriptRunner(redis.Redis.from_url(url), (SCRIPTS_DIR / "decide.lua").read_text())
     keys = decide_keys("recsvc", "P1", "")
-    own = ["policy", 0, "", "", "", "", "", 0, 0, "", "", ""]  # the 12 per-decision arguments
+    own: list[Arg] = ["policy", 0, "", "", "", "", "", 0, 0, "", "", ""]  # the 12 per-decision arguments
     return [x.decode() for x in runner.call(keys, own, args)]
 
 
@@ -129,7 +129,7 @@ def test_error_replies_stay_in_their_place_and_the_connection_in_step(redis_url:
         seen.append(position)
         return reply.decode()
 
-    calls = [([], [word]) for word in ("a", "bad", "c")] * 100
+    calls: list[Call] = [([], [word]) for _ in range(100) for word in ("a", "bad", "c")]
     out = runner.call_many(calls, shared=("!",), convert=convert)
     assert out[:3] == ["a!", out[1], "c!"] and len(out) == 300
     assert all(
@@ -184,10 +184,10 @@ def test_old_sends_are_trimmed_only_when_a_reservation_writes(redis_url: str) ->
     assert t.check(OutreachAsk("T1", "sms", "c3")).allowed
     assert r.zcard(t.keys("T1").sends) == 2  # a dry run writes nothing, not even a trim
     assert t.reserve(OutreachAsk("T1", "sms", "c3")).allowed
-    kept = [m.decode().split("|")[2] for m in r.zrange(t.keys("T1").sends, 0, -1)]
+    kept = [decoded(m).split("|")[2] for m in r.zrange(t.keys("T1").sends, 0, -1)]
     assert kept == ["c2", "c3"]
     assert t.reserve(OutreachAsk("T1", "sms", "o2", message_class="transactional")).allowed
-    assert [m.decode().split("|")[2] for m in r.zrange(t.keys("T1").tx, 0, -1)] == ["o2"]
+    assert [decoded(m).split("|")[2] for m in r.zrange(t.keys("T1").tx, 0, -1)] == ["o2"]
 
 
 def test_a_gap_longer_than_the_week_counts_the_send_before_the_week(redis_url: str, tmp_path: Path) -> None:

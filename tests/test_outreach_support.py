@@ -47,6 +47,13 @@ def utc_ms(y: int, mo: int, d: int, h: int, mi: int = 0) -> int:
     return int(datetime(y, mo, d, h, mi, tzinfo=UTC).timestamp() * 1000)
 
 
+def decoded(reply: object) -> str:
+    """A reply from a client without decode_responses (bytes), as text; redis-py types many replies
+    as bytes | str (| ...), so this also narrows them."""
+    assert isinstance(reply, bytes), reply
+    return reply.decode()
+
+
 def make_throttle(url: str, clock: WalkClock, policy_file: Path | None = None, **kw: Any) -> Throttle:
     return Throttle(
         redis.Redis.from_url(url),

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from test_outreach_support import CONSENTED, WalkClock, local, make_throttle, policy_text, utc_ms
+from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text, utc_ms
 
 from recsvc.errors import StoreUnavailable
 from recsvc.localstack import LocalRedis as RedisServer
@@ -236,7 +236,7 @@ def test_every_key_expires(redis_url: str) -> None:
     t.feedback("M9", "app_push", "ignored")
     t.feedback("M9", "sms", "complained")
     r = redis.Redis.from_url(redis_url)
-    keys = [k.decode() for k in r.keys("*")]
+    keys = [decoded(k) for k in r.keys("*")]
     assert len(keys) == 7 and all("{m:M9}" in k for k in keys)
     for k in keys:
         ttl = r.pttl(k)

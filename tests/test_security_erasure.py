@@ -37,7 +37,7 @@ def test_forget_removes_only_that_member_and_keeps_suppression(redis_url: str, t
     _seed(r, "M10")  # shares a prefix with M1: must survive
     r.set(f"{PREFIX}:global:model_version", "3")
     erasures, audit = _deps(tmp_path)
-    got = []
+    got: list[str] = []
     listener = ErasureListener(r, PREFIX, got.append).start()
     try:
         result = forget_member(

@@ -63,6 +63,7 @@ def _scalar(field: d.FieldDescriptor) -> st.SearchStrategy[Any]:
         return FLOATS.map(lambda x: max(min(x, 3e38), -3e38) if t == T.TYPE_FLOAT and x == x else x)
     if t == T.TYPE_ENUM:
         # Known values and ones the server has never heard of.
+        assert field.enum_type is not None
         return st.one_of(st.sampled_from([v.number for v in field.enum_type.values]), st.integers(-5, 99))
     if t in (T.TYPE_INT64, T.TYPE_SINT64, T.TYPE_SFIXED64):
         return INT64
@@ -78,9 +79,11 @@ def message_strategy(desc: d.Descriptor, depth: int = 0) -> st.SearchStrategy[An
     parts: dict[str, st.SearchStrategy[Any]] = {}
     for field in desc.fields:
         if field.type == T.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry or depth > 2:
+            sub = field.message_type
+            assert sub is not None
+            if sub.GetOptions().map_entry or depth > 2:
                 continue
-            inner = message_strategy(field.message_type, depth + 1)
+            inner = message_strategy(sub, depth + 1)
             value = st.lists(inner, max_size=3) if field.is_repeated else inner
         else:
             value = st.lists(_scalar(field), max_size=40) if field.is_repeated else _scalar(field)

@@ -95,7 +95,7 @@ def test_invalid_arguments_are_named(
     srv: RunningServer, member: str, kw: dict[str, object], reason: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        products(srv, member, **kw)
+        products(srv, member, k=10, **kw)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(reason + ":"), err.value.details()
 

@@ -52,6 +52,7 @@ def _register(s: Settings, bundle: PlantedBundle, alias: str) -> str:
             "serving-test", artifact_location=Path(s.mlflow.artifact_location).resolve().as_uri()
         )
     exp = client.get_experiment_by_name("serving-test")
+    assert exp is not None
     with mlflow.start_run(experiment_id=exp.experiment_id) as run:
         mlflow.log_artifacts(str(bundle.path), artifact_path="bundle")
     with contextlib.suppress(mlflow.exceptions.MlflowException):

@@ -63,6 +63,7 @@ def test_train_on_generated_data_registers_a_loadable_champion(tmp_path: Path) -
     assert set(bundle.segments["lifecycle"]) <= {"new", "active", "at_risk", "dormant", "churned"}
     # quarantined rows are counted in the manifest and in MLflow
     assert bundle.manifest.counts["quarantined_rows"] > 0
+    assert mv.run_id is not None
     run = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(mv.run_id)
     assert run.data.metrics["count.quarantined_rows"] == bundle.manifest.counts["quarantined_rows"]
 

@@ -262,6 +262,12 @@ def test_ann_index_recall_survives_a_round_trip_and_hnsw_stays_available(
     assert hinfo["product"]["type"] == "hnsw_ip" and "ef_search" in hinfo["product"]
 
 
+def _int(cell: object) -> int:
+    """A table cell that holds an integer, as int (pandas types ``.loc[row, col]`` as any scalar)."""
+    assert isinstance(cell, int | np.integer), cell
+    return int(cell)
+
+
 def test_segments_on_hand_made_members() -> None:
     t = TrainingSettings(new_member_days=30, at_risk_days=60, dormant_days=120, churned_days=240)
     ds = _dataset(
@@ -304,8 +310,8 @@ def test_segments_on_hand_made_members() -> None:
     assert row.loc["browser", "f"] == 0 and row.loc["browser", "m"] == 0
     assert row.loc["active", "f"] == 5  # the most frequent buyer is in the top quintile
     assert row.loc["newbuyer", "r"] == 5 and row.loc["gone", "r"] == 1
-    r, m = int(row.loc["active", "r"]), int(row.loc["active", "m"])
-    assert int(row.loc["active", "rfm_score"]) == r * 100 + 50 + m
+    r, m = _int(row.loc["active", "r"]), _int(row.loc["active", "m"])
+    assert _int(row.loc["active", "rfm_score"]) == r * 100 + 50 + m
     # Seen as of 4 days before the cutoff, "fresh" (registered 3 days before it) did not exist
     # yet: new, with recency 0 rather than a negative age.
     earlier, _ = segments.member_segments(p, t, as_of=int(p.cutoff) - 4 * 86400)
