@@ -109,22 +109,30 @@ class ActiveMembers:
         import redis
 
         backoff = 1.0
-        while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-            try:
-                self._subscribe(pubsub)
-                self._scan()
-                self._set_synced(True)
-                backoff = 1.0
-                self._listen(pubsub)
-            except redis.RedisError as exc:
-                self._set_synced(False)
-                log.warning("event=active_members_error error=%s retry_s=%s", type(exc).__name__, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
+        try:
+            while not self._stop.is_set():
+                pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+                try:
+                    self._subscribe(pubsub)
+                    self._scan()
+                    self._set_synced(True)
+                    backoff = 1.0
+                    self._listen(pubsub)
+                except Exception as exc:  # any failure: never stay "synced" while deaf
+                    self._set_synced(False)
+                    if isinstance(exc, redis.RedisError):
+                        log.warning(
+                            "event=active_members_error error=%s retry_s=%s", type(exc).__name__, backoff
+                        )
+                    else:
+                        log.exception("event=active_members_error retry_s=%s", backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                finally:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+        finally:
+            self._set_synced(False)  # the thread is ending: every member is read again
 
     def _subscribe(self, pubsub: Any) -> None:
         """Subscribe and wait for Redis to confirm it: from then on no notice is missed."""

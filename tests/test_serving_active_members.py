@@ -142,3 +142,22 @@ def test_without_a_directory_every_member_is_read(redis_url: str) -> None:
         assert s.recent("QUIET") is not None
         assert _evalsha_calls(admin) == before + 1
     admin.close()
+
+
+def test_an_unexpected_error_in_the_listener_unsyncs_and_recovers(redis_url: str) -> None:
+    with directory(redis_url) as (active, changes):
+        real_scan = active._scan
+        calls = {"n": 0}
+
+        def failing_once() -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ValueError("a bug, not a Redis error")
+            real_scan()
+
+        active._scan = failing_once  # type: ignore[method-assign]
+        active.start()
+        assert _wait(lambda: active.synced, timeout=10.0)  # retried after the back-off
+        assert calls["n"] == 2
+        assert changes == [True]  # never synced before the scan succeeded
+        assert active.may_have("anyone") is False
