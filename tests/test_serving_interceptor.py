@@ -57,7 +57,7 @@ def _handlers(asynchronous: bool) -> Any:
     return (grpc.method_handlers_generic_handler(SERVICE, handlers),)
 
 
-@pytest.fixture(params=["thread-pool", "aio-sync-handlers", "aio-async-handlers"])
+@pytest.fixture(params=["thread-pool", "aio-sync-handlers", "aio-async-handlers", "aio-uvloop"])
 def channel(request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
     server: Any
     if request.param == "thread-pool":
@@ -72,11 +72,13 @@ def channel(request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
                 migration_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
                 interceptors=[SyncInterceptorAdapter(ErrorInterceptor())],
             )
-            aio.add_generic_rpc_handlers(_handlers(request.param == "aio-async-handlers"))
+            aio.add_generic_rpc_handlers(_handlers(request.param != "aio-sync-handlers"))
             ports.append(aio.add_insecure_port("127.0.0.1:0"))
             return aio
 
-        server = AioServerHost(build)
+        uvloop = request.param == "aio-uvloop"  # as served (serving.event_loop), async handlers
+        server = AioServerHost(build, event_loop="uvloop" if uvloop else "asyncio")
+        assert type(server._loop).__module__.startswith("uvloop") == uvloop
         port = ports[0]
     server.start()
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -6,6 +6,7 @@ Every variant answers RecommendProducts with the same 20-item response
 
 - ``aio``: ``grpc.aio`` with default options (as ``recsvc serve`` runs);
 - ``nobdp``: ``grpc.aio`` with HTTP/2 BDP probing off;
+- ``uvloop``: ``grpc.aio`` on uvloop's event loop instead of asyncio's;
 - ``syncN``: the thread-pool server with N threads (``sync1``, ``sync4``).
 
 ``--processes 2`` starts two servers on the same port (SO_REUSEPORT, as ``recsvc serve --workers
@@ -35,6 +36,7 @@ from recsvc.bench.echo import echo_handler, fixed_response
 
 AIO_OPTIONS: dict[str, list[tuple[str, int]]] = {
     "aio": [],
+    "uvloop": [],
     "nobdp": [("grpc.http2.bdp_probe", 0)],
 }
 
@@ -59,6 +61,11 @@ def serve_one(mode: str, port: int) -> None:
         await aio_server.start()
         await aio_server.wait_for_termination()
 
+    if mode == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+        return
     asyncio.run(main())
 
 

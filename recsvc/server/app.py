@@ -156,7 +156,7 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             deps.bound_port = server.add_insecure_port(address)
         return server
 
-    host = AioServerHost(build)
+    host = AioServerHost(build, event_loop=s.event_loop)
     log.info("event=server_built address=%s:%d", s.host, deps.bound_port)
     return host
 
