@@ -448,3 +448,38 @@ def test_outreach_is_registered_and_the_recommendation_port_works(
             list(port.segment_members("vip"))
         with pytest.raises(InvalidArgument):
             port.top_items(member, "coupon", 3, ())
+
+
+def test_a_stalled_redis_write_does_not_hold_up_recommendations(
+    srv: RunningServer, planted: PlantedBundle, redis_url: str
+) -> None:
+    """RecordEvent runs in the thread pool: while its write waits on a stalled Redis (up to
+    ``redis.socket_timeout_ms``), the event loop keeps answering recommendations."""
+    import threading
+
+    import redis
+
+    member = planted.warm_members()[0]
+    products(srv, member, k=5)  # warm
+    admin = redis.Redis.from_url(redis_url)
+    stall = threading.Thread(target=lambda: admin.execute_command("DEBUG", "SLEEP", "0.4"))
+    done: dict[str, float] = {}
+    try:
+        stall.start()
+        time.sleep(0.05)  # Redis is now asleep
+        event = srv.stub.RecordEvent.future(
+            recommender_pb2.RecordEventRequest(member_id="M-stall", item_id="p1", event_type="view"),
+            timeout=5,
+        )
+        event.add_done_callback(lambda _f: done.setdefault("event", time.monotonic()))
+        time.sleep(0.005)  # the write is in flight, waiting on Redis
+        rec = srv.stub.RecommendProducts.future(
+            recommender_pb2.RecommendProductsRequest(member_id=member, k=5), timeout=5
+        )
+        rec.add_done_callback(lambda _f: done.setdefault("rec", time.monotonic()))
+        assert len(rec.result().items) == 5
+        assert event.result().stored is False  # Redis did not answer in time: not kept, no error
+    finally:
+        stall.join()
+        admin.close()
+    assert done["rec"] < done["event"]  # answered while the write was still waiting

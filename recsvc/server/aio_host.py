@@ -1,10 +1,11 @@
 """A ``grpc.aio`` server on its own event-loop thread, driven through a blocking API.
 
-The serving hot path (``RecommendProducts``, ``RecommendContent``, ``SimilarItems``,
-``RecordEvent``) is made of ``async def`` handlers that run on the event loop: no thread hand-off
-per call, which the thread-pool server pays (and its GIL switches show up in p99). Every other
-handler (outreach, admin, health, batch streams, ``ReloadModel``) stays synchronous and runs in the
-server's ``migration_thread_pool``, which ``grpc.aio`` provides for exactly that.
+The serving hot path (``RecommendProducts``, ``RecommendContent``, ``SimilarItems``) is made of
+``async def`` handlers that run on the event loop: no thread hand-off per call, which the
+thread-pool server pays (and its GIL switches show up in p99). Every other handler (``RecordEvent``,
+whose Redis write should not hold up the loop, outreach, admin, health, batch streams,
+``ReloadModel``) stays synchronous and runs in the server's ``migration_thread_pool``, which
+``grpc.aio`` provides for exactly that.
 
 Start-up, model polling, signal handling and shutdown are threads around the server, as before, so
 ``AioServerHost`` offers the parts of ``grpc.Server`` they use: ``start``, ``stop(grace)`` (an

@@ -3,13 +3,14 @@
 Gets everything in ``__init__``; never picks a status code (errors are typed, the interceptor
 maps them).
 
-The per-page calls (``RecommendProducts``, ``RecommendContent``, ``SimilarItems``,
-``RecordEvent``) are ``async def`` and run on the aio server's event loop: each is a fraction of
-a millisecond of CPU plus at most one Redis round trip on a local network, so running them inline
-costs less than handing every call to a thread (and lets the GIL stay with one thread). When
-Redis is down, the real-time store's circuit breaker answers at once after the first timeout, so
-the loop is not held up call after call. Everything slow or streaming (``BatchRecommend``,
-``ReloadModel``, ``GetModelInfo``) stays synchronous and runs in the server's thread pool."""
+The per-page calls (``RecommendProducts``, ``RecommendContent``, ``SimilarItems``) are ``async
+def`` and run on the aio server's event loop: each is a fraction of a millisecond of CPU, and
+reads Redis only for members with recent events (``recsvc.active_members``), so running them
+inline costs less than handing every call to a thread (and lets the GIL stay with one thread).
+When Redis is down, the real-time store's circuit breaker answers at once after the first
+timeout, so the loop is not held up call after call. ``RecordEvent`` (always one Redis write) and
+everything slow or streaming (``BatchRecommend``, ``ReloadModel``, ``GetModelInfo``) stay
+synchronous and run in the server's thread pool."""
 
 from __future__ import annotations
 
@@ -148,9 +149,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             self._observe("BatchRecommend", t0, rec.source, rec.response.variant)
             yield recommender_pb2.BatchRecommendResult(member_id=member_id, response=rec.response)
 
-    async def RecordEvent(
-        self, request: recommender_pb2.RecordEventRequest, context: grpc.aio.ServicerContext
+    def RecordEvent(
+        self, request: recommender_pb2.RecordEventRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.RecordEventResponse:
+        # Synchronous on purpose: the aio server runs it in its thread pool, so the Redis write
+        # (a round trip, up to redis.socket_timeout_ms when Redis stalls) never holds up the event
+        # loop that serves the recommendations.
         t0 = time.perf_counter()
         s = self._settings
         try:
