@@ -157,6 +157,9 @@ class ServingSettings(_Section):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_filter_values: int = Field(100, ge=1, description="max values in one filter list")
     grace_period_s: float = Field(5.0, ge=0, description="in-flight calls get this long on SIGTERM")
+    pin_workers: bool = Field(
+        True, description="with several workers, keep worker i on the i-th CPU (fewer cross-CPU wake-ups)"
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the gRPC server's event loop: uvloop (libuv; less CPU per call) or asyncio"
     )

@@ -4,6 +4,7 @@ the purchased-rows invariant, and a bundle's pages mapped at load (prefault)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +87,28 @@ def test_settle_heap_moves_live_objects_out_of_the_collector() -> None:
         assert not any(gc.is_tracked(x) and x in gc.get_objects(generation=2) for x in keep[:3])
     finally:
         gc.unfreeze()
+
+
+def _pinned_cpus(worker: int, out: Any) -> None:
+    import os
+
+    from recsvc.server.runner import pin_to_cpu
+
+    cpu = pin_to_cpu(worker)
+    out.put((cpu, sorted(os.sched_getaffinity(0))))
+
+
+def test_worker_i_is_pinned_to_the_ith_cpu_it_may_use() -> None:
+    import multiprocessing as mp
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    ctx = mp.get_context("spawn")
+    for worker in (0, 1, len(allowed)):  # wraps around past the last CPU
+        q = ctx.Queue()
+        p = ctx.Process(target=_pinned_cpus, args=(worker, q))
+        p.start()
+        cpu, affinity = q.get(timeout=60)
+        p.join(timeout=30)
+        expected = allowed[worker % len(allowed)]
+        assert cpu == expected and affinity == [expected]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -76,13 +77,17 @@ def main() -> None:
     parser.add_argument("mode", help="aio, nobdp, sync1, sync4, ...")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pin", action="store_true", help="pin process i to CPU i (mod the count)")
+    parser.add_argument("--child", type=int, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child or args.processes == 1:
+    if args.child >= 0 or args.processes == 1:
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cpus[max(args.child, 0) % len(cpus)]})
         serve_one(args.mode, args.port)
         return
-    cmd = [sys.executable, __file__, args.mode, "--port", str(args.port), "--child"]
-    children = [subprocess.Popen(cmd) for _ in range(args.processes)]
+    cmd = [sys.executable, __file__, args.mode, "--port", str(args.port), *(["--pin"] if args.pin else [])]
+    children = [subprocess.Popen([*cmd, "--child", str(i)]) for i in range(args.processes)]
 
     def stop(*_: object) -> None:
         for child in children:
