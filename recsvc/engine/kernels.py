@@ -1,5 +1,5 @@
 """Compiled loops of the per-call hot path (numba), each over the few hundred candidates of one
-request: MMR selection and the "because you ..." history item.
+request: MMR selection, the "because you ..." history item, and the stock and exclusion filter.
 
 Written as plain loops because, at this size, numpy spends more time entering its functions than
 computing: MMR was a Python loop of ``k`` argmax/minimum calls on top of a candidate-by-candidate
@@ -8,8 +8,9 @@ straight from the bundle's memory-mapped factors by row, so no per-call copy is 
 
 ``cache=True`` keeps the machine code beside this file (or in ``NUMBA_CACHE_DIR``), so a process
 compiles once per machine and later ones load it; ``warm_up`` compiles at model load, never in a
-request. The public wrappers live in ``recsvc.engine.diversity``; the tests check them against
-MMR written straight from its definition.
+request. The wrappers live in ``recsvc.engine.diversity`` and ``recsvc.engine.filters``; the tests
+(tests/test_serving_kernels.py) check them against MMR written straight from its definition and
+against numpy.
 """
 
 from __future__ import annotations
