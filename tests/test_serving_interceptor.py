@@ -109,3 +109,52 @@ def test_stream(channel: grpc.Channel) -> None:
                 received.append(item)
         assert received == [b"first"]
         assert err.value.code() == code
+
+
+def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:
+    """A synchronous handler still running when the server stops may need the loop (grpc's
+    context calls go through it); the host drains its thread pool before closing the loop, so
+    the handler ends and no pool thread is left waiting (the interpreter waits for them at exit)."""
+    import contextlib
+    import threading
+
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        started.set()
+        release.wait(10)
+        # A round trip through the loop; the stop cancelled the call, so it may raise: fine, as
+        # long as it returns.
+        with contextlib.suppress(Exception):
+            context.send_initial_metadata((("k", "v"),))
+        done.set()
+        return b"late"
+
+    pool = futures.ThreadPoolExecutor(max_workers=2)
+    ports: list[int] = []
+
+    def build() -> grpc.aio.Server:
+        aio = grpc.aio.server(migration_thread_pool=pool)
+        aio.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+                ),
+            )
+        )
+        ports.append(aio.add_insecure_port("127.0.0.1:0"))
+        return aio
+
+    server = AioServerHost(build, executor=pool)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+    call = channel.unary_unary(f"/{SERVICE}/Slow", _identity, _identity).future(b"x", timeout=10)
+    assert started.wait(10)
+    stopped = server.stop(grace=0)
+    threading.Timer(0.3, release.set).start()
+    assert stopped.wait(15)
+    assert done.is_set()  # the host waited for the handler before it closed the loop
+    assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor"))
+    with pytest.raises(grpc.RpcError):
+        call.result(timeout=10)  # cancelled by the stop
+    channel.close()

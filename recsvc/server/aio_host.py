@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
@@ -37,8 +38,15 @@ def new_event_loop(kind: str = "asyncio") -> asyncio.AbstractEventLoop:
 
 class AioServerHost:
     def __init__(
-        self, build: Callable[[], grpc.aio.Server], name: str = "recsvc-aio", event_loop: str = "asyncio"
+        self,
+        build: Callable[[], grpc.aio.Server],
+        name: str = "recsvc-aio",
+        event_loop: str = "asyncio",
+        executor: futures.ThreadPoolExecutor | None = None,
     ) -> None:
+        # The server's migration_thread_pool, if ``build`` gives it one: drained before the loop
+        # closes (see ``_after_stop``).
+        self._executor = executor
         self._loop = new_event_loop(event_loop)
         self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self._thread.start()
@@ -84,6 +92,12 @@ class AioServerHost:
         return self._stopped
 
     def _after_stop(self) -> None:
+        if self._executor is not None:
+            # Synchronous handlers still finishing in the pool may be waiting on coroutines of
+            # this loop (grpc's context calls: abort, metadata). Let them end while the loop runs:
+            # a pool thread left waiting on a closed loop never ends, and the interpreter waits
+            # for pool threads at exit.
+            self._executor.shutdown(wait=True, cancel_futures=True)
         self._close_loop()
         self._stopped.set()
 

@@ -132,6 +132,9 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
     ``recsvc.server.aio_host``); ``deps.bound_port`` holds its port."""
     s = settings.serving
 
+    # Runs the synchronous handlers (RecordEvent, outreach, admin, health, streams, ReloadModel).
+    pool = futures.ThreadPoolExecutor(max_workers=s.threads_per_worker, thread_name_prefix="recsvc-rpc")
+
     def build() -> grpc.aio.Server:
         options = [
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
@@ -140,10 +143,7 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
         ]
         interceptors = [ErrorInterceptor(), *deps.extra_interceptors]
         server = grpc.aio.server(
-            # Runs the synchronous handlers (outreach, admin, health, streams, ReloadModel).
-            migration_thread_pool=futures.ThreadPoolExecutor(
-                max_workers=s.threads_per_worker, thread_name_prefix="recsvc-rpc"
-            ),
+            migration_thread_pool=pool,
             interceptors=[SyncInterceptorAdapter(i) for i in interceptors],
             options=options,
             maximum_concurrent_rpcs=s.threads_per_worker * 64,
@@ -156,7 +156,7 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             deps.bound_port = server.add_insecure_port(address)
         return server
 
-    host = AioServerHost(build, event_loop=s.event_loop)
+    host = AioServerHost(build, event_loop=s.event_loop, executor=pool)
     log.info("event=server_built address=%s:%d", s.host, deps.bound_port)
     return host
 
