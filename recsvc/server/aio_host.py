@@ -16,6 +16,7 @@ grpc.aio objects belong to the thread whose loop created them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent import futures
@@ -24,6 +25,8 @@ from typing import Any, TypeVar
 import grpc
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_DRAIN_TIMEOUT_S = 30.0
 
 
 def new_event_loop(kind: str = "asyncio") -> asyncio.AbstractEventLoop:
@@ -96,8 +99,18 @@ class AioServerHost:
             # Synchronous handlers still finishing in the pool may be waiting on coroutines of
             # this loop (grpc's context calls: abort, metadata). Let them end while the loop runs:
             # a pool thread left waiting on a closed loop never ends, and the interpreter waits
-            # for pool threads at exit.
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # for pool threads at exit. Bounded, so a handler that never returns cannot hold up
+            # the stop itself.
+            drain = threading.Thread(
+                target=self._executor.shutdown,
+                kwargs={"wait": True, "cancel_futures": True},
+                name="recsvc-aio-drain",
+                daemon=True,
+            )
+            drain.start()
+            drain.join(timeout=_DRAIN_TIMEOUT_S)
+            if drain.is_alive():
+                log.warning("event=handlers_still_running_at_stop waited_s=%s", _DRAIN_TIMEOUT_S)
         self._close_loop()
         self._stopped.set()
 
