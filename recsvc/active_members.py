@@ -194,6 +194,7 @@ class ActiveMembers:
         """Forget members whose state has expired, so the directory stays the size of the state."""
         now = self._clock()
         for member_id in [m for m, until in list(self._until.items()) if until <= now]:
+            # Checked again: the serving thread may have heard this member since the list was made.
             with contextlib.suppress(KeyError):
                 if self._until[member_id] <= now:
                     del self._until[member_id]
