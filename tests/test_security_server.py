@@ -213,3 +213,11 @@ def test_hostile_input_bounds(srv: Secured, planted: PlantedBundle) -> None:
     huge = recommender_pb2.BatchRecommendRequest(member_ids=["M" * 60] * 100_000, k=3)
     assert huge.ByteSize() > s.serving.max_message_bytes
     assert _code(stub.BatchRecommend, huge, metadata=md) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unknown_method_is_refused_before_unimplemented(srv: Secured) -> None:
+    """The server applies its interceptors once per method (no per-call pipeline); a method it
+    does not have still goes through the key check, so unknown callers learn nothing."""
+    call = srv.channel.unary_unary("/recsvc.v1.Secret/Do")
+    assert _code(call, b"") == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(call, b"", metadata=srv.md("ops")) == grpc.StatusCode.PERMISSION_DENIED

@@ -14,7 +14,7 @@ import pytest
 
 from recsvc.errors import NotFound
 from recsvc.server.aio_host import AioServerHost
-from recsvc.server.handlers import SyncInterceptorAdapter
+from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, WrappingRegistrar, is_async
 from recsvc.server.interceptors import ErrorInterceptor
 
 SERVICE = "test.Boom"
@@ -57,8 +57,19 @@ def _handlers(asynchronous: bool) -> Any:
     return (grpc.method_handlers_generic_handler(SERVICE, handlers),)
 
 
-@pytest.fixture(params=["thread-pool", "aio-sync-handlers", "aio-async-handlers", "aio-uvloop"])
+@pytest.fixture(
+    params=[
+        "thread-pool",
+        "aio-sync-handlers",
+        "aio-async-handlers",
+        "aio-uvloop",
+        "aio-wrapped-sync-handlers",
+        "aio-wrapped-async-handlers",
+    ]
+)
 def channel(request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
+    """The same error handling on every server kind: ``aio-wrapped-*`` apply the interceptor once
+    per method as services are added (``WrappingRegistrar``), as ``recsvc serve`` does."""
     server: Any
     if request.param == "thread-pool":
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorInterceptor()])
@@ -67,12 +78,20 @@ def channel(request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
     else:
         ports: list[int] = []
 
+        wrapped = request.param.startswith("aio-wrapped")
+        asynchronous = request.param not in ("aio-sync-handlers", "aio-wrapped-sync-handlers")
+
         def build() -> grpc.aio.Server:
             aio = grpc.aio.server(
                 migration_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
-                interceptors=[SyncInterceptorAdapter(ErrorInterceptor())],
+                interceptors=None if wrapped else [SyncInterceptorAdapter(ErrorInterceptor())],
             )
-            aio.add_generic_rpc_handlers(_handlers(request.param != "aio-sync-handlers"))
+            if wrapped:
+                registrar = WrappingRegistrar(aio, [ErrorInterceptor()])
+                registrar.add_generic_rpc_handlers(_handlers(asynchronous))
+                registrar.finish()
+            else:
+                aio.add_generic_rpc_handlers(_handlers(asynchronous))
             ports.append(aio.add_insecure_port("127.0.0.1:0"))
             return aio
 
@@ -109,6 +128,84 @@ def test_stream(channel: grpc.Channel) -> None:
                 received.append(item)
         assert received == [b"first"]
         assert err.value.code() == code
+
+
+class _Counting(MethodWrapper):
+    """Counts how often it wraps each method and how often the wrapped handler runs; refuses
+    (PERMISSION_DENIED) calls with ``deny`` metadata."""
+
+    def __init__(self) -> None:
+        self.wrapped: dict[str, int] = {}
+        self.calls = 0
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        self.wrapped[method] = self.wrapped.get(method, 0) + 1
+        inner = handler.unary_unary
+        if inner is None:
+            return handler
+        if not is_async(inner):  # the unknown-method handler: plain, runs in the pool
+
+            def counted_sync(request: Any, context: grpc.ServicerContext) -> Any:
+                self.calls += 1
+                if ("deny", "1") in tuple(context.invocation_metadata() or ()):
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+                return inner(request, context)
+
+            return handler._replace(unary_unary=counted_sync)  # type: ignore[attr-defined, no-any-return]
+
+        async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.calls += 1
+            if ("deny", "1") in tuple(context.invocation_metadata() or ()):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=counted)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_registrar_wraps_each_method_once_and_unknown_methods_too() -> None:
+    counting = _Counting()
+    ports: list[int] = []
+
+    def build() -> grpc.aio.Server:
+        aio = grpc.aio.server()
+        registrar = WrappingRegistrar(aio, [ErrorInterceptor(), counting])
+        registrar.add_generic_rpc_handlers(_handlers(True))
+        registrar.add_registered_method_handlers(
+            "test.Registered",
+            {"Unary": grpc.unary_unary_rpc_method_handler(_async_unary, _identity, _identity)},
+        )
+        registrar.finish()
+        ports.append(aio.add_insecure_port("127.0.0.1:0"))
+        return aio
+
+    server = AioServerHost(build)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as ch:
+            generic = ch.unary_unary(f"/{SERVICE}/Unary", _identity, _identity)
+            registered = ch.unary_unary("/test.Registered/Unary", _identity, _identity)
+            for _ in range(5):
+                assert generic(b"ok", timeout=5) == b"fine"
+                assert registered(b"ok", timeout=5) == b"fine"
+            with pytest.raises(grpc.RpcError) as err:
+                generic(b"ok", metadata=[("deny", "1")], timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.RpcError) as err:  # typed errors still mapped (ErrorInterceptor)
+                registered(b"typed", timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            unknown = ch.unary_unary("/test.Nothing/Here", _identity, _identity)
+            with pytest.raises(grpc.RpcError) as err:
+                unknown(b"ok", metadata=[("deny", "1")], timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # the wrappers ran first
+            with pytest.raises(grpc.RpcError) as err:
+                unknown(b"ok", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        assert server.stop(grace=0).wait(10)
+    # Each served method was wrapped once, however many calls it had; the wrapper ran per call.
+    assert counting.wrapped[f"/{SERVICE}/Unary"] == 1
+    assert counting.wrapped["/test.Registered/Unary"] == 1
+    assert counting.calls == 5 + 5 + 1 + 1 + 2
 
 
 def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:

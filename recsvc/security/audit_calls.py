@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from recsvc.security.auth import current_caller
-from recsvc.server.handlers import is_async
+from recsvc.server.handlers import MethodWrapper, is_async
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,15 @@ AUDITED: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
 }
 
 
-class AuditInterceptor(grpc.ServerInterceptor):
+class AuditInterceptor(MethodWrapper):
     def __init__(self, append: Callable[..., Any]) -> None:
         self._append = append
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        describe = AUDITED.get(handler_call_details.method)
-        if handler is None or describe is None or handler.unary_unary is None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        describe = AUDITED.get(method)
+        if describe is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        method = handler_call_details.method
 
         def record(request: Any, response: Any) -> Any:
             event, fields = describe(request, response)

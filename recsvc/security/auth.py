@@ -30,7 +30,7 @@ import grpc
 from pydantic import ValidationError
 
 from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated
-from recsvc.server.handlers import is_async
+from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, MethodWrapper, is_async
 from recsvc.settings import CallerKey, Settings
 
 log = logging.getLogger(__name__)
@@ -207,23 +207,10 @@ def _metadata_key(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler | None, error: RecsvcError) -> grpc.RpcMethodHandler:
-    def abort(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(error.code, str(error))
-
-    req_stream = bool(handler and handler.request_streaming)
-    resp_stream = bool(handler and handler.response_streaming)
-    if req_stream and resp_stream:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if req_stream:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if resp_stream:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
-    """The same handler, with ``current_caller`` set in the thread that runs it."""
+def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Caller]) -> grpc.RpcMethodHandler:
+    """The same handler, run only once ``check(context)`` names the caller (it raises a
+    ``RecsvcError`` to refuse, which becomes the call's status), with ``current_caller`` set
+    to that caller while it runs."""
 
     def wrap(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
         if fn is None:
@@ -233,6 +220,10 @@ def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMeth
             if handler.response_streaming:
 
                 async def arun_stream(request: Any, context: Any) -> Any:
+                    try:
+                        caller = check(context)
+                    except RecsvcError as exc:
+                        await context.abort(exc.code, str(exc))
                     current_caller.set(caller)
                     async for item in fn(request, context):
                         yield item
@@ -240,27 +231,39 @@ def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMeth
                 return arun_stream
 
             async def arun(request: Any, context: Any) -> Any:
+                try:
+                    caller = check(context)
+                except RecsvcError as exc:
+                    await context.abort(exc.code, str(exc))
                 current_caller.set(caller)
                 return await fn(request, context)
 
             return arun
 
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            token = current_caller.set(caller)
-            try:
-                result = fn(request, context)
-                if handler.response_streaming:
-                    # Streaming handlers are generators: keep the caller set while they run.
-                    yield from result
-                    return None
-                return result
-            finally:
-                current_caller.reset(token)
-
         if handler.response_streaming:
-            return run
+
+            def run_stream(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    caller = check(context)
+                except RecsvcError as exc:
+                    # End the stream with the status: a plain generator runs step by step in
+                    # the aio server's pool, where abort() could leave the call hanging.
+                    context.set_code(exc.code)
+                    context.set_details(str(exc))
+                    return
+                token = current_caller.set(caller)
+                try:
+                    yield from fn(request, context)
+                finally:
+                    current_caller.reset(token)
+
+            return run_stream
 
         def run_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                caller = check(context)
+            except RecsvcError as exc:
+                context.abort(exc.code, str(exc))
             token = current_caller.set(caller)
             try:
                 return fn(request, context)
@@ -277,8 +280,9 @@ def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMeth
     )
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticate the caller's API key and check the method's role; audit role refusals."""
+class AuthInterceptor(MethodWrapper):
+    """Authenticate the caller's API key and check the method's role; audit role refusals.
+    Applied once per method; the key is checked on every call, inside the handler."""
 
     def __init__(self, keys: KeyStore, audit: Callable[..., Any] | None = None) -> None:
         self._keys = keys
@@ -289,29 +293,34 @@ class AuthInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
+        # As an interceptor: a method the server lacks is refused like any other first, so an
+        # unknown caller learns nothing about which methods exist.
+        handler = continuation(handler_call_details) or UNIMPLEMENTED_HANDLER
+        return self.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if method.startswith(EXEMPT_PREFIXES):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        try:
-            caller = self._keys.authenticate(_metadata_key(handler_call_details.invocation_metadata))
-        except Unauthenticated as exc:
-            log.warning("unauthenticated call to %s: %s", method, exc.message)
-            return _refusing_handler(handler, exc)
+            return handler
         needed = METHOD_ROLES.get(method)
-        if needed is None or needed not in caller.roles:
-            error = PermissionDenied(
-                f"caller {caller.name!r} lacks role {needed!r} for {method}"
-                if needed
-                else f"no role grants {method}"
-            )
-            log.warning("denied %s to caller %s (needs %s)", method, caller.name, needed)
-            if self._audit is not None:
-                try:
-                    self._audit("access_denied", caller=caller.name, method=method, role_needed=needed)
-                except OSError:
-                    log.exception("could not write the audit entry for a denied call")
-            return _refusing_handler(handler, error)
-        if handler is None:
-            return None
-        return _with_caller(handler, caller)
+
+        def check(context: Any) -> Caller:
+            try:
+                caller = self._keys.authenticate(_metadata_key(context.invocation_metadata()))
+            except Unauthenticated as exc:
+                log.warning("unauthenticated call to %s: %s", method, exc.message)
+                raise
+            if needed is None or needed not in caller.roles:
+                log.warning("denied %s to caller %s (needs %s)", method, caller.name, needed)
+                if self._audit is not None:
+                    try:
+                        self._audit("access_denied", caller=caller.name, method=method, role_needed=needed)
+                    except OSError:
+                        log.exception("could not write the audit entry for a denied call")
+                raise PermissionDenied(
+                    f"caller {caller.name!r} lacks role {needed!r} for {method}"
+                    if needed
+                    else f"no role grants {method}"
+                )
+            return caller
+
+        return _authenticating(handler, check)

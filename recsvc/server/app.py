@@ -38,7 +38,7 @@ from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
-from recsvc.server.handlers import SyncInterceptorAdapter
+from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, WrappingRegistrar
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.settings import Settings
@@ -142,13 +142,17 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
         interceptors = [ErrorInterceptor(), *deps.extra_interceptors]
+        # recsvc's own interceptors wrap each method's handler once, as services are added, so
+        # calls skip grpc's per-call interceptor pipeline; any other interceptor runs per call.
+        wrappers = [i for i in interceptors if isinstance(i, MethodWrapper)]
+        per_call = len(wrappers) < len(interceptors)
         server = grpc.aio.server(
             migration_thread_pool=pool,
-            interceptors=[SyncInterceptorAdapter(i) for i in interceptors],
+            interceptors=[SyncInterceptorAdapter(i) for i in interceptors] if per_call else None,
             options=options,
             maximum_concurrent_rpcs=s.threads_per_worker * 64,
         )
-        _add_services(settings, deps, server)
+        _add_services(settings, deps, server, WrappingRegistrar(server, [] if per_call else wrappers))
         address = f"{s.host}:{s.port}"
         if deps.server_credentials is not None:
             deps.bound_port = server.add_secure_port(address, deps.server_credentials)
@@ -161,23 +165,28 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
     return host
 
 
-def _add_services(settings: Settings, deps: ServerDeps, server: grpc.aio.Server) -> None:
+def _add_services(
+    settings: Settings, deps: ServerDeps, server: grpc.aio.Server, registrar: WrappingRegistrar
+) -> None:
+    """Every service goes through ``registrar`` (which wraps its handlers), except reflection,
+    which must see the real server (it picks its aio servicer by the server's type)."""
+    target: Any = registrar  # stands in for the server while services are added
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(
             settings, deps.engine, deps.models, deps.realtime, deps.metrics, deps.reload_broadcast
         ),
-        server,
+        target,
     )
     names = [RECOMMENDER_SERVICE]
     if deps.outreach_servicer is not None:
-        outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, server)
+        outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
         names.append(OUTREACH_SERVICE)
     for add in deps.extra_services:
-        names.append(add(server))
+        names.append(add(target))
 
     # The thread-safe (synchronous) health servicer: model loads flip it from other threads.
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
     deps.health = health_servicer
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *names):
@@ -190,6 +199,7 @@ def _add_services(settings: Settings, deps: ServerDeps, server: grpc.aio.Server)
 
     deps.models.set_on_loaded(on_loaded)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    registrar.finish()
     log.info("event=services_added services=%s", ",".join(names))
 
 

@@ -2,18 +2,18 @@
 anything unexpected -> INTERNAL with a log line (never UNKNOWN, never a traceback to callers).
 
 Wraps plain handlers (thread pool) and ``async def`` handlers (the aio server's event loop) alike;
-on the aio server it runs through ``recsvc.server.handlers.SyncInterceptorAdapter``."""
+on the aio server it is applied once per method (``recsvc.server.handlers.MethodWrapper``)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 
 from recsvc.errors import RecsvcError
-from recsvc.server.handlers import is_async
+from recsvc.server.handlers import MethodWrapper, is_async
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,8 @@ def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
     return code is not None and code() is not None
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method  # type: ignore[attr-defined]
-
+class ErrorInterceptor(MethodWrapper):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None and is_async(handler.unary_unary):
             inner_auu = handler.unary_unary
 
