@@ -7,7 +7,10 @@ Every variant answers RecommendProducts with the same 20-item response
 - ``aio``: ``grpc.aio`` with default options (as ``recsvc serve`` runs);
 - ``nobdp``: ``grpc.aio`` with HTTP/2 BDP probing off;
 - ``uvloop``: ``grpc.aio`` on uvloop's event loop instead of asyncio's;
-- ``syncN``: the thread-pool server with N threads (``sync1``, ``sync4``).
+- ``syncN``: the thread-pool server with N threads (``sync1``, ``sync4``);
+- ``bare``: issue 4's reference prototype, on uvloop: the member's vector, an ANN search of the
+  bundle's product index and the purchased-item filter, answering item ids and scores (no other
+  filters, diversity, reasons, Redis, metrics or interceptors). Needs ``--bundle``.
 
 ``--processes 2`` starts two servers on the same port (SO_REUSEPORT, as ``recsvc serve --workers
 2``) under this process, so ``--server-pid`` below sees them as workers. Usage:
@@ -30,6 +33,8 @@ import subprocess
 import sys
 import time
 from concurrent import futures
+from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -42,8 +47,51 @@ AIO_OPTIONS: dict[str, list[tuple[str, int]]] = {
 }
 
 
-def serve_one(mode: str, port: int) -> None:
-    handler = echo_handler(fixed_response(20))
+def bare_handler(bundle: Path) -> grpc.GenericRpcHandler:
+    """The bare prototype's RecommendProducts over the served bundle (see the module doc)."""
+    import numpy as np
+
+    from recsvc.bundle import KIND_PRODUCT
+    from recsvc.engine.served_model import ServedModel
+    from recsvc.v1 import recommender_pb2
+
+    model = ServedModel.load(bundle, version="bare", source_uri=str(bundle), prefault=True)
+    item_ids = model.items
+
+    async def recommend_products(request: Any, context: Any) -> Any:
+        k = request.k or 20
+        resp = recommender_pb2.RecommendResponse(model_version="bare")
+        row = model.member_row(request.member_id)
+        if row is None:
+            return resp
+        bought = model.purchased_rows(row)
+        rows, scores = model.search(model.member_vector(row), KIND_PRODUCT, k + len(bought))
+        keep = ~np.isin(rows, bought)
+        for r, s in zip(rows[keep][:k].tolist(), scores[keep][:k].tolist(), strict=True):
+            resp.items.add(item_id=item_ids.id(r), score=s)
+        return resp
+
+    service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+    return grpc.method_handlers_generic_handler(
+        service,
+        {
+            "RecommendProducts": grpc.unary_unary_rpc_method_handler(
+                recommend_products,
+                request_deserializer=recommender_pb2.RecommendProductsRequest.FromString,
+                response_serializer=recommender_pb2.RecommendResponse.SerializeToString,
+            )
+        },
+    )
+
+
+def serve_one(mode: str, port: int, bundle: Path | None = None) -> None:
+    if mode == "bare":
+        if bundle is None:
+            raise SystemExit("bare needs --bundle")
+        handler = bare_handler(bundle)
+        mode = "uvloop"
+    else:
+        handler = echo_handler(fixed_response(20))
     if mode.startswith("sync"):
         threads = int(mode[4:] or 1)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
@@ -74,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", help="aio, nobdp, sync1, sync4, ...")
+    parser.add_argument("mode", help="aio, nobdp, uvloop, sync1, sync4, bare, ...")
+    parser.add_argument("--bundle", type=Path, help="the serving bundle (bare only)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--pin", action="store_true", help="pin process i to CPU i (mod the count)")
@@ -84,9 +133,11 @@ def main() -> None:
         if args.pin:
             cpus = sorted(os.sched_getaffinity(0))
             os.sched_setaffinity(0, {cpus[max(args.child, 0) % len(cpus)]})
-        serve_one(args.mode, args.port)
+        serve_one(args.mode, args.port, args.bundle)
         return
     cmd = [sys.executable, __file__, args.mode, "--port", str(args.port), *(["--pin"] if args.pin else [])]
+    if args.bundle is not None:
+        cmd += ["--bundle", str(args.bundle)]
     children = [subprocess.Popen([*cmd, "--child", str(i)]) for i in range(args.processes)]
 
     def stop(*_: object) -> None:
