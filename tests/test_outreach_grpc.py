@@ -360,3 +360,43 @@ def test_redis_down_decisions_fail_closed_and_writes_are_unavailable(tmp_path: P
             assert (r.has_item, r.decision.reason) == (False, pb.THROTTLE_UNAVAILABLE)
     finally:
         own.stop()
+
+
+def test_a_broken_reserving_plan_is_recovered_by_running_it_again(harness: Harness) -> None:
+    """A caller loses a reserving PlanCampaign stream after its first batch; running the same
+    request again returns the reservations already made (replayed, same ids) and makes the rest,
+    instead of DUPLICATE_CAMPAIGN for members whose reservation the caller never saw."""
+    s = harness.stub
+    members = [f"flash-{n:03d}" for n in range(100)]
+    for m in members[:-1]:  # the last one has not consented yet
+        s.UpdateConsent(pb.UpdateConsentRequest(member_id=m, channel="sms", granted=True))
+    request = pb.PlanCampaignRequest(member_ids=members, channel="sms", campaign_id="flash", reserve=True)
+    stream = s.PlanCampaign(request)
+    first = next(iter(stream)).decisions  # one chunk of 64 ...
+    stream.cancel()  # ... then the caller goes away
+    assert len(first) == 64 and all(d.decision.allowed and not d.decision.replayed for d in first)
+
+    late = _decisions(
+        s.PlanCampaign(
+            pb.PlanCampaignRequest(member_ids=members[-1:], channel="sms", campaign_id="flash", reserve=True)
+        )
+    )
+    assert late[0].decision.reason == pb.NO_CONSENT
+    s.UpdateConsent(pb.UpdateConsentRequest(member_id=members[-1], channel="sms", granted=True))
+
+    again = _decisions(s.PlanCampaign(request))
+    assert [d.member_id for d in again] == members
+    # every member allowed: a refusal is not replayed (the late consent counts now)
+    assert all(d.decision.allowed for d in again)
+    assert not again[-1].decision.replayed
+    assert [d.decision.reservation_id for d in again[:64]] == [d.decision.reservation_id for d in first]
+    assert all(d.decision.replayed for d in again[:64])
+    # One send per member, however many runs: a third run replays everything.
+    third = _decisions(s.PlanCampaign(request))
+    assert [d.decision.reservation_id for d in third] == [d.decision.reservation_id for d in again]
+    assert all(d.decision.replayed for d in third)
+    # A dry run records nothing, so it still sees each member as reached by the campaign.
+    dry = _decisions(
+        s.PlanCampaign(pb.PlanCampaignRequest(member_ids=members[:3], channel="sms", campaign_id="flash"))
+    )
+    assert [d.decision.reason for d in dry] == [pb.DUPLICATE_CAMPAIGN] * 3

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle
 
 
+def plan_idempotency_key(campaign_id: str) -> str:
+    """The idempotency key of a reserving plan's decisions (one per member and campaign)."""
+    return f"|plan|{campaign_id}"
+
+
 @dataclass(frozen=True)
 class PlannedDecision:
     member_id: str
@@ -59,7 +64,9 @@ def plan_campaign(
             for m in batch
         ]
         out: list[PlannedDecision] = []
-        for ask, decision in zip(asks, throttle.decide_many(asks, reserve=reserve), strict=True):
+        for ask, decision in zip(
+            asks, throttle.decide_many(asks, reserve=reserve, replay_refusals=False), strict=True
+        ):
             out.append(PlannedDecision(ask.member_id, decision))
             if decision.allowed:
                 allowed += 1

@@ -17,7 +17,7 @@ import redis
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import validation as v
 from recsvc.outreach.next_best import next_best_outreach
-from recsvc.outreach.planning import PlannedDecision, plan_campaign
+from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
 from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle
@@ -147,6 +147,11 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             campaign_id=campaign,
             message_class=v.message_class(request.message_class),
             priority=v.check_priority(request.priority),
+            # Reserving is idempotent per (member, campaign): a caller whose stream broke runs
+            # the same request again and gets the first run's decisions and reservation ids back
+            # (replayed), not DUPLICATE_CAMPAIGN for members it never heard about. '|' cannot
+            # appear in a caller's own idempotency keys, so the two never collide.
+            idempotency_key=plan_idempotency_key(campaign) if request.reserve else "",
         )
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0")

@@ -170,10 +170,14 @@ class Throttle:
         except redis.RedisError as exc:
             return self._finish(ask, self._unavailable(ask, exc))
 
-    def decide_many(self, asks: Sequence[OutreachAsk], *, reserve: bool) -> list[Decision]:
+    def decide_many(
+        self, asks: Sequence[OutreachAsk], *, reserve: bool, replay_refusals: bool = True
+    ) -> list[Decision]:
         """Many decisions in one pipelined round trip (plus one retry round for members whose time
-        zone was not known here). Results are in the order of ``asks``."""
-        mode = "reserve" if reserve else "check"
+        zone was not known here). Results are in the order of ``asks``. ``replay_refusals=False``:
+        with an idempotency key, only allowed reservations are replayed later; a refusal (quiet
+        hours, a cap, no consent) is decided afresh the next time."""
+        mode = ("reserve" if replay_refusals else "reserve-allowed") if reserve else "check"
         policy = self.policies.current()
         shared = self._policy_args(policy)
         now = self.now_ms()

@@ -4,7 +4,9 @@
 --       4 state (hash: streak, b:<channel> blocks), 5 profile (hash: tz, c:<channel> consent),
 --       6 idempotency record (string), 7 recently pushed items (zset),
 --       8 the erasure suppression mark (recsvc.security.erasure; its existence stops marketing)
--- ARGV: 1 mode ("check" | "reserve" | "policy"), 2 now (epoch ms), 3 channel, 4 campaign,
+-- ARGV: 1 mode ("check" | "reserve" | "reserve-allowed" | "policy"; "reserve-allowed" reserves
+--       but keeps the idempotency record of allowed decisions only, so a refusal is decided
+--       afresh next time: PlanCampaign's re-runs), 2 now (epoch ms), 3 channel, 4 campaign,
 --       5 message class, 6 reservation token, 7 the time zone Python assumed, 8 quiet hours end
 --       (epoch ms, 0 = not quiet now), 9 minimum gap (ms, after the priority rule),
 --       10 idempotency key, 11 item, 12 extra;
@@ -48,8 +50,9 @@ if mode == 'policy' then
   return out
 end
 local DAY, WEEK = 86400000, 604800000
-local reserve = mode == 'reserve'
+local reserve = mode == 'reserve' or mode == 'reserve-allowed'
 local use_idem = reserve and idem_text ~= ''
+local idem_refusals = mode == 'reserve'
 
 local function fmt(x) return string.format('%d', x) end
 
@@ -216,7 +219,7 @@ if reserve and allowed == 1 then
     redis.call('PEXPIRE', pushed, ARGV[25])
   end
 end
-if use_idem then
+if use_idem and (allowed == 1 or idem_refusals) then
   redis.call('SET', idem, cjson.encode({a = allowed, r = reason, n = fmt(wait), t = out_token, d = detail,
     m = entry, c = class, e = extra}), 'PX', idem_ttl)
 end
