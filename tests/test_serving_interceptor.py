@@ -5,6 +5,7 @@ handlers on its loop)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
@@ -213,7 +214,6 @@ def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:
     context calls go through it); the host drains its thread pool before closing the loop, so
     the handler ends and no pool thread is left waiting (the interpreter waits for them at exit)."""
     import contextlib
-    import threading
 
     started, release, done = threading.Event(), threading.Event(), threading.Event()
 
@@ -254,4 +254,48 @@ def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("drain-test")]  # pool ended
     with pytest.raises(grpc.RpcError):
         call.result(timeout=10)  # cancelled by the stop
+    channel.close()
+
+
+def test_stopping_ends_a_sync_stream_whose_reader_stalled() -> None:
+    """A plain-generator stream runs in the pool and hands each message to the loop, waiting for
+    it to be queued; when the caller stops reading, that wait never ends by itself. At stop the
+    host cancels what is left on the loop, so the pool thread ends: the stop returns well within
+    its drain bound and no pool thread is left for the interpreter to wait for at exit."""
+    import time
+
+    produced = threading.Event()
+
+    def firehose(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for _ in range(10_000):
+            produced.set()
+            yield b"x" * 65_536
+
+    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="stall-test")
+    ports: list[int] = []
+
+    def build() -> grpc.aio.Server:
+        aio = grpc.aio.server(migration_thread_pool=pool)
+        aio.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Firehose": grpc.unary_stream_rpc_method_handler(firehose)}
+                ),
+            )
+        )
+        ports.append(aio.add_insecure_port("127.0.0.1:0"))
+        return aio
+
+    server = AioServerHost(build, executor=pool)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+    stream = channel.unary_stream(f"/{SERVICE}/Firehose", _identity, _identity)(b"x", timeout=30)
+    assert next(stream) == b"x" * 65_536  # then stop reading: flow control stalls the writer
+    assert produced.wait(10)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert server.stop(grace=0).wait(25)
+    assert time.monotonic() - t0 < 10  # not the 30 s drain bound
+    assert not [t for t in threading.enumerate() if t.name.startswith("stall-test")]
+    stream.cancel()
     channel.close()

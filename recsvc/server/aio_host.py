@@ -16,8 +16,10 @@ grpc.aio objects belong to the thread whose loop created them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent import futures
 from typing import Any, TypeVar
@@ -101,6 +103,10 @@ class AioServerHost:
             # a pool thread left waiting on a closed loop never ends, and the interpreter waits
             # for pool threads at exit. Bounded, so a handler that never returns cannot hold up
             # the stop itself.
+            # A pool thread may also wait on the loop for good: a plain-generator stream hands
+            # each message to the loop and waits until it is queued, and once the stopped call
+            # no longer reads, that never happens. So what the stop left on the loop is
+            # cancelled, again each round (the generator's cleanup hands the loop one more).
             drain = threading.Thread(
                 target=self._executor.shutdown,
                 kwargs={"wait": True, "cancel_futures": True},
@@ -108,11 +114,33 @@ class AioServerHost:
                 daemon=True,
             )
             drain.start()
-            drain.join(timeout=_DRAIN_TIMEOUT_S)
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            drain.join(timeout=0.05)
+            while drain.is_alive() and time.monotonic() < deadline:
+                self._cancel_leftover_tasks()
+                drain.join(timeout=0.2)
             if drain.is_alive():
                 log.warning("event=handlers_still_running_at_stop waited_s=%s", _DRAIN_TIMEOUT_S)
+        self._cancel_leftover_tasks(wait_s=2.0)
         self._close_loop()
         self._stopped.set()
+
+    def _cancel_leftover_tasks(self, wait_s: float = 0.2) -> None:
+        """Cancel every task still on the (stopped server's) loop and give them ``wait_s`` to
+        unwind: a thread waiting on one through ``run_coroutine_threadsafe`` gets CancelledError
+        and moves on, and no unfinished coroutine is left for the garbage collector to close."""
+
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=wait_s)
+
+        # The loop closing or too busy to answer: the next round tries again.
+        with contextlib.suppress(RuntimeError, futures.TimeoutError):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=wait_s + 5)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """True when the server stopped within ``timeout``."""
