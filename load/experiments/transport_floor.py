@@ -38,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from recsvc.bench.echo import echo_handler, fixed_response
+from recsvc.bench.echo import echo_handler, fixed_response, products_handler
 
 AIO_OPTIONS: dict[str, list[tuple[str, int]]] = {
     "aio": [],
@@ -71,17 +71,7 @@ def bare_handler(bundle: Path) -> grpc.GenericRpcHandler:
             resp.items.add(item_id=item_ids.id(r), score=s)
         return resp
 
-    service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
-    return grpc.method_handlers_generic_handler(
-        service,
-        {
-            "RecommendProducts": grpc.unary_unary_rpc_method_handler(
-                recommend_products,
-                request_deserializer=recommender_pb2.RecommendProductsRequest.FromString,
-                response_serializer=recommender_pb2.RecommendResponse.SerializeToString,
-            )
-        },
-    )
+    return products_handler(recommend_products)
 
 
 def serve_one(mode: str, port: int, bundle: Path | None = None) -> None:

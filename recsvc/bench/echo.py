@@ -6,6 +6,8 @@ the client, next to what the real service costs (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -35,6 +37,14 @@ def echo_handler(response: recommender_pb2.RecommendResponse) -> grpc.GenericRpc
     async def recommend_products(request: object, context: object) -> object:
         return response
 
+    return products_handler(recommend_products)
+
+
+def products_handler(
+    recommend_products: Callable[[Any, Any], Awaitable[Any]],
+) -> grpc.GenericRpcHandler:
+    """A server with only ``recsvc.v1.Recommender/RecommendProducts``, answered by the coroutine
+    ``recommend_products(request, context)`` (other methods: UNIMPLEMENTED)."""
     service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
     return grpc.method_handlers_generic_handler(
         service,
