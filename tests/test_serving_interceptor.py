@@ -209,6 +209,25 @@ def test_registrar_wraps_each_method_once_and_unknown_methods_too() -> None:
     assert counting.calls == 5 + 5 + 1 + 1 + 2
 
 
+def _pooled_server(
+    handlers: dict[str, grpc.RpcMethodHandler], thread_prefix: str
+) -> tuple[AioServerHost, grpc.Channel]:
+    """A started aio server with ``handlers`` under ``SERVICE``, its plain handlers in a pool of
+    two threads named ``thread_prefix``, as ``recsvc serve`` hands it; and a channel to it."""
+    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=thread_prefix)
+    ports: list[int] = []
+
+    def build() -> grpc.aio.Server:
+        aio = grpc.aio.server(migration_thread_pool=pool)
+        aio.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        ports.append(aio.add_insecure_port("127.0.0.1:0"))
+        return aio
+
+    server = AioServerHost(build, executor=pool)
+    server.start()
+    return server, grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+
+
 def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:
     """A synchronous handler still running when the server stops may need the loop (grpc's
     context calls go through it); the host drains its thread pool before closing the loop, so
@@ -227,24 +246,9 @@ def test_stopping_waits_for_sync_handlers_while_the_loop_still_runs() -> None:
         done.set()
         return b"late"
 
-    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="drain-test")
-    ports: list[int] = []
-
-    def build() -> grpc.aio.Server:
-        aio = grpc.aio.server(migration_thread_pool=pool)
-        aio.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE, {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
-                ),
-            )
-        )
-        ports.append(aio.add_insecure_port("127.0.0.1:0"))
-        return aio
-
-    server = AioServerHost(build, executor=pool)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+    server, channel = _pooled_server(
+        {"Slow": grpc.unary_unary_rpc_method_handler(slow)}, thread_prefix="drain-test"
+    )
     call = channel.unary_unary(f"/{SERVICE}/Slow", _identity, _identity).future(b"x", timeout=10)
     assert started.wait(10)
     stopped = server.stop(grace=0)
@@ -271,24 +275,9 @@ def test_stopping_ends_a_sync_stream_whose_reader_stalled() -> None:
             produced.set()
             yield b"x" * 65_536
 
-    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="stall-test")
-    ports: list[int] = []
-
-    def build() -> grpc.aio.Server:
-        aio = grpc.aio.server(migration_thread_pool=pool)
-        aio.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE, {"Firehose": grpc.unary_stream_rpc_method_handler(firehose)}
-                ),
-            )
-        )
-        ports.append(aio.add_insecure_port("127.0.0.1:0"))
-        return aio
-
-    server = AioServerHost(build, executor=pool)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+    server, channel = _pooled_server(
+        {"Firehose": grpc.unary_stream_rpc_method_handler(firehose)}, thread_prefix="stall-test"
+    )
     stream = channel.unary_stream(f"/{SERVICE}/Firehose", _identity, _identity)(b"x", timeout=30)
     assert next(stream) == b"x" * 65_536  # then stop reading: flow control stalls the writer
     assert produced.wait(10)
