@@ -26,6 +26,10 @@ Layout (schema 1)::
     popular.parquet          segment, channel, kind, rank, item_id, score   ("all" = any)
     index_product.faiss      FAISS index ranking product rows by inner product (ids = item rows)
     index_content.faiss      the same over content rows
+    member_top_product.npy   optional: int32 [members, N], each member's first N products by the
+                             product index (the search serving would make), leaving out the
+                             member's trained purchases and out-of-stock products; -1 pads.
+                             Serving answers default-filter product calls from it (no search).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ _ARRAYS = (
     "purchased_indptr",
     "purchased_indices",
 )
+# Arrays a bundle may hold; serving works without them (training.candidates writes these).
+_OPTIONAL_ARRAYS = ("member_top_product",)
 
 
 class Manifest(BaseModel):
@@ -118,6 +124,8 @@ class BundleContents:
     popular: pd.DataFrame
     # FAISS indexes by kind name ("product", "content"); written with faiss.write_index.
     indexes: dict[str, Any] = field(default_factory=dict)
+    # Optional: int32 [members, N] precomputed product candidates (training/candidates.py).
+    member_top_product: np.ndarray | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -133,6 +141,11 @@ class BundleContents:
             (self.purchased.shape == (n_m, n_i), f"purchased {self.purchased.shape} != {(n_m, n_i)}"),
             (len(self.item_titles) == n_i, "item_titles length != items"),
         ]
+        if self.member_top_product is not None:
+            top = self.member_top_product
+            checks.append(
+                (top.ndim == 2 and top.shape[0] == n_m, f"member_top_product {top.shape}: rows != members")
+            )
         for arr_name in (
             "item_kind",
             "item_category",
@@ -168,6 +181,8 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
         "item_in_stock": np.asarray(contents.item_in_stock, dtype=bool),
         "item_published_at": np.asarray(contents.item_published_at, dtype=np.int64),
     }
+    if contents.member_top_product is not None:
+        arrays["member_top_product"] = np.asarray(contents.member_top_product, dtype=np.int32)
     for prefix, m in (("history", contents.history.tocsr()), ("purchased", contents.purchased.tocsr())):
         m.sort_indices()
         arrays[f"{prefix}_indptr"] = m.indptr.astype(np.int64)
@@ -257,6 +272,9 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     manifest = read_manifest(bundle_dir)
     try:
         arrays = {name: load_array(bundle_dir / f"{name}.npy", mmap=mmap) for name in _ARRAYS}
+        for name in _OPTIONAL_ARRAYS:
+            if (bundle_dir / f"{name}.npy").is_file():
+                arrays[name] = load_array(bundle_dir / f"{name}.npy", mmap=mmap)
         members = IdMap.load(bundle_dir / "member_ids.npy", mmap=mmap)
         items = IdMap.load(bundle_dir / "item_ids.npy", mmap=mmap)
         titles = json.loads((bundle_dir / "item_titles.json").read_text())
@@ -287,4 +305,10 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     )
     if arrays["member_factors"].shape[0] != len(members) or arrays["item_factors"].shape[0] != len(items):
         raise BundleError(f"bundle {bundle_dir} is inconsistent: factor rows do not match id maps")
+    top = arrays.get("member_top_product")
+    if top is not None and (top.ndim != 2 or top.shape[0] != len(members) or top.dtype != np.int32):
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: member_top_product is {top.dtype} {top.shape}, "
+            f"expected int32 ({len(members)}, N)"
+        )
     return bundle

@@ -61,6 +61,7 @@ def assemble(
     metrics: dict[str, float],
     counts: dict[str, int],
     extra: dict[str, Any],
+    member_top_product: np.ndarray | None = None,
 ) -> BundleContents:
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -97,6 +98,7 @@ def assemble(
         segments=segments,
         popular=popular,
         indexes=indexes,
+        member_top_product=member_top_product,
     )
 
 

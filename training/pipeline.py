@@ -33,7 +33,7 @@ from recsvc.errors import BundleError, DataContractError
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList, apply_erasures
 from recsvc.settings import Settings
-from training import ann, assemble, evaluate, gate, plots, prepare, segments, split, tracking
+from training import ann, assemble, candidates, evaluate, gate, plots, prepare, segments, split, tracking
 from training.confidence import purchased_matrix, weight_table
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
@@ -306,6 +306,18 @@ def run(
                 indexes, index_info = ann.indexes_for(
                     final.item_factors, prepared.item_kind, final.member_factors, t
                 )
+            served_purchases = purchased_matrix(served_events, shape)
+            member_top = None
+            if t.member_candidates and "product" in indexes:
+                with steps.step("member candidates"):
+                    member_top = candidates.member_top_products(
+                        indexes["product"],
+                        final.member_factors,
+                        served_purchases,
+                        prepared.item_in_stock,
+                        t.member_candidates,
+                        threads=t.num_threads or None,
+                    )
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)
             counts |= {f"segment.{s}": int(n) for s, n in zip(LIFECYCLE_STAGES, segment_counts, strict=True)}
@@ -320,7 +332,7 @@ def run(
                     member_factors=final.member_factors,
                     item_factors=final.item_factors,
                     history=final.matrix,
-                    purchased=purchased_matrix(served_events, shape),
+                    purchased=served_purchases,
                     member_segment=member_segment,
                     segments=seg_table,
                     popular=popular,
@@ -328,6 +340,7 @@ def run(
                     index_info=index_info,
                     metrics=metrics,
                     counts=counts,
+                    member_top_product=member_top,
                     extra={
                         "holdout": window,
                         "gate_metric": gate.GATE_METRIC,

@@ -1,5 +1,7 @@
 """Rebuild a bundle's FAISS indexes on its own factors with the current ANN code and settings,
-into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``.
+into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``. The members' precomputed
+product candidates (training/candidates.py) are rebuilt on the new index too (or dropped when
+``training.member_candidates`` is 0), so a bundle from before them gains them this way.
 
 For measuring an index change without a new training run (docs/benchmarks.md: the 1M x 64-factor
 bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed`` and the new
@@ -17,7 +19,7 @@ import numpy as np
 
 from recsvc.bundle import load_bundle
 from recsvc.settings import TrainingSettings, load_settings
-from training import ann
+from training import ann, candidates
 
 
 def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
@@ -32,6 +34,19 @@ def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
         old.unlink()
     for kind, index in indexes.items():
         faiss.write_index(index, str(dst / f"index_{kind}.faiss"))
+    top_path = dst / "member_top_product.npy"
+    top_path.unlink(missing_ok=True)
+    if t.member_candidates and "product" in indexes:
+        copied = load_bundle(dst)
+        top = candidates.member_top_products(
+            indexes["product"],
+            member_factors,
+            copied.purchased,
+            copied.arrays["item_in_stock"],
+            t.member_candidates,
+            threads=t.num_threads or None,
+        )
+        np.save(top_path, top)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["index"] = info
     manifest["bundle_id"] = f"{manifest['bundle_id']}-reindexed"
