@@ -7,6 +7,8 @@ Every variant answers RecommendProducts with the same 20-item response
 - ``aio``: ``grpc.aio`` with default options (as ``recsvc serve`` runs);
 - ``nobdp``: ``grpc.aio`` with HTTP/2 BDP probing off;
 - ``uvloop``: ``grpc.aio`` on uvloop's event loop instead of asyncio's;
+- ``lean``: ``uvloop`` answering 20 items of id and score only (the bare prototype's response
+  size, ~0.3 KB instead of ~2.5 KB), to see what the response's size costs;
 - ``syncN``: the thread-pool server with N threads (``sync1``, ``sync4``);
 - ``bare``: issue 4's reference prototype, on uvloop: the member's vector, an ANN search of the
   bundle's product index and the purchased-item filter, answering item ids and scores (no other
@@ -79,6 +81,14 @@ def serve_one(mode: str, port: int, bundle: Path | None = None) -> None:
         if bundle is None:
             raise SystemExit("bare needs --bundle")
         handler = bare_handler(bundle)
+        mode = "uvloop"
+    elif mode == "lean":
+        from recsvc.v1 import recommender_pb2
+
+        lean = recommender_pb2.RecommendResponse(model_version="echo")
+        for i in range(20):
+            lean.items.add(item_id=f"P{i:07d}", score=1.0 - i / 100)
+        handler = echo_handler(lean)
         mode = "uvloop"
     else:
         handler = echo_handler(fixed_response(20))
