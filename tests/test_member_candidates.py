@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from recsvc.bundle import KIND_PRODUCT, load_bundle
 from recsvc.engine.filters import FilterSpec
-from recsvc.engine.recommender import RecommendationEngine
+from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import BundleError
 from recsvc.settings import load_settings
@@ -78,17 +78,6 @@ def test_ivf_candidates_are_what_a_single_search_of_the_same_index_returns() -> 
         assert top[m].tolist() == _expected(ids[0], set(bought[m].indices.tolist()), ok, 40)
 
 
-class _One:
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-
-    def for_member(self, member_id: str) -> tuple[str, ServedModel]:
-        return "control", self.model
-
-    def default(self) -> tuple[str, ServedModel]:
-        return "control", self.model
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cand")
@@ -124,8 +113,8 @@ def test_serving_from_candidates_gives_the_lists_a_search_gives(trained: Path) -
         return search(*args)
 
     with_top.search = counted  # type: ignore[method-assign,assignment]
-    fast = RecommendationEngine(_One(with_top), None, settings.serving)
-    slow = RecommendationEngine(_One(live), None, settings.serving)
+    fast = RecommendationEngine(SingleModel(with_top), None, settings.serving)
+    slow = RecommendationEngine(SingleModel(live), None, settings.serving)
     default = FilterSpec(diversity=settings.serving.default_diversity)
     members = [with_top.members.id(r) for r in range(0, len(with_top.members), 7)]
     served_from_top = 0

@@ -26,7 +26,7 @@ import numpy as np
 from recsvc.bundle import KIND_PRODUCT
 from recsvc.engine.diversity import intra_list_diversity
 from recsvc.engine.filters import FilterSpec
-from recsvc.engine.recommender import RecommendationEngine
+from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.engine.tradeoff import ndcg_at_k
 from recsvc.settings import Settings
@@ -44,19 +44,6 @@ class DiversityRow:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _OneModel:
-    """The ``ModelProvider`` the engine needs, for one loaded bundle."""
-
-    def __init__(self, model: ServedModel) -> None:
-        self._model = model
-
-    def for_member(self, member_id: str) -> tuple[str, ServedModel]:
-        return "bench", self._model
-
-    def default(self) -> tuple[str, ServedModel]:
-        return "bench", self._model
 
 
 def _item_ids(model: ServedModel, rows: Any) -> set[str]:
@@ -129,7 +116,7 @@ def diversity_table(
     model = ServedModel.load(
         bundle, version="bench", source_uri=str(bundle), hnsw_ef_search=settings.training.hnsw_ef_search
     )
-    engine = RecommendationEngine(_OneModel(model), None, settings.serving)
+    engine = RecommendationEngine(SingleModel(model, "bench"), None, settings.serving)
     weights = (
         model.event_weights if isinstance(model.event_weights, Mapping) else settings.training.event_weights
     )

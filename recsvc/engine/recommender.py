@@ -47,6 +47,21 @@ class ModelProvider(Protocol):
     def default(self) -> tuple[str, ServedModel]: ...
 
 
+class SingleModel:
+    """A ``ModelProvider`` serving one loaded bundle to everyone, under one variant name (for
+    benchmarks, evaluations and tests that run the engine on a bundle without a registry)."""
+
+    def __init__(self, model: ServedModel, variant: str = "control") -> None:
+        self._model = model
+        self._variant = variant
+
+    def for_member(self, member_id: str) -> tuple[str, ServedModel]:
+        return self._variant, self._model
+
+    def default(self) -> tuple[str, ServedModel]:
+        return self._variant, self._model
+
+
 class RecommendationPort(Protocol):
     def top_items(
         self, member_id: str, kind: str, k: int, exclude_item_ids: Collection[str]
