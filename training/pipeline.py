@@ -308,15 +308,10 @@ def run(
                 )
             served_purchases = purchased_matrix(served_events, shape)
             member_top = None
-            if t.member_candidates and "product" in indexes:
+            if t.member_candidates:  # a step of its own only when there is one
                 with steps.step("member candidates"):
-                    member_top = candidates.member_top_products(
-                        indexes["product"],
-                        final.member_factors,
-                        served_purchases,
-                        prepared.item_in_stock,
-                        t.member_candidates,
-                        threads=t.num_threads or None,
+                    member_top = candidates.for_settings(
+                        indexes, final.member_factors, served_purchases, prepared.item_in_stock, t
                     )
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)

@@ -25,7 +25,7 @@ from training import ann, candidates
 def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
     import faiss
 
-    load_bundle(src)  # refuses anything that is not a readable bundle
+    source = load_bundle(src)  # refuses anything that is not a readable bundle
     shutil.copytree(src, dst)
     item_factors = np.load(dst / "item_factors.npy")
     member_factors = np.load(dst / "member_factors.npy", mmap_mode="r")
@@ -36,16 +36,10 @@ def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
         faiss.write_index(index, str(dst / f"index_{kind}.faiss"))
     top_path = dst / "member_top_product.npy"
     top_path.unlink(missing_ok=True)
-    if t.member_candidates and "product" in indexes:
-        copied = load_bundle(dst)
-        top = candidates.member_top_products(
-            indexes["product"],
-            member_factors,
-            copied.purchased,
-            copied.arrays["item_in_stock"],
-            t.member_candidates,
-            threads=t.num_threads or None,
-        )
+    top = candidates.for_settings(
+        indexes, member_factors, source.purchased, source.arrays["item_in_stock"], t
+    )
+    if top is not None:
         np.save(top_path, top)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["index"] = info
