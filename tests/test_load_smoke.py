@@ -71,12 +71,12 @@ def _port_closed(host: str) -> bool:
         return s.connect_ex((addr, int(port))) != 0
 
 
-def _equal_weights_config(tmp_path: Path, extra: str = "") -> Path:
+def _equal_weights_config(tmp_path: Path, extra: str = "", similar_items: int = 1) -> Path:
     cfg = tmp_path / "load.toml"
     cfg.write_text(
         "[weights]\n"
         + "".join(
-            f"{k} = 1\n"
+            f"{k} = {similar_items if k == 'similar_items' else 1}\n"
             for k in (
                 "recommend_products",
                 "similar_items",
@@ -93,8 +93,10 @@ def _equal_weights_config(tmp_path: Path, extra: str = "") -> Path:
 
 @pytest.mark.slow
 def test_documented_load_command_writes_a_real_report(tmp_path: Path) -> None:
-    # A third of product pages are for delisted items: the real server must answer NOT_FOUND.
-    cfg = _equal_weights_config(tmp_path, "[requests]\nstale_item_share = 0.3\n")
+    # Half of product pages are for delisted items (every other one, the first included): the
+    # real server must answer NOT_FOUND to those and nothing else to the rest.
+    # Product pages weigh 3 of 8, so a 6 s run cannot miss them (~40 calls: P(none) < 1e-8).
+    cfg = _equal_weights_config(tmp_path, "[requests]\nstale_item_share = 0.5\n", similar_items=3)
     results = tmp_path / "results"
     proc = _load_run(
         [
@@ -120,6 +122,7 @@ def test_documented_load_command_writes_a_real_report(tmp_path: Path) -> None:
     similar = by_rpc["SimilarItems"]
     assert similar["failures_by_code"].get("NOT_FOUND", 0) > 0, similar
     assert set(similar["failures_by_code"]) == {"NOT_FOUND"}, similar
+    assert similar["failures"] < similar["requests"], similar  # the listed pages were answered
     assert by_rpc["RecommendProducts"]["failures"] == 0, by_rpc["RecommendProducts"]
     # Everything the command started is gone.
     assert _port_closed(summary["context"]["host"])

@@ -181,6 +181,17 @@ def test_stale_product_pages_and_outreach_requests(tmp_path: Path) -> None:
     assert len(keys) == 50  # every reservation is a new send
 
 
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 0.97, 1.0])
+def test_stale_product_pages_are_an_exact_evenly_spread_share(tmp_path: Path, share: float) -> None:
+    ids = ServedIds.from_bundle(_ids(tmp_path))
+    traffic = Traffic(ids, load_config(None, {"requests": {"stale_item_share": share}}))
+    stale = np.array([traffic.similar_items().item_id.startswith("LT-DELISTED-") for _ in range(1000)])
+    n = np.arange(1, 1001)
+    # After every page, not just at the end, the count is the share rounded half up.
+    assert (np.cumsum(stale) == np.floor(n * share + 0.5)).all()
+    assert stale[0] == (share >= 0.5)
+
+
 def test_a_folder_without_ids_is_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"member_ids\.npy"):
         ServedIds.from_bundle(tmp_path)

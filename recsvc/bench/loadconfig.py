@@ -98,7 +98,7 @@ class Requests(_Section):
     similar_k: int = Field(12, ge=1, le=200)
     product_zipf_exponent: float = Field(1.2, gt=0, le=5, description="popularity of product pages")
     # Product pages of items no longer in the catalog (delisted): SimilarItems answers NOT_FOUND,
-    # which Locust counts as a failure by that code.
+    # which Locust counts as a failure by that code. Spread evenly: round(n * share) of n pages.
     stale_item_share: float = Field(0.0, ge=0, le=1)
     channels: dict[str, float] = Field(
         default_factory=lambda: {

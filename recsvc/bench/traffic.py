@@ -14,6 +14,7 @@ send the same traffic. Deterministic for a seed.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,10 @@ class Traffic:
         total = sum(req.event_types.values())
         self._content_event_share = content_weight / total if ids.content.shape[0] else 0.0
         self._scenes = req.scenes
+        # Delisted product pages are spread evenly, not drawn: after n pages, round(n * share) of
+        # them were stale. A short run then sends its share for certain (a first page already is
+        # one when share >= 0.5), and two runs with the same config send the same count.
+        self._pages = self._stale_pages = 0
 
     # -- building blocks -------------------------------------------------------------------------
 
@@ -166,8 +171,9 @@ class Traffic:
         )
 
     def similar_items(self) -> recommender_pb2.SimilarItemsRequest:
-        stale = self.config.requests.stale_item_share
-        if stale and self._uniform() < stale:
+        self._pages += 1
+        if math.floor(self._pages * self.config.requests.stale_item_share + 0.5) > self._stale_pages:
+            self._stale_pages += 1
             item = f"LT-DELISTED-{int(self._rng.integers(1_000_000)):07d}"
         else:
             item = self.product()
