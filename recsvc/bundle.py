@@ -30,6 +30,13 @@ Layout (schema 1)::
                              product index (the search serving would make), leaving out the
                              member's trained purchases and out-of-stock products; -1 pads.
                              Serving answers default-filter product calls from it (no search).
+    member_list_{item,score,reason}.npy   optional, together: int32 / float32 / int32
+                             [members, K]: each member's whole default product list of K
+                             (items, scores, the history row each reason names, -1 = none),
+                             exactly as serving computes it for a member without recent events;
+                             item -1 in column 0 = no stored list. Manifest.member_lists holds the
+                             serving settings it was computed with; serving uses it only when
+                             they are its own (training/member_lists.py).
 """
 
 from __future__ import annotations
@@ -76,7 +83,13 @@ _ARRAYS = (
     "purchased_indices",
 )
 # Arrays a bundle may hold; serving works without them (training.candidates writes these).
-_OPTIONAL_ARRAYS = ("member_top_product",)
+_OPTIONAL_ARRAYS = ("member_top_product", "member_list_item", "member_list_score", "member_list_reason")
+# The stored default lists (training/member_lists.py): all three or none, each [members, K].
+MEMBER_LIST_ARRAYS = {
+    "member_list_item": np.int32,
+    "member_list_score": np.float32,
+    "member_list_reason": np.int32,
+}
 
 
 class Manifest(BaseModel):
@@ -97,6 +110,9 @@ class Manifest(BaseModel):
     counts: dict[str, int] = {}
     segments: list[str] = list(LIFECYCLE_STAGES)
     index: dict[str, Any] = {}
+    # The serving settings the stored default lists were computed with ({} = no lists):
+    # k, kind, diversity, max_per_category, ann_candidates, hnsw_ef_search.
+    member_lists: dict[str, Any] = {}
 
 
 @dataclass
@@ -311,4 +327,49 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
             f"bundle {bundle_dir} is inconsistent: member_top_product is {top.dtype} {top.shape}, "
             f"expected int32 ({len(members)}, N)"
         )
+    _check_member_lists(bundle_dir, manifest, arrays, len(members))
     return bundle
+
+
+def _check_member_lists(
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
+) -> None:
+    present = [name for name in MEMBER_LIST_ARRAYS if name in arrays]
+    if not present and not manifest.member_lists:
+        return
+    k = manifest.member_lists.get("k")
+    problems = []
+    if len(present) != len(MEMBER_LIST_ARRAYS):
+        problems.append(f"has {present or 'none'} of {list(MEMBER_LIST_ARRAYS)}")
+    if not isinstance(k, int) or k < 1:
+        problems.append(f"manifest member_lists.k is {k!r}")
+    for name in present:
+        arr, want = arrays[name], np.dtype(MEMBER_LIST_ARRAYS[name])
+        if arr.dtype != want or arr.shape != (n_members, k):
+            problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {want} ({n_members}, {k})")
+    if problems:
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: stored member lists " + "; ".join(problems))
+
+
+def add_member_lists(
+    bundle_dir: Path, items: np.ndarray, scores: np.ndarray, reasons: np.ndarray, params: dict[str, Any]
+) -> None:
+    """Add the stored default lists (training/member_lists.py) to a written bundle, replacing any,
+    and check that the bundle still loads."""
+    manifest = read_manifest(bundle_dir)
+    arrays = {"member_list_item": items, "member_list_score": scores, "member_list_reason": reasons}
+    for name, arr in arrays.items():
+        np.save(bundle_dir / f"{name}.npy", np.ascontiguousarray(arr, dtype=MEMBER_LIST_ARRAYS[name]))
+    manifest.member_lists = dict(params)
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    load_bundle(bundle_dir)
+
+
+def drop_member_lists(bundle_dir: Path) -> None:
+    """Remove the stored default lists from a bundle (they belong to the index they came from)."""
+    manifest = read_manifest(bundle_dir)
+    for name in MEMBER_LIST_ARRAYS:
+        (bundle_dir / f"{name}.npy").unlink(missing_ok=True)
+    if manifest.member_lists:
+        manifest.member_lists = {}
+        (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))

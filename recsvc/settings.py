@@ -98,6 +98,15 @@ class TrainingSettings(_Section):
         "per candidate and member, mapped in every server process; 0 = none (docs/benchmarks.md, "
         "session 6: cheaper calls, no better tail at 1,000 req/s)",
     )
+    member_lists: int = Field(
+        20,
+        ge=0,
+        le=200,
+        description="store every member's whole default product list of this length (the default k) "
+        "in the bundle (training/member_lists.py): default-filter product calls for that k from "
+        "members without recent events are read, not computed; 12 bytes per item and member, mapped "
+        "in every server process; 0 = none",
+    )
     eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")

@@ -287,3 +287,24 @@ def make_bundle(
         member_segment=member_segment,
         popular=popular,
     )
+
+
+def train_small_bundle(tmp: Path, training: dict[str, object]) -> Path:
+    """A bundle trained by the real pipeline on a small generated data set (300 members, 150
+    products, 20 content items), with these training settings on top of small-model ones;
+    not registered. Returns the bundle folder."""
+    from recsvc.settings import load_settings
+    from training import pipeline
+    from training.synthetic import make_dataset
+
+    s = load_settings(
+        overrides={
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "art")},
+            "training": {"factors": 16, "iterations": 6, "eval_members": 200, **training},
+        }
+    )
+    data = make_dataset(members=300, products=150, content=20, events_per_member=25, seed=2)
+    pipeline.run(
+        s, pipeline.TrainOptions(data_dir=tmp, bundle_out=tmp / "bundle", register=False), dataset=data
+    )
+    return tmp / "bundle"

@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from bundle_factory import train_small_bundle
 
 from recsvc.bundle import KIND_PRODUCT, load_bundle
 from recsvc.engine.filters import FilterSpec
@@ -18,8 +19,7 @@ from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import BundleError
 from recsvc.settings import load_settings
-from training import ann, candidates, pipeline
-from training.synthetic import make_dataset
+from training import ann, candidates
 
 
 def _factors(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
@@ -80,18 +80,7 @@ def test_ivf_candidates_are_what_a_single_search_of_the_same_index_returns() -> 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("cand")
-    s = load_settings(
-        overrides={
-            "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "art")},
-            "training": {"factors": 16, "iterations": 6, "eval_members": 200, "member_candidates": 64},
-        }
-    )
-    data = make_dataset(members=300, products=150, content=20, events_per_member=25, seed=2)
-    pipeline.run(
-        s, pipeline.TrainOptions(data_dir=tmp, bundle_out=tmp / "bundle", register=False), dataset=data
-    )
-    return tmp / "bundle"
+    return train_small_bundle(tmp_path_factory.mktemp("cand"), {"member_candidates": 64})
 
 
 def _ids(engine: RecommendationEngine, member: str, k: int, filters: FilterSpec) -> list[tuple[str, str]]:

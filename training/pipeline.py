@@ -33,7 +33,19 @@ from recsvc.errors import BundleError, DataContractError
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList, apply_erasures
 from recsvc.settings import Settings
-from training import ann, assemble, candidates, evaluate, gate, plots, prepare, segments, split, tracking
+from training import (
+    ann,
+    assemble,
+    candidates,
+    evaluate,
+    gate,
+    member_lists,
+    plots,
+    prepare,
+    segments,
+    split,
+    tracking,
+)
 from training.confidence import purchased_matrix, weight_table
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
@@ -349,6 +361,10 @@ def run(
                 )
                 bundle_dir = options.bundle_out or tmp_root / "bundle"
                 assemble.write(bundle_dir, contents)
+            lists_info = None
+            if t.member_lists:  # a step of its own only when there is one
+                with steps.step("member lists"):
+                    lists_info = member_lists.for_settings(bundle_dir, settings)
 
             with steps.step("log to MLflow and register"):
                 ann_metrics = {
@@ -366,6 +382,7 @@ def run(
                     {k: v for k, v in metrics.items() if np.isfinite(v)}
                     | {f"count.{k}": float(v) for k, v in counts.items()}
                     | ann_metrics
+                    | ({"member_lists.stored": float(lists_info["stored"])} if lists_info else {})
                     | {
                         "gate.candidate_ndcg_at_10": decision.candidate,
                         "gate.promoted": float(decision.promote),

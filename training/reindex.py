@@ -1,7 +1,8 @@
 """Rebuild a bundle's FAISS indexes on its own factors with the current ANN code and settings,
 into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``. The members' precomputed
 product candidates (training/candidates.py) are rebuilt on the new index too (or dropped when
-``training.member_candidates`` is 0), so a bundle from before them gains them this way.
+``training.member_candidates`` is 0), so a bundle from before them gains them this way; so are
+the stored member lists (training/member_lists.py; dropped when ``training.member_lists`` is 0).
 
 For measuring an index change without a new training run (docs/benchmarks.md: the 1M x 64-factor
 bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed`` and the new
@@ -11,18 +12,21 @@ bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from recsvc.bundle import load_bundle
-from recsvc.settings import TrainingSettings, load_settings
-from training import ann, candidates
+from recsvc.bundle import drop_member_lists, load_bundle
+from recsvc.settings import ServingSettings, TrainingSettings, load_settings
+from training import ann, candidates, member_lists
 
 
-def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
+def reindex(
+    src: Path, dst: Path, t: TrainingSettings, serving: ServingSettings | None = None
+) -> dict[str, object]:
     import faiss
 
     source = load_bundle(src)  # refuses anything that is not a readable bundle
@@ -45,6 +49,13 @@ def reindex(src: Path, dst: Path, t: TrainingSettings) -> dict[str, object]:
     manifest["index"] = info
     manifest["bundle_id"] = f"{manifest['bundle_id']}-reindexed"
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # Stored member lists came from the old index: dropped, and rebuilt when the settings ask.
+    drop_member_lists(dst)
+    if t.member_lists:
+        workers = t.num_threads or os.cpu_count() or 1
+        member_lists.add_to_bundle(
+            dst, serving or ServingSettings(), t.hnsw_ef_search, t.member_lists, workers
+        )
     load_bundle(dst)  # the copy still loads
     return info
 
@@ -57,7 +68,8 @@ def main(argv: list[str]) -> int:
     if dst.exists():
         print(f"{dst} exists; choose a new folder", file=sys.stderr)
         return 2
-    print(json.dumps(reindex(src, dst, load_settings().training), indent=1))
+    settings = load_settings()
+    print(json.dumps(reindex(src, dst, settings.training, settings.serving), indent=1))
     return 0
 
 

@@ -93,6 +93,24 @@ class FilterSpec:
             diversity=diversity,
         )
 
+    @functools.cached_property
+    def only_defaults(self) -> bool:
+        """Whether the filters are the defaults (in stock, purchases excluded, nothing else),
+        whatever the diversity: the filters the stored member lists were made with."""
+        return (
+            self.in_stock_only
+            and self.exclude_purchased
+            and not (
+                self.include_categories
+                or self.exclude_categories
+                or self.include_brands
+                or self.exclude_brands
+                or self.exclude_item_ids
+            )
+            and self.min_price is None
+            and self.max_price is None
+        )
+
     def _codes(self, model: ServedModel) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Category/brand codes allowed (include) as arrays; None = no include filter."""
         if self._cache and self._cache[0][0] is model:

@@ -116,8 +116,11 @@ class RecommendationEngine:
                 hist_rows, hist_w = _NO_ROWS, _NO_WEIGHTS
                 trained_bought = _NO_ROWS
             early = None
+            stored = None
             if trained is not None:
-                early = self._first_search(model, row, trained, kind, k, filters, trained_bought.shape[0])
+                stored = self._stored_list(model, row, kind, k, filters)
+                if stored is None:
+                    early = self._first_search(model, row, trained, kind, k, filters, trained_bought.shape[0])
         finally:
             activity = pending.result() if pending is not None else None
 
@@ -143,11 +146,13 @@ class RecommendationEngine:
             )
             source = SOURCE_REALTIME
             early = None  # searched with the trained vector: not this member's vector any more
+            stored = None
 
         bought_rows = trained_bought
         if activity is not None and activity.purchased:
             recent_bought = model.items.rows(sorted(activity.purchased))
             bought_rows = np.concatenate([bought_rows.astype(np.int64), recent_bought[recent_bought >= 0]])
+            stored = None  # made without the recent purchases
         as_stored = bought_rows is trained_bought and model.purchased_sorted
         excluded = self._excluded_rows(model, filters, bought_rows, bought_sorted=as_stored)
 
@@ -161,10 +166,56 @@ class RecommendationEngine:
             self._popular(resp.items, model, segment, channel, kind, k, filters, excluded)
             source = SOURCE_POPULAR
         else:
-            picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=early)
-            reasons = self._reasons(model, picks, hist_rows, hist_w, ev_rows, ev_w, bought_rows)
+            if stored is not None:
+                picks, scores, because = stored
+            else:
+                picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=early)
+                because = self._reason_rows(model, picks, hist_rows, hist_w, ev_rows, ev_w)
+            reasons = self._reason_texts(model, because, bought_rows)
             self._items(resp.items, model, picks, scores, reasons, source)
         return Recommendation(response=resp, source=source)
+
+    def _stored_list(
+        self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The member's stored default list (items, scores, reason rows) when the bundle has one
+        made for exactly this call: same kind and k, default filters, and the serving settings
+        it was computed with. The caller drops it when the member has recent events."""
+        lists = model.member_lists
+        if (
+            lists is None
+            or row is None
+            or kind != lists.kind
+            or k != lists.k
+            or not filters.only_defaults
+            or filters.diversity != lists.diversity
+            or self._settings.max_per_category != lists.max_per_category
+            or self._settings.ann_candidates != lists.ann_candidates
+            or model.hnsw_ef_search != lists.hnsw_ef_search
+        ):
+            return None
+        items = lists.items[row]
+        if items[0] < 0:
+            return None
+        return items, lists.scores[row], lists.reasons[row]
+
+    def trained_list(
+        self, model: ServedModel, row: int, kind: int, k: int, filters: FilterSpec
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """What ``recommend`` picks for the member at ``row`` when they have no recent events and
+        their list is not stored: (items, scores, reason rows, -1 = none), fewer than ``k`` when
+        the filters leave fewer; None for a member without a trained vector (cold start). Used by
+        training to store the lists (training/member_lists.py)."""
+        vector = model.member_vector(row)
+        if not vector.any():
+            return None
+        hist_rows, hist_w = model.history(row)
+        bought = model.purchased_rows(row)
+        first = self._first_search(model, row, vector, kind, k, filters, bought.shape[0])
+        excluded = self._excluded_rows(model, filters, bought, bought_sorted=model.purchased_sorted)
+        picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=first)
+        because = self._reason_rows(model, picks, hist_rows, hist_w, _NO_ROWS, _NO_WEIGHTS)
+        return picks, scores, because
 
     def _candidates(self, k: int, excluded: int, drop_row: bool = False) -> tuple[int, int]:
         """(MMR pool size, first ANN request size) for a list of ``k`` with ``excluded`` rows."""
@@ -296,7 +347,7 @@ class RecommendationEngine:
         reason = f"popular with {where}"
         self._items(into, model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
 
-    def _reasons(
+    def _reason_rows(
         self,
         model: ServedModel,
         picks: np.ndarray,
@@ -304,26 +355,35 @@ class RecommendationEngine:
         hist_w: np.ndarray,
         ev_rows: np.ndarray,
         ev_w: np.ndarray,
-        bought_rows: np.ndarray,
-    ) -> list[str]:
-        """ "because you bought/viewed <title>": the history item whose vector has the largest dot
-        product with the recommended item's vector."""
-        if picks.shape[0] == 0:
-            return []
+    ) -> np.ndarray:
+        """For each pick, the history item whose vector has the largest dot product with the
+        pick's vector (-1 for all when the member has no history)."""
         if ev_rows.shape[0]:
             rows = np.concatenate([hist_rows.astype(np.int64), ev_rows])
             weights = np.concatenate([hist_w.astype(np.float32), ev_w])
         else:
             rows, weights = hist_rows, hist_w
-        if rows.shape[0] == 0:
-            return ["recommended for you"] * picks.shape[0]
+        if rows.shape[0] == 0 or picks.shape[0] == 0:
+            return np.full(picks.shape[0], -1, dtype=np.int64)
         if rows.shape[0] > _REASON_HISTORY_MAX:
             rows = rows[np.argpartition(-weights, _REASON_HISTORY_MAX - 1)[:_REASON_HISTORY_MAX]]
         # An item both in the history and in recent events appears twice: harmless for argmax.
-        best = best_history_rows(model.item_factors, rows.astype(np.int64), picks.astype(np.int64)).tolist()
+        best: np.ndarray = best_history_rows(
+            model.item_factors, rows.astype(np.int64), picks.astype(np.int64)
+        )
+        return best
+
+    @staticmethod
+    def _reason_texts(model: ServedModel, because: np.ndarray, bought_rows: np.ndarray) -> list[str]:
+        """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you"."""
         bought = set(bought_rows.tolist())
         titles = model.titles
-        return [f"because you {'bought' if b in bought else 'viewed'} {titles[b]}" for b in best]
+        return [
+            f"because you {'bought' if b in bought else 'viewed'} {titles[b]}"
+            if b >= 0
+            else "recommended for you"
+            for b in because.tolist()
+        ]
 
     def _items(
         self,

@@ -35,6 +35,41 @@ _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 
 
 @dataclass(frozen=True)
+class MemberLists:
+    """Each member's stored default product list (bundle ``member_list_*``, training/member_lists.py)
+    and the serving settings it was computed with."""
+
+    items: np.ndarray  # int32 [members, k]; -1 in column 0 = no stored list for the member
+    scores: np.ndarray  # float32 [members, k]
+    reasons: np.ndarray  # int32 [members, k]: the history row each reason names, -1 = none
+    k: int
+    kind: int
+    diversity: float
+    max_per_category: int
+    ann_candidates: int
+    hnsw_ef_search: int | None  # None: no HNSW index took part
+
+    @classmethod
+    def from_bundle(cls, bundle: LoadedBundle) -> MemberLists | None:
+        p = bundle.manifest.member_lists
+        if not p:
+            return None
+        a = bundle.arrays
+        ef = p.get("hnsw_ef_search")
+        return cls(
+            items=a["member_list_item"],
+            scores=a["member_list_score"],
+            reasons=a["member_list_reason"],
+            k=int(p["k"]),
+            kind=KIND_CODES.get(str(p.get("kind", "product")), 0),
+            diversity=float(p["diversity"]),
+            max_per_category=int(p["max_per_category"]),
+            ann_candidates=int(p["ann_candidates"]),
+            hnsw_ef_search=None if ef is None else int(ef),
+        )
+
+
+@dataclass(frozen=True)
 class PopularList:
     rows: np.ndarray  # item rows, best first
     scores: np.ndarray
@@ -132,6 +167,11 @@ class ServedModel:
         if "member_top_product" in a:
             self.member_top[KIND_PRODUCT] = a["member_top_product"]
         self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
+        # Each member's whole default product list, when training stored them; the engine uses
+        # them only under the serving settings they were computed with.
+        self.member_lists = MemberLists.from_bundle(bundle)
+        # The efSearch HNSW indexes search with here (None: no HNSW index): part of those settings.
+        self.hnsw_ef_search = hnsw_ef_search if any(_is_hnsw(i) for i in self.indexes.values()) else None
 
     @classmethod
     def load(
@@ -266,6 +306,16 @@ def _rows_ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
     row_starts = row_starts[(row_starts > 0) & (row_starts < indices.shape[0])]
     rising[row_starts - 1] = True
     return bool(rising.all())
+
+
+def _is_hnsw(index: Any) -> bool:
+    import faiss
+
+    try:
+        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    except (AttributeError, RuntimeError):
+        return False
+    return hasattr(inner, "hnsw")
 
 
 def _tune_index(index: Any, ef_search: int) -> None:

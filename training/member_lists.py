@@ -1,0 +1,154 @@
+"""Each member's whole default product list, computed once at training and stored in the bundle.
+
+A "for you" page asks for the same thing for most members most of the time: k products with the
+default filters (in stock, purchases excluded) and the default diversity. For a member without
+recent events that list depends on the bundle alone, so it can be computed here instead of on
+every page view: ``training.member_lists`` = K stores the list of K for every member
+(``member_list_{item,score,reason}.npy``, recsvc/bundle.py). Serving then answers such a call
+by reading the member's row, and computes the list live for anything else: another k, other
+filters or diversity, a member with recent events (their vector and purchases have changed), or
+serving settings that differ from the ones recorded here.
+
+The lists are computed by the serving engine itself (``RecommendationEngine.trained_list``) on
+the written bundle, under the serving settings, so a stored list is the list serving would
+compute (tests/test_member_lists.py checks them against each other for every member). Members
+are split over ``workers`` processes, each loading the bundle (memory-mapped) on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsvc.bundle import KIND_PRODUCT, add_member_lists, load_bundle
+from recsvc.settings import ServingSettings, Settings
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 20_000  # members per task
+
+
+def params_for(serving: ServingSettings, k: int, hnsw_ef_search: int | None) -> dict[str, Any]:
+    """What the bundle records next to the lists: the settings serving must have to use them."""
+    return {
+        "k": k,
+        "kind": "product",
+        "diversity": serving.default_diversity,
+        "max_per_category": serving.max_per_category,
+        "ann_candidates": serving.ann_candidates,
+        "hnsw_ef_search": hnsw_ef_search,
+    }
+
+
+_worker: dict[str, Any] = {}
+
+
+def _load(bundle_dir: str, serving_json: str, ef_search: int) -> None:
+    from recsvc.engine.recommender import RecommendationEngine, SingleModel
+    from recsvc.engine.served_model import ServedModel
+
+    serving = ServingSettings.model_validate_json(serving_json)
+    model = ServedModel.load(
+        Path(bundle_dir), version="lists", source_uri=bundle_dir, hnsw_ef_search=ef_search
+    )
+    _worker["model"] = model
+    _worker["engine"] = RecommendationEngine(SingleModel(model), None, serving)
+    _worker["serving"] = serving
+
+
+def _lists(start: int, stop: int, k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    from recsvc.engine.filters import FilterSpec
+
+    model, engine, serving = _worker["model"], _worker["engine"], _worker["serving"]
+    filters = FilterSpec(diversity=serving.default_diversity)
+    n = stop - start
+    items = np.full((n, k), -1, dtype=np.int32)
+    scores = np.zeros((n, k), dtype=np.float32)
+    reasons = np.full((n, k), -1, dtype=np.int32)
+    for i in range(n):
+        found = engine.trained_list(model, start + i, KIND_PRODUCT, k, filters)
+        if found is None or found[0].shape[0] < k:
+            continue  # cold start, or a list shorter than k: serving computes it live
+        items[i], scores[i], reasons[i] = found
+    return start, items, scores, reasons
+
+
+def compute(
+    bundle_dir: Path, serving: ServingSettings, ef_search: int, k: int, workers: int = 1, chunk: int = _CHUNK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(items, scores, reasons, params) for every member of the bundle at ``bundle_dir``, under
+    the ``serving`` settings and the efSearch serving gives HNSW indexes (``ef_search``, from
+    ``training.hnsw_ef_search``)."""
+    n_members = len(load_bundle(bundle_dir).members)
+    serving_json = serving.model_dump_json()
+    ranges = [(s, min(s + chunk, n_members), k) for s in range(0, n_members, chunk)]
+    items = np.full((n_members, k), -1, dtype=np.int32)
+    scores = np.zeros((n_members, k), dtype=np.float32)
+    reasons = np.full((n_members, k), -1, dtype=np.int32)
+
+    def put(part: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> None:
+        start, it, sc, re = part
+        items[start : start + it.shape[0]], scores[start : start + it.shape[0]] = it, sc
+        reasons[start : start + it.shape[0]] = re
+
+    if workers <= 1 or len(ranges) <= 1:
+        _load(str(bundle_dir), serving_json, ef_search)
+        try:
+            for r in ranges:
+                put(_lists(*r))
+            ef = _worker["model"].hnsw_ef_search
+        finally:
+            _worker.clear()
+    else:
+        # Spawned, not forked: the parent may hold FAISS/OpenMP and BLAS thread state.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_load,
+            initargs=(str(bundle_dir), serving_json, ef_search),
+        ) as pool:
+            for part in pool.map(_lists, *zip(*ranges, strict=True)):
+                put(part)
+        from recsvc.engine.served_model import ServedModel
+
+        probe = ServedModel.load(
+            bundle_dir, version="lists", source_uri=str(bundle_dir), hnsw_ef_search=ef_search
+        )
+        ef = probe.hnsw_ef_search
+    return items, scores, reasons, params_for(serving, k, ef)
+
+
+def for_settings(bundle_dir: Path, settings: Settings) -> dict[str, Any] | None:
+    """``add_to_bundle`` as the settings ask (``training.member_lists`` per member, on
+    ``training.num_threads`` processes, 0 = every core); None when they ask for none."""
+    t = settings.training
+    if not t.member_lists:
+        return None
+    workers = t.num_threads or os.cpu_count() or 1
+    return add_to_bundle(bundle_dir, settings.serving, t.hnsw_ef_search, t.member_lists, workers)
+
+
+def add_to_bundle(
+    bundle_dir: Path, serving: ServingSettings, ef_search: int, k: int, workers: int = 1, chunk: int = _CHUNK
+) -> dict[str, Any]:
+    """Compute the lists and write them into the bundle; returns what was done, for the logs."""
+    t0 = time.perf_counter()
+    items, scores, reasons, params = compute(bundle_dir, serving, ef_search, k, workers, chunk)
+    add_member_lists(bundle_dir, items, scores, reasons, params)
+    stored = int((items[:, 0] >= 0).sum())
+    info = {
+        "members": int(items.shape[0]),
+        "stored": stored,
+        "k": k,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    log.info("event=member_lists %s", " ".join(f"{key}={v}" for key, v in info.items()))
+    return info
