@@ -283,6 +283,17 @@ class ModelRegistry:
                     previous,
                     resolved.path,
                 )
+                if model.member_lists is not None:
+                    # Stored default lists made under other serving settings are never used.
+                    differ = model.member_lists.mismatches(self._settings.serving, model.hnsw_ef_search)
+                    log.log(
+                        logging.WARNING if differ else logging.INFO,
+                        "event=member_lists variant=%s k=%d used=%s differ=%s",
+                        v.name,
+                        model.member_lists.k,
+                        "no" if differ else "yes",
+                        ",".join(differ).replace(" ", ":") or "none",
+                    )
             self._models = new_models  # the atomic swap
             if errors and not results:
                 raise errors[0]

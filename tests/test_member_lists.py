@@ -208,3 +208,30 @@ def test_reindex_rebuilds_the_lists_or_drops_them(trained: Path, tmp_path: Path)
     assert not dropped.manifest.member_lists
     assert not any(name in dropped.arrays for name in MEMBER_LIST_ARRAYS)
     assert ServedModel(dropped, version="1", source_uri="x").member_lists is None
+
+
+def test_the_settings_that_keep_stored_lists_from_being_used_are_named(trained: Path) -> None:
+    model = ServedModel.load(trained, version="1", source_uri=str(trained))
+    lists = model.member_lists
+    assert lists is not None
+    assert lists.mismatches(load_settings().serving, model.hnsw_ef_search) == []
+    changed = load_settings(overrides={"serving": {"max_per_category": 2, "default_diversity": 0.5}}).serving
+    assert lists.mismatches(changed, model.hnsw_ef_search) == [
+        "default_diversity 0.5!=0.3",
+        "max_per_category 2!=0",
+    ]
+
+
+@pytest.mark.parametrize(("change", "used"), [({}, "yes"), ({"ann_candidates": 300}, "no")])
+def test_a_model_load_says_whether_its_stored_lists_will_be_used(
+    trained: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: dict[str, Any], used: str
+) -> None:
+    from recsvc.model_source import ModelRegistry, ModelResolver
+
+    serving = {"model_uri": str(trained), "bundle_cache_dir": str(tmp_path / "cache"), **change}
+    settings = load_settings(overrides={"serving": serving})
+    caplog.set_level("INFO", logger="recsvc.model_source")
+    ModelRegistry(settings, ModelResolver(settings)).reload()
+    lines = [r.getMessage() for r in caplog.records if "event=member_lists" in r.getMessage()]
+    assert len(lines) == 1 and f"k={K} used={used}" in lines[0], lines
+    assert ("ann_candidates:300!=100" in lines[0]) == (used == "no")

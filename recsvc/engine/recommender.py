@@ -4,7 +4,9 @@ Flow for a member: recent events from Redis (if it answers) -> member vector (bu
 recomputed from trained history + recent events, or none: cold start) -> candidates from the
 FAISS index of the requested kind -> vectorised filters, widening the candidate set when filters
 remove too many -> MMR -> reasons from the history item that contributed most. Cold start uses
-the bundle's popular lists for the member's segment and channel.
+the bundle's popular lists for the member's segment and channel. When the bundle stores the
+member's whole default list (training/member_lists.py) and the call is one it was made for, that
+list stands in for the search, filters, MMR and reason rows; recent events always compute live.
 
 Also implements ``RecommendationPort`` for in-process callers (outreach).
 """

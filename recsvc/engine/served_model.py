@@ -49,6 +49,17 @@ class MemberLists:
     ann_candidates: int
     hnsw_ef_search: int | None  # None: no HNSW index took part
 
+    def mismatches(self, serving: Any, hnsw_ef_search: int | None) -> list[str]:
+        """The serving settings (a ``ServingSettings``) that differ from the ones the lists were
+        computed with, as "name serving!=stored"; while any do, every call is computed live."""
+        pairs = (
+            ("default_diversity", serving.default_diversity, self.diversity),
+            ("max_per_category", serving.max_per_category, self.max_per_category),
+            ("ann_candidates", serving.ann_candidates, self.ann_candidates),
+            ("hnsw_ef_search", hnsw_ef_search, self.hnsw_ef_search),
+        )
+        return [f"{name} {mine}!={theirs}" for name, mine, theirs in pairs if mine != theirs]
+
     @classmethod
     def from_bundle(cls, bundle: LoadedBundle) -> MemberLists | None:
         p = bundle.manifest.member_lists
