@@ -235,3 +235,14 @@ def test_a_model_load_says_whether_its_stored_lists_will_be_used(
     lines = [r.getMessage() for r in caplog.records if "event=member_lists" in r.getMessage()]
     assert len(lines) == 1 and f"k={K} used={used}" in lines[0], lines
     assert ("ann_candidates:300!=100" in lines[0]) == (used == "no")
+
+
+def test_the_hnsw_search_setting_matters_only_when_an_index_is_hnsw() -> None:
+    import faiss
+
+    from recsvc.engine.served_model import hnsw_ef_in_use
+
+    flat = faiss.IndexIDMap(faiss.IndexFlatIP(8))
+    hnsw = faiss.IndexIDMap(faiss.IndexHNSWFlat(8, 16, faiss.METRIC_INNER_PRODUCT))
+    assert hnsw_ef_in_use([flat], 256) is None
+    assert hnsw_ef_in_use([flat, hnsw], 256) == 256

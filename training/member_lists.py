@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from recsvc.bundle import KIND_PRODUCT, add_member_lists, load_bundle
+from recsvc.engine.served_model import hnsw_ef_in_use
 from recsvc.settings import ServingSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,10 @@ def compute(
     """(items, scores, reasons, params) for every member of the bundle at ``bundle_dir``, under
     the ``serving`` settings and the efSearch serving gives HNSW indexes (``ef_search``, from
     ``training.hnsw_ef_search``)."""
-    n_members = len(load_bundle(bundle_dir).members)
+    bundle = load_bundle(bundle_dir)
+    n_members = len(bundle.members)
+    params = params_for(serving, k, hnsw_ef_in_use(bundle.indexes.values(), ef_search))
+    del bundle
     serving_json = serving.model_dump_json()
     ranges = [(s, min(s + chunk, n_members), k) for s in range(0, n_members, chunk)]
     items = np.full((n_members, k), -1, dtype=np.int32)
@@ -103,7 +107,6 @@ def compute(
         try:
             for r in ranges:
                 put(_lists(*r))
-            ef = _worker["model"].hnsw_ef_search
         finally:
             _worker.clear()
     else:
@@ -117,13 +120,7 @@ def compute(
         ) as pool:
             for part in pool.map(_lists, *zip(*ranges, strict=True)):
                 put(part)
-        from recsvc.engine.served_model import ServedModel
-
-        probe = ServedModel.load(
-            bundle_dir, version="lists", source_uri=str(bundle_dir), hnsw_ef_search=ef_search
-        )
-        ef = probe.hnsw_ef_search
-    return items, scores, reasons, params_for(serving, k, ef)
+    return items, scores, reasons, params
 
 
 def for_settings(bundle_dir: Path, settings: Settings) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ Nothing here runs per request over all items.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.settings import ServingSettings
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ class MemberLists:
     ann_candidates: int
     hnsw_ef_search: int | None  # None: no HNSW index took part
 
-    def mismatches(self, serving: Any, hnsw_ef_search: int | None) -> list[str]:
-        """The serving settings (a ``ServingSettings``) that differ from the ones the lists were
-        computed with, as "name serving!=stored"; while any do, every call is computed live."""
+    def mismatches(self, serving: ServingSettings, hnsw_ef_search: int | None) -> list[str]:
+        """The serving settings that differ from the ones the lists were computed with, as
+        "name serving!=stored"; while any do, every call is computed live."""
         pairs = (
             ("default_diversity", serving.default_diversity, self.diversity),
             ("max_per_category", serving.max_per_category, self.max_per_category),
@@ -182,7 +184,7 @@ class ServedModel:
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
         # The efSearch HNSW indexes search with here (None: no HNSW index): part of those settings.
-        self.hnsw_ef_search = hnsw_ef_search if any(_is_hnsw(i) for i in self.indexes.values()) else None
+        self.hnsw_ef_search = hnsw_ef_in_use(bundle.indexes.values(), hnsw_ef_search)
 
     @classmethod
     def load(
@@ -319,14 +321,19 @@ def _rows_ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
     return bool(rising.all())
 
 
-def _is_hnsw(index: Any) -> bool:
+def hnsw_ef_in_use(indexes: Iterable[Any], ef_search: int) -> int | None:
+    """``ef_search`` (the serving setting) when one of ``indexes`` is HNSW, else None: whether
+    the setting changes what a search returns."""
     import faiss
 
-    try:
-        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    except (AttributeError, RuntimeError):
-        return False
-    return hasattr(inner, "hnsw")
+    for index in indexes:
+        try:
+            inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+        except (AttributeError, RuntimeError):
+            continue
+        if hasattr(inner, "hnsw"):
+            return ef_search
+    return None
 
 
 def _tune_index(index: Any, ef_search: int) -> None:
