@@ -29,7 +29,7 @@ import numpy as np
 
 from recsvc.bundle import KIND_PRODUCT, add_member_lists, load_bundle
 from recsvc.engine.served_model import hnsw_ef_in_use
-from recsvc.settings import ServingSettings, Settings
+from recsvc.settings import ServingSettings, TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,13 @@ def compute(
     return items, scores, reasons, params
 
 
-def for_settings(bundle_dir: Path, settings: Settings) -> dict[str, Any] | None:
+def for_settings(bundle_dir: Path, t: TrainingSettings, serving: ServingSettings) -> dict[str, Any] | None:
     """``add_to_bundle`` as the settings ask (``training.member_lists`` per member, on
     ``training.num_threads`` processes, 0 = every core); None when they ask for none."""
-    t = settings.training
     if not t.member_lists:
         return None
     workers = t.num_threads or os.cpu_count() or 1
-    return add_to_bundle(bundle_dir, settings.serving, t.hnsw_ef_search, t.member_lists, workers)
+    return add_to_bundle(bundle_dir, serving, t.hnsw_ef_search, t.member_lists, workers)
 
 
 def add_to_bundle(

@@ -364,7 +364,7 @@ def run(
             lists_info = None
             if t.member_lists:  # a step of its own only when there is one
                 with steps.step("member lists"):
-                    lists_info = member_lists.for_settings(bundle_dir, settings)
+                    lists_info = member_lists.for_settings(bundle_dir, t, settings.serving)
 
             with steps.step("log to MLflow and register"):
                 ann_metrics = {

@@ -12,7 +12,6 @@ bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -51,11 +50,7 @@ def reindex(
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
     # Stored member lists came from the old index: dropped, and rebuilt when the settings ask.
     drop_member_lists(dst)
-    if t.member_lists:
-        workers = t.num_threads or os.cpu_count() or 1
-        member_lists.add_to_bundle(
-            dst, serving or ServingSettings(), t.hnsw_ef_search, t.member_lists, workers
-        )
+    member_lists.for_settings(dst, t, serving or ServingSettings())
     load_bundle(dst)  # the copy still loads
     return info
 
