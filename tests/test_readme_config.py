@@ -14,7 +14,7 @@ from recsvc.settings import Settings
 README = Path(__file__).resolve().parent.parent / "README.md"
 _NAME = re.compile(r"`(RECSVC_[A-Z0-9_]+?__[A-Z0-9_]+|__[A-Z0-9_]+)`")
 # Defaults written as words rather than values; the settings' default must be of that kind.
-_WORDS = {"unset": (None, "", [], {}), "shipped default": (None,)}
+_WORDS: dict[str, tuple[Any, ...]] = {"unset": (None, "", [], {}), "shipped default": (None,)}
 
 
 def _rows() -> list[tuple[list[tuple[str, str]], str]]:
