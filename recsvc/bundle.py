@@ -26,10 +26,6 @@ Layout (schema 1)::
     popular.parquet          segment, channel, kind, rank, item_id, score   ("all" = any)
     index_product.faiss      FAISS index ranking product rows by inner product (ids = item rows)
     index_content.faiss      the same over content rows
-    member_top_product.npy   optional: int32 [members, N], each member's first N products by the
-                             product index (the search serving would make), leaving out the
-                             member's trained purchases and out-of-stock products; -1 pads.
-                             Serving answers default-filter product calls from it (no search).
     member_list_{item,score,reason}.npy   optional, together: int32 / float32 / int32
                              [members, K]: each member's whole default product list of K
                              (items, scores, the history row each reason names, -1 = none),
@@ -82,8 +78,8 @@ _ARRAYS = (
     "purchased_indptr",
     "purchased_indices",
 )
-# Arrays a bundle may hold; serving works without them (training.candidates writes these).
-_OPTIONAL_ARRAYS = ("member_top_product", "member_list_item", "member_list_score", "member_list_reason")
+# Arrays a bundle may hold; serving works without them (training/member_lists.py writes these).
+_OPTIONAL_ARRAYS = ("member_list_item", "member_list_score", "member_list_reason")
 # The stored default lists (training/member_lists.py): all three or none, each [members, K].
 MEMBER_LIST_ARRAYS = {
     "member_list_item": np.int32,
@@ -140,8 +136,6 @@ class BundleContents:
     popular: pd.DataFrame
     # FAISS indexes by kind name ("product", "content"); written with faiss.write_index.
     indexes: dict[str, Any] = field(default_factory=dict)
-    # Optional: int32 [members, N] precomputed product candidates (training/candidates.py).
-    member_top_product: np.ndarray | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -157,11 +151,6 @@ class BundleContents:
             (self.purchased.shape == (n_m, n_i), f"purchased {self.purchased.shape} != {(n_m, n_i)}"),
             (len(self.item_titles) == n_i, "item_titles length != items"),
         ]
-        if self.member_top_product is not None:
-            top = self.member_top_product
-            checks.append(
-                (top.ndim == 2 and top.shape[0] == n_m, f"member_top_product {top.shape}: rows != members")
-            )
         for arr_name in (
             "item_kind",
             "item_category",
@@ -197,8 +186,6 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
         "item_in_stock": np.asarray(contents.item_in_stock, dtype=bool),
         "item_published_at": np.asarray(contents.item_published_at, dtype=np.int64),
     }
-    if contents.member_top_product is not None:
-        arrays["member_top_product"] = np.asarray(contents.member_top_product, dtype=np.int32)
     for prefix, m in (("history", contents.history.tocsr()), ("purchased", contents.purchased.tocsr())):
         m.sort_indices()
         arrays[f"{prefix}_indptr"] = m.indptr.astype(np.int64)
@@ -321,12 +308,6 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     )
     if arrays["member_factors"].shape[0] != len(members) or arrays["item_factors"].shape[0] != len(items):
         raise BundleError(f"bundle {bundle_dir} is inconsistent: factor rows do not match id maps")
-    top = arrays.get("member_top_product")
-    if top is not None and (top.ndim != 2 or top.shape[0] != len(members) or top.dtype != np.int32):
-        raise BundleError(
-            f"bundle {bundle_dir} is inconsistent: member_top_product is {top.dtype} {top.shape}, "
-            f"expected int32 ({len(members)}, N)"
-        )
     _check_member_lists(bundle_dir, manifest, arrays, len(members))
     return bundle
 

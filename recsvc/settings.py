@@ -89,15 +89,6 @@ class TrainingSettings(_Section):
     ann_recall_margin: float = Field(0.005, ge=0, le=0.05)
     ann_max_ef_search: int = Field(2048, ge=16)
     ann_queries: int = Field(2000, ge=10, description="member vectors used to measure ANN recall")
-    member_candidates: int = Field(
-        0,
-        ge=0,
-        le=1000,
-        description="precomputed first products per member in the bundle (training/candidates.py): "
-        "default-filter product calls with k up to a quarter of this skip the search; costs 4 bytes "
-        "per candidate and member, mapped in every server process; 0 = none (docs/benchmarks.md, "
-        "session 6: cheaper calls, no better tail at 1,000 req/s)",
-    )
     member_lists: int = Field(
         20,
         ge=0,

@@ -388,27 +388,3 @@ def test_reindex_rebuilds_the_indexes_of_a_copy(tmp_path) -> None:  # type: igno
     assert copy.manifest.bundle_id == load_bundle(src).manifest.bundle_id + "-reindexed"
     assert copy.manifest.index == info and set(copy.indexes) == {"product", "content"}
     assert main([str(src), str(tmp_path / "dst")]) == 2  # never overwrites
-    assert "member_top_product" not in copy.arrays  # off by default
-
-
-def test_reindex_adds_member_candidates_built_on_the_new_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bundle_factory import make_bundle
-
-    from recsvc.bundle import KIND_PRODUCT, load_bundle
-    from recsvc.settings import load_settings
-    from training.reindex import reindex
-
-    planted = make_bundle(tmp_path / "src")
-    t = load_settings(overrides={"training": {"exact_index_below": 10_000, "member_candidates": 8}}).training
-    reindex(planted.path, tmp_path / "dst", t)
-    copy = load_bundle(tmp_path / "dst")
-    top = copy.arrays["member_top_product"]
-    assert top.shape == (len(copy.members), 8)
-    kinds = np.asarray(copy.arrays["item_kind"])
-    for member in planted.warm_members()[:5]:
-        row = copy.members.row(member)
-        ids = [copy.items.id(int(r)) for r in top[row] if r >= 0]
-        assert ids and all(kinds[copy.items.row(i)] == KIND_PRODUCT for i in ids)
-        assert not set(ids) & (set(planted.purchased.get(member, [])) | planted.out_of_stock)
-        # the planted clusters: a member's best products are their own cluster's
-        assert {planted.item_cluster[i] for i in ids[:3]} == {planted.member_cluster[member]}

@@ -61,7 +61,6 @@ def assemble(
     metrics: dict[str, float],
     counts: dict[str, int],
     extra: dict[str, Any],
-    member_top_product: np.ndarray | None = None,
 ) -> BundleContents:
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -98,7 +97,6 @@ def assemble(
         segments=segments,
         popular=popular,
         indexes=indexes,
-        member_top_product=member_top_product,
     )
 
 

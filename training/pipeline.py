@@ -36,7 +36,6 @@ from recsvc.settings import Settings
 from training import (
     ann,
     assemble,
-    candidates,
     evaluate,
     gate,
     member_lists,
@@ -319,12 +318,6 @@ def run(
                     final.item_factors, prepared.item_kind, final.member_factors, t
                 )
             served_purchases = purchased_matrix(served_events, shape)
-            member_top = None
-            if t.member_candidates:  # a step of its own only when there is one
-                with steps.step("member candidates"):
-                    member_top = candidates.for_settings(
-                        indexes, final.member_factors, served_purchases, prepared.item_in_stock, t
-                    )
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)
             counts |= {f"segment.{s}": int(n) for s, n in zip(LIFECYCLE_STAGES, segment_counts, strict=True)}
@@ -347,7 +340,6 @@ def run(
                     index_info=index_info,
                     metrics=metrics,
                     counts=counts,
-                    member_top_product=member_top,
                     extra={
                         "holdout": window,
                         "gate_metric": gate.GATE_METRIC,

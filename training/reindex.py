@@ -1,8 +1,7 @@
 """Rebuild a bundle's FAISS indexes on its own factors with the current ANN code and settings,
-into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``. The members' precomputed
-product candidates (training/candidates.py) are rebuilt on the new index too (or dropped when
-``training.member_candidates`` is 0), so a bundle from before them gains them this way; so are
-the stored member lists (training/member_lists.py; dropped when ``training.member_lists`` is 0).
+into a copy: ``python -m training.reindex SRC_BUNDLE DST_BUNDLE``. The stored member lists
+(training/member_lists.py) are rebuilt on the new index too (dropped when ``training.member_lists``
+is 0).
 
 For measuring an index change without a new training run (docs/benchmarks.md: the 1M x 64-factor
 bundle after the nprobe bisection). The copy gets the bundle id ``<id>-reindexed`` and the new
@@ -20,7 +19,7 @@ import numpy as np
 
 from recsvc.bundle import drop_member_lists, load_bundle
 from recsvc.settings import ServingSettings, TrainingSettings, load_settings
-from training import ann, candidates, member_lists
+from training import ann, member_lists
 
 
 def reindex(
@@ -28,7 +27,7 @@ def reindex(
 ) -> dict[str, object]:
     import faiss
 
-    source = load_bundle(src)  # refuses anything that is not a readable bundle
+    load_bundle(src)  # refuses anything that is not a readable bundle
     shutil.copytree(src, dst)
     item_factors = np.load(dst / "item_factors.npy")
     member_factors = np.load(dst / "member_factors.npy", mmap_mode="r")
@@ -37,13 +36,8 @@ def reindex(
         old.unlink()
     for kind, index in indexes.items():
         faiss.write_index(index, str(dst / f"index_{kind}.faiss"))
-    top_path = dst / "member_top_product.npy"
-    top_path.unlink(missing_ok=True)
-    top = candidates.for_settings(
-        indexes, member_factors, source.purchased, source.arrays["item_in_stock"], t
-    )
-    if top is not None:
-        np.save(top_path, top)
+    # Precomputed candidates of older bundles: serving no longer reads them.
+    (dst / "member_top_product.npy").unlink(missing_ok=True)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["index"] = info
     manifest["bundle_id"] = f"{manifest['bundle_id']}-reindexed"

@@ -122,7 +122,7 @@ class RecommendationEngine:
             if trained is not None:
                 stored = self._stored_list(model, row, kind, k, filters)
                 if stored is None:
-                    early = self._first_search(model, row, trained, kind, k, filters, trained_bought.shape[0])
+                    early = self._first_search(model, trained, kind, k, filters, trained_bought.shape[0])
         finally:
             activity = pending.result() if pending is not None else None
 
@@ -213,7 +213,7 @@ class RecommendationEngine:
             return None
         hist_rows, hist_w = model.history(row)
         bought = model.purchased_rows(row)
-        first = self._first_search(model, row, vector, kind, k, filters, bought.shape[0])
+        first = self._first_search(model, vector, kind, k, filters, bought.shape[0])
         excluded = self._excluded_rows(model, filters, bought, bought_sorted=model.purchased_sorted)
         picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=first)
         because = self._reason_rows(model, picks, hist_rows, hist_w, _NO_ROWS, _NO_WEIGHTS)
@@ -226,27 +226,12 @@ class RecommendationEngine:
         return pool_size, n
 
     def _first_search(
-        self,
-        model: ServedModel,
-        row: int | None,
-        vector: np.ndarray,
-        kind: int,
-        k: int,
-        filters: FilterSpec,
-        bought: int,
+        self, model: ServedModel, vector: np.ndarray, kind: int, k: int, filters: FilterSpec, bought: int
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """The first candidates for the member's trained vector, before their recent events are
-        known: the bundle's precomputed ones when the filters are those they were made for (in
-        stock, purchases excluded) and there are enough for the MMR pool, else a search. The
-        precomputed list is the search's own first rows minus what those filters drop, so both
-        give the same pool; a list the other filters thin out is widened by a search as usual."""
+        """The first candidates for the member's trained vector, searched before their recent
+        events are known (the Redis round trip overlaps it)."""
         excluded = bought + len(filters.exclude_item_ids)
-        pool_size, n = self._candidates(k, excluded)
-        if row is not None and filters.in_stock_only and filters.exclude_purchased:
-            top = model.top_candidates(row, kind)
-            if top is not None and top.shape[0] >= pool_size:
-                scores = model.item_factors[top].dot(vector)
-                return top.astype(np.int64), scores.astype(np.float32, copy=False), top.shape[0]
+        _, n = self._candidates(k, excluded)
         rows, scores = self._search(model, vector, kind, n)
         return rows, scores, n
 

@@ -173,12 +173,6 @@ class ServedModel:
             if info.get("type") == INDEX_L2_AUGMENTED:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
-        # Each member's first products by the index, without trained purchases and out-of-stock
-        # products (bundle.py, member_top_product): a default-filter product call starts from
-        # these instead of a search. Absent in bundles trained without them.
-        self.member_top: dict[int, np.ndarray] = {}
-        if "member_top_product" in a:
-            self.member_top[KIND_PRODUCT] = a["member_top_product"]
         self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
@@ -214,15 +208,6 @@ class ServedModel:
     def history(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
         return np.asarray(self.history_indices[lo:hi]), np.asarray(self.history_data[lo:hi])
-
-    def top_candidates(self, row: int, kind: int) -> np.ndarray | None:
-        """The member's precomputed candidates of ``kind`` (item rows, best first), or None when
-        the bundle has none for that kind."""
-        top = self.member_top.get(kind)
-        if top is None:
-            return None
-        rows = top[row]
-        return rows[rows >= 0]
 
     def purchased_rows(self, row: int) -> np.ndarray:
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
