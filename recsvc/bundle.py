@@ -41,16 +41,17 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recsvc.errors import BundleError
 from recsvc.idmap import IdMap
 from recsvc.mapped import load_array
+from recsvc.settings import ServingSettings
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -88,6 +89,50 @@ MEMBER_LIST_ARRAYS = {
 }
 
 
+class StoredListSpec(BaseModel):
+    """What the stored member lists (training/member_lists.py) were computed for: the page size,
+    the item kind and the serving settings that shape a list. It records itself in the manifest,
+    and it is the one place that decides whether a server's settings (``mismatches``) and a call
+    (``covers``) may use the lists; anything it does not cover is computed live."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int = Field(ge=1)
+    kind: Literal["product"] = "product"
+    diversity: float
+    max_per_category: int
+    ann_candidates: int
+    hnsw_ef_search: int | None = None  # None: no HNSW index took part
+
+    @classmethod
+    def for_serving(cls, serving: ServingSettings, k: int, hnsw_ef_search: int | None) -> StoredListSpec:
+        return cls(
+            k=k,
+            diversity=serving.default_diversity,
+            max_per_category=serving.max_per_category,
+            ann_candidates=serving.ann_candidates,
+            hnsw_ef_search=hnsw_ef_search,
+        )
+
+    def mismatches(self, serving: ServingSettings, hnsw_ef_search: int | None) -> list[str]:
+        """The serving settings that differ from the recorded ones, as "name serving!=stored";
+        while any do, the lists are not used. ``default_k`` counts: lists of another length than
+        the default page would only serve callers who happen to ask for that length."""
+        pairs = (
+            ("default_k", serving.default_k, self.k),
+            ("default_diversity", serving.default_diversity, self.diversity),
+            ("max_per_category", serving.max_per_category, self.max_per_category),
+            ("ann_candidates", serving.ann_candidates, self.ann_candidates),
+            ("hnsw_ef_search", hnsw_ef_search, self.hnsw_ef_search),
+        )
+        return [f"{name} {mine}!={theirs}" for name, mine, theirs in pairs if mine != theirs]
+
+    def covers(self, kind: int, k: int, default_filters: bool, diversity: float) -> bool:
+        """Whether a call (item kind code, k, filters all default, diversity) is the one the
+        lists answer."""
+        return kind == KIND_PRODUCT and k == self.k and default_filters and diversity == self.diversity
+
+
 class Manifest(BaseModel):
     """What a bundle is, where it came from, and how well it did."""
 
@@ -106,9 +151,13 @@ class Manifest(BaseModel):
     counts: dict[str, int] = {}
     segments: list[str] = list(LIFECYCLE_STAGES)
     index: dict[str, Any] = {}
-    # The serving settings the stored default lists were computed with ({} = no lists):
-    # k, kind, diversity, max_per_category, ann_candidates, hnsw_ef_search.
-    member_lists: dict[str, Any] = {}
+    # What the stored default lists were computed for (None = no lists).
+    member_lists: StoredListSpec | None = None
+
+    @field_validator("member_lists", mode="before")
+    @classmethod
+    def _no_lists(cls, value: Any) -> Any:
+        return value or None  # bundles record "no lists" as {}
 
 
 @dataclass
@@ -316,14 +365,14 @@ def _check_member_lists(
     bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
 ) -> None:
     present = [name for name in MEMBER_LIST_ARRAYS if name in arrays]
-    if not present and not manifest.member_lists:
+    if not present and manifest.member_lists is None:
         return
-    k = manifest.member_lists.get("k")
+    k = manifest.member_lists.k if manifest.member_lists is not None else None
     problems = []
     if len(present) != len(MEMBER_LIST_ARRAYS):
         problems.append(f"has {present or 'none'} of {list(MEMBER_LIST_ARRAYS)}")
-    if not isinstance(k, int) or k < 1:
-        problems.append(f"manifest member_lists.k is {k!r}")
+    if k is None:
+        problems.append("the manifest records no member_lists")
     for name in present:
         arr, want = arrays[name], np.dtype(MEMBER_LIST_ARRAYS[name])
         if arr.dtype != want or arr.shape != (n_members, k):
@@ -333,7 +382,7 @@ def _check_member_lists(
 
 
 def add_member_lists(
-    bundle_dir: Path, items: np.ndarray, scores: np.ndarray, reasons: np.ndarray, params: dict[str, Any]
+    bundle_dir: Path, items: np.ndarray, scores: np.ndarray, reasons: np.ndarray, spec: StoredListSpec
 ) -> None:
     """Add the stored default lists (training/member_lists.py) to a written bundle, replacing any,
     and check that the bundle still loads."""
@@ -341,7 +390,7 @@ def add_member_lists(
     arrays = {"member_list_item": items, "member_list_score": scores, "member_list_reason": reasons}
     for name, arr in arrays.items():
         np.save(bundle_dir / f"{name}.npy", np.ascontiguousarray(arr, dtype=MEMBER_LIST_ARRAYS[name]))
-    manifest.member_lists = dict(params)
+    manifest.member_lists = spec
     (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     load_bundle(bundle_dir)
 
@@ -351,6 +400,6 @@ def drop_member_lists(bundle_dir: Path) -> None:
     manifest = read_manifest(bundle_dir)
     for name in MEMBER_LIST_ARRAYS:
         (bundle_dir / f"{name}.npy").unlink(missing_ok=True)
-    if manifest.member_lists:
-        manifest.member_lists = {}
+    if manifest.member_lists is not None:
+        manifest.member_lists = None
         (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))

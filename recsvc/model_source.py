@@ -285,7 +285,7 @@ class ModelRegistry:
                 )
                 if model.member_lists is not None:
                     # Stored default lists made under other serving settings are never used.
-                    differ = model.member_lists.mismatches(self._settings.serving, model.hnsw_ef_search)
+                    differ = model.member_lists.spec.mismatches(self._settings.serving, model.hnsw_ef_search)
                     log.log(
                         logging.WARNING if differ else logging.INFO,
                         "event=member_lists variant=%s k=%d used=%s differ=%s",

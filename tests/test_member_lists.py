@@ -21,11 +21,17 @@ from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import BundleError
 from recsvc.realtime import RealtimeStore, make_redis_client
-from recsvc.settings import RedisSettings, ServingSettings, load_settings
+from recsvc.settings import RedisSettings, ServingSettings, Settings, load_settings
 from training import member_lists
 from training.reindex import reindex
 
 K = 10
+
+
+def _settings(serving: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Settings:
+    """Settings whose default page is the stored lists' length (K), plus ``serving`` changes."""
+    serving = {"default_k": K, **(serving or {})}
+    return load_settings(overrides={"serving": serving, "training": training or {}})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def _pair(
 
 
 def test_every_stored_list_is_the_response_serving_computes(trained: Path) -> None:
-    serving = load_settings().serving
+    serving = _settings().serving
     fast, slow, searches = _pair(trained, serving)
     default = FilterSpec(diversity=serving.default_diversity)
     model = load_bundle(trained)
@@ -105,7 +111,7 @@ def test_every_stored_list_is_the_response_serving_computes(trained: Path) -> No
 def test_calls_the_lists_were_not_made_for_are_computed_live(
     trained: Path, k: int, filters: FilterSpec
 ) -> None:
-    fast, slow, searches = _pair(trained, load_settings().serving)
+    fast, slow, searches = _pair(trained, _settings().serving)
     model = load_bundle(trained)
     rows = np.flatnonzero(model.arrays["member_list_item"][:, 0] >= 0)[:15]
     for row in rows.tolist():
@@ -123,7 +129,7 @@ def test_calls_the_lists_were_not_made_for_are_computed_live(
 def test_other_serving_settings_do_not_use_lists_made_under_different_ones(
     trained: Path, change: dict[str, Any]
 ) -> None:
-    serving = load_settings(overrides={"serving": change}).serving
+    serving = _settings(change).serving
     fast, slow, searches = _pair(trained, serving)
     default = FilterSpec(diversity=serving.default_diversity)
     model = load_bundle(trained)
@@ -150,7 +156,7 @@ def store(redis_url: str) -> Iterator[RealtimeStore]:
 def test_a_member_with_recent_events_is_computed_live_and_never_gets_a_bought_item(
     trained: Path, store: RealtimeStore
 ) -> None:
-    serving = load_settings().serving
+    serving = _settings().serving
     model = ServedModel.load(trained, version="1", source_uri=str(trained))
     engine = RecommendationEngine(SingleModel(model), store, serving)
     default = FilterSpec(diversity=serving.default_diversity)
@@ -167,13 +173,13 @@ def test_a_member_with_recent_events_is_computed_live_and_never_gets_a_bought_it
 
 
 def test_lists_computed_in_several_processes_are_the_same(trained: Path) -> None:
-    serving = load_settings().serving
-    items, scores, reasons, params = member_lists.compute(trained, serving, 128, K, workers=2, chunk=80)
+    serving = _settings().serving
+    items, scores, reasons, spec = member_lists.compute(trained, serving, 128, K, workers=2, chunk=80)
     stored = load_bundle(trained)
     assert np.array_equal(items, stored.arrays["member_list_item"])
     assert np.array_equal(scores, stored.arrays["member_list_score"])
     assert np.array_equal(reasons, stored.arrays["member_list_reason"])
-    assert params == stored.manifest.member_lists
+    assert spec == stored.manifest.member_lists
 
 
 @pytest.mark.parametrize(
@@ -197,15 +203,15 @@ def test_malformed_stored_lists_are_a_named_bundle_error(
 
 
 def test_reindex_rebuilds_the_lists_or_drops_them(trained: Path, tmp_path: Path) -> None:
-    settings = load_settings(overrides={"training": {"member_lists": K}})
+    settings = _settings(training={"member_lists": K})
     reindex(trained, tmp_path / "with", settings.training, settings.serving)
     again = load_bundle(tmp_path / "with")
-    assert again.manifest.member_lists["k"] == K
+    assert again.manifest.member_lists is not None and again.manifest.member_lists.k == K
     assert again.arrays["member_list_item"].shape == (len(again.members), K)
-    off = load_settings(overrides={"training": {"member_lists": 0}})
+    off = _settings(training={"member_lists": 0})
     reindex(trained, tmp_path / "without", off.training, off.serving)
     dropped = load_bundle(tmp_path / "without")
-    assert not dropped.manifest.member_lists
+    assert dropped.manifest.member_lists is None
     assert not any(name in dropped.arrays for name in MEMBER_LIST_ARRAYS)
     assert ServedModel(dropped, version="1", source_uri="x").member_lists is None
 
@@ -214,27 +220,39 @@ def test_the_settings_that_keep_stored_lists_from_being_used_are_named(trained: 
     model = ServedModel.load(trained, version="1", source_uri=str(trained))
     lists = model.member_lists
     assert lists is not None
-    assert lists.mismatches(load_settings().serving, model.hnsw_ef_search) == []
-    changed = load_settings(overrides={"serving": {"max_per_category": 2, "default_diversity": 0.5}}).serving
-    assert lists.mismatches(changed, model.hnsw_ef_search) == [
+    assert lists.spec.mismatches(_settings().serving, model.hnsw_ef_search) == []
+    changed = _settings({"max_per_category": 2, "default_diversity": 0.5}).serving
+    assert lists.spec.mismatches(changed, model.hnsw_ef_search) == [
         "default_diversity 0.5!=0.3",
         "max_per_category 2!=0",
     ]
 
 
-@pytest.mark.parametrize(("change", "used"), [({}, "yes"), ({"ann_candidates": 300}, "no")])
+@pytest.mark.parametrize(
+    ("change", "used", "named"),
+    [
+        ({}, "yes", ""),
+        ({"ann_candidates": 300}, "no", "ann_candidates:300!=100"),
+        ({"default_k": K + 10}, "no", f"default_k:{K + 10}!={K}"),  # lists of another page size
+    ],
+)
 def test_a_model_load_says_whether_its_stored_lists_will_be_used(
-    trained: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: dict[str, Any], used: str
+    trained: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, Any],
+    used: str,
+    named: str,
 ) -> None:
     from recsvc.model_source import ModelRegistry, ModelResolver
 
     serving = {"model_uri": str(trained), "bundle_cache_dir": str(tmp_path / "cache"), **change}
-    settings = load_settings(overrides={"serving": serving})
+    settings = _settings(serving)
     caplog.set_level("INFO", logger="recsvc.model_source")
     ModelRegistry(settings, ModelResolver(settings)).reload()
     lines = [r.getMessage() for r in caplog.records if "event=member_lists" in r.getMessage()]
     assert len(lines) == 1 and f"k={K} used={used}" in lines[0], lines
-    assert ("ann_candidates:300!=100" in lines[0]) == (used == "no")
+    assert (named or "differ=none") in lines[0]
 
 
 def test_the_hnsw_search_setting_matters_only_when_an_index_is_hnsw() -> None:

@@ -27,25 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bundle import KIND_PRODUCT, add_member_lists, load_bundle
+from recsvc.bundle import KIND_PRODUCT, StoredListSpec, add_member_lists, load_bundle
 from recsvc.engine.served_model import hnsw_ef_in_use
 from recsvc.settings import ServingSettings, TrainingSettings
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 20_000  # members per task
-
-
-def params_for(serving: ServingSettings, k: int, hnsw_ef_search: int | None) -> dict[str, Any]:
-    """What the bundle records next to the lists: the settings serving must have to use them."""
-    return {
-        "k": k,
-        "kind": "product",
-        "diversity": serving.default_diversity,
-        "max_per_category": serving.max_per_category,
-        "ann_candidates": serving.ann_candidates,
-        "hnsw_ef_search": hnsw_ef_search,
-    }
 
 
 _worker: dict[str, Any] = {}
@@ -83,13 +71,13 @@ def _lists(start: int, stop: int, k: int) -> tuple[int, np.ndarray, np.ndarray, 
 
 def compute(
     bundle_dir: Path, serving: ServingSettings, ef_search: int, k: int, workers: int = 1, chunk: int = _CHUNK
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(items, scores, reasons, params) for every member of the bundle at ``bundle_dir``, under
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, StoredListSpec]:
+    """(items, scores, reasons, spec) for every member of the bundle at ``bundle_dir``, under
     the ``serving`` settings and the efSearch serving gives HNSW indexes (``ef_search``, from
     ``training.hnsw_ef_search``)."""
     bundle = load_bundle(bundle_dir)
     n_members = len(bundle.members)
-    params = params_for(serving, k, hnsw_ef_in_use(bundle.indexes.values(), ef_search))
+    spec = StoredListSpec.for_serving(serving, k, hnsw_ef_in_use(bundle.indexes.values(), ef_search))
     del bundle
     serving_json = serving.model_dump_json()
     ranges = [(s, min(s + chunk, n_members), k) for s in range(0, n_members, chunk)]
@@ -120,7 +108,7 @@ def compute(
         ) as pool:
             for part in pool.map(_lists, *zip(*ranges, strict=True)):
                 put(part)
-    return items, scores, reasons, params
+    return items, scores, reasons, spec
 
 
 def for_settings(bundle_dir: Path, t: TrainingSettings, serving: ServingSettings) -> dict[str, Any] | None:
@@ -128,6 +116,13 @@ def for_settings(bundle_dir: Path, t: TrainingSettings, serving: ServingSettings
     ``training.num_threads`` processes, 0 = every core); None when they ask for none."""
     if not t.member_lists:
         return None
+    if t.member_lists != serving.default_k:
+        log.warning(
+            "event=member_lists_unused k=%d default_k=%d: lists of another length than serving's "
+            "default page are never read (serving.default_k or training.member_lists)",
+            t.member_lists,
+            serving.default_k,
+        )
     workers = t.num_threads or os.cpu_count() or 1
     return add_to_bundle(bundle_dir, serving, t.hnsw_ef_search, t.member_lists, workers)
 
@@ -137,8 +132,8 @@ def add_to_bundle(
 ) -> dict[str, Any]:
     """Compute the lists and write them into the bundle; returns what was done, for the logs."""
     t0 = time.perf_counter()
-    items, scores, reasons, params = compute(bundle_dir, serving, ef_search, k, workers, chunk)
-    add_member_lists(bundle_dir, items, scores, reasons, params)
+    items, scores, reasons, spec = compute(bundle_dir, serving, ef_search, k, workers, chunk)
+    add_member_lists(bundle_dir, items, scores, reasons, spec)
     stored = int((items[:, 0] >= 0).sum())
     info = {
         "members": int(items.shape[0]),

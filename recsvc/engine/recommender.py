@@ -14,6 +14,7 @@ Also implements ``RecommendationPort`` for in-process callers (outreach).
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ import numpy as np
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
-from recsvc.engine.served_model import KIND_CODES, ServedModel
+from recsvc.engine.served_model import KIND_CODES, MemberLists, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.realtime import RealtimeStore, event_weights_by_item, recalculate_member
 from recsvc.settings import ServingSettings
@@ -95,6 +96,7 @@ class RecommendationEngine:
         # Members erased since the bundle was trained (recsvc.security.erasure.ForgottenMembers):
         # served like unknown members, never from their trained vector or history.
         self.forgotten: Container[str] = frozenset()
+        self._usable_lists: weakref.WeakKeyDictionary[MemberLists, bool] = weakref.WeakKeyDictionary()
 
     # ---- members ---------------------------------------------------------------------------
     def recommend(
@@ -181,25 +183,29 @@ class RecommendationEngine:
         self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The member's stored default list (items, scores, reason rows) when the bundle has one
-        made for exactly this call: same kind and k, default filters, and the serving settings
-        it was computed with. The caller drops it when the member has recent events."""
+        that this server's settings may use and that covers this call (``StoredListSpec``). The
+        caller drops it when the member has recent events."""
         lists = model.member_lists
         if (
             lists is None
             or row is None
-            or kind != lists.kind
-            or k != lists.k
-            or not filters.only_defaults
-            or filters.diversity != lists.diversity
-            or self._settings.max_per_category != lists.max_per_category
-            or self._settings.ann_candidates != lists.ann_candidates
-            or model.hnsw_ef_search != lists.hnsw_ef_search
+            or not lists.spec.covers(kind, k, filters.only_defaults, filters.diversity)
+            or not self._lists_usable(lists, model)
         ):
             return None
         items = lists.items[row]
         if items[0] < 0:
             return None
         return items, lists.scores[row], lists.reasons[row]
+
+    def _lists_usable(self, lists: MemberLists, model: ServedModel) -> bool:
+        """Whether this engine's serving settings are the ones ``lists`` were made under; decided
+        once per loaded bundle, not per call."""
+        usable = self._usable_lists.get(lists)
+        if usable is None:
+            usable = not lists.spec.mismatches(self._settings, model.hnsw_ef_search)
+            self._usable_lists[lists] = usable
+        return usable
 
     def trained_list(
         self, model: ServedModel, row: int, kind: int, k: int, filters: FilterSpec

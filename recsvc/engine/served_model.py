@@ -24,10 +24,10 @@ from recsvc.bundle import (
     KIND_NAMES,
     KIND_PRODUCT,
     LoadedBundle,
+    StoredListSpec,
     load_bundle,
 )
 from recsvc.engine import kernels
-from recsvc.settings import ServingSettings
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -36,49 +36,31 @@ KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MemberLists:
     """Each member's stored default product list (bundle ``member_list_*``, training/member_lists.py)
-    and the serving settings it was computed with."""
+    and what it was computed for (``spec``: the one judge of when it may be used)."""
 
     items: np.ndarray  # int32 [members, k]; -1 in column 0 = no stored list for the member
     scores: np.ndarray  # float32 [members, k]
     reasons: np.ndarray  # int32 [members, k]: the history row each reason names, -1 = none
-    k: int
-    kind: int
-    diversity: float
-    max_per_category: int
-    ann_candidates: int
-    hnsw_ef_search: int | None  # None: no HNSW index took part
+    spec: StoredListSpec
 
-    def mismatches(self, serving: ServingSettings, hnsw_ef_search: int | None) -> list[str]:
-        """The serving settings that differ from the ones the lists were computed with, as
-        "name serving!=stored"; while any do, every call is computed live."""
-        pairs = (
-            ("default_diversity", serving.default_diversity, self.diversity),
-            ("max_per_category", serving.max_per_category, self.max_per_category),
-            ("ann_candidates", serving.ann_candidates, self.ann_candidates),
-            ("hnsw_ef_search", hnsw_ef_search, self.hnsw_ef_search),
-        )
-        return [f"{name} {mine}!={theirs}" for name, mine, theirs in pairs if mine != theirs]
+    @property
+    def k(self) -> int:
+        return self.spec.k
 
     @classmethod
     def from_bundle(cls, bundle: LoadedBundle) -> MemberLists | None:
-        p = bundle.manifest.member_lists
-        if not p:
+        spec = bundle.manifest.member_lists
+        if spec is None:
             return None
         a = bundle.arrays
-        ef = p.get("hnsw_ef_search")
         return cls(
             items=a["member_list_item"],
             scores=a["member_list_score"],
             reasons=a["member_list_reason"],
-            k=int(p["k"]),
-            kind=KIND_CODES.get(str(p.get("kind", "product")), 0),
-            diversity=float(p["diversity"]),
-            max_per_category=int(p["max_per_category"]),
-            ann_candidates=int(p["ann_candidates"]),
-            hnsw_ef_search=None if ef is None else int(ef),
+            spec=spec,
         )
 
 
