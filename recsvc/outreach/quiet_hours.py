@@ -11,6 +11,11 @@ from zoneinfo import ZoneInfo
 
 from recsvc.outreach.policy import QuietHours
 
+# The instants datetime can convert with room for a day and any zone offset on either side.
+# The throttle clamps stored times long before they get here; this keeps the functions total.
+EARLIEST_MS = int(datetime(1, 1, 3, tzinfo=UTC).timestamp() * 1000)
+LATEST_MS = int(datetime(9999, 12, 29, tzinfo=UTC).timestamp() * 1000)
+
 
 def _in_window(minute: int, start: int, end: int) -> bool:
     if start == end:
@@ -25,7 +30,10 @@ def quiet_until_ms(now_ms: int, zone: ZoneInfo, quiet: QuietHours) -> int:
 
     The end is a local wall-clock time (e.g. 09:00) on the right local date, converted back to UTC
     by zoneinfo, so the UTC instant moves by an hour across a DST change as it should.
+    Never raises: an instant datetime cannot convert (outside EARLIEST_MS..LATEST_MS) is not quiet.
     """
+    if not EARLIEST_MS <= now_ms <= LATEST_MS:
+        return 0
     start, end = quiet.minutes()
     local = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(zone)
     minute = local.hour * 60 + local.minute
