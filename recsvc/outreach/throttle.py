@@ -31,7 +31,7 @@ from recsvc.outreach import metrics
 from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
-from recsvc.outreach.quiet_hours import first_allowed_ms, quiet_until_ms
+from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +331,7 @@ class Throttle:
         only the reported time is clamped, and the stored state expires with its key's TTL."""
         now = self.now_ms()
         horizon = now + max(policy.state_ttl_ms, policy.sends_ttl_ms) + DAY_MS + MAX_FUTURE_MS
+        horizon = min(horizon, LATEST_MS)  # what datetime and a protobuf Timestamp can hold
         if 0 < next_ms <= horizon:
             return next_ms, detail
         logger.warning(
