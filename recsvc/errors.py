@@ -75,3 +75,12 @@ class Unauthenticated(RecsvcError):
 class PermissionDenied(RecsvcError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+
+class IdempotencyKeyReused(RecsvcError):
+    """An idempotency key came back with other parameters than the request that first used it
+    (like a payment API's idempotency error): replaying the first decision would hand the caller
+    a reservation for something it did not ask for."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "IDEMPOTENCY_KEY_REUSED"

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle
 
 
-def plan_idempotency_key(campaign_id: str) -> str:
-    """The idempotency key of a reserving plan's decisions (one per member and campaign)."""
-    return f"|plan|{campaign_id}"
+def plan_idempotency_key(template: OutreachAsk) -> str:
+    """The idempotency key of a reserving plan's decisions: one per member and plan, the plan
+    being every parameter the key's fingerprint holds (OutreachAsk.fingerprint), so a re-run of
+    the same plan replays and a different plan for the same campaign (another channel, say) is
+    decided afresh (DUPLICATE_CAMPAIGN where the campaign reached the member) instead of being
+    refused as a reused key."""
+    return f"|plan|{template.fingerprint()}"
 
 
 @dataclass(frozen=True)

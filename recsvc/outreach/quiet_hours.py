@@ -11,6 +11,11 @@ from zoneinfo import ZoneInfo
 
 from recsvc.outreach.policy import QuietHours
 
+# The instants datetime can convert with room for a day and any zone offset on either side.
+# The throttle clamps stored times long before they get here; this keeps the functions total.
+EARLIEST_MS = int(datetime(1, 1, 3, tzinfo=UTC).timestamp() * 1000)
+LATEST_MS = int(datetime(9999, 12, 29, tzinfo=UTC).timestamp() * 1000)
+
 
 def _in_window(minute: int, start: int, end: int) -> bool:
     if start == end:
@@ -20,12 +25,22 @@ def _in_window(minute: int, start: int, end: int) -> bool:
     return minute >= start or minute < end
 
 
+def _quiet_at(at_ms: int, zone: ZoneInfo, start: int, end: int) -> bool:
+    local = datetime.fromtimestamp(at_ms / 1000, tz=UTC).astimezone(zone)
+    return _in_window(local.hour * 60 + local.minute, start, end)
+
+
 def quiet_until_ms(now_ms: int, zone: ZoneInfo, quiet: QuietHours) -> int:
     """0 when ``now_ms`` is outside quiet hours, else the first instant (epoch ms) after them.
 
     The end is a local wall-clock time (e.g. 09:00) on the right local date, converted back to UTC
-    by zoneinfo, so the UTC instant moves by an hour across a DST change as it should.
+    by zoneinfo, so the UTC instant moves by an hour across a DST change as it should. Around a
+    change the wall-clock end may be ambiguous (fall back: the first of its two instants still
+    ahead) or skipped (spring forward: quiet hours end when the clock jumps past it).
+    Never raises: an instant datetime cannot convert (outside EARLIEST_MS..LATEST_MS) is not quiet.
     """
+    if not EARLIEST_MS <= now_ms <= LATEST_MS:
+        return 0
     start, end = quiet.minutes()
     local = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(zone)
     minute = local.hour * 60 + local.minute
@@ -34,10 +49,29 @@ def quiet_until_ms(now_ms: int, zone: ZoneInfo, quiet: QuietHours) -> int:
     end_date = local.date()
     if minute >= end:  # evening part of an overnight window: quiet ends tomorrow morning
         end_date += timedelta(days=1)
-    end_local = datetime(end_date.year, end_date.month, end_date.day, end // 60, end % 60, tzinfo=zone)
-    end_ms = int(end_local.astimezone(UTC).timestamp() * 1000)
-    # A wall-clock end inside a DST gap maps to an instant that may not be later; never go back.
-    return max(end_ms, now_ms + 1)
+    wall = datetime(end_date.year, end_date.month, end_date.day, end // 60, end % 60, tzinfo=zone)
+    # fold 0 and 1 are the two instants of a repeated wall time (the same instant otherwise); in
+    # a DST gap they straddle the jump, and fold 0 is the later one.
+    for fold in sorted((0, 1), key=lambda f: wall.replace(fold=f).timestamp()):
+        end_ms = int(wall.replace(fold=fold).timestamp() * 1000)
+        if end_ms > now_ms and not _quiet_at(end_ms, zone, start, end):
+            if _quiet_at(end_ms - 1, zone, start, end):
+                return end_ms
+            return _first_not_quiet(now_ms, end_ms, zone, start, end)
+    return now_ms + 1  # not reached for a real zone; never go back in time
+
+
+def _first_not_quiet(quiet_ms: int, free_ms: int, zone: ZoneInfo, start: int, end: int) -> int:
+    """The first instant in (quiet_ms, free_ms] outside quiet hours, when the clock jumped past
+    the window's end (a DST gap): bisection, only ever run on such a day."""
+    lo, hi = quiet_ms, free_ms
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _quiet_at(mid, zone, start, end):
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def first_allowed_ms(at_ms: int, zone: ZoneInfo, quiet: QuietHours) -> int:

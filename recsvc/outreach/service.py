@@ -7,6 +7,7 @@ feedback, consent) it is ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -119,8 +120,8 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         v.check_id(member_id, "member_id", self._max_id)
         channel = v.check_channel(request.channel, self.throttle.policies.current())
         kind = v.feedback_kind(request.feedback)
-        at_ms = request.ts.ToMilliseconds() if request.HasField("ts") else None
-        self.throttle.feedback(member_id, channel, kind, at_ms)
+        at_ms = v.timestamp_ms(request.ts, "ts") if request.HasField("ts") else None
+        self.throttle.feedback(member_id, channel, kind, at_ms)  # checks the window (recsvc.bounds)
         return outreach_pb2.OutreachFeedbackResponse()
 
     def UpdateConsent(
@@ -147,12 +148,13 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             campaign_id=campaign,
             message_class=v.message_class(request.message_class),
             priority=v.check_priority(request.priority),
-            # Reserving is idempotent per (member, campaign): a caller whose stream broke runs
-            # the same request again and gets the first run's decisions and reservation ids back
+        )
+        if request.reserve:
+            # Reserving is idempotent per (member, plan): a caller whose stream broke runs the
+            # same request again and gets the first run's decisions and reservation ids back
             # (replayed), not DUPLICATE_CAMPAIGN for members it never heard about. '|' cannot
             # appear in a caller's own idempotency keys, so the two never collide.
-            idempotency_key=plan_idempotency_key(campaign) if request.reserve else "",
-        )
+            template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0")
         if request.member_ids and request.segment:

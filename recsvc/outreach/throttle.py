@@ -25,12 +25,13 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from recsvc.errors import StoreUnavailable
+from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
+from recsvc.errors import IdempotencyKeyReused, StoreUnavailable
 from recsvc.outreach import metrics
 from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
-from recsvc.outreach.quiet_hours import first_allowed_ms, quiet_until_ms
+from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ MARKETING = "marketing"
 TRANSACTIONAL = "transactional"
 UNAVAILABLE = "THROTTLE_UNAVAILABLE"
 FEEDBACK_KINDS = ("delivered", "opened", "clicked", "ignored", "unsubscribed", "complained")
+DAY_MS = 86_400_000
 
 Clock = Callable[[], float]  # epoch seconds
 
@@ -55,6 +57,12 @@ class OutreachAsk:
     idempotency_key: str = ""
     item_id: str = ""  # NextBestOutreach: the item this send pushes
     extra: str = ""  # kept with the idempotency record and returned on replay
+
+    def fingerprint(self) -> str:
+        """What an idempotency key is bound to: a retry must ask the same question. The item and
+        extra are the server's choice (NextBestOutreach may pick another item on a retry), and
+        the member is part of the key's own name, so neither is in it."""
+        return f"{self.channel}|{self.campaign_id}|{self.message_class}|{self.priority}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,10 @@ class Throttle:
             raise redis.RedisError("member time zone kept changing during the decision")
         except redis.RedisError as exc:
             return self._finish(ask, self._unavailable(ask, exc))
+        except IdempotencyKeyReused:
+            raise  # the caller's mistake, with its own status
+        except Exception as exc:
+            return self._finish(ask, self._undecidable(ask, exc))
 
     def decide_many(
         self, asks: Sequence[OutreachAsk], *, reserve: bool, replay_refusals: bool = True
@@ -204,7 +216,13 @@ class Throttle:
 
             def interpret(position: int, raw: Any, asked: list[int] = asked) -> Decision | str:
                 i = asked[position]
-                return self._interpret(raw, asks[i], policy, zones[i])
+                try:
+                    return self._interpret(raw, asks[i], policy, zones[i])
+                except Exception as exc:
+                    # This runs while the chunk's replies are read: raising here would drop the
+                    # connection and every other member's decision (and their reservations, made
+                    # already, would reach nobody). The member gets a refusal in its place.
+                    return self._undecidable(asks[i], exc)
 
             try:
                 found_all = self._decide.call_many(calls(asked), shared, interpret)
@@ -266,7 +284,8 @@ class Throttle:
             tz,
             quiet_until,
             policy.min_gap_ms(ask.priority),
-            ask.idempotency_key,
+            # the key itself is in KEYS; the script compares this with the key's first request
+            ask.fingerprint() if ask.idempotency_key else "",
             ask.item_id,
             ask.extra,
         ]
@@ -276,8 +295,16 @@ class Throttle:
         tag = _text(raw[0])
         if tag == "TZ":
             return _text(raw[1])
+        if tag == "E":
+            raise IdempotencyKeyReused(
+                "idempotency_key was first used with another channel, campaign, message class or "
+                "priority; use a new key for a new request"
+            )
         allowed = int(raw[1]) == 1
         next_ms = int(raw[3])
+        detail = _text(raw[5])
+        if not allowed and next_ms != 0:
+            next_ms, detail = self._sane_next_ms(ask, policy, next_ms, detail)
         quiet_applies = ask.message_class == MARKETING or not policy.transactional.exempt_from_quiet_hours
         if not allowed and next_ms > 0 and quiet_applies:
             # A cap that frees up at 23:00 local really frees up when quiet hours end.
@@ -286,12 +313,50 @@ class Throttle:
         return Decision(
             allowed=allowed,
             reason=_text(raw[2]),
-            detail=_text(raw[5]),
+            detail=detail,
             next_allowed_ms=next_ms,
             reservation_id=reservation_id(token, ask.member_id) if token else "",
             replayed=int(raw[6]) == 1,
             extra=_text(raw[7]),
         )
+
+    def _sane_next_ms(self, ask: OutreachAsk, policy: Policy, next_ms: int, detail: str) -> tuple[int, str]:
+        """``next_ms`` of a refusal, clamped to the longest wait the policy can cause.
+
+        Every wait comes from a time stored in the member's keys (a block's end, a send's time)
+        plus at most a window, a gap or a block, so it is never further ahead than ``horizon``.
+        A later (or negative) one comes from state written by a skewed clock or before
+        time stamps were checked (a feedback ``ts`` of 9999-12-31 once stored a block ending in
+        the year 10000, which no datetime or protobuf Timestamp can hold). The refusal stands;
+        only the reported time is clamped, and the stored state expires with its key's TTL."""
+        now = self.now_ms()
+        horizon = now + max(policy.state_ttl_ms, policy.sends_ttl_ms) + DAY_MS + MAX_FUTURE_MS
+        horizon = min(horizon, LATEST_MS)  # what datetime and a protobuf Timestamp can hold
+        if 0 < next_ms <= horizon:
+            return next_ms, detail
+        logger.warning(
+            "outreach state out of range member=%s channel=%s next_allowed_ms=%d; clamped",
+            self._pseudonym(ask.member_id),
+            ask.channel,
+            next_ms,
+        )
+        return horizon, f"{detail} (stored time out of range; reported as the policy's longest wait)"
+
+    def _undecidable(self, ask: OutreachAsk, exc: BaseException) -> Decision:
+        """The refusal given in a member's place when its decision could not be made or read."""
+        if isinstance(exc, IdempotencyKeyReused):
+            # PlanCampaign's keys carry every fingerprinted parameter, so this is not expected;
+            # fail closed for the member rather than fail the stream.
+            return Decision(
+                False, UNAVAILABLE, "idempotency key reused with other parameters; failing closed"
+            )
+        logger.error(
+            "outreach decision could not be read member=%s channel=%s: %r",
+            self._pseudonym(ask.member_id),
+            ask.channel,
+            exc,
+        )
+        return Decision(False, UNAVAILABLE, "this member's outreach state could not be read; failing closed")
 
     def _learn_zone(self, member_id: str, tz: str, policy: Policy) -> str:
         self._zones.put(member_id, None if tz == policy.default_timezone else tz)
@@ -354,11 +419,13 @@ class Throttle:
         unsubscribed/complained -> block marketing on the channel; delivered -> counted only."""
         if kind not in FEEDBACK_KINDS:
             raise ValueError(f"unknown feedback kind {kind!r}")
+        now = self.now_ms()
+        # A far-future ts once blocked a member until the year 10000 (and broke every decision).
+        at = check_timestamp_ms(at_ms, "ts", now) if at_ms is not None else now
         metrics.FEEDBACK.labels(channel, kind).inc()
         if kind == "delivered":
             return
         policy = self.policies.current()
-        at = at_ms if at_ms is not None else self.now_ms()
         until = 0
         if kind == "unsubscribed":
             until = at + policy.block_ms_unsubscribe

@@ -9,7 +9,8 @@
 --       afresh next time: PlanCampaign's re-runs), 2 now (epoch ms), 3 channel, 4 campaign,
 --       5 message class, 6 reservation token, 7 the time zone Python assumed, 8 quiet hours end
 --       (epoch ms, 0 = not quiet now), 9 minimum gap (ms, after the priority rule),
---       10 idempotency key, 11 item, 12 extra;
+--       10 the request's fingerprint when it carries an idempotency key ('' = no key; the key
+--       itself is in KEYS[6]): channel|campaign|class|priority, see below, 11 item, 12 extra;
 --       13.. the policy's constant part (recsvc.outreach.policy.Policy.decide_script_args, built
 --       once per policy version): 13 default time zone, 14 transactional needs consent (1/0),
 --       15 marketing per channel per day, 16 per day, 17 per week, 18 transactional per day,
@@ -20,7 +21,12 @@
 -- A send is the zset member "token|channel|campaign|item" scored by epoch ms (short, so small
 -- zsets keep the compact ziplist encoding).
 -- Returns {"TZ", zone} when Python assumed another time zone than the member's (nothing written),
+-- {"E", "IDEMPOTENCY_KEY_REUSED", fingerprint of the first request} when the idempotency key was
+-- first used with other parameters (nothing written; an identical retry still replays),
 -- else {"D", allowed, reason, next_allowed_ms, token, detail, replayed, extra}.
+-- The fingerprint is kept in the idempotency record (field p) and compared before any replay, in
+-- the same script as the decision, so two racing calls with one key cannot both be answered.
+-- Records written before the fingerprint existed have none and replay as before.
 -- Mode "policy" returns the policy as decoded here (tests prove the encoding round trip with it).
 local sends, tx, camps, state, profile, idem, pushed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local suppressed = KEYS[8]
@@ -60,6 +66,9 @@ if use_idem then
   local prev = redis.call('GET', idem)
   if prev then
     local rec = cjson.decode(prev)
+    if rec.p and rec.p ~= idem_text then
+      return {'E', 'IDEMPOTENCY_KEY_REUSED', rec.p}
+    end
     local live = rec.a == 0
     if not live then
       -- an allowed reservation that was cancelled since is decided afresh
@@ -221,6 +230,6 @@ if reserve and allowed == 1 then
 end
 if use_idem and (allowed == 1 or idem_refusals) then
   redis.call('SET', idem, cjson.encode({a = allowed, r = reason, n = fmt(wait), t = out_token, d = detail,
-    m = entry, c = class, e = extra}), 'PX', idem_ttl)
+    m = entry, c = class, e = extra, p = idem_text}), 'PX', idem_ttl)
 end
 return {'D', allowed, reason, fmt(wait), out_token, detail, 0, extra}
