@@ -75,3 +75,11 @@ class Unauthenticated(RecsvcError):
 class PermissionDenied(RecsvcError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+
+class MemberErased(RecsvcError):
+    """The member was erased (Admin/ForgetMember): nothing new is stored about them until an
+    operator re-registers them (Admin/RestoreMember)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "MEMBER_ERASED"
