@@ -72,7 +72,7 @@ class ForgetMemberResponse(_message.Message):
     PROCESSES_NOTIFIED_FIELD_NUMBER: _builtins.int
     deleted_total: _builtins.int
     suppressed: _builtins.bool
-    """True when the suppression record (no marketing, ever) is in place."""
+    """True when the suppression record (no outreach, nothing new stored) is in place."""
     added_to_erasure_list: _builtins.bool
     """False when the member was already on the erasure list (a repeated request)."""
     processes_notified: _builtins.int

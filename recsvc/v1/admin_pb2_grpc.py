@@ -53,7 +53,8 @@ class AdminServicer:
 
     def ForgetMember(self, request, context):
         """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-        dropped by every server process; a minimal suppression record stops all marketing; the member
+        dropped by every server process; a minimal suppression record stops all outreach and every new
+        write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
         joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -35,7 +35,8 @@ class AdminStub:
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     ForgetMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ForgetMemberRequest, _admin_pb2.ForgetMemberResponse]
     """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-    dropped by every server process; a minimal suppression record stops all marketing; the member
+    dropped by every server process; a minimal suppression record stops all outreach and every new
+    write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
     joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
     """
     RestoreMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RestoreMemberRequest, _admin_pb2.RestoreMemberResponse]
@@ -51,7 +52,8 @@ class AdminAsyncStub(AdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ForgetMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.ForgetMemberRequest, _admin_pb2.ForgetMemberResponse]  # type: ignore[assignment]
     """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-    dropped by every server process; a minimal suppression record stops all marketing; the member
+    dropped by every server process; a minimal suppression record stops all outreach and every new
+    write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
     joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
     """
     RestoreMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.RestoreMemberRequest, _admin_pb2.RestoreMemberResponse]  # type: ignore[assignment]
@@ -70,7 +72,8 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ForgetMemberResponse, _abc.Awaitable[_admin_pb2.ForgetMemberResponse]]:
         """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-        dropped by every server process; a minimal suppression record stops all marketing; the member
+        dropped by every server process; a minimal suppression record stops all outreach and every new
+        write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
         joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
         """
 
