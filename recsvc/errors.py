@@ -84,3 +84,11 @@ class IdempotencyKeyReused(RecsvcError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class MemberErased(RecsvcError):
+    """The member was erased (Admin/ForgetMember): nothing new is stored about them until an
+    operator re-registers them (Admin/RestoreMember)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "MEMBER_ERASED"

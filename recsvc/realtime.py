@@ -4,7 +4,9 @@ Writes, per member (keys from ``recsvc.keys.member_key``, so one member's keys s
 slot): ``<prefix>:{m:<id>}:rt:events`` a capped list of recent events (JSON, newest first) and
 ``<prefix>:{m:<id>}:rt:purchased`` the set of items bought recently; both expire after
 ``recent_events_ttl_s``. Every server process and replica reads the same keys, so an event
-recorded through any of them shows in the next recommendation from all of them.
+recorded through any of them shows in the next recommendation from all of them. Nothing is
+written for an erased member: the write script checks their suppression record
+(``<prefix>:{m:<id>}:suppressed``, recsvc.security.erasure) in the same atomic step.
 
 Redis being down never fails a recommendation: after a failed call the store stays "degraded"
 for a back-off period (1 s doubling to 30 s) and answers at once with "no real-time data",
@@ -26,7 +28,9 @@ import numpy as np
 import redis
 
 from recsvc.active_members import ActiveMembers, active_channel
+from recsvc.errors import MemberErased
 from recsvc.keys import member_key
+from recsvc.security.erasure import suppression_key
 from recsvc.settings import RedisSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,23 @@ REALTIME_SUFFIXES = (EVENTS_SUFFIX, PURCHASED_SUFFIX)
 # share the member's hash tag, so this runs unchanged on Redis Cluster.
 _READ_SCRIPT = """
 return {redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1), redis.call('SMEMBERS', KEYS[2])}
+"""
+# One event, written unless the member is erased (their suppression record exists): checked in the
+# same atomic step as the write, so an erasure running at the same time never leaves a new event
+# behind. KEYS: 1 events, 2 purchased, 3 suppression record. ARGV: 1 event JSON, 2 max events,
+# 3 ttl s, 4 item bought ('' when not a purchase), 5 active-members channel, 6 member id.
+# Returns 1 when stored, -1 when the member is erased (nothing written).
+_RECORD_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
 """
 _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0
@@ -185,6 +206,7 @@ class RealtimeStore:
         self._backoff = _BACKOFF_START_S
         self._degraded = False
         self._read_sha = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
+        self._record = client.register_script(_RECORD_SCRIPT)
         self._conns = ThreadConnections(client)
 
     @property
@@ -216,26 +238,26 @@ class RealtimeStore:
             self._on_state_change(False)
 
     def record(self, member_id: str, item_id: str, event_type: str, ts: float, channel: str) -> bool:
-        """Store one event; False when Redis is unavailable (the event is not kept)."""
+        """Store one event; False when Redis is unavailable (the event is not kept).
+        ``MemberErased`` when the member was erased (nothing is stored about them)."""
         if not self._available():
             return False
         ev_key = member_key(self._prefix, member_id, EVENTS_SUFFIX)
         pu_key = member_key(self._prefix, member_id, PURCHASED_SUFFIX)
         payload = json.dumps({"i": item_id, "t": event_type, "ts": ts, "c": channel}, separators=(",", ":"))
+        bought = item_id if event_type == "purchase" else ""
         try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.lpush(ev_key, payload)
-            pipe.ltrim(ev_key, 0, self._max - 1)
-            pipe.expire(ev_key, self._ttl)
-            if event_type == "purchase":
-                pipe.sadd(pu_key, item_id)
-                pipe.expire(pu_key, self._ttl)
-            pipe.publish(self._channel, member_id)  # every process's ActiveMembers hears it
-            pipe.execute()
+            # the script publishes on the channel every process's ActiveMembers hears
+            done = self._record(
+                keys=[ev_key, pu_key, suppression_key(self._prefix, member_id)],
+                args=[payload, self._max, self._ttl, bought, self._channel, member_id],
+            )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._failed(exc)
             return False
         self._succeeded()
+        if int(done) == -1:  # type: ignore[arg-type]
+            raise MemberErased("the member was erased; their events are not stored until re-registration")
         if self._active is not None:
             self._active.heard(member_id)  # this process knows at once, before the notice
         return True

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
-from recsvc.errors import IdempotencyKeyReused, StoreUnavailable
+from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
 from recsvc.outreach import metrics
 from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
@@ -141,6 +141,7 @@ class Throttle:
         self._cancel = client.register_script((SCRIPTS_DIR / "cancel.lua").read_text())
         self._feedback = client.register_script((SCRIPTS_DIR / "feedback.lua").read_text())
         self._consent = client.register_script((SCRIPTS_DIR / "consent.lua").read_text())
+        self._timezone = client.register_script((SCRIPTS_DIR / "timezone.lua").read_text())
 
     # ----------------------------------------------------------------- decisions
     def now_ms(self) -> int:
@@ -434,22 +435,28 @@ class Throttle:
         script_kind = "engaged" if kind in {"opened", "clicked"} else kind
         k = self.keys(member_id)
         try:
-            self._feedback(keys=[k.state], args=[script_kind, channel, until, policy.state_ttl_ms])
+            done = self._feedback(
+                keys=[k.state, k.suppressed], args=[script_kind, channel, until, policy.state_ttl_ms]
+            )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        _refuse_erased(done)
 
     def set_consent(self, member_id: str, channel: str, granted: bool, at_ms: int | None = None) -> bool:
         """Record consent; a withdrawal counts from the next decision on. False when the store
-        already holds a newer record for this channel (kept)."""
+        already holds a newer record for this channel (kept). ``MemberErased`` for an erased
+        member (nothing stored)."""
         at = at_ms if at_ms is not None else self.now_ms()
         policy = self.policies.current()
         k = self.keys(member_id)
         try:
             done = self._consent(
-                keys=[k.profile], args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms]
+                keys=[k.profile, k.suppressed],
+                args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms],
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        _refuse_erased(done)
         return int(done) == 1
 
     def import_profiles(
@@ -459,30 +466,30 @@ class Throttle:
         chunk: int = 500,
     ) -> tuple[int, int]:
         """Bulk-load (member, tz) and (member, channel, granted, updated_at_ms), pipelined in chunks.
-        Returns (time zones written, consent records written; older than stored ones are kept)."""
+        Returns (time zones written, consent records written; older than stored ones are kept).
+        Erased members are skipped (nothing is stored about them) and not counted."""
         policy = self.policies.current()
         ttl = policy.profile_ttl_ms
         n_tz = 0
         pipe = self._redis.pipeline(transaction=False)
         for member_id, tz in timezones:
-            profile = self.keys(member_id).profile
-            pipe.hset(profile, "tz", tz)
-            pipe.pexpire(profile, ttl)
+            k = self.keys(member_id)
+            self._timezone(keys=[k.profile, k.suppressed], args=[tz, ttl], client=pipe)
             self._zones.put(member_id, None if tz == policy.default_timezone else tz)
-            n_tz += 1
-            if len(pipe) >= 2 * chunk:
-                pipe.execute()
-        pipe.execute()
+            if len(pipe) >= chunk:
+                n_tz += _written(pipe.execute())
+        n_tz += _written(pipe.execute())
         n_consent = 0
         for member_id, channel, granted, at in consents:
+            k = self.keys(member_id)
             self._consent(
-                keys=[self.keys(member_id).profile],
+                keys=[k.profile, k.suppressed],
                 args=[channel, "1" if granted else "0", at, ttl],
                 client=pipe,
             )
             if len(pipe) >= chunk:
-                n_consent += sum(int(x) for x in pipe.execute())
-        n_consent += sum(int(x) for x in pipe.execute())
+                n_consent += _written(pipe.execute())
+        n_consent += _written(pipe.execute())
         return n_tz, n_consent
 
     def set_timezone(self, member_id: str, tz: str) -> None:
@@ -496,6 +503,17 @@ class Throttle:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
         return [_text(x) for x in raw]  # type: ignore[union-attr]
+
+
+def _refuse_erased(script_reply: Any) -> None:
+    # -1 from a write script: the member's suppression record exists (recsvc.security.erasure)
+    if int(script_reply) == -1:
+        raise MemberErased("the member was erased; nothing is stored about them until re-registration")
+
+
+def _written(script_replies: list[Any]) -> int:
+    """How many of a pipeline's write scripts stored something (1; 0 = kept newer, -1 = erased)."""
+    return sum(1 for x in script_replies if int(x) == 1)
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""The Admin gRPC servicer (``recsvc.v1.Admin``): erasure on request of an operator.
+"""The Admin gRPC servicer (``recsvc.v1.Admin``): erasure and re-registration on request of an
+operator.
 
 Errors are raised as recsvc typed errors; the server's error interceptor turns them into status
 codes (the servicer also maps them itself when run without that interceptor, e.g. in tests).
@@ -13,7 +14,7 @@ import grpc
 from recsvc.errors import RecsvcError
 from recsvc.security.audit import AuditLog
 from recsvc.security.auth import current_caller
-from recsvc.security.erasure import check_member_id, forget_member
+from recsvc.security.erasure import check_member_id, forget_member, restore_member
 from recsvc.security.privacy import ErasureList
 from recsvc.v1 import admin_pb2, admin_pb2_grpc
 
@@ -55,3 +56,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             added_to_erasure_list=result.added_to_erasure_list,
             processes_notified=result.processes_notified,
         )
+
+    def RestoreMember(
+        self, request: admin_pb2.RestoreMemberRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RestoreMemberResponse:
+        try:
+            member_id = check_member_id(request.member_id, self._max_id_length)
+            caller = current_caller.get()
+            lifted = restore_member(
+                member_id,
+                redis=self._redis,
+                prefix=self._prefix,
+                audit=self._audit,
+                reason=request.reason[:MAX_REASON_LENGTH],
+                requested_by=caller.name if caller else "",
+            )
+        except RecsvcError as exc:
+            context.abort(exc.code, str(exc))
+        return admin_pb2.RestoreMemberResponse(lifted=lifted)

@@ -2,9 +2,9 @@
 appended to the audit log, with the caller and a pseudonymised member (never the raw id).
 
 Audited: ``Outreach/UpdateConsent`` (consent changes) and ``Recommender/ReloadModel`` (a model
-switched by an operator). ``Admin/ForgetMember`` audits itself (it knows what it deleted) and
-role-denied calls are audited by the auth interceptor. Runs after the auth interceptor, so
-``current_caller`` is known.
+switched by an operator). ``Admin/ForgetMember`` and ``Admin/RestoreMember`` audit themselves
+(they know what they changed) and role-denied calls are audited by the auth interceptor. Runs
+after the auth interceptor, so ``current_caller`` is known.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ METHOD_ROLES: dict[str, str] = {
     "/recsvc.v1.Outreach/NextBestOutreach": "outreach",
     "/recsvc.v1.Outreach/UpdateConsent": "admin",
     "/recsvc.v1.Admin/ForgetMember": "admin",
+    "/recsvc.v1.Admin/RestoreMember": "admin",
 }
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",

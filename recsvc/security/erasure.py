@@ -1,11 +1,19 @@
 """Forget a member: Redis state, every server process's memory, future training, marketing.
 
 Reads/writes Redis (``<prefix>:{m:<id>}:*`` keys, found with SCAN per node so it works on Cluster),
-publishes on ``<prefix>:global:erasures``, writes ``<prefix>:{m:<id>}:suppressed`` (kept forever: the
-one record that stops marketing), appends to the erasure list and the audit log.
+publishes on ``<prefix>:global:erasures``, writes ``<prefix>:{m:<id>}:suppressed`` (kept until an
+operator re-registers the member: the one record that stops marketing and every new write about
+them), appends to the erasure list and the audit log.
 
 Order matters: the erasure list is written first so that a crash half-way still keeps the member
 out of the next training run, and the request can simply be repeated (every step is idempotent).
+The suppression record is written before the member's keys are deleted: every script that stores
+something about a member checks it in the same atomic step, so nothing recorded concurrently
+survives the erasure (a write either ran before the record, and its key is deleted, or is refused).
+
+``restore_member`` is the explicit, audited re-registration that lifts the suppression record; the
+member's old data stays gone (the erasure list keeps them out of training and every process keeps
+ignoring their trained vector).
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ def erasure_channel(prefix: str) -> str:
 
 
 def is_suppressed(redis: Any, prefix: str, member_id: str) -> bool:
-    """True when the member was erased (or suppressed): no marketing may reach them."""
+    """True when the member was erased and not re-registered since: no message may reach them and
+    nothing new is stored about them."""
     return bool(redis.exists(suppression_key(prefix, member_id)))
 
 
@@ -94,6 +103,7 @@ def forget_member(
     head = f"{prefix}:{member_tag(member_id)}:"
     kinds: Counter[str] = Counter()
     try:
+        redis.set(keep, "1")  # first: from here on every write about the member is refused
         batch: list[str] = []
         for raw in redis.scan_iter(match=_glob_escape(head) + "*", count=500):
             key = _text(raw)
@@ -106,7 +116,6 @@ def forget_member(
                 batch.clear()
         if batch:
             redis.delete(*batch)
-        redis.set(keep, "1")
         result.suppressed = True
         result.processes_notified = int(redis.publish(erasure_channel(prefix), member_id))
     except redis_lib.RedisError as exc:
@@ -123,6 +132,37 @@ def forget_member(
     )
     log.info("erased member (%d redis keys)", result.deleted_total)
     return result
+
+
+def restore_member(
+    member_id: str,
+    *,
+    redis: Any,
+    prefix: str,
+    audit: AuditLog,
+    reason: str,
+    requested_by: str = "",
+) -> bool:
+    """Re-register an erased member: lift the suppression record so new data about them is
+    stored again. Returns False when there was no record to lift. Audited either way.
+
+    Nothing old comes back: their Redis keys were deleted, the erasure list still keeps them out of
+    every training run, and every server process still ignores their trained vector (a returning
+    member starts cold and is personalised from new events only)."""
+    import redis as redis_lib
+
+    if not reason.strip():
+        raise InvalidArgument(
+            "reason is required to re-register an erased member (e.g. a ticket number)",
+            reason="REASON_REQUIRED",
+        )
+    try:
+        lifted = int(redis.delete(suppression_key(prefix, member_id))) == 1
+    except redis_lib.RedisError as exc:
+        raise StoreUnavailable(f"Redis failed during re-registration ({exc}); repeat RestoreMember") from exc
+    audit.append("restore", member_id=member_id, requested_by=requested_by, reason=reason, lifted=lifted)
+    log.info("re-registered member (suppression lifted=%s)", lifted)
+    return lifted
 
 
 class ForgottenMembers:

@@ -23,7 +23,7 @@ import grpc
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine
-from recsvc.errors import InvalidArgument, RecsvcError
+from recsvc.errors import InvalidArgument, MemberErased, RecsvcError
 from recsvc.metrics import ServingMetrics
 from recsvc.model_source import ModelRegistry, ReloadBroadcast
 from recsvc.realtime import RealtimeStore
@@ -171,9 +171,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         except RecsvcError as exc:
             self._observe("RecordEvent", t0, "none", "none", exc.code.name)
             raise
-        stored = (
-            self._realtime.record(member_id, item_id, event_type, ts, channel) if self._realtime else False
-        )
+        try:
+            stored = (
+                self._realtime.record(member_id, item_id, event_type, ts, channel)
+                if self._realtime
+                else False
+            )
+        except MemberErased as exc:
+            # An erased member's events are refused, not dropped silently (docs/privacy.md).
+            self._observe("RecordEvent", t0, "none", "none", exc.code.name)
+            raise
         self._metrics.events.labels(event_type, str(stored).lower()).inc()
         self._observe("RecordEvent", t0, "event", self._models.variant_of(member_id))
         return recommender_pb2.RecordEventResponse(stored=stored)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsvc/v1/admin.proto\x12\trecsvc.v1\"8\n\x13\x46orgetMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf8\x01\n\x14\x46orgetMemberResponse\x12\x46\n\x0c\x64\x65leted_keys\x18\x01 \x03(\x0b\x32\x30.recsvc.v1.ForgetMemberResponse.DeletedKeysEntry\x12\x15\n\rdeleted_total\x18\x02 \x01(\x03\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\x12\x1d\n\x15\x61\x64\x64\x65\x64_to_erasure_list\x18\x04 \x01(\x08\x12\x1a\n\x12processes_notified\x18\x05 \x01(\x03\x1a\x32\n\x10\x44\x65letedKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32X\n\x05\x41\x64min\x12O\n\x0c\x46orgetMember\x12\x1e.recsvc.v1.ForgetMemberRequest\x1a\x1f.recsvc.v1.ForgetMemberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsvc/v1/admin.proto\x12\trecsvc.v1\"8\n\x13\x46orgetMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf8\x01\n\x14\x46orgetMemberResponse\x12\x46\n\x0c\x64\x65leted_keys\x18\x01 \x03(\x0b\x32\x30.recsvc.v1.ForgetMemberResponse.DeletedKeysEntry\x12\x15\n\rdeleted_total\x18\x02 \x01(\x03\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\x12\x1d\n\x15\x61\x64\x64\x65\x64_to_erasure_list\x18\x04 \x01(\x08\x12\x1a\n\x12processes_notified\x18\x05 \x01(\x03\x1a\x32\n\x10\x44\x65letedKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"9\n\x14RestoreMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x15RestoreMemberResponse\x12\x0e\n\x06lifted\x18\x01 \x01(\x08\x32\xac\x01\n\x05\x41\x64min\x12O\n\x0c\x46orgetMember\x12\x1e.recsvc.v1.ForgetMemberRequest\x1a\x1f.recsvc.v1.ForgetMemberResponse\x12R\n\rRestoreMember\x12\x1f.recsvc.v1.RestoreMemberRequest\x1a .recsvc.v1.RestoreMemberResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORGETMEMBERRESPONSE']._serialized_end=343
   _globals['_FORGETMEMBERRESPONSE_DELETEDKEYSENTRY']._serialized_start=293
   _globals['_FORGETMEMBERRESPONSE_DELETEDKEYSENTRY']._serialized_end=343
-  _globals['_ADMIN']._serialized_start=345
-  _globals['_ADMIN']._serialized_end=433
+  _globals['_RESTOREMEMBERREQUEST']._serialized_start=345
+  _globals['_RESTOREMEMBERREQUEST']._serialized_end=402
+  _globals['_RESTOREMEMBERRESPONSE']._serialized_start=404
+  _globals['_RESTOREMEMBERRESPONSE']._serialized_end=443
+  _globals['_ADMIN']._serialized_start=446
+  _globals['_ADMIN']._serialized_end=618
 # @@protoc_insertion_point(module_scope)

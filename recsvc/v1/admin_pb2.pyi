@@ -72,7 +72,7 @@ class ForgetMemberResponse(_message.Message):
     PROCESSES_NOTIFIED_FIELD_NUMBER: _builtins.int
     deleted_total: _builtins.int
     suppressed: _builtins.bool
-    """True when the suppression record (no marketing, ever) is in place."""
+    """True when the suppression record (no outreach, nothing new stored) is in place."""
     added_to_erasure_list: _builtins.bool
     """False when the member was already on the erasure list (a repeated request)."""
     processes_notified: _builtins.int
@@ -97,3 +97,46 @@ class ForgetMemberResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForgetMemberResponse: _TypeAlias = ForgetMemberResponse  # noqa: Y015
+
+@_typing.final
+class RestoreMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    reason: _builtins.str
+    """Required: why the member may be tracked again, e.g. the ticket of their new registration."""
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreMemberRequest: _TypeAlias = RestoreMemberRequest  # noqa: Y015
+
+@_typing.final
+class RestoreMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIFTED_FIELD_NUMBER: _builtins.int
+    lifted: _builtins.bool
+    """True when a suppression record was lifted; false when the member was not suppressed."""
+    def __init__(
+        self,
+        *,
+        lifted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lifted", b"lifted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreMemberResponse: _TypeAlias = RestoreMemberResponse  # noqa: Y015

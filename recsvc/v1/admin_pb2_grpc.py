@@ -40,6 +40,11 @@ class AdminStub:
                 request_serializer=recsvc_dot_v1_dot_admin__pb2.ForgetMemberRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_admin__pb2.ForgetMemberResponse.FromString,
                 _registered_method=True)
+        self.RestoreMember = channel.unary_unary(
+                '/recsvc.v1.Admin/RestoreMember',
+                request_serializer=recsvc_dot_v1_dot_admin__pb2.RestoreMemberRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_admin__pb2.RestoreMemberResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -48,8 +53,18 @@ class AdminServicer:
 
     def ForgetMember(self, request, context):
         """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-        dropped by every server process; a minimal suppression record stops all marketing; the member
+        dropped by every server process; a minimal suppression record stops all outreach and every new
+        write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
         joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreMember(self, request, context):
+        """Re-register an erased member: lift the suppression record so new events, consent, outreach
+        and feedback about them are stored again. Their old data stays gone (the erasure list still
+        keeps them out of training; their trained vector stays unused). Audited; reason required.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +77,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ForgetMember,
                     request_deserializer=recsvc_dot_v1_dot_admin__pb2.ForgetMemberRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_admin__pb2.ForgetMemberResponse.SerializeToString,
+            ),
+            'RestoreMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreMember,
+                    request_deserializer=recsvc_dot_v1_dot_admin__pb2.RestoreMemberRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_admin__pb2.RestoreMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +112,33 @@ class Admin:
             '/recsvc.v1.Admin/ForgetMember',
             recsvc_dot_v1_dot_admin__pb2.ForgetMemberRequest.SerializeToString,
             recsvc_dot_v1_dot_admin__pb2.ForgetMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.Admin/RestoreMember',
+            recsvc_dot_v1_dot_admin__pb2.RestoreMemberRequest.SerializeToString,
+            recsvc_dot_v1_dot_admin__pb2.RestoreMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,8 +35,14 @@ class AdminStub:
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     ForgetMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ForgetMemberRequest, _admin_pb2.ForgetMemberResponse]
     """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-    dropped by every server process; a minimal suppression record stops all marketing; the member
+    dropped by every server process; a minimal suppression record stops all outreach and every new
+    write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
     joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
+    """
+    RestoreMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RestoreMemberRequest, _admin_pb2.RestoreMemberResponse]
+    """Re-register an erased member: lift the suppression record so new events, consent, outreach
+    and feedback about them are stored again. Their old data stays gone (the erasure list still
+    keeps them out of training; their trained vector stays unused). Audited; reason required.
     """
 
 @_typing.type_check_only
@@ -46,8 +52,14 @@ class AdminAsyncStub(AdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ForgetMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.ForgetMemberRequest, _admin_pb2.ForgetMemberResponse]  # type: ignore[assignment]
     """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-    dropped by every server process; a minimal suppression record stops all marketing; the member
+    dropped by every server process; a minimal suppression record stops all outreach and every new
+    write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
     joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
+    """
+    RestoreMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.RestoreMemberRequest, _admin_pb2.RestoreMemberResponse]  # type: ignore[assignment]
+    """Re-register an erased member: lift the suppression record so new events, consent, outreach
+    and feedback about them are stored again. Their old data stays gone (the erasure list still
+    keeps them out of training; their trained vector stays unused). Audited; reason required.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -60,8 +72,20 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ForgetMemberResponse, _abc.Awaitable[_admin_pb2.ForgetMemberResponse]]:
         """Erase a member: recent events, throttle history and cached vectors are deleted from Redis and
-        dropped by every server process; a minimal suppression record stops all marketing; the member
+        dropped by every server process; a minimal suppression record stops all outreach and every new
+        write about the member (FAILED_PRECONDITION / MEMBER_ERASED) until RestoreMember; the member
         joins the erasure list every later `recsvc train` applies before fitting. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreMember(
+        self,
+        request: _admin_pb2.RestoreMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RestoreMemberResponse, _abc.Awaitable[_admin_pb2.RestoreMemberResponse]]:
+        """Re-register an erased member: lift the suppression record so new events, consent, outreach
+        and feedback about them are stored again. Their old data stays gone (the erasure list still
+        keeps them out of training; their trained vector stays unused). Audited; reason required.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

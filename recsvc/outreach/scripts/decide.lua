@@ -3,7 +3,8 @@
 -- KEYS: 1 sends (zset, marketing), 2 tx (zset, transactional), 3 campaigns (zset),
 --       4 state (hash: streak, b:<channel> blocks), 5 profile (hash: tz, c:<channel> consent),
 --       6 idempotency record (string), 7 recently pushed items (zset),
---       8 the erasure suppression mark (recsvc.security.erasure; its existence stops marketing)
+--       8 the erasure suppression mark (recsvc.security.erasure; while it exists every message
+--         class is refused and nothing is written, not even an idempotency record)
 -- ARGV: 1 mode ("check" | "reserve" | "reserve-allowed" | "policy"; "reserve-allowed" reserves
 --       but keeps the idempotency record of allowed decisions only, so a refusal is decided
 --       afresh next time: PlanCampaign's re-runs), 2 now (epoch ms), 3 channel, 4 campaign,
@@ -61,6 +62,12 @@ local use_idem = reserve and idem_text ~= ''
 local idem_refusals = mode == 'reserve'
 
 local function fmt(x) return string.format('%d', x) end
+
+-- An erased member (until an operator re-registers them) gets no message of any class, and no
+-- send, campaign, pushed item or idempotency record is stored about them.
+if redis.call('EXISTS', suppressed) == 1 then
+  return {'D', 0, 'SUPPRESSED', '0', '', 'member erased: nothing is sent or recorded', 0, extra}
+end
 
 if use_idem then
   local prev = redis.call('GET', idem)
@@ -150,9 +157,7 @@ else
   local blocked = st[1]
   local block_until = 0
   if blocked then block_until = tonumber(string.sub(blocked, 3)) end
-  if redis.call('EXISTS', suppressed) == 1 then
-    reason, detail = 'SUPPRESSED', 'member erased or suppressed: no marketing'
-  elseif not has_consent() then
+  if not has_consent() then
     reason, detail = 'NO_CONSENT', 'no recorded consent for ' .. channel
   elseif block_until > now then
     wait = block_until

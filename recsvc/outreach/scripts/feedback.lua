@@ -1,6 +1,8 @@
--- Record what the member did with a message. KEYS: 1 state (hash).
+-- Record what the member did with a message. KEYS: 1 state (hash), 2 the erasure suppression mark.
 -- ARGV: 1 kind (ignored|engaged|unsubscribed|complained), 2 channel, 3 block until (epoch ms),
 --       4 state ttl (ms). A block only ever grows longer; an open or click resets the streak.
+-- Returns 1, or -1 (nothing written) when the member is erased.
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local kind = ARGV[1]
 if kind == 'ignored' then
   redis.call('HINCRBY', KEYS[1], 'streak', 1)
