@@ -1,12 +1,14 @@
 """Recommendations for one member or one item, on whichever model the member's variant serves.
 
-Flow for a member: recent events from Redis (if it answers) -> member vector (bundle row, or
-recomputed from trained history + recent events, or none: cold start) -> candidates from the
-FAISS index of the requested kind -> vectorised filters, widening the candidate set when filters
-remove too many -> MMR -> reasons from the history item that contributed most. Cold start uses
-the bundle's popular lists for the member's segment and channel. When the bundle stores the
-member's whole default list (training/member_lists.py) and the call is one it was made for, that
-list stands in for the search, filters, MMR and reason rows; recent events always compute live.
+Stages for a member (``recommend`` reads them top to bottom): member state (bundle row, trained
+history and purchases, vector; none: cold start) -> candidate source (the member's stored default
+list when ``StoredListSpec`` says it covers the call, else a first FAISS search of the requested
+kind with the trained vector, overlapping the Redis read of recent events) -> member state updated
+with recent events (vector recomputed, recent purchases excluded; drops candidates found for the
+old state) -> filter and rank (vectorised filters, widening the search when they remove too many,
+then MMR) -> explain (the history item that contributed most to each pick) -> render. Cold start
+uses the bundle's popular lists for the member's segment and channel. Training stores the lists
+with the same stages (``trained_list``).
 
 Also implements ``RecommendationPort`` for in-process callers (outreach).
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Collection, Container, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +28,7 @@ from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
 from recsvc.engine.served_model import KIND_CODES, MemberLists, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
-from recsvc.realtime import RealtimeStore, event_weights_by_item, recalculate_member
+from recsvc.realtime import RealtimeStore, RecentActivity, event_weights_by_item, recalculate_member
 from recsvc.settings import ServingSettings
 from recsvc.v1 import common_pb2, recommender_pb2
 
@@ -73,6 +75,37 @@ class RecommendationPort(Protocol):
     def segment_members(self, segment: str) -> Iterator[str]: ...
 
 
+# A first ANN search: (item rows, scores, how many were asked for).
+Searched = tuple[np.ndarray, np.ndarray, int]
+
+
+@dataclass(slots=True)
+class StoredList:
+    """A member's stored default list (training/member_lists.py): item rows, scores, reason rows."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    reasons: np.ndarray
+
+
+@dataclass(slots=True)
+class MemberState:
+    """Who the member is for this call: the bundle's view (row, trained history and purchases,
+    vector), then updated with their recent events (``ev_*``, more purchases, a recomputed vector)."""
+
+    row: int | None
+    segment: str
+    hist_rows: np.ndarray
+    hist_w: np.ndarray
+    bought: np.ndarray  # rows no list may hold because the member bought them
+    bought_sorted: bool  # ``bought`` is ascending and unique (a bundle's own purchase rows)
+    vector: np.ndarray | None  # None: no personal vector (popular lists)
+    source: str = SOURCE_PERSONALIZED
+    ev_rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)
+    ev_w: np.ndarray = field(default_factory=lambda: _NO_WEIGHTS)
+    answered: bool = False  # Redis answered the recent-events read
+
+
 @dataclass
 class Recommendation:
     response: recommender_pb2.RecommendResponse
@@ -102,89 +135,109 @@ class RecommendationEngine:
     def recommend(
         self, member_id: str, kind: int, k: int, channel: str, filters: FilterSpec
     ) -> Recommendation:
+        """The stages, in order: member state from the bundle -> candidate source (the stored
+        list, or a first ANN search with the trained vector) -> member state updated with recent
+        events -> filter and rank -> explain -> render. Redis is asked for the recent events
+        first and read only after the candidate source, so its round trip overlaps the search."""
         variant, model = self._models.for_member(member_id)
         row = None if member_id in self.forgotten else model.member_row(member_id)
-        # Ask Redis for the member's recent events first and read the answer only after the
-        # search with the trained vector: the round trip overlaps the search. Recent events
-        # (rare next to page views) recompute the vector, and the search runs again with it.
         pending = self._realtime.start_recent(member_id) if self._realtime is not None else None
         try:
-            segment = model.segment_of(row)
-            trained: np.ndarray | None = None
-            if row is not None:
-                hist_rows, hist_w = model.history(row)
-                trained_bought = model.purchased_rows(row)
-                v = model.member_vector(row)
-                trained = v if v.any() else None
-            else:
-                hist_rows, hist_w = _NO_ROWS, _NO_WEIGHTS
-                trained_bought = _NO_ROWS
-            early = None
-            stored = None
-            if trained is not None:
-                stored = self._stored_list(model, row, kind, k, filters)
-                if stored is None:
-                    early = self._first_search(model, trained, kind, k, filters, trained_bought.shape[0])
+            state = self._trained_state(model, row)
+            candidates = self._candidate_source(model, state, kind, k, filters)
         finally:
             activity = pending.result() if pending is not None else None
-
-        vector: np.ndarray | None = trained
-        source = SOURCE_PERSONALIZED if trained is not None else SOURCE_POPULAR
-        ev_rows, ev_w = _NO_ROWS, _NO_WEIGHTS
-        if activity is not None and activity.events:
-            ev_rows, ev_w = event_weights_by_item(
-                activity.events, model.items.rows, model.event_weights, model.half_life_days, self._clock()
-            )
-        if ev_rows.shape[0]:
-            # Trained weights were decayed to the bundle's data_as_of; decay them on to now, as a
-            # retrain now would, so recent events weigh what they should next to old history.
-            now = self._clock()
-            age_days = max(0.0, now - model.cutoff_ts) / 86400.0 if model.cutoff_ts is not None else 0.0
-            decay = np.float32(0.5 ** (age_days / model.half_life_days))
-            rows_all = np.concatenate([hist_rows.astype(np.int64), ev_rows])
-            w_all = np.concatenate([hist_w.astype(np.float32) * decay, ev_w])
-            uniq, inv = np.unique(rows_all, return_inverse=True)
-            w_sum = np.bincount(inv, weights=w_all).astype(np.float32)
-            vector = recalculate_member(
-                model.item_factors, model.yty, uniq, w_sum, model.alpha, model.regularization
-            )
-            source = SOURCE_REALTIME
-            early = None  # searched with the trained vector: not this member's vector any more
-            stored = None
-
-        bought_rows = trained_bought
-        if activity is not None and activity.purchased:
-            recent_bought = model.items.rows(sorted(activity.purchased))
-            bought_rows = np.concatenate([bought_rows.astype(np.int64), recent_bought[recent_bought >= 0]])
-            stored = None  # made without the recent purchases
-        as_stored = bought_rows is trained_bought and model.purchased_sorted
-        excluded = self._excluded_rows(model, filters, bought_rows, bought_sorted=as_stored)
+        if activity is not None:
+            state.answered = True
+            if self._add_recent(model, state, activity):
+                candidates = None  # found for the trained vector or purchases: not this member's now
+            elif isinstance(candidates, StoredList) and activity.purchased:
+                candidates = None
+        excluded = self._excluded_rows(model, filters, state.bought, bought_sorted=state.bought_sorted)
 
         resp = recommender_pb2.RecommendResponse(
             model_version=model.version,
             variant=variant,
-            realtime=activity is not None,
-            member_segment=segment,
+            realtime=state.answered,
+            member_segment=state.segment,
         )
-        if vector is None or (source == SOURCE_REALTIME and not vector.any()):
-            self._popular(resp.items, model, segment, channel, kind, k, filters, excluded)
-            source = SOURCE_POPULAR
+        if state.vector is None:
+            self._popular(resp.items, model, state.segment, channel, kind, k, filters, excluded)
+            return Recommendation(response=resp, source=SOURCE_POPULAR)
+        if isinstance(candidates, StoredList):
+            picks, scores, because = candidates.items, candidates.scores, candidates.reasons
         else:
-            if stored is not None:
-                picks, scores, because = stored
-            else:
-                picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=early)
-                because = self._reason_rows(model, picks, hist_rows, hist_w, ev_rows, ev_w)
-            reasons = self._reason_texts(model, because, bought_rows)
-            self._items(resp.items, model, picks, scores, reasons, source)
-        return Recommendation(response=resp, source=source)
+            picks, scores = self._rank(model, state.vector, kind, k, filters, excluded, first=candidates)
+            because = self._explain(model, picks, state)
+        reasons = self._reason_texts(model, because, state.bought)
+        self._items(resp.items, model, picks, scores, reasons, state.source)
+        return Recommendation(response=resp, source=state.source)
+
+    @staticmethod
+    def _trained_state(model: ServedModel, row: int | None) -> MemberState:
+        """Stage 1: the member as the bundle knows them (row None: unknown, erased or cold)."""
+        if row is None:
+            return MemberState(None, model.segment_of(None), _NO_ROWS, _NO_WEIGHTS, _NO_ROWS, False, None)
+        vector = model.member_vector(row)
+        hist_rows, hist_w = model.history(row)
+        return MemberState(
+            row,
+            model.segment_of(row),
+            hist_rows,
+            hist_w,
+            model.purchased_rows(row),
+            model.purchased_sorted,
+            vector if vector.any() else None,
+        )
+
+    def _candidate_source(
+        self, model: ServedModel, state: MemberState, kind: int, k: int, filters: FilterSpec
+    ) -> StoredList | Searched | None:
+        """Stage 2: the member's stored list when it covers this call, else the first search with
+        the trained vector; None for a member without one (popular lists)."""
+        if state.vector is None:
+            return None
+        stored = self._stored_list(model, state.row, kind, k, filters)
+        if stored is not None:
+            return stored
+        return self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
+
+    def _add_recent(self, model: ServedModel, state: MemberState, activity: RecentActivity) -> bool:
+        """Stage 3: recent events recompute the vector from trained history + events; recent
+        purchases join the excluded rows. True when the vector changed."""
+        if activity.purchased:
+            recent_bought = model.items.rows(sorted(activity.purchased))
+            state.bought = np.concatenate([state.bought.astype(np.int64), recent_bought[recent_bought >= 0]])
+            state.bought_sorted = False
+        if not activity.events:
+            return False
+        now = self._clock()
+        ev_rows, ev_w = event_weights_by_item(
+            activity.events, model.items.rows, model.event_weights, model.half_life_days, now
+        )
+        if not ev_rows.shape[0]:
+            return False
+        # Trained weights were decayed to the bundle's data_as_of; decay them on to now, as a
+        # retrain now would, so recent events weigh what they should next to old history.
+        age_days = max(0.0, now - model.cutoff_ts) / 86400.0 if model.cutoff_ts is not None else 0.0
+        decay = np.float32(0.5 ** (age_days / model.half_life_days))
+        rows_all = np.concatenate([state.hist_rows.astype(np.int64), ev_rows])
+        w_all = np.concatenate([state.hist_w.astype(np.float32) * decay, ev_w])
+        uniq, inv = np.unique(rows_all, return_inverse=True)
+        w_sum = np.bincount(inv, weights=w_all).astype(np.float32)
+        vector = recalculate_member(
+            model.item_factors, model.yty, uniq, w_sum, model.alpha, model.regularization
+        )
+        state.ev_rows, state.ev_w = ev_rows, ev_w
+        state.vector = vector if vector.any() else None
+        state.source = SOURCE_REALTIME
+        return True
 
     def _stored_list(
         self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    ) -> StoredList | None:
         """The member's stored default list (items, scores, reason rows) when the bundle has one
-        that this server's settings may use and that covers this call (``StoredListSpec``). The
-        caller drops it when the member has recent events."""
+        that this server's settings may use and that covers this call (``StoredListSpec``)."""
         lists = model.member_lists
         if (
             lists is None
@@ -196,7 +249,7 @@ class RecommendationEngine:
         items = lists.items[row]
         if items[0] < 0:
             return None
-        return items, lists.scores[row], lists.reasons[row]
+        return StoredList(items, lists.scores[row], lists.reasons[row])
 
     def _lists_usable(self, lists: MemberLists, model: ServedModel) -> bool:
         """Whether this engine's serving settings are the ones ``lists`` were made under; decided
@@ -214,16 +267,13 @@ class RecommendationEngine:
         their list is not stored: (items, scores, reason rows, -1 = none), fewer than ``k`` when
         the filters leave fewer; None for a member without a trained vector (cold start). Used by
         training to store the lists (training/member_lists.py)."""
-        vector = model.member_vector(row)
-        if not vector.any():
+        state = self._trained_state(model, row)
+        if state.vector is None:
             return None
-        hist_rows, hist_w = model.history(row)
-        bought = model.purchased_rows(row)
-        first = self._first_search(model, vector, kind, k, filters, bought.shape[0])
-        excluded = self._excluded_rows(model, filters, bought, bought_sorted=model.purchased_sorted)
-        picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=first)
-        because = self._reason_rows(model, picks, hist_rows, hist_w, _NO_ROWS, _NO_WEIGHTS)
-        return picks, scores, because
+        first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
+        excluded = self._excluded_rows(model, filters, state.bought, bought_sorted=state.bought_sorted)
+        picks, scores = self._rank(model, state.vector, kind, k, filters, excluded, first=first)
+        return picks, scores, self._explain(model, picks, state)
 
     def _candidates(self, k: int, excluded: int, drop_row: bool = False) -> tuple[int, int]:
         """(MMR pool size, first ANN request size) for a list of ``k`` with ``excluded`` rows."""
@@ -233,7 +283,7 @@ class RecommendationEngine:
 
     def _first_search(
         self, model: ServedModel, vector: np.ndarray, kind: int, k: int, filters: FilterSpec, bought: int
-    ) -> tuple[np.ndarray, np.ndarray, int]:
+    ) -> Searched:
         """The first candidates for the member's trained vector, searched before their recent
         events are known (the Redis round trip overlaps it)."""
         excluded = bought + len(filters.exclude_item_ids)
@@ -264,7 +314,7 @@ class RecommendationEngine:
             return _NO_ROWS
         return np.unique(np.concatenate(parts).astype(np.int64))
 
-    def _retrieve(
+    def _rank(
         self,
         model: ServedModel,
         vector: np.ndarray,
@@ -274,7 +324,7 @@ class RecommendationEngine:
         excluded: np.ndarray,
         drop_row: int | None = None,
         relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-        first: tuple[np.ndarray, np.ndarray, int] | None = None,
+        first: Searched | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows after filters and MMR; widens the candidate set when filters remove too
         many. ``first``: the result of a search already made with ``vector`` (rows, scores, n)."""
@@ -339,6 +389,10 @@ class RecommendationEngine:
         where = f"{segment} members" if segment != "all" else "members"
         reason = f"popular with {where}"
         self._items(into, model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
+
+    def _explain(self, model: ServedModel, picks: np.ndarray, state: MemberState) -> np.ndarray:
+        """Stage 5: the history row each pick's reason names (-1: none)."""
+        return self._reason_rows(model, picks, state.hist_rows, state.hist_w, state.ev_rows, state.ev_w)
 
     def _reason_rows(
         self,
@@ -416,7 +470,7 @@ class RecommendationEngine:
         def cosine(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
             return (scores / (model.item_norms[rows] * norm)).astype(np.float32)
 
-        picks, scores = self._retrieve(
+        picks, scores = self._rank(
             model, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
         )
         reason = f"similar to {model.titles[row]}"
