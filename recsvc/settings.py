@@ -199,6 +199,13 @@ class RedisSettings(_Section):
     socket_timeout_ms: int = Field(50, ge=1)
     recent_events_max: int = Field(200, ge=1)
     recent_events_ttl_s: int = Field(7 * 86400, ge=60)
+    reconnect_interval_ms: int = Field(
+        250,
+        ge=10,
+        le=60_000,
+        description="after a Redis failure, the real-time store and the active-members listener try "
+        "Redis again this often (a background probe; requests never wait on a dead Redis)",
+    )
     active_members: bool = Field(
         True,
         description="keep, per process, the members that have recent events (pub/sub fed, see "

@@ -96,6 +96,7 @@ def build_deps(
             settings.redis.recent_events_ttl_s,
             REALTIME_SUFFIXES,
             on_sync_change=metrics.set_active_members_synced,
+            retry_s=settings.redis.reconnect_interval_ms / 1000,
         ).start()
     realtime = RealtimeStore(
         client, settings.redis, on_state_change=metrics.set_realtime_degraded, active=active
