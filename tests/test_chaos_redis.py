@@ -4,10 +4,10 @@ recommendations and outreach reservations (issue 15, finding 6).
 
 Asserted across the episode: no recommendation call fails; RecordEvent is stored again, the
 throttle answers again and health of ``recsvc.v1.Outreach`` is SERVING again within
-``RECOVERY_BOUND_S`` of Redis returning (measured: about 0.1-0.3 s; the bound leaves room for a
-busy CI machine); Outreach health went NOT_SERVING during each outage while Recommender stayed
-SERVING; while the breaker is open a reservation fails closed without waiting for the socket
-timeout; and no member was allowed more sends on a channel than the policy's cap.
+``RECOVERY_BOUND_S`` of Redis returning (measured: 0.16-0.49 s, docs/operations.md; the bound
+leaves room for a busy CI machine); Outreach health went NOT_SERVING during each outage while
+Recommender stayed SERVING; while the breaker is open a reservation fails closed without waiting
+for the socket timeout; and no member was allowed more sends on a channel than the policy's cap.
 
 Redis runs with an append-only file fsynced on every write, as a production throttle store
 should: a restart keeps the counts, so "no over-cap send" is a property of recsvc, not of luck.
@@ -36,7 +36,7 @@ from recsvc.server.app import OUTREACH_SERVICE, RECOMMENDER_SERVICE
 from recsvc.settings import load_settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RECOVERY_BOUND_S = 2.0
 OUTREACH_TIMEOUT_MS = 200  # the throttle's socket timeout; fail-fast calls must be far below it
