@@ -12,6 +12,14 @@ again from any pub/sub failure until it has re-subscribed and re-scanned, ``may_
 True for every member, and every read goes to Redis as it would without the directory. A notice
 takes about a millisecond to arrive; the service promises an event shows within a second.
 
+Outages: a failed subscription is retried every ``retry_s`` (``redis.reconnect_interval_ms``,
+250 ms), not after a growing back-off, so the directory is synced again within about that long of
+Redis coming back. Any Redis failure the real-time store sees also calls ``invalidate``: the
+directory stops saying "no" at once and subscribes and scans again, even when its own
+subscription seemed fine (a stall, or a connection that died without an error). So a member who
+got events during or around an outage, through this process or another, is always read: until the
+re-scan has seen their state, every member is.
+
 Keys carry the member's hash tag (``recsvc.keys``). On Redis Cluster, classic ``PUBLISH`` reaches
 subscribers on every node; the start-up scan would have to visit every primary (not done here:
 the client is a single-node client).
@@ -51,6 +59,7 @@ class ActiveMembers:
         state_suffixes: tuple[str, ...],
         on_sync_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_s: float = 0.25,
     ) -> None:
         self._client = client
         self._channel = active_channel(prefix)
@@ -64,6 +73,8 @@ class ActiveMembers:
         self._until: dict[str, float] = {}
         self._synced = False
         self._pong = 0.0
+        self._retry_s = retry_s
+        self._resync = threading.Event()  # set by invalidate: start over (subscribe, scan)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,6 +88,11 @@ class ActiveMembers:
             return True
         until = self._until.get(member_id)
         return until is not None and until > self._clock()
+
+    def invalidate(self) -> None:
+        """Redis failed somewhere: answer "maybe" for everyone until subscribed and scanned again."""
+        self._resync.set()
+        self._set_synced(False)
 
     def heard(self, member_id: str) -> None:
         """The member has (new) state: remember it until its TTL would end."""
@@ -108,26 +124,32 @@ class ActiveMembers:
     def _run(self) -> None:
         import redis
 
-        backoff = 1.0
+        failures = 0
         try:
             while not self._stop.is_set():
                 pubsub = self._client.pubsub(ignore_subscribe_messages=False)
                 try:
+                    self._resync.clear()  # an invalidate from here on is seen by _listen
                     self._subscribe(pubsub)
                     self._scan()
-                    self._set_synced(True)
-                    backoff = 1.0
+                    if not self._resync.is_set():
+                        self._set_synced(True)
+                    failures = 0
                     self._listen(pubsub)
                 except Exception as exc:  # any failure: never stay "synced" while deaf
                     self._set_synced(False)
-                    if isinstance(exc, redis.RedisError):
+                    failures += 1
+                    if not isinstance(exc, redis.RedisError):
+                        log.exception("event=active_members_error retry_s=%s", self._retry_s)
+                    elif failures == 1:  # once per outage, not every retry_s
                         log.warning(
-                            "event=active_members_error error=%s retry_s=%s", type(exc).__name__, backoff
+                            "event=active_members_error error=%s retry_s=%s",
+                            type(exc).__name__,
+                            self._retry_s,
                         )
-                    else:
-                        log.exception("event=active_members_error retry_s=%s", backoff)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    # A fixed, short wait: a refused connect costs nothing, and the directory
+                    # must be back within about a second of Redis.
+                    self._stop.wait(self._retry_s)
                 finally:
                     with contextlib.suppress(Exception):
                         pubsub.close()
@@ -166,6 +188,8 @@ class ActiveMembers:
 
         swept = pinged = self._pong = time.monotonic()
         while not self._stop.is_set():
+            if self._resync.is_set():
+                raise redis.ConnectionError("invalidated after a Redis failure; subscribing again")
             message = pubsub.get_message(timeout=0.5)
             if message is not None:
                 self._on_message(message)

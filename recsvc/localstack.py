@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -44,12 +45,14 @@ def redis_server_binary() -> str:
 
 
 class LocalRedis:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
+    """A throw-away redis-server on a free loopback port (no persistence unless ``extra_args``
+    turn it on, e.g. ``("--appendonly", "yes")``: they follow, and so override, the defaults)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._workdir = workdir
+        self._extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
@@ -69,6 +72,7 @@ class LocalRedis:
                 "no",
                 "--dir",
                 str(self._workdir),
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -8,10 +8,16 @@ recorded through any of them shows in the next recommendation from all of them. 
 written for an erased member: the write script checks their suppression record
 (``<prefix>:{m:<id>}:suppressed``, recsvc.security.erasure) in the same atomic step.
 
-Redis being down never fails a recommendation: after a failed call the store stays "degraded"
-for a back-off period (1 s doubling to 30 s) and answers at once with "no real-time data",
-instead of waiting on a dead Redis for every call. The state is reported to metrics and logged
-on each transition.
+Redis being down never fails a recommendation: after a failed call the store is "degraded" (its
+circuit breaker, ``recsvc.breaker``, is open) and answers at once with "no real-time data"
+(``RecordEvent``: not stored), instead of waiting on a dead Redis for every call. A background
+probe pings Redis every ``redis.reconnect_interval_ms`` (250 ms) and the first answer ends the
+outage, so the store recovers within about that long of Redis coming back. (It used to wait a
+back-off of 1 s doubling to 30 s, and only a request could end it: 10 s and more after a restart
+or a stall.) Recommendation reads on the event loop never probe; ``RecordEvent`` (thread pool)
+may. Every failure also tells the active-members directory to re-subscribe and re-scan
+(``ActiveMembers.invalidate``), so it never skips the read of a member whose notice was lost. The
+state is reported to metrics and logged on each transition.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import redis
 
 from recsvc.active_members import ActiveMembers, active_channel
+from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import MemberErased
 from recsvc.keys import member_key
 from recsvc.security.erasure import suppression_key
@@ -60,8 +67,7 @@ end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
-_BACKOFF_START_S = 1.0
-_BACKOFF_MAX_S = 30.0
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class ThreadConnections:
@@ -176,6 +182,9 @@ def make_redis_client(settings: RedisSettings) -> redis.Redis:
         settings.url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        # No retries inside a call (redis-py 6+ retries 10 times by default, with back-off):
+        # a call fails within one socket timeout and the callers' breakers decide what next.
+        retry=None,
         retry_on_timeout=False,
         health_check_interval=0,
     )
@@ -200,47 +209,43 @@ class RealtimeStore:
         self._max = settings.recent_events_max
         self._ttl = settings.recent_events_ttl_s
         self._on_state_change = on_state_change
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._backoff = _BACKOFF_START_S
-        self._degraded = False
+        # Opens at the first failure: a recommendation must never wait on Redis twice.
+        self._breaker = CircuitBreaker("realtime", 1, settings.reconnect_interval_ms / 1000, clock)
+        self._breaker.add_listener(self._state_changed)
+        self._watch = BreakerWatch(self._breaker, client.ping, _REDIS_DOWN)
+        self._last_error = ""
         self._read_sha = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
         self._record = client.register_script(_RECORD_SCRIPT)
         self._conns = ThreadConnections(client)
 
     @property
     def degraded(self) -> bool:
-        return self._degraded
+        return self._breaker.is_open
 
-    def _available(self) -> bool:
-        return not self._degraded or self._clock() >= self._down_until
+    def _state_changed(self, degraded: bool) -> None:
+        if degraded:
+            log.warning("event=realtime_degraded error=%s serving from the bundle only", self._last_error)
+            self._watch.start()  # the probe that ends the outage (started at the first one)
+        else:
+            log.info("event=realtime_recovered")
+        if self._on_state_change:
+            self._on_state_change(degraded)
 
     def _failed(self, exc: Exception) -> None:
-        with self._lock:
-            was = self._degraded
-            self._degraded = True
-            self._down_until = self._clock() + self._backoff
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
-        if not was:
-            log.warning("event=realtime_degraded error=%s serving from the bundle only", type(exc).__name__)
-            if self._on_state_change:
-                self._on_state_change(True)
+        self._last_error = type(exc).__name__
+        if self._active is not None:
+            # A notice may have been lost with the connection: read everyone until resynced.
+            self._active.invalidate()
+        self._breaker.failure()
 
     def _succeeded(self) -> None:
-        if not self._degraded:
-            return
-        with self._lock:
-            self._degraded = False
-            self._backoff = _BACKOFF_START_S
-        log.info("event=realtime_recovered")
-        if self._on_state_change:
-            self._on_state_change(False)
+        self._breaker.success()
 
     def record(self, member_id: str, item_id: str, event_type: str, ts: float, channel: str) -> bool:
-        """Store one event; False when Redis is unavailable (the event is not kept).
-        ``MemberErased`` when the member was erased (nothing is stored about them)."""
-        if not self._available():
+        """Store one event; False when Redis is unavailable (the event is not kept). False means
+        "not confirmed": a write that timed out against a stalled Redis may still be applied when
+        Redis resumes. ``MemberErased`` when the member was erased (nothing is stored about them)."""
+        if not self._breaker.allow():
             return False
         ev_key = member_key(self._prefix, member_id, EVENTS_SUFFIX)
         pu_key = member_key(self._prefix, member_id, PURCHASED_SUFFIX)
@@ -272,7 +277,7 @@ class RealtimeStore:
         work in between that does not depend on it (the engine searches with the trained
         vector), so the round trip costs no waiting. Call ``result()`` on the same thread,
         before this thread's next read."""
-        if not self._available():
+        if self._breaker.is_open:  # the event loop never probes: the background watch does
             return PendingRecent(self, None, None)
         if self._active is not None and not self._active.may_have(member_id):
             return PendingRecent(self, None, None, known=_NO_ACTIVITY)
@@ -322,6 +327,7 @@ class RealtimeStore:
         return list(reply[0]), list(reply[1])
 
     def close(self) -> None:
+        self._watch.stop()
         self._conns.close()
 
     def forget(self, member_id: str) -> None:

@@ -190,6 +190,13 @@ class RedisSettings(_Section):
     socket_timeout_ms: int = Field(50, ge=1)
     recent_events_max: int = Field(200, ge=1)
     recent_events_ttl_s: int = Field(7 * 86400, ge=60)
+    reconnect_interval_ms: int = Field(
+        250,
+        ge=10,
+        le=60_000,
+        description="after a Redis failure, the real-time store and the active-members listener try "
+        "Redis again this often (a background probe; requests never wait on a dead Redis)",
+    )
     active_members: bool = Field(
         True,
         description="keep, per process, the members that have recent events (pub/sub fed, see "
@@ -206,6 +213,17 @@ class OutreachSettings(_Section):
     plan_pipeline_size: int = Field(500, ge=1, le=10_000)
     # Redis slower than this fails marketing closed (THROTTLE_UNAVAILABLE).
     redis_timeout_ms: int = Field(50, ge=1)
+    # The throttle's circuit breaker (recsvc/breaker.py): while open, decisions fail closed and
+    # writes answer STORE_UNAVAILABLE at once, and health reports recsvc.v1.Outreach NOT_SERVING.
+    breaker_failures: int = Field(
+        3, ge=1, le=1000, description="consecutive Redis failures or timeouts that open the breaker"
+    )
+    breaker_reset_ms: int = Field(
+        500,
+        ge=10,
+        le=60_000,
+        description="open breaker: a probe (a call or a background PING) is let through this often",
+    )
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
     next_best_candidates: int = Field(50, ge=1, le=1000)
 

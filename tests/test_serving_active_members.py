@@ -162,3 +162,23 @@ def test_an_unexpected_error_in_the_listener_unsyncs_and_recovers(redis_url: str
         assert calls["n"] == 2
         assert changes == [True]  # never synced before the scan succeeded
         assert active.may_have("anyone") is False
+
+
+def test_a_store_failure_makes_the_directory_read_everyone_until_rescanned(redis_url: str) -> None:
+    """Issue 15, finding 6: a notice can be lost with no error on the subscription (a stall, a
+    connection that died quietly). Any Redis failure the store sees must make the directory read
+    every member again, and the re-scan must find the state whose notice was lost."""
+    admin = redis.Redis.from_url(redis_url)
+    with directory(redis_url) as (active, changes), store(redis_url, active) as s:
+        active.start()
+        assert _wait(lambda: active.synced)
+        # State written without a notice (as if the PUBLISH had been lost).
+        admin.lpush(f"{PREFIX}:{{m:LOST}}:rt:events", '{"i":"P1","t":"view","ts":1.0,"c":"app"}')
+        assert not active.may_have("LOST")  # the directory cannot know
+        s._failed(redis.ConnectionError("a Redis call failed"))
+        assert active.may_have("LOST")  # at once: every member is read again
+        assert not active.synced
+        assert _wait(lambda: active.synced, timeout=2.0)  # re-subscribed and re-scanned
+        assert active.may_have("LOST")  # found by the re-scan
+        assert changes[:3] == [True, False, True]
+    admin.close()

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import redis
 
+from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import validation as v
 from recsvc.outreach.next_best import next_best_outreach
@@ -233,6 +234,7 @@ def build_throttle(
         transactional_when_unavailable=o.transactional_when_unavailable,
         # The same keyed pseudonym as the audit log and the rest of recsvc's logs.
         pseudonymize=Pseudonymizer(settings.security.pseudonym_key),
+        breaker=CircuitBreaker("outreach", o.breaker_failures, o.breaker_reset_ms / 1000),
         **extra,
     )
 

@@ -7,6 +7,13 @@ policy object (``Policy.decide_script_args``) and appended to every decision. Qu
 decided here in Python (zoneinfo) and passed into the script. Redis errors and timeouts never
 escape a decision: marketing fails closed with THROTTLE_UNAVAILABLE, transactional follows
 ``transactional_when_unavailable``.
+
+Every Redis call goes through a circuit breaker (``recsvc.breaker``; ``outreach.breaker_failures``
+consecutive refused connections or timeouts open it): while it is open, decisions answer
+THROTTLE_UNAVAILABLE and writes raise ``StoreUnavailable`` at once instead of each waiting for the
+socket timeout, one probe per ``outreach.breaker_reset_ms`` goes through (a call, or the
+background PING of ``start_watch``), and the first success closes it. ``breaker`` is public so
+readiness (``recsvc.server.readiness``) can follow it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -26,6 +34,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
+from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
 from recsvc.outreach import metrics
 from recsvc.outreach.evalsha import ScriptRunner
@@ -43,6 +52,12 @@ FEEDBACK_KINDS = ("delivered", "opened", "clicked", "ignored", "unsubscribed", "
 DAY_MS = 86_400_000
 
 Clock = Callable[[], float]  # epoch seconds
+# What counts against the store: it did not answer. An error reply (a script error) is an answer.
+STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class StoreCircuitOpen(redis.ConnectionError):
+    """Not sent: the breaker is open (a ``redis.RedisError``, so every outage path handles it)."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +143,11 @@ class Throttle:
         transactional_when_unavailable: Literal["allow", "deny"] = "allow",
         pseudonymize: Callable[[str], str] = default_pseudonym,
         zone_cache_size: int = 100_000,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._redis = client
+        self.breaker = breaker or CircuitBreaker("outreach", 3, 0.5)
+        self._watch = BreakerWatch(self.breaker, client.ping, STORE_DOWN, idle_check=True)
         self.policies = policies
         self._prefix = key_prefix
         self._clock = clock
@@ -150,6 +168,26 @@ class Throttle:
     def keys(self, member_id: str) -> MemberKeys:
         return MemberKeys.of(self._prefix, member_id)
 
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """``call()`` (one Redis round trip or pipeline) through the breaker."""
+        if not self.breaker.allow():
+            raise StoreCircuitOpen("circuit open")
+        try:
+            result = call()
+        except STORE_DOWN:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return result
+
+    def start_watch(self) -> None:
+        """Probe Redis in the background (``recsvc.breaker.BreakerWatch``): the breaker closes
+        without traffic, and opens on an outage nobody called into. ``stop_watch`` ends it."""
+        self._watch.start()
+
+    def stop_watch(self) -> None:
+        self._watch.stop()
+
     def check(self, ask: OutreachAsk) -> Decision:
         """Dry run: what would happen now. Records nothing."""
         return self._single(ask, "check")
@@ -169,7 +207,7 @@ class Throttle:
             for _ in range(3):
                 quiet = self._quiet_until(ask, policy, now, tz)
                 keys, args = self._script_call(ask, mode, policy, now, tz, quiet, token)
-                raw = self._decide.call(keys, args, shared)
+                raw = self._guarded(partial(self._decide.call, keys, args, shared))
                 found = self._interpret(raw, ask, policy, tz)
                 if isinstance(found, Decision):
                     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
@@ -226,7 +264,7 @@ class Throttle:
                     return self._undecidable(asks[i], exc)
 
             try:
-                found_all = self._decide.call_many(calls(asked), shared, interpret)
+                found_all = self._guarded(partial(self._decide.call_many, calls(asked), shared, interpret))
             except redis.RedisError as exc:
                 for i in asked:
                     results[i] = self._unavailable(asks[i], exc)
@@ -372,12 +410,14 @@ class Throttle:
             return ZoneInfo(policy.default_timezone)
 
     def _unavailable(self, ask: OutreachAsk, exc: BaseException) -> Decision:
-        logger.warning("outreach throttle store unavailable: %s", exc.__class__.__name__)
+        why = "throttle store unavailable"
+        if isinstance(exc, StoreCircuitOpen):
+            why += " (circuit open)"  # the breaker logged the outage once; no line per decision
+        else:
+            logger.warning("outreach throttle store unavailable: %s", exc.__class__.__name__)
         if ask.message_class == TRANSACTIONAL and self._tx_when_unavailable == "allow":
-            return Decision(
-                True, UNAVAILABLE, "throttle store unavailable; transactional allowed by settings"
-            )
-        return Decision(False, UNAVAILABLE, "throttle store unavailable; failing closed")
+            return Decision(True, UNAVAILABLE, f"{why}; transactional allowed by settings")
+        return Decision(False, UNAVAILABLE, f"{why}; failing closed")
 
     def _finish(self, ask: OutreachAsk, decision: Decision) -> Decision:
         metrics.DECISIONS.labels(ask.channel, ask.message_class, decision.reason).inc()
@@ -410,8 +450,9 @@ class Throttle:
         """Give the slot back (the send failed). False when no such live reservation exists."""
         token, member_id = split_reservation_id(rid)
         k = self.keys(member_id)
+        keys = [k.sends, k.tx, k.camps, k.pushed]
         try:
-            return int(self._cancel(keys=[k.sends, k.tx, k.camps, k.pushed], args=[token])) == 1
+            return int(self._guarded(lambda: self._cancel(keys=keys, args=[token]))) == 1
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
 
@@ -435,8 +476,10 @@ class Throttle:
         script_kind = "engaged" if kind in {"opened", "clicked"} else kind
         k = self.keys(member_id)
         try:
-            done = self._feedback(
-                keys=[k.state, k.suppressed], args=[script_kind, channel, until, policy.state_ttl_ms]
+            done = self._guarded(
+                lambda: self._feedback(
+                    keys=[k.state, k.suppressed], args=[script_kind, channel, until, policy.state_ttl_ms]
+                )
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
@@ -450,9 +493,11 @@ class Throttle:
         policy = self.policies.current()
         k = self.keys(member_id)
         try:
-            done = self._consent(
-                keys=[k.profile, k.suppressed],
-                args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms],
+            done = self._guarded(
+                lambda: self._consent(
+                    keys=[k.profile, k.suppressed],
+                    args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms],
+                )
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
@@ -499,7 +544,9 @@ class Throttle:
         policy = self.policies.current()
         since = self.now_ms() - policy.recently_pushed_ms
         try:
-            raw = self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
+            raw = self._guarded(
+                lambda: self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
+            )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
         return [_text(x) for x in raw]  # type: ignore[union-attr]

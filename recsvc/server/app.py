@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import redis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsvc.active_members import ActiveMembers
@@ -40,6 +40,7 @@ from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
 from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, WrappingRegistrar
 from recsvc.server.interceptors import ErrorInterceptor
+from recsvc.server.readiness import Readiness
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
@@ -96,6 +97,7 @@ def build_deps(
             settings.redis.recent_events_ttl_s,
             REALTIME_SUFFIXES,
             on_sync_change=metrics.set_active_members_synced,
+            retry_s=settings.redis.reconnect_interval_ms / 1000,
         ).start()
     realtime = RealtimeStore(
         client, settings.redis, on_state_change=metrics.set_realtime_degraded, active=active
@@ -120,6 +122,9 @@ def build_deps(
         from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
 
         deps.outreach_servicer = build_outreach_servicer(settings, client, deps.port)
+        # Probes Redis for the throttle's breaker, which readiness follows (recsvc.server.readiness).
+        deps.outreach_servicer.throttle.start_watch()
+        deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
     # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
     security = secure_deps(settings, deps)
     # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.
@@ -178,26 +183,28 @@ def _add_services(
         target,
     )
     names = [RECOMMENDER_SERVICE]
+    model_names = [RECOMMENDER_SERVICE]
+    store_names: list[str] = []
     if deps.outreach_servicer is not None:
         outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
         names.append(OUTREACH_SERVICE)
+        store_names.append(OUTREACH_SERVICE)
     for add in deps.extra_services:
         names.append(add(target))
+        model_names.append(names[-1])
 
     # The thread-safe (synchronous) health servicer: model loads flip it from other threads.
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
     deps.health = health_servicer
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", *names):
-        health_servicer.set(name, not_serving)
-
-    def on_loaded() -> None:
-        # SERVING only once a model can answer; every service shares the process's model.
-        for name in ("", *names):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    deps.models.set_on_loaded(on_loaded)
+    # SERVING only once a model can answer (every service shares the process's model); Outreach
+    # also only while its Redis answers (the throttle's circuit breaker is closed).
+    readiness = Readiness(health_servicer, model_names, store_names)
+    if deps.outreach_servicer is not None:
+        breaker = deps.outreach_servicer.throttle.breaker
+        breaker.add_listener(readiness.store_changed)
+        readiness.store_changed(breaker.is_open)  # it may have opened while the server was built
+    deps.models.set_on_loaded(readiness.model_loaded)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     registrar.finish()
     log.info("event=services_added services=%s", ",".join(names))
