@@ -57,6 +57,7 @@ from pipelines.contract import (
     TableSpec,
 )
 from pipelines.read import REPLACEMENT_CHAR, count_rows, find_table_file, read_chunks, read_table
+from recsvc.csvsafe import write_frame
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,14 @@ class ValidationResult:
 
     def write(self, out_dir: Path) -> list[Path]:
         """Write one quarantine CSV per table (header only when nothing was quarantined, so a
-        stale file from an earlier run never survives) and summary.json."""
+        stale file from an earlier run never survives) and summary.json. The rows hold values
+        exactly as a hostile file sent them, so cells a spreadsheet would run as a formula are
+        escaped (recsvc.csvsafe)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name, table in self.tables.items():
             path = out_dir / f"{name}.csv"
-            table.quarantine.to_csv(path, index=False)
+            write_frame(table.quarantine, path)
             written.append(path)
         summary = out_dir / SUMMARY_FILE
         summary.write_text(json.dumps(self.summary(), indent=2) + "\n")
