@@ -22,7 +22,6 @@ or ``--shape``; see ``recsvc/bench/shapes.py``. Everything that is not Locust gl
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from recsvc.bench import shapes
 from recsvc.bench.loadconfig import LoadConfig, load_config
 from recsvc.bench.timeline import SHAPE_START_FILE, Timeline
 from recsvc.bench.traffic import ServedIds, Traffic
+from recsvc.csvsafe import SafeWriter
 from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
 
 grpc_gevent.init_gevent()
@@ -192,8 +192,9 @@ def _write_final_stats(environment: Any, **_: Any) -> None:
         ("_failures.csv", writer.failures_csv),
         ("_exceptions.csv", writer.exceptions_csv),
     ):
-        with open(f"{prefix}{suffix}", "w") as fh:  # opened as Locust opens them: same bytes
-            write(csv.writer(fh))
+        with open(f"{prefix}{suffix}", "w") as fh:  # opened as Locust opens them
+            # Failure and exception rows carry server messages: escaped against formula injection.
+            write(SafeWriter(fh))
 
 
 @events.quitting.add_listener

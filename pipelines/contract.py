@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recsvc.bounds import MAX_AMOUNT, MAX_PRICE, MAX_QUANTITY
 from recsvc.idmap import ID_CHARSET_DOC, ID_PATTERN
 from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES
 
@@ -19,6 +20,7 @@ __all__ = [
     "CATALOG",
     "CONSENT_CHANNELS",
     "CONSENT_COLUMNS",
+    "EARLIEST_EVENT_TS",
     "EVENTS",
     "EVENT_CHANNELS",
     "EVENT_TYPES",
@@ -26,6 +28,9 @@ __all__ = [
     "ID_CHARSET_DOC",
     "ID_PATTERN",
     "ITEM_KINDS",
+    "MAX_AMOUNT",
+    "MAX_PRICE",
+    "MAX_QUANTITY",
     "MEMBERS",
     "TABLES",
     "Reason",
@@ -41,7 +46,11 @@ ITEM_KINDS = ("product", "content")
 FEATURED_SEPARATOR = "|"
 MAX_TITLE_LENGTH = 200
 MAX_LABEL_LENGTH = 64  # category, brand, tier
-MAX_QUANTITY = 10_000
+# The earliest event time a file may hold. History years old is fine (a brand migrating its
+# records); an event before 1990 is a placeholder or a broken clock (epoch 0, year 1), and it
+# would distort recency, decay weights and lifecycle stages. Amount, price and quantity bounds
+# are recsvc.bounds', shared with the API.
+EARLIEST_EVENT_TS = "1990-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,11 @@ class Reason:
     UNKNOWN_CHANNEL = "unknown_channel"
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
+    TIMESTAMP_TOO_OLD = "timestamp_too_old"
     BAD_QUANTITY = "bad_quantity"
     BAD_AMOUNT = "bad_amount"
     NEGATIVE_AMOUNT = "negative_amount"
+    AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
     MISSING_AMOUNT = "missing_amount"
     UNKNOWN_ITEM = "unknown_item"
     UNKNOWN_MEMBER = "unknown_member"
@@ -112,6 +123,7 @@ class Reason:
     LABEL_TOO_LONG = "label_too_long"
     BAD_PRICE = "bad_price"
     NEGATIVE_PRICE = "negative_price"
+    PRICE_OUT_OF_RANGE = "price_out_of_range"
     BAD_IN_STOCK = "bad_in_stock"
     MISSING_PUBLISHED_AT = "missing_published_at"
     FEATURED_ON_PRODUCT = "featured_on_product"

@@ -40,13 +40,16 @@ import pandas as pd
 from pipelines.contract import (
     CATALOG,
     CONSENT_COLUMNS,
+    EARLIEST_EVENT_TS,
     EVENT_CHANNELS,
     EVENT_TYPES,
     EVENTS,
     FEATURED_SEPARATOR,
     ID_PATTERN,
     ITEM_KINDS,
+    MAX_AMOUNT,
     MAX_LABEL_LENGTH,
+    MAX_PRICE,
     MAX_QUANTITY,
     MAX_TITLE_LENGTH,
     MEMBERS,
@@ -54,6 +57,7 @@ from pipelines.contract import (
     TableSpec,
 )
 from pipelines.read import REPLACEMENT_CHAR, count_rows, find_table_file, read_chunks, read_table
+from recsvc.csvsafe import write_frame
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ _DETAIL_MAX = 80
 # Event columns read as categoricals: few distinct values per chunk, each checked once.
 _EVENT_DICTIONARY = ("member_id", "item_id", "event_type", "channel", "quantity", "amount")
 _PURCHASE = EVENT_TYPES.index("purchase")
+_EARLIEST_EVENT = pd.Timestamp(EARLIEST_EVENT_TS)
 
 
 @dataclass
@@ -128,12 +133,14 @@ class ValidationResult:
 
     def write(self, out_dir: Path) -> list[Path]:
         """Write one quarantine CSV per table (header only when nothing was quarantined, so a
-        stale file from an earlier run never survives) and summary.json."""
+        stale file from an earlier run never survives) and summary.json. The rows hold values
+        exactly as a hostile file sent them, so cells a spreadsheet would run as a formula are
+        escaped (recsvc.csvsafe)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name, table in self.tables.items():
             path = out_dir / f"{name}.csv"
-            table.quarantine.to_csv(path, index=False)
+            write_frame(table.quarantine, path)
             written.append(path)
         summary = out_dir / SUMMARY_FILE
         summary.write_text(json.dumps(self.summary(), indent=2) + "\n")
@@ -364,6 +371,7 @@ def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) ->
     price = _numbers(raw["price"])
     v.flag(price.isna() | ~np.isfinite(price.fillna(0)), Reason.BAD_PRICE, "price")
     v.flag(price < 0, Reason.NEGATIVE_PRICE, "price")
+    v.flag(price > MAX_PRICE, Reason.PRICE_OUT_OF_RANGE, "price")
     in_stock, bad_bool = _booleans(raw["in_stock"])
     # Content is never out of stock; a product must say whether it is.
     v.flag(bad_bool | (is_product & in_stock.isna().to_numpy(dtype=bool)), Reason.BAD_IN_STOCK, "in_stock")
@@ -528,6 +536,7 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, 
     ts = _timestamps(raw["ts"])
     v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
     v.flag(ts > refs.latest, Reason.FUTURE_TIMESTAMP, "ts")
+    v.flag(ts < _EARLIEST_EVENT, Reason.TIMESTAMP_TOO_OLD, "ts")
     quantity = _numbers(raw["quantity"])
     q_unparsable = _unparsable(raw["quantity"], quantity)
     q = quantity.fillna(1.0).to_numpy()
@@ -537,6 +546,8 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, 
     amount = _numbers(raw["amount"])
     v.flag(_unparsable(raw["amount"], amount) | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
     v.flag(amount < 0, Reason.NEGATIVE_AMOUNT, "amount")
+    # Far above any real basket but finite: sums of accepted amounts stay finite in training.
+    v.flag(amount > MAX_AMOUNT, Reason.AMOUNT_OUT_OF_RANGE, "amount")
     v.flag(amount.isna().to_numpy(dtype=bool) & (event_type == _PURCHASE), Reason.MISSING_AMOUNT, "amount")
     v.flag(member < 0, Reason.UNKNOWN_MEMBER, "member_id")
     v.flag(item < 0, Reason.UNKNOWN_ITEM, "item_id")

@@ -176,6 +176,8 @@ class ModelRegistry:
         self._edges = edges
         self._models: dict[str, ServedModel] = {}
         self._resolved: dict[str, str] = {}  # variant -> last resolved version of its configured URI
+        # variant -> the explicit ReloadModel URI it serves instead of its configured source.
+        self._pinned: dict[str, str] = {}
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -228,11 +230,19 @@ class ModelRegistry:
         return dict(self._models)
 
     # ---- loading ---------------------------------------------------------------------------
-    def reload(self, uri: str | None = None) -> list[tuple[str, str, bool]]:
+    @property
+    def pinned(self) -> dict[str, str]:
+        """Variants serving an explicit ``ReloadModel`` URI instead of their configured source."""
+        return dict(self._pinned)
+
+    def reload(self, uri: str | None = None, *, poll: bool = False) -> list[tuple[str, str, bool]]:
         """Load the configured source of every variant (or ``uri`` for all of them) and swap.
 
-        Returns ``(variant, version, changed)`` per variant. Raises the first error when nothing
-        could be loaded; the previous models keep serving in any case.
+        ``uri`` pins every variant to it. Without ``uri`` every variant returns to its configured
+        source, pinned or not (``ReloadModel`` with an empty URI is the documented way back);
+        ``poll=True`` (the poller) leaves a pinned variant alone until its configured source
+        resolves to a new version. Returns ``(variant, version, changed)`` per variant. Raises the
+        first error when nothing could be loaded; the previous models keep serving in any case.
         """
         with self._reload_lock:
             results: list[tuple[str, str, bool]] = []
@@ -243,7 +253,12 @@ class ModelRegistry:
                 current = new_models.get(v.name)
                 try:
                     resolved = self._resolver.resolve(target)
-                    if uri is None and self._resolved.get(v.name) == resolved.version and current is not None:
+                    if (
+                        uri is None
+                        and (poll or v.name not in self._pinned)
+                        and self._resolved.get(v.name) == resolved.version
+                        and current is not None
+                    ):
                         results.append((v.name, current.version, False))
                         self._count(v.name, "unchanged")
                         continue
@@ -253,6 +268,7 @@ class ModelRegistry:
                         and current.version == resolved.version
                     ):
                         self._resolved[v.name] = resolved.version
+                        self._pin(v.name, uri)
                         results.append((v.name, current.version, False))
                         self._count(v.name, "unchanged")
                         continue
@@ -270,6 +286,7 @@ class ModelRegistry:
                     continue
                 if uri is None:
                     self._resolved[v.name] = resolved.version
+                self._pin(v.name, uri)
                 previous = current.version if current is not None else None
                 new_models[v.name] = model
                 results.append((v.name, model.version, True))
@@ -301,6 +318,13 @@ class ModelRegistry:
             self._on_loaded()
         return results
 
+    def _pin(self, variant: str, uri: str | None) -> None:
+        if uri is None:
+            if self._pinned.pop(variant, None) is not None:
+                log.info("event=model_unpinned variant=%s", variant)
+        else:
+            self._pinned[variant] = uri
+
     def _count(self, variant: str, result: str) -> None:
         if self._metrics is not None:
             self._metrics.reloads.labels(variant, result).inc()
@@ -313,7 +337,7 @@ class ModelRegistry:
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 try:
-                    self.reload()
+                    self.reload(poll=True)
                 except RecsvcError as exc:
                     log.warning("event=model_poll_failed error=%s", exc)
                 except Exception:  # never let the poller die: the next poll may succeed

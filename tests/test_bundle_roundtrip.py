@@ -4,6 +4,7 @@ of another schema version (or with a file missing) is refused with a named error
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,20 @@ def test_manifest_params_recompute_member_vectors_like_recalculate_user(
     drifted = model.recalculate_user(rows, b.history[rows])
     cos_wrong = (drifted * trained).sum(1) / np.linalg.norm(drifted, axis=1) / np.linalg.norm(trained, axis=1)
     assert cos_wrong.mean() < cos.mean() - 0.01, (cos_wrong.mean(), cos.mean())
+
+
+@pytest.mark.parametrize(
+    "name", ["index_product.faiss", "index_content.faiss", "popular.parquet", "vocab.json"]
+)
+def test_every_required_file_is_checked_before_loading(
+    tmp_path: Path, contents: BundleContents, name: str
+) -> None:
+    out = assemble.write(tmp_path / "bundle", contents)
+    (out / name).unlink()
+    with pytest.raises(BundleError, match=re.escape(name) + " is missing") as err:
+        load_bundle(out)
+    assert err.value.reason == "BAD_BUNDLE"
+    out2 = assemble.write(tmp_path / "bundle2", contents)
+    (out2 / name).write_bytes(b"")
+    with pytest.raises(BundleError, match=re.escape(name) + " is empty"):
+        load_bundle(out2)

@@ -135,6 +135,11 @@ def _event(**changes: str) -> list[dict[str, str]]:
         ({"amount": "-5"}, Reason.NEGATIVE_AMOUNT),
         ({"amount": "12,5"}, Reason.BAD_AMOUNT),
         ({"amount": "inf"}, Reason.BAD_AMOUNT),
+        ({"event_type": "purchase", "amount": "1e308"}, Reason.AMOUNT_OUT_OF_RANGE),
+        ({"amount": "100000000.5"}, Reason.AMOUNT_OUT_OF_RANGE),  # just above recsvc.bounds.MAX_AMOUNT
+        ({"ts": "1989-12-31T23:59:59Z"}, Reason.TIMESTAMP_TOO_OLD),
+        ({"ts": "1970-01-01T00:00:00Z"}, Reason.TIMESTAMP_TOO_OLD),  # epoch 0: a placeholder
+        ({"ts": "0001-01-01T00:00:00Z"}, Reason.TIMESTAMP_TOO_OLD),
         ({"event_type": "purchase", "amount": ""}, Reason.MISSING_AMOUNT),
         ({"quantity": "0"}, Reason.BAD_QUANTITY),
         ({"quantity": "1.5"}, Reason.BAD_QUANTITY),
@@ -156,6 +161,26 @@ def test_each_bad_event_kind_is_quarantined_with_its_reason(
 def test_future_timestamp_within_tolerance_is_accepted(tmp_path: Path) -> None:
     result = validate_dir(_write(tmp_path / "d", events=_event(ts="2026-06-01T00:04:00Z")), DATA, now=NOW)
     assert result.rows_quarantined == 0
+
+
+def test_old_history_and_the_largest_amount_are_accepted(tmp_path: Path) -> None:
+    # Years-old history (a brand migrating its records) is valid; only pre-1990 times are absurd.
+    rows = [
+        *_event(ts="1990-01-01T00:00:00Z"),
+        {**_events()[2], "ts": "2001-03-04T05:06:07Z", "amount": "100000000"},  # = MAX_AMOUNT
+    ]
+    result = validate_dir(_write(tmp_path / "d", events=rows), DATA, now=NOW)
+    assert result.rows_quarantined == 0
+    assert result.events["amount"].max() == 1e8
+
+
+def test_three_huge_purchases_never_reach_training(tmp_path: Path) -> None:
+    huge = [
+        {**_events()[2], "ts": f"2026-05-0{day}T10:05:00Z", "amount": "1e308"} for day in (3, 4, 5)
+    ]
+    result = validate_dir(_write(tmp_path / "d", events=_events() + huge), DATA, now=NOW)
+    assert result.tables["events"].reason_counts == {Reason.AMOUNT_OUT_OF_RANGE: 3}
+    assert np.isfinite(result.events["amount"]).all()
 
 
 def test_first_failing_check_is_the_one_reason(tmp_path: Path) -> None:
@@ -209,6 +234,7 @@ def _catalog_with(index: int, **changes: str) -> list[dict[str, str]]:
         (1, {"price": "free"}, Reason.BAD_PRICE),
         (1, {"price": ""}, Reason.BAD_PRICE),
         (1, {"price": "-3"}, Reason.NEGATIVE_PRICE),
+        (1, {"price": "1e308"}, Reason.PRICE_OUT_OF_RANGE),
         (1, {"in_stock": "maybe"}, Reason.BAD_IN_STOCK),
         (1, {"in_stock": ""}, Reason.BAD_IN_STOCK),
         (1, {"published_at": "soon"}, Reason.BAD_TIMESTAMP),

@@ -250,3 +250,15 @@ def test_chunked_generation_covers_every_member_and_stays_clean(
     # Members of every chunk have events (ids run M000001..M000300 across 5 chunks).
     assert {int(m[1:]) // 70 for m in active} == {0, 1, 2, 3, 4}
     assert report.rows["events"] == result.tables["events"].rows_read
+
+
+def test_generated_text_never_starts_with_a_formula_trigger(gen: Generated) -> None:
+    # The generator writes the data contract itself, unescaped, so its CSVs round-trip exactly;
+    # that is only safe to open in a spreadsheet while no text cell starts with = + - @ tab CR.
+    from recsvc.csvsafe import TRIGGERS
+
+    for frame in (gen.catalog, gen.members):
+        for col in frame.columns:
+            if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
+                text = frame[col].dropna().astype(str)
+                assert not text.str.startswith(TRIGGERS).any(), col

@@ -57,3 +57,21 @@ def test_audit_verify_default_path_from_settings(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RECSVC_SECURITY__AUDIT_LOG", str(path))
     out = runner.invoke(app, ["audit", "verify"])
     assert out.exit_code == 0 and str(path) in out.stdout.replace("\n", "")
+
+
+def test_audit_verify_fails_on_a_cut_log_without_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path)
+    for v in ("1", "2", "3"):
+        audit.append("model_promotion", version=v)
+    head_copy = tmp_path / "offsite.head"
+    head_copy.write_text(audit.head_path.read_text())
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    audit.head_path.unlink()
+    bad = runner.invoke(app, ["audit", "verify", str(path)])
+    assert bad.exit_code == 1 and "is missing" in bad.output.replace("\n", "")
+    path.write_text("")
+    bad = runner.invoke(app, ["audit", "verify", str(path)])
+    assert bad.exit_code == 1 and "ok:" not in bad.output
+    anchored = runner.invoke(app, ["audit", "verify", str(path), "--head", str(head_copy)])
+    assert anchored.exit_code == 1 and "entries 1..3 were removed" in anchored.output.replace("\n", "")

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundle_factory import make_bundle
-from serving_harness import running_server, serving_settings
+from serving_harness import RunningServer, running_server, serving_settings
 
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -101,3 +101,65 @@ def test_reload_model_reaches_every_server_sharing_redis(redis_url: str, tmp_pat
         while b.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=5).model_version != "v2":
             assert time.monotonic() < deadline, "the other server did not follow ReloadModel"
             time.sleep(0.05)
+        # An empty URI unpins every server, back to the configured source.
+        assert a.stub.ReloadModel(recommender_pb2.ReloadModelRequest(), timeout=30).model_version == "v1"
+        deadline = time.monotonic() + 5
+        while b.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=5).model_version != "v1":
+            assert time.monotonic() < deadline, "the other server did not return to its configured source"
+            time.sleep(0.05)
+
+
+def _version(srv: RunningServer) -> str:
+    return str(srv.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=5).model_version)
+
+
+def test_reload_with_an_empty_uri_returns_to_the_configured_source(redis_url: str, tmp_path: Path) -> None:
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    with running_server(serving_settings(str(b1.path), redis_url, tmp_path)) as srv:
+        pinned = srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(b2.path)), timeout=30)
+        assert pinned.changed and pinned.model_version == "v2"
+        assert srv.deps.models.pinned == {"default": str(b2.path)}
+        # The poller leaves a pin alone while the configured source has not changed.
+        srv.deps.models.start_polling(0.1)
+        time.sleep(0.5)
+        assert _version(srv) == "v2"
+        # An empty URI is the way back (it used to answer changed=false and stay on v2).
+        back = srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(), timeout=30)
+        assert back.changed and back.model_version == "v1"
+        assert _version(srv) == "v1" and srv.deps.models.pinned == {}
+        again = srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(), timeout=30)
+        assert not again.changed and again.model_version == "v1"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("index_product.faiss", "index_product.faiss is missing"),
+        ("index_content.faiss", "index_content.faiss is missing"),
+        ("popular.parquet", "popular.parquet is missing"),
+        ("empty:item_price.npy", "item_price.npy is empty"),
+        ("empty:index_product.faiss", "index_product.faiss is empty"),
+    ],
+)
+def test_reload_refuses_a_bundle_missing_a_required_file(
+    redis_url: str, tmp_path: Path, damage: str, message: str
+) -> None:
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    broken = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    if damage.startswith("empty:"):
+        (broken.path / damage.removeprefix("empty:")).write_bytes(b"")
+    else:
+        (broken.path / damage).unlink()
+    with running_server(serving_settings(str(b1.path), redis_url, tmp_path)) as srv:
+        with pytest.raises(grpc.RpcError) as err:
+            srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(broken.path)), timeout=30)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = err.value.details() or ""
+        assert details.startswith("BAD_BUNDLE") and message in details
+        assert _version(srv) == "v1"  # the old model keeps serving
+        member = b1.warm_members(cluster=0)[0]
+        reply = srv.stub.RecommendProducts(
+            recommender_pb2.RecommendProductsRequest(member_id=member, k=5), timeout=5
+        )
+        assert reply.model_version == "v1" and reply.items

@@ -320,6 +320,26 @@ def test_segments_on_hand_made_members() -> None:
     assert before.loc["fresh", "lifecycle"] == "new" and before.loc["fresh", "recency_days"] == 0
 
 
+def test_monetary_is_finite_even_from_huge_amounts() -> None:
+    # Three purchases of 1e308 once made monetary = inf (float32 cast and sum); prepare bounds each
+    # amount to recsvc.bounds.MAX_AMOUNT, and the sums are float64.
+    ds = _dataset([("m1", "p1", "purchase", 1), ("m1", "p2", "purchase", 2), ("m1", "p3", "purchase", 3)])
+    ds.events["amount"] = [1e308, 1e308, np.inf]
+    p = prepare.prepare(ds)
+    assert np.isfinite(p.events.amount).all() and p.events.amount.max() == pytest.approx(1e8)
+    table, _ = segments.member_segments(p, TrainingSettings())
+    monetary = float(table.set_index("member_id")["monetary"].to_numpy()[0])
+    assert np.isfinite(monetary) and monetary == pytest.approx(2e8)  # two capped at 1e8; inf counts as 0
+
+
+def test_non_finite_monetary_is_a_named_error() -> None:
+    p = prepare.prepare(_dataset([("m1", "p1", "purchase", 1)]))
+    p.events.amount[:] = np.inf  # what prepare now prevents
+    with pytest.raises(DataContractError, match="monetary is not finite") as err:
+        segments.member_segments(p, TrainingSettings())
+    assert err.value.reason == "NON_FINITE_SEGMENT"
+
+
 def test_popularity_tables_have_all_fallbacks_and_ranks() -> None:
     t = TrainingSettings(popular_per_table=10)
     ds = make_dataset(members=60, products=20, content=6, events_per_member=10, seed=3)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsvc.bounds import MAX_AMOUNT
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.errors import DataContractError
 from recsvc.idmap import IdMap
@@ -148,6 +149,19 @@ def _fingerprint(parts: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _amounts(column: pd.Series) -> np.ndarray:
+    """Amounts as float32 within 0..MAX_AMOUNT (NaN = 0). Validated data already is; a frame built
+    in code (tests, ``training.synthetic``) is clamped here, before the float32 cast would turn a
+    huge value into inf and the monetary sums in segments with it."""
+    raw = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(raw)
+    clamped = np.where(finite, np.clip(raw, 0.0, MAX_AMOUNT), 0.0)
+    changed = int(np.count_nonzero(~finite & ~np.isnan(raw)) + np.count_nonzero(finite & (clamped != raw)))
+    if changed:
+        log.warning("clamped amounts=%d outside 0..%g or not finite", changed, MAX_AMOUNT)
+    return clamped.astype(np.float32)
+
+
 def prepare(dataset: DatasetLike) -> Prepared:
     """Build id maps and event arrays. Raises DataContractError if nothing is left to train on."""
     events, catalog, members = dataset.events, dataset.catalog, dataset.members
@@ -184,11 +198,7 @@ def prepare(dataset: DatasetLike) -> Prepared:
         if "channel" in events
         else np.full(len(events), -1, dtype=np.int8)
     )
-    amount = (
-        pd.to_numeric(events["amount"], errors="coerce").fillna(0).to_numpy(dtype=np.float32)
-        if "amount" in events
-        else np.zeros(len(events), dtype=np.float32)
-    )
+    amount = _amounts(events["amount"]) if "amount" in events else np.zeros(len(events), dtype=np.float32)
     ev = EventArrays(
         member=m_rows.astype(np.int32),
         item=i_rows.astype(np.int32),

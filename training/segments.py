@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recsvc.bundle import ALL, KIND_NAMES, LIFECYCLE_STAGES
+from recsvc.errors import DataContractError
 from recsvc.settings import EVENT_CHANNELS, TrainingSettings
 from training.confidence import event_confidence
 from training.prepare import DAY_S, PURCHASE_CODE, EventArrays, Prepared
@@ -34,6 +35,16 @@ def _quintile(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
         return np.zeros(0, dtype=np.int8)
     ranks = pd.Series(values if higher_is_better else -values).rank(method="average", pct=True)
     return np.clip(np.ceil(ranks.to_numpy() * 5), 1, 5).astype(np.int8)
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataContractError(
+            f"segment {name} is not finite for {int(bad.sum())} members: amounts outside the data "
+            f"contract reached training",
+            reason="NON_FINITE_SEGMENT",
+        )
 
 
 def lifecycle_stage(
@@ -70,7 +81,10 @@ def member_segments(
     last_buy = np.full(n, -1, dtype=np.int64)
     np.maximum.at(last_buy, ev.member[bought], ev.ts[bought])
     frequency = np.bincount(ev.member[bought], minlength=n).astype(np.int64)
-    monetary = np.bincount(ev.member[bought], weights=ev.amount[bought], minlength=n)
+    # float64 sums of amounts prepare bounded to 0..MAX_AMOUNT: finite for any event count that
+    # fits in memory. Checked anyway, so a non-finite value can never reach the bundle.
+    monetary = np.bincount(ev.member[bought], weights=ev.amount[bought].astype(np.float64), minlength=n)
+    _check_finite(monetary, "monetary")
     registered = prepared.member_registered_at
     reference = np.where(last_buy >= 0, last_buy, np.where(last_any >= 0, last_any, registered))
     known = (reference > 0) | (last_any >= 0)

@@ -16,12 +16,18 @@ app = typer.Typer(help="Audit log commands.", no_args_is_help=True)
 def verify(
     ctx: typer.Context,
     path: Path | None = typer.Argument(None, help="Audit log to check (default: security.audit_log)."),
+    head: Path | None = typer.Option(
+        None,
+        "--head",
+        help="Check the log's end against this copy of its head file (e.g. one kept "
+        "off this host) instead of <log>.head.",
+    ),
 ) -> None:
-    """Report every edited, reordered, inserted or removed entry; exit 1 if any."""
+    """Report every edited, reordered, inserted or removed entry, and a missing head; exit 1 if any."""
     from recsvc.security.audit import verify as verify_log
 
     target = path or state(ctx).settings().security.audit_log
-    result = verify_log(target)
+    result = verify_log(target, head_path=head)
     if result.ok:
         typer.echo(f"ok: {result.entries} entries, hash chain intact ({target})")
         return

@@ -174,11 +174,12 @@ def import_profiles(
     for r in refused[:10]:
         out.print(f"  refused {r['file']} member={r['member_id']}: {r['reason']}")
     if quarantine is not None and refused:
-        import csv
+        from recsvc.csvsafe import SafeDictWriter
 
         quarantine.parent.mkdir(parents=True, exist_ok=True)
         with quarantine.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["file", "member_id", "reason"])
+            # Refused rows carry ids as the file sent them: escaped against formula injection.
+            writer = SafeDictWriter(fh, fieldnames=["file", "member_id", "reason"])
             writer.writeheader()
             writer.writerows(refused)
 

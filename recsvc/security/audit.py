@@ -4,8 +4,12 @@ Writes: ``settings.security.audit_log`` (default ``var/audit/audit.log``). Each 
 SHA-256 of the previous entry (``prev``) and its own hash (``hash``, over the canonical JSON of
 every other field), so editing, reordering or removing any line breaks the chain at that line.
 Removing trailing entries is caught by comparing against the head file (``<log>.head``), which
-each append rewrites; an attacker who can rewrite both files and recompute every hash is out of
-scope — ship the log to write-once storage for that (docs/security.md).
+each append rewrites. A log without its head fails verification (deleting the head with the last
+lines must not make a cut log pass), and an append that finds the head missing or not matching
+the log's end records that in the new entry (``tamper``), so the next append cannot quietly
+re-anchor a cut log either. An attacker who can rewrite both files and recompute every hash is
+out of scope — keep a copy of the head elsewhere (``verify(head_path=...)``) or ship the log to
+write-once storage for that (docs/security.md).
 
 Appends are safe across threads and processes: an exclusive ``flock`` on the log file is held
 while the last entry is read and the new one written.
@@ -29,13 +33,48 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 # Fields the log fills in itself; callers may not pass them.
-_RESERVED = frozenset({"seq", "ts", "event", "prev", "hash"})
+_RESERVED = frozenset({"seq", "ts", "event", "prev", "hash", "tamper"})
 
 
 def _entry_hash(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def head_path_of(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def _read_head(head_path: Path) -> tuple[int, str] | None:
+    """(seq, hash) from a head file; None when it does not exist. ValueError when unreadable."""
+    try:
+        text = head_path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        head = json.loads(text)
+        return int(head["seq"]), str(head["hash"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a head record: {exc}") from exc
+
+
+def _head_mismatch(head_path: Path, last_seq: int, last_hash: str, last_prev: str | None) -> str | None:
+    """Why the head file does not vouch for a log ending at ``last_seq``/``last_hash`` (0/"" =
+    empty log), or None. A head exactly one entry behind, with that entry chained to it, is a
+    crash between writing the entry and the head: the append repairs it without a mark."""
+    try:
+        head = _read_head(head_path)
+    except (OSError, ValueError) as exc:
+        return f"the head file was unreadable ({exc})"
+    if head is None:
+        return None if last_seq == 0 else f"the head file was missing (log ended at seq {last_seq})"
+    seq, digest = head
+    if (seq, digest) == (last_seq, last_hash):
+        return None
+    if seq == last_seq - 1 and digest == last_prev:
+        return None
+    return f"the head file recorded seq {seq} but the log ended at seq {last_seq}"
 
 
 def _last_line(fh: Any) -> bytes:
@@ -63,7 +102,7 @@ class AuditLog:
 
     def __init__(self, path: Path, pseudonymize: Callable[[str], str] | None = None) -> None:
         self.path = Path(path)
-        self.head_path = self.path.with_name(self.path.name + ".head")
+        self.head_path = head_path_of(self.path)
         self._pseudonymize = pseudonymize
         self._lock = threading.Lock()
 
@@ -83,16 +122,19 @@ class AuditLog:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 last = _last_line(fh)
+                tamper: str | None = None
                 if last:
                     try:
                         prev_entry = json.loads(last)
                         prev, seq = str(prev_entry["hash"]), int(prev_entry["seq"]) + 1
+                        tamper = _head_mismatch(self.head_path, seq - 1, prev, prev_entry.get("prev"))
                     except (ValueError, KeyError, TypeError):
                         # A damaged tail must not stop auditing; verify() will report it.
                         log.error("audit log %s has a damaged last line; chaining to its raw hash", self.path)
                         prev, seq = hashlib.sha256(last).hexdigest(), -1
                 else:
                     prev, seq = GENESIS, 1
+                    tamper = _head_mismatch(self.head_path, 0, "", None)
                 entry: dict[str, Any] = {
                     "seq": seq,
                     "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -100,6 +142,11 @@ class AuditLog:
                     **fields,
                     "prev": prev,
                 }
+                if tamper:
+                    # Auditing goes on, but the chain keeps the evidence: this append must not
+                    # turn a cut log into one whose head matches again.
+                    log.error("audit log %s: %s before this append", self.path, tamper)
+                    entry["tamper"] = tamper
                 entry["hash"] = _entry_hash(entry)
                 line = json.dumps(entry, sort_keys=True, ensure_ascii=False, default=str) + "\n"
                 fh.seek(0, os.SEEK_END)
@@ -134,14 +181,31 @@ class VerifyResult:
         return not self.problems
 
 
-def verify(path: Path) -> VerifyResult:
-    """Walk the chain and report every line that was edited, reordered, inserted or removed."""
+def verify(path: Path, head_path: Path | None = None) -> VerifyResult:
+    """Walk the chain and report every line that was edited, reordered, inserted or removed.
+
+    The end of the log is checked against ``head_path`` (default ``<log>.head``; pass a copy kept
+    elsewhere to anchor it off this host). A missing head is a problem whenever the log exists:
+    without it, entries cut from the end cannot be told from entries never written.
+    """
     path = Path(path)
     result = VerifyResult(path)
     if not path.exists():
-        result.problems.append(Problem(0, f"audit log not found: {path}"))
+        result.problems.append(
+            Problem(0, f"audit log not found: {path} (never written here, or deleted: nothing to vouch for)")
+        )
         return result
+    head_path = Path(head_path) if head_path is not None else head_path_of(path)
+    head_readable = True
+    try:
+        head = _read_head(head_path)
+    except (OSError, ValueError) as exc:
+        result.problems.append(Problem(0, f"head file {head_path} is unreadable ({exc})"))
+        head, head_readable = None, False
+    head_entry_hash: str | None = None  # the log's hash of the entry the head names
     prev_hash, prev_seq = GENESIS, 0
+    last_seq = 0  # seq of the last valid entry (0 = none)
+    last_valid = True  # whether the last line is a valid entry
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -153,8 +217,12 @@ def verify(path: Path) -> VerifyResult:
             except (ValueError, KeyError, TypeError) as exc:
                 result.problems.append(Problem(lineno, f"not a valid audit entry ({exc})"))
                 prev_hash, prev_seq = hashlib.sha256(raw.rstrip(b"\n")).hexdigest(), prev_seq + 1
+                last_valid = False
                 continue
             result.entries += 1
+            last_seq, last_valid = seq, True
+            if head is not None and seq == head[0]:
+                head_entry_hash = stored
             if _entry_hash(entry) != stored:
                 result.problems.append(Problem(lineno, f"entry seq {seq} was edited (hash mismatch)"))
             if prev != prev_hash:
@@ -167,19 +235,65 @@ def verify(path: Path) -> VerifyResult:
                 )
             if seq != prev_seq + 1:
                 result.problems.append(Problem(lineno, f"sequence jumps from {prev_seq} to {seq}"))
-            prev_hash, prev_seq = stored, seq
-    head_path = path.with_name(path.name + ".head")
-    if head_path.exists():
-        try:
-            head = json.loads(head_path.read_text())
-            if int(head["seq"]) != prev_seq or str(head["hash"]) != prev_hash:
+            if entry.get("tamper"):
                 result.problems.append(
-                    Problem(
-                        0,
-                        f"log ends at seq {prev_seq} but its head file records seq {head['seq']}: "
-                        "entries were removed from or added to the end",
-                    )
+                    Problem(lineno, f"entry seq {seq} was appended when {entry['tamper']}")
                 )
-        except (ValueError, KeyError, TypeError) as exc:
-            result.problems.append(Problem(0, f"head file {head_path} is unreadable ({exc})"))
+            prev_hash, prev_seq = stored, seq
+    if not head_readable:
+        return result  # reported above; the end of the log cannot be checked
+    if head is None:
+        result.problems.append(
+            Problem(
+                0,
+                f"head file {head_path} is missing: the end of the log ({result.entries} entries) "
+                "cannot be checked, entries may have been cut from it",
+            )
+        )
+        return result
+    result.problems.extend(_end_problems(head, head_entry_hash, last_seq, prev_hash, last_valid))
     return result
+
+
+def _end_problems(
+    head: tuple[int, str], head_entry_hash: str | None, last_seq: int, last_hash: str, last_valid: bool
+) -> list[Problem]:
+    """What the head file says about the end of the log, with the sequence numbers involved."""
+    seq, digest = head
+    if not last_valid:
+        return [Problem(0, f"the log's last line is not a valid entry; its head file records seq {seq}")]
+    if seq == last_seq and digest == last_hash:
+        return []
+    if seq > last_seq:
+        cut = f"entry {seq} was" if seq == last_seq + 1 else f"entries {last_seq + 1}..{seq} were"
+        return [
+            Problem(
+                0,
+                f"log ends at seq {last_seq} but its head file records seq {seq}: {cut} removed "
+                "from the end",
+            )
+        ]
+    if seq == last_seq:
+        return [
+            Problem(
+                0,
+                f"head file records seq {seq} with hash {digest[:12]}…, but the log's entry seq {seq} "
+                f"has hash {last_hash[:12]}…: the last entry or the head file was replaced",
+            )
+        ]
+    added = f"entry {last_seq} was" if last_seq == seq + 1 else f"entries {seq + 1}..{last_seq} were"
+    if head_entry_hash is not None and head_entry_hash != digest:
+        return [
+            Problem(
+                0,
+                f"head file records seq {seq} with hash {digest[:12]}…, but the log's entry seq {seq} "
+                f"has hash {head_entry_hash[:12]}…; the log goes on to seq {last_seq}",
+            )
+        ]
+    return [
+        Problem(
+            0,
+            f"log ends at seq {last_seq} but its head file records seq {seq}: {added} added "
+            "after the head was written (not by recsvc, or the head update was lost in a crash)",
+        )
+    ]
