@@ -15,7 +15,7 @@ export MKL_NUM_THREADS ?= 1
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	$(BIN)/python -m pip install --quiet -e '.[train,load,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -50,8 +50,19 @@ def setup_logging(level: str) -> None:
     )
 
 
+# Packages an optional extra brings (pyproject.toml): a server install has none of them.
+EXTRA_OF_MODULE = {
+    "implicit": "train",
+    "optuna": "train",
+    "matplotlib": "train",
+    "threadpoolctl": "train",
+    "locust": "load",
+}
+
+
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback."""
+    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; a
+    command that needs an extra this install lacks says which one to install."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -59,6 +70,16 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except RecsvcError as exc:
             console.print(f"[bold red]error[/] {exc}", soft_wrap=True)  # one line: scripts grep it
+            raise typer.Exit(code=2) from None
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            console.print(
+                f"[bold red]error[/] this command needs the '{extra}' extra ({exc.name} is not "
+                f"installed): pip install 'recsvc\\[{extra}]'",
+                soft_wrap=True,
+            )
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -10,7 +10,8 @@ then MMR) -> explain (the history item that contributed most to each pick) -> re
 uses the bundle's popular lists for the member's segment and channel. Training stores the lists
 with the same stages (``trained_list``).
 
-Also implements ``RecommendationPort`` for in-process callers (outreach).
+``EnginePort`` implements ``recsvc.outreach.ports.RecommendationPort`` for in-process callers
+(outreach).
 """
 
 from __future__ import annotations
@@ -65,14 +66,6 @@ class SingleModel:
 
     def default(self) -> tuple[str, ServedModel]:
         return self._variant, self._model
-
-
-class RecommendationPort(Protocol):
-    def top_items(
-        self, member_id: str, kind: str, k: int, exclude_item_ids: Collection[str]
-    ) -> list[common_pb2.RecommendedItem]: ...
-
-    def segment_members(self, segment: str) -> Iterator[str]: ...
 
 
 # A first ANN search: (item rows, scores, how many were asked for).
@@ -480,7 +473,7 @@ class RecommendationEngine:
 
 
 class EnginePort:
-    """``RecommendationPort`` over the engine, for in-process callers (outreach)."""
+    """``recsvc.outreach.ports.RecommendationPort`` over the engine, for in-process callers."""
 
     def __init__(self, engine: RecommendationEngine, models: ModelProvider, default_diversity: float) -> None:
         self._engine = engine
