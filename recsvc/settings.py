@@ -172,6 +172,12 @@ class ServingSettings(_Section):
     )
     variants: list[Variant] = Field(default_factory=list)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the Prometheus endpoint binds (its own: e.g. 0.0.0.0 for a scraper "
+        "on another host while gRPC stays on loopback behind a proxy)",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_filter_values: int = Field(100, ge=1, description="max values in one filter list")
     grace_period_s: float = Field(5.0, ge=0, description="in-flight calls get this long on SIGTERM")

@@ -76,6 +76,7 @@ class RecommendationPort(Protocol):
 class Recommendation:
     response: recommender_pb2.RecommendResponse
     source: str  # the source of the list as a whole, for metrics
+    stored: bool = False  # read from the bundle's stored default lists (no search), for metrics
 
 
 class RecommendationEngine:
@@ -164,18 +165,20 @@ class RecommendationEngine:
             realtime=activity is not None,
             member_segment=segment,
         )
+        from_stored = False
         if vector is None or (source == SOURCE_REALTIME and not vector.any()):
             self._popular(resp.items, model, segment, channel, kind, k, filters, excluded)
             source = SOURCE_POPULAR
         else:
             if stored is not None:
                 picks, scores, because = stored
+                from_stored = True
             else:
                 picks, scores = self._retrieve(model, vector, kind, k, filters, excluded, first=early)
                 because = self._reason_rows(model, picks, hist_rows, hist_w, ev_rows, ev_w)
             reasons = self._reason_texts(model, because, bought_rows)
             self._items(resp.items, model, picks, scores, reasons, source)
-        return Recommendation(response=resp, source=source)
+        return Recommendation(response=resp, source=source, stored=from_stored)
 
     def _stored_list(
         self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec

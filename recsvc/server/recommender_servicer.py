@@ -89,6 +89,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             self._observe(method, t0, "none", "none", exc.code.name)
             raise
         self._observe(method, t0, rec.source, rec.response.variant)
+        if rec.stored:
+            self._metrics.stored_lists.labels(method).inc()
         self._metrics.observe_scene(method, request.scene or "none")
         return rec.response
 
