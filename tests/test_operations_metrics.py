@@ -242,3 +242,54 @@ def test_the_documented_alert_rules_are_valid_and_use_real_metrics(tmp_path: Pat
     path.write_text(rules)
     check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_record_event_says_whether_the_served_model_knows_the_item(
+    srv: object, planted: PlantedBundle
+) -> None:
+    from serving_harness import RunningServer
+
+    assert isinstance(srv, RunningServer)
+    member = planted.warm_members()[0]
+
+    def record(item: str) -> recommender_pb2.RecordEventResponse:
+        req = recommender_pb2.RecordEventRequest(member_id=member, item_id=item, event_type="view")
+        return srv.stub.RecordEvent(req, timeout=5)
+
+    known = record("P0-003")
+    assert known.stored and known.item_known
+    unknown = record("NEW-ITEM-1")
+    assert unknown.stored and not unknown.item_known
+
+
+def test_serve_refuses_a_model_folder_that_does_not_exist(redis_url: str, tmp_path: Path) -> None:
+    """Not NOT_SERVING forever: a bundle folder cannot appear by itself (a registry alias can)."""
+    missing = tmp_path / "no-such-bundle"
+    proc = serve_subprocess(
+        {
+            "RECSVC_SERVING__MODEL_URI": str(missing),
+            "RECSVC_SERVING__PORT": str(free_port()),
+            "RECSVC_SERVING__WORKERS": "2",
+            "RECSVC_REDIS__URL": redis_url,
+        }
+    )
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert code == 2, err
+    assert "error" in err and str(missing) in err and "is not a directory" in err
+
+
+def test_loading_faiss_prints_no_module_not_found_noise() -> None:
+    """Every command sets up logging this way; faiss's search for builds it does not ship
+    (``swigfaiss_avx2``...) used to print a ModuleNotFoundError on every training run."""
+    import sys
+
+    code = "from recsvc.cli.common import setup_logging; setup_logging('INFO'); import faiss"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "ModuleNotFoundError" not in out.stderr and "swigfaiss" not in out.stderr, out.stderr

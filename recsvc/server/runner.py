@@ -49,7 +49,14 @@ def check_model_uris(settings: Settings) -> None:
         if source.uri.startswith(MODELS_SCHEME):
             parse_models_uri(source.uri)
         else:
-            ModelResolver(settings).resolve(source.uri)
+            try:
+                ModelResolver(settings).resolve(source.uri)
+            except RecsvcError as exc:
+                raise type(exc)(
+                    f"cannot serve model {source.uri}: {exc.message} (serving.model_uri / --model-uri "
+                    "takes a bundle folder or models:/<name>@<alias>)",
+                    reason=exc.reason,
+                ) from exc
 
 
 def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = True) -> None:
