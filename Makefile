@@ -52,6 +52,10 @@ promtool:
 	fi
 	@command -v promtool >/dev/null || echo "promtool not installed (package prometheus): the alert-rule check will skip"
 
+# The MLflow UI on the store `make run` wrote (runs, plots, registered versions), from any folder.
+mlflow: $(STAMP)
+	$(BIN)/recsvc mlflow-ui --demo
+
 protos: $(STAMP)
 	$(BIN)/python proto/generate.py
 
