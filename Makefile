@@ -10,7 +10,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test venv protos load clean grpcload
+.PHONY: run test venv protos load clean grpcload promtool mlflow
 
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
@@ -23,7 +23,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recsvc demo
 
-test: $(STAMP) grpcload
+test: $(STAMP) grpcload promtool
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/ruff check proto recsvc training pipelines load tests
 	$(BIN)/mypy
@@ -40,6 +40,21 @@ grpcload:
 		  apt-get install -y -q --no-install-recommends libgrpc++-dev pkg-config >/dev/null 2>&1)) || true; \
 	fi
 	@$(MAKE) -s -C load/grpcload >/dev/null 2>&1 || echo "load/grpcload not built (needs libgrpc++-dev): its tests will skip"
+
+# promtool (Debian package prometheus) checks the alert rules in docs/operations.md. Under CI it
+# is installed with apt when missing; elsewhere that test skips, saying so.
+promtool:
+	@if ! command -v promtool >/dev/null && [ -n "$$CI" ] && command -v apt-get >/dev/null; then \
+		echo "installing prometheus (for promtool)"; \
+		(apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && \
+		  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1)) || true; \
+	fi
+	@command -v promtool >/dev/null || echo "promtool not installed (package prometheus): the alert-rule check will skip"
+
+# The MLflow UI on the store `make run` wrote (runs, plots, registered versions), from any folder.
+mlflow: $(STAMP)
+	$(BIN)/recsvc mlflow-ui --demo
 
 protos: $(STAMP)
 	$(BIN)/python proto/generate.py

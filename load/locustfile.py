@@ -1,11 +1,18 @@
 """Locust scenarios for recsvc: realistic gRPC traffic against the Recommender and Outreach services.
 
 Run it through ``recsvc load run`` (starts Redis, data, model and server for you), or by hand
-against a running server::
+against a running server, as any Locust test::
 
-    .venv/bin/locust -f load/locustfile.py --headless --host 127.0.0.1:50051 \\
-        --load-config load/config.toml --bundle PATH/TO/BUNDLE --run-time 5m \\
-        --csv load/results/manual/stats --csv-full-history --html load/results/manual/report.html
+    .venv/bin/locust -f load/locustfile.py --headless -u 20 -r 20 -t 60s --host 127.0.0.1:50051
+
+Options of this file (Locust answers ``--help`` before it imports a locustfile, so they are
+listed here, in ``recsvc load run --help`` and in docs/benchmarks.md, not in ``locust --help``):
+
+    --bundle PATH        the served bundle; member and item ids are drawn from it. Default: the
+                         newest bundle ``recsvc load run`` cached under var/load/
+    --load-config FILE   traffic mix, think time, deadlines, shape (TOML; default: built-in defaults)
+    --shape KIND         steady, ramp or spike from the load config; without it -u/-r/-t rule
+    --timeline-dir DIR   write every call's end time, RPC, latency and status there
 
 What one simulated caller (``RecsvcUser``) does, with weights and think times from the config:
 RecommendProducts for members drawn from the served bundle by a Zipf long tail plus a share of
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +57,10 @@ grpc_gevent.init_gevent()
 
 log = logging.getLogger("recsvc.load")
 
+# Where `recsvc load run` caches its sample data and model (the default --bundle comes from here).
+DEFAULT_BUNDLES = Path(__file__).resolve().parents[1] / "var" / "load"
+
+
 # Independent connections: a server with several processes on one port (SO_REUSEPORT) balances
 # by connection, so one shared connection would load a single process.
 CHANNELS_PER_PROCESS = 8
@@ -69,7 +81,11 @@ def _options(parser: Any) -> None:
         "--bundle", default="", help="served model bundle folder: member and item ids are drawn from it"
     )
     parser.add_argument(
-        "--shape", default="", choices=["", "steady", "ramp", "spike"], help="load shape (config default)"
+        "--shape",
+        default="",
+        choices=["", "steady", "ramp", "spike"],
+        env_var=shapes.SHAPE_ENV,
+        help="run the load config's shape of this kind; without it, -u/-r/-t apply as usual",
     )
     parser.add_argument(
         "--timeline-dir",
@@ -104,12 +120,31 @@ def _context(environment: Any) -> _Context:
     return ctx
 
 
+def _bundle(environment: Any) -> str:
+    """``--bundle``, else the newest bundle ``recsvc load run`` cached; exits with what to do."""
+    opts = environment.parsed_options
+    if opts.bundle:
+        return str(opts.bundle)
+    from recsvc.bench.loadrun import LoadRunError, find_bundle
+
+    try:
+        found = find_bundle(DEFAULT_BUNDLES)
+    except (LoadRunError, OSError):
+        sys.stderr.write(
+            "recsvc locustfile: no --bundle given and no bundle cached under "
+            f"{DEFAULT_BUNDLES}. Pass --bundle PATH (the bundle folder the server serves: member "
+            "and item ids are drawn from it), or run `recsvc load run` once to make a sample model.\n"
+        )
+        sys.exit(2)
+    log.info("no --bundle given: drawing ids from %s (the newest cached by recsvc load run)", found)
+    opts.bundle = str(found)
+    return str(found)
+
+
 def _traffic(environment: Any) -> Traffic:
     ctx = _context(environment)
     if ctx.traffic is None:
-        bundle = environment.parsed_options.bundle
-        if not bundle:
-            raise SystemExit("--bundle is required: the load test draws members and items from it")
+        bundle = _bundle(environment)
         worker = getattr(environment.runner, "worker_index", 0) or 0
         ctx.traffic = Traffic(
             ServedIds.from_bundle(Path(bundle)), ctx.config, seed=ctx.config.members.seed + 1000 * worker
@@ -134,6 +169,8 @@ def _channel(environment: Any, host: str) -> grpc.Channel:
 def _on_init(environment: Any, **_: Any) -> None:
     if environment.parsed_options is None:
         return
+    if not isinstance(environment.runner, WorkerRunner):
+        _bundle(environment)  # a missing bundle is reported before any user starts
     weights = _context(environment).config.weights
     tasks: list[Any] = []
     for fn, w in (
@@ -299,6 +336,7 @@ class ConfiguredShape(LoadTestShape):
     Records the wall-clock time the shape started (``shape-start.txt`` in the timeline folder) so
     the report cuts the per-call timeline into the same phases the shape ran."""
 
+    abstract = not shapes.shape_asked(sys.argv, dict(os.environ))  # Locust skips abstract shapes
     _started_at: float | None = None
 
     def tick(self) -> tuple[int, float] | None:

@@ -1,19 +1,31 @@
-"""Prometheus metrics of the recommendation service (prefix ``recsvc_``, subsystem ``rec``).
+"""Prometheus metrics of the recommendation service (prefix ``recsvc_``, subsystem ``rec``; every
+RPC of every service under ``recsvc_grpc_server_*``; per-worker CPU and memory under
+``recsvc_process_*``). The full list, with example alert rules: docs/operations.md.
 
 Each server process builds one ``ServingMetrics`` on its own ``CollectorRegistry`` (tests build
 many side by side). With several worker processes, ``recsvc serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: prometheus_client then writes every
 process's samples to files there, and the parent serves them merged (``multiprocess_registry``).
+With one worker, that worker serves its own registry together with the default one, which holds
+the outreach metrics (``recsvc.outreach.metrics``) and prometheus_client's ``process_*`` and
+``python_*`` collectors (``served_registry``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "recsvc"
 SUBSYSTEM = "rec"
@@ -24,6 +36,8 @@ L_VARIANT = "variant"
 L_CODE = "code"
 L_VERSION = "model_version"
 L_RESULT = "result"
+L_SERVICE = "service"
+L_WORKER = "worker"
 
 MAX_SCENES = 50
 _SCENE_RE = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -98,6 +112,78 @@ class ServingMetrics:
             registry=r,
         )
 
+        self.stored_lists = Counter(
+            "stored_list_answers_total",
+            "Member recommendations answered from the bundle's stored default lists (no search).",
+            [L_METHOD],
+            namespace=NAMESPACE,
+            subsystem=SUBSYSTEM,
+            registry=r,
+        )
+        self.realtime_errors = Counter(
+            "realtime_errors_total",
+            "Redis calls of the real-time store that failed (connection error or timeout), by "
+            "operation (read: a member's recent events; write: RecordEvent).",
+            ["operation"],
+            namespace=NAMESPACE,
+            subsystem=SUBSYSTEM,
+            registry=r,
+        )
+        self.model_age = Gauge(
+            "model_age_seconds",
+            "Seconds since the served bundle's data ends (its training cutoff), per variant; "
+            "updated every few seconds.",
+            [L_VARIANT],
+            namespace=NAMESPACE,
+            subsystem=SUBSYSTEM,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # Every RPC of every service (Recommender, Outreach, Admin, health, reflection), counted by
+        # one wrapper in the per-method chain (recsvc.server.rpc_metrics).
+        self.rpc_handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by service, method and gRPC status code.",
+            [L_SERVICE, L_METHOD, L_CODE],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Server-side time from the handler's start to its answer (a stream: to its end).",
+            [L_SERVICE, L_METHOD],
+            namespace=NAMESPACE,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Per worker (label ``worker``: 0..N-1, stable across restarts), in multiprocess mode too,
+        # where prometheus_client's own process collector reports only the supervisor.
+        self.process_cpu = Counter(
+            "process_cpu_seconds_total",
+            "User and system CPU seconds of the server process.",
+            [L_WORKER],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.process_memory = Gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process (includes the page-cache pages of the bundle it "
+            "has touched, which are shared between workers).",
+            [L_WORKER],
+            namespace=NAMESPACE,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.process_fds = Gauge(
+            "process_open_fds",
+            "Open file descriptors of the server process.",
+            [L_WORKER],
+            namespace=NAMESPACE,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._data_as_of: dict[str, float] = {}
+
         self.scenes = Counter(
             "scene_requests_total",
             "Member recommendations by page (request 'scene'); names beyond the first "
@@ -137,17 +223,100 @@ class ServingMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def set_model(self, variant: str, version: str, previous: str | None) -> None:
+    def set_model(
+        self, variant: str, version: str, previous: str | None, data_as_of: float | None = None
+    ) -> None:
         if previous is not None and previous != version:
             with contextlib.suppress(KeyError):
                 self.model_info.remove(variant, previous)
         self.model_info.labels(variant, version).set(1)
+        if data_as_of is not None:
+            self._data_as_of[variant] = data_as_of
+            self.model_age.labels(variant).set(max(0.0, time.time() - data_as_of))
+
+    def update_model_age(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for variant, as_of in list(self._data_as_of.items()):
+            self.model_age.labels(variant).set(max(0.0, now - as_of))
+
+    def realtime_errors_by_operation(self, operation: str) -> None:
+        self.realtime_errors.labels(operation).inc()
 
     def set_realtime_degraded(self, degraded: bool) -> None:
         self.realtime_degraded.set(1 if degraded else 0)
 
     def set_active_members_synced(self, synced: bool) -> None:
         self.active_members_synced.set(1 if synced else 0)
+
+
+class ProcessSampler:
+    """A daemon thread that refreshes the metrics that are a reading, not an event, every
+    ``interval_s``: this process's CPU, memory and open files, and the model age. (A worker
+    cannot read them at scrape time in multiprocess mode: the supervisor answers the scrape.)"""
+
+    def __init__(self, metrics: ServingMetrics, worker: int = 0, interval_s: float = 5.0) -> None:
+        self._metrics = metrics
+        self._worker = str(worker)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._cpu_seen = 0.0
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        m = self._metrics
+        cpu = time.process_time()
+        if cpu > self._cpu_seen:
+            m.process_cpu.labels(self._worker).inc(cpu - self._cpu_seen)
+            self._cpu_seen = cpu
+        rss = _resident_bytes()
+        if rss is not None:
+            m.process_memory.labels(self._worker).set(rss)
+        with contextlib.suppress(OSError):
+            m.process_fds.labels(self._worker).set(len(os.listdir("/proc/self/fd")))
+        m.update_model_age()
+
+    def start(self) -> ProcessSampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="recsvc-metrics-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.sample()
+            except Exception:  # a failed reading must not end the thread
+                log.exception("event=metrics_sample_failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
+
+
+class _Merged(Collector):
+    """Every metric of several registries, as one collector."""
+
+    def __init__(self, registries: Iterable[CollectorRegistry]) -> None:
+        self._registries = tuple(registries)
+
+    def collect(self) -> Iterable[Any]:
+        for registry in self._registries:
+            yield from registry.collect()
+
+
+def served_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """What a single server process serves on /metrics: its ``ServingMetrics`` registry and the
+    default registry (outreach metrics, ``process_*``, ``python_*``)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged((own, REGISTRY)))
+    return registry
 
 
 def multiprocess_registry() -> CollectorRegistry:
@@ -157,6 +326,14 @@ def multiprocess_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a worker's live gauges (model info, memory...) from the merged view once it exited."""
+    if multiprocess_enabled():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:

@@ -292,7 +292,7 @@ class ModelRegistry:
                 results.append((v.name, model.version, True))
                 self._count(v.name, "swapped")
                 if self._metrics is not None:
-                    self._metrics.set_model(v.name, model.version, previous)
+                    self._metrics.set_model(v.name, model.version, previous, data_as_of=model.cutoff_ts)
                 log.info(
                     "event=model_loaded variant=%s version=%s previous=%s path=%s",
                     v.name,

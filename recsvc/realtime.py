@@ -200,8 +200,11 @@ class RealtimeStore:
         on_state_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         active: ActiveMembers | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
+        # Told "read" or "write" for every failed Redis call (metrics count them).
+        self._on_error = on_error or (lambda _operation: None)
         # Members known to have no state are not read (recsvc.active_members); None: read all.
         self._active = active
         self._channel = active_channel(settings.key_prefix)
@@ -258,6 +261,7 @@ class RealtimeStore:
                 args=[payload, self._max, self._ttl, bought, self._channel, member_id],
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._on_error("write")
             self._failed(exc)
             return False
         self._succeeded()
@@ -288,6 +292,7 @@ class RealtimeStore:
         try:
             conn = self._conns.send("EVALSHA", self._read_sha, 2, *keys, self._max)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._on_error("read")
             self._failed(exc)
             return PendingRecent(self, None, None)
         return PendingRecent(self, conn, keys)
@@ -298,6 +303,7 @@ class RealtimeStore:
         try:
             raw_events, raw_purchased = self._read_reply(conn, keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._on_error("read")
             self._failed(exc)
             return None
         self._succeeded()

@@ -19,6 +19,30 @@ from recsvc.errors import ConfigError
 
 ENV_PREFIX = "RECSVC_"
 CONFIG_ENV = "RECSVC_CONFIG"
+HOME_ENV = "RECSVC_HOME"
+
+
+def project_home() -> Path:
+    """The folder the default MLflow store lives in (``<home>/var/mlflow``), whatever the current
+    folder: ``$RECSVC_HOME`` when set; else the source checkout recsvc runs from (the folder with
+    ``pyproject.toml`` beside the ``recsvc`` package: ``make run``, editable installs); else
+    ``~/.recsvc``. So ``recsvc train`` from another folder registers in the same store that
+    ``recsvc serve`` and ``recsvc mlflow-ui`` read, instead of silently starting a second one."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.home() / ".recsvc"
+
+
+def _default_tracking_uri() -> str:
+    return f"sqlite:///{project_home() / 'var' / 'mlflow' / 'mlflow.db'}"
+
+
+def _default_artifact_location() -> str:
+    return str(project_home() / "var" / "mlflow" / "artifacts")
 
 EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")
 EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
@@ -122,9 +146,10 @@ class TrainingSettings(_Section):
 
 
 class MlflowSettings(_Section):
-    tracking_uri: str = "sqlite:///var/mlflow/mlflow.db"
+    # Defaults under project_home(), not the current folder (a second store by accident).
+    tracking_uri: str = Field(default_factory=_default_tracking_uri)
     registry_uri: str | None = None
-    artifact_location: str = "var/mlflow/artifacts"
+    artifact_location: str = Field(default_factory=_default_artifact_location)
     experiment: str = "recsvc"
     model_name: str = "recsvc"
     champion_alias: str = "champion"
@@ -163,6 +188,12 @@ class ServingSettings(_Section):
     )
     variants: list[Variant] = Field(default_factory=list)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the Prometheus endpoint binds (its own: e.g. 0.0.0.0 for a scraper "
+        "on another host while gRPC stays on loopback behind a proxy)",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_filter_values: int = Field(100, ge=1, description="max values in one filter list")
     grace_period_s: float = Field(5.0, ge=0, description="in-flight calls get this long on SIGTERM")
@@ -267,7 +298,7 @@ class Settings(BaseSettings):
 
     data: DataSettings = DataSettings()
     training: TrainingSettings = TrainingSettings()
-    mlflow: MlflowSettings = MlflowSettings()
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)  # its defaults read RECSVC_HOME
     serving: ServingSettings = ServingSettings()
     redis: RedisSettings = RedisSettings()
     outreach: OutreachSettings = OutreachSettings()
@@ -339,7 +370,7 @@ def _env_values() -> dict[str, Any]:
     sections = Settings.model_fields
     out: dict[str, Any] = {}
     for key, raw in os.environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key in (CONFIG_ENV, HOME_ENV):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
         section = sections.get(parts[0])

@@ -52,6 +52,7 @@ def _state_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         mp.setenv("RECSVC_SECURITY__AUDIT_LOG", str(state / "audit.log"))
         mp.setenv("RECSVC_SECURITY__ERASURE_LIST", str(state / "erasures.txt"))
         mp.setenv("RECSVC_SERVING__BUNDLE_CACHE_DIR", str(state / "bundles"))
+        mp.setenv("RECSVC_HOME", str(state))  # the default MLflow store: never the checkout's
         # Test servers bind loopback without API keys, which needs the explicit development switch.
         mp.setenv("RECSVC_SECURITY__ALLOW_INSECURE_DEV", "true")
         yield

@@ -72,7 +72,7 @@ def running_server(
 
 
 def serve_subprocess(env_overrides: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_") or k == "RECSVC_HOME"}
     env["RECSVC_SECURITY__ALLOW_INSECURE_DEV"] = "true"  # loopback test servers without API keys
     env.update(env_overrides)
     return subprocess.Popen(

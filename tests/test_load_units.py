@@ -443,3 +443,88 @@ def test_speed_probe_reports_three_positive_figures_and_a_line() -> None:
     assert all(v > 0 for v in p.values())
     line = probe_line(p)
     assert line.startswith("machine probe, µs:") and f"python {p['python_us']:.0f}" in line
+
+
+# -- warm-up, targets, plots ----------------------------------------------------------------------
+
+
+def _warm_start_run(tmp_path: Path) -> Path:
+    """10 s at 100 calls/s: the first 3 s slow (50 ms) with UNAVAILABLE failures, then 2 ms, all OK."""
+    t0 = 1_000_000.0
+    tl = Timeline()
+    tl.started_at = t0
+    for i in range(1000):
+        t = t0 + 0.005 + i * 0.01
+        cold = t - t0 < 3
+        err = type("E", (), {"code": "UNAVAILABLE"})() if cold and i % 5 == 0 else None
+        tl.add("RecommendProducts" if i % 2 else "SimilarItems", 50.0 if cold else 2.0, err, at=t)
+    tl.save(tmp_path, "1")
+    _write_locust_csvs(tmp_path / "stats", [("RecommendProducts", 500, 30), ("SimilarItems", 500, 30)],
+                       [("SimilarItems", "UNAVAILABLE", 60)])  # fmt: skip
+    return tmp_path / "stats"
+
+
+def test_the_warm_up_is_not_measured(tmp_path: Path) -> None:
+    prefix = _warm_start_run(tmp_path)
+    samples = load_samples(tmp_path)
+    s = summarize(prefix, "t", samples=samples, warmup_s=3.0)
+    assert s.total.requests == 700 and s.total.failures == 0 and s.total.failures_by_code == {}
+    assert s.total.p99_ms == 2.0 and s.total.rps == pytest.approx(100, rel=0.02)
+    assert {r.name: r.requests for r in s.rpcs} == {"RecommendProducts": 350, "SimilarItems": 350}
+    assert "warm-up" in to_markdown(s)
+    # Without the warm-up the slow, failing start is in the figures.
+    whole = summarize(prefix, "t", samples=samples)
+    assert whole.total.failures == 60 and whole.total.p99_ms == 50.0
+
+
+def test_every_target_gets_a_verdict(tmp_path: Path) -> None:
+    from recsvc.bench.loadconfig import Targets
+
+    prefix = _warm_start_run(tmp_path)
+    samples = load_samples(tmp_path)
+    targets = Targets(
+        p99_ms=10, max_error_pct=1, min_rps=150, p50_ms=0.5, rpc_p99_ms={"RecommendProducts": 5}
+    )
+    s = summarize(prefix, "t", samples=samples, warmup_s=3.0, targets=targets)
+    verdicts = {v.target: v.passed for v in s.verdicts}
+    assert verdicts == {
+        "p99_ms": True,
+        "max_error_pct": True,
+        "min_rps": False,  # ~100 calls/s
+        "p50_ms": False,  # 2 ms
+        "rpc_p99_ms.RecommendProducts": True,
+    }
+    assert not s.passed and [v.target for v in s.missed] == ["p50_ms", "min_rps"]
+    md = to_markdown(s)
+    assert "## Verdict" in md and "**FAIL**: missed 2 of 5 targets" in md and "min_rps: measured" in md
+    assert s.to_json()["passed"] is False
+    assert summarize(prefix, "t", samples=samples, warmup_s=3.0, targets=Targets(p99_ms=10)).passed
+    assert summarize(prefix, "t", targets=Targets()).verdicts == []  # nothing set: nothing judged
+
+
+def test_targets_in_the_config_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"targets\.rpc_p99_ms"):
+        load_config(None, {"targets": {"rpc_p99_ms": {"Nope": 3}}})
+    with pytest.raises(ConfigError, match=r"targets\.p99"):
+        load_config(None, {"targets": {"p99": 3}})
+    assert load_config(DEFAULT_CONFIG).targets.p99_ms == 10.0
+
+
+def test_plots_and_one_self_contained_page(tmp_path: Path) -> None:
+    from recsvc.bench.plots import write_html, write_plots
+
+    _warm_start_run(tmp_path)
+    samples = load_samples(tmp_path)
+    assert samples is not None
+    plots = write_plots(samples, tmp_path / "plots", warmup_s=3.0)
+    assert [p.name for p in plots] == ["latency.png", "throughput.png", "errors.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    page = write_html("| RPC |", plots, tmp_path / "report-plots.html", "t").read_text()
+    assert page.count("src='data:image/png;base64,") == 3 and "| RPC |" in page
+
+
+def test_the_locust_shape_is_used_only_when_asked_for() -> None:
+    asked = shapes.shape_asked
+    assert not asked(["locust", "-f", "x", "-u", "5", "-r", "5", "-t", "10s"], {})
+    assert asked(["locust", "--shape", "spike"], {}) and asked(["locust", "--shape=ramp"], {})
+    assert not asked(["locust", "--shape="], {}) and asked(["locust"], {"LOCUST_SHAPE": "steady"})

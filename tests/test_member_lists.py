@@ -84,6 +84,7 @@ def test_every_stored_list_is_the_response_serving_computes(trained: Path) -> No
         want = slow.recommend(member, KIND_PRODUCT, K, "app", default)
         assert got.response == want.response, member  # items, scores, reasons, source, everything
         assert got.source == want.source
+        assert got.stored == (items[row, 0] >= 0) and not want.stored  # what metrics count
         if items[row, 0] >= 0:
             assert searches.n == before, member  # answered from the stored list
             read += 1
@@ -121,6 +122,7 @@ def test_calls_the_lists_were_not_made_for_are_computed_live(
             slow.recommend(member, KIND_PRODUCT, k, "", filters).response
         )
         assert searches.n > before  # searched: the stored list was not used
+        assert not fast.recommend(member, KIND_PRODUCT, k, "", filters).stored
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from recsvc.settings import Settings
+from recsvc.settings import Settings, project_home
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _NAME = re.compile(r"`(RECSVC_[A-Z0-9_]+?__[A-Z0-9_]+|__[A-Z0-9_]+)`")
@@ -45,6 +45,7 @@ def _rows() -> list[tuple[list[tuple[str, str]], str]]:
 
 def _matches(cell: str, value: Any) -> bool:
     cell = re.sub(r"\s*\(.*\)$", "", cell.replace("`", "")).strip()
+    cell = cell.replace("<home>", str(project_home()))  # the documented home folder, resolved
     if cell in _WORDS:
         return value in _WORDS[cell]
     if isinstance(value, bool):

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_harness import serve_subprocess, stop_subprocess, wait_serving
 
 from recsvc.localstack import free_port
-from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
+from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,6 +109,19 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
         assert calls == 20
         pids = {s.labels.get("pid") for s in families["recsvc_rec_model_info"].samples}
         assert len(pids) == 2  # one model_info sample per live worker
+        # Outreach metrics (the default registry) and each worker's process metrics merge too.
+        outreach_pb2_grpc.OutreachStub(channels[0]).CheckOutreach(
+            outreach_pb2.OutreachRequest(member_id="M1", channel="app_push", campaign_id="c1"), timeout=10
+        )
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert sum(s.value for s in families["recsvc_outreach_decisions"].samples) == 1
+        handled = families["recsvc_grpc_server_handled"].samples
+        assert {s.labels["method"] for s in handled} >= {"RecommendProducts", "CheckOutreach"}
+        cpu = families["recsvc_process_cpu_seconds"].samples
+        assert {s.labels["worker"] for s in cpu if s.name.endswith("_total")} == {"0", "1"}
+        memory = families["recsvc_process_resident_memory_bytes"].samples
+        assert {s.labels["worker"] for s in memory} == {"0", "1"}
         for channel in channels:
             channel.close()
         assert stop_subprocess(proc) == 0  # graceful SIGTERM shutdown

@@ -201,6 +201,29 @@ class Shape(_Section):
     spike: Spike = Spike()
 
 
+class Targets(_Section):
+    """What a run must achieve, judged after the warm-up (``recsvc load run --warmup``); each
+    unset target is not judged. ``recsvc load run`` writes a verdict per target into
+    summary.md/json, and with ``--fail-on-miss`` exits 1 when one is missed."""
+
+    p50_ms: float | None = Field(None, gt=0, description="all calls: 50th percentile latency")
+    p99_ms: float | None = Field(None, gt=0, description="all calls: 99th percentile latency")
+    max_error_pct: float | None = Field(None, ge=0, le=100, description="failed calls, % of all")
+    min_rps: float | None = Field(None, gt=0, description="calls answered per second")
+    # Per RPC, e.g. {RecommendProducts = 10.0}: that RPC's 99th percentile.
+    rpc_p99_ms: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("rpc_p99_ms")
+    @classmethod
+    def _rpcs(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(RPC_NAMES))
+        if unknown:
+            raise ValueError(f"unknown RPCs {unknown}; known: {list(RPC_NAMES)}")
+        if any(ms <= 0 for ms in v.values()):
+            raise ValueError("rpc_p99_ms values must be > 0")
+        return v
+
+
 class LoadConfig(_Section):
     """Everything a load test is told. See load/config.toml for a commented example."""
 
@@ -213,6 +236,7 @@ class LoadConfig(_Section):
     think: Think = Think()
     requests: Requests = Requests()
     shape: Shape = Shape()
+    targets: Targets = Targets()
 
     @field_validator("host")
     @classmethod

@@ -9,7 +9,10 @@ and writes into ``load/results/<UTC timestamp>/``:
     stats_stats.csv, stats_failures.csv, stats_exceptions.csv, stats_stats_history.csv  (Locust)
     report.html        Locust's HTML report
     timeline-<pid>.npz every call: end time, RPC, exact latency, status (one file per Locust process)
-    summary.md/.json   req/s, p50/p95/p99 and failures by status code per RPC, spike phases
+    summary.md/.json   req/s, p50/p95/p99 and failures by status code per RPC, spike phases, and a
+                       verdict per target of the load config's [targets] (after the warm-up)
+    plots/*.png        latency percentiles, throughput and errors by code, per second
+    report-plots.html  those plots and the summary in one self-contained page
     config.json        the effective load config
     locust.log, server.log, setup.log
 
@@ -28,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from recsvc.bench.report import Summary, summarize, write_summary
 from recsvc.bench.timeline import load_samples
 from recsvc.bench.traffic import ServedIds
 from recsvc.errors import RecsvcError
+from recsvc.settings import merge_tables
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ class LoadRunOptions:
     startup_timeout_s: float = 300.0
     settings_file: Path | None = None  # recsvc --config, passed on to the children
     generate_args: list[str] = field(default_factory=list)  # extra `recsvc data generate` options
+    # Seconds at the start whose calls are not measured (connections, caches, JIT warming up);
+    # a steady run lasts this much longer, so its measured part is still ``duration_s``.
+    warmup_s: float = 5.0
 
 
 @dataclass
@@ -245,6 +252,9 @@ def locust_command(
         "--headless",
         "--host",
         host,
+        # The config's load shape, asked for by name (plain `locust` without --shape uses -u/-r/-t).
+        "--shape",
+        config.shape.kind,
         "--bundle",
         str(bundle),
         "--csv",
@@ -275,6 +285,12 @@ def locust_command(
 def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRunResult:
     """Start what is needed, run Locust, write the report folder, stop everything. See module doc."""
     config = load_config(opts.config_file, opts.overrides)
+    if opts.warmup_s > 0 and config.shape.kind == "steady":
+        # Measure the asked-for duration after the warm-up; Locust gets the longer run through
+        # the same overrides.
+        longer = {"shape": {"steady": {"duration_s": config.shape.steady.duration_s + opts.warmup_s}}}
+        opts = replace(opts, overrides=merge_tables(opts.overrides, longer))
+        config = load_config(opts.config_file, opts.overrides)
     if opts.host and opts.bundle is None:
         raise LoadRunError(
             "--bundle is required with --host: the load test draws member and item ids from the "
@@ -316,6 +332,7 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
                 if config.think.mode == "constant_throughput"
                 else config.think.mode,
                 "duration": f"{shapes.duration_s(config.shape):.0f} s",
+                "warm-up": f"{opts.warmup_s:g} s (not measured)",
                 "locust processes": str(opts.processes),
             }
         )
@@ -340,13 +357,22 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
     if not Path(f"{results / 'stats'}_stats.csv").exists():
         tail = (results / "locust.out").read_text(errors="replace")[-3000:]
         raise LoadRunError(f"locust exited with code {code} and wrote no stats ({results}):\n{tail}")
+    samples = load_samples(results)
+    title = f"recsvc load test {results.name}"
     summary = summarize(
         results / "stats",
-        title=f"recsvc load test {results.name}",
+        title=title,
         phases=shapes.phases(config.shape),
-        samples=load_samples(results),
+        samples=samples,
+        warmup_s=opts.warmup_s,
+        targets=config.targets,
     )
-    write_summary(summary, results, context)
+    md = write_summary(summary, results, context)
+    if samples is not None and len(samples):
+        from recsvc.bench.plots import write_html, write_plots
+
+        plots = write_plots(samples, results / "plots", opts.warmup_s)
+        write_html(md.read_text(), plots, results / "report-plots.html", title)
     return LoadRunResult(results_dir=results, summary=summary, locust_exit_code=code)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recsvc.bench.loadconfig import Targets
 from recsvc.bench.shapes import Phase
 from recsvc.bench.timeline import OK, Samples, percentile_ms, rolling_p99
 
@@ -55,6 +56,21 @@ class PhaseStats:
 
 
 @dataclass
+class Verdict:
+    """One target of the load config against what the run measured."""
+
+    target: str  # e.g. "p99_ms", "rpc_p99_ms.RecommendProducts"
+    limit: float
+    measured: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        value = "n/a" if self.measured is None else f"{self.measured:.2f}"
+        relation = ">=" if self.target == "min_rps" else "<="
+        return f"{self.target}: measured {value}, target {relation} {self.limit:g}"
+
+
+@dataclass
 class Summary:
     title: str
     rpcs: list[RpcStats]
@@ -63,12 +79,23 @@ class Summary:
     recovery_s: float | None = None
     notes: list[str] = field(default_factory=list)
     exact: bool = False  # latency percentiles from the per-call timeline, not Locust's rounding
+    warmup_s: float = 0.0  # calls that ended this long after the start are not in the figures
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+    @property
+    def missed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if not v.passed]
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["total"]["failure_pct"] = self.total.failure_pct
         for rpc, src in zip(out["rpcs"], self.rpcs, strict=True):
             rpc["failure_pct"] = src.failure_pct
+        out["passed"] = self.passed if self.verdicts else None
         return out
 
 
@@ -225,14 +252,80 @@ def _apply_exact(stats: RpcStats, ms: np.ndarray) -> None:
     stats.max_ms = float(ms.max()) if ms.shape[0] else None
 
 
+def measured_stats(samples: Samples, names: list[str], warmup_s: float) -> tuple[list[RpcStats], RpcStats]:
+    """Counts, rates, failures by code and exact percentiles of the calls that ended after the
+    first ``warmup_s`` seconds, per RPC (``names`` first, in that order) and in total."""
+    rel = samples.t - samples.started_at
+    part = samples.select(rel >= warmup_s)
+    span = float(part.t[-1] - samples.started_at - warmup_s) if len(part) else 0.0
+    span = max(span, 1e-9)
+
+    def stats(name: str, sel: Samples) -> RpcStats:
+        failed = sel.code[sel.code != OK]
+        codes, counts = np.unique(failed, return_counts=True)
+        out = RpcStats(
+            name=name,
+            requests=len(sel),
+            failures=int(failed.shape[0]),
+            rps=len(sel) / span,
+            p50_ms=None,
+            p95_ms=None,
+            p99_ms=None,
+            max_ms=None,
+            failures_by_code={str(c): int(n) for c, n in zip(codes, counts, strict=True)},
+        )
+        _apply_exact(out, sel.ms)
+        return out
+
+    all_names = [*names, *sorted(set(part.rpc.tolist()) - set(names))]
+    rpcs = [stats(n, part.select(part.rpc == n)) for n in all_names]
+    return rpcs, stats(AGGREGATED, part)
+
+
+def evaluate(summary: Summary, targets: Targets) -> list[Verdict]:
+    """A verdict for every target that is set (none when no target is)."""
+    total = summary.total
+    out: list[Verdict] = []
+
+    def at_most(target: str, limit: float | None, measured: float | None) -> None:
+        if limit is not None:
+            out.append(Verdict(target, limit, measured, measured is not None and measured <= limit))
+
+    at_most("p50_ms", targets.p50_ms, total.p50_ms)
+    at_most("p99_ms", targets.p99_ms, total.p99_ms)
+    at_most("max_error_pct", targets.max_error_pct, total.failure_pct if total.requests else None)
+    if targets.min_rps is not None:
+        out.append(Verdict("min_rps", targets.min_rps, total.rps, total.rps >= targets.min_rps))
+    by_name = {r.name: r for r in summary.rpcs}
+    for rpc, limit in targets.rpc_p99_ms.items():
+        found = by_name.get(rpc)
+        at_most(f"rpc_p99_ms.{rpc}", limit, found.p99_ms if found is not None else None)
+    return out
+
+
 def summarize(
-    prefix: Path, title: str, phases: list[Phase] | None = None, samples: Samples | None = None
+    prefix: Path,
+    title: str,
+    phases: list[Phase] | None = None,
+    samples: Samples | None = None,
+    warmup_s: float = 0.0,
+    targets: Targets | None = None,
 ) -> Summary:
     """Counts, rates and failures from Locust's CSVs; latency percentiles exact from ``samples``
-    (the timeline) when given, else Locust's whole-millisecond ones."""
+    (the timeline) when given, else Locust's whole-millisecond ones. With ``warmup_s`` and
+    ``samples``, every figure covers only the calls after the warm-up. ``targets``: a verdict each."""
     rpcs, total = read_stats(prefix)
     summary = Summary(title=title, rpcs=rpcs, total=total)
-    if samples is not None and len(samples):
+    if warmup_s > 0 and samples is not None and len(samples):
+        rpcs, total = measured_stats(samples, [r.name for r in rpcs], warmup_s)
+        summary = Summary(title=title, rpcs=rpcs, total=total, exact=True, warmup_s=warmup_s)
+        summary.notes.append(
+            f"warm-up: calls in the first {warmup_s:g} s are not in these figures "
+            f"({len(samples) - total.requests} calls); Locust's CSVs and report.html include them"
+        )
+    elif warmup_s > 0:
+        summary.notes.append("no per-call timeline: the warm-up could not be left out of these figures")
+    elif samples is not None and len(samples):
         for s in rpcs:
             _apply_exact(s, samples.ms[samples.rpc == s.name])
         _apply_exact(total, samples.ms)
@@ -260,6 +353,8 @@ def summarize(
             )
     if total.requests == 0:
         summary.notes.append("no requests were made: check the host and the locust log")
+    if targets is not None:
+        summary.verdicts = evaluate(summary, targets)
     return summary
 
 
@@ -305,6 +400,26 @@ def to_markdown(summary: Summary, context: dict[str, str] | None = None) -> str:
         if any(p.name == "spike" for p in summary.phases):
             rec = "not within the run" if summary.recovery_s is None else f"{summary.recovery_s:.0f} s"
             lines += ["", f"Recovery after the spike: {rec}."]
+    if summary.verdicts:
+        lines += [
+            "",
+            "## Verdict",
+            "",
+            "| target | limit | measured | verdict |",
+            "|---|---:|---:|---|",
+        ]
+        for v in summary.verdicts:
+            relation = ">=" if v.target == "min_rps" else "<="
+            verdict = "pass" if v.passed else "**FAIL**"
+            lines.append(f"| {v.target} | {relation} {v.limit:g} | {_ms(v.measured)} | {verdict} |")
+        missed = summary.missed
+        lines += [
+            "",
+            f"**FAIL**: missed {len(missed)} of {len(summary.verdicts)} targets: "
+            + "; ".join(v.describe() for v in missed)
+            if missed
+            else f"**PASS**: all {len(summary.verdicts)} targets met.",
+        ]
     if summary.notes:
         lines += ["", *[f"_{n}_" for n in summary.notes]]
     precision = (

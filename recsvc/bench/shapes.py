@@ -69,3 +69,19 @@ def target(shape: Shape, t: float) -> tuple[int, float] | None:
 
 def peak_users(shape: Shape) -> int:
     return max(p.users for p in phases(shape))
+
+
+SHAPE_ENV = "LOCUST_SHAPE"
+
+
+def shape_asked(argv: list[str], environ: dict[str, str]) -> bool:
+    """Whether a Locust run asked for the config's shape (``--shape KIND`` or ``LOCUST_SHAPE``).
+    Locust runs a shape class it finds in the locustfile instead of -u/-r/-t, and decides that
+    when it imports the file, before parsing options: so load/locustfile.py offers its shape
+    class only when asked for."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--shape="):
+            return bool(arg.partition("=")[2])
+        if arg == "--shape":
+            return i + 1 < len(argv) and bool(argv[i + 1])
+    return bool(environ.get(SHAPE_ENV))

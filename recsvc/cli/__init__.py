@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, keys, load, outreach, query, serve, train
+from recsvc.cli import audit, data, demo, keys, load, mlflow_ui, outreach, query, serve, train
 from recsvc.cli.common import AppState
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.add_typer(query.app, name="query")
 app.add_typer(outreach.app, name="outreach")
 app.add_typer(load.app, name="load")
 app.command("demo")(demo.demo)
+app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
 

@@ -48,6 +48,11 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    # faiss tries its AVX-512 and AVX2 builds first and logs, at INFO, a ModuleNotFoundError
+    # ("No module named 'faiss.swigfaiss_avx2'") for each one the wheel does not ship, before it
+    # loads the generic build. Nothing is wrong; only its warnings are worth showing.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 # Packages an optional extra brings (pyproject.toml): a server install has none of them.

@@ -57,17 +57,20 @@ def _pick_members(data_dir: Path) -> tuple[str, str]:
 @friendly_errors
 def demo(
     ctx: typer.Context,
-    workdir: Path = typer.Option(Path("var/demo"), help="Where data, MLflow store and bundles go."),
+    workdir: Path | None = typer.Option(
+        None, help="Where data, MLflow store and bundles go (default: <project home>/var/demo)."
+    ),
     members: int = typer.Option(20_000, min=100, help="Members in the generated sample."),
     seed: int = typer.Option(7, help="Generator seed (same seed, same data)."),
     workers: int = typer.Option(2, min=1, help="Server processes sharing the port."),
     keep_serving: bool = typer.Option(False, help="Leave the server running at the end (Ctrl-C stops it)."),
 ) -> None:
     """Generate -> validate -> train -> register -> serve -> call, end to end on sample data."""
+    from recsvc.cli.mlflow_ui import demo_store_uri, demo_workdir
     from recsvc.localstack import LocalRedis, free_port, wait_for_serving
 
     state(ctx).settings()  # fail early on a bad config
-    workdir = workdir.resolve()
+    workdir = (workdir or demo_workdir()).resolve()
     data_dir = workdir / "data"
     port = free_port()
     env = dict(os.environ)
@@ -165,10 +168,14 @@ def demo(
                 server.kill()
     out.print(Rule("[bold green]done"))
     elapsed = time.monotonic() - started
+    browse = (
+        "make mlflow, or .venv/bin/recsvc mlflow-ui --demo"
+        if workdir == demo_workdir().resolve()
+        else f".venv/bin/mlflow ui --backend-store-uri {demo_store_uri(workdir)}"
+    )
     out.print(
         f"generate -> validate -> train -> register -> serve -> call finished in {elapsed:.0f}s. "
-        f"MLflow store: {workdir / 'mlflow'} (browse with: .venv/bin/mlflow ui --backend-store-uri "
-        f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'})"
+        f"MLflow store: {workdir / 'mlflow'} (browse it with: {browse})"
     )
 
 

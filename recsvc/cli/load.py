@@ -70,10 +70,23 @@ def run(
         envvar="LOAD_API_KEY",
         help="API key sent as x-api-key (when the server wants keys).",
     ),
+    warmup: float = typer.Option(
+        5.0, "--warmup", min=0, help="Seconds at the start not measured (a steady run lasts that long more)."
+    ),
+    target: list[str] = typer.Option(
+        [],
+        "--target",
+        help="NAME=VALUE overriding a [targets] value of the load config, e.g. p99_ms=10, "
+        "max_error_pct=0.1, min_rps=900, rpc_p99_ms.RecommendProducts=5 (repeatable).",
+    ),
+    fail_on_miss: bool = typer.Option(
+        False, "--fail-on-miss", help="Exit 1 when a target is missed (to gate a release)."
+    ),
 ) -> None:
     """Start Redis, a trained sample model and the server (unless --host), run Locust headless for
-    a bounded time, and write CSV stats, the HTML report and summary.md into
-    load/results/<timestamp>/. Stops everything it started, also on Ctrl-C."""
+    a bounded time, and write CSV stats, the HTML report, plots and summary.md (with a verdict per
+    target of the load config) into load/results/<timestamp>/. Stops everything it started, also
+    on Ctrl-C."""
     from recsvc.bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
 
     app_state = state(ctx)
@@ -84,6 +97,8 @@ def run(
     overrides = _shape_overrides(shape, users, spawn_rate, duration, rate_per_user)
     if api_key:
         overrides["metadata"] = {"x-api-key": api_key}
+    if target:
+        overrides["targets"] = _target_overrides(target)
     opts = LoadRunOptions(
         config_file=load_config if load_config is not None else DEFAULT_CONFIG,
         overrides=overrides,
@@ -98,10 +113,34 @@ def run(
         processes=processes,
         startup_timeout_s=startup_timeout,
         settings_file=app_state.config_file,
+        warmup_s=warmup,
     )
     result = run_load(opts, say=lambda msg: console.print(msg, markup=False, highlight=False))
     typer.echo((result.results_dir / "summary.md").read_text())
     console.print(f"report folder: {result.results_dir}", markup=False, highlight=False)
+    missed = result.summary.missed
+    for v in missed:
+        console.print(f"missed target {v.describe()}", markup=False, highlight=False)
+    if missed and fail_on_miss:
+        raise typer.Exit(code=1)
+
+
+def _target_overrides(values: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as a ``[targets]`` table (``rpc_p99_ms.<RPC>=ms`` for one RPC)."""
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if not sep or value is None:
+            raise typer.BadParameter(f"--target takes NAME=NUMBER, got {item!r}")
+        if name.startswith("rpc_p99_ms."):
+            out.setdefault("rpc_p99_ms", {})[name.removeprefix("rpc_p99_ms.")] = value
+        else:
+            out[name.strip()] = value
+    return out
 
 
 bench = typer.Typer(

@@ -103,6 +103,7 @@ class MemberState:
 class Recommendation:
     response: recommender_pb2.RecommendResponse
     source: str  # the source of the list as a whole, for metrics
+    stored: bool = False  # read from the bundle's stored default lists (no search), for metrics
 
 
 class RecommendationEngine:
@@ -157,6 +158,7 @@ class RecommendationEngine:
         if state.vector is None:
             self._popular(resp.items, model, state.segment, channel, kind, k, filters, excluded)
             return Recommendation(response=resp, source=SOURCE_POPULAR)
+        from_stored = isinstance(candidates, StoredList)
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
         else:
@@ -164,7 +166,7 @@ class RecommendationEngine:
             because = self._explain(model, picks, state)
         reasons = self._reason_texts(model, because, state.bought)
         self._items(resp.items, model, picks, scores, reasons, state.source)
-        return Recommendation(response=resp, source=state.source)
+        return Recommendation(response=resp, source=state.source, stored=from_stored)
 
     @staticmethod
     def _trained_state(model: ServedModel, row: int | None) -> MemberState:

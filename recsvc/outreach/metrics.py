@@ -1,8 +1,11 @@
-"""Prometheus metrics of the outreach throttle (subsystem ``outreach``)."""
+"""Prometheus metrics of the outreach throttle (subsystem ``outreach``), on the default registry
+(served by every worker count: ``recsvc.metrics.served_registry``, or merged from the workers'
+files in multiprocess mode)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import redis
+from prometheus_client import Counter, Gauge, Histogram
 
 LABEL_CHANNEL = "channel"
 LABEL_CLASS = "message_class"
@@ -23,3 +26,34 @@ DECISION_SECONDS = Histogram(
     "Wall time of one single (not pipelined) outreach decision including the Redis round trip.",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+STORE_ERRORS = Counter(
+    "recsvc_outreach_store_errors_total",
+    "Outreach decisions the throttle store could not make (answered UNAVAILABLE), by cause: "
+    "connection, timeout, script (an error reply from the decision script) or other.",
+    ["kind"],
+)
+STORE_AVAILABLE = Gauge(
+    "recsvc_outreach_store_available",
+    "1 while the last outreach decision reached the throttle store (Redis), 0 after one did not; "
+    "the lowest of all workers.",
+    multiprocess_mode="livemin",
+)
+
+
+def store_failed(exc: BaseException) -> None:
+    """One decision answered UNAVAILABLE because of ``exc``."""
+    if isinstance(exc, redis.ConnectionError):
+        kind = "connection"
+    elif isinstance(exc, redis.TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, redis.ResponseError):
+        kind = "script"
+    else:
+        kind = "other"
+    STORE_ERRORS.labels(kind).inc()
+    if kind in ("connection", "timeout"):
+        STORE_AVAILABLE.set(0)
+
+
+def store_answered() -> None:
+    STORE_AVAILABLE.set(1)

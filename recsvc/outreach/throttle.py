@@ -415,12 +415,15 @@ class Throttle:
             why += " (circuit open)"  # the breaker logged the outage once; no line per decision
         else:
             logger.warning("outreach throttle store unavailable: %s", exc.__class__.__name__)
+        metrics.store_failed(exc)
         if ask.message_class == TRANSACTIONAL and self._tx_when_unavailable == "allow":
             return Decision(True, UNAVAILABLE, f"{why}; transactional allowed by settings")
         return Decision(False, UNAVAILABLE, f"{why}; failing closed")
 
     def _finish(self, ask: OutreachAsk, decision: Decision) -> Decision:
         metrics.DECISIONS.labels(ask.channel, ask.message_class, decision.reason).inc()
+        if decision.reason != UNAVAILABLE:
+            metrics.store_answered()
         self._log_transactional(ask, decision)
         return decision
 
@@ -429,6 +432,8 @@ class Throttle:
         counts = Counter((a.channel, a.message_class, d.reason) for a, d in zip(asks, decisions, strict=True))
         for labels, n in counts.items():
             metrics.DECISIONS.labels(*labels).inc(n)
+        if any(d.reason != UNAVAILABLE for d in decisions):
+            metrics.store_answered()
         for a, d in zip(asks, decisions, strict=True):
             self._log_transactional(a, d)
 

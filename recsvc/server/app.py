@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc.active_members import ActiveMembers
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
-from recsvc.metrics import ServingMetrics
+from recsvc.metrics import ProcessSampler, ServingMetrics
 from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
 from recsvc.security.wiring import secure_deps
@@ -42,6 +42,7 @@ from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, Wrappi
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.readiness import Readiness
 from recsvc.server.recommender_servicer import RecommenderServicer
+from recsvc.server.rpc_metrics import RpcMetricsInterceptor
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
@@ -79,9 +80,14 @@ class ServerDeps:
 
 
 def build_deps(
-    settings: Settings, *, with_outreach: bool = True, metrics: ServingMetrics | None = None
+    settings: Settings,
+    *,
+    with_outreach: bool = True,
+    metrics: ServingMetrics | None = None,
+    worker: int = 0,
 ) -> ServerDeps:
-    """Everything one server process needs, built once at start-up (after fork)."""
+    """Everything one server process needs, built once at start-up (after fork). ``worker``:
+    this process's index among the workers (the ``worker`` label of its process metrics)."""
     import faiss
 
     # One search thread per process: concurrency comes from gRPC threads and worker processes,
@@ -100,7 +106,11 @@ def build_deps(
             retry_s=settings.redis.reconnect_interval_ms / 1000,
         ).start()
     realtime = RealtimeStore(
-        client, settings.redis, on_state_change=metrics.set_realtime_degraded, active=active
+        client,
+        settings.redis,
+        on_state_change=metrics.set_realtime_degraded,
+        active=active,
+        on_error=metrics.realtime_errors_by_operation,
     )
     models = ModelRegistry(settings, ModelResolver(settings), metrics)
     engine = RecommendationEngine(models, realtime, settings.serving)
@@ -112,6 +122,8 @@ def build_deps(
         redis_client=client,
         engine_default_diversity=settings.serving.default_diversity,
     )
+    sampler = ProcessSampler(metrics, worker).start()
+    deps.on_close.append(sampler.stop)
     if active is not None:
         deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
@@ -146,7 +158,8 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
-        interceptors = [ErrorInterceptor(), *deps.extra_interceptors]
+        # The RPC counter sits inside the error interceptor: it sees each error before it is mapped.
+        interceptors = [ErrorInterceptor(), RpcMetricsInterceptor(deps.metrics), *deps.extra_interceptors]
         # recsvc's own interceptors wrap each method's handler once, as services are added, so
         # calls skip grpc's per-call interceptor pipeline; any other interceptor runs per call.
         wrappers = [i for i in interceptors if isinstance(i, MethodWrapper)]

@@ -23,7 +23,7 @@ import grpc
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine
-from recsvc.errors import InvalidArgument, MemberErased, RecsvcError
+from recsvc.errors import InvalidArgument, MemberErased, ModelUnavailable, RecsvcError
 from recsvc.metrics import ServingMetrics
 from recsvc.model_source import ModelRegistry, ReloadBroadcast
 from recsvc.realtime import RealtimeStore
@@ -89,6 +89,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             self._observe(method, t0, "none", "none", exc.code.name)
             raise
         self._observe(method, t0, rec.source, rec.response.variant)
+        if rec.stored:
+            self._metrics.stored_lists.labels(method).inc()
         self._metrics.observe_scene(method, request.scene or "none")
         return rec.response
 
@@ -183,7 +185,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             raise
         self._metrics.events.labels(event_type, str(stored).lower()).inc()
         self._observe("RecordEvent", t0, "event", self._models.variant_of(member_id))
-        return recommender_pb2.RecordEventResponse(stored=stored)
+        return recommender_pb2.RecordEventResponse(stored=stored, item_known=self._knows(member_id, item_id))
+
+    def _knows(self, member_id: str, item_id: str) -> bool:
+        """Whether the model serving ``member_id`` knows ``item_id`` (False while none is loaded)."""
+        try:
+            _variant, model = self._models.for_member(member_id)
+        except ModelUnavailable:
+            return False
+        return item_id in model.items
 
     def ReloadModel(
         self, request: recommender_pb2.ReloadModelRequest, context: grpc.ServicerContext

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -37,10 +38,31 @@ def _limit_threads() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def check_model_uris(settings: Settings) -> None:
+    """Refuse to start on a model that cannot appear by itself: a bundle folder that does not
+    exist or is no bundle (ModelUnavailable/BundleError naming it). A registry URI
+    (``models:/<name>@<alias>``) is only checked for its form: its alias may get a version later
+    (a first training), so the server starts without a model and waits (see ``run_worker``)."""
+    from recsvc.model_source import MODELS_SCHEME, ModelResolver, parse_models_uri, variant_sources
+
+    for source in variant_sources(settings):
+        if source.uri.startswith(MODELS_SCHEME):
+            parse_models_uri(source.uri)
+        else:
+            try:
+                ModelResolver(settings).resolve(source.uri)
+            except RecsvcError as exc:
+                raise type(exc)(
+                    f"cannot serve model {source.uri}: {exc.message} (serving.model_uri / --model-uri "
+                    "takes a bundle folder or models:/<name>@<alias>)",
+                    reason=exc.reason,
+                ) from exc
+
+
 def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = True) -> None:
     """Serve until SIGTERM/SIGINT. Blocks."""
     _limit_threads()
-    from recsvc.metrics import serve_metrics
+    from recsvc.metrics import serve_metrics, served_registry
     from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
 
     stop = threading.Event()
@@ -52,21 +74,31 @@ def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = Tr
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    deps = build_deps(settings)
+    deps = build_deps(settings, worker=worker)
     # Load before binding the port: workers share it (SO_REUSEPORT) and the kernel hands new
     # connections to any worker listening, so a worker still loading would answer them
     # UNAVAILABLE while its siblings could serve. Without a model it starts anyway.
     try:
         deps.models.reload()
     except RecsvcError as exc:
-        # Health stays NOT_SERVING; the poller (or ReloadModel) loads the model later.
-        log.warning("event=initial_model_load_failed worker=%d error=%s", worker, exc)
+        # Only a registry alias gets here (check_model_uris refused a missing bundle folder):
+        # health stays NOT_SERVING until the poller (or ReloadModel) finds a version under it.
+        log.warning(
+            "event=waiting_for_model worker=%d uri=%s poll_interval_s=%s error=%s "
+            "(serving NOT_SERVING until the alias has a version: train and promote a model, or "
+            "call ReloadModel)",
+            worker,
+            settings.serving.model_uri,
+            settings.serving.poll_interval_s,
+            exc,
+        )
     settle_heap()
     server = build_server(settings, deps)
     server.start()
     log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
     if serve_own_metrics and settings.serving.metrics_port:
-        serve_metrics(settings.serving.metrics_port, deps.metrics.registry, settings.serving.host)
+        s = settings.serving
+        serve_metrics(s.metrics_port, served_registry(deps.metrics.registry), s.metrics_host)
     deps.models.start_polling(settings.serving.poll_interval_s)
     stop.wait()
     log.info("event=worker_stopping worker=%d grace_s=%s", worker, settings.serving.grace_period_s)
@@ -109,6 +141,7 @@ def _free_port(host: str) -> int:
 def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
     s = settings.serving
+    check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
     if s.workers == 1:
         run_worker(settings)
         return
@@ -123,7 +156,9 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
         from recsvc.metrics import multiprocess_registry, serve_metrics
 
         registry = multiprocess_registry()
-        serve_metrics(s.metrics_port, registry, s.host)
+        serve_metrics(s.metrics_port, registry, s.metrics_host)
+    from recsvc.metrics import mark_worker_dead
+
     ctx = mp.get_context("spawn")
     payload = settings.model_dump_json()
     stopping = threading.Event()
@@ -147,6 +182,8 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
             if p.is_alive():
                 continue
             log.error("event=worker_died worker=%d exitcode=%s", i, p.exitcode)
+            if p.pid is not None:
+                mark_worker_dead(p.pid)
             if restarts >= _RESTART_LIMIT:
                 log.error("event=too_many_restarts stopping")
                 stopping.set()
@@ -161,4 +198,6 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
         p.join(timeout=max(0.1, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
+    if registry is not None:
+        shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     log.info("event=stopped")

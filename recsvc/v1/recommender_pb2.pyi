@@ -259,16 +259,24 @@ class RecordEventResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STORED_FIELD_NUMBER: _builtins.int
+    ITEM_KNOWN_FIELD_NUMBER: _builtins.int
     stored: _builtins.bool
     """False when Redis is unavailable: the event was not stored for real-time use."""
+    item_known: _builtins.bool
+    """False when the model serving this member does not know item_id (an item added after that
+    model's training data, a typo), or while no model is loaded. Such an event is still stored
+    and expires with the member's other recent events, but changes no recommendation: real-time
+    updates only use items the served model knows. Training reads the data feed, not these events.
+    """
     def __init__(
         self,
         *,
         stored: _builtins.bool = ...,
+        item_known: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_known", b"item_known", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
