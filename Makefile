@@ -25,7 +25,7 @@ run: $(STAMP)
 
 test: $(STAMP) grpcload promtool
 	$(BIN)/python proto/generate.py --check
-	$(BIN)/ruff check proto recsvc training pipelines load tests
+	$(BIN)/ruff check proto recsvc training pipelines bench load tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

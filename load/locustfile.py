@@ -23,8 +23,8 @@ Locust's failure table counts failures by code. Business refusals (an outreach d
 "not allowed") are answers, not failures.
 
 The load shape (steady, ramp to the knee, live-stream spike) comes from the config's ``[shape]``
-or ``--shape``; see ``recsvc/bench/shapes.py``. Everything that is not Locust glue lives in
-``recsvc.bench`` so it is unit-tested without Locust.
+or ``--shape``; see ``bench/shapes.py``. Everything that is not Locust glue lives in
+``bench`` so it is unit-tested without Locust.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ from locust import LoadTestShape, User, between, constant, constant_throughput, 
 from locust.runners import WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from recsvc.bench import shapes
-from recsvc.bench.loadconfig import LoadConfig, load_config
-from recsvc.bench.timeline import SHAPE_START_FILE, Timeline
-from recsvc.bench.traffic import ServedIds, Traffic
+# The harness code sits beside the product in the checkout's bench/ (not an installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import shapes
+from bench.loadconfig import LoadConfig, load_config
+from bench.timeline import SHAPE_START_FILE, Timeline
+from bench.traffic import ServedIds, Traffic
 from recsvc.csvsafe import SafeWriter
 from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
 
@@ -125,7 +128,7 @@ def _bundle(environment: Any) -> str:
     opts = environment.parsed_options
     if opts.bundle:
         return str(opts.bundle)
-    from recsvc.bench.loadrun import LoadRunError, find_bundle
+    from bench.loadrun import LoadRunError, find_bundle
 
     try:
         found = find_bundle(DEFAULT_BUNDLES)

@@ -44,6 +44,15 @@ def test_a_server_install_pulls_nothing_of_training_load_tests_or_codegen() -> N
     assert not pulled & NOT_ON_A_SERVER, sorted(pulled & NOT_ON_A_SERVER)
 
 
+def test_no_benchmark_code_is_packaged() -> None:
+    from setuptools import find_packages
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = find_packages(where=str(ROOT), include=found["include"])
+    assert "recsvc" in packaged and "training" in packaged
+    assert not [p for p in packaged if p == "bench" or ".bench" in p or p.startswith("bench.")], packaged
+
+
 def test_the_closure_walk_finds_a_heavy_dependency_when_there_is_one() -> None:
     assert "matplotlib" in _closure(["mlflow>=3.17,<3.18"])
 

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from recsvc.bench.timeline import load_samples
+from bench.timeline import load_samples
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -234,10 +234,10 @@ def test_host_without_bundle_is_refused_with_a_clear_message(tmp_path: Path) -> 
 def test_fixed_rate_client_sends_on_schedule_and_counts_codes(scripted_server: str, tmp_path: Path) -> None:
     import asyncio
 
-    from recsvc.bench.cpu import cpu_probe
-    from recsvc.bench.loadconfig import LoadConfig
-    from recsvc.bench.ratebench import fixed_rate, request_maker
-    from recsvc.bench.traffic import ServedIds, Traffic
+    from bench.cpu import cpu_probe
+    from bench.loadconfig import LoadConfig
+    from bench.ratebench import fixed_rate, request_maker
+    from bench.traffic import ServedIds, Traffic
 
     traffic = Traffic(ServedIds.from_bundle(_id_bundle(tmp_path)), LoadConfig())
     result = asyncio.run(

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsvc.bench import shapes
-from recsvc.bench.loadconfig import LoadConfig, load_config
-from recsvc.bench.loadrun import DEFAULT_CONFIG, find_bundle, new_results_dir
-from recsvc.bench.report import summarize, to_markdown
-from recsvc.bench.timeline import Timeline, load_samples, percentile_ms
-from recsvc.bench.traffic import ServedIds, Traffic, ZipfSampler
+from bench import shapes
+from bench.loadconfig import LoadConfig, load_config
+from bench.loadrun import DEFAULT_CONFIG, find_bundle, new_results_dir
+from bench.report import summarize, to_markdown
+from bench.timeline import Timeline, load_samples, percentile_ms
+from bench.traffic import ServedIds, Traffic, ZipfSampler
 from recsvc.errors import BundleError, ConfigError
 from recsvc.v1 import outreach_pb2
 
@@ -327,7 +327,7 @@ def test_memory_of_a_process_tree_includes_children() -> None:
     import subprocess
     import sys
 
-    from recsvc.bench.memory import children, tree_memory
+    from bench.memory import children, tree_memory
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -344,7 +344,7 @@ def test_memory_of_a_process_tree_includes_children() -> None:
 
 
 def test_measure_times_every_call() -> None:
-    from recsvc.bench.timing import measure
+    from bench.timing import measure
 
     calls = []
     stats = measure("append", lambda: calls.append(1), calls=200, warmup=20)
@@ -357,7 +357,7 @@ def test_daytime_timezone_is_outside_default_quiet_hours() -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from recsvc.bench.campaign import daytime_timezone
+    from bench.campaign import daytime_timezone
 
     for hour in range(24):
         now = datetime(2026, 11, 23, hour, 30, tzinfo=UTC)
@@ -366,7 +366,7 @@ def test_daytime_timezone_is_outside_default_quiet_hours() -> None:
 
 
 def test_campaign_audience_ids_are_distinct_and_bounded() -> None:
-    from recsvc.bench.campaign import audience
+    from bench.campaign import audience
 
     ids = list(audience(1234))
     assert len(ids) == len(set(ids)) == 1234
@@ -378,8 +378,8 @@ def test_cpu_accounting_reads_proc_and_divides_per_call() -> None:
     import subprocess
     import sys
 
-    from recsvc.bench.cpu import cpu_ms_per_call, cpu_probe, cpu_seconds
-    from recsvc.bench.ratebench import cpu_cell
+    from bench.cpu import cpu_ms_per_call, cpu_probe, cpu_seconds
+    from bench.ratebench import cpu_cell
 
     busy = subprocess.Popen(
         [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"]
@@ -407,7 +407,7 @@ def test_echo_server_answers_the_fixed_response_over_grpc() -> None:
 
     import grpc
 
-    from recsvc.bench.echo import serve_echo
+    from bench.echo import serve_echo
     from recsvc.localstack import free_port
     from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -436,7 +436,7 @@ def test_echo_server_answers_the_fixed_response_over_grpc() -> None:
 
 
 def test_speed_probe_reports_three_positive_figures_and_a_line() -> None:
-    from recsvc.bench.probe import probe_line, speed_probe
+    from bench.probe import probe_line, speed_probe
 
     p = speed_probe()
     assert set(p) == {"python_us", "numpy_us", "switch_us"}
@@ -478,7 +478,7 @@ def test_the_warm_up_is_not_measured(tmp_path: Path) -> None:
 
 
 def test_every_target_gets_a_verdict(tmp_path: Path) -> None:
-    from recsvc.bench.loadconfig import Targets
+    from bench.loadconfig import Targets
 
     prefix = _warm_start_run(tmp_path)
     samples = load_samples(tmp_path)
@@ -511,7 +511,7 @@ def test_targets_in_the_config_are_validated() -> None:
 
 
 def test_plots_and_one_self_contained_page(tmp_path: Path) -> None:
-    from recsvc.bench.plots import write_html, write_plots
+    from bench.plots import write_html, write_plots
 
     _warm_start_run(tmp_path)
     samples = load_samples(tmp_path)

@@ -264,7 +264,7 @@ def test_plan_campaign_streams_a_segment(harness: Harness) -> None:
 
 
 def test_the_campaign_bench_client_reads_every_batch(harness: Harness) -> None:
-    from recsvc.bench.campaign import audience, plan_campaign_over_grpc
+    from bench.campaign import audience, plan_campaign_over_grpc
 
     ids = list(audience(150))
     for m in ids[:60]:

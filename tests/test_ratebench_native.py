@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 import pytest
 
-from recsvc.bench.cpu import cpu_probe
-from recsvc.bench.ratebench import (
+from bench.cpu import cpu_probe
+from bench.ratebench import (
     NATIVE_CLIENT,
     REQUESTS_MAGIC,
     RESULT_DTYPE,

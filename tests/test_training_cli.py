@@ -105,13 +105,13 @@ def test_benchmark_times_bare_and_pipeline_fit_of_the_same_matrix(
 ) -> None:
     import json
 
-    from training import benchmark
+    from bench import als_fit
 
     runner = CliRunner()
     data = tmp_path / "data"
     gen = runner.invoke(app, ["data", "generate", "--out", str(data), "--members", "200", "--seed", "5"])
     assert gen.exit_code == 0, gen.output
-    assert benchmark.main(["--data", str(data)]) == 0
+    assert als_fit.main(["--data", str(data)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["members"] >= 200 and result["nnz"] > 0
     assert result["bare_fit_seconds"] > 0 and result["pipeline_fit_seconds"] > 0

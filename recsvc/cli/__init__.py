@@ -3,12 +3,35 @@ libraries (training, MLflow, FAISS) inside the command, so ``recsvc --help`` sta
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, keys, load, mlflow_ui, outreach, query, serve, train
+from recsvc.cli import audit, data, demo, keys, mlflow_ui, outreach, query, serve, train
 from recsvc.cli.common import AppState
+from recsvc.settings import project_home
+
+
+def _load_commands() -> typer.Typer:
+    """The load-test and benchmark commands live beside the product (``bench/``, not installed):
+    from a source checkout ``recsvc load`` is ``python -m bench``; elsewhere it says so."""
+    home = str(project_home())
+    if (Path(home) / "bench" / "cli.py").is_file() and home not in sys.path:
+        sys.path.append(home)
+    try:
+        from bench.cli import app as bench_app
+    except ModuleNotFoundError:
+        missing = typer.Typer(help="Load tests and benchmarks (from a source checkout only).")
+
+        @missing.callback(invoke_without_command=True)
+        def _absent() -> None:
+            typer.echo("load tests and benchmarks run from a recsvc source checkout (python -m bench)")
+            raise typer.Exit(code=2)
+
+        return missing
+    return bench_app
+
 
 app = typer.Typer(
     name="recsvc",
@@ -40,7 +63,7 @@ app.command("train")(train.train)
 app.command("serve")(serve.serve)
 app.add_typer(query.app, name="query")
 app.add_typer(outreach.app, name="outreach")
-app.add_typer(load.app, name="load")
+app.add_typer(_load_commands(), name="load")
 app.command("demo")(demo.demo)
 app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")

@@ -1,4 +1,6 @@
-"""Measuring recsvc: the pieces behind ``load/locustfile.py`` and ``recsvc load ...``.
+"""Measuring recsvc: load tests and benchmarks, beside the product and not part of it (no wheel
+or server install carries this folder). Run from a source checkout: ``python -m bench ...``, or
+``recsvc load ...`` which hands over to ``bench.cli`` when the checkout is there.
 
 Nothing here imports Locust (it monkey-patches the standard library through gevent); the Locust
 process imports these modules, never the other way round.

@@ -8,7 +8,7 @@ calls have answered, so a slow server cannot slow the load down and hide its own
 line sees) and, separately, from the actual send. Calls are spread over several connections
 because a multi-process server (SO_REUSEPORT) balances by connection.
 
-The requests come from ``recsvc.bench.traffic`` (the same traffic the Locust users send).
+The requests come from ``bench.traffic`` (the same traffic the Locust users send).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from recsvc.bench.cpu import cpu_ms_per_call, cpu_seconds
-from recsvc.bench.traffic import Traffic
+from bench.cpu import cpu_ms_per_call, cpu_seconds
+from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
@@ -254,7 +254,7 @@ def _summarize(
 
 # --- the native client (load/grpcload): same schedule and result, a compiled sender ---------------
 
-NATIVE_CLIENT = Path(__file__).resolve().parents[2] / "load" / "grpcload" / "grpcload"
+NATIVE_CLIENT = Path(__file__).resolve().parents[1] / "load" / "grpcload" / "grpcload"
 REQUESTS_MAGIC = b"GRPCLDQ1"
 # One record per call in the native client's results file (load/grpcload/README.md).
 RESULT_DTYPE = np.dtype(

@@ -2,7 +2,7 @@
 call on this machine, to set the service's figures against (docs/benchmarks.md, session 4).
 
 Every variant answers RecommendProducts with the same 20-item response
-(``recsvc.bench.echo.echo_handler``). Modes:
+(``bench.echo.echo_handler``). Modes:
 
 - ``aio``: ``grpc.aio`` with default options (as ``recsvc serve`` runs);
 - ``nobdp``: ``grpc.aio`` with HTTP/2 BDP probing off;
@@ -17,7 +17,7 @@ Every variant answers RecommendProducts with the same 20-item response
 ``--processes 2`` starts two servers on the same port (SO_REUSEPORT, as ``recsvc serve --workers
 2``) under this process, so ``--server-pid`` below sees them as workers. Usage:
 
-    .venv/bin/python load/experiments/transport_floor.py aio --port 50091 --processes 2 &
+    .venv/bin/python bench/experiments/transport_floor.py aio --port 50091 --processes 2 &
     .venv/bin/recsvc load bench service --host 127.0.0.1:50091 --server-pid $! \\
         --bundle var/bench/bundle1m64-l2 --rates 750,1000,1250 --duration 20 --client native
     kill %1
@@ -40,7 +40,7 @@ from typing import Any
 
 import grpc
 
-from recsvc.bench.echo import echo_handler, fixed_response, products_handler
+from bench.echo import echo_handler, fixed_response, products_handler
 
 AIO_OPTIONS: dict[str, list[tuple[str, int]]] = {
     "aio": [],

@@ -1,4 +1,6 @@
-"""`recsvc load ...`: load tests (Locust, in its own process) and benchmarks."""
+"""`python -m bench ...` (also `recsvc load ...` from a source checkout): load tests (Locust, in its
+own process) and benchmarks. Each harness is a function returning its report; these commands
+only parse options, call it and write the report."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import console, friendly_errors, setup_logging, state
-
+# Made before recsvc.cli is imported: `recsvc load` mounts this app, and `python -m bench` imports
+# recsvc.cli (for its shared options) while this module is still loading.
 app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.md.", no_args_is_help=True)
+
+from recsvc.cli.common import console, friendly_errors, setup_logging, state  # noqa: E402
 
 
 def _shape_overrides(
@@ -87,7 +91,7 @@ def run(
     a bounded time, and write CSV stats, the HTML report, plots and summary.md (with a verdict per
     target of the load config) into load/results/<timestamp>/. Stops everything it started, also
     on Ctrl-C."""
-    from recsvc.bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
+    from bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -158,7 +162,7 @@ LOAD_CLIENTS = {
 
 
 def _bench_dir(results: Path, kind: str) -> Path:
-    from recsvc.bench.loadrun import new_results_dir
+    from bench.loadrun import new_results_dir
 
     out = new_results_dir(results / "bench")
     console.print(f"{kind}: results in {out}", markup=False, highlight=False)
@@ -177,7 +181,7 @@ def _machine() -> dict[str, Any]:
     import os
     import platform
 
-    from recsvc.bench.probe import probe_line, speed_probe
+    from bench.probe import probe_line, speed_probe
 
     load1, load5, _ = os.getloadavg()
     probe = speed_probe()
@@ -188,7 +192,7 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_1m_at_start": load1,
         "loadavg_5m_at_start": load5,
-        "speed_probe": probe,  # recsvc/bench/probe.py: compare runs on a noisy machine
+        "speed_probe": probe,  # bench/probe.py: compare runs on a noisy machine
     }
 
 
@@ -207,8 +211,8 @@ def bench_inproc(
     import tempfile
     from contextlib import ExitStack
 
-    from recsvc.bench.inproc import servicer_costs
-    from recsvc.bench.timing import MARKDOWN_HEADER
+    from bench.inproc import servicer_costs
+    from bench.timing import MARKDOWN_HEADER
     from recsvc.localstack import LocalRedis
 
     app_state = state(ctx)
@@ -246,7 +250,7 @@ def bench_ann(
     """Per bundle and item kind: the FAISS index's type and nprobe/efSearch, its recall@20 against
     exact inner-product search, and ms per single-vector search of 100 results (1 OMP thread),
     bare and through ServedModel.search (the serving call, scores included)."""
-    from recsvc.bench.ann import ann_costs, markdown
+    from bench.ann import ann_costs, markdown
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -288,8 +292,8 @@ def bench_throttle(
 
     import redis
 
-    from recsvc.bench.inproc import throttle_rates
-    from recsvc.bench.timing import MARKDOWN_HEADER
+    from bench.inproc import throttle_rates
+    from bench.timing import MARKDOWN_HEADER
     from recsvc.localstack import LocalRedis
 
     app_state = state(ctx)
@@ -375,13 +379,13 @@ def bench_service(
     import os
     from contextlib import ExitStack
 
-    from recsvc.bench.cpu import cpu_probe
-    from recsvc.bench.loadconfig import load_config as read_load_config
-    from recsvc.bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
-    from recsvc.bench.memory import to_markdown as memory_markdown
-    from recsvc.bench.memory import tree_memory
-    from recsvc.bench.ratebench import MARKDOWN_HEADER, find_native_client, markdown_row, run_fixed_rates
-    from recsvc.bench.traffic import ServedIds, Traffic
+    from bench.cpu import cpu_probe
+    from bench.loadconfig import load_config as read_load_config
+    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.memory import to_markdown as memory_markdown
+    from bench.memory import tree_memory
+    from bench.ratebench import MARKDOWN_HEADER, find_native_client, markdown_row, run_fixed_rates
+    from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -448,7 +452,7 @@ def bench_echo(
 ) -> None:
     """The transport floor: a gRPC server answering RecommendProducts with a fixed response and no
     work. Load it with `bench service --host HOST:PORT --server-pid PID --bundle ...`."""
-    from recsvc.bench.echo import run_echo
+    from bench.echo import run_echo
 
     run_echo(host, port, k)
 
@@ -459,7 +463,7 @@ def bench_memory(
     pid: int = typer.Option(..., "--pid", help="Process id of `recsvc serve` (its workers are included)."),
 ) -> None:
     """RSS and PSS of a server process and its workers (PSS splits the shared bundle pages)."""
-    from recsvc.bench.memory import to_markdown, tree_memory
+    from bench.memory import to_markdown, tree_memory
 
     typer.echo(to_markdown(tree_memory(pid)))
 
@@ -479,8 +483,8 @@ def bench_pipeline(
     import os
     import shlex
 
-    from recsvc.bench.loadrun import LoadRunError
-    from recsvc.bench.pipeline import markdown, run_measured
+    from bench.loadrun import LoadRunError
+    from bench.pipeline import markdown, run_measured
     from recsvc.localstack import recsvc_command
 
     app_state = state(ctx)
@@ -543,7 +547,7 @@ def bench_diversity(
 ) -> None:
     """NDCG@k against intra-list diversity and distinct categories per diversity setting, on the
     holdout (last training.holdout_days) of the data a --no-refit bundle was trained on."""
-    from recsvc.bench.diversity import diversity_table, markdown
+    from bench.diversity import diversity_table, markdown
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -578,8 +582,8 @@ def bench_campaign(
 
     import redis
 
-    from recsvc.bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
-    from recsvc.bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from recsvc.outreach.service import build_throttle
 
     app_state = state(ctx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recsvc.bench.loadconfig import Shape
+from bench.loadconfig import Shape
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsvc.bench.timeline import OK, Samples
+from bench.timeline import OK, Samples
 
 PLOTS = (
     ("latency", "Latency percentiles per second"),

@@ -36,17 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recsvc.bench import shapes
-from recsvc.bench.loadconfig import LoadConfig, load_config
-from recsvc.bench.report import Summary, summarize, write_summary
-from recsvc.bench.timeline import load_samples
-from recsvc.bench.traffic import ServedIds
+from bench import shapes
+from bench.loadconfig import LoadConfig, load_config
+from bench.report import Summary, summarize, write_summary
+from bench.timeline import load_samples
+from bench.traffic import ServedIds
 from recsvc.errors import RecsvcError
 from recsvc.settings import merge_tables
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOCUSTFILE = REPO_ROOT / "load" / "locustfile.py"
 DEFAULT_CONFIG = REPO_ROOT / "load" / "config.toml"
 READY = "READY.json"
@@ -369,7 +369,7 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
     )
     md = write_summary(summary, results, context)
     if samples is not None and len(samples):
-        from recsvc.bench.plots import write_html, write_plots
+        from bench.plots import write_html, write_plots
 
         plots = write_plots(samples, results / "plots", opts.warmup_s)
         write_html(md.read_text(), plots, results / "report-plots.html", title)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bench.loadconfig import Targets
-from recsvc.bench.shapes import Phase
-from recsvc.bench.timeline import OK, Samples, percentile_ms, rolling_p99
+from bench.loadconfig import Targets
+from bench.shapes import Phase
+from bench.timeline import OK, Samples, percentile_ms, rolling_p99
 
 AGGREGATED = "Aggregated"
 

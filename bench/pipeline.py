@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recsvc.bench.memory import tree_memory
+from bench.memory import tree_memory
 
 
 @dataclass

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from recsvc.bench.memory import PROC, children
+from bench.memory import PROC, children
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from recsvc.bench.loadconfig import LoadConfig, load_config
-from recsvc.bench.timing import LatencyStats, measure
-from recsvc.bench.traffic import ServedIds, Traffic
+from bench.loadconfig import LoadConfig, load_config
+from bench.timing import LatencyStats, measure
+from bench.traffic import ServedIds, Traffic
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.settings import Settings
 
@@ -158,7 +158,7 @@ def throttle_rates(
     """Decisions per second from one client against the Redis behind ``redis_client``. Members
     get consent on every channel and a time zone where it is daytime now first, so decisions run the
     whole policy, not the cheap NO_CONSENT or QUIET_HOURS refusal; the reasons are counted."""
-    from recsvc.bench.campaign import daytime_timezone
+    from bench.campaign import daytime_timezone
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.throttle import OutreachAsk
 

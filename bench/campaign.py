@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
-from recsvc.bench.memory import tree_memory
+from bench.memory import tree_memory
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
 
 # Candidates in order; the first whose local hour is inside [10, 19) now is used.

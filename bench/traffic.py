@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsvc.bench.loadconfig import LoadConfig
+from bench.loadconfig import LoadConfig
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.errors import BundleError
 from recsvc.v1 import common_pb2, outreach_pb2, recommender_pb2

@@ -12,7 +12,7 @@ untimed), reporting the server's CPU per call:
 
 Usage (a trained bundle; takes about a minute):
 
-    .venv/bin/python load/experiments/engine_share.py var/bench/bundle1m64-l2 real,stub,timed
+    .venv/bin/python bench/experiments/engine_share.py var/bench/bundle1m64-l2 real,stub,timed
 
 A one-off experiment for docs/benchmarks.md, not part of the test suite.
 """
@@ -32,8 +32,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads
 
 import numpy as np
 
-from recsvc.bench.cpu import cpu_seconds
-from recsvc.bench.probe import probe_line, speed_probe
+from bench.cpu import cpu_seconds
+from bench.probe import probe_line, speed_probe
 from recsvc.bundle import KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
 from recsvc.localstack import LocalRedis
@@ -117,6 +117,7 @@ def main() -> None:
                 target=run_server, args=(bundle, redis_server.url, mode, port_q, stop, report_q)
             )
             proc.start()
+            assert proc.pid is not None
             port = port_q.get(timeout=180)
             asyncio.run(drive(port, members, 1000, 4))
             before, t0, n = cpu_seconds(proc.pid), time.perf_counter(), 4000

@@ -5,7 +5,7 @@ and the training settings. Writes: one JSON line to stdout with both timings, th
 goal is <= 1.2), matrix size and peak RSS. Nothing else runs while it times: run it on an idle
 machine, e.g.::
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m training.benchmark --data var/data/big --repeat 2
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.als_fit --data var/data/big --repeat 2
 
 The bare fit is exactly ``AlternatingLeastSquares(...).fit(matrix, show_progress=False)`` with BLAS
 limited to one thread; the pipeline fit is :func:`training.fit.fit_als` as the refit step calls it.
