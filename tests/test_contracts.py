@@ -3,7 +3,7 @@ storage suite against every backend): what a caller of the interface may rely on
 implementation it is handed.
 
 - ``ModelProvider`` (recsvc.engine.recommender): ``SingleModel`` and the served-model registry
-  (recsvc.model_source.ModelRegistry, resolving a bundle folder).
+  (recsvc.models.served.ServedModels, resolving a bundle folder).
 - ``RecommendationPort`` (recsvc.outreach.ports, what outreach needs from recommendations): the
   engine's ``EnginePort`` and the test double outreach's own tests use.
 """
@@ -22,7 +22,8 @@ from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.recommender import EnginePort, ModelProvider, RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import NotFound
-from recsvc.model_source import ModelRegistry, ModelResolver
+from recsvc.models.resolve import ModelResolver
+from recsvc.models.served import ServedModels
 from recsvc.outreach.ports import RecommendationPort
 from recsvc.settings import load_settings
 from recsvc.v1 import common_pb2
@@ -36,7 +37,7 @@ def _registry(planted: PlantedBundle, tmp_path: Path) -> ModelProvider:
     settings = load_settings(
         overrides={"serving": {"model_uri": str(planted.path), "bundle_cache_dir": str(tmp_path / "c")}}
     )
-    registry = ModelRegistry(settings, ModelResolver(settings))
+    registry = ServedModels(settings, ModelResolver(settings))
     registry.reload()
     return registry
 

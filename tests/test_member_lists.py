@@ -246,12 +246,13 @@ def test_a_model_load_says_whether_its_stored_lists_will_be_used(
     used: str,
     named: str,
 ) -> None:
-    from recsvc.model_source import ModelRegistry, ModelResolver
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
 
     serving = {"model_uri": str(trained), "bundle_cache_dir": str(tmp_path / "cache"), **change}
     settings = _settings(serving)
-    caplog.set_level("INFO", logger="recsvc.model_source")
-    ModelRegistry(settings, ModelResolver(settings)).reload()
+    caplog.set_level("INFO", logger="recsvc.models")
+    ServedModels(settings, ModelResolver(settings)).reload()
     lines = [r.getMessage() for r in caplog.records if "event=member_lists" in r.getMessage()]
     assert len(lines) == 1 and f"k={K} used={used}" in lines[0], lines
     assert (named or "differ=none") in lines[0]

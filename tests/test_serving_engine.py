@@ -12,7 +12,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from recsvc.engine.diversity import intra_list_diversity, mmr
 from recsvc.engine.filters import FilterSpec
 from recsvc.errors import InvalidArgument
-from recsvc.model_source import bucket
+from recsvc.models.variants import bucket
 from recsvc.realtime import recalculate_member
 from recsvc.v1 import common_pb2
 
@@ -148,12 +148,13 @@ def test_diversity_tradeoff_on_planted_clusters(tmp_path: Path) -> None:
     from recsvc.engine.recommender import RecommendationEngine
     from recsvc.engine.served_model import ServedModel
     from recsvc.engine.tradeoff import diversity_tradeoff
-    from recsvc.model_source import ModelRegistry, ModelResolver
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
     from recsvc.settings import load_settings
 
     planted = make_bundle(tmp_path / "b")
     settings = load_settings(overrides={"serving": {"model_uri": str(planted.path)}})
-    models = ModelRegistry(settings, ModelResolver(settings))
+    models = ServedModels(settings, ModelResolver(settings))
     models.reload()
     model: ServedModel = models.default()[1]
     engine = RecommendationEngine(models, None, settings.serving)

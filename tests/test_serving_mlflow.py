@@ -12,7 +12,7 @@ import pytest
 from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import running_server
 
-from recsvc.model_source import bucket
+from recsvc.models.variants import bucket
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2
 

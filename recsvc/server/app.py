@@ -34,7 +34,9 @@ from grpc_reflection.v1alpha import reflection
 from recsvc.active_members import ActiveMembers
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
 from recsvc.metrics import ProcessSampler, ServingMetrics
-from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
+from recsvc.models.broadcast import ReloadBroadcast
+from recsvc.models.resolve import ModelResolver
+from recsvc.models.served import ServedModels
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
@@ -54,7 +56,7 @@ OUTREACH_SERVICE = outreach_pb2.DESCRIPTOR.services_by_name["Outreach"].full_nam
 
 @dataclass
 class ServerDeps:
-    models: ModelRegistry
+    models: ServedModels
     realtime: RealtimeStore | None
     metrics: ServingMetrics
     engine: RecommendationEngine
@@ -112,7 +114,7 @@ def build_deps(
         active=active,
         on_error=metrics.realtime_errors_by_operation,
     )
-    models = ModelRegistry(settings, ModelResolver(settings), metrics)
+    models = ServedModels(settings, ModelResolver(settings), metrics)
     engine = RecommendationEngine(models, realtime, settings.serving)
     deps = ServerDeps(
         models=models,

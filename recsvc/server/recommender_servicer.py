@@ -25,7 +25,8 @@ from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine
 from recsvc.errors import InvalidArgument, MemberErased, ModelUnavailable, RecsvcError
 from recsvc.metrics import ServingMetrics
-from recsvc.model_source import ModelRegistry, ReloadBroadcast
+from recsvc.models.broadcast import ReloadBroadcast
+from recsvc.models.served import ServedModels
 from recsvc.realtime import RealtimeStore
 from recsvc.server.interceptors import check_deadline
 from recsvc.server.validation import check_channel, check_event_type, check_id, check_k
@@ -46,7 +47,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self,
         settings: Settings,
         engine: RecommendationEngine,
-        models: ModelRegistry,
+        models: ServedModels,
         realtime: RealtimeStore | None,
         metrics: ServingMetrics,
         reload_broadcast: ReloadBroadcast | None = None,

@@ -43,7 +43,8 @@ def check_model_uris(settings: Settings) -> None:
     exist or is no bundle (ModelUnavailable/BundleError naming it). A registry URI
     (``models:/<name>@<alias>``) is only checked for its form: its alias may get a version later
     (a first training), so the server starts without a model and waits (see ``run_worker``)."""
-    from recsvc.model_source import MODELS_SCHEME, ModelResolver, parse_models_uri, variant_sources
+    from recsvc.models.resolve import MODELS_SCHEME, ModelResolver, parse_models_uri
+    from recsvc.models.variants import variant_sources
 
     for source in variant_sources(settings):
         if source.uri.startswith(MODELS_SCHEME):
