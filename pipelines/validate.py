@@ -864,7 +864,7 @@ class _KeptEvents:
             columns[name] = col if keep is None else col[keep]
             del col
         event_types = pd.Index(list(EVENT_TYPES), dtype="str")
-        channels = pd.Index(list(EVENT_CHANNELS), dtype="str")
+        channels = pd.Index(list(refs.channels), dtype="str")
         return pd.DataFrame(
             {
                 "member_id": _observed_categorical(columns.pop("member_id"), refs.members),
