@@ -49,7 +49,7 @@ class DiversityRow:
 def _item_ids(model: ServedModel, rows: Any) -> set[str]:
     """Item ids (str) of bundle rows; the id map stores ASCII bytes."""
     picked = model.items.array[np.asarray(rows, dtype=np.int64)]
-    return {x.decode("ascii") if isinstance(x, bytes) else str(x) for x in picked.tolist()}
+    return {x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in picked.tolist()}
 
 
 def _read_events(data_dir: Path) -> Any:

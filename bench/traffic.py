@@ -141,16 +141,16 @@ class Traffic:
         cfg = self.config.members
         if cfg.unknown_share and self._uniform() < cfg.unknown_share:
             return f"LT-NEW-{int(self._rng.integers(cfg.unknown_pool)):07d}"
-        return bytes(self.ids.members[self._members.draw()]).decode("ascii")
+        return bytes(self.ids.members[self._members.draw()]).decode("utf-8")
 
     def product(self) -> str:
-        return bytes(self.ids.products[self._products.draw()]).decode("ascii")
+        return bytes(self.ids.products[self._products.draw()]).decode("utf-8")
 
     def content_item(self) -> str:
         n = self.ids.content.shape[0]
         if n == 0:
             return self.product()
-        return bytes(self.ids.content[int(self._rng.integers(n))]).decode("ascii")
+        return bytes(self.ids.content[int(self._rng.integers(n))]).decode("utf-8")
 
     # -- requests --------------------------------------------------------------------------------
 

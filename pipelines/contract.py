@@ -25,6 +25,7 @@ __all__ = [
     "EVENT_CHANNELS",
     "EVENT_TYPES",
     "FEATURED_SEPARATOR",
+    "FIXES",
     "ID_CHARSET_DOC",
     "ID_PATTERN",
     "ITEM_KINDS",
@@ -88,12 +89,17 @@ CATALOG = TableSpec(
 MEMBERS = TableSpec(
     "members",
     ("member_id", "registered_at", "tier", "timezone", *CONSENT_COLUMNS),
+    # Only the id is needed. Defaults (docs/data.md): registered_at unknown, no tier, the outreach
+    # policy's default_timezone, consent never answered (= no marketing). The whole table may be
+    # absent: the members are then the ones the events name.
+    optional=("registered_at", "tier", "timezone", *CONSENT_COLUMNS),
 )
 TABLES = (CATALOG, MEMBERS, EVENTS)  # validation order: events are checked against the other two
 
 
 class Reason:
-    """Quarantine reason codes: one per bad row, the first check it fails (docs/data.md)."""
+    """Quarantine reason codes: the primary one per bad row is the first check it fails; the row's
+    ``problems`` list every check it fails (docs/data.md)."""
 
     INVALID_UTF8 = "invalid_utf8"
     MISSING_MEMBER_ID = "missing_member_id"
@@ -131,6 +137,69 @@ class Reason:
     UNKNOWN_FEATURED_ITEM = "unknown_featured_item"
     # members
     DUPLICATE_MEMBER = "duplicate_member"
-    MISSING_TIER = "missing_tier"
+    MISSING_TIER = "missing_tier"  # no longer raised: tier is optional; kept for old summaries
     UNKNOWN_TIMEZONE = "unknown_timezone"
     BAD_CONSENT = "bad_consent"
+
+
+# What to do about each reason: the summary and the validation report print it beside the count.
+FIXES: dict[str, str] = {
+    Reason.INVALID_UTF8: (
+        "the text holds U+FFFD, the mark of an earlier lossy conversion: export again from the source system"
+    ),
+    Reason.MISSING_MEMBER_ID: "every row needs a member_id; drop rows of anonymous visitors",
+    Reason.MISSING_ITEM_ID: "every row needs an item_id (SKU or content id)",
+    Reason.ID_TOO_LONG: (
+        "ids may be at most data.max_id_length UTF-8 bytes: shorten them or raise the setting"
+    ),
+    Reason.BAD_ID_CHARS: f"ids may hold {ID_CHARSET_DOC} only (no spaces, control characters or braces)",
+    Reason.UNKNOWN_EVENT_TYPE: (
+        f"use one of {', '.join(EVENT_TYPES)}, or map yours in the mapping file ([events.values.event_type])"
+    ),
+    Reason.UNKNOWN_CHANNEL: (
+        "map the value to a known channel ([events.values.channel]) or declare it ([channels] declare)"
+    ),
+    Reason.BAD_TIMESTAMP: (
+        "use ISO-8601 (2026-05-01T10:00:00+08:00) or list your format in [timestamps] formats"
+    ),
+    Reason.FUTURE_TIMESTAMP: (
+        "check the source clock or time zone: without an offset a time "
+        "is taken as UTC ([timestamps] default_offset)"
+    ),
+    Reason.TIMESTAMP_TOO_OLD: "a time before 1990 is a placeholder (epoch 0): fix or drop these rows",
+    Reason.BAD_QUANTITY: f"quantity is a whole number 1..{MAX_QUANTITY} (empty = 1)",
+    Reason.BAD_AMOUNT: (
+        "amount is a number with a decimal point; currency symbols and 1,234.50 parse with a mapping file"
+    ),
+    Reason.NEGATIVE_AMOUNT: "refunds are not purchases: leave them out",
+    Reason.AMOUNT_OUT_OF_RANGE: f"amount is at most {MAX_AMOUNT:,.0f} per event: check the unit (cents?)",
+    Reason.MISSING_AMOUNT: "a purchase needs its amount",
+    Reason.UNKNOWN_ITEM: (
+        "the item is not in the clean catalog: add it there, or fix its catalog row's own problems"
+    ),
+    Reason.UNKNOWN_MEMBER: (
+        "the member is not in the clean members table: add them, fix their row, or leave the members file out"
+    ),
+    Reason.DUPLICATE_EVENT: "the same event twice: the export overlaps itself (check its date ranges)",
+    Reason.DUPLICATE_ITEM: "one row per item_id",
+    Reason.UNKNOWN_KIND: "kind is product or content (map yours with [catalog.values.kind])",
+    Reason.MISSING_TITLE: "every item needs a title",
+    Reason.TITLE_TOO_LONG: f"titles are at most {MAX_TITLE_LENGTH} characters",
+    Reason.MISSING_CATEGORY: "every item needs a category (give a default with [catalog.defaults] category)",
+    Reason.MISSING_BRAND: "every product needs a brand (give a default with [catalog.defaults] brand)",
+    Reason.LABEL_TOO_LONG: f"categories, brands and tiers are at most {MAX_LABEL_LENGTH} characters",
+    Reason.BAD_PRICE: "price is a number; currency symbols (￥312.63) and 1,234.50 parse with a mapping file",
+    Reason.NEGATIVE_PRICE: "prices are 0 or more",
+    Reason.PRICE_OUT_OF_RANGE: f"price is at most {MAX_PRICE:,.0f}: check the unit",
+    Reason.BAD_IN_STOCK: (
+        "in_stock is true/false (required for products; map yours with [catalog.values.in_stock])"
+    ),
+    Reason.MISSING_PUBLISHED_AT: "content needs published_at",
+    Reason.FEATURED_ON_PRODUCT: "only content rows list featured products",
+    Reason.BAD_FEATURED_ID: "featured_item_ids are ids separated by |",
+    Reason.UNKNOWN_FEATURED_ITEM: "featured items must be products in the clean catalog",
+    Reason.DUPLICATE_MEMBER: "one row per member_id",
+    Reason.MISSING_TIER: "tier is optional: leave it empty or give [members.defaults] tier",
+    Reason.UNKNOWN_TIMEZONE: "an IANA name such as Asia/Shanghai, or empty for the outreach policy's default",
+    Reason.BAD_CONSENT: "consent is true/false, or empty when never asked",
+}

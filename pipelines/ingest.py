@@ -15,8 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.contract import CONSENT_CHANNELS
-from pipelines.validate import ValidationResult, validate_dir
+from pipelines.contract import CATALOG, CONSENT_CHANNELS, EVENTS
+from pipelines.mapping import Mapping
+from pipelines.validate import QUARANTINE_DIRNAME, SUMMARY_FILE, ValidationResult, validate_dir
+from recsvc.errors import DataContractError
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,37 @@ def load_dataset(
     settings: DataSettings,
     now: datetime | None = None,
     quarantine_dir: Path | None = None,
+    *,
+    encoding: str | None = None,
+    mapping: Mapping | None = None,
+    max_quarantined_share: float | None = None,
 ) -> Dataset:
-    """Validate ``data_dir`` and return its clean tables; raise DataContractError if unusable."""
-    result = validate_dir(data_dir, settings, now)
+    """Validate ``data_dir`` and return its clean tables; raise DataContractError if unusable.
+
+    With ``max_quarantined_share``, more than that share of quarantined events or catalog rows
+    also stops (reason QUARANTINE_SHARE), after the quarantine and its summary were written (to
+    ``quarantine_dir``, default ``<data_dir>/quarantine``) so the one-line message can name them."""
+    result = validate_dir(data_dir, settings, now, encoding=encoding, mapping=mapping)
+    over = []
+    if max_quarantined_share is not None:
+        over = [
+            f"{t.name}: {t.quarantined_share:.1%} of {t.rows_read:,} rows"
+            for t in (result.tables[CATALOG.name], result.tables[EVENTS.name])
+            if t.quarantined_share > max_quarantined_share
+        ]
+        if over and quarantine_dir is None:
+            quarantine_dir = data_dir / QUARANTINE_DIRNAME
     if quarantine_dir is not None:
         result.write(quarantine_dir)
+    if over:
+        assert quarantine_dir is not None
+        raise DataContractError(
+            f"too much quarantined ({'; '.join(over)}; limit {max_quarantined_share:.0%}, "
+            f"data.max_quarantined_share): see {quarantine_dir / SUMMARY_FILE} for the reasons and "
+            "their fixes (or recsvc data validate --report), fix the data or the mapping file, or "
+            "train anyway with --allow-quarantine",
+            reason="QUARANTINE_SHARE",
+        )
     return dataset_from(result)
 
 

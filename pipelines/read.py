@@ -3,8 +3,10 @@
 Reads ``<dir>/<table>.parquet``, ``<dir>/<table>.csv`` or ``<dir>/<table>.csv.gz``. Returns the
 rows as read (CSV: every column as text, empty cells as ""; Parquet: its own column types) and
 raises ``DataContractError`` when the file as a whole is unusable: absent, ambiguous, empty
-(no header), unreadable, or with missing or unexpected columns. Row-level problems, including
-bytes that are not UTF-8, are left to ``pipelines.validate`` so they are quarantined per row.
+(no header), unreadable, not valid text in its encoding (``pipelines.encoding``: one message
+naming the byte offset, never thousands of quarantined rows), or with missing or unexpected
+columns. A mapping file (``pipelines.mapping``) renames and maps columns here, before any check.
+Row-level problems are left to ``pipelines.validate`` so they are quarantined per row.
 
 ``read_table`` returns a whole table (catalog, members); ``read_chunks`` streams one in chunks
 of at most N rows (events: 50M rows never sit in memory as text at once), with the text columns
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.contract import TableSpec
+from pipelines.mapping import Mapping
 from recsvc.errors import DataContractError
 
 if TYPE_CHECKING:
@@ -29,8 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
-# Invalid UTF-8 bytes are decoded to U+FFFD so the row can be quarantined as invalid_utf8
-# instead of failing the whole file; pyarrow-backed strings cannot carry the raw bytes.
+# Files are decoded strictly (pipelines.encoding); a U+FFFD that is in the text itself marks damage
+# done by an earlier lossy conversion, and its row is quarantined as invalid_utf8.
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -50,15 +53,24 @@ def find_table_file(data_dir: Path, spec: TableSpec) -> Path:
     return found[0]
 
 
-def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
-    """All rows of one table file, with exactly the contract's columns in contract order."""
+def read_table(
+    path: Path, spec: TableSpec, encoding: str = "utf-8", mapping: Mapping | None = None
+) -> pd.DataFrame:
+    """All rows of one table file, with exactly the contract's columns in contract order.
+    ``encoding`` is a CSV's codec (``pipelines.encoding.resolve_encoding``)."""
     if path.name.endswith(".parquet"):
         columns = _parquet_columns(path)
-        _check_columns(path, spec, columns)
-        df = _read_parquet(path, [c for c in spec.columns if c in columns])
+        renames, drop = _renames(spec, columns, mapping)
+        _check_columns(path, spec, _mapped_header(spec, columns, renames, drop, mapping))
+        wanted = [c for c in columns if c not in drop and renames.get(c, c) in spec.columns]
+        df = _read_parquet(path, wanted).rename(columns=renames)
     else:
-        df = _read_csv(path)
-        _check_columns(path, spec, list(df.columns))
+        df = _read_csv(path, encoding=encoding)
+        renames, drop = _renames(spec, list(df.columns), mapping)
+        _check_columns(path, spec, _mapped_header(spec, list(df.columns), renames, drop, mapping))
+        df = df.drop(columns=drop).rename(columns=renames)
+    if mapping is not None:
+        df = mapping.apply(spec.name, df)
     for col in spec.optional:
         if col not in df.columns:
             df[col] = ""
@@ -79,7 +91,12 @@ def count_rows(path: Path) -> int | None:
 
 
 def read_chunks(
-    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...] = ()
+    path: Path,
+    spec: TableSpec,
+    chunk_rows: int,
+    dictionary: tuple[str, ...] = (),
+    encoding: str = "utf-8",
+    mapping: Mapping | None = None,
 ) -> Iterator[pd.DataFrame]:
     """The table's rows in chunks of at most ``chunk_rows``, contract columns in contract order.
 
@@ -89,19 +106,20 @@ def read_chunks(
     is always produced (an empty frame for a table without rows).
     """
     if path.name.endswith(".parquet"):
-        return _parquet_chunks(path, spec, chunk_rows, dictionary)
-    return _csv_chunks(path, spec, chunk_rows, dictionary)
+        return _parquet_chunks(path, spec, chunk_rows, dictionary, mapping)
+    return _csv_chunks(path, spec, chunk_rows, dictionary, encoding, mapping)
 
 
 def _parquet_chunks(
-    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...]
+    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...], mapping: Mapping | None
 ) -> Iterator[pd.DataFrame]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _parquet_schema(path)
-    _check_columns(path, spec, list(schema.names))
-    columns = [c for c in spec.columns if c in schema.names]
+    renames, drop = _renames(spec, list(schema.names), mapping)
+    _check_columns(path, spec, _mapped_header(spec, list(schema.names), renames, drop, mapping))
+    columns = [c for c in schema.names if c not in drop and renames.get(c, c) in spec.columns]
     as_dict = [c for c in dictionary if c in columns and _is_text_type(schema.field(c).type)]
     try:
         file = pq.ParquetFile(path, read_dictionary=as_dict)
@@ -117,10 +135,12 @@ def _parquet_chunks(
             for group in range(file.num_row_groups):
                 for batch in file.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns):
                     yielded = True
-                    yield _in_contract_order(batch.to_pandas(types_mapper=mapper), spec)
+                    df = batch.to_pandas(types_mapper=mapper).rename(columns=renames)
+                    yield _in_contract_order(_mapped(df, spec, mapping), spec)
             if not yielded:
                 empty = file.schema_arrow.empty_table().select(columns)
-                yield _in_contract_order(empty.to_pandas(types_mapper=mapper), spec)
+                df = empty.to_pandas(types_mapper=mapper).rename(columns=renames)
+                yield _in_contract_order(_mapped(df, spec, mapping), spec)
         except (pa.ArrowException, OSError) as exc:
             raise DataContractError(f"cannot read {path}: {exc}") from exc
 
@@ -128,10 +148,17 @@ def _parquet_chunks(
 
 
 def _csv_chunks(
-    path: Path, spec: TableSpec, chunk_rows: int, dictionary: tuple[str, ...]
+    path: Path,
+    spec: TableSpec,
+    chunk_rows: int,
+    dictionary: tuple[str, ...],
+    encoding: str,
+    mapping: Mapping | None,
 ) -> Iterator[pd.DataFrame]:
-    header = list(_read_csv(path, nrows=0).columns)
+    file_header = list(_read_csv(path, nrows=0, encoding=encoding).columns)
     # The same reading options as _read_csv, chunk by chunk.
+    renames, drop = _renames(spec, file_header, mapping)
+    header = _mapped_header(spec, file_header, renames, drop, mapping)
     _check_columns(path, spec, header)
     as_categories = [c for c in header if c in dictionary]
 
@@ -143,21 +170,50 @@ def _csv_chunks(
                 dtype=str,
                 chunksize=chunk_rows,
                 keep_default_na=False,
-                encoding="utf-8-sig",
-                encoding_errors="replace",
+                encoding="utf-8-sig" if encoding == "utf-8" else encoding,
+                encoding_errors="strict",  # resolve_encoding checked every byte already
             ) as reader:
                 for df in reader:
                     yielded = True
+                    df = _mapped(df.drop(columns=drop).rename(columns=renames), spec, mapping)
                     # Not read_csv's dtype="category": it turns "12.50" into 12.5 and "007" into 7.
                     for col in as_categories:
                         df[col] = df[col].astype("category")
                     yield _in_contract_order(df, spec)
+        except UnicodeDecodeError as exc:
+            raise DataContractError(
+                f"{path} is not valid {encoding} text ({exc.reason}); see docs/data.md, Encodings"
+            ) from exc
         except (pd.errors.ParserError, OSError, EOFError) as exc:
             raise DataContractError(f"cannot parse {path} as CSV: {exc}") from exc
         if not yielded:
-            yield _in_contract_order(pd.DataFrame({c: pd.Series([], dtype="str") for c in header}), spec)
+            empty = pd.DataFrame({c: pd.Series([], dtype="str") for c in header})
+            yield _in_contract_order(_mapped(empty, spec, mapping), spec)
 
     return chunks()
+
+
+def _renames(
+    spec: TableSpec, columns: list[str], mapping: Mapping | None
+) -> tuple[dict[str, str], list[str]]:
+    if mapping is None:
+        return {}, []
+    return mapping.rename(spec.name, [str(c) for c in columns])
+
+
+def _mapped_header(
+    spec: TableSpec, columns: list[str], renames: dict[str, str], drop: list[str], mapping: Mapping | None
+) -> list[str]:
+    """The header as the contract will see it: renamed, ignored columns gone, and columns the
+    mapping gives a default for counted as present."""
+    header = [renames.get(str(c), str(c)) for c in columns if c not in drop]
+    if mapping is not None:
+        header += [c for c in mapping.table(spec.name).defaults if c not in header]
+    return header
+
+
+def _mapped(df: pd.DataFrame, spec: TableSpec, mapping: Mapping | None) -> pd.DataFrame:
+    return df if mapping is None else mapping.apply(spec.name, df)
 
 
 def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
@@ -167,7 +223,7 @@ def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return df[list(spec.columns)]
 
 
-def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
+def _read_csv(path: Path, nrows: int | None = None, encoding: str = "utf-8") -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns")
     try:
@@ -176,12 +232,18 @@ def _read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
             dtype=str,
             nrows=nrows,
             keep_default_na=False,  # an empty cell is "", never guessed to be NaN
-            encoding="utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
-            encoding_errors="replace",  # bad bytes become U+FFFD: quarantined per row, not per file
+            # utf-8-sig tolerates a byte-order mark from spreadsheet exports; every byte was
+            # checked by pipelines.encoding, so strict decoding cannot fail on a row
+            encoding="utf-8-sig" if encoding == "utf-8" else encoding,
+            encoding_errors="strict",
             skipinitialspace=False,
         )
     except pd.errors.EmptyDataError as exc:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns") from exc
+    except UnicodeDecodeError as exc:
+        raise DataContractError(
+            f"{path} is not valid {encoding} text ({exc.reason}); see docs/data.md, Encodings"
+        ) from exc
     except (pd.errors.ParserError, OSError, EOFError) as exc:
         raise DataContractError(f"cannot parse {path} as CSV: {exc}") from exc
 

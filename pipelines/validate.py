@@ -1,11 +1,13 @@
 """Row-level checks of the data contract: clean, typed tables plus quarantined rows with reasons.
 
 Reads a data folder through ``pipelines.read`` (catalog, then members, then events, because
-events are checked against the other two). Every row either comes out in a clean table or goes
-to that table's quarantine with exactly one reason code (the first check it fails, in the order
-listed in docs/data.md) and a short detail. Nothing is dropped silently: ``rows_read ==
-len(clean) + len(quarantine)`` for every table. ``ValidationResult.write`` writes
-``<out>/<table>.csv`` quarantine files and ``<out>/summary.json``.
+events are checked against the other two; a folder without a members table takes the members to
+be the ones in the events). Every row either comes out in a clean table or goes to that table's
+quarantine with one primary reason code (the first check it fails, in the order listed in
+docs/data.md, used for counts), a short detail, and ``problems``: every check the row fails, so
+one run shows all there is to fix. Nothing is dropped silently: ``rows_read == len(clean) +
+len(quarantine)`` for every table. ``ValidationResult.write`` writes ``<out>/<table>.csv``
+quarantine files and ``<out>/summary.json`` (per reason: rows, examples and the fix).
 
 Events are read and checked in chunks of ``data.validate_chunk_rows`` rows against the clean
 member and item ids; only compact arrays of the accepted rows are kept, and the duplicate check
@@ -29,7 +31,7 @@ import json
 import logging
 import zoneinfo
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from pipelines.contract import (
     EVENT_TYPES,
     EVENTS,
     FEATURED_SEPARATOR,
-    ID_PATTERN,
+    FIXES,
     ITEM_KINDS,
     MAX_AMOUNT,
     MAX_LABEL_LENGTH,
@@ -56,8 +58,11 @@ from pipelines.contract import (
     Reason,
     TableSpec,
 )
+from pipelines.encoding import resolve_encoding
+from pipelines.mapping import Mapping
 from pipelines.read import REPLACEMENT_CHAR, count_rows, find_table_file, read_chunks, read_table
 from recsvc.csvsafe import write_frame
+from recsvc.idmap import ID_PATTERN, id_chars_ok, id_problem, normalize_id
 from recsvc.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ SUMMARY_FILE = "summary.json"
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "n", "f"})
 _DETAIL_MAX = 80
+_EXAMPLES = 3  # example rows per reason in the summary
 # Event columns read as categoricals: few distinct values per chunk, each checked once.
 _EVENT_DICTIONARY = ("member_id", "item_id", "event_type", "channel", "quantity", "amount")
 _PURCHASE = EVENT_TYPES.index("purchase")
@@ -78,11 +84,13 @@ class TableResult:
     """One table after validation."""
 
     name: str
-    source: Path
+    source: Path | None  # None: the table was absent and is implied (members from the events)
     rows_read: int
     clean: pd.DataFrame
-    # source_row (0-based data row in the file), reason, detail, then the row's values as text.
+    # source_row (0-based data row in the file), reason (the primary one), detail, problems
+    # (every failed check: "reason: column='value'" joined by "; "), then the row's values as text.
     quarantine: pd.DataFrame
+    encoding: str | None = None  # a CSV's encoding as read
 
     @property
     def reason_counts(self) -> dict[str, int]:
@@ -91,13 +99,35 @@ class TableResult:
         counts = self.quarantine["reason"].value_counts()
         return {str(k): int(v) for k, v in sorted(counts.items())}
 
+    @property
+    def quarantined_share(self) -> float:
+        return len(self.quarantine) / self.rows_read if self.rows_read else 0.0
+
+    def problem_summary(self) -> dict[str, dict[str, Any]]:
+        """Per reason (primary or not): rows with it, example values and the fix."""
+        if self.quarantine.empty or "problems" not in self.quarantine:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for row, problems in zip(
+            self.quarantine["source_row"].to_numpy(), self.quarantine["problems"].to_numpy(), strict=True
+        ):
+            for problem in str(problems).split("; "):
+                code, _, detail = problem.partition(": ")
+                entry = out.setdefault(code, {"rows": 0, "examples": [], "fix": FIXES.get(code, "")})
+                entry["rows"] += 1
+                if len(entry["examples"]) < _EXAMPLES:
+                    entry["examples"].append(f"row {int(row)}: {detail}" if detail else f"row {int(row)}")
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1]["rows"], kv[0])))
+
     def summary(self) -> dict[str, Any]:
         return {
-            "file": str(self.source),
+            "file": str(self.source) if self.source is not None else None,
+            "encoding": self.encoding,
             "rows_read": self.rows_read,
             "rows_clean": len(self.clean),
             "rows_quarantined": len(self.quarantine),
             "reasons": self.reason_counts,
+            "problems": self.problem_summary(),
         }
 
 
@@ -148,23 +178,63 @@ class ValidationResult:
         return written
 
 
-def validate_dir(data_dir: Path, settings: DataSettings, now: datetime | None = None) -> ValidationResult:
-    """Read and check every table in ``data_dir``. Raises DataContractError for unusable files."""
+def validate_dir(
+    data_dir: Path,
+    settings: DataSettings,
+    now: datetime | None = None,
+    *,
+    encoding: str | None = None,
+    mapping: Mapping | None = None,
+) -> ValidationResult:
+    """Read and check every table in ``data_dir``. Raises DataContractError for unusable files.
+    ``encoding`` is the CSV files' (None or "auto": detected per file, pipelines.encoding);
+    ``mapping`` turns a retailer's export into the contract's tables (pipelines.mapping)."""
     now = now or datetime.now(UTC)
     result = ValidationResult(data_dir=data_dir, checked_at=now)
-    paths = {spec.name: find_table_file(data_dir, spec) for spec in (CATALOG, MEMBERS, EVENTS)}
-    catalog = validate_catalog(read_table(paths["catalog"], CATALOG), paths["catalog"], settings)
-    members = validate_members(read_table(paths["members"], MEMBERS), paths["members"], settings, now)
+    paths = {spec.name: find_table_file(data_dir, spec) for spec in (CATALOG, EVENTS)}
+    # Without a members table the members are the ones the events name (no profile, no consent).
+    members_path = find_table_file(data_dir, MEMBERS) if _has_table(data_dir, MEMBERS) else None
+    codecs = {
+        name: None if p.name.endswith(".parquet") else resolve_encoding(p, encoding)
+        for name, p in [*paths.items(), ("members", members_path)]
+        if p is not None
+    }
+    catalog = validate_catalog(
+        read_table(paths["catalog"], CATALOG, codecs["catalog"] or "utf-8", mapping),
+        paths["catalog"],
+        settings,
+    )
+    catalog.encoding = codecs["catalog"]
+    if members_path is not None:
+        raw_members = read_table(members_path, MEMBERS, codecs["members"] or "utf-8", mapping)
+        members = validate_members(raw_members, members_path, settings, now)
+        members.encoding = codecs["members"]
+    else:
+        members = None
     events_path = paths["events"]
+    channels = EVENT_CHANNELS + tuple(
+        c for c in (mapping.channels.declare if mapping else []) if c not in EVENT_CHANNELS
+    )
     events = validate_events(
-        lambda: read_chunks(events_path, EVENTS, settings.validate_chunk_rows, _EVENT_DICTIONARY),
+        lambda: read_chunks(
+            events_path,
+            EVENTS,
+            settings.validate_chunk_rows,
+            _EVENT_DICTIONARY,
+            codecs["events"] or "utf-8",
+            mapping,
+        ),
         events_path,
         settings,
         now,
         item_ids=catalog.clean["item_id"],
-        member_ids=members.clean["member_id"],
+        member_ids=members.clean["member_id"] if members is not None else None,
         rows_hint=count_rows(events_path),
+        channels=channels,
     )
+    events.encoding = codecs["events"]
+    if members is None:
+        members = _implied_members(events.clean)
     for table in (catalog, members, events):
         result.tables[table.name] = table
         log.info(
@@ -177,32 +247,69 @@ def validate_dir(data_dir: Path, settings: DataSettings, now: datetime | None = 
     return result
 
 
+def _has_table(data_dir: Path, spec: TableSpec) -> bool:
+    from pipelines.read import SUFFIXES
+
+    return any((data_dir / f"{spec.name}{suffix}").is_file() for suffix in SUFFIXES)
+
+
+def _implied_members(events: pd.DataFrame) -> TableResult:
+    """The members table of a folder without one: every member the clean events name, with no
+    registration time, no tier, the policy's time zone and no consent (docs/data.md)."""
+    ids = pd.Series(events["member_id"].cat.categories if len(events) else [], dtype=object).astype(str)
+    clean = pd.DataFrame(
+        {
+            "member_id": ids,
+            "registered_at": pd.Series(pd.NaT, index=ids.index, dtype="datetime64[us, UTC]"),
+            "tier": "",
+            "timezone": "",
+            **{col: pd.Series(pd.NA, index=ids.index, dtype="boolean") for col in CONSENT_COLUMNS},
+        }
+    )
+    empty = pd.DataFrame({c: pd.Series([], dtype="str") for c in MEMBERS.columns})
+    quarantine = _quarantine_rows(
+        empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object), np.zeros(0, dtype=object)
+    )
+    return TableResult(MEMBERS.name, None, 0, clean, quarantine)
+
+
 class _Verdicts:
-    """The first failing check per row. Later checks never overwrite an earlier reason."""
+    """The first failing check per row (its reason; later checks never overwrite it), and every
+    check each row fails (its problems)."""
 
     def __init__(self, raw: pd.DataFrame) -> None:
         self.raw = raw
         n = len(raw)
         self.reason = np.full(n, None, dtype=object)
         self.detail = np.full(n, None, dtype=object)
+        self.problems = np.full(n, "", dtype=object)
         self.ok = np.ones(n, dtype=bool)
 
     def flag(
         self, bad: pd.Series | np.ndarray, code: str, column: str | None = None, detail: str | None = None
     ) -> None:
-        mask = np.asarray(bad, dtype=bool) & self.ok
-        if not mask.any():
+        every = np.asarray(bad, dtype=bool)
+        if not every.any():
             return
-        self.reason[mask] = code
         if detail is not None:
-            self.detail[mask] = detail
+            details = np.full(len(every), detail, dtype=object)
         elif column is not None:
-            values = _text(self.raw[column][mask]).to_numpy()
-            self.detail[mask] = [f"{column}={_clip(v)!r}" for v in values]
-        self.ok &= ~mask
+            details = np.full(len(every), None, dtype=object)
+            values = _text(self.raw[column][every]).to_numpy()
+            details[every] = [f"{column}={_clip(v)!r}" for v in values]
+        else:
+            details = np.full(len(every), None, dtype=object)
+        self.flag_detail(every, code, details)
 
     def flag_detail(self, bad: np.ndarray, code: str, details: np.ndarray) -> None:
-        mask = np.asarray(bad, dtype=bool) & self.ok
+        every = np.asarray(bad, dtype=bool)
+        if not every.any():
+            return
+        self.problems[every] = [
+            (p + "; " if p else "") + (f"{code}: {d}" if d else code)
+            for p, d in zip(self.problems[every], details[every], strict=True)
+        ]
+        mask = every & self.ok
         self.reason[mask] = code
         self.detail[mask] = details[mask]
         self.ok &= ~mask
@@ -211,7 +318,11 @@ class _Verdicts:
         """The failed rows: source_row (``offset`` = rows before this chunk), reason, detail, values."""
         bad = ~self.ok
         return _quarantine_rows(
-            self.raw.loc[bad], np.flatnonzero(bad) + offset, self.reason[bad], self.detail[bad]
+            self.raw.loc[bad],
+            np.flatnonzero(bad) + offset,
+            self.reason[bad],
+            self.detail[bad],
+            self.problems[bad],
         )
 
     def result(self, spec: TableSpec, source: Path, clean: pd.DataFrame) -> TableResult:
@@ -225,11 +336,18 @@ class _Verdicts:
 
 
 def _quarantine_rows(
-    raw: pd.DataFrame, source_rows: np.ndarray, reasons: np.ndarray | str, details: np.ndarray | str
+    raw: pd.DataFrame,
+    source_rows: np.ndarray,
+    reasons: np.ndarray | str,
+    details: np.ndarray | str,
+    problems: np.ndarray | str | None = None,
 ) -> pd.DataFrame:
     quarantine = raw.copy()
     for col in quarantine.columns:
         quarantine[col] = _text(quarantine[col])
+    if problems is None:  # a single-reason row (a duplicate): its problem is its reason
+        problems = f"{reasons}: {details}" if isinstance(reasons, str) else np.zeros(0, dtype=object)
+    quarantine.insert(0, "problems", problems)
     quarantine.insert(0, "detail", details)
     quarantine.insert(0, "reason", reasons)
     quarantine.insert(0, "source_row", source_rows.astype(np.int64))
@@ -283,11 +401,42 @@ def _check_utf8(v: _Verdicts, columns: tuple[str, ...]) -> None:
 
 
 def _check_id(v: _Verdicts, column: str, missing: str, max_len: int) -> pd.Series:
-    ids = _text(v.raw[column]).str.strip()
-    v.flag(ids == "", missing, column)
-    v.flag(ids.str.len() > max_len, Reason.ID_TOO_LONG, column)
-    v.flag(~ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).astype(bool), Reason.BAD_ID_CHARS, column)
+    ids = _normalized_ids(_text(v.raw[column]))
+    status = _id_status(ids, max_len)
+    v.flag(status == _MISSING, missing, column)
+    v.flag(status == _TOO_LONG, Reason.ID_TOO_LONG, column)
+    v.flag(status == _BAD_CHARS, Reason.BAD_ID_CHARS, column)
     return ids
+
+
+def _normalized_ids(text: pd.Series) -> pd.Series:
+    """Trimmed and in NFC (recsvc.idmap.normalize_id), so the same id typed twice is one id."""
+    ids = text.str.strip()
+    non_ascii = ~ids.str.isascii().fillna(True).to_numpy(dtype=bool)
+    if non_ascii.any():
+        ids = ids.copy()
+        ids[non_ascii] = ids[non_ascii].str.normalize("NFC")
+    return ids
+
+
+def _id_status(ids: pd.Series, max_bytes: int) -> np.ndarray:
+    """0 for a valid id, else _MISSING, _TOO_LONG or _BAD_CHARS (recsvc.idmap.id_problem's rule,
+    vectorised: the length counts UTF-8 bytes, and only non-ASCII ids that the common-case regex
+    refuses are checked character by character)."""
+    out = np.zeros(len(ids), dtype=np.int32)
+    non_ascii = ~ids.str.isascii().fillna(True).to_numpy(dtype=bool)
+    nbytes = ids.str.len().to_numpy(dtype=np.int64, copy=True)
+    if non_ascii.any():
+        nbytes[non_ascii] = [len(x.encode("utf-8")) for x in ids[non_ascii]]
+    fast = ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool, copy=True)
+    slow = ~fast & non_ascii
+    ok = fast
+    if slow.any():
+        ok[slow] = [id_chars_ok(x) for x in ids[slow]]
+    out[~ok] = _BAD_CHARS
+    out[nbytes > max_bytes] = _TOO_LONG
+    out[nbytes == 0] = _MISSING
+    return out
 
 
 def _timestamps(s: pd.Series) -> pd.Series:
@@ -376,14 +525,18 @@ def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) ->
     # Content is never out of stock; a product must say whether it is.
     v.flag(bad_bool | (is_product & in_stock.isna().to_numpy(dtype=bool)), Reason.BAD_IN_STOCK, "in_stock")
     published_at = _timestamps(raw["published_at"])
-    v.flag(_unparsable(raw["published_at"], published_at), Reason.BAD_TIMESTAMP, "published_at")
-    v.flag(is_content & published_at.isna().to_numpy(dtype=bool), Reason.MISSING_PUBLISHED_AT, "published_at")
+    published_bad = _unparsable(raw["published_at"], published_at)
+    v.flag(published_bad, Reason.BAD_TIMESTAMP, "published_at")
+    v.flag(
+        is_content & published_at.isna().to_numpy(dtype=bool) & ~published_bad,
+        Reason.MISSING_PUBLISHED_AT,
+        "published_at",
+    )
     featured = _featured_lists(raw["featured_item_ids"])
     has_featured = featured.map(len).to_numpy() > 0
     v.flag(is_product & has_featured, Reason.FEATURED_ON_PRODUCT, "featured_item_ids")
-    bad_ref = featured.map(
-        lambda ids: any(len(i) > settings.max_id_length or not ID_PATTERN.fullmatch(i) for i in ids)
-    )
+    featured = featured.map(lambda ids: tuple(normalize_id(i) for i in ids)).astype(object)
+    bad_ref = featured.map(lambda ids: any(id_problem(i, settings.max_id_length) for i in ids))
     v.flag(bad_ref.to_numpy(dtype=bool), Reason.BAD_FEATURED_ID, "featured_item_ids")
     # Duplicates are judged among rows that passed, so a bad first copy does not hide a good one.
     v.flag(_dup_of_ok(item_id, v.ok), Reason.DUPLICATE_ITEM, "item_id")
@@ -394,7 +547,9 @@ def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) ->
         [f"featured_item_ids not products in the catalog: {_clip(', '.join(m))}" for m in missing_refs],
         dtype=object,
     )
-    v.flag_detail(is_content & has_missing, Reason.UNKNOWN_FEATURED_ITEM, details)
+    v.flag_detail(
+        is_content & has_missing & ~bad_ref.to_numpy(dtype=bool), Reason.UNKNOWN_FEATURED_ITEM, details
+    )
     clean = pd.DataFrame(
         {
             "item_id": item_id,
@@ -430,12 +585,15 @@ def validate_members(raw: pd.DataFrame, source: Path, settings: DataSettings, no
     v = _Verdicts(raw)
     _check_utf8(v, MEMBERS.columns)
     member_id = _check_id(v, "member_id", Reason.MISSING_MEMBER_ID, settings.max_id_length)
+    # Only member_id is required (docs/data.md): an empty registered_at is unknown, an empty tier
+    # is no tier, an empty timezone is the outreach policy's default_timezone, and an empty
+    # consent cell is a question never answered, which outreach treats as no.
     registered_at = _timestamps(raw["registered_at"])
-    v.flag(registered_at.isna(), Reason.BAD_TIMESTAMP, "registered_at")
+    v.flag(_unparsable(raw["registered_at"], registered_at), Reason.BAD_TIMESTAMP, "registered_at")
     v.flag(registered_at > _latest(now, settings), Reason.FUTURE_TIMESTAMP, "registered_at")
-    tier = _check_label(v, "tier", Reason.MISSING_TIER, np.ones(len(raw), dtype=bool))
+    tier = _check_label(v, "tier", None, np.ones(len(raw), dtype=bool))
     timezone = _text(raw["timezone"]).str.strip()
-    v.flag(~timezone.isin(_timezones()), Reason.UNKNOWN_TIMEZONE, "timezone")
+    v.flag(~timezone.isin(_timezones()) & (timezone != ""), Reason.UNKNOWN_TIMEZONE, "timezone")
     consents = {}
     for col in CONSENT_COLUMNS:
         consents[col], bad = _booleans(raw[col])
@@ -467,17 +625,21 @@ def validate_events(
     settings: DataSettings,
     now: datetime,
     item_ids: pd.Series,
-    member_ids: pd.Series,
+    member_ids: pd.Series | None,
     rows_hint: int | None = None,
+    channels: tuple[str, ...] = EVENT_CHANNELS,
 ) -> TableResult:
     """Check events chunk by chunk; ``read()`` yields the raw chunks in file order (it is called
     a second time only to fetch the raw values of duplicates). ``item_ids`` and ``member_ids``
-    are the clean catalog's and members' (unique); ``rows_hint`` is the row count when known."""
+    are the clean catalog's and members' (unique; None: no members table, every valid member id
+    is a member); ``rows_hint`` is the row count when known; ``channels`` the accepted channels."""
     refs = _EventRefs(
-        members=pd.Index(member_ids.astype(str), dtype="str"),
+        members=pd.Index(member_ids.astype(str) if member_ids is not None else [], dtype="str"),
         items=pd.Index(item_ids.astype(str), dtype="str"),
         latest=_latest(now, settings),
         max_id_length=settings.max_id_length,
+        channels=channels,
+        open_members=member_ids is None,
     )
     kept = _KeptEvents(capacity=rows_hint or settings.validate_chunk_rows)
     quarantines = []
@@ -489,6 +651,9 @@ def validate_events(
         kept.add(compact, v.ok, rows_read)
         rows_read += len(raw)
         log.debug("validated events rows=%d", rows_read)
+    if refs.open_members:
+        # The members are the valid ids the events named, indexed in order of first appearance.
+        refs = replace(refs, members=pd.Index(list(refs.seen_members), dtype="str"))
     repeats = kept.later_copies()
     if repeats.size:
         quarantines.append(_duplicate_rows(read, kept.source_rows(repeats)))
@@ -509,6 +674,10 @@ class _EventRefs:
     items: pd.Index
     latest: pd.Timestamp
     max_id_length: int
+    channels: tuple[str, ...] = EVENT_CHANNELS
+    # No members table: member ids are collected from the events instead of looked up.
+    open_members: bool = False
+    seen_members: dict[str, int] = field(default_factory=dict)
 
 
 # Accepted events are kept as these arrays until the end (28 bytes a row).
@@ -527,11 +696,18 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, 
     """Every check but the duplicate one, in docs/data.md order; compact values of all rows."""
     v = _Verdicts(raw)
     _check_utf8(v, EVENTS.columns)
-    member = _check_id_codes(v, "member_id", Reason.MISSING_MEMBER_ID, refs.max_id_length, refs.members)
+    member = _check_id_codes(
+        v,
+        "member_id",
+        Reason.MISSING_MEMBER_ID,
+        refs.max_id_length,
+        refs.members,
+        refs.seen_members if refs.open_members else None,
+    )
     item = _check_id_codes(v, "item_id", Reason.MISSING_ITEM_ID, refs.max_id_length, refs.items)
     event_type = _vocabulary_codes(raw["event_type"], EVENT_TYPES)
     v.flag(event_type < 0, Reason.UNKNOWN_EVENT_TYPE, "event_type")
-    channel = _vocabulary_codes(raw["channel"], EVENT_CHANNELS)
+    channel = _vocabulary_codes(raw["channel"], refs.channels)
     v.flag(channel < 0, Reason.UNKNOWN_CHANNEL, "channel")
     ts = _timestamps(raw["ts"])
     v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
@@ -544,13 +720,15 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, 
         bad_q = q_unparsable | ~np.isfinite(q) | (q != np.floor(q)) | (q < 1) | (q > MAX_QUANTITY)
     v.flag(bad_q, Reason.BAD_QUANTITY, "quantity")
     amount = _numbers(raw["amount"])
-    v.flag(_unparsable(raw["amount"], amount) | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
+    amount_bad = _unparsable(raw["amount"], amount)
+    v.flag(amount_bad | np.isinf(amount), Reason.BAD_AMOUNT, "amount")
     v.flag(amount < 0, Reason.NEGATIVE_AMOUNT, "amount")
     # Far above any real basket but finite: sums of accepted amounts stay finite in training.
     v.flag(amount > MAX_AMOUNT, Reason.AMOUNT_OUT_OF_RANGE, "amount")
-    v.flag(amount.isna().to_numpy(dtype=bool) & (event_type == _PURCHASE), Reason.MISSING_AMOUNT, "amount")
-    v.flag(member < 0, Reason.UNKNOWN_MEMBER, "member_id")
-    v.flag(item < 0, Reason.UNKNOWN_ITEM, "item_id")
+    missing_amount = amount.isna().to_numpy(dtype=bool) & ~amount_bad & (event_type == _PURCHASE)
+    v.flag(missing_amount, Reason.MISSING_AMOUNT, "amount")
+    v.flag(member == _UNKNOWN, Reason.UNKNOWN_MEMBER, "member_id")
+    v.flag(item == _UNKNOWN, Reason.UNKNOWN_ITEM, "item_id")
     ok = v.ok
     compact = {
         "member_id": member,
@@ -569,16 +747,28 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[_Verdicts, 
 _UNKNOWN, _MISSING, _TOO_LONG, _BAD_CHARS = -1, -2, -3, -4
 
 
-def _check_id_codes(v: _Verdicts, column: str, missing: str, max_len: int, known: pd.Index) -> np.ndarray:
+def _check_id_codes(
+    v: _Verdicts,
+    column: str,
+    missing: str,
+    max_len: int,
+    known: pd.Index,
+    collect: dict[str, int] | None = None,
+) -> np.ndarray:
     """Flag missing, too long and malformed ids; return each row's index in ``known`` (-1: not
-    there, flagged later in check order by the caller; other negatives: already flagged)."""
+    there, flagged later in check order by the caller; other negatives: already flagged). With
+    ``collect`` (no members table), every valid id is known: it gets the next free index there."""
 
     def status(text: pd.Series) -> np.ndarray:
-        ids = text.str.strip()
-        out = known.get_indexer(pd.Index(ids)).astype(np.int32)
-        out[~ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)] = _BAD_CHARS
-        out[(ids.str.len() > max_len).to_numpy(dtype=bool)] = _TOO_LONG
-        out[(ids == "").to_numpy(dtype=bool)] = _MISSING
+        ids = _normalized_ids(text)
+        if collect is None:
+            out = known.get_indexer(pd.Index(ids)).astype(np.int32)
+        else:
+            out = np.fromiter(
+                (collect.setdefault(x, len(collect)) for x in ids), dtype=np.int32, count=len(ids)
+            )
+        bad = _id_status(ids, max_len)
+        out[bad != 0] = bad[bad != 0]
         return out
 
     codes = _per_value(v.raw[column], status)
@@ -674,7 +864,7 @@ class _KeptEvents:
             columns[name] = col if keep is None else col[keep]
             del col
         event_types = pd.Index(list(EVENT_TYPES), dtype="str")
-        channels = pd.Index(list(EVENT_CHANNELS), dtype="str")
+        channels = pd.Index(list(refs.channels), dtype="str")
         return pd.DataFrame(
             {
                 "member_id": _observed_categorical(columns.pop("member_id"), refs.members),

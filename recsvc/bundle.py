@@ -7,10 +7,10 @@ documented in docs/bundle.md; bump ``SCHEMA_VERSION`` on any incompatible change
 Layout (schema 1)::
 
     manifest.json            Manifest below
-    member_ids.npy           sorted ASCII ids (bytes), row i <-> member_factors[i]
+    member_ids.npy           sorted UTF-8 ids (bytes), row i <-> member_factors[i]
     member_factors.npy       float32 [members, factors]; all-zero row = no trained history
     member_segment.npy       uint8 [members], index into manifest.segments (lifecycle stage)
-    item_ids.npy             sorted ASCII ids (bytes), row i <-> item_factors[i]
+    item_ids.npy             sorted UTF-8 ids (bytes), row i <-> item_factors[i]
     item_factors.npy         float32 [items, factors] (fresh content: mean of featured products)
     item_kind.npy            uint8 [items]: 1 product, 2 content
     item_category.npy        int32 [items], index into vocab.json "categories"

@@ -1,13 +1,16 @@
-"""The one place that maps member and item ids to matrix rows.
+"""The one place that maps member and item ids to matrix rows, and the one rule for what an id is.
 
-Ids are ASCII (the data contract limits their charset), stored as a sorted fixed-width bytes
-array so a bundle can memory-map it and every server process shares the pages. Row ``i`` of a
-factor matrix belongs to ``ids[i]``; lookups are binary searches.
+Ids are Unicode text (a SKU such as ``母婴/奶粉-900g#2``, a member such as ``会员:13800001111``),
+normalised to NFC at every entry (files and API) so the same id typed twice is the same id. They
+are stored as UTF-8 in a sorted fixed-width bytes array so a bundle can memory-map it and every
+server process shares the pages; UTF-8 byte order is code-point order, so sorting and the binary
+search work on the bytes. Row ``i`` of a factor matrix belongs to ``ids[i]``.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,8 +18,55 @@ import numpy as np
 
 from recsvc.mapped import load_array
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
-ID_CHARSET_DOC = "letters, digits and _ . : @ -"
+# The separators an id may hold besides letters, marks and digits of any script. Deliberately
+# absent: whitespace, control and format characters (invisible; a bidi override makes two ids
+# look alike), '{' and '}' (the Redis hash tag {m:<id>} must end where the id ends: recsvc.keys),
+# '|' (the separator of outreach send records and of featured_item_ids), '*?[]\' (Redis SCAN
+# MATCH globs), ',' and '"' (CSV) and every other symbol.
+ID_SEPARATORS = "/-_.:@#"
+# The common case in one regex: \w is every character str.isalnum() accepts (letters and digits
+# of any script) plus '_'. A non-ASCII id it refuses gets the full rule (combining marks, which
+# scripts such as Devanagari or Thai need inside words, are letters' parts but not \w).
+ID_PATTERN = re.compile(r"^[\w/\-.:@#]+$")
+ID_CHARSET_DOC = "letters and digits of any script and / - _ . : @ #"
+# What ``id_problem`` returns.
+EMPTY, TOO_LONG, BAD_CHARS = "empty", "too_long", "bad_chars"
+
+
+def normalize_id(value: str) -> str:
+    """The NFC form of ``value`` (ASCII is already NFC: no work for the common case)."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
+def id_chars_ok(value: str) -> bool:
+    """True when every character of a non-empty ``value`` is allowed in an id."""
+    if ID_PATTERN.match(value):
+        return True
+    if not value or value.isascii():
+        return False
+    return all(c in ID_SEPARATORS or unicodedata.category(c)[0] in "LMN" for c in value)
+
+
+def id_problem(value: str, max_bytes: int) -> str | None:
+    """None for a valid (already normalised) id, else EMPTY, TOO_LONG or BAD_CHARS. The length
+    limit counts UTF-8 bytes: that is what the bundle's id arrays and Redis keys hold."""
+    if not value:
+        return EMPTY
+    if (len(value) if value.isascii() else len(value.encode("utf-8"))) > max_bytes:
+        return TOO_LONG
+    if not id_chars_ok(value):
+        return BAD_CHARS
+    return None
+
+
+def encode_ids(values: Iterable[str] | np.ndarray) -> np.ndarray:
+    """Ids as a fixed-width UTF-8 bytes array (numpy's ``astype("S")`` only takes ASCII)."""
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    if arr.dtype.kind == "S":
+        return arr
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype="S1")
+    return np.char.encode(arr.astype(str), "utf-8")
 
 
 class IdMap:
@@ -34,7 +84,7 @@ class IdMap:
         arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
         if arr.size == 0:
             return cls(np.zeros(0, dtype="S1"))
-        return cls(np.unique(arr.astype("S")))
+        return cls(np.unique(encode_ids(arr)))
 
     @classmethod
     def load(cls, path: Path, mmap: bool = True) -> IdMap:
@@ -54,10 +104,7 @@ class IdMap:
         return isinstance(item_id, str) and self.row(item_id) is not None
 
     def row(self, item_id: str) -> int | None:
-        try:
-            key = item_id.encode("ascii")
-        except UnicodeEncodeError:
-            return None
+        key = item_id.encode("utf-8")
         if len(key) > self._ids.dtype.itemsize or not key:
             return None
         i = int(np.searchsorted(self._ids, key))
@@ -67,7 +114,7 @@ class IdMap:
 
     def rows(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Rows for many ids at once; -1 where an id is unknown."""
-        keys = np.asarray(ids).astype("S")
+        keys = encode_ids(ids)
         if len(self) == 0:
             return np.full(keys.shape[0], -1, dtype=np.int64)
         pos = np.searchsorted(self._ids, keys)
@@ -76,7 +123,7 @@ class IdMap:
         return np.where(found, pos_clipped, -1).astype(np.int64)
 
     def id(self, row: int) -> str:
-        return bytes(self._ids[row]).decode("ascii")
+        return bytes(self._ids[row]).decode("utf-8")
 
     def ids(self, rows: Iterable[int]) -> list[str]:
-        return [bytes(self._ids[r]).decode("ascii") for r in rows]
+        return [bytes(self._ids[r]).decode("utf-8") for r in rows]

@@ -61,6 +61,10 @@ class DataSettings(_Section):
     future_tolerance_s: int = Field(300, ge=0)
     # Events are validated this many rows at a time (memory stays flat from 1k to 50M events).
     validate_chunk_rows: int = Field(1_048_576, ge=1)  # pyarrow's default Parquet row group
+    # `recsvc train` stops (exit 2) when more than this share of the events or of the catalog rows
+    # was quarantined: a model trained on what is left of a badly mapped export is not worth
+    # promoting (--allow-quarantine overrides).
+    max_quarantined_share: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class TrainingSettings(_Section):

@@ -92,7 +92,7 @@ def test_redis_down_still_lists_member_and_says_repeat(tmp_path: Path) -> None:
     assert erasures.read() == {"M3"}  # the next training run leaves them out regardless
 
 
-@pytest.mark.parametrize("bad", ["", "M*", "M1}:x", "x" * 65, "M 1", "会员1"])
+@pytest.mark.parametrize("bad", ["", "M*", "M1}:x", "x" * 65, "M 1", "会员 1", "M\u202e1"])
 def test_member_id_checked(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         check_member_id(bad, 64)

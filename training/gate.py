@@ -1,6 +1,9 @@
-"""The promotion gate: is the candidate no worse than the champion on the same holdout?
+"""The promotion gate: is the candidate better than popularity and no worse than the champion on
+the same holdout?
 
-Reads: the candidate's holdout NDCG@10, the champion's (either from its manifest, when it was
+A candidate below the popularity baseline's NDCG@10 on its own holdout is never promoted, not even
+as the first champion: serving popular items would do better. Reads: the candidate's and the
+baseline's holdout NDCG@10, the champion's (either from its manifest, when it was
 evaluated on the same data and holdout window, or re-measured by refitting its parameters on the
 candidate's training split), the tolerance and ``--force``.
 Writes: a :class:`GateDecision` that the orchestrator logs and acts on.
@@ -12,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 GATE_METRIC = "all.ndcg_at_10"
+BASELINE_METRIC = "baseline.all.ndcg_at_10"  # popularity on the same holdout (training.evaluate)
 UNCOMPARABLE = "champion_uncomparable"
 
 
@@ -43,7 +47,23 @@ def decide(
     force: bool,
     method: str = "first_model",
     champion_version: str | None = None,
+    baseline: float | None = None,
 ) -> GateDecision:
+    if baseline is not None and candidate < baseline:
+        what = (
+            f"candidate NDCG@10 {candidate:.4f} is below the popularity baseline's {baseline:.4f} "
+            "on the same holdout"
+        )
+        return GateDecision(
+            force,
+            f"FORCED: {what}" if force else f"refused: {what}; --force promotes it anyway",
+            candidate,
+            champion,
+            tolerance,
+            forced=force,
+            method=method,
+            champion_version=champion_version,
+        )
     if champion is None and method == UNCOMPARABLE:
         # e.g. the champion's bundle has another schema version: nothing to measure it by, so
         # replacing it is a human decision

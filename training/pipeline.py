@@ -61,6 +61,9 @@ class TrainOptions:
     refit: bool = True
     register: bool = True
     bundle_out: Path | None = None
+    mapping: Path | None = None  # a mapping file (pipelines.mapping)
+    encoding: str | None = None  # CSV encoding; None: detected (pipelines.encoding)
+    allow_quarantine: bool = False  # train even above data.max_quarantined_share
 
 
 @dataclass
@@ -207,7 +210,17 @@ def run(
         raise BundleError(f"--bundle-out folder is not empty: {options.bundle_out}")
     steps = Steps(progress)
     with steps.step("ingest and validate"):
-        data = dataset if dataset is not None else prepare.load(options.data_dir, settings.data)
+        data = (
+            dataset
+            if dataset is not None
+            else prepare.load(
+                options.data_dir,
+                settings.data,
+                mapping=options.mapping,
+                encoding=options.encoding,
+                allow_quarantine=options.allow_quarantine,
+            )
+        )
         # Erased members (ForgetMember) never reach a model again (docs/privacy.md).
         data = apply_erasures(data, ErasureList(settings.security.erasure_list).read())
         prepared = prepare.prepare(data)
@@ -270,6 +283,7 @@ def run(
                 decision = gate.decide(
                     metrics.get(gate.GATE_METRIC, 0.0),
                     champion_score,
+                    baseline=metrics.get(gate.BASELINE_METRIC),
                     tolerance=t.gate_tolerance,
                     force=options.force,
                     method=method,

@@ -94,13 +94,29 @@ class Prepared:
         return datetime.fromtimestamp(self.cutoff, UTC).isoformat(timespec="seconds")
 
 
-def load(data_dir: Path, data_settings: DataSettings) -> DatasetLike:
-    """Read and validate a data folder with the data contract's loader."""
+def load(
+    data_dir: Path,
+    data_settings: DataSettings,
+    *,
+    mapping: Path | None = None,
+    encoding: str | None = None,
+    allow_quarantine: bool = False,
+) -> DatasetLike:
+    """Read and validate a data folder with the data contract's loader; stop when more than
+    ``data.max_quarantined_share`` of the events or catalog was quarantined (data-quality gate)
+    unless ``allow_quarantine``."""
     from pipelines.ingest import load_dataset
+    from pipelines.mapping import load_mapping
 
     if not data_dir.is_dir():
         raise DataContractError(f"data folder not found: {data_dir}")
-    return load_dataset(data_dir, data_settings)
+    return load_dataset(
+        data_dir,
+        data_settings,
+        encoding=encoding,
+        mapping=load_mapping(mapping),
+        max_quarantined_share=None if allow_quarantine else data_settings.max_quarantined_share,
+    )
 
 
 def epoch_seconds(values: pd.Series) -> np.ndarray:

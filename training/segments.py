@@ -102,7 +102,7 @@ def member_segments(
     m[has_purchase] = _quintile(monetary[has_purchase], True)
     segments = pd.DataFrame(
         {
-            "member_id": pd.array(np.char.decode(prepared.members.array, "ascii"), dtype="string"),
+            "member_id": pd.array(np.char.decode(prepared.members.array, "utf-8"), dtype="string"),
             "lifecycle": np.asarray(LIFECYCLE_STAGES, dtype=object)[stage].astype(str),
             "recency_days": recency_days.astype(np.float32),
             "frequency": frequency,

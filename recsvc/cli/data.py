@@ -36,21 +36,45 @@ def validate(
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any row was quarantined."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+    mapping: Path | None = typer.Option(
+        None,
+        "--mapping",
+        "-m",
+        help="TOML mapping file: column renames, value maps, money and time formats, member defaults, "
+        "declared channels (docs/data.md, Mapping file).",
+        dir_okay=False,
+    ),
+    encoding: str | None = typer.Option(
+        None, "--encoding", help="Encoding of the CSV files (utf-8, gb18030, utf-16, ...). Default: detected."
+    ),
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Also write a self-contained HTML report (counts, reasons with examples and fixes, "
+        "distributions) to send to the data owner.",
+        dir_okay=False,
+    ),
 ) -> None:
     """Check every row of a data folder against the data contract.
 
-    Bad rows go to quarantine files, one reason per row, and are counted in a summary. A file
-    with wrong columns or no header stops with a message naming the problem (exit 2).
+    Bad rows go to quarantine files with their primary reason and every problem they have, and
+    are counted in a summary. A file with wrong columns, no header or bytes that are not valid in
+    its encoding stops with a message naming the problem (exit 2).
     """
+    from pipelines.mapping import load_mapping
     from pipelines.validate import QUARANTINE_DIRNAME, validate_dir
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     settings = app_state.settings()
     folder = data_dir or settings.data.data_dir
-    result = validate_dir(folder, settings.data)
+    result = validate_dir(folder, settings.data, encoding=encoding, mapping=load_mapping(mapping))
     target = quarantine_dir or folder / QUARANTINE_DIRNAME
     result.write(target)
+    if report is not None:
+        from pipelines.report import write_report
+
+        write_report(result, report)
     summary = result.summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -70,6 +94,11 @@ def _print_validation(summary: dict[str, Any], target: Path) -> None:
             name, f"{t['rows_read']:,}", f"{t['rows_clean']:,}", f"{t['rows_quarantined']:,}", reasons
         )
     out.print(table)
+    for name, t in summary["tables"].items():
+        for reason, entry in list(t.get("problems", {}).items())[:10]:
+            example = entry["examples"][0] if entry["examples"] else ""
+            line = f"{name}: {reason} x{entry['rows']:,} (e.g. {example}) -> {entry['fix']}"
+            out.print(line, soft_wrap=True, markup=False)
     out.print(f"quarantine files and summary.json written to {target}")
 
 

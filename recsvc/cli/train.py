@@ -32,7 +32,25 @@ def train(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Move the champion alias to this model even if it fails the NDCG@10 gate (logged as forced).",
+        help="Move the champion alias to this model even if it fails the NDCG@10 gate (below the "
+        "champion, or below the popularity baseline; logged as forced).",
+    ),
+    mapping: Path | None = typer.Option(
+        None,
+        "--mapping",
+        "-m",
+        help="TOML mapping file: column renames, value maps, money and time formats, member defaults, "
+        "declared channels (docs/data.md, Mapping file).",
+        dir_okay=False,
+    ),
+    encoding: str | None = typer.Option(
+        None, "--encoding", help="Encoding of the CSV files (utf-8, gb18030, utf-16, ...). Default: detected."
+    ),
+    allow_quarantine: bool = typer.Option(
+        False,
+        "--allow-quarantine",
+        help="Train even when more than data.max_quarantined_share of events or catalog rows "
+        "was quarantined.",
     ),
     no_refit: bool = typer.Option(
         False,
@@ -67,7 +85,8 @@ def train(
     holdout -> (tuning, with --tune) -> ALS -> evaluate against popularity (products and content, k=10/20) ->
     gate against the champion on the same holdout -> refit on all data -> segments, popularity
     tables, FAISS indexes -> bundle -> MLflow run, model version, champion alias.
-    Exit code 2 with one line on bad input or settings.
+    Exit code 2 with one line on bad input or settings, or when more than
+    data.max_quarantined_share of the events or catalog was quarantined (--allow-quarantine).
     """
     import os
 
@@ -109,6 +128,9 @@ def train(
         refit=not no_refit,
         register=not no_register,
         bundle_out=bundle_out,
+        mapping=mapping,
+        encoding=encoding,
+        allow_quarantine=allow_quarantine,
     )
     with Progress(
         SpinnerColumn(),

@@ -16,7 +16,7 @@ import numpy as np
 from recsvc.engine.kernels import stock_and_not_excluded
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import InvalidArgument
-from recsvc.idmap import ID_PATTERN
+from recsvc.idmap import id_problem, normalize_id
 from recsvc.v1 import common_pb2
 
 
@@ -62,7 +62,7 @@ class FilterSpec:
                     reason="TOO_MANY_FILTER_VALUES",
                 )
         for iid in f.exclude_item_ids:
-            if not iid or len(iid) > max_id_length or not ID_PATTERN.match(iid):
+            if id_problem(normalize_id(iid), max_id_length) is not None:
                 raise InvalidArgument(
                     f"filters.exclude_item_ids has an invalid item id {iid[:80]!r}", reason="INVALID_ITEM_ID"
                 )
@@ -88,7 +88,7 @@ class FilterSpec:
             min_price=min_price,
             max_price=max_price,
             in_stock_only=f.in_stock_only if f.HasField("in_stock_only") else True,
-            exclude_item_ids=frozenset(f.exclude_item_ids),
+            exclude_item_ids=frozenset(normalize_id(i) for i in f.exclude_item_ids),
             exclude_purchased=f.exclude_purchased if f.HasField("exclude_purchased") else True,
             diversity=diversity,
         )

@@ -118,7 +118,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             if member_id and member_id != rid_member:
                 raise InvalidArgument("member_id does not match the reservation_id")
             member_id = rid_member
-        v.check_id(member_id, "member_id", self._max_id)
+        member_id = v.check_id(member_id, "member_id", self._max_id)
         channel = v.check_channel(request.channel, self.throttle.policies.current())
         kind = v.feedback_kind(request.feedback)
         at_ms = v.timestamp_ms(request.ts, "ts") if request.HasField("ts") else None

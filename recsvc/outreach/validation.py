@@ -1,7 +1,8 @@
 """Request checks for the outreach API. Every problem is an ``InvalidArgument`` naming the field.
 
-Member, campaign and segment ids use the project's id charset (recsvc.idmap.ID_PATTERN), which
-also keeps braces (the ``{m:<id>}`` hash tag) and ``|`` (the send record separator) out.
+Member, campaign and segment ids follow the project's one id rule (recsvc.idmap.id_problem, NFC,
+a length limit in UTF-8 bytes), which also keeps braces (the ``{m:<id>}`` hash tag) and ``|``
+(the send record separator) out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsvc.errors import InvalidArgument
-from recsvc.idmap import ID_CHARSET_DOC, ID_PATTERN
+from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
 from recsvc.outreach.policy import Policy
 from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, split_reservation_id
 from recsvc.v1 import common_pb2, outreach_pb2
@@ -31,14 +32,17 @@ FEEDBACK_NAMES = {
 
 
 def check_id(value: str, field: str, max_length: int, *, required: bool = True) -> str:
-    if not value:
+    """The id in NFC (recsvc.idmap: the same rule as files and the Recommender API)."""
+    value = normalize_id(value)
+    problem = id_problem(value, max_length)
+    if problem == EMPTY:
         if required:
-            raise InvalidArgument(f"{field} is required")
+            raise InvalidArgument(f"{field} is required", reason="MISSING_ID")
         return value
-    if len(value) > max_length:
-        raise InvalidArgument(f"{field} is longer than {max_length} characters")
-    if not ID_PATTERN.match(value):
-        raise InvalidArgument(f"{field} may contain only {ID_CHARSET_DOC}")
+    if problem == TOO_LONG:
+        raise InvalidArgument(f"{field} is longer than {max_length} bytes in UTF-8", reason="ID_TOO_LONG")
+    if problem is not None:
+        raise InvalidArgument(f"{field} may contain only {ID_CHARSET_DOC}", reason="INVALID_ID")
     return value
 
 
@@ -54,9 +58,14 @@ def check_idempotency_key(value: str) -> str:
 
 def check_channel(channel: str, policy: Policy) -> str:
     if not channel:
-        raise InvalidArgument("channel is required")
+        raise InvalidArgument("channel is required", reason="MISSING_CHANNEL")
     if channel not in policy.channels:
-        raise InvalidArgument(f"unknown channel {channel[:40]!r}; known: {', '.join(policy.channels)}")
+        # The outreach channels are the policy's own list, not the event channels of
+        # recommendations (policy.event_channels maps one to the other).
+        raise InvalidArgument(
+            f"unknown channel {channel[:40]!r}; outreach channels: {', '.join(policy.channels)}",
+            reason="UNKNOWN_CHANNEL",
+        )
     return channel
 
 

@@ -269,8 +269,7 @@ def _end_problems(
         return [
             Problem(
                 0,
-                f"log ends at seq {last_seq} but its head file records seq {seq}: {cut} removed "
-                "from the end",
+                f"log ends at seq {last_seq} but its head file records seq {seq}: {cut} removed from the end",
             )
         ]
     if seq == last_seq:

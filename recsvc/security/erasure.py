@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
-from recsvc.idmap import ID_PATTERN
+from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
 from recsvc.keys import global_key, member_key, member_tag
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList
@@ -54,17 +54,21 @@ def is_suppressed(redis: Any, prefix: str, member_id: str) -> bool:
 
 
 def check_member_id(member_id: str, max_length: int) -> str:
-    if not member_id:
+    """The member id in NFC, checked by the one id rule (recsvc.idmap)."""
+    member_id = normalize_id(member_id)
+    problem = id_problem(member_id, max_length)
+    if problem == EMPTY:
         raise InvalidArgument("member_id is required")
-    if len(member_id) > max_length:
-        raise InvalidArgument(f"member_id is longer than {max_length} characters")
-    if not ID_PATTERN.match(member_id):
-        raise InvalidArgument("member_id may contain only letters, digits and _ . : @ -")
+    if problem == TOO_LONG:
+        raise InvalidArgument(f"member_id is longer than {max_length} bytes in UTF-8")
+    if problem is not None:
+        raise InvalidArgument(f"member_id may contain only {ID_CHARSET_DOC}")
     return member_id
 
 
 def _glob_escape(text: str) -> str:
-    # ID_PATTERN already excludes glob characters; escaping keeps MATCH exact should it ever widen.
+    # The id rule (recsvc.idmap) already excludes glob characters; escaping keeps MATCH exact
+    # should it ever widen.
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 

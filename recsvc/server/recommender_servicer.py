@@ -143,7 +143,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             check_deadline(context)
             t0 = time.perf_counter()
             try:
-                check_id(member_id, "member_id", s.data)
+                member_id = check_id(member_id, "member_id", s.data)
                 rec = self._engine.recommend(member_id, kind, k, channel, filters)
             except InvalidArgument as exc:
                 self._observe("BatchRecommend", t0, "none", "none", exc.code.name)

@@ -4,21 +4,24 @@ reason (the part before the colon in the gRPC status message)."""
 from __future__ import annotations
 
 from recsvc.errors import InvalidArgument
-from recsvc.idmap import ID_CHARSET_DOC, ID_PATTERN
+from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
 from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES, DataSettings, ServingSettings
 
 
 def check_id(value: str, what: str, data: DataSettings) -> str:
-    """``what`` is "member_id" or "item_id"; reasons EMPTY_<WHAT>, <WHAT>_TOO_LONG, INVALID_<WHAT>."""
+    """``what`` is "member_id" or "item_id"; reasons EMPTY_<WHAT>, <WHAT>_TOO_LONG, INVALID_<WHAT>.
+    Returns the id in NFC, the form files are normalised to as well (recsvc.idmap)."""
     tag = what.upper()
-    if not value:
+    value = normalize_id(value)
+    problem = id_problem(value, data.max_id_length)
+    if problem == EMPTY:
         raise InvalidArgument(f"{what} is empty", reason=f"EMPTY_{tag}")
-    if len(value) > data.max_id_length:
+    if problem == TOO_LONG:
         raise InvalidArgument(
-            f"{what} is {len(value)} characters; at most {data.max_id_length} are allowed",
+            f"{what} is {len(value.encode())} bytes in UTF-8; at most {data.max_id_length} are allowed",
             reason=f"{tag}_TOO_LONG",
         )
-    if not ID_PATTERN.match(value):
+    if problem is not None:
         raise InvalidArgument(
             f"{what} {value[:80]!r} may only hold {ID_CHARSET_DOC}", reason=f"INVALID_{tag}"
         )

@@ -1,0 +1,182 @@
+"""A mapping file: how a retailer's export becomes the data contract's tables, without editing it.
+
+``recsvc data validate --mapping FILE`` and ``recsvc train --mapping FILE`` read a TOML file
+(docs/data.md, "Mapping file", has a complete example) that may
+
+- rename a file's columns (``[events.columns] order_time = "ts"``) and ignore extra ones,
+- map values (``[events.values.channel] pos = "offline_store"``),
+- declare event channels beyond the built-in ones (``[channels] declare = ["douyin"]``),
+- parse money (``￥312.63``, ``¥1,234.50``, ``RMB 12``) in ``amount`` and ``price``,
+- parse time stamps in given formats, with an offset for those that carry none (``+08:00``),
+- give defaults for member columns that are absent or empty (``[members.defaults] tier = "member"``).
+
+The mapping runs on the text of each row as read, before any check, so a value it cannot parse is
+left as it was and quarantined by the contract's checks with its original text.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recsvc.errors import DataContractError
+
+_CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_OFFSET_RE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$")
+TIMESTAMP_COLUMNS = {"events": ("ts",), "catalog": ("published_at",), "members": ("registered_at",)}
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableMapping(_Part):
+    # file column -> contract column
+    columns: dict[str, str] = Field(default_factory=dict)
+    # file columns to leave out (an export's extra columns)
+    ignore: list[str] = Field(default_factory=list)
+    # contract column -> {value in the file: contract value}
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # contract column -> value for an absent column or an empty cell
+    defaults: dict[str, str] = Field(default_factory=dict)
+
+
+class TimestampRule(_Part):
+    # Offset for time stamps that carry none (otherwise they are taken to be UTC).
+    default_offset: str | None = None
+    # strptime formats tried in order for values that are not ISO-8601, e.g. "%Y/%m/%d %H:%M".
+    formats: list[str] = Field(default_factory=list)
+
+    @field_validator("default_offset")
+    @classmethod
+    def _offset(cls, v: str | None) -> str | None:
+        if v is not None and not _OFFSET_RE.match(v):
+            raise ValueError(f"default_offset must look like +08:00 or -05:30, got {v!r}")
+        return v
+
+
+class MoneyRule(_Part):
+    columns: list[str] = Field(default_factory=lambda: ["amount", "price"])
+    # Stripped wherever they appear; then thousands separators; then the number must parse.
+    symbols: list[str] = Field(default_factory=lambda: ["￥", "¥", "RMB", "CNY", "元", "$"])
+    thousands_separator: str = ","
+
+
+class ChannelRule(_Part):
+    # Event channels accepted besides the built-in ones (recsvc.settings.EVENT_CHANNELS).
+    declare: list[str] = Field(default_factory=list)
+
+    @field_validator("declare")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not _CHANNEL_RE.match(c)]
+        if bad:
+            raise ValueError(f"channel names must be lower_snake_case (max 32 chars): {bad}")
+        return v
+
+
+class Mapping(_Part):
+    version: int = Field(1, ge=1, le=1)
+    events: TableMapping = TableMapping()
+    catalog: TableMapping = TableMapping()
+    members: TableMapping = TableMapping()
+    timestamps: TimestampRule = TimestampRule()
+    money: MoneyRule = MoneyRule()
+    channels: ChannelRule = ChannelRule()
+
+    def table(self, name: str) -> TableMapping:
+        part = getattr(self, name)
+        assert isinstance(part, TableMapping)
+        return part
+
+    def rename(self, name: str, columns: list[str]) -> tuple[dict[str, str], list[str]]:
+        """(renames to apply, file columns to drop) for a file of table ``name``."""
+        t = self.table(name)
+        return {c: t.columns[c] for c in columns if c in t.columns}, [c for c in columns if c in t.ignore]
+
+    def apply(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
+        """Values of a frame already renamed to contract columns, mapped as the file says. Text
+        columns only: Parquet's typed columns are already what they are."""
+        t = self.table(name)
+        for col, default in t.defaults.items():
+            if col not in df.columns:
+                df[col] = default
+            elif _is_text(df[col]):
+                df[col] = _text(df[col]).where(_text(df[col]).str.strip() != "", default)
+        for col, table in t.values.items():
+            if col in df.columns and _is_text(df[col]):
+                stripped = _text(df[col]).str.strip()
+                df[col] = stripped.map(table).fillna(stripped)
+        for col in self.money.columns:
+            if col in df.columns and _is_text(df[col]):
+                df[col] = self._money(_text(df[col]))
+        for col in TIMESTAMP_COLUMNS.get(name, ()):
+            if col in df.columns and _is_text(df[col]):
+                df[col] = self._timestamps(_text(df[col]))
+        return df
+
+    def _money(self, s: pd.Series) -> pd.Series:
+        out = s
+        for symbol in sorted(self.money.symbols, key=len, reverse=True):
+            out = out.str.replace(symbol, "", regex=False)
+        if self.money.thousands_separator:
+            # "1,234.50" but not "12,5" (a decimal comma stays unparsable: quarantined, never misread)
+            grouped = out.str.strip().str.fullmatch(
+                r"[+-]?\d{1,3}(" + re.escape(self.money.thousands_separator) + r"\d{3})+(\.\d+)?"
+            )
+            out = out.where(
+                ~grouped.fillna(False), out.str.replace(self.money.thousands_separator, "", regex=False)
+            )
+        return out.str.strip()
+
+    def _timestamps(self, s: pd.Series) -> pd.Series:
+        rule = self.timestamps
+        if not (rule.default_offset or rule.formats):
+            return s
+        text = s.str.strip()
+        out = text.copy()
+        pending = text != ""
+        for fmt in rule.formats:
+            parsed = pd.to_datetime(text.where(pending), format=fmt, errors="coerce")
+            hit = parsed.notna() & pending
+            if hit.any():
+                out[hit] = parsed[hit].dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+                pending &= ~hit
+        if rule.default_offset:
+            # ISO-8601 without a zone designator: no trailing Z and no +hh:mm / -hh:mm / +hhmm.
+            naive = (out != "") & ~out.str.contains(r"(?:[Zz]|[+-]\d\d:?\d\d)$", regex=True)
+            is_date = out.str.fullmatch(r"\d{4}-\d\d-\d\d")
+            out = out.where(~(naive & is_date), out + "T00:00:00")
+            out = out.where(~naive, out + rule.default_offset)
+        return out
+
+
+def _is_text(s: pd.Series) -> bool:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return pd.api.types.is_string_dtype(s.cat.categories.dtype)
+    return pd.api.types.is_string_dtype(s.dtype) or pd.api.types.is_object_dtype(s.dtype)
+
+
+def _text(s: pd.Series) -> pd.Series:
+    return s.astype(str).where(s.notna(), "")
+
+
+def load_mapping(path: Path | None) -> Mapping | None:
+    """The mapping file at ``path`` (None: no mapping). Raises DataContractError naming the problem."""
+    if path is None:
+        return None
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataContractError(f"mapping file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DataContractError(f"cannot read mapping file {path}: {exc}") from exc
+    try:
+        return Mapping.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise DataContractError(f"mapping file {path} is invalid: {problems}") from exc
