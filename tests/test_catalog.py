@@ -357,3 +357,35 @@ def test_redis_down_keeps_the_last_catalog_and_refuses_changes(listed: PlantedBu
             assert not s.deps.engine.catalog.connected
     finally:
         own.stop()
+
+
+def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "catalog.csv"
+    done = runner.invoke(app, ["catalog", "export", str(out), "--target", server.target])
+    assert done.exit_code == 0, done.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "item_id,kind,title,category,brand,price,in_stock,published_at,featured_item_ids"
+    same = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
+    assert same.exit_code == 0, same.output
+    assert "upsert=0" in same.output  # the service's own catalog: nothing to push
+    text = out.read_text().replace(
+        "P0-000,product,Product P0-000,cat0,brand0,10,", "P0-000,product,Product P0-000,cat0,brand0,55,"
+    )
+    text += "NEW-CLI,product,Fresh tea,cat0,brand0,9.5,true,,\n"
+    out.write_text(text)
+    pushed = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
+    assert pushed.exit_code == 0, pushed.output
+    assert "upsert=2" in pushed.output and "applied=2" in pushed.output
+    catalog = _catalog(server)
+    _within(1.0, lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-000")).price == 55.0, "price")
+    got = runner.invoke(app, ["catalog", "get", "NEW-CLI", "--target", server.target])
+    assert got.exit_code == 0 and '"origin": "new"' in got.output, got.output
+    sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "out", "--target", server.target])
+    assert sold.exit_code == 0 and "applied=1" in sold.output
+    gone = runner.invoke(app, ["catalog", "delist", "NOPE", "--target", server.target])
+    assert "ITEM_NOT_FOUND" in gone.output

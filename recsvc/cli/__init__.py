@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, keys, load, outreach, query, serve, train
+from recsvc.cli import audit, catalog, data, demo, keys, load, outreach, query, serve, train
 from recsvc.cli.common import AppState
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.add_typer(load.app, name="load")
 app.command("demo")(demo.demo)
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
+app.add_typer(catalog.app, name="catalog")
 
 
 def main() -> None:
