@@ -103,6 +103,15 @@ class ServingMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.catalog_connected = Gauge(
+            "catalog_connected",
+            "1 while this process follows the live catalog's change feed in Redis; 0 while Redis "
+            "is unavailable and the last known catalog stays in force (changes are refused).",
+            namespace=NAMESPACE,
+            subsystem=SUBSYSTEM,
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.events = Counter(
             "events_total",
             "RecordEvent calls by event type and whether Redis stored them.",
@@ -247,6 +256,9 @@ class ServingMetrics:
 
     def set_active_members_synced(self, synced: bool) -> None:
         self.active_members_synced.set(1 if synced else 0)
+
+    def set_catalog_connected(self, connected: bool) -> None:
+        self.catalog_connected.set(1 if connected else 0)
 
 
 class ProcessSampler:

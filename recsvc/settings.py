@@ -263,11 +263,36 @@ class OutreachSettings(_Section):
     next_best_candidates: int = Field(50, ge=1, le=1000)
 
 
+class CatalogSettings(_Section):
+    """The live catalog (recsvc/catalog, docs/operations.md "Live catalog")."""
+
+    enabled: bool = Field(
+        True,
+        description="serve the Catalog service and follow live catalog changes in Redis; false = the "
+        "bundle's catalog only",
+    )
+    max_batch: int = Field(
+        10_000, ge=1_000, le=100_000, description="items per UpsertItems/SetStockMany/Delist call"
+    )
+    feed_maxlen: int = Field(
+        100_000,
+        ge=1_000,
+        description="change-feed entries Redis keeps (MAXLEN ~); a process further behind re-reads "
+        "the whole catalog",
+    )
+    write_timeout_ms: int = Field(
+        2_000, ge=10, le=60_000, description="Redis time allowed for one change call's script"
+    )
+    sync_wait_s: float = Field(
+        5.0, ge=0, le=120, description="at start, how long a process waits for the catalog before it serves"
+    )
+
+
 class CallerKey(_Section):
     """One calling backend: its name, roles and the SHA-256 (hex) of its API key (never the key)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    roles: list[Literal["recommend", "events", "outreach", "admin"]] = Field(min_length=1)
+    roles: list[Literal["recommend", "events", "outreach", "admin", "catalog"]] = Field(min_length=1)
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -307,6 +332,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     outreach: OutreachSettings = OutreachSettings()
     security: SecuritySettings = SecuritySettings()
+    catalog: CatalogSettings = CatalogSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, keys, mlflow_ui, outreach, query, serve, train
+from recsvc.cli import audit, catalog, data, demo, keys, mlflow_ui, outreach, query, serve, train
 from recsvc.cli.common import AppState
 from recsvc.settings import project_home
 
@@ -68,6 +68,7 @@ app.command("demo")(demo.demo)
 app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
+app.add_typer(catalog.app, name="catalog")
 
 
 def main() -> None:

@@ -157,6 +157,7 @@ def demo(
                 env,
                 "14. may we send this member a WeCom marketing message?",
             )
+            _live_catalog_steps(rc, env, member, workdir)
             if keep_serving:
                 out.print(f"server left running on 127.0.0.1:{port}; Ctrl-C to stop")
                 server.wait()
@@ -177,6 +178,56 @@ def demo(
         f"generate -> validate -> train -> register -> serve -> call finished in {elapsed:.0f}s. "
         f"MLflow store: {workdir / 'mlflow'} (browse it with: {browse})"
     )
+
+
+def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir: Path) -> None:
+    """A product sells out and leaves the member's list; a new product arrives in it."""
+    import json
+
+    top = json.loads(
+        _run(
+            [*rc, "query", "products", member, "-k", "5", "--json"],
+            env,
+            "15. the member's list before the live catalog changes",
+            capture=True,
+        )
+    )["items"][0]
+    sold = str(top["item_id"])
+    _run([*rc, "catalog", "stock", sold, "out"], env, f"16. {sold} sells out (Catalog/SetStock)")
+    time.sleep(1.0)  # the change reaches every server process within a second
+    after = _run(
+        [*rc, "query", "products", member, "-k", "5"],
+        env,
+        "17. a second later: it left the list",
+        capture=True,
+    )
+    if sold in after:
+        raise DemoStepFailed(f"{sold} still recommended after it sold out")
+    new_file = workdir / "new-product.csv"
+    import csv
+
+    with new_file.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["item_id", "kind", "title", "category", "brand", "price", "in_stock", "published_at"]
+        )
+        writer.writerow(
+            ["NEW-DEMO-1", "product", "New arrival", top["category"], top["brand"], "99", "true", ""]
+        )
+    _run(
+        [*rc, "catalog", "sync", str(new_file)],
+        env,
+        f"18. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
+    )
+    time.sleep(1.0)
+    listed = _run(
+        [*rc, "query", "products", member, "-k", "20"],
+        env,
+        "19. the member's list now holds the new product (source new)",
+        capture=True,
+    )
+    if "NEW-DEMO-1" not in listed:
+        raise DemoStepFailed("the new product is not recommended to the member")
 
 
 def _first_item(json_text: str) -> str:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recsvc.engine.kernels import stock_and_not_excluded
-from recsvc.engine.served_model import ServedModel
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import id_problem, normalize_id
 from recsvc.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from recsvc.catalog.view import CatalogView
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class FilterSpec:
     exclude_item_ids: frozenset[str] = frozenset()
     exclude_purchased: bool = True
     diversity: float = 0.3
-    # (model, include-category codes, include-brand codes) for the last model seen
-    _cache: list[tuple[ServedModel, np.ndarray | None, np.ndarray | None]] = field(
+    # (catalog view, include-category codes, include-brand codes) for the last view seen
+    _cache: list[tuple[CatalogView, np.ndarray | None, np.ndarray | None]] = field(
         default_factory=list, compare=False, hash=False, repr=False
     )
 
@@ -111,7 +114,7 @@ class FilterSpec:
             and self.max_price is None
         )
 
-    def _codes(self, model: ServedModel) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _codes(self, model: CatalogView) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Category/brand codes allowed (include) as arrays; None = no include filter."""
         if self._cache and self._cache[0][0] is model:
             return self._cache[0][1], self._cache[0][2]
@@ -128,15 +131,20 @@ class FilterSpec:
         self._cache[:] = [(model, inc_cat, inc_brand)]
         return inc_cat, inc_brand
 
-    def mask(self, model: ServedModel, rows: np.ndarray, excluded_rows: np.ndarray | None) -> np.ndarray:
+    def mask(self, model: CatalogView, rows: np.ndarray, excluded_rows: np.ndarray | None) -> np.ndarray:
         """Boolean mask over ``rows``: True = the item passes every filter and is not in
-        ``excluded_rows`` (sorted, as ``np.unique`` returns them)."""
+        ``excluded_rows`` (sorted, as ``np.unique`` returns them). ``model``: the live catalog's
+        view of the model (recsvc.catalog.view), whose arrays hold the live values."""
         if rows.shape[0] == 0:
             return np.ones(0, dtype=bool)
         excluded = _NONE_EXCLUDED if excluded_rows is None else excluded_rows.astype(np.int64, copy=False)
-        # Stock and exclusions, which every request has, in one compiled pass; the rest below.
+        # Stock (or, without in_stock_only, just listed and published) and exclusions, which
+        # every request has, in one compiled pass; the rest below.
         keep: np.ndarray = stock_and_not_excluded(
-            rows.astype(np.int64, copy=False), model.item_stock_ok, self.in_stock_only, excluded
+            rows.astype(np.int64, copy=False),
+            model.item_stock_ok if self.in_stock_only else model.item_visible,
+            True,
+            excluded,
         )
         inc_cat, inc_brand = self._codes(model)
         if inc_cat is not None or self.exclude_categories:

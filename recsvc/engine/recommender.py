@@ -10,6 +10,12 @@ then MMR) -> explain (the history item that contributed most to each pick) -> re
 uses the bundle's popular lists for the member's segment and channel. Training stores the lists
 with the same stages (``trained_list``).
 
+Every stage reads items through the live catalog's view of the model (``recsvc.catalog``): the
+filters use live stock, prices, categories, brands, delistings and publication times; stored
+lists and popular lists are checked against it when read (a stored list that lost an item, or
+that a new item would enter, is computed live instead); new items are searched exactly beside
+the ANN results and come back with ``source`` "new".
+
 ``EnginePort`` implements ``recsvc.outreach.ports.RecommendationPort`` for in-process callers
 (outreach).
 """
@@ -24,6 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recsvc.catalog.live import StaticCatalog
+from recsvc.catalog.view import CatalogView
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
@@ -37,6 +45,7 @@ SOURCE_PERSONALIZED = "personalized"
 SOURCE_REALTIME = "realtime"
 SOURCE_POPULAR = "popular"
 SOURCE_SIMILAR = "similar"
+SOURCE_NEW = "new"  # an item created in the live catalog after the bundle was trained
 
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -123,6 +132,8 @@ class RecommendationEngine:
         # Members erased since the bundle was trained (recsvc.security.erasure.ForgottenMembers):
         # served like unknown members, never from their trained vector or history.
         self.forgotten: Container[str] = frozenset()
+        # The catalog items are read through (recsvc.catalog): the bundle's own, or live changes.
+        self.catalog: Any = StaticCatalog()
         self._usable_lists: weakref.WeakKeyDictionary[MemberLists, bool] = weakref.WeakKeyDictionary()
 
     # ---- members ---------------------------------------------------------------------------
@@ -134,20 +145,21 @@ class RecommendationEngine:
         events -> filter and rank -> explain -> render. Redis is asked for the recent events
         first and read only after the candidate source, so its round trip overlaps the search."""
         variant, model = self._models.for_member(member_id)
+        view = self.catalog.view(model)
         row = None if member_id in self.forgotten else model.member_row(member_id)
         pending = self._realtime.start_recent(member_id) if self._realtime is not None else None
         try:
             state = self._trained_state(model, row)
-            candidates = self._candidate_source(model, state, kind, k, filters)
+            candidates = self._candidate_source(view, state, kind, k, filters)
         finally:
             activity = pending.result() if pending is not None else None
         if activity is not None:
             state.answered = True
-            if self._add_recent(model, state, activity):
+            if self._add_recent(view, state, activity):
                 candidates = None  # found for the trained vector or purchases: not this member's now
             elif isinstance(candidates, StoredList) and activity.purchased:
                 candidates = None
-        excluded = self._excluded_rows(model, filters, state.bought, bought_sorted=state.bought_sorted)
+        excluded = self._excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
 
         resp = recommender_pb2.RecommendResponse(
             model_version=model.version,
@@ -156,16 +168,16 @@ class RecommendationEngine:
             member_segment=state.segment,
         )
         if state.vector is None:
-            self._popular(resp.items, model, state.segment, channel, kind, k, filters, excluded)
+            self._popular(resp.items, view, state.segment, channel, kind, k, filters, excluded)
             return Recommendation(response=resp, source=SOURCE_POPULAR)
         from_stored = isinstance(candidates, StoredList)
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
         else:
-            picks, scores = self._rank(model, state.vector, kind, k, filters, excluded, first=candidates)
-            because = self._explain(model, picks, state)
-        reasons = self._reason_texts(model, because, state.bought)
-        self._items(resp.items, model, picks, scores, reasons, state.source)
+            picks, scores = self._rank(view, state.vector, kind, k, filters, excluded, first=candidates)
+            because = self._explain(view, picks, state)
+        reasons = self._reason_texts(view, picks, because, state)
+        self._items(resp.items, view, picks, scores, reasons, state.source)
         return Recommendation(response=resp, source=state.source, stored=from_stored)
 
     @staticmethod
@@ -186,29 +198,30 @@ class RecommendationEngine:
         )
 
     def _candidate_source(
-        self, model: ServedModel, state: MemberState, kind: int, k: int, filters: FilterSpec
+        self, view: CatalogView, state: MemberState, kind: int, k: int, filters: FilterSpec
     ) -> StoredList | Searched | None:
         """Stage 2: the member's stored list when it covers this call, else the first search with
         the trained vector; None for a member without one (popular lists)."""
         if state.vector is None:
             return None
-        stored = self._stored_list(model, state.row, kind, k, filters)
+        stored = self._stored_list(view, state, kind, k, filters)
         if stored is not None:
             return stored
-        return self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
+        return self._first_search(view.model, state.vector, kind, k, filters, state.bought.shape[0])
 
-    def _add_recent(self, model: ServedModel, state: MemberState, activity: RecentActivity) -> bool:
+    def _add_recent(self, view: CatalogView, state: MemberState, activity: RecentActivity) -> bool:
         """Stage 3: recent events recompute the vector from trained history + events; recent
         purchases join the excluded rows. True when the vector changed."""
+        model = view.model
         if activity.purchased:
-            recent_bought = model.items.rows(sorted(activity.purchased))
+            recent_bought = view.rows(sorted(activity.purchased))
             state.bought = np.concatenate([state.bought.astype(np.int64), recent_bought[recent_bought >= 0]])
             state.bought_sorted = False
         if not activity.events:
             return False
         now = self._clock()
         ev_rows, ev_w = event_weights_by_item(
-            activity.events, model.items.rows, model.event_weights, model.half_life_days, now
+            activity.events, view.rows, model.event_weights, model.half_life_days, now
         )
         if not ev_rows.shape[0]:
             return False
@@ -220,19 +233,24 @@ class RecommendationEngine:
         w_all = np.concatenate([state.hist_w.astype(np.float32) * decay, ev_w])
         uniq, inv = np.unique(rows_all, return_inverse=True)
         w_sum = np.bincount(inv, weights=w_all).astype(np.float32)
-        vector = recalculate_member(
-            model.item_factors, model.yty, uniq, w_sum, model.alpha, model.regularization
-        )
+        if view.new_ids and int(uniq[-1]) >= view.n:  # a new item's vector counts too
+            factors, uniq = view.factors(uniq), np.arange(uniq.shape[0])
+        else:
+            factors = model.item_factors
+        vector = recalculate_member(factors, model.yty, uniq, w_sum, model.alpha, model.regularization)
         state.ev_rows, state.ev_w = ev_rows, ev_w
         state.vector = vector if vector.any() else None
         state.source = SOURCE_REALTIME
         return True
 
     def _stored_list(
-        self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec
+        self, view: CatalogView, state: MemberState, kind: int, k: int, filters: FilterSpec
     ) -> StoredList | None:
         """The member's stored default list (items, scores, reason rows) when the bundle has one
-        that this server's settings may use and that covers this call (``StoredListSpec``)."""
+        that this server's settings may use, that covers this call (``StoredListSpec``) and that
+        the live catalog has not made stale: every item still listed and in stock, and no new
+        item that would score above its last one (else the list is computed live)."""
+        model, row = view.model, state.row
         lists = model.member_lists
         if (
             lists is None
@@ -244,7 +262,16 @@ class RecommendationEngine:
         items = lists.items[row]
         if items[0] < 0:
             return None
-        return StoredList(items, lists.scores[row], lists.reasons[row])
+        scores = lists.scores[row]
+        if view.live:
+            if not view.item_stock_ok[items].all():  # one vectorised look-up of k rows
+                return None
+            new_rows, new_scores = view.search_new(state.vector, kind)  # type: ignore[arg-type]
+            if new_rows.shape[0]:
+                beats = new_scores > scores[-1]
+                if beats.any() and view.item_stock_ok[new_rows[beats]].any():
+                    return None
+        return StoredList(items, scores, lists.reasons[row])
 
     def _lists_usable(self, lists: MemberLists, model: ServedModel) -> bool:
         """Whether this engine's serving settings are the ones ``lists`` were made under; decided
@@ -265,10 +292,11 @@ class RecommendationEngine:
         state = self._trained_state(model, row)
         if state.vector is None:
             return None
+        view = self.catalog.view(model)
         first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
-        excluded = self._excluded_rows(model, filters, state.bought, bought_sorted=state.bought_sorted)
-        picks, scores = self._rank(model, state.vector, kind, k, filters, excluded, first=first)
-        return picks, scores, self._explain(model, picks, state)
+        excluded = self._excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+        picks, scores = self._rank(view, state.vector, kind, k, filters, excluded, first=first)
+        return picks, scores, self._explain(view, picks, state)
 
     def _candidates(self, k: int, excluded: int, drop_row: bool = False) -> tuple[int, int]:
         """(MMR pool size, first ANN request size) for a list of ``k`` with ``excluded`` rows."""
@@ -293,7 +321,7 @@ class RecommendationEngine:
         return model.search(vector, kind, n)
 
     def _excluded_rows(
-        self, model: ServedModel, filters: FilterSpec, bought_rows: np.ndarray, bought_sorted: bool = False
+        self, view: CatalogView, filters: FilterSpec, bought_rows: np.ndarray, bought_sorted: bool = False
     ) -> np.ndarray:
         """Rows no list may hold, ascending and unique. ``bought_sorted``: ``bought_rows`` already
         are (a member's trained purchases, when the bundle stores them so)."""
@@ -301,7 +329,7 @@ class RecommendationEngine:
             return bought_rows if filters.exclude_purchased else _NO_ROWS
         parts = []
         if filters.exclude_item_ids:
-            r = model.items.rows(sorted(filters.exclude_item_ids))
+            r = view.rows(sorted(filters.exclude_item_ids))
             parts.append(r[r >= 0])
         if filters.exclude_purchased and bought_rows.shape[0]:
             parts.append(bought_rows)
@@ -311,7 +339,7 @@ class RecommendationEngine:
 
     def _rank(
         self,
-        model: ServedModel,
+        view: CatalogView,
         vector: np.ndarray,
         kind: int,
         k: int,
@@ -322,15 +350,20 @@ class RecommendationEngine:
         first: Searched | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows after filters and MMR; widens the candidate set when filters remove too
-        many. ``first``: the result of a search already made with ``vector`` (rows, scores, n)."""
+        many. ``first``: the result of a search already made with ``vector`` (rows, scores, n).
+        New items of the live catalog are scored exactly and merged with the ANN's."""
+        model = view.model
         total = len(model.kind_rows[kind])
         pool_size, n = self._candidates(k, excluded.shape[0], drop_row is not None)
         if first is not None:
             rows, scores, n = first
         else:
             rows, scores = self._search(model, vector, kind, n)
+        new_rows, new_scores = view.search_new(vector, kind)
         while True:
-            keep = filters.mask(model, rows, excluded)
+            if new_rows.shape[0]:
+                rows, scores = _merged(rows, scores, new_rows, new_scores)
+            keep = filters.mask(view, rows, excluded)
             if drop_row is not None:
                 keep &= rows != drop_row
             if n >= total or int(np.count_nonzero(keep)) >= pool_size:
@@ -342,22 +375,36 @@ class RecommendationEngine:
             scores = relevance(rows, scores)
             order = np.argsort(-scores, kind="stable")
             rows, scores = rows[order], scores[order]
-        picks = mmr_by_rows(
-            scores,
-            rows,
-            model.item_factors,
-            model.item_norms,
-            k,
-            filters.diversity,
-            model.item_category,
-            self._settings.max_per_category,
-        )
+        if rows.shape[0] and int(rows.max()) >= view.n:
+            # New items' vectors are not in the bundle's factors: MMR over a small gathered copy.
+            local = np.arange(rows.shape[0], dtype=np.int64)
+            picks = mmr_by_rows(
+                scores,
+                local,
+                view.factors(rows),
+                view.norms(rows).astype(np.float32),
+                k,
+                filters.diversity,
+                _read_only(np.ascontiguousarray(view.item_category[rows], dtype=np.int32)),
+                self._settings.max_per_category,
+            )
+        else:
+            picks = mmr_by_rows(
+                scores,
+                rows,
+                model.item_factors,
+                model.item_norms,
+                k,
+                filters.diversity,
+                view.item_category,
+                self._settings.max_per_category,
+            )
         return rows[picks], scores[picks]
 
     def _popular(
         self,
         into: Any,
-        model: ServedModel,
+        view: CatalogView,
         segment: str,
         channel: str,
         kind: int,
@@ -365,12 +412,13 @@ class RecommendationEngine:
         filters: FilterSpec,
         excluded: np.ndarray,
     ) -> None:
-        """The popular lists' items into ``into`` (a response's ``items``)."""
+        """The popular lists' items into ``into`` (a response's ``items``), as the live catalog
+        leaves them."""
         rows: list[int] = []
         scores: list[float] = []
         taken: set[int] = set()
-        for plist in model.popular_for(segment, channel or "all", kind):
-            keep = filters.mask(model, plist.rows, excluded)
+        for plist in view.model.popular_for(segment, channel or "all", kind):
+            keep = filters.mask(view, plist.rows, excluded)
             for r, sc in zip(plist.rows[keep].tolist(), plist.scores[keep].tolist(), strict=True):
                 if r in taken:
                     continue
@@ -383,15 +431,15 @@ class RecommendationEngine:
                 break
         where = f"{segment} members" if segment != "all" else "members"
         reason = f"popular with {where}"
-        self._items(into, model, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
+        self._items(into, view, rows, scores, [reason] * len(rows), SOURCE_POPULAR)
 
-    def _explain(self, model: ServedModel, picks: np.ndarray, state: MemberState) -> np.ndarray:
+    def _explain(self, view: CatalogView, picks: np.ndarray, state: MemberState) -> np.ndarray:
         """Stage 5: the history row each pick's reason names (-1: none)."""
-        return self._reason_rows(model, picks, state.hist_rows, state.hist_w, state.ev_rows, state.ev_w)
+        return self._reason_rows(view, picks, state.hist_rows, state.hist_w, state.ev_rows, state.ev_w)
 
     def _reason_rows(
         self,
-        model: ServedModel,
+        view: CatalogView,
         picks: np.ndarray,
         hist_rows: np.ndarray,
         hist_w: np.ndarray,
@@ -409,28 +457,41 @@ class RecommendationEngine:
             return np.full(picks.shape[0], -1, dtype=np.int64)
         if rows.shape[0] > _REASON_HISTORY_MAX:
             rows = rows[np.argpartition(-weights, _REASON_HISTORY_MAX - 1)[:_REASON_HISTORY_MAX]]
+        rows, picks = rows.astype(np.int64), picks.astype(np.int64)
+        if view.new_ids and max(int(rows.max()), int(picks.max())) >= view.n:
+            # New items' vectors live in the view: compare over a small gathered copy.
+            both = np.concatenate([rows, picks])
+            local = np.arange(both.shape[0], dtype=np.int64)
+            found = best_history_rows(view.factors(both), local[: rows.shape[0]], local[rows.shape[0] :])
+            return rows[np.asarray(found, dtype=np.int64)]
         # An item both in the history and in recent events appears twice: harmless for argmax.
-        best: np.ndarray = best_history_rows(
-            model.item_factors, rows.astype(np.int64), picks.astype(np.int64)
-        )
+        best: np.ndarray = best_history_rows(view.model.item_factors, rows, picks)
         return best
 
     @staticmethod
-    def _reason_texts(model: ServedModel, because: np.ndarray, bought_rows: np.ndarray) -> list[str]:
-        """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you"."""
-        bought = set(bought_rows.tolist())
-        titles = model.titles
-        return [
-            f"because you {'bought' if b in bought else 'viewed'} {titles[b]}"
+    def _reason_texts(
+        view: CatalogView, picks: np.ndarray, because: np.ndarray, state: MemberState
+    ) -> list[str]:
+        """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you";
+        a new item: "new in <category>", ", which you buy" when the member bought in it."""
+        bought = set(state.bought.tolist())
+        out = [
+            f"because you {'bought' if b in bought else 'viewed'} {view.title(b)}"
             if b >= 0
             else "recommended for you"
             for b in because.tolist()
         ]
+        if view.new_ids:
+            n = view.n
+            for i, p in enumerate(np.asarray(picks).tolist()):
+                if p >= n:
+                    out[i] = _new_reason(view, p, state.bought)
+        return out
 
     def _items(
         self,
         into: Any,
-        model: ServedModel,
+        view: CatalogView,
         rows: np.ndarray | Sequence[int],
         scores: np.ndarray | Sequence[float],
         reasons: Sequence[str],
@@ -439,39 +500,69 @@ class RecommendationEngine:
         """Response items for ``rows``, added to ``into`` (a response's ``items``). Each item is
         added with its per-call fields and merged with the item's own, serialized once per
         process (``ServedModel.item_fields``): a third of building every field each call."""
-        add, fields = into.add, model.item_fields
+        add, fields, n = into.add, view.item_fields, view.n
         for row, score, reason in zip(
             np.asarray(rows, dtype=np.int64).tolist(),
             np.asarray(scores, dtype=np.float64).tolist(),
             reasons,
             strict=True,
         ):
-            add(score=score, reason=reason, source=source).MergeFromString(fields(row))
+            add(score=score, reason=reason, source=source if row < n else SOURCE_NEW).MergeFromString(
+                fields(row)
+            )
 
     # ---- items -----------------------------------------------------------------------------
     def similar(self, item_id: str, kind: int | None, k: int, filters: FilterSpec) -> Recommendation:
         variant, model = self._models.default()
-        row = model.items.row(item_id)
+        view = self.catalog.view(model)
+        row = view.row(item_id)
         if row is None:
             raise NotFound(f"item {item_id!r} is not in model {model.version}", reason="ITEM_NOT_FOUND")
-        target_kind = kind or model.kind_of(row)
-        vector = np.asarray(model.item_factors[row], dtype=np.float32)
+        if not view.item_listed[row]:
+            raise NotFound(f"item {item_id!r} is delisted", reason="ITEM_DELISTED")
+        target_kind = kind or int(view.item_kind[row])
+        vector = view.factor_row(row)
         if not np.any(vector):
             resp = recommender_pb2.RecommendResponse(model_version=model.version, variant=variant)
             return Recommendation(response=resp, source=SOURCE_SIMILAR)
-        norm = float(model.item_norms[row])
-        excluded = self._excluded_rows(model, filters, np.zeros(0, dtype=np.int64))
+        norm = float(view.norms(np.array([row]))[0])
+        excluded = self._excluded_rows(view, filters, np.zeros(0, dtype=np.int64))
 
         def cosine(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            return (scores / (model.item_norms[rows] * norm)).astype(np.float32)
+            return (scores / (view.norms(rows) * norm)).astype(np.float32)
 
         picks, scores = self._rank(
-            model, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
+            view, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
         )
-        reason = f"similar to {model.titles[row]}"
+        reason = f"similar to {view.title(row)}"
         resp = recommender_pb2.RecommendResponse(model_version=model.version, variant=variant)
-        self._items(resp.items, model, picks, scores, [reason] * picks.shape[0], SOURCE_SIMILAR)
+        self._items(resp.items, view, picks, scores, [reason] * picks.shape[0], SOURCE_SIMILAR)
         return Recommendation(response=resp, source=SOURCE_SIMILAR)
+
+
+def _merged(
+    rows: np.ndarray, scores: np.ndarray, new_rows: np.ndarray, new_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """ANN results and the exactly scored new items as one list, best first."""
+    rows = np.concatenate([rows.astype(np.int64), new_rows])
+    scores = np.concatenate([scores.astype(np.float32), new_scores.astype(np.float32)])
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # the compiled kernels' types include it: as the bundle's arrays
+    return a
+
+
+def _new_reason(view: CatalogView, row: int, bought: np.ndarray) -> str:
+    """e.g. "new in Tea, which you buy" (the member bought in the item's category)."""
+    category = view.category_name(row)
+    cat = int(view.item_category[row])
+    bought = bought[(bought >= 0) & (bought < view.item_category.shape[0])]
+    if bought.shape[0] and bool((view.item_category[bought.astype(np.int64)] == cat).any()):
+        return f"new in {category}, which you buy"
+    return f"new in {category}"
 
 
 class EnginePort:

@@ -35,7 +35,7 @@ from recsvc.settings import CallerKey, Settings
 
 log = logging.getLogger(__name__)
 
-ROLES = ("recommend", "events", "outreach", "admin")
+ROLES = ("recommend", "events", "outreach", "admin", "catalog")
 
 # Every RPC of every recsvc.v1 service and the role it needs. Admin does not imply the others:
 # a backend that both recommends and erases is given both roles explicitly (least privilege).
@@ -56,6 +56,13 @@ METHOD_ROLES: dict[str, str] = {
     "/recsvc.v1.Outreach/UpdateConsent": "admin",
     "/recsvc.v1.Admin/ForgetMember": "admin",
     "/recsvc.v1.Admin/RestoreMember": "admin",
+    "/recsvc.v1.Catalog/UpsertItems": "catalog",
+    "/recsvc.v1.Catalog/SetStock": "catalog",
+    "/recsvc.v1.Catalog/SetStockMany": "catalog",
+    "/recsvc.v1.Catalog/DelistItems": "catalog",
+    "/recsvc.v1.Catalog/RelistItems": "catalog",
+    "/recsvc.v1.Catalog/GetItem": "catalog",
+    "/recsvc.v1.Catalog/ExportCatalog": "catalog",
 }
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",

@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsvc.active_members import ActiveMembers
+from recsvc.catalog.wiring import add_live_catalog
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
 from recsvc.metrics import ProcessSampler, ServingMetrics
 from recsvc.models.broadcast import ReloadBroadcast
@@ -139,6 +140,8 @@ def build_deps(
         # Probes Redis for the throttle's breaker, which readiness follows (recsvc.server.readiness).
         deps.outreach_servicer.throttle.start_watch()
         deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
+    # Live stock, prices, delistings and new items in every list, and the Catalog service.
+    add_live_catalog(settings, deps)
     # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
     security = secure_deps(settings, deps)
     # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.

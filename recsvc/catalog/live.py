@@ -1,0 +1,106 @@
+"""The catalog each server process serves with: the bundle's, or the bundle's with the live
+changes a ``CatalogFollower`` keeps current.
+
+``view(model)`` is the engine's one read per call: a dict look-up of the ``CatalogView`` built
+for that model and the current records. Views are rebuilt off the request path, in the
+follower's thread, after each batch of changes (and when a scheduled item's time comes), then
+swapped in as a whole. A model loaded since the last rebuild gets its view on its first call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from recsvc.catalog.store import ItemRecord
+from recsvc.catalog.view import CatalogView, GroupMeans
+from recsvc.engine.served_model import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class Models(Protocol):
+    def snapshot(self) -> dict[str, ServedModel]: ...
+
+
+class StaticCatalog:
+    """The bundle's own catalog (no live changes): engines without Redis, training, benchmarks."""
+
+    def __init__(self) -> None:
+        self._views: weakref.WeakKeyDictionary[ServedModel, CatalogView] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def view(self, model: ServedModel) -> CatalogView:
+        found = self._views.get(model)
+        if found is None:
+            with self._lock:
+                found = self._views.get(model)
+                if found is None:
+                    found = self._views[model] = CatalogView(model)
+        return found
+
+
+class LiveCatalog:
+    """Views of every loaded model under the records the follower holds."""
+
+    def __init__(self, models: Models, clock: Callable[[], float] = time.time) -> None:
+        self._models = models
+        self._clock = clock
+        self._records: Mapping[str, ItemRecord] = {}
+        self._version = 0
+        self._views: weakref.WeakKeyDictionary[ServedModel, CatalogView] = weakref.WeakKeyDictionary()
+        self._means: weakref.WeakKeyDictionary[ServedModel, GroupMeans] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        # Set by the owner: where to ask for a wake-up when a scheduled item's time comes.
+        self.on_next_publish: Callable[[float | None], None] | None = None
+        self.connected = True
+
+    # ---- the engine's read -----------------------------------------------------------------
+    def view(self, model: ServedModel) -> CatalogView:
+        found = self._views.get(model)
+        if found is not None and (found.next_publish is None or found.next_publish > self._clock()):
+            return found
+        with self._lock:  # a model loaded since the last rebuild, or a scheduled item is due
+            return self._build(model, self._records, self._version)
+
+    @property
+    def records(self) -> Mapping[str, ItemRecord]:
+        return self._records
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    # ---- the follower's writes -------------------------------------------------------------
+    def update(self, records: Mapping[str, ItemRecord] | None, version: int | None = None) -> None:
+        """New records (None: the same ones; time moved on): rebuild every loaded model's view."""
+        t0 = time.perf_counter()
+        with self._lock:
+            if records is not None:
+                self._records = records
+            if version is not None:
+                self._version = version
+            views = [self._build(m, self._records, self._version) for m in self._models.snapshot().values()]
+        pending = [v.next_publish for v in views if v.next_publish is not None]
+        if self.on_next_publish is not None:
+            self.on_next_publish(min(pending) if pending else None)
+        log.debug(
+            "event=catalog_views_built records=%d models=%d ms=%.1f",
+            len(self._records),
+            len(views),
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    def _build(self, model: ServedModel, records: Mapping[str, ItemRecord], version: int) -> CatalogView:
+        means = self._means.get(model)
+        if means is None and any(model.items.row(i) is None for i in records):
+            means = self._means[model] = GroupMeans(model)
+        view = CatalogView(model, records, self._clock(), means, version)
+        views = weakref.WeakKeyDictionary(self._views)
+        views[model] = view
+        self._views = views  # swapped whole: readers never see a half-built map
+        return view

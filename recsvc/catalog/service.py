@@ -1,0 +1,333 @@
+"""``recsvc.v1.Catalog``: checks each item, writes the changes to Redis (``CatalogStore``) and
+answers per item. Every process follows the changes (``CatalogFollower``), this one included.
+
+Per-item errors are results, not call errors: a bad item never blocks the good ones, and each
+item is applied whole or not at all. Call errors (typed, mapped by the one interceptor):
+``INVALID_ARGUMENT`` for a call that is wrong as a whole (no items, too many), ``NOT_FOUND`` for
+``SetStock``/``GetItem`` of an unknown item, ``UNAVAILABLE`` / ``CATALOG_UNAVAILABLE`` while Redis
+does not answer (nothing is changed then; the last known catalog stays in force).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import redis
+
+from recsvc.bounds import MAX_PRICE
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
+from recsvc.catalog.live import LiveCatalog
+from recsvc.catalog.store import CatalogStore, Change, ChangeOutcome
+from recsvc.catalog.view import CatalogView
+from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
+from recsvc.models.served import ServedModels
+from recsvc.server.validation import check_id
+from recsvc.settings import Settings
+from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE = 200
+MAX_LABEL = 64
+MAX_PUBLISHED_AT = 253_402_300_799  # 9999-12-31T23:59:59Z
+_KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
+_PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
+    def __init__(
+        self, settings: Settings, models: ServedModels, live: LiveCatalog, store: CatalogStore
+    ) -> None:
+        self._settings = settings
+        self._models = models
+        self._live = live
+        self._store = store
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _view(self) -> CatalogView:
+        _, model = self._models.default()
+        return self._live.view(model)
+
+    def _count(self, n: int) -> None:
+        if n == 0:
+            raise InvalidArgument("no items in the request", reason="NO_ITEMS")
+        if n > self._settings.catalog.max_batch:
+            raise InvalidArgument(
+                f"{n} items in one call; at most {self._settings.catalog.max_batch}", reason="TOO_MANY_ITEMS"
+            )
+
+    def _apply(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+        if not changes:
+            return []
+        try:
+            return self._store.apply(changes)
+        except redis.RedisError as exc:
+            log.warning("event=catalog_change_refused items=%d error=%s", len(changes), type(exc).__name__)
+            raise StoreUnavailable(
+                f"the catalog store (Redis) did not answer ({type(exc).__name__}); nothing was changed "
+                "by the failed part, retry the call",
+                reason="CATALOG_UNAVAILABLE",
+            ) from exc
+
+    def _respond(
+        self, order: Sequence[str], failed: dict[int, RecsvcError], changes: list[tuple[int, Change]]
+    ) -> catalog_pb2.ChangeItemsResponse:
+        outcomes = self._apply([c for _, c in changes])
+        resp = catalog_pb2.ChangeItemsResponse()
+        results: dict[int, catalog_pb2.ItemResult] = {}
+        for i, err in failed.items():
+            results[i] = _error(order[i], err)
+        for (i, change), outcome in zip(changes, outcomes, strict=True):
+            if outcome.applied:
+                results[i] = catalog_pb2.ItemResult(
+                    item_id=change.item_id, applied=True, version=outcome.version
+                )
+            else:
+                results[i] = _error(
+                    change.item_id,
+                    NotFound(f"item {change.item_id!r} is not in the catalog", reason="ITEM_NOT_FOUND"),
+                )
+        for i in range(len(order)):
+            resp.results.append(results[i])
+        resp.applied = sum(1 for r in resp.results if r.applied)
+        resp.failed = len(resp.results) - resp.applied
+        return resp
+
+    def _known(self, view: CatalogView, item_id: str) -> tuple[bool, bool]:
+        """(known here, in this bundle): an item only another replica knows yet is checked by Redis."""
+        row = view.row(item_id)
+        return row is not None, row is not None and row < view.n
+
+    def _flag_changes(
+        self, item_ids: Sequence[str], field: str, values: Sequence[bool]
+    ) -> catalog_pb2.ChangeItemsResponse:
+        self._count(len(item_ids))
+        view = self._view()
+        failed: dict[int, RecsvcError] = {}
+        changes: list[tuple[int, Change]] = []
+        seen: set[str] = set()
+        for i, (item_id, value) in enumerate(zip(item_ids, values, strict=True)):
+            try:
+                check_id(item_id, "item_id", self._settings.data)
+                if item_id in seen:
+                    raise InvalidArgument(
+                        f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM"
+                    )
+                seen.add(item_id)
+            except RecsvcError as exc:
+                failed[i] = exc
+                continue
+            _, in_bundle = self._known(view, item_id)
+            changes.append((i, Change(item_id, {field: bool(value)}, must_exist=not in_bundle)))
+        return self._respond(list(item_ids), failed, changes)
+
+    # ---- RPCs ------------------------------------------------------------------------------
+    def UpsertItems(
+        self, request: catalog_pb2.UpsertItemsRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.ChangeItemsResponse:
+        self._count(len(request.items))
+        view = self._view()
+        failed: dict[int, RecsvcError] = {}
+        changes: list[tuple[int, Change]] = []
+        seen: set[str] = set()
+        batch_products = {
+            it.item_id
+            for it in request.items
+            if it.kind == common_pb2.PRODUCT
+            or (
+                it.kind == common_pb2.ITEM_KIND_UNSPECIFIED
+                and (row := view.row(it.item_id)) is not None
+                and int(view.item_kind[row]) == KIND_PRODUCT
+            )
+        }
+        for i, item in enumerate(request.items):
+            try:
+                patch = self._patch(view, item, seen, batch_products)
+            except RecsvcError as exc:
+                failed[i] = exc
+                continue
+            # must_exist=False: a complete new item may be created; a partial one was checked
+            # against this process's catalog (an item created on another replica less than the
+            # propagation time ago counts as new here and needs every field).
+            changes.append((i, Change(item.item_id, patch, must_exist=False)))
+        return self._respond([it.item_id for it in request.items], failed, changes)
+
+    def _patch(
+        self, view: CatalogView, item: catalog_pb2.CatalogItem, seen: set[str], batch_products: set[str]
+    ) -> dict[str, Any]:
+        item_id = check_id(item.item_id, "item_id", self._settings.data)
+        if item_id in seen:
+            raise InvalidArgument(f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM")
+        seen.add(item_id)
+        row = view.row(item_id)
+        patch: dict[str, Any] = {}
+        if item.kind != common_pb2.ITEM_KIND_UNSPECIFIED:
+            if item.kind not in _KIND_NAMES:
+                raise InvalidArgument(f"unknown kind {item.kind}", reason="INVALID_KIND")
+            if row is not None and int(view.item_kind[row]) != (
+                KIND_PRODUCT if item.kind == common_pb2.PRODUCT else KIND_CONTENT
+            ):
+                raise InvalidArgument(f"item {item_id!r} cannot change its kind", reason="KIND_CHANGE")
+            patch["kind"] = _KIND_NAMES[item.kind]
+        kind = patch.get("kind") or (view.kind_name(row) if row is not None else None)
+        if item.title:
+            if len(item.title) > MAX_TITLE:
+                raise InvalidArgument(
+                    f"title is {len(item.title)} characters; at most {MAX_TITLE}", reason="TITLE_TOO_LONG"
+                )
+            patch["title"] = item.title
+        for name in ("category", "brand"):
+            value = getattr(item, name)
+            if value:
+                if len(value) > MAX_LABEL:
+                    raise InvalidArgument(
+                        f"{name} is {len(value)} characters; at most {MAX_LABEL}",
+                        reason=f"{name.upper()}_TOO_LONG",
+                    )
+                patch[name] = value
+        if item.HasField("price"):
+            price = item.price
+            if not math.isfinite(price):
+                raise InvalidArgument("price must be a finite number", reason="BAD_PRICE")
+            if price < 0:
+                raise InvalidArgument("price must be >= 0", reason="NEGATIVE_PRICE")
+            if price > MAX_PRICE:
+                raise InvalidArgument(f"price is above {MAX_PRICE:.0f}", reason="PRICE_OUT_OF_RANGE")
+            patch["price"] = float(price)
+        if item.HasField("in_stock"):
+            patch["in_stock"] = bool(item.in_stock)
+        if item.HasField("published_at"):
+            if not 0 <= item.published_at <= MAX_PUBLISHED_AT:
+                raise InvalidArgument(
+                    "published_at must be 0..253402300799 (seconds, UTC)", reason="BAD_PUBLISHED_AT"
+                )
+            patch["published_at"] = int(item.published_at)
+        if item.set_featured:
+            if kind != "content":
+                raise InvalidArgument("only content features products", reason="FEATURED_ON_PRODUCT")
+            for fid in item.featured_item_ids:
+                frow = view.row(fid)
+                known = fid in batch_products or (
+                    frow is not None and int(view.item_kind[frow]) == KIND_PRODUCT
+                )
+                if not known:
+                    raise InvalidArgument(
+                        f"featured item {fid[:80]!r} is not a product in the catalog",
+                        reason="UNKNOWN_FEATURED_ITEM",
+                    )
+            patch["featured_item_ids"] = list(item.featured_item_ids)
+        if row is None:  # a new item: everything the catalog contract requires
+            missing = [
+                name
+                for name, needed in (
+                    ("kind", True),
+                    ("title", True),
+                    ("category", True),
+                    ("brand", kind == "product"),
+                    ("price", True),
+                    ("in_stock", kind == "product"),
+                    ("published_at", kind == "content"),
+                )
+                if needed and name not in patch
+            ]
+            if missing:
+                raise InvalidArgument(
+                    f"new item {item_id!r} lacks {', '.join(missing)}", reason=f"MISSING_{missing[0].upper()}"
+                )
+            if kind == "content" and patch.get("price", 0.0) != 0.0:
+                raise InvalidArgument("content has price 0", reason="PRICE_ON_CONTENT")
+        elif not patch:
+            raise InvalidArgument(f"nothing to change for item {item_id!r}", reason="EMPTY_CHANGE")
+        return patch
+
+    def SetStock(
+        self, request: catalog_pb2.SetStockRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.ChangeItemsResponse:
+        resp = self._flag_changes([request.item_id], "in_stock", [request.in_stock])
+        result = resp.results[0]
+        if not result.applied:
+            raise (NotFound if result.code == "NOT_FOUND" else InvalidArgument)(
+                result.message, reason=result.reason
+            )
+        return resp
+
+    def SetStockMany(
+        self, request: catalog_pb2.SetStockManyRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.ChangeItemsResponse:
+        return self._flag_changes(
+            [c.item_id for c in request.changes], "in_stock", [c.in_stock for c in request.changes]
+        )
+
+    def DelistItems(
+        self, request: catalog_pb2.ItemIdsRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.ChangeItemsResponse:
+        return self._flag_changes(list(request.item_ids), "listed", [False] * len(request.item_ids))
+
+    def RelistItems(
+        self, request: catalog_pb2.ItemIdsRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.ChangeItemsResponse:
+        return self._flag_changes(list(request.item_ids), "listed", [True] * len(request.item_ids))
+
+    def GetItem(
+        self, request: catalog_pb2.GetItemRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.CatalogItem:
+        item_id = check_id(request.item_id, "item_id", self._settings.data)
+        view = self._view()
+        row = view.row(item_id)
+        if row is None:
+            raise NotFound(f"item {item_id!r} is not in the catalog", reason="ITEM_NOT_FOUND")
+        return item_message(view, row)
+
+    def ExportCatalog(
+        self, request: catalog_pb2.ExportCatalogRequest, context: grpc.ServicerContext
+    ) -> Iterator[catalog_pb2.CatalogItem]:
+        view = self._view()
+        rows = sorted(range(view.n + len(view.new_ids)), key=view.item_id)
+        for row in rows:
+            yield item_message(view, row)
+
+
+def item_message(view: CatalogView, row: int) -> catalog_pb2.CatalogItem:
+    """An item as ``view`` sees it (bundle values with live changes applied)."""
+    item_id = view.item_id(row)
+    rec = view.records.get(item_id)
+    brand = int(view.item_brand[row])
+    kind = int(view.item_kind[row])
+    msg = catalog_pb2.CatalogItem(
+        item_id=item_id,
+        kind=_PB_KIND.get(kind, common_pb2.ITEM_KIND_UNSPECIFIED),
+        title=view.title(row),
+        category=view.category_name(row),
+        brand=view.brands[brand] if 0 <= brand < len(view.brands) else "",
+        price=float(view.item_price[row]),
+        in_stock=bool(view.item_in_stock[row]),
+        published_at=int(view.item_published_at[row]),
+        listed=bool(view.item_listed[row]),
+        origin="new" if row >= view.n else ("changed" if rec is not None else "bundle"),
+    )
+    if rec is not None:
+        msg.version = rec.version
+        msg.changed_at = rec.ts_ms / 1000.0
+        featured = rec.fields.get("featured_item_ids")
+        if isinstance(featured, list) and featured:
+            msg.featured_item_ids.extend(str(f) for f in featured)
+            msg.set_featured = True
+    return msg
+
+
+def _error(item_id: str, err: RecsvcError) -> catalog_pb2.ItemResult:
+    return catalog_pb2.ItemResult(
+        item_id=item_id, applied=False, code=err.code.name, reason=err.reason, message=err.message
+    )
+
+
+def add_catalog_service(
+    server: Any, settings: Settings, models: ServedModels, live: LiveCatalog, store: CatalogStore
+) -> str:
+    """Register ``recsvc.v1.Catalog``; return its full name (for health and reflection)."""
+    catalog_pb2_grpc.add_CatalogServicer_to_server(CatalogServicer(settings, models, live, store), server)
+    return str(catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].full_name)

@@ -1,0 +1,319 @@
+"""The live catalog in Redis: one record per changed item and a change feed every process follows.
+
+Keys, all under the one hash tag ``{catalog}`` (one Redis Cluster slot, so one script may touch
+them all atomically):
+
+- ``<prefix>:{catalog}:items``  hash item_id -> JSON record ``{"v": version, "ts": ms, "f":
+  {field: value}, "t": {field: ms}}``: the item's live fields (only those ever changed for a
+  trained item; every field for a new one), the time each was last set, and the version of the
+  last change.
+- ``<prefix>:{catalog}:seq``    the last version handed out (versions increase across the catalog).
+- ``<prefix>:{catalog}:feed``   a stream, one entry per change call: ``v0`` (the first version in
+  it), ``n`` (how many items) and item_id -> record for each item, trimmed with ``MAXLEN ~``.
+
+Every change is one Lua script (``_CHANGE_SCRIPT``) that merges the patch into each record, takes
+the next versions and appends the feed entry, atomically; versions in the feed are therefore
+contiguous, which is how a follower (``CatalogFollower``) knows it missed nothing. Times are the
+Redis server's clock, the same for every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+TAG = "{catalog}"
+ITEMS_SUFFIX = "items"
+SEQ_SUFFIX = "seq"
+FEED_SUFFIX = "feed"
+# Largest number of items per script call: the feed entry is built with unpack(), whose Lua stack
+# limit is ~8,000 values (two per item). Bigger calls are split; each item is still atomic.
+SCRIPT_CHUNK = 1000
+
+# KEYS: 1 items, 2 seq, 3 feed. ARGV: 1 feed max length, 2 item count, then per item: id, patch
+# JSON, must_exist ('1': skip the item when it has no record: the caller did not find it in its
+# bundle). Returns {v0 or 0, time ms, status per item: 1 applied, 0 missing}.
+_CHANGE_SCRIPT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[2])
+local entry = {}
+local status = {}
+local v0 = 0
+local applied = 0
+for i = 0, n - 1 do
+  local id = ARGV[3 + 3 * i]
+  local old = redis.call('HGET', KEYS[1], id)
+  if (not old) and ARGV[5 + 3 * i] == '1' then
+    status[#status + 1] = 0
+  else
+    local rec
+    if old then rec = cjson.decode(old) else rec = {f = {}, t = {}} end
+    if type(rec.t) ~= 'table' then rec.t = {} end
+    for k, val in pairs(cjson.decode(ARGV[4 + 3 * i])) do
+      rec.f[k] = val
+      rec.t[k] = now
+    end
+    rec.v = redis.call('INCR', KEYS[2])
+    if v0 == 0 then v0 = rec.v end
+    rec.ts = now
+    local enc = cjson.encode(rec)
+    redis.call('HSET', KEYS[1], id, enc)
+    entry[#entry + 1] = id
+    entry[#entry + 1] = enc
+    applied = applied + 1
+    status[#status + 1] = 1
+  end
+end
+if applied > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'v0', v0, 'n', applied, unpack(entry))
+end
+return {v0, now, status}
+"""
+
+
+def catalog_key(prefix: str, suffix: str) -> str:
+    """e.g. ``recsvc:{catalog}:items``."""
+    return f"{prefix}:{TAG}:{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """An item's live state as Redis holds it."""
+
+    version: int
+    ts_ms: int  # last change
+    fields: dict[str, Any]
+    field_ts_ms: dict[str, int]
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> ItemRecord:
+        data = json.loads(raw)
+        fields = data.get("f") or {}
+        if not isinstance(fields, dict):
+            fields = {}
+        times = data.get("t") or {}
+        if not isinstance(times, dict):  # cjson writes an empty table as {} or []
+            times = {}
+        if fields.get("featured_item_ids") == {}:
+            fields["featured_item_ids"] = []
+        return cls(int(data["v"]), int(data.get("ts", 0)), fields, {k: int(v) for k, v in times.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    item_id: str
+    patch: dict[str, Any]
+    must_exist: bool  # refuse (NOT_FOUND) unless Redis already has a record for the item
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeOutcome:
+    item_id: str
+    applied: bool
+    version: int
+
+
+class CatalogStore:
+    """Writes changes (one script per chunk of items) and reads the whole state."""
+
+    def __init__(self, client: Any, prefix: str, feed_maxlen: int) -> None:
+        self._client = client
+        self.items_key = catalog_key(prefix, ITEMS_SUFFIX)
+        self.seq_key = catalog_key(prefix, SEQ_SUFFIX)
+        self.feed_key = catalog_key(prefix, FEED_SUFFIX)
+        self._feed_maxlen = feed_maxlen
+        self._script = client.register_script(_CHANGE_SCRIPT)
+
+    def apply(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+        """Apply every change (raises ``redis.RedisError`` when Redis does not answer: then a
+        chunk either was applied whole or not at all, and a retry is safe: a change sets values)."""
+        out: list[ChangeOutcome] = []
+        for start in range(0, len(changes), SCRIPT_CHUNK):
+            chunk = changes[start : start + SCRIPT_CHUNK]
+            args: list[Any] = [self._feed_maxlen, len(chunk)]
+            for c in chunk:
+                args += [c.item_id, json.dumps(c.patch, separators=(",", ":")), "1" if c.must_exist else "0"]
+            v0, _now, status = self._script(keys=[self.items_key, self.seq_key, self.feed_key], args=args)
+            v = int(v0)
+            for c, ok in zip(chunk, status, strict=True):
+                if int(ok):
+                    out.append(ChangeOutcome(c.item_id, True, v))
+                    v += 1
+                else:
+                    out.append(ChangeOutcome(c.item_id, False, 0))
+        return out
+
+    def get(self, item_id: str) -> ItemRecord | None:
+        raw = self._client.hget(self.items_key, item_id)
+        return None if raw is None else ItemRecord.parse(raw)
+
+    def snapshot(self) -> tuple[int, str, dict[str, ItemRecord]]:
+        """(last version, last feed id, every record), read in one transaction: consistent, so
+        following the feed from that id misses and repeats nothing."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(self.seq_key)
+        pipe.xrevrange(self.feed_key, "+", "-", count=1)
+        pipe.hgetall(self.items_key)
+        seq, last, records = pipe.execute()
+        last_id = _text(last[0][0]) if last else "0-0"
+        return (
+            int(seq or 0),
+            last_id,
+            {_text(k): ItemRecord.parse(v) for k, v in records.items()},
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class CatalogFollower:
+    """Keeps this process's copy of the catalog records current, in a background thread.
+
+    At start, after any failure and after a gap (the feed was trimmed past what this process
+    saw), it reads the whole state (``CatalogStore.snapshot``) and then follows the feed from the
+    id it noted, with ``XREAD BLOCK``. A record is applied only when its version is newer than
+    the one held, so nothing is applied twice, and a gap in the versions means a full re-read,
+    so nothing is lost. ``on_change(records)`` gets the whole map after each batch of changes
+    (and ``None`` when only the time moved on, for scheduled items, see ``wake_at``).
+
+    While Redis is down the last known records stay in force (nothing reverts to the bundle);
+    ``on_state(ok)`` reports each transition for metrics and health logs.
+    """
+
+    def __init__(
+        self,
+        store: CatalogStore,
+        client: Any,
+        on_change: Callable[[dict[str, ItemRecord]], None],
+        on_state: Callable[[bool], None] | None = None,
+        retry_s: float = 0.25,
+        block_ms: int = 500,
+    ) -> None:
+        self._store = store
+        self._client = client  # its socket timeout exceeds block_ms
+        self._on_change = on_change
+        self._on_state = on_state
+        self._retry_s = retry_s
+        self._block_ms = block_ms
+        self.records: dict[str, ItemRecord] = {}
+        self.seq = 0
+        self._last_id = "0-0"
+        self._synced = threading.Event()
+        self.ok = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Monotonic-clock deadline after which on_change should run even without a change (the
+        # next scheduled item's publication); set by the owner.
+        self.wake_at: float | None = None
+
+    def start(self, wait_s: float = 5.0) -> CatalogFollower:
+        """Start following; wait up to ``wait_s`` for the first full read, so a process serves
+        with the current catalog (when Redis is down it serves the bundle and catches up later)."""
+        self._thread = threading.Thread(target=self._run, name="recsvc-catalog", daemon=True)
+        self._thread.start()
+        if not self._synced.wait(wait_s):
+            log.warning(
+                "event=catalog_not_synced wait_s=%s serving the bundle's catalog until Redis answers", wait_s
+            )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * self._block_ms / 1000 + 1)
+            self._thread = None
+
+    def _set_ok(self, ok: bool) -> None:
+        if ok == self.ok:
+            return
+        self.ok = ok
+        if ok:
+            log.info("event=catalog_feed_connected records=%d version=%d", len(self.records), self.seq)
+        else:
+            log.warning(
+                "event=catalog_feed_lost records=%d version=%d the last known catalog stays in force",
+                len(self.records),
+                self.seq,
+            )
+        if self._on_state is not None:
+            self._on_state(ok)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._resync()
+                self._set_ok(True)
+                failures = 0
+                self._follow()
+            except _Gap as gap:
+                log.warning("event=catalog_feed_gap %s re-reading the whole catalog", gap)
+            except Exception as exc:
+                self._set_ok(False)
+                failures += 1
+                if not isinstance(exc, redis.RedisError):
+                    log.exception("event=catalog_follower_error")
+                elif failures == 1:
+                    log.warning(
+                        "event=catalog_follower_error error=%s retry_s=%s", type(exc).__name__, self._retry_s
+                    )
+                self._stop.wait(self._retry_s)
+
+    def _resync(self) -> None:
+        # Redis is the truth: its snapshot replaces what this process held (also after Redis
+        # lost its data, when the catalog falls back to the bundle's).
+        self.seq, self._last_id, self.records = self._store.snapshot()
+        self._on_change(self.records)
+        self._synced.set()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            block = self._block_ms
+            if self.wake_at is not None:
+                block = max(1, min(block, int((self.wake_at - time.monotonic()) * 1000)))
+            found = self._client.xread({self._store.feed_key: self._last_id}, count=500, block=block)
+            changed = self._apply(found)
+            if changed or (self.wake_at is not None and time.monotonic() >= self.wake_at):
+                self.wake_at = None
+                self._on_change(self.records)
+
+    def _apply(self, found: Iterable[Any] | None) -> bool:
+        changed = False
+        records = None
+        for _stream, entries in found or ():
+            for entry_id, data in entries:
+                fields = {_text(k): v for k, v in data.items()}
+                v0, n = int(fields.pop("v0")), int(fields.pop("n"))
+                self._last_id = _text(entry_id)
+                if v0 + n - 1 <= self.seq:
+                    continue  # already in the snapshot this process read
+                if v0 != self.seq + 1:
+                    raise _Gap(f"expected_version={self.seq + 1} got={v0}")
+                if records is None:
+                    records = dict(self.records)  # copy on write: readers keep a stable map
+                for item_id, raw in fields.items():
+                    rec = ItemRecord.parse(raw)
+                    held = records.get(item_id)
+                    if held is None or rec.version > held.version:
+                        records[item_id] = rec
+                self.seq = v0 + n - 1
+                changed = True
+        if records is not None:
+            self.records = records
+        return changed
+
+
+class _Gap(Exception):
+    """The feed no longer holds the entries after the last one this process applied."""

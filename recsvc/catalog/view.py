@@ -1,0 +1,335 @@
+"""One loaded bundle seen through the live catalog: the per-item arrays the engine filters and
+ranks on, with every live change applied, and the new items with their vectors.
+
+A ``CatalogView`` is immutable and built off the request path (by the catalog follower's thread,
+or once per newly loaded bundle); the engine reads ``view_for(model)`` once per call, so a call
+sees one consistent catalog. Item rows ``0..n-1`` are the bundle's; new items (created live, not
+in the bundle) get rows ``n..n+m-1``, with their vectors kept here (the bundle's factors are
+read-only memory maps shared between processes).
+
+Retirement: a change to a trained item older than the bundle's catalog (manifest
+``catalog_as_of``, else ``created_at``) is not applied: that bundle was trained on a catalog that
+already had it. Newer changes and new items not in the bundle stay in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from recsvc.bundle import KIND_CONTENT, KIND_NAMES, KIND_PRODUCT
+from recsvc.catalog.store import ItemRecord
+from recsvc.engine import kernels
+from recsvc.engine.served_model import KIND_CODES, ServedModel
+from recsvc.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+_PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def catalog_as_of_ms(model: ServedModel) -> int:
+    """When the bundle's catalog was read (ms since the epoch): changes before it are retired."""
+    raw = getattr(model.manifest, "catalog_as_of", None) or model.manifest.created_at
+    try:
+        ts = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return 0
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return int(ts.timestamp() * 1000)
+
+
+class GroupMeans:
+    """Mean trained vector per (kind, category, brand) and per (kind, category), computed once per
+    bundle: the vector a new item starts with (``CatalogView.new_vector``)."""
+
+    def __init__(self, model: ServedModel) -> None:
+        f = model.item_factors
+        kind = np.asarray(model.item_kind, dtype=np.int64)
+        cat = np.asarray(model.item_category, dtype=np.int64)
+        brand = np.asarray(model.item_brand, dtype=np.int64)
+        trained = np.asarray(model.item_norms) > 0
+        trained &= np.asarray(np.abs(f).sum(axis=1) > 0)
+        n_b = int(brand.max(initial=0)) + 2
+        n_c = int(cat.max(initial=0)) + 2
+        self.by_brand = self._means(f, trained, (kind * n_c + cat) * n_b + brand)
+        self.by_category = self._means(f, trained, kind * n_c + cat)
+        self._n_b, self._n_c = n_b, n_c
+
+    @staticmethod
+    def _means(f: np.ndarray, keep: np.ndarray, key: np.ndarray) -> dict[int, np.ndarray]:
+        rows = np.flatnonzero(keep)
+        if rows.shape[0] == 0:
+            return {}
+        uniq, inv = np.unique(key[rows], return_inverse=True)
+        sums = np.zeros((uniq.shape[0], f.shape[1]), dtype=np.float64)
+        np.add.at(sums, inv, np.asarray(f[rows], dtype=np.float64))
+        counts = np.bincount(inv).astype(np.float64)
+        means = (sums / counts[:, None]).astype(np.float32)
+        return {int(k): means[i] for i, k in enumerate(uniq.tolist())}
+
+    def vector(self, kind: int, category: int | None, brand: int | None) -> np.ndarray | None:
+        if category is None:
+            return None
+        if brand is not None:
+            found = self.by_brand.get((kind * self._n_c + category) * self._n_b + brand)
+            if found is not None:
+                return found
+        return self.by_category.get(kind * self._n_c + category)
+
+
+class CatalogView:
+    """The arrays the engine uses (``item_*`` by row, ``category_code``/``brand_code``) and the
+    new items, for one ``ServedModel`` and one state of the live catalog."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        records: Mapping[str, ItemRecord] | None = None,
+        now: float | None = None,
+        means: GroupMeans | None = None,
+        version: int = 0,
+    ) -> None:
+        now = time.time() if now is None else now
+        self.model = model
+        self.version = version
+        self.n = n = len(model.items)
+        self.categories: list[str] = list(model.categories)
+        self.brands: list[str] = list(model.brands)
+        self.category_code: dict[str, int] = dict(model.category_code)
+        self.brand_code: dict[str, int] = dict(model.brand_code)
+        self.titles_override: dict[int, str] = {}
+        self.new_ids: list[str] = []
+        self.new_row: dict[str, int] = {}
+        self.new_featured: dict[int, list[str]] = {}
+        self.records: Mapping[str, ItemRecord] = records or {}
+        self._fields: dict[int, bytes] = {}
+        records = records or {}
+        as_of = catalog_as_of_ms(model)
+        # Which records touch this bundle's items (with changes newer than its catalog), which are new.
+        bundle_changes: list[tuple[int, dict[str, Any]]] = []
+        new_records: list[tuple[str, dict[str, Any]]] = []
+        if records:
+            ids = list(records)
+            rows = model.items.rows(ids)
+            for item_id, row in zip(ids, rows.tolist(), strict=True):
+                rec = records[item_id]
+                if row >= 0:
+                    fresh = {
+                        k: v for k, v in rec.fields.items() if rec.field_ts_ms.get(k, rec.ts_ms) >= as_of
+                    }
+                    if fresh:
+                        bundle_changes.append((row, fresh))
+                elif rec.fields.get("kind") in KIND_CODES:
+                    new_records.append((item_id, rec.fields))
+        new_records.sort()
+        m = len(new_records)
+        total = n + m
+        self.changed = bool(bundle_changes or new_records)
+
+        def grow(arr: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:
+            out = np.full(total, fill, dtype=dtype)
+            out[:n] = arr
+            return out
+
+        if self.changed:
+            self.item_kind = grow(model.item_kind, np.uint8, KIND_PRODUCT)
+            self.item_category = grow(model.item_category, np.int32, -1)
+            self.item_brand = grow(model.item_brand, np.int32, -1)
+            self.item_price = grow(model.item_price, np.float32, 0.0)
+            self.item_in_stock = grow(model.item_in_stock, bool, True)
+            self.item_published_at = grow(model.bundle.arrays["item_published_at"], np.int64, 0)
+            self.item_listed = np.ones(total, dtype=bool)
+        else:
+            self.item_kind = np.asarray(model.item_kind)
+            self.item_category = np.asarray(model.item_category)
+            self.item_brand = np.asarray(model.item_brand)
+            self.item_price = np.asarray(model.item_price)
+            self.item_in_stock = np.asarray(model.item_in_stock)
+            self.item_published_at = np.asarray(model.bundle.arrays["item_published_at"])
+            self.item_listed = np.ones(total, dtype=bool)
+        for row, fields in bundle_changes:
+            self._set(row, fields)
+            if "title" in fields or "category" in fields or "brand" in fields or "kind" in fields:
+                self.titles_override[row] = str(fields.get("title", model.titles[row]))
+        for j, (item_id, fields) in enumerate(new_records):
+            row = n + j
+            self.new_ids.append(item_id)
+            self.new_row[item_id] = row
+            self._set(row, fields)
+            self.titles_override[row] = str(fields.get("title", item_id))
+            featured = fields.get("featured_item_ids") or []
+            self.new_featured[row] = [str(x) for x in featured] if isinstance(featured, list) else []
+        published = self.item_published_at
+        scheduled = published > int(now)
+        self.item_visible: np.ndarray = self.item_listed & ~scheduled
+        future = published[scheduled]
+        self.next_publish: float | None = float(future.min()) if future.shape[0] else None
+        # What ``in_stock_only`` keeps: visible, and in stock unless not a product.
+        if self.changed or scheduled.any():
+            self.item_stock_ok: np.ndarray = self.item_visible & (
+                self.item_in_stock.astype(bool) | (self.item_kind != KIND_PRODUCT)
+            )
+        else:
+            self.item_stock_ok = model.item_stock_ok
+        self.live = self.changed or bool(scheduled.any())
+        # New items' vectors, by kind (rows and a small matrix each, searched exactly).
+        f = model.factors
+        self.new_factors = np.zeros((m, f), dtype=np.float32)
+        if m:
+            means = means or GroupMeans(model)
+            self._new_vectors(means)
+        norms = np.linalg.norm(self.new_factors, axis=1).astype(np.float32)
+        self.new_norms = np.where(norms > 0, norms, np.float32(1.0)).astype(np.float32)
+        self.new_rows: dict[int, np.ndarray] = {}
+        self.new_kind_factors: dict[int, np.ndarray] = {}
+        for code in (KIND_PRODUCT, KIND_CONTENT):
+            local = np.flatnonzero((self.item_kind[n:] == code) & (norms > 0))
+            self.new_rows[code] = (local + n).astype(np.int64)
+            self.new_kind_factors[code] = np.ascontiguousarray(self.new_factors[local])
+        # The compiled kernels are typed by their arrays' flags too: read-only like the bundle's
+        # memory maps, so no new machine code is compiled (seconds) when the first change arrives.
+        self.item_category.flags.writeable = False
+        if self.live:
+            kernels.warm_up(model.item_factors, model.item_norms, self.item_category, self.item_stock_ok)
+
+    # ---- building --------------------------------------------------------------------------
+    def _code(self, names: list[str], codes: dict[str, int], name: Any) -> int:
+        name = str(name)
+        code = codes.get(name)
+        if code is None:
+            code = codes[name] = len(names)
+            names.append(name)
+        return code
+
+    def _set(self, row: int, fields: Mapping[str, Any]) -> None:
+        for key, value in fields.items():
+            if key == "kind":
+                self.item_kind[row] = KIND_CODES.get(str(value), KIND_PRODUCT)
+            elif key == "category":
+                self.item_category[row] = self._code(self.categories, self.category_code, value)
+            elif key == "brand":
+                self.item_brand[row] = self._code(self.brands, self.brand_code, value) if value else -1
+            elif key == "price":
+                self.item_price[row] = float(value)
+            elif key == "in_stock":
+                self.item_in_stock[row] = bool(value)
+            elif key == "published_at":
+                self.item_published_at[row] = int(value or 0)
+            elif key == "listed":
+                self.item_listed[row] = bool(value)
+
+    def _new_vectors(self, means: GroupMeans) -> None:
+        """Products: the mean trained vector of the same category and brand, else of the category
+        (docs/benchmarks.md "new products"). Content: the mean of the products it features (as
+        training does for fresh content), else of its category's content."""
+        n = self.n
+        for row in range(n, n + len(self.new_ids)):
+            kind = int(self.item_kind[row])
+            vec: np.ndarray | None = None
+            if kind == KIND_CONTENT:
+                feat = [
+                    self.factor_row(r) for r in self.rows(self.new_featured.get(row, [])).tolist() if r >= 0
+                ]
+                feat = [v for v in feat if v.any()]
+                if feat:
+                    vec = np.mean(np.stack(feat), axis=0)
+            if vec is None:
+                cat = int(self.item_category[row])
+                brand = int(self.item_brand[row])
+                vec = means.vector(
+                    kind,
+                    cat if cat < len(self.model.categories) else None,
+                    brand if 0 <= brand < len(self.model.brands) else None,
+                )
+            if vec is not None:
+                self.new_factors[row - n] = vec
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def row(self, item_id: str) -> int | None:
+        r = self.model.items.row(item_id)
+        if r is not None:
+            return r
+        return self.new_row.get(item_id)
+
+    def rows(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``item_ids`` (bundle or new), -1 for unknown ones."""
+        rows = self.model.items.rows(item_ids)
+        if self.new_row and rows.shape[0]:
+            for i in np.flatnonzero(rows < 0).tolist():
+                rows[i] = self.new_row.get(str(item_ids[i]), -1)
+        return rows
+
+    def item_id(self, row: int) -> str:
+        return self.model.items.id(row) if row < self.n else self.new_ids[row - self.n]
+
+    def factor_row(self, row: int) -> np.ndarray:
+        if row < self.n:
+            return np.asarray(self.model.item_factors[row], dtype=np.float32)
+        return self.new_factors[row - self.n]
+
+    def factors(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` (bundle or new) as one small matrix."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.shape[0], self.model.factors), dtype=np.float32)
+        old = rows < self.n
+        out[old] = self.model.item_factors[rows[old]]
+        if not old.all():
+            out[~old] = self.new_factors[rows[~old] - self.n]
+        out.flags.writeable = False  # typed like the bundle's factors by the compiled kernels
+        return out
+
+    def norms(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.new_ids and rows.shape[0] and int(rows.max()) >= self.n:
+            out = np.empty(rows.shape[0], dtype=np.float32)
+            old = rows < self.n
+            out[old] = self.model.item_norms[rows[old]]
+            out[~old] = self.new_norms[rows[~old] - self.n]
+            return out
+        return np.asarray(self.model.item_norms[rows])
+
+    def title(self, row: int) -> str:
+        found = self.titles_override.get(row)
+        return found if found is not None else self.model.titles[row]
+
+    def category_name(self, row: int) -> str:
+        cat = int(self.item_category[row])
+        return self.categories[cat] if 0 <= cat < len(self.categories) else ""
+
+    def is_new(self, row: int) -> bool:
+        return row >= self.n
+
+    def item_fields(self, row: int) -> bytes:
+        """A response item's own fields (see ``ServedModel.item_fields``), with live changes."""
+        if row < self.n and row not in self.titles_override:
+            return self.model.item_fields(row)
+        found = self._fields.get(row)
+        if found is None:
+            brand = int(self.item_brand[row])
+            found = common_pb2.RecommendedItem(
+                item_id=self.item_id(row),
+                kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
+                category=self.category_name(row),
+                brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
+                title=self.title(row),
+            ).SerializeToString()
+            self._fields[row] = found
+        return found
+
+    def search_new(self, vector: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every new item of ``kind`` with its score for ``vector`` (exact: the set is small)."""
+        rows = self.new_rows.get(kind, NO_ROWS)
+        if rows.shape[0] == 0:
+            return NO_ROWS, np.zeros(0, dtype=np.float32)
+        return rows, self.new_kind_factors[kind] @ vector.astype(np.float32)
+
+    def kind_name(self, row: int) -> str:
+        return KIND_NAMES.get(int(self.item_kind[row]), "product")

@@ -1,0 +1,301 @@
+"""`recsvc catalog ...`: the live catalog from a shell (the Catalog service, docs/api.md).
+
+``sync FILE`` pushes the difference between a catalog file in the data contract (docs/data.md)
+and what the service has; ``export FILE`` writes what the service has in that contract, for the
+next training; ``get``, ``stock``, ``delist`` are for a person at a shell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from recsvc.cli.common import console, friendly_errors, state
+
+app = typer.Typer(help="Change and read the live catalog (Catalog service).", no_args_is_help=True)
+
+_TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
+_KEY = typer.Option(None, "--api-key", envvar="RECSVC_API_KEY", help="API key with the catalog role.")
+_TIMEOUT = typer.Option(30.0, "--timeout", help="Deadline per call, seconds.")
+COLUMNS = (
+    "item_id",
+    "kind",
+    "title",
+    "category",
+    "brand",
+    "price",
+    "in_stock",
+    "published_at",
+    "featured_item_ids",
+)
+_CHUNK = 1000
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def _stub(ctx: typer.Context, target: str | None) -> Any:
+    import grpc
+
+    from recsvc.v1 import catalog_pb2_grpc
+
+    if target is None:
+        s = state(ctx).settings().serving
+        target = f"{s.host}:{s.port}"
+    return catalog_pb2_grpc.CatalogStub(grpc.insecure_channel(target))
+
+
+def _call(fn: Any, request: Any, timeout: float, key: str | None) -> Any:
+    import grpc
+
+    metadata = [("authorization", f"Bearer {key}")] if key else None
+    try:
+        return fn(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as exc:
+        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _print_results(resp: Any) -> None:
+    for r in resp.results:
+        if not r.applied:
+            console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+    print(f"applied={resp.applied} failed={resp.failed}")
+
+
+@app.command("get")
+@friendly_errors
+def get(ctx: typer.Context, item_id: str, target: str | None = _TARGET, api_key: str | None = _KEY) -> None:
+    """The item as the service sees it now (bundle + live changes)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from recsvc.v1 import catalog_pb2
+
+    item = _call(_stub(ctx, target).GetItem, catalog_pb2.GetItemRequest(item_id=item_id), 5.0, api_key)
+    data = MessageToDict(item, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@app.command("stock")
+@friendly_errors
+def stock(
+    ctx: typer.Context,
+    item_id: str,
+    level: str = typer.Argument(..., help="in or out"),
+    target: str | None = _TARGET,
+    api_key: str | None = _KEY,
+) -> None:
+    """Mark a product in or out of stock."""
+    from recsvc.v1 import catalog_pb2
+
+    if level not in ("in", "out"):
+        raise typer.BadParameter("in or out", param_hint="LEVEL")
+    req = catalog_pb2.SetStockRequest(item_id=item_id, in_stock=level == "in")
+    _print_results(_call(_stub(ctx, target).SetStock, req, 5.0, api_key))
+
+
+@app.command("delist")
+@friendly_errors
+def delist(
+    ctx: typer.Context,
+    item_ids: list[str],
+    relist: bool = typer.Option(False, "--relist", help="Put the items back instead."),
+    target: str | None = _TARGET,
+    api_key: str | None = _KEY,
+) -> None:
+    """Take items out of every list and SimilarItems (or put them back with --relist)."""
+    from recsvc.v1 import catalog_pb2
+
+    stub = _stub(ctx, target)
+    fn = stub.RelistItems if relist else stub.DelistItems
+    _print_results(_call(fn, catalog_pb2.ItemIdsRequest(item_ids=item_ids), 10.0, api_key))
+
+
+def _current(ctx: typer.Context, target: str | None, timeout: float, key: str | None) -> Iterator[Any]:
+    import grpc
+
+    from recsvc.v1 import catalog_pb2
+
+    metadata = [("authorization", f"Bearer {key}")] if key else None
+    try:
+        yield from _stub(ctx, target).ExportCatalog(
+            catalog_pb2.ExportCatalogRequest(), timeout=timeout, metadata=metadata
+        )
+    except grpc.RpcError as exc:
+        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _row(item: Any) -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    from recsvc.v1 import common_pb2
+
+    kind = "content" if item.kind == common_pb2.CONTENT else "product"
+    return {
+        "item_id": item.item_id,
+        "kind": kind,
+        "title": item.title,
+        "category": item.category,
+        "brand": item.brand,
+        "price": f"{item.price:g}",
+        "in_stock": "true" if item.in_stock else "false",
+        "published_at": datetime.fromtimestamp(item.published_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if item.published_at
+        else "",
+        "featured_item_ids": "|".join(item.featured_item_ids),
+    }
+
+
+@app.command("export")
+@friendly_errors
+def export(
+    ctx: typer.Context,
+    out: Path = typer.Argument(..., help="catalog.csv to write (the data contract, docs/data.md)."),
+    include_delisted: bool = typer.Option(False, "--include-delisted", help="Also write delisted items."),
+    target: str | None = _TARGET,
+    api_key: str | None = _KEY,
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Write the service's current catalog (bundle + changes + new items) for the next training."""
+    from recsvc.csvsafe import escape_cell
+
+    n = 0
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for item in _current(ctx, target, timeout, api_key):
+            if not item.listed and not include_delisted:
+                continue
+            writer.writerow({k: escape_cell(v) for k, v in _row(item).items()})
+            n += 1
+    print(f"wrote {n} items to {out}")
+
+
+def _parse(record: dict[Any, Any]) -> tuple[Any | None, str]:
+    """A contract row as a CatalogItem (all fields set), or None and why not."""
+    import pandas as pd
+
+    from recsvc.v1 import catalog_pb2, common_pb2
+
+    def text(name: str) -> str:
+        v = record.get(name)
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+
+    item = catalog_pb2.CatalogItem(item_id=text("item_id"), title=text("title"), category=text("category"))
+    item.brand = text("brand")
+    kind = text("kind")
+    if kind not in ("product", "content"):
+        return None, f"kind {kind!r}"
+    item.kind = common_pb2.PRODUCT if kind == "product" else common_pb2.CONTENT
+    try:
+        item.price = float(text("price") or "0")
+    except ValueError:
+        return None, f"price {text('price')!r}"
+    stock_text = text("in_stock").lower()
+    if stock_text not in _TRUE | _FALSE | {""}:
+        return None, f"in_stock {stock_text!r}"
+    item.in_stock = (
+        stock_text != "" and stock_text in _TRUE if kind == "product" else stock_text not in _FALSE
+    )
+    published = text("published_at")
+    if published:
+        try:
+            ts = pd.Timestamp(published)
+        except ValueError:
+            return None, f"published_at {published!r}"
+        item.published_at = int((ts.tz_localize("UTC") if ts.tzinfo is None else ts).timestamp())
+    else:
+        item.published_at = 0
+    featured = text("featured_item_ids")
+    if kind == "content":
+        item.set_featured = True
+        item.featured_item_ids.extend(f for f in featured.split("|") if f)
+    return item, ""
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (
+        a.kind == b.kind
+        and a.title == b.title
+        and a.category == b.category
+        and a.brand == b.brand
+        and math.isclose(a.price, b.price, rel_tol=1e-6, abs_tol=1e-6)
+        and a.in_stock == b.in_stock
+        and a.published_at == b.published_at
+        and b.listed
+        and (
+            not a.set_featured or list(a.featured_item_ids) == list(b.featured_item_ids) or not b.set_featured
+        )
+    )
+
+
+@app.command("sync")
+@friendly_errors
+def sync(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="catalog.csv / .csv.gz / .parquet in the data contract."),
+    delist_missing: bool = typer.Option(
+        False, "--delist-missing", help="Delist items the file does not hold."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would change."),
+    target: str | None = _TARGET,
+    api_key: str | None = _KEY,
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Push the difference between a catalog file and the service: new and changed items (and,
+    with --delist-missing, items the file no longer has; a delisted item in the file is relisted)."""
+    from pipelines.contract import CATALOG
+    from pipelines.read import read_table
+    from recsvc.v1 import catalog_pb2
+
+    frame = read_table(path, CATALOG)
+    current = {item.item_id: item for item in _current(ctx, target, timeout, api_key)}
+    changes, bad = [], 0
+    in_file: set[str] = set()
+    for record in frame.to_dict(orient="records"):
+        item, why = _parse(record)
+        if item is None:
+            bad += 1
+            console.print(f"[red]{record.get('item_id')}[/] skipped: {why}", soft_wrap=True)
+            continue
+        in_file.add(item.item_id)
+        have = current.get(item.item_id)
+        if have is None or not _same(item, have):
+            changes.append(item)
+    relist = sorted(i for i in in_file if i in current and not current[i].listed)
+    gone = sorted(set(current) - in_file) if delist_missing else []
+    gone = [i for i in gone if current[i].listed]
+    print(
+        f"file={len(in_file)} service={len(current)} upsert={len(changes)} relist={len(relist)} "
+        f"delist={len(gone)}"
+    )
+    if dry_run:
+        return
+    stub = _stub(ctx, target)
+    applied = failed = 0
+    for start in range(0, len(changes), _CHUNK):
+        resp = _call(
+            stub.UpsertItems,
+            catalog_pb2.UpsertItemsRequest(items=changes[start : start + _CHUNK]),
+            timeout,
+            api_key,
+        )
+        applied, failed = applied + resp.applied, failed + resp.failed
+        for r in resp.results:
+            if not r.applied:
+                console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+    for fn, ids in ((stub.RelistItems, relist), (stub.DelistItems, gone)):
+        for start in range(0, len(ids), _CHUNK):
+            resp = _call(
+                fn, catalog_pb2.ItemIdsRequest(item_ids=ids[start : start + _CHUNK]), timeout, api_key
+            )
+            applied, failed = applied + resp.applied, failed + resp.failed
+    print(f"applied={applied} failed={failed} skipped={bad}")
+    if failed or bad:
+        raise typer.Exit(code=1)

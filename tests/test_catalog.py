@@ -1,0 +1,391 @@
+"""The live catalog (recsvc/catalog): stock, prices, delistings and new products through the
+Catalog service, on a real Redis and real servers, reaching every list within a second."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from bundle_factory import PlantedBundle, make_bundle
+from serving_harness import RunningServer, running_server, serving_settings
+
+from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, _Gap
+from recsvc.localstack import LocalRedis
+from recsvc.settings import load_settings
+from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    """The planted bundle with every member's default list stored (the lists a live change must
+    not leave stale)."""
+    from training.member_lists import add_to_bundle
+
+    planted = make_bundle(tmp_path_factory.mktemp("catalog") / "b1")
+    s = load_settings(overrides={"serving": {"default_k": K}})
+    add_to_bundle(planted.path, s.serving, s.training.hnsw_ef_search, K)
+    return planted
+
+
+@pytest.fixture
+def server(listed: PlantedBundle, redis_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    with running_server(serving_settings(str(listed.path), redis_url, tmp_path, default_k=K)) as s:
+        yield s
+
+
+def _catalog(s: RunningServer) -> catalog_pb2_grpc.CatalogStub:
+    return catalog_pb2_grpc.CatalogStub(s.channel)
+
+
+def _ids(s: RunningServer, member: str, **filters: object) -> list[str]:
+    req = recommender_pb2.RecommendProductsRequest(member_id=member, k=K)
+    if filters:
+        req.filters.CopyFrom(common_pb2.RecommendationFilters(**filters))  # type: ignore[arg-type]
+    return [it.item_id for it in s.stub.RecommendProducts(req, timeout=5).items]
+
+
+def _within(seconds: float, ok: Callable[[], bool], what: str) -> float:
+    t0 = time.monotonic()
+    while not ok():
+        assert time.monotonic() - t0 < seconds, what
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def _new_product(item_id: str, category: str, brand: str, price: float = 20.0) -> catalog_pb2.CatalogItem:
+    return catalog_pb2.CatalogItem(
+        item_id=item_id,
+        kind=common_pb2.PRODUCT,
+        title=f"New {item_id}",
+        category=category,
+        brand=brand,
+        price=price,
+        in_stock=True,
+    )
+
+
+def test_sold_out_item_leaves_stored_and_cold_start_lists_within_a_second(
+    server: RunningServer, listed: PlantedBundle
+) -> None:
+    _, model = server.deps.models.default()
+    assert model.member_lists is not None  # the stored lists are what this call serves
+    member = listed.warm_members(cluster=1)[0]
+    before = _ids(server, member)
+    top = before[0]
+    resp = _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
+    assert resp.results[0].applied and resp.results[0].version > 0
+    _within(1.0, lambda: top not in _ids(server, member), "sold-out item still in the stored list")
+    after = _ids(server, member)
+    assert len(after) == K  # completed from the live path, not just shortened
+    # Without in_stock_only a sold-out item may still be shown (it is listed).
+    assert top in _ids(server, member, in_stock_only=False)
+
+    cold = listed.cold_members[0]
+    popular = _ids(server, cold)
+    _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=popular[0], in_stock=False), timeout=5)
+    _within(1.0, lambda: popular[0] not in _ids(server, cold), "sold-out item still in the cold-start list")
+
+    got = _catalog(server).GetItem(catalog_pb2.GetItemRequest(item_id=top), timeout=5)
+    assert not got.in_stock and got.origin == "changed" and got.changed_at > 0 and got.listed
+    _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=True), timeout=5)
+    _within(1.0, lambda: _ids(server, member)[0] == top, "restocked item did not come back")
+
+
+def test_delisted_item_vanishes_from_lists_and_similar_items(
+    server: RunningServer, listed: PlantedBundle
+) -> None:
+    member = listed.warm_members(cluster=2)[0]
+    top = _ids(server, member)[0]
+    sibling = next(p for p in listed.products(cluster=2) if p != top and p not in listed.out_of_stock)
+    similar = recommender_pb2.SimilarItemsRequest(item_id=sibling, k=40)
+    assert top in [it.item_id for it in server.stub.SimilarItems(similar, timeout=5).items]
+
+    _catalog(server).DelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
+    _within(1.0, lambda: top not in _ids(server, member, in_stock_only=False), "delisted item still listed")
+    assert top not in [it.item_id for it in server.stub.SimilarItems(similar, timeout=5).items]
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=top, k=5), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (err.value.details() or "").startswith("ITEM_DELISTED")
+
+    _catalog(server).RelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
+    _within(1.0, lambda: top in _ids(server, member), "relisted item did not come back")
+
+
+def test_price_change_moves_an_item_in_and_out_of_a_price_filter(
+    server: RunningServer, listed: PlantedBundle
+) -> None:
+    member = listed.warm_members(cluster=3)[0]
+    cheap = _ids(server, member, max_price=15.0)
+    item = cheap[0]
+    catalog = _catalog(server)
+    catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id=item, price=99.0)])
+    )
+    _within(1.0, lambda: item not in _ids(server, member, max_price=15.0), "repriced item still under 15")
+    assert item in _ids(server, member, min_price=90.0)
+    catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id=item, price=11.0)])
+    )
+    _within(1.0, lambda: item in _ids(server, member, max_price=15.0), "item back under 15 not shown")
+    assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id=item)).price == pytest.approx(11.0)
+
+
+def test_new_product_is_recommended_to_its_category_buyers_and_in_similar_items(
+    server: RunningServer, listed: PlantedBundle
+) -> None:
+    catalog = _catalog(server)
+    resp = catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[_new_product("NEW-1", "cat1", "brand2")]), timeout=5
+    )
+    assert resp.applied == 1, resp
+    buyer = next(m for m in listed.warm_members(cluster=1) if listed.purchased.get(m))
+
+    def shown() -> list[common_pb2.RecommendedItem]:
+        req = recommender_pb2.RecommendProductsRequest(member_id=buyer, k=20)
+        return [it for it in server.stub.RecommendProducts(req, timeout=5).items if it.item_id == "NEW-1"]
+
+    _within(1.0, lambda: bool(shown()), "new product not recommended to a cat1 buyer")
+    item = shown()[0]
+    assert item.source == "new" and item.reason == "new in cat1, which you buy"
+    assert item.category == "cat1" and item.brand == "brand2" and item.title == "New NEW-1"
+    # The stored default page too: a new item scoring above its last entry makes it live.
+    assert "NEW-1" in _ids(server, buyer) or len(_ids(server, buyer)) == K
+    other = listed.warm_members(cluster=3)[0]
+    assert "NEW-1" not in _ids(server, other)
+
+    similar = server.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id="NEW-1", k=10), timeout=5)
+    assert {listed.item_cluster[it.item_id] for it in similar.items} == {1}
+    near = server.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id="P1-000", k=30), timeout=5)
+    assert "NEW-1" in [it.item_id for it in near.items]
+    # A member with no history who views the new product gets its neighbours (real-time vector).
+    cold = listed.cold_members[1]
+    for _ in range(3):
+        server.stub.RecordEvent(
+            recommender_pb2.RecordEventRequest(member_id=cold, item_id="NEW-1", event_type="view")
+        )
+    req = recommender_pb2.RecommendProductsRequest(member_id=cold, k=5)
+    recs = server.stub.RecommendProducts(req, timeout=5)
+    assert recs.items[0].source in ("realtime", "new")
+    assert {listed.item_cluster.get(it.item_id, 1) for it in recs.items} == {1}
+
+
+def test_scheduled_product_appears_when_its_time_comes(server: RunningServer, listed: PlantedBundle) -> None:
+    item = _new_product("SOON-1", "cat0", "brand0")
+    item.published_at = int(time.time()) + 2
+    _catalog(server).UpsertItems(catalog_pb2.UpsertItemsRequest(items=[item]), timeout=5)
+    buyer = listed.warm_members(cluster=0)[0]
+
+    def shown() -> bool:
+        req = recommender_pb2.RecommendProductsRequest(member_id=buyer, k=30)
+        return "SOON-1" in [it.item_id for it in server.stub.RecommendProducts(req, timeout=5).items]
+
+    time.sleep(0.5)
+    assert not shown()
+    _within(4.0, shown, "scheduled product did not appear at its time")
+
+
+def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
+    catalog = _catalog(server)
+    bad = [
+        catalog_pb2.CatalogItem(item_id="", price=1.0),
+        catalog_pb2.CatalogItem(item_id="bad id!", price=1.0),
+        catalog_pb2.CatalogItem(item_id="P0-001", price=-1.0),
+        catalog_pb2.CatalogItem(item_id="P0-002", price=float("inf")),
+        catalog_pb2.CatalogItem(item_id="P0-003", price=2e8),
+        catalog_pb2.CatalogItem(item_id="P0-004", title="x" * 201),
+        catalog_pb2.CatalogItem(item_id="P0-005"),
+        catalog_pb2.CatalogItem(item_id="NEW-X", kind=common_pb2.PRODUCT, title="t", category="c", price=1.0),
+        catalog_pb2.CatalogItem(item_id="P0-006", kind=common_pb2.CONTENT),
+        catalog_pb2.CatalogItem(item_id="C0-001", set_featured=True, featured_item_ids=["NOPE"]),
+        catalog_pb2.CatalogItem(item_id="P0-007", set_featured=True, featured_item_ids=["P0-001"]),
+        catalog_pb2.CatalogItem(item_id="P0-008", price=12.0),  # the good one
+        catalog_pb2.CatalogItem(item_id="P0-008", price=13.0),
+    ]
+    resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=bad), timeout=5)
+    reasons = [(r.code, r.reason) for r in resp.results]
+    assert reasons == [
+        ("INVALID_ARGUMENT", "EMPTY_ITEM_ID"),
+        ("INVALID_ARGUMENT", "INVALID_ITEM_ID"),
+        ("INVALID_ARGUMENT", "NEGATIVE_PRICE"),
+        ("INVALID_ARGUMENT", "BAD_PRICE"),
+        ("INVALID_ARGUMENT", "PRICE_OUT_OF_RANGE"),
+        ("INVALID_ARGUMENT", "TITLE_TOO_LONG"),
+        ("INVALID_ARGUMENT", "EMPTY_CHANGE"),
+        ("INVALID_ARGUMENT", "MISSING_BRAND"),
+        ("INVALID_ARGUMENT", "KIND_CHANGE"),
+        ("INVALID_ARGUMENT", "UNKNOWN_FEATURED_ITEM"),
+        ("INVALID_ARGUMENT", "FEATURED_ON_PRODUCT"),
+        ("", ""),
+        ("INVALID_ARGUMENT", "DUPLICATE_ITEM"),
+    ]
+    assert resp.applied == 1 and resp.failed == 12
+    # A bad item is never half-applied: P0-001's price is the bundle's.
+    assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-001")).origin == "bundle"
+
+    def code_and_reason(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        return err.value.code(), (err.value.details() or "").split(":")[0]
+
+    nf = grpc.StatusCode.NOT_FOUND
+    ia = grpc.StatusCode.INVALID_ARGUMENT
+    assert code_and_reason(lambda: catalog.SetStock(catalog_pb2.SetStockRequest(item_id="NOPE"))) == (
+        nf,
+        "ITEM_NOT_FOUND",
+    )
+    assert code_and_reason(lambda: catalog.SetStock(catalog_pb2.SetStockRequest(item_id=""))) == (
+        ia,
+        "EMPTY_ITEM_ID",
+    )
+    assert code_and_reason(lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="NOPE"))) == (
+        nf,
+        "ITEM_NOT_FOUND",
+    )
+    assert code_and_reason(lambda: catalog.UpsertItems(catalog_pb2.UpsertItemsRequest())) == (ia, "NO_ITEMS")
+    many = catalog_pb2.SetStockManyRequest(changes=[catalog_pb2.StockChange(item_id="P0-001")] * 10_001)
+    assert code_and_reason(lambda: catalog.SetStockMany(many)) == (ia, "TOO_MANY_ITEMS")
+    stock = catalog.SetStockMany(
+        catalog_pb2.SetStockManyRequest(
+            changes=[catalog_pb2.StockChange(item_id="P0-001"), catalog_pb2.StockChange(item_id="NOPE")]
+        )
+    )
+    assert [(r.applied, r.reason) for r in stock.results] == [(True, ""), (False, "ITEM_NOT_FOUND")]
+
+
+@pytest.mark.xfail(
+    reason="undecodable request bytes are mapped for every service by recsvc/server/handlers.py "
+    "(a separate change); until it lands gRPC answers UNKNOWN",
+    strict=False,
+)
+def test_undecodable_request_bytes_are_invalid_argument(server: RunningServer) -> None:
+    # Raw bytes that are no UpsertItemsRequest message: INVALID_ARGUMENT, never UNKNOWN or INTERNAL.
+    raw = server.channel.unary_unary("/recsvc.v1.Catalog/UpsertItems")
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_upsert_of_a_thousand_new_products_in_one_call(server: RunningServer, listed: PlantedBundle) -> None:
+    items = [_new_product(f"BULK-{i:05d}", f"cat{i % 4}", f"brand{2 * (i % 4)}") for i in range(1000)]
+    resp = _catalog(server).UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=30)
+    assert resp.applied == 1000
+    buyer = listed.warm_members(cluster=1)[0]
+
+    def recommended() -> bool:
+        req = recommender_pb2.RecommendProductsRequest(member_id=buyer, k=20)
+        return any(it.source == "new" for it in server.stub.RecommendProducts(req, timeout=5).items)
+
+    _within(2.0, recommended, "bulk new products not recommended")
+    got = _catalog(server).GetItem(catalog_pb2.GetItemRequest(item_id="BULK-00999"), timeout=5)
+    assert got.origin == "new" and got.category == "cat3"
+
+
+def test_bundle_swap_retires_older_changes_and_keeps_newer_ones(
+    server: RunningServer, listed: PlantedBundle, tmp_path: Path
+) -> None:
+    catalog = _catalog(server)
+    catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id="P2-003", price=77.0)])
+    )
+    catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[_new_product("NEW-OLD", "cat2", "brand4")]))
+    time.sleep(1.1)  # the new bundle's created_at has second precision
+    second = tmp_path / "b2"
+    shutil.copytree(listed.path, second)
+    import json
+
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["bundle_id"] = "test-bundle-2"
+    manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    time.sleep(1.1)
+    catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id="P2-004", price=88.0)])
+    )
+    server.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(second)), timeout=30)
+    get = lambda i: catalog.GetItem(catalog_pb2.GetItemRequest(item_id=i), timeout=5)  # noqa: E731
+    assert get("P2-003").price == pytest.approx(listed.item_price["P2-003"])  # older: in the bundle's data
+    assert get("P2-004").price == pytest.approx(88.0)  # newer: still in force
+    assert get("NEW-OLD").origin == "new"  # not in the bundle: stays
+
+
+def test_follower_applies_each_change_once_and_rereads_after_a_gap(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = CatalogStore(client, "gap", feed_maxlen=1000)
+    seen: list[int] = []
+    follower = CatalogFollower(store, client, on_change=lambda r: seen.append(len(r)))
+    follower._resync()
+    store.apply([Change("A", {"in_stock": False}, False), Change("B", {"in_stock": False}, False)])
+    entries = client.xread({store.feed_key: "0-0"})
+    assert follower._apply(entries) and follower.seq == 2
+    assert not follower._apply(entries)  # the same entries again: nothing applied twice
+    assert follower.records["A"].fields == {"in_stock": False}
+    last = follower._last_id
+    store.apply([Change("C", {"listed": False}, False)])
+    store.apply([Change("A", {"in_stock": True}, False)])
+    client.xtrim(store.feed_key, maxlen=1, approximate=False)  # the entry for C is gone
+    with pytest.raises(_Gap):
+        follower._apply(client.xread({store.feed_key: last}))
+    follower._resync()
+    assert follower.seq == 4 and follower.records["A"].fields["in_stock"] is True and "C" in follower.records
+    # Refused for an item Redis does not know when the caller did not find it either.
+    assert not store.apply([Change("Z", {"in_stock": False}, True)])[0].applied
+
+
+def test_redis_down_keeps_the_last_catalog_and_refuses_changes(listed: PlantedBundle, tmp_path: Path) -> None:
+    own = LocalRedis(tmp_path / "redis").start()
+    try:
+        with running_server(serving_settings(str(listed.path), own.url, tmp_path, default_k=K)) as s:
+            member = listed.warm_members(cluster=0)[0]
+            top = _ids(s, member)[0]
+            _catalog(s).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
+            _within(1.0, lambda: top not in _ids(s, member), "sold-out item still listed")
+            own.stop()
+            time.sleep(0.5)
+            assert top not in _ids(s, member)  # nothing reverts to the bundle
+            with pytest.raises(grpc.RpcError) as err:
+                _catalog(s).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=True), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert (err.value.details() or "").startswith("CATALOG_UNAVAILABLE")
+            assert not s.deps.engine.catalog.connected
+    finally:
+        own.stop()
+
+
+def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "catalog.csv"
+    done = runner.invoke(app, ["catalog", "export", str(out), "--target", server.target])
+    assert done.exit_code == 0, done.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "item_id,kind,title,category,brand,price,in_stock,published_at,featured_item_ids"
+    same = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
+    assert same.exit_code == 0, same.output
+    assert "upsert=0" in same.output  # the service's own catalog: nothing to push
+    text = out.read_text().replace(
+        "P0-000,product,Product P0-000,cat0,brand0,10,", "P0-000,product,Product P0-000,cat0,brand0,55,"
+    )
+    text += "NEW-CLI,product,Fresh tea,cat0,brand0,9.5,true,,\n"
+    out.write_text(text)
+    pushed = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
+    assert pushed.exit_code == 0, pushed.output
+    assert "upsert=2" in pushed.output and "applied=2" in pushed.output
+    catalog = _catalog(server)
+    _within(1.0, lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-000")).price == 55.0, "price")
+    got = runner.invoke(app, ["catalog", "get", "NEW-CLI", "--target", server.target])
+    assert got.exit_code == 0 and '"origin": "new"' in got.output, got.output
+    sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "out", "--target", server.target])
+    assert sold.exit_code == 0 and "applied=1" in sold.output
+    gone = runner.invoke(app, ["catalog", "delist", "NOPE", "--target", server.target])
+    assert "ITEM_NOT_FOUND" in gone.output
