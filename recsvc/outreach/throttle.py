@@ -41,6 +41,7 @@ from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
+from recsvc.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class _ZoneCache:
 class Throttle:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         policies: PolicyStore,
         *,
         key_prefix: str = "recsvc",
