@@ -208,7 +208,8 @@ class LocalRedisCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if all(self._node_ok(node.port) for node in self.nodes if node.proc is not None):
+                running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+                if all(self._node_ok(node.port) for node in running):
                     return
             except redis.RedisError:
                 pass

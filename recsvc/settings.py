@@ -226,6 +226,13 @@ class OutreachSettings(_Section):
     )
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
     next_best_candidates: int = Field(50, ge=1, le=1000)
+    # Redis replicates asynchronously: a reservation a primary acknowledged and then lost in a
+    # failover (before its replica copied it) frees its slot again. With wait_replicas > 0 each
+    # batch of reservations is followed by WAIT: a reservation not confirmed by that many replicas
+    # within wait_timeout_ms is answered THROTTLE_UNAVAILABLE (not sent; its slot stays used).
+    # docs/operations.md ("Redis Cluster") has the measured cost and effect.
+    wait_replicas: int = Field(0, ge=0, le=5, description="replicas that confirm a reservation (0 = off)")
+    wait_timeout_ms: int = Field(20, ge=1, le=10_000, description="how long a reservation waits for them")
 
 
 class CallerKey(_Section):

@@ -91,9 +91,15 @@ class ScriptRunner:
         )
         self._shared: tuple[tuple[Arg, ...], bytes] | None = None  # last shared args, packed
 
-    def call(self, keys: Sequence[str], args: Sequence[Arg], shared: tuple[Arg, ...] = ()) -> Any:
+    def call(
+        self,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        shared: tuple[Arg, ...] = (),
+        wait: tuple[int, int] | None = None,
+    ) -> Any:
         """One call, one round trip (two the first time after Redis lost its script cache)."""
-        reply = self.call_many([(keys, args)], shared)[0]
+        reply = self.call_many([(keys, args)], shared, wait=wait)[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -103,20 +109,24 @@ class ScriptRunner:
         calls: Iterable[Call],
         shared: tuple[Arg, ...] = (),
         convert: Callable[[int, Any], Any] | None = None,
+        wait: tuple[int, int] | None = None,
     ) -> list[Any]:
         """Replies in the order of ``calls``; an error reply is a ``ResponseError`` in its place.
+        ``wait=(replicas, timeout_ms)``: each server's calls are followed by ``WAIT replicas
+        timeout_ms``; when fewer replicas confirmed, that server's replies become ``NotReplicated``
+        errors (the writes happened on the primary but could still be lost in a failover).
         Each call's ARGV is its own arguments followed by ``shared``. ``calls`` may be a
         generator: it is consumed while earlier commands are already on their way.
         ``convert(position, reply)`` turns each successful reply into the value returned for it,
         as soon as it is read, so that work overlaps with Redis still running the later calls."""
         pack = _packer()
         sent: list[tuple[bytes, str]] = []  # (command, first key) by position, for a resend
-        replies = self._run(self._pack(calls, shared, pack, sent), pack, convert)
+        replies = self._run(self._pack(calls, shared, pack, sent), pack, convert, wait)
         moved = [i for i, r in enumerate(replies) if isinstance(r, REDIRECTED)]
         if moved:
             # The slot map changed under us (a replica promoted, a slot migrated); nothing ran.
             refresh_topology(self._client, min_interval_s=0.0)
-            again = self._run(((i, *sent[i]) for i in moved), pack, convert)
+            again = self._run(((i, *sent[i]) for i in moved), pack, convert, wait)
             for i, reply in zip(moved, again, strict=True):
                 replies[i] = reply
         return replies
@@ -166,6 +176,7 @@ class ScriptRunner:
         commands: Iterable[tuple[int, bytes, str]],
         pack: Packer,
         convert: Callable[[int, Any], Any] | None,
+        wait: tuple[int, int] | None = None,
     ) -> list[Any]:
         """Send each command to its node, then read every node's replies; replies in the order
         of ``commands``. A node that fails (refused, reset, timed out) gets its error in place of
@@ -188,9 +199,12 @@ class ScriptRunner:
                     node.flush()
             found: dict[int, Any] = {}
             for node in nodes.values():
+                if wait is not None:
+                    node.packed.append(pack(("WAIT", wait[0], wait[1])))
                 node.flush()
             for node in nodes.values():
-                found.update(zip(node.positions, self._replies(node, pack, convert), strict=True))
+                replies = self._replies(node, pack, convert, wait)
+                found.update(zip(node.positions, replies, strict=True))
             failed = [node.error for node in nodes.values() if node.error is not None]
             if failed and len(failed) == len(nodes):
                 raise failed[0]
@@ -210,21 +224,37 @@ class ScriptRunner:
                 if node.conn is not None:
                     node.pool.release(node.conn)
 
-    def _replies(self, node: _Node, pack: Packer, convert: Callable[[int, Any], Any] | None) -> list[Any]:
+    def _replies(
+        self,
+        node: _Node,
+        pack: Packer,
+        convert: Callable[[int, Any], Any] | None,
+        wait: tuple[int, int] | None,
+    ) -> list[Any]:
         if node.error is not None:
             return [node.error] * len(node.positions)
         try:
             replies = _read(node.conn, node.positions, convert)
+            acked = int(node.conn.read_response()) if wait is not None else 0
             missing = [k for k, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 node.conn.send_packed_command([pack(("SCRIPT", "LOAD", self.source))], check_health=False)
                 loaded = _read(node.conn, range(1), None)[0]
                 if isinstance(loaded, Exception):
                     raise loaded
-                node.conn.send_packed_command([b"".join(node.packed[k] for k in missing)], check_health=False)
-                again = _read(node.conn, [node.positions[k] for k in missing], convert)
-                for k, reply in zip(missing, again, strict=True):
+                again = [node.packed[k] for k in missing]
+                if wait is not None:
+                    again.append(pack(("WAIT", wait[0], wait[1])))
+                node.conn.send_packed_command([b"".join(again)], check_health=False)
+                for k, reply in zip(
+                    missing, _read(node.conn, [node.positions[k] for k in missing], convert), strict=True
+                ):
                     replies[k] = reply
+                if wait is not None:
+                    acked = min(acked, int(node.conn.read_response()))
+            if wait is not None and acked < wait[0]:
+                error = NotReplicated(f"{acked} of {wait[0]} replicas confirmed within {wait[1]} ms")
+                replies = [r if isinstance(r, Exception) else error for r in replies]
             return replies
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             node.fail(exc)
@@ -238,6 +268,10 @@ class ScriptRunner:
         body = _body(pack(shared)) if shared else b""
         self._shared = (shared, body)
         return body
+
+
+class NotReplicated(redis.RedisError):
+    """The write is on the primary, but fewer replicas than asked confirmed it in time."""
 
 
 def _packer() -> Packer:

@@ -226,6 +226,8 @@ def build_throttle(
         # The same keyed pseudonym as the audit log and the rest of recsvc's logs.
         pseudonymize=Pseudonymizer(settings.security.pseudonym_key),
         breaker=CircuitBreaker("outreach", o.breaker_failures, o.breaker_reset_ms / 1000),
+        wait_replicas=o.wait_replicas,
+        wait_timeout_ms=o.wait_timeout_ms,
         **extra,
     )
 

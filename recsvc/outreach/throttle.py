@@ -146,8 +146,12 @@ class Throttle:
         pseudonymize: Callable[[str], str] = default_pseudonym,
         zone_cache_size: int = 100_000,
         breaker: CircuitBreaker | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 20,
     ) -> None:
         self._redis = client
+        # WAIT after reservations (outreach.wait_replicas); None: acknowledged by the primary only
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self.breaker = breaker or CircuitBreaker("outreach", 3, 0.5)
         self._watch = BreakerWatch(self.breaker, client.ping, STORE_DOWN, idle_check=True)
         self.policies = policies
@@ -210,7 +214,8 @@ class Throttle:
             for _ in range(3):
                 quiet = self._quiet_until(ask, policy, now, tz)
                 keys, args = self._script_call(ask, mode, policy, now, tz, quiet, token)
-                raw = self._guarded(partial(self._decide.call, keys, args, shared))
+                wait = self._wait if mode != "check" else None
+                raw = self._guarded(partial(self._decide.call, keys, args, shared, wait))
                 found = self._interpret(raw, ask, policy, tz)
                 if isinstance(found, Decision):
                     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
@@ -267,7 +272,10 @@ class Throttle:
                     return self._undecidable(asks[i], exc)
 
             try:
-                found_all = self._guarded(partial(self._decide.call_many, calls(asked), shared, interpret))
+                wait = self._wait if reserve else None
+                found_all = self._guarded(
+                    partial(self._decide.call_many, calls(asked), shared, interpret, wait)
+                )
             except redis.RedisError as exc:
                 for i in asked:
                     results[i] = self._unavailable(asks[i], exc)
