@@ -245,3 +245,23 @@ def test_a_gap_longer_than_the_week_counts_the_send_before_the_week(redis_url: s
     assert "gap is 14400 min" in d.detail
     clock.set(local(2026, 6, 11, 10))
     assert t.check(OutreachAsk("G1", "wecom", "c2")).allowed
+
+
+def test_wait_replicas_refuses_reservations_no_replica_confirmed(redis_url: str) -> None:
+    """``outreach.wait_replicas``: without a replica to confirm it, a reservation is not sent
+    (THROTTLE_UNAVAILABLE; kept on the primary, so its slot stays used); checks never wait."""
+    clock = WalkClock(local(2026, 6, 1, 10))
+    plain = make_throttle(redis_url, clock)
+    waiting = make_throttle(redis_url, clock, wait_replicas=1, wait_timeout_ms=5)
+    members = [f"W{n}" for n in range(6)]
+    for m in members:
+        consent_all(plain, m)
+    assert waiting.check(OutreachAsk("W0", "app_push", "c0")).allowed
+    d = waiting.reserve(OutreachAsk("W0", "app_push", "c1"))
+    assert (d.allowed, d.reason) == (False, "THROTTLE_UNAVAILABLE")
+    many = waiting.decide_many([OutreachAsk(m, "wecom", "c2") for m in members], reserve=True)
+    assert {(x.allowed, x.reason) for x in many} == {(False, "THROTTLE_UNAVAILABLE")}
+    r = connect(redis_url)
+    assert r.zcard(plain.keys("W0").sends) == 1  # the reservation is on the primary, unconfirmed
+    consent_all(plain, "W9")
+    assert plain.reserve(OutreachAsk("W9", "app_push", "c3")).allowed  # wait_replicas = 0: as before
