@@ -203,6 +203,20 @@ class RedisSettings(_Section):
         "recsvc/active_members.py) and skip the Redis read for the others",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _cluster_nodes(cls, url: str) -> str:
+        # redis+cluster://[user:password@]host:port[,host:port...] (recsvc.redis_client): a seed
+        # without a port would otherwise only fail when the first process connects
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() in ("redis+cluster", "rediss+cluster"):
+            nodes = rest.rpartition("@")[2].split("/", 1)[0]
+            for node in nodes.split(","):
+                host, sep, port = node.strip().rpartition(":")
+                if not (sep and host and port.isdigit()):
+                    raise ValueError(f"a Redis Cluster URL lists host:port seeds; {node!r} is not one")
+        return url
+
 
 class OutreachSettings(_Section):
     policy_file: Path | None = None
