@@ -213,7 +213,7 @@ class RealtimeStore:
         # Opens at the first failure: a recommendation must never wait on Redis twice.
         self._breaker = CircuitBreaker("realtime", 1, settings.reconnect_interval_ms / 1000, clock)
         self._breaker.add_listener(self._state_changed)
-        self._watch = BreakerWatch(self._breaker, client.ping, _REDIS_DOWN)
+        self._watch = BreakerWatch(self._breaker, self._probe, _REDIS_DOWN)
         self._last_error = ""
         self._read_sha = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
         self._record = client.register_script(_RECORD_SCRIPT)
@@ -232,9 +232,14 @@ class RealtimeStore:
         if self._on_state_change:
             self._on_state_change(degraded)
 
+    def _probe(self) -> None:
+        # In the background watch, never on the event loop: on a cluster, first re-read the slot
+        # map (a replica may own the failed primary's slots now; the reads follow it).
+        refresh_topology(self._client)
+        self._client.ping()
+
     def _failed(self, exc: Exception) -> None:
         self._last_error = type(exc).__name__
-        refresh_topology(self._client)  # on a cluster, a replica may own the slot now
         if self._active is not None:
             # A notice may have been lost with the connection: read everyone until resynced.
             self._active.invalidate()

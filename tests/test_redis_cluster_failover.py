@@ -24,11 +24,14 @@ import pytest
 from redis.cluster import RedisCluster
 from test_outreach_support import CONSENTED, WalkClock, local, policy_text
 
+from recsvc.keys import member_key
 from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import OutreachAsk, Throttle
+from recsvc.realtime import RealtimeStore, make_redis_client
 from recsvc.redis_client import connect
+from recsvc.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MEMBERS = [f"F{n:04d}" for n in range(200)]
@@ -146,3 +149,46 @@ def test_a_killed_primary_fails_its_members_closed_then_recovers(tmp_path: Path,
             assert last_fail < killed_at + RESTART_AFTER_S  # by the promotion, not the restart
         if wait_replicas:
             assert lost == 0
+
+
+def test_recent_events_follow_the_promoted_replica(tmp_path: Path) -> None:
+    """The hot-path read (one connection per thread and primary, outside redis-py's command layer)
+    degrades when the member's primary dies and reads the member's events again from the promoted
+    replica, without a restart: the background probe re-reads the slot map."""
+    settings = RedisSettings(url="", key_prefix="rt", socket_timeout_ms=500, reconnect_interval_ms=100)
+    with LocalRedisCluster(
+        tmp_path / "cluster",
+        primaries=3,
+        replicas_per_primary=1,
+        node_timeout_ms=1000,
+        extra_args=("--cluster-require-full-coverage", "no"),
+    ) as cluster:
+        settings = settings.model_copy(update={"url": cluster.url})
+        client = make_redis_client(settings)
+        assert isinstance(client, RedisCluster)
+        store = RealtimeStore(client, settings)
+        try:
+            members = [f"R{n}" for n in range(30)]
+            for m in members:
+                assert store.record(m, "P1", "purchase", time.time(), "app")
+            time.sleep(0.2)  # replicated (asynchronously) before the kill
+            victim = client.get_node_from_key(member_key("rt", members[0], "rt:events")).port
+            os.kill(cluster.node(victim).proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            killed = time.monotonic()
+            degraded_seen = False
+            while True:
+                got = store.recent(members[0])
+                if got is None:
+                    degraded_seen = True
+                elif degraded_seen:
+                    break
+                assert time.monotonic() - killed < 15.0, "the read never followed the promotion"
+                time.sleep(0.05)
+            print(
+                f"\nreal time: the killed primary's member read again after {time.monotonic() - killed:.2f} s"
+            )
+            assert got.purchased == frozenset({"P1"})  # the event survived on the replica
+            assert all((r := store.recent(m)) is not None and r.purchased == {"P1"} for m in members)
+        finally:
+            store.close()
+            client.close()
