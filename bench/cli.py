@@ -290,11 +290,10 @@ def bench_throttle(
     import tempfile
     from contextlib import ExitStack
 
-    import redis
-
     from bench.inproc import throttle_rates
     from bench.timing import MARKDOWN_HEADER
     from recsvc.localstack import LocalRedis
+    from recsvc.redis_client import connect
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -304,7 +303,7 @@ def bench_throttle(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
         url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
         settings = app_state.settings({"redis": {"url": url}})
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         stack.callback(client.close)
         rates = throttle_rates(
             settings, client, members=members, decisions=decisions, batch=batch, single_calls=single_calls
@@ -580,11 +579,10 @@ def bench_campaign(
     import os
     from contextlib import ExitStack
 
-    import redis
-
     from bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
     from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from recsvc.outreach.service import build_throttle
+    from recsvc.redis_client import connect
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -605,7 +603,7 @@ def bench_campaign(
         say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
         target, _ = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
         url = env["RECSVC_REDIS__URL"]
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         stack.callback(client.close)
         throttle = build_throttle(settings.model_copy(update={}), client, timeout_s=30.0)
         tz = daytime_timezone()

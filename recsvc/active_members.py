@@ -20,9 +20,10 @@ subscription seemed fine (a stall, or a connection that died without an error). 
 got events during or around an outage, through this process or another, is always read: until the
 re-scan has seen their state, every member is.
 
-Keys carry the member's hash tag (``recsvc.keys``). On Redis Cluster, classic ``PUBLISH`` reaches
-subscribers on every node; the start-up scan would have to visit every primary (not done here:
-the client is a single-node client).
+Keys carry the member's hash tag (``recsvc.keys``). On Redis Cluster (``recsvc.redis_client``)
+the same code works: classic ``PUBLISH`` (from the record script, on whichever primary owns the
+member's slot) reaches subscribers on every node, and the cluster client's ``scan_iter`` visits
+every primary.
 """
 
 from __future__ import annotations

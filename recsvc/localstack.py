@@ -1,10 +1,11 @@
-"""Start the local processes a demo, a load test or a test needs: a real ``redis-server`` and a
-``recsvc serve`` process. Used by ``recsvc demo``, ``recsvc load run`` and the test fixtures, never
-by the service itself."""
+"""Start the local processes a demo, a load test or a test needs: a real ``redis-server`` (or a
+real Redis Cluster of several) and a ``recsvc serve`` process. Used by ``recsvc demo``, ``recsvc
+load run`` and the test fixtures, never by the service itself."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -102,6 +103,171 @@ class LocalRedis:
             self.proc = None
 
     def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def redis_cli_binary() -> str:
+    """The ``redis-cli`` beside ``redis_server_binary()``, else the one on PATH."""
+    beside = Path(redis_server_binary()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise LocalStackError("no redis-cli found beside redis-server or on PATH")
+    return found
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise LocalStackError("no free port pair for a cluster node")
+
+
+class LocalRedisCluster:
+    """A throw-away Redis Cluster on loopback: ``primaries`` primaries, each with
+    ``replicas_per_primary`` replicas, joined by ``redis-cli --cluster create``. ``url`` is the
+    ``redis+cluster://`` URL recsvc takes (recsvc.redis_client). ``node_timeout_ms`` is the
+    cluster's ``cluster-node-timeout``: how long a primary may be silent before its replica takes
+    over (Redis's default is 15 s; tests use about a second)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        primaries: int = 3,
+        replicas_per_primary: int = 0,
+        node_timeout_ms: int = 1000,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self._workdir = workdir
+        self._replicas = replicas_per_primary
+        ports: list[int] = []
+        while len(ports) < primaries * (1 + replicas_per_primary):
+            port = free_cluster_port()
+            if port not in ports and port + 10000 not in ports and port - 10000 not in ports:
+                ports.append(port)
+        self.nodes = [
+            LocalRedis(
+                workdir / str(port),
+                port,
+                (
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(workdir / str(port) / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    *extra_args,
+                ),
+            )
+            for port in ports
+        ]
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+    def start(self, timeout_s: float = 30.0) -> LocalRedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [
+                    redis_cli_binary(),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    str(self._replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                timeout=timeout_s,
+            )
+            if create.returncode != 0:
+                raise LocalStackError(f"redis-cli --cluster create failed: {create.stdout[-500:]!r}")
+            self.wait_ok(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every running node says ``cluster_state:ok`` and all 16384 slots are served."""
+        import redis
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+                if all(self._node_ok(node.port) for node in running):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise LocalStackError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _node_ok(port: int) -> bool:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            info = client.cluster("info")
+            return bool(info["cluster_state"] == "ok" and int(info["cluster_slots_ok"]) == 16384)
+        finally:
+            client.close()
+
+    def primary_ports(self) -> list[int]:
+        """Ports of the nodes that are primaries now (a failover changes them)."""
+        import redis
+
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+            try:
+                lines = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            return sorted(
+                int(f[1].split("@")[0].rsplit(":", 1)[1])
+                for f in (line.split() for line in lines)
+                if "master" in f[2].split(",") and "fail" not in f[2] and f[7] == "connected"
+            )
+        raise LocalStackError("no cluster node answered")
+
+    def node(self, port: int) -> LocalRedis:
+        return next(n for n in self.nodes if n.port == port)
+
+    def flush(self) -> None:
+        """Delete every key on every primary."""
+        import redis
+
+        for port in self.primary_ports():
+            client = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalRedisCluster:
         return self.start()
 
     def __exit__(

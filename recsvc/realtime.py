@@ -37,6 +37,7 @@ from recsvc.active_members import ActiveMembers, active_channel
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import MemberErased
 from recsvc.keys import member_key
+from recsvc.redis_client import REDIRECTED, RedisClient, connect, node_pool, refresh_topology
 from recsvc.security.erasure import suppression_key
 from recsvc.settings import RedisSettings
 
@@ -71,55 +72,63 @@ _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class ThreadConnections:
-    """One Redis connection per thread for the read every recommendation makes.
+    """One Redis connection per thread (and per cluster node) for the read every recommendation
+    makes.
 
     The aio server runs every recommendation on its event-loop thread, so a connection owned by
     that thread needs none of the pool's locking and bookkeeping (about a third of redis-py's
     per-call cost here). Threads of the synchronous handlers get their own. Connections take the
     client's settings (address, timeouts, TLS); a failed one is dropped and made again next call.
+    On Redis Cluster a command goes to the primary that owns ``key``'s slot in the client's slot
+    map (``recsvc.redis_client.node_pool``), so a thread holds one connection per primary.
 
     A command can be sent and its reply read later (``send`` then ``read``), so the caller can
     work while Redis answers. A reply left unread (the caller failed in between) is never taken
     for the next command's: the connection is dropped and made again.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
         self._local = threading.local()
         self._all: list[redis.connection.AbstractConnection] = []
         self._lock = threading.Lock()
 
-    def send(self, *args: str | int) -> redis.connection.AbstractConnection:
-        """Send one command on this thread's connection; ``read`` its reply next."""
+    def send(self, key: str, *args: str | int) -> redis.connection.AbstractConnection:
+        """Send one command about ``key`` on this thread's connection; ``read`` its reply next."""
         local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is not None and local.unread:
-            conn.disconnect()  # a reply nobody read: start clean rather than read it by mistake
+        conns: dict[str, redis.connection.AbstractConnection] | None = getattr(local, "conns", None)
+        if conns is None:
+            conns = local.conns = {}
+            local.unread = None
+        if local.unread is not None:
+            local.unread.disconnect()  # a reply nobody read: start clean rather than read it by mistake
+            local.unread = None
+        name, pool = node_pool(self._client, key)
+        conn = conns.get(name)
         if conn is None:
-            conn = local.conn = self._make()
+            conn = conns[name] = pool.connection_class(**pool.connection_kwargs)
             with self._lock:
                 self._all.append(conn)
-        local.unread = True
+        local.unread = conn
         try:
             conn.send_command(*args)
         except (redis.ConnectionError, redis.TimeoutError):
-            local.unread = False
+            local.unread = None
             conn.disconnect()
             raise
         return conn
 
     def read(self, conn: redis.connection.AbstractConnection) -> object:
         """The reply to the command ``send`` just sent on ``conn`` (this thread's)."""
-        self._local.unread = False
+        self._local.unread = None
         try:
             return conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
             raise
 
-    def call(self, *args: str | int) -> object:
-        return self.read(self.send(*args))
+    def call(self, key: str, *args: str | int) -> object:
+        return self.read(self.send(key, *args))
 
     def close(self) -> None:
         with self._lock:
@@ -175,19 +184,11 @@ class PendingRecent:
 _NO_ACTIVITY = RecentActivity(events=[], purchased=frozenset())
 
 
-def make_redis_client(settings: RedisSettings) -> redis.Redis:
-    """The one Redis client of a server process (created at the composition root)."""
-    timeout = settings.socket_timeout_ms / 1000.0
-    return redis.Redis.from_url(
-        settings.url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # No retries inside a call (redis-py 6+ retries 10 times by default, with back-off):
-        # a call fails within one socket timeout and the callers' breakers decide what next.
-        retry=None,
-        retry_on_timeout=False,
-        health_check_interval=0,
-    )
+def make_redis_client(settings: RedisSettings) -> RedisClient:
+    """The one Redis client of a server process (created at the composition root): a single
+    server or a Redis Cluster, by ``redis.url`` (recsvc.redis_client). Calls fail within one
+    socket timeout and the callers' breakers decide what next."""
+    return connect(settings.url, timeout_s=settings.socket_timeout_ms / 1000.0)
 
 
 class RealtimeStore:
@@ -195,7 +196,7 @@ class RealtimeStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         settings: RedisSettings,
         on_state_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -215,7 +216,7 @@ class RealtimeStore:
         # Opens at the first failure: a recommendation must never wait on Redis twice.
         self._breaker = CircuitBreaker("realtime", 1, settings.reconnect_interval_ms / 1000, clock)
         self._breaker.add_listener(self._state_changed)
-        self._watch = BreakerWatch(self._breaker, client.ping, _REDIS_DOWN)
+        self._watch = BreakerWatch(self._breaker, self._probe, _REDIS_DOWN)
         self._last_error = ""
         self._read_sha = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
         self._record = client.register_script(_RECORD_SCRIPT)
@@ -233,6 +234,12 @@ class RealtimeStore:
             log.info("event=realtime_recovered")
         if self._on_state_change:
             self._on_state_change(degraded)
+
+    def _probe(self) -> None:
+        # In the background watch, never on the event loop: on a cluster, first re-read the slot
+        # map (a replica may own the failed primary's slots now; the reads follow it).
+        refresh_topology(self._client)
+        self._client.ping()
 
     def _failed(self, exc: Exception) -> None:
         self._last_error = type(exc).__name__
@@ -290,7 +297,7 @@ class RealtimeStore:
             member_key(self._prefix, member_id, PURCHASED_SUFFIX),
         )
         try:
-            conn = self._conns.send("EVALSHA", self._read_sha, 2, *keys, self._max)
+            conn = self._conns.send(keys[0], "EVALSHA", self._read_sha, 2, *keys, self._max)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._on_error("read")
             self._failed(exc)
@@ -326,8 +333,16 @@ class RealtimeStore:
             reply = self._conns.read(conn)
         except redis.exceptions.NoScriptError:
             # First call on this Redis (or after its restart / SCRIPT FLUSH): load, then ask again.
-            self._conns.call("SCRIPT", "LOAD", _READ_SCRIPT)
-            reply = self._conns.call("EVALSHA", self._read_sha, 2, *keys, self._max)
+            self._conns.call(keys[0], "SCRIPT", "LOAD", _READ_SCRIPT)
+            reply = self._conns.call(keys[0], "EVALSHA", self._read_sha, 2, *keys, self._max)
+        except REDIRECTED:
+            # Redis Cluster: the slot moved (a failover, a resharding); nothing ran. The cluster
+            # client follows the redirect and updates its slot map for the next reads.
+            try:
+                reply = self._client.evalsha(self._read_sha, 2, *keys, self._max)
+            except redis.exceptions.NoScriptError:
+                self._client.script_load(_READ_SCRIPT)
+                reply = self._client.evalsha(self._read_sha, 2, *keys, self._max)
         if not isinstance(reply, list) or len(reply) != 2:
             raise redis.ResponseError(f"unexpected reply to the recent-events script: {type(reply).__name__}")
         return list(reply[0]), list(reply[1])

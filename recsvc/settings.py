@@ -238,6 +238,20 @@ class RedisSettings(_Section):
         "recsvc/active_members.py) and skip the Redis read for the others",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _cluster_nodes(cls, url: str) -> str:
+        # redis+cluster://[user:password@]host:port[,host:port...] (recsvc.redis_client): a seed
+        # without a port would otherwise only fail when the first process connects
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() in ("redis+cluster", "rediss+cluster"):
+            nodes = rest.rpartition("@")[2].split("/", 1)[0]
+            for node in nodes.split(","):
+                host, sep, port = node.strip().rpartition(":")
+                if not (sep and host and port.isdigit()):
+                    raise ValueError(f"a Redis Cluster URL lists host:port seeds; {node!r} is not one")
+        return url
+
 
 class OutreachSettings(_Section):
     policy_file: Path | None = None
@@ -261,6 +275,13 @@ class OutreachSettings(_Section):
     )
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
     next_best_candidates: int = Field(50, ge=1, le=1000)
+    # Redis replicates asynchronously: a reservation a primary acknowledged and then lost in a
+    # failover (before its replica copied it) frees its slot again. With wait_replicas > 0 each
+    # batch of reservations is followed by WAIT: a reservation not confirmed by that many replicas
+    # within wait_timeout_ms is answered THROTTLE_UNAVAILABLE (not sent; its slot stays used).
+    # docs/operations.md ("Redis Cluster") has the measured cost and effect.
+    wait_replicas: int = Field(0, ge=0, le=5, description="replicas that confirm a reservation (0 = off)")
+    wait_timeout_ms: int = Field(20, ge=1, le=10_000, description="how long a reservation waits for them")
 
 
 class CatalogSettings(_Section):

@@ -1,5 +1,9 @@
-"""Shared fixtures: a real redis-server on a free port, free ports, BLAS on one thread, and a
-planted bundle served by a real gRPC server (``planted``, ``srv``)."""
+"""Shared fixtures: a real redis-server on a free port, a real 3-primary Redis Cluster, free ports,
+BLAS on one thread, and a planted bundle served by a real gRPC server (``planted``, ``srv``).
+
+``redis_backend`` runs a test once per backend (a single server, then the cluster), like gorse's
+storage tests: the contract tests of everything recsvc keeps in Redis use it (directly, or by
+overriding ``redis_url`` in their module); the rest use ``redis_url`` (single server only)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from recsvc.localstack import LocalRedis
+from recsvc.localstack import LocalRedis, LocalRedisCluster
 
 if TYPE_CHECKING:  # imported in the fixtures: numpy must not load before BLAS is set to one thread
     from bundle_factory import PlantedBundle
@@ -41,6 +45,27 @@ def redis_url(redis_server: LocalRedis) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster (3 primaries, no replicas), started once per session (~2 s)."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), primaries=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A clean Redis for each test, once as a single server and once as a cluster; the URL is what
+    ``redis.url`` takes (``redis://`` or ``redis+cluster://``)."""
+    if request.param == "single":
+        yield request.getfixturevalue("redis_url")
+        return
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    yield cluster.url
 
 
 @pytest.fixture(scope="session", autouse=True)

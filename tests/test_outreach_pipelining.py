@@ -11,16 +11,25 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text
 
+from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.evalsha import Arg, Call, ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import HOUR_MS, load_policy, parse_policy
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import SCRIPTS_DIR, OutreachAsk, Throttle
+from recsvc.redis_client import connect
 
 pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def redis_url(redis_backend: str) -> str:
+    """Every test here that uses Redis runs on a single server and on a Redis Cluster."""
+    return redis_backend
 
 
 def consent_all(t: Throttle, member: str) -> None:
@@ -29,7 +38,7 @@ def consent_all(t: Throttle, member: str) -> None:
 
 
 def policy_as_the_script_reads_it(url: str, args: tuple[bytes, ...]) -> list[str]:
-    runner = ScriptRunner(redis.Redis.from_url(url), (SCRIPTS_DIR / "decide.lua").read_text())
+    runner = ScriptRunner(connect(url), (SCRIPTS_DIR / "decide.lua").read_text())
     keys = decide_keys("recsvc", "P1", "")
     own: list[Arg] = ["policy", 0, "", "", "", "", "", 0, 0, "", "", ""]  # the 12 per-decision arguments
     return [x.decode() for x in runner.call(keys, own, args)]
@@ -111,7 +120,7 @@ def test_a_flushed_script_cache_is_reloaded_without_failing_decisions(redis_url:
     clock = WalkClock(local(2026, 6, 1, 10))
     t = make_throttle(redis_url, clock)
     consent_all(t, "F1")
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     r.script_flush()  # as after a Redis restart
     many = t.decide_many([OutreachAsk("F1", "wecom"), OutreachAsk("F2", "wecom")], reserve=False)
     assert [d.reason for d in many] == ["ALLOWED", "NO_CONSENT"]
@@ -122,7 +131,7 @@ def test_a_flushed_script_cache_is_reloaded_without_failing_decisions(redis_url:
 
 def test_error_replies_stay_in_their_place_and_the_connection_in_step(redis_url: str) -> None:
     source = "if ARGV[1] == 'bad' then return redis.error_reply('BAD refused') end return ARGV[1] .. ARGV[2]"
-    runner = ScriptRunner(redis.Redis.from_url(redis_url), source)
+    runner = ScriptRunner(connect(redis_url), source)
     seen: list[int] = []
 
     def convert(position: int, reply: bytes) -> str:
@@ -142,11 +151,11 @@ def test_error_replies_stay_in_their_place_and_the_connection_in_step(redis_url:
 
 
 def test_a_timed_out_pipeline_raises_and_no_late_reply_is_read_later(redis_url: str) -> None:
-    runner = ScriptRunner(throttle_client(redis.Redis.from_url(redis_url), 0.05), "return ARGV[1]")
+    runner = ScriptRunner(throttle_client(connect(redis_url), 0.05), "return ARGV[1]")
     assert runner.call([], ["x"]) == b"x"
-    blocker = threading.Thread(
-        target=lambda: redis.Redis.from_url(redis_url).execute_command("DEBUG", "SLEEP", "0.3")
-    )
+    server = _server_of(redis_url, "")  # where calls without keys go
+    server.ping()
+    blocker = threading.Thread(target=lambda: server.execute_command("DEBUG", "SLEEP", "0.3"))
     blocker.start()
     time.sleep(0.05)
     with pytest.raises(redis.TimeoutError):
@@ -154,6 +163,38 @@ def test_a_timed_out_pipeline_raises_and_no_late_reply_is_read_later(redis_url: 
     blocker.join()
     # the late replies went to the dropped connection, not to the next caller
     assert runner.call_many([([], ["after"]), ([], ["again"])]) == [b"after", b"again"]
+
+
+def _server_of(url: str, key: str) -> redis.Redis:
+    """A plain client of the server holding ``key`` (on a cluster: the primary of its slot)."""
+    client = connect(url)
+    if isinstance(client, RedisCluster):
+        return client.get_redis_connection(client.get_node_from_key(key))
+    return client
+
+
+def test_a_slow_primary_fails_only_its_own_calls_of_a_batch(redis_cluster: LocalRedisCluster) -> None:
+    client = connect(redis_cluster.url)
+    assert isinstance(client, RedisCluster)
+    runner = ScriptRunner(throttle_client(client, 0.1), "return KEYS[1]")
+    keys = [f"{{m:S{n}}}:k" for n in range(60)]
+    slow = client.get_node_from_key(keys[0]).name
+    on_slow = [client.get_node_from_key(k).name == slow for k in keys]
+    assert 0 < sum(on_slow) < len(keys)  # the batch spans the slow primary and others
+    assert runner.call_many([([k], []) for k in keys]) == [k.encode() for k in keys]
+    server = _server_of(redis_cluster.url, keys[0])
+    server.ping()
+    blocker = threading.Thread(target=lambda: server.execute_command("DEBUG", "SLEEP", "0.4"))
+    blocker.start()
+    time.sleep(0.1)
+    replies = runner.call_many([([k], []) for k in keys])
+    blocker.join()
+    for key, reply, slowed in zip(keys, replies, on_slow, strict=True):
+        if slowed:
+            assert isinstance(reply, redis.TimeoutError)
+        else:
+            assert reply == key.encode()  # the other primaries' answers are kept
+    assert runner.call_many([([k], []) for k in keys]) == [k.encode() for k in keys]
 
 
 def test_decide_keys_are_the_key_layout(redis_url: str) -> None:
@@ -173,7 +214,7 @@ def test_decide_keys_are_the_key_layout(redis_url: str) -> None:
 def test_old_sends_are_trimmed_only_when_a_reservation_writes(redis_url: str) -> None:
     clock = WalkClock(local(2026, 6, 1, 10))
     t = make_throttle(redis_url, clock)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     consent_all(t, "T1")
     assert t.reserve(OutreachAsk("T1", "app_push", "c1")).allowed  # day 0
     assert t.reserve(OutreachAsk("T1", "sms", "o1", message_class="transactional")).allowed
@@ -204,3 +245,23 @@ def test_a_gap_longer_than_the_week_counts_the_send_before_the_week(redis_url: s
     assert "gap is 14400 min" in d.detail
     clock.set(local(2026, 6, 11, 10))
     assert t.check(OutreachAsk("G1", "wecom", "c2")).allowed
+
+
+def test_wait_replicas_refuses_reservations_no_replica_confirmed(redis_url: str) -> None:
+    """``outreach.wait_replicas``: without a replica to confirm it, a reservation is not sent
+    (THROTTLE_UNAVAILABLE; kept on the primary, so its slot stays used); checks never wait."""
+    clock = WalkClock(local(2026, 6, 1, 10))
+    plain = make_throttle(redis_url, clock)
+    waiting = make_throttle(redis_url, clock, wait_replicas=1, wait_timeout_ms=5)
+    members = [f"W{n}" for n in range(6)]
+    for m in members:
+        consent_all(plain, m)
+    assert waiting.check(OutreachAsk("W0", "app_push", "c0")).allowed
+    d = waiting.reserve(OutreachAsk("W0", "app_push", "c1"))
+    assert (d.allowed, d.reason) == (False, "THROTTLE_UNAVAILABLE")
+    many = waiting.decide_many([OutreachAsk(m, "wecom", "c2") for m in members], reserve=True)
+    assert {(x.allowed, x.reason) for x in many} == {(False, "THROTTLE_UNAVAILABLE")}
+    r = connect(redis_url)
+    assert r.zcard(plain.keys("W0").sends) == 1  # the reservation is on the primary, unconfirmed
+    consent_all(plain, "W9")
+    assert plain.reserve(OutreachAsk("W9", "app_push", "c3")).allowed  # wait_replicas = 0: as before

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import redis
-
 from recsvc.errors import NotFound
 from recsvc.outreach.policy import DEFAULT_POLICY_FILE, PolicyStore
 from recsvc.outreach.throttle import Throttle
+from recsvc.redis_client import connect
 from recsvc.v1 import common_pb2
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -56,7 +55,7 @@ def decoded(reply: object) -> str:
 
 def make_throttle(url: str, clock: WalkClock, policy_file: Path | None = None, **kw: Any) -> Throttle:
     return Throttle(
-        redis.Redis.from_url(url),
+        connect(url),
         PolicyStore(policy_file or DEFAULT_POLICY_FILE, reload_s=0),
         clock=clock,
         **kw,

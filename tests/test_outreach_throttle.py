@@ -20,10 +20,17 @@ from recsvc.outreach.planning import plan_campaign
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import OutreachAsk, Throttle
+from recsvc.redis_client import connect
 
 pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def redis_url(redis_backend: str) -> str:
+    """Every test here that uses Redis runs on a single server and on a Redis Cluster."""
+    return redis_backend
 
 
 def consent_all(t: Throttle, member: str, channels: tuple[str, ...] = CONSENTED) -> None:
@@ -178,7 +185,7 @@ def test_idempotent_reserve_returns_the_first_decision_and_records_nothing(redis
     clock = WalkClock(local(2026, 6, 1, 10))
     t = make_throttle(redis_url, clock)
     consent_all(t, "M6")
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     first = t.reserve(ask("M6", "app_push", "c1", idempotency_key="k-1"))
     assert first.allowed and not first.replayed
     clock.advance(minutes=5)
@@ -235,8 +242,8 @@ def test_every_key_expires(redis_url: str) -> None:
     t.reserve(ask("M9", "sms", "o1", message_class="transactional"))
     t.feedback("M9", "app_push", "ignored")
     t.feedback("M9", "sms", "complained")
-    r = redis.Redis.from_url(redis_url)
-    keys = [decoded(k) for k in r.keys("*")]
+    r = connect(redis_url)
+    keys = [decoded(k) for k in r.scan_iter(match="*")]  # every primary of a cluster
     assert len(keys) == 7 and all("{m:M9}" in k for k in keys)
     for k in keys:
         ttl = r.pttl(k)
@@ -260,7 +267,7 @@ def test_policy_reload_changes_decisions(redis_url: str, tmp_path: Path) -> None
 
 
 def _hammer(url: str, clock: WalkClock, policy: Path, member: str, n: int, out: Counter[str]) -> None:
-    t = Throttle(redis.Redis.from_url(url), PolicyStore(policy, 0), clock=clock)  # its own client
+    t = Throttle(connect(url), PolicyStore(policy, 0), clock=clock)  # its own client
     rng = random.Random(threading.get_ident())
     for i in range(n):
         ch = rng.choice(["app_push", "wecom", "sms"])
@@ -275,7 +282,7 @@ def test_32_concurrent_callers_never_exceed_any_cap(redis_url: str, tmp_path: Pa
     clock = WalkClock(local(2026, 6, 1, 10))
     setup = make_throttle(redis_url, clock, policy_file=f)
     consent_all(setup, "HOT")
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
 
     def round_of_calls() -> Counter[str]:
         per_thread: list[Counter[str]] = [Counter() for _ in range(32)]
@@ -409,10 +416,10 @@ def test_erased_member_is_suppressed_for_marketing(redis_url: str) -> None:
     clock = WalkClock(local(2026, 6, 1, 10))
     t = make_throttle(redis_url, clock)
     consent_all(t, "GONE")
-    redis.Redis.from_url(redis_url).set(suppression_key("recsvc", "GONE"), "1")
+    connect(redis_url).set(suppression_key("recsvc", "GONE"), "1")
     d = t.reserve(ask("GONE", "app_push", "c1"))
     assert (d.allowed, d.reason) == (False, "SUPPRESSED")
-    assert redis.Redis.from_url(redis_url).zcard(t.keys("GONE").sends) == 0
+    assert connect(redis_url).zcard(t.keys("GONE").sends) == 0
 
 
 def test_every_decision_is_counted_by_channel_class_and_reason(redis_url: str) -> None:

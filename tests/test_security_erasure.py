@@ -10,16 +10,25 @@ import redis
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
 from recsvc.keys import member_key
+from recsvc.redis_client import RedisClient, connect
 from recsvc.security.audit import AuditLog, verify
 from recsvc.security.erasure import ErasureListener, check_member_id, forget_member, is_suppressed
 from recsvc.security.privacy import ErasureList, Pseudonymizer
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_url(redis_backend: str) -> str:
+    """Every test here that uses Redis runs on a single server and on a Redis Cluster."""
+    return redis_backend
+
+
 PREFIX = "recsvc"
 PSEUDO = Pseudonymizer("test-pseudonym-key-0123")
 
 
-def _seed(r: redis.Redis, member: str) -> None:
+def _seed(r: RedisClient, member: str) -> None:
     r.rpush(member_key(PREFIX, member, "events"), "e1", "e2")
     r.zadd(member_key(PREFIX, member, "throttle:day:20261122"), {"r1": 1})
     r.zadd(member_key(PREFIX, member, "throttle:week"), {"r1": 1})
@@ -32,7 +41,7 @@ def _deps(tmp_path: Path) -> tuple[ErasureList, AuditLog]:
 
 
 def test_forget_removes_only_that_member_and_keeps_suppression(redis_url: str, tmp_path: Path) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     _seed(r, "M1")
     _seed(r, "M10")  # shares a prefix with M1: must survive
     r.set(f"{PREFIX}:global:model_version", "3")
@@ -71,7 +80,7 @@ def test_forget_removes_only_that_member_and_keeps_suppression(redis_url: str, t
 
 
 def test_forget_is_idempotent(redis_url: str, tmp_path: Path) -> None:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = connect(redis_url, decode_responses=True)
     _seed(r, "M2")
     erasures, audit = _deps(tmp_path)
     forget_member("M2", redis=r, prefix=PREFIX, erasures=erasures, audit=audit)
@@ -101,14 +110,14 @@ def test_member_id_checked(bad: str) -> None:
 def test_forgotten_members_learn_erasures_from_other_processes(redis_url: str, tmp_path: Path) -> None:
     from recsvc.security.erasure import ForgottenMembers
 
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     forgotten = ForgottenMembers(frozenset({"OLD"}))
     dropped: list[str] = []
     forgotten.on_forget(dropped.append)
     listener = ErasureListener(r, PREFIX, forgotten.add).start()
     try:
         erasures, audit = _deps(tmp_path)
-        other = redis.Redis.from_url(redis_url)  # "another server process"
+        other = connect(redis_url)  # "another server process"
         forget_member("M5", redis=other, prefix=PREFIX, erasures=erasures, audit=audit)
         other.close()
         for _ in range(60):

@@ -12,6 +12,7 @@ import redis
 
 from recsvc.active_members import ActiveMembers
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
+from recsvc.redis_client import connect
 from recsvc.settings import RedisSettings
 
 PREFIX = "am"
@@ -73,14 +74,17 @@ def test_unsynced_directory_answers_maybe_for_everyone(redis_url: str) -> None:
         assert active.may_have("anyone")  # never "no" before it knows
 
 
-def test_synced_directory_knows_state_from_before_and_after_it_started(redis_url: str) -> None:
+def test_synced_directory_knows_state_from_before_and_after_it_started(redis_backend: str) -> None:
+    redis_url = redis_backend  # on a cluster, the scan visits every primary
+    early = [f"EARLY{n}" for n in range(12)]  # spread over the slots (and primaries)
     with store(redis_url) as writer:
-        assert writer.record("EARLY", "P1", "view", time.time(), "app")
+        for member in early:
+            assert writer.record(member, "P1", "view", time.time(), "app")
         with directory(redis_url) as (active, changes):
             active.start()
             assert _wait(lambda: active.synced)
             assert changes == [True]
-            assert active.may_have("EARLY")  # found by the start-up scan
+            assert all(active.may_have(m) for m in early)  # found by the start-up scan
             assert not active.may_have("QUIET")
             assert writer.record("LATE", "P2", "purchase", time.time(), "app")  # another process
             assert _wait(lambda: active.may_have("LATE"), timeout=1.0)  # the promise: within 1 s
@@ -164,11 +168,12 @@ def test_an_unexpected_error_in_the_listener_unsyncs_and_recovers(redis_url: str
         assert active.may_have("anyone") is False
 
 
-def test_a_store_failure_makes_the_directory_read_everyone_until_rescanned(redis_url: str) -> None:
+def test_a_store_failure_makes_the_directory_read_everyone_until_rescanned(redis_backend: str) -> None:
     """Issue 15, finding 6: a notice can be lost with no error on the subscription (a stall, a
     connection that died quietly). Any Redis failure the store sees must make the directory read
     every member again, and the re-scan must find the state whose notice was lost."""
-    admin = redis.Redis.from_url(redis_url)
+    redis_url = redis_backend
+    admin = connect(redis_url)
     with directory(redis_url) as (active, changes), store(redis_url, active) as s:
         active.start()
         assert _wait(lambda: active.synced)

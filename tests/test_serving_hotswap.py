@@ -89,7 +89,8 @@ def test_poller_picks_up_a_new_bundle_behind_a_path(redis_url: str, tmp_path: Pa
             time.sleep(0.1)
 
 
-def test_reload_model_reaches_every_server_sharing_redis(redis_url: str, tmp_path: Path) -> None:
+def test_reload_model_reaches_every_server_sharing_redis(redis_backend: str, tmp_path: Path) -> None:
+    redis_url = redis_backend  # the broadcast on a single server and on a Redis Cluster
     b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
     b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
     settings = serving_settings(str(b1.path), redis_url, tmp_path)

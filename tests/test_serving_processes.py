@@ -34,8 +34,9 @@ def _env(bundle: Path, redis_url: str, port: int, tmp: Path, workers: int = 1) -
 
 
 def test_purchase_through_one_server_leaves_the_list_of_another_within_a_second(
-    redis_url: str, tmp_path: Path
+    redis_backend: str, tmp_path: Path
 ) -> None:
+    redis_url = redis_backend  # a single server, then a Redis Cluster
     planted = make_bundle(tmp_path / "b1")
     ports = [free_port(), free_port()]
     procs = [serve_subprocess(_env(planted.path, redis_url, p, tmp_path)) for p in ports]

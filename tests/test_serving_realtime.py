@@ -9,11 +9,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import redis
+import pytest
 
 from recsvc.localstack import LocalRedis
 from recsvc.realtime import RealtimeStore, make_redis_client
+from recsvc.redis_client import RedisClient
 from recsvc.settings import RedisSettings
+
+
+@pytest.fixture
+def redis_url(redis_backend: str) -> str:
+    """Every test here that uses Redis runs on a single server and on a Redis Cluster."""
+    return redis_backend
 
 
 class StepClock:
@@ -25,7 +32,7 @@ class StepClock:
 
 
 @contextmanager
-def open_store(url: str, clock: StepClock | None = None) -> Iterator[tuple[RealtimeStore, redis.Redis]]:
+def open_store(url: str, clock: StepClock | None = None) -> Iterator[tuple[RealtimeStore, RedisClient]]:
     settings = RedisSettings(url=url, key_prefix="t", recent_events_max=3, socket_timeout_ms=200)
     client = make_redis_client(settings)
     store = RealtimeStore(client, settings, clock=clock or StepClock())

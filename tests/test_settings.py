@@ -52,3 +52,9 @@ def test_malformed_toml(tmp_path: Path) -> None:
     cfg.write_text("[serving\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(cfg)
+
+
+def test_redis_cluster_url_names_its_seed_nodes() -> None:
+    assert load_settings(None, {"redis": {"url": "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"}})
+    with pytest.raises(ConfigError, match="host:port"):
+        load_settings(None, {"redis": {"url": "redis+cluster://10.0.0.1,10.0.0.2:7000"}})

@@ -116,6 +116,7 @@ def import_profiles(
     from recsvc.outreach.policy import check_timezone
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.validation import check_id
+    from recsvc.redis_client import connect
 
     settings = state(ctx).settings()
     if not folder.is_dir():
@@ -130,7 +131,7 @@ def import_profiles(
     if members is None and consent is None:
         raise DataContractError(f"{folder} holds neither members.(csv|parquet) nor consent.(csv|parquet)")
     # bulk writes: a generous timeout instead of the decision path's fail-fast one
-    throttle = build_throttle(settings, redis.Redis.from_url(settings.redis.url), timeout_s=10.0)
+    throttle = build_throttle(settings, connect(settings.redis.url), timeout_s=10.0)
     policy = throttle.policies.current()
     max_id = settings.data.max_id_length
     refused: list[dict[str, str]] = []
@@ -196,15 +197,14 @@ def check(
     reserve: bool = typer.Option(False, "--reserve", help="record the send instead of a dry run"),
 ) -> None:
     """Ask the throttle whether a message may go out now; prints the decision as JSON."""
-    import redis
-
     from recsvc.errors import InvalidArgument
     from recsvc.outreach import validation as v
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, OutreachAsk
+    from recsvc.redis_client import connect
 
     settings = state(ctx).settings()
-    throttle = build_throttle(settings, redis.Redis.from_url(settings.redis.url))
+    throttle = build_throttle(settings, connect(settings.redis.url))
     if message_class not in (MARKETING, TRANSACTIONAL):
         raise InvalidArgument(f"--class must be marketing or transactional, got {message_class!r}")
     max_id = settings.data.max_id_length

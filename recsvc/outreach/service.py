@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import redis
 
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
@@ -23,6 +22,7 @@ from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempo
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
 from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle
+from recsvc.redis_client import RedisClient, with_timeout
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
@@ -203,24 +203,15 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         return resp
 
 
-def throttle_client(client: redis.Redis, timeout_s: float) -> redis.Redis:
-    """A client on the same server whose socket timeouts are the throttle's and which does not
+def throttle_client(client: RedisClient, timeout_s: float) -> RedisClient:
+    """A client on the same server(s) whose socket timeouts are the throttle's and which does not
     retry, so a slow Redis fails a decision closed within ``timeout_s`` instead of stalling it."""
-    pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=None)
-    kwargs.pop("retry_on_error", None)
-    try:
-        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    except TypeError:  # an unusual pool; keep the caller's client and its timeouts
-        logger.warning("outreach uses the shared Redis client's own timeouts")
-        return client
-    return redis.Redis(connection_pool=new_pool)
+    return with_timeout(client, timeout_s)
 
 
 def build_throttle(
     settings: Settings,
-    redis_client: redis.Redis,
+    redis_client: RedisClient,
     clock: Clock | None = None,
     timeout_s: float | None = None,
 ) -> Throttle:
@@ -235,13 +226,15 @@ def build_throttle(
         # The same keyed pseudonym as the audit log and the rest of recsvc's logs.
         pseudonymize=Pseudonymizer(settings.security.pseudonym_key),
         breaker=CircuitBreaker("outreach", o.breaker_failures, o.breaker_reset_ms / 1000),
+        wait_replicas=o.wait_replicas,
+        wait_timeout_ms=o.wait_timeout_ms,
         **extra,
     )
 
 
 def build_outreach_servicer(
     settings: Settings,
-    redis_client: redis.Redis,
+    redis_client: RedisClient,
     recommendations: RecommendationPort,
     clock: Clock | None = None,
 ) -> OutreachServicer:

@@ -19,6 +19,7 @@ readiness (``recsvc.server.readiness``) can follow it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -37,10 +38,11 @@ from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
 from recsvc.outreach import metrics
-from recsvc.outreach.evalsha import ScriptRunner
+from recsvc.outreach.evalsha import Call, ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
+from recsvc.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class _ZoneCache:
 class Throttle:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         policies: PolicyStore,
         *,
         key_prefix: str = "recsvc",
@@ -144,8 +146,12 @@ class Throttle:
         pseudonymize: Callable[[str], str] = default_pseudonym,
         zone_cache_size: int = 100_000,
         breaker: CircuitBreaker | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 20,
     ) -> None:
         self._redis = client
+        # WAIT after reservations (outreach.wait_replicas); None: acknowledged by the primary only
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self.breaker = breaker or CircuitBreaker("outreach", 3, 0.5)
         self._watch = BreakerWatch(self.breaker, client.ping, STORE_DOWN, idle_check=True)
         self.policies = policies
@@ -159,7 +165,8 @@ class Throttle:
         self._cancel = client.register_script((SCRIPTS_DIR / "cancel.lua").read_text())
         self._feedback = client.register_script((SCRIPTS_DIR / "feedback.lua").read_text())
         self._consent = client.register_script((SCRIPTS_DIR / "consent.lua").read_text())
-        self._timezone = client.register_script((SCRIPTS_DIR / "timezone.lua").read_text())
+        self._consent_script = ScriptRunner(client, (SCRIPTS_DIR / "consent.lua").read_text())
+        self._timezone_script = ScriptRunner(client, (SCRIPTS_DIR / "timezone.lua").read_text())
 
     # ----------------------------------------------------------------- decisions
     def now_ms(self) -> int:
@@ -207,7 +214,8 @@ class Throttle:
             for _ in range(3):
                 quiet = self._quiet_until(ask, policy, now, tz)
                 keys, args = self._script_call(ask, mode, policy, now, tz, quiet, token)
-                raw = self._guarded(partial(self._decide.call, keys, args, shared))
+                wait = self._wait if mode != "check" else None
+                raw = self._guarded(partial(self._decide.call, keys, args, shared, wait))
                 found = self._interpret(raw, ask, policy, tz)
                 if isinstance(found, Decision):
                     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
@@ -264,7 +272,10 @@ class Throttle:
                     return self._undecidable(asks[i], exc)
 
             try:
-                found_all = self._guarded(partial(self._decide.call_many, calls(asked), shared, interpret))
+                wait = self._wait if reserve else None
+                found_all = self._guarded(
+                    partial(self._decide.call_many, calls(asked), shared, interpret, wait)
+                )
             except redis.RedisError as exc:
                 for i in asked:
                     results[i] = self._unavailable(asks[i], exc)
@@ -520,27 +531,23 @@ class Throttle:
         Erased members are skipped (nothing is stored about them) and not counted."""
         policy = self.policies.current()
         ttl = policy.profile_ttl_ms
-        n_tz = 0
-        pipe = self._redis.pipeline(transaction=False)
-        for member_id, tz in timezones:
-            k = self.keys(member_id)
-            self._timezone(keys=[k.profile, k.suppressed], args=[tz, ttl], client=pipe)
-            self._zones.put(member_id, None if tz == policy.default_timezone else tz)
-            if len(pipe) >= chunk:
-                n_tz += _written(pipe.execute())
-        n_tz += _written(pipe.execute())
-        n_consent = 0
-        for member_id, channel, granted, at in consents:
-            k = self.keys(member_id)
-            self._consent(
-                keys=[k.profile, k.suppressed],
-                args=[channel, "1" if granted else "0", at, ttl],
-                client=pipe,
-            )
-            if len(pipe) >= chunk:
-                n_consent += _written(pipe.execute())
-        n_consent += _written(pipe.execute())
-        return n_tz, n_consent
+
+        def zone_calls() -> Iterator[tuple[list[str], list[Any]]]:
+            for member_id, tz in timezones:
+                k = self.keys(member_id)
+                self._zones.put(member_id, None if tz == policy.default_timezone else tz)
+                yield [k.profile, k.suppressed], [tz, ttl]
+
+        def consent_calls() -> Iterator[tuple[list[str], list[Any]]]:
+            for member_id, channel, granted, at in consents:
+                k = self.keys(member_id)
+                yield [k.profile, k.suppressed], [channel, "1" if granted else "0", at, ttl]
+
+        # ScriptRunner, not a redis-py pipeline: it splits the batch by cluster node, which
+        # redis-py's ClusterPipeline refuses to do for EVALSHA.
+        return _write_all(self._timezone_script, zone_calls(), chunk), _write_all(
+            self._consent_script, consent_calls(), chunk
+        )
 
     def set_timezone(self, member_id: str, tz: str) -> None:
         self.import_profiles(timezones=[(member_id, tz)])
@@ -561,6 +568,18 @@ def _refuse_erased(script_reply: Any) -> None:
     # -1 from a write script: the member's suppression record exists (recsvc.security.erasure)
     if int(script_reply) == -1:
         raise MemberErased("the member was erased; nothing is stored about them until re-registration")
+
+
+def _write_all(runner: ScriptRunner, calls: Iterator[Call], chunk: int) -> int:
+    """Run a write script for every call, ``chunk`` calls per round trip; how many stored."""
+    written = 0
+    while batch := list(itertools.islice(calls, chunk)):
+        replies = runner.call_many(batch)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        written += _written(replies)
+    return written
 
 
 def _written(script_replies: list[Any]) -> int:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import redis
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,6 +38,7 @@ from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.resolve import ModelResolver
 from recsvc.models.served import ServedModels
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
+from recsvc.redis_client import RedisClient
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
 from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, WrappingRegistrar
@@ -61,7 +61,7 @@ class ServerDeps:
     realtime: RealtimeStore | None
     metrics: ServingMetrics
     engine: RecommendationEngine
-    redis_client: redis.Redis | None = None
+    redis_client: RedisClient | None = None
     outreach_servicer: Any | None = None
     extra_interceptors: Sequence[grpc.ServerInterceptor] = ()
     extra_services: Sequence[Callable[[grpc.aio.Server], str]] = ()
