@@ -8,12 +8,13 @@ Each call must end by its deadline with a status recsvc names: never UNKNOWN, ne
 grpc's decoder message; without a key every recsvc.v1 method answers UNAUTHENTICATED, whatever the
 bytes. The server must answer a health check afterwards.
 
-The bounded run takes ``RECSVC_FUZZ_SECONDS`` (default 3) seconds in the normal suite; the long
+The bounded run takes ``FUZZ_SECONDS`` (default 3) seconds in the normal suite; the long
 one is marked ``fuzz_long`` and deselected by default (docs/security.md "Raw-bytes fuzzing"):
 
-    RECSVC_FUZZ_LONG_SECONDS=600 pytest -m fuzz_long tests/test_security_rawbytes.py
+    FUZZ_LONG_SECONDS=600 pytest -m fuzz_long tests/test_security_rawbytes.py
 
-A failure names its seed; ``RECSVC_FUZZ_SEED=<seed>`` replays the same calls.
+A failure names its seed; ``FUZZ_SEED=<seed>`` replays the same calls. (Not ``RECSVC_*``
+variables: conftest clears those, so a developer's settings never reach the tests.)
 """
 
 from __future__ import annotations
@@ -355,7 +356,7 @@ def test_malformed_request_is_invalid_argument_after_authentication(
 
 
 def fuzz(target: Target, seconds: float) -> int:
-    seed = int(os.environ.get("RECSVC_FUZZ_SEED", random.randrange(2**32)))
+    seed = int(os.environ.get("FUZZ_SEED", random.randrange(2**32)))
     fuzzer = Fuzzer(random.Random(seed), target.strings)
     channel = target.srv.channel
     calls, deadline = 0, time.monotonic() + seconds
@@ -364,7 +365,7 @@ def fuzz(target: Target, seconds: float) -> int:
             for md in (target.md, None):
                 what, data = fuzzer.payload(method.input_type)
                 out = call(channel, path, method, data, md)
-                check(path, md is not None, out, f"{what} {data[:48]!r}, RECSVC_FUZZ_SEED={seed}")
+                check(path, md is not None, out, f"{what} {data[:48]!r}, FUZZ_SEED={seed}")
                 calls += 1
         healthy(channel)
         if time.monotonic() >= deadline:
@@ -372,11 +373,11 @@ def fuzz(target: Target, seconds: float) -> int:
 
 
 def test_raw_bytes_fuzz_bounded(target: Target) -> None:
-    calls = fuzz(target, float(os.environ.get("RECSVC_FUZZ_SECONDS", "3")))
+    calls = fuzz(target, float(os.environ.get("FUZZ_SECONDS", "3")))
     assert calls >= 2 * len(METHODS)
 
 
-LONG_SECONDS = float(os.environ.get("RECSVC_FUZZ_LONG_SECONDS", "300"))
+LONG_SECONDS = float(os.environ.get("FUZZ_LONG_SECONDS", "300"))
 
 
 @pytest.mark.fuzz_long
