@@ -309,11 +309,15 @@ class CatalogSettings(_Section):
     )
 
 
+# The API-key roles; recsvc.security.auth maps every method to one of them.
+Role = Literal["recommend", "events", "outreach", "admin", "catalog"]
+
+
 class CallerKey(_Section):
     """One calling backend: its name, roles and the SHA-256 (hex) of its API key (never the key)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    roles: list[Literal["recommend", "events", "outreach", "admin", "catalog"]] = Field(min_length=1)
+    roles: list[Role] = Field(min_length=1)
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 

@@ -260,11 +260,6 @@ def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
     assert [(r.applied, r.reason) for r in stock.results] == [(True, ""), (False, "ITEM_NOT_FOUND")]
 
 
-@pytest.mark.xfail(
-    reason="undecodable request bytes are mapped for every service by recsvc/server/handlers.py "
-    "(a separate change); until it lands gRPC answers UNKNOWN",
-    strict=False,
-)
 def test_undecodable_request_bytes_are_invalid_argument(server: RunningServer) -> None:
     # Raw bytes that are no UpsertItemsRequest message: INVALID_ARGUMENT, never UNKNOWN or INTERNAL.
     raw = server.channel.unary_unary("/recsvc.v1.Catalog/UpsertItems")

@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_security_server import Secured, secured_server, secured_settings
 
-from recsvc.v1 import admin_pb2, outreach_pb2, recommender_pb2
+from recsvc.v1 import admin_pb2, catalog_pb2, outreach_pb2, recommender_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 SERVICES = [
     svc
-    for module in (recommender_pb2, outreach_pb2, admin_pb2)
+    for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2)
     for svc in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS = [(svc, m) for svc in SERVICES for m in svc.methods]
@@ -121,7 +121,7 @@ def fuzz_server(
 ) -> Iterator[tuple[Secured, str]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     settings, keys = secured_settings(planted.path, redis_server.url, tmp)
-    from recsvc.security.auth import caller_toml, new_key
+    from recsvc.security.auth import ROLES, caller_toml, new_key
 
     # One caller holding every role, so calls reach the servicers' own validation.
     all_roles = new_key()
@@ -130,7 +130,7 @@ def fuzz_server(
     keys_file.write_text(
         keys_file.read_text()
         + "\n"
-        + caller_toml("fuzzer", ["recommend", "events", "outreach", "admin"], all_roles)
+        + caller_toml("fuzzer", list(ROLES), all_roles)
     )
     with secured_server(settings, keys) as srv:
         yield srv, all_roles

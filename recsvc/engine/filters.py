@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recsvc.bounds import MAX_PRICE
 from recsvc.engine.kernels import stock_and_not_excluded
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import id_problem, normalize_id
@@ -72,8 +73,12 @@ class FilterSpec:
         min_price = f.min_price if f.HasField("min_price") else None
         max_price = f.max_price if f.HasField("max_price") else None
         for name, price in (("min_price", min_price), ("max_price", max_price)):
-            if price is not None and (math.isnan(price) or price < 0):
-                raise InvalidArgument(f"filters.{name} must be a number >= 0", reason="INVALID_PRICE_RANGE")
+            # NaN and infinity included (docs/api.md "Accepted ranges").
+            if price is not None and not (math.isfinite(price) and 0 <= price <= MAX_PRICE):
+                raise InvalidArgument(
+                    f"filters.{name} must be a number within 0..{MAX_PRICE:g}, got {price}",
+                    reason="INVALID_PRICE_RANGE",
+                )
         if min_price is not None and max_price is not None and min_price > max_price:
             raise InvalidArgument(
                 f"filters.min_price {min_price} is above max_price {max_price}", reason="INVALID_PRICE_RANGE"

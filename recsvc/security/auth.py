@@ -24,18 +24,18 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 from pydantic import ValidationError
 
 from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated
 from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, MethodWrapper, is_async
-from recsvc.settings import CallerKey, Settings
+from recsvc.settings import CallerKey, Role, Settings
 
 log = logging.getLogger(__name__)
 
-ROLES = ("recommend", "events", "outreach", "admin", "catalog")
+ROLES: tuple[str, ...] = get_args(Role)
 
 # Every RPC of every recsvc.v1 service and the role it needs. Admin does not imply the others:
 # a backend that both recommends and erases is given both roles explicitly (least privilege).

@@ -18,17 +18,19 @@ Hooks for other parts of recsvc (see docs/operations.md):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from recsvc.active_members import ActiveMembers
 from recsvc.catalog.wiring import add_live_catalog
@@ -41,6 +43,7 @@ from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
 from recsvc.redis_client import RedisClient
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
+from recsvc.server.decoding import RequestDecoding
 from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, WrappingRegistrar
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.readiness import Readiness
@@ -164,7 +167,14 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
         # The RPC counter sits inside the error interceptor: it sees each error before it is mapped.
-        interceptors = [ErrorInterceptor(), RpcMetricsInterceptor(deps.metrics), *deps.extra_interceptors]
+        # RequestDecoding last (innermost): a request that does not decode is refused after the
+        # key check, as INVALID_ARGUMENT, instead of grpc's UNKNOWN before any interceptor ran.
+        interceptors = [
+            ErrorInterceptor(),
+            RpcMetricsInterceptor(deps.metrics),
+            *deps.extra_interceptors,
+            RequestDecoding(),
+        ]
         # recsvc's own interceptors wrap each method's handler once, as services are added, so
         # calls skip grpc's per-call interceptor pipeline; any other interceptor runs per call.
         wrappers = [i for i in interceptors if isinstance(i, MethodWrapper)]
@@ -188,11 +198,65 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
     return host
 
 
+class HealthServicer(health.HealthServicer):
+    """grpc's thread-safe health servicer (model loads flip it from other threads), with two
+    changes for the aio server:
+
+    - ``Watch`` runs on the event loop. grpc's blocks a thread of the server's pool for as long as
+      the stream is open, and its cancellation never reached it there: a few watches (health needs
+      no key) held every pool thread, so RecordEvent, outreach and admin calls hung, and so did
+      shutdown.
+    - ``List`` exists: grpc's health proto has the method but its servicer does not implement it,
+      so a call to it raised NotImplementedError, answered as INTERNAL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watchers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def set(self, service: str, status: Any) -> None:
+        with self._lock:
+            super().set(service, status)
+            watchers = list(self._watchers)
+        for loop, changed in watchers:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody watches there
+                loop.call_soon_threadsafe(changed.set)
+
+    async def Watch(  # type: ignore[override]
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        watcher = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._watchers.add(watcher)
+        try:
+            last = None
+            while True:
+                watcher[1].clear()  # before reading: a change from now on wakes us
+                with self._lock:
+                    status = self._server_status.get(
+                        request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                    )
+                if status != last:
+                    last = status
+                    yield health_pb2.HealthCheckResponse(status=status)
+                await watcher[1].wait()
+        finally:
+            with self._lock:
+                self._watchers.discard(watcher)
+
+    def List(self, request: Any, context: Any) -> health_pb2.HealthListResponse:
+        with self._lock:
+            statuses = dict(self._server_status)
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=s) for name, s in statuses.items()}
+        )
+
+
 def _add_services(
     settings: Settings, deps: ServerDeps, server: grpc.aio.Server, registrar: WrappingRegistrar
 ) -> None:
-    """Every service goes through ``registrar`` (which wraps its handlers), except reflection,
-    which must see the real server (it picks its aio servicer by the server's type)."""
+    """Every service goes through ``registrar`` (which wraps its handlers), reflection and health
+    included, so their requests are decoded and checked like any other."""
     target: Any = registrar  # stands in for the server while services are added
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(
@@ -211,8 +275,8 @@ def _add_services(
         names.append(add(target))
         model_names.append(names[-1])
 
-    # The thread-safe (synchronous) health servicer: model loads flip it from other threads.
-    health_servicer = health.HealthServicer()
+    # Thread-safe: model loads flip it from other threads (its Watch runs on the loop, see above).
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
     deps.health = health_servicer
     # SERVING only once a model can answer (every service shares the process's model); Outreach
@@ -223,7 +287,11 @@ def _add_services(
         breaker.add_listener(readiness.store_changed)
         readiness.store_changed(breaker.is_open)  # it may have opened while the server was built
     deps.models.set_on_loaded(readiness.model_loaded)
-    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # What reflection.enable_server_reflection does for an aio server, but through the registrar
+    # (given the registrar, it would pick the thread-pool servicer by the server's type).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((*names, health.SERVICE_NAME, reflection.SERVICE_NAME)), target
+    )
     registrar.finish()
     log.info("event=services_added services=%s", ",".join(names))
 

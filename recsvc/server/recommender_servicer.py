@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from recsvc.bounds import check_amount, check_quantity, check_timestamp_ms
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine
@@ -165,12 +166,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             item_id = check_id(request.item_id, "item_id", s.data)
             event_type = check_event_type(request.event_type)
             channel = check_channel(request.channel)
-            if request.quantity < 0 or request.amount < 0:
-                raise InvalidArgument("quantity and amount must be >= 0", reason="INVALID_AMOUNT")
-            now = time.time()
-            ts = request.ts.ToSeconds() + request.ts.nanos / 1e9 if request.HasField("ts") else now
-            if ts > now + s.data.future_tolerance_s:
-                raise InvalidArgument("event ts is in the future", reason="FUTURE_TIMESTAMP")
+            # The documented ranges (recsvc.bounds, docs/api.md "Accepted ranges"): no NaN,
+            # infinity or 1e308 amount, no event from year 1 or far in the future.
+            check_quantity(request.quantity)
+            check_amount(request.amount)
+            if request.HasField("ts"):
+                ts_ms = check_timestamp_ms(request.ts.seconds * 1000 + request.ts.nanos // 1_000_000, "ts")
+                ts = ts_ms / 1000
+            else:
+                ts = time.time()
         except RecsvcError as exc:
             self._observe("RecordEvent", t0, "none", "none", exc.code.name)
             raise

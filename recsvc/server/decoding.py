@@ -1,0 +1,184 @@
+"""Requests that are not valid protobuf get INVALID_ARGUMENT (reason ``MALFORMED_REQUEST``) after
+authentication, never grpc's own status.
+
+grpc decodes a request before it calls the handler. When the decoder raises (invalid UTF-8 in a
+string field, an overlong varint, a truncated field), the aio server answers ``UNKNOWN:
+Unexpected DecodeError ...`` naming the request type, and a thread-pool server INTERNAL, before
+any interceptor has seen the call: an unauthenticated caller got a status docs/api.md rules out
+and learnt message names. ``RequestDecoding`` wraps each method's request deserializer so a failure
+becomes a ``Malformed`` value instead, and the method's handler turns that value into a
+``MalformedRequest``. It is the innermost wrapper, so the key check runs first (a caller without a
+key gets UNAUTHENTICATED) and the error interceptor maps the error like any other. Requests that
+arrive as a stream (server reflection) are checked one by one as the handler reads them; the error
+interceptor does not wrap such handlers, so the status is set here, from the typed error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+
+from recsvc.errors import InvalidArgument
+from recsvc.server.handlers import MethodWrapper, is_async
+
+log = logging.getLogger(__name__)
+
+
+class MalformedRequest(InvalidArgument):
+    """The request bytes do not decode as the method's request message."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+class Malformed:
+    """What the wrapped deserializer returns for bytes that do not decode."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:  # the handler takes the raw bytes
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # whatever the decoder raises, the caller sent bad bytes
+            return Malformed(exc)
+
+    return deserialize
+
+
+def _refuse(method: str, request: Malformed) -> NoReturn:
+    # The decoder's message (which names the type) goes to the log only; the caller may hold no key.
+    log.info(
+        "event=malformed_request method=%s error=%s", method, str(request.error)[:200].replace("\n", " ")
+    )
+    raise MalformedRequest("the request bytes are not a valid protobuf message of this method's request type")
+
+
+class RequestDecoding(MethodWrapper):
+    """Innermost wrapper of every method (see the module docstring)."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is None:
+            return handler
+        return handler._replace(  # type: ignore[attr-defined]
+            request_deserializer=safe_deserializer(handler.request_deserializer),
+            unary_unary=_unary_unary(method, handler.unary_unary),
+            unary_stream=_unary_stream(method, handler.unary_stream),
+            stream_unary=_stream_unary(method, handler.stream_unary),
+            stream_stream=_stream_stream(method, handler.stream_stream),
+        )
+
+
+def _unary_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    if fn is None:
+        return None
+    if is_async(fn):
+
+        async def arun(request: Any, context: Any) -> Any:
+            if type(request) is Malformed:
+                _refuse(method, request)
+            return await fn(request, context)
+
+        return arun
+
+    def run(request: Any, context: Any) -> Any:
+        if type(request) is Malformed:
+            _refuse(method, request)
+        return fn(request, context)
+
+    return run
+
+
+def _unary_stream(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    if fn is None:
+        return None
+    if is_async(fn):
+
+        async def arun(request: Any, context: Any) -> AsyncIterator[Any]:
+            if type(request) is Malformed:
+                _refuse(method, request)
+            async for item in fn(request, context):
+                yield item
+
+        # A coroutine (it writes its answers with context.write) is wrapped like a unary_unary one.
+        return arun if inspect.isasyncgenfunction(fn) else _unary_unary(method, fn)
+
+    def run(request: Any, context: Any) -> Iterator[Any]:
+        if type(request) is Malformed:
+            _refuse(method, request)
+        yield from fn(request, context)
+
+    return run
+
+
+def _checked(method: str, requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        if type(request) is Malformed:
+            _refuse(method, request)
+        yield request
+
+
+async def _achecked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if type(request) is Malformed:
+            _refuse(method, request)
+        yield request
+
+
+def _stream_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    if fn is None:
+        return None
+    if is_async(fn):
+
+        async def arun(requests: AsyncIterator[Any], context: Any) -> Any:
+            try:
+                return await fn(_achecked(method, requests), context)
+            except MalformedRequest as exc:
+                await context.abort(exc.code, str(exc))
+
+        return arun
+
+    def run(requests: Iterator[Any], context: Any) -> Any:
+        try:
+            return fn(_checked(method, requests), context)
+        except MalformedRequest as exc:
+            context.abort(exc.code, str(exc))
+
+    return run
+
+
+def _stream_stream(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    if fn is None:
+        return None
+    if is_async(fn):
+
+        async def arun(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(_achecked(method, requests), context):
+                    yield item
+            except MalformedRequest as exc:
+                await context.abort(exc.code, str(exc))
+
+        # A coroutine (it writes its answers with context.write) is wrapped like a stream_unary one.
+        return arun if inspect.isasyncgenfunction(fn) else _stream_unary(method, fn)
+
+    def run(requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        try:
+            yield from fn(_checked(method, requests), context)
+        except MalformedRequest as exc:
+            # End the stream with the status (as the error interceptor does for streams): a plain
+            # generator runs step by step in the aio server's pool, where abort() could hang.
+            context.set_code(exc.code)
+            context.set_details(str(exc))
+
+    return run
