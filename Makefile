@@ -10,12 +10,12 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test venv protos load clean grpcload
+.PHONY: run test venv protos load clean grpcload java
 
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,load,spark]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,7 +23,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recsvc demo
 
-test: $(STAMP) grpcload
+test: $(STAMP) grpcload java
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/ruff check proto recsvc training pipelines load tests
 	$(BIN)/mypy
@@ -40,6 +40,18 @@ grpcload:
 		  apt-get install -y -q --no-install-recommends libgrpc++-dev pkg-config >/dev/null 2>&1)) || true; \
 	fi
 	@$(MAKE) -s -C load/grpcload >/dev/null 2>&1 || echo "load/grpcload not built (needs libgrpc++-dev): its tests will skip"
+
+# Spark training (training.engine = spark, its tests) needs a Java runtime (17 or 21 for Spark 4).
+# Under CI it is installed with apt when missing (Debian 12: default-jre-headless = OpenJDK 17);
+# elsewhere the Spark tests skip, saying so.
+java:
+	@if ! command -v java >/dev/null 2>&1 && [ -n "$$CI" ] && command -v apt-get >/dev/null; then \
+		echo "installing a Java runtime for Spark training"; \
+		(apt-get install -y -q --no-install-recommends default-jre-headless >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && \
+		  apt-get install -y -q --no-install-recommends default-jre-headless >/dev/null 2>&1)) || true; \
+	fi
+	@command -v java >/dev/null 2>&1 || echo "no java on the PATH: the Spark training tests will skip"
 
 protos: $(STAMP)
 	$(BIN)/python proto/generate.py

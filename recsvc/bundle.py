@@ -113,6 +113,9 @@ class Manifest(BaseModel):
     # The serving settings the stored default lists were computed with ({} = no lists):
     # k, kind, diversity, max_per_category, ann_candidates, hnsw_ef_search.
     member_lists: dict[str, Any] = {}
+    # Which library fitted the factors ("implicit" or "spark", training.engine). Serving does not
+    # read it: both write the same arrays. Bundles from before the field were all implicit's.
+    engine: str = "implicit"
 
 
 @dataclass

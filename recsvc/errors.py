@@ -75,3 +75,10 @@ class Unauthenticated(RecsvcError):
 class PermissionDenied(RecsvcError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+
+class SparkUnavailable(RecsvcError):
+    """Spark could not start or run a training job (no Java, unreachable master, a failed job)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SPARK_UNAVAILABLE"
