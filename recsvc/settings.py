@@ -128,7 +128,7 @@ class TrainingSettings(_Section):
         "implicit", description="ALS engine: implicit (one machine) or spark (Spark MLlib, recsvc[spark])"
     )
     spark_master: str = Field(
-        "local[2]",
+        "local[*]",
         description="Spark master URL for engine = spark: local[N], local[*], spark://host:port, yarn, "
         "k8s://https://host:port, ...",
     )

@@ -278,3 +278,15 @@ def test_a_spark_bundle_serves_over_grpc(bundles: dict[str, Path], redis_url: st
         reply = s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=warm, k=10))
         assert len(reply.items) == 10
         assert len({i.item_id for i in reply.items}) == 10
+
+
+@with_spark
+def test_training_leaves_no_spark_jvm_behind(bundles: dict[str, Path]) -> None:
+    """The session and the driver JVM end with the last fit: neither training nor the tests that
+    follow keep a JVM heap alive."""
+    import psutil
+    from pyspark import SparkContext
+
+    children = [p.name() for p in psutil.Process().children(recursive=True)]
+    assert "java" not in children
+    assert SparkContext._active_spark_context is None and SparkContext._gateway is None

@@ -138,10 +138,14 @@ class SparkAls:
         self._owned = SparkSession.getActiveSession() is None
         try:
             spark = builder.getOrCreate()
-            if self._owned and self.master.startswith("local"):
+            if (
+                self._owned
+                and self.master.startswith("local")
+                and spark.sparkContext.getCheckpointDir() is None
+            ):
                 # ALS truncates its lineage through checkpoints every 10 iterations; without a
                 # checkpoint folder long fits (tuning tries up to 50) can overflow the JVM stack.
-                # On a cluster the folder would have to be on shared storage: left to the cluster.
+                # On a cluster the folder must be on shared storage: spark.checkpoint.dir there.
                 self._checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
                 spark.sparkContext.setCheckpointDir(self._checkpoints)
         except Exception as exc:  # Java missing, master refused: PySparkRuntimeError, Py4JJavaError
