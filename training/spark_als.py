@@ -149,6 +149,8 @@ class SparkAls:
                 self._checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
                 spark.sparkContext.setCheckpointDir(self._checkpoints)
         except Exception as exc:  # Java missing, master refused: PySparkRuntimeError, Py4JJavaError
+            if self._owned:
+                _end_local_jvm()  # a JVM that started but could not make a context is of no use
             raise SparkUnavailable(
                 f"could not start Spark with master {self.master!r}: {_first_line(exc)}"
             ) from exc
