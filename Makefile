@@ -10,12 +10,12 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test venv protos load clean grpcload promtool mlflow
+.PHONY: run test venv protos load clean grpcload promtool mlflow java
 
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,load,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,load,spark,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,7 +23,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recsvc demo
 
-test: $(STAMP) grpcload promtool
+test: $(STAMP) grpcload promtool java
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/ruff check proto recsvc training pipelines bench load tests
 	$(BIN)/mypy
@@ -55,6 +55,18 @@ promtool:
 # The MLflow UI on the store `make run` wrote (runs, plots, registered versions), from any folder.
 mlflow: $(STAMP)
 	$(BIN)/recsvc mlflow-ui --demo
+
+# Spark training (training.engine = spark, its tests) needs a Java runtime (17 or 21 for Spark 4).
+# Under CI it is installed with apt when missing (Debian 12: default-jre-headless = OpenJDK 17);
+# elsewhere the Spark tests skip, saying so.
+java:
+	@if ! command -v java >/dev/null 2>&1 && [ -n "$$CI" ] && command -v apt-get >/dev/null; then \
+		echo "installing a Java runtime for Spark training"; \
+		(apt-get install -y -q --no-install-recommends default-jre-headless >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && \
+		  apt-get install -y -q --no-install-recommends default-jre-headless >/dev/null 2>&1)) || true; \
+	fi
+	@command -v java >/dev/null 2>&1 || echo "no java on the PATH: the Spark training tests will skip"
 
 protos: $(STAMP)
 	$(BIN)/python proto/generate.py

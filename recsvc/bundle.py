@@ -158,6 +158,9 @@ class Manifest(BaseModel):
     @classmethod
     def _no_lists(cls, value: Any) -> Any:
         return value or None  # bundles record "no lists" as {}
+    # Which library fitted the factors ("implicit" or "spark", training.engine). Serving does not
+    # read it: both write the same arrays. Bundles from before the field were all implicit's.
+    engine: str = "implicit"
 
 
 @dataclass

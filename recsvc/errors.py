@@ -92,3 +92,10 @@ class MemberErased(RecsvcError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "MEMBER_ERASED"
+
+
+class SparkUnavailable(RecsvcError):
+    """Spark could not start or run a training job (no Java, unreachable master, a failed job)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SPARK_UNAVAILABLE"

@@ -9,6 +9,7 @@ Unknown keys are rejected everywhere, including misspelt ``RECSVC_`` environment
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,15 @@ def _default_artifact_location() -> str:
     return str(project_home() / "var" / "mlflow" / "artifacts")
 
 EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")
+# Master URLs Spark accepts (SparkContext.createTaskScheduler, SparkSubmit): checked when the
+# settings load, so a typo is a ConfigError, not a Java stack trace minutes into training.
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?"
+    r"|local-cluster\[[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*\]"
+    r"|spark://[A-Za-z0-9.\-]+:[0-9]{1,5}(,[A-Za-z0-9.\-]+:[0-9]{1,5})*"
+    r"|yarn"
+    r"|k8s://(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?"
+)
 EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
 
 
@@ -131,6 +141,18 @@ class TrainingSettings(_Section):
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
     tune_trials: int = Field(20, ge=1)
+    # Which library fits the ALS factors; everything around the fit (ingest, holdout, evaluation,
+    # gate, segments, indexes, bundle) is the same code for both (training/spark_als.py).
+    engine: Literal["implicit", "spark"] = Field(
+        "implicit", description="ALS engine: implicit (one machine) or spark (Spark MLlib, recsvc[spark])"
+    )
+    spark_master: str = Field(
+        "local[*]",
+        description="Spark master URL for engine = spark: local[N], local[*], spark://host:port, yarn, "
+        "k8s://https://host:port, ...",
+    )
+    # Only applies when the driver JVM is started by this process (local mode, client deploy mode).
+    spark_driver_memory: str = Field("2g", pattern=r"^[1-9][0-9]*[kmgt]$")
 
     @field_validator("event_weights")
     @classmethod
@@ -140,6 +162,17 @@ class TrainingSettings(_Section):
             raise ValueError(f"unknown event types in event_weights: {unknown}; known: {list(EVENT_TYPES)}")
         if any(w < 0 for w in v.values()):
             raise ValueError("event weights must be >= 0")
+        return v
+
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master_url(cls, v: str) -> str:
+        # The forms Spark itself accepts; anything else would only fail later inside the JVM.
+        if not SPARK_MASTER.fullmatch(v):
+            raise ValueError(
+                f"not a Spark master URL: {v!r}; use local, local[N], local[*], local[N,F], "
+                "spark://host:port[,host:port], yarn or k8s://https://host:port"
+            )
         return v
 
     @model_validator(mode="after")

@@ -6,13 +6,16 @@ Writes: a :class:`TrainedFactors`: the r_ui matrix it was fitted on, the fit res
 factors with all-zero rows for members without events (serving falls back to popularity), and
 item factors with untrained rows zeroed and fresh content filled by :mod:`training.coldstart`.
 Used for the candidate, the champion's re-measurement, every tuning trial and the final refit,
-so all of them are built exactly alike.
+so all of them are built exactly alike. The one switch between engines is here: ``spark`` given
+(``training.engine = "spark"``), Spark MLlib fits the factors (:mod:`training.spark_als`);
+otherwise implicit does (:mod:`training.fit`). Everything after the fit is the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +24,9 @@ from training.coldstart import fill_fresh_content
 from training.confidence import confidence_matrix
 from training.fit import AlsParams, FitResult, fit_als
 from training.prepare import EventArrays, Prepared
+
+if TYPE_CHECKING:
+    from training.spark_als import SparkAls
 
 
 @dataclass
@@ -41,10 +47,18 @@ def train_factors(
     num_threads: int = 0,
     track_loss: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
+    spark: SparkAls | None = None,
 ) -> TrainedFactors:
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
-    fit = fit_als(matrix, params, num_threads=num_threads, track_loss=track_loss, on_iteration=on_iteration)
+    if spark is not None:
+        # Spark builds r_ui from the events itself; ``matrix`` (the same values) stays the
+        # bundle's history and decides which rows count as trained, as for implicit.
+        fit = spark.fit(events, as_of, shape, params, on_iteration=on_iteration)
+    else:
+        fit = fit_als(
+            matrix, params, num_threads=num_threads, track_loss=track_loss, on_iteration=on_iteration
+        )
     members_trained = np.diff(matrix.indptr) > 0
     items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0
     member_factors = fit.user_factors

@@ -48,6 +48,7 @@ from training import (
 from training.confidence import purchased_matrix, weight_table
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
+from training.spark_als import SparkAls
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def _champion_score(
     prepared: prepare.Prepared,
     data_split: split.Split,
     steps: Steps,
+    spark: SparkAls | None,
 ) -> tuple[float | None, str, str | None]:
     """(champion NDCG@10 on this holdout, method, champion version) or (None, ...) if none."""
     found = tracking.champion(client, settings.mlflow)
@@ -147,7 +149,12 @@ def _champion_score(
         return None, gate.UNCOMPARABLE, str(mv.version)
     with steps.step(f"re-measure champion v{mv.version} on this holdout"):
         trained = train_factors(
-            prepared, data_split.train, data_split.start, params, num_threads=settings.training.num_threads
+            prepared,
+            data_split.train,
+            data_split.start,
+            params,
+            num_threads=settings.training.num_threads,
+            spark=spark,
         )
         metrics = evaluate.evaluate(
             trained.member_factors,
@@ -240,6 +247,8 @@ def run(
     experiment_id = tracking.ensure_experiment(client, settings.mlflow)
     bundle_id = assemble.new_bundle_id(prepared)
     tmp_root = Path(tempfile.mkdtemp(prefix="recsvc-train-"))
+    # the one engine switch (training/factors.py); the session starts at the first fit
+    spark = SparkAls(t) if t.engine == "spark" else None
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{bundle_id}") as active:
             run_id = active.info.run_id
@@ -260,6 +269,7 @@ def run(
                         eval_members=t.eval_members,
                         num_threads=t.num_threads,
                         on_trial=lambda _n, _s: adv(1),
+                        spark=spark,
                     )
                 mlflow.log_dict({"trials": trials}, "tuning/trials.json")
             _log_params(params, settings, options, prepared.fingerprint)
@@ -273,12 +283,13 @@ def run(
                     num_threads=t.num_threads,
                     track_loss=t.track_loss,
                     on_iteration=lambda _i, _loss: adv(1),
+                    spark=spark,
                 )
             with steps.step("evaluate on the holdout"):
                 metrics = _holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
             with steps.step("gate against the champion"):
                 champion_score, method, champion_version = _champion_score(
-                    client, settings, prepared, data_split, steps
+                    client, settings, prepared, data_split, steps, spark
                 )
                 decision = gate.decide(
                     metrics.get(gate.GATE_METRIC, 0.0),
@@ -306,7 +317,10 @@ def run(
                         params,
                         num_threads=t.num_threads,
                         on_iteration=lambda _i, _loss: adv(1),
+                        spark=spark,
                     )
+                if spark is not None:
+                    spark.stop()  # every fit is done: the JVM's memory goes back before FAISS
             else:
                 final = candidate
                 # The bundle is the model as of the split: it must not know the holdout's purchases
@@ -363,6 +377,7 @@ def run(
                         # know no event from there on); training_cutoff stays the data's cutoff
                         "data_as_of": prepared.cutoff_iso if options.refit else window["start"],
                         "run_id": run_id,
+                        "engine": t.engine,
                     },
                 )
                 bundle_dir = options.bundle_out or tmp_root / "bundle"
@@ -454,6 +469,8 @@ def run(
             trials=trials,
         )
     finally:
+        if spark is not None:
+            spark.stop()
         shutil.rmtree(tmp_root, ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from training.fit import AlsParams
 from training.gate import GATE_METRIC
 from training.prepare import Prepared
 from training.split import Split, validation
+
+if TYPE_CHECKING:
+    from training.spark_als import SparkAls
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ def search(
     num_threads: int = 0,
     log_trials: bool = True,
     on_trial: Callable[[int, float], None] | None = None,
+    spark: SparkAls | None = None,
 ) -> tuple[AlsParams, list[dict[str, Any]]]:
     """Return (best params, one row per trial). The first trial is ``base`` itself, so tuning
     never returns something worse on validation than the defaults."""
@@ -92,7 +96,7 @@ def search(
     def objective(trial: Any) -> float:
         params = suggest(trial, base)
         candidates[trial.number] = params
-        trained = train_factors(prepared, val.train, val.start, params, num_threads=num_threads)
+        trained = train_factors(prepared, val.train, val.start, params, num_threads=num_threads, spark=spark)
         metrics = evaluate(
             trained.member_factors,
             trained.item_factors,

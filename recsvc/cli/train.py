@@ -78,6 +78,12 @@ def train(
         None, "--regularization", help="Override training.regularization for this run."
     ),
     alpha: float | None = typer.Option(None, "--alpha", help="Override training.alpha for this run."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Override training.engine for this run: implicit (one machine) or spark (Spark MLlib's "
+        "ALS on training.spark_master; needs recsvc[spark] and Java).",
+    ),
 ) -> None:
     """Train the recommender from purchase and browse history.
 
@@ -101,6 +107,7 @@ def train(
             "iterations": iterations,
             "regularization": regularization,
             "alpha": alpha,
+            "engine": engine,
         }.items()
         if v is not None
     }
