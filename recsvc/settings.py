@@ -61,9 +61,18 @@ class TrainingSettings(_Section):
             "view": 0.7,
         }
     )
-    half_life_days: float = Field(60.0, gt=0)
+    half_life_days: float = Field(
+        60.0, ge=0, description="recency decay of event weights; 0 = no decay (every event counts fully)"
+    )
     holdout_days: int = Field(14, ge=1)
     validation_days: int = Field(14, ge=1)
+    # How --tune validates (training/split.py): "time" = the last validation_days before the
+    # holdout; "random" = a random share of each member's items; "auto" = "time" when the data's
+    # time order carries signal (recent popularity beats all-time popularity on the time window).
+    validation_split: Literal["auto", "time", "random"] = "auto"
+    validation_share: float = Field(
+        0.2, gt=0, lt=1, description="random validation split: share of each member's items held out"
+    )
     gate_tolerance: float = Field(
         0.02, ge=0, description="champion NDCG@10 may drop by at most this (absolute)"
     )
@@ -103,6 +112,13 @@ class TrainingSettings(_Section):
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
     tune_trials: int = Field(20, ge=1)
+    tune_startup_trials: int = Field(
+        8, ge=1, description="--tune: random trials before TPE models the good region"
+    )
+    tune_eval_members: int = Field(3000, ge=100, description="--tune: validation members sampled per trial")
+    tune_prune: bool = Field(
+        True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
+    )
 
     @field_validator("event_weights")
     @classmethod

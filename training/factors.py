@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,10 +42,18 @@ def train_factors(
     num_threads: int = 0,
     track_loss: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
+    on_model: Callable[[int, Any], None] | None = None,
 ) -> TrainedFactors:
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
-    fit = fit_als(matrix, params, num_threads=num_threads, track_loss=track_loss, on_iteration=on_iteration)
+    fit = fit_als(
+        matrix,
+        params,
+        num_threads=num_threads,
+        track_loss=track_loss,
+        on_iteration=on_iteration,
+        on_model=on_model,
+    )
     members_trained = np.diff(matrix.indptr) > 0
     items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0
     member_factors = fit.user_factors

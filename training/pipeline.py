@@ -61,6 +61,7 @@ class TrainOptions:
     refit: bool = True
     register: bool = True
     bundle_out: Path | None = None
+    params_out: Path | None = None  # --tune writes the chosen parameters here (a settings fragment)
 
 
 @dataclass
@@ -236,19 +237,20 @@ def run(
                 from training import tune
 
                 n_trials = options.trials or t.tune_trials
-                with steps.step(f"tune ({n_trials} trials on the validation split)", total=n_trials) as adv:
-                    params, trials = tune.search(
+                with steps.step(f"tune ({n_trials} trials on a validation split)", total=n_trials) as adv:
+                    tuned = tune.search(
                         prepared,
                         data_split,
                         params,
+                        t,
                         trials=n_trials,
-                        validation_days=t.validation_days,
                         positive_types=positive,
-                        eval_members=t.eval_members,
-                        num_threads=t.num_threads,
                         on_trial=lambda _n, _s: adv(1),
                     )
-                mlflow.log_dict({"trials": trials}, "tuning/trials.json")
+                params, trials = tuned.params, tuned.trials
+                if options.params_out is not None:
+                    tune.write_params(options.params_out, tuned)
+                    log.info("tuned parameters saved to %s", options.params_out)
             _log_params(params, settings, options, prepared.fingerprint)
 
             with steps.step("fit ALS on the training split", total=params.iterations) as adv:

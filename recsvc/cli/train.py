@@ -60,6 +60,19 @@ def train(
         None, "--regularization", help="Override training.regularization for this run."
     ),
     alpha: float | None = typer.Option(None, "--alpha", help="Override training.alpha for this run."),
+    params_file: Path | None = typer.Option(
+        None,
+        "--params",
+        help="Use the hyper-parameters of this file (the [training] table --tune saves) instead of the "
+        "settings'; --factors/--iterations/--regularization/--alpha still override it.",
+        dir_okay=False,
+    ),
+    save_params: Path = typer.Option(
+        Path("var/tune/params.toml"),
+        "--save-params",
+        help="With --tune: save the chosen hyper-parameters here, for --params (or --config) next time.",
+        dir_okay=False,
+    ),
 ) -> None:
     """Train the recommender from purchase and browse history.
 
@@ -85,6 +98,10 @@ def train(
         }.items()
         if v is not None
     }
+    if params_file is not None:
+        from training.tune import read_params
+
+        overrides = read_params(params_file) | overrides
     settings = st.settings({"training": overrides} if overrides else None)
     if trials is not None and not tune:
         raise typer.BadParameter("--trials needs --tune", param_hint="--trials")
@@ -109,6 +126,7 @@ def train(
         refit=not no_refit,
         register=not no_register,
         bundle_out=bundle_out,
+        params_out=save_params if tune else None,
     )
     with Progress(
         SpinnerColumn(),
@@ -122,5 +140,10 @@ def train(
         report = run(settings, options, progress=progress)
     for table in summary_tables(report):
         console.print(table)
+    if options.params_out is not None:
+        console.print(
+            f"tuned parameters saved to {options.params_out}; reuse them without tuning: "
+            f"recsvc train --params {options.params_out}"
+        )
     if not report.decision.promote and options.register:
         console.print(f"[yellow]not promoted[/]: {report.decision.reason}")

@@ -123,7 +123,10 @@ class ServedModel:
         self.regularization = float(params.get("regularization", 0.05))
         self.alpha = float(params.get("alpha", 1.0))
         self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
-        self.half_life_days = float(params.get("half_life_days", 60.0))
+        # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every
+        # formula of the form 0.5 ** (age / half_life) stays as it is
+        half_life = float(params.get("half_life_days", 60.0))
+        self.half_life_days = half_life if half_life > 0 else float("inf")
         self.factors = int(bundle.manifest.factors)
         # The time the trained history weights were decayed to: the holdout start for a bundle
         # trained without refit (``data_as_of``), else the training cutoff. Serving decays them
