@@ -67,8 +67,8 @@ class TrainingSettings(_Section):
     holdout_days: int = Field(14, ge=1)
     validation_days: int = Field(14, ge=1)
     # How --tune validates (training/split.py): "time" = the last validation_days before the
-    # holdout; "random" = a random share of each member's items; "auto" = "time" when the data's
-    # time order carries signal (recent popularity beats all-time popularity on the time window).
+    # holdout; "random" = a random share of each member's items (weak time order); "auto" =
+    # "time" unless its window has too few test members to judge by (training/tune.py).
     validation_split: Literal["auto", "time", "random"] = "auto"
     validation_share: float = Field(
         0.2, gt=0, lt=1, description="random validation split: share of each member's items held out"
@@ -118,6 +118,19 @@ class TrainingSettings(_Section):
     tune_eval_members: int = Field(3000, ge=100, description="--tune: validation members sampled per trial")
     tune_prune: bool = Field(
         True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
+    )
+
+    # Replenishment (training/replenish.py): which categories are bought again, and how often.
+    replenish_min_repeats: int = Field(
+        20, ge=1, description="repeat purchases (on different days) a category needs to count as repurchased"
+    )
+    replenish_min_share: float = Field(
+        0.05, ge=0, le=1, description="share of a category's (member, item) purchases bought again, at least"
+    )
+    replenish_min_item_repeats: int = Field(
+        10,
+        ge=1,
+        description="repeat purchases a product needs for an interval of its own (else its category's)",
     )
 
     @field_validator("event_weights")
@@ -178,6 +191,18 @@ class ServingSettings(_Section):
         "fault; the pages are the page cache's, shared by every process serving the bundle",
     )
     variants: list[Variant] = Field(default_factory=list)
+    # Replenishment (recsvc/engine/replenish.py): a bought consumable comes back when it is due,
+    # i.e. the days since its last purchase lie in [interval x (1 - early), interval x (1 + late)].
+    replenish: bool = Field(True, description="bring due consumables back into product lists")
+    replenish_early: float = Field(0.2, ge=0, lt=1, description="due from interval x (1 - this)")
+    replenish_late: float = Field(0.5, ge=0, le=10, description="due until interval x (1 + this)")
+    replenish_max_items: int = Field(2, ge=1, le=20, description="due items per list, at most")
+    replenish_after: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="due items follow this many personalised picks (earlier in shorter lists)",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_filter_values: int = Field(100, ge=1, description="max values in one filter list")

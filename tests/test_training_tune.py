@@ -116,15 +116,27 @@ def _choose(p: prepare.Prepared, **kw: object) -> tuple[str, str]:
     return how, why
 
 
-def test_auto_validation_picks_random_when_time_order_carries_no_signal() -> None:
-    # make_dataset draws timestamps uniformly: the order of events says nothing
-    how, why = _choose(prepare.prepare(make_dataset(members=600, events_per_member=30, seed=2)))
+def _thin_recent(seed: int) -> prepare.Prepared:
+    """Most members went quiet long before the end (e.g. a bulk import of old history): the last
+    weeks before the holdout hold too few members to validate on."""
+    data = make_dataset(members=600, events_per_member=30, days=120, seed=seed)
+    ev = data.events
+    late = ev["ts"] > ev["ts"].max() - pd.Timedelta(days=35)
+    keep = ~late | ev["member_id"].isin([f"m{i:06d}" for i in range(0, 600, 8)])
+    data.events = ev[keep].reset_index(drop=True)
+    return prepare.prepare(data)
+
+
+def test_auto_validation_picks_random_when_the_time_window_is_too_thin() -> None:
+    how, why = _choose(_thin_recent(seed=2))
     assert how == "random", why
+    assert "test members" in why
 
 
-def test_auto_validation_picks_time_when_recent_popularity_predicts_the_next_days() -> None:
-    how, why = _choose(_trending(seed=4))
-    assert how == "time", why
+def test_auto_validation_keeps_the_holdouts_kind_when_the_window_is_full() -> None:
+    for p in (_trending(seed=4), prepare.prepare(make_dataset(members=600, events_per_member=30, seed=2))):
+        how, why = _choose(p)
+        assert how == "time", why
 
 
 def test_validation_split_setting_overrides_the_rule() -> None:

@@ -41,6 +41,7 @@ from training import (
     member_lists,
     plots,
     prepare,
+    replenish,
     segments,
     split,
     tracking,
@@ -265,6 +266,22 @@ def run(
                 )
             with steps.step("evaluate on the holdout"):
                 metrics = _holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
+            with steps.step("replenishment: learn intervals, evaluate on the holdout"):
+                learned = replenish.learn(data_split.train, prepared.item_category, prepared.categories, t)
+                metrics |= replenish.evaluate(
+                    prepared,
+                    data_split.train,
+                    data_split.start,
+                    data_split.end,
+                    candidate.member_factors,
+                    candidate.item_factors,
+                    data_split.seen,
+                    data_split.test,
+                    learned,
+                    settings.serving,
+                    max_members=t.eval_members,
+                    seed=t.random_state,
+                )
             with steps.step("gate against the champion"):
                 champion_score, method, champion_version = _champion_score(
                     client, settings, prepared, data_split, steps
@@ -320,6 +337,9 @@ def run(
                     final.item_factors, prepared.item_kind, final.member_factors, t
                 )
             served_purchases = purchased_matrix(served_events, shape)
+            # the bundle's intervals and last purchase times know exactly the bundle's purchases
+            served_learned = replenish.learn(served_events, prepared.item_category, prepared.categories, t)
+            served_last = replenish.last_purchase(served_events, shape)
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)
             counts |= {f"segment.{s}": int(n) for s, n in zip(LIFECYCLE_STAGES, segment_counts, strict=True)}
@@ -342,6 +362,7 @@ def run(
                     index_info=index_info,
                     metrics=metrics,
                     counts=counts,
+                    replenish=(served_learned, served_last),
                     extra={
                         "holdout": window,
                         "gate_metric": gate.GATE_METRIC,
@@ -393,6 +414,7 @@ def run(
                     mlflow.log_metric("train_loss", loss, step=i + 1)
                 mlflow.log_dict(decision.as_dict(), "gate.json")
                 mlflow.log_dict({"index": index_info, "holdout": window}, "summary.json")
+                mlflow.log_dict({"categories": learned.categories}, "replenish/categories.json")
                 mlflow.set_tag("gate.decision", decision.reason)
                 mlflow.set_tag("gate.promote", str(decision.promote).lower())
                 _log_figures(prepared.item_kind, item_totals, candidate_losses, metrics)

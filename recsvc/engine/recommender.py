@@ -23,9 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recsvc.bundle import KIND_PRODUCT
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
+from recsvc.engine.replenish import DAY_S, due_mask, placement
 from recsvc.engine.served_model import KIND_CODES, MemberLists, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.realtime import RealtimeStore, RecentActivity, event_weights_by_item, recalculate_member
@@ -36,6 +38,7 @@ SOURCE_PERSONALIZED = "personalized"
 SOURCE_REALTIME = "realtime"
 SOURCE_POPULAR = "popular"
 SOURCE_SIMILAR = "similar"
+SOURCE_REPLENISH = "replenish"
 
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -104,6 +107,16 @@ class MemberState:
     ev_rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)
     ev_w: np.ndarray = field(default_factory=lambda: _NO_WEIGHTS)
     answered: bool = False  # Redis answered the recent-events read
+    recent_bought: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # bought since the bundle
+
+
+@dataclass(slots=True)
+class Due:
+    """Bought consumables due again (replenishment stage): rows, scores, days since bought."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    days: np.ndarray
 
 
 @dataclass
@@ -170,7 +183,11 @@ class RecommendationEngine:
             picks, scores = self._rank(model, state.vector, kind, k, filters, excluded, first=candidates)
             because = self._explain(model, picks, state)
         reasons = self._reason_texts(model, because, state.bought)
-        self._items(resp.items, model, picks, scores, reasons, state.source)
+        due = self._due(model, state, kind, filters)
+        if due is None:
+            self._items(resp.items, model, picks, scores, reasons, state.source)
+        else:
+            self._render_with_due(resp.items, model, picks, scores, reasons, state.source, due, k)
         return Recommendation(response=resp, source=state.source)
 
     @staticmethod
@@ -207,7 +224,8 @@ class RecommendationEngine:
         purchases join the excluded rows. True when the vector changed."""
         if activity.purchased:
             recent_bought = model.items.rows(sorted(activity.purchased))
-            state.bought = np.concatenate([state.bought.astype(np.int64), recent_bought[recent_bought >= 0]])
+            state.recent_bought = recent_bought[recent_bought >= 0].astype(np.int64)
+            state.bought = np.concatenate([state.bought.astype(np.int64), state.recent_bought])
             state.bought_sorted = False
         if not activity.events:
             return False
@@ -232,6 +250,59 @@ class RecommendationEngine:
         state.vector = vector if vector.any() else None
         state.source = SOURCE_REALTIME
         return True
+
+    def _due(self, model: ServedModel, state: MemberState, kind: int, filters: FilterSpec) -> Due | None:
+        """Stage 5b, replenishment (recsvc/engine/replenish.py): the member's bought consumables
+        that are due now and pass the call's filters, best first, at most
+        ``replenish_max_items``; None when there are none or the call is not a product list
+        that excludes purchases. Items bought since the bundle (Redis) are not due."""
+        s = self._settings
+        if not s.replenish or kind != KIND_PRODUCT or not filters.exclude_purchased or state.vector is None:
+            return None
+        if state.row is None:
+            return None
+        rows, interval, last = model.repurchases(state.row)
+        if not rows.shape[0]:
+            return None
+        days = (self._clock() - last) / DAY_S
+        due = due_mask(interval, days, s.replenish_early, s.replenish_late)
+        if not due.any():
+            return None
+        rows, days = rows[due].astype(np.int64), days[due]
+        excluded = self._excluded_rows(model, filters, state.recent_bought)
+        keep = filters.mask(model, rows, excluded) & (model.item_kind[rows] == KIND_PRODUCT)
+        if not keep.any():
+            return None
+        rows, days = rows[keep], days[keep]
+        scores = np.asarray(model.item_factors[rows], dtype=np.float32) @ state.vector
+        order = np.argsort(-scores, kind="stable")[: s.replenish_max_items]
+        return Due(rows[order], scores[order], days[order])
+
+    def _render_with_due(
+        self,
+        into: Any,
+        model: ServedModel,
+        picks: np.ndarray,
+        scores: np.ndarray,
+        reasons: list[str],
+        source: str,
+        due: Due,
+        k: int,
+    ) -> None:
+        """The list of ``k`` with the due items after ``replenish_after`` picks (earlier in a
+        shorter list), each with source ``replenish`` and a restock reason."""
+        at, n = placement(picks.shape[0], due.rows.shape[0], k, self._settings.replenish_after)
+        rest = k - at - n
+        titles = model.titles
+        texts = [
+            f"time to restock: you bought {titles[r]} {int(d)} days ago"
+            for r, d in zip(due.rows[:n].tolist(), due.days[:n].tolist(), strict=True)
+        ]
+        self._items(into, model, picks[:at], scores[:at], reasons[:at], source)
+        self._items(into, model, due.rows[:n], due.scores[:n], texts, SOURCE_REPLENISH)
+        self._items(
+            into, model, picks[at : at + rest], scores[at : at + rest], reasons[at : at + rest], source
+        )
 
     def _stored_list(
         self, model: ServedModel, row: int | None, kind: int, k: int, filters: FilterSpec

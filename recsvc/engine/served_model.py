@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+_EMPTY_ROWS = np.zeros(0, dtype=np.int32)
+_EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +162,9 @@ class ServedModel:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
         self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
+        # Replenishment (recsvc/engine/replenish.py): None in bundles without it.
+        self.item_repurchase_days: np.ndarray | None = a.get("item_repurchase_days")
+        self.purchased_last_ts: np.ndarray | None = a.get("purchased_last_ts")
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
@@ -197,6 +203,17 @@ class ServedModel:
     def purchased_rows(self, row: int) -> np.ndarray:
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
         return np.asarray(self.purchased_indices[lo:hi])
+
+    def repurchases(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The member's bought items that are repurchased at all: (rows, their repeat interval in
+        days, epoch seconds of the last purchase); empty without replenishment data."""
+        if self.item_repurchase_days is None or self.purchased_last_ts is None:
+            return _EMPTY_ROWS, _EMPTY_F32, _EMPTY_I64
+        lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
+        rows = np.asarray(self.purchased_indices[lo:hi])
+        interval = np.asarray(self.item_repurchase_days[rows])
+        keep = interval > 0
+        return rows[keep], interval[keep], np.asarray(self.purchased_last_ts[lo:hi])[keep]
 
     # ---- items ---------------------------------------------------------------------------
     def kind_of(self, row: int) -> int:
