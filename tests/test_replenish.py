@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -134,7 +135,7 @@ def _engine(planted_path: Path, tmp: Path, days_ago: float, **serving: object): 
     return RecommendationEngine(SingleModel(model), None, s.serving, clock=lambda: NOW), model
 
 
-def _call(engine, member: str, k: int = 5, **filters: object):  # type: ignore[no-untyped-def]
+def _call(engine, member: str, k: int = 5, **filters: Any):  # type: ignore[no-untyped-def]
     from recsvc.engine.filters import FilterSpec
     from recsvc.engine.served_model import KIND_CODES
 

@@ -2,7 +2,8 @@
 
 ingest and validate (:mod:`training.prepare`) -> holdout (:mod:`training.split`) -> [tune
 (:mod:`training.tune`)] -> confidence + ALS on the training split (:mod:`training.factors`) ->
-evaluate against popularity (:mod:`training.evaluate`) -> gate against the champion
+evaluate against popularity (:mod:`training.evaluate`) -> replenishment intervals and their
+holdout effect (:mod:`training.replenish`) -> gate against the champion
 (:mod:`training.gate`) -> refit on all data up to the cutoff -> segments and popularity tables
 (:mod:`training.segments`) -> FAISS indexes (:mod:`training.ann`) -> bundle
 (:mod:`training.assemble`) -> MLflow run, model version and alias (:mod:`training.tracking`).
