@@ -44,21 +44,21 @@ class TrainingSettings(_Section):
 
     # Defaults chosen from --tune runs on three generated data sets of different shapes
     # (docs/training.md, "How the defaults were chosen").
-    factors: int = Field(32, ge=2, le=1024)
-    regularization: float = Field(0.1, gt=0)
-    alpha: float = Field(2.0, gt=0, description="confidence scaling: C = 1 + alpha * weight")
+    factors: int = Field(24, ge=2, le=1024)
+    regularization: float = Field(1.0, gt=0)
+    alpha: float = Field(2.5, gt=0, description="confidence scaling: C = 1 + alpha * weight")
     iterations: int = Field(15, ge=1, le=200)
     random_state: int = 42
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "purchase": 2.0,
-            "add_to_cart": 1.4,
-            "favorite": 1.2,
-            "share": 1.2,
+            "purchase": 1.414,
+            "add_to_cart": 1.183,
+            "favorite": 1.095,
+            "share": 1.095,
             "live_watch": 1.0,
             "content_view": 1.0,
-            "click": 0.85,
-            "view": 0.7,
+            "click": 0.922,
+            "view": 0.837,
         }
     )
     half_life_days: float = Field(
@@ -119,6 +119,13 @@ class TrainingSettings(_Section):
     tune_prune: bool = Field(
         True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
     )
+
+    # A second model family measured beside ALS on the same holdout (training/itemknn.py):
+    # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.
+    # "auto" = below itemknn_auto_members members (it costs one more ALS fit and a neighbour fit).
+    itemknn: Literal["auto", "on", "off"] = "auto"
+    itemknn_auto_members: int = Field(200_000, ge=0)
+    itemknn_neighbours: int = Field(100, ge=1, le=2000, description="neighbours kept per item")
 
     # Replenishment (training/replenish.py): which categories are bought again, and how often.
     replenish_min_repeats: int = Field(

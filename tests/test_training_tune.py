@@ -199,3 +199,30 @@ def test_params_file_with_other_settings_is_refused_by_name(tmp_path: Path) -> N
 def test_bad_tuning_settings_get_a_named_error(key: str, value: object, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(overrides={"training": {key: value}})
+
+
+def test_itemknn_and_blend_are_measured_like_als() -> None:
+    from training import evaluate, itemknn
+    from training.factors import train_factors
+
+    p = prepare.prepare(make_dataset(members=300, events_per_member=25, seed=6))
+    t = TrainingSettings(factors=16, iterations=8)
+    shape = (len(p.members), len(p.items))
+    params = AlsParams.from_settings(t)
+    positive = weight_table(params.event_weights) > 0
+    h = split.holdout(p, t.holdout_days, positive)
+    trained = train_factors(p, h.train, h.start, params)
+    knn = itemknn.fit(trained.matrix, neighbours=50)
+    assert knn.similarity.shape == (shape[1], shape[1])
+    args = (trained.member_factors, trained.item_factors, trained.matrix, knn.similarity, h.seen, h.test)
+    # ALS weight 1 is exactly ALS as training.evaluate measures it
+    als = evaluate.evaluate(
+        trained.member_factors, trained.item_factors, h.seen, h.test, p.item_kind, None, max_members=500
+    )
+    blend_1 = itemknn.evaluate(*args, p.item_kind, 1.0, max_members=500, seed=0)
+    assert blend_1["all.ndcg_at_10"] == pytest.approx(als["all.ndcg_at_10"], abs=1e-6)
+    assert blend_1["product.recall_at_20"] == pytest.approx(als["product.recall_at_20"], abs=1e-6)
+    knn_only = itemknn.evaluate(*args, p.item_kind, 0.0, max_members=500, seed=0)
+    assert knn_only["all.ndcg_at_10"] > 0.05  # the planted groups are found by neighbours too
+    weight, scores = itemknn.choose_weight(*args, p.item_kind, max_members=500, seed=0)
+    assert weight in itemknn.WEIGHTS and scores[weight] == max(scores.values())

@@ -123,6 +123,57 @@ def _holdout_metrics(
     )
 
 
+def _other_candidates(
+    prepared: prepare.Prepared,
+    data_split: split.Split,
+    candidate: TrainedFactors,
+    params: AlsParams,
+    t: Any,
+    positive: np.ndarray,
+) -> dict[str, float]:
+    """Holdout metrics of item-item neighbours (``itemknn.*``) and of the ALS blend
+    (``blend.*``, weight chosen on the validation split before the holdout) beside ALS's."""
+    from training import itemknn
+
+    shape = (len(prepared.members), len(prepared.items))
+    val = split.validation(data_split, shape, t.validation_days, positive)
+    out: dict[str, float] = {}
+    if val.test.nnz:
+        fitted = train_factors(prepared, val.train, val.start, params, num_threads=t.num_threads)
+        knn = itemknn.fit(fitted.matrix, t.itemknn_neighbours, t.num_threads)
+        weight, by_weight = itemknn.choose_weight(
+            fitted.member_factors,
+            fitted.item_factors,
+            fitted.matrix,
+            knn.similarity,
+            val.seen,
+            val.test,
+            prepared.item_kind,
+            max_members=t.tune_eval_members,
+            seed=t.random_state,
+        )
+        out |= {f"blend.val.ndcg_at_10.w{w:g}": v for w, v in by_weight.items()}
+    else:
+        weight = 1.0
+    out["blend.als_weight"] = weight
+    knn = itemknn.fit(candidate.matrix, t.itemknn_neighbours, t.num_threads)
+    for name, w in (("itemknn", 0.0), ("blend", weight)):
+        metrics = itemknn.evaluate(
+            candidate.member_factors,
+            candidate.item_factors,
+            candidate.matrix,
+            knn.similarity,
+            data_split.seen,
+            data_split.test,
+            prepared.item_kind,
+            w,
+            max_members=t.eval_members,
+            seed=t.random_state,
+        )
+        out |= {f"{name}.{k}": v for k, v in metrics.items()}
+    return out
+
+
 def _champion_score(
     client: Any,
     settings: Settings,
@@ -267,6 +318,9 @@ def run(
                 )
             with steps.step("evaluate on the holdout"):
                 metrics = _holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
+            if t.itemknn == "on" or (t.itemknn == "auto" and shape[0] < t.itemknn_auto_members):
+                with steps.step("item-item and blend candidates"):
+                    metrics |= _other_candidates(prepared, data_split, candidate, params, t, positive)
             with steps.step("replenishment: learn intervals, evaluate on the holdout"):
                 learned = replenish.learn(data_split.train, prepared.item_category, prepared.categories, t)
                 metrics |= replenish.evaluate(

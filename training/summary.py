@@ -30,6 +30,28 @@ def summary_tables(report: Any) -> list[Table]:
             metrics.add_row(label, name, *cells, end_section=name == "coverage")
 
     tables = [metrics]
+    if "itemknn.all.ndcg_at_10" in m:
+        cand = Table(title="Candidates on the holdout (NDCG@10 / recall@20)")
+        cand.add_column("model")
+        kinds = [k for k in ("all", "product", "content") if f"{k}.ndcg_at_10" in m]
+        for kind in kinds:
+            cand.add_column(kind, justify="right")
+        w = m.get("blend.als_weight", float("nan"))
+        for label, prefix in (
+            ("popularity", "baseline."),
+            ("ALS (serves)", ""),
+            ("item-item BM25", "itemknn."),
+            (f"blend, ALS weight {w:g}", "blend."),
+        ):
+            cand.add_row(
+                label,
+                *(
+                    f"{m.get(f'{prefix}{k}.ndcg_at_10', float('nan')):.4f} / "
+                    f"{m.get(f'{prefix}{k}.recall_at_20', float('nan')):.4f}"
+                    for k in kinds
+                ),
+            )
+        tables.append(cand)
     rk = [key for key in m if key.startswith("replenish.on.repeat_recall_at_")]
     if rk:
         k = rk[0].rsplit("_", 1)[-1]
