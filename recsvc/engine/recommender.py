@@ -27,7 +27,7 @@ from recsvc.bundle import KIND_PRODUCT
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
-from recsvc.engine.replenish import DAY_S, due_mask, placement
+from recsvc.engine.replenish import placement
 from recsvc.engine.served_model import KIND_CODES, MemberLists, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.realtime import RealtimeStore, RecentActivity, event_weights_by_item, recalculate_member
@@ -261,14 +261,9 @@ class RecommendationEngine:
             return None
         if state.row is None:
             return None
-        rows, interval, last = model.repurchases(state.row)
+        rows, days = model.due_purchases(state.row, self._clock(), s.replenish_early, s.replenish_late)
         if not rows.shape[0]:
             return None
-        days = (self._clock() - last) / DAY_S
-        due = due_mask(interval, days, s.replenish_early, s.replenish_late)
-        if not due.any():
-            return None
-        rows, days = rows[due].astype(np.int64), days[due]
         excluded = self._excluded_rows(model, filters, state.recent_bought)
         keep = filters.mask(model, rows, excluded) & (model.item_kind[rows] == KIND_PRODUCT)
         if not keep.any():

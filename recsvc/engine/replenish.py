@@ -18,9 +18,11 @@ DAY_S = 86_400.0
 def due_mask(interval_days: np.ndarray, age_days: np.ndarray, early: float, late: float) -> np.ndarray:
     """Which purchases are due again: the item is repurchased at all (interval > 0) and the age
     of the last purchase lies in the window around its interval."""
-    interval = np.asarray(interval_days, dtype=np.float64)
-    age = np.asarray(age_days, dtype=np.float64)
-    return (interval > 0) & (age >= interval * (1.0 - early)) & (age <= interval * (1.0 + late))
+    return (
+        (interval_days > 0)
+        & (age_days >= interval_days * (1.0 - early))
+        & (age_days <= interval_days * (1.0 + late))
+    )
 
 
 def placement(n_picks: int, n_due: int, k: int, after: int) -> tuple[int, int]:

@@ -28,15 +28,15 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.engine.replenish import DAY_S, due_mask
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
-_EMPTY_ROWS = np.zeros(0, dtype=np.int32)
-_EMPTY_F32 = np.zeros(0, dtype=np.float32)
-_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
+_EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,16 +204,21 @@ class ServedModel:
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
         return np.asarray(self.purchased_indices[lo:hi])
 
-    def repurchases(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The member's bought items that are repurchased at all: (rows, their repeat interval in
-        days, epoch seconds of the last purchase); empty without replenishment data."""
+    def due_purchases(self, row: int, now: float, early: float, late: float) -> tuple[np.ndarray, np.ndarray]:
+        """The member's bought items due again at ``now`` (``recsvc.engine.replenish.due_mask``):
+        (rows, days since the last purchase); empty without replenishment data. A handful of
+        array operations on the member's purchases: this runs on every product call."""
         if self.item_repurchase_days is None or self.purchased_last_ts is None:
-            return _EMPTY_ROWS, _EMPTY_F32, _EMPTY_I64
+            return _EMPTY_ROWS, _EMPTY_F64
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
-        rows = np.asarray(self.purchased_indices[lo:hi])
-        interval = np.asarray(self.item_repurchase_days[rows])
-        keep = interval > 0
-        return rows[keep], interval[keep], np.asarray(self.purchased_last_ts[lo:hi])[keep]
+        if lo == hi:
+            return _EMPTY_ROWS, _EMPTY_F64
+        rows = self.purchased_indices[lo:hi]
+        days = (now - self.purchased_last_ts[lo:hi]) / DAY_S
+        due = due_mask(self.item_repurchase_days[rows], days, early, late)
+        if not due.any():
+            return _EMPTY_ROWS, _EMPTY_F64
+        return np.asarray(rows[due], dtype=np.int64), days[due]
 
     # ---- items ---------------------------------------------------------------------------
     def kind_of(self, row: int) -> int:
