@@ -111,7 +111,7 @@ class TrainingSettings(_Section):
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
-    tune_trials: int = Field(20, ge=1)
+    tune_trials: int = Field(40, ge=1)
     tune_startup_trials: int = Field(
         8, ge=1, description="--tune: random trials before TPE models the good region"
     )

@@ -336,6 +336,7 @@ def _log_study(study: Any, tuned: Tuned) -> None:
         ax = plot_parallel_coordinate(study)
         fig: Any = ax.figure
         fig.set_size_inches(12, 5)
+        fig.tight_layout()  # the rotated parameter names below the axes stay inside the image
         mlflow.log_figure(fig, "tuning/parallel_coordinates.png")
         plt.close(fig)
     except (ValueError, ImportError, RuntimeError) as exc:  # a plot never fails a training run
