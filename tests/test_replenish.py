@@ -115,7 +115,7 @@ def test_last_purchase_has_the_pattern_of_the_purchases_matrix() -> None:
 # ---- serving ---------------------------------------------------------------------------------
 
 
-def _engine(planted_path: Path, tmp: Path, days_ago: float, **serving: object):  # type: ignore[no-untyped-def]
+def _engine(planted_path: Path, tmp: Path, days_ago: float, store: Any = None, **serving: object):  # type: ignore[no-untyped-def]
     """The planted bundle with replenishment data: every P<c>-000 is a 30-day consumable bought
     ``days_ago``; P<c>-001 (also bought) is durable."""
     import shutil
@@ -132,7 +132,7 @@ def _engine(planted_path: Path, tmp: Path, days_ago: float, **serving: object): 
     np.save(copy / "purchased_last_ts.npy", np.full(n, int(NOW - days_ago * DAY_S), dtype=np.int64))
     model = ServedModel.load(copy, version="1", source_uri="t")
     s = load_settings(overrides={"serving": serving})
-    return RecommendationEngine(SingleModel(model), None, s.serving, clock=lambda: NOW), model
+    return RecommendationEngine(SingleModel(model), store, s.serving, clock=lambda: NOW), model
 
 
 def _call(engine, member: str, k: int = 5, **filters: Any):  # type: ignore[no-untyped-def]
@@ -198,3 +198,26 @@ def test_a_bundle_with_half_the_replenishment_arrays_is_refused(planted, tmp_pat
 def test_bad_replenishment_settings_get_a_named_error(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=key):
         load_settings(overrides={"serving": {key: value}})
+
+
+def test_an_item_bought_again_since_the_bundle_is_not_due(planted, redis_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from recsvc.realtime import RealtimeStore, make_redis_client
+    from recsvc.settings import RedisSettings
+
+    settings = RedisSettings(url=redis_url, key_prefix=f"rp{time.monotonic_ns()}")
+    client = make_redis_client(settings)
+    store = RealtimeStore(client, settings)
+    try:
+        engine, _ = _engine(planted.path, tmp_path, days_ago=32, store=store)
+        member = planted.warm_members()[0]
+        due = f"P{planted.member_cluster[member]}-000"
+        assert due in {i.item_id for i in _call(engine, member) if i.source == "replenish"}
+        assert store.record(member, due, "purchase", NOW - 3600, "app")
+        items = _call(engine, member)
+        assert due not in {i.item_id for i in items}
+        assert not any(i.source == "replenish" for i in items)
+    finally:
+        store.close()
+        client.close()
