@@ -33,7 +33,7 @@ from recsvc.bundle import LIFECYCLE_STAGES
 from recsvc.errors import BundleError, DataContractError
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList, apply_erasures
-from recsvc.settings import Settings
+from recsvc.settings import Settings, TrainingSettings
 from training import (
     ann,
     assemble,
@@ -128,7 +128,7 @@ def _other_candidates(
     data_split: split.Split,
     candidate: TrainedFactors,
     params: AlsParams,
-    t: Any,
+    t: TrainingSettings,
     positive: np.ndarray,
 ) -> dict[str, float]:
     """Holdout metrics of item-item neighbours (``itemknn.*``) and of the ALS blend
