@@ -33,6 +33,11 @@ Layout (schema 1)::
                              item -1 in column 0 = no stored list. Manifest.member_lists holds the
                              serving settings it was computed with; serving uses it only when
                              they are its own (training/member_lists.py).
+    item_repurchase_days.npy  optional, float32 [items]: typical days between repeat purchases
+                             (0 = not repurchased: durables never come back); with
+    purchased_last_ts.npy    int64, aligned with purchased_indices: the epoch seconds of the
+                             member's last purchase of the item (recsvc/engine/replenish.py).
+                             Manifest.replenish lists the repurchased categories.
 """
 
 from __future__ import annotations
@@ -80,7 +85,13 @@ _ARRAYS = (
     "purchased_indices",
 )
 # Arrays a bundle may hold; serving works without them (training/member_lists.py writes these).
-_OPTIONAL_ARRAYS = ("member_list_item", "member_list_score", "member_list_reason")
+_OPTIONAL_ARRAYS = (
+    "member_list_item",
+    "member_list_score",
+    "member_list_reason",
+    "item_repurchase_days",
+    "purchased_last_ts",
+)
 # The stored default lists (training/member_lists.py): all three or none, each [members, K].
 MEMBER_LIST_ARRAYS = {
     "member_list_item": np.int32,
@@ -133,6 +144,16 @@ class StoredListSpec(BaseModel):
         return kind == KIND_PRODUCT and k == self.k and default_filters and diversity == self.diversity
 
 
+class ReplenishSpec(BaseModel):
+    """What training learned about repeat purchases (training/replenish.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # repurchased category -> its median days between repeat purchases
+    categories: dict[str, float] = {}
+    items_with_own_interval: int = 0
+
+
 class Manifest(BaseModel):
     """What a bundle is, where it came from, and how well it did."""
 
@@ -153,6 +174,8 @@ class Manifest(BaseModel):
     index: dict[str, Any] = {}
     # What the stored default lists were computed for (None = no lists).
     member_lists: StoredListSpec | None = None
+    # Repeat-purchase intervals in the bundle (None: an older bundle; nothing comes back).
+    replenish: ReplenishSpec | None = None
 
     @field_validator("member_lists", mode="before")
     @classmethod
@@ -188,6 +211,10 @@ class BundleContents:
     popular: pd.DataFrame
     # FAISS indexes by kind name ("product", "content"); written with faiss.write_index.
     indexes: dict[str, Any] = field(default_factory=dict)
+    # Replenishment: days between repeat purchases per item, and the last purchase time with the
+    # same pattern as ``purchased`` (both or neither).
+    item_repurchase_days: np.ndarray | None = None
+    purchased_last_ts: sp.csr_matrix | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -202,7 +229,19 @@ class BundleContents:
             (self.history.shape == (n_m, n_i), f"history {self.history.shape} != {(n_m, n_i)}"),
             (self.purchased.shape == (n_m, n_i), f"purchased {self.purchased.shape} != {(n_m, n_i)}"),
             (len(self.item_titles) == n_i, "item_titles length != items"),
+            (
+                (self.item_repurchase_days is None) == (self.purchased_last_ts is None),
+                "item_repurchase_days and purchased_last_ts go together",
+            ),
         ]
+        if self.item_repurchase_days is not None:
+            checks.append((self.item_repurchase_days.shape == (n_i,), "item_repurchase_days length != items"))
+        if self.purchased_last_ts is not None:
+            last, bought = self.purchased_last_ts.tocsr(), self.purchased.tocsr()
+            last.sort_indices()
+            bought.sort_indices()
+            same = np.array_equal(last.indptr, bought.indptr) and np.array_equal(last.indices, bought.indices)
+            checks.append((same, "purchased_last_ts has another pattern than purchased"))
         for arr_name in (
             "item_kind",
             "item_category",
@@ -244,6 +283,11 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
         arrays[f"{prefix}_indices"] = m.indices.astype(np.int32)
         if prefix == "history":
             arrays["history_data"] = m.data.astype(np.float32)
+    if contents.item_repurchase_days is not None and contents.purchased_last_ts is not None:
+        last = contents.purchased_last_ts.tocsr()
+        last.sort_indices()
+        arrays["item_repurchase_days"] = np.asarray(contents.item_repurchase_days, dtype=np.float32)
+        arrays["purchased_last_ts"] = last.data.astype(np.int64)
     for name, arr in arrays.items():
         np.save(out_dir / f"{name}.npy", np.ascontiguousarray(arr))
     (out_dir / "item_titles.json").write_text(json.dumps(contents.item_titles, ensure_ascii=False))
@@ -425,6 +469,14 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         raise BundleError(f"bundle {bundle_dir} is inconsistent: factor rows do not match id maps")
     _check_member_lists(bundle_dir, manifest, arrays, len(members))
     _check_indexes(bundle_dir, arrays, indexes)
+    if ("purchased_last_ts" in arrays) != ("item_repurchase_days" in arrays) or (
+        "purchased_last_ts" in arrays
+        and (
+            arrays["purchased_last_ts"].shape != arrays["purchased_indices"].shape
+            or arrays["item_repurchase_days"].shape != (len(items),)
+        )
+    ):
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: replenishment arrays do not match purchases")
     return bundle
 
 

@@ -82,26 +82,35 @@ class TrainingSettings(_Section):
 
     # Defaults chosen from --tune runs on three generated data sets of different shapes
     # (docs/training.md, "How the defaults were chosen").
-    factors: int = Field(32, ge=2, le=1024)
-    regularization: float = Field(0.1, gt=0)
-    alpha: float = Field(2.0, gt=0, description="confidence scaling: C = 1 + alpha * weight")
+    factors: int = Field(24, ge=2, le=1024)
+    regularization: float = Field(1.0, gt=0)
+    alpha: float = Field(2.5, gt=0, description="confidence scaling: C = 1 + alpha * weight")
     iterations: int = Field(15, ge=1, le=200)
     random_state: int = 42
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "purchase": 2.0,
-            "add_to_cart": 1.4,
-            "favorite": 1.2,
-            "share": 1.2,
+            "purchase": 1.414,
+            "add_to_cart": 1.183,
+            "favorite": 1.095,
+            "share": 1.095,
             "live_watch": 1.0,
             "content_view": 1.0,
-            "click": 0.85,
-            "view": 0.7,
+            "click": 0.922,
+            "view": 0.837,
         }
     )
-    half_life_days: float = Field(60.0, gt=0)
+    half_life_days: float = Field(
+        60.0, ge=0, description="recency decay of event weights; 0 = no decay (every event counts fully)"
+    )
     holdout_days: int = Field(14, ge=1)
     validation_days: int = Field(14, ge=1)
+    # How --tune validates (training/split.py): "time" = the last validation_days before the
+    # holdout; "random" = a random share of each member's items (weak time order); "auto" =
+    # "time" unless its window has too few test members to judge by (training/tune.py).
+    validation_split: Literal["auto", "time", "random"] = "auto"
+    validation_share: float = Field(
+        0.2, gt=0, lt=1, description="random validation split: share of each member's items held out"
+    )
     gate_tolerance: float = Field(
         0.02, ge=0, description="champion NDCG@10 may drop by at most this (absolute)"
     )
@@ -140,7 +149,34 @@ class TrainingSettings(_Section):
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
-    tune_trials: int = Field(20, ge=1)
+    tune_trials: int = Field(40, ge=1)
+    tune_startup_trials: int = Field(
+        8, ge=1, description="--tune: random trials before TPE models the good region"
+    )
+    tune_eval_members: int = Field(3000, ge=100, description="--tune: validation members sampled per trial")
+    tune_prune: bool = Field(
+        True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
+    )
+
+    # A second model family measured beside ALS on the same holdout (training/itemknn.py):
+    # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.
+    # "auto" = below itemknn_auto_members members (it costs one more ALS fit and a neighbour fit).
+    itemknn: Literal["auto", "on", "off"] = "auto"
+    itemknn_auto_members: int = Field(200_000, ge=0)
+    itemknn_neighbours: int = Field(100, ge=1, le=2000, description="neighbours kept per item")
+
+    # Replenishment (training/replenish.py): which categories are bought again, and how often.
+    replenish_min_repeats: int = Field(
+        20, ge=1, description="repeat purchases (on different days) a category needs to count as repurchased"
+    )
+    replenish_min_share: float = Field(
+        0.05, ge=0, le=1, description="share of a category's (member, item) purchases bought again, at least"
+    )
+    replenish_min_item_repeats: int = Field(
+        10,
+        ge=1,
+        description="repeat purchases a product needs for an interval of its own (else its category's)",
+    )
     # Which library fits the ALS factors; everything around the fit (ingest, holdout, evaluation,
     # gate, segments, indexes, bundle) is the same code for both (training/spark_als.py).
     engine: Literal["implicit", "spark"] = Field(
@@ -224,6 +260,18 @@ class ServingSettings(_Section):
         "fault; the pages are the page cache's, shared by every process serving the bundle",
     )
     variants: list[Variant] = Field(default_factory=list)
+    # Replenishment (recsvc/engine/replenish.py): a bought consumable comes back when it is due,
+    # i.e. the days since its last purchase lie in [interval x (1 - early), interval x (1 + late)].
+    replenish: bool = Field(True, description="bring due consumables back into product lists")
+    replenish_early: float = Field(0.2, ge=0, lt=1, description="due from interval x (1 - this)")
+    replenish_late: float = Field(0.5, ge=0, le=10, description="due until interval x (1 + this)")
+    replenish_max_items: int = Field(2, ge=1, le=20, description="due items per list, at most")
+    replenish_after: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="due items follow this many personalised picks (earlier in shorter lists)",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the Prometheus endpoint")
     metrics_host: str = Field(
         "127.0.0.1",

@@ -116,3 +116,20 @@ def test_benchmark_times_bare_and_pipeline_fit_of_the_same_matrix(
     assert result["members"] >= 200 and result["nnz"] > 0
     assert result["bare_fit_seconds"] > 0 and result["pipeline_fit_seconds"] > 0
     assert result["ratio"] > 0 and result["peak_rss_gib"] > 0
+
+
+def test_a_params_file_is_read_and_a_bad_one_is_one_clear_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nfactors = 8\nholdout_days = 3\n")
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--params", str(bad)], env=_env(tmp_path))
+    assert result.exit_code == 2 and "holdout_days" in result.output
+    assert "Traceback" not in result.output
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text("[training]\nregularization = -1\n")
+    result = runner.invoke(
+        app, ["train", "--data", str(tmp_path), "--params", str(invalid)], env=_env(tmp_path)
+    )
+    assert result.exit_code == 2 and "regularization" in result.output
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "--params" in help_text and "--save-params" in help_text

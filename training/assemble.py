@@ -17,9 +17,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsvc.bundle import LIFECYCLE_STAGES, SCHEMA_VERSION, BundleContents, Manifest, write_bundle
+from recsvc.bundle import (
+    LIFECYCLE_STAGES,
+    SCHEMA_VERSION,
+    BundleContents,
+    Manifest,
+    ReplenishSpec,
+    write_bundle,
+)
 from training.fit import AlsParams
 from training.prepare import Prepared
+from training.replenish import Learned
 
 
 def new_bundle_id(prepared: Prepared) -> str:
@@ -61,6 +69,7 @@ def assemble(
     metrics: dict[str, float],
     counts: dict[str, int],
     extra: dict[str, Any],
+    replenish: tuple[Learned, sp.csr_matrix] | None = None,
 ) -> BundleContents:
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -74,6 +83,14 @@ def assemble(
         counts=counts,
         segments=list(LIFECYCLE_STAGES),
         index=index_info,
+        replenish=(
+            ReplenishSpec(
+                categories=replenish[0].repurchased,
+                items_with_own_interval=replenish[0].items_with_own_interval,
+            )
+            if replenish is not None
+            else None
+        ),
         **extra,
     )
     return BundleContents(
@@ -97,6 +114,8 @@ def assemble(
         segments=segments,
         popular=popular,
         indexes=indexes,
+        item_repurchase_days=replenish[0].item_interval_days if replenish is not None else None,
+        purchased_last_ts=replenish[1] if replenish is not None else None,
     )
 
 

@@ -3,7 +3,8 @@
 Reads: :class:`training.prepare.EventArrays` (a subset chosen by the holdout step), the event
 weights and the recency half-life.
 Writes: ``r_ui = sum over events of event_weight[type] * 0.5 ** (age_days / half_life_days)``
-as a float32 CSR matrix [members x items] (implicit then uses ``C = 1 + alpha * r``), and a
+as a float32 CSR matrix [members x items] (half-life 0: no decay; implicit then uses
+``C = 1 + alpha * r``, so alpha scales every weight alike), and a
 binary CSR of purchases. Serving recomputes member vectors from the same formula, so it lives
 here once.
 """
@@ -27,7 +28,11 @@ def weight_table(event_weights: Mapping[str, float]) -> np.ndarray:
 def event_confidence(
     events: EventArrays, event_weights: Mapping[str, float], half_life_days: float, as_of: int
 ) -> np.ndarray:
-    """Per-event contribution to r_ui (float32); events after ``as_of`` count as age 0."""
+    """Per-event contribution to r_ui (float32); events after ``as_of`` count as age 0.
+    ``half_life_days`` 0 means no decay: on data whose time order carries no signal, decay only
+    throws information away."""
+    if half_life_days <= 0:
+        return weight_table(event_weights).astype(np.float32)[events.etype]
     # float32 in place: at 50M events every float64 temporary is 400 MB; a float32 age in
     # half-lives is exact to well under a second over years of history
     half_lives = np.maximum(as_of - events.ts, 0).astype(np.float32)

@@ -98,17 +98,21 @@ def evaluate(
     max_members: int = 10_000,
     seed: int = 0,
     ks: tuple[int, ...] = KS,
+    kinds: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
     """Metrics of the model (``"<kind>.<name>"``) and, if ``popularity`` is given, of the
-    baseline (``"baseline.<kind>.<name>"``)."""
+    baseline (``"baseline.<kind>.<name>"``). ``kinds``: only these of all/product/content
+    (tuning needs ``("all",)`` alone)."""
     users = sample_members(test, max_members, seed)
     train_u = sp.csr_matrix(train[users])
     test_u = sp.csr_matrix(test[users])
     out: dict[str, float] = {}
-    kinds: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]
-    kinds += [(name, np.flatnonzero(item_kind == code)) for code, name in KIND_NAMES.items()]
+    kinds_cols: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]
+    kinds_cols += [(name, np.flatnonzero(item_kind == code)) for code, name in KIND_NAMES.items()]
     with threadpool_limits(limits=1, user_api="blas"):
-        for name, cols in kinds:
+        for name, cols in kinds_cols:
+            if kinds is not None and name not in kinds:
+                continue
             sub_test = sp.csr_matrix(test_u[:, cols])
             keep = np.flatnonzero(np.diff(sub_test.indptr) > 0)
             out[f"{name}.members"] = float(keep.size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,6 +47,7 @@ def train_factors(
     num_threads: int = 0,
     track_loss: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
+    on_model: Callable[[int, Any], None] | None = None,
     spark: SparkAls | None = None,
 ) -> TrainedFactors:
     shape = (len(prepared.members), len(prepared.items))
@@ -57,7 +58,12 @@ def train_factors(
         fit = spark.fit(events, as_of, shape, params, on_iteration=on_iteration)
     else:
         fit = fit_als(
-            matrix, params, num_threads=num_threads, track_loss=track_loss, on_iteration=on_iteration
+            matrix,
+            params,
+            num_threads=num_threads,
+            track_loss=track_loss,
+            on_iteration=on_iteration,
+            on_model=on_model,
         )
     members_trained = np.diff(matrix.indptr) > 0
     items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0

@@ -100,15 +100,21 @@ def fit_als(
     num_threads: int = 0,
     track_loss: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
+    on_model: Callable[[int, Any], None] | None = None,
 ) -> FitResult:
-    """Fit on ``matrix`` (r_ui). ``on_iteration(iteration, loss)`` drives progress bars."""
+    """Fit on ``matrix`` (r_ui). ``on_iteration(iteration, loss)`` drives progress bars;
+    ``on_model(iteration, model)`` sees the factors part-way (tuning scores them there and may
+    raise to stop a hopeless fit)."""
     losses: list[float] = []
+    model: Any = None
 
     def callback(iteration: int, _elapsed: float, loss: float | None) -> None:
         if loss is not None:
             losses.append(float(loss))
         if on_iteration is not None:
             on_iteration(iteration, float("nan") if loss is None else float(loss))
+        if on_model is not None:
+            on_model(iteration, model)
 
     # implicit parallelises over users itself; a multi-threaded BLAS underneath only fights it
     with threadpool_limits(limits=1, user_api="blas"):

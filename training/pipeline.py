@@ -2,7 +2,8 @@
 
 ingest and validate (:mod:`training.prepare`) -> holdout (:mod:`training.split`) -> [tune
 (:mod:`training.tune`)] -> confidence + ALS on the training split (:mod:`training.factors`) ->
-evaluate against popularity (:mod:`training.evaluate`) -> gate against the champion
+evaluate against popularity (:mod:`training.evaluate`) -> replenishment intervals and their
+holdout effect (:mod:`training.replenish`) -> gate against the champion
 (:mod:`training.gate`) -> refit on all data up to the cutoff -> segments and popularity tables
 (:mod:`training.segments`) -> FAISS indexes (:mod:`training.ann`) -> bundle
 (:mod:`training.assemble`) -> MLflow run, model version and alias (:mod:`training.tracking`).
@@ -32,7 +33,7 @@ from recsvc.bundle import LIFECYCLE_STAGES
 from recsvc.errors import BundleError, DataContractError
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList, apply_erasures
-from recsvc.settings import Settings
+from recsvc.settings import Settings, TrainingSettings
 from training import (
     ann,
     assemble,
@@ -41,6 +42,7 @@ from training import (
     member_lists,
     plots,
     prepare,
+    replenish,
     segments,
     split,
     tracking,
@@ -65,6 +67,7 @@ class TrainOptions:
     mapping: Path | None = None  # a mapping file (pipelines.mapping)
     encoding: str | None = None  # CSV encoding; None: detected (pipelines.encoding)
     allow_quarantine: bool = False  # train even above data.max_quarantined_share
+    params_out: Path | None = None  # --tune writes the chosen parameters here (a settings fragment)
 
 
 @dataclass
@@ -122,6 +125,57 @@ def _holdout_metrics(
         max_members=eval_members,
         seed=seed,
     )
+
+
+def _other_candidates(
+    prepared: prepare.Prepared,
+    data_split: split.Split,
+    candidate: TrainedFactors,
+    params: AlsParams,
+    t: TrainingSettings,
+    positive: np.ndarray,
+) -> dict[str, float]:
+    """Holdout metrics of item-item neighbours (``itemknn.*``) and of the ALS blend
+    (``blend.*``, weight chosen on the validation split before the holdout) beside ALS's."""
+    from training import itemknn
+
+    shape = (len(prepared.members), len(prepared.items))
+    val = split.validation(data_split, shape, t.validation_days, positive)
+    out: dict[str, float] = {}
+    if val.test.nnz:
+        fitted = train_factors(prepared, val.train, val.start, params, num_threads=t.num_threads)
+        knn = itemknn.fit(fitted.matrix, t.itemknn_neighbours, t.num_threads)
+        weight, by_weight = itemknn.choose_weight(
+            fitted.member_factors,
+            fitted.item_factors,
+            fitted.matrix,
+            knn.similarity,
+            val.seen,
+            val.test,
+            prepared.item_kind,
+            max_members=t.tune_eval_members,
+            seed=t.random_state,
+        )
+        out |= {f"blend.val.ndcg_at_10.w{w:g}": v for w, v in by_weight.items()}
+    else:
+        weight = 1.0
+    out["blend.als_weight"] = weight
+    knn = itemknn.fit(candidate.matrix, t.itemknn_neighbours, t.num_threads)
+    for name, w in (("itemknn", 0.0), ("blend", weight)):
+        metrics = itemknn.evaluate(
+            candidate.member_factors,
+            candidate.item_factors,
+            candidate.matrix,
+            knn.similarity,
+            data_split.seen,
+            data_split.test,
+            prepared.item_kind,
+            w,
+            max_members=t.eval_members,
+            seed=t.random_state,
+        )
+        out |= {f"{name}.{k}": v for k, v in metrics.items()}
+    return out
 
 
 def _champion_score(
@@ -258,20 +312,21 @@ def run(
                 from training import tune
 
                 n_trials = options.trials or t.tune_trials
-                with steps.step(f"tune ({n_trials} trials on the validation split)", total=n_trials) as adv:
-                    params, trials = tune.search(
+                with steps.step(f"tune ({n_trials} trials on a validation split)", total=n_trials) as adv:
+                    tuned = tune.search(
                         prepared,
                         data_split,
                         params,
+                        t,
                         trials=n_trials,
-                        validation_days=t.validation_days,
                         positive_types=positive,
-                        eval_members=t.eval_members,
-                        num_threads=t.num_threads,
                         on_trial=lambda _n, _s: adv(1),
                         spark=spark,
                     )
-                mlflow.log_dict({"trials": trials}, "tuning/trials.json")
+                params, trials = tuned.params, tuned.trials
+                if options.params_out is not None:
+                    tune.write_params(options.params_out, tuned)
+                    log.info("tuned parameters saved to %s", options.params_out)
             _log_params(params, settings, options, prepared.fingerprint)
 
             with steps.step("fit ALS on the training split", total=params.iterations) as adv:
@@ -287,6 +342,25 @@ def run(
                 )
             with steps.step("evaluate on the holdout"):
                 metrics = _holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
+            if t.itemknn == "on" or (t.itemknn == "auto" and shape[0] < t.itemknn_auto_members):
+                with steps.step("item-item and blend candidates"):
+                    metrics |= _other_candidates(prepared, data_split, candidate, params, t, positive)
+            with steps.step("replenishment: learn intervals, evaluate on the holdout"):
+                learned = replenish.learn(data_split.train, prepared.item_category, prepared.categories, t)
+                metrics |= replenish.evaluate(
+                    prepared,
+                    data_split.train,
+                    data_split.start,
+                    data_split.end,
+                    candidate.member_factors,
+                    candidate.item_factors,
+                    data_split.seen,
+                    data_split.test,
+                    learned,
+                    settings.serving,
+                    max_members=t.eval_members,
+                    seed=t.random_state,
+                )
             with steps.step("gate against the champion"):
                 champion_score, method, champion_version = _champion_score(
                     client, settings, prepared, data_split, steps, spark
@@ -346,6 +420,9 @@ def run(
                     final.item_factors, prepared.item_kind, final.member_factors, t
                 )
             served_purchases = purchased_matrix(served_events, shape)
+            # the bundle's intervals and last purchase times know exactly the bundle's purchases
+            served_learned = replenish.learn(served_events, prepared.item_category, prepared.categories, t)
+            served_last = replenish.last_purchase(served_events, shape)
             segment_counts = np.bincount(member_segment, minlength=len(LIFECYCLE_STAGES))
             counts = dict(prepared.counts)
             counts |= {f"segment.{s}": int(n) for s, n in zip(LIFECYCLE_STAGES, segment_counts, strict=True)}
@@ -368,6 +445,7 @@ def run(
                     index_info=index_info,
                     metrics=metrics,
                     counts=counts,
+                    replenish=(served_learned, served_last),
                     extra={
                         "holdout": window,
                         "gate_metric": gate.GATE_METRIC,
@@ -420,6 +498,7 @@ def run(
                     mlflow.log_metric("train_loss", loss, step=i + 1)
                 mlflow.log_dict(decision.as_dict(), "gate.json")
                 mlflow.log_dict({"index": index_info, "holdout": window}, "summary.json")
+                mlflow.log_dict({"categories": learned.categories}, "replenish/categories.json")
                 mlflow.set_tag("gate.decision", decision.reason)
                 mlflow.set_tag("gate.promote", str(decision.promote).lower())
                 _log_figures(prepared.item_kind, item_totals, candidate_losses, metrics)

@@ -1,7 +1,8 @@
 """Step 3: the time-based holdout (and the validation split tuning carves out of training).
 
 Reads: :class:`training.prepare.Prepared` (events and the cutoff), ``holdout_days`` and, for
-tuning, ``validation_days``.
+tuning, ``validation_days`` (time-based validation) or ``validation_share`` (per-member random
+validation, for data whose time order carries little signal; ``training.tune`` chooses).
 Writes: a :class:`Split`: the events before the holdout start (training), and the test matrix of
 members' interactions during the holdout window [start, end] with items they had already
 interacted with in training removed (those are filtered from recommendations, so keeping them
@@ -83,3 +84,46 @@ def validation(
 ) -> Split:
     """Carve the last ``validation_days`` of the training period: the holdout is never used."""
     return time_split(split.train, shape, split.start - 1, validation_days, positive_types)
+
+
+def random_split(
+    events: EventArrays,
+    shape: tuple[int, int],
+    as_of: int,
+    share: float,
+    positive_types: np.ndarray,
+    seed: int,
+) -> Split:
+    """Per member, a random ``share`` of the distinct items they had a positive event with is
+    held out: every event of those (member, item) pairs leaves training and the pairs are the
+    test. Members with a single item keep it (nothing would be left to learn them from).
+    ``start`` and ``end`` are both ``as_of`` (recency decay is measured from there)."""
+    n_items = np.int64(shape[1])
+    key = events.member.astype(np.int64) * n_items + events.item.astype(np.int64)
+    pairs = np.unique(key[positive_types[events.etype]])
+    members = pairs // n_items
+    per_member = np.bincount(members, minlength=shape[0])
+    rng = np.random.default_rng(seed)
+    held = pairs[(rng.random(pairs.shape[0]) < share) & (per_member[members] > 1)]
+    out = np.isin(key, held, assume_unique=False)
+    train = events.select(~out)
+    test = sp.csr_matrix(
+        (np.ones(held.shape[0], dtype=np.float32), (held // n_items, held % n_items)), shape=shape
+    )
+    seen = sp.csr_matrix((np.ones(len(train), dtype=np.float32), (train.member, train.item)), shape=shape)
+    seen.sum_duplicates()
+    seen.data[:] = 1.0
+    seen.sort_indices()
+    has_history = np.zeros(shape[0], dtype=bool)
+    has_history[train.member] = True
+    test = sp.csr_matrix(sp.diags(has_history.astype(np.float32)) @ test)
+    test.eliminate_zeros()
+    test.sort_indices()
+    return Split(train=train, test=test, seen=seen, start=as_of, end=as_of)
+
+
+def random_validation(
+    split: Split, shape: tuple[int, int], share: float, positive_types: np.ndarray, seed: int
+) -> Split:
+    """A per-member random validation split of the training period (the holdout is never used)."""
+    return random_split(split.train, shape, split.start, share, positive_types, seed)

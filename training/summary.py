@@ -29,6 +29,48 @@ def summary_tables(report: Any) -> list[Table]:
             label = f"{kind} ({int(m.get(f'{kind}.members', 0))} members)" if i == 0 else ""
             metrics.add_row(label, name, *cells, end_section=name == "coverage")
 
+    tables = [metrics]
+    if "itemknn.all.ndcg_at_10" in m:
+        cand = Table(title="Candidates on the holdout (NDCG@10 / recall@20)")
+        cand.add_column("model")
+        kinds = [k for k in ("all", "product", "content") if f"{k}.ndcg_at_10" in m]
+        for kind in kinds:
+            cand.add_column(kind, justify="right")
+        w = m.get("blend.als_weight", float("nan"))
+        for label, prefix in (
+            ("popularity", "baseline."),
+            ("ALS (serves)", ""),
+            ("item-item BM25", "itemknn."),
+            (f"blend, ALS weight {w:g}", "blend."),
+        ):
+            cand.add_row(
+                label,
+                *(
+                    f"{m.get(f'{prefix}{k}.ndcg_at_10', float('nan')):.4f} / "
+                    f"{m.get(f'{prefix}{k}.recall_at_20', float('nan')):.4f}"
+                    for k in kinds
+                ),
+            )
+        tables.append(cand)
+    rk = [key for key in m if key.startswith("replenish.on.repeat_recall_at_")]
+    if rk:
+        k = rk[0].rsplit("_", 1)[-1]
+        rep = Table(title=f"Replenishment on the holdout (product lists of {k})")
+        rep.add_column("")
+        rep.add_column("without", justify="right")
+        rep.add_column("with", justify="right")
+        rep.add_row(
+            f"recall of repeat purchases ({int(m.get('replenish.repeat_members', 0))} members)",
+            f"{m.get(f'replenish.off.repeat_recall_at_{k}', float('nan')):.4f}",
+            f"{m[rk[0]]:.4f}",
+        )
+        rep.add_row(
+            "NDCG@10 of new products",
+            f"{m.get('replenish.off.ndcg_at_10', float('nan')):.4f}",
+            f"{m.get('replenish.on.ndcg_at_10', float('nan')):.4f}",
+        )
+        tables.append(rep)
+
     run = Table(title="Training run", show_header=False)
     run.add_column("what")
     run.add_column("value")
@@ -60,4 +102,4 @@ def summary_tables(report: Any) -> list[Table]:
                 + (f" nlist={info['nlist']} nprobe={info['nprobe']}" if "nprobe" in info else ""),
             )
     run.add_row("time", " ".join(f"{k}={v:.1f}s" for k, v in report.timings.items()))
-    return [metrics, run]
+    return [*tables, run]

@@ -1,37 +1,87 @@
 """``--tune``: search ALS hyper-parameters on a validation split carved from the training period.
 
 Reads: :class:`training.prepare.Prepared`, the holdout :class:`training.split.Split` (only its
-training events are used: the validation window is its last ``validation_days``; the holdout is
-never seen here), the starting :class:`training.fit.AlsParams` and the trial count.
-Writes: the best parameters found, and one nested MLflow run per trial (parameters and the
-validation NDCG@10) under the active run.
+training events are used; the holdout is never seen here), the starting
+:class:`training.fit.AlsParams` and the tuning settings.
+Writes: a :class:`Tuned` (the best parameters, one row per trial, which validation was used and
+why), one nested MLflow run per trial and, under the active run, ``tuning/trials.json``,
+``tuning/parallel_coordinates.png`` and ``tuning/params.toml``.
 
-Search space, log scale because good values differ by orders of magnitude between data sets:
-factors 16..256, regularization 1e-3..10, alpha 0.1..100, iterations 5..50, and event-weight
-sharpness g in 0.25..4 (each weight becomes ``w ** g``: the order purchase > add_to_cart >
-favorite/share > view is kept while the contrast between them is searched).
+Search space (:data:`SPACE`; log scale where good values differ by orders of magnitude between
+data sets): factors 16..256, regularization 1e-3..1e3 (implicit does not scale it by a member's
+event count, so dense data wants large values), alpha 0.1..100, iterations 5..50, event-weight
+sharpness g 0.25..4 (each weight becomes ``w ** g``: the order purchase > add_to_cart >
+favorite/share > view is kept while the contrast between them is searched; their overall scale
+is alpha's, since implicit fits ``C = 1 + alpha * r``), and recency: no decay, or a half-life of
+7..720 days.
+
+Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
+is the starting configuration, so tuning never returns something worse on validation than it.
+Pruning: each fit is scored part-way (after :data:`CHECKPOINTS` iterations) and stopped when it
+is below the median of earlier trials at the same point (``MedianPruner``).
+
+Validation (``training.validation_split``): ``time`` = the ``validation_days`` before the
+holdout, the holdout's own kind; ``random`` = a random ``validation_share`` of each member's
+items, for data whose time order is weak (e.g. timestamps of a bulk import, or members active
+only for a short span); ``auto`` = ``time`` unless its window is too thin to judge by: fewer than
+:data:`MIN_VALIDATION_MEMBERS` test members, or fewer than :data:`MIN_TIME_SHARE` of the
+random split's. Either way the NDCG@10 of recent popularity (the last ``validation_days``)
+relative to all-time popularity is logged for both splits (``tune.time.ratio``,
+``tune.random.ratio``): a time ratio well above the random one says recency matters on this data.
+It does not decide: on generated data, whose time signal is in each member's own history, the
+ratios were equal (0.95 / 0.96) while the random split chose parameters that did worse on the
+holdout than the defaults (docs/training.md).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 
+from recsvc.errors import DataContractError
+from recsvc.settings import TrainingSettings
 from training.evaluate import evaluate
 from training.factors import train_factors
 from training.fit import AlsParams
 from training.gate import GATE_METRIC
-from training.prepare import Prepared
-from training.split import Split, validation
+from training.prepare import DAY_S, Prepared
+from training.split import Split, random_validation, validation
 
 if TYPE_CHECKING:
     from training.spark_als import SparkAls
 
 log = logging.getLogger(__name__)
+
+# name -> (low, high) of the searched range (log scale); tests check what experts find is inside
+SPACE: dict[str, tuple[float, float]] = {
+    "factors": (16, 256),
+    "regularization": (1e-3, 1e3),
+    "alpha": (0.1, 100.0),
+    "iterations": (5, 50),
+    "weight_sharpness": (0.25, 4.0),
+    "half_life_days": (7.0, 720.0),
+}
+CHECKPOINTS = (3, 10)  # iterations after which a fit is scored for pruning
+MIN_VALIDATION_MEMBERS = 200
+MIN_TIME_SHARE = 0.05
+_PLACEHOLDER_HALF_LIFE = 60.0  # what trial 0 records for half_life_days when the base has no decay
+
+
+@dataclass
+class Tuned:
+    params: AlsParams
+    trials: list[dict[str, Any]]
+    validation: str  # "time" | "random"
+    validation_reason: str
+    best_value: float
+    info: dict[str, float] = field(default_factory=dict)
 
 
 def sharpen(weights: dict[str, float], sharpness: float) -> dict[str, float]:
@@ -39,97 +89,319 @@ def sharpen(weights: dict[str, float], sharpness: float) -> dict[str, float]:
 
 
 def suggest(trial: Any, base: AlsParams) -> AlsParams:
-    sharpness = trial.suggest_float("weight_sharpness", 0.25, 4.0, log=True)
+    """The trial's parameters: every searched value comes from :data:`SPACE`."""
+    lo, hi = SPACE["weight_sharpness"]
+    sharpness = trial.suggest_float("weight_sharpness", lo, hi, log=True)
+    decay = trial.suggest_categorical("recency_decay", [True, False])
+    # suggested even without decay, so every trial has every parameter (TPE models them jointly)
+    half_life = trial.suggest_float("half_life_days", *SPACE["half_life_days"], log=True)
     return replace(
         base,
-        factors=trial.suggest_int("factors", 16, 256, log=True),
-        regularization=trial.suggest_float("regularization", 1e-3, 10.0, log=True),
-        alpha=trial.suggest_float("alpha", 0.1, 100.0, log=True),
-        iterations=trial.suggest_int("iterations", 5, 50, log=True),
+        factors=trial.suggest_int("factors", *(int(v) for v in SPACE["factors"]), log=True),
+        regularization=trial.suggest_float("regularization", *SPACE["regularization"], log=True),
+        alpha=trial.suggest_float("alpha", *SPACE["alpha"], log=True),
+        iterations=trial.suggest_int("iterations", *(int(v) for v in SPACE["iterations"]), log=True),
         event_weights=sharpen(base.event_weights, sharpness),
+        half_life_days=half_life if decay else 0.0,
     )
+
+
+def _clip(name: str, value: float) -> float:
+    lo, hi = SPACE[name]
+    return float(min(max(value, lo), hi))
+
+
+def start_points(base: AlsParams) -> list[dict[str, Any]]:
+    """Trials run first: the starting configuration, and one of the region that wins on small
+    dense data (many factors, strong regularization, no decay), which random startup trials
+    rarely hit in a 7-dimensional space."""
+    own = {
+        "weight_sharpness": 1.0,
+        "recency_decay": base.half_life_days > 0,
+        "half_life_days": _clip("half_life_days", base.half_life_days or _PLACEHOLDER_HALF_LIFE),
+        "factors": int(_clip("factors", base.factors)),
+        "regularization": _clip("regularization", base.regularization),
+        "alpha": _clip("alpha", base.alpha),
+        "iterations": int(_clip("iterations", base.iterations)),
+    }
+    dense = own | {
+        "recency_decay": False,
+        "factors": 128,
+        "regularization": 30.0,
+        "alpha": 5.0,
+        "iterations": 15,
+    }
+    return [own, dense]
+
+
+def _popularity_ndcg(train: sp.csr_matrix, split: Split, item_kind: np.ndarray, members: int) -> float:
+    scores = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
+    ones = np.ones((train.shape[0], 1), dtype=np.float32)
+    m = evaluate(
+        ones,
+        scores.reshape(-1, 1),
+        split.seen,
+        split.test,
+        item_kind,
+        None,
+        max_members=members,
+        kinds=("all",),
+    )
+    return float(m.get(GATE_METRIC, 0.0))
+
+
+def _pop_matrix(split: Split, shape: tuple[int, int], since: int | None) -> sp.csr_matrix:
+    ev = split.train if since is None else split.train.select(split.train.ts >= since)
+    return sp.csr_matrix((np.ones(len(ev), dtype=np.float32), (ev.member, ev.item)), shape=shape)
+
+
+def choose_validation(
+    split: Split,
+    shape: tuple[int, int],
+    item_kind: np.ndarray,
+    t: TrainingSettings,
+    positive_types: np.ndarray,
+) -> tuple[Split, str, str, dict[str, float]]:
+    """(validation split, "time" | "random", why, the numbers the choice was made by)."""
+    setting = t.validation_split
+    time_val = validation(split, shape, t.validation_days, positive_types) if setting != "random" else None
+    if setting == "time":
+        assert time_val is not None
+        return time_val, "time", "training.validation_split = time", {}
+    rand_val = random_validation(split, shape, t.validation_share, positive_types, t.random_state)
+    if setting == "random":
+        return rand_val, "random", "training.validation_split = random", {}
+    assert time_val is not None
+    n_time = int((np.diff(time_val.test.indptr) > 0).sum())
+    n_random = int((np.diff(rand_val.test.indptr) > 0).sum())
+    info: dict[str, float] = {"time.members": float(n_time), "random.members": float(n_random)}
+    members = min(t.tune_eval_members, 5000)
+    for name, val, recent_from in (
+        ("time", time_val, time_val.start - t.validation_days * DAY_S),
+        ("random", rand_val, split.start - t.validation_days * DAY_S),
+    ):
+        if val.test.nnz == 0:
+            continue
+        recent = _popularity_ndcg(_pop_matrix(val, shape, recent_from), val, item_kind, members)
+        overall = _popularity_ndcg(_pop_matrix(val, shape, None), val, item_kind, members)
+        info[f"{name}.ratio"] = recent / overall if overall > 0 else 0.0
+    if n_time < MIN_VALIDATION_MEMBERS or n_time < MIN_TIME_SHARE * n_random:
+        why = f"auto: the time window has {n_time} test members, the random split {n_random}"
+        return rand_val, "random", why, info
+    why = f"auto: the time window has {n_time} test members"
+    if "time.ratio" in info and "random.ratio" in info:
+        why += (
+            f"; recent/all-time popularity NDCG@10 {info['time.ratio']:.2f} on it, "
+            f"{info['random.ratio']:.2f} on the random split"
+        )
+    return time_val, "time", why, info
+
+
+class _Pruned(Exception):
+    """Raised from inside a fit to stop a trial the pruner gave up on."""
 
 
 def search(
     prepared: Prepared,
     split: Split,
     base: AlsParams,
+    t: TrainingSettings,
     *,
     trials: int,
-    validation_days: int,
     positive_types: np.ndarray,
-    eval_members: int,
-    num_threads: int = 0,
     log_trials: bool = True,
     on_trial: Callable[[int, float], None] | None = None,
     spark: SparkAls | None = None,
-) -> tuple[AlsParams, list[dict[str, Any]]]:
-    """Return (best params, one row per trial). The first trial is ``base`` itself, so tuning
-    never returns something worse on validation than the defaults."""
+) -> Tuned:
+    """Search, log every trial, and return the best parameters with the trial table."""
     import optuna
 
     shape = (len(prepared.members), len(prepared.items))
-    val = validation(split, shape, validation_days, positive_types)
+    val, how, why, info = choose_validation(split, shape, prepared.item_kind, t, positive_types)
     if val.test.nnz == 0:
-        from recsvc.errors import DataContractError
-
         raise DataContractError(
-            f"the validation window ({validation_days} days before the holdout) has no interactions "
-            "of members with earlier history: tuning needs a longer history or fewer validation_days"
+            f"the {how} validation split has no interactions of members with earlier history: "
+            "tuning needs a longer history, fewer training.validation_days or "
+            "training.validation_split = random"
         )
+    log.info("tune validation=%s (%s)", how, why)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=base.random_state)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial(
-        {
-            "weight_sharpness": 1.0,
-            "factors": base.factors,
-            "regularization": base.regularization,
-            "alpha": base.alpha,
-            "iterations": base.iterations,
-        },
-        skip_if_exists=True,
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(
+        seed=base.random_state, n_startup_trials=t.tune_startup_trials, multivariate=True
     )
+    pruner: Any = (
+        optuna.pruners.MedianPruner(n_startup_trials=t.tune_startup_trials, n_warmup_steps=0)
+        if t.tune_prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    for point in start_points(base)[: max(1, trials)]:
+        study.enqueue_trial(point, skip_if_exists=True)
     rows: list[dict[str, Any]] = []
     candidates: dict[int, AlsParams] = {}
 
-    def objective(trial: Any) -> float:
-        params = suggest(trial, base)
-        candidates[trial.number] = params
-        trained = train_factors(prepared, val.train, val.start, params, num_threads=num_threads, spark=spark)
+    def score(user_factors: np.ndarray, item_factors: np.ndarray) -> float:
         metrics = evaluate(
-            trained.member_factors,
-            trained.item_factors,
+            user_factors,
+            item_factors,
             val.seen,
             val.test,
             prepared.item_kind,
             None,
-            max_members=eval_members,
+            max_members=t.tune_eval_members,
             seed=base.random_state,
+            kinds=("all",),
         )
-        score = float(metrics.get(GATE_METRIC, 0.0))
-        row = {
-            "trial": trial.number,
-            **trial.params,
-            "val_ndcg_at_10": score,
-            "fit_seconds": trained.fit.seconds,
-        }
+        return float(metrics.get(GATE_METRIC, 0.0))
+
+    def objective(trial: Any) -> float:
+        params = suggest(trial, base)
+        candidates[trial.number] = params
+        partway: dict[int, float] = {}
+
+        def checkpoint(iteration: int, model: Any) -> None:
+            done = iteration + 1
+            if done not in CHECKPOINTS or done >= params.iterations:
+                return
+            value = score(np.asarray(model.user_factors), np.asarray(model.item_factors))
+            partway[done] = value
+            trial.report(value, done)
+            if trial.should_prune():
+                raise _Pruned(f"NDCG@10 {value:.4f} after {done} iterations")
+
+        row: dict[str, Any] = {"trial": trial.number, **trial.params}
+        try:
+            trained = train_factors(
+                prepared,
+                val.train,
+                val.start,
+                params,
+                num_threads=t.num_threads,
+                # Spark reports no model per iteration: its trials run to the end, unpruned.
+                on_model=None if spark is not None else checkpoint,
+                spark=spark,
+            )
+        except _Pruned as exc:
+            row |= {"state": "pruned", "why": str(exc)}
+            rows.append(row)
+            if log_trials:
+                _log_trial(trial, partway, {}, "pruned")
+            log.info("trial=%d pruned: %s params=%s", trial.number, exc, trial.params)
+            if on_trial is not None:
+                on_trial(trial.number, float("nan"))
+            raise optuna.TrialPruned(str(exc)) from None
+        value = score(trained.member_factors, trained.item_factors)
+        row |= {"state": "complete", "val_ndcg_at_10": value, "fit_seconds": trained.fit.seconds}
         rows.append(row)
         if log_trials:
-            import mlflow
-
-            parent = mlflow.active_run()
-            experiment_id = parent.info.experiment_id if parent is not None else None
-            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=experiment_id):
-                mlflow.log_params(trial.params)
-                mlflow.log_metrics(
-                    {f"val.{k}": v for k, v in metrics.items() if np.isfinite(v)}
-                    | {"fit_seconds": trained.fit.seconds}
-                )
-        log.info("trial=%d val_ndcg_at_10=%.4f params=%s", trial.number, score, trial.params)
+            metrics = {"val.all.ndcg_at_10": value, "fit_seconds": trained.fit.seconds}
+            _log_trial(trial, partway, metrics, "complete")
+        log.info("trial=%d val_ndcg_at_10=%.4f params=%s", trial.number, value, trial.params)
         if on_trial is not None:
-            on_trial(trial.number, score)
-        return score
+            on_trial(trial.number, value)
+        return value
 
     study.optimize(objective, n_trials=trials)
-    return candidates[study.best_trial.number], rows
+    best = study.best_trial
+    tuned = Tuned(candidates[best.number], rows, how, why, float(best.value or 0.0), info)
+    if log_trials:
+        _log_study(study, tuned)
+    return tuned
+
+
+def _log_trial(trial: Any, partway: dict[int, float], metrics: dict[str, float], state: str) -> None:
+    """One nested MLflow run per trial, pruned ones included (with their part-way scores)."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    experiment_id = parent.info.experiment_id if parent is not None else None
+    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=experiment_id):
+        mlflow.log_params(trial.params)
+        mlflow.set_tag("state", state)
+        for step, value in partway.items():
+            mlflow.log_metric("val.partway.ndcg_at_10", value, step=step)
+        if metrics:
+            mlflow.log_metrics(metrics)
+
+
+def _log_study(study: Any, tuned: Tuned) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_dict(
+        {"validation": tuned.validation, "why": tuned.validation_reason, "trials": tuned.trials},
+        "tuning/trials.json",
+    )
+    mlflow.log_text(params_toml(tuned.params, header=describe(tuned)), "tuning/params.toml")
+    mlflow.log_metrics(
+        {"tune.best_val_ndcg_at_10": tuned.best_value} | {f"tune.{k}": v for k, v in tuned.info.items()}
+    )
+    mlflow.set_tag("tune.validation", tuned.validation)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return
+    try:
+        from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+        ax = plot_parallel_coordinate(study)
+        fig: Any = ax.figure
+        fig.set_size_inches(12, 5)
+        fig.tight_layout()  # the rotated parameter names below the axes stay inside the image
+        mlflow.log_figure(fig, "tuning/parallel_coordinates.png")
+        plt.close(fig)
+    except (ValueError, ImportError, RuntimeError) as exc:  # a plot never fails a training run
+        log.warning("parallel-coordinates plot skipped: %s", exc)
+
+
+def describe(tuned: Tuned) -> str:
+    done = sum(1 for r in tuned.trials if r.get("state") == "complete")
+    return (
+        f"chosen by recsvc train --tune: best validation NDCG@10 {tuned.best_value:.4f} over "
+        f"{done} complete of {len(tuned.trials)} trials; "
+        f"validation {tuned.validation} ({tuned.validation_reason})"
+    )
+
+
+def params_toml(params: AlsParams, header: str = "") -> str:
+    """``params`` as a settings file fragment (``[training]``): ``recsvc train --params FILE``
+    and ``--config FILE`` both read it."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    lines += [
+        "[training]",
+        f"factors = {params.factors}",
+        f"regularization = {params.regularization!r}",
+        f"alpha = {params.alpha!r}",
+        f"iterations = {params.iterations}",
+        f"half_life_days = {float(params.half_life_days)!r}",
+        "",
+        "[training.event_weights]",
+        *(f"{k} = {float(v)!r}" for k, v in params.event_weights.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# what a --params file may set: the model's hyper-parameters, nothing else
+PARAMS_KEYS = ("factors", "regularization", "alpha", "iterations", "half_life_days", "event_weights")
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """The ``[training]`` hyper-parameters of a ``--params`` file, as settings overrides;
+    ConfigError naming the file and the key for anything else."""
+    from recsvc.errors import ConfigError
+    from recsvc.settings import read_toml
+
+    raw = read_toml(path, "params file")
+    table = raw.get("training")
+    if set(raw) != {"training"} or not isinstance(table, dict):
+        raise ConfigError(f"params file {path} must hold exactly one [training] table, found {sorted(raw)}")
+    unknown = sorted(set(table) - set(PARAMS_KEYS))
+    if unknown:
+        raise ConfigError(f"params file {path} sets {unknown}; it may set only {list(PARAMS_KEYS)}")
+    return dict(table)
+
+
+def write_params(path: Path, tuned: Tuned) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(params_toml(tuned.params, header=describe(tuned)))
+    return path

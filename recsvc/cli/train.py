@@ -84,6 +84,19 @@ def train(
         help="Override training.engine for this run: implicit (one machine) or spark (Spark MLlib's "
         "ALS on training.spark_master; needs recsvc[spark] and Java).",
     ),
+    params_file: Path | None = typer.Option(
+        None,
+        "--params",
+        help="Use the hyper-parameters of this file (the [training] table --tune saves) instead of the "
+        "settings'; --factors/--iterations/--regularization/--alpha still override it.",
+        dir_okay=False,
+    ),
+    save_params: Path = typer.Option(
+        Path("var/tune/params.toml"),
+        "--save-params",
+        help="With --tune: save the chosen hyper-parameters here, for --params (or --config) next time.",
+        dir_okay=False,
+    ),
 ) -> None:
     """Train the recommender from purchase and browse history.
 
@@ -111,6 +124,10 @@ def train(
         }.items()
         if v is not None
     }
+    if params_file is not None:
+        from training.tune import read_params
+
+        overrides = read_params(params_file) | overrides
     settings = st.settings({"training": overrides} if overrides else None)
     if trials is not None and not tune:
         raise typer.BadParameter("--trials needs --tune", param_hint="--trials")
@@ -138,6 +155,7 @@ def train(
         mapping=mapping,
         encoding=encoding,
         allow_quarantine=allow_quarantine,
+        params_out=save_params if tune else None,
     )
     with Progress(
         SpinnerColumn(),
@@ -151,5 +169,10 @@ def train(
         report = run(settings, options, progress=progress)
     for table in summary_tables(report):
         console.print(table)
+    if options.params_out is not None:
+        console.print(
+            f"tuned parameters saved to {options.params_out}; reuse them without tuning: "
+            f"recsvc train --params {options.params_out}"
+        )
     if not report.decision.promote and options.register:
         console.print(f"[yellow]not promoted[/]: {report.decision.reason}")

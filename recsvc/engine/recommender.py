@@ -30,11 +30,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recsvc.bundle import KIND_PRODUCT
 from recsvc.catalog.live import StaticCatalog
 from recsvc.catalog.view import CatalogView
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
+from recsvc.engine.replenish import placement
 from recsvc.engine.served_model import KIND_CODES, MemberLists, ServedModel
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.realtime import RealtimeStore, RecentActivity, event_weights_by_item, recalculate_member
@@ -46,6 +48,7 @@ SOURCE_REALTIME = "realtime"
 SOURCE_POPULAR = "popular"
 SOURCE_SIMILAR = "similar"
 SOURCE_NEW = "new"  # an item created in the live catalog after the bundle was trained
+SOURCE_REPLENISH = "replenish"
 
 _REASON_HISTORY_MAX = 100  # history items considered for reasons (heaviest first)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -106,6 +109,16 @@ class MemberState:
     ev_rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)
     ev_w: np.ndarray = field(default_factory=lambda: _NO_WEIGHTS)
     answered: bool = False  # Redis answered the recent-events read
+    recent_bought: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # bought since the bundle
+
+
+@dataclass(slots=True)
+class Due:
+    """Bought consumables due again (replenishment stage): rows, scores, days since bought."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    days: np.ndarray
 
 
 @dataclass
@@ -177,7 +190,11 @@ class RecommendationEngine:
             picks, scores = self._rank(view, state.vector, kind, k, filters, excluded, first=candidates)
             because = self._explain(view, picks, state)
         reasons = self._reason_texts(view, picks, because, state)
-        self._items(resp.items, view, picks, scores, reasons, state.source)
+        due = self._due(view, state, kind, filters)
+        if due is None:
+            self._items(resp.items, view, picks, scores, reasons, state.source)
+        else:
+            self._render_with_due(resp.items, view, picks, scores, reasons, state.source, due, k)
         return Recommendation(response=resp, source=state.source, stored=from_stored)
 
     @staticmethod
@@ -215,7 +232,8 @@ class RecommendationEngine:
         model = view.model
         if activity.purchased:
             recent_bought = view.rows(sorted(activity.purchased))
-            state.bought = np.concatenate([state.bought.astype(np.int64), recent_bought[recent_bought >= 0]])
+            state.recent_bought = recent_bought[recent_bought >= 0].astype(np.int64)
+            state.bought = np.concatenate([state.bought.astype(np.int64), state.recent_bought])
             state.bought_sorted = False
         if not activity.events:
             return False
@@ -242,6 +260,53 @@ class RecommendationEngine:
         state.vector = vector if vector.any() else None
         state.source = SOURCE_REALTIME
         return True
+
+    def _due(self, view: CatalogView, state: MemberState, kind: int, filters: FilterSpec) -> Due | None:
+        """Stage 5b, replenishment (recsvc/engine/replenish.py): the member's bought consumables
+        that are due now and pass the call's filters, best first, at most
+        ``replenish_max_items``; None when there are none or the call is not a product list
+        that excludes purchases. Items bought since the bundle (Redis) are not due."""
+        s = self._settings
+        if not s.replenish or kind != KIND_PRODUCT or not filters.exclude_purchased or state.vector is None:
+            return None
+        if state.row is None:
+            return None
+        rows, days = view.model.due_purchases(state.row, self._clock(), s.replenish_early, s.replenish_late)
+        if not rows.shape[0]:
+            return None
+        excluded = self._excluded_rows(view, filters, state.recent_bought)
+        keep = filters.mask(view, rows, excluded) & (view.item_kind[rows] == KIND_PRODUCT)
+        if not keep.any():
+            return None
+        rows, days = rows[keep], days[keep]
+        scores = np.asarray(view.model.item_factors[rows], dtype=np.float32) @ state.vector
+        order = np.argsort(-scores, kind="stable")[: s.replenish_max_items]
+        return Due(rows[order], scores[order], days[order])
+
+    def _render_with_due(
+        self,
+        into: Any,
+        view: CatalogView,
+        picks: np.ndarray,
+        scores: np.ndarray,
+        reasons: list[str],
+        source: str,
+        due: Due,
+        k: int,
+    ) -> None:
+        """The list of ``k`` with the due items after ``replenish_after`` picks (earlier in a
+        shorter list), each with source ``replenish`` and a restock reason."""
+        at, n = placement(picks.shape[0], due.rows.shape[0], k, self._settings.replenish_after)
+        rest = k - at - n
+        texts = [
+            f"time to restock: you bought {view.title(r)} {int(d)} days ago"
+            for r, d in zip(due.rows[:n].tolist(), due.days[:n].tolist(), strict=True)
+        ]
+        self._items(into, view, picks[:at], scores[:at], reasons[:at], source)
+        self._items(into, view, due.rows[:n], due.scores[:n], texts, SOURCE_REPLENISH)
+        self._items(
+            into, view, picks[at : at + rest], scores[at : at + rest], reasons[at : at + rest], source
+        )
 
     def _stored_list(
         self, view: CatalogView, state: MemberState, kind: int, k: int, filters: FilterSpec

@@ -28,12 +28,15 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.engine.replenish import DAY_S, due_mask
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
+_EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +126,10 @@ class ServedModel:
         self.regularization = float(params.get("regularization", 0.05))
         self.alpha = float(params.get("alpha", 1.0))
         self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
-        self.half_life_days = float(params.get("half_life_days", 60.0))
+        # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every
+        # formula of the form 0.5 ** (age / half_life) stays as it is
+        half_life = float(params.get("half_life_days", 60.0))
+        self.half_life_days = half_life if half_life > 0 else float("inf")
         self.factors = int(bundle.manifest.factors)
         # The time the trained history weights were decayed to: the holdout start for a bundle
         # trained without refit (``data_as_of``), else the training cutoff. Serving decays them
@@ -156,6 +162,9 @@ class ServedModel:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
         self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
+        # Replenishment (recsvc/engine/replenish.py): None in bundles without it.
+        self.item_repurchase_days: np.ndarray | None = a.get("item_repurchase_days")
+        self.purchased_last_ts: np.ndarray | None = a.get("purchased_last_ts")
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
@@ -194,6 +203,22 @@ class ServedModel:
     def purchased_rows(self, row: int) -> np.ndarray:
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
         return np.asarray(self.purchased_indices[lo:hi])
+
+    def due_purchases(self, row: int, now: float, early: float, late: float) -> tuple[np.ndarray, np.ndarray]:
+        """The member's bought items due again at ``now`` (``recsvc.engine.replenish.due_mask``):
+        (rows, days since the last purchase); empty without replenishment data. A handful of
+        array operations on the member's purchases: this runs on every product call."""
+        if self.item_repurchase_days is None or self.purchased_last_ts is None:
+            return _EMPTY_ROWS, _EMPTY_F64
+        lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
+        if lo == hi:
+            return _EMPTY_ROWS, _EMPTY_F64
+        rows = self.purchased_indices[lo:hi]
+        days = (now - self.purchased_last_ts[lo:hi]) / DAY_S
+        due = due_mask(self.item_repurchase_days[rows], days, early, late)
+        if not due.any():
+            return _EMPTY_ROWS, _EMPTY_F64
+        return np.asarray(rows[due], dtype=np.int64), days[due]
 
     # ---- items ---------------------------------------------------------------------------
     def kind_of(self, row: int) -> int:

@@ -1,0 +1,228 @@
+"""--tune: the search space holds what experts find, the validation split is chosen by a stated
+rule, the chosen parameters are saved and read back, bad settings get a named error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsvc.errors import ConfigError
+from recsvc.settings import TrainingSettings, load_settings
+from training import prepare, split, tune
+from training.confidence import confidence_matrix, weight_table
+from training.fit import AlsParams
+from training.synthetic import make_dataset
+
+
+def _base(**kw: object) -> AlsParams:
+    return AlsParams.from_settings(TrainingSettings(**kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expert_values"),
+    [
+        # small dense data (e.g. MovieLens-like): many factors, strong regularization
+        ("regularization", (1e-2, 0.1, 1.0, 10.0, 100.0, 500.0)),
+        ("alpha", (0.5, 1.0, 10.0, 40.0, 80.0)),
+        ("factors", (16, 32, 64, 128, 256)),
+        ("iterations", (5, 15, 30, 50)),
+        ("half_life_days", (14.0, 60.0, 365.0)),
+    ],
+)
+def test_search_space_contains_what_experts_find(name: str, expert_values: tuple[float, ...]) -> None:
+    lo, hi = tune.SPACE[name]
+    assert all(lo <= v <= hi for v in expert_values)
+
+
+def test_a_trial_can_ask_for_no_decay_and_large_regularization() -> None:
+    import optuna
+
+    base = _base()
+    trial = optuna.trial.FixedTrial(
+        {
+            "weight_sharpness": 0.5,
+            "recency_decay": False,
+            "half_life_days": 30.0,
+            "factors": 128,
+            "regularization": 300.0,
+            "alpha": 40.0,
+            "iterations": 20,
+        }
+    )
+    p = tune.suggest(trial, base)
+    assert p.half_life_days == 0.0  # no decay
+    assert (p.factors, p.regularization, p.alpha, p.iterations) == (128, 300.0, 40.0, 20)
+    assert p.event_weights["purchase"] == pytest.approx(base.event_weights["purchase"] ** 0.5)
+    # the order of the event weights is kept
+    assert p.event_weights["purchase"] > p.event_weights["add_to_cart"] > p.event_weights["view"]
+
+
+def test_start_points_are_the_base_and_a_dense_data_point_inside_the_space() -> None:
+    points = tune.start_points(_base(half_life_days=0))
+    assert points[0]["recency_decay"] is False and points[0]["factors"] == 32
+    assert points[1]["regularization"] >= 10 and points[1]["recency_decay"] is False
+    for point in points:
+        for name, (lo, hi) in tune.SPACE.items():
+            assert lo <= point[name] <= hi, name
+
+
+def test_no_decay_weighs_old_and_new_events_alike() -> None:
+    p = prepare.prepare(make_dataset(members=30, events_per_member=5, seed=3))
+    shape = (len(p.members), len(p.items))
+    flat = confidence_matrix(p.events, shape, {"purchase": 1.0, "view": 1.0}, 0.0, p.cutoff)
+    decayed = confidence_matrix(p.events, shape, {"purchase": 1.0, "view": 1.0}, 10.0, p.cutoff)
+    assert flat.sum() > decayed.sum()
+    positive = weight_table({"purchase": 1.0, "view": 1.0}) > 0
+    assert flat.sum() == pytest.approx(float(positive[p.events.etype].sum()))
+
+
+def test_random_split_holds_out_whole_member_item_pairs() -> None:
+    p = prepare.prepare(make_dataset(members=200, events_per_member=20, seed=1))
+    shape = (len(p.members), len(p.items))
+    positive = weight_table(TrainingSettings().event_weights) > 0
+    s = split.random_split(p.events, shape, p.cutoff, 0.25, positive, seed=0)
+    assert s.test.nnz > 0
+    # no held-out pair has a single event left in training
+    assert s.test.multiply(s.seen).nnz == 0
+    # every tested member keeps training history; about a quarter of the pairs are held out
+    tested = np.flatnonzero(np.diff(s.test.indptr) > 0)
+    assert (np.diff(s.seen.indptr)[tested] > 0).all()
+    share = s.test.nnz / (s.test.nnz + s.seen.nnz)
+    assert 0.15 < share < 0.35
+
+
+def _trending(seed: int) -> prepare.Prepared:
+    """Synthetic data whose last 40 days are dominated by a few new best sellers: time order
+    carries signal (recent popularity predicts the next days)."""
+    data = make_dataset(members=600, events_per_member=30, days=120, seed=seed)
+    ev = data.events
+    rng = np.random.default_rng(seed)
+    recent = ev["ts"] > ev["ts"].max() - pd.Timedelta(days=40)
+    swap = recent & (rng.random(len(ev)) < 0.6) & ev["item_id"].str.startswith("p")
+    trending = np.array([f"p{i:05d}" for i in range(100, 110)])
+    ev.loc[swap, "item_id"] = rng.choice(trending, int(swap.sum()))
+    return prepare.prepare(data)
+
+
+def _choose(p: prepare.Prepared, **kw: object) -> tuple[str, str]:
+    t = TrainingSettings(**kw)  # type: ignore[arg-type]
+    shape = (len(p.members), len(p.items))
+    positive = weight_table(t.event_weights) > 0
+    holdout = split.holdout(p, t.holdout_days, positive)
+    _, how, why, _ = tune.choose_validation(holdout, shape, p.item_kind, t, positive)
+    return how, why
+
+
+def _thin_recent(seed: int) -> prepare.Prepared:
+    """Most members went quiet long before the end (e.g. a bulk import of old history): the last
+    weeks before the holdout hold too few members to validate on."""
+    data = make_dataset(members=600, events_per_member=30, days=120, seed=seed)
+    ev = data.events
+    late = ev["ts"] > ev["ts"].max() - pd.Timedelta(days=35)
+    keep = ~late | ev["member_id"].isin([f"m{i:06d}" for i in range(0, 600, 8)])
+    data.events = ev[keep].reset_index(drop=True)
+    return prepare.prepare(data)
+
+
+def test_auto_validation_picks_random_when_the_time_window_is_too_thin() -> None:
+    how, why = _choose(_thin_recent(seed=2))
+    assert how == "random", why
+    assert "test members" in why
+
+
+def test_auto_validation_keeps_the_holdouts_kind_when_the_window_is_full() -> None:
+    for p in (_trending(seed=4), prepare.prepare(make_dataset(members=600, events_per_member=30, seed=2))):
+        how, why = _choose(p)
+        assert how == "time", why
+
+
+def test_validation_split_setting_overrides_the_rule() -> None:
+    assert _choose(_trending(seed=4), validation_split="random")[0] == "random"
+    assert _choose(prepare.prepare(make_dataset(seed=2)), validation_split="time")[0] == "time"
+
+
+def test_search_prunes_logs_nothing_without_mlflow_and_returns_the_best_trial() -> None:
+    p = prepare.prepare(make_dataset(members=300, events_per_member=25, seed=5))
+    t = TrainingSettings(factors=16, iterations=12, tune_startup_trials=2, tune_eval_members=200)
+    shape = (len(p.members), len(p.items))
+    positive = weight_table(t.event_weights) > 0
+    holdout = split.holdout(p, t.holdout_days, positive)
+    tuned = tune.search(
+        p, holdout, AlsParams.from_settings(t), t, trials=8, positive_types=positive, log_trials=False
+    )
+    assert len(tuned.trials) == 8 and shape[0] > 0
+    complete = [r for r in tuned.trials if r["state"] == "complete"]
+    assert tuned.best_value == max(r["val_ndcg_at_10"] for r in complete)
+    best = max(complete, key=lambda r: r["val_ndcg_at_10"])
+    assert tuned.params.factors == best["factors"]
+    assert tuned.trials[0]["factors"] == 16  # trial 0 is the starting configuration
+    # hopeless fits are stopped part-way (seeded: the same trials every run)
+    assert any(r["state"] == "pruned" for r in tuned.trials)
+
+
+def test_saved_params_are_a_settings_fragment_that_params_reads_back(tmp_path: Path) -> None:
+    params = _base(half_life_days=0, regularization=123.5, factors=96)
+    tuned = tune.Tuned(params, [], "time", "training.validation_split = time", 0.25)
+    path = tune.write_params(tmp_path / "p" / "params.toml", tuned)
+    overrides = tune.read_params(path)
+    s = load_settings(overrides={"training": overrides}).training
+    assert (s.factors, s.regularization, s.half_life_days) == (96, 123.5, 0.0)
+    assert s.event_weights == params.event_weights
+    # and the same file works as a settings file
+    assert load_settings(config_file=path).training.regularization == 123.5
+
+
+def test_params_file_with_other_settings_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[training]\nfactors = 8\nholdout_days = 3\n")
+    with pytest.raises(ConfigError, match="holdout_days"):
+        tune.read_params(path)
+    path.write_text("[serving]\nport = 1\n")
+    with pytest.raises(ConfigError, match="exactly one \\[training\\] table"):
+        tune.read_params(path)
+    with pytest.raises(ConfigError, match="not found"):
+        tune.read_params(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("validation_split", "sometimes", "validation_split"),
+        ("validation_share", 1.5, "validation_share"),
+        ("half_life_days", -1, "half_life_days"),
+        ("tune_eval_members", 5, "tune_eval_members"),
+    ],
+)
+def test_bad_tuning_settings_get_a_named_error(key: str, value: object, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(overrides={"training": {key: value}})
+
+
+def test_itemknn_and_blend_are_measured_like_als() -> None:
+    from training import evaluate, itemknn
+    from training.factors import train_factors
+
+    p = prepare.prepare(make_dataset(members=300, events_per_member=25, seed=6))
+    t = TrainingSettings(factors=16, iterations=8)
+    shape = (len(p.members), len(p.items))
+    params = AlsParams.from_settings(t)
+    positive = weight_table(params.event_weights) > 0
+    h = split.holdout(p, t.holdout_days, positive)
+    trained = train_factors(p, h.train, h.start, params)
+    knn = itemknn.fit(trained.matrix, neighbours=50)
+    assert knn.similarity.shape == (shape[1], shape[1])
+    args = (trained.member_factors, trained.item_factors, trained.matrix, knn.similarity, h.seen, h.test)
+    # ALS weight 1 is exactly ALS as training.evaluate measures it
+    als = evaluate.evaluate(
+        trained.member_factors, trained.item_factors, h.seen, h.test, p.item_kind, None, max_members=500
+    )
+    blend_1 = itemknn.evaluate(*args, p.item_kind, 1.0, max_members=500, seed=0)
+    assert blend_1["all.ndcg_at_10"] == pytest.approx(als["all.ndcg_at_10"], abs=1e-6)
+    assert blend_1["product.recall_at_20"] == pytest.approx(als["product.recall_at_20"], abs=1e-6)
+    knn_only = itemknn.evaluate(*args, p.item_kind, 0.0, max_members=500, seed=0)
+    assert knn_only["all.ndcg_at_10"] > 0.05  # the planted groups are found by neighbours too
+    weight, scores = itemknn.choose_weight(*args, p.item_kind, max_members=500, seed=0)
+    assert weight in itemknn.WEIGHTS and scores[weight] == max(scores.values())

@@ -1,0 +1,146 @@
+"""A second model family, measured beside ALS: item-item nearest neighbours and an ALS blend.
+
+Reads: a confidence matrix (the same r_ui ALS is fitted on), ALS factors, a split.
+Writes: holdout metrics ``itemknn.<kind>.<metric>_at_<k>`` and ``blend.<...>`` in the names
+:mod:`training.evaluate` uses, the blend weight chosen on a validation split, and the fitted
+neighbour model.
+
+The item-item model is implicit's ``BM25Recommender`` (``K`` neighbours per item) on r_ui: a
+member's score for an item is the sum of the item's similarities to the member's history,
+weighted by r_ui. The blend ranks by ``w * als + (1 - w) * itemknn``, each score divided by the
+member's largest score of that model so neither scale dominates; ``w`` is chosen on validation
+from :data:`WEIGHTS` (1 = ALS alone, 0 = item-item alone).
+
+Only measured for now: serving still serves ALS (docs/training.md, "A second model family").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsvc.bundle import KIND_NAMES
+from training.evaluate import KS, _metrics_for, sample_members
+
+WEIGHTS = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
+NEIGHBOURS = 100
+
+
+def fit(matrix: sp.csr_matrix, neighbours: int = NEIGHBOURS, num_threads: int = 0) -> Any:
+    from implicit.nearest_neighbours import BM25Recommender
+
+    model = BM25Recommender(K=neighbours, num_threads=num_threads)
+    model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
+    return model
+
+
+@dataclass
+class _Scorer:
+    """A ``recommend`` like implicit's over blended, per-member normalised scores."""
+
+    user_factors: np.ndarray  # [members in the sample, f]
+    item_factors: np.ndarray  # [items, f]
+    history: sp.csr_matrix  # r_ui rows of the sampled members (item-item input)
+    similarity: sp.csr_matrix  # [items x items]
+    weight: float  # of ALS
+
+    def recommend(
+        self, rows: np.ndarray, seen: sp.csr_matrix, N: int, filter_already_liked_items: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.zeros((rows.shape[0], self.item_factors.shape[0]), dtype=np.float32)
+        if self.weight > 0:
+            als = self.user_factors[rows] @ self.item_factors.T
+            scores += self.weight * als / np.maximum(np.abs(als).max(axis=1, keepdims=True), 1e-9)
+        if self.weight < 1:
+            knn = np.asarray((self.history[rows] @ self.similarity).todense(), dtype=np.float32)
+            scores += (1 - self.weight) * knn / np.maximum(knn.max(axis=1, keepdims=True), 1e-9)
+        if filter_already_liked_items:
+            seen = sp.csr_matrix(seen)
+            r = np.repeat(np.arange(rows.shape[0]), np.diff(seen.indptr))
+            scores[r, seen.indices] = -np.inf
+        n = min(N, scores.shape[1])
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(top, order, axis=1)
+        out = np.take_along_axis(scores, ids, axis=1)
+        ids[~np.isfinite(out)] = -1
+        return ids, out
+
+
+def evaluate(
+    member_factors: np.ndarray,
+    item_factors: np.ndarray,
+    matrix: sp.csr_matrix,
+    similarity: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    test: sp.csr_matrix,
+    item_kind: np.ndarray,
+    weight: float,
+    *,
+    max_members: int,
+    seed: int,
+    kinds: tuple[str, ...] | None = None,
+) -> dict[str, float]:
+    """Metrics of the blend with ALS weight ``weight`` (1: ALS, 0: item-item), per kind, on the
+    same member sample and with the same definitions as :func:`training.evaluate.evaluate`."""
+    users = sample_members(test, max_members, seed)
+    out: dict[str, float] = {}
+    kinds_cols: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]
+    kinds_cols += [(name, np.flatnonzero(item_kind == code)) for code, name in KIND_NAMES.items()]
+    seen_u, test_u, hist_u = (sp.csr_matrix(m[users]) for m in (seen, test, matrix))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name, cols in kinds_cols:
+            if kinds is not None and name not in kinds:
+                continue
+            sub_test = sp.csr_matrix(test_u[:, cols])
+            keep = np.flatnonzero(np.diff(sub_test.indptr) > 0)
+            if keep.size == 0 or cols.size == 0:
+                continue
+            scorer = _Scorer(
+                member_factors[users[keep]],
+                item_factors[cols],
+                sp.csr_matrix(hist_u[keep]),
+                sp.csr_matrix(similarity[:, cols]),
+                weight,
+            )
+            metrics = _metrics_for(
+                scorer, sp.csr_matrix(seen_u[keep][:, cols]), sp.csr_matrix(sub_test[keep]), KS
+            )
+            out |= {f"{name}.{k}": v for k, v in metrics.items()}
+    return out
+
+
+def choose_weight(
+    member_factors: np.ndarray,
+    item_factors: np.ndarray,
+    matrix: sp.csr_matrix,
+    similarity: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    test: sp.csr_matrix,
+    item_kind: np.ndarray,
+    *,
+    max_members: int,
+    seed: int,
+) -> tuple[float, dict[float, float]]:
+    """(the ALS weight with the best validation NDCG@10 over all items, NDCG@10 per weight)."""
+    scores = {
+        w: evaluate(
+            member_factors,
+            item_factors,
+            matrix,
+            similarity,
+            seen,
+            test,
+            item_kind,
+            w,
+            max_members=max_members,
+            seed=seed,
+            kinds=("all",),
+        ).get("all.ndcg_at_10", 0.0)
+        for w in WEIGHTS
+    }
+    return max(scores, key=lambda w: (scores[w], w)), scores
