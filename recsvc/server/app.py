@@ -49,6 +49,7 @@ from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.readiness import Readiness
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.server.rpc_metrics import RpcMetricsInterceptor
+from recsvc.server.streams import StreamsOnTheLoop
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
@@ -167,13 +168,16 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
         # The RPC counter sits inside the error interceptor: it sees each error before it is mapped.
-        # RequestDecoding last (innermost): a request that does not decode is refused after the
-        # key check, as INVALID_ARGUMENT, instead of grpc's UNKNOWN before any interceptor ran.
+        # RequestDecoding after the key check: a request that does not decode is refused as
+        # INVALID_ARGUMENT, instead of grpc's UNKNOWN before any interceptor ran. StreamsOnTheLoop
+        # innermost: plain-generator streams run step by step (a caller who stops reading holds
+        # no pool thread), and every wrapper outside sees them as async generators.
         interceptors = [
             ErrorInterceptor(),
             RpcMetricsInterceptor(deps.metrics),
             *deps.extra_interceptors,
             RequestDecoding(),
+            StreamsOnTheLoop(pool),
         ]
         # recsvc's own interceptors wrap each method's handler once, as services are added, so
         # calls skip grpc's per-call interceptor pipeline; any other interceptor runs per call.
