@@ -1,9 +1,11 @@
 """The event channel vocabulary is one setting (data.event_channels) that files, training and the
 Recommender API share: a retailer who declares douyin trains douyin's own popular lists and may
-send RecordEvent and RecommendProducts with channel douyin."""
+send RecordEvent and RecommendProducts with channel douyin. Outreach channels are the policy's own
+list, and its event_channel_map says which one reaches the members of an event channel."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -11,11 +13,15 @@ import pandas as pd
 import pytest
 from bundle_factory import PlantedBundle
 from serving_harness import running_server, serving_settings
+from typer.testing import CliRunner
 
 from pipelines.ingest import load_dataset
 from pipelines.validate import validate_dir
 from recsvc.bundle import ALL
+from recsvc.cli import app
 from recsvc.errors import ConfigError, InvalidArgument
+from recsvc.outreach.policy import DEFAULT_POLICY_FILE, Policy, load_policy, parse_policy
+from recsvc.outreach.validation import check_channel as check_outreach_channel
 from recsvc.server.validation import check_channel
 from recsvc.settings import EVENT_CHANNELS, DataSettings, TrainingSettings, load_settings
 from recsvc.v1 import recommender_pb2
@@ -108,3 +114,38 @@ def test_a_server_declaring_douyin_accepts_it(planted: PlantedBundle, redis_url:
     with running_server(base) as rs, pytest.raises(grpc.RpcError) as err:
         rs.stub.RecordEvent(event, timeout=5)
     assert err.value.details().startswith("UNKNOWN_CHANNEL: ")
+
+
+def test_the_policy_maps_event_channels_to_outreach_channels(tmp_path: Path) -> None:
+    shipped = load_policy(DEFAULT_POLICY_FILE, EVENT_CHANNELS)
+    assert shipped.outreach_channel_for("app") == "app_push"
+    assert shipped.outreach_channel_for("offline_store") is None
+    # A policy without app_push is not refused for the map it never wrote.
+    assert parse_policy({"channels": ["sms", "wecom"]}).event_channel_map == {"wecom": "wecom"}
+    # Nor is a retailer whose event channels lack app.
+    assert load_policy(DEFAULT_POLICY_FILE, ("douyin", "wecom")).event_channel_map == {"wecom": "wecom"}
+
+    retailer = tmp_path / "p.toml"
+    retailer.write_text('[event_channel_map]\ndouyin = "app_push"\napp = "app_push"\n')
+    assert load_policy(retailer, RETAILER.event_channels).outreach_channel_for("douyin") == "app_push"
+    with pytest.raises(ConfigError, match=r"unknown event channel.*douyin"):
+        load_policy(retailer, EVENT_CHANNELS)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[event_channel_map]\napp = "push"\n')
+    with pytest.raises(ConfigError, match=r"unknown outreach channel.*push"):
+        load_policy(wrong)
+    res = CliRunner().invoke(app, ["outreach", "validate-policy", str(retailer)])
+    assert res.exit_code == 2 and "douyin" in res.output  # the default settings do not declare it
+    res = CliRunner().invoke(
+        app,
+        ["outreach", "validate-policy", str(retailer)],
+        env={"RECSVC_DATA__EVENT_CHANNELS": json.dumps(list(RETAILER.event_channels))},
+    )
+    assert res.exit_code == 0 and "2 event channels mapped" in " ".join(res.output.split())
+
+
+def test_an_event_channel_given_to_outreach_is_refused_with_its_outreach_name() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_outreach_channel("app", Policy())
+    assert err.value.reason == "UNKNOWN_CHANNEL"
+    assert "outreach reaches it as 'app_push'" in str(err.value)

@@ -28,14 +28,18 @@ _FALSE = {"0", "false", "no", "n", "f"}
 
 @app.command("validate-policy")
 @friendly_errors
-def validate_policy(path: Path = typer.Argument(..., help="policy file (.toml, .yaml or .yml)")) -> None:
-    """Check a policy file; exit 2 with every problem named when it is invalid."""
+def validate_policy(
+    ctx: typer.Context, path: Path = typer.Argument(..., help="policy file (.toml, .yaml or .yml)")
+) -> None:
+    """Check a policy file (its event_channel_map against the settings' data.event_channels); exit 2
+    with every problem named when it is invalid."""
     from recsvc.outreach.policy import load_policy
 
-    policy = load_policy(path)
+    policy = load_policy(path, state(ctx).settings().data.event_channels)
     m = policy.marketing
     out.print(
-        f"policy ok: {len(policy.channels)} channels; marketing {m.per_channel_per_day}/channel/day, "
+        f"policy ok: {len(policy.channels)} channels ({len(policy.event_channel_map)} event channels "
+        f"mapped to them); marketing {m.per_channel_per_day}/channel/day, "
         f"{m.per_day}/day, {m.per_week}/week, gap {m.min_gap_hours}h; quiet "
         f"{policy.quiet_hours.start}-{policy.quiet_hours.end} ({policy.default_timezone}); "
         f"{len(policy.fatigue.levels)} fatigue levels"
