@@ -157,7 +157,7 @@ FIXES: dict[str, str] = {
         f"use one of {', '.join(EVENT_TYPES)}, or map yours in the mapping file ([events.values.event_type])"
     ),
     Reason.UNKNOWN_CHANNEL: (
-        "map the value to a known channel ([events.values.channel]) or declare it ([channels] declare)"
+        "map the value to a known channel ([events.values.channel]) or list it in data.event_channels"
     ),
     Reason.BAD_TIMESTAMP: (
         "use ISO-8601 (2026-05-01T10:00:00+08:00) or list your format in [timestamps] formats"

@@ -5,7 +5,8 @@
 
 - rename a file's columns (``[events.columns] order_time = "ts"``) and ignore extra ones,
 - map values (``[events.values.channel] pos = "offline_store"``),
-- declare event channels beyond the built-in ones (``[channels] declare = ["douyin"]``),
+- declare event channels beyond ``data.event_channels`` (``[channels] declare = ["douyin"]``; the
+  API accepts only the setting's, so list them there),
 - parse money (``￥312.63``, ``¥1,234.50``, ``RMB 12``) in ``amount`` and ``price``,
 - parse time stamps in given formats, with an offset for those that carry none (``+08:00``),
 - give defaults for member columns that are absent or empty (``[members.defaults] tier = "member"``).
@@ -67,7 +68,7 @@ class MoneyRule(_Part):
 
 
 class ChannelRule(_Part):
-    # Event channels accepted besides the built-in ones (recsvc.settings.EVENT_CHANNELS).
+    # Event channels this export's files accept besides the setting data.event_channels.
     declare: list[str] = Field(default_factory=list)
 
     @field_validator("declare")

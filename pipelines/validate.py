@@ -62,8 +62,9 @@ from pipelines.encoding import resolve_encoding
 from pipelines.mapping import Mapping
 from pipelines.read import REPLACEMENT_CHAR, count_rows, find_table_file, read_chunks, read_table
 from recsvc.csvsafe import write_frame
+from recsvc.errors import DataContractError
 from recsvc.idmap import ID_PATTERN, id_chars_ok, id_problem, normalize_id
-from recsvc.settings import DataSettings
+from recsvc.settings import MAX_EVENT_CHANNELS, DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +213,7 @@ def validate_dir(
     else:
         members = None
     events_path = paths["events"]
-    channels = EVENT_CHANNELS + tuple(
-        c for c in (mapping.channels.declare if mapping else []) if c not in EVENT_CHANNELS
-    )
+    channels = _event_channels(settings, mapping)
     events = validate_events(
         lambda: read_chunks(
             events_path,
@@ -245,6 +244,24 @@ def validate_dir(
             len(table.quarantine),
         )
     return result
+
+
+def _event_channels(settings: DataSettings, mapping: Mapping | None) -> tuple[str, ...]:
+    """``data.event_channels`` and the ones the mapping file declares besides. A declared channel
+    the setting lacks trains, but the Recommender API refuses it: say so once, here."""
+    declared = tuple(
+        c for c in (mapping.channels.declare if mapping else []) if c not in settings.event_channels
+    )
+    if declared:
+        log.warning(
+            "the mapping file declares channels %s that data.event_channels lacks: they train, but the "
+            "API refuses them until the setting lists them (docs/data.md, Channels)",
+            ", ".join(declared),
+        )
+    channels = settings.event_channels + declared
+    if len(channels) > MAX_EVENT_CHANNELS:
+        raise DataContractError(f"{len(channels)} event channels; at most {MAX_EVENT_CHANNELS} are supported")
+    return channels
 
 
 def _has_table(data_dir: Path, spec: TableSpec) -> bool:

@@ -55,7 +55,24 @@ SPARK_MASTER = re.compile(
     r"|yarn"
     r"|k8s://(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?"
 )
+# The built-in event channels: the default of ``data.event_channels``.
 EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
+# any channel (recsvc.bundle.ALL).
+MAX_EVENT_CHANNELS = 127
+RESERVED_CHANNEL = "all"
+
+
+def check_channel_names(names: tuple[str, ...] | list[str]) -> None:
+    """Raise ValueError naming what is wrong with a list of event channel names."""
+    bad = [c for c in names if not CHANNEL_NAME.match(c)]
+    if bad:
+        raise ValueError(f"channel names must be lower_snake_case (max 32 chars): {bad}")
+    if RESERVED_CHANNEL in names:
+        raise ValueError(f"{RESERVED_CHANNEL!r} is reserved (the popular lists of any channel)")
+    if len(set(names)) != len(names):
+        raise ValueError("channel names must be unique")
 
 
 class _Section(BaseModel):
@@ -75,6 +92,16 @@ class DataSettings(_Section):
     # was quarantined: a model trained on what is left of a badly mapped export is not worth
     # promoting (--allow-quarantine overrides).
     max_quarantined_share: float = Field(0.05, ge=0.0, le=1.0)
+    # The event channels files, training and the Recommender API accept (docs/data.md,
+    # "Channels"): a retailer selling on douyin lists it here, and its events train their own
+    # popular lists and are accepted by RecordEvent and RecommendProducts.
+    event_channels: tuple[str, ...] = Field(EVENT_CHANNELS, min_length=1, max_length=MAX_EVENT_CHANNELS)
+
+    @field_validator("event_channels")
+    @classmethod
+    def _channel_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        check_channel_names(v)
+        return v
 
 
 class TrainingSettings(_Section):

@@ -26,7 +26,7 @@ from recsvc.outreach.policy import Policy
 from recsvc.outreach.validation import check_channel
 from recsvc.outreach.validation import check_id as outreach_check_id
 from recsvc.server.validation import check_id
-from recsvc.settings import DataSettings
+from recsvc.settings import EVENT_CHANNELS, DataSettings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2
 from training import gate
 
@@ -279,6 +279,8 @@ def test_retailer_export_trains_in_one_pass_and_ids_round_trip(
         "RECSVC_TRAINING__FACTORS": "16",
         "RECSVC_TRAINING__ITERATIONS": "8",
         "RECSVC_TRAINING__EVAL_MEMBERS": "500",
+        # The retailer's channels, for training and the API alike (the mapping declares them too).
+        "RECSVC_DATA__EVENT_CHANNELS": json.dumps([*EVENT_CHANNELS, "douyin", "taobao"]),
     }
     bundle_dir = tmp_path / "bundle"
     res = runner.invoke(
@@ -290,11 +292,24 @@ def test_retailer_export_trains_in_one_pass_and_ids_round_trip(
     member = _member("M00001") if _member("M00001") in bundle.members else bundle.members.id(0)
     assert member.startswith("会员:138")
     assert all(i.startswith("母婴/奶粉-900g#") for i in bundle.items.ids(range(len(bundle.items))))
+    assert {"douyin", "taobao", "offline_store"} <= set(bundle.popular["channel"])  # lists of their own
 
     settings = serving_settings(str(bundle_dir), redis_url, tmp_path)
+    settings = settings.model_copy(
+        update={"data": DataSettings(event_channels=(*EVENT_CHANNELS, "douyin", "taobao"))}
+    )
     with running_server(settings, with_outreach=True) as rs:
         resp = rs.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=5))
         assert resp.items and all(it.item_id in bundle.items for it in resp.items)
+        on_douyin = rs.stub.RecommendProducts(
+            recommender_pb2.RecommendProductsRequest(member_id=member, k=5, channel="douyin")
+        )
+        assert on_douyin.items
+        rs.stub.RecordEvent(
+            recommender_pb2.RecordEventRequest(
+                member_id=member, item_id=resp.items[0].item_id, event_type="view", channel="douyin"
+            )
+        )
         similar = rs.stub.SimilarItems(
             recommender_pb2.SimilarItemsRequest(item_id=resp.items[0].item_id, k=3)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +86,42 @@ def test_import_refuses_a_folder_without_the_files(
     (tmp_path / "members.csv").write_text("member,zone\nM1,UTC\n")
     res = runner.invoke(app, ["outreach", "import", str(tmp_path)])
     assert res.exit_code == 2 and "lacks columns" in flat(res.output)
+
+
+def test_import_takes_an_empty_timezone_as_the_default_and_ids_in_nfc(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    typed = unicodedata.normalize("NFD", "Café-1")  # the same id, as another system writes it
+    assert typed != "Café-1"
+    r = redis.Redis.from_url(redis_url)
+    profile = member_key("recsvc", "Café-1", "out:profile")
+    r.hset(profile, "tz", "Europe/Berlin")  # an earlier import
+    (data / "members.csv").write_text(f"member_id,timezone\n{typed},\nM2,Asia/Tokyo\n", encoding="utf-8")
+    (data / "consent.csv").write_text(
+        f"member_id,channel,granted,updated_at\n{typed},wecom,true,2026-05-01\n", encoding="utf-8"
+    )
+    res = runner.invoke(app, ["outreach", "import", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "imported 2 time zones and 1 consent records" in flat(res.output)
+    assert "0 rows refused" in res.output
+    assert r.hget(profile, "tz") is None  # empty: the policy's default_timezone from now on
+    wecom = r.hget(profile, "c:wecom")
+    assert isinstance(wecom, bytes) and wecom.startswith(b"1|")
+    assert not r.exists(member_key("recsvc", typed, "out:profile"))  # one member, one profile
+    res = runner.invoke(app, ["outreach", "check", "--member", typed, "--channel", "wecom"])
+    assert json.loads(res.stdout)["reason"] in {"ALLOWED", "QUIET_HOURS"}  # consented, not NO_CONSENT
+
+    # A Parquet null is empty too, and a members file may have no timezone column at all.
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    pd.DataFrame({"member_id": ["M5"], "timezone": [None]}).to_parquet(parquet / "members.parquet")
+    res = runner.invoke(app, ["outreach", "import", str(parquet)])
+    assert "imported 1 time zones" in flat(res.output) and "0 rows refused" in res.output
+    no_zone = tmp_path / "no-zone"
+    no_zone.mkdir()
+    (no_zone / "members.csv").write_text("member_id,consent_sms\nM6,true\n")
+    res = runner.invoke(app, ["outreach", "import", str(no_zone)])
+    assert res.exit_code == 0 and "imported 0 time zones and 1 consent records" in flat(res.output)

@@ -56,8 +56,9 @@ def _matches(cell: str, value: Any) -> bool:
         # "purchase 4 … view 0.5": each named pair must hold
         pairs = re.findall(r"([a-z_]+) ([0-9.]+)", cell)
         return bool(pairs) and all(float(value.get(k, "nan")) == float(v) for k, v in pairs)
-    if isinstance(value, list):
-        return cell == "[]" and value == []
+    if isinstance(value, list | tuple):
+        # "[]", or the names in order: "mini_program, app, …"
+        return list(value) == ([] if cell == "[]" else [v.strip() for v in cell.split(",")])
     return cell == str(value)
 
 
@@ -89,3 +90,4 @@ def test_a_wrong_default_is_caught() -> None:
     assert not _matches("64", 32)
     assert not _matches("purchase 4 … view 0.5", {"purchase": 2.0, "view": 0.5})
     assert _matches("0 (off)", 0)
+    assert _matches("app, live", ("app", "live")) and not _matches("app, live", ("live", "app"))

@@ -26,7 +26,7 @@ from recsvc.bounds import MAX_AMOUNT
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.errors import DataContractError
 from recsvc.idmap import IdMap
-from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES, DataSettings
+from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES, MAX_EVENT_CHANNELS, DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EventArrays:
     item: np.ndarray  # int32 item row
     etype: np.ndarray  # int8 index into EVENT_TYPES
     ts: np.ndarray  # int64 epoch seconds
-    channel: np.ndarray  # int8 index into EVENT_CHANNELS (-1 unknown)
+    channel: np.ndarray  # int8 index into Prepared.channels (-1 unknown)
     amount: np.ndarray  # float32, 0 where missing
 
     def __len__(self) -> int:
@@ -88,6 +88,9 @@ class Prepared:
     cutoff: int  # epoch seconds of the last clean event: training uses data up to here
     fingerprint: str
     counts: dict[str, int] = field(default_factory=dict)
+    # The event channels the events' channel codes index: data.event_channels and any the mapping
+    # file declared (the validated events' categories), so each gets its own popular lists.
+    channels: tuple[str, ...] = EVENT_CHANNELS
 
     @property
     def cutoff_iso(self) -> str:
@@ -129,6 +132,19 @@ def epoch_seconds(values: pd.Series) -> np.ndarray:
 
 def _codes(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
     return pd.Categorical(values, categories=list(vocabulary)).codes.astype(np.int8)
+
+
+def _channel_vocabulary(values: pd.Series) -> tuple[str, ...]:
+    """Validated events carry their accepted channels as categories (pipelines.validate); a frame
+    built in code gets the built-in channels and then the others it holds, in sorted order."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        names = tuple(str(c) for c in values.cat.categories)
+    else:
+        seen = pd.unique(values.dropna().astype(str))
+        names = EVENT_CHANNELS + tuple(sorted(c for c in seen if c and c not in EVENT_CHANNELS))
+    if len(names) > MAX_EVENT_CHANNELS:
+        raise DataContractError(f"{len(names)} event channels; at most {MAX_EVENT_CHANNELS} are supported")
+    return names
 
 
 def _rows(idmap: IdMap, values: pd.Series) -> np.ndarray:
@@ -209,11 +225,11 @@ def prepare(dataset: DatasetLike) -> Prepared:
     dropped = int((~keep).sum())
     if dropped:
         log.warning("dropped events=%d not matching the catalog or event types", dropped)
-    channel = (
-        _codes(events["channel"], EVENT_CHANNELS)
-        if "channel" in events
-        else np.full(len(events), -1, dtype=np.int8)
-    )
+    if "channel" in events:
+        channels = _channel_vocabulary(events["channel"])
+        channel = _codes(events["channel"], channels)
+    else:
+        channels, channel = EVENT_CHANNELS, np.full(len(events), -1, dtype=np.int8)
     amount = _amounts(events["amount"]) if "amount" in events else np.zeros(len(events), dtype=np.float32)
     ev = EventArrays(
         member=m_rows.astype(np.int32),
@@ -273,6 +289,7 @@ def prepare(dataset: DatasetLike) -> Prepared:
         member_registered_at=registered,
         cutoff=int(ev.ts.max()),
         fingerprint="",
+        channels=channels,
     )
     prepared.fingerprint = _fingerprint(
         [

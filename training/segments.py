@@ -25,7 +25,7 @@ import pandas as pd
 
 from recsvc.bundle import ALL, KIND_NAMES, LIFECYCLE_STAGES
 from recsvc.errors import DataContractError
-from recsvc.settings import EVENT_CHANNELS, TrainingSettings
+from recsvc.settings import TrainingSettings
 from training.confidence import event_confidence
 from training.prepare import DAY_S, PURCHASE_CODE, EventArrays, Prepared
 
@@ -170,10 +170,10 @@ def popularity_tables(
     table["rank"] = table.groupby(["segment", "channel", "kind"], sort=False).cumcount()
     table = table[table["rank"] < t.popular_per_table]
     seg_names = np.array([*LIFECYCLE_STAGES, ALL], dtype=object)
-    ch_names = np.array([*EVENT_CHANNELS, ALL], dtype=object)
+    ch_names = np.array([*prepared.channels, ALL], dtype=object)
     kind_names = {code: name for code, name in KIND_NAMES.items()}
     seg_idx = np.where(table["segment"].to_numpy() == any_code, len(LIFECYCLE_STAGES), table["segment"])
-    ch_idx = np.where(table["channel"].to_numpy() == any_code, len(EVENT_CHANNELS), table["channel"])
+    ch_idx = np.where(table["channel"].to_numpy() == any_code, len(prepared.channels), table["channel"])
     return pd.DataFrame(
         {
             "segment": seg_names[seg_idx.astype(int)].astype(str),

@@ -1,7 +1,8 @@
 """`recsvc outreach ...` commands: validate a policy file, import members' time zones and consent,
 and ask the throttle one question.
 
-``import DIR`` reads ``members.{csv,parquet}`` (member_id, timezone) and
+``import DIR`` reads ``members.{csv,parquet}`` (member_id, timezone; an empty or absent
+timezone is the policy's default) and
 ``consent.{csv,parquet}`` (member_id, channel, granted, updated_at) and writes them to Redis,
 pipelined; rows that break the contract are left out with a reason (``--quarantine FILE`` writes
 them as CSV) and never stop the good rows.
@@ -28,14 +29,18 @@ _FALSE = {"0", "false", "no", "n", "f"}
 
 @app.command("validate-policy")
 @friendly_errors
-def validate_policy(path: Path = typer.Argument(..., help="policy file (.toml, .yaml or .yml)")) -> None:
-    """Check a policy file; exit 2 with every problem named when it is invalid."""
+def validate_policy(
+    ctx: typer.Context, path: Path = typer.Argument(..., help="policy file (.toml, .yaml or .yml)")
+) -> None:
+    """Check a policy file (its event_channel_map against the settings' data.event_channels); exit 2
+    with every problem named when it is invalid."""
     from recsvc.outreach.policy import load_policy
 
-    policy = load_policy(path)
+    policy = load_policy(path, state(ctx).settings().data.event_channels)
     m = policy.marketing
     out.print(
-        f"policy ok: {len(policy.channels)} channels; marketing {m.per_channel_per_day}/channel/day, "
+        f"policy ok: {len(policy.channels)} channels ({len(policy.event_channel_map)} event channels "
+        f"mapped to them); marketing {m.per_channel_per_day}/channel/day, "
         f"{m.per_day}/day, {m.per_week}/week, gap {m.min_gap_hours}h; quiet "
         f"{policy.quiet_hours.start}-{policy.quiet_hours.end} ({policy.default_timezone}); "
         f"{len(policy.fatigue.levels)} fatigue levels"
@@ -52,7 +57,8 @@ def _read_table(folder: Path, stem: str, columns: list[str]) -> Any:
                 if suffix == ".csv":
                     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
                 else:
-                    frame = pd.read_parquet(path).astype(str)
+                    typed = pd.read_parquet(path)
+                    frame = typed.astype(str).where(typed.notna(), "")  # a null is empty, not "None"
             except Exception as exc:  # any reader failure means the file breaks the contract
                 raise DataContractError(f"{path} cannot be read: {exc}") from exc
             missing = [c for c in columns if c not in frame.columns]
@@ -121,7 +127,11 @@ def import_profiles(
     settings = state(ctx).settings()
     if not folder.is_dir():
         raise DataContractError(f"{folder} is not a folder")
-    members = _read_table(folder, "members", ["member_id", "timezone"])
+    members = _read_table(folder, "members", ["member_id"])
+    if members is not None:
+        # timezone is optional, as in the data contract: without the column no zone is written.
+        full = _read_table(folder, "members", [])
+        members = full[["member_id", "timezone"]] if "timezone" in full.columns else None
     consent = _read_table(folder, "consent", ["member_id", "channel", "granted", "updated_at"])
     from_members = _members_consent(folder)
     if from_members is not None:
@@ -140,16 +150,19 @@ def import_profiles(
     if members is not None:
         for row in members.itertuples(index=False):
             try:
-                check_id(row.member_id, "member_id", max_id)
-                check_timezone(row.timezone)
-                zones.append((row.member_id, row.timezone))
+                # NFC, like the ids of the files and the API (recsvc.idmap): one member, one profile.
+                member_id = check_id(row.member_id, "member_id", max_id)
+                zone = row.timezone.strip()
+                if zone:  # empty: the policy's default_timezone, whatever it is when a message goes
+                    check_timezone(zone)
+                zones.append((member_id, zone))
             except (InvalidArgument, ValueError) as exc:
                 refused.append({"file": "members", "member_id": row.member_id[:max_id], "reason": _why(exc)})
     records: list[tuple[str, str, bool, int]] = []
     if consent is not None:
         for row in consent.itertuples(index=False):
             try:
-                check_id(row.member_id, "member_id", max_id)
+                member_id = check_id(row.member_id, "member_id", max_id)
                 if row.channel not in policy.channels:
                     raise ValueError(f"unknown channel {row.channel[:40]!r}")
                 flag = row.granted.strip().lower()
@@ -159,7 +172,7 @@ def import_profiles(
                     at = _timestamp_ms(row.updated_at)
                 except ValueError as exc:
                     raise ValueError(f"updated_at is not a timestamp: {row.updated_at[:40]!r}") from exc
-                records.append((row.member_id, row.channel, flag in _TRUE, at))
+                records.append((member_id, row.channel, flag in _TRUE, at))
             except (InvalidArgument, ValueError) as exc:
                 refused.append({"file": "consent", "member_id": row.member_id[:max_id], "reason": _why(exc)})
     try:

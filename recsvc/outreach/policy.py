@@ -30,6 +30,16 @@ _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS
+DEFAULT_CHANNELS = ("app_push", "mini_program_subscribe", "wecom", "official_account", "sms")
+# Event channel (where a member acts: settings data.event_channels) -> the outreach channel that
+# reaches them there. Recommendations say "app" where outreach says "app_push"; offline_store and
+# live have no outreach channel of their own.
+DEFAULT_EVENT_CHANNEL_MAP = {
+    "app": "app_push",
+    "mini_program": "mini_program_subscribe",
+    "wecom": "wecom",
+    "official_account": "official_account",
+}
 
 
 class _Part(BaseModel):
@@ -115,11 +125,9 @@ class Policy(_Part):
 
     version: int = Field(1, ge=1, le=1)
     default_timezone: str = "Asia/Shanghai"
-    channels: list[str] = Field(
-        default_factory=lambda: ["app_push", "mini_program_subscribe", "wecom", "official_account", "sms"],
-        min_length=1,
-        max_length=64,
-    )
+    channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), min_length=1, max_length=64)
+    # Event channel -> outreach channel (docs/outreach.md, "Event channels and outreach channels").
+    event_channel_map: dict[str, str] = Field(default_factory=dict, max_length=127)
     marketing: MarketingCaps = MarketingCaps()
     quiet_hours: QuietHours = QuietHours()
     transactional: TransactionalRules = TransactionalRules()
@@ -127,6 +135,17 @@ class Policy(_Part):
     blocks: Blocks = Blocks()
     priority: PriorityRule = PriorityRule()
     retention: Retention = Retention()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_map(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "event_channel_map" not in data:
+            # The shipped map, less the outreach channels this policy does not have: a policy
+            # without app_push is not refused for a map it never wrote.
+            channels = data.get("channels", DEFAULT_CHANNELS)
+            kept = {e: o for e, o in DEFAULT_EVENT_CHANNEL_MAP.items() if o in channels}
+            data = {**data, "event_channel_map": kept}
+        return data
 
     @field_validator("default_timezone")
     @classmethod
@@ -143,6 +162,23 @@ class Policy(_Part):
         if len(set(v)) != len(v):
             raise ValueError("channels must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _map_names_channels(self) -> Policy:
+        bad = [e for e in self.event_channel_map if not CHANNEL_RE.match(e)]
+        if bad:
+            raise ValueError(f"event_channel_map keys are event channel names (lower_snake_case): {bad}")
+        unknown = sorted({o for o in self.event_channel_map.values() if o not in self.channels})
+        if unknown:
+            raise ValueError(
+                f"event_channel_map names unknown outreach channel(s) {', '.join(unknown)}; "
+                f"outreach channels: {', '.join(self.channels)}"
+            )
+        return self
+
+    def outreach_channel_for(self, event_channel: str) -> str | None:
+        """The outreach channel that reaches a member active on ``event_channel`` (None: none)."""
+        return self.event_channel_map.get(event_channel)
 
     # Derived values the throttle passes to its Lua scripts (milliseconds).
     def min_gap_ms(self, priority: int) -> int:
@@ -250,17 +286,32 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
+def parse_policy(
+    data: dict[str, Any], source: str = "<policy>", event_channels: tuple[str, ...] | None = None
+) -> Policy:
+    """``event_channels`` (settings data.event_channels), when given, must hold every key of the
+    policy's event_channel_map; the shipped map's entries for channels it lacks are left out."""
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"policy {source} is invalid: {describe_validation_error(exc)}") from exc
+    if event_channels is not None:
+        unknown = [e for e in policy.event_channel_map if e not in event_channels]
+        if unknown and "event_channel_map" in data:
+            raise ConfigError(
+                f"policy {source} is invalid: event_channel_map names unknown event channel(s) "
+                f"{', '.join(unknown)}; event channels (data.event_channels): {', '.join(event_channels)}"
+            )
+        if unknown:
+            known = {e: o for e, o in policy.event_channel_map.items() if e in event_channels}
+            policy = policy.model_copy(update={"event_channel_map": known})
+    return policy
 
 
-def load_policy(path: Path | None = None) -> Policy:
+def load_policy(path: Path | None = None, event_channels: tuple[str, ...] | None = None) -> Policy:
     """Read and validate one policy file; raise ConfigError naming every problem."""
     path = path or DEFAULT_POLICY_FILE
-    return parse_policy(_read_mapping(path), str(path))
+    return parse_policy(_read_mapping(path), str(path), event_channels)
 
 
 class PolicyStore:
@@ -272,12 +323,14 @@ class PolicyStore:
         path: Path | None,
         reload_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        event_channels: tuple[str, ...] | None = None,
     ) -> None:
         self.path = path or DEFAULT_POLICY_FILE
+        self._event_channels = event_channels
         self._reload_s = reload_s
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._policy = load_policy(self.path)  # a bad file at start-up is fatal
+        self._policy = load_policy(self.path, event_channels)  # a bad file at start-up is fatal
         self._stamp = self._file_stamp()
         self._checked_at = monotonic()
         self.last_error: str | None = None
@@ -304,7 +357,7 @@ class PolicyStore:
         """Re-read the file now. A bad file raises ConfigError and leaves the old policy in force."""
         stamp = self._file_stamp()
         try:
-            policy = load_policy(self.path)
+            policy = load_policy(self.path, self._event_channels)
         except ConfigError as exc:
             self._stamp = stamp  # do not re-parse the same bad file on every call
             self.last_error = str(exc)

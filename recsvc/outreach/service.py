@@ -220,7 +220,7 @@ def build_throttle(
     extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return Throttle(
         throttle_client(redis_client, timeout_s if timeout_s is not None else o.redis_timeout_ms / 1000),
-        PolicyStore(o.policy_file, o.policy_reload_s),
+        PolicyStore(o.policy_file, o.policy_reload_s, event_channels=settings.data.event_channels),
         key_prefix=settings.redis.key_prefix,
         transactional_when_unavailable=o.transactional_when_unavailable,
         # The same keyed pseudonym as the audit log and the rest of recsvc's logs.

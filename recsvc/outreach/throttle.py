@@ -37,6 +37,7 @@ import redis
 from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
+from recsvc.idmap import normalize_id
 from recsvc.outreach import metrics
 from recsvc.outreach.evalsha import Call, ScriptRunner
 from recsvc.outreach.keys import MemberKeys, decide_keys
@@ -527,20 +528,23 @@ class Throttle:
         chunk: int = 500,
     ) -> tuple[int, int]:
         """Bulk-load (member, tz) and (member, channel, granted, updated_at_ms), pipelined in chunks.
-        Returns (time zones written, consent records written; older than stored ones are kept).
-        Erased members are skipped (nothing is stored about them) and not counted."""
+        A tz of "" is the policy's default (a stored zone is removed); member ids are taken in NFC
+        (recsvc.idmap), the form of every other id. Returns (time zones written, consent records
+        written; older than stored ones are kept). Erased members are skipped (nothing is stored
+        about them) and not counted."""
         policy = self.policies.current()
         ttl = policy.profile_ttl_ms
 
         def zone_calls() -> Iterator[tuple[list[str], list[Any]]]:
             for member_id, tz in timezones:
+                member_id = normalize_id(member_id)
                 k = self.keys(member_id)
-                self._zones.put(member_id, None if tz == policy.default_timezone else tz)
+                self._zones.put(member_id, None if tz in ("", policy.default_timezone) else tz)
                 yield [k.profile, k.suppressed], [tz, ttl]
 
         def consent_calls() -> Iterator[tuple[list[str], list[Any]]]:
             for member_id, channel, granted, at in consents:
-                k = self.keys(member_id)
+                k = self.keys(normalize_id(member_id))
                 yield [k.profile, k.suppressed], [channel, "1" if granted else "0", at, ttl]
 
         # ScriptRunner, not a redis-py pipeline: it splits the batch by cluster node, which

@@ -61,9 +61,11 @@ def check_channel(channel: str, policy: Policy) -> str:
         raise InvalidArgument("channel is required", reason="MISSING_CHANNEL")
     if channel not in policy.channels:
         # The outreach channels are the policy's own list, not the event channels of
-        # recommendations (policy.event_channels maps one to the other).
+        # recommendations (policy.event_channel_map maps one to the other).
+        mapped = policy.outreach_channel_for(channel)
+        hint = f" ({channel!r} is an event channel; outreach reaches it as {mapped!r})" if mapped else ""
         raise InvalidArgument(
-            f"unknown channel {channel[:40]!r}; outreach channels: {', '.join(policy.channels)}",
+            f"unknown channel {channel[:40]!r}; outreach channels: {', '.join(policy.channels)}{hint}",
             reason="UNKNOWN_CHANNEL",
         )
     return channel

@@ -83,7 +83,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         try:
             member_id = check_id(request.member_id, "member_id", self._settings.data)
             k = check_k(request.k, self._settings.serving)
-            channel = check_channel(request.channel)
+            channel = check_channel(request.channel, self._settings.data)
             filters = self._filters(request.filters if request.HasField("filters") else None)
             check_deadline(context)
             rec = self._engine.recommend(member_id, kind, k, channel, filters)
@@ -134,7 +134,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 reason="TOO_MANY_MEMBERS",
             )
         k = check_k(request.k, s.serving)
-        channel = check_channel(request.channel)
+        channel = check_channel(request.channel, s.data)
         if request.kind not in _KIND:
             raise InvalidArgument(f"unknown kind {request.kind}", reason="INVALID_KIND")
         kind = _KIND[request.kind] or KIND_PRODUCT
@@ -165,7 +165,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             member_id = check_id(request.member_id, "member_id", s.data)
             item_id = check_id(request.item_id, "item_id", s.data)
             event_type = check_event_type(request.event_type)
-            channel = check_channel(request.channel)
+            channel = check_channel(request.channel, s.data)
             # The documented ranges (recsvc.bounds, docs/api.md "Accepted ranges"): no NaN,
             # infinity or 1e308 amount, no event from year 1 or far in the future.
             check_quantity(request.quantity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
-from recsvc.settings import EVENT_CHANNELS, EVENT_TYPES, DataSettings, ServingSettings
+from recsvc.settings import EVENT_TYPES, DataSettings, ServingSettings
 
 
 def check_id(value: str, what: str, data: DataSettings) -> str:
@@ -38,10 +38,14 @@ def check_k(k: int, serving: ServingSettings) -> int:
     return k
 
 
-def check_channel(channel: str) -> str:
-    if channel and channel not in EVENT_CHANNELS:
+def check_channel(channel: str, data: DataSettings) -> str:
+    """An event channel ('' = none): one of ``data.event_channels``, the list files and training
+    accept too (docs/data.md, "Channels")."""
+    if channel and channel not in data.event_channels:
         raise InvalidArgument(
-            f"unknown channel {channel[:40]!r}; known: {', '.join(EVENT_CHANNELS)}", reason="UNKNOWN_CHANNEL"
+            f"unknown channel {channel[:40]!r}; known: {', '.join(data.event_channels)} "
+            "(declare more in data.event_channels)",
+            reason="UNKNOWN_CHANNEL",
         )
     return channel
 
