@@ -33,6 +33,10 @@ Layout (schema 1)::
                              item -1 in column 0 = no stored list. Manifest.member_lists holds the
                              serving settings it was computed with; serving uses it only when
                              they are its own (training/member_lists.py).
+    profile_*.npy            optional, together (PROFILE_ARRAYS, training/profiles.py): member
+                             profile material, row i <-> member i; Manifest.profiles (ProfileSpec)
+                             says what it was computed with. Bundles without them still load;
+                             the Members service then answers FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -79,8 +83,27 @@ _ARRAYS = (
     "purchased_indptr",
     "purchased_indices",
 )
+# Member profile material (training/profiles.py): all or none; name -> (dtype, columns or None
+# for one value per member; a string names the ProfileSpec field holding the column count).
+PROFILE_ARRAYS: dict[str, tuple[type, int | str | None]] = {
+    "profile_purchases_30d": (np.float32, None),  # BG/NBD expected purchase days, next 30 days
+    "profile_purchases_90d": (np.float32, None),
+    "profile_p_alive": (np.float32, None),  # NaN: never bought (outside the model)
+    "profile_value": (np.float32, None),  # Gamma-Gamma expected spend per purchase; NaN: no buyer
+    "profile_value_tier": (np.uint8, None),  # index into VALUE_TIERS
+    "profile_outlook": (np.uint8, None),  # index into OUTLOOKS
+    "profile_tag": (np.int32, "tags"),  # tag code (ProfileSpec.tag_name), -1 = none; by weight
+    "profile_tag_weight": (np.float32, "tags"),
+    "profile_channel": (np.float32, "channels"),  # engagement share per event channel
+    "profile_hours": (np.uint16, 24),  # events per local hour of day (member's own time zone)
+    "profile_timezone": (np.int16, None),  # index into ProfileSpec.timezones, -1 = unknown
+    "profile_recent": (np.int32, "recent"),  # events in 7 / 30 days, purchases in 30 days
+}
+VALUE_TIERS = ("none", "low", "mid", "high")
+OUTLOOKS = ("no_purchase_yet", "likely_lost", "uncertain", "likely_active")
+RECENT_COUNTS = ("events_7d", "events_30d", "purchases_30d")
 # Arrays a bundle may hold; serving works without them (training/member_lists.py writes these).
-_OPTIONAL_ARRAYS = ("member_list_item", "member_list_score", "member_list_reason")
+_OPTIONAL_ARRAYS = ("member_list_item", "member_list_score", "member_list_reason", *PROFILE_ARRAYS)
 # The stored default lists (training/member_lists.py): all three or none, each [members, K].
 MEMBER_LIST_ARRAYS = {
     "member_list_item": np.int32,
@@ -133,6 +156,42 @@ class StoredListSpec(BaseModel):
         return kind == KIND_PRODUCT and k == self.k and default_filters and diversity == self.diversity
 
 
+class ProfileSpec(BaseModel):
+    """What the member profile arrays (``PROFILE_ARRAYS``) were computed with: the purchase
+    models' parameters, the vocabularies their codes index, and the cut points of the derived
+    labels, so a profile can say why (training/profiles.py, docs/profiles.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_as_of: str  # the events the profiles know end here
+    bgnbd: dict[str, float]  # r, alpha, a, b (days)
+    gamma_gamma: dict[str, float] | None = None  # p, q, v; None: too few repeat buyers
+    tags: int = Field(ge=1)  # interest tags kept per member
+    categories: int = Field(ge=0)  # tag codes below this are categories, the rest brands
+    channels: list[str]  # columns of profile_channel (event channels)
+    timezones: list[str]
+    recent: int = len(RECENT_COUNTS)
+    # expected 90-day spend (purchases_90d * value) at which the low/mid and mid/high tiers start
+    value_tier_cuts: tuple[float, float]
+    # P(alive) below the first: likely_lost; from the second: likely_active
+    outlook_cuts: tuple[float, float] = (0.3, 0.7)
+    # fallback send-time rhythms: share of events per local hour, per lifecycle stage and overall
+    segment_hours: dict[str, list[float]]
+    all_hours: list[float]
+
+    def columns(self, spec: int | str | None) -> int | None:
+        if isinstance(spec, str):
+            value = getattr(self, spec)
+            return len(value) if isinstance(value, list) else int(value)
+        return spec
+
+    def tag_name(self, code: int, categories: list[str], brands: list[str]) -> tuple[str, str]:
+        """(kind, name) of a tag code: ("category", "tea") or ("brand", "B12")."""
+        if code < self.categories:
+            return "category", categories[code]
+        return "brand", brands[code - self.categories]
+
+
 class Manifest(BaseModel):
     """What a bundle is, where it came from, and how well it did."""
 
@@ -153,6 +212,8 @@ class Manifest(BaseModel):
     index: dict[str, Any] = {}
     # What the stored default lists were computed for (None = no lists).
     member_lists: StoredListSpec | None = None
+    # What the member profile arrays were computed with (None = the bundle has none).
+    profiles: ProfileSpec | None = None
 
     @field_validator("member_lists", mode="before")
     @classmethod
@@ -358,7 +419,46 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     if arrays["member_factors"].shape[0] != len(members) or arrays["item_factors"].shape[0] != len(items):
         raise BundleError(f"bundle {bundle_dir} is inconsistent: factor rows do not match id maps")
     _check_member_lists(bundle_dir, manifest, arrays, len(members))
+    _check_profiles(bundle_dir, manifest, arrays, len(members))
     return bundle
+
+
+def _check_profiles(
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
+) -> None:
+    present = [name for name in PROFILE_ARRAYS if name in arrays]
+    spec = manifest.profiles
+    if not present and spec is None:
+        return
+    problems = []
+    if len(present) != len(PROFILE_ARRAYS):
+        problems.append(f"has {len(present)} of the {len(PROFILE_ARRAYS)} profile arrays")
+    if spec is None:
+        problems.append("the manifest records no profiles")
+    else:
+        for name in present:
+            dtype, cols = PROFILE_ARRAYS[name]
+            width = spec.columns(cols)
+            want = (n_members,) if width is None else (n_members, width)
+            arr = arrays[name]
+            if arr.dtype != np.dtype(dtype) or arr.shape != want:
+                problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {want}")
+    if problems:
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: member profiles " + "; ".join(problems))
+
+
+def add_profiles(bundle_dir: Path, arrays: dict[str, np.ndarray], spec: ProfileSpec) -> None:
+    """Add the member profile arrays (training/profiles.py) to a written bundle, replacing any,
+    and check that the bundle still loads."""
+    manifest = read_manifest(bundle_dir)
+    missing = sorted(set(PROFILE_ARRAYS) - set(arrays))
+    if missing:
+        raise BundleError(f"profile arrays missing: {missing}")
+    for name, (dtype, _) in PROFILE_ARRAYS.items():
+        np.save(bundle_dir / f"{name}.npy", np.ascontiguousarray(arrays[name], dtype=dtype))
+    manifest.profiles = spec
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    load_bundle(bundle_dir)
 
 
 def _check_member_lists(

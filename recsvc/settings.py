@@ -101,6 +101,12 @@ class TrainingSettings(_Section):
     eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
+    # Member profiles (training/profiles.py, docs/profiles.md): computed into the bundle when on.
+    profiles: bool = True
+    profile_fit_members: int = Field(
+        200_000, ge=100, description="buyers the BG/NBD and Gamma-Gamma fits sample (predictions: all)"
+    )
+    profile_tags: int = Field(5, ge=1, le=20, description="interest tags kept per member")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
     tune_trials: int = Field(20, ge=1)
 
