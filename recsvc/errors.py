@@ -92,3 +92,10 @@ class MemberErased(RecsvcError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "MEMBER_ERASED"
+
+
+class ProfilesUnavailable(RecsvcError):
+    """The served bundle was trained without member profiles (training.profiles off, or older)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NO_PROFILES"

@@ -21,7 +21,7 @@ from recsvc.outreach.next_best import next_best_outreach
 from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
-from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle
+from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle, read_consents
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
@@ -78,6 +78,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         self._chunk = plan_chunk_size
         self._max_plan = max_plan_members
         self._candidates = next_best_candidates
+        # PlanCampaign's audience queries (recsvc.members.audience.AudienceResolver); set by the
+        # composition root when the Members service is built, None = audience queries refused.
+        self.audiences: Any | None = None
 
     # ---------------------------------------------------------------- helpers
     def _ask(self, req: Any, idempotency_key: str = "") -> OutreachAsk:
@@ -157,8 +160,11 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0")
-        if request.member_ids and request.segment:
-            raise InvalidArgument("give member_ids or segment, not both")
+        given = [n for n in ("member_ids", "segment", "audience") if _has(request, n)]
+        if len(given) > 1:
+            raise InvalidArgument(
+                f"give one of member_ids, segment or audience, not both {given[0]} and {given[1]}"
+            )
         members: Iterator[str]
         if request.member_ids:
             if len(request.member_ids) > self._max_plan:
@@ -171,8 +177,15 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         elif request.segment:
             v.check_id(request.segment, "segment", self._max_id)
             members = self._recs.segment_members(request.segment)
+        elif request.HasField("audience"):
+            if self.audiences is None:
+                raise InvalidArgument("audience queries need the Members service", reason="NO_AUDIENCES")
+            # resolved here from the served bundle: the caller never ships the ids
+            members = self.audiences.members(
+                request.audience, lambda ids, ch: read_consents(self.throttle, ids, ch)
+            )
         else:
-            raise InvalidArgument("member_ids or segment is required")
+            raise InvalidArgument("member_ids, segment or audience is required")
         for planned in plan_campaign(
             self.throttle,
             members,
@@ -200,6 +213,12 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             resp.has_item = True
             resp.item.CopyFrom(found.item)
         return resp
+
+
+def _has(request: outreach_pb2.PlanCampaignRequest, name: str) -> bool:
+    if name == "audience":
+        return request.HasField("audience")
+    return bool(getattr(request, name))
 
 
 def throttle_client(client: redis.Redis, timeout_s: float) -> redis.Redis:

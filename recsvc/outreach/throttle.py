@@ -505,6 +505,76 @@ class Throttle:
         return [_text(x) for x in raw]  # type: ignore[union-attr]
 
 
+@dataclass(frozen=True)
+class MemberOutreachState:
+    """What the outreach store holds about a member, read for their profile (Members service):
+    consent per channel (True, False, None = never answered), marketing blocks per channel
+    (epoch ms they end), the ignored-in-a-row streak and the fatigue level it puts them on."""
+
+    suppressed: bool
+    timezone: str | None
+    consent: dict[str, bool | None]
+    blocked_until_ms: dict[str, int]
+    ignored_in_a_row: int
+    fatigue_level: int
+
+
+def _member_state(
+    policy: Policy, suppressed: Any, profile: dict[Any, Any], state: dict[Any, Any], now_ms: int
+) -> MemberOutreachState:
+    fields = {_text(k): _text(v) for k, v in profile.items()}
+    st = {_text(k): _text(v) for k, v in state.items()}
+    consent: dict[str, bool | None] = {}
+    blocked: dict[str, int] = {}
+    for channel in policy.channels:
+        raw = fields.get("c:" + channel)
+        consent[channel] = None if raw is None else raw.startswith("1")
+        block = st.get("b:" + channel)
+        if block:
+            until = int(float(block[2:] or 0))
+            if until > now_ms:
+                blocked[channel] = until
+    streak = int(float(st.get("streak", "0") or 0))
+    level = sum(1 for lv in policy.fatigue.levels if streak >= lv.after_ignored)
+    return MemberOutreachState(bool(int(suppressed)), fields.get("tz"), consent, blocked, streak, level)
+
+
+def read_member_state(throttle: Throttle, member_id: str) -> MemberOutreachState:
+    """One pipelined read of a member's consent, blocks, streak and suppression mark (the key
+    layout stays the throttle's). ``StoreUnavailable`` when Redis does not answer."""
+    k = throttle.keys(member_id)
+    try:
+        pipe = throttle._redis.pipeline(transaction=False)
+        pipe.exists(k.suppressed)
+        pipe.hgetall(k.profile)
+        pipe.hgetall(k.state)
+        suppressed, profile, state = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+    return _member_state(throttle.policies.current(), suppressed, profile, state, throttle.now_ms())
+
+
+def read_consents(throttle: Throttle, member_ids: Sequence[str], channel: str) -> list[bool]:
+    """Whether each member has granted marketing consent on ``channel`` and is not erased, in one
+    pipelined round trip (audiences filtered by consent). ``StoreUnavailable`` on a Redis error."""
+    field = "c:" + channel
+    try:
+        pipe = throttle._redis.pipeline(transaction=False)
+        for member_id in member_ids:
+            k = throttle.keys(member_id)
+            pipe.exists(k.suppressed)
+            pipe.hget(k.profile, field)
+        replies = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+    return [
+        not int(replies[2 * i])
+        and replies[2 * i + 1] is not None
+        and _text(replies[2 * i + 1]).startswith("1")
+        for i in range(len(member_ids))
+    ]
+
+
 def _refuse_erased(script_reply: Any) -> None:
     # -1 from a write script: the member's suppression record exists (recsvc.security.erasure)
     if int(script_reply) == -1:

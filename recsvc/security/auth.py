@@ -35,7 +35,7 @@ from recsvc.settings import CallerKey, Settings
 
 log = logging.getLogger(__name__)
 
-ROLES = ("recommend", "events", "outreach", "admin")
+ROLES = ("recommend", "events", "outreach", "admin", "members")
 
 # Every RPC of every recsvc.v1 service and the role it needs. Admin does not imply the others:
 # a backend that both recommends and erases is given both roles explicitly (least privilege).
@@ -54,6 +54,9 @@ METHOD_ROLES: dict[str, str] = {
     "/recsvc.v1.Outreach/PlanCampaign": "outreach",
     "/recsvc.v1.Outreach/NextBestOutreach": "outreach",
     "/recsvc.v1.Outreach/UpdateConsent": "admin",
+    # Profiles hold personal data (interests, habits, consent): their own role (docs/security.md).
+    "/recsvc.v1.Members/GetMemberProfile": "members",
+    "/recsvc.v1.Members/FindMembers": "members",
     "/recsvc.v1.Admin/ForgetMember": "admin",
     "/recsvc.v1.Admin/RestoreMember": "admin",
 }

@@ -42,12 +42,20 @@ from recsvc.server.handlers import MethodWrapper, SyncInterceptorAdapter, Wrappi
 from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.settings import Settings
-from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from recsvc.v1 import (
+    members_pb2,
+    members_pb2_grpc,
+    outreach_pb2,
+    outreach_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 RECOMMENDER_SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 OUTREACH_SERVICE = outreach_pb2.DESCRIPTOR.services_by_name["Outreach"].full_name
+MEMBERS_SERVICE = members_pb2.DESCRIPTOR.services_by_name["Members"].full_name
 
 
 @dataclass
@@ -58,6 +66,8 @@ class ServerDeps:
     engine: RecommendationEngine
     redis_client: redis.Redis | None = None
     outreach_servicer: Any | None = None
+    # ``recsvc.v1.Members`` (member profiles and audiences); registered when set.
+    members_servicer: Any | None = None
     extra_interceptors: Sequence[grpc.ServerInterceptor] = ()
     extra_services: Sequence[Callable[[grpc.aio.Server], str]] = ()
     server_credentials: grpc.ServerCredentials | None = None
@@ -120,11 +130,29 @@ def build_deps(
         from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
 
         deps.outreach_servicer = build_outreach_servicer(settings, client, deps.port)
+    _add_members(settings, deps, client)
     # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
     security = secure_deps(settings, deps)
     # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.
     engine.forgotten = security.forgotten
     return deps
+
+
+def _add_members(settings: Settings, deps: ServerDeps, client: redis.Redis) -> None:
+    """The Members service over the same throttle as Outreach (or its own when outreach is off);
+    its audience resolver also serves PlanCampaign's audience queries."""
+    from recsvc.members.service import build_members_servicer
+    from recsvc.outreach.service import build_throttle
+
+    outreach = deps.outreach_servicer
+    throttle = outreach.throttle if outreach is not None else build_throttle(settings, client)
+    engine = deps.engine
+    # read at call time: the erasure wiring (secure_deps) replaces the engine's set after this
+    deps.members_servicer, audiences = build_members_servicer(
+        settings, deps.models, throttle, deps.realtime, lambda: engine.forgotten
+    )
+    if outreach is not None:
+        outreach.audiences = audiences
 
 
 def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
@@ -181,6 +209,9 @@ def _add_services(
     if deps.outreach_servicer is not None:
         outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
         names.append(OUTREACH_SERVICE)
+    if deps.members_servicer is not None:
+        members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
+        names.append(MEMBERS_SERVICE)
     for add in deps.extra_services:
         names.append(add(target))
 
