@@ -5,6 +5,7 @@ PlanCampaign by audience reference, and bad input."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +299,30 @@ def test_bundle_without_profiles_is_a_failed_precondition(srv: RunningServer) ->
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "NO_PROFILES" in (
         err.value.details() or ""
     )
+
+
+def test_cli_show_and_find(server: RunningServer, trained: tuple[Path, pd.DataFrame, dict[str, str]]) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(
+            app, ["members", *args, "--target", server.target], env={"COLUMNS": "250"}
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    member = trained[2]["buyer"]
+    shown = run("show", member)
+    for needle in (member, "lifecycle", "RFM", "interests", "active hours", "outreach", "wecom"):
+        assert needle in shown
+    bundle = load_bundle(trained[0])
+    n_active = int((bundle.segments["lifecycle"] == "active").sum())
+    assert f"{n_active} members match" in run("find", "--stage", "active", "--count")
+    listed = run("find", "--stage", "active", "--limit", "2", "--json")
+    assert len(json.loads(listed)["member_ids"]) == 2
+    bad = CliRunner().invoke(app, ["members", "find", "--tier", "gold", "--target", server.target])
+    assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.output
+    missing = CliRunner().invoke(app, ["members", "show", "NOBODY", "--target", server.target])
+    assert missing.exit_code == 2 and "NOT_FOUND" in missing.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, keys, load, outreach, query, serve, train
+from recsvc.cli import audit, data, demo, keys, load, members, outreach, query, serve, train
 from recsvc.cli.common import AppState
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command("train")(train.train)
 app.command("serve")(serve.serve)
 app.add_typer(query.app, name="query")
 app.add_typer(outreach.app, name="outreach")
+app.add_typer(members.app, name="members")
 app.add_typer(load.app, name="load")
 app.command("demo")(demo.demo)
 app.add_typer(audit.app, name="audit")

@@ -154,6 +154,13 @@ def demo(
                 env,
                 "14. may we send this member a WeCom marketing message?",
             )
+            _run([*rc, "members", "show", member], env, f"15. who is member {member}? (profile)")
+            audience = ["--stage", "at_risk", "--min-p-alive", "0.5", "--consent", "wecom", "--limit", "5"]
+            _run(
+                [*rc, "members", "find", *audience],
+                env,
+                "16. an audience: at-risk members still likely to buy, with WeCom consent",
+            )
             if keep_serving:
                 out.print(f"server left running on 127.0.0.1:{port}; Ctrl-C to stop")
                 server.wait()
