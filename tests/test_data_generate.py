@@ -250,3 +250,20 @@ def test_chunked_generation_covers_every_member_and_stays_clean(
     # Members of every chunk have events (ids run M000001..M000300 across 5 chunks).
     assert {int(m[1:]) // 70 for m in active} == {0, 1, 2, 3, 4}
     assert report.rows["events"] == result.tables["events"].rows_read
+
+
+def test_members_have_planted_active_hours_in_their_own_time_zone(gen: Generated) -> None:
+    """Most of a member's sessions start in their planted local window (send-time tests and the
+    measurement in docs/profiles.md rely on it); by chance a 2-hour window holds ~1/12."""
+    from pipelines.generate.members import ACTIVE_WINDOW_HOURS
+
+    ev = gen.events.merge(gen.members[["member_id", "timezone"]], on="member_id").merge(
+        gen.truth_members[["member_id", "active_start_hour"]], on="member_id"
+    )
+    local_hour = pd.Series(0, index=ev.index)
+    for zone, part in ev.groupby("timezone"):
+        local_hour[part.index] = pd.to_datetime(part["ts"], utc=True).dt.tz_convert(str(zone)).dt.hour
+    inside = (local_hour - ev["active_start_hour"]) % 24 < ACTIVE_WINDOW_HOURS
+    assert inside.mean() > 0.4
+    per_member = inside.groupby(ev["member_id"]).mean()
+    assert (per_member > 0.3).mean() > 0.8

@@ -62,6 +62,8 @@ def server(
     trained: tuple[Path, pd.DataFrame, dict[str, str]], redis_url: str, tmp_path: Path
 ) -> Iterator[RunningServer]:
     with running_server(serving_settings(str(trained[0]), redis_url, tmp_path), with_outreach=True) as s:
+        # as `recsvc outreach import` does from the members table: quiet hours in the member's zone
+        s.deps.outreach_servicer.throttle.set_timezone(trained[2]["ny"], NY)  # type: ignore[union-attr]
         yield s
 
 
@@ -326,3 +328,91 @@ def test_cli_show_and_find(server: RunningServer, trained: tuple[Path, pd.DataFr
     assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.output
     missing = CliRunner().invoke(app, ["members", "show", "NOBODY", "--target", server.target])
     assert missing.exit_code == 2 and "NOT_FOUND" in missing.output
+
+
+def _local(ts: Any, zone: str) -> Any:
+    return ts.ToDatetime().replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(zone))
+
+
+def test_check_and_reserve_at_the_members_best_time(
+    server: RunningServer, trained: tuple[Path, pd.DataFrame, dict[str, str]]
+) -> None:
+    member = trained[2]["ny"]
+    out = outreach_pb2_grpc.OutreachStub(server.channel)
+    out.UpdateConsent(outreach_pb2.UpdateConsentRequest(member_id=member, channel="wecom", granted=True))
+    profile = _members(server).GetMemberProfile(
+        members_pb2.GetMemberProfileRequest(member_id=member), timeout=5
+    )
+    window = {w.channel: w for w in profile.send_windows}["wecom"]
+    d = out.CheckOutreach(
+        outreach_pb2.OutreachRequest(
+            member_id=member, channel="wecom", campaign_id="c-best", at_best_time=True
+        )
+    )
+    assert d.allowed and d.HasField("send_at")
+    # the window's next opening, or now when the member's window is open now
+    assert abs(d.send_at.ToMilliseconds() - window.next_start.ToMilliseconds()) < 60_000
+    local = _local(d.send_at, NY)
+    assert (local.hour - window.start_hour) % 24 < window.hours  # inside the member's window, NY time
+    r = out.ReserveOutreach(
+        outreach_pb2.ReserveOutreachRequest(
+            member_id=member, channel="wecom", campaign_id="c-best", at_best_time=True, idempotency_key="k1"
+        )
+    )
+    assert (
+        r.allowed
+        and r.reservation_id
+        and abs(r.send_at.ToMilliseconds() - d.send_at.ToMilliseconds()) < 60_000
+    )
+    # the scheduled send counts: another marketing message on wecom that day is refused
+    again = out.CheckOutreach(
+        outreach_pb2.OutreachRequest(
+            member_id=member, channel="wecom", campaign_id="c-other", at_best_time=True
+        )
+    )
+    assert not again.allowed or again.send_at.ToMilliseconds() > r.send_at.ToMilliseconds()
+    # without the flag nothing changes: no send_at
+    plain = out.CheckOutreach(outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c"))
+    assert not plain.HasField("send_at")
+
+
+def test_plan_campaign_schedules_each_member_in_their_window(
+    server: RunningServer, trained: tuple[Path, pd.DataFrame, dict[str, str]]
+) -> None:
+    bundle = load_bundle(trained[0])
+    members = (
+        bundle.segments.loc[bundle.segments["lifecycle"] == "active", "member_id"].astype(str).tolist()[:20]
+    )
+    out = outreach_pb2_grpc.OutreachStub(server.channel)
+    for m in members:
+        out.UpdateConsent(outreach_pb2.UpdateConsentRequest(member_id=m, channel="wecom", granted=True))
+    now = int(time.time())
+    req = outreach_pb2.PlanCampaignRequest(
+        member_ids=members, channel="wecom", campaign_id="c-win", reserve=True
+    )
+    req.window_start.FromSeconds(now)
+    req.window_end.FromSeconds(now + 3 * 86400)
+    decided = [d for b in out.PlanCampaign(req, timeout=10) for d in b.decisions]
+    assert len(decided) == len(members)
+    profiles = {
+        m: _members(server).GetMemberProfile(members_pb2.GetMemberProfileRequest(member_id=m), timeout=5)
+        for m in members
+    }
+    for d in decided:
+        at = d.decision.send_at.ToMilliseconds()
+        assert now * 1000 - 1000 <= at <= (now + 3 * 86400) * 1000
+        p = profiles[d.member_id]
+        w = {x.channel: x for x in p.send_windows}["wecom"]
+        assert (_local(d.decision.send_at, p.time_zone).hour - w.start_hour) % 24 < w.hours
+        assert d.decision.allowed, d.decision.detail  # consented, nothing sent yet, outside quiet hours
+    bad = outreach_pb2.PlanCampaignRequest(member_ids=members[:1], channel="wecom", campaign_id="c-bad")
+    bad.window_start.FromSeconds(now)
+    with pytest.raises(grpc.RpcError) as err:
+        list(out.PlanCampaign(bad, timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "INVALID_WINDOW" in (
+        err.value.details() or ""
+    )
+    bad.window_end.FromSeconds(now + 30 * 86400)
+    with pytest.raises(grpc.RpcError) as err:
+        list(out.PlanCampaign(bad, timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

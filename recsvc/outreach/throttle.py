@@ -57,6 +57,10 @@ class OutreachAsk:
     idempotency_key: str = ""
     item_id: str = ""  # NextBestOutreach: the item this send pushes
     extra: str = ""  # kept with the idempotency record and returned on replay
+    # Decide for this time (epoch ms) instead of now: a send scheduled at the member's best time
+    # (recsvc.members.sendtime). Caps count the windows around it, quiet hours are checked then,
+    # and a reservation is recorded at it. 0 = now.
+    at_ms: int = 0
 
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: a retry must ask the same question. The item and
@@ -162,7 +166,7 @@ class Throttle:
         started = time.perf_counter()
         policy = self.policies.current()
         shared = self._policy_args(policy)
-        now = self.now_ms()
+        now = ask.at_ms or self.now_ms()
         token = os.urandom(8).hex()
         tz = self._zones.get(ask.member_id) or policy.default_timezone
         try:
@@ -198,16 +202,18 @@ class Throttle:
         zones = [self._zones.get(a.member_id) or policy.default_timezone for a in asks]
         # one urandom call for the chunk: the same 8 random bytes per token as secrets.token_hex(8)
         tokens = os.urandom(8 * len(asks)).hex()
-        quiet_by_zone: dict[tuple[str, bool], int] = {}  # one `now` for the chunk: same verdict per zone
+        # one `now` for the chunk (unless an ask is scheduled): same verdict per zone and time
+        quiet_by_zone: dict[tuple[str, bool, int], int] = {}
 
         def calls(indexes: list[int]) -> Iterator[tuple[list[str], list[Any]]]:
             for i in indexes:
                 a, tz = asks[i], zones[i]
-                key = (tz, a.message_class == MARKETING)
+                at = a.at_ms or now
+                key = (tz, a.message_class == MARKETING, at)
                 quiet = quiet_by_zone.get(key)
                 if quiet is None:
-                    quiet = quiet_by_zone[key] = self._quiet_until(a, policy, now, tz)
-                yield self._script_call(a, mode, policy, now, tz, quiet, tokens[16 * i : 16 * i + 16])
+                    quiet = quiet_by_zone[key] = self._quiet_until(a, policy, at, tz)
+                yield self._script_call(a, mode, policy, at, tz, quiet, tokens[16 * i : 16 * i + 16])
 
         pending = list(range(len(asks)))
         for _ in range(2):

@@ -152,7 +152,10 @@ def _add_members(settings: Settings, deps: ServerDeps, client: redis.Redis) -> N
         settings, deps.models, throttle, deps.realtime, lambda: engine.forgotten
     )
     if outreach is not None:
+        from recsvc.members.schedule import SendScheduler
+
         outreach.audiences = audiences
+        outreach.scheduler = SendScheduler(audiences, throttle.policies.current)
 
 
 def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
