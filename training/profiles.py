@@ -173,7 +173,7 @@ def active_hours(ev: EventArrays, zones: MemberZones, n: int, default_zone: str)
     return np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
-def _hour_shares(counts: np.ndarray) -> list[float]:
+def hour_shares(counts: np.ndarray) -> list[float]:
     total = float(counts.sum())
     if total <= 0:
         return [1.0 / HOURS] * HOURS
@@ -239,7 +239,7 @@ def build(
     channels = channel_shares(ev, raw_weight, n)
     hours = active_hours(ev, zones, n, default_zone)
     segment_hours = {
-        stage: _hour_shares(hours[member_segment == code].sum(axis=0, dtype=np.int64))
+        stage: hour_shares(hours[member_segment == code].sum(axis=0, dtype=np.int64))
         for code, stage in enumerate(LIFECYCLE_STAGES)
     }
     spec = ProfileSpec(
@@ -253,7 +253,7 @@ def build(
         value_tier_cuts=cuts,
         outlook_cuts=OUTLOOK_CUTS,
         segment_hours=segment_hours,
-        all_hours=_hour_shares(hours.sum(axis=0, dtype=np.int64)),
+        all_hours=hour_shares(hours.sum(axis=0, dtype=np.int64)),
     )
     arrays: dict[str, np.ndarray] = {
         "profile_purchases_30d": p30,

@@ -25,7 +25,7 @@ from recsvc.members.view import ProfileView, profile_view
 from recsvc.model_source import ModelRegistry
 from recsvc.v1 import members_pb2
 
-CHUNK = 1024
+CHUNK = 500  # ids per consent read: one pipelined round trip, like a PlanCampaign chunk
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,11 @@ def match(view: ProfileView, audience: Audience, forgotten: Container[str] = ())
     n = len(view.model.members)
     mask = np.ones(n, dtype=bool)
     if audience.stages:
-        mask &= np.isin(np.asarray(view.model.member_segment), audience.stages)
+        mask &= _isin(np.asarray(view.model.member_segment), audience.stages, 256)
     if audience.tiers:
-        mask &= np.isin(a["profile_value_tier"], audience.tiers)
+        mask &= _isin(a["profile_value_tier"], audience.tiers, 256)
     if audience.outlooks:
-        mask &= np.isin(a["profile_outlook"], audience.outlooks)
+        mask &= _isin(a["profile_outlook"], audience.outlooks, 256)
     if audience.min_p_alive is not None or audience.max_p_alive is not None:
         p = np.asarray(a["profile_p_alive"])
         with np.errstate(invalid="ignore"):  # NaN (never bought) matches no bound
@@ -125,12 +125,24 @@ def match(view: ProfileView, audience: Audience, forgotten: Container[str] = ())
     if audience.min_purchases_30d is not None:
         mask &= np.asarray(a["profile_purchases_30d"]) >= audience.min_purchases_30d
     if audience.tags:
-        mask &= np.isin(a["profile_tag"], audience.tags).any(axis=1)
+        n_tags = view.spec.categories + len(view.model.brands)
+        mask &= _isin(a["profile_tag"], audience.tags, n_tags).any(axis=1)
     erased = list(forgotten) if isinstance(forgotten, Iterable) else []
     if erased:
         rows = view.model.members.rows(np.asarray(erased, dtype=str))
         mask[rows[rows >= 0]] = False
     return mask
+
+
+def _isin(codes: np.ndarray, wanted: tuple[int, ...], size: int) -> np.ndarray:
+    """``np.isin`` for codes in -1..size-1 (-1 = none) by one table look-up: ~10x faster than
+    ``np.isin`` on a million rows, which sorts."""
+    table = np.zeros(size + 1, dtype=bool)
+    table[np.asarray(wanted, dtype=np.int64) + 1] = True
+    arr = np.asarray(codes)
+    if arr.dtype.kind == "u":
+        arr = arr.astype(np.int16)  # uint8 codes: room for the +1 below
+    return table[arr + 1]
 
 
 ConsentReader = Callable[[list[str], str], list[bool]]

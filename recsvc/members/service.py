@@ -21,7 +21,7 @@ from recsvc.members.view import ProfileView
 from recsvc.model_source import ModelRegistry
 from recsvc.outreach import validation as v
 from recsvc.outreach.policy import Policy
-from recsvc.outreach.throttle import OutreachAsk, Throttle, read_consents, read_member_state
+from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle, read_consents, read_member_state
 from recsvc.realtime import RealtimeStore
 from recsvc.settings import Settings
 from recsvc.v1 import members_pb2, members_pb2_grpc
@@ -29,6 +29,8 @@ from recsvc.v1 import members_pb2, members_pb2_grpc
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # member ids per stream message
+# What the throttle answers for marketing on a channel without consent (decide.lua's first rule).
+NO_CONSENT = Decision(False, "NO_CONSENT", "no recorded consent")
 
 
 class MembersServicer(members_pb2_grpc.MembersServicer):
@@ -96,14 +98,21 @@ class MembersServicer(members_pb2_grpc.MembersServicer):
             state = read_member_state(self._throttle, member_id)
         except StoreUnavailable:
             state = None
-        checks = None
+        checks: dict[str, Decision] | None = None
         if state is not None and not state.suppressed:
-            channels = self._throttle.policies.current().channels
-            decisions = self._throttle.decide_many(
-                [OutreachAsk(member_id=member_id, channel=c) for c in channels], reserve=False
-            )
-            if not any(d.reason == "THROTTLE_UNAVAILABLE" for d in decisions):
-                checks = dict(zip(channels, decisions, strict=True))
+            # Only channels with consent need the throttle's dry run (caps, fatigue, quiet hours,
+            # blocks); without consent marketing is refused whatever else holds, and most members
+            # have consent on few channels, so this usually saves a round trip.
+            channels = [c for c in self._throttle.policies.current().channels if state.consent.get(c)]
+            checks = {c: NO_CONSENT for c in self._throttle.policies.current().channels if c not in channels}
+            if channels:
+                decisions = self._throttle.decide_many(
+                    [OutreachAsk(member_id=member_id, channel=c) for c in channels], reserve=False
+                )
+                if any(d.reason == "THROTTLE_UNAVAILABLE" for d in decisions):
+                    checks = None
+                else:
+                    checks |= dict(zip(channels, decisions, strict=True))
         return LiveParts(state=state, checks=checks, recent=recent.result() if recent is not None else None)
 
     def FindMembers(
