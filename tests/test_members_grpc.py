@@ -144,10 +144,10 @@ def test_unknown_and_bad_member_ids(server: RunningServer) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.GetMemberProfile(members_pb2.GetMemberProfileRequest(member_id="NOBODY"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "MEMBER_NOT_FOUND" in (err.value.details() or "")
-    for bad in ("", "has space", "x" * 300):
+    for bad, reason in (("", "EMPTY_MEMBER_ID"), ("has space", "INVALID_MEMBER_ID"), ("x" * 300, "TOO_LONG")):
         with pytest.raises(grpc.RpcError) as err:
             stub.GetMemberProfile(members_pb2.GetMemberProfileRequest(member_id=bad), timeout=5)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in (err.value.details() or "")
 
 
 def test_live_consent_and_fatigue(

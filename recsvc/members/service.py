@@ -19,10 +19,10 @@ from recsvc.members.profile import LiveParts, fill_profile
 from recsvc.members.sendtime import SendTimes
 from recsvc.members.view import ProfileView
 from recsvc.model_source import ModelRegistry
-from recsvc.outreach import validation as v
 from recsvc.outreach.policy import Policy
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle, read_consents, read_member_state
 from recsvc.realtime import RealtimeStore
+from recsvc.server.validation import check_id
 from recsvc.settings import Settings
 from recsvc.v1 import members_pb2, members_pb2_grpc
 
@@ -47,7 +47,6 @@ class MembersServicer(members_pb2_grpc.MembersServicer):
         self._throttle = throttle
         self._realtime = realtime
         self._forgotten = forgotten
-        self._max_id = settings.data.max_id_length
         self._send_times: tuple[ProfileView, Policy, SendTimes] | None = None
 
     def send_times(self, view: ProfileView) -> SendTimes:
@@ -70,7 +69,7 @@ class MembersServicer(members_pb2_grpc.MembersServicer):
     def GetMemberProfile(
         self, request: members_pb2.GetMemberProfileRequest, context: grpc.ServicerContext
     ) -> members_pb2.MemberProfile:
-        member_id = v.check_id(request.member_id, "member_id", self._max_id)
+        member_id = check_id(request.member_id, "member_id", self._settings.data)
         view = self._audiences.view()
         row = view.model.members.row(member_id)
         if row is None or member_id in self._forgotten():
