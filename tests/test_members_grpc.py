@@ -416,3 +416,30 @@ def test_plan_campaign_schedules_each_member_in_their_window(
     with pytest.raises(grpc.RpcError) as err:
         list(out.PlanCampaign(bad, timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_profile_without_redis_answers_the_bundle_parts(
+    trained: tuple[Path, pd.DataFrame, dict[str, str]], tmp_path: Path
+) -> None:
+    from recsvc.localstack import LocalRedis
+
+    private = LocalRedis(tmp_path / "redis").start()
+    try:
+        with running_server(
+            serving_settings(str(trained[0]), private.url, tmp_path), with_outreach=True
+        ) as s:
+            private.stop()
+            p = _members(s).GetMemberProfile(
+                members_pb2.GetMemberProfileRequest(member_id=trained[2]["buyer"]), timeout=10
+            )
+            assert not p.live.available and p.bundle.available
+            assert p.lifecycle.stage and p.predictions.modelled and sum(p.active_hours) > 0
+            assert all(not o.consent and not o.marketing_allowed_now for o in p.outreach)
+            # counting needs no Redis; streaming with a consent filter does, and says so
+            parts = _find(s, count_only=True)
+            assert parts[0].count.count > 0
+            with pytest.raises(grpc.RpcError) as err:
+                _find(s, consent_channel="wecom")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        private.stop()
