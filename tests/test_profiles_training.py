@@ -117,3 +117,37 @@ def test_half_a_profile_is_refused(tmp_path: Path) -> None:
     np.save(planted.path / "profile_p_alive.npy", np.zeros(3, dtype=np.float32))
     with pytest.raises(BundleError, match="member profiles"):
         load_bundle(planted.path)
+
+
+def test_training_summary_shows_the_profile_evaluation() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from training.gate import GateDecision
+    from training.summary import summary_tables
+
+    report = SimpleNamespace(
+        metrics={
+            "profiles.calibration_ratio": 0.97,
+            "profiles.auc_active": 0.79,
+            "profiles.holdout_buy_rate.likely_active": 0.24,
+            "profiles.holdout_buy_rate.likely_lost": 0.027,
+        },
+        decision=GateDecision(
+            promote=True, reason="first model", candidate=0.1, champion=None, tolerance=0.02
+        ),
+        bundle_id="b",
+        bundle_dir=None,
+        run_id="r",
+        model_version=None,
+        params=SimpleNamespace(factors=8, regularization=0.1, alpha=2.0, iterations=3, half_life_days=60.0),
+        counts={},
+        index_info={},
+        timings={},
+    )
+    console = Console(record=True, width=250)
+    for table in summary_tables(report):
+        console.print(table)
+    text = console.export_text()
+    assert "member profiles" in text and "AUC=0.790" in text and "likely_lost=2.7%" in text
