@@ -1,4 +1,5 @@
-"""Best send windows: quiet hours respected, fallbacks in order, DST-correct next openings."""
+"""Best send windows: quiet hours respected, fallbacks in order, DST-correct next openings; and the
+stored outreach state a profile reads, however damaged."""
 
 from __future__ import annotations
 
@@ -79,3 +80,20 @@ def test_time_in_a_campaign_window() -> None:
     at = time_in_window_ms(start, end, NY, 18, 2)
     assert at == _ms(datetime(2026, 6, 1, 18, tzinfo=NY))
     assert time_in_window_ms(start, _ms(datetime(2026, 6, 1, 12, tzinfo=NY)), NY, 18, 2) is None
+
+
+def test_member_state_survives_unreadable_stored_values() -> None:
+    from recsvc.outreach.throttle import _member_state
+
+    state = _member_state(
+        Policy(),
+        0,
+        {b"tz": b"Asia/Tokyo", b"c:wecom": b"1|5", b"c:sms": b"0|5"},
+        {b"b:wecom": b"U|not-a-number", b"b:sms": b"C|99999999999999", b"streak": b"inf"},
+        now_ms=1000,
+    )
+    assert (
+        state.consent["wecom"] is True and state.consent["sms"] is False and state.consent["app_push"] is None
+    )
+    assert state.blocked_until_ms == {"sms": 99999999999999} and state.ignored_in_a_row == 0
+    assert state.timezone == "Asia/Tokyo" and state.fatigue_level == 0

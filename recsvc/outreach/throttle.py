@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -535,14 +536,22 @@ def _member_state(
     for channel in policy.channels:
         raw = fields.get("c:" + channel)
         consent[channel] = None if raw is None else raw.startswith("1")
-        block = st.get("b:" + channel)
-        if block:
-            until = int(float(block[2:] or 0))
-            if until > now_ms:
-                blocked[channel] = until
-    streak = int(float(st.get("streak", "0") or 0))
+        until = _stored_int(st.get("b:" + channel, "")[2:])
+        if until > now_ms:
+            blocked[channel] = until
+    streak = _stored_int(st.get("streak", ""))
     level = sum(1 for lv in policy.fatigue.levels if streak >= lv.after_ignored)
     return MemberOutreachState(bool(int(suppressed)), fields.get("tz"), consent, blocked, streak, level)
+
+
+def _stored_int(text: str) -> int:
+    """A number from a member's stored state; 0 for anything unreadable (a profile read must not
+    fail on state a decision would clamp or ignore)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return 0
+    return int(value) if math.isfinite(value) else 0
 
 
 def read_member_state(throttle: Throttle, member_id: str) -> MemberOutreachState:
