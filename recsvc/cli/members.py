@@ -200,4 +200,6 @@ def find(
         table.add_row(str(n), member)
     out.print(table)
     if summary.left_out_no_consent:
-        out.print(f"{summary.left_out_no_consent} matched but have no consent on {consent} (left out)")
+        out.print(
+            f"{summary.left_out_no_consent} of the members checked have no consent on {consent} (left out)"
+        )

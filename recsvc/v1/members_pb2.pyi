@@ -582,7 +582,7 @@ class AudienceSummary(_message.Message):
     streamed: _builtins.int
     """members sent"""
     left_out_no_consent: _builtins.int
-    """matched the bundle filters but had no consent (or an erasure)"""
+    """checked (in chunks of 500, so up to a chunk past a limit) and left out: no consent, or erased"""
     truncated: _builtins.bool
     """stopped at limit"""
     def __init__(
