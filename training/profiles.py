@@ -145,9 +145,11 @@ def interest_tags(
 
 
 def channel_shares(ev: EventArrays, weight: np.ndarray, n: int) -> np.ndarray:
-    shares = np.zeros((n, len(EVENT_CHANNELS)), dtype=np.float64)
+    width = len(EVENT_CHANNELS)
     known = ev.channel >= 0
-    np.add.at(shares, (ev.member[known], ev.channel[known].astype(np.int64)), weight[known])
+    # bincount over member*width + channel: np.add.at is ~10x slower at 50M events
+    flat = ev.member[known].astype(np.int64) * width + ev.channel[known].astype(np.int64)
+    shares = np.bincount(flat, weights=weight[known], minlength=n * width).reshape(n, width)
     total = shares.sum(axis=1, keepdims=True)
     return (shares / np.maximum(total, 1e-12)).astype(np.float32)
 
@@ -168,8 +170,8 @@ def local_hours(
 
 def active_hours(ev: EventArrays, zones: MemberZones, n: int, default_zone: str) -> np.ndarray:
     hours = local_hours(ev.ts, zones.codes[ev.member], zones.names, default_zone)
-    counts = np.zeros((n, HOURS), dtype=np.int64)
-    np.add.at(counts, (ev.member, hours.astype(np.int64)), 1)
+    flat = ev.member.astype(np.int64) * HOURS + hours.astype(np.int64)
+    counts = np.bincount(flat, minlength=n * HOURS).reshape(n, HOURS)
     return np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
