@@ -20,7 +20,14 @@ from recsvc.members.sendtime import SendTimes
 from recsvc.members.view import ProfileView
 from recsvc.model_source import ModelRegistry
 from recsvc.outreach.policy import Policy
-from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle, read_consents, read_member_state
+from recsvc.outreach.throttle import (
+    Decision,
+    MemberOutreachState,
+    OutreachAsk,
+    Throttle,
+    read_consents,
+    read_member_state,
+)
 from recsvc.realtime import RealtimeStore
 from recsvc.server.validation import check_id
 from recsvc.settings import Settings
@@ -92,27 +99,37 @@ class MembersServicer(members_pb2_grpc.MembersServicer):
         return msg
 
     def _live(self, member_id: str) -> LiveParts:
-        recent = self._realtime.start_recent(member_id) if self._realtime is not None else None
+        # the recent-events read goes out first and is read last, overlapping the other two
+        pending = self._realtime.start_recent(member_id) if self._realtime is not None else None
+        try:
+            state, checks = self._outreach_state(member_id)
+        finally:
+            recent = pending.result() if pending is not None else None  # always: the thread's connection
+        return LiveParts(state=state, checks=checks, recent=recent)
+
+    def _outreach_state(
+        self, member_id: str
+    ) -> tuple[MemberOutreachState | None, dict[str, Decision] | None]:
         try:
             state = read_member_state(self._throttle, member_id)
         except StoreUnavailable:
-            state = None
-        checks: dict[str, Decision] | None = None
-        if state is not None and not state.suppressed:
-            # Only channels with consent need the throttle's dry run (caps, fatigue, quiet hours,
-            # blocks); without consent marketing is refused whatever else holds, and most members
-            # have consent on few channels, so this usually saves a round trip.
-            channels = [c for c in self._throttle.policies.current().channels if state.consent.get(c)]
-            checks = {c: NO_CONSENT for c in self._throttle.policies.current().channels if c not in channels}
-            if channels:
-                decisions = self._throttle.decide_many(
-                    [OutreachAsk(member_id=member_id, channel=c) for c in channels], reserve=False
-                )
-                if any(d.reason == "THROTTLE_UNAVAILABLE" for d in decisions):
-                    checks = None
-                else:
-                    checks |= dict(zip(channels, decisions, strict=True))
-        return LiveParts(state=state, checks=checks, recent=recent.result() if recent is not None else None)
+            return None, None
+        if state.suppressed:
+            return state, None
+        # Only channels with consent need the throttle's dry run (caps, fatigue, quiet hours,
+        # blocks); without consent marketing is refused whatever else holds, and most members have
+        # consent on few channels, so this usually saves a round trip.
+        every = self._throttle.policies.current().channels
+        channels = [c for c in every if state.consent.get(c)]
+        checks = {c: NO_CONSENT for c in every if c not in channels}
+        if channels:
+            decisions = self._throttle.decide_many(
+                [OutreachAsk(member_id=member_id, channel=c) for c in channels], reserve=False
+            )
+            if any(d.reason == "THROTTLE_UNAVAILABLE" for d in decisions):
+                return state, None
+            checks |= dict(zip(channels, decisions, strict=True))
+        return state, checks
 
     def FindMembers(
         self, request: members_pb2.FindMembersRequest, context: grpc.ServicerContext
