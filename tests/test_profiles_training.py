@@ -151,3 +151,12 @@ def test_training_summary_shows_the_profile_evaluation() -> None:
         console.print(table)
     text = console.export_text()
     assert "member profiles" in text and "AUC=0.790" in text and "likely_lost=2.7%" in text
+
+
+def test_top_k_per_row_orders_by_weight() -> None:
+    rows = np.array([0, 0, 0, 2, 2])
+    cols = np.array([5, 1, 7, 3, 4])
+    vals = np.array([0.2, 0.5, 0.3, 1.0, 1.0])
+    codes, weights = profiles._top_k_per_row(rows, cols, vals, 3, 2)
+    assert codes.tolist() == [[1, 7], [-1, -1], [3, 4]]  # ties keep code order
+    assert weights[0].tolist() == pytest.approx([0.5, 0.3]) and weights[1].tolist() == [0.0, 0.0]

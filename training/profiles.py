@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy import stats
 
 from recsvc.bundle import LIFECYCLE_STAGES, ProfileSpec, add_profiles
@@ -109,7 +110,9 @@ def _top_k_per_row(
     out_v = np.zeros((n_rows, k), dtype=np.float32)
     if rows.size == 0:
         return out_c, out_v
-    order = np.lexsort((cols, -vals, rows))  # by row, weight descending, code for ties
+    # by row, then weight descending (vals are shares in (0, 1], so the key stays inside the
+    # row's unit interval); one float sort instead of a three-key lexsort, ties keep code order
+    order = np.argsort(rows + 0.5 * (1.0 - np.clip(vals, 0.0, 1.0)), kind="stable")
     rows, cols, vals = rows[order], cols[order], vals[order]
     starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
     rank = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
@@ -125,23 +128,27 @@ def interest_tags(
     """Top ``k`` category and brand tags per member by share of the member's event weight."""
     n = len(prepared.members)
     n_cat = len(prepared.categories)
+    n_tags = n_cat + len(prepared.brands)
     total = np.bincount(ev.member, weights=weight, minlength=n)
-    parts = []
+    rows, cols, vals = [], [], []
     for codes, names, offset in (
         (prepared.item_category, prepared.categories, 0),
         (prepared.item_brand, prepared.brands, n_cat),
     ):
         tag = codes[ev.item].astype(np.int64)
         named = np.array([bool(x) for x in names], dtype=bool)[tag] & (weight > 0)
-        key = ev.member[named].astype(np.int64) * (len(names) + 1) + tag[named]
-        uniq, inverse = np.unique(key, return_inverse=True)
-        sums = np.bincount(inverse, weights=weight[named])
-        members = uniq // (len(names) + 1)
-        parts.append((members, uniq % (len(names) + 1) + offset, sums / np.maximum(total[members], 1e-12)))
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts]).astype(np.int32)
-    vals = np.concatenate([p[2] for p in parts])
-    return _top_k_per_row(rows, cols, vals, n, k)
+        rows.append(ev.member[named])
+        cols.append(tag[named] + offset)
+        vals.append(weight[named])
+    # one sparse [members x tags] sum (scipy sums duplicates with a counting sort, far faster
+    # than sorting every event), then top-k over the stored (member, tag) pairs only
+    m = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n_tags)
+    ).tocsr()
+    m.sum_duplicates()
+    member = np.repeat(np.arange(n), np.diff(m.indptr))
+    share = m.data / np.maximum(total[member], 1e-12)
+    return _top_k_per_row(member, m.indices.astype(np.int32), share, n, k)
 
 
 def channel_shares(ev: EventArrays, weight: np.ndarray, n: int) -> np.ndarray:
