@@ -38,6 +38,10 @@ Layout (schema 1)::
     purchased_last_ts.npy    int64, aligned with purchased_indices: the epoch seconds of the
                              member's last purchase of the item (recsvc/engine/replenish.py).
                              Manifest.replenish lists the repurchased categories.
+    profile_*.npy            optional, together (PROFILE_ARRAYS, training/profiles.py): member
+                             profile material, row i <-> member i; Manifest.profiles (ProfileSpec)
+                             says what it was computed with. Bundles without them still load;
+                             the Members service then answers FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -84,6 +88,25 @@ _ARRAYS = (
     "purchased_indptr",
     "purchased_indices",
 )
+# Member profile material (training/profiles.py): all or none; name -> (dtype, columns or None
+# for one value per member; a string names the ProfileSpec field holding the column count).
+PROFILE_ARRAYS: dict[str, tuple[type, int | str | None]] = {
+    "profile_purchases_30d": (np.float32, None),  # BG/NBD expected purchase days, next 30 days
+    "profile_purchases_90d": (np.float32, None),
+    "profile_p_alive": (np.float32, None),  # NaN: never bought (outside the model)
+    "profile_value": (np.float32, None),  # Gamma-Gamma expected spend per purchase; NaN: no buyer
+    "profile_value_tier": (np.uint8, None),  # index into VALUE_TIERS
+    "profile_outlook": (np.uint8, None),  # index into OUTLOOKS
+    "profile_tag": (np.int32, "tags"),  # tag code (ProfileSpec.tag_name), -1 = none; by weight
+    "profile_tag_weight": (np.float32, "tags"),
+    "profile_channel": (np.float32, "channels"),  # engagement share per event channel
+    "profile_hours": (np.uint16, 24),  # events per local hour of day (member's own time zone)
+    "profile_timezone": (np.int16, None),  # index into ProfileSpec.timezones, -1 = unknown
+    "profile_recent": (np.int32, "recent"),  # events in 7 / 30 days, purchases in 30 days
+}
+VALUE_TIERS = ("none", "low", "mid", "high")
+OUTLOOKS = ("no_purchase_yet", "likely_lost", "uncertain", "likely_active")
+RECENT_COUNTS = ("events_7d", "events_30d", "purchases_30d")
 # Arrays a bundle may hold; serving works without them (training/member_lists.py writes these).
 _OPTIONAL_ARRAYS = (
     "member_list_item",
@@ -91,6 +114,7 @@ _OPTIONAL_ARRAYS = (
     "member_list_reason",
     "item_repurchase_days",
     "purchased_last_ts",
+    *PROFILE_ARRAYS,
 )
 # The stored default lists (training/member_lists.py): all three or none, each [members, K].
 MEMBER_LIST_ARRAYS = {
@@ -154,6 +178,42 @@ class ReplenishSpec(BaseModel):
     items_with_own_interval: int = 0
 
 
+class ProfileSpec(BaseModel):
+    """What the member profile arrays (``PROFILE_ARRAYS``) were computed with: the purchase
+    models' parameters, the vocabularies their codes index, and the cut points of the derived
+    labels, so a profile can say why (training/profiles.py, docs/profiles.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_as_of: str  # the events the profiles know end here
+    bgnbd: dict[str, float]  # r, alpha, a, b (days)
+    gamma_gamma: dict[str, float] | None = None  # p, q, v; None: too few repeat buyers
+    tags: int = Field(ge=1)  # interest tags kept per member
+    categories: int = Field(ge=0)  # tag codes below this are categories, the rest brands
+    channels: list[str]  # columns of profile_channel (event channels)
+    timezones: list[str]
+    recent: int = len(RECENT_COUNTS)
+    # expected 90-day spend (purchases_90d * value) at which the low/mid and mid/high tiers start
+    value_tier_cuts: tuple[float, float]
+    # P(alive) below the first: likely_lost; from the second: likely_active
+    outlook_cuts: tuple[float, float] = (0.3, 0.7)
+    # fallback send-time rhythms: share of events per local hour, per lifecycle stage and overall
+    segment_hours: dict[str, list[float]]
+    all_hours: list[float]
+
+    def columns(self, spec: int | str | None) -> int | None:
+        if isinstance(spec, str):
+            value = getattr(self, spec)
+            return len(value) if isinstance(value, list) else int(value)
+        return spec
+
+    def tag_name(self, code: int, categories: list[str], brands: list[str]) -> tuple[str, str]:
+        """(kind, name) of a tag code: ("category", "tea") or ("brand", "B12")."""
+        if code < self.categories:
+            return "category", categories[code]
+        return "brand", brands[code - self.categories]
+
+
 class Manifest(BaseModel):
     """What a bundle is, where it came from, and how well it did."""
 
@@ -176,6 +236,8 @@ class Manifest(BaseModel):
     member_lists: StoredListSpec | None = None
     # Repeat-purchase intervals in the bundle (None: an older bundle; nothing comes back).
     replenish: ReplenishSpec | None = None
+    # What the member profile arrays were computed with (None = the bundle has none).
+    profiles: ProfileSpec | None = None
 
     @field_validator("member_lists", mode="before")
     @classmethod
@@ -477,7 +539,46 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         )
     ):
         raise BundleError(f"bundle {bundle_dir} is inconsistent: replenishment arrays do not match purchases")
+    _check_profiles(bundle_dir, manifest, arrays, len(members))
     return bundle
+
+
+def _check_profiles(
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
+) -> None:
+    present = [name for name in PROFILE_ARRAYS if name in arrays]
+    spec = manifest.profiles
+    if not present and spec is None:
+        return
+    problems = []
+    if len(present) != len(PROFILE_ARRAYS):
+        problems.append(f"has {len(present)} of the {len(PROFILE_ARRAYS)} profile arrays")
+    if spec is None:
+        problems.append("the manifest records no profiles")
+    else:
+        for name in present:
+            dtype, cols = PROFILE_ARRAYS[name]
+            width = spec.columns(cols)
+            want = (n_members,) if width is None else (n_members, width)
+            arr = arrays[name]
+            if arr.dtype != np.dtype(dtype) or arr.shape != want:
+                problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {want}")
+    if problems:
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: member profiles " + "; ".join(problems))
+
+
+def add_profiles(bundle_dir: Path, arrays: dict[str, np.ndarray], spec: ProfileSpec) -> None:
+    """Add the member profile arrays (training/profiles.py) to a written bundle, replacing any,
+    and check that the bundle still loads."""
+    manifest = read_manifest(bundle_dir)
+    missing = sorted(set(PROFILE_ARRAYS) - set(arrays))
+    if missing:
+        raise BundleError(f"profile arrays missing: {missing}")
+    for name, (dtype, _) in PROFILE_ARRAYS.items():
+        np.save(bundle_dir / f"{name}.npy", np.ascontiguousarray(arrays[name], dtype=dtype))
+    manifest.profiles = spec
+    (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    load_bundle(bundle_dir)
 
 
 def _check_member_lists(

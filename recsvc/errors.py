@@ -99,3 +99,10 @@ class SparkUnavailable(RecsvcError):
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SPARK_UNAVAILABLE"
+
+
+class ProfilesUnavailable(RecsvcError):
+    """The served bundle was trained without member profiles (training.profiles off, or older)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NO_PROFILES"

@@ -175,6 +175,12 @@ class TrainingSettings(_Section):
     eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
+    # Member profiles (training/profiles.py, docs/profiles.md): computed into the bundle when on.
+    profiles: bool = True
+    profile_fit_members: int = Field(
+        200_000, ge=100, description="buyers the BG/NBD and Gamma-Gamma fits sample (predictions: all)"
+    )
+    profile_tags: int = Field(5, ge=1, le=20, description="interest tags kept per member")
     track_loss: bool = Field(True, description="record ALS loss per iteration in the evaluation fit")
     tune_trials: int = Field(40, ge=1)
     tune_startup_trials: int = Field(
@@ -418,7 +424,7 @@ class CatalogSettings(_Section):
 
 
 # The API-key roles; recsvc.security.auth maps every method to one of them.
-Role = Literal["recommend", "events", "outreach", "admin", "catalog"]
+Role = Literal["recommend", "events", "outreach", "admin", "catalog", "members"]
 
 
 class CallerKey(_Section):

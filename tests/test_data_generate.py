@@ -262,3 +262,20 @@ def test_generated_text_never_starts_with_a_formula_trigger(gen: Generated) -> N
             if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
                 text = frame[col].dropna().astype(str)
                 assert not text.str.startswith(TRIGGERS).any(), col
+
+
+def test_members_have_planted_active_hours_in_their_own_time_zone(gen: Generated) -> None:
+    """Most of a member's sessions start in their planted local window (send-time tests and the
+    measurement in docs/profiles.md rely on it); by chance a 2-hour window holds ~1/12."""
+    from pipelines.generate.members import ACTIVE_WINDOW_HOURS
+
+    ev = gen.events.merge(gen.members[["member_id", "timezone"]], on="member_id").merge(
+        gen.truth_members[["member_id", "active_start_hour"]], on="member_id"
+    )
+    local_hour = pd.Series(0, index=ev.index)
+    for zone, part in ev.groupby("timezone"):
+        local_hour[part.index] = pd.to_datetime(part["ts"], utc=True).dt.tz_convert(str(zone)).dt.hour
+    inside = (local_hour - ev["active_start_hour"]) % 24 < ACTIVE_WINDOW_HOURS
+    assert inside.mean() > 0.4
+    per_member = inside.groupby(ev["member_id"]).mean()
+    assert (per_member > 0.3).mean() > 0.8

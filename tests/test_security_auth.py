@@ -25,7 +25,7 @@ from recsvc.security.auth import (
 )
 from recsvc.security.wiring import add_admin_service, build_server_security, server_options
 from recsvc.settings import CallerKey, Settings, load_settings
-from recsvc.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, outreach_pb2, recommender_pb2
+from recsvc.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, members_pb2, outreach_pb2, recommender_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 def test_role_table_covers_every_rpc() -> None:
     methods = {
         f"/{svc.full_name}/{m.name}"
-        for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2)
+        for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2, members_pb2)
         for svc in module.DESCRIPTOR.services_by_name.values()
         for m in svc.methods
     }

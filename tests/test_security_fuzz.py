@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_security_server import Secured, secured_server, secured_settings
 
-from recsvc.v1 import admin_pb2, catalog_pb2, outreach_pb2, recommender_pb2
+from recsvc.v1 import admin_pb2, catalog_pb2, members_pb2, outreach_pb2, recommender_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 SERVICES = [
     svc
-    for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2)
+    for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2, members_pb2)
     for svc in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS = [(svc, m) for svc in SERVICES for m in svc.methods]

@@ -42,6 +42,7 @@ from training import (
     member_lists,
     plots,
     prepare,
+    profiles,
     replenish,
     segments,
     split,
@@ -285,6 +286,7 @@ def run(
         # Erased members (ForgetMember) never reach a model again (docs/privacy.md).
         data = apply_erasures(data, ErasureList(settings.security.erasure_list).read())
         prepared = prepare.prepare(data)
+        zones = profiles.member_timezones(data.members, prepared.members) if t.profiles else None
         del data  # the string tables are the largest thing in memory; arrays replace them
     shape = (len(prepared.members), len(prepared.items))
     params = AlsParams.from_settings(t)
@@ -361,6 +363,9 @@ def run(
                     max_members=t.eval_members,
                     seed=t.random_state,
                 )
+            if t.profiles:
+                with steps.step("evaluate member profiles on the holdout"):
+                    metrics |= profiles.evaluate_holdout(prepared, data_split, t)
             with steps.step("gate against the champion"):
                 champion_score, method, champion_version = _champion_score(
                     client, settings, prepared, data_split, steps, spark
@@ -460,6 +465,11 @@ def run(
                 )
                 bundle_dir = options.bundle_out or tmp_root / "bundle"
                 assemble.write(bundle_dir, contents)
+            if zones is not None:
+                with steps.step("member profiles"):
+                    profiles.write(
+                        bundle_dir, prepared, t, zones, member_segment, settings, served_events, served_as_of
+                    )
             lists_info = None
             if t.member_lists:  # a step of its own only when there is one
                 with steps.step("member lists"):

@@ -101,5 +101,13 @@ def summary_tables(report: Any) -> list[Table]:
                 + (f" efSearch={info['ef_search']}" if "ef_search" in info else "")
                 + (f" nlist={info['nlist']} nprobe={info['nprobe']}" if "nprobe" in info else ""),
             )
+    if "profiles.auc_active" in m:
+        run.add_row(
+            "member profiles",
+            f"holdout: predicted/actual purchases={m['profiles.calibration_ratio']:.2f} "
+            f"AUC={m['profiles.auc_active']:.3f} buy rate likely_active="
+            f"{m.get('profiles.holdout_buy_rate.likely_active', float('nan')):.1%} "
+            f"likely_lost={m.get('profiles.holdout_buy_rate.likely_lost', float('nan')):.1%}",
+        )
     run.add_row("time", " ".join(f"{k}={v:.1f}s" for k, v in report.timings.items()))
     return [*tables, run]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipelines.contract import EVENT_CHANNELS, EVENT_TYPES
 from pipelines.generate.catalog import DAY, Catalog
-from pipelines.generate.members import ONLINE_CHANNELS, TIMEZONES, Members
+from pipelines.generate.members import ACTIVE_SHARE, ACTIVE_WINDOW_HOURS, ONLINE_CHANNELS, TIMEZONES, Members
 from pipelines.generate.params import GeneratorParams
 
 WEEKDAY_WEIGHTS = np.array([0.9, 0.88, 0.9, 0.95, 1.05, 1.25, 1.15])  # Monday..Sunday
@@ -223,7 +223,13 @@ def _session_times(rng: np.random.Generator, members: Members, m: np.ndarray) ->
         ok = _rand(rng, pending.size) < w[(d + 3) % 7]  # 1970-01-01 was a Thursday
         day[pending[ok]] = d[ok]
         pending = pending[~ok]
-    hour = rng.choice(24, size=m.shape[0], p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    hour = np.asarray(rng.choice(24, size=m.shape[0], p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum()))
+    # The member's planted active window (members.ACTIVE_SHARE of sessions); drawn from a generator
+    # of its own, seeded by the chunk, so every other draw of the data set stays as it was.
+    own = np.random.default_rng([m.shape[0], int(m[:1].sum()) if m.size else 0, 23])
+    inside = own.random(m.shape[0]) < ACTIVE_SHARE
+    offset = own.integers(0, ACTIVE_WINDOW_HOURS, m.shape[0])
+    hour = np.where(inside, (members.active_hour[m].astype(np.int64) + offset) % 24, hour)
     local = day * DAY + hour * 3600 + rng.integers(0, 3600, m.shape[0])
     utc = np.empty_like(local)
     tz = members.timezone[m]

@@ -7,6 +7,7 @@ Planted structure (recorded per member in the truth table):
   than 240 days before the end);
 - a log-normal activity level, so a few members are very active and many are light;
 - a home time zone (mostly China, some overseas members); events follow local daily rhythms;
+- planted active hours: a local window where most of the member's sessions start;
 - channel habits (mini-program first) and a consent mix per outreach channel, with
   members who never answered (unknown = no consent).
 """
@@ -44,6 +45,24 @@ CONSENT_BASE = {
     "sms": 0.3,
 }
 CONSENT_UNKNOWN = 0.12  # never asked / never answered
+# Planted active hours: each member has a local window of ACTIVE_WINDOW_HOURS starting at one of
+# these hours (outside the shipped policy's quiet hours, with lunch and evening peaks), and
+# ACTIVE_SHARE of their sessions start inside it (the rest follow the population's rhythm).
+ACTIVE_WINDOW_HOURS = 2
+ACTIVE_SHARE = 0.6
+ACTIVE_START_WEIGHTS = {
+    9: 1.0,
+    10: 1.0,
+    11: 1.6,
+    12: 1.8,
+    13: 1.0,
+    14: 0.7,
+    15: 0.7,
+    16: 0.8,
+    17: 1.2,
+    18: 1.8,
+    19: 1.6,
+}
 
 
 @dataclass
@@ -61,6 +80,7 @@ class Members:
     store_share: np.ndarray  # share of sessions in a store
     live_share: np.ndarray  # share of sessions in live streams
     consent: dict[str, np.ndarray]  # channel -> int8: 1 granted, 0 refused, -1 unknown
+    active_hour: np.ndarray  # int8 local hour the member's planted active window starts
 
     def __len__(self) -> int:
         return int(self.member_id.shape[0])
@@ -82,6 +102,7 @@ class Members:
             store_share=self.store_share[sl],
             live_share=self.live_share[sl],
             consent={k: v[sl] for k, v in self.consent.items()},
+            active_hour=self.active_hour[sl],
         )
 
 
@@ -162,4 +183,13 @@ def build_members(params: GeneratorParams, rng: np.random.Generator, group_sizes
         store_share=store_share,
         live_share=live_share,
         consent=consent,
+        active_hour=_active_hours(params, n),
     )
+
+
+def _active_hours(params: GeneratorParams, n: int) -> np.ndarray:
+    # A generator of its own, so planting active hours leaves every other draw as it was.
+    rng = np.random.default_rng([params.seed, 23])
+    hours = np.array(list(ACTIVE_START_WEIGHTS), dtype=np.int8)
+    weights = np.array(list(ACTIVE_START_WEIGHTS.values()))
+    return rng.choice(hours, size=n, p=weights / weights.sum())

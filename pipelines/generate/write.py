@@ -94,6 +94,8 @@ def truth_tables(catalog: Catalog, members: Members) -> dict[str, pa.Table]:
                 "lifecycle_plan": pa.array(np.array(LIFECYCLE_PLANS)[members.plan]),
                 "active_until": _ts(members.active_until),
                 "activity": pa.array(members.activity),
+                # local hour the planted active window (members.ACTIVE_WINDOW_HOURS long) starts
+                "active_start_hour": pa.array(members.active_hour.astype(np.int8)),
             }
         ),
         "items": pa.table(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, catalog, data, demo, keys, mlflow_ui, outreach, query, serve, train
+from recsvc.cli import audit, catalog, data, demo, keys, members, mlflow_ui, outreach, query, serve, train
 from recsvc.cli.common import AppState
 from recsvc.settings import project_home
 
@@ -63,6 +63,7 @@ app.command("train")(train.train)
 app.command("serve")(serve.serve)
 app.add_typer(query.app, name="query")
 app.add_typer(outreach.app, name="outreach")
+app.add_typer(members.app, name="members")
 app.add_typer(_load_commands(), name="load")
 app.command("demo")(demo.demo)
 app.command("mlflow-ui")(mlflow_ui.mlflow_ui)

@@ -157,6 +157,13 @@ def demo(
                 env,
                 "14. may we send this member a WeCom marketing message?",
             )
+            _run([*rc, "members", "show", member], env, f"15. who is member {member}? (profile)")
+            audience = ["--stage", "at_risk", "--min-p-alive", "0.5", "--consent", "wecom", "--limit", "5"]
+            _run(
+                [*rc, "members", "find", *audience],
+                env,
+                "16. an audience: at-risk members still likely to buy, with WeCom consent",
+            )
             _live_catalog_steps(rc, env, member, workdir)
             if keep_serving:
                 out.print(f"server left running on 127.0.0.1:{port}; Ctrl-C to stop")
@@ -188,17 +195,17 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
         _run(
             [*rc, "query", "products", member, "-k", "5", "--json"],
             env,
-            "15. the member's list before the live catalog changes",
+            "17. the member's list before the live catalog changes",
             capture=True,
         )
     )["items"][0]
     sold = str(top["item_id"])
-    _run([*rc, "catalog", "stock", sold, "out"], env, f"16. {sold} sells out (Catalog/SetStock)")
+    _run([*rc, "catalog", "stock", sold, "out"], env, f"18. {sold} sells out (Catalog/SetStock)")
     time.sleep(1.0)  # the change reaches every server process within a second
     after = _run(
         [*rc, "query", "products", member, "-k", "5"],
         env,
-        "17. a second later: it left the list",
+        "19. a second later: it left the list",
         capture=True,
     )
     if sold in after:
@@ -217,13 +224,13 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
     _run(
         [*rc, "catalog", "sync", str(new_file)],
         env,
-        f"18. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
+        f"20. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
     )
     time.sleep(1.0)
     listed = _run(
         [*rc, "query", "products", member, "-k", "20"],
         env,
-        "19. the member's list now holds the new product (source new)",
+        "21. the member's list now holds the new product (source new)",
         capture=True,
     )
     if "NEW-DEMO-1" not in listed:

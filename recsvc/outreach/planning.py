@@ -9,7 +9,7 @@ servicer sends them as one stream message).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle
@@ -28,6 +28,7 @@ def plan_idempotency_key(template: OutreachAsk) -> str:
 class PlannedDecision:
     member_id: str
     decision: Decision
+    send_at_ms: int = 0  # the scheduled time the decision is for (0 = now)
 
 
 def plan_campaign(
@@ -38,11 +39,14 @@ def plan_campaign(
     reserve: bool,
     chunk_size: int,
     limit: int = 0,
+    schedule: Callable[[list[str]], list[int]] | None = None,
 ) -> Iterator[list[PlannedDecision]]:
     """Yield the decisions of each chunk, in audience order; no chunk is pulled from ``members``
-    before the previous one was taken by the caller. ``limit`` > 0 stops after that many allowed
-    decisions (the last batch ends with the last allowed one); when reserving, a chunk never asks
-    for more than the allowed decisions still wanted, so the limit is never overshot."""
+    before the previous one was taken by the caller. ``schedule`` gives each member of a chunk
+    the time (epoch ms) to decide for, e.g. their best send time in a campaign window.
+    ``limit`` > 0 stops after that many allowed decisions (the last batch ends with the last
+    allowed one); when reserving, a chunk never asks for more than the allowed decisions still
+    wanted, so the limit is never overshot."""
     it = iter(members)
     allowed = 0
     t = template
@@ -53,6 +57,7 @@ def plan_campaign(
         batch = list(itertools.islice(it, size)) if size > 0 else []
         if not batch:
             return
+        at = schedule(batch) if schedule is not None else [0] * len(batch)
         # the constructor, not dataclasses.replace: this runs once per member of the audience
         asks = [
             OutreachAsk(
@@ -64,14 +69,15 @@ def plan_campaign(
                 idempotency_key=t.idempotency_key,
                 item_id=t.item_id,
                 extra=t.extra,
+                at_ms=at_ms,
             )
-            for m in batch
+            for m, at_ms in zip(batch, at, strict=True)
         ]
         out: list[PlannedDecision] = []
         for ask, decision in zip(
             asks, throttle.decide_many(asks, reserve=reserve, replay_refusals=False), strict=True
         ):
-            out.append(PlannedDecision(ask.member_id, decision))
+            out.append(PlannedDecision(ask.member_id, decision, ask.at_ms))
             if decision.allowed:
                 allowed += 1
                 if limit and allowed >= limit:

@@ -120,6 +120,26 @@ class Retention(_Part):
     profile_days: int = Field(400, ge=1, le=3650)
 
 
+class SendTime(_Part):
+    """Best send windows (docs/profiles.md): a member's own rhythm when they have enough events,
+    else their lifecycle segment's, else this default window."""
+
+    default_start: str = "12:00"  # local HH:MM (only the hour counts)
+    window_hours: int = Field(2, ge=1, le=12)
+    min_member_events: int = Field(10, ge=1, le=10_000)
+
+    @field_validator("default_start")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM_RE.match(v):
+            raise ValueError(f"send_time.default_start takes HH:MM (00:00 to 23:59), got {v!r}")
+        return v
+
+    @property
+    def default_hour(self) -> int:
+        return int(self.default_start.split(":")[0])
+
+
 class Policy(_Part):
     """Everything the throttle decides by. See docs/outreach.md for each field."""
 
@@ -135,6 +155,7 @@ class Policy(_Part):
     blocks: Blocks = Blocks()
     priority: PriorityRule = PriorityRule()
     retention: Retention = Retention()
+    send_time: SendTime = SendTime()
 
     @model_validator(mode="before")
     @classmethod

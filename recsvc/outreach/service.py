@@ -21,7 +21,7 @@ from recsvc.outreach.next_best import next_best_outreach
 from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
-from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle
+from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle, read_consents
 from recsvc.redis_client import RedisClient, with_timeout
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
@@ -31,15 +31,20 @@ logger = logging.getLogger(__name__)
 
 
 _REASON_CODES = dict(outreach_pb2.ReasonCode.items())
+DAY_MS = 86_400_000
+# How far ahead at_best_time looks for a good time (the next window opens within a day; waiting
+# out a cap or a fatigue gap may take longer).
+BEST_TIME_HORIZON_MS = 8 * DAY_MS
+MAX_CAMPAIGN_WINDOW_MS = 7 * DAY_MS
 
 
-def decision_message(d: Decision) -> outreach_pb2.OutreachDecision:
+def decision_message(d: Decision, send_at_ms: int = 0) -> outreach_pb2.OutreachDecision:
     msg = outreach_pb2.OutreachDecision()
-    fill_decision(msg, d)
+    fill_decision(msg, d, send_at_ms)
     return msg
 
 
-def fill_decision(msg: outreach_pb2.OutreachDecision, d: Decision) -> None:
+def fill_decision(msg: outreach_pb2.OutreachDecision, d: Decision, send_at_ms: int = 0) -> None:
     """Set ``msg`` (e.g. a field of a batch) in place: PlanCampaign fills 500 per message, and
     building a separate message to copy in cost twice as much."""
     msg.allowed = d.allowed
@@ -52,13 +57,15 @@ def fill_decision(msg: outreach_pb2.OutreachDecision, d: Decision) -> None:
         msg.replayed = True
     if d.next_allowed_ms > 0:
         msg.next_allowed_at.FromMilliseconds(d.next_allowed_ms)
+    if send_at_ms > 0:
+        msg.send_at.FromMilliseconds(send_at_ms)
 
 
 def batch_message(planned: list[PlannedDecision]) -> outreach_pb2.PlanCampaignBatch:
     batch = outreach_pb2.PlanCampaignBatch()
     add = batch.decisions.add
     for p in planned:
-        fill_decision(add(member_id=p.member_id).decision, p.decision)
+        fill_decision(add(member_id=p.member_id).decision, p.decision, p.send_at_ms)
     return batch
 
 
@@ -79,6 +86,11 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         self._chunk = plan_chunk_size
         self._max_plan = max_plan_members
         self._candidates = next_best_candidates
+        # PlanCampaign's audience queries (recsvc.members.audience.AudienceResolver); set by the
+        # composition root when the Members service is built, None = audience queries refused.
+        self.audiences: Any | None = None
+        # Best send times (recsvc.members.schedule.SendScheduler), set with the audiences.
+        self.scheduler: Any | None = None
 
     # ---------------------------------------------------------------- helpers
     def _ask(self, req: Any, idempotency_key: str = "") -> OutreachAsk:
@@ -96,12 +108,41 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
     def CheckOutreach(
         self, request: outreach_pb2.OutreachRequest, context: grpc.ServicerContext
     ) -> outreach_pb2.OutreachDecision:
-        return decision_message(self.throttle.check(self._ask(request)))
+        ask = self._ask(request)
+        if request.at_best_time:
+            return self._at_best_time(ask, reserve=False)
+        return decision_message(self.throttle.check(ask))
 
     def ReserveOutreach(
         self, request: outreach_pb2.ReserveOutreachRequest, context: grpc.ServicerContext
     ) -> outreach_pb2.OutreachDecision:
-        return decision_message(self.throttle.reserve(self._ask(request, request.idempotency_key)))
+        ask = self._ask(request, request.idempotency_key)
+        if request.at_best_time:
+            return self._at_best_time(ask, reserve=True)
+        return decision_message(self.throttle.reserve(ask))
+
+    def _scheduler(self) -> Any:
+        if self.scheduler is None:
+            raise InvalidArgument("best send times need the Members service", reason="NO_SEND_TIMES")
+        return self.scheduler
+
+    def _at_best_time(self, ask: OutreachAsk, *, reserve: bool) -> outreach_pb2.OutreachDecision:
+        """Decide for the member's next good send time: their best window's next opening; when
+        caps or quiet hours refuse it, the next opening after the time they free up (a few tries),
+        so the answer is a time that would be allowed, or the refusal that stands."""
+        scheduler = self._scheduler()
+        now = self.throttle.now_ms()
+        horizon = now + BEST_TIME_HORIZON_MS
+        at = scheduler.times([ask.member_id], now, horizon)[0]
+        decision = self.throttle.check(dataclasses.replace(ask, at_ms=at))
+        for _ in range(3):
+            if decision.allowed or not 0 < decision.next_allowed_ms <= horizon:
+                break
+            at = scheduler.times([ask.member_id], decision.next_allowed_ms, horizon)[0]
+            decision = self.throttle.check(dataclasses.replace(ask, at_ms=at))
+        if reserve:
+            decision = self.throttle.reserve(dataclasses.replace(ask, at_ms=at))
+        return decision_message(decision, at)
 
     def CancelOutreach(
         self, request: outreach_pb2.CancelOutreachRequest, context: grpc.ServicerContext
@@ -158,8 +199,11 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0")
-        if request.member_ids and request.segment:
-            raise InvalidArgument("give member_ids or segment, not both")
+        given = [n for n in ("member_ids", "segment", "audience") if _has(request, n)]
+        if len(given) > 1:
+            raise InvalidArgument(
+                f"give one of member_ids, segment or audience, not both {given[0]} and {given[1]}"
+            )
         members: Iterator[str]
         if request.member_ids:
             if len(request.member_ids) > self._max_plan:
@@ -172,8 +216,16 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         elif request.segment:
             v.check_id(request.segment, "segment", self._max_id)
             members = self._recs.segment_members(request.segment)
+        elif request.HasField("audience"):
+            if self.audiences is None:
+                raise InvalidArgument("audience queries need the Members service", reason="NO_AUDIENCES")
+            # resolved here from the served bundle: the caller never ships the ids
+            members = self.audiences.members(
+                request.audience, lambda ids, ch: read_consents(self.throttle, ids, ch)
+            )
         else:
-            raise InvalidArgument("member_ids or segment is required")
+            raise InvalidArgument("member_ids, segment or audience is required")
+        schedule = self._campaign_window(request)
         for planned in plan_campaign(
             self.throttle,
             members,
@@ -181,8 +233,33 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             reserve=request.reserve,
             chunk_size=self._chunk,
             limit=request.limit,
+            schedule=schedule,
         ):
             yield batch_message(planned)
+
+    def _campaign_window(self, request: outreach_pb2.PlanCampaignRequest) -> Any:
+        """None (decide for now), or each member's best time inside [window_start, window_end]."""
+        has_start, has_end = request.HasField("window_start"), request.HasField("window_end")
+        if not has_start and not has_end:
+            return None
+        if has_start != has_end:
+            raise InvalidArgument(
+                "give both window_start and window_end, or neither", reason="INVALID_WINDOW"
+            )
+        start = v.timestamp_ms(request.window_start, "window_start")
+        end = v.timestamp_ms(request.window_end, "window_end")
+        now = self.throttle.now_ms()
+        if end <= start or end <= now:
+            raise InvalidArgument(
+                "window_end must be after window_start and in the future", reason="INVALID_WINDOW"
+            )
+        if end - start > MAX_CAMPAIGN_WINDOW_MS or start > now + MAX_CAMPAIGN_WINDOW_MS:
+            raise InvalidArgument(
+                "a campaign window is at most 7 days long and starts within 7 days", reason="INVALID_WINDOW"
+            )
+        scheduler = self._scheduler()
+        begin = max(start, now)
+        return lambda ids: scheduler.times(ids, begin, end)
 
     def NextBestOutreach(
         self, request: outreach_pb2.NextBestOutreachRequest, context: grpc.ServicerContext
@@ -201,6 +278,12 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             resp.has_item = True
             resp.item.CopyFrom(found.item)
         return resp
+
+
+def _has(request: outreach_pb2.PlanCampaignRequest, name: str) -> bool:
+    if name == "audience":
+        return request.HasField("audience")
+    return bool(getattr(request, name))
 
 
 def throttle_client(client: RedisClient, timeout_s: float) -> RedisClient:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -75,6 +76,10 @@ class OutreachAsk:
     idempotency_key: str = ""
     item_id: str = ""  # NextBestOutreach: the item this send pushes
     extra: str = ""  # kept with the idempotency record and returned on replay
+    # Decide for this time (epoch ms) instead of now: a send scheduled at the member's best time
+    # (recsvc.members.sendtime). Caps count the windows around it, quiet hours are checked then,
+    # and a reservation is recorded at it. 0 = now.
+    at_ms: int = 0
 
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: a retry must ask the same question. The item and
@@ -208,7 +213,7 @@ class Throttle:
         started = time.perf_counter()
         policy = self.policies.current()
         shared = self._policy_args(policy)
-        now = self.now_ms()
+        now = ask.at_ms or self.now_ms()
         token = os.urandom(8).hex()
         tz = self._zones.get(ask.member_id) or policy.default_timezone
         try:
@@ -245,16 +250,18 @@ class Throttle:
         zones = [self._zones.get(a.member_id) or policy.default_timezone for a in asks]
         # one urandom call for the chunk: the same 8 random bytes per token as secrets.token_hex(8)
         tokens = os.urandom(8 * len(asks)).hex()
-        quiet_by_zone: dict[tuple[str, bool], int] = {}  # one `now` for the chunk: same verdict per zone
+        # one `now` for the chunk (unless an ask is scheduled): same verdict per zone and time
+        quiet_by_zone: dict[tuple[str, bool, int], int] = {}
 
         def calls(indexes: list[int]) -> Iterator[tuple[list[str], list[Any]]]:
             for i in indexes:
                 a, tz = asks[i], zones[i]
-                key = (tz, a.message_class == MARKETING)
+                at = a.at_ms or now
+                key = (tz, a.message_class == MARKETING, at)
                 quiet = quiet_by_zone.get(key)
                 if quiet is None:
-                    quiet = quiet_by_zone[key] = self._quiet_until(a, policy, now, tz)
-                yield self._script_call(a, mode, policy, now, tz, quiet, tokens[16 * i : 16 * i + 16])
+                    quiet = quiet_by_zone[key] = self._quiet_until(a, policy, at, tz)
+                yield self._script_call(a, mode, policy, at, tz, quiet, tokens[16 * i : 16 * i + 16])
 
         pending = list(range(len(asks)))
         for _ in range(2):
@@ -566,6 +573,84 @@ class Throttle:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
         return [_text(x) for x in raw]  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class MemberOutreachState:
+    """What the outreach store holds about a member, read for their profile (Members service):
+    consent per channel (True, False, None = never answered), marketing blocks per channel
+    (epoch ms they end), the ignored-in-a-row streak and the fatigue level it puts them on."""
+
+    suppressed: bool
+    timezone: str | None
+    consent: dict[str, bool | None]
+    blocked_until_ms: dict[str, int]
+    ignored_in_a_row: int
+    fatigue_level: int
+
+
+def _member_state(
+    policy: Policy, suppressed: Any, profile: dict[Any, Any], state: dict[Any, Any], now_ms: int
+) -> MemberOutreachState:
+    fields = {_text(k): _text(v) for k, v in profile.items()}
+    st = {_text(k): _text(v) for k, v in state.items()}
+    consent: dict[str, bool | None] = {}
+    blocked: dict[str, int] = {}
+    for channel in policy.channels:
+        raw = fields.get("c:" + channel)
+        consent[channel] = None if raw is None else raw.startswith("1")
+        until = _stored_int(st.get("b:" + channel, "")[2:])
+        if until > now_ms:
+            blocked[channel] = until
+    streak = _stored_int(st.get("streak", ""))
+    level = sum(1 for lv in policy.fatigue.levels if streak >= lv.after_ignored)
+    return MemberOutreachState(bool(int(suppressed)), fields.get("tz"), consent, blocked, streak, level)
+
+
+def _stored_int(text: str) -> int:
+    """A number from a member's stored state; 0 for anything unreadable (a profile read must not
+    fail on state a decision would clamp or ignore)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return 0
+    return int(value) if math.isfinite(value) else 0
+
+
+def read_member_state(throttle: Throttle, member_id: str) -> MemberOutreachState:
+    """One pipelined read of a member's consent, blocks, streak and suppression mark (the key
+    layout stays the throttle's). ``StoreUnavailable`` when Redis does not answer."""
+    k = throttle.keys(member_id)
+    try:
+        pipe = throttle._redis.pipeline(transaction=False)
+        pipe.exists(k.suppressed)
+        pipe.hgetall(k.profile)
+        pipe.hgetall(k.state)
+        suppressed, profile, state = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+    return _member_state(throttle.policies.current(), suppressed, profile, state, throttle.now_ms())
+
+
+def read_consents(throttle: Throttle, member_ids: Sequence[str], channel: str) -> list[bool]:
+    """Whether each member has granted marketing consent on ``channel`` and is not erased, in one
+    pipelined round trip (audiences filtered by consent). ``StoreUnavailable`` on a Redis error."""
+    field = "c:" + channel
+    try:
+        pipe = throttle._redis.pipeline(transaction=False)
+        for member_id in member_ids:
+            k = throttle.keys(member_id)
+            pipe.exists(k.suppressed)
+            pipe.hget(k.profile, field)
+        replies = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+    return [
+        not int(replies[2 * i])
+        and replies[2 * i + 1] is not None
+        and _text(replies[2 * i + 1]).startswith("1")
+        for i in range(len(member_ids))
+    ]
 
 
 def _refuse_erased(script_reply: Any) -> None:

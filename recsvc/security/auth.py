@@ -54,6 +54,9 @@ METHOD_ROLES: dict[str, str] = {
     "/recsvc.v1.Outreach/PlanCampaign": "outreach",
     "/recsvc.v1.Outreach/NextBestOutreach": "outreach",
     "/recsvc.v1.Outreach/UpdateConsent": "admin",
+    # Profiles hold personal data (interests, habits, consent): their own role (docs/security.md).
+    "/recsvc.v1.Members/GetMemberProfile": "members",
+    "/recsvc.v1.Members/FindMembers": "members",
     "/recsvc.v1.Admin/ForgetMember": "admin",
     "/recsvc.v1.Admin/RestoreMember": "admin",
     "/recsvc.v1.Catalog/UpsertItems": "catalog",

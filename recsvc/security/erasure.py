@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +199,10 @@ class ForgottenMembers:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._ids))  # a snapshot: erasures may arrive while it is read
 
 
 class ErasureListener:

@@ -51,12 +51,20 @@ from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.server.rpc_metrics import RpcMetricsInterceptor
 from recsvc.server.streams import StreamsOnTheLoop
 from recsvc.settings import Settings
-from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from recsvc.v1 import (
+    members_pb2,
+    members_pb2_grpc,
+    outreach_pb2,
+    outreach_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 RECOMMENDER_SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 OUTREACH_SERVICE = outreach_pb2.DESCRIPTOR.services_by_name["Outreach"].full_name
+MEMBERS_SERVICE = members_pb2.DESCRIPTOR.services_by_name["Members"].full_name
 
 
 @dataclass
@@ -67,6 +75,8 @@ class ServerDeps:
     engine: RecommendationEngine
     redis_client: RedisClient | None = None
     outreach_servicer: Any | None = None
+    # ``recsvc.v1.Members`` (member profiles and audiences); registered when set.
+    members_servicer: Any | None = None
     extra_interceptors: Sequence[grpc.ServerInterceptor] = ()
     extra_services: Sequence[Callable[[grpc.aio.Server], str]] = ()
     server_credentials: grpc.ServerCredentials | None = None
@@ -146,11 +156,32 @@ def build_deps(
         deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
     # Live stock, prices, delistings and new items in every list, and the Catalog service.
     add_live_catalog(settings, deps)
+    _add_members(settings, deps, client)
     # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
     security = secure_deps(settings, deps)
     # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.
     engine.forgotten = security.forgotten
     return deps
+
+
+def _add_members(settings: Settings, deps: ServerDeps, client: RedisClient) -> None:
+    """The Members service over the same throttle as Outreach (or its own when outreach is off);
+    its audience resolver also serves PlanCampaign's audience queries."""
+    from recsvc.members.service import build_members_servicer
+    from recsvc.outreach.service import build_throttle
+
+    outreach = deps.outreach_servicer
+    throttle = outreach.throttle if outreach is not None else build_throttle(settings, client)
+    engine = deps.engine
+    # read at call time: the erasure wiring (secure_deps) replaces the engine's set after this
+    deps.members_servicer, audiences = build_members_servicer(
+        settings, deps.models, throttle, deps.realtime, lambda: engine.forgotten
+    )
+    if outreach is not None:
+        from recsvc.members.schedule import SendScheduler
+
+        outreach.audiences = audiences
+        outreach.scheduler = SendScheduler(audiences, throttle.policies.current)
 
 
 def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
@@ -275,6 +306,9 @@ def _add_services(
         outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
         names.append(OUTREACH_SERVICE)
         store_names.append(OUTREACH_SERVICE)
+    if deps.members_servicer is not None:
+        members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
+        names.append(MEMBERS_SERVICE)
     for add in deps.extra_services:
         names.append(add(target))
         model_names.append(names[-1])

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from recsvc.v1 import common_pb2 as _common_pb2
+from recsvc.v1 import members_pb2 as _members_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -119,6 +120,7 @@ class OutreachRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    AT_BEST_TIME_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     """app_push, mini_program_subscribe, wecom, official_account, sms"""
@@ -126,6 +128,10 @@ class OutreachRequest(_message.Message):
     message_class: Global___MessageClass.ValueType
     priority: _builtins.int
     """0..9, higher is more important"""
+    at_best_time: _builtins.bool
+    """Decide for the member's next good send time (their best send window, docs/profiles.md)
+    instead of now; the decision's send_at says when.
+    """
     def __init__(
         self,
         *,
@@ -134,10 +140,11 @@ class OutreachRequest(_message.Message):
         campaign_id: _builtins.str = ...,
         message_class: Global___MessageClass.ValueType = ...,
         priority: _builtins.int = ...,
+        at_best_time: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,6 +160,7 @@ class OutreachDecision(_message.Message):
     NEXT_ALLOWED_AT_FIELD_NUMBER: _builtins.int
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    SEND_AT_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     reason: Global___ReasonCode.ValueType
     detail: _builtins.str
@@ -165,6 +173,12 @@ class OutreachDecision(_message.Message):
     def next_allowed_at(self) -> _timestamp_pb2.Timestamp:
         """set when waiting would help"""
 
+    @_builtins.property
+    def send_at(self) -> _timestamp_pb2.Timestamp:
+        """Set when the request asked for the best time (at_best_time, or a PlanCampaign window): the
+        time the decision is for; send then.
+        """
+
     def __init__(
         self,
         *,
@@ -174,10 +188,11 @@ class OutreachDecision(_message.Message):
         next_allowed_at: _timestamp_pb2.Timestamp | None = ...,
         reservation_id: _builtins.str = ...,
         replayed: _builtins.bool = ...,
+        send_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_allowed_at", b"next_allowed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_allowed_at", b"next_allowed_at", "send_at", b"send_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "next_allowed_at", b"next_allowed_at", "reason", b"reason", "replayed", b"replayed", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "next_allowed_at", b"next_allowed_at", "reason", b"reason", "replayed", b"replayed", "reservation_id", b"reservation_id", "send_at", b"send_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,12 +208,15 @@ class ReserveOutreachRequest(_message.Message):
     MESSAGE_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    AT_BEST_TIME_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
     message_class: Global___MessageClass.ValueType
     priority: _builtins.int
     idempotency_key: _builtins.str
+    at_best_time: _builtins.bool
+    """as in OutreachRequest"""
     def __init__(
         self,
         *,
@@ -208,10 +226,11 @@ class ReserveOutreachRequest(_message.Message):
         message_class: Global___MessageClass.ValueType = ...,
         priority: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        at_best_time: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +380,9 @@ class PlanCampaignRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     RESERVE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
@@ -374,6 +396,21 @@ class PlanCampaignRequest(_message.Message):
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Either explicit members or a segment name from the served bundle (e.g. "at_risk")."""
 
+    @_builtins.property
+    def audience(self) -> _members_pb2.AudienceQuery:
+        """Or an audience of the served bundle by reference (Members/FindMembers' query), resolved
+        on the server; consent is enforced by each member's decision. One of member_ids, segment,
+        audience.
+        """
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Both set: each member is decided for their best send time inside [window_start, window_end]
+        (send_at in the decision), still under caps and quiet hours. At most 7 days long.
+        """
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -385,10 +422,13 @@ class PlanCampaignRequest(_message.Message):
         priority: _builtins.int = ...,
         reserve: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        audience: _members_pb2.AudienceQuery | None = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "campaign_id", b"campaign_id", "channel", b"channel", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Member profiles, audiences and send times over the served bundle and live state (docs/profiles.md)."""
