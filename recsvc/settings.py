@@ -257,6 +257,42 @@ class OutreachSettings(_Section):
     )
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
     next_best_candidates: int = Field(50, ge=1, le=1000)
+    global_control_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="share of members (stable hash) who receive no marketing at all: the baseline "
+        "every campaign is compared with (reason HOLDOUT); 0 = none (docs/outreach.md)",
+    )
+
+
+class EventLogSettings(_Section):
+    """The durable log of events, impressions and outreach decisions, attribution and the sink
+    that writes the log to Parquet (docs/experiments.md, docs/operations.md)."""
+
+    enabled: bool = Field(True, description="record impressions, events and decisions in the log")
+    shards: int = Field(
+        4, ge=1, le=64, description="Redis streams the log is spread over (one hash tag each)"
+    )
+    log_dir: Path = Field(
+        Path("var/eventlog"),
+        description="where `recsvc events sink` writes Parquet and `recsvc train` reads it",
+    )
+    attribution_window_s: int = Field(
+        7 * 86400,
+        ge=60,
+        le=90 * 86400,
+        description="a click or purchase this long after an impression of the item is attributed to it",
+    )
+    recent_impressions_max: int = Field(
+        50, ge=1, le=1000, description="impressions kept per member for attribution"
+    )
+    buffer_size: int = Field(
+        20_000, ge=10, description="impressions waiting in memory per process; more are dropped (counted)"
+    )
+    flush_interval_ms: int = Field(100, ge=5, le=10_000, description="impressions are written this often")
+    sink_batch: int = Field(5000, ge=1, le=100_000, description="entries per stream read by the sink")
+    sink_block_ms: int = Field(1000, ge=0, le=60_000, description="the sink waits this long for new entries")
 
 
 class CallerKey(_Section):
@@ -303,6 +339,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     outreach: OutreachSettings = OutreachSettings()
     security: SecuritySettings = SecuritySettings()
+    events: EventLogSettings = EventLogSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc.active_members import ActiveMembers
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
+from recsvc.eventlog.log import EventLog, EventLogMetrics
 from recsvc.metrics import ProcessSampler, ServingMetrics
 from recsvc.model_source import ModelRegistry, ModelResolver, ReloadBroadcast
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
@@ -67,6 +68,8 @@ class ServerDeps:
     reload_broadcast: ReloadBroadcast | None = None
     # Called by ``shutdown`` after the server stopped (e.g. to stop listener threads).
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # Impressions, events and outreach decisions to the durable log; None = not recorded.
+    event_log: EventLog | None = None
     # Set by build_server: the port actually bound (useful with port 0).
     bound_port: int = 0
     health: health.HealthServicer | None = field(default=None, repr=False)
@@ -127,6 +130,9 @@ def build_deps(
     if active is not None:
         deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
+    if settings.events.enabled:
+        deps.event_log = EventLog(client, settings, EventLogMetrics(metrics.registry)).start()
+        deps.on_close.append(deps.event_log.close)  # flushes what is buffered
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()
     deps.on_close.append(deps.reload_broadcast.stop)
@@ -191,7 +197,13 @@ def _add_services(
     target: Any = registrar  # stands in for the server while services are added
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(
-            settings, deps.engine, deps.models, deps.realtime, deps.metrics, deps.reload_broadcast
+            settings,
+            deps.engine,
+            deps.models,
+            deps.realtime,
+            deps.metrics,
+            deps.reload_broadcast,
+            deps.event_log,
         ),
         target,
     )

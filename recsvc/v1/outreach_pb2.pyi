@@ -63,6 +63,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     NOTHING_TO_RECOMMEND: _ReasonCode.ValueType  # 14
     SUPPRESSED: _ReasonCode.ValueType  # 15
     """member erased or globally suppressed"""
+    HOLDOUT: _ReasonCode.ValueType  # 16
+    """in the global control group or the campaign's holdout: measured, not messaged"""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper): ...
 
@@ -83,6 +85,8 @@ CAP_TRANSACTIONAL: ReasonCode.ValueType  # 13
 NOTHING_TO_RECOMMEND: ReasonCode.ValueType  # 14
 SUPPRESSED: ReasonCode.ValueType  # 15
 """member erased or globally suppressed"""
+HOLDOUT: ReasonCode.ValueType  # 16
+"""in the global control group or the campaign's holdout: measured, not messaged"""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _Feedback:
@@ -119,6 +123,7 @@ class OutreachRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     """app_push, mini_program_subscribe, wecom, official_account, sms"""
@@ -126,6 +131,10 @@ class OutreachRequest(_message.Message):
     message_class: Global___MessageClass.ValueType
     priority: _builtins.int
     """0..9, higher is more important"""
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -134,10 +143,11 @@ class OutreachRequest(_message.Message):
         campaign_id: _builtins.str = ...,
         message_class: Global___MessageClass.ValueType = ...,
         priority: _builtins.int = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,12 +203,17 @@ class ReserveOutreachRequest(_message.Message):
     MESSAGE_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
     message_class: Global___MessageClass.ValueType
     priority: _builtins.int
     idempotency_key: _builtins.str
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -208,10 +223,11 @@ class ReserveOutreachRequest(_message.Message):
         message_class: Global___MessageClass.ValueType = ...,
         priority: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +377,7 @@ class PlanCampaignRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     RESERVE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
@@ -370,6 +387,10 @@ class PlanCampaignRequest(_message.Message):
     """False: dry run (CheckOutreach per member). True: reserve for each allowed member."""
     limit: _builtins.int
     """0 = no limit"""
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     @_builtins.property
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Either explicit members or a segment name from the served bundle (e.g. "at_risk")."""
@@ -385,10 +406,11 @@ class PlanCampaignRequest(_message.Message):
         priority: _builtins.int = ...,
         reserve: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,12 +473,17 @@ class NextBestOutreachRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
     kind: _common_pb2.ItemKind.ValueType
     """PRODUCT (default) or CONTENT"""
     idempotency_key: _builtins.str
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -465,10 +492,11 @@ class NextBestOutreachRequest(_message.Message):
         campaign_id: _builtins.str = ...,
         kind: _common_pb2.ItemKind.ValueType = ...,
         idempotency_key: _builtins.str = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "idempotency_key", b"idempotency_key", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
