@@ -187,6 +187,21 @@ class EventLog:
             pass
         if not batch:
             return 0
+        return self._write(batch)
+
+    def write_now(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """Write records (kind, member id, record) in one round trip now, not through the buffer:
+        outreach decisions, whose caller already waits for Redis and which must not be dropped
+        for a full buffer when a campaign of 100,000 members is planned."""
+        now = self._clock()
+        for kind, _member, record in batch:
+            record.setdefault("ts", now)
+            if kind == "impression":
+                record.setdefault("variant", "")
+                record.setdefault("model_version", "")
+        return self._write(batch) if batch else 0
+
+    def _write(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
         if not self._breaker.allow():
             self._dropped(batch, "redis_down")
             return len(batch)

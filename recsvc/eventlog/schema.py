@@ -54,6 +54,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("reason", pa.string()),
             ("reservation_id", pa.string()),
             ("mode", pa.string()),
+            ("would_allow", pa.bool_()),
             ("log_id", pa.string()),
         ]
     ),

@@ -139,7 +139,9 @@ def build_deps(
     if with_outreach and importlib.util.find_spec("recsvc.outreach.service") is not None:
         from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
 
-        deps.outreach_servicer = build_outreach_servicer(settings, client, deps.port)
+        deps.outreach_servicer = build_outreach_servicer(
+            settings, client, deps.port, event_log=deps.event_log
+        )
         # Probes Redis for the throttle's breaker, which readiness follows (recsvc.server.readiness).
         deps.outreach_servicer.throttle.start_watch()
         deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
