@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, data, demo, events, keys, load, mlflow_ui, outreach, query, serve, train
+from recsvc.cli import audit, data, demo, events, keys, load, mlflow_ui, outreach, query, report, serve, train
 from recsvc.cli.common import AppState
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
 app.add_typer(events.app, name="events")
+app.add_typer(report.app, name="report")
 
 
 def main() -> None:

@@ -51,3 +51,54 @@ def sink(
         + ", ".join(f"{k} {n}" for k, n in stats.written.items())
         + f"; files {stats.files}; already on disk {stats.replayed}"
     )
+
+
+@app.command("simulate")
+@friendly_errors
+def simulate(
+    ctx: typer.Context,
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="The sample data folder (its truth/effects.json).", file_okay=False
+    ),
+    members: int = typer.Option(
+        2000, "--members", min=10, help="Members served (from the folder's members)."
+    ),
+    campaign_members: int = typer.Option(
+        3000, "--campaign-members", min=0, help="Audience of the planted campaign."
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="host:port (default: serving.host:serving.port)."
+    ),
+    seed: int = typer.Option(1, "--seed"),
+) -> None:
+    """Play served traffic with the effects the generator planted (variant b converts better; the
+    campaign lifts purchases of the members it reaches), through the public API."""
+    import grpc
+    import pandas as pd
+
+    from pipelines.generate.effects import PlantedEffects
+    from recsvc.experiments.simulate import play
+
+    settings = state(ctx).settings()
+    addr = target or f"{settings.serving.host}:{settings.serving.port}"
+    effects = PlantedEffects.read(data)
+    member_ids = pd.read_parquet(next(iter(sorted(data.glob("members.*")))), columns=["member_id"])[
+        "member_id"
+    ]
+    catalog = pd.read_parquet(next(iter(sorted(data.glob("catalog.*")))), columns=["item_id", "kind"])
+    products = catalog.loc[catalog["kind"] == "product", "item_id"].astype(str).tolist()
+    ids = member_ids.astype(str).sample(frac=1.0, random_state=seed).tolist()
+    with grpc.insecure_channel(addr) as channel:
+        traffic = play(
+            channel,
+            ids[:members],
+            effects,
+            seed=seed,
+            campaign_members=ids[members : members + campaign_members],
+            products=products,
+        )
+    console.print(
+        f"served {traffic.lists} lists ({dict(traffic.by_variant)}), {traffic.clicks} clicks, "
+        f"{traffic.purchases} purchases; campaign {effects.campaign}: {dict(traffic.decisions)}, "
+        f"{traffic.campaign_purchases} purchases in the window"
+    )
