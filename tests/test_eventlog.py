@@ -290,3 +290,21 @@ def test_kill_the_sink_process_mid_write_and_restart_every_event_exactly_once(
     assert events["item_id"].is_unique
     assert not list(log_dir.glob("kind=event/date=*/.tmp-*"))
     assert json.loads(json.dumps(sorted(events["event_type"].unique()))) == ["view"]
+
+
+def test_a_click_before_the_list_is_written_is_attributed_from_the_buffer(redis_url: str) -> None:
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    elog = EventLog(redis.Redis.from_url(redis_url), settings, EventLogMetrics(CollectorRegistry()))
+    elog.impression(
+        "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    elog.impression(
+        "r2", "M2", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    assert elog.attribute("M1", "P1", time.time()) == "r1"  # not in Redis yet: this process's buffer
+    assert elog.attribute("M1", "P9", time.time()) == ""
+    elog.flush()
+    assert elog.attribute("M2", "P1", time.time()) == "r2"  # written: from Redis
+    assert (
+        elog.attribute("M2", "P1", time.time() + settings.events.attribution_window_s + 5) == ""
+    )  # too late

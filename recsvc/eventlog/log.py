@@ -288,6 +288,14 @@ class EventLog:
                     return str(d["r"])
             except (ValueError, KeyError, TypeError):
                 continue
+        return self._buffered_match(member_id, item_id)
+
+    def _buffered_match(self, member_id: str, item_id: str) -> str:
+        """A list this process served but has not written yet (an answer within
+        ``flush_interval_ms``); lists another process served show once written."""
+        for kind, member, record in reversed(list(self._buffer)):  # list(): a snapshot
+            if kind == "impression" and member == member_id and item_id in record["items"]:
+                return str(record["id"])
         return ""
 
     @property

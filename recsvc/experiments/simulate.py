@@ -44,7 +44,8 @@ def play(
     rng = random.Random(seed)
     recs = recommender_pb2_grpc.RecommenderStub(channel)
     out = Traffic()
-    for member in members:
+    served = []
+    for member in members:  # first every member is served; they respond later, as people do
         resp = recs.RecommendProducts(
             recommender_pb2.RecommendProductsRequest(
                 member_id=member, k=10, channel="app", scene="home_feed"
@@ -53,6 +54,8 @@ def play(
         )
         out.lists += 1
         out.by_variant[resp.variant] += 1
+        served.append((member, resp))
+    for member, resp in served:
         if not resp.items:
             continue
         item = resp.items[0].item_id
