@@ -293,6 +293,13 @@ class EventLogSettings(_Section):
     flush_interval_ms: int = Field(100, ge=5, le=10_000, description="impressions are written this often")
     sink_batch: int = Field(5000, ge=1, le=100_000, description="entries per stream read by the sink")
     sink_block_ms: int = Field(1000, ge=0, le=60_000, description="the sink waits this long for new entries")
+    sink_flush_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a stream's records wait at most this long for a full batch before they are "
+        "written (fewer, larger files under low traffic)",
+    )
 
 
 class CallerKey(_Section):

@@ -308,3 +308,31 @@ def test_a_click_before_the_list_is_written_is_attributed_from_the_buffer(redis_
     assert (
         elog.attribute("M2", "P1", time.time() + settings.events.attribution_window_s + 5) == ""
     )  # too late
+
+
+def test_under_low_traffic_records_wait_for_a_batch_then_go_to_disk_unacknowledged_until_then(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        overrides={
+            "redis": {"url": redis_url},
+            "events": {
+                "log_dir": str(tmp_path / "log"),
+                "sink_batch": 100,
+                "sink_flush_s": 3600,
+                "shards": 1,
+            },
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    _fill(client, settings, 30)
+    sink = Sink(client, settings)
+    sink.prepare()
+    assert sink.step() == 0  # nothing was left pending by an earlier run
+    assert sink.step() == 30  # the new records, read
+    sink.write_held()
+    assert read_log(tmp_path / "log", "event") is None  # 30 < 100, and nobody waited an hour
+    assert client.xlen(stream_key("recsvc", 0, "event")) == 30  # still in Redis: a crash loses nothing
+    sink.write_held(force=True)  # what stopping (or --once) does
+    assert len(read_log(tmp_path / "log", "event")) == 30
+    assert client.xlen(stream_key("recsvc", 0, "event")) == 0

@@ -8,8 +8,10 @@ files cover consecutive, non-overlapping id ranges in id order. Ids appear in fi
 
 Exactly once, whatever moment the sink dies at:
 
-1. a batch is written to a temporary file, fsynced and renamed into place (a reader never sees
-   half a file; a crash leaves at most a ``.tmp`` file, removed at the next start);
+1. a batch (``events.sink_batch`` records of one stream, or fewer once the first of them waited
+   ``events.sink_flush_s``) is written to a temporary file, fsynced and renamed into place (a
+   reader never sees half a file; a crash leaves at most a ``.tmp`` file, removed at the next
+   start);
 2. only then are its entries acknowledged and deleted from the stream, in one single-slot script
    (XACK + XDEL), so Redis keeps only what is not on disk yet;
 3. at start the sink reads, per stream, the highest id already on disk (the file names) and the
@@ -140,6 +142,7 @@ class Sink:
         self._dir = Path(e.log_dir)
         self._batch = e.sink_batch
         self._block_ms = e.sink_block_ms
+        self._flush_s = e.sink_flush_s
         self._consumer = consumer
         self._claim_idle = claim_idle_ms
         self.metrics = metrics or SinkMetrics()
@@ -148,6 +151,9 @@ class Sink:
         self._before_ack = before_ack  # tests: a hook between "on disk" and "acknowledged"
         self._done: dict[tuple[str, int], StreamId] = {}
         self._pending: set[int] = set()
+        # New records read but not yet written, per stream: written once sink_batch of them wait
+        # or the first waited sink_flush_s (unacknowledged meanwhile, so a crash re-reads them).
+        self._held: dict[str, tuple[str, int, float, list[Any]]] = {}
         self._stop = threading.Event()
         self._lag_at = 0.0
 
@@ -189,13 +195,25 @@ class Sink:
         while not self._stop.is_set():
             reading_pending = bool(self._pending)  # entries left pending first, then new ones
             n = self.step()
-            self._update_lag()
             if n == 0 and not reading_pending:
+                self.write_held(force=once)
+                self._update_lag()
                 if once:
                     break
                 self._stop.wait(min(self._block_ms / 1000, 0.25))
+            else:
+                self.write_held()
+                self._update_lag()
+        self.write_held(force=True)  # stopping: what was read goes to disk before exit
         self._update_lag(force=True)
         return self.stats
+
+    def write_held(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, (kind, shard, since, entries) in list(self._held.items()):
+            if force or len(entries) >= self._batch or now - since >= self._flush_s:
+                del self._held[key]
+                self._write(kind, shard, key, entries)
 
     def step(self) -> int:
         """One read of every shard; the number of entries handled."""
@@ -210,9 +228,14 @@ class Sink:
             for raw_key, entries in reply or []:
                 key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
                 kind = key.rsplit(":", 1)[1]
-                if entries:
-                    got += len(entries)
-                    self._write(kind, shard, key, entries)
+                if not entries:
+                    continue
+                got += len(entries)
+                if pending:
+                    self._write(kind, shard, key, entries)  # re-read at start: "0" returns them until acked
+                else:
+                    held = self._held.setdefault(key, (kind, shard, time.monotonic(), []))
+                    held[3].extend(entries)
             if pending and got == 0:
                 self._pending.discard(shard)  # every entry left pending at start is handled
             handled += got
