@@ -336,3 +336,26 @@ def test_under_low_traffic_records_wait_for_a_batch_then_go_to_disk_unacknowledg
     sink.write_held(force=True)  # what stopping (or --once) does
     assert len(read_log(tmp_path / "log", "event")) == 30
     assert client.xlen(stream_key("recsvc", 0, "event")) == 0
+
+
+def test_an_event_outside_the_named_lists_window_is_stored_but_not_attributed(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    srv, _ = logged
+    member = planted.warm_members(2)[0]
+    resp = srv.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3))
+    before = Timestamp()
+    before.FromSeconds(int(time.time()) - 3600)  # an hour before the list was served
+    ev = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(
+            member_id=member,
+            item_id=resp.items[0].item_id,
+            event_type="purchase",
+            amount=3,
+            ts=before,
+            recommendation_id=resp.recommendation_id,
+        )
+    )
+    assert ev.stored and ev.recommendation_id == ""
