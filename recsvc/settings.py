@@ -389,6 +389,14 @@ class OutreachSettings(_Section):
     )
     max_plan_members: int = Field(100_000, ge=1, description="explicit member ids per PlanCampaign call")
     next_best_candidates: int = Field(50, ge=1, le=1000)
+    global_control_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="share of members (stable hash) who receive no marketing at all: the baseline "
+        "every campaign is compared with (reason HOLDOUT); 0 = none (docs/outreach.md)",
+    )
+
     # Redis replicates asynchronously: a reservation a primary acknowledged and then lost in a
     # failover (before its replica copied it) frees its slot again. With wait_replicas > 0 each
     # batch of reservations is followed by WAIT: a reservation not confirmed by that many replicas
@@ -425,6 +433,42 @@ class CatalogSettings(_Section):
 
 # The API-key roles; recsvc.security.auth maps every method to one of them.
 Role = Literal["recommend", "events", "outreach", "admin", "catalog", "members"]
+
+
+class EventLogSettings(_Section):
+    """The durable log of events, impressions and outreach decisions, attribution and the sink
+    that writes the log to Parquet (docs/experiments.md, docs/operations.md)."""
+
+    enabled: bool = Field(True, description="record impressions, events and decisions in the log")
+    shards: int = Field(
+        4, ge=1, le=64, description="Redis streams the log is spread over (one hash tag each)"
+    )
+    log_dir: Path = Field(
+        Path("var/eventlog"),
+        description="where `recsvc events sink` writes Parquet and `recsvc train` reads it",
+    )
+    attribution_window_s: int = Field(
+        7 * 86400,
+        ge=60,
+        le=90 * 86400,
+        description="a click or purchase this long after an impression of the item is attributed to it",
+    )
+    recent_impressions_max: int = Field(
+        50, ge=1, le=1000, description="impressions kept per member for attribution"
+    )
+    buffer_size: int = Field(
+        20_000, ge=10, description="impressions waiting in memory per process; more are dropped (counted)"
+    )
+    flush_interval_ms: int = Field(100, ge=5, le=10_000, description="impressions are written this often")
+    sink_batch: int = Field(5000, ge=1, le=100_000, description="entries per stream read by the sink")
+    sink_block_ms: int = Field(1000, ge=0, le=60_000, description="the sink waits this long for new entries")
+    sink_flush_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a stream's records wait at most this long for a full batch before they are "
+        "written (fewer, larger files under low traffic)",
+    )
 
 
 class CallerKey(_Section):
@@ -472,6 +516,7 @@ class Settings(BaseSettings):
     outreach: OutreachSettings = OutreachSettings()
     security: SecuritySettings = SecuritySettings()
     catalog: CatalogSettings = CatalogSettings()
+    events: EventLogSettings = EventLogSettings()
 
     @classmethod
     def settings_customise_sources(

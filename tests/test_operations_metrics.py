@@ -222,9 +222,14 @@ def test_the_documented_metrics_exist() -> None:
     from prometheus_client import generate_latest
 
     import recsvc.outreach.metrics  # noqa: F401  (registers the outreach metrics)
+    from recsvc.eventlog.log import EventLogMetrics
+    from recsvc.eventlog.sink import SinkMetrics
     from recsvc.metrics import ServingMetrics, served_registry
 
-    text = generate_latest(served_registry(ServingMetrics().registry)).decode()
+    registry = ServingMetrics().registry
+    EventLogMetrics(registry)  # what build_deps adds to a server's registry
+    text = generate_latest(served_registry(registry)).decode()
+    text += generate_latest(SinkMetrics().registry).decode()  # the sink's own endpoint
     defined = set(re.findall(r"^# TYPE (recsvc_[a-z0-9_]+) ", text, re.MULTILINE))
     defined |= {n + "_total" for n in defined}
     missing = documented_metrics() - defined

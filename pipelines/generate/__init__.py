@@ -23,6 +23,7 @@ import numpy as np
 
 from pipelines.generate.catalog import build_catalog
 from pipelines.generate.corrupt import corrupt_events
+from pipelines.generate.effects import PlantedEffects
 from pipelines.generate.events import build_events
 from pipelines.generate.members import build_members
 from pipelines.generate.params import GeneratorParams
@@ -105,6 +106,7 @@ def generate(params: GeneratorParams, out_dir: Path, fmt: Format = "parquet") ->
     truth_dir.mkdir(exist_ok=True)
     for name, truth in truth_tables(catalog, members).items():
         files.append(write_table(truth, truth_dir, name, "parquet"))
+    files.append(PlantedEffects().write(truth_dir))  # what the experiment reports should find
     report = GenerationReport(
         out_dir=out_dir,
         params=params,

@@ -8,7 +8,21 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli import audit, catalog, data, demo, keys, members, mlflow_ui, outreach, query, serve, train
+from recsvc.cli import (
+    audit,
+    catalog,
+    data,
+    demo,
+    events,
+    keys,
+    members,
+    mlflow_ui,
+    outreach,
+    query,
+    report,
+    serve,
+    train,
+)
 from recsvc.cli.common import AppState
 from recsvc.settings import project_home
 
@@ -70,6 +84,8 @@ app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
 app.add_typer(catalog.app, name="catalog")
+app.add_typer(events.app, name="events")
+app.add_typer(report.app, name="report")
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """`recsvc demo`: the README's run command. Generates sample data, validates it, trains and
 registers a model in MLflow, starts Redis and a multi-process server, and makes real gRPC calls,
-saying what it did at each step. Every step is the same CLI a user would type."""
+saying what it did at each step; then plays served traffic with the effects the sample data
+planted, writes the event log to Parquet and ends with an A/B report and a campaign report.
+Every step is the same CLI a user would type."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -87,6 +90,13 @@ def demo(
             "RECSVC_SERVING__PORT": str(port),
             "RECSVC_SERVING__WORKERS": str(workers),
             "RECSVC_SERVING__POLL_INTERVAL_S": "5",
+            # Two A/B variants on the same model: the sample data plants how their members respond
+            # differently (pipelines/generate/effects.py), and the A/B report should find it.
+            "RECSVC_SERVING__VARIANTS": json.dumps(
+                [{"name": v, "alias": "champion", "share": 0.5} for v in ("a", "b")]
+            ),
+            "RECSVC_EVENTS__LOG_DIR": str(workdir / "eventlog"),
+            "RECSVC_OUTREACH__POLICY_FILE": str(_demo_policy(workdir)),
         }
     )
     (workdir / "mlflow").mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,7 @@ def demo(
                 "16. an audience: at-risk members still likely to buy, with WeCom consent",
             )
             _live_catalog_steps(rc, env, member, workdir)
+            _effects(rc, env, workdir, data_dir)
             if keep_serving:
                 out.print(f"server left running on 127.0.0.1:{port}; Ctrl-C to stop")
                 server.wait()
@@ -235,6 +246,63 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
     )
     if "NEW-DEMO-1" not in listed:
         raise DemoStepFailed("the new product is not recommended to the member")
+
+
+def _demo_policy(workdir: Path) -> Path:
+    """The shipped outreach policy without quiet hours, so the demo's campaign reaches members at
+    whatever hour the demo runs (with them, a run in the member's evening reaches nobody)."""
+    from recsvc.outreach.policy import DEFAULT_POLICY_FILE
+
+    text = Path(DEFAULT_POLICY_FILE).read_text(encoding="utf-8")
+    path = workdir / "demo-policy.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        text.replace('start = "21:00"\nend = "09:00"', 'start = "00:00"\nend = "00:00"'), encoding="utf-8"
+    )
+    return path
+
+
+def _effects(rc: list[str], env: dict[str, str], workdir: Path, data_dir: Path) -> None:
+    """Served traffic with the planted effects -> the event log -> Parquet -> both reports."""
+    from pipelines.generate.effects import PlantedEffects
+
+    effects = PlantedEffects.read(data_dir)
+    out.print(Rule("[bold]15. start the event-log sink (Redis streams -> Parquet)"))
+    out.print(f"[dim]$ recsvc events sink[/]  (writes {workdir / 'eventlog'})")
+    sink = subprocess.Popen([*rc, "events", "sink"], env=env)
+    try:
+        _run(
+            [
+                *rc,
+                "events",
+                "simulate",
+                "--data",
+                str(data_dir),
+                "--members",
+                "2000",
+                "--campaign-members",
+                "3000",
+            ],
+            env,
+            f"22. served traffic: members respond (variant b planted +{effects.ab_margin:.0%} conversion), "
+            f"campaign {effects.campaign} with a {effects.holdout_share:.0%} holdout",
+        )
+        time.sleep(1.0)  # the servers write their buffered impressions every 100 ms
+    finally:
+        sink.terminate()
+        sink.wait(timeout=30)
+    _run([*rc, "events", "sink", "--once"], env, "23. the sink writes what is left and stops")
+    reports = workdir / "reports"
+    _run(
+        [*rc, "report", "ab", "--html", str(reports / "ab.html")],
+        env,
+        "24. A/B report: which variant converts better, and is it significant?",
+    )
+    _run(
+        [*rc, "report", "campaign", effects.campaign, "--html", str(reports / "campaign.html")],
+        env,
+        f"25. campaign report: did {effects.campaign} raise purchases against its holdout?",
+    )
 
 
 def _first_item(json_text: str) -> str:

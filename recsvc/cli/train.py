@@ -97,6 +97,14 @@ def train(
         help="With --tune: save the chosen hyper-parameters here, for --params (or --config) next time.",
         dir_okay=False,
     ),
+    event_log: Path | None = typer.Option(
+        None,
+        "--event-log",
+        help="Also learn from the events the service logged: the kind=event partitions `recsvc "
+        "events sink` wrote here (default: events.log_dir; skipped when it holds none).",
+        file_okay=False,
+    ),
+    no_event_log: bool = typer.Option(False, "--no-event-log", help="Train on the data folder only."),
 ) -> None:
     """Train the recommender from purchase and browse history.
 
@@ -144,6 +152,14 @@ def train(
     from training.pipeline import TrainOptions, run
     from training.summary import summary_tables
 
+    dataset = None
+    if not no_event_log:
+        from recsvc.eventlog.feed import load_with_event_log, log_event_files
+
+        log_dir = event_log or settings.events.log_dir
+        if log_event_files(log_dir):
+            console.print(f"reading the service's events from {log_dir} (kind=event) beside the data folder")
+            dataset = load_with_event_log(data or settings.data.data_dir, log_dir, settings.data)
     options = TrainOptions(
         data_dir=data or settings.data.data_dir,
         tune=tune,
@@ -166,7 +182,7 @@ def train(
         console=console,
         transient=False,
     ) as progress:
-        report = run(settings, options, progress=progress)
+        report = run(settings, options, dataset=dataset, progress=progress)  # type: ignore[arg-type]
     for table in summary_tables(report):
         console.print(table)
     if options.params_out is not None:

@@ -17,6 +17,7 @@ import grpc
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import validation as v
+from recsvc.outreach.holdout import HOLDOUT, Holdouts, HoldoutThrottle, check_holdout_share
 from recsvc.outreach.next_best import next_best_outreach
 from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key
 from recsvc.outreach.policy import PolicyStore
@@ -79,6 +80,8 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         plan_chunk_size: int = 500,
         max_plan_members: int = 100_000,
         next_best_candidates: int = 50,
+        global_control_share: float = 0.0,
+        event_log: Any | None = None,
     ) -> None:
         self.throttle = throttle
         self._recs = recommendations
@@ -91,6 +94,60 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         self.audiences: Any | None = None
         # Best send times (recsvc.members.schedule.SendScheduler), set with the audiences.
         self.scheduler: Any | None = None
+        self._global_share = global_control_share
+        # recsvc.eventlog.log.EventLog: reserving decisions and sends go to the durable log
+        self._log = event_log
+
+    def _decider(self, campaign_id: str, holdout_share: float) -> Any:
+        """The throttle, behind the holdouts when there are any (recsvc.outreach.holdout)."""
+        share = check_holdout_share(holdout_share, campaign_id)
+        if not share and not self._global_share:
+            return self.throttle
+        return HoldoutThrottle(self.throttle, Holdouts(self._global_share, share))
+
+    def _record(
+        self, asks: list[OutreachAsk], decisions: list[Decision], items: list[str] | None = None
+    ) -> None:
+        """Log reserving decisions (not replays: the first one is logged) and, for each send, an
+        impression of its campaign (the reservation id names it)."""
+        if self._log is None:
+            return
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for ask, d in zip(asks, decisions, strict=True):
+            if d.replayed:
+                continue
+            held = d.reason == HOLDOUT
+            out.append(
+                (
+                    "decision",
+                    ask.member_id,
+                    {
+                        "campaign": ask.campaign_id,
+                        "channel": ask.channel,
+                        "allowed": d.allowed,
+                        "reason": d.reason,
+                        "reservation_id": d.reservation_id,
+                        "mode": "reserve",
+                        "would_allow": (d.extra == "would_allow") if held else d.allowed,
+                    },
+                )
+            )
+            if d.allowed and d.reservation_id:
+                out.append(
+                    (
+                        "impression",
+                        ask.member_id,
+                        {
+                            "id": d.reservation_id,
+                            "scene": "outreach",
+                            "channel": ask.channel,
+                            "items": items or [],
+                            "source": "outreach",
+                            "campaign": ask.campaign_id,
+                        },
+                    )
+                )
+        self._log.write_now(out)
 
     # ---------------------------------------------------------------- helpers
     def _ask(self, req: Any, idempotency_key: str = "") -> OutreachAsk:
@@ -110,38 +167,45 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
     ) -> outreach_pb2.OutreachDecision:
         ask = self._ask(request)
         if request.at_best_time:
-            return self._at_best_time(ask, reserve=False)
-        return decision_message(self.throttle.check(ask))
+            return self._at_best_time(ask, reserve=False, holdout_share=request.holdout_share)
+        return decision_message(self._decider(ask.campaign_id, request.holdout_share).check(ask))
 
     def ReserveOutreach(
         self, request: outreach_pb2.ReserveOutreachRequest, context: grpc.ServicerContext
     ) -> outreach_pb2.OutreachDecision:
         ask = self._ask(request, request.idempotency_key)
         if request.at_best_time:
-            return self._at_best_time(ask, reserve=True)
-        return decision_message(self.throttle.reserve(ask))
+            return self._at_best_time(ask, reserve=True, holdout_share=request.holdout_share)
+        decision = self._decider(ask.campaign_id, request.holdout_share).reserve(ask)
+        self._record([ask], [decision])
+        return decision_message(decision)
 
     def _scheduler(self) -> Any:
         if self.scheduler is None:
             raise InvalidArgument("best send times need the Members service", reason="NO_SEND_TIMES")
         return self.scheduler
 
-    def _at_best_time(self, ask: OutreachAsk, *, reserve: bool) -> outreach_pb2.OutreachDecision:
+    def _at_best_time(
+        self, ask: OutreachAsk, *, reserve: bool, holdout_share: float = 0.0
+    ) -> outreach_pb2.OutreachDecision:
         """Decide for the member's next good send time: their best window's next opening; when
         caps or quiet hours refuse it, the next opening after the time they free up (a few tries),
         so the answer is a time that would be allowed, or the refusal that stands."""
         scheduler = self._scheduler()
+        decider = self._decider(ask.campaign_id, holdout_share)
         now = self.throttle.now_ms()
         horizon = now + BEST_TIME_HORIZON_MS
         at = scheduler.times([ask.member_id], now, horizon)[0]
-        decision = self.throttle.check(dataclasses.replace(ask, at_ms=at))
+        decision = decider.check(dataclasses.replace(ask, at_ms=at))
         for _ in range(3):
             if decision.allowed or not 0 < decision.next_allowed_ms <= horizon:
                 break
             at = scheduler.times([ask.member_id], decision.next_allowed_ms, horizon)[0]
-            decision = self.throttle.check(dataclasses.replace(ask, at_ms=at))
+            decision = decider.check(dataclasses.replace(ask, at_ms=at))
         if reserve:
-            decision = self.throttle.reserve(dataclasses.replace(ask, at_ms=at))
+            timed = dataclasses.replace(ask, at_ms=at)
+            decision = decider.reserve(timed)
+            self._record([timed], [decision])
         return decision_message(decision, at)
 
     def CancelOutreach(
@@ -197,6 +261,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             # (replayed), not DUPLICATE_CAMPAIGN for members it never heard about. '|' cannot
             # appear in a caller's own idempotency keys, so the two never collide.
             template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
+        decider = self._decider(campaign, request.holdout_share)
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0")
         given = [n for n in ("member_ids", "segment", "audience") if _has(request, n)]
@@ -227,7 +292,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             raise InvalidArgument("member_ids, segment or audience is required")
         schedule = self._campaign_window(request)
         for planned in plan_campaign(
-            self.throttle,
+            decider,
             members,
             template,
             reserve=request.reserve,
@@ -235,6 +300,11 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             limit=request.limit,
             schedule=schedule,
         ):
+            if request.reserve:
+                self._record(
+                    [dataclasses.replace(template, member_id=p.member_id) for p in planned],
+                    [p.decision for p in planned],
+                )
             yield batch_message(planned)
 
     def _campaign_window(self, request: outreach_pb2.PlanCampaignRequest) -> Any:
@@ -272,7 +342,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             idempotency_key=v.check_idempotency_key(request.idempotency_key),
         )
         kind = v.item_kind(request.kind)
-        found = next_best_outreach(self.throttle, self._recs, ask, kind, self._candidates)
+        decider = self._decider(ask.campaign_id, request.holdout_share)
+        found = next_best_outreach(decider, self._recs, ask, kind, self._candidates)
+        self._record([ask], [found.decision], [found.item.item_id] if found.item is not None else None)
         resp = outreach_pb2.NextBestOutreachResponse(decision=decision_message(found.decision))
         if found.item is not None:
             resp.has_item = True
@@ -320,6 +392,7 @@ def build_outreach_servicer(
     redis_client: RedisClient,
     recommendations: RecommendationPort,
     clock: Clock | None = None,
+    event_log: Any | None = None,
 ) -> OutreachServicer:
     """Register with ``recsvc.v1.outreach_pb2_grpc.add_OutreachServicer_to_server``.
     Raises ConfigError when the policy file is bad at start-up."""
@@ -331,4 +404,6 @@ def build_outreach_servicer(
         plan_chunk_size=o.plan_pipeline_size,
         max_plan_members=o.max_plan_members,
         next_best_candidates=o.next_best_candidates,
+        global_control_share=o.global_control_share,
+        event_log=event_log,
     )

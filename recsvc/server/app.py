@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from recsvc.active_members import ActiveMembers
 from recsvc.catalog.wiring import add_live_catalog
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
+from recsvc.eventlog.log import EventLog, EventLogMetrics
 from recsvc.metrics import ProcessSampler, ServingMetrics
 from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.resolve import ModelResolver
@@ -84,6 +85,8 @@ class ServerDeps:
     reload_broadcast: ReloadBroadcast | None = None
     # Called by ``shutdown`` after the server stopped (e.g. to stop listener threads).
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # Impressions, events and outreach decisions to the durable log; None = not recorded.
+    event_log: EventLog | None = None
     # Set by build_server: the port actually bound (useful with port 0).
     bound_port: int = 0
     health: health.HealthServicer | None = field(default=None, repr=False)
@@ -144,13 +147,18 @@ def build_deps(
     if active is not None:
         deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
+    if settings.events.enabled:
+        deps.event_log = EventLog(client, settings, EventLogMetrics(metrics.registry)).start()
+        deps.on_close.append(deps.event_log.close)  # flushes what is buffered
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()
     deps.on_close.append(deps.reload_broadcast.stop)
     if with_outreach and importlib.util.find_spec("recsvc.outreach.service") is not None:
         from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
 
-        deps.outreach_servicer = build_outreach_servicer(settings, client, deps.port)
+        deps.outreach_servicer = build_outreach_servicer(
+            settings, client, deps.port, event_log=deps.event_log
+        )
         # Probes Redis for the throttle's breaker, which readiness follows (recsvc.server.readiness).
         deps.outreach_servicer.throttle.start_watch()
         deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
@@ -295,7 +303,13 @@ def _add_services(
     target: Any = registrar  # stands in for the server while services are added
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(
-            settings, deps.engine, deps.models, deps.realtime, deps.metrics, deps.reload_broadcast
+            settings,
+            deps.engine,
+            deps.models,
+            deps.realtime,
+            deps.metrics,
+            deps.reload_broadcast,
+            deps.event_log,
         ),
         target,
     )

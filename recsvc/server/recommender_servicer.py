@@ -23,8 +23,10 @@ import grpc
 from recsvc.bounds import check_amount, check_quantity, check_timestamp_ms
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
-from recsvc.engine.recommender import RecommendationEngine
+from recsvc.engine.recommender import Recommendation, RecommendationEngine
 from recsvc.errors import InvalidArgument, MemberErased, ModelUnavailable, RecsvcError
+from recsvc.eventlog.ids import RecommendationIds
+from recsvc.eventlog.log import ATTRIBUTED_EVENTS, EventLog
 from recsvc.metrics import ServingMetrics
 from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.served import ServedModels
@@ -52,6 +54,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         realtime: RealtimeStore | None,
         metrics: ServingMetrics,
         reload_broadcast: ReloadBroadcast | None = None,
+        event_log: EventLog | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -59,6 +62,25 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self._realtime = realtime
         self._metrics = metrics
         self._broadcast = reload_broadcast
+        # Every response gets a recommendation id; with a log, also an impression (docs/experiments.md).
+        self._ids = RecommendationIds(settings.security.pseudonym_key)
+        self._log = event_log
+
+    def _shown(self, rec: Recommendation, member_id: str, scene: str, channel: str) -> None:
+        """Name the list and queue its impression (a deque append; written by the log's thread)."""
+        resp = rec.response
+        rec_id = resp.recommendation_id = self._ids.new(member_id)
+        if self._log is not None:
+            self._log.impression(
+                rec_id,
+                member_id,
+                variant=resp.variant,
+                model_version=resp.model_version,
+                scene=scene,
+                channel=channel,
+                items=[it.item_id for it in resp.items],
+                source=rec.source,
+            )
 
     def _filters(self, f: common_pb2.RecommendationFilters | None) -> FilterSpec:
         s = self._settings
@@ -90,6 +112,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         except RecsvcError as exc:
             self._observe(method, t0, "none", "none", exc.code.name)
             raise
+        self._shown(rec, member_id, request.scene, channel)
         self._observe(method, t0, rec.source, rec.response.variant)
         if rec.stored:
             self._metrics.stored_lists.labels(method).inc()
@@ -121,6 +144,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         except RecsvcError as exc:
             self._observe("SimilarItems", t0, "none", "none", exc.code.name)
             raise
+        self._shown(rec, "", "similar", "")
         self._observe("SimilarItems", t0, rec.source, rec.response.variant)
         return rec.response
 
@@ -150,6 +174,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 self._observe("BatchRecommend", t0, "none", "none", exc.code.name)
                 yield recommender_pb2.BatchRecommendResult(member_id=member_id, error=str(exc))
                 continue
+            self._shown(rec, member_id, "batch", channel)
             self._observe("BatchRecommend", t0, rec.source, rec.response.variant)
             yield recommender_pb2.BatchRecommendResult(member_id=member_id, response=rec.response)
 
@@ -175,6 +200,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 ts = ts_ms / 1000
             else:
                 ts = time.time()
+            rec_id = request.recommendation_id
+            minted_ms = self._ids.check(rec_id, member_id) if rec_id else 0
         except RecsvcError as exc:
             self._observe("RecordEvent", t0, "none", "none", exc.code.name)
             raise
@@ -188,9 +215,52 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             # An erased member's events are refused, not dropped silently (docs/privacy.md).
             self._observe("RecordEvent", t0, "none", "none", exc.code.name)
             raise
+        variant = self._models.variant_of(member_id)
+        attributed = self._log_event(request, member_id, item_id, event_type, channel, ts, variant, minted_ms)
         self._metrics.events.labels(event_type, str(stored).lower()).inc()
-        self._observe("RecordEvent", t0, "event", self._models.variant_of(member_id))
-        return recommender_pb2.RecordEventResponse(stored=stored, item_known=self._knows(member_id, item_id))
+        self._observe("RecordEvent", t0, "event", variant)
+        return recommender_pb2.RecordEventResponse(
+            stored=stored, item_known=self._knows(member_id, item_id), recommendation_id=attributed
+        )
+
+    def _log_event(
+        self,
+        request: recommender_pb2.RecordEventRequest,
+        member_id: str,
+        item_id: str,
+        event_type: str,
+        channel: str,
+        ts: float,
+        variant: str,
+        minted_ms: int,
+    ) -> str:
+        """Attribute the event (docs/experiments.md) and write it to the log; the id attributed to."""
+        if self._log is None:
+            return ""
+        attributed = ""
+        if request.recommendation_id:
+            # The caller named the list: it counts within the window after the list was served
+            # (a small tolerance for clocks); older, the event is kept but not attributed.
+            minted = minted_ms / 1000
+            if minted - self._settings.data.future_tolerance_s <= ts <= minted + self._log.window_s:
+                attributed = request.recommendation_id
+        elif event_type in ATTRIBUTED_EVENTS:
+            attributed = self._log.attribute(member_id, item_id, ts)
+        self._log.event(
+            member_id,
+            {
+                "member_id": member_id,
+                "item_id": item_id,
+                "event_type": event_type,
+                "ts": ts,
+                "channel": channel,
+                "quantity": request.quantity or 1,
+                "amount": request.amount,
+                "recommendation_id": attributed,
+                "variant": variant,
+            },
+        )
+        return attributed
 
     def _knows(self, member_id: str, item_id: str) -> bool:
         """Whether the model serving ``member_id`` knows ``item_id`` (False while none is loaded)."""

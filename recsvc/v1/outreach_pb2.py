@@ -27,47 +27,47 @@ from recsvc.v1 import common_pb2 as recsvc_dot_v1_dot_common__pb2
 from recsvc.v1 import members_pb2 as recsvc_dot_v1_dot_members__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsvc/v1/outreach.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16recsvc/v1/common.proto\x1a\x17recsvc/v1/members.proto\"\xa2\x01\n\x0fOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12.\n\rmessage_class\x18\x04 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x14\n\x0c\x61t_best_time\x18\x06 \x01(\x08\"\xe6\x01\n\x10OutreachDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12%\n\x06reason\x18\x02 \x01(\x0e\x32\x15.recsvc.v1.ReasonCode\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x33\n\x0fnext_allowed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x01\n\x16ReserveOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12.\n\rmessage_class\x18\x04 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x14\n\x0c\x61t_best_time\x18\x07 \x01(\x08\"/\n\x15\x43\x61ncelOutreachRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"+\n\x16\x43\x61ncelOutreachResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\xb9\x01\n\x17OutreachFeedbackRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12%\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0e\x32\x13.recsvc.v1.Feedback\x12&\n\x02ts\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x18OutreachFeedbackResponse\"[\n\x14UpdateConsentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\"\x17\n\x15UpdateConsentResponse\"\xd0\x02\n\x13PlanCampaignRequest\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12.\n\rmessage_class\x18\x05 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x0f\n\x07reserve\x18\x07 \x01(\x08\x12\r\n\x05limit\x18\x08 \x01(\x03\x12*\n\x08\x61udience\x18\t \x01(\x0b\x32\x18.recsvc.v1.AudienceQuery\x12\x30\n\x0cwindow_start\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x14PlanCampaignDecision\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.recsvc.v1.OutreachDecision\"G\n\x11PlanCampaignBatch\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.recsvc.v1.PlanCampaignDecision\"\x8e\x01\n\x17NextBestOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"\x85\x01\n\x18NextBestOutreachResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.recsvc.v1.OutreachDecision\x12\x10\n\x08has_item\x18\x02 \x01(\x08\x12(\n\x04item\x18\x03 \x01(\x0b\x32\x1a.recsvc.v1.RecommendedItem*O\n\x0cMessageClass\x12\x1d\n\x19MESSAGE_CLASS_UNSPECIFIED\x10\x00\x12\r\n\tMARKETING\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*\xc5\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41LLOWED\x10\x01\x12\x13\n\x0f\x43\x41P_CHANNEL_DAY\x10\x02\x12\x0b\n\x07\x43\x41P_DAY\x10\x03\x12\x0c\n\x08\x43\x41P_WEEK\x10\x04\x12\x0b\n\x07MIN_GAP\x10\x05\x12\x0f\n\x0bQUIET_HOURS\x10\x06\x12\x0e\n\nNO_CONSENT\x10\x07\x12\x0b\n\x07\x46\x41TIGUE\x10\x08\x12\x16\n\x12\x44UPLICATE_CAMPAIGN\x10\t\x12\x18\n\x14THROTTLE_UNAVAILABLE\x10\n\x12\x18\n\x14\x42LOCKED_UNSUBSCRIBED\x10\x0b\x12\x15\n\x11\x42LOCKED_COMPLAINT\x10\x0c\x12\x15\n\x11\x43\x41P_TRANSACTIONAL\x10\r\x12\x18\n\x14NOTHING_TO_RECOMMEND\x10\x0e\x12\x0e\n\nSUPPRESSED\x10\x0f*{\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_UNSPECIFIED\x10\x00\x12\r\n\tDELIVERED\x10\x01\x12\n\n\x06OPENED\x10\x02\x12\x0b\n\x07\x43LICKED\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x10\n\x0cUNSUBSCRIBED\x10\x05\x12\x0e\n\nCOMPLAINED\x10\x06\x32\xe2\x04\n\x08Outreach\x12H\n\rCheckOutreach\x12\x1a.recsvc.v1.OutreachRequest\x1a\x1b.recsvc.v1.OutreachDecision\x12Q\n\x0fReserveOutreach\x12!.recsvc.v1.ReserveOutreachRequest\x1a\x1b.recsvc.v1.OutreachDecision\x12U\n\x0e\x43\x61ncelOutreach\x12 .recsvc.v1.CancelOutreachRequest\x1a!.recsvc.v1.CancelOutreachResponse\x12\x61\n\x16RecordOutreachFeedback\x12\".recsvc.v1.OutreachFeedbackRequest\x1a#.recsvc.v1.OutreachFeedbackResponse\x12R\n\rUpdateConsent\x12\x1f.recsvc.v1.UpdateConsentRequest\x1a .recsvc.v1.UpdateConsentResponse\x12N\n\x0cPlanCampaign\x12\x1e.recsvc.v1.PlanCampaignRequest\x1a\x1c.recsvc.v1.PlanCampaignBatch0\x01\x12[\n\x10NextBestOutreach\x12\".recsvc.v1.NextBestOutreachRequest\x1a#.recsvc.v1.NextBestOutreachResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsvc/v1/outreach.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16recsvc/v1/common.proto\x1a\x17recsvc/v1/members.proto\"\xb9\x01\n\x0fOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12.\n\rmessage_class\x18\x04 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x14\n\x0c\x61t_best_time\x18\x06 \x01(\x08\x12\x15\n\rholdout_share\x18\x07 \x01(\x01\"\xe6\x01\n\x10OutreachDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12%\n\x06reason\x18\x02 \x01(\x0e\x32\x15.recsvc.v1.ReasonCode\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x33\n\x0fnext_allowed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12+\n\x07send_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd9\x01\n\x16ReserveOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12.\n\rmessage_class\x18\x04 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x14\n\x0c\x61t_best_time\x18\x07 \x01(\x08\x12\x15\n\rholdout_share\x18\x08 \x01(\x01\"/\n\x15\x43\x61ncelOutreachRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"+\n\x16\x43\x61ncelOutreachResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\xb9\x01\n\x17OutreachFeedbackRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x16\n\x0ereservation_id\x18\x04 \x01(\t\x12%\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0e\x32\x13.recsvc.v1.Feedback\x12&\n\x02ts\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x18OutreachFeedbackResponse\"[\n\x14UpdateConsentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\"\x17\n\x15UpdateConsentResponse\"\xe7\x02\n\x13PlanCampaignRequest\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12.\n\rmessage_class\x18\x05 \x01(\x0e\x32\x17.recsvc.v1.MessageClass\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x0f\n\x07reserve\x18\x07 \x01(\x08\x12\r\n\x05limit\x18\x08 \x01(\x03\x12*\n\x08\x61udience\x18\t \x01(\x0b\x32\x18.recsvc.v1.AudienceQuery\x12\x30\n\x0cwindow_start\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rholdout_share\x18\x0c \x01(\x01\"X\n\x14PlanCampaignDecision\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.recsvc.v1.OutreachDecision\"G\n\x11PlanCampaignBatch\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.recsvc.v1.PlanCampaignDecision\"\xa5\x01\n\x17NextBestOutreachRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x15\n\rholdout_share\x18\x06 \x01(\x01\"\x85\x01\n\x18NextBestOutreachResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.recsvc.v1.OutreachDecision\x12\x10\n\x08has_item\x18\x02 \x01(\x08\x12(\n\x04item\x18\x03 \x01(\x0b\x32\x1a.recsvc.v1.RecommendedItem*O\n\x0cMessageClass\x12\x1d\n\x19MESSAGE_CLASS_UNSPECIFIED\x10\x00\x12\r\n\tMARKETING\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*\xd2\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41LLOWED\x10\x01\x12\x13\n\x0f\x43\x41P_CHANNEL_DAY\x10\x02\x12\x0b\n\x07\x43\x41P_DAY\x10\x03\x12\x0c\n\x08\x43\x41P_WEEK\x10\x04\x12\x0b\n\x07MIN_GAP\x10\x05\x12\x0f\n\x0bQUIET_HOURS\x10\x06\x12\x0e\n\nNO_CONSENT\x10\x07\x12\x0b\n\x07\x46\x41TIGUE\x10\x08\x12\x16\n\x12\x44UPLICATE_CAMPAIGN\x10\t\x12\x18\n\x14THROTTLE_UNAVAILABLE\x10\n\x12\x18\n\x14\x42LOCKED_UNSUBSCRIBED\x10\x0b\x12\x15\n\x11\x42LOCKED_COMPLAINT\x10\x0c\x12\x15\n\x11\x43\x41P_TRANSACTIONAL\x10\r\x12\x18\n\x14NOTHING_TO_RECOMMEND\x10\x0e\x12\x0e\n\nSUPPRESSED\x10\x0f\x12\x0b\n\x07HOLDOUT\x10\x10*{\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_UNSPECIFIED\x10\x00\x12\r\n\tDELIVERED\x10\x01\x12\n\n\x06OPENED\x10\x02\x12\x0b\n\x07\x43LICKED\x10\x03\x12\x0b\n\x07IGNORED\x10\x04\x12\x10\n\x0cUNSUBSCRIBED\x10\x05\x12\x0e\n\nCOMPLAINED\x10\x06\x32\xe2\x04\n\x08Outreach\x12H\n\rCheckOutreach\x12\x1a.recsvc.v1.OutreachRequest\x1a\x1b.recsvc.v1.OutreachDecision\x12Q\n\x0fReserveOutreach\x12!.recsvc.v1.ReserveOutreachRequest\x1a\x1b.recsvc.v1.OutreachDecision\x12U\n\x0e\x43\x61ncelOutreach\x12 .recsvc.v1.CancelOutreachRequest\x1a!.recsvc.v1.CancelOutreachResponse\x12\x61\n\x16RecordOutreachFeedback\x12\".recsvc.v1.OutreachFeedbackRequest\x1a#.recsvc.v1.OutreachFeedbackResponse\x12R\n\rUpdateConsent\x12\x1f.recsvc.v1.UpdateConsentRequest\x1a .recsvc.v1.UpdateConsentResponse\x12N\n\x0cPlanCampaign\x12\x1e.recsvc.v1.PlanCampaignRequest\x1a\x1c.recsvc.v1.PlanCampaignBatch0\x01\x12[\n\x10NextBestOutreach\x12\".recsvc.v1.NextBestOutreachRequest\x1a#.recsvc.v1.NextBestOutreachResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsvc.v1.outreach_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGECLASS']._serialized_start=1927
-  _globals['_MESSAGECLASS']._serialized_end=2006
-  _globals['_REASONCODE']._serialized_start=2009
-  _globals['_REASONCODE']._serialized_end=2334
-  _globals['_FEEDBACK']._serialized_start=2336
-  _globals['_FEEDBACK']._serialized_end=2459
+  _globals['_MESSAGECLASS']._serialized_start=2019
+  _globals['_MESSAGECLASS']._serialized_end=2098
+  _globals['_REASONCODE']._serialized_start=2101
+  _globals['_REASONCODE']._serialized_end=2439
+  _globals['_FEEDBACK']._serialized_start=2441
+  _globals['_FEEDBACK']._serialized_end=2564
   _globals['_OUTREACHREQUEST']._serialized_start=122
-  _globals['_OUTREACHREQUEST']._serialized_end=284
-  _globals['_OUTREACHDECISION']._serialized_start=287
-  _globals['_OUTREACHDECISION']._serialized_end=517
-  _globals['_RESERVEOUTREACHREQUEST']._serialized_start=520
-  _globals['_RESERVEOUTREACHREQUEST']._serialized_end=714
-  _globals['_CANCELOUTREACHREQUEST']._serialized_start=716
-  _globals['_CANCELOUTREACHREQUEST']._serialized_end=763
-  _globals['_CANCELOUTREACHRESPONSE']._serialized_start=765
-  _globals['_CANCELOUTREACHRESPONSE']._serialized_end=808
-  _globals['_OUTREACHFEEDBACKREQUEST']._serialized_start=811
-  _globals['_OUTREACHFEEDBACKREQUEST']._serialized_end=996
-  _globals['_OUTREACHFEEDBACKRESPONSE']._serialized_start=998
-  _globals['_OUTREACHFEEDBACKRESPONSE']._serialized_end=1024
-  _globals['_UPDATECONSENTREQUEST']._serialized_start=1026
-  _globals['_UPDATECONSENTREQUEST']._serialized_end=1117
-  _globals['_UPDATECONSENTRESPONSE']._serialized_start=1119
-  _globals['_UPDATECONSENTRESPONSE']._serialized_end=1142
-  _globals['_PLANCAMPAIGNREQUEST']._serialized_start=1145
-  _globals['_PLANCAMPAIGNREQUEST']._serialized_end=1481
-  _globals['_PLANCAMPAIGNDECISION']._serialized_start=1483
-  _globals['_PLANCAMPAIGNDECISION']._serialized_end=1571
-  _globals['_PLANCAMPAIGNBATCH']._serialized_start=1573
-  _globals['_PLANCAMPAIGNBATCH']._serialized_end=1644
-  _globals['_NEXTBESTOUTREACHREQUEST']._serialized_start=1647
-  _globals['_NEXTBESTOUTREACHREQUEST']._serialized_end=1789
-  _globals['_NEXTBESTOUTREACHRESPONSE']._serialized_start=1792
-  _globals['_NEXTBESTOUTREACHRESPONSE']._serialized_end=1925
-  _globals['_OUTREACH']._serialized_start=2462
-  _globals['_OUTREACH']._serialized_end=3072
+  _globals['_OUTREACHREQUEST']._serialized_end=307
+  _globals['_OUTREACHDECISION']._serialized_start=310
+  _globals['_OUTREACHDECISION']._serialized_end=540
+  _globals['_RESERVEOUTREACHREQUEST']._serialized_start=543
+  _globals['_RESERVEOUTREACHREQUEST']._serialized_end=760
+  _globals['_CANCELOUTREACHREQUEST']._serialized_start=762
+  _globals['_CANCELOUTREACHREQUEST']._serialized_end=809
+  _globals['_CANCELOUTREACHRESPONSE']._serialized_start=811
+  _globals['_CANCELOUTREACHRESPONSE']._serialized_end=854
+  _globals['_OUTREACHFEEDBACKREQUEST']._serialized_start=857
+  _globals['_OUTREACHFEEDBACKREQUEST']._serialized_end=1042
+  _globals['_OUTREACHFEEDBACKRESPONSE']._serialized_start=1044
+  _globals['_OUTREACHFEEDBACKRESPONSE']._serialized_end=1070
+  _globals['_UPDATECONSENTREQUEST']._serialized_start=1072
+  _globals['_UPDATECONSENTREQUEST']._serialized_end=1163
+  _globals['_UPDATECONSENTRESPONSE']._serialized_start=1165
+  _globals['_UPDATECONSENTRESPONSE']._serialized_end=1188
+  _globals['_PLANCAMPAIGNREQUEST']._serialized_start=1191
+  _globals['_PLANCAMPAIGNREQUEST']._serialized_end=1550
+  _globals['_PLANCAMPAIGNDECISION']._serialized_start=1552
+  _globals['_PLANCAMPAIGNDECISION']._serialized_end=1640
+  _globals['_PLANCAMPAIGNBATCH']._serialized_start=1642
+  _globals['_PLANCAMPAIGNBATCH']._serialized_end=1713
+  _globals['_NEXTBESTOUTREACHREQUEST']._serialized_start=1716
+  _globals['_NEXTBESTOUTREACHREQUEST']._serialized_end=1881
+  _globals['_NEXTBESTOUTREACHRESPONSE']._serialized_start=1884
+  _globals['_NEXTBESTOUTREACHRESPONSE']._serialized_end=2017
+  _globals['_OUTREACH']._serialized_start=2567
+  _globals['_OUTREACH']._serialized_end=3177
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     NOTHING_TO_RECOMMEND: _ReasonCode.ValueType  # 14
     SUPPRESSED: _ReasonCode.ValueType  # 15
     """member erased or globally suppressed"""
+    HOLDOUT: _ReasonCode.ValueType  # 16
+    """in the global control group or the campaign's holdout: measured, not messaged"""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper): ...
 
@@ -84,6 +86,8 @@ CAP_TRANSACTIONAL: ReasonCode.ValueType  # 13
 NOTHING_TO_RECOMMEND: ReasonCode.ValueType  # 14
 SUPPRESSED: ReasonCode.ValueType  # 15
 """member erased or globally suppressed"""
+HOLDOUT: ReasonCode.ValueType  # 16
+"""in the global control group or the campaign's holdout: measured, not messaged"""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _Feedback:
@@ -121,6 +125,7 @@ class OutreachRequest(_message.Message):
     MESSAGE_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     AT_BEST_TIME_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     """app_push, mini_program_subscribe, wecom, official_account, sms"""
@@ -132,6 +137,10 @@ class OutreachRequest(_message.Message):
     """Decide for the member's next good send time (their best send window, docs/profiles.md)
     instead of now; the decision's send_at says when.
     """
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -141,10 +150,11 @@ class OutreachRequest(_message.Message):
         message_class: Global___MessageClass.ValueType = ...,
         priority: _builtins.int = ...,
         at_best_time: _builtins.bool = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,6 +219,7 @@ class ReserveOutreachRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     AT_BEST_TIME_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
@@ -217,6 +228,10 @@ class ReserveOutreachRequest(_message.Message):
     idempotency_key: _builtins.str
     at_best_time: _builtins.bool
     """as in OutreachRequest"""
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -227,10 +242,11 @@ class ReserveOutreachRequest(_message.Message):
         priority: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         at_best_time: _builtins.bool = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_best_time", b"at_best_time", "campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "idempotency_key", b"idempotency_key", "member_id", b"member_id", "message_class", b"message_class", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +399,7 @@ class PlanCampaignRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
@@ -392,6 +409,10 @@ class PlanCampaignRequest(_message.Message):
     """False: dry run (CheckOutreach per member). True: reserve for each allowed member."""
     limit: _builtins.int
     """0 = no limit"""
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     @_builtins.property
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Either explicit members or a segment name from the served bundle (e.g. "at_risk")."""
@@ -425,10 +446,11 @@ class PlanCampaignRequest(_message.Message):
         audience: _members_pb2.AudienceQuery | None = ...,
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "campaign_id", b"campaign_id", "channel", b"channel", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "limit", b"limit", "member_ids", b"member_ids", "message_class", b"message_class", "priority", b"priority", "reserve", b"reserve", "segment", b"segment", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -491,12 +513,17 @@ class NextBestOutreachRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
     campaign_id: _builtins.str
     kind: _common_pb2.ItemKind.ValueType
     """PRODUCT (default) or CONTENT"""
     idempotency_key: _builtins.str
+    holdout_share: _builtins.float
+    """Share of members (0..0.5, stable hash per campaign) held out of this campaign as its
+    baseline: they get HOLDOUT and no message. 0 = none. Needs campaign_id.
+    """
     def __init__(
         self,
         *,
@@ -505,10 +532,11 @@ class NextBestOutreachRequest(_message.Message):
         campaign_id: _builtins.str = ...,
         kind: _common_pb2.ItemKind.ValueType = ...,
         idempotency_key: _builtins.str = ...,
+        holdout_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "idempotency_key", b"idempotency_key", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "holdout_share", b"holdout_share", "idempotency_key", b"idempotency_key", "kind", b"kind", "member_id", b"member_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

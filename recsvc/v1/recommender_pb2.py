@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from recsvc.v1 import common_pb2 as recsvc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16recsvc/v1/common.proto\"\x8b\x01\n\x18RecommendProductsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\x8a\x01\n\x17RecommendContentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\x87\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x31\n\x07\x66ilters\x18\x04 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\x90\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x10\n\x08realtime\x18\x04 \x01(\x08\x12\x16\n\x0emember_segment\x18\x05 \x01(\t\"\x9d\x01\n\x15\x42\x61tchRecommendRequest\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"h\n\x14\x42\x61tchRecommendResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.recsvc.v1.RecommendResponse\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xa7\x01\n\x12RecordEventRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x01\"9\n\x13RecordEventResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x12\n\nitem_known\x18\x02 \x01(\x08\"\'\n\x12ReloadModelRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\"=\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xff\x02\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\x05\x12\x17\n\x0ftraining_cutoff\x18\x03 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x04 \x01(\t\x12\x11\n\tloaded_at\x18\x05 \x01(\t\x12\x32\n\x07metrics\x18\x06 \x03(\x0b\x32!.recsvc.v1.ModelInfo.MetricsEntry\x12\x0f\n\x07members\x18\x07 \x01(\x03\x12\x10\n\x08products\x18\x08 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\t \x01(\x03\x12\x34\n\x08variants\x18\n \x03(\x0b\x32\".recsvc.v1.ModelInfo.VariantsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rVariantsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc2\x04\n\x0bRecommender\x12V\n\x11RecommendProducts\x12#.recsvc.v1.RecommendProductsRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12T\n\x10RecommendContent\x12\".recsvc.v1.RecommendContentRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12L\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsvc.v1.BatchRecommendRequest\x1a\x1f.recsvc.v1.BatchRecommendResult0\x01\x12L\n\x0bRecordEvent\x12\x1d.recsvc.v1.RecordEventRequest\x1a\x1e.recsvc.v1.RecordEventResponse\x12L\n\x0bReloadModel\x12\x1d.recsvc.v1.ReloadModelRequest\x1a\x1e.recsvc.v1.ReloadModelResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.recsvc.v1.GetModelInfoRequest\x1a\x14.recsvc.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16recsvc/v1/common.proto\"\x8b\x01\n\x18RecommendProductsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\x8a\x01\n\x17RecommendContentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\r\n\x05scene\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\x87\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x31\n\x07\x66ilters\x18\x04 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"\xab\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x10\n\x08realtime\x18\x04 \x01(\x08\x12\x16\n\x0emember_segment\x18\x05 \x01(\t\x12\x19\n\x11recommendation_id\x18\x06 \x01(\t\"\x9d\x01\n\x15\x42\x61tchRecommendRequest\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x31\n\x07\x66ilters\x18\x05 \x01(\x0b\x32 .recsvc.v1.RecommendationFilters\"h\n\x14\x42\x61tchRecommendResult\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.recsvc.v1.RecommendResponse\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xc2\x01\n\x12RecordEventRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x01\x12\x19\n\x11recommendation_id\x18\x08 \x01(\t\"T\n\x13RecordEventResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x12\n\nitem_known\x18\x02 \x01(\x08\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\"\'\n\x12ReloadModelRequest\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\"=\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xff\x02\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\x05\x12\x17\n\x0ftraining_cutoff\x18\x03 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x04 \x01(\t\x12\x11\n\tloaded_at\x18\x05 \x01(\t\x12\x32\n\x07metrics\x18\x06 \x03(\x0b\x32!.recsvc.v1.ModelInfo.MetricsEntry\x12\x0f\n\x07members\x18\x07 \x01(\x03\x12\x10\n\x08products\x18\x08 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\t \x01(\x03\x12\x34\n\x08variants\x18\n \x03(\x0b\x32\".recsvc.v1.ModelInfo.VariantsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rVariantsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc2\x04\n\x0bRecommender\x12V\n\x11RecommendProducts\x12#.recsvc.v1.RecommendProductsRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12T\n\x10RecommendContent\x12\".recsvc.v1.RecommendContentRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12L\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsvc.v1.BatchRecommendRequest\x1a\x1f.recsvc.v1.BatchRecommendResult0\x01\x12L\n\x0bRecordEvent\x12\x1d.recsvc.v1.RecordEventRequest\x1a\x1e.recsvc.v1.RecordEventResponse\x12L\n\x0bReloadModel\x12\x1d.recsvc.v1.ReloadModelRequest\x1a\x1e.recsvc.v1.ReloadModelResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.recsvc.v1.GetModelInfoRequest\x1a\x14.recsvc.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARITEMSREQUEST']._serialized_start=383
   _globals['_SIMILARITEMSREQUEST']._serialized_end=518
   _globals['_RECOMMENDRESPONSE']._serialized_start=521
-  _globals['_RECOMMENDRESPONSE']._serialized_end=665
-  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=668
-  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=825
-  _globals['_BATCHRECOMMENDRESULT']._serialized_start=827
-  _globals['_BATCHRECOMMENDRESULT']._serialized_end=931
-  _globals['_RECORDEVENTREQUEST']._serialized_start=934
-  _globals['_RECORDEVENTREQUEST']._serialized_end=1101
-  _globals['_RECORDEVENTRESPONSE']._serialized_start=1103
-  _globals['_RECORDEVENTRESPONSE']._serialized_end=1160
-  _globals['_RELOADMODELREQUEST']._serialized_start=1162
-  _globals['_RELOADMODELREQUEST']._serialized_end=1201
-  _globals['_RELOADMODELRESPONSE']._serialized_start=1203
-  _globals['_RELOADMODELRESPONSE']._serialized_end=1264
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1266
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1287
-  _globals['_MODELINFO']._serialized_start=1290
-  _globals['_MODELINFO']._serialized_end=1673
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1578
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1624
-  _globals['_MODELINFO_VARIANTSENTRY']._serialized_start=1626
-  _globals['_MODELINFO_VARIANTSENTRY']._serialized_end=1673
-  _globals['_RECOMMENDER']._serialized_start=1676
-  _globals['_RECOMMENDER']._serialized_end=2254
+  _globals['_RECOMMENDRESPONSE']._serialized_end=692
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=695
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=852
+  _globals['_BATCHRECOMMENDRESULT']._serialized_start=854
+  _globals['_BATCHRECOMMENDRESULT']._serialized_end=958
+  _globals['_RECORDEVENTREQUEST']._serialized_start=961
+  _globals['_RECORDEVENTREQUEST']._serialized_end=1155
+  _globals['_RECORDEVENTRESPONSE']._serialized_start=1157
+  _globals['_RECORDEVENTRESPONSE']._serialized_end=1241
+  _globals['_RELOADMODELREQUEST']._serialized_start=1243
+  _globals['_RELOADMODELREQUEST']._serialized_end=1282
+  _globals['_RELOADMODELRESPONSE']._serialized_start=1284
+  _globals['_RELOADMODELRESPONSE']._serialized_end=1345
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1347
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1368
+  _globals['_MODELINFO']._serialized_start=1371
+  _globals['_MODELINFO']._serialized_end=1754
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1659
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1705
+  _globals['_MODELINFO_VARIANTSENTRY']._serialized_start=1707
+  _globals['_MODELINFO_VARIANTSENTRY']._serialized_end=1754
+  _globals['_RECOMMENDER']._serialized_start=1757
+  _globals['_RECOMMENDER']._serialized_end=2335
 # @@protoc_insertion_point(module_scope)

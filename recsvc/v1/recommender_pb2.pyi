@@ -126,11 +126,16 @@ class RecommendResponse(_message.Message):
     VARIANT_FIELD_NUMBER: _builtins.int
     REALTIME_FIELD_NUMBER: _builtins.int
     MEMBER_SEGMENT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_ID_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     variant: _builtins.str
     realtime: _builtins.bool
     """True when recent events from Redis were used; false when serving from the bundle only."""
     member_segment: _builtins.str
+    recommendation_id: _builtins.str
+    """Names this list: send it back with RecordEvent for a click or purchase it led to
+    (docs/experiments.md). Unique per response; carries no personal data.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RecommendedItem]: ...
     def __init__(
@@ -141,10 +146,11 @@ class RecommendResponse(_message.Message):
         variant: _builtins.str = ...,
         realtime: _builtins.bool = ...,
         member_segment: _builtins.str = ...,
+        recommendation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "member_segment", b"member_segment", "model_version", b"model_version", "realtime", b"realtime", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "member_segment", b"member_segment", "model_version", b"model_version", "realtime", b"realtime", "recommendation_id", b"recommendation_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,6 +230,7 @@ class RecordEventRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_ID_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     item_id: _builtins.str
     event_type: _builtins.str
@@ -231,6 +238,12 @@ class RecordEventRequest(_message.Message):
     channel: _builtins.str
     quantity: _builtins.int
     amount: _builtins.float
+    recommendation_id: _builtins.str
+    """Optional: the recommendation_id of the list this event came from. Unset: a click or purchase
+    of an item recommended to the member within events.attribution_window_s is attributed to the
+    latest such list. An id not issued to this member is INVALID_ARGUMENT
+    (RECOMMENDATION_ID_MALFORMED or RECOMMENDATION_OF_ANOTHER_MEMBER).
+    """
     @_builtins.property
     def ts(self) -> _timestamp_pb2.Timestamp:
         """unset = server time"""
@@ -245,10 +258,11 @@ class RecordEventRequest(_message.Message):
         channel: _builtins.str = ...,
         quantity: _builtins.int = ...,
         amount: _builtins.float = ...,
+        recommendation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ts", b"ts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "channel", b"channel", "event_type", b"event_type", "item_id", b"item_id", "member_id", b"member_id", "quantity", b"quantity", "ts", b"ts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "channel", b"channel", "event_type", b"event_type", "item_id", b"item_id", "member_id", b"member_id", "quantity", b"quantity", "recommendation_id", b"recommendation_id", "ts", b"ts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +274,7 @@ class RecordEventResponse(_message.Message):
 
     STORED_FIELD_NUMBER: _builtins.int
     ITEM_KNOWN_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_ID_FIELD_NUMBER: _builtins.int
     stored: _builtins.bool
     """False when Redis is unavailable: the event was not stored for real-time use."""
     item_known: _builtins.bool
@@ -268,15 +283,18 @@ class RecordEventResponse(_message.Message):
     and expires with the member's other recent events, but changes no recommendation: real-time
     updates only use items the served model knows. Training reads the data feed, not these events.
     """
+    recommendation_id: _builtins.str
+    """The recommendation this event was attributed to; empty when none (docs/experiments.md)."""
     def __init__(
         self,
         *,
         stored: _builtins.bool = ...,
         item_known: _builtins.bool = ...,
+        recommendation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_known", b"item_known", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_known", b"item_known", "recommendation_id", b"recommendation_id", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

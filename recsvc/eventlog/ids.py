@@ -1,0 +1,55 @@
+"""Recommendation ids: minted per response, checked when an event names one.
+
+An id is ``r`` + 11 hex digits of the minting time (ms) + 8 random hex digits + 12 hex digits of an
+HMAC over (member, time, random) keyed with ``security.pseudonym_key``. The server can therefore
+tell, without a Redis read and even before the buffered impression reaches Redis, whether an id
+was issued by this service to this member: a caller's bug (an id copied from another member's
+page) is refused, not silently attributed. The id holds no member id and no personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import time
+
+from recsvc.errors import InvalidArgument
+
+_PREFIX = "r"
+_LENGTH = 1 + 11 + 8 + 12
+_HEX = frozenset("0123456789abcdef")
+
+
+class RecommendationIds:
+    def __init__(self, key: str) -> None:
+        # A key of its own, derived from the pseudonym key: an id's tag is no member pseudonym.
+        self._key = hmac.new(key.encode("utf-8"), b"recsvc-recommendation-id", hashlib.sha256).digest()
+        self._rand = random.Random()
+
+    def _tag(self, member_id: str, body: str) -> str:
+        return hmac.new(self._key, f"{member_id}|{body}".encode(), hashlib.sha256).hexdigest()[:12]
+
+    def new(self, member_id: str, now_ms: int | None = None) -> str:
+        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        body = f"{ms & 0xFFFFFFFFFFF:011x}{self._rand.getrandbits(32):08x}"
+        return _PREFIX + body + self._tag(member_id, body)
+
+    def check(self, rec_id: str, member_id: str) -> int:
+        """The id's minting time (epoch ms) when ``rec_id`` was issued to ``member_id``; else
+        ``InvalidArgument`` naming why (RECOMMENDATION_ID_MALFORMED, RECOMMENDATION_OF_ANOTHER_MEMBER)."""
+        if len(rec_id) != _LENGTH or not rec_id.startswith(_PREFIX) or not set(rec_id[1:]) <= _HEX:
+            raise InvalidArgument(
+                "recommendation_id is not one this service issues (send the id of a RecommendResponse)",
+                reason="RECOMMENDATION_ID_MALFORMED",
+            )
+        body, tag = rec_id[1:20], rec_id[20:]
+        # "" : a list served to no member (SimilarItems), which any member may have clicked in
+        if not hmac.compare_digest(tag, self._tag(member_id, body)) and not hmac.compare_digest(
+            tag, self._tag("", body)
+        ):
+            raise InvalidArgument(
+                "recommendation_id was not issued to this member_id",
+                reason="RECOMMENDATION_OF_ANOTHER_MEMBER",
+            )
+        return int(body[:11], 16)

@@ -1,0 +1,308 @@
+"""The service's side of the durable event log: impressions, events and outreach decisions go to
+Redis Streams, which ``recsvc events sink`` (``recsvc.eventlog.sink``) writes to Parquet.
+
+Layout (docs/operations.md): the log is spread over ``events.shards`` shards, a member's records
+always in the same one (a stable hash of the member id). Shard ``n`` holds one stream per kind,
+``<prefix>:{log:<n>}:event``, ``...:impression`` and ``...:decision``; the three share the hash tag
+``{log:<n>}``, so on Redis Cluster a shard lives in one slot (the sink reads its three streams in
+one XREADGROUP and acknowledges in one single-slot script) while the shards spread over the
+cluster. Each entry has one field, ``d``: the record as JSON.
+
+- Impressions and decisions are buffered per process and written in batches by a background
+  thread (one pipelined round trip per ``events.flush_interval_ms``), so a recommendation call
+  only appends to a bounded in-memory queue. A full queue, or a batch Redis refused, is dropped
+  and counted (``recsvc_eventlog_dropped_total``) and logged: never retried forever in memory.
+- Events are written synchronously by ``RecordEvent`` (it already waits for Redis), so an event
+  the server confirmed is in the log even if the process dies right after.
+- Per member, the latest impressions (``<prefix>:{m:<id>}:rt:impressions``, newest first, at most
+  ``events.recent_impressions_max``, expiring ``events.attribution_window_s`` after the last one)
+  let ``RecordEvent`` attribute a click or purchase without a recommendation id.
+
+Redis down: the log's circuit breaker opens at the first failure; until a probe succeeds, records
+are dropped at once (counted), and recommendations and events are served as without the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter
+
+from recsvc.breaker import CircuitBreaker
+from recsvc.keys import member_key
+from recsvc.redis_client import RedisClient
+from recsvc.security.privacy import Pseudonymizer
+from recsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KINDS = ("event", "impression", "decision")
+IMPRESSIONS_SUFFIX = "rt:impressions"
+# Events a list can lead to; only these are attributed (docs/experiments.md).
+ATTRIBUTED_EVENTS = frozenset({"click", "add_to_cart", "purchase"})
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+def shard_of(member_id: str, shards: int) -> int:
+    digest = hashlib.blake2b(member_id.encode("utf-8"), digest_size=4, person=b"recsvc-log").digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def shard_tag(shard: int) -> str:
+    return "{log:" + str(shard) + "}"
+
+
+def stream_key(prefix: str, shard: int, kind: str) -> str:
+    """e.g. ``recsvc:{log:3}:event``."""
+    return f"{prefix}:{shard_tag(shard)}:{kind}"
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+class EventLogMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        kw: dict[str, Any] = {"namespace": "recsvc", "subsystem": "eventlog"}
+        if registry is not None:
+            kw["registry"] = registry
+        self.written = Counter(
+            "written_total", "Records written to the event log's streams, by kind.", ["kind"], **kw
+        )
+        self.dropped = Counter(
+            "dropped_total",
+            "Records that could not be written to the event log (buffer_full, redis_down), by kind.",
+            ["kind", "reason"],
+            **kw,
+        )
+
+
+class EventLog:
+    """One per server process (``recsvc.server.app.build_deps``); thread-safe."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: Settings,
+        metrics: EventLogMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        e = settings.events
+        self._client = client
+        self._prefix = settings.redis.key_prefix
+        self._shards = e.shards
+        self._window = e.attribution_window_s
+        self._recent_max = e.recent_impressions_max
+        self._capacity = e.buffer_size
+        self._interval = e.flush_interval_ms / 1000
+        self._metrics = metrics
+        self._clock = clock
+        self._pseudonym = Pseudonymizer(settings.security.pseudonym_key)
+        # (kind, member_id, record): a deque's append and popleft are atomic, so the hot path
+        # takes no lock; the length check may overshoot by a few under races, which is harmless.
+        self._buffer: deque[tuple[str, str, dict[str, Any]]] = deque()
+        self._breaker = CircuitBreaker("eventlog", 1, settings.redis.reconnect_interval_ms / 1000)
+        self._breaker.add_listener(self._state_changed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ buffered records
+    def impression(
+        self,
+        rec_id: str,
+        member_id: str,
+        *,
+        variant: str,
+        model_version: str,
+        scene: str,
+        channel: str,
+        items: Sequence[str],
+        source: str,
+        campaign: str = "",
+    ) -> None:
+        """Queue one impression (never blocks, never raises)."""
+        if len(self._buffer) >= self._capacity:
+            self._metrics.dropped.labels("impression", "buffer_full").inc()
+            return
+        self._buffer.append(
+            (
+                "impression",
+                member_id,
+                {
+                    "id": rec_id,
+                    "ts": self._clock(),
+                    "variant": variant,
+                    "model_version": model_version,
+                    "scene": scene,
+                    "channel": channel,
+                    "items": list(items),
+                    "source": source,
+                    "campaign": campaign,
+                },
+            )
+        )
+
+    def decision(self, member_id: str, record: dict[str, Any]) -> None:
+        """Queue one outreach decision (campaign, channel, allowed, reason, reservation_id, mode)."""
+        if len(self._buffer) >= self._capacity:
+            self._metrics.dropped.labels("decision", "buffer_full").inc()
+            return
+        self._buffer.append(("decision", member_id, {"ts": self._clock(), **record}))
+
+    def start(self) -> EventLog:
+        self._thread = threading.Thread(target=self._run, name="recsvc-eventlog", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the writer after a last flush (graceful shutdown loses nothing buffered)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                while self.flush() >= 1000:  # a backlog: keep writing without waiting
+                    pass
+            except Exception:  # the writer must outlive any one bad batch
+                log.exception("event=eventlog_flush_failed")
+
+    def flush(self, limit: int = 1000) -> int:
+        """Write up to ``limit`` buffered records in one pipelined round trip; their count."""
+        batch: list[tuple[str, str, dict[str, Any]]] = []
+        pop = self._buffer.popleft
+        try:
+            while len(batch) < limit:
+                batch.append(pop())
+        except IndexError:
+            pass
+        if not batch:
+            return 0
+        return self._write(batch)
+
+    def write_now(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """Write records (kind, member id, record) in one round trip now, not through the buffer:
+        outreach decisions, whose caller already waits for Redis and which must not be dropped
+        for a full buffer when a campaign of 100,000 members is planned."""
+        now = self._clock()
+        for kind, _member, record in batch:
+            record.setdefault("ts", now)
+            if kind == "impression":
+                record.setdefault("variant", "")
+                record.setdefault("model_version", "")
+        return self._write(batch) if batch else 0
+
+    def _write(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
+        if not self._breaker.allow():
+            self._dropped(batch, "redis_down")
+            return len(batch)
+        pipe = self._client.pipeline(transaction=False)
+        for kind, member_id, record in batch:
+            record["member"] = self._pseudonym(member_id) if member_id else ""
+            pipe.xadd(stream_key(self._prefix, shard_of(member_id, self._shards), kind), {"d": dumps(record)})
+            if kind == "impression" and member_id and record["items"]:
+                key = member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX)
+                pipe.lpush(key, dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}))
+                pipe.ltrim(key, 0, self._recent_max - 1)
+                pipe.expire(key, self._window)
+        try:
+            pipe.execute()
+        except _REDIS_DOWN as exc:
+            self._breaker.failure()
+            self._dropped(batch, "redis_down", exc)
+            return len(batch)
+        self._breaker.success()
+        for kind in KINDS:
+            n = sum(1 for k, _, _ in batch if k == kind)
+            if n:
+                self._metrics.written.labels(kind).inc(n)
+        return len(batch)
+
+    def _dropped(
+        self, batch: list[tuple[str, str, dict[str, Any]]], reason: str, exc: Exception | None = None
+    ) -> None:
+        for kind in KINDS:
+            n = sum(1 for k, _, _ in batch if k == kind)
+            if n:
+                self._metrics.dropped.labels(kind, reason).inc(n)
+        log.warning(
+            "event=eventlog_dropped records=%d reason=%s error=%s",
+            len(batch),
+            reason,
+            type(exc).__name__ if exc else "",
+        )
+
+    def _state_changed(self, down: bool) -> None:
+        if down:
+            log.warning("event=eventlog_degraded records are dropped (counted) until Redis answers")
+        else:
+            log.info("event=eventlog_recovered")
+
+    # ------------------------------------------------------------------ events (synchronous)
+    def event(self, member_id: str, record: dict[str, Any]) -> bool:
+        """Write one event now; False (counted, logged) when Redis is unavailable."""
+        if not self._breaker.allow():
+            self._metrics.dropped.labels("event", "redis_down").inc()
+            return False
+        record["member"] = self._pseudonym(member_id)
+        try:
+            self._client.xadd(
+                stream_key(self._prefix, shard_of(member_id, self._shards), "event"), {"d": dumps(record)}
+            )
+        except _REDIS_DOWN as exc:
+            self._breaker.failure()
+            self._dropped([("event", member_id, record)], "redis_down", exc)
+            return False
+        self._breaker.success()
+        self._metrics.written.labels("event").inc()
+        return True
+
+    def attribute(self, member_id: str, item_id: str, at: float) -> str:
+        """The id of the member's latest impression within the attribution window (before ``at``)
+        that showed ``item_id``; "" when none (or Redis is unavailable)."""
+        if not self._breaker.allow():
+            return ""
+        try:
+            raw = self._client.lrange(
+                member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX), 0, self._recent_max - 1
+            )
+        except _REDIS_DOWN:
+            self._breaker.failure()
+            return ""
+        self._breaker.success()
+        since = at - self._window
+        for entry in raw:  # type: ignore[union-attr]
+            try:
+                d = json.loads(entry)
+                ts = float(d["ts"])
+                if since <= ts <= at + 1 and item_id in d["i"]:
+                    return str(d["r"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return self._buffered_match(member_id, item_id)
+
+    def _buffered_match(self, member_id: str, item_id: str) -> str:
+        """A list this process served but has not written yet (an answer within
+        ``flush_interval_ms``); lists another process served show once written."""
+        for kind, member, record in reversed(list(self._buffer)):  # list(): a snapshot
+            if kind == "impression" and member == member_id and item_id in record["items"]:
+                return str(record["id"])
+        return ""
+
+    @property
+    def window_s(self) -> int:
+        return self._window
+
+    def forget(self, member_id: str) -> None:
+        """Delete a member's recent-impressions record (erasure)."""
+        self._client.delete(member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX))

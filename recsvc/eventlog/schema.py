@@ -1,0 +1,85 @@
+"""The Parquet form of the event log (docs/experiments.md): one schema per kind, and how a
+stream entry becomes a row. ``kind=event`` files hold the data contract's seven event columns
+(docs/data.md) first, so ``recsvc train`` reads them as events; the columns after them say what
+the service knew (the recommendation the event was attributed to, the member's variant, the
+member's pseudonym, the stream id)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "event": pa.schema(
+        [
+            ("member_id", pa.string()),
+            ("item_id", pa.string()),
+            ("event_type", pa.string()),
+            ("ts", TS),
+            ("channel", pa.string()),
+            ("quantity", pa.int32()),
+            ("amount", pa.float64()),
+            ("recommendation_id", pa.string()),
+            ("variant", pa.string()),
+            ("member", pa.string()),
+            ("log_id", pa.string()),
+        ]
+    ),
+    "impression": pa.schema(
+        [
+            ("recommendation_id", pa.string()),
+            ("ts", TS),
+            ("member", pa.string()),
+            ("variant", pa.string()),
+            ("model_version", pa.string()),
+            ("scene", pa.string()),
+            ("channel", pa.string()),
+            ("items", pa.list_(pa.string())),
+            ("source", pa.string()),
+            ("campaign", pa.string()),
+            ("log_id", pa.string()),
+        ]
+    ),
+    "decision": pa.schema(
+        [
+            ("ts", TS),
+            ("member", pa.string()),
+            ("campaign", pa.string()),
+            ("channel", pa.string()),
+            ("allowed", pa.bool_()),
+            ("reason", pa.string()),
+            ("reservation_id", pa.string()),
+            ("mode", pa.string()),
+            ("would_allow", pa.bool_()),
+            ("log_id", pa.string()),
+        ]
+    ),
+}
+
+
+def row(kind: str, log_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """One Parquet row from a stream record (missing fields empty, ts as a UTC datetime)."""
+    out: dict[str, Any] = {}
+    for field in SCHEMAS[kind]:
+        name = field.name
+        if name == "log_id":
+            out[name] = log_id
+        elif name == "recommendation_id" and kind == "impression":
+            out[name] = str(record.get("id", ""))
+        elif name == "ts":
+            out[name] = datetime.fromtimestamp(float(record.get("ts", 0.0)), tz=UTC)
+        elif name == "items":
+            out[name] = [str(i) for i in record.get("items", [])]
+        elif field.type == pa.bool_():
+            out[name] = bool(record.get(name, False))
+        elif field.type == pa.int32():
+            out[name] = int(record.get(name, 0) or 0)
+        elif field.type == pa.float64():
+            out[name] = float(record.get(name, 0.0) or 0.0)
+        else:
+            out[name] = str(record.get(name, ""))
+    return out

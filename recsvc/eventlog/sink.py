@@ -1,0 +1,317 @@
+"""``recsvc events sink``: the event log's streams -> partitioned Parquet files, exactly once.
+
+Reads every shard's three streams (``recsvc.eventlog.log``) as consumer group ``sink`` and writes
+``<events.log_dir>/kind=<kind>/date=<YYYY-MM-DD>/part-<shard>-<first id>-<last id>.parquet``.
+The date is the day (UTC) the service logged the record, taken from the stream id, so a stream's
+files cover consecutive, non-overlapping id ranges in id order. Ids appear in file names as
+``<ms>_<seq>``.
+
+Exactly once, whatever moment the sink dies at:
+
+1. a batch (``events.sink_batch`` records of one stream, or fewer once the first of them waited
+   ``events.sink_flush_s``) is written to a temporary file, fsynced and renamed into place (a
+   reader never sees half a file; a crash leaves at most a ``.tmp`` file, removed at the next
+   start);
+2. only then are its entries acknowledged and deleted from the stream, in one single-slot script
+   (XACK + XDEL), so Redis keeps only what is not on disk yet;
+3. at start the sink reads, per stream, the highest id already on disk (the file names) and the
+   entries still pending for it (XREADGROUP from id 0, after XAUTOCLAIM of entries another sink
+   consumer left idle): pending entries at or below that id are on disk already, so they are only
+   acknowledged, never written twice; the rest are written as usual.
+
+Redis must keep what it acknowledged to the service: run it with AOF (``appendonly yes``) when
+the log matters (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from recsvc.eventlog.log import KINDS, stream_key
+from recsvc.eventlog.schema import SCHEMAS, row
+from recsvc.redis_client import RedisClient
+from recsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP = "sink"
+# One stream's acknowledged entries: acknowledged and deleted together (one slot: one stream).
+_ACK_SCRIPT = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+return n
+"""
+
+StreamId = tuple[int, int]
+
+
+def parse_id(raw: str | bytes) -> StreamId:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_text(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def file_id(sid: StreamId) -> str:
+    return f"{sid[0]}_{sid[1]}"
+
+
+def part_name(shard: int, first: StreamId, last: StreamId) -> str:
+    return f"part-{shard}-{file_id(first)}-{file_id(last)}.parquet"
+
+
+def parse_part(name: str) -> tuple[int, StreamId, StreamId] | None:
+    if not name.startswith("part-") or not name.endswith(".parquet"):
+        return None
+    try:
+        _, shard, first, last = name[: -len(".parquet")].split("-")
+        f_ms, f_seq = first.split("_")
+        l_ms, l_seq = last.split("_")
+        return int(shard), (int(f_ms), int(f_seq)), (int(l_ms), int(l_seq))
+    except ValueError:
+        return None
+
+
+def on_disk(log_dir: Path, kind: str) -> dict[int, StreamId]:
+    """Per shard, the highest stream id in ``kind``'s files."""
+    out: dict[int, StreamId] = {}
+    for path in (log_dir / f"kind={kind}").glob("date=*/part-*.parquet"):
+        parsed = parse_part(path.name)
+        if parsed is not None:
+            shard, _, last = parsed
+            out[shard] = max(out.get(shard, (0, 0)), last)
+    return out
+
+
+class SinkMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        kw: dict[str, Any] = {"namespace": "recsvc", "subsystem": "eventlog_sink", "registry": self.registry}
+        self.written = Counter("records_total", "Records written to Parquet, by kind.", ["kind"], **kw)
+        self.skipped = Counter(
+            "replayed_total",
+            "Pending records found already on disk after a restart (acknowledged only).",
+            **kw,
+        )
+        self.files = Counter("files_total", "Parquet files written.", **kw)
+        self.lag_entries = Gauge("lag_entries", "Records in the streams not yet on disk.", **kw)
+        self.lag_seconds = Gauge(
+            "lag_seconds", "Age of the oldest record not yet on disk (0 when none).", **kw
+        )
+
+
+@dataclass
+class SinkStats:
+    written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    replayed: int = 0
+    files: int = 0
+
+
+class Sink:
+    def __init__(
+        self,
+        client: RedisClient,
+        settings: Settings,
+        *,
+        consumer: str = "sink-0",
+        metrics: SinkMetrics | None = None,
+        claim_idle_ms: int = 60_000,
+        before_ack: Callable[[], None] | None = None,
+    ) -> None:
+        e = settings.events
+        self._client = client
+        self._prefix = settings.redis.key_prefix
+        self._shards = e.shards
+        self._dir = Path(e.log_dir)
+        self._batch = e.sink_batch
+        self._block_ms = e.sink_block_ms
+        self._flush_s = e.sink_flush_s
+        self._consumer = consumer
+        self._claim_idle = claim_idle_ms
+        self.metrics = metrics or SinkMetrics()
+        self.stats = SinkStats()
+        self._ack = client.register_script(_ACK_SCRIPT)
+        self._before_ack = before_ack  # tests: a hook between "on disk" and "acknowledged"
+        self._done: dict[tuple[str, int], StreamId] = {}
+        self._pending: set[int] = set()
+        # New records read but not yet written, per stream: written once sink_batch of them wait
+        # or the first waited sink_flush_s (unacknowledged meanwhile, so a crash re-reads them).
+        self._held: dict[str, tuple[str, int, float, list[Any]]] = {}
+        self._stop = threading.Event()
+        self._lag_at = 0.0
+
+    # ------------------------------------------------------------------ start-up
+    def prepare(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self._dir.glob("kind=*/date=*/.tmp-*"):
+            tmp.unlink(missing_ok=True)  # a write the last run did not finish: its entries are pending
+        for kind in KINDS:
+            for shard, last in on_disk(self._dir, kind).items():
+                self._done[(kind, shard)] = last
+        for shard in range(self._shards):
+            for kind in KINDS:
+                key = stream_key(self._prefix, shard, kind)
+                try:
+                    self._client.xgroup_create(key, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                self._claim(key)
+            self._pending.add(shard)
+
+    def _claim(self, key: str) -> None:
+        """Take over entries another consumer of the group read and left unacknowledged."""
+        start = "0-0"
+        while True:
+            reply = self._client.xautoclaim(key, GROUP, self._consumer, self._claim_idle, start, count=1000)
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if start == "0-0":
+                return
+
+    # ------------------------------------------------------------------ the loop
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, once: bool = False) -> SinkStats:
+        """Until ``stop()`` (or, with ``once``, until the streams are drained)."""
+        self.prepare()
+        while not self._stop.is_set():
+            reading_pending = bool(self._pending)  # entries left pending first, then new ones
+            n = self.step()
+            if n == 0 and not reading_pending:
+                self.write_held(force=once)
+                self._update_lag()
+                if once:
+                    break
+                self._stop.wait(min(self._block_ms / 1000, 0.25))
+            else:
+                self.write_held()
+                self._update_lag()
+        self.write_held(force=True)  # stopping: what was read goes to disk before exit
+        self._update_lag(force=True)
+        return self.stats
+
+    def write_held(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, (kind, shard, since, entries) in list(self._held.items()):
+            if force or len(entries) >= self._batch or now - since >= self._flush_s:
+                del self._held[key]
+                self._write(kind, shard, key, entries)
+
+    def step(self) -> int:
+        """One read of every shard; the number of entries handled."""
+        handled = 0
+        for shard in range(self._shards):
+            keys = [stream_key(self._prefix, shard, kind) for kind in KINDS]
+            pending = shard in self._pending
+            reply: list[Any] = self._client.xreadgroup(  # type: ignore[assignment]
+                GROUP, self._consumer, dict.fromkeys(keys, "0" if pending else ">"), count=self._batch
+            )
+            got = 0
+            for raw_key, entries in reply or []:
+                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                kind = key.rsplit(":", 1)[1]
+                if not entries:
+                    continue
+                got += len(entries)
+                if pending:
+                    self._write(kind, shard, key, entries)  # re-read at start: "0" returns them until acked
+                else:
+                    held = self._held.setdefault(key, (kind, shard, time.monotonic(), []))
+                    held[3].extend(entries)
+            if pending and got == 0:
+                self._pending.discard(shard)  # every entry left pending at start is handled
+            handled += got
+        return handled
+
+    def _write(self, kind: str, shard: int, key: str, entries: list[Any]) -> None:
+        done = self._done.get((kind, shard), (0, 0))
+        by_date: dict[str, list[tuple[StreamId, dict[str, Any]]]] = {}
+        ids: list[str] = []
+        for raw_id, fields in entries:
+            sid = parse_id(raw_id)
+            ids.append(id_text(sid))
+            if sid <= done:
+                self.stats.replayed += 1
+                self.metrics.skipped.inc()
+                continue
+            raw = fields.get(b"d", fields.get("d", b"{}"))
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                log.warning("event=eventlog_bad_entry stream=%s id=%s", key, id_text(sid))
+                continue
+            date = datetime.fromtimestamp(sid[0] / 1000, tz=UTC).strftime("%Y-%m-%d")
+            by_date.setdefault(date, []).append((sid, record))
+        for date, rows in sorted(by_date.items()):  # dates follow the ids: the earlier file first
+            first, last = rows[0][0], rows[-1][0]
+            folder = self._dir / f"kind={kind}" / f"date={date}"
+            table = pa.Table.from_pylist([row(kind, id_text(s), r) for s, r in rows], schema=SCHEMAS[kind])
+            write_atomically(table, folder / part_name(shard, first, last))
+            self._done[(kind, shard)] = last
+            self.stats.written[kind] += len(rows)
+            self.stats.files += 1
+            self.metrics.written.labels(kind).inc(len(rows))
+            self.metrics.files.inc()
+        if self._before_ack is not None:
+            self._before_ack()
+        self._ack(keys=[key], args=[GROUP, *ids])
+
+    def _update_lag(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        pipe = self._client.pipeline(transaction=False)
+        for shard in range(self._shards):
+            for kind in KINDS:
+                key = stream_key(self._prefix, shard, kind)
+                pipe.xlen(key)
+                pipe.xrange(key, count=1)
+        replies = pipe.execute()
+        entries = sum(int(n) for n in replies[0::2])
+        oldest = [parse_id(r[0][0])[0] for r in replies[1::2] if r]
+        self.metrics.lag_entries.set(entries)
+        self.metrics.lag_seconds.set(max(0.0, now - min(oldest) / 1000) if oldest else 0.0)
+
+
+def write_atomically(table: pa.Table, path: Path) -> None:
+    """Temporary file in the same folder, fsync, rename, fsync the folder: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}"
+    pq.write_table(table, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def install_signal_handlers(sink: Sink) -> None:
+    """SIGTERM/SIGINT finish the batch in hand, then stop."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sink.stop())

@@ -1,0 +1,368 @@
+"""The A/B report and the campaign report, computed from the event log's Parquet files
+(``recsvc events sink``). Pure functions of the log (``LogFrames``): the CLI renders them
+(``recsvc.experiments.render``). Definitions: docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsvc.eventlog.schema import SCHEMAS
+from recsvc.experiments import stats
+
+SRM_ALPHA = 0.001  # a mismatch this unlikely by chance means the split itself is broken
+
+
+@dataclass
+class LogFrames:
+    impressions: pd.DataFrame
+    events: pd.DataFrame
+    decisions: pd.DataFrame
+    since: date | None = None
+    until: date | None = None
+    log_dir: Path | None = None
+
+    def period(self) -> str:
+        a = self.since.isoformat() if self.since else "the start"
+        b = self.until.isoformat() if self.until else "now"
+        return f"{a} to {b}"
+
+
+def _empty(kind: str) -> pd.DataFrame:
+    return SCHEMAS[kind].empty_table().to_pandas()
+
+
+def read_log(log_dir: Path, since: date | None = None, until: date | None = None) -> LogFrames:
+    """The log's three kinds, restricted to the days [since, until] (the ``date=`` partitions)."""
+    import pyarrow.dataset as pads
+
+    frames: dict[str, pd.DataFrame] = {}
+    for kind in ("impression", "event", "decision"):
+        files = []
+        for f in sorted((Path(log_dir) / f"kind={kind}").glob("date=*/part-*.parquet")):
+            day = date.fromisoformat(f.parent.name.removeprefix("date="))
+            if (since is None or day >= since) and (until is None or day <= until):
+                files.append(str(f))
+        frames[kind] = (
+            pads.dataset(files, schema=SCHEMAS[kind], format="parquet").to_table().to_pandas()
+            if files
+            else _empty(kind)
+        )
+    return LogFrames(frames["impression"], frames["event"], frames["decision"], since, until, Path(log_dir))
+
+
+# ---------------------------------------------------------------------------------------- A/B
+
+
+@dataclass
+class VariantRow:
+    variant: str
+    members: int
+    impressions: int
+    ctr: stats.Estimate
+    conversion: stats.Estimate
+    revenue_per_member: stats.Estimate
+    clicks: int = 0
+    buyers: int = 0
+    revenue: float = 0.0
+
+
+@dataclass
+class Comparison:
+    variant: str
+    baseline: str
+    conversion_diff: stats.Estimate
+    conversion_p: float
+    revenue_diff: stats.Estimate
+    revenue_p: float
+
+
+@dataclass
+class AbReport:
+    period: str
+    variants: list[VariantRow] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    srm_p: float = math.nan
+    expected_shares: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""
+    empty_reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return bool(self.empty_reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _plain(
+            {
+                "report": "ab",
+                "period": self.period,
+                "empty_reason": self.empty_reason,
+                "verdict": self.verdict,
+                "sample_ratio_mismatch_p": self.srm_p,
+                "expected_shares": self.expected_shares,
+                "variants": [
+                    {
+                        "variant": v.variant,
+                        "members": v.members,
+                        "impressions": v.impressions,
+                        "clicks": v.clicks,
+                        "buyers": v.buyers,
+                        "revenue": v.revenue,
+                        "ctr": v.ctr.as_dict(),
+                        "conversion": v.conversion.as_dict(),
+                        "revenue_per_member": v.revenue_per_member.as_dict(),
+                    }
+                    for v in self.variants
+                ],
+                "comparisons": [
+                    {
+                        "variant": c.variant,
+                        "baseline": c.baseline,
+                        "conversion_difference": c.conversion_diff.as_dict(),
+                        "conversion_p": c.conversion_p,
+                        "revenue_per_member_difference": c.revenue_diff.as_dict(),
+                        "revenue_p": c.revenue_p,
+                    }
+                    for c in self.comparisons
+                ],
+            }
+        )
+
+
+def ab_report(frames: LogFrames, expected_shares: dict[str, float] | None = None) -> AbReport:
+    """Per variant: members shown a list, lists shown, click-through (lists with an attributed
+    click / lists), conversion (members with an attributed purchase / members) and attributed
+    revenue per member; each variant against the first (the baseline)."""
+    report = AbReport(period=frames.period())
+    imps = frames.impressions
+    imps = imps[(imps["source"] != "outreach") & (imps["variant"] != "") & (imps["member"] != "")]
+    if imps.empty:
+        report.empty_reason = (
+            f"no recommendation impressions in the log for {frames.period()} "
+            f"(log: {frames.log_dir}; is `recsvc events sink` running, and did the service serve members?)"
+        )
+        return report
+    ev = frames.events
+    ev = ev[ev["recommendation_id"] != ""].merge(
+        imps[["recommendation_id", "variant"]].rename(columns={"variant": "shown_variant"}),
+        on="recommendation_id",
+        how="inner",
+    )
+    clicked = set(ev.loc[ev["event_type"] == "click", "recommendation_id"])
+    buys = ev[ev["event_type"] == "purchase"]
+    names = sorted(imps["variant"].unique())
+    if expected_shares:
+        names = [n for n in expected_shares if n in set(names)] + [
+            n for n in names if n not in expected_shares
+        ]
+    revenue: dict[str, np.ndarray] = {}
+    for name in names:
+        shown = imps[imps["variant"] == name]
+        members = shown["member"].unique()
+        b = buys[buys["shown_variant"] == name]
+        revenue_by_member = b.groupby("member")["amount"].sum()
+        per_member = np.zeros(len(members))
+        index = {m: i for i, m in enumerate(members)}
+        for m, amount in revenue_by_member.items():
+            if m in index:
+                per_member[index[m]] = amount
+        clicks = int(shown["recommendation_id"].isin(clicked).sum())
+        buyers = int(b["member"].nunique())
+        report.variants.append(
+            VariantRow(
+                variant=name,
+                members=len(members),
+                impressions=len(shown),
+                ctr=stats.proportion(clicks, len(shown)),
+                conversion=stats.proportion(buyers, len(members)),
+                revenue_per_member=stats.mean(per_member),
+                clicks=clicks,
+                buyers=buyers,
+                revenue=float(per_member.sum()),
+            )
+        )
+        revenue[name] = per_member
+    base = report.variants[0]
+    for v in report.variants[1:]:
+        cd, cp = stats.proportion_difference(v.buyers, v.members, base.buyers, base.members)
+        rd, rp = stats.mean_difference(revenue[v.variant], revenue[base.variant])
+        report.comparisons.append(Comparison(v.variant, base.variant, cd, cp, rd, rp))
+    shares = expected_shares or {v.variant: 1.0 for v in report.variants}
+    report.expected_shares = {k: float(s) for k, s in shares.items()}
+    report.srm_p = stats.sample_ratio({v.variant: v.members for v in report.variants}, shares)
+    report.verdict = _ab_verdict(report)
+    return report
+
+
+def _ab_verdict(r: AbReport) -> str:
+    if len(r.variants) < 2:
+        return f"only one variant ({r.variants[0].variant}) served in this period: nothing to compare"
+    parts = []
+    if not math.isnan(r.srm_p) and r.srm_p < SRM_ALPHA:
+        parts.append(
+            f"SAMPLE RATIO MISMATCH (p={r.srm_p:.2g}): members did not split as configured; "
+            "fix the assignment before trusting any difference"
+        )
+    for c in r.comparisons:
+        d = c.conversion_diff
+        lead = c.variant if d.value > 0 else c.baseline
+        text = (
+            f"{lead} is ahead on conversion: {c.variant} - {c.baseline} = {d.value * 100:+.2f} pp "
+            f"(95% CI {d.low * 100:+.2f} to {d.high * 100:+.2f} pp)"
+        )
+        text += (
+            ", significant"
+            if d.excludes_zero
+            else ", not significant (the interval includes 0): keep collecting"
+        )
+        parts.append(text)
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------- campaign
+
+
+@dataclass
+class GroupRow:
+    group: str
+    members: int
+    buyers: int
+    conversion: stats.Estimate
+    revenue_per_member: stats.Estimate
+
+
+@dataclass
+class CampaignReport:
+    campaign: str
+    period: str
+    window_days: float
+    groups: list[GroupRow] = field(default_factory=list)
+    uplift: stats.Estimate = stats.NAN
+    uplift_p: float = math.nan
+    revenue_uplift: stats.Estimate = stats.NAN
+    revenue_p: float = math.nan
+    reached: int = 0
+    held_out: int = 0
+    audience: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    verdict: str = ""
+    empty_reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return bool(self.empty_reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _plain(
+            {
+                "report": "campaign",
+                "campaign": self.campaign,
+                "period": self.period,
+                "attribution_window_days": self.window_days,
+                "empty_reason": self.empty_reason,
+                "verdict": self.verdict,
+                "audience": self.audience,
+                "members_reached": self.reached,
+                "held_out": self.held_out,
+                "refusals": self.refusals,
+                "groups": [
+                    {
+                        "group": g.group,
+                        "members": g.members,
+                        "buyers": g.buyers,
+                        "conversion": g.conversion.as_dict(),
+                        "revenue_per_member": g.revenue_per_member.as_dict(),
+                    }
+                    for g in self.groups
+                ],
+                "uplift": self.uplift.as_dict(),
+                "uplift_p": self.uplift_p,
+                "revenue_per_member_uplift": self.revenue_uplift.as_dict(),
+                "revenue_p": self.revenue_p,
+            }
+        )
+
+
+def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> CampaignReport:
+    """Treatment (members the campaign reached) against holdout (held-out members the throttle
+    would have let through): purchases within ``window_s`` after each member's decision."""
+    report = CampaignReport(campaign=campaign, period=frames.period(), window_days=window_s / 86400)
+    dec = frames.decisions
+    dec = dec[(dec["campaign"] == campaign) & (dec["mode"] == "reserve")].sort_values("ts")
+    if dec.empty:
+        known = sorted(c for c in frames.decisions["campaign"].unique() if c)
+        report.empty_reason = (
+            f"no reserving decisions for campaign {campaign!r} in the log for {frames.period()}"
+            + (f" (campaigns in this period: {', '.join(known[:10])})" if known else "")
+        )
+        return report
+    first = dec.drop_duplicates("member", keep="first")
+    report.audience = len(first)
+    treated = first[first["allowed"]]
+    held = first[first["reason"] == "HOLDOUT"]
+    comparable = held[held["would_allow"]]
+    report.reached = len(treated)
+    report.held_out = len(held)
+    refused = first[~first["allowed"] & (first["reason"] != "HOLDOUT")]
+    report.refusals = {str(k): int(v) for k, v in refused["reason"].value_counts().items()}
+    buys = frames.events[frames.events["event_type"] == "purchase"][["member", "ts", "amount"]]
+    window = pd.Timedelta(seconds=window_s)
+    outcomes = {}
+    for name, group in (("treatment", treated), ("holdout", comparable)):
+        joined = group[["member", "ts"]].merge(buys, on="member", how="left", suffixes=("", "_buy"))
+        inside = joined[(joined["ts_buy"] >= joined["ts"]) & (joined["ts_buy"] <= joined["ts"] + window)]
+        spend = inside.groupby("member")["amount"].sum()
+        per_member = group["member"].map(spend).fillna(0.0).to_numpy(dtype=np.float64)
+        buyers = int(inside["member"].nunique())
+        outcomes[name] = (buyers, len(group), per_member)
+        report.groups.append(
+            GroupRow(name, len(group), buyers, stats.proportion(buyers, len(group)), stats.mean(per_member))
+        )
+    (bt, nt, rt), (bh, nh, rh) = outcomes["treatment"], outcomes["holdout"]
+    if nt == 0 or nh == 0:
+        missing = "reached no member" if nt == 0 else "has no holdout (ask with holdout_share > 0)"
+        report.verdict = f"campaign {campaign} {missing}: no uplift can be measured"
+        return report
+    report.uplift, report.uplift_p = stats.proportion_difference(bt, nt, bh, nh)
+    report.revenue_uplift, report.revenue_p = stats.mean_difference(rt, rh)
+    u = report.uplift
+    sig = (
+        "significant"
+        if u.excludes_zero
+        else "not significant (the interval includes 0): no evidence the campaign changed purchases"
+    )
+    report.verdict = (
+        f"campaign {campaign}: conversion {u.value * 100:+.2f} pp against its holdout "
+        f"(95% CI {u.low * 100:+.2f} to {u.high * 100:+.2f} pp), {sig}"
+    )
+    return report
+
+
+def parse_day(text: str | None) -> date | None:
+    if not text:
+        return None
+    return date.fromisoformat(text)
+
+
+def default_since(days: int) -> date:
+    return (datetime.now(tz=UTC) - timedelta(days=days)).date()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN becomes null, numpy numbers become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

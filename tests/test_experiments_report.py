@@ -1,0 +1,242 @@
+"""The reports on logs with known effects: they recover a planted conversion margin and a planted
+campaign uplift within their 95 % intervals, find nothing in A/A splits (about as often as 95 %
+promises), flag a broken split, and answer an empty period with a reason, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from serving_harness import ROOT
+
+from recsvc.eventlog.schema import SCHEMAS
+from recsvc.eventlog.sink import write_atomically
+from recsvc.experiments.report import LogFrames, ab_report, campaign_report
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def ab_log(
+    rates: dict[str, float], members: int, seed: int, shares: dict[str, float] | None = None
+) -> LogFrames:
+    """Members split over variants; each sees 3 lists; a member converts with their variant's rate
+    (buying from a list, attributed to it)."""
+    rng = np.random.default_rng(seed)
+    names = list(rates)
+    p = np.array([(shares or {}).get(n, 1 / len(names)) for n in names])
+    assigned = rng.choice(len(names), size=members, p=p / p.sum())
+    imps, events = [], []
+    for m in range(members):
+        variant = names[assigned[m]]
+        ids = [f"r{m}-{j}" for j in range(3)]
+        for j, rid in enumerate(ids):
+            imps.append(
+                dict(
+                    recommendation_id=rid,
+                    ts=T0 + timedelta(minutes=j),
+                    member=f"p_{m}",
+                    variant=variant,
+                    model_version="v1",
+                    scene="home",
+                    channel="app",
+                    items=["P1", "P2"],
+                    source="personalized",
+                    campaign="",
+                    log_id=f"{m}-{j}",
+                )
+            )
+        if rng.random() < 0.3:
+            events.append(_event(m, ids[0], "click", 0.0, variant))
+        if rng.random() < rates[variant]:
+            events.append(_event(m, ids[1], "purchase", float(rng.uniform(50, 150)), variant))
+    return LogFrames(_frame("impression", imps), _frame("event", events), _frame("decision", []))
+
+
+def _event(
+    m: int, rid: str, kind: str, amount: float, variant: str, ts: datetime | None = None
+) -> dict[str, object]:
+    return dict(
+        member_id=f"M{m}",
+        item_id="P1",
+        event_type=kind,
+        ts=ts or T0 + timedelta(hours=1),
+        channel="app",
+        quantity=1,
+        amount=amount,
+        recommendation_id=rid,
+        variant=variant,
+        member=f"p_{m}",
+        log_id="1-0",
+    )
+
+
+def _frame(kind: str, rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[kind]).to_pandas()
+
+
+def test_ab_recovers_the_planted_margin_within_its_interval() -> None:
+    report = ab_report(ab_log({"a": 0.06, "b": 0.10}, 8000, seed=1), {"a": 0.5, "b": 0.5})
+    a, b = report.variants
+    assert (a.variant, b.variant) == ("a", "b")
+    assert report.comparisons[0].conversion_diff.excludes_zero
+    assert report.srm_p > 0.001
+    assert report.verdict.startswith("b is ahead on conversion") and ", significant" in report.verdict
+    assert a.ctr.low <= 0.1 <= a.ctr.high  # 30% of members click one of their 3 lists
+    assert b.revenue_per_member.value > a.revenue_per_member.value
+    # a 95% interval holds the planted margin in about 19 experiments of 20
+    covered = found = 0
+    for seed in range(20):
+        r = ab_report(ab_log({"a": 0.06, "b": 0.10}, 6000, seed=200 + seed), {"a": 0.5, "b": 0.5})
+        d = r.comparisons[0].conversion_diff
+        covered += d.low <= 0.04 <= d.high
+        found += d.excludes_zero
+    assert covered >= 17 and found >= 18
+
+
+def test_aa_splits_find_no_effect_about_as_often_as_promised() -> None:
+    significant = 0
+    for seed in range(20):
+        report = ab_report(ab_log({"a": 0.08, "b": 0.08}, 3000, seed=100 + seed), {"a": 0.5, "b": 0.5})
+        significant += report.comparisons[0].conversion_diff.excludes_zero
+    assert significant <= 3  # 95% intervals: about 1 in 20 by chance
+    report = ab_report(ab_log({"a": 0.08, "b": 0.08}, 3000, seed=7), {"a": 0.5, "b": 0.5})
+    assert "not significant" in report.verdict
+
+
+def test_a_broken_split_is_flagged_as_a_sample_ratio_mismatch() -> None:
+    report = ab_report(
+        ab_log({"a": 0.06, "b": 0.06}, 8000, seed=2, shares={"a": 0.56, "b": 0.44}), {"a": 0.5, "b": 0.5}
+    )
+    assert report.srm_p < 0.001 and report.verdict.startswith("SAMPLE RATIO MISMATCH")
+
+
+def campaign_log(base: float, uplift: float, members: int, seed: int, campaign: str = "spring") -> LogFrames:
+    """An audience: 20% held out; half of everyone consented (the others are refused NO_CONSENT,
+    or held out without being reachable); reached members buy at base + uplift, others at base."""
+    rng = np.random.default_rng(seed)
+    decisions, events = [], []
+    for m in range(members):
+        consent = rng.random() < 0.5
+        held = rng.random() < 0.2
+        allowed = consent and not held
+        reason = "HOLDOUT" if held else ("ALLOWED" if consent else "NO_CONSENT")
+        decisions.append(
+            dict(
+                ts=T0,
+                member=f"p_{m}",
+                campaign=campaign,
+                channel="wecom",
+                allowed=allowed,
+                reason=reason,
+                reservation_id=f"t.{m}" if allowed else "",
+                mode="reserve",
+                would_allow=consent,
+                log_id=f"{m}-0",
+            )
+        )
+        if rng.random() < base + (uplift if allowed else 0.0):
+            events.append(_event(m, "", "purchase", 100.0, "", ts=T0 + timedelta(days=2)))
+        if rng.random() < 0.5:  # long after the window: never counted
+            events.append(_event(m, "", "purchase", 100.0, "", ts=T0 + timedelta(days=30)))
+    return LogFrames(_frame("impression", []), _frame("event", events), _frame("decision", decisions))
+
+
+def test_campaign_recovers_the_planted_uplift_against_its_holdout() -> None:
+    report = campaign_report(campaign_log(0.05, 0.08, 12000, seed=3), "spring", 7 * 86400)
+    treated, holdout = report.groups
+    assert report.uplift.excludes_zero and treated.members == report.reached
+    covered = 0
+    for seed in range(10):
+        r = campaign_report(campaign_log(0.05, 0.08, 6000, seed=300 + seed), "spring", 7 * 86400)
+        covered += (r.uplift.low <= 0.08 <= r.uplift.high) + (
+            r.revenue_uplift.low <= 8.0 <= r.revenue_uplift.high
+        )
+    assert covered >= 17  # of 20 intervals at 95%
+    assert report.refusals == {"NO_CONSENT": report.audience - report.reached - report.held_out}
+    assert holdout.members < report.held_out  # only held-out members who would have been reached
+    assert "significant" in report.verdict and "not significant" not in report.verdict
+
+
+def test_a_campaign_without_effect_shows_none() -> None:
+    report = campaign_report(campaign_log(0.05, 0.0, 12000, seed=4), "spring", 7 * 86400)
+    assert not report.uplift.excludes_zero and "not significant" in report.verdict
+
+
+def test_empty_periods_and_unknown_campaigns_give_a_reason() -> None:
+    empty = LogFrames(_frame("impression", []), _frame("event", []), _frame("decision", []))
+    r = ab_report(empty)
+    assert r.empty and "no recommendation impressions" in r.empty_reason
+    assert json.loads(json.dumps(r.as_dict()))["variants"] == []
+    c = campaign_report(campaign_log(0.05, 0.0, 50, seed=5), "autumn", 86400)
+    assert c.empty and "'autumn'" in c.empty_reason and "spring" in c.empty_reason
+
+
+def _write_log(frames: LogFrames, log_dir: Path) -> None:
+    for kind, df in (
+        ("impression", frames.impressions),
+        ("event", frames.events),
+        ("decision", frames.decisions),
+    ):
+        if len(df):
+            table = pa.Table.from_pandas(df, schema=SCHEMAS[kind], preserve_index=False)
+            write_atomically(table, log_dir / f"kind={kind}" / "date=2026-05-01" / "part-0-1_0-9_0.parquet")
+
+
+def _cli(*args: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_") or k == "RECSVC_HOME"}
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-c", "from recsvc.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.integration
+def test_report_commands_print_write_a_page_and_log_to_mlflow(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    frames = campaign_log(0.05, 0.08, 3000, seed=6)
+    ab = ab_log({"a": 0.06, "b": 0.10}, 2000, seed=6)
+    _write_log(LogFrames(ab.impressions, pd.concat([ab.events, frames.events]), frames.decisions), log_dir)
+    env = {
+        "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(tmp_path / "artifacts"),
+        "COLUMNS": "200",
+    }
+    page = tmp_path / "campaign.html"
+    done = _cli("report", "campaign", "spring", "--log-dir", str(log_dir), "--html", str(page), env_extra=env)
+    assert done.returncode == 0, done.stderr
+    assert "treatment" in done.stdout and "holdout" in done.stdout and "verdict" in done.stdout
+    html = page.read_text()
+    assert "data:image/png;base64," in html and "<script" not in html  # self-contained, plots inline
+    as_json = _cli("report", "ab", "--log-dir", str(log_dir), "--json", "--no-mlflow", env_extra=env)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert [v["variant"] for v in data["variants"]] == ["a", "b"] and data["verdict"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["RECSVC_MLFLOW__TRACKING_URI"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`recsvc.kind` = 'report'"
+    )
+    assert len(runs) == 1 and "uplift" in runs[0].data.metrics
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "report")] == [
+        "report/report.html",
+        "report/report.json",
+    ]
+    empty = _cli("report", "ab", "--log-dir", str(tmp_path / "none"), "--no-mlflow", env_extra=env)
+    assert empty.returncode == 0 and "empty report" in empty.stdout and "Traceback" not in empty.stderr
+    bad = _cli("report", "ab", "--log-dir", str(log_dir), "--since", "May 1", "--no-mlflow", env_extra=env)
+    assert bad.returncode == 2 and "INVALID_DATE" in bad.stderr
