@@ -40,14 +40,16 @@ from test_security_server import Secured, secured_server, secured_settings
 from recsvc.security.auth import EXEMPT_PREFIXES, ROLES, caller_toml, new_key
 from recsvc.server.decoding import RequestDecoding
 from recsvc.server.interceptors import ErrorInterceptor
-from recsvc.v1 import admin_pb2, catalog_pb2, outreach_pb2, recommender_pb2, recommender_pb2_grpc
+from recsvc.v1 import admin_pb2, catalog_pb2, members_pb2, outreach_pb2, recommender_pb2, recommender_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 T = d.FieldDescriptor
 SERVICES: list[d.ServiceDescriptor] = [
     svc
-    for module in (recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2, health_pb2, reflection_pb2)
+    for module in (
+        recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2, members_pb2, health_pb2, reflection_pb2
+    )
     for svc in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]

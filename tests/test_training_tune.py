@@ -61,7 +61,7 @@ def test_a_trial_can_ask_for_no_decay_and_large_regularization() -> None:
 
 
 def test_start_points_are_the_base_and_a_dense_data_point_inside_the_space() -> None:
-    points = tune.start_points(_base(half_life_days=0))
+    points = tune.start_points(_base(half_life_days=0, factors=32))
     assert points[0]["recency_decay"] is False and points[0]["factors"] == 32
     assert points[1]["regularization"] >= 10 and points[1]["recency_decay"] is False
     for point in points:

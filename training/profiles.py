@@ -38,7 +38,7 @@ from scipy import stats
 
 from recsvc.bundle import LIFECYCLE_STAGES, ProfileSpec, add_profiles
 from recsvc.idmap import IdMap
-from recsvc.settings import EVENT_CHANNELS, Settings, TrainingSettings
+from recsvc.settings import Settings, TrainingSettings
 from training import btyd
 from training.confidence import event_confidence, weight_table
 from training.prepare import DAY_S, PURCHASE_CODE, EventArrays, Prepared
@@ -69,11 +69,13 @@ class BuiltProfiles:
 
 
 def member_timezones(members: pd.DataFrame, member_map: IdMap) -> MemberZones:
-    """Time zones from the members table (docs/data.md: an IANA name, checked on ingest)."""
+    """Time zones from the members table (docs/data.md: an IANA name, checked on ingest; empty =
+    the policy's default zone, -1 here)."""
     codes = np.full(len(member_map), -1, dtype=np.int16)
     if len(members) == 0 or "timezone" not in members:
         return MemberZones(codes, [])
-    zone_codes, names = pd.factorize(members["timezone"].astype("string"), sort=True)
+    zone = members["timezone"].astype("string").str.strip()
+    zone_codes, names = pd.factorize(zone.mask(zone == ""), sort=True)
     rows = member_map.rows(members["member_id"].astype(str).to_numpy())
     ok = (rows >= 0) & (zone_codes >= 0)
     codes[rows[ok]] = zone_codes[ok].astype(np.int16)
@@ -151,8 +153,8 @@ def interest_tags(
     return _top_k_per_row(member, m.indices.astype(np.int32), share, n, k)
 
 
-def channel_shares(ev: EventArrays, weight: np.ndarray, n: int) -> np.ndarray:
-    width = len(EVENT_CHANNELS)
+def channel_shares(ev: EventArrays, weight: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Each member's engagement share per event channel; ``width`` channels (the data's own)."""
     known = ev.channel >= 0
     # bincount over member*width + channel: np.add.at is ~10x slower at 50M events
     flat = ev.member[known].astype(np.int64) * width + ev.channel[known].astype(np.int64)
@@ -245,7 +247,7 @@ def build(
     weight = event_confidence(ev, t.event_weights, t.half_life_days, as_of).astype(np.float64)
     tags, tag_weight = interest_tags(prepared, ev, weight, t.profile_tags)
     raw_weight = weight_table(t.event_weights)[ev.etype]
-    channels = channel_shares(ev, raw_weight, n)
+    channels = channel_shares(ev, raw_weight, n, len(prepared.channels))
     hours = active_hours(ev, zones, n, default_zone)
     segment_hours = {
         stage: hour_shares(hours[member_segment == code].sum(axis=0, dtype=np.int64))
@@ -257,7 +259,7 @@ def build(
         gamma_gamma=gg.as_dict() if gg is not None else None,
         tags=t.profile_tags,
         categories=len(prepared.categories),
-        channels=list(EVENT_CHANNELS),
+        channels=list(prepared.channels),
         timezones=zones.names,
         value_tier_cuts=cuts,
         outlook_cuts=OUTLOOK_CUTS,

@@ -323,6 +323,7 @@ def _add_services(
     if deps.members_servicer is not None:
         members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
         names.append(MEMBERS_SERVICE)
+        model_names.append(MEMBERS_SERVICE)  # its live parts degrade without Redis; the bundle's do not
     for add in deps.extra_services:
         names.append(add(target))
         model_names.append(names[-1])
