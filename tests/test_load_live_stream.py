@@ -107,7 +107,6 @@ def test_live_stream_scenario_runs_through_load_run_and_reports_its_counts(tmp_p
         ("sample_members = 200 ", "sample_members = 30 "),
         ("start_after_s = 6.0 ", "start_after_s = 1.5 "),
         ("sellout_interval_s = 1.0 ", "sellout_interval_s = 0.3 "),
-        ("p99_ms = 50.0 ", "p99_ms = 2000.0 "),  # a smoke test on a shared machine: no latency gate
     ):
         assert old in text, old
         text = text.replace(old, new)
