@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench.ratebench import RateResult, fixed_rate, request_maker
+from bench.ratebench import RateResult, cpu_cell, fixed_rate, request_maker
 from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
@@ -364,13 +364,14 @@ def _set_stock_loop(
             errors[name] = errors.get(name, 0) + 1
         sent += 1
     achieved = ok / (time.perf_counter() - t0)
+    cpu_s = time.process_time()  # this sender's own CPU: it shares the cores with the server
     for item in items:
         with contextlib.suppress(grpc.RpcError):
             stub.SetStock(
                 catalog_pb2.SetStockRequest(item_id=item, in_stock=True), timeout=2.0, metadata=metadata
             )
     channel.close()
-    out.put({"sent": sent, "ok": ok, "errors": errors, "achieved_rps": achieved})
+    out.put({"sent": sent, "ok": ok, "errors": errors, "achieved_rps": achieved, "cpu_s": cpu_s})
 
 
 @dataclass
@@ -406,8 +407,12 @@ def run_paired(
     warmup_s: float = 3.0,
     connections: int = 16,
     metadata: tuple[tuple[str, str], ...] = (),
+    cpu_probe: Any = None,
     say: Any = print,
 ) -> PairedReport:
+    """``pairs`` x (RecommendProducts at ``rate`` alone, and with ``set_stock_rate`` SetStock/s
+    toggling ``items`` from another process), the order alternating per pair. ``cpu_probe``
+    (bench.cpu.cpu_probe): CPU ms per call of the workers and Redis in each run."""
     runs: list[PairedRun] = []
     ctx = mp.get_context("spawn")
     for pair in range(pairs):
@@ -428,7 +433,7 @@ def run_paired(
             label = f"RecommendProducts {'with' if with_changes else 'without'} SetStock"
             result = asyncio.run(
                 fixed_rate(target, make, rate, duration_s, label=label, connections=connections,
-                           warmup_s=warmup_s, metadata=metadata)
+                           warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe)
             )  # fmt: skip
             stock: dict[str, Any] = {}
             if sender is not None:
@@ -475,8 +480,9 @@ def markdown(prop: PropagationReport | None, paired: PairedReport | None) -> str
             lines.append("")
         lines += [
             f"| pair | SetStock {paired.set_stock_rate:.0f}/s beside | RecommendProducts offered/s | "
-            "answered/s | p50 ms | p99 ms | errors % | SetStock answered/s | SetStock errors |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+            "answered/s | p50 ms | p99 ms | errors % | CPU ms per RecommendProducts | SetStock answered/s | "
+            "SetStock errors |",
+            "|---:|---|---:|---:|---:|---:|---:|---|---:|---|",
         ]
         for r in paired.runs:
             res, st = r.result, r.set_stock
@@ -484,7 +490,8 @@ def markdown(prop: PropagationReport | None, paired: PairedReport | None) -> str
             lines.append(
                 f"| {r.pair + 1} | {'yes' if r.with_changes else 'no'} | {res['offered_rps']:.0f} | "
                 f"{res['achieved_rps']:.0f} | {_ms(res['p50_ms'])} | {_ms(res['p99_ms'])} | "
-                f"{res['error_pct']:.2f} | {st.get('achieved_rps', 0):.0f} | {errors if st else '-'} |"
+                f"{res['error_pct']:.2f} | {cpu_cell(res.get('cpu_ms_per_call') or {})} | "
+                f"{st.get('achieved_rps', 0):.0f} | {errors if st else '-'} |"
             )
         ratios = ", ".join("n/a" if r is None else f"{r:.2f}" for r in paired.ratios)
         median = "n/a" if paired.median_ratio is None else f"{paired.median_ratio:.2f}"

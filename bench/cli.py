@@ -659,6 +659,7 @@ def bench_catalog_propagation(
     from contextlib import ExitStack
 
     from bench.catalog_propagation import markdown, run_paired, run_propagation
+    from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
     from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from bench.traffic import ServedIds, Traffic
@@ -698,7 +699,8 @@ def bench_catalog_propagation(
             )
             paired = run_paired(
                 target, traffic, items, pairs=pairs, rate=rate, set_stock_rate=set_stock_rate,
-                duration_s=duration, warmup_s=warmup, connections=connections, metadata=metadata, say=say,
+                duration_s=duration, warmup_s=warmup, connections=connections, metadata=metadata,
+                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), say=say,
             )  # fmt: skip
         payload["paired"] = paired.as_dict() if paired is not None else None
         payload["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
