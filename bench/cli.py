@@ -627,3 +627,81 @@ def bench_campaign(
             # after every mode, so a run stopped part-way keeps what it measured
             payload = {"machine": machine, "context": context, "runs": [r.as_dict() for r in runs]}
             _write(out, "campaign", payload, markdown(runs))
+
+
+@bench.command("catalog-propagation")
+@friendly_errors
+def bench_catalog_propagation(
+    ctx: typer.Context,
+    changes: int = typer.Option(40, "--changes", min=1, help="Sell-outs measured one at a time."),
+    background_rate: float = typer.Option(
+        400.0, "--background-rate", min=1, help="RecommendProducts/s offered during the sell-outs."
+    ),
+    pairs: int = typer.Option(3, "--pairs", min=0, help="Paired runs with/without SetStock (0: none)."),
+    rate: float = typer.Option(400.0, "--rate", min=1, help="RecommendProducts/s of the paired runs."),
+    set_stock_rate: float = typer.Option(200.0, "--set-stock-rate", min=1, help="SetStock/s beside them."),
+    duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
+    warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
+    connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Bundle to serve (default: the sample)."),
+    load_config: Path | None = typer.Option(None, "--load-config", help="Traffic mix (load config TOML)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Server processes."),
+    members: int = typer.Option(5_000, "--members", min=100, help="Sample size when training here."),
+    seed: int = typer.Option(7, "--seed"),
+    results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
+    workdir: Path = typer.Option(Path("var/load"), "--workdir", help="Cached sample data and model."),
+) -> None:
+    """Live catalog propagation: starts Redis and `recsvc serve --workers N`, sells products out
+    one at a time under a fixed RecommendProducts load and times SetStock answered -> every server
+    process stops recommending the item (each process polled on a connection the kernel says it
+    holds); then RecommendProducts p99 with and without SetStock beside it, in alternating pairs."""
+    import os
+    from contextlib import ExitStack
+
+    from bench.catalog_propagation import markdown, run_paired, run_propagation
+    from bench.cpu import cpu_probe
+    from bench.loadconfig import load_config as read_load_config
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.traffic import ServedIds, Traffic
+
+    app_state = state(ctx)
+    setup_logging(app_state.log_level)
+    app_state.settings()
+    out = _bench_dir(results, "catalog propagation")
+    machine = _machine()
+    config = read_load_config(load_config)
+    metadata = tuple(config.metadata.items())
+    context: dict[str, str] = {}
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    with ExitStack() as stack, sigterm_as_interrupt():
+        opts = LoadRunOptions(
+            bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
+            settings_file=app_state.config_file,
+        )  # fmt: skip
+        env = dict(os.environ)
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        traffic = Traffic(ServedIds.from_bundle(served), config)
+        say(f"propagation: {changes} sell-outs under {background_rate:.0f} RecommendProducts/s")
+        prop = run_propagation(
+            target, int(context["server pid"]), traffic, processes=workers, changes=changes,
+            background_rps=background_rate, connections=connections, warmup_s=warmup, metadata=metadata,
+            say=say,
+        )  # fmt: skip
+        payload: dict[str, Any] = {"machine": machine, "context": context, "propagation": prop.as_dict()}
+        _write(out, "catalog-propagation", payload, markdown(prop, None))
+        paired = None
+        if pairs:
+            items = [bytes(i).decode() for i in traffic.ids.products[:100]]
+            say(
+                f"paired runs: {pairs} x RecommendProducts {rate:.0f}/s "
+                f"with and without {set_stock_rate:.0f} SetStock/s"
+            )
+            paired = run_paired(
+                target, traffic, items, pairs=pairs, rate=rate, set_stock_rate=set_stock_rate,
+                duration_s=duration, warmup_s=warmup, connections=connections, metadata=metadata,
+                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), say=say,
+            )  # fmt: skip
+        payload["paired"] = paired.as_dict() if paired is not None else None
+        payload["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
+    _write(out, "catalog-propagation", payload, markdown(prop, paired))

@@ -201,6 +201,22 @@ class Shape(_Section):
     spike: Spike = Spike()
 
 
+class LiveStream(_Section):
+    """The live-stream scenario (``load/live-stream.toml``): one host pins ``pinned`` products (the
+    ones members' lists hold most often, found by asking for ``sample_members`` members' lists
+    first) and, from ``start_after_s`` on, sells them out one every ``sellout_interval_s`` through
+    the Catalog service (SetStock), while the members ask for RecommendProducts with
+    ``in_stock_only``. Each sold-out product a member is served after its SetStock answered is
+    counted, within ``bound_s`` (the propagation bound) or past it."""
+
+    enabled: bool = False
+    pinned: int = Field(20, ge=1, le=1000)
+    sample_members: int = Field(200, ge=1)
+    start_after_s: float = Field(5.0, ge=0)
+    sellout_interval_s: float = Field(1.0, gt=0)
+    bound_s: float = Field(1.0, gt=0)
+
+
 class Targets(_Section):
     """What a run must achieve, judged after the warm-up (``recsvc load run --warmup``); each
     unset target is not judged. ``recsvc load run`` writes a verdict per target into
@@ -212,6 +228,9 @@ class Targets(_Section):
     min_rps: float | None = Field(None, gt=0, description="calls answered per second")
     # Per RPC, e.g. {RecommendProducts = 10.0}: that RPC's 99th percentile.
     rpc_p99_ms: dict[str, float] = Field(default_factory=dict)
+    # Live-stream scenario: sold-out products served later than the propagation bound after their
+    # SetStock answered (the issue's target is 0).
+    max_sold_out_past_bound: int | None = Field(None, ge=0)
 
     @field_validator("rpc_p99_ms")
     @classmethod
@@ -237,6 +256,7 @@ class LoadConfig(_Section):
     requests: Requests = Requests()
     shape: Shape = Shape()
     targets: Targets = Targets()
+    live_stream: LiveStream = LiveStream()
 
     @field_validator("host")
     @classmethod

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import shapes
+from bench.livestream import read_counts as read_live_stream
 from bench.loadconfig import LoadConfig, load_config
 from bench.report import Summary, summarize, write_summary
 from bench.timeline import load_samples
@@ -301,6 +302,11 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
             f"locustfile not found at {opts.locustfile}: run from a source checkout of recsvc "
             "(load/ is not part of the installed package)"
         )
+    if config.live_stream.enabled and opts.processes > 1:
+        raise LoadRunError(
+            "the live-stream scenario runs in one Locust process (the members check their answers "
+            "against the host's sell-outs in memory): leave out --processes"
+        )
     locust_executable()  # missing load extra: say so before starting anything
     if opts.bundle is not None:
         ServedIds.from_bundle(opts.bundle)  # not a bundle: say so before starting anything
@@ -324,6 +330,12 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
             context["server"] = f"existing server at {host}"
         else:
             host, bundle = start_local_stack(opts, env, results, setup_log, stack, say, context)
+        if config.live_stream.enabled:
+            ls = config.live_stream
+            context["scenario"] = (
+                f"live stream: {ls.pinned} pinned products sold out one every {ls.sellout_interval_s:g} s "
+                f"from {ls.start_after_s:g} s on; propagation bound {ls.bound_s:g} s"
+            )
         context.update(
             {
                 "host": host,
@@ -366,6 +378,7 @@ def run_load(opts: LoadRunOptions, say: Callable[[str], None] = print) -> LoadRu
         samples=samples,
         warmup_s=opts.warmup_s,
         targets=config.targets,
+        live_stream=read_live_stream(results) if config.live_stream.enabled else None,
     )
     md = write_summary(summary, results, context)
     if samples is not None and len(samples):

@@ -81,6 +81,8 @@ class Summary:
     exact: bool = False  # latency percentiles from the per-call timeline, not Locust's rounding
     warmup_s: float = 0.0  # calls that ended this long after the start are not in the figures
     verdicts: list[Verdict] = field(default_factory=list)
+    # The live-stream scenario's counts (bench/livestream.py LiveStreamCounts), when it ran.
+    live_stream: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -300,6 +302,11 @@ def evaluate(summary: Summary, targets: Targets) -> list[Verdict]:
     for rpc, limit in targets.rpc_p99_ms.items():
         found = by_name.get(rpc)
         at_most(f"rpc_p99_ms.{rpc}", limit, found.p99_ms if found is not None else None)
+    if targets.max_sold_out_past_bound is not None:
+        live = summary.live_stream
+        # Not judged as met without a live stream that sold something out: nothing was checked.
+        measured = float(live["past_bound"]) if live and live.get("sold_out") else None
+        at_most("max_sold_out_past_bound", targets.max_sold_out_past_bound, measured)
     return out
 
 
@@ -310,6 +317,7 @@ def summarize(
     samples: Samples | None = None,
     warmup_s: float = 0.0,
     targets: Targets | None = None,
+    live_stream: dict[str, Any] | None = None,
 ) -> Summary:
     """Counts, rates and failures from Locust's CSVs; latency percentiles exact from ``samples``
     (the timeline) when given, else Locust's whole-millisecond ones. With ``warmup_s`` and
@@ -353,6 +361,7 @@ def summarize(
             )
     if total.requests == 0:
         summary.notes.append("no requests were made: check the host and the locust log")
+    summary.live_stream = live_stream
     if targets is not None:
         summary.verdicts = evaluate(summary, targets)
     return summary
@@ -400,6 +409,8 @@ def to_markdown(summary: Summary, context: dict[str, str] | None = None) -> str:
         if any(p.name == "spike" for p in summary.phases):
             rec = "not within the run" if summary.recovery_s is None else f"{summary.recovery_s:.0f} s"
             lines += ["", f"Recovery after the spike: {rec}."]
+    if summary.live_stream is not None:
+        lines += live_stream_markdown(summary.live_stream)
     if summary.verdicts:
         lines += [
             "",
@@ -434,6 +445,26 @@ def to_markdown(summary: Summary, context: dict[str, str] | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def live_stream_markdown(live: dict[str, Any]) -> list[str]:
+    worst = live.get("worst_lag_s")
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(live.get("errors", {}).items())) or "none"
+    return [
+        "",
+        "## Live stream",
+        "",
+        f"A host pinned {len(live['pinned'])} products and sold {len(live['sold_out'])} of them out one at "
+        "a time (Catalog/SetStock); members asked for RecommendProducts with in_stock_only. A sold-out "
+        "product counts when a call sent after its SetStock answered still got it.",
+        "",
+        "| checked answers | pinned products served in stock | sold-out served within "
+        f"{live['bound_s']:g} s | sold-out served past {live['bound_s']:g} s | latest send still served "
+        "(s after the change) | host errors |",
+        "|---:|---:|---:|---:|---:|---|",
+        f"| {live['checked_calls']} | {live['pinned_served']} | {live['within_bound']} | "
+        f"{live['past_bound']} | {'-' if worst is None else f'{worst:.3f}'} | {errors} |",
+    ]
 
 
 def write_summary(summary: Summary, out_dir: Path, context: dict[str, str] | None = None) -> Path:

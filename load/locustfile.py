@@ -22,6 +22,12 @@ carries its real gRPC status code name (UNAVAILABLE, DEADLINE_EXCEEDED, ...) as 
 Locust's failure table counts failures by code. Business refusals (an outreach decision of
 "not allowed") are answers, not failures.
 
+The live-stream scenario (``load/live-stream.toml``, ``[live_stream] enabled``): a host greenlet
+pins the products members' lists hold most often and sells them out one at a time through the
+Catalog service (SetStock); members ask for RecommendProducts with ``in_stock_only`` and every
+answer is checked against the sell-outs (``bench/livestream.py``); the counts go to
+``live-stream.json`` in the timeline folder and from there into summary.md/json.
+
 The load shape (steady, ramp to the knee, live-stream spike) comes from the config's ``[shape]``
 or ``--shape``; see ``bench/shapes.py``. Everything that is not Locust glue lives in
 ``bench`` so it is unit-tested without Locust.
@@ -50,11 +56,19 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import shapes
+from bench.livestream import LiveStreamHost, SoldOutLedger
 from bench.loadconfig import LoadConfig, load_config
 from bench.timeline import SHAPE_START_FILE, Timeline
 from bench.traffic import ServedIds, Traffic
 from recsvc.csvsafe import SafeWriter
-from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
+from recsvc.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    outreach_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
 
 grpc_gevent.init_gevent()
 
@@ -104,6 +118,9 @@ class _Context:
     channels: list[grpc.Channel] | None = None
     next_channel: int = 0
     timeline: Timeline | None = None
+    # The live-stream scenario ([live_stream] enabled): what members' answers are checked against.
+    ledger: SoldOutLedger | None = None
+    host: LiveStreamHost | None = None
 
 
 _contexts: dict[int, _Context] = {}
@@ -174,7 +191,10 @@ def _on_init(environment: Any, **_: Any) -> None:
         return
     if not isinstance(environment.runner, WorkerRunner):
         _bundle(environment)  # a missing bundle is reported before any user starts
-    weights = _context(environment).config.weights
+    ctx = _context(environment)
+    weights = ctx.config.weights
+    if ctx.config.live_stream.enabled:
+        ctx.ledger = SoldOutLedger(ctx.config.live_stream.bound_s)
     tasks: list[Any] = []
     for fn, w in (
         (RecsvcUser.recommend_products, weights.recommend_products),
@@ -201,6 +221,66 @@ def _on_test_start(environment: Any, **_: Any) -> None:
     ctx = _contexts.get(id(environment))
     if ctx is not None and ctx.timeline is not None:
         ctx.timeline.started_at = time.time()
+    if (
+        ctx is not None
+        and ctx.config.live_stream.enabled
+        and not isinstance(environment.runner, WorkerRunner)
+    ):
+        _start_live_stream_host(environment, ctx)
+
+
+def _start_live_stream_host(environment: Any, ctx: _Context) -> None:
+    """The live stream's host: a greenlet beside the member users, in the same process (they
+    check their answers against its ledger; ``recsvc load run`` refuses --processes > 1 here)."""
+    import gevent
+
+    config = ctx.config
+    host = (environment.host or config.host).removeprefix("grpc://").removeprefix("http://")
+    channel = _channel(environment, host)
+    recommender = recommender_pb2_grpc.RecommenderStub(channel)
+    catalog = catalog_pb2_grpc.CatalogStub(channel)
+    metadata = tuple(config.metadata.items())
+    traffic = _traffic(environment)
+
+    def recommend(member: str) -> list[str]:
+        request = recommender_pb2.RecommendProductsRequest(
+            member_id=member,
+            k=config.requests.recommend_k,
+            filters=common_pb2.RecommendationFilters(in_stock_only=True),
+        )
+        answer = recommender.RecommendProducts(request, timeout=config.deadline_s, metadata=metadata)
+        return [it.item_id for it in answer.items]
+
+    def set_stock(item: str, in_stock: bool) -> None:
+        request = catalog_pb2.SetStockRequest(item_id=item, in_stock=in_stock)
+        catalog.SetStock(request, timeout=config.deadline_s, metadata=metadata)
+
+    assert ctx.ledger is not None
+    ctx.host = LiveStreamHost(
+        config.live_stream, ctx.ledger, recommend=recommend, set_stock=set_stock, member=traffic.member,
+        sleep=gevent.sleep,
+    )  # fmt: skip
+    gevent.spawn(ctx.host.run, time.time())
+
+
+@events.test_stop.add_listener
+def _on_live_stream_stop(environment: Any, **_: Any) -> None:
+    ctx = _contexts.get(id(environment))
+    if ctx is None or ctx.ledger is None or isinstance(environment.runner, WorkerRunner):
+        return
+    if ctx.host is not None:
+        ctx.host.stopped = True
+        ctx.host.restock()  # a running server (--host) is left as it was found
+    out = environment.parsed_options.timeline_dir
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        ctx.ledger.write(Path(out))
+    c = ctx.ledger.counts
+    log.info(
+        "live stream: %d pinned, %d sold out, %d sold-out products served within %.1f s of their "
+        "change, %d past it",
+        len(c.pinned), len(c.sold_out), c.within_bound, c.bound_s, c.past_bound,
+    )  # fmt: skip
 
 
 @events.test_stop.add_listener
@@ -283,6 +363,7 @@ class RecsvcUser(User):
         else:
             self._wait = constant(0)
         self._seen_errors: set[tuple[str, str]] = set()
+        self.ledger = ctx.ledger
 
     def wait_time(self) -> float:  # type: ignore[override]
         return float(self._wait(self))
@@ -315,7 +396,17 @@ class RecsvcUser(User):
         return response
 
     def recommend_products(self) -> None:
-        self._call("RecommendProducts", self.recommender.RecommendProducts, self.traffic.recommend_products())
+        request = self.traffic.recommend_products()
+        if self.ledger is None:
+            self._call("RecommendProducts", self.recommender.RecommendProducts, request)
+            return
+        # Live stream: members want what is in stock; every answer is checked against the host's
+        # sell-outs (sent after a SetStock answered and still holding its product = served after).
+        request.filters.in_stock_only = True
+        sent_at = time.time()
+        answer = self._call("RecommendProducts", self.recommender.RecommendProducts, request)
+        if answer is not None:
+            self.ledger.check([it.item_id for it in answer.items], sent_at)
 
     def similar_items(self) -> None:
         self._call("SimilarItems", self.recommender.SimilarItems, self.traffic.similar_items())

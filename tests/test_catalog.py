@@ -384,3 +384,29 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     assert sold.exit_code == 0 and "applied=1" in sold.output
     gone = runner.invoke(app, ["catalog", "delist", "NOPE", "--target", server.target])
     assert "ITEM_NOT_FOUND" in gone.output
+
+
+def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> None:
+    """With ``settle_s`` a change after a quiet moment is applied at once, and the changes of a
+    burst (a live stream's stock) wait for one rebuild instead of one each."""
+    store = CatalogStore(redis.Redis.from_url(redis_url), "burst", feed_maxlen=1000)
+    calls: list[int] = []
+    follower = CatalogFollower(
+        store,
+        redis.Redis.from_url(redis_url, socket_timeout=5),
+        on_change=lambda r: calls.append(len(r)),
+        block_ms=200,
+        settle_s=0.5,
+    ).start()
+    try:
+        first = len(calls)  # the first full read
+        store.apply([Change("A", {"in_stock": False}, False)])
+        _within(0.4, lambda: len(calls) == first + 1, "a lone change waited")
+        t0 = time.monotonic()
+        for i in range(5):
+            store.apply([Change(f"B{i}", {"in_stock": False}, False)])
+        assert time.monotonic() - t0 < 0.3  # the burst is inside the settle window
+        _within(2.0, lambda: {f"B{i}" for i in range(5)} <= follower.records.keys(), "burst not applied")
+        assert len(calls) == first + 2, calls  # one rebuild for the five changes
+    finally:
+        follower.stop()

@@ -316,3 +316,29 @@ def test_no_refit_segments_and_popular_lists_do_not_know_the_holdout(
     assert (seg["frequency"].to_numpy() == bought["size"].to_numpy()).all()
     recency = (as_of - bought["max"]).dt.total_seconds().to_numpy() / 86400.0
     np.testing.assert_allclose(seg["recency_days"].to_numpy(), recency, atol=1e-3)
+
+
+def test_manifest_records_when_its_catalog_was_read(
+    first: pipeline.TrainingReport, store: Path, tmp_path: Path
+) -> None:
+    """``catalog_as_of`` is what a bundle swap retires live catalog changes by: a dataset handed
+    over in memory was read before the run; a catalog file cannot know changes made after it was
+    written (its modification time), nor after training read it."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from training.assemble import catalog_as_of
+
+    manifest = load_bundle(store / "bundle1").manifest.model_dump()
+    as_of = datetime.fromisoformat(manifest["catalog_as_of"])
+    # read before the bundle was made (created_at has second precision)
+    assert as_of < datetime.fromisoformat(manifest["created_at"]) + timedelta(seconds=1)
+    assert as_of.tzinfo is not None and as_of <= datetime.now(UTC)
+    read_at = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+    assert catalog_as_of(None, read_at) == "2026-03-01T12:00:00.250+00:00"
+    (tmp_path / "catalog.csv").write_text("item_id\n")
+    exported = datetime(2026, 3, 1, 11, 0, 0, 500_000, tzinfo=UTC).timestamp()
+    os.utime(tmp_path / "catalog.csv", (exported, exported))
+    assert catalog_as_of(tmp_path, read_at) == "2026-03-01T11:00:00.500+00:00"
+    # A file touched after training read it (a copy in flight) never moves the time forward.
+    assert catalog_as_of(tmp_path, datetime(2026, 3, 1, 10, tzinfo=UTC)) == "2026-03-01T10:00:00.000+00:00"

@@ -35,6 +35,27 @@ def new_bundle_id(prepared: Prepared) -> str:
     return f"{cutoff}-{prepared.fingerprint[:8]}-{uuid.uuid4().hex[:8]}"
 
 
+def catalog_as_of(data_dir: Path | None, read_at: datetime) -> str:
+    """The time the training catalog describes, for the manifest's ``catalog_as_of``: live
+    catalog changes older than it are retired when the bundle is served (recsvc/catalog/view.py),
+    newer ones stay in force. A catalog file cannot know a change made after it was written, so
+    that is its modification time (``recsvc catalog export`` writes it at the moment it reads the
+    service); never later than ``read_at``, the time training read it. Without a file (a dataset
+    handed over in memory) the data was read before the run: ``read_at``."""
+    from pipelines.contract import CATALOG
+    from pipelines.read import SUFFIXES
+
+    as_of = read_at
+    if data_dir is not None:
+        for suffix in SUFFIXES:
+            path = data_dir / f"{CATALOG.name}{suffix}"
+            if path.is_file():
+                as_of = min(as_of, datetime.fromtimestamp(path.stat().st_mtime, UTC))
+    # Milliseconds: the live catalog stamps its changes in ms, and a change made in the same
+    # second as the export must not be retired by rounding up.
+    return as_of.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 def manifest_params(params: AlsParams) -> dict[str, Any]:
     """What serving needs to recompute a member vector like ``recalculate_user``: the
     confidence formula (event_weights, half_life_days, decay measured from the cutoff) and the

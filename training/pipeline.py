@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,9 @@ def run(
         raise BundleError(f"--bundle-out folder is not empty: {options.bundle_out}")
     steps = Steps(progress)
     with steps.step("ingest and validate"):
+        catalog_as_of = assemble.catalog_as_of(
+            None if dataset is not None else options.data_dir, datetime.now(UTC)
+        )
         data = (
             dataset
             if dataset is not None
@@ -461,6 +465,9 @@ def run(
                         "data_as_of": prepared.cutoff_iso if options.refit else window["start"],
                         "run_id": run_id,
                         "engine": t.engine,
+                        # the time the catalog was read as of: a bundle swap retires the live
+                        # catalog changes older than it and keeps the newer ones
+                        "catalog_as_of": catalog_as_of,
                     },
                 )
                 bundle_dir = options.bundle_out or tmp_root / "bundle"

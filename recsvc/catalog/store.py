@@ -190,6 +190,11 @@ class CatalogFollower:
 
     While Redis is down the last known records stay in force (nothing reverts to the bundle);
     ``on_state(ok)`` reports each transition for metrics and health logs.
+
+    ``settle_s``: after a rebuild, the follower waits this long before it reads the feed again,
+    so a stream of changes (a live stream's stock at 200/s) is applied in batches instead of
+    waking every process once per change. A change after a quiet moment is applied at once; one
+    inside a burst waits at most ``settle_s`` (docs/benchmarks.md "Live catalog" measured both).
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class CatalogFollower:
         on_state: Callable[[bool], None] | None = None,
         retry_s: float = 0.25,
         block_ms: int = 500,
+        settle_s: float = 0.0,
     ) -> None:
         self._store = store
         self._client = client  # its socket timeout exceeds block_ms
@@ -207,6 +213,7 @@ class CatalogFollower:
         self._on_state = on_state
         self._retry_s = retry_s
         self._block_ms = block_ms
+        self._settle_s = settle_s
         self.records: dict[str, ItemRecord] = {}
         self.seq = 0
         self._last_id = "0-0"
@@ -288,6 +295,8 @@ class CatalogFollower:
             if changed or (self.wake_at is not None and time.monotonic() >= self.wake_at):
                 self.wake_at = None
                 self._on_change(self.records)
+                if changed and self._settle_s > 0:
+                    self._stop.wait(self._settle_s)
 
     def _apply(self, found: Iterable[Any] | None) -> bool:
         changed = False

@@ -1,0 +1,69 @@
+"""The live catalog propagation benchmark (``recsvc load bench catalog-propagation``), briefly,
+against a real two-process server: every probe connection is held by the process it is said to
+be, each sell-out is timed on both processes, and the paired runs report their p99 ratio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_factory import make_bundle
+
+from bench.catalog_propagation import established_server_sockets, socket_inodes, worker_pids
+
+pytestmark = pytest.mark.integration
+
+
+def test_process_of_a_connection_is_read_from_the_kernel(tmp_path: Path) -> None:
+    """The primitives on this test process's own listening socket: no server needed."""
+    import os
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        new = established_server_sockets(port)
+        assert len(new) == 1 and new <= socket_inodes(os.getpid())
+        assert worker_pids(os.getpid(), port) == [os.getpid()]  # no children: the process itself
+    finally:
+        for s in (accepted, client, server):
+            s.close()
+
+
+@pytest.mark.slow  # ~20 s: a two-process server, four sell-outs and two short paired runs
+def test_propagation_bench_times_each_change_on_both_processes(tmp_path: Path) -> None:
+    planted = make_bundle(tmp_path / "bundle")
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "bench", "catalog-propagation", "--bundle", str(planted.path),
+            "--changes", "4", "--background-rate", "40", "--pairs", "1", "--rate", "40",
+            "--set-stock-rate", "20", "--duration", "2", "--warmup", "0.5", "--connections", "4",
+            "--results", str(results), "--workdir", str(tmp_path / "work"),
+        ],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out,) = list((results / "bench").iterdir())
+    report = json.loads((out / "catalog-propagation.json").read_text())
+    prop = report["propagation"]
+    assert len(prop["processes"]) == 2 and prop["probes_stayed"] is True
+    assert len(prop["changes"]) == 4 and prop["misses"] == 0
+    for change in prop["changes"]:
+        per = change["per_process_ms"]
+        assert len(per) == 2 and all(v is not None for v in per.values()), change
+        assert change["propagation_ms"] == max(per.values()) < 1000, change
+    assert prop["p99_ms"] is not None and prop["background"]["achieved_rps"] > 0
+    paired = report["paired"]
+    assert [r["with_changes"] for r in paired["runs"]] == [False, True]
+    stock = paired["runs"][1]["set_stock"]
+    assert stock["ok"] == stock["sent"] == 50 and stock["errors"] == {}  # 20/s x 2.5 s
+    assert paired["ratios"][0] is not None and paired["ratios"][0] > 0
+    assert "p99 with / without SetStock" in (out / "catalog-propagation.md").read_text()
