@@ -1,5 +1,5 @@
 """The transport floor in several server set-ups: what a gRPC server that does no work costs per
-call on this machine, to set the service's figures against (docs/benchmarks.md, session 4).
+call on this machine, to set the service's figures against.
 
 Every variant answers RecommendProducts with the same 20-item response
 (``bench.echo.echo_handler``). Modes:

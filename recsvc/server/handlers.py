@@ -5,8 +5,8 @@ recsvc's interceptors are ``MethodWrapper``s: what they do to a call depends on 
 the call itself (its metadata, its outcome), never on the choice of handler. So the aio server
 (``recsvc.server.app.build_server``) applies them once per method, when the services are
 registered (``WrappingRegistrar``), instead of running grpc's per-call interceptor pipeline:
-that pipeline cost ~0.05 ms of server CPU per call here, a tenth of the transport itself
-(docs/benchmarks.md, session 5). On a thread-pool server they still work as interceptors."""
+that pipeline cost ~0.05 ms of server CPU per call here, a tenth of the transport itself.
+On a thread-pool server they still work as interceptors."""
 
 from __future__ import annotations
 
