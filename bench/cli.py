@@ -250,7 +250,7 @@ def bench_ann(
     """Per bundle and item kind: the FAISS index's type and nprobe/efSearch, its recall@20 against
     exact inner-product search, and ms per single-vector search of 100 results (1 OMP thread),
     bare and through ServedModel.search (the serving call, scores included)."""
-    from bench.ann import ann_costs, markdown
+    from bench.ann_recall import ann_costs, markdown
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
@@ -483,7 +483,7 @@ def bench_pipeline(
     import shlex
 
     from bench.loadrun import LoadRunError
-    from bench.pipeline import markdown, run_measured
+    from bench.training_scale import markdown, run_measured
     from recsvc.localstack import recsvc_command
 
     app_state = state(ctx)
@@ -546,7 +546,7 @@ def bench_diversity(
 ) -> None:
     """NDCG@k against intra-list diversity and distinct categories per diversity setting, on the
     holdout (last training.holdout_days) of the data a --no-refit bundle was trained on."""
-    from bench.diversity import diversity_table, markdown
+    from bench.diversity_tradeoff import diversity_table, markdown
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)

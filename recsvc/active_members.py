@@ -20,7 +20,7 @@ subscription seemed fine (a stall, or a connection that died without an error). 
 got events during or around an outage, through this process or another, is always read: until the
 re-scan has seen their state, every member is.
 
-Keys carry the member's hash tag (``recsvc.keys``). On Redis Cluster (``recsvc.redis_client``)
+Keys carry the member's hash tag (``recsvc.redis_keys``). On Redis Cluster (``recsvc.redis_client``)
 the same code works: classic ``PUBLISH`` (from the record script, on whichever primary owns the
 member's slot) reaches subscribers on every node, and the cluster client's ``scan_iter`` visits
 every primary.
@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recsvc.keys import global_key
+from recsvc.redis_keys import global_key
 
 log = logging.getLogger(__name__)
 

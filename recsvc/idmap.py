@@ -20,7 +20,7 @@ from recsvc.mapped import load_array
 
 # The separators an id may hold besides letters, marks and digits of any script. Deliberately
 # absent: whitespace, control and format characters (invisible; a bidi override makes two ids
-# look alike), '{' and '}' (the Redis hash tag {m:<id>} must end where the id ends: recsvc.keys),
+# look alike), '{' and '}' (the Redis hash tag {m:<id>} must end where the id ends: recsvc.redis_keys),
 # '|' (the separator of outreach send records and of featured_item_ids), '*?[]\' (Redis SCAN
 # MATCH globs), ',' and '"' (CSV) and every other symbol.
 ID_SEPARATORS = "/-_.:@#"

@@ -7,7 +7,7 @@ many side by side). With several worker processes, ``recsvc serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: prometheus_client then writes every
 process's samples to files there, and the parent serves them merged (``multiprocess_registry``).
 With one worker, that worker serves its own registry together with the default one, which holds
-the outreach metrics (``recsvc.outreach.metrics``) and prometheus_client's ``process_*`` and
+the outreach metrics (``recsvc.outreach.throttle_metrics``) and prometheus_client's ``process_*`` and
 ``python_*`` collectors (``served_registry``).
 """
 

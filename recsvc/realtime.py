@@ -1,6 +1,6 @@
 """Real-time member state: recent events in Redis and member vectors recomputed from them.
 
-Writes, per member (keys from ``recsvc.keys.member_key``, so one member's keys share a cluster
+Writes, per member (keys from ``recsvc.redis_keys.member_key``, so one member's keys share a cluster
 slot): ``<prefix>:{m:<id>}:rt:events`` a capped list of recent events (JSON, newest first) and
 ``<prefix>:{m:<id>}:rt:purchased`` the set of items bought recently; both expire after
 ``recent_events_ttl_s``. Every server process and replica reads the same keys, so an event
@@ -36,8 +36,8 @@ import redis
 from recsvc.active_members import ActiveMembers, active_channel
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import MemberErased
-from recsvc.keys import member_key
 from recsvc.redis_client import REDIRECTED, RedisClient, connect, node_pool, refresh_topology
+from recsvc.redis_keys import member_key
 from recsvc.security.erasure import suppression_key
 from recsvc.settings import RedisSettings
 

@@ -4,7 +4,7 @@
 ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` with TLS):
 one or more seed nodes of a cluster, from which redis-py's ``RedisCluster`` learns the rest. The
 code above this module is the same for both: every key of a member carries the member's hash tag
-(``recsvc.keys``), so each script touches one slot; ``scan_iter`` of the cluster client visits
+(``recsvc.redis_keys``), so each script touches one slot; ``scan_iter`` of the cluster client visits
 every primary; classic ``PUBLISH`` reaches subscribers on every node of a cluster.
 
 What differs, and is handled here, is where a command goes when recsvc bypasses redis-py's command

@@ -16,8 +16,8 @@ from serving_harness import RunningServer
 
 from recsvc.bounds import MAX_AMOUNT, MAX_FUTURE_S, MAX_PAST_DAYS, MAX_PRICE, MAX_QUANTITY
 from recsvc.errors import InvalidArgument
-from recsvc.keys import member_key
 from recsvc.realtime import EVENTS_SUFFIX
+from recsvc.redis_keys import member_key
 from recsvc.v1 import common_pb2, recommender_pb2
 
 pytestmark = [pytest.mark.integration]

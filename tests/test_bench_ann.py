@@ -1,4 +1,4 @@
-"""`recsvc load bench ann` (bench/ann.py) on a small planted bundle: recall of the bundle's
+"""`recsvc load bench ann` (bench/ann_recall.py) on a small planted bundle: recall of the bundle's
 indexes against exact search on members outside the tuning sample, and search times."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench.ann import AnnRow, ann_costs, markdown, query_rows
+from bench.ann_recall import AnnRow, ann_costs, markdown, query_rows
 from recsvc.bundle import KIND_NAMES, KIND_PRODUCT
 from recsvc.settings import load_settings
 from training import ann as training_ann

@@ -20,9 +20,9 @@ from pipelines.validate import validate_dir
 from recsvc.bundle import ALL
 from recsvc.cli import app
 from recsvc.errors import ConfigError, InvalidArgument
+from recsvc.outreach.ask_checks import check_channel as check_outreach_channel
 from recsvc.outreach.policy import DEFAULT_POLICY_FILE, Policy, load_policy, parse_policy
-from recsvc.outreach.validation import check_channel as check_outreach_channel
-from recsvc.server.validation import check_channel
+from recsvc.server.request_checks import check_channel
 from recsvc.settings import EVENT_CHANNELS, DataSettings, TrainingSettings, load_settings
 from recsvc.v1 import recommender_pb2
 from training import prepare, segments

@@ -22,10 +22,10 @@ from recsvc.bundle import load_bundle
 from recsvc.cli import app
 from recsvc.errors import DataContractError, InvalidArgument
 from recsvc.idmap import IdMap, id_problem, normalize_id
+from recsvc.outreach.ask_checks import check_channel
+from recsvc.outreach.ask_checks import check_id as outreach_check_id
 from recsvc.outreach.policy import Policy
-from recsvc.outreach.validation import check_channel
-from recsvc.outreach.validation import check_id as outreach_check_id
-from recsvc.server.validation import check_id
+from recsvc.server.request_checks import check_id
 from recsvc.settings import EVENT_CHANNELS, DataSettings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2
 from training import gate

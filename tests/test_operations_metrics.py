@@ -221,7 +221,7 @@ def test_the_documented_metrics_exist() -> None:
     """Every metric docs/operations.md lists is defined (none renamed without the docs)."""
     from prometheus_client import generate_latest
 
-    import recsvc.outreach.metrics  # noqa: F401  (registers the outreach metrics)
+    import recsvc.outreach.throttle_metrics  # noqa: F401  (registers the outreach metrics)
     from recsvc.eventlog.log import EventLogMetrics
     from recsvc.eventlog.sink import SinkMetrics
     from recsvc.metrics import ServingMetrics, served_registry

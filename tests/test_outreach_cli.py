@@ -12,7 +12,7 @@ import redis
 from typer.testing import CliRunner
 
 from recsvc.cli import app
-from recsvc.keys import member_key
+from recsvc.redis_keys import member_key
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 import redis
 from test_outreach_grpc import Harness, serve
 
-from recsvc.outreach.keys import MemberKeys
+from recsvc.outreach.member_keys import MemberKeys
 from recsvc.v1 import outreach_pb2
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_thr
 
 from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.evalsha import Arg, Call, ScriptRunner
-from recsvc.outreach.keys import MemberKeys, decide_keys
+from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import HOUR_MS, load_policy, parse_policy
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import SCRIPTS_DIR, OutreachAsk, Throttle

@@ -24,13 +24,13 @@ import pytest
 from redis.cluster import RedisCluster
 from test_outreach_support import CONSENTED, WalkClock, local, policy_text
 
-from recsvc.keys import member_key
 from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import OutreachAsk, Throttle
 from recsvc.realtime import RealtimeStore, make_redis_client
 from recsvc.redis_client import connect
+from recsvc.redis_keys import member_key
 from recsvc.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

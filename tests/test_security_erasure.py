@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
-from recsvc.keys import member_key
 from recsvc.redis_client import RedisClient, connect
+from recsvc.redis_keys import member_key
 from recsvc.security.audit import AuditLog, verify
 from recsvc.security.erasure import ErasureListener, check_member_id, forget_member, is_suppressed
 from recsvc.security.privacy import ErasureList, Pseudonymizer

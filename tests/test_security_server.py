@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import serving_settings
 
 from recsvc.errors import ConfigError
-from recsvc.keys import member_key
+from recsvc.redis_keys import member_key
 from recsvc.security.audit import verify
 from recsvc.security.auth import caller_toml, new_key
 from recsvc.security.privacy import Pseudonymizer

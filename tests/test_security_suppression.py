@@ -18,8 +18,8 @@ from test_outreach_support import WalkClock, local, make_throttle
 from test_security_server import Secured, secured_server, secured_settings
 
 from recsvc.errors import MemberErased
-from recsvc.keys import member_key
 from recsvc.realtime import RealtimeStore
+from recsvc.redis_keys import member_key
 from recsvc.security.audit import AuditLog, verify
 from recsvc.security.erasure import forget_member, suppression_key
 from recsvc.security.privacy import ErasureList, Pseudonymizer

@@ -25,7 +25,7 @@ from recsvc.catalog.store import CatalogStore, Change, ChangeOutcome
 from recsvc.catalog.view import CatalogView
 from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
 from recsvc.models.served import ServedModels
-from recsvc.server.validation import check_id
+from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 

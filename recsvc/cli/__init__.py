@@ -9,12 +9,12 @@ from pathlib import Path
 import typer
 
 from recsvc.cli import (
+    apikeys,
     audit,
     catalog,
     data,
     demo,
     events,
-    keys,
     members,
     mlflow_ui,
     outreach,
@@ -82,7 +82,7 @@ app.add_typer(_load_commands(), name="load")
 app.command("demo")(demo.demo)
 app.command("mlflow-ui")(mlflow_ui.mlflow_ui)
 app.add_typer(audit.app, name="audit")
-app.add_typer(keys.app, name="keys")
+app.add_typer(apikeys.app, name="keys")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(events.app, name="events")
 app.add_typer(report.app, name="report")

@@ -119,9 +119,9 @@ def import_profiles(
     import redis
 
     from recsvc.errors import InvalidArgument
+    from recsvc.outreach.ask_checks import check_id
     from recsvc.outreach.policy import check_timezone
     from recsvc.outreach.service import build_throttle
-    from recsvc.outreach.validation import check_id
     from recsvc.redis_client import connect
 
     settings = state(ctx).settings()
@@ -211,7 +211,7 @@ def check(
 ) -> None:
     """Ask the throttle whether a message may go out now; prints the decision as JSON."""
     from recsvc.errors import InvalidArgument
-    from recsvc.outreach import validation as v
+    from recsvc.outreach import ask_checks as v
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, OutreachAsk
     from recsvc.redis_client import connect

@@ -37,8 +37,8 @@ import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from recsvc.breaker import CircuitBreaker
-from recsvc.keys import member_key
 from recsvc.redis_client import RedisClient
+from recsvc.redis_keys import member_key
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
 

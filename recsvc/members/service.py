@@ -29,7 +29,7 @@ from recsvc.outreach.throttle import (
     read_member_state,
 )
 from recsvc.realtime import RealtimeStore
-from recsvc.server.validation import check_id
+from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings
 from recsvc.v1 import members_pb2, members_pb2_grpc
 

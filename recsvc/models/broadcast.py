@@ -27,7 +27,7 @@ class ReloadBroadcast:
     """
 
     def __init__(self, client: Any, prefix: str, registry: ServedModels) -> None:
-        from recsvc.keys import global_key
+        from recsvc.redis_keys import global_key
 
         self._client = client
         self._channel = global_key(prefix, RELOAD_CHANNEL_SUFFIX)

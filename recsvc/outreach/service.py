@@ -16,7 +16,7 @@ import grpc
 
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
-from recsvc.outreach import validation as v
+from recsvc.outreach import ask_checks as v
 from recsvc.outreach.holdout import HOLDOUT, Holdouts, HoldoutThrottle, check_holdout_share
 from recsvc.outreach.next_best import next_best_outreach
 from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key

@@ -1,6 +1,6 @@
 """The outreach throttle: decide, record and explain, one Redis round trip per decision.
 
-Reads and writes the per-member keys of ``recsvc.outreach.keys`` through the Lua scripts in
+Reads and writes the per-member keys of ``recsvc.outreach.member_keys`` through the Lua scripts in
 ``scripts/`` (called by EVALSHA; decisions through ``recsvc.outreach.evalsha.ScriptRunner``, which
 pipelines without redis-py's ``Pipeline``). The policy's constant arguments are encoded once per
 policy object (``Policy.decide_script_args``) and appended to every decision. Quiet hours are
@@ -39,9 +39,9 @@ from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
 from recsvc.idmap import normalize_id
-from recsvc.outreach import metrics
+from recsvc.outreach import throttle_metrics as metrics
 from recsvc.outreach.evalsha import Call, ScriptRunner
-from recsvc.outreach.keys import MemberKeys, decide_keys
+from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 from recsvc.redis_client import RedisClient
@@ -66,7 +66,7 @@ class StoreCircuitOpen(redis.ConnectionError):
 
 @dataclass(frozen=True)
 class OutreachAsk:
-    """One question to the throttle. Ids are validated by the caller (recsvc.outreach.validation)."""
+    """One question to the throttle. Ids are validated by the caller (recsvc.outreach.ask_checks)."""
 
     member_id: str
     channel: str

@@ -29,7 +29,7 @@ from typing import Any
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
 from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
-from recsvc.keys import global_key, member_key, member_tag
+from recsvc.redis_keys import global_key, member_key, member_tag
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList
 

@@ -32,7 +32,7 @@ from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.served import ServedModels
 from recsvc.realtime import RealtimeStore
 from recsvc.server.interceptors import check_deadline
-from recsvc.server.validation import check_channel, check_event_type, check_id, check_k
+from recsvc.server.request_checks import check_channel, check_event_type, check_id, check_k
 from recsvc.settings import Settings
 from recsvc.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""The outreach key layout. Every key carries the member hash tag ``{m:<id>}`` (recsvc.keys), so
+"""The outreach key layout. Every key carries the member hash tag ``{m:<id>}`` (recsvc.redis_keys), so
 one member's keys share a Redis Cluster slot and one Lua script may use them all.
 
     <prefix>:{m:<id>}:out:sends      zset  marketing sends "token|channel|campaign|item" -> ms
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recsvc.keys import member_key
+from recsvc.redis_keys import member_key
 from recsvc.security.erasure import suppression_key
 
 
