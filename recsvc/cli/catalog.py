@@ -23,17 +23,6 @@ app = typer.Typer(help="Change and read the live catalog (Catalog service).", no
 _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
 _KEY = typer.Option(None, "--api-key", envvar="RECSVC_API_KEY", help="API key with the catalog role.")
 _TIMEOUT = typer.Option(30.0, "--timeout", help="Deadline per call, seconds.")
-COLUMNS = (
-    "item_id",
-    "kind",
-    "title",
-    "category",
-    "brand",
-    "price",
-    "in_stock",
-    "published_at",
-    "featured_item_ids",
-)
 _CHUNK = 1000
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -163,11 +152,12 @@ def export(
     timeout: float = _TIMEOUT,
 ) -> None:
     """Write the service's current catalog (bundle + changes + new items) for the next training."""
+    from pipelines.contract import CATALOG
     from recsvc.csvsafe import escape_cell
 
     n = 0
     with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
         writer.writeheader()
         for item in _current(ctx, target, timeout, api_key):
             if not item.listed and not include_delisted:
