@@ -1,10 +1,12 @@
 """Recommendation ids: minted per response, checked when an event names one.
 
-An id is ``r`` + 11 hex digits of the minting time (ms) + 8 random hex digits + 12 hex digits of an
-HMAC over (member, time, random) keyed with ``security.pseudonym_key``. The server can therefore
-tell, without a Redis read and even before the buffered impression reaches Redis, whether an id
-was issued by this service to this member: a caller's bug (an id copied from another member's
-page) is refused, not silently attributed. The id holds no member id and no personal data.
+An id is ``r`` + 11 hex digits of the minting time (ms) + 8 random hex digits + 12 hex digits of a
+keyed BLAKE2b MAC over (member, time, random), its key derived from ``security.pseudonym_key``
+(BLAKE2b's own keyed mode: a MAC like HMAC, at a fifth of its cost on every served list).
+The server can therefore tell, without a Redis read and even before the buffered impression
+reaches Redis, whether an id was issued by this service to this member: a caller's bug (an id
+copied from another member's page) is refused, not silently attributed. The id holds no member
+id and no personal data.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class RecommendationIds:
         self._rand = random.Random()
 
     def _tag(self, member_id: str, body: str) -> str:
-        return hmac.new(self._key, f"{member_id}|{body}".encode(), hashlib.sha256).hexdigest()[:12]
+        return hashlib.blake2b(f"{member_id}|{body}".encode(), key=self._key, digest_size=6).hexdigest()
 
     def new(self, member_id: str, now_ms: int | None = None) -> str:
         ms = int(time.time() * 1000) if now_ms is None else now_ms
