@@ -44,20 +44,21 @@ def test_import_profiles_and_check(tmp_path: Path, redis_url: str, monkeypatch: 
     ).to_csv(data / "members.csv", index=False)
     pd.DataFrame(
         {
-            "member_id": ["M1", "M1", "M2", "M3"],
-            "channel": ["wecom", "fax", "sms", "sms"],
-            "granted": ["true", "true", "maybe", "0"],
-            "updated_at": ["2026-05-01T10:00:00Z", "2026-05-01", "2026-05-01", "2026-05-01"],
+            "member_id": ["M1", "M1", "M2", "M3", "M1"],
+            "channel": ["wecom", "fax", "sms", "sms", "sms"],
+            "granted": ["true", "true", "maybe", "0", "true"],
+            # a stamp in 2100 would outrank every later withdrawal: refused
+            "updated_at": ["2026-05-01T10:00:00Z", "2026-05-01", "2026-05-01", "2026-05-01", "2100-01-01"],
         }
     ).to_parquet(data / "consent.parquet")
     quarantine = tmp_path / "q.csv"
     res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
     assert res.exit_code == 0, res.output
     assert "imported 1 time zones and 2 consent records" in flat(res.output)
-    assert "4 rows refused" in flat(res.output)
+    assert "5 rows refused" in flat(res.output)
     refused = pd.read_csv(quarantine)
     assert sorted(refused["reason"].str.slice(0, 12)) == sorted(
-        ["member_id ma", "unknown time", "unknown chan", "granted must"]
+        ["member_id ma", "unknown time", "unknown chan", "granted must", "updated_at '"]
     )
     r = redis.Redis.from_url(redis_url)
     profile = member_key("recsvc", "M1", "out:profile")

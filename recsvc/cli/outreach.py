@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from recsvc.bounds import MAX_FUTURE_MS, now_ms
 from recsvc.cli.common import friendly_errors, state
 from recsvc.errors import DataContractError
 
@@ -172,6 +173,13 @@ def import_profiles(
                     at = _timestamp_ms(row.updated_at)
                 except ValueError as exc:
                     raise ValueError(f"updated_at is not a timestamp: {row.updated_at[:40]!r}") from exc
+                # A stamp ahead of the clock would outrank every later answer of the member's
+                # (the newest record wins): a withdrawal after it would be ignored.
+                if at > now_ms() + MAX_FUTURE_MS:
+                    raise ValueError(
+                        f"updated_at {row.updated_at[:40]!r} is more than "
+                        f"{MAX_FUTURE_MS // 1000} s in the future"
+                    )
                 records.append((member_id, row.channel, flag in _TRUE, at))
             except (InvalidArgument, ValueError) as exc:
                 refused.append({"file": "consent", "member_id": row.member_id[:max_id], "reason": _why(exc)})
