@@ -410,3 +410,23 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
         assert len(calls) == first + 2, calls  # one rebuild for the five changes
     finally:
         follower.stop()
+
+
+def test_a_new_item_starts_at_its_group_s_typical_length() -> None:
+    """The mean of a group's vectors points their way but is shorter than any of them; a new item
+    starts with that direction at the group's average norm, so it can outscore trained items."""
+    import numpy as np
+
+    from recsvc.catalog.view import GroupMeans
+
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(40, 8)).astype(np.float32)
+    key = np.repeat(np.arange(4), 10)
+    means = GroupMeans._means(f, np.ones(40, dtype=bool), key)
+    for group in range(4):
+        members = f[key == group]
+        vector = means[group]
+        assert np.linalg.norm(vector) == pytest.approx(np.linalg.norm(members, axis=1).mean(), rel=1e-5)
+        direction = members.mean(axis=0) / np.linalg.norm(members.mean(axis=0))
+        assert vector / np.linalg.norm(vector) == pytest.approx(direction, abs=1e-5)
+        assert np.linalg.norm(members.mean(axis=0)) < np.linalg.norm(vector)

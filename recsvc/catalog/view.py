@@ -48,7 +48,10 @@ def catalog_as_of_ms(model: ServedModel) -> int:
 
 class GroupMeans:
     """Mean trained vector per (kind, category, brand) and per (kind, category), computed once per
-    bundle: the vector a new item starts with (``CatalogView.new_vector``)."""
+    bundle: the vector a new item starts with (``CatalogView.new_vector``). The mean's direction,
+    at the group's typical length: the average of many vectors is much shorter than any of them,
+    and scores are inner products, so an unscaled mean would rank a new item below every trained
+    item of its group and it would almost never be recommended."""
 
     def __init__(self, model: ServedModel) -> None:
         f = model.item_factors
@@ -72,7 +75,11 @@ class GroupMeans:
         sums = np.zeros((uniq.shape[0], f.shape[1]), dtype=np.float64)
         np.add.at(sums, inv, np.asarray(f[rows], dtype=np.float64))
         counts = np.bincount(inv).astype(np.float64)
-        means = (sums / counts[:, None]).astype(np.float32)
+        means = sums / counts[:, None]
+        typical = np.bincount(inv, weights=np.linalg.norm(np.asarray(f[rows], dtype=np.float64), axis=1))
+        length = np.linalg.norm(means, axis=1)
+        scale = np.divide(typical / counts, length, out=np.zeros_like(length), where=length > 0)
+        means = (means * scale[:, None]).astype(np.float32)
         return {int(k): means[i] for i, k in enumerate(uniq.tolist())}
 
     def vector(self, kind: int, category: int | None, brand: int | None) -> np.ndarray | None:
