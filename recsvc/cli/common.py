@@ -55,6 +55,19 @@ def setup_logging(level: str) -> None:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
+# How a data folder is read, shared by `recsvc data validate` and `recsvc train`.
+MAPPING_OPTION = typer.Option(
+    None,
+    "--mapping",
+    "-m",
+    help="TOML mapping file: column renames, value maps, money and time formats, member defaults, "
+    "declared channels (docs/data.md, Mapping file).",
+    dir_okay=False,
+)
+ENCODING_OPTION = typer.Option(
+    None, "--encoding", help="Encoding of the CSV files (utf-8, gb18030, utf-16, ...). Default: detected."
+)
+
 # Packages an optional extra brings (pyproject.toml): a server install has none of them.
 EXTRA_OF_MODULE = {
     "implicit": "train",

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recsvc.cli.common import friendly_errors, setup_logging, state
+from recsvc.cli.common import ENCODING_OPTION, MAPPING_OPTION, friendly_errors, setup_logging, state
 
 app = typer.Typer(
     help="Check a data folder against the data contract, or generate realistic sample data.",
@@ -36,17 +36,8 @@ def validate(
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any row was quarantined."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
-    mapping: Path | None = typer.Option(
-        None,
-        "--mapping",
-        "-m",
-        help="TOML mapping file: column renames, value maps, money and time formats, member defaults, "
-        "declared channels (docs/data.md, Mapping file).",
-        dir_okay=False,
-    ),
-    encoding: str | None = typer.Option(
-        None, "--encoding", help="Encoding of the CSV files (utf-8, gb18030, utf-16, ...). Default: detected."
-    ),
+    mapping: Path | None = MAPPING_OPTION,
+    encoding: str | None = ENCODING_OPTION,
     report: Path | None = typer.Option(
         None,
         "--report",

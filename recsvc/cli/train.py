@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from recsvc.cli.common import console, friendly_errors, setup_logging, state
+from recsvc.cli.common import ENCODING_OPTION, MAPPING_OPTION, console, friendly_errors, setup_logging, state
 
 
 @friendly_errors
@@ -35,17 +35,8 @@ def train(
         help="Move the champion alias to this model even if it fails the NDCG@10 gate (below the "
         "champion, or below the popularity baseline; logged as forced).",
     ),
-    mapping: Path | None = typer.Option(
-        None,
-        "--mapping",
-        "-m",
-        help="TOML mapping file: column renames, value maps, money and time formats, member defaults, "
-        "declared channels (docs/data.md, Mapping file).",
-        dir_okay=False,
-    ),
-    encoding: str | None = typer.Option(
-        None, "--encoding", help="Encoding of the CSV files (utf-8, gb18030, utf-16, ...). Default: detected."
-    ),
+    mapping: Path | None = MAPPING_OPTION,
+    encoding: str | None = ENCODING_OPTION,
     allow_quarantine: bool = typer.Option(
         False,
         "--allow-quarantine",
