@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from recsvc.errors import InvalidArgument
 
@@ -43,6 +44,15 @@ def check_timestamp_ms(at_ms: int, field: str, now: int | None = None) -> int:
             reason="TIMESTAMP_OUT_OF_RANGE",
         )
     return at_ms
+
+
+def timestamp_field_ms(ts: Any, field: str) -> int:
+    """Epoch ms of a protobuf ``Timestamp`` field, without protobuf's own conversion, which raises
+    a bare ValueError (INTERNAL) for a value it considers invalid. Callers check the range
+    (``check_timestamp_ms``)."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field}.nanos must be within 0..999999999", reason="TIMESTAMP_OUT_OF_RANGE")
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
 
 
 def check_amount(value: float, field: str = "amount", limit: float = MAX_AMOUNT) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
 from recsvc.outreach.policy import Policy
@@ -98,15 +96,6 @@ def feedback_kind(value: int) -> str:
     if name is None:
         raise InvalidArgument(f"feedback must be one of {sorted(FEEDBACK_NAMES.values())}, got {value}")
     return name
-
-
-def timestamp_ms(ts: Timestamp, field: str) -> int:
-    """Epoch ms of a protobuf Timestamp, without protobuf's own conversion, which raises a bare
-    ValueError (INTERNAL) for a value it considers invalid. The range is checked by the caller
-    against the server's clock (recsvc.bounds.check_timestamp_ms)."""
-    if not 0 <= ts.nanos < 1_000_000_000:
-        raise InvalidArgument(f"{field}.nanos must be within 0..999999999", reason="TIMESTAMP_OUT_OF_RANGE")
-    return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
 def check_reservation_id(rid: str, max_id_length: int) -> tuple[str, str]:

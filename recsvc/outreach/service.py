@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from recsvc.bounds import timestamp_field_ms
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import ask_checks as v
@@ -226,7 +227,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         member_id = v.check_id(member_id, "member_id", self._max_id)
         channel = v.check_channel(request.channel, self.throttle.policies.current())
         kind = v.feedback_kind(request.feedback)
-        at_ms = v.timestamp_ms(request.ts, "ts") if request.HasField("ts") else None
+        at_ms = timestamp_field_ms(request.ts, "ts") if request.HasField("ts") else None
         self.throttle.feedback(member_id, channel, kind, at_ms)  # checks the window (recsvc.bounds)
         return outreach_pb2.OutreachFeedbackResponse()
 
@@ -316,8 +317,8 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             raise InvalidArgument(
                 "give both window_start and window_end, or neither", reason="INVALID_WINDOW"
             )
-        start = v.timestamp_ms(request.window_start, "window_start")
-        end = v.timestamp_ms(request.window_end, "window_end")
+        start = timestamp_field_ms(request.window_start, "window_start")
+        end = timestamp_field_ms(request.window_end, "window_end")
         now = self.throttle.now_ms()
         if end <= start or end <= now:
             raise InvalidArgument(

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from recsvc.bounds import check_amount, check_quantity, check_timestamp_ms
+from recsvc.bounds import check_amount, check_quantity, check_timestamp_ms, timestamp_field_ms
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import Recommendation, RecommendationEngine
@@ -196,7 +196,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             check_quantity(request.quantity)
             check_amount(request.amount)
             if request.HasField("ts"):
-                ts_ms = check_timestamp_ms(request.ts.seconds * 1000 + request.ts.nanos // 1_000_000, "ts")
+                ts_ms = check_timestamp_ms(timestamp_field_ms(request.ts, "ts"), "ts")
                 ts = ts_ms / 1000
             else:
                 ts = time.time()
