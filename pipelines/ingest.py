@@ -56,27 +56,38 @@ def load_dataset(
     also stops (reason QUARANTINE_SHARE), after the quarantine and its summary were written (to
     ``quarantine_dir``, default ``<data_dir>/quarantine``) so the one-line message can name them."""
     result = validate_dir(data_dir, settings, now, encoding=encoding, mapping=mapping)
-    over = []
-    if max_quarantined_share is not None:
-        over = [
-            f"{t.name}: {t.quarantined_share:.1%} of {t.rows_read:,} rows"
-            for t in (result.tables[CATALOG.name], result.tables[EVENTS.name])
-            if t.quarantined_share > max_quarantined_share
-        ]
-        if over and quarantine_dir is None:
-            quarantine_dir = data_dir / QUARANTINE_DIRNAME
+    over = quarantine_overflow(result, max_quarantined_share)
+    if over and quarantine_dir is None:
+        quarantine_dir = data_dir / QUARANTINE_DIRNAME
     if quarantine_dir is not None:
         result.write(quarantine_dir)
     if over:
         assert quarantine_dir is not None
-        raise DataContractError(
-            f"too much quarantined ({'; '.join(over)}; limit {max_quarantined_share:.0%}, "
-            f"data.max_quarantined_share): see {quarantine_dir / SUMMARY_FILE} for the reasons and "
-            "their fixes (or recsvc data validate --report), fix the data or the mapping file, or "
-            "train anyway with --allow-quarantine",
-            reason="QUARANTINE_SHARE",
-        )
+        raise too_much_quarantined(over, max_quarantined_share, quarantine_dir)
     return dataset_from(result)
+
+
+def quarantine_overflow(result: ValidationResult, max_quarantined_share: float | None) -> list[str]:
+    """The events and catalog tables with more than ``max_quarantined_share`` quarantined, as
+    "table: share of rows" (empty: within the limit, or no limit)."""
+    if max_quarantined_share is None:
+        return []
+    return [
+        f"{t.name}: {t.quarantined_share:.1%} of {t.rows_read:,} rows"
+        for t in (result.tables[CATALOG.name], result.tables[EVENTS.name])
+        if t.quarantined_share > max_quarantined_share
+    ]
+
+
+def too_much_quarantined(over: list[str], max_share: float | None, quarantine_dir: Path) -> DataContractError:
+    """The data-quality gate's error (reason QUARANTINE_SHARE), naming the written summary."""
+    return DataContractError(
+        f"too much quarantined ({'; '.join(over)}; limit {max_share:.0%}, "
+        f"data.max_quarantined_share): see {quarantine_dir / SUMMARY_FILE} for the reasons and "
+        "their fixes (or recsvc data validate --report), fix the data or the mapping file, or "
+        "train anyway with --allow-quarantine",
+        reason="QUARANTINE_SHARE",
+    )
 
 
 def dataset_from(result: ValidationResult) -> Dataset:

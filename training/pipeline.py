@@ -259,6 +259,54 @@ def _log_figures(
         plt.close(fig)
 
 
+def _ingest(
+    settings: Settings,
+    options: TrainOptions,
+    dataset: prepare.DatasetLike | None,
+    spark: SparkAls | None,
+) -> tuple[prepare.Prepared, profiles.MemberZones | None]:
+    """Step 1: the clean, erased events and tables as a Prepared, and the members' time zones.
+    With the Spark engine and a data folder, Spark reads and checks the events itself
+    (training/spark_ingest.py); otherwise the pandas data contract does."""
+    t = settings.training
+    erased = frozenset(ErasureList(settings.security.erasure_list).read())
+    if spark is not None and dataset is None:
+        from pipelines.mapping import load_mapping
+        from training import spark_ingest
+
+        ingested = spark_ingest.load(
+            spark.session(),
+            options.data_dir,
+            settings.data,
+            erased,
+            mapping=load_mapping(options.mapping),
+            encoding=options.encoding,
+            allow_quarantine=options.allow_quarantine,
+        )
+        spark.attach(ingested.prepared.events, ingested.events)
+        members = ingested.members
+        prepared = ingested.prepared
+    else:
+        data = (
+            dataset
+            if dataset is not None
+            else prepare.load(
+                options.data_dir,
+                settings.data,
+                mapping=options.mapping,
+                encoding=options.encoding,
+                allow_quarantine=options.allow_quarantine,
+            )
+        )
+        # Erased members (ForgetMember) never reach a model again (docs/privacy.md).
+        data = apply_erasures(data, erased)
+        prepared = prepare.prepare(data)
+        members = data.members
+        del data  # the string tables are the largest thing in memory; arrays replace them
+    zones = profiles.member_timezones(members, prepared.members) if t.profiles else None
+    return prepared, zones
+
+
 def run(
     settings: Settings,
     options: TrainOptions,
@@ -272,26 +320,18 @@ def run(
     if options.bundle_out is not None and options.bundle_out.exists() and any(options.bundle_out.iterdir()):
         raise BundleError(f"--bundle-out folder is not empty: {options.bundle_out}")
     steps = Steps(progress)
-    with steps.step("ingest and validate"):
-        catalog_as_of = assemble.catalog_as_of(
-            None if dataset is not None else options.data_dir, datetime.now(UTC)
-        )
-        data = (
-            dataset
-            if dataset is not None
-            else prepare.load(
-                options.data_dir,
-                settings.data,
-                mapping=options.mapping,
-                encoding=options.encoding,
-                allow_quarantine=options.allow_quarantine,
+    # the one engine switch (training/factors.py); the session starts at the first Spark step
+    spark = SparkAls(t) if t.engine == "spark" else None
+    try:
+        with steps.step("ingest and validate"):
+            catalog_as_of = assemble.catalog_as_of(
+                None if dataset is not None else options.data_dir, datetime.now(UTC)
             )
-        )
-        # Erased members (ForgetMember) never reach a model again (docs/privacy.md).
-        data = apply_erasures(data, ErasureList(settings.security.erasure_list).read())
-        prepared = prepare.prepare(data)
-        zones = profiles.member_timezones(data.members, prepared.members) if t.profiles else None
-        del data  # the string tables are the largest thing in memory; arrays replace them
+            prepared, zones = _ingest(settings, options, dataset, spark)
+    except BaseException:
+        if spark is not None:
+            spark.stop()
+        raise
     shape = (len(prepared.members), len(prepared.items))
     params = AlsParams.from_settings(t)
     positive = weight_table(params.event_weights) > 0
@@ -307,8 +347,6 @@ def run(
     experiment_id = tracking.ensure_experiment(client, settings.mlflow)
     bundle_id = assemble.new_bundle_id(prepared)
     tmp_root = Path(tempfile.mkdtemp(prefix="recsvc-train-"))
-    # the one engine switch (training/factors.py); the session starts at the first fit
-    spark = SparkAls(t) if t.engine == "spark" else None
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{bundle_id}") as active:
             run_id = active.info.run_id

@@ -200,23 +200,11 @@ def prepare(dataset: DatasetLike) -> Prepared:
     missing = [c for c in ("member_id", "item_id", "event_type", "ts") if c not in events]
     if missing:
         raise DataContractError(f"events table lacks columns {missing}")
-    if len(catalog) == 0:
-        raise DataContractError("the catalog has no clean rows: nothing to recommend")
+    catalog, items = catalog_items(catalog)
     if len(events) == 0:
         raise DataContractError("no clean events: nothing to train on (see the quarantine counts)")
-
-    catalog = catalog.sort_values("item_id", kind="stable").reset_index(drop=True)
-    items = IdMap.from_values(catalog["item_id"].astype(str).to_numpy())
-    if len(items) != len(catalog):
-        raise DataContractError("catalog item ids are not unique")
-    member_ids = np.concatenate(
-        [
-            members["member_id"].astype(str).unique() if len(members) else np.array([], dtype=str),
-            # unique first, then str: converting 50M categorical ids to str first costs GBs
-            np.asarray(pd.unique(events["member_id"]), dtype=object).astype(str),
-        ]
-    )
-    member_map = IdMap.from_values(member_ids.astype(str))
+    # unique first, then str: converting 50M categorical ids to str first costs GBs
+    member_map = member_map_of(members, np.asarray(pd.unique(events["member_id"]), dtype=object))
 
     m_rows = _rows(member_map, events["member_id"])
     i_rows = _rows(items, events["item_id"])
@@ -241,9 +229,53 @@ def prepare(dataset: DatasetLike) -> Prepared:
     )
     if dropped:
         ev = ev.select(keep)
+    prepared = from_events(catalog, items, members, member_map, ev, channels)
+    quarantine = dataset.quarantine
+    reasons = (
+        {str(k): int(v) for k, v in quarantine["reason"].value_counts().items()}
+        if quarantine is not None and len(quarantine) and "reason" in quarantine
+        else {}
+    )
+    prepared.counts = row_counts(
+        dataset.counts or {}, len(quarantine) if quarantine is not None else 0, reasons, prepared, dropped
+    )
+    return prepared
+
+
+def catalog_items(catalog: pd.DataFrame) -> tuple[pd.DataFrame, IdMap]:
+    """The clean catalog in item-row order and its item id map."""
+    if len(catalog) == 0:
+        raise DataContractError("the catalog has no clean rows: nothing to recommend")
+    catalog = catalog.sort_values("item_id", kind="stable").reset_index(drop=True)
+    items = IdMap.from_values(catalog["item_id"].astype(str).to_numpy())
+    if len(items) != len(catalog):
+        raise DataContractError("catalog item ids are not unique")
+    return catalog, items
+
+
+def member_map_of(members: pd.DataFrame, event_member_ids: np.ndarray) -> IdMap:
+    """The member id map: every member of the members table and every member the events name."""
+    member_ids = np.concatenate(
+        [
+            members["member_id"].astype(str).unique() if len(members) else np.array([], dtype=str),
+            event_member_ids.astype(str),
+        ]
+    )
+    return IdMap.from_values(member_ids.astype(str))
+
+
+def from_events(
+    catalog: pd.DataFrame,
+    items: IdMap,
+    members: pd.DataFrame,
+    member_map: IdMap,
+    ev: EventArrays,
+    channels: tuple[str, ...],
+) -> Prepared:
+    """A :class:`Prepared` (without counts) from the sorted catalog (:func:`catalog_items`), the
+    members table and the clean events as arrays of rows in ``member_map`` and ``items``."""
     if len(ev) == 0:
         raise DataContractError("no clean events refer to catalog items: nothing to train on")
-
     kind = np.where(catalog["kind"].astype(str).to_numpy() == "content", KIND_CONTENT, KIND_PRODUCT)
     category, categories = _vocab(catalog["category"]) if "category" in catalog else (None, [""])
     brand, brands = _vocab(catalog["brand"]) if "brand" in catalog else (None, [""])
@@ -306,21 +338,21 @@ def prepare(dataset: DatasetLike) -> Prepared:
             featured.indices,
         ]
     )
-    prepared.counts = row_counts(dataset, prepared, dropped)
     return prepared
 
 
-def row_counts(dataset: DatasetLike, prepared: Prepared, dropped: int) -> dict[str, int]:
-    """Counts only (never ids): what was read, kept and quarantined."""
+def row_counts(
+    ingest: dict[str, Any], quarantined: int, reasons: dict[str, int], prepared: Prepared, dropped: int
+) -> dict[str, int]:
+    """Counts only (never ids): what was read (``ingest``: "<table>.rows_read" ...), quarantined
+    (rows, and rows by reason) and kept."""
     counts: dict[str, int] = {}
-    for key, value in (dataset.counts or {}).items():
+    for key, value in ingest.items():
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             counts[f"ingest.{key}"] = int(value)
-    quarantine = dataset.quarantine
-    counts["quarantined_rows"] = len(quarantine) if quarantine is not None else 0
-    if quarantine is not None and len(quarantine) and "reason" in quarantine:
-        for reason, n in quarantine["reason"].value_counts().items():
-            counts[f"quarantined.{reason}"] = int(n)
+    counts["quarantined_rows"] = quarantined
+    for reason, n in sorted(reasons.items()):
+        counts[f"quarantined.{reason}"] = int(n)
     counts["events"] = len(prepared.events)
     counts["events_dropped_by_training"] = dropped
     counts["members"] = len(prepared.members)

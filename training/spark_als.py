@@ -1,18 +1,17 @@
 """Step 2+4 on Spark (``training.engine = "spark"``): confidence values and ALS in Spark MLlib.
 
-Reads: the same clean events every other step uses (:class:`training.prepare.EventArrays`, after
-the data contract, the erasure list and the holdout split), the reference time for recency decay
-and :class:`training.fit.AlsParams`.
+Reads: clean events, the reference time for recency decay and :class:`training.fit.AlsParams`.
+With a data folder the events are Spark's own (:mod:`training.spark_ingest` read and checked the
+events file in Spark and :meth:`SparkAls.attach` passes the result on): a fit on all of them or on a time
+prefix of them (the holdout's training split) reads that DataFrame, so the events never travel
+from the driver to Spark. Other selections (the validation splits of ``--tune``), and datasets
+handed over in memory, are sent from the driver's :class:`training.prepare.EventArrays` through
+Arrow.
 Writes: a :class:`training.fit.FitResult` whose factors are indexed exactly like implicit's: row i
 of the member factors belongs to ``prepared.members`` row i, row i of the item factors to
 ``prepared.items`` row i. Members and items Spark never saw (no positive confidence) get zero rows,
-which :func:`training.factors.train_factors` sets for implicit's fit too.
-
-Why Spark is given the driver's clean events instead of re-reading the data folder itself: the
-data contract (quarantine rules), the erasure list and the holdout split decide which events a
-model may learn from, and the driver applies them once for both engines (and needs the same
-tables for evaluation, segments and the bundle anyway). Spark gets member and item *rows* (the
-IdMap positions), so its integer ids need no translation table: factor ``id`` = row.
+which :func:`training.factors.train_factors` sets for implicit's fit too. Spark's integer ids are
+the member and item *rows* (the IdMap positions), so no translation table: factor ``id`` = row.
 
 The confidence formula is the one in :mod:`training.confidence` (same weight table, same
 half-life and reference time), written as a Spark SQL expression;
@@ -56,6 +55,8 @@ _CONF = {
     "spark.sql.shuffle.partitions": "4",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+    # the data contract reads times without an offset as UTC (training/spark_ingest.py)
+    "spark.sql.session.timeZone": "UTC",
     # errors only on the training console, from the start (setLogLevel comes too late for the
     # start-up warnings)
     "spark.log.level": "ERROR",
@@ -111,6 +112,7 @@ class SparkAls:
         self._spark: Any = None
         self._owned = False
         self._checkpoints: str | None = None
+        self._attached: tuple[EventArrays, Any] | None = None
 
     def __enter__(self) -> SparkAls:
         return self
@@ -159,6 +161,9 @@ class SparkAls:
         return spark
 
     def stop(self) -> None:
+        if self._attached is not None and self._spark is not None:
+            self._attached[1].unpersist()
+        self._attached = None
         if self._spark is not None and self._owned:
             self._spark.stop()
             _end_local_jvm()
@@ -166,6 +171,27 @@ class SparkAls:
         if self._checkpoints is not None:
             shutil.rmtree(self._checkpoints, ignore_errors=True)
             self._checkpoints = None
+
+    def attach(self, events: EventArrays, frame: Any) -> None:
+        """``frame`` is Spark's copy of ``events`` (member, item, etype, ts; persisted): fits on
+        them, or on a time prefix of them, read it instead of receiving the events."""
+        self._attached = (events, frame)
+
+    def ratings_source(self, events: EventArrays) -> Any:
+        """The Spark DataFrame of ``events``, a selection of the attached events (every caller
+        selects from ``Prepared.events``): the attached frame when ``events`` are all of them or
+        all before a time, else the driver's arrays sent through Arrow."""
+        from pyspark.sql import functions as F
+
+        if self._attached is not None and len(events):
+            attached, frame = self._attached
+            if events is attached:
+                return frame
+            cut = int(events.ts.max()) + 1
+            # a selection holding as many events as all those before ``cut`` is exactly those
+            if len(events) == int(np.count_nonzero(attached.ts < cut)):
+                return frame.where(F.col("ts") < cut)
+        return self.events_frame(events)
 
     def events_frame(self, events: EventArrays) -> Any:
         import pandas as pd
@@ -209,7 +235,7 @@ class SparkAls:
 
         started = time.perf_counter()
         ratings = confidence_frame(
-            self.events_frame(events), params.event_weights, params.half_life_days, as_of
+            self.ratings_source(events), params.event_weights, params.half_life_days, as_of
         ).persist(StorageLevel.MEMORY_AND_DISK)
         counts = ratings.selectExpr("count(*) AS n", "count(DISTINCT member) AS members").first()
         reg = spark_reg_param(params.regularization, int(counts["n"]), int(counts["members"]))
