@@ -91,7 +91,7 @@ def confidence_frame(events: Any, event_weights: dict[str, float], half_life_day
 def factors_by_row(frame: Any, rows: int, rank: int) -> np.ndarray:
     """Spark's (id, features) factor DataFrame as a float32 [rows, rank] array: row ``id``;
     ids Spark has no factors for stay zero."""
-    with _quiet_pandas_check():
+    with quiet_pandas_check():
         pdf = frame.toPandas()
     out = np.zeros((rows, rank), dtype=np.float32)
     if len(pdf):
@@ -199,7 +199,7 @@ class SparkAls:
         pdf = pd.DataFrame(
             {"member": events.member, "item": events.item, "etype": events.etype, "ts": events.ts}
         )
-        with _quiet_pandas_check():
+        with quiet_pandas_check():
             return self.session().createDataFrame(pdf)
 
     def fit(
@@ -273,7 +273,7 @@ class SparkAls:
 
 
 @contextmanager
-def _quiet_pandas_check() -> Iterator[None]:
+def quiet_pandas_check() -> Iterator[None]:
     """PySpark 4 warns on every pandas conversion that it "does not yet fully support pandas >= 3";
     the columns converted here are plain ints, longs and float arrays (checked by the tests)."""
     with warnings.catch_warnings():

@@ -178,7 +178,7 @@ def load(
         by_reason_all = _reason_counts(compact)
         rows_read = int(compact.count())
         if members is None:  # no members file: the members are the ones the clean events name
-            ids = compact.where("reason IS NULL").select("member_id").distinct().toPandas()["member_id"]
+            ids = _pandas(compact.where("reason IS NULL").select("member_id").distinct())["member_id"]
             members = _implied_members(pd.DataFrame({"member_id": pd.Categorical(ids.astype(str))}))
         result = ValidationResult(data_dir=data_dir, checked_at=now)
         events_table = _counted_table(events_path, rows_read, sum(by_reason_all.values()), codec)
@@ -210,10 +210,11 @@ def load(
         by_reason = _reason_counts(quarantined) if erased_frame is not None else by_reason_all
         members_frame = apply_erasures(members.clean, erased)
         member_map = prepare.member_map_of(members_frame, np.zeros(0, dtype=object))
-        member_rows = spark.createDataFrame(
+        member_rows = _spark_frame(
+            spark,
             pd.DataFrame(
                 {"member_id": member_map.ids(range(len(member_map))), "member": np.arange(len(member_map))}
-            )
+            ),
         )
         events = kept.join(member_rows.hint("broadcast"), "member_id").select(
             "source_row", "member", "item", "etype", "ts", "channel", "amount"
@@ -267,15 +268,12 @@ def _reason_counts(frame: Any) -> dict[str, int]:
 def _erased_frame(spark: Any, erased: frozenset[str]) -> Any:
     if not erased:
         return None
-    return spark.createDataFrame(pd.DataFrame({"erased": sorted(erased)})).hint("broadcast")
+    return _spark_frame(spark, pd.DataFrame({"erased": sorted(erased)})).hint("broadcast")
 
 
 def _event_arrays(events: Any) -> EventArrays:
     """The clean events in file order as the driver's compact arrays (Arrow, no row objects)."""
-    from training.spark_als import _quiet_pandas_check
-
-    with _quiet_pandas_check():
-        pdf = events.orderBy("source_row").drop("source_row").toPandas()
+    pdf = _pandas(events.orderBy("source_row").drop("source_row"))
     return EventArrays(
         member=pdf["member"].to_numpy(dtype=np.int32),
         item=pdf["item"].to_numpy(dtype=np.int32),
@@ -505,17 +503,18 @@ def check_events(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    item_rows = spark.createDataFrame(
+    item_rows = _spark_frame(
+        spark,
         pd.DataFrame(
             {"_item_id": items.ids(range(len(items))), "i_row": np.arange(len(items), dtype=np.int32)}
-        )
+        ),
     )
     frame = raw.withColumn("_member", _strip(_text("member_id"))).withColumn(
         "_item", _strip(_text("item_id"))
     )
     frame = frame.join(item_rows.hint("broadcast"), frame["_item"] == item_rows["_item_id"], "left")
     if members is not None:
-        known = spark.createDataFrame(pd.DataFrame({"_known_id": members.to_numpy(dtype=str)}))
+        known = _spark_frame(spark, pd.DataFrame({"_known_id": members.to_numpy(dtype=str)}))
         frame = frame.join(known.hint("broadcast"), frame["_member"] == known["_known_id"], "left")
         m_known = F.col("_known_id").isNotNull()
     else:
@@ -592,7 +591,7 @@ def quarantine_rows(checked: Any) -> pd.DataFrame:
 
     bad = checked.where("reason IS NOT NULL").orderBy("source_row")
     raw = [F.col(f"raw_{col}").cast("string").alias(col) for col in EVENTS.columns]
-    pdf = bad.select("source_row", "reason", "detail", "problems", *raw).toPandas()
+    pdf = _pandas(bad.select("source_row", "reason", "detail", "problems", *raw))
     values = pdf[list(EVENTS.columns)].fillna("").astype(str)
     return _quarantine_rows(
         values,
@@ -601,6 +600,20 @@ def quarantine_rows(checked: Any) -> pd.DataFrame:
         pdf["detail"].to_numpy(dtype=object),
         pdf["problems"].to_numpy(dtype=object),
     )
+
+
+def _spark_frame(spark: Any, pdf: pd.DataFrame) -> Any:
+    from training.spark_als import quiet_pandas_check
+
+    with quiet_pandas_check():
+        return spark.createDataFrame(pdf)
+
+
+def _pandas(frame: Any) -> pd.DataFrame:
+    from training.spark_als import quiet_pandas_check
+
+    with quiet_pandas_check():
+        return frame.toPandas()
 
 
 def _clip(value: str) -> str:
