@@ -154,7 +154,7 @@ class SparkAls:
             if self._owned:
                 _end_local_jvm()  # a JVM that started but could not make a context is of no use
             raise SparkUnavailable(
-                f"could not start Spark with master {self.master!r}: {_first_line(exc)}"
+                f"could not start Spark with master {self.master!r}: {first_line(exc)}"
             ) from exc
         log.info("spark session master=%s seconds=%.1f", self.master, time.perf_counter() - started)
         self._spark = spark
@@ -217,9 +217,9 @@ class SparkAls:
         except SparkUnavailable:
             raise
         except Exception as exc:
-            if type(exc).__module__.split(".")[0] not in ("py4j", "pyspark"):
+            if not is_spark_error(exc):
                 raise
-            raise SparkUnavailable(f"Spark ALS failed on {self.master!r}: {_first_line(exc)}") from exc
+            raise SparkUnavailable(f"Spark ALS failed on {self.master!r}: {first_line(exc)}") from exc
 
     def _fit(
         self,
@@ -316,7 +316,12 @@ def _end_local_jvm() -> None:
             proc.wait()
 
 
-def _first_line(exc: BaseException) -> str:
+def is_spark_error(exc: BaseException) -> bool:
+    """An error raised by Spark or its Java side (py4j), not by recsvc's own code."""
+    return type(exc).__module__.split(".")[0] in ("py4j", "pyspark")
+
+
+def first_line(exc: BaseException) -> str:
     """A Java error's message without its stack trace."""
     text = str(getattr(exc, "java_exception", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

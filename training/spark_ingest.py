@@ -75,6 +75,7 @@ from recsvc.idmap import ID_SEPARATORS
 from recsvc.settings import DataSettings
 from training import prepare
 from training.prepare import EventArrays, Prepared
+from training.spark_als import first_line, is_spark_error
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +338,9 @@ def read_events(spark: Any, path: Path, codec: str | None, mapping: Mapping | No
     except DataContractError:
         raise
     except Exception as exc:
-        if type(exc).__module__.split(".")[0] not in ("py4j", "pyspark"):
+        if not is_spark_error(exc):
             raise
-        raise DataContractError(f"cannot read {path}: {_first_line(exc)}") from exc
+        raise DataContractError(f"cannot read {path}: {first_line(exc)}") from exc
 
 
 def _java_charset(codec: str) -> str:
@@ -618,8 +619,3 @@ def _pandas(frame: Any) -> pd.DataFrame:
 
 def _clip(value: str) -> str:
     return value if len(value) <= _DETAIL_MAX else value[: _DETAIL_MAX - 1] + "…"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "java_exception", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
