@@ -55,8 +55,6 @@ _CONF = {
     "spark.sql.shuffle.partitions": "4",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
-    # the data contract reads times without an offset as UTC (training/spark_ingest.py)
-    "spark.sql.session.timeZone": "UTC",
     # errors only on the training console, from the start (setLogLevel comes too late for the
     # start-up warnings)
     "spark.log.level": "ERROR",

@@ -86,6 +86,15 @@ _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(?i)[+-]?(inf|i
 _ID_CHARS = "^[\\p{L}\\p{M}\\p{N}" + "".join("\\" + c for c in ID_SEPARATORS) + "]+$"
 _CORRUPT = "_recsvc_malformed"
 _DUPLICATE_DETAIL = "repeats an earlier accepted event"
+# Set on the session before reading (it may be someone else's session, so not at its start).
+_READ_CONF = {
+    # the data contract reads times without an offset as UTC
+    "spark.sql.session.timeZone": "UTC",
+    # CSV files in any Java charset (GB18030 exports), not only the UTF and ISO-8859-1 ones
+    "spark.sql.legacy.javaCharsets": "true",
+    # every cell of a row is tokenised, so a row with more cells than the header is seen
+    "spark.sql.csv.parser.columnPruning.enabled": "false",
+}
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,8 @@ def load(
     from recsvc.security.privacy import apply_erasures
 
     now = now or datetime.now(UTC)
+    for key, value in _READ_CONF.items():
+        spark.conf.set(key, value)
     if not data_dir.is_dir():
         raise DataContractError(f"data folder not found: {data_dir}")
     catalog_path = find_table_file(data_dir, CATALOG)
