@@ -377,12 +377,12 @@ def _mapped(frame: Any, mapping: Mapping) -> Any:
     columns = list(frame.columns)
     text = frame.select(*[frame[c].cast("string").alias(c) for c in columns])
 
+    out_columns = [c for c in EVENTS.columns if c in columns or c in mapping.table(EVENTS.name).defaults]
+
     def apply(chunks: Any) -> Any:
         for chunk in chunks:
-            out = mapping.apply(EVENTS.name, chunk.fillna(""))
-            yield out[[c for c in out.columns if c in EVENTS.columns]].astype(str)
+            yield mapping.apply(EVENTS.name, chunk.fillna(""))[out_columns].astype(str)
 
-    out_columns = [c for c in EVENTS.columns if c in columns or c in mapping.table(EVENTS.name).defaults]
     schema = ", ".join(f"`{c}` string" for c in out_columns)
     return text.mapInPandas(apply, schema)
 
