@@ -1,3 +1,4 @@
+# Over 400 lines: the Spark twin of the events contract (read, rules, gate), kept in one place.
 """Step 1 on Spark (``training.engine = "spark"`` with a data folder): Spark reads and checks the events.
 
 Reads: the data folder. The catalog and members tables (thousands to a few million rows, needed
