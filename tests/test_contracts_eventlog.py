@@ -47,7 +47,7 @@ def client(redis_url: str) -> Iterator[RedisClient]:
     c.close()
 
 
-def _settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
+def log_settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
     return load_settings(
         overrides={
             "redis": {"url": redis_url},
@@ -56,11 +56,14 @@ def _settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
     )
 
 
-def _write_records(client: RedisClient, settings: Settings, rounds: int) -> EventLog:
-    """``rounds`` impressions, events and decisions per member, as a server process writes them."""
+def write_records(
+    client: RedisClient, settings: Settings, rounds: range | int, members: list[str] = MEMBERS
+) -> EventLog:
+    """An impression, an event and a decision per member and round, as a server process writes
+    them (round ``r`` names them ``r-<member>-<r>``, ``P<r>``, ``res-<member>-<r>``)."""
     elog = EventLog(client, settings, EventLogMetrics(CollectorRegistry()))
-    for r in range(rounds):
-        for m in MEMBERS:
+    for r in range(rounds) if isinstance(rounds, int) else rounds:
+        for m in members:
             elog.impression(
                 f"r-{m}-{r}",
                 m,
@@ -87,19 +90,20 @@ def _write_records(client: RedisClient, settings: Settings, rounds: int) -> Even
     return elog
 
 
-def _stream_lengths(client: RedisClient) -> int:
+def stream_lengths(client: RedisClient) -> int:
     return sum(int(client.xlen(stream_key("recsvc", s, k))) for s in range(SHARDS) for k in KINDS)
 
 
-def _assert_exactly_once(log_dir: Path, rounds: int) -> None:
+def assert_exactly_once(log_dir: Path, rounds: int, members: list[str] = MEMBERS) -> None:
+    """Every record of ``members`` in ``rounds`` is on disk once, and no one else's."""
     pseudo = Pseudonymizer(load_settings().security.pseudonym_key)
-    expected_members = {pseudo(m) for m in MEMBERS}
+    expected_members = {pseudo(m) for m in members}
     for kind in KINDS:
         rows = read_log(log_dir, kind)
-        assert rows is not None and len(rows) == len(MEMBERS) * rounds, kind
+        assert rows is not None and len(rows) == len(members) * rounds, kind
         assert set(rows["member"]) == expected_members, kind  # pseudonyms, every member
     # Each record's own identity, every one of them once (stream ids repeat across shards).
-    every = {(m, r) for m in MEMBERS for r in range(rounds)}
+    every = {(m, r) for m in members for r in range(rounds)}
     imps = read_log(log_dir, "impression")
     assert imps["recommendation_id"].is_unique
     assert set(imps["recommendation_id"]) == {f"r-{m}-{r}" for m, r in every}
@@ -122,23 +126,23 @@ def test_each_shard_is_one_slot_and_the_shards_spread_over_the_primaries(client:
 def test_every_record_reaches_parquet_exactly_once_and_leaves_the_streams(
     client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
-    settings = _settings(redis_url, tmp_path)
-    _write_records(client, settings, rounds=3)
-    assert _stream_lengths(client) == 3 * 3 * len(MEMBERS)
+    settings = log_settings(redis_url, tmp_path)
+    write_records(client, settings, rounds=3)
+    assert stream_lengths(client) == 3 * 3 * len(MEMBERS)
     stats = Sink(client, settings).run(once=True)
     assert stats.written == dict.fromkeys(KINDS, 3 * len(MEMBERS)) and stats.replayed == 0
-    _assert_exactly_once(settings.events.log_dir, 3)
-    assert _stream_lengths(client) == 0
+    assert_exactly_once(settings.events.log_dir, 3)
+    assert stream_lengths(client) == 0
     # A second run finds nothing new and writes nothing again.
     assert Sink(client, settings).run(once=True).written == dict.fromkeys(KINDS, 0)
-    _assert_exactly_once(settings.events.log_dir, 3)
+    assert_exactly_once(settings.events.log_dir, 3)
 
 
 def test_a_sink_killed_between_disk_and_acknowledgement_writes_nothing_twice(
     client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
-    settings = _settings(redis_url, tmp_path, sink_batch=7)
-    _write_records(client, settings, rounds=2)
+    settings = log_settings(redis_url, tmp_path, sink_batch=7)
+    write_records(client, settings, rounds=2)
     calls = {"n": 0}
 
     def crash() -> None:
@@ -150,15 +154,15 @@ def test_a_sink_killed_between_disk_and_acknowledgement_writes_nothing_twice(
         Sink(client, settings, before_ack=crash).run(once=True)
     stats = Sink(client, settings).run(once=True)
     assert stats.replayed >= 1  # the batch on disk but unacknowledged: acknowledged, not rewritten
-    _assert_exactly_once(settings.events.log_dir, 2)
-    assert _stream_lengths(client) == 0
+    assert_exactly_once(settings.events.log_dir, 2)
+    assert stream_lengths(client) == 0
 
 
 def test_entries_another_consumer_left_pending_are_taken_over(
     client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
-    settings = _settings(redis_url, tmp_path)
-    _write_records(client, settings, rounds=2)
+    settings = log_settings(redis_url, tmp_path)
+    write_records(client, settings, rounds=2)
     dead = Sink(client, settings, consumer="sink-a")
     dead.prepare()
     assert dead.step() == 0  # nothing pending from an earlier run
@@ -171,7 +175,7 @@ def test_entries_another_consumer_left_pending_are_taken_over(
     )
     assert pending == 3 * 2 * len(MEMBERS)
     Sink(client, settings, consumer="sink-b", claim_idle_ms=0).run(once=True)
-    _assert_exactly_once(settings.events.log_dir, 2)
+    assert_exactly_once(settings.events.log_dir, 2)
     for s in range(SHARDS):
         for k in KINDS:
             assert int(client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
@@ -181,7 +185,7 @@ def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_onc
     client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    settings = _settings(redis_url, tmp_path)
+    settings = log_settings(redis_url, tmp_path)
     pipe = client.pipeline(transaction=False)
     for i in range(4000):
         member = MEMBERS[i % len(MEMBERS)]
