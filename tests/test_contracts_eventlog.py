@@ -225,3 +225,20 @@ def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_onc
     assert len(events) == 4000 and events["item_id"].is_unique  # nothing lost, nothing twice
     assert not list(log_dir.glob("kind=event/date=*/.tmp-*"))
     assert settings.events.shards == SHARDS
+
+
+def test_a_batch_larger_than_one_script_can_unpack_is_acknowledged_whole(
+    client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    # Lua's unpack() holds ~8,000 values: a batch of 9,000 ids is acknowledged in chunks.
+    settings = log_settings(redis_url, tmp_path, sink_batch=9000, shards=1)
+    key = stream_key("recsvc", 0, "event")
+    pipe = client.pipeline(transaction=False)
+    for i in range(9000):
+        pipe.xadd(
+            key, {"d": dumps({"member_id": "M1", "item_id": f"P{i}", "event_type": "view", "ts": 1.7e9})}
+        )
+    pipe.execute()
+    stats = Sink(client, settings).run(once=True)
+    assert stats.written["event"] == 9000 and client.xlen(key) == 0
+    assert int(client.xpending(key, GROUP)["pending"]) == 0
