@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,15 +31,8 @@ def redis_url(redis_backend: str) -> str:
     return redis_backend
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[RedisClient]:
-    c = connect(redis_url, socket_timeout=5)
-    yield c
-    c.close()
-
-
-def _store(client: RedisClient) -> CatalogStore:
-    return CatalogStore(client, PREFIX, feed_maxlen=1000)
+def _store(redis_client: RedisClient) -> CatalogStore:
+    return CatalogStore(redis_client, PREFIX, feed_maxlen=1000)
 
 
 def _within(seconds: float, ok: Callable[[], bool], what: str) -> None:
@@ -54,17 +47,19 @@ def _fields(follower: CatalogFollower, item: str) -> dict[str, object]:
     return {} if rec is None else rec.fields
 
 
-def test_the_catalog_keys_share_one_slot(client: RedisClient) -> None:
-    store = _store(client)
+def test_the_catalog_keys_share_one_slot(redis_client: RedisClient) -> None:
+    store = _store(redis_client)
     keys = [store.items_key, store.seq_key, store.feed_key]
-    if is_cluster(client):
-        assert len({client.keyslot(k) for k in keys}) == 1  # type: ignore[union-attr]
+    if is_cluster(redis_client):
+        assert len({redis_client.keyslot(k) for k in keys}) == 1  # type: ignore[union-attr]
     store.apply([Change("A", {"price": 1.0}, False)])
-    assert all(client.exists(k) for k in keys)
+    assert all(redis_client.exists(k) for k in keys)
 
 
-def test_each_change_reaches_a_follower_within_a_second_in_order(redis_url: str, client: RedisClient) -> None:
-    store = _store(client)
+def test_each_change_reaches_a_follower_within_a_second_in_order(
+    redis_url: str, redis_client: RedisClient
+) -> None:
+    store = _store(redis_client)
     follower = CatalogFollower(
         store, connect(redis_url, socket_timeout=5), on_change=lambda r: None, block_ms=200
     )
@@ -101,9 +96,9 @@ def test_each_change_reaches_a_follower_within_a_second_in_order(redis_url: str,
 
 
 def test_a_follower_that_missed_trimmed_entries_rereads_and_misses_nothing(
-    redis_url: str, client: RedisClient
+    redis_url: str, redis_client: RedisClient
 ) -> None:
-    store = _store(client)
+    store = _store(redis_client)
     busy = threading.Event()
     release = threading.Event()
     rebuilds: list[int] = []
@@ -124,7 +119,7 @@ def test_a_follower_that_missed_trimmed_entries_rereads_and_misses_nothing(
         for i in range(5):
             store.apply([Change(f"C{i}", {"in_stock": False}, False)])
         store.apply([Change("A", {"price": 3.0}, False)])
-        client.xtrim(store.feed_key, maxlen=1, approximate=False)  # the entries for C0..C4 are gone
+        redis_client.xtrim(store.feed_key, maxlen=1, approximate=False)  # the entries for C0..C4 are gone
         busy.clear()
         release.set()
         _within(2.0, lambda: follower.seq == 8, "the follower did not catch up")
@@ -135,8 +130,10 @@ def test_a_follower_that_missed_trimmed_entries_rereads_and_misses_nothing(
         follower.stop()
 
 
-def test_a_process_started_later_reads_exactly_the_current_state(redis_url: str, client: RedisClient) -> None:
-    store = _store(client)
+def test_a_process_started_later_reads_exactly_the_current_state(
+    redis_url: str, redis_client: RedisClient
+) -> None:
+    store = _store(redis_client)
     store.apply([Change(f"I{i}", {"price": float(i)}, False) for i in range(20)])
     store.apply([Change("I3", {"in_stock": False}, True), Change("I4", {"listed": False}, True)])
     seq, last_id, records = CatalogStore(connect(redis_url), PREFIX, feed_maxlen=1000).snapshot()

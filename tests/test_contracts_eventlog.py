@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from test_eventlog import read_log
 
 from recsvc.eventlog.log import KINDS, EventLog, EventLogMetrics, dumps, shard_of, stream_key
 from recsvc.eventlog.sink import GROUP, Sink
-from recsvc.redis_client import RedisClient, connect, is_cluster
+from recsvc.redis_client import RedisClient, is_cluster
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings, load_settings
 
@@ -40,13 +39,6 @@ def redis_url(redis_backend: str) -> str:
     return redis_backend
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[RedisClient]:
-    c = connect(redis_url, socket_timeout=5)
-    yield c
-    c.close()
-
-
 def log_settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
     return load_settings(
         overrides={
@@ -57,11 +49,11 @@ def log_settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
 
 
 def write_records(
-    client: RedisClient, settings: Settings, rounds: range | int, members: list[str] = MEMBERS
+    redis_client: RedisClient, settings: Settings, rounds: range | int, members: list[str] = MEMBERS
 ) -> EventLog:
     """An impression, an event and a decision per member and round, as a server process writes
     them (round ``r`` names them ``r-<member>-<r>``, ``P<r>``, ``res-<member>-<r>``)."""
-    elog = EventLog(client, settings, EventLogMetrics(CollectorRegistry()))
+    elog = EventLog(redis_client, settings, EventLogMetrics(CollectorRegistry()))
     for r in range(rounds) if isinstance(rounds, int) else rounds:
         for m in members:
             elog.impression(
@@ -90,8 +82,8 @@ def write_records(
     return elog
 
 
-def stream_lengths(client: RedisClient) -> int:
-    return sum(int(client.xlen(stream_key("recsvc", s, k))) for s in range(SHARDS) for k in KINDS)
+def stream_lengths(redis_client: RedisClient) -> int:
+    return sum(int(redis_client.xlen(stream_key("recsvc", s, k))) for s in range(SHARDS) for k in KINDS)
 
 
 def assert_exactly_once(log_dir: Path, rounds: int, members: list[str] = MEMBERS) -> None:
@@ -114,35 +106,37 @@ def assert_exactly_once(log_dir: Path, rounds: int, members: list[str] = MEMBERS
     assert set(zip(events["member_id"], events["item_id"], strict=True)) == {(m, f"P{r}") for m, r in every}
 
 
-def test_each_shard_is_one_slot_and_the_shards_spread_over_the_primaries(client: RedisClient) -> None:
+def test_each_shard_is_one_slot_and_the_shards_spread_over_the_primaries(redis_client: RedisClient) -> None:
     slots = [{key_slot(stream_key("recsvc", s, k).encode()) for k in KINDS} for s in range(SHARDS)]
     assert all(len(s) == 1 for s in slots)  # one XREADGROUP and one ack script per shard
-    if is_cluster(client):
-        owners = {client.get_node_from_key(stream_key("recsvc", s, "event")).name for s in range(SHARDS)}  # type: ignore[union-attr]
+    if is_cluster(redis_client):
+        owners = {
+            redis_client.get_node_from_key(stream_key("recsvc", s, "event")).name for s in range(SHARDS)
+        }  # type: ignore[union-attr]
         assert len(owners) >= 2  # the sink reads from several primaries in this suite
     assert len({shard_of(m, SHARDS) for m in MEMBERS}) == SHARDS
 
 
 def test_every_record_reaches_parquet_exactly_once_and_leaves_the_streams(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
-    write_records(client, settings, rounds=3)
-    assert stream_lengths(client) == 3 * 3 * len(MEMBERS)
-    stats = Sink(client, settings).run(once=True)
+    write_records(redis_client, settings, rounds=3)
+    assert stream_lengths(redis_client) == 3 * 3 * len(MEMBERS)
+    stats = Sink(redis_client, settings).run(once=True)
     assert stats.written == dict.fromkeys(KINDS, 3 * len(MEMBERS)) and stats.replayed == 0
     assert_exactly_once(settings.events.log_dir, 3)
-    assert stream_lengths(client) == 0
+    assert stream_lengths(redis_client) == 0
     # A second run finds nothing new and writes nothing again.
-    assert Sink(client, settings).run(once=True).written == dict.fromkeys(KINDS, 0)
+    assert Sink(redis_client, settings).run(once=True).written == dict.fromkeys(KINDS, 0)
     assert_exactly_once(settings.events.log_dir, 3)
 
 
 def test_a_sink_killed_between_disk_and_acknowledgement_writes_nothing_twice(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path, sink_batch=7)
-    write_records(client, settings, rounds=2)
+    write_records(redis_client, settings, rounds=2)
     calls = {"n": 0}
 
     def crash() -> None:
@@ -151,42 +145,42 @@ def test_a_sink_killed_between_disk_and_acknowledgement_writes_nothing_twice(
             raise SystemExit("killed after the 5th batch reached disk, before its acknowledgement")
 
     with pytest.raises(SystemExit):
-        Sink(client, settings, before_ack=crash).run(once=True)
-    stats = Sink(client, settings).run(once=True)
+        Sink(redis_client, settings, before_ack=crash).run(once=True)
+    stats = Sink(redis_client, settings).run(once=True)
     assert stats.replayed >= 1  # the batch on disk but unacknowledged: acknowledged, not rewritten
     assert_exactly_once(settings.events.log_dir, 2)
-    assert stream_lengths(client) == 0
+    assert stream_lengths(redis_client) == 0
 
 
 def test_entries_another_consumer_left_pending_are_taken_over(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
-    write_records(client, settings, rounds=2)
-    dead = Sink(client, settings, consumer="sink-a")
+    write_records(redis_client, settings, rounds=2)
+    dead = Sink(redis_client, settings, consumer="sink-a")
     dead.prepare()
     assert dead.step() == 0  # nothing pending from an earlier run
     assert dead.step() == 3 * 2 * len(MEMBERS)  # read, held in memory, then the process "dies"
     dead.close()
     pending = sum(
-        int(client.xpending(stream_key("recsvc", s, k), GROUP)["pending"])
+        int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"])
         for s in range(SHARDS)
         for k in KINDS
     )
     assert pending == 3 * 2 * len(MEMBERS)
-    Sink(client, settings, consumer="sink-b", claim_idle_ms=0).run(once=True)
+    Sink(redis_client, settings, consumer="sink-b", claim_idle_ms=0).run(once=True)
     assert_exactly_once(settings.events.log_dir, 2)
     for s in range(SHARDS):
         for k in KINDS:
-            assert int(client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
+            assert int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
 
 
 def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_once(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
     settings = log_settings(redis_url, tmp_path)
-    pipe = client.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=False)
     for i in range(4000):
         member = MEMBERS[i % len(MEMBERS)]
         record = {
@@ -216,7 +210,7 @@ def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_onc
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert sum(int(client.xlen(stream_key("recsvc", s, "event"))) for s in range(SHARDS)) > 0, (
+    assert sum(int(redis_client.xlen(stream_key("recsvc", s, "event"))) for s in range(SHARDS)) > 0, (
         "kill it sooner"
     )
     done = subprocess.run([*cmd, "--once"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -228,17 +222,17 @@ def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_onc
 
 
 def test_a_batch_larger_than_one_script_can_unpack_is_acknowledged_whole(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     # Lua's unpack() holds ~8,000 values: a batch of 9,000 ids is acknowledged in chunks.
     settings = log_settings(redis_url, tmp_path, sink_batch=9000, shards=1)
     key = stream_key("recsvc", 0, "event")
-    pipe = client.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=False)
     for i in range(9000):
         pipe.xadd(
             key, {"d": dumps({"member_id": "M1", "item_id": f"P{i}", "event_type": "view", "ts": 1.7e9})}
         )
     pipe.execute()
-    stats = Sink(client, settings).run(once=True)
-    assert stats.written["event"] == 9000 and client.xlen(key) == 0
-    assert int(client.xpending(key, GROUP)["pending"]) == 0
+    stats = Sink(redis_client, settings).run(once=True)
+    assert stats.written["event"] == 9000 and redis_client.xlen(key) == 0
+    assert int(redis_client.xpending(key, GROUP)["pending"]) == 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -47,21 +46,14 @@ def redis_url(redis_backend: str) -> str:
     return redis_backend
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[RedisClient]:
-    c = connect(redis_url, socket_timeout=5)
-    yield c
-    c.close()
-
-
-def _forget(client: RedisClient, tmp_path: Path, member: str = VICTIM) -> ForgetResult:
+def _forget(redis_client: RedisClient, tmp_path: Path, member: str = VICTIM) -> ForgetResult:
     return forget_member(
         member,
-        redis=client,
+        redis=redis_client,
         prefix="recsvc",
         erasures=ErasureList(tmp_path / "erasures.txt"),
         audit=AuditLog(tmp_path / "audit.log", PSEUDO),
-        event_log=LogEraser(client, "recsvc", SHARDS, PSEUDO),
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, PSEUDO),
     )
 
 
@@ -81,69 +73,69 @@ def _rows_of(log_dir: Path, member: str) -> int:
     return found
 
 
-def _entries_of(client: RedisClient, member: str) -> int:
+def _entries_of(redis_client: RedisClient, member: str) -> int:
     return sum(
         record_member(fields) == PSEUDO(member)
         for s in range(SHARDS)
         for k in KINDS
-        for _, fields in client.xrange(stream_key("recsvc", s, k))  # type: ignore[union-attr]
+        for _, fields in redis_client.xrange(stream_key("recsvc", s, k))  # type: ignore[union-attr]
     )
 
 
-def _keys_of(client: RedisClient, member: str) -> list[str]:
-    return sorted(k.decode() for k in client.scan_iter(match=f"*{{m:{member}}}*"))  # every primary
+def _keys_of(redis_client: RedisClient, member: str) -> list[str]:
+    return sorted(k.decode() for k in redis_client.scan_iter(match=f"*{{m:{member}}}*"))  # every primary
 
 
 def test_erasure_leaves_no_entry_row_or_key_of_the_member(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
     log_dir = settings.events.log_dir
-    write_records(client, settings, 2)
-    Sink(client, settings).run(once=True)  # rounds 0-1 on disk
-    write_records(client, settings, range(2, 3))  # round 2 still in the streams
+    write_records(redis_client, settings, 2)
+    Sink(redis_client, settings).run(once=True)  # rounds 0-1 on disk
+    write_records(redis_client, settings, range(2, 3))  # round 2 still in the streams
     before = _files(log_dir)
-    assert _rows_of(log_dir, VICTIM) == 6 and _entries_of(client, VICTIM) == 3
-    assert client.exists(member_key("recsvc", VICTIM, IMPRESSIONS_SUFFIX))
+    assert _rows_of(log_dir, VICTIM) == 6 and _entries_of(redis_client, VICTIM) == 3
+    assert redis_client.exists(member_key("recsvc", VICTIM, IMPRESSIONS_SUFFIX))
 
-    result = _forget(client, tmp_path)
+    result = _forget(redis_client, tmp_path)
     assert result.log_entries_deleted == 3 and result.deleted_keys == {"rt": 1}
-    assert _entries_of(client, VICTIM) == 0  # gone from Redis when ForgetMember answers
-    assert _keys_of(client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
+    assert _entries_of(redis_client, VICTIM) == 0  # gone from Redis when ForgetMember answers
+    assert _keys_of(redis_client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
 
-    stats = Sink(client, settings).run(once=True)
+    stats = Sink(redis_client, settings).run(once=True)
     assert stats.purged == 6  # two rounds of three kinds, rewritten out of the files
     assert _rows_of(log_dir, VICTIM) == 0
     assert before <= _files(log_dir)  # rewritten under their own names, never removed
     assert_exactly_once(log_dir, 3, OTHERS)
-    assert stream_lengths(client) == 0 and client.llen(purge_key("recsvc")) == 0
-    assert client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
+    assert stream_lengths(redis_client) == 0 and redis_client.llen(purge_key("recsvc")) == 0
+    assert redis_client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
     # Repeating the erasure is harmless.
-    assert _forget(client, tmp_path).log_entries_deleted == 0
-    assert Sink(client, settings).run(once=True).purged == 0
+    assert _forget(redis_client, tmp_path).log_entries_deleted == 0
+    assert Sink(redis_client, settings).run(once=True).purged == 0
 
 
 def test_a_record_queued_before_the_erasure_and_written_after_never_reaches_disk(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
-    elog = write_records(client, settings, 1)
+    elog = write_records(redis_client, settings, 1)
     elog.impression(
         "late-1", VICTIM, variant="a", model_version="1", scene="", channel="", items=["P1"], source="s"
     )
-    _forget(client, tmp_path)
+    _forget(redis_client, tmp_path)
     assert elog.flush() == 1  # the server process flushes its buffer after the erasure
-    assert _entries_of(client, VICTIM) == 1  # in the stream for a moment ...
+    assert _entries_of(redis_client, VICTIM) == 1  # in the stream for a moment ...
     # ... but it does not bring the member's recent impressions back (the suppression record).
-    assert _keys_of(client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
-    stats = Sink(client, settings).run(once=True)
+    assert _keys_of(redis_client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
+    stats = Sink(redis_client, settings).run(once=True)
     assert stats.erased == 1 and _rows_of(settings.events.log_dir, VICTIM) == 0
     assert_exactly_once(settings.events.log_dir, 1, OTHERS)
-    assert stream_lengths(client) == 0
+    assert stream_lengths(redis_client) == 0
 
 
 def test_an_erasure_while_the_sink_runs_keeps_everyone_else_exactly_once(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path, sink_batch=15, sink_flush_s=0.02, sink_block_ms=20)
     log_dir = settings.events.log_dir
@@ -168,62 +160,62 @@ def test_an_erasure_while_the_sink_runs_keeps_everyone_else_exactly_once(
     while _rows_of(log_dir, VICTIM) < 3:  # the victim's rows are on disk: the purge has work
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    _forget(client, tmp_path)
+    _forget(redis_client, tmp_path)
     erased_at.set()
     writer.join()
     sink.stop()
     running.join(timeout=20)
-    Sink(client, settings).run(once=True)
-    assert _rows_of(log_dir, VICTIM) == 0 and _entries_of(client, VICTIM) == 0
+    Sink(redis_client, settings).run(once=True)
+    assert _rows_of(log_dir, VICTIM) == 0 and _entries_of(redis_client, VICTIM) == 0
     assert sink.stats.purged >= 3 and sink.stats.erased >= 3  # both paths ran
     assert_exactly_once(log_dir, rounds, OTHERS)
-    assert stream_lengths(client) == 0
+    assert stream_lengths(redis_client) == 0
 
 
 def test_an_erasure_while_the_sink_is_down_mid_batch(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     """The sink wrote a file with the member's rows and died before acknowledging it; the erasure
     deletes the member's entries the sink still holds pending; the restarted sink acknowledges the
     deleted entries, writes the rest once, and removes the member's rows from the file."""
     settings = log_settings(redis_url, tmp_path)
     log_dir = settings.events.log_dir
-    write_records(client, settings, 2)
+    write_records(redis_client, settings, 2)
 
     def crash() -> None:
         raise SystemExit("killed after its first file reached disk, before the acknowledgement")
 
     with pytest.raises(SystemExit):
-        Sink(client, settings, before_ack=crash).run(once=True)
+        Sink(redis_client, settings, before_ack=crash).run(once=True)
     assert _rows_of(log_dir, VICTIM) == 2  # the first file is shard 0's: the victim's two rows
-    result = _forget(client, tmp_path)
+    result = _forget(redis_client, tmp_path)
     assert result.log_entries_deleted == 6  # pending entries too
-    stats = Sink(client, settings).run(once=True)
+    stats = Sink(redis_client, settings).run(once=True)
     assert stats.replayed >= 1 and stats.purged == 2
     assert _rows_of(log_dir, VICTIM) == 0
     assert_exactly_once(log_dir, 2, OTHERS)
     for s in range(SHARDS):
         for k in KINDS:
-            assert int(client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
+            assert int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
 
 
 def test_a_re_registered_member_is_logged_again_from_then_on(
-    client: RedisClient, redis_url: str, tmp_path: Path
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
-    write_records(client, settings, 1, [VICTIM])
-    _forget(client, tmp_path)
+    write_records(redis_client, settings, 1, [VICTIM])
+    _forget(redis_client, tmp_path)
     restore_member(
         VICTIM,
-        redis=client,
+        redis=redis_client,
         prefix="recsvc",
         audit=AuditLog(tmp_path / "audit.log", PSEUDO),
         reason="ticket-2",
-        event_log=LogEraser(client, "recsvc", SHARDS, PSEUDO),
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, PSEUDO),
     )
-    assert not client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
-    write_records(client, settings, range(5, 6), [VICTIM])
-    Sink(client, settings).run(once=True)
+    assert not redis_client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
+    write_records(redis_client, settings, range(5, 6), [VICTIM])
+    Sink(redis_client, settings).run(once=True)
     assert _rows_of(settings.events.log_dir, VICTIM) == 3  # the new round only
 
 
@@ -267,8 +259,8 @@ def test_forget_member_through_a_server_reaches_the_log(
                 timeout=5,
             )
         time.sleep(0.2)  # impressions are written by the log's thread
-        client = connect(redis_url)
-        Sink(client, settings).run(once=True)
+        redis_client = connect(redis_url)
+        Sink(redis_client, settings).run(once=True)
         assert _rows_of(settings.events.log_dir, member) == 2
         s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
         time.sleep(0.2)
@@ -278,8 +270,8 @@ def test_forget_member_through_a_server_reaches_the_log(
         # Served after the erasure (as an unknown member): nothing about them is kept.
         s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
         time.sleep(0.2)
-        Sink(client, settings).run(once=True)
+        Sink(redis_client, settings).run(once=True)
         log_dir = settings.events.log_dir
         assert _rows_of(log_dir, member) == 0 and _rows_of(log_dir, other) == 2  # an impression, an event
-        assert _keys_of(client, member) == [member_key("recsvc", member, "suppressed")]
-        client.close()
+        assert _keys_of(redis_client, member) == [member_key("recsvc", member, "suppressed")]
+        redis_client.close()
