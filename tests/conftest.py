@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -66,6 +66,17 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
     cluster.flush()
     yield cluster.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A client for the test's ``redis_url`` (single server or cluster: ``recsvc.redis_client.connect``),
+    with a socket timeout long enough for a busy machine."""
+    from recsvc.redis_client import connect
+
+    client = connect(redis_url, socket_timeout=5)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
