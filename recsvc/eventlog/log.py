@@ -33,11 +33,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from recsvc.breaker import CircuitBreaker
-from recsvc.redis_client import RedisClient
+from recsvc.redis_client import UNAVAILABLE, RedisClient
 from recsvc.redis_keys import member_key
 from recsvc.security.erasure import suppression_key
 from recsvc.security.privacy import Pseudonymizer
@@ -49,7 +48,7 @@ KINDS = ("event", "impression", "decision")
 IMPRESSIONS_SUFFIX = "rt:impressions"
 # Events a list can lead to; only these are attributed (docs/experiments.md).
 ATTRIBUTED_EVENTS = frozenset({"click", "add_to_cart", "purchase"})
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = UNAVAILABLE
 # The member's erasure record lives in the same slot: an impression queued before an erasure
 # and written after it must not bring the member's record back (docs/privacy.md).
 # KEYS: recent impressions, suppression record. ARGV: entry, last index kept, TTL (s).
