@@ -71,6 +71,21 @@ def running_server(
         shutdown(server, deps, grace_s=0)
 
 
+def serve_env(bundle: Path, redis_url: str, port: int, tmp: Path, workers: int = 1) -> dict[str, str]:
+    """The environment of a `recsvc serve` subprocess on `port` over `bundle` and `redis_url`."""
+    return {
+        "RECSVC_SERVING__MODEL_URI": str(bundle),
+        "RECSVC_SERVING__PORT": str(port),
+        "RECSVC_SERVING__WORKERS": str(workers),
+        "RECSVC_SERVING__POLL_INTERVAL_S": "0",
+        "RECSVC_SERVING__BUNDLE_CACHE_DIR": str(tmp / "cache"),
+        "RECSVC_REDIS__URL": redis_url,
+        "RECSVC_SECURITY__AUDIT_LOG": str(tmp / "audit.log"),
+        "RECSVC_SECURITY__ERASURE_LIST": str(tmp / "erasures.txt"),
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+
+
 def serve_subprocess(env_overrides: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_") or k == "RECSVC_HOME"}
     env["RECSVC_SECURITY__ALLOW_INSECURE_DEV"] = "true"  # loopback test servers without API keys

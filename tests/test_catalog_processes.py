@@ -9,8 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundle_factory import make_bundle
-from serving_harness import serve_subprocess, stop_subprocess, wait_serving
-from test_serving_processes import _env
+from serving_harness import serve_env, serve_subprocess, stop_subprocess, wait_serving
 
 from recsvc.localstack import free_port
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
@@ -28,7 +27,7 @@ def test_changes_reach_every_process_within_a_second_and_survive_a_restart(
 ) -> None:
     planted = make_bundle(tmp_path / "b1")
     ports = [free_port(), free_port()]
-    procs = [serve_subprocess(_env(planted.path, redis_url, p, tmp_path)) for p in ports]
+    procs = [serve_subprocess(serve_env(planted.path, redis_url, p, tmp_path)) for p in ports]
     try:
         for p in ports:
             wait_serving(f"127.0.0.1:{p}")
@@ -70,7 +69,7 @@ def test_changes_reach_every_process_within_a_second_and_survive_a_restart(
         # Restart the second process; a change made while it is down counts as well.
         stop_subprocess(procs[1])
         catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=["NEW-P"]), timeout=5)
-        procs[1] = serve_subprocess(_env(planted.path, redis_url, ports[1], tmp_path))
+        procs[1] = serve_subprocess(serve_env(planted.path, redis_url, ports[1], tmp_path))
         wait_serving(f"127.0.0.1:{ports[1]}")
         restarted = recommender_pb2_grpc.RecommenderStub(grpc.insecure_channel(f"127.0.0.1:{ports[1]}"))
         ids = _ids(restarted, member, k=20)

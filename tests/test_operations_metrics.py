@@ -120,7 +120,7 @@ def test_realtime_failures_are_counted_by_operation(planted: PlantedBundle, tmp_
 
 def test_throttle_store_failures_are_counted_and_flip_availability(tmp_path: Path) -> None:
     from prometheus_client import REGISTRY
-    from test_outreach_throttle import WalkClock, ask, local, make_throttle
+    from test_outreach_support import WalkClock, ask, local, make_throttle
 
     from recsvc.localstack import LocalRedis
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from recsvc.errors import NotFound
 from recsvc.outreach.policy import DEFAULT_POLICY_FILE, PolicyStore
-from recsvc.outreach.throttle import Throttle
+from recsvc.outreach.throttle import OutreachAsk, Throttle
 from recsvc.redis_client import connect
 from recsvc.v1 import common_pb2
 
@@ -51,6 +51,11 @@ def decoded(reply: object) -> str:
     as bytes | str (| ...), so this also narrows them."""
     assert isinstance(reply, bytes), reply
     return reply.decode()
+
+
+def ask(member: str, channel: str, campaign: str = "", **kw: object) -> OutreachAsk:
+    """An ask with keyword defaults for the fields a test does not care about."""
+    return OutreachAsk(member_id=member, channel=channel, campaign_id=campaign, **kw)  # type: ignore[arg-type]
 
 
 def make_throttle(url: str, clock: WalkClock, policy_file: Path | None = None, **kw: Any) -> Throttle:

@@ -12,14 +12,23 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text, utc_ms
+from test_outreach_support import (
+    CONSENTED,
+    WalkClock,
+    ask,
+    decoded,
+    local,
+    make_throttle,
+    policy_text,
+    utc_ms,
+)
 
 from recsvc.errors import StoreUnavailable
 from recsvc.localstack import LocalRedis as RedisServer
 from recsvc.outreach.planning import plan_campaign
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.service import throttle_client
-from recsvc.outreach.throttle import OutreachAsk, Throttle
+from recsvc.outreach.throttle import Throttle
 from recsvc.redis_client import connect
 
 pytestmark = pytest.mark.integration
@@ -36,10 +45,6 @@ def redis_url(redis_backend: str) -> str:
 def consent_all(t: Throttle, member: str, channels: tuple[str, ...] = CONSENTED) -> None:
     for ch in channels:
         assert t.set_consent(member, ch, True)
-
-
-def ask(member: str, channel: str, campaign: str = "", **kw: object) -> OutreachAsk:
-    return OutreachAsk(member_id=member, channel=channel, campaign_id=campaign, **kw)  # type: ignore[arg-type]
 
 
 def test_walk_a_member_through_the_marketing_reason_codes(redis_url: str) -> None:

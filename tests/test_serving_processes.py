@@ -11,26 +11,12 @@ import psutil
 import pytest
 from bundle_factory import make_bundle
 from prometheus_client.parser import text_string_to_metric_families
-from serving_harness import serve_subprocess, stop_subprocess, wait_serving
+from serving_harness import serve_env, serve_subprocess, stop_subprocess, wait_serving
 
 from recsvc.localstack import free_port
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _env(bundle: Path, redis_url: str, port: int, tmp: Path, workers: int = 1) -> dict[str, str]:
-    return {
-        "RECSVC_SERVING__MODEL_URI": str(bundle),
-        "RECSVC_SERVING__PORT": str(port),
-        "RECSVC_SERVING__WORKERS": str(workers),
-        "RECSVC_SERVING__POLL_INTERVAL_S": "0",
-        "RECSVC_SERVING__BUNDLE_CACHE_DIR": str(tmp / "cache"),
-        "RECSVC_REDIS__URL": redis_url,
-        "RECSVC_SECURITY__AUDIT_LOG": str(tmp / "audit.log"),
-        "RECSVC_SECURITY__ERASURE_LIST": str(tmp / "erasures.txt"),
-        "OPENBLAS_NUM_THREADS": "1",
-    }
 
 
 def test_purchase_through_one_server_leaves_the_list_of_another_within_a_second(
@@ -39,7 +25,7 @@ def test_purchase_through_one_server_leaves_the_list_of_another_within_a_second(
     redis_url = redis_backend  # a single server, then a Redis Cluster
     planted = make_bundle(tmp_path / "b1")
     ports = [free_port(), free_port()]
-    procs = [serve_subprocess(_env(planted.path, redis_url, p, tmp_path)) for p in ports]
+    procs = [serve_subprocess(serve_env(planted.path, redis_url, p, tmp_path)) for p in ports]
     try:
         for p in ports:
             wait_serving(f"127.0.0.1:{p}")
@@ -64,7 +50,7 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
     planted = make_bundle(tmp_path / "b1")
     port, metrics_port = free_port(), free_port()
     env = {
-        **_env(planted.path, redis_url, port, tmp_path, workers=2),
+        **serve_env(planted.path, redis_url, port, tmp_path, workers=2),
         "RECSVC_SERVING__METRICS_PORT": str(metrics_port),
     }
     proc = serve_subprocess(env)
