@@ -16,7 +16,7 @@ from bench.livestream import LiveStreamHost, SoldOutLedger, most_recommended
 from bench.loadconfig import LiveStream, Targets, load_config
 from bench.report import RpcStats, Summary, evaluate, to_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIVE_STREAM_CONFIG = ROOT / "load" / "live-stream.toml"
 
 

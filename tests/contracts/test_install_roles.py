@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOT_ON_A_SERVER = {"optuna", "matplotlib", "grpcio-tools", "implicit", "locust", "mlflow", "pyspark"}
 
 

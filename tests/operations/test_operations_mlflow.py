@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from recsvc.cli import app
 from recsvc.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_default_store_is_the_same_from_any_folder(

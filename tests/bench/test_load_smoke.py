@@ -332,7 +332,7 @@ def test_plain_locust_honours_users_rate_and_time_and_finds_a_bundle(
     """`locust -f load/locustfile.py --headless -u N -r N -t T --host ...` as Locust users expect:
     no shape unless --shape, the bundle `recsvc load run` cached when --bundle is not given, and
     a clear message when there is none."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     copy = tmp_path / "checkout" / "load" / "locustfile.py"  # its default bundles: checkout/var/load
     copy.parent.mkdir(parents=True)
     copy.write_text((root / "load" / "locustfile.py").read_text())

@@ -6,7 +6,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from test_outreach_support import policy_text, utc_ms
+from outreach_support import policy_text, utc_ms
 
 from recsvc.errors import ConfigError
 from recsvc.outreach.policy import DEFAULT_POLICY_FILE, PolicyStore, QuietHours, load_policy

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from test_outreach_support import CONSENTED, FakeRecommendations, WalkClock, local
+from outreach_support import CONSENTED, FakeRecommendations, WalkClock, local
 
 from recsvc.localstack import LocalRedis as RedisServer
 from recsvc.outreach.service import OutreachServicer, build_outreach_servicer

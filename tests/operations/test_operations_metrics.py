@@ -23,7 +23,7 @@ from serving_harness import running_server, serve_subprocess, serving_settings, 
 from recsvc.localstack import free_port
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = ROOT / "docs" / "operations.md"
 REC = "recsvc.v1.Recommender"
 
@@ -119,8 +119,8 @@ def test_realtime_failures_are_counted_by_operation(planted: PlantedBundle, tmp_
 
 
 def test_throttle_store_failures_are_counted_and_flip_availability(tmp_path: Path) -> None:
+    from outreach_support import WalkClock, ask, local, make_throttle
     from prometheus_client import REGISTRY
-    from test_outreach_support import WalkClock, ask, local, make_throttle
 
     from recsvc.localstack import LocalRedis
 

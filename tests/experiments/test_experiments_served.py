@@ -29,7 +29,7 @@ EFFECTS = PlantedEffects(
 
 def _settings(tmp: Path, redis_url: str) -> Settings:
     policy = tmp / "policy.toml"
-    default = Path(__file__).resolve().parents[1] / "recsvc" / "outreach" / "default_policy.toml"
+    default = Path(__file__).resolve().parents[2] / "recsvc" / "outreach" / "default_policy.toml"
     # no quiet hours: the campaign runs whatever the hour of the test
     policy.write_text(
         default.read_text().replace('start = "21:00"\nend = "09:00"', 'start = "00:00"\nend = "00:00"')

@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from outreach_support import CONSENTED, WalkClock, local, policy_text
 from redis.cluster import RedisCluster
-from test_outreach_support import CONSENTED, WalkClock, local, policy_text
 
 from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.policy import PolicyStore

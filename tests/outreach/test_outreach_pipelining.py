@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text
 from redis.cluster import RedisCluster
-from test_outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle, policy_text
 
 from recsvc.localstack import LocalRedisCluster
 from recsvc.outreach.evalsha import Arg, Call, ScriptRunner

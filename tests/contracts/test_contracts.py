@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from bundle_factory import PlantedBundle
-from test_outreach_support import FakeRecommendations
+from outreach_support import FakeRecommendations
 
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.engine.recommender import EnginePort, ModelProvider, RecommendationEngine, SingleModel

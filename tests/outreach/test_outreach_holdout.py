@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from outreach_support import CONSENTED, FakeRecommendations, WalkClock, local
 from prometheus_client import CollectorRegistry
-from test_outreach_support import CONSENTED, FakeRecommendations, WalkClock, local
 
 from recsvc.eventlog.log import EventLog, EventLogMetrics, stream_key
 from recsvc.outreach.holdout import position

@@ -11,7 +11,7 @@ import pytest
 
 from recsvc.settings import Settings, project_home
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _NAME = re.compile(r"`(RECSVC_[A-Z0-9_]+?__[A-Z0-9_]+|__[A-Z0-9_]+)`")
 # Defaults written as words rather than values; the settings' default must be of that kind.
 _WORDS: dict[str, tuple[Any, ...]] = {"unset": (None, "", [], {}), "shipped default": (None,)}

@@ -11,7 +11,7 @@ bytes. The server must answer a health check afterwards.
 The bounded run takes ``FUZZ_SECONDS`` (default 3) seconds in the normal suite; the long
 one is marked ``fuzz_long`` and deselected by default (docs/security.md "Raw-bytes fuzzing"):
 
-    FUZZ_LONG_SECONDS=600 pytest -m fuzz_long tests/test_security_rawbytes.py
+    FUZZ_LONG_SECONDS=600 pytest -m fuzz_long tests/security/test_security_rawbytes.py
 
 A failure names its seed; ``FUZZ_SEED=<seed>`` replays the same calls. (Not ``RECSVC_*``
 variables: conftest clears those, so a developer's settings never reach the tests.)

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from test_outreach_support import (
+from outreach_support import (
     CONSENTED,
     WalkClock,
     ask,

@@ -20,7 +20,7 @@ from recsvc.server.app import ServerDeps, build_deps, build_server, shutdown
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def serving_settings(model_uri: str, redis_url: str, tmp: Path, **serving: Any) -> Settings:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import redis
 from bundle_factory import PlantedBundle
-from test_outreach_support import WalkClock, local, make_throttle
+from outreach_support import WalkClock, local, make_throttle
 from test_security_server import Secured, secured_server, secured_settings
 
 from recsvc.errors import MemberErased
