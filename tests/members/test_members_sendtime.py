@@ -83,7 +83,7 @@ def test_time_in_a_campaign_window() -> None:
 
 
 def test_member_state_survives_unreadable_stored_values() -> None:
-    from recsvc.outreach.throttle import _member_state
+    from recsvc.outreach.member_records import _member_state
 
     state = _member_state(
         Policy(),
