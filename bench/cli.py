@@ -1,6 +1,10 @@
 """`python -m bench ...` (also `recsvc load ...` from a source checkout): load tests (Locust, in its
 own process) and benchmarks. Each harness is a function returning its report; these commands
-only parse options, call it and write the report."""
+only parse options, call it and write the report.
+
+Long on purpose: one typer command per harness (its options, the Redis or servers it needs, the
+call, the report write); the measuring is in the harness modules.
+"""
 
 from __future__ import annotations
 

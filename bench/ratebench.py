@@ -2,6 +2,9 @@
 or, so that the client does not compete with the server for the cores, a compiled one
 (``fixed_rate_native``: load/grpcload, C++ grpc++, same schedule and result).
 
+Long on purpose: the Python and the native client share one schedule, one result type and one
+summary, which is what makes their figures comparable.
+
 Open loop: call ``i`` is scheduled at ``t0 + i / rate`` and sent then whether or not earlier
 calls have answered, so a slow server cannot slow the load down and hide its own latency
 (coordinated omission). Latency is measured from the scheduled time (what a caller waiting in

@@ -1,5 +1,8 @@
 """Locust scenarios for recsvc: realistic gRPC traffic against the Recommender and Outreach services.
 
+Long on purpose: Locust loads one file; its hooks, options and users must be in it (the traffic
+itself is in bench/traffic.py).
+
 Run it through ``recsvc load run`` (starts Redis, data, model and server for you), or by hand
 against a running server, as any Locust test::
 

@@ -1,5 +1,8 @@
 """The ``recsvc.v1.Outreach`` gRPC servicer: validates requests, asks the throttle, explains.
 
+Long on purpose: one servicer, one method per Outreach RPC, each thin over the throttle and
+planning.
+
 Errors are ``recsvc.errors`` types; the server's interceptor maps them to status codes. A store
 outage is not an error for decisions (they answer THROTTLE_UNAVAILABLE); for writes (cancel,
 feedback, consent) it is ``StoreUnavailable``.
