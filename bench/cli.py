@@ -20,30 +20,6 @@ app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.
 from recsvc.cli.common import console, friendly_errors, setup_logging, state  # noqa: E402
 
 
-def _shape_overrides(
-    shape: str | None,
-    users: int | None,
-    spawn_rate: float | None,
-    duration: float | None,
-    rate_per_user: float | None,
-) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if shape:
-        overrides.setdefault("shape", {})["kind"] = shape
-    steady: dict[str, Any] = {}
-    if users is not None:
-        steady["users"] = users
-    if spawn_rate is not None:
-        steady["spawn_rate"] = spawn_rate
-    if duration is not None:
-        steady["duration_s"] = duration
-    if steady:
-        overrides.setdefault("shape", {})["steady"] = steady
-    if rate_per_user is not None:
-        overrides["think"] = {"mode": "constant_throughput", "per_user_rate": rate_per_user}
-    return overrides
-
-
 @app.command("run")
 @friendly_errors
 def run(
@@ -95,6 +71,7 @@ def run(
     a bounded time, and write CSV stats, the HTML report, plots and summary.md (with a verdict per
     target of the load config) into load/results/<timestamp>/. Stops everything it started, also
     on Ctrl-C."""
+    from bench.loadconfig import shape_overrides
     from bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
 
     app_state = state(ctx)
@@ -102,7 +79,9 @@ def run(
     app_state.settings()  # a bad settings file fails here, before anything starts
     if shape is not None and shape not in ("steady", "ramp", "spike"):
         raise typer.BadParameter("--shape must be steady, ramp or spike")
-    overrides = _shape_overrides(shape, users, spawn_rate, duration, rate_per_user)
+    overrides = shape_overrides(
+        kind=shape, users=users, spawn_rate=spawn_rate, duration_s=duration, rate_per_user=rate_per_user
+    )
     if api_key:
         overrides["metadata"] = {"x-api-key": api_key}
     if target:

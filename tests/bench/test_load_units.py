@@ -528,3 +528,17 @@ def test_the_locust_shape_is_used_only_when_asked_for() -> None:
     assert not asked(["locust", "-f", "x", "-u", "5", "-r", "5", "-t", "10s"], {})
     assert asked(["locust", "--shape", "spike"], {}) and asked(["locust", "--shape=ramp"], {})
     assert not asked(["locust", "--shape="], {}) and asked(["locust"], {"LOCUST_SHAPE": "steady"})
+
+
+def test_command_line_shape_options_reach_the_config_over_file_overrides() -> None:
+    from bench.loadconfig import load_config, shape_overrides
+
+    base = {"shape": {"steady": {"users": 3, "duration_s": 9.0}}, "deadline_s": 1.5}
+    merged = shape_overrides(base, kind="ramp", users=7, rate_per_user=4.0)
+    config = load_config(None, merged)
+    assert config.shape.kind == "ramp"
+    assert (config.shape.steady.users, config.shape.steady.duration_s) == (7, 9.0)
+    assert (config.think.mode, config.think.per_user_rate) == ("constant_throughput", 4.0)
+    assert config.deadline_s == 1.5
+    assert base == {"shape": {"steady": {"users": 3, "duration_s": 9.0}}, "deadline_s": 1.5}
+    assert shape_overrides() == {}

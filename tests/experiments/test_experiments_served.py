@@ -11,12 +11,13 @@ import pytest
 import redis
 from bundle_factory import PlantedBundle
 from serving_harness import running_server
+from settings_factory import build_settings
 
 from pipelines.generate.effects import PlantedEffects
 from recsvc.eventlog.sink import Sink
 from recsvc.experiments.report import ab_report, campaign_report, read_log
 from recsvc.experiments.simulate import play
-from recsvc.settings import Settings, load_settings
+from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -34,27 +35,18 @@ def _settings(tmp: Path, redis_url: str) -> Settings:
     policy.write_text(
         default.read_text().replace('start = "21:00"\nend = "09:00"', 'start = "00:00"\nend = "00:00"')
     )
-    return load_settings(
-        overrides={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-                "artifact_location": str(tmp / "artifacts"),
-                "model_name": MODEL,
-            },
-            "serving": {
-                "model_uri": f"models:/{MODEL}@champion",
-                "port": 0,
-                "poll_interval_s": 0,
-                "bundle_cache_dir": str(tmp / "cache"),
-                "variants": [
-                    {"name": "a", "alias": "champion", "share": 0.5},
-                    {"name": "b", "alias": "champion", "share": 0.5},
-                ],
-            },
-            "redis": {"url": redis_url},
-            "outreach": {"policy_file": str(policy)},
-            "events": {"log_dir": str(tmp / "log"), "flush_interval_ms": 10},
-        }
+    variants = [
+        {"name": "a", "alias": "champion", "share": 0.5},
+        {"name": "b", "alias": "champion", "share": 0.5},
+    ]
+    return build_settings(
+        tmp,
+        redis_url=redis_url,
+        model_uri=f"models:/{MODEL}@champion",
+        mlflow_model=MODEL,
+        serving={"variants": variants},
+        outreach={"policy_file": str(policy)},
+        events={"log_dir": str(tmp / "log"), "flush_interval_ms": 10},
     )
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from settings_factory import build_settings
 
 from recsvc.bundle import load_bundle
 from recsvc.security.audit import AuditLog
 from recsvc.security.erasure import forget_member
 from recsvc.security.privacy import ErasureList, Pseudonymizer
-from recsvc.settings import load_settings
 from training import pipeline, prepare
 from training.synthetic import make_dataset
 
@@ -31,19 +31,12 @@ def test_retrained_bundle_holds_no_trace_of_forgotten_members(tmp_path: Path, re
     forgotten = sorted(buyers.index[:2].tolist())
     assert all(m in set(data.members["member_id"].astype(str)) for m in forgotten)
 
-    settings = load_settings(
-        overrides={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                "artifact_location": str(tmp_path / "art"),
-            },
-            "training": {"factors": 8, "iterations": 4, "eval_members": 200},
-            "security": {
-                "erasure_list": str(tmp_path / "erasures.txt"),
-                "audit_log": str(tmp_path / "audit.log"),
-            },
-            "redis": {"url": redis_url},
-        }
+    settings = build_settings(
+        tmp_path,
+        mlflow=True,
+        redis_url=redis_url,
+        training={"factors": 8, "iterations": 4, "eval_members": 200},
+        security={"erasure_list": str(tmp_path / "erasures.txt"), "audit_log": str(tmp_path / "audit.log")},
     )
     # Forget them the way the Admin service does.
     client = redis.Redis.from_url(redis_url)

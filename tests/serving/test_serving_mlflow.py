@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import running_server
+from settings_factory import build_settings
 
 from recsvc.models.variants import bucket
 from recsvc.settings import Settings, load_settings
@@ -22,22 +23,8 @@ MODEL = "recsvc-test"
 
 
 def _settings(tmp: Path, redis_url: str, **serving: Any) -> Settings:
-    return load_settings(
-        overrides={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-                "artifact_location": str(tmp / "artifacts"),
-                "model_name": MODEL,
-            },
-            "serving": {
-                "model_uri": f"models:/{MODEL}@champion",
-                "port": 0,
-                "poll_interval_s": 0,
-                "bundle_cache_dir": str(tmp / "cache"),
-                **serving,
-            },
-            "redis": {"url": redis_url},
-        }
+    return build_settings(
+        tmp, redis_url=redis_url, model_uri=f"models:/{MODEL}@champion", mlflow_model=MODEL, serving=serving
     )
 
 
@@ -112,7 +99,7 @@ def test_variants_by_alias_with_stable_bucketing(tmp_path: Path, redis_url: str)
         info = srv.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=10)
         assert info.variants["control"] == f"{MODEL}/v{v2}"
         # downloaded once per version into the cache, by a rename of a complete folder
-        assert sorted(p.name for p in (tmp_path / "cache" / MODEL).iterdir()) == sorted([v1, v2])
+        assert sorted(p.name for p in (tmp_path / "bundle-cache" / MODEL).iterdir()) == sorted([v1, v2])
 
 
 def test_serves_a_bundle_trained_by_the_training_pipeline(tmp_path: Path, redis_url: str) -> None:

@@ -14,29 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from settings_factory import build_settings
 
 from recsvc.server.aio_host import AioServerHost
 from recsvc.server.app import ServerDeps, build_deps, build_server, shutdown
-from recsvc.settings import Settings, load_settings
+from recsvc.settings import Settings
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def serving_settings(model_uri: str, redis_url: str, tmp: Path, **serving: Any) -> Settings:
-    overrides: dict[str, Any] = {
-        "serving": {
-            "model_uri": model_uri,
-            "port": 0,
-            "host": "127.0.0.1",
-            "workers": 1,
-            "poll_interval_s": 0,
-            "bundle_cache_dir": str(tmp / "bundle-cache"),
-            **serving,
-        },
-        "redis": {"url": redis_url},
-    }
-    return load_settings(overrides=overrides)
+    return build_settings(tmp, redis_url=redis_url, model_uri=model_uri, serving=serving)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from settings_factory import build_settings
 
 from recsvc.bundle import load_bundle
 from recsvc.errors import BundleError, DataContractError
@@ -21,15 +22,8 @@ pytestmark = pytest.mark.integration
 def _settings(tmp: Path, model: str = "recsvc", **training: Any) -> Settings:
     # one sqlite store per module (creating one costs seconds); tests that need a registry
     # without a champion use their own model name in it
-    return load_settings(
-        overrides={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-                "artifact_location": str(tmp / "artifacts"),
-                "model_name": model,
-            },
-            "training": {"factors": 16, "iterations": 8, "eval_members": 500, **training},
-        }
+    return build_settings(
+        tmp, mlflow_model=model, training={"factors": 16, "iterations": 8, "eval_members": 500, **training}
     )
 
 
