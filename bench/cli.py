@@ -366,7 +366,8 @@ def bench_service(
     from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
     from bench.memory import to_markdown as memory_markdown
     from bench.memory import tree_memory
-    from bench.ratebench import MARKDOWN_HEADER, find_native_client, markdown_row, run_fixed_rates
+    from bench.native_client import find_native_client
+    from bench.ratebench import MARKDOWN_HEADER, markdown_row, run_fixed_rates
     from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)

@@ -223,14 +223,18 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
     ``RecsvcError`` to refuse, which becomes the call's status), with ``current_caller`` set
     to that caller while it runs."""
 
-    # aio handlers run as their own task: setting the caller in it is enough.
+    async def admit(context: Any) -> None:
+        """Names the caller or aborts the call. aio handlers run as their own task: setting the
+        caller in it is enough."""
+        try:
+            caller = check(context)
+        except RecsvcError as exc:
+            await context.abort(exc.code, str(exc))
+        current_caller.set(caller)
+
     def async_stream(fn: HandlerFn) -> HandlerFn:
         async def arun_stream(request: Any, context: Any) -> Any:
-            try:
-                caller = check(context)
-            except RecsvcError as exc:
-                await context.abort(exc.code, str(exc))
-            current_caller.set(caller)
+            await admit(context)
             async for item in fn(request, context):
                 yield item
 
@@ -238,11 +242,7 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
 
     def async_unary(fn: HandlerFn) -> HandlerFn:
         async def arun(request: Any, context: Any) -> Any:
-            try:
-                caller = check(context)
-            except RecsvcError as exc:
-                await context.abort(exc.code, str(exc))
-            current_caller.set(caller)
+            await admit(context)
             return await fn(request, context)
 
         return arun

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bench.cpu import cpu_probe
-from bench.ratebench import (
+from bench.native_client import (
     NATIVE_CLIENT,
     REQUESTS_MAGIC,
     RESULT_DTYPE,
