@@ -270,54 +270,17 @@ def bench_throttle(
     results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
 ) -> None:
     """Throttle decisions per second pipelined from one client, and single-decision latency."""
-    import tempfile
-    from contextlib import ExitStack
-
-    from bench.inproc import throttle_rates
-    from bench.timing import MARKDOWN_HEADER
-    from recsvc.localstack import LocalRedis
-    from recsvc.redis_client import connect
+    from bench.inproc import ThrottleBenchOptions, run_throttle
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     out = _bench_dir(results, "throttle")
     machine = _machine()
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
-        url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
-        settings = app_state.settings({"redis": {"url": url}})
-        client = connect(url)
-        stack.callback(client.close)
-        rates = throttle_rates(
-            settings, client, members=members, decisions=decisions, batch=batch, single_calls=single_calls
-        )
-    md = "\n".join(
-        [
-            MARKDOWN_HEADER,
-            rates.single.markdown_row(),
-            "",
-            f"pipelined from one client, {rates.batch} per round trip: "
-            f"{rates.pipelined_check_per_s:,.0f} check decisions/s, "
-            f"{rates.pipelined_reserve_per_s:,.0f} reserve decisions/s ({rates.decisions} each)",
-            "",
-            f"members' time zone {rates.timezone}; decisions by reason: "
-            + "; ".join(
-                f"{mode}: " + ", ".join(f"{r} {n}" for r, n in sorted(c.items()))
-                for mode, c in rates.reasons.items()
-            ),
-        ]
+    options = ThrottleBenchOptions(
+        decisions=decisions, batch=batch, members=members, single_calls=single_calls, redis_url=redis_url
     )
-    payload = {
-        "machine": machine,
-        "single": rates.single.as_dict(),
-        "pipelined_check_per_s": rates.pipelined_check_per_s,
-        "pipelined_reserve_per_s": rates.pipelined_reserve_per_s,
-        "batch": rates.batch,
-        "decisions": rates.decisions,
-        "timezone": rates.timezone,
-        "reasons": rates.reasons,
-    }
-    _write(out, "throttle", payload, md)
+    rates = run_throttle(options, app_state.settings)
+    _write(out, "throttle", {"machine": machine, **rates.as_dict()}, rates.markdown())
 
 
 @bench.command("service")
