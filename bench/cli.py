@@ -8,8 +8,10 @@ call, the report write); the measuring is in the harness modules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +20,9 @@ import typer
 app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.md.", no_args_is_help=True)
 
 from recsvc.cli.common import console, friendly_errors, setup_logging, state  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.loadrun import LoadRunOptions
 
 
 @app.command("run")
@@ -152,6 +157,21 @@ def _bench_dir(results: Path, kind: str) -> Path:
     return out
 
 
+def _serve_here(
+    opts: LoadRunOptions, out: Path, stack: ExitStack, say: Callable[[str], None], context: dict[str, str]
+) -> tuple[str, Path, dict[str, str]]:
+    """Redis, the sample model (unless ``opts.bundle``) and `recsvc serve` started for a benchmark
+    and stopped by ``stack``: (target, served bundle, the environment they run with)."""
+    import os
+
+    from bench.loadrun import start_local_stack
+
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+    return target, served, env
+
+
 def _write(out: Path, name: str, payload: Any, markdown: str) -> None:
     import json
 
@@ -192,7 +212,6 @@ def bench_inproc(
     """In-process cost of RecommendProducts, SimilarItems, RecommendContent and CheckOutreach:
     the real servicers and engine on a real Redis, called directly (no gRPC transport)."""
     import tempfile
-    from contextlib import ExitStack
 
     from bench.inproc import servicer_costs
     from bench.timing import MARKDOWN_HEADER
@@ -321,12 +340,10 @@ def bench_service(
     """Service throughput and latency at fixed offered rates (open loop; grpc.aio client, or the
     native one with --client native). Starts Redis and the server like `load run` unless --host is
     given; reports server memory too."""
-    import os
-    from contextlib import ExitStack
 
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt
     from bench.memory import to_markdown as memory_markdown
     from bench.memory import tree_memory
     from bench.native_client import find_native_client
@@ -357,12 +374,8 @@ def bench_service(
                 bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
                 settings_file=app_state.config_file,
             )  # fmt: skip
-            env = dict(os.environ)
-            env.setdefault("OPENBLAS_NUM_THREADS", "1")
-            target, served = start_local_stack(
-                opts, env, out, out / "setup.log", stack,
-                lambda m: console.print(m, markup=False, highlight=False), context,
-            )  # fmt: skip
+            say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+            target, served, _ = _serve_here(opts, out, stack, say, context)
         assert served is not None
         traffic = Traffic(ServedIds.from_bundle(served), config)
         metadata = tuple(config.metadata.items())
@@ -523,11 +536,9 @@ def bench_campaign(
     """PlanCampaign over a large audience through gRPC: starts Redis and the server, gives every
     member consent and a daytime time zone, then plans (dry run) and/or reserves, reading every
     decision; reports decisions/s, server memory (RSS/PSS) and Redis memory."""
-    import os
-    from contextlib import ExitStack
 
     from bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
     from recsvc.outreach.service import build_throttle
     from recsvc.redis_client import connect
 
@@ -545,10 +556,8 @@ def bench_campaign(
         opts = LoadRunOptions(
             bundle=bundle, workdir=workdir, workers=workers, settings_file=app_state.config_file
         )
-        env = dict(os.environ)
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-        target, _ = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        target, _, env = _serve_here(opts, out, stack, say, context)
         url = env["RECSVC_REDIS__URL"]
         client = connect(url)
         stack.callback(client.close)
@@ -603,12 +612,11 @@ def bench_catalog_propagation(
     process stops recommending the item (each process polled on a connection the kernel says it
     holds); then RecommendProducts p99 with and without SetStock beside it, in alternating pairs."""
     import os
-    from contextlib import ExitStack
 
     from bench.catalog_propagation import markdown, run_paired, run_propagation
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
     from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
@@ -625,9 +633,7 @@ def bench_catalog_propagation(
             bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
             settings_file=app_state.config_file,
         )  # fmt: skip
-        env = dict(os.environ)
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        target, served, _ = _serve_here(opts, out, stack, say, context)
         traffic = Traffic(ServedIds.from_bundle(served), config)
         say(f"propagation: {changes} sell-outs under {background_rate:.0f} RecommendProducts/s")
         prop = run_propagation(
