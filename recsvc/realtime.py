@@ -1,5 +1,8 @@
 """Real-time member state: recent events in Redis and member vectors recomputed from them.
 
+Long on purpose: RealtimeStore is one class over one Redis key layout (write, read, recompute);
+the connection helpers beside it serve only it.
+
 Writes, per member (keys from ``recsvc.redis_keys.member_key``, so one member's keys share a cluster
 slot): ``<prefix>:{m:<id>}:rt:events`` a capped list of recent events (JSON, newest first) and
 ``<prefix>:{m:<id>}:rt:purchased`` the set of items bought recently; both expire after

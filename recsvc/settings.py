@@ -1,5 +1,8 @@
 """The one validated settings object.
 
+Long on purpose: every section lives in one validated object, so one place names a misspelt key,
+holds each default and checks settings against each other.
+
 Read only at entry points (CLI commands, server start-up) and passed down. Values come from, in
 order of precedence: explicit overrides, ``RECSVC_*`` environment variables (nested with ``__``,
 e.g. ``RECSVC_REDIS__URL``), an optional TOML file (``--config`` or ``RECSVC_CONFIG``), defaults.

@@ -104,7 +104,7 @@ def _fresh_privacy_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
-    """A small bundle whose recommendations are known in advance (tests/bundle_factory.py)."""
+    """A small bundle whose recommendations are known in advance (tests/support/bundle_factory.py)."""
     from bundle_factory import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")
