@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pyarrow.dataset as ds
 import pytest
 import redis
 from bundle_factory import PlantedBundle
+from eventlog_support import read_log
 from prometheus_client import CollectorRegistry
 from serving_harness import ROOT, RunningServer, running_server, serving_settings
 
@@ -27,13 +27,6 @@ from recsvc.eventlog.log import EventLog, EventLogMetrics, dumps, shard_of, stre
 from recsvc.eventlog.sink import Sink
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2
-
-
-def read_log(log_dir: Path, kind: str) -> Any:
-    folder = log_dir / f"kind={kind}"
-    if not folder.exists():
-        return None
-    return ds.dataset(str(folder), format="parquet", partitioning="hive").to_table().to_pandas()
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from bundle_factory import PlantedBundle
-from serving_harness import running_server, serving_settings
-from test_contracts_eventlog import (
+from eventlog_support import (
     MEMBERS,
     SHARDS,
     assert_exactly_once,
@@ -22,6 +21,7 @@ from test_contracts_eventlog import (
     stream_lengths,
     write_records,
 )
+from serving_harness import running_server, serving_settings
 
 from recsvc.eventlog.erasure import LogEraser, erased_key, purge_key, record_member, rewrite_without
 from recsvc.eventlog.log import IMPRESSIONS_SUFFIX, KINDS, shard_of, stream_key

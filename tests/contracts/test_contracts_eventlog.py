@@ -17,94 +17,29 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from eventlog_support import (
+    MEMBERS,
+    SHARDS,
+    assert_exactly_once,
+    log_settings,
+    read_log,
+    stream_lengths,
+    write_records,
+)
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from serving_harness import ROOT
-from test_eventlog import read_log
 
-from recsvc.eventlog.log import KINDS, EventLog, EventLogMetrics, dumps, shard_of, stream_key
+from recsvc.eventlog.log import KINDS, dumps, shard_of, stream_key
 from recsvc.eventlog.sink import GROUP, Sink
 from recsvc.redis_client import RedisClient
-from recsvc.security.privacy import Pseudonymizer
-from recsvc.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
-
-SHARDS = 4
-MEMBERS = [f"M{i:03d}" for i in range(40)]
 
 
 @pytest.fixture
 def redis_url(redis_backend: str) -> str:
     return redis_backend
-
-
-def log_settings(redis_url: str, tmp_path: Path, **events: object) -> Settings:
-    return load_settings(
-        overrides={
-            "redis": {"url": redis_url},
-            "events": {"log_dir": str(tmp_path / "log"), "shards": SHARDS, **events},
-        }
-    )
-
-
-def write_records(
-    redis_client: RedisClient, settings: Settings, rounds: range | int, members: list[str] = MEMBERS
-) -> EventLog:
-    """An impression, an event and a decision per member and round, as a server process writes
-    them (round ``r`` names them ``r-<member>-<r>``, ``P<r>``, ``res-<member>-<r>``)."""
-    elog = EventLog(redis_client, settings, EventLogMetrics(CollectorRegistry()))
-    for r in range(rounds) if isinstance(rounds, int) else rounds:
-        for m in members:
-            elog.impression(
-                f"r-{m}-{r}",
-                m,
-                variant="a",
-                model_version="1",
-                scene="home",
-                channel="app",
-                items=["P1", "P2"],
-                source="s",
-            )
-            elog.decision(
-                m,
-                {
-                    "campaign": "c1",
-                    "channel": "sms",
-                    "allowed": True,
-                    "reason": "ALLOWED",
-                    "reservation_id": f"res-{m}-{r}",
-                },
-            )
-            assert elog.event(m, {"member_id": m, "item_id": f"P{r}", "event_type": "view", "ts": 1.7e9 + r})
-    while elog.flush():
-        pass
-    return elog
-
-
-def stream_lengths(redis_client: RedisClient) -> int:
-    return sum(int(redis_client.xlen(stream_key("recsvc", s, k))) for s in range(SHARDS) for k in KINDS)
-
-
-def assert_exactly_once(log_dir: Path, rounds: int, members: list[str] = MEMBERS) -> None:
-    """Every record of ``members`` in ``rounds`` is on disk once, and no one else's."""
-    pseudo = Pseudonymizer(load_settings().security.pseudonym_key)
-    expected_members = {pseudo(m) for m in members}
-    for kind in KINDS:
-        rows = read_log(log_dir, kind)
-        assert rows is not None and len(rows) == len(members) * rounds, kind
-        assert set(rows["member"]) == expected_members, kind  # pseudonyms, every member
-    # Each record's own identity, every one of them once (stream ids repeat across shards).
-    every = {(m, r) for m in members for r in range(rounds)}
-    imps = read_log(log_dir, "impression")
-    assert imps["recommendation_id"].is_unique
-    assert set(imps["recommendation_id"]) == {f"r-{m}-{r}" for m, r in every}
-    decisions = read_log(log_dir, "decision")
-    assert decisions["reservation_id"].is_unique
-    assert set(decisions["reservation_id"]) == {f"res-{m}-{r}" for m, r in every}
-    events = read_log(log_dir, "event")
-    assert set(zip(events["member_id"], events["item_id"], strict=True)) == {(m, f"P{r}") for m, r in every}
 
 
 def test_each_shard_is_one_slot_and_the_shards_spread_over_the_primaries(redis_client: RedisClient) -> None:
