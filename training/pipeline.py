@@ -85,6 +85,7 @@ class TrainingReport:
     index_info: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    family: gate.FamilyChoice | None = None  # the family that serves and why (gate.choose_family)
 
 
 class Steps:
@@ -144,7 +145,9 @@ def _other_candidates(
     shape = (len(prepared.members), len(prepared.items))
     val = split.validation(data_split, shape, t.validation_days, positive)
     out: dict[str, float] = {}
-    if val.test.nnz:
+    if t.blend_als_weight is not None:
+        weight = t.blend_als_weight
+    elif val.test.nnz:
         fitted = train_factors(prepared, val.train, val.start, params, num_threads=t.num_threads)
         knn = itemknn.fit(fitted.matrix, t.itemknn_neighbours, t.num_threads)
         weight, by_weight = itemknn.choose_weight(
@@ -195,7 +198,7 @@ def _champion_score(
     mv, manifest = found
     if manifest is None:
         return None, gate.UNCOMPARABLE, str(mv.version)
-    logged = manifest.metrics.get(gate.GATE_METRIC)
+    logged = manifest.metrics.get(gate.family_metric(manifest.family.family))
     if logged is not None and gate.same_holdout(manifest, prepared.fingerprint, data_split.window):
         return float(logged), "same_holdout_logged", str(mv.version)
     try:
@@ -222,6 +225,12 @@ def _champion_score(
             max_members=settings.training.eval_members,
             seed=settings.training.random_state,
         )
+        if manifest.family.family != "als":
+            from training import itemknn
+
+            metrics = itemknn.remeasure(
+                trained, data_split, prepared.item_kind, manifest.family, settings.training
+            )
     return float(metrics.get(gate.GATE_METRIC, 0.0)), "champion_refit", str(mv.version)
 
 
@@ -348,9 +357,15 @@ def run(
                 )
             with steps.step("evaluate on the holdout"):
                 metrics = _holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
-            if t.itemknn == "on" or (t.itemknn == "auto" and shape[0] < t.itemknn_auto_members):
+            if (
+                t.itemknn == "on"
+                or t.family in ("itemknn", "blend")
+                or (t.itemknn == "auto" and shape[0] < t.itemknn_auto_members)
+            ):
                 with steps.step("item-item and blend candidates"):
                     metrics |= _other_candidates(prepared, data_split, candidate, params, t, positive)
+            family = gate.choose_family(metrics, t.family, t.family_margin)
+            log.info("family=%s %s", family.family, family.reason)
             with steps.step("replenishment: learn intervals, evaluate on the holdout"):
                 learned = replenish.learn(data_split.train, prepared.item_category, prepared.categories, t)
                 metrics |= replenish.evaluate(
@@ -375,7 +390,7 @@ def run(
                     client, settings, prepared, data_split, steps, spark
                 )
                 decision = gate.decide(
-                    metrics.get(gate.GATE_METRIC, 0.0),
+                    metrics.get(gate.family_metric(family.family), 0.0),
                     champion_score,
                     baseline=metrics.get(gate.BASELINE_METRIC),
                     tolerance=t.gate_tolerance,
@@ -438,6 +453,12 @@ def run(
             counts["fresh_content_filled"] = final.fresh_content_filled
             counts["members_with_factors"] = int((np.abs(final.member_factors).sum(axis=1) > 0).sum())
 
+            neighbours = None
+            if family.family != "als":
+                from training import itemknn
+
+                with steps.step("item-item neighbours for serving"):
+                    neighbours = itemknn.table(itemknn.fit(final.matrix, t.itemknn_neighbours, t.num_threads))
             with steps.step("write the bundle"):
                 contents = assemble.assemble(
                     prepared,
@@ -468,8 +489,11 @@ def run(
                         # the time the catalog was read as of: a bundle swap retires the live
                         # catalog changes older than it and keeps the newer ones
                         "catalog_as_of": catalog_as_of,
+                        "family": gate.family_spec(family.family, metrics, neighbours),
                     },
                 )
+                if neighbours is not None:
+                    contents.item_neighbour_item, contents.item_neighbour_score = neighbours
                 bundle_dir = options.bundle_out or tmp_root / "bundle"
                 assemble.write(bundle_dir, contents)
             if zones is not None:
@@ -514,6 +538,8 @@ def run(
                 for i, loss in enumerate(candidate_losses):
                     mlflow.log_metric("train_loss", loss, step=i + 1)
                 mlflow.log_dict(decision.as_dict(), "gate.json")
+                mlflow.log_dict(family.as_dict(), "family.json")
+                mlflow.set_tag("family", family.family)
                 mlflow.log_dict({"index": index_info, "holdout": window}, "summary.json")
                 mlflow.log_dict({"categories": learned.categories}, "replenish/categories.json")
                 mlflow.set_tag("gate.decision", decision.reason)
@@ -563,6 +589,7 @@ def run(
             index_info=index_info,
             timings=timings,
             trials=trials,
+            family=family,
         )
     finally:
         if spark is not None:
@@ -579,6 +606,7 @@ def report_json(report: TrainingReport) -> str:
             "gate": report.decision.as_dict(),
             "params": report.params.as_dict(),
             "metrics": report.metrics,
+            "family": report.family.as_dict() if report.family else None,
         },
         indent=2,
         default=str,
