@@ -83,12 +83,15 @@ from recsvc.bundle_manifest import (
 from recsvc.bundle_parts import (
     MEMBER_LIST_ARRAYS,
     NEIGHBOUR_ARRAYS,
+    _check_files,
+    _check_indexes,
     _check_member_lists,
     _check_neighbours,
     _check_profiles,
     add_member_lists,
     add_profiles,
     drop_member_lists,
+    required_files,
 )
 from recsvc.errors import BundleError
 from recsvc.idmap import IdMap
@@ -326,68 +329,6 @@ class LoadedBundle:
         )
 
 
-# Files every bundle holds besides manifest.json and the arrays in _ARRAYS.
-_FILES = (
-    "member_ids.npy",
-    "item_ids.npy",
-    "item_titles.json",
-    "vocab.json",
-    "segments.parquet",
-    "popular.parquet",
-)
-
-
-def required_files(manifest: Manifest) -> list[str]:
-    """The files a bundle with this manifest must hold (before looking at its arrays): the fixed
-    ones, the stored member lists when the manifest has them, and the ANN index of every kind the
-    manifest's ``index`` section describes. ``load_bundle`` also requires the index of every kind
-    that has items with a vector, whatever the manifest says."""
-    names = [*_FILES, *(f"{name}.npy" for name in _ARRAYS)]
-    if manifest.member_lists:
-        names += [f"{name}.npy" for name in MEMBER_LIST_ARRAYS]
-    if manifest.family.family != "als":
-        names += [f"{name}.npy" for name in NEIGHBOUR_ARRAYS]
-    names += [
-        f"index_{kind}.faiss" for kind in KIND_NAMES.values() if isinstance(manifest.index.get(kind), dict)
-    ]
-    return names
-
-
-def _check_files(bundle_dir: Path, names: list[str]) -> None:
-    """Each of ``names`` exists in ``bundle_dir`` as a non-empty file, before anything is loaded:
-    a reload must refuse a half-copied bundle, naming the file, while the old model serves."""
-    for name in names:
-        path = bundle_dir / name
-        try:
-            size = path.stat().st_size if path.is_file() else -1
-        except OSError:
-            size = -1
-        if size < 0:
-            raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is missing")
-        if size == 0:
-            raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is empty")
-
-
-def _check_indexes(bundle_dir: Path, arrays: dict[str, np.ndarray], indexes: dict[str, Any]) -> None:
-    """An index for every kind with items that have a vector (training builds exactly those), each
-    holding between 1 and that kind's item count vectors. Without the check a bundle missing
-    ``index_product.faiss`` loaded and served from exact search, unnoticed."""
-    kind, factors = arrays["item_kind"], arrays["item_factors"]
-    for code, name in KIND_NAMES.items():
-        rows = np.flatnonzero(kind == code)
-        has_vectors = rows.size > 0 and bool(np.any(factors[rows] != 0))
-        index = indexes.get(name)
-        if index is None:
-            if has_vectors:
-                raise BundleError(f"bundle {bundle_dir} is incomplete: index_{name}.faiss is missing")
-            continue
-        if not 0 < int(index.ntotal) <= rows.size:
-            raise BundleError(
-                f"bundle {bundle_dir} is inconsistent: index_{name}.faiss holds {int(index.ntotal)} "
-                f"vectors for {rows.size} {name} items"
-            )
-
-
 def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     """Open a bundle. Raises BundleError naming what is wrong (missing or empty file, schema
     mismatch, inconsistent contents)."""
@@ -396,7 +337,7 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     present_indexes = [p.name for p in sorted(bundle_dir.glob("index_*.faiss"))]
-    _check_files(bundle_dir, required_files(manifest) + present_indexes)
+    _check_files(bundle_dir, required_files(manifest, _ARRAYS) + present_indexes)
     try:
         arrays = {name: load_array(bundle_dir / f"{name}.npy", mmap=mmap) for name in _ARRAYS}
         for name in _OPTIONAL_ARRAYS:

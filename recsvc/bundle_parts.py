@@ -1,15 +1,18 @@
-"""The bundle's optional parts, each all-or-nothing and recorded in the manifest: the stored
-member lists, the member profiles and the item-item neighbours. Their consistency checks (run by
-``recsvc.bundle.load_bundle``) and the functions that add them to a written bundle.
+"""The checks ``recsvc.bundle.load_bundle`` runs (which files a bundle must hold, its indexes)
+and the bundle's optional parts, each all-or-nothing and recorded in the manifest: the stored
+member lists, the member profiles and the item-item neighbours, with their consistency checks and
+the functions that add them to a written bundle.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recsvc.bundle_manifest import (
+    KIND_NAMES,
     MANIFEST,
     PROFILE_ARRAYS,
     Manifest,
@@ -18,6 +21,68 @@ from recsvc.bundle_manifest import (
     read_manifest,
 )
 from recsvc.errors import BundleError
+
+# Files every bundle holds besides manifest.json and its required arrays (bundle._ARRAYS).
+_FILES = (
+    "member_ids.npy",
+    "item_ids.npy",
+    "item_titles.json",
+    "vocab.json",
+    "segments.parquet",
+    "popular.parquet",
+)
+
+
+def required_files(manifest: Manifest, arrays: tuple[str, ...]) -> list[str]:
+    """The files a bundle with this manifest must hold (before looking at its arrays): the fixed
+    ones, the stored member lists when the manifest has them, and the ANN index of every kind the
+    manifest's ``index`` section describes. ``load_bundle`` also requires the index of every kind
+    that has items with a vector, whatever the manifest says."""
+    names = [*_FILES, *(f"{name}.npy" for name in arrays)]
+    if manifest.member_lists:
+        names += [f"{name}.npy" for name in MEMBER_LIST_ARRAYS]
+    if manifest.family.family != "als":
+        names += [f"{name}.npy" for name in NEIGHBOUR_ARRAYS]
+    names += [
+        f"index_{kind}.faiss" for kind in KIND_NAMES.values() if isinstance(manifest.index.get(kind), dict)
+    ]
+    return names
+
+
+def _check_files(bundle_dir: Path, names: list[str]) -> None:
+    """Each of ``names`` exists in ``bundle_dir`` as a non-empty file, before anything is loaded:
+    a reload must refuse a half-copied bundle, naming the file, while the old model serves."""
+    for name in names:
+        path = bundle_dir / name
+        try:
+            size = path.stat().st_size if path.is_file() else -1
+        except OSError:
+            size = -1
+        if size < 0:
+            raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is missing")
+        if size == 0:
+            raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is empty")
+
+
+def _check_indexes(bundle_dir: Path, arrays: dict[str, np.ndarray], indexes: dict[str, Any]) -> None:
+    """An index for every kind with items that have a vector (training builds exactly those), each
+    holding between 1 and that kind's item count vectors. Without the check a bundle missing
+    ``index_product.faiss`` loaded and served from exact search, unnoticed."""
+    kind, factors = arrays["item_kind"], arrays["item_factors"]
+    for code, name in KIND_NAMES.items():
+        rows = np.flatnonzero(kind == code)
+        has_vectors = rows.size > 0 and bool(np.any(factors[rows] != 0))
+        index = indexes.get(name)
+        if index is None:
+            if has_vectors:
+                raise BundleError(f"bundle {bundle_dir} is incomplete: index_{name}.faiss is missing")
+            continue
+        if not 0 < int(index.ntotal) <= rows.size:
+            raise BundleError(
+                f"bundle {bundle_dir} is inconsistent: index_{name}.faiss holds {int(index.ntotal)} "
+                f"vectors for {rows.size} {name} items"
+            )
+
 
 # The stored default lists (training/member_lists.py): all three or none, each [members, K].
 MEMBER_LIST_ARRAYS = {

@@ -192,7 +192,7 @@ class TrainingSettings(_Section):
         True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
     )
 
-    # A second model family measured beside ALS on the same holdout (training/itemknn.py):
+    # Two more model families measured beside ALS on the same holdout (training/itemknn.py):
     # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.
     # "auto" = below itemknn_auto_members members (it costs one more ALS fit and a neighbour fit).
     itemknn: Literal["auto", "on", "off"] = "auto"

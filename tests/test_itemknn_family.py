@@ -216,3 +216,33 @@ def test_bad_family_manifests_are_refused(
     _rewrite_manifest(unknown, lambda raw: raw["family"].update(family="deep"))
     with pytest.raises(BundleError, match="family"):
         load_bundle(unknown)
+
+
+def test_blend_recent_events_move_the_list_and_its_reasons(served_blend: Any, store: Path) -> None:
+    """Recent events join the trained history of the item-item part: neighbours of an item the
+    member just put in the cart enter the list, explained by that item."""
+    from recsvc.v1 import common_pb2, recommender_pb2
+
+    bundle = load_bundle(store / "blend")
+    row = next(r for r in range(len(bundle.members)) if bundle.history[r].nnz >= 5)
+    member = bundle.members.ids([row])[0]
+    known = set(bundle.history[row].indices.tolist())
+    products = np.flatnonzero(bundle.arrays["item_kind"] == KIND_PRODUCT)
+    fresh = [int(p) for p in products if int(p) not in known]
+    # the unseen product with the most neighbours the member has not seen either
+    nbrs = bundle.arrays["item_neighbour_item"]
+    item = max(fresh, key=lambda p: len(set(nbrs[p][nbrs[p] >= 0].tolist()) - known))
+    item_id = bundle.items.ids([item])[0]
+    request = recommender_pb2.RecommendProductsRequest(
+        member_id=member, k=10, filters=common_pb2.RecommendationFilters(diversity=0.0, in_stock_only=False)
+    )
+    before = served_blend.stub.RecommendProducts(request)
+    for _ in range(5):
+        served_blend.stub.RecordEvent(
+            recommender_pb2.RecordEventRequest(member_id=member, item_id=item_id, event_type="add_to_cart")
+        )
+    after = served_blend.stub.RecommendProducts(request)
+    assert after.realtime and all(it.source == "realtime" for it in after.items)
+    assert [it.item_id for it in after.items] != [it.item_id for it in before.items]
+    title = bundle.item_titles[item]
+    assert any(it.reason == f"because you viewed {title}" for it in after.items)

@@ -1,4 +1,4 @@
-"""A second model family, measured beside ALS: item-item nearest neighbours and an ALS blend.
+"""Two more model families beside ALS: item-item nearest neighbours and an ALS blend.
 
 Reads: a confidence matrix (the same r_ui ALS is fitted on), ALS factors, a split.
 Writes: holdout metrics ``itemknn.<kind>.<metric>_at_<k>`` and ``blend.<...>`` in the names
