@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from recsvc.engine.filters import FilterSpec
 
 _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
+REASON_HISTORY_MAX = 100  # history items a reason may name (heaviest first), as for ALS reasons
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,23 +176,28 @@ def candidates(
 def reason_rows(
     neighbours: Neighbours, picks: np.ndarray, rows: np.ndarray, weights: np.ndarray, fallback: np.ndarray
 ) -> np.ndarray:
-    """For each pick, the history row that added most to its item-item score ("because you
-    bought X"); ``fallback`` (the ALS reason) where no history item has the pick as a neighbour."""
+    """For each pick, the history row (of the member's heaviest ``REASON_HISTORY_MAX``) that
+    added most to its item-item score ("because you bought X"); ``fallback`` (the ALS reason)
+    where none has the pick as a neighbour."""
     out = np.asarray(fallback, dtype=np.int64).copy()
     inside = (rows >= 0) & (rows < neighbours.items.shape[0])
     rows, weights = rows[inside].astype(np.int64), weights[inside]
     if not rows.shape[0] or not picks.shape[0]:
         return out
+    if rows.shape[0] > REASON_HISTORY_MAX:  # the heaviest, as the ALS reasons consider
+        top = np.argpartition(-weights, REASON_HISTORY_MAX - 1)[:REASON_HISTORY_MAX]
+        rows, weights = rows[top], weights[top]
     ids = np.asarray(neighbours.items[rows]).ravel()
     contrib = (np.asarray(neighbours.scores[rows]) * weights[:, None]).ravel()
     source = np.repeat(rows, neighbours.items.shape[1])
-    order = np.argsort(picks, kind="stable")
-    sorted_picks = picks[order]
-    pos = np.minimum(np.searchsorted(sorted_picks, ids), sorted_picks.shape[0] - 1)
-    hit = (sorted_picks[pos] == ids) & (contrib > 0)
+    # each neighbour id's position among the picks (-1: not a pick), by one gather
+    position = np.full(max(neighbours.items.shape[0], int(picks.max()) + 1), -1, dtype=np.int64)
+    position[picks] = np.arange(picks.shape[0])
+    pick_at = position[np.maximum(ids, 0)]
+    hit = (pick_at >= 0) & (ids >= 0) & (contrib > 0)
     if not hit.any():
         return out
-    pick_at, contrib, source = order[pos[hit]], contrib[hit], source[hit]
+    pick_at, contrib, source = pick_at[hit], contrib[hit], source[hit]
     best = np.lexsort((-contrib, pick_at))  # per pick, the largest contribution first
     first = np.ones(best.shape[0], dtype=bool)
     first[1:] = pick_at[best][1:] != pick_at[best][:-1]
