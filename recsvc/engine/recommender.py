@@ -8,7 +8,9 @@ with recent events (vector recomputed, recent purchases excluded; drops candidat
 old state) -> filter and rank (vectorised filters, widening the search when they remove too many,
 then MMR) -> explain (the history item that contributed most to each pick) -> render. Cold start
 uses the bundle's popular lists for the member's segment and channel. Training stores the lists
-with the same stages (``trained_list``).
+with the same stages (``trained_list``). A bundle whose family is item-item or the blend
+(``ServedModel.neighbours``) takes its candidates, after the recent events, from
+``recsvc.engine.itemknn_source`` (``_family_rank``) instead of the FAISS search.
 
 Every stage reads items through the live catalog's view of the model (``recsvc.catalog``): the
 filters use live stock, prices, categories, brands, delistings and publication times; stored
