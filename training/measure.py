@@ -54,7 +54,9 @@ def other_candidates(
     shape = (len(prepared.members), len(prepared.items))
     val = split.validation(data_split, shape, t.validation_days, positive)
     out: dict[str, float] = {}
-    if val.test.nnz:
+    if t.blend_als_weight is not None:
+        weight = t.blend_als_weight
+    elif val.test.nnz:
         fitted = train_factors(prepared, val.train, val.start, params, num_threads=t.num_threads)
         knn = itemknn.fit(fitted.matrix, t.itemknn_neighbours, t.num_threads)
         weight, by_weight = itemknn.choose_weight(
@@ -105,7 +107,7 @@ def champion_score(
     mv, manifest = found
     if manifest is None:
         return None, gate.UNCOMPARABLE, str(mv.version)
-    logged = manifest.metrics.get(gate.GATE_METRIC)
+    logged = manifest.metrics.get(gate.family_metric(manifest.family.family))
     if logged is not None and gate.same_holdout(manifest, prepared.fingerprint, data_split.window):
         return float(logged), "same_holdout_logged", str(mv.version)
     try:
@@ -132,4 +134,10 @@ def champion_score(
             max_members=settings.training.eval_members,
             seed=settings.training.random_state,
         )
+        if manifest.family.family != "als":
+            from training import itemknn
+
+            metrics = itemknn.remeasure(
+                trained, data_split, prepared.item_kind, manifest.family, settings.training
+            )
     return float(metrics.get(gate.GATE_METRIC, 0.0)), "champion_refit", str(mv.version)

@@ -78,6 +78,7 @@ class TrainingReport:
     index_info: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    family: gate.FamilyChoice | None = None  # the family that serves and why (gate.choose_family)
 
 
 def run(
@@ -120,8 +121,10 @@ def run(
             metrics, learned = stages.evaluate_candidate(
                 prepared, data_split, candidate, params, settings, positive, steps
             )
+            family = gate.choose_family(metrics, t.family, t.family_margin)
+            log.info("family=%s %s", family.family, family.reason)
             decision = stages.gate_decision(
-                client, settings, options, prepared, data_split, metrics, steps, spark
+                client, settings, options, prepared, data_split, metrics, family, steps, spark
             )
             window = data_split.window
             candidate_losses, candidate_seconds = list(candidate.fit.losses), candidate.fit.seconds
@@ -146,6 +149,7 @@ def run(
                     final.item_factors, prepared.item_kind, final.member_factors, t
                 )
             counts = stages.bundle_counts(prepared, final, tables.member_segment)
+            neighbours = stages.family_neighbours(family, final, t, steps)
             bundle_dir = options.bundle_out or tmp_root / "bundle"
             stages.write_bundle(
                 bundle_dir,
@@ -173,7 +177,9 @@ def run(
                     # the time the catalog was read as of: a bundle swap retires the live
                     # catalog changes older than it and keeps the newer ones
                     "catalog_as_of": catalog_as_of,
+                    "family": gate.family_spec(family.family, metrics, neighbours),
                 },
+                neighbours=neighbours,
                 steps=steps,
             )
             if zones is not None:
@@ -199,6 +205,7 @@ def run(
                     counts=counts,
                     index_info=index_info,
                     decision=decision,
+                    family=family,
                     candidate_losses=candidate_losses,
                     candidate_seconds=candidate_seconds,
                     final_seconds=final.fit.seconds,
@@ -237,6 +244,7 @@ def run(
             index_info=index_info,
             timings=timings,
             trials=trials,
+            family=family,
         )
     finally:
         if spark is not None:
@@ -253,6 +261,7 @@ def report_json(report: TrainingReport) -> str:
             "gate": report.decision.as_dict(),
             "params": report.params.as_dict(),
             "metrics": report.metrics,
+            "family": report.family.as_dict() if report.family else None,
         },
         indent=2,
         default=str,

@@ -47,6 +47,7 @@ class RunFigures:
     counts: dict[str, int]
     index_info: dict[str, Any]
     decision: gate.GateDecision
+    family: gate.FamilyChoice
     candidate_losses: list[float]
     candidate_seconds: float
     final_seconds: float
@@ -121,6 +122,8 @@ def log_run(
     for i, loss in enumerate(f.candidate_losses):
         mlflow.log_metric("train_loss", loss, step=i + 1)
     mlflow.log_dict(f.decision.as_dict(), "gate.json")
+    mlflow.log_dict(f.family.as_dict(), "family.json")
+    mlflow.set_tag("family", f.family.family)
     mlflow.log_dict({"index": f.index_info, "holdout": window}, "summary.json")
     mlflow.log_dict({"categories": replenish_categories}, "replenish/categories.json")
     mlflow.set_tag("gate.decision", f.decision.reason)

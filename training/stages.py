@@ -158,7 +158,11 @@ def evaluate_candidate(
     with steps.step("evaluate on the holdout"):
         metrics = measure.holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
     members = len(prepared.members)
-    if t.itemknn == "on" or (t.itemknn == "auto" and members < t.itemknn_auto_members):
+    if (
+        t.itemknn == "on"
+        or t.family in ("itemknn", "blend")
+        or (t.itemknn == "auto" and members < t.itemknn_auto_members)
+    ):
         with steps.step("item-item and blend candidates"):
             metrics |= measure.other_candidates(prepared, data_split, candidate, params, t, positive)
     with steps.step("replenishment: learn intervals, evaluate on the holdout"):
@@ -190,6 +194,7 @@ def gate_decision(
     prepared: prepare.Prepared,
     data_split: split.Split,
     metrics: dict[str, float],
+    family: gate.FamilyChoice,
     steps: Steps,
     spark: SparkAls | None,
 ) -> gate.GateDecision:
@@ -198,7 +203,7 @@ def gate_decision(
             client, settings, prepared, data_split, steps, spark
         )
         decision = gate.decide(
-            metrics.get(gate.GATE_METRIC, 0.0),
+            metrics.get(gate.family_metric(family.family), 0.0),
             champion_score,
             baseline=metrics.get(gate.BASELINE_METRIC),
             tolerance=settings.training.gate_tolerance,
@@ -272,6 +277,7 @@ def write_bundle(
     metrics: dict[str, float],
     counts: dict[str, int],
     extra: dict[str, Any],
+    neighbours: tuple[np.ndarray, np.ndarray] | None,
     steps: Steps,
 ) -> None:
     t = settings.training
@@ -299,4 +305,19 @@ def write_bundle(
             replenish=(served_learned, served_last),
             extra=extra,
         )
+        if neighbours is not None:
+            contents.item_neighbour_item, contents.item_neighbour_score = neighbours
         assemble.write(bundle_dir, contents)
+
+
+def family_neighbours(
+    family: gate.FamilyChoice, final: TrainedFactors, t: TrainingSettings, steps: Steps
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The item-item neighbour table an itemknn or blend bundle serves from, fitted on the
+    history the bundle serves (None for ALS)."""
+    if family.family == "als":
+        return None
+    from training import itemknn
+
+    with steps.step("item-item neighbours for serving"):
+        return itemknn.table(itemknn.fit(final.matrix, t.itemknn_neighbours, t.num_threads))

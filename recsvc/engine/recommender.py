@@ -8,7 +8,9 @@ with recent events (vector recomputed, recent purchases excluded; drops candidat
 old state) -> filter and rank (vectorised filters, widening the search when they remove too many,
 then MMR) -> explain (the history item that contributed most to each pick) -> render. Cold start
 uses the bundle's popular lists for the member's segment and channel. Training stores the lists
-with the same stages (``trained_list``).
+with the same stages (``trained_list``). A bundle whose family is item-item or the blend
+(``ServedModel.neighbours``) takes its candidates, after the recent events, from
+``recsvc.engine.itemknn_source`` (``_family_rank``) instead of the FAISS search.
 
 Every stage reads items through the live catalog's view of the model (``recsvc.catalog``): the
 filters use live stock, prices, categories, brands, delistings and publication times; stored
@@ -33,6 +35,7 @@ import numpy as np
 from recsvc.bundle import KIND_PRODUCT
 from recsvc.catalog.live import StaticCatalog
 from recsvc.catalog.view import CatalogView
+from recsvc.engine import itemknn_source
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.kernels import best_history_rows
@@ -186,6 +189,8 @@ class RecommendationEngine:
         from_stored = isinstance(candidates, StoredList)
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
+        elif model.neighbours is not None:
+            picks, scores, because = self._family_rank(view, state, kind, k, filters, excluded)
         else:
             picks, scores = self._rank(view, state.vector, kind, k, filters, excluded, first=candidates)
             because = self._explain(view, picks, state)
@@ -224,6 +229,8 @@ class RecommendationEngine:
         stored = self._stored_list(view, state, kind, k, filters)
         if stored is not None:
             return stored
+        if view.model.neighbours is not None:
+            return None  # item-item and blend rank after the recent events (_family_rank)
         return self._first_search(view.model, state.vector, kind, k, filters, state.bought.shape[0])
 
     def _add_recent(self, view: CatalogView, state: MemberState, activity: RecentActivity) -> bool:
@@ -332,6 +339,8 @@ class RecommendationEngine:
             if not view.item_stock_ok[items].all():  # one vectorised look-up of k rows
                 return None
             new_rows, new_scores = view.search_new(state.vector, kind)  # type: ignore[arg-type]
+            if new_rows.shape[0] and model.neighbours is not None:
+                return None  # the list's scores are on the family's scale, not ALS's
             if new_rows.shape[0]:
                 beats = new_scores > scores[-1]
                 if beats.any() and view.item_stock_ok[new_rows[beats]].any():
@@ -358,10 +367,45 @@ class RecommendationEngine:
         if state.vector is None:
             return None
         view = self.catalog.view(model)
-        first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
         excluded = self._excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+        if model.neighbours is not None:
+            return self._family_rank(view, state, kind, k, filters, excluded)
+        first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
         picks, scores = self._rank(view, state.vector, kind, k, filters, excluded, first=first)
         return picks, scores, self._explain(view, picks, state)
+
+    def _family_rank(
+        self,
+        view: CatalogView,
+        state: MemberState,
+        kind: int,
+        k: int,
+        filters: FilterSpec,
+        excluded: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates, rank and explain for the item-item and blend families
+        (recsvc/engine/itemknn_source.py): the member's history and recent events scored through
+        the neighbour table, blended with the ALS vector's scores as training evaluated it, then
+        the same filters and MMR as ALS; reasons name the history item that added most."""
+        model = view.model
+        neighbours = model.neighbours
+        assert neighbours is not None and state.vector is not None
+        decay = itemknn_source.decay_to(model, self._clock()) if state.ev_rows.shape[0] else 1.0
+        rows, weights = itemknn_source.history_with_events(
+            state.hist_rows, state.hist_w, state.ev_rows, state.ev_w, decay
+        )
+        pool_size, n = self._candidates(k, excluded.shape[0])
+        ranked, ranked_scores = itemknn_source.candidates(
+            view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size
+        )
+        first = (ranked, ranked_scores, len(model.kind_rows[kind]))
+        picks, scores = self._rank(
+            view, state.vector, kind, k, filters, excluded, first=first, new_items=False
+        )
+        because = itemknn_source.reason_rows(
+            neighbours, picks, rows, weights, self._explain(view, picks, state)
+        )
+        return picks, scores, because
 
     def _candidates(self, k: int, excluded: int, drop_row: bool = False) -> tuple[int, int]:
         """(MMR pool size, first ANN request size) for a list of ``k`` with ``excluded`` rows."""
@@ -413,6 +457,7 @@ class RecommendationEngine:
         drop_row: int | None = None,
         relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         first: Searched | None = None,
+        new_items: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows after filters and MMR; widens the candidate set when filters remove too
         many. ``first``: the result of a search already made with ``vector`` (rows, scores, n).
@@ -424,7 +469,8 @@ class RecommendationEngine:
             rows, scores, n = first
         else:
             rows, scores = self._search(model, vector, kind, n)
-        new_rows, new_scores = view.search_new(vector, kind)
+        # new_items False: ``first`` already holds the new items, scored on its own scale
+        new_rows, new_scores = view.search_new(vector, kind) if new_items else (_NO_ROWS, _NO_WEIGHTS)
         while True:
             if new_rows.shape[0]:
                 rows, scores = _merged(rows, scores, new_rows, new_scores)

@@ -28,6 +28,7 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.engine.itemknn_source import Neighbours
 from recsvc.engine.replenish import DAY_S, due_mask
 from recsvc.v1 import common_pb2
 
@@ -168,6 +169,8 @@ class ServedModel:
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
+        # The item-item neighbours when the bundle's family is itemknn or blend (None: ALS).
+        self.neighbours = Neighbours.from_bundle(bundle)
         # The efSearch HNSW indexes search with here (None: no HNSW index): part of those settings.
         self.hnsw_ef_search = hnsw_ef_in_use(bundle.indexes.values(), hnsw_ef_search)
 

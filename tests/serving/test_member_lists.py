@@ -97,6 +97,31 @@ def test_every_stored_list_is_the_response_serving_computes(trained: Path) -> No
     assert some.response.items[0].reason.startswith("because you ")
 
 
+def test_a_blend_bundle_stores_the_lists_its_family_serves(tmp_path: Path) -> None:
+    """Stored lists of an item-item blend bundle are the responses the live family path gives,
+    and they differ from what the bundle's ALS part alone would serve."""
+    bundle = train_small_bundle(tmp_path, {"member_lists": K, "family": "blend", "blend_als_weight": 0.5})
+    serving = _settings().serving
+    fast, slow, _ = _pair(bundle, serving)
+    model = load_bundle(bundle)
+    assert model.manifest.family.family == "blend"
+    als_only = ServedModel.load(bundle, version="1", source_uri=str(bundle))
+    als_only.member_lists, als_only.neighbours = None, None
+    als_engine = RecommendationEngine(SingleModel(als_only), None, serving)
+    default = FilterSpec(diversity=serving.default_diversity)
+    rows = np.flatnonzero(model.arrays["member_list_item"][:, 0] >= 0)
+    assert rows.shape[0] > 0.8 * len(model.members)
+    differs = 0
+    for row in rows[:60].tolist():
+        member = model.members.id(row)
+        stored = fast.recommend(member, KIND_PRODUCT, K, "", default)
+        assert stored.stored
+        assert stored.response == slow.recommend(member, KIND_PRODUCT, K, "", default).response
+        als = als_engine.recommend(member, KIND_PRODUCT, K, "", default).response
+        differs += [i.item_id for i in als.items] != [i.item_id for i in stored.response.items]
+    assert differs > 0
+
+
 @pytest.mark.parametrize(
     "k, filters",
     [

@@ -300,7 +300,8 @@ def train_small_bundle(tmp: Path, training: dict[str, object]) -> Path:
     s = load_settings(
         overrides={
             "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": str(tmp / "art")},
-            "training": {"factors": 16, "iterations": 6, "eval_members": 200, **training},
+            # ALS serves unless the caller names another family: item-item wins on this data
+            "training": {"factors": 16, "iterations": 6, "eval_members": 200, "family": "als", **training},
         }
     )
     data = make_dataset(members=300, products=150, content=20, events_per_member=25, seed=2)

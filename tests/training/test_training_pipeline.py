@@ -22,8 +22,11 @@ pytestmark = pytest.mark.integration
 def _settings(tmp: Path, model: str = "recsvc", **training: Any) -> Settings:
     # one sqlite store per module (creating one costs seconds); tests that need a registry
     # without a champion use their own model name in it
+    # the gate tests here are about ALS; item-item wins on this data (test_itemknn_family.py)
     return build_settings(
-        tmp, mlflow_model=model, training={"factors": 16, "iterations": 8, "eval_members": 500, **training}
+        tmp,
+        mlflow_model=model,
+        training={"factors": 16, "iterations": 8, "eval_members": 500, "family": "als", **training},
     )
 
 
