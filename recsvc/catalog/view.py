@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,7 +130,7 @@ class CatalogView:
         self.new_row: dict[str, int] = {}
         self.new_featured: dict[int, list[str]] = {}
         self.records: Mapping[str, ItemRecord] = records or {}
-        self._fields: dict[int, bytes] = {}
+        self._fields: dict[int, tuple[bytes, str]] = {}
         records = records or {}
         as_of = catalog_as_of_ms(model)
         # Which records touch this bundle's items (with changes newer than its catalog), which are new.
@@ -219,6 +219,23 @@ class CatalogView:
         self.item_category.flags.writeable = False
         if self.live:
             kernels.warm_up(model.item_factors, model.item_norms, self.item_category, self.item_stock_ok)
+        self.choose_fast_paths()
+
+    def choose_fast_paths(self) -> None:
+        """What the hot path reads per item, chosen once per view: the bundle's own titles and
+        serialized items when no live change touches any of them (no per-row check then), else
+        the checking methods. And whether a stored member list can have gone stale: only when a
+        bundle item the bundle has as available (``model.item_stock_ok``) is not available here,
+        or a new item exists; else the per-call check is skipped (``stored_lists_intact``)."""
+        plain = not self.titles_override and not self.new_ids
+        self.title_of: Callable[[int], str] = self.model.titles.__getitem__ if plain else self.title
+        self.entry_of: Callable[[int], tuple[bytes, str]] = (
+            self.model.item_entry if plain else self.item_entry
+        )
+        bundle_ok = np.asarray(self.model.item_stock_ok, dtype=bool)
+        self.stored_lists_intact: bool = not self.live or (
+            not self.new_ids and not bool((bundle_ok & ~self.item_stock_ok[: self.n]).any())
+        )
 
     # ---- building --------------------------------------------------------------------------
     def _code(self, names: list[str], codes: dict[str, int], name: Any) -> int:
@@ -329,19 +346,24 @@ class CatalogView:
 
     def item_fields(self, row: int) -> bytes:
         """A response item's own fields (see ``ServedModel.item_fields``), with live changes."""
+        return self.item_entry(row)[0]
+
+    def item_entry(self, row: int) -> tuple[bytes, str]:
+        """(``item_fields(row)``, item id), with live changes (``ServedModel.item_entry``)."""
         if row < self.n and row not in self.titles_override:
-            return self.model.item_fields(row)
+            return self.model.item_entry(row)
         found = self._fields.get(row)
         if found is None:
             brand = int(self.item_brand[row])
-            found = common_pb2.RecommendedItem(
-                item_id=self.item_id(row),
+            item_id = self.item_id(row)
+            fields = common_pb2.RecommendedItem(
+                item_id=item_id,
                 kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
                 category=self.category_name(row),
                 brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
                 title=self.title(row),
             ).SerializeToString()
-            self._fields[row] = found
+            found = self._fields[row] = (fields, item_id)
         return found
 
     def search_new(self, vector: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
