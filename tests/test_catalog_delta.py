@@ -18,7 +18,7 @@ from bundle_factory import PlantedBundle, make_bundle
 from recsvc.catalog import delta, live
 from recsvc.catalog.live import LiveCatalog
 from recsvc.catalog.store import ItemRecord
-from recsvc.catalog.view import CatalogView, catalog_as_of_ms
+from recsvc.catalog.view import ITEM_ARRAYS, CatalogView, catalog_as_of_ms
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.replenish import DAY_S, due_mask
@@ -26,17 +26,6 @@ from recsvc.engine.served_model import KIND_CODES, ServedModel
 from recsvc.settings import load_settings
 
 K = 5
-ARRAYS = (
-    "item_kind",
-    "item_category",
-    "item_brand",
-    "item_price",
-    "item_in_stock",
-    "item_published_at",
-    "item_listed",
-    "item_visible",
-    "item_stock_ok",
-)
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +60,20 @@ def _checking(view: CatalogView) -> CatalogView:
     """``view`` with every quick path turned off: titles and items through the per-row checks,
     stored lists checked on every call while the catalog is live."""
     slow = copy.copy(view)
-    slow.title_of = slow.title
-    slow.entry_of = slow.item_entry
+    slow.titles = [slow.title(row) for row in range(slow.n + len(slow.new_ids))]
+    slow.entries = {row: slow._build_entry(row) for row in range(slow.n + len(slow.new_ids))}
     slow.stored_lists_intact = not slow.live
     return slow
 
 
 def _same_views(a: CatalogView, b: CatalogView) -> None:
-    for name in ARRAYS:
+    for name in ITEM_ARRAYS:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.next_publish == b.next_publish and a.live == b.live
     assert a.stored_lists_intact == b.stored_lists_intact
     assert a.new_ids == b.new_ids and a.titles_override == b.titles_override
     for row in range(a.n + len(a.new_ids)):
-        assert a.entry_of(row) == b.entry_of(row) and a.title_of(row) == b.title_of(row)
+        assert a.entries[row] == b.entries[row] and a.titles[row] == b.titles[row]
 
 
 def _answers(view: CatalogView, model: ServedModel, members: list[str], now: float) -> list[bytes]:

@@ -53,9 +53,11 @@ def reason_texts(view: CatalogView, picks: np.ndarray, because: np.ndarray, stat
     """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you"; a new
     item: "new in <category>", ", which you buy" when the member bought in it."""
     bought = set(state.bought.tolist())
-    title = view.title_of
+    titles = view.titles
     out = [
-        f"because you {'bought' if b in bought else 'viewed'} {title(b)}" if b >= 0 else "recommended for you"
+        f"because you {'bought' if b in bought else 'viewed'} {titles[b]}"
+        if b >= 0
+        else "recommended for you"
         for b in because.tolist()
     ]
     if view.new_ids:

@@ -18,7 +18,7 @@ Training stores the lists with the same stages (``trained_list``). Every stage r
 the live catalog's view of the model (``recsvc.catalog``): live stock, prices, categories, brands,
 delistings, publication times and new items, which come back with ``source`` "new". The view
 tells the stages when nothing live touches what they read, so a catalog without such changes
-costs the hot path nothing (``CatalogView.title_of``, ``entry_of``, ``stored_lists_intact``).
+costs the hot path nothing (``CatalogView.titles``, ``entries``, ``stored_lists_intact``).
 
 ``EnginePort`` implements ``recsvc.outreach.ports.RecommendationPort`` for in-process callers
 (outreach).
@@ -142,7 +142,9 @@ class RecommendationEngine:
             activity = pending.result() if pending is not None else None
         if activity is not None:
             state.answered = True
-            if add_recent(view, state, activity, self._clock):
+            if not (activity.events or activity.purchased):
+                pass  # nothing recent: the trained state and its candidates stand
+            elif add_recent(view, state, activity, self._clock):
                 candidates = None  # found for the trained vector or purchases: not this member's now
             elif isinstance(candidates, StoredList) and activity.purchased:
                 candidates = None

@@ -31,20 +31,19 @@ def items(
     source: str,
 ) -> None:
     """Response items for ``rows`` added to ``into`` (a response's ``items``), their ids to ``ids``."""
-    add, entry, append = into.add, view.entry_of, ids.append
-    row_list = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+    entries = view.entries
+    got = [entries[row] for row in (rows.tolist() if isinstance(rows, np.ndarray) else rows)]
     score_list = np.asarray(scores, dtype=np.float64).tolist()
+    add = into.add
     if not view.new_ids:
-        for row, score, reason in zip(row_list, score_list, reasons, strict=True):
-            fields, item_id = entry(row)
+        for (fields, _), score, reason in zip(got, score_list, reasons, strict=True):
             add(score=score, reason=reason, source=source).MergeFromString(fields)
-            append(item_id)
-        return
-    n = view.n
-    for row, score, reason in zip(row_list, score_list, reasons, strict=True):
-        fields, item_id = entry(row)
-        add(score=score, reason=reason, source=source if row < n else SOURCE_NEW).MergeFromString(fields)
-        append(item_id)
+    else:
+        n = view.n
+        rows_in = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+        for row, (fields, _), score, reason in zip(rows_in, got, score_list, reasons, strict=True):
+            add(score=score, reason=reason, source=source if row < n else SOURCE_NEW).MergeFromString(fields)
+    ids.extend([item_id for _, item_id in got])
 
 
 def items_with_due(
@@ -63,9 +62,9 @@ def items_with_due(
     each with source ``replenish`` and a restock reason."""
     at, n = placement(picks.shape[0], due.rows.shape[0], k, after)
     rest = k - at - n
-    title = view.title_of
+    titles = view.titles
     texts = [
-        f"time to restock: you bought {title(r)} {int(d)} days ago"
+        f"time to restock: you bought {titles[r]} {int(d)} days ago"
         for r, d in zip(due.rows[:n].tolist(), due.days[:n].tolist(), strict=True)
     ]
     items(into, ids, view, picks[:at], scores[:at], reasons[:at], source)

@@ -28,6 +28,7 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.engine.entries import ItemEntries
 from recsvc.engine.replenish import DAY_S, due_mask, due_windows
 from recsvc.v1 import common_pb2
 
@@ -161,11 +162,12 @@ class ServedModel:
             if info.get("type") == INDEX_L2_AUGMENTED:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
-        self._item_entries: dict[int, tuple[bytes, str]] = {}  # grows to at most one entry per item
+        # row -> (item_fields, item id), built on first use: at most one entry per item
+        self.item_entries = ItemEntries(self._build_entry)
         # Replenishment (recsvc/engine/replenish.py): None in bundles without it.
         self.item_repurchase_days: np.ndarray | None = a.get("item_repurchase_days")
         self.purchased_last_ts: np.ndarray | None = a.get("purchased_last_ts")
-        self._due_windows: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._due_windows: dict[tuple[float, float], tuple[memoryview, memoryview]] = {}
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
@@ -224,16 +226,16 @@ class ServedModel:
             return _EMPTY_ROWS, _EMPTY_F64
         return np.asarray(rows[due], dtype=np.int64), days[due]
 
-    def due_window(self, early: float, late: float) -> tuple[np.ndarray, np.ndarray]:
+    def due_window(self, early: float, late: float) -> tuple[memoryview, memoryview]:
         """Per member, the first and last day (since the epoch) on which any of their purchases
-        can be due under ``early``/``late``: outside it nothing is (``due_purchases``' quick
-        answer). Widened by a day each side, so float32 rounding never hides a due item. Computed
-        once per process and setting pair; 8 bytes per member."""
+        can be due under ``early``/``late`` (``replenish.due_windows``): outside it nothing is,
+        ``due_purchases``' quick answer. Computed once per process and setting pair, 8 bytes per
+        member; memoryviews, whose items are Python floats (no numpy scalar per look-up)."""
         key = (early, late)
         found = self._due_windows.get(key)
         if found is None:
             assert self.item_repurchase_days is not None and self.purchased_last_ts is not None
-            found = self._due_windows[key] = due_windows(
+            first, last = due_windows(
                 np.asarray(self.purchased_indptr),
                 np.asarray(self.purchased_indices),
                 np.asarray(self.purchased_last_ts),
@@ -241,6 +243,7 @@ class ServedModel:
                 early,
                 late,
             )
+            found = self._due_windows[key] = (first.data, last.data)
         return found
 
     # ---- items ---------------------------------------------------------------------------
@@ -293,19 +296,19 @@ class ServedModel:
     def item_entry(self, row: int) -> tuple[bytes, str]:
         """(``item_fields(row)``, the item's id): what rendering one response item needs, the
         id for the impression the response is logged with."""
-        entry = self._item_entries.get(row)
-        if entry is None:
-            cat, brand = int(self.item_category[row]), int(self.item_brand[row])
-            item_id = self.items.id(row)
-            fields = common_pb2.RecommendedItem(
-                item_id=item_id,
-                kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
-                category=self.categories[cat] if 0 <= cat < len(self.categories) else "",
-                brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
-                title=self.titles[row],
-            ).SerializeToString()
-            entry = self._item_entries[row] = (fields, item_id)  # a race only builds it twice
-        return entry
+        return self.item_entries[row]
+
+    def _build_entry(self, row: int) -> tuple[bytes, str]:
+        cat, brand = int(self.item_category[row]), int(self.item_brand[row])
+        item_id = self.items.id(row)
+        fields = common_pb2.RecommendedItem(
+            item_id=item_id,
+            kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
+            category=self.categories[cat] if 0 <= cat < len(self.categories) else "",
+            brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
+            title=self.titles[row],
+        ).SerializeToString()
+        return fields, item_id
 
     def popular_for(self, segment: str, channel: str, kind: int) -> list[PopularList]:
         """Popular lists to try in order: (segment, channel), (segment, all), (all, channel), (all, all)."""
