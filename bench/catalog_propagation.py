@@ -1,6 +1,9 @@
 """Live catalog propagation: how long after ``SetStock`` answered every server process stops
 recommending the item, and what 200 ``SetStock``/s beside the recommendations cost their p99.
 
+Long on purpose: the propagation probe and the paired SetStock runs share the same server, traffic
+and probes; apart, each would repeat the set-up.
+
 **Which process answers.** The server's processes share one port (SO_REUSEPORT) and the kernel
 hands each *connection* to one of them, so a probe must know which process holds its connection.
 ``probe_channels`` opens one gRPC connection at a time and asks the kernel: the established

@@ -1,11 +1,17 @@
 """`python -m bench ...` (also `recsvc load ...` from a source checkout): load tests (Locust, in its
 own process) and benchmarks. Each harness is a function returning its report; these commands
-only parse options, call it and write the report."""
+only parse options, call it and write the report.
+
+Long on purpose: one typer command per harness (its options, the Redis or servers it needs, the
+call, the report write); the measuring is in the harness modules.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,29 +21,8 @@ app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.
 
 from recsvc.cli.common import console, friendly_errors, setup_logging, state  # noqa: E402
 
-
-def _shape_overrides(
-    shape: str | None,
-    users: int | None,
-    spawn_rate: float | None,
-    duration: float | None,
-    rate_per_user: float | None,
-) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if shape:
-        overrides.setdefault("shape", {})["kind"] = shape
-    steady: dict[str, Any] = {}
-    if users is not None:
-        steady["users"] = users
-    if spawn_rate is not None:
-        steady["spawn_rate"] = spawn_rate
-    if duration is not None:
-        steady["duration_s"] = duration
-    if steady:
-        overrides.setdefault("shape", {})["steady"] = steady
-    if rate_per_user is not None:
-        overrides["think"] = {"mode": "constant_throughput", "per_user_rate": rate_per_user}
-    return overrides
+if TYPE_CHECKING:
+    from bench.loadrun import LoadRunOptions
 
 
 @app.command("run")
@@ -91,6 +76,7 @@ def run(
     a bounded time, and write CSV stats, the HTML report, plots and summary.md (with a verdict per
     target of the load config) into load/results/<timestamp>/. Stops everything it started, also
     on Ctrl-C."""
+    from bench.loadconfig import shape_overrides
     from bench.loadrun import DEFAULT_CONFIG, LoadRunOptions, run_load
 
     app_state = state(ctx)
@@ -98,7 +84,9 @@ def run(
     app_state.settings()  # a bad settings file fails here, before anything starts
     if shape is not None and shape not in ("steady", "ramp", "spike"):
         raise typer.BadParameter("--shape must be steady, ramp or spike")
-    overrides = _shape_overrides(shape, users, spawn_rate, duration, rate_per_user)
+    overrides = shape_overrides(
+        kind=shape, users=users, spawn_rate=spawn_rate, duration_s=duration, rate_per_user=rate_per_user
+    )
     if api_key:
         overrides["metadata"] = {"x-api-key": api_key}
     if target:
@@ -169,6 +157,21 @@ def _bench_dir(results: Path, kind: str) -> Path:
     return out
 
 
+def _serve_here(
+    opts: LoadRunOptions, out: Path, stack: ExitStack, say: Callable[[str], None], context: dict[str, str]
+) -> tuple[str, Path, dict[str, str]]:
+    """Redis, the sample model (unless ``opts.bundle``) and `recsvc serve` started for a benchmark
+    and stopped by ``stack``: (target, served bundle, the environment they run with)."""
+    import os
+
+    from bench.loadrun import start_local_stack
+
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+    return target, served, env
+
+
 def _write(out: Path, name: str, payload: Any, markdown: str) -> None:
     import json
 
@@ -209,7 +212,6 @@ def bench_inproc(
     """In-process cost of RecommendProducts, SimilarItems, RecommendContent and CheckOutreach:
     the real servicers and engine on a real Redis, called directly (no gRPC transport)."""
     import tempfile
-    from contextlib import ExitStack
 
     from bench.inproc import servicer_costs
     from bench.timing import MARKDOWN_HEADER
@@ -287,54 +289,17 @@ def bench_throttle(
     results: Path = typer.Option(Path("load/results"), "--results", help="Output root."),
 ) -> None:
     """Throttle decisions per second pipelined from one client, and single-decision latency."""
-    import tempfile
-    from contextlib import ExitStack
-
-    from bench.inproc import throttle_rates
-    from bench.timing import MARKDOWN_HEADER
-    from recsvc.localstack import LocalRedis
-    from recsvc.redis_client import connect
+    from bench.inproc import ThrottleBenchOptions, run_throttle
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     out = _bench_dir(results, "throttle")
     machine = _machine()
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
-        url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
-        settings = app_state.settings({"redis": {"url": url}})
-        client = connect(url)
-        stack.callback(client.close)
-        rates = throttle_rates(
-            settings, client, members=members, decisions=decisions, batch=batch, single_calls=single_calls
-        )
-    md = "\n".join(
-        [
-            MARKDOWN_HEADER,
-            rates.single.markdown_row(),
-            "",
-            f"pipelined from one client, {rates.batch} per round trip: "
-            f"{rates.pipelined_check_per_s:,.0f} check decisions/s, "
-            f"{rates.pipelined_reserve_per_s:,.0f} reserve decisions/s ({rates.decisions} each)",
-            "",
-            f"members' time zone {rates.timezone}; decisions by reason: "
-            + "; ".join(
-                f"{mode}: " + ", ".join(f"{r} {n}" for r, n in sorted(c.items()))
-                for mode, c in rates.reasons.items()
-            ),
-        ]
+    options = ThrottleBenchOptions(
+        decisions=decisions, batch=batch, members=members, single_calls=single_calls, redis_url=redis_url
     )
-    payload = {
-        "machine": machine,
-        "single": rates.single.as_dict(),
-        "pipelined_check_per_s": rates.pipelined_check_per_s,
-        "pipelined_reserve_per_s": rates.pipelined_reserve_per_s,
-        "batch": rates.batch,
-        "decisions": rates.decisions,
-        "timezone": rates.timezone,
-        "reasons": rates.reasons,
-    }
-    _write(out, "throttle", payload, md)
+    rates = run_throttle(options, app_state.settings)
+    _write(out, "throttle", {"machine": machine, **rates.as_dict()}, rates.markdown())
 
 
 @bench.command("service")
@@ -375,15 +340,14 @@ def bench_service(
     """Service throughput and latency at fixed offered rates (open loop; grpc.aio client, or the
     native one with --client native). Starts Redis and the server like `load run` unless --host is
     given; reports server memory too."""
-    import os
-    from contextlib import ExitStack
 
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt
     from bench.memory import to_markdown as memory_markdown
     from bench.memory import tree_memory
-    from bench.ratebench import MARKDOWN_HEADER, find_native_client, markdown_row, run_fixed_rates
+    from bench.native_client import find_native_client
+    from bench.ratebench import MARKDOWN_HEADER, markdown_row, run_fixed_rates
     from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
@@ -410,12 +374,8 @@ def bench_service(
                 bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
                 settings_file=app_state.config_file,
             )  # fmt: skip
-            env = dict(os.environ)
-            env.setdefault("OPENBLAS_NUM_THREADS", "1")
-            target, served = start_local_stack(
-                opts, env, out, out / "setup.log", stack,
-                lambda m: console.print(m, markup=False, highlight=False), context,
-            )  # fmt: skip
+            say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+            target, served, _ = _serve_here(opts, out, stack, say, context)
         assert served is not None
         traffic = Traffic(ServedIds.from_bundle(served), config)
         metadata = tuple(config.metadata.items())
@@ -576,11 +536,9 @@ def bench_campaign(
     """PlanCampaign over a large audience through gRPC: starts Redis and the server, gives every
     member consent and a daytime time zone, then plans (dry run) and/or reserves, reading every
     decision; reports decisions/s, server memory (RSS/PSS) and Redis memory."""
-    import os
-    from contextlib import ExitStack
 
     from bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
     from recsvc.outreach.service import build_throttle
     from recsvc.redis_client import connect
 
@@ -598,10 +556,8 @@ def bench_campaign(
         opts = LoadRunOptions(
             bundle=bundle, workdir=workdir, workers=workers, settings_file=app_state.config_file
         )
-        env = dict(os.environ)
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-        target, _ = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        target, _, env = _serve_here(opts, out, stack, say, context)
         url = env["RECSVC_REDIS__URL"]
         client = connect(url)
         stack.callback(client.close)
@@ -656,12 +612,11 @@ def bench_catalog_propagation(
     process stops recommending the item (each process polled on a connection the kernel says it
     holds); then RecommendProducts p99 with and without SetStock beside it, in alternating pairs."""
     import os
-    from contextlib import ExitStack
 
     from bench.catalog_propagation import markdown, run_paired, run_propagation
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt, start_local_stack
+    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
     from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
@@ -678,9 +633,7 @@ def bench_catalog_propagation(
             bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
             settings_file=app_state.config_file,
         )  # fmt: skip
-        env = dict(os.environ)
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
+        target, served, _ = _serve_here(opts, out, stack, say, context)
         traffic = Traffic(ServedIds.from_bundle(served), config)
         say(f"propagation: {changes} sell-outs under {background_rate:.0f} RecommendProducts/s")
         prop = run_propagation(

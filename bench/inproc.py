@@ -146,6 +146,75 @@ class ThrottleRates:
     timezone: str = ""
     reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # mode -> reason -> count
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "single": self.single.as_dict(),
+            "pipelined_check_per_s": self.pipelined_check_per_s,
+            "pipelined_reserve_per_s": self.pipelined_reserve_per_s,
+            "batch": self.batch,
+            "decisions": self.decisions,
+            "timezone": self.timezone,
+            "reasons": self.reasons,
+        }
+
+    def markdown(self) -> str:
+        from bench.timing import MARKDOWN_HEADER
+
+        by_reason = "; ".join(
+            f"{mode}: " + ", ".join(f"{r} {n}" for r, n in sorted(c.items()))
+            for mode, c in self.reasons.items()
+        )
+        return "\n".join(
+            [
+                MARKDOWN_HEADER,
+                self.single.markdown_row(),
+                "",
+                f"pipelined from one client, {self.batch} per round trip: "
+                f"{self.pipelined_check_per_s:,.0f} check decisions/s, "
+                f"{self.pipelined_reserve_per_s:,.0f} reserve decisions/s ({self.decisions} each)",
+                "",
+                f"members' time zone {self.timezone}; decisions by reason: " + by_reason,
+            ]
+        )
+
+
+@dataclass
+class ThrottleBenchOptions:
+    """``bench throttle``: how many decisions, in what batches, over how many members."""
+
+    decisions: int = 50_000
+    batch: int = 500
+    members: int = 2000
+    single_calls: int = 5000
+    redis_url: str | None = None  # None: a redis-server started for the run
+
+
+def run_throttle(
+    options: ThrottleBenchOptions, settings_for: Callable[[dict[str, Any]], Settings]
+) -> ThrottleRates:
+    """The throttle benchmark against ``options.redis_url`` or a redis-server it starts (and stops);
+    ``settings_for(overrides)`` gives the settings with that Redis."""
+    import tempfile
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from recsvc.localstack import LocalRedis
+    from recsvc.redis_client import connect
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
+        url = options.redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
+        client = connect(url)
+        stack.callback(client.close)
+        return throttle_rates(
+            settings_for({"redis": {"url": url}}),
+            client,
+            members=options.members,
+            decisions=options.decisions,
+            batch=options.batch,
+            single_calls=options.single_calls,
+        )
+
 
 def throttle_rates(
     settings: Settings,

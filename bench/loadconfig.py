@@ -275,6 +275,35 @@ class LoadConfig(_Section):
         return v
 
 
+def shape_overrides(
+    base: dict[str, Any] | None = None,
+    *,
+    kind: str | None = None,
+    users: int | None = None,
+    spawn_rate: float | None = None,
+    duration_s: float | None = None,
+    rate_per_user: float | None = None,
+) -> dict[str, Any]:
+    """``base`` (config overrides, not changed) with the command-line shape options in it: the
+    shape kind, the steady shape's users, spawn rate and duration, a constant per-user rate."""
+    overrides: dict[str, Any] = {**(base or {})}
+    shape: dict[str, Any] = {**overrides.get("shape", {})}
+    if kind:
+        shape["kind"] = kind
+    steady = {
+        k: v
+        for k, v in (("users", users), ("spawn_rate", spawn_rate), ("duration_s", duration_s))
+        if v is not None
+    }
+    if steady:
+        shape["steady"] = {**shape.get("steady", {}), **steady}
+    if shape:
+        overrides["shape"] = shape
+    if rate_per_user is not None:
+        overrides["think"] = {"mode": "constant_throughput", "per_user_rate": rate_per_user}
+    return overrides
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LoadConfig:
     """Read ``path`` (TOML; None = defaults), apply nested ``overrides``, validate.
 

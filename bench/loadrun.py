@@ -1,5 +1,8 @@
 """``recsvc load run``: one command from nothing to a load-test report.
 
+Long on purpose: the one ordered start-up and tear-down of a load run (Redis, data, model, server,
+Locust); split, the order would live in two places.
+
 Unless pointed at a running server (``host``), it starts what the test needs, in this order:
 sample data (``recsvc data generate``) and a trained champion (``recsvc train``) in a cached
 work folder unless a bundle is given, a throw-away ``redis-server``, and ``recsvc serve`` on a

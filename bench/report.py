@@ -1,5 +1,8 @@
 """Turn Locust's CSV output into the short summary a load tester reads first.
 
+Long on purpose: one reader of Locust's CSVs and the exact samples, and the verdict against the
+targets built from both.
+
 Reads ``<prefix>_stats.csv``, ``<prefix>_failures.csv`` and ``<prefix>_stats_history.csv`` (written
 by ``locust --csv <prefix> --csv-full-history``) and writes ``summary.md`` (and ``summary.json``
 with the same figures): req/s, p50/p95/p99 and failures per RPC with failures split by gRPC status

@@ -1,5 +1,8 @@
 """Locust scenarios for recsvc: realistic gRPC traffic against the Recommender and Outreach services.
 
+Long on purpose: Locust loads one file; its hooks, options and users must be in it (the traffic
+itself is in bench/traffic.py).
+
 Run it through ``recsvc load run`` (starts Redis, data, model and server for you), or by hand
 against a running server, as any Locust test::
 
@@ -57,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import shapes
 from bench.livestream import LiveStreamHost, SoldOutLedger
-from bench.loadconfig import LoadConfig, load_config
+from bench.loadconfig import LoadConfig, load_config, shape_overrides
 from bench.timeline import SHAPE_START_FILE, Timeline
 from bench.traffic import ServedIds, Traffic
 from recsvc.csvsafe import SafeWriter
@@ -131,9 +134,8 @@ def _context(environment: Any) -> _Context:
     ctx = _contexts.get(id(environment))
     if ctx is None:
         opts = environment.parsed_options
-        overrides: dict[str, Any] = json.loads(opts.load_overrides) if opts.load_overrides else {}
-        if opts.shape:
-            overrides.setdefault("shape", {})["kind"] = opts.shape
+        base: dict[str, Any] = json.loads(opts.load_overrides) if opts.load_overrides else {}
+        overrides = shape_overrides(base, kind=opts.shape)
         config = load_config(Path(opts.load_config) if opts.load_config else None, overrides)
         ctx = _Context(config=config)
         _contexts[id(environment)] = ctx

@@ -207,6 +207,7 @@ class ServingMetrics:
         # every call would look the same few combinations up again. Bounded like the labels.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._scene_children: dict[tuple[str, str], Any] = {}
+        self._stored_children: dict[str, Any] = {}
 
     def observe_scene(self, method: str, scene: str) -> None:
         child = self._scene_children.get((method, scene))
@@ -221,6 +222,13 @@ class ServingMetrics:
             child = self.scenes.labels(method, label)
             if label == scene:  # only names that are their own label are remembered: bounded
                 self._scene_children[(method, scene)] = child
+        child.inc()
+
+    def observe_stored(self, method: str) -> None:
+        """One list served from the bundle's stored member lists (``method``: a fixed RPC name)."""
+        child = self._stored_children.get(method)
+        if child is None:
+            child = self._stored_children[method] = self.stored_lists.labels(method)
         child.inc()
 
     def observe(self, method: str, source: str, variant: str, code: str, seconds: float) -> None:

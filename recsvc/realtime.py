@@ -1,5 +1,8 @@
 """Real-time member state: recent events in Redis and member vectors recomputed from them.
 
+Long on purpose: RealtimeStore is one class over one Redis key layout (write, read, recompute);
+the connection helpers beside it serve only it.
+
 Writes, per member (keys from ``recsvc.redis_keys.member_key``, so one member's keys share a cluster
 slot): ``<prefix>:{m:<id>}:rt:events`` a capped list of recent events (JSON, newest first) and
 ``<prefix>:{m:<id>}:rt:purchased`` the set of items bought recently; both expire after
@@ -36,7 +39,7 @@ import redis
 from recsvc.active_members import ActiveMembers, active_channel
 from recsvc.breaker import BreakerWatch, CircuitBreaker
 from recsvc.errors import MemberErased
-from recsvc.redis_client import REDIRECTED, RedisClient, connect, node_pool, refresh_topology
+from recsvc.redis_client import REDIRECTED, UNAVAILABLE, RedisClient, connect, node_pool, refresh_topology
 from recsvc.redis_keys import member_key
 from recsvc.security.erasure import suppression_key
 from recsvc.settings import RedisSettings
@@ -68,7 +71,7 @@ end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = UNAVAILABLE
 
 
 class ThreadConnections:
@@ -112,7 +115,7 @@ class ThreadConnections:
         local.unread = conn
         try:
             conn.send_command(*args)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except _REDIS_DOWN:
             local.unread = None
             conn.disconnect()
             raise
@@ -123,7 +126,7 @@ class ThreadConnections:
         self._local.unread = None
         try:
             return conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except _REDIS_DOWN:
             conn.disconnect()
             raise
 
@@ -267,7 +270,7 @@ class RealtimeStore:
                 keys=[ev_key, pu_key, suppression_key(self._prefix, member_id)],
                 args=[payload, self._max, self._ttl, bought, self._channel, member_id],
             )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _REDIS_DOWN as exc:
             self._on_error("write")
             self._failed(exc)
             return False
@@ -298,7 +301,7 @@ class RealtimeStore:
         )
         try:
             conn = self._conns.send(keys[0], "EVALSHA", self._read_sha, 2, *keys, self._max)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _REDIS_DOWN as exc:
             self._on_error("read")
             self._failed(exc)
             return PendingRecent(self, None, None)
@@ -309,7 +312,7 @@ class RealtimeStore:
     ) -> RecentActivity | None:
         try:
             raw_events, raw_purchased = self._read_reply(conn, keys)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _REDIS_DOWN as exc:
             self._on_error("read")
             self._failed(exc)
             return None

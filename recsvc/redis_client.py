@@ -140,5 +140,16 @@ def refresh_topology(client: RedisClient, min_interval_s: float = 0.2) -> None:
         log.info("event=cluster_topology_refresh_failed error=%s", type(exc).__name__)
 
 
+# "Redis cannot answer now": down, too slow, or a cluster between a primary's death and its
+# replica's promotion (CLUSTERDOWN, TRYAGAIN, a slot no node serves). Every caller treats these
+# alike: real time and the event log degrade (counted), outreach fails closed.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
 # Replies meaning "this node does not serve that slot (now)": nothing ran; refresh and resend.
 REDIRECTED = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)

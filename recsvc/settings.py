@@ -1,5 +1,8 @@
 """The one validated settings object.
 
+Long on purpose: every section lives in one validated object, so one place names a misspelt key,
+holds each default and checks settings against each other.
+
 Read only at entry points (CLI commands, server start-up) and passed down. Values come from, in
 order of precedence: explicit overrides, ``RECSVC_*`` environment variables (nested with ``__``,
 e.g. ``RECSVC_REDIS__URL``), an optional TOML file (``--config`` or ``RECSVC_CONFIG``), defaults.
@@ -44,6 +47,7 @@ def _default_tracking_uri() -> str:
 
 def _default_artifact_location() -> str:
     return str(project_home() / "var" / "mlflow" / "artifacts")
+
 
 EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")
 # Master URLs Spark accepts (SparkContext.createTaskScheduler, SparkSubmit): checked when the
@@ -191,12 +195,22 @@ class TrainingSettings(_Section):
         True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
     )
 
-    # A second model family measured beside ALS on the same holdout (training/itemknn.py):
+    # Two more model families measured beside ALS on the same holdout (training/itemknn.py):
     # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.
     # "auto" = below itemknn_auto_members members (it costs one more ALS fit and a neighbour fit).
     itemknn: Literal["auto", "on", "off"] = "auto"
     itemknn_auto_members: int = Field(200_000, ge=0)
     itemknn_neighbours: int = Field(100, ge=1, le=2000, description="neighbours kept per item")
+    # Which family serves (training/gate.py): "auto" = the simplest of als, itemknn, blend unless
+    # a more complex one beats it on the holdout by more than family_margin (relative NDCG@10);
+    # a named family serves whatever the holdout says (it is measured even past itemknn_auto_members).
+    family: Literal["auto", "als", "itemknn", "blend"] = "auto"
+    family_margin: float = Field(
+        0.02, ge=0, le=1, description="relative NDCG@10 gain a more complex family needs"
+    )
+    blend_als_weight: float | None = Field(
+        None, ge=0, le=1, description="the blend's ALS weight; unset: chosen on the validation split"
+    )
 
     # Replenishment (training/replenish.py): which categories are bought again, and how often.
     replenish_min_repeats: int = Field(
@@ -248,6 +262,8 @@ class TrainingSettings(_Section):
     def _ordered_lifecycle(self) -> TrainingSettings:
         if not (self.at_risk_days < self.dormant_days < self.churned_days):
             raise ValueError("lifecycle thresholds must satisfy at_risk_days < dormant_days < churned_days")
+        if self.family in ("itemknn", "blend") and self.itemknn == "off":
+            raise ValueError(f"family {self.family!r} needs the item-item model: itemknn must not be 'off'")
         return self
 
 

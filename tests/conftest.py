@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -68,6 +68,17 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     yield cluster.url
 
 
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A client for the test's ``redis_url`` (single server or cluster: ``recsvc.redis_client.connect``),
+    with a socket timeout long enough for a busy machine."""
+    from recsvc.redis_client import connect
+
+    client = connect(redis_url, socket_timeout=5)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _state_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Default state paths point into a tmp folder, never into the work tree (session-wide, so
@@ -93,7 +104,7 @@ def _fresh_privacy_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
-    """A small bundle whose recommendations are known in advance (tests/bundle_factory.py)."""
+    """A small bundle whose recommendations are known in advance (tests/support/bundle_factory.py)."""
     from bundle_factory import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("bundle") / "b1")

@@ -7,12 +7,18 @@ baseline's holdout NDCG@10, the champion's (either from its manifest, when it wa
 evaluated on the same data and holdout window, or re-measured by refitting its parameters on the
 candidate's training split), the tolerance and ``--force``.
 Writes: a :class:`GateDecision` that the orchestrator logs and acts on.
+
+Before that, :func:`choose_family` picks which model family serves (ALS, item-item or their
+blend, training/itemknn.py): the candidate's score is that family's holdout NDCG@10, and a
+champion's is the one of the family its manifest records.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from recsvc.errors import ConfigError
 
 GATE_METRIC = "all.ndcg_at_10"
 BASELINE_METRIC = "baseline.all.ndcg_at_10"  # popularity on the same holdout (training.evaluate)
@@ -102,3 +108,63 @@ def decide(
         method=method,
         champion_version=champion_version,
     )
+
+
+# The families in order of simplicity: a later one serves only when it beats every simpler one
+# by the margin (recsvc.bundle.FamilySpec; docs/training.md, "Model families").
+FAMILY_ORDER = ("als", "itemknn", "blend")
+_FAMILY_PREFIX = {"als": "", "itemknn": "itemknn.", "blend": "blend."}
+
+
+def family_metric(family: str) -> str:
+    """The metric the gate reads for a family: its holdout NDCG@10 over all items."""
+    return f"{_FAMILY_PREFIX[family]}{GATE_METRIC}"
+
+
+@dataclass(frozen=True)
+class FamilyChoice:
+    family: str
+    reason: str
+    scores: dict[str, float]  # holdout NDCG@10 of each family measured
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_family(metrics: dict[str, float], setting: str, margin: float) -> FamilyChoice:
+    """The family that serves. ``setting`` "auto": the simplest family unless a more complex
+    one's holdout NDCG@10 exceeds the chosen one's by more than ``margin`` (relative), each step
+    judged against the family chosen so far; a family not measured (item-item skipped) cannot be
+    chosen. Any other ``setting`` names the family, which must have been measured."""
+    scores = {f: float(metrics[family_metric(f)]) for f in FAMILY_ORDER if family_metric(f) in metrics}
+    if setting != "auto":
+        if setting not in scores:
+            raise ConfigError(
+                f"training.family={setting!r} was not measured on the holdout "
+                f"(measured: {sorted(scores)}); item-item needs training.itemknn 'on' or 'auto'",
+                reason="FAMILY_NOT_MEASURED",
+            )
+        return FamilyChoice(setting, f"training.family forces {setting}", scores)
+    chosen = FAMILY_ORDER[0]
+    why = f"{chosen} (simplest)"
+    for family in FAMILY_ORDER[1:]:
+        if family in scores and scores[family] > scores[chosen] * (1 + margin):
+            why = (
+                f"{family}: NDCG@10 {scores[family]:.4f} beats {chosen}'s {scores[chosen]:.4f} "
+                f"by more than {margin:.0%}"
+            )
+            chosen = family
+    return FamilyChoice(chosen, why, scores)
+
+
+def family_spec(family: str, metrics: dict[str, float], neighbours: Any | None) -> Any:
+    """The manifest's ``FamilySpec`` for the chosen family: the neighbour table's width
+    (``neighbours``: its (items, scores) arrays) and, for the blend, the ALS weight it was
+    measured with."""
+    from recsvc.bundle import FamilySpec
+
+    if family == "als":
+        return FamilySpec()
+    width = int(neighbours[0].shape[1]) if neighbours is not None else None
+    weight = float(metrics["blend.als_weight"]) if family == "blend" else None
+    return FamilySpec(family=family, neighbours=width, als_weight=weight)

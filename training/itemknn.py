@@ -1,4 +1,4 @@
-"""A second model family, measured beside ALS: item-item nearest neighbours and an ALS blend.
+"""Two more model families beside ALS: item-item nearest neighbours and an ALS blend.
 
 Reads: a confidence matrix (the same r_ui ALS is fitted on), ALS factors, a split.
 Writes: holdout metrics ``itemknn.<kind>.<metric>_at_<k>`` and ``blend.<...>`` in the names
@@ -9,9 +9,9 @@ The item-item model is implicit's ``BM25Recommender`` (``K`` neighbours per item
 member's score for an item is the sum of the item's similarities to the member's history,
 weighted by r_ui. The blend ranks by ``w * als + (1 - w) * itemknn``, each score divided by the
 member's largest score of that model so neither scale dominates; ``w`` is chosen on validation
-from :data:`WEIGHTS` (1 = ALS alone, 0 = item-item alone).
-
-Only measured for now: serving still serves ALS (docs/training.md, "A second model family").
+from :data:`WEIGHTS` (1 = ALS alone, 0 = item-item alone). The scores are computed by
+``recsvc.engine.itemknn_source``, the functions serving ranks with; training/gate.py picks the
+family that serves, and the bundle stores the neighbour table (:func:`table`) it needs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import KIND_NAMES
+from recsvc.engine.itemknn_source import blend, knn_scores_batch, neighbour_table
 from training.evaluate import KS, _metrics_for, sample_members
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
@@ -51,13 +52,9 @@ class _Scorer:
     def recommend(
         self, rows: np.ndarray, seen: sp.csr_matrix, N: int, filter_already_liked_items: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.zeros((rows.shape[0], self.item_factors.shape[0]), dtype=np.float32)
-        if self.weight > 0:
-            als = self.user_factors[rows] @ self.item_factors.T
-            scores += self.weight * als / np.maximum(np.abs(als).max(axis=1, keepdims=True), 1e-9)
-        if self.weight < 1:
-            knn = np.asarray((self.history[rows] @ self.similarity).todense(), dtype=np.float32)
-            scores += (1 - self.weight) * knn / np.maximum(knn.max(axis=1, keepdims=True), 1e-9)
+        als = self.user_factors[rows] @ self.item_factors.T if self.weight > 0 else None
+        knn = knn_scores_batch(self.history[rows], self.similarity) if self.weight < 1 else None
+        scores = blend(als, knn, self.weight)
         if filter_already_liked_items:
             seen = sp.csr_matrix(seen)
             r = np.repeat(np.arange(rows.shape[0]), np.diff(seen.indptr))
@@ -144,3 +141,27 @@ def choose_weight(
         for w in WEIGHTS
     }
     return max(scores, key=lambda w: (scores[w], w)), scores
+
+
+def table(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted model's neighbour table (bundle ``item_neighbour_{item,score}.npy``)."""
+    return neighbour_table(model.similarity)
+
+
+def remeasure(trained: Any, data_split: Any, item_kind: np.ndarray, spec: Any, t: Any) -> dict[str, float]:
+    """Holdout metrics of an item-item or blend champion (``spec``: its manifest's FamilySpec)
+    refitted on this split: the neighbours on the refitted confidence, the champion's blend
+    weight."""
+    knn = fit(trained.matrix, spec.neighbours or t.itemknn_neighbours, t.num_threads)
+    return evaluate(
+        trained.member_factors,
+        trained.item_factors,
+        trained.matrix,
+        knn.similarity,
+        data_split.seen,
+        data_split.test,
+        item_kind,
+        1.0 - spec.knn_weight,
+        max_members=t.eval_members,
+        seed=t.random_state,
+    )

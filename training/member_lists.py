@@ -11,7 +11,7 @@ serving settings that differ from the ones recorded here.
 
 The lists are computed by the serving engine itself (``RecommendationEngine.trained_list``) on
 the written bundle, under the serving settings, so a stored list is the list serving would
-compute (tests/test_member_lists.py checks them against each other for every member). Members
+compute (tests/serving/test_member_lists.py checks them against each other for every member). Members
 are split over ``workers`` processes, each loading the bundle (memory-mapped) on its own.
 """
 

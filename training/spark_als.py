@@ -15,7 +15,7 @@ the member and item *rows* (the IdMap positions), so no translation table: facto
 
 The confidence formula is the one in :mod:`training.confidence` (same weight table, same
 half-life and reference time), written as a Spark SQL expression;
-tests/test_training_spark.py checks that both give the same r_ui on the same events.
+tests/training/test_training_spark.py checks that both give the same r_ui on the same events.
 
 Spark's ALS scales the regularization of each member by the member's number of ratings, and of
 each item by the item's (ALS-WR); implicit adds the same lambda to every solve. ``regParam`` is

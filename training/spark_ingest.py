@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines import rows
 from pipelines.contract import (
     CATALOG,
     EARLIEST_EVENT_TS,
@@ -66,8 +67,6 @@ from pipelines.validate import (
     _event_channels,
     _has_table,
     _implied_members,
-    _latest,
-    _quarantine_rows,
     validate_catalog,
     validate_members,
 )
@@ -368,7 +367,7 @@ def _refuse_long_rows(frame: Any, path: Path, columns: int) -> None:
     first = long_rows.select(_CORRUPT).limit(1).collect()
     if first:
         raise DataContractError(
-            f"cannot parse {path} as CSV: a row has more than {columns} fields: {_clip(first[0][0])}"
+            f"cannot parse {path} as CSV: a row has more than {columns} fields: {rows.clip(first[0][0])}"
         )
 
 
@@ -479,7 +478,7 @@ def _parsed(frame: Any, settings: DataSettings, now: datetime, channels: tuple[s
     c["etype"] = F.array_position(F.array(*map(F.lit, EVENT_TYPES)), _strip(_text("event_type"))) - 1
     c["channel"] = F.array_position(F.array(*map(F.lit, channels)), _strip(_text("channel"))) - 1
     c["ts"] = _timestamp(frame, "ts")
-    c["latest"] = F.lit(_latest(now, settings).to_pydatetime()).cast("timestamp")
+    c["latest"] = F.lit(rows.latest(now, settings).to_pydatetime()).cast("timestamp")
     c["earliest"] = F.lit(pd.Timestamp(EARLIEST_EVENT_TS).to_pydatetime()).cast("timestamp")
     quantity, q_empty, q_unparsable = _number(frame, "quantity")
     q = F.when(q_empty, F.lit(1.0)).otherwise(quantity)
@@ -606,7 +605,7 @@ def quarantine_rows(checked: Any) -> pd.DataFrame:
     raw = [F.col(f"raw_{col}").cast("string").alias(col) for col in EVENTS.columns]
     pdf = _pandas(bad.select("source_row", "reason", "detail", "problems", *raw))
     values = pdf[list(EVENTS.columns)].fillna("").astype(str)
-    return _quarantine_rows(
+    return rows.quarantine_rows(
         values,
         pdf["source_row"].to_numpy(dtype=np.int64),
         pdf["reason"].to_numpy(dtype=object),
@@ -627,7 +626,3 @@ def _pandas(frame: Any) -> pd.DataFrame:
 
     with quiet_pandas_check():
         return frame.toPandas()
-
-
-def _clip(value: str) -> str:
-    return value if len(value) <= _DETAIL_MAX else value[: _DETAIL_MAX - 1] + "…"

@@ -37,14 +37,15 @@ def summary_tables(report: Any) -> list[Table]:
         for kind in kinds:
             cand.add_column(kind, justify="right")
         w = m.get("blend.als_weight", float("nan"))
-        for label, prefix in (
-            ("popularity", "baseline."),
-            ("ALS (serves)", ""),
-            ("item-item BM25", "itemknn."),
-            (f"blend, ALS weight {w:g}", "blend."),
+        serves = report.family.family if report.family else "als"
+        for label, prefix, family in (
+            ("popularity", "baseline.", None),
+            ("ALS", "", "als"),
+            ("item-item BM25", "itemknn.", "itemknn"),
+            (f"blend, ALS weight {w:g}", "blend.", "blend"),
         ):
             cand.add_row(
-                label,
+                f"{label} (serves)" if family == serves else label,
                 *(
                     f"{m.get(f'{prefix}{k}.ndcg_at_10', float('nan')):.4f} / "
                     f"{m.get(f'{prefix}{k}.recall_at_20', float('nan')):.4f}"
@@ -79,6 +80,8 @@ def summary_tables(report: Any) -> list[Table]:
     run.add_row("bundle folder", str(report.bundle_dir) if report.bundle_dir else "(MLflow only)")
     run.add_row("MLflow run", str(report.run_id))
     run.add_row("model version", str(report.model_version) if report.model_version else "(not registered)")
+    if report.family is not None:
+        run.add_row("serves", report.family.reason)
     run.add_row("gate", ("PROMOTED" if d.promote else "NOT PROMOTED") + f": {d.reason}")
     p = report.params
     run.add_row(

@@ -1,5 +1,8 @@
 """``--tune``: search ALS hyper-parameters on a validation split carved from the training period.
 
+Long on purpose: the search space, the validation split rule and the Optuna loop are one decision;
+the trial function needs all three.
+
 Reads: :class:`training.prepare.Prepared`, the holdout :class:`training.split.Split` (only its
 training events are used; the holdout is never seen here), the starting
 :class:`training.fit.AlsParams` and the tuning settings.

@@ -1,5 +1,8 @@
 """Generated events: sessions in each member's local rhythm, funnels, content and repurchases.
 
+Long on purpose: the planted structures (sessions, funnels, repurchases, content) draw from one
+random stream in one order, which keeps the output deterministic per seed.
+
 Planted structure:
 - sessions fall on weekends more than weekdays (``WEEKDAY_WEIGHTS``) and follow a local daily
   rhythm (lunch and evening peaks) in the member's own time zone; stored in UTC;

@@ -13,9 +13,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
+from recsvc.catalog.delta import advance
 from recsvc.catalog.store import ItemRecord
 from recsvc.catalog.view import CatalogView, GroupMeans
 from recsvc.engine.served_model import ServedModel
@@ -76,15 +77,26 @@ class LiveCatalog:
         return self._version
 
     # ---- the follower's writes -------------------------------------------------------------
-    def update(self, records: Mapping[str, ItemRecord] | None, version: int | None = None) -> None:
-        """New records (None: the same ones; time moved on): rebuild every loaded model's view."""
+    def update(
+        self,
+        records: Mapping[str, ItemRecord] | None,
+        version: int | None = None,
+        changed: Collection[str] | None = None,
+    ) -> None:
+        """New records (None: the same ones; time moved on): every loaded model's view anew.
+        ``changed``: the items whose records are new since the last update (a feed batch); the
+        views are then moved on by those alone when the batch allows (``recsvc.catalog.delta``),
+        else, and after a full read (None), built whole."""
         t0 = time.perf_counter()
         with self._lock:
             if records is not None:
                 self._records = records
             if version is not None:
                 self._version = version
-            views = [self._build(m, self._records, self._version) for m in self._models.snapshot().values()]
+            views = []
+            for model in self._models.snapshot().values():
+                view = self._advance(model, changed) if changed is not None and records is not None else None
+                views.append(view if view is not None else self._build(model, self._records, self._version))
         pending = [v.next_publish for v in views if v.next_publish is not None]
         if self.on_next_publish is not None:
             self.on_next_publish(min(pending) if pending else None)
@@ -95,12 +107,24 @@ class LiveCatalog:
             (time.perf_counter() - t0) * 1000,
         )
 
+    def _advance(self, model: ServedModel, changed: Collection[str]) -> CatalogView | None:
+        current = self._views.get(model)
+        if current is None:
+            return None
+        view = advance(current, self._records, changed, self._clock(), self._version)
+        if view is not None:
+            self._swap(model, view)
+        return view
+
     def _build(self, model: ServedModel, records: Mapping[str, ItemRecord], version: int) -> CatalogView:
         means = self._means.get(model)
         if means is None and any(model.items.row(i) is None for i in records):
             means = self._means[model] = GroupMeans(model)
         view = CatalogView(model, records, self._clock(), means, version)
+        self._swap(model, view)
+        return view
+
+    def _swap(self, model: ServedModel, view: CatalogView) -> None:
         views = weakref.WeakKeyDictionary(self._views)
         views[model] = view
         self._views = views  # swapped whole: readers never see a half-built map
-        return view

@@ -191,6 +191,9 @@ class CatalogFollower:
     While Redis is down the last known records stay in force (nothing reverts to the bundle);
     ``on_state(ok)`` reports each transition for metrics and health logs.
 
+    ``on_batch(records, changed_ids)``, when given, gets a feed batch instead of ``on_change``,
+    with the ids whose records it brought (so the owner can apply just those).
+
     ``settle_s``: after a rebuild, the follower waits this long before it reads the feed again,
     so a stream of changes (a live stream's stock at 200/s) is applied in batches instead of
     waking every process once per change. A change after a quiet moment is applied at once; one
@@ -206,8 +209,10 @@ class CatalogFollower:
         retry_s: float = 0.25,
         block_ms: int = 500,
         settle_s: float = 0.0,
+        on_batch: Callable[[dict[str, ItemRecord], set[str]], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_batch = on_batch
         self._client = client  # its socket timeout exceeds block_ms
         self._on_change = on_change
         self._on_state = on_state
@@ -292,14 +297,19 @@ class CatalogFollower:
                 block = max(1, min(block, int((self.wake_at - time.monotonic()) * 1000)))
             found = self._client.xread({self._store.feed_key: self._last_id}, count=500, block=block)
             changed = self._apply(found)
-            if changed or (self.wake_at is not None and time.monotonic() >= self.wake_at):
+            due = self.wake_at is not None and time.monotonic() >= self.wake_at
+            if changed or due:
                 self.wake_at = None
-                self._on_change(self.records)
+                if changed and not due and self._on_batch is not None:
+                    self._on_batch(self.records, changed)
+                else:
+                    self._on_change(self.records)
                 if changed and self._settle_s > 0:
                     self._stop.wait(self._settle_s)
 
-    def _apply(self, found: Iterable[Any] | None) -> bool:
-        changed = False
+    def _apply(self, found: Iterable[Any] | None) -> set[str]:
+        """Apply the feed entries in ``found``; the ids of the items whose records changed."""
+        changed: set[str] = set()
         records = None
         for _stream, entries in found or ():
             for entry_id, data in entries:
@@ -317,8 +327,8 @@ class CatalogFollower:
                     held = records.get(item_id)
                     if held is None or rec.version > held.version:
                         records[item_id] = rec
+                        changed.add(item_id)
                 self.seq = v0 + n - 1
-                changed = True
         if records is not None:
             self.records = records
         return changed

@@ -25,6 +25,7 @@ import numpy as np
 from recsvc.bundle import KIND_CONTENT, KIND_NAMES, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
 from recsvc.engine import kernels
+from recsvc.engine.entries import ItemEntries
 from recsvc.engine.served_model import KIND_CODES, ServedModel
 from recsvc.v1 import common_pb2
 
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 NO_ROWS = np.zeros(0, dtype=np.int64)
+# A view's per-item arrays (row -> live value), the ones filters and ranking read.
+ITEM_ARRAYS = (
+    "item_kind",
+    "item_category",
+    "item_brand",
+    "item_price",
+    "item_in_stock",
+    "item_published_at",
+    "item_listed",
+    "item_visible",
+    "item_stock_ok",
+)
 
 
 def catalog_as_of_ms(model: ServedModel) -> int:
@@ -105,6 +118,19 @@ class GroupMeans:
         return self.by_category.get(kind * self._n_c + category)
 
 
+class _LiveTitles(Sequence[str]):
+    """A view's titles by row when live changes rename items or add new ones."""
+
+    def __init__(self, view: CatalogView) -> None:
+        self._view = view
+
+    def __getitem__(self, row: int) -> str:  # type: ignore[override]
+        return self._view.title(row)
+
+    def __len__(self) -> int:
+        return self._view.n + len(self._view.new_ids)
+
+
 class CatalogView:
     """The arrays the engine uses (``item_*`` by row, ``category_code``/``brand_code``) and the
     new items, for one ``ServedModel`` and one state of the live catalog."""
@@ -130,7 +156,6 @@ class CatalogView:
         self.new_row: dict[str, int] = {}
         self.new_featured: dict[int, list[str]] = {}
         self.records: Mapping[str, ItemRecord] = records or {}
-        self._fields: dict[int, bytes] = {}
         records = records or {}
         as_of = catalog_as_of_ms(model)
         # Which records touch this bundle's items (with changes newer than its catalog), which are new.
@@ -219,6 +244,24 @@ class CatalogView:
         self.item_category.flags.writeable = False
         if self.live:
             kernels.warm_up(model.item_factors, model.item_norms, self.item_category, self.item_stock_ok)
+        self.choose_fast_paths()
+
+    def choose_fast_paths(self) -> None:
+        """What the hot path reads per item, chosen once per view: the bundle's own titles and
+        serialized items when no live change touches any of them (no per-row check then), else
+        the checking methods. And whether a stored member list can have gone stale: only when a
+        bundle item the bundle has as available (``model.item_stock_ok``) is not available here,
+        or a new item exists; else the per-call check is skipped (``stored_lists_intact``)."""
+        plain = not self.titles_override and not self.new_ids
+        # Subscripted per item (``titles[row]``, ``entries[row]``): no call for the bundle's own.
+        self.titles: Sequence[str] = self.model.titles if plain else _LiveTitles(self)
+        self.entries: Mapping[int, tuple[bytes, str]] = (
+            self.model.item_entries if plain else ItemEntries(self._build_entry)
+        )
+        bundle_ok = np.asarray(self.model.item_stock_ok, dtype=bool)
+        self.stored_lists_intact: bool = not self.live or (
+            not self.new_ids and not bool((bundle_ok & ~self.item_stock_ok[: self.n]).any())
+        )
 
     # ---- building --------------------------------------------------------------------------
     def _code(self, names: list[str], codes: dict[str, int], name: Any) -> int:
@@ -329,20 +372,25 @@ class CatalogView:
 
     def item_fields(self, row: int) -> bytes:
         """A response item's own fields (see ``ServedModel.item_fields``), with live changes."""
+        return self.item_entry(row)[0]
+
+    def item_entry(self, row: int) -> tuple[bytes, str]:
+        """(``item_fields(row)``, item id), with live changes (``ServedModel.item_entry``)."""
+        return self.entries[row]
+
+    def _build_entry(self, row: int) -> tuple[bytes, str]:
         if row < self.n and row not in self.titles_override:
-            return self.model.item_fields(row)
-        found = self._fields.get(row)
-        if found is None:
-            brand = int(self.item_brand[row])
-            found = common_pb2.RecommendedItem(
-                item_id=self.item_id(row),
-                kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
-                category=self.category_name(row),
-                brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
-                title=self.title(row),
-            ).SerializeToString()
-            self._fields[row] = found
-        return found
+            return self.model.item_entry(row)
+        brand = int(self.item_brand[row])
+        item_id = self.item_id(row)
+        fields = common_pb2.RecommendedItem(
+            item_id=item_id,
+            kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
+            category=self.category_name(row),
+            brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
+            title=self.title(row),
+        ).SerializeToString()
+        return fields, item_id
 
     def search_new(self, vector: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
         """Every new item of ``kind`` with its score for ``vector`` (exact: the set is small)."""

@@ -54,6 +54,7 @@ def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
         retry_s=settings.redis.reconnect_interval_ms / 1000,
         block_ms=_BLOCK_MS,
         settle_s=_SETTLE_S,
+        on_batch=lambda records, changed: live.update(records, follower.seq, changed),
     )
 
     def wake(publish_at: float | None) -> None:

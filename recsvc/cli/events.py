@@ -50,6 +50,7 @@ def sink(
         "written: "
         + ", ".join(f"{k} {n}" for k, n in stats.written.items())
         + f"; files {stats.files}; already on disk {stats.replayed}"
+        + f"; of erased members: dropped {stats.erased}, removed from files {stats.purged}"
     )
 
 

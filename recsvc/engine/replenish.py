@@ -25,6 +25,35 @@ def due_mask(interval_days: np.ndarray, age_days: np.ndarray, early: float, late
     )
 
 
+def due_windows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    last_ts: np.ndarray,
+    interval_days: np.ndarray,
+    early: float,
+    late: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) day per member on which one of their purchases may be due (see
+    ``ServedModel.due_window``), from the CSR of their purchases (``indptr``, item rows
+    ``indices``, last purchase times ``last_ts``); (inf, -inf) for a member with no
+    repurchasable purchase. Widened by a day each side: a quick "nothing due" is never wrong."""
+    members = indptr.shape[0] - 1
+    first = np.full(members, np.inf, dtype=np.float32)
+    last = np.full(members, -np.inf, dtype=np.float32)
+    if indices.shape[0] == 0:
+        return first, last
+    interval = interval_days[indices].astype(np.float64)
+    bought_day = last_ts.astype(np.float64) / DAY_S
+    repeat = interval > 0
+    start = np.where(repeat, bought_day + interval * (1.0 - early) - 1.0, np.inf)
+    end = np.where(repeat, bought_day + interval * (1.0 + late) + 1.0, -np.inf)
+    starts = np.asarray(indptr[:-1], dtype=np.int64)
+    some = np.asarray(indptr[1:], dtype=np.int64) > starts
+    first[some] = np.minimum.reduceat(start, starts[some])
+    last[some] = np.maximum.reduceat(end, starts[some])
+    return first, last
+
+
 def placement(n_picks: int, n_due: int, k: int, after: int) -> tuple[int, int]:
     """(position of the first due item, how many due items) in a list of ``k``: after the first
     ``after`` picks, earlier when the list would otherwise have no room for them."""

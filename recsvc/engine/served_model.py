@@ -28,7 +28,9 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
-from recsvc.engine.replenish import DAY_S, due_mask
+from recsvc.engine.entries import ItemEntries
+from recsvc.engine.itemknn_source import Neighbours
+from recsvc.engine.replenish import DAY_S, due_mask, due_windows
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -161,13 +163,17 @@ class ServedModel:
             if info.get("type") == INDEX_L2_AUGMENTED:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
         self.popular = _popular_lists(bundle, self.items)
-        self._item_fields: dict[int, bytes] = {}  # item_fields: grows to at most one entry per item
+        # row -> (item_fields, item id), built on first use: at most one entry per item
+        self.item_entries = ItemEntries(self._build_entry)
         # Replenishment (recsvc/engine/replenish.py): None in bundles without it.
         self.item_repurchase_days: np.ndarray | None = a.get("item_repurchase_days")
         self.purchased_last_ts: np.ndarray | None = a.get("purchased_last_ts")
+        self._due_windows: dict[tuple[float, float], tuple[memoryview, memoryview]] = {}
         # Each member's whole default product list, when training stored them; the engine uses
         # them only under the serving settings they were computed with.
         self.member_lists = MemberLists.from_bundle(bundle)
+        # The item-item neighbours when the bundle's family is itemknn or blend (None: ALS).
+        self.neighbours = Neighbours.from_bundle(bundle)
         # The efSearch HNSW indexes search with here (None: no HNSW index): part of those settings.
         self.hnsw_ef_search = hnsw_ef_in_use(bundle.indexes.values(), hnsw_ef_search)
 
@@ -206,19 +212,42 @@ class ServedModel:
 
     def due_purchases(self, row: int, now: float, early: float, late: float) -> tuple[np.ndarray, np.ndarray]:
         """The member's bought items due again at ``now`` (``recsvc.engine.replenish.due_mask``):
-        (rows, days since the last purchase); empty without replenishment data. A handful of
-        array operations on the member's purchases: this runs on every product call."""
+        (rows, days since the last purchase); empty without replenishment data. Most members
+        have nothing due at a given moment: ``due_window`` answers that with two look-ups, and
+        only the others pay for the array operations over their purchases."""
         if self.item_repurchase_days is None or self.purchased_last_ts is None:
             return _EMPTY_ROWS, _EMPTY_F64
-        lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
-        if lo == hi:
+        first, last = self.due_window(early, late)
+        now_days = now / DAY_S
+        if not first[row] <= now_days <= last[row]:
             return _EMPTY_ROWS, _EMPTY_F64
+        lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
         rows = self.purchased_indices[lo:hi]
         days = (now - self.purchased_last_ts[lo:hi]) / DAY_S
         due = due_mask(self.item_repurchase_days[rows], days, early, late)
         if not due.any():
             return _EMPTY_ROWS, _EMPTY_F64
         return np.asarray(rows[due], dtype=np.int64), days[due]
+
+    def due_window(self, early: float, late: float) -> tuple[memoryview, memoryview]:
+        """Per member, the first and last day (since the epoch) on which any of their purchases
+        can be due under ``early``/``late`` (``replenish.due_windows``): outside it nothing is,
+        ``due_purchases``' quick answer. Computed once per process and setting pair, 8 bytes per
+        member; memoryviews, whose items are Python floats (no numpy scalar per look-up)."""
+        key = (early, late)
+        found = self._due_windows.get(key)
+        if found is None:
+            assert self.item_repurchase_days is not None and self.purchased_last_ts is not None
+            first, last = due_windows(
+                np.asarray(self.purchased_indptr),
+                np.asarray(self.purchased_indices),
+                np.asarray(self.purchased_last_ts),
+                np.asarray(self.item_repurchase_days),
+                early,
+                late,
+            )
+            found = self._due_windows[key] = (first.data, last.data)
+        return found
 
     # ---- items ---------------------------------------------------------------------------
     def kind_of(self, row: int) -> int:
@@ -265,18 +294,24 @@ class ServedModel:
         """The fields of a response item that depend on the item alone (id, kind, category,
         brand, title), serialized once per process and item: a response adds the per-call fields
         and merges these bytes, instead of looking up and setting five fields per item."""
-        fields = self._item_fields.get(row)
-        if fields is None:
-            cat, brand = int(self.item_category[row]), int(self.item_brand[row])
-            fields = common_pb2.RecommendedItem(
-                item_id=self.items.id(row),
-                kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
-                category=self.categories[cat] if 0 <= cat < len(self.categories) else "",
-                brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
-                title=self.titles[row],
-            ).SerializeToString()
-            self._item_fields[row] = fields  # a race only builds the same bytes twice
-        return fields
+        return self.item_entry(row)[0]
+
+    def item_entry(self, row: int) -> tuple[bytes, str]:
+        """(``item_fields(row)``, the item's id): what rendering one response item needs, the
+        id for the impression the response is logged with."""
+        return self.item_entries[row]
+
+    def _build_entry(self, row: int) -> tuple[bytes, str]:
+        cat, brand = int(self.item_category[row]), int(self.item_brand[row])
+        item_id = self.items.id(row)
+        fields = common_pb2.RecommendedItem(
+            item_id=item_id,
+            kind=_PB_KIND.get(int(self.item_kind[row]), common_pb2.ITEM_KIND_UNSPECIFIED),
+            category=self.categories[cat] if 0 <= cat < len(self.categories) else "",
+            brand=self.brands[brand] if 0 <= brand < len(self.brands) else "",
+            title=self.titles[row],
+        ).SerializeToString()
+        return fields, item_id
 
     def popular_for(self, segment: str, channel: str, kind: int) -> list[PopularList]:
         """Popular lists to try in order: (segment, channel), (segment, all), (all, channel), (all, all)."""

@@ -2,7 +2,8 @@
 
 An id is ``r`` + 11 hex digits of the minting time (ms) + 8 random hex digits + 12 hex digits of a
 keyed BLAKE2b MAC over (member, time, random), its key derived from ``security.pseudonym_key``
-(BLAKE2b's own keyed mode: a MAC like HMAC, at a fifth of its cost on every served list).
+(BLAKE2b's own keyed mode: a MAC like HMAC, at a fifth of its cost on every served list; the
+keyed state is set up once and copied per id, which halves the cost again).
 The server can therefore tell, without a Redis read and even before the buffered impression
 reaches Redis, whether an id was issued by this service to this member: a caller's bug (an id
 copied from another member's page) is refused, not silently attributed. The id holds no member
@@ -27,14 +28,18 @@ class RecommendationIds:
     def __init__(self, key: str) -> None:
         # A key of its own, derived from the pseudonym key: an id's tag is no member pseudonym.
         self._key = hmac.new(key.encode("utf-8"), b"recsvc-recommendation-id", hashlib.sha256).digest()
-        self._rand = random.Random()
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=6)
+        self._bits = random.Random().getrandbits
 
     def _tag(self, member_id: str, body: str) -> str:
-        return hashlib.blake2b(f"{member_id}|{body}".encode(), key=self._key, digest_size=6).hexdigest()
+        mac = self._keyed.copy()  # the same as blake2b(data, key=...), without the key's set-up
+        mac.update(f"{member_id}|{body}".encode())
+        return mac.hexdigest()
 
     def new(self, member_id: str, now_ms: int | None = None) -> str:
         ms = int(time.time() * 1000) if now_ms is None else now_ms
-        body = f"{ms & 0xFFFFFFFFFFF:011x}{self._rand.getrandbits(32):08x}"
+        # 11 hex digits of the time, then 8 of randomness, in one formatting
+        body = "%019x" % (((ms & 0xFFFFFFFFFFF) << 32) | self._bits(32))
         return _PREFIX + body + self._tag(member_id, body)
 
     def check(self, rec_id: str, member_id: str) -> int:

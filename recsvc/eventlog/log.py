@@ -33,12 +33,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from recsvc.breaker import CircuitBreaker
-from recsvc.redis_client import RedisClient
+from recsvc.redis_client import UNAVAILABLE, RedisClient
 from recsvc.redis_keys import member_key
+from recsvc.security.erasure import suppression_key
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
 
@@ -48,7 +48,17 @@ KINDS = ("event", "impression", "decision")
 IMPRESSIONS_SUFFIX = "rt:impressions"
 # Events a list can lead to; only these are attributed (docs/experiments.md).
 ATTRIBUTED_EVENTS = frozenset({"click", "add_to_cart", "purchase"})
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = UNAVAILABLE
+# The member's erasure record lives in the same slot: an impression queued before an erasure
+# and written after it must not bring the member's record back (docs/privacy.md).
+# KEYS: recent impressions, suppression record. ARGV: entry, last index kept, TTL (s).
+_RECENT_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
 
 
 def shard_of(member_id: str, shards: int) -> int:
@@ -211,10 +221,18 @@ class EventLog:
             record["member"] = self._pseudonym(member_id) if member_id else ""
             pipe.xadd(stream_key(self._prefix, shard_of(member_id, self._shards), kind), {"d": dumps(record)})
             if kind == "impression" and member_id and record["items"]:
-                key = member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX)
-                pipe.lpush(key, dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}))
-                pipe.ltrim(key, 0, self._recent_max - 1)
-                pipe.expire(key, self._window)
+                # EVAL, not EVALSHA: redis-py's cluster pipeline refuses EVALSHA (Redis caches the
+                # script by its hash either way).
+                pipe.execute_command(
+                    "EVAL",
+                    _RECENT_SCRIPT,
+                    2,
+                    member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX),
+                    suppression_key(self._prefix, member_id),
+                    dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}),
+                    self._recent_max - 1,
+                    self._window,
+                )
         try:
             pipe.execute()
         except _REDIS_DOWN as exc:

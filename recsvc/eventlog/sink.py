@@ -19,12 +19,22 @@ Exactly once, whatever moment the sink dies at:
    consumer left idle): pending entries at or below that id are on disk already, so they are only
    acknowledged, never written twice; the rest are written as usual.
 
+Erased members (``recsvc.eventlog.erasure``): before a batch is written, its members are looked up
+in the set of erased members and their records dropped (acknowledged, not written); between
+batches the sink takes the purge requests and rewrites the files holding their rows, each under
+its own name (the file names, which step 3 reads, never change). A pending entry the erasure
+deleted from the stream comes back without fields: it is only acknowledged. Writes hold a shared
+``flock`` on ``<log_dir>/.erasure.lock`` from the erased-set look-up to the acknowledgement and a
+purge holds it exclusively, so with a second sink on the same folder a batch is either written
+before a purge lists the files (and rewritten by it) or looked up after the member was marked.
+
 Redis must keep what it acknowledged to the service: run it with AOF (``appendonly yes``) when
 the log matters (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -38,10 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from recsvc.eventlog.erasure import erased_key, purge_key, rewrite_without
+from recsvc.eventlog.files import FileLock, write_atomically
 from recsvc.eventlog.log import KINDS, stream_key
 from recsvc.eventlog.schema import SCHEMAS, row
 from recsvc.redis_client import RedisClient
@@ -56,6 +67,9 @@ local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 return n
 """
+
+# Ids per acknowledgement script: unpack() in Lua holds at most ~8,000 values.
+_ACK_CHUNK = 5000
 
 StreamId = tuple[int, int]
 
@@ -112,6 +126,15 @@ class SinkMetrics:
             **kw,
         )
         self.files = Counter("files_total", "Parquet files written.", **kw)
+        self.erased = Counter(
+            "erased_total", "Records of erased members dropped before writing, by kind.", ["kind"], **kw
+        )
+        self.purged = Counter(
+            "purged_rows_total",
+            "Rows of erased members removed from files already written, by kind.",
+            ["kind"],
+            **kw,
+        )
         self.lag_entries = Gauge("lag_entries", "Records in the streams not yet on disk.", **kw)
         self.lag_seconds = Gauge(
             "lag_seconds", "Age of the oldest record not yet on disk (0 when none).", **kw
@@ -123,6 +146,8 @@ class SinkStats:
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     replayed: int = 0
     files: int = 0
+    erased: int = 0  # records of erased members dropped before writing
+    purged: int = 0  # rows of erased members removed from files already written
 
 
 class Sink:
@@ -149,6 +174,9 @@ class Sink:
         self.metrics = metrics or SinkMetrics()
         self.stats = SinkStats()
         self._ack = client.register_script(_ACK_SCRIPT)
+        self._erased_key = erased_key(self._prefix)
+        self._purge_key = purge_key(self._prefix)
+        self._lock_fd: int | None = None
         self._before_ack = before_ack  # tests: a hook between "on disk" and "acknowledged"
         self._done: dict[tuple[str, int], StreamId] = {}
         self._pending: set[int] = set()
@@ -161,6 +189,8 @@ class Sink:
     # ------------------------------------------------------------------ start-up
     def prepare(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._dir / ".erasure.lock", os.O_RDWR | os.O_CREAT, 0o644)
         for tmp in self._dir.glob("kind=*/date=*/.tmp-*"):
             tmp.unlink(missing_ok=True)  # a write the last run did not finish: its entries are pending
         for kind in KINDS:
@@ -194,6 +224,7 @@ class Sink:
         """Until ``stop()`` (or, with ``once``, until the streams are drained)."""
         self.prepare()
         while not self._stop.is_set():
+            self.purge()
             reading_pending = bool(self._pending)  # entries left pending first, then new ones
             n = self.step()
             if n == 0 and not reading_pending:
@@ -206,8 +237,44 @@ class Sink:
                 self.write_held()
                 self._update_lag()
         self.write_held(force=True)  # stopping: what was read goes to disk before exit
+        self.purge()
         self._update_lag(force=True)
+        self.close()
         return self.stats
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def purge(self, limit: int = 1000) -> int:
+        """Remove the rows of members erased since the last call from the files on disk; the number
+        of requests handled. A request is removed only after its files were replaced, so a sink
+        killed meanwhile does it again at the next start (a rewrite is idempotent)."""
+        raw: Any = self._client.lrange(self._purge_key, 0, limit - 1)
+        if not raw:
+            return 0
+        pseudonyms = {v.decode() if isinstance(v, bytes) else str(v) for v in raw}
+        with self._locked(fcntl.LOCK_EX):
+            done = rewrite_without(self._dir, pseudonyms)
+        for kind, n in done.rows.items():
+            if n:
+                self.metrics.purged.labels(kind).inc(n)
+        self.stats.purged += sum(done.rows.values())
+        pipe = self._client.pipeline(transaction=False)
+        for value in raw:
+            pipe.lrem(self._purge_key, 1, value)
+        pipe.execute()
+        log.info(
+            "event=eventlog_purged members=%d rows=%d files=%d",
+            len(pseudonyms),
+            sum(done.rows.values()),
+            done.files,
+        )
+        return len(raw)
+
+    def _locked(self, how: int) -> FileLock:
+        return FileLock(self._lock_fd, how)
 
     def write_held(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -243,9 +310,14 @@ class Sink:
         return handled
 
     def _write(self, kind: str, shard: int, key: str, entries: list[Any]) -> None:
+        with self._locked(fcntl.LOCK_SH):
+            self._write_locked(kind, shard, key, entries)
+
+    def _write_locked(self, kind: str, shard: int, key: str, entries: list[Any]) -> None:
         done = self._done.get((kind, shard), (0, 0))
         by_date: dict[str, list[tuple[StreamId, dict[str, Any]]]] = {}
         ids: list[str] = []
+        records: list[tuple[StreamId, dict[str, Any]]] = []
         for raw_id, fields in entries:
             sid = parse_id(raw_id)
             ids.append(id_text(sid))
@@ -253,11 +325,18 @@ class Sink:
                 self.stats.replayed += 1
                 self.metrics.skipped.inc()
                 continue
-            raw = fields.get(b"d", fields.get("d", b"{}"))
+            raw = fields.get(b"d", fields.get("d")) if fields else None
+            if raw is None:
+                continue  # deleted from the stream after it was read (an erasure): nothing to write
             try:
-                record = json.loads(raw)
+                records.append((sid, json.loads(raw)))
             except ValueError:
                 log.warning("event=eventlog_bad_entry stream=%s id=%s", key, id_text(sid))
+        erased = self._erased_among({str(r.get("member", "")) for _, r in records})
+        for sid, record in records:
+            if erased and record.get("member") in erased:
+                self.stats.erased += 1
+                self.metrics.erased.labels(kind).inc()
                 continue
             date = datetime.fromtimestamp(sid[0] / 1000, tz=UTC).strftime("%Y-%m-%d")
             by_date.setdefault(date, []).append((sid, record))
@@ -273,7 +352,16 @@ class Sink:
             self.metrics.files.inc()
         if self._before_ack is not None:
             self._before_ack()
-        self._ack(keys=[key], args=[GROUP, *ids])
+        for start in range(0, len(ids), _ACK_CHUNK):
+            self._ack(keys=[key], args=[GROUP, *ids[start : start + _ACK_CHUNK]])
+
+    def _erased_among(self, members: set[str]) -> set[str]:
+        members.discard("")
+        if not members:
+            return set()
+        names = sorted(members)
+        flags: Any = self._client.smismember(self._erased_key, names)
+        return {m for m, hit in zip(names, flags, strict=True) if int(hit)}
 
     def _update_lag(self, force: bool = False) -> None:
         now = time.time()
@@ -291,24 +379,6 @@ class Sink:
         oldest = [parse_id(r[0][0])[0] for r in replies[1::2] if r]
         self.metrics.lag_entries.set(entries)
         self.metrics.lag_seconds.set(max(0.0, now - min(oldest) / 1000) if oldest else 0.0)
-
-
-def write_atomically(table: pa.Table, path: Path) -> None:
-    """Temporary file in the same folder, fsync, rename, fsync the folder: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}"
-    pq.write_table(table, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def install_signal_handlers(sink: Sink) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 from recsvc.bundle import OUTLOOKS, RECENT_COUNTS, VALUE_TIERS
 from recsvc.members.sendtime import SendTimes, next_window_start_ms
 from recsvc.members.view import ProfileView
-from recsvc.outreach.throttle import Decision, MemberOutreachState
+from recsvc.outreach.decision import Decision
+from recsvc.outreach.member_records import MemberOutreachState
 from recsvc.realtime import RecentActivity
 from recsvc.settings import TrainingSettings
 from recsvc.v1 import members_pb2

@@ -19,15 +19,10 @@ from recsvc.members.profile import LiveParts, fill_profile
 from recsvc.members.sendtime import SendTimes
 from recsvc.members.view import ProfileView
 from recsvc.models.served import ServedModels
+from recsvc.outreach.decision import Decision, OutreachAsk
+from recsvc.outreach.member_records import MemberOutreachState, read_consents, read_member_state
 from recsvc.outreach.policy import Policy
-from recsvc.outreach.throttle import (
-    Decision,
-    MemberOutreachState,
-    OutreachAsk,
-    Throttle,
-    read_consents,
-    read_member_state,
-)
+from recsvc.outreach.throttle import Throttle
 from recsvc.realtime import RealtimeStore
 from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings

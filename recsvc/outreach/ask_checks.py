@@ -11,8 +11,8 @@ import re
 
 from recsvc.errors import InvalidArgument
 from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
+from recsvc.outreach.decision import MARKETING, TRANSACTIONAL, split_reservation_id
 from recsvc.outreach.policy import Policy
-from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, split_reservation_id
 from recsvc.v1 import common_pb2, outreach_pb2
 
 _KEY_RE = re.compile(r"^[!-z~]+$")  # printable ASCII without space, '{', '|', '}'

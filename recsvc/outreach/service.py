@@ -1,5 +1,8 @@
 """The ``recsvc.v1.Outreach`` gRPC servicer: validates requests, asks the throttle, explains.
 
+Long on purpose: one servicer, one method per Outreach RPC, each thin over the throttle and
+planning.
+
 Errors are ``recsvc.errors`` types; the server's interceptor maps them to status codes. A store
 outage is not an error for decisions (they answer THROTTLE_UNAVAILABLE); for writes (cancel,
 feedback, consent) it is ``StoreUnavailable``.
@@ -18,12 +21,14 @@ from recsvc.bounds import timestamp_field_ms
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import ask_checks as v
+from recsvc.outreach.decision import Decision, OutreachAsk
 from recsvc.outreach.holdout import HOLDOUT, Holdouts, HoldoutThrottle, check_holdout_share
+from recsvc.outreach.member_records import read_consents
 from recsvc.outreach.next_best import next_best_outreach
 from recsvc.outreach.planning import PlannedDecision, plan_campaign, plan_idempotency_key
 from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
-from recsvc.outreach.throttle import Clock, Decision, OutreachAsk, Throttle, read_consents
+from recsvc.outreach.throttle import Clock, Throttle
 from recsvc.redis_client import RedisClient, with_timeout
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings

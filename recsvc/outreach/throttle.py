@@ -1,4 +1,6 @@
-"""The outreach throttle: decide, record and explain, one Redis round trip per decision.
+"""The outreach throttle: decide, record and explain, one Redis round trip per decision. What is
+asked and answered is in ``recsvc.outreach.decision``; a member's record outside decisions (cancel,
+feedback, consent, time zones, profile reads) in ``recsvc.outreach.member_records``.
 
 Reads and writes the per-member keys of ``recsvc.outreach.member_keys`` through the Lua scripts in
 ``scripts/`` (called by EVALSHA; decisions through ``recsvc.outreach.evalsha.ScriptRunner``, which
@@ -18,16 +20,11 @@ readiness (``recsvc.server.readiness``) can follow it.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import math
 import os
-import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -35,13 +32,23 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from recsvc.bounds import MAX_FUTURE_MS, check_timestamp_ms
+from recsvc.bounds import MAX_FUTURE_MS
 from recsvc.breaker import BreakerWatch, CircuitBreaker
-from recsvc.errors import IdempotencyKeyReused, MemberErased, StoreUnavailable
-from recsvc.idmap import normalize_id
+from recsvc.errors import IdempotencyKeyReused
 from recsvc.outreach import throttle_metrics as metrics
-from recsvc.outreach.evalsha import Call, ScriptRunner
+from recsvc.outreach.decision import (
+    DAY_MS,
+    MARKETING,
+    TRANSACTIONAL,
+    UNAVAILABLE,
+    Decision,
+    OutreachAsk,
+    default_pseudonym,
+    reservation_id,
+)
+from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.member_keys import MemberKeys, decide_keys
+from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 from recsvc.redis_client import RedisClient
@@ -49,11 +56,6 @@ from recsvc.redis_client import RedisClient
 logger = logging.getLogger(__name__)
 
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
-MARKETING = "marketing"
-TRANSACTIONAL = "transactional"
-UNAVAILABLE = "THROTTLE_UNAVAILABLE"
-FEEDBACK_KINDS = ("delivered", "opened", "clicked", "ignored", "unsubscribed", "complained")
-DAY_MS = 86_400_000
 
 Clock = Callable[[], float]  # epoch seconds
 # What counts against the store: it did not answer. An error reply (a script error) is an answer.
@@ -64,83 +66,9 @@ class StoreCircuitOpen(redis.ConnectionError):
     """Not sent: the breaker is open (a ``redis.RedisError``, so every outage path handles it)."""
 
 
-@dataclass(frozen=True)
-class OutreachAsk:
-    """One question to the throttle. Ids are validated by the caller (recsvc.outreach.ask_checks)."""
-
-    member_id: str
-    channel: str
-    campaign_id: str = ""
-    message_class: str = MARKETING  # MARKETING or TRANSACTIONAL
-    priority: int = 0
-    idempotency_key: str = ""
-    item_id: str = ""  # NextBestOutreach: the item this send pushes
-    extra: str = ""  # kept with the idempotency record and returned on replay
-    # Decide for this time (epoch ms) instead of now: a send scheduled at the member's best time
-    # (recsvc.members.sendtime). Caps count the windows around it, quiet hours are checked then,
-    # and a reservation is recorded at it. 0 = now.
-    at_ms: int = 0
-
-    def fingerprint(self) -> str:
-        """What an idempotency key is bound to: a retry must ask the same question. The item and
-        extra are the server's choice (NextBestOutreach may pick another item on a retry), and
-        the member is part of the key's own name, so neither is in it."""
-        return f"{self.channel}|{self.campaign_id}|{self.message_class}|{self.priority}"
 
 
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str
-    detail: str = ""
-    next_allowed_ms: int = 0  # 0 = waiting would not help (or nothing to wait for)
-    reservation_id: str = ""
-    replayed: bool = False
-    extra: str = ""
-
-
-def reservation_id(token: str, member_id: str) -> str:
-    """The id embeds the member so CancelOutreach finds the member's keys without a global index."""
-    return f"{token}.{member_id}"
-
-
-def split_reservation_id(rid: str) -> tuple[str, str]:
-    token, _, member_id = rid.partition(".")
-    return token, member_id
-
-
-def default_pseudonym(member_id: str) -> str:
-    return hashlib.sha256(member_id.encode()).hexdigest()[:16]
-
-
-class _ZoneCache:
-    """Members whose stored time zone differs from the policy default, so the first guess is right
-    and a decision stays one round trip. Bounded; a stale entry only costs one retry."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, member_id: str) -> str | None:
-        with self._lock:
-            tz = self._data.get(member_id)
-            if tz is not None:
-                self._data.move_to_end(member_id)
-            return tz
-
-    def put(self, member_id: str, tz: str | None) -> None:
-        with self._lock:
-            if tz is None:
-                self._data.pop(member_id, None)
-                return
-            self._data[member_id] = tz
-            self._data.move_to_end(member_id)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-
-class Throttle:
+class Throttle(MemberRecords):
     def __init__(
         self,
         client: RedisClient,
@@ -165,7 +93,7 @@ class Throttle:
         self._clock = clock
         self._tx_when_unavailable = transactional_when_unavailable
         self._pseudonym = pseudonymize
-        self._zones = _ZoneCache(zone_cache_size)
+        self._zones = ZoneCache(zone_cache_size)
         self._decide = ScriptRunner(client, (SCRIPTS_DIR / "decide.lua").read_text())
         self._encoded: tuple[Policy, tuple[bytes, ...]] | None = None  # (policy, decide_script_args)
         self._cancel = client.register_script((SCRIPTS_DIR / "cancel.lua").read_text())
@@ -350,9 +278,9 @@ class Throttle:
         return keys, args
 
     def _interpret(self, raw: list[Any], ask: OutreachAsk, policy: Policy, tz: str) -> Decision | str:
-        tag = _text(raw[0])
+        tag = as_text(raw[0])
         if tag == "TZ":
-            return _text(raw[1])
+            return as_text(raw[1])
         if tag == "E":
             raise IdempotencyKeyReused(
                 "idempotency_key was first used with another channel, campaign, message class or "
@@ -360,22 +288,22 @@ class Throttle:
             )
         allowed = int(raw[1]) == 1
         next_ms = int(raw[3])
-        detail = _text(raw[5])
+        detail = as_text(raw[5])
         if not allowed and next_ms != 0:
             next_ms, detail = self._sane_next_ms(ask, policy, next_ms, detail)
         quiet_applies = ask.message_class == MARKETING or not policy.transactional.exempt_from_quiet_hours
         if not allowed and next_ms > 0 and quiet_applies:
             # A cap that frees up at 23:00 local really frees up when quiet hours end.
             next_ms = first_allowed_ms(next_ms, self._zone(tz, policy), policy.quiet_hours)
-        token = _text(raw[4])
+        token = as_text(raw[4])
         return Decision(
             allowed=allowed,
-            reason=_text(raw[2]),
+            reason=as_text(raw[2]),
             detail=detail,
             next_allowed_ms=next_ms,
             reservation_id=reservation_id(token, ask.member_id) if token else "",
             replayed=int(raw[6]) == 1,
-            extra=_text(raw[7]),
+            extra=as_text(raw[7]),
         )
 
     def _sane_next_ms(self, ask: OutreachAsk, policy: Policy, next_ms: int, detail: str) -> tuple[int, str]:
@@ -469,214 +397,3 @@ class Throttle:
                 decision.reservation_id.partition(".")[0],
             )
 
-    # ----------------------------------------------------------------- other writes
-    def cancel(self, rid: str) -> bool:
-        """Give the slot back (the send failed). False when no such live reservation exists."""
-        token, member_id = split_reservation_id(rid)
-        k = self.keys(member_id)
-        keys = [k.sends, k.tx, k.camps, k.pushed]
-        try:
-            return int(self._guarded(lambda: self._cancel(keys=keys, args=[token]))) == 1
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-
-    def feedback(self, member_id: str, channel: str, kind: str, at_ms: int | None = None) -> None:
-        """``kind`` in FEEDBACK_KINDS. ignored -> streak+1; opened/clicked -> streak 0;
-        unsubscribed/complained -> block marketing on the channel; delivered -> counted only."""
-        if kind not in FEEDBACK_KINDS:
-            raise ValueError(f"unknown feedback kind {kind!r}")
-        now = self.now_ms()
-        # A far-future ts once blocked a member until the year 10000 (and broke every decision).
-        at = check_timestamp_ms(at_ms, "ts", now) if at_ms is not None else now
-        metrics.FEEDBACK.labels(channel, kind).inc()
-        if kind == "delivered":
-            return
-        policy = self.policies.current()
-        until = 0
-        if kind == "unsubscribed":
-            until = at + policy.block_ms_unsubscribe
-        elif kind == "complained":
-            until = at + policy.block_ms_complaint
-        script_kind = "engaged" if kind in {"opened", "clicked"} else kind
-        k = self.keys(member_id)
-        try:
-            done = self._guarded(
-                lambda: self._feedback(
-                    keys=[k.state, k.suppressed], args=[script_kind, channel, until, policy.state_ttl_ms]
-                )
-            )
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-        _refuse_erased(done)
-
-    def set_consent(self, member_id: str, channel: str, granted: bool, at_ms: int | None = None) -> bool:
-        """Record consent; a withdrawal counts from the next decision on. False when the store
-        already holds a newer record for this channel (kept). ``MemberErased`` for an erased
-        member (nothing stored)."""
-        at = at_ms if at_ms is not None else self.now_ms()
-        policy = self.policies.current()
-        k = self.keys(member_id)
-        try:
-            done = self._guarded(
-                lambda: self._consent(
-                    keys=[k.profile, k.suppressed],
-                    args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms],
-                )
-            )
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-        _refuse_erased(done)
-        return int(done) == 1
-
-    def import_profiles(
-        self,
-        timezones: Iterable[tuple[str, str]] = (),
-        consents: Iterable[tuple[str, str, bool, int]] = (),
-        chunk: int = 500,
-    ) -> tuple[int, int]:
-        """Bulk-load (member, tz) and (member, channel, granted, updated_at_ms), pipelined in chunks.
-        A tz of "" is the policy's default (a stored zone is removed); member ids are taken in NFC
-        (recsvc.idmap), the form of every other id. Returns (time zones written, consent records
-        written; older than stored ones are kept). Erased members are skipped (nothing is stored
-        about them) and not counted."""
-        policy = self.policies.current()
-        ttl = policy.profile_ttl_ms
-
-        def zone_calls() -> Iterator[tuple[list[str], list[Any]]]:
-            for member_id, tz in timezones:
-                member_id = normalize_id(member_id)
-                k = self.keys(member_id)
-                self._zones.put(member_id, None if tz in ("", policy.default_timezone) else tz)
-                yield [k.profile, k.suppressed], [tz, ttl]
-
-        def consent_calls() -> Iterator[tuple[list[str], list[Any]]]:
-            for member_id, channel, granted, at in consents:
-                k = self.keys(normalize_id(member_id))
-                yield [k.profile, k.suppressed], [channel, "1" if granted else "0", at, ttl]
-
-        # ScriptRunner, not a redis-py pipeline: it splits the batch by cluster node, which
-        # redis-py's ClusterPipeline refuses to do for EVALSHA.
-        return _write_all(self._timezone_script, zone_calls(), chunk), _write_all(
-            self._consent_script, consent_calls(), chunk
-        )
-
-    def set_timezone(self, member_id: str, tz: str) -> None:
-        self.import_profiles(timezones=[(member_id, tz)])
-
-    def recently_pushed(self, member_id: str) -> list[str]:
-        policy = self.policies.current()
-        since = self.now_ms() - policy.recently_pushed_ms
-        try:
-            raw = self._guarded(
-                lambda: self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
-            )
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-        return [_text(x) for x in raw]  # type: ignore[union-attr]
-
-
-@dataclass(frozen=True)
-class MemberOutreachState:
-    """What the outreach store holds about a member, read for their profile (Members service):
-    consent per channel (True, False, None = never answered), marketing blocks per channel
-    (epoch ms they end), the ignored-in-a-row streak and the fatigue level it puts them on."""
-
-    suppressed: bool
-    timezone: str | None
-    consent: dict[str, bool | None]
-    blocked_until_ms: dict[str, int]
-    ignored_in_a_row: int
-    fatigue_level: int
-
-
-def _member_state(
-    policy: Policy, suppressed: Any, profile: dict[Any, Any], state: dict[Any, Any], now_ms: int
-) -> MemberOutreachState:
-    fields = {_text(k): _text(v) for k, v in profile.items()}
-    st = {_text(k): _text(v) for k, v in state.items()}
-    consent: dict[str, bool | None] = {}
-    blocked: dict[str, int] = {}
-    for channel in policy.channels:
-        raw = fields.get("c:" + channel)
-        consent[channel] = None if raw is None else raw.startswith("1")
-        until = _stored_int(st.get("b:" + channel, "")[2:])
-        if until > now_ms:
-            blocked[channel] = until
-    streak = _stored_int(st.get("streak", ""))
-    level = sum(1 for lv in policy.fatigue.levels if streak >= lv.after_ignored)
-    return MemberOutreachState(bool(int(suppressed)), fields.get("tz"), consent, blocked, streak, level)
-
-
-def _stored_int(text: str) -> int:
-    """A number from a member's stored state; 0 for anything unreadable (a profile read must not
-    fail on state a decision would clamp or ignore)."""
-    try:
-        value = float(text)
-    except ValueError:
-        return 0
-    return int(value) if math.isfinite(value) else 0
-
-
-def read_member_state(throttle: Throttle, member_id: str) -> MemberOutreachState:
-    """One pipelined read of a member's consent, blocks, streak and suppression mark (the key
-    layout stays the throttle's). ``StoreUnavailable`` when Redis does not answer."""
-    k = throttle.keys(member_id)
-    try:
-        pipe = throttle._redis.pipeline(transaction=False)
-        pipe.exists(k.suppressed)
-        pipe.hgetall(k.profile)
-        pipe.hgetall(k.state)
-        suppressed, profile, state = pipe.execute()
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-    return _member_state(throttle.policies.current(), suppressed, profile, state, throttle.now_ms())
-
-
-def read_consents(throttle: Throttle, member_ids: Sequence[str], channel: str) -> list[bool]:
-    """Whether each member has granted marketing consent on ``channel`` and is not erased, in one
-    pipelined round trip (audiences filtered by consent). ``StoreUnavailable`` on a Redis error."""
-    field = "c:" + channel
-    try:
-        pipe = throttle._redis.pipeline(transaction=False)
-        for member_id in member_ids:
-            k = throttle.keys(member_id)
-            pipe.exists(k.suppressed)
-            pipe.hget(k.profile, field)
-        replies = pipe.execute()
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
-    return [
-        not int(replies[2 * i])
-        and replies[2 * i + 1] is not None
-        and _text(replies[2 * i + 1]).startswith("1")
-        for i in range(len(member_ids))
-    ]
-
-
-def _refuse_erased(script_reply: Any) -> None:
-    # -1 from a write script: the member's suppression record exists (recsvc.security.erasure)
-    if int(script_reply) == -1:
-        raise MemberErased("the member was erased; nothing is stored about them until re-registration")
-
-
-def _write_all(runner: ScriptRunner, calls: Iterator[Call], chunk: int) -> int:
-    """Run a write script for every call, ``chunk`` calls per round trip; how many stored."""
-    written = 0
-    while batch := list(itertools.islice(calls, chunk)):
-        replies = runner.call_many(batch)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        written += _written(replies)
-    return written
-
-
-def _written(script_replies: list[Any]) -> int:
-    """How many of a pipeline's write scripts stored something (1; 0 = kept newer, -1 = erased)."""
-    return sum(1 for x in script_replies if int(x) == 1)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)

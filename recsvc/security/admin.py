@@ -14,7 +14,7 @@ import grpc
 from recsvc.errors import RecsvcError
 from recsvc.security.audit import AuditLog
 from recsvc.security.auth import current_caller
-from recsvc.security.erasure import check_member_id, forget_member, restore_member
+from recsvc.security.erasure import EventLogErasure, check_member_id, forget_member, restore_member
 from recsvc.security.privacy import ErasureList
 from recsvc.v1 import admin_pb2, admin_pb2_grpc
 
@@ -23,9 +23,17 @@ MAX_REASON_LENGTH = 256
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, *, redis: Any, prefix: str, erasures: ErasureList, audit: AuditLog, max_id_length: int
+        self,
+        *,
+        redis: Any,
+        prefix: str,
+        erasures: ErasureList,
+        audit: AuditLog,
+        max_id_length: int,
+        event_log: EventLogErasure | None = None,
     ) -> None:
         self._redis = redis
+        self._event_log = event_log
         self._prefix = prefix
         self._erasures = erasures
         self._audit = audit
@@ -46,6 +54,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 audit=self._audit,
                 reason=reason,
                 requested_by=caller.name if caller else "",
+                event_log=self._event_log,
             )
         except RecsvcError as exc:
             context.abort(exc.code, str(exc))
@@ -70,6 +79,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 audit=self._audit,
                 reason=request.reason[:MAX_REASON_LENGTH],
                 requested_by=caller.name if caller else "",
+                event_log=self._event_log,
             )
         except RecsvcError as exc:
             context.abort(exc.code, str(exc))

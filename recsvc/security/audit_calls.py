@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from recsvc.security.auth import current_caller
-from recsvc.server.handlers import MethodWrapper, is_async
+from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ class AuditInterceptor(MethodWrapper):
         describe = AUDITED.get(method)
         if describe is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
-
         def record(request: Any, response: Any) -> Any:
             event, fields = describe(request, response)
             caller = current_caller.get()
@@ -65,12 +63,16 @@ class AuditInterceptor(MethodWrapper):
             return response
 
         # The handler raises on any failure: nothing to audit then.
-        def audited(request: Any, context: grpc.ServicerContext) -> Any:
-            return record(request, inner(request, context))
+        def unary(inner: HandlerFn) -> HandlerFn:
+            def audited(request: Any, context: grpc.ServicerContext) -> Any:
+                return record(request, inner(request, context))
 
-        async def audited_async(request: Any, context: Any) -> Any:
-            return record(request, await inner(request, context))
+            return audited
 
-        return handler._replace(  # type: ignore[attr-defined]
-            unary_unary=audited_async if is_async(inner) else audited
-        )
+        def async_unary(inner: HandlerFn) -> HandlerFn:
+            async def audited(request: Any, context: Any) -> Any:
+                return record(request, await inner(request, context))
+
+            return audited
+
+        return rewrap(handler, KindWrappers(async_unary=async_unary, unary=unary), ("unary_unary",))

@@ -30,7 +30,7 @@ import grpc
 from pydantic import ValidationError
 
 from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated
-from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, MethodWrapper, is_async
+from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, HandlerFn, KindWrappers, MethodWrapper, rewrap
 from recsvc.settings import CallerKey, Role, Settings
 
 log = logging.getLogger(__name__)
@@ -223,53 +223,49 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
     ``RecsvcError`` to refuse, which becomes the call's status), with ``current_caller`` set
     to that caller while it runs."""
 
-    def wrap(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-        if fn is None:
-            return None
-        if is_async(fn):
-            # aio handlers run as their own task: setting the caller in it is enough.
-            if handler.response_streaming:
+    async def admit(context: Any) -> None:
+        """Names the caller or aborts the call. aio handlers run as their own task: setting the
+        caller in it is enough."""
+        try:
+            caller = check(context)
+        except RecsvcError as exc:
+            await context.abort(exc.code, str(exc))
+        current_caller.set(caller)
 
-                async def arun_stream(request: Any, context: Any) -> Any:
-                    try:
-                        caller = check(context)
-                    except RecsvcError as exc:
-                        await context.abort(exc.code, str(exc))
-                    current_caller.set(caller)
-                    async for item in fn(request, context):
-                        yield item
+    def async_stream(fn: HandlerFn) -> HandlerFn:
+        async def arun_stream(request: Any, context: Any) -> Any:
+            await admit(context)
+            async for item in fn(request, context):
+                yield item
 
-                return arun_stream
+        return arun_stream
 
-            async def arun(request: Any, context: Any) -> Any:
-                try:
-                    caller = check(context)
-                except RecsvcError as exc:
-                    await context.abort(exc.code, str(exc))
-                current_caller.set(caller)
-                return await fn(request, context)
+    def async_unary(fn: HandlerFn) -> HandlerFn:
+        async def arun(request: Any, context: Any) -> Any:
+            await admit(context)
+            return await fn(request, context)
 
-            return arun
+        return arun
 
-        if handler.response_streaming:
+    def stream(fn: HandlerFn) -> HandlerFn:
+        def run_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                caller = check(context)
+            except RecsvcError as exc:
+                # End the stream with the status: a plain generator runs step by step in
+                # the aio server's pool, where abort() could leave the call hanging.
+                context.set_code(exc.code)
+                context.set_details(str(exc))
+                return
+            token = current_caller.set(caller)
+            try:
+                yield from fn(request, context)
+            finally:
+                current_caller.reset(token)
 
-            def run_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                try:
-                    caller = check(context)
-                except RecsvcError as exc:
-                    # End the stream with the status: a plain generator runs step by step in
-                    # the aio server's pool, where abort() could leave the call hanging.
-                    context.set_code(exc.code)
-                    context.set_details(str(exc))
-                    return
-                token = current_caller.set(caller)
-                try:
-                    yield from fn(request, context)
-                finally:
-                    current_caller.reset(token)
+        return run_stream
 
-            return run_stream
-
+    def unary(fn: HandlerFn) -> HandlerFn:
         def run_unary(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 caller = check(context)
@@ -283,12 +279,7 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
 
         return run_unary
 
-    return handler._replace(  # type: ignore[attr-defined]
-        unary_unary=wrap(handler.unary_unary),
-        unary_stream=wrap(handler.unary_stream),
-        stream_unary=wrap(handler.stream_unary),
-        stream_stream=wrap(handler.stream_stream),
-    )
+    return rewrap(handler, KindWrappers(async_unary, async_stream, unary, stream))
 
 
 class AuthInterceptor(MethodWrapper):

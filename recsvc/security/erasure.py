@@ -1,4 +1,5 @@
-"""Forget a member: Redis state, every server process's memory, future training, marketing.
+"""Forget a member: Redis state, the event log, every server process's memory, future training,
+marketing.
 
 Reads/writes Redis (``<prefix>:{m:<id>}:*`` keys, found with SCAN per node so it works on Cluster),
 publishes on ``<prefix>:global:erasures``, writes ``<prefix>:{m:<id>}:suppressed`` (kept until an
@@ -10,6 +11,10 @@ out of the next training run, and the request can simply be repeated (every step
 The suppression record is written before the member's keys are deleted: every script that stores
 something about a member checks it in the same atomic step, so nothing recorded concurrently
 survives the erasure (a write either ran before the record, and its key is deleted, or is refused).
+
+The event log (``recsvc.eventlog.erasure.LogEraser``, passed in as ``event_log``): the member is
+marked erased for the sink, which drops their records from every batch it writes from then on and
+rewrites the Parquet files that hold their rows; their entries still in the streams are deleted.
 
 ``restore_member`` is the explicit, audited re-registration that lifts the suppression record; the
 member's old data stays gone (the erasure list keeps them out of training and every process keeps
@@ -25,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
 from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
@@ -76,12 +81,21 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+class EventLogErasure(Protocol):
+    """What erasure needs from the event log (``recsvc.eventlog.erasure.LogEraser``)."""
+
+    def forget(self, member_id: str) -> int: ...
+
+    def restore(self, member_id: str) -> bool: ...
+
+
 @dataclass
 class ForgetResult:
     deleted_keys: dict[str, int] = field(default_factory=dict)
     suppressed: bool = False
     added_to_erasure_list: bool = False
     processes_notified: int = 0
+    log_entries_deleted: int = 0  # the member's event-log entries still in the streams
 
     @property
     def deleted_total(self) -> int:
@@ -97,6 +111,7 @@ def forget_member(
     audit: AuditLog,
     reason: str = "",
     requested_by: str = "",
+    event_log: EventLogErasure | None = None,
 ) -> ForgetResult:
     """Erase ``member_id`` everywhere recsvc keeps it (see the module docstring)."""
     import redis as redis_lib
@@ -120,6 +135,8 @@ def forget_member(
                 batch.clear()
         if batch:
             redis.delete(*batch)
+        if event_log is not None:
+            result.log_entries_deleted = event_log.forget(member_id)
         result.suppressed = True
         result.processes_notified = int(redis.publish(erasure_channel(prefix), member_id))
     except redis_lib.RedisError as exc:
@@ -132,6 +149,7 @@ def forget_member(
         requested_by=requested_by,
         reason=reason,
         deleted_keys=result.deleted_total,
+        log_entries_deleted=result.log_entries_deleted,
         processes_notified=result.processes_notified,
     )
     log.info("erased member (%d redis keys)", result.deleted_total)
@@ -146,6 +164,7 @@ def restore_member(
     audit: AuditLog,
     reason: str,
     requested_by: str = "",
+    event_log: EventLogErasure | None = None,
 ) -> bool:
     """Re-register an erased member: lift the suppression record so new data about them is
     stored again. Returns False when there was no record to lift. Audited either way.
@@ -162,6 +181,8 @@ def restore_member(
         )
     try:
         lifted = int(redis.delete(suppression_key(prefix, member_id))) == 1
+        if event_log is not None:
+            event_log.restore(member_id)  # what is recorded about them from now on is logged again
     except redis_lib.RedisError as exc:
         raise StoreUnavailable(f"Redis failed during re-registration ({exc}); repeat RestoreMember") from exc
     audit.append("restore", member_id=member_id, requested_by=requested_by, reason=reason, lifted=lifted)

@@ -91,6 +91,10 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 
 def add_admin_service(server: grpc.Server, settings: Settings, security: ServerSecurity, redis: Any) -> str:
     """Register ``recsvc.v1.Admin``; return its full service name (for health and reflection)."""
+    from recsvc.eventlog.erasure import LogEraser
+
+    # Always, also with events.enabled off: records logged before it was turned off are erased too.
+    eraser = LogEraser(redis, settings.redis.key_prefix, settings.events.shards, security.pseudonymizer)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
             redis=redis,
@@ -98,6 +102,7 @@ def add_admin_service(server: grpc.Server, settings: Settings, security: ServerS
             erasures=security.erasures,
             audit=security.audit,
             max_id_length=settings.data.max_id_length,
+            event_log=eraser,
         ),
         server,
     )

@@ -15,7 +15,6 @@ interceptor does not wrap such handlers, so the status is set here, from the typ
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
@@ -23,7 +22,7 @@ from typing import Any, NoReturn
 import grpc
 
 from recsvc.errors import InvalidArgument
-from recsvc.server.handlers import MethodWrapper, is_async
+from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +69,17 @@ class RequestDecoding(MethodWrapper):
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.request_deserializer is None:
             return handler
-        return handler._replace(  # type: ignore[attr-defined]
-            request_deserializer=safe_deserializer(handler.request_deserializer),
-            unary_unary=_unary_unary(method, handler.unary_unary),
-            unary_stream=_unary_stream(method, handler.unary_stream),
-            stream_unary=_stream_unary(method, handler.stream_unary),
-            stream_stream=_stream_stream(method, handler.stream_stream),
+        handler = handler._replace(  # type: ignore[attr-defined]
+            request_deserializer=safe_deserializer(handler.request_deserializer)
         )
+        handler = rewrap(handler, _one_request(method), ("unary_unary", "unary_stream"))
+        return rewrap(handler, _request_stream(method), ("stream_unary", "stream_stream"))
 
 
-def _unary_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    if fn is None:
-        return None
-    if is_async(fn):
+def _one_request(method: str) -> KindWrappers:
+    """Handlers of one request: refuse it when it did not decode."""
 
+    def async_unary(fn: HandlerFn) -> HandlerFn:
         async def arun(request: Any, context: Any) -> Any:
             if type(request) is Malformed:
                 _refuse(method, request)
@@ -91,34 +87,32 @@ def _unary_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., An
 
         return arun
 
-    def run(request: Any, context: Any) -> Any:
-        if type(request) is Malformed:
-            _refuse(method, request)
-        return fn(request, context)
-
-    return run
-
-
-def _unary_stream(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    if fn is None:
-        return None
-    if is_async(fn):
-
+    def async_stream(fn: HandlerFn) -> HandlerFn:
         async def arun(request: Any, context: Any) -> AsyncIterator[Any]:
             if type(request) is Malformed:
                 _refuse(method, request)
             async for item in fn(request, context):
                 yield item
 
-        # A coroutine (it writes its answers with context.write) is wrapped like a unary_unary one.
-        return arun if inspect.isasyncgenfunction(fn) else _unary_unary(method, fn)
+        return arun
 
-    def run(request: Any, context: Any) -> Iterator[Any]:
-        if type(request) is Malformed:
-            _refuse(method, request)
-        yield from fn(request, context)
+    def unary(fn: HandlerFn) -> HandlerFn:
+        def run(request: Any, context: Any) -> Any:
+            if type(request) is Malformed:
+                _refuse(method, request)
+            return fn(request, context)
 
-    return run
+        return run
+
+    def stream(fn: HandlerFn) -> HandlerFn:
+        def run(request: Any, context: Any) -> Iterator[Any]:
+            if type(request) is Malformed:
+                _refuse(method, request)
+            yield from fn(request, context)
+
+        return run
+
+    return KindWrappers(async_unary, async_stream, unary, stream)
 
 
 def _checked(method: str, requests: Iterator[Any]) -> Iterator[Any]:
@@ -135,11 +129,10 @@ async def _achecked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[
         yield request
 
 
-def _stream_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    if fn is None:
-        return None
-    if is_async(fn):
+def _request_stream(method: str) -> KindWrappers:
+    """Handlers of a stream of requests: refuse the first that did not decode."""
 
+    def async_unary(fn: HandlerFn) -> HandlerFn:
         async def arun(requests: AsyncIterator[Any], context: Any) -> Any:
             try:
                 return await fn(_achecked(method, requests), context)
@@ -148,20 +141,7 @@ def _stream_unary(method: str, fn: Callable[..., Any] | None) -> Callable[..., A
 
         return arun
 
-    def run(requests: Iterator[Any], context: Any) -> Any:
-        try:
-            return fn(_checked(method, requests), context)
-        except MalformedRequest as exc:
-            context.abort(exc.code, str(exc))
-
-    return run
-
-
-def _stream_stream(method: str, fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    if fn is None:
-        return None
-    if is_async(fn):
-
+    def async_stream(fn: HandlerFn) -> HandlerFn:
         async def arun(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             try:
                 async for item in fn(_achecked(method, requests), context):
@@ -169,16 +149,27 @@ def _stream_stream(method: str, fn: Callable[..., Any] | None) -> Callable[..., 
             except MalformedRequest as exc:
                 await context.abort(exc.code, str(exc))
 
-        # A coroutine (it writes its answers with context.write) is wrapped like a stream_unary one.
-        return arun if inspect.isasyncgenfunction(fn) else _stream_unary(method, fn)
+        return arun
 
-    def run(requests: Iterator[Any], context: Any) -> Iterator[Any]:
-        try:
-            yield from fn(_checked(method, requests), context)
-        except MalformedRequest as exc:
-            # End the stream with the status (as the error interceptor does for streams): a plain
-            # generator runs step by step in the aio server's pool, where abort() could hang.
-            context.set_code(exc.code)
-            context.set_details(str(exc))
+    def unary(fn: HandlerFn) -> HandlerFn:
+        def run(requests: Iterator[Any], context: Any) -> Any:
+            try:
+                return fn(_checked(method, requests), context)
+            except MalformedRequest as exc:
+                context.abort(exc.code, str(exc))
 
-    return run
+        return run
+
+    def stream(fn: HandlerFn) -> HandlerFn:
+        def run(requests: Iterator[Any], context: Any) -> Iterator[Any]:
+            try:
+                yield from fn(_checked(method, requests), context)
+            except MalformedRequest as exc:
+                # End the stream with the status (as the error interceptor does for streams): a plain
+                # generator runs step by step in the aio server's pool, where abort() could hang.
+                context.set_code(exc.code)
+                context.set_details(str(exc))
+
+        return run
+
+    return KindWrappers(async_unary, async_stream, unary, stream)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -19,6 +20,44 @@ import grpc
 
 def is_async(fn: Callable[..., Any] | None) -> bool:
     return fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+
+
+HandlerFn = Callable[..., Any]
+# The four functions a grpc.RpcMethodHandler may carry (one of them is set).
+ALL_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+@dataclass(frozen=True)
+class KindWrappers:
+    """How one interceptor wraps each kind of handler function: ``async def`` or plain, one answer
+    or a stream of answers. A kind left None passes through unwrapped."""
+
+    async_unary: Callable[[HandlerFn], HandlerFn] | None = None
+    async_stream: Callable[[HandlerFn], HandlerFn] | None = None
+    unary: Callable[[HandlerFn], HandlerFn] | None = None
+    stream: Callable[[HandlerFn], HandlerFn] | None = None
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler, wrappers: KindWrappers, kinds: Sequence[str] = ALL_KINDS
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its functions among ``kinds`` wrapped by the wrapper for their kind.
+
+    An ``async def`` function streams its answers when it is an async generator (a coroutine that
+    writes its answers with ``context.write`` is wrapped like a unary one); a plain function
+    streams when its field is ``*_stream`` (a generator)."""
+    changes: dict[str, HandlerFn] = {}
+    for field in kinds:
+        fn = getattr(handler, field)
+        if fn is None:
+            continue
+        if is_async(fn):
+            wrap = wrappers.async_stream if inspect.isasyncgenfunction(fn) else wrappers.async_unary
+        else:
+            wrap = wrappers.stream if field.endswith("_stream") else wrappers.unary
+        if wrap is not None:
+            changes[field] = wrap(fn)
+    return handler._replace(**changes) if changes else handler  # type: ignore[attr-defined]
 
 
 class SyncInterceptorAdapter(grpc.aio.ServerInterceptor):

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from recsvc.errors import RecsvcError
-from recsvc.server.handlers import MethodWrapper, is_async
+from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -58,55 +58,44 @@ def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
 
 class ErrorInterceptor(MethodWrapper):
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is not None and is_async(handler.unary_unary):
-            inner_auu = handler.unary_unary
-
-            async def async_unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def async_unary(inner: HandlerFn) -> HandlerFn:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_auu(request, context)
+                    return await inner(request, context)
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await context.abort(*_status_of(method, exc))
 
-            return handler._replace(unary_unary=async_unary_unary)  # type: ignore[attr-defined]
-        if handler.unary_stream is not None and is_async(handler.unary_stream):
-            inner_aus = handler.unary_stream
+            return run
 
-            async def async_unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
+        def async_stream(inner: HandlerFn) -> HandlerFn:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    async for item in inner_aus(request, context):
+                    async for item in inner(request, context):
                         yield item
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await context.abort(*_status_of(method, exc))
 
-            return handler._replace(unary_stream=async_unary_stream)  # type: ignore[attr-defined]
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            return run
 
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def unary(inner: HandlerFn) -> HandlerFn:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    return inner_uu(request, context)
+                    return inner(request, context)
                 except Exception as exc:
                     if _is_abort(exc, context):
                         raise
                     _abort(context, method, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            return run
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def stream(inner: HandlerFn) -> HandlerFn:
+            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
-                    yield from inner_us(request, context)
+                    yield from inner(request, context)
                 except Exception as exc:
                     if _is_abort(exc, context):
                         raise
@@ -117,9 +106,8 @@ class ErrorInterceptor(MethodWrapper):
                     context.set_code(code)
                     context.set_details(details)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+            return run
+
+        return rewrap(
+            handler, KindWrappers(async_unary, async_stream, unary, stream), ("unary_unary", "unary_stream")
+        )

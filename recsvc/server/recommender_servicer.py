@@ -78,7 +78,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 model_version=resp.model_version,
                 scene=scene,
                 channel=channel,
-                items=[it.item_id for it in resp.items],
+                items=rec.item_ids,
                 source=rec.source,
             )
 
@@ -115,7 +115,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self._shown(rec, member_id, request.scene, channel)
         self._observe(method, t0, rec.source, rec.response.variant)
         if rec.stored:
-            self._metrics.stored_lists.labels(method).inc()
+            self._metrics.observe_stored(method)
         self._metrics.observe_scene(method, request.scene or "none")
         return rec.response
 

@@ -16,7 +16,7 @@ import grpc
 
 from recsvc.errors import RecsvcError
 from recsvc.metrics import ServingMetrics
-from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, MethodWrapper, is_async
+from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 # Method names are the caller's to choose for methods no service has: one label for all of them.
 UNKNOWN = "unknown"
@@ -79,77 +79,57 @@ class RpcMetricsInterceptor(MethodWrapper):
                 return inner_unknown(request, context)
 
             return handler._replace(unary_unary=unimplemented)  # type: ignore[attr-defined]
-        if handler.unary_unary is not None and is_async(handler.unary_unary):
-            inner_auu = handler.unary_unary
-
-            async def async_unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def async_unary(inner: HandlerFn) -> HandlerFn:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 t0 = time.perf_counter()
                 try:
-                    response = await inner_auu(request, context)
+                    response = await inner(request, context)
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
                 observe("OK", t0)
                 return response
 
-            return handler._replace(unary_unary=async_unary_unary)  # type: ignore[attr-defined]
-        if handler.unary_stream is not None and is_async(handler.unary_stream):
-            inner_aus = handler.unary_stream
+            return run
 
-            async def async_unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
+        def async_stream(inner: HandlerFn) -> HandlerFn:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 t0 = time.perf_counter()
                 try:
-                    async for item in inner_aus(request, context):
+                    async for item in inner(request, context):
                         yield item
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
                 observe("OK", t0)
 
-            return handler._replace(unary_stream=async_unary_stream)  # type: ignore[attr-defined]
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            return run
 
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def unary(inner: HandlerFn) -> HandlerFn:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
                 t0 = time.perf_counter()
                 try:
-                    response = inner_uu(request, context)
+                    response = inner(request, context)
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
                 observe("OK", t0)
                 return response
 
-            return handler._replace(unary_unary=unary_unary)  # type: ignore[attr-defined]
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            return run
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def stream(inner: HandlerFn) -> HandlerFn:
+            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 t0 = time.perf_counter()
                 try:
-                    yield from inner_us(request, context)
+                    yield from inner(request, context)
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
                 observe("OK", t0)
 
-            return handler._replace(unary_stream=unary_stream)  # type: ignore[attr-defined]
-        if handler.stream_stream is not None and is_async(handler.stream_stream):  # reflection
-            inner_ass = handler.stream_stream
+            return run
 
-            async def async_stream_stream(
-                requests: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                t0 = time.perf_counter()
-                try:
-                    async for item in inner_ass(requests, context):
-                        yield item
-                except BaseException as exc:
-                    observe(_code_of(exc, context), t0)
-                    raise
-                observe("OK", t0)
-
-            return handler._replace(stream_stream=async_stream_stream)  # type: ignore[attr-defined]
-        return handler  # no service of recsvc has other kinds of calls
+        # stream_stream: reflection; no service of recsvc has client-streaming calls
+        kinds = ("unary_unary", "unary_stream", "stream_stream")
+        return rewrap(handler, KindWrappers(async_unary, async_stream, unary, stream), kinds)

@@ -1,0 +1,51 @@
+"""Stage "filter and rank" for bundles whose family is item-item or the blend
+(``ServedModel.neighbours``): the member's history and recent events scored through the neighbour
+table (recsvc/engine/itemknn_source.py), blended with the ALS vector's scores as training evaluated
+it, then the same filters and MMR as ALS (``ranking.rank``); reasons name the history item that
+added most to each pick ("because you bought X"), else the ALS reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from recsvc.catalog.view import CatalogView
+from recsvc.engine import explain, itemknn_source, ranking
+from recsvc.engine.candidates import candidate_sizes
+from recsvc.engine.filters import FilterSpec
+from recsvc.engine.member_state import MemberState
+from recsvc.settings import ServingSettings
+
+
+def rank(
+    settings: ServingSettings,
+    view: CatalogView,
+    state: MemberState,
+    kind: int,
+    k: int,
+    filters: FilterSpec,
+    excluded: np.ndarray,
+    clock: Callable[[], float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(picks, scores, reason rows) of the member's list under the bundle's family."""
+    model = view.model
+    neighbours = model.neighbours
+    assert neighbours is not None and state.vector is not None
+    decay = itemknn_source.decay_to(model, clock()) if state.ev_rows.shape[0] else 1.0
+    rows, weights = itemknn_source.history_with_events(
+        state.hist_rows, state.hist_w, state.ev_rows, state.ev_w, decay
+    )
+    pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
+    ranked, ranked_scores = itemknn_source.candidates(
+        view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size
+    )
+    first = (ranked, ranked_scores, len(model.kind_rows[kind]))
+    # new_items False: ``first`` already holds the live catalog's new items, on the family's scale
+    picks, scores = ranking.rank(
+        settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False
+    )
+    because = itemknn_source.reason_rows(
+        neighbours, picks, rows, weights, explain.explain(view, picks, state)
+    )
+    return picks, scores, because

@@ -1,0 +1,147 @@
+"""Stage 4 of a call, filter and rank: the rows no list may hold, the vectorised filters over the
+candidates (widening the search when they remove too many), the live catalog's new items scored
+exactly beside the ANN's, then MMR for diversity. Cold-start members get the popular lists of
+their segment and channel, filtered the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from recsvc.catalog.view import CatalogView
+from recsvc.engine.candidates import Searched, candidate_sizes, search
+from recsvc.engine.diversity import mmr_by_rows
+from recsvc.engine.filters import FilterSpec
+from recsvc.engine.member_state import NO_ROWS, NO_WEIGHTS
+from recsvc.settings import ServingSettings
+
+
+def excluded_rows(
+    view: CatalogView, filters: FilterSpec, bought_rows: np.ndarray, bought_sorted: bool = False
+) -> np.ndarray:
+    """Rows no list may hold, ascending and unique. ``bought_sorted``: ``bought_rows`` already are
+    (a member's trained purchases, when the bundle stores them so)."""
+    if not filters.exclude_item_ids and bought_sorted:
+        return bought_rows if filters.exclude_purchased else NO_ROWS
+    parts = []
+    if filters.exclude_item_ids:
+        r = view.rows(sorted(filters.exclude_item_ids))
+        parts.append(r[r >= 0])
+    if filters.exclude_purchased and bought_rows.shape[0]:
+        parts.append(bought_rows)
+    if not parts:
+        return NO_ROWS
+    return np.unique(np.concatenate(parts).astype(np.int64))
+
+
+def rank(
+    settings: ServingSettings,
+    view: CatalogView,
+    vector: np.ndarray,
+    kind: int,
+    k: int,
+    filters: FilterSpec,
+    excluded: np.ndarray,
+    drop_row: int | None = None,
+    relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    first: Searched | None = None,
+    new_items: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows after filters and MMR; widens the candidate set when filters remove too many.
+    ``first``: the result of a search already made with ``vector`` (rows, scores, n). New items
+    of the live catalog are scored exactly and merged with the ANN's (``new_items`` False: ``first``
+    already holds them)."""
+    model = view.model
+    total = len(model.kind_rows[kind])
+    pool_size, n = candidate_sizes(settings, k, excluded.shape[0], drop_row is not None)
+    if first is not None:
+        rows, scores, n = first
+    else:
+        rows, scores = search(model, vector, kind, n)
+    new_rows, new_scores = view.search_new(vector, kind) if new_items else (NO_ROWS, NO_WEIGHTS)
+    while True:
+        if new_rows.shape[0]:
+            rows, scores = merged(rows, scores, new_rows, new_scores)
+        keep = filters.mask(view, rows, excluded)
+        if drop_row is not None:
+            keep &= rows != drop_row
+        if n >= total or int(np.count_nonzero(keep)) >= pool_size:
+            break
+        n *= 4
+        rows, scores = search(model, vector, kind, n)
+    rows, scores = rows[keep][:pool_size], scores[keep][:pool_size]
+    if relevance is not None:
+        scores = relevance(rows, scores)
+        order = np.argsort(-scores, kind="stable")
+        rows, scores = rows[order], scores[order]
+    if rows.shape[0] and int(rows.max()) >= view.n:
+        # New items' vectors are not in the bundle's factors: MMR over a small gathered copy.
+        local = np.arange(rows.shape[0], dtype=np.int64)
+        picks = mmr_by_rows(
+            scores,
+            local,
+            view.factors(rows),
+            view.norms(rows).astype(np.float32),
+            k,
+            filters.diversity,
+            read_only(np.ascontiguousarray(view.item_category[rows], dtype=np.int32)),
+            settings.max_per_category,
+        )
+    else:
+        picks = mmr_by_rows(
+            scores,
+            rows,
+            model.item_factors,
+            model.item_norms,
+            k,
+            filters.diversity,
+            view.item_category,
+            settings.max_per_category,
+        )
+    return rows[picks], scores[picks]
+
+
+def popular(
+    view: CatalogView,
+    segment: str,
+    channel: str,
+    kind: int,
+    k: int,
+    filters: FilterSpec,
+    excluded: np.ndarray,
+) -> tuple[list[int], list[float]]:
+    """Up to ``k`` rows of the popular lists (segment and channel first, then wider), as the
+    filters and the live catalog leave them, with their scores."""
+    rows: list[int] = []
+    scores: list[float] = []
+    taken: set[int] = set()
+    for plist in view.model.popular_for(segment, channel or "all", kind):
+        keep = filters.mask(view, plist.rows, excluded)
+        for r, sc in zip(plist.rows[keep].tolist(), plist.scores[keep].tolist(), strict=True):
+            if r in taken:
+                continue
+            taken.add(r)
+            rows.append(r)
+            scores.append(sc)
+            if len(rows) >= k:
+                break
+        if len(rows) >= k:
+            break
+    return rows, scores
+
+
+def merged(
+    rows: np.ndarray, scores: np.ndarray, new_rows: np.ndarray, new_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """ANN results and the exactly scored new items as one list, best first."""
+    rows = np.concatenate([rows.astype(np.int64), new_rows])
+    scores = np.concatenate([scores.astype(np.float32), new_scores.astype(np.float32)])
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # the compiled kernels' types include it: as the bundle's arrays
+    return a

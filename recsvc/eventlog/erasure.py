@@ -1,0 +1,133 @@
+"""Erasing a member from the event log (docs/privacy.md, "Forgetting a member").
+
+A member's records are in three places: the streams (not yet on disk), the Parquet files the sink
+wrote, and records a server process still buffers or writes late (an impression queued a moment
+before the erasure). Every record names its member by the keyed pseudonym (``member``), so the
+pseudonym is what erasure matches on, in all three kinds.
+
+Two Redis keys under one hash tag (one Redis Cluster slot, so both are written in one
+transaction):
+
+- ``<prefix>:{log-erased}:members``: the pseudonyms of erased members (a set). The sink looks up
+  the members of every batch in it before writing, and drops their records: whatever reaches a
+  stream after the erasure never reaches disk.
+- ``<prefix>:{log-erased}:purge``: pseudonyms whose Parquet rows are still to be removed (a list).
+  The sink rewrites the files that hold them (``rewrite_without``), then removes the request.
+
+``LogEraser.forget`` (called by ``ForgetMember``) writes both, then deletes the member's entries
+from their shard's streams (XDEL). ``LogEraser.restore`` (``RestoreMember``) takes the member out
+of the set, so what is recorded about them from then on is logged again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsvc.eventlog.files import write_atomically
+from recsvc.eventlog.log import KINDS, shard_of, stream_key
+from recsvc.redis_client import RedisClient
+from recsvc.security.privacy import Pseudonymizer
+
+log = logging.getLogger(__name__)
+
+TAG = "{log-erased}"
+_SCAN_CHUNK = 1000
+
+
+def erased_key(prefix: str) -> str:
+    """e.g. ``recsvc:{log-erased}:members``."""
+    return f"{prefix}:{TAG}:members"
+
+
+def purge_key(prefix: str) -> str:
+    return f"{prefix}:{TAG}:purge"
+
+
+class LogEraser:
+    """The service's side: record the erasure for the sink and empty the streams of the member."""
+
+    def __init__(self, client: RedisClient, prefix: str, shards: int, pseudonymizer: Pseudonymizer) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._shards = shards
+        self._pseudonym = pseudonymizer
+
+    def forget(self, member_id: str) -> int:
+        """Mark the member erased for the sink, then XDEL their stream entries; how many were
+        deleted. Idempotent; raises ``redis.RedisError`` (repeat the erasure)."""
+        who = self._pseudonym(member_id)
+        # Set before the streams are emptied: a sink that read an entry a moment ago finds the
+        # member in the set when it writes the batch, and drops it.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.sadd(erased_key(self._prefix), who)
+        pipe.rpush(purge_key(self._prefix), who)
+        pipe.execute()
+        shard = shard_of(member_id, self._shards)
+        return sum(self._delete_entries(stream_key(self._prefix, shard, kind), who) for kind in KINDS)
+
+    def restore(self, member_id: str) -> bool:
+        """Log the member's records again (re-registration); True when they were in the set."""
+        return int(self._client.srem(erased_key(self._prefix), self._pseudonym(member_id))) == 1
+
+    def _delete_entries(self, key: str, who: str) -> int:
+        deleted = 0
+        start = "-"
+        while True:
+            entries: Any = self._client.xrange(key, start, "+", count=_SCAN_CHUNK)
+            ids = [entry_id for entry_id, fields in entries if record_member(fields) == who]
+            if ids:
+                deleted += int(self._client.xdel(key, *ids))
+            if len(entries) < _SCAN_CHUNK:
+                return deleted
+            last = entries[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+
+def record_member(fields: dict[Any, Any] | None) -> str:
+    """The pseudonym a stream entry names ("" for a deleted or unreadable entry)."""
+    if not fields:
+        return ""
+    raw = fields.get(b"d", fields.get("d"))
+    if raw is None:
+        return ""
+    try:
+        return str(json.loads(raw).get("member", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+@dataclass
+class PurgeStats:
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    files: int = 0
+
+
+def rewrite_without(log_dir: Path, pseudonyms: set[str]) -> PurgeStats:
+    """Rewrite every Parquet part file under ``log_dir`` that holds a row of one of ``pseudonyms``,
+    without those rows. Each file is replaced atomically under its own name, even when no row is
+    left (an empty file): the sink's restart reads the highest id on disk from the file names,
+    so a name must never go away."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    stats = PurgeStats()
+    wanted = pa.array(sorted(pseudonyms), pa.string())
+    for kind in KINDS:
+        for path in sorted((Path(log_dir) / f"kind={kind}").glob("date=*/part-*.parquet")):
+            # ParquetFile, not read_table: the latter would add the folder's date=... as a column
+            with pq.ParquetFile(path) as part:
+                members = part.read(columns=["member"])["member"]
+                if not pc.any(pc.is_in(members, value_set=wanted)).as_py():
+                    continue
+                table = part.read()
+            keep = pc.invert(pc.is_in(table["member"], value_set=wanted))
+            kept = table.filter(keep)
+            write_atomically(kept, path)
+            stats.rows[kind] += table.num_rows - kept.num_rows
+            stats.files += 1
+    return stats

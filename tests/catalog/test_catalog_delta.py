@@ -1,0 +1,209 @@
+"""The live catalog's quick paths give what the full paths give: a view moved on by a batch of
+stock, listing, price and publication changes (recsvc/catalog/delta.py) equals the view built
+whole from the same records, and the engine's answers through a view's quick paths (bundle
+titles and serialized items, stored lists taken without a per-call check, the due-window look-up)
+equal its answers through the checking paths, over random change sequences on a planted bundle."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bundle_factory import PlantedBundle, make_bundle
+
+from recsvc.catalog import delta, live
+from recsvc.catalog.live import LiveCatalog
+from recsvc.catalog.store import ItemRecord
+from recsvc.catalog.view import ITEM_ARRAYS, CatalogView, catalog_as_of_ms
+from recsvc.engine.filters import FilterSpec
+from recsvc.engine.recommender import RecommendationEngine, SingleModel
+from recsvc.engine.replenish import DAY_S, due_mask
+from recsvc.engine.served_model import KIND_CODES, ServedModel
+from recsvc.settings import load_settings
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    from training.member_lists import add_to_bundle
+
+    planted = make_bundle(tmp_path_factory.mktemp("delta") / "b1")
+    s = load_settings(overrides={"serving": {"default_k": K}})
+    add_to_bundle(planted.path, s.serving, s.training.hnsw_ef_search, K)
+    return planted
+
+
+class _Models:
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    def snapshot(self) -> dict[str, ServedModel]:
+        return {"control": self.model}
+
+
+class _Fixed:
+    """A catalog that serves one given view."""
+
+    def __init__(self, view: CatalogView) -> None:
+        self._view = view
+
+    def view(self, model: ServedModel) -> CatalogView:
+        return self._view
+
+
+def _checking(view: CatalogView) -> CatalogView:
+    """``view`` with every quick path turned off: titles and items through the per-row checks,
+    stored lists checked on every call while the catalog is live."""
+    slow = copy.copy(view)
+    slow.titles = [slow.title(row) for row in range(slow.n + len(slow.new_ids))]
+    slow.entries = {row: slow._build_entry(row) for row in range(slow.n + len(slow.new_ids))}
+    slow.stored_lists_intact = not slow.live
+    return slow
+
+
+def _same_views(a: CatalogView, b: CatalogView) -> None:
+    for name in ITEM_ARRAYS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.next_publish == b.next_publish and a.live == b.live
+    assert a.stored_lists_intact == b.stored_lists_intact
+    assert a.new_ids == b.new_ids and a.titles_override == b.titles_override
+    for row in range(a.n + len(a.new_ids)):
+        assert a.entries[row] == b.entries[row] and a.titles[row] == b.titles[row]
+
+
+def _answers(view: CatalogView, model: ServedModel, members: list[str], now: float) -> list[bytes]:
+    s = load_settings(overrides={"serving": {"default_k": K}})
+    engine = RecommendationEngine(SingleModel(model), None, s.serving, clock=lambda: now)
+    engine.catalog = _Fixed(view)
+    out = []
+    for member in members:
+        for spec in (FilterSpec(), FilterSpec(in_stock_only=False), FilterSpec(max_price=40.0)):
+            rec = engine.recommend(member, KIND_CODES["product"], K, "", spec)
+            out.append(rec.response.SerializeToString() + "|".join(rec.item_ids).encode())
+    similar = engine.similar(model.items.id(0), None, K, FilterSpec())
+    out.append(similar.response.SerializeToString())
+    return out
+
+
+def _change(rng: random.Random, products: list[str], step: int) -> tuple[str, dict[str, Any]]:
+    """One random change: mostly row values, sometimes a title or a new product."""
+    roll = rng.random()
+    item = rng.choice(products)
+    if roll < 0.45:
+        return item, {"in_stock": rng.random() < 0.5}
+    if roll < 0.6:
+        return item, {"listed": rng.random() < 0.7}
+    if roll < 0.75:
+        return item, {"price": round(rng.uniform(1.0, 80.0), 2)}
+    if roll < 0.85:
+        return item, {"published_at": rng.choice([0, 1_000, 4_000_000_000])}
+    if roll < 0.93:
+        return item, {"title": f"Renamed {item} {step}"}
+    new = f"NEW-{step}"
+    fields = {
+        "kind": "product",
+        "title": new,
+        "category": "c0",
+        "brand": "b0",
+        "price": 9.0,
+        "in_stock": True,
+    }
+    return new, fields
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_view_moved_on_by_each_batch_equals_the_view_built_whole(
+    listed: PlantedBundle, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    model = ServedModel.load(listed.path, version="1", source_uri="t")
+    now = 1_900_000_000.0
+    ts = max(catalog_as_of_ms(model), int(now * 1000) - 1)
+    catalog = LiveCatalog(_Models(model), clock=lambda: now)
+    catalog.view(model)
+    moved: list[bool] = []
+    real_advance = delta.advance
+
+    def counting(*args: Any) -> CatalogView | None:
+        out = real_advance(*args)
+        moved.append(out is not None)
+        return out
+
+    monkeypatch.setattr(live, "advance", counting)
+    rng = random.Random(seed)
+    products = listed.products()
+    members = listed.warm_members()[:6] + listed.cold_members[:1]
+    records: dict[str, ItemRecord] = {}
+    version = 0
+    for step in range(40):
+        records = dict(records)
+        changed = set()
+        for _ in range(rng.randint(1, 4)):
+            item, patch = _change(rng, products, step)
+            version += 1
+            old = records.get(item)
+            fields = {**(old.fields if old else {}), **patch}
+            times = {**(old.field_ts_ms if old else {}), **{k: ts for k in patch}}
+            records[item] = ItemRecord(version, ts, fields, times)
+            changed.add(item)
+        catalog.update(records, version, changed)
+        got = catalog.view(model)
+        built = CatalogView(model, records, now, version=version)
+        _same_views(got, built)
+        if step % 8 == 7:
+            assert _answers(got, model, members, now) == _answers(built, model, members, now)
+    assert any(moved) and not all(moved)  # both the moved-on and the whole path were taken
+
+
+@pytest.mark.parametrize("changes", [0, 3, 12])
+def test_the_quick_paths_answer_as_the_checking_paths(listed: PlantedBundle, changes: int) -> None:
+    model = ServedModel.load(listed.path, version="1", source_uri="t")
+    now = 1_900_000_000.0
+    ts = max(catalog_as_of_ms(model), int(now * 1000) - 1)
+    rng = random.Random(changes)
+    records: dict[str, ItemRecord] = {}
+    for step in range(changes):
+        item, patch = _change(rng, listed.products(), step)
+        records[item] = ItemRecord(step + 1, ts, patch, {k: ts for k in patch})
+    lists = model.member_lists
+    assert lists is not None
+    if changes:  # some members' own top stored items sold out too: their stored lists go stale
+        for member in listed.warm_members()[:3]:
+            top = model.items.id(int(lists.items[model.member_row(member) or 0][0]))
+            records[top] = ItemRecord(changes + 1, ts, {"in_stock": False}, {"in_stock": ts})
+    view = CatalogView(model, records, now)
+    members = listed.warm_members() + listed.cold_members
+    assert _answers(view, model, members, now) == _answers(_checking(view), model, members, now)
+    assert view.stored_lists_intact == (not records)
+
+
+def test_due_windows_never_hide_a_due_purchase(listed: PlantedBundle, tmp_path: Path) -> None:
+    """Random repurchase intervals and purchase times: wherever the quick look-up says nothing
+    is due, the full rule agrees, at many moments."""
+    import shutil
+
+    path = tmp_path / "b"
+    shutil.copytree(listed.path, path)
+    rng = np.random.default_rng(5)
+    n_items = np.load(path / "item_ids.npy").shape[0]
+    n_bought = np.load(path / "purchased_indices.npy").shape[0]
+    now = 1_900_000_000.0
+    np.save(path / "item_repurchase_days.npy", rng.choice([0.0, 7.0, 30.0, 90.0], n_items).astype(np.float32))
+    np.save(path / "purchased_last_ts.npy", (now - rng.uniform(0, 200, n_bought) * DAY_S).astype(np.int64))
+    model = ServedModel.load(path, version="1", source_uri="t")
+    found = 0
+    for at in now + rng.uniform(-30, 60, 25) * DAY_S:
+        for row in range(len(model.members)):
+            rows, _days = model.due_purchases(row, float(at), 0.2, 0.5)
+            lo, hi = int(model.purchased_indptr[row]), int(model.purchased_indptr[row + 1])
+            days = (at - model.purchased_last_ts[lo:hi]) / DAY_S  # type: ignore[index]
+            every = model.purchased_indices[lo:hi][
+                due_mask(model.item_repurchase_days[model.purchased_indices[lo:hi]], days, 0.2, 0.5)  # type: ignore[index]
+            ]
+            assert sorted(rows.tolist()) == sorted(np.asarray(every).tolist())
+            found += rows.shape[0]
+    assert found > 0

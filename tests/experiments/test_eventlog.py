@@ -1,0 +1,389 @@
+"""The event log end to end against a real Redis and a real server: every response is named and
+recorded as an impression, events are attributed (with and without a recommendation id), and
+the sink writes each record to Parquet exactly once, also when it dies mid-write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from bundle_factory import PlantedBundle
+from eventlog_support import read_log
+from prometheus_client import CollectorRegistry
+from serving_harness import ROOT, RunningServer, running_server, serving_settings
+
+from recsvc.eventlog.ids import RecommendationIds
+from recsvc.eventlog.log import EventLog, EventLogMetrics, dumps, shard_of, stream_key
+from recsvc.eventlog.sink import Sink
+from recsvc.settings import Settings, load_settings
+from recsvc.v1 import recommender_pb2
+
+
+@pytest.fixture
+def logged(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[RunningServer, Settings]]:
+    settings = serving_settings(str(planted.path), redis_url, tmp_path)
+    settings = settings.model_copy(
+        update={
+            "events": settings.events.model_copy(
+                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
+            )
+        }
+    )
+    with running_server(settings) as s:
+        yield s, settings
+
+
+def _drain(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis.url)
+    Sink(client, settings).run(once=True)
+    client.close()
+
+
+def test_responses_are_named_recorded_and_events_attributed(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    srv, settings = logged
+    member = planted.warm_members(0)[0]
+    resp = srv.stub.RecommendProducts(
+        recommender_pb2.RecommendProductsRequest(member_id=member, k=5, channel="app", scene="home_feed")
+    )
+    assert resp.recommendation_id.startswith("r") and len(resp.recommendation_id) == 32
+    again = srv.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=5))
+    assert again.recommendation_id != resp.recommendation_id
+    shown = resp.items[2].item_id
+    time.sleep(0.2)  # the impression is written by the log's thread
+    # no id: the click on an item shown in the latest list that held it is attributed to that list
+    ev = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(member_id=member, item_id=shown, event_type="click", channel="app")
+    )
+    assert ev.recommendation_id == again.recommendation_id
+    # a view is not attributed without an id; an item never shown is not attributed
+    view = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(member_id=member, item_id=shown, event_type="view")
+    )
+    assert view.recommendation_id == ""
+    never = next(
+        p
+        for p in planted.products()
+        if p not in {i.item_id for i in resp.items} | {i.item_id for i in again.items}
+    )
+    other = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(member_id=member, item_id=never, event_type="purchase", amount=5)
+    )
+    assert other.recommendation_id == ""
+    # the caller names the first list: that one counts
+    named = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(
+            member_id=member,
+            item_id=shown,
+            event_type="purchase",
+            amount=12.5,
+            recommendation_id=resp.recommendation_id,
+        )
+    )
+    assert named.recommendation_id == resp.recommendation_id
+    _drain(settings)
+    log_dir = settings.events.log_dir
+    imps = read_log(log_dir, "impression")
+    assert set(imps["recommendation_id"]) >= {resp.recommendation_id, again.recommendation_id}
+    first = imps[imps["recommendation_id"] == resp.recommendation_id].iloc[0]
+    assert list(first["items"]) == [i.item_id for i in resp.items]
+    assert first["scene"] == "home_feed" and first["channel"] == "app" and first["variant"] == resp.variant
+    assert first["model_version"] == resp.model_version and first["source"]
+    assert first["member"].startswith("p_") and member not in set(imps["member"])  # a pseudonym
+    events = read_log(log_dir, "event")
+    assert len(events) == 4
+    assert list(events["recommendation_id"]) == [again.recommendation_id, "", "", resp.recommendation_id]
+    assert list(events["member_id"]) == [member] * 4  # the data contract's columns, for training
+    assert events["amount"].iloc[3] == 12.5
+
+
+def test_recommendation_ids_of_others_or_malformed_are_refused(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    srv, _settings = logged
+    a, b = planted.warm_members(0)[:2]
+    rid = srv.stub.RecommendProducts(
+        recommender_pb2.RecommendProductsRequest(member_id=a, k=3)
+    ).recommendation_id
+    for member, bad, reason in [
+        (b, rid, "RECOMMENDATION_OF_ANOTHER_MEMBER"),
+        (a, "r-not-an-id", "RECOMMENDATION_ID_MALFORMED"),
+        (a, rid[:-1] + ("0" if rid[-1] != "0" else "1"), "RECOMMENDATION_OF_ANOTHER_MEMBER"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            srv.stub.RecordEvent(
+                recommender_pb2.RecordEventRequest(
+                    member_id=member, item_id=planted.products()[0], event_type="click", recommendation_id=bad
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(reason + ":"), err.value.details()
+
+
+def test_a_similar_items_list_may_be_named_by_any_member(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    srv, _ = logged
+    item = planted.products()[0]
+    rid = srv.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=item, k=3)).recommendation_id
+    assert RecommendationIds(load_settings().security.pseudonym_key).check(rid, "anyone") > 0
+
+
+def test_redis_down_recommendations_and_events_still_work_and_drops_are_counted(
+    planted: PlantedBundle, tmp_path: Path
+) -> None:
+    from recsvc.localstack import LocalRedis
+
+    with LocalRedis(tmp_path / "redis") as local:
+        settings = serving_settings(str(planted.path), local.url, tmp_path)
+        settings = settings.model_copy(
+            update={"events": settings.events.model_copy(update={"flush_interval_ms": 10})}
+        )
+        with running_server(settings) as srv:
+            member = planted.warm_members(1)[0]
+            local.stop()
+            resp = srv.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3))
+            assert resp.items and resp.recommendation_id
+            ev = srv.stub.RecordEvent(
+                recommender_pb2.RecordEventRequest(
+                    member_id=member, item_id=resp.items[0].item_id, event_type="click"
+                )
+            )
+            assert not ev.stored and ev.recommendation_id == ""
+            time.sleep(0.3)
+            reg = srv.deps.metrics.registry
+            dropped = reg.get_sample_value(
+                "recsvc_eventlog_dropped_total", {"kind": "impression", "reason": "redis_down"}
+            )
+            assert dropped and dropped >= 1
+            assert (
+                reg.get_sample_value(
+                    "recsvc_eventlog_dropped_total", {"kind": "event", "reason": "redis_down"}
+                )
+                == 1
+            )
+
+
+def test_the_buffer_is_bounded_and_counts_what_it_drops(redis_url: str) -> None:
+    settings = load_settings(overrides={"redis": {"url": redis_url}, "events": {"buffer_size": 10}})
+    metrics = EventLogMetrics(CollectorRegistry())
+    elog = EventLog(redis.Redis.from_url(redis_url), settings, metrics)  # not started: nothing drains
+    for i in range(25):
+        elog.impression(
+            f"r{i}", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+        )
+    assert len(elog._buffer) == 10
+    assert metrics.dropped.labels("impression", "buffer_full")._value.get() == 15
+    assert elog.flush() == 10
+
+
+class _FailingOverPipeline:
+    def xadd(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+    def execute(self) -> Any:
+        raise redis.exceptions.ClusterDownError("The cluster is down")
+
+
+class _FailingOver:
+    """A client of a cluster whose primary died and whose replica is not yet promoted: every
+    command answers CLUSTERDOWN (a redis.ResponseError, not a ConnectionError)."""
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        return _FailingOverPipeline()
+
+    def xadd(self, *args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ClusterDownError("The cluster is down")
+
+
+def test_a_cluster_failing_over_counts_as_redis_down_not_a_crash(redis_url: str) -> None:
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    metrics = EventLogMetrics(CollectorRegistry())
+    elog = EventLog(_FailingOver(), settings, metrics)  # type: ignore[arg-type]
+    elog.impression(
+        "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    assert elog.flush() == 1
+    assert metrics.dropped.labels("impression", "redis_down")._value.get() == 1
+    assert elog.event("M1", {"item_id": "P1", "event_type": "view", "ts": 1.7e9}) is False
+    assert metrics.dropped.labels("event", "redis_down")._value.get() == 1
+
+
+def _fill(client: redis.Redis, settings: Settings, n: int) -> set[str]:
+    """``n`` events straight into the streams, as the service writes them."""
+    prefix, shards = settings.redis.key_prefix, settings.events.shards
+    pipe = client.pipeline(transaction=False)
+    ids: set[str] = set()
+    for i in range(n):
+        member = f"M{i % 997}"
+        record = {
+            "member_id": member,
+            "item_id": f"P{i}",
+            "event_type": "view",
+            "ts": 1.7e9 + i,
+            "channel": "app",
+        }
+        pipe.xadd(stream_key(prefix, shard_of(member, shards), "event"), {"d": dumps(record)})
+        ids.add(f"P{i}")
+        if len(pipe) >= 2000:
+            pipe.execute()
+    pipe.execute()
+    return ids
+
+
+def _sink_settings(redis_url: str, log_dir: Path, batch: int) -> Settings:
+    return load_settings(
+        overrides={
+            "redis": {"url": redis_url},
+            "events": {"log_dir": str(log_dir), "sink_batch": batch, "shards": 3},
+        }
+    )
+
+
+def test_a_crash_between_disk_and_acknowledgement_writes_nothing_twice(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = _sink_settings(redis_url, tmp_path / "log", 100)
+    client = redis.Redis.from_url(redis_url)
+    expected = _fill(client, settings, 1000)
+    calls = {"n": 0}
+
+    def crash() -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise SystemExit("killed after the 4th batch reached disk, before its acknowledgement")
+
+    with pytest.raises(SystemExit):
+        Sink(client, settings, before_ack=crash).run(once=True)
+    stats = Sink(client, settings).run(once=True)
+    assert stats.replayed == 100  # the batch on disk but unacknowledged: acknowledged, not rewritten
+    events = read_log(tmp_path / "log", "event")
+    assert len(events) == len(expected) and set(events["item_id"]) == expected
+    assert sum(client.xlen(stream_key("recsvc", s, "event")) for s in range(3)) == 0  # nothing left
+
+
+def test_kill_the_sink_process_mid_write_and_restart_every_event_exactly_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    settings = _sink_settings(redis_url, log_dir, 50)
+    client = redis.Redis.from_url(redis_url)
+    expected = _fill(client, settings, 30_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_") or k == "RECSVC_HOME"}
+    env.update(
+        {
+            "RECSVC_REDIS__URL": redis_url,
+            "RECSVC_EVENTS__LOG_DIR": str(log_dir),
+            "RECSVC_EVENTS__SINK_BATCH": "50",
+            "RECSVC_EVENTS__SHARDS": "3",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    cmd = [sys.executable, "-c", "from recsvc.cli import main; main()", "events", "sink"]
+    kills = 0
+    for wait_files in (5, 40, 120):  # killed at three different moments of its work
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        start = len(list(log_dir.glob("kind=event/date=*/part-*.parquet")))
+        while len(list(log_dir.glob("kind=event/date=*/part-*.parquet"))) < start + wait_files:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    left = sum(client.xlen(stream_key("recsvc", s, "event")) for s in range(3))
+    assert left > 0, "the sink finished before it was killed: kill it sooner"
+    done = subprocess.run([*cmd, "--once"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = read_log(log_dir, "event")
+    assert kills == 3
+    assert len(events) == len(expected)  # nothing twice
+    assert set(events["item_id"]) == expected  # nothing lost
+    assert events["item_id"].is_unique
+    assert not list(log_dir.glob("kind=event/date=*/.tmp-*"))
+    assert json.loads(json.dumps(sorted(events["event_type"].unique()))) == ["view"]
+
+
+def test_a_click_before_the_list_is_written_is_attributed_from_the_buffer(redis_url: str) -> None:
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    elog = EventLog(redis.Redis.from_url(redis_url), settings, EventLogMetrics(CollectorRegistry()))
+    elog.impression(
+        "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    elog.impression(
+        "r2", "M2", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    assert elog.attribute("M1", "P1", time.time()) == "r1"  # not in Redis yet: this process's buffer
+    assert elog.attribute("M1", "P9", time.time()) == ""
+    elog.flush()
+    assert elog.attribute("M2", "P1", time.time()) == "r2"  # written: from Redis
+    assert (
+        elog.attribute("M2", "P1", time.time() + settings.events.attribution_window_s + 5) == ""
+    )  # too late
+
+
+def test_under_low_traffic_records_wait_for_a_batch_then_go_to_disk_unacknowledged_until_then(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        overrides={
+            "redis": {"url": redis_url},
+            "events": {
+                "log_dir": str(tmp_path / "log"),
+                "sink_batch": 100,
+                "sink_flush_s": 3600,
+                "shards": 1,
+            },
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    _fill(client, settings, 30)
+    sink = Sink(client, settings)
+    sink.prepare()
+    assert sink.step() == 0  # nothing was left pending by an earlier run
+    assert sink.step() == 30  # the new records, read
+    sink.write_held()
+    assert read_log(tmp_path / "log", "event") is None  # 30 < 100, and nobody waited an hour
+    assert client.xlen(stream_key("recsvc", 0, "event")) == 30  # still in Redis: a crash loses nothing
+    sink.write_held(force=True)  # what stopping (or --once) does
+    assert len(read_log(tmp_path / "log", "event")) == 30
+    assert client.xlen(stream_key("recsvc", 0, "event")) == 0
+
+
+def test_an_event_outside_the_named_lists_window_is_stored_but_not_attributed(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    srv, _ = logged
+    member = planted.warm_members(2)[0]
+    resp = srv.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3))
+    before = Timestamp()
+    before.FromSeconds(int(time.time()) - 3600)  # an hour before the list was served
+    ev = srv.stub.RecordEvent(
+        recommender_pb2.RecordEventRequest(
+            member_id=member,
+            item_id=resp.items[0].item_id,
+            event_type="purchase",
+            amount=3,
+            ts=before,
+            recommendation_id=resp.recommendation_id,
+        )
+    )
+    assert ev.stored and ev.recommendation_id == ""

@@ -1,0 +1,277 @@
+"""Erasure reaches the event log (docs/privacy.md): after ForgetMember no entry of the member is in
+the streams, no row of theirs in any Parquet file the sink wrote, no key of theirs on any node,
+and records that arrive late never reach disk; everyone else's records stay, exactly once, also
+when the erasure runs while the sink works or while it is down mid-batch. On a single Redis and
+on a real Redis Cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from bundle_factory import PlantedBundle
+from eventlog_support import (
+    MEMBERS,
+    SHARDS,
+    assert_exactly_once,
+    log_settings,
+    stream_lengths,
+    write_records,
+)
+from serving_harness import running_server, serving_settings
+
+from recsvc.eventlog.erasure import LogEraser, erased_key, purge_key, record_member, rewrite_without
+from recsvc.eventlog.log import IMPRESSIONS_SUFFIX, KINDS, shard_of, stream_key
+from recsvc.eventlog.sink import GROUP, Sink
+from recsvc.redis_client import RedisClient, connect
+from recsvc.redis_keys import member_key
+from recsvc.security.audit import AuditLog
+from recsvc.security.erasure import ForgetResult, forget_member, restore_member
+from recsvc.security.privacy import ErasureList, Pseudonymizer
+from recsvc.settings import Settings, load_settings
+from recsvc.v1 import admin_pb2, admin_pb2_grpc, recommender_pb2
+
+pytestmark = pytest.mark.integration
+
+PSEUDO = Pseudonymizer(load_settings().security.pseudonym_key)
+VICTIM = next(m for m in MEMBERS if shard_of(m, SHARDS) == 0)  # the shard the sink writes first
+OTHERS = [m for m in MEMBERS if m != VICTIM]
+
+
+@pytest.fixture
+def redis_url(redis_backend: str) -> str:
+    return redis_backend
+
+
+def _forget(redis_client: RedisClient, tmp_path: Path, member: str = VICTIM) -> ForgetResult:
+    return forget_member(
+        member,
+        redis=redis_client,
+        prefix="recsvc",
+        erasures=ErasureList(tmp_path / "erasures.txt"),
+        audit=AuditLog(tmp_path / "audit.log", PSEUDO),
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, PSEUDO),
+    )
+
+
+def _files(log_dir: Path) -> set[str]:
+    return {str(p.relative_to(log_dir)) for p in log_dir.glob("kind=*/date=*/part-*.parquet")}
+
+
+def _rows_of(log_dir: Path, member: str) -> int:
+    """Rows naming ``member`` (pseudonym, or the id in the event columns), read file by file."""
+    found = 0
+    for path in log_dir.glob("kind=*/date=*/part-*.parquet"):
+        table = pq.ParquetFile(path).read().to_pandas()
+        hit = table["member"] == PSEUDO(member)
+        if "member_id" in table.columns:
+            hit |= table["member_id"] == member
+        found += int(hit.sum())
+    return found
+
+
+def _entries_of(redis_client: RedisClient, member: str) -> int:
+    return sum(
+        record_member(fields) == PSEUDO(member)
+        for s in range(SHARDS)
+        for k in KINDS
+        for _, fields in redis_client.xrange(stream_key("recsvc", s, k))  # type: ignore[union-attr]
+    )
+
+
+def _keys_of(redis_client: RedisClient, member: str) -> list[str]:
+    return sorted(k.decode() for k in redis_client.scan_iter(match=f"*{{m:{member}}}*"))  # every primary
+
+
+def test_erasure_leaves_no_entry_row_or_key_of_the_member(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    settings = log_settings(redis_url, tmp_path)
+    log_dir = settings.events.log_dir
+    write_records(redis_client, settings, 2)
+    Sink(redis_client, settings).run(once=True)  # rounds 0-1 on disk
+    write_records(redis_client, settings, range(2, 3))  # round 2 still in the streams
+    before = _files(log_dir)
+    assert _rows_of(log_dir, VICTIM) == 6 and _entries_of(redis_client, VICTIM) == 3
+    assert redis_client.exists(member_key("recsvc", VICTIM, IMPRESSIONS_SUFFIX))
+
+    result = _forget(redis_client, tmp_path)
+    assert result.log_entries_deleted == 3 and result.deleted_keys == {"rt": 1}
+    assert _entries_of(redis_client, VICTIM) == 0  # gone from Redis when ForgetMember answers
+    assert _keys_of(redis_client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
+
+    stats = Sink(redis_client, settings).run(once=True)
+    assert stats.purged == 6  # two rounds of three kinds, rewritten out of the files
+    assert _rows_of(log_dir, VICTIM) == 0
+    assert before <= _files(log_dir)  # rewritten under their own names, never removed
+    assert_exactly_once(log_dir, 3, OTHERS)
+    assert stream_lengths(redis_client) == 0 and redis_client.llen(purge_key("recsvc")) == 0
+    assert redis_client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
+    # Repeating the erasure is harmless.
+    assert _forget(redis_client, tmp_path).log_entries_deleted == 0
+    assert Sink(redis_client, settings).run(once=True).purged == 0
+
+
+def test_a_record_queued_before_the_erasure_and_written_after_never_reaches_disk(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    settings = log_settings(redis_url, tmp_path)
+    elog = write_records(redis_client, settings, 1)
+    elog.impression(
+        "late-1", VICTIM, variant="a", model_version="1", scene="", channel="", items=["P1"], source="s"
+    )
+    _forget(redis_client, tmp_path)
+    assert elog.flush() == 1  # the server process flushes its buffer after the erasure
+    assert _entries_of(redis_client, VICTIM) == 1  # in the stream for a moment ...
+    # ... but it does not bring the member's recent impressions back (the suppression record).
+    assert _keys_of(redis_client, VICTIM) == [member_key("recsvc", VICTIM, "suppressed")]
+    stats = Sink(redis_client, settings).run(once=True)
+    assert stats.erased == 1 and _rows_of(settings.events.log_dir, VICTIM) == 0
+    assert_exactly_once(settings.events.log_dir, 1, OTHERS)
+    assert stream_lengths(redis_client) == 0
+
+
+def test_an_erasure_while_the_sink_runs_keeps_everyone_else_exactly_once(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    settings = log_settings(redis_url, tmp_path, sink_batch=15, sink_flush_s=0.02, sink_block_ms=20)
+    log_dir = settings.events.log_dir
+    sink = Sink(connect(redis_url, socket_timeout=5), settings)
+    running = threading.Thread(target=sink.run)
+    rounds = 12
+    erased_at = threading.Event()
+
+    def traffic() -> None:
+        writer = connect(redis_url, socket_timeout=5)
+        for r in range(rounds):
+            # the victim's records keep coming after the erasure: late writes of other processes
+            write_records(writer, settings, range(r, r + 1))
+            if r == rounds // 2:
+                erased_at.wait(10)
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=traffic)
+    running.start()
+    writer.start()
+    deadline = time.monotonic() + 20
+    while _rows_of(log_dir, VICTIM) < 3:  # the victim's rows are on disk: the purge has work
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    _forget(redis_client, tmp_path)
+    erased_at.set()
+    writer.join()
+    sink.stop()
+    running.join(timeout=20)
+    Sink(redis_client, settings).run(once=True)
+    assert _rows_of(log_dir, VICTIM) == 0 and _entries_of(redis_client, VICTIM) == 0
+    assert sink.stats.purged >= 3 and sink.stats.erased >= 3  # both paths ran
+    assert_exactly_once(log_dir, rounds, OTHERS)
+    assert stream_lengths(redis_client) == 0
+
+
+def test_an_erasure_while_the_sink_is_down_mid_batch(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """The sink wrote a file with the member's rows and died before acknowledging it; the erasure
+    deletes the member's entries the sink still holds pending; the restarted sink acknowledges the
+    deleted entries, writes the rest once, and removes the member's rows from the file."""
+    settings = log_settings(redis_url, tmp_path)
+    log_dir = settings.events.log_dir
+    write_records(redis_client, settings, 2)
+
+    def crash() -> None:
+        raise SystemExit("killed after its first file reached disk, before the acknowledgement")
+
+    with pytest.raises(SystemExit):
+        Sink(redis_client, settings, before_ack=crash).run(once=True)
+    assert _rows_of(log_dir, VICTIM) == 2  # the first file is shard 0's: the victim's two rows
+    result = _forget(redis_client, tmp_path)
+    assert result.log_entries_deleted == 6  # pending entries too
+    stats = Sink(redis_client, settings).run(once=True)
+    assert stats.replayed >= 1 and stats.purged == 2
+    assert _rows_of(log_dir, VICTIM) == 0
+    assert_exactly_once(log_dir, 2, OTHERS)
+    for s in range(SHARDS):
+        for k in KINDS:
+            assert int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
+
+
+def test_a_re_registered_member_is_logged_again_from_then_on(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    settings = log_settings(redis_url, tmp_path)
+    write_records(redis_client, settings, 1, [VICTIM])
+    _forget(redis_client, tmp_path)
+    restore_member(
+        VICTIM,
+        redis=redis_client,
+        prefix="recsvc",
+        audit=AuditLog(tmp_path / "audit.log", PSEUDO),
+        reason="ticket-2",
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, PSEUDO),
+    )
+    assert not redis_client.sismember(erased_key("recsvc"), PSEUDO(VICTIM))
+    write_records(redis_client, settings, range(5, 6), [VICTIM])
+    Sink(redis_client, settings).run(once=True)
+    assert _rows_of(settings.events.log_dir, VICTIM) == 3  # the new round only
+
+
+def test_an_empty_rewrite_keeps_the_file_and_its_schema(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from recsvc.eventlog.files import write_atomically
+    from recsvc.eventlog.schema import SCHEMAS, row
+
+    path = tmp_path / "kind=decision" / "date=2026-12-02" / "part-0-1_0-2_0.parquet"
+    rows = [row("decision", "1-0", {"member": "p_a", "ts": 1.7e9}), row("decision", "2-0", {"member": "p_a"})]
+    write_atomically(pa.Table.from_pylist(rows, schema=SCHEMAS["decision"]), path)
+    done = rewrite_without(tmp_path, {"p_a"})
+    assert done.files == 1 and done.rows["decision"] == 2
+    left = pq.ParquetFile(path).read()
+    assert left.num_rows == 0 and left.schema == SCHEMAS["decision"]
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_forget_member_through_a_server_reaches_the_log(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
+    settings = settings.model_copy(
+        update={
+            "events": settings.events.model_copy(
+                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
+            )
+        }
+    )
+    member, other = planted.warm_members(0)[:2]
+    with running_server(settings) as s:
+        for m in (member, other):
+            resp = s.stub.RecommendProducts(
+                recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
+            )
+            s.stub.RecordEvent(
+                recommender_pb2.RecordEventRequest(
+                    member_id=m, item_id=resp.items[0].item_id, event_type="click"
+                ),
+                timeout=5,
+            )
+        time.sleep(0.2)  # impressions are written by the log's thread
+        redis_client = connect(redis_url)
+        Sink(redis_client, settings).run(once=True)
+        assert _rows_of(settings.events.log_dir, member) == 2
+        s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
+        time.sleep(0.2)
+        admin = admin_pb2_grpc.AdminStub(s.channel)
+        done = admin.ForgetMember(admin_pb2.ForgetMemberRequest(member_id=member, reason="t"), timeout=10)
+        assert done.suppressed
+        # Served after the erasure (as an unknown member): nothing about them is kept.
+        s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
+        time.sleep(0.2)
+        Sink(redis_client, settings).run(once=True)
+        log_dir = settings.events.log_dir
+        assert _rows_of(log_dir, member) == 0 and _rows_of(log_dir, other) == 2  # an impression, an event
+        assert _keys_of(redis_client, member) == [member_key("recsvc", member, "suppressed")]
+        redis_client.close()

@@ -1,0 +1,119 @@
+"""Real `recsvc serve` processes: two servers sharing Redis, and `--workers 2` on one port."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from bundle_factory import make_bundle
+from prometheus_client.parser import text_string_to_metric_families
+from serving_harness import serve_env, serve_subprocess, stop_subprocess, wait_serving
+
+from recsvc.localstack import free_port
+from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_purchase_through_one_server_leaves_the_list_of_another_within_a_second(
+    redis_backend: str, tmp_path: Path
+) -> None:
+    redis_url = redis_backend  # a single server, then a Redis Cluster
+    planted = make_bundle(tmp_path / "b1")
+    ports = [free_port(), free_port()]
+    procs = [serve_subprocess(serve_env(planted.path, redis_url, p, tmp_path)) for p in ports]
+    try:
+        for p in ports:
+            wait_serving(f"127.0.0.1:{p}")
+        a, b = (recommender_pb2_grpc.RecommenderStub(grpc.insecure_channel(f"127.0.0.1:{p}")) for p in ports)
+        member = planted.warm_members(cluster=1)[0]
+        req = recommender_pb2.RecommendProductsRequest(member_id=member, k=5)
+        top = b.RecommendProducts(req, timeout=5).items[0].item_id
+        a.RecordEvent(
+            recommender_pb2.RecordEventRequest(member_id=member, item_id=top, event_type="purchase"),
+            timeout=5,
+        )
+        t0 = time.monotonic()
+        while top in {it.item_id for it in b.RecommendProducts(req, timeout=5).items}:
+            assert time.monotonic() - t0 < 1.0, "purchase still recommended by the other server after 1 s"
+            time.sleep(0.02)
+    finally:
+        for proc in procs:
+            stop_subprocess(proc)
+
+
+def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Path) -> None:
+    planted = make_bundle(tmp_path / "b1")
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **serve_env(planted.path, redis_url, port, tmp_path, workers=2),
+        "RECSVC_SERVING__METRICS_PORT": str(metrics_port),
+    }
+    proc = serve_subprocess(env)
+    try:
+        deadline = time.monotonic() + 90
+        listeners: set[int] = set()
+        while len(listeners) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"workers listening: {listeners}"
+            listeners = {
+                child.pid
+                for child in psutil.Process(proc.pid).children(recursive=True)
+                for conn in child.net_connections(kind="tcp")
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+            }
+            time.sleep(0.3)
+        wait_serving(f"127.0.0.1:{port}")
+        # Fresh connections are spread over both workers by the kernel; every one gets an answer.
+        channels = [
+            grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(20)
+        ]
+        for channel in channels:
+            resp = recommender_pb2_grpc.RecommenderStub(channel).RecommendProducts(
+                recommender_pb2.RecommendProductsRequest(member_id=planted.warm_members()[0], k=3), timeout=30
+            )
+            assert len(resp.items) == 3
+        answered = {
+            pid
+            for pid in listeners
+            for conn in psutil.Process(pid).net_connections(kind="tcp")
+            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == port
+        }
+        assert answered == listeners  # both workers hold (and answered) connections
+        # The supervisor's /metrics merges both workers' samples.
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        calls = sum(
+            s.value
+            for s in families["recsvc_rec_requests"].samples
+            if s.name == "recsvc_rec_requests_total" and s.labels["method"] == "RecommendProducts"
+        )
+        assert calls == 20
+        pids = {s.labels.get("pid") for s in families["recsvc_rec_model_info"].samples}
+        assert len(pids) == 2  # one model_info sample per live worker
+        # Outreach metrics (the default registry) and each worker's process metrics merge too.
+        outreach_pb2_grpc.OutreachStub(channels[0]).CheckOutreach(
+            outreach_pb2.OutreachRequest(member_id="M1", channel="app_push", campaign_id="c1"), timeout=10
+        )
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert sum(s.value for s in families["recsvc_outreach_decisions"].samples) == 1
+        handled = families["recsvc_grpc_server_handled"].samples
+        assert {s.labels["method"] for s in handled} >= {"RecommendProducts", "CheckOutreach"}
+        cpu = families["recsvc_process_cpu_seconds"].samples
+        assert {s.labels["worker"] for s in cpu if s.name.endswith("_total")} == {"0", "1"}
+        memory = families["recsvc_process_resident_memory_bytes"].samples
+        assert {s.labels["worker"] for s in memory} == {"0", "1"}
+        for channel in channels:
+            channel.close()
+        assert stop_subprocess(proc) == 0  # graceful SIGTERM shutdown
+        for pid in listeners:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
