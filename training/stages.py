@@ -68,17 +68,26 @@ def ingest(
         erased = frozenset(ErasureList(settings.security.erasure_list).read())
         if spark is not None and dataset is None:
             from pipelines.mapping import load_mapping
+            from recsvc.errors import SparkUnavailable
             from training import spark_ingest
+            from training.spark_als import first_line, is_spark_error
 
-            ingested = spark_ingest.load(
-                spark.session(),
-                options.data_dir,
-                settings.data,
-                erased,
-                mapping=load_mapping(options.mapping),
-                encoding=options.encoding,
-                allow_quarantine=options.allow_quarantine,
-            )
+            try:
+                ingested = spark_ingest.load(
+                    spark.session(),
+                    options.data_dir,
+                    settings.data,
+                    erased,
+                    mapping=load_mapping(options.mapping),
+                    encoding=options.encoding,
+                    allow_quarantine=options.allow_quarantine,
+                )
+            except Exception as exc:  # a Spark job failing (e.g. its heap too small) is no data error
+                if not is_spark_error(exc):
+                    raise
+                raise SparkUnavailable(
+                    f"Spark failed reading {options.data_dir} on {spark.master!r}: {first_line(exc)}"
+                ) from exc
             spark.attach(ingested.prepared.events, ingested.events)
             prepared, members = ingested.prepared, ingested.members
         else:
