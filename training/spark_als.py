@@ -319,7 +319,17 @@ def is_spark_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("py4j", "pyspark")
 
 
+_OUT_OF_HEAP = ("OutOfMemoryError", "Java heap space", "GC overhead limit exceeded")
+
+
 def first_line(exc: BaseException) -> str:
-    """A Java error's message without its stack trace."""
+    """A Java error's message without its stack trace; a heap that ran out says which setting
+    gives it more (the driver collects the clean events and the factors, so it grows with the data)."""
     text = str(getattr(exc, "java_exception", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if any(marker in text for marker in _OUT_OF_HEAP):
+        line += (
+            " (Spark ran out of heap: raise training.spark_driver_memory,"
+            " RECSVC_TRAINING__SPARK_DRIVER_MEMORY, or the executors' memory on a cluster)"
+        )
+    return line

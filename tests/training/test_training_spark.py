@@ -26,7 +26,7 @@ from recsvc.settings import load_settings
 from training.confidence import confidence_matrix
 from training.gate import GATE_METRIC
 from training.prepare import DAY_S, EventArrays
-from training.spark_als import SparkAls, factors_by_row, spark_reg_param
+from training.spark_als import SparkAls, factors_by_row, first_line, spark_reg_param
 
 HAVE_SPARK = importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
 NO_SPARK = "Spark training needs pyspark (recsvc[spark]) and java on the PATH"
@@ -70,6 +70,16 @@ def test_bad_engine_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -
     )
     assert bad_master.exit_code == 2 and "spark_master" in bad_master.output
     assert "Traceback" not in bad_master.output + bad_engine.output
+
+
+def test_a_spark_heap_that_ran_out_names_the_setting_that_gives_it_more() -> None:
+    class JavaError(Exception):
+        java_exception = "java.lang.OutOfMemoryError: Java heap space\n\tat org.apache.spark.Foo(Foo.java:1)"
+
+    message = first_line(JavaError())
+    assert message.startswith("java.lang.OutOfMemoryError: Java heap space (")
+    assert "training.spark_driver_memory" in message and "\tat " not in message
+    assert first_line(Exception("Job aborted\n\tat x")) == "Job aborted"  # no hint for other failures
 
 
 def test_default_engine_is_implicit_and_default_master_is_local() -> None:
