@@ -252,6 +252,11 @@ class Target:
 def target(
     planted: PlantedBundle, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
+    import redis
+
+    # module-scoped, so redis_url's per-test flush does not run first: an earlier module may have
+    # erased one of these members (their events are then refused, by design)
+    redis.Redis.from_url(redis_server.url).flushall()
     settings, keys = secured_settings(planted.path, redis_server.url, tmp_path_factory.mktemp("rawbytes"))
     # One caller holding every role, so keyed calls reach the decoding and the servicers.
     key = new_key()

@@ -145,6 +145,7 @@ def test_training_summary_shows_the_profile_evaluation() -> None:
         counts={},
         index_info={},
         timings={},
+        family=None,
     )
     console = Console(record=True, width=250)
     for table in summary_tables(report):
