@@ -1,8 +1,9 @@
 """Stage "filter and rank" for bundles whose family is item-item or the blend
 (``ServedModel.neighbours``): the member's history and recent events scored through the neighbour
-table (recsvc/engine/itemknn_source.py), blended with the ALS vector's scores as training evaluated
-it, then the same filters and MMR as ALS (``ranking.rank``); reasons name the history item that
-added most to each pick ("because you bought X"), else the ALS reason."""
+table (recsvc/engine/itemknn_source.py: only the items that score there, beside the ALS search's
+best), blended with the ALS vector's scores as training evaluated it, then the same filters and
+MMR as ALS (``ranking.rank``); reasons name the history item that added most to each pick's
+item-item score ("because you bought X"), found in the same pass, else the ALS reason."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def rank(
         state.hist_rows, state.hist_w, state.ev_rows, state.ev_w, decay
     )
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
-    ranked, ranked_scores = itemknn_source.candidates(
+    ranked, ranked_scores, sources = itemknn_source.candidates(
         view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size
     )
     first = (ranked, ranked_scores, len(model.kind_rows[kind]))
@@ -45,7 +46,9 @@ def rank(
     picks, scores = ranking.rank(
         settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False
     )
-    because = itemknn_source.reason_rows(
-        neighbours, picks, rows, weights, explain.explain(view, picks, state)
-    )
+    order = np.argsort(ranked, kind="stable")  # picks come from ``ranked``: their sources by a search
+    because = sources[order[np.searchsorted(ranked[order], picks)]]
+    missing = because < 0
+    if missing.any():
+        because[missing] = explain.explain(view, picks[missing], state)
     return picks, scores, because
