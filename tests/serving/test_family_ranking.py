@@ -214,6 +214,7 @@ def test_the_engine_serves_the_reference_list_and_reasons(base: PlantedBundle, t
             picks, _, because = family_ranking.rank(
                 settings, view, state, KIND_PRODUCT, k, filters, excluded, lambda: NOW
             )
+            assert picks.tolist() == got_rows
             best = ref_best[keep][: len(got_rows)]
             assert because[best >= 0].tolist() == best[best >= 0].tolist()
             named += int((best >= 0).sum())

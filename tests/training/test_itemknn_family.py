@@ -170,6 +170,8 @@ def test_blend_served_over_grpc_ranks_like_training(served_blend: Any, store: Pa
 
     bundle = load_bundle(store / "blend")
     spec = bundle.manifest.family
+    info = served_blend.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest()).family
+    assert (info.family, info.neighbours, info.als_weight) == ("blend", spec.neighbours, 0.5)
     products = np.flatnonzero(bundle.arrays["item_kind"] == KIND_PRODUCT)
     history, bought = bundle.history, bundle.purchased
     sim = itemknn_source.similarity_matrix(
