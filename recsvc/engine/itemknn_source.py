@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -68,7 +68,7 @@ class Neighbours:
         )
         factors = a["item_factors"]
         for kind in out.norm_max:  # compile (or load) the kernel for these arrays: not in a request
-            gather(out, factors, np.zeros(factors.shape[1]), np.zeros(0), np.zeros(0), kind)
+            gather(out, factors, np.zeros(factors.shape[1]), _NO_ROWS, np.zeros(0), kind)
         return out
 
     @property
@@ -125,6 +125,17 @@ def knn_scores_batch(history: sp.csr_matrix, similarity: sp.csr_matrix) -> np.nd
     return np.asarray(product.todense(), dtype=np.float32)
 
 
+class Scored(NamedTuple):
+    """One member's scored items (``gather``), float32 scores."""
+
+    rows: np.ndarray  # item rows
+    knn: np.ndarray  # item-item scores
+    sources: np.ndarray  # the history row that added most to each item-item score, -1: none
+    als: np.ndarray  # ALS scores, ``factors[row] @ vector``
+    knn_max: float  # the largest of ``knn`` (0 when empty)
+    als_max: float  # the largest of ``als`` (0 when empty or none is positive)
+
+
 def gather(
     neighbours: Neighbours,
     factors: np.ndarray,
@@ -133,42 +144,38 @@ def gather(
     weights: np.ndarray,
     kind: int,
     also: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> Scored:
     """One member's scored items of ``kind``: those some history row has as a neighbour, then
-    the rows of ``also`` not among them (the ALS search's best). Returns (item rows, item-item
-    scores, for each the history row that added most to its item-item score with -1 where none
-    added anything, ALS scores ``factors[row] @ vector``), all float32 scores. ``rows`` outside
-    the table (items new since the bundle) have no neighbours. Costs the history's neighbour
-    entries and the scored items, whatever the catalog size."""
-    rows = np.array(rows, dtype=np.int64)  # own writable copies: one compiled signature
-    weights = np.array(weights, dtype=np.float32)
-    also = np.array(also if also is not None else (), dtype=np.int64)
-    vector = np.array(vector, dtype=np.float32)
-    cap = min(rows.shape[0] * neighbours.items.shape[1], neighbours.items.shape[0]) + also.shape[0]
-    out_rows = np.empty(cap, dtype=np.int64)
-    out_knn = np.empty(cap, dtype=np.float32)
-    out_sources = np.empty(cap, dtype=np.int64)
-    out_als = np.empty(cap, dtype=np.float32)
+    the rows of ``also`` not among them (the ALS search's best). ``rows`` outside the table
+    (items new since the bundle) have no neighbours. Costs the history's neighbour entries and
+    the scored items, whatever the catalog size."""
     sums, best, source = neighbours.scratch()
-    m = _gather(
+    out = _gather(
         neighbours.items,
         neighbours.scores,
-        rows,
-        weights,
+        _own(rows, np.int64),
+        _own(weights, np.float32),
         neighbours.item_kind,
         kind,
-        also,
+        _own(also if also is not None else _NO_ROWS, np.int64),
         factors,
-        vector,
+        _own(vector, np.float32),
         sums,
         best,
         source,
-        out_rows,
-        out_knn,
-        out_sources,
-        out_als,
     )
-    return out_rows[:m], out_knn[:m], out_sources[:m], out_als[:m]
+    return Scored(*out)
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _own(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` as a writable C array of ``dtype`` (a copy only when it is not): the kernel is
+    compiled once, for those types, when the model loads."""
+    if a.dtype == dtype and a.flags.writeable and a.flags.c_contiguous:
+        return a
+    return np.array(a, dtype=dtype)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -185,16 +192,14 @@ def _gather(
     sums: np.ndarray,
     best: np.ndarray,
     source: np.ndarray,
-    out_rows: np.ndarray,
-    out_knn: np.ndarray,
-    out_sources: np.ndarray,
-    out_als: np.ndarray,
-) -> int:  # pragma: no cover - compiled; exercised through ``gather``
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - compiled
     """``gather`` over per-item accumulators (``source``: -1 untouched, -2 scored without a
-    neighbour), which it resets for the items it touched; returns how many it wrote to ``out_*``.
-    Scatter-add products in float64, as training's sparse product."""
+    neighbour), which it resets for the items it touched. Products are summed in float64, as
+    training's sparse product."""
     table = items.shape[0]
     width = items.shape[1]
+    cap = min(rows.shape[0] * width, table) + also.shape[0]
+    out_rows = np.empty(cap, dtype=np.int64)
     m = 0
     for h in range(rows.shape[0]):
         r = rows[h]
@@ -227,17 +232,25 @@ def _gather(
             sums[j] = 0.0
             best[j] = 0.0
             source[j] = -2
+    out_knn = np.empty(m, dtype=np.float32)
+    out_sources = np.empty(m, dtype=np.int64)
+    out_als = np.empty(m, dtype=np.float32)
+    knn_max = np.float32(0.0)
+    als_max = np.float32(0.0)
     f = vector.shape[0]
     for i in range(m):
         j = out_rows[i]
-        out_knn[i] = np.float32(sums[j])
+        knn = np.float32(sums[j])
+        out_knn[i] = knn
+        knn_max = max(knn_max, knn)
         out_sources[i] = source[j] if best[j] > 0 else -1
         source[j] = -1
         dot = np.float32(0.0)
         for d in range(f):
             dot += factors[j, d] * vector[d]
         out_als[i] = dot
-    return m
+        als_max = max(als_max, dot)
+    return out_rows[:m], out_knn, out_sources, out_als, float(knn_max), float(als_max)
 
 
 def als_scale(top: Any, member_norm: Any, norm_max: float) -> Any:
@@ -247,24 +260,28 @@ def als_scale(top: Any, member_norm: Any, norm_max: float) -> Any:
     member (arrays) or a scalar."""
     top = np.asarray(top, dtype=np.float32)
     bound = np.maximum(np.asarray(member_norm, dtype=np.float32) * np.float32(norm_max), np.float32(_TINY))
-    if top.ndim == 0:  # one member (serving): no array operations
-        return top if top > 0 else np.float32(bound)
     return np.where(top > 0, top, bound).astype(np.float32)
 
 
-def blend(als: np.ndarray | None, knn: np.ndarray | None, als_weight: float, scale: Any = None) -> np.ndarray:
-    """``als_weight * als / scale + (1 - als_weight) * knn / max(knn)`` along the last axis (one
-    member's items with a scalar ``scale``, or [members, items] with one per member; see
-    :func:`als_scale`), in float32; a part whose weight is 0 may be None."""
+def blend(
+    als: np.ndarray | None, knn: np.ndarray | None, als_weight: float, scale: Any = None, knn_max: Any = None
+) -> np.ndarray:
+    """``als_weight / scale * als + (1 - als_weight) / max(knn) * knn`` along the last axis (one
+    member's items with scalar ``scale`` and ``knn_max``, or [members, items] with one per
+    member; :func:`als_scale`), in float32; a part whose weight is 0 may be None. ``knn_max``:
+    ``knn``'s largest, when known."""
     out: np.ndarray | None = None
     if als_weight > 0:
         assert als is not None and scale is not None
-        s = np.asarray(scale, dtype=np.float32)
-        out = als_weight * als / (s[:, None] if s.ndim else s)
+        coef = np.float32(als_weight) / np.asarray(scale, dtype=np.float32)
+        out = als * (coef[:, None] if coef.ndim else coef)
     if als_weight < 1:
         assert knn is not None
-        top = knn.max(axis=-1, keepdims=knn.ndim > 1, initial=0.0)
-        part = (1 - als_weight) * knn / np.maximum(top, np.float32(_TINY))
+        if knn_max is None:
+            knn_max = knn.max(axis=-1, initial=0.0)
+        top = np.maximum(np.asarray(knn_max, dtype=np.float32), np.float32(_TINY))
+        coef = np.float32(1 - als_weight) / top
+        part = knn * (coef[:, None] if coef.ndim else coef)
         out = part if out is None else out + part
     assert out is not None
     return out.astype(np.float32, copy=False)
@@ -308,18 +325,23 @@ def candidates(
     w = neighbours.als_weight
     new_rows, new_als = view.search_new(vector, kind)
     kind_total = len(model.kind_rows[kind])
-    member_norm = float(np.linalg.norm(vector))
+    norm_max = neighbours.norm_max.get(kind, 0.0)
     while True:
         covered = n >= kind_total  # the search scores every item of the kind
         found, _ = (model.exact_search if covered else model.search)(vector, kind, n)
-        scored, knn, sources, als = gather(neighbours, model.item_factors, vector, rows, weights, kind, found)
-        scale = als_scale(als.max(initial=0.0), member_norm, neighbours.norm_max.get(kind, 0.0))
-        scores = blend(als if w > 0 else None, knn, w, scale)
-        if new_rows.shape[0]:
+        scored, knn, sources, als, knn_max, top = gather(
+            neighbours, model.item_factors, vector, rows, weights, kind, found
+        )
+        # a float32's value: divides as training's float32 does
+        scale = top if top > 0 else float(als_scale(top, np.linalg.norm(vector), norm_max))
+        scores = blend(als if w > 0 else None, knn, w, scale, knn_max)
+        if new_rows.shape[0]:  # no neighbours yet: their ALS part alone
+            new_knn = np.zeros(new_rows.shape[0], dtype=np.float32)
+            new_scores = blend(new_als.astype(np.float32), new_knn, w, scale, knn_max)
             scored = np.concatenate([scored, new_rows.astype(np.int64)])
-            scores = np.concatenate([scores, (w * new_als / scale).astype(np.float32)])
+            scores = np.concatenate([scores, new_scores])
             als = np.concatenate([als, new_als.astype(np.float32)])
-            knn = np.concatenate([knn, np.zeros(new_rows.shape[0], dtype=np.float32)])
+            knn = np.concatenate([knn, new_knn])
             sources = np.concatenate([sources, np.full(new_rows.shape[0], -1, dtype=np.int64)])
         if w == 0:
             scores = np.where(knn <= 0, (als / scale - 1) / 2, scores).astype(np.float32)

@@ -132,7 +132,7 @@ def test_serving_scores_are_training_scores() -> None:
     for m in rng.choice(50, 10, replace=False):
         row = history[m]
         vector = rng.normal(size=8).astype(np.float32)
-        got, knn, because, als = itemknn_source.gather(
+        got, knn, because, als, knn_max, als_max = itemknn_source.gather(
             nb, factors, vector, row.indices.astype(np.int64), row.data, KIND_PRODUCT
         )
         products = np.flatnonzero((batch[m] > 0) & (kinds == KIND_PRODUCT))
@@ -141,6 +141,7 @@ def test_serving_scores_are_training_scores() -> None:
         contrib = dense_sim[row.indices][:, got] * row.data[:, None]
         assert because.tolist() == row.indices[contrib.argmax(axis=0)].tolist()
         np.testing.assert_allclose(als, factors[got] @ vector, rtol=1e-5, atol=1e-5)
+        assert (knn_max, als_max) == (knn.max(), max(als.max(), 0))
 
 
 def test_als_scale_is_the_largest_score_or_the_bound() -> None:
