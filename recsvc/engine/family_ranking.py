@@ -13,7 +13,7 @@ import numpy as np
 
 from recsvc.catalog.view import CatalogView
 from recsvc.engine import explain, itemknn_source, ranking
-from recsvc.engine.candidates import candidate_sizes
+from recsvc.engine.candidates import Searched, candidate_sizes
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.member_state import MemberState
 from recsvc.settings import ServingSettings
@@ -28,8 +28,11 @@ def rank(
     filters: FilterSpec,
     excluded: np.ndarray,
     clock: Callable[[], float],
+    first: Searched | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(picks, scores, reason rows) of the member's list under the bundle's family."""
+    """(picks, scores, reason rows) of the member's list under the bundle's family. ``first``:
+    the ALS search already made with ``state.vector`` (the candidate stage's, overlapping the
+    Redis read), else it is made here."""
     model = view.model
     neighbours = model.neighbours
     assert neighbours is not None and state.vector is not None
@@ -39,7 +42,7 @@ def rank(
     )
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
     ranked, ranked_scores, sources = itemknn_source.candidates(
-        view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size
+        view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size, first
     )
     first = (ranked, ranked_scores, len(model.kind_rows[kind]))
     # new_items False: ``first`` already holds the live catalog's new items, on the family's scale

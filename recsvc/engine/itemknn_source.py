@@ -311,12 +311,14 @@ def candidates(
     excluded: np.ndarray,
     n: int,
     pool_size: int,
+    first: tuple[np.ndarray, np.ndarray, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The member's best ``n`` items of ``kind`` by the family's score, best first, widened
     (``n`` x 4) until ``pool_size`` of them pass the filters or every item is scored: (rows,
     scores, the history row that added most to each one's item-item score, -1: none). Scored:
     the item-item candidates and the ALS search's best ``n`` (module docstring), and the live
-    catalog's new items with their ALS part (they have no neighbours yet).
+    catalog's new items with their ALS part (they have no neighbours yet). ``first``: (rows,
+    scores, n) of an ALS search already made with ``vector``: the first round uses it and its n.
 
     For item-item alone, the items without any neighbour score (all tie at 0) follow in ALS order
     with negative scores: a member with a short history still gets a full list, and training's
@@ -327,8 +329,12 @@ def candidates(
     kind_total = len(model.kind_rows[kind])
     norm_max = neighbours.norm_max.get(kind, 0.0)
     while True:
-        covered = n >= kind_total  # the search scores every item of the kind
-        found, _ = (model.exact_search if covered else model.search)(vector, kind, n)
+        if first is not None:
+            found, _, n = first
+            first = None
+        else:
+            found, _ = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
+        covered = n >= kind_total  # the search scored every item of the kind
         scored, knn, sources, als, knn_max, top = gather(
             neighbours, model.item_factors, vector, rows, weights, kind, found
         )
