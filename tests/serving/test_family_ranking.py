@@ -73,11 +73,16 @@ def _live_view(model: ServedModel, seed: int) -> CatalogView:
     products = model.items.ids(model.kind_rows[KIND_PRODUCT].tolist())
     records: dict[str, ItemRecord] = {}
     for v, item in enumerate(rng.choice(products, 60, replace=False).tolist()):
-        patch = [{"in_stock": False}, {"listed": False}, {"price": float(rng.uniform(1, 80))}][v % 3]
+        patches: list[dict[str, Any]] = [
+            {"in_stock": False},
+            {"listed": False},
+            {"price": rng.uniform(1, 80)},
+        ]
+        patch = patches[v % 3]
         records[item] = ItemRecord(v + 1, ts, patch, {key: ts for key in patch})
     for i, category in enumerate(model.categories[:3]):
-        fields = {"kind": "product", "title": f"New {i}", "category": category, "brand": "brand0"}
-        fields |= {"price": 12.0, "in_stock": True}
+        fields: dict[str, Any] = {"kind": "product", "title": f"New {i}", "category": category}
+        fields |= {"brand": "brand0", "price": 12.0, "in_stock": True}
         records[f"NEW-{i}"] = ItemRecord(100 + i, ts, fields, {key: ts for key in fields})
     return CatalogView(model, records, NOW, version=200)
 
