@@ -50,7 +50,7 @@ class Neighbours:
     spec: FamilySpec
     item_kind: np.ndarray  # the bundle's item kinds: a list holds the requested kind only
     norm_max: dict[int, float]  # the largest item vector norm per kind (``als_scale``'s bound)
-    # Per-thread accumulators of ``gather``, one slot per item, allocated on a thread's first call.
+    # Per-thread accumulators of ``gather``, one row per item, allocated on a thread's first call.
     _scratch: threading.local = field(default_factory=threading.local, repr=False)
 
     @classmethod
@@ -75,14 +75,15 @@ class Neighbours:
     def als_weight(self) -> float:
         return 1.0 - self.spec.knn_weight
 
-    def scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This thread's (sums, best contributions, best source rows; -1 = untouched), which
-        ``gather`` leaves as it found them."""
-        found: tuple[np.ndarray, np.ndarray, np.ndarray] | None = getattr(self._scratch, "arrays", None)
+    def scratch(self) -> np.ndarray:
+        """This thread's float64 [items, 3]: (sum, best contribution, best source row; -1 =
+        untouched) per item, side by side so one item costs one cache line; ``gather`` leaves it
+        as it found it."""
+        found: np.ndarray | None = getattr(self._scratch, "array", None)
         if found is None:
-            n = self.items.shape[0]
-            found = (np.zeros(n, np.float64), np.zeros(n, np.float64), np.full(n, -1, np.int64))
-            self._scratch.arrays = found
+            found = np.zeros((self.items.shape[0], 3), np.float64)
+            found[:, 2] = -1
+            self._scratch.array = found
         return found
 
 
@@ -149,7 +150,6 @@ def gather(
     the rows of ``also`` not among them (the ALS search's best). ``rows`` outside the table
     (items new since the bundle) have no neighbours. Costs the history's neighbour entries and
     the scored items, whatever the catalog size."""
-    sums, best, source = neighbours.scratch()
     out = _gather(
         neighbours.items,
         neighbours.scores,
@@ -160,9 +160,7 @@ def gather(
         _own(also if also is not None else _NO_ROWS, np.int64),
         factors,
         _own(vector, np.float32),
-        sums,
-        best,
-        source,
+        neighbours.scratch(),
     )
     return Scored(*out)
 
@@ -189,13 +187,11 @@ def _gather(
     also: np.ndarray,
     factors: np.ndarray,
     vector: np.ndarray,
-    sums: np.ndarray,
-    best: np.ndarray,
-    source: np.ndarray,
+    acc: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - compiled
-    """``gather`` over per-item accumulators (``source``: -1 untouched, -2 scored without a
-    neighbour), which it resets for the items it touched. Products are summed in float64, as
-    training's sparse product."""
+    """``gather`` over per-item accumulators (``acc[j]``: sum, best, source row; source -1
+    untouched, -2 scored without a neighbour), which it resets for the items it touched.
+    Products are summed in float64, as training's sparse product."""
     table = items.shape[0]
     width = items.shape[1]
     cap = min(rows.shape[0] * width, table) + also.shape[0]
@@ -213,25 +209,25 @@ def _gather(
             if item_kind[j] != kind:
                 continue
             v = np.float64(scores[r, c]) * w
-            if source[j] < 0:
+            if acc[j, 2] < 0:
                 out_rows[m] = j
                 m += 1
-                sums[j] = v
-                best[j] = v
-                source[j] = r
+                acc[j, 0] = v
+                acc[j, 1] = v
+                acc[j, 2] = r
             else:
-                sums[j] += v
-                if v > best[j]:
-                    best[j] = v
-                    source[j] = r
+                acc[j, 0] += v
+                if v > acc[j, 1]:
+                    acc[j, 1] = v
+                    acc[j, 2] = r
     for i in range(also.shape[0]):
         j = also[i]
-        if source[j] == -1:
+        if acc[j, 2] == -1:
             out_rows[m] = j
             m += 1
-            sums[j] = 0.0
-            best[j] = 0.0
-            source[j] = -2
+            acc[j, 0] = 0.0
+            acc[j, 1] = 0.0
+            acc[j, 2] = -2
     out_knn = np.empty(m, dtype=np.float32)
     out_sources = np.empty(m, dtype=np.int64)
     out_als = np.empty(m, dtype=np.float32)
@@ -240,11 +236,11 @@ def _gather(
     f = vector.shape[0]
     for i in range(m):
         j = out_rows[i]
-        knn = np.float32(sums[j])
+        knn = np.float32(acc[j, 0])
         out_knn[i] = knn
         knn_max = max(knn_max, knn)
-        out_sources[i] = source[j] if best[j] > 0 else -1
-        source[j] = -1
+        out_sources[i] = np.int64(acc[j, 2]) if acc[j, 1] > 0 else -1
+        acc[j, 2] = -1
         dot = np.float32(0.0)
         for d in range(f):
             dot += factors[j, d] * vector[d]
