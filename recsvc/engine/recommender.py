@@ -9,8 +9,8 @@
 3. member state updated with recent events (``member_state.add_recent``: vector recomputed,
    recent purchases excluded; drops candidates found for the old state);
 4. filter and rank (``ranking``: vectorised filters, widening the search when they remove too
-   many, then MMR; a bundle whose family is item-item or the blend scores its candidates after
-   the recent events in ``family_ranking`` instead of the first search);
+   many, then MMR; a bundle whose family is item-item or the blend adds the item-item candidates
+   of the member's history and recent events to the first search's in ``family_ranking``);
 5. explain (``explain``: the history item that contributed most to each pick), and the bought
    consumables due again (``restock``);
 6. render (``render``): response items, and the ids shown for the impression.
@@ -168,7 +168,7 @@ class RecommendationEngine:
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
         elif model.neighbours is not None:
             picks, scores, because = family_ranking.rank(
-                s, view, state, kind, k, filters, excluded, self._clock
+                s, view, state, kind, k, filters, excluded, self._clock, first=candidates
             )
         else:
             picks, scores = ranking.rank(s, view, state.vector, kind, k, filters, excluded, first=candidates)
@@ -193,8 +193,7 @@ class RecommendationEngine:
         stored = self._stored.get(view, state, kind, k, filters)
         if stored is not None:
             return stored
-        if view.model.neighbours is not None:
-            return None  # item-item and blend rank after the recent events (family_ranking)
+        # item-item and blend too: their candidates include the ALS search's best (family_ranking)
         return self._first_search(view.model, state.vector, kind, k, filters, state.bought.shape[0])
 
     def _first_search(

@@ -306,4 +306,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             products=counts["products"],
             content=counts["content"],
             variants={name: sm.version for name, sm in self._models.snapshot().items()},
+            family=recommender_pb2.ModelFamily(
+                family=m.family.family,
+                neighbours=m.family.neighbours or 0,
+                als_weight=1.0 - m.family.knn_weight,
+            ),
         )
