@@ -96,7 +96,7 @@ class SingleModel:
         return self._variant, self._model
 
 
-@dataclass
+@dataclass(slots=True)
 class Recommendation:
     response: recommender_pb2.RecommendResponse
     source: str  # the source of the list as a whole, for metrics
