@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 class ItemEntries(Mapping[int, tuple[bytes, str]]):
     """row -> (serialized own fields, item id), each built on its first look-up. The entries sit
-    in a plain dict that ``take`` subscripts in one comprehension: a ``dict`` subclass would not
-    do, since CPython subscripts one through a Python-level slot call (several hundred
+    in a plain dict that ``take`` reads with the dict's own C look-up: a ``dict`` subclass would
+    not do, since CPython subscripts one through a Python-level slot call (several hundred
     instructions per item, the largest single cost of rendering). A race only builds an entry
     twice."""
 
@@ -23,7 +23,7 @@ class ItemEntries(Mapping[int, tuple[bytes, str]]):
         """The entries of ``rows``, in order (the render stage's one look-up per call)."""
         got = self._got
         try:
-            return [got[row] for row in rows]
+            return list(map(got.__getitem__, rows))  # no bytecode per row
         except KeyError:
             return [got[row] if row in got else self[row] for row in rows]
 

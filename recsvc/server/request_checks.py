@@ -11,7 +11,8 @@ from recsvc.settings import EVENT_TYPES, DataSettings, ServingSettings
 def check_id(value: str, what: str, data: DataSettings) -> str:
     """``what`` is "member_id" or "item_id"; reasons EMPTY_<WHAT>, <WHAT>_TOO_LONG, INVALID_<WHAT>.
     Returns the id in NFC, the form files are normalised to as well (recsvc.idmap)."""
-    value = normalize_id(value)
+    if not value.isascii():  # ASCII is NFC already: no call for the common case
+        value = normalize_id(value)
     problem = id_problem(value, data.max_id_length)
     if problem is None:
         return value
