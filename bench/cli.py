@@ -2,8 +2,8 @@
 own process) and benchmarks. Each harness is a function returning its report; these commands
 only parse options, call it and write the report.
 
-Long on purpose: one typer command per harness (its options, the Redis or servers it needs, the
-call, the report write); the measuring is in the harness modules.
+Long on purpose: one typer command per harness, most of each its flags (names, defaults and help
+as docs/benchmarks.md lists them); what a run does is in ``bench.runs`` and ``bench.served_runs``.
 """
 
 from __future__ import annotations
