@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench.ratebench import RateResult, cpu_cell, fixed_rate, request_maker
+from bench.ratebench import RateResult, RateRun, cpu_cell, fixed_rate, request_maker
 from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
@@ -280,8 +280,8 @@ def run_propagation(
     def load() -> None:
         make = request_maker(traffic, "RecommendProducts")
         background["result"] = asyncio.run(
-            fixed_rate(target, make, background_rps, duration, label="RecommendProducts (background)",
-                       connections=connections, warmup_s=0.0, metadata=metadata)
+            fixed_rate(RateRun(target, make, background_rps, duration, label="RecommendProducts (background)",
+                               connections=connections, warmup_s=0.0, metadata=metadata))
         )  # fmt: skip
 
     thread = threading.Thread(target=load, daemon=True)
@@ -435,8 +435,8 @@ def run_paired(
             make = request_maker(traffic, "RecommendProducts")
             label = f"RecommendProducts {'with' if with_changes else 'without'} SetStock"
             result = asyncio.run(
-                fixed_rate(target, make, rate, duration_s, label=label, connections=connections,
-                           warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe)
+                fixed_rate(RateRun(target, make, rate, duration_s, label=label, connections=connections,
+                                   warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe))
             )  # fmt: skip
             stock: dict[str, Any] = {}
             if sender is not None:

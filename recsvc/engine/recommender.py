@@ -96,7 +96,7 @@ class SingleModel:
         return self._variant, self._model
 
 
-@dataclass
+@dataclass(slots=True)
 class Recommendation:
     response: recommender_pb2.RecommendResponse
     source: str  # the source of the list as a whole, for metrics
@@ -149,7 +149,6 @@ class RecommendationEngine:
                 candidates = None  # found for the trained vector or purchases: not this member's now
             elif isinstance(candidates, StoredList) and activity.purchased:
                 candidates = None
-        excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
 
         resp = recommender_pb2.RecommendResponse(
             model_version=model.version,
@@ -159,6 +158,7 @@ class RecommendationEngine:
         )
         shown: list[str] = []
         if state.vector is None:
+            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
             top, top_scores = ranking.popular(view, state.segment, channel, kind, k, filters, excluded)
             render.items(
                 resp.items, shown, view, top, top_scores, _popular_reasons(state.segment, top), SOURCE_POPULAR
@@ -166,13 +166,17 @@ class RecommendationEngine:
             return Recommendation(resp, SOURCE_POPULAR, item_ids=shown)
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
-        elif model.neighbours is not None:
-            picks, scores, because = family_ranking.rank(
-                s, view, state, kind, k, filters, excluded, self._clock, first=candidates
-            )
-        else:
-            picks, scores = ranking.rank(s, view, state.vector, kind, k, filters, excluded, first=candidates)
-            because = explain.explain(view, picks, state)
+        else:  # ranked here, without the rows no list may hold (a stored list already is)
+            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+            if model.neighbours is not None:
+                picks, scores, because = family_ranking.rank(
+                    s, view, state, kind, k, filters, excluded, self._clock, first=candidates
+                )
+            else:
+                picks, scores = ranking.rank(
+                    s, view, state.vector, kind, k, filters, excluded, first=candidates
+                )
+                because = explain.explain(view, picks, state)
         reasons = explain.reason_texts(view, picks, because, state)
         due = restock.due(s, view, state, kind, filters, self._clock)
         if due is None:
