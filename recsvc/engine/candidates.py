@@ -65,10 +65,8 @@ class StoredLists:
             lists is None
             or row is None
             or not lists.spec.covers(kind, k, filters.only_defaults, filters.diversity)
+            or not self.usable(lists, model)
         ):
-            return None
-        found = self._usable.get(id(lists))  # ``usable``'s look-up, inline: this runs every call
-        if not (found[1] if found is not None and found[0] is lists else self.usable(lists, model)):
             return None
         items = lists.items[row]
         if items[0] < 0:
