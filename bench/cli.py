@@ -599,6 +599,12 @@ def bench_catalog_propagation(
     duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
     warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
     connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
+    client: str = typer.Option(
+        "python",
+        "--client",
+        help="Load client of the paired runs: python (grpc.aio, and a grpc SetStock sender process) or "
+        "native (load/grpcload for both loads; build it with `make -C load/grpcload`).",
+    ),
     bundle: Path | None = typer.Option(None, "--bundle", help="Bundle to serve (default: the sample)."),
     load_config: Path | None = typer.Option(None, "--load-config", help="Traffic mix (load config TOML)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Server processes."),
@@ -617,16 +623,21 @@ def bench_catalog_propagation(
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config as read_load_config
     from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
+    from bench.native_client import find_native_client
     from bench.traffic import ServedIds, Traffic
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     app_state.settings()
+    if client not in LOAD_CLIENTS:
+        raise typer.BadParameter("--client must be python or native")
+    if client == "native":
+        find_native_client()  # not built: say so before anything starts
     out = _bench_dir(results, "catalog propagation")
     machine = _machine()
     config = read_load_config(load_config)
     metadata = tuple(config.metadata.items())
-    context: dict[str, str] = {}
+    context: dict[str, str] = {"load client of the paired runs": LOAD_CLIENTS[client]}
     say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
     with ExitStack() as stack, sigterm_as_interrupt():
         opts = LoadRunOptions(
@@ -653,7 +664,8 @@ def bench_catalog_propagation(
             paired = run_paired(
                 target, traffic, items, pairs=pairs, rate=rate, set_stock_rate=set_stock_rate,
                 duration_s=duration, warmup_s=warmup, connections=connections, metadata=metadata,
-                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), say=say,
+                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), client=client,
+                say=say,
             )  # fmt: skip
         payload["paired"] = paired.as_dict() if paired is not None else None
         payload["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
