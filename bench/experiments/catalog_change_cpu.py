@@ -1,8 +1,8 @@
 """Where a server process spends its CPU per live catalog change: one in-process server (the real
 composition root, a real Redis) answers ``SetStock`` at a fixed rate from the native client
-(load/grpcload), and the CPU of each of the process's threads over the measured window is split
-by role (the event loop that answers the calls, the catalog follower, gRPC's own threads, the rest)
-and divided by the calls. ``--profile`` adds a cProfile of the event loop's thread.
+(load/grpcload); the CPU of the server process (every thread: the event loop, the follower,
+gRPC's own threads), of Redis and of the client over the measured window, divided by the calls.
+``--profile`` adds a cProfile of the event loop's thread.
 docs/benchmarks.md, "Live catalog", uses it.
 
     python -m bench.experiments.catalog_change_cpu BUNDLE [--rate 200] [--duration 20] [--profile]
@@ -16,35 +16,11 @@ import io
 import os
 import pstats
 import tempfile
-import threading
-from collections import defaultdict
 from pathlib import Path
 
 from bench.catalog_propagation import _set_stock_maker
 from bench.cpu import cpu_seconds
 from bench.native_client import fixed_rate_native
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-# Python thread names -> role; threads Python did not start (gRPC core's) are "native".
-_ROLES = (("recsvc-aio", "event loop"), ("recsvc-catalog", "follower"), ("recsvc-rpc", "rpc pool"))
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds so far per role over this process's threads."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = defaultdict(float)
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        name = names.get(int(task.name))
-        role = (
-            "native" if name is None else next((r for p, r in _ROLES if name.startswith(p)), "other python")
-        )
-        out[role] += (int(fields[11]) + int(fields[12])) / _TICKS
-    return out
 
 
 def main() -> None:
@@ -84,7 +60,7 @@ def main() -> None:
 
         def sample() -> dict[str, float]:
             assert redis.proc is not None
-            return {**thread_cpu(), "redis": cpu_seconds(redis.proc.pid)}
+            return {"process": cpu_seconds(os.getpid()), "redis": cpu_seconds(redis.proc.pid)}
 
         def probe() -> dict[str, float]:
             # fixed_rate_native calls this at the window's start and end
@@ -105,11 +81,8 @@ def main() -> None:
         print(f"SetStock {args.rate:.0f}/s for {args.duration:.0f} s: {result.completed_ok} answered, "
               f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.codes or '-'}")  # fmt: skip
         per_call = result.cpu_ms_per_call
-        roles = sorted(k for k in per_call if k != "client")
-        process = sum(per_call[k] for k in roles if k != "redis")
-        parts = " + ".join(f"{k} {per_call[k]:.3f}" for k in roles if k != "redis")
-        print(f"CPU ms per SetStock: process {process:.3f} = {parts}; redis {per_call.get('redis', 0):.3f}; "
-              f"native client {per_call.get('client', 0):.3f}")  # fmt: skip
+        print(f"CPU ms per SetStock: server process {per_call.get('process', 0):.3f}; redis "
+              f"{per_call.get('redis', 0):.3f}; native client {per_call.get('client', 0):.3f}")  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f}")
         shutdown(server, deps, grace_s=0)
         if args.profile:
