@@ -47,7 +47,7 @@ import grpc
 import numpy as np
 
 from bench.native_client import find_native_client, fixed_rate_native
-from bench.ratebench import RateResult, cpu_cell, fixed_rate, request_maker
+from bench.ratebench import RateResult, RateRun, cpu_cell, fixed_rate, request_maker
 from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
@@ -284,8 +284,8 @@ def run_propagation(
     def load() -> None:
         make = request_maker(traffic, "RecommendProducts")
         background["result"] = asyncio.run(
-            fixed_rate(target, make, background_rps, duration, label="RecommendProducts (background)",
-                       connections=connections, warmup_s=0.0, metadata=metadata)
+            fixed_rate(RateRun(target, make, background_rps, duration, label="RecommendProducts (background)",
+                               connections=connections, warmup_s=0.0, metadata=metadata))
         )  # fmt: skip
 
     thread = threading.Thread(target=load, daemon=True)
@@ -416,8 +416,10 @@ class _NativeSetStock:
         target, items, rate, duration_s, warmup_s, metadata = self._args
         try:
             r = fixed_rate_native(
-                target, _set_stock_maker(items), rate, duration_s, label="SetStock", connections=2,
-                deadline_s=2.0, warmup_s=warmup_s, metadata=metadata,
+                RateRun(
+                    target, _set_stock_maker(items), rate, duration_s, label="SetStock", connections=2,
+                    deadline_s=2.0, warmup_s=warmup_s, metadata=metadata,
+                )
             )  # fmt: skip
             self._out.update(
                 sent=r.sent, ok=r.completed_ok, errors=r.codes, achieved_rps=r.achieved_rps,
@@ -508,16 +510,11 @@ def run_paired(
                     raise PropagationBenchError("the SetStock sender did not start")
             make = request_maker(traffic, "RecommendProducts")
             label = f"RecommendProducts {'with' if with_changes else 'without'} SetStock"
-            if client == "native":
-                result = fixed_rate_native(
-                    target, make, rate, duration_s, label=label, connections=connections,
-                    warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe,
-                )  # fmt: skip
-            else:
-                result = asyncio.run(
-                    fixed_rate(target, make, rate, duration_s, label=label, connections=connections,
-                               warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe)
-                )  # fmt: skip
+            run = RateRun(
+                target, make, rate, duration_s, label=label, connections=connections, warmup_s=warmup_s,
+                metadata=metadata, cpu_probe=cpu_probe,
+            )  # fmt: skip
+            result = fixed_rate_native(run) if client == "native" else asyncio.run(fixed_rate(run))
             stock: dict[str, Any] = {}
             if native_sender is not None:
                 stock = native_sender.result()

@@ -2,16 +2,15 @@
 own process) and benchmarks. Each harness is a function returning its report; these commands
 only parse options, call it and write the report.
 
-Long on purpose: one typer command per harness (its options, the Redis or servers it needs, the
-call, the report write); the measuring is in the harness modules.
+Long on purpose: one typer command per harness, most of each its flags (names, defaults and help
+as docs/benchmarks.md lists them); what a run does is in ``bench.runs`` and ``bench.served_runs``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -22,7 +21,9 @@ app = typer.Typer(help="Load tests (Locust) and benchmarks; see docs/benchmarks.
 from recsvc.cli.common import console, friendly_errors, setup_logging, state  # noqa: E402
 
 if TYPE_CHECKING:
-    from bench.loadrun import LoadRunOptions
+    from bench.runs import BenchReport
+
+T = TypeVar("T")
 
 
 @app.command("run")
@@ -142,61 +143,29 @@ bench = typer.Typer(
 app.add_typer(bench, name="bench")
 
 
-# `bench service --client`: who sends the calls (recorded with the results).
-LOAD_CLIENTS = {
-    "python": "python (grpc.aio, in the benchmark process)",
-    "native": "native (load/grpcload, C++ grpc++ async)",
-}
+def _say(message: str) -> None:
+    console.print(message, markup=False, highlight=False)
 
 
 def _bench_dir(results: Path, kind: str) -> Path:
     from bench.loadrun import new_results_dir
 
     out = new_results_dir(results / "bench")
-    console.print(f"{kind}: results in {out}", markup=False, highlight=False)
+    _say(f"{kind}: results in {out}")
     return out
 
 
-def _serve_here(
-    opts: LoadRunOptions, out: Path, stack: ExitStack, say: Callable[[str], None], context: dict[str, str]
-) -> tuple[str, Path, dict[str, str]]:
-    """Redis, the sample model (unless ``opts.bundle``) and `recsvc serve` started for a benchmark
-    and stopped by ``stack``: (target, served bundle, the environment they run with)."""
-    import os
-
-    from bench.loadrun import start_local_stack
-
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
-    return target, served, env
+def _write(out: Path, report: BenchReport) -> None:
+    report.write(out)
+    typer.echo(report.markdown)
 
 
-def _write(out: Path, name: str, payload: Any, markdown: str) -> None:
-    import json
-
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    (out / f"{name}.md").write_text(markdown + "\n")
-    typer.echo(markdown)
-
-
-def _machine() -> dict[str, Any]:
-    import os
-    import platform
-
-    from bench.probe import probe_line, speed_probe
-
-    load1, load5, _ = os.getloadavg()
-    probe = speed_probe()
-    console.print(probe_line(probe), markup=False, highlight=False)
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_1m_at_start": load1,
-        "loadavg_5m_at_start": load5,
-        "speed_probe": probe,  # bench/probe.py: compare runs on a noisy machine
-    }
+def _options(make: Callable[[], T]) -> T:
+    """Options built from the flags; a value they refuse is a bad flag."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @bench.command("inproc")
@@ -211,32 +180,13 @@ def bench_inproc(
 ) -> None:
     """In-process cost of RecommendProducts, SimilarItems, RecommendContent and CheckOutreach:
     the real servicers and engine on a real Redis, called directly (no gRPC transport)."""
-    import tempfile
-
-    from bench.inproc import servicer_costs
-    from bench.timing import MARKDOWN_HEADER
-    from recsvc.localstack import LocalRedis
+    from bench.runs import InprocOptions, run_inproc
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     out = _bench_dir(results, "in-process costs")
-    machine = _machine()
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsvc-bench-")))
-        url = redis_url or stack.enter_context(LocalRedis(tmp / "redis")).url
-        settings = app_state.settings(
-            {
-                "serving": {"model_uri": str(bundle.resolve()), "bundle_cache_dir": str(tmp / "bundles")},
-                "redis": {"url": url},
-                # in-process servicers on loopback, no callers but this one
-                "security": {"audit_log": str(tmp / "audit.log"), "allow_insecure_dev": True},
-            }
-        )
-        stats = servicer_costs(settings, calls=calls, warmup=warmup)
-    md = "\n".join([MARKDOWN_HEADER, *(s.markdown_row() for s in stats)])
-    _write(
-        out, "inproc", {"machine": machine, "bundle": str(bundle), "stats": [s.as_dict() for s in stats]}, md
-    )
+    options = InprocOptions(bundle=bundle, calls=calls, warmup=warmup, redis_url=redis_url)
+    _write(out, run_inproc(options, app_state.settings, _say))
 
 
 @bench.command("ann")
@@ -252,29 +202,13 @@ def bench_ann(
     """Per bundle and item kind: the FAISS index's type and nprobe/efSearch, its recall@20 against
     exact inner-product search, and ms per single-vector search of 100 results (1 OMP thread),
     bare and through ServedModel.search (the serving call, scores included)."""
-    from bench.ann_recall import ann_costs, markdown
+    from bench.runs import AnnOptions, run_ann
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
-    t = app_state.settings().training
+    training = app_state.settings().training
     out = _bench_dir(results, "ANN index costs")
-    machine = _machine()
-    rows = []
-    for b in bundle:
-        rows += ann_costs(
-            b,
-            queries=queries,
-            tuning_queries=t.ann_queries,
-            tuning_seed=t.random_state,
-            hnsw_ef_search=t.hnsw_ef_search,
-        )
-    payload = {
-        "machine": machine,
-        "bundles": [str(b) for b in bundle],
-        "queries": queries,
-        "rows": [r.as_dict() for r in rows],
-    }
-    _write(out, "ann", payload, markdown(rows))
+    _write(out, run_ann(AnnOptions(bundles=bundle, queries=queries), training, _say))
 
 
 @bench.command("throttle")
@@ -290,16 +224,17 @@ def bench_throttle(
 ) -> None:
     """Throttle decisions per second pipelined from one client, and single-decision latency."""
     from bench.inproc import ThrottleBenchOptions, run_throttle
+    from bench.runs import BenchReport, machine
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     out = _bench_dir(results, "throttle")
-    machine = _machine()
+    where = machine(_say)
     options = ThrottleBenchOptions(
         decisions=decisions, batch=batch, members=members, single_calls=single_calls, redis_url=redis_url
     )
     rates = run_throttle(options, app_state.settings)
-    _write(out, "throttle", {"machine": machine, **rates.as_dict()}, rates.markdown())
+    _write(out, BenchReport("throttle", {"machine": where, **rates.as_dict()}, rates.markdown()))
 
 
 @bench.command("service")
@@ -340,66 +275,33 @@ def bench_service(
     """Service throughput and latency at fixed offered rates (open loop; grpc.aio client, or the
     native one with --client native). Starts Redis and the server like `load run` unless --host is
     given; reports server memory too."""
-
-    from bench.cpu import cpu_probe
-    from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt
-    from bench.memory import to_markdown as memory_markdown
-    from bench.memory import tree_memory
-    from bench.native_client import find_native_client
-    from bench.ratebench import MARKDOWN_HEADER, markdown_row, run_fixed_rates
-    from bench.traffic import ServedIds, Traffic
+    from bench.served_runs import LocalServer, ServiceOptions, run_service
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     app_state.settings()
-    offered = [float(r) for r in rates.split(",") if r.strip()]
-    if host and bundle is None:
-        raise LoadRunError("--bundle is required with --host: ids are drawn from the served bundle")
-    if client not in LOAD_CLIENTS:
-        raise typer.BadParameter("--client must be python or native")
-    if client == "native":
-        find_native_client()  # not built: say so before anything starts
+    server = LocalServer(
+        bundle=bundle, workers=workers, members=members, seed=seed, workdir=workdir,
+        settings_file=app_state.config_file,
+    )  # fmt: skip
+    options = _options(
+        lambda: ServiceOptions(
+            rates=[float(r) for r in rates.split(",") if r.strip()],
+            duration_s=duration,
+            warmup_s=warmup,
+            rpc=rpc,
+            connections=connections,
+            deadline_s=deadline,
+            client=client,
+            load_config=load_config,
+            host=host,
+            server_pid=server_pid,
+            bundle=bundle,
+            server=server,
+        )
+    )
     out = _bench_dir(results, "service throughput")
-    machine = _machine()
-    config = read_load_config(load_config)
-    context: dict[str, str] = {"load client": LOAD_CLIENTS[client]}
-    with ExitStack() as stack, sigterm_as_interrupt():
-        if host:
-            target, served = host, bundle
-            if server_pid:
-                context["server pid"] = str(server_pid)
-        else:
-            opts = LoadRunOptions(
-                bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
-                settings_file=app_state.config_file,
-            )  # fmt: skip
-            say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-            target, served, _ = _serve_here(opts, out, stack, say, context)
-        assert served is not None
-        traffic = Traffic(ServedIds.from_bundle(served), config)
-        metadata = tuple(config.metadata.items())
-        pids = {k: int(v) for k, v in context.items() if k in ("server pid", "redis pid")}
-        runs = run_fixed_rates(
-            target, traffic, rpc, offered, duration,
-            connections=connections, deadline_s=deadline, warmup_s=warmup, metadata=metadata,
-            cpu_probe=cpu_probe(pids.get("server pid"), pids.get("redis pid")), client=client,
-        )  # fmt: skip
-        memory = tree_memory(int(context["server pid"])) if "server pid" in context else []
-    md = "\n".join([MARKDOWN_HEADER, *(markdown_row(r) for r in runs)])
-    md += f"\n\nLoad client: {LOAD_CLIENTS[client]}, {connections} connections; its CPU is the client column."
-    if memory:
-        md += "\n\nServer memory after the runs:\n\n" + memory_markdown(memory)
-    payload = {
-        "machine": machine,
-        "target": target,
-        "bundle": str(served),
-        "client": client,
-        "context": context,
-        "runs": [r.as_dict() for r in runs],
-        "server_memory": [m.as_dict() for m in memory],
-    }
-    _write(out, "service", payload, md)
+    _write(out, run_service(options, out, _say))
 
 
 @bench.command("echo")
@@ -439,54 +341,22 @@ def bench_pipeline(
     extra_generate: str = typer.Option("", "--generate-args", help="Extra `data generate` options."),
 ) -> None:
     """Generate data and train at scale, timing each command and sampling its peak memory."""
-    import os
     import shlex
 
     from bench.loadrun import LoadRunError
-    from bench.training_scale import markdown, run_measured
-    from recsvc.localstack import recsvc_command
+    from bench.runs import PipelineOptions, run_pipeline
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
+    options = PipelineOptions(
+        members=members, products=products, seed=seed, workdir=workdir,
+        generate_args=shlex.split(extra_generate), settings_file=app_state.config_file,
+    )  # fmt: skip
     out = _bench_dir(results, "pipeline")
-    machine = _machine()
-    work = workdir.resolve()
-    (work / "mlflow").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env.update(
-        {
-            "RECSVC_MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
-            "RECSVC_MLFLOW__ARTIFACT_LOCATION": str(work / "mlflow" / "artifacts"),
-        }
-    )
-    if app_state.config_file is not None:
-        env["RECSVC_CONFIG"] = str(app_state.config_file)
-    rc = recsvc_command()
-    gen = [
-        *rc,
-        "data",
-        "generate",
-        "--out",
-        str(work / "data"),
-        "--members",
-        str(members),
-        "--seed",
-        str(seed),
-    ]
-    if products is not None:
-        gen += ["--products", str(products)]
-    gen += shlex.split(extra_generate)
-    steps = [run_measured("data generate", gen, env, out / "generate.log")]
-    if steps[0].exit_code == 0:
-        train = [*rc, "train", "--data", str(work / "data")]
-        steps.append(run_measured("train (ingest -> ... -> register)", train, env, out / "train.log"))
-    _write(out, "pipeline", {"machine": machine, "steps": [s.as_dict() for s in steps]}, markdown(steps))
-    failed = [s for s in steps if s.exit_code != 0]
-    if failed:
-        raise LoadRunError(
-            f"{failed[0].name} failed with exit code {failed[0].exit_code}; see {failed[0].log}"
-        )
+    report = run_pipeline(options, out, _say)
+    _write(out, report)
+    if report.error is not None:
+        raise LoadRunError(report.error)
 
 
 @bench.command("diversity")
@@ -506,19 +376,17 @@ def bench_diversity(
 ) -> None:
     """NDCG@k against intra-list diversity and distinct categories per diversity setting, on the
     holdout (last training.holdout_days) of the data a --no-refit bundle was trained on."""
-    from bench.diversity_tradeoff import diversity_table, markdown
+    from bench.runs import DiversityOptions, run_diversity
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     settings = app_state.settings()
     values = [float(d) for d in diversities.split(",") if d.strip()]
-    if any(not 0 <= d <= 1 for d in values):
-        raise typer.BadParameter("--diversities must be between 0 and 1")
+    options = _options(
+        lambda: DiversityOptions(bundle=bundle, data=data, diversities=values, k=k, max_members=max_members)
+    )
     out = _bench_dir(results, "diversity trade-off")
-    machine = _machine()
-    rows, context = diversity_table(settings, bundle, data, values, k=k, max_members=max_members)
-    payload = {"machine": machine, "context": context, "rows": [r.as_dict() for r in rows]}
-    _write(out, "diversity", payload, markdown(rows))
+    _write(out, run_diversity(options, settings, _say))
 
 
 @bench.command("campaign")
@@ -536,53 +404,24 @@ def bench_campaign(
     """PlanCampaign over a large audience through gRPC: starts Redis and the server, gives every
     member consent and a daytime time zone, then plans (dry run) and/or reserves, reading every
     decision; reports decisions/s, server memory (RSS/PSS) and Redis memory."""
-
-    from bench.campaign import daytime_timezone, markdown, plan_campaign_over_grpc, seed_profiles
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
-    from recsvc.outreach.service import build_throttle
-    from recsvc.redis_client import connect
+    from bench.served_runs import CampaignOptions, run_campaign
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     settings = app_state.settings()
-    modes = [m.strip() for m in mode.split(",") if m.strip()]
-    if not modes or any(m not in ("dry-run", "reserve") for m in modes):
-        raise typer.BadParameter("--modes takes dry-run and/or reserve")
-    out = _bench_dir(results, "PlanCampaign")
-    machine = _machine()
-    context: dict[str, str] = {}
-    runs = []
-    with ExitStack() as stack, sigterm_as_interrupt():
-        opts = LoadRunOptions(
-            bundle=bundle, workdir=workdir, workers=workers, settings_file=app_state.config_file
+    options = _options(
+        lambda: CampaignOptions(
+            bundle=bundle,
+            members=members,
+            channel=channel,
+            modes=[m.strip() for m in mode.split(",") if m.strip()],
+            workers=workers,
+            workdir=workdir,
+            settings_file=app_state.config_file,
         )
-        say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-        target, _, env = _serve_here(opts, out, stack, say, context)
-        url = env["RECSVC_REDIS__URL"]
-        client = connect(url)
-        stack.callback(client.close)
-        throttle = build_throttle(settings.model_copy(update={}), client, timeout_s=30.0)
-        tz = daytime_timezone()
-        say(f"giving {members:,} members consent on {channel} and time zone {tz}")
-        seeded = seed_profiles(throttle, members, channel, tz)
-        say(f"seeded in {seeded:.1f}s; planning")
-        for m in modes:
-            run = plan_campaign_over_grpc(
-                target, members, channel,
-                reserve=m == "reserve",
-                request_size=settings.outreach.max_plan_members,
-                redis_client=client,
-                server_pid=int(context["server pid"]),
-                seed_seconds=seeded,
-                timezone=tz,
-                campaign_id=f"bench-{m}",
-                metadata=tuple(),
-            )  # fmt: skip
-            say(f"{m}: {run.decisions:,} decisions in {run.seconds:.1f}s")
-            runs.append(run)
-            # after every mode, so a run stopped part-way keeps what it measured
-            payload = {"machine": machine, "context": context, "runs": [r.as_dict() for r in runs]}
-            _write(out, "campaign", payload, markdown(runs))
+    )
+    out = _bench_dir(results, "PlanCampaign")
+    run_campaign(options, settings, out, _say, progress=lambda report: _write(out, report))
 
 
 @bench.command("catalog-propagation")
@@ -617,56 +456,22 @@ def bench_catalog_propagation(
     one at a time under a fixed RecommendProducts load and times SetStock answered -> every server
     process stops recommending the item (each process polled on a connection the kernel says it
     holds); then RecommendProducts p99 with and without SetStock beside it, in alternating pairs."""
-    import os
-
-    from bench.catalog_propagation import markdown, run_paired, run_propagation
-    from bench.cpu import cpu_probe
-    from bench.loadconfig import load_config as read_load_config
-    from bench.loadrun import LoadRunOptions, sigterm_as_interrupt
-    from bench.native_client import find_native_client
-    from bench.traffic import ServedIds, Traffic
+    from bench.served_runs import CatalogPropagationOptions, LocalServer, run_catalog_propagation
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     app_state.settings()
-    if client not in LOAD_CLIENTS:
-        raise typer.BadParameter("--client must be python or native")
-    if client == "native":
-        find_native_client()  # not built: say so before anything starts
+    server = LocalServer(
+        bundle=bundle, workers=workers, members=members, seed=seed, workdir=workdir,
+        settings_file=app_state.config_file,
+    )  # fmt: skip
+    options = _options(
+        lambda: CatalogPropagationOptions(
+            changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
+            set_stock_rate=set_stock_rate, duration_s=duration, warmup_s=warmup, connections=connections,
+            client=client, load_config=load_config, server=server,
+        )
+    )  # fmt: skip
     out = _bench_dir(results, "catalog propagation")
-    machine = _machine()
-    config = read_load_config(load_config)
-    metadata = tuple(config.metadata.items())
-    context: dict[str, str] = {"load client of the paired runs": LOAD_CLIENTS[client]}
-    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-    with ExitStack() as stack, sigterm_as_interrupt():
-        opts = LoadRunOptions(
-            bundle=bundle, workdir=workdir, members=members, seed=seed, workers=workers,
-            settings_file=app_state.config_file,
-        )  # fmt: skip
-        target, served, _ = _serve_here(opts, out, stack, say, context)
-        traffic = Traffic(ServedIds.from_bundle(served), config)
-        say(f"propagation: {changes} sell-outs under {background_rate:.0f} RecommendProducts/s")
-        prop = run_propagation(
-            target, int(context["server pid"]), traffic, processes=workers, changes=changes,
-            background_rps=background_rate, connections=connections, warmup_s=warmup, metadata=metadata,
-            say=say,
-        )  # fmt: skip
-        payload: dict[str, Any] = {"machine": machine, "context": context, "propagation": prop.as_dict()}
-        _write(out, "catalog-propagation", payload, markdown(prop, None))
-        paired = None
-        if pairs:
-            items = [bytes(i).decode() for i in traffic.ids.products[:100]]
-            say(
-                f"paired runs: {pairs} x RecommendProducts {rate:.0f}/s "
-                f"with and without {set_stock_rate:.0f} SetStock/s"
-            )
-            paired = run_paired(
-                target, traffic, items, pairs=pairs, rate=rate, set_stock_rate=set_stock_rate,
-                duration_s=duration, warmup_s=warmup, connections=connections, metadata=metadata,
-                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), client=client,
-                say=say,
-            )  # fmt: skip
-        payload["paired"] = paired.as_dict() if paired is not None else None
-        payload["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
-    _write(out, "catalog-propagation", payload, markdown(prop, paired))
+    progress = lambda report: report.write(out)  # noqa: E731
+    _write(out, run_catalog_propagation(options, out, _say, progress))

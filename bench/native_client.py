@@ -13,13 +13,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
 
 from bench.cpu import cpu_seconds
-from bench.ratebench import OUTREACH_RPCS, RateResult, summarize_calls
+from bench.ratebench import OUTREACH_RPCS, RateResult, RateRun, summarize_calls
 from recsvc.errors import RecsvcError
 from recsvc.v1 import catalog_pb2, outreach_pb2, recommender_pb2
 
@@ -141,25 +140,15 @@ def summarize_native(
 
 
 def _native_command(
-    binary: Path,
-    target: str,
-    rate: float,
-    duration_s: float,
-    warmup_s: float,
-    connections: int,
-    deadline_s: float,
-    connect_timeout_s: float,
-    metadata: tuple[tuple[str, str], ...],
-    requests: Path,
-    out: Path,
+    binary: Path, run: RateRun, connect_timeout_s: float, requests: Path, out: Path
 ) -> list[str]:
     cmd = [
-        str(binary), "--target", target, "--requests", str(requests), "--out", str(out),
-        "--rate", repr(rate), "--duration", repr(duration_s), "--warmup", repr(warmup_s),
-        "--connections", str(connections), "--deadline", repr(deadline_s),
+        str(binary), "--target", run.target, "--requests", str(requests), "--out", str(out),
+        "--rate", repr(run.rate), "--duration", repr(run.duration_s), "--warmup", repr(run.warmup_s),
+        "--connections", str(run.connections), "--deadline", repr(run.deadline_s),
         "--connect-timeout", repr(connect_timeout_s),
     ]  # fmt: skip
-    for key, value in metadata:
+    for key, value in run.metadata:
         cmd += ["--metadata", f"{key}={value}"]
     return cmd
 
@@ -188,41 +177,25 @@ def _cpu_at(when: float, pid: int, probe: Callable[[], dict[str, float]] | None)
 
 
 def fixed_rate_native(
-    target: str,
-    make_request: Callable[[], tuple[str, Any]],
-    rate: float,
-    duration_s: float,
-    *,
-    label: str,
-    connections: int = 4,
-    deadline_s: float = 1.0,
-    warmup_s: float = 2.0,
-    metadata: tuple[tuple[str, str], ...] = (),
-    cpu_probe: Callable[[], dict[str, float]] | None = None,
-    binary: Path | None = None,
-    connect_timeout_s: float = 10.0,
+    run: RateRun, *, binary: Path | None = None, connect_timeout_s: float = 10.0
 ) -> RateResult:
     """``fixed_rate`` with the compiled client (load/grpcload) sending: the same schedule,
     requests (built here, in call order), warm-up exclusion and result.
 
     The client prints its t0 once its connections are up; this process then sleeps until the
     first measured call is due and until the call after the last would be, sampling CPU there
-    (``cpu_probe``'s roles, and ``client`` = the native client's CPU, measured even without a
-    probe). A connection not up after ``connect_timeout_s`` is not an error: its calls fail
+    (``run.cpu_probe``'s roles, and ``client`` = the native client's CPU, measured even without
+    a probe). A connection not up after ``connect_timeout_s`` is not an error: its calls fail
     (UNAVAILABLE) and are counted."""
-    if rate <= 0 or duration_s <= 0:
-        raise ValueError("rate and duration must be > 0")
+    rate, duration_s, warmup_s, deadline_s = run.rate, run.duration_s, run.warmup_s, run.deadline_s
     exe = find_native_client(binary)
     total = int(rate * (warmup_s + duration_s))
     warm_n = round(rate * warmup_s)
     with tempfile.TemporaryDirectory(prefix="recsvc-grpcload-") as tmp:
         work = Path(tmp)
-        calls = (make_request() for _ in range(total))
+        calls = (run.make_request() for _ in range(total))
         write_requests(work / "requests.bin", ((method_path(n), r.SerializeToString()) for n, r in calls))
-        cmd = _native_command(
-            exe, target, rate, duration_s, warmup_s, connections, deadline_s, connect_timeout_s,
-            metadata, work / "requests.bin", work / "results.bin",
-        )  # fmt: skip
+        cmd = _native_command(exe, run, connect_timeout_s, work / "requests.bin", work / "results.bin")
         stderr_log = work / "stderr.log"
         with (
             stderr_log.open("w") as err,
@@ -233,8 +206,8 @@ def fixed_rate_native(
                 if t0 is None:
                     proc.wait(timeout=30)
                     raise _failure(proc, stderr_log)
-                cpu_before = _cpu_at(t0 + warm_n / rate, proc.pid, cpu_probe)
-                cpu_after = _cpu_at(t0 + total / rate, proc.pid, cpu_probe)
+                cpu_before = _cpu_at(t0 + warm_n / rate, proc.pid, run.cpu_probe)
+                cpu_after = _cpu_at(t0 + total / rate, proc.pid, run.cpu_probe)
                 proc.communicate(timeout=deadline_s + 60)  # every call has a deadline
             except BaseException:
                 proc.kill()  # no-op when it has exited; Popen's exit reaps it
@@ -245,6 +218,6 @@ def fixed_rate_native(
     if records.shape[0] != total:
         raise NativeClientError(f"native load client recorded {records.shape[0]} calls, expected {total}")
     return summarize_native(
-        records, label=label, rate=rate, duration_s=duration_s, warm_n=warm_n,
+        records, label=run.label, rate=rate, duration_s=duration_s, warm_n=warm_n,
         cpu_before=cpu_before, cpu_after=cpu_after,
     )  # fmt: skip

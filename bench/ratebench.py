@@ -129,22 +129,34 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q, method="inverted_cdf"))
 
 
-async def fixed_rate(
-    target: str,
-    make_request: Callable[[], tuple[str, Any]],
-    rate: float,
-    duration_s: float,
-    *,
-    label: str,
-    connections: int = 4,
-    deadline_s: float = 1.0,
-    warmup_s: float = 2.0,
-    metadata: tuple[tuple[str, str], ...] = (),
-    cpu_probe: Callable[[], dict[str, float]] | None = None,
-) -> RateResult:
-    """Offer ``rate`` calls/s for ``warmup_s + duration_s``; report on the last ``duration_s``."""
-    if rate <= 0 or duration_s <= 0:
-        raise ValueError("rate and duration must be > 0")
+@dataclass(frozen=True)
+class RateRun:
+    """One open-loop run: ``rate`` calls/s of ``make_request()``'s calls to ``target`` for
+    ``warmup_s + duration_s``, reported on the last ``duration_s`` under ``label``. What both
+    senders take (``fixed_rate``, ``native_client.fixed_rate_native``)."""
+
+    target: str
+    make_request: Callable[[], tuple[str, Any]]
+    rate: float
+    duration_s: float
+    label: str
+    connections: int = 4
+    deadline_s: float = 1.0
+    warmup_s: float = 2.0
+    metadata: tuple[tuple[str, str], ...] = ()
+    # () -> CPU seconds by role, sampled when the measured window starts and ends
+    cpu_probe: Callable[[], dict[str, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.duration_s <= 0:
+            raise ValueError("rate and duration must be > 0")
+
+
+async def fixed_rate(run: RateRun) -> RateResult:
+    """Offer ``run.rate`` calls/s from this process's event loop (``grpc.aio``)."""
+    target, make_request, rate, duration_s = run.target, run.make_request, run.rate, run.duration_s
+    connections, deadline_s, warmup_s = run.connections, run.deadline_s, run.warmup_s
+    metadata, cpu_probe = run.metadata, run.cpu_probe
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
     stubs = [(recommender_pb2_grpc.RecommenderStub(c), outreach_pb2_grpc.OutreachStub(c)) for c in channels]
@@ -202,7 +214,7 @@ async def fixed_rate(
         for c in channels:
             await c.close()
     return summarize_calls(
-        label, rate, duration_s, latency, service, codes, warm_n, lag_max * 1000, cpu_before, cpu_after
+        run.label, rate, duration_s, latency, service, codes, warm_n, lag_max * 1000, cpu_before, cpu_after
     )
 
 
@@ -261,16 +273,12 @@ def run_fixed_rates(
     """One open-loop run per offered rate, lowest first, sent by the ``grpc.aio`` client
     (``client="python"``) or the compiled one (``"native"``, load/grpcload)."""
     make = request_maker(traffic, rpc)
+    runs = [RateRun(target, make, rate, duration_s, label=rpc, **kwargs) for rate in sorted(rates)]
     if client == "native":
         from bench.native_client import find_native_client, fixed_rate_native
 
         binary = find_native_client(native_binary)
-        return [
-            fixed_rate_native(target, make, rate, duration_s, label=rpc, binary=binary, **kwargs)
-            for rate in sorted(rates)
-        ]
+        return [fixed_rate_native(run, binary=binary) for run in runs]
     if client != "python":
         raise ValueError(f"unknown load client {client!r}; use python or native")
-    return [
-        asyncio.run(fixed_rate(target, make, rate, duration_s, label=rpc, **kwargs)) for rate in sorted(rates)
-    ]
+    return [asyncio.run(fixed_rate(run)) for run in runs]

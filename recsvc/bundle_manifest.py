@@ -146,7 +146,9 @@ class FamilySpec(BaseModel):
     ``als``: the member vector's inner products (the FAISS indexes). ``itemknn``: the sum of the
     item-item similarities of the member's history items, weighted by their confidence r_ui
     (``item_neighbour_{item,score}.npy``, ``neighbours`` per item). ``blend``: ``als_weight *
-    als / max|als| + (1 - als_weight) * itemknn / max(itemknn)`` over the requested kind's items.
+    als / max(als) + (1 - als_weight) * itemknn / max(itemknn)``, maxima over the requested
+    kind's items (``itemknn_source.als_scale``: a member without a positive ALS score divides by
+    ``|u| max|v|`` instead).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -52,11 +52,13 @@ def id_problem(value: str, max_bytes: int) -> str | None:
     limit counts UTF-8 bytes: that is what the bundle's id arrays and Redis keys hold."""
     if not value:
         return EMPTY
-    if (len(value) if value.isascii() else len(value.encode("utf-8"))) > max_bytes:
+    if value.isascii():  # the common case, decided without a further call
+        if len(value) > max_bytes:
+            return TOO_LONG
+        return None if ID_PATTERN.match(value) else BAD_CHARS
+    if len(value.encode("utf-8")) > max_bytes:
         return TOO_LONG
-    if not id_chars_ok(value):
-        return BAD_CHARS
-    return None
+    return None if id_chars_ok(value) else BAD_CHARS
 
 
 def encode_ids(values: Iterable[str] | np.ndarray) -> np.ndarray:
@@ -104,11 +106,13 @@ class IdMap:
         return isinstance(item_id, str) and self.row(item_id) is not None
 
     def row(self, item_id: str) -> int | None:
+        ids = self._ids
         key = item_id.encode("utf-8")
-        if len(key) > self._ids.dtype.itemsize or not key:
+        if len(key) > ids.dtype.itemsize or not key:
             return None
-        i = int(np.searchsorted(self._ids, key))
-        if i < len(self) and self._ids[i] == key:
+        # the array's own method, not np.searchsorted: no Python-level wrapper (once per call)
+        i = int(ids.searchsorted(key))
+        if i < ids.shape[0] and ids[i] == key:
             return i
         return None
 

@@ -8,7 +8,7 @@ neighbour model.
 The item-item model is implicit's ``BM25Recommender`` (``K`` neighbours per item) on r_ui: a
 member's score for an item is the sum of the item's similarities to the member's history,
 weighted by r_ui. The blend ranks by ``w * als + (1 - w) * itemknn``, each score divided by the
-member's largest score of that model so neither scale dominates; ``w`` is chosen on validation
+member's largest score of that model so neither scale dominates (``als_scale``); ``w`` is chosen on validation
 from :data:`WEIGHTS` (1 = ALS alone, 0 = item-item alone). The scores are computed by
 ``recsvc.engine.itemknn_source``, the functions serving ranks with; training/gate.py picks the
 family that serves, and the bundle stores the neighbour table (:func:`table`) it needs.
@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import KIND_NAMES
-from recsvc.engine.itemknn_source import blend, knn_scores_batch, neighbour_table
+from recsvc.engine.itemknn_source import als_scale, blend, knn_scores_batch, neighbour_table
 from training.evaluate import KS, _metrics_for, sample_members
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
@@ -52,9 +52,14 @@ class _Scorer:
     def recommend(
         self, rows: np.ndarray, seen: sp.csr_matrix, N: int, filter_already_liked_items: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        als = self.user_factors[rows] @ self.item_factors.T if self.weight > 0 else None
+        als, scale = None, None
+        if self.weight > 0:
+            members = self.user_factors[rows]
+            als = members @ self.item_factors.T
+            norm_max = float(np.linalg.norm(self.item_factors, axis=1).max(initial=0.0))
+            scale = als_scale(als.max(axis=1, initial=0.0), np.linalg.norm(members, axis=1), norm_max)
         knn = knn_scores_batch(self.history[rows], self.similarity) if self.weight < 1 else None
-        scores = blend(als, knn, self.weight)
+        scores = blend(als, knn, self.weight, scale)
         if filter_already_liked_items:
             seen = sp.csr_matrix(seen)
             r = np.repeat(np.arange(rows.shape[0]), np.diff(seen.indptr))

@@ -5,14 +5,26 @@ docs/benchmarks.md, "Serving CPU per call", runs it against a checkout of the ro
 harness lived in ``recsvc.bench`` (imported from there when ``bench`` is absent).
 
     python -m bench.experiments.call_cpu BUNDLE [--calls 1000] [--passes 10] [--label now]
+
+On a busy machine thread CPU moves with the neighbours; instructions do not. Under valgrind,
+``--callgrind`` switches instrumentation on after the set-up and brackets one pass with
+``os.getppid()`` / ``os.getpgrp()``, so callgrind counts exactly the calls:
+
+    valgrind --tool=callgrind --instr-atstart=no --zero-before=getppid --dump-before=getpgrp \
+      --callgrind-out-file=/tmp/cg.%p python -m bench.experiments.call_cpu BUNDLE --calls 500 --callgrind
+    callgrind_annotate --inclusive=yes /tmp/cg.<pid>.1 | grep -m1 genobject.c:gen_send  # / calls
+
+(``gen_send``: the servicer's coroutine, every instruction of the calls themselves.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +39,25 @@ def _harness() -> Any:
     return inproc, loadconfig, traffic
 
 
+def _count_one_pass(one_pass: Callable[[], object]) -> None:
+    """Instrumentation on (callgrind_control, polled: the command is served while this process
+    runs), a pass to warm the instrumented code, then the counted pass between the markers."""
+    control = subprocess.Popen(["callgrind_control", "-i", "on", str(os.getpid())], stdout=subprocess.DEVNULL)
+    while control.poll() is None:
+        time.sleep(0.2)
+    one_pass()
+    os.getppid()  # --zero-before=getppid
+    one_pass()
+    os.getpgrp()  # --dump-before=getpgrp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=10)
     parser.add_argument("--label", default="now")
+    parser.add_argument("--callgrind", action="store_true", help="Under valgrind: count one pass (above).")
     args = parser.parse_args()
     inproc, loadconfig, traffic = _harness()
     from recsvc.localstack import LocalRedis
@@ -61,6 +86,8 @@ def main() -> None:
         for _ in range(2):  # warm every code path and page before timing
             for request in requests:
                 run_inline(call(request, context))
+        if args.callgrind:
+            _count_one_pass(lambda: [run_inline(call(request, context)) for request in requests])
         cpu = np.full((args.passes, args.calls), np.inf)
         for p in range(args.passes):
             for i, request in enumerate(requests):

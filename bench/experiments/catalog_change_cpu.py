@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.catalog_propagation import _set_stock_maker
 from bench.cpu import cpu_seconds
 from bench.native_client import fixed_rate_native
+from bench.ratebench import RateRun
 
 
 def main() -> None:
@@ -73,10 +74,11 @@ def main() -> None:
                 loop.call_soon_threadsafe(profile.disable)
             return now
 
-        result = fixed_rate_native(
+        run = RateRun(
             target, _set_stock_maker(items), args.rate, args.duration, label="SetStock",
             connections=2, warmup_s=2.0, cpu_probe=probe,
         )  # fmt: skip
+        result = fixed_rate_native(run)
         calls = result.sent
         print(f"SetStock {args.rate:.0f}/s for {args.duration:.0f} s: {result.completed_ok} answered, "
               f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.codes or '-'}")  # fmt: skip

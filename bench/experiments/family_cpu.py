@@ -1,7 +1,7 @@
 """Per-call CPU of ``RecommendationEngine.recommend`` on an ALS bundle against an item-item or
 blend bundle (docs/benchmarks.md, "Model families"): both without stored lists (the live path),
 the same members interleaved call by call, thread CPU time (time spent waiting for a core on a
-busy machine is left out), FAISS on one thread as the server runs it.
+busy machine is left out), FAISS on one thread as the server runs it; p50, p99 and mean per call.
 
     python -m bench.experiments.family_cpu ALS_BUNDLE OTHER_BUNDLE [--calls N] [--seed S]
 """
@@ -52,8 +52,10 @@ def main() -> None:
             cpu[name].append(time.thread_time_ns() - t0)
     (a_name, a), (b_name, b) = ((n, np.array(v) / 1e6) for n, v in cpu.items())
     print(
-        f"{a_name} p50 {np.median(a):.3f} ms mean {a.mean():.3f} | {b_name} p50 {np.median(b):.3f} ms "
-        f"mean {b.mean():.3f} | ratio p50 {np.median(b) / np.median(a):.2f} mean {b.mean() / a.mean():.2f}"
+        f"{a_name} p50 {np.median(a):.3f} ms p99 {np.percentile(a, 99):.3f} mean {a.mean():.3f} | "
+        f"{b_name} p50 {np.median(b):.3f} ms p99 {np.percentile(b, 99):.3f} mean {b.mean():.3f} | "
+        f"ratio p50 {np.median(b) / np.median(a):.2f} p99 {np.percentile(b, 99) / np.percentile(a, 99):.2f} "
+        f"mean {b.mean() / a.mean():.2f}"
     )
 
 

@@ -3,18 +3,38 @@ for the bundle's items, ``CatalogView.entries`` where live changes touch them)."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
-class ItemEntries(dict[int, tuple[bytes, str]]):
-    """row -> (serialized own fields, item id), each built on its first look-up. A dict with
-    ``__missing__``: the hot path's ``entries[row]`` is a plain dict subscription, no call. A race
-    only builds an entry twice."""
+class ItemEntries(Mapping[int, tuple[bytes, str]]):
+    """row -> (serialized own fields, item id), each built on its first look-up. The entries sit
+    in a plain dict that ``take`` reads with the dict's own C look-up: a ``dict`` subclass would
+    not do, since CPython subscripts one through a Python-level slot call (several hundred
+    instructions per item, the largest single cost of rendering). A race only builds an entry
+    twice."""
+
+    __slots__ = ("_build", "_got")
 
     def __init__(self, build: Callable[[int], tuple[bytes, str]]) -> None:
-        super().__init__()
+        self._got: dict[int, tuple[bytes, str]] = {}
         self._build = build
 
-    def __missing__(self, row: int) -> tuple[bytes, str]:
-        entry = self[row] = self._build(row)
+    def take(self, rows: Sequence[int]) -> list[tuple[bytes, str]]:
+        """The entries of ``rows``, in order (the render stage's one look-up per call)."""
+        got = self._got
+        try:
+            return list(map(got.__getitem__, rows))  # no bytecode per row
+        except KeyError:
+            return [got[row] if row in got else self[row] for row in rows]
+
+    def __getitem__(self, row: int) -> tuple[bytes, str]:
+        entry = self._got.get(row)
+        if entry is None:
+            entry = self._got[row] = self._build(row)
         return entry
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._got)
+
+    def __len__(self) -> int:
+        return len(self._got)

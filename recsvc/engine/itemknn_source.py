@@ -1,26 +1,36 @@
 """The item-item and blend families' scoring, one definition for training and serving.
 
-Training evaluates the families with :func:`knn_scores_batch` and :func:`blend`
-(training/itemknn.py); serving ranks a member's items with :func:`knn_scores` and the same
-:func:`blend` (:func:`candidates`, called by the engine when the bundle's ``FamilySpec`` is not
-ALS). Both read the same neighbour table: each item's ``neighbours`` best neighbour rows and
-similarities (bundle ``item_neighbour_{item,score}.npy``).
+Training evaluates the families with :func:`knn_scores_batch` and :func:`blend` over every item
+(training/itemknn.py); serving ranks one member's items with :func:`candidates`, which computes
+the same scores only where they can change the list, and the same :func:`blend`. Both read the
+same neighbour table: each item's ``neighbours`` best neighbour rows and similarities (bundle
+``item_neighbour_{item,score}.npy``).
 
 A member's item-item score for item j is ``sum_h r_h * sim(h, j)`` over the member's history
 items h, weighted by their confidence r_h (the bundle's history row, plus recent events weighted
 as the engine weighs them for the ALS vector). Sums are taken in float64 and stored as float32 in
-both places, so training and serving compute the same numbers whatever order they add in. The
-blend divides each model's scores by the member's largest one over the requested kind's items
-(ALS by its largest absolute value), so neither scale dominates.
+both places. The blend divides each model's scores by the member's largest one over the requested
+kind's items (:func:`als_scale`, :func:`blend`), so neither scale dominates.
+
+Serving's cost follows the member's history, not the catalog. Similarities and confidences are
+never negative, so the item-item score is 0 outside C, the union of the history items' neighbour
+lists (one scatter-add over them, :func:`gather`), and an item outside C scores
+``w * als / scale``: the blend's best n therefore lie in C plus the ALS best n, which the ANN
+search the ALS family makes finds. The ALS scale (the largest ALS score) is the best of that
+search too, so serving ranks as training evaluated wherever the ANN finds the ALS top n, as for
+the ALS family; with an exact search (small kinds, or filters that widen it to every item) the
+lists are training's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from recsvc.bundle import FamilySpec, LoadedBundle
 
@@ -29,16 +39,19 @@ if TYPE_CHECKING:
     from recsvc.engine.filters import FilterSpec
 
 _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
-REASON_HISTORY_MAX = 100  # history items a reason may name (heaviest first), as for ALS reasons
 
 
 @dataclass(frozen=True, eq=False)
 class Neighbours:
     """The bundle's neighbour table and the family that uses it."""
 
-    items: np.ndarray  # int32 [items, K], best first, -1 = none
+    items: np.ndarray  # int32 [items, K], best first, -1 = none (after a row's neighbours)
     scores: np.ndarray  # float32 [items, K]
     spec: FamilySpec
+    item_kind: np.ndarray  # the bundle's item kinds: a list holds the requested kind only
+    norm_max: dict[int, float]  # the largest item vector norm per kind (``als_scale``'s bound)
+    # Per-thread accumulators of ``gather``, one row per item, allocated on a thread's first call.
+    _scratch: threading.local = field(default_factory=threading.local, repr=False)
 
     @classmethod
     def from_bundle(cls, bundle: LoadedBundle) -> Neighbours | None:
@@ -46,11 +59,39 @@ class Neighbours:
         if spec.family == "als":
             return None
         a = bundle.arrays
-        return cls(a["item_neighbour_item"], a["item_neighbour_score"], spec)
+        out = cls(
+            a["item_neighbour_item"],
+            a["item_neighbour_score"],
+            spec,
+            a["item_kind"],
+            kind_norm_max(a["item_factors"], a["item_kind"]),
+        )
+        factors = a["item_factors"]
+        for kind in out.norm_max:  # compile (or load) the kernel for these arrays: not in a request
+            gather(out, factors, np.zeros(factors.shape[1]), _NO_ROWS, np.zeros(0), kind)
+        return out
 
     @property
     def als_weight(self) -> float:
         return 1.0 - self.spec.knn_weight
+
+    def scratch(self) -> np.ndarray:
+        """This thread's float64 [items, 3]: (sum, best contribution, best source row; -1 =
+        untouched) per item, side by side so one item costs one cache line; ``gather`` leaves it
+        as it found it."""
+        found: np.ndarray | None = getattr(self._scratch, "array", None)
+        if found is None:
+            found = np.zeros((self.items.shape[0], 3), np.float64)
+            found[:, 2] = -1
+            self._scratch.array = found
+        return found
+
+
+def kind_norm_max(item_factors: np.ndarray, item_kind: np.ndarray) -> dict[int, float]:
+    """The largest item vector norm of each kind."""
+    norms = np.linalg.norm(np.asarray(item_factors, dtype=np.float32), axis=1)
+    kinds = np.asarray(item_kind)
+    return {int(k): float(norms[kinds == k].max(initial=0.0)) for k in np.unique(kinds)}
 
 
 def neighbour_table(similarity: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -85,30 +126,161 @@ def knn_scores_batch(history: sp.csr_matrix, similarity: sp.csr_matrix) -> np.nd
     return np.asarray(product.todense(), dtype=np.float32)
 
 
-def knn_scores(rows: np.ndarray, weights: np.ndarray, neighbours: Neighbours, n_items: int) -> np.ndarray:
-    """Item-item scores of one member with history ``rows`` weighted ``weights`` (serving):
-    float32 [n_items]. Rows outside the table (items new since the bundle) have no neighbours."""
-    inside = (rows >= 0) & (rows < neighbours.items.shape[0])
-    rows, weights = rows[inside], weights[inside]
-    ids = np.asarray(neighbours.items[rows])
-    contrib = np.asarray(neighbours.scores[rows], dtype=np.float64) * np.asarray(weights, np.float64)[:, None]
-    valid = ids >= 0
-    summed = np.bincount(ids[valid], weights=contrib[valid], minlength=n_items)
-    return summed.astype(np.float32)
+class Scored(NamedTuple):
+    """One member's scored items (``gather``), float32 scores."""
+
+    rows: np.ndarray  # item rows
+    knn: np.ndarray  # item-item scores
+    sources: np.ndarray  # the history row that added most to each item-item score, -1: none
+    als: np.ndarray  # ALS scores, ``factors[row] @ vector``
+    knn_max: float  # the largest of ``knn`` (0 when empty)
+    als_max: float  # the largest of ``als`` (0 when empty or none is positive)
 
 
-def blend(als: np.ndarray | None, knn: np.ndarray | None, als_weight: float) -> np.ndarray:
-    """``als_weight * als / max|als| + (1 - als_weight) * knn / max(knn)`` along the last axis
-    (one member's items, or [members, items]); a part whose weight is 0 may be None."""
-    shape = (als if als is not None else knn).shape  # type: ignore[union-attr]
-    out = np.zeros(shape, dtype=np.float32)
+def gather(
+    neighbours: Neighbours,
+    factors: np.ndarray,
+    vector: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    kind: int,
+    also: np.ndarray | None = None,
+) -> Scored:
+    """One member's scored items of ``kind``: those some history row has as a neighbour, then
+    the rows of ``also`` not among them (the ALS search's best). ``rows`` outside the table
+    (items new since the bundle) have no neighbours. Costs the history's neighbour entries and
+    the scored items, whatever the catalog size."""
+    out = _gather(
+        neighbours.items,
+        neighbours.scores,
+        _own(rows, np.int64),
+        _own(weights, np.float32),
+        neighbours.item_kind,
+        kind,
+        _own(also if also is not None else _NO_ROWS, np.int64),
+        factors,
+        _own(vector, np.float32),
+        neighbours.scratch(),
+    )
+    return Scored(*out)
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _own(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` as a writable C array of ``dtype`` (a copy only when it is not): the kernel is
+    compiled once, for those types, when the model loads."""
+    if a.dtype == dtype and a.flags.writeable and a.flags.c_contiguous:
+        return a
+    return np.array(a, dtype=dtype)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _gather(
+    items: np.ndarray,
+    scores: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    item_kind: np.ndarray,
+    kind: int,
+    also: np.ndarray,
+    factors: np.ndarray,
+    vector: np.ndarray,
+    acc: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - compiled
+    """``gather`` over per-item accumulators (``acc[j]``: sum, best, source row; source -1
+    untouched, -2 scored without a neighbour), which it resets for the items it touched.
+    Products are summed in float64, as training's sparse product."""
+    table = items.shape[0]
+    width = items.shape[1]
+    cap = min(rows.shape[0] * width, table) + also.shape[0]
+    out_rows = np.empty(cap, dtype=np.int64)
+    m = 0
+    for h in range(rows.shape[0]):
+        r = rows[h]
+        if r < 0 or r >= table:
+            continue
+        w = np.float64(weights[h])
+        for c in range(width):
+            j = items[r, c]
+            if j < 0:  # a row's -1 padding follows its neighbours
+                break
+            if item_kind[j] != kind:
+                continue
+            v = np.float64(scores[r, c]) * w
+            if acc[j, 2] < 0:
+                out_rows[m] = j
+                m += 1
+                acc[j, 0] = v
+                acc[j, 1] = v
+                acc[j, 2] = r
+            else:
+                acc[j, 0] += v
+                if v > acc[j, 1]:
+                    acc[j, 1] = v
+                    acc[j, 2] = r
+    for i in range(also.shape[0]):
+        j = also[i]
+        if acc[j, 2] == -1:
+            out_rows[m] = j
+            m += 1
+            acc[j, 0] = 0.0
+            acc[j, 1] = 0.0
+            acc[j, 2] = -2
+    out_knn = np.empty(m, dtype=np.float32)
+    out_sources = np.empty(m, dtype=np.int64)
+    out_als = np.empty(m, dtype=np.float32)
+    knn_max = np.float32(0.0)
+    als_max = np.float32(0.0)
+    f = vector.shape[0]
+    for i in range(m):
+        j = out_rows[i]
+        knn = np.float32(acc[j, 0])
+        out_knn[i] = knn
+        knn_max = max(knn_max, knn)
+        out_sources[i] = np.int64(acc[j, 2]) if acc[j, 1] > 0 else -1
+        acc[j, 2] = -1
+        dot = np.float32(0.0)
+        for d in range(f):
+            dot += factors[j, d] * vector[d]
+        out_als[i] = dot
+        als_max = max(als_max, dot)
+    return out_rows[:m], out_knn, out_sources, out_als, float(knn_max), float(als_max)
+
+
+def als_scale(top: Any, member_norm: Any, norm_max: float) -> Any:
+    """What the blend divides a member's ALS scores by: their largest over the kind's items
+    (``top``); for a member without a positive one (a vector facing away from every item) the
+    Cauchy-Schwarz bound ``|u| max|v|``, which keeps the part within [-1, 1]. float32, one per
+    member (arrays) or a scalar."""
+    top = np.asarray(top, dtype=np.float32)
+    bound = np.maximum(np.asarray(member_norm, dtype=np.float32) * np.float32(norm_max), np.float32(_TINY))
+    return np.where(top > 0, top, bound).astype(np.float32)
+
+
+def blend(
+    als: np.ndarray | None, knn: np.ndarray | None, als_weight: float, scale: Any = None, knn_max: Any = None
+) -> np.ndarray:
+    """``als_weight / scale * als + (1 - als_weight) / max(knn) * knn`` along the last axis (one
+    member's items with scalar ``scale`` and ``knn_max``, or [members, items] with one per
+    member; :func:`als_scale`), in float32; a part whose weight is 0 may be None. ``knn_max``:
+    ``knn``'s largest, when known."""
+    out: np.ndarray | None = None
     if als_weight > 0:
-        assert als is not None
-        out += als_weight * als / np.maximum(np.abs(als).max(axis=-1, keepdims=True), _TINY)
+        assert als is not None and scale is not None
+        coef = np.float32(als_weight) / np.asarray(scale, dtype=np.float32)
+        out = als * (coef[:, None] if coef.ndim else coef)
     if als_weight < 1:
         assert knn is not None
-        out += (1 - als_weight) * knn / np.maximum(knn.max(axis=-1, keepdims=True), _TINY)
-    return out
+        if knn_max is None:
+            knn_max = knn.max(axis=-1, initial=0.0)
+        top = np.maximum(np.asarray(knn_max, dtype=np.float32), np.float32(_TINY))
+        coef = np.float32(1 - als_weight) / top
+        part = knn * (coef[:, None] if coef.ndim else coef)
+        out = part if out is None else out + part
+    assert out is not None
+    return out.astype(np.float32, copy=False)
 
 
 def history_with_events(
@@ -135,74 +307,56 @@ def candidates(
     excluded: np.ndarray,
     n: int,
     pool_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The member's items of ``kind`` ranked by the family's score, best first, at least enough
-    for ``pool_size`` to pass the filters (all when fewer do), with their scores. New items of
-    the live catalog join with their ALS part (they have no neighbours yet).
+    first: tuple[np.ndarray, np.ndarray, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The member's best ``n`` items of ``kind`` by the family's score, best first, widened
+    (``n`` x 4) until ``pool_size`` of them pass the filters or every item is scored: (rows,
+    scores, the history row that added most to each one's item-item score, -1: none). Scored:
+    the item-item candidates and the ALS search's best ``n`` (module docstring), and the live
+    catalog's new items with their ALS part (they have no neighbours yet). ``first``: (rows,
+    scores, n) of an ALS search already made with ``vector``: the first round uses it and its n.
 
     For item-item alone, the items without any neighbour score (all tie at 0) follow in ALS order
-    with scores in [-1, 0]: a member with a short history still gets a full list, and training's
+    with negative scores: a member with a short history still gets a full list, and training's
     ranking, for which they tie, is unchanged above them."""
     model = view.model
-    kind_rows = model.kind_rows[kind]
     w = neighbours.als_weight
-    knn = knn_scores(rows, weights, neighbours, view.n)[kind_rows]
-    als = (np.asarray(model.item_factors) @ vector)[kind_rows]
-    scores = blend(als if w > 0 else None, knn, w)
     new_rows, new_als = view.search_new(vector, kind)
-    if new_rows.shape[0]:
-        top = float(np.abs(als).max()) if als.shape[0] else 0.0
-        new_scores = (w * new_als / max(top, _TINY)).astype(np.float32)
-        kind_rows = np.concatenate([kind_rows.astype(np.int64), new_rows.astype(np.int64)])
-        scores = np.concatenate([scores, new_scores])
-        als = np.concatenate([als, new_als.astype(np.float32)])
-        knn = np.concatenate([knn, np.zeros(new_rows.shape[0], dtype=np.float32)])
-    if w == 0:
-        fallback = knn <= 0
-        scores = np.where(fallback, (blend(als, None, 1.0) - 1) / 2, scores).astype(np.float32)
-    total = kind_rows.shape[0]
+    kind_total = len(model.kind_rows[kind])
+    norm_max = neighbours.norm_max.get(kind, 0.0)
     while True:
-        if n >= total:
+        if first is not None:
+            found, _, n = first
+            first = None
+        else:
+            found, _ = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
+        covered = n >= kind_total  # the search scored every item of the kind
+        scored, knn, sources, als, knn_max, top = gather(
+            neighbours, model.item_factors, vector, rows, weights, kind, found
+        )
+        # a float32's value: divides as training's float32 does
+        scale = top if top > 0 else float(als_scale(top, np.linalg.norm(vector), norm_max))
+        scores = blend(als if w > 0 else None, knn, w, scale, knn_max)
+        if new_rows.shape[0]:  # no neighbours yet: their ALS part alone
+            new_knn = np.zeros(new_rows.shape[0], dtype=np.float32)
+            new_scores = blend(new_als.astype(np.float32), new_knn, w, scale, knn_max)
+            scored = np.concatenate([scored, new_rows.astype(np.int64)])
+            scores = np.concatenate([scores, new_scores])
+            als = np.concatenate([als, new_als.astype(np.float32)])
+            knn = np.concatenate([knn, new_knn])
+            sources = np.concatenate([sources, np.full(new_rows.shape[0], -1, dtype=np.int64)])
+        if w == 0:
+            scores = np.where(knn <= 0, (als / scale - 1) / 2, scores).astype(np.float32)
+        take = scored.shape[0] if covered else min(n, scored.shape[0])
+        if take >= scored.shape[0]:
             top_idx = np.argsort(-scores, kind="stable")
         else:
-            part = np.argpartition(-scores, n - 1)[:n]
+            part = np.argpartition(-scores, take - 1)[:take]
             top_idx = part[np.argsort(-scores[part], kind="stable")]
-        picked = kind_rows[top_idx]
-        if n >= total or int(np.count_nonzero(filters.mask(view, picked, excluded))) >= pool_size:
-            return picked.astype(np.int64), scores[top_idx]
+        picked = scored[top_idx]
+        if covered or int(np.count_nonzero(filters.mask(view, picked, excluded))) >= pool_size:
+            return picked, scores[top_idx], sources[top_idx]
         n *= 4
-
-
-def reason_rows(
-    neighbours: Neighbours, picks: np.ndarray, rows: np.ndarray, weights: np.ndarray, fallback: np.ndarray
-) -> np.ndarray:
-    """For each pick, the history row (of the member's heaviest ``REASON_HISTORY_MAX``) that
-    added most to its item-item score ("because you bought X"); ``fallback`` (the ALS reason)
-    where none has the pick as a neighbour."""
-    out = np.asarray(fallback, dtype=np.int64).copy()
-    inside = (rows >= 0) & (rows < neighbours.items.shape[0])
-    rows, weights = rows[inside].astype(np.int64), weights[inside]
-    if not rows.shape[0] or not picks.shape[0]:
-        return out
-    if rows.shape[0] > REASON_HISTORY_MAX:  # the heaviest, as the ALS reasons consider
-        top = np.argpartition(-weights, REASON_HISTORY_MAX - 1)[:REASON_HISTORY_MAX]
-        rows, weights = rows[top], weights[top]
-    ids = np.asarray(neighbours.items[rows]).ravel()
-    contrib = (np.asarray(neighbours.scores[rows]) * weights[:, None]).ravel()
-    source = np.repeat(rows, neighbours.items.shape[1])
-    # each neighbour id's position among the picks (-1: not a pick), by one gather
-    position = np.full(max(neighbours.items.shape[0], int(picks.max()) + 1), -1, dtype=np.int64)
-    position[picks] = np.arange(picks.shape[0])
-    pick_at = position[np.maximum(ids, 0)]
-    hit = (pick_at >= 0) & (ids >= 0) & (contrib > 0)
-    if not hit.any():
-        return out
-    pick_at, contrib, source = pick_at[hit], contrib[hit], source[hit]
-    best = np.lexsort((-contrib, pick_at))  # per pick, the largest contribution first
-    first = np.ones(best.shape[0], dtype=bool)
-    first[1:] = pick_at[best][1:] != pick_at[best][:-1]
-    out[pick_at[best][first]] = source[best][first]
-    return out
 
 
 def decay_to(model: Any, now: float) -> float:

@@ -33,8 +33,6 @@ class MemberState:
 
     row: int | None
     segment: str
-    hist_rows: np.ndarray
-    hist_w: np.ndarray
     bought: np.ndarray  # rows no list may hold because the member bought them
     bought_sorted: bool  # ``bought`` is ascending and unique (a bundle's own purchase rows)
     vector: np.ndarray | None  # None: no personal vector (popular lists)
@@ -43,6 +41,27 @@ class MemberState:
     ev_w: np.ndarray
     answered: bool  # Redis answered the recent-events read
     recent_bought: np.ndarray  # bought since the bundle
+    # The trained history (rows, weights), read from ``model`` on first use: a call served from
+    # a stored list never needs it.
+    history: tuple[np.ndarray, np.ndarray] | None
+    model: ServedModel | None
+
+    @property
+    def hist_rows(self) -> np.ndarray:
+        return self._trained_history()[0]
+
+    @property
+    def hist_w(self) -> np.ndarray:
+        return self._trained_history()[1]
+
+    def _trained_history(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.history is None:
+            assert self.model is not None and self.row is not None
+            self.history = self.model.history(self.row)
+        return self.history
+
+
+_NO_HISTORY = (NO_ROWS, NO_WEIGHTS)
 
 
 def trained_state(model: ServedModel, row: int | None) -> MemberState:
@@ -52,8 +71,6 @@ def trained_state(model: ServedModel, row: int | None) -> MemberState:
             None,
             model.segment_of(None),
             NO_ROWS,
-            NO_WEIGHTS,
-            NO_ROWS,
             False,
             None,
             SOURCE_PERSONALIZED,
@@ -61,14 +78,13 @@ def trained_state(model: ServedModel, row: int | None) -> MemberState:
             NO_WEIGHTS,
             False,
             NO_ROWS,
+            _NO_HISTORY,
+            None,
         )
     vector = model.member_vector(row)
-    hist_rows, hist_w = model.history(row)
     return MemberState(
         row,
         model.segment_of(row),
-        hist_rows,
-        hist_w,
         model.purchased_rows(row),
         model.purchased_sorted,
         vector if vector.any() else None,
@@ -77,6 +93,8 @@ def trained_state(model: ServedModel, row: int | None) -> MemberState:
         NO_WEIGHTS,
         False,
         NO_ROWS,
+        None,
+        model,
     )
 
 

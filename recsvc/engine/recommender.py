@@ -9,8 +9,8 @@
 3. member state updated with recent events (``member_state.add_recent``: vector recomputed,
    recent purchases excluded; drops candidates found for the old state);
 4. filter and rank (``ranking``: vectorised filters, widening the search when they remove too
-   many, then MMR; a bundle whose family is item-item or the blend scores its candidates after
-   the recent events in ``family_ranking`` instead of the first search);
+   many, then MMR; a bundle whose family is item-item or the blend adds the item-item candidates
+   of the member's history and recent events to the first search's in ``family_ranking``);
 5. explain (``explain``: the history item that contributed most to each pick), and the bought
    consumables due again (``restock``);
 6. render (``render``): response items, and the ids shown for the impression.
@@ -96,7 +96,7 @@ class SingleModel:
         return self._variant, self._model
 
 
-@dataclass
+@dataclass(slots=True)
 class Recommendation:
     response: recommender_pb2.RecommendResponse
     source: str  # the source of the list as a whole, for metrics
@@ -149,7 +149,6 @@ class RecommendationEngine:
                 candidates = None  # found for the trained vector or purchases: not this member's now
             elif isinstance(candidates, StoredList) and activity.purchased:
                 candidates = None
-        excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
 
         resp = recommender_pb2.RecommendResponse(
             model_version=model.version,
@@ -159,6 +158,7 @@ class RecommendationEngine:
         )
         shown: list[str] = []
         if state.vector is None:
+            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
             top, top_scores = ranking.popular(view, state.segment, channel, kind, k, filters, excluded)
             render.items(
                 resp.items, shown, view, top, top_scores, _popular_reasons(state.segment, top), SOURCE_POPULAR
@@ -166,13 +166,17 @@ class RecommendationEngine:
             return Recommendation(resp, SOURCE_POPULAR, item_ids=shown)
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
-        elif model.neighbours is not None:
-            picks, scores, because = family_ranking.rank(
-                s, view, state, kind, k, filters, excluded, self._clock
-            )
-        else:
-            picks, scores = ranking.rank(s, view, state.vector, kind, k, filters, excluded, first=candidates)
-            because = explain.explain(view, picks, state)
+        else:  # ranked here, without the rows no list may hold (a stored list already is)
+            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+            if model.neighbours is not None:
+                picks, scores, because = family_ranking.rank(
+                    s, view, state, kind, k, filters, excluded, self._clock, first=candidates
+                )
+            else:
+                picks, scores = ranking.rank(
+                    s, view, state.vector, kind, k, filters, excluded, first=candidates
+                )
+                because = explain.explain(view, picks, state)
         reasons = explain.reason_texts(view, picks, because, state)
         due = restock.due(s, view, state, kind, filters, self._clock)
         if due is None:
@@ -193,8 +197,7 @@ class RecommendationEngine:
         stored = self._stored.get(view, state, kind, k, filters)
         if stored is not None:
             return stored
-        if view.model.neighbours is not None:
-            return None  # item-item and blend rank after the recent events (family_ranking)
+        # item-item and blend too: their candidates include the ALS search's best (family_ranking)
         return self._first_search(view.model, state.vector, kind, k, filters, state.bought.shape[0])
 
     def _first_search(

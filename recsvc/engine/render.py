@@ -8,15 +8,18 @@ touches items' own fields): a third of building every field each call.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from recsvc.catalog.view import CatalogView
+from recsvc.engine.entries import ItemEntries
 from recsvc.engine.replenish import placement
 from recsvc.engine.restock import Due
 
+_ITEM_ID = operator.itemgetter(1)  # an entry's item id, read in C
 SOURCE_NEW = "new"  # an item created in the live catalog after the bundle was trained
 SOURCE_REPLENISH = "replenish"
 
@@ -32,18 +35,24 @@ def items(
 ) -> None:
     """Response items for ``rows`` added to ``into`` (a response's ``items``), their ids to ``ids``."""
     entries = view.entries
-    got = [entries[row] for row in (rows.tolist() if isinstance(rows, np.ndarray) else rows)]
+    row_list = rows.tolist() if isinstance(rows, np.ndarray) else rows
+    got = entries.take(row_list) if isinstance(entries, ItemEntries) else [entries[row] for row in row_list]
     score_list = np.asarray(scores, dtype=np.float64).tolist()
     add = into.add
+    # Fields set one by one after the merge: keyword arguments to ``add`` cost more (each call
+    # builds a dict of them, then looks every name up again).
     if not view.new_ids:
         for (fields, _), score, reason in zip(got, score_list, reasons, strict=True):
-            add(score=score, reason=reason, source=source).MergeFromString(fields)
+            item = add()
+            item.MergeFromString(fields)
+            item.score, item.reason, item.source = score, reason, source
     else:
         n = view.n
-        rows_in = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
-        for row, (fields, _), score, reason in zip(rows_in, got, score_list, reasons, strict=True):
-            add(score=score, reason=reason, source=source if row < n else SOURCE_NEW).MergeFromString(fields)
-    ids.extend([item_id for _, item_id in got])
+        for row, (fields, _), score, reason in zip(row_list, got, score_list, reasons, strict=True):
+            item = add()
+            item.MergeFromString(fields)
+            item.score, item.reason, item.source = score, reason, source if row < n else SOURCE_NEW
+    ids.extend(map(_ITEM_ID, got))
 
 
 def items_with_due(

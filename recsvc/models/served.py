@@ -55,6 +55,8 @@ class ServedModels:
         return list(self._variants)
 
     def variant_of(self, member_id: str) -> str:
+        if len(self._variants) == 1:  # everyone's (the default): no bucket to hash on every call
+            return self._variants[0].name
         b = bucket(member_id)
         for v, edge in zip(self._variants, self._edges, strict=True):
             if b < edge:

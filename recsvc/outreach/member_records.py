@@ -54,7 +54,6 @@ class ZoneCache:
                 self._data.popitem(last=False)
 
 
-
 class MemberRecords:
     """The throttle's writes and reads of a member's record that are not decisions."""
 
@@ -177,7 +176,6 @@ class MemberRecords:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
         return [as_text(x) for x in raw]  # type: ignore[union-attr]
-
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
+from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from recsvc.redis_client import RedisClient
 
 logger = logging.getLogger(__name__)
@@ -58,14 +59,13 @@ logger = logging.getLogger(__name__)
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 
 Clock = Callable[[], float]  # epoch seconds
-# What counts against the store: it did not answer. An error reply (a script error) is an answer.
-STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# What counts against the store: it did not answer (down, too slow, or a cluster slot without a
+# primary during a failover). A script's error reply is an answer.
+STORE_DOWN = REDIS_UNAVAILABLE
 
 
 class StoreCircuitOpen(redis.ConnectionError):
     """Not sent: the breaker is open (a ``redis.RedisError``, so every outage path handles it)."""
-
-
 
 
 class Throttle(MemberRecords):
@@ -396,4 +396,3 @@ class Throttle(MemberRecords):
                 decision.reason,
                 decision.reservation_id.partition(".")[0],
             )
-

@@ -7,6 +7,8 @@ from __future__ import annotations
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
+from recsvc.redis_client import UNAVAILABLE
+
 LABEL_CHANNEL = "channel"
 LABEL_CLASS = "message_class"
 LABEL_REASON = "reason"
@@ -29,7 +31,8 @@ DECISION_SECONDS = Histogram(
 STORE_ERRORS = Counter(
     "recsvc_outreach_store_errors_total",
     "Outreach decisions the throttle store could not make (answered UNAVAILABLE), by cause: "
-    "connection, timeout, script (an error reply from the decision script) or other.",
+    "connection, timeout, cluster (a slot without a primary during a failover), script (an error "
+    "reply from the decision script) or other.",
     ["kind"],
 )
 STORE_AVAILABLE = Gauge(
@@ -46,12 +49,14 @@ def store_failed(exc: BaseException) -> None:
         kind = "connection"
     elif isinstance(exc, redis.TimeoutError):
         kind = "timeout"
+    elif isinstance(exc, UNAVAILABLE):
+        kind = "cluster"  # a slot without a primary (CLUSTERDOWN, TRYAGAIN) during a failover
     elif isinstance(exc, redis.ResponseError):
         kind = "script"
     else:
         kind = "other"
     STORE_ERRORS.labels(kind).inc()
-    if kind in ("connection", "timeout"):
+    if kind in ("connection", "timeout", "cluster"):
         STORE_AVAILABLE.set(0)
 
 

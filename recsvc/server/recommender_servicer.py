@@ -14,6 +14,7 @@ synchronous and run in the server's thread pool."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -57,6 +58,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         event_log: EventLog | None = None,
     ) -> None:
         self._settings = settings
+        # The sections and values the per-page calls read, once: each read through the settings
+        # object is a pydantic attribute look-up.
+        self._data, self._serving = settings.data, settings.serving
+        self._filter_spec = functools.partial(
+            FilterSpec.from_proto,
+            default_diversity=settings.serving.default_diversity,
+            max_values=settings.serving.max_filter_values,
+            max_id_length=settings.data.max_id_length,
+        )
         self._engine = engine
         self._models = models
         self._realtime = realtime
@@ -83,13 +93,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             )
 
     def _filters(self, f: common_pb2.RecommendationFilters | None) -> FilterSpec:
-        s = self._settings
-        return FilterSpec.from_proto(
-            f,
-            default_diversity=s.serving.default_diversity,
-            max_values=s.serving.max_filter_values,
-            max_id_length=s.data.max_id_length,
-        )
+        return self._filter_spec(f)
 
     def _observe(self, method: str, t0: float, source: str, variant: str, code: str = "OK") -> None:
         self._metrics.observe(method, source, variant, code, time.perf_counter() - t0)
@@ -103,9 +107,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     ) -> recommender_pb2.RecommendResponse:
         t0 = time.perf_counter()
         try:
-            member_id = check_id(request.member_id, "member_id", self._settings.data)
-            k = check_k(request.k, self._settings.serving)
-            channel = check_channel(request.channel, self._settings.data)
+            member_id = check_id(request.member_id, "member_id", self._data)
+            k = check_k(request.k, self._serving)
+            channel = check_channel(request.channel, self._data)
             filters = self._filters(request.filters if request.HasField("filters") else None)
             check_deadline(context)
             rec = self._engine.recommend(member_id, kind, k, channel, filters)
@@ -306,4 +310,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             products=counts["products"],
             content=counts["content"],
             variants={name: sm.version for name, sm in self._models.snapshot().items()},
+            family=recommender_pb2.ModelFamily(
+                family=m.family.family,
+                neighbours=m.family.neighbours or 0,
+                als_weight=1.0 - m.family.knn_weight,
+            ),
         )

@@ -11,9 +11,12 @@ from recsvc.settings import EVENT_TYPES, DataSettings, ServingSettings
 def check_id(value: str, what: str, data: DataSettings) -> str:
     """``what`` is "member_id" or "item_id"; reasons EMPTY_<WHAT>, <WHAT>_TOO_LONG, INVALID_<WHAT>.
     Returns the id in NFC, the form files are normalised to as well (recsvc.idmap)."""
-    tag = what.upper()
-    value = normalize_id(value)
+    if not value.isascii():  # ASCII is NFC already: no call for the common case
+        value = normalize_id(value)
     problem = id_problem(value, data.max_id_length)
+    if problem is None:
+        return value
+    tag = what.upper()
     if problem == EMPTY:
         raise InvalidArgument(f"{what} is empty", reason=f"EMPTY_{tag}")
     if problem == TOO_LONG:
@@ -21,11 +24,7 @@ def check_id(value: str, what: str, data: DataSettings) -> str:
             f"{what} is {len(value.encode())} bytes in UTF-8; at most {data.max_id_length} are allowed",
             reason=f"{tag}_TOO_LONG",
         )
-    if problem is not None:
-        raise InvalidArgument(
-            f"{what} {value[:80]!r} may only hold {ID_CHARSET_DOC}", reason=f"INVALID_{tag}"
-        )
-    return value
+    raise InvalidArgument(f"{what} {value[:80]!r} may only hold {ID_CHARSET_DOC}", reason=f"INVALID_{tag}")
 
 
 def check_k(k: int, serving: ServingSettings) -> int:

@@ -411,6 +411,7 @@ class ModelInfo(_message.Message):
     PRODUCTS_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     VARIANTS_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     schema_version: _builtins.int
     training_cutoff: _builtins.str
@@ -425,6 +426,10 @@ class ModelInfo(_message.Message):
     def variants(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """variant name -> model version, for A/B variants"""
 
+    @_builtins.property
+    def family(self) -> Global___ModelFamily:
+        """The model family the bundle serves (chosen by the training gate; docs/training.md)."""
+
     def __init__(
         self,
         *,
@@ -438,11 +443,40 @@ class ModelInfo(_message.Message):
         products: _builtins.int = ...,
         content: _builtins.int = ...,
         variants: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        family: Global___ModelFamily | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["family", b"family"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data_fingerprint", b"data_fingerprint", "loaded_at", b"loaded_at", "members", b"members", "metrics", b"metrics", "model_version", b"model_version", "products", b"products", "schema_version", b"schema_version", "training_cutoff", b"training_cutoff", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data_fingerprint", b"data_fingerprint", "family", b"family", "loaded_at", b"loaded_at", "members", b"members", "metrics", b"metrics", "model_version", b"model_version", "products", b"products", "schema_version", b"schema_version", "training_cutoff", b"training_cutoff", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ModelFamily(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILY_FIELD_NUMBER: _builtins.int
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
+    ALS_WEIGHT_FIELD_NUMBER: _builtins.int
+    family: _builtins.str
+    """"als", "itemknn" (item-item neighbours) or "blend" (both)"""
+    neighbours: _builtins.int
+    """neighbours kept per item (itemknn, blend); 0 for als"""
+    als_weight: _builtins.float
+    """the ALS share of a score: 1 for als, 0 for itemknn, the blend's weight"""
+    def __init__(
+        self,
+        *,
+        family: _builtins.str = ...,
+        neighbours: _builtins.int = ...,
+        als_weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["als_weight", b"als_weight", "family", b"family", "neighbours", b"neighbours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015

@@ -67,6 +67,7 @@ def test_propagation_bench_times_each_change_on_both_processes(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (out,) = list((results / "bench").iterdir())
     report = json.loads((out / "catalog-propagation.json").read_text())
+    assert report["context"]["load client of the paired runs"].startswith(client)
     prop = report["propagation"]
     assert len(prop["processes"]) == 2 and prop["probes_stayed"] is True
     assert len(prop["changes"]) == 4 and prop["misses"] == 0

@@ -236,31 +236,35 @@ def test_fixed_rate_client_sends_on_schedule_and_counts_codes(scripted_server: s
 
     from bench.cpu import cpu_probe
     from bench.loadconfig import LoadConfig
-    from bench.ratebench import fixed_rate, request_maker
+    from bench.ratebench import RateRun, fixed_rate, request_maker
     from bench.traffic import ServedIds, Traffic
 
     traffic = Traffic(ServedIds.from_bundle(_id_bundle(tmp_path)), LoadConfig())
     result = asyncio.run(
         fixed_rate(
-            scripted_server,
-            request_maker(traffic, "SimilarItems"),
-            50,
-            1.0,
-            label="SimilarItems",
-            warmup_s=0.5,
+            RateRun(
+                scripted_server,
+                request_maker(traffic, "SimilarItems"),
+                50,
+                1.0,
+                label="SimilarItems",
+                warmup_s=0.5,
+            )
         )
     )
     assert result.sent == 50  # exactly rate x measured window, warm-up excluded
     assert result.codes == {"NOT_FOUND": 50} and result.completed_ok == 0 and result.error_pct == 100.0
     ok = asyncio.run(
         fixed_rate(
-            scripted_server,
-            request_maker(traffic, "RecommendProducts"),
-            40,
-            1.0,
-            label="RP",
-            warmup_s=0.2,
-            cpu_probe=cpu_probe(None, None),
+            RateRun(
+                scripted_server,
+                request_maker(traffic, "RecommendProducts"),
+                40,
+                1.0,
+                label="RP",
+                warmup_s=0.2,
+                cpu_probe=cpu_probe(None, None),
+            )
         )
     )
     assert ok.sent == 40 and ok.completed_ok == 40 and ok.codes == {}

@@ -36,6 +36,7 @@ from bench.native_client import (
     summarize_native,
     write_requests,
 )
+from bench.ratebench import RateRun
 from recsvc.v1 import outreach_pb2, recommender_pb2
 
 needs_binary = pytest.mark.skipif(
@@ -124,7 +125,7 @@ def test_a_client_that_fails_to_start_raises_with_its_message(tmp_path: Path) ->
     fake.chmod(0o755)
     make = itertools.repeat(("RecommendProducts", recommender_pb2.RecommendProductsRequest())).__next__
     with pytest.raises(NativeClientError, match=r"exit code 2\).*cannot read requests file"):
-        fixed_rate_native("127.0.0.1:1", make, 10, 1.0, label="RP", warmup_s=0, binary=fake)
+        fixed_rate_native(RateRun("127.0.0.1:1", make, 10, 1.0, label="RP", warmup_s=0), binary=fake)
 
 
 # --- end to end, with the built binary ------------------------------------------------------------
@@ -168,8 +169,10 @@ def _recommend(member: str = "M0001") -> tuple[str, Any]:
 def test_native_client_offers_the_rate_and_every_call_answers(echo_server: tuple[str, int]) -> None:
     target, pid = echo_server
     r = fixed_rate_native(
-        target, _cycle(_recommend("M1"), _recommend("M2")), 200, 1.5,
-        label="RecommendProducts", warmup_s=0.5, connections=2, cpu_probe=cpu_probe(pid, None),
+        RateRun(
+            target, _cycle(_recommend("M1"), _recommend("M2")), 200, 1.5,
+            label="RecommendProducts", warmup_s=0.5, connections=2, cpu_probe=cpu_probe(pid, None),
+        )
     )  # fmt: skip
     assert r.sent == 300 and r.completed_ok == 300 and r.codes == {} and r.error_pct == 0.0
     assert r.achieved_rps == pytest.approx(200.0)
@@ -186,7 +189,9 @@ def test_native_client_offers_the_rate_and_every_call_answers(echo_server: tuple
 def test_each_request_goes_to_its_own_method(echo_server: tuple[str, int]) -> None:
     target, _ = echo_server
     outreach = ("CheckOutreach", outreach_pb2.OutreachRequest(member_id="M1", channel="sms"))
-    r = fixed_rate_native(target, _cycle(_recommend(), outreach), 100, 1.0, label="mixed", warmup_s=0.2)
+    r = fixed_rate_native(
+        RateRun(target, _cycle(_recommend(), outreach), 100, 1.0, label="mixed", warmup_s=0.2)
+    )
     # The echo server has no Outreach service: those calls, every second one, are UNIMPLEMENTED.
     assert r.sent == 100 and r.completed_ok == 50 and r.codes == {"UNIMPLEMENTED": 50}
 
@@ -194,10 +199,10 @@ def test_each_request_goes_to_its_own_method(echo_server: tuple[str, int]) -> No
 @needs_binary
 @pytest.mark.integration
 def test_an_unreachable_server_is_counted_not_raised() -> None:
-    r = fixed_rate_native(
-        f"127.0.0.1:{_free_port()}", _cycle(_recommend()), 50, 1.0,
-        label="RP", warmup_s=0, deadline_s=0.2, connect_timeout_s=0.2,
-    )  # fmt: skip
+    run = RateRun(
+        f"127.0.0.1:{_free_port()}", _cycle(_recommend()), 50, 1.0, label="RP", warmup_s=0, deadline_s=0.2
+    )
+    r = fixed_rate_native(run, connect_timeout_s=0.2)
     assert r.sent == 50 and r.completed_ok == 0 and r.error_pct == 100.0
     assert set(r.codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(r.codes.values()) == 50
 
@@ -227,8 +232,10 @@ def test_metadata_is_sent_over_separate_connections() -> None:
     server.start()
     try:
         r = fixed_rate_native(
-            f"127.0.0.1:{port}", _cycle(_recommend()), 60, 0.5, label="RP", warmup_s=0,
-            connections=3, metadata=(("x-api-key", "sk-native"), ("x-tenant", "t1")),
+            RateRun(
+                f"127.0.0.1:{port}", _cycle(_recommend()), 60, 0.5, label="RP", warmup_s=0,
+                connections=3, metadata=(("x-api-key", "sk-native"), ("x-tenant", "t1")),
+            )
         )  # fmt: skip
     finally:
         server.stop(0)

@@ -308,3 +308,41 @@ def test_loading_faiss_prints_no_module_not_found_noise() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "ModuleNotFoundError" not in out.stderr and "swigfaiss" not in out.stderr, out.stderr
+
+
+def test_a_cluster_slot_without_primary_counts_as_the_store_down(tmp_path: Path) -> None:
+    """CLUSTERDOWN / TRYAGAIN during a failover: the breaker counts it and the metrics say so."""
+    import redis as redis_py
+    from outreach_support import WalkClock, local, make_throttle
+    from prometheus_client import REGISTRY
+
+    from recsvc.localstack import LocalRedis
+    from recsvc.outreach import throttle_metrics
+
+    with LocalRedis(tmp_path / "redis") as r:
+        t = make_throttle(r.url, WalkClock(local(2026, 6, 1, 10)))
+        before = REGISTRY.get_sample_value("recsvc_outreach_store_errors_total", {"kind": "cluster"}) or 0
+        for exc in (
+            redis_py.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+            redis_py.exceptions.TryAgainError("TRYAGAIN"),
+        ):
+
+            def fail(exc: Exception = exc) -> None:
+                raise exc
+
+            with pytest.raises(type(exc)):
+                t._guarded(fail)
+            throttle_metrics.store_failed(exc)
+        after = REGISTRY.get_sample_value("recsvc_outreach_store_errors_total", {"kind": "cluster"})
+        assert after == before + 2
+        assert REGISTRY.get_sample_value("recsvc_outreach_store_available") == 0
+        # a script's error reply is an answer: it neither opens the breaker nor counts as down
+        t.breaker.success()
+        for _ in range(5):
+            with pytest.raises(redis_py.ResponseError):
+                t._guarded(lambda: (_ for _ in ()).throw(redis_py.ResponseError("ERR in script")))
+        assert t.breaker.allow()
+        for _ in range(3):  # the breaker's threshold
+            with pytest.raises(redis_py.exceptions.ClusterDownError):
+                t._guarded(lambda: (_ for _ in ()).throw(redis_py.exceptions.ClusterDownError("CLUSTERDOWN")))
+        assert not t.breaker.allow()

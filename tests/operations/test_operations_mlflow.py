@@ -23,9 +23,13 @@ def test_the_default_store_is_the_same_from_any_folder(
         monkeypatch.chdir(folder)
         m = load_settings().mlflow
         stores.append((m.tracking_uri, m.artifact_location))
-    assert stores[0] == stores[1] == (
-        f"sqlite:///{home / 'var' / 'mlflow' / 'mlflow.db'}",
-        str(home / "var" / "mlflow" / "artifacts"),
+    assert (
+        stores[0]
+        == stores[1]
+        == (
+            f"sqlite:///{home / 'var' / 'mlflow' / 'mlflow.db'}",
+            str(home / "var" / "mlflow" / "artifacts"),
+        )
     )
     # Without RECSVC_HOME: the source checkout recsvc runs from, not the current folder.
     monkeypatch.delenv("RECSVC_HOME")

@@ -1,16 +1,22 @@
 """Pieces of the recommendation hot path that are fast by construction: cached metric children,
-the purchased-rows invariant, and a bundle's pages mapped at load (prefault)."""
+the purchased-rows invariant, a bundle's pages mapped at load (prefault), item entries built once
+and the response items written in protobuf's wire format."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
+from recsvc.engine import render
+from recsvc.engine.entries import ItemEntries
 from recsvc.engine.served_model import _rows_ascending
 from recsvc.mapped import load_array, prefault
 from recsvc.metrics import MAX_SCENES, ServingMetrics
+from recsvc.v1 import common_pb2, recommender_pb2
 
 
 def _value(m: ServingMetrics, name: str, labels: dict[str, str]) -> float | None:
@@ -112,3 +118,52 @@ def test_worker_i_is_pinned_to_the_ith_cpu_it_may_use() -> None:
         p.join(timeout=30)
         expected = allowed[worker % len(allowed)]
         assert cpu == expected and affinity == [expected]
+
+
+def _own_fields(row: int) -> tuple[bytes, str]:
+    item_id = f"P{row:04d}"
+    fields = common_pb2.RecommendedItem(
+        item_id=item_id, kind=common_pb2.PRODUCT, category="tea", brand="Ür", title=f"Tea {row} " + "é" * row
+    )
+    return fields.SerializeToString(), item_id
+
+
+def test_item_entries_build_each_row_once_and_take_them_in_order() -> None:
+    built: list[int] = []
+
+    def build(row: int) -> tuple[bytes, str]:
+        built.append(row)
+        return _own_fields(row)
+
+    entries = ItemEntries(build)
+    assert entries.take([3, 1, 3]) == [_own_fields(3), _own_fields(1), _own_fields(3)]
+    assert entries.take([1, 3]) == [_own_fields(1), _own_fields(3)] and built == [3, 1]
+    assert entries[7] == _own_fields(7) and sorted(entries) == [1, 3, 7] and len(entries) == 3
+
+
+def test_rendered_items_carry_the_call_and_the_item_fields() -> None:
+    """Each item: the call's score, reason and source merged with the item's own serialized
+    fields; two calls append to one response; a new item says source "new"."""
+    view = SimpleNamespace(entries=ItemEntries(_own_fields), new_ids={"N1": 5}, n=5)
+    reasons = ["because you bought Tea 1", "r" * 200, "ü" * 9000, ""]
+    scores = np.array([1.5, -0.1, 3.4028235e38, 0.0], dtype=np.float32)
+    resp = recommender_pb2.RecommendResponse(model_version="v1", variant="control")
+    ids: list[str] = []
+    render.items(resp.items, ids, view, np.array([2, 5, 0, 1]), scores, reasons, "personalized")  # type: ignore[arg-type]
+    render.items(resp.items, ids, view, [4], [0.25], ["popular with members"], "popular")  # type: ignore[arg-type]
+    want = recommender_pb2.RecommendResponse(model_version="v1", variant="control")
+    for row, score, reason, source in [
+        *zip(
+            [2, 5, 0, 1],
+            scores.tolist(),
+            reasons,
+            ["personalized", "new", "personalized", "personalized"],
+            strict=True,
+        ),
+        (4, 0.25, "popular with members", "popular"),
+    ]:
+        want.items.add(score=score, reason=reason, source=source).MergeFromString(_own_fields(row)[0])
+    assert resp == want
+    assert ids == ["P0002", "P0005", "P0000", "P0001", "P0004"]
+    with pytest.raises(ValueError):
+        render.items(resp.items, ids, view, [1, 2], [0.5], ["one"], "popular")  # type: ignore[arg-type]

@@ -80,6 +80,7 @@ def test_poller_picks_up_a_new_bundle_behind_a_path(redis_url: str, tmp_path: Pa
         srv.deps.models.start_polling(0.2)
         info = srv.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=5)
         assert info.model_version == "v1"
+        assert (info.family.family, info.family.neighbours, info.family.als_weight) == ("als", 0, 1.0)
         tmp_link = tmp_path / "current.new"
         tmp_link.symlink_to(b2.path)
         tmp_link.replace(current)  # atomic switch, as a deploy script would do

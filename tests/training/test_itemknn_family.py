@@ -106,8 +106,9 @@ def test_blend_bundle_holds_the_neighbours_and_weight(
 
 
 def test_serving_scores_are_training_scores() -> None:
-    """The neighbour table gives back the fitted similarity, and one member's serving scores are
-    the rows training evaluates, bit for bit."""
+    """The neighbour table gives back the fitted similarity, and one member's serving scores
+    (the sparse gather over the history's neighbours) are the rows training evaluates, bit for
+    bit, with the reason of each item the history row of its largest weight x similarity."""
     rng = np.random.default_rng(0)
     history = sp.random(300, 100, density=0.08, format="csr", random_state=1, dtype=np.float32)
     history.data = (1 + 3 * history.data).astype(np.float32)
@@ -117,12 +118,40 @@ def test_serving_scores_are_training_scores() -> None:
     fitted = sp.csr_matrix(model.similarity, dtype=np.float32)
     fitted.eliminate_zeros()
     assert (abs(sim - fitted)).max() == 0
-    nb = itemknn_source.Neighbours(items, scores, FamilySpec(family="itemknn", neighbours=15))
+    kinds = np.where(np.arange(100) < 80, KIND_PRODUCT, KIND_PRODUCT + 1).astype(np.uint8)
+    factors = rng.normal(size=(100, 8)).astype(np.float32)
+    nb = itemknn_source.Neighbours(
+        items,
+        scores,
+        FamilySpec(family="itemknn", neighbours=15),
+        kinds,
+        itemknn_source.kind_norm_max(factors, kinds),
+    )
     batch = itemknn_source.knn_scores_batch(history[:50], sim)
+    dense_sim = sim.toarray()
     for m in rng.choice(50, 10, replace=False):
         row = history[m]
-        one = itemknn_source.knn_scores(row.indices.astype(np.int64), row.data, nb, 100)
-        assert np.array_equal(one, batch[m])
+        vector = rng.normal(size=8).astype(np.float32)
+        got, knn, because, als, knn_max, als_max = itemknn_source.gather(
+            nb, factors, vector, row.indices.astype(np.int64), row.data, KIND_PRODUCT
+        )
+        products = np.flatnonzero((batch[m] > 0) & (kinds == KIND_PRODUCT))
+        assert sorted(got.tolist()) == products.tolist()  # every non-zero score of the kind, once
+        assert np.array_equal(knn, batch[m][got])
+        contrib = dense_sim[row.indices][:, got] * row.data[:, None]
+        assert because.tolist() == row.indices[contrib.argmax(axis=0)].tolist()
+        np.testing.assert_allclose(als, factors[got] @ vector, rtol=1e-5, atol=1e-5)
+        assert (knn_max, als_max) == (knn.max(), max(als.max(), 0))
+
+
+def test_als_scale_is_the_largest_score_or_the_bound() -> None:
+    assert itemknn_source.als_scale(np.float32(2.5), 3.0, 4.0) == np.float32(2.5)
+    # no positive score: |u| max|v|, so the ALS part stays within [-1, 1]
+    assert itemknn_source.als_scale(np.float32(-1.0), 3.0, 4.0) == np.float32(12.0)
+    many = itemknn_source.als_scale(np.array([2.5, 0.0]), np.array([1.0, 3.0]), 4.0)
+    assert many.tolist() == [2.5, 12.0]
+    blended = itemknn_source.blend(np.array([[2.0, -1.0]]), np.array([[0.0, 4.0]]), 0.5, np.array([2.0]))
+    assert blended.tolist() == [[0.5, -0.25 + 0.5]]
 
 
 @pytest.fixture
@@ -142,6 +171,8 @@ def test_blend_served_over_grpc_ranks_like_training(served_blend: Any, store: Pa
 
     bundle = load_bundle(store / "blend")
     spec = bundle.manifest.family
+    info = served_blend.stub.GetModelInfo(recommender_pb2.GetModelInfoRequest()).family
+    assert (info.family, info.neighbours, info.als_weight) == ("blend", spec.neighbours, 0.5)
     products = np.flatnonzero(bundle.arrays["item_kind"] == KIND_PRODUCT)
     history, bought = bundle.history, bundle.purchased
     sim = itemknn_source.similarity_matrix(
@@ -246,3 +277,27 @@ def test_blend_recent_events_move_the_list_and_its_reasons(served_blend: Any, st
     assert [it.item_id for it in after.items] != [it.item_id for it in before.items]
     title = bundle.item_titles[item]
     assert any(it.reason == f"because you viewed {title}" for it in after.items)
+
+
+def test_a_blend_champion_from_other_data_is_remeasured_as_a_blend(store: Path, tmp_path: Path) -> None:
+    """A registered blend champion, then new data: the gate refits the champion's ALS
+    parameters, its neighbours and its blend weight on this holdout (``itemknn.remeasure``) and
+    compares that blend's NDCG@10, which equals the candidate's own blend (same settings, same
+    data), not the ALS score."""
+    from mlflow.tracking import MlflowClient
+
+    s = _settings(store, family="blend", blend_als_weight=0.5)
+    s = s.model_copy(update={"mlflow": s.mlflow.model_copy(update={"model_name": "recsvc-blend-refit"})})
+    old = make_dataset(members=300, products=100, content=20, events_per_member=20, seed=1)
+    new = make_dataset(members=300, products=100, content=20, events_per_member=20, seed=2)
+    first = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, refit=False), dataset=old)
+    assert first.decision.promote and first.family is not None and first.family.family == "blend"
+    client = MlflowClient(tracking_uri=s.mlflow.tracking_uri, registry_uri=s.mlflow.tracking_uri)
+    champion = client.get_model_version_by_alias("recsvc-blend-refit", "champion")
+    assert str(champion.version) == first.model_version
+    report = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, refit=False), dataset=new)
+    assert report.decision.method == "champion_refit"
+    m = report.metrics
+    assert report.decision.champion == pytest.approx(m["blend.all.ndcg_at_10"], abs=1e-6)
+    assert report.decision.candidate == pytest.approx(m["blend.all.ndcg_at_10"], abs=1e-6)
+    assert abs(m["blend.all.ndcg_at_10"] - m["all.ndcg_at_10"]) > 1e-6  # the blend, not ALS
