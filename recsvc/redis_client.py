@@ -8,7 +8,7 @@ code above this module is the same for both: every key of a member carries the m
 every primary; classic ``PUBLISH`` reaches subscribers on every node of a cluster.
 
 What differs, and is handled here, is where a command goes when recsvc bypasses redis-py's command
-layer for speed (``recsvc.realtime.ThreadConnections``, ``recsvc.outreach.evalsha.ScriptRunner``):
+layer for speed (``recsvc.realtime.ThreadConnections``, ``recsvc.script_runner.ScriptRunner``):
 ``node_pool(client, key)`` is the connection pool of the primary that owns ``key``'s slot, and
 ``refresh_topology`` re-reads the slot map after a failover moved it.
 """

@@ -14,7 +14,9 @@ On a busy machine thread CPU moves with the neighbours; instructions do not. Und
       --callgrind-out-file=/tmp/cg.%p python -m bench.experiments.call_cpu BUNDLE --calls 500 --callgrind
     callgrind_annotate --inclusive=yes /tmp/cg.<pid>.1 | grep -m1 genobject.c:gen_send  # / calls
 
-(``gen_send``: the servicer's coroutine, every instruction of the calls themselves.)
+(``gen_send``: the servicer's coroutine, every instruction of the calls themselves; the dump's
+total adds what the calls left to background threads, the event log's writes. A feature's cost
+is the difference with it switched off, e.g. ``RECSVC_EVENTS__ENABLED=false``.)
 """
 
 from __future__ import annotations
@@ -39,16 +41,26 @@ def _harness() -> Any:
     return inproc, loadconfig, traffic
 
 
-def _count_one_pass(one_pass: Callable[[], object]) -> None:
+def _count_one_pass(one_pass: Callable[[], object], settle: Callable[[], object]) -> None:
     """Instrumentation on (callgrind_control, polled: the command is served while this process
-    runs), a pass to warm the instrumented code, then the counted pass between the markers."""
+    runs), a pass to warm the instrumented code, then the counted pass between the markers.
+    ``settle`` finishes the work a pass left to background threads (the event log's writes), so
+    the count holds every instruction the calls caused, in any thread."""
     control = subprocess.Popen(["callgrind_control", "-i", "on", str(os.getpid())], stdout=subprocess.DEVNULL)
     while control.poll() is None:
         time.sleep(0.2)
     one_pass()
+    settle()
     os.getppid()  # --zero-before=getppid
     one_pass()
+    settle()
     os.getpgrp()  # --dump-before=getpgrp
+
+
+def _settle(deps: Any) -> None:
+    log = getattr(deps, "event_log", None)
+    while log is not None and log.flush():
+        pass
 
 
 def main() -> None:
@@ -77,7 +89,12 @@ def main() -> None:
         deps = build_deps(settings, with_outreach=True)
         deps.models.reload()
         settle_heap()
-        servicer = RecommenderServicer(settings, deps.engine, deps.models, deps.realtime, deps.metrics)
+        # As the server builds it (recsvc.server.app): with the event log when it is on (the
+        # round's start had none, nor the last two parameters).
+        logged = (deps.reload_broadcast, deps.event_log) if getattr(deps, "event_log", None) else ()
+        servicer = RecommenderServicer(
+            settings, deps.engine, deps.models, deps.realtime, deps.metrics, *logged
+        )
         _, model = deps.models.default()
         config = loadconfig.load_config(None, {"members": {"unknown_share": 0.0}})
         source = traffic.Traffic(inproc.served_ids(model), config)
@@ -87,7 +104,9 @@ def main() -> None:
             for request in requests:
                 run_inline(call(request, context))
         if args.callgrind:
-            _count_one_pass(lambda: [run_inline(call(request, context)) for request in requests])
+            _count_one_pass(
+                lambda: [run_inline(call(request, context)) for request in requests], lambda: _settle(deps)
+            )
         cpu = np.full((args.passes, args.calls), np.inf)
         for p in range(args.passes):
             for i, request in enumerate(requests):

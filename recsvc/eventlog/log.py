@@ -9,8 +9,11 @@ one XREADGROUP and acknowledges in one single-slot script) while the shards spre
 cluster. Each entry has one field, ``d``: the record as JSON.
 
 - Impressions and decisions are buffered per process and written in batches by a background
-  thread (one pipelined round trip per ``events.flush_interval_ms``), so a recommendation call
-  only appends to a bounded in-memory queue. A full queue, or a batch Redis refused, is dropped
+  thread (one round trip per ``events.flush_interval_ms``), so a recommendation call only appends
+  to a bounded in-memory queue. A batch is one script call per stream (its records appended by
+  one ``XADD`` each) and one per impression for the member's recent impressions, sent through
+  ``recsvc.script_runner`` (the writer's CPU per impression was mostly redis-py's per-command
+  pipeline work). A full queue, or a batch Redis refused, is dropped
   and counted (``recsvc_eventlog_dropped_total``) and logged: never retried forever in memory.
 - Events are written synchronously by ``RecordEvent`` (it already waits for Redis), so an event
   the server confirmed is in the log even if the process dies right after.
@@ -33,11 +36,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from recsvc.breaker import CircuitBreaker
 from recsvc.redis_client import UNAVAILABLE, RedisClient
 from recsvc.redis_keys import member_key
+from recsvc.script_runner import Call, ScriptRunner
 from recsvc.security.erasure import suppression_key
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
@@ -59,6 +64,11 @@ redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
+# KEYS: one stream. ARGV: its records (the field ``d`` of each entry), appended in order.
+_APPEND_SCRIPT = """
+for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'd', ARGV[i]) end
+return #ARGV
+"""
 
 
 def shard_of(member_id: str, shards: int) -> int:
@@ -75,8 +85,13 @@ def stream_key(prefix: str, shard: int, kind: str) -> str:
     return f"{prefix}:{shard_tag(shard)}:{kind}"
 
 
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON with non-ASCII text as UTF-8 (what ``json.dumps`` with compact separators and
+    ``ensure_ascii=False`` writes), several times faster."""
+    return orjson.dumps(record, option=_JSON_OPTIONS).decode()
 
 
 class EventLogMetrics:
@@ -89,7 +104,8 @@ class EventLogMetrics:
         )
         self.dropped = Counter(
             "dropped_total",
-            "Records that could not be written to the event log (buffer_full, redis_down), by kind.",
+            "Records that could not be written to the event log (buffer_full, redis_down, rejected: "
+            "Redis answered with an error), by kind.",
             ["kind", "reason"],
             **kw,
         )
@@ -119,6 +135,8 @@ class EventLog:
         # (kind, member_id, record): a deque's append and popleft are atomic, so the hot path
         # takes no lock; the length check may overshoot by a few under races, which is harmless.
         self._buffer: deque[tuple[str, str, dict[str, Any]]] = deque()
+        self._append = ScriptRunner(client, _APPEND_SCRIPT)
+        self._remember = ScriptRunner(client, _RECENT_SCRIPT)
         self._breaker = CircuitBreaker("eventlog", 1, settings.redis.reconnect_interval_ms / 1000)
         self._breaker.add_listener(self._state_changed)
         self._stop = threading.Event()
@@ -216,35 +234,71 @@ class EventLog:
         if not self._breaker.allow():
             self._dropped(batch, "redis_down")
             return len(batch)
-        pipe = self._client.pipeline(transaction=False)
+        streams: dict[str, list[str]] = {}
+        kinds: dict[str, str] = {}
+        recent: list[Call] = []
         for kind, member_id, record in batch:
             record["member"] = self._pseudonym(member_id) if member_id else ""
-            pipe.xadd(stream_key(self._prefix, shard_of(member_id, self._shards), kind), {"d": dumps(record)})
+            key = stream_key(self._prefix, shard_of(member_id, self._shards), kind)
+            entries = streams.get(key)
+            if entries is None:
+                entries = streams[key] = []
+                kinds[key] = kind
+            entries.append(dumps(record))
             if kind == "impression" and member_id and record["items"]:
-                # EVAL, not EVALSHA: redis-py's cluster pipeline refuses EVALSHA (Redis caches the
-                # script by its hash either way).
-                pipe.execute_command(
-                    "EVAL",
-                    _RECENT_SCRIPT,
-                    2,
-                    member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX),
-                    suppression_key(self._prefix, member_id),
-                    dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}),
-                    self._recent_max - 1,
-                    self._window,
+                recent.append(
+                    (
+                        (
+                            member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX),
+                            suppression_key(self._prefix, member_id),
+                        ),
+                        (dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}),),
+                    )
                 )
+        keys = list(streams)
         try:
-            pipe.execute()
+            appended = self._append.call_many([((key,), streams[key]) for key in keys])
         except _REDIS_DOWN as exc:
             self._breaker.failure()
             self._dropped(batch, "redis_down", exc)
             return len(batch)
-        self._breaker.success()
-        for kind in KINDS:
-            n = sum(1 for k, _, _ in batch if k == kind)
-            if n:
+        down = False
+        # Replies in place: on Redis Cluster one primary can be failing over while the others answer.
+        for key, reply in zip(keys, appended, strict=True):
+            kind, n = kinds[key], len(streams[key])
+            if not isinstance(reply, Exception):
                 self._metrics.written.labels(kind).inc(n)
+                continue
+            unavailable = isinstance(reply, _REDIS_DOWN)
+            down |= unavailable
+            self._metrics.dropped.labels(kind, "redis_down" if unavailable else "rejected").inc(n)
+            log.warning(
+                "event=eventlog_dropped records=%d kind=%s error=%s %s", n, kind, type(reply).__name__, reply
+            )
+        down |= self._remember_impressions(recent)
+        if down:
+            self._breaker.failure()
+        else:
+            self._breaker.success()
         return len(batch)
+
+    def _remember_impressions(self, recent: list[Call]) -> bool:
+        """Write the members' recent impressions (attribution without a recommendation id); True
+        when Redis was unavailable for any. Losing some only weakens attribution: logged."""
+        if not recent:
+            return False
+        try:
+            replies = self._remember.call_many(recent, shared=(self._recent_max - 1, self._window))
+        except _REDIS_DOWN as exc:
+            replies = [exc] * len(recent)
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            log.warning(
+                "event=eventlog_recent_impressions_lost members=%d error=%s",
+                len(failed),
+                type(failed[0]).__name__,
+            )
+        return any(isinstance(r, _REDIS_DOWN) for r in failed)
 
     def _dropped(
         self, batch: list[tuple[str, str, dict[str, Any]]], reason: str, exc: Exception | None = None

@@ -21,10 +21,10 @@ from recsvc.errors import MemberErased, StoreUnavailable
 from recsvc.idmap import normalize_id
 from recsvc.outreach import throttle_metrics as metrics
 from recsvc.outreach.decision import FEEDBACK_KINDS, split_reservation_id
-from recsvc.outreach.evalsha import Call, ScriptRunner
 from recsvc.outreach.member_keys import MemberKeys
 from recsvc.outreach.policy import Policy, PolicyStore
 from recsvc.redis_client import RedisClient
+from recsvc.script_runner import Call, ScriptRunner
 
 
 class ZoneCache:

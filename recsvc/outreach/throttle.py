@@ -3,7 +3,7 @@ asked and answered is in ``recsvc.outreach.decision``; a member's record outside
 feedback, consent, time zones, profile reads) in ``recsvc.outreach.member_records``.
 
 Reads and writes the per-member keys of ``recsvc.outreach.member_keys`` through the Lua scripts in
-``scripts/`` (called by EVALSHA; decisions through ``recsvc.outreach.evalsha.ScriptRunner``, which
+``scripts/`` (called by EVALSHA; decisions through ``recsvc.script_runner.ScriptRunner``, which
 pipelines without redis-py's ``Pipeline``). The policy's constant arguments are encoded once per
 policy object (``Policy.decide_script_args``) and appended to every decision. Quiet hours are
 decided here in Python (zoneinfo) and passed into the script. Redis errors and timeouts never
@@ -46,13 +46,13 @@ from recsvc.outreach.decision import (
     default_pseudonym,
     reservation_id,
 )
-from recsvc.outreach.evalsha import ScriptRunner
 from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from recsvc.redis_client import RedisClient
+from recsvc.script_runner import ScriptRunner
 
 logger = logging.getLogger(__name__)
 

@@ -190,37 +190,33 @@ def test_the_buffer_is_bounded_and_counts_what_it_drops(redis_url: str) -> None:
     assert elog.flush() == 10
 
 
-class _FailingOverPipeline:
-    def xadd(self, *args: Any, **kwargs: Any) -> Any:
-        return self
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return self
-
-    def execute(self) -> Any:
-        raise redis.exceptions.ClusterDownError("The cluster is down")
-
-
 class _FailingOver:
     """A client of a cluster whose primary died and whose replica is not yet promoted: every
     command answers CLUSTERDOWN (a redis.ResponseError, not a ConnectionError)."""
 
-    def pipeline(self, transaction: bool = False) -> Any:
-        return _FailingOverPipeline()
-
     def xadd(self, *args: Any, **kwargs: Any) -> Any:
         raise redis.exceptions.ClusterDownError("The cluster is down")
+
+
+class _ScriptsWithoutPrimary:
+    """What ``ScriptRunner.call_many`` answers for calls whose slot has no primary (a failover in
+    progress): each call's reply is the CLUSTERDOWN error, in its place."""
+
+    def call_many(self, calls: Any, shared: Any = (), **_: Any) -> list[Exception]:
+        return [redis.exceptions.ClusterDownError("The cluster is down") for _ in calls]
 
 
 def test_a_cluster_failing_over_counts_as_redis_down_not_a_crash(redis_url: str) -> None:
     settings = load_settings(overrides={"redis": {"url": redis_url}})
     metrics = EventLogMetrics(CollectorRegistry())
     elog = EventLog(_FailingOver(), settings, metrics)  # type: ignore[arg-type]
+    elog._append = elog._remember = _ScriptsWithoutPrimary()  # type: ignore[assignment]
     elog.impression(
         "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
     )
     assert elog.flush() == 1
     assert metrics.dropped.labels("impression", "redis_down")._value.get() == 1
+    assert not elog._breaker.allow()  # counted against the breaker: records drop at once until a probe
     assert elog.event("M1", {"item_id": "P1", "event_type": "view", "ts": 1.7e9}) is False
     assert metrics.dropped.labels("event", "redis_down")._value.get() == 1
 

@@ -15,12 +15,12 @@ from outreach_support import CONSENTED, WalkClock, decoded, local, make_throttle
 from redis.cluster import RedisCluster
 
 from recsvc.localstack import LocalRedisCluster
-from recsvc.outreach.evalsha import Arg, Call, ScriptRunner
 from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.policy import HOUR_MS, load_policy, parse_policy
 from recsvc.outreach.service import throttle_client
 from recsvc.outreach.throttle import SCRIPTS_DIR, OutreachAsk, Throttle
 from recsvc.redis_client import connect
+from recsvc.script_runner import Arg, Call, ScriptRunner
 
 pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
