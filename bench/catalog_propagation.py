@@ -24,7 +24,10 @@ thread of this process.
 **Paired runs.** ``RecommendProducts`` at a fixed rate alone, then with ``SetStock`` at a fixed
 rate from a separate process (so its client does not share this process's event loop), and the
 other way round in the next pair: the same minutes, the same machine load. The figure is the
-ratio of the p99s per pair.
+ratio of the p99s per pair. ``client="native"`` sends both loads with the compiled client
+(load/grpcload, one process each; ``bench.native_client``): on a 2-core machine the Python
+clients' own CPU (~0.6 ms per SetStock, more per RecommendProducts) would be part of what is
+measured.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.native_client import find_native_client, fixed_rate_native
 from bench.ratebench import RateResult, RateRun, cpu_cell, fixed_rate, request_maker
 from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
@@ -377,6 +381,64 @@ def _set_stock_loop(
     out.put({"sent": sent, "ok": ok, "errors": errors, "achieved_rps": achieved, "cpu_s": cpu_s})
 
 
+def _set_stock_maker(items: list[str]) -> Any:
+    """SetStock requests in call order, toggling ``items`` as ``_set_stock_loop`` does."""
+    calls = iter(range(1 << 62))
+
+    def make() -> tuple[str, Any]:
+        i = next(calls)
+        in_stock = (i // len(items)) % 2 == 1
+        return "SetStock", catalog_pb2.SetStockRequest(item_id=items[i % len(items)], in_stock=in_stock)
+
+    return make
+
+
+def _restock(target: str, items: list[str], metadata: tuple[tuple[str, str], ...]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        changes = [catalog_pb2.StockChange(item_id=i, in_stock=True) for i in items]
+        catalog_pb2_grpc.CatalogStub(channel).SetStockMany(
+            catalog_pb2.SetStockManyRequest(changes=changes), timeout=10.0, metadata=metadata
+        )
+
+
+class _NativeSetStock:
+    """SetStock at a fixed rate from the compiled client, in a thread of this process (which only
+    waits): starts with ``start``, its summary (answered/s, errors, the client's CPU per call) from
+    ``result``; every item is left in stock."""
+
+    def __init__(self, target: str, items: list[str], rate: float, duration_s: float, warmup_s: float,
+                 metadata: tuple[tuple[str, str], ...]) -> None:  # fmt: skip
+        self._args = (target, items, rate, duration_s, warmup_s, metadata)
+        self._out: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        target, items, rate, duration_s, warmup_s, metadata = self._args
+        try:
+            r = fixed_rate_native(
+                RateRun(
+                    target, _set_stock_maker(items), rate, duration_s, label="SetStock", connections=2,
+                    deadline_s=2.0, warmup_s=warmup_s, metadata=metadata,
+                )
+            )  # fmt: skip
+            self._out.update(
+                sent=r.sent, ok=r.completed_ok, errors=r.codes, achieved_rps=r.achieved_rps,
+                p50_ms=r.p50_ms, p99_ms=r.p99_ms, client_cpu_ms_per_call=r.cpu_ms_per_call.get("client"),
+            )  # fmt: skip
+        except Exception as exc:  # reported with the run, not lost in the thread
+            self._out["failure"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(grpc.RpcError):
+                _restock(target, items, metadata)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def result(self) -> dict[str, Any]:
+        self._thread.join()
+        return self._out
+
+
 @dataclass
 class PairedRun:
     pair: int
@@ -411,11 +473,17 @@ def run_paired(
     connections: int = 16,
     metadata: tuple[tuple[str, str], ...] = (),
     cpu_probe: Any = None,
+    client: str = "python",
     say: Any = print,
 ) -> PairedReport:
     """``pairs`` x (RecommendProducts at ``rate`` alone, and with ``set_stock_rate`` SetStock/s
     toggling ``items`` from another process), the order alternating per pair. ``cpu_probe``
-    (bench.cpu.cpu_probe): CPU ms per call of the workers and Redis in each run."""
+    (bench.cpu.cpu_probe): CPU ms per call of the workers and Redis in each run. ``client``:
+    ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both)."""
+    if client == "native":
+        find_native_client()  # not built: say so before anything starts
+    elif client != "python":
+        raise ValueError(f"unknown load client {client!r}; use python or native")
     runs: list[PairedRun] = []
     ctx = mp.get_context("spawn")
     for pair in range(pairs):
@@ -423,7 +491,15 @@ def run_paired(
         for with_changes in order:
             sender = None
             queue: Any = None
-            if with_changes:
+            native_sender = None
+            if with_changes and client == "native":
+                # Its schedule outlasts the measured window by a second on each side: the two
+                # clients connect independently, a few hundred ms apart.
+                native_sender = _NativeSetStock(
+                    target, items, set_stock_rate, duration_s + 2.0, warmup_s, metadata
+                )
+                native_sender.start()
+            elif with_changes:
                 queue = ctx.Queue()
                 sender = ctx.Process(
                     target=_set_stock_loop,
@@ -434,11 +510,14 @@ def run_paired(
                     raise PropagationBenchError("the SetStock sender did not start")
             make = request_maker(traffic, "RecommendProducts")
             label = f"RecommendProducts {'with' if with_changes else 'without'} SetStock"
-            result = asyncio.run(
-                fixed_rate(RateRun(target, make, rate, duration_s, label=label, connections=connections,
-                                   warmup_s=warmup_s, metadata=metadata, cpu_probe=cpu_probe))
+            run = RateRun(
+                target, make, rate, duration_s, label=label, connections=connections, warmup_s=warmup_s,
+                metadata=metadata, cpu_probe=cpu_probe,
             )  # fmt: skip
+            result = fixed_rate_native(run) if client == "native" else asyncio.run(fixed_rate(run))
             stock: dict[str, Any] = {}
+            if native_sender is not None:
+                stock = native_sender.result()
             if sender is not None:
                 stock = queue.get(timeout=60)
                 sender.join(timeout=30)
@@ -489,12 +568,13 @@ def markdown(prop: PropagationReport | None, paired: PairedReport | None) -> str
         ]
         for r in paired.runs:
             res, st = r.result, r.set_stock
-            errors = ", ".join(f"{k} {v}" for k, v in sorted(st.get("errors", {}).items())) or "-"
+            codes = sorted(st.get("errors", {}).items())
+            errors = st.get("failure") or ", ".join(f"{k} {v}" for k, v in codes)
             lines.append(
                 f"| {r.pair + 1} | {'yes' if r.with_changes else 'no'} | {res['offered_rps']:.0f} | "
                 f"{res['achieved_rps']:.0f} | {_ms(res['p50_ms'])} | {_ms(res['p99_ms'])} | "
                 f"{res['error_pct']:.2f} | {cpu_cell(res.get('cpu_ms_per_call') or {})} | "
-                f"{st.get('achieved_rps', 0):.0f} | {errors if st else '-'} |"
+                f"{st.get('achieved_rps', 0):.0f} | {errors or '-'} |"
             )
         ratios = ", ".join("n/a" if r is None else f"{r:.2f}" for r in paired.ratios)
         median = "n/a" if paired.median_ratio is None else f"{paired.median_ratio:.2f}"

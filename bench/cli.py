@@ -438,6 +438,12 @@ def bench_catalog_propagation(
     duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
     warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
     connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
+    client: str = typer.Option(
+        "python",
+        "--client",
+        help="Load client of the paired runs: python (grpc.aio, and a grpc SetStock sender process) or "
+        "native (load/grpcload for both loads; build it with `make -C load/grpcload`).",
+    ),
     bundle: Path | None = typer.Option(None, "--bundle", help="Bundle to serve (default: the sample)."),
     load_config: Path | None = typer.Option(None, "--load-config", help="Traffic mix (load config TOML)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Server processes."),
@@ -459,10 +465,12 @@ def bench_catalog_propagation(
         bundle=bundle, workers=workers, members=members, seed=seed, workdir=workdir,
         settings_file=app_state.config_file,
     )  # fmt: skip
-    options = CatalogPropagationOptions(
-        changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
-        set_stock_rate=set_stock_rate, duration_s=duration, warmup_s=warmup, connections=connections,
-        load_config=load_config, server=server,
+    options = _options(
+        lambda: CatalogPropagationOptions(
+            changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
+            set_stock_rate=set_stock_rate, duration_s=duration, warmup_s=warmup, connections=connections,
+            client=client, load_config=load_config, server=server,
+        )
     )  # fmt: skip
     out = _bench_dir(results, "catalog propagation")
     progress = lambda report: report.write(out)  # noqa: E731

@@ -20,7 +20,7 @@ import numpy as np
 from bench.cpu import cpu_seconds
 from bench.ratebench import OUTREACH_RPCS, RateResult, RateRun, summarize_calls
 from recsvc.errors import RecsvcError
-from recsvc.v1 import outreach_pb2, recommender_pb2
+from recsvc.v1 import catalog_pb2, outreach_pb2, recommender_pb2
 
 NATIVE_CLIENT = Path(__file__).resolve().parents[1] / "load" / "grpcload" / "grpcload"
 REQUESTS_MAGIC = b"GRPCLDQ1"
@@ -38,7 +38,9 @@ _STATUS_NAMES = {int(c.value[0]): c.name for c in grpc.StatusCode}
 _SERVICES = {
     "Recommender": recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
     "Outreach": outreach_pb2.DESCRIPTOR.services_by_name["Outreach"].full_name,
+    "Catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].full_name,
 }
+CATALOG_RPCS = frozenset(m.name for m in catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].methods)
 
 
 class NativeClientError(RecsvcError):
@@ -46,8 +48,10 @@ class NativeClientError(RecsvcError):
 
 
 def method_path(rpc: str) -> str:
-    """``/recsvc.v1.Outreach/CheckOutreach`` for the outreach RPCs, else under Recommender."""
-    return f"/{_SERVICES['Outreach' if rpc in OUTREACH_RPCS else 'Recommender']}/{rpc}"
+    """``/recsvc.v1.Outreach/CheckOutreach`` for the outreach RPCs, ``/recsvc.v1.Catalog/SetStock``
+    for the catalog's, else under Recommender."""
+    service = "Outreach" if rpc in OUTREACH_RPCS else "Catalog" if rpc in CATALOG_RPCS else "Recommender"
+    return f"/{_SERVICES[service]}/{rpc}"
 
 
 def status_name(code: int) -> str:

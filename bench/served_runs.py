@@ -16,7 +16,8 @@ from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, st
 from bench.runs import BenchReport, machine
 from recsvc.settings import Settings
 
-# `bench service --client`: who sends the calls (recorded with the results).
+# `bench service --client` and `bench catalog-propagation --client`: who sends the calls (recorded
+# with the results).
 LOAD_CLIENTS = {
     "python": "python (grpc.aio, in the benchmark process)",
     "native": "native (load/grpcload, C++ grpc++ async)",
@@ -209,8 +210,13 @@ class CatalogPropagationOptions:
     duration_s: float = 25.0
     warmup_s: float = 3.0
     connections: int = 16
+    client: str = "python"  # a LOAD_CLIENTS key: who sends both loads of the paired runs
     load_config: Path | None = None  # traffic mix
     server: LocalServer = field(default_factory=LocalServer)
+
+    def __post_init__(self) -> None:
+        if self.client not in LOAD_CLIENTS:
+            raise ValueError(f"client must be one of {sorted(LOAD_CLIENTS)}, got {self.client!r}")
 
 
 def run_catalog_propagation(
@@ -226,13 +232,16 @@ def run_catalog_propagation(
     from bench.catalog_propagation import markdown, run_paired, run_propagation
     from bench.cpu import cpu_probe
     from bench.loadconfig import load_config
+    from bench.native_client import find_native_client
     from bench.traffic import ServedIds, Traffic
 
     o = options
+    if o.client == "native":
+        find_native_client()  # not built: say so before anything starts
     where = machine(say)
     config = load_config(o.load_config)
     metadata = tuple(config.metadata.items())
-    context: dict[str, str] = {}
+    context: dict[str, str] = {"load client of the paired runs": LOAD_CLIENTS[o.client]}
     with ExitStack() as stack, sigterm_as_interrupt():
         target, served, _ = _serve_here(o.server, out, stack, say, context)
         traffic = Traffic(ServedIds.from_bundle(served), config)
@@ -254,7 +263,8 @@ def run_catalog_propagation(
             paired = run_paired(
                 target, traffic, items, pairs=o.pairs, rate=o.rate, set_stock_rate=o.set_stock_rate,
                 duration_s=o.duration_s, warmup_s=o.warmup_s, connections=o.connections, metadata=metadata,
-                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])), say=say,
+                cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])),
+                client=o.client, say=say,
             )  # fmt: skip
         payload = {**payload, "paired": paired.as_dict() if paired is not None else None}
         payload["machine"] = {**where, "loadavg_1m_at_end": os.getloadavg()[0]}

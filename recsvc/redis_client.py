@@ -22,11 +22,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
 from redis.cluster import ClusterNode, RedisCluster
 
 log = logging.getLogger(__name__)
 
 RedisClient = redis.Redis | RedisCluster
+AsyncRedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
@@ -79,6 +82,29 @@ def connect(url: str, *, timeout_s: float | None = None, **kwargs: Any) -> Redis
         kwargs.pop("retry_on_timeout", None)
         kwargs["cluster_error_retry_attempts"] = 1
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(url)], **kwargs)
+
+
+def connect_async(url: str, *, timeout_s: float) -> AsyncRedisClient:
+    """``connect``'s asyncio twin (``redis.asyncio``) for code that runs on an event loop: the
+    same URL forms, timeouts and retry policy. Its connections belong to the loop of their first
+    call, so it is built once and used from that one loop."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 0,
+    }
+    if not is_cluster_url(url):
+        return redis.asyncio.Redis.from_url(url, retry=None, **kwargs)
+    parts = urlsplit(url)
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    if parts.scheme.lower().startswith("rediss"):
+        kwargs["ssl"] = True
+    nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster_seeds(url)]
+    # One retry, as ``connect``'s cluster client: it refreshes the slot map across a failover.
+    return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=1, **kwargs)
 
 
 def with_timeout(client: RedisClient, timeout_s: float) -> RedisClient:

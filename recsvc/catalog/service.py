@@ -6,13 +6,23 @@ item is applied whole or not at all. Call errors (typed, mapped by the one inter
 ``INVALID_ARGUMENT`` for a call that is wrong as a whole (no items, too many), ``NOT_FOUND`` for
 ``SetStock``/``GetItem`` of an unknown item, ``UNAVAILABLE`` / ``CATALOG_UNAVAILABLE`` while Redis
 does not answer (nothing is changed then; the last known catalog stays in force).
+
+``SetStock``, ``SetStockMany``, ``DelistItems``, ``RelistItems`` and ``GetItem`` are ``async def``
+and run on the serving event loop, the change script awaited through the store's asyncio Redis
+client: a live stream's stock changes arrive at hundreds a second beside the recommendations, and
+a synchronous call's hand-off to the server's thread pool and back cost more CPU than the change
+itself (docs/benchmarks.md, "Live catalog"). Calls of more than ``ON_LOOP_ITEMS`` items, and
+``UpsertItems`` (every field of every item checked), run in a thread instead, where their
+checks (microseconds per item: tens of milliseconds for thousands) do not hold up the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -36,6 +46,20 @@ MAX_LABEL = 64
 MAX_PUBLISHED_AT = 253_402_300_799  # 9999-12-31T23:59:59Z
 _KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
+# Larger flag calls (SetStockMany, DelistItems, RelistItems) leave the event loop for a thread.
+ON_LOOP_ITEMS = 100
+# "Redis did not answer": a cluster client that cannot reach any node raises the second.
+_STORE_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
+
+
+@dataclass
+class _Plan:
+    """A change call after its checks: the ids in call order, the items refused by the checks
+    (by position), and the changes to send to Redis (with their positions)."""
+
+    order: list[str]
+    failed: dict[int, RecsvcError]
+    changes: list[tuple[int, Change]]
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
@@ -46,6 +70,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         self._models = models
         self._live = live
         self._store = store
+        self._closer: asyncio.Task[None] | None = None
 
     # ---- helpers ---------------------------------------------------------------------------
     def _view(self) -> CatalogView:
@@ -65,23 +90,31 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             return []
         try:
             return self._store.apply(changes)
-        except redis.RedisError as exc:
-            log.warning("event=catalog_change_refused items=%d error=%s", len(changes), type(exc).__name__)
-            raise StoreUnavailable(
-                f"the catalog store (Redis) did not answer ({type(exc).__name__}); nothing was changed "
-                "by the failed part, retry the call",
-                reason="CATALOG_UNAVAILABLE",
-            ) from exc
+        except _STORE_ERRORS as exc:
+            raise _refused(len(changes), exc) from exc
 
-    def _respond(
-        self, order: Sequence[str], failed: dict[int, RecsvcError], changes: list[tuple[int, Change]]
-    ) -> catalog_pb2.ChangeItemsResponse:
-        outcomes = self._apply([c for _, c in changes])
+    async def _apply_async(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+        if not changes:
+            return []
+        self._close_with_loop()
+        try:
+            return await self._store.apply_async(changes)
+        except _STORE_ERRORS as exc:
+            raise _refused(len(changes), exc) from exc
+
+    def _close_with_loop(self) -> None:
+        """Close the asyncio client on its loop when the server ends: the server host cancels
+        every task left on its loop before closing it (``recsvc.server.aio_host``), and this
+        one's cancellation closes the client's connections there."""
+        if self._closer is None and self._store.aclient is not None:
+            self._closer = asyncio.get_running_loop().create_task(_close_when_cancelled(self._store.aclient))
+
+    def _respond(self, plan: _Plan, outcomes: Sequence[ChangeOutcome]) -> catalog_pb2.ChangeItemsResponse:
         resp = catalog_pb2.ChangeItemsResponse()
         results: dict[int, catalog_pb2.ItemResult] = {}
-        for i, err in failed.items():
-            results[i] = _error(order[i], err)
-        for (i, change), outcome in zip(changes, outcomes, strict=True):
+        for i, err in plan.failed.items():
+            results[i] = _error(plan.order[i], err)
+        for (i, change), outcome in zip(plan.changes, outcomes, strict=True):
             if outcome.applied:
                 results[i] = catalog_pb2.ItemResult(
                     item_id=change.item_id, applied=True, version=outcome.version
@@ -91,7 +124,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                     change.item_id,
                     NotFound(f"item {change.item_id!r} is not in the catalog", reason="ITEM_NOT_FOUND"),
                 )
-        for i in range(len(order)):
+        for i in range(len(plan.order)):
             resp.results.append(results[i])
         resp.applied = sum(1 for r in resp.results if r.applied)
         resp.failed = len(resp.results) - resp.applied
@@ -102,13 +135,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         row = view.row(item_id)
         return row is not None, row is not None and row < view.n
 
-    def _flag_changes(
-        self, item_ids: Sequence[str], field: str, values: Sequence[bool]
-    ) -> catalog_pb2.ChangeItemsResponse:
+    def _flag_plan(self, item_ids: Sequence[str], field: str, values: Sequence[bool]) -> _Plan:
         self._count(len(item_ids))
         view = self._view()
-        failed: dict[int, RecsvcError] = {}
-        changes: list[tuple[int, Change]] = []
+        plan = _Plan(list(item_ids), {}, [])
         seen: set[str] = set()
         for i, (item_id, value) in enumerate(zip(item_ids, values, strict=True)):
             try:
@@ -119,11 +149,26 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                     )
                 seen.add(item_id)
             except RecsvcError as exc:
-                failed[i] = exc
+                plan.failed[i] = exc
                 continue
             _, in_bundle = self._known(view, item_id)
-            changes.append((i, Change(item_id, {field: bool(value)}, must_exist=not in_bundle)))
-        return self._respond(list(item_ids), failed, changes)
+            plan.changes.append((i, Change(item_id, {field: bool(value)}, must_exist=not in_bundle)))
+        return plan
+
+    def _flag_changes(
+        self, item_ids: Sequence[str], field: str, values: Sequence[bool]
+    ) -> catalog_pb2.ChangeItemsResponse:
+        plan = self._flag_plan(item_ids, field, values)
+        return self._respond(plan, self._apply([c for _, c in plan.changes]))
+
+    async def _flag_changes_async(
+        self, item_ids: Sequence[str], field: str, values: Sequence[bool]
+    ) -> catalog_pb2.ChangeItemsResponse:
+        self._count(len(item_ids))
+        if len(item_ids) > ON_LOOP_ITEMS or self._store.aclient is None:
+            return await asyncio.to_thread(self._flag_changes, item_ids, field, values)
+        plan = self._flag_plan(item_ids, field, values)
+        return self._respond(plan, await self._apply_async([c for _, c in plan.changes]))
 
     # ---- RPCs ------------------------------------------------------------------------------
     def UpsertItems(
@@ -154,7 +199,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             # against this process's catalog (an item created on another replica less than the
             # propagation time ago counts as new here and needs every field).
             changes.append((i, Change(item.item_id, patch, must_exist=False)))
-        return self._respond([it.item_id for it in request.items], failed, changes)
+        plan = _Plan([it.item_id for it in request.items], failed, changes)
+        return self._respond(plan, self._apply([c for _, c in changes]))
 
     def _patch(
         self, view: CatalogView, item: catalog_pb2.CatalogItem, seen: set[str], batch_products: set[str]
@@ -244,10 +290,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             raise InvalidArgument(f"nothing to change for item {item_id!r}", reason="EMPTY_CHANGE")
         return patch
 
-    def SetStock(
-        self, request: catalog_pb2.SetStockRequest, context: grpc.ServicerContext
+    async def SetStock(
+        self, request: catalog_pb2.SetStockRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.ChangeItemsResponse:
-        resp = self._flag_changes([request.item_id], "in_stock", [request.in_stock])
+        resp = await self._flag_changes_async([request.item_id], "in_stock", [request.in_stock])
         result = resp.results[0]
         if not result.applied:
             raise (NotFound if result.code == "NOT_FOUND" else InvalidArgument)(
@@ -255,25 +301,29 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             )
         return resp
 
-    def SetStockMany(
-        self, request: catalog_pb2.SetStockManyRequest, context: grpc.ServicerContext
+    async def SetStockMany(
+        self, request: catalog_pb2.SetStockManyRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.ChangeItemsResponse:
-        return self._flag_changes(
+        return await self._flag_changes_async(
             [c.item_id for c in request.changes], "in_stock", [c.in_stock for c in request.changes]
         )
 
-    def DelistItems(
-        self, request: catalog_pb2.ItemIdsRequest, context: grpc.ServicerContext
+    async def DelistItems(
+        self, request: catalog_pb2.ItemIdsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.ChangeItemsResponse:
-        return self._flag_changes(list(request.item_ids), "listed", [False] * len(request.item_ids))
+        return await self._flag_changes_async(
+            list(request.item_ids), "listed", [False] * len(request.item_ids)
+        )
 
-    def RelistItems(
-        self, request: catalog_pb2.ItemIdsRequest, context: grpc.ServicerContext
+    async def RelistItems(
+        self, request: catalog_pb2.ItemIdsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.ChangeItemsResponse:
-        return self._flag_changes(list(request.item_ids), "listed", [True] * len(request.item_ids))
+        return await self._flag_changes_async(
+            list(request.item_ids), "listed", [True] * len(request.item_ids)
+        )
 
-    def GetItem(
-        self, request: catalog_pb2.GetItemRequest, context: grpc.ServicerContext
+    async def GetItem(
+        self, request: catalog_pb2.GetItemRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.CatalogItem:
         item_id = check_id(request.item_id, "item_id", self._settings.data)
         view = self._view()
@@ -317,6 +367,22 @@ def item_message(view: CatalogView, row: int) -> catalog_pb2.CatalogItem:
             msg.featured_item_ids.extend(str(f) for f in featured)
             msg.set_featured = True
     return msg
+
+
+def _refused(n: int, exc: Exception) -> StoreUnavailable:
+    log.warning("event=catalog_change_refused items=%d error=%s", n, type(exc).__name__)
+    return StoreUnavailable(
+        f"the catalog store (Redis) did not answer ({type(exc).__name__}); nothing was changed "
+        "by the failed part, retry the call",
+        reason="CATALOG_UNAVAILABLE",
+    )
+
+
+async def _close_when_cancelled(client: Any) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await client.aclose()
 
 
 def _error(item_id: str, err: RecsvcError) -> catalog_pb2.ItemResult:

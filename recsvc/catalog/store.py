@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,34 +125,47 @@ class ChangeOutcome:
 
 
 class CatalogStore:
-    """Writes changes (one script per chunk of items) and reads the whole state."""
+    """Writes changes (one script per chunk of items) and reads the whole state.
 
-    def __init__(self, client: Any, prefix: str, feed_maxlen: int) -> None:
+    ``aclient`` (``redis.asyncio``, the same server or cluster as ``client``), when given, serves
+    ``apply_async``: the Catalog service's small calls on the serving event loop, with no thread
+    hand-off per call. Its connections belong to the loop of its first call."""
+
+    def __init__(self, client: Any, prefix: str, feed_maxlen: int, aclient: Any = None) -> None:
         self._client = client
         self.items_key = catalog_key(prefix, ITEMS_SUFFIX)
         self.seq_key = catalog_key(prefix, SEQ_SUFFIX)
         self.feed_key = catalog_key(prefix, FEED_SUFFIX)
+        self._keys = [self.items_key, self.seq_key, self.feed_key]
         self._feed_maxlen = feed_maxlen
         self._script = client.register_script(_CHANGE_SCRIPT)
+        self.aclient = aclient
+        self._ascript = None if aclient is None else aclient.register_script(_CHANGE_SCRIPT)
 
     def apply(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
         """Apply every change (raises ``redis.RedisError`` when Redis does not answer: then a
         chunk either was applied whole or not at all, and a retry is safe: a change sets values)."""
         out: list[ChangeOutcome] = []
-        for start in range(0, len(changes), SCRIPT_CHUNK):
-            chunk = changes[start : start + SCRIPT_CHUNK]
-            args: list[Any] = [self._feed_maxlen, len(chunk)]
-            for c in chunk:
-                args += [c.item_id, json.dumps(c.patch, separators=(",", ":")), "1" if c.must_exist else "0"]
-            v0, _now, status = self._script(keys=[self.items_key, self.seq_key, self.feed_key], args=args)
-            v = int(v0)
-            for c, ok in zip(chunk, status, strict=True):
-                if int(ok):
-                    out.append(ChangeOutcome(c.item_id, True, v))
-                    v += 1
-                else:
-                    out.append(ChangeOutcome(c.item_id, False, 0))
+        for chunk in _chunks(changes):
+            v0, _now, status = self._script(keys=self._keys, args=self._args(chunk))
+            out += _outcomes(chunk, v0, status)
         return out
+
+    async def apply_async(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+        """``apply`` through ``aclient``, awaiting each script on the caller's event loop."""
+        if self._ascript is None:
+            raise RuntimeError("CatalogStore was built without an asyncio client")
+        out: list[ChangeOutcome] = []
+        for chunk in _chunks(changes):
+            v0, _now, status = await self._ascript(keys=self._keys, args=self._args(chunk))
+            out += _outcomes(chunk, v0, status)
+        return out
+
+    def _args(self, chunk: Sequence[Change]) -> list[Any]:
+        args: list[Any] = [self._feed_maxlen, len(chunk)]
+        for c in chunk:
+            args += [c.item_id, json.dumps(c.patch, separators=(",", ":")), "1" if c.must_exist else "0"]
+        return args
 
     def get(self, item_id: str) -> ItemRecord | None:
         raw = self._client.hget(self.items_key, item_id)
@@ -172,6 +185,25 @@ class CatalogStore:
             last_id,
             {_text(k): ItemRecord.parse(v) for k, v in records.items()},
         )
+
+
+def _chunks(changes: Sequence[Change]) -> Iterator[Sequence[Change]]:
+    for start in range(0, len(changes), SCRIPT_CHUNK):
+        yield changes[start : start + SCRIPT_CHUNK]
+
+
+def _outcomes(chunk: Sequence[Change], v0: Any, status: Sequence[Any]) -> list[ChangeOutcome]:
+    """Per change of ``chunk``: applied (with its version: the applied ones count up from
+    ``v0``) or not (Redis had no record of an item that had to exist)."""
+    out = []
+    v = int(v0)
+    for c, ok in zip(chunk, status, strict=True):
+        if int(ok):
+            out.append(ChangeOutcome(c.item_id, True, v))
+            v += 1
+        else:
+            out.append(ChangeOutcome(c.item_id, False, 0))
+    return out
 
 
 def _text(value: bytes | str) -> str:

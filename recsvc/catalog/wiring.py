@@ -2,7 +2,8 @@
 
     add_live_catalog(settings, deps)
 
-which builds the catalog's Redis clients (from the same factory as every other, so the keys'
+which builds the catalog's Redis clients (a synchronous one and an asyncio one for the serving
+loop) (from the same factory as every other, so the keys'
 one hash tag keeps them cluster-ready), starts following the change feed (waiting up to
 ``catalog.sync_wait_s`` for the current catalog before the process serves), points the engine at
 the live catalog and registers ``recsvc.v1.Catalog``.
@@ -18,6 +19,7 @@ from recsvc.catalog.live import LiveCatalog
 from recsvc.catalog.service import add_catalog_service
 from recsvc.catalog.store import CatalogFollower, CatalogStore
 from recsvc.realtime import make_redis_client
+from recsvc.redis_client import connect_async
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,9 @@ def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
     # "unavailable" about a change that happened), and XREAD BLOCK needs a timeout above its block.
     writes = make_redis_client(settings.redis.model_copy(update={"socket_timeout_ms": cat.write_timeout_ms}))
     reads = make_redis_client(settings.redis.model_copy(update={"socket_timeout_ms": _BLOCK_MS + 2_000}))
-    store = CatalogStore(writes, settings.redis.key_prefix, cat.feed_maxlen)
+    # The Catalog service's small calls await their script on the serving event loop (service.py).
+    awrites = connect_async(settings.redis.url, timeout_s=cat.write_timeout_ms / 1000)
+    store = CatalogStore(writes, settings.redis.key_prefix, cat.feed_maxlen, aclient=awrites)
     live = LiveCatalog(deps.models)
 
     def on_state(connected: bool) -> None:

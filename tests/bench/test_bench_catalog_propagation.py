@@ -13,6 +13,7 @@ import pytest
 from bundle_factory import make_bundle
 
 from bench.catalog_propagation import established_server_sockets, socket_inodes, worker_pids
+from bench.native_client import NATIVE_CLIENT
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,20 @@ def test_process_of_a_connection_is_read_from_the_kernel(tmp_path: Path) -> None
 
 
 @pytest.mark.slow  # ~20 s: a two-process server, four sell-outs and two short paired runs
-def test_propagation_bench_times_each_change_on_both_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("client", "set_stock_calls"),
+    [
+        ("python", 50),  # 20/s x (2 s + 0.5 s warm-up)
+        pytest.param(
+            "native",
+            80,  # 20/s x (2 s + 2 s margin), warm-up left out
+            marks=pytest.mark.skipif(not NATIVE_CLIENT.is_file(), reason="run `make -C load/grpcload`"),
+        ),
+    ],
+)
+def test_propagation_bench_times_each_change_on_both_processes(
+    tmp_path: Path, client: str, set_stock_calls: int
+) -> None:
     planted = make_bundle(tmp_path / "bundle")
     results = tmp_path / "results"
     proc = subprocess.run(
@@ -46,13 +60,14 @@ def test_propagation_bench_times_each_change_on_both_processes(tmp_path: Path) -
             sys.executable, "-m", "bench", "bench", "catalog-propagation", "--bundle", str(planted.path),
             "--changes", "4", "--background-rate", "40", "--pairs", "1", "--rate", "40",
             "--set-stock-rate", "20", "--duration", "2", "--warmup", "0.5", "--connections", "4",
-            "--results", str(results), "--workdir", str(tmp_path / "work"),
+            "--results", str(results), "--workdir", str(tmp_path / "work"), "--client", client,
         ],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (out,) = list((results / "bench").iterdir())
     report = json.loads((out / "catalog-propagation.json").read_text())
+    assert report["context"]["load client of the paired runs"].startswith(client)
     prop = report["propagation"]
     assert len(prop["processes"]) == 2 and prop["probes_stayed"] is True
     assert len(prop["changes"]) == 4 and prop["misses"] == 0
@@ -64,6 +79,6 @@ def test_propagation_bench_times_each_change_on_both_processes(tmp_path: Path) -
     paired = report["paired"]
     assert [r["with_changes"] for r in paired["runs"]] == [False, True]
     stock = paired["runs"][1]["set_stock"]
-    assert stock["ok"] == stock["sent"] == 50 and stock["errors"] == {}  # 20/s x 2.5 s
+    assert stock["ok"] == stock["sent"] == set_stock_calls and stock["errors"] == {}
     assert paired["ratios"][0] is not None and paired["ratios"][0] > 0
     assert "p99 with / without SetStock" in (out / "catalog-propagation.md").read_text()

@@ -73,6 +73,7 @@ def test_method_paths_and_status_names() -> None:
     assert method_path("SimilarItems") == "/recsvc.v1.Recommender/SimilarItems"
     assert method_path("CheckOutreach") == "/recsvc.v1.Outreach/CheckOutreach"
     assert method_path("ReserveOutreach") == "/recsvc.v1.Outreach/ReserveOutreach"
+    assert method_path("SetStock") == "/recsvc.v1.Catalog/SetStock"
     assert [status_name(c) for c in (0, 4, 12, 14, -1, 99)] == [
         "OK", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "UNAVAILABLE", "NOT_COMPLETED", "CODE_99",
     ]  # fmt: skip

@@ -1,0 +1,97 @@
+"""Where a server process spends its CPU per live catalog change: one in-process server (the real
+composition root, a real Redis) answers ``SetStock`` at a fixed rate from the native client
+(load/grpcload); the CPU of the server process (every thread: the event loop, the follower,
+gRPC's own threads), of Redis and of the client over the measured window, divided by the calls.
+``--profile`` adds a cProfile of the event loop's thread.
+docs/benchmarks.md, "Live catalog", uses it.
+
+    python -m bench.experiments.catalog_change_cpu BUNDLE [--rate 200] [--duration 20] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import tempfile
+from pathlib import Path
+
+from bench.catalog_propagation import _set_stock_maker
+from bench.cpu import cpu_seconds
+from bench.native_client import fixed_rate_native
+from bench.ratebench import RateRun
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    from recsvc.bundle import KIND_PRODUCT
+    from recsvc.localstack import LocalRedis
+    from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
+    from recsvc.settings import load_settings
+
+    with tempfile.TemporaryDirectory() as tmp_name, LocalRedis(Path(tmp_name) / "redis") as redis:
+        tmp = Path(tmp_name)
+        settings = load_settings(
+            overrides={
+                "serving": {"model_uri": args.bundle, "bundle_cache_dir": str(tmp / "b"), "port": 0},
+                "redis": {"url": redis.url},
+                "security": {"audit_log": str(tmp / "audit.log"), "allow_insecure_dev": True},
+            }
+        )
+        deps = build_deps(settings, with_outreach=False)
+        server = build_server(settings, deps)
+        server.start()
+        deps.models.reload()
+        settle_heap()
+        _, model = deps.models.default()
+        kinds = deps.engine.catalog.view(model).item_kind
+        items = [model.items.id(int(r)) for r in (kinds == KIND_PRODUCT).nonzero()[0][: args.items]]
+        profile = cProfile.Profile()
+        loop = server._loop  # the profile must be switched on in the loop's own thread
+        target = f"127.0.0.1:{deps.bound_port}"
+        before: dict[str, float] = {}
+
+        def sample() -> dict[str, float]:
+            assert redis.proc is not None
+            return {"process": cpu_seconds(os.getpid()), "redis": cpu_seconds(redis.proc.pid)}
+
+        def probe() -> dict[str, float]:
+            # fixed_rate_native calls this at the window's start and end
+            now = sample()
+            if not before:
+                before.update(now)
+                if args.profile:
+                    loop.call_soon_threadsafe(profile.enable)
+            elif args.profile:
+                loop.call_soon_threadsafe(profile.disable)
+            return now
+
+        run = RateRun(
+            target, _set_stock_maker(items), args.rate, args.duration, label="SetStock",
+            connections=2, warmup_s=2.0, cpu_probe=probe,
+        )  # fmt: skip
+        result = fixed_rate_native(run)
+        calls = result.sent
+        print(f"SetStock {args.rate:.0f}/s for {args.duration:.0f} s: {result.completed_ok} answered, "
+              f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.codes or '-'}")  # fmt: skip
+        per_call = result.cpu_ms_per_call
+        print(f"CPU ms per SetStock: server process {per_call.get('process', 0):.3f}; redis "
+              f"{per_call.get('redis', 0):.3f}; native client {per_call.get('client', 0):.3f}")  # fmt: skip
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        shutdown(server, deps, grace_s=0)
+        if args.profile:
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(30)
+            print(f"event loop thread, {calls} calls:\n{out.getvalue()}")
+
+
+if __name__ == "__main__":
+    main()
