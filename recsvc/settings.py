@@ -445,6 +445,17 @@ class CatalogSettings(_Section):
     sync_wait_s: float = Field(
         5.0, ge=0, le=120, description="at start, how long a process waits for the catalog before it serves"
     )
+    writer_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="a separate server process serves the Catalog service on this port at a lower CPU "
+        "priority (writer_nice), so a stream of stock changes does not take CPU from recommendations; "
+        "0 = the workers serve it on serving.port",
+    )
+    writer_nice: int = Field(
+        10, ge=0, le=19, description="how much lower the catalog writer's CPU priority is (nice increment)"
+    )
 
 
 # The API-key roles; recsvc.security.auth maps every method to one of them.
@@ -533,6 +544,14 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     catalog: CatalogSettings = CatalogSettings()
     events: EventLogSettings = EventLogSettings()
+
+    @model_validator(mode="after")
+    def _own_writer_port(self) -> Settings:
+        if self.catalog.writer_port and self.catalog.writer_port == self.serving.port:
+            raise ValueError(
+                f"catalog.writer_port {self.catalog.writer_port} is serving.port: the catalog writer needs its own"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -87,6 +87,8 @@ class ServerDeps:
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # Impressions, events and outreach decisions to the durable log; None = not recorded.
     event_log: EventLog | None = None
+    # The catalog writer process (catalog.writer_port): serves the Catalog service only.
+    catalog_only: bool = False
     # Set by build_server: the port actually bound (useful with port 0).
     bound_port: int = 0
     health: health.HealthServicer | None = field(default=None, repr=False)
@@ -299,31 +301,35 @@ def _add_services(
     settings: Settings, deps: ServerDeps, server: grpc.aio.Server, registrar: WrappingRegistrar
 ) -> None:
     """Every service goes through ``registrar`` (which wraps its handlers), reflection and health
-    included, so their requests are decoded and checked like any other."""
+    included, so their requests are decoded and checked like any other. The catalog writer
+    (``deps.catalog_only``) serves the Catalog service alone."""
     target: Any = registrar  # stands in for the server while services are added
-    recommender_pb2_grpc.add_RecommenderServicer_to_server(
-        RecommenderServicer(
-            settings,
-            deps.engine,
-            deps.models,
-            deps.realtime,
-            deps.metrics,
-            deps.reload_broadcast,
-            deps.event_log,
-        ),
-        target,
-    )
-    names = [RECOMMENDER_SERVICE]
-    model_names = [RECOMMENDER_SERVICE]
+    names: list[str] = []
+    model_names: list[str] = []
     store_names: list[str] = []
-    if deps.outreach_servicer is not None:
-        outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
-        names.append(OUTREACH_SERVICE)
-        store_names.append(OUTREACH_SERVICE)
-    if deps.members_servicer is not None:
-        members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
-        names.append(MEMBERS_SERVICE)
-        model_names.append(MEMBERS_SERVICE)  # its live parts degrade without Redis; the bundle's do not
+    if not deps.catalog_only:
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(
+            RecommenderServicer(
+                settings,
+                deps.engine,
+                deps.models,
+                deps.realtime,
+                deps.metrics,
+                deps.reload_broadcast,
+                deps.event_log,
+            ),
+            target,
+        )
+        names.append(RECOMMENDER_SERVICE)
+        model_names.append(RECOMMENDER_SERVICE)
+        if deps.outreach_servicer is not None:
+            outreach_pb2_grpc.add_OutreachServicer_to_server(deps.outreach_servicer, target)
+            names.append(OUTREACH_SERVICE)
+            store_names.append(OUTREACH_SERVICE)
+        if deps.members_servicer is not None:
+            members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
+            names.append(MEMBERS_SERVICE)
+            model_names.append(MEMBERS_SERVICE)  # its live parts degrade without Redis; the bundle's do not
     for add in deps.extra_services:
         names.append(add(target))
         model_names.append(names[-1])
@@ -335,7 +341,7 @@ def _add_services(
     # SERVING only once a model can answer (every service shares the process's model); Outreach
     # also only while its Redis answers (the throttle's circuit breaker is closed).
     readiness = Readiness(health_servicer, model_names, store_names)
-    if deps.outreach_servicer is not None:
+    if deps.outreach_servicer is not None and not deps.catalog_only:
         breaker = deps.outreach_servicer.throttle.breaker
         breaker.add_listener(readiness.store_changed)
         readiness.store_changed(breaker.is_open)  # it may have opened while the server was built

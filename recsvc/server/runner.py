@@ -5,6 +5,11 @@ Workers are started with the ``spawn`` method, so each creates its gRPC server, 
 FAISS indexes after the process starts (gRPC must not cross a fork) and memory-maps the bundle
 itself: the page cache shares the arrays between workers. The port is shared through
 SO_REUSEPORT (``grpc.so_reuseport``); the kernel spreads connections across workers.
+
+With ``catalog.writer_port`` one more process, the catalog writer, serves the Catalog service
+alone on that port at a lower CPU priority (``catalog.writer_nice``): a live stream's stock changes
+then queue behind recommendations for the CPU instead of competing with them. It follows the
+change feed like every worker, so what it writes reaches them the same way.
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ def check_model_uris(settings: Settings) -> None:
                 ) from exc
 
 
-def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = True) -> None:
-    """Serve until SIGTERM/SIGINT. Blocks."""
+def run_worker(
+    settings: Settings, worker: int = 0, serve_own_metrics: bool = True, catalog_only: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT. Blocks. ``catalog_only``: the catalog writer (module doc)."""
     _limit_threads()
     from recsvc.metrics import serve_metrics, served_registry
     from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
@@ -75,7 +82,8 @@ def run_worker(settings: Settings, worker: int = 0, serve_own_metrics: bool = Tr
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    deps = build_deps(settings, worker=worker)
+    deps = build_deps(settings, worker=worker, with_outreach=not catalog_only)
+    deps.catalog_only = catalog_only
     # Load before binding the port: workers share it (SO_REUSEPORT) and the kernel hands new
     # connections to any worker listening, so a worker still loading would answer them
     # UNAVAILABLE while its siblings could serve. Without a model it starts anyway.
@@ -133,6 +141,23 @@ def _worker_main(settings_json: str, worker: int, log_level: str) -> None:
     run_worker(settings, worker, serve_own_metrics=False)
 
 
+def _writer_main(settings_json: str, worker: int, log_level: str) -> None:
+    from recsvc.cli.common import setup_logging
+
+    setup_logging(log_level)
+    settings = Settings.model_validate_json(settings_json)
+    os.nice(settings.catalog.writer_nice)  # first, so every thread started from here on inherits it
+    # Alone on its port, so no SO_REUSEPORT.
+    serving = settings.serving.model_copy(update={"port": settings.catalog.writer_port, "workers": 1})
+    log.info(
+        "event=catalog_writer_started worker=%d port=%d nice=%d",
+        worker,
+        serving.port,
+        settings.catalog.writer_nice,
+    )
+    run_worker(settings.model_copy(update={"serving": serving}), worker, False, catalog_only=True)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -143,7 +168,8 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
-    if s.workers == 1:
+    writer = settings.catalog.enabled and settings.catalog.writer_port > 0
+    if s.workers == 1 and not writer:
         run_worker(settings)
         return
     if s.port == 0:
@@ -165,11 +191,15 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     stopping = threading.Event()
 
     def start(i: int) -> BaseProcess:
-        p = ctx.Process(target=_worker_main, args=(payload, i, log_level), name=f"recsvc-worker-{i}")
+        # The catalog writer is the process after the workers (its metrics' worker label).
+        main, name = (
+            (_writer_main, "recsvc-catalog-writer") if i == s.workers else (_worker_main, "recsvc-worker")
+        )
+        p = ctx.Process(target=main, args=(payload, i, log_level), name=f"{name}-{i}")
         p.start()
         return p
 
-    procs = {i: start(i) for i in range(s.workers)}
+    procs = {i: start(i) for i in range(s.workers + writer)}
     restarts = 0
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -177,7 +207,13 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    log.info("event=serving host=%s port=%d workers=%d", s.host, s.port, s.workers)
+    log.info(
+        "event=serving host=%s port=%d workers=%d catalog_writer_port=%s",
+        s.host,
+        s.port,
+        s.workers,
+        settings.catalog.writer_port if writer else "",
+    )
     while not stopping.wait(0.5):
         for i, p in list(procs.items()):
             if p.is_alive():

@@ -82,3 +82,48 @@ def test_changes_reach_every_process_within_a_second_and_survive_a_restart(
     finally:
         for proc in procs:
             stop_subprocess(proc)
+
+
+def _server_processes_nice(pid: int) -> list[int]:
+    """The niceness of the supervisor's server processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    servers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    # field 19 of /proc/<pid>/stat, counted after the parenthesised command name
+    return sorted(int(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[16]) for c in servers)
+
+
+def test_the_catalog_writer_serves_changes_alone_at_a_lower_priority(redis_url: str, tmp_path: Path) -> None:
+    planted = make_bundle(tmp_path / "b1")
+    port, writer_port = free_port(), free_port()
+    env = serve_env(planted.path, redis_url, port, tmp_path)
+    env |= {"RECSVC_CATALOG__WRITER_PORT": str(writer_port), "RECSVC_CATALOG__WRITER_NICE": "7"}
+    proc = serve_subprocess(env)
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        writer = grpc.insecure_channel(f"127.0.0.1:{writer_port}")
+        grpc.channel_ready_future(writer).result(timeout=60)
+        catalog = catalog_pb2_grpc.CatalogStub(writer)
+        rec = recommender_pb2_grpc.RecommenderStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        member = planted.warm_members(cluster=1)[0]
+        top = _ids(rec, member)[0]
+        deadline = time.monotonic() + 30
+        while True:  # the writer loads its model after it listens
+            try:
+                catalog.SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(0.2)
+        t0 = time.monotonic()
+        while top in _ids(rec, member):
+            assert time.monotonic() - t0 < 1.0, "a change through the writer did not reach the worker"
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as refused:
+            recommender_pb2_grpc.RecommenderStub(writer).RecommendProducts(
+                recommender_pb2.RecommendProductsRequest(member_id=member, k=5), timeout=5
+            )
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        worker_nice, writer_nice = _server_processes_nice(proc.pid)
+        assert writer_nice - worker_nice == 7
+    finally:
+        stop_subprocess(proc)

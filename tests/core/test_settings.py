@@ -47,6 +47,12 @@ def test_variant_shares_must_sum_to_one() -> None:
         load_settings(overrides={"serving": {"variants": [{"name": "a", "alias": "champion", "share": 0.5}]}})
 
 
+def test_the_catalog_writer_needs_its_own_port() -> None:
+    with pytest.raises(ConfigError, match="catalog.writer_port 7000 is serving.port"):
+        load_settings(overrides={"serving": {"port": 7000}, "catalog": {"writer_port": 7000}})
+    assert load_settings(overrides={"serving": {"port": 7000}, "catalog": {"writer_port": 7001}})
+
+
 def test_malformed_toml(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[serving\n")
