@@ -549,7 +549,8 @@ class Settings(BaseSettings):
     def _own_writer_port(self) -> Settings:
         if self.catalog.writer_port and self.catalog.writer_port == self.serving.port:
             raise ValueError(
-                f"catalog.writer_port {self.catalog.writer_port} is serving.port: the catalog writer needs its own"
+                f"catalog.writer_port {self.catalog.writer_port} is serving.port: "
+                "the catalog writer needs a port of its own"
             )
         return self
 

@@ -48,7 +48,7 @@ def test_variant_shares_must_sum_to_one() -> None:
 
 
 def test_the_catalog_writer_needs_its_own_port() -> None:
-    with pytest.raises(ConfigError, match="catalog.writer_port 7000 is serving.port"):
+    with pytest.raises(ConfigError, match=r"catalog\.writer_port 7000 is serving\.port"):
         load_settings(overrides={"serving": {"port": 7000}, "catalog": {"writer_port": 7000}})
     assert load_settings(overrides={"serving": {"port": 7000}, "catalog": {"writer_port": 7001}})
 
