@@ -269,12 +269,14 @@ def run_propagation(
     connections: int = 16,
     warmup_s: float = 3.0,
     metadata: tuple[tuple[str, str], ...] = (),
+    changes_to: str | None = None,
     say: Any = print,
 ) -> PropagationReport:
-    """``changes`` sell-outs, one at a time, under ``background_rps`` RecommendProducts/s."""
+    """``changes`` sell-outs, one at a time, under ``background_rps`` RecommendProducts/s.
+    ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port)."""
     probes = probe_channels(target, server_pid, processes)
     say(f"probe connections held by server processes {[p.pid for p in probes]}")
-    catalog_channel = grpc.insecure_channel(target)
+    catalog_channel = grpc.insecure_channel(changes_to or target)
     catalog = catalog_pb2_grpc.CatalogStub(catalog_channel)
     # The background load has a fixed schedule: long enough for the changes with some margin;
     # whether it still ran when the last change was measured is reported (background_covered).
@@ -474,12 +476,15 @@ def run_paired(
     metadata: tuple[tuple[str, str], ...] = (),
     cpu_probe: Any = None,
     client: str = "python",
+    changes_to: str | None = None,
     say: Any = print,
 ) -> PairedReport:
     """``pairs`` x (RecommendProducts at ``rate`` alone, and with ``set_stock_rate`` SetStock/s
     toggling ``items`` from another process), the order alternating per pair. ``cpu_probe``
     (bench.cpu.cpu_probe): CPU ms per call of the workers and Redis in each run. ``client``:
-    ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both)."""
+    ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both).
+    ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port)."""
+    writes = changes_to or target
     if client == "native":
         find_native_client()  # not built: say so before anything starts
     elif client != "python":
@@ -496,14 +501,14 @@ def run_paired(
                 # Its schedule outlasts the measured window by a second on each side: the two
                 # clients connect independently, a few hundred ms apart.
                 native_sender = _NativeSetStock(
-                    target, items, set_stock_rate, duration_s + 2.0, warmup_s, metadata
+                    writes, items, set_stock_rate, duration_s + 2.0, warmup_s, metadata
                 )
                 native_sender.start()
             elif with_changes:
                 queue = ctx.Queue()
                 sender = ctx.Process(
                     target=_set_stock_loop,
-                    args=(target, items, set_stock_rate, warmup_s + duration_s, metadata, queue),
+                    args=(writes, items, set_stock_rate, warmup_s + duration_s, metadata, queue),
                 )
                 sender.start()
                 if queue.get(timeout=60) != "ready":

@@ -438,6 +438,9 @@ def bench_catalog_propagation(
     duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
     warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
     connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
+    catalog_writer: bool = typer.Option(
+        False, "--catalog-writer", help="Send the changes to a catalog writer process (catalog.writer_port)."
+    ),
     client: str = typer.Option(
         "python",
         "--client",
@@ -469,7 +472,7 @@ def bench_catalog_propagation(
         lambda: CatalogPropagationOptions(
             changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
             set_stock_rate=set_stock_rate, duration_s=duration, warmup_s=warmup, connections=connections,
-            client=client, load_config=load_config, server=server,
+            client=client, catalog_writer=catalog_writer, load_config=load_config, server=server,
         )
     )  # fmt: skip
     out = _bench_dir(results, "catalog propagation")

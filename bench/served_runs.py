@@ -38,15 +38,21 @@ class LocalServer:
 
 
 def _serve_here(
-    server: LocalServer, out: Path, stack: ExitStack, say: Callable[[str], None], context: dict[str, str]
+    server: LocalServer,
+    out: Path,
+    stack: ExitStack,
+    say: Callable[[str], None],
+    context: dict[str, str],
+    settings_env: dict[str, str] | None = None,
 ) -> tuple[str, Path, dict[str, str]]:
     """Redis, the sample model (unless ``server.bundle``) and `recsvc serve` started for a
-    benchmark and stopped by ``stack``: (target, served bundle, the environment they run with)."""
+    benchmark and stopped by ``stack``: (target, served bundle, the environment they run with).
+    ``settings_env``: settings for the server (``RECSVC_...`` variables)."""
     opts = LoadRunOptions(
         bundle=server.bundle, workdir=server.workdir, members=server.members, seed=server.seed,
         workers=server.workers, settings_file=server.settings_file,
     )  # fmt: skip
-    env = dict(os.environ)
+    env = {**os.environ, **(settings_env or {})}
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     target, served = start_local_stack(opts, env, out, out / "setup.log", stack, say, context)
     return target, served, env
@@ -211,6 +217,8 @@ class CatalogPropagationOptions:
     warmup_s: float = 3.0
     connections: int = 16
     client: str = "python"  # a LOAD_CLIENTS key: who sends both loads of the paired runs
+    # Changes go to the catalog writer process (catalog.writer_port), not to the workers' port.
+    catalog_writer: bool = False
     load_config: Path | None = None  # traffic mix
     server: LocalServer = field(default_factory=LocalServer)
 
@@ -234,6 +242,7 @@ def run_catalog_propagation(
     from bench.loadconfig import load_config
     from bench.native_client import find_native_client
     from bench.traffic import ServedIds, Traffic
+    from recsvc.localstack import free_port, wait_for_serving
 
     o = options
     if o.client == "native":
@@ -242,14 +251,23 @@ def run_catalog_propagation(
     config = load_config(o.load_config)
     metadata = tuple(config.metadata.items())
     context: dict[str, str] = {"load client of the paired runs": LOAD_CLIENTS[o.client]}
+    settings_env: dict[str, str] = {}
+    if o.catalog_writer:
+        writer_port = free_port()
+        settings_env["RECSVC_CATALOG__WRITER_PORT"] = str(writer_port)
     with ExitStack() as stack, sigterm_as_interrupt():
-        target, served, _ = _serve_here(o.server, out, stack, say, context)
+        target, served, _ = _serve_here(o.server, out, stack, say, context, settings_env)
+        changes_to = target
+        if o.catalog_writer:
+            changes_to = f"127.0.0.1:{writer_port}"
+            wait_for_serving(changes_to)  # its model loaded, so its change calls answer
+            context["changes sent to"] = f"the catalog writer ({changes_to}, catalog.writer_nice default)"
         traffic = Traffic(ServedIds.from_bundle(served), config)
         say(f"propagation: {o.changes} sell-outs under {o.background_rate:.0f} RecommendProducts/s")
         prop = run_propagation(
             target, int(context["server pid"]), traffic, processes=o.server.workers, changes=o.changes,
             background_rps=o.background_rate, connections=o.connections, warmup_s=o.warmup_s,
-            metadata=metadata, say=say,
+            metadata=metadata, changes_to=changes_to, say=say,
         )  # fmt: skip
         payload: dict[str, Any] = {"machine": where, "context": context, "propagation": prop.as_dict()}
         progress(BenchReport("catalog-propagation", payload, markdown(prop, None)))
@@ -264,7 +282,7 @@ def run_catalog_propagation(
                 target, traffic, items, pairs=o.pairs, rate=o.rate, set_stock_rate=o.set_stock_rate,
                 duration_s=o.duration_s, warmup_s=o.warmup_s, connections=o.connections, metadata=metadata,
                 cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])),
-                client=o.client, say=say,
+                client=o.client, changes_to=changes_to, say=say,
             )  # fmt: skip
         payload = {**payload, "paired": paired.as_dict() if paired is not None else None}
         payload["machine"] = {**where, "loadavg_1m_at_end": os.getloadavg()[0]}

@@ -40,18 +40,20 @@ def test_process_of_a_connection_is_read_from_the_kernel(tmp_path: Path) -> None
 
 @pytest.mark.slow  # ~20 s: a two-process server, four sell-outs and two short paired runs
 @pytest.mark.parametrize(
-    ("client", "set_stock_calls"),
+    ("client", "set_stock_calls", "writer"),
     [
-        ("python", 50),  # 20/s x (2 s + 0.5 s warm-up)
+        ("python", 50, False),  # 20/s x (2 s + 0.5 s warm-up)
         pytest.param(
             "native",
             80,  # 20/s x (2 s + 2 s margin), warm-up left out
+            False,
             marks=pytest.mark.skipif(not NATIVE_CLIENT.is_file(), reason="run `make -C load/grpcload`"),
         ),
+        ("python", 50, True),  # the changes through the catalog writer process
     ],
 )
 def test_propagation_bench_times_each_change_on_both_processes(
-    tmp_path: Path, client: str, set_stock_calls: int
+    tmp_path: Path, client: str, set_stock_calls: int, writer: bool
 ) -> None:
     planted = make_bundle(tmp_path / "bundle")
     results = tmp_path / "results"
@@ -61,6 +63,7 @@ def test_propagation_bench_times_each_change_on_both_processes(
             "--changes", "4", "--background-rate", "40", "--pairs", "1", "--rate", "40",
             "--set-stock-rate", "20", "--duration", "2", "--warmup", "0.5", "--connections", "4",
             "--results", str(results), "--workdir", str(tmp_path / "work"), "--client", client,
+            *(["--catalog-writer"] if writer else []),
         ],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
@@ -68,6 +71,7 @@ def test_propagation_bench_times_each_change_on_both_processes(
     (out,) = list((results / "bench").iterdir())
     report = json.loads((out / "catalog-propagation.json").read_text())
     assert report["context"]["load client of the paired runs"].startswith(client)
+    assert ("changes sent to" in report["context"]) is writer
     prop = report["propagation"]
     assert len(prop["processes"]) == 2 and prop["probes_stayed"] is True
     assert len(prop["changes"]) == 4 and prop["misses"] == 0
