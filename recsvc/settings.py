@@ -445,6 +445,15 @@ class CatalogSettings(_Section):
     sync_wait_s: float = Field(
         5.0, ge=0, le=120, description="at start, how long a process waits for the catalog before it serves"
     )
+    settle_ms: int = Field(
+        50,
+        ge=0,
+        le=900,
+        description="after applying a batch of changes, a process waits this long before it reads the "
+        "feed again: a stream of changes (200 SetStock/s) is applied in batches, not one wake-up per "
+        "change; a change that arrives while it waits is applied at the end of the wait (within the 1 s "
+        "propagation bound)",
+    )
     writer_port: int = Field(
         0,
         ge=0,

@@ -25,10 +25,6 @@ from recsvc.settings import Settings
 log = logging.getLogger(__name__)
 
 _BLOCK_MS = 500  # XREAD BLOCK: a change arrives at once; this only bounds a stop's wait
-# After a rebuild, the follower reads the feed again only this much later: at 200 SetStock/s
-# each process then rebuilds ~20 times a second, not 200 (CPU per change: docs/benchmarks.md),
-# and a change waits at most this long beyond its arrival, far inside the 1 s bound.
-_SETTLE_S = 0.05
 
 
 def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
@@ -57,7 +53,7 @@ def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
         on_state=on_state,
         retry_s=settings.redis.reconnect_interval_ms / 1000,
         block_ms=_BLOCK_MS,
-        settle_s=_SETTLE_S,
+        settle_s=cat.settle_ms / 1000,
         on_batch=lambda records, changed: live.update(records, follower.seq, changed),
     )
 
