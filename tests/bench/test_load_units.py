@@ -374,26 +374,38 @@ def test_campaign_audience_ids_are_distinct_and_bounded() -> None:
 
 
 def test_cpu_accounting_reads_proc_and_divides_per_call() -> None:
-    import os
     import subprocess
     import sys
+    import time
 
     from bench.cpu import cpu_ms_per_call, cpu_probe, cpu_seconds
     from bench.ratebench import cpu_cell
 
-    busy = subprocess.Popen(
-        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"]
+    # A "server" of its own whose one child, the "worker", spins 0.6 s: pytest's own children (a
+    # fixture's redis-server) would count as workers of this process.
+    spin = "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"
+    code = (
+        f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {spin!r}])\n"
+        "print(p.pid, flush=True)\np.wait()\nsys.stdin.read()"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        probe = cpu_probe(os.getpid(), None)  # this process as the "server", the child as its worker
+        assert server.stdout is not None and server.stdin is not None
+        worker = int(server.stdout.readline())
+        probe = cpu_probe(server.pid, None)
         before = probe()
-        busy.wait(timeout=10)
+        while cpu_seconds(worker) > 0 or f"worker {worker}" in probe():
+            time.sleep(0.05)  # until the worker is gone
+        after = {**probe(), f"worker {worker}": before.get(f"worker {worker}", 0.0) + 0.5}
+        server.stdin.close()
+        server.wait(timeout=10)
     finally:
-        busy.kill()
-    assert cpu_seconds(busy.pid) == 0.0  # gone: no error
-    after = {**probe(), f"worker {busy.pid}": before.get(f"worker {busy.pid}", 0.0) + 0.5}
+        server.kill()
+    assert cpu_seconds(worker) == 0.0  # gone: no error
     per_call = cpu_ms_per_call(before, after, calls=100)
-    assert per_call[f"worker {busy.pid}"] == pytest.approx(5.0) and per_call["workers"] == pytest.approx(5.0)
+    assert per_call[f"worker {worker}"] == pytest.approx(5.0) and per_call["workers"] == pytest.approx(5.0)
     assert per_call["client"] >= 0 and cpu_ms_per_call(before, after, calls=0) == {}
     assert cpu_cell({"client": 0.7, "worker 1": 0.8, "worker 2": 0.6, "workers": 1.4, "redis": 0.05}) == (
         "client 0.70 · workers 1.40 (0.80 + 0.60) · redis 0.05"
