@@ -25,6 +25,7 @@ import numpy as np
 from recsvc.bundle import KIND_CONTENT, KIND_NAMES, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
 from recsvc.engine import kernels
+from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.entries import ItemEntries
 from recsvc.engine.served_model import KIND_CODES, ServedModel
 from recsvc.v1 import common_pb2
@@ -32,7 +33,6 @@ from recsvc.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
-NO_ROWS = np.zeros(0, dtype=np.int64)
 # A view's per-item arrays (row -> live value), the ones filters and ranking read.
 ITEM_ARRAYS = (
     "item_kind",
@@ -396,7 +396,7 @@ class CatalogView:
         """Every new item of ``kind`` with its score for ``vector`` (exact: the set is small)."""
         rows = self.new_rows.get(kind, NO_ROWS)
         if rows.shape[0] == 0:
-            return NO_ROWS, np.zeros(0, dtype=np.float32)
+            return NO_ROWS, NO_WEIGHTS
         return rows, self.new_kind_factors[kind] @ vector.astype(np.float32)
 
     def kind_name(self, row: int) -> str:

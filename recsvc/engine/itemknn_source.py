@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from recsvc.bundle import FamilySpec, LoadedBundle
+from recsvc.engine.empty_arrays import NO_ROWS
 
 if TYPE_CHECKING:
     from recsvc.catalog.view import CatalogView
@@ -68,7 +69,7 @@ class Neighbours:
         )
         factors = a["item_factors"]
         for kind in out.norm_max:  # compile (or load) the kernel for these arrays: not in a request
-            gather(out, factors, np.zeros(factors.shape[1]), _NO_ROWS, np.zeros(0), kind)
+            gather(out, factors, np.zeros(factors.shape[1]), NO_ROWS, np.zeros(0), kind)
         return out
 
     @property
@@ -157,15 +158,12 @@ def gather(
         _own(weights, np.float32),
         neighbours.item_kind,
         kind,
-        _own(also if also is not None else _NO_ROWS, np.int64),
+        _own(also if also is not None else NO_ROWS, np.int64),
         factors,
         _own(vector, np.float32),
         neighbours.scratch(),
     )
     return Scored(*out)
-
-
-_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 def _own(a: np.ndarray, dtype: type) -> np.ndarray:

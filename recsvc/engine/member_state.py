@@ -13,16 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsvc.catalog.view import CatalogView
+from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.served_model import ServedModel
 from recsvc.realtime import RecentActivity, event_weights_by_item, recalculate_member
 
 SOURCE_PERSONALIZED = "personalized"
 SOURCE_REALTIME = "realtime"
-
-NO_ROWS = np.zeros(0, dtype=np.int64)
-NO_WEIGHTS = np.zeros(0, dtype=np.float32)
-NO_ROWS.flags.writeable = False
-NO_WEIGHTS.flags.writeable = False
 
 
 @dataclass(slots=True)

@@ -13,8 +13,8 @@ import numpy as np
 from recsvc.catalog.view import CatalogView
 from recsvc.engine.candidates import Searched, candidate_sizes, search
 from recsvc.engine.diversity import mmr_by_rows
+from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.filters import FilterSpec
-from recsvc.engine.member_state import NO_ROWS, NO_WEIGHTS
 from recsvc.settings import ServingSettings
 
 

@@ -38,9 +38,9 @@ from recsvc.catalog.live import StaticCatalog
 from recsvc.catalog.view import CatalogView
 from recsvc.engine import explain, family_ranking, ranking, render, restock
 from recsvc.engine.candidates import Searched, StoredList, StoredLists, first_search
+from recsvc.engine.empty_arrays import NO_ROWS
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.member_state import (
-    NO_ROWS,
     SOURCE_PERSONALIZED,
     SOURCE_REALTIME,
     MemberState,

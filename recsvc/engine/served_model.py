@@ -28,6 +28,7 @@ from recsvc.bundle import (
     load_bundle,
 )
 from recsvc.engine import kernels
+from recsvc.engine.empty_arrays import NO_F64, NO_ROWS
 from recsvc.engine.entries import ItemEntries
 from recsvc.engine.itemknn_source import Neighbours
 from recsvc.engine.replenish import DAY_S, due_mask, due_windows
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
-_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
-_EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,17 +215,17 @@ class ServedModel:
         have nothing due at a given moment: ``due_window`` answers that with two look-ups, and
         only the others pay for the array operations over their purchases."""
         if self.item_repurchase_days is None or self.purchased_last_ts is None:
-            return _EMPTY_ROWS, _EMPTY_F64
+            return NO_ROWS, NO_F64
         first, last = self.due_window(early, late)
         now_days = now / DAY_S
         if not first[row] <= now_days <= last[row]:
-            return _EMPTY_ROWS, _EMPTY_F64
+            return NO_ROWS, NO_F64
         lo, hi = int(self.purchased_indptr[row]), int(self.purchased_indptr[row + 1])
         rows = self.purchased_indices[lo:hi]
         days = (now - self.purchased_last_ts[lo:hi]) / DAY_S
         due = due_mask(self.item_repurchase_days[rows], days, early, late)
         if not due.any():
-            return _EMPTY_ROWS, _EMPTY_F64
+            return NO_ROWS, NO_F64
         return np.asarray(rows[due], dtype=np.int64), days[due]
 
     def due_window(self, early: float, late: float) -> tuple[memoryview, memoryview]:
