@@ -26,6 +26,7 @@ run: $(STAMP)
 test: $(STAMP) grpcload promtool java
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/ruff check proto recsvc training pipelines bench load tests
+	$(BIN)/ruff format --check proto recsvc training pipelines bench load tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

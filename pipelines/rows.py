@@ -336,8 +336,5 @@ def dup_of_ok(keys: pd.Series | pd.DataFrame, ok: np.ndarray) -> np.ndarray:
     return dup
 
 
-
 def latest(now: datetime, settings: DataSettings) -> pd.Timestamp:
     return pd.Timestamp(now + timedelta(seconds=settings.future_tolerance_s)).tz_convert("UTC")
-
-

@@ -57,7 +57,6 @@ from recsvc.settings import MAX_EVENT_CHANNELS, DataSettings
 log = logging.getLogger(__name__)
 
 
-
 QUARANTINE_DIRNAME = "quarantine"
 SUMMARY_FILE = "summary.json"
 # Event columns read as categoricals: few distinct values per chunk, each checked once.

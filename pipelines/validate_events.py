@@ -45,7 +45,6 @@ from recsvc.settings import DataSettings
 log = logging.getLogger(__name__)
 
 
-
 _PURCHASE = EVENT_TYPES.index("purchase")
 _EARLIEST_EVENT = pd.Timestamp(EARLIEST_EVENT_TS)
 

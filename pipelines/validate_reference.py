@@ -44,8 +44,6 @@ from recsvc.settings import DataSettings
 log = logging.getLogger(__name__)
 
 
-
-
 def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) -> TableResult:
     v = Verdicts(raw)
     check_utf8(v, CATALOG.columns)

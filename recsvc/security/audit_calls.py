@@ -52,6 +52,7 @@ class AuditInterceptor(MethodWrapper):
         describe = AUDITED.get(method)
         if describe is None or handler.unary_unary is None:
             return handler
+
         def record(request: Any, response: Any) -> Any:
             event, fields = describe(request, response)
             caller = current_caller.get()

@@ -79,6 +79,7 @@ class RpcMetricsInterceptor(MethodWrapper):
                 return inner_unknown(request, context)
 
             return handler._replace(unary_unary=unimplemented)  # type: ignore[attr-defined]
+
         def async_unary(inner: HandlerFn) -> HandlerFn:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 t0 = time.perf_counter()

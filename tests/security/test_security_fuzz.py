@@ -127,11 +127,7 @@ def fuzz_server(
     all_roles = new_key()
     keys_file = settings.security.api_keys_file
     assert keys_file is not None
-    keys_file.write_text(
-        keys_file.read_text()
-        + "\n"
-        + caller_toml("fuzzer", list(ROLES), all_roles)
-    )
+    keys_file.write_text(keys_file.read_text() + "\n" + caller_toml("fuzzer", list(ROLES), all_roles))
     with secured_server(settings, keys) as srv:
         yield srv, all_roles
 

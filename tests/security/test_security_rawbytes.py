@@ -48,7 +48,13 @@ T = d.FieldDescriptor
 SERVICES: list[d.ServiceDescriptor] = [
     svc
     for module in (
-        recommender_pb2, outreach_pb2, admin_pb2, catalog_pb2, members_pb2, health_pb2, reflection_pb2
+        recommender_pb2,
+        outreach_pb2,
+        admin_pb2,
+        catalog_pb2,
+        members_pb2,
+        health_pb2,
+        reflection_pb2,
     )
     for svc in module.DESCRIPTOR.services_by_name.values()
 ]
@@ -262,11 +268,7 @@ def target(
     key = new_key()
     keys_file = settings.security.api_keys_file
     assert keys_file is not None
-    keys_file.write_text(
-        keys_file.read_text()
-        + "\n"
-        + caller_toml("fuzzer", list(ROLES), key)
-    )
+    keys_file.write_text(keys_file.read_text() + "\n" + caller_toml("fuzzer", list(ROLES), key))
     strings = [
         *planted.warm_members()[:3],
         *planted.products()[:3],
