@@ -169,6 +169,8 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
     writer = settings.catalog.enabled and settings.catalog.writer_port > 0
+    if settings.catalog.writer_port and not writer:
+        log.warning("event=catalog_writer_off catalog.writer_port is set but catalog.enabled is false")
     if s.workers == 1 and not writer:
         run_worker(settings)
         return
