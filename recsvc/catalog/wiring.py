@@ -2,11 +2,11 @@
 
     add_live_catalog(settings, deps)
 
-which builds the catalog's Redis clients (a synchronous one and an asyncio one for the serving
-loop) (from the same factory as every other, so the keys'
-one hash tag keeps them cluster-ready), starts following the change feed (waiting up to
-``catalog.sync_wait_s`` for the current catalog before the process serves), points the engine at
-the live catalog and registers ``recsvc.v1.Catalog``.
+which builds the catalog's Redis clients (synchronous ones from the same factory as every other,
+and an asyncio one for the change calls on the serving loop; the keys' one hash tag keeps them
+cluster-ready), starts following the change feed (waiting up to ``catalog.sync_wait_s`` for the
+current catalog before the process serves), points the engine at the live catalog and gives the
+server ``recsvc.v1.Catalog`` (``deps.catalog_service``).
 """
 
 from __future__ import annotations
@@ -65,9 +65,6 @@ def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
     live.on_next_publish = wake
     follower.start(cat.sync_wait_s)
     deps.engine.catalog = live
-    deps.extra_services = [
-        *deps.extra_services,
-        lambda server: add_catalog_service(server, settings, deps.models, live, store),
-    ]
+    deps.catalog_service = lambda server: add_catalog_service(server, settings, deps.models, live, store)
     deps.on_close.extend([follower.stop, writes.close, reads.close])
     return live

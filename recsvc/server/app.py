@@ -11,6 +11,8 @@ Hooks for other parts of recsvc (see docs/operations.md):
   module exists, handing it the shared Redis client and the in-process ``RecommendationPort``).
 - ``ServerDeps.extra_interceptors``: run after the error interceptor (so a ``RecsvcError`` they
   raise inside a handler becomes its gRPC status), in the given order.
+- ``ServerDeps.catalog_service``: adds ``recsvc.v1.Catalog`` (``recsvc.catalog.wiring``) and
+  returns its full name; the catalog writer process (``catalog_only``) serves it alone.
 - ``ServerDeps.extra_services``: callables ``(server) -> service_name`` that add a servicer and
   return its full name for health and reflection (e.g. an Admin service).
 - ``ServerDeps.server_credentials``: TLS credentials; plaintext when None.
@@ -87,6 +89,8 @@ class ServerDeps:
     on_close: list[Callable[[], None]] = field(default_factory=list)
     # Impressions, events and outreach decisions to the durable log; None = not recorded.
     event_log: EventLog | None = None
+    # Adds recsvc.v1.Catalog and returns its name (recsvc.catalog.wiring); None: the live catalog is off.
+    catalog_service: Callable[[grpc.aio.Server], str] | None = None
     # The catalog writer process (catalog.writer_port): serves the Catalog service only.
     catalog_only: bool = False
     # Set by build_server: the port actually bound (useful with port 0).
@@ -107,9 +111,12 @@ def build_deps(
     with_outreach: bool = True,
     metrics: ServingMetrics | None = None,
     worker: int = 0,
+    catalog_only: bool = False,
 ) -> ServerDeps:
     """Everything one server process needs, built once at start-up (after fork). ``worker``:
-    this process's index among the workers (the ``worker`` label of its process metrics)."""
+    this process's index among the workers (the ``worker`` label of its process metrics).
+    ``catalog_only``: the catalog writer, which answers change calls only, so it has no
+    active-members directory, event log, outreach or members service."""
     import faiss
 
     # One search thread per process: concurrency comes from gRPC threads and worker processes,
@@ -118,7 +125,7 @@ def build_deps(
     metrics = metrics or ServingMetrics()
     client = make_redis_client(settings.redis)
     active = None
-    if settings.redis.active_members:
+    if settings.redis.active_members and not catalog_only:
         active = ActiveMembers(
             client,
             settings.redis.key_prefix,
@@ -143,19 +150,20 @@ def build_deps(
         engine=engine,
         redis_client=client,
         engine_default_diversity=settings.serving.default_diversity,
+        catalog_only=catalog_only,
     )
     sampler = ProcessSampler(metrics, worker).start()
     deps.on_close.append(sampler.stop)
     if active is not None:
         deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
-    if settings.events.enabled:
+    if settings.events.enabled and not catalog_only:
         deps.event_log = EventLog(client, settings, EventLogMetrics(metrics.registry)).start()
         deps.on_close.append(deps.event_log.close)  # flushes what is buffered
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()
     deps.on_close.append(deps.reload_broadcast.stop)
-    if with_outreach and importlib.util.find_spec("recsvc.outreach.service") is not None:
+    if with_outreach and not catalog_only and importlib.util.find_spec("recsvc.outreach.service") is not None:
         from recsvc.outreach.service import build_outreach_servicer  # type: ignore[import-not-found,unused-ignore]
 
         deps.outreach_servicer = build_outreach_servicer(
@@ -166,7 +174,8 @@ def build_deps(
         deps.on_close.append(deps.outreach_servicer.throttle.stop_watch)
     # Live stock, prices, delistings and new items in every list, and the Catalog service.
     add_live_catalog(settings, deps)
-    _add_members(settings, deps, client)
+    if not catalog_only:
+        _add_members(settings, deps, client)
     # API keys + roles, TLS, the Admin service, the erasure listener; refuses unsafe set-ups.
     security = secure_deps(settings, deps)
     # Until the next retrain the bundle still holds a forgotten member's vector: serve them as unknown.
@@ -302,7 +311,7 @@ def _add_services(
 ) -> None:
     """Every service goes through ``registrar`` (which wraps its handlers), reflection and health
     included, so their requests are decoded and checked like any other. The catalog writer
-    (``deps.catalog_only``) serves the Catalog service alone."""
+    (``deps.catalog_only``) serves the Catalog service alone (with health and reflection)."""
     target: Any = registrar  # stands in for the server while services are added
     names: list[str] = []
     model_names: list[str] = []
@@ -330,7 +339,10 @@ def _add_services(
             members_pb2_grpc.add_MembersServicer_to_server(deps.members_servicer, target)
             names.append(MEMBERS_SERVICE)
             model_names.append(MEMBERS_SERVICE)  # its live parts degrade without Redis; the bundle's do not
-    for add in deps.extra_services:
+    if deps.catalog_service is not None:
+        names.append(deps.catalog_service(target))
+        model_names.append(names[-1])
+    for add in [] if deps.catalog_only else deps.extra_services:
         names.append(add(target))
         model_names.append(names[-1])
 
@@ -341,7 +353,7 @@ def _add_services(
     # SERVING only once a model can answer (every service shares the process's model); Outreach
     # also only while its Redis answers (the throttle's circuit breaker is closed).
     readiness = Readiness(health_servicer, model_names, store_names)
-    if deps.outreach_servicer is not None and not deps.catalog_only:
+    if deps.outreach_servicer is not None:
         breaker = deps.outreach_servicer.throttle.breaker
         breaker.add_listener(readiness.store_changed)
         readiness.store_changed(breaker.is_open)  # it may have opened while the server was built

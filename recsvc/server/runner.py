@@ -82,8 +82,7 @@ def run_worker(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    deps = build_deps(settings, worker=worker, with_outreach=not catalog_only)
-    deps.catalog_only = catalog_only
+    deps = build_deps(settings, worker=worker, catalog_only=catalog_only)
     # Load before binding the port: workers share it (SO_REUSEPORT) and the kernel hands new
     # connections to any worker listening, so a worker still loading would answer them
     # UNAVAILABLE while its siblings could serve. Without a model it starts anyway.
@@ -130,32 +129,26 @@ def pin_to_cpu(worker: int) -> int | None:
     return cpu
 
 
-def _worker_main(settings_json: str, worker: int, log_level: str) -> None:
+def _worker_main(settings_json: str, worker: int, log_level: str, catalog_writer: bool = False) -> None:
     from recsvc.cli.common import setup_logging
 
     setup_logging(log_level)
     settings = Settings.model_validate_json(settings_json)
-    if settings.serving.pin_workers:
+    if catalog_writer:
+        os.nice(settings.catalog.writer_nice)  # first, so every thread started from here on inherits it
+        # Alone on its port, so no SO_REUSEPORT.
+        serving = settings.serving.model_copy(update={"port": settings.catalog.writer_port, "workers": 1})
+        settings = settings.model_copy(update={"serving": serving})
+        log.info(
+            "event=catalog_writer_started worker=%d port=%d nice=%d",
+            worker,
+            serving.port,
+            settings.catalog.writer_nice,
+        )
+    elif settings.serving.pin_workers:
         cpu = pin_to_cpu(worker)  # first, so every thread started from here on inherits it
         log.info("event=worker_pinned worker=%d cpu=%s", worker, cpu)
-    run_worker(settings, worker, serve_own_metrics=False)
-
-
-def _writer_main(settings_json: str, worker: int, log_level: str) -> None:
-    from recsvc.cli.common import setup_logging
-
-    setup_logging(log_level)
-    settings = Settings.model_validate_json(settings_json)
-    os.nice(settings.catalog.writer_nice)  # first, so every thread started from here on inherits it
-    # Alone on its port, so no SO_REUSEPORT.
-    serving = settings.serving.model_copy(update={"port": settings.catalog.writer_port, "workers": 1})
-    log.info(
-        "event=catalog_writer_started worker=%d port=%d nice=%d",
-        worker,
-        serving.port,
-        settings.catalog.writer_nice,
-    )
-    run_worker(settings.model_copy(update={"serving": serving}), worker, False, catalog_only=True)
+    run_worker(settings, worker, serve_own_metrics=False, catalog_only=catalog_writer)
 
 
 def _free_port(host: str) -> int:
@@ -194,10 +187,9 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
 
     def start(i: int) -> BaseProcess:
         # The catalog writer is the process after the workers (its metrics' worker label).
-        main, name = (
-            (_writer_main, "recsvc-catalog-writer") if i == s.workers else (_worker_main, "recsvc-worker")
-        )
-        p = ctx.Process(target=main, args=(payload, i, log_level), name=f"{name}-{i}")
+        writes = i == s.workers
+        name = "recsvc-catalog-writer" if writes else f"recsvc-worker-{i}"
+        p = ctx.Process(target=_worker_main, args=(payload, i, log_level, writes), name=name)
         p.start()
         return p
 

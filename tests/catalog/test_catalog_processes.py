@@ -12,7 +12,15 @@ from bundle_factory import make_bundle
 from serving_harness import serve_env, serve_subprocess, stop_subprocess, wait_serving
 
 from recsvc.localstack import free_port
-from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
+from recsvc.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,6 +131,11 @@ def test_the_catalog_writer_serves_changes_alone_at_a_lower_priority(redis_url: 
                 recommender_pb2.RecommendProductsRequest(member_id=member, k=5), timeout=5
             )
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as no_admin:  # nor the Admin service every worker has
+            admin_pb2_grpc.AdminStub(writer).ForgetMember(
+                admin_pb2.ForgetMemberRequest(member_id=member), timeout=5
+            )
+        assert no_admin.value.code() == grpc.StatusCode.UNIMPLEMENTED
         worker_nice, writer_nice = _server_processes_nice(proc.pid)
         assert writer_nice - worker_nice == 7
     finally:
