@@ -47,7 +47,7 @@ import grpc
 import numpy as np
 
 from bench.native_client import find_native_client, fixed_rate_native
-from bench.ratebench import RateResult, RateRun, cpu_cell, fixed_rate, request_maker
+from bench.ratebench import RateResult, RateRun, check_client, cpu_cell, fixed_rate, request_maker
 from bench.traffic import Traffic
 from recsvc.errors import RecsvcError
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
@@ -485,10 +485,9 @@ def run_paired(
     ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both).
     ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port)."""
     writes = changes_to or target
+    check_client(client)
     if client == "native":
         find_native_client()  # not built: say so before anything starts
-    elif client != "python":
-        raise ValueError(f"unknown load client {client!r}; use python or native")
     runs: list[PairedRun] = []
     ctx = mp.get_context("spawn")
     for pair in range(pairs):

@@ -28,6 +28,20 @@ from bench.cpu import cpu_ms_per_call
 from bench.traffic import Traffic
 from recsvc.v1 import outreach_pb2_grpc, recommender_pb2_grpc
 
+# `bench service --client` and `bench catalog-propagation --client`: who sends the calls (recorded
+# with the results).
+LOAD_CLIENTS = {
+    "python": "python (grpc.aio, in the benchmark process)",
+    "native": "native (load/grpcload, C++ grpc++ async)",
+}
+
+
+def check_client(client: str) -> None:
+    """A ``--client`` value is a LOAD_CLIENTS key."""
+    if client not in LOAD_CLIENTS:
+        raise ValueError(f"client must be one of {sorted(LOAD_CLIENTS)}, got {client!r}")
+
+
 OUTREACH_RPCS = ("CheckOutreach", "ReserveOutreach")
 SINGLE_RPCS = ("RecommendProducts", "SimilarItems", "RecommendContent", "RecordEvent", *OUTREACH_RPCS)
 
@@ -279,6 +293,5 @@ def run_fixed_rates(
 
         binary = find_native_client(native_binary)
         return [fixed_rate_native(run, binary=binary) for run in runs]
-    if client != "python":
-        raise ValueError(f"unknown load client {client!r}; use python or native")
+    check_client(client)
     return [asyncio.run(fixed_rate(run)) for run in runs]

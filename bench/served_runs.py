@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadrun import LoadRunError, LoadRunOptions, sigterm_as_interrupt, start_local_stack
+from bench.ratebench import LOAD_CLIENTS, check_client
 from bench.runs import BenchReport, machine
 from recsvc.settings import Settings
-
-# `bench service --client` and `bench catalog-propagation --client`: who sends the calls (recorded
-# with the results).
-LOAD_CLIENTS = {
-    "python": "python (grpc.aio, in the benchmark process)",
-    "native": "native (load/grpcload, C++ grpc++ async)",
-}
 
 
 @dataclass(frozen=True)
@@ -77,8 +71,7 @@ class ServiceOptions:
     server: LocalServer = field(default_factory=LocalServer)
 
     def __post_init__(self) -> None:
-        if self.client not in LOAD_CLIENTS:
-            raise ValueError(f"client must be one of {sorted(LOAD_CLIENTS)}, got {self.client!r}")
+        check_client(self.client)
         if self.host and self.bundle is None:
             raise LoadRunError("--bundle is required with --host: ids are drawn from the served bundle")
 
@@ -223,8 +216,7 @@ class CatalogPropagationOptions:
     server: LocalServer = field(default_factory=LocalServer)
 
     def __post_init__(self) -> None:
-        if self.client not in LOAD_CLIENTS:
-            raise ValueError(f"client must be one of {sorted(LOAD_CLIENTS)}, got {self.client!r}")
+        check_client(self.client)
 
 
 def run_catalog_propagation(
