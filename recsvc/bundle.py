@@ -62,6 +62,7 @@ import scipy.sparse as sp
 from recsvc.bundle_manifest import (
     ALL,
     FAMILIES,
+    INDEX_FLAT,
     INDEX_L2_AUGMENTED,
     KIND_CONTENT,
     KIND_NAMES,
@@ -101,6 +102,7 @@ from recsvc.mapped import load_array
 __all__ = [
     "ALL",
     "FAMILIES",
+    "INDEX_FLAT",
     "INDEX_L2_AUGMENTED",
     "KIND_CONTENT",
     "KIND_NAMES",

@@ -22,6 +22,7 @@ KIND_CONTENT = 2
 KIND_NAMES = {KIND_PRODUCT: "product", KIND_CONTENT: "content"}
 # Manifest index type of the norm-augmented (MIPS-to-L2) IVF index, training/ann.py.
 INDEX_L2_AUGMENTED = "ivf_flat_l2_augmented"
+INDEX_FLAT = "flat_ip"  # exact: every item scored (kinds below training.exact_index_below)
 LIFECYCLE_STAGES = ("new", "active", "at_risk", "dormant", "churned")
 ALL = "all"
 # Member profile material (training/profiles.py): all or none; name -> (dtype, columns or None
@@ -156,6 +157,9 @@ class FamilySpec(BaseModel):
     family: ModelFamily = "als"
     neighbours: int | None = Field(None, ge=1)  # columns of the neighbour arrays
     als_weight: float | None = Field(None, ge=0.0, le=1.0)  # blend only
+    # The member history items an item-item score sums over: the N of largest confidence
+    # (``itemknn_source.strongest``); None: all of them (bundles from before the setting).
+    history_items: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _complete(self) -> FamilySpec:

@@ -201,6 +201,13 @@ class TrainingSettings(_Section):
     itemknn: Literal["auto", "on", "off"] = "auto"
     itemknn_auto_members: int = Field(200_000, ge=0)
     itemknn_neighbours: int = Field(100, ge=1, le=2000, description="neighbours kept per item")
+    itemknn_history: int = Field(
+        50,
+        ge=0,
+        le=100_000,
+        description="history items an item-item score sums over: each member's N of largest "
+        "confidence (0 = all); bounds the live path's cost for long histories",
+    )
     # Which family serves (training/gate.py): "auto" = the simplest of als, itemknn, blend unless
     # a more complex one beats it on the holdout by more than family_margin (relative NDCG@10);
     # a named family serves whatever the holdout says (it is measured even past itemknn_auto_members).

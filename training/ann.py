@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bundle import INDEX_L2_AUGMENTED, KIND_NAMES
+from recsvc.bundle import INDEX_FLAT, INDEX_L2_AUGMENTED, KIND_NAMES
 from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def build_index(
     if rows.size < exact_below:
         index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         index.add_with_ids(xb, ids)
-        return index, {"type": "flat_ip", "size": int(rows.size), "recall_at_k": 1.0, "k": k}
+        return index, {"type": INDEX_FLAT, "size": int(rows.size), "recall_at_k": 1.0, "k": k}
     q = np.ascontiguousarray(queries, dtype=np.float32)
     kk = min(k, rows.size)
     truth = np.zeros((0, kk), dtype=np.int64)

@@ -157,14 +157,16 @@ def choose_family(metrics: dict[str, float], setting: str, margin: float) -> Fam
     return FamilyChoice(chosen, why, scores)
 
 
-def family_spec(family: str, metrics: dict[str, float], neighbours: Any | None) -> Any:
+def family_spec(
+    family: str, metrics: dict[str, float], neighbours: Any | None, history_items: int = 0
+) -> Any:
     """The manifest's ``FamilySpec`` for the chosen family: the neighbour table's width
-    (``neighbours``: its (items, scores) arrays) and, for the blend, the ALS weight it was
-    measured with."""
+    (``neighbours``: its (items, scores) arrays), the history cut it was measured with
+    (``training.itemknn_history``, 0 = none) and, for the blend, the ALS weight."""
     from recsvc.bundle import FamilySpec
 
     if family == "als":
         return FamilySpec()
     width = int(neighbours[0].shape[1]) if neighbours is not None else None
     weight = float(metrics["blend.als_weight"]) if family == "blend" else None
-    return FamilySpec(family=family, neighbours=width, als_weight=weight)
+    return FamilySpec(family=family, neighbours=width, als_weight=weight, history_items=history_items or None)

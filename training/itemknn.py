@@ -7,9 +7,12 @@ neighbour model.
 
 The item-item model is implicit's ``BM25Recommender`` (``K`` neighbours per item) on r_ui: a
 member's score for an item is the sum of the item's similarities to the member's history,
-weighted by r_ui. The blend ranks by ``w * als + (1 - w) * itemknn``, each score divided by the
-member's largest score of that model so neither scale dominates (``als_scale``); ``w`` is chosen on validation
-from :data:`WEIGHTS` (1 = ALS alone, 0 = item-item alone). The scores are computed by
+weighted by r_ui, over the ``history_items`` history items of largest r_ui (setting
+``itemknn_history``: it bounds serving's cost per call, and on the generated data sets cutting
+at 50 left NDCG@10 unchanged, docs/training.md). The blend ranks by ``w * als + (1 - w) *
+itemknn``, each score divided by the member's largest score of that model so neither scale
+dominates (``als_scale``); ``w`` is chosen on validation from :data:`WEIGHTS` (1 = ALS alone,
+0 = item-item alone). The scores are computed by
 ``recsvc.engine.itemknn_source``, the functions serving ranks with; training/gate.py picks the
 family that serves, and the bundle stores the neighbour table (:func:`table`) it needs.
 """
@@ -48,6 +51,7 @@ class _Scorer:
     history: sp.csr_matrix  # r_ui rows of the sampled members (item-item input)
     similarity: sp.csr_matrix  # [items x items]
     weight: float  # of ALS
+    history_items: int | None = None  # the history cut (``itemknn_source.strongest_matrix``)
 
     def recommend(
         self, rows: np.ndarray, seen: sp.csr_matrix, N: int, filter_already_liked_items: bool = True
@@ -58,7 +62,11 @@ class _Scorer:
             als = members @ self.item_factors.T
             norm_max = float(np.linalg.norm(self.item_factors, axis=1).max(initial=0.0))
             scale = als_scale(als.max(axis=1, initial=0.0), np.linalg.norm(members, axis=1), norm_max)
-        knn = knn_scores_batch(self.history[rows], self.similarity) if self.weight < 1 else None
+        knn = (
+            knn_scores_batch(self.history[rows], self.similarity, self.history_items)
+            if self.weight < 1
+            else None
+        )
         scores = blend(als, knn, self.weight, scale)
         if filter_already_liked_items:
             seen = sp.csr_matrix(seen)
@@ -86,9 +94,11 @@ def evaluate(
     max_members: int,
     seed: int,
     kinds: tuple[str, ...] | None = None,
+    history_items: int | None = None,
 ) -> dict[str, float]:
     """Metrics of the blend with ALS weight ``weight`` (1: ALS, 0: item-item), per kind, on the
-    same member sample and with the same definitions as :func:`training.evaluate.evaluate`."""
+    same member sample and with the same definitions as :func:`training.evaluate.evaluate`;
+    ``history_items``: each member's history cut to that many strongest items (None: all)."""
     users = sample_members(test, max_members, seed)
     out: dict[str, float] = {}
     kinds_cols: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]
@@ -108,6 +118,7 @@ def evaluate(
                 sp.csr_matrix(hist_u[keep]),
                 sp.csr_matrix(similarity[:, cols]),
                 weight,
+                history_items,
             )
             metrics = _metrics_for(
                 scorer, sp.csr_matrix(seen_u[keep][:, cols]), sp.csr_matrix(sub_test[keep]), KS
@@ -127,6 +138,7 @@ def choose_weight(
     *,
     max_members: int,
     seed: int,
+    history_items: int | None = None,
 ) -> tuple[float, dict[float, float]]:
     """(the ALS weight with the best validation NDCG@10 over all items, NDCG@10 per weight)."""
     scores = {
@@ -142,6 +154,7 @@ def choose_weight(
             max_members=max_members,
             seed=seed,
             kinds=("all",),
+            history_items=history_items,
         ).get("all.ndcg_at_10", 0.0)
         for w in WEIGHTS
     }
@@ -169,4 +182,5 @@ def remeasure(trained: Any, data_split: Any, item_kind: np.ndarray, spec: Any, t
         1.0 - spec.knn_weight,
         max_members=t.eval_members,
         seed=t.random_state,
+        history_items=spec.history_items,
     )

@@ -69,6 +69,7 @@ def other_candidates(
             prepared.item_kind,
             max_members=t.tune_eval_members,
             seed=t.random_state,
+            history_items=t.itemknn_history or None,
         )
         out |= {f"blend.val.ndcg_at_10.w{w:g}": v for w, v in by_weight.items()}
     else:
@@ -87,6 +88,7 @@ def other_candidates(
             w,
             max_members=t.eval_members,
             seed=t.random_state,
+            history_items=t.itemknn_history or None,
         )
         out |= {f"{name}.{k}": v for k, v in metrics.items()}
     return out

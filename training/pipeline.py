@@ -182,7 +182,7 @@ def run(
                     # the time the catalog was read as of: a bundle swap retires the live
                     # catalog changes older than it and keeps the newer ones
                     "catalog_as_of": catalog_as_of,
-                    "family": gate.family_spec(family.family, metrics, neighbours),
+                    "family": gate.family_spec(family.family, metrics, neighbours, t.itemknn_history),
                 },
                 neighbours=neighbours,
                 steps=steps,

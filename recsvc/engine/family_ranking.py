@@ -1,9 +1,10 @@
 """Stage "filter and rank" for bundles whose family is item-item or the blend
-(``ServedModel.neighbours``): the member's history and recent events scored through the neighbour
-table (recsvc/engine/itemknn_source.py: only the items that score there, beside the ALS search's
-best), blended with the ALS vector's scores as training evaluated it, then the same filters and
-MMR as ALS (``ranking.rank``); reasons name the history item that added most to each pick's
-item-item score ("because you bought X"), found in the same pass, else the ALS reason."""
+(``ServedModel.neighbours``): the member's history and recent events, cut to the bundle's
+``history_items`` strongest as training cut them, scored through the neighbour table
+(recsvc/engine/itemknn_source.py: only the items that score there, beside the ALS search's best),
+blended with the ALS vector's scores as training evaluated it, then the same filters and MMR as
+ALS (``ranking.rank``); reasons name the history item that added most to each pick's item-item
+score ("because you bought X"), found in the same pass, else the ALS reason."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def rank(
     rows, weights = itemknn_source.history_with_events(
         state.hist_rows, state.hist_w, state.ev_rows, state.ev_w, decay
     )
+    rows, weights = itemknn_source.strongest(rows, weights, neighbours.spec.history_items)
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
     ranked, ranked_scores, sources = itemknn_source.candidates(
         view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size, first

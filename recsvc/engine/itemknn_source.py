@@ -68,8 +68,9 @@ class Neighbours:
             kind_norm_max(a["item_factors"], a["item_kind"]),
         )
         factors = a["item_factors"]
-        for kind in out.norm_max:  # compile (or load) the kernel for these arrays: not in a request
+        for kind in out.norm_max:  # compile (or load) the kernels for these arrays: not in a request
             gather(out, factors, np.zeros(factors.shape[1]), NO_ROWS, np.zeros(0), kind)
+        strongest(np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.float32), 1)
         return out
 
     @property
@@ -121,10 +122,64 @@ def similarity_matrix(items: np.ndarray, scores: np.ndarray, n_items: int) -> sp
     )
 
 
-def knn_scores_batch(history: sp.csr_matrix, similarity: sp.csr_matrix) -> np.ndarray:
-    """Item-item scores of several members at once (training): float32 [members, items]."""
-    product = sp.csr_matrix(history, dtype=np.float64) @ sp.csr_matrix(similarity, dtype=np.float64)
+def knn_scores_batch(
+    history: sp.csr_matrix, similarity: sp.csr_matrix, history_items: int | None = None
+) -> np.ndarray:
+    """Item-item scores of several members at once (training): float32 [members, items], each
+    member's history cut to its ``history_items`` strongest (:func:`strongest_matrix`)."""
+    history = strongest_matrix(sp.csr_matrix(history, dtype=np.float64), history_items)
+    product = history @ sp.csr_matrix(similarity, dtype=np.float64)
     return np.asarray(product.todense(), dtype=np.float32)
+
+
+def strongest_matrix(history: sp.csr_matrix, history_items: int | None) -> sp.csr_matrix:
+    """Each row's ``history_items`` entries of largest weight (ties: the lower item row), the
+    rest dropped; None: every entry. Training's side of :func:`strongest`."""
+    history = sp.csr_matrix(history)
+    history.sum_duplicates()
+    counts = np.diff(history.indptr)
+    if history_items is None or not counts.size or int(counts.max()) <= history_items:
+        return history
+    member = np.repeat(np.arange(history.shape[0]), counts)
+    order = np.lexsort((history.indices, -history.data, member))  # by member, strongest first
+    rank = np.arange(history.nnz) - np.repeat(history.indptr[:-1], counts)
+    keep = order[rank < history_items]
+    kept = np.bincount(member[keep], minlength=history.shape[0])
+    indptr = np.concatenate([[0], np.cumsum(kept)])
+    keep.sort()  # row-major order of the kept entries
+    return sp.csr_matrix((history.data[keep], history.indices[keep], indptr), shape=history.shape)
+
+
+def strongest(
+    rows: np.ndarray, weights: np.ndarray, history_items: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One member's history cut as :func:`strongest_matrix` cuts training's: its
+    ``history_items`` rows of largest weight, a row listed twice counted once with its summed
+    weight. Serving's cost per call then has a bound whatever the history's length."""
+    if history_items is None or rows.shape[0] <= history_items:
+        return rows, weights
+    return _strongest(_own(rows, np.int64), _own(weights, np.float32), history_items)
+
+
+@njit(cache=True, nogil=True)
+def _strongest(
+    rows: np.ndarray, weights: np.ndarray, cap: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """``strongest`` compiled: a call pays microseconds, not numpy's dozens of small calls."""
+    by_row = np.argsort(rows, kind="mergesort")
+    distinct = np.empty(rows.shape[0], dtype=np.int64)
+    summed = np.empty(rows.shape[0], dtype=np.float64)
+    m = 0
+    for i in by_row:
+        if m > 0 and distinct[m - 1] == rows[i]:
+            summed[m - 1] += weights[i]
+        else:
+            distinct[m] = rows[i]
+            summed[m] = weights[i]
+            m += 1
+    # stable: among equal weights the lower row (``distinct`` is ascending) comes first
+    take = np.argsort(-summed[:m], kind="mergesort")[: min(cap, m)]
+    return distinct[take], summed[take].astype(np.float32)
 
 
 class Scored(NamedTuple):

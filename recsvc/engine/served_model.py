@@ -19,6 +19,7 @@ import numpy as np
 from recsvc import mapped
 from recsvc.bundle import (
     ALL,
+    INDEX_FLAT,
     INDEX_L2_AUGMENTED,
     KIND_CONTENT,
     KIND_NAMES,
@@ -151,6 +152,10 @@ class ServedModel:
         # Norm-augmented (MIPS-to-L2) indexes answer squared L2 distances d on the augmented
         # vectors; d = |q|^2 + M^2 - 2 q.x, so the inner product is (|q|^2 + M^2 - d) / 2.
         self._l2_max_norm_sq: dict[int, float] = {}
+        # Exact (flat) indexes are searched here instead: the same items' vectors, copied
+        # contiguous (small kinds only), scored with one matrix-vector product. FAISS's flat
+        # search keeps a heap of the n best per item, twice the time for the n a call asks for.
+        self._flat: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         index_info = bundle.manifest.index or {}
         for name, index in bundle.indexes.items():
             code = KIND_CODES.get(name)
@@ -161,6 +166,9 @@ class ServedModel:
             info = index_info.get(name) or {}
             if info.get("type") == INDEX_L2_AUGMENTED:
                 self._l2_max_norm_sq[code] = float(info["max_norm"]) ** 2
+            elif info.get("type") == INDEX_FLAT:
+                rows = np.sort(faiss_ids(index))
+                self._flat[code] = (rows, np.ascontiguousarray(self.item_factors[rows], dtype=np.float32))
         self.popular = _popular_lists(bundle, self.items)
         # row -> (item_fields, item id), built on first use: at most one entry per item
         self.item_entries = ItemEntries(self._build_entry)
@@ -263,6 +271,9 @@ class ServedModel:
         n = min(n, len(self.kind_rows[kind]))
         if n <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        flat = self._flat.get(kind)
+        if flat is not None:
+            return _best(*flat, vector, n)
         index = self.indexes.get(kind)
         if index is None:
             return self.exact_search(vector, kind, n)
@@ -278,16 +289,9 @@ class ServedModel:
     def exact_search(self, vector: np.ndarray, kind: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference: score every item of ``kind`` (used to widen after filters, and in tests)."""
         rows = self.kind_rows[kind]
-        n = min(n, len(rows))
-        if n <= 0:
+        if min(n, len(rows)) <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores = self.item_factors.dot(vector.astype(np.float32))[rows]
-        if n < len(rows):
-            top = np.argpartition(-scores, n - 1)[:n]
-        else:
-            top = np.arange(len(rows))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return rows[top].astype(np.int64), scores[top].astype(np.float32)
+        return _best(rows, self.item_factors[rows], vector, n)
 
     def item_fields(self, row: int) -> bytes:
         """The fields of a response item that depend on the item alone (id, kind, category,
@@ -345,6 +349,23 @@ def _rows_ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
     row_starts = row_starts[(row_starts > 0) & (row_starts < indices.shape[0])]
     rising[row_starts - 1] = True
     return bool(rising.all())
+
+
+def _best(rows: np.ndarray, factors: np.ndarray, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` of ``rows`` (their vectors ``factors``) with the largest inner product with
+    ``vector``, best first: (rows int64, scores float32)."""
+    scores = factors.dot(vector.astype(np.float32, copy=False))
+    n = min(n, scores.shape[0])
+    top = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(scores.shape[0])
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return rows[top].astype(np.int64), scores[top].astype(np.float32)
+
+
+def faiss_ids(index: Any) -> np.ndarray:
+    """The ids (item rows) an ``IndexIDMap`` holds."""
+    import faiss
+
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
 def hnsw_ef_in_use(indexes: Iterable[Any], ef_search: int) -> int | None:

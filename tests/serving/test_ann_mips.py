@@ -194,3 +194,35 @@ def test_serving_search_returns_exact_inner_products_best_first(
             hits += np.intersect1d(rows, ref_rows).size
             total += 20
     assert hits / total >= 0.9
+
+
+def test_an_exact_index_is_searched_as_faiss_searches_it(tmp_path: Path) -> None:
+    """Kinds below ``exact_index_below`` get a flat index; serving scores its items with one
+    matrix-vector product instead of FAISS's heap: the same rows in the same order, FAISS's
+    scores to float32 rounding, only the items the index holds (an item without a trained
+    vector is left out, as the index leaves it out)."""
+    from bundle_factory import make_bundle
+
+    from recsvc.engine.served_model import ServedModel
+    from training.reindex import reindex
+
+    src = make_bundle(tmp_path / "src", products_per_cluster=60, content_per_cluster=10).path
+    factors = np.load(src / "item_factors.npy")
+    factors[3] = 0  # an untrained product: not in the index
+    np.save(src / "item_factors.npy", factors)
+    reindex(
+        src, tmp_path / "flat", load_settings(overrides={"training": {"exact_index_below": 10_000}}).training
+    )
+    model = ServedModel.load(tmp_path / "flat", version="1", source_uri="test")
+    assert model.manifest.index["product"]["type"] == "flat_ip"
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        vector = rng.normal(size=factors.shape[1]).astype(np.float32)
+        for kind in (KIND_PRODUCT, KIND_CONTENT):
+            for n in (5, 50, 10_000):
+                rows, scores = model.search(vector, kind, n)
+                ref_scores, ref_rows = model.indexes[kind].search(vector.reshape(1, -1), n)
+                keep = ref_rows[0] >= 0
+                assert rows.tolist() == ref_rows[0][keep].tolist()
+                np.testing.assert_allclose(scores, ref_scores[0][keep], rtol=1e-5, atol=1e-6)
+                assert 3 not in rows.tolist()

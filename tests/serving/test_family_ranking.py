@@ -40,10 +40,15 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
 
 
 def _family_bundle(
-    base: PlantedBundle, out: Path, family: str, weight: float | None, seed: int
+    base: PlantedBundle,
+    out: Path,
+    family: str,
+    weight: float | None,
+    seed: int,
+    history_items: int | None = None,
 ) -> ServedModel:
     """``base`` with a random non-negative neighbour table (``width`` per item, some rows
-    shorter) and the given family."""
+    shorter) and the given family, whose scores sum over ``history_items`` history items."""
     shutil.copytree(base.path, out)
     rng = np.random.default_rng(seed)
     raw = json.loads((out / "manifest.json").read_text())
@@ -59,7 +64,7 @@ def _family_bundle(
     scores[items < 0] = 0
     np.save(out / "item_neighbour_item.npy", items)
     np.save(out / "item_neighbour_score.npy", scores)
-    raw["family"] = {"family": family, "neighbours": width}
+    raw["family"] = {"family": family, "neighbours": width, "history_items": history_items}
     if weight is not None:
         raw["family"]["als_weight"] = weight
     (out / "manifest.json").write_text(json.dumps(raw))
@@ -96,14 +101,19 @@ def _reference(
     kind: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every item of ``kind`` (and the view's new ones) by the family's score, best first, with
-    each one's item-item reason (the history row of the largest weight x similarity, -1: none)."""
+    each one's item-item reason (the history row of the largest weight x similarity, -1: none),
+    the history cut by training's function to the bundle's ``history_items``."""
     model = view.model
     n = model.item_factors.shape[0]
     kind_rows = model.kind_rows[kind]
     inside = (rows >= 0) & (rows < n)
     hist = sp.csr_matrix((w[inside], (np.zeros(inside.sum(), dtype=np.int64), rows[inside])), shape=(1, n))
     sim = itemknn_source.similarity_matrix(nb.items, nb.scores, n)
-    knn = itemknn_source.knn_scores_batch(hist, sim)[0][kind_rows]
+    knn = itemknn_source.knn_scores_batch(hist, sim, nb.spec.history_items)[0][kind_rows]
+    if nb.spec.history_items is not None:
+        cut = itemknn_source.strongest_matrix(hist, nb.spec.history_items)
+        rows, w = cut.indices.astype(np.int64), cut.data.astype(np.float32)
+        inside = np.ones(rows.shape[0], dtype=bool)
     als = np.asarray(model.item_factors)[kind_rows] @ vector
     scale = itemknn_source.als_scale(als.max(initial=0.0), np.linalg.norm(vector), nb.norm_max[kind])
     a = nb.als_weight
@@ -182,11 +192,15 @@ def test_the_sparse_path_ranks_as_every_item_scored(
     assert widened > 0  # some filters needed more than the first search
 
 
-def test_the_engine_serves_the_reference_list_and_reasons(base: PlantedBundle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("history_items", [None, 2])  # planted histories hold 3 items
+def test_the_engine_serves_the_reference_list_and_reasons(
+    base: PlantedBundle, tmp_path: Path, history_items: int | None
+) -> None:
     """Through the engine (live path: no stored lists), no diversity and no category cap: the
     reference's best k that pass the filters, and each pick's reason is the history item that
-    added most to its item-item score, else the ALS reason."""
-    model = _family_bundle(base, tmp_path / "b", "blend", 0.5, 4)
+    added most to its item-item score, else the ALS reason. With a history cut, serving cuts
+    each member's history as training's matrix function does."""
+    model = _family_bundle(base, tmp_path / "b", "blend", 0.5, 4, history_items)
     nb = model.neighbours
     assert nb is not None and model.member_lists is None
     view = _live_view(model, 4)
@@ -198,11 +212,12 @@ def test_the_engine_serves_the_reference_list_and_reasons(base: PlantedBundle, t
             return view
 
     engine.catalog = _Fixed()
-    named = 0
+    named = cut = 0
     for row in range(0, len(model.members), 3):
         state = trained_state(model, row)
         if state.vector is None:
             continue
+        cut += history_items is not None and state.hist_rows.shape[0] > history_items
         member = model.members.id(row)
         for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25), (FILTERS[3], settings.max_k)):
             excluded = ranking.excluded_rows(view, filters, state.bought)
@@ -225,3 +240,24 @@ def test_the_engine_serves_the_reference_list_and_reasons(base: PlantedBundle, t
             assert because[best >= 0].tolist() == best[best >= 0].tolist()
             named += int((best >= 0).sum())
     assert named > 0
+    assert (cut > 0) == (history_items is not None)  # the cut changed some members' histories
+
+
+def test_serving_cuts_a_history_as_training_does() -> None:
+    """``strongest`` (one member, serving, rows possibly listed twice) keeps the rows
+    ``strongest_matrix`` (training's matrix) keeps, with the same weights, ties included."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        length = int(rng.integers(0, 40))
+        rows = rng.integers(0, 30, length).astype(np.int64)
+        weights = rng.choice([0.5, 1.0, 2.0, 3.5], length).astype(np.float32)  # many ties
+        cap = int(rng.integers(1, 12))
+        got_rows, got_w = itemknn_source.strongest(rows, weights, cap)
+        matrix = sp.csr_matrix((weights, (np.zeros(length, dtype=np.int64), rows)), shape=(1, 30))
+        ref = itemknn_source.strongest_matrix(matrix, cap)
+        got: dict[int, float] = {}
+        for r, w in zip(got_rows.tolist(), got_w.tolist(), strict=True):  # a row twice: summed
+            got[r] = got.get(r, 0.0) + w
+        assert got == dict(zip(ref.indices.tolist(), ref.data.tolist(), strict=True)), trial
+        assert len(got) == min(cap, np.unique(rows).shape[0])
+    assert itemknn_source.strongest(rows, weights, None)[0] is rows  # no cut: untouched

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from recsvc.bundle import KIND_PRODUCT, NEIGHBOUR_ARRAYS, FamilySpec, load_bundle
 from recsvc.engine import itemknn_source
 from recsvc.errors import BundleError, ConfigError
-from recsvc.settings import Settings, load_settings
+from recsvc.settings import Settings, TrainingSettings, load_settings
 from training import gate, itemknn, pipeline
 from training.synthetic import SyntheticDataset, make_dataset
 
@@ -96,6 +96,7 @@ def test_blend_bundle_holds_the_neighbours_and_weight(
     bundle = load_bundle(store / "blend")
     spec = bundle.manifest.family
     assert (spec.family, spec.als_weight) == ("blend", 0.5)
+    assert spec.history_items == TrainingSettings().itemknn_history  # the cut it was measured with
     items, scores = bundle.arrays["item_neighbour_item"], bundle.arrays["item_neighbour_score"]
     assert items.dtype == np.int32 and scores.dtype == np.float32
     assert items.shape == scores.shape == (len(bundle.items), spec.neighbours)
