@@ -3,6 +3,7 @@ strongest items (``training.itemknn_history``; docs/training.md, "The history cu
 fit and one neighbour fit on a data folder, then every cut scored on the same holdout sample.
 
     python -m bench.experiments.history_cut DATA_DIR [--cuts 0,50,30] [--weights 0,0.5,0.7]
+        [--neighbours 100,50]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument(
         "--weights", default="0,0.5,0.7", help="the blend's ALS weights (0 = item-item alone)"
     )
+    parser.add_argument("--neighbours", default=None, help="neighbours per item; default: the setting")
     args = parser.parse_args()
 
     s = load_settings()
@@ -37,10 +39,11 @@ def main() -> None:
     lengths = np.diff(trained.matrix.indptr)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
     print(f"history items per member: p50 {p50:.0f} p90 {p90:.0f} p99 {p99:.0f} max {lengths.max()}")
-    knn = itemknn.fit(trained.matrix, t.itemknn_neighbours, t.num_threads)
-    fixed = (trained.member_factors, trained.item_factors, trained.matrix, knn.similarity)
-    print("| cut | " + " | ".join(f"w {w}" for w in args.weights.split(",")) + " |")
-    for cut in (int(c) for c in args.cuts.split(",")):
+    widths = [int(k) for k in args.neighbours.split(",")] if args.neighbours else [t.itemknn_neighbours]
+    print("| neighbours | cut | " + " | ".join(f"w {w}" for w in args.weights.split(",")) + " |")
+    for width, cut in ((k, int(c)) for k in widths for c in args.cuts.split(",")):
+        knn = itemknn.fit(trained.matrix, width, t.num_threads)
+        fixed = (trained.member_factors, trained.item_factors, trained.matrix, knn.similarity)
         row = []
         for w in (float(x) for x in args.weights.split(",")):
             metrics = itemknn.evaluate(
@@ -54,7 +57,7 @@ def main() -> None:
                 history_items=cut or None,
             )
             row.append(f"{metrics.get('all.ndcg_at_10', 0.0):.4f}")
-        print(f"| {cut or 'none'} | " + " | ".join(row) + " |", flush=True)
+        print(f"| {width} | {cut or 'none'} | " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ EXTRA_OF_MODULE = {
 
 
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; a
-    command that needs an extra this install lacks says which one to install."""
+    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; Redis
+    that cannot answer is one line too, exit 3 (try again later); a command that needs an extra
+    this install lacks says which one to install."""
+    from recsvc.redis_client import UNAVAILABLE
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -89,6 +91,13 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except RecsvcError as exc:
             console.print(f"[bold red]error[/] {exc}", soft_wrap=True)  # one line: scripts grep it
             raise typer.Exit(code=2) from None
+        except UNAVAILABLE as exc:
+            console.print(
+                f"[bold red]error[/] REDIS_UNAVAILABLE: Redis cannot answer ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); check redis.url and that it runs, then try again",
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=3) from None
         except ModuleNotFoundError as exc:
             extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
             if extra is None:

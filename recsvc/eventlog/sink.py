@@ -55,7 +55,7 @@ from recsvc.eventlog.erasure import erased_key, purge_key, rewrite_without
 from recsvc.eventlog.files import FileLock, write_atomically
 from recsvc.eventlog.log import KINDS, stream_key
 from recsvc.eventlog.schema import SCHEMAS, row
-from recsvc.redis_client import RedisClient
+from recsvc.redis_client import UNAVAILABLE, RedisClient
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ return n
 
 # Ids per acknowledgement script: unpack() in Lua holds at most ~8,000 values.
 _ACK_CHUNK = 5000
+# The wait after Redis could not answer: the first, doubling up to the second.
+_REDIS_BACKOFF_S = (0.5, 10.0)
 
 StreamId = tuple[int, int]
 
@@ -133,6 +135,11 @@ class SinkMetrics:
             "purged_rows_total",
             "Rows of erased members removed from files already written, by kind.",
             ["kind"],
+            **kw,
+        )
+        self.redis_down = Counter(
+            "redis_down_total",
+            "Times Redis could not answer the sink (down, too slow, failing over); it waits and goes on.",
             **kw,
         )
         self.lag_entries = Gauge("lag_entries", "Records in the streams not yet on disk.", **kw)
@@ -221,26 +228,70 @@ class Sink:
         self._stop.set()
 
     def run(self, once: bool = False) -> SinkStats:
-        """Until ``stop()`` (or, with ``once``, until the streams are drained)."""
-        self.prepare()
+        """Until ``stop()`` (or, with ``once``, until the streams are drained). Redis down or
+        failing over does not end the loop: the sink waits (``_REDIS_BACKOFF_S``, doubling) and
+        starts again from what Redis still holds unacknowledged. ``once`` gives up instead: a
+        one-off drain should say that it could not drain."""
+        backoff = _REDIS_BACKOFF_S[0]
+        ready = False
         while not self._stop.is_set():
-            self.purge()
-            reading_pending = bool(self._pending)  # entries left pending first, then new ones
-            n = self.step()
-            if n == 0 and not reading_pending:
-                self.write_held(force=once)
-                self._update_lag()
-                if once:
+            try:
+                if not ready:
+                    self.prepare()
+                    ready = True
+                if self._turn(once):
                     break
-                self._stop.wait(min(self._block_ms / 1000, 0.25))
-            else:
-                self.write_held()
-                self._update_lag()
-        self.write_held(force=True)  # stopping: what was read goes to disk before exit
-        self.purge()
-        self._update_lag(force=True)
+                backoff = _REDIS_BACKOFF_S[0]
+            except UNAVAILABLE as exc:
+                if once:
+                    raise
+                self._redis_down(exc, backoff)
+                ready = False
+                backoff = min(backoff * 2, _REDIS_BACKOFF_S[1])
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc) or once:
+                    raise
+                # Redis came back without its data: the consumer groups are made again
+                self._redis_down(exc, backoff)
+                ready = False
+        try:
+            self.write_held(force=True)  # stopping: what was read goes to disk before exit
+            self.purge()
+            self._update_lag(force=True)
+        except UNAVAILABLE as exc:  # unacknowledged: the next run writes it
+            log.warning("event=eventlog_sink_stop_redis_down error=%s", type(exc).__name__)
         self.close()
         return self.stats
+
+    def _turn(self, once: bool) -> bool:
+        """One pass of the loop; True when ``once`` has drained the streams."""
+        self.purge()
+        reading_pending = bool(self._pending)  # entries left pending first, then new ones
+        n = self.step()
+        if n == 0 and not reading_pending:
+            self.write_held(force=once)
+            self._update_lag()
+            if once:
+                return True
+            self._stop.wait(min(self._block_ms / 1000, 0.25))
+        else:
+            self.write_held()
+            self._update_lag()
+        return False
+
+    def _redis_down(self, exc: Exception, wait_s: float) -> None:
+        """Forget what was read and not yet acknowledged (Redis keeps it pending: every shard is
+        read again from its pending entries, and what already reached disk is only
+        acknowledged), then wait."""
+        self.metrics.redis_down.inc()
+        log.warning(
+            "event=eventlog_sink_redis_down error=%s detail=%s retry_in_s=%.1f",
+            type(exc).__name__,
+            str(exc)[:200],
+            wait_s,
+        )
+        self._held.clear()
+        self._stop.wait(wait_s)
 
     def close(self) -> None:
         if self._lock_fd is not None:

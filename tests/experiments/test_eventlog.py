@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,3 +384,69 @@ def test_an_event_outside_the_named_lists_window_is_stored_but_not_attributed(
         )
     )
     assert ev.stored and ev.recommendation_id == ""
+
+
+@pytest.mark.parametrize("keeps_data", [True, False], ids=["restarted", "restarted-empty"])
+def test_the_sink_waits_out_redis_down_and_goes_on(tmp_path: Path, keeps_data: bool) -> None:
+    """Redis killed under a running sink: it does not exit; it counts the outage, waits, and
+    once Redis is back (with its data, or empty: the consumer groups are made again) writes
+    what it holds and what comes after, each record once."""
+    from recsvc.localstack import LocalRedis
+
+    persist = ("--appendonly", "yes", "--appendfsync", "always") if keeps_data else ()
+    server = LocalRedis(tmp_path / "redis", extra_args=persist).start()
+    try:
+        settings = _sink_settings(server.url, tmp_path / "log", 50)
+        settings = settings.model_copy(
+            update={"events": settings.events.model_copy(update={"sink_flush_s": 0.2})}
+        )
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        first = _fill(client, settings, 500)
+        sink = Sink(client, settings)
+        worker = threading.Thread(target=sink.run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while read_log(tmp_path / "log", "event") is None or len(read_log(tmp_path / "log", "event")) < 500:
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        server.proc.kill()  # type: ignore[union-attr]
+        server.proc.wait()  # type: ignore[union-attr]
+        server.proc = None
+        while sink.metrics.redis_down._value.get() == 0:
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # several failed turns
+        assert worker.is_alive()
+        server.start()
+        second = {f"Q{i}" for i in range(300)}
+        pipe = client.pipeline(transaction=False)
+        for item in sorted(second):
+            record = {"member_id": "M1", "item_id": item, "event_type": "view", "ts": 1.8e9, "channel": "app"}
+            pipe.xadd(stream_key("recsvc", shard_of("M1", 3), "event"), {"d": dumps(record)})
+        pipe.execute()
+        while len(read_log(tmp_path / "log", "event")) < 800:
+            assert worker.is_alive() and time.monotonic() < deadline + 30
+            time.sleep(0.05)
+        sink.stop()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        events = read_log(tmp_path / "log", "event")
+        assert events["item_id"].is_unique and set(events["item_id"]) == first | second
+        assert sink.metrics.redis_down._value.get() >= 2  # it tried again, and waited between
+    finally:
+        server.stop()
+
+
+def test_a_one_off_drain_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
+    """``recsvc events sink --once`` cannot wait Redis out (it is a one-off): a named one-line
+    error and exit 3 ("try again later"), not a traceback."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+    from recsvc.localstack import free_port
+
+    env = {"RECSVC_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0", "RECSVC_EVENTS__LOG_DIR": str(tmp_path)}
+    done = CliRunner().invoke(app, ["events", "sink", "--once"], env=env)
+    assert done.exit_code == 3, done.output
+    assert "REDIS_UNAVAILABLE" in done.output and "Traceback" not in done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit)
