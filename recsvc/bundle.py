@@ -27,12 +27,14 @@ Layout (schema 1)::
     index_product.faiss      FAISS index ranking product rows by inner product (ids = item rows)
     index_content.faiss      the same over content rows
     member_list_{item,score,reason}.npy   optional, together: int32 / float32 / int32
-                             [members, K]: each member's whole default product list of K
+                             [members, K + spare]: each member's whole default product list of K
                              (items, scores, the history row each reason names, -1 = none),
-                             exactly as serving computes it for a member without recent events;
-                             item -1 in column 0 = no stored list. Manifest.member_lists holds the
-                             serving settings it was computed with; serving uses it only when
-                             they are its own (training/member_lists.py).
+                             exactly as serving computes it for a member without recent events,
+                             then up to `spare` more MMR picks that stand in for items the live
+                             catalog makes unavailable; item -1 in column 0 = no stored list.
+                             Manifest.member_lists holds the serving settings it was computed
+                             with; serving uses it only when they are its own
+                             (training/member_lists.py).
     item_repurchase_days.npy  optional, float32 [items]: typical days between repeat purchases
                              (0 = not repurchased: durables never come back); with
     purchased_last_ts.npy    int64, aligned with purchased_indices: the epoch seconds of the

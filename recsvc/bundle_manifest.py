@@ -55,6 +55,9 @@ class StoredListSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     k: int = Field(ge=1)
+    # Picks stored beyond k, in the order MMR chose them, to stand in for picks the live catalog
+    # has since made unavailable (sold out, delisted): the arrays hold k + spare per member.
+    spare: int = Field(0, ge=0)
     kind: Literal["product"] = "product"
     diversity: float
     max_per_category: int
@@ -62,9 +65,12 @@ class StoredListSpec(BaseModel):
     hnsw_ef_search: int | None = None  # None: no HNSW index took part
 
     @classmethod
-    def for_serving(cls, serving: ServingSettings, k: int, hnsw_ef_search: int | None) -> StoredListSpec:
+    def for_serving(
+        cls, serving: ServingSettings, k: int, hnsw_ef_search: int | None, spare: int = 0
+    ) -> StoredListSpec:
         return cls(
             k=k,
+            spare=spare,
             diversity=serving.default_diversity,
             max_per_category=serving.max_per_category,
             ann_candidates=serving.ann_candidates,

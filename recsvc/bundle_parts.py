@@ -172,7 +172,8 @@ def _check_member_lists(
     present = [name for name in MEMBER_LIST_ARRAYS if name in arrays]
     if not present and manifest.member_lists is None:
         return
-    k = manifest.member_lists.k if manifest.member_lists is not None else None
+    spec = manifest.member_lists
+    k = spec.k + spec.spare if spec is not None else None
     problems = []
     if len(present) != len(MEMBER_LIST_ARRAYS):
         problems.append(f"has {present or 'none'} of {list(MEMBER_LIST_ARRAYS)}")

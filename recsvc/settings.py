@@ -176,6 +176,14 @@ class TrainingSettings(_Section):
         "members without recent events are read, not computed; 12 bytes per item and member, mapped "
         "in every server process; 0 = none",
     )
+    member_list_spare: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="picks stored beyond each member list's length, in MMR's order: a list whose "
+        "items sold out or were delisted is still read (its next picks stand in) until more than "
+        "this many are gone, instead of being computed live",
+    )
     eval_members: int = Field(10_000, ge=100, description="holdout members sampled for evaluation")
     popular_window_days: int = Field(90, ge=1, description="events counted in popularity tables")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")

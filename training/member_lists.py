@@ -52,38 +52,47 @@ def _load(bundle_dir: str, serving_json: str, ef_search: int) -> None:
     _worker["serving"] = serving
 
 
-def _lists(start: int, stop: int, k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+def _lists(start: int, stop: int, k: int, spare: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     from recsvc.engine.filters import FilterSpec
 
     model, engine, serving = _worker["model"], _worker["engine"], _worker["serving"]
     filters = FilterSpec(diversity=serving.default_diversity)
     n = stop - start
-    items = np.full((n, k), -1, dtype=np.int32)
-    scores = np.zeros((n, k), dtype=np.float32)
-    reasons = np.full((n, k), -1, dtype=np.int32)
+    width = k + spare
+    items = np.full((n, width), -1, dtype=np.int32)
+    scores = np.zeros((n, width), dtype=np.float32)
+    reasons = np.full((n, width), -1, dtype=np.int32)
     for i in range(n):
-        found = engine.trained_list(model, start + i, KIND_PRODUCT, k, filters)
+        found = engine.trained_list(model, start + i, KIND_PRODUCT, k, filters, spare=spare)
         if found is None or found[0].shape[0] < k:
             continue  # cold start, or a list shorter than k: serving computes it live
-        items[i], scores[i], reasons[i] = found
+        got = found[0].shape[0]  # k, and as many spare picks as the pool had
+        items[i, :got], scores[i, :got], reasons[i, :got] = found
     return start, items, scores, reasons
 
 
 def compute(
-    bundle_dir: Path, serving: ServingSettings, ef_search: int, k: int, workers: int = 1, chunk: int = _CHUNK
+    bundle_dir: Path,
+    serving: ServingSettings,
+    ef_search: int,
+    k: int,
+    workers: int = 1,
+    chunk: int = _CHUNK,
+    spare: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, StoredListSpec]:
     """(items, scores, reasons, spec) for every member of the bundle at ``bundle_dir``, under
     the ``serving`` settings and the efSearch serving gives HNSW indexes (``ef_search``, from
-    ``training.hnsw_ef_search``)."""
+    ``training.hnsw_ef_search``): ``k`` picks and up to ``spare`` more per member (-1 after the
+    last one the candidate pool had)."""
     bundle = load_bundle(bundle_dir)
     n_members = len(bundle.members)
-    spec = StoredListSpec.for_serving(serving, k, hnsw_ef_in_use(bundle.indexes.values(), ef_search))
+    spec = StoredListSpec.for_serving(serving, k, hnsw_ef_in_use(bundle.indexes.values(), ef_search), spare)
     del bundle
     serving_json = serving.model_dump_json()
-    ranges = [(s, min(s + chunk, n_members), k) for s in range(0, n_members, chunk)]
-    items = np.full((n_members, k), -1, dtype=np.int32)
-    scores = np.zeros((n_members, k), dtype=np.float32)
-    reasons = np.full((n_members, k), -1, dtype=np.int32)
+    ranges = [(s, min(s + chunk, n_members), k, spare) for s in range(0, n_members, chunk)]
+    items = np.full((n_members, k + spare), -1, dtype=np.int32)
+    scores = np.zeros((n_members, k + spare), dtype=np.float32)
+    reasons = np.full((n_members, k + spare), -1, dtype=np.int32)
 
     def put(part: tuple[int, np.ndarray, np.ndarray, np.ndarray]) -> None:
         start, it, sc, re = part
@@ -124,21 +133,30 @@ def for_settings(bundle_dir: Path, t: TrainingSettings, serving: ServingSettings
             serving.default_k,
         )
     workers = t.num_threads or os.cpu_count() or 1
-    return add_to_bundle(bundle_dir, serving, t.hnsw_ef_search, t.member_lists, workers)
+    return add_to_bundle(
+        bundle_dir, serving, t.hnsw_ef_search, t.member_lists, workers, spare=t.member_list_spare
+    )
 
 
 def add_to_bundle(
-    bundle_dir: Path, serving: ServingSettings, ef_search: int, k: int, workers: int = 1, chunk: int = _CHUNK
+    bundle_dir: Path,
+    serving: ServingSettings,
+    ef_search: int,
+    k: int,
+    workers: int = 1,
+    chunk: int = _CHUNK,
+    spare: int = 0,
 ) -> dict[str, Any]:
     """Compute the lists and write them into the bundle; returns what was done, for the logs."""
     t0 = time.perf_counter()
-    items, scores, reasons, spec = compute(bundle_dir, serving, ef_search, k, workers, chunk)
+    items, scores, reasons, spec = compute(bundle_dir, serving, ef_search, k, workers, chunk, spare)
     add_member_lists(bundle_dir, items, scores, reasons, spec)
     stored = int((items[:, 0] >= 0).sum())
     info = {
         "members": int(items.shape[0]),
         "stored": stored,
         "k": k,
+        "spare": spare,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     log.info("event=member_lists %s", " ".join(f"{key}={v}" for key, v in info.items()))

@@ -3,8 +3,12 @@ covers the call, else a first ANN search with the trained vector.
 
 The stored list (training/member_lists.py) is used only under the serving settings it was made
 with (``StoredListSpec``, decided once per loaded bundle), for a call it covers, and when the live
-catalog has not made it stale: every item still available, and no new item that would score
-above its last one. The search asks for enough candidates that the filters rarely need a second
+catalog has not made it stale: no new item that would score above its last one, and k of its
+picks still available. A list stores ``spare`` picks after its k, in the order MMR chose them: an
+item sold out or delisted since is skipped and the next pick moves up, so a sell-out during a live
+stream keeps its buyers on the stored path instead of sending them all to the live one. (A live
+computation without the item could choose the later picks differently: the stored order is
+MMR's with the item taken out.) The search asks for enough candidates that the filters rarely need a second
 one (``candidate_sizes``); its result is what ranking (recsvc/engine/ranking.py) starts from.
 """
 
@@ -71,18 +75,26 @@ class StoredLists:
         items = lists.items[row]
         if items[0] < 0:
             return None
-        scores = lists.scores[row]
-        if not view.stored_lists_intact:
-            if not view.item_stock_ok[items].all():  # one vectorised look-up of k rows
+        k = lists.k
+        if view.stored_lists_intact:
+            return StoredList(items[:k], lists.scores[row][:k], lists.reasons[row][:k])
+        head = items[:k]
+        if view.item_stock_ok[head].all():  # one vectorised look-up of k rows
+            scores, reasons = lists.scores[row][:k], lists.reasons[row][:k]
+        else:  # the spare picks stand in for the unavailable ones, in MMR's order
+            stored = items[items >= 0]
+            keep = np.flatnonzero(view.item_stock_ok[stored])[:k]
+            if keep.shape[0] < k:
                 return None
-            new_rows, new_scores = view.search_new(state.vector, kind)  # type: ignore[arg-type]
-            if new_rows.shape[0] and model.neighbours is not None:
-                return None  # the list's scores are on the family's scale, not ALS's
-            if new_rows.shape[0]:
-                beats = new_scores > scores[-1]
-                if beats.any() and view.item_stock_ok[new_rows[beats]].any():
-                    return None
-        return StoredList(items, scores, lists.reasons[row])
+            head, scores, reasons = stored[keep], lists.scores[row][keep], lists.reasons[row][keep]
+        new_rows, new_scores = view.search_new(state.vector, kind)  # type: ignore[arg-type]
+        if new_rows.shape[0] and model.neighbours is not None:
+            return None  # the list's scores are on the family's scale, not ALS's
+        if new_rows.shape[0]:
+            beats = new_scores > scores[-1]
+            if beats.any() and view.item_stock_ok[new_rows[beats]].any():
+                return None
+        return StoredList(head, scores, reasons)
 
 
 def candidate_sizes(

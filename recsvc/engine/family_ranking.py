@@ -30,6 +30,7 @@ def rank(
     excluded: np.ndarray,
     clock: Callable[[], float],
     first: Searched | None = None,
+    spare: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(picks, scores, reason rows) of the member's list under the bundle's family. ``first``:
     the ALS search already made with ``state.vector`` (the candidate stage's, overlapping the
@@ -49,7 +50,7 @@ def rank(
     first = (ranked, ranked_scores, len(model.kind_rows[kind]))
     # new_items False: ``first`` already holds the live catalog's new items, on the family's scale
     picks, scores = ranking.rank(
-        settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False
+        settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False, spare=spare
     )
     order = np.argsort(ranked, kind="stable")  # picks come from ``ranked``: their sources by a search
     because = sources[order[np.searchsorted(ranked[order], picks)]]

@@ -48,11 +48,13 @@ def rank(
     relevance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     first: Searched | None = None,
     new_items: bool = True,
+    spare: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows after filters and MMR; widens the candidate set when filters remove too many.
     ``first``: the result of a search already made with ``vector`` (rows, scores, n). New items
     of the live catalog are scored exactly and merged with the ANN's (``new_items`` False: ``first``
-    already holds them)."""
+    already holds them). ``spare``: MMR goes on for that many picks after the k, from the same
+    pool (the first k are the list of k; stored lists keep the rest, candidates.py)."""
     model = view.model
     total = len(model.kind_rows[kind])
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0], drop_row is not None)
@@ -84,7 +86,7 @@ def rank(
             local,
             view.factors(rows),
             view.norms(rows).astype(np.float32),
-            k,
+            k + spare,
             filters.diversity,
             read_only(np.ascontiguousarray(view.item_category[rows], dtype=np.int32)),
             settings.max_per_category,
@@ -95,7 +97,7 @@ def rank(
             rows,
             model.item_factors,
             model.item_norms,
-            k,
+            k + spare,
             filters.diversity,
             view.item_category,
             settings.max_per_category,

@@ -206,7 +206,7 @@ class RecommendationEngine:
         return first_search(self._settings, model, vector, kind, k, filters, bought)
 
     def trained_list(
-        self, model: ServedModel, row: int, kind: int, k: int, filters: FilterSpec
+        self, model: ServedModel, row: int, kind: int, k: int, filters: FilterSpec, spare: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """What ``recommend`` picks for the member at ``row`` when they have no recent events and
         their list is not stored: (items, scores, reason rows, -1 = none), fewer than ``k`` when
@@ -218,10 +218,12 @@ class RecommendationEngine:
         view = self.catalog.view(model)
         excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
         if model.neighbours is not None:
-            return family_ranking.rank(self._settings, view, state, kind, k, filters, excluded, self._clock)
+            return family_ranking.rank(
+                self._settings, view, state, kind, k, filters, excluded, self._clock, spare=spare
+            )
         first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
         picks, scores = ranking.rank(
-            self._settings, view, state.vector, kind, k, filters, excluded, first=first
+            self._settings, view, state.vector, kind, k, filters, excluded, first=first, spare=spare
         )
         return picks, scores, explain.explain(view, picks, state)
 

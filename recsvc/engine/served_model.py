@@ -46,9 +46,11 @@ class MemberLists:
     """Each member's stored default product list (bundle ``member_list_*``, training/member_lists.py)
     and what it was computed for (``spec``: the one judge of when it may be used)."""
 
-    items: np.ndarray  # int32 [members, k]; -1 in column 0 = no stored list for the member
-    scores: np.ndarray  # float32 [members, k]
-    reasons: np.ndarray  # int32 [members, k]: the history row each reason names, -1 = none
+    # int32 [members, k + spare]; -1 in column 0 = no stored list for the member, -1 after the
+    # last spare pick the member's candidate pool had
+    items: np.ndarray
+    scores: np.ndarray  # float32 [members, k + spare]
+    reasons: np.ndarray  # int32 [members, k + spare]: the history row each reason names, -1 = none
     spec: StoredListSpec
 
     @property

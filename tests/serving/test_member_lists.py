@@ -21,7 +21,7 @@ from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
 from recsvc.errors import BundleError
 from recsvc.realtime import RealtimeStore, make_redis_client
-from recsvc.settings import RedisSettings, ServingSettings, Settings, load_settings
+from recsvc.settings import RedisSettings, ServingSettings, Settings, TrainingSettings, load_settings
 from training import member_lists
 from training.reindex import reindex
 
@@ -201,7 +201,10 @@ def test_a_member_with_recent_events_is_computed_live_and_never_gets_a_bought_it
 
 def test_lists_computed_in_several_processes_are_the_same(trained: Path) -> None:
     serving = _settings().serving
-    items, scores, reasons, spec = member_lists.compute(trained, serving, 128, K, workers=2, chunk=80)
+    spare = TrainingSettings().member_list_spare
+    items, scores, reasons, spec = member_lists.compute(
+        trained, serving, 128, K, workers=2, chunk=80, spare=spare
+    )
     stored = load_bundle(trained)
     assert np.array_equal(items, stored.arrays["member_list_item"])
     assert np.array_equal(scores, stored.arrays["member_list_score"])
@@ -234,7 +237,9 @@ def test_reindex_rebuilds_the_lists_or_drops_them(trained: Path, tmp_path: Path)
     reindex(trained, tmp_path / "with", settings.training, settings.serving)
     again = load_bundle(tmp_path / "with")
     assert again.manifest.member_lists is not None and again.manifest.member_lists.k == K
-    assert again.arrays["member_list_item"].shape == (len(again.members), K)
+    spare = again.manifest.member_lists.spare
+    assert spare == TrainingSettings().member_list_spare
+    assert again.arrays["member_list_item"].shape == (len(again.members), K + spare)
     off = _settings(training={"member_lists": 0})
     reindex(trained, tmp_path / "without", off.training, off.serving)
     dropped = load_bundle(tmp_path / "without")
@@ -292,3 +297,56 @@ def test_the_hnsw_search_setting_matters_only_when_an_index_is_hnsw() -> None:
     hnsw = faiss.IndexIDMap(faiss.IndexHNSWFlat(8, 16, faiss.METRIC_INNER_PRODUCT))
     assert hnsw_ef_in_use([flat], 256) is None
     assert hnsw_ef_in_use([flat, hnsw], 256) == 256
+
+
+class _Fixed:
+    """A catalog that serves one given view."""
+
+    def __init__(self, view: Any) -> None:
+        self._view = view
+
+    def view(self, _: Any) -> Any:
+        return self._view
+
+
+def test_items_sold_out_since_training_are_stood_in_for_by_the_spare_picks(trained: Path) -> None:
+    """Up to ``spare`` of a stored list's first k sold out: the call is still read from the
+    stored list, without them, the next picks moved up in MMR's order; one more: computed live.
+    Neither holds a sold-out item."""
+    from recsvc.catalog.store import ItemRecord
+    from recsvc.catalog.view import CatalogView, catalog_as_of_ms
+
+    serving = _settings({"replenish": False}).serving  # due purchases would be placed in the list
+    model = ServedModel.load(trained, version="1", source_uri=str(trained))
+    lists = model.member_lists
+    assert lists is not None and lists.spec.spare > 0
+    spare = lists.spec.spare
+    engine = RecommendationEngine(SingleModel(model), None, serving)
+    now = time.time()
+    ts = max(catalog_as_of_ms(model), int(now * 1000) - 1)
+    default = FilterSpec(diversity=serving.default_diversity)
+    checked = 0
+    for row in np.flatnonzero(np.asarray(lists.items)[:, -1] >= 0)[:8].tolist():
+        stored = np.asarray(lists.items[row])
+        for gone in (1, spare, spare + 1):
+            sold = [model.items.id(int(r)) for r in stored[[0, 2, 4, 5, 6, 7, 8, 9][:gone]]]
+            records = {
+                item: ItemRecord(v + 1, ts, {"in_stock": False}, {"in_stock": ts})
+                for v, item in enumerate(sold)
+            }
+            engine.catalog = _Fixed(CatalogView(model, records, now))
+            got = engine.recommend(model.members.id(row), KIND_PRODUCT, K, "app", default)
+            ids = [it.item_id for it in got.response.items]
+            assert not set(ids) & set(sold)
+            if gone <= spare:
+                assert got.stored
+                left = [model.items.id(int(r)) for r in stored if model.items.id(int(r)) not in sold]
+                assert ids == left[:K]
+                kept = {model.items.id(int(r)): i for i, r in enumerate(stored)}
+                assert [it.score for it in got.response.items] == [
+                    pytest.approx(float(lists.scores[row][kept[i]])) for i in ids
+                ]
+            else:
+                assert not got.stored and len(ids) == K  # more gone than spare picks: live
+            checked += 1
+    assert checked >= 12
