@@ -8,8 +8,9 @@ picks still available. A list stores ``spare`` picks after its k, in the order M
 item sold out or delisted since is skipped and the next pick moves up, so a sell-out during a live
 stream keeps its buyers on the stored path instead of sending them all to the live one. (A live
 computation without the item could choose the later picks differently: the stored order is
-MMR's with the item taken out.) The search asks for enough candidates that the filters rarely need a second
-one (``candidate_sizes``); its result is what ranking (recsvc/engine/ranking.py) starts from.
+MMR's with the item taken out.) The search asks for enough candidates that the filters rarely
+need a second one (``candidate_sizes``); its result is what ranking (recsvc/engine/ranking.py)
+starts from.
 """
 
 from __future__ import annotations

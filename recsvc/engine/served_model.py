@@ -275,7 +275,8 @@ class ServedModel:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         flat = self._flat.get(kind)
         if flat is not None:
-            return _best(*flat, vector, n)
+            rows, factors = flat
+            return _top(rows, factors.dot(vector.astype(np.float32, copy=False)), n)
         index = self.indexes.get(kind)
         if index is None:
             return self.exact_search(vector, kind, n)
@@ -293,7 +294,9 @@ class ServedModel:
         rows = self.kind_rows[kind]
         if min(n, len(rows)) <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return _best(rows, self.item_factors[rows], vector, n)
+        # every item's score, then the kind's: a product over the whole matrix beats copying
+        # the kind's rows out of it
+        return _top(rows, self.item_factors.dot(vector.astype(np.float32, copy=False))[rows], n)
 
     def item_fields(self, row: int) -> bytes:
         """The fields of a response item that depend on the item alone (id, kind, category,
@@ -353,10 +356,9 @@ def _rows_ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
     return bool(rising.all())
 
 
-def _best(rows: np.ndarray, factors: np.ndarray, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` of ``rows`` (their vectors ``factors``) with the largest inner product with
-    ``vector``, best first: (rows int64, scores float32)."""
-    scores = factors.dot(vector.astype(np.float32, copy=False))
+def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` of ``rows`` with the largest ``scores``, best first: (rows int64, scores
+    float32)."""
     n = min(n, scores.shape[0])
     top = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(scores.shape[0])
     top = top[np.argsort(-scores[top], kind="stable")]
