@@ -173,16 +173,16 @@ def _check_member_lists(
     if not present and manifest.member_lists is None:
         return
     spec = manifest.member_lists
-    k = spec.k + spec.spare if spec is not None else None
+    width = spec.k + spec.spare if spec is not None else None  # k, then the spare picks
     problems = []
     if len(present) != len(MEMBER_LIST_ARRAYS):
         problems.append(f"has {present or 'none'} of {list(MEMBER_LIST_ARRAYS)}")
-    if k is None:
+    if width is None:
         problems.append("the manifest records no member_lists")
     for name in present:
         arr, want = arrays[name], np.dtype(MEMBER_LIST_ARRAYS[name])
-        if arr.dtype != want or arr.shape != (n_members, k):
-            problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {want} ({n_members}, {k})")
+        if arr.dtype != want or arr.shape != (n_members, width):
+            problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {want} ({n_members}, {width})")
     if problems:
         raise BundleError(f"bundle {bundle_dir} is inconsistent: stored member lists " + "; ".join(problems))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bundle_factory import PlantedBundle, make_bundle
+from bundle_factory import FixedCatalog, PlantedBundle, make_bundle
 
 from recsvc.catalog import delta, live
 from recsvc.catalog.live import LiveCatalog
@@ -46,16 +46,6 @@ class _Models:
         return {"control": self.model}
 
 
-class _Fixed:
-    """A catalog that serves one given view."""
-
-    def __init__(self, view: CatalogView) -> None:
-        self._view = view
-
-    def view(self, model: ServedModel) -> CatalogView:
-        return self._view
-
-
 def _checking(view: CatalogView) -> CatalogView:
     """``view`` with every quick path turned off: titles and items through the per-row checks,
     stored lists checked on every call while the catalog is live."""
@@ -79,7 +69,7 @@ def _same_views(a: CatalogView, b: CatalogView) -> None:
 def _answers(view: CatalogView, model: ServedModel, members: list[str], now: float) -> list[bytes]:
     s = load_settings(overrides={"serving": {"default_k": K}})
     engine = RecommendationEngine(SingleModel(model), None, s.serving, clock=lambda: now)
-    engine.catalog = _Fixed(view)
+    engine.catalog = FixedCatalog(view)
     out = []
     for member in members:
         for spec in (FilterSpec(), FilterSpec(in_stock_only=False), FilterSpec(max_price=40.0)):

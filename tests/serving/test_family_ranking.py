@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from bundle_factory import PlantedBundle, make_bundle
+from bundle_factory import FixedCatalog, PlantedBundle, make_bundle
 
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
@@ -207,11 +207,7 @@ def test_the_engine_serves_the_reference_list_and_reasons(
     settings = load_settings(overrides={"serving": {"max_per_category": 0, "replenish": False}}).serving
     engine = RecommendationEngine(SingleModel(model), None, settings, clock=lambda: NOW)
 
-    class _Fixed:
-        def view(self, _: Any) -> CatalogView:
-            return view
-
-    engine.catalog = _Fixed()
+    engine.catalog = FixedCatalog(view)
     named = cut = 0
     for row in range(0, len(model.members), 3):
         state = trained_state(model, row)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bundle_factory import train_small_bundle
+from bundle_factory import FixedCatalog, train_small_bundle
 
 from recsvc.bundle import KIND_PRODUCT, MEMBER_LIST_ARRAYS, load_bundle
 from recsvc.engine.filters import FilterSpec
@@ -299,16 +299,6 @@ def test_the_hnsw_search_setting_matters_only_when_an_index_is_hnsw() -> None:
     assert hnsw_ef_in_use([flat, hnsw], 256) == 256
 
 
-class _Fixed:
-    """A catalog that serves one given view."""
-
-    def __init__(self, view: Any) -> None:
-        self._view = view
-
-    def view(self, _: Any) -> Any:
-        return self._view
-
-
 def test_items_sold_out_since_training_are_stood_in_for_by_the_spare_picks(trained: Path) -> None:
     """Up to ``spare`` of a stored list's first k sold out: the call is still read from the
     stored list, without them, the next picks moved up in MMR's order; one more: computed live.
@@ -334,7 +324,7 @@ def test_items_sold_out_since_training_are_stood_in_for_by_the_spare_picks(train
                 item: ItemRecord(v + 1, ts, {"in_stock": False}, {"in_stock": ts})
                 for v, item in enumerate(sold)
             }
-            engine.catalog = _Fixed(CatalogView(model, records, now))
+            engine.catalog = FixedCatalog(CatalogView(model, records, now))
             got = engine.recommend(model.members.id(row), KIND_PRODUCT, K, "app", default)
             ids = [it.item_id for it in got.response.items]
             assert not set(ids) & set(sold)

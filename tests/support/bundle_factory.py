@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -309,3 +310,14 @@ def train_small_bundle(tmp: Path, training: dict[str, object]) -> Path:
         s, pipeline.TrainOptions(data_dir=tmp, bundle_out=tmp / "bundle", register=False), dataset=data
     )
     return tmp / "bundle"
+
+
+class FixedCatalog:
+    """A catalog (``RecommendationEngine.catalog``) that serves one given view, whatever the model:
+    a test's live-catalog state without a follower."""
+
+    def __init__(self, view: Any) -> None:
+        self._view = view
+
+    def view(self, _model: Any) -> Any:
+        return self._view
