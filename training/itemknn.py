@@ -35,10 +35,14 @@ NEIGHBOURS = 100
 
 
 def fit(matrix: sp.csr_matrix, neighbours: int = NEIGHBOURS, num_threads: int = 0) -> Any:
-    from implicit.nearest_neighbours import BM25Recommender
+    from implicit.nearest_neighbours import BM25Recommender, ItemItemRecommender, bm25_weight
 
     model = BM25Recommender(K=neighbours, num_threads=num_threads)
-    model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
+    # BM25Recommender.fit hands its base class the COO matrix bm25_weight returns, which implicit
+    # converts with a warning per fit; weighting here and passing CSR is the same fit.
+    counts = sp.csr_matrix(matrix, dtype=np.float32)
+    weighted = bm25_weight(counts.T, model.K1, model.B).T.tocsr()
+    ItemItemRecommender.fit(model, weighted, show_progress=False)
     return model
 
 
