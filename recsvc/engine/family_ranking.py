@@ -4,7 +4,7 @@
 (recsvc/engine/itemknn_source.py: only the items that score there, beside the ALS search's best),
 blended with the ALS vector's scores as training evaluated it, then the same filters and MMR as
 ALS (``ranking.rank``); reasons name the history item that added most to each pick's item-item
-score ("because you bought X"), found in the same pass, else the ALS reason."""
+score ("because you bought X"), found for the picks once the list is chosen, else the ALS reason."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def rank(
     )
     rows, weights = itemknn_source.strongest(rows, weights, neighbours.spec.history_items)
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
-    ranked, ranked_scores, sources = itemknn_source.candidates(
+    ranked, ranked_scores = itemknn_source.candidates(
         view, neighbours, state.vector, rows, weights, kind, filters, excluded, n, pool_size, first
     )
     first = (ranked, ranked_scores, len(model.kind_rows[kind]))
@@ -52,8 +52,7 @@ def rank(
     picks, scores = ranking.rank(
         settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False, spare=spare
     )
-    order = np.argsort(ranked, kind="stable")  # picks come from ``ranked``: their sources by a search
-    because = sources[order[np.searchsorted(ranked[order], picks)]]
+    because = itemknn_source.reason_rows(neighbours, rows, weights, picks)
     missing = because < 0
     if missing.any():
         because[missing] = explain.explain(view, picks[missing], state)

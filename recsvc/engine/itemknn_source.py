@@ -71,6 +71,7 @@ class Neighbours:
         for kind in out.norm_max:  # compile (or load) the kernels for these arrays: not in a request
             gather(out, factors, np.zeros(factors.shape[1]), NO_ROWS, np.zeros(0), kind)
         strongest(np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.float32), 1)
+        reason_rows(out, NO_ROWS, np.zeros(0), NO_ROWS)
         return out
 
     @property
@@ -78,13 +79,13 @@ class Neighbours:
         return 1.0 - self.spec.knn_weight
 
     def scratch(self) -> np.ndarray:
-        """This thread's float64 [items, 3]: (sum, best contribution, best source row; -1 =
-        untouched) per item, side by side so one item costs one cache line; ``gather`` leaves it
-        as it found it."""
+        """This thread's float64 [items]: each item's item-item sum, NaN = untouched; ``gather``
+        leaves it as it found it. Sums alone (8 bytes an item, 0.8 MB at 100k items) keep the
+        scatter-add within a core's cache; reasons are found for the final picks only
+        (:func:`reason_rows`)."""
         found: np.ndarray | None = getattr(self._scratch, "array", None)
         if found is None:
-            found = np.zeros((self.items.shape[0], 3), np.float64)
-            found[:, 2] = -1
+            found = np.full(self.items.shape[0], np.nan, np.float64)
             self._scratch.array = found
         return found
 
@@ -187,7 +188,6 @@ class Scored(NamedTuple):
 
     rows: np.ndarray  # item rows
     knn: np.ndarray  # item-item scores
-    sources: np.ndarray  # the history row that added most to each item-item score, -1: none
     als: np.ndarray  # ALS scores, ``factors[row] @ vector``
     knn_max: float  # the largest of ``knn`` (0 when empty)
     als_max: float  # the largest of ``als`` (0 when empty or none is positive)
@@ -221,6 +221,21 @@ def gather(
     return Scored(*out)
 
 
+def reason_rows(
+    neighbours: Neighbours, rows: np.ndarray, weights: np.ndarray, picks: np.ndarray
+) -> np.ndarray:
+    """For each of ``picks``, the history row (of ``rows``, weighted by ``weights``, as given to
+    :func:`gather`) that added most to its item-item score; the first such row on a tie; -1 for
+    a pick no history row adds to."""
+    return _reason_rows(
+        neighbours.items,
+        neighbours.scores,
+        _own(rows, np.int64),
+        _own(weights, np.float32),
+        _own(picks, np.int64),
+    )
+
+
 def _own(a: np.ndarray, dtype: type) -> np.ndarray:
     """``a`` as a writable C array of ``dtype`` (a copy only when it is not): the kernel is
     compiled once, for those types, when the model loads."""
@@ -241,10 +256,9 @@ def _gather(
     factors: np.ndarray,
     vector: np.ndarray,
     acc: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - compiled
-    """``gather`` over per-item accumulators (``acc[j]``: sum, best, source row; source -1
-    untouched, -2 scored without a neighbour), which it resets for the items it touched.
-    Products are summed in float64, as training's sparse product."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:  # pragma: no cover - compiled
+    """``gather`` over per-item sums (``acc[j]``, NaN = untouched), which it resets to NaN for
+    the items it touched. Products are summed in float64, as training's sparse product."""
     table = items.shape[0]
     width = items.shape[1]
     cap = min(rows.shape[0] * width, table) + also.shape[0]
@@ -262,44 +276,71 @@ def _gather(
             if item_kind[j] != kind:
                 continue
             v = np.float64(scores[r, c]) * w
-            if acc[j, 2] < 0:
+            if np.isnan(acc[j]):
                 out_rows[m] = j
                 m += 1
-                acc[j, 0] = v
-                acc[j, 1] = v
-                acc[j, 2] = r
+                acc[j] = v
             else:
-                acc[j, 0] += v
-                if v > acc[j, 1]:
-                    acc[j, 1] = v
-                    acc[j, 2] = r
+                acc[j] += v
     for i in range(also.shape[0]):
         j = also[i]
-        if acc[j, 2] == -1:
+        if np.isnan(acc[j]):
             out_rows[m] = j
             m += 1
-            acc[j, 0] = 0.0
-            acc[j, 1] = 0.0
-            acc[j, 2] = -2
+            acc[j] = 0.0
     out_knn = np.empty(m, dtype=np.float32)
-    out_sources = np.empty(m, dtype=np.int64)
     out_als = np.empty(m, dtype=np.float32)
     knn_max = np.float32(0.0)
     als_max = np.float32(0.0)
     f = vector.shape[0]
     for i in range(m):
         j = out_rows[i]
-        knn = np.float32(acc[j, 0])
+        knn = np.float32(acc[j])
+        acc[j] = np.nan
         out_knn[i] = knn
         knn_max = max(knn_max, knn)
-        out_sources[i] = np.int64(acc[j, 2]) if acc[j, 1] > 0 else -1
-        acc[j, 2] = -1
         dot = np.float32(0.0)
         for d in range(f):
             dot += factors[j, d] * vector[d]
         out_als[i] = dot
         als_max = max(als_max, dot)
-    return out_rows[:m], out_knn, out_sources, out_als, float(knn_max), float(als_max)
+    return out_rows[:m], out_knn, out_als, float(knn_max), float(als_max)
+
+
+@njit(cache=True, nogil=True)
+def _reason_rows(
+    items: np.ndarray, scores: np.ndarray, rows: np.ndarray, weights: np.ndarray, picks: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """``reason_rows``: one pass over the history's neighbour lists in ``_gather``'s order. A
+    4,096-bit filter of the picks' rows (a list is tens of items) skips the entries of other
+    items with one bit test; an entry that passes is looked up among the picks."""
+    table = items.shape[0]
+    width = items.shape[1]
+    best = np.zeros(picks.shape[0], dtype=np.float64)
+    source = np.full(picks.shape[0], -1, dtype=np.int64)
+    bits = np.zeros(64, dtype=np.uint64)
+    for p in range(picks.shape[0]):
+        b = picks[p] & 4095
+        bits[b >> 6] |= np.uint64(1) << np.uint64(b & 63)
+    for h in range(rows.shape[0]):
+        r = rows[h]
+        if r < 0 or r >= table:
+            continue
+        w = np.float64(weights[h])
+        for c in range(width):
+            j = items[r, c]
+            if j < 0:
+                break
+            b = j & 4095
+            if (bits[b >> 6] >> np.uint64(b & 63)) & np.uint64(1) == 0:
+                continue
+            for p in range(picks.shape[0]):
+                if picks[p] == j:
+                    v = np.float64(scores[r, c]) * w
+                    if v > best[p]:
+                        best[p] = v
+                        source[p] = r
+    return source
 
 
 def als_scale(top: Any, member_norm: Any, norm_max: float) -> Any:
@@ -361,10 +402,10 @@ def candidates(
     n: int,
     pool_size: int,
     first: tuple[np.ndarray, np.ndarray, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The member's best ``n`` items of ``kind`` by the family's score, best first, widened
     (``n`` x 4) until ``pool_size`` of them pass the filters or every item is scored: (rows,
-    scores, the history row that added most to each one's item-item score, -1: none). Scored:
+    scores); :func:`reason_rows` finds the final picks' reasons. Scored:
     the item-item candidates and the ALS search's best ``n`` (module docstring), and the live
     catalog's new items with their ALS part (they have no neighbours yet). ``first``: (rows,
     scores, n) of an ALS search already made with ``vector``: the first round uses it and its n.
@@ -384,7 +425,7 @@ def candidates(
         else:
             found, _ = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
         covered = n >= kind_total  # the search scored every item of the kind
-        scored, knn, sources, als, knn_max, top = gather(
+        scored, knn, als, knn_max, top = gather(
             neighbours, model.item_factors, vector, rows, weights, kind, found
         )
         # a float32's value: divides as training's float32 does
@@ -397,7 +438,6 @@ def candidates(
             scores = np.concatenate([scores, new_scores])
             als = np.concatenate([als, new_als.astype(np.float32)])
             knn = np.concatenate([knn, new_knn])
-            sources = np.concatenate([sources, np.full(new_rows.shape[0], -1, dtype=np.int64)])
         if w == 0:
             scores = np.where(knn <= 0, (als / scale - 1) / 2, scores).astype(np.float32)
         take = scored.shape[0] if covered else min(n, scored.shape[0])
@@ -408,7 +448,7 @@ def candidates(
             top_idx = part[np.argsort(-scores[part], kind="stable")]
         picked = scored[top_idx]
         if covered or int(np.count_nonzero(filters.mask(view, picked, excluded))) >= pool_size:
-            return picked, scores[top_idx], sources[top_idx]
+            return picked, scores[top_idx]
         n *= 4
 
 

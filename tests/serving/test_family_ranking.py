@@ -174,9 +174,10 @@ def test_the_sparse_path_ranks_as_every_item_scored(
                 excluded = ranking.excluded_rows(view, filters, state.bought)
                 for k in (5, settings.max_k):
                     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
-                    got, scores, best = itemknn_source.candidates(
+                    got, scores = itemknn_source.candidates(
                         view, nb, state.vector, rows, weights, kind, filters, excluded, n, pool_size
                     )
+                    best = itemknn_source.reason_rows(nb, rows, weights, got)
                     widened += got.shape[0] > n
                     take = got.shape[0]
                     assert got.tolist() == ref_rows[:take].tolist()

@@ -133,9 +133,11 @@ def test_serving_scores_are_training_scores() -> None:
     for m in rng.choice(50, 10, replace=False):
         row = history[m]
         vector = rng.normal(size=8).astype(np.float32)
-        got, knn, because, als, knn_max, als_max = itemknn_source.gather(
-            nb, factors, vector, row.indices.astype(np.int64), row.data, KIND_PRODUCT
+        hist = row.indices.astype(np.int64)
+        got, knn, als, knn_max, als_max = itemknn_source.gather(
+            nb, factors, vector, hist, row.data, KIND_PRODUCT
         )
+        because = itemknn_source.reason_rows(nb, hist, row.data, got)
         products = np.flatnonzero((batch[m] > 0) & (kinds == KIND_PRODUCT))
         assert sorted(got.tolist()) == products.tolist()  # every non-zero score of the kind, once
         assert np.array_equal(knn, batch[m][got])
@@ -302,3 +304,35 @@ def test_a_blend_champion_from_other_data_is_remeasured_as_a_blend(store: Path, 
     assert report.decision.champion == pytest.approx(m["blend.all.ndcg_at_10"], abs=1e-6)
     assert report.decision.candidate == pytest.approx(m["blend.all.ndcg_at_10"], abs=1e-6)
     assert abs(m["blend.all.ndcg_at_10"] - m["all.ndcg_at_10"]) > 1e-6  # the blend, not ALS
+
+
+def test_reason_rows_is_the_largest_contribution_also_where_rows_share_filter_bits() -> None:
+    """Over 12,288 items (three rows per 4,096-bit filter slot, so entries of other items pass
+    the filter), each pick's reason is the history row of largest ``weight * similarity``, the
+    first on a tie, -1 where no history row has the pick as a neighbour."""
+    rng = np.random.default_rng(5)
+    n_items, width = 12_288, 30
+    items = rng.integers(0, n_items, size=(n_items, width)).astype(np.int32)
+    items[:, -5:] = -1  # padding after each row's neighbours
+    scores = rng.choice([0.25, 0.5, 1.0], size=(n_items, width)).astype(np.float32)  # ties
+    kinds = np.full(n_items, KIND_PRODUCT, np.uint8)
+    nb = itemknn_source.Neighbours(
+        items, scores, FamilySpec(family="itemknn", neighbours=width), kinds, {KIND_PRODUCT: 1.0}
+    )
+    for _ in range(20):
+        hist = rng.choice(n_items, 40, replace=False).astype(np.int64)
+        weights = rng.choice([1.0, 2.0], size=40).astype(np.float32)
+        reached = np.unique(items[hist][items[hist] >= 0])
+        slot = reached[0] & 4095
+        picks = np.concatenate(
+            [rng.choice(reached, 15, replace=False), [slot + 4096 * i for i in range(3)], [n_items + 1]]
+        ).astype(np.int64)
+        expect = []
+        for j in picks:
+            best, source = 0.0, -1
+            for r, w in zip(hist, weights, strict=True):
+                for c in range(width):
+                    if items[r, c] == j and float(w) * float(scores[r, c]) > best:
+                        best, source = float(w) * float(scores[r, c]), int(r)
+            expect.append(source)
+        assert itemknn_source.reason_rows(nb, hist, weights, picks).tolist() == expect
