@@ -3,7 +3,9 @@
 A member's records are in three places: the streams (not yet on disk), the Parquet files the sink
 wrote, and records a server process still buffers or writes late (an impression queued a moment
 before the erasure). Every record names its member by the keyed pseudonym (``member``), so the
-pseudonym is what erasure matches on, in all three kinds.
+pseudonym is what erasure matches on, in all three kinds: every pseudonym of the member
+(``Pseudonymizer.pseudonyms``, under the current and each previous key), since records written
+before a rotation of ``security.pseudonym_key`` name the member under the old key.
 
 Two Redis keys under one hash tag (one Redis Cluster slot, so both are written in one
 transaction):
@@ -59,26 +61,31 @@ class LogEraser:
     def forget(self, member_id: str) -> int:
         """Mark the member erased for the sink, then XDEL their stream entries; how many were
         deleted. Idempotent; raises ``redis.RedisError`` (repeat the erasure)."""
-        who = self._pseudonym(member_id)
+        # All of them: the sink and the purge only compare pseudonyms, so marking each one is
+        # what makes them drop and remove rows written under an old key too.
+        who = self._pseudonym.pseudonyms(member_id)
         # Set before the streams are emptied: a sink that read an entry a moment ago finds the
         # member in the set when it writes the batch, and drops it.
         pipe = self._client.pipeline(transaction=True)
-        pipe.sadd(erased_key(self._prefix), who)
-        pipe.rpush(purge_key(self._prefix), who)
+        pipe.sadd(erased_key(self._prefix), *who)
+        pipe.rpush(purge_key(self._prefix), *who)
         pipe.execute()
         shard = shard_of(member_id, self._shards)
-        return sum(self._delete_entries(stream_key(self._prefix, shard, kind), who) for kind in KINDS)
+        return sum(
+            self._delete_entries(stream_key(self._prefix, shard, kind), frozenset(who)) for kind in KINDS
+        )
 
     def restore(self, member_id: str) -> bool:
         """Log the member's records again (re-registration); True when they were in the set."""
-        return int(self._client.srem(erased_key(self._prefix), self._pseudonym(member_id))) == 1
+        who = self._pseudonym.pseudonyms(member_id)
+        return int(self._client.srem(erased_key(self._prefix), *who)) > 0
 
-    def _delete_entries(self, key: str, who: str) -> int:
+    def _delete_entries(self, key: str, who: frozenset[str]) -> int:
         deleted = 0
         start = "-"
         while True:
             entries: Any = self._client.xrange(key, start, "+", count=_SCAN_CHUNK)
-            ids = [entry_id for entry_id, fields in entries if record_member(fields) == who]
+            ids = [entry_id for entry_id, fields in entries if record_member(fields) in who]
             if ids:
                 deleted += int(self._client.xdel(key, *ids))
             if len(entries) < _SCAN_CHUNK:

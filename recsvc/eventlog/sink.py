@@ -317,7 +317,7 @@ class Sink:
             pipe.lrem(self._purge_key, 1, value)
         pipe.execute()
         log.info(
-            "event=eventlog_purged members=%d rows=%d files=%d",
+            "event=eventlog_purged pseudonyms=%d rows=%d files=%d",  # one per key a member was erased under
             len(pseudonyms),
             sum(done.rows.values()),
             done.files,

@@ -7,7 +7,9 @@ later import and training run must recognise the member to leave them out (docs/
 ``Pseudonymizer`` turns a member id into ``p_<32 hex>`` with HMAC-SHA256 under
 ``settings.security.pseudonym_key``: stable for one key (joins across logs and metrics still
 work), not reversible or guessable without the key. Use it wherever a member is named in logs,
-metric labels, audit entries and MLflow artifacts.
+metric labels, audit entries and MLflow artifacts. ``pseudonyms()`` also gives the member's
+pseudonyms under ``settings.security.previous_pseudonym_keys``: what erasure matches, so records
+written before a key rotation are found too.
 
 ``apply_erasures(dataset, erased_ids)`` is the one call the training pipeline makes before fitting.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +31,20 @@ MEMBER_COLUMN = "member_id"
 T = TypeVar("T")
 
 
+def _checked_key(name: str, key: str) -> bytes:
+    if len(key) < 16:
+        raise ConfigError(f"{name} must be at least 16 characters")
+    return key.encode("utf-8")
+
+
 class Pseudonymizer:
-    def __init__(self, key: str) -> None:
-        if len(key) < 16:
-            raise ConfigError("security.pseudonym_key must be at least 16 characters")
-        self._key = key.encode("utf-8")
+    """Names members under ``key``; ``previous_keys`` are only matched, never written."""
+
+    def __init__(self, key: str, previous_keys: Sequence[str] = ()) -> None:
+        self._key = _checked_key("security.pseudonym_key", key)
+        self._previous = tuple(
+            _checked_key(f"security.previous_pseudonym_keys[{i}]", old) for i, old in enumerate(previous_keys)
+        )
 
     @property
     def is_dev_key(self) -> bool:
@@ -43,8 +54,18 @@ class Pseudonymizer:
         return self.pseudonym(member_id)
 
     def pseudonym(self, member_id: str) -> str:
-        # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object per member
-        return "p_" + hmac.digest(self._key, member_id.encode("utf-8"), "sha256")[:16].hex()
+        return _pseudonym(self._key, member_id)
+
+    def pseudonyms(self, member_id: str) -> tuple[str, ...]:
+        """The member's pseudonym under the current key, then under each previous key (without
+        repeats): a record written before a rotation names the member by one of the latter."""
+        found = [_pseudonym(key, member_id) for key in (self._key, *self._previous)]
+        return tuple(dict.fromkeys(found))
+
+
+def _pseudonym(key: bytes, member_id: str) -> str:
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object per member
+    return "p_" + hmac.digest(key, member_id.encode("utf-8"), "sha256")[:16].hex()
 
 
 class ErasureList:

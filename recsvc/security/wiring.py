@@ -61,7 +61,7 @@ def build_server_security(settings: Settings) -> ServerSecurity:
     sec = settings.security
     keys = load_key_store(settings)
     check_transport(settings, keys)
-    pseudonymizer = Pseudonymizer(sec.pseudonym_key)
+    pseudonymizer = Pseudonymizer(sec.pseudonym_key, sec.previous_pseudonym_keys)
     if pseudonymizer.is_dev_key and not is_loopback(settings.serving.host):
         raise ConfigError("security.pseudonym_key is the development default; set a secret key")
     audit = AuditLog(sec.audit_log, pseudonymizer)

@@ -1,13 +1,15 @@
 """Erasure reaches the event log (docs/privacy.md): after ForgetMember no entry of the member is in
 the streams, no row of theirs in any Parquet file the sink wrote, no key of theirs on any node,
 and records that arrive late never reach disk; everyone else's records stay, exactly once, also
-when the erasure runs while the sink works or while it is down mid-batch. On a single Redis and
-on a real Redis Cluster."""
+when the erasure runs while the sink works or while it is down mid-batch, and for records logged
+under a pseudonym key since rotated out. On a single Redis and on a real Redis Cluster."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +20,7 @@ from eventlog_support import (
     SHARDS,
     assert_exactly_once,
     log_settings,
+    read_log,
     stream_lengths,
     write_records,
 )
@@ -39,6 +42,9 @@ pytestmark = pytest.mark.integration
 PSEUDO = Pseudonymizer(load_settings().security.pseudonym_key)
 VICTIM = next(m for m in MEMBERS if shard_of(m, SHARDS) == 0)  # the shard the sink writes first
 OTHERS = [m for m in MEMBERS if m != VICTIM]
+# A rotation of security.pseudonym_key: the key before it and the key after it.
+OLD_KEY = "erasure-test-key-before-rotation"
+NEW_KEY = "erasure-test-key-after-rotation"
 
 
 @pytest.fixture
@@ -61,12 +67,13 @@ def _files(log_dir: Path) -> set[str]:
     return {str(p.relative_to(log_dir)) for p in log_dir.glob("kind=*/date=*/part-*.parquet")}
 
 
-def _rows_of(log_dir: Path, member: str) -> int:
-    """Rows naming ``member`` (pseudonym, or the id in the event columns), read file by file."""
+def _rows_of(log_dir: Path, member: str, pseudonyms: Collection[str] = ()) -> int:
+    """Rows naming ``member`` (by ``pseudonyms``, by default its pseudonym under the default key,
+    or by the id in the event columns), read file by file."""
     found = 0
     for path in log_dir.glob("kind=*/date=*/part-*.parquet"):
         table = pq.ParquetFile(path).read().to_pandas()
-        hit = table["member"] == PSEUDO(member)
+        hit = table["member"].isin(list(pseudonyms) or [PSEUDO(member)])
         if "member_id" in table.columns:
             hit |= table["member_id"] == member
         found += int(hit.sum())
@@ -219,6 +226,60 @@ def test_a_re_registered_member_is_logged_again_from_then_on(
     assert _rows_of(settings.events.log_dir, VICTIM) == 3  # the new round only
 
 
+def _under_key(settings: Settings, key: str, previous: list[str] | None = None) -> Settings:
+    raw = settings.model_dump(mode="json")
+    raw["security"] |= {"pseudonym_key": key, "previous_pseudonym_keys": previous or []}
+    return load_settings(overrides=raw)
+
+
+def _both_keys(member: str) -> set[str]:
+    return {Pseudonymizer(OLD_KEY)(member), Pseudonymizer(NEW_KEY)(member)}
+
+
+def test_records_logged_before_a_key_rotation_are_erased_too(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """The member's records under the old key and under the new one, on disk and in the streams,
+    are all gone after the erasure; everyone else's stay, under whichever key they were logged."""
+    base = log_settings(redis_url, tmp_path)
+    old, new = _under_key(base, OLD_KEY), _under_key(base, NEW_KEY, [OLD_KEY])
+    log_dir = base.events.log_dir
+    write_records(redis_client, old, 2)
+    write_records(redis_client, new, range(2, 3))
+    Sink(redis_client, new).run(once=True)  # rounds 0-1 (old key) and 2 (new key) on disk
+    write_records(redis_client, old, range(3, 4))  # a process not yet restarted with the new key
+    write_records(redis_client, new, range(4, 5))
+    assert _rows_of(log_dir, VICTIM, _both_keys(VICTIM)) == 9
+
+    rotated = Pseudonymizer(NEW_KEY, [OLD_KEY])
+    eraser = LogEraser(redis_client, "recsvc", SHARDS, rotated)
+    audit = AuditLog(tmp_path / "audit.log", rotated)
+    result = forget_member(
+        VICTIM,
+        redis=redis_client,
+        prefix="recsvc",
+        erasures=ErasureList(tmp_path / "erasures.txt"),
+        audit=audit,
+        event_log=eraser,
+    )
+    assert result.log_entries_deleted == 6  # rounds 3 and 4, three kinds each
+    # The audit entry names the member as every new record does: under the current key.
+    assert json.loads(audit.path.read_text().splitlines()[-1])["member"] == Pseudonymizer(NEW_KEY)(VICTIM)
+
+    stats = Sink(redis_client, new).run(once=True)
+    assert stats.purged == 9 and stats.erased == 0
+    assert _rows_of(log_dir, VICTIM, _both_keys(VICTIM)) == 0
+    everyone_else = set().union(*(_both_keys(m) for m in OTHERS))
+    for kind in KINDS:
+        rows = read_log(log_dir, kind)
+        assert len(rows) == len(OTHERS) * 5 and set(rows["member"]) == everyone_else, kind
+    assert stream_lengths(redis_client) == 0 and redis_client.llen(purge_key("recsvc")) == 0
+
+    assert eraser.restore(VICTIM)  # re-registration lifts the mark under every key
+    marked = redis_client.smismember(erased_key("recsvc"), sorted(_both_keys(VICTIM)))
+    assert not any(int(hit) for hit in marked)  # type: ignore[union-attr]
+
+
 def test_an_empty_rewrite_keeps_the_file_and_its_schema(tmp_path: Path) -> None:
     import pyarrow as pa
 
@@ -275,3 +336,46 @@ def test_forget_member_through_a_server_reaches_the_log(
         assert _rows_of(log_dir, member) == 0 and _rows_of(log_dir, other) == 2  # an impression, an event
         assert _keys_of(redis_client, member) == [member_key("recsvc", member, "suppressed")]
         redis_client.close()
+
+
+def test_forget_member_through_a_server_after_a_key_rotation(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """A server on the old key, then one on the new key with the old key among the previous keys:
+    its ForgetMember removes the member's rows written by both."""
+    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
+    settings = settings.model_copy(
+        update={
+            "events": settings.events.model_copy(
+                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
+            )
+        }
+    )
+    log_dir = settings.events.log_dir
+    member, other = planted.warm_members(0)[:2]
+    redis_client = connect(redis_url)
+    for key, previous in ((OLD_KEY, None), (NEW_KEY, [OLD_KEY])):
+        with running_server(_under_key(settings, key, previous)) as s:
+            for m in (member, other):
+                resp = s.stub.RecommendProducts(
+                    recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
+                )
+                s.stub.RecordEvent(
+                    recommender_pb2.RecordEventRequest(
+                        member_id=m, item_id=resp.items[0].item_id, event_type="click"
+                    ),
+                    timeout=5,
+                )
+            time.sleep(0.2)  # impressions are written by the log's thread
+            Sink(redis_client, settings).run(once=True)
+            if key == NEW_KEY:
+                admin = admin_pb2_grpc.AdminStub(s.channel)
+                admin.ForgetMember(admin_pb2.ForgetMemberRequest(member_id=member, reason="t"), timeout=10)
+    assert (  # on disk until the sink's next purge: both servers' rows
+        _rows_of(log_dir, member, _both_keys(member)) == 4
+        and _rows_of(log_dir, other, _both_keys(other)) == 4
+    )
+    Sink(redis_client, settings).run(once=True)
+    assert _rows_of(log_dir, member, _both_keys(member)) == 0
+    assert _rows_of(log_dir, other, _both_keys(other)) == 4  # an impression and an event per key
+    redis_client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,8 @@ import pytest
 
 from recsvc.errors import ConfigError, InvalidArgument
 from recsvc.security.privacy import ErasureList, Pseudonymizer, apply_erasures
+from recsvc.security.wiring import build_server_security
+from recsvc.settings import load_settings
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -27,6 +30,31 @@ def test_pseudonym_stable_and_keyed() -> None:
 def test_short_key_refused() -> None:
     with pytest.raises(ConfigError, match="16 characters"):
         Pseudonymizer("short")
+
+
+def test_pseudonyms_under_every_key_current_first() -> None:
+    rotated = Pseudonymizer(KEY_B, [KEY_A])
+    assert rotated.pseudonyms("M0001") == (Pseudonymizer(KEY_B)("M0001"), Pseudonymizer(KEY_A)("M0001"))
+    assert rotated("M0001") == Pseudonymizer(KEY_B)("M0001")  # records are named under the current key
+    assert Pseudonymizer(KEY_A).pseudonyms("M0001") == (Pseudonymizer(KEY_A)("M0001"),)
+    assert Pseudonymizer(KEY_A, [KEY_A]).pseudonyms("M0001") == (Pseudonymizer(KEY_A)("M0001"),)
+
+
+def test_previous_keys_from_the_environment_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_SECURITY__PSEUDONYM_KEY", KEY_B)
+    monkeypatch.setenv("RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS", json.dumps([KEY_A]))
+    settings = load_settings()
+    assert settings.security.previous_pseudonym_keys == [KEY_A]
+    security = build_server_security(settings)
+    assert security.pseudonymizer.pseudonyms("M1") == (Pseudonymizer(KEY_B)("M1"), Pseudonymizer(KEY_A)("M1"))
+
+
+def test_short_previous_key_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS", json.dumps([KEY_A, "old-and-short"]))
+    with pytest.raises(
+        ConfigError, match=r"security\.previous_pseudonym_keys\[1\] must be at least 16 characters"
+    ):
+        build_server_security(load_settings())
 
 
 def test_dev_key_detected() -> None:
