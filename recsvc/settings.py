@@ -210,7 +210,7 @@ class TrainingSettings(_Section):
     itemknn_auto_members: int = Field(200_000, ge=0)
     itemknn_neighbours: int = Field(100, ge=1, le=2000, description="neighbours kept per item")
     itemknn_history: int = Field(
-        50,
+        30,
         ge=0,
         le=100_000,
         description="history items an item-item score sums over: each member's N of largest "

@@ -9,7 +9,7 @@ The item-item model is implicit's ``BM25Recommender`` (``K`` neighbours per item
 member's score for an item is the sum of the item's similarities to the member's history,
 weighted by r_ui, over the ``history_items`` history items of largest r_ui (setting
 ``itemknn_history``: it bounds serving's cost per call, and on the generated data sets cutting
-at 50 left NDCG@10 unchanged, docs/training.md). The blend ranks by ``w * als + (1 - w) *
+at 30 left NDCG@10 unchanged, docs/training.md). The blend ranks by ``w * als + (1 - w) *
 itemknn``, each score divided by the member's largest score of that model so neither scale
 dominates (``als_scale``); ``w`` is chosen on validation from :data:`WEIGHTS` (1 = ALS alone,
 0 = item-item alone). The scores are computed by
