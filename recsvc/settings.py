@@ -548,7 +548,8 @@ class SecuritySettings(_Section):
     # Key for member-id pseudonyms in logs, metrics and MLflow artifacts (HMAC-SHA256).
     pseudonym_key: str = "dev-only-change-me"
     # Keys pseudonym_key had before rotations: never written with, only matched by erasure, so a
-    # forgotten member's records logged under an old key are found (docs/privacy.md, "Pseudonyms").
+    # forgotten member's records logged under an old key are found, and by RecordEvent, so a
+    # recommendation id issued before the rotation is still accepted (docs/privacy.md, "Pseudonyms").
     # RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS='["old-key-..."]'.
     previous_pseudonym_keys: list[str] = Field(default_factory=list)
 

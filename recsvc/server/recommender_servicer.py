@@ -73,7 +73,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self._metrics = metrics
         self._broadcast = reload_broadcast
         # Every response gets a recommendation id; with a log, also an impression (docs/experiments.md).
-        self._ids = RecommendationIds(settings.security.pseudonym_key)
+        self._ids = RecommendationIds(
+            settings.security.pseudonym_key, settings.security.previous_pseudonym_keys
+        )
         self._log = event_log
 
     def _shown(self, rec: Recommendation, member_id: str, scene: str, channel: str) -> None:

@@ -23,6 +23,7 @@ from eventlog_support import read_log
 from prometheus_client import CollectorRegistry
 from serving_harness import ROOT, RunningServer, running_server, serving_settings
 
+from recsvc.errors import InvalidArgument
 from recsvc.eventlog.ids import RecommendationIds
 from recsvc.eventlog.log import EventLog, EventLogMetrics, dumps, shard_of, stream_key
 from recsvc.eventlog.sink import Sink
@@ -30,18 +31,22 @@ from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2
 
 
-@pytest.fixture
-def logged(
-    planted: PlantedBundle, redis_url: str, tmp_path: Path
-) -> Iterator[tuple[RunningServer, Settings]]:
+def _logged_settings(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Settings:
     settings = serving_settings(str(planted.path), redis_url, tmp_path)
-    settings = settings.model_copy(
+    return settings.model_copy(
         update={
             "events": settings.events.model_copy(
                 update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
             )
         }
     )
+
+
+@pytest.fixture
+def logged(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[RunningServer, Settings]]:
+    settings = _logged_settings(planted, redis_url, tmp_path)
     with running_server(settings) as s:
         yield s, settings
 
@@ -384,6 +389,53 @@ def test_an_event_outside_the_named_lists_window_is_stored_but_not_attributed(
         )
     )
     assert ev.stored and ev.recommendation_id == ""
+
+
+def _under_keys(settings: Settings, key: str, previous: list[str] | None = None) -> Settings:
+    security = settings.security.model_copy(
+        update={"pseudonym_key": key, "previous_pseudonym_keys": previous or []}
+    )
+    return settings.model_copy(update={"security": security})
+
+
+def _refused_reason(srv: RunningServer, request: recommender_pb2.RecordEventRequest) -> str:
+    with pytest.raises(grpc.RpcError) as err:
+        srv.stub.RecordEvent(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return err.value.details().split(":")[0]
+
+
+def test_ids_served_before_a_key_rotation_are_attributed_while_the_old_key_is_listed(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """docs/privacy.md, "Pseudonyms": restarted on a new pseudonym key with the old one listed, an
+    event naming a list served before the restart is attributed to it; without the old key, refused."""
+    settings = _logged_settings(planted, redis_url, tmp_path)
+    old_key, new_key = "eventlog-key-before-rotation", "eventlog-key-after-rotation"
+    member, other = planted.warm_members(0)[:2]
+    with running_server(_under_keys(settings, old_key)) as before:
+        served = before.stub.RecommendProducts(
+            recommender_pb2.RecommendProductsRequest(member_id=member, k=3)
+        )
+    click = recommender_pb2.RecordEventRequest(
+        member_id=member,
+        item_id=served.items[0].item_id,
+        event_type="click",
+        recommendation_id=served.recommendation_id,
+    )
+    with running_server(_under_keys(settings, new_key, [old_key])) as after:
+        assert after.stub.RecordEvent(click).recommendation_id == served.recommendation_id
+        other_click = recommender_pb2.RecordEventRequest()
+        other_click.CopyFrom(click)
+        other_click.member_id = other
+        assert _refused_reason(after, other_click) == "RECOMMENDATION_OF_ANOTHER_MEMBER"
+        fresh = after.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3))
+    # new lists are named under the new key only
+    assert RecommendationIds(new_key).check(fresh.recommendation_id, member) > 0
+    with pytest.raises(InvalidArgument):
+        RecommendationIds(old_key).check(fresh.recommendation_id, member)
+    with running_server(_under_keys(settings, new_key)) as old_key_removed:
+        assert _refused_reason(old_key_removed, click) == "RECOMMENDATION_OF_ANOTHER_MEMBER"
 
 
 @pytest.mark.parametrize("keeps_data", [True, False], ids=["restarted", "restarted-empty"])
