@@ -19,12 +19,19 @@ transaction):
 ``LogEraser.forget`` (called by ``ForgetMember``) writes both, then deletes the member's entries
 from their shard's streams (XDEL). ``LogEraser.restore`` (``RestoreMember``) takes the member out
 of the set, so what is recorded about them from then on is logged again.
+
+A member forgotten before a key rotation is in the set under the old key only, while records
+about them written since name them under the new one. ``LogEraser.mark_under_current_key``, run
+by every server process at start-up over the erasure list, adds the current-key pseudonym of each
+listed member still in the set under a previous key; a re-registered member is in it under none
+and stays logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,36 @@ log = logging.getLogger(__name__)
 
 TAG = "{log-erased}"
 _SCAN_CHUNK = 1000
+_MARK_CHUNK = 1000  # members per script call: ~1 ms of Redis time, ~70 kB of arguments
+
+# ARGV[1]: "1" to queue the added pseudonyms for the purge too; then per member: n, the
+# pseudonym under the current key, the n - 1 under previous keys. The current one is added when a
+# previous one is in the set (erased before the rotation, not re-registered since: a
+# re-registration removes every one). One script, so a re-registration cannot fall between the
+# look-up and the add and be undone by it.
+_MARK_SCRIPT = """
+local queue = ARGV[1] == '1'
+local added = 0
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local current = ARGV[i + 1]
+  if redis.call('SISMEMBER', KEYS[1], current) == 0 then
+    for j = i + 2, i + n do
+      if redis.call('SISMEMBER', KEYS[1], ARGV[j]) == 1 then
+        redis.call('SADD', KEYS[1], current)
+        if queue then
+          redis.call('RPUSH', KEYS[2], current)
+        end
+        added = added + 1
+        break
+      end
+    end
+  end
+  i = i + n + 1
+end
+return added
+"""
 
 
 def erased_key(prefix: str) -> str:
@@ -57,6 +94,7 @@ class LogEraser:
         self._prefix = prefix
         self._shards = shards
         self._pseudonym = pseudonymizer
+        self._mark = client.register_script(_MARK_SCRIPT)
 
     def forget(self, member_id: str) -> int:
         """Mark the member erased for the sink, then XDEL their stream entries; how many were
@@ -79,6 +117,29 @@ class LogEraser:
         """Log the member's records again (re-registration); True when they were in the set."""
         who = self._pseudonym.pseudonyms(member_id)
         return int(self._client.srem(erased_key(self._prefix), *who)) > 0
+
+    def mark_under_current_key(self, member_ids: Iterable[str], *, purge: bool = False) -> int:
+        """Mark under the current key each of ``member_ids`` (the erasure list) that is marked
+        under a previous key only, so the sink drops what is logged about them since the rotation;
+        how many were added. ``purge`` also queues those for the Parquet rewrite: for when records
+        may have been logged before the marks. Idempotent; raises ``redis.RedisError``."""
+        if not self._pseudonym.has_previous_keys:
+            return 0
+        keys = [erased_key(self._prefix), purge_key(self._prefix)]
+        added = 0
+        args: list[str | int] = ["1" if purge else "0"]
+        members = 0
+        for member_id in member_ids:
+            who = self._pseudonym.pseudonyms(member_id)
+            args += [len(who), *who]
+            members += 1
+            if members == _MARK_CHUNK:
+                added += int(self._mark(keys=keys, args=args))
+                del args[1:]
+                members = 0
+        if members:
+            added += int(self._mark(keys=keys, args=args))
+        return added
 
     def _delete_entries(self, key: str, who: frozenset[str]) -> int:
         deleted = 0

@@ -47,6 +47,10 @@ class Pseudonymizer:
         )
 
     @property
+    def has_previous_keys(self) -> bool:
+        return bool(self._previous)
+
+    @property
     def is_dev_key(self) -> bool:
         return hmac.compare_digest(self._key, DEV_PSEUDONYM_KEY.encode())
 

@@ -3,8 +3,10 @@
     secure_deps(settings, deps)   # refuses unsafe configurations with a ConfigError
 
 which fills the ``ServerDeps`` hooks: the auth interceptor (``extra_interceptors``), TLS
-credentials (``server_credentials``) and the Admin service (``extra_services``), and starts the
-erasure listener that keeps ``deps.forgotten``-style state (``ServerSecurity.forgotten``) current.
+credentials (``server_credentials``) and the Admin service (``extra_services``), starts the
+erasure listener that keeps ``deps.forgotten``-style state (``ServerSecurity.forgotten``) current,
+and marks the members erased before a pseudonym key rotation under the current key
+(``mark_erased_under_current_key``).
 Lower-level pieces (``build_server_security``, ``add_admin_service``, ``server_options``) are for
 servers assembled by hand, e.g. in tests.
 """
@@ -12,8 +14,11 @@ servers assembled by hand, e.g. in tests.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -28,6 +33,9 @@ from recsvc.security.tls import add_port, server_credentials
 from recsvc.settings import Settings
 from recsvc.v1 import admin_pb2, admin_pb2_grpc
 
+if TYPE_CHECKING:
+    from recsvc.eventlog.erasure import LogEraser
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "add_admin_service",
     "add_port",
     "build_server_security",
+    "mark_erased_under_current_key",
     "secure_deps",
     "server_options",
 ]
@@ -50,8 +59,14 @@ class ServerSecurity:
     interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
     forgotten: ForgottenMembers = field(default_factory=ForgottenMembers)
     listener: ErasureListener | None = None
+    marks_retry: threading.Thread | None = None  # mark_erased_under_current_key, Redis was down
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
+        self.closing.set()
+        if self.marks_retry is not None:
+            self.marks_retry.join(timeout=2)
+            self.marks_retry = None
         if self.listener is not None:
             self.listener.stop()
             self.listener = None
@@ -123,6 +138,55 @@ def start_erasure_listener(settings: Settings, security: ServerSecurity, redis: 
         )
 
 
+def mark_erased_under_current_key(settings: Settings, security: ServerSecurity, redis: Any) -> None:
+    """Mark every member on the erasure list who is marked for the sink under a previous
+    pseudonym key only (erased before a rotation) under the current key as well, so what this
+    process logs about them never reaches disk. Runs before the server serves; with Redis
+    unavailable start-up goes on and a thread retries (1 s doubling to 30 s)."""
+    from recsvc.eventlog.erasure import LogEraser
+
+    if not security.pseudonymizer.has_previous_keys:
+        return  # no rotation: every erased member is marked under the current key already
+    eraser = LogEraser(redis, settings.redis.key_prefix, settings.events.shards, security.pseudonymizer)
+    erased = list(security.forgotten)  # the erasure list as read at start-up
+
+    # While the rotation rolls out, a process still on the old key may forget a member: marked
+    # under the old key only. Its erasure notice reaches this process, which marks them too.
+    def on_notice(member_id: str) -> None:
+        _mark_erased(eraser, [member_id], purge=True)
+
+    security.forgotten.on_forget(on_notice)
+    if _mark_erased(eraser, erased, purge=False):
+        return
+
+    def retry() -> None:
+        wait_s = 1.0
+        # Records about them may have been logged before the marks: queue those for the purge.
+        while not security.closing.wait(wait_s) and not _mark_erased(eraser, erased, purge=True):
+            wait_s = min(wait_s * 2, 30.0)
+
+    security.marks_retry = threading.Thread(target=retry, name="recsvc-erased-marks", daemon=True)
+    security.marks_retry.start()
+
+
+def _mark_erased(eraser: LogEraser, erased: Sequence[str], *, purge: bool) -> bool:
+    import redis as redis_lib
+
+    started = time.monotonic()
+    try:
+        added = eraser.mark_under_current_key(erased, purge=purge)
+    except redis_lib.RedisError as exc:
+        log.warning("event=erased_marks_unavailable error=%s", type(exc).__name__)
+        return False
+    log.info(
+        "event=erased_marked_under_current_key listed=%d added=%d seconds=%.2f",
+        len(erased),
+        added,
+        time.monotonic() - started,
+    )
+    return True
+
+
 def secure_deps(settings: Settings, deps: Any) -> ServerSecurity:
     """Fill a ``recsvc.server.app.ServerDeps``'s security hooks (see the module docstring)."""
     security = build_server_security(settings)
@@ -135,6 +199,7 @@ def secure_deps(settings: Settings, deps: Any) -> ServerSecurity:
             lambda server: add_admin_service(server, settings, security, redis),
         ]
         start_erasure_listener(settings, security, redis)
+        mark_erased_under_current_key(settings, security, redis)
         # shutdown() runs these before it closes the Redis client the listener reads from.
         deps.on_close.append(security.close)
     else:

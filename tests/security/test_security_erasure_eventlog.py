@@ -29,11 +29,13 @@ from serving_harness import running_server, serving_settings
 from recsvc.eventlog.erasure import LogEraser, erased_key, purge_key, record_member, rewrite_without
 from recsvc.eventlog.log import IMPRESSIONS_SUFFIX, KINDS, shard_of, stream_key
 from recsvc.eventlog.sink import GROUP, Sink
+from recsvc.localstack import LocalRedis
 from recsvc.redis_client import RedisClient, connect
 from recsvc.redis_keys import member_key
 from recsvc.security.audit import AuditLog
 from recsvc.security.erasure import ForgetResult, forget_member, restore_member
 from recsvc.security.privacy import ErasureList, Pseudonymizer
+from recsvc.security.wiring import ServerSecurity, build_server_security, mark_erased_under_current_key
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import admin_pb2, admin_pb2_grpc, recommender_pb2
 
@@ -378,4 +380,161 @@ def test_forget_member_through_a_server_after_a_key_rotation(
     Sink(redis_client, settings).run(once=True)
     assert _rows_of(log_dir, member, _both_keys(member)) == 0
     assert _rows_of(log_dir, other, _both_keys(other)) == 4  # an impression and an event per key
+    redis_client.close()
+
+
+# Members for the marks after a rotation: one erased before it, one re-registered since, one
+# forgotten through a process not yet restarted with the new key.
+STILL_ERASED, RESTORED, LATE = VICTIM, OTHERS[0], OTHERS[-1]
+LOGGED = OTHERS[1:-1]
+
+
+def _forget_under_old_key(redis_client: RedisClient, settings: Settings, member: str) -> None:
+    old = Pseudonymizer(OLD_KEY)
+    forget_member(
+        member,
+        redis=redis_client,
+        prefix="recsvc",
+        erasures=ErasureList(settings.security.erasure_list),
+        audit=AuditLog(settings.security.audit_log, old),
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, old),
+    )
+
+
+def _restore_under_old_key(redis_client: RedisClient, settings: Settings, member: str) -> None:
+    old = Pseudonymizer(OLD_KEY)
+    restore_member(
+        member,
+        redis=redis_client,
+        prefix="recsvc",
+        audit=AuditLog(settings.security.audit_log, old),
+        reason="re-registered",
+        event_log=LogEraser(redis_client, "recsvc", SHARDS, old),
+    )
+
+
+def _start_under_new_key(settings: Settings, redis_client: RedisClient) -> ServerSecurity:
+    """What a server process restarted with the new key does at start-up, up to the marks."""
+    security = build_server_security(_under_key(settings, NEW_KEY, [OLD_KEY]))
+    mark_erased_under_current_key(settings, security, redis_client)
+    return security
+
+
+def test_members_erased_before_a_rotation_are_not_logged_under_the_new_key(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    """Forgotten under the old key; after a restart on the new key (the old one among the previous
+    keys) nothing logged about them under the new key reaches disk, without another ForgetMember.
+    A member re-registered before the rotation, and everyone else, are logged as usual."""
+    base = log_settings(redis_url, tmp_path)
+    _forget_under_old_key(redis_client, base, STILL_ERASED)
+    _forget_under_old_key(redis_client, base, RESTORED)
+    _restore_under_old_key(redis_client, base, RESTORED)
+
+    security = _start_under_new_key(base, redis_client)
+    new_key = Pseudonymizer(NEW_KEY)
+    assert redis_client.sismember(erased_key("recsvc"), new_key(STILL_ERASED))
+    assert not redis_client.sismember(erased_key("recsvc"), new_key(RESTORED))
+    # Before serving: nothing logged under the new key yet, so nothing more to purge.
+    queued = {v.decode() for v in redis_client.lrange(purge_key("recsvc"), 0, -1)}  # type: ignore[union-attr]
+    assert queued == {Pseudonymizer(OLD_KEY)(STILL_ERASED), Pseudonymizer(OLD_KEY)(RESTORED)}
+    assert redis_client.scard(erased_key("recsvc")) == 2  # the member under both keys, no one else
+    security.close()
+    _start_under_new_key(base, redis_client).close()  # every restart: idempotent
+    assert redis_client.scard(erased_key("recsvc")) == 2
+
+    # While the rotation rolls out, a process still on the old key forgets someone: the notice
+    # (what the erasure listener hands to the forgotten set) marks them under the new key too.
+    _forget_under_old_key(redis_client, base, LATE)
+    security = _start_under_new_key(base, redis_client)
+    security.forgotten.add(LATE)
+    assert redis_client.sismember(erased_key("recsvc"), new_key(LATE))
+    security.close()
+
+    new = _under_key(base, NEW_KEY, [OLD_KEY])
+    write_records(redis_client, new, 2, [STILL_ERASED, RESTORED, LATE, *LOGGED])
+    stats = Sink(redis_client, new).run(once=True)
+    log_dir = base.events.log_dir
+    assert (
+        stats.erased == 2 * 2 * len(KINDS) and _rows_of(log_dir, STILL_ERASED, _both_keys(STILL_ERASED)) == 0
+    )
+    assert _rows_of(log_dir, LATE, _both_keys(LATE)) == 0
+    assert _rows_of(log_dir, RESTORED, _both_keys(RESTORED)) == 2 * len(KINDS)
+    for kind in KINDS:
+        rows = read_log(log_dir, kind)
+        assert set(rows["member"]) == {new_key(m) for m in [RESTORED, *LOGGED]}, kind
+        assert len(rows) == 2 * (1 + len(LOGGED)), kind
+
+
+def test_with_redis_down_at_start_up_the_marks_are_made_when_it_is_back(tmp_path: Path) -> None:
+    """Start-up goes on without Redis; a thread marks the members when Redis answers again and
+    queues them for the purge: what was logged about them in between is removed from disk."""
+    server = LocalRedis(tmp_path / "redis").start()
+    try:
+        admin = connect(server.url, socket_timeout=5)
+        settings = log_settings(server.url, tmp_path)
+        _forget_under_old_key(admin, settings, STILL_ERASED)
+        # The process's own connections are refused (NOAUTH) until the password is lifted.
+        admin.config_set("requirepass", "down")
+        service = connect(server.url, timeout_s=5)  # as a server process connects
+        security = _start_under_new_key(settings, service)
+        assert security.marks_retry is not None and security.marks_retry.is_alive()
+        new = _under_key(settings, NEW_KEY, [OLD_KEY])
+        write_records(admin, new, 1, [STILL_ERASED, *LOGGED])  # logged meanwhile ...
+        Sink(admin, new).run(once=True)
+        assert _rows_of(settings.events.log_dir, STILL_ERASED, _both_keys(STILL_ERASED)) == len(KINDS)
+        admin.config_set("requirepass", "")
+        security.marks_retry.join(timeout=10)
+        assert not security.marks_retry.is_alive()
+        stats = Sink(admin, new).run(once=True)  # ... and removed from disk once marked
+        assert stats.purged == len(KINDS)
+        assert _rows_of(settings.events.log_dir, STILL_ERASED, _both_keys(STILL_ERASED)) == 0
+        assert len(read_log(settings.events.log_dir, "event")) == len(LOGGED)
+        security.close()
+        service.close()
+        admin.close()
+    finally:
+        server.stop()
+
+
+def test_a_restart_after_a_rotation_through_a_server(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """ForgetMember (and a RestoreMember) on a server under the old key; a server restarted under
+    the new key serves the erased member as an unknown member and its impression never reaches
+    disk, while the re-registered member and everyone else are logged."""
+    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
+    settings = settings.model_copy(
+        update={
+            "events": settings.events.model_copy(
+                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
+            )
+        }
+    )
+    erased, restored, other = planted.warm_members(0)[:3]
+    with running_server(_under_key(settings, OLD_KEY)) as s:
+        admin = admin_pb2_grpc.AdminStub(s.channel)
+        for m in (erased, restored):
+            admin.ForgetMember(admin_pb2.ForgetMemberRequest(member_id=m, reason="t"), timeout=10)
+        admin.RestoreMember(admin_pb2.RestoreMemberRequest(member_id=restored, reason="t"), timeout=10)
+    with running_server(_under_key(settings, NEW_KEY, [OLD_KEY])) as s:
+        for m in (erased, restored, other):
+            resp = s.stub.RecommendProducts(
+                recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
+            )
+            if m != erased:  # refused for the erased member (MEMBER_ERASED)
+                s.stub.RecordEvent(
+                    recommender_pb2.RecordEventRequest(
+                        member_id=m, item_id=resp.items[0].item_id, event_type="click"
+                    ),
+                    timeout=5,
+                )
+        time.sleep(0.2)  # impressions are written by the log's thread
+    redis_client = connect(redis_url)
+    stats = Sink(redis_client, settings).run(once=True)
+    log_dir = settings.events.log_dir
+    assert stats.erased == 1  # the erased member's impression
+    assert _rows_of(log_dir, erased, _both_keys(erased)) == 0
+    assert _rows_of(log_dir, restored, _both_keys(restored)) == 2  # an impression and an event
+    assert _rows_of(log_dir, other, _both_keys(other)) == 2
     redis_client.close()
