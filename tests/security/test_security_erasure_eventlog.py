@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -298,29 +299,33 @@ def test_an_empty_rewrite_keeps_the_file_and_its_schema(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".tmp-*"))
 
 
+def _logging_server(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> Settings:
+    """A test server's settings with the event log written to ``tmp_path/log`` every 10 ms."""
+    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
+    events = settings.events.model_copy(update={"log_dir": tmp_path / "log", "flush_interval_ms": 10})
+    return settings.model_copy(update={"events": events})
+
+
+def _recommend_and_click(stub: Any, member: str, click: bool = True) -> None:
+    """One list served to ``member`` (an impression) and, with ``click``, a click on its first item."""
+    resp = stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
+    if click:
+        stub.RecordEvent(
+            recommender_pb2.RecordEventRequest(
+                member_id=member, item_id=resp.items[0].item_id, event_type="click"
+            ),
+            timeout=5,
+        )
+
+
 def test_forget_member_through_a_server_reaches_the_log(
     planted: PlantedBundle, redis_url: str, tmp_path: Path
 ) -> None:
-    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
-    settings = settings.model_copy(
-        update={
-            "events": settings.events.model_copy(
-                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
-            )
-        }
-    )
+    settings = _logging_server(planted, redis_url, tmp_path)
     member, other = planted.warm_members(0)[:2]
     with running_server(settings) as s:
         for m in (member, other):
-            resp = s.stub.RecommendProducts(
-                recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
-            )
-            s.stub.RecordEvent(
-                recommender_pb2.RecordEventRequest(
-                    member_id=m, item_id=resp.items[0].item_id, event_type="click"
-                ),
-                timeout=5,
-            )
+            _recommend_and_click(s.stub, m)
         time.sleep(0.2)  # impressions are written by the log's thread
         redis_client = connect(redis_url)
         Sink(redis_client, settings).run(once=True)
@@ -345,29 +350,14 @@ def test_forget_member_through_a_server_after_a_key_rotation(
 ) -> None:
     """A server on the old key, then one on the new key with the old key among the previous keys:
     its ForgetMember removes the member's rows written by both."""
-    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
-    settings = settings.model_copy(
-        update={
-            "events": settings.events.model_copy(
-                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
-            )
-        }
-    )
+    settings = _logging_server(planted, redis_url, tmp_path)
     log_dir = settings.events.log_dir
     member, other = planted.warm_members(0)[:2]
     redis_client = connect(redis_url)
     for key, previous in ((OLD_KEY, None), (NEW_KEY, [OLD_KEY])):
         with running_server(_under_key(settings, key, previous)) as s:
             for m in (member, other):
-                resp = s.stub.RecommendProducts(
-                    recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
-                )
-                s.stub.RecordEvent(
-                    recommender_pb2.RecordEventRequest(
-                        member_id=m, item_id=resp.items[0].item_id, event_type="click"
-                    ),
-                    timeout=5,
-                )
+                _recommend_and_click(s.stub, m)
             time.sleep(0.2)  # impressions are written by the log's thread
             Sink(redis_client, settings).run(once=True)
             if key == NEW_KEY:
@@ -503,14 +493,7 @@ def test_a_restart_after_a_rotation_through_a_server(
     """ForgetMember (and a RestoreMember) on a server under the old key; a server restarted under
     the new key serves the erased member as an unknown member and its impression never reaches
     disk, while the re-registered member and everyone else are logged."""
-    settings: Settings = serving_settings(str(planted.path), redis_url, tmp_path)
-    settings = settings.model_copy(
-        update={
-            "events": settings.events.model_copy(
-                update={"log_dir": tmp_path / "log", "flush_interval_ms": 10}
-            )
-        }
-    )
+    settings = _logging_server(planted, redis_url, tmp_path)
     erased, restored, other = planted.warm_members(0)[:3]
     with running_server(_under_key(settings, OLD_KEY)) as s:
         admin = admin_pb2_grpc.AdminStub(s.channel)
@@ -519,16 +502,7 @@ def test_a_restart_after_a_rotation_through_a_server(
         admin.RestoreMember(admin_pb2.RestoreMemberRequest(member_id=restored, reason="t"), timeout=10)
     with running_server(_under_key(settings, NEW_KEY, [OLD_KEY])) as s:
         for m in (erased, restored, other):
-            resp = s.stub.RecommendProducts(
-                recommender_pb2.RecommendProductsRequest(member_id=m, k=3), timeout=5
-            )
-            if m != erased:  # refused for the erased member (MEMBER_ERASED)
-                s.stub.RecordEvent(
-                    recommender_pb2.RecordEventRequest(
-                        member_id=m, item_id=resp.items[0].item_id, event_type="click"
-                    ),
-                    timeout=5,
-                )
+            _recommend_and_click(s.stub, m, click=m != erased)  # refused for the erased: MEMBER_ERASED
         time.sleep(0.2)  # impressions are written by the log's thread
     redis_client = connect(redis_url)
     stats = Sink(redis_client, settings).run(once=True)
