@@ -43,6 +43,7 @@ __all__ = [
     "add_admin_service",
     "add_port",
     "build_server_security",
+    "check_server_security",
     "mark_erased_under_current_key",
     "secure_deps",
     "server_options",
@@ -72,13 +73,27 @@ class ServerSecurity:
             self.listener = None
 
 
-def build_server_security(settings: Settings) -> ServerSecurity:
+def check_server_security(settings: Settings) -> None:
+    """The configuration checks of ``build_server_security`` alone (keys, transport, pseudonym
+    keys, TLS files), raising the same ``ConfigError``: the serving parent runs them before any
+    worker starts, so a broken or unsafe configuration is one named error, not workers dying."""
+    _checked_keys(settings)
+    server_credentials(settings)
+
+
+def _checked_keys(settings: Settings) -> tuple[Any, Pseudonymizer]:
     sec = settings.security
     keys = load_key_store(settings)
     check_transport(settings, keys)
     pseudonymizer = Pseudonymizer(sec.pseudonym_key, sec.previous_pseudonym_keys)
     if pseudonymizer.is_dev_key and not is_loopback(settings.serving.host):
         raise ConfigError("security.pseudonym_key is the development default; set a secret key")
+    return keys, pseudonymizer
+
+
+def build_server_security(settings: Settings) -> ServerSecurity:
+    sec = settings.security
+    keys, pseudonymizer = _checked_keys(settings)
     audit = AuditLog(sec.audit_log, pseudonymizer)
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(keys, audit.append)] if len(keys) else []
     interceptors.append(AuditInterceptor(audit.append))

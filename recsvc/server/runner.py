@@ -20,18 +20,20 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from recsvc.errors import RecsvcError
+from recsvc.errors import ConfigError, RecsvcError
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _RESTART_LIMIT = 5
+_CANNOT_START = 78  # EX_CONFIG (sysexits.h): a worker refused its configuration
 
 
 def _limit_threads() -> None:
@@ -148,7 +150,13 @@ def _worker_main(settings_json: str, worker: int, log_level: str, catalog_writer
     elif settings.serving.pin_workers:
         cpu = pin_to_cpu(worker)  # first, so every thread started from here on inherits it
         log.info("event=worker_pinned worker=%d cpu=%s", worker, cpu)
-    run_worker(settings, worker, serve_own_metrics=False, catalog_only=catalog_writer)
+    try:
+        run_worker(settings, worker, serve_own_metrics=False, catalog_only=catalog_writer)
+    except RecsvcError as exc:
+        # A configuration only a worker can find wrong: one line, and the parent stops instead
+        # of restarting a worker that would fail the same way.
+        log.error("event=worker_cannot_start worker=%d reason=%s error=%s", worker, exc.reason, exc.message)
+        sys.exit(_CANNOT_START)
 
 
 def _free_port(host: str) -> int:
@@ -161,6 +169,9 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
+    from recsvc.security.wiring import check_server_security
+
+    check_server_security(settings)
     writer = settings.catalog.enabled and settings.catalog.writer_port > 0
     if settings.catalog.writer_port and not writer:
         log.warning("event=catalog_writer_off catalog.writer_port is set but catalog.enabled is false")
@@ -195,6 +206,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
 
     procs = {i: start(i) for i in range(s.workers + writer)}
     restarts = 0
+    refused = False
 
     def _on_signal(signum: int, _frame: Any) -> None:
         stopping.set()
@@ -215,6 +227,10 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
             log.error("event=worker_died worker=%d exitcode=%s", i, p.exitcode)
             if p.pid is not None:
                 mark_worker_dead(p.pid)
+            if p.exitcode == _CANNOT_START:
+                refused = True
+                stopping.set()
+                break
             if restarts >= _RESTART_LIMIT:
                 log.error("event=too_many_restarts stopping")
                 stopping.set()
@@ -232,3 +248,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     if registry is not None:
         shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     log.info("event=stopped")
+    if refused:
+        raise ConfigError(
+            "a server process refused its configuration: see its worker_cannot_start line above"
+        )

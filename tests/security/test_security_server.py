@@ -221,3 +221,56 @@ def test_unknown_method_is_refused_before_unimplemented(srv: Secured) -> None:
     call = srv.channel.unary_unary("/recsvc.v1.Secret/Do")
     assert _code(call, b"") == grpc.StatusCode.UNAUTHENTICATED
     assert _code(call, b"", metadata=srv.md("ops")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"RECSVC_SECURITY__PSEUDONYM_KEY": "short"}, "security.pseudonym_key must be at least 16"),
+        ({"RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS": '["short"]'}, "previous_pseudonym_keys[0] must be"),
+        ({"RECSVC_SERVING__HOST": "0.0.0.0"}, "refusing to serve plaintext on non-loopback"),
+    ],
+)
+def test_serve_refuses_a_bad_security_configuration_before_any_worker_starts(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path, override: dict[str, str], reason: str
+) -> None:
+    """Two workers: the parent checks the security settings first, so the caller gets one named
+    error and a non-zero exit, not workers dying with tracebacks and being restarted."""
+    from serving_harness import serve_env, serve_subprocess
+
+    env = {**serve_env(planted.path, redis_url, 0, tmp_path, workers=2), **override}
+    proc = serve_subprocess(env)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 2, text
+    assert "error INVALID_CONFIG: " in text and reason in text, text
+    assert "Traceback" not in text and "worker_died" not in text, text
+
+
+def test_a_worker_that_refuses_its_configuration_exits_with_one_line(tmp_path: Path) -> None:
+    """What the parent's check cannot see, a worker reports in one line and exits with EX_CONFIG
+    (78), which the parent takes as a reason to stop rather than restart it."""
+    import subprocess
+    import sys
+
+    settings = load_settings(
+        overrides={
+            "security": {"pseudonym_key": "short", "audit_log": str(tmp_path / "a.log")},
+            "redis": {"url": "redis://127.0.0.1:1/0"},
+            "serving": {"model_uri": str(tmp_path / "none")},
+        }
+    )
+    code = (
+        "import sys; from recsvc.server.runner import _worker_main; _worker_main(sys.stdin.read(), 0, 'INFO')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=settings.model_dump_json(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "event=worker_cannot_start" in proc.stderr and "pseudonym_key must be" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
