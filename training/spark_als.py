@@ -137,7 +137,7 @@ class SparkAls:
         # A session someone else started (a notebook, a spark-submit'ed driver) is used, not stopped.
         self._owned = SparkSession.getActiveSession() is None
         try:
-            spark = builder.getOrCreate()
+            spark = _get_or_create(builder, self._owned)
             if (
                 self._owned
                 and self.master.startswith("local")
@@ -279,6 +279,21 @@ def quiet_pandas_check() -> Iterator[None]:
             "ignore", message="PySpark does not yet fully support", category=FutureWarning
         )
         yield
+
+
+def _get_or_create(builder: Any, owned: bool) -> Any:
+    """``builder.getOrCreate()``, once more when a local JVM this process launched exited before
+    it answered (JAVA_GATEWAY_EXITED): a transient of the machine (memory, a paused VM), which
+    a second launch gets past; anything else, or a second failure, is raised."""
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:
+        condition = getattr(exc, "getCondition", lambda: None)()
+        if not owned or condition != "JAVA_GATEWAY_EXITED":
+            raise
+        log.warning("event=spark_jvm_exited_at_start retrying once: %s", first_line(exc))
+        _end_local_jvm()
+        return builder.getOrCreate()
 
 
 def _end_local_jvm() -> None:

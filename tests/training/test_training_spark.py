@@ -300,3 +300,43 @@ def test_training_leaves_no_spark_jvm_behind(bundles: dict[str, Path]) -> None:
     children = [p.name() for p in psutil.Process().children(recursive=True)]
     assert "java" not in children
     assert SparkContext._active_spark_context is None and SparkContext._gateway is None
+
+
+class _Builder:
+    """``getOrCreate`` fails with each of ``errors`` in turn, then returns "session"."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def getOrCreate(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "session"
+
+
+def test_a_jvm_that_exits_at_start_is_launched_once_more_and_only_once() -> None:
+    """Pure unit test of the retry rule (the real start is covered by every Spark test)."""
+    pytest.importorskip("pyspark")
+    from pyspark.errors import PySparkRuntimeError
+
+    from training.spark_als import _get_or_create
+
+    def exited() -> Exception:
+        return PySparkRuntimeError(errorClass="JAVA_GATEWAY_EXITED", messageParameters={})
+
+    once = _Builder(exited())
+    assert _get_or_create(once, owned=True) == "session" and once.calls == 2
+    twice = _Builder(exited(), exited())
+    with pytest.raises(PySparkRuntimeError):
+        _get_or_create(twice, owned=True)
+    assert twice.calls == 2
+    other = _Builder(RuntimeError("master refused"))  # not a launch that died: no retry
+    with pytest.raises(RuntimeError):
+        _get_or_create(other, owned=True)
+    assert other.calls == 1
+    shared = _Builder(exited())  # someone else's session: not ours to relaunch
+    with pytest.raises(PySparkRuntimeError):
+        _get_or_create(shared, owned=False)
+    assert shared.calls == 1
