@@ -14,10 +14,12 @@ servers assembled by hand, e.g. in tests.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -79,6 +81,23 @@ def check_server_security(settings: Settings) -> None:
     worker starts, so a broken or unsafe configuration is one named error, not workers dying."""
     _checked_keys(settings)
     server_credentials(settings)
+    sec = settings.security
+    for name, path in (("security.audit_log", sec.audit_log), ("security.erasure_list", sec.erasure_list)):
+        _check_appendable(name, Path(path))
+
+
+def _check_appendable(name: str, path: Path) -> None:
+    """``path`` is a file this process can append to, or can create: else the first audited call
+    or erasure would fail, long after start-up."""
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"{name} {str(path)!r} is not a file this process can read and append to")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders missing below it are created on first write
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {str(path)!r} cannot be created: {str(folder)!r} is not a writable folder")
 
 
 def _checked_keys(settings: Settings) -> tuple[Any, Pseudonymizer]:

@@ -229,6 +229,9 @@ def test_unknown_method_is_refused_before_unimplemented(srv: Secured) -> None:
         ({"RECSVC_SECURITY__PSEUDONYM_KEY": "short"}, "security.pseudonym_key must be at least 16"),
         ({"RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS": '["short"]'}, "previous_pseudonym_keys[0] must be"),
         ({"RECSVC_SERVING__HOST": "0.0.0.0"}, "refusing to serve plaintext on non-loopback"),
+        ({"RECSVC_SECURITY__ERASURE_LIST": "/"}, "security.erasure_list '/' is not a file"),
+        # {tmp}/file is a file, so no folder can be made under it
+        ({"RECSVC_SECURITY__AUDIT_LOG": "{tmp}/file/audit.log"}, "/file/audit.log' cannot be created"),
     ],
 )
 def test_serve_refuses_a_bad_security_configuration_before_any_worker_starts(
@@ -238,7 +241,9 @@ def test_serve_refuses_a_bad_security_configuration_before_any_worker_starts(
     error and a non-zero exit, not workers dying with tracebacks and being restarted."""
     from serving_harness import serve_env, serve_subprocess
 
-    env = {**serve_env(planted.path, redis_url, 0, tmp_path, workers=2), **override}
+    (tmp_path / "file").write_text("")
+    env = serve_env(planted.path, redis_url, 0, tmp_path, workers=2)
+    env |= {k: v.replace("{tmp}", str(tmp_path)) for k, v in override.items()}
     proc = serve_subprocess(env)
     _, err = proc.communicate(timeout=60)
     text = err.decode()
