@@ -117,6 +117,13 @@ class TrainingSettings(_Section):
     regularization: float = Field(1.0, gt=0)
     alpha: float = Field(2.5, gt=0, description="confidence scaling: C = 1 + alpha * weight")
     iterations: int = Field(15, ge=1, le=200)
+    # The refit on all data starts from the candidate's factors (implicit only: Spark's ALS
+    # cannot start from given factors) and runs this many iterations instead of ``iterations``:
+    # it adds only the holdout's days to what the candidate learnt, and a few iterations reach
+    # the holdout NDCG of a refit from scratch (docs/training.md, "Refit"). 0 = refit from scratch.
+    refit_warm_iterations: int = Field(
+        5, ge=0, le=200, description="iterations of a refit from the candidate's factors; 0 = from scratch"
+    )
     random_state: int = 42
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {

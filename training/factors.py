@@ -49,7 +49,10 @@ def train_factors(
     on_iteration: Callable[[int, float], None] | None = None,
     on_model: Callable[[int, Any], None] | None = None,
     spark: SparkAls | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedFactors:
+    """``init``: (member, item) factors the implicit fit starts from (a warm start); Spark's ALS
+    has no such input and starts afresh."""
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
     if spark is not None:
@@ -64,6 +67,7 @@ def train_factors(
             track_loss=track_loss,
             on_iteration=on_iteration,
             on_model=on_model,
+            init=init,
         )
     members_trained = np.diff(matrix.indptr) > 0
     items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0

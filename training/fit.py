@@ -101,10 +101,12 @@ def fit_als(
     track_loss: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
     on_model: Callable[[int, Any], None] | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Fit on ``matrix`` (r_ui). ``on_iteration(iteration, loss)`` drives progress bars;
     ``on_model(iteration, model)`` sees the factors part-way (tuning scores them there and may
-    raise to stop a hopeless fit)."""
+    raise to stop a hopeless fit). ``init``: (member, item) factors to start from instead of
+    implicit's random ones (a warm start), shaped as ``matrix`` x ``params.factors``."""
     losses: list[float] = []
     model: Any = None
 
@@ -119,6 +121,13 @@ def fit_als(
     # implicit parallelises over users itself; a multi-threaded BLAS underneath only fights it
     with threadpool_limits(limits=1, user_api="blas"):
         model = make_model(params, num_threads=num_threads, track_loss=track_loss)
+        if init is not None:
+            expected = (matrix.shape[0], params.factors), (matrix.shape[1], params.factors)
+            if (init[0].shape, init[1].shape) != expected:
+                raise ValueError(f"warm start factors {init[0].shape}, {init[1].shape}; expected {expected}")
+            # copies: the fit updates its factors in place
+            model.user_factors = np.array(init[0], dtype=np.float32, order="C")
+            model.item_factors = np.array(init[1], dtype=np.float32, order="C")
         started = time.perf_counter()
         model.fit(matrix, show_progress=False, callback=callback)
         seconds = time.perf_counter() - started

@@ -136,10 +136,11 @@ def run(
             item_totals = np.asarray(candidate.matrix.sum(axis=0)).ravel()
 
             if options.refit:
-                # the split and the candidate are done with: free them before the second fit
+                warm = stages.warm_start(candidate, params, t, spark)
+                # the split and the rest of the candidate are done with: free them before the refit
                 del candidate, data_split
                 served = stages.Served(prepared.events, prepared.cutoff)
-                final = stages.refit(prepared, params, t, steps, spark)
+                final = stages.refit(prepared, params, t, steps, spark, warm)
             else:
                 final = candidate
                 # The bundle is the model as of the split: it must not know the holdout's purchases

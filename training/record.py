@@ -33,6 +33,10 @@ def log_params(params: AlsParams, settings: Settings, *, tune: bool, refit: bool
         "eval_members": t.eval_members,
         "tune": tune,
         "refit": refit,
+        # iterations of a refit from the candidate's factors; 0: from scratch (training/stages.py)
+        "refit_warm_iterations": (
+            min(t.refit_warm_iterations, params.iterations) if refit and t.engine != "spark" else 0
+        ),
         "data_fingerprint": fingerprint,
     }
     mlflow.log_params(flat)

@@ -6,6 +6,7 @@ and popularity tables -> counts -> bundle. Each step runs under its own progress
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -247,10 +248,34 @@ def gate_decision(
     return decision
 
 
+def warm_start(
+    candidate: TrainedFactors, params: AlsParams, t: TrainingSettings, spark: SparkAls | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (member, item) factors the refit starts from: the candidate's, when
+    ``training.refit_warm_iterations`` asks for a warm refit and implicit fits (Spark's ALS takes
+    no starting factors); else None, a refit from scratch."""
+    if spark is not None or t.refit_warm_iterations == 0:
+        return None
+    return candidate.member_factors, candidate.item_factors
+
+
 def refit(
-    prepared: prepare.Prepared, params: AlsParams, t: TrainingSettings, steps: Steps, spark: SparkAls | None
+    prepared: prepare.Prepared,
+    params: AlsParams,
+    t: TrainingSettings,
+    steps: Steps,
+    spark: SparkAls | None,
+    warm: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedFactors:
-    with steps.step("refit on all data up to the cutoff", total=params.iterations) as adv:
+    """The fit on all events up to the cutoff with the candidate's parameters: from ``warm``
+    (:func:`warm_start`) for ``training.refit_warm_iterations`` iterations (at most
+    ``iterations``), else from scratch."""
+    if warm is not None:
+        params = dataclasses.replace(params, iterations=min(t.refit_warm_iterations, params.iterations))
+    label = "refit on all data up to the cutoff"
+    if warm is not None:
+        label += " (from the candidate's factors)"
+    with steps.step(label, total=params.iterations) as adv:
         final = train_factors(
             prepared,
             prepared.events,
@@ -259,6 +284,7 @@ def refit(
             num_threads=t.num_threads,
             on_iteration=lambda _i, _loss: adv(1),
             spark=spark,
+            init=warm,
         )
     if spark is not None:
         spark.stop()  # every fit is done: the JVM's memory goes back before FAISS

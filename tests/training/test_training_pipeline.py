@@ -77,6 +77,8 @@ def test_first_model_is_promoted_and_loads_through_the_serving_contract(
     assert bundle.manifest.index["product"]["recall_at_k"] >= 0.95
     run = _client(s).get_run(first.run_id)
     assert run.data.params["data_fingerprint"] == bundle.manifest.data_fingerprint
+    t = s.training  # the refit started from the candidate's factors
+    assert run.data.params["refit_warm_iterations"] == str(min(t.refit_warm_iterations, t.iterations))
     assert "count.quarantined_rows" in run.data.metrics and "train_loss" in run.data.metrics
     assert (store / "bundle1" / "manifest.json").is_file()
 

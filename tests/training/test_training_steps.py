@@ -140,6 +140,52 @@ def test_fit_records_loss_per_iteration_and_zero_rows_stay_out() -> None:
     assert result.user_factors.shape == (40, 8) and result.item_factors.shape == (30, 8)
 
 
+def test_a_warm_fit_starts_from_the_given_factors_and_leaves_them_alone() -> None:
+    """One iteration from converged factors keeps their loss; one from implicit's random start
+    does not. The given arrays are copied, and factors of another shape are refused."""
+    rng = np.random.default_rng(0)
+    m = sp.random(60, 40, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    m.data = (1 + 4 * m.data).astype(np.float32)
+    params = AlsParams(8, 0.1, 2.0, 15, {"view": 1.0}, 30.0, random_state=1)
+    converged = fit_als(m, params, track_loss=True)
+    init = (converged.user_factors.copy(), converged.item_factors.copy())
+    kept = (init[0].copy(), init[1].copy())
+    one = AlsParams(8, 0.1, 2.0, 1, {"view": 1.0}, 30.0, random_state=1)
+    warm = fit_als(m, one, track_loss=True, init=init)
+    cold = fit_als(m, one, track_loss=True)
+    assert warm.losses[0] <= converged.losses[-1] * 1.01
+    assert cold.losses[0] > converged.losses[-1] * 1.5
+    assert np.array_equal(init[0], kept[0]) and np.array_equal(init[1], kept[1])
+    with pytest.raises(ValueError, match="warm start factors"):
+        fit_als(m, one, init=(init[0][:, :4], init[1][:, :4]))
+
+
+def test_the_refit_starts_from_the_candidate_for_its_warm_iterations() -> None:
+    """``training.refit_warm_iterations`` iterations from the candidate's factors (at most
+    ``iterations``); 0 or Spark: from scratch with ``iterations``."""
+    from training import stages
+    from training.factors import train_factors
+    from training.progress import Steps
+
+    prepared = prepare.prepare(make_dataset(members=300, seed=3))
+    params = AlsParams.from_settings(TrainingSettings(factors=8, iterations=6))
+    candidate = train_factors(prepared, prepared.events, prepared.cutoff, params, num_threads=1)
+    for warm_iterations, spark, expected in ((2, None, 2), (20, None, 6), (0, None, 6), (2, object(), 6)):
+        t = TrainingSettings(factors=8, iterations=6, refit_warm_iterations=warm_iterations, num_threads=1)
+        warm = stages.warm_start(candidate, params, t, spark)  # type: ignore[arg-type]
+        assert (warm is None) == (warm_iterations == 0 or spark is not None)
+        final = stages.refit(prepared, params, t, Steps(None), None, warm)
+        assert final.fit.model.iterations == expected
+    # warm from the candidate of the same events: two iterations land where the candidate is
+    t = TrainingSettings(factors=8, iterations=6, refit_warm_iterations=2, num_threads=1)
+    warm = stages.warm_start(candidate, params, t, None)
+    final = stages.refit(prepared, params, t, Steps(None), None, warm)
+    cosine = np.sum(final.item_factors * candidate.item_factors) / (
+        np.linalg.norm(final.item_factors) * np.linalg.norm(candidate.item_factors)
+    )
+    assert cosine > 0.9
+
+
 def test_fresh_content_gets_mean_of_featured_products_at_trained_content_norm() -> None:
     # rows: 0,1,2 products, 3 trained content, 4 fresh content featuring 0 and 1, 5 fresh featuring nothing
     factors = np.array(
