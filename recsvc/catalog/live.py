@@ -56,6 +56,7 @@ class LiveCatalog:
         self._views: weakref.WeakKeyDictionary[ServedModel, CatalogView] = weakref.WeakKeyDictionary()
         self._means: weakref.WeakKeyDictionary[ServedModel, GroupMeans] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._prepared: weakref.WeakSet[ServedModel] = weakref.WeakSet()
         # Set by the owner: where to ask for a wake-up when a scheduled item's time comes.
         self.on_next_publish: Callable[[float | None], None] | None = None
         self.connected = True
@@ -66,6 +67,13 @@ class LiveCatalog:
         if found is not None and (found.next_publish is None or found.next_publish > self._clock()):
             return found
         with self._lock:  # a model loaded since the last rebuild, or a scheduled item is due
+            return self._build(model, self._records, self._version)
+
+    def prepare(self, model: ServedModel) -> CatalogView:
+        """``model``'s view, built before the model is swapped in (``ServedModels.set_prepare``)
+        and kept current until it is: its first calls do not wait for a whole build."""
+        with self._lock:
+            self._prepared.add(model)
             return self._build(model, self._records, self._version)
 
     @property
@@ -94,7 +102,10 @@ class LiveCatalog:
             if version is not None:
                 self._version = version
             views = []
-            for model in self._models.snapshot().values():
+            served = self._models.snapshot().values()
+            # and the models prepared but not yet swapped in: their views must not miss this batch
+            self._prepared = weakref.WeakSet(m for m in self._prepared if m not in served)
+            for model in [*served, *self._prepared]:
                 view = self._advance(model, changed) if changed is not None and records is not None else None
                 views.append(view if view is not None else self._build(model, self._records, self._version))
         pending = [v.next_publish for v in views if v.next_publish is not None]

@@ -65,6 +65,8 @@ def add_live_catalog(settings: Settings, deps: Any) -> LiveCatalog | None:
     live.on_next_publish = wake
     follower.start(cat.sync_wait_s)
     deps.engine.catalog = live
+    # A bundle loaded later gets its view before it is swapped in, not on its first call.
+    deps.models.set_prepare(live.prepare)
     deps.catalog_service = lambda server: add_catalog_service(server, settings, deps.models, live, store)
     deps.on_close.extend([follower.stop, writes.close, reads.close])
     return live

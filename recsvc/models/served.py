@@ -35,6 +35,7 @@ class ServedModels:
         self._resolver = resolver
         self._metrics = metrics
         self._on_loaded = on_loaded
+        self._prepare: Callable[[ServedModel], object] | None = None
         self._variants = variant_sources(settings)
         edges, acc = [], 0.0
         for v in self._variants:
@@ -84,6 +85,12 @@ class ServedModels:
             if v.name in models:
                 return v.name, models[v.name]
         raise ModelUnavailable("no model is loaded yet; try again shortly", reason="MODEL_UNAVAILABLE")
+
+    def set_prepare(self, callback: Callable[[ServedModel], object] | None) -> None:
+        """``callback(model)`` runs on each newly loaded model before it is swapped in (the live
+        catalog builds its view there: the model's first calls then do not wait for it). Its
+        failure is logged and the model still serves."""
+        self._prepare = callback
 
     def set_on_loaded(self, callback: Callable[[], None] | None) -> None:
         """Called after every reload that leaves a model in place (health turns SERVING)."""
@@ -153,6 +160,13 @@ class ServedModels:
                     self._count(v.name, "failed")
                     errors.append(exc)
                     continue
+                if self._prepare is not None:
+                    try:
+                        self._prepare(model)
+                    except Exception:  # the view is then built on the model's first call
+                        log.exception(
+                            "event=model_prepare_failed variant=%s version=%s", v.name, model.version
+                        )
                 if uri is None:
                     self._resolved[v.name] = resolved.version
                 self._pin(v.name, uri)

@@ -197,3 +197,35 @@ def test_due_windows_never_hide_a_due_purchase(listed: PlantedBundle, tmp_path: 
             assert sorted(rows.tolist()) == sorted(np.asarray(every).tolist())
             found += rows.shape[0]
     assert found > 0
+
+
+def test_a_model_prepared_before_its_swap_keeps_up_with_changes_and_serves_its_view(
+    listed: PlantedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle loaded while changes arrive: its view is built before the swap
+    (``LiveCatalog.prepare``), moved on by the batches that come before the swap like the served
+    model's, and its first call after the swap takes that view without building one."""
+    now = 1_900_000_000.0
+    served = ServedModel.load(listed.path, version="1", source_uri="t")
+    incoming = ServedModel.load(listed.path, version="2", source_uri="t")
+    ts = max(catalog_as_of_ms(served), int(now * 1000) - 1)
+    models = _Models(served)
+    catalog = LiveCatalog(models, clock=lambda: now)
+    item = listed.products()[0]
+    records = {item: ItemRecord(1, ts, {"in_stock": False}, {"in_stock": ts})}
+    catalog.update(records, 1)
+    catalog.prepare(incoming)
+    assert not catalog.view(incoming).item_stock_ok[incoming.items.row(item)]
+    changed = ItemRecord(2, ts, {"in_stock": True, "price": 3.5}, {"in_stock": ts, "price": ts})
+    records = {**records, item: changed}
+    catalog.update(records, 2, {item})  # arrives before the swap
+    builds: list[ServedModel] = []
+    real_build = catalog._build
+    monkeypatch.setattr(catalog, "_build", lambda m, r, v: builds.append(m) or real_build(m, r, v))
+    models.model = incoming  # the swap
+    got = catalog.view(incoming)
+    assert builds == []  # no whole build on the first call
+    _same_views(got, CatalogView(incoming, records, now, version=2))
+    assert got.item_stock_ok[incoming.items.row(item)] and got.version == 2
+    catalog.update(records, 3, {item})
+    assert list(catalog._prepared) == []  # served now: moved on as the served model

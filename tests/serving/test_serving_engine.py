@@ -194,3 +194,33 @@ def planted_cutoff(path: Path) -> str:
     import json
 
     return str(json.loads((path / "manifest.json").read_text())["training_cutoff"])
+
+
+def test_a_loaded_model_is_prepared_before_it_is_swapped_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``set_prepare``'s callback sees each newly loaded model before any call can (the live
+    catalog builds its view there); a failing callback is logged and the model serves anyway."""
+    from bundle_factory import make_bundle
+
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
+    from recsvc.settings import load_settings
+
+    planted = make_bundle(tmp_path / "b")
+    settings = load_settings(overrides={"serving": {"model_uri": str(planted.path)}})
+    models = ServedModels(settings, ModelResolver(settings))
+    seen: list[tuple[object, bool]] = []
+    models.set_prepare(lambda m: seen.append((m, m in models.snapshot().values())))
+    models.reload()
+    assert len(seen) == 1 and seen[0][1] is False  # prepared while not yet served
+    assert models.default()[1] is seen[0][0]
+
+    def broken(_m: object) -> None:
+        raise RuntimeError("no view")
+
+    again = ServedModels(settings, ModelResolver(settings))
+    again.set_prepare(broken)
+    again.reload()
+    assert again.default()[1] is not None
+    assert "model_prepare_failed" in caplog.text
