@@ -221,7 +221,12 @@ def test_a_model_prepared_before_its_swap_keeps_up_with_changes_and_serves_its_v
     catalog.update(records, 2, {item})  # arrives before the swap
     builds: list[ServedModel] = []
     real_build = catalog._build
-    monkeypatch.setattr(catalog, "_build", lambda m, r, v: builds.append(m) or real_build(m, r, v))
+
+    def counted(m: ServedModel, r: Any, v: int) -> CatalogView:
+        builds.append(m)
+        return real_build(m, r, v)
+
+    monkeypatch.setattr(catalog, "_build", counted)
     models.model = incoming  # the swap
     got = catalog.view(incoming)
     assert builds == []  # no whole build on the first call
