@@ -129,25 +129,29 @@ def interest_tags(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` category and brand tags per member by share of the member's event weight."""
     n = len(prepared.members)
-    n_cat = len(prepared.categories)
-    n_tags = n_cat + len(prepared.brands)
     total = np.bincount(ev.member, weights=weight, minlength=n)
-    rows, cols, vals = [], [], []
-    for codes, names, offset in (
-        (prepared.item_category, prepared.categories, 0),
-        (prepared.item_brand, prepared.brands, n_cat),
-    ):
-        tag = codes[ev.item].astype(np.int64)
-        named = np.array([bool(x) for x in names], dtype=bool)[tag] & (weight > 0)
-        rows.append(ev.member[named])
-        cols.append(tag[named] + offset)
-        vals.append(weight[named])
-    # one sparse [members x tags] sum (scipy sums duplicates with a counting sort, far faster
-    # than sorting every event), then top-k over the stored (member, tag) pairs only
-    m = sp.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n_tags)
-    ).tocsr()
-    m.sum_duplicates()
+    counted = weight > 0
+    summed = []
+    # One sparse [members x tags] sum per tag kind (scipy sums duplicates with a counting sort,
+    # far faster than sorting every event), built one at a time: at 50M events each event-sized
+    # temporary is hundreds of MB. Then top-k over the stored (member, tag) pairs only.
+    kinds = ((prepared.item_category, prepared.categories), (prepared.item_brand, prepared.brands))
+    for codes, names in kinds:
+        tag = np.asarray(codes, dtype=np.int32)[ev.item]
+        keep = np.array([bool(x) for x in names], dtype=bool)[tag] & counted
+        everything = bool(keep.all())
+        m = sp.csr_matrix(
+            (
+                weight if everything else weight[keep],
+                (ev.member if everything else ev.member[keep], tag if everything else tag[keep]),
+            ),
+            shape=(n, len(names)),
+        )
+        del tag, keep
+        m.sum_duplicates()
+        summed.append(m)
+    m = sp.hstack(summed, format="csr")
+    m.sort_indices()
     member = np.repeat(np.arange(n), np.diff(m.indptr))
     share = m.data / np.maximum(total[member], 1e-12)
     return _top_k_per_row(member, m.indices.astype(np.int32), share, n, k)
@@ -156,9 +160,13 @@ def interest_tags(
 def channel_shares(ev: EventArrays, weight: np.ndarray, n: int, width: int) -> np.ndarray:
     """Each member's engagement share per event channel; ``width`` channels (the data's own)."""
     known = ev.channel >= 0
+    everything = bool(known.all())  # then no event-sized copies of the selection
     # bincount over member*width + channel: np.add.at is ~10x slower at 50M events
-    flat = ev.member[known].astype(np.int64) * width + ev.channel[known].astype(np.int64)
-    shares = np.bincount(flat, weights=weight[known], minlength=n * width).reshape(n, width)
+    flat = (ev.member if everything else ev.member[known]).astype(np.int64)
+    flat *= width
+    flat += ev.channel if everything else ev.channel[known]
+    shares = np.bincount(flat, weights=weight if everything else weight[known], minlength=n * width)
+    shares = shares.reshape(n, width)
     total = shares.sum(axis=1, keepdims=True)
     return (shares / np.maximum(total, 1e-12)).astype(np.float32)
 
@@ -218,7 +226,8 @@ def build(
     default_zone: str = "Asia/Shanghai",
 ) -> BuiltProfiles:
     n = len(prepared.members)
-    ev = events.select(events.ts <= as_of)
+    until = events.ts <= as_of
+    ev = events if until.all() else events.select(until)  # no copy of every event when all count
     summary, bg, gg = predictions(ev, n, as_of, t)
     buyer = summary.buyer
     x, t_x, big_t = summary.x[buyer], summary.t_x[buyer], summary.T[buyer]
