@@ -34,6 +34,7 @@ from recsvc.catalog.live import LiveCatalog
 from recsvc.catalog.store import CatalogStore, Change, ChangeOutcome
 from recsvc.catalog.view import CatalogView
 from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
+from recsvc.idmap import id_problem, normalize_id
 from recsvc.models.served import ServedModels
 from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings
@@ -142,7 +143,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         seen: set[str] = set()
         for i, (item_id, value) in enumerate(zip(item_ids, values, strict=True)):
             try:
-                check_id(item_id, "item_id", self._settings.data)
+                # the id as stored (NFC): ``check_id`` returns it normalised
+                item_id = check_id(item_id, "item_id", self._settings.data)
                 if item_id in seen:
                     raise InvalidArgument(
                         f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM"
@@ -179,32 +181,44 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         failed: dict[int, RecsvcError] = {}
         changes: list[tuple[int, Change]] = []
         seen: set[str] = set()
-        batch_products = {
-            it.item_id
-            for it in request.items
-            if it.kind == common_pb2.PRODUCT
-            or (
-                it.kind == common_pb2.ITEM_KIND_UNSPECIFIED
-                and (row := view.row(it.item_id)) is not None
-                and int(view.item_kind[row]) == KIND_PRODUCT
-            )
-        }
+        patches: list[tuple[int, str, dict[str, Any]]] = []
         for i, item in enumerate(request.items):
             try:
-                patch = self._patch(view, item, seen, batch_products)
+                patches.append((i, *self._patch(view, item, seen)))
+            except RecsvcError as exc:
+                failed[i] = exc
+        # Content may feature a product created in the same call, if that product is applied.
+        batch_products = {i_id for _, i_id, patch in patches if _kind_of(view, i_id, patch) == "product"}
+        for i, item_id, patch in patches:
+            try:
+                self._check_featured(view, patch, batch_products)
             except RecsvcError as exc:
                 failed[i] = exc
                 continue
             # must_exist=False: a complete new item may be created; a partial one was checked
             # against this process's catalog (an item created on another replica less than the
             # propagation time ago counts as new here and needs every field).
-            changes.append((i, Change(item.item_id, patch, must_exist=False)))
+            changes.append((i, Change(item_id, patch, must_exist=False)))
+        changes.sort(key=lambda c: c[0])
         plan = _Plan([it.item_id for it in request.items], failed, changes)
         return self._respond(plan, self._apply([c for _, c in changes]))
 
+    @staticmethod
+    def _check_featured(view: CatalogView, patch: dict[str, Any], batch_products: set[str]) -> None:
+        """Each featured id is a product of this catalog or one this call applies."""
+        for fid in patch.get("featured_item_ids", ()):
+            frow = view.row(fid)
+            if fid not in batch_products and (frow is None or int(view.item_kind[frow]) != KIND_PRODUCT):
+                raise InvalidArgument(
+                    f"featured item {fid[:80]!r} is not a product in the catalog",
+                    reason="UNKNOWN_FEATURED_ITEM",
+                )
+
     def _patch(
-        self, view: CatalogView, item: catalog_pb2.CatalogItem, seen: set[str], batch_products: set[str]
-    ) -> dict[str, Any]:
+        self, view: CatalogView, item: catalog_pb2.CatalogItem, seen: set[str]
+    ) -> tuple[str, dict[str, Any]]:
+        """(the item's id as stored, its checked fields); featured ids are checked by
+        ``_check_featured`` once the call's valid products are known."""
         item_id = check_id(item.item_id, "item_id", self._settings.data)
         if item_id in seen:
             raise InvalidArgument(f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM")
@@ -255,17 +269,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         if item.set_featured:
             if kind != "content":
                 raise InvalidArgument("only content features products", reason="FEATURED_ON_PRODUCT")
-            for fid in item.featured_item_ids:
-                frow = view.row(fid)
-                known = fid in batch_products or (
-                    frow is not None and int(view.item_kind[frow]) == KIND_PRODUCT
-                )
-                if not known:
+            featured = [normalize_id(f) for f in item.featured_item_ids]
+            for fid in featured:
+                if id_problem(fid, self._settings.data.max_id_length):
                     raise InvalidArgument(
-                        f"featured item {fid[:80]!r} is not a product in the catalog",
-                        reason="UNKNOWN_FEATURED_ITEM",
+                        f"featured item {fid[:80]!r} is not a valid item id", reason="BAD_FEATURED_ID"
                     )
-            patch["featured_item_ids"] = list(item.featured_item_ids)
+            patch["featured_item_ids"] = featured
         if row is None:  # a new item: everything the catalog contract requires
             missing = [
                 name
@@ -284,11 +294,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                 raise InvalidArgument(
                     f"new item {item_id!r} lacks {', '.join(missing)}", reason=f"MISSING_{missing[0].upper()}"
                 )
-            if kind == "content" and patch.get("price", 0.0) != 0.0:
-                raise InvalidArgument("content has price 0", reason="PRICE_ON_CONTENT")
         elif not patch:
             raise InvalidArgument(f"nothing to change for item {item_id!r}", reason="EMPTY_CHANGE")
-        return patch
+        if kind == "content" and patch.get("price", 0.0) != 0.0:  # new or known content alike
+            raise InvalidArgument("content has price 0", reason="PRICE_ON_CONTENT")
+        return item_id, patch
 
     async def SetStock(
         self, request: catalog_pb2.SetStockRequest, context: grpc.aio.ServicerContext
@@ -369,11 +379,26 @@ def item_message(view: CatalogView, row: int) -> catalog_pb2.CatalogItem:
     return msg
 
 
+def _kind_of(view: CatalogView, item_id: str, patch: dict[str, Any]) -> str | None:
+    """The kind an item has after ``patch``: the patch's, else the catalog's (None: unknown)."""
+    if "kind" in patch:
+        return str(patch["kind"])
+    row = view.row(item_id)
+    return None if row is None else view.kind_name(row)
+
+
 def _refused(n: int, exc: Exception) -> StoreUnavailable:
     log.warning("event=catalog_change_refused items=%d error=%s", n, type(exc).__name__)
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        # Sent but not answered: a stalled Redis may still run the script when it resumes.
+        outcome = (
+            "the change may still be applied when it resumes; a change sets values, so retrying "
+            "the call is safe"
+        )
+    else:
+        outcome = "nothing was changed by the failed part; retry the call"
     return StoreUnavailable(
-        f"the catalog store (Redis) did not answer ({type(exc).__name__}); nothing was changed "
-        "by the failed part, retry the call",
+        f"the catalog store (Redis) did not answer ({type(exc).__name__}); {outcome}",
         reason="CATALOG_UNAVAILABLE",
     )
 

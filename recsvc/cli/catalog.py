@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
 from recsvc.cli.common import console, friendly_errors, state
@@ -24,8 +25,6 @@ _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving
 _KEY = typer.Option(None, "--api-key", envvar="RECSVC_API_KEY", help="API key with the catalog role.")
 _TIMEOUT = typer.Option(30.0, "--timeout", help="Deadline per call, seconds.")
 _CHUNK = 1000
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
@@ -132,10 +131,13 @@ def _row(item: Any) -> dict[str, str]:
         "title": item.title,
         "category": item.category,
         "brand": item.brand,
-        "price": f"{item.price:g}",
+        # the shortest text that reads back as the service's float32 price (not "%g": 6 digits)
+        "price": np.format_float_positional(np.float32(item.price), trim="-"),
         "in_stock": "true" if item.in_stock else "false",
+        # 0 (unknown) is a blank cell for a product; content must have a time in the contract,
+        # so its 0 is written as the epoch, which reads back as 0
         "published_at": datetime.fromtimestamp(item.published_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if item.published_at
+        if item.published_at or kind == "content"
         else "",
         "featured_item_ids": "|".join(item.featured_item_ids),
     }
@@ -153,7 +155,6 @@ def export(
 ) -> None:
     """Write the service's current catalog (bundle + changes + new items) for the next training."""
     from pipelines.contract import CATALOG
-    from recsvc.csvsafe import escape_cell
 
     n = 0
     with out.open("w", newline="", encoding="utf-8") as fh:
@@ -162,59 +163,53 @@ def export(
         for item in _current(ctx, target, timeout, api_key):
             if not item.listed and not include_delisted:
                 continue
-            writer.writerow({k: escape_cell(v) for k, v in _row(item).items()})
+            # as is: the file is data for training and `sync` (a title "-50% off" must come back
+            # unchanged), not a report; csv quotes what needs quoting
+            writer.writerow(_row(item))
             n += 1
     print(f"wrote {n} items to {out}")
 
 
-def _parse(record: dict[Any, Any]) -> tuple[Any | None, str]:
-    """A contract row as a CatalogItem (all fields set), or None and why not."""
-    import pandas as pd
-
+def _items(clean: Any) -> list[Any]:
+    """The validated rows of a catalog file (``pipelines.validate_reference.validate_catalog``,
+    the checks training applies) as CatalogItems with every field set."""
     from recsvc.v1 import catalog_pb2, common_pb2
 
-    def text(name: str) -> str:
-        v = record.get(name)
-        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+    out = []
+    for row in clean.itertuples(index=False):
+        content = row.kind == "content"
+        item = catalog_pb2.CatalogItem(
+            item_id=row.item_id,
+            kind=common_pb2.CONTENT if content else common_pb2.PRODUCT,
+            title=row.title,
+            category=row.category,
+            brand=row.brand or "",
+            price=float(row.price),
+            in_stock=bool(row.in_stock),
+            published_at=_seconds(row.published_at),
+        )
+        if content:
+            item.set_featured = True
+            item.featured_item_ids.extend(row.featured_item_ids)
+        out.append(item)
+    return out
 
-    item = catalog_pb2.CatalogItem(item_id=text("item_id"), title=text("title"), category=text("category"))
-    item.brand = text("brand")
-    kind = text("kind")
-    if kind not in ("product", "content"):
-        return None, f"kind {kind!r}"
-    item.kind = common_pb2.PRODUCT if kind == "product" else common_pb2.CONTENT
-    try:
-        item.price = float(text("price") or "0")
-    except ValueError:
-        return None, f"price {text('price')!r}"
-    stock_text = text("in_stock").lower()
-    if stock_text not in _TRUE | _FALSE | {""}:
-        return None, f"in_stock {stock_text!r}"
-    item.in_stock = (
-        stock_text != "" and stock_text in _TRUE if kind == "product" else stock_text not in _FALSE
-    )
-    published = text("published_at")
-    if published:
-        try:
-            ts = pd.Timestamp(published)
-        except ValueError:
-            return None, f"published_at {published!r}"
-        item.published_at = int((ts.tz_localize("UTC") if ts.tzinfo is None else ts).timestamp())
-    else:
-        item.published_at = 0
-    featured = text("featured_item_ids")
-    if kind == "content":
-        item.set_featured = True
-        item.featured_item_ids.extend(f for f in featured.split("|") if f)
-    return item, ""
+
+def _seconds(ts: Any) -> int:
+    """Seconds since the epoch; 0 (unknown) for a missing time."""
+    import pandas as pd
+
+    return 0 if ts is None or pd.isna(ts) else int(ts.timestamp())
 
 
 def _same(a: Any, b: Any) -> bool:
     return (
         a.kind == b.kind
-        and a.title == b.title
-        and a.category == b.category
-        and a.brand == b.brand
+        # the file's text is read stripped (as training reads it)
+        and a.title == b.title.strip()
+        and a.category == b.category.strip()
+        and a.brand == b.brand.strip()
+        # prices are float32 in the service: 7 significant digits
         and math.isclose(a.price, b.price, rel_tol=1e-6, abs_tol=1e-6)
         and a.in_stock == b.in_stock
         and a.published_at == b.published_at
@@ -242,18 +237,18 @@ def sync(
     with --delist-missing, items the file no longer has; a delisted item in the file is relisted)."""
     from pipelines.contract import CATALOG
     from pipelines.read import read_table
+    from pipelines.validate_reference import validate_catalog
     from recsvc.v1 import catalog_pb2
 
-    frame = read_table(path, CATALOG)
+    checked = validate_catalog(read_table(path, CATALOG), path, state(ctx).settings().data)
+    for row in checked.quarantine.itertuples(index=False):
+        detail = f" ({row.detail})" if getattr(row, "detail", "") else ""
+        console.print(f"[red]{row.item_id}[/] skipped: {row.reason}{detail}", soft_wrap=True)
+    bad = len(checked.quarantine)
     current = {item.item_id: item for item in _current(ctx, target, timeout, api_key)}
-    changes, bad = [], 0
+    changes = []
     in_file: set[str] = set()
-    for record in frame.to_dict(orient="records"):
-        item, why = _parse(record)
-        if item is None:
-            bad += 1
-            console.print(f"[red]{record.get('item_id')}[/] skipped: {why}", soft_wrap=True)
-            continue
+    for item in _items(checked.clean):
         in_file.add(item.item_id)
         have = current.get(item.item_id)
         if have is None or not _same(item, have):

@@ -79,9 +79,10 @@ EXTRA_OF_MODULE = {
 
 
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; Redis
-    that cannot answer is one line too, exit 3 (try again later); a command that needs an extra
-    this install lacks says which one to install."""
+    """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; so is a
+    file that cannot be read or written (missing, a folder, no permission); Redis that cannot
+    answer is one line too, exit 3 (try again later); a command that needs an extra this install
+    lacks says which one to install."""
     from recsvc.redis_client import UNAVAILABLE
 
     @functools.wraps(fn)
@@ -98,6 +99,13 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 soft_wrap=True,
             )
             raise typer.Exit(code=3) from None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            # a path given on the command line that cannot be read or written as asked
+            console.print(
+                f"[bold red]error[/] FILE: {exc.strerror or type(exc).__name__}: {exc.filename}",
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=2) from None
         except ModuleNotFoundError as exc:
             extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
             if extra is None:

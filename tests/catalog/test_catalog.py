@@ -432,3 +432,121 @@ def test_a_new_item_starts_where_its_group_s_best_sellers_are() -> None:
         assert vector / np.linalg.norm(vector) == pytest.approx(direction, abs=1e-5)
         # longer than the plain mean of the whole group, which scores below every member of it
         assert np.linalg.norm(members.mean(axis=0)) < np.linalg.norm(vector)
+
+
+def test_featured_refused_products_content_prices_and_unicode_ids(server: RunningServer) -> None:
+    """Content may feature a product the same call creates only if that product is applied; known
+    content cannot take a price; an id is one item whatever its Unicode form (stored as NFC)."""
+    catalog = _catalog(server)
+    content = catalog_pb2.CatalogItem(
+        item_id="C-FEAT",
+        kind=common_pb2.CONTENT,
+        title="Guide",
+        category="cat0",
+        price=0.0,
+        published_at=1_700_000_000,
+        set_featured=True,
+    )
+    refused = _new_product("FP-BAD", "cat0", "brand0", price=float("nan"))
+    one = catalog_pb2.CatalogItem()
+    one.CopyFrom(content)
+    one.featured_item_ids.append("FP-BAD")
+    two = catalog_pb2.CatalogItem()
+    two.CopyFrom(content)
+    two.item_id = "C-FEAT2"
+    two.featured_item_ids.extend(["FP-OK"])
+    resp = catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[refused, one, _new_product("FP-OK", "cat0", "brand0"), two]),
+        timeout=5,
+    )
+    assert [r.reason for r in resp.results] == ["BAD_PRICE", "UNKNOWN_FEATURED_ITEM", "", ""]
+    priced = catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id="C0-002", price=5.0)]),
+        timeout=5,
+    )
+    assert [r.reason for r in priced.results] == ["PRICE_ON_CONTENT"]
+    decomposed = "Cafe\u0301-1"
+    made = catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[_new_product(decomposed, "cat0", "brand0")]), timeout=5
+    )
+    assert made.applied == 1
+    _within(1.0, lambda: _exists(catalog, "Caf\u00e9-1"), "NFC id not found")
+    assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id=decomposed), timeout=5).item_id == "Caf\u00e9-1"
+    sold = catalog.SetStockMany(
+        catalog_pb2.SetStockManyRequest(
+            changes=[catalog_pb2.StockChange(item_id=decomposed, in_stock=False)]
+        ),
+        timeout=5,
+    )
+    assert sold.applied == 1
+    _within(1.0, lambda: not _item(catalog, "Caf\u00e9-1").in_stock, "stock change on the NFC id")
+
+
+def _item(catalog: catalog_pb2_grpc.CatalogStub, item_id: str) -> catalog_pb2.CatalogItem:
+    return catalog.GetItem(catalog_pb2.GetItemRequest(item_id=item_id), timeout=5)
+
+
+def _exists(catalog: catalog_pb2_grpc.CatalogStub, item_id: str) -> bool:
+    try:
+        _item(catalog, item_id)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+def test_cli_sync_reads_a_catalog_file_as_training_does(server: RunningServer, tmp_path: Path) -> None:
+    """What `export` writes comes back unchanged through `sync` (formula-like titles, precise
+    prices); blank required cells are skipped with the validation's reason, never read as 0 or
+    false; a Parquet file with a missing publication time and list-valued featured ids syncs; a
+    file that cannot be read or written is one line, exit 2."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    catalog = _catalog(server)
+    tricky = _new_product("RT-1", "cat0", "@home", price=12345.67)
+    tricky.title = "-50% off tea"
+    resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[tricky]), timeout=5)
+    assert resp.applied == 1
+    _within(1.0, lambda: _exists(catalog, "RT-1"), "RT-1")
+    runner = CliRunner()
+    out = tmp_path / "catalog.csv"
+    assert runner.invoke(app, ["catalog", "export", str(out), "--target", server.target]).exit_code == 0
+    same = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
+    assert same.exit_code == 0 and "upsert=0" in same.output, same.output
+    # blank price and in_stock for a known product: skipped, not zeroed
+    blank = tmp_path / "blank.csv"
+    blank.write_text(out.read_text() + "P1-002,product,Product P1-002,cat1,brand1,,,,\n")
+    before = _item(catalog, "P1-002")
+    skipped = runner.invoke(app, ["catalog", "sync", str(blank), "--target", server.target])
+    assert skipped.exit_code == 1 and "bad_price" in skipped.output, skipped.output
+    after = _item(catalog, "P1-002")
+    assert (after.price, after.in_stock) == (before.price, before.in_stock)
+    table = pa.table(
+        {
+            "item_id": ["PQ-1", "PQ-C"],
+            "kind": ["product", "content"],
+            "title": ["Parquet tea", "Parquet guide"],
+            "category": ["cat0", "cat0"],
+            "brand": ["brand0", None],
+            "price": [7.5, 0.0],
+            "in_stock": [True, True],
+            "published_at": pa.array([None, 1_700_000_000_000_000], pa.timestamp("us", tz="UTC")),
+            "featured_item_ids": pa.array([[], ["PQ-1"]], pa.list_(pa.string())),
+        }
+    )
+    pq.write_table(table, tmp_path / "catalog.parquet")
+    synced = runner.invoke(
+        app, ["catalog", "sync", str(tmp_path / "catalog.parquet"), "--target", server.target]
+    )
+    assert synced.exit_code == 0 and "applied=2" in synced.output, synced.output
+    _within(1.0, lambda: _exists(catalog, "PQ-C"), "PQ-C")
+    assert list(_item(catalog, "PQ-C").featured_item_ids) == ["PQ-1"]
+    for args in (["sync", str(tmp_path / "no-such.csv")], ["export", str(tmp_path)]):
+        failed = runner.invoke(app, ["catalog", *args, "--target", server.target])
+        assert failed.exit_code == 2 and "error FILE:" in failed.output, failed.output
+        assert "Traceback" not in failed.output
