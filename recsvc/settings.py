@@ -152,6 +152,9 @@ class TrainingSettings(_Section):
     gate_tolerance: float = Field(
         0.02, ge=0, description="champion NDCG@10 may drop by at most this (absolute)"
     )
+    # A gate decision judged on fewer test members than this says so (decision reason, a warning
+    # in the log and the summary): the comparison is weak, a longer holdout_days firms it up.
+    gate_min_test_members: int = Field(100, ge=1)
     # Lifecycle thresholds in days since last purchase / registration.
     new_member_days: int = Field(30, ge=1)
     at_risk_days: int = Field(60, ge=1)

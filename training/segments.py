@@ -91,7 +91,12 @@ def member_segments(
     # Never negative: seen as of an earlier time (``as_of``), a member who registered or acted
     # after it has recency and age 0, i.e. new, not "-3 days".
     recency_days = np.maximum(np.where(known, (cutoff - reference) / DAY_S, 0.0), 0.0)
-    registered_ago = np.maximum(np.where(registered > 0, (cutoff - registered) / DAY_S, 0.0), 0.0)
+    # An unknown registration date (no members file, or a blank cell) is taken to be the first
+    # event's time: a member first seen three years ago is not "new".
+    first_any = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_any, ev.member, ev.ts)
+    joined = np.where(registered > 0, registered, np.where(last_any >= 0, first_any, 0))
+    registered_ago = np.maximum(np.where(joined > 0, (cutoff - joined) / DAY_S, 0.0), 0.0)
     has_purchase = frequency > 0
     stage = lifecycle_stage(recency_days, registered_ago, has_purchase, t)
 

@@ -18,9 +18,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsvc.bundle import LIFECYCLE_STAGES
-from recsvc.errors import DataContractError
+from recsvc.errors import ConfigError, DataContractError
 from recsvc.security.privacy import ErasureList, apply_erasures
-from recsvc.settings import Settings, TrainingSettings
+from recsvc.settings import EVENT_TYPES, Settings, TrainingSettings
 from training import assemble, gate, measure, prepare, profiles, replenish, segments, split
 from training.confidence import purchased_matrix
 from training.factors import TrainedFactors, train_factors
@@ -114,6 +114,14 @@ def ingest(
 def holdout(
     prepared: prepare.Prepared, t: TrainingSettings, positive: np.ndarray, steps: Steps
 ) -> split.Split:
+    present = np.unique(prepared.events.etype)
+    if present.size and not positive[present].any():
+        names = ", ".join(EVENT_TYPES[int(c)] for c in present)
+        raise ConfigError(
+            f"every event type in the data ({names}) weighs 0 in training.event_weights: no event "
+            "counts as an interaction, so there is nothing to train on or to test; give at least "
+            "one of them a weight above 0"
+        )
     with steps.step("time-based holdout"):
         data_split = split.holdout(prepared, t.holdout_days, positive)
     if data_split.test.nnz == 0:
@@ -244,6 +252,15 @@ def gate_decision(
             method=method,
             champion_version=champion_version,
         )
+    tested = int(metrics.get("all.members", 0))
+    if tested < settings.training.gate_min_test_members:
+        caution = (
+            f"caution: judged on {tested} test members only (fewer than "
+            f"training.gate_min_test_members = {settings.training.gate_min_test_members}), a weak "
+            "comparison; a longer training.holdout_days gives a firmer one"
+        )
+        log.warning("event=gate_weak_holdout test_members=%d", tested)
+        decision = dataclasses.replace(decision, reason=f"{decision.reason}; {caution}")
     log.info("gate promote=%s %s", decision.promote, decision.reason)
     return decision
 

@@ -109,8 +109,13 @@ def summary_tables(report: Any) -> list[Table]:
             "member profiles",
             f"holdout: predicted/actual purchases={m['profiles.calibration_ratio']:.2f} "
             f"AUC={m['profiles.auc_active']:.3f} buy rate likely_active="
-            f"{m.get('profiles.holdout_buy_rate.likely_active', float('nan')):.1%} "
-            f"likely_lost={m.get('profiles.holdout_buy_rate.likely_lost', float('nan')):.1%}",
+            f"{_share(m.get('profiles.holdout_buy_rate.likely_active'))} "
+            f"likely_lost={_share(m.get('profiles.holdout_buy_rate.likely_lost'))}",
         )
     run.add_row("time", " ".join(f"{k}={v:.1f}s" for k, v in report.timings.items()))
     return [*tables, run]
+
+
+def _share(value: float | None) -> str:
+    """A share as a percentage; "n/a" when there was nothing to measure (no such members)."""
+    return "n/a" if value is None or value != value else f"{value:.1%}"

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from recsvc.errors import RecsvcError
 from recsvc.settings import Settings, load_settings
@@ -90,7 +91,8 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except RecsvcError as exc:
-            console.print(f"[bold red]error[/] {exc}", soft_wrap=True)  # one line: scripts grep it
+            # one line: scripts grep it; escaped, so "[training]" in a message is not read as markup
+            console.print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         except UNAVAILABLE as exc:
             console.print(

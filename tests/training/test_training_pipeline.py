@@ -143,7 +143,7 @@ def test_champion_from_other_data_is_refit_on_this_holdout(store: Path, tmp_path
 
 
 def test_no_register_logs_but_does_not_register(store: Path, tmp_path: Path) -> None:
-    s = _settings(store, model="recsvc-unregistered")
+    s = _settings(store, model="recsvc-unregistered", gate_min_test_members=1000)
     data = make_dataset(members=200, products=60, content=10, events_per_member=15, seed=4)
     report = pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, register=False), dataset=data)
     assert report.model_version is None and report.run_id
@@ -151,6 +151,10 @@ def test_no_register_logs_but_does_not_register(store: Path, tmp_path: Path) -> 
 
     with pytest.raises(MlflowException):
         _client(s).get_model_version_by_alias(s.mlflow.model_name, "champion")
+    # a gate judged on fewer test members than training.gate_min_test_members says so
+    tested = int(report.metrics["all.members"])
+    assert tested < s.training.gate_min_test_members
+    assert f"caution: judged on {tested} test members only" in report.decision.reason
 
 
 def test_holdout_without_interactions_is_a_clear_error(tmp_path: Path) -> None:

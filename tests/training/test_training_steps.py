@@ -366,6 +366,34 @@ def test_segments_on_hand_made_members() -> None:
     assert before.loc["fresh", "lifecycle"] == "new" and before.loc["fresh", "recency_days"] == 0
 
 
+def test_an_unknown_registration_date_is_the_first_event_not_today() -> None:
+    """Without a members file, a member who never bought is new only if first seen within
+    ``new_member_days``; one first seen long ago is judged by recency like everyone else."""
+    t = TrainingSettings(new_member_days=30, at_risk_days=60, dormant_days=120, churned_days=240)
+    ds = _dataset(
+        [
+            ("lately", "p1", "view", 3),
+            ("longago", "p1", "view", 400),
+            ("longago", "p2", "view", 200),
+            ("buyer", "p3", "purchase", 10),
+        ]
+    )
+    table, _ = segments.member_segments(prepare.prepare(ds), t)
+    got = dict(zip(table["member_id"], table["lifecycle"], strict=True))
+    assert got == {"lately": "new", "longago": "dormant", "buyer": "active"}
+
+
+def test_data_whose_every_event_type_weighs_zero_is_a_named_error() -> None:
+    from recsvc.errors import ConfigError
+    from training import stages
+    from training.progress import Steps
+
+    p = prepare.prepare(_dataset([("a", "p1", "view", 30), ("a", "p2", "view", 3), ("b", "p1", "view", 2)]))
+    positive = weight_table({"purchase": 1.0, "view": 0.0}) > 0
+    with pytest.raises(ConfigError, match=r"every event type in the data \(view\) weighs 0"):
+        stages.holdout(p, TrainingSettings(), positive, Steps(None))
+
+
 def test_monetary_is_finite_even_from_huge_amounts() -> None:
     # Three purchases of 1e308 once made monetary = inf (float32 cast and sum); prepare bounds each
     # amount to recsvc.bounds.MAX_AMOUNT, and the sums are float64.
