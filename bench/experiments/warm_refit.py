@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from recsvc.settings import load_settings
-from training import evaluate, prepare, split
+from training import measure, prepare, split
 from training.confidence import weight_table
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
@@ -40,16 +40,7 @@ def main() -> None:
     earlier = split.validation(hold, shape, t.validation_days, positive)
 
     def report(name: str, trained: TrainedFactors, seconds: float) -> None:
-        m = evaluate.evaluate(
-            trained.member_factors,
-            trained.item_factors,
-            hold.seen,
-            hold.test,
-            prepared.item_kind,
-            evaluate.popularity_scores(trained.matrix),
-            max_members=t.eval_members,
-            seed=t.random_state,
-        )
+        m = measure.holdout_metrics(prepared, hold, trained, t.eval_members, t.random_state)
         row = {
             "data": str(args.data),
             "fit": name,
