@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 MAX_TITLE = 200
 MAX_LABEL = 64
+MAX_FEATURED = 200  # products one content item features
+# C0 and C1 control characters and DEL: never part of a title or label; they break exports and logs
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_PUBLISHED_AT = 253_402_300_799  # 9999-12-31T23:59:59Z
 _KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
@@ -234,20 +238,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                 raise InvalidArgument(f"item {item_id!r} cannot change its kind", reason="KIND_CHANGE")
             patch["kind"] = _KIND_NAMES[item.kind]
         kind = patch.get("kind") or (view.kind_name(row) if row is not None else None)
-        if item.title:
-            if len(item.title) > MAX_TITLE:
-                raise InvalidArgument(
-                    f"title is {len(item.title)} characters; at most {MAX_TITLE}", reason="TITLE_TOO_LONG"
-                )
-            patch["title"] = item.title
-        for name in ("category", "brand"):
+        for name, limit in (("title", MAX_TITLE), ("category", MAX_LABEL), ("brand", MAX_LABEL)):
             value = getattr(item, name)
             if value:
-                if len(value) > MAX_LABEL:
-                    raise InvalidArgument(
-                        f"{name} is {len(value)} characters; at most {MAX_LABEL}",
-                        reason=f"{name.upper()}_TOO_LONG",
-                    )
+                _check_text(name, value, limit)
                 patch[name] = value
         if item.HasField("price"):
             price = item.price
@@ -269,6 +263,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         if item.set_featured:
             if kind != "content":
                 raise InvalidArgument("only content features products", reason="FEATURED_ON_PRODUCT")
+            if len(item.featured_item_ids) > MAX_FEATURED:
+                raise InvalidArgument(
+                    f"{len(item.featured_item_ids)} featured items; at most {MAX_FEATURED}",
+                    reason="TOO_MANY_FEATURED",
+                )
             featured = [normalize_id(f) for f in item.featured_item_ids]
             for fid in featured:
                 if id_problem(fid, self._settings.data.max_id_length):
@@ -377,6 +376,18 @@ def item_message(view: CatalogView, row: int) -> catalog_pb2.CatalogItem:
             msg.featured_item_ids.extend(str(f) for f in featured)
             msg.set_featured = True
     return msg
+
+
+def _check_text(name: str, value: str, limit: int) -> None:
+    """A title, category or brand: not blank, no control characters, at most ``limit`` long."""
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{name} is {len(value)} characters; at most {limit}", reason=f"{name.upper()}_TOO_LONG"
+        )
+    if not value.strip():
+        raise InvalidArgument(f"{name} is blank", reason=f"BLANK_{name.upper()}")
+    if _CONTROL.search(value):
+        raise InvalidArgument(f"{name} holds a control character", reason=f"BAD_{name.upper()}")
 
 
 def _kind_of(view: CatalogView, item_id: str, patch: dict[str, Any]) -> str | None:

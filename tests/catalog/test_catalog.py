@@ -550,3 +550,29 @@ def test_cli_sync_reads_a_catalog_file_as_training_does(server: RunningServer, t
         failed = runner.invoke(app, ["catalog", *args, "--target", server.target])
         assert failed.exit_code == 2 and "error FILE:" in failed.output, failed.output
         assert "Traceback" not in failed.output
+
+
+def test_blank_or_control_character_text_and_too_many_featured_items_are_refused(
+    server: RunningServer,
+) -> None:
+    catalog = _catalog(server)
+    items = [
+        catalog_pb2.CatalogItem(item_id="P0-001", title="   "),
+        catalog_pb2.CatalogItem(item_id="P0-002", category=" "),
+        catalog_pb2.CatalogItem(item_id="P0-003", brand="\t"),
+        catalog_pb2.CatalogItem(item_id="P0-004", title="Tea\x00bag"),
+        catalog_pb2.CatalogItem(item_id="P0-005", title="Tea\x1b[31m"),
+        catalog_pb2.CatalogItem(item_id="C0-003", set_featured=True, featured_item_ids=["P0-000"] * 201),
+        catalog_pb2.CatalogItem(item_id="P0-006", title="Oolong 250g"),  # the good one
+    ]
+    resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=5)
+    assert [r.reason for r in resp.results] == [
+        "BLANK_TITLE",
+        "BLANK_CATEGORY",
+        "BLANK_BRAND",
+        "BAD_TITLE",
+        "BAD_TITLE",
+        "TOO_MANY_FEATURED",
+        "",
+    ]
+    assert {r.code for r in resp.results[:-1]} == {"INVALID_ARGUMENT"}
