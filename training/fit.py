@@ -64,6 +64,14 @@ class AlsParams:
         return asdict(self)
 
 
+def warm_refit_iterations(t: TrainingSettings, params: AlsParams) -> int:
+    """Iterations of the refit started from the candidate's factors; 0 = a refit from scratch
+    (``training.refit_warm_iterations`` 0, or Spark, whose ALS takes no starting factors)."""
+    if t.engine == "spark":
+        return 0
+    return min(t.refit_warm_iterations, params.iterations)
+
+
 @dataclass
 class FitResult:
     model: Any  # implicit.cpu.als.AlternatingLeastSquares

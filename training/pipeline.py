@@ -136,7 +136,7 @@ def run(
             item_totals = np.asarray(candidate.matrix.sum(axis=0)).ravel()
 
             if options.refit:
-                warm = stages.warm_start(candidate, params, t, spark)
+                warm = stages.warm_start(candidate, params, t)
                 # the split and the rest of the candidate are done with: free them before the refit
                 del candidate, data_split
                 served = stages.Served(prepared.events, prepared.cutoff)

@@ -19,7 +19,7 @@ import numpy as np
 from recsvc.security.audit import AuditLog
 from recsvc.settings import Settings
 from training import gate, plots, tracking
-from training.fit import AlsParams
+from training.fit import AlsParams, warm_refit_iterations
 
 
 def log_params(params: AlsParams, settings: Settings, *, tune: bool, refit: bool, fingerprint: str) -> None:
@@ -34,9 +34,7 @@ def log_params(params: AlsParams, settings: Settings, *, tune: bool, refit: bool
         "tune": tune,
         "refit": refit,
         # iterations of a refit from the candidate's factors; 0: from scratch (training/stages.py)
-        "refit_warm_iterations": (
-            min(t.refit_warm_iterations, params.iterations) if refit and t.engine != "spark" else 0
-        ),
+        "refit_warm_iterations": warm_refit_iterations(t, params) if refit else 0,
         "data_fingerprint": fingerprint,
     }
     mlflow.log_params(flat)

@@ -24,7 +24,7 @@ from recsvc.settings import EVENT_TYPES, Settings, TrainingSettings
 from training import assemble, gate, measure, prepare, profiles, replenish, segments, split
 from training.confidence import purchased_matrix
 from training.factors import TrainedFactors, train_factors
-from training.fit import AlsParams
+from training.fit import AlsParams, warm_refit_iterations
 from training.prepare import EventArrays
 from training.progress import Steps
 from training.spark_als import SparkAls
@@ -266,12 +266,11 @@ def gate_decision(
 
 
 def warm_start(
-    candidate: TrainedFactors, params: AlsParams, t: TrainingSettings, spark: SparkAls | None
+    candidate: TrainedFactors, params: AlsParams, t: TrainingSettings
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The (member, item) factors the refit starts from: the candidate's, when
-    ``training.refit_warm_iterations`` asks for a warm refit and implicit fits (Spark's ALS takes
-    no starting factors); else None, a refit from scratch."""
-    if spark is not None or t.refit_warm_iterations == 0:
+    """The (member, item) factors the refit starts from: the candidate's, when a warm refit is
+    asked for and possible (``fit.warm_refit_iterations``); else None, a refit from scratch."""
+    if warm_refit_iterations(t, params) == 0:
         return None
     return candidate.member_factors, candidate.item_factors
 
@@ -285,12 +284,10 @@ def refit(
     warm: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedFactors:
     """The fit on all events up to the cutoff with the candidate's parameters: from ``warm``
-    (:func:`warm_start`) for ``training.refit_warm_iterations`` iterations (at most
-    ``iterations``), else from scratch."""
-    if warm is not None:
-        params = dataclasses.replace(params, iterations=min(t.refit_warm_iterations, params.iterations))
+    (:func:`warm_start`) for ``fit.warm_refit_iterations`` iterations, else from scratch."""
     label = "refit on all data up to the cutoff"
     if warm is not None:
+        params = dataclasses.replace(params, iterations=warm_refit_iterations(t, params))
         label += " (from the candidate's factors)"
     with steps.step(label, total=params.iterations) as adv:
         final = train_factors(

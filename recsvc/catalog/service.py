@@ -203,7 +203,6 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             # against this process's catalog (an item created on another replica less than the
             # propagation time ago counts as new here and needs every field).
             changes.append((i, Change(item_id, patch, must_exist=False)))
-        changes.sort(key=lambda c: c[0])
         plan = _Plan([it.item_id for it in request.items], failed, changes)
         return self._respond(plan, self._apply([c for _, c in changes]))
 

@@ -170,15 +170,18 @@ def test_the_refit_starts_from_the_candidate_for_its_warm_iterations() -> None:
     prepared = prepare.prepare(make_dataset(members=300, seed=3))
     params = AlsParams.from_settings(TrainingSettings(factors=8, iterations=6))
     candidate = train_factors(prepared, prepared.events, prepared.cutoff, params, num_threads=1)
-    for warm_iterations, spark, expected in ((2, None, 2), (20, None, 6), (0, None, 6), (2, object(), 6)):
-        t = TrainingSettings(factors=8, iterations=6, refit_warm_iterations=warm_iterations, num_threads=1)
-        warm = stages.warm_start(candidate, params, t, spark)  # type: ignore[arg-type]
-        assert (warm is None) == (warm_iterations == 0 or spark is not None)
+    cases = (("implicit", 2, 2), ("implicit", 20, 6), ("implicit", 0, 6), ("spark", 2, 6))
+    for engine, warm_iterations, expected in cases:
+        t = TrainingSettings(
+            factors=8, iterations=6, refit_warm_iterations=warm_iterations, num_threads=1, engine=engine
+        )
+        warm = stages.warm_start(candidate, params, t)
+        assert (warm is None) == (warm_iterations == 0 or engine == "spark")
         final = stages.refit(prepared, params, t, Steps(None), None, warm)
         assert final.fit.model.iterations == expected
     # warm from the candidate of the same events: two iterations land where the candidate is
     t = TrainingSettings(factors=8, iterations=6, refit_warm_iterations=2, num_threads=1)
-    warm = stages.warm_start(candidate, params, t, None)
+    warm = stages.warm_start(candidate, params, t)
     final = stages.refit(prepared, params, t, Steps(None), None, warm)
     cosine = np.sum(final.item_factors * candidate.item_factors) / (
         np.linalg.norm(final.item_factors) * np.linalg.norm(candidate.item_factors)
