@@ -1,15 +1,26 @@
 """A catalog view moved on by a batch of changes, without building it again.
 
-The common live change is a stock flip, a delisting, a price or a publication time: values of
-one item's row. ``advance`` applies such a batch to a copy of the few arrays it touches (a
-memory copy each, no Python loop over the catalog) and shares everything else with the previous
-view, which stays as it was for calls still reading it. Anything else (a new item, a changed
-title, category, brand or kind, featured products: things that move vectors, codes or rendered
-fields) returns None, and the caller builds the view whole (``CatalogView``). A view that has no
-live change yet is built whole too (its arrays are the bundle's own, of the bundle's types).
+A whole build (``CatalogView``) re-applies every live record in a Python loop: most of a second
+of CPU per process at 100k records, holding the GIL the serving threads need. ``advance`` applies
+one batch instead, to copies of what the batch touches, and shares everything else with the
+previous view, which stays as it was for calls still reading it:
+
+- row values (stock, listing, price, publication time): a copy of each array they touch and a
+  write per changed row, no Python loop over the catalog;
+- new items: the arrays grown by their rows (new items take rows in creation order, so a batch's
+  new items come after every item the view has), their vectors and the per-kind sets of new
+  items rebuilt;
+- titles, categories, brands and featured products: codes, titles and the starting vectors of
+  the new items they move;
+- a scheduled item's time coming: the visibility arrays computed again (vectorised).
+
+Anything else returns None and the caller builds the view whole: a record gone (only a full
+re-read removes records), a field no longer applied, a kind changed, a new item created before
+one the view has (a record written without its creation version), and a view that has no live
+change yet (its arrays are the bundle's own, of the bundle's types).
 
 The result equals the view ``CatalogView(model, records, now)`` would build, array for array
-(tests/test_catalog_delta.py compares the two over random change sequences).
+(tests/catalog/test_catalog_delta.py compares the two over random change sequences).
 """
 
 from __future__ import annotations
@@ -20,16 +31,40 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.bundle import KIND_PRODUCT
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
-from recsvc.catalog.view import CatalogView, catalog_as_of_ms
+from recsvc.catalog.view import CatalogView, GroupMeans, catalog_as_of_ms
+from recsvc.engine.served_model import KIND_CODES
 
-# The fields a batch may change to be applied here: each sets one value of one row.
+# The fields a batch may change with a write per row: each sets one value of one row.
 ROW_VALUES = {
     "in_stock": "item_in_stock",
     "listed": "item_listed",
     "price": "item_price",
     "published_at": "item_published_at",
+}
+# Fields that move codes, rendered fields or a new item's starting vector.
+DESCRIPTIVE = frozenset({"title", "category", "brand", "featured_item_ids"})
+# A trained item's fields shown in its response entry (``CatalogView.titles_override``).
+RENDERED = frozenset({"title", "category", "brand", "kind"})
+# The per-item arrays a batch writes into (the visibility arrays are derived from them).
+_WRITTEN = (
+    "item_kind",
+    "item_category",
+    "item_brand",
+    "item_price",
+    "item_in_stock",
+    "item_published_at",
+    "item_listed",
+)
+_FILL = {
+    "item_kind": KIND_PRODUCT,
+    "item_category": -1,
+    "item_brand": -1,
+    "item_price": 0.0,
+    "item_in_stock": True,
+    "item_published_at": 0,
+    "item_listed": True,
 }
 
 
@@ -39,46 +74,118 @@ def advance(
     changed: Collection[str],
     now: float,
     version: int,
+    means: Any = None,
 ) -> CatalogView | None:
     """``view`` with the records of the ``changed`` items applied, or None when the batch needs a
-    whole build (see the module docstring)."""
-    if not view.changed or (view.next_publish is not None and view.next_publish <= now):
-        return None  # no live change yet, or a scheduled item's time came: every row moves
+    whole build (see the module docstring). ``means``: the model's ``GroupMeans``, or a callable
+    giving it (only asked for when new items need vectors)."""
+    if not view.changed:
+        return None
     model = view.model
     as_of = catalog_as_of_ms(model)
-    updates: list[tuple[int, str, Any]] = []
+    values: list[tuple[int, str, Any]] = []
+    described: list[tuple[int, dict[str, Any]]] = []
+    added: list[tuple[int, str, dict[str, Any]]] = []
     for item_id in changed:
         rec = records.get(item_id)
         if rec is None:
-            return None  # a record gone: only a full re-read removes records
+            return None
         row = view.row(item_id)
         if row is None:
-            return None  # a new item
+            if rec.fields.get("kind") in KIND_CODES:
+                added.append((rec.created, item_id, rec.fields))
+            continue
         new = _applied(rec, as_of, row < view.n)
         old_rec = view.records.get(item_id)
         old = _applied(old_rec, as_of, row < view.n) if old_rec is not None else {}
         if old.keys() - new.keys():
-            return None  # a field no longer applied (the change script never removes one)
-        for key, value in new.items():
-            if key in old and old[key] == value:
-                continue
-            if key not in ROW_VALUES:
-                return None
-            updates.append((row, key, value))
+            return None
+        moved = {k: v for k, v in new.items() if k not in old or old[k] != v}
+        for key, value in moved.items():
+            if key in ROW_VALUES:
+                values.append((row, key, value))
+            elif key not in DESCRIPTIVE:
+                return None  # a kind changed
+        if moved.keys() & DESCRIPTIVE:
+            described.append((row, new))
+    added.sort(key=lambda r: (r[0], r[1]))
+    if added and view.last_new is not None and (added[0][0], added[0][1]) <= view.last_new:
+        return None
     out = copy.copy(view)  # shares the arrays and caches the batch leaves alone
     out.records = records
     out.version = version
-    touched: dict[str, np.ndarray] = {}
-    for row, key, value in updates:
-        name = ROW_VALUES[key]
-        arr = touched.get(name)
-        if arr is None:
-            arr = touched[name] = getattr(view, name).copy()
-            setattr(out, name, arr)
-        arr[row] = _value(key, value)
-    if not touched:
+    due = view.next_publish is not None and view.next_publish <= now
+    if added or described:
+        _describe(out, view, added, described, means)
+    elif values:
+        for name in {ROW_VALUES[key] for _, key, _ in values}:
+            setattr(out, name, getattr(view, name).copy())
+    for row, key, value in values:
+        getattr(out, ROW_VALUES[key])[row] = _value(key, value)
+    if added or described or due:
+        out.set_visibility(now)
+    elif values:
+        _visibility_of_rows(out, view, np.array(sorted({row for row, _, _ in values}), dtype=np.int64), now)
+    else:
         return out
-    rows = np.array(sorted({row for row, _, _ in updates}), dtype=np.int64)
+    out.live = True
+    out.choose_fast_paths()
+    return out
+
+
+def _describe(
+    out: CatalogView,
+    view: CatalogView,
+    added: list[tuple[int, str, dict[str, Any]]],
+    described: list[tuple[int, dict[str, Any]]],
+    means: Any,
+) -> None:
+    """New items and descriptive changes applied to ``out``: every array copied (grown by the
+    new rows), the code tables and per-item maps copied, the moved vectors set again."""
+    n, total = view.n, view.n + len(view.new_ids) + len(added)
+    for name in _WRITTEN:
+        arr = getattr(view, name)
+        grown = np.full(total, _FILL[name], dtype=arr.dtype)
+        grown[: arr.shape[0]] = arr
+        setattr(out, name, grown)
+    out.categories, out.brands = list(view.categories), list(view.brands)
+    out.category_code, out.brand_code = dict(view.category_code), dict(view.brand_code)
+    out.titles_override = dict(view.titles_override)
+    out.new_ids, out.new_row, out.new_featured = (
+        list(view.new_ids),
+        dict(view.new_row),
+        dict(view.new_featured),
+    )
+    first = n + len(view.new_ids)
+    for j, (_, item_id, fields) in enumerate(added):
+        out.add_item(first + j, item_id, fields)
+    if added:
+        out.last_new = (added[-1][0], added[-1][1])
+    revector = set(range(first, total))
+    for row, fields in described:
+        out.set_fields(row, {k: v for k, v in fields.items() if k in ("category", "brand")})
+        if row < n:
+            if fields.keys() & RENDERED:
+                out.titles_override[row] = str(fields.get("title", out.model.titles[row]))
+        else:
+            out.titles_override[row] = str(fields.get("title", out.item_id(row)))
+            out.set_featured(row, fields.get("featured_item_ids"))
+            revector.add(row)
+    # New content is placed at the products it features: when those move, it moves too.
+    moved_products = {out.item_id(r) for r in revector if int(out.item_kind[r]) != KIND_CONTENT}
+    if moved_products:
+        revector.update(r for r, feat in out.new_featured.items() if moved_products.intersection(feat))
+    out.new_factors = np.zeros((total - n, view.new_factors.shape[1]), dtype=np.float32)
+    out.new_factors[: view.new_factors.shape[0]] = view.new_factors
+    if revector:
+        out.set_vectors(revector, means() if callable(means) else means or GroupMeans(out.model))
+    out.index_new()
+    # Read-only like the view's before: the compiled kernels are typed by their arrays' flags.
+    out.item_category.flags.writeable = False
+
+
+def _visibility_of_rows(out: CatalogView, view: CatalogView, rows: np.ndarray, now: float) -> None:
+    """The visibility arrays moved on at ``rows`` only."""
     visible = view.item_visible.copy()
     stock_ok = np.array(view.item_stock_ok, dtype=bool, copy=True)
     published = out.item_published_at[rows]
@@ -91,9 +198,6 @@ def advance(
     if scheduled.any():
         first = float(published[scheduled].min())
         out.next_publish = first if view.next_publish is None else min(view.next_publish, first)
-    out.live = True
-    out.choose_fast_paths()
-    return out
 
 
 def _applied(rec: ItemRecord, as_of: int, in_bundle: bool) -> dict[str, Any]:
@@ -104,7 +208,7 @@ def _applied(rec: ItemRecord, as_of: int, in_bundle: bool) -> dict[str, Any]:
 
 
 def _value(key: str, value: Any) -> Any:
-    """As ``CatalogView._set`` stores it."""
+    """As ``CatalogView.set_fields`` stores it."""
     if key == "price":
         return float(value)
     if key == "published_at":

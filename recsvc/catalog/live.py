@@ -2,9 +2,10 @@
 changes a ``CatalogFollower`` keeps current.
 
 ``view(model)`` is the engine's one read per call: a dict look-up of the ``CatalogView`` built
-for that model and the current records. Views are rebuilt off the request path, in the
-follower's thread, after each batch of changes (and when a scheduled item's time comes), then
-swapped in as a whole. A model loaded since the last rebuild gets its view on its first call.
+for that model and the current records. Views are moved on off the request path, in the
+follower's thread, after each batch of changes and when a scheduled item's time comes
+(``recsvc.catalog.delta``; built whole after a full read), then swapped in as a whole. A model is
+given its view before it is swapped in (``prepare``); one without gets it on its first call.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ class LiveCatalog:
         if found is not None and (found.next_publish is None or found.next_publish > self._clock()):
             return found
         with self._lock:  # a model loaded since the last rebuild, or a scheduled item is due
+            found = self._views.get(model)
+            if found is not None and found.records is self._records:
+                due = advance(
+                    found, self._records, (), self._clock(), self._version, lambda: self._means_for(model)
+                )
+                if due is not None:
+                    self._swap(model, due)
+                    return due
             return self._build(model, self._records, self._version)
 
     def prepare(self, model: ServedModel) -> CatalogView:
@@ -122,7 +131,9 @@ class LiveCatalog:
         current = self._views.get(model)
         if current is None:
             return None
-        view = advance(current, self._records, changed, self._clock(), self._version)
+        view = advance(
+            current, self._records, changed, self._clock(), self._version, lambda: self._means_for(model)
+        )
         if view is not None:
             self._swap(model, view)
         return view
@@ -130,10 +141,16 @@ class LiveCatalog:
     def _build(self, model: ServedModel, records: Mapping[str, ItemRecord], version: int) -> CatalogView:
         means = self._means.get(model)
         if means is None and any(model.items.row(i) is None for i in records):
-            means = self._means[model] = GroupMeans(model)
+            means = self._means_for(model)
         view = CatalogView(model, records, self._clock(), means, version)
         self._swap(model, view)
         return view
+
+    def _means_for(self, model: ServedModel) -> GroupMeans:
+        means = self._means.get(model)
+        if means is None:
+            means = self._means[model] = GroupMeans(model)
+        return means
 
     def _swap(self, model: ServedModel, view: CatalogView) -> None:
         views = weakref.WeakKeyDictionary(self._views)

@@ -4,9 +4,9 @@ Keys, all under the one hash tag ``{catalog}`` (one Redis Cluster slot, so one s
 them all atomically):
 
 - ``<prefix>:{catalog}:items``  hash item_id -> JSON record ``{"v": version, "ts": ms, "f":
-  {field: value}, "t": {field: ms}}``: the item's live fields (only those ever changed for a
-  trained item; every field for a new one), the time each was last set, and the version of the
-  last change.
+  {field: value}, "t": {field: ms}, "c": version}``: the item's live fields (only those ever
+  changed for a trained item; every field for a new one), the time each was last set, the version
+  of the last change and the version that created the record.
 - ``<prefix>:{catalog}:seq``    the last version handed out (versions increase across the catalog).
 - ``<prefix>:{catalog}:feed``   a stream, one entry per change call: ``v0`` (the first version in
   it), ``n`` (how many items) and item_id -> record for each item, trimmed with ``MAXLEN ~``.
@@ -65,6 +65,7 @@ for i = 0, n - 1 do
       rec.t[k] = now
     end
     rec.v = redis.call('INCR', KEYS[2])
+    if not old then rec.c = rec.v end
     if v0 == 0 then v0 = rec.v end
     rec.ts = now
     local enc = cjson.encode(rec)
@@ -95,6 +96,9 @@ class ItemRecord:
     ts_ms: int  # last change
     fields: dict[str, Any]
     field_ts_ms: dict[str, int]
+    # The version that created the record (unique, in feed order; 0 for a record written before
+    # it was kept): new items take their rows in this order (``CatalogView``).
+    created: int = 0
 
     @classmethod
     def parse(cls, raw: bytes | str) -> ItemRecord:
@@ -107,7 +111,13 @@ class ItemRecord:
             times = {}
         if fields.get("featured_item_ids") == {}:
             fields["featured_item_ids"] = []
-        return cls(int(data["v"]), int(data.get("ts", 0)), fields, {k: int(v) for k, v in times.items()})
+        return cls(
+            int(data["v"]),
+            int(data.get("ts", 0)),
+            fields,
+            {k: int(v) for k, v in times.items()},
+            int(data.get("c", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +234,8 @@ class CatalogFollower:
     ``on_state(ok)`` reports each transition for metrics and health logs.
 
     ``on_batch(records, changed_ids)``, when given, gets a feed batch instead of ``on_change``,
-    with the ids whose records it brought (so the owner can apply just those).
+    with the ids whose records it brought (so the owner can apply just those; none when a
+    scheduled item's time came).
 
     ``settle_s``: after a rebuild, the follower waits this long before it reads the feed again,
     so a stream of changes (a live stream's stock at 200/s) is applied in batches instead of
@@ -332,7 +343,7 @@ class CatalogFollower:
             due = self.wake_at is not None and time.monotonic() >= self.wake_at
             if changed or due:
                 self.wake_at = None
-                if changed and not due and self._on_batch is not None:
+                if self._on_batch is not None:
                     self._on_batch(self.records, changed)
                 else:
                     self._on_change(self.records)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,7 +160,7 @@ class CatalogView:
         as_of = catalog_as_of_ms(model)
         # Which records touch this bundle's items (with changes newer than its catalog), which are new.
         bundle_changes: list[tuple[int, dict[str, Any]]] = []
-        new_records: list[tuple[str, dict[str, Any]]] = []
+        new_records: list[tuple[int, str, dict[str, Any]]] = []
         if records:
             ids = list(records)
             rows = model.items.rows(ids)
@@ -173,8 +173,10 @@ class CatalogView:
                     if fresh:
                         bundle_changes.append((row, fresh))
                 elif rec.fields.get("kind") in KIND_CODES:
-                    new_records.append((item_id, rec.fields))
-        new_records.sort()
+                    new_records.append((rec.created, item_id, rec.fields))
+        # In creation order, so a batch of new items takes the next rows (``delta.advance``).
+        new_records.sort(key=lambda r: (r[0], r[1]))
+        self.last_new: tuple[int, str] | None = new_records[-1][:2] if new_records else None
         m = len(new_records)
         total = n + m
         self.changed = bool(bundle_changes or new_records)
@@ -201,50 +203,38 @@ class CatalogView:
             self.item_published_at = np.asarray(model.bundle.arrays["item_published_at"])
             self.item_listed = np.ones(total, dtype=bool)
         for row, fields in bundle_changes:
-            self._set(row, fields)
+            self.set_fields(row, fields)
             if "title" in fields or "category" in fields or "brand" in fields or "kind" in fields:
                 self.titles_override[row] = str(fields.get("title", model.titles[row]))
-        for j, (item_id, fields) in enumerate(new_records):
-            row = n + j
-            self.new_ids.append(item_id)
-            self.new_row[item_id] = row
-            self._set(row, fields)
-            self.titles_override[row] = str(fields.get("title", item_id))
-            featured = fields.get("featured_item_ids") or []
-            self.new_featured[row] = [str(x) for x in featured] if isinstance(featured, list) else []
-        published = self.item_published_at
-        scheduled = published > int(now)
-        self.item_visible: np.ndarray = self.item_listed & ~scheduled
-        future = published[scheduled]
-        self.next_publish: float | None = float(future.min()) if future.shape[0] else None
-        # What ``in_stock_only`` keeps: visible, and in stock unless not a product.
-        if self.changed or scheduled.any():
-            self.item_stock_ok: np.ndarray = self.item_visible & (
-                self.item_in_stock.astype(bool) | (self.item_kind != KIND_PRODUCT)
-            )
-        else:
-            self.item_stock_ok = model.item_stock_ok
-        self.live = self.changed or bool(scheduled.any())
-        # New items' vectors, by kind (rows and a small matrix each, searched exactly).
-        f = model.factors
-        self.new_factors = np.zeros((m, f), dtype=np.float32)
+        for j, (_, item_id, fields) in enumerate(new_records):
+            self.add_item(n + j, item_id, fields)
+        self.set_visibility(now)
+        self.new_factors = np.zeros((m, model.factors), dtype=np.float32)
         if m:
-            means = means or GroupMeans(model)
-            self._new_vectors(means)
-        norms = np.linalg.norm(self.new_factors, axis=1).astype(np.float32)
-        self.new_norms = np.where(norms > 0, norms, np.float32(1.0)).astype(np.float32)
-        self.new_rows: dict[int, np.ndarray] = {}
-        self.new_kind_factors: dict[int, np.ndarray] = {}
-        for code in (KIND_PRODUCT, KIND_CONTENT):
-            local = np.flatnonzero((self.item_kind[n:] == code) & (norms > 0))
-            self.new_rows[code] = (local + n).astype(np.int64)
-            self.new_kind_factors[code] = np.ascontiguousarray(self.new_factors[local])
+            self.set_vectors(range(n, total), means or GroupMeans(model))
+        self.index_new()
         # The compiled kernels are typed by their arrays' flags too: read-only like the bundle's
         # memory maps, so no new machine code is compiled (seconds) when the first change arrives.
         self.item_category.flags.writeable = False
         if self.live:
             kernels.warm_up(model.item_factors, model.item_norms, self.item_category, self.item_stock_ok)
         self.choose_fast_paths()
+
+    def set_visibility(self, now: float) -> None:
+        """What is shown at ``now``: listed and published; and what ``in_stock_only`` keeps:
+        shown, and in stock unless not a product."""
+        published = self.item_published_at
+        scheduled = published > int(now)
+        self.item_visible: np.ndarray = self.item_listed & ~scheduled
+        future = published[scheduled]
+        self.next_publish: float | None = float(future.min()) if future.shape[0] else None
+        if self.changed or scheduled.any():
+            self.item_stock_ok: np.ndarray = self.item_visible & (
+                self.item_in_stock.astype(bool) | (self.item_kind != KIND_PRODUCT)
+            )
+        else:
+            self.item_stock_ok = self.model.item_stock_ok
+        self.live = self.changed or bool(scheduled.any())
 
     def choose_fast_paths(self) -> None:
         """What the hot path reads per item, chosen once per view: the bundle's own titles and
@@ -272,7 +262,7 @@ class CatalogView:
             names.append(name)
         return code
 
-    def _set(self, row: int, fields: Mapping[str, Any]) -> None:
+    def set_fields(self, row: int, fields: Mapping[str, Any]) -> None:
         for key, value in fields.items():
             if key == "kind":
                 self.item_kind[row] = KIND_CODES.get(str(value), KIND_PRODUCT)
@@ -289,18 +279,32 @@ class CatalogView:
             elif key == "listed":
                 self.item_listed[row] = bool(value)
 
-    def _new_vectors(self, means: GroupMeans) -> None:
-        """Products: the vector of the group's best sellers (``GroupMeans``) of the same category
-        and brand, else of the category. Content: the mean of the products it features (as
-        training does for fresh content), else of its category's content."""
+    def add_item(self, row: int, item_id: str, fields: Mapping[str, Any]) -> None:
+        """A new item at ``row`` (the arrays already have the row)."""
+        self.new_ids.append(item_id)
+        self.new_row[item_id] = row
+        self.set_fields(row, fields)
+        self.titles_override[row] = str(fields.get("title", item_id))
+        self.set_featured(row, fields.get("featured_item_ids"))
+
+    def set_featured(self, row: int, featured: Any) -> None:
+        if isinstance(featured, list) and featured:
+            self.new_featured[row] = [str(x) for x in featured]
+        else:
+            self.new_featured.pop(row, None)
+
+    def set_vectors(self, rows: Iterable[int], means: GroupMeans) -> None:
+        """The starting vectors of the new items at ``rows``. Products: the vector of the group's
+        best sellers (``GroupMeans``) of the same category and brand, else of the category.
+        Content: the mean of the products it features (as training does for fresh content, new
+        products included, so products go first), else of its category's content."""
         n = self.n
-        for row in range(n, n + len(self.new_ids)):
+        rows = sorted(rows, key=lambda r: (int(self.item_kind[r]) == KIND_CONTENT, r))
+        for row in rows:
             kind = int(self.item_kind[row])
             vec: np.ndarray | None = None
-            if kind == KIND_CONTENT:
-                feat = [
-                    self.factor_row(r) for r in self.rows(self.new_featured.get(row, [])).tolist() if r >= 0
-                ]
+            if kind == KIND_CONTENT and row in self.new_featured:
+                feat = [self.factor_row(r) for r in self.rows(self.new_featured[row]).tolist() if r >= 0]
                 feat = [v for v in feat if v.any()]
                 if feat:
                     vec = np.mean(np.stack(feat), axis=0)
@@ -312,8 +316,19 @@ class CatalogView:
                     cat if cat < len(self.model.categories) else None,
                     brand if 0 <= brand < len(self.model.brands) else None,
                 )
-            if vec is not None:
-                self.new_factors[row - n] = vec
+            self.new_factors[row - n] = 0.0 if vec is None else vec
+
+    def index_new(self) -> None:
+        """The new items' vectors by kind: rows and a small matrix each, searched exactly."""
+        n = self.n
+        norms = np.linalg.norm(self.new_factors, axis=1).astype(np.float32)
+        self.new_norms = np.where(norms > 0, norms, np.float32(1.0)).astype(np.float32)
+        self.new_rows: dict[int, np.ndarray] = {}
+        self.new_kind_factors: dict[int, np.ndarray] = {}
+        for code in (KIND_PRODUCT, KIND_CONTENT):
+            local = np.flatnonzero((self.item_kind[n:] == code) & (norms > 0))
+            self.new_rows[code] = (local + n).astype(np.int64)
+            self.new_kind_factors[code] = np.ascontiguousarray(self.new_factors[local])
 
     # ---- lookups ---------------------------------------------------------------------------
     def row(self, item_id: str) -> int | None:

@@ -62,6 +62,15 @@ def _same_views(a: CatalogView, b: CatalogView) -> None:
     assert a.next_publish == b.next_publish and a.live == b.live
     assert a.stored_lists_intact == b.stored_lists_intact
     assert a.new_ids == b.new_ids and a.titles_override == b.titles_override
+    assert a.new_row == b.new_row and a.new_featured == b.new_featured and a.last_new == b.last_new
+    assert a.categories == b.categories and a.brands == b.brands
+    assert a.category_code == b.category_code and a.brand_code == b.brand_code
+    np.testing.assert_array_equal(a.new_factors, b.new_factors)
+    np.testing.assert_array_equal(a.new_norms, b.new_norms)
+    for kind in a.new_rows.keys() | b.new_rows.keys():
+        np.testing.assert_array_equal(a.new_rows[kind], b.new_rows[kind])
+        np.testing.assert_array_equal(a.new_kind_factors[kind], b.new_kind_factors[kind])
+    assert a.version == b.version and a.records == b.records
     for row in range(a.n + len(a.new_ids)):
         assert a.entries[row] == b.entries[row] and a.titles[row] == b.titles[row]
 
@@ -80,40 +89,57 @@ def _answers(view: CatalogView, model: ServedModel, members: list[str], now: flo
     return out
 
 
-def _change(rng: random.Random, products: list[str], step: int) -> tuple[str, dict[str, Any]]:
-    """One random change: mostly row values, sometimes a title or a new product."""
+def _change(
+    rng: random.Random, products: list[str], step: int, now: float, made: list[str]
+) -> tuple[str, dict[str, Any]]:
+    """One random change: mostly row values, sometimes descriptive fields, a new product or a
+    new piece of content (featuring trained and new products), rarely a kind (a whole build)."""
     roll = rng.random()
-    item = rng.choice(products)
-    if roll < 0.45:
+    item = rng.choice(products + made)
+    if roll < 0.35:
         return item, {"in_stock": rng.random() < 0.5}
-    if roll < 0.6:
+    if roll < 0.45:
         return item, {"listed": rng.random() < 0.7}
-    if roll < 0.75:
+    if roll < 0.55:
         return item, {"price": round(rng.uniform(1.0, 80.0), 2)}
-    if roll < 0.85:
-        return item, {"published_at": rng.choice([0, 1_000, 4_000_000_000])}
-    if roll < 0.93:
+    if roll < 0.65:  # some come due a few steps later
+        return item, {"published_at": rng.choice([0, 1_000, 4_000_000_000, int(now) + rng.randint(1, 60)])}
+    if roll < 0.7:
         return item, {"title": f"Renamed {item} {step}"}
-    new = f"NEW-{step}"
-    fields = {
+    if roll < 0.76:  # a known or an unknown category (no starting vector), a brand
+        return item, {
+            "category": rng.choice(["cat0", "cat1", "cat2", "tea"]),
+            "brand": rng.choice(["brand1", ""]),
+        }
+    if roll < 0.78:
+        return rng.choice(products), {"kind": "content"}
+    new = f"NEW-{step}-{rng.randint(0, 99)}"
+    if roll < 0.86:
+        featured = rng.sample(products, 2) + made[-1:]
+        return new, {"kind": "content", "title": new, "category": "content0", "featured_item_ids": featured}
+    made.append(new)
+    cat = rng.choice(["cat0", "cat1", "cat2"])
+    return new, {
         "kind": "product",
         "title": new,
-        "category": "c0",
-        "brand": "b0",
+        "category": cat,
+        "brand": "brand1",
         "price": 9.0,
         "in_stock": True,
     }
-    return new, fields
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_a_view_moved_on_by_each_batch_equals_the_view_built_whole(
     listed: PlantedBundle, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
+    """Row values, new items, descriptive changes and scheduled items coming due are applied to
+    the view as it is (``delta.advance``); only a kind change (and the first changes, on a view
+    without any) builds it whole."""
     model = ServedModel.load(listed.path, version="1", source_uri="t")
-    now = 1_900_000_000.0
-    ts = max(catalog_as_of_ms(model), int(now * 1000) - 1)
-    catalog = LiveCatalog(_Models(model), clock=lambda: now)
+    clock = [1_900_000_000.0]
+    ts = max(catalog_as_of_ms(model), int(clock[0] * 1000) - 1)
+    catalog = LiveCatalog(_Models(model), clock=lambda: clock[0])
     catalog.view(model)
     moved: list[bool] = []
     real_advance = delta.advance
@@ -129,24 +155,32 @@ def test_a_view_moved_on_by_each_batch_equals_the_view_built_whole(
     members = listed.warm_members()[:6] + listed.cold_members[:1]
     records: dict[str, ItemRecord] = {}
     version = 0
-    for step in range(40):
+    made: list[str] = []
+    expected: list[bool] = []
+    for step in range(60):
+        clock[0] += rng.uniform(0, 30)
+        live_before = bool(records)
         records = dict(records)
         changed = set()
-        for _ in range(rng.randint(1, 4)):
-            item, patch = _change(rng, products, step)
+        kinds = False
+        for _ in range(rng.randint(0, 4)):  # none: only the time moved on
+            item, patch = _change(rng, products, step, clock[0], made)
             version += 1
             old = records.get(item)
             fields = {**(old.fields if old else {}), **patch}
             times = {**(old.field_ts_ms if old else {}), **{k: ts for k in patch}}
-            records[item] = ItemRecord(version, ts, fields, times)
+            records[item] = ItemRecord(version, ts, fields, times, old.created if old else version)
             changed.add(item)
+            kinds |= "kind" in patch and item in products
         catalog.update(records, version, changed)
+        expected.append(live_before and not kinds)
         got = catalog.view(model)
-        built = CatalogView(model, records, now, version=version)
+        built = CatalogView(model, records, clock[0], version=version)
         _same_views(got, built)
         if step % 8 == 7:
-            assert _answers(got, model, members, now) == _answers(built, model, members, now)
-    assert any(moved) and not all(moved)  # both the moved-on and the whole path were taken
+            assert _answers(got, model, members, clock[0]) == _answers(built, model, members, clock[0])
+    assert moved == expected
+    assert made and any(catalog.view(model).new_featured.values())
 
 
 @pytest.mark.parametrize("changes", [0, 3, 12])
@@ -157,7 +191,7 @@ def test_the_quick_paths_answer_as_the_checking_paths(listed: PlantedBundle, cha
     rng = random.Random(changes)
     records: dict[str, ItemRecord] = {}
     for step in range(changes):
-        item, patch = _change(rng, listed.products(), step)
+        item, patch = _change(rng, listed.products(), step, now, [])
         records[item] = ItemRecord(step + 1, ts, patch, {k: ts for k in patch})
     lists = model.member_lists
     assert lists is not None
