@@ -383,14 +383,24 @@ def _set_stock_loop(
     out.put({"sent": sent, "ok": ok, "errors": errors, "achieved_rps": achieved, "cpu_s": cpu_s})
 
 
-def _set_stock_maker(items: list[str]) -> Any:
-    """SetStock requests in call order, toggling ``items`` as ``_set_stock_loop`` does."""
-    calls = iter(range(1 << 62))
+def _set_stock_maker(items: list[str], batch: int = 1) -> Any:
+    """SetStock requests in call order, toggling ``items`` as ``_set_stock_loop`` does; with
+    ``batch`` > 1, SetStockMany requests of that many consecutive changes each."""
+    changes = iter(range(1 << 62))
+
+    def change() -> tuple[str, bool]:
+        i = next(changes)
+        return items[i % len(items)], (i // len(items)) % 2 == 1
 
     def make() -> tuple[str, Any]:
-        i = next(calls)
-        in_stock = (i // len(items)) % 2 == 1
-        return "SetStock", catalog_pb2.SetStockRequest(item_id=items[i % len(items)], in_stock=in_stock)
+        if batch == 1:
+            item, in_stock = change()
+            return "SetStock", catalog_pb2.SetStockRequest(item_id=item, in_stock=in_stock)
+        many = [
+            catalog_pb2.StockChange(item_id=item, in_stock=ok)
+            for item, ok in (change() for _ in range(batch))
+        ]
+        return "SetStockMany", catalog_pb2.SetStockManyRequest(changes=many)
 
     return make
 
@@ -409,8 +419,9 @@ class _NativeSetStock:
     ``result``; every item is left in stock."""
 
     def __init__(self, target: str, items: list[str], rate: float, duration_s: float, warmup_s: float,
-                 metadata: tuple[tuple[str, str], ...]) -> None:  # fmt: skip
+                 metadata: tuple[tuple[str, str], ...], batch: int = 1) -> None:  # fmt: skip
         self._args = (target, items, rate, duration_s, warmup_s, metadata)
+        self._batch = batch
         self._out: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -419,8 +430,8 @@ class _NativeSetStock:
         try:
             r = fixed_rate_native(
                 RateRun(
-                    target, _set_stock_maker(items), rate, duration_s, label="SetStock", connections=2,
-                    deadline_s=2.0, warmup_s=warmup_s, metadata=metadata,
+                    target, _set_stock_maker(items, self._batch), rate / self._batch, duration_s,
+                    label="SetStock", connections=2, deadline_s=2.0, warmup_s=warmup_s, metadata=metadata,
                 )
             )  # fmt: skip
             self._out.update(
@@ -457,6 +468,7 @@ class PairedReport:
     runs: list[PairedRun]
     ratios: list[float | None]  # p99 with / without, per pair
     median_ratio: float | None
+    set_stock_batch: int = 1  # stock changes per call (more than 1: SetStockMany)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -477,15 +489,20 @@ def run_paired(
     cpu_probe: Any = None,
     client: str = "python",
     changes_to: str | None = None,
+    set_stock_batch: int = 1,
     say: Any = print,
 ) -> PairedReport:
     """``pairs`` x (RecommendProducts at ``rate`` alone, and with ``set_stock_rate`` SetStock/s
     toggling ``items`` from another process), the order alternating per pair. ``cpu_probe``
     (bench.cpu.cpu_probe): CPU ms per call of the workers and Redis in each run. ``client``:
     ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both).
-    ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port)."""
+    ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port).
+    ``set_stock_batch`` > 1: the same changes per second as SetStockMany calls of that many
+    (native client only), as an inventory system that batches would send them."""
     writes = changes_to or target
     check_client(client)
+    if set_stock_batch > 1 and client != "native":
+        raise PropagationBenchError("--set-stock-batch above 1 needs --client native")
     if client == "native":
         find_native_client()  # not built: say so before anything starts
     runs: list[PairedRun] = []
@@ -500,7 +517,7 @@ def run_paired(
                 # Its schedule outlasts the measured window by a second on each side: the two
                 # clients connect independently, a few hundred ms apart.
                 native_sender = _NativeSetStock(
-                    writes, items, set_stock_rate, duration_s + 2.0, warmup_s, metadata
+                    writes, items, set_stock_rate, duration_s + 2.0, warmup_s, metadata, set_stock_batch
                 )
                 native_sender.start()
             elif with_changes:
@@ -534,7 +551,13 @@ def run_paired(
         ratios.append(with_p99 / without_p99 if with_p99 and without_p99 else None)
     valid = [r for r in ratios if r is not None]
     return PairedReport(
-        rate, set_stock_rate, duration_s, runs, ratios, statistics.median(valid) if valid else None
+        rate,
+        set_stock_rate,
+        duration_s,
+        runs,
+        ratios,
+        statistics.median(valid) if valid else None,
+        set_stock_batch,
     )
 
 
@@ -564,10 +587,11 @@ def markdown(prop: PropagationReport | None, paired: PairedReport | None) -> str
     if paired is not None:
         if lines:
             lines.append("")
+        sent_as = "SetStock" if paired.set_stock_batch == 1 else f"SetStockMany of {paired.set_stock_batch}"
         lines += [
-            f"| pair | SetStock {paired.set_stock_rate:.0f}/s beside | RecommendProducts offered/s | "
-            "answered/s | p50 ms | p99 ms | errors % | CPU ms per RecommendProducts | SetStock answered/s | "
-            "SetStock errors |",
+            f"| pair | {paired.set_stock_rate:.0f} stock changes/s beside ({sent_as}) | RecommendProducts "
+            f"offered/s | answered/s | p50 ms | p99 ms | errors % | CPU ms per RecommendProducts | {sent_as} "
+            "calls answered/s | their errors |",
             "|---:|---|---:|---:|---:|---:|---:|---|---:|---|",
         ]
         for r in paired.runs:

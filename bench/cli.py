@@ -435,6 +435,14 @@ def bench_catalog_propagation(
     pairs: int = typer.Option(3, "--pairs", min=0, help="Paired runs with/without SetStock (0: none)."),
     rate: float = typer.Option(400.0, "--rate", min=1, help="RecommendProducts/s of the paired runs."),
     set_stock_rate: float = typer.Option(200.0, "--set-stock-rate", min=1, help="SetStock/s beside them."),
+    set_stock_batch: int = typer.Option(
+        1,
+        "--set-stock-batch",
+        min=1,
+        max=10_000,
+        help="Stock changes per call: 1 = SetStock; more = SetStockMany calls carrying the same changes/s "
+        "(native client).",
+    ),
     duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
     warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
     connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
@@ -471,7 +479,8 @@ def bench_catalog_propagation(
     options = _options(
         lambda: CatalogPropagationOptions(
             changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
-            set_stock_rate=set_stock_rate, duration_s=duration, warmup_s=warmup, connections=connections,
+            set_stock_rate=set_stock_rate, set_stock_batch=set_stock_batch, duration_s=duration,
+            warmup_s=warmup, connections=connections,
             client=client, catalog_writer=catalog_writer, load_config=load_config, server=server,
         )
     )  # fmt: skip

@@ -206,6 +206,7 @@ class CatalogPropagationOptions:
     pairs: int = 3
     rate: float = 400.0
     set_stock_rate: float = 200.0
+    set_stock_batch: int = 1  # stock changes per call: 1 SetStock, more SetStockMany
     duration_s: float = 25.0
     warmup_s: float = 3.0
     connections: int = 16
@@ -268,13 +269,14 @@ def run_catalog_propagation(
             items = [bytes(i).decode() for i in traffic.ids.products[:100]]
             say(
                 f"paired runs: {o.pairs} x RecommendProducts {o.rate:.0f}/s "
-                f"with and without {o.set_stock_rate:.0f} SetStock/s"
+                f"with and without {o.set_stock_rate:.0f} stock changes/s"
+                + (f" (SetStockMany of {o.set_stock_batch})" if o.set_stock_batch > 1 else "")
             )
             paired = run_paired(
                 target, traffic, items, pairs=o.pairs, rate=o.rate, set_stock_rate=o.set_stock_rate,
                 duration_s=o.duration_s, warmup_s=o.warmup_s, connections=o.connections, metadata=metadata,
                 cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])),
-                client=o.client, changes_to=changes_to, say=say,
+                client=o.client, changes_to=changes_to, set_stock_batch=o.set_stock_batch, say=say,
             )  # fmt: skip
         payload = {**payload, "paired": paired.as_dict() if paired is not None else None}
         payload["machine"] = {**where, "loadavg_1m_at_end": os.getloadavg()[0]}

@@ -124,6 +124,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                 results[i] = catalog_pb2.ItemResult(
                     item_id=change.item_id, applied=True, version=outcome.version
                 )
+            elif outcome.kind_conflict:
+                results[i] = _error(
+                    change.item_id,
+                    InvalidArgument(f"item {change.item_id!r} cannot change its kind", reason="KIND_CHANGE"),
+                )
             else:
                 results[i] = _error(
                     change.item_id,

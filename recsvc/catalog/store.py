@@ -23,10 +23,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import immutables
 import redis
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ SCRIPT_CHUNK = 1000
 
 # KEYS: 1 items, 2 seq, 3 feed. ARGV: 1 feed max length, 2 item count, then per item: id, patch
 # JSON, must_exist ('1': skip the item when it has no record: the caller did not find it in its
-# bundle). Returns {v0 or 0, time ms, status per item: 1 applied, 0 missing}.
+# bundle). Returns {v0 or 0, time ms, status per item: 1 applied, 0 missing, 2 refused: the patch
+# changes the kind the record has (checked here too: a process may not have seen the record yet)}.
 _CHANGE_SCRIPT = """
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -54,13 +56,16 @@ local applied = 0
 for i = 0, n - 1 do
   local id = ARGV[3 + 3 * i]
   local old = redis.call('HGET', KEYS[1], id)
+  local rec
+  if old then rec = cjson.decode(old) else rec = {f = {}, t = {}} end
+  local patch = cjson.decode(ARGV[4 + 3 * i])
   if (not old) and ARGV[5 + 3 * i] == '1' then
     status[#status + 1] = 0
+  elseif patch.kind and rec.f.kind and patch.kind ~= rec.f.kind then
+    status[#status + 1] = 2
   else
-    local rec
-    if old then rec = cjson.decode(old) else rec = {f = {}, t = {}} end
     if type(rec.t) ~= 'table' then rec.t = {} end
-    for k, val in pairs(cjson.decode(ARGV[4 + 3 * i])) do
+    for k, val in pairs(patch) do
       rec.f[k] = val
       rec.t[k] = now
     end
@@ -132,6 +137,7 @@ class ChangeOutcome:
     item_id: str
     applied: bool
     version: int
+    kind_conflict: bool = False  # refused: the record in Redis has another kind
 
 
 class CatalogStore:
@@ -204,15 +210,15 @@ def _chunks(changes: Sequence[Change]) -> Iterator[Sequence[Change]]:
 
 def _outcomes(chunk: Sequence[Change], v0: Any, status: Sequence[Any]) -> list[ChangeOutcome]:
     """Per change of ``chunk``: applied (with its version: the applied ones count up from
-    ``v0``) or not (Redis had no record of an item that had to exist)."""
+    ``v0``) or not (Redis had no record of an item that had to exist, or one of another kind)."""
     out = []
     v = int(v0)
-    for c, ok in zip(chunk, status, strict=True):
-        if int(ok):
+    for c, code in zip(chunk, status, strict=True):
+        if int(code) == 1:
             out.append(ChangeOutcome(c.item_id, True, v))
             v += 1
         else:
-            out.append(ChangeOutcome(c.item_id, False, 0))
+            out.append(ChangeOutcome(c.item_id, False, 0, kind_conflict=int(code) == 2))
     return out
 
 
@@ -247,12 +253,12 @@ class CatalogFollower:
         self,
         store: CatalogStore,
         client: Any,
-        on_change: Callable[[dict[str, ItemRecord]], None],
+        on_change: Callable[[Mapping[str, ItemRecord]], None],
         on_state: Callable[[bool], None] | None = None,
         retry_s: float = 0.25,
         block_ms: int = 500,
         settle_s: float = 0.0,
-        on_batch: Callable[[dict[str, ItemRecord], set[str]], None] | None = None,
+        on_batch: Callable[[Mapping[str, ItemRecord], set[str]], None] | None = None,
     ) -> None:
         self._store = store
         self._on_batch = on_batch
@@ -262,7 +268,7 @@ class CatalogFollower:
         self._retry_s = retry_s
         self._block_ms = block_ms
         self._settle_s = settle_s
-        self.records: dict[str, ItemRecord] = {}
+        self.records: immutables.Map[str, ItemRecord] = immutables.Map()
         self.seq = 0
         self._last_id = "0-0"
         self._synced = threading.Event()
@@ -329,7 +335,8 @@ class CatalogFollower:
     def _resync(self) -> None:
         # Redis is the truth: its snapshot replaces what this process held (also after Redis
         # lost its data, when the catalog falls back to the bundle's).
-        self.seq, self._last_id, self.records = self._store.snapshot()
+        self.seq, self._last_id, records = self._store.snapshot()
+        self.records = immutables.Map(records)
         self._on_change(self.records)
         self._synced.set()
 
@@ -364,7 +371,9 @@ class CatalogFollower:
                 if v0 != self.seq + 1:
                     raise _Gap(f"expected_version={self.seq + 1} got={v0}")
                 if records is None:
-                    records = dict(self.records)  # copy on write: readers keep a stable map
+                    # A persistent map: changing a few records of a large catalog copies no
+                    # whole map, and readers keep the one they hold.
+                    records = self.records.mutate()
                 for item_id, raw in fields.items():
                     rec = ItemRecord.parse(raw)
                     held = records.get(item_id)
@@ -373,7 +382,7 @@ class CatalogFollower:
                         changed.add(item_id)
                 self.seq = v0 + n - 1
         if records is not None:
-            self.records = records
+            self.records = records.finish()
         return changed
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from bundle_factory import make_bundle
 
-from bench.catalog_propagation import established_server_sockets, socket_inodes, worker_pids
+from bench.catalog_propagation import _set_stock_maker, established_server_sockets, socket_inodes, worker_pids
 from bench.native_client import NATIVE_CLIENT
 
 pytestmark = pytest.mark.integration
@@ -88,3 +88,18 @@ def test_propagation_bench_times_each_change_on_both_processes(
     assert stock["ok"] == stock["sent"] == set_stock_calls and stock["errors"] == {}
     assert paired["ratios"][0] is not None and paired["ratios"][0] > 0
     assert "p99 with / without SetStock" in (out / "catalog-propagation.md").read_text()
+
+
+def test_batched_stock_changes_are_the_single_calls_changes_in_the_same_order() -> None:
+    """``--set-stock-batch``: SetStockMany calls carry exactly the changes the SetStock calls
+    would, in the same order (each item out of stock, then back in on its next turn)."""
+    items = ["A", "B", "C"]
+    single = _set_stock_maker(items)
+    one = [single() for _ in range(12)]
+    assert {rpc for rpc, _ in one} == {"SetStock"}
+    batched = _set_stock_maker(items, batch=4)
+    many = [batched() for _ in range(3)]
+    assert {rpc for rpc, _ in many} == {"SetStockMany"}
+    flat = [(c.item_id, c.in_stock) for _, req in many for c in req.changes]
+    assert flat == [(req.item_id, req.in_stock) for _, req in one]
+    assert flat[:6] == [("A", False), ("B", False), ("C", False), ("A", True), ("B", True), ("C", True)]

@@ -14,7 +14,7 @@ import redis
 from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import RunningServer, running_server, serving_settings
 
-from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, _Gap
+from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, ItemRecord, _Gap
 from recsvc.localstack import LocalRedis
 from recsvc.settings import load_settings
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2
@@ -260,6 +260,28 @@ def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
     assert [(r.applied, r.reason) for r in stock.results] == [(True, ""), (False, "ITEM_NOT_FOUND")]
 
 
+def test_a_kind_change_is_refused_even_before_this_process_has_seen_the_item(
+    server: RunningServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new product, then the same id as content in a second call that reaches the process
+    before its view has the product (frozen here: a second replica, or within the propagation
+    time): Redis refuses the kind change, and the record stays a product."""
+    catalog = _catalog(server)
+    live = server.deps.engine.catalog
+    monkeypatch.setattr(live, "update", lambda *args, **kwargs: None)  # this process sees nothing new
+    product = _new_product("RACE-1", "cat0", "brand0")
+    assert catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[product]), timeout=5).applied == 1
+    content = catalog_pb2.CatalogItem(
+        item_id="RACE-1", kind=common_pb2.CONTENT, title="t", category="content0", price=0.0, published_at=1
+    )
+    second = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[content]), timeout=5)
+    assert [(r.code, r.reason) for r in second.results] == [("INVALID_ARGUMENT", "KIND_CHANGE")]
+    assert second.applied == 0
+    client = redis.Redis.from_url(redis_url)
+    held = [client.hget(key, "RACE-1") for key in client.scan_iter(match="*:{catalog}:items")]
+    assert [ItemRecord.parse(raw).fields["kind"] for raw in held if raw] == ["product"]
+
+
 def test_undecodable_request_bytes_are_invalid_argument(server: RunningServer) -> None:
     # Raw bytes that are no UpsertItemsRequest message: INVALID_ARGUMENT, never UNKNOWN or INTERNAL.
     raw = server.channel.unary_unary("/recsvc.v1.Catalog/UpsertItems")
@@ -406,7 +428,7 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
         for i in range(5):
             store.apply([Change(f"B{i}", {"in_stock": False}, False)])
         assert time.monotonic() - t0 < 0.3  # the burst is inside the settle window
-        _within(2.0, lambda: {f"B{i}" for i in range(5)} <= follower.records.keys(), "burst not applied")
+        _within(2.0, lambda: {f"B{i}" for i in range(5)} <= set(follower.records.keys()), "burst not applied")
         assert len(calls) == first + 2, calls  # one rebuild for the five changes
     finally:
         follower.stop()
