@@ -49,12 +49,15 @@ def load_dataset(
     encoding: str | None = None,
     mapping: Mapping | None = None,
     max_quarantined_share: float | None = None,
+    keep_quarantine: bool = False,
 ) -> Dataset:
     """Validate ``data_dir`` and return its clean tables; raise DataContractError if unusable.
 
     With ``max_quarantined_share``, more than that share of quarantined events or catalog rows
     also stops (reason QUARANTINE_SHARE), after the quarantine and its summary were written (to
-    ``quarantine_dir``, default ``<data_dir>/quarantine``) so the one-line message can name them."""
+    ``quarantine_dir``, default ``<data_dir>/quarantine``) so the one-line message can name them.
+    ``keep_quarantine``: below that share too, the quarantined rows are written there
+    (``keep_quarantine_files``), so a run that trains on the rest loses no row unseen."""
     result = validate_dir(data_dir, settings, now, encoding=encoding, mapping=mapping)
     over = quarantine_overflow(result, max_quarantined_share)
     if over and quarantine_dir is None:
@@ -64,7 +67,27 @@ def load_dataset(
     if over:
         assert quarantine_dir is not None
         raise too_much_quarantined(over, max_quarantined_share, quarantine_dir)
+    if keep_quarantine and quarantine_dir is None:
+        keep_quarantine_files(result, data_dir / QUARANTINE_DIRNAME)
     return dataset_from(result)
+
+
+def keep_quarantine_files(result: ValidationResult, out_dir: Path) -> Path | None:
+    """The quarantine files of a run that goes on with the clean rows: written when any row was
+    quarantined, or to replace the files of an earlier run (else a clean run writes nothing into
+    the data folder). A folder that cannot be written is logged, not fatal: the counts per reason
+    still reach the run. The folder written, or None."""
+    rows = sum(len(t.quarantine) for t in result.tables.values())
+    if not rows and not out_dir.is_dir():
+        return None
+    try:
+        result.write(out_dir)
+    except OSError as exc:
+        log.warning("event=quarantine_not_written dir=%s rows=%d error=%s", out_dir, rows, exc)
+        return None
+    if rows:
+        log.warning("event=quarantine_written dir=%s rows=%d (trained on the clean rows)", out_dir, rows)
+    return out_dir
 
 
 def quarantine_overflow(result: ValidationResult, max_quarantined_share: float | None) -> list[str]:

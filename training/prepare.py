@@ -107,7 +107,8 @@ def load(
 ) -> DatasetLike:
     """Read and validate a data folder with the data contract's loader; stop when more than
     ``data.max_quarantined_share`` of the events or catalog was quarantined (data-quality gate)
-    unless ``allow_quarantine``."""
+    unless ``allow_quarantine``. Quarantined rows are written to ``<data_dir>/quarantine/`` either
+    way (``pipelines.ingest.keep_quarantine_files``)."""
     from pipelines.ingest import load_dataset
     from pipelines.mapping import load_mapping
 
@@ -119,6 +120,7 @@ def load(
         encoding=encoding,
         mapping=load_mapping(mapping),
         max_quarantined_share=None if allow_quarantine else data_settings.max_quarantined_share,
+        keep_quarantine=True,
     )
 
 

@@ -12,9 +12,10 @@ the seven values, the earliest source row kept), the erasure list (an anti-join)
 Writes: a :class:`SparkIngest`: the :class:`training.prepare.Prepared` later steps share, and the
 clean events as a persisted Spark DataFrame (member row, item row, event type, epoch seconds),
 from which Spark builds r_ui and fits ALS (:meth:`training.spark_als.SparkAls.attach`) without
-the events making a round trip through the driver. When more than ``data.max_quarantined_share``
-was quarantined, the quarantined rows (only those) come to the driver and are written with the
-pandas validator's writer, so ``<data>/quarantine/`` has the same files either way.
+the events making a round trip through the driver. When any row was quarantined, the quarantined
+rows (only those: at most ``data.max_quarantined_share`` of the events unless training stops
+there) come to the driver and are written with the pandas validator's writer, so
+``<data>/quarantine/`` has the same files either way.
 
 What the driver still holds, and why: the clean events as six compact numeric arrays (22 bytes an
 event; no text, no validation work), fetched through Arrow in file order. The holdout split and
@@ -57,7 +58,7 @@ from pipelines.contract import (
     Reason,
 )
 from pipelines.encoding import resolve_encoding
-from pipelines.ingest import quarantine_overflow, too_much_quarantined
+from pipelines.ingest import keep_quarantine_files, quarantine_overflow, too_much_quarantined
 from pipelines.mapping import Mapping
 from pipelines.read import REPLACEMENT_CHAR, _check_columns, _mapped_header, _read_csv, find_table_file
 from pipelines.validate import (
@@ -197,10 +198,15 @@ def load(
         for table in (catalog, members, events_table):
             result.tables[table.name] = table
         over = quarantine_overflow(result, None if allow_quarantine else settings.max_quarantined_share)
+        quarantine_dir = data_dir / QUARANTINE_DIRNAME
         if over:  # the same files and message as pipelines.ingest.load_dataset
             events_table.quarantine = quarantine_rows(checked)
-            result.write(data_dir / QUARANTINE_DIRNAME)
-            raise too_much_quarantined(over, settings.max_quarantined_share, data_dir / QUARANTINE_DIRNAME)
+            result.write(quarantine_dir)
+            raise too_much_quarantined(over, settings.max_quarantined_share, quarantine_dir)
+        if sum(by_reason_all.values()) or quarantine_dir.is_dir():
+            # below the limit too (at most that share of the events comes to the driver)
+            events_table.quarantine = quarantine_rows(checked)
+            keep_quarantine_files(result, quarantine_dir)
         ingest_counts = {
             f"{t.name}.{k}": v
             for t in result.tables.values()
@@ -426,6 +432,18 @@ def _strip(text: Any) -> Any:
     return F.regexp_replace(text, r"(?U)^\s+|\s+$", "")
 
 
+def _nfc(text: Any) -> Any:
+    """Unicode NFC, as ``recsvc.idmap.normalize_id`` (pipelines.rows.normalized_ids) gives every
+    id: ICU4J's ``Normalizer.compose(s, false)``, the ICU Spark ships for its collations, called in
+    the JVM (a Python UDF would send every row through Python); ASCII ids, already NFC, skip it."""
+    from pyspark.sql import functions as F
+
+    composed = F.call_function(
+        "reflect", F.lit("com.ibm.icu.text.Normalizer"), F.lit("compose"), text, F.lit(False)
+    )
+    return F.when(text.rlike(r"[^\x00-\x7F]"), composed).otherwise(text)
+
+
 def _number(frame: Any, col: str) -> tuple[Any, Any, Any]:
     """(value, empty, unparsable) as pipelines.validate._numbers and _unparsable see a cell."""
     from pyspark.sql import functions as F
@@ -521,8 +539,8 @@ def check_events(
             {"_item_id": items.ids(range(len(items))), "i_row": np.arange(len(items), dtype=np.int32)}
         ),
     )
-    frame = raw.withColumn("_member", _strip(_text("member_id"))).withColumn(
-        "_item", _strip(_text("item_id"))
+    frame = raw.withColumn("_member", _nfc(_strip(_text("member_id")))).withColumn(
+        "_item", _nfc(_strip(_text("item_id")))
     )
     frame = frame.join(item_rows.hint("broadcast"), frame["_item"] == item_rows["_item_id"], "left")
     if members is not None:

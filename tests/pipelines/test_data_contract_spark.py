@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,34 @@ def test_gb18030_without_members_file_and_with_erasures_both_agree(spark: Any, t
 
 
 @with_spark
+def test_decomposed_ids_in_events_are_the_same_items_and_members_on_both_engines(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Events naming a product and a member in decomposed Unicode (NFD), while the catalog and
+    the members file have them composed (NFC): both readers take them as the same ids."""
+    data = _folder(tmp_path)
+    catalog = pd.read_csv(data / "catalog.csv", dtype=str, keep_default_na=False)
+    product = catalog[catalog["kind"] == "product"].iloc[[0]].assign(item_id="Caf\u00e9-1")
+    pd.concat([catalog, product]).to_csv(data / "catalog.csv", index=False)
+    members = pd.read_csv(data / "members.csv", dtype=str, keep_default_na=False)
+    pd.concat([members, members.iloc[[0]].assign(member_id="Zo\u00eb-1")]).to_csv(
+        data / "members.csv", index=False
+    )
+    nfd_item, nfd_member = (
+        unicodedata.normalize("NFD", "Caf\u00e9-1"),
+        unicodedata.normalize("NFD", "Zo\u00eb-1"),
+    )
+    assert nfd_item != "Caf\u00e9-1"
+    _write_events(data, [[nfd_member, nfd_item, "purchase", "2026-09-02T10:00:00Z", "app", "1", "9.90"]])
+    a, b = _both(spark, data, encoding="utf-8")  # a short é alone reads as GB18030 too
+    _same(a, b)
+    for prepared in (a, b):
+        item, member = prepared.items.row("Caf\u00e9-1"), prepared.members.row("Zo\u00eb-1")
+        assert item is not None and member is not None
+        assert ((prepared.events.member == member) & (prepared.events.item == item)).any()
+
+
+@with_spark
 def test_too_much_quarantined_writes_the_same_files_and_stops_alike(spark: Any, tmp_path: Path) -> None:
     from training import spark_ingest
 
@@ -185,6 +214,31 @@ def test_too_much_quarantined_writes_the_same_files_and_stops_alike(spark: Any, 
         (data / "quarantine" / "events.csv").unlink()
     a, b = written["pandas"], written["spark"]
     assert list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a[["source_row", "reason"]], b[["source_row", "reason"]])
+    pd.testing.assert_frame_equal(a[list(COLUMNS)], b[list(COLUMNS)])
+
+
+@with_spark
+def test_below_the_limit_both_write_the_same_quarantine_files_and_train_on(
+    spark: Any, tmp_path: Path
+) -> None:
+    """A run that goes on with the clean rows leaves the quarantined ones, with their reasons, in
+    ``<data>/quarantine/`` on either engine, the same files."""
+    from training import spark_ingest
+
+    data = _folder(tmp_path)
+    settings = load_settings(overrides={"data": {"max_quarantined_share": 0.99}}).data
+    written = {}
+    for engine in ("pandas", "spark"):
+        if engine == "pandas":
+            prepare.load(data, settings)
+        else:
+            spark_ingest.load(spark, data, settings, frozenset()).events.unpersist()
+        written[engine] = pd.read_csv(data / "quarantine" / "events.csv", dtype=str, keep_default_na=False)
+        assert (data / "quarantine" / "summary.json").is_file()
+        (data / "quarantine" / "events.csv").unlink()
+    a, b = written["pandas"], written["spark"]
+    assert len(a) >= 15 and (a["reason"] != "").all()
     pd.testing.assert_frame_equal(a[["source_row", "reason"]], b[["source_row", "reason"]])
     pd.testing.assert_frame_equal(a[list(COLUMNS)], b[list(COLUMNS)])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -66,6 +67,12 @@ def test_train_on_generated_data_registers_a_loadable_champion(tmp_path: Path) -
     assert mv.run_id is not None
     run = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(mv.run_id)
     assert run.data.metrics["count.quarantined_rows"] == bundle.manifest.counts["quarantined_rows"]
+    # ... and the rows themselves, with their reasons, are in the data folder (never in MLflow)
+    kept = pd.read_csv(data / "quarantine" / "events.csv", dtype=str, keep_default_na=False)
+    assert (
+        len(kept) == bundle.manifest.counts["ingest.events.rows_quarantined"] > 0
+        and (kept["reason"] != "").all()
+    )
 
     # a deliberately worse configuration is refused by the gate and says so (ALS forced: on this
     # small data the gate may let item-item serve, which these ALS settings do not touch)
