@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import immutables
+
 from recsvc.bundle import KIND_PRODUCT
 from recsvc.catalog.delta import advance
 from recsvc.catalog.store import ItemRecord
 from recsvc.catalog.view import CatalogView, GroupMeans, catalog_as_of_ms
 from recsvc.engine.served_model import ServedModel
+from recsvc.gc_pause import gc_paused
 
 
 def main() -> None:
@@ -56,7 +59,7 @@ def main() -> None:
     for j in range(args.new):
         put(f"NEW{j:07d}", new_product(j))
     means = GroupMeans(model)
-    base = CatalogView(model, dict(records), now, means, version)
+    base = CatalogView(model, immutables.Map(records), now, means, version)
     product = next(ids[r] for r in range(n) if model.item_kind[r] == KIND_PRODUCT)
     batches: dict[str, Callable[[int], list[str]]] = {
         "1 stock flip": lambda k: [_put_one(put, product, {"in_stock": k % 2 == 0})],
@@ -73,11 +76,12 @@ def main() -> None:
         moved, whole = [], []
         for k in range(args.repeat):
             changed = make(k)
-            snapshot = dict(records)
+            snapshot = immutables.Map(records)  # as the follower holds them
             t0 = time.thread_time()
             out = advance(base, snapshot, changed, now, version, means)
             t1 = time.thread_time()
-            CatalogView(model, snapshot, now, means, version)
+            with gc_paused():  # as LiveCatalog builds a view whole
+                CatalogView(model, snapshot, now, means, version)
             t2 = time.thread_time()
             if out is None:
                 raise SystemExit(f"{label}: the batch was not moved on")

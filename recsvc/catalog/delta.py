@@ -201,10 +201,9 @@ def _visibility_of_rows(out: CatalogView, view: CatalogView, rows: np.ndarray, n
 
 
 def _applied(rec: ItemRecord, as_of: int, in_bundle: bool) -> dict[str, Any]:
-    """The fields of ``rec`` a view applies: for a bundle item those changed after its catalog."""
-    if not in_bundle:
-        return dict(rec.fields)
-    return {k: v for k, v in rec.fields.items() if rec.field_ts_ms.get(k, rec.ts_ms) >= as_of}
+    """The fields of ``rec`` a view applies (read-only): for a bundle item those changed after
+    its catalog."""
+    return rec.fresh(as_of) if in_bundle else rec.fields
 
 
 def _value(key: str, value: Any) -> Any:

@@ -21,6 +21,7 @@ from recsvc.catalog.delta import advance
 from recsvc.catalog.store import ItemRecord
 from recsvc.catalog.view import CatalogView, GroupMeans
 from recsvc.engine.served_model import ServedModel
+from recsvc.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class LiveCatalog:
         means = self._means.get(model)
         if means is None and any(model.items.row(i) is None for i in records):
             means = self._means_for(model)
-        view = CatalogView(model, records, self._clock(), means, version)
+        with gc_paused():
+            view = CatalogView(model, records, self._clock(), means, version)
         self._swap(model, view)
         return view
 

@@ -24,11 +24,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import immutables
 import redis
+
+from recsvc.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,24 @@ class ItemRecord:
     # The version that created the record (unique, in feed order; 0 for a record written before
     # it was kept): new items take their rows in this order (``CatalogView``).
     created: int = 0
+    # When its oldest and newest field was set (ms): ``fresh`` answers most records without a
+    # look at each field (a whole view build asks it of every record).
+    oldest_ms: int = field(init=False, compare=False, repr=False, default=0)
+    newest_ms: int = field(init=False, compare=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        times = [self.field_ts_ms.get(k, self.ts_ms) for k in self.fields]
+        object.__setattr__(self, "oldest_ms", min(times, default=self.ts_ms))
+        object.__setattr__(self, "newest_ms", max(times, default=self.ts_ms))
+
+    def fresh(self, as_of_ms: int) -> dict[str, Any]:
+        """The fields set at or after ``as_of_ms`` (a bundle's catalog time: older changes are
+        retired). Read-only: it may be ``fields`` itself."""
+        if self.newest_ms < as_of_ms:
+            return {}
+        if self.oldest_ms >= as_of_ms:
+            return self.fields
+        return {k: v for k, v in self.fields.items() if self.field_ts_ms.get(k, self.ts_ms) >= as_of_ms}
 
     @classmethod
     def parse(cls, raw: bytes | str) -> ItemRecord:
@@ -335,8 +355,9 @@ class CatalogFollower:
     def _resync(self) -> None:
         # Redis is the truth: its snapshot replaces what this process held (also after Redis
         # lost its data, when the catalog falls back to the bundle's).
-        self.seq, self._last_id, records = self._store.snapshot()
-        self.records = immutables.Map(records)
+        with gc_paused():
+            self.seq, self._last_id, records = self._store.snapshot()
+            self.records = immutables.Map(records)
         self._on_change(self.records)
         self._synced.set()
 

@@ -162,14 +162,11 @@ class CatalogView:
         bundle_changes: list[tuple[int, dict[str, Any]]] = []
         new_records: list[tuple[int, str, dict[str, Any]]] = []
         if records:
-            ids = list(records)
-            rows = model.items.rows(ids)
-            for item_id, row in zip(ids, rows.tolist(), strict=True):
-                rec = records[item_id]
+            pairs = list(records.items())
+            rows = model.items.rows([item_id for item_id, _ in pairs])
+            for (item_id, rec), row in zip(pairs, rows.tolist(), strict=True):
                 if row >= 0:
-                    fresh = {
-                        k: v for k, v in rec.fields.items() if rec.field_ts_ms.get(k, rec.ts_ms) >= as_of
-                    }
+                    fresh = rec.fresh(as_of)
                     if fresh:
                         bundle_changes.append((row, fresh))
                 elif rec.fields.get("kind") in KIND_CODES:

@@ -268,3 +268,39 @@ def test_a_model_prepared_before_its_swap_keeps_up_with_changes_and_serves_its_v
     assert got.item_stock_ok[incoming.items.row(item)] and got.version == 2
     catalog.update(records, 3, {item})
     assert list(catalog._prepared) == []  # served now: moved on as the served model
+
+
+def test_the_collector_is_paused_for_a_whole_build_and_back_after_the_last_pause(
+    listed: PlantedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole view build runs with the cyclic collector off (``recsvc.gc_pause``); nested and
+    overlapping pauses turn it back on only when the last ends, and never turn on a collector
+    that was off."""
+    import gc
+
+    from recsvc import gc_pause
+
+    model = ServedModel.load(listed.path, version="1", source_uri="t")
+    seen: list[bool] = []
+    real_init = CatalogView.__init__
+
+    def init(self: CatalogView, *args: Any, **kwargs: Any) -> None:
+        seen.append(gc.isenabled())
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(CatalogView, "__init__", init)
+    assert gc.isenabled()
+    LiveCatalog(_Models(model)).view(model)
+    assert seen == [False] and gc.isenabled()
+    with gc_pause.gc_paused():
+        with gc_pause.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_pause.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
