@@ -598,3 +598,109 @@ def test_blank_or_control_character_text_and_too_many_featured_items_are_refused
         "",
     ]
     assert {r.code for r in resp.results[:-1]} == {"INVALID_ARGUMENT"}
+
+
+def test_a_process_that_followed_every_change_answers_as_one_started_after_them(
+    listed: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """The views a process moves on batch by batch (new products, content featuring them,
+    stock, prices, listings, renames, category changes, a scheduled item) against the view a
+    process started afterwards builds whole from Redis: the same catalog, the same answers."""
+    import random
+
+    rng = random.Random(11)
+    trained = listed.products()
+    with running_server(serving_settings(str(listed.path), redis_url, tmp_path / "a", default_k=K)) as first:
+        catalog = _catalog(first)
+        made: list[str] = []
+        for step in range(30):
+            items = []
+            for j in range(rng.randint(1, 6)):
+                roll = rng.random()
+                known = rng.choice(trained + made)
+                if roll < 0.3:
+                    new = _new_product(f"E2E-{step}-{j}", rng.choice(["cat0", "cat1", "cat2"]), "brand1")
+                    made.append(new.item_id)
+                    items.append(new)
+                elif roll < 0.4 and made:
+                    items.append(_new_content(f"E2E-C{step}-{j}", [made[-1], trained[0]]))
+                elif roll < 0.6:
+                    items.append(catalog_pb2.CatalogItem(item_id=known, in_stock=rng.random() < 0.5))
+                elif roll < 0.75:
+                    items.append(catalog_pb2.CatalogItem(item_id=known, price=round(rng.uniform(1, 60), 2)))
+                elif roll < 0.85:
+                    items.append(
+                        catalog_pb2.CatalogItem(item_id=known, category=rng.choice(["cat1", "cat3"]))
+                    )
+                elif roll < 0.95:
+                    items.append(catalog_pb2.CatalogItem(item_id=known, title=f"Renamed {step}"))
+                else:
+                    items.append(catalog_pb2.CatalogItem(item_id=known, published_at=int(time.time()) + 1))
+            unique = list({it.item_id: it for it in reversed(items)}.values())  # one change per item
+            resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=unique), timeout=5)
+            assert resp.failed == 0, resp
+            if step % 5 == 0:
+                delisted = rng.sample(trained + made, 2)
+                resp = catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=delisted), timeout=5)
+            # the next call's checks read this process's view: let it see this one first
+            last = max(r.version for r in resp.results)
+
+            def followed(v: int = last) -> bool:
+                return bool(first.deps.engine.catalog.version >= v)
+
+            _within(2.0, followed, "change not followed")
+        time.sleep(1.5)  # the scheduled items' times pass
+        with running_server(
+            serving_settings(str(listed.path), redis_url, tmp_path / "b", default_k=K)
+        ) as second:
+            live = [s.deps.engine.catalog for s in (first, second)]
+            _within(
+                2.0, lambda: live[0].version == live[1].version > 0, "the processes disagree on the version"
+            )
+
+            def exported(s: RunningServer) -> list[bytes]:
+                items = _catalog(s).ExportCatalog(catalog_pb2.ExportCatalogRequest(), timeout=10)
+                return [it.SerializeToString() for it in items]
+
+            assert exported(first) == exported(second)
+            members = listed.warm_members()[:12] + listed.cold_members[:2]
+            for member in members:
+                for filters in (
+                    {},
+                    {"in_stock_only": False},
+                    {"max_price": 30.0},
+                    {"include_categories": ["cat1"]},
+                ):
+                    a, b = (_answer(s, member, **filters) for s in (first, second))
+                    assert a == b, (member, filters)
+            for item in [*made[-3:], *trained[:3]]:
+                req = recommender_pb2.SimilarItemsRequest(item_id=item, k=10)
+                try:
+                    a_sim = [(i.item_id, i.score) for i in first.stub.SimilarItems(req, timeout=5).items]
+                    b_sim = [(i.item_id, i.score) for i in second.stub.SimilarItems(req, timeout=5).items]
+                except grpc.RpcError as err:  # a delisted query item: NOT_FOUND on both
+                    assert err.code() == grpc.StatusCode.NOT_FOUND
+                    continue
+                assert a_sim == b_sim, item
+
+
+def _new_content(item_id: str, featured: list[str]) -> catalog_pb2.CatalogItem:
+    return catalog_pb2.CatalogItem(
+        item_id=item_id,
+        kind=common_pb2.CONTENT,
+        title="Look",
+        category="content1",
+        price=0.0,
+        published_at=1,
+        set_featured=True,
+        featured_item_ids=featured,
+    )
+
+
+def _answer(s: RunningServer, member: str, **filters: object) -> list[tuple[str, float, str, str]]:
+    req = recommender_pb2.RecommendProductsRequest(member_id=member, k=K)
+    if filters:
+        req.filters.CopyFrom(common_pb2.RecommendationFilters(**filters))  # type: ignore[arg-type]
+    return [
+        (it.item_id, round(it.score, 5), it.source, it.reason) for it in s.stub.RecommendProducts(req).items
+    ]
