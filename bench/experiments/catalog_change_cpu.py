@@ -15,11 +15,10 @@ import cProfile
 import io
 import os
 import pstats
-import tempfile
-from pathlib import Path
 
 from bench.catalog_propagation import _set_stock_maker
 from bench.cpu import cpu_seconds
+from bench.experiments.inprocess import in_process_server
 from bench.native_client import fixed_rate_native
 from bench.ratebench import RateRun
 
@@ -33,24 +32,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     from recsvc.bundle import KIND_PRODUCT
-    from recsvc.localstack import LocalRedis
-    from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
-    from recsvc.settings import load_settings
 
-    with tempfile.TemporaryDirectory() as tmp_name, LocalRedis(Path(tmp_name) / "redis") as redis:
-        tmp = Path(tmp_name)
-        settings = load_settings(
-            overrides={
-                "serving": {"model_uri": args.bundle, "bundle_cache_dir": str(tmp / "b"), "port": 0},
-                "redis": {"url": redis.url},
-                "security": {"audit_log": str(tmp / "audit.log"), "allow_insecure_dev": True},
-            }
-        )
-        deps = build_deps(settings, with_outreach=False)
-        server = build_server(settings, deps)
-        server.start()
-        deps.models.reload()
-        settle_heap()
+    with in_process_server(args.bundle) as (server, deps, redis):
         _, model = deps.models.default()
         kinds = deps.engine.catalog.view(model).item_kind
         items = [model.items.id(int(r)) for r in (kinds == KIND_PRODUCT).nonzero()[0][: args.items]]
@@ -86,11 +69,10 @@ def main() -> None:
         print(f"CPU ms per SetStock: server process {per_call.get('process', 0):.3f}; redis "
               f"{per_call.get('redis', 0):.3f}; native client {per_call.get('client', 0):.3f}")  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f}")
-        shutdown(server, deps, grace_s=0)
-        if args.profile:
-            out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(30)
-            print(f"event loop thread, {calls} calls:\n{out.getvalue()}")
+    if args.profile:
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(30)
+        print(f"event loop thread, {calls} calls:\n{out.getvalue()}")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ docs/benchmarks.md, "Live catalog", uses it.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 
+from bench.experiments.inprocess import in_process_server
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2, recommender_pb2_grpc
 
 
@@ -28,31 +27,18 @@ def main() -> None:
     parser.add_argument("--records", action="store_true", help="change every trained product first")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--members", type=int, default=200, help="members asked for a new product")
+    parser.add_argument(
+        "--per-call", type=int, default=10_000, help="items per UpsertItems call (catalog.max_batch)"
+    )
     args = parser.parse_args()
     from recsvc.bundle import KIND_PRODUCT
-    from recsvc.localstack import LocalRedis
-    from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
-    from recsvc.settings import load_settings
 
-    with tempfile.TemporaryDirectory() as tmp_name, LocalRedis(Path(tmp_name) / "redis") as redis:
-        tmp = Path(tmp_name)
-        settings = load_settings(
-            overrides={
-                "serving": {"model_uri": args.bundle, "bundle_cache_dir": str(tmp / "b"), "port": 0},
-                "redis": {"url": redis.url},
-                "security": {"audit_log": str(tmp / "audit.log"), "allow_insecure_dev": True},
-            }
-        )
-        deps = build_deps(settings, with_outreach=False)
-        server = build_server(settings, deps)
-        server.start()
-        deps.models.reload()
-        settle_heap()
+    with in_process_server(args.bundle) as (_server, deps, _redis):
         _, model = deps.models.default()
         channel = grpc.insecure_channel(f"127.0.0.1:{deps.bound_port}")
         catalog = catalog_pb2_grpc.CatalogStub(channel)
         recommender = recommender_pb2_grpc.RecommenderStub(channel)
-        batch = settings.catalog.max_batch
+        batch = args.per_call
         products = [r for r in range(len(model.items)) if model.item_kind[r] == KIND_PRODUCT]
         if args.records:
             changes = [catalog_pb2.StockChange(item_id=model.items.id(r), in_stock=True) for r in products]
@@ -108,7 +94,6 @@ def main() -> None:
             print(f"run {rep + 1}: {args.new:,} new products answered {answered:.2f} s, SimilarItems of the "
                   f"last {similar:.2f} s, first member list with one {found}")  # fmt: skip
         channel.close()
-        shutdown(server, deps, grace_s=0)
 
 
 if __name__ == "__main__":

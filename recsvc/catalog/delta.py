@@ -33,7 +33,7 @@ import numpy as np
 
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
-from recsvc.catalog.view import CatalogView, GroupMeans, catalog_as_of_ms
+from recsvc.catalog.view import WRITTEN_ARRAYS, CatalogView, GroupMeans, catalog_as_of_ms
 from recsvc.engine.served_model import KIND_CODES
 
 # The fields a batch may change with a write per row: each sets one value of one row.
@@ -47,25 +47,6 @@ ROW_VALUES = {
 DESCRIPTIVE = frozenset({"title", "category", "brand", "featured_item_ids"})
 # A trained item's fields shown in its response entry (``CatalogView.titles_override``).
 RENDERED = frozenset({"title", "category", "brand", "kind"})
-# The per-item arrays a batch writes into (the visibility arrays are derived from them).
-_WRITTEN = (
-    "item_kind",
-    "item_category",
-    "item_brand",
-    "item_price",
-    "item_in_stock",
-    "item_published_at",
-    "item_listed",
-)
-_FILL = {
-    "item_kind": KIND_PRODUCT,
-    "item_category": -1,
-    "item_brand": -1,
-    "item_price": 0.0,
-    "item_in_stock": True,
-    "item_published_at": 0,
-    "item_listed": True,
-}
 
 
 def advance(
@@ -143,9 +124,9 @@ def _describe(
     """New items and descriptive changes applied to ``out``: every array copied (grown by the
     new rows), the code tables and per-item maps copied, the moved vectors set again."""
     n, total = view.n, view.n + len(view.new_ids) + len(added)
-    for name in _WRITTEN:
+    for name, fill in WRITTEN_ARRAYS.items():
         arr = getattr(view, name)
-        grown = np.full(total, _FILL[name], dtype=arr.dtype)
+        grown = np.full(total, fill, dtype=arr.dtype)
         grown[: arr.shape[0]] = arr
         setattr(out, name, grown)
     out.categories, out.brands = list(view.categories), list(view.brands)

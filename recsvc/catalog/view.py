@@ -33,18 +33,19 @@ from recsvc.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
-# A view's per-item arrays (row -> live value), the ones filters and ranking read.
-ITEM_ARRAYS = (
-    "item_kind",
-    "item_category",
-    "item_brand",
-    "item_price",
-    "item_in_stock",
-    "item_published_at",
-    "item_listed",
-    "item_visible",
-    "item_stock_ok",
-)
+# The per-item arrays live fields are written into, with the value a new item's row starts at.
+WRITTEN_ARRAYS: dict[str, Any] = {
+    "item_kind": KIND_PRODUCT,
+    "item_category": -1,
+    "item_brand": -1,
+    "item_price": 0.0,
+    "item_in_stock": True,
+    "item_published_at": 0,
+    "item_listed": True,
+}
+# A view's per-item arrays (row -> live value), the ones filters and ranking read: those, and
+# what is shown and what ``in_stock_only`` keeps, derived from them (``set_visibility``).
+ITEM_ARRAYS = (*WRITTEN_ARRAYS, "item_visible", "item_stock_ok")
 
 
 def catalog_as_of_ms(model: ServedModel) -> int:
