@@ -218,6 +218,9 @@ class CatalogPropagationOptions:
 
     def __post_init__(self) -> None:
         check_client(self.client)
+        if self.set_stock_batch > 1 and self.client != "native":
+            # said before the server starts, not after the propagation runs
+            raise ValueError("--set-stock-batch above 1 needs --client native")
 
 
 def run_catalog_propagation(

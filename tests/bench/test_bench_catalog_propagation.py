@@ -103,3 +103,19 @@ def test_batched_stock_changes_are_the_single_calls_changes_in_the_same_order() 
     flat = [(c.item_id, c.in_stock) for _, req in many for c in req.changes]
     assert flat == [(req.item_id, req.in_stock) for _, req in one]
     assert flat[:6] == [("A", False), ("B", False), ("C", False), ("A", True), ("B", True), ("C", True)]
+
+
+def test_batched_stock_changes_need_the_native_client_and_say_so_before_starting(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["load", "bench", "catalog-propagation", "--set-stock-batch", "10", "--client", "python",
+         "--results", str(tmp_path), "--workdir", str(tmp_path / "w")],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--set-stock-batch above 1 needs --client native" in result.output
+    assert not (tmp_path / "w").exists()  # nothing was prepared or started
