@@ -26,14 +26,14 @@ The result equals the view ``CatalogView(model, records, now)`` would build, arr
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
 
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.store import ItemRecord
-from recsvc.catalog.view import WRITTEN_ARRAYS, CatalogView, GroupMeans, catalog_as_of_ms
+from recsvc.catalog.view import WRITTEN_ARRAYS, CatalogView, GroupMeans, catalog_as_of_ms, group_means
 from recsvc.engine.served_model import KIND_CODES
 
 # The fields a batch may change with a write per row: each sets one value of one row.
@@ -45,8 +45,6 @@ ROW_VALUES = {
 }
 # Fields that move codes, rendered fields or a new item's starting vector.
 DESCRIPTIVE = frozenset({"title", "category", "brand", "featured_item_ids"})
-# A trained item's fields shown in its response entry (``CatalogView.titles_override``).
-RENDERED = frozenset({"title", "category", "brand", "kind"})
 
 
 def advance(
@@ -55,7 +53,7 @@ def advance(
     changed: Collection[str],
     now: float,
     version: int,
-    means: Any = None,
+    means: GroupMeans | Callable[[], GroupMeans] | None = None,
 ) -> CatalogView | None:
     """``view`` with the records of the ``changed`` items applied, or None when the batch needs a
     whole build (see the module docstring). ``means``: the model's ``GroupMeans``, or a callable
@@ -119,7 +117,7 @@ def _describe(
     view: CatalogView,
     added: list[tuple[int, str, dict[str, Any]]],
     described: list[tuple[int, dict[str, Any]]],
-    means: Any,
+    means: GroupMeans | Callable[[], GroupMeans] | None,
 ) -> None:
     """New items and descriptive changes applied to ``out``: every array copied (grown by the
     new rows), the code tables and per-item maps copied, the moved vectors set again."""
@@ -145,11 +143,8 @@ def _describe(
     revector = set(range(first, total))
     for row, fields in described:
         out.set_fields(row, {k: v for k, v in fields.items() if k in ("category", "brand")})
-        if row < n:
-            if fields.keys() & RENDERED:
-                out.titles_override[row] = str(fields.get("title", out.model.titles[row]))
-        else:
-            out.titles_override[row] = str(fields.get("title", out.item_id(row)))
+        out.set_title(row, fields)
+        if row >= n:
             out.set_featured(row, fields.get("featured_item_ids"))
             revector.add(row)
     # New content is placed at the products it features: when those move, it moves too.
@@ -159,7 +154,7 @@ def _describe(
     out.new_factors = np.zeros((total - n, view.new_factors.shape[1]), dtype=np.float32)
     out.new_factors[: view.new_factors.shape[0]] = view.new_factors
     if revector:
-        out.set_vectors(revector, means() if callable(means) else means or GroupMeans(out.model))
+        out.set_vectors(revector, group_means(means, out.model))
     out.index_new()
     # Read-only like the view's before: the compiled kernels are typed by their arrays' flags.
     out.item_category.flags.writeable = False

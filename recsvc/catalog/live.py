@@ -140,11 +140,8 @@ class LiveCatalog:
         return view
 
     def _build(self, model: ServedModel, records: Mapping[str, ItemRecord], version: int) -> CatalogView:
-        means = self._means.get(model)
-        if means is None and any(model.items.row(i) is None for i in records):
-            means = self._means_for(model)
         with gc_paused():
-            view = CatalogView(model, records, self._clock(), means, version)
+            view = CatalogView(model, records, self._clock(), lambda: self._means_for(model), version)
         self._swap(model, view)
         return view
 

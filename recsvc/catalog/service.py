@@ -190,15 +190,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         failed: dict[int, RecsvcError] = {}
         changes: list[tuple[int, Change]] = []
         seen: set[str] = set()
-        patches: list[tuple[int, str, dict[str, Any]]] = []
+        patches: list[tuple[int, str, dict[str, Any], str | None]] = []
         for i, item in enumerate(request.items):
             try:
                 patches.append((i, *self._patch(view, item, seen)))
             except RecsvcError as exc:
                 failed[i] = exc
         # Content may feature a product created in the same call, if that product is applied.
-        batch_products = {i_id for _, i_id, patch in patches if _kind_of(view, i_id, patch) == "product"}
-        for i, item_id, patch in patches:
+        batch_products = {item_id for _, item_id, _, kind in patches if kind == "product"}
+        for i, item_id, patch, _ in patches:
             try:
                 self._check_featured(view, patch, batch_products)
             except RecsvcError as exc:
@@ -224,9 +224,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
 
     def _patch(
         self, view: CatalogView, item: catalog_pb2.CatalogItem, seen: set[str]
-    ) -> tuple[str, dict[str, Any]]:
-        """(the item's id as stored, its checked fields); featured ids are checked by
-        ``_check_featured`` once the call's valid products are known."""
+    ) -> tuple[str, dict[str, Any], str | None]:
+        """(the item's id as stored, its checked fields, its kind after them: None when unknown);
+        featured ids are checked by ``_check_featured`` once the call's valid products are known."""
         item_id = check_id(item.item_id, "item_id", self._settings.data)
         if item_id in seen:
             raise InvalidArgument(f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM")
@@ -301,7 +301,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             raise InvalidArgument(f"nothing to change for item {item_id!r}", reason="EMPTY_CHANGE")
         if kind == "content" and patch.get("price", 0.0) != 0.0:  # new or known content alike
             raise InvalidArgument("content has price 0", reason="PRICE_ON_CONTENT")
-        return item_id, patch
+        return item_id, patch, kind
 
     async def SetStock(
         self, request: catalog_pb2.SetStockRequest, context: grpc.aio.ServicerContext
@@ -392,14 +392,6 @@ def _check_text(name: str, value: str, limit: int) -> None:
         raise InvalidArgument(f"{name} is blank", reason=f"BLANK_{name.upper()}")
     if _CONTROL.search(value):
         raise InvalidArgument(f"{name} holds a control character", reason=f"BAD_{name.upper()}")
-
-
-def _kind_of(view: CatalogView, item_id: str, patch: dict[str, Any]) -> str | None:
-    """The kind an item has after ``patch``: the patch's, else the catalog's (None: unknown)."""
-    if "kind" in patch:
-        return str(patch["kind"])
-    row = view.row(item_id)
-    return None if row is None else view.kind_name(row)
 
 
 def _refused(n: int, exc: Exception) -> StoreUnavailable:

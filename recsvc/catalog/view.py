@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,9 @@ WRITTEN_ARRAYS: dict[str, Any] = {
     "item_published_at": 0,
     "item_listed": True,
 }
+# A trained item's fields shown in its response entry: live changes to them override its title
+# (and so its entry, ``titles_override``).
+RENDERED = frozenset({"title", "category", "brand", "kind"})
 # A view's per-item arrays (row -> live value), the ones filters and ranking read: those, and
 # what is shown and what ``in_stock_only`` keeps, derived from them (``set_visibility``).
 ITEM_ARRAYS = (*WRITTEN_ARRAYS, "item_visible", "item_stock_ok")
@@ -119,6 +122,14 @@ class GroupMeans:
         return self.by_category.get(kind * self._n_c + category)
 
 
+def group_means(means: GroupMeans | Callable[[], GroupMeans] | None, model: ServedModel) -> GroupMeans:
+    """The starting vectors' table: ``means`` as given, asked of a provider (the owner's cached
+    one: computed only when new items need it), or computed here."""
+    if isinstance(means, GroupMeans):
+        return means
+    return means() if means is not None else GroupMeans(model)
+
+
 class _LiveTitles(Sequence[str]):
     """A view's titles by row when live changes rename items or add new ones."""
 
@@ -141,7 +152,7 @@ class CatalogView:
         model: ServedModel,
         records: Mapping[str, ItemRecord] | None = None,
         now: float | None = None,
-        means: GroupMeans | None = None,
+        means: GroupMeans | Callable[[], GroupMeans] | None = None,
         version: int = 0,
     ) -> None:
         now = time.time() if now is None else now
@@ -202,14 +213,13 @@ class CatalogView:
             self.item_listed = np.ones(total, dtype=bool)
         for row, fields in bundle_changes:
             self.set_fields(row, fields)
-            if "title" in fields or "category" in fields or "brand" in fields or "kind" in fields:
-                self.titles_override[row] = str(fields.get("title", model.titles[row]))
+            self.set_title(row, fields)
         for j, (_, item_id, fields) in enumerate(new_records):
             self.add_item(n + j, item_id, fields)
         self.set_visibility(now)
         self.new_factors = np.zeros((m, model.factors), dtype=np.float32)
         if m:
-            self.set_vectors(range(n, total), means or GroupMeans(model))
+            self.set_vectors(range(n, total), group_means(means, model))
         self.index_new()
         # The compiled kernels are typed by their arrays' flags too: read-only like the bundle's
         # memory maps, so no new machine code is compiled (seconds) when the first change arrives.
@@ -282,8 +292,16 @@ class CatalogView:
         self.new_ids.append(item_id)
         self.new_row[item_id] = row
         self.set_fields(row, fields)
-        self.titles_override[row] = str(fields.get("title", item_id))
+        self.set_title(row, fields)
         self.set_featured(row, fields.get("featured_item_ids"))
+
+    def set_title(self, row: int, fields: Mapping[str, Any]) -> None:
+        """``row``'s title as its live ``fields`` give it: always for a new item (its id when it
+        has none), for a trained one when they touch what its response entry shows."""
+        if row >= self.n:
+            self.titles_override[row] = str(fields.get("title", self.item_id(row)))
+        elif fields.keys() & RENDERED:
+            self.titles_override[row] = str(fields.get("title", self.model.titles[row]))
 
     def set_featured(self, row: int, featured: Any) -> None:
         if isinstance(featured, list) and featured:
