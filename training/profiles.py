@@ -139,15 +139,9 @@ def interest_tags(
     for codes, names in kinds:
         tag = np.asarray(codes, dtype=np.int32)[ev.item]
         keep = np.array([bool(x) for x in names], dtype=bool)[tag] & counted
-        everything = bool(keep.all())
-        m = sp.csr_matrix(
-            (
-                weight if everything else weight[keep],
-                (ev.member if everything else ev.member[keep], tag if everything else tag[keep]),
-            ),
-            shape=(n, len(names)),
-        )
-        del tag, keep
+        kept_weight, kept_member, kept_tag = _selected(keep, weight, ev.member, tag)
+        m = sp.csr_matrix((kept_weight, (kept_member, kept_tag)), shape=(n, len(names)))
+        del tag, keep, kept_weight, kept_member, kept_tag
         m.sum_duplicates()
         summed.append(m)
     m = sp.hstack(summed, format="csr")
@@ -157,15 +151,22 @@ def interest_tags(
     return _top_k_per_row(member, m.indices.astype(np.int32), share, n, k)
 
 
+def _selected(mask: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arrays`` at ``mask``; the arrays themselves when it keeps everything (at 50M events
+    each selection is a copy of hundreds of MB). Read-only use: they may be the caller's."""
+    if bool(mask.all()):
+        return arrays
+    return tuple(a[mask] for a in arrays)
+
+
 def channel_shares(ev: EventArrays, weight: np.ndarray, n: int, width: int) -> np.ndarray:
     """Each member's engagement share per event channel; ``width`` channels (the data's own)."""
-    known = ev.channel >= 0
-    everything = bool(known.all())  # then no event-sized copies of the selection
+    member, channel, known_weight = _selected(ev.channel >= 0, ev.member, ev.channel, weight)
     # bincount over member*width + channel: np.add.at is ~10x slower at 50M events
-    flat = (ev.member if everything else ev.member[known]).astype(np.int64)
+    flat = member.astype(np.int64)
     flat *= width
-    flat += ev.channel if everything else ev.channel[known]
-    shares = np.bincount(flat, weights=weight if everything else weight[known], minlength=n * width)
+    flat += channel
+    shares = np.bincount(flat, weights=known_weight, minlength=n * width)
     shares = shares.reshape(n, width)
     total = shares.sum(axis=1, keepdims=True)
     return (shares / np.maximum(total, 1e-12)).astype(np.float32)
