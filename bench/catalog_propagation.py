@@ -39,6 +39,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,10 +346,11 @@ def run_propagation(
 
 def _set_stock_loop(
     target: str, items: list[str], rate: float, duration_s: float, metadata: tuple[tuple[str, str], ...],
-    out: Any,
+    out: Any, stream: bool = False,
 ) -> None:  # fmt: skip
     """In its own process: SetStock at ``rate``/s for ``duration_s``, toggling ``items`` (each goes
-    out of stock, then back in on its next turn); every item is left in stock at the end."""
+    out of stock, then back in on its next turn); every item is left in stock at the end.
+    ``stream``: the same changes as messages of one StreamStock stream."""
     channel = grpc.insecure_channel(target)
     grpc.channel_ready_future(channel).result(timeout=10)
     stub = catalog_pb2_grpc.CatalogStub(channel)
@@ -357,13 +359,14 @@ def _set_stock_loop(
     errors: dict[str, int] = {}
     t0 = time.perf_counter()
     total = int(rate * duration_s)
-    for i in range(total):
+    if stream:
+        sent, ok, errors = _stream_stock(stub, items, rate, total, metadata, t0)
+    for i in range(0 if stream else total):
         due = t0 + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        item = items[i % len(items)]
-        in_stock = (i // len(items)) % 2 == 1
+        item, in_stock = _stock_change(items, i)
         try:
             stub.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=in_stock), timeout=2.0,
                           metadata=metadata)  # fmt: skip
@@ -383,14 +386,49 @@ def _set_stock_loop(
     out.put({"sent": sent, "ok": ok, "errors": errors, "achieved_rps": achieved, "cpu_s": cpu_s})
 
 
+def _stock_change(items: list[str], i: int) -> tuple[str, bool]:
+    """The ``i``-th change of the paired runs: each item out of stock, then back in on its next turn."""
+    return items[i % len(items)], (i // len(items)) % 2 == 1
+
+
+def _stream_stock(
+    stub: catalog_pb2_grpc.CatalogStub, items: list[str], rate: float, total: int,
+    metadata: tuple[tuple[str, str], ...], t0: float,
+) -> tuple[int, int, dict[str, int]]:  # fmt: skip
+    """``total`` stock changes at ``rate``/s as messages of one StreamStock stream: (sent, applied,
+    failed results and stream errors by code)."""
+
+    def changes() -> Iterator[catalog_pb2.StockChange]:
+        for i in range(total):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            item, in_stock = _stock_change(items, i)
+            yield catalog_pb2.StockChange(item_id=item, in_stock=in_stock)
+
+    ok = answered = 0
+    errors: dict[str, int] = {}
+    try:
+        for answer in stub.StreamStock(changes(), timeout=total / rate + 60, metadata=metadata):
+            for result in answer.results:
+                answered += 1
+                if result.applied:
+                    ok += 1
+                else:
+                    errors[result.code] = errors.get(result.code, 0) + 1
+    except grpc.RpcError as exc:
+        name = exc.code().name  # type: ignore[attr-defined]
+        errors[name] = errors.get(name, 0) + total - answered
+    return total, ok, errors
+
+
 def _set_stock_maker(items: list[str], batch: int = 1) -> Any:
     """SetStock requests in call order, toggling ``items`` as ``_set_stock_loop`` does; with
     ``batch`` > 1, SetStockMany requests of that many consecutive changes each."""
     changes = iter(range(1 << 62))
 
     def change() -> tuple[str, bool]:
-        i = next(changes)
-        return items[i % len(items)], (i // len(items)) % 2 == 1
+        return _stock_change(items, next(changes))
 
     def make() -> tuple[str, Any]:
         if batch == 1:
@@ -469,6 +507,7 @@ class PairedReport:
     ratios: list[float | None]  # p99 with / without, per pair
     median_ratio: float | None
     set_stock_batch: int = 1  # stock changes per call (more than 1: SetStockMany)
+    set_stock_stream: bool = False  # the changes as messages of one StreamStock stream
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -490,6 +529,7 @@ def run_paired(
     client: str = "python",
     changes_to: str | None = None,
     set_stock_batch: int = 1,
+    set_stock_stream: bool = False,
     say: Any = print,
 ) -> PairedReport:
     """``pairs`` x (RecommendProducts at ``rate`` alone, and with ``set_stock_rate`` SetStock/s
@@ -498,11 +538,15 @@ def run_paired(
     ``python`` (grpc.aio and a grpc sender process) or ``native`` (load/grpcload for both).
     ``changes_to``: where the SetStock calls go (default ``target``; the catalog writer's port).
     ``set_stock_batch`` > 1: the same changes per second as SetStockMany calls of that many
-    (native client only), as an inventory system that batches would send them."""
+    (native client only), as an inventory system that batches would send them.
+    ``set_stock_stream``: the same changes as messages of one StreamStock stream, from a grpc sender
+    process whichever ``client`` sends the recommendations."""
     writes = changes_to or target
     check_client(client)
     if set_stock_batch > 1 and client != "native":
         raise PropagationBenchError("--set-stock-batch above 1 needs --client native")
+    if set_stock_batch > 1 and set_stock_stream:
+        raise PropagationBenchError("--set-stock-batch and --set-stock-stream exclude each other")
     if client == "native":
         find_native_client()  # not built: say so before anything starts
     runs: list[PairedRun] = []
@@ -513,7 +557,7 @@ def run_paired(
             sender = None
             queue: Any = None
             native_sender = None
-            if with_changes and client == "native":
+            if with_changes and client == "native" and not set_stock_stream:
                 # Its schedule outlasts the measured window by a second on each side: the two
                 # clients connect independently, a few hundred ms apart.
                 native_sender = _NativeSetStock(
@@ -524,7 +568,15 @@ def run_paired(
                 queue = ctx.Queue()
                 sender = ctx.Process(
                     target=_set_stock_loop,
-                    args=(writes, items, set_stock_rate, warmup_s + duration_s, metadata, queue),
+                    args=(
+                        writes,
+                        items,
+                        set_stock_rate,
+                        warmup_s + duration_s,
+                        metadata,
+                        queue,
+                        set_stock_stream,
+                    ),
                 )
                 sender.start()
                 if queue.get(timeout=60) != "ready":
@@ -558,6 +610,7 @@ def run_paired(
         ratios,
         statistics.median(valid) if valid else None,
         set_stock_batch,
+        set_stock_stream,
     )
 
 
@@ -587,7 +640,13 @@ def markdown(prop: PropagationReport | None, paired: PairedReport | None) -> str
     if paired is not None:
         if lines:
             lines.append("")
-        sent_as = "SetStock" if paired.set_stock_batch == 1 else f"SetStockMany of {paired.set_stock_batch}"
+        sent_as = (
+            "StreamStock messages"
+            if paired.set_stock_stream
+            else "SetStock"
+            if paired.set_stock_batch == 1
+            else f"SetStockMany of {paired.set_stock_batch}"
+        )
         lines += [
             f"| pair | {paired.set_stock_rate:.0f} stock changes/s beside ({sent_as}) | RecommendProducts "
             f"offered/s | answered/s | p50 ms | p99 ms | errors % | CPU ms per RecommendProducts | {sent_as} "

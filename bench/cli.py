@@ -443,6 +443,11 @@ def bench_catalog_propagation(
         help="Stock changes per call: 1 = SetStock; more = SetStockMany calls carrying the same changes/s "
         "(native client).",
     ),
+    set_stock_stream: bool = typer.Option(
+        False,
+        "--set-stock-stream",
+        help="Send the stock changes as messages of one StreamStock stream (a grpc sender process).",
+    ),
     duration: float = typer.Option(25.0, "--duration", min=1, help="Measured seconds per paired run."),
     warmup: float = typer.Option(3.0, "--warmup", min=0, help="Unmeasured seconds before each run."),
     connections: int = typer.Option(16, "--connections", min=1, help="gRPC connections of the load."),
@@ -479,7 +484,8 @@ def bench_catalog_propagation(
     options = _options(
         lambda: CatalogPropagationOptions(
             changes=changes, background_rate=background_rate, pairs=pairs, rate=rate,
-            set_stock_rate=set_stock_rate, set_stock_batch=set_stock_batch, duration_s=duration,
+            set_stock_rate=set_stock_rate, set_stock_batch=set_stock_batch,
+            set_stock_stream=set_stock_stream, duration_s=duration,
             warmup_s=warmup, connections=connections,
             client=client, catalog_writer=catalog_writer, load_config=load_config, server=server,
         )

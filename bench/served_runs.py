@@ -207,6 +207,7 @@ class CatalogPropagationOptions:
     rate: float = 400.0
     set_stock_rate: float = 200.0
     set_stock_batch: int = 1  # stock changes per call: 1 SetStock, more SetStockMany
+    set_stock_stream: bool = False  # the stock changes as messages of one StreamStock stream
     duration_s: float = 25.0
     warmup_s: float = 3.0
     connections: int = 16
@@ -221,6 +222,8 @@ class CatalogPropagationOptions:
         if self.set_stock_batch > 1 and self.client != "native":
             # said before the server starts, not after the propagation runs
             raise ValueError("--set-stock-batch above 1 needs --client native")
+        if self.set_stock_batch > 1 and self.set_stock_stream:
+            raise ValueError("--set-stock-batch and --set-stock-stream exclude each other")
 
 
 def run_catalog_propagation(
@@ -274,12 +277,14 @@ def run_catalog_propagation(
                 f"paired runs: {o.pairs} x RecommendProducts {o.rate:.0f}/s "
                 f"with and without {o.set_stock_rate:.0f} stock changes/s"
                 + (f" (SetStockMany of {o.set_stock_batch})" if o.set_stock_batch > 1 else "")
+                + (" (StreamStock messages)" if o.set_stock_stream else "")
             )
             paired = run_paired(
                 target, traffic, items, pairs=o.pairs, rate=o.rate, set_stock_rate=o.set_stock_rate,
                 duration_s=o.duration_s, warmup_s=o.warmup_s, connections=o.connections, metadata=metadata,
                 cpu_probe=cpu_probe(int(context["server pid"]), int(context["redis pid"])),
-                client=o.client, changes_to=changes_to, set_stock_batch=o.set_stock_batch, say=say,
+                client=o.client, changes_to=changes_to, set_stock_batch=o.set_stock_batch,
+                set_stock_stream=o.set_stock_stream, say=say,
             )  # fmt: skip
         payload = {**payload, "paired": paired.as_dict() if paired is not None else None}
         payload["machine"] = {**where, "loadavg_1m_at_end": os.getloadavg()[0]}

@@ -479,6 +479,14 @@ class CatalogSettings(_Section):
         "change; a change that arrives while it waits is applied at the end of the wait (within the 1 s "
         "propagation bound)",
     )
+    stream_linger_ms: int = Field(
+        50,
+        ge=0,
+        le=200,
+        description="StreamStock: after a change arrives, the server waits this long for more on the same "
+        "stream and writes them to Redis together (at most 100 per write); 0 = only what has already "
+        "arrived. Adds at most this much to a change's propagation time",
+    )
     writer_port: int = Field(
         0,
         ge=0,

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import multiprocessing as mp
 import os
 import pstats
+from collections.abc import Callable
 
-from bench.catalog_propagation import _set_stock_maker
+from bench.catalog_propagation import _set_stock_loop, _set_stock_maker
 from bench.cpu import cpu_seconds
 from bench.experiments.inprocess import in_process_server
 from bench.native_client import fixed_rate_native
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="the changes as StreamStock messages")
     args = parser.parse_args()
     from recsvc.bundle import KIND_PRODUCT
 
@@ -57,22 +60,56 @@ def main() -> None:
                 loop.call_soon_threadsafe(profile.disable)
             return now
 
-        run = RateRun(
-            target, _set_stock_maker(items), args.rate, args.duration, label="SetStock",
-            connections=2, warmup_s=2.0, cpu_probe=probe,
-        )  # fmt: skip
-        result = fixed_rate_native(run)
-        calls = result.sent
-        print(f"SetStock {args.rate:.0f}/s for {args.duration:.0f} s: {result.completed_ok} answered, "
-              f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.codes or '-'}")  # fmt: skip
-        per_call = result.cpu_ms_per_call
-        print(f"CPU ms per SetStock: server process {per_call.get('process', 0):.3f}; redis "
-              f"{per_call.get('redis', 0):.3f}; native client {per_call.get('client', 0):.3f}")  # fmt: skip
-        print(f"load average {os.getloadavg()[0]:.2f}")
+        if args.stream:
+            _stream_run(args, target, items, probe)
+            before.clear()
+        else:
+            _native_run(args, target, items, probe)
     if args.profile:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(30)
-        print(f"event loop thread, {calls} calls:\n{out.getvalue()}")
+        print(f"event loop thread, {int(args.rate * args.duration)} changes:\n{out.getvalue()}")
+
+
+def _stream_run(
+    args: argparse.Namespace, target: str, items: list[str], probe: Callable[[], dict[str, float]]
+) -> None:
+    """The changes as messages of one StreamStock stream from a grpc sender process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    sender = ctx.Process(
+        target=_set_stock_loop, args=(target, items, args.rate, args.duration, (), queue, True)
+    )
+    sender.start()
+    assert queue.get(timeout=60) == "ready"
+    first = probe()
+    summary = queue.get(timeout=args.duration + 120)
+    last = probe()
+    sender.join(timeout=30)
+    n = summary["sent"]
+    sender_ms = 1000 * summary["cpu_s"] / n
+    print(f"StreamStock {args.rate:.0f} changes/s for {args.duration:.0f} s: {summary['ok']} applied, "
+          f"errors {summary['errors'] or '-'}; sender CPU {sender_ms:.3f} ms per change")  # fmt: skip
+    print(f"CPU ms per change: server process {1000 * (last['process'] - first['process']) / n:.3f}; "
+          f"redis {1000 * (last['redis'] - first['redis']) / n:.3f}")  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+def _native_run(
+    args: argparse.Namespace, target: str, items: list[str], probe: Callable[[], dict[str, float]]
+) -> None:
+    """One SetStock call per change from the native client."""
+    run = RateRun(
+        target, _set_stock_maker(items), args.rate, args.duration, label="SetStock",
+        connections=2, warmup_s=2.0, cpu_probe=probe,
+    )  # fmt: skip
+    result = fixed_rate_native(run)
+    print(f"SetStock {args.rate:.0f}/s for {args.duration:.0f} s: {result.completed_ok} answered, "
+          f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.codes or '-'}")  # fmt: skip
+    per_call = result.cpu_ms_per_call
+    print(f"CPU ms per SetStock: server process {per_call.get('process', 0):.3f}; redis "
+          f"{per_call.get('redis', 0):.3f}; native client {per_call.get('client', 0):.3f}")  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

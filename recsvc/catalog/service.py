@@ -14,6 +14,10 @@ a synchronous call's hand-off to the server's thread pool and back cost more CPU
 itself (docs/benchmarks.md, "Live catalog"). Calls of more than ``ON_LOOP_ITEMS`` items, and
 ``UpsertItems`` (every field of every item checked), run in a thread instead, where their
 checks (microseconds per item: tens of milliseconds for thousands) do not hold up the loop.
+
+``StreamStock`` takes a feed that sends one change at a time on one stream: what arrives within
+``catalog.stream_linger_ms`` is checked, written and answered as one ``SetStockMany`` would be,
+so the per-call costs (a gRPC call, a Redis round trip) are paid once per batch, not per change.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +57,8 @@ _KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 # Larger flag calls (SetStockMany, DelistItems, RelistItems) leave the event loop for a thread.
 ON_LOOP_ITEMS = 100
+# StreamStock: changes received but not yet written, per stream.
+STREAM_BACKLOG = 1_000
 # "Redis did not answer": a cluster client that cannot reach any node raises the second.
 _STORE_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
 
@@ -321,6 +327,56 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             [c.item_id for c in request.changes], "in_stock", [c.in_stock for c in request.changes]
         )
 
+    async def StreamStock(
+        self, requests: AsyncIterator[catalog_pb2.StockChange], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[catalog_pb2.ChangeItemsResponse]:
+        """Stock changes one per message, answered in the order sent. The changes that arrive
+        within ``stream_linger_ms`` of the first go to Redis as one write and are answered by one
+        message (at most ``ON_LOOP_ITEMS``; a batch ends before a second change of the same item,
+        so each item's changes apply in the order sent): a change then costs the server its share
+        of one Redis round trip and one answer instead of a whole gRPC call and round trip."""
+        linger = self._settings.catalog.stream_linger_ms / 1000
+        inbox: asyncio.Queue[catalog_pb2.StockChange | _StreamEnd] = asyncio.Queue(maxsize=STREAM_BACKLOG)
+        reader = asyncio.get_running_loop().create_task(_read_stream(requests, inbox))
+        carry: catalog_pb2.StockChange | _StreamEnd | None = None
+        try:
+            while True:
+                if carry is not None:  # it arrived during the last write: no waiting for more
+                    first, carry, fresh = carry, None, False
+                else:
+                    fresh = inbox.empty()
+                    first = await inbox.get()
+                if isinstance(first, _StreamEnd):
+                    if first.error is not None:
+                        raise first.error
+                    return
+                batch, ids = [first], {_id_key(first.item_id)}
+                if fresh and linger > 0:
+                    await asyncio.sleep(linger)  # the rest of the burst arrives meanwhile
+                while len(batch) < ON_LOOP_ITEMS and not inbox.empty():
+                    nxt = inbox.get_nowait()
+                    if isinstance(nxt, _StreamEnd) or _id_key(nxt.item_id) in ids:
+                        carry = nxt
+                        break
+                    batch.append(nxt)
+                    ids.add(_id_key(nxt.item_id))
+                yield await self._stream_batch(batch)
+        finally:
+            reader.cancel()
+
+    async def _stream_batch(
+        self, batch: Sequence[catalog_pb2.StockChange]
+    ) -> catalog_pb2.ChangeItemsResponse:
+        plan = self._flag_plan([c.item_id for c in batch], "in_stock", [c.in_stock for c in batch])
+        try:
+            outcomes = await self._apply_async([c for _, c in plan.changes])
+        except StoreUnavailable as exc:  # these changes were refused; the stream goes on
+            for i, _ in plan.changes:
+                plan.failed[i] = exc
+            plan.changes = []
+            outcomes = []
+        return self._respond(plan, outcomes)
+
     async def DelistItems(
         self, request: catalog_pb2.ItemIdsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.ChangeItemsResponse:
@@ -392,6 +448,32 @@ def _check_text(name: str, value: str, limit: int) -> None:
         raise InvalidArgument(f"{name} is blank", reason=f"BLANK_{name.upper()}")
     if _CONTROL.search(value):
         raise InvalidArgument(f"{name} holds a control character", reason=f"BAD_{name.upper()}")
+
+
+@dataclass(frozen=True)
+class _StreamEnd:
+    """The end of a request stream: the caller closed it (``error`` None) or sent bytes that are
+    not a request (the decoding check's error, raised after the earlier changes are answered)."""
+
+    error: Exception | None = None
+
+
+async def _read_stream(requests: AsyncIterator[Any], inbox: asyncio.Queue[Any]) -> None:
+    """Move a stream's requests into ``inbox`` as they arrive (it holds at most ``STREAM_BACKLOG``:
+    a caller faster than Redis is slowed by gRPC's flow control, not buffered without end)."""
+    try:
+        async for request in requests:
+            await inbox.put(request)
+        await inbox.put(_StreamEnd())
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a malformed message (MalformedRequest) or the call ending
+        await inbox.put(_StreamEnd(exc))
+
+
+def _id_key(item_id: str) -> str:
+    """An id as ``check_id`` stores it (NFC), to spot a second change of one item in a batch."""
+    return item_id if item_id.isascii() else normalize_id(item_id)
 
 
 def _refused(n: int, exc: Exception) -> StoreUnavailable:

@@ -2,7 +2,8 @@
 
 ``sync FILE`` pushes the difference between a catalog file in the data contract (docs/data.md)
 and what the service has; ``export FILE`` writes what the service has in that contract, for the
-next training; ``get``, ``stock``, ``delist`` are for a person at a shell.
+next training; ``get``, ``stock``, ``delist`` are for a person at a shell, and ``stock-feed``
+streams stock changes line by line from a file or a pipe.
 """
 
 from __future__ import annotations
@@ -85,6 +86,61 @@ def stock(
         raise typer.BadParameter("in or out", param_hint="LEVEL")
     req = catalog_pb2.SetStockRequest(item_id=item_id, in_stock=level == "in")
     _print_results(_call(_stub(ctx, target).SetStock, req, 5.0, api_key))
+
+
+_LEVELS = {"in": True, "out": False, "1": True, "0": False, "true": True, "false": False}
+
+
+@app.command("stock-feed")
+@friendly_errors
+def stock_feed(
+    ctx: typer.Context,
+    source: str = typer.Argument("-", help="File of lines ITEM_ID,in|out (CSV); - = standard input."),
+    target: str | None = _TARGET,
+    api_key: str | None = _KEY,
+) -> None:
+    """Send stock changes as they come, one line each, on one StreamStock stream (for example
+    `tail -f stock.csv | recsvc catalog stock-feed`). Prints each refused change and, at the end,
+    the counts; a line that is not ITEM_ID,in|out is named with its number and skipped. Exit 1
+    when a change was refused or a line skipped."""
+    import sys
+
+    import grpc
+
+    from recsvc.v1 import catalog_pb2
+
+    skipped = 0
+
+    def changes(lines: Iterator[str]) -> Iterator[Any]:
+        nonlocal skipped
+        for number, row in enumerate(csv.reader(lines), start=1):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            level = row[1].strip().lower() if len(row) == 2 else None
+            if level not in _LEVELS:
+                skipped += 1
+                console.print(f"[red]line {number}[/] skipped: expected ITEM_ID,in|out", soft_wrap=True)
+                continue
+            yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
+
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
+    applied = failed = 0
+    stream = sys.stdin if source == "-" else Path(source).open(encoding="utf-8", newline="")  # noqa: SIM115
+    try:
+        for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=metadata):
+            for r in answer.results:
+                if not r.applied:
+                    console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+            applied, failed = applied + answer.applied, failed + answer.failed
+    except grpc.RpcError as exc:
+        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    print(f"applied={applied} failed={failed} skipped={skipped}")
+    if failed or skipped:
+        raise typer.Exit(code=1)
 
 
 @app.command("delist")

@@ -62,6 +62,7 @@ METHOD_ROLES: dict[str, str] = {
     "/recsvc.v1.Catalog/UpsertItems": "catalog",
     "/recsvc.v1.Catalog/SetStock": "catalog",
     "/recsvc.v1.Catalog/SetStockMany": "catalog",
+    "/recsvc.v1.Catalog/StreamStock": "catalog",
     "/recsvc.v1.Catalog/DelistItems": "catalog",
     "/recsvc.v1.Catalog/RelistItems": "catalog",
     "/recsvc.v1.Catalog/GetItem": "catalog",

@@ -109,5 +109,7 @@ class ErrorInterceptor(MethodWrapper):
             return run
 
         return rewrap(
-            handler, KindWrappers(async_unary, async_stream, unary, stream), ("unary_unary", "unary_stream")
+            handler,
+            KindWrappers(async_unary, async_stream, unary, stream),
+            ("unary_unary", "unary_stream", "stream_stream"),
         )

@@ -53,6 +53,11 @@ class CatalogStub:
                 request_serializer=recsvc_dot_v1_dot_catalog__pb2.SetStockManyRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.FromString,
                 _registered_method=True)
+        self.StreamStock = channel.stream_stream(
+                '/recsvc.v1.Catalog/StreamStock',
+                request_serializer=recsvc_dot_v1_dot_catalog__pb2.StockChange.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.FromString,
+                _registered_method=True)
         self.DelistItems = channel.unary_unary(
                 '/recsvc.v1.Catalog/DelistItems',
                 request_serializer=recsvc_dot_v1_dot_catalog__pb2.ItemIdsRequest.SerializeToString,
@@ -106,6 +111,20 @@ class CatalogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamStock(self, request_iterator, context):
+        """One stock change per message on a long-lived stream, for an inventory or live-stream system
+        that emits changes one at a time at a high rate. The server writes the changes that arrive
+        within catalog.stream_linger_ms of each other to Redis together and answers them with one
+        ChangeItemsResponse: its results answer the next changes in the order sent, one each, so a
+        change costs the server a small share of a SetStock call. Per-change errors are results
+        (INVALID_ARGUMENT, NOT_FOUND, and UNAVAILABLE / CATALOG_UNAVAILABLE while Redis does not
+        answer: resend those); the stream stays open. Bytes that are not a StockChange end the stream
+        with INVALID_ARGUMENT / MALFORMED_REQUEST after the earlier changes are answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DelistItems(self, request, context):
         """Take items out of every list, SimilarItems result and query (NOT_FOUND / ITEM_DELISTED).
         """
@@ -150,6 +169,11 @@ def add_CatalogServicer_to_server(servicer, server):
             'SetStockMany': grpc.unary_unary_rpc_method_handler(
                     servicer.SetStockMany,
                     request_deserializer=recsvc_dot_v1_dot_catalog__pb2.SetStockManyRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.SerializeToString,
+            ),
+            'StreamStock': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamStock,
+                    request_deserializer=recsvc_dot_v1_dot_catalog__pb2.StockChange.FromString,
                     response_serializer=recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.SerializeToString,
             ),
             'DelistItems': grpc.unary_unary_rpc_method_handler(
@@ -257,6 +281,33 @@ class Catalog:
             target,
             '/recsvc.v1.Catalog/SetStockMany',
             recsvc_dot_v1_dot_catalog__pb2.SetStockManyRequest.SerializeToString,
+            recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamStock(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/recsvc.v1.Catalog/StreamStock',
+            recsvc_dot_v1_dot_catalog__pb2.StockChange.SerializeToString,
             recsvc_dot_v1_dot_catalog__pb2.ChangeItemsResponse.FromString,
             options,
             channel_credentials,

@@ -47,6 +47,16 @@ class CatalogStub:
     """The fast path for inventory and live-stream systems. Unknown item: NOT_FOUND / ITEM_NOT_FOUND."""
     SetStockMany: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SetStockManyRequest, _catalog_pb2.ChangeItemsResponse]
     """Many stock changes in one call; an unknown item gets NOT_FOUND in its own result."""
+    StreamStock: _grpc.StreamStreamMultiCallable[_catalog_pb2.StockChange, _catalog_pb2.ChangeItemsResponse]
+    """One stock change per message on a long-lived stream, for an inventory or live-stream system
+    that emits changes one at a time at a high rate. The server writes the changes that arrive
+    within catalog.stream_linger_ms of each other to Redis together and answers them with one
+    ChangeItemsResponse: its results answer the next changes in the order sent, one each, so a
+    change costs the server a small share of a SetStock call. Per-change errors are results
+    (INVALID_ARGUMENT, NOT_FOUND, and UNAVAILABLE / CATALOG_UNAVAILABLE while Redis does not
+    answer: resend those); the stream stays open. Bytes that are not a StockChange end the stream
+    with INVALID_ARGUMENT / MALFORMED_REQUEST after the earlier changes are answered.
+    """
     DelistItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ItemIdsRequest, _catalog_pb2.ChangeItemsResponse]
     """Take items out of every list, SimilarItems result and query (NOT_FOUND / ITEM_DELISTED)."""
     RelistItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ItemIdsRequest, _catalog_pb2.ChangeItemsResponse]
@@ -75,6 +85,16 @@ class CatalogAsyncStub(CatalogStub):
     """The fast path for inventory and live-stream systems. Unknown item: NOT_FOUND / ITEM_NOT_FOUND."""
     SetStockMany: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SetStockManyRequest, _catalog_pb2.ChangeItemsResponse]  # type: ignore[assignment]
     """Many stock changes in one call; an unknown item gets NOT_FOUND in its own result."""
+    StreamStock: _aio.StreamStreamMultiCallable[_catalog_pb2.StockChange, _catalog_pb2.ChangeItemsResponse]  # type: ignore[assignment]
+    """One stock change per message on a long-lived stream, for an inventory or live-stream system
+    that emits changes one at a time at a high rate. The server writes the changes that arrive
+    within catalog.stream_linger_ms of each other to Redis together and answers them with one
+    ChangeItemsResponse: its results answer the next changes in the order sent, one each, so a
+    change costs the server a small share of a SetStock call. Per-change errors are results
+    (INVALID_ARGUMENT, NOT_FOUND, and UNAVAILABLE / CATALOG_UNAVAILABLE while Redis does not
+    answer: resend those); the stream stays open. Bytes that are not a StockChange end the stream
+    with INVALID_ARGUMENT / MALFORMED_REQUEST after the earlier changes are answered.
+    """
     DelistItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ItemIdsRequest, _catalog_pb2.ChangeItemsResponse]  # type: ignore[assignment]
     """Take items out of every list, SimilarItems result and query (NOT_FOUND / ITEM_DELISTED)."""
     RelistItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ItemIdsRequest, _catalog_pb2.ChangeItemsResponse]  # type: ignore[assignment]
@@ -118,6 +138,22 @@ class CatalogServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.ChangeItemsResponse, _abc.Awaitable[_catalog_pb2.ChangeItemsResponse]]:
         """Many stock changes in one call; an unknown item gets NOT_FOUND in its own result."""
+
+    @_abc_1.abstractmethod
+    def StreamStock(
+        self,
+        request_iterator: _MaybeAsyncIterator[_catalog_pb2.StockChange],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_catalog_pb2.ChangeItemsResponse], _abc.AsyncIterator[_catalog_pb2.ChangeItemsResponse]]:
+        """One stock change per message on a long-lived stream, for an inventory or live-stream system
+        that emits changes one at a time at a high rate. The server writes the changes that arrive
+        within catalog.stream_linger_ms of each other to Redis together and answers them with one
+        ChangeItemsResponse: its results answer the next changes in the order sent, one each, so a
+        change costs the server a small share of a SetStock call. Per-change errors are results
+        (INVALID_ARGUMENT, NOT_FOUND, and UNAVAILABLE / CATALOG_UNAVAILABLE while Redis does not
+        answer: resend those); the stream stays open. Bytes that are not a StockChange end the stream
+        with INVALID_ARGUMENT / MALFORMED_REQUEST after the earlier changes are answered.
+        """
 
     @_abc_1.abstractmethod
     def DelistItems(

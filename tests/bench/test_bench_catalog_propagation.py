@@ -40,19 +40,21 @@ def test_process_of_a_connection_is_read_from_the_kernel(tmp_path: Path) -> None
 
 @pytest.mark.slow  # ~20 s: a two-process server, four sell-outs and two short paired runs
 @pytest.mark.parametrize(
-    ("client", "set_stock_calls", "writer"),
+    ("client", "set_stock_calls", "writer", "stream"),
     [
-        ("python", 50, False),  # 20/s x (2 s + 0.5 s warm-up)
+        ("python", 50, False, False),  # 20/s x (2 s + 0.5 s warm-up)
+        ("python", 50, False, True),  # the same changes as StreamStock messages
         pytest.param(  # and the changes through the catalog writer process
             "native",
             80,  # 20/s x (2 s + 2 s margin), warm-up left out
             True,
+            False,
             marks=pytest.mark.skipif(not NATIVE_CLIENT.is_file(), reason="run `make -C load/grpcload`"),
         ),
     ],
 )
 def test_propagation_bench_times_each_change_on_both_processes(
-    tmp_path: Path, client: str, set_stock_calls: int, writer: bool
+    tmp_path: Path, client: str, set_stock_calls: int, writer: bool, stream: bool
 ) -> None:
     planted = make_bundle(tmp_path / "bundle")
     results = tmp_path / "results"
@@ -62,7 +64,7 @@ def test_propagation_bench_times_each_change_on_both_processes(
             "--changes", "4", "--background-rate", "40", "--pairs", "1", "--rate", "40",
             "--set-stock-rate", "20", "--duration", "2", "--warmup", "0.5", "--connections", "4",
             "--results", str(results), "--workdir", str(tmp_path / "work"), "--client", client,
-            *(["--catalog-writer"] if writer else []),
+            *(["--catalog-writer"] if writer else []), *(["--set-stock-stream"] if stream else []),
         ],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
@@ -87,7 +89,9 @@ def test_propagation_bench_times_each_change_on_both_processes(
     stock = paired["runs"][1]["set_stock"]
     assert stock["ok"] == stock["sent"] == set_stock_calls and stock["errors"] == {}
     assert paired["ratios"][0] is not None and paired["ratios"][0] > 0
-    assert "p99 with / without SetStock" in (out / "catalog-propagation.md").read_text()
+    assert paired["set_stock_stream"] is stream
+    text = (out / "catalog-propagation.md").read_text()
+    assert "p99 with / without SetStock" in text and ("StreamStock messages" in text) is stream
 
 
 def test_batched_stock_changes_are_the_single_calls_changes_in_the_same_order() -> None:

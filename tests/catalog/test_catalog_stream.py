@@ -1,0 +1,222 @@
+"""``StreamStock`` on a real server and a real Redis (a single server and a real cluster): one
+result per change in the order sent, per-change errors as results, changes that arrive together
+written and answered together (each item's changes still in order), bytes that are no
+``StockChange`` ending the stream with INVALID_ARGUMENT after the earlier answers, Redis down
+answered change by change while the stream stays open, and ``recsvc catalog stock-feed``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from bundle_factory import PlantedBundle
+from serving_harness import RunningServer, running_server
+from settings_factory import build_settings
+
+from recsvc.catalog.store import CatalogStore
+from recsvc.localstack import LocalRedis
+from recsvc.v1 import catalog_pb2, catalog_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of changes in each Redis write the event loop made."""
+    sizes: list[int] = []
+    async_apply = CatalogStore.apply_async
+
+    async def apply_async(self: CatalogStore, changes: Any) -> Any:
+        sizes.append(len(changes))
+        return await async_apply(self, changes)
+
+    monkeypatch.setattr(CatalogStore, "apply_async", apply_async)
+    return sizes
+
+
+def _server(planted: PlantedBundle, redis_url: str, tmp_path: Path, linger_ms: int) -> Any:
+    return running_server(
+        build_settings(
+            tmp_path,
+            redis_url=redis_url,
+            model_uri=str(planted.path),
+            catalog={"stream_linger_ms": linger_ms},
+        )
+    )
+
+
+def _change(item: str, in_stock: bool) -> catalog_pb2.StockChange:
+    return catalog_pb2.StockChange(item_id=item, in_stock=in_stock)
+
+
+def _get(s: RunningServer, item: str) -> catalog_pb2.CatalogItem:
+    return catalog_pb2_grpc.CatalogStub(s.channel).GetItem(
+        catalog_pb2.GetItemRequest(item_id=item), timeout=5
+    )
+
+
+def _within(seconds: float, ok: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not ok():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_each_change_is_answered_in_order_and_a_burst_is_written_together(
+    planted: PlantedBundle, redis_backend: str, tmp_path: Path, writes: list[int]
+) -> None:
+    a, b, c = planted.products(cluster=0)[:3]
+    sent = [
+        _change(a, False),
+        _change("NOPE", False),
+        _change("", False),
+        _change("bad id!", True),
+        _change(b, False),
+        _change(a, True),  # a second change of ``a``: written after the first
+        _change(c, False),
+        _change(a, False),
+    ]
+    with _server(planted, redis_backend, tmp_path, linger_ms=200) as s:
+        stub = catalog_pb2_grpc.CatalogStub(s.channel)
+        answers = list(stub.StreamStock(iter(sent), timeout=10))
+        results = [r for answer in answers for r in answer.results]
+        assert [(r.item_id, r.applied, r.code, r.reason) for r in results] == [
+            (a, True, "", ""),
+            ("NOPE", False, "NOT_FOUND", "ITEM_NOT_FOUND"),
+            ("", False, "INVALID_ARGUMENT", "EMPTY_ITEM_ID"),
+            ("bad id!", False, "INVALID_ARGUMENT", "INVALID_ITEM_ID"),
+            (b, True, "", ""),
+            (a, True, "", ""),
+            (c, True, "", ""),
+            (a, True, "", ""),
+        ]
+        versions = [r.version for r in results if r.applied]
+        assert versions == sorted(versions) and len(set(versions)) == 5
+        # All eight arrived within the linger: one write up to each repeat of ``a`` (the two
+        # refused by the checks never reach Redis).
+        assert writes == [3, 2, 1]
+        assert [(len(x.results), x.applied, x.failed) for x in answers] == [(5, 2, 3), (2, 2, 0), (1, 1, 0)]
+        _within(1.0, lambda: _get(s, a).version == versions[-1], "the last change of a not followed")
+        assert not _get(s, a).in_stock and not _get(s, b).in_stock and not _get(s, c).in_stock
+
+
+def test_changes_sent_one_at_a_time_are_answered_one_at_a_time(
+    planted: PlantedBundle, redis_backend: str, tmp_path: Path
+) -> None:
+    """A caller that waits for each answer before sending the next is not held by the linger
+    beyond it, and the stream ends cleanly when the caller closes it."""
+    items = planted.products(cluster=1)[:4]
+    with _server(planted, redis_backend, tmp_path, linger_ms=5) as s:
+        stub = catalog_pb2_grpc.CatalogStub(s.channel)
+        answered = threading.Event()
+        got: list[catalog_pb2.ItemResult] = []
+
+        def requests() -> Iterator[catalog_pb2.StockChange]:
+            for item in items:
+                answered.clear()
+                yield _change(item, False)
+                assert answered.wait(5), "no answer before the next change"
+
+        call = stub.StreamStock(requests(), timeout=20)
+        for answer in call:
+            got.extend(answer.results)
+            answered.set()
+        assert [r.item_id for r in got] == items and all(r.applied for r in got)
+        assert call.code() == grpc.StatusCode.OK
+
+
+def test_bytes_that_are_no_stock_change_end_the_stream_after_the_earlier_answers(
+    planted: PlantedBundle, redis_backend: str, tmp_path: Path
+) -> None:
+    first, last = planted.products(cluster=2)[:2]
+    with _server(planted, redis_backend, tmp_path, linger_ms=0) as s:
+        raw = s.channel.stream_stream("/recsvc.v1.Catalog/StreamStock")
+        gate = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            yield _change(first, False).SerializeToString()
+            assert gate.wait(5)
+            yield b"\x0a\xff\xff\xff\xff\x0f"  # an overlong length: not a StockChange
+            yield _change(last, False).SerializeToString()
+
+        call = raw(requests(), timeout=10)
+        answers: list[catalog_pb2.ItemResult] = []
+        with pytest.raises(grpc.RpcError) as err:
+            for answer in call:
+                answers.extend(catalog_pb2.ChangeItemsResponse.FromString(answer).results)
+                gate.set()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("MALFORMED_REQUEST")
+        assert [(r.item_id, r.applied) for r in answers] == [(first, True)]
+        time.sleep(0.3)
+        assert _get(s, last).in_stock  # nothing after the bad bytes was applied
+
+
+def test_redis_down_answers_each_change_unavailable_and_the_stream_stays_open(
+    planted: PlantedBundle, tmp_path: Path
+) -> None:
+    own = LocalRedis(tmp_path / "redis")
+    own.start()
+    try:
+        with _server(planted, own.url, tmp_path, linger_ms=0) as s:
+            stub = catalog_pb2_grpc.CatalogStub(s.channel)
+            item = planted.products(cluster=3)[0]
+            stopped = threading.Event()
+            got: list[catalog_pb2.ItemResult] = []
+
+            def requests() -> Iterator[catalog_pb2.StockChange]:
+                yield _change(item, False)
+                assert stopped.wait(10)
+                yield _change(item, True)
+                yield _change("NOPE", True)
+
+            call = stub.StreamStock(requests(), timeout=30)
+            for answer in call:
+                got.extend(answer.results)
+                if len(got) == 1:
+                    _within(1.0, lambda: not _get(s, item).in_stock, "change not followed")
+                    own.stop()
+                    stopped.set()
+            assert [(r.applied, r.code, r.reason) for r in got] == [
+                (True, "", ""),
+                (False, "UNAVAILABLE", "CATALOG_UNAVAILABLE"),
+                (False, "UNAVAILABLE", "CATALOG_UNAVAILABLE"),
+            ]
+            assert call.code() == grpc.StatusCode.OK
+            assert not _get(s, item).in_stock  # the last known catalog stays in force
+    finally:
+        own.stop()
+
+
+def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
+    planted: PlantedBundle, redis_backend: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    a, b = planted.products(cluster=1)[4:6]
+    feed = tmp_path / "stock.csv"
+    feed.write_text(f"{a},out\n\n{b},OUT\nNOPE,in\n{a},maybe\njust-an-id\n{a},in\n", encoding="utf-8")
+    with _server(planted, redis_backend, tmp_path, linger_ms=0) as s:
+        result = CliRunner().invoke(
+            app, ["catalog", "stock-feed", str(feed), "--target", s.target], env={"COLUMNS": "200"}
+        )
+        assert result.exit_code == 1, result.output
+        assert "applied=3 failed=1 skipped=2" in result.output
+        assert "NOPE NOT_FOUND ITEM_NOT_FOUND" in result.output
+        assert "line 5 skipped" in result.output and "line 6 skipped" in result.output
+        _within(1.0, lambda: not _get(s, b).in_stock, "b not sold out")
+        assert _get(s, a).in_stock  # out, then back in: in the order of the lines
+        piped = CliRunner().invoke(
+            app,
+            ["catalog", "stock-feed", "-", "--target", s.target],
+            input=f"{b},in\n",
+            env={"COLUMNS": "200"},
+        )
+        assert piped.exit_code == 0 and "applied=1 failed=0 skipped=0" in piped.output, piped.output
