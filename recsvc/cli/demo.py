@@ -203,7 +203,8 @@ def demo(
 
 
 def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir: Path) -> None:
-    """A product sells out and leaves the member's list; a new product arrives in it."""
+    """A product sells out and leaves the member's list, comes back when an inventory feed
+    restocks it; a new product arrives in it."""
     import json
 
     top = json.loads(
@@ -225,6 +226,20 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
     )
     if sold in after:
         raise DemoStepFailed(f"{sold} still recommended after it sold out")
+    feed = workdir / "stock-feed.csv"
+    feed.parent.mkdir(parents=True, exist_ok=True)
+    feed.write_text(f"{sold},in\n", encoding="utf-8")
+    _run(
+        [*rc, "catalog", "stock-feed", str(feed)],
+        env,
+        f"20. an inventory feed restocks {sold} (Catalog/StreamStock via catalog stock-feed)",
+    )
+    time.sleep(1.0)
+    back = _run(
+        [*rc, "query", "products", member, "-k", "5"], env, "21. it is back in the list", capture=True
+    )
+    if sold not in back:
+        raise DemoStepFailed(f"{sold} not recommended again after it was restocked")
     new_file = workdir / "new-product.csv"
     import csv
 
@@ -239,7 +254,7 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
     _run(
         [*rc, "catalog", "sync", str(new_file)],
         env,
-        f"20. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
+        f"22. a new product arrives in {top['category']} (Catalog/UpsertItems via catalog sync)",
     )
     time.sleep(1.0)
     # Members whose interests hold the category; the new product starts with the vector of its
@@ -248,7 +263,7 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
         _run(
             [*rc, "members", "find", "--tag", f"category:{top['category']}", "--limit", "30", "--json"],
             env,
-            f"21. members who buy {top['category']}",
+            f"23. members who buy {top['category']}",
             capture=True,
         )
     )["member_ids"]
@@ -263,7 +278,7 @@ def _live_catalog_steps(rc: list[str], env: dict[str, str], member: str, workdir
             _run(
                 [*rc, "query", "products", candidate, "-k", "20"],
                 env,
-                f"22. member {candidate}'s list now holds the new product (source new, rank "
+                f"24. member {candidate}'s list now holds the new product (source new, rank "
                 f"{listed.index(found[0]) + 1})",
             )
             return
@@ -289,7 +304,7 @@ def _effects(rc: list[str], env: dict[str, str], workdir: Path, data_dir: Path) 
     from pipelines.generate.effects import PlantedEffects
 
     effects = PlantedEffects.read(data_dir)
-    out.print(Rule("[bold]15. start the event-log sink (Redis streams -> Parquet)"))
+    out.print(Rule("[bold]25. start the event-log sink (Redis streams -> Parquet)"))
     out.print(f"[dim]$ recsvc events sink[/]  (writes {workdir / 'eventlog'})")
     sink = subprocess.Popen([*rc, "events", "sink"], env=env)
     try:
@@ -306,24 +321,24 @@ def _effects(rc: list[str], env: dict[str, str], workdir: Path, data_dir: Path) 
                 "3000",
             ],
             env,
-            f"23. served traffic: members respond (variant b planted +{effects.ab_margin:.0%} conversion), "
+            f"26. served traffic: members respond (variant b planted +{effects.ab_margin:.0%} conversion), "
             f"campaign {effects.campaign} with a {effects.holdout_share:.0%} holdout",
         )
         time.sleep(1.0)  # the servers write their buffered impressions every 100 ms
     finally:
         sink.terminate()
         sink.wait(timeout=30)
-    _run([*rc, "events", "sink", "--once"], env, "24. the sink writes what is left and stops")
+    _run([*rc, "events", "sink", "--once"], env, "27. the sink writes what is left and stops")
     reports = workdir / "reports"
     _run(
         [*rc, "report", "ab", "--html", str(reports / "ab.html")],
         env,
-        "25. A/B report: which variant converts better, and is it significant?",
+        "28. A/B report: which variant converts better, and is it significant?",
     )
     _run(
         [*rc, "report", "campaign", effects.campaign, "--html", str(reports / "campaign.html")],
         env,
-        f"26. campaign report: did {effects.campaign} raise purchases against its holdout?",
+        f"29. campaign report: did {effects.campaign} raise purchases against its holdout?",
     )
 
 
