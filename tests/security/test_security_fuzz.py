@@ -140,7 +140,10 @@ def _call(
     kwargs = {"request_serializer": type(req).SerializeToString, "response_deserializer": resp_cls.FromString}
     md = [("authorization", f"Bearer {key}")]
     try:
-        if method.server_streaming:
+        if method.client_streaming:  # the request twice on one stream (StreamStock)
+            for _ in srv.channel.stream_stream(path, **kwargs)(iter([req, req]), metadata=md, timeout=10):
+                pass
+        elif method.server_streaming:
             for _ in srv.channel.unary_stream(path, **kwargs)(req, metadata=md, timeout=10):
                 pass
         else:

@@ -26,6 +26,8 @@ from recsvc.settings import Settings, load_settings
 from recsvc.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
     outreach_pb2,
     outreach_pb2_grpc,
     recommender_pb2,
@@ -34,7 +36,13 @@ from recsvc.v1 import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PSEUDONYM_KEY = "server-test-pseudonym-key"
-ROLES = {"shop": ["recommend"], "tracker": ["events"], "crm": ["outreach"], "ops": ["admin"]}
+ROLES = {
+    "shop": ["recommend"],
+    "tracker": ["events"],
+    "crm": ["outreach"],
+    "ops": ["admin"],
+    "stock": ["catalog"],
+}
 
 
 @dataclass
@@ -119,6 +127,22 @@ def test_recommender_roles(srv: Secured, planted: PlantedBundle) -> None:
     batch = recommender_pb2.BatchRecommendRequest(member_ids=[member], k=3)
     assert _code(stub.BatchRecommend, batch, metadata=srv.md("crm")) == grpc.StatusCode.PERMISSION_DENIED
     assert _code(stub.BatchRecommend, batch, metadata=srv.md("shop")) == grpc.StatusCode.OK
+
+
+def test_a_stock_stream_needs_the_catalog_role_when_it_opens(srv: Secured, planted: PlantedBundle) -> None:
+    stub = catalog_pb2_grpc.CatalogStub(srv.channel)
+    item = planted.products()[0]
+
+    def stream(who: str | None) -> Any:
+        changes = iter([catalog_pb2.StockChange(item_id=item, in_stock=False)])
+        return stub.StreamStock(changes, metadata=srv.md(who) if who else None)
+
+    assert _code(lambda timeout: stream(None)) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda timeout: stream("shop")) == grpc.StatusCode.PERMISSION_DENIED
+    answers = list(stub.StreamStock(
+        iter([catalog_pb2.StockChange(item_id=item, in_stock=False)]), metadata=srv.md("stock"), timeout=5
+    ))  # fmt: skip
+    assert [(r.item_id, r.applied) for a in answers for r in a.results] == [(item, True)]
 
 
 def test_outreach_roles_and_consent_audit(srv: Secured, planted: PlantedBundle) -> None:
