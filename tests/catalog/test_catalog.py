@@ -13,6 +13,7 @@ import pytest
 import redis
 from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import RunningServer, running_server, serving_settings
+from waiting import within
 
 from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, ItemRecord, _Gap
 from recsvc.localstack import LocalRedis
@@ -51,14 +52,6 @@ def _ids(s: RunningServer, member: str, **filters: object) -> list[str]:
     return [it.item_id for it in s.stub.RecommendProducts(req, timeout=5).items]
 
 
-def _within(seconds: float, ok: Callable[[], bool], what: str) -> float:
-    t0 = time.monotonic()
-    while not ok():
-        assert time.monotonic() - t0 < seconds, what
-        time.sleep(0.01)
-    return time.monotonic() - t0
-
-
 def _new_product(item_id: str, category: str, brand: str, price: float = 20.0) -> catalog_pb2.CatalogItem:
     return catalog_pb2.CatalogItem(
         item_id=item_id,
@@ -81,7 +74,7 @@ def test_sold_out_item_leaves_stored_and_cold_start_lists_within_a_second(
     top = before[0]
     resp = _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
     assert resp.results[0].applied and resp.results[0].version > 0
-    _within(1.0, lambda: top not in _ids(server, member), "sold-out item still in the stored list")
+    within(1.0, lambda: top not in _ids(server, member), "sold-out item still in the stored list")
     after = _ids(server, member)
     assert len(after) == K  # completed from the live path, not just shortened
     # Without in_stock_only a sold-out item may still be shown (it is listed).
@@ -90,12 +83,12 @@ def test_sold_out_item_leaves_stored_and_cold_start_lists_within_a_second(
     cold = listed.cold_members[0]
     popular = _ids(server, cold)
     _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=popular[0], in_stock=False), timeout=5)
-    _within(1.0, lambda: popular[0] not in _ids(server, cold), "sold-out item still in the cold-start list")
+    within(1.0, lambda: popular[0] not in _ids(server, cold), "sold-out item still in the cold-start list")
 
     got = _catalog(server).GetItem(catalog_pb2.GetItemRequest(item_id=top), timeout=5)
     assert not got.in_stock and got.origin == "changed" and got.changed_at > 0 and got.listed
     _catalog(server).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=True), timeout=5)
-    _within(1.0, lambda: _ids(server, member)[0] == top, "restocked item did not come back")
+    within(1.0, lambda: _ids(server, member)[0] == top, "restocked item did not come back")
 
 
 def test_delisted_item_vanishes_from_lists_and_similar_items(
@@ -108,7 +101,7 @@ def test_delisted_item_vanishes_from_lists_and_similar_items(
     assert top in [it.item_id for it in server.stub.SimilarItems(similar, timeout=5).items]
 
     _catalog(server).DelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
-    _within(1.0, lambda: top not in _ids(server, member, in_stock_only=False), "delisted item still listed")
+    within(1.0, lambda: top not in _ids(server, member, in_stock_only=False), "delisted item still listed")
     assert top not in [it.item_id for it in server.stub.SimilarItems(similar, timeout=5).items]
     with pytest.raises(grpc.RpcError) as err:
         server.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=top, k=5), timeout=5)
@@ -116,7 +109,7 @@ def test_delisted_item_vanishes_from_lists_and_similar_items(
     assert (err.value.details() or "").startswith("ITEM_DELISTED")
 
     _catalog(server).RelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
-    _within(1.0, lambda: top in _ids(server, member), "relisted item did not come back")
+    within(1.0, lambda: top in _ids(server, member), "relisted item did not come back")
 
 
 def test_price_change_moves_an_item_in_and_out_of_a_price_filter(
@@ -129,12 +122,12 @@ def test_price_change_moves_an_item_in_and_out_of_a_price_filter(
     catalog.UpsertItems(
         catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id=item, price=99.0)])
     )
-    _within(1.0, lambda: item not in _ids(server, member, max_price=15.0), "repriced item still under 15")
+    within(1.0, lambda: item not in _ids(server, member, max_price=15.0), "repriced item still under 15")
     assert item in _ids(server, member, min_price=90.0)
     catalog.UpsertItems(
         catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id=item, price=11.0)])
     )
-    _within(1.0, lambda: item in _ids(server, member, max_price=15.0), "item back under 15 not shown")
+    within(1.0, lambda: item in _ids(server, member, max_price=15.0), "item back under 15 not shown")
     assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id=item)).price == pytest.approx(11.0)
 
 
@@ -152,7 +145,7 @@ def test_new_product_is_recommended_to_its_category_buyers_and_in_similar_items(
         req = recommender_pb2.RecommendProductsRequest(member_id=buyer, k=20)
         return [it for it in server.stub.RecommendProducts(req, timeout=5).items if it.item_id == "NEW-1"]
 
-    _within(1.0, lambda: bool(shown()), "new product not recommended to a cat1 buyer")
+    within(1.0, lambda: bool(shown()), "new product not recommended to a cat1 buyer")
     item = shown()[0]
     assert item.source == "new" and item.reason == "new in cat1, which you buy"
     assert item.category == "cat1" and item.brand == "brand2" and item.title == "New NEW-1"
@@ -189,7 +182,7 @@ def test_scheduled_product_appears_when_its_time_comes(server: RunningServer, li
 
     time.sleep(0.5)
     assert not shown()
-    _within(4.0, shown, "scheduled product did not appear at its time")
+    within(4.0, shown, "scheduled product did not appear at its time")
 
 
 def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
@@ -300,7 +293,7 @@ def test_upsert_of_a_thousand_new_products_in_one_call(server: RunningServer, li
         req = recommender_pb2.RecommendProductsRequest(member_id=buyer, k=20)
         return any(it.source == "new" for it in server.stub.RecommendProducts(req, timeout=5).items)
 
-    _within(2.0, recommended, "bulk new products not recommended")
+    within(2.0, recommended, "bulk new products not recommended")
     got = _catalog(server).GetItem(catalog_pb2.GetItemRequest(item_id="BULK-00999"), timeout=5)
     assert got.origin == "new" and got.category == "cat3"
 
@@ -363,7 +356,7 @@ def test_redis_down_keeps_the_last_catalog_and_refuses_changes(listed: PlantedBu
             member = listed.warm_members(cluster=0)[0]
             top = _ids(s, member)[0]
             _catalog(s).SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
-            _within(1.0, lambda: top not in _ids(s, member), "sold-out item still listed")
+            within(1.0, lambda: top not in _ids(s, member), "sold-out item still listed")
             own.stop()
             time.sleep(0.5)
             assert top not in _ids(s, member)  # nothing reverts to the bundle
@@ -399,7 +392,7 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     assert pushed.exit_code == 0, pushed.output
     assert "upsert=2" in pushed.output and "applied=2" in pushed.output
     catalog = _catalog(server)
-    _within(1.0, lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-000")).price == 55.0, "price")
+    within(1.0, lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-000")).price == 55.0, "price")
     got = runner.invoke(app, ["catalog", "get", "NEW-CLI", "--target", server.target])
     assert got.exit_code == 0 and '"origin": "new"' in got.output, got.output
     sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "out", "--target", server.target])
@@ -423,12 +416,12 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
     try:
         first = len(calls)  # the first full read
         store.apply([Change("A", {"in_stock": False}, False)])
-        _within(0.4, lambda: len(calls) == first + 1, "a lone change waited")
+        within(0.4, lambda: len(calls) == first + 1, "a lone change waited")
         t0 = time.monotonic()
         for i in range(5):
             store.apply([Change(f"B{i}", {"in_stock": False}, False)])
         assert time.monotonic() - t0 < 0.3  # the burst is inside the settle window
-        _within(2.0, lambda: {f"B{i}" for i in range(5)} <= set(follower.records.keys()), "burst not applied")
+        within(2.0, lambda: {f"B{i}" for i in range(5)} <= set(follower.records.keys()), "burst not applied")
         assert len(calls) == first + 2, calls  # one rebuild for the five changes
     finally:
         follower.stop()
@@ -492,7 +485,7 @@ def test_featured_refused_products_content_prices_and_unicode_ids(server: Runnin
         catalog_pb2.UpsertItemsRequest(items=[_new_product(decomposed, "cat0", "brand0")]), timeout=5
     )
     assert made.applied == 1
-    _within(1.0, lambda: _exists(catalog, "Caf\u00e9-1"), "NFC id not found")
+    within(1.0, lambda: _exists(catalog, "Caf\u00e9-1"), "NFC id not found")
     assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id=decomposed), timeout=5).item_id == "Caf\u00e9-1"
     sold = catalog.SetStockMany(
         catalog_pb2.SetStockManyRequest(
@@ -501,7 +494,7 @@ def test_featured_refused_products_content_prices_and_unicode_ids(server: Runnin
         timeout=5,
     )
     assert sold.applied == 1
-    _within(1.0, lambda: not _item(catalog, "Caf\u00e9-1").in_stock, "stock change on the NFC id")
+    within(1.0, lambda: not _item(catalog, "Caf\u00e9-1").in_stock, "stock change on the NFC id")
 
 
 def _item(catalog: catalog_pb2_grpc.CatalogStub, item_id: str) -> catalog_pb2.CatalogItem:
@@ -534,7 +527,7 @@ def test_cli_sync_reads_a_catalog_file_as_training_does(server: RunningServer, t
     tricky.title = "-50% off tea"
     resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[tricky]), timeout=5)
     assert resp.applied == 1
-    _within(1.0, lambda: _exists(catalog, "RT-1"), "RT-1")
+    within(1.0, lambda: _exists(catalog, "RT-1"), "RT-1")
     runner = CliRunner()
     out = tmp_path / "catalog.csv"
     assert runner.invoke(app, ["catalog", "export", str(out), "--target", server.target]).exit_code == 0
@@ -566,7 +559,7 @@ def test_cli_sync_reads_a_catalog_file_as_training_does(server: RunningServer, t
         app, ["catalog", "sync", str(tmp_path / "catalog.parquet"), "--target", server.target]
     )
     assert synced.exit_code == 0 and "applied=2" in synced.output, synced.output
-    _within(1.0, lambda: _exists(catalog, "PQ-C"), "PQ-C")
+    within(1.0, lambda: _exists(catalog, "PQ-C"), "PQ-C")
     assert list(_item(catalog, "PQ-C").featured_item_ids) == ["PQ-1"]
     for args in (["sync", str(tmp_path / "no-such.csv")], ["export", str(tmp_path)]):
         failed = runner.invoke(app, ["catalog", *args, "--target", server.target])
@@ -648,13 +641,13 @@ def test_a_process_that_followed_every_change_answers_as_one_started_after_them(
             def followed(v: int = last) -> bool:
                 return bool(first.deps.engine.catalog.version >= v)
 
-            _within(2.0, followed, "change not followed")
+            within(2.0, followed, "change not followed")
         time.sleep(1.5)  # the scheduled items' times pass
         with running_server(
             serving_settings(str(listed.path), redis_url, tmp_path / "b", default_k=K)
         ) as second:
             live = [s.deps.engine.catalog for s in (first, second)]
-            _within(
+            within(
                 2.0, lambda: live[0].version == live[1].version > 0, "the processes disagree on the version"
             )
 

@@ -6,7 +6,6 @@ down answered UNAVAILABLE with a reason while the last catalog keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from bundle_factory import PlantedBundle
 from serving_harness import RunningServer, running_server, serving_settings
+from waiting import within
 
 from recsvc.catalog.service import ON_LOOP_ITEMS
 from recsvc.catalog.store import CatalogStore, Change
@@ -66,13 +66,6 @@ def _error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     return err.value.code(), (err.value.details() or "").split(":")[0]
 
 
-def _within(seconds: float, ok: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_small_changes_are_written_on_the_loop_and_large_ones_in_a_thread(
     server: RunningServer, planted: PlantedBundle, writes: dict[str, int]
 ) -> None:
@@ -92,7 +85,7 @@ def test_small_changes_are_written_on_the_loop_and_large_ones_in_a_thread(
     assert catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=[products[3]]), timeout=5).applied == 1
     assert catalog.RelistItems(catalog_pb2.ItemIdsRequest(item_ids=[products[3]]), timeout=5).applied == 1
     assert writes == {"thread": 0, "loop": 4}
-    _within(1.0, lambda: get(products[3]).version == 5, "a change on the loop did not reach the catalog")
+    within(1.0, lambda: get(products[3]).version == 5, "a change on the loop did not reach the catalog")
     assert get(products[3]).listed and not get(products[2]).in_stock
 
     ids = [f"BIG-{i:04d}" for i in range(ON_LOOP_ITEMS + 1)]
@@ -190,7 +183,7 @@ def test_redis_down_refuses_changes_on_the_loop_with_unavailable(
             item = planted.products(cluster=2)[0]
             catalog.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=False), timeout=5)
             get = lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id=item), timeout=5)  # noqa: E731
-            _within(1.0, lambda: not get().in_stock, "change not followed")
+            within(1.0, lambda: not get().in_stock, "change not followed")
             own.stop()
             calls: list[Callable[[], object]] = [
                 lambda: catalog.SetStock(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from bundle_factory import PlantedBundle
 from serving_harness import RunningServer, running_server
 from settings_factory import build_settings
+from waiting import within
 
 from recsvc.catalog.store import CatalogStore
 from recsvc.localstack import LocalRedis
@@ -60,13 +61,6 @@ def _get(s: RunningServer, item: str) -> catalog_pb2.CatalogItem:
     )
 
 
-def _within(seconds: float, ok: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_each_change_is_answered_in_order_and_a_burst_is_written_together(
     planted: PlantedBundle, redis_backend: str, tmp_path: Path, writes: list[int]
 ) -> None:
@@ -101,7 +95,7 @@ def test_each_change_is_answered_in_order_and_a_burst_is_written_together(
         # refused by the checks never reach Redis).
         assert writes == [3, 2, 1]
         assert [(len(x.results), x.applied, x.failed) for x in answers] == [(5, 2, 3), (2, 2, 0), (1, 1, 0)]
-        _within(1.0, lambda: _get(s, a).version == versions[-1], "the last change of a not followed")
+        within(1.0, lambda: _get(s, a).version == versions[-1], "the last change of a not followed")
         assert not _get(s, a).in_stock and not _get(s, b).in_stock and not _get(s, c).in_stock
 
 
@@ -179,7 +173,7 @@ def test_redis_down_answers_each_change_unavailable_and_the_stream_stays_open(
             for answer in call:
                 got.extend(answer.results)
                 if len(got) == 1:
-                    _within(1.0, lambda: not _get(s, item).in_stock, "change not followed")
+                    within(1.0, lambda: not _get(s, item).in_stock, "change not followed")
                     own.stop()
                     stopped.set()
             assert [(r.applied, r.code, r.reason) for r in got] == [
@@ -211,7 +205,7 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
         assert "applied=3 failed=1 skipped=2" in result.output
         assert "NOPE NOT_FOUND ITEM_NOT_FOUND" in result.output
         assert "line 5 skipped" in result.output and "line 6 skipped" in result.output
-        _within(1.0, lambda: not _get(s, b).in_stock, "b not sold out")
+        within(1.0, lambda: not _get(s, b).in_stock, "b not sold out")
         assert _get(s, a).in_stock  # out, then back in: in the order of the lines
         piped = CliRunner().invoke(
             app,

@@ -9,13 +9,13 @@ starts later reads exactly the current state; concurrent writers get contiguous 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from bundle_factory import PlantedBundle
 from serving_harness import running_server, serving_settings
+from waiting import within
 
 from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, ItemRecord
 from recsvc.redis_client import RedisClient, connect, is_cluster
@@ -33,13 +33,6 @@ def redis_url(redis_backend: str) -> str:
 
 def _store(redis_client: RedisClient) -> CatalogStore:
     return CatalogStore(redis_client, PREFIX, feed_maxlen=1000)
-
-
-def _within(seconds: float, ok: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
 
 
 def _fields(follower: CatalogFollower, item: str) -> dict[str, object]:
@@ -86,7 +79,7 @@ def test_each_change_reaches_a_follower_within_a_second_in_order(
         for version, (change, expected) in enumerate(steps, start=1):
             [outcome] = store.apply([change])
             assert outcome.applied and outcome.version == version
-            _within(1.0, lambda e=expected: _fields(follower, "NEW-1") == e, f"change {version} not followed")  # type: ignore[misc]
+            within(1.0, lambda e=expected: _fields(follower, "NEW-1") == e, f"change {version} not followed")  # type: ignore[misc]
             assert follower.seq == version and follower.records["NEW-1"].version == version
         # An item Redis does not know is refused when the caller requires it to exist.
         assert not store.apply([Change("NOPE", {"in_stock": False}, True)])[0].applied
@@ -112,17 +105,17 @@ def test_a_follower_that_missed_trimmed_entries_rereads_and_misses_nothing(
     follower.start(wait_s=5)
     try:
         store.apply([Change("A", {"price": 1.0}, False)])
-        _within(1.0, lambda: "A" in follower.records, "first change not followed")
+        within(1.0, lambda: "A" in follower.records, "first change not followed")
         busy.set()
         store.apply([Change("B", {"price": 2.0}, False)])  # the follower is stuck rebuilding this one
-        _within(1.0, lambda: len(rebuilds) >= 3, "the follower did not start rebuilding")
+        within(1.0, lambda: len(rebuilds) >= 3, "the follower did not start rebuilding")
         for i in range(5):
             store.apply([Change(f"C{i}", {"in_stock": False}, False)])
         store.apply([Change("A", {"price": 3.0}, False)])
         redis_client.xtrim(store.feed_key, maxlen=1, approximate=False)  # the entries for C0..C4 are gone
         busy.clear()
         release.set()
-        _within(2.0, lambda: follower.seq == 8, "the follower did not catch up")
+        within(2.0, lambda: follower.seq == 8, "the follower did not catch up")
         assert {f"C{i}" for i in range(5)} <= set(follower.records.keys())
         assert follower.records["A"].fields == {"price": 3.0} and follower.records["A"].version == 8
     finally:
@@ -150,7 +143,7 @@ def test_a_process_started_later_reads_exactly_the_current_state(
     try:
         assert later.seq == 22 and dict(later.records) == records
         store.apply([Change("I5", {"price": 55.0}, True)])
-        _within(1.0, lambda: later.seq == 23, "the change after the snapshot was not followed")
+        within(1.0, lambda: later.seq == 23, "the change after the snapshot was not followed")
         assert later.records["I5"].fields == {"price": 55.0}
     finally:
         later.stop()
@@ -210,7 +203,7 @@ def test_a_sold_out_product_leaves_the_served_list_on_every_backend(
 
         top = ids()[0]
         catalog.SetStock(catalog_pb2.SetStockRequest(item_id=top, in_stock=False), timeout=5)
-        _within(1.0, lambda: top not in ids(), "sold-out item still served")
+        within(1.0, lambda: top not in ids(), "sold-out item still served")
         new = catalog_pb2.CatalogItem(
             item_id="NEW-C",
             kind=common_pb2.PRODUCT,
@@ -223,11 +216,11 @@ def test_a_sold_out_product_leaves_the_served_list_on_every_backend(
         assert catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[new]), timeout=5).applied == 1
         catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
         get = lambda item: catalog.GetItem(catalog_pb2.GetItemRequest(item_id=item), timeout=5)  # noqa: E731
-        _within(1.0, lambda: not get(top).listed, "delisting not in the process's catalog")
+        within(1.0, lambda: not get(top).listed, "delisting not in the process's catalog")
         got = get(top)
         assert (
             not got.in_stock and got.origin == "changed" and got.version == 3
         )  # SetStock, UpsertItems, DelistItems
         assert get("NEW-C").origin == "new"
         catalog.RelistItems(catalog_pb2.ItemIdsRequest(item_ids=[top]), timeout=5)
-        _within(1.0, lambda: get(top).listed, "relisting not in the process's catalog")
+        within(1.0, lambda: get(top).listed, "relisting not in the process's catalog")
