@@ -361,20 +361,21 @@ def _set_stock_loop(
     total = int(rate * duration_s)
     if stream:
         sent, ok, errors = _stream_stock(stub, items, rate, total, metadata, t0)
-    for i in range(0 if stream else total):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        item, in_stock = _stock_change(items, i)
-        try:
-            stub.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=in_stock), timeout=2.0,
-                          metadata=metadata)  # fmt: skip
-            ok += 1
-        except grpc.RpcError as exc:
-            name = exc.code().name  # type: ignore[attr-defined]
-            errors[name] = errors.get(name, 0) + 1
-        sent += 1
+    else:
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            item, in_stock = _stock_change(items, i)
+            try:
+                stub.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=in_stock), timeout=2.0,
+                              metadata=metadata)  # fmt: skip
+                ok += 1
+            except grpc.RpcError as exc:
+                name = exc.code().name  # type: ignore[attr-defined]
+                errors[name] = errors.get(name, 0) + 1
+            sent += 1
     achieved = ok / (time.perf_counter() - t0)
     cpu_s = time.process_time()  # this sender's own CPU: it shares the cores with the server
     for item in items:

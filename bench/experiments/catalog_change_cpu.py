@@ -62,7 +62,6 @@ def main() -> None:
 
         if args.stream:
             _stream_run(args, target, items, probe)
-            before.clear()
         else:
             _native_run(args, target, items, probe)
     if args.profile:

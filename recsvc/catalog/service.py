@@ -350,16 +350,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
                     if first.error is not None:
                         raise first.error
                     return
-                batch, ids = [first], {_id_key(first.item_id)}
+                batch, ids = [first], {normalize_id(first.item_id)}
                 if fresh and linger > 0:
                     await asyncio.sleep(linger)  # the rest of the burst arrives meanwhile
                 while len(batch) < ON_LOOP_ITEMS and not inbox.empty():
                     nxt = inbox.get_nowait()
-                    if isinstance(nxt, _StreamEnd) or _id_key(nxt.item_id) in ids:
+                    # ids as ``check_id`` stores them (NFC): a second change of one item waits
+                    if isinstance(nxt, _StreamEnd) or normalize_id(nxt.item_id) in ids:
                         carry = nxt
                         break
                     batch.append(nxt)
-                    ids.add(_id_key(nxt.item_id))
+                    ids.add(normalize_id(nxt.item_id))
                 yield await self._stream_batch(batch)
         finally:
             reader.cancel()
@@ -469,11 +470,6 @@ async def _read_stream(requests: AsyncIterator[Any], inbox: asyncio.Queue[Any]) 
         raise
     except Exception as exc:  # a malformed message (MalformedRequest) or the call ending
         await inbox.put(_StreamEnd(exc))
-
-
-def _id_key(item_id: str) -> str:
-    """An id as ``check_id`` stores it (NFC), to spot a second change of one item in a batch."""
-    return item_id if item_id.isascii() else normalize_id(item_id)
 
 
 def _refused(n: int, exc: Exception) -> StoreUnavailable:

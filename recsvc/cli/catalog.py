@@ -12,6 +12,7 @@ import csv
 import json
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,36 @@ def _stub(ctx: typer.Context, target: str | None) -> Any:
     return catalog_pb2_grpc.CatalogStub(grpc.insecure_channel(target))
 
 
-def _call(fn: Any, request: Any, timeout: float, key: str | None) -> Any:
+def _metadata(key: str | None) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {key}")] if key else None
+
+
+@contextmanager
+def _call_errors() -> Iterator[None]:
+    """A failed call (or stream) as one line and exit code 2, not a traceback."""
     import grpc
 
-    metadata = [("authorization", f"Bearer {key}")] if key else None
     try:
-        return fn(request, timeout=timeout, metadata=metadata)
+        yield
     except grpc.RpcError as exc:
         console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
-def _print_results(resp: Any) -> None:
+def _call(fn: Any, request: Any, timeout: float, key: str | None) -> Any:
+    with _call_errors():
+        return fn(request, timeout=timeout, metadata=_metadata(key))
+
+
+def _print_refused(resp: Any) -> None:
+    """One line per change of a ChangeItemsResponse that was not applied."""
     for r in resp.results:
         if not r.applied:
             console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+
+
+def _print_results(resp: Any) -> None:
+    _print_refused(resp)
     print(f"applied={resp.applied} failed={resp.failed}")
 
 
@@ -105,8 +121,6 @@ def stock_feed(
     when a change was refused or a line skipped."""
     import sys
 
-    import grpc
-
     from recsvc.v1 import catalog_pb2
 
     skipped = 0
@@ -123,18 +137,13 @@ def stock_feed(
                 continue
             yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
 
-    metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
     applied = failed = 0
     stream = sys.stdin if source == "-" else Path(source).open(encoding="utf-8", newline="")  # noqa: SIM115
     try:
-        for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=metadata):
-            for r in answer.results:
-                if not r.applied:
-                    console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
-            applied, failed = applied + answer.applied, failed + answer.failed
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        with _call_errors():
+            for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=_metadata(api_key)):
+                _print_refused(answer)
+                applied, failed = applied + answer.applied, failed + answer.failed
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -161,18 +170,12 @@ def delist(
 
 
 def _current(ctx: typer.Context, target: str | None, timeout: float, key: str | None) -> Iterator[Any]:
-    import grpc
-
     from recsvc.v1 import catalog_pb2
 
-    metadata = [("authorization", f"Bearer {key}")] if key else None
-    try:
+    with _call_errors():
         yield from _stub(ctx, target).ExportCatalog(
-            catalog_pb2.ExportCatalogRequest(), timeout=timeout, metadata=metadata
+            catalog_pb2.ExportCatalogRequest(), timeout=timeout, metadata=_metadata(key)
         )
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def _row(item: Any) -> dict[str, str]:
@@ -328,9 +331,7 @@ def sync(
             api_key,
         )
         applied, failed = applied + resp.applied, failed + resp.failed
-        for r in resp.results:
-            if not r.applied:
-                console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+        _print_refused(resp)
     for fn, ids in ((stub.RelistItems, relist), (stub.DelistItems, gone)):
         for start in range(0, len(ids), _CHUNK):
             resp = _call(
