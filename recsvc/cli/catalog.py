@@ -9,6 +9,7 @@ streams stock changes line by line from a file or a pipe.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterator
@@ -130,6 +131,10 @@ def stock_feed(
         for number, row in enumerate(csv.reader(lines), start=1):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
+            if any("\ufffd" in cell for cell in row):  # undecodable bytes, replaced on reading
+                skipped += 1
+                console.print(f"[red]line {number}[/] skipped: not UTF-8 text", soft_wrap=True)
+                continue
             level = row[1].strip().lower() if len(row) == 2 else None
             if level not in _LEVELS:
                 skipped += 1
@@ -138,14 +143,21 @@ def stock_feed(
             yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
 
     applied = failed = 0
-    stream = sys.stdin if source == "-" else Path(source).open(encoding="utf-8", newline="")  # noqa: SIM115
+    # Bytes that are not UTF-8 must not end the stream mid-feed: read them replaced, skip the line.
+    stream = (
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="")
+        if source == "-"
+        else Path(source).open(encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+    )
     try:
         with _call_errors():
             for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=_metadata(api_key)):
                 _print_refused(answer)
                 applied, failed = applied + answer.applied, failed + answer.failed
     finally:
-        if stream is not sys.stdin:
+        if source == "-":
+            stream.detach()  # standard input stays open for whoever reads it next
+        else:
             stream.close()
     print(f"applied={applied} failed={failed} skipped={skipped}")
     if failed or skipped:

@@ -196,15 +196,18 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
 
     a, b = planted.products(cluster=1)[4:6]
     feed = tmp_path / "stock.csv"
-    feed.write_text(f"{a},out\n\n{b},OUT\nNOPE,in\n{a},maybe\njust-an-id\n{a},in\n", encoding="utf-8")
+    feed.write_bytes(
+        f"{a},out\n\n{b},OUT\nNOPE,in\n{a},maybe\njust-an-id\n{a},in\n".encode() + b"\xff\xfe,out\n"
+    )
     with _server(planted, redis_backend, tmp_path, linger_ms=0) as s:
         result = CliRunner().invoke(
             app, ["catalog", "stock-feed", str(feed), "--target", s.target], env={"COLUMNS": "200"}
         )
         assert result.exit_code == 1, result.output
-        assert "applied=3 failed=1 skipped=2" in result.output
+        assert "applied=3 failed=1 skipped=3" in result.output
         assert "NOPE NOT_FOUND ITEM_NOT_FOUND" in result.output
         assert "line 5 skipped" in result.output and "line 6 skipped" in result.output
+        assert "line 8 skipped: not UTF-8 text" in result.output
         within(1.0, lambda: not _get(s, b).in_stock, "b not sold out")
         assert _get(s, a).in_stock  # out, then back in: in the order of the lines
         piped = CliRunner().invoke(
