@@ -109,15 +109,19 @@ class LiveCatalog:
         with self._lock:
             if records is not None:
                 self._records = records
-            if version is not None:
-                self._version = version
+            now = self._version if version is None else version
             views = []
             served = self._models.snapshot().values()
             # and the models prepared but not yet swapped in: their views must not miss this batch
             self._prepared = weakref.WeakSet(m for m in self._prepared if m not in served)
             for model in [*served, *self._prepared]:
-                view = self._advance(model, changed) if changed is not None and records is not None else None
-                views.append(view if view is not None else self._build(model, self._records, self._version))
+                view = None
+                if changed is not None and records is not None:
+                    view = self._advance(model, changed, now)
+                views.append(view if view is not None else self._build(model, self._records, now))
+            # published once every view shows it: a caller that saw this version reads views
+            # holding its change
+            self._version = now
         pending = [v.next_publish for v in views if v.next_publish is not None]
         if self.on_next_publish is not None:
             self.on_next_publish(min(pending) if pending else None)
@@ -128,12 +132,12 @@ class LiveCatalog:
             (time.perf_counter() - t0) * 1000,
         )
 
-    def _advance(self, model: ServedModel, changed: Collection[str]) -> CatalogView | None:
+    def _advance(self, model: ServedModel, changed: Collection[str], version: int) -> CatalogView | None:
         current = self._views.get(model)
         if current is None:
             return None
         view = advance(
-            current, self._records, changed, self._clock(), self._version, lambda: self._means_for(model)
+            current, self._records, changed, self._clock(), version, lambda: self._means_for(model)
         )
         if view is not None:
             self._swap(model, view)

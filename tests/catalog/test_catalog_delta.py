@@ -304,3 +304,38 @@ def test_the_collector_is_paused_for_a_whole_build_and_back_after_the_last_pause
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_version_is_published_only_once_every_view_shows_it(
+    listed: PlantedBundle, monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    """A caller that waits for version N and then reads a view (a replica checking a featured
+    item a moment after creating it) finds the change of N there: while a batch's views are
+    built or moved on, ``version`` still names the one before."""
+    now = 1_900_000_000.0
+    model = ServedModel.load(listed.path, version="1", source_uri="t")
+    ts = max(catalog_as_of_ms(model), int(now * 1000) - 1)
+    catalog = LiveCatalog(_Models(model), clock=lambda: now)
+    item = listed.products()[0]
+    records = {item: ItemRecord(1, ts, {"in_stock": False}, {"in_stock": ts})}
+    catalog.update(records, 1)
+    seen_while_building: list[int] = []
+    real_init = CatalogView.__init__
+    real_advance = delta.advance
+
+    def init(self: CatalogView, *args: Any, **kwargs: Any) -> None:
+        seen_while_building.append(catalog.version)
+        real_init(self, *args, **kwargs)
+
+    def advancing(*args: Any) -> CatalogView | None:
+        seen_while_building.append(catalog.version)
+        return real_advance(*args)
+
+    monkeypatch.setattr(CatalogView, "__init__", init)
+    monkeypatch.setattr(live, "advance", advancing)
+    records = {item: ItemRecord(2, ts, {"in_stock": True}, {"in_stock": ts})}
+    catalog.update(records, 2, {item} if batch else None)
+    assert seen_while_building and set(seen_while_building) == {1}
+    assert catalog.version == 2 and catalog.view(model).version == 2
+    assert catalog.view(model).item_stock_ok[model.items.row(item)]
