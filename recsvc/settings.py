@@ -115,7 +115,12 @@ class TrainingSettings(_Section):
     # (docs/training.md, "How the defaults were chosen").
     factors: int = Field(24, ge=2, le=1024)
     regularization: float = Field(1.0, gt=0)
-    alpha: float = Field(2.5, gt=0, description="confidence scaling: C = 1 + alpha * weight")
+    alpha: float = Field(
+        2.5,
+        gt=0,
+        description="confidence of an observed member-item pair: C = alpha * weight (implicit's form; "
+        "an unobserved pair has 1, so a pair whose alpha * weight is below 1 counts less than none)",
+    )
     iterations: int = Field(15, ge=1, le=200)
     # The refit on all data starts from the candidate's factors (implicit only: Spark's ALS
     # cannot start from given factors) and runs this many iterations instead of ``iterations``:

@@ -68,7 +68,8 @@ def manifest_params(params: AlsParams) -> dict[str, Any]:
         "event_weights": dict(params.event_weights),
         "half_life_days": params.half_life_days,
         "random_state": params.random_state,
-        "confidence": "C = 1 + alpha * sum(event_weight[type] * 0.5 ** (age_days / half_life_days))",
+        "confidence": "C = alpha * sum(event_weight[type] * 0.5 ** (age_days / half_life_days)) on observed "
+        "pairs, 1 on the others (implicit's recalculate_user)",
         "decay_reference": "data_as_of",  # the training cutoff, or the holdout start without refit
     }
 

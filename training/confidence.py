@@ -3,8 +3,9 @@
 Reads: :class:`training.prepare.EventArrays` (a subset chosen by the holdout step), the event
 weights and the recency half-life.
 Writes: ``r_ui = sum over events of event_weight[type] * 0.5 ** (age_days / half_life_days)``
-as a float32 CSR matrix [members x items] (half-life 0: no decay; implicit then uses
-``C = 1 + alpha * r``, so alpha scales every weight alike), and a
+as a float32 CSR matrix [members x items] (half-life 0: no decay; implicit then fits
+``C = alpha * r`` on the observed pairs against 1 on the others, so alpha scales every weight
+alike, and a decayed pair with ``alpha * r < 1`` counts less than an unobserved one), and a
 binary CSR of purchases. Serving recomputes member vectors from the same formula, so it lives
 here once.
 """

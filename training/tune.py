@@ -15,7 +15,7 @@ data sets): factors 16..256, regularization 1e-3..1e3 (implicit does not scale i
 event count, so dense data wants large values), alpha 0.1..100, iterations 5..50, event-weight
 sharpness g 0.25..4 (each weight becomes ``w ** g``: the order purchase > add_to_cart >
 favorite/share > view is kept while the contrast between them is searched; their overall scale
-is alpha's, since implicit fits ``C = 1 + alpha * r``), and recency: no decay, or a half-life of
+is alpha's, since implicit fits ``C = alpha * r``), and recency: no decay, or a half-life of
 7..720 days.
 
 Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
