@@ -27,7 +27,7 @@ ID_SEPARATORS = "/-_.:@#"
 # The common case in one regex: \w is every character str.isalnum() accepts (letters and digits
 # of any script) plus '_'. A non-ASCII id it refuses gets the full rule (combining marks, which
 # scripts such as Devanagari or Thai need inside words, are letters' parts but not \w).
-ID_PATTERN = re.compile(r"^[\w/\-.:@#]+$")
+ID_PATTERN = re.compile(r"^[\w/\-.:@#]+\Z")  # \Z: "$" also matches before a final "\n"
 ID_CHARSET_DOC = "letters and digits of any script and / - _ . : @ #"
 # What ``id_problem`` returns.
 EMPTY, TOO_LONG, BAD_CHARS = "empty", "too_long", "bad_chars"

@@ -84,7 +84,8 @@ _DETAIL_MAX = 80
 # Numbers as pandas' to_numeric reads them: Java's parser also takes "5d", "0x1p3" and "1_0".
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(?i)[+-]?(inf|infinity)$"
 # recsvc.idmap.id_chars_ok: letters, marks and digits of any script and the separators.
-_ID_CHARS = "^[\\p{L}\\p{M}\\p{N}" + "".join("\\" + c for c in ID_SEPARATORS) + "]+$"
+# \z, not $: Java's $ (like Python's) also matches before a final line terminator
+_ID_CHARS = "^[\\p{L}\\p{M}\\p{N}" + "".join("\\" + c for c in ID_SEPARATORS) + "]+\\z"
 _CORRUPT = "_recsvc_malformed"
 _DUPLICATE_DETAIL = "repeats an earlier accepted event"
 # Set on the session before reading (it may be someone else's session, so not at its start).

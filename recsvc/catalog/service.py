@@ -495,9 +495,18 @@ async def _close_when_cancelled(client: Any) -> None:
         await client.aclose()
 
 
+# A refused id is echoed at most this long (a valid id is at most 64 bytes): megabyte ids must
+# not make the answer to the valid changes beside them too large to send.
+MAX_ECHOED_ID = 256
+
+
 def _error(item_id: str, err: RecsvcError) -> catalog_pb2.ItemResult:
     return catalog_pb2.ItemResult(
-        item_id=item_id, applied=False, code=err.code.name, reason=err.reason, message=err.message
+        item_id=item_id[:MAX_ECHOED_ID],
+        applied=False,
+        code=err.code.name,
+        reason=err.reason,
+        message=err.message,
     )
 
 

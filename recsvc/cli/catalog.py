@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from recsvc.cli.common import console, friendly_errors, state
 
@@ -53,7 +54,7 @@ def _call_errors() -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
+        console.print(f"[bold red]error[/] {exc.code().name}: {escape(str(exc.details()))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -66,7 +67,13 @@ def _print_refused(resp: Any) -> None:
     """One line per change of a ChangeItemsResponse that was not applied."""
     for r in resp.results:
         if not r.applied:
-            console.print(f"[red]{r.item_id}[/] {r.code} {r.reason}: {r.message}", soft_wrap=True)
+            line = f"[red]{_shown(r.item_id)}[/] {r.code} {r.reason}: {escape(r.message)}"
+            console.print(line, soft_wrap=True)
+
+
+def _shown(item_id: str) -> str:
+    """An id as printed: markup escaped, a refused monster id cut (a valid id is 64 bytes)."""
+    return escape(item_id if len(item_id) <= 80 else f"{item_id[:80]}...")
 
 
 def _print_results(resp: Any) -> None:
@@ -105,6 +112,7 @@ def stock(
     _print_results(_call(_stub(ctx, target).SetStock, req, 5.0, api_key))
 
 
+_MAX_FEED_LINE = 4096  # far above any ITEM_ID,in|out line (an id is at most 64 bytes)
 _LEVELS = {"in": True, "out": False, "1": True, "0": False, "true": True, "false": False}
 
 
@@ -126,28 +134,41 @@ def stock_feed(
 
     skipped = 0
 
-    def changes(lines: Iterator[str]) -> Iterator[Any]:
+    def skip(number: int, why: str) -> None:
         nonlocal skipped
-        for number, row in enumerate(csv.reader(lines), start=1):
-            if not row or (len(row) == 1 and not row[0].strip()):
+        skipped += 1
+        console.print(f"[red]line {number}[/] skipped: {why}", soft_wrap=True)
+
+    def changes(lines: Iterator[str]) -> Iterator[Any]:
+        # Line by line, not csv: an id holds no ',' or '"', and one stray quote must not join
+        # the lines after it into one record (nor a long line end the feed at csv's field limit).
+        for number, line in enumerate(lines, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
                 continue  # blank line
-            if any("\ufffd" in cell for cell in row):  # undecodable bytes, replaced on reading
-                skipped += 1
-                console.print(f"[red]line {number}[/] skipped: not UTF-8 text", soft_wrap=True)
+            if len(line) > _MAX_FEED_LINE:
+                skip(number, f"longer than {_MAX_FEED_LINE} characters")
                 continue
+            if "\ufffd" in line:  # undecodable bytes, replaced on reading
+                skip(number, "not UTF-8 text")
+                continue
+            row = line.split(",")
             level = row[1].strip().lower() if len(row) == 2 else None
             if level not in _LEVELS:
-                skipped += 1
-                console.print(f"[red]line {number}[/] skipped: expected ITEM_ID,in|out", soft_wrap=True)
+                skip(number, "expected ITEM_ID,in|out")
                 continue
             yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
 
     applied = failed = 0
     # Bytes that are not UTF-8 must not end the stream mid-feed: read them replaced, skip the line.
+    if source == "-" and sys.stdin is None:
+        console.print("[bold red]error[/] standard input is closed", soft_wrap=True)
+        raise typer.Exit(code=2)
+    # utf-8-sig: a byte-order mark some editors write is not part of the first id
     stream = (
-        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="")
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="")
         if source == "-"
-        else Path(source).open(encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+        else Path(source).open(encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
     )
     try:
         with _call_errors():
@@ -228,16 +249,23 @@ def export(
     from pipelines.contract import CATALOG
 
     n = 0
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
-        writer.writeheader()
-        for item in _current(ctx, target, timeout, api_key):
-            if not item.listed and not include_delisted:
-                continue
-            # as is: the file is data for training and `sync` (a title "-50% off" must come back
-            # unchanged), not a report; csv quotes what needs quoting
-            writer.writerow(_row(item))
-            n += 1
+    # Written beside the file and moved over it once the whole catalog is read: a failed call
+    # leaves the file as it was, never a header or a part that looks whole.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
+            writer.writeheader()
+            for item in _current(ctx, target, timeout, api_key):
+                if not item.listed and not include_delisted:
+                    continue
+                # as is: the file is data for training and `sync` (a title "-50% off" must come
+                # back unchanged), not a report; csv quotes what needs quoting
+                writer.writerow(_row(item))
+                n += 1
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {n} items to {out}")
 
 
@@ -314,7 +342,8 @@ def sync(
     checked = validate_catalog(read_table(path, CATALOG), path, state(ctx).settings().data)
     for row in checked.quarantine.itertuples(index=False):
         detail = f" ({row.detail})" if getattr(row, "detail", "") else ""
-        console.print(f"[red]{row.item_id}[/] skipped: {row.reason}{detail}", soft_wrap=True)
+        line = f"[red]{_shown(str(row.item_id))}[/] skipped: {row.reason}{escape(detail)}"
+        console.print(line, soft_wrap=True)
     bad = len(checked.quarantine)
     current = {item.item_id: item for item in _current(ctx, target, timeout, api_key)}
     changes = []

@@ -208,8 +208,14 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
         assert "NOPE NOT_FOUND ITEM_NOT_FOUND" in result.output
         assert "line 5 skipped" in result.output and "line 6 skipped" in result.output
         assert "line 8 skipped: not UTF-8 text" in result.output
-        within(1.0, lambda: not _get(s, b).in_stock, "b not sold out")
-        assert _get(s, a).in_stock  # out, then back in: in the order of the lines
+        # b's change and a's last one may reach this process in different feed batches (the
+        # follower settles between them): wait for both, not for b's alone. a out, then back in:
+        # in the order of the lines (in the other order a would stay out and this times out).
+        within(
+            1.0,
+            lambda: not _get(s, b).in_stock and _get(s, a).in_stock,
+            "b not sold out, or a not back in stock",
+        )
         piped = CliRunner().invoke(
             app,
             ["catalog", "stock-feed", "-", "--target", s.target],
@@ -217,3 +223,65 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
             env={"COLUMNS": "200"},
         )
         assert piped.exit_code == 0 and "applied=1 failed=0 skipped=0" in piped.output, piped.output
+
+
+def test_a_feed_of_awkward_lines_applies_every_good_line_and_names_each_bad_one(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """A byte-order mark, a stray quote, a line of megabytes and ids that look like terminal
+    markup: each bad line is skipped or refused by name, every good line is applied."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    a, b, c = planted.products(cluster=2)[:3]
+    lines = [f'"{a},out', f"{b},out", "x" * 200_000 + ",out", "[/],in", "[red]Z,in", f"{c},out"]
+    feed = tmp_path / "stock.csv"
+    feed.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    with _server(planted, redis_url, tmp_path, linger_ms=0) as s:
+        result = CliRunner().invoke(
+            app, ["catalog", "stock-feed", str(feed), "--target", s.target], env={"COLUMNS": "300"}
+        )
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert "applied=2 failed=3 skipped=1" in result.output, result.output
+        assert "line 3 skipped: longer than 4096 characters" in result.output
+        assert "[/] INVALID_ARGUMENT" in result.output and "[red]Z INVALID_ARGUMENT" in result.output
+        assert '"' + a in result.output  # the stray quote is part of that line's id, refused alone
+        within(1.0, lambda: not _get(s, b).in_stock and not _get(s, c).in_stock, "good lines not applied")
+        assert _get(s, a).in_stock
+
+
+def test_refused_megabyte_ids_do_not_cost_the_answers_to_the_valid_changes(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """Eight 1 MB ids between two valid changes: the valid ones are applied and answered, the
+    others refused with their id cut short, in one stream the size of a few ids."""
+    a, b = planted.products(cluster=3)[:2]
+    sent = [_change(a, False), *[_change("Q" * 1_000_000, False)] * 8, _change(b, False)]
+    with _server(planted, redis_url, tmp_path, linger_ms=50) as s:
+        stub = catalog_pb2_grpc.CatalogStub(s.channel)
+        answers = list(stub.StreamStock(iter(sent), timeout=10))
+        results = [r for answer in answers for r in answer.results]
+        assert [r.applied for r in results] == [True, *[False] * 8, True]
+        assert {r.reason for r in results[1:-1]} == {"ITEM_ID_TOO_LONG"}
+        assert max(len(r.item_id) for r in results) <= 256
+        # a request under the 4 MB limit whose refused ids, echoed whole, made the answer larger
+        batch = [_change(a, True), *[_change("Q" * 330, True)] * 9_998, _change(b, True)]
+        many = stub.SetStockMany(catalog_pb2.SetStockManyRequest(changes=batch), timeout=30)
+        assert many.applied == 2 and many.failed == 9_998
+
+
+def test_export_that_fails_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    out = tmp_path / "catalog.csv"
+    out.write_text("precious,data\n")
+    result = CliRunner().invoke(
+        app, ["catalog", "export", str(out), "--target", "127.0.0.1:1", "--timeout", "2"]
+    )
+    assert result.exit_code == 2, result.output
+    assert out.read_text() == "precious,data\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["catalog.csv"]

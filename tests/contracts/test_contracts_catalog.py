@@ -115,8 +115,12 @@ def test_a_follower_that_missed_trimmed_entries_rereads_and_misses_nothing(
         redis_client.xtrim(store.feed_key, maxlen=1, approximate=False)  # the entries for C0..C4 are gone
         busy.clear()
         release.set()
-        within(2.0, lambda: follower.seq == 8, "the follower did not catch up")
-        assert {f"C{i}" for i in range(5)} <= set(follower.records.keys())
+        # seq is set before records on a re-read (CatalogFollower._resync): wait for both
+        within(
+            2.0,
+            lambda: follower.seq == 8 and {f"C{i}" for i in range(5)} <= set(follower.records.keys()),
+            "the follower did not catch up",
+        )
         assert follower.records["A"].fields == {"price": 3.0} and follower.records["A"].version == 8
     finally:
         release.set()
@@ -143,7 +147,12 @@ def test_a_process_started_later_reads_exactly_the_current_state(
     try:
         assert later.seq == 22 and dict(later.records) == records
         store.apply([Change("I5", {"price": 55.0}, True)])
-        within(1.0, lambda: later.seq == 23, "the change after the snapshot was not followed")
+        # seq moves on before records are swapped in (CatalogFollower._apply): wait for both
+        within(
+            1.0,
+            lambda: later.seq == 23 and later.records["I5"].version == 23,
+            "the change after the snapshot was not followed",
+        )
         assert later.records["I5"].fields == {"price": 55.0}
     finally:
         later.stop()

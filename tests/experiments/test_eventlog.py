@@ -22,11 +22,13 @@ from bundle_factory import PlantedBundle
 from eventlog_support import read_log
 from prometheus_client import CollectorRegistry
 from serving_harness import ROOT, RunningServer, running_server, serving_settings
+from waiting import within
 
 from recsvc.errors import InvalidArgument
 from recsvc.eventlog.ids import RecommendationIds
-from recsvc.eventlog.log import EventLog, EventLogMetrics, dumps, shard_of, stream_key
+from recsvc.eventlog.log import IMPRESSIONS_SUFFIX, EventLog, EventLogMetrics, dumps, shard_of, stream_key
 from recsvc.eventlog.sink import Sink
+from recsvc.redis_keys import member_key
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2
 
@@ -69,7 +71,12 @@ def test_responses_are_named_recorded_and_events_attributed(
     again = srv.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=5))
     assert again.recommendation_id != resp.recommendation_id
     shown = resp.items[2].item_id
-    time.sleep(0.2)  # the impression is written by the log's thread
+    # the impressions are written by the log's thread; attribution reads the member's recent
+    # impressions (written after the streams), so wait for both lists there, not a fixed 0.2 s
+    recent = redis.Redis.from_url(settings.redis.url)
+    key = member_key(settings.redis.key_prefix, member, IMPRESSIONS_SUFFIX)
+    within(5.0, lambda: recent.llen(key) >= 2, "impressions not written by the log's thread")
+    recent.close()
     # no id: the click on an item shown in the latest list that held it is attributed to that list
     ev = srv.stub.RecordEvent(
         recommender_pb2.RecordEventRequest(member_id=member, item_id=shown, event_type="click", channel="app")

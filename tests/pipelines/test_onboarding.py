@@ -141,7 +141,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ids_are_unicode_nfc_and_limited_in_bytes_by_one_rule() -> None:
     for good in ("母婴/奶粉-900g#2", "会员:13800001111", "user@example.com", "हिन्दी-1", "P_1.2"):
         assert id_problem(good, 64) is None, good
-    for bad in ("P 1", "M{1}", "a|b", "M\x00", "a\u202eb", ""):
+    for bad in ("P 1", "M{1}", "a|b", "M\x00", "a\u202eb", "", "P1\n", "P1\r\n", "\nP1"):
         assert id_problem(bad, 64) is not None, repr(bad)
     assert id_problem("母" * 22, 64) == "too_long"  # 66 bytes, 22 characters
     decomposed = unicodedata.normalize("NFD", "Café-1")

@@ -26,6 +26,7 @@ from eventlog_support import (
     write_records,
 )
 from serving_harness import running_server, serving_settings
+from waiting import within
 
 from recsvc.eventlog.erasure import LogEraser, erased_key, purge_key, record_member, rewrite_without
 from recsvc.eventlog.log import IMPRESSIONS_SUFFIX, KINDS, shard_of, stream_key
@@ -306,6 +307,16 @@ def _logging_server(planted: PlantedBundle, redis_url: str, tmp_path: Path) -> S
     return settings.model_copy(update={"events": events})
 
 
+def _impressions_written(s: Any, n: int) -> None:
+    """Until the server's log thread has written ``n`` impressions to the streams (what the sink reads)."""
+    registry = s.deps.metrics.registry
+
+    def written() -> float:
+        return registry.get_sample_value("recsvc_eventlog_written_total", {"kind": "impression"}) or 0.0
+
+    within(5.0, lambda: written() >= n, f"{n} impressions not written by the log's thread")
+
+
 def _recommend_and_click(stub: Any, member: str, click: bool = True) -> None:
     """One list served to ``member`` (an impression) and, with ``click``, a click on its first item."""
     resp = stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
@@ -326,12 +337,12 @@ def test_forget_member_through_a_server_reaches_the_log(
     with running_server(settings) as s:
         for m in (member, other):
             _recommend_and_click(s.stub, m)
-        time.sleep(0.2)  # impressions are written by the log's thread
+        _impressions_written(s, 2)  # impressions are written by the log's thread
         redis_client = connect(redis_url)
         Sink(redis_client, settings).run(once=True)
         assert _rows_of(settings.events.log_dir, member) == 2
         s.stub.RecommendProducts(recommender_pb2.RecommendProductsRequest(member_id=member, k=3), timeout=5)
-        time.sleep(0.2)
+        _impressions_written(s, 3)
         admin = admin_pb2_grpc.AdminStub(s.channel)
         done = admin.ForgetMember(admin_pb2.ForgetMemberRequest(member_id=member, reason="t"), timeout=10)
         assert done.suppressed
@@ -358,7 +369,7 @@ def test_forget_member_through_a_server_after_a_key_rotation(
         with running_server(_under_key(settings, key, previous)) as s:
             for m in (member, other):
                 _recommend_and_click(s.stub, m)
-            time.sleep(0.2)  # impressions are written by the log's thread
+            _impressions_written(s, 2)  # impressions are written by the log's thread
             Sink(redis_client, settings).run(once=True)
             if key == NEW_KEY:
                 admin = admin_pb2_grpc.AdminStub(s.channel)

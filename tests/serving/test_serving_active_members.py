@@ -82,7 +82,8 @@ def test_synced_directory_knows_state_from_before_and_after_it_started(redis_bac
             assert writer.record(member, "P1", "view", time.time(), "app")
         with directory(redis_url) as (active, changes):
             active.start()
-            assert _wait(lambda: active.synced)
+            # _set_synced sets the flag before it calls on_sync_change: wait for the call too
+            assert _wait(lambda: active.synced and bool(changes))
             assert changes == [True]
             assert all(active.may_have(m) for m in early)  # found by the start-up scan
             assert not active.may_have("QUIET")
@@ -162,7 +163,7 @@ def test_an_unexpected_error_in_the_listener_unsyncs_and_recovers(redis_url: str
 
         active._scan = failing_once  # type: ignore[method-assign]
         active.start()
-        assert _wait(lambda: active.synced, timeout=10.0)  # retried after the back-off
+        assert _wait(lambda: active.synced and bool(changes), timeout=10.0)  # retried after the back-off
         assert calls["n"] == 2
         assert changes == [True]  # never synced before the scan succeeded
         assert active.may_have("anyone") is False
@@ -176,14 +177,14 @@ def test_a_store_failure_makes_the_directory_read_everyone_until_rescanned(redis
     admin = connect(redis_url)
     with directory(redis_url) as (active, changes), store(redis_url, active) as s:
         active.start()
-        assert _wait(lambda: active.synced)
+        assert _wait(lambda: active.synced and bool(changes))
         # State written without a notice (as if the PUBLISH had been lost).
         admin.lpush(f"{PREFIX}:{{m:LOST}}:rt:events", '{"i":"P1","t":"view","ts":1.0,"c":"app"}')
         assert not active.may_have("LOST")  # the directory cannot know
         s._failed(redis.ConnectionError("a Redis call failed"))
         assert active.may_have("LOST")  # at once: every member is read again
         assert not active.synced
-        assert _wait(lambda: active.synced, timeout=2.0)  # re-subscribed and re-scanned
+        assert _wait(lambda: active.synced and len(changes) >= 3, timeout=2.0)  # re-subscribed and re-scanned
         assert active.may_have("LOST")  # found by the re-scan
         assert changes[:3] == [True, False, True]
     admin.close()
