@@ -135,6 +135,9 @@ class EventLog:
         # (kind, member_id, record): a deque's append and popleft are atomic, so the hot path
         # takes no lock; the length check may overshoot by a few under races, which is harmless.
         self._buffer: deque[tuple[str, str, dict[str, Any]]] = deque()
+        # Batches taken from the buffer whose write has not returned: a click on an item of one
+        # is still attributed (it is in neither the buffer nor Redis meanwhile).
+        self._in_flight: list[list[tuple[str, str, dict[str, Any]]]] = []
         self._append = ScriptRunner(client, _APPEND_SCRIPT)
         self._remember = ScriptRunner(client, _RECENT_SCRIPT)
         self._breaker = CircuitBreaker("eventlog", 1, settings.redis.reconnect_interval_ms / 1000)
@@ -208,15 +211,21 @@ class EventLog:
     def flush(self, limit: int = 1000) -> int:
         """Write up to ``limit`` buffered records in one pipelined round trip; their count."""
         batch: list[tuple[str, str, dict[str, Any]]] = []
-        pop = self._buffer.popleft
+        # visible before the first record leaves the buffer: a reader that looks at the buffer
+        # and then at the batches in flight finds each record in one of them
+        self._in_flight.append(batch)
         try:
-            while len(batch) < limit:
-                batch.append(pop())
-        except IndexError:
-            pass
-        if not batch:
-            return 0
-        return self._write(batch)
+            pop = self._buffer.popleft
+            try:
+                while len(batch) < limit:
+                    batch.append(pop())
+            except IndexError:
+                pass
+            if not batch:
+                return 0
+            return self._write(batch)
+        finally:
+            self._in_flight.remove(batch)
 
     def write_now(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
         """Write records (kind, member id, record) in one round trip now, not through the buffer:
@@ -366,7 +375,10 @@ class EventLog:
     def _buffered_match(self, member_id: str, item_id: str) -> str:
         """A list this process served but has not written yet (an answer within
         ``flush_interval_ms``); lists another process served show once written."""
-        for kind, member, record in reversed(list(self._buffer)):  # list(): a snapshot
+        buffered = list(self._buffer)  # a snapshot, then the batches being written
+        for batch in reversed(list(self._in_flight)):
+            buffered = [*batch, *buffered]
+        for kind, member, record in reversed(buffered):
             if kind == "impression" and member == member_id and item_id in record["items"]:
                 return str(record["id"])
         return ""

@@ -347,6 +347,37 @@ def test_a_click_before_the_list_is_written_is_attributed_from_the_buffer(redis_
     )  # too late
 
 
+def test_a_click_while_its_list_is_being_written_is_attributed(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer has taken the batch out of the buffer and Redis has not got it yet: the click
+    is attributed from the batch in flight."""
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    elog = EventLog(redis.Redis.from_url(redis_url), settings, EventLogMetrics(CollectorRegistry()))
+    taken, release = threading.Event(), threading.Event()
+    real_write = elog._write
+
+    def held_write(batch: Any) -> int:
+        taken.set()
+        release.wait(5)
+        return real_write(batch)
+
+    monkeypatch.setattr(elog, "_write", held_write)
+    elog.impression(
+        "r3", "M3", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+    )
+    writer = threading.Thread(target=elog.flush)
+    writer.start()
+    try:
+        assert taken.wait(5)
+        assert elog.attribute("M3", "P1", time.time()) == "r3"
+    finally:
+        release.set()
+        writer.join(5)
+    assert elog.attribute("M3", "P1", time.time()) == "r3"  # written: from Redis
+    assert elog._in_flight == []
+
+
 def test_under_low_traffic_records_wait_for_a_batch_then_go_to_disk_unacknowledged_until_then(
     redis_url: str, tmp_path: Path
 ) -> None:
