@@ -160,11 +160,11 @@ def stock_feed(
             yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
 
     applied = failed = 0
-    # Bytes that are not UTF-8 must not end the stream mid-feed: read them replaced, skip the line.
     if source == "-" and sys.stdin is None:
         console.print("[bold red]error[/] standard input is closed", soft_wrap=True)
         raise typer.Exit(code=2)
-    # utf-8-sig: a byte-order mark some editors write is not part of the first id
+    # Bytes that are not UTF-8 must not end the stream mid-feed: read them replaced, skip the line.
+    # utf-8-sig: a byte-order mark some editors write is not part of the first id.
     stream = (
         io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="")
         if source == "-"

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -375,10 +376,12 @@ class EventLog:
     def _buffered_match(self, member_id: str, item_id: str) -> str:
         """A list this process served but has not written yet (an answer within
         ``flush_interval_ms``); lists another process served show once written."""
-        buffered = list(self._buffer)  # a snapshot, then the batches being written
-        for batch in reversed(list(self._in_flight)):
-            buffered = [*batch, *buffered]
-        for kind, member, record in reversed(buffered):
+        # the buffer's snapshot first, then the batches being written (older records): a record
+        # the writer moves in between is found in its batch
+        buffered = list(self._buffer)
+        in_flight = list(self._in_flight)
+        newest_first = chain(reversed(buffered), *(reversed(batch) for batch in reversed(in_flight)))
+        for kind, member, record in newest_first:
             if kind == "impression" and member == member_id and item_id in record["items"]:
                 return str(record["id"])
         return ""
