@@ -26,7 +26,9 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +84,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         self._live = live
         self._store = store
         self._closer: asyncio.Task[None] | None = None
+        self._outage = StoreOutage()
 
     # ---- helpers ---------------------------------------------------------------------------
     def _view(self) -> CatalogView:
@@ -100,18 +103,24 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         if not changes:
             return []
         try:
-            return self._store.apply(changes)
+            outcomes = self._store.apply(changes)
         except _STORE_ERRORS as exc:
-            raise _refused(len(changes), exc) from exc
+            self._outage.refused(len(changes), exc)
+            raise _refused(exc) from exc
+        self._outage.answered()
+        return outcomes
 
     async def _apply_async(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
         if not changes:
             return []
         self._close_with_loop()
         try:
-            return await self._store.apply_async(changes)
+            outcomes = await self._store.apply_async(changes)
         except _STORE_ERRORS as exc:
-            raise _refused(len(changes), exc) from exc
+            self._outage.refused(len(changes), exc)
+            raise _refused(exc) from exc
+        self._outage.answered()
+        return outcomes
 
     def _close_with_loop(self) -> None:
         """Close the asyncio client on its loop when the server ends: the server host cancels
@@ -472,8 +481,44 @@ async def _read_stream(requests: AsyncIterator[Any], inbox: asyncio.Queue[Any]) 
         await inbox.put(_StreamEnd(exc))
 
 
-def _refused(n: int, exc: Exception) -> StoreUnavailable:
-    log.warning("event=catalog_change_refused items=%d error=%s", n, type(exc).__name__)
+class StoreOutage:
+    """Logs a Redis outage under the change calls twice, when it starts and when it ends (with
+    the changes refused meanwhile), not once per refused call: a stock feed goes on sending
+    during an outage, and one line per batch would bury everything else in the log."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # large calls apply from a worker thread
+        self._since: float | None = None
+        self._items = 0
+
+    def refused(self, n: int, exc: Exception) -> None:
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = self._clock()
+            self._items += n
+        if first:
+            log.warning(
+                "event=catalog_change_refused items=%d error=%s (further refusals are counted until "
+                "Redis answers again: event=catalog_store_back)",
+                n,
+                type(exc).__name__,
+            )
+
+    def answered(self) -> None:
+        if self._since is None:  # the usual case: no lock on the hot path
+            return
+        with self._lock:
+            since, items = self._since, self._items
+            self._since, self._items = None, 0
+        if since is not None:
+            log.warning(
+                "event=catalog_store_back refused_items=%d down_s=%.1f", items, self._clock() - since
+            )
+
+
+def _refused(exc: Exception) -> StoreUnavailable:
     if isinstance(exc, redis.TimeoutError | TimeoutError):
         # Sent but not answered: a stalled Redis may still run the script when it resumes.
         outcome = (

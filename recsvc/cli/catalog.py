@@ -13,7 +13,6 @@ import io
 import json
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from recsvc.cli.common import console, friendly_errors, state
+from recsvc.cli.common import console, friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Change and read the live catalog (Catalog service).", no_args_is_help=True)
 
@@ -46,20 +45,8 @@ def _metadata(key: str | None) -> list[tuple[str, str]] | None:
     return [("authorization", f"Bearer {key}")] if key else None
 
 
-@contextmanager
-def _call_errors() -> Iterator[None]:
-    """A failed call (or stream) as one line and exit code 2, not a traceback."""
-    import grpc
-
-    try:
-        yield
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {escape(str(exc.details()))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
-
-
 def _call(fn: Any, request: Any, timeout: float, key: str | None) -> Any:
-    with _call_errors():
+    with rpc_errors():
         return fn(request, timeout=timeout, metadata=_metadata(key))
 
 
@@ -126,8 +113,9 @@ def stock_feed(
 ) -> None:
     """Send stock changes as they come, one line each, on one StreamStock stream (for example
     `tail -f stock.csv | recsvc catalog stock-feed`). Prints each refused change and, at the end,
-    the counts; a line that is not ITEM_ID,in|out is named with its number and skipped. Exit 1
-    when a change was refused or a line skipped."""
+    the counts; a line that is not ITEM_ID,in|out is named with its number and skipped (blank
+    lines, lines starting with # and a first line of two column names are not changes). Exit 1
+    when a change was refused or a line skipped, 3 when the server cannot answer (try later)."""
     import sys
 
     from recsvc.v1 import catalog_pb2
@@ -142,10 +130,11 @@ def stock_feed(
     def changes(lines: Iterator[str]) -> Iterator[Any]:
         # Line by line, not csv: an id holds no ',' or '"', and one stray quote must not join
         # the lines after it into one record (nor a long line end the feed at csv's field limit).
+        first = True
         for number, line in enumerate(lines, start=1):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue  # blank line
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue  # blank line or comment
             if len(line) > _MAX_FEED_LINE:
                 skip(number, f"longer than {_MAX_FEED_LINE} characters")
                 continue
@@ -154,8 +143,13 @@ def stock_feed(
                 continue
             row = line.split(",")
             level = row[1].strip().lower() if len(row) == 2 else None
+            was_first, first = first, False
             if level not in _LEVELS:
-                skip(number, "expected ITEM_ID,in|out")
+                if was_first and len(row) == 2:
+                    # an exported file starts with its column names (item_id,in_stock): not a change
+                    console.print(f"line {number} read as a header: {escape(_shown(line))}", soft_wrap=True)
+                else:
+                    skip(number, "expected ITEM_ID,in|out")
                 continue
             yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
 
@@ -171,7 +165,7 @@ def stock_feed(
         else Path(source).open(encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
     )
     try:
-        with _call_errors():
+        with rpc_errors():
             for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=_metadata(api_key)):
                 _print_refused(answer)
                 applied, failed = applied + answer.applied, failed + answer.failed
@@ -205,7 +199,7 @@ def delist(
 def _current(ctx: typer.Context, target: str | None, timeout: float, key: str | None) -> Iterator[Any]:
     from recsvc.v1 import catalog_pb2
 
-    with _call_errors():
+    with rpc_errors():
         yield from _stub(ctx, target).ExportCatalog(
             catalog_pb2.ExportCatalogRequest(), timeout=timeout, metadata=_metadata(key)
         )

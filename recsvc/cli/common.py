@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -77,6 +78,26 @@ EXTRA_OF_MODULE = {
     "threadpoolctl": "train",
     "locust": "load",
 }
+
+
+# Codes a caller should retry later (the server is down, busy or slow), as Redis being unreachable
+# is: exit 3. Every other code means the request itself was refused: exit 2.
+_TRY_LATER = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """A failed gRPC call (or stream) as one line naming its status, not a traceback: exit 3 when
+    trying again later may work, 2 when the service refused the request."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code().name if exc.code() is not None else "UNKNOWN"
+        # escaped: the details can echo what the caller sent, "[red]" included
+        console.print(f"[bold red]error[/] {code}: {escape(str(exc.details()))}", soft_wrap=True)
+        raise typer.Exit(code=3 if code in _TRY_LATER else 2) from None
 
 
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:

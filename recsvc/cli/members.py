@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import friendly_errors, state
+from recsvc.cli.common import friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Member profiles and audiences (Members RPCs).", no_args_is_help=True)
 
@@ -25,13 +25,6 @@ def _stub(ctx: typer.Context, target: str | None) -> Any:
         s = state(ctx).settings().serving
         target = f"{s.host}:{s.port}"
     return members_pb2_grpc.MembersStub(grpc.insecure_channel(target))
-
-
-def _fail(exc: Any) -> None:
-    from recsvc.cli.common import console
-
-    console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
-    raise typer.Exit(code=2) from None
 
 
 def _when(ts: Any) -> str:
@@ -106,17 +99,14 @@ def show(
     timeout: float = _TIMEOUT,
 ) -> None:
     """One member's profile: lifecycle, predictions, interests, channels, hours, consent, fatigue."""
-    import grpc
     from google.protobuf.json_format import MessageToDict
 
     from recsvc.v1 import members_pb2
 
-    try:
+    with rpc_errors():
         p = _stub(ctx, target).GetMemberProfile(
             members_pb2.GetMemberProfileRequest(member_id=member_id), timeout=timeout
         )
-    except grpc.RpcError as exc:
-        _fail(exc)
     if as_json:
         print(json.dumps(MessageToDict(p, preserving_proto_field_name=True), ensure_ascii=False, indent=2))
     else:
@@ -146,7 +136,6 @@ def find(
     timeout: float = _TIMEOUT,
 ) -> None:
     """An audience: the count first, then its members."""
-    import grpc
     from rich.console import Console
     from rich.table import Table
 
@@ -171,7 +160,7 @@ def find(
     ids: list[str] = []
     count = 0
     summary = members_pb2.AudienceSummary()
-    try:
+    with rpc_errors():
         for part in _stub(ctx, target).FindMembers(req, timeout=timeout):
             kind = part.WhichOneof("part")
             if kind == "count":
@@ -184,8 +173,6 @@ def find(
                 ids.extend(part.members.member_ids)
             elif kind == "summary":
                 summary = part.summary
-    except grpc.RpcError as exc:
-        _fail(exc)
     if as_json:
         body: dict[str, Any] = {"count": count, "member_ids": ids}
         if not count_only:

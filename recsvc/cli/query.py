@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import friendly_errors, state
+from recsvc.cli.common import friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Call the running recommendation service (Recommender RPCs).", no_args_is_help=True)
 
@@ -29,15 +29,8 @@ def _stub(ctx: typer.Context, target: str | None) -> Any:
 
 
 def _call(fn: Any, request: Any, timeout: float) -> Any:
-    import grpc
-
-    from recsvc.cli.common import console
-
-    try:
+    with rpc_errors():
         return fn(request, timeout=timeout)
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def _print(message: Any, as_json: bool) -> None:
@@ -221,7 +214,6 @@ def batch(
     as_json: bool = _JSON,
 ) -> None:
     """BatchRecommend for several MEMBER_IDS (streamed back one per member)."""
-    import grpc
 
     from recsvc.cli.common import console
     from recsvc.v1 import common_pb2, recommender_pb2
@@ -229,16 +221,13 @@ def batch(
     req = recommender_pb2.BatchRecommendRequest(
         member_ids=member_ids, k=k, kind=common_pb2.CONTENT if content_items else common_pb2.PRODUCT
     )
-    try:
+    with rpc_errors():
         for result in _stub(ctx, target).BatchRecommend(req, timeout=timeout):
             if as_json or result.error:
                 _print(result, as_json)  # member_id with its response or error
             else:
                 console.print(f"[bold]{result.member_id}[/]")
                 _print(result.response, as_json)
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]error[/] {exc.code().name}: {exc.details()}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 @app.command("event")

@@ -61,3 +61,19 @@ def test_errors_are_one_line_with_the_status(srv: RunningServer) -> None:
     assert code == 2 and "INVALID_ARGUMENT: INVALID_K" in out and "Traceback" not in out
     code, out = run("similar", "NOPE-1", "--target", srv.target)
     assert code == 2 and "NOT_FOUND" in out
+    # what the caller sent is echoed as text, not read as terminal markup
+    code, out = run("similar", "[bold]NOPE", "--target", srv.target)
+    assert code == 2 and "[bold]NOPE" in out
+
+
+def test_a_server_that_cannot_answer_is_exit_3_try_later() -> None:
+    # nothing listens on port 1: UNAVAILABLE, the caller's cue to retry (exit 3, as for Redis)
+    for args in (
+        ("query", "products", "M0-000", "--target", "127.0.0.1:1", "--timeout", "2"),
+        ("query", "batch", "M0-000", "--target", "127.0.0.1:1", "--timeout", "2"),
+        ("members", "show", "M0-000", "--target", "127.0.0.1:1", "--timeout", "2"),
+        ("catalog", "get", "P0-001", "--target", "127.0.0.1:1"),
+    ):
+        result = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+        assert result.exit_code == 3, (args, result.output)
+        assert "UNAVAILABLE" in result.output and "Traceback" not in result.output
