@@ -513,9 +513,7 @@ class StoreOutage:
             since, items = self._since, self._items
             self._since, self._items = None, 0
         if since is not None:
-            log.warning(
-                "event=catalog_store_back refused_items=%d down_s=%.1f", items, self._clock() - since
-            )
+            log.warning("event=catalog_store_back refused_items=%d down_s=%.1f", items, self._clock() - since)
 
 
 def _refused(exc: Exception) -> StoreUnavailable:

@@ -26,4 +26,5 @@ def test_an_outage_is_two_lines_however_many_calls_it_refuses(caplog: pytest.Log
     assert lines[0].startswith("event=catalog_change_refused items=10 error=ConnectionError")
     assert lines[1] == "event=catalog_store_back refused_items=18 down_s=7.5"
     outage.refused(2, redis.TimeoutError())  # a second outage is logged again
-    assert caplog.records[-1].getMessage().startswith("event=catalog_change_refused items=2 error=TimeoutError")
+    again = caplog.records[-1].getMessage()
+    assert again.startswith("event=catalog_change_refused items=2 error=TimeoutError")
