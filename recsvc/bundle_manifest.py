@@ -146,6 +146,23 @@ FAMILIES = ("als", "itemknn", "blend")
 ModelFamily = Literal["als", "itemknn", "blend"]
 
 
+class FoldInSpec(BaseModel):
+    """How the engine that fitted the factors solved a member's vector, so serving recomputes a
+    member from their events (recent ones included) as that engine would have
+    (``recsvc.realtime.recalculate_member``). Both solve ``(YtY + Yt(C - I)Y + lambda I) x = Yt C p``
+    over the member's items; they differ in C and lambda.
+
+    implicit (the defaults): ``C = alpha * r`` on the member's items and the same ``lambda =
+    regularization`` for everyone. Spark MLlib: ``C = 1 + alpha * r`` and ``lambda = regParam *
+    n``, n the member's items with a positive r (ALS-WR); ``reg_per_item`` is that regParam.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    confidence_offset: float = Field(0.0, ge=0)
+    reg_per_item: float = Field(0.0, ge=0)
+
+
 class FamilySpec(BaseModel):
     """Which model family serves the bundle's personal lists (training/gate.py chooses it) and
     what its scoring needs beyond the ALS arrays (recsvc/engine/itemknn_source.py scores it).
@@ -213,6 +230,8 @@ class Manifest(BaseModel):
     # Which library fitted the factors ("implicit" or "spark", training.engine). Serving does not
     # read it: both write the same arrays. Bundles from before the field were all implicit's.
     engine: str = "implicit"
+    # The engine's member solve (bundles from before the field were implicit's).
+    fold_in: FoldInSpec = FoldInSpec()
 
     @field_validator("member_lists", mode="before")
     @classmethod

@@ -38,6 +38,7 @@ import redis
 
 from recsvc.active_members import ActiveMembers, active_channel
 from recsvc.breaker import BreakerWatch, CircuitBreaker
+from recsvc.bundle_manifest import FoldInSpec
 from recsvc.errors import MemberErased
 from recsvc.redis_client import REDIRECTED, UNAVAILABLE, RedisClient, connect, node_pool, refresh_topology
 from recsvc.redis_keys import member_key
@@ -385,6 +386,10 @@ def event_weights_by_item(
     return uniq.astype(np.int64), summed
 
 
+# implicit's member solve: what bundles without a recorded one were fitted with
+IMPLICIT_FOLD_IN = FoldInSpec()
+
+
 def recalculate_member(
     item_factors: np.ndarray,
     yty: np.ndarray,
@@ -392,19 +397,29 @@ def recalculate_member(
     weights: np.ndarray,
     alpha: float,
     regularization: float,
+    fold_in: FoldInSpec = IMPLICIT_FOLD_IN,
 ) -> np.ndarray:
-    """A member vector from their item weights, exactly as implicit's ``recalculate_user``.
+    """A member vector from their item weights, solved as the engine that fitted the factors
+    solves it (:class:`recsvc.bundle_manifest.FoldInSpec`).
 
-    implicit solves ``(YtY + reg*I + Yt(Cu - I)Y) x = Yt Cu p`` with ``Cu = alpha * weights``
-    (its CPU ALS scales ``user_items`` by alpha). Written with numpy because implicit's Cython
-    solver needs writable factors, and ours are read-only memory maps shared between processes.
+    implicit (the default) solves ``(YtY + reg*I + Yt(Cu - I)Y) x = Yt Cu p`` with ``Cu = alpha *
+    weights`` (its CPU ALS scales ``user_items`` by alpha), exactly as its ``recalculate_user``;
+    Spark's ALS adds 1 to the confidence of the member's items and scales the regularization by
+    their number. Written with numpy because implicit's Cython solver needs writable factors,
+    and ours are read-only memory maps shared between processes.
     """
     f = yty.shape[0]
-    a = yty.astype(np.float64) + regularization * np.eye(f)
     if rows.shape[0] == 0:
         return np.zeros(f, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float64)
+    if fold_in.reg_per_item > 0:
+        reg = fold_in.reg_per_item * float(np.count_nonzero(w > 0))
+    else:
+        reg = regularization
+    a = yty.astype(np.float64) + reg * np.eye(f)
     y = np.asarray(item_factors[rows], dtype=np.float64)
-    conf = alpha * np.asarray(weights, dtype=np.float64)
-    b = y.T @ np.where(conf > 0, conf, 0.0)
-    a += (y * (np.abs(conf) - 1.0)[:, None]).T @ y
+    conf = alpha * w
+    # the preference is 1 on positive weights (0 elsewhere); a negative weight is a confident 0
+    b = y.T @ np.where(conf > 0, conf + fold_in.confidence_offset, 0.0)
+    a += (y * (np.abs(conf) + fold_in.confidence_offset - 1.0)[:, None]).T @ y
     return np.linalg.solve(a, b).astype(np.float32)

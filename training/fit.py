@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsvc.bundle_manifest import FoldInSpec
 from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class FitResult:
     model: Any  # implicit.cpu.als.AlternatingLeastSquares
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # how this fit solves a member (serving folds recent events in the same way)
+    fold_in: FoldInSpec = field(default_factory=FoldInSpec)
 
     @property
     def user_factors(self) -> np.ndarray:

@@ -180,6 +180,7 @@ def run(
                     "data_as_of": prepared.cutoff_iso if options.refit else window["start"],
                     "run_id": run_id,
                     "engine": t.engine,
+                    "fold_in": final.fit.fold_in,
                     # the time the catalog was read as of: a bundle swap retires the live
                     # catalog changes older than it and keeps the newer ones
                     "catalog_as_of": catalog_as_of,

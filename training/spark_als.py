@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from recsvc.bundle_manifest import FoldInSpec
 from recsvc.errors import ConfigError, SparkUnavailable
 from recsvc.settings import TrainingSettings
 from training.confidence import weight_table
@@ -267,7 +268,11 @@ class SparkAls:
         if on_iteration is not None:  # one Spark job: the iterations are only known done at the end
             for i in range(params.iterations):
                 on_iteration(i + 1, float("nan"))
-        return FitResult(model=model_from_factors(user_factors, item_factors), seconds=seconds)
+        return FitResult(
+            model=model_from_factors(user_factors, item_factors),
+            seconds=seconds,
+            fold_in=FoldInSpec(confidence_offset=1.0, reg_per_item=reg),
+        )
 
 
 @contextmanager

@@ -126,7 +126,9 @@ def add_recent(
         factors, uniq = view.factors(uniq), np.arange(uniq.shape[0])
     else:
         factors = model.item_factors
-    vector = recalculate_member(factors, model.yty, uniq, w_sum, model.alpha, model.regularization)
+    vector = recalculate_member(
+        factors, model.yty, uniq, w_sum, model.alpha, model.regularization, model.fold_in
+    )
     state.ev_rows, state.ev_w = ev_rows, ev_w
     state.vector = vector if vector.any() else None
     state.source = SOURCE_REALTIME

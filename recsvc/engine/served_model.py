@@ -130,6 +130,8 @@ class ServedModel:
         self.regularization = float(params.get("regularization", 0.05))
         self.alpha = float(params.get("alpha", 1.0))
         self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
+        # how the fitting engine solved a member: recent events are folded in the same way
+        self.fold_in = bundle.manifest.fold_in
         # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every
         # formula of the form 0.5 ** (age / half_life) stays as it is
         half_life = float(params.get("half_life_days", 60.0))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 
+from recsvc.bundle_manifest import FoldInSpec
 from recsvc.engine.diversity import intra_list_diversity, mmr
 from recsvc.engine.filters import FilterSpec
 from recsvc.errors import InvalidArgument
@@ -28,6 +30,37 @@ def test_recalculate_member_matches_implicit_recalculate_user() -> None:
     expected = model.recalculate_user(0, user_items)
     got = recalculate_member(y, y.T.dot(y), rows, weights, alpha=2.0, regularization=0.05)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fold_in", "confidence", "reg"),
+    [
+        # implicit: C = alpha * r on the member's items, the same lambda for everyone
+        (FoldInSpec(), lambda r: 2.0 * r, lambda n: 0.05),
+        # Spark MLlib: C = 1 + alpha * r, lambda = regParam * the member's items (ALS-WR)
+        (FoldInSpec(confidence_offset=1.0, reg_per_item=0.03), lambda r: 1.0 + 2.0 * r, lambda n: 0.03 * n),
+    ],
+)
+def test_a_folded_in_member_minimises_the_engines_own_loss(fold_in: Any, confidence: Any, reg: Any) -> None:
+    """The loss written out over every item: sum_i c_i (p_i - x.y_i)^2 + lambda |x|^2, c_i = 1 and
+    p_i = 0 off the member's items. Its gradient vanishes at the recalculated vector."""
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 0.3, (40, 8))
+    rows = np.array([3, 7, 19, 22], dtype=np.int64)
+    weights = np.array([4.0, 0.5, 1.5, 0.8])
+    x = recalculate_member(
+        y.astype(np.float32), (y.T @ y).astype(np.float32), rows, weights, 2.0, 0.05, fold_in
+    ).astype(np.float64)
+    c, pref = np.ones(40), np.zeros(40)
+    c[rows], pref[rows] = confidence(weights), 1.0
+    gradient = (c * (y @ x - pref)) @ y + reg(len(rows)) * x
+    assert np.abs(gradient).max() < 1e-4 * np.abs(x).max()
+    # and the two forms do give different members: the spec matters
+    other = FoldInSpec() if fold_in.reg_per_item else FoldInSpec(confidence_offset=1.0, reg_per_item=0.03)
+    x2 = recalculate_member(
+        y.astype(np.float32), (y.T @ y).astype(np.float32), rows, weights, 2.0, 0.05, other
+    )
+    assert np.abs(x2 - x).max() > 0.05 * np.abs(x).max()
 
 
 def test_mmr_without_diversity_is_top_k() -> None:

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recsvc.bundle import load_bundle, read_manifest
+from recsvc.bundle_manifest import FoldInSpec
 from recsvc.cli import app
 from recsvc.errors import ConfigError, DataContractError, SparkUnavailable
 from recsvc.settings import load_settings
@@ -272,6 +273,54 @@ def test_spark_factor_rows_belong_to_their_members(bundles: dict[str, Path]) -> 
     users, items = np.asarray(b.member_factors), np.asarray(b.item_factors)
     assert _own_history_auc(b.history, users, items) > 0.85
     assert _own_history_auc(b.history, np.roll(users, 1, axis=0), items) < 0.75
+
+
+def _fold_in_cosines(bundle_dir: Path, fold_in: FoldInSpec | None = None) -> np.ndarray:
+    """Per trained member: the cosine between their trained vector and the one serving
+    recomputes from their history (the bundle's r_ui) with the bundle's own solve (or ``fold_in``)."""
+    from recsvc.realtime import recalculate_member
+
+    b = load_bundle(bundle_dir, mmap=False)
+    users, items = np.asarray(b.member_factors), np.asarray(b.item_factors)
+    params, spec = b.manifest.params, fold_in or b.manifest.fold_in
+    yty = items.T @ items
+    out = []
+    for m in np.flatnonzero(np.diff(b.history.indptr) > 0)[:300]:
+        lo, hi = b.history.indptr[m], b.history.indptr[m + 1]
+        x = recalculate_member(
+            items,
+            yty,
+            b.history.indices[lo:hi],
+            b.history.data[lo:hi],
+            params["alpha"],
+            params["regularization"],
+            spec,
+        )
+        u = users[m]
+        out.append(float(x @ u / max(np.linalg.norm(x) * np.linalg.norm(u), 1e-12)))
+    return np.array(out)
+
+
+@with_spark
+def test_serving_folds_a_member_in_as_the_engine_that_trained_them(bundles: dict[str, Path]) -> None:
+    """A member recomputed from their history with the bundle's recorded solve is the member the
+    engine trained (up to the last half-iteration): Spark's (C = 1 + alpha r, lambda per item)
+    for a Spark bundle, implicit's for an implicit one. Spark's members recomputed with implicit's
+    solve point elsewhere."""
+    spark = read_manifest(bundles["spark"]).fold_in
+    assert spark.confidence_offset == 1.0 and spark.reg_per_item > 0
+    assert read_manifest(bundles["implicit"]).fold_in == FoldInSpec()
+    own = {e: _fold_in_cosines(p) for e, p in bundles.items()}
+    foreign = _fold_in_cosines(bundles["spark"], FoldInSpec())
+    print(
+        {e: np.percentile(c, [5, 50]).round(4).tolist() for e, c in own.items()},
+        np.percentile(foreign, [5, 50]).round(4).tolist(),
+        file=sys.stderr,
+    )
+    for engine, cos in own.items():
+        assert np.median(cos) > 0.99 and np.percentile(cos, 5) > 0.95, engine
+    # Spark solves members last, from the final item factors: its own solve is exact
+    assert np.percentile(own["spark"], 5) > 0.9999 > np.median(foreign)
 
 
 @with_spark
