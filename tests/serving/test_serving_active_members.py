@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+from waiting import within
 
 from recsvc.active_members import ActiveMembers
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
@@ -16,15 +17,6 @@ from recsvc.redis_client import connect
 from recsvc.settings import RedisSettings
 
 PREFIX = "am"
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class Clock:
@@ -83,12 +75,12 @@ def test_synced_directory_knows_state_from_before_and_after_it_started(redis_bac
         with directory(redis_url) as (active, changes):
             active.start()
             # _set_synced sets the flag before it calls on_sync_change: wait for the call too
-            assert _wait(lambda: active.synced and bool(changes))
+            within(5.0, lambda: active.synced and bool(changes), "active.synced and bool(changes)")
             assert changes == [True]
             assert all(active.may_have(m) for m in early)  # found by the start-up scan
             assert not active.may_have("QUIET")
             assert writer.record("LATE", "P2", "purchase", time.time(), "app")  # another process
-            assert _wait(lambda: active.may_have("LATE"), timeout=1.0)  # the promise: within 1 s
+            within(1.0, lambda: active.may_have("LATE"), "active.may_have('LATE')")  # the promise: within 1 s
             assert not active.may_have("QUIET")
 
 
@@ -96,7 +88,7 @@ def test_entries_end_with_the_state_ttl(redis_url: str) -> None:
     clock = Clock()
     with directory(redis_url, ttl_s=60.0, clock=clock) as (active, _):
         active.start()
-        assert _wait(lambda: active.synced)
+        within(5.0, lambda: active.synced, "active.synced")
         active.heard("M1")
         clock.now += 59.0
         assert active.may_have("M1")
@@ -110,12 +102,14 @@ def test_broken_subscription_reads_everyone_until_resynced(redis_url: str) -> No
     admin = redis.Redis.from_url(redis_url)
     with store(redis_url) as writer, directory(redis_url) as (active, changes):
         active.start()
-        assert _wait(lambda: active.synced)
+        within(5.0, lambda: active.synced, "active.synced")
         admin.client_kill_filter(_type="pubsub")  # the listener's connection dies
-        assert _wait(lambda: False in changes)  # unsynced: every member is read from Redis again
+        within(
+            5.0, lambda: False in changes, "False in changes"
+        )  # unsynced: every member is read from Redis again
         # An event recorded while the directory was deaf is found by the re-scan.
         writer.record("DURING", "P3", "view", time.time(), "app")
-        assert _wait(lambda: changes[-1] is True and active.synced, timeout=10.0)
+        within(10.0, lambda: changes[-1] is True and active.synced, "changes[-1] is True and active.synced")
         assert active.may_have("DURING")
         assert changes[:2] == [True, False]
     admin.close()
@@ -125,7 +119,7 @@ def test_store_skips_the_read_only_for_members_without_state(redis_url: str) -> 
     admin = redis.Redis.from_url(redis_url)
     with directory(redis_url) as (active, _), store(redis_url, active) as s:
         active.start()
-        assert _wait(lambda: active.synced)
+        within(5.0, lambda: active.synced, "active.synced")
         s.record("WARMUP", "P0", "view", time.time(), "app")
         s.recent("WARMUP")  # a member with state: read, which loads the read script
         before = _evalsha_calls(admin)
@@ -163,7 +157,9 @@ def test_an_unexpected_error_in_the_listener_unsyncs_and_recovers(redis_url: str
 
         active._scan = failing_once  # type: ignore[method-assign]
         active.start()
-        assert _wait(lambda: active.synced and bool(changes), timeout=10.0)  # retried after the back-off
+        within(
+            10.0, lambda: active.synced and bool(changes), "active.synced and bool(changes)"
+        )  # retried after the back-off
         assert calls["n"] == 2
         assert changes == [True]  # never synced before the scan succeeded
         assert active.may_have("anyone") is False
@@ -177,14 +173,16 @@ def test_a_store_failure_makes_the_directory_read_everyone_until_rescanned(redis
     admin = connect(redis_url)
     with directory(redis_url) as (active, changes), store(redis_url, active) as s:
         active.start()
-        assert _wait(lambda: active.synced and bool(changes))
         # State written without a notice (as if the PUBLISH had been lost).
+        within(5.0, lambda: active.synced and bool(changes), "active.synced and bool(changes)")
         admin.lpush(f"{PREFIX}:{{m:LOST}}:rt:events", '{"i":"P1","t":"view","ts":1.0,"c":"app"}')
         assert not active.may_have("LOST")  # the directory cannot know
         s._failed(redis.ConnectionError("a Redis call failed"))
         assert active.may_have("LOST")  # at once: every member is read again
         assert not active.synced
-        assert _wait(lambda: active.synced and len(changes) >= 3, timeout=2.0)  # re-subscribed and re-scanned
+        within(
+            2.0, lambda: active.synced and len(changes) >= 3, "active.synced and len(changes) >= 3"
+        )  # re-subscribed and re-scanned
         assert active.may_have("LOST")  # found by the re-scan
         assert changes[:3] == [True, False, True]
     admin.close()
