@@ -115,11 +115,13 @@ class TrainingSettings(_Section):
     # (docs/training.md, "How the defaults were chosen").
     factors: int = Field(24, ge=2, le=1024)
     regularization: float = Field(1.0, gt=0)
+    # 4 on the log scale gives one event about the confidence 2.5 gave it on the linear scale
+    # (2.5 * 1.414 ~ 4 * log(1 + 1.414)); repeats then add less (docs/training.md, "Model").
     alpha: float = Field(
-        2.5,
+        4.0,
         gt=0,
-        description="confidence of an observed member-item pair: C = alpha * weight (implicit's form; "
-        "an unobserved pair has 1, so a pair whose alpha * weight is below 1 counts less than none)",
+        description="confidence of an observed member-item pair: C = alpha * scale(weight) (implicit's "
+        "form; an unobserved pair has 1, so a pair whose confidence is below 1 counts less than none)",
     )
     iterations: int = Field(15, ge=1, le=200)
     # The refit on all data starts from the candidate's factors (implicit only: Spark's ALS
@@ -145,6 +147,9 @@ class TrainingSettings(_Section):
     half_life_days: float = Field(
         60.0, ge=0, description="recency decay of event weights; 0 = no decay (every event counts fully)"
     )
+    # r_ui -> confidence (recsvc/confidence_scale.py): "log" = alpha * log(1 + r), where repeats
+    # of one item add less and less; "linear" = alpha * r (implicit's form). docs/training.md.
+    confidence_scale: Literal["linear", "log"] = "log"
     holdout_days: int = Field(14, ge=1)
     validation_days: int = Field(14, ge=1)
     # How --tune validates (training/split.py): "time" = the last validation_days before the

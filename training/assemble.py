@@ -68,8 +68,10 @@ def manifest_params(params: AlsParams) -> dict[str, Any]:
         "event_weights": dict(params.event_weights),
         "half_life_days": params.half_life_days,
         "random_state": params.random_state,
-        "confidence": "C = alpha * sum(event_weight[type] * 0.5 ** (age_days / half_life_days)) on observed "
-        "pairs, 1 on the others (implicit's recalculate_user)",
+        "confidence_scale": params.confidence_scale,
+        "confidence": "C = alpha * scale(r), r = sum(event_weight[type] * 0.5 ** (age_days / "
+        "half_life_days)), scale = confidence_scale (linear: r; log: log(1 + r)), on observed "
+        "pairs, 1 on the others (implicit's recalculate_user; fold_in for the engine's own form)",
         "decay_reference": "data_as_of",  # the training cutoff, or the holdout start without refit
     }
 

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle_manifest import FoldInSpec
+from recsvc.confidence_scale import BUNDLE_DEFAULT, scaled_matrix
 from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class AlsParams:
     event_weights: dict[str, float]
     half_life_days: float
     random_state: int = 42
+    confidence_scale: str = BUNDLE_DEFAULT  # recsvc/confidence_scale.py
 
     @classmethod
     def from_settings(cls, t: TrainingSettings) -> AlsParams:
@@ -47,6 +49,7 @@ class AlsParams:
             event_weights=dict(t.event_weights),
             half_life_days=t.half_life_days,
             random_state=t.random_state,
+            confidence_scale=t.confidence_scale,
         )
 
     @classmethod
@@ -59,6 +62,7 @@ class AlsParams:
             event_weights={str(k): float(v) for k, v in params["event_weights"].items()},
             half_life_days=float(params["half_life_days"]),
             random_state=int(params.get("random_state", 42)),
+            confidence_scale=str(params.get("confidence_scale", BUNDLE_DEFAULT)),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,7 +144,7 @@ def fit_als(
             model.user_factors = np.array(init[0], dtype=np.float32, order="C")
             model.item_factors = np.array(init[1], dtype=np.float32, order="C")
         started = time.perf_counter()
-        model.fit(matrix, show_progress=False, callback=callback)
+        model.fit(scaled_matrix(matrix, params.confidence_scale), show_progress=False, callback=callback)
         seconds = time.perf_counter() - started
     log.info("als fit factors=%d iterations=%d seconds=%.2f", params.factors, params.iterations, seconds)
     return FitResult(model=model, losses=losses, seconds=seconds)

@@ -68,6 +68,18 @@ def spark_reg_param(regularization: float, ratings: int, members_with_ratings: i
     return float(regularization / max(per_member, 1.0))
 
 
+def scaled_frame(ratings: Any, scale: str) -> Any:
+    """(member, item, r) with r on the confidence scale, as ``recsvc.confidence_scale.scaled``
+    puts implicit's r_ui (log: log(1 + r), sign kept)."""
+    from pyspark.sql import functions as F
+
+    if scale == "linear":
+        return ratings
+    if scale == "log":
+        return ratings.withColumn("r", F.signum("r") * F.log1p(F.abs("r")))
+    raise ValueError(f"unknown confidence scale {scale!r}; expected linear or log")
+
+
 def confidence_frame(events: Any, event_weights: dict[str, float], half_life_days: float, as_of: int) -> Any:
     """(member, item, r) with r = sum of event_weight[type] * 0.5 ** (age_days / half_life_days)
     over each pair's events, r > 0 only: :func:`training.confidence.confidence_matrix` in Spark.
@@ -233,8 +245,9 @@ class SparkAls:
         from pyspark.storagelevel import StorageLevel
 
         started = time.perf_counter()
-        ratings = confidence_frame(
-            self.ratings_source(events), params.event_weights, params.half_life_days, as_of
+        ratings = scaled_frame(
+            confidence_frame(self.ratings_source(events), params.event_weights, params.half_life_days, as_of),
+            params.confidence_scale,
         ).persist(StorageLevel.MEMORY_AND_DISK)
         counts = ratings.selectExpr("count(*) AS n", "count(DISTINCT member) AS members").first()
         reg = spark_reg_param(params.regularization, int(counts["n"]), int(counts["members"]))

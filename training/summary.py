@@ -87,7 +87,8 @@ def summary_tables(report: Any) -> list[Table]:
     run.add_row(
         "params",
         f"factors={p.factors} regularization={p.regularization:.4g} alpha={p.alpha:.4g} "
-        f"iterations={p.iterations} half_life_days={p.half_life_days:g}",
+        f"iterations={p.iterations} half_life_days={p.half_life_days:g} "
+        f"confidence_scale={p.confidence_scale}",
     )
     c = report.counts
     run.add_row(

@@ -15,8 +15,8 @@ data sets): factors 16..256, regularization 1e-3..1e3 (implicit does not scale i
 event count, so dense data wants large values), alpha 0.1..100, iterations 5..50, event-weight
 sharpness g 0.25..4 (each weight becomes ``w ** g``: the order purchase > add_to_cart >
 favorite/share > view is kept while the contrast between them is searched; their overall scale
-is alpha's, since implicit fits ``C = alpha * r``), and recency: no decay, or a half-life of
-7..720 days.
+is alpha's, since implicit fits ``C = alpha * r``), recency: no decay, or a half-life of
+7..720 days, and the confidence scale: linear or log (:data:`SCALES`).
 
 Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
 is the starting configuration, so tuning never returns something worse on validation than it.
@@ -71,6 +71,9 @@ SPACE: dict[str, tuple[float, float]] = {
     "weight_sharpness": (0.25, 4.0),
     "half_life_days": (7.0, 720.0),
 }
+# r_ui -> confidence (recsvc/confidence_scale.py): searched, as data with many repeats of one
+# item (views) wants log and data with one event per pair cannot tell them apart
+SCALES = ("linear", "log")
 CHECKPOINTS = (3, 10)  # iterations after which a fit is scored for pruning
 MIN_VALIDATION_MEMBERS = 200
 MIN_TIME_SHARE = 0.05
@@ -96,6 +99,7 @@ def suggest(trial: Any, base: AlsParams) -> AlsParams:
     lo, hi = SPACE["weight_sharpness"]
     sharpness = trial.suggest_float("weight_sharpness", lo, hi, log=True)
     decay = trial.suggest_categorical("recency_decay", [True, False])
+    scale = trial.suggest_categorical("confidence_scale", list(SCALES))
     # suggested even without decay, so every trial has every parameter (TPE models them jointly)
     half_life = trial.suggest_float("half_life_days", *SPACE["half_life_days"], log=True)
     return replace(
@@ -106,6 +110,7 @@ def suggest(trial: Any, base: AlsParams) -> AlsParams:
         iterations=trial.suggest_int("iterations", *(int(v) for v in SPACE["iterations"]), log=True),
         event_weights=sharpen(base.event_weights, sharpness),
         half_life_days=half_life if decay else 0.0,
+        confidence_scale=scale,
     )
 
 
@@ -126,6 +131,7 @@ def start_points(base: AlsParams) -> list[dict[str, Any]]:
         "regularization": _clip("regularization", base.regularization),
         "alpha": _clip("alpha", base.alpha),
         "iterations": int(_clip("iterations", base.iterations)),
+        "confidence_scale": base.confidence_scale,
     }
     dense = own | {
         "recency_decay": False,
@@ -377,6 +383,7 @@ def params_toml(params: AlsParams, header: str = "") -> str:
         f"alpha = {params.alpha!r}",
         f"iterations = {params.iterations}",
         f"half_life_days = {float(params.half_life_days)!r}",
+        f'confidence_scale = "{params.confidence_scale}"',
         "",
         "[training.event_weights]",
         *(f"{k} = {float(v)!r}" for k, v in params.event_weights.items()),
@@ -385,7 +392,15 @@ def params_toml(params: AlsParams, header: str = "") -> str:
 
 
 # what a --params file may set: the model's hyper-parameters, nothing else
-PARAMS_KEYS = ("factors", "regularization", "alpha", "iterations", "half_life_days", "event_weights")
+PARAMS_KEYS = (
+    "factors",
+    "regularization",
+    "alpha",
+    "iterations",
+    "half_life_days",
+    "confidence_scale",
+    "event_weights",
+)
 
 
 def read_params(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsvc.catalog.view import CatalogView
+from recsvc.confidence_scale import scaled
 from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.served_model import ServedModel
 from recsvc.realtime import RecentActivity, event_weights_by_item, recalculate_member
@@ -126,10 +127,23 @@ def add_recent(
         factors, uniq = view.factors(uniq), np.arange(uniq.shape[0])
     else:
         factors = model.item_factors
-    vector = recalculate_member(
-        factors, model.yty, uniq, w_sum, model.alpha, model.regularization, model.fold_in
-    )
+    vector = fold_in(model, factors, uniq, w_sum)
     state.ev_rows, state.ev_w = ev_rows, ev_w
     state.vector = vector if vector.any() else None
     state.source = SOURCE_REALTIME
     return True
+
+
+def fold_in(model: ServedModel, factors: np.ndarray, rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """A member's vector from their summed weights ``r`` on item ``rows`` (of ``factors``), as
+    the bundle's training solved members: its confidence scale, alpha, regularization and the
+    engine's own solve (``ServedModel.fold_in``)."""
+    return recalculate_member(
+        factors,
+        model.yty,
+        rows,
+        scaled(np.asarray(r, dtype=np.float32), model.confidence_scale),
+        model.alpha,
+        model.regularization,
+        model.fold_in,
+    )

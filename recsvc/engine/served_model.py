@@ -28,6 +28,7 @@ from recsvc.bundle import (
     StoredListSpec,
     load_bundle,
 )
+from recsvc.confidence_scale import BUNDLE_DEFAULT
 from recsvc.engine import kernels
 from recsvc.engine.empty_arrays import NO_F64, NO_ROWS
 from recsvc.engine.entries import ItemEntries
@@ -132,6 +133,8 @@ class ServedModel:
         self.event_weights: dict[str, float] = dict(params.get("event_weights", {}))
         # how the fitting engine solved a member: recent events are folded in the same way
         self.fold_in = bundle.manifest.fold_in
+        # r -> confidence as training applied it (bundles without the field: linear)
+        self.confidence_scale = str(params.get("confidence_scale", BUNDLE_DEFAULT))
         # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every
         # formula of the form 0.5 ** (age / half_life) stays as it is
         half_life = float(params.get("half_life_days", 60.0))

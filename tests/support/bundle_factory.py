@@ -321,3 +321,24 @@ class FixedCatalog:
 
     def view(self, _model: Any) -> Any:
         return self._view
+
+
+def fold_in_cosines(bundle_dir: Path, members: int = 300, **as_if: Any) -> np.ndarray:
+    """Per trained member (the first ``members`` with history): the cosine between the vector
+    training gave them and the one serving recomputes from their history (the bundle's r_ui)
+    with ``recsvc.engine.member_state.fold_in``. ``as_if``: ServedModel attributes to replace
+    (``confidence_scale``, ``fold_in``), to see what a different formula would give."""
+    from recsvc.engine.member_state import fold_in
+    from recsvc.engine.served_model import ServedModel
+
+    model = ServedModel.load(bundle_dir, version="fold-in", source_uri=str(bundle_dir))
+    for name, value in as_if.items():
+        setattr(model, name, value)
+    items = np.asarray(model.item_factors)
+    out = []
+    for m in np.flatnonzero(np.diff(model.history_indptr) > 0)[:members]:
+        rows, r = model.history(int(m))
+        x = fold_in(model, items, rows.astype(np.int64), r)
+        u = model.member_vector(int(m))
+        out.append(float(x @ u / max(float(np.linalg.norm(x) * np.linalg.norm(u)), 1e-12)))
+    return np.array(out)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from bundle_factory import fold_in_cosines
 from typer.testing import CliRunner
 
 from recsvc.bundle import load_bundle, read_manifest
@@ -275,32 +276,6 @@ def test_spark_factor_rows_belong_to_their_members(bundles: dict[str, Path]) -> 
     assert _own_history_auc(b.history, np.roll(users, 1, axis=0), items) < 0.75
 
 
-def _fold_in_cosines(bundle_dir: Path, fold_in: FoldInSpec | None = None) -> np.ndarray:
-    """Per trained member: the cosine between their trained vector and the one serving
-    recomputes from their history (the bundle's r_ui) with the bundle's own solve (or ``fold_in``)."""
-    from recsvc.realtime import recalculate_member
-
-    b = load_bundle(bundle_dir, mmap=False)
-    users, items = np.asarray(b.member_factors), np.asarray(b.item_factors)
-    params, spec = b.manifest.params, fold_in or b.manifest.fold_in
-    yty = items.T @ items
-    out = []
-    for m in np.flatnonzero(np.diff(b.history.indptr) > 0)[:300]:
-        lo, hi = b.history.indptr[m], b.history.indptr[m + 1]
-        x = recalculate_member(
-            items,
-            yty,
-            b.history.indices[lo:hi],
-            b.history.data[lo:hi],
-            params["alpha"],
-            params["regularization"],
-            spec,
-        )
-        u = users[m]
-        out.append(float(x @ u / max(np.linalg.norm(x) * np.linalg.norm(u), 1e-12)))
-    return np.array(out)
-
-
 @with_spark
 def test_serving_folds_a_member_in_as_the_engine_that_trained_them(bundles: dict[str, Path]) -> None:
     """A member recomputed from their history with the bundle's recorded solve is the member the
@@ -310,13 +285,10 @@ def test_serving_folds_a_member_in_as_the_engine_that_trained_them(bundles: dict
     spark = read_manifest(bundles["spark"]).fold_in
     assert spark.confidence_offset == 1.0 and spark.reg_per_item > 0
     assert read_manifest(bundles["implicit"]).fold_in == FoldInSpec()
-    own = {e: _fold_in_cosines(p) for e, p in bundles.items()}
-    foreign = _fold_in_cosines(bundles["spark"], FoldInSpec())
-    print(
-        {e: np.percentile(c, [5, 50]).round(4).tolist() for e, c in own.items()},
-        np.percentile(foreign, [5, 50]).round(4).tolist(),
-        file=sys.stderr,
-    )
+    own = {e: fold_in_cosines(p) for e, p in bundles.items()}
+    foreign = fold_in_cosines(bundles["spark"], fold_in=FoldInSpec())
+    shown = {e: np.percentile(c, [5, 50]).round(4).tolist() for e, c in own.items()}
+    print(shown, np.percentile(foreign, [5, 50]).round(4).tolist(), file=sys.stderr)
     for engine, cos in own.items():
         assert np.median(cos) > 0.99 and np.percentile(cos, 5) > 0.95, engine
     # Spark solves members last, from the final item factors: its own solve is exact

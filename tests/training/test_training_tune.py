@@ -50,10 +50,12 @@ def test_a_trial_can_ask_for_no_decay_and_large_regularization() -> None:
             "regularization": 300.0,
             "alpha": 40.0,
             "iterations": 20,
+            "confidence_scale": "linear",
         }
     )
     p = tune.suggest(trial, base)
     assert p.half_life_days == 0.0  # no decay
+    assert base.confidence_scale == "log" and p.confidence_scale == "linear"  # searched, both ways
     assert (p.factors, p.regularization, p.alpha, p.iterations) == (128, 300.0, 40.0, 20)
     assert p.event_weights["purchase"] == pytest.approx(base.event_weights["purchase"] ** 0.5)
     # the order of the event weights is kept
@@ -67,6 +69,7 @@ def test_start_points_are_the_base_and_a_dense_data_point_inside_the_space() -> 
     for point in points:
         for name, (lo, hi) in tune.SPACE.items():
             assert lo <= point[name] <= hi, name
+        assert point["confidence_scale"] in tune.SCALES
 
 
 def test_no_decay_weighs_old_and_new_events_alike() -> None:

@@ -1,0 +1,130 @@
+"""What a person reaches by hand-tuning bare ``implicit`` on recsvc's own holdout.
+
+The reference for ``recsvc train`` and ``--tune``: the same data folder, the same holdout (the
+last ``holdout_days``), the same evaluation (``training.evaluate``, ``eval_members`` sampled test
+members), but the model an expert would fit by hand: ``implicit``'s ALS on the interaction matrix
+as they would build it (no event weights, no recency decay: one per (member, item), the count of
+events, or the count BM25-weighted as implicit's last.fm example does), over a grid of factors,
+regularization and alpha. Prints one JSON line per fit, recsvc's defaults first (and each
+``--params`` file, such as the one ``--tune`` saved), and the best grid line last:
+
+    python -m bench.experiments.expert_grid --data DIR [--params var/tune/params.toml ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsvc.settings import load_settings
+from training import measure, prepare, split
+from training.confidence import weight_table
+from training.factors import TrainedFactors, train_factors
+from training.fit import AlsParams
+
+FACTORS = (64, 128)
+REGULARIZATION = (0.1, 1.0, 10.0, 100.0, 1000.0)
+ALPHA = (1.0, 5.0, 20.0)
+MATRICES = ("binary", "count", "bm25")
+
+
+def interactions(hold: split.Split, shape: tuple[int, int], how: str) -> sp.csr_matrix:
+    """The training events as an expert's matrix: every event type alike, no decay."""
+    tr = hold.train
+    m = sp.csr_matrix((np.ones(len(tr.member), np.float32), (tr.member, tr.item)), shape=shape)
+    m.sum_duplicates()
+    if how == "binary":
+        m.data[:] = 1.0
+    elif how == "bm25":
+        from implicit.nearest_neighbours import bm25_weight
+
+        m = sp.csr_matrix(bm25_weight(m, K1=100, B=0.8), dtype=np.float32)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--params", type=Path, nargs="*", default=[], help="settings fragments to compare too")
+    ap.add_argument("--matrices", default=",".join(MATRICES))
+    ap.add_argument("--iterations", type=int, default=15)
+    args = ap.parse_args()
+    threadpool_limits(1, "blas")
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    s = load_settings()
+    t = s.training
+    prepared = prepare.prepare(prepare.load(args.data, s.data))
+    defaults = AlsParams.from_settings(t)
+    positive = weight_table(defaults.event_weights) > 0
+    shape = (len(prepared.members), len(prepared.items))
+    hold = split.holdout(prepared, t.holdout_days, positive)
+    test_members = int((np.diff(hold.test.indptr) > 0).sum())
+
+    def report(name: str, trained: TrainedFactors, seconds: float, **extra: object) -> float:
+        m = measure.holdout_metrics(prepared, hold, trained, t.eval_members, t.random_state)
+        row = {
+            "data": str(args.data),
+            "fit": name,
+            **extra,
+            "all.ndcg_at_10": round(m["all.ndcg_at_10"], 4),
+            "all.recall_at_20": round(m["all.recall_at_20"], 4),
+            "test_members": test_members,
+            "fit_seconds": round(seconds, 1),
+        }
+        print(json.dumps(row), flush=True)
+        return float(m["all.ndcg_at_10"])
+
+    configs: list[tuple[str, AlsParams]] = [("recsvc defaults", defaults)]
+    for path in args.params:
+        fragment = load_settings(path).training
+        configs.append((f"recsvc {path.name}", AlsParams.from_settings(fragment)))
+    for name, p in configs:
+        started = time.perf_counter()
+        got = train_factors(prepared, hold.train, hold.start, p, num_threads=1)
+        report(name, got, time.perf_counter() - started)
+
+    best: tuple[float, dict[str, object]] = (-1.0, {})
+    for how in filter(None, args.matrices.split(",")):
+        matrix = interactions(hold, shape, how)
+        for factors, reg, alpha in itertools.product(FACTORS, REGULARIZATION, ALPHA):
+            started = time.perf_counter()
+            model = AlternatingLeastSquares(
+                factors=factors,
+                regularization=reg,
+                alpha=alpha,
+                iterations=args.iterations,
+                random_state=t.random_state,
+                num_threads=1,
+            )
+            model.fit(matrix, show_progress=False)
+            trained = TrainedFactors(
+                matrix=matrix,
+                fit=None,  # type: ignore[arg-type]
+                member_factors=np.asarray(model.user_factors),
+                item_factors=np.asarray(model.item_factors),
+                fresh_content_filled=0,
+            )
+            cfg = {"matrix": how, "factors": factors, "regularization": reg, "alpha": alpha}
+            ndcg = report("bare implicit", trained, time.perf_counter() - started, **cfg)
+            if ndcg > best[0]:
+                best = (ndcg, cfg)
+    last = {
+        "data": str(args.data),
+        "fit": "best bare implicit",
+        **best[1],
+        "all.ndcg_at_10": round(best[0], 4),
+    }
+    if best[1]:
+        print(json.dumps(last), flush=True)
+
+
+if __name__ == "__main__":
+    main()
