@@ -43,7 +43,7 @@ def main() -> None:
     start = pd.Series(ts.min() + (ts.max() - ts.min()) * rng.beta(1.0, 2.0, len(ids)), index=ids)
     length = pd.Series(np.minimum(rng.exponential(5 * DAY_S, len(ids)), 60 * DAY_S), index=ids)
     # each member's events keep their order and relative spacing, squeezed into the burst
-    along = ((ts - first) / np.maximum(last - first, 1)).to_numpy()
+    along: np.ndarray = ((ts - first) / np.maximum(last - first, 1)).to_numpy()
     moved = np.minimum(member.map(start).to_numpy() + along * member.map(length).to_numpy(), ts.max())
     new_ts = np.where(member.map(bursty).to_numpy(), moved, ts.to_numpy()).astype("int64")
     events["ts"] = pd.to_datetime(new_ts, unit="s", utc=True)
