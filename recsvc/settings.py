@@ -222,6 +222,10 @@ class TrainingSettings(_Section):
     tune_prune: bool = Field(
         True, description="--tune: stop trials whose NDCG part-way through the fit is below the median"
     )
+    # The best trial replaces the starting configuration only when it leads it on validation by
+    # this many standard errors of the members' paired NDCG@10 differences: the best of dozens
+    # of noisy scores is biased upwards, and a lead within the noise does not reach the holdout.
+    tune_min_gain_se: float = Field(2.0, ge=0, description="--tune: lead over the start, in standard errors")
 
     # Two more model families measured beside ALS on the same holdout (training/itemknn.py):
     # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.

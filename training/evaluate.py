@@ -49,11 +49,42 @@ def _metrics_for(
     ideal over min(k, relevant), AP divided by min(k, relevant)); a test checks they agree with
     it. Calling it once per k would rank every member again for each k and each metric set.
     """
-    n_users, n_items = test.shape
+    n_items = test.shape[1]
     k_max = min(max(ks), n_items)
-    discount = 1.0 / np.log2(np.arange(2, k_max + 2))
-    ideal = np.cumsum(discount)
+    hits, recommended = _ranked(model, train, test, k_max)
     relevant = np.diff(test.indptr).astype(np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        kk = min(k, k_max)
+        h = hits[:, :kk]
+        n_hits = h.sum(axis=1)
+        denom = np.minimum(relevant, kk)
+        ndcg = _ndcg(h, relevant, kk)
+        precision_at = np.cumsum(h, axis=1) / np.arange(1, kk + 1)
+        ap = (precision_at * h).sum(axis=1) / np.maximum(denom, 1)
+        top = recommended[:, :kk]
+        out[f"precision_at_{k}"] = float((n_hits / k).mean())
+        out[f"recall_at_{k}"] = float((n_hits / np.maximum(relevant, 1)).mean())
+        out[f"hit_rate_at_{k}"] = float((n_hits > 0).mean())
+        out[f"coverage_at_{k}"] = float(np.unique(top[top >= 0]).size / max(n_items, 1))
+        out[f"ndcg_at_{k}"] = float(ndcg.mean())
+        out[f"map_at_{k}"] = float(ap.mean())
+    return out
+
+
+def _ndcg(hits: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per member: implicit's NDCG@k from the hit flags of the top ``k``."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discount)
+    dcg = (hits[:, :k] * discount).sum(axis=1)
+    return dcg / ideal[np.maximum(np.minimum(relevant, k).astype(int), 1) - 1]
+
+
+def _ranked(
+    model: Any, train: sp.csr_matrix, test: sp.csr_matrix, k_max: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's top ``k_max`` (seen items filtered): hit flags and item columns (-1 = none)."""
+    n_users = test.shape[0]
     hits = np.zeros((n_users, k_max), dtype=bool)
     recommended = np.full((n_users, k_max), -1, dtype=np.int64)
     for lo in range(0, n_users, BATCH):
@@ -67,24 +98,29 @@ def _metrics_for(
             hit[valid] = np.asarray(test[r[valid], ids[valid]]).ravel() > 0
         hits[rows, : ids.shape[1]] = hit
         recommended[rows, : ids.shape[1]] = ids
-    out: dict[str, float] = {}
-    for k in ks:
-        kk = min(k, k_max)
-        h = hits[:, :kk]
-        n_hits = h.sum(axis=1)
-        denom = np.minimum(relevant, kk)
-        dcg = (h * discount[:kk]).sum(axis=1)
-        ndcg = dcg / ideal[np.maximum(denom.astype(int), 1) - 1]
-        precision_at = np.cumsum(h, axis=1) / np.arange(1, kk + 1)
-        ap = (precision_at * h).sum(axis=1) / np.maximum(denom, 1)
-        top = recommended[:, :kk]
-        out[f"precision_at_{k}"] = float((n_hits / k).mean())
-        out[f"recall_at_{k}"] = float((n_hits / np.maximum(relevant, 1)).mean())
-        out[f"hit_rate_at_{k}"] = float((n_hits > 0).mean())
-        out[f"coverage_at_{k}"] = float(np.unique(top[top >= 0]).size / max(n_items, 1))
-        out[f"ndcg_at_{k}"] = float(ndcg.mean())
-        out[f"map_at_{k}"] = float(ap.mean())
-    return out
+    return hits, recommended
+
+
+def member_ndcg(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    *,
+    k: int = 10,
+    max_members: int = 10_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """NDCG@k over all items for each sampled test member (the sample and order of
+    :func:`evaluate`; its mean is evaluate's ``all.ndcg_at_<k>``): per member, so two models
+    scored on the same members can be compared pair by pair."""
+    users = sample_members(test, max_members, seed)
+    test_u = sp.csr_matrix(test[users])
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = model_from_factors(user_factors[users], item_factors)
+        k_max = min(k, test.shape[1])
+        hits, _ = _ranked(model, sp.csr_matrix(train[users]), test_u, k_max)
+    return _ndcg(hits, np.diff(test_u.indptr).astype(np.float64), k_max)
 
 
 def evaluate(

@@ -50,7 +50,7 @@ import scipy.sparse as sp
 
 from recsvc.errors import DataContractError
 from recsvc.settings import TrainingSettings
-from training.evaluate import evaluate
+from training.evaluate import evaluate, member_ndcg
 from training.factors import train_factors
 from training.fit import AlsParams
 from training.gate import GATE_METRIC
@@ -250,19 +250,20 @@ def search(
     rows: list[dict[str, Any]] = []
     candidates: dict[int, AlsParams] = {}
 
-    def score(user_factors: np.ndarray, item_factors: np.ndarray) -> float:
-        metrics = evaluate(
+    per_member: dict[int, np.ndarray] = {}  # complete trials: NDCG@10 of each validation member
+
+    def member_scores(user_factors: np.ndarray, item_factors: np.ndarray) -> np.ndarray:
+        return member_ndcg(
             user_factors,
             item_factors,
             val.seen,
             val.test,
-            prepared.item_kind,
-            None,
             max_members=t.tune_eval_members,
             seed=base.random_state,
-            kinds=("all",),
         )
-        return float(metrics.get(GATE_METRIC, 0.0))
+
+    def score(user_factors: np.ndarray, item_factors: np.ndarray) -> float:
+        return float(member_scores(user_factors, item_factors).mean())
 
     def objective(trial: Any) -> float:
         params = suggest(trial, base)
@@ -300,7 +301,9 @@ def search(
             if on_trial is not None:
                 on_trial(trial.number, float("nan"))
             raise optuna.TrialPruned(str(exc)) from None
-        value = score(trained.member_factors, trained.item_factors)
+        scores = member_scores(trained.member_factors, trained.item_factors)
+        per_member[trial.number] = scores
+        value = float(scores.mean())
         row |= {"state": "complete", "val_ndcg_at_10": value, "fit_seconds": trained.fit.seconds}
         rows.append(row)
         if log_trials:
@@ -313,7 +316,23 @@ def search(
 
     study.optimize(objective, n_trials=trials)
     best = study.best_trial
-    tuned = Tuned(candidates[best.number], rows, how, why, float(best.value or 0.0), info)
+    chosen, value = best.number, float(best.value or 0.0)
+    if best.number != 0 and 0 in per_member:
+        gain, se = paired_gain(per_member[0], per_member[best.number])
+        info |= {k: v for k, v in (("best_gain", gain), ("best_gain_se", se)) if np.isfinite(v)}
+        if gain < t.tune_min_gain_se * se:
+            # the best of many noisy scores is biased upwards: a lead within the noise of the
+            # validation sample does not carry over to the holdout, so what was there stays
+            chosen, value = 0, float(per_member[0].mean())
+            why += (
+                f"; the starting configuration kept: the best trial ({best.number}) led it by "
+                f"{gain:.4f} NDCG@10, under {t.tune_min_gain_se:g} standard errors ({se:.4f})"
+            )
+            log.info(
+                "tune kept the starting configuration: best trial %d gain %.4f se %.4f", best.number, gain, se
+            )
+    info["kept_start"] = float(chosen == 0)
+    tuned = Tuned(candidates[chosen], rows, how, why, value, info)
     if log_trials:
         _log_study(study, tuned)
     return tuned
@@ -361,6 +380,15 @@ def _log_study(study: Any, tuned: Tuned) -> None:
         plt.close(fig)
     except (ValueError, ImportError, RuntimeError) as exc:  # a plot never fails a training run
         log.warning("parallel-coordinates plot skipped: %s", exc)
+
+
+def paired_gain(start: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """Mean per-member NDCG gain of ``other`` over ``start`` (the same validation members, in
+    the same order) and its standard error: the members' differences, not the two means, so
+    what both find hard or easy cancels out."""
+    diff = np.asarray(other, dtype=np.float64) - np.asarray(start, dtype=np.float64)
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("inf")
+    return float(diff.mean()), se
 
 
 def describe(tuned: Tuned) -> str:

@@ -182,8 +182,10 @@ def test_tune_logs_nested_trials_and_reports_the_chosen_config(store: Path, data
     # trial 0 is the untuned configuration itself
     assert report.trials[0]["factors"] == 16 and report.trials[0]["weight_sharpness"] == 1.0
     best = max(report.trials, key=lambda r: r["val_ndcg_at_10"])
-    assert report.params.factors == best["factors"]
     client = _client(s)
+    # the best trial, unless its lead over trial 0 was within the validation's noise
+    kept = client.get_run(report.run_id).data.metrics["tune.kept_start"]
+    assert report.params.factors == (report.trials[0] if kept else best)["factors"]
     children = client.search_runs(
         [client.get_run(report.run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{report.run_id}'",

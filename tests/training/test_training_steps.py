@@ -469,6 +469,10 @@ def test_ndcg_and_map_agree_with_implicits_ranking_metrics() -> None:
         ref = ranking_metrics_at_k(model, train[keep], test[keep], K=k, show_progress=False)
         assert ours[f"all.ndcg_at_{k}"] == pytest.approx(ref["ndcg"], rel=1e-9)
         assert ours[f"all.map_at_{k}"] == pytest.approx(ref["map"], rel=1e-9)
+    # per member, for paired comparisons: the same members, whose mean is the metric
+    per_member = evaluate.member_ndcg(u, v, train, test, k=10)
+    assert per_member.shape == (keep.size,)
+    assert per_member.mean() == pytest.approx(ours["all.ndcg_at_10"], rel=1e-12)
 
 
 def test_reindex_rebuilds_the_indexes_of_a_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -149,7 +149,10 @@ def test_validation_split_setting_overrides_the_rule() -> None:
 
 def test_search_prunes_logs_nothing_without_mlflow_and_returns_the_best_trial() -> None:
     p = prepare.prepare(make_dataset(members=300, events_per_member=25, seed=5))
-    t = TrainingSettings(factors=16, iterations=12, tune_startup_trials=2, tune_eval_members=200)
+    # tune_min_gain_se 0: the best trial wins by any margin (the rule has its own test below)
+    t = TrainingSettings(
+        factors=16, iterations=12, tune_startup_trials=2, tune_eval_members=200, tune_min_gain_se=0
+    )
     shape = (len(p.members), len(p.items))
     positive = weight_table(t.event_weights) > 0
     holdout = split.holdout(p, t.holdout_days, positive)
@@ -164,6 +167,39 @@ def test_search_prunes_logs_nothing_without_mlflow_and_returns_the_best_trial() 
     assert tuned.trials[0]["factors"] == 16  # trial 0 is the starting configuration
     # hopeless fits are stopped part-way (seeded: the same trials every run)
     assert any(r["state"] == "pruned" for r in tuned.trials)
+
+
+def test_a_lead_within_the_validation_noise_keeps_the_starting_configuration() -> None:
+    p = prepare.prepare(make_dataset(members=300, events_per_member=25, seed=5))
+    positive = weight_table(TrainingSettings().event_weights) > 0
+    runs = {}
+    for need in (0.0, 1e9):  # any lead replaces the start / none can
+        t = TrainingSettings(factors=16, iterations=12, tune_startup_trials=2, tune_eval_members=200)
+        t = t.model_copy(update={"tune_min_gain_se": need})
+        holdout = split.holdout(p, t.holdout_days, positive)
+        runs[need] = tune.search(
+            p, holdout, AlsParams.from_settings(t), t, trials=6, positive_types=positive, log_trials=False
+        )
+    free, strict = runs[0.0], runs[1e9]
+    start = free.trials[0]["val_ndcg_at_10"]
+    assert free.best_value > start  # some trial led the start on validation ...
+    assert free.info["kept_start"] == 0.0 and free.info["best_gain"] > 0
+    # ... and with the bar out of reach the start stays, said so in the saved file's header
+    assert strict.info["kept_start"] == 1.0
+    assert strict.params == AlsParams.from_settings(TrainingSettings(factors=16, iterations=12))
+    assert strict.best_value == pytest.approx(start)
+    assert "starting configuration kept" in tune.describe(strict)
+
+
+def test_the_paired_gain_is_the_mean_difference_with_its_standard_error() -> None:
+    rng = np.random.default_rng(3)
+    start = rng.random(400)
+    gain, se = tune.paired_gain(start, start + 0.01)
+    assert gain == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)  # the same shift for all
+    noisy = start + rng.normal(0.0, 0.1, 400)
+    gain, se = tune.paired_gain(start, noisy)
+    assert se == pytest.approx(np.std(noisy - start, ddof=1) / 20)
+    assert abs(gain) < 3 * se  # pure noise: no lead worth the name
 
 
 def test_saved_params_are_a_settings_fragment_that_params_reads_back(tmp_path: Path) -> None:
