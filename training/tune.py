@@ -19,7 +19,10 @@ is alpha's, since implicit fits ``C = alpha * r``), recency: no decay, or a half
 7..720 days, and the confidence scale: linear or log (:data:`SCALES`).
 
 Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
-is the starting configuration, so tuning never returns something worse on validation than it.
+is the starting configuration, so tuning never returns something worse on validation than it,
+and the best trial replaces it only when it leads by ``tune_min_gain_se`` standard errors of the
+members' paired NDCG differences (:func:`paired_gain`): a smaller lead is the noise the best of
+many scores is biased by.
 Pruning: each fit is scored part-way (after :data:`CHECKPOINTS` iterations) and stopped when it
 is below the median of earlier trials at the same point (``MedianPruner``).
 
