@@ -238,6 +238,15 @@ class Manifest(BaseModel):
     def _no_lists(cls, value: Any) -> Any:
         return value or None  # bundles record "no lists" as {}
 
+    @field_validator("params")
+    @classmethod
+    def _known_scale(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # serving folds recent events in on this scale: an unknown one must stop the load, not a call
+        scale = value.get("confidence_scale", "linear")
+        if scale not in ("linear", "log"):
+            raise ValueError(f"params.confidence_scale is {scale!r}; expected linear or log")
+        return value
+
 
 def read_manifest(bundle_dir: Path) -> Manifest:
     path = bundle_dir / MANIFEST

@@ -67,3 +67,18 @@ def test_the_bundle_records_its_scale_and_serving_folds_members_in_on_it(bundles
         assert np.median(cos) > 0.99 and np.percentile(cos, 5) > 0.95, scale
     # the angle to the trained vector, as 1 - cosine: several times larger on the wrong scale
     assert 1 - np.median(crossed) > 3 * (1 - np.median(own["log"]))
+
+
+def test_a_bundle_with_an_unknown_scale_does_not_load(bundles: dict[str, Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from recsvc.errors import BundleError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["log"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["params"]["confidence_scale"] = "cubic"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="confidence_scale is 'cubic'"):
+        read_manifest(copy)
