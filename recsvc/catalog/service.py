@@ -28,6 +28,7 @@ import math
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 MAX_TITLE = 200
 MAX_LABEL = 64
 MAX_FEATURED = 200  # products one content item features
-# C0 and C1 control characters and DEL: never part of a title or label; they break exports and logs
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 control characters, DEL and the Unicode line and paragraph separators: never part of
+# a title or label; they break exports, logs and the one-line texts apps show
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_PUBLISHED_AT = 253_402_300_799  # 9999-12-31T23:59:59Z
 _KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
@@ -454,7 +456,9 @@ def _check_text(name: str, value: str, limit: int) -> None:
         raise InvalidArgument(
             f"{name} is {len(value)} characters; at most {limit}", reason=f"{name.upper()}_TOO_LONG"
         )
-    if not value.strip():
+    # blank also when all it holds is invisible: spaces and format characters (a zero-width
+    # space, a byte-order mark); those inside visible text stay (emoji sequences join with them)
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value):
         raise InvalidArgument(f"{name} is blank", reason=f"BLANK_{name.upper()}")
     if _CONTROL.search(value):
         raise InvalidArgument(f"{name} holds a control character", reason=f"BAD_{name.upper()}")

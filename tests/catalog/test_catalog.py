@@ -583,6 +583,11 @@ def test_blank_or_control_character_text_and_too_many_featured_items_are_refused
         catalog_pb2.CatalogItem(item_id="P0-004", title="Tea\x00bag"),
         catalog_pb2.CatalogItem(item_id="P0-005", title="Tea\x1b[31m"),
         catalog_pb2.CatalogItem(item_id="C0-003", set_featured=True, featured_item_ids=["P0-000"] * 201),
+        catalog_pb2.CatalogItem(item_id="P0-007", title="\u200b"),  # only a zero-width space
+        catalog_pb2.CatalogItem(item_id="P0-008", title="Tea\u2028bag"),  # a line separator
+        catalog_pb2.CatalogItem(
+            item_id="P0-009", title="Family \U0001f468\u200d\U0001f469 pack"
+        ),  # ZWJ: fine
         catalog_pb2.CatalogItem(item_id="P0-006", title="Oolong 250g"),  # the good one
     ]
     resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=5)
@@ -593,9 +598,12 @@ def test_blank_or_control_character_text_and_too_many_featured_items_are_refused
         "BAD_TITLE",
         "BAD_TITLE",
         "TOO_MANY_FEATURED",
+        "BLANK_TITLE",
+        "BAD_TITLE",
+        "",
         "",
     ]
-    assert {r.code for r in resp.results[:-1]} == {"INVALID_ARGUMENT"}
+    assert {r.code for r in resp.results[:-2]} == {"INVALID_ARGUMENT"}
 
 
 def test_a_process_that_followed_every_change_answers_as_one_started_after_them(
