@@ -300,8 +300,20 @@ def booleans(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return out, ~(is_true | is_false | empty)
 
 
+# Line breaks, tabs and other control characters inside a title or label (common in exports of
+# product descriptions) become one space, with the spaces around them: the row is good, and the
+# text is one line wherever it is shown. The live catalog API refuses them instead (the caller
+# can fix what it sends).
+_BREAKS = r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029][\x00-\x20\x7f-\x9f\u2028\u2029]*"
+
+
+def one_line(s: pd.Series) -> pd.Series:
+    """Text with control characters and line breaks replaced by a space, stripped."""
+    return s.str.replace(_BREAKS, " ", regex=True).str.strip()
+
+
 def check_label(v: Verdicts, column: str, missing_code: str | None, required: np.ndarray) -> pd.Series:
-    labels = text(v.raw[column]).str.strip()
+    labels = one_line(text(v.raw[column]))
     if missing_code is not None:
         v.flag(required & (labels == "").to_numpy(dtype=bool), missing_code, column)
     v.flag(labels.str.len() > MAX_LABEL_LENGTH, Reason.LABEL_TOO_LONG, column)

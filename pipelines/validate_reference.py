@@ -34,6 +34,7 @@ from pipelines.rows import (
     featured_lists,
     latest,
     numbers,
+    one_line,
     text,
     timestamps,
     unparsable,
@@ -52,7 +53,7 @@ def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) ->
     v.flag(~kind.isin(ITEM_KINDS), Reason.UNKNOWN_KIND, "kind")
     is_product = (kind == "product").to_numpy(dtype=bool)
     is_content = (kind == "content").to_numpy(dtype=bool)
-    title = text(raw["title"]).str.strip()
+    title = one_line(text(raw["title"]))
     v.flag(title == "", Reason.MISSING_TITLE, "title")
     v.flag(title.str.len() > MAX_TITLE_LENGTH, Reason.TITLE_TOO_LONG, "title")
     category = check_label(v, "category", Reason.MISSING_CATEGORY, np.ones(len(raw), dtype=bool))

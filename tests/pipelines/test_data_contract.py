@@ -290,6 +290,19 @@ def test_wrong_columns_in_parquet_fail_too(tmp_path: Path) -> None:
         validate_dir(folder, DATA, now=NOW)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_line_breaks_and_tabs_in_titles_and_labels_become_one_space(tmp_path: Path, fmt: str) -> None:
+    # exports of product descriptions often carry them: the row is good, the text one line
+    rows = _catalog_with(1, title="Oolong\ttea\r\n 250g\u2028gift box", category="tea\nleaf")
+    result = validate_dir(_write(tmp_path / "d", catalog=rows, events=[], fmt=fmt), DATA, now=NOW)
+    assert result.rows_quarantined == 0
+    row = result.catalog.set_index("item_id").loc["P2"]
+    assert row["title"] == "Oolong tea 250g gift box" and row["category"] == "tea leaf"
+    # a title of nothing but line breaks is still missing
+    rows = _catalog_with(1, title="\r\n\t")
+    _only_reason(tmp_path / "blank", "catalog", Reason.MISSING_TITLE, catalog=rows, events=[])
+
+
 def test_products_only_catalog_may_leave_out_featured_column(tmp_path: Path) -> None:
     folder = _write(tmp_path / "d", events=[])
     cat = pd.read_csv(folder / "catalog.csv", dtype=str, keep_default_na=False)
