@@ -99,6 +99,19 @@ def stock(
     _print_results(_call(_stub(ctx, target).SetStock, req, 5.0, api_key))
 
 
+# Column names a stock file's first line may hold: that line is a header, not a change. Anything
+# else that is not ITEM_ID,in|out is a skipped line, counted (a mistyped first change such as
+# "P1,outt" must not pass silently as a header).
+_ID_HEADERS = frozenset({"item_id", "id", "item", "sku", "product_id"})
+_LEVEL_HEADERS = frozenset({"in_stock", "stock", "level", "status", "availability"})
+
+
+def _is_header(row: list[str]) -> bool:
+    return len(row) == 2 and (
+        row[0].strip().lower() in _ID_HEADERS or row[1].strip().lower() in _LEVEL_HEADERS
+    )
+
+
 _MAX_FEED_LINE = 4096  # far above any ITEM_ID,in|out line (an id is at most 64 bytes)
 _LEVELS = {"in": True, "out": False, "1": True, "0": False, "true": True, "false": False}
 
@@ -145,7 +158,7 @@ def stock_feed(
             level = row[1].strip().lower() if len(row) == 2 else None
             was_first, first = first, False
             if level not in _LEVELS:
-                if was_first and len(row) == 2:
+                if was_first and _is_header(row):
                     # an exported file starts with its column names (item_id,in_stock): not a change
                     console.print(f"line {number} read as a header: {escape(_shown(line))}", soft_wrap=True)
                 else:

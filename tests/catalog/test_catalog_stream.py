@@ -225,6 +225,15 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
         )
         assert piped.exit_code == 0 and "applied=1 failed=0 skipped=0" in piped.output, piped.output
         assert "line 1 read as a header: item_id,in_stock" in piped.output
+        # a mistyped first change is not taken for a header: it is a skipped line, counted
+        typo = CliRunner().invoke(
+            app,
+            ["catalog", "stock-feed", "-", "--target", s.target],
+            input=f"{b},outt\n{b},in\n",
+            env={"COLUMNS": "200"},
+        )
+        assert typo.exit_code == 1 and "applied=1 failed=0 skipped=1" in typo.output, typo.output
+        assert "line 1 skipped: expected ITEM_ID,in|out" in typo.output
 
 
 def test_a_feed_of_awkward_lines_applies_every_good_line_and_names_each_bad_one(
