@@ -216,22 +216,17 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
             lambda: not _get(s, b).in_stock and _get(s, a).in_stock,
             "b not sold out, or a not back in stock",
         )
-        piped = CliRunner().invoke(
-            app,
-            ["catalog", "stock-feed", "-", "--target", s.target],
-            # an exported file's column names and a comment are not changes, nor skipped lines
-            input=f"item_id,in_stock\n# restocked at 09:00\n{b},in\n",
-            env={"COLUMNS": "200"},
-        )
-        assert piped.exit_code == 0 and "applied=1 failed=0 skipped=0" in piped.output, piped.output
-        assert "line 1 read as a header: item_id,in_stock" in piped.output
+
+        def piped(lines: str) -> Any:
+            command = ["catalog", "stock-feed", "-", "--target", s.target]
+            return CliRunner().invoke(app, command, input=lines, env={"COLUMNS": "200"})
+
+        # an exported file's column names and a comment are not changes, nor skipped lines
+        header = piped(f"item_id,in_stock\n# restocked at 09:00\n{b},in\n")
+        assert header.exit_code == 0 and "applied=1 failed=0 skipped=0" in header.output, header.output
+        assert "line 1 read as a header: item_id,in_stock" in header.output
         # a mistyped first change is not taken for a header: it is a skipped line, counted
-        typo = CliRunner().invoke(
-            app,
-            ["catalog", "stock-feed", "-", "--target", s.target],
-            input=f"{b},outt\n{b},in\n",
-            env={"COLUMNS": "200"},
-        )
+        typo = piped(f"{b},outt\n{b},in\n")
         assert typo.exit_code == 1 and "applied=1 failed=0 skipped=1" in typo.output, typo.output
         assert "line 1 skipped: expected ITEM_ID,in|out" in typo.output
 
