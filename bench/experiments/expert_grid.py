@@ -23,9 +23,9 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from bench.experiments import holdout
 from recsvc.settings import load_settings
-from training import measure, prepare, split
-from training.confidence import weight_table
+from training import measure, split
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
 
@@ -59,13 +59,8 @@ def main() -> None:
     threadpool_limits(1, "blas")
     from implicit.cpu.als import AlternatingLeastSquares
 
-    s = load_settings()
-    t = s.training
-    prepared = prepare.prepare(prepare.load(args.data, s.data))
-    defaults = AlsParams.from_settings(t)
-    positive = weight_table(defaults.event_weights) > 0
-    shape = (len(prepared.members), len(prepared.items))
-    hold = split.holdout(prepared, t.holdout_days, positive)
+    h = holdout.load(args.data)
+    t, prepared, defaults, shape, hold = h.settings.training, h.prepared, h.params, h.shape, h.split
     test_members = int((np.diff(hold.test.indptr) > 0).sum())
 
     def report(name: str, trained: TrainedFactors, seconds: float, **extra: object) -> float:

@@ -18,9 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from recsvc.settings import load_settings
+from bench.experiments import holdout
 from training import measure, prepare, split
-from training.confidence import weight_table
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
 
@@ -30,13 +29,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--warm", default="3,5,8", help="iterations of the warm refits, comma-separated")
     args = ap.parse_args()
-    s = load_settings()
-    t = s.training
-    prepared = prepare.prepare(prepare.load(args.data, s.data))
-    params = AlsParams.from_settings(t)
-    positive = weight_table(params.event_weights) > 0
-    shape = (len(prepared.members), len(prepared.items))
-    hold = split.holdout(prepared, t.holdout_days, positive)
+    h = holdout.load(args.data)
+    t, prepared, params, positive, shape, hold = (
+        h.settings.training,
+        h.prepared,
+        h.params,
+        h.positive,
+        h.shape,
+        h.split,
+    )
     earlier = split.validation(hold, shape, t.validation_days, positive)
 
     def report(name: str, trained: TrainedFactors, seconds: float) -> None:

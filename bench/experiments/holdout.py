@@ -1,0 +1,33 @@
+"""What the quality experiments start from: a data folder read and split as ``recsvc train``
+reads and splits it (today's settings, the time-based holdout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recsvc.settings import Settings, load_settings
+from training import prepare, split
+from training.confidence import weight_table
+from training.fit import AlsParams
+
+
+@dataclass
+class Holdout:
+    settings: Settings
+    prepared: prepare.Prepared
+    params: AlsParams  # the defaults, from the settings
+    positive: np.ndarray  # event types that count as relevant
+    shape: tuple[int, int]  # members x items
+    split: split.Split
+
+
+def load(data: Path) -> Holdout:
+    s = load_settings()
+    prepared = prepare.prepare(prepare.load(data, s.data))
+    params = AlsParams.from_settings(s.training)
+    positive = weight_table(params.event_weights) > 0
+    hold = split.holdout(prepared, s.training.holdout_days, positive)
+    return Holdout(s, prepared, params, positive, (len(prepared.members), len(prepared.items)), hold)
