@@ -24,6 +24,7 @@ from pipelines.contract import (
     TableSpec,
 )
 from pipelines.read import REPLACEMENT_CHAR
+from recsvc.bounds import CONTROL_CHARACTERS
 from recsvc.idmap import ID_PATTERN, id_chars_ok
 from recsvc.settings import DataSettings
 
@@ -304,7 +305,7 @@ def booleans(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
 # product descriptions) become one space, with the spaces around them: the row is good, and the
 # text is one line wherever it is shown. The live catalog API refuses them instead (the caller
 # can fix what it sends).
-_BREAKS = r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029][\x00-\x20\x7f-\x9f\u2028\u2029]*"
+_BREAKS = f"[ ]*[{CONTROL_CHARACTERS}][ {CONTROL_CHARACTERS}]*"
 
 
 def one_line(s: pd.Series) -> pd.Series:

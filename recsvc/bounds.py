@@ -25,6 +25,11 @@ MAX_PAST_MS = MAX_PAST_DAYS * 86_400_000
 MAX_FUTURE_S = 300
 MAX_FUTURE_MS = MAX_FUTURE_S * 1000
 
+# Characters no title or label holds (a regex character class): C0 and C1 controls, DEL and the
+# Unicode line and paragraph separators. They break exports, logs and the one-line texts apps show;
+# the API refuses them, file ingest turns them into a space (a row of an export stays good).
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+
 MAX_AMOUNT = 1e8  # per event, in the shop's currency
 MAX_PRICE = 1e8
 MAX_QUANTITY = 10_000

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsvc.errors import BundleError
-from recsvc.settings import ServingSettings
+from recsvc.settings import CONFIDENCE_SCALES, ServingSettings
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -243,8 +243,8 @@ class Manifest(BaseModel):
     def _known_scale(cls, value: dict[str, Any]) -> dict[str, Any]:
         # serving folds recent events in on this scale: an unknown one must stop the load, not a call
         scale = value.get("confidence_scale", "linear")
-        if scale not in ("linear", "log"):
-            raise ValueError(f"params.confidence_scale is {scale!r}; expected linear or log")
+        if scale not in CONFIDENCE_SCALES:
+            raise ValueError(f"params.confidence_scale is {scale!r}; expected one of {CONFIDENCE_SCALES}")
         return value
 
 

@@ -10,12 +10,11 @@ sides stay one formula. docs/training.md, "Model", has the measurements behind t
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.sparse as sp
 
-ConfidenceScale = Literal["linear", "log"]
+from recsvc.settings import ConfidenceScale
+
 # what bundles that record no scale were trained with
 BUNDLE_DEFAULT: ConfidenceScale = "linear"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -60,6 +60,9 @@ SPARK_MASTER = re.compile(
     r"|k8s://(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?"
 )
 # The built-in event channels: the default of ``data.event_channels``.
+# How summed event weights become ALS confidence (recsvc/confidence_scale.py has the formulas).
+ConfidenceScale = Literal["linear", "log"]
+CONFIDENCE_SCALES: tuple[str, ...] = get_args(ConfidenceScale)
 EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
@@ -149,7 +152,7 @@ class TrainingSettings(_Section):
     )
     # r_ui -> confidence (recsvc/confidence_scale.py): "log" = alpha * log(1 + r), where repeats
     # of one item add less and less; "linear" = alpha * r (implicit's form). docs/training.md.
-    confidence_scale: Literal["linear", "log"] = "log"
+    confidence_scale: ConfidenceScale = "log"
     holdout_days: int = Field(14, ge=1)
     validation_days: int = Field(14, ge=1)
     # How --tune validates (training/split.py): "time" = the last validation_days before the

@@ -52,7 +52,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.errors import DataContractError
-from recsvc.settings import TrainingSettings
+from recsvc.settings import CONFIDENCE_SCALES, TrainingSettings
 from training.evaluate import evaluate, member_ndcg
 from training.factors import train_factors
 from training.fit import AlsParams
@@ -76,7 +76,7 @@ SPACE: dict[str, tuple[float, float]] = {
 }
 # r_ui -> confidence (recsvc/confidence_scale.py): searched, as data with many repeats of one
 # item (views) wants log and data with one event per pair cannot tell them apart
-SCALES = ("linear", "log")
+SCALES = CONFIDENCE_SCALES
 CHECKPOINTS = (3, 10)  # iterations after which a fit is scored for pruning
 MIN_VALIDATION_MEMBERS = 200
 MIN_TIME_SHARE = 0.05

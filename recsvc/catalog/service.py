@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 import redis
 
-from recsvc.bounds import MAX_PRICE
+from recsvc.bounds import CONTROL_CHARACTERS, MAX_PRICE
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.live import LiveCatalog
 from recsvc.catalog.store import CatalogStore, Change, ChangeOutcome
@@ -53,9 +53,7 @@ log = logging.getLogger(__name__)
 MAX_TITLE = 200
 MAX_LABEL = 64
 MAX_FEATURED = 200  # products one content item features
-# C0 and C1 control characters, DEL and the Unicode line and paragraph separators: never part of
-# a title or label; they break exports, logs and the one-line texts apps show
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 MAX_PUBLISHED_AT = 253_402_300_799  # 9999-12-31T23:59:59Z
 _KIND_NAMES = {common_pb2.PRODUCT: "product", common_pb2.CONTENT: "content"}
 _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}

@@ -160,7 +160,7 @@ def stock_feed(
             if level not in _LEVELS:
                 if was_first and _is_header(row):
                     # an exported file starts with its column names (item_id,in_stock): not a change
-                    console.print(f"line {number} read as a header: {escape(_shown(line))}", soft_wrap=True)
+                    console.print(f"line {number} read as a header: {_shown(line)}", soft_wrap=True)
                 else:
                     skip(number, "expected ITEM_ID,in|out")
                 continue
