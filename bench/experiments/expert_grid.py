@@ -9,6 +9,10 @@ regularization and alpha. Prints one JSON line per fit, recsvc's defaults first 
 ``--params`` file, such as the one ``--tune`` saved), and the best grid line last:
 
     python -m bench.experiments.expert_grid --data DIR [--params var/tune/params.toml ...]
+
+On small data one holdout holds few members (MovieLens 100K's last 14 days: 71): ``--windows
+8`` also judges on the seven earlier 14-day windows (the data cut back 14, 28, ... days, each
+split as ``recsvc train`` would) and ends with each fit's NDCG@10 pooled over them.
 """
 
 from __future__ import annotations
@@ -49,24 +53,24 @@ def interactions(hold: split.Split, shape: tuple[int, int], how: str) -> sp.csr_
     return m
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--params", type=Path, nargs="*", default=[], help="settings fragments to compare too")
-    ap.add_argument("--matrices", default=",".join(MATRICES))
-    ap.add_argument("--iterations", type=int, default=15)
-    args = ap.parse_args()
-    threadpool_limits(1, "blas")
+def _window(
+    h: holdout.Holdout,
+    window: int,
+    configs: list[tuple[str, AlsParams]],
+    args: argparse.Namespace,
+    pooled: dict[tuple[str, str], list[float]],
+) -> None:
+    """Every configuration and the grid on one holdout window."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    h = holdout.load(args.data)
-    t, prepared, defaults, shape, hold = h.settings.training, h.prepared, h.params, h.shape, h.split
+    t, prepared, shape, hold = h.settings.training, h.prepared, h.shape, h.split
     test_members = int((np.diff(hold.test.indptr) > 0).sum())
 
     def report(name: str, trained: TrainedFactors, seconds: float, **extra: object) -> float:
         m = measure.holdout_metrics(prepared, hold, trained, t.eval_members, t.random_state)
         row = {
             "data": str(args.data),
+            "window": window,
             "fit": name,
             **extra,
             "all.ndcg_at_10": round(m["all.ndcg_at_10"], 4),
@@ -75,12 +79,11 @@ def main() -> None:
             "fit_seconds": round(seconds, 1),
         }
         print(json.dumps(row), flush=True)
+        total = pooled.setdefault((name, json.dumps(extra)), [0.0, 0.0])
+        total[0] += m["all.ndcg_at_10"] * test_members
+        total[1] += test_members
         return float(m["all.ndcg_at_10"])
 
-    configs: list[tuple[str, AlsParams]] = [("recsvc defaults", defaults)]
-    for path in args.params:
-        fragment = load_settings(path).training
-        configs.append((f"recsvc {path.name}", AlsParams.from_settings(fragment)))
     for name, p in configs:
         started = time.perf_counter()
         got = train_factors(prepared, hold.train, hold.start, p, num_threads=1)
@@ -111,14 +114,71 @@ def main() -> None:
             ndcg = report("bare implicit", trained, time.perf_counter() - started, **cfg)
             if ndcg > best[0]:
                 best = (ndcg, cfg)
-    last = {
-        "data": str(args.data),
-        "fit": "best bare implicit",
-        **best[1],
-        "all.ndcg_at_10": round(best[0], 4),
-    }
     if best[1]:
-        print(json.dumps(last), flush=True)
+        last = {"data": str(args.data), "window": window, "fit": "best bare implicit", **best[1]}
+        print(json.dumps(last | {"all.ndcg_at_10": round(best[0], 4)}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--params", type=Path, nargs="*", default=[], help="settings fragments to compare too")
+    ap.add_argument("--matrices", default=",".join(MATRICES))
+    ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        help="holdout windows, each holdout_days before the last; >1 adds pooled lines (small data)",
+    )
+    args = ap.parse_args()
+    threadpool_limits(1, "blas")
+    first = holdout.load(args.data)
+    configs: list[tuple[str, AlsParams]] = [("recsvc defaults", first.params)]
+    for path in args.params:
+        fragment = load_settings(path).training
+        configs.append((f"recsvc {path.name}", AlsParams.from_settings(fragment)))
+    # (fit, config as JSON) -> [sum of NDCG@10 x test members, test members]
+    pooled: dict[tuple[str, str], list[float]] = {}
+
+    for window in range(args.windows):
+        h = (
+            first
+            if window == 0
+            else holdout.split_at(
+                first.prepared, first.settings, window * first.settings.training.holdout_days
+            )
+        )
+        _window(h, window, configs, args, pooled)
+
+    if args.windows > 1:
+        # every fit over all windows, NDCG@10 weighted by each window's test members
+        rows = [
+            {
+                "fit": f"pooled {name}",
+                **json.loads(cfg),
+                "all.ndcg_at_10": round(s / n, 4),
+                "test_members": int(n),
+            }
+            for (name, cfg), (s, n) in pooled.items()
+            if n
+        ]
+        for row in sorted(rows, key=lambda r: str(r["fit"]).startswith("pooled bare")):
+            print(json.dumps({"data": str(args.data), "windows": args.windows} | row), flush=True)
+        best_grid = max(
+            (r for r in rows if r["fit"] == "pooled bare implicit"),
+            key=lambda r: r["all.ndcg_at_10"],
+            default=None,
+        )
+        if best_grid:
+            print(
+                json.dumps(
+                    {"data": str(args.data), "windows": args.windows}
+                    | best_grid
+                    | {"fit": "pooled best bare implicit"}
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

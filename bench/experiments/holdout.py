@@ -3,7 +3,7 @@ reads and splits it (today's settings, the time-based holdout)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,15 @@ class Holdout:
 
 def load(data: Path) -> Holdout:
     s = load_settings()
-    prepared = prepare.prepare(prepare.load(data, s.data))
+    return split_at(prepare.prepare(prepare.load(data, s.data)), s, 0)
+
+
+def split_at(prepared: prepare.Prepared, s: Settings, back_days: int) -> Holdout:
+    """The data as it stood ``back_days`` before its last event, split as ``recsvc train`` splits
+    it: earlier holdout windows of one data set, pooled, judge small data by more members."""
+    if back_days:
+        ev = prepared.events.select(prepared.events.ts <= prepared.cutoff - back_days * prepare.DAY_S)
+        prepared = replace(prepared, events=ev, cutoff=int(ev.ts.max()))
     params = AlsParams.from_settings(s.training)
     positive = weight_table(params.event_weights) > 0
     hold = split.holdout(prepared, s.training.holdout_days, positive)

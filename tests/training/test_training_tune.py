@@ -119,13 +119,13 @@ def _choose(p: prepare.Prepared, **kw: object) -> tuple[str, str]:
     return how, why
 
 
-def _thin_recent(seed: int) -> prepare.Prepared:
-    """Most members went quiet long before the end (e.g. a bulk import of old history): the last
-    weeks before the holdout hold too few members to validate on."""
+def _thin_recent(seed: int, quiet_days: int = 100, keep_every: int = 16) -> prepare.Prepared:
+    """All but every ``keep_every``-th member went quiet ``quiet_days`` before the end (e.g. a
+    bulk import of old history): the weeks before the holdout hold few members to validate on."""
     data = make_dataset(members=600, events_per_member=30, days=120, seed=seed)
     ev = data.events
-    late = ev["ts"] > ev["ts"].max() - pd.Timedelta(days=35)
-    keep = ~late | ev["member_id"].isin([f"m{i:06d}" for i in range(0, 600, 8)])
+    late = ev["ts"] > ev["ts"].max() - pd.Timedelta(days=quiet_days)
+    keep = ~late | ev["member_id"].isin([f"m{i:06d}" for i in range(0, 600, keep_every)])
     data.events = ev[keep].reset_index(drop=True)
     return prepare.prepare(data)
 
@@ -136,10 +136,50 @@ def test_auto_validation_picks_random_when_the_time_window_is_too_thin() -> None
     assert "test members" in why
 
 
+def test_auto_validation_keeps_a_widened_window_of_some_dozens_of_members() -> None:
+    # 74 members after widening: noisy, but the two-standard-error rule guards the choice; a
+    # random split would judge another question
+    how, why = _choose(_thin_recent(seed=2, keep_every=8))
+    assert how == "time", why
+    assert "widened from 14" in why and tune.MIN_TIME_MEMBERS <= int(why.split(" has ")[1].split()[0]) < 200
+
+
 def test_auto_validation_keeps_the_holdouts_kind_when_the_window_is_full() -> None:
     for p in (_trending(seed=4), prepare.prepare(make_dataset(members=600, events_per_member=30, seed=2))):
         how, why = _choose(p)
         assert how == "time", why
+        assert "widened" not in why, why
+
+
+def test_auto_validation_widens_a_thin_time_window_before_giving_up_on_time() -> None:
+    # quiet for the last 35 days: 14 days before the holdout hold a few dozen members, 28 hold
+    # the week before the quiet began
+    p = _thin_recent(seed=2, quiet_days=35)
+    how, why = _choose(p)
+    assert how == "time", why
+    assert "of 28 days (widened from 14)" in why, why
+    t = TrainingSettings()
+    shape = (len(p.members), len(p.items))
+    positive = weight_table(t.event_weights) > 0
+    holdout = split.holdout(p, t.holdout_days, positive)
+    narrow = split.validation(holdout, shape, 14, positive)
+    wide, days = split.widened_validation(holdout, shape, 14, positive)
+    assert days == 28
+    assert split.tested_members(narrow) < split.MIN_VALIDATION_MEMBERS <= split.tested_members(wide)
+    # the wider window is still the last days before the holdout, nothing of the holdout in it
+    assert wide.end < holdout.start and wide.start == holdout.start - 1 - 28 * 86_400
+
+
+def test_widening_stops_at_half_the_training_span() -> None:
+    p = _thin_recent(seed=3, quiet_days=100)
+    t = TrainingSettings()
+    shape = (len(p.members), len(p.items))
+    positive = weight_table(t.event_weights) > 0
+    holdout = split.holdout(p, t.holdout_days, positive)
+    wide, days = split.widened_validation(holdout, shape, 14, positive)
+    # 106 days of training: 28 fits in half of it, 56 does not
+    assert days == 28
+    assert split.tested_members(wide) < split.MIN_VALIDATION_MEMBERS
 
 
 def test_validation_split_setting_overrides_the_rule() -> None:
