@@ -122,8 +122,9 @@ def test_manifest_params_recompute_member_vectors_like_recalculate_user(
     trained = np.asarray(b.member_factors)[rows]
     cos = (recomputed * trained).sum(1) / np.linalg.norm(recomputed, axis=1) / np.linalg.norm(trained, axis=1)
     assert cos.mean() > 0.99, cos.mean()
-    # with the wrong alpha the same solve drifts away: the parameters matter
-    model.alpha = p["alpha"] * 50
+    # with another engine's parameters (alpha and regularization a hundredth) the same solve
+    # drifts away: the parameters matter
+    model.alpha, model.regularization = p["alpha"] / 100, p["regularization"] / 100
     drifted = model.recalculate_user(rows, b.history[rows])
     cos_wrong = (drifted * trained).sum(1) / np.linalg.norm(drifted, axis=1) / np.linalg.norm(trained, axis=1)
     assert cos_wrong.mean() < cos.mean() - 0.01, (cos_wrong.mean(), cos.mean())
