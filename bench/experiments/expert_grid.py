@@ -64,7 +64,7 @@ def _window(
     from implicit.cpu.als import AlternatingLeastSquares
 
     t, prepared, shape, hold = h.settings.training, h.prepared, h.shape, h.split
-    test_members = int((np.diff(hold.test.indptr) > 0).sum())
+    test_members = split.tested_members(hold)
 
     def report(name: str, trained: TrainedFactors, seconds: float, **extra: object) -> float:
         m = measure.holdout_metrics(prepared, hold, trained, t.eval_members, t.random_state)
@@ -142,13 +142,8 @@ def main() -> None:
     pooled: dict[tuple[str, str], list[float]] = {}
 
     for window in range(args.windows):
-        h = (
-            first
-            if window == 0
-            else holdout.split_at(
-                first.prepared, first.settings, window * first.settings.training.holdout_days
-            )
-        )
+        back_days = window * first.settings.training.holdout_days
+        h = holdout.split_at(first.prepared, first.settings, back_days)
         _window(h, window, configs, args, pooled)
 
     if args.windows > 1:

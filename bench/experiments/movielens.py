@@ -48,7 +48,8 @@ def convert(source: Path, out: Path, how: str) -> dict[str, int]:
     items = _read(source, "ml-100k.item")
     rating = inter["rating"].astype(float).astype(int)
     if how == "positive":
-        inter, rating = inter[rating >= 4], rating[rating >= 4]
+        liked = rating >= 4
+        inter, rating = inter[liked], rating[liked]
     event_type = rating.map(GRADED).fillna("view") if how == "graded" else "view"
     events = pd.DataFrame(
         {

@@ -5,9 +5,8 @@ from __future__ import annotations
 from bench.experiments import holdout
 from recsvc.settings import load_settings
 from training import prepare
+from training.prepare import DAY_S
 from training.synthetic import make_dataset
-
-DAY_S = 86_400
 
 
 def test_a_window_back_is_the_data_as_it_stood_then_split_as_training_splits_it() -> None:

@@ -167,7 +167,7 @@ def test_auto_validation_widens_a_thin_time_window_before_giving_up_on_time() ->
     assert days == 28
     assert split.tested_members(narrow) < split.MIN_VALIDATION_MEMBERS <= split.tested_members(wide)
     # the wider window is still the last days before the holdout, nothing of the holdout in it
-    assert wide.end < holdout.start and wide.start == holdout.start - 1 - 28 * 86_400
+    assert wide.end < holdout.start and wide.start == holdout.start - 1 - 28 * prepare.DAY_S
 
 
 def test_widening_stops_at_half_the_training_span() -> None:
