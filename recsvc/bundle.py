@@ -47,6 +47,9 @@ Layout (schema 1)::
     item_neighbour_{item,score}.npy  with family itemknn or blend (NEIGHBOUR_ARRAYS): int32 /
                              float32 [items, Manifest.family.neighbours], each item's item-item
                              neighbours best first (-1 = none) and similarities.
+    item_trend.npy           float32 [items], exactly when Manifest.family.trend_weight > 0: each
+                             item's weighted events in the family's trend_days before data_as_of
+                             (recsvc/engine/trend_source.py, training/trend.py).
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ _OPTIONAL_ARRAYS = (
     "purchased_last_ts",
     *PROFILE_ARRAYS,
     *NEIGHBOUR_ARRAYS,
+    "item_trend",
 )
 
 
@@ -196,6 +200,8 @@ class BundleContents:
     # when the manifest's family is not "als".
     item_neighbour_item: np.ndarray | None = None
     item_neighbour_score: np.ndarray | None = None
+    # The trend prior's per-item trend: given exactly when manifest.family.trend_weight > 0.
+    item_trend: np.ndarray | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -222,6 +228,11 @@ class BundleContents:
         else:
             want = (n_i, knn.neighbours)
             checks += [(a is not None and a.shape == want, f"neighbour arrays are not {want}") for a in nbr]
+        if knn.trend_weight > 0:
+            has = self.item_trend is not None and self.item_trend.shape == (n_i,)
+            checks.append((has, f"family trend_weight {knn.trend_weight:g} needs item_trend of {n_i} items"))
+        else:
+            checks.append((self.item_trend is None, "item_trend given without a trend_weight"))
         if self.item_repurchase_days is not None:
             checks.append((self.item_repurchase_days.shape == (n_i,), "item_repurchase_days length != items"))
         if self.purchased_last_ts is not None:
@@ -279,6 +290,8 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
     if contents.item_neighbour_item is not None and contents.item_neighbour_score is not None:
         arrays["item_neighbour_item"] = np.asarray(contents.item_neighbour_item, dtype=np.int32)
         arrays["item_neighbour_score"] = np.asarray(contents.item_neighbour_score, dtype=np.float32)
+    if contents.item_trend is not None:
+        arrays["item_trend"] = np.asarray(contents.item_trend, dtype=np.float32)
     for name, arr in arrays.items():
         np.save(out_dir / f"{name}.npy", np.ascontiguousarray(arr))
     (out_dir / "item_titles.json").write_text(json.dumps(contents.item_titles, ensure_ascii=False))

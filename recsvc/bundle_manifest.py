@@ -183,9 +183,15 @@ class FamilySpec(BaseModel):
     # The member history items an item-item score sums over: the N of largest confidence
     # (``itemknn_source.strongest``); None: all of them (bundles from before the setting).
     history_items: int | None = Field(None, ge=1)
+    # The trend prior over the family's score (recsvc/engine/trend_source.py, ``item_trend.npy``):
+    # ``(1 - trend_weight) * score + trend_weight * trend / max(trend)``; 0 = none.
+    trend_weight: float = Field(0.0, ge=0.0, lt=1.0)
+    trend_days: int | None = Field(None, ge=1)  # the days of events ``item_trend.npy`` counts
 
     @model_validator(mode="after")
     def _complete(self) -> FamilySpec:
+        if (self.trend_weight > 0) != (self.trend_days is not None):
+            raise ValueError("trend_days is set exactly when trend_weight is above 0")
         if self.family != "als" and self.neighbours is None:
             raise ValueError(f"family {self.family!r} needs neighbours (the neighbour arrays' width)")
         if (self.family == "blend") != (self.als_weight is not None):

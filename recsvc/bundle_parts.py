@@ -43,6 +43,8 @@ def required_files(manifest: Manifest, arrays: tuple[str, ...]) -> list[str]:
         names += [f"{name}.npy" for name in MEMBER_LIST_ARRAYS]
     if manifest.family.family != "als":
         names += [f"{name}.npy" for name in NEIGHBOUR_ARRAYS]
+    if manifest.family.trend_weight > 0:
+        names.append("item_trend.npy")
     names += [
         f"index_{kind}.faiss" for kind in KIND_NAMES.values() if isinstance(manifest.index.get(kind), dict)
     ]
@@ -103,8 +105,20 @@ NEIGHBOUR_ARRAYS = {
 def _check_neighbours(
     bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_items: int
 ) -> None:
-    present = [name for name in NEIGHBOUR_ARRAYS if name in arrays]
     spec = manifest.family
+    trend = arrays.get("item_trend")
+    if (spec.trend_weight > 0) != (trend is not None):
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: item_trend.npy goes with a family trend_weight "
+            f"above 0 (the manifest's: {spec.trend_weight:g}; item_trend.npy "
+            f"{'is' if trend is not None else 'is not'} there)"
+        )
+    if trend is not None and (trend.dtype != np.float32 or trend.shape != (n_items,)):
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: item_trend is {trend.dtype} {trend.shape}, "
+            f"expected float32 ({n_items},)"
+        )
+    present = [name for name in NEIGHBOUR_ARRAYS if name in arrays]
     if not present and spec.family == "als":
         return
     problems = []

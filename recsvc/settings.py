@@ -253,6 +253,15 @@ class TrainingSettings(_Section):
     blend_als_weight: float | None = Field(
         None, ge=0, le=1, description="the blend's ALS weight; unset: chosen on the validation split"
     )
+    # The trend prior (training/trend.py): each personal score becomes (1 - t) * score + t * the
+    # item's weighted events in the last trend_days / the kind's largest. "auto": t chosen on the
+    # validation split, served when it beats the family's holdout NDCG@10 by family_margin;
+    # trend_weight set: that t serves whatever the holdout says. "off": not measured.
+    trend: Literal["auto", "off"] = "auto"
+    trend_days: int = Field(14, ge=1, le=365, description="days of events the trend prior counts")
+    trend_weight: float | None = Field(
+        None, ge=0, lt=1, description="the trend prior's weight; unset: chosen on the validation split"
+    )
 
     # Replenishment (training/replenish.py): which categories are bought again, and how often.
     replenish_min_repeats: int = Field(
@@ -306,6 +315,8 @@ class TrainingSettings(_Section):
             raise ValueError("lifecycle thresholds must satisfy at_risk_days < dormant_days < churned_days")
         if self.family in ("itemknn", "blend") and self.itemknn == "off":
             raise ValueError(f"family {self.family!r} needs the item-item model: itemknn must not be 'off'")
+        if self.trend == "off" and self.trend_weight is not None:
+            raise ValueError("trend_weight is set but trend is 'off': unset one of them")
         return self
 
 

@@ -15,7 +15,7 @@ champion's is the one of the family its manifest records.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from recsvc.errors import ConfigError
@@ -121,11 +121,21 @@ def family_metric(family: str) -> str:
     return f"{_FAMILY_PREFIX[family]}{GATE_METRIC}"
 
 
+TREND_METRIC = f"trend.{GATE_METRIC}"  # the chosen family with the trend prior (training/trend.py)
+
+
+def spec_metric(spec: Any) -> str:
+    """The metric the gate reads for a bundle's ``FamilySpec``: its family's, or with the trend
+    prior the trend's."""
+    return TREND_METRIC if getattr(spec, "trend_weight", 0.0) else family_metric(spec.family)
+
+
 @dataclass(frozen=True)
 class FamilyChoice:
     family: str
     reason: str
     scores: dict[str, float]  # holdout NDCG@10 of each family measured
+    trend_weight: float = 0.0  # the trend prior's weight when it serves (0: off)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,16 +167,50 @@ def choose_family(metrics: dict[str, float], setting: str, margin: float) -> Fam
     return FamilyChoice(chosen, why, scores)
 
 
+def with_trend(choice: FamilyChoice, metrics: dict[str, float], forced: bool, margin: float) -> FamilyChoice:
+    """``choice`` with the trend prior when it was measured (``trend.weight`` above 0) and either
+    ``forced`` (``training.trend_weight`` set) or its holdout NDCG@10 beats the family's by more
+    than ``margin`` (relative), as a more complex family must."""
+    weight = float(metrics.get("trend.weight", 0.0))
+    got = metrics.get(TREND_METRIC)
+    if weight <= 0 or got is None:
+        return choice
+    base = choice.scores.get(choice.family, float(metrics.get(family_metric(choice.family), 0.0)))
+    if forced:
+        why = f"trend prior {weight:g}: training.trend_weight forces it"
+    elif got > base * (1 + margin):
+        why = f"trend prior {weight:g}: NDCG@10 {got:.4f} beats {base:.4f} by more than {margin:.0%}"
+    else:
+        why = f"trend prior off: {weight:g} scored {got:.4f} against {base:.4f}, not {margin:.0%} more"
+        return replace(choice, reason=f"{choice.reason}; {why}")
+    return replace(choice, reason=f"{choice.reason}; {why}", trend_weight=weight)
+
+
+def choice_metric(choice: FamilyChoice) -> str:
+    """The metric the gate reads for the candidate: its family's, or with the trend prior the trend's."""
+    return TREND_METRIC if choice.trend_weight else family_metric(choice.family)
+
+
 def family_spec(
-    family: str, metrics: dict[str, float], neighbours: Any | None, history_items: int = 0
+    family: str,
+    metrics: dict[str, float],
+    neighbours: Any | None,
+    history_items: int = 0,
+    trend_weight: float = 0.0,
 ) -> Any:
     """The manifest's ``FamilySpec`` for the chosen family: the neighbour table's width
     (``neighbours``: its (items, scores) arrays), the history cut it was measured with
-    (``training.itemknn_history``, 0 = none) and, for the blend, the ALS weight."""
+    (``training.itemknn_history``, 0 = none), for the blend the ALS weight, and the trend prior's
+    weight and days when it serves."""
     from recsvc.bundle import FamilySpec
 
+    trend: dict[str, Any] = {}
+    if trend_weight:
+        trend = {"trend_weight": trend_weight, "trend_days": int(metrics["trend.days"])}
     if family == "als":
-        return FamilySpec()
+        return FamilySpec(**trend)
     width = int(neighbours[0].shape[1]) if neighbours is not None else None
     weight = float(metrics["blend.als_weight"]) if family == "blend" else None
-    return FamilySpec(family=family, neighbours=width, als_weight=weight, history_items=history_items or None)
+    return FamilySpec(
+        family=family, neighbours=width, als_weight=weight, history_items=history_items or None, **trend
+    )

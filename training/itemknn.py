@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import KIND_NAMES
 from recsvc.engine.itemknn_source import als_scale, blend, knn_scores_batch, neighbour_table
+from recsvc.engine.trend_source import mix
 from training.evaluate import KS, _metrics_for, sample_members
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.7, 0.85, 1.0)
@@ -53,9 +54,11 @@ class _Scorer:
     user_factors: np.ndarray  # [members in the sample, f]
     item_factors: np.ndarray  # [items, f]
     history: sp.csr_matrix  # r_ui rows of the sampled members (item-item input)
-    similarity: sp.csr_matrix  # [items x items]
+    similarity: sp.csr_matrix | None  # [items x items]; None for ALS alone (weight 1)
     weight: float  # of ALS
     history_items: int | None = None  # the history cut (``itemknn_source.strongest_matrix``)
+    trend: np.ndarray | None = None  # the trend prior's part per item (training/trend.py)
+    trend_weight: float = 0.0
 
     def recommend(
         self, rows: np.ndarray, seen: sp.csr_matrix, N: int, filter_already_liked_items: bool = True
@@ -68,10 +71,13 @@ class _Scorer:
             scale = als_scale(als.max(axis=1, initial=0.0), np.linalg.norm(members, axis=1), norm_max)
         knn = (
             knn_scores_batch(self.history[rows], self.similarity, self.history_items)
-            if self.weight < 1
+            if self.weight < 1 and self.similarity is not None
             else None
         )
         scores = blend(als, knn, self.weight, scale)
+        if self.trend_weight > 0:
+            assert self.trend is not None
+            scores = mix(scores, self.trend, self.trend_weight)
         if filter_already_liked_items:
             seen = sp.csr_matrix(seen)
             r = np.repeat(np.arange(rows.shape[0]), np.diff(seen.indptr))
@@ -89,7 +95,7 @@ def evaluate(
     member_factors: np.ndarray,
     item_factors: np.ndarray,
     matrix: sp.csr_matrix,
-    similarity: sp.csr_matrix,
+    similarity: sp.csr_matrix | None,
     seen: sp.csr_matrix,
     test: sp.csr_matrix,
     item_kind: np.ndarray,
@@ -99,10 +105,15 @@ def evaluate(
     seed: int,
     kinds: tuple[str, ...] | None = None,
     history_items: int | None = None,
+    trend: np.ndarray | None = None,
+    trend_weight: float = 0.0,
 ) -> dict[str, float]:
     """Metrics of the blend with ALS weight ``weight`` (1: ALS, 0: item-item), per kind, on the
     same member sample and with the same definitions as :func:`training.evaluate.evaluate`;
-    ``history_items``: each member's history cut to that many strongest items (None: all)."""
+    ``history_items``: each member's history cut to that many strongest items (None: all).
+    ``trend`` (an item's recent weighted events, training/trend.py) with ``trend_weight`` > 0:
+    the trend prior mixed in, divided by its largest over the evaluated items as serving divides
+    by the requested kind's (recsvc/engine/trend_source.py). ``similarity`` None: ALS alone."""
     users = sample_members(test, max_members, seed)
     out: dict[str, float] = {}
     kinds_cols: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]
@@ -116,13 +127,19 @@ def evaluate(
             keep = np.flatnonzero(np.diff(sub_test.indptr) > 0)
             if keep.size == 0 or cols.size == 0:
                 continue
+            part = None
+            if trend is not None and trend_weight > 0:
+                sub = np.asarray(trend[cols], dtype=np.float32)
+                part = sub / np.float32(max(float(sub.max(initial=0.0)), 1e-9))
             scorer = _Scorer(
                 member_factors[users[keep]],
                 item_factors[cols],
                 sp.csr_matrix(hist_u[keep]),
-                sp.csr_matrix(similarity[:, cols]),
+                None if similarity is None or weight >= 1 else sp.csr_matrix(similarity[:, cols]),
                 weight,
                 history_items,
+                part,
+                trend_weight,
             )
             metrics = _metrics_for(
                 scorer, sp.csr_matrix(seen_u[keep][:, cols]), sp.csr_matrix(sub_test[keep]), KS
@@ -170,16 +187,20 @@ def table(model: Any) -> tuple[np.ndarray, np.ndarray]:
     return neighbour_table(model.similarity)
 
 
-def remeasure(trained: Any, data_split: Any, item_kind: np.ndarray, spec: Any, t: Any) -> dict[str, float]:
-    """Holdout metrics of an item-item or blend champion (``spec``: its manifest's FamilySpec)
-    refitted on this split: the neighbours on the refitted confidence, the champion's blend
-    weight."""
-    knn = fit(trained.matrix, spec.neighbours or t.itemknn_neighbours, t.num_threads)
+def remeasure(
+    trained: Any, data_split: Any, item_kind: np.ndarray, spec: Any, t: Any, trend: np.ndarray | None = None
+) -> dict[str, float]:
+    """Holdout metrics of an item-item, blend or trend champion (``spec``: its manifest's
+    FamilySpec) refitted on this split: the neighbours on the refitted confidence, the champion's
+    blend weight, and its trend weight over ``trend`` (this split's, training/trend.py)."""
+    similarity = None
+    if spec.family != "als":
+        similarity = fit(trained.matrix, spec.neighbours or t.itemknn_neighbours, t.num_threads).similarity
     return evaluate(
         trained.member_factors,
         trained.item_factors,
         trained.matrix,
-        knn.similarity,
+        similarity,
         data_split.seen,
         data_split.test,
         item_kind,
@@ -187,4 +208,6 @@ def remeasure(trained: Any, data_split: Any, item_kind: np.ndarray, spec: Any, t
         max_members=t.eval_members,
         seed=t.random_state,
         history_items=spec.history_items,
+        trend=trend,
+        trend_weight=spec.trend_weight,
     )

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsvc.settings import Settings, TrainingSettings
 from training import evaluate, gate, prepare, split, tracking
@@ -39,31 +40,71 @@ def holdout_metrics(
     )
 
 
-def other_candidates(
-    prepared: prepare.Prepared,
-    data_split: split.Split,
-    candidate: TrainedFactors,
-    params: AlsParams,
-    t: TrainingSettings,
-    positive: np.ndarray,
-) -> dict[str, float]:
+class Fits:
+    """The fits the candidates beside ALS share, each made on first use: the validation split and
+    ALS on its training part, item-item neighbours on that and on the candidate's confidence."""
+
+    def __init__(
+        self,
+        prepared: prepare.Prepared,
+        data_split: split.Split,
+        candidate: TrainedFactors,
+        params: AlsParams,
+        t: TrainingSettings,
+        positive: np.ndarray,
+    ) -> None:
+        self.prepared, self.data_split, self.candidate = prepared, data_split, candidate
+        self.params, self.t, self.positive = params, t, positive
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def validation(self) -> split.Split:
+        shape = (len(self.prepared.members), len(self.prepared.items))
+        return self._once(
+            "val", lambda: split.validation(self.data_split, shape, self.t.validation_days, self.positive)
+        )
+
+    @property
+    def validation_fit(self) -> TrainedFactors:
+        val = self.validation
+        return self._once(
+            "val_fit",
+            lambda: train_factors(
+                self.prepared, val.train, val.start, self.params, num_threads=self.t.num_threads
+            ),
+        )
+
+    def similarity(self, on_validation: bool) -> sp.csr_matrix:
+        from training import itemknn
+
+        matrix = self.validation_fit.matrix if on_validation else self.candidate.matrix
+        key = "val_knn" if on_validation else "knn"
+        return self._once(
+            key, lambda: itemknn.fit(matrix, self.t.itemknn_neighbours, self.t.num_threads).similarity
+        )
+
+
+def other_candidates(fits: Fits) -> dict[str, float]:
     """Holdout metrics of item-item neighbours (``itemknn.*``) and of the ALS blend
     (``blend.*``, weight chosen on the validation split before the holdout) beside ALS's."""
     from training import itemknn
 
-    shape = (len(prepared.members), len(prepared.items))
-    val = split.validation(data_split, shape, t.validation_days, positive)
+    prepared, data_split, candidate, t = fits.prepared, fits.data_split, fits.candidate, fits.t
     out: dict[str, float] = {}
     if t.blend_als_weight is not None:
         weight = t.blend_als_weight
-    elif val.test.nnz:
-        fitted = train_factors(prepared, val.train, val.start, params, num_threads=t.num_threads)
-        knn = itemknn.fit(fitted.matrix, t.itemknn_neighbours, t.num_threads)
+    elif fits.validation.test.nnz:
+        val, fitted = fits.validation, fits.validation_fit
         weight, by_weight = itemknn.choose_weight(
             fitted.member_factors,
             fitted.item_factors,
             fitted.matrix,
-            knn.similarity,
+            fits.similarity(on_validation=True),
             val.seen,
             val.test,
             prepared.item_kind,
@@ -75,13 +116,12 @@ def other_candidates(
     else:
         weight = 1.0
     out["blend.als_weight"] = weight
-    knn = itemknn.fit(candidate.matrix, t.itemknn_neighbours, t.num_threads)
     for name, w in (("itemknn", 0.0), ("blend", weight)):
         metrics = itemknn.evaluate(
             candidate.member_factors,
             candidate.item_factors,
             candidate.matrix,
-            knn.similarity,
+            fits.similarity(on_validation=False),
             data_split.seen,
             data_split.test,
             prepared.item_kind,
@@ -91,6 +131,80 @@ def other_candidates(
             history_items=t.itemknn_history or None,
         )
         out |= {f"{name}.{k}": v for k, v in metrics.items()}
+    return out
+
+
+def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
+    """The trend prior (training/trend.py) over the family the gate would choose from
+    ``metrics``: its weight chosen on the validation split (``trend.val.ndcg_at_10.t<t>``, or
+    ``training.trend_weight``), its holdout metrics (``trend.*``) when the weight is above 0,
+    and the last ``trend_days``' popularity alone (``recent.*``), the baseline it moves towards."""
+    from training import itemknn, trend
+
+    prepared, data_split, candidate, t = fits.prepared, fits.data_split, fits.candidate, fits.t
+    family = gate.choose_family(metrics, t.family, t.family_margin).family
+    als_weight = {"als": 1.0, "itemknn": 0.0}.get(family, metrics.get("blend.als_weight", 1.0))
+    n_items = len(prepared.items)
+    weights = fits.params.event_weights
+    history_items = t.itemknn_history or None
+    out: dict[str, float] = {}
+
+    def measured(
+        model: TrainedFactors,
+        on: split.Split,
+        on_validation: bool,
+        recent: np.ndarray,
+        weight: float,
+        **kw: Any,
+    ) -> dict[str, float]:
+        return itemknn.evaluate(
+            model.member_factors,
+            model.item_factors,
+            model.matrix,
+            fits.similarity(on_validation) if als_weight < 1 else None,
+            on.seen,
+            on.test,
+            prepared.item_kind,
+            als_weight,
+            seed=t.random_state,
+            history_items=history_items,
+            trend=recent,
+            trend_weight=weight,
+            **kw,
+        )
+
+    if t.trend_weight is not None:
+        weight = t.trend_weight
+    elif fits.validation.test.nnz:
+        val = fits.validation
+        recent = trend.item_trend(val.train, weights, val.start, t.trend_days, n_items)
+        by_weight = {
+            w: measured(
+                fits.validation_fit, val, True, recent, w, max_members=t.tune_eval_members, kinds=("all",)
+            ).get("all.ndcg_at_10", 0.0)
+            for w in trend.WEIGHTS
+        }
+        out |= {f"trend.val.ndcg_at_10.t{w:g}": v for w, v in by_weight.items()}
+        weight = trend.choose(by_weight)
+    else:
+        weight = 0.0
+    out["trend.weight"] = weight
+    out["trend.days"] = float(t.trend_days)
+    recent = trend.item_trend(data_split.train, weights, data_split.start, t.trend_days, n_items)
+    popular = evaluate.evaluate(
+        np.ones((len(prepared.members), 1), dtype=np.float32),
+        recent.reshape(-1, 1),
+        data_split.seen,
+        data_split.test,
+        prepared.item_kind,
+        None,
+        max_members=t.eval_members,
+        seed=t.random_state,
+    )
+    out |= {f"recent.{k}": v for k, v in popular.items()}
+    if weight > 0:
+        got = measured(candidate, data_split, False, recent, weight, max_members=t.eval_members)
+        out |= {f"trend.{k}": v for k, v in got.items()}
     return out
 
 
@@ -109,7 +223,7 @@ def champion_score(
     mv, manifest = found
     if manifest is None:
         return None, gate.UNCOMPARABLE, str(mv.version)
-    logged = manifest.metrics.get(gate.family_metric(manifest.family.family))
+    logged = manifest.metrics.get(gate.spec_metric(manifest.family))
     if logged is not None and gate.same_holdout(manifest, prepared.fingerprint, data_split.window):
         return float(logged), "same_holdout_logged", str(mv.version)
     try:
@@ -136,10 +250,16 @@ def champion_score(
             max_members=settings.training.eval_members,
             seed=settings.training.random_state,
         )
-        if manifest.family.family != "als":
-            from training import itemknn
+        if manifest.family.family != "als" or manifest.family.trend_weight:
+            from training import itemknn, trend
 
+            recent = None
+            if manifest.family.trend_weight:
+                days = manifest.family.trend_days or settings.training.trend_days
+                recent = trend.item_trend(
+                    data_split.train, params.event_weights, data_split.start, days, len(prepared.items)
+                )
             metrics = itemknn.remeasure(
-                trained, data_split, prepared.item_kind, manifest.family, settings.training
+                trained, data_split, prepared.item_kind, manifest.family, settings.training, recent
             )
     return float(metrics.get(gate.GATE_METRIC, 0.0)), "champion_refit", str(mv.version)

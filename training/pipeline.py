@@ -126,7 +126,12 @@ def run(
             metrics, learned = stages.evaluate_candidate(
                 prepared, data_split, candidate, params, settings, positive, steps
             )
-            family = gate.choose_family(metrics, t.family, t.family_margin)
+            family = gate.with_trend(
+                gate.choose_family(metrics, t.family, t.family_margin),
+                metrics,
+                forced=t.trend_weight is not None,
+                margin=t.family_margin,
+            )
             log.info("family=%s %s", family.family, family.reason)
             decision = stages.gate_decision(
                 client, settings, options, prepared, data_split, metrics, family, steps, spark
@@ -184,9 +189,12 @@ def run(
                     # the time the catalog was read as of: a bundle swap retires the live
                     # catalog changes older than it and keeps the newer ones
                     "catalog_as_of": catalog_as_of,
-                    "family": gate.family_spec(family.family, metrics, neighbours, t.itemknn_history),
+                    "family": gate.family_spec(
+                        family.family, metrics, neighbours, t.itemknn_history, family.trend_weight
+                    ),
                 },
                 neighbours=neighbours,
+                trend_weights=params.event_weights if family.trend_weight else None,
                 steps=steps,
             )
             if zones is not None:

@@ -199,13 +199,17 @@ def evaluate_candidate(
     with steps.step("evaluate on the holdout"):
         metrics = measure.holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
     members = len(prepared.members)
+    fits = measure.Fits(prepared, data_split, candidate, params, t, positive)
     if (
         t.itemknn == "on"
         or t.family in ("itemknn", "blend")
         or (t.itemknn == "auto" and members < t.itemknn_auto_members)
     ):
         with steps.step("item-item and blend candidates"):
-            metrics |= measure.other_candidates(prepared, data_split, candidate, params, t, positive)
+            metrics |= measure.other_candidates(fits)
+    if t.trend != "off":
+        with steps.step("trend prior"):
+            metrics |= measure.trend_candidate(fits, metrics)
     with steps.step("replenishment: learn intervals, evaluate on the holdout"):
         learned = replenish.learn(data_split.train, prepared.item_category, prepared.categories, t)
         metrics |= replenish.evaluate(
@@ -244,7 +248,7 @@ def gate_decision(
             client, settings, prepared, data_split, steps, spark
         )
         decision = gate.decide(
-            metrics.get(gate.family_metric(family.family), 0.0),
+            metrics.get(gate.choice_metric(family), 0.0),
             champion_score,
             baseline=metrics.get(gate.BASELINE_METRIC),
             tolerance=settings.training.gate_tolerance,
@@ -351,7 +355,11 @@ def write_bundle(
     extra: dict[str, Any],
     neighbours: tuple[np.ndarray, np.ndarray] | None,
     steps: Steps,
+    trend_weights: dict[str, float] | None = None,
 ) -> None:
+    """The bundle of ``final`` and the tables; ``trend_weights``: the event weights of the trend
+    prior's ``item_trend`` (counted over the ``trend_days`` before the served events end), when
+    it serves."""
     t = settings.training
     shape = (len(prepared.members), len(prepared.items))
     served_purchases: sp.csr_matrix = purchased_matrix(served.events, shape)
@@ -379,6 +387,13 @@ def write_bundle(
         )
         if neighbours is not None:
             contents.item_neighbour_item, contents.item_neighbour_score = neighbours
+        if trend_weights is not None:
+            from training import trend
+
+            # served.as_of is the last event's time (refit) or the holdout start: both end it
+            contents.item_trend = trend.item_trend(
+                served.events, trend_weights, served.as_of + 1, t.trend_days, shape[1]
+            )
         assemble.write(bundle_dir, contents)
 
 

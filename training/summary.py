@@ -30,20 +30,33 @@ def summary_tables(report: Any) -> list[Table]:
             metrics.add_row(label, name, *cells, end_section=name == "coverage")
 
     tables = [metrics]
-    if "itemknn.all.ndcg_at_10" in m:
+    if "itemknn.all.ndcg_at_10" in m or "recent.all.ndcg_at_10" in m:
         cand = Table(title="Candidates on the holdout (NDCG@10 / recall@20)")
         cand.add_column("model")
         kinds = [k for k in ("all", "product", "content") if f"{k}.ndcg_at_10" in m]
         for kind in kinds:
             cand.add_column(kind, justify="right")
         w = m.get("blend.als_weight", float("nan"))
+        trend_weight = report.family.trend_weight if report.family else 0.0
         serves = report.family.family if report.family else "als"
-        for label, prefix, family in (
+        rows: list[tuple[str, str, str | None]] = [
             ("popularity", "baseline.", None),
+            (f"popularity of the last {m.get('trend.days', 0):g} days", "recent.", None),
             ("ALS", "", "als"),
-            ("item-item BM25", "itemknn.", "itemknn"),
-            (f"blend, ALS weight {w:g}", "blend.", "blend"),
-        ):
+        ]
+        if "itemknn.all.ndcg_at_10" in m:
+            rows += [
+                ("item-item BM25", "itemknn.", "itemknn"),
+                (f"blend, ALS weight {w:g}", "blend.", "blend"),
+            ]
+        if "trend.all.ndcg_at_10" in m:
+            name = report.family.family if report.family else "als"
+            rows.append((f"{name} + trend prior {m.get('trend.weight', 0):g}", "trend.", "trend"))
+        if trend_weight:
+            serves = "trend"
+        for label, prefix, family in rows:
+            if f"{prefix}all.ndcg_at_10" not in m:
+                continue
             cand.add_row(
                 f"{label} (serves)" if family == serves else label,
                 *(

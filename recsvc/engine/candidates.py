@@ -89,8 +89,8 @@ class StoredLists:
                 return None
             head, scores, reasons = stored[keep], lists.scores[row][keep], lists.reasons[row][keep]
         new_rows, new_scores = view.search_new(state.vector, kind)  # type: ignore[arg-type]
-        if new_rows.shape[0] and model.neighbours is not None:
-            return None  # the list's scores are on the family's scale, not ALS's
+        if new_rows.shape[0] and (model.neighbours is not None or model.trend is not None):
+            return None  # the list's scores are on the family's or the trend's scale, not ALS's
         if new_rows.shape[0]:
             beats = new_scores > scores[-1]
             if beats.any() and view.item_stock_ok[new_rows[beats]].any():

@@ -49,9 +49,17 @@ def reason_rows(
     return best
 
 
-def reason_texts(view: CatalogView, picks: np.ndarray, because: np.ndarray, state: MemberState) -> list[str]:
+def reason_texts(
+    view: CatalogView,
+    picks: np.ndarray,
+    because: np.ndarray,
+    state: MemberState,
+    scores: np.ndarray | None = None,
+) -> list[str]:
     """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you"; a new
-    item: "new in <category>", ", which you buy" when the member bought in it."""
+    item: "new in <category>", ", which you buy" when the member bought in it; with the bundle's
+    trend prior and the picks' ``scores``, a pick that owes more to the trend than to the member:
+    "trending: popular in the last 14 days"."""
     bought = set(state.bought.tolist())
     titles = view.titles
     out = [
@@ -60,6 +68,10 @@ def reason_texts(view: CatalogView, picks: np.ndarray, because: np.ndarray, stat
         else "recommended for you"
         for b in because.tolist()
     ]
+    prior = view.model.trend
+    if prior is not None and scores is not None and picks.shape[0]:
+        for i in np.flatnonzero(prior.led(np.asarray(picks), scores)).tolist():
+            out[i] = f"trending: popular in the last {prior.days} days"
     if view.new_ids:
         n = view.n
         for i, p in enumerate(np.asarray(picks).tolist()):

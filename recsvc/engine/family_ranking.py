@@ -50,7 +50,17 @@ def rank(
     first = (ranked, ranked_scores, len(model.kind_rows[kind]))
     # new_items False: ``first`` already holds the live catalog's new items, on the family's scale
     picks, scores = ranking.rank(
-        settings, view, state.vector, kind, k, filters, excluded, first=first, new_items=False, spare=spare
+        settings,
+        view,
+        state.vector,
+        kind,
+        k,
+        filters,
+        excluded,
+        first=first,
+        new_items=False,
+        spare=spare,
+        trend=False,
     )
     because = itemknn_source.reason_rows(neighbours, rows, weights, picks)
     missing = because < 0

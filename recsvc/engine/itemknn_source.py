@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from recsvc.engine.filters import FilterSpec
 
 _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
+# With the trend prior, item-item alone: the ALS share that orders items without a neighbour score
+# among themselves, small enough never to move one past an item the trend or a neighbour ranks.
+TIE = 1e-5
 
 
 @dataclass(frozen=True, eq=False)
@@ -377,6 +380,14 @@ def blend(
     return out.astype(np.float32, copy=False)
 
 
+def mix(family: np.ndarray, trend_part: np.ndarray, weight: float) -> np.ndarray:
+    """The trend prior (recsvc/engine/trend_source.py): ``(1 - weight) * family + weight *
+    trend_part`` in float32, ``trend_part`` already divided by the kind's largest trend; a
+    [items] trend broadcasts over [members, items] scores."""
+    out = family * np.float32(1.0 - weight) + trend_part.astype(np.float32) * np.float32(weight)
+    return out.astype(np.float32, copy=False)
+
+
 def history_with_events(
     hist_rows: np.ndarray, hist_w: np.ndarray, ev_rows: np.ndarray, ev_w: np.ndarray, decay: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -415,6 +426,7 @@ def candidates(
     ranking, for which they tie, is unchanged above them."""
     model = view.model
     w = neighbours.als_weight
+    prior = model.trend
     new_rows, new_als = view.search_new(vector, kind)
     kind_total = len(model.kind_rows[kind])
     norm_max = neighbours.norm_max.get(kind, 0.0)
@@ -425,6 +437,8 @@ def candidates(
         else:
             found, _ = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
         covered = n >= kind_total  # the search scored every item of the kind
+        if prior is not None:  # the kind's most trending items are scored too
+            found = np.concatenate([found.astype(np.int64), prior.extra_rows(kind, found)])
         scored, knn, als, knn_max, top = gather(
             neighbours, model.item_factors, vector, rows, weights, kind, found
         )
@@ -438,8 +452,13 @@ def candidates(
             scores = np.concatenate([scores, new_scores])
             als = np.concatenate([als, new_als.astype(np.float32)])
             knn = np.concatenate([knn, new_knn])
-        if w == 0:
+        if w == 0 and prior is None:
             scores = np.where(knn <= 0, (als / scale - 1) / 2, scores).astype(np.float32)
+        elif prior is not None:
+            scores = mix(scores, prior.of_rows(scored), prior.weight)
+            if w == 0:  # no neighbour score: ranked by trend as training ranks them, ALS breaks ties
+                scores = np.where(knn <= 0, scores + (als / scale - 1) * np.float32(TIE), scores)
+            scores = scores.astype(np.float32, copy=False)
         take = scored.shape[0] if covered else min(n, scored.shape[0])
         if take >= scored.shape[0]:
             top_idx = np.argsort(-scores, kind="stable")

@@ -49,13 +49,17 @@ def rank(
     first: Searched | None = None,
     new_items: bool = True,
     spare: int = 0,
+    trend: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows after filters and MMR; widens the candidate set when filters remove too many.
     ``first``: the result of a search already made with ``vector`` (rows, scores, n). New items
     of the live catalog are scored exactly and merged with the ANN's (``new_items`` False: ``first``
     already holds them). ``spare``: MMR goes on for that many picks after the k, from the same
-    pool (the first k are the list of k; stored lists keep the rest, candidates.py)."""
+    pool (the first k are the list of k; stored lists keep the rest, candidates.py). ``trend``:
+    the bundle's trend prior, if it has one, mixes into the ALS scores with its most trending
+    items beside the ANN's (False: the scores are not ALS's, or ``first`` has it already)."""
     model = view.model
+    prior = model.trend if trend else None
     total = len(model.kind_rows[kind])
     pool_size, n = candidate_sizes(settings, k, excluded.shape[0], drop_row is not None)
     if first is not None:
@@ -66,6 +70,10 @@ def rank(
     while True:
         if new_rows.shape[0]:
             rows, scores = merged(rows, scores, new_rows, new_scores)
+        if prior is not None:
+            extra = prior.extra_rows(kind, rows)
+            extra_als = model.item_factors[extra] @ vector.astype(np.float32)
+            rows, scores = prior.rank_als(rows, scores, extra_als, extra, float(np.linalg.norm(vector)), kind)
         keep = filters.mask(view, rows, excluded)
         if drop_row is not None:
             keep &= rows != drop_row

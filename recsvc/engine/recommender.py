@@ -177,7 +177,7 @@ class RecommendationEngine:
                     s, view, state.vector, kind, k, filters, excluded, first=candidates
                 )
                 because = explain.explain(view, picks, state)
-        reasons = explain.reason_texts(view, picks, because, state)
+        reasons = explain.reason_texts(view, picks, because, state, scores)
         due = restock.due(s, view, state, kind, filters, self._clock)
         if due is None:
             render.items(resp.items, shown, view, picks, scores, reasons, state.source)
@@ -248,7 +248,16 @@ class RecommendationEngine:
             return (scores / (view.norms(rows) * norm)).astype(np.float32)
 
         picks, scores = ranking.rank(
-            self._settings, view, vector, target_kind, k, filters, excluded, drop_row=row, relevance=cosine
+            self._settings,
+            view,
+            vector,
+            target_kind,
+            k,
+            filters,
+            excluded,
+            drop_row=row,
+            relevance=cosine,
+            trend=False,
         )
         reason = f"similar to {view.title(row)}"
         resp = recommender_pb2.RecommendResponse(model_version=model.version, variant=variant)

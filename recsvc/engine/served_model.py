@@ -34,6 +34,7 @@ from recsvc.engine.empty_arrays import NO_F64, NO_ROWS
 from recsvc.engine.entries import ItemEntries
 from recsvc.engine.itemknn_source import Neighbours
 from recsvc.engine.replenish import DAY_S, due_mask, due_windows
+from recsvc.engine.trend_source import Trend
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ class ServedModel:
         self.member_lists = MemberLists.from_bundle(bundle)
         # The item-item neighbours when the bundle's family is itemknn or blend (None: ALS).
         self.neighbours = Neighbours.from_bundle(bundle)
+        # The trend prior over the family's scores (None: the bundle has none).
+        self.trend = Trend.from_bundle(bundle)
         # The efSearch HNSW indexes search with here (None: no HNSW index): part of those settings.
         self.hnsw_ef_search = hnsw_ef_in_use(bundle.indexes.values(), hnsw_ef_search)
 

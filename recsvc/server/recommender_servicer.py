@@ -316,5 +316,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 family=m.family.family,
                 neighbours=m.family.neighbours or 0,
                 als_weight=1.0 - m.family.knn_weight,
+                trend_weight=m.family.trend_weight,
+                trend_days=m.family.trend_days or 0,
             ),
         )

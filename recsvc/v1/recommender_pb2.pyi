@@ -460,22 +460,31 @@ class ModelFamily(_message.Message):
     FAMILY_FIELD_NUMBER: _builtins.int
     NEIGHBOURS_FIELD_NUMBER: _builtins.int
     ALS_WEIGHT_FIELD_NUMBER: _builtins.int
+    TREND_WEIGHT_FIELD_NUMBER: _builtins.int
+    TREND_DAYS_FIELD_NUMBER: _builtins.int
     family: _builtins.str
     """"als", "itemknn" (item-item neighbours) or "blend" (both)"""
     neighbours: _builtins.int
     """neighbours kept per item (itemknn, blend); 0 for als"""
     als_weight: _builtins.float
     """the ALS share of a score: 1 for als, 0 for itemknn, the blend's weight"""
+    trend_weight: _builtins.float
+    """The trend prior: each personal score is (1 - trend_weight) x the family's score + trend_weight x
+    the item's events in the last trend_days over the kind's largest; 0 = none.
+    """
+    trend_days: _builtins.int
     def __init__(
         self,
         *,
         family: _builtins.str = ...,
         neighbours: _builtins.int = ...,
         als_weight: _builtins.float = ...,
+        trend_weight: _builtins.float = ...,
+        trend_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["als_weight", b"als_weight", "family", b"family", "neighbours", b"neighbours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["als_weight", b"als_weight", "family", b"family", "neighbours", b"neighbours", "trend_days", b"trend_days", "trend_weight", b"trend_weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

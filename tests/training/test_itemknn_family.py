@@ -48,7 +48,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def blend_run(store: Path, data: SyntheticDataset) -> pipeline.TrainingReport:
     """A bundle forced to serve the blend, with a weight that gives both parts a say."""
     return pipeline.run(
-        _settings(store, family="blend", blend_als_weight=0.5),
+        _settings(store, family="blend", blend_als_weight=0.5, trend="off"),
         pipeline.TrainOptions(data_dir=store, bundle_out=store / "blend", register=False),
         dataset=data,
     )

@@ -1,0 +1,107 @@
+"""The trend prior's scoring, one definition for training and serving (training/trend.py chooses
+its weight and measures it).
+
+A personal score becomes ``(1 - t) * family + t * trend / max(trend)``: ``family`` the score the
+bundle's family ranks by already (ALS divided by the member's largest, :func:`als_part`; the
+item-item or blend score of recsvc/engine/itemknn_source.py), ``trend`` the item's weighted events
+in the ``trend_days`` before the bundle's data ends (``item_trend.npy``), its maximum over the
+requested kind's items. An item outside the ANN's best can rank on its trend alone, so serving
+scores the kind's :data:`TOP` most trending items beside the ANN's candidates; new items of the
+live catalog have no trend yet (0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from recsvc.engine.itemknn_source import als_scale, kind_norm_max, mix
+
+if TYPE_CHECKING:
+    from recsvc.bundle import LoadedBundle
+
+# The trend weights validation chooses from (0 = off).
+TREND_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85)
+# Most trending items of a kind scored beside the ANN's candidates on every call.
+TOP = 200
+__all__ = ["TOP", "TREND_WEIGHTS", "Trend", "mix"]
+
+
+@dataclass(frozen=True, eq=False)
+class Trend:
+    """The bundle's trend prior: the weight, each item's trend divided by its kind's largest, and
+    each kind's most trending rows, best first."""
+
+    weight: float
+    part: np.ndarray  # float32 [items]
+    top: dict[int, np.ndarray]  # kind -> int64 rows with a trend > 0, at most TOP
+    norm_max: dict[int, float]  # the largest item vector norm per kind (``als_scale``'s bound)
+    days: int = 14  # the days of events the trend counts (reasons name them)
+
+    @classmethod
+    def from_bundle(cls, bundle: LoadedBundle) -> Trend | None:
+        spec = bundle.manifest.family
+        if not spec.trend_weight:
+            return None
+        a = bundle.arrays
+        prior = cls.of(spec.trend_weight, a["item_trend"], a["item_kind"], a["item_factors"])
+        return replace(prior, days=spec.trend_days or prior.days)
+
+    @classmethod
+    def of(cls, weight: float, trend: np.ndarray, item_kind: np.ndarray, item_factors: np.ndarray) -> Trend:
+        trend = np.asarray(trend, dtype=np.float32)
+        part = np.zeros(trend.shape[0], dtype=np.float32)
+        top: dict[int, np.ndarray] = {}
+        for kind in np.unique(item_kind).tolist():
+            rows = np.flatnonzero(item_kind == kind)
+            largest = float(trend[rows].max(initial=0.0))
+            if largest <= 0:
+                top[int(kind)] = np.zeros(0, dtype=np.int64)
+                continue
+            part[rows] = trend[rows] / np.float32(largest)
+            live = rows[trend[rows] > 0]
+            order = np.argsort(-trend[live], kind="stable")[:TOP]
+            top[int(kind)] = live[order].astype(np.int64)
+        return cls(float(weight), part, top, kind_norm_max(item_factors, item_kind))
+
+    def of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The trend part of ``rows``; 0 for rows past the bundle's items (live catalog's new)."""
+        out = np.zeros(rows.shape[0], dtype=np.float32)
+        known = rows < self.part.shape[0]
+        out[known] = self.part[rows[known]]
+        return out
+
+    def rank_als(
+        self,
+        rows: np.ndarray,
+        als: np.ndarray,
+        extra_als: np.ndarray,
+        extra: np.ndarray,
+        vector_norm: float,
+        kind: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``rows`` with their ALS scores ``als`` and the trending rows ``extra`` (not among
+        ``rows``) with theirs, ranked by the mixed score, best first: (rows, scores)."""
+        all_rows = np.concatenate([rows.astype(np.int64), extra])
+        all_als = np.concatenate([als.astype(np.float32), extra_als.astype(np.float32)])
+        # the bundle's items alone, as training and the item-item path divide (new items have none)
+        top = float(all_als[all_rows < self.part.shape[0]].max(initial=0.0))
+        scale = top if top > 0 else float(als_scale(top, vector_norm, self.norm_max.get(kind, 0.0)))
+        scores = mix(all_als / np.float32(scale), self.of_rows(all_rows), self.weight)
+        order = np.argsort(-scores, kind="stable")
+        return all_rows[order], scores[order]
+
+    def led(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` (ranked with ``scores``) owe more of their score to the trend than
+        to the member: their reason names the trend."""
+        part = self.of_rows(rows.astype(np.int64)) * np.float32(self.weight)
+        return (part > 0) & (part > np.asarray(scores, dtype=np.float32) - part)
+
+    def extra_rows(self, kind: int, have: np.ndarray) -> np.ndarray:
+        """The kind's trending rows not in ``have``."""
+        top = self.top.get(kind)
+        if top is None or not top.shape[0]:
+            return top if top is not None else np.zeros(0, dtype=np.int64)
+        return top[~np.isin(top, have)]

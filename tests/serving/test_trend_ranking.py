@@ -1,0 +1,183 @@
+"""The trend prior's live path (recsvc/engine/trend_source.py, ranking.rank and
+itemknn_source.candidates) against a dense reference: every item of the kind scored with
+training's definition, ``(1 - t) * family + t * trend / max(trend)``. Serving scores only the ANN's
+best and the kind's most trending items; with a trend on fewer items than ``trend_source.TOP`` per
+kind (a fortnight's events touch a part of a catalog) that set holds the whole top, so the lists
+must agree exactly, under the live catalog's changes, filters and exclusions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import FixedCatalog, PlantedBundle, make_bundle
+from test_family_ranking import FILTERS, NOW, _family_bundle, _live_view, _reference
+
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT, load_bundle
+from recsvc.catalog.view import CatalogView
+from recsvc.engine import itemknn_source, ranking, trend_source
+from recsvc.engine.member_state import trained_state
+from recsvc.engine.recommender import RecommendationEngine, SingleModel
+from recsvc.engine.served_model import ServedModel
+from recsvc.errors import BundleError
+from recsvc.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    return make_bundle(
+        tmp_path_factory.mktemp("trend") / "b", products_per_cluster=100, content_per_cluster=25, seed=5
+    )
+
+
+def _with_trend(path: Path, weight: float, seed: int) -> np.ndarray:
+    """A trend on a random 30 % of the items (heavy-tailed counts), and the weight in the manifest."""
+    rng = np.random.default_rng(seed)
+    n = int(np.load(path / "item_kind.npy").shape[0])
+    trend = np.where(rng.random(n) < 0.3, rng.pareto(1.5, n) + 1, 0).astype(np.float32)
+    np.save(path / "item_trend.npy", trend)
+    raw = json.loads((path / "manifest.json").read_text())
+    raw["family"] = {**raw.get("family", {"family": "als"}), "trend_weight": weight, "trend_days": 14}
+    (path / "manifest.json").write_text(json.dumps(raw))
+    return trend
+
+
+def _dense(view: CatalogView, family: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    prior = view.model.trend
+    assert prior is not None
+    return trend_source.mix(family, prior.of_rows(rows), prior.weight)
+
+
+def _als_reference(view: CatalogView, vector: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    model = view.model
+    rows = model.kind_rows[kind].astype(np.int64)
+    als = np.asarray(model.item_factors)[rows] @ vector
+    new_rows, new_als = view.search_new(vector, kind)
+    norm_max = float(np.linalg.norm(np.asarray(model.item_factors)[rows], axis=1).max())
+    scale = float(itemknn_source.als_scale(als.max(initial=0.0), np.linalg.norm(vector), norm_max))
+    all_rows = np.concatenate([rows, new_rows.astype(np.int64)])
+    scores = _dense(view, np.concatenate([als, new_als]) / np.float32(scale), all_rows)
+    order = np.argsort(-scores, kind="stable")
+    return all_rows[order], scores[order]
+
+
+def _engine(model: ServedModel, view: CatalogView) -> RecommendationEngine:
+    settings = load_settings(overrides={"serving": {"max_per_category": 0, "replenish": False}}).serving
+    engine = RecommendationEngine(SingleModel(model), None, settings, clock=lambda: NOW)
+    engine.catalog = FixedCatalog(view)
+    return engine
+
+
+def test_als_with_trend_serves_the_dense_reference(base: PlantedBundle, tmp_path: Path) -> None:
+    shutil.copytree(base.path, tmp_path / "b")
+    _with_trend(tmp_path / "b", 0.5, 1)
+    model = ServedModel.load(tmp_path / "b", version="t", source_uri="t")
+    assert model.trend is not None and model.neighbours is None
+    view = _live_view(model, 1)
+    engine = _engine(model, view)
+    moved = checked = trending = 0
+    for row in range(0, len(model.members), 3):
+        state = trained_state(model, row)
+        if state.vector is None:
+            continue
+        member = model.members.id(row)
+        for kind in (KIND_PRODUCT, KIND_CONTENT):
+            ref_rows, ref_scores = _als_reference(view, state.vector, kind)
+            plain = ranking.search(model, state.vector, kind, 10)[0]
+            for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25), (FILTERS[3], 60)):
+                excluded = ranking.excluded_rows(view, filters, state.bought)
+                keep = filters.mask(view, ref_rows, excluded)
+                resp = engine.recommend(member, kind, k, "", filters).response
+                got = [view.row(it.item_id) for it in resp.items]
+                assert got == ref_rows[keep][: len(got)].tolist()
+                assert len(got) == min(k, int(keep.sum()))
+                np.testing.assert_allclose(
+                    [it.score for it in resp.items], ref_scores[keep][: len(got)], rtol=1e-5, atol=1e-6
+                )
+                prior = model.trend
+                for it, row_ in zip(resp.items, got, strict=True):  # the reason follows the larger part
+                    part = float(prior.of_rows(np.array([row_]))[0]) * prior.weight
+                    assert it.reason.startswith("trending: popular in the last 14 days") == (
+                        0 < part > it.score - part
+                    ), (it.item_id, it.reason)
+                    trending += it.reason.startswith("trending")
+                checked += 1
+            moved += not set(ref_rows[:10].tolist()) <= set(plain.tolist())
+    assert checked >= 60
+    assert moved > 0  # the trend brought items outside the ALS search's best into lists
+    assert trending > 0
+
+
+@pytest.mark.parametrize(("family", "weight", "seed"), [("blend", 0.5, 2), ("itemknn", None, 3)])
+def test_item_item_families_with_trend_serve_the_dense_reference(
+    base: PlantedBundle, tmp_path: Path, family: str, weight: float | None, seed: int
+) -> None:
+    plain_model = _family_bundle(base, tmp_path / "b", family, weight, seed)
+    _with_trend(tmp_path / "b", 0.35, seed)
+    model = ServedModel.load(tmp_path / "b", version="t", source_uri="t")
+    nb = model.neighbours
+    assert nb is not None and model.trend is not None and plain_model.trend is None
+    view = _live_view(model, seed)
+    engine = _engine(model, view)
+    checked = 0
+    for row in range(0, len(model.members), 3):
+        state = trained_state(model, row)
+        if state.vector is None:
+            continue
+        member = model.members.id(row)
+        ref_rows, ref_family, _ = _reference(
+            view, nb, state.vector, state.hist_rows, state.hist_w, KIND_PRODUCT
+        )
+        if nb.als_weight == 0:  # training ranks items without a neighbour score by their trend alone
+            knn_zero = ref_family < 0
+            ref_family = np.where(knn_zero, 0, ref_family)
+        ref_scores = _dense(view, ref_family, ref_rows)
+        order = np.argsort(-ref_scores, kind="stable")
+        ref_rows, ref_scores = ref_rows[order], ref_scores[order]
+        for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25)):
+            excluded = ranking.excluded_rows(view, filters, state.bought)
+            keep = filters.mask(view, ref_rows, excluded)
+            resp = engine.recommend(member, KIND_PRODUCT, k, "", filters).response
+            got = [view.row(it.item_id) for it in resp.items]
+            # item-item alone: ties at a trend of 0 are ordered by ALS in serving (any order in
+            # training); the scores must agree, the rows where scores differ
+            np.testing.assert_allclose(
+                [it.score for it in resp.items], ref_scores[keep][: len(got)], rtol=1e-4, atol=1e-4
+            )
+            distinct = np.diff(ref_scores[keep][: len(got)]) < -1e-4
+            same = np.array(got) == ref_rows[keep][: len(got)]
+            assert same[:-1][distinct].all() or len(got) < 2
+            checked += 1
+    assert checked >= 20
+
+
+def test_a_trend_bundle_needs_its_array_and_a_valid_weight(base: PlantedBundle, tmp_path: Path) -> None:
+    shutil.copytree(base.path, tmp_path / "b")
+    _with_trend(tmp_path / "b", 0.5, 4)
+    (tmp_path / "b" / "item_trend.npy").unlink()
+    with pytest.raises(BundleError, match=r"item_trend\.npy is missing"):
+        load_bundle(tmp_path / "b")
+    shutil.copytree(base.path, tmp_path / "c")
+    np.save(tmp_path / "c" / "item_trend.npy", np.ones(3, dtype=np.float32))
+    with pytest.raises(BundleError, match="item_trend"):
+        load_bundle(tmp_path / "c")  # an array the manifest does not ask for
+    shutil.copytree(base.path, tmp_path / "d")
+    _with_trend(tmp_path / "d", 0.5, 4)
+    raw = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    raw["family"]["trend_weight"] = 1.5
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="trend_weight"):
+        load_bundle(tmp_path / "d")
+
+
+def test_trend_parts_and_extra_rows() -> None:
+    kinds = np.array([KIND_PRODUCT] * 4 + [KIND_CONTENT] * 2, dtype=np.uint8)
+    trend = np.array([0, 4, 2, 0, 5, 0], dtype=np.float32)
+    prior = trend_source.Trend.of(0.5, trend, kinds, np.eye(6, dtype=np.float32))
+    assert prior.part.tolist() == [0, 1, 0.5, 0, 1, 0]  # divided by each kind's largest
+    assert prior.top[KIND_PRODUCT].tolist() == [1, 2]  # items with a trend, best first
+    assert prior.extra_rows(KIND_PRODUCT, np.array([2, 3])).tolist() == [1]
+    assert prior.of_rows(np.array([1, 6, 9])).tolist() == [1.0, 0.0, 0.0]  # new items: none yet
