@@ -42,7 +42,8 @@ def holdout_metrics(
 
 class Fits:
     """The fits the candidates beside ALS share, each made on first use: the validation split and
-    ALS on its training part, item-item neighbours on that and on the candidate's confidence."""
+    ALS on its training part (with the candidate's engine), item-item neighbours on that and on
+    the candidate's confidence."""
 
     def __init__(
         self,
@@ -52,9 +53,10 @@ class Fits:
         params: AlsParams,
         t: TrainingSettings,
         positive: np.ndarray,
+        spark: SparkAls | None = None,
     ) -> None:
         self.prepared, self.data_split, self.candidate = prepared, data_split, candidate
-        self.params, self.t, self.positive = params, t, positive
+        self.params, self.t, self.positive, self.spark = params, t, positive, spark
         self._cache: dict[str, Any] = {}
 
     def _once(self, key: str, make: Any) -> Any:
@@ -75,7 +77,12 @@ class Fits:
         return self._once(
             "val_fit",
             lambda: train_factors(
-                self.prepared, val.train, val.start, self.params, num_threads=self.t.num_threads
+                self.prepared,
+                val.train,
+                val.start,
+                self.params,
+                num_threads=self.t.num_threads,
+                spark=self.spark,  # the engine the candidate was fitted with, at any scale
             ),
         )
 

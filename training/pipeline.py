@@ -124,7 +124,7 @@ def run(
             )
             candidate = stages.fit_candidate(prepared, data_split, params, t, steps, spark)
             metrics, learned = stages.evaluate_candidate(
-                prepared, data_split, candidate, params, settings, positive, steps
+                prepared, data_split, candidate, params, settings, positive, steps, spark
             )
             family = gate.with_trend(
                 gate.choose_family(metrics, t.family, t.family_margin),

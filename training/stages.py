@@ -191,6 +191,7 @@ def evaluate_candidate(
     settings: Settings,
     positive: np.ndarray,
     steps: Steps,
+    spark: SparkAls | None = None,
 ) -> tuple[dict[str, float], replenish.Learned]:
     """Holdout metrics of the candidate, the item-item and blend candidates (when asked for or the
     data is small), replenishment and member profiles; and the replenishment intervals learnt on the
@@ -199,7 +200,7 @@ def evaluate_candidate(
     with steps.step("evaluate on the holdout"):
         metrics = measure.holdout_metrics(prepared, data_split, candidate, t.eval_members, t.random_state)
     members = len(prepared.members)
-    fits = measure.Fits(prepared, data_split, candidate, params, t, positive)
+    fits = measure.Fits(prepared, data_split, candidate, params, t, positive, spark)
     if (
         t.itemknn == "on"
         or t.family in ("itemknn", "blend")

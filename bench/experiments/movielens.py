@@ -33,11 +33,17 @@ GRADED = {5: "favorite", 4: "click"}
 
 def _read(source: Path, name: str) -> pd.DataFrame:
     """One atomic file (tab separated, ``column:type`` headers) from the wheel or a folder."""
-    if source.suffix == ".whl":
-        with zipfile.ZipFile(source) as z:
-            raw = z.read(INNER + name)
-    else:
-        raw = (source / name).read_bytes()
+    try:
+        if source.suffix == ".whl":
+            with zipfile.ZipFile(source) as z:
+                raw = z.read(INNER + name)
+        else:
+            raw = (source / name).read_bytes()
+    except (KeyError, OSError, zipfile.BadZipFile) as exc:
+        where = f"{source}:{INNER}{name}" if source.suffix == ".whl" else str(source / name)
+        raise SystemExit(
+            f"movielens: cannot read {where} ({exc}); give RecBole 1.2.1's wheel or its ml-100k folder"
+        ) from None
     frame = pd.read_csv(io.BytesIO(raw), sep="\t", dtype=str, keep_default_na=False, quoting=3)
     frame.columns = [c.split(":")[0] for c in frame.columns]
     return frame

@@ -73,3 +73,13 @@ def test_positive_keeps_fours_and_fives_and_graded_maps_them(tmp_path: Path) -> 
     movielens.convert(folder, tmp_path / "graded", "graded")
     graded = pd.read_parquet(tmp_path / "graded" / "events.parquet")
     assert sorted(graded["event_type"]) == ["click", "favorite", "view", "view"]
+
+
+def test_a_source_without_movielens_is_a_named_error(tmp_path: Path) -> None:
+    wheel = tmp_path / "other-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("other/__init__.py", "")
+    with pytest.raises(SystemExit, match=r"cannot read .*ml-100k\.inter"):
+        movielens.convert(wheel, tmp_path / "out", "view")
+    with pytest.raises(SystemExit, match="give RecBole"):
+        movielens.convert(tmp_path / "nothing-here", tmp_path / "out2", "view")
