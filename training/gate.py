@@ -186,6 +186,18 @@ def with_trend(choice: FamilyChoice, metrics: dict[str, float], forced: bool, ma
     return replace(choice, reason=f"{choice.reason}; {why}", trend_weight=weight)
 
 
+def served_metrics(metrics: dict[str, float], choice: FamilyChoice) -> dict[str, float]:
+    """The holdout metrics of what serves (the chosen family, with the trend prior when it is on)
+    as ``served.<kind>.<metric>_at_<k>``: one name to read whichever candidate won."""
+    prefix = "trend." if choice.trend_weight else _FAMILY_PREFIX[choice.family]
+    kinds = ("all.", "product.", "content.")
+    return {
+        f"served.{key[len(prefix):]}": value
+        for key, value in metrics.items()
+        if key.startswith(prefix) and key[len(prefix):].startswith(kinds)
+    }
+
+
 def choice_metric(choice: FamilyChoice) -> str:
     """The metric the gate reads for the candidate: its family's, or with the trend prior the trend's."""
     return TREND_METRIC if choice.trend_weight else family_metric(choice.family)

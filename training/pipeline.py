@@ -133,6 +133,7 @@ def run(
                 margin=t.family_margin,
             )
             log.info("family=%s %s", family.family, family.reason)
+            metrics |= gate.served_metrics(metrics, family)
             decision = stages.gate_decision(
                 client, settings, options, prepared, data_split, metrics, family, steps, spark
             )

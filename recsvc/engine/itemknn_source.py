@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from recsvc.engine.filters import FilterSpec
 
 _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
+# The trend prior's most trending items scored on every call (recsvc/engine/trend_source.py, whose
+# module imports this one).
+TREND_TOP = 200
 # With the trend prior, item-item alone: the ALS share that orders items without a neighbour score
 # among themselves, small enough never to move one past an item the trend or a neighbour ranks.
 TIE = 1e-5
@@ -432,13 +435,15 @@ def candidates(
     norm_max = neighbours.norm_max.get(kind, 0.0)
     while True:
         if first is not None:
-            found, _, n = first
+            found, found_als, n = first
             first = None
         else:
-            found, _ = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
+            found, found_als = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
         covered = n >= kind_total  # the search scored every item of the kind
+        als_floor = float(found_als.min()) if not covered and found_als.shape[0] else -np.inf
+        depth = max(TREND_TOP, n)
         if prior is not None:  # the kind's most trending items are scored too
-            found = np.concatenate([found.astype(np.int64), prior.extra_rows(kind, found)])
+            found = np.concatenate([found.astype(np.int64), prior.extra_rows(kind, found, depth)])
         scored, knn, als, knn_max, top = gather(
             neighbours, model.item_factors, vector, rows, weights, kind, found
         )
@@ -466,7 +471,13 @@ def candidates(
             part = np.argpartition(-scores, take - 1)[:take]
             top_idx = part[np.argsort(-scores[part], kind="stable")]
         picked = scored[top_idx]
-        if covered or int(np.count_nonzero(filters.mask(view, picked, excluded))) >= pool_size:
+        keep = filters.mask(view, picked, excluded)
+        enough = int(np.count_nonzero(keep)) >= pool_size
+        if enough and prior is not None and not covered:
+            # an unscored item: no neighbour score, ALS at most the search's lowest, trend beyond depth
+            personal = w * als_floor / scale if w > 0 else 0.0
+            enough = prior.exact(scores[top_idx], keep, prior.bound(personal, kind, depth), pool_size)
+        if covered or enough:
             return picked, scores[top_idx]
         n *= 4
 

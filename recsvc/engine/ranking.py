@@ -15,6 +15,7 @@ from recsvc.engine.candidates import Searched, candidate_sizes, search
 from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.filters import FilterSpec
+from recsvc.engine.trend_source import TOP
 from recsvc.settings import ServingSettings
 
 
@@ -68,16 +69,25 @@ def rank(
         rows, scores = search(model, vector, kind, n)
     new_rows, new_scores = view.search_new(vector, kind) if new_items else (NO_ROWS, NO_WEIGHTS)
     while True:
+        bound = -np.inf
+        if prior is not None:  # before the new items join: the search's own lowest score
+            floor = float(scores.min()) if n < total and scores.shape[0] else -np.inf
+            depth = max(TOP, n)
+            extra = prior.extra_rows(kind, rows, depth)
+            extra_als = model.item_factors[extra] @ vector.astype(np.float32)
         if new_rows.shape[0]:
             rows, scores = merged(rows, scores, new_rows, new_scores)
         if prior is not None:
-            extra = prior.extra_rows(kind, rows)
-            extra_als = model.item_factors[extra] @ vector.astype(np.float32)
-            rows, scores = prior.rank_als(rows, scores, extra_als, extra, float(np.linalg.norm(vector)), kind)
+            rows, scores, bound = prior.rank_als(
+                rows, scores, extra_als, extra, float(np.linalg.norm(vector)), kind, floor, depth
+            )
         keep = filters.mask(view, rows, excluded)
         if drop_row is not None:
             keep &= rows != drop_row
-        if n >= total or int(np.count_nonzero(keep)) >= pool_size:
+        if n >= total or (
+            int(np.count_nonzero(keep)) >= pool_size
+            and (prior is None or prior.exact(scores, keep, bound, pool_size))
+        ):
             break
         n *= 4
         rows, scores = search(model, vector, kind, n)

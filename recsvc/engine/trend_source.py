@@ -6,8 +6,10 @@ bundle's family ranks by already (ALS divided by the member's largest, :func:`al
 item-item or blend score of recsvc/engine/itemknn_source.py), ``trend`` the item's weighted events
 in the ``trend_days`` before the bundle's data ends (``item_trend.npy``), its maximum over the
 requested kind's items. An item outside the ANN's best can rank on its trend alone, so serving
-scores the kind's :data:`TOP` most trending items beside the ANN's candidates; new items of the
-live catalog have no trend yet (0).
+scores the kind's :data:`TOP` most trending items (or as many as the search's) beside the ANN's
+candidates, and widens both while an item in neither could still reach the list
+(:meth:`Trend.bound`, the threshold algorithm); new items of the live catalog have no trend yet
+(0).
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsvc.engine.itemknn_source import als_scale, kind_norm_max, mix
+from recsvc.engine.itemknn_source import TREND_TOP, als_scale, kind_norm_max, mix
 
 if TYPE_CHECKING:
     from recsvc.bundle import LoadedBundle
 
 # The trend weights validation chooses from (0 = off).
 TREND_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85)
-# Most trending items of a kind scored beside the ANN's candidates on every call.
-TOP = 200
+# Most trending items of a kind scored beside the ANN's candidates on every call (more when the
+# threshold says items beyond them could still enter the list).
+TOP = TREND_TOP
 __all__ = ["TOP", "TREND_WEIGHTS", "Trend", "mix"]
 
 
@@ -36,7 +39,7 @@ class Trend:
 
     weight: float
     part: np.ndarray  # float32 [items]
-    top: dict[int, np.ndarray]  # kind -> int64 rows with a trend > 0, at most TOP
+    top: dict[int, np.ndarray]  # kind -> int64 rows with a trend > 0, most trending first
     norm_max: dict[int, float]  # the largest item vector norm per kind (``als_scale``'s bound)
     days: int = 14  # the days of events the trend counts (reasons name them)
 
@@ -62,7 +65,7 @@ class Trend:
                 continue
             part[rows] = trend[rows] / np.float32(largest)
             live = rows[trend[rows] > 0]
-            order = np.argsort(-trend[live], kind="stable")[:TOP]
+            order = np.argsort(-trend[live], kind="stable")
             top[int(kind)] = live[order].astype(np.int64)
         return cls(float(weight), part, top, kind_norm_max(item_factors, item_kind))
 
@@ -81,9 +84,14 @@ class Trend:
         extra: np.ndarray,
         vector_norm: float,
         kind: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``rows`` with their ALS scores ``als`` and the trending rows ``extra`` (not among
-        ``rows``) with theirs, ranked by the mixed score, best first: (rows, scores)."""
+        als_floor: float,
+        depth: int,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """``rows`` with their ALS scores ``als`` and the trending rows ``extra`` (the kind's
+        first ``depth``, less those among ``rows``) with theirs, ranked by the mixed score, best
+        first: (rows, scores, bound). ``als_floor``: the lowest ALS score of the search's rows
+        (-inf when it scored every item); ``bound`` (:meth:`bound`) is the most an item in
+        neither set can score."""
         all_rows = np.concatenate([rows.astype(np.int64), extra])
         all_als = np.concatenate([als.astype(np.float32), extra_als.astype(np.float32)])
         # the bundle's items alone, as training and the item-item path divide (new items have none)
@@ -91,7 +99,21 @@ class Trend:
         scale = top if top > 0 else float(als_scale(top, vector_norm, self.norm_max.get(kind, 0.0)))
         scores = mix(all_als / np.float32(scale), self.of_rows(all_rows), self.weight)
         order = np.argsort(-scores, kind="stable")
-        return all_rows[order], scores[order]
+        return all_rows[order], scores[order], self.bound(als_floor / scale, kind, depth)
+
+    def bound(self, family_floor: float, kind: int, depth: int) -> float:
+        """The most an item outside a search (family score at most ``family_floor``) and outside
+        the kind's ``depth`` most trending items can score: a list whose candidates at or above
+        it are enough is the list every item scored would give (the threshold algorithm)."""
+        rows = self.top.get(kind)
+        beyond = float(self.part[rows[depth]]) if rows is not None and depth < rows.shape[0] else 0.0
+        return (1.0 - self.weight) * family_floor + self.weight * beyond
+
+    @staticmethod
+    def exact(scores: np.ndarray, keep: np.ndarray, bound: float, pool_size: int) -> bool:
+        """Whether ``pool_size`` of the kept candidates score at least ``bound``: then no item
+        left unscored can enter the pool."""
+        return int(np.count_nonzero(keep & (scores >= np.float32(bound)))) >= pool_size
 
     def led(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Which of ``rows`` (ranked with ``scores``) owe more of their score to the trend than
@@ -99,9 +121,10 @@ class Trend:
         part = self.of_rows(rows.astype(np.int64)) * np.float32(self.weight)
         return (part > 0) & (part > np.asarray(scores, dtype=np.float32) - part)
 
-    def extra_rows(self, kind: int, have: np.ndarray) -> np.ndarray:
-        """The kind's trending rows not in ``have``."""
+    def extra_rows(self, kind: int, have: np.ndarray, depth: int = TOP) -> np.ndarray:
+        """The kind's ``depth`` most trending rows not in ``have``."""
         top = self.top.get(kind)
         if top is None or not top.shape[0]:
-            return top if top is not None else np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64)
+        top = top[:depth]
         return top[~np.isin(top, have)]

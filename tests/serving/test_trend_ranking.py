@@ -19,6 +19,7 @@ from test_family_ranking import FILTERS, NOW, _family_bundle, _live_view, _refer
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT, load_bundle
 from recsvc.catalog.view import CatalogView
 from recsvc.engine import itemknn_source, ranking, trend_source
+from recsvc.engine.candidates import candidate_sizes
 from recsvc.engine.member_state import trained_state
 from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
@@ -28,16 +29,27 @@ from recsvc.settings import load_settings
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> PlantedBundle:
+    # 8 taste clusters of 200 products: a member's best lie beyond a first search and the 200
+    # most trending items when the trend is flat, so serving must widen (the threshold)
     return make_bundle(
-        tmp_path_factory.mktemp("trend") / "b", products_per_cluster=100, content_per_cluster=25, seed=5
+        tmp_path_factory.mktemp("trend") / "b",
+        clusters=8,
+        products_per_cluster=200,
+        content_per_cluster=12,
+        seed=5,
     )
 
 
-def _with_trend(path: Path, weight: float, seed: int) -> np.ndarray:
-    """A trend on a random 30 % of the items (heavy-tailed counts), and the weight in the manifest."""
+def _with_trend(path: Path, weight: float, seed: int, share: float = 0.3) -> np.ndarray:
+    """A trend on a random ``share`` of the items (heavy-tailed counts), and the weight in the
+    manifest. With every item trending (``share`` 1) the most trending 200 of a kind are not
+    enough: serving must widen until nothing unscored can enter the list."""
     rng = np.random.default_rng(seed)
     n = int(np.load(path / "item_kind.npy").shape[0])
-    trend = np.where(rng.random(n) < 0.3, rng.pareto(1.5, n) + 1, 0).astype(np.float32)
+    if share >= 1:  # flat: the 201st most trending item is nearly as trending as the first
+        trend = (1 + rng.random(n)).astype(np.float32)
+    else:
+        trend = np.where(rng.random(n) < share, rng.pareto(1.5, n) + 1, 0).astype(np.float32)
     np.save(path / "item_trend.npy", trend)
     raw = json.loads((path / "manifest.json").read_text())
     raw["family"] = {**raw.get("family", {"family": "als"}), "trend_weight": weight, "trend_days": 14}
@@ -71,9 +83,21 @@ def _engine(model: ServedModel, view: CatalogView) -> RecommendationEngine:
     return engine
 
 
-def test_als_with_trend_serves_the_dense_reference(base: PlantedBundle, tmp_path: Path) -> None:
+@pytest.fixture(params=[200, 3], ids=["top200", "top3"])
+def top(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many trending items a call scores first: with 3 the lists need many more, which only
+    the threshold's widening finds."""
+    monkeypatch.setattr(ranking, "TOP", request.param)
+    monkeypatch.setattr(itemknn_source, "TREND_TOP", request.param)
+    return int(request.param)
+
+
+@pytest.mark.parametrize(("weight", "share"), [(0.5, 0.3), (0.2, 1.0), (0.35, 1.0)])
+def test_als_with_trend_serves_the_dense_reference(
+    base: PlantedBundle, tmp_path: Path, weight: float, share: float, top: int
+) -> None:
     shutil.copytree(base.path, tmp_path / "b")
-    _with_trend(tmp_path / "b", 0.5, 1)
+    _with_trend(tmp_path / "b", weight, 1, share)
     model = ServedModel.load(tmp_path / "b", version="t", source_uri="t")
     assert model.trend is not None and model.neighbours is None
     view = _live_view(model, 1)
@@ -111,12 +135,15 @@ def test_als_with_trend_serves_the_dense_reference(base: PlantedBundle, tmp_path
     assert trending > 0
 
 
-@pytest.mark.parametrize(("family", "weight", "seed"), [("blend", 0.5, 2), ("itemknn", None, 3)])
+@pytest.mark.parametrize(
+    ("family", "weight", "seed", "share"),
+    [("blend", 0.5, 2, 0.3), ("blend", 0.7, 5, 1.0), ("itemknn", None, 3, 0.3), ("itemknn", None, 6, 1.0)],
+)
 def test_item_item_families_with_trend_serve_the_dense_reference(
-    base: PlantedBundle, tmp_path: Path, family: str, weight: float | None, seed: int
+    base: PlantedBundle, tmp_path: Path, family: str, weight: float | None, seed: int, share: float, top: int
 ) -> None:
     plain_model = _family_bundle(base, tmp_path / "b", family, weight, seed)
-    _with_trend(tmp_path / "b", 0.35, seed)
+    _with_trend(tmp_path / "b", 0.35, seed, share)
     model = ServedModel.load(tmp_path / "b", version="t", source_uri="t")
     nb = model.neighbours
     assert nb is not None and model.trend is not None and plain_model.trend is None
@@ -147,9 +174,14 @@ def test_item_item_families_with_trend_serve_the_dense_reference(
             np.testing.assert_allclose(
                 [it.score for it in resp.items], ref_scores[keep][: len(got)], rtol=1e-4, atol=1e-4
             )
-            distinct = np.diff(ref_scores[keep][: len(got)]) < -1e-4
+            # a position is fixed when its score differs from both neighbours' (the next one
+            # past the list included)
+            ranked = ref_scores[keep][: len(got) + 1]
+            gaps = np.concatenate([[np.inf], -np.diff(ranked), [np.inf]]) > 1e-4
+            fixed = (gaps[:-1] & gaps[1:])[: len(got)]
             same = np.array(got) == ref_rows[keep][: len(got)]
-            assert same[:-1][distinct].all() or len(got) < 2
+            assert same[fixed].all(), (np.flatnonzero(~same & fixed), got)
+            assert fixed.sum() >= len(got) // 2
             checked += 1
     assert checked >= 20
 
@@ -181,3 +213,59 @@ def test_trend_parts_and_extra_rows() -> None:
     assert prior.top[KIND_PRODUCT].tolist() == [1, 2]  # items with a trend, best first
     assert prior.extra_rows(KIND_PRODUCT, np.array([2, 3])).tolist() == [1]
     assert prior.of_rows(np.array([1, 6, 9])).tolist() == [1.0, 0.0, 0.0]  # new items: none yet
+
+
+@pytest.mark.parametrize("family", ["als", "blend"])
+def test_items_beyond_the_first_candidates_are_found_by_the_threshold(
+    base: PlantedBundle, tmp_path: Path, family: str
+) -> None:
+    """A trend built against one member: the most trending items are another cluster's (ALS near
+    0), and 20 items of the member's own cluster just past any first search trend nearly as
+    much, so the member's best mixed scores lie beyond the first search and beyond the first
+    trending items. Serving must find them (widening until nothing unscored can reach the list)
+    and rank as the dense reference does."""
+    if family == "als":
+        shutil.copytree(base.path, tmp_path / "b")
+    else:  # neighbours on a sparse random table: items outside a history's lists score ALS alone
+        _family_bundle(base, tmp_path / "b", "blend", 0.6, 9)
+    model = ServedModel.load(tmp_path / "b", version="plain", source_uri="p")
+    row = next(r for r in range(len(model.members)) if trained_state(model, r).vector is not None)
+    vector = trained_state(model, row).vector
+    assert vector is not None
+    products = model.kind_rows[KIND_PRODUCT].astype(np.int64)
+    als = np.asarray(model.item_factors)[products] @ vector
+    order = np.argsort(-als)
+    trend = np.zeros(int(np.load(tmp_path / "b" / "item_kind.npy").shape[0]), dtype=np.float32)
+    beyond = order[180:200]  # in the member's cluster, past any first search
+    others = order[-400:]  # far from the member: the most trending of all
+    trend[products[others]] = 3.0
+    trend[products[beyond]] = 2.9
+    np.save(tmp_path / "b" / "item_trend.npy", trend)
+    raw = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    raw["family"] = {**raw.get("family", {"family": "als"}), "trend_weight": 0.5, "trend_days": 14}
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(raw))
+    model = ServedModel.load(tmp_path / "b", version="t", source_uri="t")
+    view = CatalogView(model, {}, NOW, version=1)
+    engine = _engine(model, view)
+    state = trained_state(model, row)
+    if model.neighbours is None:
+        ref_rows, ref_scores = _als_reference(view, vector, KIND_PRODUCT)
+    else:
+        ref_rows, ref_family, _ = _reference(
+            view, model.neighbours, vector, state.hist_rows, state.hist_w, KIND_PRODUCT
+        )
+        ref_scores = _dense(view, ref_family, ref_rows)
+        by_score = np.argsort(-ref_scores, kind="stable")
+        ref_rows, ref_scores = ref_rows[by_score], ref_scores[by_score]
+    filters = FILTERS[1]  # nothing filtered but the member's purchases
+    resp = engine.recommend(model.members.id(row), KIND_PRODUCT, 20, "", filters).response
+    got = [view.row(it.item_id) for it in resp.items]
+    excluded = ranking.excluded_rows(view, filters, state.bought)
+    keep = filters.mask(view, ref_rows, excluded)
+    assert got == ref_rows[keep][:20].tolist()
+    np.testing.assert_allclose([it.score for it in resp.items], ref_scores[keep][:20], rtol=1e-5, atol=1e-6)
+    _, n = candidate_sizes(engine._settings, 20, excluded.shape[0])
+    assert n < 180
+    first = set(ranking.search(model, vector, KIND_PRODUCT, n)[0].tolist())
+    first |= set(model.trend.top[KIND_PRODUCT][:200].tolist())  # type: ignore[union-attr]
+    assert set(got) - first  # some of the list lay beyond both: only the widening found them

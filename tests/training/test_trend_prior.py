@@ -82,6 +82,8 @@ def test_training_chooses_the_trend_and_the_holdout_confirms_it(run: Any) -> Non
     assert set(val) == set(trend.WEIGHTS) and trend.choose(val) == m["trend.weight"]
     assert "trend prior" in report.family.reason
     assert report.decision.candidate == m["trend.all.ndcg_at_10"]  # the gate judges what serves
+    assert m["served.all.ndcg_at_10"] == m["trend.all.ndcg_at_10"]
+    assert m["served.product.recall_at_20"] == m["trend.product.recall_at_20"]
     bundle = load_bundle(store / "b")
     assert bundle.manifest.family.trend_weight == m["trend.weight"]
     assert bundle.manifest.family.trend_days == 14
@@ -153,6 +155,7 @@ def test_trend_settings(tmp_path: Path) -> None:
         dataset=data,
     )
     assert not any(k.startswith(("trend.", "recent.")) for k in off.metrics)
+    assert off.metrics["served.all.ndcg_at_10"] == off.metrics["all.ndcg_at_10"]  # ALS serves
     assert off.family is not None and off.family.trend_weight == 0
     forced = pipeline.run(
         _settings(tmp_path / "on", trend_weight=0.2),
