@@ -192,9 +192,9 @@ def served_metrics(metrics: dict[str, float], choice: FamilyChoice) -> dict[str,
     prefix = "trend." if choice.trend_weight else _FAMILY_PREFIX[choice.family]
     kinds = ("all.", "product.", "content.")
     return {
-        f"served.{key[len(prefix):]}": value
+        f"served.{key[len(prefix) :]}": value
         for key, value in metrics.items()
-        if key.startswith(prefix) and key[len(prefix):].startswith(kinds)
+        if key.startswith(prefix) and key[len(prefix) :].startswith(kinds)
     }
 
 
