@@ -262,6 +262,13 @@ class TrainingSettings(_Section):
     trend_weight: float | None = Field(
         None, ge=0, lt=1, description="the trend prior's weight; unset: chosen on the validation split"
     )
+    trend_min_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="measure the trend prior only when the last trend_days' popularity reaches this "
+        "share of the family's holdout NDCG@10 (0 = always); below it the prior never served",
+    )
 
     # Replenishment (training/replenish.py): which categories are bought again, and how often.
     replenish_min_repeats: int = Field(

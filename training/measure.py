@@ -145,7 +145,9 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
     """The trend prior (training/trend.py) over the family the gate would choose from
     ``metrics``: its weight chosen on the validation split (``trend.val.ndcg_at_10.t<t>``, or
     ``training.trend_weight``), its holdout metrics (``trend.*``) when the weight is above 0,
-    and the last ``trend_days``' popularity alone (``recent.*``), the baseline it moves towards."""
+    and the last ``trend_days``' popularity alone (``recent.*``), the baseline it moves towards.
+    Nothing more is measured (no validation fit) when that baseline's NDCG@10 is below
+    ``training.trend_min_share`` of the family's (``trend.recent_share``) and no weight is set."""
     from training import itemknn, trend
 
     prepared, data_split, candidate, t = fits.prepared, fits.data_split, fits.candidate, fits.t
@@ -180,23 +182,6 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
             **kw,
         )
 
-    if t.trend_weight is not None:
-        weight = t.trend_weight
-    elif fits.validation.test.nnz:
-        val = fits.validation
-        recent = trend.item_trend(val.train, weights, val.start, t.trend_days, n_items)
-        by_weight = {
-            w: measured(
-                fits.validation_fit, val, True, recent, w, max_members=t.tune_eval_members, kinds=("all",)
-            ).get("all.ndcg_at_10", 0.0)
-            for w in trend.WEIGHTS
-        }
-        out |= {f"trend.val.ndcg_at_10.t{w:g}": v for w, v in by_weight.items()}
-        weight = trend.choose(by_weight)
-    else:
-        weight = 0.0
-    out["trend.weight"] = weight
-    out["trend.days"] = float(t.trend_days)
     recent = trend.item_trend(data_split.train, weights, data_split.start, t.trend_days, n_items)
     popular = evaluate.evaluate(
         np.ones((len(prepared.members), 1), dtype=np.float32),
@@ -209,6 +194,31 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
         seed=t.random_state,
     )
     out |= {f"recent.{k}": v for k, v in popular.items()}
+    out["trend.days"] = float(t.trend_days)
+    family_ndcg = float(metrics.get(gate.family_metric(family), 0.0))
+    share = popular.get("all.ndcg_at_10", 0.0) / family_ndcg if family_ndcg > 0 else 1.0
+    out["trend.recent_share"] = share
+    if t.trend_weight is None and share < t.trend_min_share:
+        # what sells now predicts little of this holdout next to the model: no validation fit
+        log.info("trend prior not measured: recent popularity %.0f%% of %s's NDCG@10", 100 * share, family)
+        out["trend.weight"] = 0.0
+        return out
+    if t.trend_weight is not None:
+        weight = t.trend_weight
+    elif fits.validation.test.nnz:
+        val = fits.validation
+        val_recent = trend.item_trend(val.train, weights, val.start, t.trend_days, n_items)
+        by_weight = {
+            w: measured(
+                fits.validation_fit, val, True, val_recent, w, max_members=t.tune_eval_members, kinds=("all",)
+            ).get("all.ndcg_at_10", 0.0)
+            for w in trend.WEIGHTS
+        }
+        out |= {f"trend.val.ndcg_at_10.t{w:g}": v for w, v in by_weight.items()}
+        weight = trend.choose(by_weight)
+    else:
+        weight = 0.0
+    out["trend.weight"] = weight
     if weight > 0:
         got = measured(candidate, data_split, False, recent, weight, max_members=t.eval_members)
         out |= {f"trend.{k}": v for k, v in got.items()}

@@ -78,6 +78,7 @@ def test_training_chooses_the_trend_and_the_holdout_confirms_it(run: Any) -> Non
     assert report.family is not None and report.family.trend_weight == m["trend.weight"] > 0
     assert m["trend.all.ndcg_at_10"] > m["all.ndcg_at_10"] * 1.02  # past the margin, on the holdout
     assert m["trend.all.ndcg_at_10"] > m["recent.all.ndcg_at_10"]  # more than the trend alone
+    assert m["trend.recent_share"] >= 0.25  # measured under the default screen
     val = {float(k.rsplit(".t", 1)[1]): v for k, v in m.items() if k.startswith("trend.val.ndcg_at_10.t")}
     assert set(val) == set(trend.WEIGHTS) and trend.choose(val) == m["trend.weight"]
     assert "trend prior" in report.family.reason
@@ -157,6 +158,20 @@ def test_trend_settings(tmp_path: Path) -> None:
     assert not any(k.startswith(("trend.", "recent.")) for k in off.metrics)
     assert off.metrics["served.all.ndcg_at_10"] == off.metrics["all.ndcg_at_10"]  # ALS serves
     assert off.family is not None and off.family.trend_weight == 0
+    screened = pipeline.run(
+        _settings(tmp_path / "screen", trend_min_share=1.0),
+        pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "screen" / "b", register=False),
+        dataset=data,
+    )
+    m = screened.metrics
+    assert m["trend.recent_share"] < 1.0 and m["trend.weight"] == 0.0  # recent popularity is measured ...
+    assert "recent.all.ndcg_at_10" in m and not any(k.startswith("trend.val.") for k in m)  # ... nothing more
+    always = pipeline.run(
+        _settings(tmp_path / "always", trend_min_share=0.0),
+        pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "always" / "b", register=False),
+        dataset=data,
+    )
+    assert sum(k.startswith("trend.val.ndcg_at_10.t") for k in always.metrics) == len(trend.WEIGHTS)
     forced = pipeline.run(
         _settings(tmp_path / "on", trend_weight=0.2),
         pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "on" / "b", register=False),
