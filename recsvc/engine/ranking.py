@@ -73,8 +73,7 @@ def rank(
         if prior is not None:  # before the new items join: the search's own lowest score
             floor = float(scores.min()) if n < total and scores.shape[0] else -np.inf
             depth = max(TOP, n)
-            extra = prior.extra_rows(kind, rows, depth)
-            extra_als = model.item_factors[extra] @ vector.astype(np.float32)
+            extra, extra_als = prior.extra_als(kind, rows, depth, vector, model.item_factors)
         if new_rows.shape[0]:
             rows, scores = merged(rows, scores, new_rows, new_scores)
         if prior is not None:
