@@ -112,8 +112,10 @@ def evaluate(
     same member sample and with the same definitions as :func:`training.evaluate.evaluate`;
     ``history_items``: each member's history cut to that many strongest items (None: all).
     ``trend`` (an item's recent weighted events, training/trend.py) with ``trend_weight`` > 0:
-    the trend prior mixed in, divided by its largest over the evaluated items as serving divides
-    by the requested kind's (recsvc/engine/trend_source.py). ``similarity`` None: ALS alone."""
+    the trend prior mixed in, divided by its largest over the evaluated items: per kind for the
+    ``product`` and ``content`` figures, as serving divides (recsvc/engine/trend_source.py); over
+    both for ``all``, a joint ranking serving never makes (as ALS's ``all`` figure).
+    ``similarity`` None: ALS alone."""
     users = sample_members(test, max_members, seed)
     out: dict[str, float] = {}
     kinds_cols: list[tuple[str, np.ndarray]] = [("all", np.arange(item_kind.shape[0]))]

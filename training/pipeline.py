@@ -145,7 +145,7 @@ def run(
                 warm = stages.warm_start(candidate, params, t)
                 # the split and the rest of the candidate are done with: free them before the refit
                 del candidate, data_split
-                served = stages.Served(prepared.events, prepared.cutoff)
+                served = stages.Served(prepared.events, prepared.cutoff, prepared.cutoff + 1)
                 final = stages.refit(prepared, params, t, steps, spark, warm)
             else:
                 final = candidate
@@ -153,7 +153,7 @@ def run(
                 # either (else "exclude purchased" hides exactly the items the holdout looks for),
                 # nor its events through segments and popular lists (cold start would be served
                 # what the holdout bought), so those tables are computed as of the holdout start.
-                served = stages.Served(data_split.train, data_split.start)
+                served = stages.Served(data_split.train, data_split.start, data_split.start)
                 del data_split
             tables = stages.segments_and_tables(prepared, t, served, steps)
             with steps.step("FAISS indexes"):

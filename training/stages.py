@@ -41,6 +41,7 @@ class Served:
 
     events: EventArrays
     as_of: int  # epoch seconds
+    end: int  # epoch seconds: ``events`` are before it (the cutoff + 1, or the holdout start)
 
 
 @dataclass
@@ -391,9 +392,9 @@ def write_bundle(
         if trend_weights is not None:
             from training import trend
 
-            # served.as_of is the last event's time (refit) or the holdout start: both end it
+            # the window training measured the trend over: the trend_days before the events end
             contents.item_trend = trend.item_trend(
-                served.events, trend_weights, served.as_of + 1, t.trend_days, shape[1]
+                served.events, trend_weights, served.end, t.trend_days, shape[1]
             )
         assemble.write(bundle_dir, contents)
 

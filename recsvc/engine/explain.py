@@ -59,7 +59,7 @@ def reason_texts(
     """ "because you bought/viewed <title>" for each reason row; -1: "recommended for you"; a new
     item: "new in <category>", ", which you buy" when the member bought in it; with the bundle's
     trend prior and the picks' ``scores``, a pick that owes more to the trend than to the member:
-    "trending: popular in the last 14 days"."""
+    "trending: popular in the last <trend_days> days"."""
     bought = set(state.bought.tolist())
     titles = view.titles
     out = [

@@ -43,9 +43,6 @@ _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
 # The trend prior's most trending items scored on every call (recsvc/engine/trend_source.py, whose
 # module imports this one).
 TREND_TOP = 200
-# With the trend prior, item-item alone: the ALS share that orders items without a neighbour score
-# among themselves, small enough never to move one past an item the trend or a neighbour ranks.
-TIE = 1e-5
 
 
 @dataclass(frozen=True, eq=False)
@@ -440,7 +437,7 @@ def candidates(
         else:
             found, found_als = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
         covered = n >= kind_total  # the search scored every item of the kind
-        als_floor = float(found_als.min()) if not covered and found_als.shape[0] else -np.inf
+        als_floor = search_floor(found_als, n, covered)
         depth = max(TREND_TOP, n)
         if prior is not None:  # the kind's most trending items are scored too
             found = np.concatenate([found.astype(np.int64), prior.extra_rows(kind, found, depth)])
@@ -461,11 +458,12 @@ def candidates(
             scores = np.where(knn <= 0, (als / scale - 1) / 2, scores).astype(np.float32)
         elif prior is not None:
             scores = mix(scores, prior.of_rows(scored), prior.weight)
-            if w == 0:  # no neighbour score: ranked by trend as training ranks them, ALS breaks ties
-                scores = np.where(knn <= 0, scores + (als / scale - 1) * np.float32(TIE), scores)
-            scores = scores.astype(np.float32, copy=False)
         take = scored.shape[0] if covered else min(n, scored.shape[0])
-        if take >= scored.shape[0]:
+        if prior is not None and w == 0:
+            # item-item alone: equal scores (no neighbour score and the same trend) in ALS order,
+            # training's ranking unchanged for every score that differs
+            top_idx = np.lexsort((-als, -scores))[:take]
+        elif take >= scored.shape[0]:
             top_idx = np.argsort(-scores, kind="stable")
         else:
             part = np.argpartition(-scores, take - 1)[:take]
@@ -480,6 +478,16 @@ def candidates(
         if covered or enough:
             return picked, scores[top_idx]
         n *= 4
+
+
+def search_floor(scores: np.ndarray, n: int, covered: bool) -> float:
+    """The most an item the search did not return can score for ALS: its lowest score, or 0 when
+    it returned fewer than ``n`` (items without a vector are not indexed and score 0); -inf when
+    it scored every item."""
+    if covered:
+        return -np.inf
+    lowest = float(scores.min()) if scores.shape[0] else 0.0
+    return min(lowest, 0.0) if scores.shape[0] < n else lowest
 
 
 def decay_to(model: Any, now: float) -> float:
