@@ -124,10 +124,15 @@ def family_metric(family: str) -> str:
 TREND_METRIC = f"trend.{GATE_METRIC}"  # the chosen family with the trend prior (training/trend.py)
 
 
-def spec_metric(spec: Any) -> str:
-    """The metric the gate reads for a bundle's ``FamilySpec``: its family's, or with the trend
-    prior the trend's."""
-    return TREND_METRIC if getattr(spec, "trend_weight", 0.0) else family_metric(spec.family)
+def _served_prefix(served: Any) -> str:
+    """The metric prefix of what serves: the family's, or with the trend prior ``trend.``."""
+    return "trend." if getattr(served, "trend_weight", 0.0) else _FAMILY_PREFIX[served.family]
+
+
+def spec_metric(served: Any) -> str:
+    """The metric the gate reads for what serves, a bundle's ``FamilySpec`` or a run's
+    :class:`FamilyChoice`: its family's, or with the trend prior the trend's."""
+    return f"{_served_prefix(served)}{GATE_METRIC}"
 
 
 @dataclass(frozen=True)
@@ -189,18 +194,13 @@ def with_trend(choice: FamilyChoice, metrics: dict[str, float], forced: bool, ma
 def served_metrics(metrics: dict[str, float], choice: FamilyChoice) -> dict[str, float]:
     """The holdout metrics of what serves (the chosen family, with the trend prior when it is on)
     as ``served.<kind>.<metric>_at_<k>``: one name to read whichever candidate won."""
-    prefix = "trend." if choice.trend_weight else _FAMILY_PREFIX[choice.family]
+    prefix = _served_prefix(choice)
     kinds = ("all.", "product.", "content.")
     return {
         f"served.{key[len(prefix) :]}": value
         for key, value in metrics.items()
         if key.startswith(prefix) and key[len(prefix) :].startswith(kinds)
     }
-
-
-def choice_metric(choice: FamilyChoice) -> str:
-    """The metric the gate reads for the candidate: its family's, or with the trend prior the trend's."""
-    return TREND_METRIC if choice.trend_weight else family_metric(choice.family)
 
 
 def family_spec(

@@ -250,7 +250,7 @@ def gate_decision(
             client, settings, prepared, data_split, steps, spark
         )
         decision = gate.decide(
-            metrics.get(gate.choice_metric(family), 0.0),
+            metrics.get(gate.spec_metric(family), 0.0),
             champion_score,
             baseline=metrics.get(gate.BASELINE_METRIC),
             tolerance=settings.training.gate_tolerance,

@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from recsvc.engine.filters import FilterSpec
 
 _TINY = 1e-9  # a member without any score of a model: its part is 0, not NaN
-# The trend prior's most trending items scored on every call (recsvc/engine/trend_source.py, whose
-# module imports this one).
-TREND_TOP = 200
 
 
 @dataclass(frozen=True, eq=False)
@@ -438,8 +435,8 @@ def candidates(
             found, found_als = (model.exact_search if n >= kind_total else model.search)(vector, kind, n)
         covered = n >= kind_total  # the search scored every item of the kind
         als_floor = search_floor(found_als, n, covered)
-        depth = max(TREND_TOP, n)
         if prior is not None:  # the kind's most trending items are scored too
+            depth = prior.depth(n)
             found = np.concatenate([found.astype(np.int64), prior.extra_rows(kind, found, depth)])
         scored, knn, als, knn_max, top = gather(
             neighbours, model.item_factors, vector, rows, weights, kind, found

@@ -16,7 +16,6 @@ from recsvc.engine.diversity import mmr_by_rows
 from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.itemknn_source import search_floor
-from recsvc.engine.trend_source import TOP
 from recsvc.settings import ServingSettings
 
 
@@ -73,7 +72,7 @@ def rank(
         bound = -np.inf
         if prior is not None:  # before the new items join: the search's own lowest score
             floor = search_floor(scores, n, n >= total)
-            depth = max(TOP, n)
+            depth = prior.depth(n)
             extra, extra_als = prior.extra_als(kind, rows, depth, vector, model.item_factors)
         if new_rows.shape[0]:
             rows, scores = merged(rows, scores, new_rows, new_scores)

@@ -2,7 +2,7 @@
 its weight and measures it).
 
 A personal score becomes ``(1 - t) * family + t * trend / max(trend)``: ``family`` the score the
-bundle's family ranks by already (ALS divided by the member's largest, :func:`als_part`; the
+bundle's family ranks by already (ALS divided by the member's largest, ``als_scale``; the
 item-item or blend score of recsvc/engine/itemknn_source.py), ``trend`` the item's weighted events
 in the ``trend_days`` before the bundle's data ends (``item_trend.npy``), its maximum over the
 requested kind's items. An item outside the ANN's best can rank on its trend alone, so serving
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsvc.engine.itemknn_source import TREND_TOP, als_scale, kind_norm_max, mix
+from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
+from recsvc.engine.itemknn_source import als_scale, kind_norm_max, mix
 
 if TYPE_CHECKING:
     from recsvc.bundle import LoadedBundle
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 TREND_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85)
 # Most trending items of a kind scored beside the ANN's candidates on every call (more when the
 # threshold says items beyond them could still enter the list).
-TOP = TREND_TOP
+TOP = 200
 __all__ = ["TOP", "TREND_WEIGHTS", "Trend", "mix"]
 
 
@@ -64,7 +65,7 @@ class Trend:
             rows = np.flatnonzero(item_kind == kind)
             largest = float(trend[rows].max(initial=0.0))
             if largest <= 0:
-                top[int(kind)] = np.zeros(0, dtype=np.int64)
+                top[int(kind)] = NO_ROWS
                 continue
             part[rows] = trend[rows] / np.float32(largest)
             live = rows[trend[rows] > 0]
@@ -132,34 +133,35 @@ class Trend:
         part = self.of_rows(rows.astype(np.int64)) * np.float32(self.weight)
         return (part > 0) & (part > np.asarray(scores, dtype=np.float32) - part)
 
+    @staticmethod
+    def depth(n: int) -> int:
+        """How many of a kind's most trending items a call scores beside a search of ``n``."""
+        return max(TOP, n)
+
     def extra_rows(self, kind: int, have: np.ndarray, depth: int = TOP) -> np.ndarray:
         """The kind's ``depth`` most trending rows not in ``have``."""
-        top = self.top.get(kind)
-        if top is None or not top.shape[0]:
-            return np.zeros(0, dtype=np.int64)
-        return top[:depth][self._absent(top[:depth], have)]
+        top, absent = self._extra(kind, have, depth)
+        return top[absent]
 
     def extra_als(
         self, kind: int, have: np.ndarray, depth: int, vector: np.ndarray, item_factors: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`extra_rows` and their ALS scores for ``vector``."""
-        top = self.top.get(kind)
-        if top is None or not top.shape[0]:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        top = top[:depth]
-        absent = self._absent(top, have)
+        top, absent = self._extra(kind, have, depth)
+        if not top.shape[0]:
+            return top, NO_WEIGHTS
         stored = self.top_factors[kind]
         if top.shape[0] <= stored.shape[0]:
             return top[absent], (stored[: top.shape[0]] @ vector.astype(np.float32))[absent]
         rows = top[absent]
         return rows, item_factors[rows] @ vector.astype(np.float32)
 
-    @staticmethod
-    def _absent(top: np.ndarray, have: np.ndarray) -> np.ndarray:
-        """Which of ``top`` are not in ``have``; a sorted look-up (np.isin's general path costs
-        ~0.15 ms a call at these sizes)."""
-        if not have.shape[0]:
-            return np.ones(top.shape[0], dtype=bool)
+    def _extra(self, kind: int, have: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kind's first ``depth`` trending rows, and which of them are not in ``have``; a
+        sorted look-up (np.isin's general path costs ~0.15 ms a call at these sizes)."""
+        top = self.top.get(kind, NO_ROWS)[:depth]
+        if not have.shape[0] or not top.shape[0]:
+            return top, np.ones(top.shape[0], dtype=bool)
         ordered = np.sort(have.astype(np.int64, copy=False))
         at = np.minimum(np.searchsorted(ordered, top), ordered.shape[0] - 1)
-        return ordered[at] != top
+        return top, ordered[at] != top

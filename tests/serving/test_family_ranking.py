@@ -133,6 +133,31 @@ def _reference(
     return all_rows[order], scores[order], best[order]
 
 
+def assert_serves_reference(
+    engine: RecommendationEngine,
+    view: CatalogView,
+    member: str,
+    kind: int,
+    k: int,
+    filters: FilterSpec,
+    bought: np.ndarray,
+    ref_rows: np.ndarray,
+    ref_scores: np.ndarray,
+) -> tuple[Any, list[int | None], np.ndarray]:
+    """The engine's list for the member is the reference's best k that pass the filters, with
+    their scores: (the response, its item rows, the rows no list may hold)."""
+    excluded = ranking.excluded_rows(view, filters, bought)
+    keep = filters.mask(view, ref_rows, excluded)
+    resp = engine.recommend(member, kind, k, "", filters).response
+    got = [view.row(it.item_id) for it in resp.items]
+    assert got == ref_rows[keep][: len(got)].tolist()
+    assert len(got) == min(k, int(keep.sum()))
+    np.testing.assert_allclose(
+        [it.score for it in resp.items], ref_scores[keep][: len(got)], rtol=1e-5, atol=1e-6
+    )
+    return resp, got, excluded
+
+
 FILTERS = [
     FilterSpec(diversity=0.0),
     FilterSpec(diversity=0.0, in_stock_only=False, exclude_purchased=False),
@@ -217,18 +242,13 @@ def test_the_engine_serves_the_reference_list_and_reasons(
         cut += history_items is not None and state.hist_rows.shape[0] > history_items
         member = model.members.id(row)
         for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25), (FILTERS[3], settings.max_k)):
-            excluded = ranking.excluded_rows(view, filters, state.bought)
             ref_rows, ref_scores, ref_best = _reference(
                 view, nb, state.vector, state.hist_rows, state.hist_w, KIND_PRODUCT
             )
-            keep = filters.mask(view, ref_rows, excluded)
-            resp = engine.recommend(member, KIND_PRODUCT, k, "", filters).response
-            got_rows = [view.row(it.item_id) for it in resp.items]
-            assert got_rows == ref_rows[keep][: len(got_rows)].tolist()
-            assert len(got_rows) == min(k, int(keep.sum()))
-            np.testing.assert_allclose(
-                [it.score for it in resp.items], ref_scores[keep][: len(got_rows)], rtol=1e-5, atol=1e-6
+            _, got_rows, excluded = assert_serves_reference(
+                engine, view, member, KIND_PRODUCT, k, filters, state.bought, ref_rows, ref_scores
             )
+            keep = filters.mask(view, ref_rows, excluded)
             picks, _, because = family_ranking.rank(
                 settings, view, state, KIND_PRODUCT, k, filters, excluded, lambda: NOW
             )

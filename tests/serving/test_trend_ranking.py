@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_factory import FixedCatalog, PlantedBundle, make_bundle
-from test_family_ranking import FILTERS, NOW, _family_bundle, _live_view, _reference
+from test_family_ranking import FILTERS, NOW, _family_bundle, _live_view, _reference, assert_serves_reference
 
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT, load_bundle
 from recsvc.catalog.view import CatalogView
@@ -87,8 +87,7 @@ def _engine(model: ServedModel, view: CatalogView) -> RecommendationEngine:
 def top(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """How many trending items a call scores first: with 3 the lists need many more, which only
     the threshold's widening finds."""
-    monkeypatch.setattr(ranking, "TOP", request.param)
-    monkeypatch.setattr(itemknn_source, "TREND_TOP", request.param)
+    monkeypatch.setattr(trend_source, "TOP", request.param)
     return int(request.param)
 
 
@@ -112,14 +111,8 @@ def test_als_with_trend_serves_the_dense_reference(
             ref_rows, ref_scores = _als_reference(view, state.vector, kind)
             plain = ranking.search(model, state.vector, kind, 10)[0]
             for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25), (FILTERS[3], 60)):
-                excluded = ranking.excluded_rows(view, filters, state.bought)
-                keep = filters.mask(view, ref_rows, excluded)
-                resp = engine.recommend(member, kind, k, "", filters).response
-                got = [view.row(it.item_id) for it in resp.items]
-                assert got == ref_rows[keep][: len(got)].tolist()
-                assert len(got) == min(k, int(keep.sum()))
-                np.testing.assert_allclose(
-                    [it.score for it in resp.items], ref_scores[keep][: len(got)], rtol=1e-5, atol=1e-6
+                resp, got, _ = assert_serves_reference(
+                    engine, view, member, kind, k, filters, state.bought, ref_rows, ref_scores
                 )
                 prior = model.trend
                 for it, row_ in zip(resp.items, got, strict=True):  # the reason follows the larger part
@@ -258,12 +251,10 @@ def test_items_beyond_the_first_candidates_are_found_by_the_threshold(
         by_score = np.argsort(-ref_scores, kind="stable")
         ref_rows, ref_scores = ref_rows[by_score], ref_scores[by_score]
     filters = FILTERS[1]  # nothing filtered but the member's purchases
-    resp = engine.recommend(model.members.id(row), KIND_PRODUCT, 20, "", filters).response
-    got = [view.row(it.item_id) for it in resp.items]
-    excluded = ranking.excluded_rows(view, filters, state.bought)
-    keep = filters.mask(view, ref_rows, excluded)
-    assert got == ref_rows[keep][:20].tolist()
-    np.testing.assert_allclose([it.score for it in resp.items], ref_scores[keep][:20], rtol=1e-5, atol=1e-6)
+    _, got, excluded = assert_serves_reference(
+        engine, view, model.members.id(row), KIND_PRODUCT, 20, filters, state.bought, ref_rows, ref_scores
+    )
+    assert len(got) == 20
     _, n = candidate_sizes(engine._settings, 20, excluded.shape[0])
     assert n < 180
     first = set(ranking.search(model, vector, KIND_PRODUCT, n)[0].tolist())

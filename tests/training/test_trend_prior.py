@@ -186,9 +186,9 @@ def test_the_trend_serves_only_past_the_margin() -> None:
     metrics = {"trend.weight": 0.35, "trend.all.ndcg_at_10": 0.101}
     kept = gate.with_trend(choice, metrics, forced=False, margin=0.02)
     assert kept.trend_weight == 0 and "trend prior off" in kept.reason
-    assert gate.choice_metric(kept) == "all.ndcg_at_10"
+    assert gate.spec_metric(kept) == "all.ndcg_at_10"
     won = gate.with_trend(choice, {**metrics, "trend.all.ndcg_at_10": 0.103}, forced=False, margin=0.02)
-    assert won.trend_weight == 0.35 and gate.choice_metric(won) == gate.TREND_METRIC
+    assert won.trend_weight == 0.35 and gate.spec_metric(won) == gate.TREND_METRIC
     assert gate.with_trend(choice, metrics, forced=True, margin=0.02).trend_weight == 0.35
     assert gate.with_trend(choice, {"trend.weight": 0.0}, forced=False, margin=0.02) == choice
 
