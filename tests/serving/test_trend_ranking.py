@@ -260,3 +260,24 @@ def test_items_beyond_the_first_candidates_are_found_by_the_threshold(
     first = set(ranking.search(model, vector, KIND_PRODUCT, n)[0].tolist())
     first |= set(model.trend.top[KIND_PRODUCT][:200].tolist())  # type: ignore[union-attr]
     assert set(got) - first  # some of the list lay beyond both: only the widening found them
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_a_trend_or_item_vector_that_is_not_a_finite_number_is_refused(
+    base: PlantedBundle, tmp_path: Path, bad: float
+) -> None:
+    shutil.copytree(base.path, tmp_path / "b")
+    _with_trend(tmp_path / "b", 0.5, 4)
+    trend = np.load(tmp_path / "b" / "item_trend.npy")
+    trend[1] = bad
+    np.save(tmp_path / "b" / "item_trend.npy", trend)
+    with pytest.raises(BundleError, match="item_trend holds NaN, infinite or negative"):
+        load_bundle(tmp_path / "b")
+    if bad < 0:
+        return  # a negative factor is a fine vector
+    shutil.copytree(base.path, tmp_path / "c")
+    factors = np.load(tmp_path / "c" / "item_factors.npy")
+    factors[2, 0] = bad
+    np.save(tmp_path / "c" / "item_factors.npy", factors)
+    with pytest.raises(BundleError, match="item_factors holds NaN or infinite"):
+        load_bundle(tmp_path / "c")
