@@ -7,9 +7,14 @@ The rule (docs/data.md, "Encodings"), applied to the whole file, never to a gues
 3. The whole file decodes as strict UTF-8: UTF-8, unless it is ambiguous (next point).
 4. Ambiguous: every non-ASCII character the UTF-8 reading holds is a two-byte one (U+0080 to
    U+07FF: Latin-1, Greek, Cyrillic ...) and the file also decodes as GB18030. That is what GBK
-   text looks like when read as UTF-8 (``母婴`` in GBK is the valid UTF-8 ``ĸӤ``), so the file
-   stops with both readings shown and ``--encoding`` decides. A UTF-8 file with any character
-   from U+0800 up (every CJK character) is not ambiguous: GBK bytes almost never form those.
+   text looks like when read as UTF-8 (``母婴`` in GBK is the valid UTF-8 ``ĸӤ``). The UTF-8
+   reading still wins when it reads as words (:func:`_reads_as_words`): every run of non-ASCII
+   characters is letters of one script (or Latin-1 signs such as ``°`` ``£``), and a run of
+   Latin letters sits inside a word (next to an ASCII letter, as in ``Café``, ``Müller``). GBK
+   read as UTF-8 scatters over scripts (``ĸӤ``: Latin, then Cyrillic) and stands alone between
+   separators, so it fails that. Otherwise the file stops with both readings shown and
+   ``--encoding`` decides. A UTF-8 file with any character from U+0800 up (every CJK character)
+   is not ambiguous: GBK bytes almost never form those.
 5. Otherwise the whole file decodes as strict GB18030 (a superset of GBK and GB2312): GB18030.
 6. Otherwise: stop, naming the file, the byte offset of the first byte that is not UTF-8, and the
    fix. Latin-1 is never tried: it accepts every byte, so it cannot tell text from mojibake.
@@ -21,7 +26,10 @@ the file with the same kind of message. Nothing is ever decoded with replacement
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
+import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +37,8 @@ from typing import BinaryIO
 from recsvc.errors import DataContractError
 
 AUTO = "auto"
+# text codecs that do not read a file's bytes as its characters
+_NOT_TEXT = {"punycode", "idna", "raw-unicode-escape", "unicode-escape", "undefined"}
 _BLOCK = 16 * 1024 * 1024
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -82,6 +92,38 @@ class _Scan:
                 self.example = text[max(0, at - 10) : at + 20].replace("\n", " ")
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+@functools.cache
+def _script(c: str) -> str:
+    """A letter's script (the first word of its Unicode name: LATIN, CYRILLIC, GREEK ...); "sign"
+    for a Latin-1 sign or space (U+00A0 to U+00BF, × ÷); "" for anything else."""
+    if unicodedata.category(c)[0] in "LM":
+        return unicodedata.name(c, "").split(" ", 1)[0]
+    return "sign" if "\u00a0" <= c <= "\u00bf" or c in "\u00d7\u00f7" else ""
+
+
+def _reads_as_words(path: Path) -> bool:
+    """Whether the UTF-8 reading of ``path`` (known to decode) reads as words (module docstring,
+    point 4). Stops at the first run that does not."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    before = ""  # the previous block's last character: a run's left neighbour across blocks
+    for block in [*_blocks(path), b""]:
+        text = before + decoder.decode(block, final=not block)
+        for run in _NON_ASCII.finditer(text):
+            scripts = {_script(c) for c in run.group()} - {"sign"}
+            if "" in scripts or len(scripts) > 1:
+                return False
+            if scripts == {"LATIN"}:
+                left = text[run.start() - 1 : run.start()]
+                right = text[run.end() : run.end() + 1]
+                if not (left.isascii() and left.isalpha()) and not (right.isascii() and right.isalpha()):
+                    return False
+        before = text[-1:]
+    return True
+
+
 def _head(path: Path, n: int = 4096) -> bytes:
     try:
         with _open(path) as f:
@@ -103,9 +145,15 @@ def resolve_encoding(path: Path, requested: str | None = None) -> str:
     requested = (requested or AUTO).strip().lower()
     if requested != AUTO:
         try:
-            codec = codecs.lookup(requested).name
+            info = codecs.lookup(requested)
         except LookupError as exc:
             raise DataContractError(f"unknown --encoding {requested!r}; e.g. utf-8, gb18030, utf-16") from exc
+        # rot13, base64, hex, zlib ... are codecs too, but not between bytes and text
+        if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_TEXT:
+            raise DataContractError(
+                f"--encoding {requested!r} is not a text encoding; e.g. utf-8, gb18030, utf-16"
+            )
+        codec = info.name
         # A BOM in a UTF-8 file is skipped, never read into the first column's name.
         codec = "utf-8-sig" if codec == "utf-8" else codec
         scan = _Scan(path, codec)
@@ -128,7 +176,7 @@ def resolve_encoding(path: Path, requested: str | None = None) -> str:
     if utf8.ok:
         if utf8.non_ascii and utf8.max_char < "\u0800":
             gb = _Scan(path, "gb18030")
-            if gb.ok:
+            if gb.ok and not _reads_as_words(path):
                 raise DataContractError(
                     f"{path} cannot be told apart: as UTF-8 it reads {utf8.example!r}, as GB18030/GBK "
                     f"{gb.example!r}. Give --encoding gb18030 or --encoding utf-8 (whichever reading is "

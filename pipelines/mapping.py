@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,10 +47,20 @@ class TableMapping(_Part):
     defaults: dict[str, str] = Field(default_factory=dict)
 
 
+# Numbers since 1970-01-01 UTC, by unit ("%s" is what strftime calls seconds since the epoch).
+EPOCH_UNITS: dict[str, Literal["s", "ms", "us"]] = {
+    "epoch_s": "s",
+    "%s": "s",
+    "epoch_ms": "ms",
+    "epoch_us": "us",
+}
+
+
 class TimestampRule(_Part):
     # Offset for time stamps that carry none (otherwise they are taken to be UTC).
     default_offset: str | None = None
-    # strptime formats tried in order for values that are not ISO-8601, e.g. "%Y/%m/%d %H:%M".
+    # Tried in order for values that are not ISO-8601: strptime formats ("%Y/%m/%d %H:%M"; one with
+    # %z is converted to UTC) or epoch_s / epoch_ms / epoch_us (a number since 1970 UTC).
     formats: list[str] = Field(default_factory=list)
 
     @field_validator("default_offset")
@@ -58,6 +69,25 @@ class TimestampRule(_Part):
         if v is not None and not _OFFSET_RE.match(v):
             raise ValueError(f"default_offset must look like +08:00 or -05:30, got {v!r}")
         return v
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        for fmt in v:
+            if fmt in EPOCH_UNITS:
+                continue
+            try:  # a bad directive raises here, whatever the value, instead of at read time
+                pd.to_datetime(pd.Series(["0"]), format=fmt, errors="coerce")
+            except ValueError as exc:
+                raise ValueError(
+                    f"time format {fmt!r} is not a strptime format ({exc}); for numbers since 1970 "
+                    f"use one of {sorted(EPOCH_UNITS)}"
+                ) from exc
+        return v
+
+    @property
+    def epoch(self) -> bool:
+        return any(fmt in EPOCH_UNITS for fmt in self.formats)
 
 
 class MoneyRule(_Part):
@@ -116,7 +146,11 @@ class Mapping(_Part):
             if col in df.columns and _is_text(df[col]):
                 df[col] = self._money(_text(df[col]))
         for col in TIMESTAMP_COLUMNS.get(name, ()):
-            if col in df.columns and _is_text(df[col]):
+            if col not in df.columns:
+                continue
+            # epoch numbers may come typed (a Parquet int64 column): read as their text
+            numeric = self.timestamps.epoch and pd.api.types.is_numeric_dtype(df[col].dtype)
+            if _is_text(df[col]) or numeric:
                 df[col] = self._timestamps(_text(df[col]))
         return df
 
@@ -142,10 +176,18 @@ class Mapping(_Part):
         out = text.copy()
         pending = text != ""
         for fmt in rule.formats:
-            parsed = pd.to_datetime(text.where(pending), format=fmt, errors="coerce")
+            if fmt in EPOCH_UNITS:
+                number = pd.to_numeric(text.where(pending), errors="coerce")
+                parsed = pd.to_datetime(number, unit=EPOCH_UNITS[fmt], utc=True, errors="coerce")
+            else:
+                # utc=True turns a value with an offset (%z) into UTC, mixed offsets included;
+                # without one, the value stays naive for default_offset below
+                zoned = "%z" in fmt or "%Z" in fmt
+                parsed = pd.to_datetime(text.where(pending), format=fmt, errors="coerce", utc=zoned)
             hit = parsed.notna() & pending
             if hit.any():
-                out[hit] = parsed[hit].dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+                zone = "Z" if parsed.dt.tz is not None else ""
+                out[hit] = parsed[hit].dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + zone
                 pending &= ~hit
         if rule.default_offset:
             # ISO-8601 without a zone designator: no trailing Z and no +hh:mm / -hh:mm / +hhmm.

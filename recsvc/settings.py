@@ -82,8 +82,14 @@ def check_channel_names(names: tuple[str, ...] | list[str]) -> None:
         raise ValueError("channel names must be unique")
 
 
+MAX_EVENT_WEIGHT = 1000.0
+MIN_HALF_LIFE_DAYS = 0.1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity parse from TOML and JSON ("nan", Infinity) and pass every ge/le check as
+    # NaN compares false: refused here, by name, for every float setting
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSettings(_Section):
@@ -118,10 +124,13 @@ class TrainingSettings(_Section):
     # public data set at hand (docs/training.md, "How the defaults were chosen"): strong
     # regularization with a matching alpha gained on all of them over weak regularization.
     factors: int = Field(24, ge=2, le=1024)
-    regularization: float = Field(30.0, gt=0)
+    # Upper bounds far past anything that fits well (tune searches up to 1e3 / 100): beyond them
+    # the confidences overflow float32 and the fit fails with NaN factors.
+    regularization: float = Field(30.0, gt=0, le=1e6)
     alpha: float = Field(
         8.0,
         gt=0,
+        le=1e4,
         description="confidence of an observed member-item pair: C = alpha * scale(weight) (implicit's "
         "form; an unobserved pair has 1, so a pair whose confidence is below 1 counts less than none)",
     )
@@ -301,8 +310,16 @@ class TrainingSettings(_Section):
         unknown = sorted(set(v) - set(EVENT_TYPES))
         if unknown:
             raise ValueError(f"unknown event types in event_weights: {unknown}; known: {list(EVENT_TYPES)}")
-        if any(w < 0 for w in v.values()):
-            raise ValueError("event weights must be >= 0")
+        if any(not 0 <= w <= MAX_EVENT_WEIGHT for w in v.values()):
+            raise ValueError(f"event weights must be between 0 and {MAX_EVENT_WEIGHT:g}")
+        return v
+
+    @field_validator("half_life_days")
+    @classmethod
+    def _decay(cls, v: float) -> float:
+        # a half-life of minutes decays every event but the last instants' to 0: no model left
+        if 0 < v < MIN_HALF_LIFE_DAYS:
+            raise ValueError(f"half_life_days must be 0 (no decay) or at least {MIN_HALF_LIFE_DAYS:g}")
         return v
 
     @field_validator("spark_master")

@@ -168,13 +168,16 @@ def evaluate(
     users = users[np.abs(member_factors[users]).sum(axis=1) > 0]
     if users.size > max_members:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_members, replace=False))
-    model = model_from_factors(member_factors[users], item_factors[products])
-    seen_p = sp.csr_matrix(seen[users][:, products])
-    ids, scores = model.recommend(np.arange(users.size), seen_p, N=k, filter_already_liked_items=True)
-    ids = np.asarray(ids).reshape(users.size, -1)
-    scores = np.asarray(scores).reshape(users.size, -1)
-    discount = 1.0 / np.log2(np.arange(2, 12))
     out: dict[str, list[float]] = {f"{mode}.{m}": [] for mode in ("off", "on") for m in ("recall", "ndcg")}
+    if products.size == 0 or users.size == 0:  # a content-only catalog, or no member with a vector
+        users = users[:0]
+    else:
+        model = model_from_factors(member_factors[users], item_factors[products])
+        seen_p = sp.csr_matrix(seen[users][:, products])
+        ids, scores = model.recommend(np.arange(users.size), seen_p, N=k, filter_already_liked_items=True)
+        ids = np.asarray(ids).reshape(users.size, -1)
+        scores = np.asarray(scores).reshape(users.size, -1)
+    discount = 1.0 / np.log2(np.arange(2, 12))
     for j, u in enumerate(users.tolist()):
         lo, hi = last.indptr[u], last.indptr[u + 1]
         bought_rows, bought_ts = last.indices[lo:hi], last.data[lo:hi]

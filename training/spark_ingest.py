@@ -465,8 +465,8 @@ def _timestamp(frame: Any, col: str) -> Any:
 
     if not isinstance(frame.schema[col].dataType, StringType):
         return F.col(col).cast("timestamp")
-    text = _strip(_text(col))
-    return F.when(text != "", text.try_cast("timestamp"))
+    text = F.regexp_replace(_strip(_text(col)), rows.UTC_SUFFIX, "Z")
+    return F.when(text.rlike(rows.ISO_TIMESTAMP), text.try_cast("timestamp"))
 
 
 def _id_checks(frame: Any, col: str, max_bytes: int) -> dict[str, Any]:

@@ -42,6 +42,26 @@ def test_bad_values_named(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("alpha = inf", r"training\.alpha: Input should be a finite number"),
+        ("regularization = nan", r"training\.regularization: Input should be a finite number"),
+        ("regularization = 1e300", r"training\.regularization: Input should be less than or equal"),
+        ("event_weights = { purchase = nan }", r"training\.event_weights\.purchase: .*finite"),
+        ("event_weights = { purchase = 1e308, view = 1e308 }", "event weights must be between 0 and 1000"),
+        ("half_life_days = 1e-300", "half_life_days must be 0 .no decay. or at least 0.1"),
+        ("trend_weight = nan", r"training\.trend_weight: Input should be a finite number"),
+    ],
+)
+def test_numbers_a_fit_cannot_use_are_refused_by_name(tmp_path: Path, toml: str, named: str) -> None:
+    # each of these once passed and failed the fit with NaN factors, or ranked by NaN
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[training]\n{toml}\n")
+    with pytest.raises(ConfigError, match=named):
+        load_settings(cfg)
+
+
 def test_variant_shares_must_sum_to_one() -> None:
     with pytest.raises(ConfigError, match="sum to 1"):
         load_settings(overrides={"serving": {"variants": [{"name": "a", "alias": "champion", "share": 0.5}]}})

@@ -340,6 +340,38 @@ def test_gbk_bytes_that_are_valid_utf8_are_never_loaded_as_clean_text(tmp_path: 
     assert list(q["reason"]) == [Reason.UNKNOWN_MEMBER] and q.loc[0, "member_id"] == "母婴"
 
 
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Café Crème 250 g",
+        "Müller Milch, 1 l",
+        "Chá-mate São João ±2 °C",
+        "Молоко свежее",
+        "Γιαούρτι στραγγιστό",
+    ],
+)
+def test_utf8_text_in_two_byte_scripts_reads_without_naming_the_encoding(tmp_path: Path, title: str) -> None:
+    # Such a file also decodes as GB18030 ("Café" is "Caf茅"); its UTF-8 reading is words, so it
+    # is UTF-8. A lone GBK character read as UTF-8 ("ĸ") still asks (the test above).
+    folder = _write(tmp_path / "d", catalog=_catalog_with(0, title=title))
+    raw = (folder / "catalog.csv").read_bytes()
+    assert raw.decode("gb18030") != raw.decode("utf-8")
+    clean = validate_dir(folder, DATA, now=NOW).tables["catalog"].clean
+    assert title in set(clean["title"])
+    one = "母".encode("gbk")
+    (folder / "catalog.csv").write_bytes(raw.replace(title.encode("utf-8"), one))
+    with pytest.raises(DataContractError, match="cannot be told apart"):
+        validate_dir(folder, DATA, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "codec", ["rot13", "base64", "hex", "uu", "zlib_codec", "punycode", "unicode_escape"]
+)
+def test_a_codec_that_is_not_a_text_encoding_is_refused_by_name(tmp_path: Path, codec: str) -> None:
+    with pytest.raises(DataContractError, match=f"--encoding '{codec}' is not a text encoding"):
+        validate_dir(_write(tmp_path / "d"), DATA, now=NOW, encoding=codec)
+
+
 def test_gbk_file_is_detected_and_a_broken_file_stops_with_its_byte_offset(tmp_path: Path) -> None:
     folder = _write(tmp_path / "d")
     text = (folder / "events.csv").read_text(encoding="utf-8")

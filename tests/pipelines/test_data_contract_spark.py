@@ -71,6 +71,11 @@ def _bad_rows(member: str, other: str, item: str, content: str) -> list[list[str
         row(channel="fax"),  # unknown_channel
         row(ts="yesterday"),  # bad_timestamp
         row(ts="2026-13-45T10:00:00Z"),  # bad_timestamp
+        row(ts="20260902"),  # bad_timestamp: ISO's basic form, which pandas alone would read
+        row(ts="2026/09/02 10:00"),  # bad_timestamp: not ISO, which pandas alone would read
+        row(ts="+2026-09-02"),  # bad_timestamp: which Spark alone would read
+        row(ts="2026-09-02T10:00:00Asia/Shanghai"),  # bad_timestamp: a zone name, Spark alone
+        row(ts="2026-09-02 11:00:00 UTC", amount="3"),  # clean: a database export's UTC suffix
         row(ts=""),  # bad_timestamp
         row(ts="2099-01-01T00:00:00Z"),  # future_timestamp
         row(ts="1970-01-01T00:00:00Z"),  # timestamp_too_old
@@ -151,7 +156,7 @@ def test_spark_quarantines_what_pandas_quarantines(spark: Any, tmp_path: Path) -
     a, b = _both(spark, data)
     _same(a, b)
     assert a.counts["quarantined.duplicate_event"] == 3
-    assert a.counts["quarantined.bad_timestamp"] == 3
+    assert a.counts["quarantined.bad_timestamp"] == 7
 
 
 @with_spark

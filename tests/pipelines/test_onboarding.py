@@ -242,6 +242,36 @@ def test_mapping_parses_money_time_and_channels(tmp_path: Path) -> None:
         load_mapping(bad)
 
 
+def test_mapping_time_formats_keep_the_zone_read_epochs_and_refuse_bad_directives(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[timestamps]\ndefault_offset = "+08:00"\n'
+        'formats = ["%d/%m/%Y %H:%M:%S %z", "%d/%m/%Y %H:%M", "epoch_ms"]\n'
+    )
+    mapping = load_mapping(path)
+    assert mapping is not None
+    text = [
+        "01/05/2026 10:00:00 +0800",
+        "01/05/2026 10:00:00 -0130",
+        "01/05/2026 10:00",
+        "1777629600000",
+        "x",
+    ]
+    out = mapping.apply("events", pd.DataFrame({"ts": text}))
+    # an offset in the value is honoured (mixed offsets in one file too); none: default_offset
+    got = pd.to_datetime(out["ts"][:4], utc=True, format="ISO8601")
+    want = ["2026-05-01T02:00Z", "2026-05-01T11:30Z", "2026-05-01T02:00Z", "2026-05-01T10:00Z"]
+    assert list(got) == list(pd.to_datetime(want, utc=True))
+    assert out["ts"][4] != "" and pd.isna(pd.to_datetime(out["ts"][4], errors="coerce"))  # left to quarantine
+    # typed epoch numbers (a Parquet int64 column) read the same way
+    typed = mapping.apply("events", pd.DataFrame({"ts": np.array([1777629600000], dtype=np.int64)}))
+    assert pd.Timestamp(typed["ts"][0]) == pd.Timestamp("2026-05-01T10:00Z")
+    for fmt in ("%Q", "%Y-%m-%d %"):
+        path.write_text(f'[timestamps]\nformats = ["{fmt}"]\n')
+        with pytest.raises(DataContractError, match=r"not a strptime format.*epoch_s"):
+            load_mapping(path)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_retailer_export_trains_in_one_pass_and_ids_round_trip(

@@ -347,3 +347,25 @@ def test_manifest_records_when_its_catalog_was_read(
     assert catalog_as_of(tmp_path, read_at) == "2026-03-01T11:00:00.500+00:00"
     # A file touched after training read it (a copy in flight) never moves the time forward.
     assert catalog_as_of(tmp_path, datetime(2026, 3, 1, 10, tzinfo=UTC)) == "2026-03-01T10:00:00.000+00:00"
+
+
+def test_a_catalog_of_content_only_trains_and_serves(tmp_path: Path) -> None:
+    # Replenishment's evaluation once ranked zero product columns and stopped with an IndexError.
+    s = load_settings(
+        overrides={
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                "artifact_location": str(tmp_path / "a"),
+            },
+            "training": {"factors": 8, "iterations": 4, "eval_members": 200},
+        }
+    )
+    full = make_dataset(members=300, products=60, content=40, events_per_member=30, seed=4)
+    content = full.catalog[full.catalog["kind"] == "content"].assign(featured_item_ids="")
+    events = full.events[full.events["item_id"].isin(content["item_id"])]
+    data = SyntheticDataset(events=events, catalog=content, members=full.members)
+    pipeline.run(
+        s, pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "b", register=False), dataset=data
+    )
+    bundle = load_bundle(tmp_path / "b")
+    assert len(bundle.items) == 40 and not (bundle.arrays["item_kind"] == 0).any()
