@@ -65,7 +65,9 @@ def check_amount(value: float, field: str = "amount", limit: float = MAX_AMOUNT)
     if not math.isfinite(value):
         raise InvalidArgument(f"{field} must be a finite number", reason="NON_FINITE_NUMBER")
     if not 0 <= value <= limit:
-        raise InvalidArgument(f"{field} must be within 0..{limit:g}, got {value:g}", reason="INVALID_AMOUNT")
+        raise InvalidArgument(
+            f"{field} must be within 0..{limit:,.0f}, got {value:,.12g}", reason="INVALID_AMOUNT"
+        )
     return value
 
 

@@ -22,6 +22,20 @@ class RecsvcError(Exception):
         return f"{self.reason}: {self.message}"
 
 
+# A status message travels in the grpc-message header, percent-encoded (a Chinese character is 9
+# bytes), and grpc's clients refuse headers over 16 KiB with RESOURCE_EXHAUSTED instead of the
+# error: the details are cut to this many characters, saying so.
+MAX_DETAILS = 1000
+
+
+def status_details(exc: BaseException) -> str:
+    """The status message of ``exc`` for a caller: ``str(exc)``, cut at :data:`MAX_DETAILS`."""
+    text = str(exc)
+    if len(text) <= MAX_DETAILS:
+        return text
+    return f"{text[: MAX_DETAILS - 40]} ... ({len(text) - MAX_DETAILS + 40} more characters)"
+
+
 class ConfigError(RecsvcError):
     """Settings or a policy file are invalid."""
 

@@ -186,6 +186,7 @@ class PendingRecent:
 
 
 _NO_ACTIVITY = RecentActivity(events=[], purchased=frozenset())
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z, the last second a protobuf Timestamp holds
 
 
 def make_redis_client(settings: RedisSettings) -> RedisClient:
@@ -275,6 +276,12 @@ class RealtimeStore:
             self._on_error("write")
             self._failed(exc)
             return False
+        except redis.ResponseError as exc:
+            # a key of another type (WRONGTYPE: written by something else under our prefix): this
+            # member's event is not kept, Redis itself is fine, so the breaker is not told
+            self._on_error("write")
+            log.error("event=realtime_write_refused member_key=%s error=%s", ev_key, exc)
+            return False
         self._succeeded()
         if int(done) == -1:  # type: ignore[arg-type]
             raise MemberErased("the member was erased; their events are not stored until re-registration")
@@ -322,7 +329,11 @@ class RealtimeStore:
         for raw in raw_events:
             try:
                 d = json.loads(raw)
-                events.append(RecentEvent(str(d["i"]), str(d["t"]), float(d["ts"]), str(d.get("c", ""))))
+                ts = float(d["ts"])
+                # RecordEvent stores only times it checked; anything else was written by hand
+                if not 0 <= ts <= _MAX_TS:
+                    raise ValueError(f"time stamp {ts} out of range")
+                events.append(RecentEvent(str(d["i"]), str(d["t"]), ts, str(d.get("c", ""))))
             except (ValueError, KeyError, TypeError):
                 log.warning(
                     "event=bad_realtime_entry member_key=%s", member_key(self._prefix, "?", EVENTS_SUFFIX)

@@ -132,7 +132,8 @@ def popular(
     excluded: np.ndarray,
 ) -> tuple[list[int], list[float]]:
     """Up to ``k`` rows of the popular lists (segment and channel first, then wider), as the
-    filters and the live catalog leave them, with their scores."""
+    filters and the live catalog leave them, with their scores; when the filters leave fewer
+    than ``k``, the rest of the kind's items (``ServedModel.popular_tail``) with score 0."""
     rows: list[int] = []
     scores: list[float] = []
     taken: set[int] = set()
@@ -145,9 +146,19 @@ def popular(
             rows.append(r)
             scores.append(sc)
             if len(rows) >= k:
-                break
-        if len(rows) >= k:
-            break
+                return rows, scores
+    tail = view.model.popular_tail[kind]
+    start, chunk = 0, 4 * k
+    while len(rows) < k and start < tail.shape[0]:
+        part = tail[start : start + chunk]
+        for r in part[filters.mask(view, part, excluded)].tolist():
+            if r not in taken:
+                taken.add(r)
+                rows.append(r)
+                scores.append(0.0)
+                if len(rows) >= k:
+                    break
+        start, chunk = start + chunk, chunk * 4
     return rows, scores
 
 

@@ -161,7 +161,13 @@ class RecommendationEngine:
             excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
             top, top_scores = ranking.popular(view, state.segment, channel, kind, k, filters, excluded)
             render.items(
-                resp.items, shown, view, top, top_scores, _popular_reasons(state.segment, top), SOURCE_POPULAR
+                resp.items,
+                shown,
+                view,
+                top,
+                top_scores,
+                _popular_reasons(state.segment, top_scores),
+                SOURCE_POPULAR,
             )
             return Recommendation(resp, SOURCE_POPULAR, item_ids=shown)
         if isinstance(candidates, StoredList):
@@ -245,7 +251,8 @@ class RecommendationEngine:
         excluded = ranking.excluded_rows(view, filters, NO_ROWS)
 
         def cosine(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            return (scores / (view.norms(rows) * norm)).astype(np.float32)
+            # float32 rounding puts two equal vectors (new items of one category) at 1.0000001
+            return np.clip(scores / (view.norms(rows) * norm), -1.0, 1.0).astype(np.float32)
 
         picks, scores = ranking.rank(
             self._settings,
@@ -266,9 +273,10 @@ class RecommendationEngine:
         return Recommendation(resp, SOURCE_SIMILAR, item_ids=shown)
 
 
-def _popular_reasons(segment: str, rows: list[int]) -> list[str]:
+def _popular_reasons(segment: str, scores: list[float]) -> list[str]:
     where = f"{segment} members" if segment != "all" else "members"
-    return [f"popular with {where}"] * len(rows)
+    # score 0: beyond the popular lists (ranking.popular's tail), nothing counted recently
+    return [f"popular with {where}" if sc > 0 else "more from the catalog" for sc in scores]
 
 
 class EnginePort:

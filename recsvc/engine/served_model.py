@@ -152,6 +152,12 @@ class ServedModel:
         # Normalised item vectors for cosine similarity (MMR, similar items, diversity metric).
         norms = np.linalg.norm(self.item_factors, axis=1)
         self.item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        # Every item of a kind, for a member without a vector once the popular lists (their top
+        # ``popular_per_table``) are filtered away: by vector norm, which follows how much an
+        # item was bought and viewed in training (ALS gives rarely seen items small vectors).
+        self.popular_tail = {
+            code: rows[np.argsort(-norms[rows], kind="stable")] for code, rows in self.kind_rows.items()
+        }
         kernels.warm_up(self.item_factors, self.item_norms, self.item_category, self.item_stock_ok)
         # YtY as implicit's ALS caches it; used to recompute member vectors from events.
         y = np.asarray(self.item_factors, dtype=np.float32)

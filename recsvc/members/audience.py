@@ -25,6 +25,9 @@ from recsvc.members.view import ProfileView, profile_view
 from recsvc.models.served import ServedModels
 from recsvc.v1 import members_pb2
 
+# values per list field of an audience query (a bundle has at most a few thousand categories
+# and brands; a longer list is a caller's mistake, and each value is checked)
+MAX_VALUES = 1000
 CHUNK = 500  # ids per consent read: one pipelined round trip, like a PlanCampaign chunk
 
 
@@ -51,7 +54,7 @@ def _codes(
         if v in vocabulary:
             out.append(list(vocabulary).index(v))
         else:
-            problems.append(f"{name}: unknown value {v!r} (one of {', '.join(vocabulary)})")
+            problems.append(f"{name}: unknown value {v[:40]!r} (one of {', '.join(vocabulary)})")
     return tuple(sorted(set(out)))
 
 
@@ -64,10 +67,13 @@ def parse_query(query: members_pb2.AudienceQuery, view: ProfileView, channels: l
     tiers = _codes(query.value_tiers, VALUE_TIERS, "value_tiers", problems)
     outlooks = _codes(query.outlooks, OUTLOOKS, "outlooks", problems)
     tags: set[int] = set()
-    for tag in query.interest_tags:
+    for name in ("lifecycle_stages", "value_tiers", "outlooks", "interest_tags"):
+        if len(getattr(query, name)) > MAX_VALUES:
+            problems.append(f"{name}: {len(getattr(query, name))} values, at most {MAX_VALUES}")
+    for tag in query.interest_tags[:MAX_VALUES]:
         found = view.tag_codes.get(tag)
         if found is None:
-            problems.append(f"interest_tags: no category or brand {tag!r} in the served bundle")
+            problems.append(f"interest_tags: no category or brand {tag[:40]!r} in the served bundle")
         else:
             tags.update(found)
 
@@ -88,7 +94,7 @@ def parse_query(query: members_pb2.AudienceQuery, view: ProfileView, channels: l
         problems.append("min_p_alive must not exceed max_p_alive")
     if query.consent_channel and query.consent_channel not in channels:
         problems.append(
-            f"consent_channel: unknown channel {query.consent_channel!r} (one of {', '.join(channels)})"
+            f"consent_channel: unknown channel {query.consent_channel[:40]!r} (one of {', '.join(channels)})"
         )
     if problems:
         raise InvalidArgument("invalid audience query: " + "; ".join(problems), reason="INVALID_AUDIENCE")

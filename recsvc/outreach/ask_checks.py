@@ -46,10 +46,13 @@ def check_id(value: str, field: str, max_length: int, *, required: bool = True) 
 
 def check_idempotency_key(value: str) -> str:
     if len(value) > MAX_KEY_LENGTH:
-        raise InvalidArgument(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
+        raise InvalidArgument(
+            f"idempotency_key is longer than {MAX_KEY_LENGTH} characters", reason="INVALID_IDEMPOTENCY_KEY"
+        )
     if value and not _KEY_RE.match(value):
         raise InvalidArgument(
-            "idempotency_key may hold printable ASCII only, without spaces, '{', '}' or '|'"
+            "idempotency_key may hold printable ASCII only, without spaces, '{', '}' or '|'",
+            reason="INVALID_IDEMPOTENCY_KEY",
         )
     return value
 
@@ -74,12 +77,14 @@ def message_class(value: int) -> str:
         return MARKETING
     if value == outreach_pb2.TRANSACTIONAL:
         return TRANSACTIONAL
-    raise InvalidArgument(f"unknown message_class {value}; use MARKETING or TRANSACTIONAL")
+    raise InvalidArgument(
+        f"unknown message_class {value}; use MARKETING or TRANSACTIONAL", reason="INVALID_MESSAGE_CLASS"
+    )
 
 
 def check_priority(value: int) -> int:
     if not 0 <= value <= 9:
-        raise InvalidArgument(f"priority must be 0..9, got {value}")
+        raise InvalidArgument(f"priority must be 0..9, got {value}", reason="INVALID_PRIORITY")
     return value
 
 
@@ -88,21 +93,26 @@ def item_kind(value: int) -> str:
         return "product"
     if value == common_pb2.CONTENT:
         return "content"
-    raise InvalidArgument(f"unknown kind {value}; use PRODUCT or CONTENT")
+    raise InvalidArgument(f"unknown kind {value}; use PRODUCT or CONTENT", reason="INVALID_KIND")
 
 
 def feedback_kind(value: int) -> str:
     name = FEEDBACK_NAMES.get(value)  # type: ignore[call-overload]
     if name is None:
-        raise InvalidArgument(f"feedback must be one of {sorted(FEEDBACK_NAMES.values())}, got {value}")
+        raise InvalidArgument(
+            f"feedback must be one of {sorted(FEEDBACK_NAMES.values())}, got {value}",
+            reason="INVALID_FEEDBACK",
+        )
     return name
 
 
 def check_reservation_id(rid: str, max_id_length: int) -> tuple[str, str]:
     if not rid:
-        raise InvalidArgument("reservation_id is required")
+        raise InvalidArgument("reservation_id is required", reason="MISSING_RESERVATION_ID")
     token, member_id = split_reservation_id(rid)
     if not _TOKEN_RE.match(token) or not member_id:
-        raise InvalidArgument("reservation_id is not one this service issued")
+        raise InvalidArgument(
+            "reservation_id is not one this service issued", reason="INVALID_RESERVATION_ID"
+        )
     check_id(member_id, "reservation_id member part", max_id_length)
     return token, member_id

@@ -205,7 +205,8 @@ def _member_state(
         until = _stored_int(st.get("b:" + channel, "")[2:])
         if until > now_ms:
             blocked[channel] = until
-    streak = _stored_int(st.get("streak", ""))
+    # clamped to the int32 a profile answer holds: only a hand-edited key gets near either end
+    streak = max(0, min(_stored_int(st.get("streak", "")), 2**31 - 1))
     level = sum(1 for lv in policy.fatigue.levels if streak >= lv.after_ignored)
     return MemberOutreachState(bool(int(suppressed)), fields.get("tz"), consent, blocked, streak, level)
 

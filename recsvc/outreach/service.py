@@ -227,7 +227,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         if request.reservation_id:
             _, rid_member = v.check_reservation_id(request.reservation_id, self._max_id)
             if member_id and member_id != rid_member:
-                raise InvalidArgument("member_id does not match the reservation_id")
+                raise InvalidArgument(
+                    "member_id does not match the reservation_id", reason="RESERVATION_OF_ANOTHER_MEMBER"
+                )
             member_id = rid_member
         member_id = v.check_id(member_id, "member_id", self._max_id)
         channel = v.check_channel(request.channel, self.throttle.policies.current())
@@ -269,18 +271,20 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
         decider = self._decider(campaign, request.holdout_share)
         if request.limit < 0:
-            raise InvalidArgument("limit must be >= 0")
+            raise InvalidArgument("limit must be >= 0", reason="INVALID_LIMIT")
         given = [n for n in ("member_ids", "segment", "audience") if _has(request, n)]
         if len(given) > 1:
             raise InvalidArgument(
-                f"give one of member_ids, segment or audience, not both {given[0]} and {given[1]}"
+                f"give one of member_ids, segment or audience, not both {given[0]} and {given[1]}",
+                reason="INVALID_AUDIENCE_SOURCE",
             )
         members: Iterator[str]
         if request.member_ids:
             if len(request.member_ids) > self._max_plan:
                 raise InvalidArgument(
                     f"{len(request.member_ids)} member_ids is more than {self._max_plan}; "
-                    "use a segment or split the audience"
+                    "use a segment or split the audience",
+                    reason="TOO_MANY_MEMBERS",
                 )
             ids = [v.check_id(m, "member_ids[]", self._max_id) for m in request.member_ids]
             members = iter(ids)
@@ -295,7 +299,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
                 request.audience, lambda ids, ch: read_consents(self.throttle, ids, ch)
             )
         else:
-            raise InvalidArgument("member_ids, segment or audience is required")
+            raise InvalidArgument(
+                "member_ids, segment or audience is required", reason="INVALID_AUDIENCE_SOURCE"
+            )
         schedule = self._campaign_window(request)
         for planned in plan_campaign(
             decider,

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from recsvc.errors import RecsvcError
+from recsvc.errors import RecsvcError, status_details
 from recsvc.security.audit import AuditLog
 from recsvc.security.auth import current_caller
 from recsvc.security.erasure import EventLogErasure, check_member_id, forget_member, restore_member
@@ -57,7 +57,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 event_log=self._event_log,
             )
         except RecsvcError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort(exc.code, status_details(exc))
         return admin_pb2.ForgetMemberResponse(
             deleted_keys=result.deleted_keys,
             deleted_total=result.deleted_total,
@@ -82,5 +82,5 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 event_log=self._event_log,
             )
         except RecsvcError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort(exc.code, status_details(exc))
         return admin_pb2.RestoreMemberResponse(lifted=lifted)

@@ -29,7 +29,7 @@ from typing import Any, get_args
 import grpc
 from pydantic import ValidationError
 
-from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated
+from recsvc.errors import ConfigError, PermissionDenied, RecsvcError, Unauthenticated, status_details
 from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, HandlerFn, KindWrappers, MethodWrapper, rewrap
 from recsvc.settings import CallerKey, Role, Settings
 
@@ -230,7 +230,7 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
         try:
             caller = check(context)
         except RecsvcError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, status_details(exc))
         current_caller.set(caller)
 
     def async_stream(fn: HandlerFn) -> HandlerFn:
@@ -256,7 +256,7 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
                 # End the stream with the status: a plain generator runs step by step in
                 # the aio server's pool, where abort() could leave the call hanging.
                 context.set_code(exc.code)
-                context.set_details(str(exc))
+                context.set_details(status_details(exc))
                 return
             token = current_caller.set(caller)
             try:
@@ -271,7 +271,7 @@ def _authenticating(handler: grpc.RpcMethodHandler, check: Callable[[Any], Calle
             try:
                 caller = check(context)
             except RecsvcError as exc:
-                context.abort(exc.code, str(exc))
+                context.abort(exc.code, status_details(exc))
             token = current_caller.set(caller)
             try:
                 return fn(request, context)

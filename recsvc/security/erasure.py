@@ -63,11 +63,11 @@ def check_member_id(member_id: str, max_length: int) -> str:
     member_id = normalize_id(member_id)
     problem = id_problem(member_id, max_length)
     if problem == EMPTY:
-        raise InvalidArgument("member_id is required")
+        raise InvalidArgument("member_id is required", reason="MISSING_ID")
     if problem == TOO_LONG:
-        raise InvalidArgument(f"member_id is longer than {max_length} bytes in UTF-8")
+        raise InvalidArgument(f"member_id is longer than {max_length} bytes in UTF-8", reason="ID_TOO_LONG")
     if problem is not None:
-        raise InvalidArgument(f"member_id may contain only {ID_CHARSET_DOC}")
+        raise InvalidArgument(f"member_id may contain only {ID_CHARSET_DOC}", reason="INVALID_ID")
     return member_id
 
 

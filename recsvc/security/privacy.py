@@ -81,7 +81,7 @@ class ErasureList:
     def add(self, member_id: str) -> bool:
         """Append ``member_id`` unless already listed; return True when it was added."""
         if not member_id or any(c in member_id for c in "\r\n"):
-            raise InvalidArgument("member_id must be non-empty and on one line")
+            raise InvalidArgument("member_id must be non-empty and on one line", reason="INVALID_ID")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+", encoding="utf-8") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from recsvc.errors import InvalidArgument
+from recsvc.errors import InvalidArgument, status_details
 from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _request_stream(method: str) -> KindWrappers:
             try:
                 return await fn(_achecked(method, requests), context)
             except MalformedRequest as exc:
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, status_details(exc))
 
         return arun
 
@@ -147,7 +147,7 @@ def _request_stream(method: str) -> KindWrappers:
                 async for item in fn(_achecked(method, requests), context):
                     yield item
             except MalformedRequest as exc:
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, status_details(exc))
 
         return arun
 
@@ -156,7 +156,7 @@ def _request_stream(method: str) -> KindWrappers:
             try:
                 return fn(_checked(method, requests), context)
             except MalformedRequest as exc:
-                context.abort(exc.code, str(exc))
+                context.abort(exc.code, status_details(exc))
 
         return run
 
@@ -168,7 +168,7 @@ def _request_stream(method: str) -> KindWrappers:
                 # End the stream with the status (as the error interceptor does for streams): a plain
                 # generator runs step by step in the aio server's pool, where abort() could hang.
                 context.set_code(exc.code)
-                context.set_details(str(exc))
+                context.set_details(status_details(exc))
 
         return run
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from recsvc.errors import RecsvcError
+from recsvc.errors import RecsvcError, status_details
 from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _status_of(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RecsvcError):
         if exc.code == grpc.StatusCode.INTERNAL:
             log.error("event=rpc_error method=%s reason=%s message=%s", method, exc.reason, exc.message)
-        return exc.code, str(exc)
+        return exc.code, status_details(exc)
     log.error("event=rpc_unexpected_error method=%s", method, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"INTERNAL: unexpected {type(exc).__name__}; see server logs"
 

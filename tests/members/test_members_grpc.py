@@ -256,6 +256,12 @@ def test_bad_audience_queries(server: RunningServer) -> None:
         ({"min_p_alive": 1.5}, "min_p_alive"),
         ({"min_p_alive": 0.8, "max_p_alive": 0.2}, "exceed"),
         ({"consent_channel": "pigeon"}, "consent_channel"),
+        # long values once made the message exceed grpc's 16 KiB header limit: RESOURCE_EXHAUSTED
+        ({"interest_tags": ["x" * 20_000]}, "interest_tags"),
+        ({"interest_tags": [f"category:{'品' * 300}{i}" for i in range(100)]}, "interest_tags"),
+        ({"value_tiers": ["g" * 20_000]}, "value_tiers"),
+        ({"consent_channel": "c" * 20_000}, "consent_channel"),
+        ({"interest_tags": ["t"] * 1001}, "1001 values, at most 1000"),
     ):
         with pytest.raises(grpc.RpcError) as err:
             _find(server, **query)

@@ -171,6 +171,13 @@ def test_bad_requests_are_invalid_argument(
         getattr(harness.stub, method)(request_)
     assert _code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details()  # type: ignore[attr-defined]
+    _named(err.value.details())  # type: ignore[attr-defined]
+
+
+def _named(details: str) -> None:
+    """A refusal starts with its own stable reason code, not the generic status name."""
+    reason = details.partition(":")[0]
+    assert reason.isupper() and " " not in reason and reason != "INVALID_ARGUMENT", details
 
 
 @pytest.mark.parametrize(
@@ -215,6 +222,7 @@ def test_bad_plans_are_refused_with_named_status(
         list(harness.stub.PlanCampaign(request_))
     assert _code(err.value) == code
     assert needle in err.value.details()  # type: ignore[attr-defined]
+    _named(err.value.details())  # type: ignore[attr-defined]
 
 
 def _decisions(batches: Iterator[pb.PlanCampaignBatch]) -> list[pb.PlanCampaignDecision]:

@@ -168,6 +168,36 @@ def test_cold_start_uses_segment_and_channel_popularity(srv: RunningServer, plan
     assert not set(ids(resp)) & planted.out_of_stock
 
 
+def test_a_filter_that_empties_the_popular_lists_still_fills_a_cold_start_list(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    # Training keeps the top training.popular_per_table items per list; a filter can leave
+    # fewer than k of them, and the answer once stopped there although many more items passed.
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(planted.path, tmp_path / "b")
+    popular = pd.read_parquet(tmp_path / "b" / "popular.parquet")
+    popular[popular["rank"] <= 6].to_parquet(tmp_path / "b" / "popular.parquet", index=False)
+    with running_server(serving_settings(str(tmp_path / "b"), redis_url, tmp_path)) as srv:
+        passing = {
+            i
+            for i, c in planted.item_cluster.items()
+            if c == 3 and i.startswith("P") and i not in planted.out_of_stock
+        }
+        assert len(passing) >= 10
+        cat3 = common_pb2.RecommendationFilters(include_categories=["cat3"])
+        for member in (planted.cold_members[0], "NEVER-SEEN-2"):
+            resp = products(srv, member, k=len(passing) + 5, filters=cat3)
+            assert sorted(ids(resp)) == sorted(passing), member  # all of them, each once
+            assert {it.source for it in resp.items} == {"popular"}
+            assert {it.reason for it in resp.items} <= {"popular with new members", "more from the catalog"}
+            # the listed ones first, by their popularity; then the rest
+            scores = [it.score for it in resp.items]
+            assert scores == sorted(scores, reverse=True) and scores[-1] == 0.0
+
+
 def test_content(srv: RunningServer, planted: PlantedBundle) -> None:
     member = planted.warm_members(cluster=3)[0]
     resp = srv.stub.RecommendContent(

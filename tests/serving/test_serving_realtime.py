@@ -56,6 +56,22 @@ def test_recent_reads_what_record_wrote_newest_first_capped(redis_url: str) -> N
         assert empty is not None and empty.empty
 
 
+def test_hand_written_entries_are_skipped_and_a_key_of_another_type_is_not_stored_to(redis_url: str) -> None:
+    from recsvc.redis_keys import member_key
+
+    with open_store(redis_url) as (store, client):
+        assert store.record("M1", "P1", "view", 1_700_000_000.0, "app")
+        key = member_key("t", "M1", "rt:events")
+        for ts in ("1e308", "-5"):  # the read takes the newest 3 (recent_events_max)
+            client.lpush(key, f'{{"i":"P9","t":"view","ts":{ts},"c":"app"}}')
+        got = store.recent("M1")
+        assert got is not None and [e.item_id for e in got.events] == ["P1"]  # the rest dropped
+        other = member_key("t", "M2", "rt:events")
+        client.set(other, "not a list")
+        assert store.record("M2", "P1", "view", 1_700_000_000.0, "app") is False  # not kept, no error
+        assert store.record("M1", "P2", "view", 1_700_000_001.0, "app")  # the store goes on
+
+
 def test_recent_survives_a_script_flush_and_works_from_many_threads(redis_url: str) -> None:
     with open_store(redis_url) as (store, client):
         store.record("M2", "P9", "purchase", 1_700_000_000.0, "app")
