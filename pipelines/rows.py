@@ -343,7 +343,8 @@ def featured_lists(s: pd.Series) -> pd.Series:
 
     def split(cell: object) -> tuple[str, ...]:
         if isinstance(cell, list | tuple | np.ndarray):
-            return tuple(str(x).strip() for x in cell if str(x).strip())
+            # a null element of a Parquet list is no id (str() would make it "None")
+            return tuple(str(x).strip() for x in cell if x is not None and str(x).strip())
         if cell is None or (isinstance(cell, float) and np.isnan(cell)):
             return ()
         return tuple(p.strip() for p in str(cell).split(FEATURED_SEPARATOR) if p.strip())

@@ -139,4 +139,6 @@ def validate_members(raw: pd.DataFrame, source: Path, settings: DataSettings, no
 
 
 def _timezones() -> list[str]:
-    return sorted(zoneinfo.available_timezones())
+    from recsvc.outreach.policy import NOT_A_PLACE
+
+    return sorted(zoneinfo.available_timezones() - NOT_A_PLACE)

@@ -193,6 +193,8 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
         max_members=t.eval_members,
         seed=t.random_state,
     )
+    if not recent.any():  # nothing in the window: all-zero scores rank in index order, not by use
+        popular = {k: v if k.endswith(".members") else 0.0 for k, v in popular.items()}
     out |= {f"recent.{k}": v for k, v in popular.items()}
     out["trend.days"] = float(t.trend_days)
     family_ndcg = float(metrics.get(gate.family_metric(family), 0.0))

@@ -330,7 +330,8 @@ def evaluate_holdout(prepared: Prepared, data_split: Split, t: TrainingSettings)
         "profiles.buyers": float(buyer.sum()),
         "profiles.predicted_purchases": float(predicted.sum()),
         "profiles.actual_purchases": float(actual.sum()),
-        "profiles.calibration_ratio": float(predicted.sum() / max(actual.sum(), 1.0)),
+        # NaN when nobody bought in the holdout: no ratio to show (MLflow skips it; the summary says so)
+        "profiles.calibration_ratio": float(predicted.sum() / actual.sum()) if actual.sum() else float("nan"),
         "profiles.mae": float(np.abs(predicted - actual).mean()),
         "profiles.auc_active": auc(predicted, bought),
     }

@@ -128,9 +128,29 @@ def holdout(
     if data_split.test.nnz == 0:
         raise DataContractError(
             f"the holdout (last {t.holdout_days} days) has no new interactions of members with earlier "
-            "history: the data covers too short a period for training.holdout_days"
+            f"history: {_why_no_holdout(prepared, data_split.start, t.holdout_days)}"
         )
     return data_split
+
+
+def _why_no_holdout(prepared: prepare.Prepared, start: int, days: int) -> str:
+    """What the data lacks for a holdout, in the user's terms."""
+    ev = prepared.events
+    if ev.ts.size == 0 or int(ev.ts.min()) >= start:
+        short = f"the data covers too short a period for training.holdout_days ({days})"
+        return short + ": lower it, or add history"
+    before, inside = np.unique(ev.member[ev.ts < start]), np.unique(ev.member[ev.ts >= start])
+    if inside.size == 0:
+        return f"no events fall in the last {days} days; lower training.holdout_days"
+    if np.intersect1d(before, inside, assume_unique=True).size == 0:
+        return (
+            f"none of the {inside.size} members active in it was active before it (a member's events "
+            "all fall on one side); a longer training.holdout_days, or data with returning members"
+        )
+    return (
+        "every interaction in it is with an item the member already had (the holdout counts new "
+        "items only), or carries an event type of weight 0; data with more items per member is needed"
+    )
 
 
 def tune_params(

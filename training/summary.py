@@ -5,6 +5,7 @@ Reads: the report. Writes: nothing (returns tables for the CLI to print).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.table import Table
@@ -121,8 +122,13 @@ def summary_tables(report: Any) -> list[Table]:
     if "profiles.auc_active" in m:
         run.add_row(
             "member profiles",
-            f"holdout: predicted/actual purchases={m['profiles.calibration_ratio']:.2f} "
-            f"AUC={m['profiles.auc_active']:.3f} buy rate likely_active="
+            (
+                f"holdout: predicted/actual purchases={m['profiles.calibration_ratio']:.2f} "
+                f"AUC={m['profiles.auc_active']:.3f} "
+                if math.isfinite(m["profiles.calibration_ratio"])
+                else "holdout: no purchases to judge the predictions by "
+            )
+            + "buy rate likely_active="
             f"{_share(m.get('profiles.holdout_buy_rate.likely_active'))} "
             f"likely_lost={_share(m.get('profiles.holdout_buy_rate.likely_lost'))}",
         )

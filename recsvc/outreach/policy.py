@@ -274,8 +274,15 @@ class Policy(_Part):
         return tuple(str(v).encode() for v in values)
 
 
+# In the tz database but not a place: "localtime" is whatever zone the reading machine is in,
+# "Factory" a placeholder; a member's quiet hours must not depend on where a process runs.
+NOT_A_PLACE = frozenset({"localtime", "Factory"})
+
+
 def check_timezone(name: str) -> ZoneInfo:
     try:
+        if name in NOT_A_PLACE:
+            raise ValueError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ValueError(f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)") from exc

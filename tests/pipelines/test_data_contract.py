@@ -259,6 +259,8 @@ def test_each_bad_catalog_kind_is_quarantined(
         ({"registered_at": "2027-01-01T00:00:00Z"}, Reason.FUTURE_TIMESTAMP),
         ({"timezone": "China/Beijing"}, Reason.UNKNOWN_TIMEZONE),
         ({"timezone": "+08:00"}, Reason.UNKNOWN_TIMEZONE),
+        ({"timezone": "localtime"}, Reason.UNKNOWN_TIMEZONE),  # the reading machine's zone, not a place
+        ({"timezone": "Factory"}, Reason.UNKNOWN_TIMEZONE),
         ({"consent_wecom": "sure"}, Reason.BAD_CONSENT),
         ({"member_id": "M\x00"}, Reason.BAD_ID_CHARS),
     ],
@@ -489,3 +491,10 @@ def test_cli_validate_wrong_columns_exit_2_with_message(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "missing columns: member_id" in res.output
     assert "Traceback" not in res.output
+
+
+def test_null_elements_of_a_parquet_featured_list_are_no_ids(tmp_path: Path) -> None:
+    from pipelines.rows import featured_lists
+
+    cells = pd.Series([["P1", None, " P2 "], None, np.array(["P3", None], dtype=object), "P1|P2"])
+    assert list(featured_lists(cells)) == [("P1", "P2"), (), ("P3",), ("P1", "P2")]

@@ -369,3 +369,19 @@ def test_a_catalog_of_content_only_trains_and_serves(tmp_path: Path) -> None:
     )
     bundle = load_bundle(tmp_path / "b")
     assert len(bundle.items) == 40 and not (bundle.arrays["item_kind"] == 0).any()
+
+
+def test_a_holdout_without_returning_members_says_so(tmp_path: Path) -> None:
+    # one event per member over months: the period is long enough, the members never return
+    full = make_dataset(members=300, products=60, content=10, events_per_member=20, days=120, seed=3)
+    once = full.events.drop_duplicates("member_id").reset_index(drop=True)
+    data = SyntheticDataset(events=once, catalog=full.catalog, members=full.members)
+    s = load_settings(
+        overrides={
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "artifact_location": str(tmp_path)},
+            "training": {"factors": 8, "iterations": 4},
+        }
+    )
+    with pytest.raises(DataContractError, match="was active before it") as err:
+        pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, register=False), dataset=data)
+    assert "too short a period" not in str(err.value)

@@ -181,6 +181,24 @@ def test_trend_settings(tmp_path: Path) -> None:
     assert load_bundle(tmp_path / "on" / "b").manifest.family.trend_weight == 0.2
 
 
+def test_a_window_without_events_has_no_recent_popularity(tmp_path: Path) -> None:
+    # no events in the 14 days before the holdout: the recent scores are all 0, whose ranking is
+    # the items' index order; it once reported that order's NDCG as the baseline's
+    data = make_dataset(members=300, products=60, content=10, events_per_member=20, days=90, seed=6)
+    end = data.events["ts"].max()
+    start = end - pd.Timedelta(days=14)
+    gap = (data.events["ts"] >= start - pd.Timedelta(days=14)) & (data.events["ts"] < start)
+    data.events = data.events[~gap].reset_index(drop=True)
+    report = pipeline.run(
+        _settings(tmp_path),
+        pipeline.TrainOptions(data_dir=tmp_path, bundle_out=tmp_path / "b", register=False, refit=False),
+        dataset=data,
+    )
+    m = report.metrics
+    assert m["recent.all.ndcg_at_10"] == 0.0 and m["recent.all.recall_at_20"] == 0.0
+    assert m["trend.weight"] == 0.0 and m["all.ndcg_at_10"] > 0
+
+
 def test_the_trend_serves_only_past_the_margin() -> None:
     choice = gate.FamilyChoice("als", "als (simplest)", {"als": 0.10})
     metrics = {"trend.weight": 0.35, "trend.all.ndcg_at_10": 0.101}
