@@ -250,10 +250,14 @@ def search(
     shape = (len(prepared.members), len(prepared.items))
     val, how, why, info = choose_validation(split, shape, prepared.item_kind, t, positive_types)
     if val.test.nnz == 0:
+        fixes = (
+            "a longer history, fewer training.validation_days or training.validation_split = random"
+            if how == "time"
+            else "more events per member (each member's items are split between fitting and judging)"
+        )
         raise DataContractError(
             f"the {how} validation split has no interactions of members with earlier history: "
-            "tuning needs a longer history, fewer training.validation_days or "
-            "training.validation_split = random"
+            f"tuning needs {fixes}"
         )
     log.info("tune validation=%s (%s)", how, why)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
