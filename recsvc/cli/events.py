@@ -51,6 +51,11 @@ def sink(
         + ", ".join(f"{k} {n}" for k, n in stats.written.items())
         + f"; files {stats.files}; already on disk {stats.replayed}"
         + f"; of erased members: dropped {stats.erased}, removed from files {stats.purged}"
+        + (
+            f"; shards {', '.join(map(str, stats.held_elsewhere))} are written by another sink on this folder"
+            if stats.held_elsewhere
+            else ""
+        )
     )
 
 

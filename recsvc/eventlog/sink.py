@@ -14,19 +14,25 @@ Exactly once, whatever moment the sink dies at:
    start);
 2. only then are its entries acknowledged and deleted from the stream, in one single-slot script
    (XACK + XDEL), so Redis keeps only what is not on disk yet;
-3. at start the sink reads, per stream, the highest id already on disk (the file names) and the
-   entries still pending for it (XREADGROUP from id 0, after XAUTOCLAIM of entries another sink
-   consumer left idle): pending entries at or below that id are on disk already, so they are only
-   acknowledged, never written twice; the rest are written as usual.
+3. one sink writes a shard at a time: it holds ``<log_dir>/.shard-<n>.lock`` (``flock``, freed
+   by the OS when the process dies), so a shard's files are written in id order and the highest
+   id on disk tells what is there. A second sink on the same folder takes the shards no one holds
+   and waits for the others, trying again every second;
+4. when a sink takes a shard (at start, or when another sink's process ended) it reads, per
+   stream, the highest id already on disk (the file names) and the entries still pending for it
+   (XREADGROUP from id 0, after XAUTOCLAIM of every entry the shard's last writer left: it is
+   gone, or the lock would not be free): pending entries at or below that id are on disk
+   already, so they are only acknowledged, never written twice; the rest are written as usual.
 
 Erased members (``recsvc.eventlog.erasure``): before a batch is written, its members are looked up
 in the set of erased members and their records dropped (acknowledged, not written); between
 batches the sink takes the purge requests and rewrites the files holding their rows, each under
-its own name (the file names, which step 3 reads, never change). A pending entry the erasure
+its own name. A pending entry the erasure
 deleted from the stream comes back without fields: it is only acknowledged. Writes hold a shared
 ``flock`` on ``<log_dir>/.erasure.lock`` from the erased-set look-up to the acknowledgement and a
 purge holds it exclusively, so with a second sink on the same folder a batch is either written
 before a purge lists the files (and rewritten by it) or looked up after the member was marked.
+The file names step 4 reads never change.
 
 Redis must keep what it acknowledged to the service: run it with AOF (``appendonly yes``) when
 the log matters (docs/operations.md).
@@ -155,6 +161,7 @@ class SinkStats:
     files: int = 0
     erased: int = 0  # records of erased members dropped before writing
     purged: int = 0  # rows of erased members removed from files already written
+    held_elsewhere: list[int] = field(default_factory=list)  # shards another sink wrote meanwhile
 
 
 class Sink:
@@ -165,7 +172,6 @@ class Sink:
         *,
         consumer: str = "sink-0",
         metrics: SinkMetrics | None = None,
-        claim_idle_ms: int = 60_000,
         before_ack: Callable[[], None] | None = None,
     ) -> None:
         e = settings.events
@@ -177,7 +183,6 @@ class Sink:
         self._block_ms = e.sink_block_ms
         self._flush_s = e.sink_flush_s
         self._consumer = consumer
-        self._claim_idle = claim_idle_ms
         self.metrics = metrics or SinkMetrics()
         self.stats = SinkStats()
         self._ack = client.register_script(_ACK_SCRIPT)
@@ -187,6 +192,8 @@ class Sink:
         self._before_ack = before_ack  # tests: a hook between "on disk" and "acknowledged"
         self._done: dict[tuple[str, int], StreamId] = {}
         self._pending: set[int] = set()
+        self._owned: dict[int, int] = {}  # shard -> the fd holding its lock file
+        self._tried_at = 0.0  # when the shards another sink holds were last tried
         # New records read but not yet written, per stream: written once sink_batch of them wait
         # or the first waited sink_flush_s (unacknowledged meanwhile, so a crash re-reads them).
         self._held: dict[str, tuple[str, int, float, list[Any]]] = {}
@@ -198,11 +205,6 @@ class Sink:
         self._dir.mkdir(parents=True, exist_ok=True)
         if self._lock_fd is None:
             self._lock_fd = os.open(self._dir / ".erasure.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        for tmp in self._dir.glob("kind=*/date=*/.tmp-*"):
-            tmp.unlink(missing_ok=True)  # a write the last run did not finish: its entries are pending
-        for kind in KINDS:
-            for shard, last in on_disk(self._dir, kind).items():
-                self._done[(kind, shard)] = last
         for shard in range(self._shards):
             for kind in KINDS:
                 key = stream_key(self._prefix, shard, kind)
@@ -211,14 +213,47 @@ class Sink:
                 except redis.ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
                         raise
-                self._claim(key)
-            self._pending.add(shard)
+        for shard in list(self._owned):
+            self._take(shard)  # again after Redis came back: what it still holds pending
+        self._take_free_shards(force=True)
+
+    def _take_free_shards(self, force: bool = False) -> None:
+        """Take every shard whose lock is free (at most once a second unless ``force``)."""
+        now = time.monotonic()
+        if len(self._owned) == self._shards or (not force and now - self._tried_at < 1.0):
+            return
+        self._tried_at = now
+        for shard in range(self._shards):
+            if shard in self._owned:
+                continue
+            fd = os.open(self._dir / f".shard-{shard}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # another sink writes it
+                continue
+            self._owned[shard] = fd
+            self._take(shard)
+
+    def _take(self, shard: int) -> None:
+        """Start writing ``shard``: where its files end, and its pending entries, whoever read them."""
+        with self._locked(fcntl.LOCK_SH):  # not while a purge (exclusive) is rewriting files
+            for tmp in self._dir.glob(f"kind=*/date=*/.tmp-part-{shard}-*"):
+                tmp.unlink(missing_ok=True)  # a write its last writer did not finish: entries pending
+        for kind in KINDS:
+            last = on_disk(self._dir, kind).get(shard)
+            if last is not None:
+                self._done[(kind, shard)] = last
+            self._claim(stream_key(self._prefix, shard, kind))
+        self._pending.add(shard)
+        log.info("event=eventlog_sink_shard_taken consumer=%s shard=%d", self._consumer, shard)
 
     def _claim(self, key: str) -> None:
-        """Take over entries another consumer of the group read and left unacknowledged."""
+        """Take over the entries other consumers of the group read and left unacknowledged: the
+        shard's lock says they are gone."""
         start = "0-0"
         while True:
-            reply = self._client.xautoclaim(key, GROUP, self._consumer, self._claim_idle, start, count=1000)
+            reply = self._client.xautoclaim(key, GROUP, self._consumer, 0, start, count=1000)
             start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             if start == "0-0":
                 return
@@ -232,6 +267,12 @@ class Sink:
         failing over does not end the loop: the sink waits (``_REDIS_BACKOFF_S``, doubling) and
         starts again from what Redis still holds unacknowledged. ``once`` gives up instead: a
         one-off drain should say that it could not drain."""
+        try:
+            return self._run(once)
+        finally:
+            self.close()  # also when it fails: the shards' locks free, as a dead process's are
+
+    def _run(self, once: bool) -> SinkStats:
         backoff = _REDIS_BACKOFF_S[0]
         ready = False
         while not self._stop.is_set():
@@ -260,7 +301,7 @@ class Sink:
             self._update_lag(force=True)
         except UNAVAILABLE as exc:  # unacknowledged: the next run writes it
             log.warning("event=eventlog_sink_stop_redis_down error=%s", type(exc).__name__)
-        self.close()
+        self.stats.held_elsewhere = self.shards_held_elsewhere
         return self.stats
 
     def _turn(self, once: bool) -> bool:
@@ -297,6 +338,14 @@ class Sink:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        for fd in self._owned.values():
+            os.close(fd)  # the shards' locks go with their descriptors
+        self._owned.clear()
+        self._pending.clear()
+
+    @property
+    def shards_held_elsewhere(self) -> list[int]:
+        return [s for s in range(self._shards) if s not in self._owned]
 
     def purge(self, limit: int = 1000) -> int:
         """Remove the rows of members erased since the last call from the files on disk; the number
@@ -337,7 +386,8 @@ class Sink:
     def step(self) -> int:
         """One read of every shard; the number of entries handled."""
         handled = 0
-        for shard in range(self._shards):
+        self._take_free_shards()
+        for shard in sorted(self._owned):
             keys = [stream_key(self._prefix, shard, kind) for kind in KINDS]
             pending = shard in self._pending
             reply: list[Any] = self._client.xreadgroup(  # type: ignore[assignment]

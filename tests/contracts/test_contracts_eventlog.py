@@ -104,11 +104,58 @@ def test_entries_another_consumer_left_pending_are_taken_over(
         for k in KINDS
     )
     assert pending == 3 * 2 * len(MEMBERS)
-    Sink(redis_client, settings, consumer="sink-b", claim_idle_ms=0).run(once=True)
+    Sink(redis_client, settings, consumer="sink-b").run(once=True)
     assert_exactly_once(settings.events.log_dir, 2)
     for s in range(SHARDS):
         for k in KINDS:
             assert int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
+
+
+def test_two_sinks_on_one_folder_lose_nothing_whichever_dies(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    # A sink holding records it has not written dies while a second sink runs; the second once
+    # wrote newer records of the same shard, and the first, restarted, took its held records for
+    # written (below the highest id on disk) and dropped them. One writer per shard at a time.
+    settings = log_settings(redis_url, tmp_path)
+    write_records(redis_client, settings, rounds=1)
+    first = Sink(redis_client, settings, consumer="sink-a")
+    first.prepare()
+    assert first.shards_held_elsewhere == []  # it takes every shard
+    first.step()
+    assert first.step() == 3 * len(MEMBERS)  # held in memory, not written
+    write_records(redis_client, settings, rounds=range(1, 2))
+    second = Sink(redis_client, settings, consumer="sink-b")
+    stats = second.run(once=True)  # while the first lives: every shard is held elsewhere
+    assert sum(stats.written.values()) == 0 and stats.held_elsewhere == list(range(SHARDS))
+    first.close()  # the first dies: its locks go with its descriptors
+    second = Sink(redis_client, settings, consumer="sink-b")
+    assert sum(second.run(once=True).written.values()) == 2 * 3 * len(MEMBERS)
+    assert Sink(redis_client, settings, consumer="sink-a").run(once=True).replayed == 0
+    assert_exactly_once(settings.events.log_dir, 2)
+    assert stream_lengths(redis_client) == 0
+
+
+def test_a_second_sink_takes_the_shards_of_one_that_stopped_while_it_runs(
+    redis_client: RedisClient, redis_url: str, tmp_path: Path
+) -> None:
+    settings = log_settings(redis_url, tmp_path)
+    write_records(redis_client, settings, rounds=1)
+    first = Sink(redis_client, settings, consumer="sink-a")
+    first.prepare()
+    first.step()
+    first.step()  # holds a round unwritten
+    second = Sink(redis_client, settings, consumer="sink-b")
+    second.prepare()
+    assert second.step() == 0 and second.shards_held_elsewhere == list(range(SHARDS))
+    first.close()
+    time.sleep(1.05)  # the second tries the locks once a second
+    write_records(redis_client, settings, rounds=range(1, 2))
+    assert second.step() == 3 * len(MEMBERS)  # took every shard, and the first's held round with them
+    assert second.shards_held_elsewhere == []
+    second.run(once=True)
+    assert_exactly_once(settings.events.log_dir, 2)
+    assert stream_lengths(redis_client) == 0
 
 
 def test_the_sink_process_killed_mid_write_then_restarted_writes_each_record_once(
