@@ -35,7 +35,16 @@ def _frames(ctx: typer.Context, log_dir: Path | None, since: str | None, until: 
         first, last = parse_day(since), parse_day(until)
     except ValueError as exc:
         raise InvalidArgument(f"--since/--until must be YYYY-MM-DD: {exc}", reason="INVALID_DATE") from None
-    return settings, read_log(log_dir or settings.events.log_dir, first, last)
+    if first and last and first > last:
+        raise InvalidArgument(f"--since {first} is after --until {last}", reason="INVALID_DATE")
+    folder = Path(log_dir or settings.events.log_dir)
+    if not folder.is_dir():
+        # an empty report would read as "nothing happened"; a wrong folder is the likelier story
+        raise InvalidArgument(
+            f"no event log at {folder} (the sink writes it: recsvc events sink; or give --log-dir)",
+            reason="NO_EVENT_LOG",
+        )
+    return settings, read_log(folder, first, last)
 
 
 def _emit(ctx: typer.Context, report: Any, as_json: bool, html_out: Path | None, mlflow: bool) -> None:

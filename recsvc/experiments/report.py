@@ -18,6 +18,10 @@ from recsvc.eventlog.schema import SCHEMAS
 from recsvc.experiments import stats
 
 SRM_ALPHA = 0.001  # a mismatch this unlikely by chance means the split itself is broken
+ALPHA = 0.05  # the intervals' 95 %
+# below this many members an arm's t interval (revenue) leans on an approximation it cannot
+# carry, and a difference of a few buyers reads as a large effect: the verdict says so
+MIN_MEMBERS = 30
 
 
 @dataclass
@@ -202,26 +206,45 @@ def ab_report(frames: LogFrames, expected_shares: dict[str, float] | None = None
 
 
 def _ab_verdict(r: AbReport) -> str:
-    if len(r.variants) < 2:
-        return f"only one variant ({r.variants[0].variant}) served in this period: nothing to compare"
     parts = []
+    served = {v.variant for v in r.variants}
+    missing = [n for n, share in r.expected_shares.items() if share > 0 and n not in served]
+    if missing:
+        parts.append(f"configured but served to no one in this period: {', '.join(missing)}")
     if not math.isnan(r.srm_p) and r.srm_p < SRM_ALPHA:
         parts.append(
             f"SAMPLE RATIO MISMATCH (p={r.srm_p:.2g}): members did not split as configured; "
             "fix the assignment before trusting any difference"
         )
+    if len(r.variants) < 2:
+        parts.append(f"only one variant ({r.variants[0].variant}) served in this period: nothing to compare")
+        return "; ".join(parts)
+    small = [v.variant for v in r.variants if v.members < MIN_MEMBERS]
+    if small:
+        parts.append(
+            f"fewer than {MIN_MEMBERS} members in {', '.join(small)}: too few for the intervals' "
+            "approximations; keep collecting"
+        )
     for c in r.comparisons:
         d = c.conversion_diff
+        if d.value == 0:
+            parts.append(f"{c.variant} and {c.baseline} convert alike so far")
+            continue
         lead = c.variant if d.value > 0 else c.baseline
         text = (
             f"{lead} is ahead on conversion: {c.variant} - {c.baseline} = {d.value * 100:+.2f} pp "
             f"(95% CI {d.low * 100:+.2f} to {d.high * 100:+.2f} pp)"
         )
-        text += (
-            ", significant"
-            if d.excludes_zero
-            else ", not significant (the interval includes 0): keep collecting"
-        )
+        m = len(r.comparisons)
+        if not d.excludes_zero:
+            text += ", not significant (the interval includes 0): keep collecting"
+        elif m > 1 and not c.conversion_p < ALPHA / m:
+            # each comparison errs 1 time in 20; with m of them one of them would m times as
+            # often: Bonferroni keeps the report's chance of any false "significant" at 5 %
+            needs = f"p={c.conversion_p:.2g}, needs < {ALPHA / m:.2g}"
+            text += f", not significant over {m} comparisons ({needs})"
+        else:
+            text += ", significant"
         parts.append(text)
     return "; ".join(parts)
 
@@ -252,6 +275,7 @@ class CampaignReport:
     held_out: int = 0
     audience: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    open_windows: int = 0  # members (both groups) whose window ends after the log's last record
     verdict: str = ""
     empty_reason: str = ""
 
@@ -272,6 +296,7 @@ class CampaignReport:
                 "members_reached": self.reached,
                 "held_out": self.held_out,
                 "refusals": self.refusals,
+                "open_windows": self.open_windows,
                 "groups": [
                     {
                         "group": g.group,
@@ -303,14 +328,19 @@ def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> Campai
             + (f" (campaigns in this period: {', '.join(known[:10])})" if known else "")
         )
         return report
+    # A member may be decided on more than once (refused by a cap on day 1, reached on day 2):
+    # reached = any decision allowed, from the first allowed one; held out = the holdout's hash
+    # (the same every time), comparable from the first decision that would have reached them.
     first = dec.drop_duplicates("member", keep="first")
     report.audience = len(first)
-    treated = first[first["allowed"]]
-    held = first[first["reason"] == "HOLDOUT"]
-    comparable = held[held["would_allow"]]
+    treated = dec[dec["allowed"]].drop_duplicates("member", keep="first")
+    held_all = dec[dec["reason"] == "HOLDOUT"]
+    held = held_all.drop_duplicates("member", keep="first")
+    comparable = held_all[held_all["would_allow"]].drop_duplicates("member", keep="first")
     report.reached = len(treated)
     report.held_out = len(held)
-    refused = first[~first["allowed"] & (first["reason"] != "HOLDOUT")]
+    decided = set(treated["member"]) | set(held["member"])
+    refused = first[~first["member"].isin(decided)]
     report.refusals = {str(k): int(v) for k, v in refused["reason"].value_counts().items()}
     buys = frames.events[frames.events["event_type"] == "purchase"][["member", "ts", "amount"]]
     window = pd.Timedelta(seconds=window_s)
@@ -327,8 +357,28 @@ def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> Campai
         )
     (bt, nt, rt), (bh, nh, rh) = outcomes["treatment"], outcomes["holdout"]
     if nt == 0 or nh == 0:
-        missing = "reached no member" if nt == 0 else "has no holdout (ask with holdout_share > 0)"
+        if nt == 0:
+            missing = "reached no member"
+        elif report.held_out:
+            missing = (
+                f"held out {report.held_out} members, none of whom it would have reached "
+                "(each was refused for another reason too), so there is no comparable holdout"
+            )
+        else:
+            missing = "has no holdout (ask with holdout_share > 0)"
         report.verdict = f"campaign {campaign} {missing}: no uplift can be measured"
+        return report
+    # the log's last moment: purchases after it are not in it yet
+    end = max(frames.events["ts"].max() if len(frames.events) else dec["ts"].max(), dec["ts"].max())
+    decided_at = pd.concat([treated["ts"], comparable["ts"]])
+    open_windows = int((decided_at + window > end).sum())
+    report.open_windows = open_windows
+    if open_windows == len(decided_at):
+        report.verdict = (
+            f"campaign {campaign}: no member's {report.window_days:g}-day window has ended by the "
+            f"log's last record ({end:%Y-%m-%d %H:%M} UTC): purchases are still to come; report "
+            "again after the window"
+        )
         return report
     report.uplift, report.uplift_p = stats.proportion_difference(bt, nt, bh, nh)
     report.revenue_uplift, report.revenue_p = stats.mean_difference(rt, rh)
@@ -342,6 +392,11 @@ def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> Campai
         f"campaign {campaign}: conversion {u.value * 100:+.2f} pp against its holdout "
         f"(95% CI {u.low * 100:+.2f} to {u.high * 100:+.2f} pp), {sig}"
     )
+    if open_windows:
+        report.verdict += (
+            f"; {open_windows} of {len(decided_at)} members' windows are still open, so both "
+            "groups' purchases are still growing"
+        )
     return report
 
 

@@ -65,7 +65,9 @@ def mean(values: np.ndarray) -> Estimate:
         return NAN
     m = float(values.mean())
     if values.size < 2 or float(values.std()) == 0.0:
-        return Estimate(m, m, m)
+        # one member, or every member alike (no buyer: all 0): the t interval is undefined or
+        # a zero-width one that looks certain; shown as "-"
+        return Estimate(m, math.nan, math.nan)
     ci = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
     return Estimate(m, float(ci.low), float(ci.high))
 
@@ -76,18 +78,20 @@ def mean_difference(treated: np.ndarray, control: np.ndarray) -> tuple[Estimate,
         return NAN, math.nan
     d = float(t.mean() - c.mean())
     if float(t.std()) == 0.0 and float(c.std()) == 0.0:
-        return Estimate(d, d, d), (1.0 if d == 0 else 0.0)
+        return Estimate(d, math.nan, math.nan), math.nan  # no spread to judge a difference by
     res = stats.ttest_ind(t, c, equal_var=False)
     ci = res.confidence_interval(0.95)
     return Estimate(d, float(ci.low), float(ci.high)), float(res.pvalue)
 
 
 def sample_ratio(observed: dict[str, int], shares: dict[str, float]) -> float:
-    """p-value of the chi-square test that members split as configured (nan with < 2 groups)."""
-    names = [n for n in shares if n in observed]
-    total = sum(observed[n] for n in names)
+    """p-value of the chi-square test that members split as configured (nan with < 2 groups).
+    A configured variant absent from ``observed`` counts as 0 members: a variant that crashed
+    and served no one is the mismatch this test is for."""
+    names = [n for n in shares if shares[n] > 0]
+    total = sum(observed.get(n, 0) for n in names)
     if len(names) < 2 or total == 0:
         return math.nan
     weight = sum(shares[n] for n in names)
     expected = [total * shares[n] / weight for n in names]
-    return float(stats.chisquare([observed[n] for n in names], expected).pvalue)
+    return float(stats.chisquare([observed.get(n, 0) for n in names], expected).pvalue)

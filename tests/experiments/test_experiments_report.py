@@ -117,6 +117,38 @@ def test_a_broken_split_is_flagged_as_a_sample_ratio_mismatch() -> None:
     assert report.srm_p < 0.001 and report.verdict.startswith("SAMPLE RATIO MISMATCH")
 
 
+def test_a_configured_variant_that_served_no_one_is_a_mismatch() -> None:
+    # the variant that crashed logs nothing: the test once left it out and saw a clean split
+    three = ab_report(ab_log({"a": 0.06, "b": 0.06}, 3000, seed=3), {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert three.srm_p < 1e-100 and "served to no one in this period: c" in three.verdict
+    assert "SAMPLE RATIO MISMATCH" in three.verdict
+    alone = ab_report(ab_log({"b": 0.06}, 2000, seed=4), {"a": 0.5, "b": 0.5})
+    assert alone.srm_p < 1e-100 and "served to no one in this period: a" in alone.verdict
+    assert "only one variant (b)" in alone.verdict
+
+
+def test_tiny_arms_and_constant_revenue_get_no_certain_looking_intervals() -> None:
+    tiny = ab_report(ab_log({"a": 0.5, "b": 0.5}, 12, seed=5), {"a": 0.5, "b": 0.5})
+    assert "fewer than 30 members" in tiny.verdict
+    none_buy = ab_report(ab_log({"a": 0.0, "b": 0.0}, 400, seed=6), {"a": 0.5, "b": 0.5})
+    for v in none_buy.variants:
+        assert v.revenue_per_member.value == 0 and np.isnan(v.revenue_per_member.low)
+    c = none_buy.comparisons[0]
+    assert np.isnan(c.revenue_diff.low) and np.isnan(c.revenue_p)
+    assert "convert alike so far" in none_buy.verdict
+
+
+def test_many_arms_keep_the_chance_of_any_false_significance_near_five_percent() -> None:
+    # four A/A arms: three comparisons with the baseline; without a correction one of them is
+    # "significant" in about 1 report of 7 instead of 1 of 20
+    flagged = 0
+    for seed in range(60):
+        rates = dict.fromkeys("abcd", 0.08)
+        r = ab_report(ab_log(rates, 2400, seed=300 + seed), dict.fromkeys("abcd", 0.25))
+        flagged += ", significant" in r.verdict
+    assert flagged <= 6  # 5 % of 60 is 3 (these seeds: 4); uncorrected, these seeds flag 9
+
+
 def campaign_log(base: float, uplift: float, members: int, seed: int, campaign: str = "spring") -> LogFrames:
     """An audience: 20% held out; half of everyone consented (the others are refused NO_CONSENT,
     or held out without being reachable); reached members buy at base + uplift, others at base."""
@@ -167,6 +199,50 @@ def test_campaign_recovers_the_planted_uplift_against_its_holdout() -> None:
 def test_a_campaign_without_effect_shows_none() -> None:
     report = campaign_report(campaign_log(0.05, 0.0, 12000, seed=4), "spring", 7 * 86400)
     assert not report.uplift.excludes_zero and "not significant" in report.verdict
+
+
+def _decision(m: int, ts: datetime, allowed: bool, reason: str, would_allow: bool) -> dict[str, object]:
+    return dict(
+        ts=ts,
+        member=f"p_{m}",
+        campaign="c",
+        channel="wecom",
+        allowed=allowed,
+        reason=reason,
+        reservation_id=f"t.{m}.{ts:%d}" if allowed else "",
+        mode="reserve",
+        would_allow=would_allow,
+        log_id=f"{m}-{ts:%d}",
+    )
+
+
+def test_a_member_reached_after_a_refusal_counts_as_reached() -> None:
+    day = timedelta(days=1)
+    decisions = [_decision(m, T0, False, "CAP_DAY", True) for m in range(100)]  # capped on day 1
+    decisions += [_decision(m, T0 + day, True, "ALLOWED", True) for m in range(100)]  # reached on day 2
+    decisions += [_decision(m, T0 + day, True, "ALLOWED", True) for m in range(100, 200)]
+    decisions += [_decision(m, T0 + day, False, "HOLDOUT", True) for m in range(200, 250)]
+    decisions += [_decision(m, T0 + day, False, "NO_CONSENT", False) for m in range(250, 260)]
+    late = [_event(m, "", "purchase", 10.0, "", ts=T0 + 30 * day) for m in range(0, 260, 7)]
+    frames = LogFrames(_frame("impression", []), _frame("event", late), _frame("decision", decisions))
+    r = campaign_report(frames, "c", 7 * 86400)
+    assert r.reached == 200 and r.held_out == 50 and r.refusals == {"NO_CONSENT": 10}
+    assert r.audience == 260 and r.open_windows == 0
+
+
+def test_windows_still_open_and_a_holdout_that_could_not_be_reached_are_said() -> None:
+    decisions = [_decision(m, T0, True, "ALLOWED", True) for m in range(100)]
+    decisions += [_decision(m, T0, False, "HOLDOUT", True) for m in range(100, 125)]
+    buys = [_event(m, "", "purchase", 10.0, "", ts=T0 + timedelta(hours=2)) for m in range(0, 125, 9)]
+    frames = LogFrames(_frame("impression", []), _frame("event", buys), _frame("decision", decisions))
+    r = campaign_report(frames, "c", 7 * 86400)
+    assert "window has ended" in r.verdict and "still to come" in r.verdict and r.open_windows == 125
+    unreachable = [_decision(m, T0, False, "HOLDOUT", False) for m in range(100, 125)]
+    frames = LogFrames(
+        _frame("impression", []), _frame("event", buys), _frame("decision", decisions[:100] + unreachable)
+    )
+    r = campaign_report(frames, "c", 7 * 86400)
+    assert "held out 25 members, none of whom it would have reached" in r.verdict
 
 
 def test_empty_periods_and_unknown_campaigns_give_a_reason() -> None:
@@ -236,7 +312,22 @@ def test_report_commands_print_write_a_page_and_log_to_mlflow(tmp_path: Path) ->
         "report/report.html",
         "report/report.json",
     ]
+    (tmp_path / "none").mkdir()
     empty = _cli("report", "ab", "--log-dir", str(tmp_path / "none"), "--no-mlflow", env_extra=env)
     assert empty.returncode == 0 and "empty report" in empty.stdout and "Traceback" not in empty.stderr
+    wrong = _cli("report", "ab", "--log-dir", str(tmp_path / "typo"), "--no-mlflow", env_extra=env)
+    assert wrong.returncode == 2 and "NO_EVENT_LOG" in wrong.stderr and "Traceback" not in wrong.stderr
+    back = _cli(
+        "report",
+        "ab",
+        "--log-dir",
+        str(log_dir),
+        "--since",
+        "2026-05-09",
+        "--until",
+        "2026-05-01",
+        env_extra=env,
+    )
+    assert back.returncode == 2 and "is after --until" in back.stderr
     bad = _cli("report", "ab", "--log-dir", str(log_dir), "--since", "May 1", "--no-mlflow", env_extra=env)
     assert bad.returncode == 2 and "INVALID_DATE" in bad.stderr
