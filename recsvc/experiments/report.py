@@ -373,13 +373,6 @@ def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> Campai
     decided_at = pd.concat([treated["ts"], comparable["ts"]])
     open_windows = int((decided_at + window > end).sum())
     report.open_windows = open_windows
-    if open_windows == len(decided_at):
-        report.verdict = (
-            f"campaign {campaign}: no member's {report.window_days:g}-day window has ended by the "
-            f"log's last record ({end:%Y-%m-%d %H:%M} UTC): purchases are still to come; report "
-            "again after the window"
-        )
-        return report
     report.uplift, report.uplift_p = stats.proportion_difference(bt, nt, bh, nh)
     report.revenue_uplift, report.revenue_p = stats.mean_difference(rt, rh)
     u = report.uplift
@@ -392,7 +385,13 @@ def campaign_report(frames: LogFrames, campaign: str, window_s: float) -> Campai
         f"campaign {campaign}: conversion {u.value * 100:+.2f} pp against its holdout "
         f"(95% CI {u.low * 100:+.2f} to {u.high * 100:+.2f} pp), {sig}"
     )
-    if open_windows:
+    if open_windows == len(decided_at):
+        report.verdict += (
+            f"; so far: no member's {report.window_days:g}-day window has ended by the log's last "
+            f"record ({end:%Y-%m-%d %H:%M} UTC), purchases are still to come; report again after "
+            "the window for the final figure"
+        )
+    elif open_windows:
         report.verdict += (
             f"; {open_windows} of {len(decided_at)} members' windows are still open, so both "
             "groups' purchases are still growing"
