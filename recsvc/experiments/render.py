@@ -24,22 +24,30 @@ from recsvc.settings import MlflowSettings
 Report = AbReport | CampaignReport
 
 
-def _pct(e: Estimate) -> str:
+def _interval(e: Estimate, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    """``value unit [low, high]``; "–" for what cannot be computed (an interval alone too)."""
     if math.isnan(e.value):
         return "–"
-    return f"{e.value * 100:.2f}% [{e.low * 100:.2f}, {e.high * 100:.2f}]"
+    value = f"{e.value * scale:{fmt}}{unit}"
+    if math.isnan(e.low) or math.isnan(e.high):
+        return f"{value} [–]"
+    return f"{value} [{e.low * scale:{fmt}}, {e.high * scale:{fmt}}]"
+
+
+def _pct(e: Estimate) -> str:
+    return _interval(e, ".2f", 100, "%")
 
 
 def _money(e: Estimate) -> str:
-    if math.isnan(e.value):
-        return "–"
-    return f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]"
+    return _interval(e, ".2f")
 
 
 def _pp(e: Estimate) -> str:
-    if math.isnan(e.value):
-        return "–"
-    return f"{e.value * 100:+.2f} pp [{e.low * 100:+.2f}, {e.high * 100:+.2f}]"
+    return _interval(e, "+.2f", 100, " pp")
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.3g}"
 
 
 def table(report: Report) -> Group:
@@ -58,9 +66,18 @@ def table(report: Report) -> Group:
                 _pct(v.conversion),
                 _money(v.revenue_per_member),
             )
-        srm = "–" if math.isnan(report.srm_p) else f"{report.srm_p:.3g}"
+        diffs = [
+            Text(
+                f"{c.variant} - {c.baseline}: conversion {_pp(c.conversion_diff)} (p {_p(c.conversion_p)}); "
+                f"revenue / member {_money(c.revenue_diff)} (p {_p(c.revenue_p)})"
+            )
+            for c in report.comparisons
+        ]
         return Group(
-            t, Text(f"sample-ratio check p = {srm}"), Text(f"verdict: {report.verdict}", style="bold")
+            t,
+            *diffs,
+            Text(f"sample-ratio check p = {_p(report.srm_p)}"),
+            Text(f"verdict: {report.verdict}", style="bold"),
         )
     t = Table(
         title=f"campaign {report.campaign}, {report.period}: purchases within {report.window_days:g} days"
