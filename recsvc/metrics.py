@@ -357,5 +357,13 @@ def mark_worker_dead(pid: int) -> None:
 
 
 def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:
-    """Expose ``registry`` on http://host:port/metrics (a daemon thread)."""
-    start_http_server(port, addr=host, registry=registry)
+    """Expose ``registry`` on http://host:port/metrics (a daemon thread); ConfigError
+    (PORT_IN_USE) when the port is taken."""
+    from recsvc.errors import ConfigError
+
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics port {port} on {host} is in use ({exc.strerror}); choose another", reason="PORT_IN_USE"
+        ) from None

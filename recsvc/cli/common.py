@@ -100,6 +100,10 @@ def rpc_errors() -> Iterator[None]:
         raise typer.Exit(code=3 if code in _TRY_LATER else 2) from None
 
 
+# a path that cannot be read or written as asked (FileExistsError: a part of it is a file)
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Print a RecsvcError as one clear line and exit 2 (bad input) instead of a traceback; so is a
     file that cannot be read or written (missing, a folder, no permission); Redis that cannot
@@ -122,7 +126,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 soft_wrap=True,
             )
             raise typer.Exit(code=3) from None
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        except _PATH_ERRORS as exc:
             # a path given on the command line that cannot be read or written as asked
             console.print(
                 f"[bold red]error[/] FILE: {exc.strerror or type(exc).__name__}: {exc.filename}",

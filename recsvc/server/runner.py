@@ -33,6 +33,14 @@ from recsvc.settings import Settings
 log = logging.getLogger(__name__)
 
 _RESTART_LIMIT = 5
+
+
+class WorkersDied(RecsvcError):
+    """The supervisor gave up restarting server processes: the service is down, say so (exit 2)."""
+
+    reason = "WORKERS_DIED"
+
+
 _CANNOT_START = 78  # EX_CONFIG (sysexits.h): a worker refused its configuration
 
 
@@ -165,10 +173,36 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def check_ports_free(settings: Settings) -> None:
+    """Every port this server will listen on is free, or a ConfigError (PORT_IN_USE) naming it.
+    The workers bind the service port with SO_REUSEPORT, which would let a second server started
+    on the same port (an old release still running) share its traffic silently: a bind without
+    it fails while anyone listens there."""
+    s = settings.serving
+    ports = [("serving.port", s.host, s.port), ("serving.metrics_port", s.metrics_host, s.metrics_port)]
+    if settings.catalog.enabled:
+        ports.append(("catalog.writer_port", s.host, settings.catalog.writer_port))
+    for name, host, port in ports:
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no listener
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"{name} {port} on {host} is in use ({exc.strerror}): another server, perhaps "
+                    "an older recsvc serve, listens there; stop it or choose another port",
+                    reason="PORT_IN_USE",
+                ) from None
+
+
 def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
+    check_ports_free(settings)
     from recsvc.security.wiring import check_server_security
 
     check_server_security(settings)
@@ -206,7 +240,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
 
     procs = {i: start(i) for i in range(s.workers + writer)}
     restarts = 0
-    refused = False
+    refused = gave_up = False
 
     def _on_signal(signum: int, _frame: Any) -> None:
         stopping.set()
@@ -233,6 +267,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
                 break
             if restarts >= _RESTART_LIMIT:
                 log.error("event=too_many_restarts stopping")
+                gave_up = True
                 stopping.set()
                 break
             restarts += 1
@@ -251,4 +286,8 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     if refused:
         raise ConfigError(
             "a server process refused its configuration: see its worker_cannot_start line above"
+        )
+    if gave_up:
+        raise WorkersDied(
+            f"server processes died {_RESTART_LIMIT + 1} times: stopped (see the worker_died lines above)"
         )

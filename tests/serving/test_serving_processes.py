@@ -109,6 +109,13 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
         assert {s.labels["worker"] for s in cpu if s.name.endswith("_total")} == {"0", "1"}
         memory = families["recsvc_process_resident_memory_bytes"].samples
         assert {s.labels["worker"] for s in memory} == {"0", "1"}
+        # A second server on the same port (SO_REUSEPORT would let it share the traffic) refuses
+        # to start, by name, before any worker; on a busy metrics port too.
+        for busy in ({}, {"RECSVC_SERVING__PORT": str(free_port())}):
+            second = serve_subprocess({**env, **busy})
+            out, err = second.communicate(timeout=60)
+            text = (err or b"").decode()
+            assert second.returncode == 2 and "PORT_IN_USE" in text and "Traceback" not in text, text
         for channel in channels:
             channel.close()
         assert stop_subprocess(proc) == 0  # graceful SIGTERM shutdown
