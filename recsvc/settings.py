@@ -451,6 +451,11 @@ class RedisSettings(_Section):
         # redis+cluster://[user:password@]host:port[,host:port...] (recsvc.redis_client): a seed
         # without a port would otherwise only fail when the first process connects
         scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            raise ValueError(
+                f"not a Redis URL: {url[:80]!r}; use redis://host:port/db, rediss://, unix:///path "
+                "or redis+cluster://host:port[,host:port]"
+            )
         if scheme.lower() in ("redis+cluster", "rediss+cluster"):
             nodes = rest.rpartition("@")[2].split("/", 1)[0]
             for node in nodes.split(","):
@@ -676,8 +681,10 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"{what} not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{what} {path} is a folder, not a TOML file") from exc
 
 
 def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

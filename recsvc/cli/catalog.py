@@ -64,8 +64,11 @@ def _shown(item_id: str) -> str:
 
 
 def _print_results(resp: Any) -> None:
+    """The answer's counts and refusals; exit 1 when a change was refused (docs/operations.md)."""
     _print_refused(resp)
     print(f"applied={resp.applied} failed={resp.failed}")
+    if resp.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("get")
@@ -344,6 +347,7 @@ def sync(
     from pipelines.contract import CATALOG
     from pipelines.read import read_table
     from pipelines.validate_reference import validate_catalog
+    from recsvc.idmap import normalize_id
     from recsvc.v1 import catalog_pb2
 
     checked = validate_catalog(read_table(path, CATALOG), path, state(ctx).settings().data)
@@ -361,13 +365,17 @@ def sync(
         if have is None or not _same(item, have):
             changes.append(item)
     relist = sorted(i for i in in_file if i in current and not current[i].listed)
-    gone = sorted(set(current) - in_file) if delist_missing else []
+    # a row the checks skipped is still in the file: a typo in its price must not delist it
+    rejected = {normalize_id(str(i)) for i in checked.quarantine.get("item_id", [])}
+    gone = sorted(set(current) - in_file - rejected) if delist_missing else []
     gone = [i for i in gone if current[i].listed]
     print(
         f"file={len(in_file)} service={len(current)} upsert={len(changes)} relist={len(relist)} "
         f"delist={len(gone)}"
     )
     if dry_run:
+        if bad:
+            raise typer.Exit(code=1)  # as the real run would
         return
     stub = _stub(ctx, target)
     applied = failed = 0

@@ -13,7 +13,7 @@ app = typer.Typer(help="Call the running recommendation service (Recommender RPC
 
 _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
 _JSON = typer.Option(False, "--json", help="Print the response as JSON.")
-_K = typer.Option(0, "--k", "-k", help="How many items (0 = server default).")
+_K = typer.Option(0, "--k", "-k", min=0, max=2**31 - 1, help="How many items (0 = server default).")
 _TIMEOUT = typer.Option(5.0, "--timeout", help="Deadline in seconds.")
 
 

@@ -36,6 +36,11 @@ GENESIS = "0" * 64
 _RESERVED = frozenset({"seq", "ts", "event", "prev", "hash", "tamper"})
 
 
+def _line(entry: dict[str, Any]) -> str:
+    """An entry as the log holds it: one canonical JSON line."""
+    return json.dumps(entry, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
 def _entry_hash(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -148,7 +153,7 @@ class AuditLog:
                     log.error("audit log %s: %s before this append", self.path, tamper)
                     entry["tamper"] = tamper
                 entry["hash"] = _entry_hash(entry)
-                line = json.dumps(entry, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+                line = _line(entry)
                 fh.seek(0, os.SEEK_END)
                 fh.write(line.encode("utf-8"))
                 fh.flush()
@@ -225,6 +230,12 @@ def verify(path: Path, head_path: Path | None = None) -> VerifyResult:
                 head_entry_hash = stored
             if _entry_hash(entry) != stored:
                 result.problems.append(Problem(lineno, f"entry seq {seq} was edited (hash mismatch)"))
+            elif raw.rstrip(b"\n") != _line(entry).rstrip("\n").encode():
+                # the same entry in other bytes: a key given twice (JSON keeps the last), other
+                # spacing or line ends; the hash covers the parsed entry, the writer's bytes are one
+                result.problems.append(
+                    Problem(lineno, f"entry seq {seq} was rewritten (its bytes are not the ones written)")
+                )
             if prev != prev_hash:
                 result.problems.append(
                     Problem(

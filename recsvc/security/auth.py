@@ -141,7 +141,7 @@ def read_keys_file(path: Path) -> list[CallerKey]:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"API keys file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"API keys file {path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - {"caller"})
     if unknown:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import pandas as pd
 import pytest
 import redis
 from bundle_factory import PlantedBundle, make_bundle
@@ -398,7 +399,7 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "out", "--target", server.target])
     assert sold.exit_code == 0 and "applied=1" in sold.output
     gone = runner.invoke(app, ["catalog", "delist", "NOPE", "--target", server.target])
-    assert "ITEM_NOT_FOUND" in gone.output
+    assert "ITEM_NOT_FOUND" in gone.output and gone.exit_code == 1  # a refused change: exit 1
 
 
 def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> None:
@@ -546,6 +547,29 @@ def test_cli_sync_reads_a_catalog_file_as_training_does(server: RunningServer, t
     assert skipped.exit_code == 1 and "bad_price" in skipped.output, skipped.output
     after = _item(catalog, "P1-002")
     assert (after.price, after.in_stock) == (before.price, before.in_stock)
+    # a row the checks reject is still in the file: --delist-missing leaves that item listed
+    rows = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert (rows["item_id"] == "P1-003").sum() == 1
+    rows.loc[rows["item_id"] == "P1-003", "price"] = "12,50"  # a decimal comma: bad_price
+    rows.to_csv(tmp_path / "typo.csv", index=False)
+    dry = runner.invoke(
+        app,
+        [
+            "catalog",
+            "sync",
+            str(tmp_path / "typo.csv"),
+            "--delist-missing",
+            "--dry-run",
+            "--target",
+            server.target,
+        ],
+    )
+    assert dry.exit_code == 1 and "bad_price" in dry.output and "delist=0" in dry.output, dry.output
+    real = runner.invoke(
+        app, ["catalog", "sync", str(tmp_path / "typo.csv"), "--delist-missing", "--target", server.target]
+    )
+    assert real.exit_code == 1 and "delist=0" in real.output, real.output
+    assert _item(catalog, "P1-003").listed
     table = pa.table(
         {
             "item_id": ["PQ-1", "PQ-C"],

@@ -84,3 +84,13 @@ def test_redis_cluster_url_names_its_seed_nodes() -> None:
     assert load_settings(None, {"redis": {"url": "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"}})
     with pytest.raises(ConfigError, match="host:port"):
         load_settings(None, {"redis": {"url": "redis+cluster://10.0.0.1,10.0.0.2:7000"}})
+
+
+def test_a_redis_url_without_a_known_scheme_and_a_config_file_not_in_utf8_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a Redis URL: 'notaurl'"):
+        load_settings(None, {"redis": {"url": "notaurl"}})
+    assert load_settings(None, {"redis": {"url": "unix:///tmp/redis.sock"}})
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"[training]\nfactors = 8 # \xff\xfe\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings(cfg)

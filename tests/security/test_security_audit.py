@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,23 @@ def test_edited_line_is_found(tmp_path: Path) -> None:
     assert not result.ok
     assert [p.line for p in result.problems] == [2]
     assert "edited" in result.problems[0].message
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda line: line.replace("{", '{"seq": 999, ', 1),  # a key twice: JSON keeps the last
+        lambda line: line.replace('": "', '":  "', 1),  # other spacing, same entry
+        lambda line: line.rstrip("\n") + "\r\n",  # other line ends
+    ],
+)
+def test_the_same_entry_in_other_bytes_is_found(tmp_path: Path, rewrite: Callable[[str], str]) -> None:
+    audit, lines = _three(tmp_path)
+    lines[1] = rewrite(lines[1])
+    _write_lines(audit.path, lines)
+    result = verify(audit.path)
+    assert [p.line for p in result.problems] == [2]
+    assert "rewritten" in result.problems[0].message
 
 
 def test_removed_line_is_found(tmp_path: Path) -> None:

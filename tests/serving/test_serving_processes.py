@@ -113,7 +113,7 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
         # to start, by name, before any worker; on a busy metrics port too.
         for busy in ({}, {"RECSVC_SERVING__PORT": str(free_port())}):
             second = serve_subprocess({**env, **busy})
-            out, err = second.communicate(timeout=60)
+            _, err = second.communicate(timeout=60)
             text = (err or b"").decode()
             assert second.returncode == 2 and "PORT_IN_USE" in text and "Traceback" not in text, text
         for channel in channels:
