@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from recsvc.cli.common import console, friendly_errors
+from recsvc.security.auth import ROLES
 
 app = typer.Typer(help="API key commands.", no_args_is_help=True)
 
@@ -17,7 +18,7 @@ app = typer.Typer(help="API key commands.", no_args_is_help=True)
 @friendly_errors
 def create(
     name: str = typer.Option(..., "--name", help="The calling backend, e.g. mall-backend."),
-    roles: str = typer.Option(..., "--roles", help="Comma-separated: recommend, events, outreach, admin."),
+    roles: str = typer.Option(..., "--roles", help=f"Comma-separated, of: {', '.join(ROLES)}."),
 ) -> None:
     """Create a new API key and print it with its secrets-file entry."""
     from pydantic import ValidationError

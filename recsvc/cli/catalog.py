@@ -20,7 +20,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from recsvc.cli.common import console, friendly_errors, rpc_errors, state
+from recsvc.cli.common import client_channel, console, friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Change and read the live catalog (Catalog service).", no_args_is_help=True)
 
@@ -31,14 +31,13 @@ _CHUNK = 1000
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
-    import grpc
 
     from recsvc.v1 import catalog_pb2_grpc
 
     if target is None:
         s = state(ctx).settings().serving
         target = f"{s.host}:{s.port}"
-    return catalog_pb2_grpc.CatalogStub(grpc.insecure_channel(target))
+    return catalog_pb2_grpc.CatalogStub(client_channel(target))
 
 
 def _metadata(key: str | None) -> list[tuple[str, str]] | None:

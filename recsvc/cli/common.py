@@ -145,3 +145,76 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def client_channel(target: str) -> Any:
+    """A channel to a recsvc server for the CLI's client commands (query, members, catalog,
+    events simulate), secured as the server is: ``RECSVC_API_KEY`` is sent as
+    ``authorization: Bearer`` on every call; ``RECSVC_TLS_CA`` (the CA to trust) makes it TLS,
+    with ``RECSVC_TLS_CERT`` / ``RECSVC_TLS_KEY`` a client certificate for mutual TLS."""
+    import os
+
+    import grpc
+
+    from recsvc.security.tls import channel_credentials
+
+    ca, cert, key = (os.environ.get(f"RECSVC_TLS_{n}") for n in ("CA", "CERT", "KEY"))
+    if ca or cert:
+        creds = channel_credentials(
+            Path(ca) if ca else None, Path(cert) if cert else None, Path(key) if key else None
+        )
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    api_key = os.environ.get("RECSVC_API_KEY")
+    return grpc.intercept_channel(channel, _api_key_interceptor(api_key)) if api_key else channel
+
+
+def _api_key_interceptor(key: str) -> Any:
+    """A client interceptor adding the API key to every call that carries none (``--api-key``)."""
+    import collections
+
+    import grpc
+
+    class _Details(
+        collections.namedtuple(
+            "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+        ),
+        grpc.ClientCallDetails,
+    ):
+        pass
+
+    header = ("authorization", f"Bearer {key}")
+
+    def with_key(details: Any) -> Any:
+        metadata = list(details.metadata or [])
+        if any(k.lower() in ("authorization", "x-api-key") for k, _ in metadata):
+            return details
+        return _Details(
+            details.method,
+            details.timeout,
+            [*metadata, header],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    class ApiKey(
+        grpc.UnaryUnaryClientInterceptor,
+        grpc.UnaryStreamClientInterceptor,
+        grpc.StreamUnaryClientInterceptor,
+        grpc.StreamStreamClientInterceptor,
+    ):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+        def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+            return continuation(with_key(details), requests)
+
+        def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+            return continuation(with_key(details), requests)
+
+    return ApiKey()

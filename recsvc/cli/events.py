@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import console, friendly_errors, setup_logging, state
+from recsvc.cli.common import client_channel, console, friendly_errors, setup_logging, state
 
 app = typer.Typer(help="The durable log of impressions, events and outreach decisions.", no_args_is_help=True)
 
@@ -79,8 +79,6 @@ def simulate(
 ) -> None:
     """Play served traffic with the effects the generator planted (variant b converts better; the
     campaign lifts purchases of the members it reaches), through the public API."""
-    import grpc
-    import pandas as pd
 
     from pipelines.generate.effects import PlantedEffects
     from recsvc.experiments.simulate import play
@@ -88,13 +86,11 @@ def simulate(
     settings = state(ctx).settings()
     addr = target or f"{settings.serving.host}:{settings.serving.port}"
     effects = PlantedEffects.read(data)
-    member_ids = pd.read_parquet(next(iter(sorted(data.glob("members.*")))), columns=["member_id"])[
-        "member_id"
-    ]
-    catalog = pd.read_parquet(next(iter(sorted(data.glob("catalog.*")))), columns=["item_id", "kind"])
+    member_ids = _table(data, "members", ["member_id"])["member_id"]
+    catalog = _table(data, "catalog", ["item_id", "kind"])
     products = catalog.loc[catalog["kind"] == "product", "item_id"].astype(str).tolist()
     ids = member_ids.astype(str).sample(frac=1.0, random_state=seed).tolist()
-    with grpc.insecure_channel(addr) as channel:
+    with client_channel(addr) as channel:
         traffic = play(
             channel,
             ids[:members],
@@ -108,3 +104,17 @@ def simulate(
         f"{traffic.purchases} purchases; campaign {effects.campaign}: {dict(traffic.decisions)}, "
         f"{traffic.campaign_purchases} purchases in the window"
     )
+
+
+def _table(data: Path, name: str, columns: list[str]) -> Any:
+    """Columns of a generated folder's table, Parquet or CSV; a named error when it has none."""
+    import pandas as pd
+
+    from recsvc.errors import DataContractError
+
+    files = sorted(p for p in data.glob(f"{name}.*") if p.name.endswith((".parquet", ".csv", ".csv.gz")))
+    if not files:
+        raise DataContractError(f"{data} holds no {name} table: give the folder recsvc data generate wrote")
+    if files[0].name.endswith(".parquet"):
+        return pd.read_parquet(files[0], columns=columns)
+    return pd.read_csv(files[0], usecols=columns, dtype=str, keep_default_na=False)

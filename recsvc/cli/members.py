@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import friendly_errors, rpc_errors, state
+from recsvc.cli.common import client_channel, friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Member profiles and audiences (Members RPCs).", no_args_is_help=True)
 
@@ -17,14 +17,13 @@ _TIMEOUT = typer.Option(10.0, "--timeout", help="Deadline in seconds.")
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
-    import grpc
 
     from recsvc.v1 import members_pb2_grpc
 
     if target is None:
         s = state(ctx).settings().serving
         target = f"{s.host}:{s.port}"
-    return members_pb2_grpc.MembersStub(grpc.insecure_channel(target))
+    return members_pb2_grpc.MembersStub(client_channel(target))
 
 
 def _when(ts: Any) -> str:

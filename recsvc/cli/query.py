@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import friendly_errors, rpc_errors, state
+from recsvc.cli.common import client_channel, friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Call the running recommendation service (Recommender RPCs).", no_args_is_help=True)
 
@@ -18,14 +18,13 @@ _TIMEOUT = typer.Option(5.0, "--timeout", help="Deadline in seconds.")
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
-    import grpc
 
     from recsvc.v1 import recommender_pb2_grpc
 
     if target is None:
         s = state(ctx).settings().serving
         target = f"{s.host}:{s.port}"
-    return recommender_pb2_grpc.RecommenderStub(grpc.insecure_channel(target))
+    return recommender_pb2_grpc.RecommenderStub(client_channel(target))
 
 
 def _call(fn: Any, request: Any, timeout: float) -> Any:
@@ -39,7 +38,8 @@ def _print(message: Any, as_json: bool) -> None:
     from rich.table import Table
 
     out = Console()
-    data = MessageToDict(message, preserving_proto_field_name=True)
+    # false, 0 and "" shown too: "stored: False" is the answer a caller needs when Redis is down
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if as_json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return

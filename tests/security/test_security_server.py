@@ -129,6 +129,28 @@ def test_recommender_roles(srv: Secured, planted: PlantedBundle) -> None:
     assert _code(stub.BatchRecommend, batch, metadata=srv.md("shop")) == grpc.StatusCode.OK
 
 
+def test_the_cli_client_commands_send_the_key_from_the_environment(
+    srv: Secured, planted: PlantedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    target = srv.channel._channel.target().decode()  # type: ignore[attr-defined]
+    member = planted.warm_members()[0]
+    runner = CliRunner()
+    ask = ["query", "products", member, "-k", "3", "--json", "--target", target]
+    refused = runner.invoke(app, ask)
+    assert refused.exit_code == 2 and "UNAUTHENTICATED" in refused.output, refused.output
+    monkeypatch.setenv("RECSVC_API_KEY", srv.keys["shop"])
+    done = runner.invoke(app, ask)
+    assert done.exit_code == 0 and "item_id" in done.output, done.output
+    monkeypatch.setenv("RECSVC_API_KEY", srv.keys["stock"])  # the catalog role, not recommend
+    assert "PERMISSION_DENIED" in runner.invoke(app, ask).output
+    got = runner.invoke(app, ["catalog", "get", planted.products()[0], "--target", target])
+    assert got.exit_code == 0, got.output
+
+
 def test_a_stock_stream_needs_the_catalog_role_when_it_opens(srv: Secured, planted: PlantedBundle) -> None:
     stub = catalog_pb2_grpc.CatalogStub(srv.channel)
     item = planted.products()[0]

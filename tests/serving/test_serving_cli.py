@@ -35,7 +35,7 @@ def test_every_command_reaches_its_rpc(srv: RunningServer, planted: PlantedBundl
     code, out = run(
         "event", member, "P0-005", "purchase", "--channel", "app", "--target", srv.target, "--json"
     )
-    assert code == 0 and json.loads(out) == {"stored": True, "item_known": True}
+    assert code == 0 and json.loads(out) == {"stored": True, "item_known": True, "recommendation_id": ""}
     code, out = run("products", member, "-k", "30", "--target", srv.target, "--json")
     assert "P0-005" not in {it["item_id"] for it in json.loads(out)["items"]}
     code, out = run("content", member, "-k", "2", "--target", srv.target, "--json")
