@@ -81,11 +81,14 @@ def _members_consent(folder: Path) -> Any:
     cols = [c for c in full.columns if c.startswith("consent_")]
     if not cols:
         return None
-    stamp = (
-        full["registered_at"]
-        if "registered_at" in full.columns
-        else pd.Series("1970-01-01", index=full.index)
-    )
+    # registered_at is optional, column and cell alike: without it the answer dates from 1970, so
+    # any consent record stamped later (the API's, a consent file's) wins over it
+    epoch = pd.Series("1970-01-01", index=full.index)
+    stamp = epoch
+    if "registered_at" in full.columns:
+        raw = full["registered_at"]
+        blank = raw.isna() | (raw.astype(str).str.strip() == "")
+        stamp = raw.astype(str).where(~blank, epoch)
     long = full.assign(updated_at=stamp).melt(
         id_vars=["member_id", "updated_at"], value_vars=cols, var_name="channel", value_name="granted"
     )

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsvc.settings import DataSettings
@@ -24,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def log_event_files(log_dir: Path) -> list[Path]:
-    return sorted((Path(log_dir) / "kind=event").glob("date=*/part-*.parquet"))
+    from recsvc.eventlog.files import log_parts
+
+    return log_parts(log_dir, "event")
 
 
 def load_with_event_log(data_dir: Path, log_dir: Path, settings: DataSettings) -> object:
@@ -38,7 +39,10 @@ def load_with_event_log(data_dir: Path, log_dir: Path, settings: DataSettings) -
     files = log_event_files(log_dir)
     if not files:
         return base
-    table = pa.concat_tables([pq.read_table(f, columns=list(EVENTS.columns)) for f in files])
+    from recsvc.eventlog.files import read_parts
+    from recsvc.eventlog.schema import SCHEMAS
+
+    table = read_parts(files, SCHEMAS["event"]).select(list(EVENTS.columns))
     with tempfile.TemporaryDirectory(prefix="recsvc-eventlog-") as tmp:
         folder = Path(tmp)
         for spec in (CATALOG, MEMBERS):

@@ -4,11 +4,56 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from recsvc.errors import DataContractError
+
+log = logging.getLogger(__name__)
+
+
+def log_parts(log_dir: Path, kind: str, since: date | None = None, until: date | None = None) -> list[Path]:
+    """The sink's files of ``kind`` for the days [since, until], in order. A folder that is not
+    ``date=YYYY-MM-DD`` is none of the sink's: skipped, with a warning naming it."""
+    out = []
+    for f in sorted((Path(log_dir) / f"kind={kind}").glob("date=*/part-*.parquet")):
+        try:
+            day = date.fromisoformat(f.parent.name.removeprefix("date="))
+        except ValueError:
+            log.warning("event=eventlog_stray_folder path=%s not date=YYYY-MM-DD: skipped", f.parent)
+            continue
+        if (since is None or day >= since) and (until is None or day <= until):
+            out.append(f)
+    return out
+
+
+def read_parts(files: list[Path], schema: pa.Schema) -> pa.Table:
+    """The files as one table of ``schema``; DataContractError naming a file that is not one of
+    the sink's (empty, not Parquet, other columns): nothing is left out unsaid."""
+    tables = []
+    for f in files:
+        try:
+            table = pq.read_table(f)
+            if not set(schema.names) & set(table.column_names):
+                raise ValueError(f"none of its columns {table.column_names[:5]} is the log's")
+            # a column the file lacks (written before the schema had it) reads as null
+            have = set(table.column_names)
+            columns = [
+                table.column(f.name).cast(f.type) if f.name in have else pa.nulls(len(table), f.type)
+                for f in schema
+            ]
+            tables.append(pa.Table.from_arrays(columns, schema=schema))
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            raise DataContractError(
+                f"{f} is not a file of the event log's {schema.names[:3]}... schema "
+                f"({type(exc).__name__}: {str(exc)[:160]}); move it out of the log folder"
+            ) from None
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def write_atomically(table: pa.Table, path: Path) -> None:

@@ -45,20 +45,12 @@ def _empty(kind: str) -> pd.DataFrame:
 
 def read_log(log_dir: Path, since: date | None = None, until: date | None = None) -> LogFrames:
     """The log's three kinds, restricted to the days [since, until] (the ``date=`` partitions)."""
-    import pyarrow.dataset as pads
+    from recsvc.eventlog.files import log_parts, read_parts
 
     frames: dict[str, pd.DataFrame] = {}
     for kind in ("impression", "event", "decision"):
-        files = []
-        for f in sorted((Path(log_dir) / f"kind={kind}").glob("date=*/part-*.parquet")):
-            day = date.fromisoformat(f.parent.name.removeprefix("date="))
-            if (since is None or day >= since) and (until is None or day <= until):
-                files.append(str(f))
-        frames[kind] = (
-            pads.dataset(files, schema=SCHEMAS[kind], format="parquet").to_table().to_pandas()
-            if files
-            else _empty(kind)
-        )
+        files = log_parts(Path(log_dir), kind, since, until)
+        frames[kind] = read_parts(files, SCHEMAS[kind]).to_pandas() if files else _empty(kind)
     return LogFrames(frames["impression"], frames["event"], frames["decision"], since, until, Path(log_dir))
 
 

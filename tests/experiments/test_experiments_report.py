@@ -332,3 +332,24 @@ def test_report_commands_print_write_a_page_and_log_to_mlflow(tmp_path: Path) ->
     assert back.returncode == 2 and "is after --until" in back.stderr
     bad = _cli("report", "ab", "--log-dir", str(log_dir), "--since", "May 1", "--no-mlflow", env_extra=env)
     assert bad.returncode == 2 and "INVALID_DATE" in bad.stderr
+
+
+def test_odd_files_in_the_log_folder_are_named_or_skipped(tmp_path: Path) -> None:
+    from recsvc.errors import DataContractError
+    from recsvc.experiments.report import read_log
+
+    log_dir = tmp_path / "log"
+    _write_log(ab_log({"a": 0.1, "b": 0.1}, 200, seed=9), log_dir)
+    assert len(read_log(log_dir).impressions) == 600
+    stray = log_dir / "kind=impression" / "date=latest"  # not a day: none of the sink's folders
+    stray.mkdir()
+    first = next(iter(sorted(log_dir.glob("kind=impression/date=2*/part-*.parquet"))))
+    (stray / first.name).write_bytes(first.read_bytes())
+    assert len(read_log(log_dir).impressions) == 600
+    empty = first.parent / "part-9-0_0-0_0.parquet"
+    empty.write_bytes(b"")  # a disk that filled up
+    with pytest.raises(DataContractError, match=r"part-9-0_0-0_0\.parquet is not a file of the event log"):
+        read_log(log_dir)
+    pd.DataFrame({"a": [1]}).to_parquet(empty)  # another program's file
+    with pytest.raises(DataContractError, match="move it out of the log folder"):
+        read_log(log_dir)

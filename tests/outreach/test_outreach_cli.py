@@ -126,3 +126,9 @@ def test_import_takes_an_empty_timezone_as_the_default_and_ids_in_nfc(
     (no_zone / "members.csv").write_text("member_id,consent_sms\nM6,true\n")
     res = runner.invoke(app, ["outreach", "import", str(no_zone)])
     assert res.exit_code == 0 and "imported 0 time zones and 1 consent records" in flat(res.output)
+    # registered_at is optional cell by cell too: an empty one refuses no answer
+    (no_zone / "members.csv").write_text(
+        "member_id,registered_at,consent_sms\nM7,,true\nM8,2026-01-02,false\n"
+    )
+    res = runner.invoke(app, ["outreach", "import", str(no_zone)])
+    assert res.exit_code == 0 and "2 consent records" in flat(res.output) and "0 rows refused" in res.output
