@@ -30,9 +30,12 @@ from recsvc.settings import project_home
 def _load_commands() -> typer.Typer:
     """The load-test and benchmark commands live beside the product (``bench/``, not installed):
     from a source checkout ``recsvc load`` is ``python -m bench``; elsewhere it says so."""
-    home = str(project_home())
-    if (Path(home) / "bench" / "cli.py").is_file() and home not in sys.path:
-        sys.path.append(home)
+    # the checkout recsvc runs from (RECSVC_HOME may point elsewhere: it names the MLflow store)
+    checkout = Path(__file__).resolve().parents[2]
+    for home in (str(checkout), str(project_home())):
+        if (Path(home) / "bench" / "cli.py").is_file() and home not in sys.path:
+            sys.path.append(home)
+            break
     try:
         from bench.cli import app as bench_app
     except ModuleNotFoundError:

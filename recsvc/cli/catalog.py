@@ -26,7 +26,7 @@ app = typer.Typer(help="Change and read the live catalog (Catalog service).", no
 
 _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
 _KEY = typer.Option(None, "--api-key", envvar="RECSVC_API_KEY", help="API key with the catalog role.")
-_TIMEOUT = typer.Option(30.0, "--timeout", help="Deadline per call, seconds.")
+_TIMEOUT = typer.Option(30.0, "--timeout", min=0.001, max=86400.0, help="Deadline per call, seconds.")
 _CHUNK = 1000
 
 

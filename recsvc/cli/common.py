@@ -156,8 +156,15 @@ def client_channel(target: str) -> Any:
 
     import grpc
 
+    from recsvc.errors import InvalidArgument
     from recsvc.security.tls import channel_credentials
 
+    host, sep, port = target.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        # grpc would wrap a port past 65535 onto another one and reach a server never named
+        raise InvalidArgument(
+            f"--target must be host:port with a port 1..65535, got {target!r}", reason="INVALID_TARGET"
+        )
     ca, cert, key = (os.environ.get(f"RECSVC_TLS_{n}") for n in ("CA", "CERT", "KEY"))
     if ca or cert:
         creds = channel_credentials(

@@ -13,7 +13,7 @@ app = typer.Typer(help="Member profiles and audiences (Members RPCs).", no_args_
 
 _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
 _JSON = typer.Option(False, "--json", help="Print the response as JSON.")
-_TIMEOUT = typer.Option(10.0, "--timeout", help="Deadline in seconds.")
+_TIMEOUT = typer.Option(10.0, "--timeout", min=0.001, max=86400.0, help="Deadline in seconds.")
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:

@@ -14,7 +14,7 @@ app = typer.Typer(help="Call the running recommendation service (Recommender RPC
 _TARGET = typer.Option(None, "--target", "-t", help="host:port (default: serving.host:serving.port).")
 _JSON = typer.Option(False, "--json", help="Print the response as JSON.")
 _K = typer.Option(0, "--k", "-k", min=0, max=2**31 - 1, help="How many items (0 = server default).")
-_TIMEOUT = typer.Option(5.0, "--timeout", help="Deadline in seconds.")
+_TIMEOUT = typer.Option(5.0, "--timeout", min=0.001, max=86400.0, help="Deadline in seconds.")
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
@@ -210,7 +210,7 @@ def batch(
     k: int = _K,
     content_items: bool = typer.Option(False, "--content", help="Recommend content instead of products."),
     target: str | None = _TARGET,
-    timeout: float = typer.Option(30.0, "--timeout"),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.001, max=86400.0),
     as_json: bool = _JSON,
 ) -> None:
     """BatchRecommend for several MEMBER_IDS (streamed back one per member)."""
@@ -257,7 +257,7 @@ def reload(
     ctx: typer.Context,
     model_uri: str = typer.Option("", "--model-uri", help="Empty: the configured source."),
     target: str | None = _TARGET,
-    timeout: float = typer.Option(120.0, "--timeout"),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.001, max=86400.0),
     as_json: bool = _JSON,
 ) -> None:
     """ReloadModel (admin): load the configured model source, or --model-uri, now."""
