@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventlog_support import (
@@ -111,6 +112,16 @@ def test_entries_another_consumer_left_pending_are_taken_over(
             assert int(redis_client.xpending(stream_key("recsvc", s, k), GROUP)["pending"]) == 0
 
 
+def _holding(redis_client: RedisClient, settings: Any, consumer: str) -> Sink:
+    """A sink that took every shard and holds what the streams had, written nowhere yet."""
+    sink = Sink(redis_client, settings, consumer=consumer)
+    sink.prepare()
+    assert sink.shards_held_elsewhere == []  # it takes every shard
+    assert sink.step() == 0  # nothing pending from an earlier run
+    assert sink.step() == 3 * len(MEMBERS)  # read, held in memory
+    return sink
+
+
 def test_two_sinks_on_one_folder_lose_nothing_whichever_dies(
     redis_client: RedisClient, redis_url: str, tmp_path: Path
 ) -> None:
@@ -119,11 +130,7 @@ def test_two_sinks_on_one_folder_lose_nothing_whichever_dies(
     # written (below the highest id on disk) and dropped them. One writer per shard at a time.
     settings = log_settings(redis_url, tmp_path)
     write_records(redis_client, settings, rounds=1)
-    first = Sink(redis_client, settings, consumer="sink-a")
-    first.prepare()
-    assert first.shards_held_elsewhere == []  # it takes every shard
-    first.step()
-    assert first.step() == 3 * len(MEMBERS)  # held in memory, not written
+    first = _holding(redis_client, settings, "sink-a")
     write_records(redis_client, settings, rounds=range(1, 2))
     second = Sink(redis_client, settings, consumer="sink-b")
     stats = second.run(once=True)  # while the first lives: every shard is held elsewhere
@@ -141,10 +148,7 @@ def test_a_second_sink_takes_the_shards_of_one_that_stopped_while_it_runs(
 ) -> None:
     settings = log_settings(redis_url, tmp_path)
     write_records(redis_client, settings, rounds=1)
-    first = Sink(redis_client, settings, consumer="sink-a")
-    first.prepare()
-    first.step()
-    first.step()  # holds a round unwritten
+    first = _holding(redis_client, settings, "sink-a")
     second = Sink(redis_client, settings, consumer="sink-b")
     second.prepare()
     assert second.step() == 0 and second.shards_held_elsewhere == list(range(SHARDS))

@@ -351,15 +351,7 @@ def test_manifest_records_when_its_catalog_was_read(
 
 def test_a_catalog_of_content_only_trains_and_serves(tmp_path: Path) -> None:
     # Replenishment's evaluation once ranked zero product columns and stopped with an IndexError.
-    s = load_settings(
-        overrides={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                "artifact_location": str(tmp_path / "a"),
-            },
-            "training": {"factors": 8, "iterations": 4, "eval_members": 200},
-        }
-    )
+    s = build_settings(tmp_path, mlflow=True, training={"factors": 8, "iterations": 4, "eval_members": 200})
     full = make_dataset(members=300, products=60, content=40, events_per_member=30, seed=4)
     content = full.catalog[full.catalog["kind"] == "content"].assign(featured_item_ids="")
     events = full.events[full.events["item_id"].isin(content["item_id"])]
@@ -376,12 +368,7 @@ def test_a_holdout_without_returning_members_says_so(tmp_path: Path) -> None:
     full = make_dataset(members=300, products=60, content=10, events_per_member=20, days=120, seed=3)
     once = full.events.drop_duplicates("member_id").reset_index(drop=True)
     data = SyntheticDataset(events=once, catalog=full.catalog, members=full.members)
-    s = load_settings(
-        overrides={
-            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "artifact_location": str(tmp_path)},
-            "training": {"factors": 8, "iterations": 4},
-        }
-    )
+    s = build_settings(tmp_path, mlflow=True, training={"factors": 8, "iterations": 4})
     with pytest.raises(DataContractError, match="was active before it") as err:
         pipeline.run(s, pipeline.TrainOptions(data_dir=tmp_path, register=False), dataset=data)
     assert "too short a period" not in str(err.value)
