@@ -72,6 +72,10 @@ def _root(
     ),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
 ) -> None:
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(
+            f"{log_level!r} is none of DEBUG, INFO, WARNING, ERROR", param_hint="--log-level"
+        )
     ctx.obj = AppState(config_file=config, log_level=log_level.upper())
 
 

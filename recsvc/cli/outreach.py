@@ -223,6 +223,7 @@ def check(
     """Ask the throttle whether a message may go out now; prints the decision as JSON."""
     from recsvc.errors import InvalidArgument
     from recsvc.outreach import ask_checks as v
+    from recsvc.outreach.decision import UNAVAILABLE
     from recsvc.outreach.service import build_throttle
     from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, OutreachAsk
     from recsvc.redis_client import connect
@@ -251,3 +252,5 @@ def check(
             }
         )
     )
+    if d.reason == UNAVAILABLE:
+        raise typer.Exit(code=3)  # the decision is printed; Redis could not answer: try again later

@@ -132,3 +132,12 @@ def test_import_takes_an_empty_timezone_as_the_default_and_ids_in_nfc(
     )
     res = runner.invoke(app, ["outreach", "import", str(no_zone)])
     assert res.exit_code == 0 and "2 consent records" in flat(res.output) and "0 rows refused" in res.output
+
+
+def test_a_decision_redis_could_not_make_exits_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsvc.localstack import free_port
+
+    monkeypatch.setenv("RECSVC_REDIS__URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+    res = runner.invoke(app, ["outreach", "check", "--member", "M1", "--channel", "wecom"])
+    assert res.exit_code == 3, res.output  # try again later, as everywhere in the CLI
+    assert json.loads(res.stdout[res.stdout.index("{") :])["reason"] == "THROTTLE_UNAVAILABLE"
