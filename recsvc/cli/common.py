@@ -109,6 +109,8 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     file that cannot be read or written (missing, a folder, no permission); Redis that cannot
     answer is one line too, exit 3 (try again later); a command that needs an extra this install
     lacks says which one to install."""
+    import grpc
+
     from recsvc.redis_client import UNAVAILABLE
 
     @functools.wraps(fn)
@@ -118,7 +120,8 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except RecsvcError as exc:
             # one line: scripts grep it; escaped, so "[training]" in a message is not read as markup
             console.print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            # a store that cannot answer now (StoreUnavailable ...): try again later, as below
+            raise typer.Exit(code=3 if exc.code == grpc.StatusCode.UNAVAILABLE else 2) from None
         except UNAVAILABLE as exc:
             console.print(
                 f"[bold red]error[/] REDIS_UNAVAILABLE: Redis cannot answer ({type(exc).__name__}: "
