@@ -155,7 +155,6 @@ def test_recent_events_follow_the_promoted_replica(tmp_path: Path) -> None:
     """The hot-path read (one connection per thread and primary, outside redis-py's command layer)
     degrades when the member's primary dies and reads the member's events again from the promoted
     replica, without a restart: the background probe re-reads the slot map."""
-    settings = RedisSettings(url="", key_prefix="rt", socket_timeout_ms=500, reconnect_interval_ms=100)
     with LocalRedisCluster(
         tmp_path / "cluster",
         primaries=3,
@@ -163,7 +162,9 @@ def test_recent_events_follow_the_promoted_replica(tmp_path: Path) -> None:
         node_timeout_ms=1000,
         extra_args=("--cluster-require-full-coverage", "no"),
     ) as cluster:
-        settings = settings.model_copy(update={"url": cluster.url})
+        settings = RedisSettings(
+            url=cluster.url, key_prefix="rt", socket_timeout_ms=500, reconnect_interval_ms=100
+        )
         client = make_redis_client(settings)
         assert isinstance(client, RedisCluster)
         store = RealtimeStore(client, settings)
