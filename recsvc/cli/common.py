@@ -109,8 +109,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     file that cannot be read or written (missing, a folder, no permission); Redis that cannot
     answer is one line too, exit 3 (try again later); a command that needs an extra this install
     lacks says which one to install."""
-    import grpc
-
+    from recsvc.errors import StoreUnavailable
     from recsvc.redis_client import UNAVAILABLE
 
     @functools.wraps(fn)
@@ -120,8 +119,9 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except RecsvcError as exc:
             # one line: scripts grep it; escaped, so "[training]" in a message is not read as markup
             console.print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
-            # a store that cannot answer now (StoreUnavailable ...): try again later, as below
-            raise typer.Exit(code=3 if exc.code == grpc.StatusCode.UNAVAILABLE else 2) from None
+            # Redis that cannot answer now (StoreUnavailable): try again later, as below; a missing
+            # model (ModelUnavailable, also UNAVAILABLE) is a setting to fix: 2
+            raise typer.Exit(code=3 if isinstance(exc, StoreUnavailable) else 2) from None
         except UNAVAILABLE as exc:
             console.print(
                 f"[bold red]error[/] REDIS_UNAVAILABLE: Redis cannot answer ({type(exc).__name__}: "
