@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsvc.errors import InvalidArgument
 from recsvc.mapped import load_array
 
 # The separators an id may hold besides letters, marks and digits of any script. Deliberately
@@ -131,3 +132,19 @@ class IdMap:
 
     def ids(self, rows: Iterable[int]) -> list[str]:
         return [bytes(self._ids[r]).decode("utf-8") for r in rows]
+
+
+def check_id(value: str, field: str, max_length: int, *, required: bool = True) -> str:
+    """``value`` in NFC, or InvalidArgument naming ``field`` and why (MISSING_ID, ID_TOO_LONG,
+    INVALID_ID): the id rule for the Outreach and Admin APIs."""
+    value = normalize_id(value)
+    problem = id_problem(value, max_length)
+    if problem == EMPTY:
+        if required:
+            raise InvalidArgument(f"{field} is required", reason="MISSING_ID")
+        return value
+    if problem == TOO_LONG:
+        raise InvalidArgument(f"{field} is longer than {max_length} bytes in UTF-8", reason="ID_TOO_LONG")
+    if problem is not None:
+        raise InvalidArgument(f"{field} may contain only {ID_CHARSET_DOC}", reason="INVALID_ID")
+    return value

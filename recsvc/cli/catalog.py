@@ -30,23 +30,15 @@ _TIMEOUT = typer.Option(30.0, "--timeout", min=0.001, max=86400.0, help="Deadlin
 _CHUNK = 1000
 
 
-def _stub(ctx: typer.Context, target: str | None) -> Any:
-
+def _stub(ctx: typer.Context, target: str | None, api_key: str | None) -> Any:
     from recsvc.v1 import catalog_pb2_grpc
 
-    if target is None:
-        s = state(ctx).settings().serving
-        target = f"{s.host}:{s.port}"
-    return catalog_pb2_grpc.CatalogStub(client_channel(target))
+    return catalog_pb2_grpc.CatalogStub(client_channel(ctx, target, api_key))
 
 
-def _metadata(key: str | None) -> list[tuple[str, str]] | None:
-    return [("authorization", f"Bearer {key}")] if key else None
-
-
-def _call(fn: Any, request: Any, timeout: float, key: str | None) -> Any:
+def _call(fn: Any, request: Any, timeout: float) -> Any:
     with rpc_errors():
-        return fn(request, timeout=timeout, metadata=_metadata(key))
+        return fn(request, timeout=timeout)
 
 
 def _print_refused(resp: Any) -> None:
@@ -78,7 +70,7 @@ def get(ctx: typer.Context, item_id: str, target: str | None = _TARGET, api_key:
 
     from recsvc.v1 import catalog_pb2
 
-    item = _call(_stub(ctx, target).GetItem, catalog_pb2.GetItemRequest(item_id=item_id), 5.0, api_key)
+    item = _call(_stub(ctx, target, api_key).GetItem, catalog_pb2.GetItemRequest(item_id=item_id), 5.0)
     data = MessageToDict(item, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     print(json.dumps(data, ensure_ascii=False, indent=2))
 
@@ -98,7 +90,7 @@ def stock(
     if level not in ("in", "out"):
         raise typer.BadParameter("in or out", param_hint="LEVEL")
     req = catalog_pb2.SetStockRequest(item_id=item_id, in_stock=level == "in")
-    _print_results(_call(_stub(ctx, target).SetStock, req, 5.0, api_key))
+    _print_results(_call(_stub(ctx, target, api_key).SetStock, req, 5.0))
 
 
 # Column names a stock file's first line may hold: that line is a header, not a change. Anything
@@ -181,7 +173,7 @@ def stock_feed(
     )
     try:
         with rpc_errors():
-            for answer in _stub(ctx, target).StreamStock(changes(iter(stream)), metadata=_metadata(api_key)):
+            for answer in _stub(ctx, target, api_key).StreamStock(changes(iter(stream))):
                 _print_refused(answer)
                 applied, failed = applied + answer.applied, failed + answer.failed
     finally:
@@ -206,18 +198,16 @@ def delist(
     """Take items out of every list and SimilarItems (or put them back with --relist)."""
     from recsvc.v1 import catalog_pb2
 
-    stub = _stub(ctx, target)
+    stub = _stub(ctx, target, api_key)
     fn = stub.RelistItems if relist else stub.DelistItems
-    _print_results(_call(fn, catalog_pb2.ItemIdsRequest(item_ids=item_ids), 10.0, api_key))
+    _print_results(_call(fn, catalog_pb2.ItemIdsRequest(item_ids=item_ids), 10.0))
 
 
 def _current(ctx: typer.Context, target: str | None, timeout: float, key: str | None) -> Iterator[Any]:
     from recsvc.v1 import catalog_pb2
 
     with rpc_errors():
-        yield from _stub(ctx, target).ExportCatalog(
-            catalog_pb2.ExportCatalogRequest(), timeout=timeout, metadata=_metadata(key)
-        )
+        yield from _stub(ctx, target, key).ExportCatalog(catalog_pb2.ExportCatalogRequest(), timeout=timeout)
 
 
 def _row(item: Any) -> dict[str, str]:
@@ -376,22 +366,19 @@ def sync(
         if bad:
             raise typer.Exit(code=1)  # as the real run would
         return
-    stub = _stub(ctx, target)
+    stub = _stub(ctx, target, api_key)
     applied = failed = 0
     for start in range(0, len(changes), _CHUNK):
         resp = _call(
             stub.UpsertItems,
             catalog_pb2.UpsertItemsRequest(items=changes[start : start + _CHUNK]),
             timeout,
-            api_key,
         )
         applied, failed = applied + resp.applied, failed + resp.failed
         _print_refused(resp)
     for fn, ids in ((stub.RelistItems, relist), (stub.DelistItems, gone)):
         for start in range(0, len(ids), _CHUNK):
-            resp = _call(
-                fn, catalog_pb2.ItemIdsRequest(item_ids=ids[start : start + _CHUNK]), timeout, api_key
-            )
+            resp = _call(fn, catalog_pb2.ItemIdsRequest(item_ids=ids[start : start + _CHUNK]), timeout)
             applied, failed = applied + resp.applied, failed + resp.failed
     print(f"applied={applied} failed={failed} skipped={bad}")
     if failed or bad:

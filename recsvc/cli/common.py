@@ -150,11 +150,12 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def client_channel(target: str) -> Any:
+def client_channel(ctx: typer.Context, target: str | None, api_key: str | None = None) -> Any:
     """A channel to a recsvc server for the CLI's client commands (query, members, catalog,
-    events simulate), secured as the server is: ``RECSVC_API_KEY`` is sent as
-    ``authorization: Bearer`` on every call; ``RECSVC_TLS_CA`` (the CA to trust) makes it TLS,
-    with ``RECSVC_TLS_CERT`` / ``RECSVC_TLS_KEY`` a client certificate for mutual TLS."""
+    events simulate): ``target`` (default: serving.host:serving.port), secured as the server is:
+    ``api_key`` (else ``RECSVC_API_KEY``) is sent as ``authorization: Bearer`` on every call;
+    ``RECSVC_TLS_CA`` (the CA to trust) makes it TLS, with ``RECSVC_TLS_CERT`` / ``RECSVC_TLS_KEY``
+    a client certificate for mutual TLS."""
     import os
 
     import grpc
@@ -162,6 +163,9 @@ def client_channel(target: str) -> Any:
     from recsvc.errors import InvalidArgument
     from recsvc.security.tls import channel_credentials
 
+    if target is None:
+        s = state(ctx).settings().serving
+        target = f"{s.host}:{s.port}"
     host, sep, port = target.rpartition(":")
     if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
         # grpc would wrap a port past 65535 onto another one and reach a server never named
@@ -176,12 +180,12 @@ def client_channel(target: str) -> Any:
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)
-    api_key = os.environ.get("RECSVC_API_KEY")
+    api_key = api_key or os.environ.get("RECSVC_API_KEY")
     return grpc.intercept_channel(channel, _api_key_interceptor(api_key)) if api_key else channel
 
 
 def _api_key_interceptor(key: str) -> Any:
-    """A client interceptor adding the API key to every call that carries none (``--api-key``)."""
+    """A client interceptor adding the API key to every call."""
     import collections
 
     import grpc
@@ -197,13 +201,10 @@ def _api_key_interceptor(key: str) -> Any:
     header = ("authorization", f"Bearer {key}")
 
     def with_key(details: Any) -> Any:
-        metadata = list(details.metadata or [])
-        if any(k.lower() in ("authorization", "x-api-key") for k, _ in metadata):
-            return details
         return _Details(
             details.method,
             details.timeout,
-            [*metadata, header],
+            [*(details.metadata or []), header],
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),

@@ -79,18 +79,15 @@ def simulate(
 ) -> None:
     """Play served traffic with the effects the generator planted (variant b converts better; the
     campaign lifts purchases of the members it reaches), through the public API."""
-
     from pipelines.generate.effects import PlantedEffects
     from recsvc.experiments.simulate import play
 
-    settings = state(ctx).settings()
-    addr = target or f"{settings.serving.host}:{settings.serving.port}"
     effects = PlantedEffects.read(data)
     member_ids = _table(data, "members", ["member_id"])["member_id"]
     catalog = _table(data, "catalog", ["item_id", "kind"])
     products = catalog.loc[catalog["kind"] == "product", "item_id"].astype(str).tolist()
     ids = member_ids.astype(str).sample(frac=1.0, random_state=seed).tolist()
-    with client_channel(addr) as channel:
+    with client_channel(ctx, target) as channel:
         traffic = play(
             channel,
             ids[:members],

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import client_channel, friendly_errors, rpc_errors, state
+from recsvc.cli.common import client_channel, friendly_errors, rpc_errors
 
 app = typer.Typer(help="Member profiles and audiences (Members RPCs).", no_args_is_help=True)
 
@@ -17,13 +17,9 @@ _TIMEOUT = typer.Option(10.0, "--timeout", min=0.001, max=86400.0, help="Deadlin
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
-
     from recsvc.v1 import members_pb2_grpc
 
-    if target is None:
-        s = state(ctx).settings().serving
-        target = f"{s.host}:{s.port}"
-    return members_pb2_grpc.MembersStub(client_channel(target))
+    return members_pb2_grpc.MembersStub(client_channel(ctx, target))
 
 
 def _when(ts: Any) -> str:

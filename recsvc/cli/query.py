@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import client_channel, friendly_errors, rpc_errors, state
+from recsvc.cli.common import client_channel, friendly_errors, rpc_errors
 
 app = typer.Typer(help="Call the running recommendation service (Recommender RPCs).", no_args_is_help=True)
 
@@ -18,13 +18,9 @@ _TIMEOUT = typer.Option(5.0, "--timeout", min=0.001, max=86400.0, help="Deadline
 
 
 def _stub(ctx: typer.Context, target: str | None) -> Any:
-
     from recsvc.v1 import recommender_pb2_grpc
 
-    if target is None:
-        s = state(ctx).settings().serving
-        target = f"{s.host}:{s.port}"
-    return recommender_pb2_grpc.RecommenderStub(client_channel(target))
+    return recommender_pb2_grpc.RecommenderStub(client_channel(ctx, target))
 
 
 def _call(fn: Any, request: Any, timeout: float) -> Any:

@@ -112,14 +112,13 @@ def parse_part(name: str) -> tuple[int, StreamId, StreamId] | None:
         return None
 
 
-def on_disk(log_dir: Path, kind: str) -> dict[int, StreamId]:
-    """Per shard, the highest stream id in ``kind``'s files."""
-    out: dict[int, StreamId] = {}
-    for path in (log_dir / f"kind={kind}").glob("date=*/part-*.parquet"):
+def on_disk(log_dir: Path, kind: str, shard: int) -> StreamId | None:
+    """The highest stream id in ``kind``'s files of ``shard`` (None: no file yet)."""
+    out: StreamId | None = None
+    for path in (log_dir / f"kind={kind}").glob(f"date=*/part-{shard}-*.parquet"):
         parsed = parse_part(path.name)
-        if parsed is not None:
-            shard, _, last = parsed
-            out[shard] = max(out.get(shard, (0, 0)), last)
+        if parsed is not None and parsed[0] == shard:
+            out = parsed[2] if out is None else max(out, parsed[2])
     return out
 
 
@@ -241,7 +240,7 @@ class Sink:
             for tmp in self._dir.glob(f"kind=*/date=*/.tmp-part-{shard}-*"):
                 tmp.unlink(missing_ok=True)  # a write its last writer did not finish: entries pending
         for kind in KINDS:
-            last = on_disk(self._dir, kind).get(shard)
+            last = on_disk(self._dir, kind, shard)  # its own files only: one glob per shard taken
             if last is not None:
                 self._done[(kind, shard)] = last
             self._claim(stream_key(self._prefix, shard, kind))

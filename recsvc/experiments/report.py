@@ -217,6 +217,7 @@ def _ab_verdict(r: AbReport) -> str:
             f"fewer than {MIN_MEMBERS} members in {', '.join(small)}: too few for the intervals' "
             "approximations; keep collecting"
         )
+    m = len(r.comparisons)
     for c in r.comparisons:
         d = c.conversion_diff
         if d.value == 0:
@@ -227,7 +228,6 @@ def _ab_verdict(r: AbReport) -> str:
             f"{lead} is ahead on conversion: {c.variant} - {c.baseline} = {d.value * 100:+.2f} pp "
             f"(95% CI {d.low * 100:+.2f} to {d.high * 100:+.2f} pp)"
         )
-        m = len(r.comparisons)
         if not d.excludes_zero:
             text += ", not significant (the interval includes 0): keep collecting"
         elif m > 1 and not c.conversion_p < ALPHA / m:

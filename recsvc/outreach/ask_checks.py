@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from recsvc.errors import InvalidArgument
-from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
+from recsvc.idmap import check_id
 from recsvc.outreach.decision import MARKETING, TRANSACTIONAL, split_reservation_id
 from recsvc.outreach.policy import Policy
 from recsvc.v1 import common_pb2, outreach_pb2
@@ -27,21 +27,6 @@ FEEDBACK_NAMES = {
     outreach_pb2.UNSUBSCRIBED: "unsubscribed",
     outreach_pb2.COMPLAINED: "complained",
 }
-
-
-def check_id(value: str, field: str, max_length: int, *, required: bool = True) -> str:
-    """The id in NFC (recsvc.idmap: the same rule as files and the Recommender API)."""
-    value = normalize_id(value)
-    problem = id_problem(value, max_length)
-    if problem == EMPTY:
-        if required:
-            raise InvalidArgument(f"{field} is required", reason="MISSING_ID")
-        return value
-    if problem == TOO_LONG:
-        raise InvalidArgument(f"{field} is longer than {max_length} bytes in UTF-8", reason="ID_TOO_LONG")
-    if problem is not None:
-        raise InvalidArgument(f"{field} may contain only {ID_CHARSET_DOC}", reason="INVALID_ID")
-    return value
 
 
 def check_idempotency_key(value: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
-from recsvc.idmap import EMPTY, ID_CHARSET_DOC, TOO_LONG, id_problem, normalize_id
+from recsvc.idmap import check_id
 from recsvc.redis_keys import global_key, member_key, member_tag
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList
@@ -60,15 +60,7 @@ def is_suppressed(redis: Any, prefix: str, member_id: str) -> bool:
 
 def check_member_id(member_id: str, max_length: int) -> str:
     """The member id in NFC, checked by the one id rule (recsvc.idmap)."""
-    member_id = normalize_id(member_id)
-    problem = id_problem(member_id, max_length)
-    if problem == EMPTY:
-        raise InvalidArgument("member_id is required", reason="MISSING_ID")
-    if problem == TOO_LONG:
-        raise InvalidArgument(f"member_id is longer than {max_length} bytes in UTF-8", reason="ID_TOO_LONG")
-    if problem is not None:
-        raise InvalidArgument(f"member_id may contain only {ID_CHARSET_DOC}", reason="INVALID_ID")
-    return member_id
+    return check_id(member_id, "member_id", max_length)
 
 
 def _glob_escape(text: str) -> str:

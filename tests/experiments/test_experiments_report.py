@@ -149,6 +149,23 @@ def test_many_arms_keep_the_chance_of_any_false_significance_near_five_percent()
     assert flagged <= 6  # 5 % of 60 is 3 (these seeds: 4); uncorrected, these seeds flag 9
 
 
+def _decision(
+    m: int, ts: datetime, allowed: bool, reason: str, would_allow: bool, campaign: str = "c"
+) -> dict[str, object]:
+    return dict(
+        ts=ts,
+        member=f"p_{m}",
+        campaign=campaign,
+        channel="wecom",
+        allowed=allowed,
+        reason=reason,
+        reservation_id=f"t.{m}.{ts:%d}" if allowed else "",
+        mode="reserve",
+        would_allow=would_allow,
+        log_id=f"{m}-{ts:%d}",
+    )
+
+
 def campaign_log(base: float, uplift: float, members: int, seed: int, campaign: str = "spring") -> LogFrames:
     """An audience: 20% held out; half of everyone consented (the others are refused NO_CONSENT,
     or held out without being reachable); reached members buy at base + uplift, others at base."""
@@ -159,20 +176,7 @@ def campaign_log(base: float, uplift: float, members: int, seed: int, campaign: 
         held = rng.random() < 0.2
         allowed = consent and not held
         reason = "HOLDOUT" if held else ("ALLOWED" if consent else "NO_CONSENT")
-        decisions.append(
-            dict(
-                ts=T0,
-                member=f"p_{m}",
-                campaign=campaign,
-                channel="wecom",
-                allowed=allowed,
-                reason=reason,
-                reservation_id=f"t.{m}" if allowed else "",
-                mode="reserve",
-                would_allow=consent,
-                log_id=f"{m}-0",
-            )
-        )
+        decisions.append(_decision(m, T0, allowed, reason, consent, campaign))
         if rng.random() < base + (uplift if allowed else 0.0):
             events.append(_event(m, "", "purchase", 100.0, "", ts=T0 + timedelta(days=2)))
         if rng.random() < 0.5:  # long after the window: never counted
@@ -199,21 +203,6 @@ def test_campaign_recovers_the_planted_uplift_against_its_holdout() -> None:
 def test_a_campaign_without_effect_shows_none() -> None:
     report = campaign_report(campaign_log(0.05, 0.0, 12000, seed=4), "spring", 7 * 86400)
     assert not report.uplift.excludes_zero and "not significant" in report.verdict
-
-
-def _decision(m: int, ts: datetime, allowed: bool, reason: str, would_allow: bool) -> dict[str, object]:
-    return dict(
-        ts=ts,
-        member=f"p_{m}",
-        campaign="c",
-        channel="wecom",
-        allowed=allowed,
-        reason=reason,
-        reservation_id=f"t.{m}.{ts:%d}" if allowed else "",
-        mode="reserve",
-        would_allow=would_allow,
-        log_id=f"{m}-{ts:%d}",
-    )
 
 
 def test_a_member_reached_after_a_refusal_counts_as_reached() -> None:
