@@ -41,6 +41,13 @@ def project_home() -> Path:
     return Path.home() / ".recsvc"
 
 
+def home_path(relative: str) -> Path:
+    """A default file or folder under :func:`project_home`, so every command finds what another
+    wrote (the audit log, the event log, the bundle cache) whatever folder each runs from; a path
+    given in settings is taken as given."""
+    return project_home() / relative
+
+
 def _default_tracking_uri() -> str:
     return f"sqlite:///{project_home() / 'var' / 'mlflow' / 'mlflow.db'}"
 
@@ -95,7 +102,7 @@ class _Section(BaseModel):
 class DataSettings(_Section):
     """Where data lives and how strictly it is checked (see docs/data.md)."""
 
-    data_dir: Path = Path("var/data/sample")
+    data_dir: Path = Field(default_factory=lambda: home_path("var/data/sample"))
     max_id_length: int = Field(64, ge=8, le=256)
     # Events later than now + this many seconds are quarantined as future timestamps.
     future_tolerance_s: int = Field(300, ge=0)
@@ -370,7 +377,7 @@ class ServingSettings(_Section):
     # "models:/<name>@<alias>" (MLflow registry) or a local bundle directory.
     model_uri: str = "models:/recsvc@champion"
     poll_interval_s: float = Field(30.0, ge=0, description="0 disables polling")
-    bundle_cache_dir: Path = Path("var/bundles")
+    bundle_cache_dir: Path = Field(default_factory=lambda: home_path("var/bundles"))
     default_k: int = Field(20, ge=1, le=200)
     max_k: int = Field(200, ge=1, le=1000)
     max_batch_members: int = Field(10_000, ge=1)
@@ -570,7 +577,7 @@ class EventLogSettings(_Section):
         4, ge=1, le=64, description="Redis streams the log is spread over (one hash tag each)"
     )
     log_dir: Path = Field(
-        Path("var/eventlog"),
+        default_factory=lambda: home_path("var/eventlog"),
         description="where `recsvc events sink` writes Parquet and `recsvc train` reads it",
     )
     attribution_window_s: int = Field(
@@ -618,8 +625,8 @@ class SecuritySettings(_Section):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None  # set = mutual TLS (client certificates required)
-    audit_log: Path = Path("var/audit/audit.log")
-    erasure_list: Path = Path("var/privacy/erasures.txt")
+    audit_log: Path = Field(default_factory=lambda: home_path("var/audit/audit.log"))
+    erasure_list: Path = Field(default_factory=lambda: home_path("var/privacy/erasures.txt"))
     # Key for member-id pseudonyms in logs, metrics and MLflow artifacts (HMAC-SHA256).
     pseudonym_key: str = "dev-only-change-me"
     # Keys pseudonym_key had before rotations: never written with, only matched by erasure, so a
@@ -630,7 +637,8 @@ class SecuritySettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Everything recsvc can be told. See README 'Configuration' for the environment variables."""
+    """Everything recsvc can be told. See README 'Configuration' for the environment variables.
+    Sections are built per load (default factories): their default folders read RECSVC_HOME."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -639,15 +647,15 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    data: DataSettings = DataSettings()
-    training: TrainingSettings = TrainingSettings()
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)  # its defaults read RECSVC_HOME
-    serving: ServingSettings = ServingSettings()
-    redis: RedisSettings = RedisSettings()
-    outreach: OutreachSettings = OutreachSettings()
-    security: SecuritySettings = SecuritySettings()
-    catalog: CatalogSettings = CatalogSettings()
-    events: EventLogSettings = EventLogSettings()
+    data: DataSettings = Field(default_factory=DataSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    outreach: OutreachSettings = Field(default_factory=OutreachSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    events: EventLogSettings = Field(default_factory=EventLogSettings)
 
     @model_validator(mode="after")
     def _own_writer_port(self) -> Settings:
@@ -717,6 +725,10 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         raise ConfigError(f"invalid settings: {describe_validation_error(exc)}") from exc
 
 
+# What unsets an optional setting in the environment (TOML leaves the key out instead).
+_UNSET = ("", "none", "null")
+
+
 def _env_values() -> dict[str, Any]:
     """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables.
 
@@ -735,8 +747,13 @@ def _env_values() -> dict[str, Any]:
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+        field = section.annotation.model_fields[parts[1]] if len(parts) == 2 else None  # type: ignore[union-attr]
+        if field is not None and type(None) in get_args(field.annotation) and raw.strip().lower() in _UNSET:
+            # an optional setting (a fixed weight, say) set back to "not set" from the environment
+            node[parts[-1]] = None
+            continue
         try:
-            value: Any = json.loads(raw) if raw[:1] in "[{" else raw
+            value: Any = json.loads(raw) if raw[:1] and raw[:1] in "[{" else raw
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{key} is not valid JSON: {exc}") from exc
         node[parts[-1]] = value

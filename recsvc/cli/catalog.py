@@ -251,8 +251,15 @@ def export(
     # Written beside the file and moved over it once the whole catalog is read: a failed call
     # leaves the file as it was, never a header or a part that looks whole.
     partial = out.with_name(f".{out.name}.partial")
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file to write", str(out))
     try:
-        with partial.open("w", newline="", encoding="utf-8") as fh:
+        try:
+            fh = partial.open("w", newline="", encoding="utf-8")
+        except OSError as exc:
+            # named as the caller named it, not as the temporary file beside it
+            raise type(exc)(exc.errno, exc.strerror, str(out)) from None
+        with fh:
             writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
             writer.writeheader()
             for item in _current(ctx, target, timeout, api_key):

@@ -291,3 +291,15 @@ def test_export_that_fails_leaves_the_file_as_it_was(tmp_path: Path) -> None:
     assert result.exit_code == 3, result.output  # UNAVAILABLE: try again later
     assert out.read_text() == "precious,data\n"
     assert [p.name for p in tmp_path.iterdir()] == ["catalog.csv"]
+
+
+def test_export_to_a_path_it_cannot_write_names_that_path(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    for out in (tmp_path / "missing" / "catalog.csv", tmp_path):
+        result = CliRunner().invoke(app, ["catalog", "export", str(out), "--target", "127.0.0.1:1"])
+        assert result.exit_code == 2, result.output
+        assert "FILE: " in result.output and str(out) in result.output.replace("\n", "")
+        assert ".partial" not in result.output

@@ -22,6 +22,22 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (s.serving.port, s.serving.workers) == (2222, 3)
 
 
+def test_env_unsets_an_optional_setting_the_file_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\ntrend_weight = 0.35\nblend_als_weight = 0.5\n")
+    assert load_settings(cfg).training.trend_weight == 0.35
+    for unset in ("", "none", "NULL"):
+        monkeypatch.setenv("RECSVC_TRAINING__TREND_WEIGHT", unset)
+        assert load_settings(cfg).training.trend_weight is None
+    monkeypatch.setenv("RECSVC_TRAINING__BLEND_ALS_WEIGHT", "0.7")
+    assert load_settings(cfg).training.blend_als_weight == 0.7
+    # a setting that cannot be unset: empty is its value, judged as such (not "invalid JSON")
+    monkeypatch.setenv("RECSVC_SERVING__PORT", "")
+    with pytest.raises(ConfigError, match=r"serving\.port") as exc:
+        load_settings(cfg)
+    assert "JSON" not in str(exc.value)
+
+
 def test_unknown_env_key_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSVC_SERVING__PROT", "1")
     with pytest.raises(ConfigError, match="RECSVC_SERVING__PROT"):
@@ -94,3 +110,26 @@ def test_a_redis_url_without_a_known_scheme_and_a_config_file_not_in_utf8_are_na
     cfg.write_bytes(b"[training]\nfactors = 8 # \xff\xfe\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_settings(cfg)
+
+
+def test_default_folders_are_under_the_project_home_wherever_a_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("RECSVC_")]:
+        monkeypatch.delenv(name)  # the suite points some of these at its own folders
+    home = tmp_path / "home"
+    monkeypatch.setenv("RECSVC_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    for path in (
+        s.security.audit_log,
+        s.security.erasure_list,
+        s.events.log_dir,
+        s.serving.bundle_cache_dir,
+        s.data.data_dir,
+    ):
+        assert path.is_absolute() and path.is_relative_to(home.resolve()), path
+    monkeypatch.setenv("RECSVC_EVENTS__LOG_DIR", "mine")
+    assert load_settings().events.log_dir == Path("mine")  # a path given is taken as given
