@@ -50,6 +50,9 @@ Layout (schema 1)::
     item_trend.npy           float32 [items], exactly when Manifest.family.trend_weight > 0: each
                              item's weighted events in the family's trend_days before data_as_of
                              (recsvc/engine/trend_source.py, training/trend.py).
+    item_featured_{indptr,indices}.npy  optional, together: CSR [items x items] int64 / int32,
+                             the products each content item features (the catalog's
+                             featured_item_ids), so the live catalog shows and exports them.
 """
 
 from __future__ import annotations
@@ -164,6 +167,8 @@ _OPTIONAL_ARRAYS = (
     *PROFILE_ARRAYS,
     *NEIGHBOUR_ARRAYS,
     "item_trend",
+    "item_featured_indptr",
+    "item_featured_indices",
 )
 
 
@@ -202,6 +207,8 @@ class BundleContents:
     item_neighbour_score: np.ndarray | None = None
     # The trend prior's per-item trend: given exactly when manifest.family.trend_weight > 0.
     item_trend: np.ndarray | None = None
+    # [items x items]: a content item's row holds the products it features (None: none do).
+    item_featured: sp.csr_matrix | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -235,6 +242,8 @@ class BundleContents:
             checks.append((self.item_trend is None, "item_trend given without a trend_weight"))
         if self.item_repurchase_days is not None:
             checks.append((self.item_repurchase_days.shape == (n_i,), "item_repurchase_days length != items"))
+        if self.item_featured is not None:
+            checks.append((self.item_featured.shape == (n_i, n_i), "item_featured is not [items x items]"))
         if self.purchased_last_ts is not None:
             last, bought = self.purchased_last_ts.tocsr(), self.purchased.tocsr()
             last.sort_indices()
@@ -292,6 +301,11 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
         arrays["item_neighbour_score"] = np.asarray(contents.item_neighbour_score, dtype=np.float32)
     if contents.item_trend is not None:
         arrays["item_trend"] = np.asarray(contents.item_trend, dtype=np.float32)
+    if contents.item_featured is not None and contents.item_featured.nnz:
+        featured = contents.item_featured.tocsr()
+        featured.sort_indices()
+        arrays["item_featured_indptr"] = featured.indptr.astype(np.int64)
+        arrays["item_featured_indices"] = featured.indices.astype(np.int32)
     for name, arr in arrays.items():
         np.save(out_dir / f"{name}.npy", np.ascontiguousarray(arr))
     (out_dir / "item_titles.json").write_text(json.dumps(contents.item_titles, ensure_ascii=False))
@@ -335,6 +349,16 @@ class LoadedBundle:
         return sp.csr_matrix(
             (a["history_data"], a["history_indices"], a["history_indptr"]),
             shape=(len(self.members), len(self.items)),
+        )
+
+    def featured(self, row: int) -> np.ndarray:
+        """The item rows content item ``row`` features (empty for a product, or a bundle that
+        predates the arrays)."""
+        a = self.arrays
+        if "item_featured_indptr" not in a or not 0 <= row < len(self.items):
+            return np.empty(0, dtype=np.int32)
+        return np.asarray(
+            a["item_featured_indices"][a["item_featured_indptr"][row] : a["item_featured_indptr"][row + 1]]
         )
 
     @property
@@ -402,4 +426,28 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         raise BundleError(f"bundle {bundle_dir} is inconsistent: replenishment arrays do not match purchases")
     _check_profiles(bundle_dir, manifest, arrays, len(members))
     _check_neighbours(bundle_dir, manifest, arrays, len(items))
+    _check_featured(bundle_dir, arrays, len(items))
     return bundle
+
+
+def _check_featured(bundle_dir: Path, arrays: dict[str, np.ndarray], n_items: int) -> None:
+    """The featured-products CSR: both arrays or neither, a row pointer per item, rows in range."""
+    have = [n for n in ("item_featured_indptr", "item_featured_indices") if n in arrays]
+    if not have:
+        return
+    ok = len(have) == 2
+    if ok:
+        indptr, indices = arrays["item_featured_indptr"], arrays["item_featured_indices"]
+        ok = (
+            indptr.shape == (n_items + 1,)
+            and indices.ndim == 1
+            and int(indptr[0]) == 0
+            and int(indptr[-1]) == indices.shape[0]
+            and bool(np.all(np.diff(indptr) >= 0))
+            and (indices.size == 0 or (int(indices.min()) >= 0 and int(indices.max()) < n_items))
+        )
+    if not ok:
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: item_featured_indptr / item_featured_indices are "
+            f"not a row pointer per item over {n_items} item rows"
+        )

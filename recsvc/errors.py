@@ -67,6 +67,14 @@ class StoreUnavailable(RecsvcError):
     reason = "STORE_UNAVAILABLE"
 
 
+class MemberStateUnreadable(RecsvcError):
+    """A member's stored record is not in the form recsvc writes (a key of another type, a field
+    that is not a number): a retry cannot succeed until an operator repairs or deletes it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "MEMBER_STATE_UNREADABLE"
+
+
 class BundleError(RecsvcError):
     """A model bundle is missing files, corrupt, or of another schema version."""
 

@@ -23,6 +23,8 @@ from recsvc.errors import ConfigError
 
 ENV_PREFIX = "RECSVC_"
 CONFIG_ENV = "RECSVC_CONFIG"
+# What the CLI's client commands send, not settings of a server (recsvc/cli/common.py).
+CLIENT_ENV = ("RECSVC_API_KEY", "RECSVC_TLS_CA", "RECSVC_TLS_CERT", "RECSVC_TLS_KEY")
 HOME_ENV = "RECSVC_HOME"
 
 
@@ -738,7 +740,7 @@ def _env_values() -> dict[str, Any]:
     sections = Settings.model_fields
     out: dict[str, Any] = {}
     for key, raw in os.environ.items():
-        if not key.startswith(ENV_PREFIX) or key in (CONFIG_ENV, HOME_ENV):
+        if not key.startswith(ENV_PREFIX) or key in (CONFIG_ENV, HOME_ENV, *CLIENT_ENV):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
         section = sections.get(parts[0])

@@ -140,6 +140,7 @@ def assemble(
         indexes=indexes,
         item_repurchase_days=replenish[0].item_interval_days if replenish is not None else None,
         purchased_last_ts=replenish[1] if replenish is not None else None,
+        item_featured=prepared.featured,
     )
 
 

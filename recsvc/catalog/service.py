@@ -438,13 +438,17 @@ def item_message(view: CatalogView, row: int) -> catalog_pb2.CatalogItem:
         listed=bool(view.item_listed[row]),
         origin="new" if row >= view.n else ("changed" if rec is not None else "bundle"),
     )
+    featured: Any = None
     if rec is not None:
         msg.version = rec.version
         msg.changed_at = rec.ts_ms / 1000.0
         featured = rec.fields.get("featured_item_ids")
-        if isinstance(featured, list) and featured:
-            msg.featured_item_ids.extend(str(f) for f in featured)
-            msg.set_featured = True
+    if featured is None and row < view.n:
+        # as trained: the catalog file's featured products, kept in the bundle
+        featured = [view.item_id(r) for r in view.model.bundle.featured(row).tolist()]
+    if isinstance(featured, list) and featured:
+        msg.featured_item_ids.extend(str(f) for f in featured)
+        msg.set_featured = True
     return msg
 
 

@@ -319,9 +319,8 @@ def _same(a: Any, b: Any) -> bool:
         and a.in_stock == b.in_stock
         and a.published_at == b.published_at
         and b.listed
-        and (
-            not a.set_featured or list(a.featured_item_ids) == list(b.featured_item_ids) or not b.set_featured
-        )
+        # featured products are a set (training averages them); the service lists them by id
+        and (not a.set_featured or set(a.featured_item_ids) == set(b.featured_item_ids))
     )
 
 

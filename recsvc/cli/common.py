@@ -162,6 +162,7 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
 
     from recsvc.errors import InvalidArgument
     from recsvc.security.tls import channel_credentials
+    from recsvc.settings import CLIENT_ENV
 
     if target is None:
         s = state(ctx).settings().serving
@@ -172,7 +173,8 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
         raise InvalidArgument(
             f"--target must be host:port with a port 1..65535, got {target!r}", reason="INVALID_TARGET"
         )
-    ca, cert, key = (os.environ.get(f"RECSVC_TLS_{n}") for n in ("CA", "CERT", "KEY"))
+    api_env, *tls_env = CLIENT_ENV
+    ca, cert, key = (os.environ.get(name) for name in tls_env)
     if ca or cert:
         creds = channel_credentials(
             Path(ca) if ca else None, Path(cert) if cert else None, Path(key) if key else None
@@ -180,7 +182,7 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)
-    api_key = api_key or os.environ.get("RECSVC_API_KEY")
+    api_key = api_key or os.environ.get(api_env)
     return grpc.intercept_channel(channel, _api_key_interceptor(api_key)) if api_key else channel
 
 

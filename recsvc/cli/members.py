@@ -125,7 +125,7 @@ def find(
     min_purchases_30d: float | None = typer.Option(None, "--min-purchases-30d"),
     consent: str = typer.Option("", "--consent", help="outreach channel the member must have consented to"),
     count_only: bool = typer.Option(False, "--count", help="only count"),
-    limit: int = typer.Option(20, "--limit", help="members listed at most (0 = all)"),
+    limit: int = typer.Option(20, "--limit", min=0, max=2**62, help="members listed at most (0 = all)"),
     target: str | None = _TARGET,
     as_json: bool = _JSON,
     timeout: float = _TIMEOUT,

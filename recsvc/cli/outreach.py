@@ -104,12 +104,18 @@ def _why(exc: Exception) -> str:
 def _timestamp_ms(value: str) -> int:
     import pandas as pd
 
-    ts = pd.Timestamp(value)
-    if ts is pd.NaT:
-        raise ValueError("empty")
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return int(ts.value // 1_000_000)
+    try:
+        ts = pd.Timestamp(value)
+        if ts is pd.NaT:
+            raise ValueError("empty")
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        ms = int(ts.value // 1_000_000)
+    except (OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise ValueError("out of range") from exc  # before 1677 or after 2262: not a real answer
+    if ms < 0:
+        raise ValueError("before 1970")
+    return ms
 
 
 @app.command("import")
@@ -131,6 +137,11 @@ def import_profiles(
     settings = state(ctx).settings()
     if not folder.is_dir():
         raise DataContractError(f"{folder} is not a folder")
+    if quarantine is not None:
+        # checked before anything is written: a run that cannot keep its refused rows stops first
+        if quarantine.is_dir():
+            raise DataContractError(f"--quarantine {quarantine} is a folder: give a file to write")
+        quarantine.parent.mkdir(parents=True, exist_ok=True)
     members = _read_table(folder, "members", ["member_id"])
     if members is not None:
         # timezone is optional, as in the data contract: without the column no zone is written.
@@ -175,7 +186,9 @@ def import_profiles(
                 try:
                     at = _timestamp_ms(row.updated_at)
                 except ValueError as exc:
-                    raise ValueError(f"updated_at is not a timestamp: {row.updated_at[:40]!r}") from exc
+                    raise ValueError(
+                        f"updated_at is not a timestamp ({exc}): {row.updated_at[:40]!r}"
+                    ) from exc
                 # A stamp ahead of the clock would outrank every later answer of the member's
                 # (the newest record wins): a withdrawal after it would be ignored.
                 if at > now_ms() + MAX_FUTURE_MS:
@@ -224,12 +237,23 @@ def check(
     from recsvc.errors import InvalidArgument
     from recsvc.outreach import ask_checks as v
     from recsvc.outreach.decision import UNAVAILABLE
-    from recsvc.outreach.service import build_throttle
+    from recsvc.outreach.service import build_outreach_servicer
     from recsvc.outreach.throttle import MARKETING, TRANSACTIONAL, OutreachAsk
     from recsvc.redis_client import connect
 
     settings = state(ctx).settings()
-    throttle = build_throttle(settings, connect(settings.redis.url))
+    client = connect(settings.redis.url)
+    log = None
+    if reserve and settings.events.enabled:
+        from prometheus_client import CollectorRegistry
+
+        from recsvc.eventlog.log import EventLog, EventLogMetrics
+
+        # a send reserved here counts in the campaign report like one reserved over the API
+        log = EventLog(client, settings, EventLogMetrics(CollectorRegistry())).start()
+    # the API's own decision path: the global control group and the log apply here too
+    outreach = build_outreach_servicer(settings, client, recommendations=None, event_log=log)  # type: ignore[arg-type]
+    throttle = outreach.throttle
     if message_class not in (MARKETING, TRANSACTIONAL):
         raise InvalidArgument(f"--class must be marketing or transactional, got {message_class!r}")
     max_id = settings.data.max_id_length
@@ -240,7 +264,11 @@ def check(
         message_class=message_class,
         priority=v.check_priority(priority),
     )
-    d = throttle.reserve(ask) if reserve else throttle.check(ask)
+    try:
+        d = outreach.decide(ask, reserve=reserve)
+    finally:
+        if log is not None:
+            log.close()  # written before the command returns
     out.print_json(
         json.dumps(
             {

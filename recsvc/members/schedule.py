@@ -1,10 +1,11 @@
 """When to send: each member's next good send time inside a window (docs/profiles.md).
 
 Reads: the served bundle's profiles (active hours, time zone, lifecycle stage; through
-:class:`recsvc.members.view.ProfileView`) and the outreach policy (quiet hours, send-time
+:class:`recsvc.members.view.ProfileView`), the member's imported time zone (the one the throttle
+judges quiet hours in; it wins over the bundle's) and the outreach policy (quiet hours, send-time
 fallbacks). A member the bundle does not know, or a bundle without profiles, gets the policy's
-default window in the policy's default time zone. Used by Outreach: ``at_best_time`` on
-Check/ReserveOutreach and PlanCampaign's ``window_start``/``window_end``.
+default window in the imported zone, else the policy's default time zone. Used by Outreach:
+``at_best_time`` on Check/ReserveOutreach and PlanCampaign's ``window_start``/``window_end``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ DAY_MS = 86_400_000
 
 
 class SendScheduler:
-    def __init__(self, audiences: AudienceResolver, policy: Callable[[], Policy]) -> None:
+    def __init__(
+        self,
+        audiences: AudienceResolver,
+        policy: Callable[[], Policy],
+        zones: Callable[[Sequence[str]], list[str | None]] | None = None,
+    ) -> None:
         self._audiences = audiences
         self._policy = policy
+        # Each member's imported zone, the one the throttle judges quiet hours in
+        # (recsvc.outreach.member_records.read_zones): it wins over the bundle's, or a time
+        # chosen in the bundle's zone is refused as quiet hours in the imported one.
+        self._zones = zones
         self._cache: tuple[ProfileView | None, Policy, SendTimes | None] | None = None
 
     def _send_times(self) -> tuple[ProfileView | None, SendTimes | None, Policy]:
@@ -68,6 +78,11 @@ class SendScheduler:
                 ZoneInfo(view.timezone(int(r)) or policy.default_timezone) if ok else default_zone
                 for r, ok in zip(safe, known, strict=True)
             ]
+        if self._zones is not None:
+            stored = self._zones(member_ids)
+            zones = [
+                zone if name is None else _zone(name, zone) for name, zone in zip(stored, zones, strict=True)
+            ]
         out = []
         for start, zone in zip(starts, zones, strict=True):
             at = time_in_window_ms(start_ms, end_ms, zone, int(start), width)
@@ -76,3 +91,10 @@ class SendScheduler:
                 at = at if at <= end_ms else start_ms
             out.append(at)
         return out
+
+
+def _zone(name: str, default: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ValueError, OSError):  # a stored zone this machine lacks: the throttle falls back too
+        return default

@@ -99,5 +99,5 @@ def check_reservation_id(rid: str, max_id_length: int) -> tuple[str, str]:
         raise InvalidArgument(
             "reservation_id is not one this service issued", reason="INVALID_RESERVATION_ID"
         )
-    check_id(member_id, "reservation_id member part", max_id_length)
-    return token, member_id
+    # NFC, as every id: the member part names the same member however the caller's system spells it
+    return token, check_id(member_id, "reservation_id member part", max_id_length)

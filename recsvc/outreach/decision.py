@@ -37,8 +37,27 @@ class OutreachAsk:
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: a retry must ask the same question. The item and
         extra are the server's choice (NextBestOutreach may pick another item on a retry), and
-        the member is part of the key's own name, so neither is in it."""
-        return f"{self.channel}|{self.campaign_id}|{self.message_class}|{self.priority}"
+        the member is part of the key's own name, so neither is in it. A scheduled send (at the
+        member's best time) is another question than a send now, whatever time is chosen."""
+        base = f"{self.channel}|{self.campaign_id}|{self.message_class}|{self.priority}"
+        return base + "|at" if self.at_ms else base
+
+
+SCHEDULED_PREFIX = "at:"
+
+
+def scheduled_extra(at_ms: int) -> str:
+    """The ``extra`` a scheduled reservation keeps, so a replay answers the time it holds."""
+    return f"{SCHEDULED_PREFIX}{at_ms}"
+
+
+def scheduled_at(d: Decision, fallback_ms: int) -> int:
+    """The send time of a scheduled decision: the stored one on a replay, else ``fallback_ms``."""
+    if d.replayed and d.extra.startswith(SCHEDULED_PREFIX):
+        stored = d.extra[len(SCHEDULED_PREFIX) :]
+        if stored.isdigit():
+            return int(stored)
+    return fallback_ms
 
 
 @dataclass(frozen=True)

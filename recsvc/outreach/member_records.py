@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from recsvc.bounds import check_timestamp_ms
-from recsvc.errors import MemberErased, StoreUnavailable
+from recsvc.errors import MemberErased, MemberStateUnreadable, RecsvcError, StoreUnavailable
 from recsvc.idmap import normalize_id
 from recsvc.outreach import throttle_metrics as metrics
 from recsvc.outreach.decision import FEEDBACK_KINDS, split_reservation_id
@@ -81,7 +81,7 @@ class MemberRecords:
         try:
             return int(self._guarded(lambda: self._cancel(keys=keys, args=[token]))) == 1
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+            raise store_error(exc) from exc
 
     def feedback(self, member_id: str, channel: str, kind: str, at_ms: int | None = None) -> None:
         """``kind`` in FEEDBACK_KINDS. ignored -> streak+1; opened/clicked -> streak 0;
@@ -109,7 +109,7 @@ class MemberRecords:
                 )
             )
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+            raise store_error(exc) from exc
         _refuse_erased(done)
 
     def set_consent(self, member_id: str, channel: str, granted: bool, at_ms: int | None = None) -> bool:
@@ -127,7 +127,7 @@ class MemberRecords:
                 )
             )
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+            raise store_error(exc) from exc
         _refuse_erased(done)
         return int(done) == 1
 
@@ -174,7 +174,7 @@ class MemberRecords:
                 lambda: self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
             )
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+            raise store_error(exc) from exc
         return [as_text(x) for x in raw]  # type: ignore[union-attr]
 
 
@@ -232,8 +232,21 @@ def read_member_state(throttle: MemberRecords, member_id: str) -> MemberOutreach
         pipe.hgetall(k.state)
         suppressed, profile, state = pipe.execute()
     except redis.RedisError as exc:
-        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        raise store_error(exc) from exc
     return _member_state(throttle.policies.current(), suppressed, profile, state, throttle.now_ms())
+
+
+def store_error(exc: redis.RedisError) -> RecsvcError:
+    """What a failed call to the outreach store tells the caller: the member's record unreadable
+    (a key of another type, a script tripping over a field it did not write: FAILED_PRECONDITION,
+    retrying cannot help), else the store unavailable (UNAVAILABLE: try again)."""
+    text = str(exc)
+    if isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in text or "user_script" in text):
+        return MemberStateUnreadable(
+            "this member's stored outreach record is not in the form recsvc writes "
+            f"({text.splitlines()[0][:160]}); an operator must repair or delete it (docs/operations.md)"
+        )
+    return StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}")
 
 
 def read_consents(throttle: MemberRecords, member_ids: Sequence[str], channel: str) -> list[bool]:
@@ -246,15 +259,49 @@ def read_consents(throttle: MemberRecords, member_ids: Sequence[str], channel: s
             k = throttle.keys(member_id)
             pipe.exists(k.suppressed)
             pipe.hget(k.profile, field)
-        replies = pipe.execute()
+        # one member's unreadable record (another key type) answers for that member alone
+        replies = _per_member(pipe.execute(raise_on_error=False))
     except redis.RedisError as exc:
-        raise StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}") from exc
+        raise store_error(exc) from exc
     return [
-        not int(replies[2 * i])
+        replies[2 * i] is not None
+        and not int(replies[2 * i])
         and replies[2 * i + 1] is not None
-        and as_text(replies[2 * i + 1]).startswith("1")
+        and as_text(replies[2 * i + 1]).startswith("1")  # unreadable: no consent (fail closed)
         for i in range(len(member_ids))
     ]
+
+
+def _per_member(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies with a member's unreadable record as None; an outage still raises."""
+    out = []
+    for reply in replies:
+        if isinstance(reply, redis.RedisError):
+            if not isinstance(store_error(reply), MemberStateUnreadable):
+                raise reply
+            reply = None
+        out.append(reply)
+    return out
+
+
+def read_zones(throttle: MemberRecords, member_ids: Sequence[str]) -> list[str | None]:
+    """Each member's stored time zone, the one the throttle judges quiet hours in (``recsvc
+    outreach import``; None: none stored, the throttle uses the policy's default); one pipelined
+    round trip for the members the throttle has not cached. ``StoreUnavailable`` on a Redis
+    error."""
+    zones = [throttle._zones.get(m) for m in member_ids]
+    ask = [i for i, z in enumerate(zones) if z is None]
+    if ask:
+        try:
+            pipe = throttle._redis.pipeline(transaction=False)
+            for i in ask:
+                pipe.hget(throttle.keys(member_ids[i]).profile, "tz")
+            replies = _per_member(pipe.execute(raise_on_error=False))
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        for i, raw in zip(ask, replies, strict=True):
+            zones[i] = as_text(raw) if raw else None
+    return zones
 
 
 def _refuse_erased(script_reply: Any) -> None:

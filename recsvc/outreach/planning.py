@@ -12,16 +12,18 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from recsvc.outreach.decision import scheduled_at, scheduled_extra
 from recsvc.outreach.throttle import Decision, OutreachAsk, Throttle
 
 
-def plan_idempotency_key(template: OutreachAsk) -> str:
+def plan_idempotency_key(template: OutreachAsk, scheduled: bool = False) -> str:
     """The idempotency key of a reserving plan's decisions: one per member and plan, the plan
     being every parameter the key's fingerprint holds (OutreachAsk.fingerprint), so a re-run of
     the same plan replays and a different plan for the same campaign (another channel, say) is
     decided afresh (DUPLICATE_CAMPAIGN where the campaign reached the member) instead of being
-    refused as a reused key."""
-    return f"|plan|{template.fingerprint()}"
+    refused as a reused key. ``scheduled``: the plan places each send in a window, so its
+    decisions' fingerprints say so (OutreachAsk.at_ms)."""
+    return f"|plan|{template.fingerprint()}{'|at' if scheduled else ''}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def plan_campaign(
                 priority=t.priority,
                 idempotency_key=t.idempotency_key,
                 item_id=t.item_id,
-                extra=t.extra,
+                extra=scheduled_extra(at_ms) if at_ms and not t.extra else t.extra,
                 at_ms=at_ms,
             )
             for m, at_ms in zip(batch, at, strict=True)
@@ -77,7 +79,7 @@ def plan_campaign(
         for ask, decision in zip(
             asks, throttle.decide_many(asks, reserve=reserve, replay_refusals=False), strict=True
         ):
-            out.append(PlannedDecision(ask.member_id, decision, ask.at_ms))
+            out.append(PlannedDecision(ask.member_id, decision, scheduled_at(decision, ask.at_ms)))
             if decision.allowed:
                 allowed += 1
                 if limit and allowed >= limit:

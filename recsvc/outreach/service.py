@@ -21,7 +21,7 @@ from recsvc.bounds import timestamp_field_ms
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import ask_checks as v
-from recsvc.outreach.decision import Decision, OutreachAsk
+from recsvc.outreach.decision import Decision, OutreachAsk, scheduled_at, scheduled_extra
 from recsvc.outreach.holdout import HOLDOUT, Holdouts, HoldoutThrottle, check_holdout_share
 from recsvc.outreach.member_records import read_consents
 from recsvc.outreach.next_best import next_best_outreach
@@ -30,6 +30,7 @@ from recsvc.outreach.policy import PolicyStore
 from recsvc.outreach.ports import RecommendationPort
 from recsvc.outreach.throttle import Clock, Throttle
 from recsvc.redis_client import RedisClient, with_timeout
+from recsvc.security.auth import require_role
 from recsvc.security.privacy import Pseudonymizer
 from recsvc.settings import Settings
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc
@@ -174,7 +175,17 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         ask = self._ask(request)
         if request.at_best_time:
             return self._at_best_time(ask, reserve=False, holdout_share=request.holdout_share)
-        return decision_message(self._decider(ask.campaign_id, request.holdout_share).check(ask))
+        return decision_message(self.decide(ask, reserve=False, holdout_share=request.holdout_share))
+
+    def decide(self, ask: OutreachAsk, *, reserve: bool, holdout_share: float = 0.0) -> Decision:
+        """One decision as the API makes it: behind the global control group and the campaign's
+        holdout, and a reserving one logged. ``recsvc outreach check`` decides through this too."""
+        decider = self._decider(ask.campaign_id, holdout_share)
+        if not reserve:
+            return decider.check(ask)  # type: ignore[no-any-return]
+        decision: Decision = decider.reserve(ask)
+        self._record([ask], [decision])
+        return decision
 
     def ReserveOutreach(
         self, request: outreach_pb2.ReserveOutreachRequest, context: grpc.ServicerContext
@@ -182,9 +193,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         ask = self._ask(request, request.idempotency_key)
         if request.at_best_time:
             return self._at_best_time(ask, reserve=True, holdout_share=request.holdout_share)
-        decision = self._decider(ask.campaign_id, request.holdout_share).reserve(ask)
-        self._record([ask], [decision])
-        return decision_message(decision)
+        return decision_message(self.decide(ask, reserve=True, holdout_share=request.holdout_share))
 
     def _scheduler(self) -> Any:
         if self.scheduler is None:
@@ -209,16 +218,17 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             at = scheduler.times([ask.member_id], decision.next_allowed_ms, horizon)[0]
             decision = decider.check(dataclasses.replace(ask, at_ms=at))
         if reserve:
-            timed = dataclasses.replace(ask, at_ms=at)
+            timed = dataclasses.replace(ask, at_ms=at, extra=ask.extra or scheduled_extra(at))
             decision = decider.reserve(timed)
             self._record([timed], [decision])
+            at = scheduled_at(decision, at)  # a replay answers the time it reserved
         return decision_message(decision, at)
 
     def CancelOutreach(
         self, request: outreach_pb2.CancelOutreachRequest, context: grpc.ServicerContext
     ) -> outreach_pb2.CancelOutreachResponse:
-        v.check_reservation_id(request.reservation_id, self._max_id)
-        return outreach_pb2.CancelOutreachResponse(cancelled=self.throttle.cancel(request.reservation_id))
+        token, member_id = v.check_reservation_id(request.reservation_id, self._max_id)
+        return outreach_pb2.CancelOutreachResponse(cancelled=self.throttle.cancel(f"{token}.{member_id}"))
 
     def RecordOutreachFeedback(
         self, request: outreach_pb2.OutreachFeedbackRequest, context: grpc.ServicerContext
@@ -226,7 +236,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
         member_id = request.member_id
         if request.reservation_id:
             _, rid_member = v.check_reservation_id(request.reservation_id, self._max_id)
-            if member_id and member_id != rid_member:
+            if member_id and v.check_id(member_id, "member_id", self._max_id) != rid_member:
                 raise InvalidArgument(
                     "member_id does not match the reservation_id", reason="RESERVATION_OF_ANOTHER_MEMBER"
                 )
@@ -268,7 +278,10 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             # same request again and gets the first run's decisions and reservation ids back
             # (replayed), not DUPLICATE_CAMPAIGN for members it never heard about. '|' cannot
             # appear in a caller's own idempotency keys, so the two never collide.
-            template = dataclasses.replace(template, idempotency_key=plan_idempotency_key(template))
+            scheduled = request.HasField("window_start") or request.HasField("window_end")
+            template = dataclasses.replace(
+                template, idempotency_key=plan_idempotency_key(template, scheduled)
+            )
         decider = self._decider(campaign, request.holdout_share)
         if request.limit < 0:
             raise InvalidArgument("limit must be >= 0", reason="INVALID_LIMIT")
@@ -292,6 +305,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             v.check_id(request.segment, "segment", self._max_id)
             members = self._recs.segment_members(request.segment)
         elif request.HasField("audience"):
+            # an audience query reads profiles (interests, value, lifecycle): FindMembers' data,
+            # whose role a campaign tool holds too or does not get it from here either
+            require_role("members", "PlanCampaign's audience queries")
             if self.audiences is None:
                 raise InvalidArgument("audience queries need the Members service", reason="NO_AUDIENCES")
             # resolved here from the served bundle: the caller never ships the ids

@@ -86,6 +86,17 @@ class Caller:
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
 
 
+def require_role(role: str, what: str) -> None:
+    """Refuse (PERMISSION_DENIED) a part of a call that needs ``role`` beyond its method's: an
+    authenticated caller without it. Without API keys (a loopback dev server) there is no caller
+    and nothing to refuse. Call it before a streaming handler's first answer: the caller is known
+    in the step that starts the stream."""
+    caller = current_caller.get()
+    if caller is not None and role not in caller.roles:
+        log.warning("denied %s to caller %s (needs %s)", what, caller.name, role)
+        raise PermissionDenied(f"caller {caller.name!r} lacks role {role!r} for {what}")
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 

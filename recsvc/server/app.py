@@ -198,9 +198,12 @@ def _add_members(settings: Settings, deps: ServerDeps, client: RedisClient) -> N
     )
     if outreach is not None:
         from recsvc.members.schedule import SendScheduler
+        from recsvc.outreach.member_records import read_zones
 
         outreach.audiences = audiences
-        outreach.scheduler = SendScheduler(audiences, throttle.policies.current)
+        outreach.scheduler = SendScheduler(
+            audiences, throttle.policies.current, lambda ids: read_zones(throttle, ids)
+        )
 
 
 def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:

@@ -13,6 +13,7 @@ generators."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -36,10 +37,17 @@ class StreamsOnTheLoop(MethodWrapper):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             loop = asyncio.get_running_loop()
-            messages: Iterator[Any] = await loop.run_in_executor(executor, _start, inner, request, context)
+            # Every step in one copy of the call's context, as if the generator ran in the call's
+            # task: what the call set before (the authenticated caller) is seen in the pool, and
+            # what a step sets stays with the call instead of with a pool thread. Steps never
+            # overlap, so the one context is never entered twice at once.
+            ctx = contextvars.copy_context()
+            messages: Iterator[Any] = await loop.run_in_executor(
+                executor, ctx.run, _start, inner, request, context
+            )
             try:
                 while True:
-                    message = await loop.run_in_executor(executor, next, messages, _DONE)
+                    message = await loop.run_in_executor(executor, ctx.run, _step, messages)
                     if message is _DONE:
                         return
                     yield message
@@ -54,6 +62,10 @@ class StreamsOnTheLoop(MethodWrapper):
                     pass  # "generator already executing": the pool thread finishes it
 
         return handler._replace(unary_stream=stream)  # type: ignore[attr-defined]
+
+
+def _step(messages: Iterator[Any]) -> Any:
+    return next(messages, _DONE)
 
 
 def _start(handler: Any, request: Any, context: Any) -> Iterator[Any]:

@@ -381,6 +381,10 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     assert done.exit_code == 0, done.output
     lines = out.read_text().splitlines()
     assert lines[0] == "item_id,kind,title,category,brand,price,in_stock,published_at,featured_item_ids"
+    # a trained story's featured products come from the bundle, for the next training to keep
+    assert "C1-000,content,Story C1-000,content1,brand2,10,true,1970-01-01T00:00:00Z,P1-002|P1-003" in lines
+    story = _catalog(server).GetItem(catalog_pb2.GetItemRequest(item_id="C1-000"))
+    assert story.set_featured and list(story.featured_item_ids) == ["P1-002", "P1-003"]
     same = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
     assert same.exit_code == 0, same.output
     assert "upsert=0" in same.output  # the service's own catalog: nothing to push

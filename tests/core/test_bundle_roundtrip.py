@@ -79,6 +79,30 @@ def test_round_trip_keeps_every_array_and_table(tmp_path: Path, contents: Bundle
     assert type(mf) is np.ndarray and isinstance(mf.base, np.memmap) and not mf.flags.writeable
 
 
+def test_featured_products_of_content_survive_and_a_broken_table_is_refused(
+    tmp_path: Path, contents: BundleContents
+) -> None:
+    assert contents.item_featured is not None and contents.item_featured.nnz > 0  # the data has some
+    b = load_bundle(assemble.write(tmp_path / "bundle", contents))
+    for row in range(len(contents.items)):
+        want = np.sort(contents.item_featured[row].indices)
+        np.testing.assert_array_equal(np.sort(b.featured(row)), want)
+    assert b.featured(len(contents.items)).size == 0  # past the bundle's rows: none
+    for name, broken in (
+        ("item_featured_indices", lambda a: np.full_like(a, len(contents.items))),  # a row past the end
+        ("item_featured_indptr", lambda a: a[:-1]),  # a pointer short
+    ):
+        out = assemble.write(tmp_path / name, contents)
+        np.save(out / f"{name}.npy", broken(np.load(out / f"{name}.npy")))
+        with pytest.raises(BundleError, match="item_featured") as err:
+            load_bundle(out)
+        assert err.value.reason == "BAD_BUNDLE"
+    out = assemble.write(tmp_path / "half", contents)
+    (out / "item_featured_indptr.npy").unlink()
+    with pytest.raises(BundleError, match="item_featured"):
+        load_bundle(out)
+
+
 def test_other_schema_version_is_refused_by_name(tmp_path: Path, contents: BundleContents) -> None:
     out = assemble.write(tmp_path / "bundle", contents)
     manifest = json.loads((out / "manifest.json").read_text())

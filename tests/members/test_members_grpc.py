@@ -336,6 +336,9 @@ def test_cli_show_and_find(server: RunningServer, trained: tuple[Path, pd.DataFr
     assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.output
     missing = CliRunner().invoke(app, ["members", "show", "NOBODY", "--target", server.target])
     assert missing.exit_code == 2 and "NOT_FOUND" in missing.output
+    for limit in ("99999999999999999999", "-1"):  # past int64, below 0: a usage error, not a traceback
+        odd = CliRunner().invoke(app, ["members", "find", "--limit", limit, "--target", server.target])
+        assert odd.exit_code == 2 and "--limit" in odd.output, odd.output
 
 
 def _local(ts: Any, zone: str) -> Any:
@@ -372,6 +375,19 @@ def test_check_and_reserve_at_the_members_best_time(
         and r.reservation_id
         and abs(r.send_at.ToMilliseconds() - d.send_at.ToMilliseconds()) < 60_000
     )
+    # a retry answers the time the first call reserved; the same key for a send now is another question
+    best = outreach_pb2.ReserveOutreachRequest(
+        member_id=member, channel="wecom", campaign_id="c-best", at_best_time=True, idempotency_key="k1"
+    )
+    replay = out.ReserveOutreach(best)
+    assert replay.replayed and replay.send_at == r.send_at and replay.reservation_id == r.reservation_id
+    now_instead = outreach_pb2.ReserveOutreachRequest(
+        member_id=member, channel="wecom", campaign_id="c-best", idempotency_key="k1"
+    )
+    with pytest.raises(grpc.RpcError) as reused:
+        out.ReserveOutreach(now_instead)
+    assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "IDEMPOTENCY_KEY_REUSED" in (reused.value.details() or "")
     # the scheduled send counts: another marketing message on wecom that day is refused
     again = out.CheckOutreach(
         outreach_pb2.OutreachRequest(
@@ -382,6 +398,28 @@ def test_check_and_reserve_at_the_members_best_time(
     # without the flag nothing changes: no send_at
     plain = out.CheckOutreach(outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c"))
     assert not plain.HasField("send_at")
+
+
+def test_best_time_is_placed_in_the_zone_the_throttle_judges_quiet_hours_in(
+    server: RunningServer, trained: tuple[Path, pd.DataFrame, dict[str, str]]
+) -> None:
+    """A member whose imported zone is not the bundle's: the window's hours are the member's own,
+    read on the imported zone's clock, so the throttle does not refuse the time as quiet hours."""
+    member, zone = trained[2]["buyer"], "America/Los_Angeles"
+    server.deps.outreach_servicer.throttle.set_timezone(member, zone)  # type: ignore[union-attr]
+    out = outreach_pb2_grpc.OutreachStub(server.channel)
+    out.UpdateConsent(outreach_pb2.UpdateConsentRequest(member_id=member, channel="wecom", granted=True))
+    profile = _members(server).GetMemberProfile(
+        members_pb2.GetMemberProfileRequest(member_id=member), timeout=5
+    )
+    window = {w.channel: w for w in profile.send_windows}["wecom"]
+    d = out.CheckOutreach(
+        outreach_pb2.OutreachRequest(
+            member_id=member, channel="wecom", campaign_id="c-zone", at_best_time=True
+        )
+    )
+    assert d.allowed and d.HasField("send_at"), d
+    assert (_local(d.send_at, zone).hour - window.start_hour) % 24 < window.hours
 
 
 def test_plan_campaign_schedules_each_member_in_their_window(

@@ -141,3 +141,50 @@ def test_a_decision_redis_could_not_make_exits_3(monkeypatch: pytest.MonkeyPatch
     res = runner.invoke(app, ["outreach", "check", "--member", "M1", "--channel", "wecom"])
     assert res.exit_code == 3, res.output  # try again later, as everywhere in the CLI
     assert json.loads(res.stdout[res.stdout.index("{") :])["reason"] == "THROTTLE_UNAVAILABLE"
+
+
+def test_import_refuses_dates_no_clock_can_hold_and_checks_the_quarantine_first(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "consent.csv").write_text(
+        "member_id,channel,granted,updated_at\n"
+        "Y1,sms,true,0001-01-01\nY2,sms,true,2500-01-01\nY3,sms,true,1960-05-01\nY4,sms,true,2026-05-01\n"
+    )
+    (data / "members.csv").write_text("member_id,registered_at,consent_wecom\nY5,1500-01-01,true\n")
+    into_folder = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(tmp_path)])
+    assert into_folder.exit_code == 2 and "is a folder" in flat(into_folder.output)
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(member_key("recsvc", "Y4", "out:profile"))  # refused before anything was written
+    quarantine = tmp_path / "new" / "q.csv"
+    res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
+    assert res.exit_code == 0, res.output
+    assert "1 consent records" in flat(res.output) and "4 rows refused" in flat(res.output)
+    refused = pd.read_csv(quarantine)
+    assert sorted(refused["member_id"]) == ["Y1", "Y2", "Y3", "Y5"]
+    assert refused["reason"].str.contains("not a timestamp").all()
+
+
+def test_check_reserve_decides_as_the_api_does_holdouts_and_the_log_included(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsvc.outreach.holdout import position
+
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    monkeypatch.setenv("RECSVC_OUTREACH__GLOBAL_CONTROL_SHARE", "0.5")
+    held = next(m for m in (f"GC{i}" for i in range(100)) if position("global", m) < 0.5)
+    r = redis.Redis.from_url(redis_url)
+    streams = lambda: {k for k in r.scan_iter(type="stream")}  # noqa: E731
+    entries = lambda: sum(r.xlen(k) for k in streams())  # noqa: E731
+    before = entries()
+    res = runner.invoke(
+        app, ["outreach", "check", "--member", held, "--channel", "sms", "--campaign", "gc", "--reserve"]
+    )
+    assert res.exit_code == 0, res.output
+    decision = json.loads(res.stdout)
+    assert decision["reason"] == "HOLDOUT" and decision["reservation_id"] is None
+    assert entries() == before + 1  # the held-out decision is in the log, the campaign's baseline
+    dry = runner.invoke(app, ["outreach", "check", "--member", held, "--channel", "sms", "--campaign", "gc"])
+    assert json.loads(dry.stdout)["reason"] == "HOLDOUT" and entries() == before + 1  # a dry run logs nothing

@@ -93,6 +93,22 @@ def test_check_reserve_cancel_over_grpc(harness: Harness) -> None:
     assert s.CheckOutreach(pb.OutreachRequest(member_id="M1", channel="wecom", campaign_id="c2")).allowed
 
 
+def test_a_reservation_id_spelt_in_nfd_names_the_same_reservation(harness: Harness) -> None:
+    import unicodedata
+
+    s = harness.stub
+    member = "Café-7"
+    harness.consent(member)
+    first = s.ReserveOutreach(pb.ReserveOutreachRequest(member_id=member, channel="sms", campaign_id="c9"))
+    assert first.allowed
+    nfd = unicodedata.normalize("NFD", first.reservation_id)
+    assert nfd != first.reservation_id
+    s.RecordOutreachFeedback(
+        pb.OutreachFeedbackRequest(member_id=member, reservation_id=nfd, channel="sms", feedback=pb.OPENED)
+    )  # the NFC member beside its NFD reservation: one member, no RESERVATION_OF_ANOTHER_MEMBER
+    assert s.CancelOutreach(pb.CancelOutreachRequest(reservation_id=nfd)).cancelled
+
+
 def test_feedback_over_grpc_blocks_and_fatigues(harness: Harness) -> None:
     s = harness.stub
     harness.consent("M2")
@@ -408,3 +424,33 @@ def test_a_broken_reserving_plan_is_recovered_by_running_it_again(harness: Harne
         s.PlanCampaign(pb.PlanCampaignRequest(member_ids=members[:3], channel="sms", campaign_id="flash"))
     )
     assert [d.decision.reason for d in dry] == [pb.DUPLICATE_CAMPAIGN] * 3
+
+
+def test_a_member_record_in_another_form_is_named_not_called_an_outage(harness: Harness) -> None:
+    """A hand-edited or foreign key: retrying cannot help, so not UNAVAILABLE; the other members
+    of a plan are decided as usual."""
+    from recsvc.outreach.member_keys import MemberKeys
+
+    s = harness.stub
+    r = redis.Redis.from_url(harness.redis_url)
+    for m in ("BAD1", "BAD2", "OK1"):
+        harness.consent(m)
+    r.hset(MemberKeys.of("recsvc", "BAD1").state, "streak", "lots")
+    r.delete(MemberKeys.of("recsvc", "BAD2").profile)
+    r.set(MemberKeys.of("recsvc", "BAD2").profile, "not a hash")
+    calls = (
+        lambda: s.RecordOutreachFeedback(
+            pb.OutreachFeedbackRequest(member_id="BAD1", channel="sms", feedback=pb.IGNORED)
+        ),
+        lambda: s.UpdateConsent(pb.UpdateConsentRequest(member_id="BAD2", channel="sms", granted=True)),
+    )
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (err.value.details() or "").startswith("MEMBER_STATE_UNREADABLE")
+    plan = list(
+        s.PlanCampaign(pb.PlanCampaignRequest(campaign_id="c-bad", channel="sms", member_ids=["BAD2", "OK1"]))
+    )
+    decided = {d.member_id: d.decision for batch in plan for d in batch.decisions}
+    assert decided["OK1"].allowed and not decided["BAD2"].allowed

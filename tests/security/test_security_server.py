@@ -40,6 +40,7 @@ ROLES = {
     "shop": ["recommend"],
     "tracker": ["events"],
     "crm": ["outreach"],
+    "planner": ["outreach", "members"],
     "ops": ["admin"],
     "stock": ["catalog"],
 }
@@ -149,6 +150,16 @@ def test_the_cli_client_commands_send_the_key_from_the_environment(
     assert "PERMISSION_DENIED" in runner.invoke(app, ask).output
     got = runner.invoke(app, ["catalog", "get", planted.products()[0], "--target", target])
     assert got.exit_code == 0, got.output
+    # without --target the settings are read (serving.port): the client's variables are not settings
+    host, port = target.rsplit(":", 1)
+    monkeypatch.setenv("RECSVC_SERVING__HOST", host)
+    monkeypatch.setenv("RECSVC_SERVING__PORT", port)
+    monkeypatch.setenv("RECSVC_API_KEY", srv.keys["shop"])
+    default = runner.invoke(app, ["query", "products", member, "-k", "3", "--json"])
+    assert default.exit_code == 0 and "item_id" in default.output, default.output
+    monkeypatch.setenv("RECSVC_TLS_CA", str(Path("/nonexistent/ca.pem")))
+    no_ca = runner.invoke(app, ["query", "products", member, "-k", "3", "--json"])
+    assert no_ca.exit_code == 2 and "unknown setting" not in no_ca.output, no_ca.output
 
 
 def test_a_stock_stream_needs_the_catalog_role_when_it_opens(srv: Secured, planted: PlantedBundle) -> None:
@@ -165,6 +176,25 @@ def test_a_stock_stream_needs_the_catalog_role_when_it_opens(srv: Secured, plant
         iter([catalog_pb2.StockChange(item_id=item, in_stock=False)]), metadata=srv.md("stock"), timeout=5
     ))  # fmt: skip
     assert [(r.item_id, r.applied) for a in answers for r in a.results] == [(item, True)]
+
+
+def test_a_campaign_by_audience_query_needs_the_members_role_too(
+    srv: Secured, planted: PlantedBundle
+) -> None:
+    from recsvc.v1 import members_pb2
+
+    stub = outreach_pb2_grpc.OutreachStub(srv.channel)
+    by_profile = outreach_pb2.PlanCampaignRequest(
+        campaign_id="c-aud", channel="sms", audience=members_pb2.AudienceQuery(value_tiers=["high"])
+    )
+    assert _code(stub.PlanCampaign, by_profile, metadata=srv.md("crm")) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        _code(stub.PlanCampaign, by_profile, metadata=srv.md("planner")) != grpc.StatusCode.PERMISSION_DENIED
+    )
+    by_ids = outreach_pb2.PlanCampaignRequest(
+        campaign_id="c-ids", channel="sms", member_ids=planted.warm_members()[:3]
+    )
+    assert _code(stub.PlanCampaign, by_ids, metadata=srv.md("crm")) == grpc.StatusCode.OK
 
 
 def test_outreach_roles_and_consent_audit(srv: Secured, planted: PlantedBundle) -> None:

@@ -250,6 +250,16 @@ def make_bundle(
         counts={"members": n_members, "items": n_items},
         index={"type": "flat"},
     )
+    # each cluster's first story features two of its products (the catalog's featured_item_ids)
+    f_rows = (
+        [items.row(f"C{c}-000") for c in range(clusters) for _ in range(2)] if content_per_cluster else []
+    )
+    f_cols = (
+        [items.row(f"P{c}-{j:03d}") for c in range(clusters) for j in (3, 2)] if content_per_cluster else []
+    )
+    featured = sp.csr_matrix(
+        (np.ones(len(f_rows), dtype=np.float32), (f_rows, f_cols)), shape=(n_items, n_items)
+    )
     contents = BundleContents(
         manifest=manifest,
         members=members,
@@ -271,6 +281,7 @@ def make_bundle(
         segments=segments,
         popular=popular,
         indexes=indexes,
+        item_featured=featured,
     )
     write_bundle(out_dir, contents)
     return PlantedBundle(
