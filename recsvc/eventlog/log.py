@@ -362,29 +362,40 @@ class EventLog:
             self._breaker.failure()
             return ""
         self._breaker.success()
-        since = at - self._window
+        since, until = at - self._window, at + 1
+        # The newest list showing the item, written or still buffered here: a list served within
+        # the last flush interval is newer than any this process wrote, but another process may
+        # have written a newer one, so both are compared by time.
+        best_ts, best = self._buffered_match(member_id, item_id, since, until)
         for entry in raw:  # type: ignore[union-attr]
             try:
                 d = json.loads(entry)
                 ts = float(d["ts"])
-                if since <= ts <= at + 1 and item_id in d["i"]:
-                    return str(d["r"])
+                if since <= ts <= until and item_id in d["i"]:
+                    if ts > best_ts:
+                        best_ts, best = ts, str(d["r"])
+                    break  # newest first: the rest are older
             except (ValueError, KeyError, TypeError):
                 continue
-        return self._buffered_match(member_id, item_id)
+        return best
 
-    def _buffered_match(self, member_id: str, item_id: str) -> str:
-        """A list this process served but has not written yet (an answer within
-        ``flush_interval_ms``); lists another process served show once written."""
+    def _buffered_match(self, member_id: str, item_id: str, since: float, until: float) -> tuple[float, str]:
+        """(time, id) of the newest list this process served in [since, until] showing the item
+        and not written yet (an answer within ``flush_interval_ms``); (-inf, "") when none."""
         # the buffer's snapshot first, then the batches being written (older records): a record
         # the writer moves in between is found in its batch
         buffered = list(self._buffer)
         in_flight = list(self._in_flight)
         newest_first = chain(reversed(buffered), *(reversed(batch) for batch in reversed(in_flight)))
         for kind, member, record in newest_first:
-            if kind == "impression" and member == member_id and item_id in record["items"]:
-                return str(record["id"])
-        return ""
+            if (
+                kind == "impression"
+                and member == member_id
+                and since <= record["ts"] <= until
+                and item_id in record["items"]
+            ):
+                return float(record["ts"]), str(record["id"])
+        return float("-inf"), ""
 
     @property
     def window_s(self) -> int:

@@ -347,6 +347,26 @@ def test_a_click_before_the_list_is_written_is_attributed_from_the_buffer(redis_
     )  # too late
 
 
+def test_a_click_goes_to_the_newest_list_that_showed_the_item(redis_url: str) -> None:
+    """A list written earlier and a newer one still in this process's buffer both show the item:
+    the click is the newer list's; a buffered list from after the click is not a candidate."""
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    now = [1_000_000.0]
+    elog = EventLog(
+        redis.Redis.from_url(redis_url), settings, EventLogMetrics(CollectorRegistry()), clock=lambda: now[0]
+    )
+    shown = {"variant": "a", "model_version": "v", "scene": "", "channel": "", "source": "s"}
+    elog.impression("old", "M7", items=["P1", "P2"], **shown)
+    elog.flush()  # written
+    now[0] += 30
+    elog.impression("new", "M7", items=["P1"], **shown)  # still buffered
+    assert elog.attribute("M7", "P1", now[0] + 1) == "new"
+    assert elog.attribute("M7", "P2", now[0] + 1) == "old"  # only the older list showed it
+    assert elog.attribute("M7", "P1", now[0] - 10) == "old"  # a click before the newer list
+    elog.flush()
+    assert elog.attribute("M7", "P1", now[0] + 1) == "new"  # both written: the same answer
+
+
 def test_a_click_while_its_list_is_being_written_is_attributed(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
