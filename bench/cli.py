@@ -66,7 +66,7 @@ def run(
     target: list[str] = typer.Option(
         [],
         "--target",
-        help="NAME=VALUE overriding a [targets] value of the load config, e.g. p99_ms=10, "
+        help="NAME=VALUE overriding a \\[targets] value of the load config, e.g. p99_ms=10, "
         "max_error_pct=0.1, min_rps=900, rpc_p99_ms.RecommendProducts=5 (repeatable).",
     ),
     fail_on_miss: bool = typer.Option(

@@ -89,6 +89,11 @@ class ThreadConnections:
     A command can be sent and its reply read later (``send`` then ``read``), so the caller can
     work while Redis answers. A reply left unread (the caller failed in between) is never taken
     for the next command's: the connection is dropped and made again.
+
+    Only reads go through here, so a command that fails on a connection made before (one a Redis
+    restart or failover closed while it sat idle) is sent once more on a new one: without it,
+    every thread's idle connection failed once after a restart, each failure opening the store's
+    breaker again for a cool-down, for minutes on threads that serve rarely.
     """
 
     def __init__(self, client: RedisClient) -> None:
@@ -109,22 +114,38 @@ class ThreadConnections:
             local.unread = None
         name, pool = node_pool(self._client, key)
         conn = conns.get(name)
+        reused = conn is not None and conn._sock is not None
         if conn is None:
             conn = conns[name] = pool.connection_class(**pool.connection_kwargs)
             with self._lock:
                 self._all.append(conn)
         local.unread = conn
+        # what to send again if the reply shows the connection was dead (``read``)
+        local.last = (args, reused)
         try:
             conn.send_command(*args)
-        except _REDIS_DOWN:
-            local.unread = None
+        except _REDIS_DOWN as exc:
             conn.disconnect()
-            raise
+            if not reused or not _dead(exc):
+                local.unread = None
+                raise
+            conn.send_command(*args)  # connects afresh; a second failure is Redis's
+            local.last = (args, False)
         return conn
 
     def read(self, conn: redis.connection.AbstractConnection) -> object:
         """The reply to the command ``send`` just sent on ``conn`` (this thread's)."""
-        self._local.unread = None
+        local = self._local
+        local.unread = None
+        args, reused = getattr(local, "last", ((), False))
+        local.last = ((), False)
+        try:
+            return conn.read_response()
+        except _REDIS_DOWN as exc:
+            conn.disconnect()
+            if not reused or not args or not _dead(exc):
+                raise
+        conn.send_command(*args)  # the idle connection had died: once more on a new one
         try:
             return conn.read_response()
         except _REDIS_DOWN:
@@ -139,6 +160,11 @@ class ThreadConnections:
             for conn in self._all:
                 conn.disconnect()
             self._all.clear()
+
+
+def _dead(exc: BaseException) -> bool:
+    """A connection the server closed (not a slow answer: waiting again would double a stall)."""
+    return isinstance(exc, redis.ConnectionError) and not isinstance(exc, redis.TimeoutError)
 
 
 @dataclass(frozen=True)

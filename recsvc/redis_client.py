@@ -75,12 +75,13 @@ def connect(url: str, *, timeout_s: float | None = None, **kwargs: Any) -> Redis
     if parts.scheme.lower().startswith("rediss"):
         kwargs.setdefault("ssl", True)
     if timeout_s is not None:
-        # The cluster client's retries (on a timeout or a refused connection: refresh the slot
-        # map and try again) are what carries a call across a failover; one is enough and keeps a
-        # failing call within about two timeouts.
         kwargs.pop("retry", None)
         kwargs.pop("retry_on_timeout", None)
-        kwargs["cluster_error_retry_attempts"] = 1
+    # No retry inside a call: a write that timed out may have run (a stalled node answers late),
+    # and redis-py would send it again, an event logged or counted twice. The failed call asks
+    # for a refresh of the slot map, which the next call of any kind runs, so a failover costs
+    # one failed call (the callers' breakers and retries decide what next).
+    kwargs.setdefault("cluster_error_retry_attempts", 0)
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(url)], **kwargs)
 
 
@@ -103,8 +104,8 @@ def connect_async(url: str, *, timeout_s: float) -> AsyncRedisClient:
     if parts.scheme.lower().startswith("rediss"):
         kwargs["ssl"] = True
     nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster_seeds(url)]
-    # One retry, as ``connect``'s cluster client: it refreshes the slot map across a failover.
-    return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=1, **kwargs)
+    # No retry inside a call, as ``connect``'s cluster client: the next call refreshes the slot map.
+    return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=0, **kwargs)
 
 
 def with_timeout(client: RedisClient, timeout_s: float) -> RedisClient:
@@ -119,7 +120,7 @@ def with_timeout(client: RedisClient, timeout_s: float) -> RedisClient:
         options.update(
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            cluster_error_retry_attempts=1,
+            cluster_error_retry_attempts=0,
             health_check_interval=0,
         )
         return RedisCluster(startup_nodes=seeds, **options)
@@ -175,7 +176,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    # no node of the cluster answered a refresh of the slot map (not a RedisError)
+    redis.exceptions.RedisClusterUnreachableError,
 )
+# Anything a call to Redis can raise: a RedisError, or the cluster client's own exceptions.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 # Replies meaning "this node does not serve that slot (now)": nothing ran; refresh and resend.
 REDIRECTED = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)

@@ -41,7 +41,8 @@ def catalog_as_of(data_dir: Path | None, read_at: datetime) -> str:
     newer ones stay in force. A catalog file cannot know a change made after it was written, so
     that is its modification time (``recsvc catalog export`` writes it at the moment it reads the
     service); never later than ``read_at``, the time training read it. Without a file (a dataset
-    handed over in memory) the data was read before the run: ``read_at``."""
+    handed over in memory and no catalog file in ``data_dir``) the data was read before the run:
+    ``read_at``."""
     from pipelines.contract import CATALOG
     from pipelines.read import SUFFIXES
 

@@ -63,9 +63,9 @@ def ingest(
     (training/spark_ingest.py) and keeps the clean events for the fits; otherwise the pandas data
     contract does."""
     with steps.step("ingest and validate"):
-        catalog_as_of = assemble.catalog_as_of(
-            None if dataset is not None else options.data_dir, datetime.now(UTC)
-        )
+        # the data folder's catalog file also when the events come in memory (the folder merged
+        # with the event log): its time, not this run's, is what the catalog knows
+        catalog_as_of = assemble.catalog_as_of(options.data_dir, datetime.now(UTC))
         # Erased members (ForgetMember) never reach a model again (docs/privacy.md).
         erased = frozenset(ErasureList(settings.security.erasure_list).read())
         if spark is not None and dataset is None:

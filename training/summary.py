@@ -96,7 +96,10 @@ def summary_tables(report: Any) -> list[Table]:
     run.add_row("model version", str(report.model_version) if report.model_version else "(not registered)")
     if report.family is not None:
         run.add_row("serves", report.family.reason)
-    run.add_row("gate", ("PROMOTED" if d.promote else "NOT PROMOTED") + f": {d.reason}")
+    verdict = "PROMOTED" if d.promote else "NOT PROMOTED"
+    if d.promote and not report.model_version:
+        verdict = "WOULD PROMOTE (not registered)"  # --no-register: the gate passed, nothing moved
+    run.add_row("gate", f"{verdict}: {d.reason}")
     p = report.params
     run.add_row(
         "params",

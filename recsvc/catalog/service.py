@@ -44,6 +44,7 @@ from recsvc.catalog.view import CatalogView
 from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
 from recsvc.idmap import id_problem, normalize_id
 from recsvc.models.served import ServedModels
+from recsvc.redis_client import STORE_ERRORS
 from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
@@ -62,7 +63,6 @@ ON_LOOP_ITEMS = 100
 # StreamStock: changes received but not yet written, per stream.
 STREAM_BACKLOG = 1_000
 # "Redis did not answer": a cluster client that cannot reach any node raises the second.
-_STORE_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             return []
         try:
             outcomes = self._store.apply(changes)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             self._outage.refused(len(changes), exc)
             raise _refused(exc) from exc
         self._outage.answered()
@@ -116,7 +116,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         self._close_with_loop()
         try:
             outcomes = await self._store.apply_async(changes)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             self._outage.refused(len(changes), exc)
             raise _refused(exc) from exc
         self._outage.answered()

@@ -254,6 +254,10 @@ def export(
     if out.is_dir():
         raise IsADirectoryError(21, "is a folder, not a file to write", str(out))
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the next training's data folder, say
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(out)) from None
+    try:
         try:
             fh = partial.open("w", newline="", encoding="utf-8")
         except OSError as exc:

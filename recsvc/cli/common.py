@@ -136,6 +136,14 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 soft_wrap=True,
             )
             raise typer.Exit(code=2) from None
+        except OSError as exc:
+            # a disk that is full or read-only, or another failure writing or reading a file
+            console.print(
+                f"[bold red]error[/] FILE: {exc.strerror or type(exc).__name__}"
+                + (f": {exc.filename}" if exc.filename else ""),
+                soft_wrap=True,
+            )
+            raise typer.Exit(code=2) from None
         except ModuleNotFoundError as exc:
             extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
             if extra is None:

@@ -51,6 +51,7 @@ def sink(
         + ", ".join(f"{k} {n}" for k, n in stats.written.items())
         + f"; files {stats.files}; already on disk {stats.replayed}"
         + f"; of erased members: dropped {stats.erased}, removed from files {stats.purged}"
+        + (f"; skipped {stats.bad} entries recsvc did not write (logged)" if stats.bad else "")
         + (
             f"; shards {', '.join(map(str, stats.held_elsewhere))} are written by another sink on this folder"
             if stats.held_elsewhere

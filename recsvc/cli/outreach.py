@@ -126,13 +126,12 @@ def import_profiles(
     quarantine: Path | None = typer.Option(None, help="write refused rows with reasons here (CSV)"),
 ) -> None:
     """Load members' time zones and consent records into Redis."""
-    import redis
 
     from recsvc.errors import InvalidArgument
     from recsvc.outreach.ask_checks import check_id
     from recsvc.outreach.policy import check_timezone
     from recsvc.outreach.service import build_throttle
-    from recsvc.redis_client import connect
+    from recsvc.redis_client import STORE_ERRORS, connect
 
     settings = state(ctx).settings()
     if not folder.is_dir():
@@ -201,7 +200,7 @@ def import_profiles(
                 refused.append({"file": "consent", "member_id": row.member_id[:max_id], "reason": _why(exc)})
     try:
         n_tz, n_consent = throttle.import_profiles(zones, records, chunk=settings.outreach.plan_pipeline_size)
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         from recsvc.errors import StoreUnavailable
 
         raise StoreUnavailable(f"Redis at {settings.redis.url} did not answer: {exc}") from exc

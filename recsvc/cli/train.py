@@ -73,12 +73,12 @@ def train(
         None,
         "--engine",
         help="Override training.engine for this run: implicit (one machine) or spark (Spark MLlib's "
-        "ALS on training.spark_master; needs recsvc[spark] and Java).",
+        "ALS on training.spark_master; needs recsvc\\[spark] and Java).",
     ),
     params_file: Path | None = typer.Option(
         None,
         "--params",
-        help="Use the hyper-parameters of this file (the [training] table --tune saves) instead of the "
+        help="Use the hyper-parameters of this file (the \\[training] table --tune saves) instead of the "
         "settings'; --factors/--iterations/--regularization/--alpha still override it.",
         dir_okay=False,
     ),
@@ -179,7 +179,7 @@ def train(
     if options.params_out is not None:
         console.print(
             f"tuned parameters saved to {options.params_out}; reuse them without tuning: "
-            f"recsvc train --params {options.params_out}"
+            f"recsvc train --data {options.data_dir} --params {options.params_out}"
         )
     if not report.decision.promote and options.register:
         console.print(f"[yellow]not promoted[/]: {report.decision.reason}")

@@ -41,7 +41,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from recsvc.breaker import CircuitBreaker
-from recsvc.redis_client import UNAVAILABLE, RedisClient
+from recsvc.redis_client import STORE_ERRORS, UNAVAILABLE, RedisClient
 from recsvc.redis_keys import member_key
 from recsvc.script_runner import Call, ScriptRunner
 from recsvc.security.erasure import suppression_key
@@ -344,6 +344,9 @@ class EventLog:
         except _REDIS_DOWN as exc:
             self._breaker.failure()
             self._dropped([("event", member_id, record)], "redis_down", exc)
+            return False
+        except STORE_ERRORS as exc:  # answered with an error (a key of another type): not down
+            self._dropped([("event", member_id, record)], "rejected", exc)
             return False
         self._breaker.success()
         self._metrics.written.labels("event").inc()

@@ -6,6 +6,7 @@ member's pseudonym, the stream id)."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,25 +62,48 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-def row(kind: str, log_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """One Parquet row from a stream record (missing fields empty, ts as a UTC datetime)."""
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def row(kind: str, log_id: str, record: Any) -> dict[str, Any]:
+    """One Parquet row from a stream record (missing fields empty, ts as a UTC datetime).
+    ``ValueError`` naming the field for a record the service cannot have written (not an object,
+    a time that is no time, a number out of its column's range, items that are not a list):
+    the sink skips such an entry instead of stopping on it."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not an object but {type(record).__name__}")
     out: dict[str, Any] = {}
     for field in SCHEMAS[kind]:
         name = field.name
-        if name == "log_id":
-            out[name] = log_id
-        elif name == "recommendation_id" and kind == "impression":
-            out[name] = str(record.get("id", ""))
-        elif name == "ts":
-            out[name] = datetime.fromtimestamp(float(record.get("ts", 0.0)), tz=UTC)
-        elif name == "items":
-            out[name] = [str(i) for i in record.get("items", [])]
-        elif field.type == pa.bool_():
-            out[name] = bool(record.get(name, False))
-        elif field.type == pa.int32():
-            out[name] = int(record.get(name, 0) or 0)
-        elif field.type == pa.float64():
-            out[name] = float(record.get(name, 0.0) or 0.0)
-        else:
-            out[name] = str(record.get(name, ""))
+        try:
+            if name == "log_id":
+                out[name] = log_id
+            elif name == "recommendation_id" and kind == "impression":
+                out[name] = str(record.get("id", ""))
+            elif name == "ts":
+                ts = float(record.get("ts", 0.0))
+                if not math.isfinite(ts):
+                    raise ValueError("not finite")
+                out[name] = datetime.fromtimestamp(ts, tz=UTC)
+            elif name == "items":
+                items = record.get("items", [])
+                if not isinstance(items, list):
+                    raise ValueError("not a list")
+                out[name] = [str(i) for i in items]
+            elif field.type == pa.bool_():
+                out[name] = bool(record.get(name, False))
+            elif field.type == pa.int32():
+                value = int(record.get(name, 0) or 0)
+                if not INT32[0] <= value <= INT32[1]:
+                    raise ValueError("out of range")
+                out[name] = value
+            elif field.type == pa.float64():
+                number = float(record.get(name, 0.0) or 0.0)
+                if not math.isfinite(number):
+                    raise ValueError("not finite")
+                out[name] = number
+            else:
+                out[name] = str(record.get(name, ""))
+        except (TypeError, ValueError, OverflowError, OSError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
     return out

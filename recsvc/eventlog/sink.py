@@ -147,6 +147,11 @@ class SinkMetrics:
             "Times Redis could not answer the sink (down, too slow, failing over); it waits and goes on.",
             **kw,
         )
+        self.disk_errors = Counter(
+            "disk_errors_total",
+            "Times the log folder could not be written (full, read-only); the sink waits and goes on.",
+            **kw,
+        )
         self.lag_entries = Gauge("lag_entries", "Records in the streams not yet on disk.", **kw)
         self.lag_seconds = Gauge(
             "lag_seconds", "Age of the oldest record not yet on disk (0 when none).", **kw
@@ -159,6 +164,7 @@ class SinkStats:
     replayed: int = 0
     files: int = 0
     erased: int = 0  # records of erased members dropped before writing
+    bad: int = 0  # entries the service cannot have written, skipped (logged)
     purged: int = 0  # rows of erased members removed from files already written
     held_elsewhere: list[int] = field(default_factory=list)  # shards another sink wrote meanwhile
 
@@ -294,6 +300,14 @@ class Sink:
                 # Redis came back without its data: the consumer groups are made again
                 self._redis_down(exc, backoff)
                 ready = False
+            except OSError as exc:
+                if once:
+                    raise
+                # A full or read-only disk: what was read stays pending in Redis, nothing is
+                # acknowledged unwritten; the sink waits for room, as for Redis
+                self._redis_down(exc, backoff, disk=True)
+                ready = False
+                backoff = min(backoff * 2, _REDIS_BACKOFF_S[1])
         try:
             self.write_held(force=True)  # stopping: what was read goes to disk before exit
             self.purge()
@@ -319,13 +333,15 @@ class Sink:
             self._update_lag()
         return False
 
-    def _redis_down(self, exc: Exception, wait_s: float) -> None:
+    def _redis_down(self, exc: Exception, wait_s: float, disk: bool = False) -> None:
         """Forget what was read and not yet acknowledged (Redis keeps it pending: every shard is
         read again from its pending entries, and what already reached disk is only
-        acknowledged), then wait."""
-        self.metrics.redis_down.inc()
-        log.warning(
-            "event=eventlog_sink_redis_down error=%s detail=%s retry_in_s=%.1f",
+        acknowledged), then wait. ``disk``: the log folder, not Redis, failed."""
+        (self.metrics.disk_errors if disk else self.metrics.redis_down).inc()
+        log.log(
+            logging.ERROR if disk else logging.WARNING,
+            "event=eventlog_sink_%s error=%s detail=%s retry_in_s=%.1f",
+            "disk_error" if disk else "redis_down",
             type(exc).__name__,
             str(exc)[:200],
             wait_s,
@@ -417,7 +433,7 @@ class Sink:
         done = self._done.get((kind, shard), (0, 0))
         by_date: dict[str, list[tuple[StreamId, dict[str, Any]]]] = {}
         ids: list[str] = []
-        records: list[tuple[StreamId, dict[str, Any]]] = []
+        records: list[tuple[StreamId, dict[str, Any], dict[str, Any]]] = []
         for raw_id, fields in entries:
             sid = parse_id(raw_id)
             ids.append(id_text(sid))
@@ -429,21 +445,27 @@ class Sink:
             if raw is None:
                 continue  # deleted from the stream after it was read (an erasure): nothing to write
             try:
-                records.append((sid, json.loads(raw)))
-            except ValueError:
-                log.warning("event=eventlog_bad_entry stream=%s id=%s", key, id_text(sid))
-        erased = self._erased_among({str(r.get("member", "")) for _, r in records})
-        for sid, record in records:
+                record = json.loads(raw)
+                records.append((sid, record, row(kind, id_text(sid), record)))
+            except ValueError as exc:
+                # not an entry the service wrote (a hand-made XADD, a foreign writer): skipped and
+                # acknowledged, or it would stop the shard at every start
+                self.stats.bad += 1
+                log.warning(
+                    "event=eventlog_bad_entry stream=%s id=%s error=%s", key, id_text(sid), str(exc)[:200]
+                )
+        erased = self._erased_among({str(r.get("member", "")) for _, r, _ in records})
+        for sid, record, parquet_row in records:
             if erased and record.get("member") in erased:
                 self.stats.erased += 1
                 self.metrics.erased.labels(kind).inc()
                 continue
             date = datetime.fromtimestamp(sid[0] / 1000, tz=UTC).strftime("%Y-%m-%d")
-            by_date.setdefault(date, []).append((sid, record))
+            by_date.setdefault(date, []).append((sid, parquet_row))
         for date, rows in sorted(by_date.items()):  # dates follow the ids: the earlier file first
             first, last = rows[0][0], rows[-1][0]
             folder = self._dir / f"kind={kind}" / f"date={date}"
-            table = pa.Table.from_pylist([row(kind, id_text(s), r) for s, r in rows], schema=SCHEMAS[kind])
+            table = pa.Table.from_pylist([r for _, r in rows], schema=SCHEMAS[kind])
             write_atomically(table, folder / part_name(shard, first, last))
             self._done[(kind, shard)] = last
             self.stats.written[kind] += len(rows)

@@ -11,6 +11,7 @@ from typing import Any
 
 from recsvc.errors import RecsvcError
 from recsvc.models.served import ServedModels
+from recsvc.redis_client import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,10 @@ class ReloadBroadcast:
         self._thread: threading.Thread | None = None
 
     def publish(self, uri: str | None) -> bool:
-        import redis
 
         try:
             self._client.publish(self._channel, json.dumps({"origin": self._origin, "uri": uri or ""}))
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             log.warning("event=reload_broadcast_failed error=%s", type(exc).__name__)
             return False
         return True
@@ -73,7 +73,7 @@ class ReloadBroadcast:
                         continue
                     if message is not None:
                         self._handle(message.get("data"))
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 log.warning("event=reload_listener_error error=%s retry_s=%s", type(exc).__name__, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

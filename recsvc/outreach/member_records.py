@@ -23,7 +23,7 @@ from recsvc.outreach import throttle_metrics as metrics
 from recsvc.outreach.decision import FEEDBACK_KINDS, split_reservation_id
 from recsvc.outreach.member_keys import MemberKeys
 from recsvc.outreach.policy import Policy, PolicyStore
-from recsvc.redis_client import RedisClient
+from recsvc.redis_client import STORE_ERRORS, RedisClient
 from recsvc.script_runner import Call, ScriptRunner
 
 
@@ -80,7 +80,7 @@ class MemberRecords:
         keys = [k.sends, k.tx, k.camps, k.pushed]
         try:
             return int(self._guarded(lambda: self._cancel(keys=keys, args=[token]))) == 1
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             raise store_error(exc) from exc
 
     def feedback(self, member_id: str, channel: str, kind: str, at_ms: int | None = None) -> None:
@@ -108,7 +108,7 @@ class MemberRecords:
                     keys=[k.state, k.suppressed], args=[script_kind, channel, until, policy.state_ttl_ms]
                 )
             )
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             raise store_error(exc) from exc
         _refuse_erased(done)
 
@@ -126,7 +126,7 @@ class MemberRecords:
                     args=[channel, "1" if granted else "0", at, policy.profile_ttl_ms],
                 )
             )
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             raise store_error(exc) from exc
         _refuse_erased(done)
         return int(done) == 1
@@ -173,7 +173,7 @@ class MemberRecords:
             raw = self._guarded(
                 lambda: self._redis.zrangebyscore(self.keys(member_id).pushed, f"({since}", "+inf")
             )
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             raise store_error(exc) from exc
         return [as_text(x) for x in raw]  # type: ignore[union-attr]
 
@@ -231,12 +231,12 @@ def read_member_state(throttle: MemberRecords, member_id: str) -> MemberOutreach
         pipe.hgetall(k.profile)
         pipe.hgetall(k.state)
         suppressed, profile, state = pipe.execute()
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         raise store_error(exc) from exc
     return _member_state(throttle.policies.current(), suppressed, profile, state, throttle.now_ms())
 
 
-def store_error(exc: redis.RedisError) -> RecsvcError:
+def store_error(exc: Exception) -> RecsvcError:
     """What a failed call to the outreach store tells the caller: the member's record unreadable
     (a key of another type, a script tripping over a field it did not write: FAILED_PRECONDITION,
     retrying cannot help), else the store unavailable (UNAVAILABLE: try again)."""
@@ -261,7 +261,7 @@ def read_consents(throttle: MemberRecords, member_ids: Sequence[str], channel: s
             pipe.hget(k.profile, field)
         # one member's unreadable record (another key type) answers for that member alone
         replies = _per_member(pipe.execute(raise_on_error=False))
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         raise store_error(exc) from exc
     return [
         replies[2 * i] is not None
@@ -297,7 +297,7 @@ def read_zones(throttle: MemberRecords, member_ids: Sequence[str]) -> list[str |
             for i in ask:
                 pipe.hget(throttle.keys(member_ids[i]).profile, "tz")
             replies = _per_member(pipe.execute(raise_on_error=False))
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             raise store_error(exc) from exc
         for i, raw in zip(ask, replies, strict=True):
             zones[i] = as_text(raw) if raw else None

@@ -50,8 +50,8 @@ from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
 from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
+from recsvc.redis_client import STORE_ERRORS, RedisClient
 from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
-from recsvc.redis_client import RedisClient
 from recsvc.script_runner import ScriptRunner
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Throttle(MemberRecords):
                     return self._finish(ask, found)
                 tz = self._learn_zone(ask.member_id, found, policy)
             raise redis.RedisError("member time zone kept changing during the decision")
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             return self._finish(ask, self._unavailable(ask, exc))
         except IdempotencyKeyReused:
             raise  # the caller's mistake, with its own status
@@ -212,7 +212,7 @@ class Throttle(MemberRecords):
                 found_all = self._guarded(
                     partial(self._decide.call_many, calls(asked), shared, interpret, wait)
                 )
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 for i in asked:
                     results[i] = self._unavailable(asks[i], exc)
                 pending = []

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from recsvc.errors import InvalidArgument, StoreUnavailable
 from recsvc.idmap import check_id
+from recsvc.redis_client import STORE_ERRORS
 from recsvc.redis_keys import global_key, member_key, member_tag
 from recsvc.security.audit import AuditLog
 from recsvc.security.privacy import ErasureList
@@ -106,7 +107,6 @@ def forget_member(
     event_log: EventLogErasure | None = None,
 ) -> ForgetResult:
     """Erase ``member_id`` everywhere recsvc keeps it (see the module docstring)."""
-    import redis as redis_lib
 
     result = ForgetResult()
     result.added_to_erasure_list = erasures.add(member_id)
@@ -131,7 +131,7 @@ def forget_member(
             result.log_entries_deleted = event_log.forget(member_id)
         result.suppressed = True
         result.processes_notified = int(redis.publish(erasure_channel(prefix), member_id))
-    except redis_lib.RedisError as exc:
+    except STORE_ERRORS as exc:
         # The member is on the erasure list already; repeating the request finishes the job.
         raise StoreUnavailable(f"Redis failed during erasure ({exc}); repeat ForgetMember") from exc
     result.deleted_keys = dict(kinds)
@@ -164,7 +164,6 @@ def restore_member(
     Nothing old comes back: their Redis keys were deleted, the erasure list still keeps them out of
     every training run, and every server process still ignores their trained vector (a returning
     member starts cold and is personalised from new events only)."""
-    import redis as redis_lib
 
     if not reason.strip():
         raise InvalidArgument(
@@ -175,7 +174,7 @@ def restore_member(
         lifted = int(redis.delete(suppression_key(prefix, member_id))) == 1
         if event_log is not None:
             event_log.restore(member_id)  # what is recorded about them from now on is logged again
-    except redis_lib.RedisError as exc:
+    except STORE_ERRORS as exc:
         raise StoreUnavailable(f"Redis failed during re-registration ({exc}); repeat RestoreMember") from exc
     audit.append("restore", member_id=member_id, requested_by=requested_by, reason=reason, lifted=lifted)
     log.info("re-registered member (suppression lifted=%s)", lifted)

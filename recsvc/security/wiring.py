@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from recsvc.errors import ConfigError
+from recsvc.redis_client import STORE_ERRORS
 from recsvc.security.admin import AdminServicer
 from recsvc.security.audit import AuditLog
 from recsvc.security.audit_calls import AuditInterceptor
@@ -160,11 +161,10 @@ def add_admin_service(server: grpc.Server, settings: Settings, security: ServerS
 
 def start_erasure_listener(settings: Settings, security: ServerSecurity, redis: Any) -> None:
     """Listen for erasures made through any server process; never blocks start-up on Redis."""
-    import redis as redis_lib
 
     try:
         security.listener = ErasureListener(redis, settings.redis.key_prefix, security.forgotten.add).start()
-    except redis_lib.RedisError as exc:
+    except STORE_ERRORS as exc:
         log.warning(
             "event=erasure_listener_unavailable error=%s erasures by other processes reach this one "
             "only after restart",
@@ -204,12 +204,11 @@ def mark_erased_under_current_key(settings: Settings, security: ServerSecurity, 
 
 
 def _mark_erased(eraser: LogEraser, erased: Sequence[str], *, purge: bool) -> bool:
-    import redis as redis_lib
 
     started = time.monotonic()
     try:
         added = eraser.mark_under_current_key(erased, purge=purge)
-    except redis_lib.RedisError as exc:
+    except STORE_ERRORS as exc:
         log.warning("event=erased_marks_unavailable error=%s", type(exc).__name__)
         return False
     log.info(

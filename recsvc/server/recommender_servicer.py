@@ -222,7 +222,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             self._observe("RecordEvent", t0, "none", "none", exc.code.name)
             raise
         variant = self._models.variant_of(member_id)
-        attributed = self._log_event(request, member_id, item_id, event_type, channel, ts, variant, minted_ms)
+        attributed, logged = self._log_event(
+            request, member_id, item_id, event_type, channel, ts, variant, minted_ms
+        )
+        # Confirmed only when both writes are: with the member's keys and the log's shard on two
+        # Redis Cluster nodes one can fail alone, and the caller keeps (and re-sends) what was not
+        # confirmed; training drops an event logged twice (recsvc/eventlog/feed.py).
+        stored = stored and logged
         self._metrics.events.labels(event_type, str(stored).lower()).inc()
         self._observe("RecordEvent", t0, "event", variant)
         return recommender_pb2.RecordEventResponse(
@@ -239,10 +245,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         ts: float,
         variant: str,
         minted_ms: int,
-    ) -> str:
-        """Attribute the event (docs/experiments.md) and write it to the log; the id attributed to."""
+    ) -> tuple[str, bool]:
+        """Attribute the event (docs/experiments.md) and write it to the log: (the id attributed
+        to, whether the log has it; True without a log)."""
         if self._log is None:
-            return ""
+            return "", True
         attributed = ""
         if request.recommendation_id:
             # The caller named the list: it counts within the window after the list was served
@@ -252,7 +259,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 attributed = request.recommendation_id
         elif event_type in ATTRIBUTED_EVENTS:
             attributed = self._log.attribute(member_id, item_id, ts)
-        self._log.event(
+        logged = self._log.event(
             member_id,
             {
                 "member_id": member_id,
@@ -266,7 +273,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 "variant": variant,
             },
         )
-        return attributed
+        return attributed, logged
 
     def _knows(self, member_id: str, item_id: str) -> bool:
         """Whether the model serving ``member_id`` knows ``item_id`` (False while none is loaded)."""

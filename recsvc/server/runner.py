@@ -173,6 +173,26 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def check_cluster_answers(settings: Settings) -> None:
+    """With Redis Cluster, the client reads the slot map when it is made: a cluster that does not
+    answer at start is one clear error (StoreUnavailable, exit 3; a supervisor starts recsvc
+    again), not a traceback per worker. A single Redis server may be down at start: the service
+    serves from the bundle and connects when Redis answers."""
+    from recsvc.errors import StoreUnavailable
+    from recsvc.redis_client import STORE_ERRORS, connect, is_cluster_url
+
+    url = settings.redis.url
+    if not is_cluster_url(url):
+        return
+    try:
+        connect(url, timeout_s=max(settings.redis.socket_timeout_ms / 1000, 1.0)).close()
+    except STORE_ERRORS as exc:
+        raise StoreUnavailable(
+            f"the Redis Cluster at {url} did not answer ({type(exc).__name__}): the cluster client "
+            "needs the slot map to start; start recsvc once the cluster answers"
+        ) from exc
+
+
 def check_ports_free(settings: Settings) -> None:
     """Every port this server will listen on is free, or a ConfigError (PORT_IN_USE) naming it.
     The workers bind the service port with SO_REUSEPORT, which would let a second server started
@@ -203,6 +223,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
     check_ports_free(settings)
+    check_cluster_answers(settings)
     from recsvc.security.wiring import check_server_security
 
     check_server_security(settings)

@@ -276,7 +276,9 @@ class RecordEventResponse(_message.Message):
     ITEM_KNOWN_FIELD_NUMBER: _builtins.int
     RECOMMENDATION_ID_FIELD_NUMBER: _builtins.int
     stored: _builtins.bool
-    """False when Redis is unavailable: the event was not stored for real-time use."""
+    """False when Redis is unavailable: the event was not confirmed in both the member's recent
+    events (real-time use) and the durable event log; keep it and send it again.
+    """
     item_known: _builtins.bool
     """False when the model serving this member does not know item_id (an item added after that
     model's training data, a typo), or while no model is loaded. Such an event is still stored

@@ -298,7 +298,8 @@ def test_export_to_a_path_it_cannot_write_names_that_path(tmp_path: Path) -> Non
 
     from recsvc.cli import app
 
-    for out in (tmp_path / "missing" / "catalog.csv", tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for out in (tmp_path / "a-file" / "catalog.csv", tmp_path):
         result = CliRunner().invoke(app, ["catalog", "export", str(out), "--target", "127.0.0.1:1"])
         assert result.exit_code == 2, result.output
         assert "FILE: " in result.output and str(out) in result.output.replace("\n", "")

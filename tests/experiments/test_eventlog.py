@@ -560,3 +560,109 @@ def test_a_one_off_drain_with_redis_down_says_so_in_one_line(tmp_path: Path) -> 
     assert done.exit_code == 3, done.output
     assert "REDIS_UNAVAILABLE" in done.output and "Traceback" not in done.output
     assert done.exception is None or isinstance(done.exception, SystemExit)
+
+
+def test_an_event_the_log_refused_is_not_confirmed(
+    logged: tuple[RunningServer, Settings], planted: PlantedBundle
+) -> None:
+    """The member's recent events took it, the durable log did not (on a cluster: another node
+    failing; here the log's stream made unwritable): stored=false, so the caller keeps it."""
+    server, settings = logged
+    member = planted.warm_members()[0]
+    client = redis.Redis.from_url(settings.redis.url)
+    key = stream_key("recsvc", shard_of(member, settings.events.shards), "event")
+    ask = recommender_pb2.RecordEventRequest(
+        member_id=member, item_id=planted.products()[0], event_type="view"
+    )
+    assert server.stub.RecordEvent(ask, timeout=5).stored
+    client.delete(key)
+    client.set(key, "not a stream")  # XADD answers WRONGTYPE
+    try:
+        reply = server.stub.RecordEvent(ask, timeout=5)  # OK, not INTERNAL
+        assert not reply.stored
+    finally:
+        client.delete(key)
+    assert server.stub.RecordEvent(ask, timeout=5).stored
+
+
+def test_entries_recsvc_cannot_have_written_are_skipped_not_a_stop(redis_url: str, tmp_path: Path) -> None:
+    """A hand-made XADD or a foreign writer: each such entry is skipped (and acknowledged, or it
+    would stop the shard again at every start); the entries around it are written."""
+    settings = load_settings(
+        overrides={"redis": {"url": redis_url}, "events": {"log_dir": str(tmp_path / "log"), "shards": 1}}
+    )
+    client = redis.Redis.from_url(redis_url)
+    key = stream_key("recsvc", 0, "event")
+    good = {"member_id": "M1", "item_id": "P1", "event_type": "view", "ts": time.time(), "member": "p"}
+    bad: list[bytes | str] = [
+        b"[1, 2, 3]",
+        b"42",
+        b"null",
+        dumps({**good, "ts": "abc"}),
+        dumps({**good, "ts": 1e20}),
+        b'{"ts": NaN}',
+        dumps({**good, "quantity": "many"}),
+        dumps({**good, "quantity": 99999999999}),
+        b"not json",
+    ]
+    client.xadd(key, {"d": dumps({**good, "item_id": "FIRST"})})
+    for entry in bad:
+        client.xadd(key, {"d": entry})
+    client.xadd(key, {"d": dumps({**good, "item_id": "LAST"})})
+    imp = stream_key("recsvc", 0, "impression")
+    client.xadd(imp, {"d": dumps({"id": "r", "ts": time.time(), "items": 5})})  # type: ignore[dict-item]
+    stats = Sink(client, settings).run(once=True)
+    assert stats.bad == len(bad) + 1
+    assert sorted(read_log(tmp_path / "log", "event")["item_id"]) == ["FIRST", "LAST"]
+    assert client.xlen(key) == 0 and client.xlen(imp) == 0  # acknowledged: the next start is clean
+    assert Sink(client, settings).run(once=True).bad == 0
+
+
+def test_a_full_disk_makes_the_sink_wait_and_lose_nothing(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the log folder (a disk cannot be filled portably here, so the write fails as a
+    full disk makes it fail): the sink logs, waits and writes everything once there is room;
+    a one-off drain (--once) stops with the error instead."""
+    import errno
+
+    from recsvc.eventlog import sink as sink_module
+
+    settings = load_settings(
+        overrides={
+            "redis": {"url": redis_url},
+            "events": {"log_dir": str(tmp_path / "log"), "sink_batch": 10, "shards": 3, "sink_flush_s": 1},
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    expected = _fill(client, settings, 40)
+    real = sink_module.write_atomically
+    failures = [0]
+
+    def full_then_room(table: Any, path: Path) -> None:
+        if failures[0] < 3:
+            failures[0] += 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(table, path)
+
+    monkeypatch.setattr(sink_module, "write_atomically", full_then_room)
+    with pytest.raises(OSError):
+        Sink(client, settings).run(once=True)
+    failures[0] = 0
+    worker = Sink(client, settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+
+        def written() -> int:
+            log = read_log(tmp_path / "log", "event")
+            return 0 if log is None else len(log)
+
+        within(15, lambda: written() == len(expected), "all written")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive() and failures[0] == 3 and worker.metrics.disk_errors._value.get() == 3
+    events = read_log(tmp_path / "log", "event")
+    assert set(events["item_id"]) == expected and events["item_id"].is_unique
+    assert not list((tmp_path / "log").rglob(".tmp-*"))

@@ -63,3 +63,29 @@ def test_logged_events_join_the_folder_events_validated_and_once(tmp_path: Path)
     # without log files, the folder alone
     plain = load_with_event_log(data, tmp_path / "nothing", DataSettings())
     assert len(plain.events) == len(events)  # type: ignore[attr-defined]
+
+
+def test_a_bundle_trained_with_the_log_knows_its_catalog_as_of_the_catalog_file(tmp_path: Path) -> None:
+    """The events come in memory (folder + log), the catalog from the folder's file: a live change
+    made after that file was written is newer than the bundle and must stay in force."""
+    import os
+
+    from settings_factory import build_settings
+
+    from recsvc.bundle import load_bundle
+    from training import pipeline
+
+    data = tmp_path / "data"
+    generate(GeneratorParams(members=200, seed=3, events_per_member=5), data)
+    exported = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    catalog = next(data.glob("catalog.*"))
+    os.utime(catalog, (exported, exported))
+    ds = load_with_event_log(data, tmp_path / "no-log-yet", DataSettings())
+    s = build_settings(tmp_path, training={"factors": 4, "iterations": 2, "eval_members": 100})
+    pipeline.run(
+        s,
+        pipeline.TrainOptions(data_dir=data, bundle_out=tmp_path / "b", register=False, refit=False),
+        dataset=ds,  # type: ignore[arg-type]
+    )
+    manifest = load_bundle(tmp_path / "b").manifest.model_dump()
+    assert manifest["catalog_as_of"] == "2026-01-02T03:04:05.000+00:00"

@@ -119,6 +119,31 @@ def test_redis_down_degrades_at_once_then_recovers_within_the_reconnect_interval
         server.stop()
 
 
+def test_idle_connections_a_restart_closed_do_not_trip_the_store(tmp_path: Path) -> None:
+    """Redis restarts while nobody calls: every thread's read connection is dead. Each thread's
+    next read is answered (sent once more on a new connection), so the breaker never opens; it
+    once opened on each thread's first read, minutes after the restart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = LocalRedis(tmp_path / "r").start()
+    try:
+        with open_store(server.url) as (store, _client), ThreadPoolExecutor(4) as pool:
+            assert store.record("M4", "P1", "purchase", 1_700_000_000.0, "app")
+
+            def read_everywhere() -> list[object]:
+                # the same threads each time: each holds its own connection
+                return [store.recent("M4"), *pool.map(lambda _: store.recent("M4"), range(16))]
+
+            assert all(r is not None for r in read_everywhere())
+            server.stop()
+            server = LocalRedis(tmp_path / "r", port=server.port).start()
+            after = read_everywhere()
+            assert all(r is not None for r in after), after
+            assert not store.degraded
+    finally:
+        server.stop()
+
+
 def test_a_read_started_early_is_answered_after_other_commands(redis_url: str) -> None:
     """``start_recent`` sends, ``result`` reads: the engine searches in between."""
     with open_store(redis_url) as (store, client):
