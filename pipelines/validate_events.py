@@ -138,7 +138,10 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[Verdicts, d
     event_type = _vocabulary_codes(raw["event_type"], EVENT_TYPES)
     v.flag(event_type < 0, Reason.UNKNOWN_EVENT_TYPE, "event_type")
     channel = _vocabulary_codes(raw["channel"], refs.channels)
-    v.flag(channel < 0, Reason.UNKNOWN_CHANNEL, "channel")
+    # an empty channel is "not said" (the API takes events without one): kept, code -1, counted in
+    # the any-channel lists only; a channel that is named and not listed is refused
+    given = per_value(raw["channel"], lambda t: t.str.strip() != "")
+    v.flag((channel < 0) & given, Reason.UNKNOWN_CHANNEL, "channel")
     ts = timestamps(raw["ts"])
     v.flag(ts.isna(), Reason.BAD_TIMESTAMP, "ts")
     v.flag(ts > refs.latest, Reason.FUTURE_TIMESTAMP, "ts")

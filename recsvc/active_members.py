@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from recsvc.redis_client import STORE_ERRORS
 from recsvc.redis_keys import global_key
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,6 @@ class ActiveMembers:
             self._on_sync_change(synced)
 
     def _run(self) -> None:
-        import redis
 
         failures = 0
         try:
@@ -140,7 +140,7 @@ class ActiveMembers:
                 except Exception as exc:  # any failure: never stay "synced" while deaf
                     self._set_synced(False)
                     failures += 1
-                    if not isinstance(exc, redis.RedisError):
+                    if not isinstance(exc, STORE_ERRORS):
                         log.exception("event=active_members_error retry_s=%s", self._retry_s)
                     elif failures == 1:  # once per outage, not every retry_s
                         log.warning(

@@ -125,7 +125,7 @@ EVENT_RULES: tuple[Rule, ...] = (
     Rule(Reason.ID_TOO_LONG, "item_id", _col("item_id.too_long")),
     Rule(Reason.BAD_ID_CHARS, "item_id", _col("item_id.bad_chars")),
     Rule(Reason.UNKNOWN_EVENT_TYPE, "event_type", lambda c: c["etype"] < 0),
-    Rule(Reason.UNKNOWN_CHANNEL, "channel", lambda c: c["channel"] < 0),
+    Rule(Reason.UNKNOWN_CHANNEL, "channel", lambda c: (c["channel"] < 0) & c["channel_given"]),
     Rule(Reason.BAD_TIMESTAMP, "ts", lambda c: c["ts"].isNull()),
     Rule(Reason.FUTURE_TIMESTAMP, "ts", lambda c: c["ts"] > c["latest"]),
     Rule(Reason.TIMESTAMP_TOO_OLD, "ts", lambda c: c["ts"] < c["earliest"]),
@@ -496,6 +496,7 @@ def _parsed(frame: Any, settings: DataSettings, now: datetime, channels: tuple[s
     c |= _id_checks(frame, "item_id", settings.max_id_length)
     c["etype"] = F.array_position(F.array(*map(F.lit, EVENT_TYPES)), _strip(_text("event_type"))) - 1
     c["channel"] = F.array_position(F.array(*map(F.lit, channels)), _strip(_text("channel"))) - 1
+    c["channel_given"] = _strip(_text("channel")) != ""  # empty: not said, kept (as pandas does)
     c["ts"] = _timestamp(frame, "ts")
     c["latest"] = F.lit(rows.latest(now, settings).to_pydatetime()).cast("timestamp")
     c["earliest"] = F.lit(pd.Timestamp(EARLIEST_EVENT_TS).to_pydatetime()).cast("timestamp")

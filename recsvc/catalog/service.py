@@ -115,8 +115,12 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             return []
         self._close_with_loop()
         try:
-            outcomes = await self._store.apply_async(changes)
-        except STORE_ERRORS as exc:
+            # One bound for the whole call: a cluster that stopped answering makes the client
+            # re-read the slot map from every seed in turn, each a timeout (8 s for 2 s measured)
+            outcomes = await asyncio.wait_for(
+                self._store.apply_async(changes), self._settings.catalog.write_timeout_ms / 1000
+            )
+        except _WRITE_FAILURES as exc:
             self._outage.refused(len(changes), exc)
             raise _refused(exc) from exc
         self._outage.answered()
@@ -520,6 +524,10 @@ class StoreOutage:
             self._since, self._items = None, 0
         if since is not None:
             log.warning("event=catalog_store_back refused_items=%d down_s=%.1f", items, self._clock() - since)
+
+
+# a store error, or the whole call's deadline (asyncio.wait_for) passing
+_WRITE_FAILURES: tuple[type[Exception], ...] = (*STORE_ERRORS, TimeoutError)
 
 
 def _refused(exc: Exception) -> StoreUnavailable:

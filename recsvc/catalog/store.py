@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import immutables
-import redis
 
 from recsvc.gc_pause import gc_paused
+from recsvc.redis_client import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class CatalogFollower:
             except Exception as exc:
                 self._set_ok(False)
                 failures += 1
-                if not isinstance(exc, redis.RedisError):
+                if not isinstance(exc, STORE_ERRORS):
                     log.exception("event=catalog_follower_error")
                 elif failures == 1:
                     log.warning(

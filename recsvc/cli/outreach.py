@@ -141,6 +141,11 @@ def import_profiles(
         if quarantine.is_dir():
             raise DataContractError(f"--quarantine {quarantine} is a folder: give a file to write")
         quarantine.parent.mkdir(parents=True, exist_ok=True)
+        existed = quarantine.exists()
+        with quarantine.open("a"):  # writable (PermissionError, a read-only disk: named now)
+            pass
+        if not existed:
+            quarantine.unlink()  # written only when a row is refused
     members = _read_table(folder, "members", ["member_id"])
     if members is not None:
         # timezone is optional, as in the data contract: without the column no zone is written.

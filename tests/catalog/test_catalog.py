@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pandas as pd
@@ -738,3 +739,37 @@ def _answer(s: RunningServer, member: str, **filters: object) -> list[tuple[str,
     return [
         (it.item_id, round(it.score, 5), it.source, it.reason) for it in s.stub.RecommendProducts(req).items
     ]
+
+
+def test_a_change_on_a_cluster_that_stopped_answering_is_refused_within_the_write_timeout(
+    listed: PlantedBundle, redis_cluster: Any, tmp_path: Path
+) -> None:
+    """Every node paused: the cluster client re-reads the slot map from each seed in turn, a
+    timeout each; the call still answers within catalog.write_timeout_ms (it took four times
+    that)."""
+    import os
+    import signal
+
+    redis_cluster.flush()
+    settings = serving_settings(str(listed.path), redis_cluster.url, tmp_path, default_k=K)
+    settings = settings.model_copy(
+        update={"catalog": settings.catalog.model_copy(update={"write_timeout_ms": 500})}
+    )
+    with running_server(settings) as s:
+        item = listed.products()[0]
+        catalog = _catalog(s)
+        catalog.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=False), timeout=10)
+        pids = [n.proc.pid for n in redis_cluster.nodes if n.proc is not None]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    catalog.SetStock(catalog_pb2.SetStockRequest(item_id=item, in_stock=True), timeout=30)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert (err.value.details() or "").startswith("CATALOG_UNAVAILABLE")
+                assert time.monotonic() - started < 1.5  # 0.5 s allowed, with room for a busy machine
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)

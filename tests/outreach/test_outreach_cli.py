@@ -156,6 +156,8 @@ def test_import_refuses_dates_no_clock_can_hold_and_checks_the_quarantine_first(
     (data / "members.csv").write_text("member_id,registered_at,consent_wecom\nY5,1500-01-01,true\n")
     into_folder = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(tmp_path)])
     assert into_folder.exit_code == 2 and "is a folder" in flat(into_folder.output)
+    unwritable = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", "/proc/recsvc-q.csv"])
+    assert unwritable.exit_code == 2 and "FILE" in flat(unwritable.output), unwritable.output
     r = redis.Redis.from_url(redis_url)
     assert not r.exists(member_key("recsvc", "Y4", "out:profile"))  # refused before anything was written
     quarantine = tmp_path / "new" / "q.csv"

@@ -89,6 +89,26 @@ def test_walk_a_member_through_the_marketing_reason_codes(redis_url: str) -> Non
     assert t.check(ask(m, "app_push", "c4")).allowed
 
 
+def test_the_gap_holds_on_both_sides_of_a_scheduled_send(redis_url: str) -> None:
+    """A send scheduled for tomorrow 10:00 (a member's best time) refuses a send now only when
+    now is within the gap before it; days before it a send now is fine, as the docs say."""
+    import dataclasses
+
+    clock = WalkClock(local(2026, 6, 1, 10))  # Monday 10:00 Shanghai
+    t = make_throttle(redis_url, clock)
+    m = "M0002"
+    consent_all(t, m)
+    tomorrow = local(2026, 6, 2, 10)
+    scheduled = dataclasses.replace(ask(m, "app_push", "c1"), at_ms=int(tomorrow.timestamp() * 1000))
+    assert t.reserve(scheduled).allowed
+    d = t.check(ask(m, "wecom", "c2"))
+    assert d.allowed, d  # 24 h before the scheduled send: more than the 4 h gap
+    clock.set(local(2026, 6, 2, 7))  # 3 h before it
+    d = t.check(ask(m, "wecom", "c2"))
+    assert d.reason == "MIN_GAP" and "scheduled in 180 min" in d.detail
+    assert d.next_allowed_ms == int(tomorrow.timestamp() * 1000) + 4 * HOUR_MS
+
+
 def test_quiet_hours_and_next_allowed_moved_past_them(redis_url: str) -> None:
     clock = WalkClock(local(2026, 6, 1, 22, 30))
     t = make_throttle(redis_url, clock)

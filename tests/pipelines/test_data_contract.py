@@ -456,6 +456,20 @@ def test_no_row_is_ever_dropped_silently(tmp_path: Path, rows: list[dict[str, st
     assert set(table.quarantine["source_row"]).isdisjoint(range(len(_events())))
 
 
+def test_an_event_without_a_channel_is_kept_and_trains_in_the_any_channel_lists(tmp_path: Path) -> None:
+    """The API takes events without a channel and logs them so; the next training must not
+    quarantine them all as unknown_channel."""
+    rows = _event(channel="")
+    rows.append({**rows[0], "ts": "2026-05-03T10:00:00Z", "channel": "  ", "event_type": "view"})
+    folder = _write(tmp_path / "d", events=rows)
+    ds = load_dataset(folder, DATA, now=NOW, quarantine_dir=tmp_path / "q")
+    assert len(ds.quarantine) == 0 and ds.counts["events.rows_clean"] == 6
+    from training.prepare import prepare
+
+    p = prepare(ds)
+    assert (p.events.channel == -1).sum() == 2  # not said: no channel's own lists
+
+
 def test_load_dataset_gives_training_one_quarantine_and_counts(tmp_path: Path) -> None:
     folder = _write(tmp_path / "d", events=_event(channel="tiktok"))
     ds = load_dataset(folder, DATA, now=NOW, quarantine_dir=tmp_path / "q")

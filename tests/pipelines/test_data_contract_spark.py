@@ -69,6 +69,7 @@ def _bad_rows(member: str, other: str, item: str, content: str) -> list[list[str
         row(event_type="like"),  # unknown_event_type
         row(event_type=""),  # unknown_event_type
         row(channel="fax"),  # unknown_channel
+        row(channel=" ", event_type="click", amount=""),  # clean: an empty channel is "not said"
         row(ts="yesterday"),  # bad_timestamp
         row(ts="2026-13-45T10:00:00Z"),  # bad_timestamp
         row(ts="20260902"),  # bad_timestamp: ISO's basic form, which pandas alone would read
@@ -93,7 +94,7 @@ def _bad_rows(member: str, other: str, item: str, content: str) -> list[list[str
         row(member_id="M999999"),  # unknown_member
         row(item_id="P99999"),  # unknown_item
         row(event_type="like", amount="-1", item_id="P99999"),  # several: the first is the reason
-        [member, item, "view"],  # a short row: the missing cells are empty (unknown_channel)
+        [member, item, "view"],  # a short row: the missing cells are empty (bad_timestamp)
     ]
 
 
@@ -156,7 +157,7 @@ def test_spark_quarantines_what_pandas_quarantines(spark: Any, tmp_path: Path) -
     a, b = _both(spark, data)
     _same(a, b)
     assert a.counts["quarantined.duplicate_event"] == 3
-    assert a.counts["quarantined.bad_timestamp"] == 7
+    assert a.counts["quarantined.bad_timestamp"] == 8  # the short row too: its empty channel is kept
 
 
 @with_spark

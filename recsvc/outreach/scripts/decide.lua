@@ -185,9 +185,30 @@ else
       '%d of %d marketing messages in the last 24h', #day, cap_day)
     consider('CAP_WEEK', wait_for(week, cap_week, WEEK),
       '%d of %d marketing messages in the last 7 days', #week, cap_week)
-    if last_at then
+    -- The gap holds on both sides of this send: after the last one before it, and before the
+    -- next one already scheduled (a send at the member's best time), not merely after the latest.
+    local prev_at, next_at = nil, nil
+    for _, e in ipairs(week) do
+      if e[2] <= now then
+        if not prev_at or e[2] > prev_at then prev_at = e[2] end
+      elseif not next_at or e[2] < next_at then
+        next_at = e[2]
+      end
+    end
+    if not prev_at and last_at and last_at <= now then prev_at = last_at end
+    if prev_at then
+      consider('MIN_GAP', prev_at + min_gap,
+        'last marketing message %d min ago; gap is %d min', (now - prev_at) / 60000, min_gap / 60000)
+    end
+    if next_at and now > next_at - min_gap then
+      consider('MIN_GAP', next_at + min_gap,
+        'a marketing message is scheduled in %d min; gap is %d min', (next_at - now) / 60000, min_gap / 60000)
+    end
+    if last_at and last_at > now + 2 * WEEK then
+      -- further ahead than any schedule reaches (a campaign window: 7 days, starting within 7):
+      -- a clock gone wrong, not a plan; when in doubt, send less
       consider('MIN_GAP', last_at + min_gap,
-        'last marketing message %d min ago; gap is %d min', (now - last_at) / 60000, min_gap / 60000)
+        'a marketing message is recorded %d min ahead; gap is %d min', (last_at - now) / 60000, min_gap / 60000)
     end
     local streak = tonumber(st[2] or '0')
     local lv = nil
