@@ -63,6 +63,13 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 INT32 = (-(2**31), 2**31 - 1)
+# What every record of a kind carries as the service writes it (an event without its member or
+# item, an impression without its id, is nothing to train or report on).
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "event": ("member_id", "item_id", "event_type"),
+    "impression": ("id",),
+    "decision": (),
+}
 
 
 def row(kind: str, log_id: str, record: Any) -> dict[str, Any]:
@@ -72,6 +79,9 @@ def row(kind: str, log_id: str, record: Any) -> dict[str, Any]:
     the sink skips such an entry instead of stopping on it."""
     if not isinstance(record, dict):
         raise ValueError(f"not an object but {type(record).__name__}")
+    for name in _REQUIRED[kind]:
+        if not isinstance(record.get(name), str) or not record[name]:
+            raise ValueError(f"{name}: missing or not text")
     out: dict[str, Any] = {}
     for field in SCHEMAS[kind]:
         name = field.name

@@ -441,13 +441,13 @@ class Sink:
                 self.stats.replayed += 1
                 self.metrics.skipped.inc()
                 continue
-            raw = fields.get(b"d", fields.get("d")) if fields else None
-            if raw is None:
+            if not fields:
                 continue  # deleted from the stream after it was read (an erasure): nothing to write
+            raw = fields.get(b"d", fields.get("d"))
             try:
                 record = json.loads(raw)
                 records.append((sid, record, row(kind, id_text(sid), record)))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: no "d" field at all
                 # not an entry the service wrote (a hand-made XADD, a foreign writer): skipped and
                 # acknowledged, or it would stop the shard at every start
                 self.stats.bad += 1

@@ -112,8 +112,10 @@ def fill_profile(
 
     hours = np.asarray(a["profile_hours"][row])
     msg.active_hours.extend(int(h) for h in hours)
-    zone_name = view.timezone(row) or (live.state.timezone if live.state and live.state.timezone else None)
-    zone_name = zone_name or default_zone
+    # the imported zone first, the one the throttle judges quiet hours in and best send times are
+    # placed in (recsvc/members/schedule.py): the windows shown are the ones outreach uses
+    imported = live.state.timezone if live.state and live.state.timezone else None
+    zone_name = imported or view.timezone(row) or default_zone
     msg.time_zone = zone_name
     zone = ZoneInfo(zone_name)
     choice = send_times.choose(hours, stage)

@@ -212,10 +212,27 @@ def check_ports_free(settings: Settings) -> None:
                 probe.bind((host, port))
             except OSError as exc:
                 raise ConfigError(
-                    f"{name} {port} on {host} is in use ({exc.strerror}): another server, perhaps "
-                    "an older recsvc serve, listens there; stop it or choose another port",
+                    f"{name} {port} on {host} is in use ({exc.strerror}): {_user_of(host, port)}",
                     reason="PORT_IN_USE",
                 ) from None
+
+
+def _user_of(host: str, port: int) -> str:
+    """Who holds a port a bind was refused: a server listening there, or (no one answers) an
+    outgoing connection of this machine that the kernel gave it as its own port, which happens
+    to ports in the ephemeral range (Linux: /proc/sys/net/ipv4/ip_local_port_range)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # a wildcard: here
+    with socket.socket(family, socket.SOCK_STREAM) as conn:
+        conn.settimeout(1.0)
+        listening = conn.connect_ex((target, port)) == 0
+    if listening:
+        return "another server, perhaps an older recsvc serve, listens there; stop it or choose another port"
+    return (
+        "no server listens there, but a connection of this machine uses it as its local port (ports "
+        "in the system's ephemeral range are lent to outgoing connections); choose a port below it, "
+        "e.g. 50051, or try again"
+    )
 
 
 def serve_processes(settings: Settings, log_level: str = "INFO") -> None:

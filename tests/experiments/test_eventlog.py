@@ -604,15 +604,18 @@ def test_entries_recsvc_cannot_have_written_are_skipped_not_a_stop(redis_url: st
         dumps({**good, "quantity": "many"}),
         dumps({**good, "quantity": 99999999999}),
         b"not json",
+        dumps({"member": ["a"]}),  # an event without its member, item or type
+        dumps({**good, "item_id": ""}),
     ]
     client.xadd(key, {"d": dumps({**good, "item_id": "FIRST"})})
     for entry in bad:
         client.xadd(key, {"d": entry})
+    client.xadd(key, {"x": "y"})  # no record at all
     client.xadd(key, {"d": dumps({**good, "item_id": "LAST"})})
     imp = stream_key("recsvc", 0, "impression")
     client.xadd(imp, {"d": dumps({"id": "r", "ts": time.time(), "items": 5})})  # type: ignore[dict-item]
     stats = Sink(client, settings).run(once=True)
-    assert stats.bad == len(bad) + 1
+    assert stats.bad == len(bad) + 2
     assert sorted(read_log(tmp_path / "log", "event")["item_id"]) == ["FIRST", "LAST"]
     assert client.xlen(key) == 0 and client.xlen(imp) == 0  # acknowledged: the next start is clean
     assert Sink(client, settings).run(once=True).bad == 0

@@ -420,6 +420,9 @@ def test_best_time_is_placed_in_the_zone_the_throttle_judges_quiet_hours_in(
     )
     assert d.allowed and d.HasField("send_at"), d
     assert (_local(d.send_at, zone).hour - window.start_hour) % 24 < window.hours
+    # the profile shows the window outreach uses: on the imported zone's clock
+    assert profile.time_zone == zone
+    assert abs(d.send_at.ToMilliseconds() - window.next_start.ToMilliseconds()) < 60_000
 
 
 def test_plan_campaign_schedules_each_member_in_their_window(

@@ -116,6 +116,7 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
             _, err = second.communicate(timeout=60)
             text = (err or b"").decode()
             assert second.returncode == 2 and "PORT_IN_USE" in text and "Traceback" not in text, text
+            assert "listens there" in text
         for channel in channels:
             channel.close()
         assert stop_subprocess(proc) == 0  # graceful SIGTERM shutdown
@@ -124,3 +125,23 @@ def test_serve_with_two_workers_answers_on_one_port(redis_url: str, tmp_path: Pa
     finally:
         if proc.poll() is None:
             stop_subprocess(proc)
+
+
+def test_a_port_lent_to_an_outgoing_connection_is_named_as_such() -> None:
+    """A port in the ephemeral range can be the local end of one of this machine's connections:
+    nobody listens there, and the refusal must not send the operator looking for a server."""
+    import socket
+
+    from recsvc.errors import ConfigError
+    from recsvc.server.runner import check_ports_free
+    from recsvc.settings import load_settings
+
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as out,
+    ):
+        lent = out.getsockname()[1]
+        settings = load_settings(overrides={"serving": {"port": lent, "metrics_port": 0}})
+        with pytest.raises(ConfigError) as err:
+            check_ports_free(settings)
+    assert err.value.reason == "PORT_IN_USE" and "no server listens there" in str(err.value)
