@@ -124,7 +124,6 @@ class ActiveMembers:
             self._on_sync_change(synced)
 
     def _run(self) -> None:
-
         failures = 0
         try:
             while not self._stop.is_set():

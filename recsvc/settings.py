@@ -51,11 +51,11 @@ def home_path(relative: str) -> Path:
 
 
 def _default_tracking_uri() -> str:
-    return f"sqlite:///{project_home() / 'var' / 'mlflow' / 'mlflow.db'}"
+    return f"sqlite:///{home_path('var/mlflow/mlflow.db')}"
 
 
 def _default_artifact_location() -> str:
-    return str(project_home() / "var" / "mlflow" / "artifacts")
+    return str(home_path("var/mlflow/artifacts"))
 
 
 EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")

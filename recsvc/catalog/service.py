@@ -62,7 +62,6 @@ _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 ON_LOOP_ITEMS = 100
 # StreamStock: changes received but not yet written, per stream.
 STREAM_BACKLOG = 1_000
-# "Redis did not answer": a cluster client that cannot reach any node raises the second.
 
 
 @dataclass

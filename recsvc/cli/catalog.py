@@ -255,14 +255,11 @@ def export(
         raise IsADirectoryError(21, "is a folder, not a file to write", str(out))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)  # the next training's data folder, say
+        fh = partial.open("w", newline="", encoding="utf-8")
     except OSError as exc:
+        # named as the caller named it, not as the temporary file beside it
         raise type(exc)(exc.errno, exc.strerror, str(out)) from None
     try:
-        try:
-            fh = partial.open("w", newline="", encoding="utf-8")
-        except OSError as exc:
-            # named as the caller named it, not as the temporary file beside it
-            raise type(exc)(exc.errno, exc.strerror, str(out)) from None
         with fh:
             writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
             writer.writeheader()

@@ -126,7 +126,6 @@ def import_profiles(
     quarantine: Path | None = typer.Option(None, help="write refused rows with reasons here (CSV)"),
 ) -> None:
     """Load members' time zones and consent records into Redis."""
-
     from recsvc.errors import InvalidArgument
     from recsvc.outreach.ask_checks import check_id
     from recsvc.outreach.policy import check_timezone
@@ -246,6 +245,8 @@ def check(
     from recsvc.redis_client import connect
 
     settings = state(ctx).settings()
+    if message_class not in (MARKETING, TRANSACTIONAL):
+        raise InvalidArgument(f"--class must be marketing or transactional, got {message_class!r}")
     client = connect(settings.redis.url)
     log = None
     if reserve and settings.events.enabled:
@@ -255,24 +256,21 @@ def check(
 
         # a send reserved here counts in the campaign report like one reserved over the API
         log = EventLog(client, settings, EventLogMetrics(CollectorRegistry())).start()
-    # the API's own decision path: the global control group and the log apply here too
-    outreach = build_outreach_servicer(settings, client, recommendations=None, event_log=log)  # type: ignore[arg-type]
-    throttle = outreach.throttle
-    if message_class not in (MARKETING, TRANSACTIONAL):
-        raise InvalidArgument(f"--class must be marketing or transactional, got {message_class!r}")
-    max_id = settings.data.max_id_length
-    ask = OutreachAsk(
-        member_id=v.check_id(member, "member", max_id),
-        channel=v.check_channel(channel, throttle.policies.current()),
-        campaign_id=v.check_id(campaign, "campaign", max_id, required=False),
-        message_class=message_class,
-        priority=v.check_priority(priority),
-    )
     try:
+        # the API's own decision path: the global control group and the log apply here too
+        outreach = build_outreach_servicer(settings, client, recommendations=None, event_log=log)  # type: ignore[arg-type]
+        max_id = settings.data.max_id_length
+        ask = OutreachAsk(
+            member_id=v.check_id(member, "member", max_id),
+            channel=v.check_channel(channel, outreach.throttle.policies.current()),
+            campaign_id=v.check_id(campaign, "campaign", max_id, required=False),
+            message_class=message_class,
+            priority=v.check_priority(priority),
+        )
         d = outreach.decide(ask, reserve=reserve)
     finally:
         if log is not None:
-            log.close()  # written before the command returns
+            log.close()  # written before the command returns (also when an argument was refused)
     out.print_json(
         json.dumps(
             {

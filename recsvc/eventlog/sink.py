@@ -291,21 +291,21 @@ class Sink:
             except UNAVAILABLE as exc:
                 if once:
                     raise
-                self._redis_down(exc, backoff)
+                self._wait_out(exc, backoff)
                 ready = False
                 backoff = min(backoff * 2, _REDIS_BACKOFF_S[1])
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc) or once:
                     raise
                 # Redis came back without its data: the consumer groups are made again
-                self._redis_down(exc, backoff)
+                self._wait_out(exc, backoff)
                 ready = False
             except OSError as exc:
                 if once:
                     raise
                 # A full or read-only disk: what was read stays pending in Redis, nothing is
                 # acknowledged unwritten; the sink waits for room, as for Redis
-                self._redis_down(exc, backoff, disk=True)
+                self._wait_out(exc, backoff, disk=True)
                 ready = False
                 backoff = min(backoff * 2, _REDIS_BACKOFF_S[1])
         try:
@@ -333,7 +333,7 @@ class Sink:
             self._update_lag()
         return False
 
-    def _redis_down(self, exc: Exception, wait_s: float, disk: bool = False) -> None:
+    def _wait_out(self, exc: Exception, wait_s: float, disk: bool = False) -> None:
         """Forget what was read and not yet acknowledged (Redis keeps it pending: every shard is
         read again from its pending entries, and what already reached disk is only
         acknowledged), then wait. ``disk``: the log folder, not Redis, failed."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from recsvc.members.sendtime import SendTimes, next_window_start_ms
 from recsvc.members.view import ProfileView
 from recsvc.outreach.decision import Decision
 from recsvc.outreach.member_records import MemberOutreachState
+from recsvc.outreach.policy import zone_or
 from recsvc.realtime import RecentActivity
 from recsvc.settings import TrainingSettings
 from recsvc.v1 import members_pb2
@@ -114,10 +114,9 @@ def fill_profile(
     msg.active_hours.extend(int(h) for h in hours)
     # the imported zone first, the one the throttle judges quiet hours in and best send times are
     # placed in (recsvc/members/schedule.py): the windows shown are the ones outreach uses
-    imported = live.state.timezone if live.state and live.state.timezone else None
-    zone_name = imported or view.timezone(row) or default_zone
-    msg.time_zone = zone_name
-    zone = ZoneInfo(zone_name)
+    imported = live.state.timezone if live.state else None
+    zone = zone_or(imported, view.timezone(row) or default_zone)
+    msg.time_zone = zone.key
     choice = send_times.choose(hours, stage)
     policy = send_times.policy
     for channel in policy.channels:

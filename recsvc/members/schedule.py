@@ -20,7 +20,7 @@ from recsvc.errors import ProfilesUnavailable
 from recsvc.members.audience import AudienceResolver
 from recsvc.members.sendtime import SendTimes, time_in_window_ms
 from recsvc.members.view import ProfileView
-from recsvc.outreach.policy import Policy
+from recsvc.outreach.policy import Policy, zone_or
 from recsvc.outreach.quiet_hours import first_allowed_ms
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ class SendScheduler:
             ]
         if self._zones is not None:
             stored = self._zones(member_ids)
-            zones = [
-                zone if name is None else _zone(name, zone) for name, zone in zip(stored, zones, strict=True)
-            ]
+            zones = [zone_or(name, zone.key) for name, zone in zip(stored, zones, strict=True)]
         out = []
         for start, zone in zip(starts, zones, strict=True):
             at = time_in_window_ms(start_ms, end_ms, zone, int(start), width)
@@ -91,10 +89,3 @@ class SendScheduler:
                 at = at if at <= end_ms else start_ms
             out.append(at)
         return out
-
-
-def _zone(name: str, default: ZoneInfo) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ValueError, OSError):  # a stored zone this machine lacks: the throttle falls back too
-        return default

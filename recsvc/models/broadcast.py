@@ -38,7 +38,6 @@ class ReloadBroadcast:
         self._thread: threading.Thread | None = None
 
     def publish(self, uri: str | None) -> bool:
-
         try:
             self._client.publish(self._channel, json.dumps({"origin": self._origin, "uri": uri or ""}))
         except STORE_ERRORS as exc:

@@ -240,13 +240,19 @@ def store_error(exc: Exception) -> RecsvcError:
     """What a failed call to the outreach store tells the caller: the member's record unreadable
     (a key of another type, a script tripping over a field it did not write: FAILED_PRECONDITION,
     retrying cannot help), else the store unavailable (UNAVAILABLE: try again)."""
-    text = str(exc)
-    if isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in text or "user_script" in text):
+    if _unreadable(exc):
         return MemberStateUnreadable(
             "this member's stored outreach record is not in the form recsvc writes "
-            f"({text.splitlines()[0][:160]}); an operator must repair or delete it (docs/operations.md)"
+            f"({str(exc).splitlines()[0][:160]}); an operator must repair or delete it (docs/operations.md)"
         )
     return StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}")
+
+
+def _unreadable(exc: Exception) -> bool:
+    """Redis answered, about a record in another form: a key of another type, or a script that
+    tripped over a field it did not write."""
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in text or "user_script" in text)
 
 
 def read_consents(throttle: MemberRecords, member_ids: Sequence[str], channel: str) -> list[bool]:
@@ -277,7 +283,7 @@ def _per_member(replies: list[Any]) -> list[Any]:
     out = []
     for reply in replies:
         if isinstance(reply, redis.RedisError):
-            if not isinstance(store_error(reply), MemberStateUnreadable):
+            if not _unreadable(reply):
                 raise reply
             reply = None
         out.append(reply)

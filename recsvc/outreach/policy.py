@@ -288,6 +288,17 @@ def check_timezone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)") from exc
 
 
+def zone_or(name: str | None, fallback: str) -> ZoneInfo:
+    """A member's stored zone by :func:`check_timezone`'s rule, else ``fallback`` (an IANA name):
+    none stored, or one this machine does not know (logged; the member is not refused for it)."""
+    if name:
+        try:
+            return check_timezone(name)
+        except ValueError:
+            logger.warning("stored member time zone %r is unknown; using %s", name, fallback)
+    return ZoneInfo(fallback)
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes()

@@ -48,7 +48,7 @@ from recsvc.outreach.decision import (
 )
 from recsvc.outreach.member_keys import MemberKeys, decide_keys
 from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
-from recsvc.outreach.policy import Policy, PolicyStore, check_timezone
+from recsvc.outreach.policy import Policy, PolicyStore, zone_or
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 from recsvc.redis_client import STORE_ERRORS, RedisClient
 from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
@@ -350,11 +350,7 @@ class Throttle(MemberRecords):
 
     @staticmethod
     def _zone(tz: str, policy: Policy) -> ZoneInfo:
-        try:
-            return check_timezone(tz)
-        except ValueError:
-            logger.warning("stored member time zone %r is unknown; using %s", tz, policy.default_timezone)
-            return ZoneInfo(policy.default_timezone)
+        return zone_or(tz, policy.default_timezone)
 
     def _unavailable(self, ask: OutreachAsk, exc: BaseException) -> Decision:
         why = "throttle store unavailable"

@@ -107,7 +107,6 @@ def forget_member(
     event_log: EventLogErasure | None = None,
 ) -> ForgetResult:
     """Erase ``member_id`` everywhere recsvc keeps it (see the module docstring)."""
-
     result = ForgetResult()
     result.added_to_erasure_list = erasures.add(member_id)
     keep = suppression_key(prefix, member_id)
@@ -164,7 +163,6 @@ def restore_member(
     Nothing old comes back: their Redis keys were deleted, the erasure list still keeps them out of
     every training run, and every server process still ignores their trained vector (a returning
     member starts cold and is personalised from new events only)."""
-
     if not reason.strip():
         raise InvalidArgument(
             "reason is required to re-register an erased member (e.g. a ticket number)",

@@ -161,7 +161,6 @@ def add_admin_service(server: grpc.Server, settings: Settings, security: ServerS
 
 def start_erasure_listener(settings: Settings, security: ServerSecurity, redis: Any) -> None:
     """Listen for erasures made through any server process; never blocks start-up on Redis."""
-
     try:
         security.listener = ErasureListener(redis, settings.redis.key_prefix, security.forgotten.add).start()
     except STORE_ERRORS as exc:
@@ -204,7 +203,6 @@ def mark_erased_under_current_key(settings: Settings, security: ServerSecurity, 
 
 
 def _mark_erased(eraser: LogEraser, erased: Sequence[str], *, purge: bool) -> bool:
-
     started = time.monotonic()
     try:
         added = eraser.mark_under_current_key(erased, purge=purge)
