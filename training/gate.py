@@ -122,6 +122,21 @@ def family_metric(family: str) -> str:
 
 
 TREND_METRIC = f"trend.{GATE_METRIC}"  # the chosen family with the trend prior (training/trend.py)
+SERVED_KINDS = ("product", "content")  # the kinds a call asks for: serving never ranks both together
+
+
+def by_kind(metrics: dict[str, float], prefix: str = "", metric: str = "ndcg_at_10") -> float | None:
+    """``metric`` as serving sees it: the mean of the ``product`` and ``content`` figures under
+    ``prefix``, weighted by each kind's test members (each kind ranked alone, as a call asks for
+    one); the ``all`` figure when neither kind was measured, None when nothing was."""
+    total = weight = 0.0
+    for kind in SERVED_KINDS:
+        value, members = metrics.get(f"{prefix}{kind}.{metric}"), metrics.get(f"{prefix}{kind}.members", 0.0)
+        if value is not None and members > 0:
+            total, weight = total + value * members, weight + members
+    if weight > 0:
+        return total / weight
+    return metrics.get(f"{prefix}all.{metric}")
 
 
 def _served_prefix(served: Any) -> str:
@@ -175,12 +190,16 @@ def choose_family(metrics: dict[str, float], setting: str, margin: float) -> Fam
 def with_trend(choice: FamilyChoice, metrics: dict[str, float], forced: bool, margin: float) -> FamilyChoice:
     """``choice`` with the trend prior when it was measured (``trend.weight`` above 0) and either
     ``forced`` (``training.trend_weight`` set) or its holdout NDCG@10 beats the family's by more
-    than ``margin`` (relative), as a more complex family must."""
+    than ``margin`` (relative), as a more complex family must. Both are judged per kind
+    (:func:`by_kind`): serving divides the trend by each kind's largest, which a joint ranking of
+    both kinds cannot show."""
     weight = float(metrics.get("trend.weight", 0.0))
-    got = metrics.get(TREND_METRIC)
+    got = by_kind(metrics, "trend.")
     if weight <= 0 or got is None:
         return choice
-    base = choice.scores.get(choice.family, float(metrics.get(family_metric(choice.family), 0.0)))
+    base = by_kind(metrics, _FAMILY_PREFIX[choice.family])
+    if base is None:
+        base = choice.scores.get(choice.family, 0.0)
     if forced:
         why = f"trend prior {weight:g}: training.trend_weight forces it"
     elif got > base * (1 + margin):

@@ -147,6 +147,7 @@ def evaluate(
                 scorer, sp.csr_matrix(seen_u[keep][:, cols]), sp.csr_matrix(sub_test[keep]), KS
             )
             out |= {f"{name}.{k}": v for k, v in metrics.items()}
+            out[f"{name}.members"] = float(keep.size)
     return out
 
 

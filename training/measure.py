@@ -210,10 +210,20 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
     elif fits.validation.test.nnz:
         val = fits.validation
         val_recent = trend.item_trend(val.train, weights, val.start, t.trend_days, n_items)
+        # chosen per kind, as serving divides the trend (gate.by_kind)
         by_weight = {
-            w: measured(
-                fits.validation_fit, val, True, val_recent, w, max_members=t.tune_eval_members, kinds=("all",)
-            ).get("all.ndcg_at_10", 0.0)
+            w: gate.by_kind(
+                measured(
+                    fits.validation_fit,
+                    val,
+                    True,
+                    val_recent,
+                    w,
+                    max_members=t.tune_eval_members,
+                    kinds=gate.SERVED_KINDS,
+                )
+            )
+            or 0.0
             for w in trend.WEIGHTS
         }
         out |= {f"trend.val.ndcg_at_10.t{w:g}": v for w, v in by_weight.items()}

@@ -81,6 +81,9 @@ def test_training_chooses_the_trend_and_the_holdout_confirms_it(run: Any) -> Non
     assert m["trend.recent_share"] >= 0.25  # measured under the default screen
     val = {float(k.rsplit(".t", 1)[1]): v for k, v in m.items() if k.startswith("trend.val.ndcg_at_10.t")}
     assert set(val) == set(trend.WEIGHTS) and trend.choose(val) == m["trend.weight"]
+    with_prior, without = gate.by_kind(m, "trend."), gate.by_kind(m)
+    assert with_prior is not None and without is not None
+    assert with_prior > without * 1.02  # judged per kind, as serving ranks
     assert "trend prior" in report.family.reason
     assert report.decision.candidate == m["trend.all.ndcg_at_10"]  # the gate judges what serves
     assert m["served.all.ndcg_at_10"] == m["trend.all.ndcg_at_10"]
@@ -209,6 +212,21 @@ def test_the_trend_serves_only_past_the_margin() -> None:
     assert won.trend_weight == 0.35 and gate.spec_metric(won) == gate.TREND_METRIC
     assert gate.with_trend(choice, metrics, forced=True, margin=0.02).trend_weight == 0.35
     assert gate.with_trend(choice, {"trend.weight": 0.0}, forced=False, margin=0.02) == choice
+
+
+def test_the_trend_is_judged_per_kind_as_serving_ranks() -> None:
+    """A joint ``all`` figure that says "on" does not turn the prior on when the kinds a call asks
+    for, each ranked alone, say it loses; the mean weighs each kind by its test members."""
+    per_kind = {"product.members": 300.0, "content.members": 100.0, "trend.product.members": 300.0}
+    per_kind |= {"trend.content.members": 100.0, "product.ndcg_at_10": 0.20, "content.ndcg_at_10": 0.60}
+    assert gate.by_kind(per_kind) == pytest.approx(0.30)
+    assert gate.by_kind({"all.ndcg_at_10": 0.4}) == 0.4 and gate.by_kind({}) is None
+    losing = per_kind | {"trend.weight": 0.5, "trend.all.ndcg_at_10": 0.9}
+    losing |= {"trend.product.ndcg_at_10": 0.24, "trend.content.ndcg_at_10": 0.40}  # mean 0.28
+    choice = gate.FamilyChoice("als", "als (simplest)", {"als": 0.1})
+    assert gate.with_trend(choice, losing, forced=False, margin=0.02).trend_weight == 0
+    winning = losing | {"trend.content.ndcg_at_10": 0.60}  # mean 0.33
+    assert gate.with_trend(choice, winning, forced=False, margin=0.02).trend_weight == 0.5
 
 
 def test_served_over_grpc_with_the_trend_named(run: Any, redis_url: str, tmp_path: Path) -> None:
