@@ -22,7 +22,7 @@ import logging
 import secrets
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -80,6 +80,18 @@ KEY_PREFIX = "rsk_"
 class Caller:
     name: str
     roles: frozenset[str]
+    # where the server audits refusals (``access_denied``), so a refusal inside a call is audited
+    # like one at its door
+    audit: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+    def denied(self, what: str, role: str | None) -> None:
+        """Log and audit that this caller was refused ``what`` for want of ``role``."""
+        log.warning("denied %s to caller %s (needs %s)", what, self.name, role)
+        if self.audit is not None:
+            try:
+                self.audit("access_denied", caller=self.name, method=what, role_needed=role)
+            except OSError:
+                log.exception("could not write the audit entry for a denied call")
 
 
 # The authenticated caller of the RPC being handled (set in the handler's thread by the interceptor).
@@ -93,7 +105,7 @@ def require_role(role: str, what: str) -> None:
     in the step that starts the stream."""
     caller = current_caller.get()
     if caller is not None and role not in caller.roles:
-        log.warning("denied %s to caller %s (needs %s)", what, caller.name, role)
+        caller.denied(what, role)
         raise PermissionDenied(f"caller {caller.name!r} lacks role {role!r} for {what}")
 
 
@@ -323,13 +335,10 @@ class AuthInterceptor(MethodWrapper):
             except Unauthenticated as exc:
                 log.warning("unauthenticated call to %s: %s", method, exc.message)
                 raise
+            if self._audit is not None:
+                caller = replace(caller, audit=self._audit)
             if needed is None or needed not in caller.roles:
-                log.warning("denied %s to caller %s (needs %s)", method, caller.name, needed)
-                if self._audit is not None:
-                    try:
-                        self._audit("access_denied", caller=caller.name, method=method, role_needed=needed)
-                    except OSError:
-                        log.exception("could not write the audit entry for a denied call")
+                caller.denied(method, needed)
                 raise PermissionDenied(
                     f"caller {caller.name!r} lacks role {needed!r} for {method}"
                     if needed

@@ -3,6 +3,7 @@ Recommender, Outreach and Admin services, audit of consent changes, erasure thro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -188,6 +189,13 @@ def test_a_campaign_by_audience_query_needs_the_members_role_too(
         campaign_id="c-aud", channel="sms", audience=members_pb2.AudienceQuery(value_tiers=["high"])
     )
     assert _code(stub.PlanCampaign, by_profile, metadata=srv.md("crm")) == grpc.StatusCode.PERMISSION_DENIED
+    denials = [
+        json.loads(line)
+        for line in srv.settings.security.audit_log.read_text().splitlines()
+        if "audience queries" in line
+    ]
+    got = [(d["event"], d["caller"], d["role_needed"]) for d in denials]
+    assert got == [("access_denied", "crm", "members")]
     assert (
         _code(stub.PlanCampaign, by_profile, metadata=srv.md("planner")) != grpc.StatusCode.PERMISSION_DENIED
     )
