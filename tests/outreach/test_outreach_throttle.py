@@ -14,6 +14,7 @@ import pytest
 import redis
 from outreach_support import (
     CONSENTED,
+    DEFAULT_POLICY_FILE,
     WalkClock,
     ask,
     decoded,
@@ -171,6 +172,33 @@ def test_fatigue_tightens_caps_and_engagement_resets_it(redis_url: str) -> None:
     assert d.next_allowed_ms == int(local(2026, 6, 3, 10).timestamp() * 1000)  # 48h fatigue gap
     t.feedback("M3", "app_push", "opened")
     assert t.check(ask("M3", "wecom", "c2")).allowed
+
+
+def test_the_fatigue_gap_holds_on_both_sides_of_a_scheduled_send(redis_url: str, tmp_path: Path) -> None:
+    """A fatigued member with a send scheduled five days ahead may get one now: the level's 48 h
+    gap keeps sends apart on both sides of the scheduled one, as MIN_GAP does, instead of
+    refusing everything until two days after it."""
+    import dataclasses
+
+    text = DEFAULT_POLICY_FILE.read_text()
+    text = text.replace(
+        "after_ignored = 3\nper_day = 1\nper_week = 2", "after_ignored = 3\nper_day = 3\nper_week = 5"
+    )
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text)
+    clock = WalkClock(local(2026, 6, 1, 10))
+    t = make_throttle(redis_url, clock, policy)
+    consent_all(t, "M3b")
+    for _ in range(3):
+        t.feedback("M3b", "app_push", "ignored")
+    later = local(2026, 6, 6, 10)
+    scheduled = dataclasses.replace(ask("M3b", "app_push", "c1"), at_ms=int(later.timestamp() * 1000))
+    assert t.reserve(scheduled).allowed
+    d = t.check(ask("M3b", "wecom", "c2"))
+    assert d.allowed, d  # five days before it: more than the 48 h gap
+    clock.set(local(2026, 6, 5, 10))  # a day before it
+    d = t.check(ask("M3b", "wecom", "c2"))
+    assert d.reason == "FATIGUE" and d.next_allowed_ms == int(later.timestamp() * 1000) + 2 * DAY_MS
 
 
 def test_unsubscribe_and_complaint_block_the_channel_for_days(redis_url: str) -> None:

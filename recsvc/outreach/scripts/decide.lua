@@ -196,6 +196,14 @@ else
       end
     end
     if not prev_at and last_at and last_at <= now then prev_at = last_at end
+    -- a send recorded further ahead than any schedule reaches (a campaign window: 7 days,
+    -- starting within 7) is a clock gone wrong, not a plan: when in doubt, send less
+    local astray = last_at and last_at > now + 2 * WEEK
+    local function gap(code, g, why, ...)
+      if prev_at then consider(code, prev_at + g, why, ...) end
+      if next_at and now > next_at - g then consider(code, next_at + g, why, ...) end
+      if astray then consider(code, last_at + g, why, ...) end
+    end
     if prev_at then
       consider('MIN_GAP', prev_at + min_gap,
         'last marketing message %d min ago; gap is %d min', (now - prev_at) / 60000, min_gap / 60000)
@@ -204,9 +212,7 @@ else
       consider('MIN_GAP', next_at + min_gap,
         'a marketing message is scheduled in %d min; gap is %d min', (next_at - now) / 60000, min_gap / 60000)
     end
-    if last_at and last_at > now + 2 * WEEK then
-      -- further ahead than any schedule reaches (a campaign window: 7 days, starting within 7):
-      -- a clock gone wrong, not a plan; when in doubt, send less
+    if astray then
       consider('MIN_GAP', last_at + min_gap,
         'a marketing message is recorded %d min ahead; gap is %d min', (last_at - now) / 60000, min_gap / 60000)
     end
@@ -221,7 +227,7 @@ else
       local why = '%d ignored in a row: at most %d a day, %d a week, %d min apart'
       consider('FATIGUE', wait_for(day, lday, DAY), why, streak, lday, lweek, lgap / 60000)
       consider('FATIGUE', wait_for(week, lweek, WEEK), why, streak, lday, lweek, lgap / 60000)
-      if last_at then consider('FATIGUE', last_at + lgap, why, streak, lday, lweek, lgap / 60000) end
+      gap('FATIGUE', lgap, why, streak, lday, lweek, lgap / 60000)  -- both sides, as MIN_GAP
     end
     consider('QUIET_HOURS', quiet_until, 'quiet hours in the member time zone')
   end
