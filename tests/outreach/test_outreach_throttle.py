@@ -7,7 +7,9 @@ import random
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -172,6 +174,35 @@ def test_fatigue_tightens_caps_and_engagement_resets_it(redis_url: str) -> None:
     assert d.next_allowed_ms == int(local(2026, 6, 3, 10).timestamp() * 1000)  # 48h fatigue gap
     t.feedback("M3", "app_push", "opened")
     assert t.check(ask("M3", "wecom", "c2")).allowed
+
+
+def test_caps_count_scheduled_sends_where_they_fall(redis_url: str) -> None:
+    """Two campaigns scheduled for next Saturday and Sunday leave today's day cap alone (they
+    are not "in the last 24h"); two scheduled this afternoon and evening fill it, and the refusal
+    says so and waits until a window without them opens."""
+    import dataclasses
+
+    clock = WalkClock(local(2026, 6, 1, 10))  # Monday 10:00 Shanghai
+    t = make_throttle(redis_url, clock)
+    for m in ("M7", "M8"):
+        consent_all(t, m)
+
+    def at(m: str, campaign: str, when: datetime) -> Any:
+        return dataclasses.replace(ask(m, "app_push", campaign), at_ms=int(when.timestamp() * 1000))
+
+    assert t.reserve(at("M7", "sat", local(2026, 6, 6, 10))).allowed
+    assert t.reserve(at("M7", "sun", local(2026, 6, 7, 10))).allowed
+    d = t.check(ask("M7", "wecom", "now"))
+    assert d.allowed, d  # 2 of 3 this week with it, 1 of 2 on any day
+
+    first, second = local(2026, 6, 1, 14, 30), local(2026, 6, 1, 18, 30)  # the 4 h gap apart
+    assert t.reserve(at("M8", "afternoon", first)).allowed
+    assert t.reserve(dataclasses.replace(at("M8", "evening", second), channel="sms")).allowed
+    d = t.check(ask("M8", "wecom", "now"))
+    assert (
+        d.reason == "CAP_DAY" and d.detail == "2 of 2 marketing messages within 24h of this one (2 scheduled)"
+    )
+    assert d.next_allowed_ms == int(first.timestamp() * 1000) + DAY_MS  # a day after the first leaves room
 
 
 def test_the_fatigue_gap_holds_on_both_sides_of_a_scheduled_send(redis_url: str, tmp_path: Path) -> None:

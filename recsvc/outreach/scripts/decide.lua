@@ -124,11 +124,55 @@ local function window(key, span, keep)
   return out, latest, stale
 end
 
--- 0 while under the cap, else when the oldest entry that must leave the window leaves it
+-- The sends of ``list`` in the busiest span-long window that holds time t. A cap holds in every
+-- rolling window, and scheduled sends (a best time, a campaign window) count where they fall, not
+-- as if already sent: the windows that matter start at a send in (t - span, t] or at t itself
+-- (any other window holding t can slide right to one of those without losing a send).
+local function busiest(list, span, t)
+  local function count(w)
+    local c = 0
+    for _, e in ipairs(list) do
+      if e[2] >= w and e[2] < w + span then c = c + 1 end
+    end
+    return c
+  end
+  local best = count(t)
+  for _, e in ipairs(list) do
+    if e[2] <= t and e[2] > t - span then
+      local c = count(e[2])
+      if c > best then best = c end
+    end
+  end
+  return best
+end
+
+-- 0 while a send now leaves every window under the cap, else the first time one would: a
+-- window frees up only when a send leaves it, at that send + span (the last such time always
+-- does, so the fallback is never reached with a cap of 1 or more)
 local function wait_for(list, cap, span)
-  local n = #list
-  if n < cap then return 0 end
-  return list[n - cap + 1][2] + span
+  if busiest(list, span, now) < cap then return 0 end
+  local first = nil
+  for _, e in ipairs(list) do
+    local t = e[2] + span
+    if t > now and (not first or t < first) and busiest(list, span, t) < cap then first = t end
+  end
+  return first or now + span
+end
+
+-- A cap's refusal, its detail naming the scheduled sends it counted
+local function cap(code, list, limit, span, what, span_text)
+  local n = busiest(list, span, now)
+  if n < limit then return end
+  local ahead = 0
+  for _, e in ipairs(list) do
+    if e[2] > now and e[2] < now + span then ahead = ahead + 1 end
+  end
+  if ahead > 0 then
+    consider(code, wait_for(list, limit, span), '%d of %d %s within %s of this one (%d scheduled)',
+      n, limit, what, span_text, ahead)
+  else
+    consider(code, wait_for(list, limit, span), '%d of %d %s in the last %s', n, limit, what, span_text)
+  end
 end
 
 local function channel_of(m)
@@ -148,8 +192,7 @@ if class == 'transactional' then
   else
     local day, _, stale = window(tx, DAY, DAY)
     tx_stale = stale
-    consider('CAP_TRANSACTIONAL', wait_for(day, tx_cap, DAY),
-      '%d of %d transactional messages in the last 24h', #day, tx_cap)
+    cap('CAP_TRANSACTIONAL', day, tx_cap, DAY, 'transactional messages', '24h')
     consider('QUIET_HOURS', quiet_until, 'quiet hours in the member time zone')
   end
 else
@@ -179,12 +222,9 @@ else
       end
     end
     local last_at = latest  -- the latest send, even older than a week (a gap may be longer)
-    consider('CAP_CHANNEL_DAY', wait_for(chday, cap_ch_day, DAY),
-      '%d of %d %s marketing messages in the last 24h', #chday, cap_ch_day, channel)
-    consider('CAP_DAY', wait_for(day, cap_day, DAY),
-      '%d of %d marketing messages in the last 24h', #day, cap_day)
-    consider('CAP_WEEK', wait_for(week, cap_week, WEEK),
-      '%d of %d marketing messages in the last 7 days', #week, cap_week)
+    cap('CAP_CHANNEL_DAY', chday, cap_ch_day, DAY, channel .. ' marketing messages', '24h')
+    cap('CAP_DAY', day, cap_day, DAY, 'marketing messages', '24h')
+    cap('CAP_WEEK', week, cap_week, WEEK, 'marketing messages', '7 days')
     -- The gap holds on both sides of this send: after the last one before it, and before the
     -- next one already scheduled (a send at the member's best time), not merely after the latest.
     local prev_at, next_at = nil, nil
