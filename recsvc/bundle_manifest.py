@@ -63,6 +63,9 @@ class StoredListSpec(BaseModel):
     max_per_category: int
     ann_candidates: int
     hnsw_ef_search: int | None = None  # None: no HNSW index took part
+    # the lists leave out every item the member interacted with (``exclude_seen``, the default
+    # filters); lists of bundles without it left out purchases only and answer no call
+    exclude_seen: bool = False
 
     @classmethod
     def for_serving(
@@ -75,6 +78,7 @@ class StoredListSpec(BaseModel):
             max_per_category=serving.max_per_category,
             ann_candidates=serving.ann_candidates,
             hnsw_ef_search=hnsw_ef_search,
+            exclude_seen=True,
         )
 
     def mismatches(self, serving: ServingSettings, hnsw_ef_search: int | None) -> list[str]:
@@ -93,7 +97,13 @@ class StoredListSpec(BaseModel):
     def covers(self, kind: int, k: int, default_filters: bool, diversity: float) -> bool:
         """Whether a call (item kind code, k, filters all default, diversity) is the one the
         lists answer."""
-        return kind == KIND_PRODUCT and k == self.k and default_filters and diversity == self.diversity
+        return (
+            kind == KIND_PRODUCT
+            and k == self.k
+            and default_filters
+            and diversity == self.diversity
+            and self.exclude_seen
+        )
 
 
 class ReplenishSpec(BaseModel):

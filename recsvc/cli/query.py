@@ -79,6 +79,7 @@ def _filters(
     max_price: float | None,
     include_out_of_stock: bool,
     include_purchased: bool,
+    include_seen: bool,
     exclude: list[str] | None,
     diversity: float | None,
 ) -> Any:
@@ -97,6 +98,8 @@ def _filters(
         f.max_price = max_price
     if include_out_of_stock:
         f.in_stock_only = False
+    if include_seen:
+        f.exclude_seen = False
     if include_purchased:
         f.exclude_purchased = False
     if diversity is not None:
@@ -112,6 +115,9 @@ _MINP = typer.Option(None, "--min-price")
 _MAXP = typer.Option(None, "--max-price")
 _OOS = typer.Option(False, "--include-out-of-stock", help="Turn in_stock_only off.")
 _PURCH = typer.Option(False, "--include-purchased", help="Turn exclude_purchased off.")
+_SEEN = typer.Option(
+    False, "--include-seen", help="Turn exclude_seen off (items viewed, carted, not bought)."
+)
 _EXCL = typer.Option(None, "--exclude", help="Item ids to leave out (repeat).")
 _DIV = typer.Option(None, "--diversity", help="0..1 (default: server setting).")
 
@@ -132,6 +138,7 @@ def products(
     max_price: float | None = _MAXP,
     include_out_of_stock: bool = _OOS,
     include_purchased: bool = _PURCH,
+    include_seen: bool = _SEEN,
     exclude: list[str] | None = _EXCL,
     diversity: float | None = _DIV,
     target: str | None = _TARGET,
@@ -143,7 +150,7 @@ def products(
 
     f = _filters(
         category, exclude_category, brand, exclude_brand, min_price, max_price,
-        include_out_of_stock, include_purchased, exclude, diversity,
+        include_out_of_stock, include_purchased, include_seen, exclude, diversity,
     )  # fmt: skip
     req = recommender_pb2.RecommendProductsRequest(
         member_id=member_id, k=k, channel=channel, scene=scene, filters=f
@@ -158,6 +165,7 @@ def content(
     member_id: str,
     k: int = _K,
     channel: str = typer.Option("", "--channel"),
+    include_seen: bool = _SEEN,
     exclude: list[str] | None = _EXCL,
     diversity: float | None = _DIV,
     target: str | None = _TARGET,
@@ -167,7 +175,7 @@ def content(
     """RecommendContent for MEMBER_ID."""
     from recsvc.v1 import recommender_pb2
 
-    f = _filters(None, None, None, None, None, None, False, False, exclude, diversity)
+    f = _filters(None, None, None, None, None, None, False, False, include_seen, exclude, diversity)
     req = recommender_pb2.RecommendContentRequest(member_id=member_id, k=k, channel=channel, filters=f)
     _print(_call(_stub(ctx, target).RecommendContent, req, timeout), as_json)
 

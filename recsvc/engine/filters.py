@@ -1,8 +1,9 @@
 """Recommendation filters: validated once from the request, applied vectorised over candidates.
 
 ``FilterSpec.from_proto`` checks the request (raising ``InvalidArgument`` with a named reason)
-and applies the documented defaults: ``in_stock_only`` and ``exclude_purchased`` are on when
-unset, ``diversity`` comes from settings. ``FilterSpec.mask`` works on a candidate row array.
+and applies the documented defaults: ``in_stock_only``, ``exclude_purchased`` and
+``exclude_seen`` are on when unset, ``diversity`` comes from settings. ``FilterSpec.mask`` works
+on a candidate row array.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FilterSpec:
     in_stock_only: bool = True
     exclude_item_ids: frozenset[str] = frozenset()
     exclude_purchased: bool = True
+    exclude_seen: bool = True
     diversity: float = 0.3
     # (catalog view, include-category codes, include-brand codes) for the last view seen
     _cache: list[tuple[CatalogView, np.ndarray | None, np.ndarray | None]] = field(
@@ -98,16 +100,18 @@ class FilterSpec:
             in_stock_only=f.in_stock_only if f.HasField("in_stock_only") else True,
             exclude_item_ids=frozenset(normalize_id(i) for i in f.exclude_item_ids),
             exclude_purchased=f.exclude_purchased if f.HasField("exclude_purchased") else True,
+            exclude_seen=f.exclude_seen if f.HasField("exclude_seen") else True,
             diversity=diversity,
         )
 
     @functools.cached_property
     def only_defaults(self) -> bool:
-        """Whether the filters are the defaults (in stock, purchases excluded, nothing else),
-        whatever the diversity: the filters the stored member lists were made with."""
+        """Whether the filters are the defaults (in stock, purchases and seen items excluded,
+        nothing else), whatever the diversity: the filters the stored member lists were made with."""
         return (
             self.in_stock_only
             and self.exclude_purchased
+            and self.exclude_seen
             and not (
                 self.include_categories
                 or self.exclude_categories

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from recsvc.confidence_scale import scaled
 from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.served_model import ServedModel
 from recsvc.realtime import RecentActivity, event_weights_by_item, recalculate_member
+
+if TYPE_CHECKING:
+    from recsvc.engine.filters import FilterSpec
 
 SOURCE_PERSONALIZED = "personalized"
 SOURCE_REALTIME = "realtime"
@@ -50,6 +54,33 @@ class MemberState:
     @property
     def hist_w(self) -> np.ndarray:
         return self._trained_history()[1]
+
+    def excluded(self, filters: FilterSpec) -> tuple[np.ndarray, bool]:
+        """The member's rows no list may hold under ``filters``, and whether they are ascending
+        and unique: with ``exclude_purchased`` what they bought; with ``exclude_seen`` the other
+        items of their trained history and recent events (views, carts: with both, the defaults,
+        every item training's evaluation leaves out)."""
+        if not filters.exclude_seen:
+            if filters.exclude_purchased:
+                return self.bought, self.bought_sorted
+            return NO_ROWS, True
+        parts = [self.ev_rows.astype(np.int64)]
+        if self.row is not None and self.model is not None:
+            parts.append(self.hist_rows.astype(np.int64))
+        if filters.exclude_purchased:
+            parts.append(self.bought.astype(np.int64))
+            rows = np.unique(np.concatenate(parts))
+        else:  # seen, but what they bought may come back
+            rows = np.setdiff1d(np.concatenate(parts), self.bought)
+        return rows[rows >= 0], True
+
+    def excluded_count(self, filters: FilterSpec) -> int:
+        """At least as many rows as :meth:`excluded` holds, without merging them (the first
+        search's size)."""
+        if filters.exclude_seen:
+            trained = self.hist_rows.shape[0] if self.row is not None and self.model is not None else 0
+            return trained + self.bought.shape[0] + self.ev_rows.shape[0]
+        return self.bought.shape[0] if filters.exclude_purchased else 0
 
     def _trained_history(self) -> tuple[np.ndarray, np.ndarray]:
         if self.history is None:

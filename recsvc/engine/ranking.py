@@ -20,18 +20,19 @@ from recsvc.settings import ServingSettings
 
 
 def excluded_rows(
-    view: CatalogView, filters: FilterSpec, bought_rows: np.ndarray, bought_sorted: bool = False
+    view: CatalogView, filters: FilterSpec, member_rows: np.ndarray, member_sorted: bool = False
 ) -> np.ndarray:
-    """Rows no list may hold, ascending and unique. ``bought_sorted``: ``bought_rows`` already are
-    (a member's trained purchases, when the bundle stores them so)."""
-    if not filters.exclude_item_ids and bought_sorted:
-        return bought_rows if filters.exclude_purchased else NO_ROWS
+    """Rows no list may hold, ascending and unique: ``member_rows`` (the member's own, as
+    ``MemberState.excluded`` chose them for the filters) and the call's ``exclude_item_ids``.
+    ``member_sorted``: ``member_rows`` already are ascending and unique."""
+    if not filters.exclude_item_ids and member_sorted:
+        return member_rows
     parts = []
     if filters.exclude_item_ids:
         r = view.rows(sorted(filters.exclude_item_ids))
         parts.append(r[r >= 0])
-    if filters.exclude_purchased and bought_rows.shape[0]:
-        parts.append(bought_rows)
+    if member_rows.shape[0]:
+        parts.append(member_rows)
     if not parts:
         return NO_ROWS
     return np.unique(np.concatenate(parts).astype(np.int64))

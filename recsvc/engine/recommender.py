@@ -158,7 +158,7 @@ class RecommendationEngine:
         )
         shown: list[str] = []
         if state.vector is None:
-            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+            excluded = ranking.excluded_rows(view, filters, *state.excluded(filters))
             top, top_scores = ranking.popular(view, state.segment, channel, kind, k, filters, excluded)
             render.items(
                 resp.items,
@@ -173,7 +173,7 @@ class RecommendationEngine:
         if isinstance(candidates, StoredList):
             picks, scores, because = candidates.items, candidates.scores, candidates.reasons
         else:  # ranked here, without the rows no list may hold (a stored list already is)
-            excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+            excluded = ranking.excluded_rows(view, filters, *state.excluded(filters))
             if model.neighbours is not None:
                 picks, scores, because = family_ranking.rank(
                     s, view, state, kind, k, filters, excluded, self._clock, first=candidates
@@ -204,7 +204,7 @@ class RecommendationEngine:
         if stored is not None:
             return stored
         # item-item and blend too: their candidates include the ALS search's best (family_ranking)
-        return self._first_search(view.model, state.vector, kind, k, filters, state.bought.shape[0])
+        return self._first_search(view.model, state.vector, kind, k, filters, state.excluded_count(filters))
 
     def _first_search(
         self, model: ServedModel, vector: np.ndarray, kind: int, k: int, filters: FilterSpec, bought: int
@@ -222,12 +222,12 @@ class RecommendationEngine:
         if state.vector is None:
             return None
         view = self.catalog.view(model)
-        excluded = ranking.excluded_rows(view, filters, state.bought, bought_sorted=state.bought_sorted)
+        excluded = ranking.excluded_rows(view, filters, *state.excluded(filters))
         if model.neighbours is not None:
             return family_ranking.rank(
                 self._settings, view, state, kind, k, filters, excluded, self._clock, spare=spare
             )
-        first = self._first_search(model, state.vector, kind, k, filters, state.bought.shape[0])
+        first = self._first_search(model, state.vector, kind, k, filters, state.excluded_count(filters))
         picks, scores = ranking.rank(
             self._settings, view, state.vector, kind, k, filters, excluded, first=first, spare=spare
         )

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsvc/v1/common.proto\x12\trecsvc.v1\"\xef\x02\n\x15RecommendationFilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x16\n\x0einclude_brands\x18\x03 \x03(\t\x12\x16\n\x0e\x65xclude_brands\x18\x04 \x03(\t\x12\x16\n\tmin_price\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rin_stock_only\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x08 \x03(\t\x12\x1e\n\x11\x65xclude_purchased\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x16\n\tdiversity\x18\n \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_in_stock_onlyB\x14\n\x12_exclude_purchasedB\x0c\n\n_diversity\"\xa4\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12!\n\x04kind\x18\x05 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05title\x18\x08 \x01(\t*?\n\x08ItemKind\x12\x19\n\x15ITEM_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRODUCT\x10\x01\x12\x0b\n\x07\x43ONTENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsvc/v1/common.proto\x12\trecsvc.v1\"\x9b\x03\n\x15RecommendationFilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x16\n\x0einclude_brands\x18\x03 \x03(\t\x12\x16\n\x0e\x65xclude_brands\x18\x04 \x03(\t\x12\x16\n\tmin_price\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rin_stock_only\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x10\x65xclude_item_ids\x18\x08 \x03(\t\x12\x1e\n\x11\x65xclude_purchased\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x16\n\tdiversity\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0c\x65xclude_seen\x18\x0b \x01(\x08H\x05\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_priceB\x10\n\x0e_in_stock_onlyB\x14\n\x12_exclude_purchasedB\x0c\n\n_diversityB\x0f\n\r_exclude_seen\"\xa4\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12!\n\x04kind\x18\x05 \x01(\x0e\x32\x13.recsvc.v1.ItemKind\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05title\x18\x08 \x01(\t*?\n\x08ItemKind\x12\x19\n\x15ITEM_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRODUCT\x10\x01\x12\x0b\n\x07\x43ONTENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsvc.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEMKIND']._serialized_start=574
-  _globals['_ITEMKIND']._serialized_end=637
+  _globals['_ITEMKIND']._serialized_start=618
+  _globals['_ITEMKIND']._serialized_end=681
   _globals['_RECOMMENDATIONFILTERS']._serialized_start=38
-  _globals['_RECOMMENDATIONFILTERS']._serialized_end=405
-  _globals['_RECOMMENDEDITEM']._serialized_start=408
-  _globals['_RECOMMENDEDITEM']._serialized_end=572
+  _globals['_RECOMMENDATIONFILTERS']._serialized_end=449
+  _globals['_RECOMMENDEDITEM']._serialized_start=452
+  _globals['_RECOMMENDEDITEM']._serialized_end=616
 # @@protoc_insertion_point(module_scope)

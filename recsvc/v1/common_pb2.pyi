@@ -53,6 +53,7 @@ class RecommendationFilters(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     EXCLUDE_PURCHASED_FIELD_NUMBER: _builtins.int
     DIVERSITY_FIELD_NUMBER: _builtins.int
+    EXCLUDE_SEEN_FIELD_NUMBER: _builtins.int
     min_price: _builtins.float
     max_price: _builtins.float
     in_stock_only: _builtins.bool
@@ -61,6 +62,12 @@ class RecommendationFilters(_message.Message):
     """Default true: products the member bought (trained history and recent events) are left out."""
     diversity: _builtins.float
     """0 = pure relevance, 1 = maximum variety (MMR). Default from server settings."""
+    exclude_seen: _builtins.bool
+    """Default true: the other items the member interacted with (trained history and events
+    recorded with RecordEvent: views, carts, favorites) are left out too, so a default list holds
+    only items new to the member, the lists training's holdout evaluation scores. False keeps
+    them (a "still interested?" shelf). Independent of exclude_purchased.
+    """
     @_builtins.property
     def include_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -84,15 +91,18 @@ class RecommendationFilters(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         exclude_purchased: _builtins.bool | None = ...,
         diversity: _builtins.float | None = ...,
+        exclude_seen: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_exclude_purchased", b"_exclude_purchased", "_in_stock_only", b"_in_stock_only", "_max_price", b"_max_price", "_min_price", b"_min_price", "diversity", b"diversity", "exclude_purchased", b"exclude_purchased", "in_stock_only", b"in_stock_only", "max_price", b"max_price", "min_price", b"min_price"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_exclude_purchased", b"_exclude_purchased", "_exclude_seen", b"_exclude_seen", "_in_stock_only", b"_in_stock_only", "_max_price", b"_max_price", "_min_price", b"_min_price", "diversity", b"diversity", "exclude_purchased", b"exclude_purchased", "exclude_seen", b"exclude_seen", "in_stock_only", b"in_stock_only", "max_price", b"max_price", "min_price", b"min_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_exclude_purchased", b"_exclude_purchased", "_in_stock_only", b"_in_stock_only", "_max_price", b"_max_price", "_min_price", b"_min_price", "diversity", b"diversity", "exclude_brands", b"exclude_brands", "exclude_categories", b"exclude_categories", "exclude_item_ids", b"exclude_item_ids", "exclude_purchased", b"exclude_purchased", "in_stock_only", b"in_stock_only", "include_brands", b"include_brands", "include_categories", b"include_categories", "max_price", b"max_price", "min_price", b"min_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diversity", b"_diversity", "_exclude_purchased", b"_exclude_purchased", "_exclude_seen", b"_exclude_seen", "_in_stock_only", b"_in_stock_only", "_max_price", b"_max_price", "_min_price", b"_min_price", "diversity", b"diversity", "exclude_brands", b"exclude_brands", "exclude_categories", b"exclude_categories", "exclude_item_ids", b"exclude_item_ids", "exclude_purchased", b"exclude_purchased", "exclude_seen", b"exclude_seen", "in_stock_only", b"in_stock_only", "include_brands", b"include_brands", "include_categories", b"include_categories", "max_price", b"max_price", "min_price", b"min_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__diversity: _TypeAlias = _typing.Literal["diversity"]  # noqa: Y015
     _WhichOneofArgType__diversity: _TypeAlias = _typing.Literal["_diversity", b"_diversity"]  # noqa: Y015
     _WhichOneofReturnType__exclude_purchased: _TypeAlias = _typing.Literal["exclude_purchased"]  # noqa: Y015
     _WhichOneofArgType__exclude_purchased: _TypeAlias = _typing.Literal["_exclude_purchased", b"_exclude_purchased"]  # noqa: Y015
+    _WhichOneofReturnType__exclude_seen: _TypeAlias = _typing.Literal["exclude_seen"]  # noqa: Y015
+    _WhichOneofArgType__exclude_seen: _TypeAlias = _typing.Literal["_exclude_seen", b"_exclude_seen"]  # noqa: Y015
     _WhichOneofReturnType__in_stock_only: _TypeAlias = _typing.Literal["in_stock_only"]  # noqa: Y015
     _WhichOneofArgType__in_stock_only: _TypeAlias = _typing.Literal["_in_stock_only", b"_in_stock_only"]  # noqa: Y015
     _WhichOneofReturnType__max_price: _TypeAlias = _typing.Literal["max_price"]  # noqa: Y015
@@ -103,6 +113,8 @@ class RecommendationFilters(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__diversity) -> _WhichOneofReturnType__diversity | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exclude_purchased) -> _WhichOneofReturnType__exclude_purchased | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exclude_seen) -> _WhichOneofReturnType__exclude_seen | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__in_stock_only) -> _WhichOneofReturnType__in_stock_only | None: ...
     @_typing.overload

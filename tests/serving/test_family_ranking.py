@@ -140,13 +140,13 @@ def assert_serves_reference(
     kind: int,
     k: int,
     filters: FilterSpec,
-    bought: np.ndarray,
+    member_rows: np.ndarray,
     ref_rows: np.ndarray,
     ref_scores: np.ndarray,
 ) -> tuple[Any, list[int | None], np.ndarray]:
     """The engine's list for the member is the reference's best k that pass the filters, with
     their scores: (the response, its item rows, the rows no list may hold)."""
-    excluded = ranking.excluded_rows(view, filters, bought)
+    excluded = ranking.excluded_rows(view, filters, member_rows)
     keep = filters.mask(view, ref_rows, excluded)
     resp = engine.recommend(member, kind, k, "", filters).response
     got = [view.row(it.item_id) for it in resp.items]
@@ -160,7 +160,7 @@ def assert_serves_reference(
 
 FILTERS = [
     FilterSpec(diversity=0.0),
-    FilterSpec(diversity=0.0, in_stock_only=False, exclude_purchased=False),
+    FilterSpec(diversity=0.0, in_stock_only=False, exclude_purchased=False, exclude_seen=False),
     FilterSpec(diversity=0.0, min_price=15.0, max_price=60.0),
     FilterSpec(
         diversity=0.0, include_categories=frozenset({"cat1", "cat2"}), exclude_brands=frozenset({"brand3"})
@@ -196,7 +196,7 @@ def test_the_sparse_path_ranks_as_every_item_scored(
         for kind in (KIND_PRODUCT, KIND_CONTENT):
             ref_rows, ref_scores, ref_best = _reference(view, nb, state.vector, rows, weights, kind)
             for filters in FILTERS:
-                excluded = ranking.excluded_rows(view, filters, state.bought)
+                excluded = ranking.excluded_rows(view, filters, state.excluded(filters)[0])
                 for k in (5, settings.max_k):
                     pool_size, n = candidate_sizes(settings, k, excluded.shape[0])
                     got, scores = itemknn_source.candidates(
@@ -246,7 +246,15 @@ def test_the_engine_serves_the_reference_list_and_reasons(
                 view, nb, state.vector, state.hist_rows, state.hist_w, KIND_PRODUCT
             )
             _, got_rows, excluded = assert_serves_reference(
-                engine, view, member, KIND_PRODUCT, k, filters, state.bought, ref_rows, ref_scores
+                engine,
+                view,
+                member,
+                KIND_PRODUCT,
+                k,
+                filters,
+                state.excluded(filters)[0],
+                ref_rows,
+                ref_scores,
             )
             keep = filters.mask(view, ref_rows, excluded)
             picks, _, because = family_ranking.rank(

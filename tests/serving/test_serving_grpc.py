@@ -131,6 +131,31 @@ def test_filters(srv: RunningServer, planted: PlantedBundle) -> None:
     assert set(ids(resp)) & planted.out_of_stock
 
 
+def test_items_the_member_interacted_with_are_left_out_unless_asked(
+    srv: RunningServer, planted: PlantedBundle
+) -> None:
+    """The default list holds only items new to the member, the lists training's holdout scores:
+    not the viewed item of their trained history, nor one viewed a moment ago; exclude_seen=False
+    brings both back, and it is independent of exclude_purchased."""
+    member = planted.warm_members(cluster=1)[1]
+    trained_view, fresh_view = "P1-010", "P1-005"
+    wide = {"k": 40}
+
+    def listed(**filters: object) -> set[str]:
+        f = common_pb2.RecommendationFilters(diversity=0, **filters)  # type: ignore[arg-type]
+        return set(ids(products(srv, member, filters=f, **wide)))
+
+    assert fresh_view in listed()
+    assert _event(srv, member, fresh_view, "view")
+    default = listed()
+    assert not default & {trained_view, fresh_view, *planted.purchased[member]}
+    assert {trained_view, fresh_view} <= listed(exclude_seen=False)
+    assert not listed(exclude_seen=False) & set(planted.purchased[member])
+    purchases_back = listed(exclude_purchased=False)
+    assert set(planted.purchased[member]) <= purchases_back
+    assert not purchases_back & {trained_view, fresh_view}
+
+
 def test_filters_that_remove_most_candidates_widen_the_search(
     planted: PlantedBundle, redis_url: str, tmp_path: Path
 ) -> None:

@@ -112,7 +112,7 @@ def test_als_with_trend_serves_the_dense_reference(
             plain = ranking.search(model, state.vector, kind, 10)[0]
             for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25), (FILTERS[3], 60)):
                 resp, got, _ = assert_serves_reference(
-                    engine, view, member, kind, k, filters, state.bought, ref_rows, ref_scores
+                    engine, view, member, kind, k, filters, state.excluded(filters)[0], ref_rows, ref_scores
                 )
                 prior = model.trend
                 for it, row_ in zip(resp.items, got, strict=True):  # the reason follows the larger part
@@ -158,7 +158,7 @@ def test_item_item_families_with_trend_serve_the_dense_reference(
         order = np.argsort(-ref_scores, kind="stable")
         ref_rows, ref_scores = ref_rows[order], ref_scores[order]
         for filters, k in ((FILTERS[0], 10), (FILTERS[2], 25)):
-            excluded = ranking.excluded_rows(view, filters, state.bought)
+            excluded = ranking.excluded_rows(view, filters, state.excluded(filters)[0])
             keep = filters.mask(view, ref_rows, excluded)
             resp = engine.recommend(member, KIND_PRODUCT, k, "", filters).response
             got = [view.row(it.item_id) for it in resp.items]
@@ -252,7 +252,15 @@ def test_items_beyond_the_first_candidates_are_found_by_the_threshold(
         ref_rows, ref_scores = ref_rows[by_score], ref_scores[by_score]
     filters = FILTERS[1]  # nothing filtered but the member's purchases
     _, got, excluded = assert_serves_reference(
-        engine, view, model.members.id(row), KIND_PRODUCT, 20, filters, state.bought, ref_rows, ref_scores
+        engine,
+        view,
+        model.members.id(row),
+        KIND_PRODUCT,
+        20,
+        filters,
+        state.excluded(filters)[0],
+        ref_rows,
+        ref_scores,
     )
     assert len(got) == 20
     _, n = candidate_sizes(engine._settings, 20, excluded.shape[0])
