@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -156,7 +157,7 @@ class CatalogView:
         version: int = 0,
     ) -> None:
         now = time.time() if now is None else now
-        self.model = model
+        self._model = weakref.ref(model)
         self.version = version
         self.n = n = len(model.items)
         self.categories: list[str] = list(model.categories)
@@ -227,6 +228,16 @@ class CatalogView:
         if self.live:
             kernels.warm_up(model.item_factors, model.item_norms, self.item_category, self.item_stock_ok)
         self.choose_fast_paths()
+
+    @property
+    def model(self) -> ServedModel:
+        """The bundle this view shows. Held weakly: views are cached per model in weak-keyed maps
+        (``LiveCatalog``), and a value that held its key would keep every swapped-out bundle, and
+        its memory, alive for good. A call holds its model while it uses the view."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this catalog view was unloaded")
+        return model
 
     def set_visibility(self, now: float) -> None:
         """What is shown at ``now``: listed and published; and what ``in_stock_only`` keeps:

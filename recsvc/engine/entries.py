@@ -3,6 +3,8 @@ for the bundle's items, ``CatalogView.entries`` where live changes touch them)."
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
@@ -17,7 +19,9 @@ class ItemEntries(Mapping[int, tuple[bytes, str]]):
 
     def __init__(self, build: Callable[[int], tuple[bytes, str]]) -> None:
         self._got: dict[int, tuple[bytes, str]] = {}
-        self._build = build
+        # ``build`` is its owner's method (a model's or a catalog view's); held weakly, so the
+        # entries a catalog view shares with its model do not keep a swapped-out model alive
+        self._build = weakref.WeakMethod(build) if inspect.ismethod(build) else lambda: build
 
     def take(self, rows: Sequence[int]) -> list[tuple[bytes, str]]:
         """The entries of ``rows``, in order (the render stage's one look-up per call)."""
@@ -30,7 +34,10 @@ class ItemEntries(Mapping[int, tuple[bytes, str]]):
     def __getitem__(self, row: int) -> tuple[bytes, str]:
         entry = self._got.get(row)
         if entry is None:
-            entry = self._got[row] = self._build(row)
+            build = self._build()
+            if build is None:
+                raise RuntimeError("the owner of these item entries was unloaded")
+            entry = self._got[row] = build(row)
         return entry
 
     def __iter__(self) -> Iterator[int]:

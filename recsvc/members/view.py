@@ -25,12 +25,21 @@ _RFM_COLUMNS = ("recency_days", "frequency", "monetary", "r", "f", "m", "rfm_sco
 
 @dataclass
 class ProfileView:
-    model: ServedModel
+    # held weakly: views are cached per model in a weak-keyed map whose values must not keep
+    # their key (a swapped-out bundle) alive
+    _model: weakref.ref[ServedModel]
     spec: ProfileSpec
     arrays: dict[str, np.ndarray]
     rfm: dict[str, np.ndarray]
     tag_codes: dict[str, list[int]]  # "category:tea", "brand:B1" and bare "tea" -> tag codes
     data_as_of_ms: int
+
+    @property
+    def model(self) -> ServedModel:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this profile view was unloaded")
+        return model
 
     @property
     def bundle_id(self) -> str:
@@ -96,7 +105,7 @@ def _build(model: ServedModel) -> ProfileView:
             tag_codes.setdefault(name, []).append(spec.categories + code)
     as_of = datetime.fromisoformat(spec.data_as_of)
     return ProfileView(
-        model=model,
+        _model=weakref.ref(model),
         spec=spec,
         arrays={name: arrays[name] for name in PROFILE_ARRAYS},
         rfm=rfm,
