@@ -38,14 +38,18 @@ TAG = "{catalog}"
 ITEMS_SUFFIX = "items"
 SEQ_SUFFIX = "seq"
 FEED_SUFFIX = "feed"
+# Fields a bundle swap never retires: a catalog file (the data contract) cannot say them, so a
+# bundle trained on one does not hold them (an item delisted stays delisted until relisted).
+NEVER_RETIRED = frozenset({"listed"})
 # Largest number of items per script call: the feed entry is built with unpack(), whose Lua stack
 # limit is ~8,000 values (two per item). Bigger calls are split; each item is still atomic.
 SCRIPT_CHUNK = 1000
 
 # KEYS: 1 items, 2 seq, 3 feed. ARGV: 1 feed max length, 2 item count, then per item: id, patch
-# JSON, must_exist ('1': skip the item when it has no record: the caller did not find it in its
-# bundle). Returns {v0 or 0, time ms, status per item: 1 applied, 0 missing, 2 refused: the patch
-# changes the kind the record has (checked here too: a process may not have seen the record yet)}.
+# JSON, must_exist ('1': skip the item unless its record is a whole item, with a kind: the caller
+# did not find it in its bundle). Returns {v0 or 0, time ms, status per item: 1 applied,
+# 0 missing, 2 refused: the patch changes the kind the record has (checked here too: a process
+# may not have seen the record yet)}.
 _CHANGE_SCRIPT = """
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -61,7 +65,9 @@ for i = 0, n - 1 do
   local rec
   if old then rec = cjson.decode(old) else rec = {f = {}, t = {}} end
   local patch = cjson.decode(ARGV[4 + 3 * i])
-  if (not old) and ARGV[5 + 3 * i] == '1' then
+  if ARGV[5 + 3 * i] == '1' and not (old and rec.f.kind) then
+    -- not in the caller's bundle: only a record of a whole (new) item names one; a record of
+    -- changes to an item a newer bundle dropped names nothing
     status[#status + 1] = 0
   elseif patch.kind and rec.f.kind and patch.kind ~= rec.f.kind then
     status[#status + 1] = 2
@@ -118,12 +124,18 @@ class ItemRecord:
 
     def fresh(self, as_of_ms: int) -> dict[str, Any]:
         """The fields set at or after ``as_of_ms`` (a bundle's catalog time: older changes are
-        retired). Read-only: it may be ``fields`` itself."""
-        if self.newest_ms < as_of_ms:
-            return {}
+        retired), and ``listed`` whenever it was set: the catalog file a bundle is trained on has
+        no column for it, so no bundle can stand for a delisting. Read-only: it may be
+        ``fields`` itself."""
         if self.oldest_ms >= as_of_ms:
             return self.fields
-        return {k: v for k, v in self.fields.items() if self.field_ts_ms.get(k, self.ts_ms) >= as_of_ms}
+        if self.newest_ms < as_of_ms:
+            return {k: self.fields[k] for k in NEVER_RETIRED if k in self.fields}
+        return {
+            k: v
+            for k, v in self.fields.items()
+            if k in NEVER_RETIRED or self.field_ts_ms.get(k, self.ts_ms) >= as_of_ms
+        }
 
     @classmethod
     def parse(cls, raw: bytes | str) -> ItemRecord:
@@ -149,7 +161,7 @@ class ItemRecord:
 class Change:
     item_id: str
     patch: dict[str, Any]
-    must_exist: bool  # refuse (NOT_FOUND) unless Redis already has a record for the item
+    must_exist: bool  # refuse (NOT_FOUND) unless Redis holds a whole item record for it (with a kind)
 
 
 @dataclass(frozen=True, slots=True)

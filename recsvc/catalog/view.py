@@ -9,7 +9,8 @@ read-only memory maps shared between processes).
 
 Retirement: a change to a trained item older than the bundle's catalog (manifest
 ``catalog_as_of``, else ``created_at``) is not applied: that bundle was trained on a catalog that
-already had it. Newer changes and new items not in the bundle stay in force.
+already had it. Newer changes, new items not in the bundle, and delistings (which no catalog file
+holds: ``store.NEVER_RETIRED``) stay in force.
 """
 
 from __future__ import annotations

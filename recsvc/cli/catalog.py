@@ -239,7 +239,12 @@ def _row(item: Any) -> dict[str, str]:
 def export(
     ctx: typer.Context,
     out: Path = typer.Argument(..., help="catalog.csv to write (the data contract, docs/data.md)."),
-    include_delisted: bool = typer.Option(False, "--include-delisted", help="Also write delisted items."),
+    include_delisted: bool = typer.Option(
+        True,
+        "--include-delisted/--exclude-delisted",
+        help="Write delisted items too (the default: the next bundle keeps them, and they stay "
+        "delisted until relisted; left out, a retrain drops them for good).",
+    ),
     target: str | None = _TARGET,
     api_key: str | None = _KEY,
     timeout: float = _TIMEOUT,

@@ -308,6 +308,7 @@ def test_bundle_swap_retires_older_changes_and_keeps_newer_ones(
         catalog_pb2.UpsertItemsRequest(items=[catalog_pb2.CatalogItem(item_id="P2-003", price=77.0)])
     )
     catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[_new_product("NEW-OLD", "cat2", "brand4")]))
+    catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=["P2-005"]))
     time.sleep(1.1)  # the new bundle's created_at has second precision
     second = tmp_path / "b2"
     shutil.copytree(listed.path, second)
@@ -326,6 +327,42 @@ def test_bundle_swap_retires_older_changes_and_keeps_newer_ones(
     assert get("P2-003").price == pytest.approx(listed.item_price["P2-003"])  # older: in the bundle's data
     assert get("P2-004").price == pytest.approx(88.0)  # newer: still in force
     assert get("NEW-OLD").origin == "new"  # not in the bundle: stays
+    # older, but no catalog file can hold a delisting: it stays until relisted
+    assert not get("P2-005").listed
+    assert "P2-005" not in _ids(server, listed.warm_members(cluster=2)[0], in_stock_only=False)
+
+
+def test_changes_to_an_item_no_bundle_holds_are_not_found(
+    server: RunningServer, redis_url: str, listed: PlantedBundle, tmp_path: Path
+) -> None:
+    """An item a retrain dropped (its catalog file left it out) keeps only a record of changes,
+    without a kind: stock, listing and reads answer NOT_FOUND instead of 'applied' to nothing,
+    and a whole upsert brings it back."""
+    from recsvc.catalog.store import CatalogStore, Change
+    from recsvc.redis_client import connect
+
+    prefix = serving_settings(str(listed.path), redis_url, tmp_path).redis.key_prefix
+    CatalogStore(connect(redis_url), prefix, feed_maxlen=1000).apply(
+        [Change("GONE-1", {"listed": False}, False)]
+    )
+    catalog = _catalog(server)
+    for reply in (
+        catalog.RelistItems(catalog_pb2.ItemIdsRequest(item_ids=["GONE-1"]), timeout=5),
+        catalog.SetStockMany(
+            catalog_pb2.SetStockManyRequest(
+                changes=[catalog_pb2.StockChange(item_id="GONE-1", in_stock=True)]
+            ),
+            timeout=5,
+        ),
+    ):
+        assert [(r.applied, r.reason) for r in reply.results] == [(False, "ITEM_NOT_FOUND")]
+    with pytest.raises(grpc.RpcError) as err:
+        catalog.SetStock(catalog_pb2.SetStockRequest(item_id="GONE-1", in_stock=True), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    back = catalog.UpsertItems(
+        catalog_pb2.UpsertItemsRequest(items=[_new_product("GONE-1", "cat1", "brand1")])
+    )
+    assert [r.applied for r in back.results] == [True]
 
 
 def test_follower_applies_each_change_once_and_rereads_after_a_gap(redis_url: str) -> None:

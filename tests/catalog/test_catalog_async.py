@@ -141,14 +141,15 @@ def test_bad_inputs_on_the_loop_get_their_named_errors(server: RunningServer, pl
 
 def test_the_asyncio_store_writes_what_the_synchronous_one_reads(redis_url: str) -> None:
     """``apply_async`` is the same script as ``apply``: contiguous versions across both clients,
-    an item that must exist refused, and each chunk of a call larger than a script's chunk."""
+    an item that must exist (a whole record) refused, and each chunk of a call larger than a
+    script's chunk."""
     sync_client = connect(redis_url, socket_timeout=5)
 
     async def run() -> list[list[Any]]:
         aclient = connect_async(redis_url, timeout_s=5)
         store = CatalogStore(sync_client, "async", feed_maxlen=1000, aclient=aclient)
         try:
-            first = await store.apply_async([Change("A", {"in_stock": False}, False)])
+            first = await store.apply_async([Change("A", {"kind": "product", "in_stock": False}, False)])
             second = store.apply([Change("B", {"price": 2.0}, False)])
             many = [Change(f"M{i}", {"price": float(i)}, False) for i in range(1500)]
             third = await store.apply_async(
@@ -163,7 +164,7 @@ def test_the_asyncio_store_writes_what_the_synchronous_one_reads(redis_url: str)
     assert (third[0].applied, third[0].version, third[1].applied) == (True, 3, False)
     assert [o.version for o in third[2:]] == list(range(4, 1504))
     seq, _, records = CatalogStore(sync_client, "async", feed_maxlen=1000).snapshot()
-    assert seq == 1503 and records["A"].fields == {"in_stock": False, "listed": False}
+    assert seq == 1503 and records["A"].fields == {"kind": "product", "in_stock": False, "listed": False}
     sync_client.close()
 
 
