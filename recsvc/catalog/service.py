@@ -156,6 +156,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             resp.results.append(results[i])
         resp.applied = sum(1 for r in resp.results if r.applied)
         resp.failed = len(resp.results) - resp.applied
+        if resp.failed and resp.ByteSize() > self._settings.serving.max_message_bytes - 65_536:
+            # a batch larger than the default: the refusals keep their code and reason, so every
+            # result, applied or not, still reaches the caller
+            for r in resp.results:
+                r.message = ""
         return resp
 
     def _known(self, view: CatalogView, item_id: str) -> tuple[bool, bool]:
@@ -551,18 +556,27 @@ async def _close_when_cancelled(client: Any) -> None:
         await client.aclose()
 
 
-# A refused id is echoed at most this long (a valid id is at most 64 bytes): megabyte ids must
-# not make the answer to the valid changes beside them too large to send.
-MAX_ECHOED_ID = 256
+# A refused id is echoed, and its message kept, at most this many bytes of UTF-8 (a valid id is
+# at most 64 bytes): a call of refused odd ids (control characters print four times their size)
+# must not make the answer to the valid changes beside them too large to send, which would hide
+# that those were applied. 10,000 results of both fit the default 4 MiB answer.
+MAX_ECHOED_ID = 96
+MAX_MESSAGE = 200
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, at a character boundary."""
+    raw = text.encode()
+    return text if len(raw) <= limit else raw[:limit].decode(errors="ignore")
 
 
 def _error(item_id: str, err: RecsvcError) -> catalog_pb2.ItemResult:
     return catalog_pb2.ItemResult(
-        item_id=item_id[:MAX_ECHOED_ID],
+        item_id=_cut(item_id, MAX_ECHOED_ID),
         applied=False,
         code=err.code.name,
         reason=err.reason,
-        message=err.message,
+        message=_cut(err.message, MAX_MESSAGE),
     )
 
 

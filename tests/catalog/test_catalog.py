@@ -332,6 +332,18 @@ def test_bundle_swap_retires_older_changes_and_keeps_newer_ones(
     assert "P2-005" not in _ids(server, listed.warm_members(cluster=2)[0], in_stock_only=False)
 
 
+def test_refused_odd_ids_never_make_the_answer_too_large_to_send(server: RunningServer) -> None:
+    """9,999 refused ids of control characters (each printed four times its size in a message)
+    beside one valid change: the answer reaches a client with gRPC's default 4 MiB limit, and
+    says the valid change was applied."""
+    changes = [catalog_pb2.StockChange(item_id="\x01" * 64) for _ in range(9_999)]
+    changes.append(catalog_pb2.StockChange(item_id="P2-007", in_stock=False))
+    reply = _catalog(server).SetStockMany(catalog_pb2.SetStockManyRequest(changes=changes), timeout=30)
+    assert (reply.applied, reply.failed) == (1, 9_999)
+    assert reply.results[-1].applied and reply.results[0].reason == "INVALID_ITEM_ID"
+    assert reply.ByteSize() < 4 * 1024 * 1024
+
+
 def test_changes_to_an_item_no_bundle_holds_are_not_found(
     server: RunningServer, redis_url: str, listed: PlantedBundle, tmp_path: Path
 ) -> None:
