@@ -71,7 +71,7 @@ class ServingMetrics:
         )
         self.model_info = Gauge(
             "model_info",
-            "1 for the model version each variant serves.",
+            "1 for the model version each variant serves (0: served before, with several workers).",
             [L_VARIANT, L_VERSION],
             namespace=NAMESPACE,
             subsystem=SUBSYSTEM,
@@ -244,8 +244,12 @@ class ServingMetrics:
         self, variant: str, version: str, previous: str | None, data_as_of: float | None = None
     ) -> None:
         if previous is not None and previous != version:
-            with contextlib.suppress(KeyError):
-                self.model_info.remove(variant, previous)
+            if multiprocess_enabled():
+                # the files of several workers cannot drop a series: the old version reads 0
+                self.model_info.labels(variant, previous).set(0)
+            else:
+                with contextlib.suppress(KeyError):
+                    self.model_info.remove(variant, previous)
         self.model_info.labels(variant, version).set(1)
         if data_as_of is not None:
             self._data_as_of[variant] = data_as_of

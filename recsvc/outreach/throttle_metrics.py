@@ -37,8 +37,9 @@ STORE_ERRORS = Counter(
 )
 STORE_AVAILABLE = Gauge(
     "recsvc_outreach_store_available",
-    "1 while the last outreach decision reached the throttle store (Redis), 0 after one did not; "
-    "the lowest of all workers.",
+    "1 while the throttle store (Redis) answers: the last outreach decision reached it and the "
+    "circuit breaker is closed; 0 after a decision did not or while the breaker is open; the "
+    "lowest of all workers.",
     multiprocess_mode="livemin",
 )
 
@@ -62,3 +63,9 @@ def store_failed(exc: BaseException) -> None:
 
 def store_answered() -> None:
     STORE_AVAILABLE.set(1)
+
+
+def breaker_changed(down: bool) -> None:
+    """The throttle's circuit breaker opened (``down``) or closed: the gauge follows it, so a
+    replica without outreach traffic reads what its health says, not 0 until a first decision."""
+    STORE_AVAILABLE.set(0 if down else 1)

@@ -358,8 +358,11 @@ def _add_services(
     readiness = Readiness(health_servicer, model_names, store_names)
     if deps.outreach_servicer is not None:
         breaker = deps.outreach_servicer.throttle.breaker
-        breaker.add_listener(readiness.store_changed)
-        readiness.store_changed(breaker.is_open)  # it may have opened while the server was built
+        from recsvc.outreach import throttle_metrics
+
+        for listener in (readiness.store_changed, throttle_metrics.breaker_changed):
+            breaker.add_listener(listener)
+            listener(breaker.is_open)  # it may have opened while the server was built
     deps.models.set_on_loaded(readiness.model_loaded)
     # What reflection.enable_server_reflection does for an aio server, but through the registrar
     # (given the registrar, it would pick the thread-pool servicer by the server's type).

@@ -5,6 +5,7 @@ failures, the metrics endpoint's own host, and the documented metric list and al
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -346,3 +347,49 @@ def test_a_cluster_slot_without_primary_counts_as_the_store_down(tmp_path: Path)
             with pytest.raises(redis_py.exceptions.ClusterDownError):
                 t._guarded(lambda: (_ for _ in ()).throw(redis_py.exceptions.ClusterDownError("CLUSTERDOWN")))
         assert not t.breaker.allow()
+
+
+def test_the_store_gauge_reads_up_before_any_outreach_decision(
+    planted: PlantedBundle, redis_url: str, tmp_path: Path
+) -> None:
+    """A replica without outreach traffic whose Redis answers reads 1 (the documented alert on 0
+    paged on it): the gauge starts from, and follows, the throttle's circuit breaker."""
+    from prometheus_client import REGISTRY
+
+    from recsvc.outreach import throttle_metrics
+
+    throttle_metrics.STORE_AVAILABLE.set(0)  # as a fresh process's gauge reads
+    with running_server(serving_settings(str(planted.path), redis_url, tmp_path), with_outreach=True) as srv:
+        assert REGISTRY.get_sample_value("recsvc_outreach_store_available") == 1
+        breaker = srv.deps.outreach_servicer.throttle.breaker  # type: ignore[union-attr]
+        for listener in breaker._listeners:  # what an opening tells them
+            listener(True)
+        assert REGISTRY.get_sample_value("recsvc_outreach_store_available") == 0
+
+
+def test_with_several_workers_the_version_swapped_out_reads_zero(tmp_path: Path) -> None:
+    """Worker metrics live in files that cannot drop a series: after a swap the old version
+    reads 0 and the new one 1 (it read 1 for every version ever served)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from recsvc.metrics import ServingMetrics
+m = ServingMetrics(CollectorRegistry())
+m.set_model("default", "v1", None)
+m.set_model("default", "v2", "v1")
+merged = CollectorRegistry()
+MultiProcessCollector(merged, path=sys.argv[1])
+for metric in merged.collect():
+    for s in metric.samples:
+        if s.name == "recsvc_rec_model_info":
+            print(s.labels["model_version"], s.value)
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=True
+    )
+    assert sorted(out.stdout.split("\n")[:-1]) == ["v1 0.0", "v2 1.0"], out.stdout + out.stderr
