@@ -27,7 +27,9 @@ def reason_rows(
     ev_w: np.ndarray,
 ) -> np.ndarray:
     """For each pick, the history item whose vector has the largest dot product with the pick's
-    vector (-1 for all when the member has no history)."""
+    vector; -1 (no "because you ...") where that product is not above 0, as for a pick without a
+    vector (a filler scored 0 is like nothing the member did), and for all when the member has no
+    history."""
     if ev_rows.shape[0]:
         rows = np.concatenate([hist_rows.astype(np.int64), ev_rows])
         weights = np.concatenate([hist_w.astype(np.float32), ev_w])
@@ -42,11 +44,26 @@ def reason_rows(
         # New items' vectors live in the view: compare over a small gathered copy.
         both = np.concatenate([rows, picks])
         local = np.arange(both.shape[0], dtype=np.int64)
-        found = best_history_rows(view.factors(both), local[: rows.shape[0]], local[rows.shape[0] :])
-        return rows[np.asarray(found, dtype=np.int64)]
+        gathered = view.factors(both)
+        found = np.asarray(
+            best_history_rows(gathered, local[: rows.shape[0]], local[rows.shape[0] :]), np.int64
+        )
+        return _related(gathered, found, local[rows.shape[0] :], rows[found])
     # An item both in the history and in recent events appears twice: harmless for argmax.
-    best: np.ndarray = best_history_rows(view.model.item_factors, rows, picks)
-    return best
+    best = np.asarray(best_history_rows(view.model.item_factors, rows, picks), dtype=np.int64)
+    return _related(view.model.item_factors, best, picks, best)
+
+
+def _related(factors: np.ndarray, best: np.ndarray, picks: np.ndarray, named: np.ndarray) -> np.ndarray:
+    """``named`` (the reason rows of ``best``), -1 where the best match's dot product with the
+    pick is not above 0."""
+    ok = best >= 0
+    dots = np.zeros(best.shape[0], dtype=np.float32)
+    if ok.any():
+        a = np.asarray(factors[best[ok]], dtype=np.float32)
+        b = np.asarray(factors[picks[ok]], dtype=np.float32)
+        dots[ok] = np.einsum("ij,ij->i", a, b)
+    return np.where(ok & (dots > 0), named, -1).astype(np.int64)
 
 
 def reason_texts(

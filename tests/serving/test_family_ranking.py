@@ -286,3 +286,21 @@ def test_serving_cuts_a_history_as_training_does() -> None:
         assert got == dict(zip(ref.indices.tolist(), ref.data.tolist(), strict=True)), trial
         assert len(got) == min(cap, np.unique(rows).shape[0])
     assert itemknn_source.strongest(rows, weights, None)[0] is rows  # no cut: untouched
+
+
+def test_a_pick_unrelated_to_the_history_names_no_history_item(base: PlantedBundle, tmp_path: Path) -> None:
+    """A filler with no vector (an item no one interacted with scores 0) or one pointing away
+    from everything the member did gets no "because you ...": naming the first history item
+    would be a made-up reason."""
+    from recsvc.engine import explain
+
+    model = ServedModel.load(base.path, version="r", source_uri="r")
+    view = CatalogView(model, {}, NOW)
+    row = next(r for r in range(len(model.members)) if trained_state(model, r).vector is not None)
+    state = trained_state(model, row)
+    hist = state.hist_rows.astype(np.int64)
+    factors = np.asarray(model.item_factors)
+    related = int(hist[0])
+    unrelated = next(r for r in range(factors.shape[0]) if (factors[hist] @ factors[r]).max(initial=0.0) <= 0)
+    got = explain.explain(view, np.array([related, unrelated]), state)
+    assert got[0] in hist and got[1] == -1
