@@ -106,6 +106,8 @@ class Reason:
     MISSING_ITEM_ID = "missing_item_id"
     ID_TOO_LONG = "id_too_long"
     BAD_ID_CHARS = "bad_id_chars"
+    # a float id that is no exact whole number (12347.5, inf, 1e20): not the id the source holds
+    INEXACT_ID = "inexact_id"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNKNOWN_CHANNEL = "unknown_channel"
     BAD_TIMESTAMP = "bad_timestamp"
@@ -153,6 +155,10 @@ FIXES: dict[str, str] = {
         "ids may be at most data.max_id_length UTF-8 bytes: shorten them or raise the setting"
     ),
     Reason.BAD_ID_CHARS: f"ids may hold {ID_CHARSET_DOC} only (no spaces, control characters or braces)",
+    Reason.INEXACT_ID: (
+        "the id column is floating point and this value is not a whole number below 2**53 "
+        "(2**24 for float32): export ids as text or integers"
+    ),
     Reason.UNKNOWN_EVENT_TYPE: (
         f"use one of {', '.join(EVENT_TYPES)}, or map yours in the mapping file ([events.values.event_type])"
     ),

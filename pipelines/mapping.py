@@ -12,19 +12,22 @@
 - give defaults for member columns that are absent or empty (``[members.defaults] tier = "member"``).
 
 The mapping runs on the text of each row as read, before any check, so a value it cannot parse is
-left as it was and quarantined by the contract's checks with its original text.
+left as it was and quarantined by the contract's checks with its original text. Typed columns
+(Parquet) are mapped through their text too, as the same values in a CSV would be (``apply``).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipelines.cells import as_text, whole_number_id
 from recsvc.errors import DataContractError
 
 _CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -130,18 +133,36 @@ class Mapping(_Part):
         return {c: t.columns[c] for c in columns if c in t.columns}, [c for c in columns if c in t.ignore]
 
     def apply(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
-        """Values of a frame already renamed to contract columns, mapped as the file says. Text
-        columns only: Parquet's typed columns are already what they are."""
+        """Values of a frame already renamed to contract columns, mapped as the file says.
+
+        A typed column (Parquet, or a number pandas inferred) is mapped as the same values in a
+        CSV would be, never skipped: a value map compares, and a default fills, the column's text
+        (pipelines.cells: 1 and 1.0 read "1", a null is an empty cell), and default_offset gives a
+        datetime column without a zone its offset, as it does a CSV time written without one."""
         t = self.table(name)
         for col, default in t.defaults.items():
             if col not in df.columns:
                 df[col] = default
             elif _is_text(df[col]):
                 df[col] = _text(df[col]).where(_text(df[col]).str.strip() != "", default)
+            elif df[col].isna().any():
+                # A null is a CSV's empty cell. The other cells keep their values (an object column:
+                # the checks read a cell's number, boolean or time from either form, and a float id
+                # that is no exact integer is still refused, pipelines.cells.inexact_ids).
+                df[col] = df[col].astype(object).where(df[col].notna(), default)
         for col, table in t.values.items():
-            if col in df.columns and _is_text(df[col]):
-                stripped = _text(df[col]).str.strip()
-                df[col] = stripped.map(table).fillna(stripped)
+            if col not in df.columns:
+                continue
+            stripped = _text(df[col]).str.strip()
+            mapped = stripped.map(table)
+            unmatched = mapped.isna().to_numpy(dtype=bool)
+            if unmatched.any():
+                # "1.0" (a float column written to CSV) is "1" as well, as 1.0 is in Parquet
+                mapped = mapped.fillna(whole_number_id(stripped[unmatched]).map(table))
+            if _is_text(df[col]):
+                df[col] = mapped.fillna(stripped)
+            else:  # matched on the text (1 and 1.0 are "1"); an unmapped cell keeps its value
+                df[col] = mapped.astype(object).where(mapped.notna(), df[col].astype(object))
         for col in self.money.columns:
             if col in df.columns and _is_text(df[col]):
                 df[col] = self._money(_text(df[col]))
@@ -152,6 +173,10 @@ class Mapping(_Part):
             numeric = self.timestamps.epoch and pd.api.types.is_numeric_dtype(df[col].dtype)
             if _is_text(df[col]) or numeric:
                 df[col] = self._timestamps(_text(df[col]))
+            elif self.timestamps.default_offset and _is_naive_datetime(df[col]):
+                # A Parquet timestamp without a zone is a time written without an offset: the same
+                # rows as CSV and Parquet must give the same instants (vectorised, no text round trip).
+                df[col] = df[col].dt.tz_localize(_fixed_offset(self.timestamps.default_offset))
         return df
 
     def _money(self, s: pd.Series) -> pd.Series:
@@ -205,7 +230,18 @@ def _is_text(s: pd.Series) -> bool:
 
 
 def _text(s: pd.Series) -> pd.Series:
-    return s.astype(str).where(s.notna(), "")
+    return as_text(s)
+
+
+def _is_naive_datetime(s: pd.Series) -> bool:
+    return pd.api.types.is_datetime64_dtype(s.dtype) and not isinstance(s.dtype, pd.DatetimeTZDtype)
+
+
+def _fixed_offset(offset: str) -> timezone:
+    """ "+08:00" as a tzinfo (the rule checked the form: sign, hours, minutes)."""
+    sign = -1 if offset.startswith("-") else 1
+    hours, minutes = offset[1:].split(":")
+    return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
 
 
 def load_mapping(path: Path | None) -> Mapping | None:

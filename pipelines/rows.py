@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.cells import as_text, cell_text, inexact_ids, whole_number, whole_number_id
 from pipelines.contract import (
     FEATURED_SEPARATOR,
     FIXES,
@@ -178,20 +179,9 @@ def clip(value: str) -> str:
 
 
 def text(s: pd.Series) -> pd.Series:
-    """Any column as text: NA becomes "", CSV columns are already text."""
-    if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype):
-        return s.fillna("")
-    if pd.api.types.is_object_dtype(s.dtype):
-        return s.map(cell_text).astype("str")
-    return s.astype("str").where(s.notna(), "")
-
-
-def cell_text(v: object) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return ""
-    if isinstance(v, list | tuple | np.ndarray):
-        return FEATURED_SEPARATOR.join(str(x) for x in v)
-    return str(v)
+    """Any column as text: NA becomes "", CSV columns are already text, a typed value reads as a
+    CSV holds it (pipelines.cells: a whole float as its integer, 12347.0 -> "12347")."""
+    return as_text(s)
 
 
 def per_value(s: pd.Series, fn: Callable[[pd.Series], Any]) -> np.ndarray:
@@ -225,12 +215,15 @@ def check_id(v: Verdicts, column: str, missing: str, max_len: int) -> pd.Series:
     v.flag(status == ID_MISSING, missing, column)
     v.flag(status == ID_TOO_LONG, Reason.ID_TOO_LONG, column)
     v.flag(status == ID_BAD_CHARS, Reason.BAD_ID_CHARS, column)
+    v.flag(inexact_ids(v.raw[column]), Reason.INEXACT_ID, column)
     return ids
 
 
 def normalized_ids(text: pd.Series) -> pd.Series:
-    """Trimmed and in NFC (recsvc.idmap.normalize_id), so the same id typed twice is one id."""
-    ids = text.str.strip()
+    """Trimmed, a zero fraction dropped ("12347.0" is 12347, pipelines.cells.whole_number_id: a
+    float id column as CSV) and in NFC (recsvc.idmap.normalize_id), so the same id is one id in
+    every table and format."""
+    ids = whole_number_id(text)
     non_ascii = ~ids.str.isascii().fillna(True).to_numpy(dtype=bool)
     if non_ascii.any():
         ids = ids.copy()
@@ -343,11 +336,14 @@ def featured_lists(s: pd.Series) -> pd.Series:
 
     def split(cell: object) -> tuple[str, ...]:
         if isinstance(cell, list | tuple | np.ndarray):
-            # a null element of a Parquet list is no id (str() would make it "None")
-            return tuple(str(x).strip() for x in cell if x is not None and str(x).strip())
-        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            # a null element of a Parquet list is "" (no id; str() would make it "None")
+            parts = [cell_text(x) for x in cell]
+        elif cell is None or (isinstance(cell, float) and np.isnan(cell)):
             return ()
-        return tuple(p.strip() for p in str(cell).split(FEATURED_SEPARATOR) if p.strip())
+        else:
+            parts = str(cell).split(FEATURED_SEPARATOR)
+        # read as every id column is (normalized_ids): "12347.0" and 12347.0 are the item 12347
+        return tuple(whole_number(p.strip()) for p in parts if p.strip())
 
     return s.map(split).astype(object)
 

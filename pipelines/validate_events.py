@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.cells import inexact_ids
 from pipelines.contract import (
     EARLIEST_EVENT_TS,
     EVENT_CHANNELS,
@@ -209,6 +210,7 @@ def _check_id_codes(
     v.flag(codes == ID_MISSING, missing, column)
     v.flag(codes == ID_TOO_LONG, Reason.ID_TOO_LONG, column)
     v.flag(codes == ID_BAD_CHARS, Reason.BAD_ID_CHARS, column)
+    v.flag(inexact_ids(v.raw[column]), Reason.INEXACT_ID, column)
     return codes
 
 

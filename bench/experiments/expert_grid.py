@@ -9,6 +9,11 @@ regularization and alpha. Prints one JSON line per fit, recsvc's defaults first 
 ``--params`` file, such as the one ``--tune`` saved), and the best grid line last:
 
     python -m bench.experiments.expert_grid --data DIR [--params var/tune/params.toml ...]
+        [--mapping export.toml] [--encoding gb18030] [--allow-quarantine]
+
+A retailer's export is read as ``recsvc train`` reads it: ``--mapping``, ``--encoding`` and
+``--allow-quarantine`` mean what they mean there, and an unusable folder (or one over the
+quarantine limit) stops with the same one-line message and exit code 2, not a traceback.
 
 On small data one holdout holds few members (MovieLens 100K's last 14 days: 71): ``--windows
 8`` also judges on the seven earlier 14-day windows (the data cut back 14, 28, ... days, each
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,8 +34,9 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from bench.experiments import holdout
+from recsvc.errors import DataContractError
 from recsvc.settings import load_settings
-from training import measure, split
+from training import measure, prepare, split
 from training.factors import TrainedFactors, train_factors
 from training.fit import AlsParams
 
@@ -119,6 +126,19 @@ def _window(
         print(json.dumps(last | {"all.ndcg_at_10": round(best[0], 4)}), flush=True)
 
 
+def _load(args: argparse.Namespace) -> holdout.Holdout:
+    """``holdout.load`` with the mapping, encoding and quarantine limit ``recsvc train`` takes."""
+    s = load_settings()
+    data = prepare.load(
+        args.data,
+        s.data,
+        mapping=args.mapping,
+        encoding=args.encoding,
+        allow_quarantine=args.allow_quarantine,
+    )
+    return holdout.split_at(prepare.prepare(data), s, 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -131,9 +151,20 @@ def main() -> None:
         default=1,
         help="holdout windows, each holdout_days before the last; >1 adds pooled lines (small data)",
     )
+    ap.add_argument("--mapping", type=Path, help="the export's mapping file (docs/data.md, Mapping file)")
+    ap.add_argument("--encoding", help="the CSV files' encoding (default: detected)")
+    ap.add_argument(
+        "--allow-quarantine",
+        action="store_true",
+        help="go on when more than data.max_quarantined_share was quarantined (as recsvc train)",
+    )
     args = ap.parse_args()
     threadpool_limits(1, "blas")
-    first = holdout.load(args.data)
+    try:
+        first = _load(args)
+    except DataContractError as exc:  # what recsvc train prints for the same folder, exit code 2
+        print(f"expert_grid: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     configs: list[tuple[str, AlsParams]] = [("recsvc defaults", first.params)]
     for path in args.params:
         fragment = load_settings(path).training

@@ -370,3 +370,27 @@ def test_too_much_quarantine_stops_training_with_one_line(tmp_path: Path, genera
     assert "--allow-quarantine" in res.output
     assert (export / "quarantine" / "summary.json").exists()
     assert np.isfinite(json.loads((export / "quarantine" / "summary.json").read_text())["rows_quarantined"])
+
+
+def test_expert_grid_reads_a_mapped_export_as_train_does(
+    tmp_path: Path, generated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented comparison with bare implicit takes the export's mapping (no traceback)."""
+    import argparse
+    import sys
+
+    from bench.experiments import expert_grid
+
+    export = _retailer_export(tmp_path / "export", generated)
+    # without the mapping: the one-line contract error recsvc train gives, exit code 2
+    monkeypatch.setattr(sys, "argv", ["expert_grid", "--data", str(export)])
+    with pytest.raises(SystemExit) as stop:
+        expert_grid.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("expert_grid: ") and "wrong columns" in err and "Traceback" not in err
+    args = argparse.Namespace(
+        data=export, mapping=export.parent / "mapping.toml", encoding=None, allow_quarantine=False
+    )
+    h = expert_grid._load(args)
+    assert h.shape[0] > 0 and h.shape[1] > 0
