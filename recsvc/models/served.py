@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable
 
 from recsvc.engine.served_model import ServedModel
-from recsvc.errors import ModelUnavailable, RecsvcError
+from recsvc.errors import BundleError, ModelUnavailable, RecsvcError
 from recsvc.metrics import ServingMetrics
-from recsvc.models.resolve import ModelResolver
+from recsvc.models.pins import Pin, PinFile
+from recsvc.models.resolve import ModelResolver, ResolvedModel
 from recsvc.models.variants import VariantSource, bucket, variant_sources
 from recsvc.settings import Settings
 
@@ -46,6 +47,9 @@ class ServedModels:
         self._resolved: dict[str, str] = {}  # variant -> last resolved version of its configured URI
         # variant -> the explicit ReloadModel URI it serves instead of its configured source.
         self._pinned: dict[str, str] = {}
+        # Where this server's workers keep their pins (keep_pins_in); None: this process only.
+        self._pin_file: PinFile | None = None
+        self._saved_pins: dict[str, Pin] = {}
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -111,6 +115,26 @@ class ServedModels:
         """Variants serving an explicit ``ReloadModel`` URI instead of their configured source."""
         return dict(self._pinned)
 
+    def keep_pins_in(self, pin_file: PinFile) -> None:
+        """Resume the pins a sibling worker saved in ``pin_file`` and save every later change there.
+
+        Call before the first ``reload(poll=True)``: a pinned variant then loads its pin, unless its
+        configured source has moved since the pin was set (its siblings drop the pin at their
+        next poll too). A worker the supervisor restarts thus serves what its siblings serve."""
+        valid = {v.name for v in self._variants}
+        with self._reload_lock:
+            self._pin_file = pin_file
+            self._saved_pins = {v: p for v, p in pin_file.load().items() if v in valid}
+            for variant, pin in self._saved_pins.items():
+                self._pinned[variant] = pin.uri
+                if pin.source_version is not None:
+                    self._resolved[variant] = pin.source_version
+            if self._saved_pins:
+                log.info(
+                    "event=pins_resumed %s",
+                    " ".join(f"{v}={p.uri}" for v, p in sorted(self._saved_pins.items())),
+                )
+
     def reload(self, uri: str | None = None, *, poll: bool = False) -> list[tuple[str, str, bool]]:
         """Load the configured source of every variant (or ``uri`` for all of them) and swap.
 
@@ -125,36 +149,49 @@ class ServedModels:
             new_models = dict(self._models)
             errors: list[RecsvcError] = []
             for v in self._variants:
-                target = uri or v.uri
                 current = new_models.get(v.name)
+                pin = uri  # what the variant is pinned to once loaded (None: its configured source)
+                target = uri or v.uri
                 try:
-                    resolved = self._resolver.resolve(target)
-                    if (
-                        uri is None
-                        and (poll or v.name not in self._pinned)
-                        and self._resolved.get(v.name) == resolved.version
-                        and current is not None
-                    ):
-                        results.append((v.name, current.version, False))
-                        self._count(v.name, "unchanged")
-                        continue
-                    if (
-                        current is not None
-                        and current.bundle.path == resolved.path
-                        and current.version == resolved.version
-                    ):
-                        self._resolved[v.name] = resolved.version
-                        self._pin(v.name, uri)
-                        results.append((v.name, current.version, False))
-                        self._count(v.name, "unchanged")
-                        continue
-                    model = ServedModel.load(
-                        resolved.path,
-                        version=resolved.version,
-                        source_uri=target,
-                        hnsw_ef_search=self._settings.training.hnsw_ef_search,
-                        prefault=self._settings.serving.prefault_bundle,
-                    )
+                    if uri is None and poll and current is None and v.name in self._pinned:
+                        # Nothing loaded yet but a pin resumed from a sibling (keep_pins_in): load
+                        # the pin while the configured source stays where it was when pinned.
+                        try:
+                            source: ResolvedModel | None = self._resolver.resolve(v.uri)
+                        except RecsvcError as exc:  # e.g. the registry is down: the siblings'
+                            source = None  # polls fail too, and they keep the pin meanwhile
+                            log.warning("event=pin_source_unresolved variant=%s error=%s", v.name, exc)
+                        if source is None or self._resolved.get(v.name) == source.version:
+                            pin = self._pinned[v.name]
+                            target, resolved = pin, self._resolver.resolve(pin)
+                        else:
+                            target, resolved = v.uri, source
+                    else:
+                        resolved = self._resolver.resolve(target)
+                        if (
+                            uri is None
+                            and (poll or v.name not in self._pinned)
+                            and self._resolved.get(v.name) == resolved.version
+                            and current is not None
+                        ):
+                            results.append((v.name, current.version, False))
+                            self._count(v.name, "unchanged")
+                            continue
+                        if (
+                            current is not None
+                            and current.bundle.path == resolved.path
+                            and current.version == resolved.version
+                        ):
+                            if uri is None:
+                                # Only the configured source's version goes here: the pinned
+                                # bundle's would read as the source having moved at the next poll,
+                                # which would drop the pin (a repeated rollback undid itself).
+                                self._resolved[v.name] = resolved.version
+                            self._pin(v.name, uri)
+                            results.append((v.name, current.version, False))
+                            self._count(v.name, "unchanged")
+                            continue
+                    model, resolved = self._load(resolved, target, refetch_now=not poll)
                 except RecsvcError as exc:
                     log.warning("event=model_reload_failed variant=%s uri=%s error=%s", v.name, target, exc)
                     self._count(v.name, "failed")
@@ -167,9 +204,9 @@ class ServedModels:
                         log.exception(
                             "event=model_prepare_failed variant=%s version=%s", v.name, model.version
                         )
-                if uri is None:
+                if pin is None:
                     self._resolved[v.name] = resolved.version
-                self._pin(v.name, uri)
+                self._pin(v.name, pin)
                 previous = current.version if current is not None else None
                 new_models[v.name] = model
                 results.append((v.name, model.version, True))
@@ -195,11 +232,49 @@ class ServedModels:
                         ",".join(differ).replace(" ", ":") or "none",
                     )
             self._models = new_models  # the atomic swap
+            self._save_pins()
             if errors and not results:
                 raise errors[0]
         if self._models and self._on_loaded is not None:
             self._on_loaded()
         return results
+
+    def _load(
+        self, resolved: ResolvedModel, target: str, *, refetch_now: bool
+    ) -> tuple[ServedModel, ResolvedModel]:
+        """Load ``resolved``; a cached registry copy that fails to load is downloaded again once
+        (damaged on disk, or its artifact was repaired since it was cached) and loaded from the new
+        copy. A poll does so at most every ``resolve.REFETCH_INTERVAL_S`` per version (an artifact
+        still broken is not downloaded on every poll); ``ReloadModel`` at once."""
+        try:
+            return self._load_bundle(resolved, target), resolved
+        except BundleError as exc:
+            if exc.reason == "BUNDLE_SCHEMA_MISMATCH":  # another copy has the same schema
+                raise
+            fresh = self._resolver.refetch(resolved, now=refetch_now)
+            if fresh is None:
+                raise
+            log.warning(
+                "event=bundle_refetched uri=%s version=%s after=%s", target, resolved.version, exc.reason
+            )
+            return self._load_bundle(fresh, target), fresh
+
+    def _load_bundle(self, resolved: ResolvedModel, target: str) -> ServedModel:
+        return ServedModel.load(
+            resolved.path,
+            version=resolved.version,
+            source_uri=target,
+            hnsw_ef_search=self._settings.training.hnsw_ef_search,
+            prefault=self._settings.serving.prefault_bundle,
+        )
+
+    def _save_pins(self) -> None:
+        if self._pin_file is None:
+            return
+        pins = {v: Pin(uri, self._resolved.get(v)) for v, uri in self._pinned.items()}
+        if pins != self._saved_pins:
+            self._pin_file.save(pins)
+            self._saved_pins = pins
 
     def _pin(self, variant: str, uri: str | None) -> None:
         if uri is None:

@@ -1,5 +1,5 @@
 """Running server processes: one worker (build deps, build server, load the model, poll, wait for
-SIGTERM/SIGINT, shut down gracefully) and a supervisor that starts N workers on one port.
+SIGTERM/SIGINT/SIGHUP, shut down gracefully) and a supervisor that starts N workers on one port.
 
 Workers are started with the ``spawn`` method, so each creates its gRPC server, Redis client and
 FAISS indexes after the process starts (gRPC must not cross a fork) and memory-maps the bundle
@@ -10,6 +10,12 @@ With ``catalog.writer_port`` one more process, the catalog writer, serves the Ca
 alone on that port at a lower CPU priority (``catalog.writer_nice``): a live stream's stock changes
 then queue behind recommendations for the CPU instead of competing with them. It follows the
 change feed like every worker, so what it writes reaches them the same way.
+
+SIGHUP is a stop like SIGTERM (``systemctl reload`` without an ExecReload, a closed ssh session):
+its default action would kill the supervisor silently and leave its workers serving, orphaned,
+on the port. A worker also stops when its supervisor dies however it died (``_die_with_parent``).
+The workers' ``ReloadModel`` pins live in a file in a folder of the supervisor's
+(``recsvc.models.pins``), so a worker it restarts serves what its siblings serve.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tempfile
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from recsvc.errors import ConfigError, RecsvcError
@@ -42,6 +49,10 @@ class WorkersDied(RecsvcError):
 
 
 _CANNOT_START = 78  # EX_CONFIG (sysexits.h): a worker refused its configuration
+
+# Each one drains and stops a worker or the supervisor (module doc).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _limit_threads() -> None:
@@ -76,11 +87,17 @@ def check_model_uris(settings: Settings) -> None:
 
 
 def run_worker(
-    settings: Settings, worker: int = 0, serve_own_metrics: bool = True, catalog_only: bool = False
+    settings: Settings,
+    worker: int = 0,
+    serve_own_metrics: bool = True,
+    catalog_only: bool = False,
+    pin_file: Path | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT. Blocks. ``catalog_only``: the catalog writer (module doc)."""
+    """Serve until SIGTERM/SIGINT/SIGHUP. Blocks. ``catalog_only``: the catalog writer (module
+    doc). ``pin_file``: where this server's workers keep their pins (the supervisor's)."""
     _limit_threads()
     from recsvc.metrics import serve_metrics, served_registry
+    from recsvc.models.pins import PinFile
     from recsvc.server.app import build_deps, build_server, settle_heap, shutdown
 
     stop = threading.Event()
@@ -89,15 +106,18 @@ def run_worker(
         log.info("event=signal worker=%d signal=%s", worker, signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
 
     deps = build_deps(settings, worker=worker, catalog_only=catalog_only)
+    if pin_file is not None:
+        deps.models.keep_pins_in(PinFile(pin_file))
     # Load before binding the port: workers share it (SO_REUSEPORT) and the kernel hands new
     # connections to any worker listening, so a worker still loading would answer them
-    # UNAVAILABLE while its siblings could serve. Without a model it starts anyway.
+    # UNAVAILABLE while its siblings could serve. Without a model it starts anyway. poll=True:
+    # a pin resumed from the pin file is loaded, not dropped as an explicit reload would.
     try:
-        deps.models.reload()
+        deps.models.reload(poll=True)
     except RecsvcError as exc:
         # Only a registry alias gets here (check_model_uris refused a missing bundle folder):
         # health stays NOT_SERVING until the poller (or ReloadModel) finds a version under it.
@@ -139,9 +159,42 @@ def pin_to_cpu(worker: int) -> int | None:
     return cpu
 
 
-def _worker_main(settings_json: str, worker: int, log_level: str, catalog_writer: bool = False) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL or a crash, so no
+    worker keeps serving (and holding the port) without it; Linux's PR_SET_PDEATHSIG, else a
+    thread watching the parent pid. The signal comes when the supervisor thread that started
+    this worker ends: its main thread, which runs until the supervisor exits."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        watched = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        watched = False
+    if not watched:
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="recsvc-parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # it died before the death signal was set: nobody sends it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(
+    settings_json: str,
+    worker: int,
+    log_level: str,
+    catalog_writer: bool = False,
+    parent_pid: int | None = None,
+    pin_file: str | None = None,
+) -> None:
     from recsvc.cli.common import setup_logging
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     setup_logging(log_level)
     settings = Settings.model_validate_json(settings_json)
     if catalog_writer:
@@ -159,7 +212,13 @@ def _worker_main(settings_json: str, worker: int, log_level: str, catalog_writer
         cpu = pin_to_cpu(worker)  # first, so every thread started from here on inherits it
         log.info("event=worker_pinned worker=%d cpu=%s", worker, cpu)
     try:
-        run_worker(settings, worker, serve_own_metrics=False, catalog_only=catalog_writer)
+        run_worker(
+            settings,
+            worker,
+            serve_own_metrics=False,
+            catalog_only=catalog_writer,
+            pin_file=Path(pin_file) if pin_file else None,
+        )
     except RecsvcError as exc:
         # A configuration only a worker can find wrong: one line, and the parent stops instead
         # of restarting a worker that would fail the same way.
@@ -236,7 +295,8 @@ def _user_of(host: str, port: int) -> str:
 
 
 def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
-    """Run ``settings.serving.workers`` workers on one port; forward SIGTERM/SIGINT; block."""
+    """Run ``settings.serving.workers`` workers on one port; stop them on SIGTERM/SIGINT/SIGHUP;
+    block."""
     s = settings.serving
     check_model_uris(settings)  # before any worker starts: a missing bundle is an error, not a wait
     check_ports_free(settings)
@@ -267,24 +327,30 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     ctx = mp.get_context("spawn")
     payload = settings.model_dump_json()
     stopping = threading.Event()
+    pins_dir = tempfile.mkdtemp(prefix="recsvc-pins-")
+    pin_file = str(Path(pins_dir) / "pins.json")
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("event=signal supervisor=%d signal=%s", os.getpid(), signal.Signals(signum).name)
+        stopping.set()
+
+    # Before the first worker starts: a signal meanwhile would otherwise end the supervisor alone.
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
 
     def start(i: int) -> BaseProcess:
         # The catalog writer is the process after the workers (its metrics' worker label).
         writes = i == s.workers
         name = "recsvc-catalog-writer" if writes else f"recsvc-worker-{i}"
-        p = ctx.Process(target=_worker_main, args=(payload, i, log_level, writes), name=name)
+        p = ctx.Process(
+            target=_worker_main, args=(payload, i, log_level, writes, os.getpid(), pin_file), name=name
+        )
         p.start()
         return p
 
     procs = {i: start(i) for i in range(s.workers + writer)}
     restarts = 0
     refused = gave_up = False
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     log.info(
         "event=serving host=%s port=%d workers=%d catalog_writer_port=%s",
         s.host,
@@ -320,6 +386,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
             p.kill()
     if registry is not None:
         shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+    shutil.rmtree(pins_dir, ignore_errors=True)
     log.info("event=stopped")
     if refused:
         raise ConfigError(

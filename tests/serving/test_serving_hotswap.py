@@ -165,3 +165,114 @@ def test_reload_refuses_a_bundle_missing_a_required_file(
             recommender_pb2.RecommendProductsRequest(member_id=member, k=5), timeout=5
         )
         assert reply.model_version == "v1" and reply.items
+
+
+def test_a_repeated_pin_stays_pinned_after_the_next_poll(redis_url: str, tmp_path: Path) -> None:
+    """A rollback repeated (a retry: the process already serves that bundle) used to record the
+    pinned bundle as the configured source's version, so the next poll read it as the source
+    having moved and dropped the pin (event=model_unpinned): the rollback undid itself."""
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    with running_server(serving_settings(str(b1.path), redis_url, tmp_path)) as srv:
+        req = recommender_pb2.ReloadModelRequest(model_uri=str(b2.path))
+        assert srv.stub.ReloadModel(req, timeout=30).changed
+        again = srv.stub.ReloadModel(req, timeout=30)
+        assert not again.changed and again.model_version == "v2"
+        srv.deps.models.start_polling(0.1)
+        time.sleep(0.6)  # several polls
+        assert _version(srv) == "v2" and srv.deps.models.pinned == {"default": str(b2.path)}
+
+
+def test_a_restarted_worker_resumes_the_pin_of_its_siblings(redis_url: str, tmp_path: Path) -> None:
+    """What a worker the supervisor starts again builds first (recsvc/server/runner.py): its
+    models from the pin file, not from the configured source alone."""
+    from recsvc.models.pins import PinFile
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
+
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    b3 = make_bundle(tmp_path / "b3", bundle_id="v3", seed=5)
+    current = tmp_path / "current"
+    current.symlink_to(b1.path)
+    settings = serving_settings(str(current), redis_url, tmp_path)
+    pins = PinFile(tmp_path / "pins.json")
+
+    def worker() -> ServedModels:
+        models = ServedModels(settings, ModelResolver(settings))
+        models.keep_pins_in(pins)
+        models.reload(poll=True)  # as run_worker starts
+        return models
+
+    sibling = worker()
+    assert sibling.default()[1].version == "v1" and not pins.path.exists()
+    sibling.reload(str(b2.path))  # the rollback (ReloadModel, or its broadcast)
+    restarted = worker()
+    assert restarted.default()[1].version == "v2"
+    assert restarted.pinned == {"default": str(b2.path)}
+    restarted.reload(poll=True)  # its poller keeps the pin while the source stays put
+    assert restarted.default()[1].version == "v2" and restarted.pinned
+    # Once the configured source moves, the pin is over: for the poller of a running worker, and
+    # for a worker started before that poll got to the file.
+    tmp_link = tmp_path / "current.new"
+    tmp_link.symlink_to(b3.path)
+    tmp_link.replace(current)
+    late = worker()
+    assert late.default()[1].version == "v3" and late.pinned == {}
+    sibling.reload(poll=True)
+    assert sibling.default()[1].version == "v3" and sibling.pinned == {}
+    assert pins.load() == {}
+    assert worker().default()[1].version == "v3"
+
+
+def test_reload_model_says_so_when_the_other_workers_were_not_told(tmp_path: Path) -> None:
+    """Without Redis the process that answers still reloads, but the caller learns that the
+    notice to the others failed (UNAVAILABLE, RELOAD_NOT_BROADCAST) instead of a plain
+    changed=True while the other workers keep their model (the poller never brings a pin)."""
+    from recsvc.localstack import free_port
+
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with running_server(serving_settings(str(b1.path), nobody, tmp_path)) as srv:
+        with pytest.raises(grpc.RpcError) as err:
+            srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(b2.path)), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = err.value.details() or ""
+        assert details.startswith("RELOAD_NOT_BROADCAST") and "other server processes" in details
+        assert _version(srv) == "v2"  # this process did reload
+
+
+def test_the_reload_notice_waits_out_a_brief_redis_stall(redis_url: str, tmp_path: Path) -> None:
+    """A Redis busy for a few hundred ms used to fail the notice at the hot path's 50 ms socket
+    timeout (event=reload_broadcast_failed error=TimeoutError), leaving the workers split."""
+    import redis
+
+    from recsvc.models.broadcast import ReloadBroadcast
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
+    from recsvc.redis_client import connect
+    from recsvc.redis_keys import global_key
+
+    settings = serving_settings(str(tmp_path), redis_url, tmp_path)
+    hot_path = connect(redis_url, timeout_s=0.05)
+    admin = redis.Redis.from_url(redis_url)
+    listener = admin.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(global_key(settings.redis.key_prefix, "model-reload"))
+    broadcast = ReloadBroadcast(
+        hot_path, settings.redis.key_prefix, ServedModels(settings, ModelResolver(settings))
+    )
+    try:
+        assert listener.get_message(timeout=1) is None  # the subscription is in place
+        admin.execute_command("CLIENT", "PAUSE", "400", "WRITE")  # PUBLISH waits ~400 ms
+        with pytest.raises(redis.TimeoutError):
+            hot_path.publish("recsvc-test-probe", "x")  # what the notice used to go through
+        assert broadcast.publish("/some/bundle") == 1
+        message = listener.get_message(timeout=5)
+        assert message is not None and b"/some/bundle" in message["data"]
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        broadcast.stop()
+        listener.close()
+        admin.close()
+        hot_path.close()

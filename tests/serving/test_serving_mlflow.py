@@ -13,6 +13,7 @@ from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import running_server
 from settings_factory import build_settings
 
+from recsvc.bundle import read_manifest
 from recsvc.models.variants import bucket
 from recsvc.settings import Settings, load_settings
 from recsvc.v1 import recommender_pb2
@@ -133,3 +134,66 @@ def test_serves_a_bundle_trained_by_the_training_pipeline(tmp_path: Path, redis_
         item = resp.items[0].item_id
         similar = srv.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=item, k=5), timeout=10)
         assert len(similar.items) == 5 and item not in {it.item_id for it in similar.items}
+
+
+def test_a_new_store_under_the_same_cache_serves_its_own_version_1(tmp_path: Path, redis_url: str) -> None:
+    """Version numbers restart in a new store (or a recreated registry database); the cache used
+    to serve the old store's copy of v1 under the new v1's name."""
+    from recsvc.models.resolve import ModelResolver
+
+    cache = str(tmp_path / "shared-cache")
+    old = _settings(tmp_path / "old", redis_url, bundle_cache_dir=cache)
+    new = _settings(tmp_path / "new", redis_url, bundle_cache_dir=cache)
+    assert _register(old, make_bundle(tmp_path / "b1", bundle_id="old-v1"), "champion") == "1"
+    assert _register(new, make_bundle(tmp_path / "b2", bundle_id="new-v1", seed=3), "champion") == "1"
+    uri = f"models:/{MODEL}@champion"
+    first = ModelResolver(old).resolve(uri)
+    assert read_manifest(first.path).bundle_id == "old-v1"
+    second = ModelResolver(new).resolve(uri)
+    assert second.version == f"{MODEL}/v1" and read_manifest(second.path).bundle_id == "new-v1"
+    # and a server of the old store again gets its own copy back, not the new store's
+    assert read_manifest(ModelResolver(old).resolve(uri).path).bundle_id == "old-v1"
+
+
+def test_a_cached_copy_that_fails_to_load_is_downloaded_again(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt bundle, once cached, used to fail every poll with BAD_BUNDLE even after its
+    artifact was repaired, until someone deleted the cache folder by hand."""
+    from urllib.parse import unquote, urlsplit
+
+    from mlflow import MlflowClient
+
+    import recsvc.models.resolve as resolve
+    from recsvc.errors import BundleError
+    from recsvc.models.resolve import ModelResolver
+    from recsvc.models.served import ServedModels
+
+    s = _settings(tmp_path, redis_url)
+    good = make_bundle(tmp_path / "good", bundle_id="fixed")
+    broken = make_bundle(tmp_path / "broken", bundle_id="fixed")
+    factors = broken.path / "member_factors.npy"
+    factors.write_bytes(factors.read_bytes()[:200])  # truncated: refused with BAD_BUNDLE
+    version = _register(s, broken, "champion")
+    models = ServedModels(s, ModelResolver(s))
+    with pytest.raises(BundleError):
+        models.reload()
+    # The artifact is repaired in the store.
+    mv = MlflowClient(tracking_uri=s.mlflow.tracking_uri).get_model_version(MODEL, version)
+    stored = Path(unquote(urlsplit(mv.source).path))
+    (stored / "member_factors.npy").write_bytes((good.path / "member_factors.npy").read_bytes())
+    # A poll right after a download does not download again (a broken artifact would be fetched
+    # on every poll of every worker) ...
+    with pytest.raises(BundleError):
+        models.reload(poll=True)
+    # ... ReloadModel does, at once.
+    assert models.reload() == [("default", f"{MODEL}/v{version}", True)]
+    # A copy damaged on disk: a poll downloads it again (at most every REFETCH_INTERVAL_S).
+    cached = next((tmp_path / "bundle-cache" / MODEL / version).rglob("member_factors.npy"))
+    cached.write_bytes(cached.read_bytes()[:200])
+    resolver = ModelResolver(s)  # a restarted worker's: it has downloaded nothing yet
+    assert ServedModels(s, resolver).reload(poll=True)[0][2]
+    cached.write_bytes(cached.read_bytes()[:200])
+    monkeypatch.setattr(resolve, "REFETCH_INTERVAL_S", 0.0)
+    # (the same process downloaded it moments ago: only once the interval has passed)
+    assert ServedModels(s, resolver).reload(poll=True)[0][2]

@@ -1,7 +1,12 @@
-"""Real `recsvc serve` processes: two servers sharing Redis, and `--workers 2` on one port."""
+"""Real `recsvc serve` processes: two servers sharing Redis, `--workers 2` on one port, a restarted
+worker and its pin, SIGHUP, and workers outliving their supervisor."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -12,6 +17,7 @@ import pytest
 from bundle_factory import make_bundle
 from prometheus_client.parser import text_string_to_metric_families
 from serving_harness import serve_env, serve_subprocess, stop_subprocess, wait_serving
+from waiting import within
 
 from recsvc.localstack import free_port
 from recsvc.v1 import outreach_pb2, outreach_pb2_grpc, recommender_pb2, recommender_pb2_grpc
@@ -145,3 +151,131 @@ def test_a_port_lent_to_an_outgoing_connection_is_named_as_such() -> None:
         with pytest.raises(ConfigError) as err:
             check_ports_free(settings)
     assert err.value.reason == "PORT_IN_USE" and "no server listens there" in str(err.value)
+
+
+def _listening(proc: subprocess.Popen[bytes], port: int) -> set[int]:
+    """The pids of the server processes under ``proc`` listening on ``port``."""
+    return {
+        child.pid
+        for child in psutil.Process(proc.pid).children(recursive=True)
+        if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+        for conn in child.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, n: int, without: int = 0) -> set[int]:
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        pids = _listening(proc, port) - {without}
+        if len(pids) == n:
+            return pids
+        assert time.monotonic() < deadline, f"listening: {pids}"
+        time.sleep(0.3)
+
+
+def _versions(port: int, calls: int = 16) -> tuple[set[str], set[int]]:
+    """The model versions fresh connections (spread over the workers by the kernel) are served,
+    and the pids of the workers holding those connections."""
+    channels = [
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(calls)
+    ]
+    try:
+        versions = {
+            recommender_pb2_grpc.RecommenderStub(c)
+            .GetModelInfo(recommender_pb2.GetModelInfoRequest(), timeout=30)
+            .model_version
+            for c in channels
+        }
+        holders = {
+            conn.pid
+            for conn in psutil.net_connections(kind="tcp")
+            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == port and conn.pid
+        }
+        return versions, holders
+    finally:
+        for c in channels:
+            c.close()
+
+
+def _gone(pids: set[int]) -> bool:
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return not any(alive(pid) for pid in pids)
+
+
+def _kill_left(pids: set[int]) -> None:
+    """A failed test leaves no server process of its own behind (by pid)."""
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+
+
+def test_a_restarted_worker_keeps_the_pin_and_sighup_stops_every_process(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker restarted after kill -9 used to load the configured source while its sibling
+    kept a rollback pin; SIGHUP used to kill the supervisor alone, leaving both workers serving,
+    orphaned, on the port."""
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True)
+    port = free_port()
+    # Polls every 0.5 s, so a pin taken for the source having moved would be dropped.
+    env = {
+        **serve_env(b1.path, redis_url, port, tmp_path, workers=2),
+        "RECSVC_SERVING__POLL_INTERVAL_S": "0.5",
+    }
+    proc = serve_subprocess(env)
+    everyone: set[int] = set()
+    try:
+        workers = _wait_listening(proc, port, 2)
+        wait_serving(f"127.0.0.1:{port}")
+        time.sleep(1.0)  # both reload listeners subscribed
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = recommender_pb2_grpc.RecommenderStub(channel).ReloadModel(
+                recommender_pb2.ReloadModelRequest(model_uri=str(b2.path)), timeout=30
+            )
+        assert reply.model_version == "v2"
+        within(10, lambda: _versions(port)[0] == {"v2"}, "the sibling did not follow the pin", poll_s=0.2)
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        workers = _wait_listening(proc, port, 2, without=victim)
+        assert victim not in workers
+        time.sleep(1.5)  # three polls
+        versions, holders = _versions(port, calls=24)
+        assert versions == {"v2"}
+        assert workers <= holders  # the restarted worker answered too
+        everyone = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+        within(15, lambda: _gone(everyone), f"left behind: {everyone}", poll_s=0.2)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert "event=signal" in err and "signal=SIGHUP" in err and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
+        _kill_left(everyone)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(redis_url: str, tmp_path: Path) -> None:
+    """Orphaned workers used to keep serving (metrics gone) and hold the port until each was
+    killed by pid; now they drain and exit (PR_SET_PDEATHSIG)."""
+    planted = make_bundle(tmp_path / "b1")
+    port = free_port()
+    proc = serve_subprocess(serve_env(planted.path, redis_url, port, tmp_path, workers=2))
+    workers: set[int] = set()
+    try:
+        workers = _wait_listening(proc, port, 2)
+        proc.kill()
+        proc.wait(timeout=10)
+        within(30, lambda: _gone(workers), f"orphaned workers still running: {workers}", poll_s=0.2)
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
+        _kill_left(workers)
