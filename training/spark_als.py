@@ -82,15 +82,22 @@ def scaled_frame(ratings: Any, scale: str) -> Any:
 
 def confidence_frame(events: Any, event_weights: dict[str, float], half_life_days: float, as_of: int) -> Any:
     """(member, item, r) with r = sum of event_weight[type] * 0.5 ** (age_days / half_life_days)
-    over each pair's events, r > 0 only: :func:`training.confidence.confidence_matrix` in Spark.
+    over each pair's events (half-life 0: no decay), r > 0 only:
+    :func:`training.confidence.confidence_matrix` in Spark.
 
     ``events`` is a DataFrame with columns member, item, etype (EVENT_TYPES code), ts (epoch s).
     """
     from pyspark.sql import functions as F
 
     weights = F.array(*[F.lit(float(w)) for w in weight_table(event_weights)])
-    age_half_lives = F.greatest(F.lit(as_of) - F.col("ts"), F.lit(0)) / F.lit(DAY_S * float(half_life_days))
-    value = F.element_at(weights, F.col("etype").cast("int") + 1) * F.pow(F.lit(2.0), -age_half_lives)
+    value = F.element_at(weights, F.col("etype").cast("int") + 1)
+    # half-life 0 is "no decay" (training.confidence.event_confidence), not a divisor: Spark's ANSI
+    # mode would stop the fit with DIVIDE_BY_ZERO
+    if half_life_days > 0:
+        age_half_lives = F.greatest(F.lit(as_of) - F.col("ts"), F.lit(0)) / F.lit(
+            DAY_S * float(half_life_days)
+        )
+        value = value * F.pow(F.lit(2.0), -age_half_lives)
     return (
         events.select("member", "item", value.alias("v"))
         .where(F.col("v") > 0)
@@ -128,8 +135,11 @@ class SparkAls:
     def __enter__(self) -> SparkAls:
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:  # a JVM that failed the run may fail its own stop too: the run's error is the one to see
+            _cleanup(self.stop, "spark session stop")
 
     def session(self) -> Any:
         if self._spark is not None:
@@ -162,11 +172,11 @@ class SparkAls:
                 self._checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
                 spark.sparkContext.setCheckpointDir(self._checkpoints)
         except Exception as exc:  # Java missing, master refused: PySparkRuntimeError, Py4JJavaError
-            if self._owned:
-                _end_local_jvm()  # a JVM that started but could not make a context is of no use
-            raise SparkUnavailable(
-                f"could not start Spark with master {self.master!r}: {first_line(exc)}"
-            ) from exc
+            # read before the JVM ends: a Py4JJavaError's text is fetched from the JVM
+            message = f"could not start Spark with master {self.master!r}: {first_line(exc)}"
+            if self._owned:  # a JVM that started but could not make a context is of no use
+                _cleanup(_end_local_jvm, "spark jvm end after a failed start")
+            raise SparkUnavailable(message) from exc
         log.info("spark session master=%s seconds=%.1f", self.master, time.perf_counter() - started)
         self._spark = spark
         return spark
@@ -310,8 +320,19 @@ def _get_or_create(builder: Any, owned: bool) -> Any:
         if not owned or condition != "JAVA_GATEWAY_EXITED":
             raise
         log.warning("event=spark_jvm_exited_at_start retrying once: %s", first_line(exc))
-        _end_local_jvm()
+        _cleanup(_end_local_jvm, "spark jvm end before the retry")
         return builder.getOrCreate()
+
+
+def _cleanup(end: Callable[[], None], what: str) -> None:
+    """``end()`` on the way out of a failure: a JVM that failed to start or died mid-run often
+    fails its clean-up too (py4j's ConnectionRefusedError when nothing listens any more), and that
+    error must not replace the one that says what went wrong (SPARK_UNAVAILABLE); it is logged
+    at debug only."""
+    try:
+        end()
+    except Exception as exc:
+        log.debug("%s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 def _end_local_jvm() -> None:
@@ -358,7 +379,10 @@ _OUT_OF_HEAP = ("OutOfMemoryError", "Java heap space", "GC overhead limit exceed
 def first_line(exc: BaseException) -> str:
     """A Java error's message without its stack trace; a heap that ran out says which setting
     gives it more (the driver collects the clean events and the factors, so it grows with the data)."""
-    text = str(getattr(exc, "java_exception", None) or exc).strip()
+    try:
+        text = str(getattr(exc, "java_exception", None) or exc).strip()
+    except Exception:  # a Java error's text comes from its JVM, which may have ended since
+        text = str(getattr(exc, "errmsg", "") or "").strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     if any(marker in text for marker in _OUT_OF_HEAP):
         line += (

@@ -37,9 +37,11 @@ requires the same counts per reason and the same clean events.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +215,7 @@ def load(
             for t in result.tables.values()
             for k, v in (
                 ("rows_read", t.rows_read),
-                ("rows_clean", t.rows_read - len(t.quarantine) if t is events_table else len(t.clean)),
+                ("rows_clean", len(t.clean)),
                 ("rows_quarantined", len(t.quarantine)),
             )
         }
@@ -273,10 +275,13 @@ def _driver_table(
 
 
 def _counted_table(path: Path, rows_read: int, quarantined: int, codec: str | None) -> TableResult:
-    """The events' TableResult for the share gate: Spark's counts, no rows (rows of the
-    quarantine are fetched only to be written, :func:`quarantine_rows`)."""
+    """The events' TableResult for the share gate and summary.json: Spark's counts, no values
+    (rows of the quarantine are fetched only to be written, :func:`quarantine_rows`). Both
+    frames have their table's length, as ``TableResult`` counts rows by ``len``; the clean one
+    has no columns, so it costs nothing however many events are clean."""
     placeholder = pd.DataFrame({"reason": pd.Series(pd.NA, index=pd.RangeIndex(quarantined), dtype="string")})
-    return TableResult(EVENTS.name, path, rows_read, pd.DataFrame(), placeholder, codec)
+    clean = pd.DataFrame(index=pd.RangeIndex(rows_read - quarantined))
+    return TableResult(EVENTS.name, path, rows_read, clean, placeholder, codec)
 
 
 def _reason_counts(frame: Any) -> dict[str, int]:
@@ -426,6 +431,31 @@ def _text(col: str) -> Any:
     return F.coalesce(F.col(col).cast("string"), F.lit(""))
 
 
+def _as_sent(frame: Any, col: str) -> Any:
+    """``frame[col]`` as a detail of the pandas validator shows one value (pipelines.rows.text:
+    Python's str of the value, "" for none): Spark's own text but for times, which Python writes
+    with microseconds only when there are some and, for a time with a zone (a UTC-adjusted
+    Parquet timestamp; the session's zone is UTC, _READ_CONF), with its offset:
+    "2025-11-01 01:55:03+00:00" where Spark's cast says "2025-11-01 01:55:03". (pandas formats
+    the rows one check flags together: only a mix of whole and fractional seconds among them
+    reads otherwise.)"""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    dtype = frame.schema[col].dataType
+    if not isinstance(dtype, TimestampType | TimestampNTZType):
+        return _text(col)
+    value = F.col(col)
+    micros = F.pmod(F.unix_micros(value.cast("timestamp")), F.lit(1_000_000))
+    text = F.concat(
+        F.date_format(value, "yyyy-MM-dd HH:mm:ss"),
+        F.when(micros != 0, F.format_string(".%06d", micros)).otherwise(F.lit("")),
+    )
+    if isinstance(dtype, TimestampType):
+        text = F.concat(text, F.date_format(value, "xxx"))
+    return F.coalesce(text, F.lit(""))
+
+
 def _strip(text: Any) -> Any:
     """Python's str.strip: Unicode white space at both ends."""
     from pyspark.sql import functions as F
@@ -557,8 +587,27 @@ def check_events(
     names = {k: "_p_" + k.replace(".", "_") for k in c}
     frame = frame.select("*", *[expr.alias(names[k]) for k, expr in c.items()])
     c = {k: F.col(names[k]) for k in c} | {"i_row": F.col("i_row")}
-    flags = [(rule, F.coalesce(rule.bad(c), F.lit(False))) for rule in EVENT_RULES]
-    details = {rule: F.concat(F.lit(f"{rule.column}="), _quoted(_text(rule.column))) for rule, _ in flags}
+    # Each rule's verdict, then each column's detail text (only where a rule on it failed), as
+    # columns of their own too: written out inside the reason, detail and problems expressions
+    # (24 rules, each detail quoting its value) they made one generated Java method over the JVM's
+    # 64 KB limit, and Spark logged the failed compilation (hundreds of lines) on every run that
+    # fetched a quarantine before falling back to its interpreter.
+    flag_names = [f"_f{i}" for i in range(len(EVENT_RULES))]
+    frame = frame.select(
+        "*",
+        *[
+            F.coalesce(rule.bad(c), F.lit(False)).alias(n)
+            for rule, n in zip(EVENT_RULES, flag_names, strict=True)
+        ],
+    )
+    flags = [(rule, F.col(n)) for rule, n in zip(EVENT_RULES, flag_names, strict=True)]
+    texts: dict[str, Any] = {}
+    for col in dict.fromkeys(rule.column for rule in EVENT_RULES):
+        failed = reduce(operator.or_, [bad for rule, bad in flags if rule.column == col])
+        text = F.concat(F.lit(f"{col}="), _quoted(_as_sent(frame, col)))
+        texts[col] = F.when(failed, text).alias(f"_d_{col}")
+    frame = frame.select("*", *texts.values())
+    details = {rule: F.col(f"_d_{rule.column}") for rule, _ in flags}
     reason = F.coalesce(*[F.when(bad, F.lit(rule.reason)) for rule, bad in flags])
     detail = F.coalesce(*[F.when(bad, details[rule]) for rule, bad in flags])
     problems = F.concat_ws(
@@ -618,20 +667,45 @@ def _quoted(text: Any) -> Any:
 
 def quarantine_rows(checked: Any) -> pd.DataFrame:
     """The quarantined events in pipelines.validate's quarantine format (source_row, reason,
-    detail, problems, then the row's values as sent), in file order."""
-    from pyspark.sql import functions as F
+    detail, problems, then the row's values as sent), in file order.
+
+    The values come with their own types (Parquet's times and numbers, CSV's text) and are
+    written by the pandas validator's rule (:func:`pipelines.rows.quarantine_rows`), not Spark's
+    cast: pandas writes a column of times or floats as a whole ("+00:00" on UTC times,
+    microseconds on all of them once one has some), so the text follows from the same call on
+    the same batches: the duplicates, then the other quarantined rows, as pandas checks them
+    (one chunk of ``data.validate_chunk_rows``; over that, pandas formats chunk by chunk)."""
+    from pyspark.sql.types import TimestampType
 
     bad = checked.where("reason IS NOT NULL").orderBy("source_row")
-    raw = [F.col(f"raw_{col}").cast("string").alias(col) for col in EVENTS.columns]
+    raw = [bad[f"raw_{col}"].alias(col) for col in EVENTS.columns]
     pdf = _pandas(bad.select("source_row", "reason", "detail", "problems", *raw))
-    values = pdf[list(EVENTS.columns)].fillna("").astype(str)
-    return rows.quarantine_rows(
-        values,
-        pdf["source_row"].to_numpy(dtype=np.int64),
-        pdf["reason"].to_numpy(dtype=object),
-        pdf["detail"].to_numpy(dtype=object),
-        pdf["problems"].to_numpy(dtype=object),
-    )
+    values = pdf[list(EVENTS.columns)].copy()
+    for col in EVENTS.columns:
+        # Spark hands a zoned time over as a naive one in its session's zone (UTC, _READ_CONF);
+        # pandas reads the Parquet file's UTC times with their zone
+        if isinstance(bad.schema[f"raw_{col}"].dataType, TimestampType):
+            times = pd.to_datetime(values[col])
+            times = times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+            values[col] = times.astype("datetime64[us, UTC]")
+    parts = []
+    duplicate = (pdf["reason"] == Reason.DUPLICATE_EVENT).to_numpy(dtype=bool)
+    for batch in (duplicate, ~duplicate):
+        if batch.any():
+            parts.append(
+                rows.quarantine_rows(
+                    values.loc[batch],
+                    pdf["source_row"].to_numpy(dtype=np.int64)[batch],
+                    pdf["reason"].to_numpy(dtype=object)[batch],
+                    pdf["detail"].to_numpy(dtype=object)[batch],
+                    pdf["problems"].to_numpy(dtype=object)[batch],
+                )
+            )
+    if not parts:
+        empty = np.zeros(0, dtype=object)
+        return rows.quarantine_rows(values, np.zeros(0, dtype=np.int64), empty, empty, empty)
+    quarantine = pd.concat(parts, ignore_index=True)
+    return quarantine.sort_values("source_row", kind="stable").reset_index(drop=True)
 
 
 def _spark_frame(spark: Any, pdf: pd.DataFrame) -> Any:
