@@ -127,12 +127,19 @@ class RecommendationEngine:
 
     # ---- members ---------------------------------------------------------------------------
     def recommend(
-        self, member_id: str, kind: int, k: int, channel: str, filters: FilterSpec
+        self,
+        member_id: str,
+        kind: int,
+        k: int,
+        channel: str,
+        filters: FilterSpec,
+        models: ModelProvider | None = None,
     ) -> Recommendation:
         """The stages in order (module docstring). Redis is asked for the recent events first and
-        read only after the candidate source, so its round trip overlaps the search."""
+        read only after the candidate source, so its round trip overlaps the search. ``models``:
+        the models to choose from instead of the ones serving now (a batch's fixed set)."""
         s = self._settings
-        variant, model = self._models.for_member(member_id)
+        variant, model = (models or self._models).for_member(member_id)
         view = self.catalog.view(model)
         row = None if member_id in self.forgotten else model.member_row(member_id)
         pending = self._realtime.start_recent(member_id) if self._realtime is not None else None

@@ -109,6 +109,11 @@ class ServedModels:
     def snapshot(self) -> dict[str, ServedModel]:
         return dict(self._models)
 
+    def frozen(self) -> FrozenModels:
+        """The models serving now, fixed: a call that answers many members (BatchRecommend)
+        answers every one from the same models, whatever swaps while it runs."""
+        return FrozenModels(self, self._models)
+
     # ---- loading ---------------------------------------------------------------------------
     @property
     def pinned(self) -> dict[str, str]:
@@ -309,3 +314,24 @@ class ServedModels:
         if self._poller is not None:
             self._poller.join(timeout=5)
             self._poller = None
+
+
+class FrozenModels:
+    """One moment's models of a :class:`ServedModels`, chosen per member as it chooses."""
+
+    def __init__(self, owner: ServedModels, models: dict[str, ServedModel]) -> None:
+        self._owner = owner
+        self._models = models  # the owner replaces its mapping on a swap, never changes it
+
+    def for_member(self, member_id: str) -> tuple[str, ServedModel]:
+        name = self._owner.variant_of(member_id)
+        model = self._models.get(name)
+        if model is not None:
+            return name, model
+        return self._owner._fallback(self._models)
+
+    def default(self) -> tuple[str, ServedModel]:
+        first = self._owner._variants[0].name
+        if first in self._models:
+            return first, self._models[first]
+        return self._owner._fallback(self._models)

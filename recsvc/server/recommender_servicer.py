@@ -169,13 +169,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             raise InvalidArgument(f"unknown kind {request.kind}", reason="INVALID_KIND")
         kind = _KIND[request.kind] or KIND_PRODUCT
         filters = self._filters(request.filters if request.HasField("filters") else None)
-        self._models.default()  # UNAVAILABLE before the first member when no model is loaded
+        models = self._models.frozen()  # every member from the same models, whatever swaps meanwhile
+        models.default()  # UNAVAILABLE before the first member when no model is loaded
         for member_id in request.member_ids:
             check_deadline(context)
             t0 = time.perf_counter()
             try:
                 member_id = check_id(member_id, "member_id", s.data)
-                rec = self._engine.recommend(member_id, kind, k, channel, filters)
+                rec = self._engine.recommend(member_id, kind, k, channel, filters, models)
             except InvalidArgument as exc:
                 self._observe("BatchRecommend", t0, "none", "none", exc.code.name)
                 yield recommender_pb2.BatchRecommendResult(member_id=member_id, error=str(exc))

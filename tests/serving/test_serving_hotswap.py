@@ -276,3 +276,24 @@ def test_the_reload_notice_waits_out_a_brief_redis_stall(redis_url: str, tmp_pat
         listener.close()
         admin.close()
         hot_path.close()
+
+
+def test_one_batch_answers_every_member_from_the_model_it_started_with(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A swap while a BatchRecommend stream is being read: the rest of the stream still comes
+    from the model it started with (docs/operations.md: calls in flight finish on their model)."""
+    b1 = make_bundle(tmp_path / "b1", bundle_id="v1")
+    b2 = make_bundle(tmp_path / "b2", bundle_id="v2", flip_clusters=True, seed=11)
+    members = b1.warm_members() * 40
+    with running_server(serving_settings(str(b1.path), redis_url, tmp_path)) as srv:
+        stream = srv.stub.BatchRecommend(
+            recommender_pb2.BatchRecommendRequest(member_ids=members, k=5), timeout=60
+        )
+        first = next(stream)
+        swapped = srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(b2.path)), timeout=30)
+        assert swapped.changed and swapped.model_version == "v2"
+        versions = {first.response.model_version} | {r.response.model_version for r in stream}
+        assert versions == {"v1"}
+        after = srv.stub.BatchRecommend(recommender_pb2.BatchRecommendRequest(member_ids=members[:3], k=5))
+        assert {r.response.model_version for r in after} == {"v2"}
