@@ -463,6 +463,17 @@ def _strip(text: Any) -> Any:
     return F.regexp_replace(text, r"(?U)^\s+|\s+$", "")
 
 
+def _whole_number(text: Any) -> Any:
+    """pipelines.cells.whole_number_id's rule: a zero fraction dropped ("12347.0" -> "12347", a
+    float id column written to CSV, or a Parquet double cast to text) while the number is below
+    2**53, where a float still holds the integer the export meant; any other id as written."""
+    from pyspark.sql import functions as F
+
+    whole = F.regexp_extract(text, r"^([+-]?[0-9]+)\.0+$", 1)
+    exact = F.abs(whole.cast("decimal(38,0)")) < F.lit(2**53)
+    return F.when((whole != "") & exact, whole).otherwise(text)
+
+
 def _nfc(text: Any) -> Any:
     """Unicode NFC, as ``recsvc.idmap.normalize_id`` (pipelines.rows.normalized_ids) gives every
     id: ICU4J's ``Normalizer.compose(s, false)``, the ICU Spark ships for its collations, called in
@@ -571,8 +582,8 @@ def check_events(
             {"_item_id": items.ids(range(len(items))), "i_row": np.arange(len(items), dtype=np.int32)}
         ),
     )
-    frame = raw.withColumn("_member", _nfc(_strip(_text("member_id")))).withColumn(
-        "_item", _nfc(_strip(_text("item_id")))
+    frame = raw.withColumn("_member", _nfc(_whole_number(_strip(_text("member_id"))))).withColumn(
+        "_item", _nfc(_whole_number(_strip(_text("item_id"))))
     )
     frame = frame.join(item_rows.hint("broadcast"), frame["_item"] == item_rows["_item_id"], "left")
     if members is not None:

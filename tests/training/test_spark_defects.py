@@ -279,3 +279,37 @@ def test_a_repeated_header_row_is_counted_alike(owner: Any, tmp_path: Path) -> N
     assert table["reason"].tolist() == ["unknown_event_type"] and table["source_row"].tolist() == ["149"]
     assert (summary["rows_read"], summary["rows_clean"], summary["rows_quarantined"]) == (301, 300, 1)
     _same_files(written, list(table.columns))
+
+
+@with_spark
+def test_float_ids_read_as_the_integers_alike(owner: Any, tmp_path: Path) -> None:
+    """Member and item ids written as floats in the events CSV (a pandas float column: "12347.0")
+    name the members file's and catalog's integer ids on both engines, as pipelines.cells rules."""
+    from training import spark_ingest
+
+    data = _folder(tmp_path, csv_events=True)
+    members = pd.read_csv(data / "members.csv", dtype=str)
+    catalog = pd.read_csv(data / "catalog.csv", dtype=str)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False).iloc[:300]
+    member_ids = {m: str(1000 + i) for i, m in enumerate(members["member_id"])}
+    item_ids = {m: str(5000 + i) for i, m in enumerate(catalog["item_id"])}
+    members["member_id"] = members["member_id"].map(member_ids)
+    catalog["item_id"] = catalog["item_id"].map(item_ids)
+    if "featured_item_ids" in catalog:
+        catalog["featured_item_ids"] = ""
+    events["member_id"] = events["member_id"].map(member_ids) + ".0"
+    events["item_id"] = events["item_id"].map(item_ids) + ".00"
+    members.to_csv(data / "members.csv", index=False)
+    catalog.to_csv(data / "catalog.csv", index=False)
+    events.to_csv(data / "events.csv", index=False)
+    settings = load_settings().data
+    pandas_prepared = prepare.prepare(prepare.load(data, settings))
+    spark_ingested = spark_ingest.load(owner.session(), data, settings, frozenset())
+    try:
+        got = spark_ingested.prepared
+        assert len(got.events) == len(pandas_prepared.events) == 300
+        assert got.members.ids(range(len(got.members))) == pandas_prepared.members.ids(
+            range(len(got.members))
+        )
+    finally:
+        spark_ingested.events.unpersist()
