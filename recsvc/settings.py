@@ -277,6 +277,13 @@ class TrainingSettings(_Section):
     # trend_weight set: that t serves whatever the holdout says. "off": not measured.
     trend: Literal["auto", "off"] = "auto"
     trend_days: int = Field(14, ge=1, le=365, description="days of events the trend prior counts")
+    new_product_days: int = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="products without interactions published this many days before the data's end "
+        "(or later) start at their group's vector, as the live catalog starts a new product; 0 = off",
+    )
     trend_weight: float | None = Field(
         None, ge=0, lt=1, description="the trend prior's weight; unset: chosen on the validation split"
     )

@@ -15,9 +15,47 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.bundle import KIND_CONTENT
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 
 log = logging.getLogger(__name__)
+DAY_S = 86_400
+NEW_PRODUCT_DAYS = 30  # training.new_product_days' default
+
+
+def fill_new_products(
+    item_factors: np.ndarray,
+    trained: np.ndarray,
+    item_kind: np.ndarray,
+    item_category: np.ndarray,
+    item_brand: np.ndarray,
+    item_published_at: np.ndarray,
+    as_of: int,
+    days: int,
+) -> tuple[np.ndarray, int]:
+    """Products without interactions published in the ``days`` before ``as_of`` or later (a
+    launch, a scheduled item) start where the live catalog starts a new product: at the vector of
+    their group's best sellers, same category and brand, else category
+    (``recsvc.catalog.view.GroupMeans``). Without it a product launched last week, recommended
+    since its creation, would lose its vector at the next retrain. Older products without
+    interactions keep a zero vector: no one wanted them, and a best seller's vector would push a
+    long tail of them into every list. Returns (factors, number of rows filled)."""
+    published = np.asarray(item_published_at, dtype=np.int64)
+    new = (item_kind == KIND_PRODUCT) & ~trained & (published > 0) & (published >= as_of - days * DAY_S)
+    if days <= 0 or not new.any() or not trained.any():
+        return item_factors, 0
+    from recsvc.catalog.view import GroupMeans
+
+    means = GroupMeans.of_arrays(item_factors, item_kind, item_category, item_brand, trained)
+    factors = np.array(item_factors, dtype=np.float32, copy=True)
+    filled = 0
+    for row in np.flatnonzero(new).tolist():
+        cat = int(item_category[row])
+        vec = means.vector(KIND_PRODUCT, cat if cat >= 0 else None, int(item_brand[row]))
+        if vec is not None:
+            factors[row] = vec
+            filled += 1
+    log.info("new products=%d filled_from_group=%d", int(new.sum()), filled)
+    return factors, filled
 
 
 def fill_fresh_content(

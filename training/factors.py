@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.coldstart import fill_fresh_content
+from training.coldstart import NEW_PRODUCT_DAYS, fill_fresh_content, fill_new_products
 from training.confidence import confidence_matrix
 from training.fit import AlsParams, FitResult, fit_als
 from training.prepare import EventArrays, Prepared
@@ -50,9 +50,12 @@ def train_factors(
     on_model: Callable[[int, Any], None] | None = None,
     spark: SparkAls | None = None,
     init: tuple[np.ndarray, np.ndarray] | None = None,
+    new_product_days: int = NEW_PRODUCT_DAYS,
 ) -> TrainedFactors:
     """``init``: (member, item) factors the implicit fit starts from (a warm start); Spark's ALS
-    has no such input and starts afresh."""
+    has no such input and starts afresh. ``new_product_days``: products without interactions
+    published that recently start at their group's vector (``training.new_product_days``,
+    training/coldstart.py)."""
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
     if spark is not None:
@@ -75,6 +78,16 @@ def train_factors(
     member_factors[~members_trained] = 0.0
     item_factors = fit.item_factors
     item_factors[~items_trained] = 0.0
+    item_factors, _ = fill_new_products(
+        item_factors,
+        items_trained,
+        prepared.item_kind,
+        prepared.item_category,
+        prepared.item_brand,
+        prepared.item_published_at,
+        as_of,
+        new_product_days,
+    )
     item_factors, filled = fill_fresh_content(
         item_factors, items_trained, prepared.item_kind, prepared.featured
     )

@@ -82,6 +82,7 @@ class Fits:
                 val.start,
                 self.params,
                 num_threads=self.t.num_threads,
+                new_product_days=self.t.new_product_days,
                 spark=self.spark,  # the engine the candidate was fitted with, at any scale
             ),
         )
@@ -267,6 +268,7 @@ def champion_score(
             data_split.start,
             params,
             num_threads=settings.training.num_threads,
+            new_product_days=settings.training.new_product_days,
             spark=spark,
         )
         metrics = evaluate.evaluate(

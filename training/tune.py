@@ -314,6 +314,7 @@ def search(
                 val.start,
                 params,
                 num_threads=t.num_threads,
+                new_product_days=t.new_product_days,
                 # Spark reports no model per iteration: its trials run to the end, unpruned.
                 on_model=None if spark is not None else checkpoint,
                 spark=spark,

@@ -77,11 +77,31 @@ class GroupMeans:
 
     def __init__(self, model: ServedModel) -> None:
         f = model.item_factors
-        kind = np.asarray(model.item_kind, dtype=np.int64)
-        cat = np.asarray(model.item_category, dtype=np.int64)
-        brand = np.asarray(model.item_brand, dtype=np.int64)
         trained = np.asarray(model.item_norms) > 0
         trained &= np.asarray(np.abs(f).sum(axis=1) > 0)
+        self._build(f, model.item_kind, model.item_category, model.item_brand, trained)
+
+    @classmethod
+    def of_arrays(
+        cls,
+        factors: np.ndarray,
+        kind: np.ndarray,
+        category: np.ndarray,
+        brand: np.ndarray,
+        trained: np.ndarray,
+    ) -> GroupMeans:
+        """The table from a training run's arrays (``trained``: the rows with interactions), so a
+        retrain starts a product without them where the live catalog started it."""
+        means = cls.__new__(cls)
+        means._build(factors, kind, category, brand, trained)
+        return means
+
+    def _build(
+        self, f: np.ndarray, kind_a: np.ndarray, cat_a: np.ndarray, brand_a: np.ndarray, trained: np.ndarray
+    ) -> None:
+        kind = np.asarray(kind_a, dtype=np.int64)
+        cat = np.asarray(cat_a, dtype=np.int64)
+        brand = np.asarray(brand_a, dtype=np.int64)
         n_b = int(brand.max(initial=0)) + 2
         n_c = int(cat.max(initial=0)) + 2
         self.by_brand = self._means(f, trained, (kind * n_c + cat) * n_b + brand)

@@ -116,7 +116,9 @@ def test_the_served_lists_are_the_ones_training_evaluated(run: Any) -> None:
             trend_weight=spec.trend_weight,
         )
         ids, scores = scorer.recommend(
-            np.array([0]), sp.csr_matrix(bundle.purchased[[row]][:, products]), N=10
+            np.array([0]),
+            sp.csr_matrix(bundle.history[[row]][:, products]),
+            N=10,  # seen items out
         )
         expected = [bundle.items.ids([int(products[i])])[0] for i in ids[0] if i >= 0]
         filters = FilterSpec(diversity=0.0, in_stock_only=False)
