@@ -1,10 +1,12 @@
 """The audit interceptor: successful calls that change personal data or the served model are
 appended to the audit log, with the caller and a pseudonymised member (never the raw id).
 
-Audited: ``Outreach/UpdateConsent`` (consent changes) and ``Recommender/ReloadModel`` (a model
-switched by an operator). ``Admin/ForgetMember`` and ``Admin/RestoreMember`` audit themselves
-(they know what they changed) and role-denied calls are audited by the auth interceptor. Runs
-after the auth interceptor, so ``current_caller`` is known.
+Audited: ``Outreach/UpdateConsent`` (consent changes), ``Recommender/ReloadModel`` (a model
+switched by an operator) and the catalog changes a person or a sync makes (``Catalog/UpsertItems``,
+``DelistItems``, ``RelistItems``: who pulled 2,000 items, with the first ids); stock changes, an
+inventory feed's thousands a minute, are not. ``Admin/ForgetMember`` and ``Admin/RestoreMember``
+audit themselves (they know what they changed) and role-denied calls are audited by the auth
+interceptor. Runs after the auth interceptor, so ``current_caller`` is known.
 """
 
 from __future__ import annotations
@@ -38,9 +40,31 @@ def _reload(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
     }
 
 
-AUDITED: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
+# Item ids listed in a catalog change's entry; the rest are counted.
+AUDITED_ITEM_IDS = 20
+
+
+def _catalog_change(event: str) -> Callable[[Any, Any], tuple[str, dict[str, Any]] | None]:
+    def describe(request: Any, response: Any) -> tuple[str, dict[str, Any]] | None:
+        applied = [r.item_id for r in response.results if r.applied]
+        if not applied:
+            return None  # nothing changed
+        return event, {
+            "applied": len(applied),
+            "failed": int(response.failed),
+            "item_ids": [i[:64] for i in applied[:AUDITED_ITEM_IDS]],
+            "more_items": max(0, len(applied) - AUDITED_ITEM_IDS),
+        }
+
+    return describe
+
+
+AUDITED: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]] | None]] = {
     "/recsvc.v1.Outreach/UpdateConsent": _consent,
     "/recsvc.v1.Recommender/ReloadModel": _reload,
+    "/recsvc.v1.Catalog/UpsertItems": _catalog_change("catalog_upsert"),
+    "/recsvc.v1.Catalog/DelistItems": _catalog_change("catalog_delist"),
+    "/recsvc.v1.Catalog/RelistItems": _catalog_change("catalog_relist"),
 }
 
 
@@ -54,7 +78,10 @@ class AuditInterceptor(MethodWrapper):
             return handler
 
         def record(request: Any, response: Any) -> Any:
-            event, fields = describe(request, response)
+            described = describe(request, response)
+            if described is None:
+                return response
+            event, fields = described
             caller = current_caller.get()
             try:
                 self._append(event, caller=caller.name if caller else "", method=method, **fields)

@@ -179,6 +179,24 @@ def test_a_stock_stream_needs_the_catalog_role_when_it_opens(srv: Secured, plant
     assert [(r.item_id, r.applied) for a in answers for r in a.results] == [(item, True)]
 
 
+def test_catalog_changes_are_audited_with_who_and_which_items(srv: Secured, planted: PlantedBundle) -> None:
+    """Who delisted which items (and relisted, upserted) is in the audit log; a stock change, an
+    inventory feed's thousands a minute, is not; a call that changed nothing leaves no entry."""
+    stub = catalog_pb2_grpc.CatalogStub(srv.channel)
+    items = planted.products()[5:7]
+    md = srv.md("stock")
+    assert stub.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=items), metadata=md, timeout=5).applied == 2
+    assert stub.RelistItems(catalog_pb2.ItemIdsRequest(item_ids=items), metadata=md, timeout=5).applied == 2
+    none = stub.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=["NOT-THERE"]), metadata=md, timeout=5)
+    assert none.applied == 0
+    stub.SetStock(catalog_pb2.SetStockRequest(item_id=items[0], in_stock=True), metadata=md, timeout=5)
+    entries = [json.loads(line) for line in srv.settings.security.audit_log.read_text().splitlines()]
+    catalog = [e for e in entries if e["event"].startswith("catalog_")]
+    got = [(e["event"], e["caller"], e["applied"], e["item_ids"]) for e in catalog]
+    assert got == [("catalog_delist", "stock", 2, items), ("catalog_relist", "stock", 2, items)]
+    assert verify(srv.settings.security.audit_log).ok
+
+
 def test_a_campaign_by_audience_query_needs_the_members_role_too(
     srv: Secured, planted: PlantedBundle
 ) -> None:
