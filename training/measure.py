@@ -212,23 +212,24 @@ def trend_candidate(fits: Fits, metrics: dict[str, float]) -> dict[str, float]:
         val = fits.validation
         val_recent = trend.item_trend(val.train, weights, val.start, t.trend_days, n_items)
         # chosen per kind, as serving divides the trend (gate.by_kind)
-        by_weight = {
-            w: gate.by_kind(
-                measured(
-                    fits.validation_fit,
-                    val,
-                    True,
-                    val_recent,
-                    w,
-                    max_members=t.tune_eval_members,
-                    kinds=gate.SERVED_KINDS,
-                )
+        per_weight = {
+            w: measured(
+                fits.validation_fit,
+                val,
+                True,
+                val_recent,
+                w,
+                max_members=t.tune_eval_members,
+                kinds=gate.SERVED_KINDS,
             )
-            or 0.0
             for w in trend.WEIGHTS
         }
+        off = trend.kinds_off(per_weight)
+        by_weight = {w: trend.with_kinds_off(per_weight, w, off) for w in trend.WEIGHTS}
         out |= {f"trend.val.ndcg_at_10.t{w:g}": v for w, v in by_weight.items()}
+        out |= {f"trend.{kind}.off": 1.0 for kind in off}
         weight = trend.choose(by_weight)
+        recent = trend.zero_kinds(recent, prepared.item_kind, off)
     else:
         weight = 0.0
     out["trend.weight"] = weight
@@ -287,8 +288,12 @@ def champion_score(
             recent = None
             if manifest.family.trend_weight:
                 days = manifest.family.trend_days or settings.training.trend_days
-                recent = trend.item_trend(
-                    data_split.train, params.event_weights, data_split.start, days, len(prepared.items)
+                recent = trend.zero_kinds(
+                    trend.item_trend(
+                        data_split.train, params.event_weights, data_split.start, days, len(prepared.items)
+                    ),
+                    prepared.item_kind,
+                    trend.off_in(manifest.metrics),
                 )
             metrics = itemknn.remeasure(
                 trained, data_split, prepared.item_kind, manifest.family, settings.training, recent

@@ -415,8 +415,10 @@ def write_bundle(
             from training import trend
 
             # the window training measured the trend over: the trend_days before the events end
-            contents.item_trend = trend.item_trend(
-                served.events, trend_weights, served.end, t.trend_days, shape[1]
+            contents.item_trend = trend.zero_kinds(
+                trend.item_trend(served.events, trend_weights, served.end, t.trend_days, shape[1]),
+                prepared.item_kind,
+                trend.off_in(metrics),
             )
         assemble.write(bundle_dir, contents)
 

@@ -43,3 +43,52 @@ def item_trend(
 def choose(by_weight: dict[float, float]) -> float:
     """The weight with the best validation NDCG@10; a tie goes to the smaller weight (0: off)."""
     return max(by_weight, key=lambda t: (by_weight[t], -t))
+
+
+def kinds_off(per_weight: Mapping[float, Mapping[str, float]]) -> frozenset[str]:
+    """The kinds whose own validation NDCG@10 is best without the prior (``per_weight``: weight ->
+    per-kind metrics): what sells now among articles need not move with what sells among products
+    (on the planted-trend test the prior lifted products 0.15 -> 0.26 and cut content 0.78 ->
+    0.46). Such a kind's trend is zeroed in the bundle, so it ranks by its family alone."""
+    from training import gate
+
+    off = set()
+    for kind in gate.SERVED_KINDS:
+        key = f"{kind}.ndcg_at_10"
+        by_weight = {w: m[key] for w, m in per_weight.items() if key in m}
+        if by_weight and choose(by_weight) == 0.0:
+            off.add(kind)
+    return frozenset(off)
+
+
+def with_kinds_off(
+    per_weight: Mapping[float, Mapping[str, float]], weight: float, off: frozenset[str]
+) -> float:
+    """The member-weighted NDCG@10 over the kinds (gate.by_kind) at ``weight``, the kinds in
+    ``off`` scored as without the prior (weight 0), as they will serve."""
+    from training import gate
+
+    merged = dict(per_weight[weight])
+    for kind in off:
+        merged |= {k: v for k, v in per_weight[0.0].items() if k.startswith(f"{kind}.")}
+    return gate.by_kind(merged) or 0.0
+
+
+def off_in(metrics: Mapping[str, float]) -> frozenset[str]:
+    """The kinds a run turned the prior off for (``trend.<kind>.off``: :func:`kinds_off`)."""
+    from training import gate
+
+    return frozenset(k for k in gate.SERVED_KINDS if metrics.get(f"trend.{k}.off"))
+
+
+def zero_kinds(trend: np.ndarray, item_kind: np.ndarray, off: frozenset[str]) -> np.ndarray:
+    """``trend`` with the items of the kinds in ``off`` at 0 (serving then finds no trend there)."""
+    if not off:
+        return trend
+    from recsvc.bundle import KIND_NAMES
+
+    out = np.array(trend, dtype=np.float32, copy=True)
+    for code, name in KIND_NAMES.items():
+        if name in off:
+            out[item_kind == code] = 0.0
+    return out

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recsvc.bundle import KIND_PRODUCT, load_bundle
+from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT, load_bundle
 from recsvc.engine.filters import FilterSpec
 from recsvc.engine.recommender import RecommendationEngine, SingleModel
 from recsvc.engine.served_model import ServedModel
@@ -92,6 +92,13 @@ def test_training_chooses_the_trend_and_the_holdout_confirms_it(run: Any) -> Non
     assert bundle.manifest.family.trend_weight == m["trend.weight"]
     assert bundle.manifest.family.trend_days == 14
     assert bundle.arrays["item_trend"].shape == (len(bundle.items),)
+    # the hot list is products: content's own figure is best without the prior, so its trend
+    # is zeroed and it ranks by the family alone, while products keep theirs
+    assert m["trend.content.off"] == 1 and "trend.product.off" not in m
+    assert m["trend.content.ndcg_at_10"] == pytest.approx(m["content.ndcg_at_10"])
+    kinds = np.asarray(bundle.arrays["item_kind"])
+    item_trend = np.asarray(bundle.arrays["item_trend"])
+    assert not item_trend[kinds == KIND_CONTENT].any() and item_trend[kinds == KIND_PRODUCT].any()
 
 
 def test_the_served_lists_are_the_ones_training_evaluated(run: Any) -> None:
