@@ -13,12 +13,14 @@ holdout effect (:mod:`training.replenish`) -> gate against the champion
 
 Reads: a data folder (or a loaded dataset) and Settings. Writes: a bundle folder (``bundle_out``
 or a temporary one), one MLflow run (params, metrics, fingerprint, counts, plots, the bundle under
-artifact path ``bundle``), a registered model version and, if the gate passes, the champion alias.
+artifact path ``bundle``), a registered model version and, if the gate passes and the champion
+is still the version it measured, the champion alias.
 Only counts reach MLflow outside the bundle: no member id is logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -237,15 +239,18 @@ def run(
                 )
                 version = None
                 if options.register:
-                    version = record.register_and_audit(
-                        client,
-                        settings,
-                        run_id=run_id,
-                        artifact_uri=active.info.artifact_uri,
-                        bundle_id=bundle_id,
-                        fingerprint=prepared.fingerprint,
-                        decision=decision,
-                    )
+                    try:
+                        version = record.register_and_audit(
+                            client,
+                            settings,
+                            run_id=run_id,
+                            artifact_uri=active.info.artifact_uri,
+                            bundle_id=bundle_id,
+                            fingerprint=prepared.fingerprint,
+                            decision=decision,
+                        )
+                    except tracking.ChampionMoved as moved:
+                        version, decision = moved.version, _stale_champion(decision, moved)
         timings = dict(steps.timings)
         timings["fit_seconds.final"] = final.fit.seconds
         return TrainingReport(
@@ -266,6 +271,28 @@ def run(
         if spark is not None:
             spark.stop()
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _stale_champion(decision: gate.GateDecision, moved: tracking.ChampionMoved) -> gate.GateDecision:
+    """The decision once the champion moved between the gate and the promotion: not promoted
+    (registered without the alias, no audit entry; training.tracking logged it), said so in the
+    active run's tags, metric ``gate.promoted`` and ``gate.json``, as a refused gate is."""
+    import mlflow
+
+    refused = dataclasses.replace(
+        decision, promote=False, forced=False, reason=moved.decision_reason(decision.reason)
+    )
+    mlflow.set_tags(
+        {
+            "model_version": moved.version,
+            tracking.STALE_CHAMPION_TAG: "true",
+            "gate.decision": refused.reason,
+            "gate.promote": "false",
+        }
+    )
+    mlflow.log_metric("gate.promoted", 0.0, step=1)
+    mlflow.log_dict(refused.as_dict() | {"stale_champion": moved.current}, "gate.json")
+    return refused
 
 
 def report_json(report: TrainingReport) -> str:

@@ -161,6 +161,9 @@ def register_and_audit(
             "data_fingerprint": fingerprint,
         },
         promote=decision.promote,
+        # the alias moves only if it still names the champion the gate measured (compare-and-set:
+        # a concurrent training may have promoted another version meanwhile)
+        expected_champion=decision.champion_version,
     )
     mlflow.set_tag("model_version", version)
     if decision.promote:

@@ -6,23 +6,71 @@ Writes: the experiment (created with ``artifact_location``), registered model ve
 ``source`` is the artifact URI of the run's ``bundle`` folder (so
 ``mlflow.artifacts.download_artifacts(artifact_uri=mv.source)`` yields a folder with
 ``manifest.json`` at its root), version tags (bundle_id, gate decision) and the alias.
+
+The alias moves by compare-and-set (:func:`register`): only if it still names the version the gate
+measured (``expected_champion``), re-read right before it is set, under a lock file next to a
+local sqlite registry (``<db>.champion.lock``) so two trainings on one store cannot both promote.
+MLflow has no transaction: on another registry (a tracking server, a database) the re-read and the
+move are two calls, and a promotion landing in the milliseconds between them is not seen.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlparse
 
 from recsvc.bundle import MANIFEST, Manifest, read_manifest
-from recsvc.errors import BundleError, ConfigError
+from recsvc.errors import BundleError, ConfigError, RecsvcError
 from recsvc.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT_PATH = "bundle"
+STALE_CHAMPION_TAG = "gate.stale_champion"
+
+
+class _Unchecked:
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+UNCHECKED: Final = _Unchecked()  # no expectation: the alias moves whatever it names (legacy callers)
+ExpectedChampion = str | None | _Unchecked
+
+
+class ChampionMoved(RecsvcError):
+    """The champion alias moved (or appeared) between the gate and the promotion: the candidate
+    was never compared with the new champion, so it is registered without the alias."""
+
+    reason = "CHAMPION_MOVED"
+
+    def __init__(self, *, version: str, expected: str | None, current: str | None) -> None:
+        self.version, self.expected, self.current = version, expected, current
+        self.rerun = f"re-run to compare against v{current}" if current is not None else "re-run to promote"
+        super().__init__(f"{self.what()} while this run trained: not promoted; {self.rerun}")
+
+    def what(self) -> str:
+        if self.expected is None:
+            return f"a champion (v{self.current}) appeared"
+        return (
+            f"champion moved from v{self.expected} to {'v' + str(self.current) if self.current else 'none'}"
+        )
+
+    def decision_reason(self, gate_reason: str) -> str:
+        """The gate decision's reason once the promotion was refused: what happened, then what
+        the gate had said against the champion it measured."""
+        was = f"v{self.expected}" if self.expected is not None else "no champion"
+        return (
+            f"stale champion: {self.what()} while this run trained; {self.rerun} "
+            f"(gate against {was}: {gate_reason})"
+        )
 
 
 def client_for(m: MlflowSettings) -> Any:
@@ -87,6 +135,43 @@ def champion(client: Any, m: MlflowSettings) -> tuple[Any, Manifest | None] | No
     return mv, manifest
 
 
+def _lock_path(m: MlflowSettings) -> Path | None:
+    """The lock file next to a local sqlite registry; None for any other registry."""
+    uri = m.registry_uri or m.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return db.with_name(f"{db.name}.champion.lock")
+
+
+@contextlib.contextmanager
+def champion_lock(m: MlflowSettings) -> Iterator[None]:
+    """Serialise the champion's compare-and-set between processes on one local sqlite store (an
+    exclusive ``flock`` on ``<db>.champion.lock``, released when the process ends); a no-op for
+    other registries."""
+    path = _lock_path(m)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def champion_version(client: Any, m: MlflowSettings) -> str | None:
+    """The version the champion alias names now, or None if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(m.model_name, m.champion_alias).version)
+    except MlflowException:
+        return None
+
+
 def register(
     client: Any,
     m: MlflowSettings,
@@ -96,8 +181,15 @@ def register(
     bundle_id: str,
     tags: dict[str, str],
     promote: bool,
+    expected_champion: ExpectedChampion = UNCHECKED,
 ) -> str:
-    """Create a model version for the bundle; move the champion alias when ``promote``."""
+    """Create a model version for the bundle; move the champion alias when ``promote``.
+
+    ``expected_champion``: the version the gate measured, None for "no champion". The alias
+    moves only if it still names it, re-read right before the move under :func:`champion_lock`;
+    otherwise the version stays registered without the alias, is tagged
+    ``gate.stale_champion=true`` / ``gate.promote=false`` and :class:`ChampionMoved` is
+    raised (no promotion happened: nothing to audit)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -114,7 +206,28 @@ def register(
         tags={"bundle_id": bundle_id, **tags},
         description=f"bundle {bundle_id}",
     )
-    if promote:
-        client.set_registered_model_alias(m.model_name, m.champion_alias, mv.version)
-        log.info("alias %s -> %s v%s", m.champion_alias, m.model_name, mv.version)
-    return str(mv.version)
+    version = str(mv.version)
+    if not promote:
+        return version
+    with champion_lock(m):
+        current = champion_version(client, m)
+        if isinstance(expected_champion, _Unchecked) or current == expected_champion:
+            client.set_registered_model_alias(m.model_name, m.champion_alias, version)
+            log.info("alias %s -> %s v%s", m.champion_alias, m.model_name, version)
+            return version
+    moved = ChampionMoved(version=version, expected=expected_champion, current=current)
+    for key, value in {
+        STALE_CHAMPION_TAG: "true",
+        "gate.promote": "false",
+        "gate.decision": moved.decision_reason(tags.get("gate.decision", "")),
+    }.items():
+        client.set_model_version_tag(m.model_name, version, key, value)
+    log.warning(
+        "event=champion_moved model=%s version=%s expected=%s current=%s %s",
+        m.model_name,
+        version,
+        expected_champion,
+        current,
+        moved.message,
+    )
+    raise moved
