@@ -33,6 +33,7 @@ __all__ = [
     "MAX_PRICE",
     "MAX_QUANTITY",
     "MEMBERS",
+    "ORDER_ID",
     "TABLES",
     "Reason",
     "TableSpec",
@@ -60,15 +61,22 @@ class TableSpec:
     columns: tuple[str, ...]
     # Columns a file may leave out; they are then treated as empty in every row.
     optional: tuple[str, ...] = ()
+    # Columns a file may add (by name or through a mapping file) that inform a check but are no
+    # part of the clean table: the events' order_id, which tells repeats from duplicates. Only
+    # the pandas reader takes them; Spark's ingest refuses them as unexpected columns.
+    extra: tuple[str, ...] = ()
 
     @property
     def required(self) -> tuple[str, ...]:
         return tuple(c for c in self.columns if c not in self.optional)
 
 
+# An order, invoice or basket id: events of different orders are never duplicates of each other.
+ORDER_ID = "order_id"
 EVENTS = TableSpec(
     "events",
     ("member_id", "item_id", "event_type", "ts", "channel", "quantity", "amount"),
+    extra=(ORDER_ID,),
 )
 CATALOG = TableSpec(
     "catalog",
@@ -186,7 +194,11 @@ FIXES: dict[str, str] = {
     Reason.UNKNOWN_MEMBER: (
         "the member is not in the clean members table: add them, fix their row, or leave the members file out"
     ),
-    Reason.DUPLICATE_EVENT: "the same event twice: the export overlaps itself (check its date ranges)",
+    Reason.DUPLICATE_EVENT: (
+        "the same event twice (all seven values, and order_id if given): the export overlaps itself "
+        "(check its date ranges); if its times are coarse (minutes, or dates only) and these are real "
+        'repeats, map the order or invoice number to order_id ([events.columns] Invoice = "order_id")'
+    ),
     Reason.DUPLICATE_ITEM: "one row per item_id",
     Reason.UNKNOWN_KIND: "kind is product or content (map yours with [catalog.values.kind])",
     Reason.MISSING_TITLE: "every item needs a title",

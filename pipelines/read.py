@@ -118,8 +118,11 @@ def _parquet_chunks(
 
     schema = _parquet_schema(path)
     renames, drop = _renames(spec, list(schema.names), mapping)
-    _check_columns(path, spec, _mapped_header(spec, list(schema.names), renames, drop, mapping))
+    _check_columns(path, spec, _mapped_header(spec, list(schema.names), renames, drop, mapping), spec.extra)
     columns = [c for c in schema.names if c not in drop and renames.get(c, c) in spec.columns]
+    columns += [
+        c for c in schema.names if c not in drop and c not in columns and renames.get(c, c) in spec.extra
+    ]
     as_dict = [c for c in dictionary if c in columns and _is_text_type(schema.field(c).type)]
     try:
         file = pq.ParquetFile(path, read_dictionary=as_dict)
@@ -159,7 +162,7 @@ def _csv_chunks(
     # The same reading options as _read_csv, chunk by chunk.
     renames, drop = _renames(spec, file_header, mapping)
     header = _mapped_header(spec, file_header, renames, drop, mapping)
-    _check_columns(path, spec, header)
+    _check_columns(path, spec, header, spec.extra)
     as_categories = [c for c in header if c in dictionary]
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -217,10 +220,11 @@ def _mapped(df: pd.DataFrame, spec: TableSpec, mapping: Mapping | None) -> pd.Da
 
 
 def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """The contract's columns in order, then the extra ones the file has (TableSpec.extra)."""
     for col in spec.optional:
         if col not in df.columns:
             df[col] = ""
-    return df[list(spec.columns)]
+    return df[[*spec.columns, *(c for c in spec.extra if c in df.columns)]]
 
 
 def _read_csv(path: Path, nrows: int | None = None, encoding: str = "utf-8") -> pd.DataFrame:
@@ -273,10 +277,12 @@ def _parquet_schema(path: Path) -> pa.Schema:
         raise DataContractError(f"cannot read {path} as Parquet: {exc}") from exc
 
 
-def _check_columns(path: Path, spec: TableSpec, columns: list[str]) -> None:
+def _check_columns(path: Path, spec: TableSpec, columns: list[str], extra: tuple[str, ...] = ()) -> None:
+    """Stop on missing, unexpected or repeated columns; ``extra`` are the spec's extra columns
+    this reader takes (TableSpec.extra: the chunked pandas reader of events)."""
     present = [str(c) for c in columns]
     missing = [c for c in spec.required if c not in present]
-    unexpected = [c for c in present if c not in spec.columns]
+    unexpected = [c for c in present if c not in spec.columns and c not in extra]
     duplicated = sorted({c for c in present if present.count(c) > 1})
     if not (missing or unexpected or duplicated):
         return
@@ -287,9 +293,10 @@ def _check_columns(path: Path, spec: TableSpec, columns: list[str]) -> None:
         parts.append(f"unexpected columns: {', '.join(repr(c) for c in unexpected)}")
     if duplicated:
         parts.append(f"repeated columns: {', '.join(duplicated)}")
+    also = f"; may add: {', '.join(extra)}" if extra else ""
     raise DataContractError(
         f"{path} has the wrong columns for the {spec.name} table; {'; '.join(parts)}. "
-        f"Expected: {', '.join(spec.columns)} (see docs/data.md)"
+        f"Expected: {', '.join(spec.columns)}{also} (see docs/data.md)"
     )
 
 

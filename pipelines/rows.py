@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class TableResult:
     # (every failed check: "reason: column='value'" joined by "; "), then the row's values as text.
     quarantine: pd.DataFrame
     encoding: str | None = None  # a CSV's encoding as read
+    # What the user should know that is no quarantined row (identical date-only events kept as
+    # repeats); in summary.json and logged
+    notes: list[str] = field(default_factory=list)
 
     @property
     def reason_counts(self) -> dict[str, int]:
@@ -90,6 +93,7 @@ class TableResult:
             "rows_quarantined": len(self.quarantine),
             "reasons": self.reason_counts,
             "problems": self.problem_summary(),
+            "notes": self.notes,
         }
 
 

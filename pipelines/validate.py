@@ -161,6 +161,7 @@ def validate_dir(
         member_ids=members.clean["member_id"] if members is not None else None,
         rows_hint=count_rows(events_path),
         channels=channels,
+        day_offset_s=_offset_s(mapping),
     )
     events.encoding = codecs["events"]
     if members is None:
@@ -168,8 +169,9 @@ def validate_dir(
     for table in (catalog, members, events):
         result.tables[table.name] = table
         log.info(
-            "validated table=%s rows=%d clean=%d quarantined=%d",
+            "validated table=%s encoding=%s rows=%d clean=%d quarantined=%d",
             table.name,
+            table.encoding or ("parquet" if table.source is not None else "-"),
             table.rows_read,
             len(table.clean),
             len(table.quarantine),
@@ -193,6 +195,16 @@ def _event_channels(settings: DataSettings, mapping: Mapping | None) -> tuple[st
     if len(channels) > MAX_EVENT_CHANNELS:
         raise DataContractError(f"{len(channels)} event channels; at most {MAX_EVENT_CHANNELS} are supported")
     return channels
+
+
+def _offset_s(mapping: Mapping | None) -> int:
+    """The mapping's ``default_offset`` in seconds (0: none, times without an offset are UTC)."""
+    offset = mapping.timestamps.default_offset if mapping else None
+    if not offset:
+        return 0
+    sign = -1 if offset.startswith("-") else 1
+    hours, minutes = offset[1:].split(":")
+    return sign * (int(hours) * 3600 + int(minutes) * 60)
 
 
 def _has_table(data_dir: Path, spec: TableSpec) -> bool:

@@ -2,6 +2,14 @@
 clean member and item ids: only compact arrays of the accepted rows are kept, and the duplicate
 check runs over all of them at the end (a 64-bit hash per row finds candidates, an exact
 comparison decides), so 50M events fit in a few GiB.
+
+Identical rows are duplicates (the export sent an event twice) only when the times could tell
+two events apart. A file whose times all carry no time of day (dates only: H&M's ``t_dat``, a
+constant date for Instacart) cannot: two units of one article bought on one day are two identical
+rows. There, identical rows are kept as the repeats they are (each trains as an event and its
+amount counts in spend), unless the file gives an ``order_id``: then the same row twice in one
+order is a duplicate. Rows with different order ids are never duplicates (docs/data.md,
+"Duplicates and repeats").
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pipelines.contract import (
     EVENTS,
     MAX_AMOUNT,
     MAX_QUANTITY,
+    ORDER_ID,
     Reason,
 )
 from pipelines.rows import (
@@ -59,11 +68,14 @@ def validate_events(
     member_ids: pd.Series | None,
     rows_hint: int | None = None,
     channels: tuple[str, ...] = EVENT_CHANNELS,
+    day_offset_s: int = 0,
 ) -> TableResult:
     """Check events chunk by chunk; ``read()`` yields the raw chunks in file order (it is called
     a second time only to fetch the raw values of duplicates). ``item_ids`` and ``member_ids``
     are the clean catalog's and members' (unique; None: no members table, every valid member id
-    is a member); ``rows_hint`` is the row count when known; ``channels`` the accepted channels."""
+    is a member); ``rows_hint`` is the row count when known; ``channels`` the accepted channels;
+    ``day_offset_s`` the offset a date without a time was read at (the mapping file's
+    ``default_offset``: its midnight is a date's start, as UTC midnight is)."""
     refs = _EventRefs(
         members=pd.Index(member_ids.astype(str) if member_ids is not None else [], dtype="str"),
         items=pd.Index(item_ids.astype(str), dtype="str"),
@@ -85,9 +97,22 @@ def validate_events(
     if refs.open_members:
         # The members are the valid ids the events named, indexed in order of first appearance.
         refs = replace(refs, members=pd.Index(list(refs.seen_members), dtype="str"))
+    grain = kept.time_grain(day_offset_s)
     repeats = kept.later_copies()
+    notes = []
+    if grain == _DAYS and not kept.has_orders:
+        # Dates only and no order id: identical rows are as likely two units bought that day as
+        # one sent twice, and dropping them would undercount purchases and spend. Kept, and said.
+        if repeats.size:
+            notes.append(
+                f"{repeats.size:,} rows repeat an earlier one exactly; the times carry no time of day "
+                "(dates only), so they are kept as repeat events, not quarantined as duplicate_event. "
+                "If the export may overlap itself, give each order's id in an order_id column"
+            )
+            log.info("events: %s", notes[-1])
+        repeats = repeats[:0]
     if repeats.size:
-        quarantines.append(_duplicate_rows(read, kept.source_rows(repeats)))
+        quarantines.append(_duplicate_rows(read, kept.source_rows(repeats), _duplicate_detail(grain, kept)))
     clean = kept.assemble(repeats, refs)
     if quarantines:
         quarantine = pd.concat(quarantines, ignore_index=True)
@@ -96,7 +121,27 @@ def validate_events(
         empty = np.zeros(0, dtype=object)
         no_rows = pd.DataFrame({c: pd.Series([], dtype="str") for c in EVENTS.columns})
         quarantine = quarantine_rows(no_rows, np.zeros(0, dtype=np.int64), empty, empty)
-    return TableResult(EVENTS.name, source, rows_read, clean, quarantine)
+    return TableResult(EVENTS.name, source, rows_read, clean, quarantine, notes=notes)
+
+
+# How fine a file's event times are (_KeptEvents.time_grain): every one a date's start, every one
+# a whole minute, or finer.
+_DAYS, _MINUTES, _FINER = "days", "minutes", ""
+_DAY_US = 86_400 * 1_000_000
+_MINUTE_US = 60 * 1_000_000
+
+
+def _duplicate_detail(grain: str, kept: _KeptEvents) -> str:
+    """What a duplicate row's detail says: which values matched, and when the times are too coarse
+    to be sure the export sent the event twice (docs/data.md, "Duplicates and repeats")."""
+    detail = "repeats an earlier accepted event"
+    if kept.has_orders:
+        detail += " of the same order_id"
+    if grain == _DAYS:
+        detail += " (the times carry no time of day)"
+    elif grain == _MINUTES and not kept.has_orders:
+        detail += " (the times carry no seconds: real repeats need an order_id)"
+    return detail
 
 
 @dataclass(frozen=True)
@@ -174,7 +219,22 @@ def _check_event_chunk(raw: pd.DataFrame, refs: _EventRefs) -> tuple[Verdicts, d
         # + 0.0 turns -0.0 into 0.0, so the two count as the same amount in the duplicate check
         "amount": amount.fillna(0.0).to_numpy() + 0.0,
     }
-    return v, {name: compact[name].astype(dtype) for name, dtype in _COMPACT.items()}
+    out = {name: compact[name].astype(dtype) for name, dtype in _COMPACT.items()}
+    if ORDER_ID in raw.columns:
+        out[_ORDER] = per_value(raw[ORDER_ID], _order_hashes)
+    return v, out
+
+
+# The compact column of an order id: a 64-bit hash of its text, read as an id is (trimmed, NFC,
+# "489434.0" is 489434). Two different order ids sharing a hash would make two otherwise identical
+# rows one event's copies: about one chance in 10^5 over 50M distinct orders, and only if all
+# seven values are equal too; a dictionary of 50M order ids would cost gigabytes instead.
+_ORDER = "order"
+
+
+def _order_hashes(text: pd.Series) -> np.ndarray:
+    ids = normalized_ids(text)
+    return pd.util.hash_array(ids.to_numpy(dtype=object)).view(np.int64)
 
 
 # _check_id_codes statuses below 0 (the others are in pipelines.rows); 0 and up is the row in the
@@ -230,13 +290,21 @@ class _KeptEvents:
 
     def __init__(self, capacity: int) -> None:
         self.size = 0
-        self.columns = {name: np.empty(max(capacity, 1), dtype=dtype) for name, dtype in _COMPACT.items()}
-        self.hashes = np.empty(max(capacity, 1), dtype=np.uint64)
+        self.capacity = max(capacity, 1)
+        # _COMPACT's columns, and _ORDER when the file has order ids; made at the first chunk
+        self.columns: dict[str, np.ndarray] = {}
+        self.hashes = np.empty(self.capacity, dtype=np.uint64)
         self.ok_bits: list[np.ndarray] = []  # np.packbits of each chunk's accepted-rows mask
         self.offsets: list[int] = []  # source row of each chunk's first row
         self.kept_offsets = [0]  # index of each chunk's first accepted row among all accepted
 
+    @property
+    def has_orders(self) -> bool:
+        return _ORDER in self.columns
+
     def add(self, compact: dict[str, np.ndarray], ok: np.ndarray, offset: int) -> None:
+        if not self.columns:
+            self.columns = {name: np.empty(self.capacity, dtype=a.dtype) for name, a in compact.items()}
         n = int(ok.sum())
         stop = self.size + n
         if stop > len(self.hashes):
@@ -263,15 +331,27 @@ class _KeptEvents:
         hashes[: self.size] = self.hashes[: self.size]
         self.hashes = hashes
 
+    def time_grain(self, day_offset_s: int) -> str:
+        """_DAYS when every accepted time is a date's start (UTC midnight, or midnight at the
+        mapping's ``default_offset``), _MINUTES when every one is a whole minute, else _FINER.
+        Per file: one time of day anywhere makes the times fine enough to tell events apart."""
+        ts = self.columns["ts"][: self.size] if self.columns else np.zeros(0, dtype=np.int64)
+        if not ts.size or np.any(ts % _MINUTE_US):
+            return _FINER
+        if not np.any(ts % _DAY_US) or not np.any((ts + day_offset_s * 1_000_000) % _DAY_US):
+            return _DAYS
+        return _MINUTES
+
     def later_copies(self) -> np.ndarray:
-        """Indices (among accepted rows, file order) of exact repeats of an earlier accepted row."""
+        """Indices (among accepted rows, file order) of exact repeats of an earlier accepted row
+        (all seven values, and the order id when the file has one)."""
         hashes = self.hashes[: self.size]
         ordered = np.sort(hashes)
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         del ordered
         if not repeated.size:
             return np.zeros(0, dtype=np.int64)
-        # Rows sharing a hash are candidates; the exact comparison of all seven values decides.
+        # Rows sharing a hash are candidates; the exact comparison of all values decides.
         candidates = np.flatnonzero(pd.Series(hashes, copy=False).isin(repeated).to_numpy(dtype=bool))
         values = pd.DataFrame({name: col[candidates] for name, col in self.columns.items()})
         return candidates[values.duplicated(keep="first").to_numpy(dtype=bool)]
@@ -299,6 +379,7 @@ class _KeptEvents:
             col = self.columns.pop(name)[: self.size]
             columns[name] = col if keep is None else col[keep]
             del col
+        self.columns.clear()  # the order ids only told repeats from duplicates
         event_types = pd.Index(list(EVENT_TYPES), dtype="str")
         channels = pd.Index(list(refs.channels), dtype="str")
         return pd.DataFrame(
@@ -322,7 +403,9 @@ def _observed_categorical(codes: np.ndarray, ids: pd.Index) -> pd.Categorical:
     return pd.Categorical.from_codes(recode[codes], categories=ids[used])
 
 
-def _duplicate_rows(read: Callable[[], Iterator[pd.DataFrame]], source_rows: np.ndarray) -> pd.DataFrame:
+def _duplicate_rows(
+    read: Callable[[], Iterator[pd.DataFrame]], source_rows: np.ndarray, detail: str
+) -> pd.DataFrame:
     """Quarantine rows for the repeats at ``source_rows``, with their values as sent (read again)."""
     wanted = np.sort(source_rows)
     parts = []
@@ -331,10 +414,6 @@ def _duplicate_rows(read: Callable[[], Iterator[pd.DataFrame]], source_rows: np.
         lo, hi = np.searchsorted(wanted, [offset, offset + len(raw)])
         if hi > lo:
             rows = wanted[lo:hi]
-            parts.append(
-                quarantine_rows(
-                    raw.iloc[rows - offset], rows, Reason.DUPLICATE_EVENT, "repeats an earlier accepted event"
-                )
-            )
+            parts.append(quarantine_rows(raw.iloc[rows - offset], rows, Reason.DUPLICATE_EVENT, detail))
         offset += len(raw)
     return pd.concat(parts, ignore_index=True)
