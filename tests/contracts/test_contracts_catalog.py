@@ -132,7 +132,7 @@ def test_a_process_started_later_reads_exactly_the_current_state(
 ) -> None:
     store = _store(redis_client)
     store.apply([Change(f"I{i}", {"price": float(i)}, False) for i in range(20)])
-    store.apply([Change("I3", {"in_stock": False}, True), Change("I4", {"listed": False}, True)])
+    store.apply([Change("I3", {"in_stock": False}, False), Change("I4", {"listed": False}, False)])
     seq, last_id, records = CatalogStore(connect(redis_url), PREFIX, feed_maxlen=1000).snapshot()
     assert seq == 22 and last_id != "0-0"
     assert records["I3"].fields == {"price": 3.0, "in_stock": False} and records["I3"].version == 21
@@ -146,7 +146,7 @@ def test_a_process_started_later_reads_exactly_the_current_state(
     later.start(wait_s=5)
     try:
         assert later.seq == 22 and dict(later.records) == records
-        store.apply([Change("I5", {"price": 55.0}, True)])
+        store.apply([Change("I5", {"price": 55.0}, False)])
         # seq moves on before records are swapped in (CatalogFollower._apply): wait for both
         within(
             1.0,
