@@ -92,11 +92,16 @@ from recsvc.bundle_manifest import (
 from recsvc.bundle_parts import (
     MEMBER_LIST_ARRAYS,
     NEIGHBOUR_ARRAYS,
+    _check_arrays,
     _check_files,
+    _check_ids,
     _check_indexes,
+    _check_manifest_values,
     _check_member_lists,
     _check_neighbours,
     _check_profiles,
+    _check_side_files,
+    _check_values,
     add_member_lists,
     add_profiles,
     drop_member_lists,
@@ -371,12 +376,18 @@ class LoadedBundle:
 
 
 def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
-    """Open a bundle. Raises BundleError naming what is wrong (missing or empty file, schema
-    mismatch, inconsistent contents)."""
+    """Open a bundle. Raises BundleError (``BAD_BUNDLE``, or ``BUNDLE_SCHEMA_MISMATCH``) naming
+    what is wrong: a missing or empty file, an unreadable one, a manifest number that is not a
+    finite number, an array of the wrong dtype or shape, a CSR whose pointers are not rising or
+    whose item rows are out of range, a side file of another type or length, inconsistent
+    optional parts. Nothing is copied: the checks over memory-mapped arrays are vectorised and
+    read the large ones (the CSR item rows, the stored lists) once, about 25 ms per 50M entries
+    (docs/bundle.md)."""
     import faiss
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    _check_manifest_values(bundle_dir, manifest)
     present_indexes = [p.name for p in sorted(bundle_dir.glob("index_*.faiss"))]
     _check_files(bundle_dir, required_files(manifest, _ARRAYS) + present_indexes)
     try:
@@ -384,8 +395,9 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         for name in _OPTIONAL_ARRAYS:
             if (bundle_dir / f"{name}.npy").is_file():
                 arrays[name] = load_array(bundle_dir / f"{name}.npy", mmap=mmap)
-        members = IdMap.load(bundle_dir / "member_ids.npy", mmap=mmap)
-        items = IdMap.load(bundle_dir / "item_ids.npy", mmap=mmap)
+        id_arrays = {
+            name: load_array(bundle_dir / name, mmap=mmap) for name in ("member_ids.npy", "item_ids.npy")
+        }
         titles = json.loads((bundle_dir / "item_titles.json").read_text())
         vocab = json.loads((bundle_dir / "vocab.json").read_text())
         segments = pd.read_parquet(bundle_dir / "segments.parquet")
@@ -396,8 +408,20 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         }
     except FileNotFoundError as exc:
         raise BundleError(f"bundle {bundle_dir} is incomplete: {exc.filename} is missing") from exc
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise BundleError(f"bundle {bundle_dir} is corrupt: {exc}") from exc
+    except Exception as exc:  # whatever a damaged file makes a reader raise: refused, not INTERNAL
+        raise BundleError(f"bundle {bundle_dir} is corrupt: {type(exc).__name__}: {exc}") from exc
+    for name, ids in id_arrays.items():
+        _check_ids(bundle_dir, name, ids)
+    members, items = IdMap(id_arrays["member_ids.npy"]), IdMap(id_arrays["item_ids.npy"])
+    n_members, n_items = len(members), len(items)
+    categories, brands = _check_side_files(bundle_dir, titles, vocab, segments, popular, n_items)
+    if ("purchased_last_ts" in arrays) != ("item_repurchase_days" in arrays):
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: replenishment arrays do not match purchases "
+            "(item_repurchase_days.npy and purchased_last_ts.npy go together)"
+        )
+    _check_arrays(bundle_dir, manifest, arrays, n_members, n_items)
+    _check_values(bundle_dir, manifest, arrays, n_items, categories, brands)
     bundle = LoadedBundle(
         path=bundle_dir,
         manifest=manifest,
@@ -405,28 +429,18 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
         items=items,
         arrays=arrays,
         item_titles=titles,
-        categories=vocab["categories"],
-        brands=vocab["brands"],
+        categories=categories,
+        brands=brands,
         segments=segments,
         popular=popular,
         indexes=indexes,
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    if arrays["member_factors"].shape[0] != len(members) or arrays["item_factors"].shape[0] != len(items):
-        raise BundleError(f"bundle {bundle_dir} is inconsistent: factor rows do not match id maps")
-    _check_member_lists(bundle_dir, manifest, arrays, len(members))
+    _check_member_lists(bundle_dir, manifest, arrays, n_members, n_items)
     _check_indexes(bundle_dir, arrays, indexes)
-    if ("purchased_last_ts" in arrays) != ("item_repurchase_days" in arrays) or (
-        "purchased_last_ts" in arrays
-        and (
-            arrays["purchased_last_ts"].shape != arrays["purchased_indices"].shape
-            or arrays["item_repurchase_days"].shape != (len(items),)
-        )
-    ):
-        raise BundleError(f"bundle {bundle_dir} is inconsistent: replenishment arrays do not match purchases")
-    _check_profiles(bundle_dir, manifest, arrays, len(members))
-    _check_neighbours(bundle_dir, manifest, arrays, len(items))
-    _check_featured(bundle_dir, arrays, len(items))
+    _check_profiles(bundle_dir, manifest, arrays, n_members, len(brands))
+    _check_neighbours(bundle_dir, manifest, arrays, n_items)
+    _check_featured(bundle_dir, arrays, n_items)
     return bundle
 
 

@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 
 from recsvc.bundle_manifest import (
+    INDEX_L2_AUGMENTED,
     KIND_NAMES,
     MANIFEST,
+    OUTLOOKS,
     PROFILE_ARRAYS,
+    VALUE_TIERS,
     Manifest,
     ProfileSpec,
     StoredListSpec,
@@ -150,7 +153,7 @@ def _check_neighbours(
 
 
 def _check_profiles(
-    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int, n_brands: int
 ) -> None:
     present = [name for name in PROFILE_ARRAYS if name in arrays]
     spec = manifest.profiles
@@ -171,6 +174,21 @@ def _check_profiles(
                 problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {want}")
     if problems:
         raise BundleError(f"bundle {bundle_dir} is inconsistent: member profiles " + "; ".join(problems))
+    assert spec is not None
+    # the codes a profile answer looks names up by (one pass over a column per member each)
+    n_tags = spec.categories + n_brands
+    for name, low, high, has in (
+        ("profile_value_tier", 0, len(VALUE_TIERS), f"there are {len(VALUE_TIERS)} value tiers"),
+        ("profile_outlook", 0, len(OUTLOOKS), f"there are {len(OUTLOOKS)} outlooks"),
+        ("profile_timezone", -1, len(spec.timezones), f"profiles.timezones has {len(spec.timezones)}"),
+        (
+            "profile_tag",
+            -1,
+            n_tags,
+            f"there are {n_tags} tags ({spec.categories} categories + {n_brands} brands)",
+        ),
+    ):
+        _check_codes(bundle_dir, arrays[name], f"{name}.npy", "code", low, high, has)
 
 
 def add_profiles(bundle_dir: Path, arrays: dict[str, np.ndarray], spec: ProfileSpec) -> None:
@@ -190,7 +208,7 @@ def add_profiles(bundle_dir: Path, arrays: dict[str, np.ndarray], spec: ProfileS
 
 
 def _check_member_lists(
-    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int, n_items: int
 ) -> None:
     present = [name for name in MEMBER_LIST_ARRAYS if name in arrays]
     if not present and manifest.member_lists is None:
@@ -208,6 +226,10 @@ def _check_member_lists(
             problems.append(f"{name} is {arr.dtype} {arr.shape}, expected {want} ({n_members}, {width})")
     if problems:
         raise BundleError(f"bundle {bundle_dir} is inconsistent: stored member lists " + "; ".join(problems))
+    # item rows (-1 = none), which serving indexes the catalog with
+    for name in ("member_list_item", "member_list_reason"):
+        has = f"the bundle has {n_items} items"
+        _check_codes(bundle_dir, arrays[name], f"{name}.npy", "item", -1, n_items, has)
 
 
 def add_member_lists(
@@ -234,3 +256,235 @@ def drop_member_lists(bundle_dir: Path) -> None:
     if manifest.member_lists is not None:
         manifest.member_lists = None
         (bundle_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+
+
+# What ``load_bundle`` checks every core array against before a swap (``_check_arrays``): the
+# dtypes it may have and its shape, in terms of the bundle's members and items, the manifest's
+# factors and the entries of the CSR it belongs to. A damaged array would otherwise load and
+# then fail every call (an IndexError, a ValueError) or, read by a compiled kernel, crash the
+# worker.
+_FLOAT, _INT, _BOOL = "float32 or float64", "an integer dtype", "bool"
+_KINDS = {_FLOAT: ("f",), _INT: ("i", "u"), _BOOL: ("b",)}
+# name -> (dtype, shape); shape entries: "members", "members+1", "items", "factors", or
+# "<csr>" for the entries of that CSR (its ``<csr>_indices`` length)
+ARRAY_SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "member_factors": (_FLOAT, ("members", "factors")),
+    "member_segment": (_INT, ("members",)),
+    "item_factors": (_FLOAT, ("items", "factors")),
+    "item_kind": (_INT, ("items",)),
+    "item_category": (_INT, ("items",)),
+    "item_brand": (_INT, ("items",)),
+    "item_price": (_FLOAT, ("items",)),
+    "item_in_stock": (_BOOL, ("items",)),
+    "item_published_at": (_INT, ("items",)),
+    "history_indptr": (_INT, ("members+1",)),
+    "history_indices": (_INT, ("history",)),
+    "history_data": (_FLOAT, ("history",)),
+    "purchased_indptr": (_INT, ("members+1",)),
+    "purchased_indices": (_INT, ("purchased",)),
+    # optional (checked when present; bundle.py checks they come together)
+    "item_repurchase_days": (_FLOAT, ("items",)),
+    "purchased_last_ts": (_INT, ("purchased",)),
+}
+# The CSR matrices [members x items] whose indices serving reads item rows through.
+CSR_ARRAYS = ("history", "purchased")
+# The columns serving reads from the tables (recsvc/engine/served_model.py, recsvc/members/view.py).
+POPULAR_COLUMNS = ("segment", "channel", "kind", "rank", "item_id", "score")
+SEGMENT_COLUMNS = ("member_id",)
+# Manifest params serving computes with (recsvc/engine/served_model.py): numbers when present.
+_NUMBER_PARAMS = ("regularization", "alpha", "half_life_days", "iterations", "factors")
+
+
+def _dtype_ok(arr: np.ndarray, want: str) -> bool:
+    if arr.dtype.kind not in _KINDS[want]:
+        return False
+    # numba's kernels and the FAISS copies take float32 and float64, not float16
+    return want != _FLOAT or arr.dtype.itemsize >= 4
+
+
+def _check_arrays(
+    bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray], n_members: int, n_items: int
+) -> None:
+    """Every array of ``ARRAY_SHAPES`` present: its dtype kind and its shape against the id maps,
+    the manifest's factor count and its CSR (all problems at once, each naming its file)."""
+    dims = {"members": n_members, "members+1": n_members + 1, "items": n_items, "factors": manifest.factors}
+    problems = []
+    for name, (dtype, shape) in ARRAY_SHAPES.items():
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        if any(d in CSR_ARRAYS for d in shape):
+            # an entry per CSR entry: as many as the CSR's indices (checked before, as 1-D)
+            indices = arrays.get(f"{shape[0]}_indices")
+            if name == f"{shape[0]}_indices" or indices is None or indices.ndim != 1:
+                want: tuple[int, ...] | None = None  # the indices themselves: any length
+            else:
+                want = (int(indices.shape[0]),)
+        else:
+            want = tuple(dims[d] for d in shape)
+        wrong_shape = arr.ndim != len(shape) if want is None else arr.shape != want
+        if not _dtype_ok(arr, dtype) or wrong_shape:
+            expected = f"{len(shape)}-D" if want is None else str(want)
+            problems.append(f"{name}.npy is {arr.dtype} {arr.shape}, expected {dtype} {expected}")
+    if problems:
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: " + "; ".join(problems) + f" ({n_members} members, "
+            f"{n_items} items, {manifest.factors} factors)"
+        )
+
+
+def _value_range(arr: np.ndarray) -> tuple[int, int] | None:
+    """(min, max) of an integer array, None when empty: two vectorised passes over it, no copy
+    (a memory-mapped array is read once from disk; about 25 ms per 50M int32 entries)."""
+    if arr.size == 0:
+        return None
+    return int(arr.min()), int(arr.max())
+
+
+def _check_codes(
+    bundle_dir: Path, arr: np.ndarray, file: str, what: str, low: int, high: int, has: str
+) -> None:
+    """``arr``'s values lie in [low, high); else BAD_BUNDLE naming the file and the bad value."""
+    found = _value_range(arr)
+    if found is None:
+        return
+    for value in found:
+        if not low <= value < high:
+            raise BundleError(f"bundle {bundle_dir} is inconsistent: {file} holds {what} {value}, {has}")
+
+
+def _check_csr(bundle_dir: Path, prefix: str, arrays: dict[str, np.ndarray], n_items: int) -> None:
+    """A [members x items] CSR (shapes checked before): the row pointer starts at 0, never falls
+    and ends at the number of entries; every column is an item row. The compiled kernels read
+    these rows without bounds checks: an item past the end crashed the worker (SIGSEGV)."""
+    indptr, indices = arrays[f"{prefix}_indptr"], arrays[f"{prefix}_indices"]
+    where = f"bundle {bundle_dir} is inconsistent: {prefix}_indptr.npy"
+    if int(indptr[0]) != 0:
+        raise BundleError(f"{where} starts at {int(indptr[0])}, not 0")
+    falls = indptr[1:] < indptr[:-1]  # a bool per member, no copy of the pointers
+    if falls.any():
+        row = int(np.argmax(falls))
+        raise BundleError(
+            f"{where} is not monotone: member row {row + 1} starts at {int(indptr[row + 1])}, "
+            f"before row {row}'s {int(indptr[row])}"
+        )
+    if int(indptr[-1]) != indices.shape[0]:
+        raise BundleError(
+            f"{where} ends at {int(indptr[-1])}, {prefix}_indices.npy holds {indices.shape[0]} entries"
+        )
+    _check_codes(
+        bundle_dir, indices, f"{prefix}_indices.npy", "item", 0, n_items, f"the bundle has {n_items} items"
+    )
+
+
+def _check_ids(bundle_dir: Path, name: str, ids: np.ndarray) -> None:
+    """An id map's array: 1-D UTF-8 bytes, strictly ascending (row look-ups are binary searches;
+    about 10 ms per million ids)."""
+    if ids.dtype.kind != "S" or ids.ndim != 1:
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: {name} is {ids.dtype} {ids.shape}, expected 1-D bytes ids"
+        )
+    if ids.shape[0] > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: {name} is not sorted and unique")
+
+
+def _check_manifest_values(bundle_dir: Path, manifest: Manifest) -> None:
+    """The manifest numbers serving computes with are finite numbers: the params of the member
+    solve, every number in ``params.event_weights``, ``fold_in``, and the norm of each
+    norm-augmented index. A string there used to fail the load with INTERNAL instead of
+    BAD_BUNDLE, a NaN every fold-in."""
+    problems = []
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+    params = manifest.params
+    for key in _NUMBER_PARAMS:
+        if key in params and not number(params[key]):
+            problems.append(f"params.{key} is {params[key]!r}, expected a finite number")
+    weights = params.get("event_weights", {})
+    if not isinstance(weights, dict):
+        problems.append(f"params.event_weights is {weights!r}, expected event type -> weight")
+    else:
+        problems += [
+            f"params.event_weights.{k} is {v!r}, expected a finite number"
+            for k, v in weights.items()
+            if not number(v)
+        ]
+    for key, value in manifest.fold_in.model_dump().items():
+        if not number(value):
+            problems.append(f"fold_in.{key} is {value!r}, expected a finite number")
+    if manifest.factors < 1:
+        problems.append(f"factors is {manifest.factors}, expected at least 1")
+    if not manifest.segments:
+        problems.append("segments is empty, expected the lifecycle stage names")
+    for kind in KIND_NAMES.values():
+        info = manifest.index.get(kind)
+        if (
+            isinstance(info, dict)
+            and info.get("type") == INDEX_L2_AUGMENTED
+            and not number(info.get("max_norm"))
+        ):
+            problems.append(f"index.{kind}.max_norm is {info.get('max_norm')!r}, expected a finite number")
+    if problems:
+        raise BundleError(f"bundle {bundle_dir} is inconsistent: {MANIFEST} " + "; ".join(problems))
+
+
+def _check_side_files(
+    bundle_dir: Path, titles: Any, vocab: Any, segments: Any, popular: Any, n_items: int
+) -> tuple[list[str], list[str]]:
+    """``item_titles.json`` a list of one string per item, ``vocab.json`` an object with the lists
+    of strings ``categories`` and ``brands`` (returned), the tables with the columns serving
+    reads."""
+    where = f"bundle {bundle_dir} is inconsistent:"
+    if not isinstance(titles, list) or len(titles) != n_items:
+        got = f"a list of {len(titles)}" if isinstance(titles, list) else f"a JSON {type(titles).__name__}"
+        raise BundleError(
+            f"{where} item_titles.json holds {got}, expected a list of {n_items} titles (one per item)"
+        )
+    if not all(isinstance(t, str) for t in titles):
+        raise BundleError(f"{where} item_titles.json holds a title that is not a string")
+    names: dict[str, list[str]] = {}
+    for key in ("categories", "brands"):
+        value = vocab.get(key) if isinstance(vocab, dict) else None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BundleError(f"{where} vocab.json has no list of strings {key!r}")
+        names[key] = value
+    for file, table, columns in (
+        ("segments.parquet", segments, SEGMENT_COLUMNS),
+        ("popular.parquet", popular, POPULAR_COLUMNS if len(popular) else ()),
+    ):
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise BundleError(f"{where} {file} lacks the columns {missing}")
+    return names["categories"], names["brands"]
+
+
+def _check_values(
+    bundle_dir: Path,
+    manifest: Manifest,
+    arrays: dict[str, np.ndarray],
+    n_items: int,
+    categories: list[str],
+    brands: list[str],
+) -> None:
+    """What the shapes cannot say (after ``_check_arrays``): the CSR pointers and item rows, and
+    every code in range of the list it indexes (the MMR kernel sizes its counts by category)."""
+    for prefix in CSR_ARRAYS:
+        _check_csr(bundle_dir, prefix, arrays, n_items)
+    n_seg = len(manifest.segments)
+    _check_codes(
+        bundle_dir,
+        arrays["member_segment"],
+        "member_segment.npy",
+        "segment",
+        0,
+        n_seg,
+        f"{MANIFEST} names {n_seg} segments",
+    )
+    for name, what, key, vocab in (
+        ("item_category", "category", "categories", categories),
+        ("item_brand", "brand", "brands", brands),
+    ):
+        has = f"vocab.json has {len(vocab)} {key}"
+        _check_codes(bundle_dir, arrays[name], f"{name}.npy", what, 0, len(vocab), has)

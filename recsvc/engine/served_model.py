@@ -35,6 +35,7 @@ from recsvc.engine.entries import ItemEntries
 from recsvc.engine.itemknn_source import Neighbours
 from recsvc.engine.replenish import DAY_S, due_mask, due_windows
 from recsvc.engine.trend_source import Trend
+from recsvc.errors import BundleError, RecsvcError
 from recsvc.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -204,13 +205,24 @@ class ServedModel:
     def load(
         cls, path: Path, version: str, source_uri: str, hnsw_ef_search: int = 128, prefault: bool = False
     ) -> ServedModel:
-        return cls(
-            load_bundle(path),
-            version=version,
-            source_uri=source_uri,
-            hnsw_ef_search=hnsw_ef_search,
-            prefault=prefault,
-        )
+        bundle = load_bundle(path)
+        try:
+            return cls(
+                bundle,
+                version=version,
+                source_uri=source_uri,
+                hnsw_ef_search=hnsw_ef_search,
+                prefault=prefault,
+            )
+        except (RecsvcError, MemoryError):
+            raise
+        except Exception as exc:
+            # load_bundle's checks should leave nothing here to fail; if a bundle still does, it
+            # is refused (BAD_BUNDLE, the old model keeps serving), not an INTERNAL reload
+            log.warning("event=bundle_unservable path=%s", path, exc_info=True)
+            raise BundleError(
+                f"bundle {path} cannot be served: {type(exc).__name__}: {exc}", reason="BAD_BUNDLE"
+            ) from exc
 
     # ---- members -------------------------------------------------------------------------
     def member_row(self, member_id: str) -> int | None:
