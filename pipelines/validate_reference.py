@@ -69,6 +69,13 @@ def validate_catalog(raw: pd.DataFrame, source: Path, settings: DataSettings) ->
     published_at = timestamps(raw["published_at"])
     published_bad = unparsable(raw["published_at"], published_at)
     v.flag(published_bad, Reason.BAD_TIMESTAMP, "published_at")
+    # the live catalog stores it as seconds since 1970 (0 = unknown) and refuses earlier times:
+    # a file the service would refuse in `catalog sync` is refused here, before a dry run says yes
+    v.flag(
+        (published_at < pd.Timestamp(1970, 1, 1, tz="UTC")).to_numpy(dtype=bool),
+        Reason.BAD_TIMESTAMP,
+        "published_at",
+    )
     v.flag(
         is_content & published_at.isna().to_numpy(dtype=bool) & ~published_bad,
         Reason.MISSING_PUBLISHED_AT,

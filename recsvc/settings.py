@@ -373,7 +373,8 @@ class MlflowSettings(_Section):
 class Variant(_Section):
     """An A/B variant: members whose stable hash falls in its share get the model under ``alias``."""
 
-    name: str = Field(min_length=1, max_length=32)
+    # a name as metrics labels, key=value logs and report headings can hold unquoted
+    name: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")
     alias: str = Field(min_length=1, max_length=64)
     share: float = Field(gt=0, le=1)
 

@@ -83,6 +83,15 @@ def test_variant_shares_must_sum_to_one() -> None:
         load_settings(overrides={"serving": {"variants": [{"name": "a", "alias": "champion", "share": 0.5}]}})
 
 
+def test_a_variant_name_is_one_a_log_line_or_label_can_hold() -> None:
+    """A variant name goes into key=value log lines, metric labels and report headings: a space
+    or '=' in it would forge a key in the log."""
+    one = {"alias": "champion", "share": 1.0}
+    with pytest.raises(ConfigError, match="name"):
+        load_settings(overrides={"serving": {"variants": [{"name": "b x=1", **one}]}})
+    assert load_settings(overrides={"serving": {"variants": [{"name": "spring-2026_b.v2", **one}]}})
+
+
 def test_the_catalog_writer_needs_its_own_port() -> None:
     with pytest.raises(ConfigError, match=r"catalog\.writer_port 7000 is serving\.port"):
         load_settings(overrides={"serving": {"port": 7000}, "catalog": {"writer_port": 7000}})

@@ -236,6 +236,7 @@ def _catalog_with(index: int, **changes: str) -> list[dict[str, str]]:
         (1, {"in_stock": "maybe"}, Reason.BAD_IN_STOCK),
         (1, {"in_stock": ""}, Reason.BAD_IN_STOCK),
         (1, {"published_at": "soon"}, Reason.BAD_TIMESTAMP),
+        (1, {"published_at": "1965-03-01T00:00:00Z"}, Reason.BAD_TIMESTAMP),  # the service refuses it
         (1, {"featured_item_ids": "P1"}, Reason.FEATURED_ON_PRODUCT),
         (2, {"published_at": ""}, Reason.MISSING_PUBLISHED_AT),
         (2, {"featured_item_ids": "P1|P 2"}, Reason.BAD_FEATURED_ID),
