@@ -87,6 +87,10 @@ class AbReport:
     comparisons: list[Comparison] = field(default_factory=list)
     srm_p: float = math.nan
     expected_shares: dict[str, float] = field(default_factory=dict)
+    # served in the period but not configured now (renamed or removed), and members shown more
+    # than one variant (counted in each): either mixes arms, which the verdict says
+    unconfigured: list[str] = field(default_factory=list)
+    crossed_members: int = 0
     verdict: str = ""
     empty_reason: str = ""
 
@@ -103,6 +107,8 @@ class AbReport:
                 "verdict": self.verdict,
                 "sample_ratio_mismatch_p": self.srm_p,
                 "expected_shares": self.expected_shares,
+                "unconfigured_variants": self.unconfigured,
+                "members_shown_several_variants": self.crossed_members,
                 "variants": [
                     {
                         "variant": v.variant,
@@ -158,6 +164,9 @@ def ab_report(frames: LogFrames, expected_shares: dict[str, float] | None = None
         names = [n for n in expected_shares if n in set(names)] + [
             n for n in names if n not in expected_shares
         ]
+    if expected_shares:
+        report.unconfigured = [n for n in names if n not in expected_shares]
+    report.crossed_members = int((imps.groupby("member")["variant"].nunique() > 1).sum())
     revenue: dict[str, np.ndarray] = {}
     for name in names:
         shown = imps[imps["variant"] == name]
@@ -203,6 +212,17 @@ def _ab_verdict(r: AbReport) -> str:
     missing = [n for n, share in r.expected_shares.items() if share > 0 and n not in served]
     if missing:
         parts.append(f"configured but served to no one in this period: {', '.join(missing)}")
+    if r.unconfigured:
+        parts.append(
+            f"served in this period but not configured now: {', '.join(r.unconfigured)} (renamed or "
+            "removed?); the sample-ratio check covers the configured variants only"
+        )
+    if r.crossed_members:
+        parts.append(
+            f"{r.crossed_members} members were shown more than one variant (a variant renamed or "
+            "reshared during the period?): they count in each, so the arms are not independent; "
+            "report a period after the change"
+        )
     if not math.isnan(r.srm_p) and r.srm_p < SRM_ALPHA:
         parts.append(
             f"SAMPLE RATIO MISMATCH (p={r.srm_p:.2g}): members did not split as configured; "

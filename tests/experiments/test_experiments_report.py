@@ -127,6 +127,23 @@ def test_a_configured_variant_that_served_no_one_is_a_mismatch() -> None:
     assert "only one variant (b)" in alone.verdict
 
 
+def test_a_variant_renamed_mid_period_is_said_not_compared_silently() -> None:
+    """Variant b renamed to b2 for each member's last list: b2 is served but not configured, and
+    its members also appear under b. The verdict says both, with counts."""
+    log = ab_log({"a": 0.06, "b": 0.06}, 3000, seed=5)
+    imps = log.impressions.copy()
+    later = (imps["variant"] == "b") & imps["recommendation_id"].str.endswith("-2")
+    imps.loc[later, "variant"] = "b2"
+    renamed = ab_report(LogFrames(imps, log.events, log.decisions), {"a": 0.5, "b": 0.5})
+    crossed = int(imps[imps["variant"] == "b2"]["member"].nunique())
+    assert renamed.unconfigured == ["b2"] and renamed.crossed_members == crossed > 1000
+    assert "served in this period but not configured now: b2" in renamed.verdict
+    assert f"{crossed} members were shown more than one variant" in renamed.verdict
+    clean = ab_report(log, {"a": 0.5, "b": 0.5})
+    assert clean.unconfigured == [] and clean.crossed_members == 0
+    assert "more than one variant" not in clean.verdict
+
+
 def test_tiny_arms_and_constant_revenue_get_no_certain_looking_intervals() -> None:
     tiny = ab_report(ab_log({"a": 0.5, "b": 0.5}, 12, seed=5), {"a": 0.5, "b": 0.5})
     assert "fewer than 30 members" in tiny.verdict
