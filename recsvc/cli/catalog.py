@@ -87,9 +87,10 @@ def stock(
     """Mark a product in or out of stock."""
     from recsvc.v1 import catalog_pb2
 
-    if level not in ("in", "out"):
-        raise typer.BadParameter("in or out", param_hint="LEVEL")
-    req = catalog_pb2.SetStockRequest(item_id=item_id, in_stock=level == "in")
+    in_stock = _LEVELS.get(level.strip().lower())  # the words stock-feed takes, in any case
+    if in_stock is None:
+        raise typer.BadParameter("in or out (or 1/0, true/false)", param_hint="LEVEL")
+    req = catalog_pb2.SetStockRequest(item_id=item_id, in_stock=in_stock)
     _print_results(_call(_stub(ctx, target, api_key).SetStock, req, 5.0))
 
 
@@ -158,7 +159,11 @@ def stock_feed(
                 else:
                     skip(number, "expected ITEM_ID,in|out")
                 continue
-            yield catalog_pb2.StockChange(item_id=row[0].strip(), in_stock=_LEVELS[level])
+            # an id a spreadsheet quoted ("P1",out): the quotes are not part of it (an id holds no '"')
+            item_id = row[0].strip()
+            if len(item_id) >= 2 and item_id[0] == item_id[-1] == '"':
+                item_id = item_id[1:-1].strip()
+            yield catalog_pb2.StockChange(item_id=item_id, in_stock=_LEVELS[level])
 
     applied = failed = 0
     if source == "-" and sys.stdin is None:

@@ -450,8 +450,11 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     within(1.0, lambda: catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-000")).price == 55.0, "price")
     got = runner.invoke(app, ["catalog", "get", "NEW-CLI", "--target", server.target])
     assert got.exit_code == 0 and '"origin": "new"' in got.output, got.output
-    sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "out", "--target", server.target])
-    assert sold.exit_code == 0 and "applied=1" in sold.output
+    sold = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "OUT", "--target", server.target])
+    assert sold.exit_code == 0 and "applied=1" in sold.output  # the words stock-feed takes, any case
+    within(1.0, lambda: not catalog.GetItem(catalog_pb2.GetItemRequest(item_id="NEW-CLI")).in_stock, "out")
+    odd = runner.invoke(app, ["catalog", "stock", "NEW-CLI", "outt", "--target", server.target])
+    assert odd.exit_code == 2
     gone = runner.invoke(app, ["catalog", "delist", "NOPE", "--target", server.target])
     assert "ITEM_NOT_FOUND" in gone.output and gone.exit_code == 1  # a refused change: exit 1
 

@@ -197,8 +197,8 @@ def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
     a, b = planted.products(cluster=1)[4:6]
     feed = tmp_path / "stock.csv"
     feed.write_bytes(
-        f"{a},out\n\n{b},OUT\nNOPE,in\n{a},maybe\njust-an-id\n{a},in\n".encode() + b"\xff\xfe,out\n"
-    )
+        f'{a},out\n\n"{b}",OUT\nNOPE,in\n{a},maybe\njust-an-id\n{a},in\n'.encode() + b"\xff\xfe,out\n"
+    )  # a spreadsheet's quotes around b are not part of its id
     with _server(planted, redis_backend, tmp_path, linger_ms=0) as s:
         result = CliRunner().invoke(
             app, ["catalog", "stock-feed", str(feed), "--target", s.target], env={"COLUMNS": "200"}
