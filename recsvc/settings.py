@@ -603,6 +603,13 @@ class EventLogSettings(_Section):
         20_000, ge=10, description="impressions waiting in memory per process; more are dropped (counted)"
     )
     flush_interval_ms: int = Field(100, ge=5, le=10_000, description="impressions are written this often")
+    flush_timeout_ms: int = Field(
+        1000,
+        ge=10,
+        le=30_000,
+        description="how long the background write of buffered impressions waits for Redis before "
+        "the batch is dropped (counted); no call waits on it",
+    )
     sink_batch: int = Field(5000, ge=1, le=100_000, description="entries per stream read by the sink")
     sink_block_ms: int = Field(1000, ge=0, le=60_000, description="the sink waits this long for new entries")
     sink_flush_s: float = Field(

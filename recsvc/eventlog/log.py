@@ -121,7 +121,12 @@ class EventLog:
         settings: Settings,
         metrics: EventLogMetrics,
         clock: Callable[[], float] = time.time,
+        flush_client: RedisClient | None = None,
     ) -> None:
+        """``flush_client``: the client the background flush writes buffered impressions with
+        (``events.flush_timeout_ms``): no call waits on it, so it may wait longer than the hot
+        path's 50 ms, which a loaded machine exceeds and which dropped whole batches as
+        ``redis_down`` while Redis was up. Default: ``client``."""
         e = settings.events
         self._client = client
         self._prefix = settings.redis.key_prefix
@@ -141,6 +146,11 @@ class EventLog:
         self._in_flight: list[list[tuple[str, str, dict[str, Any]]]] = []
         self._append = ScriptRunner(client, _APPEND_SCRIPT)
         self._remember = ScriptRunner(client, _RECENT_SCRIPT)
+        background = flush_client or client
+        self._flush_runners = (
+            ScriptRunner(background, _APPEND_SCRIPT),
+            ScriptRunner(background, _RECENT_SCRIPT),
+        )
         self._breaker = CircuitBreaker("eventlog", 1, settings.redis.reconnect_interval_ms / 1000)
         self._breaker.add_listener(self._state_changed)
         self._stop = threading.Event()
@@ -224,7 +234,7 @@ class EventLog:
                 pass
             if not batch:
                 return 0
-            return self._write(batch)
+            return self._write(batch, self._flush_runners)
         finally:
             self._in_flight.remove(batch)
 
@@ -240,7 +250,13 @@ class EventLog:
                 record.setdefault("model_version", "")
         return self._write(batch) if batch else 0
 
-    def _write(self, batch: list[tuple[str, str, dict[str, Any]]]) -> int:
+    def _write(
+        self,
+        batch: list[tuple[str, str, dict[str, Any]]],
+        runners: tuple[ScriptRunner, ScriptRunner] | None = None,
+    ) -> int:
+        """``runners``: (append, remember) on the client to write with; default the hot path's."""
+        append, remember = runners or (self._append, self._remember)
         if not self._breaker.allow():
             self._dropped(batch, "redis_down")
             return len(batch)
@@ -267,7 +283,7 @@ class EventLog:
                 )
         keys = list(streams)
         try:
-            appended = self._append.call_many([((key,), streams[key]) for key in keys])
+            appended = append.call_many([((key,), streams[key]) for key in keys])
         except _REDIS_DOWN as exc:
             self._breaker.failure()
             self._dropped(batch, "redis_down", exc)
@@ -285,20 +301,20 @@ class EventLog:
             log.warning(
                 "event=eventlog_dropped records=%d kind=%s error=%s %s", n, kind, type(reply).__name__, reply
             )
-        down |= self._remember_impressions(recent)
+        down |= self._remember_impressions(recent, remember)
         if down:
             self._breaker.failure()
         else:
             self._breaker.success()
         return len(batch)
 
-    def _remember_impressions(self, recent: list[Call]) -> bool:
+    def _remember_impressions(self, recent: list[Call], remember: ScriptRunner) -> bool:
         """Write the members' recent impressions (attribution without a recommendation id); True
         when Redis was unavailable for any. Losing some only weakens attribution: logged."""
         if not recent:
             return False
         try:
-            replies = self._remember.call_many(recent, shared=(self._recent_max - 1, self._window))
+            replies = remember.call_many(recent, shared=(self._recent_max - 1, self._window))
         except _REDIS_DOWN as exc:
             replies = [exc] * len(recent)
         failed = [r for r in replies if isinstance(r, Exception)]

@@ -43,7 +43,7 @@ from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.resolve import ModelResolver
 from recsvc.models.served import ServedModels
 from recsvc.realtime import REALTIME_SUFFIXES, RealtimeStore, make_redis_client
-from recsvc.redis_client import RedisClient
+from recsvc.redis_client import RedisClient, connect
 from recsvc.security.wiring import secure_deps
 from recsvc.server.aio_host import AioServerHost
 from recsvc.server.decoding import RequestDecoding
@@ -158,8 +158,12 @@ def build_deps(
         deps.on_close.append(active.stop)  # before the client closes under it
     deps.on_close.append(realtime.close)
     if settings.events.enabled and not catalog_only:
-        deps.event_log = EventLog(client, settings, EventLogMetrics(metrics.registry)).start()
+        flush_client = connect(settings.redis.url, timeout_s=settings.events.flush_timeout_ms / 1000)
+        deps.event_log = EventLog(
+            client, settings, EventLogMetrics(metrics.registry), flush_client=flush_client
+        ).start()
         deps.on_close.append(deps.event_log.close)  # flushes what is buffered
+        deps.on_close.append(flush_client.close)  # in order: after that last flush
     deps.reload_broadcast = ReloadBroadcast(client, settings.redis.key_prefix, models)
     deps.reload_broadcast.start()
     deps.on_close.append(deps.reload_broadcast.stop)

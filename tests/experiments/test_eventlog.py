@@ -203,6 +203,33 @@ def test_the_buffer_is_bounded_and_counts_what_it_drops(redis_url: str) -> None:
     assert elog.flush() == 10
 
 
+def test_the_background_flush_waits_out_a_stall_the_hot_path_would_not(redis_url: str) -> None:
+    """Redis stalls 300 ms (a loaded machine, a slow fork): the buffered impressions' flush,
+    on its own client with events.flush_timeout_ms, waits it out and writes them; on the hot
+    path's 50 ms client the same flush dropped the batch as redis_down while Redis was up."""
+    from recsvc.redis_client import connect
+
+    settings = load_settings(overrides={"redis": {"url": redis_url}})
+    hot = connect(redis_url, timeout_s=0.05)
+    outcomes = {}
+    for name, flush_client in (("own client", connect(redis_url, timeout_s=1.0)), ("hot client", None)):
+        metrics = EventLogMetrics(CollectorRegistry())
+        elog = EventLog(hot, settings, metrics, flush_client=flush_client)  # not started: flushed here
+        elog.impression(
+            "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
+        )
+        pauser = redis.Redis.from_url(redis_url)
+        pauser.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+        elog.flush()
+        outcomes[name] = (
+            metrics.written.labels("impression")._value.get(),
+            metrics.dropped.labels("impression", "redis_down")._value.get(),
+        )
+        time.sleep(0.35)
+        pauser.close()
+    assert outcomes == {"own client": (1, 0), "hot client": (0, 1)}
+
+
 class _FailingOver:
     """A client of a cluster whose primary died and whose replica is not yet promoted: every
     command answers CLUSTERDOWN (a redis.ResponseError, not a ConnectionError)."""
@@ -224,6 +251,7 @@ def test_a_cluster_failing_over_counts_as_redis_down_not_a_crash(redis_url: str)
     metrics = EventLogMetrics(CollectorRegistry())
     elog = EventLog(_FailingOver(), settings, metrics)  # type: ignore[arg-type]
     elog._append = elog._remember = _ScriptsWithoutPrimary()  # type: ignore[assignment]
+    elog._flush_runners = (_ScriptsWithoutPrimary(), _ScriptsWithoutPrimary())  # type: ignore[assignment]
     elog.impression(
         "r1", "M1", variant="a", model_version="v", scene="", channel="", items=["P1"], source="s"
     )
@@ -377,10 +405,10 @@ def test_a_click_while_its_list_is_being_written_is_attributed(
     taken, release = threading.Event(), threading.Event()
     real_write = elog._write
 
-    def held_write(batch: Any) -> int:
+    def held_write(batch: Any, *runners: Any) -> int:
         taken.set()
         release.wait(5)
-        return real_write(batch)
+        return real_write(batch, *runners)
 
     monkeypatch.setattr(elog, "_write", held_write)
     elog.impression(
