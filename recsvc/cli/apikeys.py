@@ -62,7 +62,7 @@ def create(
         dir_okay=False,
     ),
 ) -> None:
-    """Create a new API key. stdout: only its [[caller]] entry, for `>> keys.toml`; the key: stderr
+    """Create a new API key. stdout: only its \\[\\[caller]] entry, for `>> keys.toml`; the key: stderr
     (shown once) or --key-out FILE."""
     from pydantic import ValidationError
 
