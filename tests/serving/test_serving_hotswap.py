@@ -267,7 +267,8 @@ def test_the_reload_notice_waits_out_a_brief_redis_stall(redis_url: str, tmp_pat
         admin.execute_command("CLIENT", "PAUSE", "400", "WRITE")  # PUBLISH waits ~400 ms
         with pytest.raises(redis.TimeoutError):
             hot_path.publish("recsvc-test-probe", "x")  # what the notice used to go through
-        assert broadcast.publish("/some/bundle") == 1
+        # at least this listener (the session's Redis may hold other tests' servers' listeners)
+        assert broadcast.publish("/some/bundle") >= 1
         message = listener.get_message(timeout=5)
         assert message is not None and b"/some/bundle" in message["data"]
     finally:
