@@ -10,34 +10,18 @@ serves the module.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import shutil
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from spark_support import HAVE_SPARK, NO_SPARK, with_spark
 
 from recsvc.errors import DataContractError
 from recsvc.security.privacy import apply_erasures
 from recsvc.settings import load_settings
 from training import prepare
-
-HAVE_SPARK = importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
-NO_SPARK = "Spark needs pyspark (recsvc[spark]) and java on the PATH"
-
-
-def with_spark(test: Any) -> Any:
-    """Real Spark in local mode: slow (a JVM start), skipped without Java or pyspark."""
-    for mark in (
-        pytest.mark.skipif(not HAVE_SPARK, reason=NO_SPARK),
-        pytest.mark.slow,
-        pytest.mark.integration,
-    ):
-        test = mark(test)
-    return test
-
 
 # A JVM start plus a dozen small Spark jobs per reader: minutes when the 2 cores are shared.
 pytestmark = pytest.mark.timeout(900)

@@ -8,7 +8,6 @@ clean-up test needs pyspark but no JVM. Without Java or pyspark the Spark tests 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from spark_support import HAVE_SPARK, NO_SPARK, with_spark
 
 from recsvc.errors import DataContractError, SparkUnavailable
 from recsvc.settings import load_settings
@@ -25,21 +25,6 @@ from training import prepare
 from training.confidence import confidence_matrix
 from training.fit import AlsParams
 from training.prepare import DAY_S, EventArrays
-
-HAVE_SPARK = importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
-NO_SPARK = "Spark needs pyspark (recsvc[spark]) and java on the PATH"
-
-
-def with_spark(test: Any) -> Any:
-    """Real Spark in local mode: slow (a JVM start), skipped without Java or pyspark."""
-    for mark in (
-        pytest.mark.skipif(not HAVE_SPARK, reason=NO_SPARK),
-        pytest.mark.slow,
-        pytest.mark.integration,
-    ):
-        test = mark(test)
-    return test
-
 
 # A JVM start plus a few small Spark jobs per test: minutes when the 2 cores are shared.
 pytestmark = pytest.mark.timeout(900)

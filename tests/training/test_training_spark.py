@@ -7,9 +7,7 @@ Without Java or pyspark the Spark tests skip, saying so (`make test` installs bo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bundle_factory import fold_in_cosines
+from spark_support import HAVE_SPARK, NO_SPARK, with_spark
 from typer.testing import CliRunner
 
 from recsvc.bundle import load_bundle, read_manifest
@@ -30,17 +29,7 @@ from training.gate import GATE_METRIC
 from training.prepare import DAY_S, EventArrays
 from training.spark_als import SparkAls, factors_by_row, first_line, spark_reg_param
 
-HAVE_SPARK = importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
-NO_SPARK = "Spark training needs pyspark (recsvc[spark]) and java on the PATH"
-needs_spark = pytest.mark.skipif(not HAVE_SPARK, reason=NO_SPARK)
-spark_slow = [needs_spark, pytest.mark.slow, pytest.mark.integration]
-
-
-def with_spark(test: Any) -> Any:
-    """Real Spark in local mode: slow (a JVM start is ~10 s here), skipped without Java."""
-    for mark in spark_slow:
-        test = mark(test)
-    return test
+spark_slow = [pytest.mark.skipif(not HAVE_SPARK, reason=NO_SPARK), pytest.mark.slow, pytest.mark.integration]
 
 
 # --- no JVM ---------------------------------------------------------------------------------
