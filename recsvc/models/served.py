@@ -69,18 +69,18 @@ class ServedModels:
         return self._variants[-1].name
 
     def for_member(self, member_id: str) -> tuple[str, ServedModel]:
-        models = self._models  # one read: the mapping is replaced, never changed in place
-        name = self.variant_of(member_id)
-        model = models.get(name)
-        if model is not None:
-            return name, model
-        return self._fallback(models)
+        # one read: the mapping is replaced, never changed in place
+        return self.pick(self._models, self.variant_of(member_id))
 
     def default(self) -> tuple[str, ServedModel]:
-        models = self._models
-        first = self._variants[0].name
-        if first in models:
-            return first, models[first]
+        return self.pick(self._models, self._variants[0].name)
+
+    def pick(self, models: dict[str, ServedModel], variant: str) -> tuple[str, ServedModel]:
+        """``variant``'s model in ``models`` (the ones serving now, or a :class:`FrozenModels`'
+        moment), else the fallback's."""
+        model = models.get(variant)
+        if model is not None:
+            return variant, model
         return self._fallback(models)
 
     def _fallback(self, models: dict[str, ServedModel]) -> tuple[str, ServedModel]:
@@ -324,14 +324,7 @@ class FrozenModels:
         self._models = models  # the owner replaces its mapping on a swap, never changes it
 
     def for_member(self, member_id: str) -> tuple[str, ServedModel]:
-        name = self._owner.variant_of(member_id)
-        model = self._models.get(name)
-        if model is not None:
-            return name, model
-        return self._owner._fallback(self._models)
+        return self._owner.pick(self._models, self._owner.variant_of(member_id))
 
     def default(self) -> tuple[str, ServedModel]:
-        first = self._owner._variants[0].name
-        if first in self._models:
-            return first, self._models[first]
-        return self._owner._fallback(self._models)
+        return self._owner.pick(self._models, self._owner._variants[0].name)
