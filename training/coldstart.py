@@ -45,7 +45,7 @@ def fill_new_products(
         return item_factors, 0
     from recsvc.catalog.view import GroupMeans
 
-    means = GroupMeans.of_arrays(item_factors, item_kind, item_category, item_brand, trained)
+    means = GroupMeans(item_factors, item_kind, item_category, item_brand, trained)
     factors = np.array(item_factors, dtype=np.float32, copy=True)
     filled = 0
     for row in np.flatnonzero(new).tolist():

@@ -58,7 +58,7 @@ def main() -> None:
 
     for j in range(args.new):
         put(f"NEW{j:07d}", new_product(j))
-    means = GroupMeans(model)
+    means = GroupMeans.of_model(model)
     base = CatalogView(model, immutables.Map(records), now, means, version)
     product = next(ids[r] for r in range(n) if model.item_kind[r] == KIND_PRODUCT)
     batches: dict[str, Callable[[int], list[str]]] = {

@@ -152,7 +152,7 @@ class LiveCatalog:
     def _means_for(self, model: ServedModel) -> GroupMeans:
         means = self._means.get(model)
         if means is None:
-            means = self._means[model] = GroupMeans(model)
+            means = self._means[model] = GroupMeans.of_model(model)
         return means
 
     def _swap(self, model: ServedModel, view: CatalogView) -> None:

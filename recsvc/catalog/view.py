@@ -75,30 +75,12 @@ class GroupMeans:
 
     TOP = 5
 
-    def __init__(self, model: ServedModel) -> None:
-        f = model.item_factors
-        trained = np.asarray(model.item_norms) > 0
-        trained &= np.asarray(np.abs(f).sum(axis=1) > 0)
-        self._build(f, model.item_kind, model.item_category, model.item_brand, trained)
-
-    @classmethod
-    def of_arrays(
-        cls,
-        factors: np.ndarray,
-        kind: np.ndarray,
-        category: np.ndarray,
-        brand: np.ndarray,
-        trained: np.ndarray,
-    ) -> GroupMeans:
-        """The table from a training run's arrays (``trained``: the rows with interactions), so a
-        retrain starts a product without them where the live catalog started it."""
-        means = cls.__new__(cls)
-        means._build(factors, kind, category, brand, trained)
-        return means
-
-    def _build(
+    def __init__(
         self, f: np.ndarray, kind_a: np.ndarray, cat_a: np.ndarray, brand_a: np.ndarray, trained: np.ndarray
     ) -> None:
+        """From item arrays (``trained``: the rows with interactions): a served bundle's
+        (:meth:`of_model`), or a training run's, so a retrain starts a product without
+        interactions where the live catalog started it."""
         kind = np.asarray(kind_a, dtype=np.int64)
         cat = np.asarray(cat_a, dtype=np.int64)
         brand = np.asarray(brand_a, dtype=np.int64)
@@ -107,6 +89,13 @@ class GroupMeans:
         self.by_brand = self._means(f, trained, (kind * n_c + cat) * n_b + brand)
         self.by_category = self._means(f, trained, kind * n_c + cat)
         self._n_b, self._n_c = n_b, n_c
+
+    @classmethod
+    def of_model(cls, model: ServedModel) -> GroupMeans:
+        f = model.item_factors
+        trained = np.asarray(model.item_norms) > 0
+        trained &= np.asarray(np.abs(f).sum(axis=1) > 0)
+        return cls(f, model.item_kind, model.item_category, model.item_brand, trained)
 
     @classmethod
     def _means(cls, f: np.ndarray, keep: np.ndarray, key: np.ndarray) -> dict[int, np.ndarray]:
@@ -149,7 +138,7 @@ def group_means(means: GroupMeans | Callable[[], GroupMeans] | None, model: Serv
     one: computed only when new items need it), or computed here."""
     if isinstance(means, GroupMeans):
         return means
-    return means() if means is not None else GroupMeans(model)
+    return means() if means is not None else GroupMeans.of_model(model)
 
 
 class _LiveTitles(Sequence[str]):

@@ -64,9 +64,9 @@ def test_a_recent_product_without_interactions_keeps_its_group_vector(tmp_path: 
     trained = np.abs(factors).sum(axis=1) > 0
     trained[[new_row, old_row]] = False
     a = bundle.arrays
-    expected = GroupMeans.of_arrays(
-        factors, a["item_kind"], a["item_category"], a["item_brand"], trained
-    ).vector(int(a["item_kind"][new_row]), int(a["item_category"][new_row]), int(a["item_brand"][new_row]))
+    expected = GroupMeans(factors, a["item_kind"], a["item_category"], a["item_brand"], trained).vector(
+        int(a["item_kind"][new_row]), int(a["item_category"][new_row]), int(a["item_brand"][new_row])
+    )
     assert expected is not None
     np.testing.assert_allclose(factors[new_row], expected, rtol=1e-5)
     model = ServedModel.load(out, version="t", source_uri="t")
