@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -19,6 +20,9 @@ from rich.rule import Rule
 
 from recsvc.cli.common import friendly_errors, state
 from recsvc.errors import RecsvcError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 out = Console()
 
@@ -49,13 +53,16 @@ def _recsvc() -> list[str]:
     return recsvc_command()
 
 
-def _pick_members(data_dir: Path) -> tuple[str, str]:
-    """A member with purchases in the data and a product they did not buy but might."""
+def _table(data_dir: Path, name: str) -> pd.DataFrame:
+    """The sample's ``name`` table (events, catalog) as a pandas frame."""
     import pandas as pd
 
-    events_file = next(iter(sorted(data_dir.glob("events.*"))))
-    events = pd.read_parquet(events_file) if events_file.suffix == ".parquet" else pd.read_csv(events_file)
-    buys = events[events["event_type"] == "purchase"]
+    path = next(iter(sorted(data_dir.glob(f"{name}.*"))))
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _pick_members(buys: pd.DataFrame) -> tuple[str, str]:
+    """A member with purchases in the data and a product they did not buy but might."""
     member = str(buys["member_id"].value_counts().index[len(buys["member_id"].unique()) // 3])
     product = str(buys["item_id"].value_counts().index[0])
     return member, product
@@ -117,7 +124,9 @@ def demo(
         out.print(f"using {data_dir} (delete it to regenerate)")
     _run([*rc, "data", "validate", str(data_dir)], env, "2. validate against the data contract")
     _run([*rc, "train", "--data", str(data_dir)], env, "3. train ALS + FAISS, evaluate, register in MLflow")
-    member, product = _pick_members(data_dir)
+    events = _table(data_dir, "events")
+    buys = events[events["event_type"] == "purchase"]
+    member, product = _pick_members(buys)
     with LocalRedis(workdir / "redis") as redis_proc:
         env["RECSVC_REDIS__URL"] = redis_proc.url
         out.print(Rule("[bold]4. start redis-server and the gRPC server"))
@@ -178,7 +187,7 @@ def demo(
                 env,
                 "16. an audience: at-risk members still likely to buy, with WeCom consent",
             )
-            _live_catalog_steps(rc, env, member, workdir, _best_selling_group(data_dir))
+            _live_catalog_steps(rc, env, member, workdir, _best_selling_group(buys, data_dir))
             _effects(rc, env, workdir, data_dir)
             if keep_serving:
                 out.print(f"server left running on 127.0.0.1:{port}; Ctrl-C to stop")
@@ -202,19 +211,12 @@ def demo(
     )
 
 
-def _best_selling_group(data_dir: Path) -> tuple[str, str]:
+def _best_selling_group(buys: pd.DataFrame, data_dir: Path) -> tuple[str, str]:
     """The (category, brand) with the most purchases: a new product starts at its group's best
     sellers' vector, and a group many members buy from gives it lists to reach (a small group's
     few best sellers point every which way, and their mean reaches almost no one's top 20)."""
-    import pandas as pd
-
-    def read(name: str) -> pd.DataFrame:
-        path = next(iter(sorted(data_dir.glob(f"{name}.*"))))
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-
-    buys = read("events").query("event_type == 'purchase'")[["item_id"]]
-    catalog = read("catalog")[["item_id", "category", "brand"]]
-    groups = buys.merge(catalog, on="item_id").groupby(["category", "brand"]).size()
+    catalog = _table(data_dir, "catalog")[["item_id", "category", "brand"]]
+    groups = buys[["item_id"]].merge(catalog, on="item_id").groupby(["category", "brand"]).size()
     best: tuple[str, str] = groups.idxmax()  # type: ignore[assignment]  # (category, brand)
     return str(best[0]), str(best[1])
 
