@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from spark_support import HAVE_SPARK, NO_SPARK, with_spark
+from spark_support import HAVE_SPARK, NO_SPARK, random_events, with_spark
 
 from recsvc.errors import DataContractError, SparkUnavailable
 from recsvc.settings import load_settings
 from training import prepare
 from training.confidence import confidence_matrix
 from training.fit import AlsParams
-from training.prepare import DAY_S, EventArrays
 
 # A JVM start plus a few small Spark jobs per test: minutes when the 2 cores are shared.
 pytestmark = pytest.mark.timeout(900)
@@ -44,18 +43,6 @@ def owner() -> Iterator[Any]:
 # --- half-life 0: no decay ------------------------------------------------------------------
 
 
-def _events(n: int, shape: tuple[int, int], as_of: int) -> EventArrays:
-    rng = np.random.default_rng(11)
-    return EventArrays(
-        member=rng.integers(0, shape[0], n).astype(np.int32),
-        item=rng.integers(0, shape[1], n).astype(np.int32),
-        etype=rng.integers(0, 8, n).astype(np.int8),
-        ts=(as_of - rng.integers(-3 * DAY_S, 400 * DAY_S, n)).astype(np.int64),
-        channel=np.zeros(n, dtype=np.int8),
-        amount=np.zeros(n, dtype=np.float32),
-    )
-
-
 @with_spark
 def test_half_life_zero_is_no_decay_on_spark_as_on_numpy(owner: Any) -> None:
     """half_life_days = 0 ("no decay", the tuner's fixed first trial) gives training/confidence.py's
@@ -63,7 +50,7 @@ def test_half_life_zero_is_no_decay_on_spark_as_on_numpy(owner: Any) -> None:
     from training.spark_als import confidence_frame
 
     n, shape, as_of = 2000, (30, 25), 1_790_000_000
-    events = _events(n, shape, as_of)
+    events = random_events(n, shape, as_of, seed=11)
     weights = {"purchase": 2.0, "add_to_cart": 1.4, "view": 0.7, "click": 0.0, "share": 1.2}
     expected = confidence_matrix(events, shape, weights, 0.0, as_of)
     got = confidence_frame(owner.events_frame(events), weights, 0.0, as_of).toPandas()

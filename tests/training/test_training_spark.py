@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bundle_factory import fold_in_cosines
-from spark_support import HAVE_SPARK, NO_SPARK, with_spark
+from spark_support import HAVE_SPARK, NO_SPARK, random_events, with_spark
 from typer.testing import CliRunner
 
 from recsvc.bundle import load_bundle, read_manifest
@@ -26,7 +26,6 @@ from recsvc.errors import ConfigError, DataContractError, SparkUnavailable
 from recsvc.settings import load_settings
 from training.confidence import confidence_matrix
 from training.gate import GATE_METRIC
-from training.prepare import DAY_S, EventArrays
 from training.spark_als import SparkAls, factors_by_row, first_line, spark_reg_param
 
 spark_slow = [pytest.mark.skipif(not HAVE_SPARK, reason=NO_SPARK), pytest.mark.slow, pytest.mark.integration]
@@ -180,16 +179,8 @@ def test_spark_confidence_equals_the_numpy_formula() -> None:
     the reference time (age 0) and repeated pairs (summed)."""
     from training.spark_als import confidence_frame
 
-    rng = np.random.default_rng(5)
     n, shape, as_of = 4000, (50, 40), 1_790_000_000
-    events = EventArrays(
-        member=rng.integers(0, shape[0], n).astype(np.int32),
-        item=rng.integers(0, shape[1], n).astype(np.int32),
-        etype=rng.integers(0, 8, n).astype(np.int8),
-        ts=(as_of - rng.integers(-3 * DAY_S, 400 * DAY_S, n)).astype(np.int64),
-        channel=np.zeros(n, dtype=np.int8),
-        amount=np.zeros(n, dtype=np.float32),
-    )
+    events = random_events(n, shape, as_of, seed=5)
     weights = {"purchase": 2.0, "add_to_cart": 1.4, "view": 0.7, "click": 0.0, "share": 1.2}
     expected = confidence_matrix(events, shape, weights, 45.0, as_of)
     with SparkAls(load_settings(overrides={"training": {"engine": "spark"}}).training) as spark:
