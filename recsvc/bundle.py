@@ -93,6 +93,7 @@ from recsvc.bundle_parts import (
     MEMBER_LIST_ARRAYS,
     NEIGHBOUR_ARRAYS,
     _check_arrays,
+    _check_csr,
     _check_files,
     _check_ids,
     _check_indexes,
@@ -452,16 +453,10 @@ def _check_featured(bundle_dir: Path, arrays: dict[str, np.ndarray], n_items: in
     ok = len(have) == 2
     if ok:
         indptr, indices = arrays["item_featured_indptr"], arrays["item_featured_indices"]
-        ok = (
-            indptr.shape == (n_items + 1,)
-            and indices.ndim == 1
-            and int(indptr[0]) == 0
-            and int(indptr[-1]) == indices.shape[0]
-            and bool(np.all(np.diff(indptr) >= 0))
-            and (indices.size == 0 or (int(indices.min()) >= 0 and int(indices.max()) < n_items))
-        )
+        ok = indptr.shape == (n_items + 1,) and indices.ndim == 1
     if not ok:
         raise BundleError(
             f"bundle {bundle_dir} is inconsistent: item_featured_indptr / item_featured_indices are "
             f"not a row pointer per item over {n_items} item rows"
         )
+    _check_csr(bundle_dir, "item_featured", arrays, n_items, rows="item")

@@ -353,8 +353,10 @@ def _check_codes(
             raise BundleError(f"bundle {bundle_dir} is inconsistent: {file} holds {what} {value}, {has}")
 
 
-def _check_csr(bundle_dir: Path, prefix: str, arrays: dict[str, np.ndarray], n_items: int) -> None:
-    """A [members x items] CSR (shapes checked before): the row pointer starts at 0, never falls
+def _check_csr(
+    bundle_dir: Path, prefix: str, arrays: dict[str, np.ndarray], n_items: int, rows: str = "member"
+) -> None:
+    """A [``rows`` x items] CSR (shapes checked before): the row pointer starts at 0, never falls
     and ends at the number of entries; every column is an item row. The compiled kernels read
     these rows without bounds checks: an item past the end crashed the worker (SIGSEGV)."""
     indptr, indices = arrays[f"{prefix}_indptr"], arrays[f"{prefix}_indices"]
@@ -365,7 +367,7 @@ def _check_csr(bundle_dir: Path, prefix: str, arrays: dict[str, np.ndarray], n_i
     if falls.any():
         row = int(np.argmax(falls))
         raise BundleError(
-            f"{where} is not monotone: member row {row + 1} starts at {int(indptr[row + 1])}, "
+            f"{where} is not monotone: {rows} row {row + 1} starts at {int(indptr[row + 1])}, "
             f"before row {row}'s {int(indptr[row])}"
         )
     if int(indptr[-1]) != indices.shape[0]:
