@@ -23,7 +23,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from recsvc.bundle import KIND_NAMES
 from recsvc.engine.trend_source import TREND_WEIGHTS
+from training import gate
 from training.confidence import weight_table
 from training.prepare import DAY_S, EventArrays
 
@@ -50,8 +52,6 @@ def kinds_off(per_weight: Mapping[float, Mapping[str, float]]) -> frozenset[str]
     per-kind metrics): what sells now among articles need not move with what sells among products
     (on the planted-trend test the prior lifted products 0.15 -> 0.26 and cut content 0.78 ->
     0.46). Such a kind's trend is zeroed in the bundle, so it ranks by its family alone."""
-    from training import gate
-
     off = set()
     for kind in gate.SERVED_KINDS:
         key = f"{kind}.ndcg_at_10"
@@ -66,8 +66,6 @@ def with_kinds_off(
 ) -> float:
     """The member-weighted NDCG@10 over the kinds (gate.by_kind) at ``weight``, the kinds in
     ``off`` scored as without the prior (weight 0), as they will serve."""
-    from training import gate
-
     merged = dict(per_weight[weight])
     for kind in off:
         merged |= {k: v for k, v in per_weight[0.0].items() if k.startswith(f"{kind}.")}
@@ -76,8 +74,6 @@ def with_kinds_off(
 
 def off_in(metrics: Mapping[str, float]) -> frozenset[str]:
     """The kinds a run turned the prior off for (``trend.<kind>.off``: :func:`kinds_off`)."""
-    from training import gate
-
     return frozenset(k for k in gate.SERVED_KINDS if metrics.get(f"trend.{k}.off"))
 
 
@@ -85,8 +81,6 @@ def zero_kinds(trend: np.ndarray, item_kind: np.ndarray, off: frozenset[str]) ->
     """``trend`` with the items of the kinds in ``off`` at 0 (serving then finds no trend there)."""
     if not off:
         return trend
-    from recsvc.bundle import KIND_NAMES
-
     out = np.array(trend, dtype=np.float32, copy=True)
     for code, name in KIND_NAMES.items():
         if name in off:
