@@ -33,12 +33,12 @@ def fill_new_products(
     days: int,
 ) -> tuple[np.ndarray, int]:
     """Products without interactions published in the ``days`` before ``as_of`` or later (a
-    launch, a scheduled item) start where the live catalog starts a new product: at the vector of
-    their group's best sellers, same category and brand, else category
-    (``recsvc.catalog.view.GroupMeans``). Without it a product launched last week, recommended
-    since its creation, would lose its vector at the next retrain. Older products without
-    interactions keep a zero vector: no one wanted them, and a best seller's vector would push a
-    long tail of them into every list. Returns (factors, number of rows filled)."""
+    launch, a scheduled item) start where the live catalog starts a new product: where their
+    category's sellers are, leaning to their brand's (``recsvc.catalog.view.GroupMeans``).
+    Without it a product launched last week, recommended since its creation, would lose its
+    vector at the next retrain. Older products without interactions keep a zero vector: no one
+    wanted them, and a seller's vector would push a long tail of them into every list.
+    Returns (factors, number of rows filled)."""
     published = np.asarray(item_published_at, dtype=np.int64)
     new = (item_kind == KIND_PRODUCT) & ~trained & (published > 0) & (published >= as_of - days * DAY_S)
     if days <= 0 or not new.any() or not trained.any():

@@ -67,13 +67,21 @@ def catalog_as_of_ms(model: ServedModel) -> int:
 
 class GroupMeans:
     """The vector a new item starts with (``CatalogView.new_vector``), per (kind, category, brand)
-    and per (kind, category), computed once per bundle: the mean of the group's ``TOP`` trained
-    vectors of largest norm (its best sellers: ALS gives items with more interactions longer
-    vectors), at their average length. A new product is thus first shown where its group's best
-    sellers are. The plain mean of a whole group reached no member's top 20 on the sample data:
-    averaging points in many directions gives a short vector, and scores are inner products."""
+    and per (kind, category), computed once per bundle. Direction: the sum of the category's
+    trained vectors, each weighted by its length (ALS gives items with more interactions longer
+    vectors, so the sellers count most), the brand's own products counting ``BRAND_WEIGHT`` times;
+    length: the average of the category's ``TOP`` longest vectors (its best sellers'). A new
+    product is thus shown to the members who buy its category, leaning to its brand's buyers.
+
+    Why the category and not the brand alone: a brand with few trained products or few sales
+    has short, scattered vectors, and a vector built from them alone reached almost no one. Why
+    every seller and not the top few: at the same reach among members who do not buy the
+    category, the weighted sum reaches more of those who do (bench/experiments/new_product_reach.py,
+    docs/operations.md "New items"). A plain unweighted mean would be short and dominated by the
+    long tail: scores are inner products."""
 
     TOP = 5
+    BRAND_WEIGHT = 2.0
 
     def __init__(
         self, f: np.ndarray, kind_a: np.ndarray, cat_a: np.ndarray, brand_a: np.ndarray, trained: np.ndarray
@@ -86,9 +94,31 @@ class GroupMeans:
         brand = np.asarray(brand_a, dtype=np.int64)
         n_b = int(brand.max(initial=0)) + 2
         n_c = int(cat.max(initial=0)) + 2
-        self.by_brand = self._means(f, trained, (kind * n_c + cat) * n_b + brand)
-        self.by_category = self._means(f, trained, kind * n_c + cat)
         self._n_b, self._n_c = n_b, n_c
+        self.by_brand: dict[int, np.ndarray] = {}
+        self.by_category: dict[int, np.ndarray] = {}
+        rows = np.flatnonzero(np.asarray(trained, dtype=bool))
+        if rows.shape[0] == 0:
+            return
+        vectors = np.asarray(f[rows], dtype=np.float64)
+        norms = np.linalg.norm(vectors, axis=1)
+        weighted = vectors * norms[:, None]
+        cat_key = kind[rows] * n_c + cat[rows]
+        brand_key = cat_key * n_b + brand[rows]
+        cats, cat_of = np.unique(cat_key, return_inverse=True)
+        cat_sum = np.zeros((cats.shape[0], f.shape[1]), dtype=np.float64)
+        np.add.at(cat_sum, cat_of, weighted)
+        length = self._top_length(norms, cat_of, cats.shape[0])
+        brands, first, brand_of = np.unique(brand_key, return_index=True, return_inverse=True)
+        brand_sum = np.zeros((brands.shape[0], f.shape[1]), dtype=np.float64)
+        np.add.at(brand_sum, brand_of, weighted)
+        brand_cat = cat_of[first]  # each brand group's category
+        by_cat = self._rescale(cat_sum, length)
+        by_brand = self._rescale(
+            cat_sum[brand_cat] + (self.BRAND_WEIGHT - 1.0) * brand_sum, length[brand_cat]
+        )
+        self.by_category = {int(k): by_cat[i] for i, k in enumerate(cats.tolist())}
+        self.by_brand = {int(k): by_brand[i] for i, k in enumerate(brands.tolist())}
 
     @classmethod
     def of_model(cls, model: ServedModel) -> GroupMeans:
@@ -98,27 +128,21 @@ class GroupMeans:
         return cls(f, model.item_kind, model.item_category, model.item_brand, trained)
 
     @classmethod
-    def _means(cls, f: np.ndarray, keep: np.ndarray, key: np.ndarray) -> dict[int, np.ndarray]:
-        rows = np.flatnonzero(keep)
-        if rows.shape[0] == 0:
-            return {}
-        vectors = np.asarray(f[rows], dtype=np.float64)
-        norms = np.linalg.norm(vectors, axis=1)
-        groups = key[rows]
-        order = np.lexsort((-norms, groups))  # by group, longest first
-        groups, vectors, norms = groups[order], vectors[order], norms[order]
-        uniq, start, size = np.unique(groups, return_index=True, return_counts=True)
-        rank = np.arange(groups.shape[0]) - np.repeat(start, size)
-        top = rank < cls.TOP
-        inv = np.repeat(np.arange(uniq.shape[0]), size)[top]
-        sums = np.zeros((uniq.shape[0], f.shape[1]), dtype=np.float64)
-        np.add.at(sums, inv, vectors[top])
-        counts = np.bincount(inv, minlength=uniq.shape[0]).astype(np.float64)
-        typical = np.bincount(inv, weights=norms[top], minlength=uniq.shape[0]) / counts
-        length = np.linalg.norm(sums, axis=1)
-        scale = np.divide(typical, length, out=np.zeros_like(length), where=length > 0)
-        means = (sums * scale[:, None]).astype(np.float32)
-        return {int(k): means[i] for i, k in enumerate(uniq.tolist())}
+    def _top_length(cls, norms: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        """Per group, the average length of its ``TOP`` longest vectors."""
+        order = np.lexsort((-norms, group))  # by group, longest first
+        sorted_group = group[order]
+        start = np.searchsorted(sorted_group, np.arange(n_groups))
+        top = np.arange(order.shape[0]) - start[sorted_group] < cls.TOP
+        counts = np.bincount(sorted_group[top], minlength=n_groups).astype(np.float64)
+        total = np.bincount(sorted_group[top], weights=norms[order][top], minlength=n_groups)
+        return total / np.maximum(counts, 1.0)
+
+    @staticmethod
+    def _rescale(sums: np.ndarray, length: np.ndarray) -> np.ndarray:
+        size = np.linalg.norm(sums, axis=1)
+        scale = np.divide(length, size, out=np.zeros_like(size), where=size > 0)
+        return (sums * scale[:, None]).astype(np.float32)
 
     def vector(self, kind: int, category: int | None, brand: int | None) -> np.ndarray | None:
         if category is None:
@@ -126,7 +150,8 @@ class GroupMeans:
         # Python ints: codes read from uint8/int32 arrays would overflow in the key arithmetic.
         kind, category = int(kind), int(category)
         brand = None if brand is None else int(brand)
-        if brand is not None:
+        # a brand code no trained array holds would alias the next category's key
+        if brand is not None and -1 <= brand < self._n_b - 1:
             found = self.by_brand.get((kind * self._n_c + category) * self._n_b + brand)
             if found is not None:
                 return found
@@ -331,8 +356,8 @@ class CatalogView:
             self.new_featured.pop(row, None)
 
     def set_vectors(self, rows: Iterable[int], means: GroupMeans) -> None:
-        """The starting vectors of the new items at ``rows``. Products: the vector of the group's
-        best sellers (``GroupMeans``) of the same category and brand, else of the category.
+        """The starting vectors of the new items at ``rows``. Products: where their category's
+        sellers are, leaning to their brand's (``GroupMeans``).
         Content: the mean of the products it features (as training does for fresh content, new
         products included, so products go first), else of its category's content."""
         n = self.n

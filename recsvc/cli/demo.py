@@ -212,9 +212,9 @@ def demo(
 
 
 def _best_selling_group(buys: pd.DataFrame, data_dir: Path) -> tuple[str, str]:
-    """The (category, brand) with the most purchases: a new product starts at its group's best
-    sellers' vector, and a group many members buy from gives it lists to reach (a small group's
-    few best sellers point every which way, and their mean reaches almost no one's top 20)."""
+    """The (category, brand) with the most purchases: a new product starts where its category's
+    sellers are, leaning to its brand's, and a group many members buy from gives the demo the most
+    lists it can reach."""
     catalog = _table(data_dir, "catalog")[["item_id", "category", "brand"]]
     groups = buys[["item_id"]].merge(catalog, on="item_id").groupby(["category", "brand"]).size()
     best: tuple[str, str] = groups.idxmax()  # type: ignore[assignment]  # (category, brand)
@@ -278,8 +278,8 @@ def _live_catalog_steps(
         "(Catalog/UpsertItems via catalog sync)",
     )
     time.sleep(1.0)
-    # Members whose interests hold the category; the new product starts with the vector of its
-    # category and brand's best sellers, so it reaches the lists where those best sellers are.
+    # Members whose interests hold the category; the new product starts where its category's
+    # sellers are (recsvc.catalog.view.GroupMeans), so it reaches those members' lists.
     audience = json.loads(
         _run(
             [*rc, "members", "find", "--tag", f"category:{category}", "--limit", "30", "--json"],

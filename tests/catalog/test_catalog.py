@@ -490,28 +490,6 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
         follower.stop()
 
 
-def test_a_new_item_starts_where_its_group_s_best_sellers_are() -> None:
-    """A new item's vector: the mean direction of its group's longest trained vectors (the best
-    sellers, GroupMeans.TOP of them) at their average length."""
-    import numpy as np
-
-    from recsvc.catalog.view import GroupMeans
-
-    rng = np.random.default_rng(3)
-    f = rng.normal(size=(40, 8)).astype(np.float32)
-    key = np.repeat(np.arange(4), 10)
-    means = GroupMeans._means(f, np.ones(40, dtype=bool), key)
-    for group in range(4):
-        members = f[key == group]
-        best = members[np.argsort(-np.linalg.norm(members, axis=1))[: GroupMeans.TOP]]
-        vector = means[group]
-        assert np.linalg.norm(vector) == pytest.approx(np.linalg.norm(best, axis=1).mean(), rel=1e-5)
-        direction = best.mean(axis=0) / np.linalg.norm(best.mean(axis=0))
-        assert vector / np.linalg.norm(vector) == pytest.approx(direction, abs=1e-5)
-        # longer than the plain mean of the whole group, which scores below every member of it
-        assert np.linalg.norm(members.mean(axis=0)) < np.linalg.norm(vector)
-
-
 def test_featured_refused_products_content_prices_and_unicode_ids(server: RunningServer) -> None:
     """Content may feature a product the same call creates only if that product is applied; known
     content cannot take a price; an id is one item whatever its Unicode form (stored as NFC)."""
