@@ -100,19 +100,14 @@ def validate_events(
     grain = kept.time_grain(day_offset_s)
     repeats = kept.later_copies()
     notes = []
-    if grain == _DAYS and not kept.has_orders:
-        # Dates only and no order id: identical rows are as likely two units bought that day as
-        # one sent twice, and dropping them would undercount purchases and spend. Kept, and said.
+    if not copies_are_duplicates(grain, kept.has_orders):
         if repeats.size:
-            notes.append(
-                f"{repeats.size:,} rows repeat an earlier one exactly; the times carry no time of day "
-                "(dates only), so they are kept as repeat events, not quarantined as duplicate_event. "
-                "If the export may overlap itself, give each order's id in an order_id column"
-            )
+            notes.append(repeats_kept_note(repeats.size))
             log.info("events: %s", notes[-1])
         repeats = repeats[:0]
     if repeats.size:
-        quarantines.append(_duplicate_rows(read, kept.source_rows(repeats), _duplicate_detail(grain, kept)))
+        detail = duplicate_detail(grain, kept.has_orders)
+        quarantines.append(_duplicate_rows(read, kept.source_rows(repeats), detail))
     clean = kept.assemble(repeats, refs)
     if quarantines:
         quarantine = pd.concat(quarantines, ignore_index=True)
@@ -124,22 +119,47 @@ def validate_events(
     return TableResult(EVENTS.name, source, rows_read, clean, quarantine, notes=notes)
 
 
-# How fine a file's event times are (_KeptEvents.time_grain): every one a date's start, every one
-# a whole minute, or finer.
+# How fine a file's event times are (time_grain): every one a date's start, every one a whole
+# minute, or finer. The Spark engine (training/spark_ingest.py) decides by the same functions.
 _DAYS, _MINUTES, _FINER = "days", "minutes", ""
-_DAY_US = 86_400 * 1_000_000
-_MINUTE_US = 60 * 1_000_000
+DAY_US = 86_400 * 1_000_000
+MINUTE_US = 60 * 1_000_000
 
 
-def _duplicate_detail(grain: str, kept: _KeptEvents) -> str:
+def time_grain(rows: int, any_sub_minute: bool, any_sub_day: bool, any_sub_day_at_offset: bool) -> str:
+    """_DAYS when every one of ``rows`` accepted times is a date's start (UTC midnight, or
+    midnight at the mapping's ``default_offset``), _MINUTES when every one is a whole minute, else
+    _FINER. Per file: one time of day anywhere makes the times fine enough to tell events apart."""
+    if not rows or any_sub_minute:
+        return _FINER
+    if not any_sub_day or not any_sub_day_at_offset:
+        return _DAYS
+    return _MINUTES
+
+
+def copies_are_duplicates(grain: str, has_orders: bool) -> bool:
+    """Dates only and no order id: identical rows are as likely two units bought that day as one
+    sent twice, and dropping them would undercount purchases and spend, so they are kept."""
+    return grain != _DAYS or has_orders
+
+
+def repeats_kept_note(n: int) -> str:
+    return (
+        f"{n:,} rows repeat an earlier one exactly; the times carry no time of day "
+        "(dates only), so they are kept as repeat events, not quarantined as duplicate_event. "
+        "If the export may overlap itself, give each order's id in an order_id column"
+    )
+
+
+def duplicate_detail(grain: str, has_orders: bool) -> str:
     """What a duplicate row's detail says: which values matched, and when the times are too coarse
     to be sure the export sent the event twice (docs/data.md, "Duplicates and repeats")."""
     detail = "repeats an earlier accepted event"
-    if kept.has_orders:
+    if has_orders:
         detail += " of the same order_id"
     if grain == _DAYS:
         detail += " (the times carry no time of day)"
-    elif grain == _MINUTES and not kept.has_orders:
+    elif grain == _MINUTES and not has_orders:
         detail += " (the times carry no seconds: real repeats need an order_id)"
     return detail
 
@@ -332,15 +352,14 @@ class _KeptEvents:
         self.hashes = hashes
 
     def time_grain(self, day_offset_s: int) -> str:
-        """_DAYS when every accepted time is a date's start (UTC midnight, or midnight at the
-        mapping's ``default_offset``), _MINUTES when every one is a whole minute, else _FINER.
-        Per file: one time of day anywhere makes the times fine enough to tell events apart."""
+        """The accepted times' grain (:func:`time_grain`)."""
         ts = self.columns["ts"][: self.size] if self.columns else np.zeros(0, dtype=np.int64)
-        if not ts.size or np.any(ts % _MINUTE_US):
-            return _FINER
-        if not np.any(ts % _DAY_US) or not np.any((ts + day_offset_s * 1_000_000) % _DAY_US):
-            return _DAYS
-        return _MINUTES
+        return time_grain(
+            ts.size,
+            bool(np.any(ts % MINUTE_US)),
+            bool(np.any(ts % DAY_US)),
+            bool(np.any((ts + day_offset_s * 1_000_000) % DAY_US)),
+        )
 
     def later_copies(self) -> np.ndarray:
         """Indices (among accepted rows, file order) of exact repeats of an earlier accepted row

@@ -57,6 +57,7 @@ from pipelines.contract import (
     MAX_AMOUNT,
     MAX_QUANTITY,
     MEMBERS,
+    ORDER_ID,
     Reason,
 )
 from pipelines.encoding import resolve_encoding
@@ -70,8 +71,17 @@ from pipelines.validate import (
     _event_channels,
     _has_table,
     _implied_members,
+    _offset_s,
     validate_catalog,
     validate_members,
+)
+from pipelines.validate_events import (
+    DAY_US,
+    MINUTE_US,
+    copies_are_duplicates,
+    duplicate_detail,
+    repeats_kept_note,
+    time_grain,
 )
 from recsvc.errors import DataContractError
 from recsvc.idmap import ID_SEPARATORS
@@ -89,7 +99,6 @@ _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(?i)[+-]?(inf|i
 # \z, not $: Java's $ (like Python's) also matches before a final line terminator
 _ID_CHARS = "^[\\p{L}\\p{M}\\p{N}" + "".join("\\" + c for c in ID_SEPARATORS) + "]+\\z"
 _CORRUPT = "_recsvc_malformed"
-_DUPLICATE_DETAIL = "repeats an earlier accepted event"
 # Set on the session before reading (it may be someone else's session, so not at its start).
 _READ_CONF = {
     # the data contract reads times without an offset as UTC
@@ -186,11 +195,26 @@ def load(
     raw = read_events(spark, events_path, codec, mapping)
     catalog_sorted, items = prepare.catalog_items(catalog.clean)
     known_members = members.clean["member_id"].astype(str) if members is not None else None
-    checked = check_events(spark, raw, settings, now, items, known_members, channels)
-    compact = checked.select(
-        "source_row", "reason", "member_raw", "member_id", "item", "etype", "ts", "channel", "amount"
+    checked = check_events(spark, raw, settings, now, items, known_members, channels, _offset_s(mapping))
+    persisted = checked.select(
+        "source_row",
+        "reason",
+        "member_raw",
+        "member_id",
+        "item",
+        "etype",
+        "ts",
+        "channel",
+        "amount",
+        "_copy",
+        "_sub_minute",
+        "_sub_day",
+        "_sub_day_offset",
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        copies = Copies.of(persisted, ORDER_ID in raw.columns)
+        checked = with_duplicates(checked, copies)
+        compact = with_duplicates(persisted, copies)
         by_reason_all = _reason_counts(compact)
         rows_read = int(compact.count())
         if members is None:  # no members file: the members are the ones the clean events name
@@ -198,6 +222,9 @@ def load(
             members = _implied_members(pd.DataFrame({"member_id": pd.Categorical(ids.astype(str))}))
         result = ValidationResult(data_dir=data_dir, checked_at=now)
         events_table = _counted_table(events_path, rows_read, sum(by_reason_all.values()), codec)
+        if copies.repeats and not copies.duplicates:
+            events_table.notes.append(repeats_kept_note(copies.repeats))
+            log.info("events: %s", events_table.notes[-1])
         for table in (catalog, members, events_table):
             result.tables[table.name] = table
         over = quarantine_overflow(result, None if allow_quarantine else settings.max_quarantined_share)
@@ -251,7 +278,7 @@ def load(
         als_events = events.select("member", "item", "etype", "ts").persist(StorageLevel.MEMORY_AND_DISK)
         als_events.count()  # materialised now: the events file is not read again
     finally:
-        compact.unpersist()
+        persisted.unpersist()
     log.info("spark ingest events rows=%d clean=%d quarantined=%s", rows_read, len(arrays), by_reason)
     return SparkIngest(prepared, members_frame, als_events, by_reason, rows_read)
 
@@ -313,7 +340,8 @@ def _event_arrays(events: Any) -> EventArrays:
 
 def read_events(spark: Any, path: Path, codec: str | None, mapping: Mapping | None) -> Any:
     """The events file as Spark reads it: the contract's columns in contract order (CSV: all text,
-    empty cells ""; Parquet: its own types) and ``source_row``, the 0-based data row in the file.
+    empty cells ""; Parquet: its own types), ``order_id`` when the file has one, and
+    ``source_row``, the 0-based data row in the file.
     Unusable files raise the pandas reader's DataContractErrors (pipelines/read.py)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
@@ -326,12 +354,12 @@ def read_events(spark: Any, path: Path, codec: str | None, mapping: Mapping | No
 
             header = _parquet_columns(path)
             renames, drop = mapping.rename(EVENTS.name, header) if mapping else ({}, [])
-            _check_columns(path, EVENTS, _mapped_header(EVENTS, header, renames, drop, mapping))
+            _check_columns(path, EVENTS, _mapped_header(EVENTS, header, renames, drop, mapping), EVENTS.extra)
             frame = spark.read.parquet(str(path))
         else:
             header = [str(c) for c in _read_csv(path, nrows=0, encoding=codec or "utf-8").columns]
             renames, drop = mapping.rename(EVENTS.name, header) if mapping else ({}, [])
-            _check_columns(path, EVENTS, _mapped_header(EVENTS, header, renames, drop, mapping))
+            _check_columns(path, EVENTS, _mapped_header(EVENTS, header, renames, drop, mapping), EVENTS.extra)
             schema = StructType([StructField(f"_c{i}", StringType()) for i in range(len(header))])
             schema.add(StructField(_CORRUPT, StringType()))
             frame = spark.read.csv(
@@ -357,7 +385,8 @@ def read_events(spark: Any, path: Path, codec: str | None, mapping: Mapping | No
         for col in EVENTS.optional:
             if col not in frame.columns:
                 frame = frame.withColumn(col, F.lit(""))
-        return with_source_rows(frame.select(*EVENTS.columns))
+        extra = [c for c in EVENTS.extra if c in frame.columns]
+        return with_source_rows(frame.select(*EVENTS.columns, *extra))
     except DataContractError:
         raise
     except Exception as exc:
@@ -568,11 +597,19 @@ def check_events(
     items: Any,
     members: pd.Series | None,
     channels: tuple[str, ...],
+    day_offset_s: int = 0,
 ) -> Any:
     """``raw`` (:func:`read_events`) with each row's verdict: ``reason`` (the primary one, NULL for
     a clean row), ``problems`` and ``detail`` as pipelines.validate writes them, and the clean
     values: ``member_id`` (the trimmed id), ``item`` (its item row), ``etype``, ``ts`` (epoch
-    seconds), ``channel`` (code), ``amount`` (float, 0 when empty); ``member_raw`` is the id as sent."""
+    seconds), ``channel`` (code), ``amount`` (float, 0 when empty); ``member_raw`` is the id as sent.
+
+    Exact repeats are not marked yet: whether they are duplicates depends on the grain of the
+    whole file's accepted times (pipelines.validate_events.time_grain), which :func:`load` reads
+    from the persisted compact columns. ``_copy`` flags an accepted row that repeats an earlier
+    accepted one (all seven values, and the order id when the file has one); ``_sub_minute``,
+    ``_sub_day`` and ``_sub_day_offset`` say whether its time has seconds, a time of day, a time
+    of day at the mapping's ``day_offset_s``; :func:`with_duplicates` marks them."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -625,6 +662,9 @@ def check_events(
         "; ", *[F.when(bad, F.concat(F.lit(f"{rule.reason}: "), details[rule])) for rule, bad in flags]
     )
     raw_values = [F.col(col).alias(f"raw_{col}") for col in EVENTS.columns]
+    has_orders = ORDER_ID in raw.columns
+    # An order id is read as an id is (trimmed, NFC, "489434.0" is 489434), as pandas does.
+    order_key = [_nfc(_whole_number(_strip(_text(ORDER_ID)))).alias("_order")] if has_orders else []
     checked = frame.select(
         *raw_values,
         "source_row",
@@ -638,19 +678,24 @@ def check_events(
         c["channel"].cast("byte").alias("channel_code"),
         c["quantity"].cast("short").alias("quantity_n"),
         (F.coalesce(c["amount"], F.lit(0.0)) + F.lit(0.0)).alias("amount_n"),
+        *order_key,
     )
-    # An exact repeat of an earlier accepted row (all seven values; the earliest source row stays).
+    # An exact repeat of an earlier accepted row (all seven values, and the order id when the file
+    # has one; the earliest source row stays).
     key = ["_mid", "item", "etype", "ts_us", "channel_code", "quantity_n", "amount_n"]
+    key += ["_order"] if has_orders else []
     order = F.row_number().over(Window.partitionBy(*key).orderBy("source_row"))
-    repeat = F.col("reason").isNull() & (order > 1)
+    ts_us = F.col("ts_us")
     return checked.select(
         *[f"raw_{col}" for col in EVENTS.columns],
         "source_row",
-        F.when(repeat, F.lit(Reason.DUPLICATE_EVENT)).otherwise(F.col("reason")).alias("reason"),
-        F.when(repeat, F.lit(_DUPLICATE_DETAIL)).otherwise(F.col("detail")).alias("detail"),
-        F.when(repeat, F.lit(f"{Reason.DUPLICATE_EVENT}: {_DUPLICATE_DETAIL}"))
-        .otherwise(F.col("problems"))
-        .alias("problems"),
+        "reason",
+        "detail",
+        "problems",
+        (F.col("reason").isNull() & (order > 1)).alias("_copy"),
+        (ts_us % F.lit(MINUTE_US) != 0).alias("_sub_minute"),
+        (ts_us % F.lit(DAY_US) != 0).alias("_sub_day"),
+        ((ts_us + F.lit(day_offset_s * 1_000_000)) % F.lit(DAY_US) != 0).alias("_sub_day_offset"),
         F.col("raw_member_id").cast("string").alias("member_raw"),
         F.col("_mid").alias("member_id"),
         "item",
@@ -659,6 +704,59 @@ def check_events(
         F.col("channel_code").alias("channel"),
         F.col("amount_n").cast("float").alias("amount"),
     )
+
+
+@dataclass(frozen=True)
+class Copies:
+    """What the exact repeats of a file are: its times' grain, whether it has order ids, how many
+    accepted rows repeat an earlier one; duplicates or kept repeats by pandas' rule."""
+
+    grain: str
+    has_orders: bool
+    repeats: int
+
+    @property
+    def duplicates(self) -> bool:
+        return self.repeats > 0 and copies_are_duplicates(self.grain, self.has_orders)
+
+    @classmethod
+    def of(cls, compact: Any, has_orders: bool) -> Copies:
+        from pyspark.sql import functions as F
+
+        def any_of(col: str) -> Any:
+            return F.max(F.col(col).cast("int")).alias(col)
+
+        row = (
+            compact.where("reason IS NULL")
+            .agg(
+                F.count("*").alias("n"),
+                any_of("_sub_minute"),
+                any_of("_sub_day"),
+                any_of("_sub_day_offset"),
+                F.sum(F.col("_copy").cast("long")).alias("repeats"),
+            )
+            .collect()[0]
+        )
+        n = int(row["n"])
+        flags = [bool(row[c]) for c in ("_sub_minute", "_sub_day", "_sub_day_offset")]
+        return cls(time_grain(n, *flags), has_orders, int(row["repeats"] or 0))
+
+
+def with_duplicates(frame: Any, copies: Copies) -> Any:
+    """``frame`` (checked, or its compact columns) with the repeats quarantined as
+    ``duplicate_event`` when ``copies`` says they are duplicates, else kept as repeat events."""
+    from pyspark.sql import functions as F
+
+    if not copies.duplicates:
+        return frame
+    detail = duplicate_detail(copies.grain, copies.has_orders)
+    copy = F.col("_copy")
+    frame = frame.withColumn("reason", F.when(copy, F.lit(Reason.DUPLICATE_EVENT)).otherwise(F.col("reason")))
+    if "detail" in frame.columns:
+        frame = frame.withColumn("detail", F.when(copy, F.lit(detail)).otherwise(F.col("detail")))
+        problems = F.lit(f"{Reason.DUPLICATE_EVENT}: {detail}")
+        frame = frame.withColumn("problems", F.when(copy, problems).otherwise(F.col("problems")))
+    return frame
 
 
 def _quoted(text: Any) -> Any:

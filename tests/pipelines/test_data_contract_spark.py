@@ -260,3 +260,50 @@ def test_unusable_events_file_is_the_same_named_error(spark: Any, tmp_path: Path
         errors.append(err.value)
     assert [e.reason for e in errors] == ["DATA_CONTRACT", "DATA_CONTRACT"]
     assert all("events" in str(e) for e in errors), errors
+
+
+def _dates_only(data: Path, orders: bool) -> tuple[int, int]:
+    """The folder's events at midnight UTC (a dates-only export, as H&M's), each of the first 30
+    rows twice more: once in the same order and once in another when ``orders`` (an order_id
+    column), else twice as such. Returns (rows in the file, copies in the same order)."""
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    events = events[events["ts"].str.match(r"^\d{4}-\d{2}-\d{2}")].reset_index(drop=True)
+    events["ts"] = events["ts"].str.slice(0, 10) + "T00:00:00Z"
+    if orders:
+        events["order_id"] = [f"{i}.0" for i in range(len(events))]  # read as the integer
+    head = events.iloc[:30]
+    other = head.assign(order_id=[f"X{i}" for i in range(30)]) if orders else head
+    pd.concat([events, head, other]).to_csv(data / "events.csv", index=False)
+    return len(events) + 60, 30
+
+
+@with_spark
+@pytest.mark.parametrize("orders", [False, True], ids=["dates_only", "dates_only_with_order_id"])
+def test_dates_only_repeats_and_order_ids_are_read_alike(spark: Any, tmp_path: Path, orders: bool) -> None:
+    """A dates-only file keeps identical rows as repeat purchases on both engines; with an
+    order_id, a copy in the same order is a duplicate and one in another order is kept."""
+    from training import spark_ingest
+
+    data = tmp_path / "data"
+    from pipelines.generate import generate
+    from pipelines.generate.params import GeneratorParams
+
+    generate(GeneratorParams(members=40, seed=1), data, fmt="csv")
+    _, same_order = _dates_only(data, orders)
+    settings = load_settings(overrides={"data": {"max_quarantined_share": 0.99}}).data
+    a = prepare.prepare(prepare.load(data, settings))
+    quarantine = data / "quarantine" / "events.csv"
+    written = pd.read_csv(quarantine, dtype=str, keep_default_na=False) if orders else None
+    quarantine.unlink(missing_ok=True)
+    ingested = spark_ingest.load(spark, data, settings, frozenset())
+    ingested.events.unpersist()
+    b = ingested.prepared
+    assert a.counts == b.counts
+    assert a.fingerprint == b.fingerprint and len(a.events) == len(b.events)
+    duplicates = a.counts.get("quarantined.duplicate_event", 0)
+    assert duplicates == (same_order if orders else 0)
+    assert quarantine.is_file() == orders
+    if written is not None:
+        spark_written = pd.read_csv(quarantine, dtype=str, keep_default_na=False)
+        cols = ["source_row", "reason", "detail", *COLUMNS]
+        pd.testing.assert_frame_equal(written[cols], spark_written[cols])
