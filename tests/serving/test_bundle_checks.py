@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 from bundle_factory import make_bundle
 from serving_harness import running_server, serving_settings
@@ -198,4 +199,61 @@ def test_a_bundle_the_model_cannot_be_built_from_is_bad_bundle_not_internal(
     monkeypatch.setattr(ServedModel, "__init__", broken)
     with pytest.raises(BundleError, match="cannot be served: KeyError") as err:
         ServedModel.load(planted.path, version="1", source_uri=str(planted.path))
+    assert err.value.reason == "BAD_BUNDLE"
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "bad"),
+    [("member_factors", 7, np.nan), ("item_factors", 3, np.inf), ("history_data", 5, -np.inf)],
+)
+def test_a_non_finite_factor_or_weight_is_refused_naming_the_file_and_row(
+    tmp_path: Path, name: str, row: int, bad: float
+) -> None:
+    """A NaN member vector would give NaN scores, and lists in garbage order, with no error."""
+    planted = make_bundle(tmp_path / "b")
+    arr = np.load(planted.path / f"{name}.npy")
+    arr[(row, 2) if arr.ndim == 2 else row] = bad
+    np.save(planted.path / f"{name}.npy", arr)
+    with pytest.raises(
+        BundleError, match=rf"{name} holds NaN or infinite values, the first in row {row} of {name}\.npy"
+    ) as err:
+        load_bundle(planted.path)
+    assert err.value.reason == "BAD_BUNDLE"
+    with pytest.raises(BundleError, match=rf"{name}\.npy"):
+        ServedModel.load(planted.path, version="1", source_uri=str(planted.path))
+
+
+def test_the_finite_scan_names_the_first_bad_row_across_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan reads a memory-mapped array a step at a time; a row in a later step, and the
+    first of two, is the one named."""
+    from recsvc import bundle_parts
+
+    planted = make_bundle(tmp_path / "b")
+    factors = np.load(planted.path / "member_factors.npy")
+    factors[30, 0], factors[41, 15] = np.inf, np.nan
+    np.save(planted.path / "member_factors.npy", factors)
+    monkeypatch.setattr(bundle_parts, "_FINITE_STEP_BYTES", 16 * 4 * 8)  # 8 rows of 16 float32
+    with pytest.raises(BundleError, match=r"the first in row 30 of member_factors\.npy"):
+        load_bundle(planted.path)
+
+
+def test_non_finite_stored_list_and_popular_scores_are_refused(tmp_path: Path) -> None:
+    planted = make_bundle(tmp_path / "b")
+    spec = StoredListSpec(k=3, diversity=0.0, max_per_category=0, ann_candidates=100)
+    items = np.zeros((44, 3), dtype=np.int32)
+    scores = np.ones((44, 3), dtype=np.float32)
+    scores[12, 1] = np.nan
+    reasons = np.full((44, 3), -1, dtype=np.int32)
+    with pytest.raises(BundleError, match=r"member_list_score holds NaN .* row 12 of member_list_score\.npy"):
+        add_member_lists(planted.path, items, scores, reasons, spec)
+    other = make_bundle(tmp_path / "c")
+    popular = pd.read_parquet(other.path / "popular.parquet")
+    popular.loc[4, "score"] = np.inf
+    popular.to_parquet(other.path / "popular.parquet", index=False)
+    with pytest.raises(
+        BundleError, match=r"popular\.parquet holds a score that is not a finite number, the first in row 4"
+    ) as err:
+        load_bundle(other.path)
     assert err.value.reason == "BAD_BUNDLE"
