@@ -77,20 +77,39 @@ def validate(
 
 def _print_validation(summary: dict[str, Any], target: Path) -> None:
     table = Table(title=f"Data contract check of {summary['data_dir']}")
-    for col in ("table", "rows read", "clean", "quarantined", "reasons"):
-        table.add_column(col, justify="right" if col not in ("table", "reasons") else "left")
+    for col in ("table", "encoding", "rows read", "clean", "quarantined", "reasons"):
+        left = col in ("table", "encoding", "reasons")
+        # an encoding wrapped over two lines ("utf-8-" / "sig") reads as another one
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "encoding")
     for name, t in summary["tables"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in t["reasons"].items()) or "-"
         table.add_row(
-            name, f"{t['rows_read']:,}", f"{t['rows_clean']:,}", f"{t['rows_quarantined']:,}", reasons
+            name,
+            _encoding(t),
+            f"{t['rows_read']:,}",
+            f"{t['rows_clean']:,}",
+            f"{t['rows_quarantined']:,}",
+            reasons,
         )
     out.print(table)
     for name, t in summary["tables"].items():
+        # What changes what training sees without quarantining a row (identical dates-only rows
+        # kept as repeat events): shown where the counts are read, not only in the log.
+        for note in t.get("notes", []):
+            out.print(f"{name}: note: {note}", soft_wrap=True, markup=False)
         for reason, entry in list(t.get("problems", {}).items())[:10]:
             example = entry["examples"][0] if entry["examples"] else ""
             line = f"{name}: {reason} x{entry['rows']:,} (e.g. {example}) -> {entry['fix']}"
             out.print(line, soft_wrap=True, markup=False)
     out.print(f"quarantine files and summary.json written to {target}")
+
+
+def _encoding(t: dict[str, Any]) -> str:
+    """A CSV file's encoding as read (detected, or named with --encoding), "parquet" for a
+    Parquet file, "-" for a table with no file (members implied by the events)."""
+    if t.get("encoding"):
+        return str(t["encoding"])
+    return "parquet" if t.get("file") is not None else "-"
 
 
 @app.command("generate")
