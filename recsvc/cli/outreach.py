@@ -2,10 +2,10 @@
 and ask the throttle one question.
 
 ``import DIR`` reads ``members.{csv,parquet}`` (member_id, timezone; an empty or absent
-timezone is the policy's default) and
-``consent.{csv,parquet}`` (member_id, channel, granted, updated_at) and writes them to Redis,
-pipelined; rows that break the contract are left out with a reason (``--quarantine FILE`` writes
-them as CSV) and never stop the good rows.
+timezone is the policy's default; optional ``consent_<channel>`` columns stamped with
+registered_at) and ``consent.{csv,parquet}`` (member_id, channel, granted, updated_at) and writes
+them to Redis, pipelined; rows that break the contract are left out whole with a reason
+(``--quarantine FILE`` writes them as CSV) and never stop the good rows.
 """
 
 from __future__ import annotations
@@ -69,32 +69,54 @@ def _read_table(folder: Path, stem: str, columns: list[str]) -> Any:
     return None
 
 
-def _members_consent(folder: Path) -> Any:
-    """Consent as the data contract ships it: ``consent_<channel>`` columns of the members file
-    (empty = never answered, which stays "no consent"), as long rows stamped with registered_at."""
-    frame = _read_table(folder, "members", ["member_id"])
-    if frame is None:
-        return None
-    import pandas as pd
+def _member_row(
+    row: dict[str, str], channels: list[str], max_id: int
+) -> tuple[str, str | None, list[tuple[str, str, bool, int]]]:
+    """One members-file row checked whole: (member_id, zone or None without a timezone column,
+    consent records from its ``consent_<channel>`` cells). Any bad cell raises, so a refused row
+    contributes neither its zone nor its consent."""
+    from recsvc.outreach.ask_checks import check_id
+    from recsvc.outreach.policy import check_timezone
 
-    full = _read_table(folder, "members", [])
-    cols = [c for c in full.columns if c.startswith("consent_")]
-    if not cols:
-        return None
-    # registered_at is optional, column and cell alike: without it the answer dates from 1970, so
-    # any consent record stamped later (the API's, a consent file's) wins over it
-    epoch = pd.Series("1970-01-01", index=full.index)
-    stamp = epoch
-    if "registered_at" in full.columns:
-        raw = full["registered_at"]
-        blank = raw.isna() | (raw.astype(str).str.strip() == "")
-        stamp = raw.astype(str).where(~blank, epoch)
-    long = full.assign(updated_at=stamp).melt(
-        id_vars=["member_id", "updated_at"], value_vars=cols, var_name="channel", value_name="granted"
-    )
-    long["channel"] = long["channel"].str.removeprefix("consent_")
-    answered = long["granted"].str.strip().str.lower().isin(_TRUE | _FALSE)
-    return long.loc[answered, ["member_id", "channel", "granted", "updated_at"]]
+    member_id = check_id(row["member_id"], "member_id", max_id)
+    zone = None
+    if "timezone" in row:
+        zone = row["timezone"].strip()
+        if zone:  # empty: the policy's default_timezone, whatever it is when a message goes
+            check_timezone(zone)
+    answers: list[tuple[str, bool]] = []
+    for column, cell in row.items():
+        if not column.startswith("consent_"):
+            continue
+        flag = cell.strip().lower()
+        if not flag:
+            continue  # never answered: stays "no consent", as in the data contract
+        channel = column.removeprefix("consent_")
+        if channel not in channels:
+            raise ValueError(f"unknown channel {channel[:40]!r} (column {column[:60]!r})")
+        if flag not in _TRUE | _FALSE:
+            raise ValueError(f"{column[:60]} must be true/false, got {cell[:20]!r}")
+        answers.append((channel, flag in _TRUE))
+    records: list[tuple[str, str, bool, int]] = []
+    if answers:
+        # registered_at is optional, column and cell alike: without it the answer dates from 1970,
+        # so any consent record stamped later (the API's, a consent file's) wins over it
+        stamp = row.get("registered_at", "").strip() or "1970-01-01"
+        at = _checked_stamp(stamp, "registered_at")
+        records = [(member_id, channel, granted, at) for channel, granted in answers]
+    return member_id, zone, records
+
+
+def _checked_stamp(value: str, column: str) -> int:
+    try:
+        at = _timestamp_ms(value)
+    except ValueError as exc:
+        raise ValueError(f"{column} is not a timestamp ({exc}): {value[:40]!r}") from exc
+    # A stamp ahead of the clock would outrank every later answer of the member's (the newest
+    # record wins): a withdrawal after it would be ignored.
+    if at > now_ms() + MAX_FUTURE_MS:
+        raise ValueError(f"{column} {value[:40]!r} is more than {MAX_FUTURE_MS // 1000} s in the future")
+    return at
 
 
 def _why(exc: Exception) -> str:
@@ -128,7 +150,6 @@ def import_profiles(
     """Load members' time zones and consent records into Redis."""
     from recsvc.errors import InvalidArgument
     from recsvc.outreach.ask_checks import check_id
-    from recsvc.outreach.policy import check_timezone
     from recsvc.outreach.service import build_throttle
     from recsvc.redis_client import STORE_ERRORS, connect
 
@@ -147,15 +168,15 @@ def import_profiles(
             quarantine.unlink()  # written only when a row is refused
     members = _read_table(folder, "members", ["member_id"])
     if members is not None:
-        # timezone is optional, as in the data contract: without the column no zone is written.
+        # timezone and consent_<channel> are optional, as in the data contract: without the
+        # column no zone (or no consent for that channel) is written.
         full = _read_table(folder, "members", [])
-        members = full[["member_id", "timezone"]] if "timezone" in full.columns else None
+        wanted = [c for c in full.columns if c in ("timezone", "registered_at") or c.startswith("consent_")]
+        if "timezone" in wanted or any(c.startswith("consent_") for c in wanted):
+            members = full[["member_id", *wanted]]
+        else:
+            members = None
     consent = _read_table(folder, "consent", ["member_id", "channel", "granted", "updated_at"])
-    from_members = _members_consent(folder)
-    if from_members is not None:
-        import pandas as pd
-
-        consent = from_members if consent is None else pd.concat([consent, from_members], ignore_index=True)
     if members is None and consent is None:
         raise DataContractError(f"{folder} holds neither members.(csv|parquet) nor consent.(csv|parquet)")
     # bulk writes: a generous timeout instead of the decision path's fail-fast one
@@ -165,18 +186,22 @@ def import_profiles(
     refused: list[dict[str, str]] = []
 
     zones: list[tuple[str, str]] = []
+    records: list[tuple[str, str, bool, int]] = []
     if members is not None:
-        for row in members.itertuples(index=False):
+        columns = list(members.columns)
+        for values in members.itertuples(index=False, name=None):
+            row = dict(zip(columns, values, strict=True))
             try:
                 # NFC, like the ids of the files and the API (recsvc.idmap): one member, one profile.
-                member_id = check_id(row.member_id, "member_id", max_id)
-                zone = row.timezone.strip()
-                if zone:  # empty: the policy's default_timezone, whatever it is when a message goes
-                    check_timezone(zone)
-                zones.append((member_id, zone))
+                member_id, zone, answers = _member_row(row, policy.channels, max_id)
             except (InvalidArgument, ValueError) as exc:
-                refused.append({"file": "members", "member_id": row.member_id[:max_id], "reason": _why(exc)})
-    records: list[tuple[str, str, bool, int]] = []
+                refused.append(
+                    {"file": "members", "member_id": row["member_id"][:max_id], "reason": _why(exc)}
+                )
+                continue
+            if zone is not None:
+                zones.append((member_id, zone))
+            records.extend(answers)
     if consent is not None:
         for row in consent.itertuples(index=False):
             try:
@@ -186,19 +211,7 @@ def import_profiles(
                 flag = row.granted.strip().lower()
                 if flag not in _TRUE | _FALSE:
                     raise ValueError(f"granted must be true/false, got {row.granted[:20]!r}")
-                try:
-                    at = _timestamp_ms(row.updated_at)
-                except ValueError as exc:
-                    raise ValueError(
-                        f"updated_at is not a timestamp ({exc}): {row.updated_at[:40]!r}"
-                    ) from exc
-                # A stamp ahead of the clock would outrank every later answer of the member's
-                # (the newest record wins): a withdrawal after it would be ignored.
-                if at > now_ms() + MAX_FUTURE_MS:
-                    raise ValueError(
-                        f"updated_at {row.updated_at[:40]!r} is more than "
-                        f"{MAX_FUTURE_MS // 1000} s in the future"
-                    )
+                at = _checked_stamp(row.updated_at, "updated_at")
                 records.append((member_id, row.channel, flag in _TRUE, at))
             except (InvalidArgument, ValueError) as exc:
                 refused.append({"file": "consent", "member_id": row.member_id[:max_id], "reason": _why(exc)})

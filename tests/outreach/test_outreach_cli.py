@@ -169,6 +169,65 @@ def test_import_refuses_dates_no_clock_can_hold_and_checks_the_quarantine_first(
     assert refused["reason"].str.contains("not a timestamp").all()
 
 
+def test_a_members_row_refused_for_its_zone_writes_none_of_its_consent(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "members.csv").write_text(
+        "member_id,timezone,consent_wecom,consent_sms\n"
+        "G1,Europe/Berlin,true,false\n"
+        "B1,Mars/Olympus,true,true\n"
+        "B2,../../etc/passwd,true,true\n"
+    )
+    quarantine = tmp_path / "q.csv"
+    res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
+    assert res.exit_code == 0, res.output
+    # only G1's zone and two answers were written; the refused rows count nowhere else
+    assert "imported 1 time zones and 2 consent records" in flat(res.output)
+    assert "2 rows refused" in flat(res.output)
+    refused = pd.read_csv(quarantine)
+    assert sorted(refused["member_id"]) == ["B1", "B2"]
+    assert (refused["file"] == "members").all()
+    assert refused["reason"].str.startswith("unknown time zone").all()
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(member_key("recsvc", "B1", "out:profile"))
+    assert not r.exists(member_key("recsvc", "B2", "out:profile"))
+    assert r.hget(member_key("recsvc", "G1", "out:profile"), "tz") == b"Europe/Berlin"
+    res = runner.invoke(app, ["outreach", "check", "--member", "B1", "--channel", "wecom"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["reason"] == "NO_CONSENT"  # never answered, as the row had no effect
+
+
+def test_a_consent_cell_that_is_not_a_boolean_refuses_its_row(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "members.csv").write_text(
+        "member_id,timezone,consent_wecom,consent_sms\n"
+        "Z1,Asia/Tokyo,true,maybe\n"
+        "Z2,UTC,,true\n"  # an empty cell is "never answered", not a refusal
+    )
+    quarantine = tmp_path / "q.csv"
+    res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
+    assert res.exit_code == 0, res.output
+    assert "imported 1 time zones and 1 consent records" in flat(res.output)
+    assert "1 rows refused" in flat(res.output)
+    refused = pd.read_csv(quarantine)
+    assert refused.to_dict("records") == [
+        {"file": "members", "member_id": "Z1", "reason": "consent_sms must be true/false, got 'maybe'"}
+    ]
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(member_key("recsvc", "Z1", "out:profile"))  # neither its zone nor its wecom answer
+    z2 = member_key("recsvc", "Z2", "out:profile")
+    sms = r.hget(z2, "c:sms")
+    assert r.hget(z2, "tz") == b"UTC" and isinstance(sms, bytes) and sms.startswith(b"1|")
+    assert r.hget(z2, "c:wecom") is None
+
+
 def test_check_reserve_decides_as_the_api_does_holdouts_and_the_log_included(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
