@@ -321,8 +321,9 @@ class AuthInterceptor(MethodWrapper):
     ) -> grpc.RpcMethodHandler | None:
         # As an interceptor: a method the server lacks is refused like any other first, so an
         # unknown caller learns nothing about which methods exist.
-        handler = continuation(handler_call_details) or UNIMPLEMENTED_HANDLER
-        return self.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        return super().intercept_service(
+            lambda details: continuation(details) or UNIMPLEMENTED_HANDLER, handler_call_details
+        )
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if method.startswith(EXEMPT_PREFIXES):

@@ -83,10 +83,19 @@ class SyncInterceptorAdapter(grpc.aio.ServerInterceptor):
 
 class MethodWrapper(grpc.ServerInterceptor):
     """An interceptor that wraps a method's handler, the same way for every call of that method:
-    per-call work (checking metadata, mapping errors) happens inside the handler it returns."""
+    per-call work (checking metadata, mapping errors) happens inside the handler it returns.
+
+    ``wrap`` gets the methods a service registered; ``wrap_unknown`` the names no service has
+    (the caller's to choose, so without bound). Each wrapper is told which one directly: a
+    handler it gets may already be wrapped by others, so it cannot tell by the handler."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         raise NotImplementedError
+
+    def wrap_unknown(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of ``method``, a name no service registered (``handler`` answers
+        UNIMPLEMENTED once the wrappers further in let the call through)."""
+        return self.wrap(method, handler)
 
     def intercept_service(
         self,
@@ -96,15 +105,25 @@ class MethodWrapper(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return self.wrap(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if isinstance(handler, _Unregistered):
+            # An interceptor further in answers for a method the server lacks (AuthInterceptor
+            # refuses it like any other); it stays marked for the interceptors further out.
+            return _unregistered(self.wrap_unknown(method, handler))
+        return self.wrap(method, handler)
 
 
 def wrap_handler(
-    wrappers: Sequence[MethodWrapper], method: str, handler: grpc.RpcMethodHandler
+    wrappers: Sequence[MethodWrapper],
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    *,
+    registered: bool = True,
 ) -> grpc.RpcMethodHandler:
-    """``handler`` inside ``wrappers``, the first outermost (the order of a server's interceptors)."""
+    """``handler`` inside ``wrappers``, the first outermost (the order of a server's interceptors).
+    ``registered``: whether a service has ``method`` (else each wrapper's ``wrap_unknown``)."""
     for wrapper in reversed(wrappers):
-        handler = wrapper.wrap(method, handler)
+        handler = wrapper.wrap(method, handler) if registered else wrapper.wrap_unknown(method, handler)
     return handler
 
 
@@ -133,8 +152,21 @@ def _unimplemented(request: Any, context: grpc.ServicerContext) -> Any:
     context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
+# grpc's handler type (a named tuple: ``_replace`` keeps the subclass below).
+_HandlerType: Any = type(grpc.unary_unary_rpc_method_handler(_unimplemented))
+
+
+class _Unregistered(_HandlerType):  # type: ignore[misc]
+    """A handler for a method no service has. Only interceptors run per call need the mark (see
+    ``MethodWrapper.intercept_service``): the registrar tells each wrapper by name."""
+
+
+def _unregistered(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    return handler if isinstance(handler, _Unregistered) else _Unregistered(*handler)  # type: ignore[misc]
+
+
 # What a server answers for a method it does not have, as a handler wrappers can wrap.
-UNIMPLEMENTED_HANDLER = grpc.unary_unary_rpc_method_handler(_unimplemented)
+UNIMPLEMENTED_HANDLER = _unregistered(grpc.unary_unary_rpc_method_handler(_unimplemented))
 
 
 class _UnknownMethods(grpc.GenericRpcHandler):
@@ -146,7 +178,8 @@ class _UnknownMethods(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         # Not cached: the names are the caller's to choose.
-        return wrap_handler(self._wrappers, handler_call_details.method, UNIMPLEMENTED_HANDLER)  # type: ignore[attr-defined]
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        return wrap_handler(self._wrappers, method, UNIMPLEMENTED_HANDLER, registered=False)
 
 
 class WrappingRegistrar:

@@ -16,10 +16,47 @@ import grpc
 
 from recsvc.errors import RecsvcError
 from recsvc.metrics import ServingMetrics
-from recsvc.server.handlers import UNIMPLEMENTED_HANDLER, HandlerFn, KindWrappers, MethodWrapper, rewrap
+from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
 
 # Method names are the caller's to choose for methods no service has: one label for all of them.
 UNKNOWN = "unknown"
+_UNKNOWN_METHOD = f"/{UNKNOWN}/{UNKNOWN}"
+
+
+class _CodeKeeping:
+    """A plain handler's context on the aio server (run in its thread pool) cannot say which code
+    ``abort()`` or ``set_code()`` gave the call; this one, passed in its place, remembers it."""
+
+    __slots__ = ("_code", "_context")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: grpc.StatusCode | None = None
+
+    def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> Any:
+        self._code = code
+        return self._context.abort(code, *args, **kwargs)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _keeping_code(context: Any) -> Any:
+    """``context``, able to say the code it was given (aio and thread-pool contexts can)."""
+    return context if hasattr(context, "code") else _CodeKeeping(context)
+
+
+def _code_set(context: Any) -> grpc.StatusCode | None:
+    code = getattr(context, "code", None)
+    found = code() if code is not None else None
+    return found if isinstance(found, grpc.StatusCode) else None
 
 
 def _code_of(exc: BaseException, context: Any) -> str:
@@ -27,13 +64,19 @@ def _code_of(exc: BaseException, context: Any) -> str:
         return exc.code.name
     if isinstance(exc, GeneratorExit | asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED.name  # the caller went away (or the server is stopping)
-    code = getattr(context, "code", None)  # an abort() with a code (not on every context type)
-    found = code() if code is not None else None
-    if isinstance(found, grpc.StatusCode):
+    found = _code_set(context)  # an abort() with a code
+    if found is not None:
         return found.name
     if isinstance(exc, grpc.aio.AbortError):
-        return "ABORTED_BY_HANDLER"  # the code went to the caller; this context cannot tell it
+        return "ABORTED_BY_HANDLER"  # aborted through a context other than the one passed in
     return grpc.StatusCode.INTERNAL.name  # what the error interceptor answers for the unexpected
+
+
+def _code_on_return(context: Any) -> str:
+    """A handler may end its call without raising, with ``set_code`` (streams do, see
+    ``ErrorInterceptor``)."""
+    found = _code_set(context)
+    return found.name if found is not None else grpc.StatusCode.OK.name
 
 
 class _Observer:
@@ -54,32 +97,30 @@ class _Observer:
 
 
 class RpcMetricsInterceptor(MethodWrapper):
+    """Labels a call by its service and method when a service registered the method, else
+    ``unknown``/``unknown`` (``wrap_unknown``): the series are bounded by what the server has,
+    whatever names callers send and whichever wrappers run further in."""
+
     def __init__(self, metrics: ServingMetrics) -> None:
         self._metrics = metrics
+        # Keyed by registered method names (and the one unknown key) only: a fixed set.
         self._observers: dict[str, _Observer] = {}
 
-    def _observer(self, method: str, handler: grpc.RpcMethodHandler) -> _Observer:
-        if handler is UNIMPLEMENTED_HANDLER:
-            method = f"/{UNKNOWN}/{UNKNOWN}"
+    def _observer(self, method: str) -> _Observer:
         observer = self._observers.get(method)
         if observer is None:
             service, _, name = method.lstrip("/").rpartition("/")
-            observer = _Observer(self._metrics, service or UNKNOWN, name or UNKNOWN)
-            if len(self._observers) < 1024:  # per-call wrapping (thread-pool server): bounded
-                self._observers[method] = observer
+            observer = self._observers[method] = _Observer(self._metrics, service or UNKNOWN, name or UNKNOWN)
         return observer
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        observe = self._observer(method, handler)
-        if handler is UNIMPLEMENTED_HANDLER:
-            inner_unknown = handler.unary_unary
+        return self._counted(self._observer(method), handler)
 
-            def unimplemented(request: Any, context: grpc.ServicerContext) -> Any:
-                observe(grpc.StatusCode.UNIMPLEMENTED.name, time.perf_counter())
-                return inner_unknown(request, context)
+    def wrap_unknown(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return self._counted(self._observer(_UNKNOWN_METHOD), handler)
 
-            return handler._replace(unary_unary=unimplemented)  # type: ignore[attr-defined]
-
+    @staticmethod
+    def _counted(observe: _Observer, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def async_unary(inner: HandlerFn) -> HandlerFn:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 t0 = time.perf_counter()
@@ -88,7 +129,7 @@ class RpcMetricsInterceptor(MethodWrapper):
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
-                observe("OK", t0)
+                observe(_code_on_return(context), t0)
                 return response
 
             return run
@@ -102,19 +143,20 @@ class RpcMetricsInterceptor(MethodWrapper):
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
-                observe("OK", t0)
+                observe(_code_on_return(context), t0)
 
             return run
 
         def unary(inner: HandlerFn) -> HandlerFn:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 t0 = time.perf_counter()
+                context = _keeping_code(context)
                 try:
                     response = inner(request, context)
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
-                observe("OK", t0)
+                observe(_code_on_return(context), t0)
                 return response
 
             return run
@@ -122,12 +164,13 @@ class RpcMetricsInterceptor(MethodWrapper):
         def stream(inner: HandlerFn) -> HandlerFn:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 t0 = time.perf_counter()
+                context = _keeping_code(context)
                 try:
                     yield from inner(request, context)
                 except BaseException as exc:
                     observe(_code_of(exc, context), t0)
                     raise
-                observe("OK", t0)
+                observe(_code_on_return(context), t0)
 
             return run
 

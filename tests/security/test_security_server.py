@@ -4,6 +4,7 @@ Recommender, Outreach and Admin services, audit of consent changes, erasure thro
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import pytest
 import redis
 from bundle_factory import PlantedBundle
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 from serving_harness import serving_settings
 
 from recsvc.errors import ConfigError
@@ -53,6 +55,7 @@ class Secured:
     keys: dict[str, str]
     settings: Settings
     redis: redis.Redis
+    metrics: Any = None  # the server's ServingMetrics
 
     def md(self, who: str) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.keys[who]}")]
@@ -86,7 +89,7 @@ def secured_server(settings: Settings, keys: dict[str, str]) -> Iterator[Secured
     channel = grpc.insecure_channel(f"127.0.0.1:{deps.bound_port}")
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     try:
-        yield Secured(channel, keys, settings, client)
+        yield Secured(channel, keys, settings, client, deps.metrics)
     finally:
         client.close()
         channel.close()
@@ -323,6 +326,74 @@ def test_unknown_method_is_refused_before_unimplemented(srv: Secured) -> None:
     call = srv.channel.unary_unary("/recsvc.v1.Secret/Do")
     assert _code(call, b"") == grpc.StatusCode.UNAUTHENTICATED
     assert _code(call, b"", metadata=srv.md("ops")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _handled(srv: Secured) -> dict[tuple[str, str, str], float]:
+    """Every ``recsvc_grpc_server_handled_total`` series of the server: (service, method, code) -> count."""
+    out: dict[tuple[str, str, str], float] = {}
+    for family in srv.metrics.registry.collect():
+        for s in family.samples:
+            if s.name == "recsvc_grpc_server_handled_total":
+                out[(s.labels["service"], s.labels["method"], s.labels["code"])] = s.value
+    return out
+
+
+def test_made_up_method_names_share_the_unknown_series_with_keys_configured(srv: Secured) -> None:
+    """The names are the caller's to choose: with API keys configured (the refusal of a caller
+    without a key comes before UNIMPLEMENTED), each must still not become series of its own."""
+    names = [f"/x.Y/m{i}_{'a' * 40}" for i in range(25)]
+    names += [f"/recsvc.v1.Outreach/Junk{i}" for i in range(25)]  # a real service, no such method
+    for name in names:
+        assert _code(srv.channel.unary_unary(name), b"") == grpc.StatusCode.UNAUTHENTICATED
+    # A refusal reaches the caller a moment before the server thread that refused counts it.
+    deadline = time.monotonic() + 5
+    while _handled(srv).get(("unknown", "unknown", "UNAUTHENTICATED")) != 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    text = generate_latest(srv.metrics.registry).decode()
+    assert "_aaaa" not in text and "Junk" not in text and "x.Y" not in text
+    handled = _handled(srv)
+    assert handled[("unknown", "unknown", "UNAUTHENTICATED")] == 50
+    assert sum(v for (svc, _, _), v in handled.items() if svc == "unknown") == 50
+
+
+def test_refused_calls_are_counted_under_their_status_code(srv: Secured, planted: PlantedBundle) -> None:
+    """Refusals at the door (no key, a key without the method's role) and a handler's own refusal
+    are counted under the code the caller got, on sync and async, unary and streaming methods."""
+    out = outreach_pb2_grpc.OutreachStub(srv.channel)
+    admin = admin_pb2_grpc.AdminStub(srv.channel)
+    rec = recommender_pb2_grpc.RecommenderStub(srv.channel)
+    catalog = catalog_pb2_grpc.CatalogStub(srv.channel)
+    member = planted.warm_members()[0]
+    check = outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c1")
+    forget = admin_pb2.ForgetMemberRequest(member_id=member, reason="t")
+    plan = outreach_pb2.PlanCampaignRequest(member_ids=[member], channel="sms", campaign_id="c1")
+    products = recommender_pb2.RecommendProductsRequest(member_id=member, k=3)
+    export = catalog_pb2.ExportCatalogRequest()
+    bad_id = admin_pb2.ForgetMemberRequest(member_id="x{y}")
+    unauthenticated, denied = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    calls: list[tuple[str, str, Any, Any, str | None, grpc.StatusCode]] = [
+        ("recsvc.v1.Outreach", "CheckOutreach", out.CheckOutreach, check, None, unauthenticated),
+        ("recsvc.v1.Outreach", "CheckOutreach", out.CheckOutreach, check, "shop", denied),
+        ("recsvc.v1.Admin", "ForgetMember", admin.ForgetMember, forget, None, unauthenticated),
+        ("recsvc.v1.Admin", "ForgetMember", admin.ForgetMember, forget, "crm", denied),
+        ("recsvc.v1.Outreach", "PlanCampaign", out.PlanCampaign, plan, None, unauthenticated),
+        ("recsvc.v1.Outreach", "PlanCampaign", out.PlanCampaign, plan, "shop", denied),
+        ("recsvc.v1.Recommender", "RecommendProducts", rec.RecommendProducts, products, "crm", denied),
+        ("recsvc.v1.Catalog", "ExportCatalog", catalog.ExportCatalog, export, "shop", denied),
+        # refused by the handler itself (a member id the id rule rejects), after the key check
+        ("recsvc.v1.Admin", "ForgetMember", admin.ForgetMember, bad_id, "ops", invalid),
+    ]
+    expected: dict[tuple[str, str, str], float] = {}
+    for service, method, fn, request, who, code in calls:
+        assert _code(fn, request, metadata=srv.md(who) if who else None) == code, (method, who)
+        expected[(service, method, code.name)] = expected.get((service, method, code.name), 0) + 1
+    deadline = time.monotonic() + 5
+    while {k: _handled(srv).get(k, 0.0) for k in expected} != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    handled = _handled(srv)
+    assert {k: handled.get(k, 0.0) for k in expected} == expected
+    assert not [k for k in handled if k[2] == "ABORTED_BY_HANDLER"], handled
 
 
 @pytest.mark.parametrize(

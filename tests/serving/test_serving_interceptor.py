@@ -288,3 +288,35 @@ def test_stopping_ends_a_sync_stream_whose_reader_stalled() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("stall-test")]
     stream.cancel()
     channel.close()
+
+
+def test_interceptors_run_per_call_count_made_up_methods_as_unknown() -> None:
+    """On a thread-pool server (interceptors run per call) the key check answers for a method
+    the server lacks; the counter outside it still labels such calls ``unknown``."""
+    from recsvc.metrics import ServingMetrics
+    from recsvc.security.auth import AuthInterceptor, KeyStore, hash_key, new_key
+    from recsvc.server.rpc_metrics import RpcMetricsInterceptor
+    from recsvc.settings import CallerKey
+
+    metrics = ServingMetrics()
+    keys = KeyStore([CallerKey(name="shop", roles=["recommend"], key_sha256=hash_key(new_key()))])
+    interceptors = [ErrorInterceptor(), RpcMetricsInterceptor(metrics), AuthInterceptor(keys)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=interceptors)
+    server.add_generic_rpc_handlers(_handlers(False))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            for name in [f"/x.Y/m{i}" for i in range(5)] + [f"/{SERVICE}/Unary"]:
+                with pytest.raises(grpc.RpcError) as refused:
+                    ch.unary_unary(name)(b"ok", timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(0)
+    handled = {
+        (s.labels["service"], s.labels["method"], s.labels["code"]): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "recsvc_grpc_server_handled_total"
+    }
+    assert handled == {("unknown", "unknown", "UNAUTHENTICATED"): 5, (SERVICE, "Unary", "UNAUTHENTICATED"): 1}
