@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -89,6 +89,83 @@ def check_channel_names(names: tuple[str, ...] | list[str]) -> None:
         raise ValueError(f"{RESERVED_CHANNEL!r} is reserved (the popular lists of any channel)")
     if len(set(names)) != len(names):
         raise ValueError("channel names must be unique")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+# recsvc.redis_client.CLUSTER_SCHEMES: named here too, so loading settings does not import redis
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_DIGITS = re.compile(r"[0-9]+")
+_DB_PATH = re.compile(r"/?(?P<db>[0-9]*)")
+
+
+def _host_port(hostport: str, *, port_required: bool) -> None:
+    """Raise ValueError unless ``hostport`` is ``host[:port]`` (``[v6]:port`` too) with a port 1-65535."""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{hostport!r} is not host:port")
+        port = rest[1:] if rest else None
+    else:
+        host, sep, port_text = hostport.partition(":")
+        port = port_text if sep else None
+    if not host.strip():
+        raise ValueError(f"no host in {hostport!r}")
+    if port is None:
+        if port_required:
+            raise ValueError(f"a Redis Cluster URL lists host:port seeds; {hostport!r} has no port")
+        return
+    if not _DIGITS.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} of {host!r} is not a number from 1 to 65535")
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError saying what is wrong with a ``redis.url``, in the forms recsvc.redis_client
+    connects to: ``redis://[user:password@]host[:port][/db][?option=value...]``, ``rediss://`` (TLS),
+    ``unix://[user:password@]/path/to/socket[?db=N]`` and ``redis+cluster://[user:password@]host:port
+    [,host:port...]`` (``rediss+cluster://``). The messages never repeat a password."""
+    from urllib.parse import parse_qs, urlsplit
+
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in REDIS_SCHEMES + REDIS_CLUSTER_SCHEMES:
+        shown = url[:80] if "@" not in url else f"{url.partition(':')[0][:40]}:..."  # may hold a password
+        raise ValueError(
+            f"not a Redis URL: {shown!r}; use redis://host:port/db, rediss://, unix:///path "
+            "or redis+cluster://host:port[,host:port]"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        raise ValueError(f"not a Redis URL: {exc}") from None
+    hostport = parts.netloc.rpartition("@")[2]
+    if scheme in REDIS_CLUSTER_SCHEMES:
+        for node in hostport.split(","):
+            _host_port(node.strip(), port_required=True)
+        # the seeds' path is not read, and a cluster serves database 0 only
+        path = _DB_PATH.fullmatch(parts.path)
+        if path is None or path["db"] not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has database 0 only; the URL's path is {parts.path!r}")
+        return
+    if scheme == "unix":
+        if hostport or not parts.path:
+            raise ValueError(
+                "a unix:// URL names the socket by its absolute path: unix:///path/to/redis.sock"
+            )
+    else:
+        _host_port(hostport, port_required=False)
+        # redis-py reads the path as the database number and falls back to 0 when it is not one
+        if _DB_PATH.fullmatch(parts.path) is None:
+            raise ValueError(f"the path {parts.path!r} is not a database number (redis://host:port/0)")
+    if not parts.query:
+        return
+    for db in parse_qs(parts.query).get("db", []):
+        if not _DIGITS.fullmatch(db):
+            raise ValueError(f"db={db!r} is not a database number")
+    # the options redis-py reads from the query string, checked by its own parser (its messages
+    # name the option, not the URL); imported only for a URL that has one
+    from redis.connection import parse_url
+
+    parse_url(url)
 
 
 MAX_EVENT_WEIGHT = 1000.0
@@ -432,6 +509,14 @@ class ServingSettings(_Section):
         "uvloop", description="the gRPC server's event loop: uvloop (libuv; less CPU per call) or asyncio"
     )
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ServingSettings:
+        # a request without k gets default_k items; one above max_k is refused, so the default
+        # must be a k a caller may ask for
+        if self.default_k > self.max_k:
+            raise ValueError(f"serving.default_k {self.default_k} is larger than serving.max_k {self.max_k}")
+        return self
+
     @field_validator("variants")
     @classmethod
     def _shares_sum(cls, v: list[Variant]) -> list[Variant]:
@@ -464,21 +549,10 @@ class RedisSettings(_Section):
 
     @field_validator("url")
     @classmethod
-    def _cluster_nodes(cls, url: str) -> str:
-        # redis+cluster://[user:password@]host:port[,host:port...] (recsvc.redis_client): a seed
-        # without a port would otherwise only fail when the first process connects
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-            raise ValueError(
-                f"not a Redis URL: {url[:80]!r}; use redis://host:port/db, rediss://, unix:///path "
-                "or redis+cluster://host:port[,host:port]"
-            )
-        if scheme.lower() in ("redis+cluster", "rediss+cluster"):
-            nodes = rest.rpartition("@")[2].split("/", 1)[0]
-            for node in nodes.split(","):
-                host, sep, port = node.strip().rpartition(":")
-                if not (sep and host and port.isdigit()):
-                    raise ValueError(f"a Redis Cluster URL lists host:port seeds; {node!r} is not one")
+    def _redis_url(cls, url: str) -> str:
+        # every part redis-py would only reject (or silently replace) when the first process
+        # connects, or a server would refuse minutes into a command
+        check_redis_url(url)
         return url
 
 
@@ -749,22 +823,46 @@ _UNSET = ("", "none", "null")
 def _env_values() -> dict[str, Any]:
     """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables.
 
-    Raises ConfigError for a name that is no setting (unknown section or field)."""
+    Raises ConfigError for a name that is no setting (unknown section or field, or a name under a
+    setting that has no named parts: only a table such as ``training.event_weights`` has them), and
+    for two names of which one sets a part of what the other sets (``RECSVC_TRAINING`` and
+    ``RECSVC_TRAINING__FACTORS``): which one should win is not for the environment's order to decide."""
     import json
 
     sections = Settings.model_fields
-    out: dict[str, Any] = {}
-    for key, raw in os.environ.items():
+    named: dict[tuple[str, ...], tuple[str, str]] = {}  # parts -> (variable, value)
+    for key, raw in sorted(os.environ.items()):
         if not key.startswith(ENV_PREFIX) or key in (CONFIG_ENV, HOME_ENV, *CLIENT_ENV):
             continue
-        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        parts = tuple(key[len(ENV_PREFIX) :].lower().split("__"))
         section = sections.get(parts[0])
-        if section is None or (len(parts) > 1 and parts[1] not in section.annotation.model_fields):  # type: ignore[union-attr]
+        fields = section.annotation.model_fields if section is not None else {}  # type: ignore[union-attr]
+        if section is None or (len(parts) > 1 and parts[1] not in fields) or not all(parts):
             raise ConfigError(f"unknown setting in environment: {key}")
+        if len(parts) > 2:
+            # a table's keys are one level below its name; anything deeper is under a single value
+            single = parts[:2] if get_origin(fields[parts[1]].annotation) is not dict else parts[:3]
+            if len(parts) > len(single):
+                raise ConfigError(
+                    f"unknown setting in environment: {key} ({'.'.join(single)} is a single value)"
+                )
+        if parts in named:  # names differing in case only
+            raise ConfigError(f"{named[parts][0]} and {key} both set {'.'.join(parts)}: set one of them")
+        named[parts] = (key, raw)
+    for parts, (key, _) in named.items():
+        for depth in range(1, len(parts)):
+            outer = named.get(parts[:depth])
+            if outer is not None:
+                raise ConfigError(
+                    f"{outer[0]} and {key} conflict: the first sets all of {'.'.join(parts[:depth])}, "
+                    "the second a part of it; set one of them"
+                )
+    out: dict[str, Any] = {}
+    for parts, (key, raw) in named.items():
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        field = section.annotation.model_fields[parts[1]] if len(parts) == 2 else None  # type: ignore[union-attr]
+        field = sections[parts[0]].annotation.model_fields[parts[1]] if len(parts) == 2 else None  # type: ignore[union-attr]
         if field is not None and type(None) in get_args(field.annotation) and raw.strip().lower() in _UNSET:
             # an optional setting (a fixed weight, say) set back to "not set" from the environment
             node[parts[-1]] = None

@@ -142,3 +142,138 @@ def test_default_folders_are_under_the_project_home_wherever_a_command_runs(
         assert path.is_absolute() and path.is_relative_to(home.resolve()), path
     monkeypatch.setenv("RECSVC_EVENTS__LOG_DIR", "mine")
     assert load_settings().events.log_dir == Path("mine")  # a path given is taken as given
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        (
+            "redis://127.0.0.1:abc/0",
+            r"redis\.url: .*port 'abc' of '127\.0\.0\.1' is not a number from 1 to 65535",
+        ),
+        ("redis://h:0/0", r"redis\.url: .*port '0'"),
+        ("redis://h:65536/0", r"redis\.url: .*port '65536'"),
+        ("redis://:6379/0", r"redis\.url: .*no host"),
+        ("redis://host:6379/notadb", r"redis\.url: .*path '/notadb' is not a database number"),
+        ("redis://host:6379/-1", r"redis\.url: .*path '/-1' is not a database number"),
+        ("redis://host:6379?db=x", r"redis\.url: .*db='x' is not a database number"),
+        ("redis://host:6379/0?socket_timeout=soon", r"redis\.url: .*'socket_timeout'"),
+        ("unix://tmp/redis.sock", r"redis\.url: .*absolute path"),
+        ("redis+cluster://10.0.0.1:7000,10.0.0.2:x", r"redis\.url: .*port 'x' of '10\.0\.0\.2'"),
+        ("redis+cluster://10.0.0.1:7000/2", r"redis\.url: .*database 0 only"),
+    ],
+)
+def test_a_redis_url_redis_py_would_reject_or_misread_at_connect_is_named(url: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as exc:
+        load_settings(None, {"redis": {"url": url}})
+    assert "\n" not in str(exc.value)
+
+
+def test_a_redis_url_password_is_not_repeated_in_its_error() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(None, {"redis": {"url": "redis://app:s3cret@h:99999/0"}})
+    assert "s3cret" not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(None, {"redis": {"url": "redis:/app:s3cret@h:6379/0"}})
+    assert "s3cret" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "redis://:pw@h:1/2",
+        "redis://user:p%40ss@h:6379/3",
+        "rediss://h:6380",
+        "rediss://h:6380/0?ssl_cert_reqs=none",
+        "redis://h",
+        "redis://h/",
+        "redis://[::1]:6379/0",
+        "redis://h:6379?db=2",
+        "unix:///tmp/redis.sock",
+        "unix:///tmp/redis.sock?db=1",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        "rediss+cluster://user:pw@10.0.0.1:7000,10.0.0.2:7001/0",
+    ],
+)
+def test_redis_urls_redis_py_connects_to_are_accepted(url: str) -> None:
+    assert load_settings(None, {"redis": {"url": url}}).redis.url == url
+
+
+def test_a_redis_url_from_the_environment_is_checked_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", "redis://127.0.0.1:abc/0")
+    with pytest.raises(ConfigError, match=r"redis\.url: .*port 'abc'"):
+        load_settings()
+
+
+def _only_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("RECSVC_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RECSVC_TRAINING__FACTORS": "5", "RECSVC_TRAINING__FACTORS__X": "1"},
+        {"RECSVC_TRAINING__FACTORS__X": "1", "RECSVC_TRAINING__FACTORS": "5"},
+        {"RECSVC_TRAINING__FACTORS__X": "1"},
+        {"RECSVC_TRAINING__EVENT_WEIGHTS__PURCHASE__X": "1"},
+    ],
+)
+def test_a_name_under_a_single_value_is_an_unknown_setting(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    _only_env(monkeypatch, env)
+    with pytest.raises(ConfigError, match=r"unknown setting in environment: RECSVC_TRAINING__\w+__X \("):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"RECSVC_TRAINING": "abc", "RECSVC_TRAINING__FACTORS": "5"},
+            ("RECSVC_TRAINING", "RECSVC_TRAINING__FACTORS"),
+        ),
+        (
+            {"RECSVC_TRAINING__FACTORS": "5", "RECSVC_TRAINING": "abc"},
+            ("RECSVC_TRAINING", "RECSVC_TRAINING__FACTORS"),
+        ),
+        (
+            {"RECSVC_TRAINING": '{"factors": 5}', "RECSVC_TRAINING__ALPHA": "2"},
+            ("RECSVC_TRAINING", "RECSVC_TRAINING__ALPHA"),
+        ),
+        (
+            {"RECSVC_TRAINING__EVENT_WEIGHTS__VIEW": "1", "RECSVC_TRAINING__EVENT_WEIGHTS": '{"view": 2}'},
+            ("RECSVC_TRAINING__EVENT_WEIGHTS", "RECSVC_TRAINING__EVENT_WEIGHTS__VIEW"),
+        ),
+        (
+            {"RECSVC_training__factors": "5", "RECSVC_TRAINING__FACTORS": "6"},
+            ("RECSVC_TRAINING__FACTORS", "RECSVC_training__factors"),
+        ),
+    ],
+)
+def test_environment_variables_setting_the_same_value_are_a_settings_error_whatever_their_order(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: tuple[str, str]
+) -> None:
+    _only_env(monkeypatch, env)
+    with pytest.raises(ConfigError, match=rf": {named[0]} and {named[1]} "):
+        load_settings()
+
+
+def test_a_table_setting_takes_its_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _only_env(
+        monkeypatch, {"RECSVC_TRAINING__EVENT_WEIGHTS__PURCHASE": "1.5", "RECSVC_TRAINING__FACTORS": "8"}
+    )
+    s = load_settings()
+    assert (s.training.event_weights, s.training.factors) == ({"purchase": 1.5}, 8)
+
+
+def test_the_default_k_is_a_k_a_caller_may_ask_for() -> None:
+    with pytest.raises(ConfigError, match=r"serving\.default_k 100 is larger than serving\.max_k 10"):
+        load_settings(overrides={"serving": {"default_k": 100, "max_k": 10}})
+    assert load_settings(overrides={"serving": {"default_k": 10, "max_k": 10}}).serving.default_k == 10
