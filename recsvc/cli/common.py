@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +159,10 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# what grpc accepts in a metadata value: printable ASCII, space included
+_METADATA_SAFE = re.compile(r"[\x20-\x7e]+")
+
+
 def client_channel(ctx: typer.Context, target: str | None, api_key: str | None = None) -> Any:
     """A channel to a recsvc server for the CLI's client commands (query, members, catalog,
     events simulate): ``target`` (default: serving.host:serving.port), secured as the server is:
@@ -168,7 +173,7 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
 
     import grpc
 
-    from recsvc.errors import InvalidArgument
+    from recsvc.errors import ConfigError, InvalidArgument
     from recsvc.security.tls import channel_credentials
     from recsvc.settings import CLIENT_ENV
 
@@ -181,8 +186,27 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
         raise InvalidArgument(
             f"--target must be host:port with a port 1..65535, got {target!r}", reason="INVALID_TARGET"
         )
-    api_env, *tls_env = CLIENT_ENV
-    ca, cert, key = (os.environ.get(name) for name in tls_env)
+    api_env, ca_env, cert_env, key_env = CLIENT_ENV
+    if api_key:
+        source = "--api-key" if api_key != os.environ.get(api_env) else f"--api-key or {api_env}"
+    else:
+        api_key, source = os.environ.get(api_env), api_env
+    if api_key and not _METADATA_SAFE.fullmatch(api_key):
+        # grpc refuses such a header value deep in its C core ("Invalid metadata"), naming neither
+        # the key nor where it came from; the key itself is a secret, so it is not echoed
+        raise ConfigError(
+            f"the API key from {source} is not printable ASCII (gRPC metadata values must be): "
+            "check for a stray character, quote or line end",
+            reason="INVALID_API_KEY",
+        )
+    ca, cert, key = (os.environ.get(name) for name in (ca_env, cert_env, key_env))
+    if bool(cert) != bool(key):
+        # one without the other would leave the channel without the client certificate asked for
+        given, missing = (cert_env, key_env) if cert else (key_env, cert_env)
+        raise ConfigError(
+            f"{given} is set but {missing} is not: a client certificate for mutual TLS needs both "
+            f"{cert_env} and {key_env}"
+        )
     if ca or cert:
         creds = channel_credentials(
             Path(ca) if ca else None, Path(cert) if cert else None, Path(key) if key else None
@@ -190,7 +214,6 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)
-    api_key = api_key or os.environ.get(api_env)
     return grpc.intercept_channel(channel, _api_key_interceptor(api_key)) if api_key else channel
 
 

@@ -111,6 +111,22 @@ class AuditLog:
         self._pseudonymize = pseudonymize
         self._lock = threading.Lock()
 
+    def check_appendable(self) -> None:
+        """Raise ``OSError`` unless :meth:`append` can write here: the folder exists or can be
+        created, a file can be created in it (the head file is replaced through one) and the log,
+        when it exists, opens for appending. Tries it rather than asking ``os.access``, which says
+        yes to root for a folder under ``/proc`` or on a read-only mount. Writes nothing to the
+        log: an empty log without a head would fail ``verify``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.probe")
+        probe.touch()
+        probe.unlink()
+        if self.path.exists():
+            with open(self.path, "ab"):
+                pass
+        if self.head_path.is_dir():
+            raise IsADirectoryError(21, "its head file is a directory", str(self.head_path))
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         if not event:
             raise ValueError("audit event name must not be empty")
