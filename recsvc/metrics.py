@@ -362,11 +362,21 @@ def mark_worker_dead(pid: int) -> None:
 
 def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:
     """Expose ``registry`` on http://host:port/metrics (a daemon thread); ConfigError
-    (PORT_IN_USE) when the port is taken."""
+    (PORT_IN_USE) when the port is taken, (INVALID_PORT) when the port or host cannot be one."""
+    import socket
+
     from recsvc.errors import ConfigError
 
     try:
         start_http_server(port, addr=host, registry=registry)
+    except (OverflowError, ValueError, socket.gaierror) as exc:
+        # bind() refuses a port past 65535 with OverflowError; a negative one, or a host that is
+        # no address, fails the address look-up (gaierror): neither is a port someone else holds
+        raise ConfigError(
+            f"metrics port {port} on {host} cannot be served ({getattr(exc, 'strerror', None) or exc}); "
+            "choose a port 1..65535 and a local address",
+            reason="INVALID_PORT",
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"metrics port {port} on {host} is in use ({exc.strerror}); choose another", reason="PORT_IN_USE"

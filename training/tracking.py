@@ -74,16 +74,33 @@ class ChampionMoved(RecsvcError):
 
 
 def client_for(m: MlflowSettings) -> Any:
+    """A client of the configured tracking and registry stores; ConfigError (INVALID_CONFIG)
+    naming the setting when MLflow cannot make a store of it (e.g. a bare word, which MLflow
+    reads as a file store and refuses)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     _ensure_sqlite_parent(m.tracking_uri)
     if m.registry_uri:
         _ensure_sqlite_parent(m.registry_uri)
+    try:
+        # the client first: a store MLflow refuses must not become the process-wide default
+        client = MlflowClient(tracking_uri=m.tracking_uri, registry_uri=m.registry_uri or m.tracking_uri)
+    except MlflowException as exc:
+        named = f"mlflow.tracking_uri {m.tracking_uri!r}" + (
+            f" / mlflow.registry_uri {m.registry_uri!r}" if m.registry_uri else ""
+        )
+        # MLflow's first sentence says what is wrong; the rest is migration advice
+        said = " ".join(str(exc.message or exc).split()).split(". ")[0][:300]
+        raise ConfigError(
+            f"{named} cannot be used ({said}); give a store URI such as sqlite:///var/mlflow.db "
+            "or http://host:5000"
+        ) from None
     mlflow.set_tracking_uri(m.tracking_uri)
     if m.registry_uri:
         mlflow.set_registry_uri(m.registry_uri)
-    return MlflowClient(tracking_uri=m.tracking_uri, registry_uri=m.registry_uri or m.tracking_uri)
+    return client
 
 
 def _ensure_sqlite_parent(uri: str) -> None:

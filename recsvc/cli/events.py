@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from recsvc.cli.common import client_channel, console, friendly_errors, setup_logging, state
+from recsvc.cli.common import client_channel, console, friendly_errors, rpc_errors, setup_logging, state
 
 app = typer.Typer(help="The durable log of impressions, events and outreach decisions.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def sink(
     ),
     once: bool = typer.Option(False, "--once", help="Write what the streams hold now, then exit."),
     metrics_port: int = typer.Option(
-        0, "--metrics-port", help="Prometheus port for the sink's lag (0 = off)."
+        0, "--metrics-port", min=0, max=65535, help="Prometheus port for the sink's lag (0 = off)."
     ),
 ) -> None:
     """Write the log to <log_dir>/kind=<kind>/date=<day>/part-*.parquet until SIGTERM, acknowledging
@@ -88,7 +88,7 @@ def simulate(
     catalog = _table(data, "catalog", ["item_id", "kind"])
     products = catalog.loc[catalog["kind"] == "product", "item_id"].astype(str).tolist()
     ids = member_ids.astype(str).sample(frac=1.0, random_state=seed).tolist()
-    with client_channel(ctx, target) as channel:
+    with client_channel(ctx, target) as channel, rpc_errors():
         traffic = play(
             channel,
             ids[:members],

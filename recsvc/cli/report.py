@@ -102,7 +102,10 @@ def campaign(
         None,
         "--window-days",
         min=0.01,
-        help="Purchases counted this long after the decision (default: events.attribution_window_s).",
+        # ten years: far beyond any campaign, and well inside what a timestamp can be shifted by
+        max=3650,
+        help="Purchases counted this long after the decision, 0.01..3650 days "
+        "(default: events.attribution_window_s).",
     ),
     as_json: bool = _JSON,
     html_out: Path | None = _HTML,

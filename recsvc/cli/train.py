@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from recsvc.cli.common import ENCODING_OPTION, MAPPING_OPTION, console, friendly_errors, setup_logging, state
+from recsvc.errors import InvalidArgument
+
+DEFAULT_PARAMS_OUT = Path("var/tune/params.toml")
 
 
 @friendly_errors
@@ -82,17 +85,19 @@ def train(
         "settings'; --factors/--iterations/--regularization/--alpha still override it.",
         dir_okay=False,
     ),
-    save_params: Path = typer.Option(
-        Path("var/tune/params.toml"),
+    save_params: Path | None = typer.Option(
+        None,
         "--save-params",
-        help="With --tune: save the chosen hyper-parameters here, for --params (or --config) next time.",
+        help="With --tune: save the chosen hyper-parameters here, for --params (or --config) next time "
+        f"(default: {DEFAULT_PARAMS_OUT}).",
         dir_okay=False,
     ),
     event_log: Path | None = typer.Option(
         None,
         "--event-log",
         help="Also learn from the events the service logged: the kind=event partitions `recsvc "
-        "events sink` wrote here (default: events.log_dir; skipped when it holds none).",
+        "events sink` wrote here (default: events.log_dir; skipped when it holds none). A folder "
+        "named here must exist.",
         file_okay=False,
     ),
     no_event_log: bool = typer.Option(False, "--no-event-log", help="Train on the data folder only."),
@@ -130,6 +135,22 @@ def train(
     settings = st.settings({"training": overrides} if overrides else None)
     if trials is not None and not tune:
         raise typer.BadParameter("--trials needs --tune", param_hint="--trials")
+    if save_params is not None and not tune:
+        # without tuning there is nothing to save: the file would silently never be written
+        raise typer.BadParameter("--save-params needs --tune", param_hint="--save-params")
+    if event_log is not None and no_event_log:
+        raise typer.BadParameter(
+            "--event-log and --no-event-log contradict each other", param_hint="--event-log"
+        )
+    if event_log is not None and not event_log.is_dir():
+        # a folder named on purpose that is not there is a typo, not "no events yet"
+        raise InvalidArgument(f"--event-log folder not found: {event_log}", reason="NO_EVENT_LOG")
+    params_out = (save_params or DEFAULT_PARAMS_OUT) if tune else None
+    # outputs are written after tuning and training: a folder that cannot take them would lose that work
+    if params_out is not None:
+        _check_writable(params_out.parent, "--save-params", params_out)
+    if bundle_out is not None:
+        _check_writable(bundle_out, "--bundle-out", bundle_out)
 
     from rich.progress import (
         BarColumn,
@@ -162,7 +183,7 @@ def train(
         mapping=mapping,
         encoding=encoding,
         allow_quarantine=allow_quarantine,
-        params_out=save_params if tune else None,
+        params_out=params_out,
     )
     with Progress(
         SpinnerColumn(),
@@ -183,3 +204,34 @@ def train(
         )
     if not report.decision.promote and options.register:
         console.print(f"[yellow]not promoted[/]: {report.decision.reason}")
+
+
+def _check_writable(folder: Path, option: str, path: Path) -> None:
+    """``folder`` exists or can be created, and takes a file; or an InvalidArgument naming ``path``.
+    Folders made for the test are removed again: the run creates them when it writes."""
+    import contextlib
+    import tempfile
+
+    created: list[Path] = []
+    probe = folder.absolute()
+    try:
+        missing = []
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        for part in reversed(missing):
+            part.mkdir()
+            created.append(part)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InvalidArgument(
+            f"{option} {path} cannot be written: {exc.strerror or type(exc).__name__}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""),
+            reason="OUTPUT_NOT_WRITABLE",
+        ) from None
+    finally:
+        for part in reversed(created):
+            # something else wrote there meanwhile: it is no longer only ours to remove
+            with contextlib.suppress(OSError):
+                part.rmdir()

@@ -359,3 +359,43 @@ def test_odd_files_in_the_log_folder_are_named_or_skipped(tmp_path: Path) -> Non
     pd.DataFrame({"a": [1]}).to_parquet(empty)  # another program's file
     with pytest.raises(DataContractError, match="move it out of the log folder"):
         read_log(log_dir)
+
+
+@pytest.mark.parametrize("days", ["inf", "1e12", "nan", "-inf"])
+def test_a_window_no_timestamp_can_hold_is_refused_in_one_line(tmp_path: Path, days: str) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    log_dir = tmp_path / "log"
+    _write_log(campaign_log(0.05, 0.08, 200, seed=7), log_dir)
+    done = CliRunner().invoke(
+        app,
+        ["report", "campaign", "spring", "--log-dir", str(log_dir), "--window-days", days, "--no-mlflow"],
+        env={"COLUMNS": "200"},
+    )
+    assert done.exit_code == 2, done.output
+    assert "--window-days" in done.output and "Traceback" not in done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+    widest = CliRunner().invoke(
+        app,
+        ["report", "campaign", "spring", "--log-dir", str(log_dir), "--window-days", "3650", "--no-mlflow"],
+        env={"COLUMNS": "200"},
+    )
+    assert widest.exit_code == 0, widest.output
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    (tmp_path / "log").mkdir()
+    done = CliRunner().invoke(
+        app,
+        ["report", "ab", "--log-dir", str(tmp_path / "log")],
+        env={"RECSVC_MLFLOW__TRACKING_URI": "notauri", "MLFLOW_ALLOW_FILE_STORE": "false", "COLUMNS": "200"},
+    )
+    assert done.exit_code == 2, done.output
+    assert "mlflow.tracking_uri" in done.output and "Traceback" not in done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit)

@@ -141,3 +141,65 @@ def test_a_params_file_is_read_and_a_bad_one_is_one_clear_line(tmp_path: Path) -
     assert result.exit_code == 2 and "regularization" in result.output
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--params" in help_text and "--save-params" in help_text
+
+
+def test_options_that_would_be_ignored_or_contradict_are_refused(tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {**_env(tmp_path), "COLUMNS": "200"}
+    cases = {
+        "--save-params": ["--save-params", str(tmp_path / "p.toml")],  # without --tune: never written
+        "NO_EVENT_LOG": ["--event-log", str(tmp_path / "no-such-log")],
+        "--no-event-log": ["--event-log", str(tmp_path), "--no-event-log"],
+    }
+    for expected, args in cases.items():
+        result = runner.invoke(app, ["train", "--data", str(tmp_path), *args], env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output and "Traceback" not in result.output, (args, result.output)
+    assert not (tmp_path / "p.toml").exists()
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {**_env(tmp_path), "COLUMNS": "200"}
+    (tmp_path / "a-file").write_text("x")
+    # the data folder is empty: a refusal naming the output proves it came before ingesting
+    for args in (
+        ["--tune", "--save-params", "/proc/x/params.toml"],
+        ["--tune", "--save-params", str(tmp_path / "a-file" / "sub" / "params.toml")],
+        ["--bundle-out", "/proc/x/b"],
+        ["--bundle-out", str(tmp_path / "a-file" / "b")],
+    ):
+        result = runner.invoke(app, ["train", "--data", str(tmp_path), *args], env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert "OUTPUT_NOT_WRITABLE" in result.output and args[-1] in result.output, result.output
+        assert "Traceback" not in result.output
+    # a writable place passes, and the check leaves no folder behind (here ingesting then fails)
+    nested = tmp_path / "new" / "deeper"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--tune",
+            "--save-params",
+            str(nested / "p.toml"),
+            "-o",
+            str(nested),
+        ],
+        env=env,
+    )
+    assert result.exit_code == 2 and "OUTPUT_NOT_WRITABLE" not in result.output, result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_tracking_uri_mlflow_refuses_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "data"
+    gen = runner.invoke(app, ["data", "generate", "--out", str(data), "--members", "200", "--seed", "5"])
+    assert gen.exit_code == 0, gen.output
+    env = {**_env(tmp_path), "RECSVC_MLFLOW__TRACKING_URI": "notauri", "MLFLOW_ALLOW_FILE_STORE": "false"}
+    result = runner.invoke(app, ["train", "--data", str(data), "--no-event-log"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "mlflow.tracking_uri" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
