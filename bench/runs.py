@@ -185,7 +185,8 @@ def run_pipeline(options: PipelineOptions, out: Path, say: Callable[[str], None]
         env["RECSVC_CONFIG"] = str(options.settings_file)
     rc = recsvc_command()
     gen = [*rc, "data", "generate", "--out", str(work / "data"), "--members", str(options.members)]
-    gen += ["--seed", str(options.seed)]
+    # --overwrite: every run regenerates the bench's own data folder, in place of the last run's
+    gen += ["--seed", str(options.seed), "--overwrite"]
     if options.products is not None:
         gen += ["--products", str(options.products)]
     gen += options.generate_args

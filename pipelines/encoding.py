@@ -34,9 +34,11 @@ The rule (docs/data.md, "Encodings"), applied to the whole file, never to a gues
    text from mojibake; cp1252 is tried only with the plausibility score above.
 
 A file given an encoding (``--encoding``) is decoded strictly in it; the first invalid byte stops
-the file with the same kind of message. ``--encoding`` names one codec for every CSV file, or one
-per table (``catalog=cp1252,events=utf-8``; a table not named is detected). Nothing is ever
-decoded with replacement characters. The chosen encoding and how it was decided are logged per
+the file with the same kind of message, as does a missing byte-order mark for ``utf-16`` or
+``utf-32`` (they read the byte order from it: ``utf-16-le`` and the like name it instead).
+``--encoding`` names one codec for every CSV file, or one per table
+(``catalog=cp1252,events=utf-8``; a table not named is detected). Nothing is ever decoded with
+replacement characters. The chosen encoding and how it was decided are logged per
 file, and ``summary.json`` and the report show it.
 """
 
@@ -85,6 +87,7 @@ class _Scan:
     def __init__(self, path: Path, encoding: str, score: _Plausibility | None = None) -> None:
         self.ok = True
         self.bad_offset = -1
+        self.problem = ""  # why the decode failed, when the codec says more than "a bad byte"
         self.non_ascii = False
         self.max_char = "\x00"
         self.example = ""
@@ -95,22 +98,29 @@ class _Scan:
             for block in _blocks(path):
                 try:
                     text = decoder.decode(block)
-                except UnicodeDecodeError as exc:
-                    self._fail(offset + exc.start)
+                except UnicodeError as exc:
+                    self._fail(offset, exc)
                     return
                 self._note(text)
                 offset += len(block)
             self._note(decoder.decode(b"", final=True))
             if score is not None:
                 score.feed("", final=True)
-        except UnicodeDecodeError as exc:
-            self._fail(offset + exc.start)
+        # UnicodeError, not only UnicodeDecodeError: the utf-16 and utf-32 codecs raise the plain
+        # UnicodeError ("UTF-16 stream does not start with BOM") for a file without a byte-order
+        # mark, and that is as much "not text in this encoding" as a bad byte is.
+        except UnicodeError as exc:
+            self._fail(offset, exc)
         except (OSError, EOFError) as exc:
             raise DataContractError(f"cannot read {path}: {exc}") from exc
 
-    def _fail(self, offset: int) -> None:
+    def _fail(self, offset: int, exc: UnicodeError) -> None:
         self.ok = False
-        self.bad_offset = max(offset, 0)
+        if isinstance(exc, UnicodeDecodeError):
+            self.bad_offset = max(offset + exc.start, 0)
+        else:  # no position given: the stream as a whole is refused from where decoding stood
+            self.bad_offset = offset
+            self.problem = str(exc)
 
     def _note(self, text: str) -> None:
         if self.score is not None:
@@ -246,6 +256,17 @@ def _fix(path: Path) -> str:
     )
 
 
+def _fix_named(path: Path, codec: str) -> str:
+    """The fix for a file the named codec refuses as a whole: ``utf-16`` and ``utf-32`` read the
+    byte order from a byte-order mark, so a file without one needs its byte order named."""
+    if codec in ("utf-16", "utf-32"):
+        return (
+            f"if it is {codec.upper()} without a byte-order mark, give --encoding {codec}-le or "
+            f"--encoding {codec}-be; otherwise name the encoding it is in (docs/data.md, Encodings)"
+        )
+    return _fix(path)
+
+
 def resolve_encoding(path: Path, requested: str | None = None) -> str:
     """The Python codec to read ``path`` with. Raises DataContractError when the file is not
     valid text in the requested encoding, or when ``auto`` cannot tell (module docstring)."""
@@ -290,6 +311,11 @@ def _strict(path: Path, requested: str) -> str:
     # A BOM in a UTF-8 file is skipped, never read into the first column's name.
     codec = "utf-8-sig" if codec == "utf-8" else codec
     scan = _Scan(path, codec)
+    if not scan.ok and scan.problem:
+        raise DataContractError(
+            f"{path} is not valid {requested} text: {scan.problem} (at offset {scan.bad_offset}); "
+            f"{_fix_named(path, codec)}"
+        )
     if not scan.ok:
         raise DataContractError(
             f"{path} is not valid {requested} text: the byte at offset {scan.bad_offset} cannot be "

@@ -38,6 +38,7 @@ from pipelines.generate.write import (
     truth_tables,
     write_table,
 )
+from recsvc.errors import InvalidArgument
 
 __all__ = ["GenerationReport", "GeneratorParams", "generate"]
 
@@ -67,7 +68,14 @@ class GenerationReport:
         }
 
 
-def generate(params: GeneratorParams, out_dir: Path, fmt: Format = "parquet") -> GenerationReport:
+def generate(
+    params: GeneratorParams, out_dir: Path, fmt: Format = "parquet", *, overwrite: bool = False
+) -> GenerationReport:
+    """Write the data folder ``out_dir``. It must be new or empty unless ``overwrite``: it may be
+    someone's real data, and the generator replaces its tables and removes a table it holds in
+    the other format. Raises InvalidArgument naming the folder before anything is generated."""
+    if not overwrite:
+        _refuse_if_in_use(out_dir)
     started = time.perf_counter()
     # Independent streams per part, so e.g. planting bad rows never changes the clean rows.
     seeds = np.random.SeedSequence(params.seed).spawn(4)
@@ -77,7 +85,8 @@ def generate(params: GeneratorParams, out_dir: Path, fmt: Format = "parquet") ->
     members = build_members(params, rng_members, catalog.group_sizes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_other_format(out_dir, fmt)
+    if overwrite:  # a folder that is not empty was refused above otherwise
+        _remove_other_format(out_dir, fmt)
     # Events are generated and written per chunk of members (each with its own random stream),
     # which keeps memory flat from 1k to 1M members.
     starts = list(range(0, len(members), CHUNK_MEMBERS))
@@ -120,6 +129,20 @@ def generate(params: GeneratorParams, out_dir: Path, fmt: Format = "parquet") ->
     files.append(out_dir / REPORT_FILE)
     log.info("generated %s in %.1fs", report.rows, report.seconds)
     return report
+
+
+def _refuse_if_in_use(out_dir: Path) -> None:
+    """Refuse a folder that holds anything: a table in any format, the report, or a file of the
+    user's (every one of them could be data that exists nowhere else)."""
+    if not out_dir.is_dir():
+        return  # new (or a file, which creating the folder reports)
+    held = sorted(entry.name for entry in out_dir.iterdir())
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise InvalidArgument(
+            f"{out_dir} is not empty (it holds {shown}); refusing to write sample data over it: "
+            "give a new or empty folder with --out, or --overwrite to replace its tables"
+        )
 
 
 def _remove_other_format(out_dir: Path, fmt: Format) -> None:

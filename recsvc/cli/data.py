@@ -137,11 +137,18 @@ def generate(
     bad_event_share: float = typer.Option(
         0.0, "--bad-event-share", help="Share of events corrupted on purpose to demo quarantine (0 to 0.2)."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a folder that is not empty: replaces its catalog, members and events "
+        "(a table in the other format is removed). Without it such a folder is refused.",
+    ),
 ) -> None:
     """Write a realistic retail data folder (deterministic for a seed).
 
     Writes catalog, members and events, plus truth/ with the planted structure and
-    generation.json. docs/data.md explains what is planted and every parameter.
+    generation.json, into a new or empty folder (--overwrite to write over one that is not).
+    docs/data.md explains what is planted and every parameter.
     """
     from pydantic import ValidationError
 
@@ -169,7 +176,7 @@ def generate(
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise InvalidArgument(f"invalid generator options: {problems}") from exc
     folder = out_dir or app_state.settings().data.data_dir
-    report = run_generator(params, folder, "csv" if fmt == "csv" else "parquet")
+    report = run_generator(params, folder, "csv" if fmt == "csv" else "parquet", overwrite=overwrite)
     rows = report.rows
     out.print(
         f"generated {rows['members']:,} members, {params.n_products:,} products, "

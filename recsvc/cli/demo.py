@@ -114,8 +114,11 @@ def demo(
     rc = _recsvc()
     started = time.monotonic()
     if not (data_dir / "generation.json").exists():
+        # --overwrite: the folder is the demo's own, and one without generation.json (written
+        # last) is what an interrupted run left; `data generate` refuses a folder that is not empty.
+        generate = [*rc, "data", "generate", "--out", str(data_dir), "--overwrite"]
         _run(
-            [*rc, "data", "generate", "--out", str(data_dir), "--members", str(members), "--seed", str(seed)],
+            [*generate, "--members", str(members), "--seed", str(seed)],
             env,
             "1. generate realistic sample data",
         )
