@@ -33,8 +33,8 @@ def fill_new_products(
     days: int,
 ) -> tuple[np.ndarray, int]:
     """Products without interactions published in the ``days`` before ``as_of`` or later (a
-    launch, a scheduled item) start where the live catalog starts a new product: where their
-    category's sellers are, leaning to their brand's (``recsvc.catalog.view.GroupMeans``).
+    launch, a scheduled item) start at their group's best sellers' vector (same category and
+    brand, else category; ``recsvc.catalog.view.GroupMeans`` with ``best_sellers``).
     Without it a product launched last week, recommended since its creation, would lose its
     vector at the next retrain. Older products without interactions keep a zero vector: no one
     wanted them, and a seller's vector would push a long tail of them into every list.
@@ -45,7 +45,7 @@ def fill_new_products(
         return item_factors, 0
     from recsvc.catalog.view import GroupMeans
 
-    means = GroupMeans(item_factors, item_kind, item_category, item_brand, trained)
+    means = GroupMeans(item_factors, item_kind, item_category, item_brand, trained, best_sellers=True)
     factors = np.array(item_factors, dtype=np.float32, copy=True)
     filled = 0
     for row in np.flatnonzero(new).tolist():

@@ -78,13 +78,27 @@ class GroupMeans:
     every seller and not the top few: at the same reach among members who do not buy the
     category, the weighted sum reaches more of those who do (bench/experiments/new_product_reach.py,
     docs/operations.md "New items"). A plain unweighted mean would be short and dominated by the
-    long tail: scores are inner products."""
+    long tail: scores are inner products.
+
+    ``best_sellers=True`` is the quieter rule training uses for products published lately without
+    interactions (``training.coldstart.fill_new_products``): the mean direction of the group's
+    ``TOP`` longest vectors at their average length, (category, brand) else category. The
+    category rule placed in the evaluation fit cost 11-30 % of holdout NDCG@10 on generated data
+    (few buyers of those products in the holdout), the best sellers' rule about 2 %: a retrain
+    keeps a launch recommendable, and the live catalog pushes launches created since."""
 
     TOP = 5
     BRAND_WEIGHT = 2.0
 
     def __init__(
-        self, f: np.ndarray, kind_a: np.ndarray, cat_a: np.ndarray, brand_a: np.ndarray, trained: np.ndarray
+        self,
+        f: np.ndarray,
+        kind_a: np.ndarray,
+        cat_a: np.ndarray,
+        brand_a: np.ndarray,
+        trained: np.ndarray,
+        *,
+        best_sellers: bool = False,
     ) -> None:
         """From item arrays (``trained``: the rows with interactions): a served bundle's
         (:meth:`of_model`), or a training run's, so a retrain starts a product without
@@ -99,6 +113,10 @@ class GroupMeans:
         self.by_category: dict[int, np.ndarray] = {}
         rows = np.flatnonzero(np.asarray(trained, dtype=bool))
         if rows.shape[0] == 0:
+            return
+        if best_sellers:
+            self.by_brand = self._top_means(f, rows, (kind * n_c + cat) * n_b + brand)
+            self.by_category = self._top_means(f, rows, kind * n_c + cat)
             return
         vectors = np.asarray(f[rows], dtype=np.float64)
         norms = np.linalg.norm(vectors, axis=1)
@@ -137,6 +155,22 @@ class GroupMeans:
         counts = np.bincount(sorted_group[top], minlength=n_groups).astype(np.float64)
         total = np.bincount(sorted_group[top], weights=norms[order][top], minlength=n_groups)
         return total / np.maximum(counts, 1.0)
+
+    @classmethod
+    def _top_means(cls, f: np.ndarray, rows: np.ndarray, key: np.ndarray) -> dict[int, np.ndarray]:
+        """Per group of ``key``: the mean direction of its ``TOP`` longest vectors, at their
+        average length."""
+        vectors = np.asarray(f[rows], dtype=np.float64)
+        norms = np.linalg.norm(vectors, axis=1)
+        groups, inverse = np.unique(key[rows], return_inverse=True)
+        order = np.lexsort((-norms, inverse))  # by group, longest first
+        sorted_group = inverse[order]
+        start = np.searchsorted(sorted_group, np.arange(groups.shape[0]))
+        top = order[np.arange(order.shape[0]) - start[sorted_group] < cls.TOP]
+        sums = np.zeros((groups.shape[0], f.shape[1]), dtype=np.float64)
+        np.add.at(sums, inverse[top], vectors[top])
+        means = cls._rescale(sums, cls._top_length(norms, inverse, groups.shape[0]))
+        return {int(k): means[i] for i, k in enumerate(groups.tolist())}
 
     @staticmethod
     def _rescale(sums: np.ndarray, length: np.ndarray) -> np.ndarray:

@@ -81,3 +81,34 @@ def test_a_small_weak_brand_s_new_product_reaches_its_category_s_buyers_and_no_o
     assert float(_unit(new) @ _unit(weak.mean(axis=0))) > float(
         _unit(means.vector(KIND_PRODUCT, 0, None)) @ _unit(weak.mean(axis=0))  # type: ignore[arg-type]
     )
+
+
+def test_training_fills_recent_products_with_their_group_s_best_sellers() -> None:
+    """A retrain gives a product published lately without interactions the quieter best sellers'
+    vector: the mean direction of its (category, brand) group's five longest vectors at their
+    average length, else its category's (the category rule cost holdout NDCG in the evaluation
+    fit)."""
+    from training.coldstart import fill_new_products
+
+    rng = np.random.default_rng(5)
+    n = 60
+    f = rng.normal(size=(n, 6)).astype(np.float32) * rng.uniform(0.1, 2.0, size=(n, 1)).astype(np.float32)
+    kind = np.full(n, KIND_PRODUCT, dtype=np.uint8)
+    cat = (np.arange(n) % 2).astype(np.int32)
+    brand = (np.arange(n) % 5).astype(np.int32)
+    trained = np.arange(n) < 50
+    f[~trained] = 0.0
+    published = np.where(trained, 1, 1_000_000).astype(np.int64)
+    filled, count = fill_new_products(f, trained, kind, cat, brand, published, 1_000_000, 30)
+    assert count == 10
+    f64 = f.astype(np.float64)
+    for row in range(50, n):
+        group = np.flatnonzero(trained & (cat == cat[row]) & (brand == brand[row]))
+        top = group[np.argsort(-np.linalg.norm(f64[group], axis=1), kind="stable")[:5]]
+        length = np.linalg.norm(f64[top], axis=1).mean()
+        expected = _unit(f64[top].sum(axis=0)) * length
+        np.testing.assert_allclose(filled[row], expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(
+            filled[row],
+            GroupMeans(f, kind, cat, brand, trained).vector(KIND_PRODUCT, int(cat[row]), int(brand[row])),
+        )
