@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -25,16 +25,23 @@ _UNKNOWN_METHOD = f"/{UNKNOWN}/{UNKNOWN}"
 
 class _CodeKeeping:
     """A plain handler's context on the aio server (run in its thread pool) cannot say which code
-    ``abort()`` or ``set_code()`` gave the call; this one, passed in its place, remembers it."""
+    ``abort()`` or ``set_code()`` gave the call; this one, passed in its place, remembers it. An
+    abort is counted (``on_abort``) before it is passed on: the status may reach the caller
+    before the handler's thread returns, and a caller reading the metrics then must find it."""
 
-    __slots__ = ("_code", "_context")
+    __slots__ = ("_code", "_context", "_on_abort", "counted")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, on_abort: Callable[[str], None]) -> None:
         self._context = context
         self._code: grpc.StatusCode | None = None
+        self._on_abort = on_abort
+        self.counted = False
 
     def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> Any:
         self._code = code
+        if not self.counted:
+            self.counted = True
+            self._on_abort(code.name)
         return self._context.abort(code, *args, **kwargs)
 
     def set_code(self, code: grpc.StatusCode) -> None:
@@ -46,11 +53,6 @@ class _CodeKeeping:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
-
-
-def _keeping_code(context: Any) -> Any:
-    """``context``, able to say the code it was given (aio and thread-pool contexts can)."""
-    return context if hasattr(context, "code") else _CodeKeeping(context)
 
 
 def _code_set(context: Any) -> grpc.StatusCode | None:
@@ -150,11 +152,12 @@ class RpcMetricsInterceptor(MethodWrapper):
         def unary(inner: HandlerFn) -> HandlerFn:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 t0 = time.perf_counter()
-                context = _keeping_code(context)
+                context = _CodeKeeping(context, lambda code: observe(code, t0))
                 try:
                     response = inner(request, context)
                 except BaseException as exc:
-                    observe(_code_of(exc, context), t0)
+                    if not context.counted:
+                        observe(_code_of(exc, context), t0)
                     raise
                 observe(_code_on_return(context), t0)
                 return response
@@ -164,11 +167,12 @@ class RpcMetricsInterceptor(MethodWrapper):
         def stream(inner: HandlerFn) -> HandlerFn:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 t0 = time.perf_counter()
-                context = _keeping_code(context)
+                context = _CodeKeeping(context, lambda code: observe(code, t0))
                 try:
                     yield from inner(request, context)
                 except BaseException as exc:
-                    observe(_code_of(exc, context), t0)
+                    if not context.counted:
+                        observe(_code_of(exc, context), t0)
                     raise
                 observe(_code_on_return(context), t0)
 
