@@ -26,11 +26,12 @@ import redis.asyncio
 import redis.asyncio.cluster
 from redis.cluster import ClusterNode, RedisCluster
 
+from recsvc.settings import REDIS_CLUSTER_SCHEMES as CLUSTER_SCHEMES
+
 log = logging.getLogger(__name__)
 
 RedisClient = redis.Redis | RedisCluster
 AsyncRedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 def is_cluster_url(url: str) -> bool:

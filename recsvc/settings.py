@@ -92,7 +92,7 @@ def check_channel_names(names: tuple[str, ...] | list[str]) -> None:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-# recsvc.redis_client.CLUSTER_SCHEMES: named here too, so loading settings does not import redis
+# recsvc.redis_client connects to these as a cluster; named here, so loading settings does not import redis
 REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _DIGITS = re.compile(r"[0-9]+")
 _DB_PATH = re.compile(r"/?(?P<db>[0-9]*)")

@@ -101,8 +101,7 @@ class GroupMeans:
         best_sellers: bool = False,
     ) -> None:
         """From item arrays (``trained``: the rows with interactions): a served bundle's
-        (:meth:`of_model`), or a training run's, so a retrain starts a product without
-        interactions where the live catalog started it."""
+        (:meth:`of_model`), or a training run's (with ``best_sellers``, the quieter rule)."""
         kind = np.asarray(kind_a, dtype=np.int64)
         cat = np.asarray(cat_a, dtype=np.int64)
         brand = np.asarray(brand_a, dtype=np.int64)
