@@ -70,7 +70,10 @@ def run(
         "max_error_pct=0.1, min_rps=900, rpc_p99_ms.RecommendProducts=5 (repeatable).",
     ),
     fail_on_miss: bool = typer.Option(
-        False, "--fail-on-miss", help="Exit 1 when a target is missed (to gate a release)."
+        False,
+        "--fail-on-miss",
+        help="Exit 1 when a target is missed (to gate a release); a run whose every call failed exits 2 "
+        "anyway.",
     ),
 ) -> None:
     """Start Redis, a trained sample model and the server (unless --host), run Locust headless for
@@ -114,6 +117,17 @@ def run(
     missed = result.summary.missed
     for v in missed:
         console.print(f"missed target {v.describe()}", markup=False, highlight=False)
+    total = result.summary.total
+    if total.requests == 0 or total.failures == total.requests:
+        # nothing was measured (a wrong key, target or TLS setting refuses every call): not a
+        # result to read targets from, with or without --fail-on-miss
+        codes = ", ".join(f"{code} {n}" for code, n in sorted(total.failures_by_code.items())) or "none"
+        console.print(
+            f"error NOTHING_MEASURED: {total.requests} calls, every one failed (codes: {codes})",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(code=2)
     if missed and fail_on_miss:
         raise typer.Exit(code=1)
 

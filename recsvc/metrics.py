@@ -1,6 +1,7 @@
 """Prometheus metrics of the recommendation service (prefix ``recsvc_``, subsystem ``rec``; every
 RPC of every service under ``recsvc_grpc_server_*``; per-worker CPU and memory under
-``recsvc_process_*``). The full list, with example alert rules: docs/operations.md.
+``recsvc_process_*``; audit entries lost under ``recsvc_audit_*``). The full list, with example
+alert rules: docs/operations.md.
 
 Each server process builds one ``ServingMetrics`` on its own ``CollectorRegistry`` (tests build
 many side by side). With several worker processes, ``recsvc serve`` sets
@@ -38,6 +39,7 @@ L_VERSION = "model_version"
 L_RESULT = "result"
 L_SERVICE = "service"
 L_WORKER = "worker"
+L_EVENT = "event"
 
 MAX_SCENES = 50
 _SCENE_RE = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -192,6 +194,15 @@ class ServingMetrics:
             multiprocess_mode="livemax",
         )
         self._data_as_of: dict[str, float] = {}
+        self.audit_write_failures = Counter(
+            "write_failures_total",
+            "Audit entries that could not be written (log unwritable, disk full), by audit event; "
+            "an audited call whose entry is lost still succeeds (its change was made).",
+            [L_EVENT],
+            namespace=NAMESPACE,
+            subsystem="audit",
+            registry=r,
+        )
 
         self.scenes = Counter(
             "scene_requests_total",
@@ -259,6 +270,10 @@ class ServingMetrics:
         now = time.time() if now is None else now
         for variant, as_of in list(self._data_as_of.items()):
             self.model_age.labels(variant).set(max(0.0, now - as_of))
+
+    def audit_write_failed(self, event: str) -> None:
+        """One audit entry not written (``event``: an audit event name, a fixed set)."""
+        self.audit_write_failures.labels(event).inc()
 
     def realtime_errors_by_operation(self, operation: str) -> None:
         self.realtime_errors.labels(operation).inc()

@@ -635,6 +635,15 @@ class CatalogSettings(_Section):
         "stream and writes them to Redis together (at most 100 per write); 0 = only what has already "
         "arrived. Adds at most this much to a change's propagation time",
     )
+    write_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=200,
+        description="group commit: SetStock, and SetStockMany/DelistItems/RelistItems calls of at most 100 "
+        "items, that arrive within this long of each other share one Redis write (each call still gets its "
+        "own answer; a second change of an item goes into the next write); 0 = each call its own write. "
+        "Adds up to this much to each call's latency",
+    )
     writer_port: int = Field(
         0,
         ge=0,

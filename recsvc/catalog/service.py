@@ -14,6 +14,9 @@ a synchronous call's hand-off to the server's thread pool and back cost more CPU
 itself (docs/benchmarks.md, "Live catalog"). Calls of more than ``ON_LOOP_ITEMS`` items, and
 ``UpsertItems`` (every field of every item checked), run in a thread instead, where their
 checks (microseconds per item: tens of milliseconds for thousands) do not hold up the loop.
+With ``catalog.write_linger_ms`` above 0 (off by default) the calls on the loop that arrive
+within that long of each other share one change script (``recsvc.catalog.group``), each still
+answered on its own.
 
 ``StreamStock`` takes a feed that sends one change at a time on one stream: what arrives within
 ``catalog.stream_linger_ms`` is checked, written and answered as one ``SetStockMany`` would be,
@@ -38,8 +41,9 @@ import redis
 
 from recsvc.bounds import CONTROL_CHARACTERS, MAX_PRICE
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
+from recsvc.catalog.group import GroupCommit
 from recsvc.catalog.live import LiveCatalog
-from recsvc.catalog.store import CatalogStore, Change, ChangeOutcome
+from recsvc.catalog.store import SCRIPT_CHUNK, CatalogStore, Change, ChangeOutcome
 from recsvc.catalog.view import CatalogView
 from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
 from recsvc.idmap import id_problem, normalize_id
@@ -62,6 +66,8 @@ _PB_KIND = {KIND_PRODUCT: common_pb2.PRODUCT, KIND_CONTENT: common_pb2.CONTENT}
 ON_LOOP_ITEMS = 100
 # StreamStock: changes received but not yet written, per stream.
 STREAM_BACKLOG = 1_000
+# Group commit (catalog.write_linger_ms): at most this many changes share one write.
+GROUP_ITEMS = SCRIPT_CHUNK
 
 
 @dataclass
@@ -84,6 +90,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         self._store = store
         self._closer: asyncio.Task[None] | None = None
         self._outage = StoreOutage()
+        linger_ms = settings.catalog.write_linger_ms
+        self._group = (
+            GroupCommit(self._write_async, linger_ms / 1000, max_items=GROUP_ITEMS) if linger_ms > 0 else None
+        )
 
     # ---- helpers ---------------------------------------------------------------------------
     def _view(self) -> CatalogView:
@@ -109,21 +119,34 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         self._outage.answered()
         return outcomes
 
-    async def _apply_async(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+    async def _apply_async(self, changes: Sequence[Change], group: bool = False) -> list[ChangeOutcome]:
+        """Write ``changes`` from the event loop; ``group``: with the calls that arrive within
+        ``catalog.write_linger_ms`` (one script for them all), when that is on."""
         if not changes:
             return []
         self._close_with_loop()
         try:
-            # One bound for the whole call: a cluster that stopped answering makes the client
-            # re-read the slot map from every seed in turn, each a timeout (8 s for 2 s measured).
-            # asyncio.timeout, not wait_for: no extra task on the stock hot path.
-            async with asyncio.timeout(self._settings.catalog.write_timeout_ms / 1000):
-                outcomes = await self._store.apply_async(changes)
+            if group and self._group is not None:
+                # The group's write has its own bound; this one answers a call whose group
+                # waits behind a stalled one (its changes may still be written later).
+                catalog = self._settings.catalog
+                limit = (catalog.write_linger_ms + catalog.write_timeout_ms) / 1000
+                async with asyncio.timeout(limit):
+                    outcomes = await self._group.apply(changes)
+            else:
+                outcomes = await self._write_async(changes)
         except _WRITE_FAILURES as exc:
             self._outage.refused(len(changes), exc)
             raise _refused(exc) from exc
         self._outage.answered()
         return outcomes
+
+    async def _write_async(self, changes: Sequence[Change]) -> list[ChangeOutcome]:
+        # One bound for the whole write: a cluster that stopped answering makes the client
+        # re-read the slot map from every seed in turn, each a timeout (8 s for 2 s measured).
+        # asyncio.timeout, not wait_for: no extra task on the stock hot path.
+        async with asyncio.timeout(self._settings.catalog.write_timeout_ms / 1000):
+            return await self._store.apply_async(changes)
 
     def _close_with_loop(self) -> None:
         """Close the asyncio client on its loop when the server ends: the server host cancels
@@ -202,7 +225,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         if len(item_ids) > ON_LOOP_ITEMS or self._store.aclient is None:
             return await asyncio.to_thread(self._flag_changes, item_ids, field, values)
         plan = self._flag_plan(item_ids, field, values)
-        return self._respond(plan, await self._apply_async([c for _, c in plan.changes]))
+        return self._respond(plan, await self._apply_async([c for _, c in plan.changes], group=True))
 
     # ---- RPCs ------------------------------------------------------------------------------
     def UpsertItems(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import typer
@@ -23,10 +24,16 @@ def verify(
         "off this host) instead of <log>.head.",
     ),
 ) -> None:
-    """Report every edited, reordered, inserted or removed entry, and a missing head; exit 1 if any."""
+    """Report every edited, reordered, inserted or removed entry, and a missing head; exit 1 if any.
+    A log (or a --head copy) that does not exist is not tampering: exit 2, naming the file."""
     from recsvc.security.audit import verify as verify_log
 
     target = path or state(ctx).settings().security.audit_log
+    for given, what in ((target, "audit log"), (head, "head copy")):
+        if given is not None and not given.exists():
+            # never written here, deleted, or a wrong path: verify vouches for nothing, but an
+            # operator must look for the file, not for an intruder
+            raise FileNotFoundError(errno.ENOENT, f"{what} not found", str(given))
     result = verify_log(target, head_path=head)
     if result.ok:
         typer.echo(f"ok: {result.entries} entries, hash chain intact ({target})")

@@ -9,6 +9,7 @@ streams stock changes line by line from a file or a pipe.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -250,19 +251,37 @@ def export(
         help="Write delisted items too (the default: the next bundle keeps them, and they stay "
         "delisted until relisted; left out, a retrain drops them for good).",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace FILE if it exists (it may be someone's only copy of a catalog). Without it "
+        "an existing file is refused.",
+    ),
     target: str | None = _TARGET,
     api_key: str | None = _KEY,
     timeout: float = _TIMEOUT,
 ) -> None:
-    """Write the service's current catalog (bundle + changes + new items) for the next training."""
+    """Write the service's current catalog (bundle + changes + new items) for the next training,
+    into a new file (--overwrite to replace one)."""
     from pipelines.contract import CATALOG
+    from recsvc.errors import InvalidArgument
 
     n = 0
     # Written beside the file and moved over it once the whole catalog is read: a failed call
     # leaves the file as it was, never a header or a part that looks whole.
     partial = out.with_name(f".{out.name}.partial")
     if out.is_dir():
-        raise IsADirectoryError(21, "is a folder, not a file to write", str(out))
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file to write", str(out))
+    # mkdir would say "File exists" for a folder on the way that is a file: name that file
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder to write into", str(out))
+    if out.exists() and not overwrite:
+        raise InvalidArgument(
+            f"{out} exists; refusing to write the catalog over it: give a new file, or "
+            "--overwrite to replace it",
+            reason="FILE_EXISTS",
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)  # the next training's data folder, say
         fh = partial.open("w", newline="", encoding="utf-8")

@@ -84,21 +84,27 @@ EXTRA_OF_MODULE = {
 # Codes a caller should retry later (the server is down, busy or slow), as Redis being unreachable
 # is: exit 3. Every other code means the request itself was refused: exit 2.
 _TRY_LATER = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+# Reasons (the details' first word, docs/api.md "Errors") under those codes that no retry mends: a
+# model the call named that does not exist is a bad argument, as ModelUnavailable is below.
+_NOT_LATER = frozenset({"MODEL_NOT_FOUND"})
 
 
 @contextmanager
 def rpc_errors() -> Iterator[None]:
     """A failed gRPC call (or stream) as one line naming its status, not a traceback: exit 3 when
-    trying again later may work, 2 when the service refused the request."""
+    trying again later may work, 2 when the service refused the request (or named a model that
+    does not exist: MODEL_NOT_FOUND, though UNAVAILABLE)."""
     import grpc
 
     try:
         yield
     except grpc.RpcError as exc:
         code = exc.code().name if exc.code() is not None else "UNKNOWN"
+        details = str(exc.details())
         # escaped: the details can echo what the caller sent, "[red]" included
-        console.print(f"[bold red]error[/] {code}: {escape(str(exc.details()))}", soft_wrap=True)
-        raise typer.Exit(code=3 if code in _TRY_LATER else 2) from None
+        console.print(f"[bold red]error[/] {code}: {escape(details)}", soft_wrap=True)
+        later = code in _TRY_LATER and details.partition(":")[0] not in _NOT_LATER
+        raise typer.Exit(code=3 if later else 2) from None
 
 
 # a path that cannot be read or written as asked (FileExistsError: a part of it is a file)

@@ -147,7 +147,8 @@ def import_profiles(
     folder: Path = typer.Argument(..., help="folder with members.{csv,parquet} and/or consent.{csv,parquet}"),
     quarantine: Path | None = typer.Option(None, help="write refused rows with reasons here (CSV)"),
 ) -> None:
-    """Load members' time zones and consent records into Redis."""
+    """Load members' time zones and consent records into Redis. Refused rows are named (and
+    written to --quarantine); exit 1 when every row was refused."""
     from recsvc.errors import InvalidArgument
     from recsvc.outreach.ask_checks import check_id
     from recsvc.outreach.service import build_throttle
@@ -236,6 +237,9 @@ def import_profiles(
             writer = SafeDictWriter(fh, fieldnames=["file", "member_id", "reason"])
             writer.writeheader()
             writer.writerows(refused)
+    if refused and not zones and not records:
+        # every row was refused: nothing was imported, which a script must not read as done
+        raise typer.Exit(code=1)
 
 
 @app.command("check")

@@ -27,6 +27,9 @@ _HTML = typer.Option(
 _MLFLOW = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report to MLflow (metrics + the page).")
 
 
+_KINDS = ("impression", "event", "decision")  # the sink's kind=<kind>/ folders
+
+
 def _frames(ctx: typer.Context, log_dir: Path | None, since: str | None, until: str | None) -> Any:
     from recsvc.experiments.report import parse_day, read_log
 
@@ -38,16 +41,19 @@ def _frames(ctx: typer.Context, log_dir: Path | None, since: str | None, until: 
     if first and last and first > last:
         raise InvalidArgument(f"--since {first} is after --until {last}", reason="INVALID_DATE")
     folder = Path(log_dir or settings.events.log_dir)
-    if not folder.is_dir():
-        # an empty report would read as "nothing happened"; a wrong folder is the likelier story
+    # an empty report would read as "nothing happened"; a wrong folder (missing, or holding none
+    # of the sink's kind=... folders) is the likelier story
+    if not folder.is_dir() or not any((folder / f"kind={k}").is_dir() for k in _KINDS):
+        where = "no event log at" if not folder.is_dir() else "no event log (no kind=... folders) in"
         raise InvalidArgument(
-            f"no event log at {folder} (the sink writes it: recsvc events sink; or give --log-dir)",
+            f"{where} {folder} (the sink writes it: recsvc events sink; or give --log-dir)",
             reason="NO_EVENT_LOG",
         )
     return settings, read_log(folder, first, last)
 
 
 def _emit(ctx: typer.Context, report: Any, as_json: bool, html_out: Path | None, mlflow: bool) -> None:
+    """Print the report (and write, log it as asked); exit 1 after an empty one, which says why."""
     from recsvc.experiments import render
 
     settings = state(ctx).settings()
@@ -55,18 +61,19 @@ def _emit(ctx: typer.Context, report: Any, as_json: bool, html_out: Path | None,
         print(render.to_json(report))
     else:
         out.print(render.table(report))
-    if html_out is None and not mlflow:
-        return
-    page = render.to_html(report)
-    if html_out is not None:
-        html_out.parent.mkdir(parents=True, exist_ok=True)
-        html_out.write_text(page, encoding="utf-8")
-        if not as_json:
-            out.print(f"page: {html_out}")
-    if mlflow:
-        run_id = render.log_to_mlflow(report, settings.mlflow, page)
-        if not as_json:
-            out.print(f"logged to MLflow: experiment {settings.mlflow.experiment!r}, run {run_id}")
+    if html_out is not None or mlflow:
+        page = render.to_html(report)
+        if html_out is not None:
+            html_out.parent.mkdir(parents=True, exist_ok=True)
+            html_out.write_text(page, encoding="utf-8")
+            if not as_json:
+                out.print(f"page: {html_out}")
+        if mlflow:
+            run_id = render.log_to_mlflow(report, settings.mlflow, page)
+            if not as_json:
+                out.print(f"logged to MLflow: experiment {settings.mlflow.experiment!r}, run {run_id}")
+    if report.empty:
+        raise typer.Exit(code=1)  # nothing measured: a script must not take it for a result
 
 
 @app.command("ab")

@@ -24,6 +24,7 @@ from recsvc.outreach.decision import FEEDBACK_KINDS, split_reservation_id
 from recsvc.outreach.member_keys import MemberKeys
 from recsvc.outreach.policy import Policy, PolicyStore
 from recsvc.redis_client import STORE_ERRORS, RedisClient
+from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from recsvc.script_runner import Call, ScriptRunner
 
 
@@ -245,7 +246,25 @@ def store_error(exc: Exception) -> RecsvcError:
             "this member's stored outreach record is not in the form recsvc writes "
             f"({str(exc).splitlines()[0][:160]}); an operator must repair or delete it (docs/operations.md)"
         )
-    return StoreUnavailable(f"outreach store unavailable: {exc.__class__.__name__}")
+    # in words: the exception's class (StoreCircuitOpen, ClusterDownError) is for the logs
+    return StoreUnavailable(f"outreach store unavailable: {_outage(exc)}; try again shortly")
+
+
+class StoreCircuitOpen(redis.ConnectionError):
+    """Not sent: the breaker is open (a ``redis.RedisError``, so every outage path handles it)."""
+
+
+def _outage(exc: Exception) -> str:
+    """Why the store could not answer, for the caller."""
+    if isinstance(exc, StoreCircuitOpen):
+        return "Redis failed repeatedly, so calls to it are paused for a moment (circuit open)"
+    if isinstance(exc, redis.TimeoutError):
+        return "Redis did not answer in time"
+    if isinstance(exc, redis.ConnectionError):
+        return "Redis cannot be reached"
+    if isinstance(exc, REDIS_UNAVAILABLE):
+        return "the Redis Cluster is failing over (a slot has no primary yet)"
+    return "Redis answered with an error"
 
 
 def _unreadable(exc: Exception) -> bool:

@@ -319,10 +319,36 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:  # tomllib/yaml/unicode errors all mean "not a readable policy"
-        raise ConfigError(f"policy file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+        raise ConfigError(f"policy file {path} is not valid {suffix[1:].upper()}: {_one_line(exc)}") from exc
+    if data is None or data == {}:
+        # defaults for every part would pass as a policy: a file emptied by accident (or caught
+        # half-written) must not quietly replace the one in force
+        raise ConfigError(
+            f"policy file {path} holds no policy (it is empty or only comments): write its "
+            f"tables, e.g. a copy of {DEFAULT_POLICY_FILE.name}",
+            reason="EMPTY_POLICY",
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"policy file {path} must hold a table/mapping at the top level")
     return data
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's error as one line: YAML's span several (the context, the problem, each with its
+    mark and a caret under the text), which a log line or the CLI's one error line must not."""
+    import yaml
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        text = f"{at(mark)}: " if mark is not None else ""
+        text += exc.problem or exc.context or type(exc).__name__
+        if exc.problem and exc.context:
+            text += f" ({exc.context}" + (f" at {at(exc.context_mark)}" if exc.context_mark else "") + ")"
+        return text
+    return " ".join(str(exc).split())
 
 
 def parse_policy(

@@ -65,7 +65,8 @@ def fill_decision(msg: outreach_pb2.OutreachDecision, d: Decision, send_at_ms: i
         msg.replayed = True
     if d.next_allowed_ms > 0:
         msg.next_allowed_at.FromMilliseconds(d.next_allowed_ms)
-    if send_at_ms > 0:
+    if send_at_ms > 0 and d.allowed:
+        # a time to send at: a refusal (NO_CONSENT, caps that do not free up in time) has none
         msg.send_at.FromMilliseconds(send_at_ms)
 
 

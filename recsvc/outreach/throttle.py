@@ -47,7 +47,7 @@ from recsvc.outreach.decision import (
     reservation_id,
 )
 from recsvc.outreach.member_keys import MemberKeys, decide_keys
-from recsvc.outreach.member_records import MemberRecords, ZoneCache, as_text
+from recsvc.outreach.member_records import MemberRecords, StoreCircuitOpen, ZoneCache, as_text
 from recsvc.outreach.policy import Policy, PolicyStore, zone_or
 from recsvc.outreach.quiet_hours import LATEST_MS, first_allowed_ms, quiet_until_ms
 from recsvc.redis_client import STORE_ERRORS, RedisClient
@@ -62,10 +62,6 @@ Clock = Callable[[], float]  # epoch seconds
 # What counts against the store: it did not answer (down, too slow, or a cluster slot without a
 # primary during a failover). A script's error reply is an answer.
 STORE_DOWN = REDIS_UNAVAILABLE
-
-
-class StoreCircuitOpen(redis.ConnectionError):
-    """Not sent: the breaker is open (a ``redis.RedisError``, so every outage path handles it)."""
 
 
 class Throttle(MemberRecords):

@@ -105,10 +105,17 @@ class AuditLog:
     as ``member`` (the keyed pseudonym); without one, passing ``member_id`` is an error.
     """
 
-    def __init__(self, path: Path, pseudonymize: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        pseudonymize: Callable[[str], str] | None = None,
+        on_write_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.head_path = head_path_of(self.path)
         self._pseudonymize = pseudonymize
+        # called with the event name when an entry cannot be written (the server counts it)
+        self._on_write_failure = on_write_failure
         self._lock = threading.Lock()
 
     def check_appendable(self) -> None:
@@ -138,6 +145,15 @@ class AuditLog:
             if self._pseudonymize is None:
                 raise ValueError("AuditLog has no pseudonymizer; refusing to write a raw member_id")
             fields["member"] = self._pseudonymize(str(raw))
+        try:
+            return self._write(event, fields)
+        except OSError:
+            # the caller decides what a lost entry means (a served call goes on); it is counted
+            if self._on_write_failure is not None:
+                self._on_write_failure(event)
+            raise
+
+    def _write(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

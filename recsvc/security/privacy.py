@@ -78,6 +78,20 @@ class ErasureList:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    def check_appendable(self) -> None:
+        """Raise ``OSError`` unless :meth:`add` can write here: the folder exists or can be
+        created, a file can be created in it and the list, when it exists, opens for reading and
+        appending (as ``add`` opens it). Tries it rather than asking ``os.access``, which says yes
+        to root for a folder under ``/proc`` or on a read-only mount. Writes nothing to the list."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            with open(self.path, "a+", encoding="utf-8"):
+                pass
+            return
+        probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.probe")
+        probe.touch()
+        probe.unlink()
+
     def add(self, member_id: str) -> bool:
         """Append ``member_id`` unless already listed; return True when it was added."""
         if not member_id or any(c in member_id for c in "\r\n"):

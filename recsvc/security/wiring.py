@@ -14,10 +14,9 @@ servers assembled by hand, e.g. in tests.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,22 +82,33 @@ def check_server_security(settings: Settings) -> None:
     _checked_keys(settings)
     server_credentials(settings)
     sec = settings.security
-    for name, path in (("security.audit_log", sec.audit_log), ("security.erasure_list", sec.erasure_list)):
-        _check_appendable(name, Path(path))
+    audit, erasures = AuditLog(sec.audit_log), ErasureList(sec.erasure_list)
+    _check_appendable("security.audit_log", audit.path, audit.check_appendable)
+    _check_appendable("security.erasure_list", erasures.path, erasures.check_appendable)
 
 
-def _check_appendable(name: str, path: Path) -> None:
+def _check_appendable(name: str, path: Path, try_writing: Callable[[], None]) -> None:
     """``path`` is a file this process can append to, or can create: else the first audited call
-    or erasure would fail, long after start-up."""
-    if path.exists():
-        if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(f"{name} {str(path)!r} is not a file this process can read and append to")
-        return
+    or erasure would fail, long after start-up. ``try_writing`` tries it (creating the folders,
+    not the file) rather than asking ``os.access``, which says yes to root for a folder under
+    ``/proc`` or on a read-only mount."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{name} {str(path)!r} is not a file this process can read and append to")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the folders missing below it are created on first write
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{name} {str(path)!r} cannot be created: {str(folder)!r} is not a writable folder")
+        folder = folder.parent  # the folders missing below it are created now
+    if not folder.is_dir():
+        raise ConfigError(f"{name} {str(path)!r} cannot be created: {str(folder)!r} is not a folder")
+    existed = path.exists()
+    try:
+        try_writing()
+    except OSError as exc:
+        # a folder on the way is worth naming; the probe file tried beside the path is not
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) in path.parents else ""
+        raise ConfigError(
+            f"{name} {str(path)!r} cannot be {'opened for appending' if existed else 'created'}: "
+            f"{exc.strerror or type(exc).__name__}{where}"
+        ) from None
 
 
 def _checked_keys(settings: Settings) -> tuple[Any, Pseudonymizer]:
@@ -111,10 +121,14 @@ def _checked_keys(settings: Settings) -> tuple[Any, Pseudonymizer]:
     return keys, pseudonymizer
 
 
-def build_server_security(settings: Settings) -> ServerSecurity:
+def build_server_security(
+    settings: Settings, on_audit_failure: Callable[[str], None] | None = None
+) -> ServerSecurity:
+    """``on_audit_failure`` is called with the event of each audit entry that cannot be written
+    (the server counts them: ``recsvc_audit_write_failures_total``)."""
     sec = settings.security
     keys, pseudonymizer = _checked_keys(settings)
-    audit = AuditLog(sec.audit_log, pseudonymizer)
+    audit = AuditLog(sec.audit_log, pseudonymizer, on_write_failure=on_audit_failure)
     interceptors: list[grpc.ServerInterceptor] = [AuthInterceptor(keys, audit.append)] if len(keys) else []
     interceptors.append(AuditInterceptor(audit.append))
     erasures = ErasureList(sec.erasure_list)
@@ -220,7 +234,7 @@ def _mark_erased(eraser: LogEraser, erased: Sequence[str], *, purge: bool) -> bo
 
 def secure_deps(settings: Settings, deps: Any) -> ServerSecurity:
     """Fill a ``recsvc.server.app.ServerDeps``'s security hooks (see the module docstring)."""
-    security = build_server_security(settings)
+    security = build_server_security(settings, deps.metrics.audit_write_failed)
     deps.extra_interceptors = [*security.interceptors, *deps.extra_interceptors]
     deps.server_credentials = security.credentials
     redis = deps.redis_client

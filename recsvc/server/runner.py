@@ -20,6 +20,7 @@ The workers' ``ReloadModel`` pins live in a file in a folder of the supervisor's
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -286,6 +287,16 @@ def check_ports_free(settings: Settings) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
+                if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                    # the host, not the port: no address (999.1.1.1), or none of this machine's
+                    setting = (
+                        "serving.metrics_host" if name == "serving.metrics_port" else "serving.host (--host)"
+                    )
+                    raise ConfigError(
+                        f"{setting} {host!r} is not an address this server can listen on "
+                        f"({exc.strerror}): give one of this machine's addresses, 0.0.0.0 or ::",
+                        reason="INVALID_HOST",
+                    ) from None
                 raise ConfigError(
                     f"{name} {port} on {host} is in use ({exc.strerror}): {_user_of(host, port)}",
                     reason="PORT_IN_USE",

@@ -185,8 +185,8 @@ class OutreachDecision(_message.Message):
 
     @_builtins.property
     def send_at(self) -> _timestamp_pb2.Timestamp:
-        """Set when the request asked for the best time (at_best_time, or a PlanCampaign window): the
-        time the decision is for; send then.
+        """Set when the request asked for the best time (at_best_time, or a PlanCampaign window) and the
+        decision is allowed: the time the decision is for; send then. Unset on a refusal.
         """
 
     def __init__(

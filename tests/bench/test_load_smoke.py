@@ -360,3 +360,27 @@ def test_plain_locust_honours_users_rate_and_time_and_finds_a_bundle(
     assert time.monotonic() - t0 < 60  # -t 3s, not the config shape's 60 s
     assert "(3 total users)" in run.stderr, run.stderr[-3000:]  # -u 3, not the config shape's 20
     assert str(cached) in run.stderr  # said where the ids came from
+
+
+def test_a_run_whose_every_call_failed_exits_2_without_fail_on_miss(tmp_path: Path) -> None:
+    """A server that refuses every call (here: it serves nothing, as a wrong key or target
+    would look) measured nothing: the run says so and exits 2, not 0 with a FAIL table."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        proc = _load_run(
+            [
+                "--host", f"127.0.0.1:{port}", "--bundle", str(_id_bundle(tmp_path)),
+                "--load-config", str(_equal_weights_config(tmp_path)),
+                "--users", "1", "--rate-per-user", "5", "--duration", "2",
+                "--results", str(tmp_path / "results"),
+            ],
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        server.stop(grace=0)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "error NOTHING_MEASURED" in said and "UNIMPLEMENTED" in said, said[-2000:]
+    assert "Traceback" not in said

@@ -438,6 +438,13 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     same = runner.invoke(app, ["catalog", "sync", str(out), "--target", server.target])
     assert same.exit_code == 0, same.output
     assert "upsert=0" in same.output  # the service's own catalog: nothing to push
+    # an existing file is someone's catalog: replaced only when asked
+    out.write_text("mine\n")
+    kept = runner.invoke(app, ["catalog", "export", str(out), "--target", server.target])
+    assert kept.exit_code == 2 and "--overwrite" in kept.output, kept.output
+    assert out.read_text() == "mine\n"
+    again = runner.invoke(app, ["catalog", "export", str(out), "--overwrite", "--target", server.target])
+    assert again.exit_code == 0 and out.read_text().splitlines() == lines, again.output
     text = out.read_text().replace(
         "P0-000,product,Product P0-000,cat0,brand0,10,", "P0-000,product,Product P0-000,cat0,brand0,55,"
     )

@@ -286,9 +286,27 @@ def test_export_that_fails_leaves_the_file_as_it_was(tmp_path: Path) -> None:
     out = tmp_path / "catalog.csv"
     out.write_text("precious,data\n")
     result = CliRunner().invoke(
-        app, ["catalog", "export", str(out), "--target", "127.0.0.1:1", "--timeout", "2"]
+        app,
+        ["catalog", "export", str(out), "--overwrite", "--target", "127.0.0.1:1", "--timeout", "2"],
     )
     assert result.exit_code == 3, result.output  # UNAVAILABLE: try again later
+    assert out.read_text() == "precious,data\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["catalog.csv"]
+
+
+def test_export_refuses_an_existing_file_without_overwrite(tmp_path: Path) -> None:
+    """Regression: export replaced an existing file unasked (it may be the only copy of a
+    catalog). It is refused before any call, naming the file and --overwrite."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    out = tmp_path / "catalog.csv"
+    out.write_text("precious,data\n")
+    result = CliRunner().invoke(app, ["catalog", "export", str(out), "--target", "127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # rich may wrap a long line
+    assert str(out) in output and "exists" in output and "--overwrite" in output
     assert out.read_text() == "precious,data\n"
     assert [p.name for p in tmp_path.iterdir()] == ["catalog.csv"]
 
@@ -304,3 +322,9 @@ def test_export_to_a_path_it_cannot_write_names_that_path(tmp_path: Path) -> Non
         assert result.exit_code == 2, result.output
         assert "FILE: " in result.output and str(out) in result.output.replace("\n", "")
         assert ".partial" not in result.output
+        assert "File exists" not in result.output  # what mkdir says of a file on the way
+    # the part of the path that is a file is named as the problem
+    blocked = CliRunner().invoke(
+        app, ["catalog", "export", str(tmp_path / "a-file" / "catalog.csv"), "--target", "127.0.0.1:1"]
+    )
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in blocked.output.replace("\n", "")

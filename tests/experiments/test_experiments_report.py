@@ -319,11 +319,18 @@ def test_report_commands_print_write_a_page_and_log_to_mlflow(tmp_path: Path) ->
         "report/report.html",
         "report/report.json",
     ]
+    # regression: an empty or wrong folder printed an empty report and exited 0
     (tmp_path / "none").mkdir()
-    empty = _cli("report", "ab", "--log-dir", str(tmp_path / "none"), "--no-mlflow", env_extra=env)
-    assert empty.returncode == 0 and "empty report" in empty.stdout and "Traceback" not in empty.stderr
-    wrong = _cli("report", "ab", "--log-dir", str(tmp_path / "typo"), "--no-mlflow", env_extra=env)
-    assert wrong.returncode == 2 and "NO_EVENT_LOG" in wrong.stderr and "Traceback" not in wrong.stderr
+    for folder in ("none", "typo"):
+        wrong = _cli("report", "ab", "--log-dir", str(tmp_path / folder), "--no-mlflow", env_extra=env)
+        assert wrong.returncode == 2 and "NO_EVENT_LOG" in wrong.stderr, wrong.stderr
+        assert "Traceback" not in wrong.stderr
+    # a real log with nothing in the period: the empty report says why, and the exit says so too
+    quiet = ["--since", "2020-01-01", "--until", "2020-01-31", "--no-mlflow"]
+    empty = _cli("report", "ab", "--log-dir", str(log_dir), *quiet, env_extra=env)
+    assert empty.returncode == 1 and "empty report" in empty.stdout and "Traceback" not in empty.stderr
+    none = _cli("report", "campaign", "autumn", "--log-dir", str(log_dir), "--json", env_extra=env)
+    assert none.returncode == 1 and json.loads(none.stdout)["empty_reason"], none.stderr
     back = _cli(
         "report",
         "ab",
@@ -390,7 +397,7 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_line_naming_the_setting(tmp_pat
 
     from recsvc.cli import app
 
-    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "kind=impression").mkdir(parents=True)
     done = CliRunner().invoke(
         app,
         ["report", "ab", "--log-dir", str(tmp_path / "log")],

@@ -398,6 +398,18 @@ def test_check_and_reserve_at_the_members_best_time(
     # without the flag nothing changes: no send_at
     plain = out.CheckOutreach(outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c"))
     assert not plain.HasField("send_at")
+    # regression: a refusal (no consent on sms) carried a send_at, as if there were a time to send
+    refused = out.CheckOutreach(
+        outreach_pb2.OutreachRequest(member_id=member, channel="sms", campaign_id="c", at_best_time=True)
+    )
+    assert (refused.allowed, refused.reason) == (False, outreach_pb2.NO_CONSENT)
+    assert not refused.HasField("send_at")
+    refused = out.ReserveOutreach(
+        outreach_pb2.ReserveOutreachRequest(
+            member_id=member, channel="sms", campaign_id="c", at_best_time=True
+        )
+    )
+    assert refused.reason == outreach_pb2.NO_CONSENT and not refused.HasField("send_at")
 
 
 def test_best_time_is_placed_in_the_zone_the_throttle_judges_quiet_hours_in(

@@ -33,6 +33,12 @@ def test_validate_policy_ok_and_bad(tmp_path: Path) -> None:
     res = runner.invoke(app, ["outreach", "validate-policy", str(bad)])
     assert res.exit_code == 2
     assert "INVALID_CONFIG" in res.output and "quiet_hours.start" in flat(res.output)
+    # regression: an empty file printed "policy ok" (every default) and exited 0
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    res = runner.invoke(app, ["outreach", "validate-policy", str(empty)])
+    assert res.exit_code == 2 and "EMPTY_POLICY" in res.output and "holds no policy" in flat(res.output)
+    assert "policy ok" not in res.output
 
 
 def test_import_profiles_and_check(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,6 +204,27 @@ def test_a_members_row_refused_for_its_zone_writes_none_of_its_consent(
     res = runner.invoke(app, ["outreach", "check", "--member", "B1", "--channel", "wecom"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["reason"] == "NO_CONSENT"  # never answered, as the row had no effect
+
+
+def test_an_import_whose_every_row_is_refused_exits_1(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: an import that refused every row (nothing written) exited 0."""
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "members.csv").write_text("member_id,timezone\nR1,Mars/Olympus\nR2,Nowhere/City\n")
+    (data / "consent.csv").write_text("member_id,channel,granted,updated_at\nR3,pigeon,true,2026-05-01\n")
+    quarantine = tmp_path / "q.csv"
+    res = runner.invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
+    assert res.exit_code == 1, res.output
+    assert "imported 0 time zones and 0 consent records" in flat(res.output)
+    assert "3 rows refused" in flat(res.output)
+    assert sorted(pd.read_csv(quarantine)["member_id"]) == ["R1", "R2", "R3"]  # kept, with reasons
+    # one good row beside them is an import: exit 0 (refused rows are named and quarantined)
+    (data / "members.csv").write_text("member_id,timezone\nR1,Mars/Olympus\nR4,UTC\n")
+    res = runner.invoke(app, ["outreach", "import", str(data)])
+    assert res.exit_code == 0 and "2 rows refused" in flat(res.output), res.output
 
 
 def test_a_consent_cell_that_is_not_a_boolean_refuses_its_row(

@@ -3,6 +3,7 @@ interceptor, a real redis-server and a fake recommender port."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -380,10 +381,39 @@ def test_redis_down_decisions_fail_closed_and_writes_are_unavailable(tmp_path: P
             with pytest.raises(grpc.RpcError) as err:
                 h.stub.UpdateConsent(pb.UpdateConsentRequest(member_id="M1", channel="sms", granted=False))
             assert _code(err.value) == grpc.StatusCode.UNAVAILABLE
+            # the reason code, then words: no internal exception class (StoreCircuitOpen...)
+            details = [err.value.details() or ""]
+            withdraw = pb.UpdateConsentRequest(member_id="M1", channel="sms", granted=False)
+            for _ in range(3):  # the breaker is open by now: the store is not even tried
+                with pytest.raises(grpc.RpcError) as again:
+                    h.stub.UpdateConsent(withdraw)
+                details.append(again.value.details() or "")
+            assert all(d.startswith("STORE_UNAVAILABLE: outreach store unavailable: ") for d in details)
+            assert any("(circuit open); try again shortly" in d for d in details), details
+            assert not any(re.search(r"[a-z](Error|Open|Exception)\b", d) for d in details), details
             r = h.stub.NextBestOutreach(pb.NextBestOutreachRequest(member_id="M1", channel="sms"))
             assert (r.has_item, r.decision.reason) == (False, pb.THROTTLE_UNAVAILABLE)
     finally:
         own.stop()
+
+
+def test_store_errors_reach_the_caller_in_words_not_exception_classes() -> None:
+    """Regression: UNAVAILABLE details named internal classes ("outreach store unavailable:
+    StoreCircuitOpen", "... ClusterDownError"); the reason code stays, the rest is readable."""
+    from recsvc.outreach.member_records import StoreCircuitOpen, store_error
+
+    cases = [
+        (StoreCircuitOpen("circuit open"), "paused for a moment (circuit open)"),
+        (redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"), "Cluster is failing over"),
+        (redis.exceptions.TryAgainError("TRYAGAIN"), "Cluster is failing over"),
+        (redis.TimeoutError("Timeout reading from socket"), "did not answer in time"),
+        (redis.ConnectionError("Error 111 connecting"), "cannot be reached"),
+    ]
+    for exc, words in cases:
+        err = store_error(exc)
+        assert err.reason == "STORE_UNAVAILABLE" and words in str(err), str(err)
+        assert str(err).startswith("STORE_UNAVAILABLE: outreach store unavailable: ")
+        assert type(exc).__name__ not in str(err)
 
 
 def test_a_broken_reserving_plan_is_recovered_by_running_it_again(harness: Harness) -> None:

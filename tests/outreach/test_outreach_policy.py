@@ -67,6 +67,39 @@ def test_bad_policy_is_refused_with_a_clear_error(tmp_path: Path, text: str, nee
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "a: [1,\nb: 2\n",
+            "line 3, column 1: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 1, column 4)",
+        ),
+        ("marketing: per_day: 2\n", "line 1, column 19: mapping values are not allowed here"),
+    ],
+)
+def test_a_yaml_parse_error_is_one_line_with_its_place(tmp_path: Path, text: str, needle: str) -> None:
+    """Regression: YAML's errors spanned several lines (marks, the text and a caret)."""
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_policy(f)
+    assert "\n" not in str(err.value) and needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("p.toml", ""), ("p.toml", "# later\n"), ("p.yaml", ""), ("p.yml", "{}")]
+)
+def test_a_file_with_no_policy_in_it_is_refused(tmp_path: Path, name: str, text: str) -> None:
+    """Regression: an empty TOML file passed as a policy of defaults (a file emptied by mistake
+    would have replaced the one in force)."""
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_policy(f)
+    assert err.value.reason == "EMPTY_POLICY" and "holds no policy" in str(err.value)
+
+
 def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"\.toml, \.yaml or \.yml"):

@@ -117,7 +117,7 @@ def test_outreach_import_refused_rows_are_escaped(
     )
     quarantine = tmp_path / "q.csv"
     res = CliRunner().invoke(app, ["outreach", "import", str(data), "--quarantine", str(quarantine)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # every row refused: nothing imported
     with quarantine.open(newline="") as fh:
         ids = sorted(row["member_id"] for row in csv.DictReader(fh))
     assert ids == ["'=1+1", "'@M2"]

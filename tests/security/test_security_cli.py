@@ -75,3 +75,18 @@ def test_audit_verify_fails_on_a_cut_log_without_head(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "ok:" not in bad.output
     anchored = runner.invoke(app, ["audit", "verify", str(path), "--head", str(head_copy)])
     assert anchored.exit_code == 1 and "entries 1..3 were removed" in anchored.output.replace("\n", "")
+
+
+def test_audit_verify_names_a_missing_log_as_missing_not_tampered(tmp_path: Path) -> None:
+    """Regression: a log that does not exist was reported as `tampered`, exit 1, the code of an
+    edited log. It is a missing file: named, exit 2."""
+    missing = tmp_path / "nope.log"
+    out = runner.invoke(app, ["audit", "verify", str(missing)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2, text
+    assert "audit log not found" in text and str(missing) in text and "tampered" not in text
+    path = tmp_path / "audit.log"
+    AuditLog(path).append("model_promotion", version="1")
+    out = runner.invoke(app, ["audit", "verify", str(path), "--head", str(tmp_path / "no.head")])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and "head copy not found" in text and "tampered" not in text, text

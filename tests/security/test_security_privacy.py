@@ -73,6 +73,33 @@ def test_erasure_list_appends_once_and_reads_as_set(tmp_path: Path) -> None:
     assert el.path.read_text() == "M1\nM2\n"
 
 
+def test_the_start_up_check_of_the_erasure_list_tries_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: security.erasure_list was checked with os.access, which says yes to root for a
+    folder under /proc, so the server started and the first ForgetMember failed. Like the audit
+    log's check it now tries the write itself, and writes nothing."""
+    from recsvc.security.wiring import check_server_security
+
+    monkeypatch.setenv("RECSVC_SECURITY__ALLOW_INSECURE_DEV", "true")
+    monkeypatch.setenv("RECSVC_SECURITY__AUDIT_LOG", str(tmp_path / "audit" / "audit.log"))
+    for path, why in (
+        (f"/proc/recsvc-no-such-{tmp_path.name}/erasures.txt", "cannot be created"),
+        ("/proc/version", "cannot be opened for appending"),
+    ):
+        with pytest.raises(OSError):
+            ErasureList(Path(path)).check_appendable()
+        settings = load_settings(overrides={"security": {"erasure_list": path}})
+        with pytest.raises(ConfigError, match=f"security.erasure_list '{path}' {why}"):
+            check_server_security(settings)
+    good = tmp_path / "privacy" / "erasures.txt"
+    check_server_security(load_settings(overrides={"security": {"erasure_list": str(good)}}))
+    assert good.parent.is_dir() and list(good.parent.iterdir()) == []  # the folder only
+    ErasureList(good).add("M1")
+    ErasureList(good).check_appendable()
+    assert good.read_text() == "M1\n"
+
+
 def test_erasure_list_refuses_multiline_ids(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         ErasureList(tmp_path / "e.txt").add("M1\nM2")

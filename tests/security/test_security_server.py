@@ -200,6 +200,33 @@ def test_catalog_changes_are_audited_with_who_and_which_items(srv: Secured, plan
     assert verify(srv.settings.security.audit_log).ok
 
 
+def test_an_audit_log_unwritable_after_start_is_counted_and_the_call_still_succeeds(
+    srv: Secured, planted: PlantedBundle
+) -> None:
+    """The start-up check cannot see a log that breaks later (disk full, replaced): the audited
+    change is made (failing the call would make the caller retry it), an ERROR is logged and
+    ``recsvc_audit_write_failures_total`` counts the lost entry, by audit event."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def lost() -> dict[str, float]:
+        text = generate_latest(srv.metrics.registry).decode()
+        family = next(
+            f for f in text_string_to_metric_families(text) if f.name == "recsvc_audit_write_failures"
+        )
+        return {s.labels["event"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    stub = catalog_pb2_grpc.CatalogStub(srv.channel)
+    items, md = planted.products()[7:9], srv.md("stock")
+    assert stub.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=items), metadata=md, timeout=5).applied == 2
+    assert lost() == {}
+    log = srv.settings.security.audit_log
+    log.unlink()
+    log.mkdir()  # no longer a file anyone can append to, root included
+    relisted = stub.RelistItems(catalog_pb2.ItemIdsRequest(item_ids=items), metadata=md, timeout=5)
+    assert relisted.applied == 2  # the change was made and answered
+    assert lost() == {"catalog_relist": 1.0}
+
+
 def test_a_campaign_by_audience_query_needs_the_members_role_too(
     srv: Secured, planted: PlantedBundle
 ) -> None:
@@ -403,6 +430,11 @@ def test_refused_calls_are_counted_under_their_status_code(srv: Secured, planted
         ({"RECSVC_SECURITY__PREVIOUS_PSEUDONYM_KEYS": '["short"]'}, "previous_pseudonym_keys[0] must be"),
         ({"RECSVC_SERVING__HOST": "0.0.0.0"}, "refusing to serve plaintext on non-loopback"),
         ({"RECSVC_SECURITY__ERASURE_LIST": "/"}, "security.erasure_list '/' is not a file"),
+        # os.access says root may write there; trying it says no
+        (
+            {"RECSVC_SECURITY__ERASURE_LIST": "/proc/recsvc-no-such/erasures.txt"},
+            "security.erasure_list '/proc/recsvc-no-such/erasures.txt' cannot be created",
+        ),
         # {tmp}/file is a file, so no folder can be made under it
         ({"RECSVC_SECURITY__AUDIT_LOG": "{tmp}/file/audit.log"}, "/file/audit.log' cannot be created"),
     ],

@@ -64,6 +64,10 @@ def test_errors_are_one_line_with_the_status(srv: RunningServer) -> None:
     # what the caller sent is echoed as text, not read as terminal markup
     code, out = run("similar", "[bold]NOPE", "--target", srv.target)
     assert code == 2 and "[bold]NOPE" in out
+    # regression: a model path that does not exist (UNAVAILABLE / MODEL_NOT_FOUND) exited 3, "try
+    # again later", though no retry mends it: a bad argument, 2
+    code, out = run("reload", "--model-uri", "/nonexistent", "--target", srv.target)
+    assert code == 2 and "UNAVAILABLE: MODEL_NOT_FOUND" in out and "Traceback" not in out, out
 
 
 def test_a_server_that_cannot_answer_is_exit_3_try_later() -> None:

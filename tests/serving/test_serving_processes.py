@@ -153,6 +153,24 @@ def test_a_port_lent_to_an_outgoing_connection_is_named_as_such() -> None:
     assert err.value.reason == "PORT_IN_USE" and "no server listens there" in str(err.value)
 
 
+def test_a_host_it_cannot_listen_on_is_named_as_the_host(tmp_path: Path) -> None:
+    """Regression: `recsvc serve --host 999.1.1.1` failed as `error FILE: Name or service not
+    known` (the port check took the bad host for a busy port, then failed asking who holds it)."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    planted = make_bundle(tmp_path / "b1")
+    # no address at all; an address (TEST-NET-1) that is none of this machine's
+    for host in ("999.1.1.1", "192.0.2.1"):
+        args = ["serve", "--host", host, "--port", str(free_port()), "--model-uri", str(planted.path)]
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2, out
+        assert f"INVALID_HOST: serving.host (--host) '{host}' is not an address" in out
+        assert "FILE" not in out and "in use" not in out and "Traceback" not in out
+
+
 def _listening(proc: subprocess.Popen[bytes], port: int) -> set[int]:
     """The pids of the server processes under ``proc`` listening on ``port``."""
     return {
