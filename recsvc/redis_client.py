@@ -180,6 +180,19 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     # no node of the cluster answered a refresh of the slot map (not a RedisError)
     redis.exceptions.RedisClusterUnreachableError,
 )
+
+
+def outage_in_words(exc: Exception) -> str:
+    """Why Redis could not answer, for a caller: the exception's class is for the logs."""
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return "Redis did not answer in time"
+    if isinstance(exc, redis.ConnectionError):
+        return "Redis cannot be reached"
+    if isinstance(exc, UNAVAILABLE):
+        return "the Redis Cluster is failing over (a slot has no primary yet)"
+    return "Redis answered with an error"
+
+
 # Anything a call to Redis can raise: a RedisError, or the cluster client's own exceptions.
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)
 

@@ -48,7 +48,7 @@ from recsvc.catalog.view import CatalogView
 from recsvc.errors import InvalidArgument, NotFound, RecsvcError, StoreUnavailable
 from recsvc.idmap import id_problem, normalize_id
 from recsvc.models.served import ServedModels
-from recsvc.redis_client import STORE_ERRORS
+from recsvc.redis_client import STORE_ERRORS, outage_in_words
 from recsvc.server.request_checks import check_id
 from recsvc.settings import Settings
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
@@ -567,7 +567,7 @@ def _refused(exc: Exception) -> StoreUnavailable:
     else:
         outcome = "nothing was changed by the failed part; retry the call"
     return StoreUnavailable(
-        f"the catalog store (Redis) did not answer ({type(exc).__name__}); {outcome}",
+        f"the catalog store did not answer: {outage_in_words(exc)}; {outcome}",
         reason="CATALOG_UNAVAILABLE",
     )
 

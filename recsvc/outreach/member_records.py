@@ -23,8 +23,7 @@ from recsvc.outreach import throttle_metrics as metrics
 from recsvc.outreach.decision import FEEDBACK_KINDS, split_reservation_id
 from recsvc.outreach.member_keys import MemberKeys
 from recsvc.outreach.policy import Policy, PolicyStore
-from recsvc.redis_client import STORE_ERRORS, RedisClient
-from recsvc.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from recsvc.redis_client import STORE_ERRORS, RedisClient, outage_in_words
 from recsvc.script_runner import Call, ScriptRunner
 
 
@@ -258,13 +257,7 @@ def _outage(exc: Exception) -> str:
     """Why the store could not answer, for the caller."""
     if isinstance(exc, StoreCircuitOpen):
         return "Redis failed repeatedly, so calls to it are paused for a moment (circuit open)"
-    if isinstance(exc, redis.TimeoutError):
-        return "Redis did not answer in time"
-    if isinstance(exc, redis.ConnectionError):
-        return "Redis cannot be reached"
-    if isinstance(exc, REDIS_UNAVAILABLE):
-        return "the Redis Cluster is failing over (a slot has no primary yet)"
-    return "Redis answered with an error"
+    return outage_in_words(exc)
 
 
 def _unreadable(exc: Exception) -> bool:

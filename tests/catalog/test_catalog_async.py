@@ -198,6 +198,12 @@ def test_redis_down_refuses_changes_on_the_loop_with_unavailable(
             ]
             for call in calls:
                 assert _error(call) == (grpc.StatusCode.UNAVAILABLE, "CATALOG_UNAVAILABLE")
+            # in words: the exception's class (ConnectionError, ClusterDownError) is for the logs
+            with pytest.raises(grpc.RpcError) as refused:
+                calls[0]()
+            details = refused.value.details() or ""
+            assert "Redis cannot be reached" in details or "failing over" in details, details
+            assert "Error" not in details, details
             assert not get().in_stock  # the last known catalog, not the bundle's
     finally:
         own.stop()
