@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsvc.settings import load_settings
     from training import prepare
     from training.confidence import confidence_matrix
-    from training.fit import AlsParams, fit_als
+    from training.fit import AlsParams, fit_als, resolve_weighting
 
     settings = load_settings(args.config)
     t = settings.training
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix = confidence_matrix(
         prepared.events, shape, params.event_weights, params.half_life_days, prepared.cutoff
     )
+    params, _ = resolve_weighting(params, matrix, t.bm25_auto_items)
 
     bare: list[float] = []
     ours: list[float] = []

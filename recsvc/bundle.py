@@ -50,6 +50,10 @@ Layout (schema 1)::
     item_trend.npy           float32 [items], exactly when Manifest.family.trend_weight > 0: each
                              item's weighted events in the family's trend_days before data_as_of
                              (recsvc/engine/trend_source.py, training/trend.py).
+    item_idf.npy             float32 [items], exactly when params.confidence_weighting is bm25:
+                             BM25's item weights over the history training fitted (with
+                             params.bm25_avg_length, recsvc/confidence_scale.py), so serving
+                             weighs a member's values with training's numbers.
     item_featured_{indptr,indices}.npy  optional, together: CSR [items x items] int64 / int32,
                              the products each content item features (the catalog's
                              featured_item_ids), so the live catalog shows and exports them.
@@ -103,6 +107,7 @@ from recsvc.bundle_parts import (
     _check_profiles,
     _check_side_files,
     _check_values,
+    _check_weighting,
     add_member_lists,
     add_profiles,
     drop_member_lists,
@@ -173,6 +178,7 @@ _OPTIONAL_ARRAYS = (
     *PROFILE_ARRAYS,
     *NEIGHBOUR_ARRAYS,
     "item_trend",
+    "item_idf",
     "item_featured_indptr",
     "item_featured_indices",
 )
@@ -215,6 +221,8 @@ class BundleContents:
     item_trend: np.ndarray | None = None
     # [items x items]: a content item's row holds the products it features (None: none do).
     item_featured: sp.csr_matrix | None = None
+    # BM25's item weights: given exactly when manifest.params' confidence_weighting is bm25.
+    item_idf: np.ndarray | None = None
 
     def validate(self) -> None:
         n_m, n_i = len(self.members), len(self.items)
@@ -246,6 +254,11 @@ class BundleContents:
             checks.append((has, f"family trend_weight {knn.trend_weight:g} needs item_trend of {n_i} items"))
         else:
             checks.append((self.item_trend is None, "item_trend given without a trend_weight"))
+        if self.manifest.params.get("confidence_weighting") == "bm25":
+            has = self.item_idf is not None and self.item_idf.shape == (n_i,)
+            checks.append((has, f"BM25 weighting needs item_idf of {n_i} items"))
+        else:
+            checks.append((self.item_idf is None, "item_idf given without BM25 weighting"))
         if self.item_repurchase_days is not None:
             checks.append((self.item_repurchase_days.shape == (n_i,), "item_repurchase_days length != items"))
         if self.item_featured is not None:
@@ -307,6 +320,8 @@ def write_bundle(out_dir: Path, contents: BundleContents) -> Path:
         arrays["item_neighbour_score"] = np.asarray(contents.item_neighbour_score, dtype=np.float32)
     if contents.item_trend is not None:
         arrays["item_trend"] = np.asarray(contents.item_trend, dtype=np.float32)
+    if contents.item_idf is not None:
+        arrays["item_idf"] = np.asarray(contents.item_idf, dtype=np.float32)
     if contents.item_featured is not None and contents.item_featured.nnz:
         featured = contents.item_featured.tocsr()
         featured.sort_indices()
@@ -443,6 +458,7 @@ def load_bundle(bundle_dir: Path, mmap: bool = True) -> LoadedBundle:
     _check_indexes(bundle_dir, arrays, indexes)
     _check_profiles(bundle_dir, manifest, arrays, n_members, len(brands))
     _check_neighbours(bundle_dir, manifest, arrays, n_items)
+    _check_weighting(bundle_dir, manifest, arrays)
     _check_featured(bundle_dir, arrays, n_items)
     return bundle
 

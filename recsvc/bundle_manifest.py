@@ -6,6 +6,7 @@ arrays). Format: docs/bundle.md.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsvc.errors import BundleError
-from recsvc.settings import CONFIDENCE_SCALES, ServingSettings
+from recsvc.settings import CONFIDENCE_SCALES, CONFIDENCE_WEIGHTINGS, ServingSettings
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -261,7 +262,30 @@ class Manifest(BaseModel):
         scale = value.get("confidence_scale", "linear")
         if scale not in CONFIDENCE_SCALES:
             raise ValueError(f"params.confidence_scale is {scale!r}; expected one of {CONFIDENCE_SCALES}")
+        weighting = value.get("confidence_weighting", "none")
+        if weighting not in CONFIDENCE_WEIGHTINGS:
+            raise ValueError(
+                f"params.confidence_weighting is {weighting!r}; expected one of {CONFIDENCE_WEIGHTINGS}"
+            )
+        if weighting == "bm25":
+            k1, b = value.get("bm25_k1"), value.get("bm25_b")
+            if not (_in_range(k1, 0.0, 1e6) and k1 != 0):
+                raise ValueError(f"params.bm25_k1 is {k1!r}; BM25 weighting needs a number in (0, 1e6]")
+            if not _in_range(b, 0.0, 1.0):
+                raise ValueError(f"params.bm25_b is {b!r}; BM25 weighting needs a number in [0, 1]")
+            length = value.get("bm25_avg_length")
+            if not (_in_range(length, 0.0, math.inf) and length != 0):
+                raise ValueError(
+                    f"params.bm25_avg_length is {length!r}; BM25 weighting needs the average length above 0"
+                )
         return value
+
+
+def _in_range(value: Any, low: float, high: float) -> bool:
+    """A JSON number (not a bool) in [low, high]."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low <= value <= high
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

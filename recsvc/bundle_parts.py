@@ -49,6 +49,8 @@ def required_files(manifest: Manifest, arrays: tuple[str, ...]) -> list[str]:
         names += [f"{name}.npy" for name in NEIGHBOUR_ARRAYS]
     if manifest.family.trend_weight > 0:
         names.append("item_trend.npy")
+    if manifest.params.get("confidence_weighting") == "bm25":
+        names.append("item_idf.npy")
     names += [
         f"index_{kind}.faiss" for kind in KIND_NAMES.values() if isinstance(manifest.index.get(kind), dict)
     ]
@@ -104,6 +106,24 @@ NEIGHBOUR_ARRAYS = {
     "item_neighbour_item": np.int32,
     "item_neighbour_score": np.float32,
 }
+
+
+def _check_weighting(bundle_dir: Path, manifest: Manifest, arrays: dict[str, np.ndarray]) -> None:
+    """``item_idf.npy`` exactly with BM25 weighting (its dtype and shape are ``_check_arrays``'),
+    every weight finite and at least 0: a negative one would fold a member's item in as a dislike."""
+    bm25 = manifest.params.get("confidence_weighting") == "bm25"
+    idf = arrays.get("item_idf")
+    if bm25 != (idf is not None):
+        weighting = manifest.params.get("confidence_weighting", "none")
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: item_idf.npy goes with BM25 weighting (the "
+            f"manifest's params.confidence_weighting: {weighting}; item_idf.npy "
+            f"{'is' if idf is not None else 'is not'} there)"
+        )
+    if idf is not None and not (np.isfinite(idf).all() and (idf >= 0).all()):
+        raise BundleError(
+            f"bundle {bundle_dir} is inconsistent: item_idf holds NaN, infinite or negative values"
+        )
 
 
 def _check_neighbours(
@@ -283,6 +303,7 @@ ARRAY_SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "purchased_indices": (_INT, ("purchased",)),
     # optional (checked when present; bundle.py checks they come together)
     "item_repurchase_days": (_FLOAT, ("items",)),
+    "item_idf": (_FLOAT, ("items",)),
     "purchased_last_ts": (_INT, ("purchased",)),
 }
 # The CSR matrices [members x items] whose indices serving reads item rows through.

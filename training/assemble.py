@@ -25,6 +25,7 @@ from recsvc.bundle import (
     ReplenishSpec,
     write_bundle,
 )
+from recsvc.confidence_scale import Bm25
 from training.fit import AlsParams
 from training.prepare import Prepared
 from training.replenish import Learned
@@ -57,7 +58,7 @@ def catalog_as_of(data_dir: Path | None, read_at: datetime) -> str:
     return as_of.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-def manifest_params(params: AlsParams) -> dict[str, Any]:
+def manifest_params(params: AlsParams, bm25: Bm25 | None = None) -> dict[str, Any]:
     """What serving needs to recompute a member vector like ``recalculate_user``: the
     confidence formula (event_weights, half_life_days, decay measured from the cutoff) and the
     ALS solve (regularization, alpha, factors, iterations)."""
@@ -70,11 +71,16 @@ def manifest_params(params: AlsParams) -> dict[str, Any]:
         "half_life_days": params.half_life_days,
         "random_state": params.random_state,
         "confidence_scale": params.confidence_scale,
-        "confidence": "C = alpha * scale(r), r = sum(event_weight[type] * 0.5 ** (age_days / "
-        "half_life_days)), scale = confidence_scale (linear: r; log: log(1 + r)), on observed "
-        "pairs, 1 on the others (implicit's recalculate_user; fold_in for the engine's own form)",
+        "confidence_weighting": params.confidence_weighting,
+        "bm25_k1": params.bm25_k1,
+        "bm25_b": params.bm25_b,
+        "confidence": "C = alpha * weighting(scale(r)), r = sum(event_weight[type] * 0.5 ** (age_days / "
+        "half_life_days)), scale = confidence_scale (linear: r; log: log(1 + r)), weighting = "
+        "confidence_weighting (none; bm25: BM25 with bm25_k1, bm25_b over the history's scaled "
+        "values, recsvc/confidence_scale.py), on observed pairs, 1 on the others (implicit's "
+        "recalculate_user; fold_in for the engine's own form)",
         "decay_reference": "data_as_of",  # the training cutoff, or the holdout start without refit
-    }
+    } | ({"bm25_avg_length": bm25.avg_length} if bm25 is not None else {})
 
 
 def assemble(
@@ -96,6 +102,13 @@ def assemble(
     extra: dict[str, Any],
     replenish: tuple[Learned, sp.csr_matrix] | None = None,
 ) -> BundleContents:
+    """The bundle of a fit. With BM25 weighting its numbers (item weights, average length) come
+    from ``history``, the r_ui matrix the fit took, as the fit computed them."""
+    bm25 = (
+        Bm25.of_matrix(history, params.confidence_scale, params.bm25_k1, params.bm25_b)
+        if params.confidence_weighting == "bm25"
+        else None
+    )
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         bundle_id=bundle_id,
@@ -103,7 +116,7 @@ def assemble(
         training_cutoff=prepared.cutoff_iso,
         data_fingerprint=prepared.fingerprint,
         factors=params.factors,
-        params=manifest_params(params),
+        params=manifest_params(params, bm25),
         metrics={k: float(v) for k, v in metrics.items() if np.isfinite(v)},
         counts=counts,
         segments=list(LIFECYCLE_STAGES),
@@ -142,6 +155,7 @@ def assemble(
         item_repurchase_days=replenish[0].item_interval_days if replenish is not None else None,
         purchased_last_ts=replenish[1] if replenish is not None else None,
         item_featured=prepared.featured,
+        item_idf=bm25.idf if bm25 is not None else None,
     )
 
 

@@ -18,7 +18,7 @@ from recsvc.settings import Settings, load_settings
 from training import evaluate, prepare, split
 from training.confidence import weight_table
 from training.factors import train_factors
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 from training.tune import read_params
 
 
@@ -43,6 +43,7 @@ def main() -> None:
         params = AlsParams.from_settings(t)
         positive = weight_table(params.event_weights) > 0
         holdout = split.holdout(prepared, t.holdout_days, positive)
+        params, _ = resolve_weighting(params, holdout.seen, t.bm25_auto_items)
         started = time.perf_counter()
         trained = train_factors(prepared, holdout.train, holdout.start, params, num_threads=t.num_threads)
         seconds = time.perf_counter() - started

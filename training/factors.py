@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from training.coldstart import NEW_PRODUCT_DAYS, fill_fresh_content, fill_new_products
 from training.confidence import confidence_matrix
-from training.fit import AlsParams, FitResult, fit_als
+from training.fit import AlsParams, FitResult, fit_als, resolve_weighting
 from training.prepare import EventArrays, Prepared
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def train_factors(
     training/coldstart.py)."""
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
+    params, _ = resolve_weighting(params, matrix)  # the engines take a decided weighting
     if spark is not None:
         # Spark builds r_ui from the events itself; ``matrix`` (the same values) stays the
         # bundle's history and decides which rows count as trained, as for implicit.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle_manifest import FoldInSpec
-from recsvc.confidence_scale import BUNDLE_DEFAULT, scaled_matrix
+from recsvc.confidence_scale import BUNDLE_DEFAULT, BUNDLE_DEFAULT_WEIGHTING, confidence_input
 from recsvc.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class AlsParams:
     half_life_days: float
     random_state: int = 42
     confidence_scale: str = BUNDLE_DEFAULT  # recsvc/confidence_scale.py
+    confidence_weighting: str = BUNDLE_DEFAULT_WEIGHTING
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    bm25_auto_items: float = 20.0  # how "auto" weighting is decided (resolve_weighting)
 
     @classmethod
     def from_settings(cls, t: TrainingSettings) -> AlsParams:
@@ -50,6 +54,10 @@ class AlsParams:
             half_life_days=t.half_life_days,
             random_state=t.random_state,
             confidence_scale=t.confidence_scale,
+            confidence_weighting=t.confidence_weighting,
+            bm25_k1=t.bm25_k1,
+            bm25_b=t.bm25_b,
+            bm25_auto_items=t.bm25_auto_items,
         )
 
     @classmethod
@@ -63,10 +71,33 @@ class AlsParams:
             half_life_days=float(params["half_life_days"]),
             random_state=int(params.get("random_state", 42)),
             confidence_scale=str(params.get("confidence_scale", BUNDLE_DEFAULT)),
+            confidence_weighting=str(params.get("confidence_weighting", BUNDLE_DEFAULT_WEIGHTING)),
+            bm25_k1=float(params.get("bm25_k1", 100.0)),
+            bm25_b=float(params.get("bm25_b", 0.8)),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_weighting(
+    params: AlsParams, seen: sp.csr_matrix, threshold: float | None = None
+) -> tuple[AlsParams, str]:
+    """``params`` with an ``auto`` weighting decided on the training interactions ``seen``
+    (members x items, an entry per pair), and why; other weightings as they are. BM25 when
+    the members with any interaction have on average fewer than ``threshold`` distinct items
+    (default: ``params.bm25_auto_items``). Training decides once, on the split it fits first, so
+    the candidate, the tuning trials and the refit all use one weighting; a fit given ``auto``
+    decides on its own matrix."""
+    threshold = params.bm25_auto_items if threshold is None else threshold
+    if params.confidence_weighting != "auto":
+        return params, f"confidence_weighting = {params.confidence_weighting} (set)"
+    active = int(np.count_nonzero(np.diff(seen.indptr)))
+    per_member = seen.nnz / max(active, 1)
+    chosen = "bm25" if per_member < threshold else "none"
+    sign = "<" if chosen == "bm25" else ">="
+    why = f"auto: {per_member:.1f} distinct items per member {sign} bm25_auto_items {threshold:g}"
+    return replace(params, confidence_weighting=chosen), why
 
 
 def warm_refit_iterations(t: TrainingSettings, params: AlsParams) -> int:
@@ -144,10 +175,21 @@ def fit_als(
             model.user_factors = np.array(init[0], dtype=np.float32, order="C")
             model.item_factors = np.array(init[1], dtype=np.float32, order="C")
         started = time.perf_counter()
-        model.fit(scaled_matrix(matrix, params.confidence_scale), show_progress=False, callback=callback)
+        model.fit(
+            confidence_values(matrix, resolve_weighting(params, matrix)[0]),
+            show_progress=False,
+            callback=callback,
+        )
         seconds = time.perf_counter() - started
     log.info("als fit factors=%d iterations=%d seconds=%.2f", params.factors, params.iterations, seconds)
     return FitResult(model=model, losses=losses, seconds=seconds)
+
+
+def confidence_values(matrix: sp.csr_matrix, params: AlsParams) -> sp.csr_matrix:
+    """What the fit takes for r_ui ``matrix``: ``weighting(scale(r))`` (alpha is the fit's)."""
+    return confidence_input(
+        matrix, params.confidence_scale, params.confidence_weighting, params.bm25_k1, params.bm25_b
+    )
 
 
 def model_from_factors(user_factors: np.ndarray, item_factors: np.ndarray) -> Any:

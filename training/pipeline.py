@@ -45,7 +45,7 @@ from training import (
     tracking,
 )
 from training.confidence import weight_table
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 from training.progress import Steps
 from training.spark_als import SparkAls
 
@@ -107,6 +107,8 @@ def run(
     params = AlsParams.from_settings(t)
     positive = weight_table(params.event_weights) > 0
     data_split = stages.holdout(prepared, t, positive, steps)
+    params, weighting_reason = resolve_weighting(params, data_split.seen, t.bm25_auto_items)
+    log.info("confidence weighting %s", weighting_reason)
 
     client = tracking.client_for(settings.mlflow)
     experiment_id = tracking.ensure_experiment(client, settings.mlflow)
@@ -124,6 +126,7 @@ def run(
             record.log_params(
                 params, settings, tune=options.tune, refit=options.refit, fingerprint=prepared.fingerprint
             )
+            mlflow.set_tag("confidence_weighting_reason", weighting_reason)
             candidate = stages.fit_candidate(prepared, data_split, params, t, steps, spark)
             metrics, learned = stages.evaluate_candidate(
                 prepared, data_split, candidate, params, settings, positive, steps, spark

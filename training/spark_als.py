@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from recsvc.bundle_manifest import FoldInSpec
+from recsvc.confidence_scale import IDF_FLOOR
 from recsvc.errors import ConfigError, SparkUnavailable
 from recsvc.settings import TrainingSettings
 from training.confidence import weight_table
@@ -78,6 +79,29 @@ def scaled_frame(ratings: Any, scale: str) -> Any:
     if scale == "log":
         return ratings.withColumn("r", F.signum("r") * F.log1p(F.abs("r")))
     raise ValueError(f"unknown confidence scale {scale!r}; expected linear or log")
+
+
+def bm25_frame(ratings: Any, n_members: int, k1: float, b: float) -> Any:
+    """(member, item, x) -> (member, item, BM25-weighted x), as
+    ``recsvc.confidence_scale.Bm25.weigh_matrix`` weighs the same matrix: an item's
+    ``idf = max(log(N) - log(1 + df), IDF_FLOOR)`` over ``n_members`` (every member row, as the numpy
+    matrix has), a member's length their summed |x| against the mean over members with any."""
+    from pyspark.sql import functions as F
+
+    log_n = float(np.log(max(n_members, 1)))
+    idf = ratings.groupBy("item").agg(
+        F.greatest(F.lit(log_n) - F.log1p(F.count("*").cast("double")), F.lit(IDF_FLOOR)).alias("idf")
+    )
+    lengths = ratings.groupBy("member").agg(F.sum(F.abs("r")).alias("length"))
+    avg = lengths.agg(F.avg("length")).first()[0] or 1.0
+    norm = F.lit(1.0 - b) + F.lit(b) * F.col("length") / F.lit(max(float(avg), 1e-12))
+    size = F.abs("r")
+    weighted = F.signum("r") * size * F.lit(k1 + 1.0) / (F.lit(k1) * norm + size) * F.col("idf")
+    return (
+        ratings.join(F.broadcast(idf), "item")
+        .join(lengths, "member")
+        .select("member", "item", weighted.cast("float").alias("r"))
+    )
 
 
 def confidence_frame(events: Any, event_weights: dict[str, float], half_life_days: float, as_of: int) -> Any:
@@ -258,7 +282,13 @@ class SparkAls:
         ratings = scaled_frame(
             confidence_frame(self.ratings_source(events), params.event_weights, params.half_life_days, as_of),
             params.confidence_scale,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        scaled_ratings = None
+        if params.confidence_weighting == "bm25":
+            # read three times (item counts, member lengths, the join): computed from the events once
+            scaled_ratings = ratings.persist(StorageLevel.MEMORY_AND_DISK)
+            ratings = bm25_frame(scaled_ratings, shape[0], params.bm25_k1, params.bm25_b)
+        ratings = ratings.persist(StorageLevel.MEMORY_AND_DISK)
         counts = ratings.selectExpr("count(*) AS n", "count(DISTINCT member) AS members").first()
         reg = spark_reg_param(params.regularization, int(counts["n"]), int(counts["members"]))
         blocks = max(2, spark.sparkContext.defaultParallelism)
@@ -279,6 +309,8 @@ class SparkAls:
         user_factors = factors_by_row(model.userFactors, shape[0], params.factors)
         item_factors = factors_by_row(model.itemFactors, shape[1], params.factors)
         ratings.unpersist()
+        if scaled_ratings is not None:
+            scaled_ratings.unpersist()
         seconds = time.perf_counter() - started
         log.info(
             "spark als fit factors=%d iterations=%d regParam=%.3g ratings=%d seconds=%.2f",

@@ -105,7 +105,7 @@ def summary_tables(report: Any) -> list[Table]:
         "params",
         f"factors={p.factors} regularization={p.regularization:.4g} alpha={p.alpha:.4g} "
         f"iterations={p.iterations} half_life_days={p.half_life_days:g} "
-        f"confidence_scale={p.confidence_scale}",
+        f"confidence_scale={p.confidence_scale} confidence_weighting={p.confidence_weighting}",
     )
     c = report.counts
     run.add_row(

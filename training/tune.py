@@ -16,7 +16,8 @@ event count, so dense data wants large values), alpha 0.1..100, iterations 5..50
 sharpness g 0.25..4 (each weight becomes ``w ** g``: the order purchase > add_to_cart >
 favorite/share > view is kept while the contrast between them is searched; their overall scale
 is alpha's, since implicit fits ``C = alpha * r``), recency: no decay, or a half-life of
-7..720 days, and the confidence scale: linear or log (:data:`SCALES`).
+7..720 days, the confidence scale: linear or log (:data:`SCALES`), and the weighting: none or
+BM25 (:data:`WEIGHTINGS`).
 
 Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
 is the starting configuration, so tuning never returns something worse on validation than it,
@@ -59,10 +60,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.errors import DataContractError
-from recsvc.settings import CONFIDENCE_SCALES, TrainingSettings
+from recsvc.settings import CONFIDENCE_SCALES, CONFIDENCE_WEIGHTINGS, TrainingSettings
 from training.evaluate import evaluate, member_ndcg
 from training.factors import train_factors
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 from training.gate import GATE_METRIC
 from training.prepare import DAY_S, Prepared
 from training.split import (
@@ -90,6 +91,9 @@ SPACE: dict[str, tuple[float, float]] = {
 # r_ui -> confidence (recsvc/confidence_scale.py): searched, as data with many repeats of one
 # item (views) wants log and data with one event per pair cannot tell them apart
 SCALES = CONFIDENCE_SCALES
+# scaled r_ui -> weighted: BM25 wins on sparse data and needs a lower alpha on dense data
+# (docs/training.md, "Model"), so it is searched jointly with alpha
+WEIGHTINGS = CONFIDENCE_WEIGHTINGS
 CHECKPOINTS = (3, 10)  # iterations after which a fit is scored for pruning
 MIN_TIME_MEMBERS = 50
 MIN_TIME_SHARE = 0.05
@@ -116,6 +120,7 @@ def suggest(trial: Any, base: AlsParams) -> AlsParams:
     sharpness = trial.suggest_float("weight_sharpness", lo, hi, log=True)
     decay = trial.suggest_categorical("recency_decay", [True, False])
     scale = trial.suggest_categorical("confidence_scale", list(SCALES))
+    weighting = trial.suggest_categorical("confidence_weighting", list(WEIGHTINGS))
     # suggested even without decay, so every trial has every parameter (TPE models them jointly)
     half_life = trial.suggest_float("half_life_days", *SPACE["half_life_days"], log=True)
     return replace(
@@ -127,6 +132,7 @@ def suggest(trial: Any, base: AlsParams) -> AlsParams:
         event_weights=sharpen(base.event_weights, sharpness),
         half_life_days=half_life if decay else 0.0,
         confidence_scale=scale,
+        confidence_weighting=weighting,
     )
 
 
@@ -148,6 +154,7 @@ def start_points(base: AlsParams) -> list[dict[str, Any]]:
         "alpha": _clip("alpha", base.alpha),
         "iterations": int(_clip("iterations", base.iterations)),
         "confidence_scale": base.confidence_scale,
+        "confidence_weighting": base.confidence_weighting,
     }
     dense = own | {
         "recency_decay": False,
@@ -155,6 +162,7 @@ def start_points(base: AlsParams) -> list[dict[str, Any]]:
         "regularization": 30.0,
         "alpha": 5.0,
         "iterations": 15,
+        "confidence_weighting": "none",  # the region as it was found, without BM25
     }
     return [own, dense]
 
@@ -248,6 +256,7 @@ def search(
     import optuna
 
     shape = (len(prepared.members), len(prepared.items))
+    base, _ = resolve_weighting(base, split.seen, t.bm25_auto_items)  # the start as training would fit it
     val, how, why, info = choose_validation(split, shape, prepared.item_kind, t, positive_types)
     if val.test.nnz == 0:
         fixes = (
@@ -440,6 +449,9 @@ def params_toml(params: AlsParams, header: str = "") -> str:
         f"iterations = {params.iterations}",
         f"half_life_days = {float(params.half_life_days)!r}",
         f'confidence_scale = "{params.confidence_scale}"',
+        f'confidence_weighting = "{params.confidence_weighting}"',
+        f"bm25_k1 = {float(params.bm25_k1)!r}",
+        f"bm25_b = {float(params.bm25_b)!r}",
         "",
         "[training.event_weights]",
         *(f"{k} = {float(v)!r}" for k, v in params.event_weights.items()),
@@ -455,6 +467,9 @@ PARAMS_KEYS = (
     "iterations",
     "half_life_days",
     "confidence_scale",
+    "confidence_weighting",
+    "bm25_k1",
+    "bm25_b",
     "event_weights",
 )
 

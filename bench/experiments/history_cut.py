@@ -19,7 +19,7 @@ def main() -> None:
     from training import itemknn, prepare, split
     from training.confidence import weight_table
     from training.factors import train_factors
-    from training.fit import AlsParams
+    from training.fit import AlsParams, resolve_weighting
 
     parser = argparse.ArgumentParser()
     parser.add_argument("data", type=Path)
@@ -35,6 +35,7 @@ def main() -> None:
     prepared = prepare.prepare(prepare.load(args.data, s.data))
     params = AlsParams.from_settings(t)
     holdout = split.holdout(prepared, t.holdout_days, weight_table(params.event_weights) > 0)
+    params, _ = resolve_weighting(params, holdout.seen, t.bm25_auto_items)
     trained = train_factors(prepared, holdout.train, holdout.start, params, num_threads=t.num_threads)
     lengths = np.diff(trained.matrix.indptr)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])

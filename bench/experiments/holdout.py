@@ -11,7 +11,7 @@ import numpy as np
 from recsvc.settings import Settings, load_settings
 from training import prepare, split
 from training.confidence import weight_table
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 
 
 @dataclass
@@ -38,4 +38,5 @@ def split_at(prepared: prepare.Prepared, s: Settings, back_days: int) -> Holdout
     params = AlsParams.from_settings(s.training)
     positive = weight_table(params.event_weights) > 0
     hold = split.holdout(prepared, s.training.holdout_days, positive)
+    params, _ = resolve_weighting(params, hold.seen, s.training.bm25_auto_items)
     return Holdout(s, prepared, params, positive, (len(prepared.members), len(prepared.items)), hold)

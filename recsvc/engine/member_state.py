@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recsvc.catalog.view import CatalogView
-from recsvc.confidence_scale import scaled
 from recsvc.engine.empty_arrays import NO_ROWS, NO_WEIGHTS
 from recsvc.engine.served_model import ServedModel
 from recsvc.realtime import RecentActivity, event_weights_by_item, recalculate_member
@@ -154,26 +153,27 @@ def add_recent(
     w_all = np.concatenate([state.hist_w.astype(np.float32) * decay, ev_w])
     uniq, inv = np.unique(rows_all, return_inverse=True)
     w_sum = np.bincount(inv, weights=w_all).astype(np.float32)
+    confidence = model.confidence(uniq, w_sum)
     if view.new_ids and int(uniq[-1]) >= view.n:  # a new item's vector counts too
         factors, uniq = view.factors(uniq), np.arange(uniq.shape[0])
     else:
         factors = model.item_factors
-    vector = fold_in(model, factors, uniq, w_sum)
+    vector = fold_in(model, factors, uniq, confidence)
     state.ev_rows, state.ev_w = ev_rows, ev_w
     state.vector = vector if vector.any() else None
     state.source = SOURCE_REALTIME
     return True
 
 
-def fold_in(model: ServedModel, factors: np.ndarray, rows: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """A member's vector from their summed weights ``r`` on item ``rows`` (of ``factors``), as
-    the bundle's training solved members: its confidence scale, alpha, regularization and the
-    engine's own solve (``ServedModel.fold_in``)."""
+def fold_in(model: ServedModel, factors: np.ndarray, rows: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """A member's vector from their ``confidence`` values (``ServedModel.confidence``) on item
+    ``rows`` (of ``factors``), as the bundle's training solved members: its alpha,
+    regularization and the engine's own solve (``ServedModel.fold_in``)."""
     return recalculate_member(
         factors,
         model.yty,
         rows,
-        scaled(np.asarray(r, dtype=np.float32), model.confidence_scale),
+        confidence,
         model.alpha,
         model.regularization,
         model.fold_in,

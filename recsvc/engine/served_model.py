@@ -28,7 +28,7 @@ from recsvc.bundle import (
     StoredListSpec,
     load_bundle,
 )
-from recsvc.confidence_scale import BUNDLE_DEFAULT
+from recsvc.confidence_scale import BUNDLE_DEFAULT, BUNDLE_DEFAULT_WEIGHTING, Bm25, scaled
 from recsvc.engine import kernels
 from recsvc.engine.empty_arrays import NO_F64, NO_ROWS
 from recsvc.engine.entries import ItemEntries
@@ -137,6 +137,17 @@ class ServedModel:
         self.fold_in = bundle.manifest.fold_in
         # r -> confidence as training applied it (bundles without the field: linear)
         self.confidence_scale = str(params.get("confidence_scale", BUNDLE_DEFAULT))
+        # BM25's numbers as training computed them over the history it fitted (item_idf.npy,
+        # memory-mapped like the factors), so serving weighs a member's values as training did
+        self.bm25: Bm25 | None = None
+        if str(params.get("confidence_weighting", BUNDLE_DEFAULT_WEIGHTING)) == "bm25":
+            self.bm25 = Bm25(
+                k1=float(params["bm25_k1"]),
+                b=float(params["bm25_b"]),
+                idf=a["item_idf"],
+                new_item_idf=float(np.log(max(int(self.member_factors.shape[0]), 1))),
+                avg_length=float(params["bm25_avg_length"]),
+            )
         # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every
         # formula of the form 0.5 ** (age / half_life) stays as it is
         half_life = float(params.get("half_life_days", 60.0))
@@ -227,6 +238,12 @@ class ServedModel:
     # ---- members -------------------------------------------------------------------------
     def member_row(self, member_id: str) -> int | None:
         return self.members.row(member_id)
+
+    def confidence(self, rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """A member's summed weights ``r`` on item ``rows`` (trained items, or live catalog rows
+        past them) as training turned r_ui into what its fit took: scale, then weighting."""
+        x = scaled(np.asarray(r, dtype=np.float32), self.confidence_scale)
+        return x if self.bm25 is None else self.bm25.weigh(rows, x)
 
     def member_vector(self, row: int) -> np.ndarray:
         return np.asarray(self.member_factors[row], dtype=np.float32)

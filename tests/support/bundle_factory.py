@@ -338,7 +338,7 @@ def fold_in_cosines(bundle_dir: Path, members: int = 300, **as_if: Any) -> np.nd
     """Per trained member (the first ``members`` with history): the cosine between the vector
     training gave them and the one serving recomputes from their history (the bundle's r_ui)
     with ``recsvc.engine.member_state.fold_in``. ``as_if``: ServedModel attributes to replace
-    (``confidence_scale``, ``fold_in``), to see what a different formula would give."""
+    (``confidence_scale``, ``bm25``, ``fold_in``), to see what a different formula would give."""
     from recsvc.engine.member_state import fold_in
     from recsvc.engine.served_model import ServedModel
 
@@ -349,7 +349,8 @@ def fold_in_cosines(bundle_dir: Path, members: int = 300, **as_if: Any) -> np.nd
     out = []
     for m in np.flatnonzero(np.diff(model.history_indptr) > 0)[:members]:
         rows, r = model.history(int(m))
-        x = fold_in(model, items, rows.astype(np.int64), r)
+        rows = rows.astype(np.int64)
+        x = fold_in(model, items, rows, model.confidence(rows, r))
         u = model.member_vector(int(m))
         out.append(float(x @ u / max(float(np.linalg.norm(x) * np.linalg.norm(u)), 1e-12)))
     return np.array(out)

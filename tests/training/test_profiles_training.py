@@ -148,6 +148,7 @@ def test_training_summary_shows_the_profile_evaluation() -> None:
             iterations=3,
             half_life_days=60.0,
             confidence_scale="log",
+            confidence_weighting="none",
         ),
         counts={},
         index_info={},

@@ -193,6 +193,29 @@ def test_spark_confidence_equals_the_numpy_formula() -> None:
     np.testing.assert_allclose(both["r"].to_numpy(), both["want"].to_numpy(), rtol=1e-5)
 
 
+@with_spark
+def test_spark_bm25_weights_equal_the_numpy_ones() -> None:
+    """BM25 in Spark SQL (training/spark_als.py) weighs the scaled r_ui as
+    recsvc/confidence_scale.py does: the same idf over every member row, the same lengths."""
+    from recsvc.confidence_scale import confidence_input
+    from training.spark_als import bm25_frame, confidence_frame, scaled_frame
+
+    n, shape, as_of = 3000, (80, 40), 1_790_000_000
+    events = random_events(n, shape, as_of, seed=7)
+    weights = {"purchase": 2.0, "add_to_cart": 1.4, "view": 0.7, "click": 0.5}
+    expected = confidence_input(
+        confidence_matrix(events, shape, weights, 45.0, as_of), "log", "bm25", 100.0, 0.8
+    )
+    with SparkAls(load_settings(overrides={"training": {"engine": "spark"}}).training) as spark:
+        ratings = scaled_frame(confidence_frame(spark.events_frame(events), weights, 45.0, as_of), "log")
+        got = bm25_frame(ratings, shape[0], 100.0, 0.8).toPandas()
+    coo = expected.tocoo()
+    want = pd.DataFrame({"member": coo.row, "item": coo.col, "want": coo.data})
+    both = want.merge(got, on=["member", "item"], how="inner", validate="1:1")
+    assert len(both) == len(got) == expected.nnz
+    np.testing.assert_allclose(both["r"].to_numpy(), both["want"].to_numpy(), rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same data and settings trained by each engine (pipeline.run, refit included)."""
@@ -201,8 +224,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not HAVE_SPARK:
         pytest.skip(NO_SPARK)
     return {
-        # the trend prior off: its choice on this small holdout may differ between the engines' fits
-        engine: train_small_bundle(tmp_path_factory.mktemp(engine), {"engine": engine, "trend": "off"})
+        # the trend prior off: its choice on this small holdout may differ between the engines' fits;
+        # BM25 weighting on, so serving's fold-in checks Spark's weights too
+        engine: train_small_bundle(
+            tmp_path_factory.mktemp(engine),
+            {"engine": engine, "trend": "off", "confidence_weighting": "bm25"},
+        )
         for engine in ("implicit", "spark")
     }
 

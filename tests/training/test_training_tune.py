@@ -13,7 +13,7 @@ from recsvc.errors import ConfigError
 from recsvc.settings import TrainingSettings, load_settings
 from training import prepare, split, tune
 from training.confidence import confidence_matrix, weight_table
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 from training.synthetic import make_dataset
 
 
@@ -51,11 +51,13 @@ def test_a_trial_can_ask_for_no_decay_and_large_regularization() -> None:
             "alpha": 40.0,
             "iterations": 20,
             "confidence_scale": "linear",
+            "confidence_weighting": "none",
         }
     )
     p = tune.suggest(trial, base)
     assert p.half_life_days == 0.0  # no decay
     assert base.confidence_scale == "log" and p.confidence_scale == "linear"  # searched, both ways
+    assert base.confidence_weighting == "auto" and p.confidence_weighting == "none"
     assert (p.factors, p.regularization, p.alpha, p.iterations) == (128, 300.0, 40.0, 20)
     assert p.event_weights["purchase"] == pytest.approx(base.event_weights["purchase"] ** 0.5)
     # the order of the event weights is kept
@@ -63,13 +65,16 @@ def test_a_trial_can_ask_for_no_decay_and_large_regularization() -> None:
 
 
 def test_start_points_are_the_base_and_a_dense_data_point_inside_the_space() -> None:
-    points = tune.start_points(_base(half_life_days=0, factors=32))
+    points = tune.start_points(_base(half_life_days=0, factors=32, confidence_weighting="bm25"))
     assert points[0]["recency_decay"] is False and points[0]["factors"] == 32
     assert points[1]["regularization"] >= 10 and points[1]["recency_decay"] is False
     for point in points:
         for name, (lo, hi) in tune.SPACE.items():
             assert lo <= point[name] <= hi, name
         assert point["confidence_scale"] in tune.SCALES
+        assert point["confidence_weighting"] in tune.WEIGHTINGS
+    # the dense region as it was found; the base keeps its own weighting
+    assert (points[0]["confidence_weighting"], points[1]["confidence_weighting"]) == ("bm25", "none")
 
 
 def test_no_decay_weighs_old_and_new_events_alike() -> None:
@@ -226,7 +231,10 @@ def test_a_lead_within_the_validation_noise_keeps_the_starting_configuration() -
     assert free.info["kept_start"] == 0.0 and free.info["best_gain"] > 0
     # ... and with the bar out of reach the start stays, said so in the saved file's header
     assert strict.info["kept_start"] == 1.0
-    assert strict.params == AlsParams.from_settings(TrainingSettings(factors=16, iterations=12))
+    # the start as training fits it: "auto" weighting decided on the training interactions
+    start_params, _ = resolve_weighting(AlsParams.from_settings(t), holdout.seen, t.bm25_auto_items)
+    assert start_params.confidence_weighting in tune.WEIGHTINGS
+    assert strict.params == start_params
     assert strict.best_value == pytest.approx(start)
     assert "starting configuration kept" in tune.describe(strict)
 
@@ -243,12 +251,15 @@ def test_the_paired_gain_is_the_mean_difference_with_its_standard_error() -> Non
 
 
 def test_saved_params_are_a_settings_fragment_that_params_reads_back(tmp_path: Path) -> None:
-    params = _base(half_life_days=0, regularization=123.5, factors=96)
+    params = _base(
+        half_life_days=0, regularization=123.5, factors=96, confidence_weighting="none", bm25_b=0.5
+    )
     tuned = tune.Tuned(params, [], "time", "training.validation_split = time", 0.25)
     path = tune.write_params(tmp_path / "p" / "params.toml", tuned)
     overrides = tune.read_params(path)
     s = load_settings(overrides={"training": overrides}).training
     assert (s.factors, s.regularization, s.half_life_days) == (96, 123.5, 0.0)
+    assert (s.confidence_weighting, s.bm25_b) == ("none", 0.5)
     assert s.event_weights == params.event_weights
     # and the same file works as a settings file
     assert load_settings(config_file=path).training.regularization == 123.5
