@@ -142,9 +142,11 @@ def _clip(name: str, value: float) -> float:
 
 
 def start_points(base: AlsParams) -> list[dict[str, Any]]:
-    """Trials run first: the starting configuration, and one of the region that wins on small
-    dense data (many factors, strong regularization, no decay), which random startup trials
-    rarely hit in a 7-dimensional space."""
+    """Trials run first: the starting configuration; one of the region that wins on small dense
+    data (many factors, strong regularization, no decay), which random startup trials rarely hit
+    in an 8-dimensional space; and the starting configuration with the other weighting, BM25 at
+    a quarter of the alpha (where ``auto`` chose none, BM25 ties or wins only at a lower alpha:
+    docs/training.md, "Confidence weighting"), or none at the same alpha."""
     own = {
         "weight_sharpness": 1.0,
         "recency_decay": base.half_life_days > 0,
@@ -164,7 +166,11 @@ def start_points(base: AlsParams) -> list[dict[str, Any]]:
         "iterations": 15,
         "confidence_weighting": "none",  # the region as it was found, without BM25
     }
-    return [own, dense]
+    if base.confidence_weighting == "bm25":
+        other = own | {"confidence_weighting": "none"}
+    else:
+        other = own | {"confidence_weighting": "bm25", "alpha": _clip("alpha", base.alpha / 4)}
+    return [own, dense, other]
 
 
 def _popularity_ndcg(train: sp.csr_matrix, split: Split, item_kind: np.ndarray, members: int) -> float:

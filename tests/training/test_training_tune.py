@@ -73,8 +73,11 @@ def test_start_points_are_the_base_and_a_dense_data_point_inside_the_space() -> 
             assert lo <= point[name] <= hi, name
         assert point["confidence_scale"] in tune.SCALES
         assert point["confidence_weighting"] in tune.WEIGHTINGS
-    # the dense region as it was found; the base keeps its own weighting
-    assert (points[0]["confidence_weighting"], points[1]["confidence_weighting"]) == ("bm25", "none")
+    # the dense region as it was found; the base keeps its own weighting, and is tried with the other
+    assert [p["confidence_weighting"] for p in points] == ["bm25", "none", "none"]
+    assert points[2] == points[0] | {"confidence_weighting": "none"}
+    unweighted = tune.start_points(_base(confidence_weighting="none", alpha=8.0))[2]
+    assert (unweighted["confidence_weighting"], unweighted["alpha"]) == ("bm25", 2.0)
 
 
 def test_no_decay_weighs_old_and_new_events_alike() -> None:
