@@ -26,7 +26,7 @@ from recsvc.bundle import (
     write_bundle,
 )
 from recsvc.confidence_scale import Bm25
-from training.fit import AlsParams
+from training.fit import AlsParams, resolve_weighting
 from training.prepare import Prepared
 from training.replenish import Learned
 
@@ -103,7 +103,9 @@ def assemble(
     replenish: tuple[Learned, sp.csr_matrix] | None = None,
 ) -> BundleContents:
     """The bundle of a fit. With BM25 weighting its numbers (item weights, average length) come
-    from ``history``, the r_ui matrix the fit took, as the fit computed them."""
+    from ``history``, the r_ui matrix the fit took, as the fit computed them; an ``auto``
+    weighting is decided on it as the fit decided it (training decides before, and passes it)."""
+    params, _ = resolve_weighting(params, history)
     bm25 = (
         Bm25.of_matrix(history, params.confidence_scale, params.bm25_k1, params.bm25_b)
         if params.confidence_weighting == "bm25"

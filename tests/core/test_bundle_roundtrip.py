@@ -57,6 +57,8 @@ def test_round_trip_keeps_every_array_and_table(tmp_path: Path, contents: Bundle
     assert b.manifest.bundle_id == "test-bundle" and b.manifest.schema_version == SCHEMA_VERSION
     assert b.manifest.model_extra is not None
     assert b.manifest.model_extra["holdout"] == {"start": "a", "end": "b"}
+    # params of settings' "auto" weighting: decided on the history the fit took (8 items a member: BM25)
+    assert b.manifest.params["confidence_weighting"] == "bm25" and "item_idf" in b.arrays
     for key in ("regularization", "alpha", "event_weights", "half_life_days", "iterations", "factors"):
         assert key in b.manifest.params
     np.testing.assert_array_equal(b.member_factors, contents.member_factors)
