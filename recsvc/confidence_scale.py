@@ -89,12 +89,13 @@ class Bm25:
         history, read in steps."""
         n_members = max(int(indptr.shape[0]) - 1, 1)
         df = np.bincount(np.asarray(indices), minlength=n_items)[:n_items]
-        new_item_idf = float(np.log(n_members))
-        idf = np.maximum(new_item_idf - np.log1p(df), IDF_FLOOR).astype(np.float32)
+        idf = np.maximum(np.log(n_members) - np.log1p(df), IDF_FLOOR).astype(np.float32)
         lengths = _row_sums(np.asarray(indptr, dtype=np.int64), data, scale)
         touched = lengths[np.diff(indptr) > 0]
         avg_length = float(touched.mean()) if touched.size else 1.0
-        return cls(k1=k1, b=b, idf=idf, new_item_idf=new_item_idf, avg_length=max(avg_length, 1e-12))
+        return cls(
+            k1=k1, b=b, idf=idf, new_item_idf=unseen_item_idf(n_members), avg_length=max(avg_length, 1e-12)
+        )
 
     @classmethod
     def of_matrix(cls, matrix: sp.csr_matrix, scale: str, k1: float, b: float) -> Bm25:
@@ -123,6 +124,12 @@ class Bm25:
         idf = np.full(rows.shape[0], self.new_item_idf, dtype=np.float32)
         idf[known] = self.idf[rows[known]]
         return self._saturate(np.asarray(x, dtype=np.float32), norm, idf)
+
+
+def unseen_item_idf(members: int) -> float:
+    """The weight of an item no member had (df 0) among ``members``: log(N), at least the floor
+    (a one-member bundle's log(1) = 0 would fold such an item in as a dislike)."""
+    return max(float(np.log(max(members, 1))), IDF_FLOOR)
 
 
 def _row_sums(indptr: np.ndarray, data: np.ndarray, scale: str) -> np.ndarray:

@@ -28,7 +28,7 @@ from recsvc.bundle import (
     StoredListSpec,
     load_bundle,
 )
-from recsvc.confidence_scale import BUNDLE_DEFAULT, BUNDLE_DEFAULT_WEIGHTING, Bm25, scaled
+from recsvc.confidence_scale import BUNDLE_DEFAULT, BUNDLE_DEFAULT_WEIGHTING, Bm25, scaled, unseen_item_idf
 from recsvc.engine import kernels
 from recsvc.engine.empty_arrays import NO_F64, NO_ROWS
 from recsvc.engine.entries import ItemEntries
@@ -145,7 +145,7 @@ class ServedModel:
                 k1=float(params["bm25_k1"]),
                 b=float(params["bm25_b"]),
                 idf=a["item_idf"],
-                new_item_idf=float(np.log(max(int(self.member_factors.shape[0]), 1))),
+                new_item_idf=unseen_item_idf(int(self.member_factors.shape[0])),
                 avg_length=float(params["bm25_avg_length"]),
             )
         # 0 = no decay (training/confidence.py): an infinite half-life decays nothing, so every

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from bundle_factory import fold_in_cosines, train_small_bundle
 
 from recsvc.bundle import read_manifest
-from recsvc.confidence_scale import Bm25, confidence_input, scaled, scaled_matrix
+from recsvc.confidence_scale import IDF_FLOOR, Bm25, confidence_input, scaled, scaled_matrix
 from recsvc.errors import ConfigError
 from recsvc.settings import load_settings
 
@@ -142,6 +142,12 @@ def test_an_item_past_the_trained_ones_weighs_as_an_item_no_member_had() -> None
     got = bm25.weigh(np.array([0, m.shape[1] + 5]), np.array([1.0, 1.0], np.float32))
     assert bm25.new_item_idf == pytest.approx(np.log(m.shape[0]))
     assert got[1] / got[0] == pytest.approx(bm25.new_item_idf / bm25.idf[0], rel=1e-5)
+    # one member: log(1) = 0 would fold an unseen item in as a dislike; it keeps the floor
+    one = Bm25.of_matrix(m[:1], "log", 100.0, 0.8)
+    assert (
+        one.new_item_idf == IDF_FLOOR
+        and one.weigh(np.array([m.shape[1]]), np.array([1.0], np.float32))[0] > 0
+    )
 
 
 def test_lengths_read_in_steps_are_the_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
