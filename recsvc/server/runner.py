@@ -279,7 +279,9 @@ def check_ports_free(settings: Settings) -> None:
     if settings.catalog.enabled:
         ports.append(("catalog.writer_port", s.host, settings.catalog.writer_port))
     for name, host, port in ports:
-        if not port:
+        # 0 turns the metrics endpoint and the writer off; the service port 0 asks for any free
+        # port, whose host is still checked (a bind to port 0 cannot find it in use)
+        if not port and name != "serving.port":
             continue
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:

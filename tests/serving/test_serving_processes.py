@@ -162,8 +162,9 @@ def test_a_host_it_cannot_listen_on_is_named_as_the_host(tmp_path: Path) -> None
 
     planted = make_bundle(tmp_path / "b1")
     # no address at all; an address (TEST-NET-1) that is none of this machine's
-    for host in ("999.1.1.1", "192.0.2.1"):
-        args = ["serve", "--host", host, "--port", str(free_port()), "--model-uri", str(planted.path)]
+    # and with any free port (0), which skips the check of a port in use, not of the host
+    for host, port in (("999.1.1.1", free_port()), ("192.0.2.1", free_port()), ("999.1.1.1", 0)):
+        args = ["serve", "--host", host, "--port", str(port), "--model-uri", str(planted.path)]
         result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
         out = " ".join(result.output.split())
         assert result.exit_code == 2, out
