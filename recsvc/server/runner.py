@@ -253,22 +253,6 @@ def check_cluster_answers(settings: Settings) -> None:
         ) from exc
 
 
-def check_audit_log(settings: Settings) -> None:
-    """The audit log opens for appending, or a ConfigError naming it: a server that cannot write
-    it would serve admin calls and lose their audit entries."""
-    from recsvc.security.audit import AuditLog
-
-    path = settings.security.audit_log
-    try:
-        AuditLog(path).check_appendable()
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
-        raise ConfigError(
-            f"security.audit_log {str(path)!r} cannot be opened for appending: "
-            f"{exc.strerror or type(exc).__name__}{where}"
-        ) from None
-
-
 def check_ports_free(settings: Settings) -> None:
     """Every port this server will listen on is free, or a ConfigError (PORT_IN_USE) naming it.
     The workers bind the service port with SO_REUSEPORT, which would let a second server started
@@ -332,8 +316,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
     check_cluster_answers(settings)
     from recsvc.security.wiring import check_server_security
 
-    check_server_security(settings)
-    check_audit_log(settings)
+    check_server_security(settings)  # keys, TLS, and the audit log and erasure list writable
     writer = settings.catalog.enabled and settings.catalog.writer_port > 0
     if settings.catalog.writer_port and not writer:
         log.warning("event=catalog_writer_off catalog.writer_port is set but catalog.enabled is false")
