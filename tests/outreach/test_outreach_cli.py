@@ -23,6 +23,15 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.fixture
+def data(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder to import from, the CLI pointed at the test's Redis."""
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return folder
+
+
 def test_validate_policy_ok_and_bad(tmp_path: Path) -> None:
     from recsvc.outreach.policy import DEFAULT_POLICY_FILE
 
@@ -41,10 +50,7 @@ def test_validate_policy_ok_and_bad(tmp_path: Path) -> None:
     assert "policy ok" not in res.output
 
 
-def test_import_profiles_and_check(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
+def test_import_profiles_and_check(data: Path, tmp_path: Path, redis_url: str) -> None:
     pd.DataFrame(
         {"member_id": ["M1", "M2", "bad id"], "timezone": ["Europe/Berlin", "Nowhere/Land", "Asia/Shanghai"]}
     ).to_csv(data / "members.csv", index=False)
@@ -96,11 +102,8 @@ def test_import_refuses_a_folder_without_the_files(
 
 
 def test_import_takes_an_empty_timezone_as_the_default_and_ids_in_nfc(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
     typed = unicodedata.normalize("NFD", "Café-1")  # the same id, as another system writes it
     assert typed != "Café-1"
     r = redis.Redis.from_url(redis_url)
@@ -150,11 +153,8 @@ def test_a_decision_redis_could_not_make_exits_3(monkeypatch: pytest.MonkeyPatch
 
 
 def test_import_refuses_dates_no_clock_can_hold_and_checks_the_quarantine_first(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
     (data / "consent.csv").write_text(
         "member_id,channel,granted,updated_at\n"
         "Y1,sms,true,0001-01-01\nY2,sms,true,2500-01-01\nY3,sms,true,1960-05-01\nY4,sms,true,2026-05-01\n"
@@ -176,11 +176,8 @@ def test_import_refuses_dates_no_clock_can_hold_and_checks_the_quarantine_first(
 
 
 def test_a_members_row_refused_for_its_zone_writes_none_of_its_consent(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
     (data / "members.csv").write_text(
         "member_id,timezone,consent_wecom,consent_sms\n"
         "G1,Europe/Berlin,true,false\n"
@@ -206,13 +203,8 @@ def test_a_members_row_refused_for_its_zone_writes_none_of_its_consent(
     assert json.loads(res.stdout)["reason"] == "NO_CONSENT"  # never answered, as the row had no effect
 
 
-def test_an_import_whose_every_row_is_refused_exits_1(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_import_whose_every_row_is_refused_exits_1(data: Path, tmp_path: Path) -> None:
     """Regression: an import that refused every row (nothing written) exited 0."""
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
     (data / "members.csv").write_text("member_id,timezone\nR1,Mars/Olympus\nR2,Nowhere/City\n")
     (data / "consent.csv").write_text("member_id,channel,granted,updated_at\nR3,pigeon,true,2026-05-01\n")
     quarantine = tmp_path / "q.csv"
@@ -228,11 +220,8 @@ def test_an_import_whose_every_row_is_refused_exits_1(
 
 
 def test_a_consent_cell_that_is_not_a_boolean_refuses_its_row(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    monkeypatch.setenv("RECSVC_REDIS__URL", redis_url)
-    data = tmp_path / "data"
-    data.mkdir()
     (data / "members.csv").write_text(
         "member_id,timezone,consent_wecom,consent_sms\n"
         "Z1,Asia/Tokyo,true,maybe\n"
