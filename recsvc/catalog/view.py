@@ -145,15 +145,24 @@ class GroupMeans:
         return cls(f, model.item_kind, model.item_category, model.item_brand, trained)
 
     @classmethod
-    def _top_length(cls, norms: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        """Per group, the average length of its ``TOP`` longest vectors."""
-        order = np.lexsort((-norms, group))  # by group, longest first
+    def _top(cls, norms: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        """The positions of each group's ``TOP`` longest vectors, by group, longest first."""
+        order = np.lexsort((-norms, group))
         sorted_group = group[order]
         start = np.searchsorted(sorted_group, np.arange(n_groups))
-        top = np.arange(order.shape[0]) - start[sorted_group] < cls.TOP
-        counts = np.bincount(sorted_group[top], minlength=n_groups).astype(np.float64)
-        total = np.bincount(sorted_group[top], weights=norms[order][top], minlength=n_groups)
+        return order[np.arange(order.shape[0]) - start[sorted_group] < cls.TOP]
+
+    @staticmethod
+    def _mean_length(norms: np.ndarray, group: np.ndarray, top: np.ndarray, n_groups: int) -> np.ndarray:
+        """Per group, the average length of the vectors at ``top``."""
+        counts = np.bincount(group[top], minlength=n_groups).astype(np.float64)
+        total = np.bincount(group[top], weights=norms[top], minlength=n_groups)
         return total / np.maximum(counts, 1.0)
+
+    @classmethod
+    def _top_length(cls, norms: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        """Per group, the average length of its ``TOP`` longest vectors."""
+        return cls._mean_length(norms, group, cls._top(norms, group, n_groups), n_groups)
 
     @classmethod
     def _top_means(cls, f: np.ndarray, rows: np.ndarray, key: np.ndarray) -> dict[int, np.ndarray]:
@@ -162,13 +171,11 @@ class GroupMeans:
         vectors = np.asarray(f[rows], dtype=np.float64)
         norms = np.linalg.norm(vectors, axis=1)
         groups, inverse = np.unique(key[rows], return_inverse=True)
-        order = np.lexsort((-norms, inverse))  # by group, longest first
-        sorted_group = inverse[order]
-        start = np.searchsorted(sorted_group, np.arange(groups.shape[0]))
-        top = order[np.arange(order.shape[0]) - start[sorted_group] < cls.TOP]
-        sums = np.zeros((groups.shape[0], f.shape[1]), dtype=np.float64)
+        n_groups = groups.shape[0]
+        top = cls._top(norms, inverse, n_groups)
+        sums = np.zeros((n_groups, f.shape[1]), dtype=np.float64)
         np.add.at(sums, inverse[top], vectors[top])
-        means = cls._rescale(sums, cls._top_length(norms, inverse, groups.shape[0]))
+        means = cls._rescale(sums, cls._mean_length(norms, inverse, top, n_groups))
         return {int(k): means[i] for i, k in enumerate(groups.tolist())}
 
     @staticmethod
