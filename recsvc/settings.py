@@ -344,6 +344,14 @@ class TrainingSettings(_Section):
     # this many standard errors of the members' paired NDCG@10 differences: the best of dozens
     # of noisy scores is biased upwards, and a lead within the noise does not reach the holdout.
     tune_min_gain_se: float = Field(2.0, ge=0, description="--tune: lead over the start, in standard errors")
+    # That lead is measured on validation members the search never scored, when there are
+    # enough of them: on the members the best trial was picked by, its lead is inflated by the
+    # picking itself.
+    tune_confirm_members: int = Field(
+        10_000,
+        ge=0,
+        description="--tune: unsearched validation members the best trial's lead is judged on (0: searched)",
+    )
 
     # Two more model families measured beside ALS on the same holdout (training/itemknn.py):
     # item-item BM25 neighbours and an ALS blend whose weight is chosen on the validation split.

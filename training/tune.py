@@ -22,8 +22,12 @@ BM25 (:data:`WEIGHTINGS`).
 Sampler: optuna's multivariate TPE (seeded) after ``tune_startup_trials`` random trials; trial 0
 is the starting configuration, so tuning never returns something worse on validation than it,
 and the best trial replaces it only when it leads by ``tune_min_gain_se`` standard errors of the
-members' paired NDCG differences (:func:`paired_gain`): a smaller lead is the noise the best of
-many scores is biased by.
+members' paired NDCG differences (:func:`paired_gain`). The trials are scored on a sample of
+``tune_eval_members`` validation members; the lead is measured on up to ``tune_confirm_members``
+others (:func:`confirmation_members`), which the choice of the best trial never saw, so the
+best of many noisy scores does not inflate it. Where the window holds fewer than
+:data:`MIN_CONFIRM_MEMBERS` others (small data), it is measured on the searched members, and the
+bar is then what guards against that bias.
 Pruning: each fit is scored part-way (after :data:`CHECKPOINTS` iterations) and stopped when it
 is below the median of earlier trials at the same point (``MedianPruner``).
 
@@ -61,7 +65,7 @@ import scipy.sparse as sp
 
 from recsvc.errors import DataContractError
 from recsvc.settings import CONFIDENCE_SCALES, CONFIDENCE_WEIGHTINGS, TrainingSettings
-from training.evaluate import evaluate, member_ndcg
+from training.evaluate import evaluate, member_ndcg, sample_members
 from training.factors import train_factors
 from training.fit import AlsParams, resolve_weighting
 from training.gate import GATE_METRIC
@@ -97,6 +101,7 @@ WEIGHTINGS = CONFIDENCE_WEIGHTINGS
 CHECKPOINTS = (3, 10)  # iterations after which a fit is scored for pruning
 MIN_TIME_MEMBERS = 50
 MIN_TIME_SHARE = 0.05
+MIN_CONFIRM_MEMBERS = 500  # fewer unsearched validation members: the lead is judged on the searched ones
 _PLACEHOLDER_HALF_LIFE = 60.0  # what trial 0 records for half_life_days when the base has no decay
 
 
@@ -242,6 +247,16 @@ def choose_validation(
     return time_val, "time", why, info
 
 
+def confirmation_members(test: sp.csr_matrix, searched: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Validation members with something to find that the search did not score, up to ``limit``
+    (sorted); none when fewer than :data:`MIN_CONFIRM_MEMBERS` are left."""
+    tested = np.flatnonzero(np.diff(test.indptr) > 0)
+    rest = np.setdiff1d(tested, searched, assume_unique=True)
+    if rest.size > limit:
+        rest = np.sort(np.random.default_rng(seed + 1).choice(rest, size=limit, replace=False))
+    return rest if rest.size >= MIN_CONFIRM_MEMBERS else rest[:0]
+
+
 class _Pruned(Exception):
     """Raised from inside a fit to stop a trial the pruner gave up on."""
 
@@ -292,6 +307,20 @@ def search(
     candidates: dict[int, AlsParams] = {}
 
     per_member: dict[int, np.ndarray] = {}  # complete trials: NDCG@10 of each validation member
+    searched = sample_members(val.test, t.tune_eval_members, base.random_state)
+    confirm = confirmation_members(val.test, searched, t.tune_confirm_members, base.random_state)
+    confirm_seen, confirm_test = sp.csr_matrix(val.seen[confirm]), sp.csr_matrix(val.test[confirm])
+    # trial 0's and the best trial so far's factors, of the confirmation members only
+    leaders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    lead = {"value": -np.inf}
+
+    def keep_if_leading(number: int, value: float, trained: Any) -> None:
+        if confirm.size == 0 or (number != 0 and value <= lead["value"]):
+            return
+        lead["value"] = max(lead["value"], value)
+        for old in [n for n in leaders if n != 0]:
+            del leaders[old]
+        leaders[number] = (np.asarray(trained.member_factors)[confirm], np.asarray(trained.item_factors))
 
     def member_scores(user_factors: np.ndarray, item_factors: np.ndarray) -> np.ndarray:
         return member_ndcg(
@@ -346,6 +375,7 @@ def search(
         scores = member_scores(trained.member_factors, trained.item_factors)
         per_member[trial.number] = scores
         value = float(scores.mean())
+        keep_if_leading(trial.number, value, trained)
         row |= {"state": "complete", "val_ndcg_at_10": value, "fit_seconds": trained.fit.seconds}
         rows.append(row)
         if log_trials:
@@ -361,18 +391,38 @@ def search(
     chosen, value = best.number, float(best.value or 0.0)
     if best.number != 0 and 0 in per_member:
         gain, se = paired_gain(per_member[0], per_member[best.number])
+        judged_on = f"the {per_member[0].size} searched validation members"
+        if best.number in leaders and 0 in leaders:
+            info["search_gain"] = gain
+
+            def confirmed(number: int) -> np.ndarray:
+                rows, items = leaders[number]
+                return member_ndcg(rows, items, confirm_seen, confirm_test, max_members=confirm.size)
+
+            gain, se = paired_gain(confirmed(0), confirmed(best.number))
+            judged_on = f"{confirm.size} validation members the search did not score"
+            info["confirm_members"] = float(confirm.size)
         info |= {k: v for k, v in (("best_gain", gain), ("best_gain_se", se)) if np.isfinite(v)}
         if gain < t.tune_min_gain_se * se:
-            # the best of many noisy scores is biased upwards: a lead within the noise of the
-            # validation sample does not carry over to the holdout, so what was there stays
+            # a lead within the noise of the validation sample does not carry over to the
+            # holdout, so what was there stays
             chosen, value = 0, float(per_member[0].mean())
             why += (
                 f"; the starting configuration kept: the best trial ({best.number}) led it by "
-                f"{gain:.4f} NDCG@10, under {t.tune_min_gain_se:g} standard errors of it "
-                f"({t.tune_min_gain_se:g} x {se:.4f})"
+                f"{gain:.4f} NDCG@10 on {judged_on}, under {t.tune_min_gain_se:g} standard errors "
+                f"of it ({t.tune_min_gain_se:g} x {se:.4f})"
             )
             log.info(
-                "tune kept the starting configuration: best trial %d gain %.4f se %.4f", best.number, gain, se
+                "tune kept the starting configuration: best trial %d gain %.4f se %.4f on %s",
+                best.number,
+                gain,
+                se,
+                judged_on,
+            )
+        else:
+            why += (
+                f"; the best trial ({best.number}) led the starting configuration by {gain:.4f} "
+                f"NDCG@10 ({gain / se if se > 0 else float('inf'):.1f} standard errors) on {judged_on}"
             )
     info["kept_start"] = float(chosen == 0)
     tuned = Tuned(candidates[chosen], rows, how, why, value, info)

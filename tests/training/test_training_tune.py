@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recsvc.errors import ConfigError
 from recsvc.settings import TrainingSettings, load_settings
@@ -242,6 +243,59 @@ def test_a_lead_within_the_validation_noise_keeps_the_starting_configuration() -
     assert "starting configuration kept" in tune.describe(strict)
 
 
+def test_confirmation_members_are_tested_unsearched_and_capped() -> None:
+    rng = np.random.default_rng(0)
+    rows = 2_000
+    counts = rng.integers(0, 3, size=rows)  # about a third of the members have nothing to find
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    test = sp.csr_matrix((np.ones(indptr[-1]), rng.integers(0, 50, indptr[-1]), indptr), shape=(rows, 50))
+    tested = np.flatnonzero(counts > 0)
+    searched = tested[::3]
+    confirm = tune.confirmation_members(test, searched, 10_000, seed=0)
+    assert np.array_equal(confirm, np.setdiff1d(tested, searched))  # all the others, in order
+    capped = tune.confirmation_members(test, searched, tune.MIN_CONFIRM_MEMBERS, seed=0)
+    assert capped.size == tune.MIN_CONFIRM_MEMBERS and np.isin(capped, confirm).all()
+    assert np.all(np.diff(capped) > 0)
+    # too few left to judge by: none, and the lead is measured on the searched members
+    assert tune.confirmation_members(test, tested[5:], 10_000, seed=0).size == 0
+
+
+def test_the_best_trials_lead_is_measured_on_members_the_search_did_not_score() -> None:
+    p = prepare.prepare(make_dataset(members=1500, events_per_member=20, seed=5))
+    positive = weight_table(TrainingSettings().event_weights) > 0
+    runs = {}
+    for confirm in (10_000, 0):
+        t = TrainingSettings(
+            factors=16,
+            iterations=12,
+            tune_startup_trials=2,
+            tune_eval_members=100,
+            tune_min_gain_se=0,
+            tune_confirm_members=confirm,
+        )
+        holdout = split.holdout(p, t.holdout_days, positive)
+        runs[confirm] = tune.search(
+            p, holdout, AlsParams.from_settings(t), t, trials=5, positive_types=positive, log_trials=False
+        )
+    confirmed, searched_only = runs[10_000], runs[0]
+
+    def search_of(tuned: tune.Tuned) -> list[dict[str, object]]:
+        return [{k: v for k, v in row.items() if k != "fit_seconds"} for row in tuned.trials]
+
+    assert search_of(confirmed) == search_of(searched_only)  # the same search: only the judging differs
+    assert confirmed.info["kept_start"] == 0.0, "some trial must lead for the lead to be measured"
+    shape = (len(p.members), len(p.items))
+    defaults = TrainingSettings()
+    holdout = split.holdout(p, defaults.holdout_days, positive)
+    tested = split.tested_members(split.validation(holdout, shape, defaults.validation_days, positive))
+    assert confirmed.info["confirm_members"] == tested - 100
+    # on the searched members the lead is the one the search saw; on the others it is new
+    assert confirmed.info["search_gain"] == pytest.approx(searched_only.info["best_gain"])
+    assert confirmed.info["best_gain"] != pytest.approx(searched_only.info["best_gain"])
+    assert "confirm_members" not in searched_only.info
+    assert f"{tested - 100} validation members the search did not score" in confirmed.validation_reason
+
+
 def test_the_paired_gain_is_the_mean_difference_with_its_standard_error() -> None:
     rng = np.random.default_rng(3)
     start = rng.random(400)
@@ -287,6 +341,7 @@ def test_params_file_with_other_settings_is_refused_by_name(tmp_path: Path) -> N
         ("validation_share", 1.5, "validation_share"),
         ("half_life_days", -1, "half_life_days"),
         ("tune_eval_members", 5, "tune_eval_members"),
+        ("tune_confirm_members", -1, "tune_confirm_members"),
     ],
 )
 def test_bad_tuning_settings_get_a_named_error(key: str, value: object, named: str) -> None:
