@@ -225,13 +225,17 @@ def batch(
     req = recommender_pb2.BatchRecommendRequest(
         member_ids=member_ids, k=k, kind=common_pb2.CONTENT if content_items else common_pb2.PRODUCT
     )
+    refused = 0
     with rpc_errors():
         for result in _stub(ctx, target).BatchRecommend(req, timeout=timeout):
+            refused += bool(result.error)
             if as_json or result.error:
                 _print(result, as_json)  # member_id with its response or error
             else:
                 console.print(f"[bold]{result.member_id}[/]")
                 _print(result.response, as_json)
+    if refused:  # as `catalog delist` does for the items it could not change
+        raise typer.Exit(1)
 
 
 @app.command("event")

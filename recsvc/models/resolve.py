@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.bundle import MANIFEST, read_manifest
-from recsvc.errors import BundleError, ConfigError, InvalidArgument, ModelUnavailable
+from recsvc.errors import BundleError, InvalidArgument, ModelUnavailable
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def parse_models_uri(uri: str) -> tuple[str, str]:
     body = uri[len(MODELS_SCHEME) :]
     name, sep, alias = body.partition("@")
     if not sep or not name or not alias or "/" in name:
-        raise ConfigError(f"model URI {uri!r} must look like models:/<name>@<alias>")
+        raise InvalidArgument(
+            f"model URI {uri[:200]!r} must look like models:/<name>@<alias>", reason="INVALID_MODEL_URI"
+        )
     return name, alias
 
 

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from recsvc.errors import InvalidArgument, status_details
 from recsvc.server.handlers import HandlerFn, KindWrappers, MethodWrapper, rewrap
@@ -42,15 +44,49 @@ class Malformed:
         self.error = error
 
 
+def misplaced_field(message: Any) -> str | None:
+    """The first field of ``message`` (or of a message inside it) that arrived with another wire
+    type than its declared one, as ``Type.field``; None if there is none.
+
+    protobuf keeps such a field as an unknown field and leaves the declared one at its default,
+    so ``model_uri`` sent as a fixed32 would read as "no model URI" and an admin's pin would go.
+    Unknown fields with numbers the message does not declare stay accepted: a newer client's.
+    """
+    fields = message.DESCRIPTOR.fields_by_number
+    unknowns: Any = UnknownFieldSet(message)  # iterable at run time; its stub says otherwise
+    for unknown in unknowns:
+        if unknown.field_number in fields:
+            return f"{message.DESCRIPTOR.name}.{fields[unknown.field_number].name}"
+    for fd, value in message.ListFields():
+        if fd.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            is_message = fd.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE
+            inner = list(value.values()) if is_message else []
+        elif fd.is_repeated:
+            inner = list(value)
+        else:
+            inner = [value]
+        for item in inner:
+            found = misplaced_field(item)
+            if found is not None:
+                return found
+    return None
+
+
 def safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:  # the handler takes the raw bytes
         return None
 
     def deserialize(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            message = deserializer(data)
         except Exception as exc:  # whatever the decoder raises, the caller sent bad bytes
             return Malformed(exc)
+        misplaced = misplaced_field(message) if hasattr(message, "DESCRIPTOR") else None
+        if misplaced is not None:
+            return Malformed(ValueError(f"field {misplaced} arrived with the wrong wire type"))
+        return message
 
     return deserialize
 

@@ -33,7 +33,7 @@ from recsvc.models.broadcast import ReloadBroadcast
 from recsvc.models.served import ServedModels
 from recsvc.realtime import RealtimeStore
 from recsvc.server.interceptors import check_deadline
-from recsvc.server.request_checks import check_channel, check_event_type, check_id, check_k
+from recsvc.server.request_checks import check_channel, check_event_type, check_id, check_k, check_scene
 from recsvc.settings import Settings
 from recsvc.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 
@@ -112,17 +112,18 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             member_id = check_id(request.member_id, "member_id", self._data)
             k = check_k(request.k, self._serving)
             channel = check_channel(request.channel, self._data)
+            scene = check_scene(request.scene)
             filters = self._filters(request.filters if request.HasField("filters") else None)
             check_deadline(context)
             rec = self._engine.recommend(member_id, kind, k, channel, filters)
         except RecsvcError as exc:
             self._observe(method, t0, "none", "none", exc.code.name)
             raise
-        self._shown(rec, member_id, request.scene, channel)
+        self._shown(rec, member_id, scene, channel)
         self._observe(method, t0, rec.source, rec.response.variant)
         if rec.stored:
             self._metrics.observe_stored(method)
-        self._metrics.observe_scene(method, request.scene or "none")
+        self._metrics.observe_scene(method, scene or "none")
         return rec.response
 
     async def RecommendProducts(
@@ -277,12 +278,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         return attributed, logged
 
     def _knows(self, member_id: str, item_id: str) -> bool:
-        """Whether the model serving ``member_id`` knows ``item_id`` (False while none is loaded)."""
+        """Whether the model serving ``member_id`` knows ``item_id``: trained, or created in the
+        live catalog since (its event counts in the member's real-time vector); False while no
+        model is loaded."""
         try:
             _variant, model = self._models.for_member(member_id)
         except ModelUnavailable:
             return False
-        return item_id in model.items
+        return item_id in model.items or self._engine.catalog.view(model).row(item_id) is not None
 
     def ReloadModel(
         self, request: recommender_pb2.ReloadModelRequest, context: grpc.ServicerContext

@@ -49,6 +49,28 @@ def check_channel(channel: str, data: DataSettings) -> str:
     return channel
 
 
+MAX_SCENE_BYTES = 64
+
+
+def check_scene(scene: str) -> str:
+    """A page name ('' = none): printable text of at most :data:`MAX_SCENE_BYTES` bytes. It is
+    written into every impression of the durable event log, so its size is the caller's to keep
+    small only up to a point, and control or direction-changing characters would reach the
+    reports built from that log."""
+    if not scene:
+        return scene
+    if len(scene.encode("utf-8")) > MAX_SCENE_BYTES:
+        raise InvalidArgument(
+            f"scene is longer than {MAX_SCENE_BYTES} bytes in UTF-8", reason="INVALID_SCENE"
+        )
+    if not scene.isprintable():
+        raise InvalidArgument(
+            "scene may contain only printable characters (no control, format or line-break characters)",
+            reason="INVALID_SCENE",
+        )
+    return scene
+
+
 def check_event_type(event_type: str) -> str:
     if event_type not in EVENT_TYPES:
         raise InvalidArgument(

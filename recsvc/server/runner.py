@@ -75,7 +75,10 @@ def check_model_uris(settings: Settings) -> None:
 
     for source in variant_sources(settings):
         if source.uri.startswith(MODELS_SCHEME):
-            parse_models_uri(source.uri)
+            try:
+                parse_models_uri(source.uri)
+            except RecsvcError as exc:  # a setting, not a caller's argument, at start-up
+                raise ConfigError(exc.message) from exc
         else:
             try:
                 ModelResolver(settings).resolve(source.uri)

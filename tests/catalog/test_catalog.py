@@ -163,9 +163,12 @@ def test_new_product_is_recommended_to_its_category_buyers_and_in_similar_items(
     # A member with no history who views the new product gets its neighbours (real-time vector).
     cold = listed.cold_members[1]
     for _ in range(3):
-        server.stub.RecordEvent(
+        answer = server.stub.RecordEvent(
             recommender_pb2.RecordEventRequest(member_id=cold, item_id="NEW-1", event_type="view")
         )
+        assert answer.item_known  # created in the live catalog: the event counts, and says so
+    made_up = recommender_pb2.RecordEventRequest(member_id=cold, item_id="NEVER-MADE", event_type="view")
+    assert not server.stub.RecordEvent(made_up).item_known
     req = recommender_pb2.RecommendProductsRequest(member_id=cold, k=5)
     recs = server.stub.RecommendProducts(req, timeout=5)
     assert recs.items[0].source in ("realtime", "new")

@@ -340,8 +340,28 @@ UNIVERSAL = {
 }
 
 
+def misplaced(f: d.FieldDescriptor) -> bytes:
+    """``f`` sent with a wire type it can never have (valid bytes: protobuf keeps them as an
+    unknown field and leaves ``f`` unset)."""
+    wrong = 5 if NATURAL_WIRE.get(f.type, 0) != 5 else 0
+    return tag(f.number, wrong) + WIRE_PAYLOAD[wrong]
+
+
 def malformed_payloads(method: d.MethodDescriptor) -> dict[str, bytes]:
     out = dict(UNIVERSAL)
+    desc = method.input_type
+    if desc.fields:
+        out[f"{desc.fields[0].name} with the wrong wire type"] = misplaced(desc.fields[0])
+    inner = [
+        (f, f.message_type)
+        for f in desc.fields
+        if f.type == T.TYPE_MESSAGE and f.message_type is not None and f.message_type.fields
+    ]
+    if inner and not inner[0][1].GetOptions().map_entry:
+        f, sub = inner[0]
+        out[f"{f.name}.{sub.fields[0].name} with the wrong wire type"] = delimited(
+            f.number, misplaced(sub.fields[0])
+        )
     for path in string_paths(method.input_type)[:3]:
         out[f"invalid UTF-8 in {'.'.join(f.name for f in path)}"] = bad_utf8_at(path, b"\xc3\x28")
     return out

@@ -44,6 +44,9 @@ def test_every_command_reaches_its_rpc(srv: RunningServer, planted: PlantedBundl
     assert code == 0 and len(json.loads(out)["items"]) == 2
     code, out = run("batch", member, planted.cold_members[0], "-k", "2", "--target", srv.target, "--json")
     assert code == 0 and out.count('"member_id"') == 2
+    # one member refused: the others' lists are printed, and the exit code says not all were served
+    code, out = run("batch", member, "", "-k", "2", "--target", srv.target)
+    assert code == 1 and "EMPTY_MEMBER_ID" in out and member in out
     code, out = run("info", "--target", srv.target, "--json")
     assert code == 0 and json.loads(out)["model_version"] == planted.bundle_id
     metrics = json.loads(out)["metrics"]

@@ -78,6 +78,10 @@ def test_default_k_and_k_bounds(srv: RunningServer, planted: PlantedBundle) -> N
         ("x" * 65, {}, "MEMBER_ID_TOO_LONG"),
         ("bad id!", {}, "INVALID_MEMBER_ID"),
         ("M0-000", {"channel": "carrier_pigeon"}, "UNKNOWN_CHANNEL"),
+        ("M0-000", {"scene": "x" * 65}, "INVALID_SCENE"),  # each one lands in the event log
+        ("M0-000", {"scene": "home\x00"}, "INVALID_SCENE"),
+        ("M0-000", {"scene": "cart\nfake line"}, "INVALID_SCENE"),
+        ("M0-000", {"scene": "\u202ehome"}, "INVALID_SCENE"),  # right-to-left override
         ("M0-000", {"filters": common_pb2.RecommendationFilters(diversity=2)}, "INVALID_DIVERSITY"),
         (
             "M0-000",
@@ -98,6 +102,12 @@ def test_invalid_arguments_are_named(
         products(srv, member, k=10, **kw)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(reason + ":"), err.value.details()
+
+
+def test_a_scene_is_any_short_printable_page_name(srv: RunningServer, planted: PlantedBundle) -> None:
+    member = planted.warm_members()[0]
+    for scene in ("home_feed", "home feed", "直播间", "x" * 64):
+        assert products(srv, member, k=5, scene=scene).items
 
 
 def test_filters(srv: RunningServer, planted: PlantedBundle) -> None:
@@ -421,6 +431,16 @@ def test_reload_of_a_missing_bundle_keeps_serving_and_says_why(srv: RunningServe
     with pytest.raises(grpc.RpcError) as err:
         srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=str(tmp_path / "nope")), timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert products(srv, "M0-000").items
+
+
+@pytest.mark.parametrize("uri", ["models:/recsvc/1", "models:/", "models:/recsvc@", "models:/a/b@champion"])
+def test_reload_of_a_malformed_registry_uri_is_the_callers_error(srv: RunningServer, uri: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        srv.stub.ReloadModel(recommender_pb2.ReloadModelRequest(model_uri=uri), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    assert details.startswith("INVALID_MODEL_URI: ") and "models:/<name>@<alias>" in details
     assert products(srv, "M0-000").items
 
 

@@ -172,6 +172,19 @@ def test_a_host_it_cannot_listen_on_is_named_as_the_host(tmp_path: Path) -> None
         assert "FILE" not in out and "in use" not in out and "Traceback" not in out
 
 
+def test_a_malformed_registry_uri_at_start_is_a_settings_error() -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    args = ["serve", "--port", str(free_port()), "--model-uri", "models:/recsvc/1"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert "INVALID_CONFIG" in out and "must look like models:/<name>@<alias>" in out
+    assert "Traceback" not in out
+
+
 def _listening(proc: subprocess.Popen[bytes], port: int) -> set[int]:
     """The pids of the server processes under ``proc`` listening on ``port``."""
     return {
