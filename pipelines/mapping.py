@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.cells import as_text, whole_number_id
 from recsvc.errors import DataContractError
+from recsvc.settings import check_channel_names
 
-_CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _OFFSET_RE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$")
 TIMESTAMP_COLUMNS = {"events": ("ts",), "catalog": ("published_at",), "members": ("registered_at",)}
 
@@ -107,9 +107,7 @@ class ChannelRule(_Part):
     @field_validator("declare")
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if not _CHANNEL_RE.match(c)]
-        if bad:
-            raise ValueError(f"channel names must be lower_snake_case (max 32 chars): {bad}")
+        check_channel_names(v)  # the rule of data.event_channels: "all" names every channel's lists
         return v
 
 

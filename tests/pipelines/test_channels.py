@@ -149,3 +149,21 @@ def test_an_event_channel_given_to_outreach_is_refused_with_its_outreach_name() 
         check_outreach_channel("app", Policy())
     assert err.value.reason == "UNKNOWN_CHANNEL"
     assert "outreach reaches it as 'app_push'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("declare", "named"),
+    [('["all"]', "'all' is reserved"), ('["Douyin"]', "lower_snake_case"), ('["pos", "pos"]', "unique")],
+)
+def test_a_mapping_file_declares_channels_by_the_settings_rule(
+    tmp_path: Path, declare: str, named: str
+) -> None:
+    """ "all" names the popular lists of every channel: an export declaring a channel of that name
+    would train two lists under one key."""
+    from pipelines.mapping import load_mapping
+    from recsvc.errors import DataContractError
+
+    path = tmp_path / "m.toml"
+    path.write_text(f"version = 1\n[channels]\ndeclare = {declare}\n", encoding="utf-8")
+    with pytest.raises(DataContractError, match=named):
+        load_mapping(path)
