@@ -155,8 +155,16 @@ class Requests(_Section):
     @field_validator("scenes")
     @classmethod
     def _scenes(cls, v: list[str]) -> list[str]:
+        from recsvc.errors import InvalidArgument
+        from recsvc.server.request_checks import check_scene
+
         if not v:
             raise ValueError("at least one scene")
+        for scene in v:
+            try:  # the server's rule: a scene it refuses would fail every call of the run
+                check_scene(scene)
+            except InvalidArgument as exc:
+                raise ValueError(f"{scene[:40]!r}: {exc.message}") from None
         return v
 
 

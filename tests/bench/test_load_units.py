@@ -47,6 +47,14 @@ def test_config_rejects_unknown_channel_and_all_zero_weights() -> None:
         load_config(None, {"weights": zero})
 
 
+def test_config_refuses_a_scene_the_server_would_refuse() -> None:
+    with pytest.raises(ConfigError, match="only printable characters"):
+        load_config(None, {"requests": {"scenes": ["home\nfeed"]}})
+    with pytest.raises(ConfigError, match="64 bytes"):
+        load_config(None, {"requests": {"scenes": ["x" * 65]}})
+    assert load_config(None, {"requests": {"scenes": ["home feed", "直播间"]}}).requests.scenes[1] == "直播间"
+
+
 def test_config_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
