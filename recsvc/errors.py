@@ -67,6 +67,12 @@ class StoreUnavailable(RecsvcError):
     reason = "STORE_UNAVAILABLE"
 
 
+class TrackingUnavailable(StoreUnavailable):
+    """The MLflow tracking store did not answer (a server down, a wrong host)."""
+
+    reason = "TRACKING_UNAVAILABLE"
+
+
 class MemberStateUnreadable(RecsvcError):
     """A member's stored record is not in the form recsvc writes (a key of another type, a field
     that is not a number): a retry cannot succeed until an operator repairs or deletes it."""

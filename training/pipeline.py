@@ -96,6 +96,10 @@ def run(
     if options.bundle_out is not None and options.bundle_out.exists() and any(options.bundle_out.iterdir()):
         raise BundleError(f"--bundle-out folder is not empty: {options.bundle_out}")
     steps = Steps(progress)
+    # the store is asked first: a wrong URI or a server that is down fails in seconds, not after
+    # the ingest of a large export
+    client = tracking.client_for(settings.mlflow)
+    experiment_id = tracking.ensure_experiment(client, settings.mlflow)
     # the one engine switch (training/factors.py); the session starts at the first Spark step
     spark = SparkAls(t) if t.engine == "spark" else None
     try:
@@ -110,8 +114,6 @@ def run(
     params, weighting_reason = resolve_weighting(params, data_split.seen, t.bm25_auto_items)
     log.info("confidence weighting %s", weighting_reason)
 
-    client = tracking.client_for(settings.mlflow)
-    experiment_id = tracking.ensure_experiment(client, settings.mlflow)
     bundle_id = assemble.new_bundle_id(prepared)
     tmp_root = Path(tempfile.mkdtemp(prefix="recsvc-train-"))
     try:

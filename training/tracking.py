@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Final
 from urllib.parse import urlparse
 
 from recsvc.bundle import MANIFEST, Manifest, read_manifest
-from recsvc.errors import BundleError, ConfigError, RecsvcError
+from recsvc.errors import BundleError, ConfigError, RecsvcError, TrackingUnavailable
 from recsvc.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,40 @@ def artifact_location_uri(location: str) -> str:
     return path.as_uri()
 
 
+# MLflow retries an HTTP store 7 times over about four minutes by default. The first call of a
+# command only learns whether the store answers at all, so it gives up sooner; later calls keep
+# MLflow's patience (a bundle's upload should ride out a blip). Variables the user set win.
+_FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+@contextlib.contextmanager
+def _first_contact() -> Iterator[None]:
+    added = {k: v for k, v in _FIRST_CONTACT.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def ensure_experiment(client: Any, m: MlflowSettings) -> str:
-    exp = client.get_experiment_by_name(m.experiment)
+    """The experiment's id, created if missing; TrackingUnavailable (one line, within ~15 s)
+    when the store does not answer."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _first_contact():
+            exp = client.get_experiment_by_name(m.experiment)
+    except MlflowException as exc:
+        text = str(exc.message or exc)
+        cause = _OS_ERROR.search(text)
+        said = cause.group(1).strip() if cause else " ".join(text.split())[:200]
+        raise TrackingUnavailable(
+            f"the MLflow store {m.tracking_uri!r} (mlflow.tracking_uri) did not answer: {said}; "
+            "check the URI and that the store runs, then try again"
+        ) from None
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {m.experiment!r} is deleted; restore it or pick another")

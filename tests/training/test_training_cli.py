@@ -203,3 +203,20 @@ def test_a_tracking_uri_mlflow_refuses_is_one_line_naming_the_setting(tmp_path: 
     assert result.exit_code == 2, result.output
     assert "mlflow.tracking_uri" in result.output and "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """Regression: an http:// URI nobody listens on kept MLflow retrying for about four minutes,
+    after the whole ingest, and then ended in a traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tmp_path / "missing-data"  # never read: the store is asked before the data
+    env = {**_env(tmp_path), "RECSVC_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{port}"}
+    result = CliRunner().invoke(app, ["train", "--data", str(data)], env=env)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 3, out  # try again later, as for Redis
+    assert f"TRACKING_UNAVAILABLE: the MLflow store 'http://127.0.0.1:{port}'" in out
+    assert "Connection refused" in out and "Traceback" not in out
