@@ -10,9 +10,12 @@ The rule (docs/data.md, "Encodings"), applied to the whole file, never to a gues
    text looks like when read as UTF-8 (``母婴`` in GBK is the valid UTF-8 ``ĸӤ``). The UTF-8
    reading still wins when it reads as words (:func:`_reads_as_words`): every run of non-ASCII
    characters is letters of one script (or Latin-1 signs such as ``°`` ``£``), and a run of
-   Latin letters sits inside a word (next to an ASCII letter, as in ``Café``, ``Müller``). GBK
-   read as UTF-8 scatters over scripts (``ĸӤ``: Latin, then Cyrillic) and stands alone between
-   separators, so it fails that. Otherwise the file stops with both readings shown and
+   Latin letters sits inside a word (next to an ASCII letter, as in ``Café``, ``Müller``) or is
+   a one-letter word next to a space (``à``, ``é``, ``è``, ``ò``: ``Pâte à tartiner``). One or
+   two Latin letters inside an ASCII word settle it too: their GB18030 reading is one or two
+   hanzi wedged between ASCII letters (``P芒te``), which Chinese text does not have. GBK read as
+   UTF-8 scatters over scripts (``ĸӤ``: Latin, then Cyrillic) and stands alone between
+   separators (``,ĸ,``), so it fails that. Otherwise the file stops with both readings shown and
    ``--encoding`` decides. A UTF-8 file with any character from U+0800 up (every CJK character)
    is not ambiguous: GBK bytes almost never form those.
 5. Otherwise the readings left are scored: strict GB18030 (a superset of GBK and GB2312) and
@@ -145,24 +148,42 @@ def _script(c: str) -> str:
     return "sign" if "\u00a0" <= c <= "\u00bf" or c in "\u00d7\u00f7" else ""
 
 
+# Accented vowels that are words on their own in French, Portuguese, Italian, Spanish (à, é, è, ò, ó)
+_ONE_LETTER_WORDS = frozenset("àáèéòóùÀÁÈÉÒÓÙ")
+
+
 def _reads_as_words(path: Path) -> bool:
     """Whether the UTF-8 reading of ``path`` (known to decode) reads as words (module docstring,
-    point 4). Stops at the first run that does not."""
+    point 4): every run of non-ASCII characters does, or one of them is one or two Latin letters
+    inside an ASCII word (``Pâte``), whose GB18030 reading (``P芒te``) no Chinese text has."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     before = ""  # the previous block's last character: a run's left neighbour across blocks
+    words = True
     for block in [*_blocks(path), b""]:
         text = before + decoder.decode(block, final=not block)
         for run in _NON_ASCII.finditer(text):
             scripts = {_script(c) for c in run.group()} - {"sign"}
             if "" in scripts or len(scripts) > 1:
-                return False
+                words = False
+                continue
             if scripts == {"LATIN"}:
                 left = text[run.start() - 1 : run.start()]
                 right = text[run.end() : run.end() + 1]
-                if not (left.isascii() and left.isalpha()) and not (right.isascii() and right.isalpha()):
-                    return False
+                in_word = (left.isascii() and left.isalpha(), right.isascii() and right.isalpha())
+                if all(in_word) and len(run.group()) <= 2:
+                    return True
+                if not any(in_word) and not _one_letter_word(run.group(), left, right):
+                    words = False
         before = text[-1:]
-    return True
+    return words
+
+
+def _one_letter_word(run: str, left: str, right: str) -> bool:
+    """A Latin run standing apart from ASCII letters that is a one-letter word of a text (``à`` in
+    ``Pâte à tartiner``, ``è`` in ``Caffè è pronto``; signs such as ``«`` may stand by it): a space
+    on one side at least, so not a whole cell on its own, as one GBK character reads (``,ĸ,``)."""
+    letters = [c for c in run if _script(c) != "sign"]
+    return len(letters) == 1 and letters[0] in _ONE_LETTER_WORDS and " " in (left, right)
 
 
 # A run of non-ASCII characters with the ASCII letter before and after it, if any.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -145,7 +145,7 @@ def _parquet_chunks(
                 df = empty.to_pandas(types_mapper=mapper).rename(columns=renames)
                 yield _in_contract_order(_mapped(df, spec, mapping), spec)
         except (pa.ArrowException, OSError) as exc:
-            raise DataContractError(f"cannot read {path}: {exc}") from exc
+            raise _cannot_read(path, schema, columns, exc) from exc
 
     return chunks()
 
@@ -158,7 +158,10 @@ def _csv_chunks(
     encoding: str,
     mapping: Mapping | None,
 ) -> Iterator[pd.DataFrame]:
-    file_header = list(_read_csv(path, nrows=0, encoding=encoding).columns)
+    if path.stat().st_size == 0:
+        raise DataContractError(f"{path} is empty: expected a header row naming the columns")
+    names = _header_names(path, encoding)
+    file_header = list(_as_named(path, _pandas_csv(path, encoding, nrows=0), names).columns)
     # The same reading options as _read_csv, chunk by chunk.
     renames, drop = _renames(spec, file_header, mapping)
     header = _mapped_header(spec, file_header, renames, drop, mapping)
@@ -168,16 +171,10 @@ def _csv_chunks(
     def chunks() -> Iterator[pd.DataFrame]:
         yielded = False
         try:
-            with pd.read_csv(
-                path,
-                dtype=str,
-                chunksize=chunk_rows,
-                keep_default_na=False,
-                encoding="utf-8-sig" if encoding == "utf-8" else encoding,
-                encoding_errors="strict",  # resolve_encoding checked every byte already
-            ) as reader:
+            with _pandas_csv(path, encoding, chunksize=chunk_rows) as reader:
                 for df in reader:
                     yielded = True
+                    df = _as_named(path, df, names)
                     df = _mapped(df.drop(columns=drop).rename(columns=renames), spec, mapping)
                     # Not read_csv's dtype="category": it turns "12.50" into 12.5 and "007" into 7.
                     for col in as_categories:
@@ -228,19 +225,27 @@ def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, nrows: int | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """The file's rows as text, under the header row's own names (:func:`_as_named`)."""
     if path.stat().st_size == 0:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns")
+    df = _pandas_csv(path, encoding, nrows=nrows)
+    return _as_named(path, df, _header_names(path, encoding))
+
+
+def _pandas_csv(path: Path, encoding: str, **options: Any) -> Any:
+    """``pd.read_csv`` with the reader's options (``options``: nrows, header, chunksize), its
+    errors as DataContractError."""
     try:
         return pd.read_csv(
             path,
             dtype=str,
-            nrows=nrows,
             keep_default_na=False,  # an empty cell is "", never guessed to be NaN
             # utf-8-sig tolerates a byte-order mark from spreadsheet exports; every byte was
             # checked by pipelines.encoding, so strict decoding cannot fail on a row
             encoding="utf-8-sig" if encoding == "utf-8" else encoding,
             encoding_errors="strict",
             skipinitialspace=False,
+            **options,
         )
     except pd.errors.EmptyDataError as exc:
         raise DataContractError(f"{path} is empty: expected a header row naming the columns") from exc
@@ -252,16 +257,69 @@ def _read_csv(path: Path, nrows: int | None = None, encoding: str = "utf-8") -> 
         raise DataContractError(f"cannot parse {path} as CSV: {exc}") from exc
 
 
+def _header_names(path: Path, encoding: str) -> list[str]:
+    """The header row's names as the file writes them: pandas names a repeated ``amount``
+    ``amount.1`` and an empty name ``Unnamed: 7``, names that are not in the file."""
+    first = _pandas_csv(path, encoding, header=None, nrows=1)
+    return [str(c) for c in first.iloc[0]] if len(first) else []
+
+
+def _as_named(path: Path, df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``df`` under the header's own ``names`` (a repeated name stays repeated, so the column
+    check names it). A column without a name whose every cell is empty (an export ending each
+    line with a comma) is dropped; one holding values stops the file, naming its position."""
+    if len(names) != len(df.columns):
+        return df  # not a header pandas read as this one: keep its names
+    unnamed = [i for i, name in enumerate(names) if not name.strip()]
+    for i in unnamed:
+        filled = df.iloc[:, i].str.strip() != ""
+        if filled.any():
+            row = int(filled.to_numpy().argmax())
+            after = f" (after {names[i - 1]!r})" if i and names[i - 1].strip() else ""
+            raise DataContractError(
+                f"{path} has an empty column name at position {i + 1}{after}, and that column holds "
+                f"values ({df.iloc[row, i]!r} in data row {int(df.index[row]) + 1}); name it in "
+                "the header row, or delete the column (see docs/data.md)"
+            )
+    if unnamed:
+        keep = [i for i in range(len(names)) if i not in unnamed]
+        df = df.iloc[:, keep]
+        names = [names[i] for i in keep]
+    df.columns = pd.Index(names)
+    return df
+
+
 def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path, columns=columns)
+        # Booleans with nulls (consent never answered) stay booleans instead of becoming objects.
+        return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise DataContractError(f"cannot read {path}: {exc}") from exc
-    # Booleans with nulls (consent never answered) stay booleans instead of becoming objects.
-    return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+        raise _cannot_read(path, _parquet_schema(path), columns, exc) from exc
+
+
+def _cannot_read(path: Path, schema: pa.Schema, columns: list[str], exc: Exception) -> DataContractError:
+    """Arrow's error for a Parquet file, with the column it is about when that is a nested one:
+    Arrow says "Unsupported cast from struct<a: int64> to large_utf8" without naming it."""
+    import pyarrow as pa
+
+    nested = [
+        schema.field(c) for c in columns if c in schema.names and pa.types.is_nested(schema.field(c).type)
+    ]
+    # the one the error names; else every nested column when it names a nested type at all
+    nested = [f for f in nested if str(f.type) in str(exc)] or [
+        f for f in nested if str(f.type).split("<", 1)[0] + "<" in str(exc)
+    ]
+    if not nested:
+        return DataContractError(f"cannot read {path}: {exc}")
+    named = ", ".join(f"{f.name!r} is of type {f.type}" for f in nested)
+    return DataContractError(
+        f"cannot read {path}: column {named}, a list or struct where a plain value (text, number, "
+        f"time) is expected; write that column as plain values ({exc})"
+    )
 
 
 def _parquet_columns(path: Path) -> list[str]:

@@ -280,7 +280,25 @@ def timestamps(s: pd.Series) -> pd.Series:
             value = value.where(~utc, value.str.replace(UTC_SUFFIX, "Z", regex=True))
         value = value.where(value.str.match(ISO_TIMESTAMP), "")
         out = pd.to_datetime(value, format="ISO8601", utc=True, errors="coerce")
+        if out.dt.unit == "ns":
+            out = _out_of_ns_range(value, out.dt.as_unit("us"))
     return out.dt.as_unit("us")
+
+
+def _out_of_ns_range(value: pd.Series, out: pd.Series) -> pd.Series:
+    """``out`` with the times nanoseconds cannot hold (before 1677, after 2262) parsed at
+    microseconds. One value with 7 to 9 fraction digits makes pandas parse the whole column in
+    nanoseconds, where those are NaT; a row's time (and so its reason: ``timestamp_too_old``, not
+    ``bad_timestamp``) must not depend on the other rows. Digits past microseconds are dropped, as
+    ``as_unit("us")`` drops them for every other row."""
+    again = out.isna().to_numpy(dtype=bool) & (value != "").to_numpy(dtype=bool)
+    if not again.any():
+        return out
+    cut = value[again].str.replace(r"(\.[0-9]{6})[0-9]+", r"\1", regex=True)
+    parsed = pd.to_datetime(cut, format="ISO8601", utc=True, errors="coerce").dt.as_unit("us")
+    out = out.copy()
+    out[again] = parsed
+    return out
 
 
 def numbers(s: pd.Series) -> pd.Series:

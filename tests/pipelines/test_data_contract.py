@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.contract import CATALOG, CONSENT_COLUMNS, EVENTS, MEMBERS, Reason
 from pipelines.ingest import load_dataset
+from pipelines.rows import timestamps
 from pipelines.validate import validate_dir
 from recsvc.cli import app
 from recsvc.errors import DataContractError
@@ -513,3 +514,94 @@ def test_null_elements_of_a_parquet_featured_list_are_no_ids(tmp_path: Path) -> 
 
     cells = pd.Series([["P1", None, " P2 "], None, np.array(["P3", None], dtype=object), "P1|P2"])
     assert list(featured_lists(cells)) == [("P1", "P2"), (), ("P3",), ("P1", "P2")]
+
+
+def test_a_timestamps_reason_does_not_depend_on_the_other_rows(tmp_path: Path) -> None:
+    # One value with 9 fraction digits makes pandas parse the column in nanoseconds, where years 1
+    # and 9999 do not fit; each row is still judged on its own (as the Spark engine does).
+    out_of_ns = ["0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "1500-06-01T00:00:00.1234567+01:00"]
+    for extra in ([], ["2026-05-01T10:00:00.123456789Z"]):
+        parsed = timestamps(pd.Series([*out_of_ns, *extra, "2026-02-30T00:00:00Z", ""]))
+        assert str(parsed.dtype) == "datetime64[us, UTC]"
+        assert list(parsed[:3]) == [
+            pd.Timestamp("0001-01-01T00:00:00Z").as_unit("us"),
+            pd.Timestamp("9999-12-31T00:00:00Z").as_unit("us"),
+            pd.Timestamp("1500-05-31T23:00:00.123456Z").as_unit("us"),
+        ]
+        assert parsed.iloc[-2:].isna().all()
+    assert timestamps(pd.Series(["2026-05-01T10:00:00.123456789Z"]))[0] == pd.Timestamp(
+        "2026-05-01T10:00:00.123456Z"
+    )
+    rows = _events()
+    rows[1] = {**rows[1], "ts": "2026-05-01T10:01:00.123456789Z"}
+    rows += [{**rows[0], "ts": ts} for ts in ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z")]
+    q = validate_dir(_write(tmp_path / "d", events=rows), DATA, now=NOW).tables["events"].quarantine
+    assert list(q["reason"]) == [Reason.TIMESTAMP_TOO_OLD, Reason.FUTURE_TIMESTAMP]
+
+
+def _raw_events(folder: Path, header: str, lines: list[str]) -> Path:
+    (folder / "events.csv").write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    return folder
+
+
+EVENT_LINE = "M1,P1,view,2026-05-01T10:00:00Z,app,1,0"
+
+
+@pytest.mark.parametrize("table", ["events", "catalog"])
+def test_a_repeated_csv_column_is_named_as_the_header_writes_it(tmp_path: Path, table: str) -> None:
+    # pandas reads a second "amount" as "amount.1", a name the file does not hold
+    folder = _write(tmp_path / "d")
+    path = folder / f"{table}.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    column = {"events": "amount", "catalog": "brand"}[table]
+    path.write_text("".join(f"{line},{column if i == 0 else ''}\n" for i, line in enumerate(lines)))
+    data = DataSettings(validate_chunk_rows=1)  # events: the header of a file read in chunks
+    with pytest.raises(DataContractError) as err:
+        validate_dir(folder, data, now=NOW)
+    message = str(err.value)
+    assert f"{table}.csv" in message and f"repeated columns: {column}" in message
+    assert f"{column}.1" not in message and "unexpected" not in message
+
+
+@pytest.mark.parametrize("table", ["events", "catalog"])
+def test_an_empty_trailing_csv_column_is_ignored(tmp_path: Path, table: str) -> None:
+    # Excel often ends every line with a comma: a column without a name or values. pandas calls it
+    # "Unnamed: 7", a name the file does not hold.
+    folder = _write(tmp_path / "d")
+    path = folder / f"{table}.csv"
+    path.write_text("".join(f"{line},\n" for line in path.read_text(encoding="utf-8").splitlines()))
+    result = validate_dir(folder, DataSettings(validate_chunk_rows=2), now=NOW)
+    assert result.rows_quarantined == 0 and len(result.tables[table].clean) == len(pd.read_csv(path))
+
+
+def test_an_empty_column_name_over_values_is_named_by_position(tmp_path: Path) -> None:
+    lines = [EVENT_LINE + ",", EVENT_LINE + ",note"]
+    folder = _raw_events(_write(tmp_path / "d"), ",".join(EVENTS.columns) + ",", lines)
+    with pytest.raises(DataContractError) as err:
+        validate_dir(folder, DataSettings(validate_chunk_rows=1), now=NOW)  # found in a later chunk
+    message = str(err.value)
+    assert "events.csv has an empty column name at position 8 (after 'amount')" in message
+    assert "'note' in data row 2" in message and "Unnamed" not in message
+
+
+@pytest.mark.parametrize("table", ["events", "catalog"])
+@pytest.mark.parametrize("kind", ["struct", "list"])
+def test_a_nested_parquet_column_that_cannot_be_read_is_named(tmp_path: Path, table: str, kind: str) -> None:
+    # Arrow says "Unsupported cast from struct<a: int64> to large_utf8", naming no column. A file
+    # whose pandas metadata declares text over a struct (or list) column gets it.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = _write(tmp_path / "d", fmt="parquet")
+    path = folder / f"{table}.parquet"
+    original = pq.read_table(path)
+    column = {"events": "channel", "catalog": "brand"}[table]
+    value = {"struct": {"a": 1}, "list": [1]}[kind]
+    i = original.schema.get_field_index(column)
+    nested = original.set_column(i, column, pa.array([value] * original.num_rows))
+    pq.write_table(nested.replace_schema_metadata(original.schema.metadata), path)
+    with pytest.raises(DataContractError) as err:
+        validate_dir(folder, DATA, now=NOW)
+    message = str(err.value)
+    written = pq.read_schema(path).field(column).type  # a list's item is "element" in Parquet
+    assert f"{table}.parquet" in message and f"column '{column}' is of type {written}" in message

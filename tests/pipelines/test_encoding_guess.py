@@ -164,3 +164,45 @@ def test_cp1252_that_gb18030_cannot_decode_is_read_when_it_reads_as_text(tmp_pat
         (folder / "catalog.csv").read_bytes().decode("gb18030")
     catalog = validate_dir(folder, DATA, now=NOW).tables["catalog"]
     assert catalog.encoding == "cp1252" and set(titles) <= set(catalog.clean["title"])
+
+
+# UTF-8 text that also decodes as GB18030 (every character two bytes, U+0080 to U+07FF): rule 4.
+ROMANCE_UTF8 = {
+    "fr": ["Pâte à tartiner", "Tarte à la crème", "Bûche de Noël", "À la carte", "Tee é"],
+    "pt": ["Água de coco", "Pão de queijo à mineira", "O café é forte", "Ó mar salgado"],
+    "it": ["Caffè è pronto", "Città di Castello", "Perché no", "È arrivato"],
+    "es": ["Jamón ibérico", "Piña en almíbar", "Azúcar moreno", "¿Qué? Turrón de Jijona", "Año nuevo, señal"],
+    "de": ["Größe XL Weißbier", "Müsli Früchte", "Käse-Spätzle", "Bügeleisen 2000 W"],
+}
+
+
+@pytest.mark.parametrize("language", list(ROMANCE_UTF8))
+def test_utf8_western_titles_read_as_utf8_even_with_one_letter_words(tmp_path: Path, language: str) -> None:
+    # "à", "é", "è", "ò": one-letter words standing between spaces. Their GB18030 reading is one
+    # hanzi alone ("P芒te 脿 tartiner"), the accent inside a word one hanzi wedged in it ("P芒te").
+    titles = ROMANCE_UTF8[language]
+    for title in titles:
+        folder = _write(tmp_path / language / str(titles.index(title)), [title], "utf-8")
+        raw = (folder / "catalog.csv").read_bytes()
+        assert raw.decode("gb18030") != raw.decode("utf-8")  # both decode: the ambiguous case
+        catalog = validate_dir(folder, DATA, now=NOW).tables["catalog"]
+        assert catalog.encoding == "utf-8" and title in set(catalog.clean["title"])
+    folder = _write(tmp_path / language / "all", titles, "utf-8")
+    assert set(titles) <= set(validate_dir(folder, DATA, now=NOW).catalog["title"])
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "母".encode("gbk").decode("utf-8"),  # "ĸ": one GBK hanzi alone in its cell
+        "母婴".encode("gbk").decode("utf-8"),  # "ĸӤ": Latin then Cyrillic
+        "茅".encode("gbk").decode("utf-8"),  # "é" as a whole cell: no word of a text
+        "Tee " + "母".encode("gbk").decode("utf-8"),  # "ĸ" is no one-letter word
+    ],
+)
+def test_gbk_that_is_valid_utf8_still_asks(tmp_path: Path, title: str) -> None:
+    folder = _write(tmp_path / "d", [title], "utf-8")
+    with pytest.raises(DataContractError, match=r"catalog\.csv cannot be told apart"):
+        validate_dir(folder, DATA, now=NOW)
+    named = validate_dir(folder, DATA, now=NOW, encoding="catalog=gb18030").tables["catalog"]
+    assert title.encode("utf-8").decode("gb18030") in set(named.clean["title"])
