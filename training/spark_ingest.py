@@ -99,6 +99,9 @@ _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(?i)[+-]?(inf|i
 # \z, not $: Java's $ (like Python's) also matches before a final line terminator
 _ID_CHARS = "^[\\p{L}\\p{M}\\p{N}" + "".join("\\" + c for c in ID_SEPARATORS) + "]+\\z"
 _CORRUPT = "_recsvc_malformed"
+# What Python's str.isprintable refuses, so repr escapes: other (controls, formats such as the
+# zero-width space, unassigned) and separators but the ASCII space.
+_UNPRINTABLE = r"[\p{C}\p{Z}&&[^ ]]"
 # Set on the session before reading (it may be someone else's session, so not at its start).
 _READ_CONF = {
     # the data contract reads times without an offset as UTC
@@ -499,7 +502,8 @@ def _whole_number(text: Any) -> Any:
     from pyspark.sql import functions as F
 
     whole = F.regexp_extract(text, r"^([+-]?[0-9]+)\.0+$", 1)
-    exact = F.abs(whole.cast("decimal(38,0)")) < F.lit(2**53)
+    # try_cast: a whole number of more than 38 digits is an id as written, not a failed run
+    exact = F.abs(whole.try_cast("decimal(38,0)")) < F.lit(2**53)
     return F.when((whole != "") & exact, whole).otherwise(text)
 
 
@@ -530,10 +534,12 @@ def _number(frame: Any, col: str) -> tuple[Any, Any, Any]:
 
 
 def _timestamp(frame: Any, col: str) -> Any:
+    """A time as pipelines.rows.timestamps reads one: typed times as they are, anything else
+    (text, and numbers too: pandas reads them as text, never as epoch seconds) by its text."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType
+    from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
 
-    if not isinstance(frame.schema[col].dataType, StringType):
+    if isinstance(frame.schema[col].dataType, TimestampType | TimestampNTZType | DateType):
         return F.col(col).cast("timestamp")
     text = F.regexp_replace(_strip(_text(col)), rows.UTC_SUFFIX, "Z")
     return F.when(text.rlike(rows.ISO_TIMESTAMP), text.try_cast("timestamp"))
@@ -573,14 +579,9 @@ def _parsed(frame: Any, settings: DataSettings, now: datetime, channels: tuple[s
     quantity, q_empty, q_unparsable = _number(frame, "quantity")
     q = F.when(q_empty, F.lit(1.0)).otherwise(quantity)
     c["quantity"] = q
-    c["quantity.bad"] = (
-        q_unparsable
-        | F.isnan(q)
-        | (F.abs(q) == float("inf"))
-        | (q != F.floor(q))
-        | (q < 1)
-        | (q > MAX_QUANTITY)
-    )
+    # floor only inside 1..MAX_QUANTITY: it gives a long, which 1e20 or inf would overflow
+    out_of_range = F.isnan(q) | (q < 1) | (q > MAX_QUANTITY)
+    c["quantity.bad"] = q_unparsable | F.when(out_of_range, F.lit(True)).otherwise(q != F.floor(q))
     amount, a_empty, a_unparsable = _number(frame, "amount")
     c["amount"] = amount
     c["amount.bad"] = a_unparsable | (F.abs(amount) == float("inf"))
@@ -649,12 +650,16 @@ def check_events(
         ],
     )
     flags = [(rule, F.col(n)) for rule, n in zip(EVENT_RULES, flag_names, strict=True)]
-    texts: dict[str, Any] = {}
-    for col in dict.fromkeys(rule.column for rule in EVENT_RULES):
+    # The value as sent (clipped) where it is needed, then its repr: a column of its own between
+    # them, so the repr's expression reads a column rather than its own copies of the value's.
+    columns = list(dict.fromkeys(rule.column for rule in EVENT_RULES))
+    values = []
+    for col in columns:
         failed = reduce(operator.or_, [bad for rule, bad in flags if rule.column == col])
-        text = F.concat(F.lit(f"{col}="), _quoted(_as_sent(frame, col)))
-        texts[col] = F.when(failed, text).alias(f"_d_{col}")
-    frame = frame.select("*", *texts.values())
+        values.append(F.when(failed, _clipped(_as_sent(frame, col))).alias(f"_v_{col}"))
+    frame = frame.select("*", *values)
+    texts = [F.concat(F.lit(f"{col}="), _quoted(F.col(f"_v_{col}"))).alias(f"_d_{col}") for col in columns]
+    frame = frame.select("*", *texts)
     details = {rule: F.col(f"_d_{rule.column}") for rule, _ in flags}
     reason = F.coalesce(*[F.when(bad, F.lit(rule.reason)) for rule, bad in flags])
     detail = F.coalesce(*[F.when(bad, details[rule]) for rule, bad in flags])
@@ -676,7 +681,9 @@ def check_events(
         c["etype"].cast("byte").alias("etype"),
         F.unix_micros(c["ts"]).alias("ts_us"),
         c["channel"].cast("byte").alias("channel_code"),
-        c["quantity"].cast("short").alias("quantity_n"),
+        # only a quantity that passed its rule is cast (1..MAX_QUANTITY): -inf, nan or 1e20 would
+        # fail the whole query under ANSI casts, not just their row
+        F.when(~c["quantity.bad"], c["quantity"].cast("short")).alias("quantity_n"),
         (F.coalesce(c["amount"], F.lit(0.0)) + F.lit(0.0)).alias("amount_n"),
         *order_key,
     )
@@ -684,7 +691,10 @@ def check_events(
     # has one; the earliest source row stays).
     key = ["_mid", "item", "etype", "ts_us", "channel_code", "quantity_n", "amount_n"]
     key += ["_order"] if has_orders else []
-    order = F.row_number().over(Window.partitionBy(*key).orderBy("source_row"))
+    # among the accepted rows only, as pandas compares them: a quarantined row (channel "tv",
+    # amount "abc") is no earlier copy of an accepted one with the same values
+    accepted = F.col("reason").isNull()
+    order = F.row_number().over(Window.partitionBy(accepted, *key).orderBy("source_row"))
     ts_us = F.col("ts_us")
     return checked.select(
         *[f"raw_{col}" for col in EVENTS.columns],
@@ -692,7 +702,7 @@ def check_events(
         "reason",
         "detail",
         "problems",
-        (F.col("reason").isNull() & (order > 1)).alias("_copy"),
+        (accepted & (order > 1)).alias("_copy"),
         (ts_us % F.lit(MINUTE_US) != 0).alias("_sub_minute"),
         (ts_us % F.lit(DAY_US) != 0).alias("_sub_day"),
         ((ts_us + F.lit(day_offset_s * 1_000_000)) % F.lit(DAY_US) != 0).alias("_sub_day_offset"),
@@ -759,18 +769,48 @@ def with_duplicates(frame: Any, copies: Copies) -> Any:
     return frame
 
 
-def _quoted(text: Any) -> Any:
-    """Python's repr of a short string, as pipelines.validate puts values in details."""
+def _clipped(text: Any) -> Any:
+    """pipelines.rows.clip: at most _DETAIL_MAX characters, "…" the last when it cut."""
     from pyspark.sql import functions as F
 
-    clipped = F.when(
+    return F.when(
         F.length(text) > _DETAIL_MAX, F.concat(F.substring(text, 1, _DETAIL_MAX - 1), F.lit("…"))
     ).otherwise(text)
-    escaped = F.regexp_replace(clipped, r"\\", r"\\\\")
+
+
+def _quoted(clipped: Any) -> Any:
+    """Python's repr of a short (:func:`_clipped`) string, as pipelines.validate puts values in
+    details."""
+    from pyspark.sql import functions as F
+
+    backslashes = F.regexp_replace(clipped, r"\\", r"\\\\")
+    # Characters Python does not print (str.isprintable) go by their escapes; character by
+    # character, in the rare text that has one.
+    chars = F.regexp_extract_all(clipped, F.lit("(?s)."), 0)
+    escaped = F.when(
+        clipped.rlike(_UNPRINTABLE), F.array_join(F.transform(chars, _escaped_char), "")
+    ).otherwise(backslashes)
     single = F.instr(clipped, "'") > 0
     double = F.instr(clipped, '"') > 0
     return F.when(single & ~double, F.concat(F.lit('"'), escaped, F.lit('"'))).otherwise(
         F.concat(F.lit("'"), F.regexp_replace(escaped, "'", r"\\'"), F.lit("'"))
+    )
+
+
+def _escaped_char(char: Any) -> Any:
+    """One character as Python's repr writes it (the quotes aside)."""
+    from pyspark.sql import functions as F
+
+    code = F.lower(F.hex(F.encode(char, "UTF-32")))  # 8 hex digits, big-endian: the code point
+    return (
+        F.when(char == "\\", F.lit("\\\\"))
+        .when(~char.rlike(_UNPRINTABLE), char)
+        .when(char == "\t", F.lit("\\t"))
+        .when(char == "\n", F.lit("\\n"))
+        .when(char == "\r", F.lit("\\r"))
+        .when(code.startswith("000000"), F.concat(F.lit("\\x"), F.substring(code, 7, 2)))
+        .when(code.startswith("0000"), F.concat(F.lit("\\u"), F.substring(code, 5, 4)))
+        .otherwise(F.concat(F.lit("\\U"), code))
     )
 
 

@@ -285,3 +285,123 @@ def test_float_ids_read_as_the_integers_alike(owner: Any, tmp_path: Path) -> Non
         )
     finally:
         spark_ingested.events.unpersist()
+
+
+# --- numbers no Spark cast holds, rows the CSV reader does not print ------------------------
+
+
+def _csv_events(data: Path, n: int = 300) -> pd.DataFrame:
+    return pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False).iloc[:n].copy()
+
+
+@with_spark
+def test_numbers_beyond_any_cast_are_quarantined_alike_and_the_rest_kept(owner: Any, tmp_path: Path) -> None:
+    """-inf, inf, nan and a 20-digit quantity, huge amounts and a 45-digit id are one row's
+    problem each (bad_quantity ...), as pandas says: not a CAST_OVERFLOW that stops the run."""
+    data = _folder(tmp_path, csv_events=True)
+    events = _csv_events(data)
+    bad = {
+        3: ("quantity", "-inf"),
+        5: ("quantity", "inf"),
+        7: ("quantity", "nan"),
+        9: ("quantity", "99999999999999999999"),
+        11: ("quantity", "-99999999999999999999"),
+        13: ("quantity", "1e400"),
+        15: ("amount", "1e400"),  # inf once read
+        17: ("amount", "1e300"),
+        19: ("amount", "-1e300"),
+        21: ("amount", "99999999999999999999999999999999999999999"),
+        23: ("member_id", "1" * 45 + ".0"),  # over decimal(38,0)
+        25: ("item_id", "9" * 45 + ".0"),
+    }
+    for row, (col, value) in bad.items():
+        events.loc[events.index[row], col] = value
+    events.to_csv(data / "events.csv", index=False)
+    written = _quarantine(owner, data, 0.5, stops=False)
+    table, summary = written["pandas"]
+    assert table["source_row"].astype(int).tolist() == sorted(bad)
+    assert table["reason"].tolist() == [
+        *["bad_quantity"] * 6,
+        "bad_amount",
+        "amount_out_of_range",
+        "negative_amount",
+        "amount_out_of_range",
+        "unknown_member",
+        "unknown_item",
+    ]
+    assert (summary["rows_read"], summary["rows_clean"]) == (300, 300 - len(bad))
+    _same_files(written, list(table.columns))
+
+
+@with_spark
+def test_a_quarantined_row_is_no_earlier_copy_of_an_accepted_one(owner: Any, tmp_path: Path) -> None:
+    """Duplicates are looked for among the accepted rows, as pandas does: a quarantined row
+    whose checked values equal a later accepted row's (an unknown channel and an empty one both
+    code -1, "abc" and "" both amount 0, quantity 1.5 cast to 1) does not make that row a copy."""
+    from training import spark_ingest
+
+    data = _folder(tmp_path, csv_events=True)
+    events = _csv_events(data)
+    views = events.index[events["event_type"] == "view"][:6]
+    pairs = [("channel", "tv_shop", ""), ("amount", "abc", ""), ("quantity", "1.5", "1")]
+    for (first, second), (col, quarantined, kept) in zip(views.to_numpy().reshape(3, 2), pairs, strict=True):
+        events.loc[second] = events.loc[first]
+        events.loc[first, col] = quarantined
+        events.loc[second, col] = kept
+    events.to_csv(data / "events.csv", index=False)
+    written = _quarantine(owner, data, 0.5, stops=False)
+    table, summary = written["pandas"]
+    assert sorted(table["reason"]) == ["bad_amount", "bad_quantity", "unknown_channel"]
+    _same_files(written, list(table.columns))
+    settings = load_settings(overrides={"data": {"max_quarantined_share": 0.5}}).data
+    ingested = spark_ingest.load(owner.session(), data, settings, frozenset())
+    try:
+        assert ingested.quarantine == {"bad_amount": 1, "bad_quantity": 1, "unknown_channel": 1}
+        assert len(ingested.prepared.events) == summary["rows_clean"] == 297
+    finally:
+        ingested.events.unpersist()
+        shutil.rmtree(data / "quarantine")
+
+
+@with_spark
+def test_parquet_times_given_as_numbers_are_bad_timestamps_alike(owner: Any, tmp_path: Path) -> None:
+    """pandas reads a time column of numbers as text (not ISO 8601: bad_timestamp); Spark cast
+    them to times instead, and a huge one (1e300) failed the run with CAST_OVERFLOW."""
+    data = _folder(tmp_path)
+    events = pd.read_parquet(data / "events.parquet").iloc[:200].copy()
+    seconds = events["ts"].astype("datetime64[us, UTC]").astype("int64") / 1e6
+    seconds.iloc[4] = 1e300
+    events["ts"] = seconds.astype("float64")
+    events.to_parquet(data / "events.parquet", index=False)
+    written = _quarantine(owner, data, 0.05, stops=True)
+    table, summary = written["pandas"]
+    assert len(table) == 200 and set(table["reason"]) == {"bad_timestamp"}
+    spark_table, spark_summary = written["spark"]
+    columns = ["source_row", "reason", "member_id", "item_id"]
+    pd.testing.assert_frame_equal(table[columns], spark_table[columns])
+    # the values' text differs (Java writes 1.761987923E9 where Python writes 1761987923)
+    counts = ["rows_read", "rows_clean", "rows_quarantined"]
+    assert [summary[k] for k in counts] == [spark_summary[k] for k in counts] == [200, 0, 200]
+
+
+@with_spark
+def test_unprintable_characters_are_escaped_in_details_as_python_does(owner: Any, tmp_path: Path) -> None:
+    """A zero-width space, a tab, an ideographic space or a backslash in a value is shown in
+    the quarantine's detail and problems as Python's repr shows it ('M\\u200b1'), as pandas does."""
+    data = _folder(tmp_path, csv_events=True)
+    events = _csv_events(data)
+    values = {
+        2: ("member_id", "M\u200b000018"),
+        4: ("item_id", "P00\t044"),
+        6: ("event_type", "vi\u3000ew"),
+        8: ("event_type", "vi\\ew's"),
+        10: ("channel", "app\u00a0\U0001f600\u2028x"),
+    }
+    for row, (col, value) in values.items():
+        events.loc[events.index[row], col] = value
+    events.to_csv(data / "events.csv", index=False)
+    written = _quarantine(owner, data, 0.5, stops=False)
+    table, _summary = written["pandas"]
+    assert table["source_row"].astype(int).tolist() == sorted(values)
+    assert table["detail"].tolist()[:2] == ["member_id='M\\u200b000018'", "item_id='P00\\t044'"]
+    _same_files(written, list(table.columns))
