@@ -23,7 +23,7 @@ import pandas as pd
 from pipelines.contract import FEATURED_SEPARATOR
 
 # "12347.0", "12347.00", "-5.0": a whole number as a float's text (pandas writes 12347.0 so).
-_WHOLE_FLOAT_TEXT = re.compile(r"^([+-]?\d+)\.0+$")
+_WHOLE_FLOAT_TEXT = re.compile(r"^([+-]?\d+)\.0+\Z")
 
 
 def as_text(s: pd.Series) -> pd.Series:

@@ -31,7 +31,7 @@ from pipelines.cells import as_text, whole_number_id
 from recsvc.errors import DataContractError
 from recsvc.settings import check_channel_names
 
-_OFFSET_RE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$")
+_OFFSET_RE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d\Z")
 TIMESTAMP_COLUMNS = {"events": ("ts",), "catalog": ("published_at",), "members": ("registered_at",)}
 
 

@@ -42,7 +42,7 @@ L_WORKER = "worker"
 L_EVENT = "event"
 
 MAX_SCENES = 50
-_SCENE_RE = re.compile(r"^[a-z0-9_]{1,40}$")
+_SCENE_RE = re.compile(r"^[a-z0-9_]{1,40}\Z")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 

@@ -76,7 +76,7 @@ CONFIDENCE_SCALES: tuple[str, ...] = get_args(ConfidenceScale)
 ConfidenceWeighting = Literal["none", "bm25"]
 CONFIDENCE_WEIGHTINGS: tuple[str, ...] = get_args(ConfidenceWeighting)
 EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
-CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 # Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
 # any channel (recsvc.bundle.ALL).
 MAX_EVENT_CHANNELS = 127

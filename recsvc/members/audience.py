@@ -171,6 +171,10 @@ class AudienceResolver:
         _, model = self._models.default()
         return profile_view(model)
 
+    def forgotten(self) -> Container[str]:
+        """The members erased in this process (the bundle's rows of theirs are not to be read)."""
+        return self._forgotten()
+
     def resolve(self, query: members_pb2.AudienceQuery) -> tuple[ProfileView, Audience, np.ndarray]:
         view = self.view()
         audience = parse_query(query, view, self._channels())

@@ -68,7 +68,12 @@ class SendScheduler:
             zones = [default_zone] * n
         else:
             rows = view.model.members.rows(list(member_ids))
+            # an erased member (re-registered or not) starts cold: the bundle's hours, stage and
+            # zone of theirs are what the erasure took back, until a retrain drops them
+            forgotten = self._audiences.forgotten()
             known = rows >= 0
+            if forgotten:
+                known &= np.fromiter((m not in forgotten for m in member_ids), bool, count=n)
             safe = np.where(known, rows, 0)
             hist = np.where(known[:, None], np.asarray(view.arrays["profile_hours"])[safe], 0)
             segment = np.asarray(view.model.member_segment)[safe]

@@ -15,8 +15,8 @@ from recsvc.outreach.decision import MARKETING, TRANSACTIONAL, split_reservation
 from recsvc.outreach.policy import Policy
 from recsvc.v1 import common_pb2, outreach_pb2
 
-_KEY_RE = re.compile(r"^[!-z~]+$")  # printable ASCII without space, '{', '|', '}'
-_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+_KEY_RE = re.compile(r"^[!-z~]+\Z")  # printable ASCII without space, '{', '|', '}'
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}\Z")
 MAX_KEY_LENGTH = 128
 
 FEEDBACK_NAMES = {

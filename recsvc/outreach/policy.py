@@ -25,8 +25,8 @@ from recsvc.settings import describe_validation_error
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("default_policy.toml")
-CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS

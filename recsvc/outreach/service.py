@@ -21,7 +21,13 @@ from recsvc.bounds import timestamp_field_ms
 from recsvc.breaker import CircuitBreaker
 from recsvc.errors import InvalidArgument
 from recsvc.outreach import ask_checks as v
-from recsvc.outreach.decision import Decision, OutreachAsk, scheduled_at, scheduled_extra
+from recsvc.outreach.decision import (
+    Decision,
+    OutreachAsk,
+    scheduled_at,
+    scheduled_extra,
+    split_reservation_id,
+)
 from recsvc.outreach.holdout import HOLDOUT, Holdouts, HoldoutThrottle, check_holdout_share
 from recsvc.outreach.member_records import read_consents
 from recsvc.outreach.next_best import next_best_outreach
@@ -125,6 +131,9 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
             if d.replayed:
                 continue
             held = d.reason == HOLDOUT
+            # the reservation's token only: the id names the member in clear after its dot, and
+            # the log names members by their pseudonym alone (docs/experiments.md)
+            logged_id = split_reservation_id(d.reservation_id)[0] if d.reservation_id else ""
             out.append(
                 (
                     "decision",
@@ -134,7 +143,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
                         "channel": ask.channel,
                         "allowed": d.allowed,
                         "reason": d.reason,
-                        "reservation_id": d.reservation_id,
+                        "reservation_id": logged_id,
                         "mode": "reserve",
                         "would_allow": (d.extra == "would_allow") if held else d.allowed,
                     },
@@ -146,7 +155,7 @@ class OutreachServicer(outreach_pb2_grpc.OutreachServicer):
                         "impression",
                         ask.member_id,
                         {
-                            "id": d.reservation_id,
+                            "id": logged_id,
                             "scene": "outreach",
                             "channel": ask.channel,
                             "items": items or [],

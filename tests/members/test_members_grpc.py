@@ -53,7 +53,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
     pipeline.run(
         s, pipeline.TrainOptions(data_dir=tmp, bundle_out=tmp / "bundle", register=False), dataset=data
     )
-    roles = {"ny": busy[0], "buyer": busy[2], "silent": quiet}
+    roles = {"ny": busy[0], "ny_in_bundle": busy[1], "buyer": busy[2], "silent": quiet}
     return tmp / "bundle", data.events, roles
 
 
@@ -410,6 +410,27 @@ def test_check_and_reserve_at_the_members_best_time(
         )
     )
     assert refused.reason == outreach_pb2.NO_CONSENT and not refused.HasField("send_at")
+
+
+def test_an_erased_member_is_scheduled_as_one_never_seen(
+    server: RunningServer, trained: tuple[Path, pd.DataFrame, dict[str, str]]
+) -> None:
+    """Regression: after ForgetMember (and RestoreMember) at_best_time still read the erased
+    member's trained hours and zone from the bundle; they start cold, as recommendations do."""
+    member, stranger = trained[2]["ny_in_bundle"], "never-seen-member"
+    out = outreach_pb2_grpc.OutreachStub(server.channel)
+
+    def best(m: str) -> int:
+        out.UpdateConsent(outreach_pb2.UpdateConsentRequest(member_id=m, channel="wecom", granted=True))
+        ask = outreach_pb2.OutreachRequest(member_id=m, channel="wecom", campaign_id="c-f", at_best_time=True)
+        d = out.CheckOutreach(ask)
+        assert d.allowed and d.HasField("send_at"), d
+        return int(d.send_at.ToMilliseconds())
+
+    cold = best(stranger)
+    assert abs(best(member) - cold) > 60_000  # the bundle's New York hours, not the default's
+    server.deps.engine.forgotten.add(member)  # type: ignore[attr-defined]  # what the erasure notice does in each process
+    assert abs(best(member) - cold) < 60_000
 
 
 def test_best_time_is_placed_in_the_zone_the_throttle_judges_quiet_hours_in(

@@ -216,3 +216,24 @@ def test_a_plan_rerun_on_another_channel_does_not_replay_the_first_channel(harne
     # not the sms reservation replayed: the campaign already reached the member
     assert (other.allowed, other.reason, other.reservation_id) == (False, pb.DUPLICATE_CAMPAIGN, "")
     assert next(iter(s.PlanCampaign(sms))).decisions[0].decision.reservation_id == first.reservation_id
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "reason"),
+    [
+        ("idempotency_key", "abc\n", "INVALID_IDEMPOTENCY_KEY"),
+        ("reservation_id", "0000000000000000\n.M000246", "INVALID_RESERVATION_ID"),
+    ],
+)
+def test_a_final_newline_is_no_valid_character(check: str, value: str, reason: str) -> None:
+    """A pattern ending in "$" matches before a final newline: such a key or id was accepted."""
+    from recsvc.errors import InvalidArgument
+    from recsvc.outreach import ask_checks
+
+    with pytest.raises(InvalidArgument) as err:
+        if check == "idempotency_key":
+            ask_checks.check_idempotency_key(value)
+        else:
+            ask_checks.check_reservation_id(value, 64)
+    assert err.value.reason == reason
+    assert ask_checks.check_idempotency_key("abc") == "abc"

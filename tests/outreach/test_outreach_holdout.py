@@ -101,6 +101,13 @@ def test_a_campaign_holdout_is_a_stable_share_logged_with_what_would_have_happen
         assert len([i for i in sends if i["campaign"] == "spring"]) == sum(
             1 for r in first.values() if r == pb.ALLOWED
         )
+        # no member named in clear: a reservation id ends in its member's id, so the log keeps
+        # its token, which still pairs a send's impression with its decision
+        tokens = {d["reservation_id"] for d in logged if d["reason"] == "ALLOWED"}
+        assert tokens and all(t and "." not in t for t in tokens)
+        assert {i["id"] for i in sends if i["campaign"] == "spring"} == tokens
+        members = set(first)
+        assert not any(m in json.dumps(record) for record in [*logged, *sends] for m in members)
 
 
 def _member(n: int) -> str:

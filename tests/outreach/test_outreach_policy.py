@@ -50,6 +50,8 @@ def test_yaml_policy_is_read(tmp_path: Path) -> None:
         ("[marketing]\nper_channel_per_day = 3\nper_day = 2", "per_channel_per_day <= per_day"),
         ('[quiet_hours]\nstart = "25:00"', "HH:MM"),
         ('channels = ["App Push"]', "lower_snake_case"),
+        ('channels = ["sms", "wecom\\n"]', "lower_snake_case"),  # "$" would have let a final newline by
+        ('[quiet_hours]\nstart = "21:00\\n"', "HH:MM"),
         ("surprise = 1", "surprise"),
         ("[marketing\n", "not valid TOML"),
         (
