@@ -122,8 +122,11 @@ def campaign(
     reached): conversion and revenue within the window, uplift with its 95% interval, members
     reached and refusals by reason."""
     from recsvc.experiments.report import campaign_report
+    from recsvc.idmap import check_id
 
     setup_logging(state(ctx).log_level)
+    # the Outreach API's rule for a campaign_id: "" is no campaign (every send that named none)
+    campaign_id = check_id(campaign_id, "campaign_id", state(ctx).settings().data.max_id_length)
     settings, frames = _frames(ctx, log_dir, since, until)
     window = window_days * 86400 if window_days else settings.events.attribution_window_s
     _emit(ctx, campaign_report(frames, campaign_id, window), as_json, html_out, mlflow)

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from recsvc.errors import ConfigError
 from recsvc.settings import describe_validation_error
@@ -184,18 +192,25 @@ class Policy(_Part):
             raise ValueError("channels must be unique")
         return v
 
-    @model_validator(mode="after")
-    def _map_names_channels(self) -> Policy:
-        bad = [e for e in self.event_channel_map if not CHANNEL_RE.match(e)]
+    @field_validator("event_channel_map")
+    @classmethod
+    def _map_names_channels(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # A field validator, not a model one, so its problems are named beside the other fields'
+        # (a model validator runs only once every field is valid). ``channels`` comes first.
+        problems = []
+        bad = [e for e in v if not CHANNEL_RE.match(e)]
         if bad:
-            raise ValueError(f"event_channel_map keys are event channel names (lower_snake_case): {bad}")
-        unknown = sorted({o for o in self.event_channel_map.values() if o not in self.channels})
+            problems.append(f"its keys are event channel names (lower_snake_case): {bad}")
+        channels = info.data.get("channels")
+        unknown = sorted({o for o in v.values() if channels is not None and o not in channels})
         if unknown:
-            raise ValueError(
-                f"event_channel_map names unknown outreach channel(s) {', '.join(unknown)}; "
-                f"outreach channels: {', '.join(self.channels)}"
+            problems.append(
+                f"it names unknown outreach channel(s) {', '.join(unknown)}; "
+                f"outreach channels: {', '.join(channels or [])}"
             )
-        return self
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     def outreach_channel_for(self, event_channel: str) -> str | None:
         """The outreach channel that reaches a member active on ``event_channel`` (None: none)."""

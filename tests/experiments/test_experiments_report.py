@@ -392,6 +392,25 @@ def test_a_window_no_timestamp_can_hold_is_refused_in_one_line(tmp_path: Path, d
     assert widest.exit_code == 0, widest.output
 
 
+@pytest.mark.parametrize("campaign", ["", "bad id!", "x" * 300])
+def test_a_campaign_id_the_api_would_refuse_is_refused_by_the_report(tmp_path: Path, campaign: str) -> None:
+    """ "" used to report every send that named no campaign as one campaign."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    log_dir = tmp_path / "log"
+    _write_log(campaign_log(0.05, 0.08, 200, seed=7), log_dir)
+    done = CliRunner().invoke(
+        app,
+        ["report", "campaign", campaign, "--log-dir", str(log_dir), "--no-mlflow"],
+        env={"COLUMNS": "200"},
+    )
+    out = " ".join(done.output.split())
+    assert done.exit_code == 2, out
+    assert "campaign_id" in out and "Traceback" not in out
+
+
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

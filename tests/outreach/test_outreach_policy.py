@@ -42,6 +42,16 @@ def test_yaml_policy_is_read(tmp_path: Path) -> None:
     assert p.default_timezone == "Europe/Berlin" and p.marketing.per_day == 3
 
 
+def test_every_problem_of_a_policy_is_named_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text('[event_channel_map]\napp = "wechat"\nFoo = "sms"\n[marketing]\nper_day = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_policy(f)
+    message = str(err.value)
+    assert "unknown outreach channel(s) wechat" in message and "'Foo'" in message
+    assert "marketing.per_day" in message  # field errors are not hidden behind the map's
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
