@@ -79,6 +79,18 @@ EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_s
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 # Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
 # any channel (recsvc.bundle.ALL).
+# Each event type's weight in r_ui (docs/training.md, "Model"): the defaults a partial
+# training.event_weights table is laid over.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "purchase": 1.414,
+    "add_to_cart": 1.183,
+    "favorite": 1.095,
+    "share": 1.095,
+    "live_watch": 1.0,
+    "content_view": 1.0,
+    "click": 0.922,
+    "view": 0.837,
+}
 MAX_EVENT_CHANNELS = 127
 RESERVED_CHANNEL = "all"
 
@@ -232,18 +244,7 @@ class TrainingSettings(_Section):
         5, ge=0, le=200, description="iterations of a refit from the candidate's factors; 0 = from scratch"
     )
     random_state: int = 42
-    event_weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "purchase": 1.414,
-            "add_to_cart": 1.183,
-            "favorite": 1.095,
-            "share": 1.095,
-            "live_watch": 1.0,
-            "content_view": 1.0,
-            "click": 0.922,
-            "view": 0.837,
-        }
-    )
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     half_life_days: float = Field(
         60.0, ge=0, description="recency decay of event weights; 0 = no decay (every event counts fully)"
     )
@@ -424,6 +425,14 @@ class TrainingSettings(_Section):
     )
     # Only applies when the driver JVM is started by this process (local mode, client deploy mode).
     spark_driver_memory: str = Field("2g", pattern=r"^[1-9][0-9]*[kmgt]$")
+
+    @field_validator("event_weights", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, v: Any) -> Any:
+        # A table naming some event types changes those, the others keep their defaults: a file
+        # or variable setting only purchase's weight must not turn views and carts into nothing
+        # (0 turns a type off, named).
+        return {**DEFAULT_EVENT_WEIGHTS, **v} if isinstance(v, dict) else v
 
     @field_validator("event_weights")
     @classmethod
@@ -857,6 +866,17 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
 _UNSET = ("", "none", "null")
 
 
+def _takes_json(annotation: Any) -> bool:
+    """Whether a setting of this type is a list or a table (possibly optional)."""
+    kinds = [annotation, *get_args(annotation)] if get_origin(annotation) is not None else [annotation]
+    return any(
+        get_origin(k) in (list, tuple, dict, set, frozenset)
+        or k in (list, tuple, dict)
+        or (isinstance(k, type) and issubclass(k, BaseModel))
+        for k in kinds
+    )
+
+
 def _env_values() -> dict[str, Any]:
     """``RECSVC_SECTION__FIELD=value`` pairs as a nested dict; JSON for lists and tables.
 
@@ -904,9 +924,13 @@ def _env_values() -> dict[str, Any]:
             # an optional setting (a fixed weight, say) set back to "not set" from the environment
             node[parts[-1]] = None
             continue
+        # JSON only for a list or a table: a text setting (a key, a URL) may start with "[" or "{"
+        structured = len(parts) == 1 or (field is not None and _takes_json(field.annotation))
+        if not structured or not (raw[:1] and raw[:1] in "[{"):
+            node[parts[-1]] = raw
+            continue
         try:
-            value: Any = json.loads(raw) if raw[:1] and raw[:1] in "[{" else raw
+            node[parts[-1]] = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{key} is not valid JSON: {exc}") from exc
-        node[parts[-1]] = value
     return out

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +85,7 @@ def client_for(m: MlflowSettings) -> Any:
 
     _ensure_sqlite_parent(m.tracking_uri)
     if m.registry_uri:
-        _ensure_sqlite_parent(m.registry_uri)
+        _ensure_sqlite_parent(m.registry_uri, "mlflow.registry_uri")
     try:
         # the client first: a store MLflow refuses must not become the process-wide default
         client = MlflowClient(tracking_uri=m.tracking_uri, registry_uri=m.registry_uri or m.tracking_uri)
@@ -104,10 +105,19 @@ def client_for(m: MlflowSettings) -> Any:
     return client
 
 
-def _ensure_sqlite_parent(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
+def _ensure_sqlite_parent(uri: str, setting: str = "mlflow.tracking_uri") -> None:
+    """A local sqlite store's folder made and its file opened, as MLflow will open it: a path it
+    cannot write otherwise keeps MLflow retrying for minutes, then ends in a traceback."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"{setting} {uri!r}: the sqlite file cannot be opened ({exc}); give a path this user can write"
+        ) from None
 
 
 def artifact_location_uri(location: str) -> str:

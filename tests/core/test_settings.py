@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from recsvc.errors import ConfigError
-from recsvc.settings import load_settings
+from recsvc.settings import DEFAULT_EVENT_WEIGHTS, load_settings
 
 
 def test_defaults_validate() -> None:
@@ -270,10 +270,35 @@ def test_a_table_setting_takes_its_keys_from_the_environment(monkeypatch: pytest
         monkeypatch, {"RECSVC_TRAINING__EVENT_WEIGHTS__PURCHASE": "1.5", "RECSVC_TRAINING__FACTORS": "8"}
     )
     s = load_settings()
-    assert (s.training.event_weights, s.training.factors) == ({"purchase": 1.5}, 8)
+    assert (s.training.event_weights["purchase"], s.training.factors) == (1.5, 8)
+    # the other types keep their weights: naming one must not turn the others off
+    assert {k: v for k, v in s.training.event_weights.items() if k != "purchase"} == {
+        k: v for k, v in DEFAULT_EVENT_WEIGHTS.items() if k != "purchase"
+    }
+
+
+def test_a_partial_event_weights_table_changes_only_the_types_it_names(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\nevent_weights = { purchase = 3.0, view = 0 }\n")
+    weights = load_settings(cfg).training.event_weights
+    assert weights == DEFAULT_EVENT_WEIGHTS | {"purchase": 3.0, "view": 0.0}  # 0 turns a type off
 
 
 def test_the_default_k_is_a_k_a_caller_may_ask_for() -> None:
     with pytest.raises(ConfigError, match=r"serving\.default_k 100 is larger than serving\.max_k 10"):
         load_settings(overrides={"serving": {"default_k": 100, "max_k": 10}})
     assert load_settings(overrides={"serving": {"default_k": 10, "max_k": 10}}).serving.default_k == 10
+
+
+def test_a_text_setting_from_the_environment_may_start_with_a_bracket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only lists and tables are read as JSON: a key starting with "[" was refused as bad JSON,
+    and one starting with "{" as not a string, where a settings file took both."""
+    key = "[k3y-0123456789abcdef0123456789"
+    _only_env(monkeypatch, {"RECSVC_SECURITY__PSEUDONYM_KEY": key, "RECSVC_DATA__EVENT_CHANNELS": '["app"]'})
+    s = load_settings()
+    assert s.security.pseudonym_key == key and s.data.event_channels == ("app",)
+    _only_env(monkeypatch, {"RECSVC_DATA__EVENT_CHANNELS": "[app"})
+    with pytest.raises(ConfigError, match="RECSVC_DATA__EVENT_CHANNELS is not valid JSON"):
+        load_settings()

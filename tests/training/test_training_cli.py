@@ -220,3 +220,15 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_and_exit_3(tmp_path:
     assert result.exit_code == 3, out  # try again later, as for Redis
     assert f"TRACKING_UNAVAILABLE: the MLflow store 'http://127.0.0.1:{port}'" in out
     assert "Connection refused" in out and "Traceback" not in out
+
+
+def test_a_sqlite_store_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Regression: MLflow retried such a store for about three minutes, then ended in a traceback."""
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path}/a-file/mlflow.db"
+    env = {**_env(tmp_path), "RECSVC_MLFLOW__TRACKING_URI": uri}
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing-data")], env=env)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert f"INVALID_CONFIG: mlflow.tracking_uri '{uri}': the sqlite file cannot be opened" in out
+    assert "Traceback" not in out
