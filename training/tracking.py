@@ -166,6 +166,20 @@ def ensure_experiment(client: Any, m: MlflowSettings) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {m.experiment!r} is deleted; restore it or pick another")
+        wanted = m.artifact_location
+        if not urlparse(wanted).scheme or len(urlparse(wanted).scheme) == 1:
+            wanted = Path(wanted).expanduser().resolve().as_uri()
+        if exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+            # MLflow fixes an experiment's artifact location when it creates it: say so, rather
+            # than let the setting look obeyed
+            log.warning(
+                "event=artifact_location_ignored experiment=%s its_location=%s setting=%s "
+                "(mlflow.artifact_location applies when an experiment is created: "
+                "name a new one in mlflow.experiment)",
+                m.experiment,
+                exp.artifact_location,
+                wanted,
+            )
         return str(exp.experiment_id)
     return str(
         client.create_experiment(m.experiment, artifact_location=artifact_location_uri(m.artifact_location))
