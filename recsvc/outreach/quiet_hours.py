@@ -55,10 +55,35 @@ def quiet_until_ms(now_ms: int, zone: ZoneInfo, quiet: QuietHours) -> int:
     for fold in sorted((0, 1), key=lambda f: wall.replace(fold=f).timestamp()):
         end_ms = int(wall.replace(fold=fold).timestamp() * 1000)
         if end_ms > now_ms and not _quiet_at(end_ms, zone, start, end):
+            # a clock set back inside the window may leave it for a while first (01:30-02:30
+            # from 01:30 EDT: at 02:00 EDT the clock reads 01:00 EST, outside it)
+            change = _offset_change(now_ms, end_ms, zone)
+            if change is not None and not _quiet_at(change, zone, start, end):
+                return change
             if _quiet_at(end_ms - 1, zone, start, end):
                 return end_ms
             return _first_not_quiet(now_ms, end_ms, zone, start, end)
     return now_ms + 1  # not reached for a real zone; never go back in time
+
+
+def _offset_change(from_ms: int, to_ms: int, zone: ZoneInfo) -> int | None:
+    """The first instant in (from_ms, to_ms] whose UTC offset differs from ``from_ms``'s (one DST
+    change at most: the span is under two days); None when the offset holds throughout."""
+
+    def offset(ms: int) -> object:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone).utcoffset()
+
+    first = offset(from_ms)
+    if offset(to_ms) == first:
+        return None
+    lo, hi = from_ms, to_ms
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if offset(mid) == first:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def _first_not_quiet(quiet_ms: int, free_ms: int, zone: ZoneInfo, start: int, end: int) -> int:

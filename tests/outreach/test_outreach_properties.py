@@ -300,3 +300,23 @@ def test_decisions_never_raise_for_any_clock(client: redis.Redis, at: int, zone:
             Timestamp().FromMilliseconds(d.next_allowed_ms)
         throttle.feedback(member, "sms", "unsubscribed", at_ms=at)
         clock.ms += 12 * 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("zone_name", "now", "window", "free"),
+    [
+        # fall back at 02:00 EDT: 01:30 EDT is quiet, 01:00 EST (the next instant after 01:59:59
+        # EDT) is not, though the wall-clock end 02:30 is still an hour and a half away
+        ("America/New_York", "2026-11-01T01:30:00-04:00", ("01:30", "02:30"), "2026-11-01T01:00:00-05:00"),
+        ("Europe/London", "2026-10-25T01:45:00+01:00", ("01:30", "02:30"), "2026-10-25T01:00:00+00:00"),
+    ],
+)
+def test_quiet_hours_end_where_the_clock_falls_back_out_of_the_window(
+    zone_name: str, now: str, window: tuple[str, str], free: str
+) -> None:
+    zone = ZoneInfo(zone_name)
+    quiet = QuietHours(start=window[0], end=window[1])
+    now_ms = int(datetime.fromisoformat(now).timestamp() * 1000)
+    until = quiet_until_ms(now_ms, zone, quiet)
+    assert until == int(datetime.fromisoformat(free).timestamp() * 1000)
+    assert not _quiet(until, zone, quiet) and _quiet(until - 1, zone, quiet)
