@@ -88,6 +88,8 @@ def run(
     app_state.settings()  # a bad settings file fails here, before anything starts
     if shape is not None and shape not in ("steady", "ramp", "spike"):
         raise typer.BadParameter("--shape must be steady, ramp or spike")
+    if host is not None:
+        _check_host(host)  # before anything starts, not after a whole run of refused calls
     overrides = shape_overrides(
         kind=shape, users=users, spawn_rate=spawn_rate, duration_s=duration, rate_per_user=rate_per_user
     )
@@ -157,6 +159,44 @@ bench = typer.Typer(
 app.add_typer(bench, name="bench")
 
 
+def _check_host(target: str) -> None:
+    """Refuse a --host that names no server, as ``recsvc query --target`` does (INVALID_TARGET);
+    the load config also takes a grpc:// or http:// prefix."""
+    from recsvc.cli.common import check_target
+
+    check_target(target.removeprefix("grpc://").removeprefix("http://"), "--host")
+
+
+def _check_redis_url(url: str | None) -> None:
+    """Refuse a --redis-url recsvc could not connect to, with the reason ``redis.url`` gets."""
+    from recsvc.errors import InvalidArgument
+    from recsvc.settings import check_redis_url
+
+    if url is None:
+        return
+    try:
+        check_redis_url(url)
+    except ValueError as exc:
+        raise InvalidArgument(f"--redis-url: {exc}") from None
+
+
+def _numbers(flag: str, text: str) -> list[float]:
+    """A comma-separated list of numbers given as ``flag``."""
+    from recsvc.errors import InvalidArgument
+
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise InvalidArgument(
+                f"{flag} takes numbers separated by commas, got {part!r} in {text!r}"
+            ) from None
+    return values
+
+
 def _say(message: str) -> None:
     console.print(message, markup=False, highlight=False)
 
@@ -175,11 +215,13 @@ def _write(out: Path, report: BenchReport) -> None:
 
 
 def _options(make: Callable[[], T]) -> T:
-    """Options built from the flags; a value they refuse is a bad flag."""
+    """Options built from the flags; a value they refuse is a bad flag (one line, exit 2)."""
+    from recsvc.errors import InvalidArgument
+
     try:
         return make()
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
 
 
 @bench.command("inproc")
@@ -198,6 +240,7 @@ def bench_inproc(
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
+    _check_redis_url(redis_url)
     out = _bench_dir(results, "in-process costs")
     options = InprocOptions(bundle=bundle, calls=calls, warmup=warmup, redis_url=redis_url)
     _write(out, run_inproc(options, app_state.settings, _say))
@@ -242,6 +285,7 @@ def bench_throttle(
 
     app_state = state(ctx)
     setup_logging(app_state.log_level)
+    _check_redis_url(redis_url)
     out = _bench_dir(results, "throttle")
     where = machine(_say)
     options = ThrottleBenchOptions(
@@ -294,13 +338,15 @@ def bench_service(
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     app_state.settings()
+    if host is not None:
+        _check_host(host)
     server = LocalServer(
         bundle=bundle, workers=workers, members=members, seed=seed, workdir=workdir,
         settings_file=app_state.config_file,
     )  # fmt: skip
     options = _options(
         lambda: ServiceOptions(
-            rates=[float(r) for r in rates.split(",") if r.strip()],
+            rates=_numbers("--rates", rates),
             duration_s=duration,
             warmup_s=warmup,
             rpc=rpc,
@@ -339,8 +385,16 @@ def bench_memory(
 ) -> None:
     """RSS and PSS of a server process and its workers (PSS splits the shared bundle pages)."""
     from bench.memory import to_markdown, tree_memory
+    from recsvc.errors import InvalidArgument
 
-    typer.echo(to_markdown(tree_memory(pid)))
+    # pid 0 would gather every process the kernel started (their parent is 0)
+    rows = tree_memory(pid) if pid > 0 else []
+    if not rows:
+        raise InvalidArgument(
+            f"--pid {pid}: no such process, or its memory cannot be read (another user's process needs root)",
+            reason="NO_SUCH_PROCESS",
+        )
+    typer.echo(to_markdown(rows))
 
 
 @bench.command("pipeline")
@@ -395,7 +449,7 @@ def bench_diversity(
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     settings = app_state.settings()
-    values = [float(d) for d in diversities.split(",") if d.strip()]
+    values = _numbers("--diversities", diversities)
     options = _options(
         lambda: DiversityOptions(bundle=bundle, data=data, diversities=values, k=k, max_members=max_members)
     )

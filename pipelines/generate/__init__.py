@@ -73,7 +73,10 @@ def generate(
 ) -> GenerationReport:
     """Write the data folder ``out_dir``. It must be new or empty unless ``overwrite``: it may be
     someone's real data, and the generator replaces its tables and removes a table it holds in
-    the other format. Raises InvalidArgument naming the folder before anything is generated."""
+    the other format. Raises InvalidArgument naming the folder before anything is generated.
+    A leading ``~`` is expanded here, once: left to pyarrow, it would expand it for the table
+    files only, after ``mkdir`` had made a folder literally named ``~``."""
+    out_dir = Path(out_dir).expanduser()
     if not overwrite:
         _refuse_if_in_use(out_dir)
     started = time.perf_counter()

@@ -169,6 +169,26 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
 _METADATA_SAFE = re.compile(r"[\x20-\x7e]+")
 
 
+def check_target(target: str, flag: str = "--target") -> None:
+    """InvalidArgument (INVALID_TARGET) unless ``target`` is host:port with a port 1..65535 and an
+    IPv6 address in brackets."""
+    from recsvc.errors import InvalidArgument
+    from recsvc.server.runner import is_ipv6
+
+    host, sep, port = target.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        # grpc would wrap a port past 65535 onto another one and reach a server never named
+        raise InvalidArgument(
+            f"{flag} must be host:port with a port 1..65535, got {target!r}", reason="INVALID_TARGET"
+        )
+    if is_ipv6(host) and not host.startswith("["):
+        # grpc reads ::1:50051 as a host name it cannot resolve
+        raise InvalidArgument(
+            f"{flag} {target!r}: an IPv6 address goes in brackets, e.g. [{host}]:{port}",
+            reason="INVALID_TARGET",
+        )
+
+
 def client_channel(ctx: typer.Context, target: str | None, api_key: str | None = None) -> Any:
     """A channel to a recsvc server for the CLI's client commands (query, members, catalog,
     events simulate): ``target`` (default: serving.host:serving.port), secured as the server is:
@@ -179,19 +199,15 @@ def client_channel(ctx: typer.Context, target: str | None, api_key: str | None =
 
     import grpc
 
-    from recsvc.errors import ConfigError, InvalidArgument
+    from recsvc.errors import ConfigError
     from recsvc.security.tls import channel_credentials
+    from recsvc.server.runner import host_port
     from recsvc.settings import CLIENT_ENV
 
     if target is None:
         s = state(ctx).settings().serving
-        target = f"{s.host}:{s.port}"
-    host, sep, port = target.rpartition(":")
-    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
-        # grpc would wrap a port past 65535 onto another one and reach a server never named
-        raise InvalidArgument(
-            f"--target must be host:port with a port 1..65535, got {target!r}", reason="INVALID_TARGET"
-        )
+        target = host_port(s.host, s.port)  # [::1]:50051 for an IPv6 address
+    check_target(target)
     api_env, ca_env, cert_env, key_env = CLIENT_ENV
     if api_key:
         source = "--api-key" if api_key != os.environ.get(api_env) else f"--api-key or {api_env}"

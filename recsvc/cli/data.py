@@ -58,6 +58,10 @@ def validate(
     app_state = state(ctx)
     setup_logging(app_state.log_level)
     settings = app_state.settings()
+    # "~/data" quoted (or from a script) reaches here unexpanded: expand it once, for every path
+    data_dir, quarantine_dir, report, mapping = (
+        _expand(p) for p in (data_dir, quarantine_dir, report, mapping)
+    )
     folder = data_dir or settings.data.data_dir
     result = validate_dir(folder, settings.data, encoding=encoding, mapping=load_mapping(mapping))
     target = quarantine_dir or folder / QUARANTINE_DIRNAME
@@ -73,6 +77,11 @@ def validate(
         _print_validation(summary, target)
     if strict and result.rows_quarantined:
         raise typer.Exit(code=1)
+
+
+def _expand(path: Path | None) -> Path | None:
+    """``path`` with a leading ``~`` expanded (a quoted "~/x" reaches the command as typed)."""
+    return path.expanduser() if path is not None else None
 
 
 def _print_validation(summary: dict[str, Any], target: Path) -> None:
@@ -175,7 +184,7 @@ def generate(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise InvalidArgument(f"invalid generator options: {problems}") from exc
-    folder = out_dir or app_state.settings().data.data_dir
+    folder = _expand(out_dir) or app_state.settings().data.data_dir
     report = run_generator(params, folder, "csv" if fmt == "csv" else "parquet", overwrite=overwrite)
     rows = report.rows
     out.print(

@@ -47,6 +47,21 @@ def _entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# What parsing a tampered line can raise: bad JSON or fields (ValueError, KeyError, TypeError), a
+# number too large for an int ("seq": 1e400 parses as inf: OverflowError) and nesting deeper than
+# the parser's recursion limit (RecursionError).
+_UNPARSABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a parse failure (a RecursionError's message names no input)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, OverflowError):
+        return f"a number out of range: {exc}"
+    return str(exc)
+
+
 def head_path_of(path: Path) -> Path:
     return path.with_name(path.name + ".head")
 
@@ -60,8 +75,8 @@ def _read_head(head_path: Path) -> tuple[int, str] | None:
     try:
         head = json.loads(text)
         return int(head["seq"]), str(head["hash"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a head record: {exc}") from exc
+    except _UNPARSABLE as exc:
+        raise ValueError(f"not a head record: {_why(exc)}") from exc
 
 
 def _head_mismatch(head_path: Path, last_seq: int, last_hash: str, last_prev: str | None) -> str | None:
@@ -165,7 +180,7 @@ class AuditLog:
                         prev_entry = json.loads(last)
                         prev, seq = str(prev_entry["hash"]), int(prev_entry["seq"]) + 1
                         tamper = _head_mismatch(self.head_path, seq - 1, prev, prev_entry.get("prev"))
-                    except (ValueError, KeyError, TypeError):
+                    except _UNPARSABLE:
                         # A damaged tail must not stop auditing; verify() will report it.
                         log.error("audit log %s has a damaged last line; chaining to its raw hash", self.path)
                         prev, seq = hashlib.sha256(last).hexdigest(), -1
@@ -251,8 +266,8 @@ def verify(path: Path, head_path: Path | None = None) -> VerifyResult:
             try:
                 entry = json.loads(raw)
                 stored, seq, prev = str(entry["hash"]), int(entry["seq"]), str(entry["prev"])
-            except (ValueError, KeyError, TypeError) as exc:
-                result.problems.append(Problem(lineno, f"not a valid audit entry ({exc})"))
+            except _UNPARSABLE as exc:
+                result.problems.append(Problem(lineno, f"not a valid audit entry ({_why(exc)})"))
                 prev_hash, prev_seq = hashlib.sha256(raw.rstrip(b"\n")).hexdigest(), prev_seq + 1
                 last_valid = False
                 continue

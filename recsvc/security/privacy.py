@@ -97,14 +97,18 @@ class ErasureList:
         if not member_id or any(c in member_id for c in "\r\n"):
             raise InvalidArgument("member_id must be non-empty and on one line", reason="INVALID_ID")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+", encoding="utf-8") as fh:
+        with open(self.path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 fh.seek(0)
-                if member_id in {line.rstrip("\n") for line in fh}:
+                data = fh.read()
+                if _normalized(member_id) in self._parse(data):
                     return False
+                # a list last saved by an editor may lack its final newline: never glue the new
+                # id onto the last one
+                sep = b"\n" if data and not data.endswith(b"\n") else b""
                 fh.seek(0, os.SEEK_END)
-                fh.write(member_id + "\n")
+                fh.write(sep + member_id.encode("utf-8") + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
                 return True
@@ -112,18 +116,49 @@ class ErasureList:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def read(self) -> frozenset[str]:
+        """The listed ids, as the id rule spells them (``recsvc.idmap.normalize_id``: NFC).
+
+        Accepts what an editor may have saved: a UTF-8 byte-order mark, CRLF line ends, spaces
+        around an id and blank lines. Bytes that are not UTF-8 raise :class:`ConfigError` naming
+        the file and line: guessing would leave the member on that line in the model."""
         try:
-            with open(self.path, encoding="utf-8") as fh:
+            with open(self.path, "rb") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
                 try:
-                    return frozenset(s for line in fh if (s := line.strip()))
+                    data = fh.read()
                 finally:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         except FileNotFoundError:
             return frozenset()
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> frozenset[str]:
+        from recsvc.idmap import normalize_id  # the id rule the model's id map was built with
+
+        ids: set[str] = set()
+        for lineno, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                # utf-8-sig drops a byte-order mark (only the first line can carry one)
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"erasure list {self.path} line {lineno}: not UTF-8 (byte {exc.object[exc.start]:#04x} "
+                    f"at column {exc.start + 1}); save it as UTF-8",
+                    reason="INVALID_ERASURE_LIST",
+                ) from None
+            # strip() also drops the CR of a CRLF line end and any stray spaces or tabs
+            if member_id := text.strip():
+                ids.add(normalize_id(member_id))
+        return frozenset(ids)
 
     def __contains__(self, member_id: object) -> bool:
         return member_id in self.read()
+
+
+def _normalized(member_id: str) -> str:
+    from recsvc.idmap import normalize_id
+
+    return normalize_id(member_id.strip())
 
 
 def _drop_members(frame: Any, erased: frozenset[str]) -> Any:

@@ -3,10 +3,15 @@
 Reads: ``settings.security.tls_cert_file`` / ``tls_key_file`` (server certificate chain and key)
 and ``tls_client_ca_file`` (when set: mutual TLS, clients must present a certificate signed by
 that CA). Nothing is written.
+
+The certificate and key are checked to be a pair at start-up (``_check_pair``, with the standard
+library's ``ssl``): gRPC itself only logs "Invalid private key" and fails to bind, which reads as
+a port problem.
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -38,10 +43,52 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ConfigError("security.tls_cert_file and security.tls_key_file must be set together")
     cert = _read(sec.tls_cert_file, "TLS certificate")
     key = _read(sec.tls_key_file, "TLS private key")
+    _check_pair(Path(sec.tls_cert_file), cert, Path(sec.tls_key_file), key)
     if sec.tls_client_ca_file is None:
         return grpc.ssl_server_credentials([(key, cert)])
     client_ca = _read(sec.tls_client_ca_file, "TLS client CA")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
+class _EncryptedKey(Exception):
+    """The key asks for a password (gRPC cannot use such a key)."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def _check_pair(cert_path: Path, cert: bytes, key_path: Path, key: bytes) -> None:
+    """ConfigError naming both settings unless ``key`` is an unencrypted private key of the first
+    certificate in ``cert`` (the server's own; any after it are its chain)."""
+    names = f"security.tls_cert_file {cert_path} and security.tls_key_file {key_path}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        what = "a private key: the two look swapped" if b"PRIVATE KEY-----" in cert else "no certificate"
+        raise ConfigError(f"security.tls_cert_file {cert_path} holds {what} ({names})")
+    if b"PRIVATE KEY-----" not in key:
+        what = "a certificate: the two look swapped" if b"CERTIFICATE-----" in key else "no private key"
+        raise ConfigError(f"security.tls_key_file {key_path} holds {what} ({names})")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_path, key_path, password=_no_password)
+    except _EncryptedKey:
+        raise ConfigError(
+            f"security.tls_key_file {key_path} is encrypted (it asks for a password), which gRPC "
+            "cannot use: give the key unencrypted, readable only by the service's user"
+        ) from None
+    except ssl.SSLError as exc:
+        # NO_CERTIFICATE_ASSIGNED: a key of another type than the certificate's (EC for RSA)
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            raise ConfigError(
+                f"the TLS key is not the certificate's: security.tls_key_file {key_path} does not "
+                f"match the certificate in security.tls_cert_file {cert_path}; give the key the "
+                "certificate was issued for"
+            ) from None
+        raise ConfigError(
+            f"{names} are not a usable certificate and private key ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:  # read between the check above and here, by ssl itself
+        raise ConfigError(f"cannot read {names}: {exc}") from None
 
 
 def channel_credentials(

@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from recsvc.active_members import ActiveMembers
 from recsvc.catalog.wiring import add_live_catalog
 from recsvc.engine.recommender import EnginePort, RecommendationEngine
+from recsvc.errors import ConfigError
 from recsvc.eventlog.log import EventLog, EventLogMetrics
 from recsvc.metrics import ProcessSampler, ServingMetrics
 from recsvc.models.broadcast import ReloadBroadcast
@@ -52,6 +53,7 @@ from recsvc.server.interceptors import ErrorInterceptor
 from recsvc.server.readiness import Readiness
 from recsvc.server.recommender_servicer import RecommenderServicer
 from recsvc.server.rpc_metrics import RpcMetricsInterceptor
+from recsvc.server.runner import host_port
 from recsvc.server.streams import StreamsOnTheLoop
 from recsvc.settings import Settings
 from recsvc.v1 import (
@@ -247,15 +249,24 @@ def build_server(settings: Settings, deps: ServerDeps) -> AioServerHost:
             maximum_concurrent_rpcs=s.threads_per_worker * 64,
         )
         _add_services(settings, deps, server, WrappingRegistrar(server, [] if per_call else wrappers))
-        address = f"{s.host}:{s.port}"
-        if deps.server_credentials is not None:
-            deps.bound_port = server.add_secure_port(address, deps.server_credentials)
-        else:
-            deps.bound_port = server.add_insecure_port(address)
+        address = host_port(s.host, s.port)  # [::1]:port for an IPv6 address
+        try:
+            if deps.server_credentials is not None:
+                deps.bound_port = server.add_secure_port(address, deps.server_credentials)
+            else:
+                deps.bound_port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address": one named line instead
+            tls = " with TLS" if deps.server_credentials is not None else ""
+            raise ConfigError(
+                f"cannot listen on {address}{tls}: serving.host is none of this machine's addresses, "
+                "or the port was taken since start-up"
+                + (", or security.tls_cert_file and security.tls_key_file are no usable pair" if tls else ""),
+                reason="CANNOT_BIND",
+            ) from exc
         return server
 
     host = AioServerHost(build, event_loop=s.event_loop, executor=pool)
-    log.info("event=server_built address=%s:%d", s.host, deps.bound_port)
+    log.info("event=server_built address=%s", host_port(s.host, deps.bound_port))
     return host
 
 

@@ -35,7 +35,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from recsvc.errors import ConfigError, RecsvcError
+from recsvc.errors import BundleError, ConfigError, RecsvcError
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,44 @@ def _limit_threads() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def bare_host(host: str) -> str:
+    """A host setting as a socket takes it: ``[::1]`` (the bracketed form of a URL) is ``::1``."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
+def is_ipv6(host: str) -> bool:
+    """``host`` (bracketed or not) is an IPv6 address: ``::1``, ``[::1]``, ``fe80::1%eth0``."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(bare_host(host)).version == 6
+    except ValueError:
+        return False
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC binds and dials it: an IPv6 address in brackets (``[::1]:50051``),
+    since a bare one (``::1:50051``) does not say where the address ends; any other host as
+    given."""
+    return f"[{bare_host(host)}]:{port}" if is_ipv6(host) else f"{host}:{port}"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+
+
 def check_model_uris(settings: Settings) -> None:
     """Refuse to start on a model that cannot appear by itself: a bundle folder that does not
-    exist or is no bundle (ModelUnavailable/BundleError naming it). A registry URI
-    (``models:/<name>@<alias>``) is only checked for its form: its alias may get a version later
-    (a first training), so the server starts without a model and waits (see ``run_worker``)."""
+    exist, is no bundle, or is one the server cannot load (a missing, truncated or damaged file:
+    ModelUnavailable/BundleError naming it). The folder is opened as the server opens it
+    (``load_bundle``: memory-mapped arrays and their checks, the FAISS indexes read), then
+    dropped. A registry URI (``models:/<name>@<alias>``) is only checked for its form: its alias
+    may get a version later (a first training), so the server starts without a model and waits
+    (see ``run_worker``)."""
+    from recsvc.bundle import load_bundle
     from recsvc.models.resolve import MODELS_SCHEME, ModelResolver, parse_models_uri
     from recsvc.models.variants import variant_sources
 
@@ -81,13 +114,34 @@ def check_model_uris(settings: Settings) -> None:
                 raise ConfigError(exc.message) from exc
         else:
             try:
-                ModelResolver(settings).resolve(source.uri)
+                bundle_dir = ModelResolver(settings).resolve(source.uri).path
+                try:
+                    load_bundle(bundle_dir)
+                except BundleError as exc:
+                    raise BundleError(exc.message + _damaged_array(bundle_dir), reason=exc.reason) from exc
             except RecsvcError as exc:
+                hint = (
+                    "repair the bundle or give another: serving.model_uri / --model-uri"
+                    if isinstance(exc, BundleError)
+                    else "serving.model_uri / --model-uri takes a bundle folder or models:/<name>@<alias>"
+                )
                 raise type(exc)(
-                    f"cannot serve model {source.uri}: {exc.message} (serving.model_uri / --model-uri "
-                    "takes a bundle folder or models:/<name>@<alias>)",
-                    reason=exc.reason,
+                    f"cannot serve model {source.uri}: {exc.message} ({hint})", reason=exc.reason
                 ) from exc
+
+
+def _damaged_array(bundle_dir: Path) -> str:
+    """The first array of ``bundle_dir`` that does not open (a truncated ``.npy``), as a clause to
+    add to load_bundle's refusal, which names the error but not always the file; else ''. Only
+    the headers are read (memory-mapped)."""
+    from recsvc.mapped import load_array
+
+    for npy in sorted(bundle_dir.glob("*.npy")):
+        try:
+            load_array(npy)
+        except Exception as exc:  # whatever a damaged file makes numpy raise
+            return f"; {npy.name} does not open ({type(exc).__name__})"
+    return ""
 
 
 def run_worker(
@@ -140,7 +194,7 @@ def run_worker(
     log.info("event=worker_started worker=%d pid=%d port=%d", worker, os.getpid(), deps.bound_port)
     if serve_own_metrics and settings.serving.metrics_port:
         s = settings.serving
-        serve_metrics(s.metrics_port, served_registry(deps.metrics.registry), s.metrics_host)
+        serve_metrics(s.metrics_port, served_registry(deps.metrics.registry), bare_host(s.metrics_host))
     deps.models.start_polling(settings.serving.poll_interval_s)
     stop.wait()
     log.info("event=worker_stopping worker=%d grace_s=%s", worker, settings.serving.grace_period_s)
@@ -231,8 +285,8 @@ def _worker_main(
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.bind((bare_host(host), 0))
         return int(s.getsockname()[1])
 
 
@@ -270,11 +324,10 @@ def check_ports_free(settings: Settings) -> None:
         # port, whose host is still checked (a bind to port 0 cannot find it in use)
         if not port and name != "serving.port":
             continue
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no listener
             try:
-                probe.bind((host, port))
+                probe.bind((bare_host(host), port))
             except OSError as exc:
                 if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
                     # the host, not the port: no address (999.1.1.1), or none of this machine's
@@ -296,9 +349,9 @@ def _user_of(host: str, port: int) -> str:
     """Who holds a port a bind was refused: a server listening there, or (no one answers) an
     outgoing connection of this machine that the kernel gave it as its own port, which happens
     to ports in the ephemeral range (Linux: /proc/sys/net/ipv4/ip_local_port_range)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    host = bare_host(host)
     target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # a wildcard: here
-    with socket.socket(family, socket.SOCK_STREAM) as conn:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as conn:
         conn.settimeout(1.0)
         listening = conn.connect_ex((target, port)) == 0
     if listening:
@@ -337,7 +390,7 @@ def serve_processes(settings: Settings, log_level: str = "INFO") -> None:
         from recsvc.metrics import multiprocess_registry, serve_metrics
 
         registry = multiprocess_registry()
-        serve_metrics(s.metrics_port, registry, s.metrics_host)
+        serve_metrics(s.metrics_port, registry, bare_host(s.metrics_host))
     from recsvc.metrics import mark_worker_dead
 
     ctx = mp.get_context("spawn")

@@ -562,3 +562,73 @@ def test_command_line_shape_options_reach_the_config_over_file_overrides() -> No
     assert config.deadline_s == 1.5
     assert base == {"shape": {"steady": {"users": 3, "duration_s": 9.0}}, "deadline_s": 1.5}
     assert shape_overrides() == {}
+
+
+# -- command-line checks: a bad flag is one line and exit 2, before anything starts ---------------
+
+
+def _load_cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    res = CliRunner().invoke(app, ["load", *args])
+    assert isinstance(res.exception, SystemExit), res.exception  # never a traceback
+    return res.exit_code, res.output
+
+
+def test_diversities_that_are_not_numbers_are_one_line(tmp_path: Path) -> None:
+    folders = ["--bundle", str(tmp_path), "--data", str(tmp_path), "--results", str(tmp_path / "r")]
+    code, output = _load_cli("bench", "diversity", *folders, "--diversities", "0,abc")
+    assert code == 2
+    assert "error INVALID_ARGUMENT: --diversities takes numbers separated by commas, got 'abc'" in output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["throttle", "inproc"])
+@pytest.mark.parametrize("url", ["bogus", "redis://localhost:99999/0"])
+def test_a_bad_redis_url_is_one_line(tmp_path: Path, command: str, url: str) -> None:
+    bundle = ["--bundle", str(tmp_path)] if command == "inproc" else []
+    code, output = _load_cli("bench", command, *bundle, "--redis-url", url, "--results", str(tmp_path / "r"))
+    assert code == 2
+    assert "error INVALID_ARGUMENT: --redis-url:" in output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("pid", ["999999999", "-1", "0"])
+def test_memory_of_no_process_is_an_error_not_an_empty_table(pid: str) -> None:
+    code, output = _load_cli("bench", "memory", "--pid", pid)
+    assert code == 2
+    assert f"error NO_SUCH_PROCESS: --pid {pid}: no such process" in output
+    assert "total" not in output
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("127.0.0.1", "host:port with a port 1..65535"),
+        ("127.0.0.1:0", "host:port with a port 1..65535"),
+        ("127.0.0.1:70000", "host:port with a port 1..65535"),
+        (":50051", "host:port with a port 1..65535"),
+        ("::1:50051", "goes in brackets"),
+    ],
+)
+def test_load_run_refuses_a_host_without_a_port_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, why: str
+) -> None:
+    import bench.loadrun
+
+    def must_not_run(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the load test started")
+
+    monkeypatch.setattr(bench.loadrun, "run_load", must_not_run)
+    code, output = _load_cli("run", "--host", host, "--results", str(tmp_path / "r"))
+    assert code == 2
+    assert "error INVALID_TARGET: --host" in output and why in output
+
+
+def test_check_host_takes_what_the_load_config_takes() -> None:
+    from bench.cli import _check_host
+
+    for good in ("127.0.0.1:50051", "grpc://127.0.0.1:50051", "[::1]:50051", "server.example:443"):
+        _check_host(good)

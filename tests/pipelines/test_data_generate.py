@@ -279,3 +279,23 @@ def test_members_have_planted_active_hours_in_their_own_time_zone(gen: Generated
     assert inside.mean() > 0.4
     per_member = inside.groupby(ev["member_id"]).mean()
     assert (per_member > 0.3).mean() > 0.8
+
+
+def test_cli_expands_a_quoted_tilde_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o '~/x'` (quoted, or from a script) writes to $HOME/x: no folder named "~" in the working
+    directory, no table written elsewhere; `data validate` takes "~" in its paths the same way."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "generate", "-o", "~/x", "--members", "20"])
+    assert res.exit_code == 0, res.output
+    assert {"catalog.parquet", "members.parquet", "events.parquet"} <= {
+        p.name for p in (home / "x").iterdir()
+    }
+    assert not (cwd / "~").exists()
+    res = runner.invoke(app, ["data", "validate", "~/x", "-q", "~/q", "--json"])
+    assert res.exit_code == 0, res.output
+    assert (home / "q" / "summary.json").is_file() and not (cwd / "~").exists()

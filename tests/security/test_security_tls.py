@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -177,3 +177,71 @@ def test_half_configured_tls_named(pki: Pki, tmp_path: Path) -> None:
     junk = {"tls_cert_file": str(tmp_path / "junk.pem"), "tls_key_file": str(pki.server_key)}
     with pytest.raises(ConfigError, match="not a PEM file"):
         server_credentials(load_settings(overrides={"security": junk}))
+
+
+def _settings(cert: Path, key: Path) -> dict[str, dict[str, str]]:
+    return {"security": {"tls_cert_file": str(cert), "tls_key_file": str(key)}}
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_naming_both(pki: Pki, tmp_path: Path) -> None:
+    """grpc only logged "Invalid private key" and failed to bind, which blamed the port."""
+    with pytest.raises(ConfigError) as err:
+        server_credentials(load_settings(overrides=_settings(pki.server_cert, pki.client_key)))
+    message = str(err.value)
+    assert "does not match" in message
+    assert f"security.tls_key_file {pki.client_key}" in message
+    assert f"security.tls_cert_file {pki.server_cert}" in message
+    # a key of another type than the certificate's (RSA certificate, EC key)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recsvc")])
+    rsa_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(rsa_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(rsa_key, hashes.SHA256())
+    )
+    with pytest.raises(ConfigError, match="does not match"):
+        server_credentials(
+            load_settings(overrides=_settings(_pem(tmp_path / "rsa.pem", rsa_cert), pki.server_key))
+        )
+
+
+def test_swapped_or_encrypted_tls_files_are_named(pki: Pki, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tls_cert_file .* holds a private key: the two look swapped"):
+        server_credentials(load_settings(overrides=_settings(pki.server_key, pki.server_cert)))
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        _key().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ConfigError, match="is encrypted"):
+        server_credentials(load_settings(overrides=_settings(pki.server_cert, encrypted)))
+
+
+def test_serve_with_a_mismatched_pair_says_so_in_one_line(pki: Pki, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+    from recsvc.localstack import free_port
+
+    env = {
+        "COLUMNS": "250",
+        "RECSVC_SECURITY__ALLOW_INSECURE_DEV": "true",
+        "RECSVC_SECURITY__TLS_CERT_FILE": str(pki.server_cert),
+        "RECSVC_SECURITY__TLS_KEY_FILE": str(pki.rogue_key),
+        "RECSVC_SECURITY__AUDIT_LOG": str(tmp_path / "audit.log"),
+        "RECSVC_SECURITY__ERASURE_LIST": str(tmp_path / "erasures.txt"),
+    }
+    result = CliRunner().invoke(app, ["serve", "--port", str(free_port())], env=env)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert "INVALID_CONFIG: the TLS key is not the certificate's" in out
+    assert "Traceback" not in out and "Failed to bind" not in out

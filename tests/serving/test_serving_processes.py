@@ -185,6 +185,116 @@ def test_a_malformed_registry_uri_at_start_is_a_settings_error() -> None:
     assert "Traceback" not in out
 
 
+def _ipv6_loopback_port() -> int | None:
+    """A free port on ::1, or None when this machine has no IPv6 loopback."""
+    import socket
+
+    if not socket.has_ipv6:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize(("host", "workers"), [("::1", 1), ("[::1]", 2)])
+def test_a_server_on_the_ipv6_loopback_answers(
+    redis_url: str, tmp_path: Path, host: str, workers: int
+) -> None:
+    """An IPv6 serving.host used to fail with a traceback (grpc cannot bind ``::1:PORT``), ``[::1]``
+    was refused as INVALID_HOST, and the CLI dialled ``::1:PORT``. Two workers: the shared port
+    (SO_REUSEPORT) on IPv6."""
+    from typer.testing import CliRunner
+
+    from recsvc.cli import app
+
+    port = _ipv6_loopback_port()
+    if port is None:
+        pytest.skip("no IPv6 loopback on this machine")
+    planted = make_bundle(tmp_path / "b1")
+    env = {
+        **serve_env(planted.path, redis_url, port, tmp_path, workers=workers),
+        "RECSVC_SERVING__HOST": host,
+    }
+    proc = serve_subprocess(env)
+    try:
+        wait_serving(f"[::1]:{port}")
+        with grpc.insecure_channel(f"[::1]:{port}") as channel:
+            info = recommender_pb2_grpc.RecommenderStub(channel).GetModelInfo(
+                recommender_pb2.GetModelInfoRequest(), timeout=5
+            )
+        assert info.model_version == "test-bundle-1"
+        # the CLI's default target (serving.host:serving.port) and an explicit one
+        cli_env = {"COLUMNS": "250", "RECSVC_SERVING__HOST": host, "RECSVC_SERVING__PORT": str(port)}
+        for args in (["query", "info"], ["query", "info", "--target", f"[::1]:{port}"]):
+            result = CliRunner().invoke(app, args, env=cli_env)
+            assert result.exit_code == 0, result.output
+            assert "test-bundle-1" in result.output
+        # unbracketed, host and port cannot be told apart: refused, naming the form to use
+        result = CliRunner().invoke(app, ["query", "info", "--target", f"::1:{port}"], env=cli_env)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2, out
+        assert (
+            f"INVALID_TARGET: --target '::1:{port}': an IPv6 address goes in brackets, e.g. [::1]:{port}"
+            in out
+        )
+        assert stop_subprocess(proc) == 0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert "Traceback" not in err and f"address=[::1]:{port}" in err, err
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
+
+
+def test_the_port_check_takes_ipv6_hosts() -> None:
+    """A port in use on ::1 is PORT_IN_USE, whether the host is written ``::1`` or ``[::1]``."""
+    import socket
+
+    from recsvc.errors import ConfigError
+    from recsvc.server.runner import check_ports_free
+    from recsvc.settings import load_settings
+
+    if _ipv6_loopback_port() is None:
+        pytest.skip("no IPv6 loopback on this machine")
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
+        port = taken.getsockname()[1]
+        for host in ("::1", "[::1]"):
+            check_ports_free(
+                load_settings(overrides={"serving": {"host": host, "port": 0, "metrics_port": 0}})
+            )
+            settings = load_settings(overrides={"serving": {"host": host, "port": port, "metrics_port": 0}})
+            with pytest.raises(ConfigError) as err:
+                check_ports_free(settings)
+            assert err.value.reason == "PORT_IN_USE", err.value
+
+
+def test_a_damaged_bundle_folder_is_refused_at_start(tmp_path: Path) -> None:
+    """A bundle folder whose arrays are damaged used to start a server that logged BAD_BUNDLE and
+    stayed NOT_SERVING, asking for a model to be trained and promoted."""
+    planted = make_bundle(tmp_path / "b1")
+    factors = planted.path / "item_factors.npy"
+    factors.write_bytes(factors.read_bytes()[:200])  # truncated
+    env = {
+        "RECSVC_SERVING__MODEL_URI": str(planted.path),
+        "RECSVC_SERVING__PORT": str(free_port()),
+        "RECSVC_SECURITY__AUDIT_LOG": str(tmp_path / "audit.log"),
+        "RECSVC_SECURITY__ERASURE_LIST": str(tmp_path / "erasures.txt"),
+        "OPENBLAS_NUM_THREADS": "1",
+        "COLUMNS": "250",
+    }
+    proc = serve_subprocess(env)
+    try:
+        assert proc.wait(timeout=120) == 2
+    finally:
+        if proc.poll() is None:
+            stop_subprocess(proc)
+    err = " ".join((proc.stderr.read().decode() if proc.stderr else "").split())
+    assert f"error BAD_BUNDLE: cannot serve model {planted.path}" in err, err
+    assert "item_factors.npy" in err and "Traceback" not in err and "waiting_for_model" not in err, err
+
+
 def _listening(proc: subprocess.Popen[bytes], port: int) -> set[int]:
     """The pids of the server processes under ``proc`` listening on ``port``."""
     return {
