@@ -494,7 +494,7 @@ class Variant(_Section):
 
 
 class ServingSettings(_Section):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(50051, ge=0, le=65535)
     workers: int = Field(2, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
     threads_per_worker: int = Field(8, ge=1, le=256)

@@ -58,30 +58,38 @@ def _no_password() -> bytes:
     raise _EncryptedKey
 
 
-def _check_pair(cert_path: Path, cert: bytes, key_path: Path, key: bytes) -> None:
-    """ConfigError naming both settings unless ``key`` is an unencrypted private key of the first
-    certificate in ``cert`` (the server's own; any after it are its chain)."""
-    names = f"security.tls_cert_file {cert_path} and security.tls_key_file {key_path}"
+def _check_pair(
+    cert_path: Path,
+    cert: bytes,
+    key_path: Path,
+    key: bytes,
+    cert_name: str = "security.tls_cert_file",
+    key_name: str = "security.tls_key_file",
+) -> None:
+    """ConfigError naming both settings (``cert_name``, ``key_name``) unless ``key`` is an
+    unencrypted private key of the first certificate in ``cert`` (the owner's; any after it are
+    its chain)."""
+    names = f"{cert_name} {cert_path} and {key_name} {key_path}"
     if b"-----BEGIN CERTIFICATE-----" not in cert:
         what = "a private key: the two look swapped" if b"PRIVATE KEY-----" in cert else "no certificate"
-        raise ConfigError(f"security.tls_cert_file {cert_path} holds {what} ({names})")
+        raise ConfigError(f"{cert_name} {cert_path} holds {what} ({names})")
     if b"PRIVATE KEY-----" not in key:
         what = "a certificate: the two look swapped" if b"CERTIFICATE-----" in key else "no private key"
-        raise ConfigError(f"security.tls_key_file {key_path} holds {what} ({names})")
+        raise ConfigError(f"{key_name} {key_path} holds {what} ({names})")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert_path, key_path, password=_no_password)
     except _EncryptedKey:
         raise ConfigError(
-            f"security.tls_key_file {key_path} is encrypted (it asks for a password), which gRPC "
+            f"{key_name} {key_path} is encrypted (it asks for a password), which gRPC "
             "cannot use: give the key unencrypted, readable only by the service's user"
         ) from None
     except ssl.SSLError as exc:
         # NO_CERTIFICATE_ASSIGNED: a key of another type than the certificate's (EC for RSA)
         if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
             raise ConfigError(
-                f"the TLS key is not the certificate's: security.tls_key_file {key_path} does not "
-                f"match the certificate in security.tls_cert_file {cert_path}; give the key the "
+                f"the TLS key is not the certificate's: {key_name} {key_path} does not "
+                f"match the certificate in {cert_name} {cert_path}; give the key the "
                 "certificate was issued for"
             ) from None
         raise ConfigError(
@@ -97,10 +105,15 @@ def channel_credentials(
     """Client credentials: trust ``ca_file`` (else the system roots); present a client cert for mTLS."""
     if (cert_file is None) != (key_file is None):
         raise ConfigError("a client certificate and its key must be given together")
+    cert = _read(cert_file, "client certificate") if cert_file else None
+    key = _read(key_file, "client private key") if key_file else None
+    if cert_file is not None and key_file is not None and cert is not None and key is not None:
+        # a mismatched pair would only show as UNAVAILABLE on the first call: "try again later"
+        _check_pair(Path(cert_file), cert, Path(key_file), key, "client certificate", "client key")
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca_file, "CA certificate") if ca_file else None,
-        private_key=_read(key_file, "client private key") if key_file else None,
-        certificate_chain=_read(cert_file, "client certificate") if cert_file else None,
+        private_key=key,
+        certificate_chain=cert,
     )
 
 

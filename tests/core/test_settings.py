@@ -302,3 +302,10 @@ def test_a_text_setting_from_the_environment_may_start_with_a_bracket(
     _only_env(monkeypatch, {"RECSVC_DATA__EVENT_CHANNELS": "[app"})
     with pytest.raises(ConfigError, match="RECSVC_DATA__EVENT_CHANNELS is not valid JSON"):
         load_settings()
+
+
+def test_an_empty_serving_host_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It loaded, and `recsvc query` then blamed a --target that was never given."""
+    _only_env(monkeypatch, {"RECSVC_SERVING__HOST": ""})
+    with pytest.raises(ConfigError, match=r"serving\.host"):
+        load_settings()

@@ -211,6 +211,15 @@ def test_a_key_that_is_not_the_certificates_is_refused_naming_both(pki: Pki, tmp
         )
 
 
+def test_a_client_key_that_is_not_its_certificates_is_refused_before_any_call(pki: Pki) -> None:
+    """It used to fail only as UNAVAILABLE on the first call: exit 3, "try again later"."""
+    with pytest.raises(ConfigError) as err:
+        channel_credentials(pki.ca, pki.client_cert, pki.rogue_key)
+    message = str(err.value)
+    assert "does not match" in message and f"client key {pki.rogue_key}" in message
+    assert channel_credentials(pki.ca, pki.client_cert, pki.client_key) is not None
+
+
 def test_swapped_or_encrypted_tls_files_are_named(pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tls_cert_file .* holds a private key: the two look swapped"):
         server_credentials(load_settings(overrides=_settings(pki.server_key, pki.server_cert)))
