@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.errors import DataContractError
 from training.coldstart import NEW_PRODUCT_DAYS, fill_fresh_content, fill_new_products
 from training.confidence import confidence_matrix
 from training.fit import AlsParams, FitResult, fit_als, resolve_weighting
-from training.prepare import EventArrays, Prepared
+from training.prepare import DAY_S, EventArrays, Prepared
 
 if TYPE_CHECKING:
     from training.spark_als import SparkAls
@@ -36,6 +37,20 @@ class TrainedFactors:
     member_factors: np.ndarray
     item_factors: np.ndarray
     fresh_content_filled: int
+
+
+NEGLIGIBLE_NORM = 1e-6  # of the median trained vector's length
+
+
+def _negligible(factors: np.ndarray, trained: np.ndarray) -> np.ndarray:
+    """Rows whose vector is a rounding residue (length under NEGLIGIBLE_NORM of the median
+    trained one): a member whose every item nobody else had fits to ~1e-12. Kept, such a vector
+    counts as trained: serving gives the member a "personalized" list of ties, and the index's
+    recall check samples members whose every score ties."""
+    norms = np.linalg.norm(factors, axis=1)
+    if not trained.any():
+        return np.zeros(factors.shape[0], dtype=bool)
+    return norms < NEGLIGIBLE_NORM * float(np.median(norms[trained]))
 
 
 def train_factors(
@@ -58,6 +73,16 @@ def train_factors(
     training/coldstart.py)."""
     shape = (len(prepared.members), len(prepared.items))
     matrix = confidence_matrix(events, shape, params.event_weights, params.half_life_days, as_of)
+    if matrix.nnz == 0 and len(events) and params.half_life_days > 0:
+        # every weight underflowed: ALS would fit nothing, and a bundle of zero vectors serves
+        # popularity under the name of a model
+        days = (as_of - int(events.ts.max())) / DAY_S
+        raise DataContractError(
+            f"recency decay leaves no training interaction: the newest training event is {days:,.0f} "
+            f"days before the cutoff, and with training.half_life_days = {params.half_life_days:g} "
+            "its weight is below what a float can hold; raise training.half_life_days, set it to 0 "
+            "(no decay), or train on a period with recent history"
+        )
     params, _ = resolve_weighting(params, matrix)  # the engines take a decided weighting
     if spark is not None:
         # Spark builds r_ui from the events itself; ``matrix`` (the same values) stays the
@@ -76,9 +101,9 @@ def train_factors(
     members_trained = np.diff(matrix.indptr) > 0
     items_trained = np.bincount(matrix.indices, minlength=shape[1]) > 0
     member_factors = fit.user_factors
-    member_factors[~members_trained] = 0.0
+    member_factors[~members_trained | _negligible(member_factors, members_trained)] = 0.0
     item_factors = fit.item_factors
-    item_factors[~items_trained] = 0.0
+    item_factors[~items_trained | _negligible(item_factors, items_trained)] = 0.0
     item_factors, _ = fill_new_products(
         item_factors,
         items_trained,

@@ -363,7 +363,9 @@ def search(
                 on_model=None if spark is not None else checkpoint,
                 spark=spark,
             )
-        except _Pruned as exc:
+        except (_Pruned, DataContractError) as exc:
+            # DataContractError: these parameters leave the fit nothing (a half-life that decays
+            # every weight to 0), a dead end of the space rather than a fault of the data
             row |= {"state": "pruned", "why": str(exc)}
             rows.append(row)
             if log_trials:

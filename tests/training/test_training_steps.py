@@ -489,3 +489,43 @@ def test_reindex_rebuilds_the_indexes_of_a_copy(tmp_path) -> None:  # type: igno
     assert copy.manifest.bundle_id == load_bundle(src).manifest.bundle_id + "-reindexed"
     assert copy.manifest.index == info and set(copy.indexes) == {"product", "content"}
     assert main([str(src), str(tmp_path / "dst")]) == 2  # never overwrites
+
+
+def test_a_decay_that_leaves_no_interaction_is_refused_by_name() -> None:
+    """Regression: with every weight decayed below a float, the fit had nothing, the refit
+    warm-started from zero vectors, and training shipped an "ALS" bundle serving popularity."""
+    from recsvc.errors import DataContractError
+    from training.factors import train_factors
+
+    prepared = prepare.prepare(make_dataset(members=100, seed=3))
+    params = AlsParams.from_settings(TrainingSettings(factors=8, iterations=3, half_life_days=1))
+    later = prepared.cutoff + 400 * 86_400  # every event 300+ half-lives old
+    refused = r"recency decay leaves no training interaction.*half_life_days = 1"
+    with pytest.raises(DataContractError, match=refused):
+        train_factors(prepared, prepared.events, later, params, num_threads=1)
+    no_decay = AlsParams.from_settings(TrainingSettings(factors=8, iterations=3, half_life_days=0))
+    assert train_factors(prepared, prepared.events, later, no_decay, num_threads=1).matrix.nnz
+
+
+def test_a_vector_that_is_a_rounding_residue_counts_as_untrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ALS can fit a member whose every item nobody else had to ~1e-12 (an isolated block that
+    the global regularization shrinks). Counted as trained, that served a "personalized" list of
+    ties and put members whose scores all tie into the index's recall sample."""
+    from training import factors
+
+    prepared = prepare.prepare(make_dataset(members=200, seed=4))
+    params = AlsParams.from_settings(TrainingSettings(factors=8, iterations=3, half_life_days=0))
+    real_fit = factors.fit_als
+
+    def residue_fit(*args: object, **kw: object) -> object:
+        fit = real_fit(*args, **kw)  # type: ignore[arg-type]
+        fit.user_factors[5] *= 1e-12  # as the isolated block's fixed point leaves it
+        fit.item_factors[7] *= 1e-12
+        return fit
+
+    monkeypatch.setattr(factors, "fit_als", residue_fit)
+    trained = factors.train_factors(prepared, prepared.events, prepared.cutoff, params, num_threads=1)
+    assert not trained.member_factors[5].any() and not trained.item_factors[7].any()
+    member_norms = np.linalg.norm(trained.member_factors, axis=1)
+    trained_rows = np.diff(trained.matrix.indptr) > 0
+    assert (member_norms[trained_rows] > 0).sum() == trained_rows.sum() - 1  # the others keep theirs
