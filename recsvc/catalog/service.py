@@ -291,6 +291,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
         for name, limit in (("title", MAX_TITLE), ("category", MAX_LABEL), ("brand", MAX_LABEL)):
             value = getattr(item, name)
             if value:
+                # stored trimmed, as the data contract reads a file's text: a brand filter
+                # "Lumi Field" must find " Lumi Field " (all blank stays BLANK_*)
+                value = value.strip()
                 _check_text(name, value, limit)
                 patch[name] = value
         if item.HasField("price"):

@@ -12,8 +12,7 @@ import csv
 import errno
 import io
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from recsvc.cli.common import client_channel, console, friendly_errors, rpc_errors, state
+from recsvc.cli.common import ENCODING_OPTION, client_channel, console, friendly_errors, rpc_errors, state
 
 app = typer.Typer(help="Change and read the live catalog (Catalog service).", no_args_is_help=True)
 
@@ -166,7 +165,7 @@ def stock_feed(
                 item_id = item_id[1:-1].strip()
             yield catalog_pb2.StockChange(item_id=item_id, in_stock=_LEVELS[level])
 
-    applied = failed = 0
+    applied = failed = unavailable = 0
     if source == "-" and sys.stdin is None:
         console.print("[bold red]error[/] standard input is closed", soft_wrap=True)
         raise typer.Exit(code=2)
@@ -182,14 +181,25 @@ def stock_feed(
             for answer in _stub(ctx, target, api_key).StreamStock(changes(iter(stream))):
                 _print_refused(answer)
                 applied, failed = applied + answer.applied, failed + answer.failed
+                unavailable += sum(1 for r in answer.results if not r.applied and r.code == "UNAVAILABLE")
     finally:
         if source == "-":
             stream.detach()  # standard input stays open for whoever reads it next
         else:
             stream.close()
     print(f"applied={applied} failed={failed} skipped={skipped}")
-    if failed or skipped:
-        raise typer.Exit(code=1)
+    code = _feed_exit(failed, unavailable, skipped)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _feed_exit(failed: int, unavailable: int, skipped: int) -> int:
+    """stock-feed's exit code: 3 when changes were refused only because the server or Redis could
+    not answer (``UNAVAILABLE``: try later), 1 when a change was refused for itself or a line
+    skipped, 0 when everything was applied."""
+    if failed and unavailable == failed and not skipped:
+        return 3
+    return 1 if failed or skipped else 0
 
 
 @app.command("delist")
@@ -292,9 +302,20 @@ def export(
         with fh:
             writer = csv.DictWriter(fh, fieldnames=CATALOG.columns)
             writer.writeheader()
-            for item in _current(ctx, target, timeout, api_key):
-                if not item.listed and not include_delisted:
+            items: Iterable[Any] = _current(ctx, target, timeout, api_key)
+            left_out: set[str] = set()
+            if not include_delisted:
+                # a content row must not feature a product the file leaves out: training would
+                # quarantine the row (unknown_featured_item) and every event on it
+                items = list(items)
+                left_out = {item.item_id for item in items if not item.listed}
+            for item in items:
+                if item.item_id in left_out:
                     continue
+                if left_out and any(f in left_out for f in item.featured_item_ids):
+                    kept = [f for f in item.featured_item_ids if f not in left_out]
+                    del item.featured_item_ids[:]
+                    item.featured_item_ids.extend(kept)
                 # as is: the file is data for training and `sync` (a title "-50% off" must come
                 # back unchanged), not a report; csv quotes what needs quoting
                 writer.writerow(_row(item))
@@ -338,17 +359,20 @@ def _seconds(ts: Any) -> int:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether pushing file item ``a`` would change service item ``b``. Listing is not compared
+    (``sync`` never relists: see there); a cell the API cannot clear (an empty brand: an empty
+    string in ``UpsertItems`` leaves the value) is no difference."""
     return (
         a.kind == b.kind
-        # the file's text is read stripped (as training reads it)
-        and a.title == b.title.strip()
-        and a.category == b.category.strip()
-        and a.brand == b.brand.strip()
-        # prices are float32 in the service: 7 significant digits
-        and math.isclose(a.price, b.price, rel_tol=1e-6, abs_tol=1e-6)
+        # the file's text is read stripped (as training reads it) and the service stores it
+        # stripped: a value stored with spaces before it did so differs, and is pushed again
+        and a.title == b.title
+        and a.category == b.category
+        and (not a.brand or a.brand == b.brand)
+        # compared as the service stores prices (float32): any change it would keep is pushed
+        and np.float32(a.price) == np.float32(b.price)
         and a.in_stock == b.in_stock
         and a.published_at == b.published_at
-        and b.listed
         # featured products are a set (training averages them); the service lists them by id
         and (not a.set_featured or set(a.featured_item_ids) == set(b.featured_item_ids))
     )
@@ -362,20 +386,35 @@ def sync(
     delist_missing: bool = typer.Option(
         False, "--delist-missing", help="Delist items the file does not hold."
     ),
+    relist_delisted: bool = typer.Option(
+        False,
+        "--relist",
+        help="Relist the delisted items the file holds. Without it they stay delisted: "
+        "`export` writes delisted items too (so they stay delisted), and a catalog file has "
+        "no listing column.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would change."),
+    encoding: str | None = ENCODING_OPTION,
     target: str | None = _TARGET,
     api_key: str | None = _KEY,
     timeout: float = _TIMEOUT,
 ) -> None:
     """Push the difference between a catalog file and the service: new and changed items (and,
-    with --delist-missing, items the file no longer has; a delisted item in the file is relisted)."""
+    with --delist-missing, items the file no longer has). A delisted item the file holds stays
+    delisted (its other fields are synced), unless --relist: syncing the service's own export
+    changes nothing."""
     from pipelines.contract import CATALOG
+    from pipelines.encoding import resolve_encoding
     from pipelines.read import read_table
     from pipelines.validate_reference import validate_catalog
     from recsvc.idmap import normalize_id
     from recsvc.v1 import catalog_pb2
 
-    checked = validate_catalog(read_table(path, CATALOG), path, state(ctx).settings().data)
+    # a CSV's encoding as `recsvc data validate` reads it: detected (GB18030, cp1252...) or named
+    # (a missing file or a folder is read_table's one-line FILE error, as before)
+    csv_file = path.is_file() and not path.name.endswith(".parquet")
+    codec = resolve_encoding(path, encoding) if csv_file else "utf-8"
+    checked = validate_catalog(read_table(path, CATALOG, codec), path, state(ctx).settings().data)
     for row in checked.quarantine.itertuples(index=False):
         detail = f" ({row.detail})" if getattr(row, "detail", "") else ""
         line = f"[red]{_shown(str(row.item_id))}[/] skipped: {row.reason}{escape(detail)}"
@@ -389,7 +428,7 @@ def sync(
         have = current.get(item.item_id)
         if have is None or not _same(item, have):
             changes.append(item)
-    relist = sorted(i for i in in_file if i in current and not current[i].listed)
+    relist = sorted(i for i in in_file if i in current and not current[i].listed) if relist_delisted else []
     # a row the checks skipped is still in the file: a typo in its price must not delist it
     rejected = {normalize_id(str(i)) for i in checked.quarantine.get("item_id", [])}
     gone = sorted(set(current) - in_file - rejected) if delist_missing else []

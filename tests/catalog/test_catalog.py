@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -813,3 +814,115 @@ def test_a_change_on_a_cluster_that_stopped_answering_is_refused_within_the_writ
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
+
+
+def _sync(runner: Any, path: Path, target: str, *extra: str) -> Any:
+    from recsvc.cli import app
+
+    return runner.invoke(app, ["catalog", "sync", str(path), "--target", target, *extra])
+
+
+def _export(runner: Any, path: Path, target: str, *extra: str) -> Any:
+    from recsvc.cli import app
+
+    done = runner.invoke(app, ["catalog", "export", str(path), "--overwrite", "--target", target, *extra])
+    assert done.exit_code == 0, done.output
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_cli_sync_pushes_what_the_service_keeps_and_nothing_else(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Price changes below a part per million that float32 keeps are pushed; the service's own
+    export (delisted items included) syncs as nothing, twice; an empty brand cell of content
+    (which the API cannot clear) is no difference; --relist relists."""
+    from typer.testing import CliRunner
+
+    catalog = _catalog(server)
+    items = [_new_product("PX-1", "cat0", "brand0", price=99999.99), _new_product("PX-2", "cat0", "brand0")]
+    items[1].price = 1234567.89
+    assert catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=5).applied == 2
+    within(1.0, lambda: _exists(catalog, "PX-2"), "PX-2")
+    catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=["P0-001"]), timeout=5)
+    within(1.0, lambda: not _item(catalog, "P0-001").listed, "P0-001 delisted")
+    runner = CliRunner()
+    out = tmp_path / "now.csv"
+    rows = _export(runner, out, server.target)
+    assert "P0-001" in set(rows["item_id"])  # delisted items are exported, to stay delisted
+    for _ in range(2):
+        same = _sync(runner, out, server.target)
+        assert same.exit_code == 0, same.output
+        assert "upsert=0 relist=0 delist=0" in same.output and "applied=0" in same.output, same.output
+    assert not _item(catalog, "P0-001").listed
+    # content's brand left empty in the file: the API cannot clear it, so nothing to push
+    rows.loc[rows["item_id"] == "C1-000", "brand"] = ""
+    rows.to_csv(out, index=False)
+    blank = _sync(runner, out, server.target)
+    assert blank.exit_code == 0 and "upsert=0" in blank.output, blank.output
+    assert _item(catalog, "C1-000").brand == "brand2"
+    # real price changes of less than one part per million
+    rows.loc[rows["item_id"] == "PX-1", "price"] = "99999.9"
+    rows.loc[rows["item_id"] == "PX-2", "price"] = "1234568.9"
+    rows.to_csv(out, index=False)
+    moved = _sync(runner, out, server.target)
+    assert moved.exit_code == 0 and "upsert=2" in moved.output and "applied=2" in moved.output, moved.output
+    within(
+        1.0,
+        lambda: (
+            np.float32(_item(catalog, "PX-1").price) == np.float32(99999.9)
+            and np.float32(_item(catalog, "PX-2").price) == np.float32(1234568.9)
+        ),
+        "price changes not pushed",
+    )
+    assert "upsert=0" in _sync(runner, out, server.target).output
+    relisted = _sync(runner, out, server.target, "--relist")
+    assert relisted.exit_code == 0 and "relist=1" in relisted.output, relisted.output
+    within(1.0, lambda: _item(catalog, "P0-001").listed, "P0-001 relisted")
+
+
+def test_cli_export_excluding_delisted_items_drops_them_from_featured_lists(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    catalog = _catalog(server)
+    assert list(_item(catalog, "C1-000").featured_item_ids) == ["P1-002", "P1-003"]
+    catalog.DelistItems(catalog_pb2.ItemIdsRequest(item_ids=["P1-002"]), timeout=5)
+    within(1.0, lambda: not _item(catalog, "P1-002").listed, "P1-002 delisted")
+    rows = _export(CliRunner(), tmp_path / "catalog.csv", server.target, "--exclude-delisted")
+    assert "P1-002" not in set(rows["item_id"])
+    featured = rows.set_index("item_id")["featured_item_ids"]
+    assert featured["C1-000"] == "P1-003"
+    assert not any("P1-002" in cell.split("|") for cell in featured)
+    # the service itself still features it (only the file leaves it out)
+    assert list(_item(catalog, "C1-000").featured_item_ids) == ["P1-002", "P1-003"]
+
+
+def test_texts_are_stored_trimmed(server: RunningServer) -> None:
+    catalog = _catalog(server)
+    item = _new_product("PT-1", " cat0 ", " Lumi Field ")
+    item.title = "  Oolong 250g\t"
+    assert catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[item]), timeout=5).applied == 1
+    within(1.0, lambda: _exists(catalog, "PT-1"), "PT-1")
+    got = _item(catalog, "PT-1")
+    assert (got.title, got.category, got.brand) == ("Oolong 250g", "cat0", "Lumi Field")
+    change = catalog_pb2.CatalogItem(item_id="PT-1", brand="  Lumi  Field ")  # inner spaces stay
+    assert catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[change]), timeout=5).applied == 1
+    within(1.0, lambda: _item(catalog, "PT-1").brand == "Lumi  Field", "brand change")
+
+
+def test_cli_sync_reads_a_gbk_catalog_as_data_validate_does(server: RunningServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    header = "item_id,kind,title,category,brand,price,in_stock,published_at,featured_item_ids\n"
+    gbk = tmp_path / "catalog.csv"
+    gbk.write_bytes((header + "PG-1,product,乌龙茶 250克,茶叶,山野,9.5,true,,\n").encode("gbk"))
+    runner = CliRunner()
+    detected = _sync(runner, gbk, server.target)
+    assert detected.exit_code == 0 and "applied=1" in detected.output, detected.output
+    catalog = _catalog(server)
+    within(1.0, lambda: _exists(catalog, "PG-1"), "PG-1")
+    got = _item(catalog, "PG-1")
+    assert (got.title, got.category, got.brand) == ("乌龙茶 250克", "茶叶", "山野")
+    named = _sync(runner, gbk, server.target, "--encoding", "gb18030", "--dry-run")
+    assert named.exit_code == 0 and "upsert=0" in named.output, named.output

@@ -183,8 +183,29 @@ def test_redis_down_answers_each_change_unavailable_and_the_stream_stays_open(
             ]
             assert call.code() == grpc.StatusCode.OK
             assert not _get(s, item).in_stock  # the last known catalog stays in force
+            # stock-feed in the same state: try later (3), as `catalog stock`/`delist`/`sync`
+            from typer.testing import CliRunner
+
+            from recsvc.cli import app
+
+            feed = CliRunner().invoke(
+                app, ["catalog", "stock-feed", "-", "--target", s.target], input=f"{item},in\n"
+            )
+            assert feed.exit_code == 3, feed.output
+            assert "CATALOG_UNAVAILABLE" in feed.output and "applied=0 failed=1" in feed.output
     finally:
         own.stop()
+
+
+def test_stock_feed_exit_code() -> None:
+    """3 only when every refusal was the server or Redis not answering (and no line skipped)."""
+    from recsvc.cli.catalog import _feed_exit
+
+    assert _feed_exit(failed=0, unavailable=0, skipped=0) == 0
+    assert _feed_exit(failed=4, unavailable=4, skipped=0) == 3
+    assert _feed_exit(failed=4, unavailable=3, skipped=0) == 1  # one refused for itself
+    assert _feed_exit(failed=4, unavailable=4, skipped=1) == 1  # a bad line
+    assert _feed_exit(failed=0, unavailable=0, skipped=2) == 1
 
 
 def test_cli_stock_feed_streams_lines_and_names_what_it_refused(
