@@ -207,6 +207,10 @@ def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
         catalog_pb2.CatalogItem(item_id="P0-007", set_featured=True, featured_item_ids=["P0-001"]),
         catalog_pb2.CatalogItem(item_id="P0-008", price=12.0),  # the good one
         catalog_pb2.CatalogItem(item_id="P0-008", price=13.0),
+        # data files read it as 12347: created so, the export and the next training disagree
+        catalog_pb2.CatalogItem(
+            item_id="12347.0", kind=common_pb2.PRODUCT, title="t", category="c", brand="b"
+        ),
     ]
     resp = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=bad), timeout=5)
     reasons = [(r.code, r.reason) for r in resp.results]
@@ -224,8 +228,10 @@ def test_each_bad_input_gets_its_named_error(server: RunningServer) -> None:
         ("INVALID_ARGUMENT", "FEATURED_ON_PRODUCT"),
         ("", ""),
         ("INVALID_ARGUMENT", "DUPLICATE_ITEM"),
+        ("INVALID_ARGUMENT", "INVALID_ITEM_ID"),
     ]
-    assert resp.applied == 1 and resp.failed == 12
+    assert "send '12347'" in resp.results[-1].message
+    assert resp.applied == 1 and resp.failed == 13
     # A bad item is never half-applied: P0-001's price is the bundle's.
     assert catalog.GetItem(catalog_pb2.GetItemRequest(item_id="P0-001")).origin == "bundle"
 
