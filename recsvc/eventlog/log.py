@@ -21,12 +21,15 @@ cluster. Each entry has one field, ``d``: the record as JSON.
   ``events.recent_impressions_max``, expiring ``events.attribution_window_s`` after the last one)
   let ``RecordEvent`` attribute a click or purchase without a recommendation id.
 
-Redis down: the log's circuit breaker opens at the first failure; until a probe succeeds, records
-are dropped at once (counted), and recommendations and events are served as without the log.
+Redis down: a shard's circuit breaker opens at the first failure of its streams; until a probe
+succeeds, that shard's records are dropped at once (counted), the other shards' are written (on
+Redis Cluster another primary holds them), and recommendations and events are served as without
+the log.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -151,8 +154,14 @@ class EventLog:
             ScriptRunner(background, _APPEND_SCRIPT),
             ScriptRunner(background, _RECENT_SCRIPT),
         )
-        self._breaker = CircuitBreaker("eventlog", 1, settings.redis.reconnect_interval_ms / 1000)
-        self._breaker.add_listener(self._state_changed)
+        # One breaker per shard: on Redis Cluster a shard's streams live on one primary, and a
+        # primary that fails must not stop the writes to the shards the others hold. The members'
+        # recent-impression lists (read for attribution) live in the members' own slots.
+        interval = settings.redis.reconnect_interval_ms / 1000
+        self._breakers = [CircuitBreaker(f"eventlog-{n}", 1, interval) for n in range(self._shards)]
+        for n, breaker in enumerate(self._breakers):
+            breaker.add_listener(functools.partial(self._state_changed, n))
+        self._recent_breaker = CircuitBreaker("eventlog-recent", 1, interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -257,19 +266,28 @@ class EventLog:
     ) -> int:
         """``runners``: (append, remember) on the client to write with; default the hot path's."""
         append, remember = runners or (self._append, self._remember)
-        if not self._breaker.allow():
-            self._dropped(batch, "redis_down")
-            return len(batch)
         streams: dict[str, list[str]] = {}
         kinds: dict[str, str] = {}
+        shard_of_key: dict[str, int] = {}
         recent: list[Call] = []
+        closed: list[tuple[str, str, dict[str, Any]]] = []  # the records of shards not tried now
+        sent: list[tuple[str, str, dict[str, Any]]] = []
+        allowed: dict[int, bool] = {}
         for kind, member_id, record in batch:
+            shard = shard_of(member_id, self._shards)
+            if shard not in allowed:
+                allowed[shard] = self._breakers[shard].allow()
+            if not allowed[shard]:
+                closed.append((kind, member_id, record))
+                continue
+            sent.append((kind, member_id, record))
             record["member"] = self._pseudonym(member_id) if member_id else ""
-            key = stream_key(self._prefix, shard_of(member_id, self._shards), kind)
+            key = stream_key(self._prefix, shard, kind)
             entries = streams.get(key)
             if entries is None:
                 entries = streams[key] = []
                 kinds[key] = kind
+                shard_of_key[key] = shard
             entries.append(dumps(record))
             if kind == "impression" and member_id and record["items"]:
                 recent.append(
@@ -281,14 +299,20 @@ class EventLog:
                         (dumps({"r": record["id"], "ts": record["ts"], "i": record["items"]}),),
                     )
                 )
+        if closed:
+            self._dropped(closed, "redis_down")
         keys = list(streams)
+        if not keys:
+            return len(batch)
+        tried = {shard_of_key[key] for key in keys}
         try:
             appended = append.call_many([((key,), streams[key]) for key in keys])
         except _REDIS_DOWN as exc:
-            self._breaker.failure()
-            self._dropped(batch, "redis_down", exc)
+            for shard in tried:
+                self._breakers[shard].failure()
+            self._dropped(sent, "redis_down", exc)
             return len(batch)
-        down = False
+        down: set[int] = set()
         # Replies in place: on Redis Cluster one primary can be failing over while the others answer.
         for key, reply in zip(keys, appended, strict=True):
             kind, n = kinds[key], len(streams[key])
@@ -296,16 +320,18 @@ class EventLog:
                 self._metrics.written.labels(kind).inc(n)
                 continue
             unavailable = isinstance(reply, _REDIS_DOWN)
-            down |= unavailable
+            if unavailable:
+                down.add(shard_of_key[key])
             self._metrics.dropped.labels(kind, "redis_down" if unavailable else "rejected").inc(n)
             log.warning(
                 "event=eventlog_dropped records=%d kind=%s error=%s %s", n, kind, type(reply).__name__, reply
             )
-        down |= self._remember_impressions(recent, remember)
-        if down:
-            self._breaker.failure()
-        else:
-            self._breaker.success()
+        for shard in tried:
+            if shard in down:
+                self._breakers[shard].failure()
+            else:
+                self._breakers[shard].success()
+        self._remember_impressions(recent, remember)
         return len(batch)
 
     def _remember_impressions(self, recent: list[Call], remember: ScriptRunner) -> bool:
@@ -340,47 +366,47 @@ class EventLog:
             type(exc).__name__ if exc else "",
         )
 
-    def _state_changed(self, down: bool) -> None:
+    def _state_changed(self, shard: int, down: bool) -> None:
         if down:
-            log.warning("event=eventlog_degraded records are dropped (counted) until Redis answers")
+            log.warning("event=eventlog_degraded shard=%d records dropped (counted) until it answers", shard)
         else:
-            log.info("event=eventlog_recovered")
+            log.info("event=eventlog_recovered shard=%d", shard)
 
     # ------------------------------------------------------------------ events (synchronous)
     def event(self, member_id: str, record: dict[str, Any]) -> bool:
         """Write one event now; False (counted, logged) when Redis is unavailable."""
-        if not self._breaker.allow():
+        shard = shard_of(member_id, self._shards)
+        breaker = self._breakers[shard]
+        if not breaker.allow():
             self._metrics.dropped.labels("event", "redis_down").inc()
             return False
         record["member"] = self._pseudonym(member_id)
         try:
-            self._client.xadd(
-                stream_key(self._prefix, shard_of(member_id, self._shards), "event"), {"d": dumps(record)}
-            )
+            self._client.xadd(stream_key(self._prefix, shard, "event"), {"d": dumps(record)})
         except _REDIS_DOWN as exc:
-            self._breaker.failure()
+            breaker.failure()
             self._dropped([("event", member_id, record)], "redis_down", exc)
             return False
         except STORE_ERRORS as exc:  # answered with an error (a key of another type): not down
             self._dropped([("event", member_id, record)], "rejected", exc)
             return False
-        self._breaker.success()
+        breaker.success()
         self._metrics.written.labels("event").inc()
         return True
 
     def attribute(self, member_id: str, item_id: str, at: float) -> str:
         """The id of the member's latest impression within the attribution window (before ``at``)
         that showed ``item_id``; "" when none (or Redis is unavailable)."""
-        if not self._breaker.allow():
+        if not self._recent_breaker.allow():
             return ""
         try:
             raw = self._client.lrange(
                 member_key(self._prefix, member_id, IMPRESSIONS_SUFFIX), 0, self._recent_max - 1
             )
         except _REDIS_DOWN:
-            self._breaker.failure()
+            self._recent_breaker.failure()
             return ""
-        self._breaker.success()
+        self._recent_breaker.success()
         since, until = at - self._window, at + 1
         # The newest list showing the item, written or still buffered here: a list served within
         # the last flush interval is newer than any this process wrote, but another process may

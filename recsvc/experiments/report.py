@@ -51,6 +51,12 @@ def read_log(log_dir: Path, since: date | None = None, until: date | None = None
     for kind in ("impression", "event", "decision"):
         files = log_parts(Path(log_dir), kind, since, until)
         frames[kind] = read_parts(files, SCHEMAS[kind]).to_pandas() if files else _empty(kind)
+    events = frames["event"]
+    # an event re-sent with its ts after an unconfirmed answer (stored=false: one of its two
+    # writes failed, the log's may not have) is logged twice: it counts once, as in training
+    frames["event"] = events.drop_duplicates(
+        subset=[c for c in events.columns if c != "log_id"], keep="first", ignore_index=True
+    )
     return LogFrames(frames["impression"], frames["event"], frames["decision"], since, until, Path(log_dir))
 
 

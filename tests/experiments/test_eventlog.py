@@ -257,9 +257,47 @@ def test_a_cluster_failing_over_counts_as_redis_down_not_a_crash(redis_url: str)
     )
     assert elog.flush() == 1
     assert metrics.dropped.labels("impression", "redis_down")._value.get() == 1
-    assert not elog._breaker.allow()  # counted against the breaker: records drop at once until a probe
+    shard = shard_of("M1", settings.events.shards)
+    assert not elog._breakers[shard].allow()  # the shard's records drop at once until a probe
     assert elog.event("M1", {"item_id": "P1", "event_type": "view", "ts": 1.7e9}) is False
     assert metrics.dropped.labels("event", "redis_down")._value.get() == 1
+
+
+class _OnePrimaryDown:
+    """A cluster where the primary of one shard's slot fails and the others answer: calls on
+    that shard's streams get the connection error in their place, the rest are appended."""
+
+    def __init__(self, down_tag: str) -> None:
+        self.down_tag, self.appended = down_tag, 0
+
+    def call_many(self, calls: Any, shared: Any = (), **_: Any) -> list[Any]:
+        out: list[Any] = []
+        for keys, args in calls:
+            if self.down_tag in keys[0]:
+                out.append(redis.exceptions.ConnectionError("primary down"))
+            else:
+                self.appended += len(args)
+                out.append(len(args))
+        return out
+
+
+def test_a_failed_primary_drops_only_its_own_shards_records(redis_url: str) -> None:
+    """One breaker for the whole log dropped every shard's records after one shard's failure,
+    though the other primaries answered."""
+    settings = load_settings(overrides={"redis": {"url": redis_url}, "events": {"shards": 4}})
+    members = {shard_of(f"M{i}", 4): f"M{i}" for i in range(200)}
+    assert len(members) == 4
+    bad, good = members[1], members[2]
+    metrics = EventLogMetrics(CollectorRegistry())
+    elog = EventLog(_FailingOver(), settings, metrics)  # type: ignore[arg-type]
+    runner = _OnePrimaryDown("{log:1}")
+    elog._append = elog._remember = runner  # type: ignore[assignment]
+    for _ in range(3):  # the bad shard fails, opens, then drops at once; the good one is written
+        elog.write_now([("decision", bad, {"campaign": "c"}), ("decision", good, {"campaign": "c"})])
+    assert metrics.written.labels("decision")._value.get() == 3
+    assert metrics.dropped.labels("decision", "redis_down")._value.get() == 3
+    assert runner.appended == 3
+    assert not elog._breakers[1].allow() and elog._breakers[2].allow()
 
 
 def _fill(client: redis.Redis, settings: Settings, n: int) -> set[str]:

@@ -272,6 +272,24 @@ def _write_log(frames: LogFrames, log_dir: Path) -> None:
             write_atomically(table, log_dir / f"kind={kind}" / "date=2026-05-01" / "part-0-1_0-9_0.parquet")
 
 
+def test_an_event_logged_twice_counts_once(tmp_path: Path) -> None:
+    """RecordEvent answers stored=false when one of its two writes failed, and the caller re-sends
+    (with its ts); the log may then hold the event twice, under two log ids."""
+    from recsvc.experiments.report import read_log
+
+    frames = campaign_log(0.05, 0.08, 2000, seed=7)
+    once = campaign_report(frames, "spring", 7 * 86400)
+    events = frames.events
+    twice = pd.concat([events, events.assign(log_id=events["log_id"] + "-resent")], ignore_index=True)
+    _write_log(LogFrames(frames.impressions, twice, frames.decisions), tmp_path / "log")
+    read = read_log(tmp_path / "log")
+    assert len(read.events) == len(events)
+    again = campaign_report(read, "spring", 7 * 86400)
+    assert [(g.buyers, g.revenue_per_member.value) for g in again.groups] == [
+        (g.buyers, g.revenue_per_member.value) for g in once.groups
+    ]
+
+
 def _cli(*args: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
