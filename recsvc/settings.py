@@ -59,26 +59,6 @@ def _default_artifact_location() -> str:
 
 
 EVENT_TYPES = ("view", "click", "favorite", "add_to_cart", "share", "purchase", "content_view", "live_watch")
-# Master URLs Spark accepts (SparkContext.createTaskScheduler, SparkSubmit): checked when the
-# settings load, so a typo is a ConfigError, not a Java stack trace minutes into training.
-SPARK_MASTER = re.compile(
-    r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?"
-    r"|local-cluster\[[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*\]"
-    r"|spark://[A-Za-z0-9.\-]+:[0-9]{1,5}(,[A-Za-z0-9.\-]+:[0-9]{1,5})*"
-    r"|yarn"
-    r"|k8s://(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?"
-)
-# The built-in event channels: the default of ``data.event_channels``.
-# How summed event weights become ALS confidence (recsvc/confidence_scale.py has the formulas).
-ConfidenceScale = Literal["linear", "log"]
-CONFIDENCE_SCALES: tuple[str, ...] = get_args(ConfidenceScale)
-# What a bundle records (and a fit applies); settings may also say "auto" (training/fit.py).
-ConfidenceWeighting = Literal["none", "bm25"]
-CONFIDENCE_WEIGHTINGS: tuple[str, ...] = get_args(ConfidenceWeighting)
-EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
-CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
-# Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
-# any channel (recsvc.bundle.ALL).
 # Each event type's weight in r_ui (docs/training.md, "Model"): the defaults a partial
 # training.event_weights table is laid over.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -91,6 +71,26 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "click": 0.922,
     "view": 0.837,
 }
+# Master URLs Spark accepts (SparkContext.createTaskScheduler, SparkSubmit): checked when the
+# settings load, so a typo is a ConfigError, not a Java stack trace minutes into training.
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?"
+    r"|local-cluster\[[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*\]"
+    r"|spark://[A-Za-z0-9.\-]+:[0-9]{1,5}(,[A-Za-z0-9.\-]+:[0-9]{1,5})*"
+    r"|yarn"
+    r"|k8s://(https?://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?"
+)
+# How summed event weights become ALS confidence (recsvc/confidence_scale.py has the formulas).
+ConfidenceScale = Literal["linear", "log"]
+CONFIDENCE_SCALES: tuple[str, ...] = get_args(ConfidenceScale)
+# What a bundle records (and a fit applies); settings may also say "auto" (training/fit.py).
+ConfidenceWeighting = Literal["none", "bm25"]
+CONFIDENCE_WEIGHTINGS: tuple[str, ...] = get_args(ConfidenceWeighting)
+# The built-in event channels: the default of ``data.event_channels``.
+EVENT_CHANNELS = ("mini_program", "app", "wecom", "official_account", "offline_store", "live")
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+# Events keep their channel as an int8 code (-1 = unknown), and "all" names the popular lists of
+# any channel (recsvc.bundle.ALL).
 MAX_EVENT_CHANNELS = 127
 RESERVED_CHANNEL = "all"
 

@@ -108,9 +108,9 @@ def client_for(m: MlflowSettings) -> Any:
 def _ensure_sqlite_parent(uri: str, setting: str = "mlflow.tracking_uri") -> None:
     """A local sqlite store's folder made and its file opened, as MLflow will open it: a path it
     cannot write otherwise keeps MLflow retrying for minutes, then ends in a traceback."""
-    if not uri.startswith("sqlite:///"):
+    path = _sqlite_file(uri)
+    if path is None:
         return
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sqlite3.connect(path).close()
@@ -120,11 +120,34 @@ def _ensure_sqlite_parent(uri: str, setting: str = "mlflow.tracking_uri") -> Non
         ) from None
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local sqlite store URI (its query string dropped); None otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _local_path(location: str) -> Path | None:
+    """The absolute folder a plain path (or one with a one-letter scheme: a Windows drive) names;
+    None for a URI."""
+    scheme = urlparse(location).scheme
+    if scheme and len(scheme) > 1:
+        return None
+    return Path(location).expanduser().resolve()
+
+
+def _location_uri(location: str) -> str:
+    """``location`` as a URI: a plain path becomes an absolute file URI, so runs do not depend on
+    the working directory."""
+    path = _local_path(location)
+    return path.as_uri() if path is not None else location
+
+
 def artifact_location_uri(location: str) -> str:
-    """A plain path becomes an absolute file URI so runs do not depend on the working directory."""
-    if urlparse(location).scheme and len(urlparse(location).scheme) > 1:
+    """:func:`_location_uri`, with a local folder made."""
+    path = _local_path(location)
+    if path is None:
         return location
-    path = Path(location).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path.as_uri()
 
@@ -166,9 +189,7 @@ def ensure_experiment(client: Any, m: MlflowSettings) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {m.experiment!r} is deleted; restore it or pick another")
-        wanted = m.artifact_location
-        if not urlparse(wanted).scheme or len(urlparse(wanted).scheme) == 1:
-            wanted = Path(wanted).expanduser().resolve().as_uri()
+        wanted = _location_uri(m.artifact_location)
         if exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
             # MLflow fixes an experiment's artifact location when it creates it: say so, rather
             # than let the setting look obeyed
@@ -211,11 +232,8 @@ def champion(client: Any, m: MlflowSettings) -> tuple[Any, Manifest | None] | No
 
 def _lock_path(m: MlflowSettings) -> Path | None:
     """The lock file next to a local sqlite registry; None for any other registry."""
-    uri = m.registry_uri or m.tracking_uri
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    return db.with_name(f"{db.name}.champion.lock")
+    db = _sqlite_file(m.registry_uri or m.tracking_uri)
+    return db.with_name(f"{db.name}.champion.lock") if db is not None else None
 
 
 @contextlib.contextmanager

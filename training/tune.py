@@ -312,12 +312,13 @@ def search(
     confirm_seen, confirm_test = sp.csr_matrix(val.seen[confirm]), sp.csr_matrix(val.test[confirm])
     # trial 0's and the best trial so far's factors, of the confirmation members only
     leaders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    lead = {"value": -np.inf}
+    lead = -np.inf  # the best validation score so far
 
     def keep_if_leading(number: int, value: float, trained: Any) -> None:
-        if confirm.size == 0 or (number != 0 and value <= lead["value"]):
+        nonlocal lead
+        if confirm.size == 0 or (number != 0 and value <= lead):
             return
-        lead["value"] = max(lead["value"], value)
+        lead = max(lead, value)
         for old in [n for n in leaders if n != 0]:
             del leaders[old]
         leaders[number] = (np.asarray(trained.member_factors)[confirm], np.asarray(trained.item_factors))

@@ -334,11 +334,12 @@ class EventLog:
         self._remember_impressions(recent, remember)
         return len(batch)
 
-    def _remember_impressions(self, recent: list[Call], remember: ScriptRunner) -> bool:
-        """Write the members' recent impressions (attribution without a recommendation id); True
-        when Redis was unavailable for any. Losing some only weakens attribution: logged."""
+    def _remember_impressions(self, recent: list[Call], remember: ScriptRunner) -> None:
+        """Write the members' recent impressions (attribution without a recommendation id). They
+        live in the members' own slots, not a shard's, so a failure here opens no shard's breaker;
+        losing some only weakens attribution: logged."""
         if not recent:
-            return False
+            return
         try:
             replies = remember.call_many(recent, shared=(self._recent_max - 1, self._window))
         except _REDIS_DOWN as exc:
@@ -350,7 +351,6 @@ class EventLog:
                 len(failed),
                 type(failed[0]).__name__,
             )
-        return any(isinstance(r, _REDIS_DOWN) for r in failed)
 
     def _dropped(
         self, batch: list[tuple[str, str, dict[str, Any]]], reason: str, exc: Exception | None = None

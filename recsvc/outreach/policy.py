@@ -28,12 +28,11 @@ from pydantic import (
 )
 
 from recsvc.errors import ConfigError
-from recsvc.settings import describe_validation_error
+from recsvc.settings import CHANNEL_NAME, describe_validation_error
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("default_policy.toml")
-CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -185,7 +184,7 @@ class Policy(_Part):
     @field_validator("channels")
     @classmethod
     def _channel_names(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if not CHANNEL_RE.match(c)]
+        bad = [c for c in v if not CHANNEL_NAME.match(c)]
         if bad:
             raise ValueError(f"channel names must be lower_snake_case (max 32 chars): {bad}")
         if len(set(v)) != len(v):
@@ -198,7 +197,7 @@ class Policy(_Part):
         # A field validator, not a model one, so its problems are named beside the other fields'
         # (a model validator runs only once every field is valid). ``channels`` comes first.
         problems = []
-        bad = [e for e in v if not CHANNEL_RE.match(e)]
+        bad = [e for e in v if not CHANNEL_NAME.match(e)]
         if bad:
             problems.append(f"its keys are event channel names (lower_snake_case): {bad}")
         channels = info.data.get("channels")

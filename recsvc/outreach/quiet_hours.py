@@ -6,6 +6,7 @@ so Python decides "quiet now, until when" and passes the verdict into the decisi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -76,23 +77,21 @@ def _offset_change(from_ms: int, to_ms: int, zone: ZoneInfo) -> int | None:
     first = offset(from_ms)
     if offset(to_ms) == first:
         return None
-    lo, hi = from_ms, to_ms
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if offset(mid) == first:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _first_not(lambda ms: offset(ms) == first, from_ms, to_ms)
 
 
 def _first_not_quiet(quiet_ms: int, free_ms: int, zone: ZoneInfo, start: int, end: int) -> int:
     """The first instant in (quiet_ms, free_ms] outside quiet hours, when the clock jumped past
     the window's end (a DST gap): bisection, only ever run on such a day."""
-    lo, hi = quiet_ms, free_ms
+    return _first_not(lambda ms: _quiet_at(ms, zone, start, end), quiet_ms, free_ms)
+
+
+def _first_not(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The first instant in (lo, hi] where ``holds`` is false, by bisection: it holds at ``lo``,
+    not at ``hi``, and changes once between them."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _quiet_at(mid, zone, start, end):
+        if holds(mid):
             lo = mid
         else:
             hi = mid

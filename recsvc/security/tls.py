@@ -105,9 +105,9 @@ def channel_credentials(
     """Client credentials: trust ``ca_file`` (else the system roots); present a client cert for mTLS."""
     if (cert_file is None) != (key_file is None):
         raise ConfigError("a client certificate and its key must be given together")
-    cert = _read(cert_file, "client certificate") if cert_file else None
-    key = _read(key_file, "client private key") if key_file else None
-    if cert_file is not None and key_file is not None and cert is not None and key is not None:
+    cert = key = None
+    if cert_file is not None and key_file is not None:
+        cert, key = _read(cert_file, "client certificate"), _read(key_file, "client private key")
         # a mismatched pair would only show as UNAVAILABLE on the first call: "try again later"
         _check_pair(Path(cert_file), cert, Path(key_file), key, "client certificate", "client key")
     return grpc.ssl_channel_credentials(
