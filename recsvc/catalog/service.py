@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 import redis
 
+from pipelines.cells import whole_number
 from recsvc.bounds import CONTROL_CHARACTERS, MAX_PRICE
 from recsvc.bundle import KIND_CONTENT, KIND_PRODUCT
 from recsvc.catalog.group import GroupCommit
@@ -68,10 +69,6 @@ ON_LOOP_ITEMS = 100
 STREAM_BACKLOG = 1_000
 # Group commit (catalog.write_linger_ms): at most this many changes share one write.
 GROUP_ITEMS = SCRIPT_CHUNK
-
-
-# An id a data file reads as a whole number (pipelines.cells.whole_number_id; longer ones stay)
-_FLOAT_TEXT_ID = re.compile(r"^[+-]?[0-9]{1,15}\.0+\Z")
 
 
 @dataclass
@@ -282,11 +279,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
             raise InvalidArgument(f"item {item_id!r} appears twice in the call", reason="DUPLICATE_ITEM")
         seen.add(item_id)
         row = view.row(item_id)
-        if row is None and _FLOAT_TEXT_ID.match(item_id):
-            # data files read "12347.0" as 12347 (docs/data.md, pipelines.cells.whole_number_id):
-            # created under this spelling it would be another item than the export's, and the next
-            # training's
-            whole = item_id.split(".", 1)[0].lstrip("+")
+        if row is None and (whole := whole_number(item_id)) != item_id:
+            # data files read "12347.0" as 12347 (docs/data.md, the same rule): created under
+            # this spelling it would be another item than the export's, and the next training's
             raise InvalidArgument(
                 f"item_id {item_id!r} is read as {whole} in data files (a zero fraction is dropped); "
                 f"send {whole!r}",
