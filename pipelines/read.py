@@ -158,6 +158,8 @@ def _csv_chunks(
     encoding: str,
     mapping: Mapping | None,
 ) -> Iterator[pd.DataFrame]:
+    if path.stat().st_size == 0:
+        raise DataContractError(f"{path} is empty: expected a header row naming the columns")
     names = _header_names(path, encoding)
     file_header = list(_as_named(path, _pandas_csv(path, encoding, nrows=0), names).columns)
     # The same reading options as _read_csv, chunk by chunk.
@@ -224,6 +226,8 @@ def _in_contract_order(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
 
 def _read_csv(path: Path, nrows: int | None = None, encoding: str = "utf-8") -> pd.DataFrame:
     """The file's rows as text, under the header row's own names (:func:`_as_named`)."""
+    if path.stat().st_size == 0:
+        raise DataContractError(f"{path} is empty: expected a header row naming the columns")
     df = _pandas_csv(path, encoding, nrows=nrows)
     return _as_named(path, df, _header_names(path, encoding))
 
