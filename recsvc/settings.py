@@ -656,13 +656,13 @@ class CatalogSettings(_Section):
         5.0, ge=0, le=120, description="at start, how long a process waits for the catalog before it serves"
     )
     settle_ms: int = Field(
-        50,
+        250,
         ge=0,
         le=900,
-        description="after applying a batch of changes, a process waits this long before it reads the "
-        "feed again: a stream of changes (200 SetStock/s) is applied in batches, not one wake-up per "
-        "change; a change that arrives while it waits is applied at the end of the wait (within the 1 s "
-        "propagation bound)",
+        description="while changes keep coming, a process applies at most one batch of them per this "
+        "long (after a first 4 at once): a stream of changes (200 SetStock/s) is applied in a few batches "
+        "a second, not one wake-up per change; changes a moment apart are each applied at once, one "
+        "inside a stream waits at most this long (within the 1 s propagation bound)",
     )
     stream_linger_ms: int = Field(
         50,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import immutables
+import orjson
 
 from recsvc.gc_pause import gc_paused
 from recsvc.redis_client import STORE_ERRORS
@@ -44,6 +45,11 @@ NEVER_RETIRED = frozenset({"listed"})
 # Largest number of items per script call: the feed entry is built with unpack(), whose Lua stack
 # limit is ~8,000 values (two per item). Bigger calls are split; each item is still atomic.
 SCRIPT_CHUNK = 1000
+# A follower's pause between two slices of a feed batch (``CatalogFollower``): long enough for a
+# thread waiting for the GIL to be woken and take it.
+_YIELD_S = 0.0002
+# Batches a follower applies at once before ``settle_s`` paces it (``CatalogFollower._pace``).
+_BURST_BATCHES = 4
 
 # KEYS: 1 items, 2 seq, 3 feed. ARGV: 1 feed max length, 2 item count, then per item: id, patch
 # JSON, must_exist ('1': skip the item unless its record is a whole item, with a kind: the caller
@@ -139,7 +145,7 @@ class ItemRecord:
 
     @classmethod
     def parse(cls, raw: bytes | str) -> ItemRecord:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         fields = data.get("f") or {}
         if not isinstance(fields, dict):
             fields = {}
@@ -275,10 +281,17 @@ class CatalogFollower:
     with the ids whose records it brought (so the owner can apply just those; none when a
     scheduled item's time came).
 
-    ``settle_s``: after a rebuild, the follower waits this long before it reads the feed again,
-    so a stream of changes (a live stream's stock at 200/s) is applied in batches instead of
-    waking every process once per change. A change after a quiet moment is applied at once; one
-    inside a burst waits at most ``settle_s`` (docs/benchmarks.md "Live catalog" measured both).
+    ``settle_s``: while changes keep coming, the follower applies at most one batch per
+    ``settle_s`` (after a first few at once, ``_pace``), so a stream of changes (a live stream's
+    stock at 200/s) is applied in a few batches a second instead of waking every process once
+    per change. A change after a quiet moment is applied at once; one inside a stream waits at
+    most ``settle_s`` (docs/benchmarks.md "Live catalog" measured both).
+
+    ``slice_items``: a batch reaches the owner in slices of about this many item changes, with a
+    short sleep between two. The work on a batch holds the GIL, which the serving thread needs
+    for every call; a whole batch of a 250 ms settle is ~3 ms, a slice ~0.3 ms, so a call that
+    arrives meanwhile waits for one slice instead. Each slice is published with the records and
+    version as of its last change, so readers never see half an entry.
     """
 
     def __init__(
@@ -291,8 +304,10 @@ class CatalogFollower:
         block_ms: int = 500,
         settle_s: float = 0.0,
         on_batch: Callable[[Mapping[str, ItemRecord], set[str]], None] | None = None,
+        slice_items: int = 16,
     ) -> None:
         self._store = store
+        self._slice_items = slice_items
         self._on_batch = on_batch
         self._client = client  # its socket timeout exceeds block_ms
         self._on_change = on_change
@@ -300,6 +315,8 @@ class CatalogFollower:
         self._retry_s = retry_s
         self._block_ms = block_ms
         self._settle_s = settle_s
+        self._allowance = float(_BURST_BATCHES)
+        self._paced_at = time.monotonic()
         self.records: immutables.Map[str, ItemRecord] = immutables.Map()
         self.seq = 0
         self._last_id = "0-0"
@@ -379,16 +396,39 @@ class CatalogFollower:
             if self.wake_at is not None:
                 block = max(1, min(block, int((self.wake_at - time.monotonic()) * 1000)))
             found = self._client.xread({self._store.feed_key: self._last_id}, count=500, block=block)
-            changed = self._apply(found)
-            due = self.wake_at is not None and time.monotonic() >= self.wake_at
-            if changed or due:
-                self.wake_at = None
-                if self._on_batch is not None:
-                    self._on_batch(self.records, changed)
-                else:
-                    self._on_change(self.records)
-                if changed and self._settle_s > 0:
-                    self._stop.wait(self._settle_s)
+            applied = False
+            for i, part in enumerate(_slices(found, self._slice_items)):
+                if i:
+                    # Between two slices the serving thread may take the GIL: a call waits for
+                    # one slice's work, not a whole batch's. A bare release would not hand it
+                    # over (this thread would take it straight back); a short sleep does.
+                    time.sleep(_YIELD_S)
+                changed = self._apply(part)
+                if changed:
+                    self._publish(changed)
+                    applied = True
+            if not applied and self.wake_at is not None and time.monotonic() >= self.wake_at:
+                self._publish(set())  # a scheduled item's time came
+            if applied and self._settle_s > 0:
+                self._pace()
+
+    def _pace(self) -> None:
+        """Spend one batch of the allowance (``settle_s``): the allowance grows by one batch per
+        ``settle_s`` up to ``_BURST_BATCHES``; with none left, wait until there is one. Changes a
+        few seconds apart are each applied at once; a stream of them in one batch per
+        ``settle_s``."""
+        now = time.monotonic()
+        self._allowance = min(_BURST_BATCHES, self._allowance + (now - self._paced_at) / self._settle_s) - 1
+        self._paced_at = now
+        if self._allowance < 0:
+            self._stop.wait(-self._allowance * self._settle_s)
+
+    def _publish(self, changed: set[str]) -> None:
+        self.wake_at = None  # the owner sets it again when another scheduled item waits
+        if self._on_batch is not None:
+            self._on_batch(self.records, changed)
+        else:
+            self._on_change(self.records)
 
     def _apply(self, found: Iterable[Any] | None) -> set[str]:
         """Apply the feed entries in ``found``; the ids of the items whose records changed."""
@@ -417,6 +457,28 @@ class CatalogFollower:
         if records is not None:
             self.records = records.finish()
         return changed
+
+
+def _slices(found: Iterable[Any] | None, items: int) -> Iterator[list[Any]]:
+    """An XREAD reply in pieces of the same shape, each of at most ``items`` item changes, or of
+    consecutive entries that each have more (an entry is never split: its versions are applied
+    together; a bulk upsert of 10,000 items, ten entries, stays one view update, not ten)."""
+    part: list[tuple[Any, list[Any]]] = []
+    size = 0
+    bulk = False  # the part holds entries of more than ``items`` changes
+    for stream, entries in found or ():
+        for entry in entries:
+            n = max(1, len(entry[1]) - 2)  # the fields besides v0 and n: one per item
+            if size and size + n > items and not (bulk and n > items):
+                yield part
+                part, size = [], 0
+            if not part or part[-1][0] is not stream:
+                part.append((stream, []))
+            part[-1][1].append(entry)
+            size += n
+            bulk = n > items
+    if part:
+        yield part
 
 
 class _Gap(Exception):

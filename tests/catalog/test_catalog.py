@@ -18,7 +18,15 @@ from bundle_factory import PlantedBundle, make_bundle
 from serving_harness import RunningServer, running_server, serving_settings
 from waiting import within
 
-from recsvc.catalog.store import CatalogFollower, CatalogStore, Change, ItemRecord, _Gap
+from recsvc.catalog.store import (
+    _BURST_BATCHES,
+    CatalogFollower,
+    CatalogStore,
+    Change,
+    ItemRecord,
+    _Gap,
+    _slices,
+)
 from recsvc.localstack import LocalRedis
 from recsvc.settings import load_settings
 from recsvc.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommender_pb2
@@ -476,9 +484,10 @@ def test_cli_export_then_sync_pushes_only_the_difference(server: RunningServer, 
     assert "ITEM_NOT_FOUND" in gone.output and gone.exit_code == 1  # a refused change: exit 1
 
 
-def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> None:
-    """With ``settle_s`` a change after a quiet moment is applied at once, and the changes of a
-    burst (a live stream's stock) wait for one rebuild instead of one each."""
+def test_follower_applies_lone_changes_at_once_and_a_stream_in_paced_batches(redis_url: str) -> None:
+    """With ``settle_s`` changes a moment apart are each applied at once, up to an allowance of
+    ``_BURST_BATCHES``; once a stream has spent it, its changes wait for one rebuild per
+    ``settle_s`` instead of one each."""
     store = CatalogStore(redis.Redis.from_url(redis_url), "burst", feed_maxlen=1000)
     calls: list[int] = []
     follower = CatalogFollower(
@@ -486,25 +495,88 @@ def test_follower_applies_a_burst_of_changes_in_one_rebuild(redis_url: str) -> N
         redis.Redis.from_url(redis_url, socket_timeout=5),
         on_change=lambda r: calls.append(len(r)),
         block_ms=200,
-        settle_s=0.5,
+        settle_s=2.0,  # the allowance grows by half a batch a second: spent below, it stays spent
     ).start()
     try:
         first = len(calls)  # the first full read
-        store.apply([Change("A", {"in_stock": False}, False)])
-        within(0.4, lambda: len(calls) == first + 1, "a lone change waited")
+
+        def rebuilds(n: int) -> Callable[[], bool]:
+            return lambda: len(calls) == first + n
+
+        for i in range(_BURST_BATCHES + 1):
+            store.apply([Change(f"A{i}", {"in_stock": False}, False)])
+            within(0.4, rebuilds(i + 1), f"lone change {i} waited")
+        # the allowance is spent: the follower waits (about a second) before its next batch
         t0 = time.monotonic()
         for i in range(5):
             store.apply([Change(f"B{i}", {"in_stock": False}, False)])
-        assert time.monotonic() - t0 < 0.3  # the burst is inside the settle window
+        assert time.monotonic() - t0 < 0.3  # the stream is inside the wait
         # records are swapped in before on_change runs: wait for the rebuild, not the records alone
         within(
-            2.0,
-            lambda: len(calls) >= first + 2 and {f"B{i}" for i in range(5)} <= set(follower.records.keys()),
-            "burst not applied",
+            4.0,
+            lambda: (
+                len(calls) >= first + _BURST_BATCHES + 2
+                and {f"B{i}" for i in range(5)} <= set(follower.records.keys())
+            ),
+            "stream not applied",
         )
-        assert len(calls) == first + 2, calls  # one rebuild for the five changes
+        assert len(calls) == first + _BURST_BATCHES + 2, calls  # one rebuild for the five changes
     finally:
         follower.stop()
+
+
+def test_slices_keep_the_feed_order_and_never_split_an_entry() -> None:
+    def entry(n: int, tag: str) -> tuple[bytes, dict[bytes, bytes]]:
+        fields = {b"v0": b"1", b"n": str(n).encode()}
+        fields.update({f"{tag}{i}".encode(): b"{}" for i in range(n)})
+        return tag.encode(), fields
+
+    found = [(b"feed", [entry(1, "a"), entry(1, "b"), entry(30, "c"), entry(1, "d"), entry(2, "e")])]
+    parts = list(_slices(found, 2))
+    assert [[e[0] for _, es in p for e in es] for p in parts] == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
+    assert list(_slices(None, 16)) == [] and list(_slices([], 16)) == []
+    bulk = [(b"feed", [entry(1, "a"), entry(30, "b"), entry(30, "c"), entry(1, "d")])]
+    assert [[e[0] for _, es in p for e in es] for p in _slices(bulk, 2)] == [[b"a"], [b"b", b"c"], [b"d"]]
+    assert [len(es) for p in _slices(found, 100) for _, es in p] == [5]
+
+
+def test_follower_applies_a_large_batch_in_slices_and_misses_nothing(redis_url: str) -> None:
+    """A feed batch of many changes reaches the owner in slices of about ``slice_items`` changes,
+    in feed order, each with the records as of its last change: between slices the serving
+    thread gets the GIL (the follower sleeps a moment), so no call waits for a whole batch."""
+    client = redis.Redis.from_url(redis_url)
+    store = CatalogStore(client, "slices", feed_maxlen=1000)
+    batches: list[tuple[set[str], dict[str, bool]]] = []
+    follower = CatalogFollower(
+        store,
+        client,
+        on_change=lambda r: None,
+        on_batch=lambda r, changed: batches.append((set(changed), {k: r[k].fields["in_stock"] for k in r})),
+        slice_items=16,
+    )
+    follower._resync()
+    for i in range(40):
+        store.apply([Change(f"S{i:02d}", {"in_stock": False}, False)])
+    store.apply([Change(f"M{i:02d}", {"in_stock": True}, False) for i in range(30)])  # one entry
+    follower.wake_at = time.monotonic() + 60  # a scheduled item far off: a slice clears it
+    real_xread, reads = client.xread, []
+
+    def xread_once(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        if len(reads) > 1:
+            follower._stop.set()  # one feed batch is enough
+            return None
+        return real_xread(*args, **kwargs)
+
+    follower._client = type("C", (), {"xread": staticmethod(xread_once)})()
+    follower._follow()
+    ids = [f"S{i:02d}" for i in range(40)] + [f"M{i:02d}" for i in range(30)]
+    assert [len(b[0]) for b in batches] == [16, 16, 8, 30]
+    bounds = ((0, 16), (16, 32), (32, 40), (40, 70))
+    assert [sorted(b[0]) for b in batches] == [sorted(ids[i:j]) for i, j in bounds]
+    # each slice saw the records up to its own last change, not the batch's
+    assert len(batches[0][1]) == 16 and len(batches[-1][1]) == 70
+    assert follower.seq == 70 and follower.wake_at is None
 
 
 def test_featured_refused_products_content_prices_and_unicode_ids(server: RunningServer) -> None:
